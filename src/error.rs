@@ -1,0 +1,365 @@
+//! The crate's one error type, its machine codes and HTTP statuses.
+//!
+//! Every outcome that is not "this key is valid for this request" is an
+//! [`Error`]. Each variant has a stable machine code ([`Error::code`]) and an
+//! HTTP status ([`Error::http_status`]) given as plain data, so the core needs
+//! no web crate. The mapping lives here, next to the enum, and nowhere else.
+//!
+//! Messages never contain key material: not the key, not its secret, not a
+//! digest. "Unknown key id", "wrong secret" and "forged key" are one public
+//! outcome, [`Error::InvalidApiKey`]; whether a key is expired, disabled or
+//! revoked is revealed only after its secret matched.
+
+use std::fmt;
+use time::OffsetDateTime;
+
+use crate::prefix::Environment;
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a presented string is not a well-formed key. Carried by
+/// [`Error::MalformedApiKey`]; it only ever describes public structure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MalformedReason {
+    /// The string is too short or too long to be a key.
+    Length,
+    /// A character outside the key alphabet (base62 after the prefix).
+    Charset,
+    /// The prefix is not one the verifier knows.
+    UnknownPrefix,
+    /// The checksum does not match: most likely a typo or a truncated copy.
+    Checksum,
+    /// A field holds a value no issued key can have (a non-canonical spelling).
+    NonCanonical,
+    /// The key's secret version is not in the keyring.
+    UnknownVersion,
+}
+
+impl MalformedReason {
+    /// A short, stable, lowercase label (for metrics and sampled logs).
+    ///
+    /// ```
+    /// assert_eq!(apikey::MalformedReason::Checksum.as_str(), "checksum");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::Charset => "charset",
+            Self::UnknownPrefix => "unknown_prefix",
+            Self::Checksum => "checksum",
+            Self::NonCanonical => "non_canonical",
+            Self::UnknownVersion => "unknown_version",
+        }
+    }
+}
+
+impl fmt::Display for MalformedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a failing store said. The cause is kept as [`std::error::Error::source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The backend could not be reached or failed (network, I/O, pool).
+    Unavailable,
+    /// The backend did not answer in time.
+    Timeout,
+    /// A record with this key id already exists; nothing was written.
+    IdCollision,
+    /// The record to change does not exist.
+    NotFound,
+    /// A conditional write lost a race (the record changed underneath).
+    Conflict,
+    /// The backend holds data this crate cannot read (corrupt row, bad schema).
+    Corrupt,
+}
+
+/// An error from a [`KeyStore`](crate::KeyStore) implementation.
+///
+/// Stores build it with a kind and, where there is one, the underlying cause;
+/// the cause is never flattened to a string.
+///
+/// ```
+/// use apikey::{StoreError, StoreErrorKind};
+/// let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "pool timed out");
+/// let err = StoreError::with_source(StoreErrorKind::Timeout, io);
+/// assert_eq!(err.kind(), StoreErrorKind::Timeout);
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl StoreError {
+    /// An error of `kind` with no underlying cause.
+    pub fn new(kind: StoreErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: StoreErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            StoreErrorKind::Unavailable => "key store unavailable",
+            StoreErrorKind::Timeout => "key store timed out",
+            StoreErrorKind::IdCollision => "a key with this id already exists",
+            StoreErrorKind::NotFound => "no key with this id",
+            StoreErrorKind::Conflict => "the key changed concurrently",
+            StoreErrorKind::Corrupt => "the key store holds an unreadable record",
+        };
+        f.write_str(what)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Every failure this crate reports.
+///
+/// Use [`code`](Error::code) for a machine-readable code and
+/// [`http_status`](Error::http_status) for the HTTP meaning:
+///
+/// ```
+/// use apikey::Error;
+/// let err = Error::InvalidApiKey;
+/// assert_eq!(err.code(), "INVALID_API_KEY");
+/// assert_eq!(err.http_status(), 401);
+/// assert_eq!(err.to_string(), "the provided API key is invalid");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No key was presented.
+    #[error("an API key is required")]
+    MissingApiKey,
+    /// The presented string is not a well-formed key (no store was asked).
+    #[error("the API key is malformed ({0})")]
+    MalformedApiKey(MalformedReason),
+    /// The key was not issued by this service, its id is unknown, or its
+    /// secret is wrong. These are deliberately one outcome.
+    #[error("the provided API key is invalid")]
+    InvalidApiKey,
+    /// The key expired at the given time.
+    #[error("the API key has expired")]
+    ExpiredApiKey {
+        /// When the key stopped being valid.
+        expired_at: OffsetDateTime,
+    },
+    /// The key is not valid before the given time.
+    #[error("the API key is not valid yet")]
+    NotYetValid {
+        /// When the key becomes valid.
+        not_before: OffsetDateTime,
+    },
+    /// The key was disabled; it can be enabled again.
+    #[error("the API key is disabled")]
+    DisabledApiKey,
+    /// The key was revoked for good.
+    #[error("the API key has been revoked")]
+    RevokedApiKey,
+    /// A live key where test keys are expected, or the other way round.
+    #[error("the API key is for the {actual} environment, which this service does not accept")]
+    WrongEnvironment {
+        /// The key's environment.
+        actual: Environment,
+    },
+    /// The key lacks a scope the request needs.
+    #[error("the API key lacks the required scope `{required}`")]
+    InsufficientScope {
+        /// The requirement that failed, in its display form.
+        required: String,
+    },
+    /// The request came from an address outside the key's allowlist.
+    #[error("the API key may not be used from this address")]
+    IpNotAllowed,
+    /// The key exceeded its rate limit.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// How long to wait before retrying.
+        retry_after: std::time::Duration,
+    },
+    /// The key or its owner has no credits left.
+    #[error("usage quota exceeded")]
+    UsageExceeded,
+    /// Too many failed attempts from this client; try later.
+    #[error("too many failed attempts")]
+    TooManyFailures {
+        /// How long to wait before retrying.
+        retry_after: std::time::Duration,
+    },
+    /// The key store failed. Never treated as valid or as invalid.
+    #[error("the key store is unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    /// A scope string does not follow the grammar.
+    #[error("invalid scope `{scope}`: {reason}")]
+    InvalidScope {
+        /// The offending scope (scopes are not secret).
+        scope: String,
+        /// What rule it breaks.
+        reason: &'static str,
+    },
+    /// A prefix does not follow the rules (configuration error).
+    #[error("invalid key prefix `{prefix}`: {reason}")]
+    InvalidPrefix {
+        /// The offending prefix.
+        prefix: String,
+        /// What rule it breaks.
+        reason: &'static str,
+    },
+    /// A server secret is unusable (too short, bad encoding, bad version).
+    #[error("invalid server secret: {0}")]
+    InvalidSecret(&'static str),
+    /// An argument or record field is invalid.
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+    /// No key with this id exists (management operations).
+    #[error("no such API key")]
+    KeyNotFound,
+    /// The owner already has the maximum number of active keys.
+    #[error("the owner already has {limit} active API keys")]
+    KeyLimitReached {
+        /// The configured limit.
+        limit: u32,
+    },
+    /// The operation is not allowed in the key's current state (for example
+    /// enabling a revoked key, or rotating an expired one).
+    #[error("operation not allowed: {0}")]
+    InvalidState(&'static str),
+    /// A record could not be read (unknown schema version, bad field).
+    #[error("invalid key record: {0}")]
+    InvalidRecord(String),
+}
+
+impl Error {
+    /// The stable, machine-readable code of this error.
+    ///
+    /// ```
+    /// use apikey::{Error, MalformedReason};
+    /// assert_eq!(Error::MalformedApiKey(MalformedReason::Checksum).code(), "MALFORMED_API_KEY");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "MISSING_API_KEY",
+            Self::MalformedApiKey(_) => "MALFORMED_API_KEY",
+            Self::InvalidApiKey => "INVALID_API_KEY",
+            Self::ExpiredApiKey { .. } => "EXPIRED_API_KEY",
+            Self::NotYetValid { .. } => "NOT_YET_VALID",
+            Self::DisabledApiKey => "DISABLED_API_KEY",
+            Self::RevokedApiKey => "REVOKED_API_KEY",
+            Self::WrongEnvironment { .. } => "WRONG_ENVIRONMENT",
+            Self::InsufficientScope { .. } => "INSUFFICIENT_SCOPE",
+            Self::IpNotAllowed => "IP_NOT_ALLOWED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::UsageExceeded => "USAGE_EXCEEDED",
+            Self::TooManyFailures { .. } => "TOO_MANY_FAILED_ATTEMPTS",
+            Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Self::InvalidScope { .. } => "INVALID_SCOPE",
+            Self::InvalidPrefix { .. } => "INVALID_PREFIX",
+            Self::InvalidSecret(_) => "INVALID_SECRET",
+            Self::InvalidInput(_) => "INVALID_REQUEST",
+            Self::KeyNotFound => "KEY_NOT_FOUND",
+            Self::KeyLimitReached { .. } => "KEY_LIMIT_REACHED",
+            Self::InvalidState(_) => "INVALID_STATE",
+            Self::InvalidRecord(_) => "INVALID_RECORD",
+        }
+    }
+
+    /// The HTTP status this error means, as a plain number.
+    ///
+    /// 401: no usable credentials (missing, malformed, invalid, expired, not
+    /// yet valid, disabled, revoked). 403: authenticated but not allowed
+    /// (environment, scope, address). 429: rate limit, quota, brute-force
+    /// throttle. 503: the store failed. Management errors use 400/404/409;
+    /// configuration errors 500.
+    ///
+    /// ```
+    /// use apikey::Error;
+    /// assert_eq!(Error::DisabledApiKey.http_status(), 401);
+    /// assert_eq!(Error::UsageExceeded.http_status(), 429);
+    /// ```
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::MissingApiKey
+            | Self::MalformedApiKey(_)
+            | Self::InvalidApiKey
+            | Self::ExpiredApiKey { .. }
+            | Self::NotYetValid { .. }
+            | Self::DisabledApiKey
+            | Self::RevokedApiKey => 401,
+            Self::WrongEnvironment { .. } | Self::InsufficientScope { .. } | Self::IpNotAllowed => {
+                403
+            }
+            Self::RateLimited { .. } | Self::UsageExceeded | Self::TooManyFailures { .. } => 429,
+            Self::StoreUnavailable(_) => 503,
+            Self::InvalidScope { .. } | Self::InvalidInput(_) => 400,
+            Self::KeyNotFound => 404,
+            Self::KeyLimitReached { .. } | Self::InvalidState(_) => 409,
+            Self::InvalidPrefix { .. } | Self::InvalidSecret(_) | Self::InvalidRecord(_) => 500,
+        }
+    }
+
+    /// `true` for outcomes that mean "these credentials do not authenticate"
+    /// (the 401 family).
+    ///
+    /// ```
+    /// assert!(apikey::Error::RevokedApiKey.is_unauthenticated());
+    /// ```
+    pub fn is_unauthenticated(&self) -> bool {
+        self.http_status() == 401
+    }
+
+    /// How long a client should wait before retrying, where that is known
+    /// (rate limits and throttles; a failing store suggests one second).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = apikey::Error::RateLimited { retry_after: Duration::from_secs(3) };
+    /// assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+    /// ```
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after } | Self::TooManyFailures { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::StoreUnavailable(_) => Some(std::time::Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err.kind() {
+            StoreErrorKind::NotFound => Error::KeyNotFound,
+            _ => Error::StoreUnavailable(err),
+        }
+    }
+}

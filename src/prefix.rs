@@ -1,0 +1,298 @@
+//! Key prefixes and the environment each one stands for.
+//!
+//! A key is `<prefix><body>`. The prefix tells people and secret scanners
+//! what the key is (`sk_live_` is a live secret key) and tells the verifier
+//! which [`Environment`] the key belongs to. The built-in prefixes are
+//! `sk_live_` (live), `sk_test_` (test) and `kwi_sk_` (live); applications
+//! register their own with [`PrefixRegistry::register`].
+//!
+//! Rules for a prefix: 2 to 16 bytes of lowercase ASCII letters, digits and
+//! `_`, ending in `_`, starting with a letter. Since the key body is base62
+//! and never holds `_`, the prefix of a presented key is exactly everything
+//! up to its last `_`, so prefixes that contain underscores, or that are
+//! prefixes of one another, are never ambiguous.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest prefix allowed, in bytes.
+pub const MAX_PREFIX_LEN: usize = 16;
+
+/// The environment a key belongs to.
+///
+/// ```
+/// use apikey::Environment;
+/// assert_eq!(Environment::Live.to_string(), "live");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Production: real data, counts against quota.
+    Live,
+    /// Development and testing: sandbox data.
+    Test,
+}
+
+impl Environment {
+    /// Lowercase name, as serialized.
+    ///
+    /// ```
+    /// assert_eq!(apikey::Environment::Test.as_str(), "test");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which environments a verifier accepts. Defaults to both.
+///
+/// ```
+/// use apikey::{Environment, Environments};
+/// assert!(Environments::LIVE.contains(Environment::Live));
+/// assert!(!Environments::LIVE.contains(Environment::Test));
+/// assert!(Environments::default().contains(Environment::Test));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Environments {
+    live: bool,
+    test: bool,
+}
+
+impl Environments {
+    /// Live keys only.
+    pub const LIVE: Self = Self {
+        live: true,
+        test: false,
+    };
+    /// Test keys only.
+    pub const TEST: Self = Self {
+        live: false,
+        test: true,
+    };
+    /// Live and test keys.
+    pub const BOTH: Self = Self {
+        live: true,
+        test: true,
+    };
+
+    /// Whether `env` is accepted.
+    pub const fn contains(self, env: Environment) -> bool {
+        match env {
+            Environment::Live => self.live,
+            Environment::Test => self.test,
+        }
+    }
+}
+
+impl Default for Environments {
+    fn default() -> Self {
+        Self::BOTH
+    }
+}
+
+/// A validated key prefix such as `sk_live_`.
+///
+/// ```
+/// use apikey::Prefix;
+/// let p = Prefix::new("acme_")?;
+/// assert_eq!(p.as_str(), "acme_");
+/// assert!(Prefix::new("Acme_").is_err()); // uppercase
+/// assert!(Prefix::new("acme").is_err()); // must end in `_`
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Prefix(Box<str>);
+
+impl Prefix {
+    /// Validates `prefix` against the prefix rules (see the module docs).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] naming the rule that failed.
+    pub fn new(prefix: &str) -> Result<Self> {
+        validate(prefix)?;
+        Ok(Self(prefix.into()))
+    }
+
+    /// The prefix text, including the trailing `_`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Prefix::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn validate(prefix: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidPrefix {
+            prefix: prefix.chars().take(32).collect(),
+            reason,
+        })
+    };
+    let bytes = prefix.as_bytes();
+    if bytes.len() < 2 {
+        return bad("must be at least 2 bytes");
+    }
+    if bytes.len() > MAX_PREFIX_LEN {
+        return bad("must be at most 16 bytes");
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+    {
+        return bad("only lowercase ASCII letters, digits and `_` are allowed");
+    }
+    if !bytes[0].is_ascii_lowercase() {
+        return bad("must start with a lowercase letter");
+    }
+    if bytes[bytes.len() - 1] != b'_' {
+        return bad("must end with `_`");
+    }
+    Ok(())
+}
+
+/// One registered prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixEntry {
+    /// The prefix.
+    pub prefix: Prefix,
+    /// The environment its keys belong to.
+    pub environment: Environment,
+}
+
+/// The prefixes a verifier recognises, each mapped to an environment.
+///
+/// At most 64 prefixes; lookups compare bytes, so a handful of prefixes cost
+/// a few nanoseconds.
+///
+/// ```
+/// use apikey::{Environment, PrefixRegistry};
+/// let mut reg = PrefixRegistry::with_builtins();
+/// reg.register("acme_test_", Environment::Test)?;
+/// assert_eq!(reg.find("acme_test_").map(|(_, e)| e.environment), Some(Environment::Test));
+/// assert!(reg.register("sk_live_", Environment::Test).is_err()); // already registered
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixRegistry {
+    entries: Vec<PrefixEntry>,
+}
+
+/// Most prefixes one registry holds.
+pub const MAX_PREFIXES: usize = 64;
+
+impl PrefixRegistry {
+    /// A registry with no prefixes.
+    pub fn empty() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// A registry with the built-in prefixes: `sk_live_` (live),
+    /// `sk_test_` (test), `kwi_sk_` (live).
+    pub fn with_builtins() -> Self {
+        let entry = |p: &str, environment| PrefixEntry {
+            prefix: Prefix(p.into()),
+            environment,
+        };
+        Self {
+            entries: vec![
+                entry("sk_live_", Environment::Live),
+                entry("sk_test_", Environment::Test),
+                entry("kwi_sk_", Environment::Live),
+            ],
+        }
+    }
+
+    /// Registers `prefix` for `environment`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] when the prefix breaks a rule, is already
+    /// registered, or the registry is full.
+    pub fn register(&mut self, prefix: &str, environment: Environment) -> Result<&mut Self> {
+        let prefix = Prefix::new(prefix)?;
+        if self.entries.iter().any(|e| e.prefix == prefix) {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.as_str().to_owned(),
+                reason: "already registered",
+            });
+        }
+        if self.entries.len() >= MAX_PREFIXES {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.as_str().to_owned(),
+                reason: "too many prefixes registered",
+            });
+        }
+        self.entries.push(PrefixEntry {
+            prefix,
+            environment,
+        });
+        Ok(self)
+    }
+
+    /// Finds an exact prefix, returning its index and entry.
+    #[inline]
+    pub fn find(&self, prefix: &str) -> Option<(usize, &PrefixEntry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.prefix.as_str().as_bytes() == prefix.as_bytes())
+    }
+
+    /// The entry at `index` (as returned by [`find`](Self::find)).
+    pub fn get(&self, index: usize) -> Option<&PrefixEntry> {
+        self.entries.get(index)
+    }
+
+    /// All registered prefixes, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = &PrefixEntry> {
+        self.entries.iter()
+    }
+}
+
+impl Default for PrefixRegistry {
+    fn default() -> Self {
+        Self::with_builtins()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules() {
+        for ok in ["sk_live_", "kwi_sk_", "a_", "my_app_v2_", "abcdefghijklmno_"] {
+            assert!(Prefix::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "_", "a", "sk-live_", "SK_", "1a_", "abcdefghijklmnop_", "sk_live", "é_", "a\0_",
+        ] {
+            assert!(Prefix::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

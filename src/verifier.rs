@@ -1,0 +1,389 @@
+//! The pure, synchronous verification core (and key issuing).
+//!
+//! [`Verifier`] holds the server secrets, the registered prefixes and the
+//! policy (leeway, accepted environments, full-access scopes). It does no
+//! I/O and reads no clock: the caller fetches the record however it likes
+//! and passes `now`. Fuzzers, benchmarks and blocking code call it directly;
+//! the async [`Authenticator`](crate::Authenticator) wraps it around a store.
+//!
+//! Order of checks: length, alphabet and prefix; checksum; version; forged-key
+//! tag; (store lookup by id); HMAC-SHA256 digest; constant-time comparison;
+//! status; not-before and expiry (with leeway); environment; scopes. Checks
+//! before the lookup depend only on the public text (the tag comparison is
+//! constant-time); an unknown id computes the HMAC like a wrong secret does.
+
+use std::sync::Arc;
+
+use rand_core::{CryptoRng, OsRng, RngCore};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+use crate::digest::KeyDigest;
+use crate::error::{Error, Result, StoreError};
+use crate::key::{self, ApiKey, KeyId, ParsedKey};
+use crate::prefix::{Environment, Environments, PrefixRegistry};
+use crate::record::{unix_nanos, KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
+use crate::scope::{Requirement, Scope, ScopeSet};
+use crate::secret::Keyring;
+
+/// Issues and verifies keys. Cheap to clone.
+///
+/// ```
+/// use apikey::{Keyring, NewKey, Requirement, ServerSecret, Verifier, KeyView};
+/// use std::sync::Arc;
+/// use time::macros::datetime;
+///
+/// let secret = ServerSecret::from_bytes(&[42u8; 32])?; // load yours from a secret manager
+/// let verifier = Verifier::new(Keyring::new(1, secret)?);
+/// let now = datetime!(2026-01-01 0:00 UTC);
+/// let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), now)?;
+///
+/// // Later, with the record fetched by id from any store:
+/// let parsed = verifier.parse(key.expose_secret())?;
+/// assert_eq!(parsed.id(), record.id);
+/// let view = Arc::new(KeyView::from_record(&record));
+/// let ok = verifier.verify(&parsed, Some(view), now, &Requirement::scope("tasks:read")?)?;
+/// assert_eq!(ok.id(), record.id);
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    prefixes: PrefixRegistry,
+    keyring: Keyring,
+    leeway_nanos: i64,
+    environments: Environments,
+    full_access: Vec<Scope>,
+}
+
+impl Verifier {
+    /// A verifier with the built-in prefixes, both environments accepted, no
+    /// leeway and no full-access scopes.
+    pub fn new(keyring: Keyring) -> Self {
+        Self {
+            prefixes: PrefixRegistry::with_builtins(),
+            keyring,
+            leeway_nanos: 0,
+            environments: Environments::BOTH,
+            full_access: Vec::new(),
+        }
+    }
+
+    /// Registers an application prefix.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] when it breaks a rule or is registered already.
+    pub fn with_prefix(mut self, prefix: &str, environment: Environment) -> Result<Self> {
+        self.prefixes.register(prefix, environment)?;
+        Ok(self)
+    }
+
+    /// Replaces the whole prefix registry.
+    pub fn with_prefixes(mut self, prefixes: PrefixRegistry) -> Self {
+        self.prefixes = prefixes;
+        self
+    }
+
+    /// Clock-skew allowance applied to `not_before` and `expires_at`.
+    /// Defaults to zero. Negative values count as zero.
+    pub fn with_leeway(mut self, leeway: time::Duration) -> Self {
+        self.leeway_nanos = leeway
+            .whole_nanoseconds()
+            .clamp(0, i128::from(i64::MAX)) as i64;
+        self
+    }
+
+    /// Which environments are accepted. Defaults to both.
+    pub fn accept(mut self, environments: Environments) -> Self {
+        self.environments = environments;
+        self
+    }
+
+    /// Declares a scope that grants everything (seed docs read `admin:*` so).
+    ///
+    /// # Errors
+    /// [`Error::InvalidScope`] when malformed.
+    pub fn with_full_access_scope(mut self, scope: &str) -> Result<Self> {
+        self.full_access.push(Scope::parse(scope)?);
+        Ok(self)
+    }
+
+    /// The registered prefixes.
+    pub fn prefixes(&self) -> &PrefixRegistry {
+        &self.prefixes
+    }
+
+    /// The keyring.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The full-access scopes.
+    pub fn full_access_scopes(&self) -> &[Scope] {
+        &self.full_access
+    }
+
+    /// Issues a key with OS randomness: the key (show it once) and the
+    /// record to store.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] for an unregistered prefix,
+    /// [`Error::InvalidScope`] for a malformed scope, [`Error::InvalidInput`]
+    /// for an empty or inverted validity window.
+    pub fn issue(&self, new: NewKey, now: OffsetDateTime) -> Result<(ApiKey, KeyRecord)> {
+        self.issue_with_rng(new, now, &mut OsRng)
+    }
+
+    /// Like [`issue`](Self::issue) with a caller-supplied CSPRNG (tests,
+    /// fuzzing, deterministic fixtures).
+    ///
+    /// # Errors
+    /// As [`issue`](Self::issue).
+    pub fn issue_with_rng<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        new: NewKey,
+        now: OffsetDateTime,
+        rng: &mut R,
+    ) -> Result<(ApiKey, KeyRecord)> {
+        let (_, entry) = self.prefixes.find(&new.prefix).ok_or_else(|| Error::InvalidPrefix {
+            prefix: new.prefix.chars().take(32).collect(),
+            reason: "not registered with this verifier",
+        })?;
+        let scopes = ScopeSet::parse(&new.scopes)?;
+        let now = now.to_offset(time::UtcOffset::UTC);
+        let expires_at = new.expires_at.map(|t| t.to_offset(time::UtcOffset::UTC));
+        let not_before = new.not_before.map(|t| t.to_offset(time::UtcOffset::UTC));
+        if let Some(exp) = expires_at {
+            if exp <= now {
+                return Err(Error::InvalidInput("expires_at must be in the future".into()));
+            }
+            if not_before.is_some_and(|nb| exp <= nb) {
+                return Err(Error::InvalidInput(
+                    "expires_at must be after not_before".into(),
+                ));
+            }
+        }
+        let (key, digest) = key::generate(rng, entry.prefix.as_str(), &self.keyring)?;
+        let record = KeyRecord {
+            schema_version: SCHEMA_VERSION,
+            id: key.id(),
+            prefix: entry.prefix.clone(),
+            environment: entry.environment,
+            owner: new.owner,
+            name: new.name,
+            description: new.description,
+            secret_version: self.keyring.current_version(),
+            digest,
+            scopes,
+            created_at: now,
+            expires_at,
+            not_before,
+            status: KeyStatus::Active,
+            revocation: None,
+            last_used_at: None,
+            metadata: new.metadata,
+            rotated_from: None,
+            rotated_to: None,
+        };
+        Ok((key, record))
+    }
+
+    /// Runs every check that needs no store: length, alphabet, prefix,
+    /// checksum, version and the forged-key tag. Never panics.
+    ///
+    /// # Errors
+    /// [`Error::MissingApiKey`] for an empty string,
+    /// [`Error::MalformedApiKey`] for a string that is not a key,
+    /// [`Error::InvalidApiKey`] for a well-formed key this service never issued.
+    #[inline]
+    pub fn parse<'a>(&self, presented: &'a str) -> Result<ParsedKey<'a>> {
+        if presented.is_empty() {
+            return Err(Error::MissingApiKey);
+        }
+        key::parse(presented, &self.prefixes, &self.keyring)
+    }
+
+    /// Checks a parsed key against the record fetched by its id (`None` when
+    /// the store has no such id) at `now`, then the requirement.
+    ///
+    /// # Errors
+    /// [`Error::InvalidApiKey`] (unknown id or wrong secret, one outcome),
+    /// then, only once the secret matched: [`Error::RevokedApiKey`],
+    /// [`Error::DisabledApiKey`], [`Error::NotYetValid`],
+    /// [`Error::ExpiredApiKey`], [`Error::WrongEnvironment`],
+    /// [`Error::InsufficientScope`].
+    #[inline]
+    pub fn verify(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        now: OffsetDateTime,
+        requirement: &Requirement,
+    ) -> Result<VerifiedKey> {
+        let view = self.check_secret(parsed, view)?;
+        self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
+        Ok(VerifiedKey { view })
+    }
+
+    /// Parses `presented`, fetches its record with `lookup`, and verifies:
+    /// the whole pipeline for synchronous stores.
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// # use time::OffsetDateTime;
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let store = MemoryStore::new();
+    /// let now = OffsetDateTime::UNIX_EPOCH;
+    /// let (key, record) = verifier.issue(NewKey::new("sk_test_"), now)?;
+    /// store.insert_sync(record)?;
+    /// let ok = verifier.verify_with(key.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none())?;
+    /// assert_eq!(ok.environment(), Environment::Test);
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Everything [`parse`](Self::parse) and [`verify`](Self::verify) return,
+    /// plus [`Error::StoreUnavailable`] when `lookup` fails.
+    #[inline]
+    pub fn verify_with<F>(
+        &self,
+        presented: &str,
+        lookup: F,
+        now: OffsetDateTime,
+        requirement: &Requirement,
+    ) -> Result<VerifiedKey>
+    where
+        F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
+    {
+        let parsed = self.parse(presented)?;
+        let view = lookup(parsed.id()).map_err(Error::StoreUnavailable)?;
+        self.verify(&parsed, view, now, requirement)
+    }
+
+    /// The digest of a parsed key under the keyring's current version, for
+    /// re-hashing a record made under an older one. Returns the version too.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSecret`] when the current version is missing.
+    pub fn rehash(&self, parsed: &ParsedKey<'_>) -> Result<(u8, KeyDigest)> {
+        let v = self.keyring.current_version();
+        let material = self
+            .keyring
+            .material(v)
+            .ok_or(Error::InvalidSecret("the current secret version is missing"))?;
+        Ok((v, parsed.digest_with(material)))
+    }
+
+    /// Re-creates the key text from a parsed key (round-trip checks).
+    pub(crate) fn compose(&self, parsed: &ParsedKey<'_>) -> Option<zeroize::Zeroizing<String>> {
+        parsed.compose(&self.keyring)
+    }
+
+    /// HMAC and constant-time comparison. An unknown id, or a record whose
+    /// secret version is gone, does the same HMAC work and fails the same way.
+    #[inline]
+    fn check_secret(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+    ) -> Result<Arc<KeyView>> {
+        // Parsing proved the key's own version is present.
+        let key_material = self.keyring.material(parsed.version());
+        let (expected, material) = match &view {
+            Some(v) => (v.digest, self.keyring.material(v.secret_version)),
+            None => (KeyDigest::from_bytes([0u8; 32]), None),
+        };
+        let Some(material) = material.or(key_material) else {
+            return Err(Error::InvalidApiKey);
+        };
+        let computed = parsed.digest_with(material);
+        let matched = computed.ct_eq(&expected) & u8::from(view.is_some()).ct_eq(&1);
+        match view {
+            Some(v) if bool::from(matched) && v.id == parsed.id() => Ok(v),
+            _ => Err(Error::InvalidApiKey),
+        }
+    }
+
+    #[inline]
+    fn check_policy(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: &KeyView,
+        now: i64,
+        requirement: &Requirement,
+    ) -> Result<()> {
+        match view.status {
+            KeyStatus::Active => {}
+            KeyStatus::Disabled => return Err(Error::DisabledApiKey),
+            KeyStatus::Revoked => return Err(Error::RevokedApiKey),
+        }
+        if now.saturating_add(self.leeway_nanos) < view.not_before {
+            return Err(Error::NotYetValid {
+                not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            });
+        }
+        if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
+            return Err(Error::ExpiredApiKey {
+                expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            });
+        }
+        // The digest covers the prefix, so the record's environment and the
+        // prefix's agree for any key that got this far; check both anyway.
+        let env = view.environment;
+        if !self.environments.contains(env) || env != parsed.environment() {
+            return Err(Error::WrongEnvironment { actual: env });
+        }
+        requirement.check(&view.scopes, &self.full_access)
+    }
+}
+
+/// A key that passed verification: what the handler needs to know.
+///
+/// ```
+/// # use apikey::*;
+/// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+/// # let store = MemoryStore::new();
+/// # let now = time::OffsetDateTime::UNIX_EPOCH;
+/// let (key, record) = verifier.issue(NewKey::new("kwi_sk_").owner("org_7").scopes(["read"]), now)?;
+/// store.insert_sync(record)?;
+/// let ok = verifier.verify_with(key.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none())?;
+/// assert_eq!(ok.owner(), Some("org_7"));
+/// assert!(ok.scopes().grants(&Scope::parse("read")?));
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct VerifiedKey {
+    view: Arc<KeyView>,
+}
+
+impl VerifiedKey {
+    /// The key id.
+    pub fn id(&self) -> KeyId {
+        self.view.id
+    }
+    /// The owner, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.view.owner()
+    }
+    /// The granted scopes.
+    pub fn scopes(&self) -> &ScopeSet {
+        &self.view.scopes
+    }
+    /// The environment.
+    pub fn environment(&self) -> Environment {
+        self.view.environment
+    }
+    /// The metadata.
+    pub fn metadata(&self) -> &std::collections::BTreeMap<String, String> {
+        self.view.metadata()
+    }
+    /// The whole view.
+    pub fn view(&self) -> &Arc<KeyView> {
+        &self.view
+    }
+    /// Whether the record's digest was made under an older secret version
+    /// than the current one (see [`Verifier::rehash`]).
+    pub fn needs_rehash(&self, verifier: &Verifier) -> bool {
+        self.view.secret_version != verifier.keyring.current_version()
+    }
+}
+
