@@ -1,10 +1,47 @@
 //! Fuzz-harness bodies, shared by the `fuzz/` targets and the property tests.
 //!
-//! Each function takes arbitrary bytes, drives the public API, and panics
-//! only when an oracle is violated (a bug), never because the input is bad.
-//! They are public so that your own fuzzing harnesses can reuse them.
+//! Enabled by the `fuzzing` feature. Each harness takes arbitrary bytes,
+//! drives the public API, and panics only when an oracle is violated (a
+//! bug), never because the input is bad. They are public so that your own
+//! fuzzing harnesses can reuse them:
+//!
+//! | harness | input | oracle |
+//! |---|---|---|
+//! | [`parse_key`], [`Harness::parse_key`] | any text | never panics; whatever parses re-composes to the identical text |
+//! | [`scope_grammar`] | `\n`-separated scopes | parse then `Display` round-trips; validity and `grants` agree with a segment-wise reference; `grants` is reflexive and transitive |
+//! | [`Harness::verify`] | store script + presented text | only byte-identical issued keys verify; an issued key gets exactly the outcome its stored record calls for; the store never overwrites an id; errors never carry secret material |
+//! | [`Harness::record_json`] | JSON | a record that deserializes re-serializes to a fixpoint and verifies every harness key the same as the original |
+//!
+//! Every harness uses one fixed keyring ([`harness_verifier`]), so the seed
+//! corpus in `fuzz/seeds/` (from [`seed_corpus`]) holds keys that parse.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::error::{Error, StoreErrorKind};
+use crate::key::{ApiKey, KeyId, ID_LEN, SECRET_LEN, VERSION_LEN};
+use crate::prefix::{Environment, PrefixRegistry};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, Revocation, SCHEMA_VERSION};
+use crate::scope::{Requirement, Scope, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN, MAX_SEGMENTS};
+use crate::secret::{Keyring, ServerSecret};
+use crate::store::MemoryStore;
 use crate::verifier::Verifier;
+use crate::digest::KeyDigest;
+
+/// Server secret version 1 of every harness keyring. Public on purpose: it
+/// only ever protects fuzzing fixtures.
+pub const HARNESS_SECRET_V1: [u8; 32] = *b"apikey fuzz harness secret no. 1";
+/// Server secret version 2 (current) of every harness keyring.
+pub const HARNESS_SECRET_V2: [u8; 32] = *b"apikey fuzz harness secret no. 2";
+/// The instant every harness verifies at (2026-01-01T00:00:00Z).
+pub const HARNESS_NOW: OffsetDateTime = time::macros::datetime!(2026-01-01 0:00 UTC);
+
+/// Length of the window used by [`leaks_secret`].
+pub const LEAK_WINDOW: usize = 8;
 
 /// Key parsing: never panics; whatever parses re-composes to the identical
 /// text (parse then format round-trips, one canonical spelling).
@@ -27,5 +64,781 @@ pub fn parse_key(verifier: &Verifier, data: &[u8]) {
             Some(&*text),
             "a parsed key must re-compose to the same text"
         );
+        let p = parsed.prefix().len();
+        assert_eq!(&text[..p], parsed.prefix(), "prefix is the text before the body");
+        assert_eq!(
+            parsed.id().to_string(),
+            &text[p + VERSION_LEN..p + VERSION_LEN + ID_LEN],
+            "the id is the canonical spelling of the id field"
+        );
+        assert!(verifier.prefixes().find(parsed.prefix()).is_some());
     }
+}
+
+/// The verifier every harness uses: the built-in prefixes and a keyring
+/// holding [`HARNESS_SECRET_V1`] (version 1) and [`HARNESS_SECRET_V2`]
+/// (version 2, current).
+///
+/// ```
+/// let v = apikey::fuzzing::harness_verifier();
+/// assert_eq!(v.keyring().current_version(), 2);
+/// ```
+pub fn harness_verifier() -> Verifier {
+    Verifier::new(harness_keyring(2))
+}
+
+fn harness_keyring(current: u8) -> Keyring {
+    // Both secrets are 32 bytes and the versions are in range, so this
+    // cannot fail; fall back to a one-version ring to stay panic-free.
+    let build = || -> crate::Result<Keyring> {
+        let mut ring = Keyring::new(1, ServerSecret::from_bytes(&HARNESS_SECRET_V1)?)?;
+        ring.add(2, ServerSecret::from_bytes(&HARNESS_SECRET_V2)?)?;
+        ring.set_current(current)?;
+        Ok(ring)
+    };
+    match build() {
+        Ok(ring) => ring,
+        Err(e) => panic!("harness keyring: {e}"),
+    }
+}
+
+/// A deterministic CSPRNG for fixtures: SHA-256 in counter mode over a
+/// seed. Only the harnesses use it, so the seed corpus is reproducible.
+struct FixtureRng {
+    seed: [u8; 32],
+    counter: u64,
+    block: [u8; 32],
+    used: usize,
+}
+
+impl FixtureRng {
+    fn new(label: &[u8]) -> Self {
+        Self {
+            seed: Sha256::digest(label).into(),
+            counter: 0,
+            block: [0; 32],
+            used: 32,
+        }
+    }
+}
+
+impl RngCore for FixtureRng {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for d in dest {
+            if self.used == 32 {
+                let mut h = Sha256::new();
+                h.update(self.seed);
+                h.update(self.counter.to_le_bytes());
+                self.block = h.finalize().into();
+                self.counter += 1;
+                self.used = 0;
+            }
+            *d = self.block[self.used];
+            self.used += 1;
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoRng for FixtureRng {}
+
+/// Whether `output` contains any [`LEAK_WINDOW`]-character substring of the
+/// secret segment of `key` (the 32 characters after the version and id).
+///
+/// ```
+/// use apikey::fuzzing::{leaks_secret, Harness};
+/// let h = Harness::new();
+/// let key = &h.keys()[0].0;
+/// assert!(leaks_secret(key.expose_secret(), key));
+/// assert!(!leaks_secret(&format!("{key:?} {key}"), key));
+/// ```
+pub fn leaks_secret(output: &str, key: &ApiKey) -> bool {
+    secret_segment(key)
+        .as_bytes()
+        .windows(LEAK_WINDOW)
+        .any(|w| output.as_bytes().windows(LEAK_WINDOW).any(|o| o == w))
+}
+
+/// The secret segment (32 base62 characters) of `key`.
+fn secret_segment(key: &ApiKey) -> &str {
+    let start = key.prefix().len() + VERSION_LEN + ID_LEN;
+    key.expose_secret()
+        .get(start..start + SECRET_LEN)
+        .unwrap_or_default()
+}
+
+/// Fixed keys and the verifier they verify under, built once per fuzzing
+/// process.
+///
+/// Holds one key per built-in prefix issued under the current secret
+/// version (2), plus one `sk_live_` key issued under version 1, all issued
+/// deterministically.
+pub struct Harness {
+    verifier: Verifier,
+    keys: Vec<(ApiKey, KeyRecord)>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How the harness stores issued key `i` before verifying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreMode {
+    Original,
+    Disabled,
+    Revoked,
+    Expired,
+    Absent,
+    WrongDigest,
+}
+
+impl StoreMode {
+    fn from_byte(b: u8) -> Self {
+        match b % 6 {
+            0 => Self::Original,
+            1 => Self::Disabled,
+            2 => Self::Revoked,
+            3 => Self::Expired,
+            4 => Self::Absent,
+            _ => Self::WrongDigest,
+        }
+    }
+}
+
+/// Reads bytes from the front of the input; zeros once exhausted.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0u64, |acc, _| (acc << 8) | u64::from(self.byte()))
+    }
+}
+
+const SCOPE_POOL: [&str; 7] = [
+    "read",
+    "write",
+    "tasks:*",
+    "tasks:read",
+    "*",
+    "admin:*",
+    "corpus:42:query",
+];
+
+fn requirement_from(b: u8) -> Requirement {
+    let r = match b % 6 {
+        0 => Ok(Requirement::none()),
+        1 => Requirement::scope("read"),
+        2 => Requirement::scope("tasks:read"),
+        3 => Requirement::all_of(["read", "tasks:write"]),
+        4 => Requirement::any_of(["admin:users", "tasks:read"]),
+        _ => Requirement::any_of(Vec::<&str>::new()),
+    };
+    r.unwrap_or(Requirement::AnyOf(Vec::new()))
+}
+
+/// A verification outcome reduced to what the oracles compare.
+fn outcome(r: crate::Result<crate::VerifiedKey>) -> Result<KeyId, &'static str> {
+    r.map(|v| v.id()).map_err(|e| e.code())
+}
+
+impl Harness {
+    /// Builds the verifier and issues the fixed keys.
+    pub fn new() -> Self {
+        let mut rng = FixtureRng::new(b"apikey fuzz harness keys");
+        let issued_at = HARNESS_NOW - time::Duration::days(30);
+        let mut keys = Vec::new();
+        let current = harness_verifier();
+        let scopes: [&[&str]; 3] = [&["read", "tasks:*"], &["tasks:read"], &[]];
+        for (entry, scopes) in PrefixRegistry::with_builtins().iter().zip(scopes) {
+            let new = NewKey::new(entry.prefix.as_str())
+                .owner("org_fuzz")
+                .name("harness")
+                .scopes(scopes.iter().copied())
+                .expires_at(HARNESS_NOW + time::Duration::days(365));
+            if let Ok(pair) = current.issue_with_rng(new, issued_at, &mut rng) {
+                keys.push(pair);
+            }
+        }
+        let old = Verifier::new(harness_keyring(1));
+        let new = NewKey::new("sk_live_").scopes(["read"]).metadata("v", "1");
+        if let Ok(pair) = old.issue_with_rng(new, issued_at, &mut rng) {
+            keys.push(pair);
+        }
+        Self {
+            verifier: current,
+            keys,
+        }
+    }
+
+    /// The verifier (see [`harness_verifier`]).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The fixed keys with their records.
+    pub fn keys(&self) -> &[(ApiKey, KeyRecord)] {
+        &self.keys
+    }
+
+    /// [`parse_key`] under the harness verifier.
+    ///
+    /// # Panics
+    /// When an oracle fails.
+    pub fn parse_key(&self, data: &[u8]) {
+        parse_key(&self.verifier, data);
+    }
+
+    fn assert_no_leak(&self, output: &str) {
+        for (key, _) in &self.keys {
+            assert!(
+                !leaks_secret(output, key),
+                "output carries secret material: {output:?}"
+            );
+        }
+    }
+
+    /// Full verification against a [`MemoryStore`] holding arbitrary records.
+    ///
+    /// The input is a small script, then the presented key. Bytes, in order
+    /// (missing bytes read as 0):
+    ///
+    /// 1. one byte per fixed key: how it is stored (`% 6`: original,
+    ///    disabled, revoked, expired, absent, wrong digest);
+    /// 2. `n % 8` arbitrary records, each: id source, id bytes or key index,
+    ///    digest source (+ 32 bytes), secret version, prefix/environment,
+    ///    status, validity window, scope bits;
+    /// 3. the requirement (`% 6`);
+    /// 4. the presented text: `% 5`: 0 a fixed key exactly, 1 one byte of a
+    ///    fixed key replaced, 2 a fixed key under another prefix, 3 a fixed
+    ///    key cut or extended, 4 the rest of the input as text.
+    ///
+    /// Oracles: only a byte-identical fixed key verifies, and only when its
+    /// genuine record is stored; a fixed key whose genuine record is stored
+    /// gets exactly the outcome the record calls for (status, window,
+    /// environment, scopes); an insert never overwrites an id; no error
+    /// message or `Debug` output carries secret material.
+    ///
+    /// # Panics
+    /// When an oracle fails.
+    ///
+    /// ```
+    /// let h = apikey::fuzzing::Harness::new();
+    /// h.verify(&[]); // fixed key 0, stored as issued: verifies
+    /// h.verify(b"\x02\x00\x00\x00\x00\x00\x00"); // revoked key 0: REVOKED_API_KEY
+    /// ```
+    pub fn verify(&self, data: &[u8]) {
+        let mut c = Cursor(data);
+        let store = MemoryStore::new();
+        let n = self.keys.len();
+        let mut modes = Vec::with_capacity(n);
+        for (_, rec) in &self.keys {
+            let mode = StoreMode::from_byte(c.byte());
+            modes.push(mode);
+            let mut rec = rec.clone();
+            match mode {
+                StoreMode::Original => {}
+                StoreMode::Disabled => rec.status = KeyStatus::Disabled,
+                StoreMode::Revoked => {
+                    rec.status = KeyStatus::Revoked;
+                    rec.revocation = Some(Revocation {
+                        at: HARNESS_NOW - time::Duration::hours(1),
+                        reason: "fuzz".into(),
+                    });
+                }
+                StoreMode::Expired => rec.expires_at = Some(HARNESS_NOW - time::Duration::SECOND),
+                StoreMode::Absent => continue,
+                StoreMode::WrongDigest => {
+                    let mut d = *rec.digest.as_bytes();
+                    d[31] ^= 1;
+                    rec.digest = KeyDigest::from_bytes(d);
+                }
+            }
+            if let Err(e) = store.insert_sync(rec) {
+                panic!("a harness record must insert: {e}");
+            }
+        }
+
+        for _ in 0..c.byte() % 8 {
+            let rec = self.arbitrary_record(&mut c);
+            let before = store.get_sync(rec.id);
+            let valid = rec.validate().is_ok();
+            match store.insert_sync(rec.clone()) {
+                Ok(()) => {
+                    assert!(before.is_none(), "insert overwrote an existing id");
+                    assert!(valid, "the store accepted a record that fails validate()");
+                    assert_eq!(store.get_sync(rec.id).as_ref(), Some(&rec));
+                }
+                Err(e) => {
+                    let expected = if valid {
+                        assert!(before.is_some(), "a valid record with a new id was refused");
+                        StoreErrorKind::IdCollision
+                    } else {
+                        StoreErrorKind::Corrupt
+                    };
+                    assert_eq!(e.kind(), expected, "insert failed for the wrong reason");
+                    assert_eq!(store.get_sync(rec.id), before, "a failed insert changed the store");
+                }
+            }
+        }
+
+        let requirement = requirement_from(c.byte());
+        let text = self.presented_text(&mut c);
+        let result = self.verifier.verify_with(
+            &text,
+            |id| store.fetch_sync(id),
+            HARNESS_NOW,
+            &requirement,
+        );
+        match &result {
+            Ok(v) => self.assert_no_leak(&format!("{v:?}")),
+            Err(e) => self.assert_no_leak(&format!("{e} {e:?}")),
+        }
+
+        let exact = self
+            .keys
+            .iter()
+            .find(|(k, _)| k.expose_secret().as_bytes() == text.as_bytes());
+        let Some((key, issued)) = exact else {
+            if let Ok(v) = result {
+                panic!("a key that was never issued verified: {text:?} as {:?}", v.id());
+            }
+            return;
+        };
+        let stored = store.get_sync(key.id());
+        if let Ok(v) = &result {
+            assert_eq!(v.id(), key.id());
+            assert!(
+                stored.as_ref().is_some_and(|s| s.digest == issued.digest),
+                "a key verified against a record that is not its own"
+            );
+        }
+        let Some(stored) = stored.filter(|s| {
+            s.digest == issued.digest && s.secret_version == issued.secret_version
+        }) else {
+            if stored_is_foreign(&store, key.id(), issued) {
+                assert_eq!(outcome(result), Err("INVALID_API_KEY"));
+            }
+            return;
+        };
+        let expected = expected_outcome(&stored, key, &requirement, &self.verifier);
+        assert_eq!(
+            outcome(result),
+            expected,
+            "fixed key {:?} stored as {stored:?}",
+            key.id()
+        );
+    }
+
+    fn arbitrary_record(&self, c: &mut Cursor<'_>) -> KeyRecord {
+        let n = self.keys.len();
+        let pick = |b: u8| &self.keys[usize::from(b) % n].1;
+        let id = match c.byte() % 3 {
+            0 => KeyId::from_u64(c.u64()),
+            1 => pick(c.byte()).id,
+            _ => KeyId::from_u64(pick(c.byte()).id.as_u64() ^ 1),
+        };
+        let digest = match c.byte() % 3 {
+            0 => {
+                let mut d = [0u8; 32];
+                d.iter_mut().for_each(|b| *b = c.byte());
+                KeyDigest::from_bytes(d)
+            }
+            1 => pick(c.byte()).digest,
+            _ => KeyDigest::from_bytes([0; 32]),
+        };
+        let secret_version = [1, 2, 3, 0, 62][usize::from(c.byte() % 5)];
+        let pe = c.byte();
+        let prefixes = PrefixRegistry::with_builtins();
+        let entry = prefixes.iter().nth(usize::from(pe % 3)).cloned();
+        let (prefix, mut environment) = match entry {
+            Some(e) => (e.prefix, e.environment),
+            None => (pick(0).prefix.clone(), Environment::Live),
+        };
+        if pe & 4 != 0 {
+            environment = match environment {
+                Environment::Live => Environment::Test,
+                Environment::Test => Environment::Live,
+            };
+        }
+        let st = c.byte();
+        let (status, revocation) = match st % 4 {
+            0 => (KeyStatus::Active, None),
+            1 => (KeyStatus::Disabled, None),
+            2 => (
+                KeyStatus::Revoked,
+                Some(Revocation {
+                    at: HARNESS_NOW,
+                    reason: "r".into(),
+                }),
+            ),
+            // Inconsistent on purpose: validate() must reject it.
+            _ => (KeyStatus::Revoked, None),
+        };
+        let w = c.byte();
+        let at = |code: u8| match code % 4 {
+            0 => None,
+            1 => Some(HARNESS_NOW - time::Duration::SECOND),
+            2 => Some(HARNESS_NOW),
+            _ => Some(HARNESS_NOW + time::Duration::SECOND),
+        };
+        let bits = c.byte();
+        let scopes = SCOPE_POOL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bits & (1 << i) != 0)
+            .filter_map(|(_, s)| Scope::parse(s).ok())
+            .collect();
+        KeyRecord {
+            schema_version: SCHEMA_VERSION,
+            id,
+            prefix,
+            environment,
+            owner: (w & 0x80 != 0).then(|| "org_fuzz".to_owned()),
+            name: String::new(),
+            description: None,
+            secret_version,
+            digest,
+            scopes: ScopeSet::from_scopes(scopes),
+            created_at: HARNESS_NOW - time::Duration::days(1),
+            expires_at: at(w),
+            not_before: at(w >> 2),
+            status,
+            revocation,
+            last_used_at: None,
+            metadata: BTreeMap::new(),
+            rotated_from: None,
+            rotated_to: None,
+        }
+    }
+
+    fn presented_text(&self, c: &mut Cursor<'_>) -> String {
+        let n = self.keys.len();
+        let mode = c.byte() % 5;
+        if mode == 4 {
+            return String::from_utf8_lossy(c.0).into_owned();
+        }
+        let key = &self.keys[usize::from(c.byte()) % n].0;
+        let mut bytes = key.expose_secret().as_bytes().to_vec();
+        match mode {
+            1 => {
+                let pos = usize::from(c.byte()) % bytes.len();
+                bytes[pos] = c.byte();
+            }
+            2 => {
+                let prefixes = PrefixRegistry::with_builtins();
+                if let Some(other) = prefixes.iter().nth(usize::from(c.byte() % 3)) {
+                    let body = bytes.split_off(key.prefix().len());
+                    bytes = other.prefix.as_str().as_bytes().to_vec();
+                    bytes.extend_from_slice(&body);
+                }
+            }
+            3 => {
+                let len = usize::from(c.byte());
+                if len < bytes.len() {
+                    bytes.truncate(len);
+                } else {
+                    bytes.extend(std::iter::repeat_n(b'A', len - bytes.len()));
+                }
+            }
+            _ => {}
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Record deserialization (serde_json): whatever deserializes
+    /// re-serializes, reads back equal, serializes to the same bytes
+    /// (a fixpoint), validates the same, yields the same [`KeyView`], and
+    /// verifies every fixed key exactly as the original record does, both
+    /// directly and through a [`MemoryStore`].
+    ///
+    /// # Panics
+    /// When an oracle fails.
+    ///
+    /// ```
+    /// let h = apikey::fuzzing::Harness::new();
+    /// let json = serde_json::to_vec(&h.keys()[0].1).expect("serializes");
+    /// h.record_json(&json);
+    /// h.record_json(b"{\"schema_version\":2}");
+    /// ```
+    pub fn record_json(&self, data: &[u8]) {
+        let Ok(rec) = serde_json::from_slice::<KeyRecord>(data) else {
+            return;
+        };
+        let json = match serde_json::to_vec(&rec) {
+            Ok(j) => j,
+            Err(e) => panic!("a record that deserializes must serialize: {e}; {rec:?}"),
+        };
+        let back: KeyRecord = match serde_json::from_slice(&json) {
+            Ok(r) => r,
+            Err(e) => panic!("a re-serialized record must deserialize: {e}"),
+        };
+        assert_eq!(back, rec, "record round-trip changed the record");
+        assert_eq!(
+            serde_json::to_vec(&back).ok().as_deref(),
+            Some(&*json),
+            "serialization is not a fixpoint"
+        );
+        assert_eq!(back.validate().is_ok(), rec.validate().is_ok());
+        let (va, vb) = (
+            Arc::new(KeyView::from_record(&rec)),
+            Arc::new(KeyView::from_record(&back)),
+        );
+        assert_eq!(va, vb);
+        self.assert_no_leak(&format!("{rec:?}"));
+
+        let store = MemoryStore::new();
+        let stored = store.insert_sync(rec.clone()).is_ok();
+        assert_eq!(stored, rec.validate().is_ok());
+        for requirement in [Requirement::none(), requirement_from(3)] {
+            for (key, _) in &self.keys {
+                let run = |view: &Arc<KeyView>| {
+                    let v = (view.id == key.id()).then(|| Arc::clone(view));
+                    outcome(self.verifier.verify_with(
+                        key.expose_secret(),
+                        |_| Ok(v),
+                        HARNESS_NOW,
+                        &requirement,
+                    ))
+                };
+                let a = run(&va);
+                assert_eq!(a, run(&vb), "round-tripped record verifies differently");
+                if stored {
+                    let via_store = outcome(self.verifier.verify_with(
+                        key.expose_secret(),
+                        |id| store.fetch_sync(id),
+                        HARNESS_NOW,
+                        &requirement,
+                    ));
+                    assert_eq!(a, via_store, "stored record verifies differently");
+                }
+            }
+        }
+    }
+}
+
+/// Whether the record stored under `id` is one the key cannot match: a
+/// different digest (secret versions aside), or nothing stored.
+fn stored_is_foreign(store: &MemoryStore, id: KeyId, issued: &KeyRecord) -> bool {
+    store.get_sync(id).is_none_or(|s| s.digest != issued.digest)
+}
+
+/// What verifying `key` against its genuine `stored` record must return.
+fn expected_outcome(
+    stored: &KeyRecord,
+    key: &ApiKey,
+    requirement: &Requirement,
+    verifier: &Verifier,
+) -> Result<KeyId, &'static str> {
+    let now = HARNESS_NOW;
+    let key_env = verifier
+        .prefixes()
+        .find(key.prefix())
+        .map(|(_, e)| e.environment);
+    match stored.status {
+        KeyStatus::Revoked => Err(Error::RevokedApiKey.code()),
+        KeyStatus::Disabled => Err(Error::DisabledApiKey.code()),
+        KeyStatus::Active if stored.not_before.is_some_and(|nb| now < nb) => Err("NOT_YET_VALID"),
+        KeyStatus::Active if stored.expires_at.is_some_and(|e| now >= e) => Err("EXPIRED_API_KEY"),
+        KeyStatus::Active if key_env != Some(stored.environment) => Err("WRONG_ENVIRONMENT"),
+        KeyStatus::Active if !reference_requirement(requirement, &stored.scopes) => {
+            Err("INSUFFICIENT_SCOPE")
+        }
+        KeyStatus::Active => Ok(key.id()),
+    }
+}
+
+/// Segment-wise reference of the scope grammar (independent of
+/// `Scope::parse`).
+fn reference_valid(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_SCOPE_LEN {
+        return false;
+    }
+    let segs: Vec<&str> = s.split(':').collect();
+    segs.len() <= MAX_SEGMENTS
+        && segs.iter().enumerate().all(|(i, seg)| {
+            (*seg == "*" && i + 1 == segs.len())
+                || (!seg.is_empty()
+                    && seg
+                        .chars()
+                        .all(|ch| matches!(ch, 'a'..='z' | '0'..='9' | '_' | '-')))
+        })
+}
+
+/// Segment-wise reference of `grants` (independent of `Scope::grants`).
+fn reference_grants(granted: &str, required: &str) -> bool {
+    let g: Vec<&str> = granted.split(':').collect();
+    let r: Vec<&str> = required.split(':').collect();
+    match g.split_last() {
+        Some((&"*", lit)) => r.len() > lit.len() && r[..lit.len()] == *lit,
+        _ => g == r,
+    }
+}
+
+fn reference_requirement(req: &Requirement, granted: &ScopeSet) -> bool {
+    let any = |r: &Scope| granted.iter().any(|g| reference_grants(g.as_str(), r.as_str()));
+    match req {
+        Requirement::None => true,
+        Requirement::AllOf(v) => v.iter().all(any),
+        Requirement::AnyOf(v) => v.iter().any(any),
+    }
+}
+
+/// Scope grammar: the input is split on `\n` into up to 9 scopes. Whatever
+/// parses displays as its input and parses back equal; validity agrees with
+/// a segment-wise reference grammar; `grants` agrees with a reference, is
+/// reflexive and transitive; [`ScopeSet`] and [`Requirement`] agree with
+/// the reference; JSON round-trips. Never panics otherwise.
+///
+/// # Panics
+/// When an oracle fails.
+///
+/// ```
+/// apikey::fuzzing::scope_grammar(b"projects:*\nprojects:42:read\n*\nA:b");
+/// ```
+pub fn scope_grammar(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let pieces: Vec<&str> = text.split('\n').take(9).collect();
+    let mut valid = Vec::new();
+    for p in &pieces {
+        match Scope::parse(p) {
+            Ok(s) => {
+                assert!(reference_valid(p), "accepted a scope the grammar forbids: {p:?}");
+                assert_eq!(s.to_string(), *p, "Display must give back the input");
+                assert_eq!(s.as_str(), *p);
+                assert_eq!(p.parse::<Scope>().ok().as_ref(), Some(&s));
+                assert!(s.grants(&s), "grants must be reflexive: {p:?}");
+                assert_eq!(s.is_wildcard(), p.ends_with('*'));
+                let json = serde_json::to_string(&s).unwrap_or_default();
+                assert_eq!(serde_json::from_str::<Scope>(&json).ok().as_ref(), Some(&s));
+                valid.push(s);
+            }
+            Err(e) => {
+                assert!(!reference_valid(p), "rejected a valid scope: {p:?}: {e}");
+                assert_eq!(e.code(), "INVALID_SCOPE");
+                // Serde must refuse what parse refuses.
+                let json = serde_json::to_string(p).unwrap_or_default();
+                assert!(serde_json::from_str::<Scope>(&json).is_err());
+            }
+        }
+    }
+    for a in &valid {
+        for b in &valid {
+            assert_eq!(
+                a.grants(b),
+                reference_grants(a.as_str(), b.as_str()),
+                "{a} grants {b}?"
+            );
+            if a.grants(b) {
+                for c in &valid {
+                    if b.grants(c) {
+                        assert!(a.grants(c), "grants must be transitive: {a} {b} {c}");
+                    }
+                }
+            }
+        }
+    }
+    let set_result = ScopeSet::parse(&pieces);
+    assert_eq!(
+        set_result.is_ok(),
+        valid.len() == pieces.len() && pieces.len() <= MAX_SCOPES_PER_KEY
+    );
+    let Some((first, rest)) = valid.split_first() else {
+        return;
+    };
+    let granted = ScopeSet::from_scopes(rest.to_vec());
+    assert_eq!(
+        granted.grants(first),
+        rest.iter().any(|g| reference_grants(g.as_str(), first.as_str()))
+    );
+    for req in [
+        Requirement::AllOf(vec![first.clone()]),
+        Requirement::AllOf(valid.clone()),
+        Requirement::AnyOf(valid.clone()),
+        Requirement::AnyOf(Vec::new()),
+    ] {
+        let met = req.is_met_by(&granted, &[]);
+        assert_eq!(met, reference_requirement(&req, &granted), "{req:?} by {granted:?}");
+        assert_eq!(req.check(&granted, &[]).is_ok(), met);
+    }
+    let json = serde_json::to_string(&granted).unwrap_or_default();
+    assert_eq!(serde_json::from_str::<ScopeSet>(&json).ok(), Some(granted));
+}
+
+/// The seed corpus: `(target, file name, bytes)` for every fuzz target, one
+/// valid key per prefix (and per secret version) where the target takes
+/// keys. Deterministic; `fuzz/seeds/` holds exactly this (a test checks).
+pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
+    let h = Harness::new();
+    let mut out = Vec::new();
+    for (i, (key, rec)) in h.keys().iter().enumerate() {
+        let name = format!("{}v{}", key.prefix(), rec.secret_version);
+        out.push(("parse_key", name.clone(), key.expose_secret().as_bytes().to_vec()));
+        let n = h.keys().len();
+        // Exact key i, stored as issued, no requirement.
+        let mut script = vec![0u8; n];
+        script.extend_from_slice(&[0, 0, 0, i as u8]);
+        out.push(("verify", format!("{name}_exact"), script));
+        // Key i's store record revoked, then the key as raw text.
+        let mut script = vec![0u8; n];
+        script[i] = 2;
+        script.extend_from_slice(&[0, 1, 4]);
+        script.extend_from_slice(key.expose_secret().as_bytes());
+        out.push(("verify", format!("{name}_revoked_raw"), script));
+        // One arbitrary record copying key i's id and digest.
+        let version_byte = if rec.secret_version == 2 { 1 } else { 0 };
+        let prefix_byte = h
+            .verifier()
+            .prefixes()
+            .find(key.prefix())
+            .map_or(0, |(p, _)| p as u8);
+        let mut script = vec![4u8; n];
+        script.extend_from_slice(&[1, 1, i as u8, 1, i as u8, version_byte, prefix_byte]);
+        script.extend_from_slice(&[0, 0, 0xff, 0, 0]);
+        script.push(i as u8);
+        out.push(("verify", format!("{name}_copied_record"), script));
+        if let Ok(json) = serde_json::to_vec_pretty(rec) {
+            out.push(("record_json", name, json));
+        }
+    }
+    for (name, text) in [
+        ("wildcards", "projects:*\nprojects:42:read\n*\nprojects"),
+        ("grammar", "tasks:read\ntasks:*\nread\ncorpus:42:query"),
+        ("edge", "a-b_c:d:*\n*:a\nA\n\na::b"),
+    ] {
+        out.push(("scope_grammar", name.to_owned(), text.as_bytes().to_vec()));
+    }
+    out
 }

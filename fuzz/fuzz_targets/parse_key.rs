@@ -1,0 +1,13 @@
+//! Key parsing: never panics; parse then re-compose gives identical text.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use apikey::fuzzing::Harness;
+use libfuzzer_sys::fuzz_target;
+
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    HARNESS.get_or_init(Harness::new).parse_key(data);
+});
