@@ -1,6 +1,6 @@
 //! Fuzz-harness bodies, shared by the `fuzz/` targets and the property tests.
 //!
-//! Enabled by the `fuzzing` feature. Each harness takes arbitrary bytes,
+//! Each harness takes arbitrary bytes,
 //! drives the public API, and panics only when an oracle is violated (a
 //! bug), never because the input is bad. They are public so that your own
 //! fuzzing harnesses can reuse them:
@@ -12,11 +12,14 @@
 //! | [`Harness::verify`] | store script + presented text | only byte-identical issued keys verify; an issued key gets exactly the outcome its stored record calls for; the store never overwrites an id; errors never carry secret material |
 //! | [`Harness::record_json`] | JSON | a record that deserializes re-serializes to a fixpoint and verifies every harness key the same as the original |
 //!
+//! The JSON oracles ([`Harness::record_json`], and the JSON round-trips in
+//! [`scope_grammar`]) need the `fuzzing` feature, which brings in
+//! `serde_json`; the `fuzz/` crate enables it.
+//!
 //! Every harness uses one fixed keyring ([`harness_verifier`]), so the seed
 //! corpus in `fuzz/seeds/` (from [`seed_corpus`]) holds keys that parse.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -25,7 +28,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, StoreErrorKind};
 use crate::key::{ApiKey, KeyId, ID_LEN, SECRET_LEN, VERSION_LEN};
 use crate::prefix::{Environment, PrefixRegistry};
-use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, Revocation, SCHEMA_VERSION};
+use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, SCHEMA_VERSION};
 use crate::scope::{Requirement, Scope, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN, MAX_SEGMENTS};
 use crate::secret::{Keyring, ServerSecret};
 use crate::store::MemoryStore;
@@ -593,6 +596,8 @@ impl Harness {
     /// h.record_json(&json);
     /// h.record_json(b"{\"schema_version\":2}");
     /// ```
+    #[cfg(feature = "fuzzing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
     pub fn record_json(&self, data: &[u8]) {
         let Ok(rec) = serde_json::from_slice::<KeyRecord>(data) else {
             return;
@@ -613,8 +618,8 @@ impl Harness {
         );
         assert_eq!(back.validate().is_ok(), rec.validate().is_ok());
         let (va, vb) = (
-            Arc::new(KeyView::from_record(&rec)),
-            Arc::new(KeyView::from_record(&back)),
+            std::sync::Arc::new(crate::KeyView::from_record(&rec)),
+            std::sync::Arc::new(crate::KeyView::from_record(&back)),
         );
         assert_eq!(va, vb);
         self.assert_no_leak(&format!("{rec:?}"));
@@ -624,8 +629,8 @@ impl Harness {
         assert_eq!(stored, rec.validate().is_ok());
         for requirement in [Requirement::none(), requirement_from(3)] {
             for (key, _) in &self.keys {
-                let run = |view: &Arc<KeyView>| {
-                    let v = (view.id == key.id()).then(|| Arc::clone(view));
+                let run = |view: &std::sync::Arc<crate::KeyView>| {
+                    let v = (view.id == key.id()).then(|| std::sync::Arc::clone(view));
                     outcome(self.verifier.verify_with(
                         key.expose_secret(),
                         |_| Ok(v),
@@ -741,16 +746,22 @@ pub fn scope_grammar(data: &[u8]) {
                 assert_eq!(p.parse::<Scope>().ok().as_ref(), Some(&s));
                 assert!(s.grants(&s), "grants must be reflexive: {p:?}");
                 assert_eq!(s.is_wildcard(), p.ends_with('*'));
-                let json = serde_json::to_string(&s).unwrap_or_default();
-                assert_eq!(serde_json::from_str::<Scope>(&json).ok().as_ref(), Some(&s));
+                #[cfg(feature = "fuzzing")]
+                {
+                    let json = serde_json::to_string(&s).unwrap_or_default();
+                    assert_eq!(serde_json::from_str::<Scope>(&json).ok().as_ref(), Some(&s));
+                }
                 valid.push(s);
             }
             Err(e) => {
                 assert!(!reference_valid(p), "rejected a valid scope: {p:?}: {e}");
                 assert_eq!(e.code(), "INVALID_SCOPE");
                 // Serde must refuse what parse refuses.
-                let json = serde_json::to_string(p).unwrap_or_default();
-                assert!(serde_json::from_str::<Scope>(&json).is_err());
+                #[cfg(feature = "fuzzing")]
+                {
+                    let json = serde_json::to_string(p).unwrap_or_default();
+                    assert!(serde_json::from_str::<Scope>(&json).is_err());
+                }
             }
         }
     }
@@ -793,13 +804,17 @@ pub fn scope_grammar(data: &[u8]) {
         assert_eq!(met, reference_requirement(&req, &granted), "{req:?} by {granted:?}");
         assert_eq!(req.check(&granted, &[]).is_ok(), met);
     }
-    let json = serde_json::to_string(&granted).unwrap_or_default();
-    assert_eq!(serde_json::from_str::<ScopeSet>(&json).ok(), Some(granted));
+    #[cfg(feature = "fuzzing")]
+    {
+        let json = serde_json::to_string(&granted).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<ScopeSet>(&json).ok(), Some(granted));
+    }
 }
 
 /// The seed corpus: `(target, file name, bytes)` for every fuzz target, one
 /// valid key per prefix (and per secret version) where the target takes
 /// keys. Deterministic; `fuzz/seeds/` holds exactly this (a test checks).
+/// The `record_json` seeds need the `fuzzing` feature.
 pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let h = Harness::new();
     let mut out = Vec::new();
@@ -829,6 +844,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
         script.extend_from_slice(&[0, 0, 0xff, 0, 0]);
         script.push(i as u8);
         out.push(("verify", format!("{name}_copied_record"), script));
+        #[cfg(feature = "fuzzing")]
         if let Ok(json) = serde_json::to_vec_pretty(rec) {
             out.push(("record_json", name, json));
         }

@@ -6,8 +6,6 @@ mod authenticator;
 mod base62;
 mod clock;
 mod digest;
-#[cfg(feature = "fuzzing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 pub mod fuzzing;
 mod error;
 mod key;
