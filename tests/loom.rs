@@ -1,0 +1,137 @@
+//! Loom model: revoking, disabling or deleting a key races verification.
+//!
+//! Runs the real `MemoryStore` code with its locks swapped for loom's
+//! (`src/sync.rs`), exploring every interleaving:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg loom" cargo test --release --test loom
+//! ```
+//!
+//! Property: every verification that *starts after* the write returned
+//! (observed through a SeqCst flag the writer sets after the call) fails
+//! with the new state's error; one that started before may see either
+//! state, never a mix (a torn or half-updated record).
+#![cfg(loom)]
+
+use apikey::{
+    Error, KeyRecord, KeyStatus, Keyring, MemoryStore, NewKey, Requirement, Revocation,
+    ServerSecret, Verifier,
+};
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::thread;
+use time::macros::datetime;
+
+const NOW: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    Revoke,
+    Disable,
+    Delete,
+}
+
+fn fixture() -> (Verifier, String, KeyRecord) {
+    let secret = ServerSecret::from_bytes(&[7; 32]).expect("32 bytes");
+    let verifier = Verifier::new(Keyring::new(1, secret).expect("keyring"));
+    let (key, record) = verifier
+        .issue(NewKey::new("sk_live_").owner("org"), NOW)
+        .expect("issues");
+    (verifier, key.expose_secret().to_owned(), record)
+}
+
+fn code(r: &Result<apikey::VerifiedKey, Error>) -> &'static str {
+    match r {
+        Ok(_) => "OK",
+        Err(e) => e.code(),
+    }
+}
+
+fn model(write: Write, readers: usize) {
+    let (verifier, text, record) = fixture();
+    let after_code = match write {
+        Write::Revoke => "REVOKED_API_KEY",
+        Write::Disable => "DISABLED_API_KEY",
+        Write::Delete => "INVALID_API_KEY",
+    };
+    let mut builder = loom::model::Builder::new();
+    if readers > 1 {
+        // Three threads: bound preemptions so the search ends in seconds.
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(move || {
+        let store = Arc::new(MemoryStore::new());
+        store.insert_sync(record.clone()).expect("insert");
+        let done = Arc::new(AtomicBool::new(false));
+
+        let writer = {
+            let (store, done, record) = (Arc::clone(&store), Arc::clone(&done), record.clone());
+            thread::spawn(move || {
+                match write {
+                    Write::Revoke => {
+                        let mut r = record;
+                        r.status = KeyStatus::Revoked;
+                        r.revocation = Some(Revocation { at: NOW, reason: "leaked".into() });
+                        store.update_sync(r).expect("update");
+                    }
+                    Write::Disable => {
+                        let mut r = record;
+                        r.status = KeyStatus::Disabled;
+                        store.update_sync(r).expect("update");
+                    }
+                    Write::Delete => assert!(store.delete_sync(record.id)),
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+
+        let handles: Vec<_> = (0..readers)
+            .map(|_| {
+                let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+                let (verifier, text) = (verifier.clone(), text.clone());
+                thread::spawn(move || {
+                    let started_after = done.load(Ordering::SeqCst);
+                    let r = verifier.verify_with(
+                        &text,
+                        |id| store.fetch_sync(id),
+                        NOW,
+                        &Requirement::none(),
+                    );
+                    let c = code(&r);
+                    if started_after {
+                        assert_eq!(c, after_code, "a verification that started after the write saw the old state");
+                    } else {
+                        assert!(c == "OK" || c == after_code, "torn state: {c}");
+                    }
+                })
+            })
+            .collect();
+
+        writer.join().expect("writer");
+        for h in handles {
+            h.join().expect("reader");
+        }
+        let r = verifier.verify_with(&text, |id| store.fetch_sync(id), NOW, &Requirement::none());
+        assert_eq!(code(&r), after_code);
+    });
+}
+
+#[test]
+fn revoke_races_verification() {
+    model(Write::Revoke, 1);
+}
+
+#[test]
+fn disable_races_verification() {
+    model(Write::Disable, 1);
+}
+
+#[test]
+fn delete_races_verification() {
+    model(Write::Delete, 1);
+}
+
+#[test]
+fn revoke_races_two_verifications() {
+    model(Write::Revoke, 2);
+}
