@@ -132,8 +132,14 @@ fn fix_checksum(key: &mut [u8]) {
 /// a random class, and checks every one is rejected as `INVALID_API_KEY`.
 fn run(runner: &mut CtRunner, rng: &mut BenchRng, f: &Fixture, left: &[String], right: &[String]) {
     for s in left.iter().chain(right) {
-        let r = f.verifier.verify_with(s, |id| f.store.fetch_sync(id), NOW, &f.requirement);
-        assert_eq!(r.expect_err("must be rejected").code(), "INVALID_API_KEY", "{s}");
+        let r = f
+            .verifier
+            .verify_with(s, |id| f.store.fetch_sync(id), NOW, &f.requirement);
+        assert_eq!(
+            r.expect_err("must be rejected").code(),
+            "INVALID_API_KEY",
+            "{s}"
+        );
     }
     let mut classes = Vec::with_capacity(SAMPLES);
     let mut inputs = Vec::with_capacity(SAMPLES);

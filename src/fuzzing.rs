@@ -25,15 +25,15 @@ use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::digest::KeyDigest;
 use crate::error::{Error, StoreErrorKind};
-use crate::key::{ApiKey, KeyId, ID_LEN, SECRET_LEN, VERSION_LEN};
+use crate::key::{ApiKey, ID_LEN, KeyId, SECRET_LEN, VERSION_LEN};
 use crate::prefix::{Environment, PrefixRegistry};
 use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, SCHEMA_VERSION};
-use crate::scope::{Requirement, Scope, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN, MAX_SEGMENTS};
+use crate::scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
 use crate::secret::{Keyring, ServerSecret};
 use crate::store::MemoryStore;
 use crate::verifier::Verifier;
-use crate::digest::KeyDigest;
 
 /// Server secret version 1 of every harness keyring. Public on purpose: it
 /// only ever protects fuzzing fixtures.
@@ -68,7 +68,11 @@ pub fn parse_key(verifier: &Verifier, data: &[u8]) {
             "a parsed key must re-compose to the same text"
         );
         let p = parsed.prefix().len();
-        assert_eq!(&text[..p], parsed.prefix(), "prefix is the text before the body");
+        assert_eq!(
+            &text[..p],
+            parsed.prefix(),
+            "prefix is the text before the body"
+        );
         assert_eq!(
             parsed.id().to_string(),
             &text[p + VERSION_LEN..p + VERSION_LEN + ID_LEN],
@@ -412,19 +416,20 @@ impl Harness {
                         StoreErrorKind::Corrupt
                     };
                     assert_eq!(e.kind(), expected, "insert failed for the wrong reason");
-                    assert_eq!(store.get_sync(rec.id), before, "a failed insert changed the store");
+                    assert_eq!(
+                        store.get_sync(rec.id),
+                        before,
+                        "a failed insert changed the store"
+                    );
                 }
             }
         }
 
         let requirement = requirement_from(c.byte());
         let text = self.presented_text(&mut c);
-        let result = self.verifier.verify_with(
-            &text,
-            |id| store.fetch_sync(id),
-            HARNESS_NOW,
-            &requirement,
-        );
+        let result =
+            self.verifier
+                .verify_with(&text, |id| store.fetch_sync(id), HARNESS_NOW, &requirement);
         match &result {
             Ok(v) => self.assert_no_leak(&format!("{v:?}")),
             Err(e) => self.assert_no_leak(&format!("{e} {e:?}")),
@@ -436,7 +441,10 @@ impl Harness {
             .find(|(k, _)| k.expose_secret().as_bytes() == text.as_bytes());
         let Some((key, issued)) = exact else {
             if let Ok(v) = result {
-                panic!("a key that was never issued verified: {text:?} as {:?}", v.id());
+                panic!(
+                    "a key that was never issued verified: {text:?} as {:?}",
+                    v.id()
+                );
             }
             return;
         };
@@ -448,9 +456,9 @@ impl Harness {
                 "a key verified against a record that is not its own"
             );
         }
-        let Some(stored) = stored.filter(|s| {
-            s.digest == issued.digest && s.secret_version == issued.secret_version
-        }) else {
+        let Some(stored) = stored
+            .filter(|s| s.digest == issued.digest && s.secret_version == issued.secret_version)
+        else {
             if stored_is_foreign(&store, key.id(), issued) {
                 assert_eq!(outcome(result), Err("INVALID_API_KEY"));
             }
@@ -713,7 +721,11 @@ fn reference_grants(granted: &str, required: &str) -> bool {
 }
 
 fn reference_requirement(req: &Requirement, granted: &ScopeSet) -> bool {
-    let any = |r: &Scope| granted.iter().any(|g| reference_grants(g.as_str(), r.as_str()));
+    let any = |r: &Scope| {
+        granted
+            .iter()
+            .any(|g| reference_grants(g.as_str(), r.as_str()))
+    };
     match req {
         Requirement::None => true,
         Requirement::AllOf(v) => v.iter().all(any),
@@ -740,7 +752,10 @@ pub fn scope_grammar(data: &[u8]) {
     for p in &pieces {
         match Scope::parse(p) {
             Ok(s) => {
-                assert!(reference_valid(p), "accepted a scope the grammar forbids: {p:?}");
+                assert!(
+                    reference_valid(p),
+                    "accepted a scope the grammar forbids: {p:?}"
+                );
                 assert_eq!(s.to_string(), *p, "Display must give back the input");
                 assert_eq!(s.as_str(), *p);
                 assert_eq!(p.parse::<Scope>().ok().as_ref(), Some(&s));
@@ -792,7 +807,8 @@ pub fn scope_grammar(data: &[u8]) {
     let granted = ScopeSet::from_scopes(rest.to_vec());
     assert_eq!(
         granted.grants(first),
-        rest.iter().any(|g| reference_grants(g.as_str(), first.as_str()))
+        rest.iter()
+            .any(|g| reference_grants(g.as_str(), first.as_str()))
     );
     for req in [
         Requirement::AllOf(vec![first.clone()]),
@@ -801,7 +817,11 @@ pub fn scope_grammar(data: &[u8]) {
         Requirement::AnyOf(Vec::new()),
     ] {
         let met = req.is_met_by(&granted, &[]);
-        assert_eq!(met, reference_requirement(&req, &granted), "{req:?} by {granted:?}");
+        assert_eq!(
+            met,
+            reference_requirement(&req, &granted),
+            "{req:?} by {granted:?}"
+        );
         assert_eq!(req.check(&granted, &[]).is_ok(), met);
     }
     #[cfg(feature = "fuzzing")]
@@ -820,7 +840,11 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     for (i, (key, rec)) in h.keys().iter().enumerate() {
         let name = format!("{}v{}", key.prefix(), rec.secret_version);
-        out.push(("parse_key", name.clone(), key.expose_secret().as_bytes().to_vec()));
+        out.push((
+            "parse_key",
+            name.clone(),
+            key.expose_secret().as_bytes().to_vec(),
+        ));
         let n = h.keys().len();
         // Exact key i, stored as issued, no requirement.
         let mut script = vec![0u8; n];

@@ -20,16 +20,18 @@ fn key_shaped() -> impl Strategy<Value = Vec<u8>> {
     let n = harness().keys().len();
     let base62 = proptest::char::ranges(vec!['0'..='9', 'A'..='Z', 'a'..='z'].into());
     prop_oneof![
-        (0..n, proptest::collection::vec((0usize..80, any::<u8>()), 0..4)).prop_map(
-            move |(i, edits)| {
+        (
+            0..n,
+            proptest::collection::vec((0usize..80, any::<u8>()), 0..4)
+        )
+            .prop_map(move |(i, edits)| {
                 let mut b = harness().keys()[i].0.expose_secret().as_bytes().to_vec();
                 for (pos, byte) in edits {
                     let at = pos % b.len();
                     b[at] = byte;
                 }
                 b
-            }
-        ),
+            }),
         (0..n, 0usize..80).prop_map(|(i, len)| {
             let mut b = harness().keys()[i].0.expose_secret().as_bytes().to_vec();
             b.truncate(len);
@@ -233,7 +235,15 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
     let prefixes: std::collections::BTreeSet<_> = corpus
         .iter()
         .filter(|(t, _, _)| *t == "parse_key")
-        .map(|(_, n, _)| n.rsplit_once('v').map(|(p, _)| p.to_owned()).unwrap_or_default())
+        .map(|(_, n, _)| {
+            n.rsplit_once('v')
+                .map(|(p, _)| p.to_owned())
+                .unwrap_or_default()
+        })
         .collect();
-    assert_eq!(prefixes.len(), 3, "one valid key per built-in prefix: {prefixes:?}");
+    assert_eq!(
+        prefixes.len(),
+        3,
+        "one valid key per built-in prefix: {prefixes:?}"
+    );
 }

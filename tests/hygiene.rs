@@ -13,9 +13,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use apikey::{
-    Authenticator, Environment, Environments, Error, KeyId, KeyRecord, KeyStatus, KeyView,
-    Keyring, ManualClock, MemoryStore, NewKey, Requirement, Revocation, Scope, ScopeSet,
-    ServerSecret, StoreError, StoreErrorKind, Verifier,
+    Authenticator, Environment, Environments, Error, KeyId, KeyRecord, KeyStatus, KeyView, Keyring,
+    ManualClock, MemoryStore, NewKey, Requirement, Revocation, Scope, ScopeSet, ServerSecret,
+    StoreError, StoreErrorKind, Verifier,
 };
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
@@ -29,8 +29,11 @@ const SERVER_SECRET: [u8; 32] = *b"hygiene test server secret 32 b!";
 fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
     V.get_or_init(|| {
-        let ring = Keyring::new(1, ServerSecret::from_bytes(&SERVER_SECRET).expect("32 bytes"))
-            .expect("version 1");
+        let ring = Keyring::new(
+            1,
+            ServerSecret::from_bytes(&SERVER_SECRET).expect("32 bytes"),
+        )
+        .expect("version 1");
         Verifier::new(ring)
             .with_prefix("acme_test_", Environment::Test)
             .expect("valid prefix")
@@ -56,7 +59,10 @@ fn assert_no_window(output: &str, secret: &str, what: &str) {
     assert_eq!(secret.len(), 32);
     for w in secret.as_bytes().windows(8) {
         let w = std::str::from_utf8(w).expect("ascii");
-        assert!(!output.contains(w), "{what} leaks secret window {w:?}: {output}");
+        assert!(
+            !output.contains(w),
+            "{what} leaks secret window {w:?}: {output}"
+        );
     }
 }
 
@@ -71,7 +77,9 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
         .scopes(["tasks:read", "projects:*"])
         .metadata("k", "v")
         .expires_at(NOW + time::Duration::days(1));
-    let (key, record) = v.issue_with_rng(new, NOW - time::Duration::days(1), &mut rng).expect("issues");
+    let (key, record) = v
+        .issue_with_rng(new, NOW - time::Duration::days(1), &mut rng)
+        .expect("issues");
     let text = key.expose_secret().to_owned();
     let secret = secret_segment(&text, prefix);
     let mut out: Vec<(String, String)> = Vec::new();
@@ -82,12 +90,18 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
     push("ApiKey display_form", key.display_form());
     push("ApiKey id", format!("{} {:?}", key.id(), key.id()));
     push("KeyRecord Debug", format!("{record:?} {record:#?}"));
-    push("KeyRecord json", serde_json::to_string(&record).expect("json"));
+    push(
+        "KeyRecord json",
+        serde_json::to_string(&record).expect("json"),
+    );
     push("KeyRecord display_form", record.display_form());
     push("KeyDigest", format!("{:?}", record.digest));
     let view = Arc::new(KeyView::from_record(&record));
     push("KeyView Debug", format!("{view:?}"));
-    push("KeyId json", serde_json::to_string(&record.id).expect("json"));
+    push(
+        "KeyId json",
+        serde_json::to_string(&record.id).expect("json"),
+    );
 
     let parsed = v.parse(&text).expect("parses");
     push("ParsedKey Debug", format!("{parsed:?} {parsed:#?}"));
@@ -126,16 +140,30 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
         }
     }
     let need = Requirement::scope("admin:write").expect("valid");
-    errors.push(v.verify(&parsed, Some(Arc::clone(&view)), NOW, &need).expect_err("scope"));
-    errors.push(v.verify(&parsed, None, NOW, &Requirement::none()).expect_err("unknown id"));
+    errors.push(
+        v.verify(&parsed, Some(Arc::clone(&view)), NOW, &need)
+            .expect_err("scope"),
+    );
+    errors.push(
+        v.verify(&parsed, None, NOW, &Requirement::none())
+            .expect_err("unknown id"),
+    );
     let late = NOW + time::Duration::days(2);
-    errors.push(v.verify(&parsed, Some(Arc::clone(&view)), late, &Requirement::none()).expect_err("expired"));
+    errors.push(
+        v.verify(&parsed, Some(Arc::clone(&view)), late, &Requirement::none())
+            .expect_err("expired"),
+    );
     let early = NOW - time::Duration::days(3);
     let mut nb = record.clone();
     nb.not_before = Some(NOW - time::Duration::hours(1));
     errors.push(
-        v.verify(&parsed, Some(Arc::new(KeyView::from_record(&nb))), early, &Requirement::none())
-            .expect_err("not yet valid"),
+        v.verify(
+            &parsed,
+            Some(Arc::new(KeyView::from_record(&nb))),
+            early,
+            &Requirement::none(),
+        )
+        .expect_err("not yet valid"),
     );
     for status in [KeyStatus::Disabled, KeyStatus::Revoked] {
         let mut r = record.clone();
@@ -144,10 +172,18 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
             at: NOW,
             reason: "leaked".into(),
         });
-        push("revoked KeyRecord json", serde_json::to_string(&r).expect("json"));
+        push(
+            "revoked KeyRecord json",
+            serde_json::to_string(&r).expect("json"),
+        );
         errors.push(
-            v.verify(&parsed, Some(Arc::new(KeyView::from_record(&r))), NOW, &Requirement::none())
-                .expect_err("status"),
+            v.verify(
+                &parsed,
+                Some(Arc::new(KeyView::from_record(&r))),
+                NOW,
+                &Requirement::none(),
+            )
+            .expect_err("status"),
         );
     }
     let env_only = v.clone().accept(match record.environment {
@@ -270,7 +306,9 @@ fn ref_grants(g: &str, r: &str) -> bool {
         return true;
     }
     match g.strip_suffix('*') {
-        Some(lit) => r.len() > lit.len() && r.starts_with(lit) && (lit.is_empty() || lit.ends_with(':')),
+        Some(lit) => {
+            r.len() > lit.len() && r.starts_with(lit) && (lit.is_empty() || lit.ends_with(':'))
+        }
         None => false,
     }
 }
@@ -344,18 +382,34 @@ proptest! {
 fn malformed_scopes_deny() {
     for bad in ["Tasks:Read", "tasks:", "*:tasks", "tasks read", "", "ü"] {
         assert!(Requirement::scope(bad).is_err(), "{bad:?}");
-        assert!(verifier().issue(NewKey::new("sk_live_").scopes([bad]), NOW).is_err());
-        let (_, record) = verifier().issue(NewKey::new("sk_live_"), NOW).expect("issues");
+        assert!(
+            verifier()
+                .issue(NewKey::new("sk_live_").scopes([bad]), NOW)
+                .is_err()
+        );
+        let (_, record) = verifier()
+            .issue(NewKey::new("sk_live_"), NOW)
+            .expect("issues");
         let mut json = serde_json::to_value(&record).expect("json");
         json["scopes"] = serde_json::json!([bad]);
-        assert!(serde_json::from_value::<KeyRecord>(json).is_err(), "{bad:?} read back");
+        assert!(
+            serde_json::from_value::<KeyRecord>(json).is_err(),
+            "{bad:?} read back"
+        );
     }
     // An empty any-of never passes, even for a wildcard key.
-    let (key, record) = verifier().issue(NewKey::new("sk_live_").scopes(["*"]), NOW).expect("issues");
+    let (key, record) = verifier()
+        .issue(NewKey::new("sk_live_").scopes(["*"]), NOW)
+        .expect("issues");
     let store = MemoryStore::new();
     store.insert_sync(record).expect("insert");
     let err = verifier()
-        .verify_with(key.expose_secret(), |id| store.fetch_sync(id), NOW, &Requirement::AnyOf(vec![]))
+        .verify_with(
+            key.expose_secret(),
+            |id| store.fetch_sync(id),
+            NOW,
+            &Requirement::AnyOf(vec![]),
+        )
         .expect_err("empty any-of");
     assert_eq!(err.code(), "INSUFFICIENT_SCOPE");
 }
@@ -371,7 +425,9 @@ fn reference_agrees_on_the_documented_examples() {
         ("tasks:read", "tasks:*", false),
     ] {
         assert_eq!(ref_grants(g, r), want, "{g} {r}");
-        let lib = Scope::parse(g).expect("valid").grants(&Scope::parse(r).expect("valid"));
+        let lib = Scope::parse(g)
+            .expect("valid")
+            .grants(&Scope::parse(r).expect("valid"));
         assert_eq!(lib, want, "{g} {r}");
     }
 }
@@ -390,7 +446,11 @@ fn assert_unique(n: usize, mut issue: impl FnMut() -> apikey::ApiKey) {
         let mut secret = [0u8; 32];
         secret.copy_from_slice(&text.as_bytes()[p + 12..p + 44]);
         assert!(ids.insert(key.id().as_u64()), "duplicate id {:?}", key.id());
-        assert!(secrets.insert(secret), "duplicate secret for {:?}", key.id());
+        assert!(
+            secrets.insert(secret),
+            "duplicate secret for {:?}",
+            key.id()
+        );
     }
     assert_eq!(ids.len(), n);
 }
@@ -431,26 +491,56 @@ fn bulk_unique_one_million() {
 fn cloned_rng_repeats_and_the_store_refuses_the_duplicate() {
     let v = verifier();
     let rng = ChaCha20Rng::seed_from_u64(42);
-    let (k1, r1) = v.issue_with_rng(NewKey::new("sk_live_").owner("a"), NOW, &mut rng.clone()).expect("issues");
-    let (k2, r2) = v.issue_with_rng(NewKey::new("sk_live_").owner("b"), NOW, &mut rng.clone()).expect("issues");
-    assert_eq!(k1.expose_secret(), k2.expose_secret(), "documented: a cloned RNG replays");
+    let (k1, r1) = v
+        .issue_with_rng(NewKey::new("sk_live_").owner("a"), NOW, &mut rng.clone())
+        .expect("issues");
+    let (k2, r2) = v
+        .issue_with_rng(NewKey::new("sk_live_").owner("b"), NOW, &mut rng.clone())
+        .expect("issues");
+    assert_eq!(
+        k1.expose_secret(),
+        k2.expose_secret(),
+        "documented: a cloned RNG replays"
+    );
     assert_eq!(r1.id, r2.id);
 
     let store = MemoryStore::new();
     store.insert_sync(r1.clone()).expect("first insert");
     let err = store.insert_sync(r2).expect_err("second insert must fail");
     assert_eq!(err.kind(), StoreErrorKind::IdCollision);
-    assert_eq!(store.get_sync(r1.id).as_ref(), Some(&r1), "the first record is untouched");
+    assert_eq!(
+        store.get_sync(r1.id).as_ref(),
+        Some(&r1),
+        "the first record is untouched"
+    );
     assert_eq!(store.list_by_owner_sync("b").len(), 0);
     assert_eq!(store.len(), 1);
 
     // A reused RNG (by &mut) advances and never repeats.
     let mut rng = ChaCha20Rng::seed_from_u64(42);
-    assert_unique(10_000, || v.issue_with_rng(NewKey::new("sk_test_"), NOW, &mut rng).expect("issues").0);
+    assert_unique(10_000, || {
+        v.issue_with_rng(NewKey::new("sk_test_"), NOW, &mut rng)
+            .expect("issues")
+            .0
+    });
 
     // Same seed, same keys: seeded issuing is deterministic (fixtures).
-    let a = v.issue_with_rng(NewKey::new("sk_live_"), NOW, &mut ChaCha20Rng::seed_from_u64(9)).expect("issues").0;
-    let b = v.issue_with_rng(NewKey::new("sk_live_"), NOW, &mut ChaCha20Rng::seed_from_u64(9)).expect("issues").0;
+    let a = v
+        .issue_with_rng(
+            NewKey::new("sk_live_"),
+            NOW,
+            &mut ChaCha20Rng::seed_from_u64(9),
+        )
+        .expect("issues")
+        .0;
+    let b = v
+        .issue_with_rng(
+            NewKey::new("sk_live_"),
+            NOW,
+            &mut ChaCha20Rng::seed_from_u64(9),
+        )
+        .expect("issues")
+        .0;
     assert_eq!(a.expose_secret(), b.expose_secret());
     let _ = KeyId::from_u64(0);
 }

@@ -71,7 +71,10 @@ fn model(write: Write, readers: usize) {
                     Write::Revoke => {
                         let mut r = record;
                         r.status = KeyStatus::Revoked;
-                        r.revocation = Some(Revocation { at: NOW, reason: "leaked".into() });
+                        r.revocation = Some(Revocation {
+                            at: NOW,
+                            reason: "leaked".into(),
+                        });
                         store.update_sync(r).expect("update");
                     }
                     Write::Disable => {
@@ -99,7 +102,10 @@ fn model(write: Write, readers: usize) {
                     );
                     let c = code(&r);
                     if started_after {
-                        assert_eq!(c, after_code, "a verification that started after the write saw the old state");
+                        assert_eq!(
+                            c, after_code,
+                            "a verification that started after the write saw the old state"
+                        );
                     } else {
                         assert!(c == "OK" || c == after_code, "torn state: {c}");
                     }
