@@ -8,6 +8,7 @@ mod clock;
 mod digest;
 pub mod fuzzing;
 mod error;
+mod ipnet;
 mod key;
 mod prefix;
 mod record;
@@ -23,8 +24,14 @@ pub use digest::KeyDigest;
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{key_display_form, ApiKey, KeyId, ParsedKey, BODY_LEN, MAX_KEY_LEN, MIN_KEY_LEN};
 pub use prefix::{Environment, Environments, Prefix, PrefixEntry, PrefixRegistry, MAX_PREFIX_LEN};
-pub use record::{KeyRecord, KeyStatus, KeyView, NewKey, Revocation, SCHEMA_VERSION};
+pub use ipnet::{ip_allowed, IpNet};
+pub use record::{
+    KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, UsageCounters, SCHEMA_VERSION,
+};
 pub use scope::{Requirement, Scope, ScopeSet};
 pub use secret::{Keyring, ServerSecret, MIN_SECRET_LEN};
-pub use store::{KeyStore, KeyStoreWrite, MemoryStore};
+pub use store::{
+    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, MemoryStore,
+    UsageDelta,
+};
 pub use verifier::{VerifiedKey, Verifier};

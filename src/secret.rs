@@ -112,6 +112,8 @@ pub(crate) struct Material {
     pub(crate) tag_key: Zeroizing<[u8; 16]>,
     /// HMAC-SHA256 state already keyed with the digest pepper; cloned per use.
     pub(crate) hmac: Hmac<Sha256>,
+    /// HMAC-SHA256 state keyed with the legacy-index key (imported keys).
+    pub(crate) legacy_index: Hmac<Sha256>,
 }
 
 impl Material {
@@ -126,7 +128,16 @@ impl Material {
         let hmac = <Hmac<Sha256> as Mac>::new_from_slice(digest_key.as_ref())
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
         digest_key.zeroize();
-        Ok(Self { tag_key, hmac })
+        let mut legacy_key = Zeroizing::new([0u8; 32]);
+        hk.expand(b"apikey/v1 legacy index key", legacy_key.as_mut())
+            .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
+        let legacy_index = <Hmac<Sha256> as Mac>::new_from_slice(legacy_key.as_ref())
+            .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
+        Ok(Self {
+            tag_key,
+            hmac,
+            legacy_index,
+        })
     }
 }
 
@@ -218,6 +229,31 @@ impl Keyring {
     #[inline]
     pub(crate) fn material(&self, version: u8) -> Option<&Material> {
         self.slots.get(usize::from(version))?.as_deref()
+    }
+
+    /// The versions held, current first, then the others newest first.
+    pub(crate) fn versions_current_first(&self) -> impl Iterator<Item = u8> + '_ {
+        std::iter::once(self.current)
+            .chain((1..=MAX_VERSION).rev().filter(move |v| *v != self.current))
+            .filter(|v| self.contains(*v))
+    }
+
+    /// Legacy-key index under `version`: HMAC-SHA256 with the legacy index
+    /// key of the SHA-256 digest of the whole legacy key.
+    pub(crate) fn legacy_index(&self, version: u8, sha256: &[u8; 32]) -> Option<crate::KeyDigest> {
+        let mut mac = self.material(version)?.legacy_index.clone();
+        mac.update(sha256);
+        Some(crate::KeyDigest::from_bytes(mac.finalize().into_bytes().into()))
+    }
+
+    /// Keyed digest of a whole legacy key text under `version`'s digest
+    /// pepper. Domain-separated from native digests by a leading `0xFF`
+    /// byte (a native digest input starts with the prefix length, at most 16).
+    pub(crate) fn legacy_digest(&self, version: u8, text: &str) -> Option<crate::KeyDigest> {
+        let mut mac = self.material(version)?.hmac.clone();
+        mac.update(&[0xFF]);
+        mac.update(text.as_bytes());
+        Some(crate::KeyDigest::from_bytes(mac.finalize().into_bytes().into()))
     }
 }
 

@@ -183,6 +183,10 @@ impl Verifier {
             metadata: new.metadata,
             rotated_from: None,
             rotated_to: None,
+            revision: 0,
+            ip_allowlist: new.ip_allowlist,
+            usage: Default::default(),
+            legacy: None,
         };
         Ok((key, record))
     }
