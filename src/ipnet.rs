@@ -96,7 +96,11 @@ fn mask(value: u128, len: u8, v4: bool) -> u128 {
         return 0;
     }
     let keep = u128::MAX << (width - len);
-    let keep = if v4 { keep & u128::from(u32::MAX) } else { keep };
+    let keep = if v4 {
+        keep & u128::from(u32::MAX)
+    } else {
+        keep
+    };
     value & keep
 }
 
@@ -191,8 +195,18 @@ mod tests {
         assert!(n.contains(ip("febf::1")));
         assert!(!n.contains(ip("fec0::1")));
         for bad in [
-            "", "/", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.1/8", "x/8", "10.0.0.0/+8",
-            "10.0.0.0/08x", "10.0.0.0/08", "10.0.0.0/8/8", "10.0.0.0/ 8",
+            "",
+            "/",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.1/8",
+            "x/8",
+            "10.0.0.0/+8",
+            "10.0.0.0/08x",
+            "10.0.0.0/08",
+            "10.0.0.0/8/8",
+            "10.0.0.0/ 8",
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
         }

@@ -26,7 +26,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::base62::{self, ALPHABET};
 use crate::digest::KeyDigest;
 use crate::error::{Error, MalformedReason, Result};
-use crate::prefix::{Environment, PrefixRegistry, MAX_PREFIX_LEN};
+use crate::prefix::{Environment, MAX_PREFIX_LEN, PrefixRegistry};
 use crate::secret::{Keyring, Material};
 
 pub(crate) const VERSION_LEN: usize = 1;
@@ -94,11 +94,15 @@ impl FromStr for KeyId {
 
     fn from_str(s: &str) -> Result<Self> {
         if s.len() != ID_LEN {
-            return Err(Error::InvalidInput("a key id is 11 base62 characters".into()));
+            return Err(Error::InvalidInput(
+                "a key id is 11 base62 characters".into(),
+            ));
         }
         match base62::decode_fixed(s.as_bytes()) {
             Some(v) if v <= u128::from(u64::MAX) => Ok(Self(v as u64)),
-            _ => Err(Error::InvalidInput("a key id is 11 base62 characters".into())),
+            _ => Err(Error::InvalidInput(
+                "a key id is 11 base62 characters".into(),
+            )),
         }
     }
 }
@@ -288,7 +292,6 @@ fn digest_parts(
     KeyDigest::from_bytes(mac.finalize().into_bytes().into())
 }
 
-
 fn pack_secret(digits: &[u8; SECRET_LEN], out: &mut [u8; PACKED_SECRET_LEN]) {
     // Four 6-bit digits -> three bytes.
     for (quad, chunk) in digits.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
@@ -359,9 +362,9 @@ pub(crate) fn generate<R: RngCore + CryptoRng + ?Sized>(
     keyring: &Keyring,
 ) -> Result<(ApiKey, KeyDigest)> {
     let version = keyring.current_version();
-    let material = keyring
-        .material(version)
-        .ok_or(Error::InvalidSecret("the current secret version is missing"))?;
+    let material = keyring.material(version).ok_or(Error::InvalidSecret(
+        "the current secret version is missing",
+    ))?;
     let id = KeyId(rng.next_u64());
     let mut digits = Zeroizing::new([0u8; SECRET_LEN]);
     let mut pool = Zeroizing::new([0u8; 48]);

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::digest::KeyDigest;
 use crate::error::{Error, Result};
 use crate::ipnet::IpNet;
-use crate::key::{key_display_form, KeyId};
+use crate::key::{KeyId, key_display_form};
 use crate::prefix::{Environment, Prefix};
 use crate::scope::ScopeSet;
 
@@ -243,7 +243,12 @@ pub struct LegacyInfo {
 
 impl LegacyInfo {
     /// Index information for a legacy key.
-    pub fn new(prefix: impl Into<String>, index: KeyDigest, index_version: u8, upgraded: bool) -> Self {
+    pub fn new(
+        prefix: impl Into<String>,
+        index: KeyDigest,
+        index_version: u8,
+        upgraded: bool,
+    ) -> Self {
         Self {
             prefix: prefix.into(),
             index,
@@ -321,7 +326,9 @@ impl KeyRecord {
         }
         if let Some(l) = &self.legacy {
             if l.index_version == 0 || l.index_version > crate::secret::MAX_VERSION {
-                return Err(Error::InvalidRecord("legacy index_version out of range".into()));
+                return Err(Error::InvalidRecord(
+                    "legacy index_version out of range".into(),
+                ));
             }
         }
         Ok(())

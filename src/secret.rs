@@ -184,7 +184,9 @@ impl Keyring {
         }
         let slot = &mut self.slots[usize::from(version)];
         if slot.is_some() {
-            return Err(Error::InvalidSecret("this secret version is already present"));
+            return Err(Error::InvalidSecret(
+                "this secret version is already present",
+            ));
         }
         *slot = Some(Arc::new(Material::derive(&secret)?));
         Ok(self)
@@ -243,7 +245,9 @@ impl Keyring {
     pub(crate) fn legacy_index(&self, version: u8, sha256: &[u8; 32]) -> Option<crate::KeyDigest> {
         let mut mac = self.material(version)?.legacy_index.clone();
         mac.update(sha256);
-        Some(crate::KeyDigest::from_bytes(mac.finalize().into_bytes().into()))
+        Some(crate::KeyDigest::from_bytes(
+            mac.finalize().into_bytes().into(),
+        ))
     }
 
     /// Keyed digest of a whole legacy key text under `version`'s digest
@@ -253,7 +257,9 @@ impl Keyring {
         let mut mac = self.material(version)?.hmac.clone();
         mac.update(&[0xFF]);
         mac.update(text.as_bytes());
-        Some(crate::KeyDigest::from_bytes(mac.finalize().into_bytes().into()))
+        Some(crate::KeyDigest::from_bytes(
+            mac.finalize().into_bytes().into(),
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The in-memory [`MemoryStore`].
 
 use std::collections::HashMap;
-use std::future::{ready, Future};
+use std::future::{Future, ready};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -147,7 +147,10 @@ impl MemoryStore {
 
     /// Records owned by `owner`, oldest first.
     pub fn list_by_owner_sync(&self, owner: &str) -> Vec<KeyRecord> {
-        let ids = sync::lock(&self.owners).get(owner).cloned().unwrap_or_default();
+        let ids = sync::lock(&self.owners)
+            .get(owner)
+            .cloned()
+            .unwrap_or_default();
         let mut out: Vec<KeyRecord> = ids.into_iter().filter_map(|id| self.get_sync(id)).collect();
         sort_by_creation(&mut out);
         out
@@ -197,10 +200,19 @@ impl MemoryStore {
         if let Some(l) = &slot.record.legacy {
             sync::write(&self.legacy).remove(l.index.as_bytes());
         }
-        for (other, is_successor) in [(slot.record.rotated_to, true), (slot.record.rotated_from, false)] {
+        for (other, is_successor) in [
+            (slot.record.rotated_to, true),
+            (slot.record.rotated_from, false),
+        ] {
             let Some(other) = other else { continue };
-            if let Some(Slot { record, view }) = sync::write(self.shard(other)).get_mut(&other.as_u64()) {
-                let link = if is_successor { &mut record.rotated_from } else { &mut record.rotated_to };
+            if let Some(Slot { record, view }) =
+                sync::write(self.shard(other)).get_mut(&other.as_u64())
+            {
+                let link = if is_successor {
+                    &mut record.rotated_from
+                } else {
+                    &mut record.rotated_to
+                };
                 if *link == Some(id) {
                     *link = None;
                     record.revision = record.revision.wrapping_add(1);
@@ -249,7 +261,11 @@ impl MemoryStore {
     /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Conflict`],
     /// [`StoreErrorKind::Corrupt`], [`StoreErrorKind::IdCollision`] (legacy
     /// index taken).
-    pub fn update_if_sync(&self, record: KeyRecord, expected: u64) -> Result<KeyRecord, StoreError> {
+    pub fn update_if_sync(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+    ) -> Result<KeyRecord, StoreError> {
         record.validate().map_err(corrupt)?;
         let mut owners = sync::lock(&self.owners);
         let stored = self.check_replace(&record, Some(expected))?;
@@ -338,18 +354,29 @@ impl MemoryStore {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(&d.id.as_u64()) {
                 let r = &mut slot.record;
                 r.usage.apply(d.day, d.count);
-                r.last_used_at = Some(r.last_used_at.map_or(d.last_used_at, |t| t.max(d.last_used_at)));
+                r.last_used_at = Some(
+                    r.last_used_at
+                        .map_or(d.last_used_at, |t| t.max(d.last_used_at)),
+                );
             }
         }
     }
 
     /// [`KeyStoreQuery::list_expiring`], synchronously.
-    pub fn list_expiring_sync(&self, owner: Option<&str>, window: &Range<OffsetDateTime>) -> Vec<KeyRecord> {
+    pub fn list_expiring_sync(
+        &self,
+        owner: Option<&str>,
+        window: &Range<OffsetDateTime>,
+    ) -> Vec<KeyRecord> {
         let keep = |r: &KeyRecord| {
             r.status != KeyStatus::Revoked && r.expires_at.is_some_and(|e| window.contains(&e))
         };
         let mut out: Vec<KeyRecord> = match owner {
-            Some(o) => self.list_by_owner_sync(o).into_iter().filter(|r| keep(r)).collect(),
+            Some(o) => self
+                .list_by_owner_sync(o)
+                .into_iter()
+                .filter(|r| keep(r))
+                .collect(),
             None => self
                 .shards
                 .iter()
@@ -387,7 +414,11 @@ impl MemoryStore {
 
     /// Checks that `record` can replace the stored one (caller holds
     /// `owners`) and returns the stored one.
-    fn check_replace(&self, record: &KeyRecord, expected: Option<u64>) -> Result<KeyRecord, StoreError> {
+    fn check_replace(
+        &self,
+        record: &KeyRecord,
+        expected: Option<u64>,
+    ) -> Result<KeyRecord, StoreError> {
         let stored = self
             .get_sync(record.id)
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
