@@ -513,7 +513,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         });
         // Longest first, so the most specific legacy prefix wins.
         self.legacy
-            .sort_by(|a, b| b.legacy.len().cmp(&a.legacy.len()));
+            .sort_by_key(|l| std::cmp::Reverse(l.legacy.len()));
         Ok(self)
     }
 
@@ -708,23 +708,23 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                 }
                 fields.clear();
                 let mut next = cur.clone();
-                if let Some(name) = &update.name {
-                    if *name != cur.name {
-                        next.name = name.clone();
-                        fields.push("name");
-                    }
+                if let Some(name) = &update.name
+                    && *name != cur.name
+                {
+                    next.name = name.clone();
+                    fields.push("name");
                 }
-                if let Some(d) = &update.description {
-                    if *d != cur.description {
-                        next.description = d.clone();
-                        fields.push("description");
-                    }
+                if let Some(d) = &update.description
+                    && *d != cur.description
+                {
+                    next.description = d.clone();
+                    fields.push("description");
                 }
-                if let Some(s) = &scopes {
-                    if *s != cur.scopes {
-                        next.scopes = s.clone();
-                        fields.push("scopes");
-                    }
+                if let Some(s) = &scopes
+                    && *s != cur.scopes
+                {
+                    next.scopes = s.clone();
+                    fields.push("scopes");
                 }
                 if let Some(exp) = update.expires_at {
                     let exp = exp.map(|t| t.to_offset(time::UtcOffset::UTC));
@@ -750,17 +750,17 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                         fields.push("expires_at");
                     }
                 }
-                if let Some(m) = &update.metadata {
-                    if *m != cur.metadata {
-                        next.metadata = m.clone();
-                        fields.push("metadata");
-                    }
+                if let Some(m) = &update.metadata
+                    && *m != cur.metadata
+                {
+                    next.metadata = m.clone();
+                    fields.push("metadata");
                 }
-                if let Some(l) = &update.ip_allowlist {
-                    if *l != cur.ip_allowlist {
-                        next.ip_allowlist = l.clone();
-                        fields.push("ip_allowlist");
-                    }
+                if let Some(l) = &update.ip_allowlist
+                    && *l != cur.ip_allowlist
+                {
+                    next.ip_allowlist = l.clone();
+                    fields.push("ip_allowlist");
                 }
                 Ok((!fields.is_empty()).then_some(next))
             })
@@ -1158,20 +1158,19 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
-                if !self.legacy.is_empty() && matches!(e, Error::MalformedApiKey(_)) {
-                    if let Some(legacy) = self.legacy_for(presented) {
-                        if !self
-                            .verifier
-                            .prefixes()
-                            .iter()
-                            .any(|n| presented.starts_with(n.prefix.as_str()))
-                        {
-                            let legacy = legacy.clone();
-                            return self
-                                .authenticate_legacy(presented, &legacy, requirement, ip, now)
-                                .await;
-                        }
-                    }
+                if !self.legacy.is_empty()
+                    && matches!(e, Error::MalformedApiKey(_))
+                    && let Some(legacy) = self.legacy_for(presented)
+                    && !self
+                        .verifier
+                        .prefixes()
+                        .iter()
+                        .any(|n| presented.starts_with(n.prefix.as_str()))
+                {
+                    let legacy = legacy.clone();
+                    return self
+                        .authenticate_legacy(presented, &legacy, requirement, ip, now)
+                        .await;
                 }
                 if let Some(reason) = RejectionSampler::reason_of(&e) {
                     self.rejections.count(reason, now, &*self.audit);

@@ -309,12 +309,12 @@ impl KeyRecord {
         if self.schema_version != SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
         }
-        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at) {
-            if exp <= nb {
-                return Err(Error::InvalidRecord(
-                    "expires_at must be after not_before".into(),
-                ));
-            }
+        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
+            && exp <= nb
+        {
+            return Err(Error::InvalidRecord(
+                "expires_at must be after not_before".into(),
+            ));
         }
         if (self.status == KeyStatus::Revoked) != self.revocation.is_some() {
             return Err(Error::InvalidRecord(
@@ -324,12 +324,12 @@ impl KeyRecord {
         if self.secret_version == 0 || self.secret_version > crate::secret::MAX_VERSION {
             return Err(Error::InvalidRecord("secret_version out of range".into()));
         }
-        if let Some(l) = &self.legacy {
-            if l.index_version == 0 || l.index_version > crate::secret::MAX_VERSION {
-                return Err(Error::InvalidRecord(
-                    "legacy index_version out of range".into(),
-                ));
-            }
+        if let Some(l) = &self.legacy
+            && (l.index_version == 0 || l.index_version > crate::secret::MAX_VERSION)
+        {
+            return Err(Error::InvalidRecord(
+                "legacy index_version out of range".into(),
+            ));
         }
         Ok(())
     }

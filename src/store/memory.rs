@@ -290,10 +290,10 @@ impl MemoryStore {
         if predecessor.id == successor.id {
             return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
-        if let (Some(a), Some(b)) = (&predecessor.legacy, &successor.legacy) {
-            if a.index == b.index {
-                return Err(StoreError::new(StoreErrorKind::IdCollision));
-            }
+        if let (Some(a), Some(b)) = (&predecessor.legacy, &successor.legacy)
+            && a.index == b.index
+        {
+            return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
         let mut owners = sync::lock(&self.owners);
         let stored = self.check_replace(&predecessor, Some(expected))?;
@@ -311,10 +311,10 @@ impl MemoryStore {
         let mut changed = Vec::new();
         for id in ids {
             let mut shard = sync::write(self.shard(id));
-            if let Some(slot) = shard.get_mut(&id.as_u64()) {
-                if revoke_slot(slot, revocation) {
-                    changed.push((slot.record.created_at, id));
-                }
+            if let Some(slot) = shard.get_mut(&id.as_u64())
+                && revoke_slot(slot, revocation)
+            {
+                changed.push((slot.record.created_at, id));
             }
         }
         drop(owners);
@@ -404,10 +404,10 @@ impl MemoryStore {
         if sync::read(self.shard(record.id)).contains_key(&record.id.as_u64()) {
             return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
-        if let Some(l) = &record.legacy {
-            if sync::read(&self.legacy).contains_key(l.index.as_bytes()) {
-                return Err(StoreError::new(StoreErrorKind::IdCollision));
-            }
+        if let Some(l) = &record.legacy
+            && sync::read(&self.legacy).contains_key(l.index.as_bytes())
+        {
+            return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
         Ok(())
     }
@@ -425,13 +425,12 @@ impl MemoryStore {
         if expected.is_some_and(|e| e != stored.revision) {
             return Err(StoreError::new(StoreErrorKind::Conflict));
         }
-        if let Some(l) = &record.legacy {
-            if sync::read(&self.legacy)
+        if let Some(l) = &record.legacy
+            && sync::read(&self.legacy)
                 .get(l.index.as_bytes())
                 .is_some_and(|holder| *holder != record.id)
-            {
-                return Err(StoreError::new(StoreErrorKind::IdCollision));
-            }
+        {
+            return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
         Ok(stored)
     }
@@ -481,7 +480,7 @@ impl MemoryStore {
         let view = Arc::new(KeyView::from_record_with(&record, owner));
         if let Some(slot) = sync::write(self.shard(id)).get_mut(&id.as_u64()) {
             slot.view = view;
-            slot.record = Box::new(record);
+            *slot.record = record;
         }
     }
 }
