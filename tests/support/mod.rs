@@ -1,0 +1,4 @@
+//! Test support: a network-like store.
+#![allow(dead_code)]
+
+pub mod netstore;
