@@ -194,7 +194,13 @@ impl AuditEvent {
 
 impl fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.at, self.kind.as_str())?;
+        match self
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+        {
+            Ok(at) => write!(f, "{at} {}", self.kind.as_str())?,
+            Err(_) => write!(f, "{} {}", self.at, self.kind.as_str())?,
+        }
         if let Some(id) = self.key_id {
             write!(f, " key={id}")?;
         }
@@ -212,7 +218,13 @@ impl fmt::Display for AuditEvent {
             AuditKind::Rotated {
                 successor,
                 grace_ends,
-            } => write!(f, " successor={successor} grace_ends={grace_ends}")?,
+            } => {
+                write!(f, " successor={successor} grace_ends=")?;
+                match grace_ends.format(&time::format_description::well_known::Rfc3339) {
+                    Ok(t) => f.write_str(&t)?,
+                    Err(_) => write!(f, "{grace_ends}")?,
+                }
+            }
             AuditKind::VerificationFailed { code } => write!(f, " code={code}")?,
             AuditKind::RejectionsSampled { counts } => write!(f, " counts={counts:?}")?,
             _ => {}
