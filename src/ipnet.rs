@@ -170,6 +170,7 @@ impl<'de> Deserialize<'de> for IpNet {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

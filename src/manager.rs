@@ -378,7 +378,8 @@ struct LegacyPrefix {
 /// assert_eq!(manager.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err().code(), "EXPIRED_API_KEY");
 /// manager.authenticate(new_key.expose_secret(), &Requirement::none(), None).await?;
 /// manager.shutdown().await?;
-/// assert_eq!(audit.events().len(), 2); // created, rotated
+/// let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
+/// assert_eq!(kinds, ["created", "rotated", "verification_failed"]);
 /// # Ok::<(), apikey::Error>(())
 /// # }).unwrap();
 /// ```

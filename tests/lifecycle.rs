@@ -2,6 +2,8 @@
 //! bulk revoke, rotate, owner limit, expiring-soon, IP allowlist,
 //! environments. Every time rule runs on the manual clock.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::IpAddr;

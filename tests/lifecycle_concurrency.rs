@@ -2,6 +2,8 @@
 //! verifications, and exact usage counts under parallel load. No timing
 //! assertions: ordering comes from atomics, time from the manual clock.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! declared legacy prefix, found through the keyed legacy index, upgraded
 //! to the current digest on first successful verification.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;

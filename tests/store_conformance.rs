@@ -2,6 +2,8 @@
 //! `MemoryStore` and the network-like `NetStore` (latency, yields,
 //! failures on demand).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;

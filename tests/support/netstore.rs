@@ -79,10 +79,10 @@ impl NetStore {
         if t.rows.contains_key(&r.id) {
             return Err(err(StoreErrorKind::IdCollision));
         }
-        if let Some(l) = &r.legacy {
-            if t.legacy.contains_key(l.index.as_bytes()) {
-                return Err(err(StoreErrorKind::IdCollision));
-            }
+        if let Some(l) = &r.legacy
+            && t.legacy.contains_key(l.index.as_bytes())
+        {
+            return Err(err(StoreErrorKind::IdCollision));
         }
         Ok(())
     }
@@ -112,10 +112,10 @@ impl NetStore {
         if expected.is_some_and(|e| e != stored.revision) {
             return Err(err(StoreErrorKind::Conflict));
         }
-        if let Some(l) = &r.legacy {
-            if t.legacy.get(l.index.as_bytes()).is_some_and(|h| *h != r.id) {
-                return Err(err(StoreErrorKind::IdCollision));
-            }
+        if let Some(l) = &r.legacy
+            && t.legacy.get(l.index.as_bytes()).is_some_and(|h| *h != r.id)
+        {
+            return Err(err(StoreErrorKind::IdCollision));
         }
         Ok(stored)
     }
@@ -200,17 +200,17 @@ impl KeyStoreWrite for NetStore {
         if let Some(l) = &r.legacy {
             t.legacy.remove(l.index.as_bytes());
         }
-        if let Some(s) = r.rotated_to.and_then(|s| t.rows.get_mut(&s)) {
-            if s.rotated_from == Some(id) {
-                s.rotated_from = None;
-                s.revision += 1;
-            }
+        if let Some(s) = r.rotated_to.and_then(|s| t.rows.get_mut(&s))
+            && s.rotated_from == Some(id)
+        {
+            s.rotated_from = None;
+            s.revision += 1;
         }
-        if let Some(p) = r.rotated_from.and_then(|p| t.rows.get_mut(&p)) {
-            if p.rotated_to == Some(id) {
-                p.rotated_to = None;
-                p.revision += 1;
-            }
+        if let Some(p) = r.rotated_from.and_then(|p| t.rows.get_mut(&p))
+            && p.rotated_to == Some(id)
+        {
+            p.rotated_to = None;
+            p.revision += 1;
         }
         Ok(true)
     }
