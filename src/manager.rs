@@ -390,6 +390,7 @@ pub struct KeyManager<S, C = SystemClock> {
     max_per_owner: Option<u32>,
     legacy: Vec<LegacyPrefix>,
     audit: Arc<dyn AuditSink>,
+    audit_enabled: bool,
     usage: UsageRecorder,
     rejections: RejectionSampler,
 }
@@ -430,6 +431,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             max_per_owner: None,
             legacy: Vec::new(),
             audit: Arc::new(NoAudit),
+            audit_enabled: false,
             usage: UsageRecorder::new(Duration::seconds(60)),
             rejections: RejectionSampler::new(Duration::seconds(60)),
         }
@@ -445,6 +447,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// Sends audit events to `sink`. Defaults to [`NoAudit`].
     pub fn audit_sink(mut self, sink: impl AuditSink + 'static) -> Self {
         self.audit = Arc::new(sink);
+        self.audit_enabled = true;
         self
     }
 
@@ -1184,7 +1187,12 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             .fetch(parsed.id())
             .await
             .map_err(Error::StoreUnavailable)?;
-        let owner = view.as_ref().and_then(|v| v.owner.clone());
+        // Only for the audit event of a failure; skipped without a sink.
+        let owner = if self.audit_enabled {
+            view.as_ref().and_then(|v| v.owner.clone())
+        } else {
+            None
+        };
         let verified = self
             .verifier
             .verify(&parsed, view, now, requirement)

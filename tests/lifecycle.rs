@@ -680,3 +680,28 @@ async fn a_failing_store_is_503_and_changes_nothing() {
     assert_eq!(m.record(s.id).await.unwrap(), before);
     assert_eq!(m.list("u").await.unwrap().len(), 1);
 }
+
+#[test]
+fn records_written_before_the_lifecycle_fields_still_read() {
+    // A schema-1 record as the core wrote it, without revision, usage,
+    // ip_allowlist or legacy.
+    let (_, record) = verifier()
+        .issue(NewKey::new("sk_live_").owner("u"), T0)
+        .unwrap();
+    let mut json: serde_json::Value = serde_json::to_value(&record).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    for field in ["revision", "usage", "ip_allowlist", "legacy"] {
+        obj.remove(field);
+    }
+    let back: KeyRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(back, record);
+    // Non-default values round-trip.
+    let mut r = record.clone();
+    r.ip_allowlist = vec!["10.0.0.0/8".parse().unwrap()];
+    r.usage.apply(T0.date(), 3);
+    r.revision = 7;
+    let text = serde_json::to_string(&r).unwrap();
+    assert!(text.contains("\"ip_allowlist\":[\"10.0.0.0/8\"]"));
+    assert!(text.contains("\"day\":\"2026-03-01\""));
+    assert_eq!(serde_json::from_str::<KeyRecord>(&text).unwrap(), r);
+}

@@ -57,6 +57,12 @@ struct Slot {
 /// the verifier computes the digest; writes lock one shard (plus the owner
 /// index) briefly, so they never block readers for long.
 ///
+/// Every write, compound ones included ([`KeyStoreLifecycle`]), holds the
+/// owner-index mutex for its whole length, so writes are serialized and the
+/// per-owner limit is checked and applied in one step; `fetch` never takes
+/// that mutex. A compound write validates everything before it changes
+/// anything, so a failed write changes nothing.
+///
 /// Besides the async [`KeyStore`] / [`KeyStoreWrite`] methods it offers
 /// plain synchronous ones (`*_sync`) for blocking code and fuzz harnesses.
 ///
