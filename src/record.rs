@@ -115,7 +115,7 @@ pub struct KeyRecord {
     #[serde(default)]
     pub rotated_to: Option<KeyId>,
     /// Counts changes to the record. Stores set it on every write except
-    /// usage flushes (see [`KeyStoreWrite::update_if`](crate::store::KeyStoreWrite::update_if));
+    /// usage flushes (see [`KeyStoreLifecycle::update_if`](crate::store::KeyStoreLifecycle::update_if));
     /// conditional updates compare it.
     #[serde(default)]
     pub revision: u64,
@@ -284,7 +284,7 @@ impl KeyRecord {
     /// (`rotated_to` unset). Disabled keys count.
     ///
     /// Stores use exactly this rule in
-    /// [`KeyStoreWrite::insert_limited`](crate::store::KeyStoreWrite::insert_limited);
+    /// [`KeyStoreLifecycle::insert_limited`](crate::store::KeyStoreLifecycle::insert_limited);
     /// in SQL: `status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`.
     pub fn counts_toward_limit(&self, now: OffsetDateTime) -> bool {
         self.status != KeyStatus::Revoked

@@ -3,7 +3,7 @@
 //! [`UsageRecorder`] counts successful verifications per key and UTC day in
 //! memory (16 shards, each a short mutex around a small map) and writes them
 //! to the store in batches with
-//! [`KeyStoreLifecycle::record_usage`](crate::KeyStoreLifecycle::record_usage),
+//! [`KeyStoreLifecycle::record_usage`],
 //! which updates `last_used_at` and the daily and monthly counters of each
 //! record ([`UsageCounters`](crate::UsageCounters)).
 //!
