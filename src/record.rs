@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::digest::KeyDigest;
 use crate::error::{Error, Result};
-use crate::key::{key_display_form, KeyId};
+use crate::key::{KeyId, key_display_form};
 use crate::prefix::{Environment, Prefix};
 use crate::scope::ScopeSet;
 
@@ -127,7 +127,7 @@ fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
 }
 
 impl KeyRecord {
-    /// The display form of the key (`kwi_sk_0aBcD...`).
+    /// The display form of the key (`kwi_sk_aBcDe...`).
     pub fn display_form(&self) -> String {
         key_display_form(self.prefix.as_str(), self.id)
     }

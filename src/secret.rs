@@ -173,7 +173,9 @@ impl Keyring {
         }
         let slot = &mut self.slots[usize::from(version)];
         if slot.is_some() {
-            return Err(Error::InvalidSecret("this secret version is already present"));
+            return Err(Error::InvalidSecret(
+                "this secret version is already present",
+            ));
         }
         *slot = Some(Arc::new(Material::derive(&secret)?));
         Ok(self)

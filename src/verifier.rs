@@ -22,7 +22,7 @@ use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError};
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::prefix::{Environment, Environments, PrefixRegistry};
-use crate::record::{unix_nanos, KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION, unix_nanos};
 use crate::scope::{Requirement, Scope, ScopeSet};
 use crate::secret::Keyring;
 
@@ -86,9 +86,7 @@ impl Verifier {
     /// Clock-skew allowance applied to `not_before` and `expires_at`.
     /// Defaults to zero. Negative values count as zero.
     pub fn with_leeway(mut self, leeway: time::Duration) -> Self {
-        self.leeway_nanos = leeway
-            .whole_nanoseconds()
-            .clamp(0, i128::from(i64::MAX)) as i64;
+        self.leeway_nanos = leeway.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64;
         self
     }
 
@@ -144,17 +142,22 @@ impl Verifier {
         now: OffsetDateTime,
         rng: &mut R,
     ) -> Result<(ApiKey, KeyRecord)> {
-        let (_, entry) = self.prefixes.find(&new.prefix).ok_or_else(|| Error::InvalidPrefix {
-            prefix: new.prefix.chars().take(32).collect(),
-            reason: "not registered with this verifier",
-        })?;
+        let (_, entry) = self
+            .prefixes
+            .find(&new.prefix)
+            .ok_or_else(|| Error::InvalidPrefix {
+                prefix: new.prefix.chars().take(32).collect(),
+                reason: "not registered with this verifier",
+            })?;
         let scopes = ScopeSet::parse(&new.scopes)?;
         let now = now.to_offset(time::UtcOffset::UTC);
         let expires_at = new.expires_at.map(|t| t.to_offset(time::UtcOffset::UTC));
         let not_before = new.not_before.map(|t| t.to_offset(time::UtcOffset::UTC));
         if let Some(exp) = expires_at {
             if exp <= now {
-                return Err(Error::InvalidInput("expires_at must be in the future".into()));
+                return Err(Error::InvalidInput(
+                    "expires_at must be in the future".into(),
+                ));
             }
             if not_before.is_some_and(|nb| exp <= nb) {
                 return Err(Error::InvalidInput(
@@ -266,10 +269,9 @@ impl Verifier {
     /// [`Error::InvalidSecret`] when the current version is missing.
     pub fn rehash(&self, parsed: &ParsedKey<'_>) -> Result<(u8, KeyDigest)> {
         let v = self.keyring.current_version();
-        let material = self
-            .keyring
-            .material(v)
-            .ok_or(Error::InvalidSecret("the current secret version is missing"))?;
+        let material = self.keyring.material(v).ok_or(Error::InvalidSecret(
+            "the current secret version is missing",
+        ))?;
         Ok((v, parsed.digest_with(material)))
     }
 
@@ -386,4 +388,3 @@ impl VerifiedKey {
         self.view.secret_version != verifier.keyring.current_version()
     }
 }
-

@@ -1,7 +1,7 @@
 //! The in-memory [`MemoryStore`].
 
 use std::collections::HashMap;
-use std::future::{ready, Future};
+use std::future::{Future, ready};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -126,7 +126,10 @@ impl MemoryStore {
 
     /// Records owned by `owner`, oldest first.
     pub fn list_by_owner_sync(&self, owner: &str) -> Vec<KeyRecord> {
-        let ids = sync::lock(&self.owners).get(owner).cloned().unwrap_or_default();
+        let ids = sync::lock(&self.owners)
+            .get(owner)
+            .cloned()
+            .unwrap_or_default();
         let mut out: Vec<KeyRecord> = ids.into_iter().filter_map(|id| self.get_sync(id)).collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
