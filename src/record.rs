@@ -149,12 +149,12 @@ impl KeyRecord {
         if self.schema_version != SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
         }
-        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at) {
-            if exp <= nb {
-                return Err(Error::InvalidRecord(
-                    "expires_at must be after not_before".into(),
-                ));
-            }
+        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
+            && exp <= nb
+        {
+            return Err(Error::InvalidRecord(
+                "expires_at must be after not_before".into(),
+            ));
         }
         if (self.status == KeyStatus::Revoked) != self.revocation.is_some() {
             return Err(Error::InvalidRecord(

@@ -2,6 +2,8 @@
 //! independent re-implementation of the published format (what a secret
 //! scanner or another language would write) checked against the crate.
 
+#![allow(clippy::unwrap_used)]
+
 use apikey::*;
 use hmac::{Hmac, Mac};
 use rand_chacha::ChaCha20Rng;

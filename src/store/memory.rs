@@ -193,7 +193,7 @@ impl MemoryStore {
         }
         let owner = record.owner.as_deref().map(|o| intern(&mut owners, o));
         slot.view = Arc::new(KeyView::from_record_with(&record, owner));
-        slot.record = Box::new(record);
+        *slot.record = record;
         Ok(())
     }
 
