@@ -270,7 +270,7 @@ fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
 }
 
 impl KeyRecord {
-    /// The display form of the key (`kwi_sk_0aBcD...`). Imported legacy
+    /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
     /// keys show their legacy prefix and `...` only (their text has no id).
     pub fn display_form(&self) -> String {
         match &self.legacy {
