@@ -381,6 +381,7 @@ impl fmt::Debug for RejectionSampler {
 }
 
 pub(crate) const UNKNOWN_LEGACY: usize = 8;
+const CLOCK_EVERY: u64 = 64;
 
 impl RejectionSampler {
     pub(crate) fn new(interval: time::Duration) -> Self {
@@ -409,11 +410,24 @@ impl RejectionSampler {
     }
 
     /// Counts one rejection and, when the interval has passed since the last
-    /// summary, emits a summary.
-    pub(crate) fn count(&self, reason: usize, now: OffsetDateTime, sink: &dyn AuditSink) {
-        if let Some(c) = self.counts.get(reason) {
-            c.fetch_add(1, Ordering::Relaxed);
+    /// summary, emits a summary. The clock is read for the first 64
+    /// rejections of a reason after each summary and then for every 64th,
+    /// so a flood costs one atomic add per rejection and a summary comes at
+    /// most 64 rejections late.
+    pub(crate) fn count(
+        &self,
+        reason: usize,
+        now: impl FnOnce() -> OffsetDateTime,
+        sink: &dyn AuditSink,
+    ) {
+        let Some(c) = self.counts.get(reason) else {
+            return;
+        };
+        let prev = c.fetch_add(1, Ordering::Relaxed);
+        if prev >= CLOCK_EVERY && prev % CLOCK_EVERY != 0 {
+            return;
         }
+        let now = now();
         let now_n = unix_nanos(now);
         let last = self.last_emit.load(Ordering::Relaxed);
         if now_n.saturating_sub(last) >= self.interval_nanos

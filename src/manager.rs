@@ -1158,7 +1158,6 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
-        let now = self.clock.now();
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
@@ -1173,15 +1172,17 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                 {
                     let legacy = legacy.clone();
                     return self
-                        .authenticate_legacy(presented, &legacy, requirement, ip, now)
+                        .authenticate_legacy(presented, &legacy, requirement, ip, self.clock.now())
                         .await;
                 }
                 if let Some(reason) = RejectionSampler::reason_of(&e) {
-                    self.rejections.count(reason, now, &*self.audit);
+                    self.rejections
+                        .count(reason, || self.clock.now(), &*self.audit);
                 }
                 return Err(e);
             }
         };
+        let now = self.clock.now();
         let view = self
             .store
             .fetch(parsed.id())
@@ -1242,7 +1243,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         now: OffsetDateTime,
     ) -> Result<VerifiedKey> {
         if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= legacy.legacy.len() {
-            self.rejections.count(1, now, &*self.audit);
+            self.rejections.count(1, || now, &*self.audit);
             return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
         }
         let keyring = self.verifier.keyring();
@@ -1263,7 +1264,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             }
         }
         let Some((rec, index)) = found else {
-            self.rejections.count(UNKNOWN_LEGACY, now, &*self.audit);
+            self.rejections.count(UNKNOWN_LEGACY, || now, &*self.audit);
             return Err(Error::InvalidApiKey);
         };
         let matched = match &rec.legacy {

@@ -44,7 +44,32 @@ struct Pending {
     last: OffsetDateTime,
 }
 
-type Shard = HashMap<(u64, Date), Pending>;
+/// Multiply-xor hasher for `(key id, day)`: ids are random and only keys
+/// that verified are counted, so no one can choose colliding keys.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_i32(&mut self, n: i32) {
+        self.write_u64(u64::from(n as u32));
+    }
+}
+
+type Shard = HashMap<(u64, Date), Pending, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// In-memory usage counts waiting to be flushed to a store.
 ///
@@ -88,7 +113,7 @@ impl UsageRecorder {
     /// A recorder whose [`flush_due`](Self::flush_due) fires every `interval`.
     pub fn new(interval: time::Duration) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             last_flush: AtomicI64::new(i64::MIN),
             interval_nanos: interval.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64,
         }
