@@ -10,6 +10,51 @@
 //! concurrent change. A change (disable, revoke, ...) is visible to every
 //! verification that starts after the call returns: the manager keeps no
 //! cache of records.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use apikey::{
+//!     Actor, KeyManager, KeyUpdate, Keyring, ManualClock, MemoryAuditSink, MemoryStore, NewKey,
+//!     Requirement, Rotation, ServerSecret, Verifier,
+//! };
+//! use time::{Duration, macros::datetime};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), apikey::Error> {
+//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+//! let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC)); // SystemClock in production
+//! let audit = Arc::new(MemoryAuditSink::new());
+//! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
+//!     .max_keys_per_owner(3)
+//!     .audit_sink(audit.clone());
+//! let admin = Actor::new("admin_1").reason("ticket #42");
+//!
+//! // Create: the full key is returned once; listings show `kwi_sk_aBcDe...`.
+//! let (key, summary) = keys
+//!     .create(NewKey::new("kwi_sk_").owner("user_42").name("CI").scopes(["tasks:read"]), &admin)
+//!     .await?;
+//! assert_eq!(keys.list("user_42").await?[0].display, summary.display);
+//!
+//! // Update (PATCH), disable / enable: effective for the next verification.
+//! keys.update(summary.id, KeyUpdate::new().scopes(["tasks:read", "tasks:write"]), &admin).await?;
+//! keys.disable(summary.id, &admin).await?;
+//! let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+//! assert_eq!(err.code(), "DISABLED_API_KEY");
+//! keys.enable(summary.id, &admin).await?;
+//!
+//! // Rotate with a one-day grace period: both keys work until it ends.
+//! let (new_key, _) = keys.rotate(summary.id, Rotation::with_grace(Duration::days(1)), &admin).await?;
+//! clock.advance(Duration::days(1));
+//! let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+//! assert_eq!(err.code(), "EXPIRED_API_KEY");
+//! keys.authenticate(new_key.expose_secret(), &Requirement::scope("tasks:write")?, None).await?;
+//!
+//! // Revoke every key of a user who left; flush usage before exit.
+//! keys.revoke_owner("user_42", "left the organisation", &admin).await?;
+//! keys.shutdown().await?;
+//! assert!(audit.events().iter().any(|e| e.kind.as_str() == "rotated"));
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
