@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use apikey::*;
@@ -323,5 +322,5 @@ fn tracing_sink_accepts_events() {
             code: "EXPIRED_API_KEY",
         },
     ));
-    let _ = Arc::new(sink);
+    let _ = std::sync::Arc::new(sink);
 }
