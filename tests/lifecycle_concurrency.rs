@@ -212,3 +212,58 @@ async fn usage_counts_survive_failed_flushes_under_load() {
         "usage lost or doubled"
     );
 }
+
+#[test]
+fn concurrent_rotations_of_one_key_make_one_successor() {
+    for _ in 0..20 {
+        let f = fixture();
+        let m = &f.manager;
+        let (_, s) =
+            block_on(m.create(NewKey::new("sk_live_").owner("o"), &Actor::system())).unwrap();
+        let ok = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..4 {
+                sc.spawn(|| {
+                    match block_on(m.rotate(
+                        s.id,
+                        Rotation::with_grace(time::Duration::hours(1)),
+                        &Actor::system(),
+                    )) {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(Error::InvalidState(_)) => {}
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                });
+            }
+        });
+        assert_eq!(ok.load(Ordering::SeqCst), 1);
+        assert_eq!(block_on(m.list("o")).unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn concurrent_patches_of_different_fields_both_apply() {
+    for _ in 0..20 {
+        let f = fixture();
+        let m = &f.manager;
+        let (_, s) = block_on(m.create(NewKey::new("sk_live_"), &Actor::system())).unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                block_on(m.update(s.id, KeyUpdate::new().name("renamed"), &Actor::system()))
+                    .unwrap()
+            });
+            sc.spawn(|| {
+                block_on(m.update(s.id, KeyUpdate::new().scopes(["read"]), &Actor::system()))
+                    .unwrap()
+            });
+            sc.spawn(|| block_on(m.disable(s.id, &Actor::system())).unwrap());
+        });
+        let g = block_on(m.get(s.id)).unwrap();
+        assert_eq!(
+            (g.name.as_str(), g.scopes.clone(), g.status),
+            ("renamed", vec!["read".to_owned()], KeyStatus::Disabled)
+        );
+    }
+}
