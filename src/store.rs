@@ -33,6 +33,24 @@
 //! [`KeyRecord::last_used_at`]). Conditional writes compare revisions and
 //! keep the stored usage fields, so a usage flush never conflicts with, and
 //! is never undone by, a management write.
+//!
+//! # Implementing the compound writes with SQL
+//!
+//! One transaction each (PostgreSQL shown; a Redis store does the same in
+//! one Lua script per method, with an owner set and a legacy-index hash):
+//!
+//! | method | sketch |
+//! |---|---|
+//! | `insert_limited` | `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE` (or an advisory lock on the owner); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
+//! | `update_if` | `UPDATE keys SET ..., revision = revision + 1 WHERE id = $1 AND revision = $expected` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
+//! | `rotate` | the `update_if` statement, then `INSERT` the successor; roll back if either fails |
+//! | `revoke_owner` | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE owner = $1 AND status <> 'revoked' RETURNING id, created_at` |
+//! | `revoke_matching` | the same with `WHERE prefix = $1 AND created_at >= $2 AND created_at < $3` |
+//! | `record_usage` | one `UPDATE ... SET day = ..., day_count = CASE ... END, month_count = CASE ... END, last_used_at = greatest(last_used_at, $t)` per delta, in one transaction |
+//! | `delete` | `DELETE ... RETURNING rotated_from, rotated_to`, then clear the two links |
+//!
+//! A unique index on `legacy_index` gives the [`KeyStoreQuery::find_legacy`]
+//! lookup and the collision rule.
 
 use std::future::Future;
 use std::ops::Range;
