@@ -112,8 +112,6 @@ pub(crate) struct Material {
     pub(crate) tag_key: Zeroizing<[u8; 16]>,
     /// HMAC-SHA256 state already keyed with the digest pepper; cloned per use.
     pub(crate) hmac: Hmac<Sha256>,
-    /// HMAC-SHA256 state keyed with the legacy-index key (imported keys).
-    pub(crate) legacy_index: Hmac<Sha256>,
 }
 
 impl Material {
@@ -128,16 +126,41 @@ impl Material {
         let hmac = <Hmac<Sha256> as Mac>::new_from_slice(digest_key.as_ref())
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
         digest_key.zeroize();
-        let mut legacy_key = Zeroizing::new([0u8; 32]);
-        hk.expand(b"apikey/v1 legacy index key", legacy_key.as_mut())
-            .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
-        let legacy_index = <Hmac<Sha256> as Mac>::new_from_slice(legacy_key.as_ref())
-            .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
+        Ok(Self { tag_key, hmac })
+    }
+}
+
+/// The keys for imported legacy keys derived from one server secret
+/// version (HKDF-SHA256 like [`Material`], with their own labels).
+pub(crate) struct LegacyMaterial {
+    /// Keys the legacy index (HMAC-SHA256 of the key's SHA-256 digest).
+    index: hmac::Hmac<sha2::Sha256>,
+    /// Keys the upgraded digest of a legacy key (HMAC-SHA256 of its text).
+    digest: hmac::Hmac<sha2::Sha256>,
+}
+
+impl LegacyMaterial {
+    fn derive(secret: &ServerSecret) -> Result<Self> {
+        let hk = Hkdf::<sha2::Sha256>::new(Some(b"apikey/v1"), secret.expose_secret());
+        let key = |label: &[u8]| -> Result<hmac::Hmac<sha2::Sha256>> {
+            let mut k = Zeroizing::new([0u8; 32]);
+            hk.expand(label, k.as_mut())
+                .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
+            <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(k.as_ref())
+                .map_err(|_| Error::InvalidSecret("key derivation failed"))
+        };
         Ok(Self {
-            tag_key,
-            hmac,
-            legacy_index,
+            index: key(b"apikey/v1 legacy index key")?,
+            digest: key(b"apikey/v1 legacy digest key")?,
         })
+    }
+
+    fn mac(&self, keyed: &hmac::Hmac<sha2::Sha256>, parts: &[&[u8]]) -> crate::KeyDigest {
+        let mut mac = keyed.clone();
+        for p in parts {
+            hmac::Mac::update(&mut mac, p);
+        }
+        crate::KeyDigest::from_bytes(hmac::Mac::finalize(mac).into_bytes().into())
     }
 }
 
@@ -158,6 +181,8 @@ impl Material {
 pub struct Keyring {
     current: u8,
     slots: Vec<Option<Arc<Material>>>,
+    /// Keys for imported legacy keys, per version (see [`LegacyMaterial`]).
+    legacy: Vec<Option<Arc<LegacyMaterial>>>,
 }
 
 impl Keyring {
@@ -169,6 +194,7 @@ impl Keyring {
         let mut ring = Self {
             current: version,
             slots: (0..=MAX_VERSION).map(|_| None).collect(),
+            legacy: (0..=MAX_VERSION).map(|_| None).collect(),
         };
         ring.add(version, secret)?;
         Ok(ring)
@@ -188,7 +214,9 @@ impl Keyring {
                 "this secret version is already present",
             ));
         }
+        let legacy = Arc::new(LegacyMaterial::derive(&secret)?);
         *slot = Some(Arc::new(Material::derive(&secret)?));
+        self.legacy[usize::from(version)] = Some(legacy);
         Ok(self)
     }
 
@@ -201,6 +229,9 @@ impl Keyring {
             return Err(Error::InvalidSecret("cannot remove the current version"));
         }
         if let Some(slot) = self.slots.get_mut(usize::from(version)) {
+            *slot = None;
+        }
+        if let Some(slot) = self.legacy.get_mut(usize::from(version)) {
             *slot = None;
         }
         Ok(self)
@@ -240,26 +271,18 @@ impl Keyring {
             .filter(|v| self.contains(*v))
     }
 
-    /// Legacy-key index under `version`: HMAC-SHA256 with the legacy index
-    /// key of the SHA-256 digest of the whole legacy key.
+    /// Legacy-key index under `version`: HMAC-SHA256, under the version's
+    /// legacy index key, of the SHA-256 digest of the whole legacy key.
     pub(crate) fn legacy_index(&self, version: u8, sha256: &[u8; 32]) -> Option<crate::KeyDigest> {
-        let mut mac = self.material(version)?.legacy_index.clone();
-        mac.update(sha256);
-        Some(crate::KeyDigest::from_bytes(
-            mac.finalize().into_bytes().into(),
-        ))
+        let m = self.legacy.get(usize::from(version))?.as_deref()?;
+        Some(m.mac(&m.index, &[sha256]))
     }
 
-    /// Keyed digest of a whole legacy key text under `version`'s digest
-    /// pepper. Domain-separated from native digests by a leading `0xFF`
-    /// byte (a native digest input starts with the prefix length, at most 16).
+    /// Keyed digest of a whole legacy key text under `version`'s legacy
+    /// digest key (the upgraded form of an imported key).
     pub(crate) fn legacy_digest(&self, version: u8, text: &str) -> Option<crate::KeyDigest> {
-        let mut mac = self.material(version)?.hmac.clone();
-        mac.update(&[0xFF]);
-        mac.update(text.as_bytes());
-        Some(crate::KeyDigest::from_bytes(
-            mac.finalize().into_bytes().into(),
-        ))
+        let m = self.legacy.get(usize::from(version))?.as_deref()?;
+        Some(m.mac(&m.digest, &[text.as_bytes()]))
     }
 }
 
