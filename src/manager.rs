@@ -1241,14 +1241,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         };
         let verified = self
             .verifier
-            .verify(&parsed, view, now, requirement)
-            .and_then(|v| {
-                if v.view().allows_ip(ip) {
-                    Ok(v)
-                } else {
-                    Err(Error::IpNotAllowed)
-                }
-            });
+            .verify_from(&parsed, view, now, requirement, ip);
         self.finish(verified, parsed.id(), owner.as_deref(), now)
             .await
     }

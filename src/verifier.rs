@@ -217,7 +217,11 @@ impl Verifier {
     /// then, only once the secret matched: [`Error::RevokedApiKey`],
     /// [`Error::DisabledApiKey`], [`Error::NotYetValid`],
     /// [`Error::ExpiredApiKey`], [`Error::WrongEnvironment`],
-    /// [`Error::InsufficientScope`].
+    /// [`Error::InsufficientScope`], and [`Error::IpNotAllowed`] for a key
+    /// with an IP allowlist: the caller's address is unknown here, so such
+    /// keys fail closed. Use [`verify_from`](Self::verify_from) (or
+    /// [`KeyManager::authenticate`](crate::KeyManager::authenticate)) to
+    /// pass the address.
     #[inline]
     pub fn verify(
         &self,
@@ -228,6 +232,48 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         let view = self.check_secret(parsed, view)?;
         self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
+        if view.ip_allowlist.is_some() {
+            return Err(Error::IpNotAllowed);
+        }
+        Ok(VerifiedKey { view })
+    }
+
+    /// Like [`verify`](Self::verify) for a request from `ip`, checked last
+    /// against the key's IP allowlist (keys without one: a single branch).
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// # use std::sync::Arc;
+    /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// # let now = time::OffsetDateTime::UNIX_EPOCH;
+    /// let (key, record) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), now)?;
+    /// let parsed = verifier.parse(key.expose_secret())?;
+    /// let view = || Some(Arc::new(KeyView::from_record(&record)));
+    /// let office = Some("10.1.2.3".parse().unwrap());
+    /// assert!(verifier.verify_from(&parsed, view(), now, &Requirement::none(), office).is_ok());
+    /// let home = Some("192.0.2.7".parse().unwrap());
+    /// let err = verifier.verify_from(&parsed, view(), now, &Requirement::none(), home).unwrap_err();
+    /// assert_eq!(err.code(), "IP_NOT_ALLOWED");
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`verify`](Self::verify); [`Error::IpNotAllowed`] when the key has
+    /// an allowlist and `ip` is outside it or `None`.
+    #[inline]
+    pub fn verify_from(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        now: OffsetDateTime,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<VerifiedKey> {
+        let view = self.check_secret(parsed, view)?;
+        self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
+        if !view.allows_ip(ip) {
+            return Err(Error::IpNotAllowed);
+        }
         Ok(VerifiedKey { view })
     }
 

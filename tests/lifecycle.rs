@@ -705,3 +705,40 @@ fn records_written_before_the_lifecycle_fields_still_read() {
     assert!(text.contains("\"day\":\"2026-03-01\""));
     assert_eq!(serde_json::from_str::<KeyRecord>(&text).unwrap(), r);
 }
+
+#[tokio::test]
+async fn allowlisted_keys_fail_closed_where_the_address_is_unknown() {
+    let v = verifier();
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = v
+        .issue(
+            NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse().unwrap()),
+            T0,
+        )
+        .unwrap();
+    store.insert_sync(record).unwrap();
+    let auth = Authenticator::with_clock(v.clone(), store.clone(), ManualClock::new(T0));
+    let e = auth
+        .authenticate(key.expose_secret(), &Requirement::none())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    let e = v
+        .verify_with(
+            key.expose_secret(),
+            |id| store.fetch_sync(id),
+            T0,
+            &Requirement::none(),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    let parsed = v.parse(key.expose_secret()).unwrap();
+    v.verify_from(
+        &parsed,
+        store.fetch_sync(key.id()).unwrap(),
+        T0,
+        &Requirement::none(),
+        ip("10.9.9.9"),
+    )
+    .unwrap();
+}
