@@ -5,10 +5,10 @@
 //! Run with `cargo run --example quickstart`.
 
 use apikey::{
-    Authenticator, Error, KeyStore, KeyStoreWrite, KeyStatus, Keyring, ManualClock, MemoryStore,
+    Authenticator, Error, KeyStatus, KeyStore, KeyStoreWrite, Keyring, ManualClock, MemoryStore,
     NewKey, Requirement, Revocation, ServerSecret, Verifier,
 };
-use time::{macros::datetime, Duration};
+use time::{Duration, macros::datetime};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -28,7 +28,10 @@ async fn main() -> Result<(), Error> {
             .expires_at(datetime!(2026-12-25 12:00 UTC)),
         datetime!(2026-11-25 12:00 UTC),
     )?;
-    println!("issued (copy it now, it is shown once): {}", key.expose_secret());
+    println!(
+        "issued (copy it now, it is shown once): {}",
+        key.expose_secret()
+    );
     println!("listed as: {}", record.display_form());
     store.insert(record).await?;
 
@@ -45,7 +48,11 @@ async fn main() -> Result<(), Error> {
         .authenticate(key.expose_secret(), &Requirement::scope("admin:users")?)
         .await
         .expect_err("the key lacks admin:users");
-    println!("missing scope -> {} {}: {err}", err.http_status(), err.code());
+    println!(
+        "missing scope -> {} {}: {err}",
+        err.http_status(),
+        err.code()
+    );
 
     // 4. Expiry, with the manual clock moved past expires_at.
     clock.advance(Duration::days(31));
@@ -53,7 +60,11 @@ async fn main() -> Result<(), Error> {
         .authenticate(key.expose_secret(), &Requirement::none())
         .await
         .expect_err("the key has expired");
-    println!("after 31 days -> {} {}: {err}", err.http_status(), err.code());
+    println!(
+        "after 31 days -> {} {}: {err}",
+        err.http_status(),
+        err.code()
+    );
     clock.advance(Duration::days(-31));
 
     // 5. Revoke it and show the rejection.
@@ -68,7 +79,11 @@ async fn main() -> Result<(), Error> {
         .authenticate(key.expose_secret(), &Requirement::none())
         .await
         .expect_err("the key is revoked");
-    println!("after revoke -> {} {}: {err}", err.http_status(), err.code());
+    println!(
+        "after revoke -> {} {}: {err}",
+        err.http_status(),
+        err.code()
+    );
 
     // 6. Garbage never reaches the store.
     let err = auth

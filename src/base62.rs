@@ -5,7 +5,8 @@
 //! sorts like the number itself.
 
 /// The 62 characters of the alphabet, in digit order.
-pub(crate) const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub(crate) const ALPHABET: &[u8; 62] =
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Marks a byte that is not a base62 digit in [`DECODE`].
 pub(crate) const INVALID: u8 = 0xFF;

@@ -73,10 +73,10 @@ pub fn parse_key(verifier: &Verifier, data: &[u8]) {
             parsed.prefix(),
             "prefix is the text before the body"
         );
-        assert_eq!(
-            parsed.id().to_string(),
-            &text[p + VERSION_LEN..p + VERSION_LEN + ID_LEN],
-            "the id is the canonical spelling of the id field"
+        let display = crate::key_display_form(parsed.prefix(), parsed.id());
+        assert!(
+            text.starts_with(display.trim_end_matches("...")),
+            "the display form {display:?} must be how the key starts"
         );
         assert!(verifier.prefixes().find(parsed.prefix()).is_some());
     }
@@ -346,7 +346,7 @@ impl Harness {
     ///    disabled, revoked, expired, absent, wrong digest);
     /// 2. `n % 8` arbitrary records, each: id source, id bytes or key index,
     ///    digest source (+ 32 bytes), secret version, prefix/environment,
-    ///    status, validity window, scope bits;
+    ///    status, validity window (+ owner and IP allowlist bits), scope bits;
     /// 3. the requirement (`% 6`);
     /// 4. the presented text: `% 5`: 0 a fixed key exactly, 1 one byte of a
     ///    fixed key replaced, 2 a fixed key under another prefix, 3 a fixed
@@ -355,7 +355,7 @@ impl Harness {
     /// Oracles: only a byte-identical fixed key verifies, and only when its
     /// genuine record is stored; a fixed key whose genuine record is stored
     /// gets exactly the outcome the record calls for (status, window,
-    /// environment, scopes); an insert never overwrites an id; no error
+    /// environment, scopes, IP allowlist); an insert never overwrites an id; no error
     /// message or `Debug` output carries secret material.
     ///
     /// # Panics
@@ -552,6 +552,14 @@ impl Harness {
             metadata: BTreeMap::new(),
             rotated_from: None,
             rotated_to: None,
+            revision: u64::from(bits >> 7),
+            ip_allowlist: if w & 0x40 != 0 {
+                "10.0.0.0/8".parse().ok().into_iter().collect()
+            } else {
+                Vec::new()
+            },
+            usage: Default::default(),
+            legacy: None,
         }
     }
 
@@ -689,6 +697,8 @@ fn expected_outcome(
         KeyStatus::Active if !reference_requirement(requirement, &stored.scopes) => {
             Err("INSUFFICIENT_SCOPE")
         }
+        // `verify_with` knows no client address: allowlisted keys fail closed.
+        KeyStatus::Active if !stored.ip_allowlist.is_empty() => Err("IP_NOT_ALLOWED"),
         KeyStatus::Active => Ok(key.id()),
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! | part     | chars | content |
 //! |----------|------:|---------|
+//! | id       | 11    | public key id: a random `u64` in base62, least significant digit first (canonical: value < 2^64) |
 //! | version  | 1     | secret version, 1..=61, as one base62 digit |
-//! | id       | 11    | public key id: a random `u64`, big-endian base62 (canonical: value < 2^64) |
 //! | secret   | 32    | 32 uniform base62 characters (190.5 bits) |
 //! | tag      | 8     | SipHash-2-4 under the version's tag key of all text before the tag, mod 62^8, big-endian |
 //! | checksum | 6     | CRC-32 (IEEE, as zlib) of all text before the checksum, big-endian base62 (canonical: value < 2^32) |
@@ -26,7 +26,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::base62::{self, ALPHABET};
 use crate::digest::KeyDigest;
 use crate::error::{Error, MalformedReason, Result};
-use crate::prefix::{Environment, PrefixRegistry, MAX_PREFIX_LEN};
+use crate::prefix::{Environment, MAX_PREFIX_LEN, PrefixRegistry};
 use crate::secret::{Keyring, Material};
 
 pub(crate) const VERSION_LEN: usize = 1;
@@ -43,21 +43,24 @@ pub const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + BODY_LEN;
 /// Characters of the id shown in a key's display form.
 pub const DISPLAY_ID_CHARS: usize = 5;
 
-const ID_START: usize = VERSION_LEN;
-const SECRET_START: usize = ID_START + ID_LEN;
+const ID_START: usize = 0;
+const VERSION_POS: usize = ID_START + ID_LEN;
+const SECRET_START: usize = VERSION_POS + VERSION_LEN;
 const TAG_START: usize = SECRET_START + SECRET_LEN;
 const CHECKSUM_START: usize = TAG_START + TAG_LEN;
 const PACKED_SECRET_LEN: usize = SECRET_LEN * 6 / 8;
 const TAG_MODULUS: u64 = 62u64.pow(TAG_LEN as u32);
 
 /// The public id of a key: a random 64-bit number, written as 11 base62
-/// characters. Ids are not secret; they say which record to fetch.
+/// characters, least significant digit first (so the first characters, the
+/// ones a listing shows, are the uniformly random ones). Ids are not secret;
+/// they say which record to fetch.
 ///
 /// ```
 /// use apikey::KeyId;
 /// let id = KeyId::from_u64(42);
-/// assert_eq!(id.to_string(), "0000000000g");
-/// assert_eq!("0000000000g".parse::<KeyId>()?, id);
+/// assert_eq!(id.to_string(), "g0000000000");
+/// assert_eq!("g0000000000".parse::<KeyId>()?, id);
 /// # Ok::<(), apikey::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,6 +80,7 @@ impl KeyId {
     fn encode(self) -> [u8; ID_LEN] {
         let mut out = [0u8; ID_LEN];
         base62::encode_fixed(u128::from(self.0), &mut out);
+        out.reverse();
         out
     }
 }
@@ -94,11 +98,18 @@ impl FromStr for KeyId {
 
     fn from_str(s: &str) -> Result<Self> {
         if s.len() != ID_LEN {
-            return Err(Error::InvalidInput("a key id is 11 base62 characters".into()));
+            return Err(Error::InvalidInput(
+                "a key id is 11 base62 characters".into(),
+            ));
         }
-        match base62::decode_fixed(s.as_bytes()) {
+        let mut digits = [0u8; ID_LEN];
+        digits.copy_from_slice(s.as_bytes());
+        digits.reverse();
+        match base62::decode_fixed(&digits) {
             Some(v) if v <= u128::from(u64::MAX) => Ok(Self(v as u64)),
-            _ => Err(Error::InvalidInput("a key id is 11 base62 characters".into())),
+            _ => Err(Error::InvalidInput(
+                "a key id is 11 base62 characters".into(),
+            )),
         }
     }
 }
@@ -117,11 +128,11 @@ impl<'de> Deserialize<'de> for KeyId {
 }
 
 /// The display form of a key for listings: prefix, the first five id
-/// characters, and `...`, e.g. `kwi_sk_0aBcD...`.
+/// characters, and `...`, e.g. `kwi_sk_aBcDe...`.
 ///
 /// ```
 /// use apikey::{key_display_form, KeyId};
-/// assert_eq!(key_display_form("kwi_sk_", KeyId::from_u64(42)), "kwi_sk_00000...");
+/// assert_eq!(key_display_form("kwi_sk_", KeyId::from_u64(42)), "kwi_sk_g0000...");
 /// ```
 pub fn key_display_form(prefix: &str, id: KeyId) -> String {
     let id = id.encode();
@@ -171,7 +182,7 @@ impl ApiKey {
         self.text.get(..self.prefix_len).unwrap_or_default()
     }
 
-    /// The display form (`sk_live_0aBcD...`).
+    /// The display form (`sk_live_aBcDe...`).
     pub fn display_form(&self) -> String {
         key_display_form(self.prefix(), self.id)
     }
@@ -288,7 +299,6 @@ fn digest_parts(
     KeyDigest::from_bytes(mac.finalize().into_bytes().into())
 }
 
-
 fn pack_secret(digits: &[u8; SECRET_LEN], out: &mut [u8; PACKED_SECRET_LEN]) {
     // Four 6-bit digits -> three bytes.
     for (quad, chunk) in digits.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
@@ -336,8 +346,8 @@ fn compose(
     let p = prefix.len();
     buf[..p].copy_from_slice(prefix.as_bytes());
     let body = &mut buf[p..p + BODY_LEN];
-    body[0] = ALPHABET[usize::from(version)];
-    body[ID_START..SECRET_START].copy_from_slice(&id.encode());
+    body[ID_START..VERSION_POS].copy_from_slice(&id.encode());
+    body[VERSION_POS] = ALPHABET[usize::from(version)];
     for (slot, &d) in body[SECRET_START..TAG_START].iter_mut().zip(secret.iter()) {
         *slot = ALPHABET[usize::from(d)];
     }
@@ -359,9 +369,9 @@ pub(crate) fn generate<R: RngCore + CryptoRng + ?Sized>(
     keyring: &Keyring,
 ) -> Result<(ApiKey, KeyDigest)> {
     let version = keyring.current_version();
-    let material = keyring
-        .material(version)
-        .ok_or(Error::InvalidSecret("the current secret version is missing"))?;
+    let material = keyring.material(version).ok_or(Error::InvalidSecret(
+        "the current secret version is missing",
+    ))?;
     let id = KeyId(rng.next_u64());
     let mut digits = Zeroizing::new([0u8; SECRET_LEN]);
     let mut pool = Zeroizing::new([0u8; 48]);
@@ -436,11 +446,14 @@ pub(crate) fn parse<'a>(
     if crc != u128::from(checksum_of(&bytes[..split + CHECKSUM_START])) {
         return Err(Error::MalformedApiKey(MalformedReason::Checksum));
     }
-    let version = digits[0];
+    let version = digits[VERSION_POS];
     let material = keyring
         .material(version)
         .ok_or(Error::MalformedApiKey(MalformedReason::UnknownVersion))?;
-    let id = decode_digits(&digits[ID_START..SECRET_START]);
+    let id = digits[ID_START..VERSION_POS]
+        .iter()
+        .rev()
+        .fold(0u128, |acc, &d| acc * 62 + u128::from(d));
     if id > u128::from(u64::MAX) {
         return Err(Error::MalformedApiKey(MalformedReason::NonCanonical));
     }

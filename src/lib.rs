@@ -2,29 +2,44 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod audit;
 mod authenticator;
 mod base62;
 mod clock;
 mod digest;
-pub mod fuzzing;
 mod error;
+pub mod fuzzing;
+mod ipnet;
 mod key;
+pub mod manager;
 mod prefix;
 mod record;
 mod scope;
 mod secret;
 pub mod store;
 mod sync;
+pub mod usage;
 mod verifier;
 
+#[cfg(feature = "tracing")]
+pub use audit::TracingSink;
+pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 pub use authenticator::Authenticator;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use digest::KeyDigest;
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
-pub use key::{key_display_form, ApiKey, KeyId, ParsedKey, BODY_LEN, MAX_KEY_LEN, MIN_KEY_LEN};
-pub use prefix::{Environment, Environments, Prefix, PrefixEntry, PrefixRegistry, MAX_PREFIX_LEN};
-pub use record::{KeyRecord, KeyStatus, KeyView, NewKey, Revocation, SCHEMA_VERSION};
+pub use ipnet::{IpNet, ip_allowed};
+pub use key::{ApiKey, BODY_LEN, KeyId, MAX_KEY_LEN, MIN_KEY_LEN, ParsedKey, key_display_form};
+pub use manager::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation};
+pub use prefix::{Environment, Environments, MAX_PREFIX_LEN, Prefix, PrefixEntry, PrefixRegistry};
+pub use record::{
+    KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
+};
 pub use scope::{Requirement, Scope, ScopeSet};
-pub use secret::{Keyring, ServerSecret, MIN_SECRET_LEN};
-pub use store::{KeyStore, KeyStoreWrite, MemoryStore};
+pub use secret::{Keyring, MIN_SECRET_LEN, ServerSecret};
+pub use store::{
+    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, MemoryStore,
+    UsageDelta,
+};
+pub use usage::UsageRecorder;
 pub use verifier::{VerifiedKey, Verifier};

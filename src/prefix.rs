@@ -286,11 +286,26 @@ mod tests {
 
     #[test]
     fn rules() {
-        for ok in ["sk_live_", "kwi_sk_", "a_", "my_app_v2_", "abcdefghijklmno_"] {
+        for ok in [
+            "sk_live_",
+            "kwi_sk_",
+            "a_",
+            "my_app_v2_",
+            "abcdefghijklmno_",
+        ] {
             assert!(Prefix::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "_", "a", "sk-live_", "SK_", "1a_", "abcdefghijklmnop_", "sk_live", "é_", "a\0_",
+            "",
+            "_",
+            "a",
+            "sk-live_",
+            "SK_",
+            "1a_",
+            "abcdefghijklmnop_",
+            "sk_live",
+            "é_",
+            "a\0_",
         ] {
             assert!(Prefix::new(bad).is_err(), "{bad:?}");
         }

@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 
 use crate::digest::KeyDigest;
 use crate::error::{Error, Result};
-use crate::key::{key_display_form, KeyId};
+use crate::ipnet::IpNet;
+use crate::key::{KeyId, key_display_form};
 use crate::prefix::{Environment, Prefix};
 use crate::scope::ScopeSet;
 
@@ -113,6 +114,148 @@ pub struct KeyRecord {
     /// The key that replaced this one by rotation.
     #[serde(default)]
     pub rotated_to: Option<KeyId>,
+    /// Counts changes to the record. Stores set it on every write except
+    /// usage flushes (see [`KeyStoreLifecycle::update_if`](crate::store::KeyStoreLifecycle::update_if));
+    /// conditional updates compare it.
+    #[serde(default)]
+    pub revision: u64,
+    /// Addresses the key may be used from; empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allowlist: Vec<IpNet>,
+    /// Successful verifications today and this month (UTC), flushed in
+    /// batches by the [`UsageRecorder`](crate::UsageRecorder).
+    #[serde(default)]
+    pub usage: UsageCounters,
+    /// Set for keys imported from another system (see [`KeyManager::import`](crate::KeyManager::import)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<LegacyInfo>,
+}
+
+time::serde::format_description!(day_format, Date, "[year]-[month]-[day]");
+
+/// Per-key usage counters: successful verifications on the latest UTC day
+/// seen and in that day's month.
+///
+/// Stores update them only through [`apply`](Self::apply) (or its SQL
+/// equivalent), so batches that arrive out of order never move the day
+/// backwards.
+///
+/// ```
+/// use apikey::UsageCounters;
+/// use time::macros::date;
+/// let mut u = UsageCounters::default();
+/// u.apply(date!(2026-03-30), 5);
+/// u.apply(date!(2026-03-31), 2);
+/// u.apply(date!(2026-03-30), 1); // late batch: counts for the month only
+/// assert_eq!((u.today(date!(2026-03-31)), u.this_month(date!(2026-03-31))), (2, 8));
+/// u.apply(date!(2026-04-01), 4); // new month
+/// assert_eq!(u.this_month(date!(2026-04-01)), 4);
+/// assert_eq!(u.today(date!(2026-04-02)), 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounters {
+    /// The latest UTC day with recorded use.
+    #[serde(default, with = "day_format::option")]
+    pub day: Option<time::Date>,
+    /// Successful verifications on `day`.
+    #[serde(default)]
+    pub day_count: u64,
+    /// Successful verifications in the month of `day`.
+    #[serde(default)]
+    pub month_count: u64,
+}
+
+impl UsageCounters {
+    /// Adds `count` uses on UTC day `day`.
+    ///
+    /// A later day starts a new daily count (and a new monthly one when the
+    /// month changed); an earlier day in the same month adds to the monthly
+    /// count only; an earlier month is dropped.
+    pub fn apply(&mut self, day: time::Date, count: u64) {
+        let same_month =
+            |a: time::Date, b: time::Date| a.year() == b.year() && a.month() == b.month();
+        match self.day {
+            None => {
+                self.day = Some(day);
+                self.day_count = count;
+                self.month_count = count;
+            }
+            Some(cur) if day == cur => {
+                self.day_count = self.day_count.saturating_add(count);
+                self.month_count = self.month_count.saturating_add(count);
+            }
+            Some(cur) if day > cur => {
+                self.month_count = if same_month(day, cur) {
+                    self.month_count.saturating_add(count)
+                } else {
+                    count
+                };
+                self.day = Some(day);
+                self.day_count = count;
+            }
+            Some(cur) => {
+                if same_month(day, cur) {
+                    self.month_count = self.month_count.saturating_add(count);
+                }
+            }
+        }
+    }
+
+    /// Uses on `today` (0 when the latest recorded day is another).
+    pub fn today(&self, today: time::Date) -> u64 {
+        if self.day == Some(today) {
+            self.day_count
+        } else {
+            0
+        }
+    }
+
+    /// Uses in the month of `today` (0 when the latest recorded day is in another month).
+    pub fn this_month(&self, today: time::Date) -> u64 {
+        match self.day {
+            Some(d) if d.year() == today.year() && d.month() == today.month() => self.month_count,
+            _ => 0,
+        }
+    }
+}
+
+/// How an imported legacy key is found and checked.
+///
+/// The key is found through `index`: HMAC-SHA256, under a key derived from
+/// server secret version `index_version`, of the SHA-256 digest of the whole
+/// legacy key text. Until the key's first successful verification,
+/// `upgraded` is false and the index is the only check; from then on the
+/// record's `digest` holds the keyed digest of the whole key under the
+/// current secret version and is compared too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LegacyInfo {
+    /// The legacy prefix the key was imported under (public).
+    pub prefix: String,
+    /// Keyed hash of the key's SHA-256 digest; stores index it.
+    pub index: KeyDigest,
+    /// Server secret version the index key came from.
+    pub index_version: u8,
+    /// Whether `digest` holds the current keyed digest of the key.
+    #[serde(default)]
+    pub upgraded: bool,
+}
+
+impl LegacyInfo {
+    /// Index information for a legacy key.
+    pub fn new(
+        prefix: impl Into<String>,
+        index: KeyDigest,
+        index_version: u8,
+        upgraded: bool,
+    ) -> Self {
+        Self {
+            prefix: prefix.into(),
+            index,
+            index_version,
+            upgraded,
+        }
+    }
 }
 
 fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
@@ -127,9 +270,26 @@ fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
 }
 
 impl KeyRecord {
-    /// The display form of the key (`kwi_sk_0aBcD...`).
+    /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
+    /// keys show their legacy prefix and `...` only (their text has no id).
     pub fn display_form(&self) -> String {
-        key_display_form(self.prefix.as_str(), self.id)
+        match &self.legacy {
+            Some(l) => format!("{}...", l.prefix),
+            None => key_display_form(self.prefix.as_str(), self.id),
+        }
+    }
+
+    /// Whether the record counts toward its owner's limit of active keys at
+    /// `now`: not revoked, not expired, and not in a rotation grace period
+    /// (`rotated_to` unset). Disabled keys count.
+    ///
+    /// Stores use exactly this rule in
+    /// [`KeyStoreLifecycle::insert_limited`](crate::store::KeyStoreLifecycle::insert_limited);
+    /// in SQL: `status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`.
+    pub fn counts_toward_limit(&self, now: OffsetDateTime) -> bool {
+        self.status != KeyStatus::Revoked
+            && self.expires_at.is_none_or(|exp| now < exp)
+            && self.rotated_to.is_none()
     }
 
     /// Whether the key is usable at `now` by status and validity window
@@ -149,12 +309,12 @@ impl KeyRecord {
         if self.schema_version != SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
         }
-        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at) {
-            if exp <= nb {
-                return Err(Error::InvalidRecord(
-                    "expires_at must be after not_before".into(),
-                ));
-            }
+        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
+            && exp <= nb
+        {
+            return Err(Error::InvalidRecord(
+                "expires_at must be after not_before".into(),
+            ));
         }
         if (self.status == KeyStatus::Revoked) != self.revocation.is_some() {
             return Err(Error::InvalidRecord(
@@ -163,6 +323,13 @@ impl KeyRecord {
         }
         if self.secret_version == 0 || self.secret_version > crate::secret::MAX_VERSION {
             return Err(Error::InvalidRecord("secret_version out of range".into()));
+        }
+        if let Some(l) = &self.legacy
+            && (l.index_version == 0 || l.index_version > crate::secret::MAX_VERSION)
+        {
+            return Err(Error::InvalidRecord(
+                "legacy index_version out of range".into(),
+            ));
         }
         Ok(())
     }
@@ -203,6 +370,8 @@ pub struct KeyView {
     pub(crate) owner: Option<Arc<str>>,
     pub(crate) scopes: ScopeSet,
     pub(crate) metadata: Option<Arc<BTreeMap<String, String>>>,
+    /// `None` when the key may be used from anywhere.
+    pub(crate) ip_allowlist: Option<Arc<[IpNet]>>,
 }
 
 impl KeyView {
@@ -229,6 +398,27 @@ impl KeyView {
             } else {
                 Some(Arc::new(record.metadata.clone()))
             },
+            ip_allowlist: if record.ip_allowlist.is_empty() {
+                None
+            } else {
+                Some(record.ip_allowlist.as_slice().into())
+            },
+        }
+    }
+
+    /// The IP allowlist (empty: any address).
+    pub fn ip_allowlist(&self) -> &[IpNet] {
+        self.ip_allowlist.as_deref().unwrap_or(&[])
+    }
+
+    /// Whether a request from `ip` may use the key (see
+    /// [`ip_allowed`](crate::ip_allowed)): one branch when the key has no
+    /// allowlist.
+    #[inline]
+    pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
+        match &self.ip_allowlist {
+            None => true,
+            Some(list) => crate::ipnet::ip_allowed(list, ip),
         }
     }
 
@@ -312,6 +502,8 @@ pub struct NewKey {
     pub not_before: Option<OffsetDateTime>,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Addresses the key may be used from; empty: anywhere.
+    pub ip_allowlist: Vec<IpNet>,
 }
 
 impl NewKey {
@@ -355,6 +547,11 @@ impl NewKey {
     /// Adds one metadata entry.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Adds a range to the key's IP allowlist (`"10.0.0.0/8".parse()?`).
+    pub fn allow_ip(mut self, net: IpNet) -> Self {
+        self.ip_allowlist.push(net);
         self
     }
 }

@@ -331,7 +331,10 @@ impl Requirement {
 }
 
 fn parse_list<I: IntoIterator<Item = S>, S: AsRef<str>>(scopes: I) -> Result<Vec<Scope>> {
-    scopes.into_iter().map(|s| Scope::parse(s.as_ref())).collect()
+    scopes
+        .into_iter()
+        .map(|s| Scope::parse(s.as_ref()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -344,10 +347,19 @@ mod tests {
 
     #[test]
     fn grammar() {
-        for ok in ["read", "tasks:read", "corpus:42:query", "projects:*", "*", "a-b_c:d"] {
+        for ok in [
+            "read",
+            "tasks:read",
+            "corpus:42:query",
+            "projects:*",
+            "*",
+            "a-b_c:d",
+        ] {
             assert!(Scope::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ":", "a:", ":a", "a::b", "*:a", "a:*:b", "A", "a b", "a:**", "ü", "a*"] {
+        for bad in [
+            "", ":", "a:", ":a", "a::b", "*:a", "a:*:b", "A", "a b", "a:**", "ü", "a*",
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad:?}");
         }
     }

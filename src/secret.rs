@@ -130,6 +130,40 @@ impl Material {
     }
 }
 
+/// The keys for imported legacy keys derived from one server secret
+/// version (HKDF-SHA256 like [`Material`], with their own labels).
+pub(crate) struct LegacyMaterial {
+    /// Keys the legacy index (HMAC-SHA256 of the key's SHA-256 digest).
+    index: hmac::Hmac<sha2::Sha256>,
+    /// Keys the upgraded digest of a legacy key (HMAC-SHA256 of its text).
+    digest: hmac::Hmac<sha2::Sha256>,
+}
+
+impl LegacyMaterial {
+    fn derive(secret: &ServerSecret) -> Result<Self> {
+        let hk = Hkdf::<sha2::Sha256>::new(Some(b"apikey/v1"), secret.expose_secret());
+        let key = |label: &[u8]| -> Result<hmac::Hmac<sha2::Sha256>> {
+            let mut k = Zeroizing::new([0u8; 32]);
+            hk.expand(label, k.as_mut())
+                .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
+            <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(k.as_ref())
+                .map_err(|_| Error::InvalidSecret("key derivation failed"))
+        };
+        Ok(Self {
+            index: key(b"apikey/v1 legacy index key")?,
+            digest: key(b"apikey/v1 legacy digest key")?,
+        })
+    }
+
+    fn mac(&self, keyed: &hmac::Hmac<sha2::Sha256>, parts: &[&[u8]]) -> crate::KeyDigest {
+        let mut mac = keyed.clone();
+        for p in parts {
+            hmac::Mac::update(&mut mac, p);
+        }
+        crate::KeyDigest::from_bytes(hmac::Mac::finalize(mac).into_bytes().into())
+    }
+}
+
 /// Server secrets by version, with one current version for new keys.
 ///
 /// Cheap to clone (the derived keys are shared).
@@ -147,6 +181,8 @@ impl Material {
 pub struct Keyring {
     current: u8,
     slots: Vec<Option<Arc<Material>>>,
+    /// Keys for imported legacy keys, per version (see [`LegacyMaterial`]).
+    legacy: Vec<Option<Arc<LegacyMaterial>>>,
 }
 
 impl Keyring {
@@ -158,6 +194,7 @@ impl Keyring {
         let mut ring = Self {
             current: version,
             slots: (0..=MAX_VERSION).map(|_| None).collect(),
+            legacy: (0..=MAX_VERSION).map(|_| None).collect(),
         };
         ring.add(version, secret)?;
         Ok(ring)
@@ -173,9 +210,13 @@ impl Keyring {
         }
         let slot = &mut self.slots[usize::from(version)];
         if slot.is_some() {
-            return Err(Error::InvalidSecret("this secret version is already present"));
+            return Err(Error::InvalidSecret(
+                "this secret version is already present",
+            ));
         }
+        let legacy = Arc::new(LegacyMaterial::derive(&secret)?);
         *slot = Some(Arc::new(Material::derive(&secret)?));
+        self.legacy[usize::from(version)] = Some(legacy);
         Ok(self)
     }
 
@@ -188,6 +229,9 @@ impl Keyring {
             return Err(Error::InvalidSecret("cannot remove the current version"));
         }
         if let Some(slot) = self.slots.get_mut(usize::from(version)) {
+            *slot = None;
+        }
+        if let Some(slot) = self.legacy.get_mut(usize::from(version)) {
             *slot = None;
         }
         Ok(self)
@@ -218,6 +262,27 @@ impl Keyring {
     #[inline]
     pub(crate) fn material(&self, version: u8) -> Option<&Material> {
         self.slots.get(usize::from(version))?.as_deref()
+    }
+
+    /// The versions held, current first, then the others newest first.
+    pub(crate) fn versions_current_first(&self) -> impl Iterator<Item = u8> + '_ {
+        std::iter::once(self.current)
+            .chain((1..=MAX_VERSION).rev().filter(move |v| *v != self.current))
+            .filter(|v| self.contains(*v))
+    }
+
+    /// Legacy-key index under `version`: HMAC-SHA256, under the version's
+    /// legacy index key, of the SHA-256 digest of the whole legacy key.
+    pub(crate) fn legacy_index(&self, version: u8, sha256: &[u8; 32]) -> Option<crate::KeyDigest> {
+        let m = self.legacy.get(usize::from(version))?.as_deref()?;
+        Some(m.mac(&m.index, &[sha256]))
+    }
+
+    /// Keyed digest of a whole legacy key text under `version`'s legacy
+    /// digest key (the upgraded form of an imported key).
+    pub(crate) fn legacy_digest(&self, version: u8, text: &str) -> Option<crate::KeyDigest> {
+        let m = self.legacy.get(usize::from(version))?.as_deref()?;
+        Some(m.mac(&m.digest, &[text.as_bytes()]))
     }
 }
 

@@ -6,10 +6,10 @@ pub(crate) use loom::sync::{Mutex, RwLock};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Mutex, RwLock};
 
-#[cfg(not(loom))]
-pub(crate) use std::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(loom)]
 pub(crate) use loom::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 
 /// Locks, recovering from poisoning: every critical section in this crate
 /// leaves its data consistent before any call that could panic.

@@ -22,7 +22,7 @@ use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError};
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::prefix::{Environment, Environments, PrefixRegistry};
-use crate::record::{unix_nanos, KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION, unix_nanos};
 use crate::scope::{Requirement, Scope, ScopeSet};
 use crate::secret::Keyring;
 
@@ -86,9 +86,7 @@ impl Verifier {
     /// Clock-skew allowance applied to `not_before` and `expires_at`.
     /// Defaults to zero. Negative values count as zero.
     pub fn with_leeway(mut self, leeway: time::Duration) -> Self {
-        self.leeway_nanos = leeway
-            .whole_nanoseconds()
-            .clamp(0, i128::from(i64::MAX)) as i64;
+        self.leeway_nanos = leeway.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64;
         self
     }
 
@@ -144,17 +142,22 @@ impl Verifier {
         now: OffsetDateTime,
         rng: &mut R,
     ) -> Result<(ApiKey, KeyRecord)> {
-        let (_, entry) = self.prefixes.find(&new.prefix).ok_or_else(|| Error::InvalidPrefix {
-            prefix: new.prefix.chars().take(32).collect(),
-            reason: "not registered with this verifier",
-        })?;
+        let (_, entry) = self
+            .prefixes
+            .find(&new.prefix)
+            .ok_or_else(|| Error::InvalidPrefix {
+                prefix: new.prefix.chars().take(32).collect(),
+                reason: "not registered with this verifier",
+            })?;
         let scopes = ScopeSet::parse(&new.scopes)?;
         let now = now.to_offset(time::UtcOffset::UTC);
         let expires_at = new.expires_at.map(|t| t.to_offset(time::UtcOffset::UTC));
         let not_before = new.not_before.map(|t| t.to_offset(time::UtcOffset::UTC));
         if let Some(exp) = expires_at {
             if exp <= now {
-                return Err(Error::InvalidInput("expires_at must be in the future".into()));
+                return Err(Error::InvalidInput(
+                    "expires_at must be in the future".into(),
+                ));
             }
             if not_before.is_some_and(|nb| exp <= nb) {
                 return Err(Error::InvalidInput(
@@ -183,6 +186,10 @@ impl Verifier {
             metadata: new.metadata,
             rotated_from: None,
             rotated_to: None,
+            revision: 0,
+            ip_allowlist: new.ip_allowlist,
+            usage: Default::default(),
+            legacy: None,
         };
         Ok((key, record))
     }
@@ -210,7 +217,11 @@ impl Verifier {
     /// then, only once the secret matched: [`Error::RevokedApiKey`],
     /// [`Error::DisabledApiKey`], [`Error::NotYetValid`],
     /// [`Error::ExpiredApiKey`], [`Error::WrongEnvironment`],
-    /// [`Error::InsufficientScope`].
+    /// [`Error::InsufficientScope`], and [`Error::IpNotAllowed`] for a key
+    /// with an IP allowlist: the caller's address is unknown here, so such
+    /// keys fail closed. Use [`verify_from`](Self::verify_from) (or
+    /// [`KeyManager::authenticate`](crate::KeyManager::authenticate)) to
+    /// pass the address.
     #[inline]
     pub fn verify(
         &self,
@@ -221,6 +232,48 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         let view = self.check_secret(parsed, view)?;
         self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
+        if view.ip_allowlist.is_some() {
+            return Err(Error::IpNotAllowed);
+        }
+        Ok(VerifiedKey { view })
+    }
+
+    /// Like [`verify`](Self::verify) for a request from `ip`, checked last
+    /// against the key's IP allowlist (keys without one: a single branch).
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// # use std::sync::Arc;
+    /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// # let now = time::OffsetDateTime::UNIX_EPOCH;
+    /// let (key, record) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), now)?;
+    /// let parsed = verifier.parse(key.expose_secret())?;
+    /// let view = || Some(Arc::new(KeyView::from_record(&record)));
+    /// let office = Some("10.1.2.3".parse().unwrap());
+    /// assert!(verifier.verify_from(&parsed, view(), now, &Requirement::none(), office).is_ok());
+    /// let home = Some("192.0.2.7".parse().unwrap());
+    /// let err = verifier.verify_from(&parsed, view(), now, &Requirement::none(), home).unwrap_err();
+    /// assert_eq!(err.code(), "IP_NOT_ALLOWED");
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`verify`](Self::verify); [`Error::IpNotAllowed`] when the key has
+    /// an allowlist and `ip` is outside it or `None`.
+    #[inline]
+    pub fn verify_from(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        now: OffsetDateTime,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<VerifiedKey> {
+        let view = self.check_secret(parsed, view)?;
+        self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
+        if !view.allows_ip(ip) {
+            return Err(Error::IpNotAllowed);
+        }
         Ok(VerifiedKey { view })
     }
 
@@ -266,11 +319,45 @@ impl Verifier {
     /// [`Error::InvalidSecret`] when the current version is missing.
     pub fn rehash(&self, parsed: &ParsedKey<'_>) -> Result<(u8, KeyDigest)> {
         let v = self.keyring.current_version();
-        let material = self
-            .keyring
-            .material(v)
-            .ok_or(Error::InvalidSecret("the current secret version is missing"))?;
+        let material = self.keyring.material(v).ok_or(Error::InvalidSecret(
+            "the current secret version is missing",
+        ))?;
         Ok((v, parsed.digest_with(material)))
+    }
+
+    /// Policy checks on a record whose secret was already checked some
+    /// other way (imported legacy keys): status, validity window with
+    /// leeway, environment, scopes. Same order and errors as
+    /// [`verify`](Self::verify) after the digest comparison.
+    pub(crate) fn verify_view(
+        &self,
+        view: Arc<KeyView>,
+        now: OffsetDateTime,
+        requirement: &Requirement,
+    ) -> Result<VerifiedKey> {
+        match view.status {
+            KeyStatus::Active => {}
+            KeyStatus::Disabled => return Err(Error::DisabledApiKey),
+            KeyStatus::Revoked => return Err(Error::RevokedApiKey),
+        }
+        let now = unix_nanos(now);
+        if now.saturating_add(self.leeway_nanos) < view.not_before {
+            return Err(Error::NotYetValid {
+                not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            });
+        }
+        if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
+            return Err(Error::ExpiredApiKey {
+                expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            });
+        }
+        if !self.environments.contains(view.environment) {
+            return Err(Error::WrongEnvironment {
+                actual: view.environment,
+            });
+        }
+        requirement.check(&view.scopes, &self.full_access)?;
+        Ok(VerifiedKey { view })
     }
 
     /// Re-creates the key text from a parsed key (round-trip checks).
@@ -386,4 +473,3 @@ impl VerifiedKey {
         self.view.secret_version != verifier.keyring.current_version()
     }
 }
-

@@ -1,0 +1,460 @@
+//! Audit events: what happened to which key, when, by whom.
+//!
+//! The [`KeyManager`](crate::KeyManager) sends an [`AuditEvent`] to its
+//! [`AuditSink`] for every create, update, disable, enable, revoke, rotate,
+//! delete and import, and for failed verifications:
+//!
+//! * rejections **before** the keyed tag matched (missing, malformed, bad
+//!   checksum, forged, unknown legacy key) are counted per reason and
+//!   reported as one [`AuditKind::RejectionsSampled`] summary at most once per
+//!   sample interval, so a flood of junk never becomes a flood of logs;
+//! * failures **after** the tag matched (unknown id, wrong secret, expired,
+//!   not yet valid, disabled, revoked, wrong environment, scope, address)
+//!   each emit one [`AuditKind::VerificationFailed`].
+//!
+//! Events never carry a key or its secret: only the public key id, the
+//! owner, the actor and the reason the actor gave.
+//!
+//! Sinks are called synchronously on the calling task; a sink that writes to
+//! a slow backend should buffer. With the `tracing` feature,
+//! [`TracingSink`] turns events into `tracing` events.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::error::{Error, MalformedReason};
+use crate::key::KeyId;
+use crate::record::unix_nanos;
+
+/// Who did something and why. Passed to every management call.
+///
+/// ```
+/// use apikey::Actor;
+/// let actor = Actor::new("admin_7").reason("ticket #1234");
+/// assert_eq!(actor.id(), Some("admin_7"));
+/// assert_eq!(Actor::system().id(), None);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    id: Option<String>,
+    reason: Option<String>,
+}
+
+impl Actor {
+    /// An actor with an id (a user, an admin, a service).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: Some(id.into()),
+            reason: None,
+        }
+    }
+
+    /// The application itself (no actor id).
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// Sets the reason recorded with the event.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// The actor id.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The reason given.
+    pub fn reason_text(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditKind {
+    /// A key was created.
+    Created,
+    /// Fields of a key were changed.
+    Updated {
+        /// Names of the fields changed.
+        fields: Vec<&'static str>,
+    },
+    /// A key was disabled.
+    Disabled,
+    /// A key was enabled again.
+    Enabled,
+    /// A key was revoked.
+    Revoked,
+    /// A key was rotated; `key_id` is the old key.
+    Rotated {
+        /// The new key.
+        successor: KeyId,
+        /// When the old key stops working.
+        #[serde(with = "time::serde::rfc3339")]
+        grace_ends: OffsetDateTime,
+    },
+    /// A key record was deleted.
+    Deleted,
+    /// A legacy key was imported.
+    Imported,
+    /// An imported legacy key was re-hashed under the current secret on
+    /// its first successful verification.
+    LegacyUpgraded,
+    /// A verification failed after the key's tag matched.
+    VerificationFailed {
+        /// The error's machine code (`EXPIRED_API_KEY`, ...).
+        code: &'static str,
+    },
+    /// Rejections before the tag matched, counted per reason since the last
+    /// summary.
+    RejectionsSampled {
+        /// `(reason, count)` for each reason seen.
+        counts: Vec<(&'static str, u64)>,
+    },
+}
+
+impl AuditKind {
+    /// A short, stable, lowercase name.
+    ///
+    /// ```
+    /// assert_eq!(apikey::AuditKind::Created.as_str(), "created");
+    /// ```
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated { .. } => "updated",
+            Self::Disabled => "disabled",
+            Self::Enabled => "enabled",
+            Self::Revoked => "revoked",
+            Self::Rotated { .. } => "rotated",
+            Self::Deleted => "deleted",
+            Self::Imported => "imported",
+            Self::LegacyUpgraded => "legacy_upgraded",
+            Self::VerificationFailed { .. } => "verification_failed",
+            Self::RejectionsSampled { .. } => "rejections_sampled",
+        }
+    }
+}
+
+/// One audit event. Never holds key material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AuditEvent {
+    /// When (from the manager's clock).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What.
+    #[serde(flatten)]
+    pub kind: AuditKind,
+    /// The key concerned (public id), if any.
+    pub key_id: Option<KeyId>,
+    /// The key's owner, if known.
+    pub owner: Option<String>,
+    /// Who did it (management calls).
+    pub actor: Option<String>,
+    /// The reason the actor gave (for a revoke: the revocation reason).
+    pub reason: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event with no key, owner, actor or reason.
+    pub fn new(at: OffsetDateTime, kind: AuditKind) -> Self {
+        Self {
+            at,
+            kind,
+            key_id: None,
+            owner: None,
+            actor: None,
+            reason: None,
+        }
+    }
+
+    pub(crate) fn key(mut self, id: KeyId, owner: Option<&str>) -> Self {
+        self.key_id = Some(id);
+        self.owner = owner.map(str::to_owned);
+        self
+    }
+
+    pub(crate) fn by(mut self, actor: &Actor) -> Self {
+        self.actor = actor.id.clone();
+        if self.reason.is_none() {
+            self.reason = actor.reason.clone();
+        }
+        self
+    }
+}
+
+impl fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+        {
+            Ok(at) => write!(f, "{at} {}", self.kind.as_str())?,
+            Err(_) => write!(f, "{} {}", self.at, self.kind.as_str())?,
+        }
+        if let Some(id) = self.key_id {
+            write!(f, " key={id}")?;
+        }
+        if let Some(o) = &self.owner {
+            write!(f, " owner={o}")?;
+        }
+        if let Some(a) = &self.actor {
+            write!(f, " actor={a}")?;
+        }
+        if let Some(r) = &self.reason {
+            write!(f, " reason={r:?}")?;
+        }
+        match &self.kind {
+            AuditKind::Updated { fields } => write!(f, " fields={fields:?}")?,
+            AuditKind::Rotated {
+                successor,
+                grace_ends,
+            } => {
+                write!(f, " successor={successor} grace_ends=")?;
+                match grace_ends.format(&time::format_description::well_known::Rfc3339) {
+                    Ok(t) => f.write_str(&t)?,
+                    Err(_) => write!(f, "{grace_ends}")?,
+                }
+            }
+            AuditKind::VerificationFailed { code } => write!(f, " code={code}")?,
+            AuditKind::RejectionsSampled { counts } => write!(f, " counts={counts:?}")?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Where audit events go.
+///
+/// ```
+/// use apikey::{AuditEvent, AuditSink};
+/// #[derive(Debug)]
+/// struct Stdout;
+/// impl AuditSink for Stdout {
+///     fn record(&self, event: &AuditEvent) {
+///         println!("{event}");
+///     }
+/// }
+/// ```
+pub trait AuditSink: Send + Sync {
+    /// Receives one event. Called on the task that caused it; must not block
+    /// for long.
+    fn record(&self, event: &AuditEvent);
+}
+
+impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
+    fn record(&self, event: &AuditEvent) {
+        (**self).record(event);
+    }
+}
+
+/// Drops every event (the default sink).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAudit;
+
+impl AuditSink for NoAudit {
+    fn record(&self, _event: &AuditEvent) {}
+}
+
+/// Keeps events in memory: for tests and examples.
+///
+/// ```
+/// use apikey::{AuditEvent, AuditKind, AuditSink, MemoryAuditSink};
+/// let sink = MemoryAuditSink::new();
+/// sink.record(&AuditEvent::new(time::OffsetDateTime::UNIX_EPOCH, AuditKind::Created));
+/// assert_eq!(sink.events().len(), 1);
+/// assert_eq!(sink.take().len(), 1);
+/// assert!(sink.events().is_empty());
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryAuditSink(Mutex<Vec<AuditEvent>>);
+
+impl MemoryAuditSink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Removes and returns the events so far.
+    pub fn take(&self) -> Vec<AuditEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl AuditSink for MemoryAuditSink {
+    fn record(&self, event: &AuditEvent) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
+    }
+}
+
+/// Emits each event as a `tracing` event with target `apikey::audit`:
+/// `INFO` for management events, `WARN` for failed verifications.
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingSink;
+
+#[cfg(feature = "tracing")]
+impl AuditSink for TracingSink {
+    fn record(&self, e: &AuditEvent) {
+        let key_id = e.key_id.map(|k| k.to_string());
+        let detail = match &e.kind {
+            AuditKind::Updated { fields } => format!("{fields:?}"),
+            AuditKind::Rotated {
+                successor,
+                grace_ends,
+            } => format!("successor={successor} grace_ends={grace_ends}"),
+            AuditKind::VerificationFailed { code } => (*code).to_owned(),
+            AuditKind::RejectionsSampled { counts } => format!("{counts:?}"),
+            _ => String::new(),
+        };
+        match &e.kind {
+            AuditKind::VerificationFailed { .. } | AuditKind::RejectionsSampled { .. } => {
+                tracing::warn!(
+                    target: "apikey::audit",
+                    event = e.kind.as_str(),
+                    key_id = key_id.as_deref(),
+                    owner = e.owner.as_deref(),
+                    detail = detail.as_str(),
+                    "api key verification failed"
+                );
+            }
+            _ => tracing::info!(
+                target: "apikey::audit",
+                event = e.kind.as_str(),
+                key_id = key_id.as_deref(),
+                owner = e.owner.as_deref(),
+                actor = e.actor.as_deref(),
+                reason = e.reason.as_deref(),
+                detail = detail.as_str(),
+                "api key event"
+            ),
+        }
+    }
+}
+
+/// Reasons counted before the tag matched.
+const REASONS: [&str; 9] = [
+    "missing",
+    "length",
+    "charset",
+    "unknown_prefix",
+    "checksum",
+    "non_canonical",
+    "unknown_version",
+    "forged",
+    "unknown_legacy",
+];
+
+/// Counts pre-tag rejections per reason and emits at most one summary per
+/// interval. Lock-free: one atomic add per rejection, one compare-exchange
+/// per interval.
+pub(crate) struct RejectionSampler {
+    counts: [AtomicU64; REASONS.len()],
+    last_emit: AtomicI64,
+    interval_nanos: i64,
+}
+
+impl fmt::Debug for RejectionSampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RejectionSampler")
+            .field("interval_nanos", &self.interval_nanos)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) const UNKNOWN_LEGACY: usize = 8;
+const CLOCK_EVERY: u64 = 64;
+
+impl RejectionSampler {
+    pub(crate) fn new(interval: time::Duration) -> Self {
+        Self {
+            counts: Default::default(),
+            last_emit: AtomicI64::new(i64::MIN),
+            interval_nanos: interval.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64,
+        }
+    }
+
+    /// The reason index of a pre-tag rejection, `None` for other errors.
+    pub(crate) fn reason_of(err: &Error) -> Option<usize> {
+        Some(match err {
+            Error::MissingApiKey => 0,
+            Error::MalformedApiKey(r) => match r {
+                MalformedReason::Length => 1,
+                MalformedReason::Charset => 2,
+                MalformedReason::UnknownPrefix => 3,
+                MalformedReason::Checksum => 4,
+                MalformedReason::NonCanonical => 5,
+                MalformedReason::UnknownVersion => 6,
+            },
+            Error::InvalidApiKey => 7,
+            _ => return None,
+        })
+    }
+
+    /// Counts one rejection and, when the interval has passed since the last
+    /// summary, emits a summary. The clock is read for the first 64
+    /// rejections of a reason after each summary and then for every 64th,
+    /// so a flood costs one atomic add per rejection and a summary comes at
+    /// most 64 rejections late.
+    pub(crate) fn count(
+        &self,
+        reason: usize,
+        now: impl FnOnce() -> OffsetDateTime,
+        sink: &dyn AuditSink,
+    ) {
+        let Some(c) = self.counts.get(reason) else {
+            return;
+        };
+        let prev = c.fetch_add(1, Ordering::Relaxed);
+        if prev >= CLOCK_EVERY && prev % CLOCK_EVERY != 0 {
+            return;
+        }
+        let now = now();
+        let now_n = unix_nanos(now);
+        let last = self.last_emit.load(Ordering::Relaxed);
+        if now_n.saturating_sub(last) >= self.interval_nanos
+            && self
+                .last_emit
+                .compare_exchange(last, now_n, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.emit(now, sink);
+        }
+    }
+
+    /// Emits a summary of everything counted since the last one, if any.
+    pub(crate) fn emit(&self, now: OffsetDateTime, sink: &dyn AuditSink) {
+        let counts: Vec<(&'static str, u64)> = REASONS
+            .iter()
+            .zip(&self.counts)
+            .filter_map(|(name, c)| {
+                let n = c.swap(0, Ordering::AcqRel);
+                (n > 0).then_some((*name, n))
+            })
+            .collect();
+        if !counts.is_empty() {
+            sink.record(&AuditEvent::new(
+                now,
+                AuditKind::RejectionsSampled { counts },
+            ));
+        }
+    }
+}

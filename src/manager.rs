@@ -1,0 +1,1395 @@
+//! The management side: [`KeyManager`] creates, lists, updates, disables,
+//! revokes, rotates, deletes and imports keys over any
+//! [`KeyStoreLifecycle`], enforces the per-owner limit, records usage and
+//! emits audit events; it also authenticates requests with the IP
+//! allowlist, usage tracking, legacy keys and audit of failures.
+//!
+//! Every operation returns a typed [`Error`] and a failed call changes
+//! nothing: each one is a single atomic store call, or a read followed by a
+//! conditional write ([`KeyStoreLifecycle::update_if`]) that is retried on a
+//! concurrent change. A change (disable, revoke, ...) is visible to every
+//! verification that starts after the call returns: the manager keeps no
+//! cache of records.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use apikey::{
+//!     Actor, KeyManager, KeyUpdate, Keyring, ManualClock, MemoryAuditSink, MemoryStore, NewKey,
+//!     Requirement, Rotation, ServerSecret, Verifier,
+//! };
+//! use time::{Duration, macros::datetime};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), apikey::Error> {
+//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+//! let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC)); // SystemClock in production
+//! let audit = Arc::new(MemoryAuditSink::new());
+//! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
+//!     .max_keys_per_owner(3)
+//!     .audit_sink(audit.clone());
+//! let admin = Actor::new("admin_1").reason("ticket #42");
+//!
+//! // Create: the full key is returned once; listings show `kwi_sk_aBcDe...`.
+//! let (key, summary) = keys
+//!     .create(NewKey::new("kwi_sk_").owner("user_42").name("CI").scopes(["tasks:read"]), &admin)
+//!     .await?;
+//! assert_eq!(keys.list("user_42").await?[0].display, summary.display);
+//!
+//! // Update (PATCH), disable / enable: effective for the next verification.
+//! keys.update(summary.id, KeyUpdate::new().scopes(["tasks:read", "tasks:write"]), &admin).await?;
+//! keys.disable(summary.id, &admin).await?;
+//! let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+//! assert_eq!(err.code(), "DISABLED_API_KEY");
+//! keys.enable(summary.id, &admin).await?;
+//!
+//! // Rotate with a one-day grace period: both keys work until it ends.
+//! let (new_key, _) = keys.rotate(summary.id, Rotation::with_grace(Duration::days(1)), &admin).await?;
+//! clock.advance(Duration::days(1));
+//! let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+//! assert_eq!(err.code(), "EXPIRED_API_KEY");
+//! keys.authenticate(new_key.expose_secret(), &Requirement::scope("tasks:write")?, None).await?;
+//!
+//! // Revoke every key of a user who left; flush usage before exit.
+//! keys.revoke_owner("user_42", "left the organisation", &admin).await?;
+//! keys.shutdown().await?;
+//! assert!(audit.events().iter().any(|e| e.kind.as_str() == "rotated"));
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+use crate::audit::{
+    Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler, UNKNOWN_LEGACY,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::digest::KeyDigest;
+use crate::error::{Error, Result, StoreError, StoreErrorKind};
+use crate::ipnet::IpNet;
+use crate::key::{ApiKey, KeyId};
+use crate::prefix::{Environment, Prefix, PrefixEntry};
+use crate::record::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation};
+use crate::scope::Requirement;
+use crate::store::{KeyStoreLifecycle, LimitedInsert};
+use crate::usage::UsageRecorder;
+use crate::verifier::{VerifiedKey, Verifier};
+
+/// How often a read-modify-write is retried when the record changed
+/// concurrently.
+const MAX_RETRIES: usize = 8;
+/// Longest legacy key accepted, in bytes.
+pub const MAX_LEGACY_KEY_LEN: usize = 512;
+/// Longest legacy prefix, in bytes.
+pub const MAX_LEGACY_PREFIX_LEN: usize = 32;
+
+/// What a person sees of a key: display form, name, scopes, status, times,
+/// usage. No secret, no digest. Serializes for dashboards and admin APIs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct KeySummary {
+    /// Public id.
+    pub id: KeyId,
+    /// `kwi_sk_aBcDe...`.
+    pub display: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Environment.
+    pub environment: Environment,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Stored status.
+    pub status: KeyStatus,
+    /// Effective state at the time of the call.
+    pub state: KeyState,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last successful use, as of the last usage flush.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Expiry (exclusive).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+    /// Revocation, when revoked.
+    pub revocation: Option<Revocation>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// IP allowlist (empty: anywhere).
+    pub ip_allowlist: Vec<IpNet>,
+    /// The key this one replaced.
+    pub rotated_from: Option<KeyId>,
+    /// The key that replaced this one.
+    pub rotated_to: Option<KeyId>,
+    /// Successful verifications today (UTC), as of the last flush.
+    pub requests_today: u64,
+    /// Successful verifications this month (UTC), as of the last flush.
+    pub requests_this_month: u64,
+    /// Whether the key was imported from another system.
+    pub legacy: bool,
+}
+
+/// A key's effective state at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Verifies.
+    Active,
+    /// Replaced by rotation, still valid until its grace period ends.
+    RotationGrace,
+    /// Disabled.
+    Disabled,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Before its not-before.
+    NotYetValid,
+}
+
+impl KeySummary {
+    /// The summary of `record` at `now`.
+    pub fn from_record(record: &KeyRecord, now: OffsetDateTime) -> Self {
+        let today = now.to_offset(time::UtcOffset::UTC).date();
+        let state = match record.status {
+            KeyStatus::Revoked => KeyState::Revoked,
+            KeyStatus::Disabled => KeyState::Disabled,
+            KeyStatus::Active if record.expires_at.is_some_and(|e| now >= e) => KeyState::Expired,
+            KeyStatus::Active if record.not_before.is_some_and(|nb| now < nb) => {
+                KeyState::NotYetValid
+            }
+            KeyStatus::Active if record.rotated_to.is_some() => KeyState::RotationGrace,
+            KeyStatus::Active => KeyState::Active,
+        };
+        Self {
+            id: record.id,
+            display: record.display_form(),
+            owner: record.owner.clone(),
+            name: record.name.clone(),
+            description: record.description.clone(),
+            environment: record.environment,
+            scopes: record
+                .scopes
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            status: record.status,
+            state,
+            created_at: record.created_at,
+            last_used_at: record.last_used_at,
+            expires_at: record.expires_at,
+            not_before: record.not_before,
+            revocation: record.revocation.clone(),
+            metadata: record.metadata.clone(),
+            ip_allowlist: record.ip_allowlist.clone(),
+            rotated_from: record.rotated_from,
+            rotated_to: record.rotated_to,
+            requests_today: record.usage.today(today),
+            requests_this_month: record.usage.this_month(today),
+            legacy: record.legacy.is_some(),
+        }
+    }
+}
+
+/// A partial update (PATCH semantics): only the fields set are changed.
+///
+/// ```
+/// use apikey::KeyUpdate;
+/// let patch = KeyUpdate::new().name("CI (rotated)").scopes(["tasks:read"]).expires_at(None);
+/// # let _ = patch;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct KeyUpdate {
+    /// New name.
+    pub name: Option<String>,
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+    /// New scopes (validated).
+    pub scopes: Option<Vec<String>>,
+    /// New expiry (`Some(None)`: never expires). Must be in the future.
+    pub expires_at: Option<Option<OffsetDateTime>>,
+    /// New metadata (replaces the whole map).
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// New IP allowlist (empty: anywhere).
+    pub ip_allowlist: Option<Vec<IpNet>>,
+}
+
+impl KeyUpdate {
+    /// An update that changes nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Sets or clears the description.
+    pub fn description(mut self, description: Option<String>) -> Self {
+        self.description = Some(description);
+        self
+    }
+    /// Replaces the scopes.
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+    /// Sets (extends or shortens) or clears the expiry.
+    pub fn expires_at(mut self, at: Option<OffsetDateTime>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+    /// Replaces the metadata.
+    pub fn metadata(mut self, metadata: BTreeMap<String, String>) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+    /// Replaces the IP allowlist.
+    pub fn ip_allowlist(mut self, list: Vec<IpNet>) -> Self {
+        self.ip_allowlist = Some(list);
+        self
+    }
+}
+
+/// How to rotate a key.
+///
+/// ```
+/// use apikey::Rotation;
+/// let r = Rotation::with_grace(time::Duration::hours(24));
+/// # let _ = r;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct Rotation {
+    /// How long the old key keeps working (zero: it stops now). Never
+    /// extends past the old key's own expiry.
+    pub grace: Duration,
+    /// Expiry of the new key; defaults to none.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl Rotation {
+    /// A rotation whose old key works for `grace` more.
+    pub fn with_grace(grace: Duration) -> Self {
+        Self {
+            grace,
+            expires_at: None,
+        }
+    }
+
+    /// Sets the new key's expiry.
+    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+}
+
+enum LegacySecret {
+    Plaintext(Zeroizing<String>),
+    Sha256 { prefix: String, digest: [u8; 32] },
+}
+
+/// A key from another system to import (see [`KeyManager::import`]).
+///
+/// ```
+/// use apikey::ImportKey;
+/// let plain = ImportKey::plaintext("oldco_3f9a8b7c6d5e4f30").owner("user_1").scopes(["read"]);
+/// let hashed = ImportKey::sha256("oldco_", [0u8; 32]).owner("user_2");
+/// assert!(!format!("{plain:?}").contains("3f9a8b"));
+/// # let _ = hashed;
+/// ```
+pub struct ImportKey {
+    secret: LegacySecret,
+    new: NewKey,
+}
+
+impl fmt::Debug for ImportKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let form = match &self.secret {
+            LegacySecret::Plaintext(_) => "plaintext",
+            LegacySecret::Sha256 { .. } => "sha256",
+        };
+        f.debug_struct("ImportKey")
+            .field("form", &form)
+            .field("owner", &self.new.owner)
+            .field("name", &self.new.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImportKey {
+    /// A legacy key given in full. It must start with a declared legacy
+    /// prefix ([`KeyManager::legacy_prefix`]).
+    pub fn plaintext(key: impl Into<String>) -> Self {
+        Self {
+            secret: LegacySecret::Plaintext(Zeroizing::new(key.into())),
+            new: NewKey::default(),
+        }
+    }
+
+    /// A legacy key known only by the SHA-256 digest of its full text, under
+    /// the declared legacy prefix `prefix`.
+    pub fn sha256(prefix: impl Into<String>, digest: [u8; 32]) -> Self {
+        Self {
+            secret: LegacySecret::Sha256 {
+                prefix: prefix.into(),
+                digest,
+            },
+            new: NewKey::default(),
+        }
+    }
+
+    /// Sets the owner.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.new = self.new.owner(owner);
+        self
+    }
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.new = self.new.name(name);
+        self
+    }
+    /// Sets the description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.new = self.new.description(description);
+        self
+    }
+    /// Sets the scopes.
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+        self.new = self.new.scopes(scopes);
+        self
+    }
+    /// Sets the expiry.
+    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+        self.new = self.new.expires_at(at);
+        self
+    }
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.new = self.new.metadata(key, value);
+        self
+    }
+    /// Adds an IP allowlist range.
+    pub fn allow_ip(mut self, net: IpNet) -> Self {
+        self.new = self.new.allow_ip(net);
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+struct LegacyPrefix {
+    legacy: String,
+    native: PrefixEntry,
+}
+
+/// Key lifecycle and account policy over any store.
+///
+/// ```
+/// use apikey::*;
+/// use std::sync::Arc;
+/// use time::{Duration, macros::datetime};
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32])?)?);
+/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let audit = Arc::new(MemoryAuditSink::new());
+/// let manager = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
+///     .max_keys_per_owner(3)
+///     .audit_sink(audit.clone());
+/// let admin = Actor::new("admin_1");
+///
+/// let (key, summary) = manager.create(NewKey::new("kwi_sk_").owner("user_1").scopes(["read"]), &admin).await?;
+/// assert_eq!(manager.list("user_1").await?.len(), 1);
+/// manager.authenticate(key.expose_secret(), &Requirement::scope("read")?, None).await?;
+///
+/// let (new_key, _) = manager.rotate(summary.id, Rotation::with_grace(Duration::hours(1)), &admin).await?;
+/// clock.advance(Duration::hours(1));
+/// assert_eq!(manager.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err().code(), "EXPIRED_API_KEY");
+/// manager.authenticate(new_key.expose_secret(), &Requirement::none(), None).await?;
+/// manager.shutdown().await?;
+/// let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
+/// assert_eq!(kinds, ["created", "rotated", "verification_failed"]);
+/// # Ok::<(), apikey::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct KeyManager<S, C = SystemClock> {
+    verifier: Verifier,
+    store: S,
+    clock: C,
+    max_per_owner: Option<u32>,
+    legacy: Vec<LegacyPrefix>,
+    audit: Arc<dyn AuditSink>,
+    audit_enabled: bool,
+    usage: UsageRecorder,
+    rejections: RejectionSampler,
+}
+
+impl<S, C> fmt::Debug for KeyManager<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("verifier", &self.verifier)
+            .field("max_per_owner", &self.max_per_owner)
+            .field(
+                "legacy_prefixes",
+                &self
+                    .legacy
+                    .iter()
+                    .map(|l| l.legacy.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStoreLifecycle> KeyManager<S, SystemClock> {
+    /// A manager reading the system clock.
+    pub fn new(verifier: Verifier, store: S) -> Self {
+        Self::with_clock(verifier, store, SystemClock)
+    }
+}
+
+impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
+    /// A manager reading `clock`. No owner limit, no audit sink, usage
+    /// flushed every 60 s, rejection summaries at most every 60 s.
+    pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
+        Self {
+            verifier,
+            store,
+            clock,
+            max_per_owner: None,
+            legacy: Vec::new(),
+            audit: Arc::new(NoAudit),
+            audit_enabled: false,
+            usage: UsageRecorder::new(Duration::seconds(60)),
+            rejections: RejectionSampler::new(Duration::seconds(60)),
+        }
+    }
+
+    /// Limits every owner to `max` active keys (see
+    /// [`KeyRecord::counts_toward_limit`]). Defaults to no limit.
+    pub fn max_keys_per_owner(mut self, max: u32) -> Self {
+        self.max_per_owner = Some(max);
+        self
+    }
+
+    /// Sends audit events to `sink`. Defaults to [`NoAudit`].
+    pub fn audit_sink(mut self, sink: impl AuditSink + 'static) -> Self {
+        self.audit = Arc::new(sink);
+        self.audit_enabled = true;
+        self
+    }
+
+    /// How often usage is flushed to the store from the verify path.
+    /// Defaults to 60 seconds (see [`usage`](crate::usage) for the bound).
+    pub fn usage_flush_interval(mut self, interval: Duration) -> Self {
+        self.usage = UsageRecorder::new(interval);
+        self
+    }
+
+    /// At most one summary of pre-tag rejections per `interval`. Defaults to
+    /// 60 seconds.
+    pub fn rejection_sample_interval(mut self, interval: Duration) -> Self {
+        self.rejections = RejectionSampler::new(interval);
+        self
+    }
+
+    /// Declares `legacy` as the prefix of keys imported from another system,
+    /// stored under the registered native prefix `native` (which gives them
+    /// their environment).
+    ///
+    /// Unlike native keys, which are rejected by their checksum and tag
+    /// before any store call, **any string starting with a legacy prefix
+    /// reaches the store** (one indexed lookup per secret version held):
+    /// legacy keys carry no checksum or tag. Such failures are counted, not
+    /// logged one by one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] when `legacy` is empty, longer than 32
+    /// bytes, not printable ASCII, starts with a registered native prefix
+    /// (its keys would be read as native keys), or is declared twice; or
+    /// when `native` is not registered.
+    pub fn legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidPrefix {
+            prefix: legacy.chars().take(40).collect(),
+            reason,
+        };
+        if legacy.is_empty()
+            || legacy.len() > MAX_LEGACY_PREFIX_LEN
+            || !legacy.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(bad("a legacy prefix is 1 to 32 printable ASCII characters"));
+        }
+        if self
+            .verifier
+            .prefixes()
+            .iter()
+            .any(|e| legacy.starts_with(e.prefix.as_str()))
+        {
+            return Err(bad("a legacy prefix may not start with a native prefix"));
+        }
+        if self.legacy.iter().any(|l| l.legacy == legacy) {
+            return Err(bad("already declared"));
+        }
+        let (_, entry) =
+            self.verifier
+                .prefixes()
+                .find(native)
+                .ok_or_else(|| Error::InvalidPrefix {
+                    prefix: native.chars().take(40).collect(),
+                    reason: "not registered with this verifier",
+                })?;
+        let native = entry.clone();
+        self.legacy.push(LegacyPrefix {
+            legacy: legacy.to_owned(),
+            native,
+        });
+        // Longest first, so the most specific legacy prefix wins.
+        self.legacy
+            .sort_by_key(|l| std::cmp::Reverse(l.legacy.len()));
+        Ok(self)
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The usage recorder.
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
+    fn emit(&self, event: AuditEvent) {
+        self.audit.record(&event);
+    }
+
+    fn event(
+        &self,
+        now: OffsetDateTime,
+        kind: AuditKind,
+        r: &KeyRecord,
+        actor: &Actor,
+    ) -> AuditEvent {
+        AuditEvent::new(now, kind)
+            .key(r.id, r.owner.as_deref())
+            .by(actor)
+    }
+
+    // ----- create, read -----
+
+    /// Creates a key; returns the full key (show it once) and its summary.
+    ///
+    /// # Errors
+    /// [`Error::KeyLimitReached`] when the owner already has the maximum of
+    /// active keys; the errors of [`Verifier::issue`] (prefix, scopes,
+    /// validity window); [`Error::StoreUnavailable`] when the store fails.
+    pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
+        let now = self.clock.now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (key, record) = self.verifier.issue(new.clone(), now)?;
+            match self.insert(record.clone(), now).await {
+                Err(e) if e.kind() == StoreErrorKind::IdCollision && attempt < 3 => continue,
+                Err(e) => return Err(Error::StoreUnavailable(e)),
+                Ok(LimitedInsert::LimitReached { .. }) => {
+                    return Err(Error::KeyLimitReached {
+                        limit: self.max_per_owner.unwrap_or(0),
+                    });
+                }
+                Ok(_) => {
+                    self.emit(self.event(now, AuditKind::Created, &record, actor));
+                    return Ok((key, KeySummary::from_record(&record, now)));
+                }
+            }
+        }
+    }
+
+    async fn insert(
+        &self,
+        record: KeyRecord,
+        now: OffsetDateTime,
+    ) -> Result<LimitedInsert, StoreError> {
+        match (self.max_per_owner, record.owner.is_some()) {
+            (Some(max), true) => self.store.insert_limited(record, max, now).await,
+            _ => self
+                .store
+                .insert(record)
+                .await
+                .map(|()| LimitedInsert::Inserted),
+        }
+    }
+
+    /// The full stored record (for administrators: it has the digest, never
+    /// the secret). Prefer [`get`](Self::get) for people.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    pub async fn record(&self, id: KeyId) -> Result<KeyRecord> {
+        self.store
+            .get(id)
+            .await
+            .map_err(Error::StoreUnavailable)?
+            .ok_or(Error::KeyNotFound)
+    }
+
+    /// The summary of key `id`.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    pub async fn get(&self, id: KeyId) -> Result<KeySummary> {
+        let r = self.record(id).await?;
+        Ok(KeySummary::from_record(&r, self.clock.now()))
+    }
+
+    /// The summaries of `owner`'s keys, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`].
+    pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
+        let now = self.clock.now();
+        let records = self
+            .store
+            .list_by_owner(owner)
+            .await
+            .map_err(Error::StoreUnavailable)?;
+        Ok(records
+            .iter()
+            .map(|r| KeySummary::from_record(r, now))
+            .collect())
+    }
+
+    /// Keys that expire within `within` from now (of `owner`, or of everyone
+    /// when `None`), soonest first: for renewal notices. Revoked keys and
+    /// keys already replaced by rotation are left out.
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`].
+    pub async fn expiring_soon(
+        &self,
+        owner: Option<&str>,
+        within: Duration,
+    ) -> Result<Vec<KeySummary>> {
+        let now = self.clock.now();
+        let records = self
+            .store
+            .list_expiring(owner, now..now.saturating_add(within))
+            .await
+            .map_err(Error::StoreUnavailable)?;
+        Ok(records
+            .iter()
+            .filter(|r| r.rotated_to.is_none())
+            .map(|r| KeySummary::from_record(r, now))
+            .collect())
+    }
+
+    // ----- changes to one key -----
+
+    /// Reads key `id`, lets `change` compute the new record (`None`: nothing
+    /// to do), and writes it conditionally, retrying when the record changed
+    /// in between. Returns (before, after-if-written).
+    async fn modify<F>(&self, id: KeyId, mut change: F) -> Result<(KeyRecord, Option<KeyRecord>)>
+    where
+        F: FnMut(&KeyRecord) -> Result<Option<KeyRecord>>,
+    {
+        for _ in 0..MAX_RETRIES {
+            let current = self.record(id).await?;
+            let Some(next) = change(&current)? else {
+                return Ok((current, None));
+            };
+            match self.store.update_if(next, current.revision).await {
+                Ok(stored) => return Ok((current, Some(stored))),
+                Err(e) if e.kind() == StoreErrorKind::Conflict => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::StoreUnavailable(StoreError::new(
+            StoreErrorKind::Conflict,
+        )))
+    }
+
+    /// Changes the fields set in `update`.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key, or
+    /// a new expiry on a key replaced by rotation; [`Error::InvalidScope`];
+    /// [`Error::InvalidInput`] for an expiry not in the future or not after
+    /// not-before; [`Error::StoreUnavailable`].
+    pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
+        let now = self.clock.now();
+        let scopes = update
+            .scopes
+            .as_ref()
+            .map(crate::scope::ScopeSet::parse)
+            .transpose()?;
+        let mut fields = Vec::new();
+        let (before, after) = self
+            .modify(id, |cur| {
+                if cur.status == KeyStatus::Revoked {
+                    return Err(Error::InvalidState("a revoked key cannot be changed"));
+                }
+                fields.clear();
+                let mut next = cur.clone();
+                if let Some(name) = &update.name
+                    && *name != cur.name
+                {
+                    next.name = name.clone();
+                    fields.push("name");
+                }
+                if let Some(d) = &update.description
+                    && *d != cur.description
+                {
+                    next.description = d.clone();
+                    fields.push("description");
+                }
+                if let Some(s) = &scopes
+                    && *s != cur.scopes
+                {
+                    next.scopes = s.clone();
+                    fields.push("scopes");
+                }
+                if let Some(exp) = update.expires_at {
+                    let exp = exp.map(|t| t.to_offset(time::UtcOffset::UTC));
+                    if exp != cur.expires_at {
+                        if cur.rotated_to.is_some() {
+                            return Err(Error::InvalidState(
+                                "the expiry of a key replaced by rotation cannot be changed",
+                            ));
+                        }
+                        if let Some(e) = exp {
+                            if e <= now {
+                                return Err(Error::InvalidInput(
+                                    "expires_at must be in the future".into(),
+                                ));
+                            }
+                            if cur.not_before.is_some_and(|nb| e <= nb) {
+                                return Err(Error::InvalidInput(
+                                    "expires_at must be after not_before".into(),
+                                ));
+                            }
+                        }
+                        next.expires_at = exp;
+                        fields.push("expires_at");
+                    }
+                }
+                if let Some(m) = &update.metadata
+                    && *m != cur.metadata
+                {
+                    next.metadata = m.clone();
+                    fields.push("metadata");
+                }
+                if let Some(l) = &update.ip_allowlist
+                    && *l != cur.ip_allowlist
+                {
+                    next.ip_allowlist = l.clone();
+                    fields.push("ip_allowlist");
+                }
+                Ok((!fields.is_empty()).then_some(next))
+            })
+            .await?;
+        let result = after.as_ref().unwrap_or(&before);
+        if after.is_some() {
+            self.emit(self.event(now, AuditKind::Updated { fields }, result, actor));
+        }
+        Ok(KeySummary::from_record(result, now))
+    }
+
+    async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
+        let now = self.clock.now();
+        let (before, after) = self
+            .modify(id, |cur| match cur.status {
+                KeyStatus::Revoked => Err(Error::InvalidState(
+                    "a revoked key can never be enabled or disabled again",
+                )),
+                s if s == to => Ok(None),
+                _ => {
+                    let mut next = cur.clone();
+                    next.status = to;
+                    Ok(Some(next))
+                }
+            })
+            .await?;
+        let result = after.as_ref().unwrap_or(&before);
+        if after.is_some() {
+            let kind = if to == KeyStatus::Disabled {
+                AuditKind::Disabled
+            } else {
+                AuditKind::Enabled
+            };
+            self.emit(self.event(now, kind, result, actor));
+        }
+        Ok(KeySummary::from_record(result, now))
+    }
+
+    /// Disables a key (reversible). It fails verification with
+    /// `DISABLED_API_KEY` from the moment this returns. Disabling a disabled
+    /// key does nothing.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key;
+    /// [`Error::StoreUnavailable`].
+    pub async fn disable(&self, id: KeyId, actor: &Actor) -> Result<KeySummary> {
+        self.set_status(id, KeyStatus::Disabled, actor).await
+    }
+
+    /// Enables a disabled key again. Enabling an active key does nothing.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key
+    /// (revocation is permanent); [`Error::StoreUnavailable`].
+    pub async fn enable(&self, id: KeyId, actor: &Actor) -> Result<KeySummary> {
+        self.set_status(id, KeyStatus::Active, actor).await
+    }
+
+    /// Revokes a key for good, with `reason` and the current time. Revoking
+    /// a revoked key does nothing (the first revocation stays).
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
+        let now = self.clock.now();
+        let (before, after) = self
+            .modify(id, |cur| {
+                if cur.status == KeyStatus::Revoked {
+                    return Ok(None);
+                }
+                let mut next = cur.clone();
+                next.status = KeyStatus::Revoked;
+                next.revocation = Some(Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                });
+                Ok(Some(next))
+            })
+            .await?;
+        let result = after.as_ref().unwrap_or(&before);
+        if after.is_some() {
+            let mut ev = self.event(now, AuditKind::Revoked, result, actor);
+            ev.reason = Some(reason.to_owned());
+            self.emit(ev);
+        }
+        Ok(KeySummary::from_record(result, now))
+    }
+
+    /// Deletes a key's record. The rotation links of its predecessor and
+    /// successor are cleared.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
+        let now = self.clock.now();
+        let record = self.record(id).await?;
+        if !self
+            .store
+            .delete(id)
+            .await
+            .map_err(Error::StoreUnavailable)?
+        {
+            return Err(Error::KeyNotFound);
+        }
+        self.emit(self.event(now, AuditKind::Deleted, &record, actor));
+        Ok(())
+    }
+
+    // ----- bulk -----
+
+    fn revoked_events(
+        &self,
+        ids: &[KeyId],
+        owner: Option<&str>,
+        reason: &str,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) {
+        for id in ids {
+            let mut ev = AuditEvent::new(now, AuditKind::Revoked)
+                .key(*id, owner)
+                .by(actor);
+            ev.reason = Some(reason.to_owned());
+            self.emit(ev);
+        }
+    }
+
+    /// Revokes every key of `owner` in one atomic call (a user removed from
+    /// an account). Returns the ids revoked (keys revoked before are left
+    /// as they were).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`] (then nothing was revoked).
+    pub async fn revoke_owner(
+        &self,
+        owner: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Vec<KeyId>> {
+        let now = self.clock.now();
+        let ids = self
+            .store
+            .revoke_owner(
+                owner,
+                Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await
+            .map_err(Error::StoreUnavailable)?;
+        self.revoked_events(&ids, Some(owner), reason, actor, now);
+        Ok(ids)
+    }
+
+    /// Revokes every key with `prefix` created in `created` (start
+    /// inclusive, end exclusive), whoever owns it: the response to a leaked
+    /// database or server secret. Returns the ids revoked.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] for a malformed prefix;
+    /// [`Error::StoreUnavailable`] (then nothing was revoked).
+    pub async fn revoke_created_between(
+        &self,
+        prefix: &str,
+        created: Range<OffsetDateTime>,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Vec<KeyId>> {
+        let now = self.clock.now();
+        let prefix = Prefix::new(prefix)?;
+        let ids = self
+            .store
+            .revoke_matching(
+                &prefix,
+                created,
+                Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await
+            .map_err(Error::StoreUnavailable)?;
+        self.revoked_events(&ids, None, reason, actor, now);
+        Ok(ids)
+    }
+
+    // ----- rotate -----
+
+    /// Issues a successor with the same prefix, owner, name, description,
+    /// scopes, metadata and IP allowlist; the old key keeps working for the
+    /// grace period (never past its own expiry; zero: it stops now), then
+    /// fails as expired. The records point at each other
+    /// (`rotated_to` / `rotated_from`). A key in its grace period does not
+    /// count toward the owner limit, so rotating at the limit works.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the key is
+    /// revoked, expired, disabled, not yet valid or already rotated;
+    /// [`Error::InvalidInput`] for a negative grace or a bad new expiry;
+    /// [`Error::StoreUnavailable`].
+    pub async fn rotate(
+        &self,
+        id: KeyId,
+        rotation: Rotation,
+        actor: &Actor,
+    ) -> Result<(ApiKey, KeySummary)> {
+        if rotation.grace.is_negative() {
+            return Err(Error::InvalidInput(
+                "the grace period must not be negative".into(),
+            ));
+        }
+        let now = self.clock.now();
+        for _ in 0..MAX_RETRIES {
+            let cur = self.record(id).await?;
+            match cur.status {
+                KeyStatus::Revoked => {
+                    return Err(Error::InvalidState("a revoked key cannot be rotated"));
+                }
+                KeyStatus::Disabled => {
+                    return Err(Error::InvalidState("a disabled key cannot be rotated"));
+                }
+                KeyStatus::Active => {}
+            }
+            if cur.expires_at.is_some_and(|e| now >= e) {
+                return Err(Error::InvalidState("an expired key cannot be rotated"));
+            }
+            if cur.rotated_to.is_some() {
+                return Err(Error::InvalidState("this key was already rotated"));
+            }
+            let grace_end = now.saturating_add(rotation.grace);
+            let grace_end = cur.expires_at.map_or(grace_end, |e| e.min(grace_end));
+            if cur.not_before.is_some_and(|nb| grace_end <= nb || now < nb) {
+                return Err(Error::InvalidState(
+                    "a key that is not yet valid cannot be rotated",
+                ));
+            }
+            let mut new = NewKey::new(cur.prefix.as_str());
+            new.owner = cur.owner.clone();
+            new.name = cur.name.clone();
+            new.description = cur.description.clone();
+            new.scopes = cur.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+            new.metadata = cur.metadata.clone();
+            new.ip_allowlist = cur.ip_allowlist.clone();
+            new.expires_at = rotation.expires_at;
+            let (key, mut successor) = self.verifier.issue(new, now)?;
+            successor.rotated_from = Some(cur.id);
+            let mut pred = cur.clone();
+            pred.expires_at = Some(grace_end);
+            pred.rotated_to = Some(successor.id);
+            match self.store.rotate(pred, cur.revision, successor).await {
+                Ok((pred, succ)) => {
+                    self.emit(self.event(
+                        now,
+                        AuditKind::Rotated {
+                            successor: succ.id,
+                            grace_ends: grace_end,
+                        },
+                        &pred,
+                        actor,
+                    ));
+                    return Ok((key, KeySummary::from_record(&succ, now)));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        StoreErrorKind::Conflict | StoreErrorKind::IdCollision
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::StoreUnavailable(StoreError::new(
+            StoreErrorKind::Conflict,
+        )))
+    }
+
+    // ----- import -----
+
+    fn legacy_for(&self, text: &str) -> Option<&LegacyPrefix> {
+        self.legacy
+            .iter()
+            .find(|l| text.starts_with(l.legacy.as_str()))
+    }
+
+    /// Imports a key from another system so its users keep it: a full key,
+    /// or the SHA-256 digest of one. The key must be under a declared legacy
+    /// prefix ([`legacy_prefix`](Self::legacy_prefix)). It is found on
+    /// verification through the legacy index (a keyed hash of the whole
+    /// key) and upgraded to the current keyed digest on its first successful
+    /// verification. The owner limit applies.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the key is not under a declared legacy
+    /// prefix or too long; [`Error::InvalidState`] when it was imported
+    /// already; [`Error::KeyLimitReached`]; the errors of
+    /// [`Verifier::issue`] for the other fields; [`Error::StoreUnavailable`].
+    pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
+        let now = self.clock.now();
+        let keyring = self.verifier.keyring();
+        let version = keyring.current_version();
+        let (legacy, sha, digest) = match &import.secret {
+            LegacySecret::Plaintext(text) => {
+                if text.len() > MAX_LEGACY_KEY_LEN {
+                    return Err(Error::InvalidInput("legacy key too long".into()));
+                }
+                let legacy = self
+                    .legacy_for(text)
+                    .filter(|l| text.len() > l.legacy.len())
+                    .ok_or_else(|| {
+                        Error::InvalidInput("the key is not under a declared legacy prefix".into())
+                    })?;
+                let sha: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+                (legacy, sha, keyring.legacy_digest(version, text))
+            }
+            LegacySecret::Sha256 { prefix, digest } => {
+                let legacy = self
+                    .legacy
+                    .iter()
+                    .find(|l| l.legacy == *prefix)
+                    .ok_or_else(|| Error::InvalidInput("not a declared legacy prefix".into()))?;
+                (legacy, *digest, None)
+            }
+        };
+        let index = keyring
+            .legacy_index(version, &sha)
+            .ok_or(Error::InvalidSecret(
+                "the current secret version is missing",
+            ))?;
+        let mut new = import.new.clone();
+        new.prefix = legacy.native.prefix.as_str().to_owned();
+        for _ in 0..3 {
+            let (_discarded, mut record) = self.verifier.issue(new.clone(), now)?;
+            record.digest = digest.unwrap_or(KeyDigest::from_bytes([0; 32]));
+            record.legacy = Some(LegacyInfo::new(
+                legacy.legacy.clone(),
+                index,
+                version,
+                digest.is_some(),
+            ));
+            match self.insert(record.clone(), now).await {
+                Ok(LimitedInsert::LimitReached { .. }) => {
+                    return Err(Error::KeyLimitReached {
+                        limit: self.max_per_owner.unwrap_or(0),
+                    });
+                }
+                Ok(_) => {
+                    self.emit(self.event(now, AuditKind::Imported, &record, actor));
+                    return Ok(KeySummary::from_record(&record, now));
+                }
+                Err(e) if e.kind() == StoreErrorKind::IdCollision => {
+                    if self
+                        .store
+                        .find_legacy(&index)
+                        .await
+                        .map_err(Error::StoreUnavailable)?
+                        .is_some()
+                    {
+                        return Err(Error::InvalidState("this key was imported already"));
+                    }
+                }
+                Err(e) => return Err(Error::StoreUnavailable(e)),
+            }
+        }
+        Err(Error::StoreUnavailable(StoreError::new(
+            StoreErrorKind::IdCollision,
+        )))
+    }
+
+    // ----- verification -----
+
+    /// Authenticates `presented` from address `ip` and checks
+    /// `requirement`: the [`Verifier`] checks (environment included, as
+    /// configured with [`Verifier::accept`]), then the key's IP allowlist
+    /// (a key with an allowlist rejects a request whose address is `None`),
+    /// then records the use. Imported legacy keys are verified through the
+    /// legacy index.
+    ///
+    /// Nothing is cached: a disable, revoke or rotation that returned before
+    /// this call started is seen by it.
+    ///
+    /// # Errors
+    /// Every outcome of [`Verifier::verify_with`], [`Error::IpNotAllowed`],
+    /// and [`Error::StoreUnavailable`] when the store fails (never "valid",
+    /// never "invalid key").
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+        requirement: &Requirement,
+        ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey> {
+        let parsed = match self.verifier.parse(presented) {
+            Ok(p) => p,
+            Err(e) => {
+                if !self.legacy.is_empty()
+                    && matches!(e, Error::MalformedApiKey(_))
+                    && let Some(legacy) = self.legacy_for(presented)
+                    && !self
+                        .verifier
+                        .prefixes()
+                        .iter()
+                        .any(|n| presented.starts_with(n.prefix.as_str()))
+                {
+                    let legacy = legacy.clone();
+                    return self
+                        .authenticate_legacy(presented, &legacy, requirement, ip, self.clock.now())
+                        .await;
+                }
+                if let Some(reason) = RejectionSampler::reason_of(&e) {
+                    self.rejections
+                        .count(reason, || self.clock.now(), &*self.audit);
+                }
+                return Err(e);
+            }
+        };
+        let now = self.clock.now();
+        let view = self
+            .store
+            .fetch(parsed.id())
+            .await
+            .map_err(Error::StoreUnavailable)?;
+        // Only for the audit event of a failure; skipped without a sink.
+        let owner = if self.audit_enabled {
+            view.as_ref().and_then(|v| v.owner.clone())
+        } else {
+            None
+        };
+        let verified = self
+            .verifier
+            .verify_from(&parsed, view, now, requirement, ip);
+        self.finish(verified, parsed.id(), owner.as_deref(), now)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        verified: Result<VerifiedKey>,
+        id: KeyId,
+        owner: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedKey> {
+        match verified {
+            Ok(v) => {
+                self.usage.record(id, now);
+                if self.usage.flush_due(now) {
+                    // A failed flush keeps its counts; verification does not
+                    // depend on it.
+                    let _ = self.usage.flush(&self.store, now).await;
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let ev = AuditEvent::new(now, AuditKind::VerificationFailed { code: e.code() })
+                    .key(id, owner);
+                self.emit(ev);
+                Err(e)
+            }
+        }
+    }
+
+    async fn authenticate_legacy(
+        &self,
+        presented: &str,
+        legacy: &LegacyPrefix,
+        requirement: &Requirement,
+        ip: Option<IpAddr>,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedKey> {
+        if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= legacy.legacy.len() {
+            self.rejections.count(1, || now, &*self.audit);
+            return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
+        }
+        let keyring = self.verifier.keyring();
+        let sha: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for v in keyring.versions_current_first() {
+            let Some(index) = keyring.legacy_index(v, &sha) else {
+                continue;
+            };
+            if let Some(rec) = self
+                .store
+                .find_legacy(&index)
+                .await
+                .map_err(Error::StoreUnavailable)?
+            {
+                found = Some((rec, index));
+                break;
+            }
+        }
+        let Some((rec, index)) = found else {
+            self.rejections.count(UNKNOWN_LEGACY, || now, &*self.audit);
+            return Err(Error::InvalidApiKey);
+        };
+        let matched = match &rec.legacy {
+            Some(l) if l.prefix == legacy.legacy => {
+                let index_ok: bool = l.index.ct_eq(&index).into();
+                let digest_ok = !l.upgraded
+                    || keyring
+                        .legacy_digest(rec.secret_version, presented)
+                        .is_some_and(|d| bool::from(d.ct_eq(&rec.digest)));
+                index_ok && digest_ok
+            }
+            _ => false,
+        };
+        let verified = if matched {
+            self.verifier
+                .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement)
+                .and_then(|v| {
+                    if v.view().allows_ip(ip) {
+                        Ok(v)
+                    } else {
+                        Err(Error::IpNotAllowed)
+                    }
+                })
+        } else {
+            Err(Error::InvalidApiKey)
+        };
+        let verified = self
+            .finish(verified, rec.id, rec.owner.as_deref(), now)
+            .await?;
+        self.upgrade_legacy(&rec, presented, &sha, now).await;
+        Ok(verified)
+    }
+
+    /// Re-hashes an imported key under the current secret version once its
+    /// text is known to be right. Best effort: a failure leaves the record
+    /// as it was, and the next verification tries again.
+    async fn upgrade_legacy(
+        &self,
+        rec: &KeyRecord,
+        text: &str,
+        sha: &[u8; 32],
+        now: OffsetDateTime,
+    ) {
+        let keyring = self.verifier.keyring();
+        let v = keyring.current_version();
+        let Some(l) = &rec.legacy else { return };
+        if l.upgraded && l.index_version == v && rec.secret_version == v {
+            return;
+        }
+        let (Some(digest), Some(index)) =
+            (keyring.legacy_digest(v, text), keyring.legacy_index(v, sha))
+        else {
+            return;
+        };
+        let mut next = rec.clone();
+        next.digest = digest;
+        next.secret_version = v;
+        next.legacy = Some(LegacyInfo::new(l.prefix.clone(), index, v, true));
+        if self.store.update_if(next, rec.revision).await.is_ok() {
+            self.emit(
+                AuditEvent::new(now, AuditKind::LegacyUpgraded).key(rec.id, rec.owner.as_deref()),
+            );
+        }
+    }
+
+    // ----- flushing -----
+
+    /// Writes pending usage to the store now; returns the uses written.
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`]; the counts stay pending.
+    pub async fn flush(&self) -> Result<u64> {
+        self.usage
+            .flush(&self.store, self.clock.now())
+            .await
+            .map_err(Error::StoreUnavailable)
+    }
+
+    /// Flushes usage and emits the pending rejection summary. Call it before
+    /// the process exits (there is no async drop).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`] when the final flush fails (the counts
+    /// are still pending; call again).
+    pub async fn shutdown(&self) -> Result<()> {
+        let now = self.clock.now();
+        self.rejections.emit(now, &*self.audit);
+        self.flush().await.map(|_| ())
+    }
+}

@@ -1,0 +1,40 @@
+//! Test support: a network-like store and manager fixtures.
+#![allow(dead_code)]
+
+pub mod netstore;
+
+use std::sync::Arc;
+
+use apikey::{
+    KeyManager, KeyStoreLifecycle, Keyring, ManualClock, MemoryAuditSink, MemoryStore,
+    ServerSecret, Verifier,
+};
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+pub const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+
+pub fn verifier() -> Verifier {
+    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap())
+}
+
+pub struct Fixture<S: KeyStoreLifecycle> {
+    pub manager: KeyManager<S, ManualClock>,
+    pub clock: ManualClock,
+    pub audit: Arc<MemoryAuditSink>,
+}
+
+pub fn fixture_with<S: KeyStoreLifecycle>(verifier: Verifier, store: S) -> Fixture<S> {
+    let clock = ManualClock::new(T0);
+    let audit = Arc::new(MemoryAuditSink::new());
+    let manager = KeyManager::with_clock(verifier, store, clock.clone()).audit_sink(audit.clone());
+    Fixture {
+        manager,
+        clock,
+        audit,
+    }
+}
+
+pub fn fixture() -> Fixture<Arc<MemoryStore>> {
+    fixture_with(verifier(), Arc::new(MemoryStore::new()))
+}
