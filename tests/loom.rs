@@ -1,4 +1,6 @@
-//! Loom model: revoking, disabling or deleting a key races verification.
+//! Loom model: revoking, disabling or deleting a key races verification
+//! and a usage flush (the store side of `UsageRecorder::flush`,
+//! `record_usage_sync`).
 //!
 //! Runs the real `MemoryStore` code with its locks swapped for loom's
 //! (`src/sync.rs`), exploring every interleaving:
@@ -10,12 +12,15 @@
 //! Property: every verification that *starts after* the write returned
 //! (observed through a SeqCst flag the writer sets after the call) fails
 //! with the new state's error; one that started before may see either
-//! state, never a mix (a torn or half-updated record).
+//! state, never a mix (a torn or half-updated record). A usage flush racing
+//! a conditional revoke (`update_if_sync`, what `KeyManager` uses) or a bulk
+//! revoke (`revoke_owner_sync`) neither undoes the revoke nor loses the
+//! counts.
 #![cfg(loom)]
 
 use apikey::{
     Error, KeyRecord, KeyStatus, Keyring, MemoryStore, NewKey, Requirement, Revocation,
-    ServerSecret, Verifier,
+    ServerSecret, UsageDelta, Verifier,
 };
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,10 @@ const NOW: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
 #[derive(Clone, Copy, Debug)]
 enum Write {
     Revoke,
+    /// Read, modify, `update_if_sync` at the read revision (as `KeyManager`).
+    RevokeIf,
+    /// `revoke_owner_sync` (revoke every key of an owner).
+    RevokeOwner,
     Disable,
     Delete,
 }
@@ -47,15 +56,15 @@ fn code(r: &Result<apikey::VerifiedKey, Error>) -> &'static str {
     }
 }
 
-fn model(write: Write, readers: usize) {
+fn model(write: Write, readers: usize, flush: bool) {
     let (verifier, text, record) = fixture();
     let after_code = match write {
-        Write::Revoke => "REVOKED_API_KEY",
+        Write::Revoke | Write::RevokeIf | Write::RevokeOwner => "REVOKED_API_KEY",
         Write::Disable => "DISABLED_API_KEY",
         Write::Delete => "INVALID_API_KEY",
     };
     let mut builder = loom::model::Builder::new();
-    if readers > 1 {
+    if readers + usize::from(flush) > 1 {
         // Three threads: bound preemptions so the search ends in seconds.
         builder.preemption_bound = Some(3);
     }
@@ -77,6 +86,28 @@ fn model(write: Write, readers: usize) {
                         });
                         store.update_sync(r).expect("update");
                     }
+                    Write::RevokeIf => {
+                        let mut r = store.get_sync(record.id).expect("present");
+                        let rev = r.revision;
+                        r.status = KeyStatus::Revoked;
+                        r.revocation = Some(Revocation {
+                            at: NOW,
+                            reason: "leaked".into(),
+                        });
+                        store
+                            .update_if_sync(r, rev)
+                            .expect("a usage flush does not conflict");
+                    }
+                    Write::RevokeOwner => {
+                        let revoked = store.revoke_owner_sync(
+                            "org",
+                            &Revocation {
+                                at: NOW,
+                                reason: "offboarded".into(),
+                            },
+                        );
+                        assert_eq!(revoked, vec![record.id]);
+                    }
                     Write::Disable => {
                         let mut r = record;
                         r.status = KeyStatus::Disabled;
@@ -87,6 +118,13 @@ fn model(write: Write, readers: usize) {
                 done.store(true, Ordering::SeqCst);
             })
         };
+
+        let flusher = flush.then(|| {
+            let (store, id) = (Arc::clone(&store), record.id);
+            thread::spawn(move || {
+                store.record_usage_sync(&[UsageDelta::new(id, NOW.date(), 1, NOW)]);
+            })
+        });
 
         let handles: Vec<_> = (0..readers)
             .map(|_| {
@@ -117,6 +155,14 @@ fn model(write: Write, readers: usize) {
         for h in handles {
             h.join().expect("reader");
         }
+        if let Some(f) = flusher {
+            f.join().expect("flusher");
+            if !matches!(write, Write::Delete) {
+                let r = store.get_sync(record.id).expect("present");
+                assert_eq!(r.usage.day_count, 1, "a usage flush was lost");
+                assert_eq!(r.last_used_at, Some(NOW));
+            }
+        }
         let r = verifier.verify_with(&text, |id| store.fetch_sync(id), NOW, &Requirement::none());
         assert_eq!(code(&r), after_code);
     });
@@ -124,20 +170,40 @@ fn model(write: Write, readers: usize) {
 
 #[test]
 fn revoke_races_verification() {
-    model(Write::Revoke, 1);
+    model(Write::Revoke, 1, false);
 }
 
 #[test]
 fn disable_races_verification() {
-    model(Write::Disable, 1);
+    model(Write::Disable, 1, false);
 }
 
 #[test]
 fn delete_races_verification() {
-    model(Write::Delete, 1);
+    model(Write::Delete, 1, false);
 }
 
 #[test]
 fn revoke_races_two_verifications() {
-    model(Write::Revoke, 2);
+    model(Write::Revoke, 2, false);
 }
+
+#[test]
+fn conditional_revoke_races_verification_and_usage_flush() {
+    model(Write::RevokeIf, 1, true);
+}
+
+#[test]
+fn owner_revoke_races_verification_and_usage_flush() {
+    model(Write::RevokeOwner, 1, true);
+}
+
+#[test]
+fn delete_races_verification_and_usage_flush() {
+    model(Write::Delete, 1, true);
+}
+
+// Not modelled: a plain `update_sync` racing a flush. `update` replaces the
+// whole record, usage counters included, so a flush that lands between the
+// caller's read and its `update` is overwritten (lost counts, never a lost
+// revoke). `KeyManager` uses `update_if`, which keeps the stored counters.
