@@ -1,3 +1,9 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+// pub mod credits;
+pub mod ratelimit;
+
 pub fn add(left: u64, right: u64) -> u64 {
     left + right
 }
