@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// pub mod credits;
+pub mod credits;
 pub mod ratelimit;
 
 pub fn add(left: u64, right: u64) -> u64 {
