@@ -5,11 +5,13 @@
 mod authenticator;
 mod base62;
 mod clock;
+pub mod credits;
 mod digest;
 pub mod fuzzing;
 mod error;
 mod key;
 mod prefix;
+pub mod ratelimit;
 mod record;
 mod scope;
 mod secret;
