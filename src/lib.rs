@@ -9,15 +9,21 @@ pub mod credits;
 mod digest;
 pub mod fuzzing;
 mod error;
+pub mod extract;
+pub mod gate;
 mod key;
 mod prefix;
 pub mod ratelimit;
 mod record;
+pub mod response;
 mod scope;
 mod secret;
 pub mod store;
 mod sync;
 mod verifier;
+
+#[cfg(feature = "axum")]
+pub mod axum;
 
 pub use authenticator::Authenticator;
 pub use clock::{Clock, ManualClock, SystemClock};
