@@ -542,7 +542,7 @@ where
         self.reject(error)
     }
 
-    fn reject(&self, error: Error) -> Rejection {
+    pub(crate) fn reject(&self, error: Error) -> Rejection {
         self.reject_at(error, self.authenticator.clock().now())
     }
 

@@ -23,7 +23,7 @@ mod sync;
 mod verifier;
 
 #[cfg(feature = "axum")]
-pub mod axum;
+pub mod middleware;
 
 pub use authenticator::Authenticator;
 pub use clock::{Clock, ManualClock, SystemClock};
