@@ -1020,11 +1020,17 @@ impl RateLimitStore for InMemoryRateLimitStore {
         F: Fn(Option<GcraState>) -> Result<(T, GcraState), E>,
     {
         let mut map = lock(&self.shard(key).0);
-        let current = map.get(&key).copied();
-        Ok(f(current).map(|(t, new)| {
-            map.insert(key, new);
-            t
-        }))
+        // One hash lookup for a known key: update in place.
+        Ok(match map.get_mut(&key) {
+            Some(slot) => f(Some(*slot)).map(|(t, new)| {
+                *slot = new;
+                t
+            }),
+            None => f(None).map(|(t, new)| {
+                map.insert(key, new);
+                t
+            }),
+        })
     }
 }
 
