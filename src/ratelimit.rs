@@ -845,6 +845,10 @@ pub trait RateLimitStore: Send + Sync {
 
     /// Atomically applies `f` to the state of `key` (see the trait docs).
     ///
+    /// # Errors
+    ///
+    /// The backend's failure; the inner `Result` is `f`'s verdict.
+    ///
     /// # Example
     ///
     /// ```
@@ -1313,22 +1317,20 @@ impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
         let mut windows = [None, None];
         for ((window, limit), slot) in specs.into_iter().zip(windows.iter_mut()) {
             let Some(limit) = limit else { continue };
-            match Gcra::new(window, limit) {
-                Some(g) => *slot = Some(g),
-                None => {
-                    // A zero limit admits nothing; no state is read or written.
-                    let period = window.period();
-                    return Ok(RateLimitDecision::Refused {
-                        info: RateLimitInfo {
-                            window,
-                            limit: 0,
-                            remaining: 0,
-                            reset_after: period,
-                        },
-                        retry_after: period,
-                    });
-                }
-            }
+            let Some(gcra) = Gcra::new(window, limit) else {
+                // A zero limit admits nothing; no state is read or written.
+                let period = window.period();
+                return Ok(RateLimitDecision::Refused {
+                    info: RateLimitInfo {
+                        window,
+                        limit: 0,
+                        remaining: 0,
+                        reset_after: period,
+                    },
+                    retry_after: period,
+                });
+            };
+            *slot = Some(gcra);
         }
         if windows.iter().all(Option::is_none) {
             return Ok(RateLimitDecision::Allowed { info: None });
