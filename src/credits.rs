@@ -294,6 +294,8 @@ pub struct OwnerApi<'a> {
 /// spend a credit twice or lose one. `f` is pure (the ledger samples its
 /// clock before calling), so calling it again on retry is safe; at most one
 /// result may be written. Backend failures are `Err(Self::Error)`.
+/// [`Balance::refilled_at`] is on the ledger's clock, so ledgers sharing one
+/// backend need clocks with a common origin (see [`MonotonicClock`]).
 /// Examples: a Redis Lua script or `WATCH` on both keys + `MULTI`; SQL
 /// `SELECT … FOR UPDATE` on both rows (always in the same order: key row,
 /// then owner row) inside one transaction.
@@ -319,6 +321,10 @@ pub trait CreditStore: Send + Sync {
     type Error;
 
     /// Atomically applies `f` to the named balances (see the trait docs).
+    ///
+    /// # Errors
+    ///
+    /// The backend's failure; the inner `Result` is `f`'s verdict.
     ///
     /// # Example
     ///

@@ -845,6 +845,10 @@ pub trait RateLimitStore: Send + Sync {
 
     /// Atomically applies `f` to the state of `key` (see the trait docs).
     ///
+    /// # Errors
+    ///
+    /// The backend's failure; the inner `Result` is `f`'s verdict.
+    ///
     /// # Example
     ///
     /// ```
@@ -1020,11 +1024,17 @@ impl RateLimitStore for InMemoryRateLimitStore {
         F: Fn(Option<GcraState>) -> Result<(T, GcraState), E>,
     {
         let mut map = lock(&self.shard(key).0);
-        let current = map.get(&key).copied();
-        Ok(f(current).map(|(t, new)| {
-            map.insert(key, new);
-            t
-        }))
+        // One hash lookup for a known key: update in place.
+        Ok(match map.get_mut(&key) {
+            Some(slot) => f(Some(*slot)).map(|(t, new)| {
+                *slot = new;
+                t
+            }),
+            None => f(None).map(|(t, new)| {
+                map.insert(key, new);
+                t
+            }),
+        })
     }
 }
 
@@ -1307,22 +1317,20 @@ impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
         let mut windows = [None, None];
         for ((window, limit), slot) in specs.into_iter().zip(windows.iter_mut()) {
             let Some(limit) = limit else { continue };
-            match Gcra::new(window, limit) {
-                Some(g) => *slot = Some(g),
-                None => {
-                    // A zero limit admits nothing; no state is read or written.
-                    let period = window.period();
-                    return Ok(RateLimitDecision::Refused {
-                        info: RateLimitInfo {
-                            window,
-                            limit: 0,
-                            remaining: 0,
-                            reset_after: period,
-                        },
-                        retry_after: period,
-                    });
-                }
-            }
+            let Some(gcra) = Gcra::new(window, limit) else {
+                // A zero limit admits nothing; no state is read or written.
+                let period = window.period();
+                return Ok(RateLimitDecision::Refused {
+                    info: RateLimitInfo {
+                        window,
+                        limit: 0,
+                        remaining: 0,
+                        reset_after: period,
+                    },
+                    retry_after: period,
+                });
+            };
+            *slot = Some(gcra);
         }
         if windows.iter().all(Option::is_none) {
             return Ok(RateLimitDecision::Allowed { info: None });

@@ -375,3 +375,14 @@ proptest! {
         check_bound(&admitted, HOUR, per_hour)?;
     }
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<RateLimiter>();
+    assert_send_sync::<TestLimiter>();
+    assert_send_sync::<FailureThrottle>();
+    assert_send_sync::<InMemoryRateLimitStore>();
+    assert_send_sync::<apikey::credits::CreditLedger>();
+    assert_send_sync::<apikey::credits::InMemoryCreditStore>();
+}
