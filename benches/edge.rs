@@ -4,12 +4,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
 
 use apikey::PrefixRegistry;
 use apikey::extract::Extractor;
-use apikey::ratelimit::{Quota, RateLimiter};
+use apikey::ratelimit::Quota;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const KEY: &str = "sk_live_1BarQadMB0VMCpVQ67ByDWQjkpFKntvLG1LzhuARbZftXivkFvTA47XM6b";
@@ -51,54 +49,42 @@ fn extraction(c: &mut Criterion) {
     g.finish();
 }
 
-fn rate_limit(c: &mut Criterion) {
-    // Limits high enough that every check is admitted (the common case).
-    let quota = Quota::new(Some(u32::MAX), Some(u32::MAX));
-    let mut g = c.benchmark_group("ratelimit");
-    g.throughput(Throughput::Elements(1));
-    let limiter = RateLimiter::new();
-    g.bench_function("check_single_thread", |b| {
-        b.iter(|| black_box(limiter.check(black_box(7), &quota).is_allowed()))
-    });
-    let refusing = RateLimiter::new();
-    let tight = Quota::new(Some(1), None);
-    let _ = refusing.check(7, &tight);
-    g.bench_function("check_refused_single_thread", |b| {
-        b.iter(|| black_box(refusing.check(black_box(7), &tight).is_allowed()))
-    });
+/// The per-request work after verification: rate limit (both windows) and
+/// an atomic key + owner credit debit. (`benches/ratelimit.rs` has the
+/// limiter alone, single thread and two threads contending on one key.)
+fn charge(c: &mut Criterion) {
+    use apikey::credits::CreditLedger;
+    use apikey::extract::Scheme;
+    use apikey::gate::{Decision, Gate, QuotaTable, Route};
+    use apikey::*;
 
-    // Two threads, each doing `iters` checks; time per check pair.
-    g.throughput(Throughput::Elements(2));
-    for (name, keys) in [("check_two_threads_same_key", [7u64, 7]), ("check_two_threads_distinct_keys", [7u64, 1 << 40])] {
-        let limiter = Arc::new(RateLimiter::new());
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let barrier = Arc::new(Barrier::new(2));
-                let handles: Vec<_> = keys
-                    .iter()
-                    .map(|&key| {
-                        let limiter = Arc::clone(&limiter);
-                        let barrier = Arc::clone(&barrier);
-                        std::thread::spawn(move || {
-                            barrier.wait();
-                            let start = Instant::now();
-                            for _ in 0..iters {
-                                black_box(limiter.check(black_box(key), &quota).is_allowed());
-                            }
-                            start.elapsed()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .max()
-                    .unwrap_or(Duration::ZERO)
-            })
-        });
-    }
+    let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32]).unwrap()).unwrap());
+    let store = MemoryStore::new();
+    let now = time::OffsetDateTime::now_utc();
+    let (key, record) = verifier.issue(NewKey::new("sk_live_").owner("org_1"), now).unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    let verified = verifier
+        .verify_with(key.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none())
+        .unwrap();
+    let wide = Quota::new(Some(u32::MAX), Some(u32::MAX));
+    let ledger = CreditLedger::new();
+    ledger.set_key_credits(record.id.as_u64(), u64::MAX, None);
+    ledger.set_owner_credits("org_1", "rest", u64::MAX, None);
+    let gate = Gate::new(Authenticator::new(verifier.clone(), store))
+        .quotas(QuotaTable::fixed(wide))
+        .credits(ledger, "rest");
+    let route = Route::any_key();
+
+    let mut g = c.benchmark_group("gate");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("charge_rate_limit_and_credits", |b| {
+        b.iter(|| {
+            let d = gate.charge(black_box(verified.clone()), Scheme::ApiKeyHeader, &route);
+            black_box(matches!(d, Decision::Admitted(_)))
+        })
+    });
     g.finish();
 }
 
-criterion_group!(benches, extraction, rate_limit);
+criterion_group!(benches, extraction, charge);
 criterion_main!(benches);
