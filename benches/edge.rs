@@ -38,7 +38,11 @@ fn extraction(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("extract");
     g.throughput(Throughput::Elements(1));
-    for (name, headers) in [("x_api_key_8_headers", &x_api_key), ("bearer_8_headers", &by_bearer), ("jwt_not_ours_8_headers", &by_jwt)] {
+    for (name, headers) in [
+        ("x_api_key_8_headers", &x_api_key),
+        ("bearer_8_headers", &by_bearer),
+        ("jwt_not_ours_8_headers", &by_jwt),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let h = black_box(headers);
@@ -58,13 +62,21 @@ fn charge(c: &mut Criterion) {
     use apikey::gate::{Decision, Gate, QuotaTable, Route};
     use apikey::*;
 
-    let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32]).unwrap()).unwrap());
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32]).unwrap()).unwrap());
     let store = MemoryStore::new();
     let now = time::OffsetDateTime::now_utc();
-    let (key, record) = verifier.issue(NewKey::new("sk_live_").owner("org_1"), now).unwrap();
+    let (key, record) = verifier
+        .issue(NewKey::new("sk_live_").owner("org_1"), now)
+        .unwrap();
     store.insert_sync(record.clone()).unwrap();
     let verified = verifier
-        .verify_with(key.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none())
+        .verify_with(
+            key.expose_secret(),
+            |id| store.fetch_sync(id),
+            now,
+            &Requirement::none(),
+        )
         .unwrap();
     let wide = Quota::new(Some(u32::MAX), Some(u32::MAX));
     let ledger = CreditLedger::new();

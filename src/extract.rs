@@ -293,7 +293,7 @@ impl Extractor {
             }
         }
         if let Some(query) = query {
-            self.from_query(query, &mut found)?;
+            self.scan_query(query, &mut found)?;
         }
         match found {
             Some(key) => Ok(Extracted::Key(key)),
@@ -365,7 +365,7 @@ impl Extractor {
         self.check_value(token).map(Some)
     }
 
-    fn from_query<'a>(&self, query: &'a str, found: &mut Option<PresentedKey<'a>>) -> Result<()> {
+    fn scan_query<'a>(&self, query: &'a str, found: &mut Option<PresentedKey<'a>>) -> Result<()> {
         for pair in query.split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match &self.query_param {
@@ -457,8 +457,17 @@ mod tests {
 
     #[test]
     fn other_authorization_schemes_are_not_ours() {
-        for v in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer eyJx", "Token sk_live_a"] {
-            assert_eq!(ex().extract([("authorization", v)]).ok(), Some(Extracted::NotOurs), "{v}");
+        for v in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer eyJx",
+            "Token sk_live_a",
+        ] {
+            assert_eq!(
+                ex().extract([("authorization", v)]).ok(),
+                Some(Extracted::NotOurs),
+                "{v}"
+            );
         }
         // ... unless the API-key header is there too.
         let h = [("authorization", "Bearer eyJx"), ("x-api-key", "sk_live_a")];
@@ -468,7 +477,10 @@ mod tests {
     #[test]
     fn oversized_jwt_is_not_ours_but_oversized_key_is_rejected() {
         let jwt = format!("Bearer eyJ{}", "a".repeat(5000));
-        assert_eq!(ex().extract([("authorization", jwt.as_str())]).ok(), Some(Extracted::NotOurs));
+        assert_eq!(
+            ex().extract([("authorization", jwt.as_str())]).ok(),
+            Some(Extracted::NotOurs)
+        );
         let long = format!("Bearer sk_live_{}", "a".repeat(300));
         assert!(matches!(
             ex().extract([("authorization", long.as_str())]),
@@ -479,25 +491,46 @@ mod tests {
     #[test]
     fn disabled_schemes() {
         let h = [("x-api-key", "sk_live_a")];
-        assert!(matches!(ex().accept_api_key_header(false).extract(h), Err(Error::MissingApiKey)));
+        assert!(matches!(
+            ex().accept_api_key_header(false).extract(h),
+            Err(Error::MissingApiKey)
+        ));
         let h = [("authorization", "Bearer sk_live_a")];
-        assert_eq!(ex().accept_bearer(false).extract(h).ok(), Some(Extracted::NotOurs));
+        assert_eq!(
+            ex().accept_bearer(false).extract(h).ok(),
+            Some(Extracted::NotOurs)
+        );
         let h = [("api-key", "sk_live_a")];
-        assert_eq!(key(ex().api_key_header_name("Api-Key").extract(h)).0, "sk_live_a");
+        assert_eq!(
+            key(ex().api_key_header_name("Api-Key").extract(h)).0,
+            "sk_live_a"
+        );
     }
 
     #[test]
     fn query_param() {
         let none: [(&str, &str); 0] = [];
         let e = ex().allow_query_param("key");
-        assert_eq!(key(e.extract_with_query(none, Some("a=1&key=sk_live_q"))), ("sk_live_q", Scheme::Query));
+        assert_eq!(
+            key(e.extract_with_query(none, Some("a=1&key=sk_live_q"))),
+            ("sk_live_q", Scheme::Query)
+        );
         // Same key in header and query is fine; different is not.
         let h = [("x-api-key", "sk_live_q")];
         assert!(e.extract_with_query(h, Some("key=sk_live_q")).is_ok());
-        assert!(matches!(e.extract_with_query(h, Some("key=sk_live_r")), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            e.extract_with_query(h, Some("key=sk_live_r")),
+            Err(Error::InvalidInput(_))
+        ));
         // Unrelated params are fine when refusing.
-        assert!(matches!(ex().extract_with_query(none, Some("q=api_key")), Err(Error::MissingApiKey)));
-        assert!(matches!(ex().extract_with_query(none, Some("APIKEY=x")), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            ex().extract_with_query(none, Some("q=api_key")),
+            Err(Error::MissingApiKey)
+        ));
+        assert!(matches!(
+            ex().extract_with_query(none, Some("APIKEY=x")),
+            Err(Error::InvalidInput(_))
+        ));
     }
 
     #[test]
@@ -505,9 +538,15 @@ mod tests {
         let h: [(&[u8], &[u8]); 2] = [(b"x-api-key", b"sk_live_a"), (b"x-api-key", b"sk_live_a")];
         assert!(ex().extract(h).is_ok());
         let h: [(&[u8], &[u8]); 1] = [(b"x-api-key", b"sk_live_\xc3\xa9")];
-        assert!(matches!(ex().extract(h), Err(Error::MalformedApiKey(MalformedReason::Charset))));
+        assert!(matches!(
+            ex().extract(h),
+            Err(Error::MalformedApiKey(MalformedReason::Charset))
+        ));
         let h: [(&[u8], &[u8]); 1] = [(b"x-api-key", b"sk_live\x00a")];
-        assert!(matches!(ex().extract(h), Err(Error::MalformedApiKey(MalformedReason::Charset))));
+        assert!(matches!(
+            ex().extract(h),
+            Err(Error::MalformedApiKey(MalformedReason::Charset))
+        ));
     }
 
     #[test]

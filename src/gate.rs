@@ -77,7 +77,7 @@ use crate::ratelimit::{
     FailureThrottle, FailureThrottleConfig, InMemoryRateLimitStore, MonotonicClock, Quota,
     RateLimitDecision, RateLimitInfo, RateLimitStore, RateLimiter, StdMonotonicClock,
 };
-use crate::response::{rate_limit_headers, retry_after_secs, ErrorResponse, REALM};
+use crate::response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};
 use crate::scope::Requirement;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -185,7 +185,11 @@ impl QuotaTable {
 
     /// The quota for a verified key.
     pub fn quota_for(&self, key: &VerifiedKey) -> Quota {
-        self.quota_for_plan(key.metadata().get(self.metadata_key.as_ref()).map(String::as_str))
+        self.quota_for_plan(
+            key.metadata()
+                .get(self.metadata_key.as_ref())
+                .map(String::as_str),
+        )
     }
 }
 
@@ -244,13 +248,13 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(error: Error, now: OffsetDateTime, realm: &Cow<'static, str>) -> Self {
+    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>) -> Self {
         Self {
             error,
             rate_limit: None,
             retry_after: None,
             now,
-            realm: realm.clone(),
+            realm,
         }
     }
 
@@ -262,7 +266,8 @@ impl Rejection {
             r = r.with_rate_limit(info, self.now);
         }
         if let (Some(wait), None) = (self.retry_after, r.header("retry-after")) {
-            r.headers.push(("retry-after", retry_after_secs(wait).to_string()));
+            r.headers
+                .push(("retry-after", retry_after_secs(wait).to_string()));
         }
         r
     }
@@ -453,6 +458,9 @@ where
     /// # Errors
     /// A [`Rejection`] for a locked-out address, a missing, oversized or
     /// ambiguous key.
+    // A rejection is a few words plus the error; boxing it would add an
+    // allocation to exactly the path an attacker drives.
+    #[allow(clippy::result_large_err)]
     pub fn extract<'h, I, N, V>(
         &self,
         headers: I,
@@ -464,10 +472,10 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        if let (Some(throttle), Some(ip)) = (&self.throttle, client) {
-            if let Err(retry_after) = throttle.check(ip) {
-                return Err(self.reject(Error::TooManyFailures { retry_after }));
-            }
+        if let (Some(throttle), Some(ip)) = (&self.throttle, client)
+            && let Err(retry_after) = throttle.check(ip)
+        {
+            return Err(self.reject(Error::TooManyFailures { retry_after }));
         }
         self.extractor
             .extract_with_query(headers, query)
@@ -533,11 +541,11 @@ where
     /// A rejection for `error`, counting guesses (malformed or invalid keys)
     /// against the client address.
     fn fail(&self, error: Error, client: Option<IpAddr>) -> Rejection {
-        if let (Some(throttle), Some(ip)) = (&self.throttle, client) {
-            if matches!(error, Error::InvalidApiKey | Error::MalformedApiKey(_)) {
-                // A lockout that starts now applies from the next attempt.
-                let _ = throttle.record_failure(ip);
-            }
+        if let (Some(throttle), Some(ip)) = (&self.throttle, client)
+            && matches!(error, Error::InvalidApiKey | Error::MalformedApiKey(_))
+        {
+            // A lockout that starts now applies from the next attempt.
+            let _ = throttle.record_failure(ip);
         }
         self.reject(error)
     }
@@ -547,7 +555,7 @@ where
     }
 
     fn reject_at(&self, error: Error, now: OffsetDateTime) -> Rejection {
-        Rejection::new(error, now, &self.realm)
+        Rejection::new(error, now, self.realm.clone())
     }
 }
 

@@ -206,12 +206,11 @@ where
                             None => admit.await,
                             Some(t) => match tokio::time::timeout(t, admit).await {
                                 Ok(d) => d,
-                                Err(elapsed) => Decision::Rejected(layer.gate.reject(
-                                    Error::StoreUnavailable(StoreError::with_source(
-                                        StoreErrorKind::Timeout,
-                                        elapsed,
-                                    )),
-                                )),
+                                Err(elapsed) => {
+                                    Decision::Rejected(layer.gate.reject(Error::StoreUnavailable(
+                                        StoreError::with_source(StoreErrorKind::Timeout, elapsed),
+                                    )))
+                                }
                             },
                         }
                     }
@@ -276,7 +275,11 @@ impl<St: Send + Sync> FromRequestParts<St> for VerifiedKey {
     type Rejection = MissingKey;
 
     async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<VerifiedKey>().cloned().ok_or(MissingKey)
+        parts
+            .extensions
+            .get::<VerifiedKey>()
+            .cloned()
+            .ok_or(MissingKey)
     }
 }
 
@@ -295,6 +298,10 @@ impl<St: Send + Sync> FromRequestParts<St> for Admitted {
     type Rejection = MissingKey;
 
     async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Admitted>().cloned().ok_or(MissingKey)
+        parts
+            .extensions
+            .get::<Admitted>()
+            .cloned()
+            .ok_or(MissingKey)
     }
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::error::Error;
-use crate::ratelimit::{ceil_secs, RateLimitInfo};
+use crate::ratelimit::{RateLimitInfo, ceil_secs};
 
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
 /// JSON body.
@@ -155,7 +155,10 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 /// assert_eq!(h[1], ("x-ratelimit-remaining", "9847".to_owned()));
 /// assert_eq!(h[2], ("x-ratelimit-reset", "1634234197".to_owned()));
 /// ```
-pub fn rate_limit_headers(info: &RateLimitInfo, now: OffsetDateTime) -> [(&'static str, String); 3] {
+pub fn rate_limit_headers(
+    info: &RateLimitInfo,
+    now: OffsetDateTime,
+) -> [(&'static str, String); 3] {
     [
         ("x-ratelimit-limit", info.limit.to_string()),
         ("x-ratelimit-remaining", info.remaining.to_string()),
@@ -252,14 +255,19 @@ fn details(out: &mut String, err: &Error) {
             json_string(out, required);
             out.push('}');
         }
-        Error::RateLimited { retry_after }
-        | Error::TooManyFailures { retry_after } => {
-            let _ = write!(out, r#"{{"retry_after":{}}}"#, retry_after_secs(*retry_after));
+        Error::RateLimited { retry_after } | Error::TooManyFailures { retry_after } => {
+            let _ = write!(
+                out,
+                r#"{{"retry_after":{}}}"#,
+                retry_after_secs(*retry_after)
+            );
         }
         Error::StoreUnavailable(_) => {
-            let _ = write!(out, r#"{{"retry_after":{}}}"#, retry_after_secs(
-                err.retry_after().unwrap_or(Duration::from_secs(1)),
-            ));
+            let _ = write!(
+                out,
+                r#"{{"retry_after":{}}}"#,
+                retry_after_secs(err.retry_after().unwrap_or(Duration::from_secs(1)),)
+            );
         }
         _ => out.push_str("{}"),
     }

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::middleware::ApiKeyLayer;
 use apikey::credits::CreditLedger;
 use apikey::gate::{Admitted, Gate, QuotaTable, Route};
+use apikey::middleware::ApiKeyLayer;
 use apikey::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
 use apikey::*;
 use axum::Router;
@@ -40,9 +40,7 @@ fn gate<S: KeyStore>(store: S, clocks: &Clocks) -> TestGate<S> {
         Authenticator::with_clock(verifier(), store, clocks.0.clone()),
         Arc::clone(&clocks.1),
     )
-    .quotas(
-        QuotaTable::fixed(Quota::PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))),
-    )
+    .quotas(QuotaTable::fixed(Quota::PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))))
 }
 
 fn issue(store: &MemoryStore, new: NewKey) -> (ApiKey, KeyRecord) {
@@ -69,7 +67,10 @@ async fn maybe(key: Option<VerifiedKey>) -> String {
 
 /// Routes: `/read` needs `tasks:read`, `/write` needs `tasks:write`,
 /// `/open` accepts foreign credentials (JWTs) too.
-fn router<S: KeyStore + Send + Sync + 'static>(gate: Arc<TestGate<S>>, timeout: Option<Duration>) -> Router {
+fn router<S: KeyStore + Send + Sync + 'static>(
+    gate: Arc<TestGate<S>>,
+    timeout: Option<Duration>,
+) -> Router {
     let layer = |route: Route| {
         let l = ApiKeyLayer::new(Arc::clone(&gate), route);
         match timeout {
@@ -84,7 +85,9 @@ fn router<S: KeyStore + Send + Sync + 'static>(gate: Arc<TestGate<S>>, timeout: 
         )
         .route(
             "/write",
-            get(whoami).route_layer(layer(Route::new(Requirement::scope("tasks:write").unwrap()))),
+            get(whoami).route_layer(layer(Route::new(
+                Requirement::scope("tasks:write").unwrap(),
+            ))),
         )
         .route("/open", get(maybe).route_layer(layer(Route::any_key())))
 }
@@ -129,7 +132,11 @@ impl Reply {
         let v = self.json();
         assert_eq!(v["success"], Value::Bool(false), "{v}");
         assert_eq!(v["error"]["code"], code, "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
         assert!(v["error"]["details"].is_object(), "{v}");
         v["error"]["details"].clone()
     }
@@ -149,7 +156,14 @@ async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Rep
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .map(|l| {
             let (n, v) = l.split_once(':').unwrap();
@@ -178,11 +192,17 @@ async fn fixture() -> Fixture {
     let clocks = clocks();
     let gate = Arc::new(gate(Arc::clone(&store), &clocks));
     let addr = serve(router(gate, None)).await;
-    Fixture { addr, store, clocks }
+    Fixture {
+        addr,
+        store,
+        clocks,
+    }
 }
 
 fn reader() -> NewKey {
-    NewKey::new("sk_live_").owner("org_1").scopes(["tasks:read"])
+    NewKey::new("sk_live_")
+        .owner("org_1")
+        .scopes(["tasks:read"])
 }
 
 #[tokio::test]
@@ -211,7 +231,10 @@ async fn valid_key_by_x_api_key_and_by_bearer() {
     let r = get_with(
         f.addr,
         "/read",
-        &[("x-api-key", key.expose_secret()), ("Authorization", &bearer)],
+        &[
+            ("x-api-key", key.expose_secret()),
+            ("Authorization", &bearer),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -271,24 +294,38 @@ async fn unknown_key_and_wrong_secret_answer_identically() {
     // Nothing tells the two apart.
     assert_eq!(r_unknown.body, r_wrong.body);
     let strip = |r: &Reply| -> Vec<(String, String)> {
-        r.headers.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("date")).cloned().collect()
+        r.headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+            .cloned()
+            .collect()
     };
     assert_eq!(strip(&r_unknown), strip(&r_wrong));
     assert!(!r_wrong.body.contains(&unknown_record.id.to_string()));
     // And the genuine key still works.
-    assert_eq!(get_with(f.addr, "/read", &x_api_key(&known)).await.status, 200);
+    assert_eq!(
+        get_with(f.addr, "/read", &x_api_key(&known)).await.status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn expired_key() {
     let f = fixture().await;
     let (key, _) = issue(&f.store, reader().expires_at(T0 + time::Duration::hours(1)));
-    assert_eq!(get_with(f.addr, "/read", &x_api_key(&key)).await.status, 200);
+    assert_eq!(
+        get_with(f.addr, "/read", &x_api_key(&key)).await.status,
+        200
+    );
     f.clocks.0.advance(time::Duration::hours(2));
     let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
     let details = r.error(401, "EXPIRED_API_KEY");
     assert_eq!(details["expired_at"], "2026-03-01T13:00:00Z");
-    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
 }
 
 #[tokio::test]
@@ -299,7 +336,11 @@ async fn disabled_and_revoked_keys() {
     f.store.update_sync(record.clone()).unwrap();
     let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
     r.error(401, "DISABLED_API_KEY");
-    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
 
     record.status = KeyStatus::Revoked;
     record.revocation = Some(Revocation {
@@ -349,7 +390,10 @@ async fn over_the_rate_limit() {
     assert_eq!(r.header("www-authenticate"), None);
     // Half a minute later one more is admitted.
     f.clocks.1.advance(Duration::from_secs(30));
-    assert_eq!(get_with(f.addr, "/read", &x_api_key(&key)).await.status, 200);
+    assert_eq!(
+        get_with(f.addr, "/read", &x_api_key(&key)).await.status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -366,7 +410,9 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
     assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
     // Rate-limited: no credit spent (owner has 0 left anyway; key keeps 3).
-    get_with(addr, "/read", &x_api_key(&key)).await.error(429, "RATE_LIMITED");
+    get_with(addr, "/read", &x_api_key(&key))
+        .await
+        .error(429, "RATE_LIMITED");
     let ledger = gate.ledger().unwrap();
     assert_eq!(ledger.key_credits(record.id.as_u64()).unwrap().remaining, 3);
 
@@ -383,7 +429,10 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
 #[tokio::test]
 async fn foreign_bearer_tokens_pass_through() {
     let f = fixture().await;
-    let jwt = [("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln")];
+    let jwt = [(
+        "Authorization",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+    )];
     let r = get_with(f.addr, "/open", &jwt).await;
     assert_eq!((r.status, r.body.as_str()), (200, "anonymous"));
     // A handler that needs a key refuses it.
@@ -410,7 +459,9 @@ async fn two_different_keys_are_refused() {
     );
     // Query-string keys are refused by default.
     let path = format!("/read?api_key={}", a.expose_secret());
-    get_with(f.addr, &path, &[]).await.error(400, "INVALID_REQUEST");
+    get_with(f.addr, &path, &[])
+        .await
+        .error(400, "INVALID_REQUEST");
 }
 
 #[tokio::test]
@@ -427,7 +478,9 @@ async fn failed_attempts_lock_out_the_address() {
     let addr = serve(router(gate, None)).await;
     let (unknown, _) = verifier().issue(reader(), T0).unwrap();
     for _ in 0..3 {
-        get_with(addr, "/read", &x_api_key(&unknown)).await.error(401, "INVALID_API_KEY");
+        get_with(addr, "/read", &x_api_key(&unknown))
+            .await
+            .error(401, "INVALID_API_KEY");
     }
     // Locked out: even a good key is refused, cheaply.
     let r = get_with(addr, "/read", &x_api_key(&good)).await;
