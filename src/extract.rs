@@ -126,7 +126,6 @@ impl fmt::Debug for PresentedKey<'_> {
 
 /// What [`Extractor::extract`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Extracted<'a> {
     /// A candidate API key.
     Key(PresentedKey<'a>),

@@ -54,7 +54,6 @@
 //!         let r = no.to_response();
 //!         (r.status, r.headers, r.body)
 //!     }
-//!     _ => (500, vec![], String::new()),
 //! };
 //! assert_eq!(status, 200);
 //! assert!(extra_headers.iter().any(|(n, v)| *n == "x-ratelimit-remaining" && v == "99"));
@@ -195,7 +194,6 @@ impl QuotaTable {
 
 /// The outcome of [`Gate::check`].
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Decision {
     /// Authenticated, allowed, charged: call the handler.
     Admitted(Admitted),
@@ -447,7 +445,7 @@ where
     {
         match self.extract(headers, query, client) {
             Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
-            Ok(_) => Decision::NotOurs,
+            Ok(Extracted::NotOurs) => Decision::NotOurs,
             Err(rejection) => Decision::Rejected(rejection),
         }
     }

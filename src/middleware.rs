@@ -214,10 +214,10 @@ where
                             },
                         }
                     }
-                    Ok(_) if layer.reject_foreign => {
+                    Ok(Extracted::NotOurs) if layer.reject_foreign => {
                         Decision::Rejected(layer.gate.reject(Error::MissingApiKey))
                     }
-                    Ok(_) => Decision::NotOurs,
+                    Ok(Extracted::NotOurs) => Decision::NotOurs,
                     Err(rejection) => Decision::Rejected(rejection),
                 }
             };
@@ -236,7 +236,7 @@ where
                     Ok(response)
                 }
                 Decision::Rejected(rejection) => Ok(rejection.to_response().into_http()),
-                _ => inner.call(req).await,
+                Decision::NotOurs => inner.call(req).await,
             }
         })
     }
