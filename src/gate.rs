@@ -60,6 +60,46 @@
 //! # let _ = body;
 //! # Ok(()) }
 //! ```
+//!
+//! # Blocking servers
+//!
+//! With no async runtime, split the pipeline: [`Gate::extract`] (throttle
+//! and extraction), a synchronous store lookup through
+//! [`Verifier::verify_with`](crate::Verifier::verify_with), then
+//! [`Gate::charge`] (rate limit and credits).
+//!
+//! ```
+//! use apikey::extract::Extracted;
+//! use apikey::gate::{Decision, Gate, Route};
+//! use apikey::*;
+//!
+//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+//! let store = MemoryStore::new();
+//! let now = time::OffsetDateTime::now_utc();
+//! let (key, record) = verifier.issue(NewKey::new("sk_live_"), now)?;
+//! store.insert_sync(record)?;
+//! let gate = Gate::new(Authenticator::new(verifier, store));
+//!
+//! let headers = [("x-api-key", key.expose_secret())];
+//! let answer = match gate.extract(headers, None, None) {
+//!     Ok(Extracted::Key(presented)) => {
+//!         let auth = gate.authenticator();
+//!         let store = auth.store();
+//!         match auth.verifier().verify_with(presented.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none()) {
+//!             Ok(verified) => match gate.charge(verified, presented.scheme(), &Route::any_key()) {
+//!                 Decision::Admitted(_) => 200,
+//!                 Decision::Rejected(no) => no.to_response().status,
+//!                 Decision::NotOurs => 401,
+//!             },
+//!             Err(e) => gate.refuse(e, None).to_response().status,
+//!         }
+//!     }
+//!     Ok(Extracted::NotOurs) => 401,
+//!     Err(no) => no.to_response().status,
+//! };
+//! assert_eq!(answer, 200);
+//! # Ok::<(), Error>(())
+//! ```
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -477,7 +517,7 @@ where
         }
         self.extractor
             .extract_with_query(headers, query)
-            .map_err(|e| self.fail(e, client))
+            .map_err(|e| self.refuse(e, client))
     }
 
     /// Steps 3 to 5: authenticate `key`, check the route's scopes, the rate
@@ -494,7 +534,7 @@ where
             .await
         {
             Ok(v) => v,
-            Err(e) => return Decision::Rejected(self.fail(e, client)),
+            Err(e) => return Decision::Rejected(self.refuse(e, client)),
         };
         self.charge(verified, key.scheme(), route)
     }
@@ -536,9 +576,10 @@ where
         })
     }
 
-    /// A rejection for `error`, counting guesses (malformed or invalid keys)
-    /// against the client address.
-    fn fail(&self, error: Error, client: Option<IpAddr>) -> Rejection {
+    /// The rejection for an `error` from a verification run outside the
+    /// gate (the blocking path), counting guesses (malformed or invalid keys)
+    /// against the client address like [`admit`](Self::admit) does.
+    pub fn refuse(&self, error: Error, client: Option<IpAddr>) -> Rejection {
         if let (Some(throttle), Some(ip)) = (&self.throttle, client)
             && matches!(error, Error::InvalidApiKey | Error::MalformedApiKey(_))
         {
