@@ -91,7 +91,7 @@ fn charge(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("charge_rate_limit_and_credits", |b| {
         b.iter(|| {
-            let d = gate.charge(black_box(verified.clone()), Scheme::ApiKeyHeader, &route);
+            let d = gate.charge_blocking(black_box(verified.clone()), Scheme::ApiKeyHeader, &route);
             black_box(matches!(d, Decision::Admitted(_)))
         })
     });

@@ -344,6 +344,53 @@ pub trait CreditStore: Send + Sync {
         F: Fn(Balances) -> Result<(T, Balances), E>;
 }
 
+/// The asynchronous form of [`CreditStore`], for backends reached over the
+/// network with an async client.
+///
+/// Same semantics as [`CreditStore::transact`]: one atomic transaction over
+/// both named balances (compare-and-set on both, or both rows locked), `f`
+/// pure and callable again on retry, nothing written when `f` refuses. Every
+/// [`CreditStore`] is an `AsyncCreditStore` (its future is ready at once), so
+/// implement this trait only for a store with no synchronous form.
+pub trait AsyncCreditStore: Send + Sync {
+    /// The backend's own failure.
+    type Error;
+
+    /// Atomically applies `f` to the named balances (see [`CreditStore`]).
+    ///
+    /// # Errors
+    ///
+    /// The backend's failure; the inner `Result` is `f`'s verdict.
+    fn transact_async<T: Send, E: Send, F>(
+        &self,
+        key_id: Option<u64>,
+        owner: Option<OwnerApi<'_>>,
+        f: F,
+    ) -> impl Future<Output = Result<Result<T, E>, Self::Error>> + Send
+    where
+        F: Fn(Balances) -> Result<(T, Balances), E> + Send;
+}
+
+impl<S> AsyncCreditStore for S
+where
+    S: CreditStore,
+    S::Error: Send,
+{
+    type Error = S::Error;
+
+    fn transact_async<T: Send, E: Send, F>(
+        &self,
+        key_id: Option<u64>,
+        owner: Option<OwnerApi<'_>>,
+        f: F,
+    ) -> impl Future<Output = Result<Result<T, E>, Self::Error>> + Send
+    where
+        F: Fn(Balances) -> Result<(T, Balances), E> + Send,
+    {
+        std::future::ready(self.transact(key_id, owner, f))
+    }
+}
+
 impl<S: CreditStore + ?Sized> CreditStore for Arc<S> {
     type Error = S::Error;
 
@@ -757,7 +804,7 @@ fn apply_spend(
     ))
 }
 
-impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
+impl<S, C: MonotonicClock> CreditLedger<S, C> {
     /// A ledger over any store and clock.
     ///
     /// # Example
@@ -809,7 +856,9 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
             refilled_at: self.clock.now(),
         }
     }
+}
 
+impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// Sets a key's balance and refill policy; the refill period starts now.
     ///
     /// # Errors
@@ -999,6 +1048,42 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
         let owner = owner.map(|owner| OwnerApi { owner, api });
         self.store
             .transact(Some(key_id), owner, |cur| apply_spend(cur, now, cost))
+    }
+}
+
+impl<S: AsyncCreditStore, C: MonotonicClock> CreditLedger<S, C> {
+    /// [`try_spend`](Self::try_spend) over an [`AsyncCreditStore`] (any
+    /// [`CreditStore`] is one): the key's and the owner's debit in one
+    /// atomic step, awaiting the backend.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the inner `Result` is the spend's verdict.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use apikey::credits::CreditLedger;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let ledger = CreditLedger::new();
+    /// ledger.set_key_credits(1, 1, None);
+    /// let outcome = ledger.spend_async(1, None, "rest", 1).await.unwrap_or_else(|e| match e {});
+    /// assert_eq!(outcome.map(|r| r.key_remaining), Ok(Some(0)));
+    /// # }
+    /// ```
+    pub async fn spend_async(
+        &self,
+        key_id: u64,
+        owner: Option<&str>,
+        api: &str,
+        cost: u64,
+    ) -> Result<Result<SpendReceipt, CreditsExhausted>, S::Error> {
+        let now = self.clock.now();
+        let owner = owner.map(|owner| OwnerApi { owner, api });
+        self.store
+            .transact_async(Some(key_id), owner, move |cur| apply_spend(cur, now, cost))
+            .await
     }
 }
 

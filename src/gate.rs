@@ -66,7 +66,7 @@
 //! With no async runtime, split the pipeline: [`Gate::extract`] (throttle
 //! and extraction), a synchronous store lookup through
 //! [`Verifier::verify_with`](crate::Verifier::verify_with), then
-//! [`Gate::charge`] (rate limit and credits).
+//! [`Gate::charge_blocking`] (rate limit and credits).
 //!
 //! ```
 //! use apikey::extract::Extracted;
@@ -86,7 +86,7 @@
 //!         let auth = gate.authenticator();
 //!         let store = auth.store();
 //!         match auth.verifier().verify_with(presented.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none()) {
-//!             Ok(verified) => match gate.charge(verified, presented.scheme(), &Route::any_key()) {
+//!             Ok(verified) => match gate.charge_blocking(verified, presented.scheme(), &Route::any_key()) {
 //!                 Decision::Admitted(_) => 200,
 //!                 Decision::Rejected(no) => no.to_response().status,
 //!                 Decision::NotOurs => 401,
@@ -109,12 +109,15 @@ use time::OffsetDateTime;
 
 use crate::authenticator::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::credits::{CreditLedger, CreditStore, InMemoryCreditStore, SpendReceipt};
+use crate::credits::{
+    AsyncCreditStore, CreditLedger, CreditStore, InMemoryCreditStore, SpendReceipt,
+};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use crate::ratelimit::{
-    FailureThrottle, FailureThrottleConfig, InMemoryRateLimitStore, MonotonicClock, Quota,
-    RateLimitDecision, RateLimitInfo, RateLimitStore, RateLimiter, StdMonotonicClock,
+    AsyncRateLimitStore, FailureThrottle, FailureThrottleConfig, InMemoryRateLimitStore,
+    MonotonicClock, Quota, RateLimitDecision, RateLimitInfo, RateLimitStore, RateLimiter,
+    StdMonotonicClock,
 };
 use crate::response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};
 use crate::scope::Requirement;
@@ -372,9 +375,9 @@ where
     S: KeyStore,
     C: Clock,
     M: MonotonicClock + Clone,
-    RS: RateLimitStore,
+    RS: AsyncRateLimitStore,
     RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: CreditStore,
+    CS: AsyncCreditStore,
     CS::Error: std::error::Error + Send + Sync + 'static,
 {
     /// Replaces the extractor. Defaults to
@@ -536,16 +539,15 @@ where
             Ok(v) => v,
             Err(e) => return Decision::Rejected(self.refuse(e, client)),
         };
-        self.charge(verified, key.scheme(), route)
+        self.charge(verified, key.scheme(), route).await
     }
 
-    /// Steps 4 and 5 for a key verified elsewhere (e.g. by a blocking
-    /// [`Verifier::verify_with`](crate::Verifier::verify_with)).
-    pub fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
+    /// Steps 4 and 5 (rate limit, then credits) for a verified key.
+    pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
         let id = key.id().as_u64();
         let quota = self.quotas.quota_for(&key);
-        let rate_limit = match self.limiter.try_check(id, &quota) {
+        let rate_limit = match self.limiter.check_async(id, &quota).await {
             Ok(RateLimitDecision::Allowed { info }) => info,
             Ok(RateLimitDecision::Refused { info, retry_after }) => {
                 let mut r = self.reject_at(Error::RateLimited { retry_after }, now);
@@ -556,7 +558,8 @@ where
         };
         let credits = match &self.credits {
             None => None,
-            Some((ledger, api)) => match ledger.try_spend(id, key.owner(), api, route.cost) {
+            Some((ledger, api)) => match ledger.spend_async(id, key.owner(), api, route.cost).await
+            {
                 Ok(Ok(receipt)) => Some(receipt),
                 Ok(Err(exhausted)) => {
                     let mut r = self.reject_at(Error::UsageExceeded, now);
@@ -595,6 +598,32 @@ where
 
     fn reject_at(&self, error: Error, now: OffsetDateTime) -> Rejection {
         Rejection::new(error, now, self.realm.clone())
+    }
+}
+
+impl<S, C, M, RS, CS> Gate<S, C, M, RS, CS>
+where
+    S: KeyStore,
+    C: Clock,
+    M: MonotonicClock + Clone,
+    RS: RateLimitStore,
+    RS::Error: std::error::Error + Send + Sync + 'static,
+    CS: CreditStore,
+    CS::Error: std::error::Error + Send + Sync + 'static,
+{
+    /// [`charge`](Self::charge) without an async runtime, for synchronous
+    /// rate-limit and credit stores (the in-memory ones): their futures are
+    /// ready at once, so this polls once and never blocks.
+    pub fn charge_blocking(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
+        let mut fut = std::pin::pin!(self.charge(key, scheme, route));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(decision) => decision,
+            // Unreachable for synchronous stores; fail closed, never open.
+            std::task::Poll::Pending => Decision::Rejected(self.reject(Error::StoreUnavailable(
+                StoreError::new(StoreErrorKind::Unavailable),
+            ))),
+        }
     }
 }
 

@@ -59,11 +59,13 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::clock::{Clock, SystemClock};
-use crate::credits::{CreditStore, InMemoryCreditStore};
+use crate::credits::{AsyncCreditStore, InMemoryCreditStore};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::extract::Extracted;
 use crate::gate::{Admitted, Decision, Gate, Rejection, Route};
-use crate::ratelimit::{InMemoryRateLimitStore, MonotonicClock, RateLimitStore, StdMonotonicClock};
+use crate::ratelimit::{
+    AsyncRateLimitStore, InMemoryRateLimitStore, MonotonicClock, StdMonotonicClock,
+};
 use crate::response::ErrorResponse;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -176,9 +178,9 @@ where
     S: KeyStore + Send + Sync + 'static,
     C: Clock + 'static,
     M: MonotonicClock + Clone + 'static,
-    RS: RateLimitStore + 'static,
+    RS: AsyncRateLimitStore + 'static,
     RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: CreditStore + 'static,
+    CS: AsyncCreditStore + 'static,
     CS::Error: std::error::Error + Send + Sync + 'static,
 {
     type Response = http::Response<ResBody>;

@@ -1049,6 +1049,83 @@ impl<S: RateLimitStore + ?Sized> RateLimitStore for Arc<S> {
     }
 }
 
+/// The asynchronous form of [`RateLimitStore`], for backends reached over
+/// the network (Redis, SQL) with an async client.
+///
+/// Same semantics as [`RateLimitStore::measure_and_replace`]: one atomic
+/// compare-and-set of one key's [`GcraState`], `f` pure and callable again
+/// on retry, nothing written when `f` refuses. Every [`RateLimitStore`] is an
+/// `AsyncRateLimitStore` (its future is ready at once), so implement this
+/// trait only for a store that has no synchronous form; the
+/// [`Gate`](crate::gate::Gate) and [`RateLimiter::check_async`] take either.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use apikey::ratelimit::{AsyncRateLimitStore, GcraState, Quota, RateLimiter, StdMonotonicClock};
+///
+/// /// Stands in for a Redis client: every call "goes over the network".
+/// struct Remote(std::sync::Mutex<Option<GcraState>>);
+///
+/// impl AsyncRateLimitStore for Remote {
+///     type Error = Infallible;
+///     async fn measure_and_replace_async<T: Send, E: Send, F>(&self, _key: u64, f: F) -> Result<Result<T, E>, Infallible>
+///     where
+///         F: Fn(Option<GcraState>) -> Result<(T, GcraState), E> + Send,
+///     {
+///         // A real backend: GET, compute f, then SET only if unchanged (WATCH/MULTI or a Lua script).
+///         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+///         Ok(f(*slot).map(|(t, new)| { *slot = Some(new); t }))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::with_store_and_clock(Remote(Default::default()), StdMonotonicClock::new());
+/// let quota = Quota::new(Some(1), None);
+/// assert!(limiter.check_async(1, &quota).await.unwrap_or_else(|e| match e {}).is_allowed());
+/// assert!(!limiter.check_async(1, &quota).await.unwrap_or_else(|e| match e {}).is_allowed());
+/// # }
+/// ```
+pub trait AsyncRateLimitStore: Send + Sync {
+    /// The backend's own failure.
+    type Error;
+
+    /// Atomically applies `f` to the state of `key` (see
+    /// [`RateLimitStore`] for the contract).
+    ///
+    /// # Errors
+    ///
+    /// The backend's failure; the inner `Result` is `f`'s verdict.
+    fn measure_and_replace_async<T: Send, E: Send, F>(
+        &self,
+        key: u64,
+        f: F,
+    ) -> impl Future<Output = Result<Result<T, E>, Self::Error>> + Send
+    where
+        F: Fn(Option<GcraState>) -> Result<(T, GcraState), E> + Send;
+}
+
+impl<S> AsyncRateLimitStore for S
+where
+    S: RateLimitStore,
+    S::Error: Send,
+{
+    type Error = S::Error;
+
+    fn measure_and_replace_async<T: Send, E: Send, F>(
+        &self,
+        key: u64,
+        f: F,
+    ) -> impl Future<Output = Result<Result<T, E>, Self::Error>> + Send
+    where
+        F: Fn(Option<GcraState>) -> Result<(T, GcraState), E> + Send,
+    {
+        std::future::ready(self.measure_and_replace(key, f))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // GCRA
 // ---------------------------------------------------------------------------
@@ -1249,7 +1326,7 @@ impl<C: MonotonicClock> RateLimiter<InMemoryRateLimitStore, C> {
     }
 }
 
-impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
+impl<S, C: MonotonicClock> RateLimiter<S, C> {
     /// A limiter over any store and clock.
     ///
     /// # Example
@@ -1292,7 +1369,9 @@ impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
     pub const fn clock(&self) -> &C {
         &self.clock
     }
+}
 
+impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
     /// Checks one request for `key` against `quota` and charges it if
     /// admitted; fails only if the store fails.
     ///
@@ -1310,17 +1389,71 @@ impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
     /// assert!(decision.is_allowed());
     /// ```
     pub fn try_check(&self, key: u64, quota: &Quota) -> Result<RateLimitDecision, S::Error> {
-        let specs = [
-            (RateWindow::Minute, quota.per_minute),
-            (RateWindow::Hour, quota.per_hour),
-        ];
-        let mut windows = [None, None];
-        for ((window, limit), slot) in specs.into_iter().zip(windows.iter_mut()) {
-            let Some(limit) = limit else { continue };
-            let Some(gcra) = Gcra::new(window, limit) else {
+        let windows = match plan(quota) {
+            Ok(windows) => windows,
+            Err(decided) => return Ok(decided),
+        };
+        let now = duration_nanos(self.clock.now());
+        let outcome = self
+            .store
+            .measure_and_replace(key, |state| evaluate(&windows, state, now))?;
+        Ok(outcome.unwrap_or_else(|refused| refused))
+    }
+}
+
+impl<S: AsyncRateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
+    /// [`try_check`](Self::try_check) over an [`AsyncRateLimitStore`] (any
+    /// [`RateLimitStore`] is one): same decisions, awaiting the backend.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, as for [`try_check`](Self::try_check).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = RateLimiter::new();
+    /// let decision = limiter.check_async(5, &Quota::FREE).await.unwrap_or_else(|e| match e {});
+    /// assert!(decision.is_allowed());
+    /// # }
+    /// ```
+    pub async fn check_async(
+        &self,
+        key: u64,
+        quota: &Quota,
+    ) -> Result<RateLimitDecision, S::Error> {
+        let windows = match plan(quota) {
+            Ok(windows) => windows,
+            Err(decided) => return Ok(decided),
+        };
+        let now = duration_nanos(self.clock.now());
+        let outcome = self
+            .store
+            .measure_and_replace_async(key, move |state| evaluate(&windows, state, now))
+            .await?;
+        Ok(outcome.unwrap_or_else(|refused| refused))
+    }
+}
+
+/// The windows `quota` enforces, or the decision when no state is needed
+/// (a zero limit refuses; no window admits).
+fn plan(quota: &Quota) -> Result<[Option<Gcra>; 2], RateLimitDecision> {
+    let specs = [
+        (RateWindow::Minute, quota.per_minute),
+        (RateWindow::Hour, quota.per_hour),
+    ];
+    let mut windows = [None, None];
+    for ((window, limit), slot) in specs.into_iter().zip(windows.iter_mut()) {
+        let Some(limit) = limit else { continue };
+        match Gcra::new(window, limit) {
+            Some(g) => *slot = Some(g),
+            None => {
                 // A zero limit admits nothing; no state is read or written.
                 let period = window.period();
-                return Ok(RateLimitDecision::Refused {
+                return Err(RateLimitDecision::Refused {
                     info: RateLimitInfo {
                         window,
                         limit: 0,
@@ -1329,18 +1462,13 @@ impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
                     },
                     retry_after: period,
                 });
-            };
-            *slot = Some(gcra);
+            }
         }
-        if windows.iter().all(Option::is_none) {
-            return Ok(RateLimitDecision::Allowed { info: None });
-        }
-        let now = duration_nanos(self.clock.now());
-        let outcome = self
-            .store
-            .measure_and_replace(key, |state| evaluate(&windows, state, now))?;
-        Ok(outcome.unwrap_or_else(|refused| refused))
     }
+    if windows.iter().all(Option::is_none) {
+        return Err(RateLimitDecision::Allowed { info: None });
+    }
+    Ok(windows)
 }
 
 impl<S: RateLimitStore<Error = Infallible>, C: MonotonicClock> RateLimiter<S, C> {

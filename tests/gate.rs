@@ -181,7 +181,10 @@ fn blocking_path_with_verify_with_and_charge() {
             &Requirement::none(),
         )
         .unwrap();
-    match s.gate.charge(verified, key.scheme(), &Route::any_key()) {
+    match s
+        .gate
+        .charge_blocking(verified, key.scheme(), &Route::any_key())
+    {
         Decision::Admitted(ok) => {
             assert_eq!(ok.scheme, Scheme::Bearer);
             let h = ok.headers();
@@ -193,5 +196,75 @@ fn blocking_path_with_verify_with_and_charge() {
             );
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// A rate-limit backend with no synchronous form: it awaits before
+/// answering, like a network client, or fails.
+struct Remote {
+    inner: apikey::ratelimit::InMemoryRateLimitStore,
+    down: bool,
+}
+
+impl apikey::ratelimit::AsyncRateLimitStore for Remote {
+    type Error = std::io::Error;
+
+    async fn measure_and_replace_async<T: Send, E: Send, F>(
+        &self,
+        key: u64,
+        f: F,
+    ) -> Result<Result<T, E>, std::io::Error>
+    where
+        F: Fn(Option<apikey::ratelimit::GcraState>) -> Result<(T, apikey::ratelimit::GcraState), E>
+            + Send,
+    {
+        use apikey::ratelimit::RateLimitStore;
+        tokio::task::yield_now().await;
+        if self.down {
+            return Err(std::io::Error::other("redis: connection reset"));
+        }
+        Ok(self
+            .inner
+            .measure_and_replace(key, f)
+            .unwrap_or_else(|e| match e {}))
+    }
+}
+
+#[tokio::test]
+async fn async_rate_limit_backend_and_its_failure() {
+    use apikey::ratelimit::{InMemoryRateLimitStore, RateLimiter};
+    for down in [false, true] {
+        let s = setup(Quota::new(Some(1), None), None, None);
+        let remote = Remote {
+            inner: InMemoryRateLimitStore::new(),
+            down,
+        };
+        let gate = s.gate.rate_limiter(RateLimiter::with_store_and_clock(
+            remote,
+            Arc::clone(&s.mono),
+        ));
+        let h = [("x-api-key", s.key.expose_secret())];
+        let any = Route::any_key();
+        let run = || {
+            gate.check(
+                h.iter().map(|(n, v)| (*n, *v)),
+                None,
+                None,
+                &any,
+            )
+        };
+        if down {
+            match run().await {
+                Decision::Rejected(r) => {
+                    let resp = r.to_response();
+                    assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
+                    assert!(!resp.body.contains("redis"));
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert_eq!(code(&run().await), "ADMITTED");
+            assert_eq!(code(&run().await), "RATE_LIMITED");
+        }
     }
 }
