@@ -245,14 +245,7 @@ async fn async_rate_limit_backend_and_its_failure() {
         ));
         let h = [("x-api-key", s.key.expose_secret())];
         let any = Route::any_key();
-        let run = || {
-            gate.check(
-                h.iter().map(|(n, v)| (*n, *v)),
-                None,
-                None,
-                &any,
-            )
-        };
+        let run = || gate.check(h.iter().map(|(n, v)| (*n, *v)), None, None, &any);
         if down {
             match run().await {
                 Decision::Rejected(r) => {
