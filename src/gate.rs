@@ -533,7 +533,7 @@ where
     ) -> Decision {
         let verified = match self
             .authenticator
-            .authenticate(key.expose_secret(), &route.requirement)
+            .authenticate_from(key.expose_secret(), &route.requirement, client)
             .await
         {
             Ok(v) => v,
