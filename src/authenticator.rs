@@ -78,6 +78,21 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
         presented: &str,
         requirement: &Requirement,
     ) -> Result<VerifiedKey> {
+        self.authenticate_from(presented, requirement, None).await
+    }
+
+    /// Like [`authenticate`](Self::authenticate) for a request from `ip`,
+    /// checked against the key's IP allowlist. With `None`, keys that have
+    /// an allowlist fail closed with [`Error::IpNotAllowed`].
+    ///
+    /// # Errors
+    /// As [`authenticate`](Self::authenticate), plus [`Error::IpNotAllowed`].
+    pub async fn authenticate_from(
+        &self,
+        presented: &str,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<VerifiedKey> {
         let parsed = self.verifier.parse(presented)?;
         let view = self
             .store
@@ -85,6 +100,6 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             .await
             .map_err(Error::StoreUnavailable)?;
         self.verifier
-            .verify(&parsed, view, self.clock.now(), requirement)
+            .verify_from(&parsed, view, self.clock.now(), requirement, ip)
     }
 }

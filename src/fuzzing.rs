@@ -694,11 +694,12 @@ fn expected_outcome(
         KeyStatus::Active if stored.not_before.is_some_and(|nb| now < nb) => Err("NOT_YET_VALID"),
         KeyStatus::Active if stored.expires_at.is_some_and(|e| now >= e) => Err("EXPIRED_API_KEY"),
         KeyStatus::Active if key_env != Some(stored.environment) => Err("WRONG_ENVIRONMENT"),
+        // `verify_with` knows no client address: allowlisted keys fail
+        // closed, before the scopes are looked at.
+        KeyStatus::Active if !stored.ip_allowlist.is_empty() => Err("IP_NOT_ALLOWED"),
         KeyStatus::Active if !reference_requirement(requirement, &stored.scopes) => {
             Err("INSUFFICIENT_SCOPE")
         }
-        // `verify_with` knows no client address: allowlisted keys fail closed.
-        KeyStatus::Active if !stored.ip_allowlist.is_empty() => Err("IP_NOT_ALLOWED"),
         KeyStatus::Active => Ok(key.id()),
     }
 }

@@ -6,14 +6,19 @@ pub mod audit;
 mod authenticator;
 mod base62;
 mod clock;
+pub mod credits;
 mod digest;
 mod error;
+pub mod extract;
 pub mod fuzzing;
+pub mod gate;
 mod ipnet;
 mod key;
 pub mod manager;
 mod prefix;
+pub mod ratelimit;
 mod record;
+pub mod response;
 mod scope;
 mod secret;
 pub mod store;
@@ -24,6 +29,9 @@ mod verifier;
 #[cfg(feature = "tracing")]
 pub use audit::TracingSink;
 pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
+#[cfg(feature = "axum")]
+pub mod middleware;
+
 pub use authenticator::Authenticator;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use digest::KeyDigest;

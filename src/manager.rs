@@ -1318,14 +1318,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         };
         let verified = if matched {
             self.verifier
-                .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement)
-                .and_then(|v| {
-                    if v.view().allows_ip(ip) {
-                        Ok(v)
-                    } else {
-                        Err(Error::IpNotAllowed)
-                    }
-                })
+                .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
         } else {
             Err(Error::InvalidApiKey)
         };

@@ -230,16 +230,12 @@ impl Verifier {
         now: OffsetDateTime,
         requirement: &Requirement,
     ) -> Result<VerifiedKey> {
-        let view = self.check_secret(parsed, view)?;
-        self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
-        if view.ip_allowlist.is_some() {
-            return Err(Error::IpNotAllowed);
-        }
-        Ok(VerifiedKey { view })
+        self.verify_from(parsed, view, now, requirement, None)
     }
 
-    /// Like [`verify`](Self::verify) for a request from `ip`, checked last
-    /// against the key's IP allowlist (keys without one: a single branch).
+    /// Like [`verify`](Self::verify) for a request from `ip`, which is
+    /// checked against the key's IP allowlist after the environment and
+    /// before the scopes (keys without an allowlist: a single branch).
     ///
     /// ```
     /// # use apikey::*;
@@ -270,10 +266,13 @@ impl Verifier {
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
         let view = self.check_secret(parsed, view)?;
-        self.check_policy(parsed, &view, unix_nanos(now), requirement)?;
-        if !view.allows_ip(ip) {
-            return Err(Error::IpNotAllowed);
-        }
+        self.check_policy(
+            Some(parsed.environment()),
+            &view,
+            unix_nanos(now),
+            requirement,
+            ip,
+        )?;
         Ok(VerifiedKey { view })
     }
 
@@ -334,29 +333,9 @@ impl Verifier {
         view: Arc<KeyView>,
         now: OffsetDateTime,
         requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
-        match view.status {
-            KeyStatus::Active => {}
-            KeyStatus::Disabled => return Err(Error::DisabledApiKey),
-            KeyStatus::Revoked => return Err(Error::RevokedApiKey),
-        }
-        let now = unix_nanos(now);
-        if now.saturating_add(self.leeway_nanos) < view.not_before {
-            return Err(Error::NotYetValid {
-                not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            });
-        }
-        if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
-            return Err(Error::ExpiredApiKey {
-                expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            });
-        }
-        if !self.environments.contains(view.environment) {
-            return Err(Error::WrongEnvironment {
-                actual: view.environment,
-            });
-        }
-        requirement.check(&view.scopes, &self.full_access)?;
+        self.check_policy(None, &view, unix_nanos(now), requirement, ip)?;
         Ok(VerifiedKey { view })
     }
 
@@ -391,12 +370,16 @@ impl Verifier {
     }
 
     #[inline]
+    /// Everything after the secret matched, in the documented order: status,
+    /// validity window (with leeway), environment (`key_env` is the
+    /// prefix's, when the key was parsed natively), address, scopes.
     fn check_policy(
         &self,
-        parsed: &ParsedKey<'_>,
+        key_env: Option<Environment>,
         view: &KeyView,
         now: i64,
         requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<()> {
         match view.status {
             KeyStatus::Active => {}
@@ -416,8 +399,11 @@ impl Verifier {
         // The digest covers the prefix, so the record's environment and the
         // prefix's agree for any key that got this far; check both anyway.
         let env = view.environment;
-        if !self.environments.contains(env) || env != parsed.environment() {
+        if !self.environments.contains(env) || key_env.is_some_and(|k| k != env) {
             return Err(Error::WrongEnvironment { actual: env });
+        }
+        if !view.allows_ip(ip) {
+            return Err(Error::IpNotAllowed);
         }
         requirement.check(&view.scopes, &self.full_access)
     }

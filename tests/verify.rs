@@ -495,3 +495,41 @@ fn records_from_outside_are_validated() {
     assert!(s.is_empty());
     assert!(KeyDigest::from_base64("AAAA").is_err());
 }
+
+#[tokio::test]
+async fn ip_allowlist_is_checked_before_scopes_and_fails_closed_without_an_address() {
+    let v = verifier();
+    let s = MemoryStore::new();
+    let key = issue(
+        &v,
+        &s,
+        NewKey::new("sk_live_")
+            .scopes(["tasks:read"])
+            .allow_ip("10.0.0.0/8".parse().unwrap()),
+    );
+    let auth = Authenticator::with_clock(v, &s, ManualClock::new(T0));
+    let read = Requirement::scope("tasks:read").unwrap();
+    let inside: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    let outside: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    auth.authenticate_from(key.expose_secret(), &read, Some(inside))
+        .await
+        .unwrap();
+    let e = auth
+        .authenticate_from(key.expose_secret(), &read, Some(outside))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("IP_NOT_ALLOWED", 403));
+    // Without an address the key fails closed.
+    let e = auth
+        .authenticate(key.expose_secret(), &read)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    // From outside, a missing scope still says IP_NOT_ALLOWED: the address is checked first.
+    let write = Requirement::scope("tasks:write").unwrap();
+    let e = auth
+        .authenticate_from(key.expose_secret(), &write, Some(outside))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+}

@@ -1,0 +1,557 @@
+//! Reading the presented key out of a request, with no web framework.
+//!
+//! An [`Extractor`] looks at request headers given as any iterator of
+//! `(name, value)` pairs (and at the query string, only when enabled), and
+//! answers one of:
+//!
+//! * [`Extracted::Key`]: a candidate API key and the [`Scheme`] that carried
+//!   it (so a service can warn about a deprecated one);
+//! * [`Extracted::NotOurs`]: the request carries other credentials, such as a
+//!   Bearer JWT (`eyJ...`) beside API keys, or `Authorization: Basic`; pass it
+//!   on untouched to whatever handles those;
+//! * an [`Error`]: [`Error::MissingApiKey`] when there is nothing at all,
+//!   [`Error::MalformedApiKey`] for an oversized value (checked before any
+//!   other work) or one with non-ASCII or control characters, and
+//!   [`Error::InvalidInput`] (400, RFC 6750 `invalid_request`) when two
+//!   headers carry different keys or a query-string key is presented while
+//!   query keys are refused.
+//!
+//! Rules:
+//! * `X-API-Key: <key>` and `Authorization: Bearer <key>` are accepted by
+//!   default; header names and the `Bearer` scheme name are case-insensitive;
+//!   the header name and the accepted set are configurable.
+//! * A Bearer token is ours only if it starts with a registered prefix. An
+//!   `X-API-Key` value is always ours (the header exists for API keys).
+//! * The same key in several places is fine; different keys are an error,
+//!   never a guess.
+//!
+//! ```
+//! use apikey::PrefixRegistry;
+//! use apikey::extract::{Extracted, Extractor, Scheme};
+//!
+//! let extractor = Extractor::new(PrefixRegistry::with_builtins());
+//! let headers = [("Content-Type", "application/json"), ("x-api-key", "kwi_sk_0000")];
+//! match extractor.extract(headers)? {
+//!     Extracted::Key(key) => {
+//!         assert_eq!(key.scheme(), Scheme::ApiKeyHeader);
+//!         assert_eq!(key.expose_secret(), "kwi_sk_0000");
+//!     }
+//!     Extracted::NotOurs => unreachable!(),
+//! }
+//!
+//! // A JWT is somebody else's business.
+//! let jwt = [("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")];
+//! assert!(matches!(extractor.extract(jwt)?, Extracted::NotOurs));
+//!
+//! // Nothing at all.
+//! let none: [(&str, &str); 0] = [];
+//! assert_eq!(extractor.extract(none).unwrap_err().code(), "MISSING_API_KEY");
+//! # Ok::<(), apikey::Error>(())
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::error::{Error, MalformedReason, Result};
+use crate::prefix::PrefixRegistry;
+
+/// Default limit on a presented value, in bytes. Keys are at most
+/// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) long.
+pub const DEFAULT_MAX_LEN: usize = 256;
+
+/// How a key was presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// The API-key header (`X-API-Key` by default).
+    ApiKeyHeader,
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// A query-string parameter (only when explicitly enabled).
+    Query,
+}
+
+impl Scheme {
+    /// A short, stable, lowercase label (for metrics and deprecation logs).
+    ///
+    /// ```
+    /// assert_eq!(apikey::extract::Scheme::Bearer.as_str(), "bearer");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKeyHeader => "api_key_header",
+            Self::Bearer => "bearer",
+            Self::Query => "query",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A candidate key read from a request (not yet verified).
+///
+/// Its `Debug` shows only the scheme and length, never the text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PresentedKey<'a> {
+    text: &'a str,
+    scheme: Scheme,
+}
+
+impl<'a> PresentedKey<'a> {
+    /// The key text, to hand to [`Verifier::parse`](crate::Verifier::parse)
+    /// or [`Authenticator::authenticate`](crate::Authenticator::authenticate).
+    /// Printable ASCII only, at most the extractor's length limit.
+    pub fn expose_secret(&self) -> &'a str {
+        self.text
+    }
+
+    /// Where it came from (the preferred one when it came from several).
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+}
+
+impl fmt::Debug for PresentedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedKey")
+            .field("scheme", &self.scheme)
+            .field("len", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Extractor::extract`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extracted<'a> {
+    /// A candidate API key.
+    Key(PresentedKey<'a>),
+    /// The request carries credentials that are not API keys of ours (a
+    /// Bearer token without a registered prefix, another `Authorization`
+    /// scheme). Pass the request on untouched.
+    NotOurs,
+}
+
+/// Reads API keys from request headers. Cheap to clone.
+///
+/// Every setting says what it defaults to. Build it once at start-up.
+///
+/// ```
+/// use apikey::PrefixRegistry;
+/// use apikey::extract::{Extractor, Scheme};
+///
+/// // Only the Bearer scheme, a 128-byte limit, and `?api_key=` allowed.
+/// let extractor = Extractor::new(PrefixRegistry::with_builtins())
+///     .accept_api_key_header(false)
+///     .max_len(128)
+///     .allow_query_param("api_key");
+/// assert!(extractor.accepts(Scheme::Bearer));
+/// assert!(!extractor.accepts(Scheme::ApiKeyHeader));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Extractor {
+    prefixes: PrefixRegistry,
+    header_name: Cow<'static, str>,
+    api_key_header: bool,
+    bearer: bool,
+    query_param: Option<Cow<'static, str>>,
+    refuse_query_params: Vec<Cow<'static, str>>,
+    max_len: usize,
+}
+
+impl Extractor {
+    /// An extractor recognising Bearer tokens by `prefixes` (use
+    /// [`Verifier::prefixes`](crate::Verifier::prefixes)).
+    pub fn new(prefixes: PrefixRegistry) -> Self {
+        Self {
+            prefixes,
+            header_name: Cow::Borrowed("x-api-key"),
+            api_key_header: true,
+            bearer: true,
+            query_param: None,
+            refuse_query_params: vec![Cow::Borrowed("api_key"), Cow::Borrowed("apikey")],
+            max_len: DEFAULT_MAX_LEN,
+        }
+    }
+
+    /// The API-key header's name (case-insensitive). Defaults to `X-API-Key`.
+    pub fn api_key_header_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.header_name = name.into();
+        self
+    }
+
+    /// Whether the API-key header is accepted. Defaults to `true`.
+    pub fn accept_api_key_header(mut self, yes: bool) -> Self {
+        self.api_key_header = yes;
+        self
+    }
+
+    /// Whether `Authorization: Bearer <key>` is accepted. Defaults to `true`.
+    /// When `false`, Bearer tokens are all [`Extracted::NotOurs`].
+    pub fn accept_bearer(mut self, yes: bool) -> Self {
+        self.bearer = yes;
+        self
+    }
+
+    /// Accepts keys in the query-string parameter `name` (URLs end up in
+    /// logs, caches and browser history: avoid it). Defaults to refusing
+    /// query-string keys: a request carrying `api_key` or `apikey` in its
+    /// query gets a 400 error so the client learns, instead of being
+    /// silently ignored.
+    pub fn allow_query_param(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.query_param = Some(name.into());
+        self
+    }
+
+    /// Largest accepted value in bytes, checked before any other work.
+    /// Defaults to [`DEFAULT_MAX_LEN`] (256).
+    pub fn max_len(mut self, bytes: usize) -> Self {
+        self.max_len = bytes;
+        self
+    }
+
+    /// Whether `scheme` is accepted.
+    pub fn accepts(&self, scheme: Scheme) -> bool {
+        match scheme {
+            Scheme::ApiKeyHeader => self.api_key_header,
+            Scheme::Bearer => self.bearer,
+            Scheme::Query => self.query_param.is_some(),
+        }
+    }
+
+    /// The API-key header's configured name.
+    pub fn header_name(&self) -> &str {
+        &self.header_name
+    }
+
+    /// The prefixes that make a Bearer token ours.
+    pub fn prefixes(&self) -> &PrefixRegistry {
+        &self.prefixes
+    }
+
+    /// Extracts from headers only.
+    ///
+    /// `headers` yields `(name, value)` pairs whose names and values are
+    /// anything byte-like: `(&str, &str)`, `(&HeaderName, &HeaderValue)`,
+    /// `(&[u8], &[u8])`.
+    ///
+    /// # Errors
+    /// See the [module docs](self).
+    pub fn extract<'a, I, N, V>(&self, headers: I) -> Result<Extracted<'a>>
+    where
+        I: IntoIterator<Item = (N, &'a V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'a,
+    {
+        self.extract_with_query(headers, None)
+    }
+
+    /// Extracts from headers and the raw query string (without the `?`).
+    ///
+    /// ```
+    /// use apikey::PrefixRegistry;
+    /// use apikey::extract::Extractor;
+    ///
+    /// let no_headers: [(&str, &str); 0] = [];
+    /// let refused = Extractor::new(PrefixRegistry::with_builtins());
+    /// let err = refused.extract_with_query(no_headers, Some("q=1&api_key=sk_live_x")).unwrap_err();
+    /// assert_eq!(err.code(), "INVALID_REQUEST");
+    /// ```
+    ///
+    /// # Errors
+    /// See the [module docs](self).
+    pub fn extract_with_query<'a, I, N, V>(
+        &self,
+        headers: I,
+        query: Option<&'a str>,
+    ) -> Result<Extracted<'a>>
+    where
+        I: IntoIterator<Item = (N, &'a V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'a,
+    {
+        let mut found: Option<PresentedKey<'a>> = None;
+        let mut foreign = false;
+        for (name, value) in headers {
+            let name = name.as_ref();
+            let value = value.as_ref();
+            if self.api_key_header && name.eq_ignore_ascii_case(self.header_name.as_bytes()) {
+                let text = self.check_value(value)?;
+                if text.is_empty() {
+                    continue;
+                }
+                merge(&mut found, text, Scheme::ApiKeyHeader)?;
+            } else if name.eq_ignore_ascii_case(b"authorization") {
+                match self.bearer_token(value)? {
+                    Some(text) => merge(&mut found, text, Scheme::Bearer)?,
+                    None => foreign = true,
+                }
+            }
+        }
+        if let Some(query) = query {
+            self.scan_query(query, &mut found)?;
+        }
+        match found {
+            Some(key) => Ok(Extracted::Key(key)),
+            None if foreign => Ok(Extracted::NotOurs),
+            None => Err(Error::MissingApiKey),
+        }
+    }
+
+    /// Extracts from an [`http::HeaderMap`] and the request URI's query.
+    ///
+    /// ```
+    /// use apikey::PrefixRegistry;
+    /// use apikey::extract::{Extracted, Extractor, Scheme};
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("authorization", "Bearer sk_live_abc".parse().unwrap());
+    /// let extractor = Extractor::new(PrefixRegistry::with_builtins());
+    /// let Extracted::Key(key) = extractor.extract_header_map(&headers, None)? else { panic!() };
+    /// assert_eq!(key.scheme(), Scheme::Bearer);
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// See the [module docs](self).
+    #[cfg(feature = "http")]
+    pub fn extract_header_map<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+        query: Option<&'a str>,
+    ) -> Result<Extracted<'a>> {
+        self.extract_with_query(headers.iter(), query)
+    }
+
+    /// Trims optional whitespace, enforces the length limit first, then
+    /// printable ASCII.
+    #[inline]
+    fn check_value<'a>(&self, value: &'a [u8]) -> Result<&'a str> {
+        if value.len() > self.max_len.saturating_add(16) {
+            return Err(Error::MalformedApiKey(MalformedReason::Length));
+        }
+        let value = trim_ows(value);
+        if value.len() > self.max_len {
+            return Err(Error::MalformedApiKey(MalformedReason::Length));
+        }
+        visible_ascii(value)
+    }
+
+    /// `Some(token)` for a Bearer token of ours, `None` for anything else.
+    #[inline]
+    fn bearer_token<'a>(&self, value: &'a [u8]) -> Result<Option<&'a str>> {
+        let value = trim_ows(value);
+        const BEARER: &[u8] = b"bearer ";
+        if !self.bearer
+            || value.len() < BEARER.len()
+            || !value[..BEARER.len()].eq_ignore_ascii_case(BEARER)
+        {
+            return Ok(None);
+        }
+        let token = trim_ows(&value[BEARER.len()..]);
+        // Only a registered prefix makes the token ours; this comparison is
+        // bounded by the prefix length, whatever the token's size.
+        let ours = self
+            .prefixes
+            .iter()
+            .any(|e| token.starts_with(e.prefix.as_str().as_bytes()));
+        if !ours {
+            return Ok(None);
+        }
+        self.check_value(token).map(Some)
+    }
+
+    fn scan_query<'a>(&self, query: &'a str, found: &mut Option<PresentedKey<'a>>) -> Result<()> {
+        for pair in query.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match &self.query_param {
+                Some(param) if name == param.as_ref() => {
+                    let text = self.check_value(value.as_bytes())?;
+                    if !text.is_empty() {
+                        merge(found, text, Scheme::Query)?;
+                    }
+                }
+                None if self
+                    .refuse_query_params
+                    .iter()
+                    .any(|p| name.eq_ignore_ascii_case(p)) =>
+                {
+                    return Err(Error::InvalidInput(
+                        "API keys are not accepted in the query string; use the X-API-Key header"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge<'a>(found: &mut Option<PresentedKey<'a>>, text: &'a str, scheme: Scheme) -> Result<()> {
+    match found {
+        None => {
+            *found = Some(PresentedKey { text, scheme });
+            Ok(())
+        }
+        // Not secret-dependent timing worth hiding: both values come from
+        // the same client.
+        Some(prev) if prev.text == text => Ok(()),
+        Some(_) => Err(Error::InvalidInput(
+            "the request carries more than one different API key".into(),
+        )),
+    }
+}
+
+#[inline]
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+#[inline]
+fn visible_ascii(v: &[u8]) -> Result<&str> {
+    if !v.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(Error::MalformedApiKey(MalformedReason::Charset));
+    }
+    std::str::from_utf8(v).map_err(|_| Error::MalformedApiKey(MalformedReason::Charset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex() -> Extractor {
+        Extractor::new(PrefixRegistry::with_builtins())
+    }
+
+    fn key<'a>(r: Result<Extracted<'a>>) -> (&'a str, Scheme) {
+        match r {
+            Ok(Extracted::Key(k)) => (k.expose_secret(), k.scheme()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn trims_and_matches_case_insensitively() {
+        let h = [("X-Api-KEY", " sk_live_a \t")];
+        assert_eq!(key(ex().extract(h)), ("sk_live_a", Scheme::ApiKeyHeader));
+        let h = [("AUTHORIZATION", "bEaReR   sk_live_a")];
+        assert_eq!(key(ex().extract(h)), ("sk_live_a", Scheme::Bearer));
+    }
+
+    #[test]
+    fn empty_header_is_missing() {
+        let h = [("x-api-key", "  ")];
+        assert!(matches!(ex().extract(h), Err(Error::MissingApiKey)));
+    }
+
+    #[test]
+    fn other_authorization_schemes_are_not_ours() {
+        for v in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer eyJx",
+            "Token sk_live_a",
+        ] {
+            assert_eq!(
+                ex().extract([("authorization", v)]).ok(),
+                Some(Extracted::NotOurs),
+                "{v}"
+            );
+        }
+        // ... unless the API-key header is there too.
+        let h = [("authorization", "Bearer eyJx"), ("x-api-key", "sk_live_a")];
+        assert_eq!(key(ex().extract(h)).1, Scheme::ApiKeyHeader);
+    }
+
+    #[test]
+    fn oversized_jwt_is_not_ours_but_oversized_key_is_rejected() {
+        let jwt = format!("Bearer eyJ{}", "a".repeat(5000));
+        assert_eq!(
+            ex().extract([("authorization", jwt.as_str())]).ok(),
+            Some(Extracted::NotOurs)
+        );
+        let long = format!("Bearer sk_live_{}", "a".repeat(300));
+        assert!(matches!(
+            ex().extract([("authorization", long.as_str())]),
+            Err(Error::MalformedApiKey(MalformedReason::Length))
+        ));
+    }
+
+    #[test]
+    fn disabled_schemes() {
+        let h = [("x-api-key", "sk_live_a")];
+        assert!(matches!(
+            ex().accept_api_key_header(false).extract(h),
+            Err(Error::MissingApiKey)
+        ));
+        let h = [("authorization", "Bearer sk_live_a")];
+        assert_eq!(
+            ex().accept_bearer(false).extract(h).ok(),
+            Some(Extracted::NotOurs)
+        );
+        let h = [("api-key", "sk_live_a")];
+        assert_eq!(
+            key(ex().api_key_header_name("Api-Key").extract(h)).0,
+            "sk_live_a"
+        );
+    }
+
+    #[test]
+    fn query_param() {
+        let none: [(&str, &str); 0] = [];
+        let e = ex().allow_query_param("key");
+        assert_eq!(
+            key(e.extract_with_query(none, Some("a=1&key=sk_live_q"))),
+            ("sk_live_q", Scheme::Query)
+        );
+        // Same key in header and query is fine; different is not.
+        let h = [("x-api-key", "sk_live_q")];
+        assert!(e.extract_with_query(h, Some("key=sk_live_q")).is_ok());
+        assert!(matches!(
+            e.extract_with_query(h, Some("key=sk_live_r")),
+            Err(Error::InvalidInput(_))
+        ));
+        // Unrelated params are fine when refusing.
+        assert!(matches!(
+            ex().extract_with_query(none, Some("q=api_key")),
+            Err(Error::MissingApiKey)
+        ));
+        assert!(matches!(
+            ex().extract_with_query(none, Some("APIKEY=x")),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn bytes_and_duplicates() {
+        let h: [(&[u8], &[u8]); 2] = [(b"x-api-key", b"sk_live_a"), (b"x-api-key", b"sk_live_a")];
+        assert!(ex().extract(h).is_ok());
+        let h: [(&[u8], &[u8]); 1] = [(b"x-api-key", b"sk_live_\xc3\xa9")];
+        assert!(matches!(
+            ex().extract(h),
+            Err(Error::MalformedApiKey(MalformedReason::Charset))
+        ));
+        let h: [(&[u8], &[u8]); 1] = [(b"x-api-key", b"sk_live\x00a")];
+        assert!(matches!(
+            ex().extract(h),
+            Err(Error::MalformedApiKey(MalformedReason::Charset))
+        ));
+    }
+
+    #[test]
+    fn debug_hides_text() {
+        let h = [("x-api-key", "sk_live_secret")];
+        let s = format!("{:?}", ex().extract(h));
+        assert!(!s.contains("secret"), "{s}");
+    }
+}

@@ -1,0 +1,309 @@
+//! tower / axum integration (feature `axum`): a layer and extractors.
+//!
+//! * [`ApiKeyLayer`]: a tower layer running a [`Gate`] for one [`Route`]:
+//!   authenticate, check the route's scopes, rate limit, spend credits, put
+//!   the [`Admitted`] request info (and its [`VerifiedKey`]) into the request
+//!   extensions and add `X-RateLimit-*` headers to the response; refusals are
+//!   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
+//!   the rate-limit headers. A store that fails or exceeds the optional
+//!   [`store_timeout`](ApiKeyLayer::store_timeout) answers 503.
+//! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
+//!   absent; `Option<VerifiedKey>` for routes that also accept other
+//!   credentials).
+//! * The client address for the failure throttle comes from a [`ClientIp`]
+//!   extension (set it from a trusted proxy header yourself) or else from
+//!   axum's `ConnectInfo<SocketAddr>`.
+//!
+//! Requests whose credentials are not ours (a Bearer JWT) are passed on
+//! untouched by default, without a [`VerifiedKey`]; handlers asking for one
+//! then answer 401. Use [`ApiKeyLayer::reject_foreign`] to refuse them in
+//! the layer instead.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use apikey::*;
+//! use apikey::middleware::ApiKeyLayer;
+//! use apikey::gate::{Gate, QuotaTable, Route};
+//! use apikey::ratelimit::Quota;
+//!
+//! async fn list_tasks(key: VerifiedKey) -> String {
+//!     format!("tasks of {}", key.owner().unwrap_or("nobody"))
+//! }
+//!
+//! # fn main() -> Result<(), Error> {
+//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
+//! let gate = Arc::new(
+//!     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
+//!         .quotas(QuotaTable::fixed(Quota::FREE)),
+//! );
+//! let app: Router = Router::new().route(
+//!     "/v1/tasks",
+//!     get(list_tasks).route_layer(ApiKeyLayer::new(Arc::clone(&gate), Route::new(Requirement::scope("tasks:read")?))),
+//! );
+//! # let _ = app;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Request};
+
+use crate::clock::{Clock, SystemClock};
+use crate::credits::{AsyncCreditStore, InMemoryCreditStore};
+use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::extract::Extracted;
+use crate::gate::{Admitted, Decision, Gate, Rejection, Route};
+use crate::ratelimit::{
+    AsyncRateLimitStore, InMemoryRateLimitStore, MonotonicClock, StdMonotonicClock,
+};
+use crate::response::ErrorResponse;
+use crate::store::KeyStore;
+use crate::verifier::VerifiedKey;
+
+/// The client address used by the failure throttle. Insert it as a request
+/// extension (e.g. from `X-Forwarded-For`, only behind a proxy you trust)
+/// to override the socket peer address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientIp(pub IpAddr);
+
+/// A tower layer that guards the wrapped service with a [`Gate`] for one
+/// [`Route`]. Cheap to clone.
+#[derive(Debug)]
+pub struct ApiKeyLayer<
+    S,
+    C = SystemClock,
+    M = StdMonotonicClock,
+    RS = InMemoryRateLimitStore,
+    CS = InMemoryCreditStore,
+> {
+    gate: Arc<Gate<S, C, M, RS, CS>>,
+    route: Arc<Route>,
+    timeout: Option<Duration>,
+    reject_foreign: bool,
+}
+
+impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
+    fn clone(&self) -> Self {
+        Self {
+            gate: Arc::clone(&self.gate),
+            route: Arc::clone(&self.route),
+            timeout: self.timeout,
+            reject_foreign: self.reject_foreign,
+        }
+    }
+}
+
+impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
+    /// A layer running `gate` for `route`.
+    pub fn new(gate: Arc<Gate<S, C, M, RS, CS>>, route: Route) -> Self {
+        Self {
+            gate,
+            route: Arc::new(route),
+            timeout: None,
+            reject_foreign: false,
+        }
+    }
+
+    /// Bounds the key-store lookup; past it the request gets 503
+    /// `STORE_UNAVAILABLE` with `Retry-After`. Defaults to no bound.
+    /// Needs a tokio runtime with the time driver.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Refuse requests whose credentials are not ours (Bearer JWTs, other
+    /// `Authorization` schemes) with 401 `MISSING_API_KEY` instead of passing
+    /// them on. Defaults to `false`.
+    pub fn reject_foreign(mut self, yes: bool) -> Self {
+        self.reject_foreign = yes;
+        self
+    }
+}
+
+impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, RS, CS> {
+    type Service = ApiKeyService<Inner, S, C, M, RS, CS>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        ApiKeyService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ApiKeyLayer`].
+#[derive(Debug)]
+pub struct ApiKeyService<
+    Inner,
+    S,
+    C = SystemClock,
+    M = StdMonotonicClock,
+    RS = InMemoryRateLimitStore,
+    CS = InMemoryCreditStore,
+> {
+    inner: Inner,
+    layer: ApiKeyLayer<S, C, M, RS, CS>,
+}
+
+impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, CS> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<Inner, B, ResBody, S, C, M, RS, CS> tower_service::Service<Request<B>>
+    for ApiKeyService<Inner, S, C, M, RS, CS>
+where
+    Inner: tower_service::Service<Request<B>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    Inner::Future: Send + 'static,
+    B: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+    S: KeyStore + Send + Sync + 'static,
+    C: Clock + 'static,
+    M: MonotonicClock + Clone + 'static,
+    RS: AsyncRateLimitStore + 'static,
+    RS::Error: std::error::Error + Send + Sync + 'static,
+    CS: AsyncCreditStore + 'static,
+    CS::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = Inner::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The clone-and-swap idiom: the ready service goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let client = client_ip(req.extensions());
+            let decision = {
+                let headers = req.headers();
+                let query = req.uri().query();
+                match layer.gate.extract(headers.iter(), query, client) {
+                    Ok(Extracted::Key(key)) => {
+                        let admit = layer.gate.admit(key, client, &layer.route);
+                        match layer.timeout {
+                            None => admit.await,
+                            Some(t) => match tokio::time::timeout(t, admit).await {
+                                Ok(d) => d,
+                                Err(elapsed) => {
+                                    Decision::Rejected(layer.gate.reject(Error::StoreUnavailable(
+                                        StoreError::with_source(StoreErrorKind::Timeout, elapsed),
+                                    )))
+                                }
+                            },
+                        }
+                    }
+                    Ok(Extracted::NotOurs) if layer.reject_foreign => {
+                        Decision::Rejected(layer.gate.reject(Error::MissingApiKey))
+                    }
+                    Ok(Extracted::NotOurs) => Decision::NotOurs,
+                    Err(rejection) => Decision::Rejected(rejection),
+                }
+            };
+            match decision {
+                Decision::Admitted(admitted) => {
+                    let headers = admitted.headers();
+                    req.extensions_mut().insert(admitted.key.clone());
+                    req.extensions_mut().insert(admitted);
+                    let mut response = inner.call(req).await?;
+                    let map = response.headers_mut();
+                    for (name, value) in headers {
+                        if let Ok(value) = HeaderValue::try_from(value) {
+                            map.insert(HeaderName::from_static(name), value);
+                        }
+                    }
+                    Ok(response)
+                }
+                Decision::Rejected(rejection) => Ok(rejection.to_response().into_http()),
+                Decision::NotOurs => inner.call(req).await,
+            }
+        })
+    }
+}
+
+fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {
+    ext.get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+}
+
+/// The answer when a handler asks for a key the layer did not admit:
+/// 401 `MISSING_API_KEY`.
+#[derive(Debug)]
+pub struct MissingKey;
+
+impl IntoResponse for MissingKey {
+    fn into_response(self) -> Response {
+        ErrorResponse::from_error(&Error::MissingApiKey).into_response()
+    }
+}
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        self.into_http()
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        self.to_response().into_http()
+    }
+}
+
+impl<St: Send + Sync> FromRequestParts<St> for VerifiedKey {
+    type Rejection = MissingKey;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<VerifiedKey>()
+            .cloned()
+            .ok_or(MissingKey)
+    }
+}
+
+impl<St: Send + Sync> OptionalFromRequestParts<St> for VerifiedKey {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &St,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<VerifiedKey>().cloned())
+    }
+}
+
+impl<St: Send + Sync> FromRequestParts<St> for Admitted {
+    type Rejection = MissingKey;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Admitted>()
+            .cloned()
+            .ok_or(MissingKey)
+    }
+}

@@ -1,0 +1,263 @@
+//! The framework-agnostic gate: ordering of throttle, auth, rate limit and
+//! credits, without any HTTP server.
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apikey::credits::{CreditLedger, CreditScope};
+use apikey::extract::Scheme;
+use apikey::gate::{Decision, Gate, QuotaTable, Route};
+use apikey::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::*;
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
+
+struct Setup {
+    gate: Gate<Arc<MemoryStore>, ManualClock, Arc<FakeMonotonicClock>>,
+    key: ApiKey,
+    id: u64,
+    mono: Arc<FakeMonotonicClock>,
+}
+
+fn setup(quota: Quota, key_credits: Option<u64>, owner_credits: Option<u64>) -> Setup {
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32]).unwrap()).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = verifier
+        .issue(NewKey::new("kwi_sk_").owner("org_1").scopes(["read"]), T0)
+        .unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    let mono = Arc::new(FakeMonotonicClock::new());
+    let ledger = CreditLedger::with_clock(Arc::clone(&mono));
+    let id = record.id.as_u64();
+    if let Some(n) = key_credits {
+        ledger.set_key_credits(id, n, None);
+    }
+    if let Some(n) = owner_credits {
+        ledger.set_owner_credits("org_1", "rest", n, None);
+    }
+    let gate = Gate::with_monotonic_clock(
+        Authenticator::with_clock(verifier, store, ManualClock::new(T0)),
+        Arc::clone(&mono),
+    )
+    .quotas(QuotaTable::fixed(quota))
+    .credits(ledger, "rest")
+    .failure_throttle(FailureThrottleConfig {
+        max_failures: 2,
+        ..Default::default()
+    });
+    Setup {
+        gate,
+        key,
+        id,
+        mono,
+    }
+}
+
+async fn check(s: &Setup, headers: &[(&str, &str)], route: &Route) -> Decision {
+    let ip: IpAddr = "192.0.2.9".parse().unwrap();
+    s.gate
+        .check(headers.iter().map(|(n, v)| (*n, *v)), None, Some(ip), route)
+        .await
+}
+
+fn code(d: &Decision) -> &'static str {
+    match d {
+        Decision::Admitted(_) => "ADMITTED",
+        Decision::NotOurs => "NOT_OURS",
+        Decision::Rejected(r) => r.error.code(),
+    }
+}
+
+#[tokio::test]
+async fn credits_are_spent_only_when_the_rate_limit_admits() {
+    let s = setup(Quota::new(Some(1), None), Some(10), None);
+    let h = [("x-api-key", s.key.expose_secret())];
+    let route = Route::any_key().cost(3);
+    assert_eq!(code(&check(&s, &h, &route).await), "ADMITTED");
+    for _ in 0..5 {
+        assert_eq!(code(&check(&s, &h, &route).await), "RATE_LIMITED");
+    }
+    let ledger = s.gate.ledger().unwrap();
+    assert_eq!(ledger.key_credits(s.id).unwrap().remaining, 7);
+}
+
+#[tokio::test]
+async fn key_and_owner_debited_together_or_not_at_all() {
+    let s = setup(Quota::unlimited(), Some(10), Some(4));
+    let h = [("x-api-key", s.key.expose_secret())];
+    let route = Route::any_key().cost(3);
+    match check(&s, &h, &route).await {
+        Decision::Admitted(ok) => {
+            let c = ok.credits.unwrap();
+            assert_eq!((c.key_remaining, c.owner_remaining), (Some(7), Some(1)));
+            assert_eq!(ok.scheme, Scheme::ApiKeyHeader);
+            assert!(ok.headers().is_empty(), "no window enforced");
+        }
+        other => panic!("{other:?}"),
+    }
+    match check(&s, &h, &route).await {
+        Decision::Rejected(r) => {
+            assert_eq!(r.error.code(), "USAGE_EXCEEDED");
+            assert_eq!(r.to_response().status, 429);
+        }
+        other => panic!("{other:?}"),
+    }
+    let ledger = s.gate.ledger().unwrap();
+    assert_eq!(ledger.key_credits(s.id).unwrap().remaining, 7);
+    assert_eq!(ledger.owner_credits("org_1", "rest").unwrap().remaining, 1);
+    // Zero cost: a check that spends nothing.
+    let free = Route::any_key().cost(0);
+    assert_eq!(code(&check(&s, &h, &free).await), "ADMITTED");
+    assert_eq!(ledger.key_credits(s.id).unwrap().remaining, 7);
+    let err = ledger.spend(s.id, Some("org_1"), "rest", 2).unwrap_err();
+    assert_eq!(err.scope, CreditScope::Owner);
+}
+
+#[tokio::test]
+async fn scope_failure_spends_nothing_and_is_not_a_guess() {
+    let s = setup(Quota::new(Some(1), None), Some(10), None);
+    let h = [("x-api-key", s.key.expose_secret())];
+    let write = Route::new(Requirement::scope("write").unwrap());
+    for _ in 0..5 {
+        assert_eq!(code(&check(&s, &h, &write).await), "INSUFFICIENT_SCOPE");
+    }
+    // Not rate-charged, not credit-charged, not throttled.
+    assert_eq!(code(&check(&s, &h, &Route::any_key()).await), "ADMITTED");
+    assert_eq!(
+        s.gate
+            .ledger()
+            .unwrap()
+            .key_credits(s.id)
+            .unwrap()
+            .remaining,
+        9
+    );
+}
+
+#[tokio::test]
+async fn guesses_lock_out_then_expire() {
+    let s = setup(Quota::unlimited(), None, None);
+    let good = [("x-api-key", s.key.expose_secret())];
+    let bad = [("x-api-key", "kwi_sk_short")];
+    let route = Route::any_key();
+    assert_eq!(code(&check(&s, &bad, &route).await), "MALFORMED_API_KEY");
+    assert_eq!(code(&check(&s, &bad, &route).await), "MALFORMED_API_KEY");
+    assert_eq!(
+        code(&check(&s, &good, &route).await),
+        "TOO_MANY_FAILED_ATTEMPTS"
+    );
+    // Missing keys are not guesses; a JWT is not ours.
+    let jwt = [("authorization", "Bearer eyJhbGciOiJub25lIn0.e30.")];
+    s.mono.advance(Duration::from_secs(15 * 60));
+    assert_eq!(code(&check(&s, &[], &route).await), "MISSING_API_KEY");
+    assert_eq!(code(&check(&s, &jwt, &route).await), "NOT_OURS");
+    assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
+}
+
+#[test]
+fn blocking_path_with_verify_with_and_charge() {
+    let s = setup(Quota::new(Some(5), None), None, None);
+    let h = [("Authorization", format!("Bearer {}", s.key.expose_secret()))];
+    let extracted = s
+        .gate
+        .extract(h.iter().map(|(n, v)| (*n, v.as_str())), None, None)
+        .unwrap();
+    let apikey::extract::Extracted::Key(key) = extracted else {
+        panic!("ours")
+    };
+    let auth = s.gate.authenticator();
+    let store = auth.store();
+    let verified = auth
+        .verifier()
+        .verify_with(
+            key.expose_secret(),
+            |id| store.fetch_sync(id),
+            T0,
+            &Requirement::none(),
+        )
+        .unwrap();
+    match s
+        .gate
+        .charge_blocking(verified, key.scheme(), &Route::any_key())
+    {
+        Decision::Admitted(ok) => {
+            assert_eq!(ok.scheme, Scheme::Bearer);
+            let h = ok.headers();
+            assert_eq!(h[0], ("x-ratelimit-limit", "5".to_owned()));
+            assert_eq!(h[1], ("x-ratelimit-remaining", "4".to_owned()));
+            assert_eq!(
+                h[2],
+                ("x-ratelimit-reset", (T0.unix_timestamp() + 12).to_string())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A rate-limit backend with no synchronous form: it awaits before
+/// answering, like a network client, or fails.
+struct Remote {
+    inner: apikey::ratelimit::InMemoryRateLimitStore,
+    down: bool,
+}
+
+impl apikey::ratelimit::AsyncRateLimitStore for Remote {
+    type Error = std::io::Error;
+
+    async fn measure_and_replace_async<T: Send, E: Send, F>(
+        &self,
+        key: u64,
+        f: F,
+    ) -> Result<Result<T, E>, std::io::Error>
+    where
+        F: Fn(Option<apikey::ratelimit::GcraState>) -> Result<(T, apikey::ratelimit::GcraState), E>
+            + Send,
+    {
+        use apikey::ratelimit::RateLimitStore;
+        tokio::task::yield_now().await;
+        if self.down {
+            return Err(std::io::Error::other("redis: connection reset"));
+        }
+        Ok(self
+            .inner
+            .measure_and_replace(key, f)
+            .unwrap_or_else(|e| match e {}))
+    }
+}
+
+#[tokio::test]
+async fn async_rate_limit_backend_and_its_failure() {
+    use apikey::ratelimit::{InMemoryRateLimitStore, RateLimiter};
+    for down in [false, true] {
+        let s = setup(Quota::new(Some(1), None), None, None);
+        let remote = Remote {
+            inner: InMemoryRateLimitStore::new(),
+            down,
+        };
+        let gate = s.gate.rate_limiter(RateLimiter::with_store_and_clock(
+            remote,
+            Arc::clone(&s.mono),
+        ));
+        let h = [("x-api-key", s.key.expose_secret())];
+        let any = Route::any_key();
+        let run = || gate.check(h.iter().map(|(n, v)| (*n, *v)), None, None, &any);
+        if down {
+            match run().await {
+                Decision::Rejected(r) => {
+                    let resp = r.to_response();
+                    assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
+                    assert!(!resp.body.contains("redis"));
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert_eq!(code(&run().await), "ADMITTED");
+            assert_eq!(code(&run().await), "RATE_LIMITED");
+        }
+    }
+}

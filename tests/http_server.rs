@@ -1,0 +1,551 @@
+//! End-to-end: an axum server on 127.0.0.1, real HTTP/1.1 requests over TCP.
+//!
+//! Each test starts its own server (port 0) with the configuration it needs;
+//! time comes from a `ManualClock` (wall) and a `FakeMonotonicClock`
+//! (limits), so no assertion depends on real time.
+#![cfg(feature = "axum")]
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apikey::credits::CreditLedger;
+use apikey::gate::{Admitted, Gate, QuotaTable, Route};
+use apikey::middleware::ApiKeyLayer;
+use apikey::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::*;
+use axum::Router;
+use axum::routing::get;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
+
+type Clocks = (ManualClock, Arc<FakeMonotonicClock>);
+type TestGate<S> = Gate<S, ManualClock, Arc<FakeMonotonicClock>>;
+
+fn verifier() -> Verifier {
+    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32]).unwrap()).unwrap())
+}
+
+fn clocks() -> Clocks {
+    (ManualClock::new(T0), Arc::new(FakeMonotonicClock::new()))
+}
+
+fn gate<S: KeyStore>(store: S, clocks: &Clocks) -> TestGate<S> {
+    Gate::with_monotonic_clock(
+        Authenticator::with_clock(verifier(), store, clocks.0.clone()),
+        Arc::clone(&clocks.1),
+    )
+    .quotas(QuotaTable::fixed(Quota::PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))))
+}
+
+fn issue(store: &MemoryStore, new: NewKey) -> (ApiKey, KeyRecord) {
+    let (key, record) = verifier().issue(new, T0).unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    (key, record)
+}
+
+async fn whoami(key: VerifiedKey, admitted: Admitted) -> String {
+    format!(
+        "{} {} {}",
+        key.id(),
+        admitted.scheme,
+        key.owner().unwrap_or("-")
+    )
+}
+
+async fn maybe(key: Option<VerifiedKey>) -> String {
+    match key {
+        Some(k) => format!("key {}", k.id()),
+        None => "anonymous".to_owned(),
+    }
+}
+
+/// Routes: `/read` needs `tasks:read`, `/write` needs `tasks:write`,
+/// `/open` accepts foreign credentials (JWTs) too.
+fn router<S: KeyStore + Send + Sync + 'static>(
+    gate: Arc<TestGate<S>>,
+    timeout: Option<Duration>,
+) -> Router {
+    let layer = |route: Route| {
+        let l = ApiKeyLayer::new(Arc::clone(&gate), route);
+        match timeout {
+            Some(t) => l.store_timeout(t),
+            None => l,
+        }
+    };
+    Router::new()
+        .route(
+            "/read",
+            get(whoami).route_layer(layer(Route::new(Requirement::scope("tasks:read").unwrap()))),
+        )
+        .route(
+            "/write",
+            get(whoami).route_layer(layer(Route::new(
+                Requirement::scope("tasks:write").unwrap(),
+            ))),
+        )
+        .route("/open", get(maybe).route_layer(layer(Route::any_key())))
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// Checks the error envelope and returns `details`.
+    fn error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let v = self.json();
+        assert_eq!(v["success"], Value::Bool(false), "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert!(v["error"]["details"].is_object(), "{v}");
+        v["error"]["details"].clone()
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn x_api_key(key: &ApiKey) -> [(&str, &str); 1] {
+    [("X-API-Key", key.expose_secret())]
+}
+
+struct Fixture {
+    addr: SocketAddr,
+    store: Arc<MemoryStore>,
+    clocks: Clocks,
+}
+
+async fn fixture() -> Fixture {
+    let store = Arc::new(MemoryStore::new());
+    let clocks = clocks();
+    let gate = Arc::new(gate(Arc::clone(&store), &clocks));
+    let addr = serve(router(gate, None)).await;
+    Fixture {
+        addr,
+        store,
+        clocks,
+    }
+}
+
+fn reader() -> NewKey {
+    NewKey::new("sk_live_")
+        .owner("org_1")
+        .scopes(["tasks:read"])
+}
+
+#[tokio::test]
+async fn valid_key_by_x_api_key_and_by_bearer() {
+    let f = fixture().await;
+    let (key, record) = issue(&f.store, reader());
+
+    let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, format!("{} api_key_header org_1", record.id));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("500"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("499"));
+    // GCRA: one emission interval (60 s / 500 = 120 ms) to replenish, rounded up.
+    assert_eq!(
+        r.header("x-ratelimit-reset"),
+        Some((T0.unix_timestamp() + 1).to_string().as_str())
+    );
+
+    let bearer = format!("Bearer {}", key.expose_secret());
+    let r = get_with(f.addr, "/read", &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, format!("{} bearer org_1", record.id));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("498"));
+
+    // The same key in both headers is fine.
+    let r = get_with(
+        f.addr,
+        "/read",
+        &[
+            ("x-api-key", key.expose_secret()),
+            ("Authorization", &bearer),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn missing_key() {
+    let f = fixture().await;
+    let r = get_with(f.addr, "/read", &[]).await;
+    let details = r.error(401, "MISSING_API_KEY");
+    assert_eq!(details["header"], "X-API-Key");
+    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="api""#));
+    assert_eq!(r.header("x-ratelimit-limit"), None);
+}
+
+#[tokio::test]
+async fn malformed_key() {
+    let f = fixture().await;
+    let r = get_with(f.addr, "/read", &[("x-api-key", "sk_live_abc")]).await;
+    let details = r.error(401, "MALFORMED_API_KEY");
+    assert_eq!(details["reason"], "length");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="api", error="invalid_token""#)
+    );
+    // Oversized: refused before parsing.
+    let long = "sk_live_".to_owned() + &"a".repeat(400);
+    let r = get_with(f.addr, "/read", &[("x-api-key", &long)]).await;
+    assert_eq!(r.error(401, "MALFORMED_API_KEY")["reason"], "length");
+    // A typo breaks the checksum.
+    let (key, _) = issue(&f.store, reader());
+    let mut typo = key.expose_secret().to_owned();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    let r = get_with(f.addr, "/read", &[("x-api-key", &typo)]).await;
+    assert_eq!(r.error(401, "MALFORMED_API_KEY")["reason"], "checksum");
+}
+
+#[tokio::test]
+async fn unknown_key_and_wrong_secret_answer_identically() {
+    let f = fixture().await;
+    let (known, known_record) = issue(&f.store, reader());
+    // A well-formed key this service issued but never stored: unknown id.
+    let (unknown, unknown_record) = verifier().issue(reader(), T0).unwrap();
+    let r_unknown = get_with(f.addr, "/read", &x_api_key(&unknown)).await;
+    let details = r_unknown.error(401, "INVALID_API_KEY");
+    assert_eq!(details, serde_json::json!({}));
+
+    // Now store a record under that id whose digest is another key's: the
+    // id exists but the presented secret is wrong.
+    let mut wrong = known_record.clone();
+    wrong.id = unknown_record.id;
+    f.store.insert_sync(wrong).unwrap();
+    let r_wrong = get_with(f.addr, "/read", &x_api_key(&unknown)).await;
+    r_wrong.error(401, "INVALID_API_KEY");
+
+    // Nothing tells the two apart.
+    assert_eq!(r_unknown.body, r_wrong.body);
+    let strip = |r: &Reply| -> Vec<(String, String)> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(strip(&r_unknown), strip(&r_wrong));
+    assert!(!r_wrong.body.contains(&unknown_record.id.to_string()));
+    // And the genuine key still works.
+    assert_eq!(
+        get_with(f.addr, "/read", &x_api_key(&known)).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn expired_key() {
+    let f = fixture().await;
+    let (key, _) = issue(&f.store, reader().expires_at(T0 + time::Duration::hours(1)));
+    assert_eq!(
+        get_with(f.addr, "/read", &x_api_key(&key)).await.status,
+        200
+    );
+    f.clocks.0.advance(time::Duration::hours(2));
+    let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
+    let details = r.error(401, "EXPIRED_API_KEY");
+    assert_eq!(details["expired_at"], "2026-03-01T13:00:00Z");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+}
+
+#[tokio::test]
+async fn disabled_and_revoked_keys() {
+    let f = fixture().await;
+    let (key, mut record) = issue(&f.store, reader());
+    record.status = KeyStatus::Disabled;
+    f.store.update_sync(record.clone()).unwrap();
+    let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
+    r.error(401, "DISABLED_API_KEY");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+
+    record.status = KeyStatus::Revoked;
+    record.revocation = Some(Revocation {
+        at: T0,
+        reason: "leaked".into(),
+    });
+    f.store.update_sync(record).unwrap();
+    let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
+    r.error(401, "REVOKED_API_KEY");
+    assert!(!r.body.contains("leaked"));
+}
+
+#[tokio::test]
+async fn wrong_scope_is_403() {
+    let f = fixture().await;
+    let (key, _) = issue(&f.store, reader());
+    let r = get_with(f.addr, "/write", &x_api_key(&key)).await;
+    let details = r.error(403, "INSUFFICIENT_SCOPE");
+    assert_eq!(details["required"], "tasks:write");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="tasks:write""#)
+    );
+}
+
+#[tokio::test]
+async fn over_the_rate_limit() {
+    let f = fixture().await;
+    let (key, _) = issue(&f.store, reader().metadata("plan", "tiny"));
+    for remaining in ["1", "0"] {
+        let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining));
+    }
+    let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
+    let details = r.error(429, "RATE_LIMITED");
+    assert_eq!(details["retry_after"], 30);
+    assert_eq!(r.header("retry-after"), Some("30"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    // Fully replenished 60 s after the burst (two 30 s intervals).
+    assert_eq!(
+        r.header("x-ratelimit-reset"),
+        Some((T0.unix_timestamp() + 60).to_string().as_str())
+    );
+    assert_eq!(r.header("www-authenticate"), None);
+    // Half a minute later one more is admitted.
+    f.clocks.1.advance(Duration::from_secs(30));
+    assert_eq!(
+        get_with(f.addr, "/read", &x_api_key(&key)).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn out_of_credits_and_credits_spent_only_when_admitted() {
+    let store = Arc::new(MemoryStore::new());
+    let clocks = clocks();
+    let ledger = CreditLedger::with_clock(Arc::clone(&clocks.1));
+    let (key, record) = issue(&store, reader().metadata("plan", "tiny"));
+    ledger.set_key_credits(record.id.as_u64(), 5, None);
+    ledger.set_owner_credits("org_1", "rest", 2, None);
+    let gate = Arc::new(gate(Arc::clone(&store), &clocks).credits(ledger, "rest"));
+    let addr = serve(router(Arc::clone(&gate), None)).await;
+
+    assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
+    assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
+    // Rate-limited: no credit spent (owner has 0 left anyway; key keeps 3).
+    get_with(addr, "/read", &x_api_key(&key))
+        .await
+        .error(429, "RATE_LIMITED");
+    let ledger = gate.ledger().unwrap();
+    assert_eq!(ledger.key_credits(record.id.as_u64()).unwrap().remaining, 3);
+
+    clocks.1.advance(Duration::from_secs(60));
+    let r = get_with(addr, "/read", &x_api_key(&key)).await;
+    r.error(429, "USAGE_EXCEEDED");
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("retry-after"), None);
+    // The owner's balance was short: the key's was not debited either.
+    assert_eq!(ledger.key_credits(record.id.as_u64()).unwrap().remaining, 3);
+    assert_eq!(ledger.owner_credits("org_1", "rest").unwrap().remaining, 0);
+}
+
+#[tokio::test]
+async fn foreign_bearer_tokens_pass_through() {
+    let f = fixture().await;
+    let jwt = [(
+        "Authorization",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+    )];
+    let r = get_with(f.addr, "/open", &jwt).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "anonymous"));
+    // A handler that needs a key refuses it.
+    let r = get_with(f.addr, "/read", &jwt).await;
+    r.error(401, "MISSING_API_KEY");
+}
+
+#[tokio::test]
+async fn two_different_keys_are_refused() {
+    let f = fixture().await;
+    let (a, _) = issue(&f.store, reader());
+    let (b, _) = issue(&f.store, reader());
+    let bearer = format!("Bearer {}", b.expose_secret());
+    let r = get_with(
+        f.addr,
+        "/read",
+        &[("x-api-key", a.expose_secret()), ("authorization", &bearer)],
+    )
+    .await;
+    r.error(400, "INVALID_REQUEST");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="api", error="invalid_request""#)
+    );
+    // Query-string keys are refused by default.
+    let path = format!("/read?api_key={}", a.expose_secret());
+    get_with(f.addr, &path, &[])
+        .await
+        .error(400, "INVALID_REQUEST");
+}
+
+#[tokio::test]
+async fn failed_attempts_lock_out_the_address() {
+    let store = Arc::new(MemoryStore::new());
+    let clocks = clocks();
+    let (good, _) = issue(&store, reader());
+    let cfg = FailureThrottleConfig {
+        max_failures: 3,
+        lockout: Duration::from_secs(120),
+        ..FailureThrottleConfig::default()
+    };
+    let gate = Arc::new(gate(Arc::clone(&store), &clocks).failure_throttle(cfg));
+    let addr = serve(router(gate, None)).await;
+    let (unknown, _) = verifier().issue(reader(), T0).unwrap();
+    for _ in 0..3 {
+        get_with(addr, "/read", &x_api_key(&unknown))
+            .await
+            .error(401, "INVALID_API_KEY");
+    }
+    // Locked out: even a good key is refused, cheaply.
+    let r = get_with(addr, "/read", &x_api_key(&good)).await;
+    assert_eq!(r.error(429, "TOO_MANY_FAILED_ATTEMPTS")["retry_after"], 120);
+    assert_eq!(r.header("retry-after"), Some("120"));
+    clocks.1.advance(Duration::from_secs(120));
+    assert_eq!(get_with(addr, "/read", &x_api_key(&good)).await.status, 200);
+}
+
+/// A store that always fails, with a cause that must not leak.
+#[derive(Clone, Debug)]
+struct FailingStore;
+
+fn boom() -> StoreError {
+    StoreError::with_source(
+        StoreErrorKind::Unavailable,
+        std::io::Error::other("connection refused: db-primary.internal:5432"),
+    )
+}
+
+impl KeyStore for FailingStore {
+    async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        Err(boom())
+    }
+    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Err(boom())
+    }
+    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Err(boom())
+    }
+}
+
+/// A store that never answers.
+#[derive(Clone, Debug)]
+struct HangingStore;
+
+impl KeyStore for HangingStore {
+    async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        std::future::pending().await
+    }
+    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn store_failure_is_503_never_401() {
+    let (key, _) = verifier().issue(reader(), T0).unwrap();
+    let addr = serve(router(Arc::new(gate(FailingStore, &clocks())), None)).await;
+    let r = get_with(addr, "/read", &x_api_key(&key)).await;
+    assert_eq!(r.error(503, "STORE_UNAVAILABLE")["retry_after"], 1);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("www-authenticate"), None);
+    assert!(!r.body.contains("db-primary") && !r.body.contains("refused"));
+}
+
+#[tokio::test]
+async fn store_timeout_is_503() {
+    let (key, _) = verifier().issue(reader(), T0).unwrap();
+    let timeout = Some(Duration::from_millis(50));
+    let addr = serve(router(Arc::new(gate(HangingStore, &clocks())), timeout)).await;
+    let r = get_with(addr, "/read", &x_api_key(&key)).await;
+    r.error(503, "STORE_UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
