@@ -10,6 +10,7 @@
 //! | [`parse_key`], [`Harness::parse_key`] | any text | never panics; whatever parses re-composes to the identical text |
 //! | [`scope_grammar`] | `\n`-separated scopes | parse then `Display` round-trips; validity and `grants` agree with a segment-wise reference; `grants` is reflexive and transitive |
 //! | [`Harness::verify`] | store script + presented text | only byte-identical issued keys verify; an issued key gets exactly the outcome its stored record calls for; the store never overwrites an id; errors never carry secret material |
+//! | [`Harness::header_extraction`] | config byte, query, `name:value` lines | never panics; an extracted key is visible ASCII within the length limit, comes from an accepted scheme (a Bearer token only with a registered prefix) and from the request; the outcome does not depend on header order; `Debug` never shows the key |
 //! | [`Harness::record_json`] | JSON | a record that deserializes re-serializes to a fixpoint and verifies every harness key the same as the original |
 //!
 //! The JSON oracles ([`Harness::record_json`], and the JSON round-trips in
@@ -597,6 +598,109 @@ impl Harness {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Header extraction ([`Extractor`](crate::extract::Extractor)).
+    ///
+    /// Input: one configuration byte (bit 0: refuse the API-key header,
+    /// bit 1: refuse Bearer, bit 2: accept `?api_key=`, bit 3: header name
+    /// `x-key`, bits 4-5: length limit 256 / 66 / 8 / 0, bit 6: the first
+    /// line is the query string), then `\n`-separated lines, each
+    /// `name:value` (raw bytes).
+    ///
+    /// Oracles: never panics; an extracted key is non-empty visible ASCII
+    /// within the length limit, came from an accepted scheme (Bearer only
+    /// with a registered prefix) and occurs in the request; the outcome
+    /// (key text, key vs not-ours vs error) is the same with the headers in
+    /// reverse order; `Debug` of the outcome never shows the key; no error
+    /// carries a fixed key's secret material.
+    ///
+    /// # Panics
+    /// When an oracle fails.
+    ///
+    /// ```
+    /// let h = apikey::fuzzing::Harness::new();
+    /// h.header_extraction(b"\x00x-api-key: sk_live_abc\nAuthorization: Bearer sk_live_abc");
+    /// ```
+    pub fn header_extraction(&self, data: &[u8]) {
+        use crate::extract::{Extracted, Extractor, Scheme};
+        let (config, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
+        let max_len = [256, 66, 8, 0][usize::from((config >> 4) & 3)];
+        let mut extractor = Extractor::new(self.verifier.prefixes().clone())
+            .accept_api_key_header(config & 1 == 0)
+            .accept_bearer(config & 2 == 0)
+            .max_len(max_len);
+        if config & 4 != 0 {
+            extractor = extractor.allow_query_param("api_key");
+        }
+        if config & 8 != 0 {
+            extractor = extractor.api_key_header_name("x-key");
+        }
+        let mut lines = rest.split(|&b| b == b'\n');
+        let query = if config & 64 != 0 {
+            lines
+                .next()
+                .map(|q| String::from_utf8_lossy(q).into_owned())
+        } else {
+            None
+        };
+        let headers: Vec<(&[u8], &[u8])> = lines
+            .take(16)
+            .map(|line| match line.iter().position(|&b| b == b':') {
+                Some(i) => (&line[..i], &line[i + 1..]),
+                None => (line, &[][..]),
+            })
+            .collect();
+        let q = query.as_deref();
+        let forward = extractor.extract_with_query(headers.iter().copied(), q);
+        let backward = extractor.extract_with_query(headers.iter().rev().copied(), q);
+        let debug = format!("{forward:?}");
+        match &forward {
+            Ok(Extracted::Key(key)) => {
+                let text = key.expose_secret();
+                assert!(!text.is_empty(), "an empty key was extracted");
+                assert!(text.len() <= max_len, "the length limit was not applied");
+                assert!(
+                    text.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+                    "extracted key is not visible ASCII: {text:?}"
+                );
+                assert!(
+                    extractor.accepts(key.scheme()),
+                    "{:?} is refused",
+                    key.scheme()
+                );
+                if key.scheme() == Scheme::Bearer {
+                    assert!(
+                        self.verifier
+                            .prefixes()
+                            .iter()
+                            .any(|e| text.starts_with(e.prefix.as_str())),
+                        "a Bearer token without a registered prefix was taken"
+                    );
+                }
+                let in_request = headers
+                    .iter()
+                    .any(|(_, v)| v.windows(text.len()).any(|w| w == text.as_bytes()))
+                    || query.as_deref().is_some_and(|q| q.contains(text));
+                assert!(in_request, "the key does not come from the request");
+                if text.len() >= LEAK_WINDOW {
+                    assert!(!debug.contains(text), "Debug shows the key: {debug}");
+                }
+            }
+            Ok(Extracted::NotOurs) => {}
+            Err(e) => self.assert_no_leak(&format!("{e} {e:?}")),
+        }
+        match (&forward, &backward) {
+            (Ok(Extracted::Key(a)), Ok(Extracted::Key(b))) => {
+                assert_eq!(
+                    a.expose_secret(),
+                    b.expose_secret(),
+                    "header order changed the key"
+                );
+            }
+            (Ok(Extracted::NotOurs), Ok(Extracted::NotOurs)) | (Err(_), Err(_)) => {}
+            (a, b) => panic!("header order changed the outcome: {a:?} vs {b:?}"),
+        }
+    }
+
     /// Record deserialization (serde_json): whatever deserializes
     /// re-serializes, reads back equal, serializes to the same bytes
     /// (a fixpoint), validates the same, yields the same [`KeyView`], and
@@ -882,6 +986,35 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
         #[cfg(feature = "fuzzing")]
         if let Ok(json) = serde_json::to_vec_pretty(rec) {
             out.push(("record_json", name, json));
+        }
+    }
+    for (i, (key, rec)) in h.keys().iter().enumerate() {
+        let k = key.expose_secret();
+        let name = format!("{}v{}", key.prefix(), rec.secret_version);
+        let cases: [(&str, u8, String); 3] = [
+            ("api_key_header", 0, format!("x-api-key: {k}")),
+            (
+                "bearer",
+                0,
+                format!("Authorization: Bearer {k}\nX-API-Key: {k}"),
+            ),
+            (
+                "query",
+                4 | 64,
+                format!("q=1&api_key={k}\nauthorization: Basic dXNlcjpwYXNz"),
+            ),
+        ];
+        if i == 0 {
+            out.push((
+                "header_extraction",
+                "jwt".to_owned(),
+                b"\x00Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig".to_vec(),
+            ));
+        }
+        for (what, config, text) in cases {
+            let mut bytes = vec![config];
+            bytes.extend_from_slice(text.as_bytes());
+            out.push(("header_extraction", format!("{name}_{what}"), bytes));
         }
     }
     for (name, text) in [

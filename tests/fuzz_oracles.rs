@@ -128,6 +128,41 @@ proptest! {
     }
 
     #[test]
+    fn header_extraction_arbitrary(data in proptest::collection::vec(any::<u8>(), 0..120)) {
+        harness().header_extraction(&data);
+    }
+
+    #[test]
+    fn header_extraction_header_shaped(
+        config in any::<u8>(),
+        lines in proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just("x-api-key"), Just("X-API-Key"), Just("authorization"),
+                    Just("Authorization"), Just("x-key"), Just("accept"),
+                ],
+                prop_oneof![Just(""), Just("Bearer "), Just("bearer  "), Just("Basic "), Just(" ")],
+                prop_oneof![
+                    key_shaped().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    Just("eyJhbGciOiJIUzI1NiJ9.e30.sig".to_owned()),
+                    "[ -~]{0,12}",
+                ],
+            ),
+            0..4,
+        ),
+        query in proptest::option::of("[a-z_=&]{0,8}"),
+    ) {
+        let mut data = vec![if query.is_some() { config | 64 } else { config & !64 }];
+        if let Some(q) = &query {
+            data.extend_from_slice(q.as_bytes());
+            data.push(b'\n');
+        }
+        let text: Vec<String> = lines.iter().map(|(n, s, v)| format!("{n}:{s}{v}")).collect();
+        data.extend_from_slice(text.join("\n").as_bytes());
+        harness().header_extraction(&data);
+    }
+
+    #[test]
     fn record_json_arbitrary(data in proptest::collection::vec(any::<u8>(), 0..200)) {
         harness().record_json(&data);
     }
@@ -229,6 +264,7 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
             "verify" => h.verify(bytes),
             "record_json" => h.record_json(bytes),
             "scope_grammar" => fuzzing::scope_grammar(bytes),
+            "header_extraction" => h.header_extraction(bytes),
             other => panic!("unknown target {other}"),
         }
     }
@@ -246,4 +282,23 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
         3,
         "one valid key per built-in prefix: {prefixes:?}"
     );
+}
+
+/// The extractor's docs say a key found in several places reports "the
+/// preferred" scheme; it reports whichever header came first, so the
+/// scheme depends on header order (the key text does not).
+#[test]
+#[ignore = "extract.rs (web branch): scheme of a key sent twice follows header order; see the security report"]
+fn scheme_of_a_key_sent_twice_does_not_depend_on_header_order() {
+    use apikey::extract::{Extracted, Extractor};
+    let key = harness().keys()[0].0.expose_secret();
+    let bearer = format!("Bearer {key}");
+    let a = [("x-api-key", key), ("authorization", bearer.as_str())];
+    let b = [("authorization", bearer.as_str()), ("x-api-key", key)];
+    let ex = Extractor::new(apikey::PrefixRegistry::with_builtins());
+    let scheme = |r| match r {
+        Ok(Extracted::Key(k)) => k.scheme(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(scheme(ex.extract(a)), scheme(ex.extract(b)));
 }

@@ -1,0 +1,14 @@
+//! Header extraction: visible ASCII within the limit, accepted schemes
+//! only, from the request, independent of header order.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use apikey::fuzzing::Harness;
+use libfuzzer_sys::fuzz_target;
+
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    HARNESS.get_or_init(Harness::new).header_extraction(data);
+});
