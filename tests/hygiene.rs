@@ -544,3 +544,148 @@ fn cloned_rng_repeats_and_the_store_refuses_the_duplicate() {
     assert_eq!(a.expose_secret(), b.expose_secret());
     let _ = KeyId::from_u64(0);
 }
+
+// ---------------------------------------------------------------------------
+// Management and the web edge: summaries, audit events, HTTP error bodies,
+// extraction results.
+
+/// Every output of the lifecycle (`KeyManager` with an audit sink) and of
+/// the web edge (`Extractor`, `ErrorResponse`) for keys of every prefix:
+/// no secret window anywhere.
+#[test]
+fn management_and_edge_outputs_carry_no_secret_material() {
+    use apikey::extract::Extractor;
+    use apikey::response::ErrorResponse;
+    use apikey::{Actor, KeyManager, MemoryAuditSink, Rotation};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for prefix in prefixes() {
+        rt.block_on(async {
+            let audit = Arc::new(MemoryAuditSink::new());
+            let clock = ManualClock::new(NOW);
+            let keys =
+                KeyManager::with_clock(verifier().clone(), MemoryStore::new(), clock.clone())
+                    .audit_sink(Arc::clone(&audit));
+            let admin = Actor::new("admin").reason("hygiene");
+            let new = NewKey::new(&prefix)
+                .owner("org_9")
+                .name("n")
+                .scopes(["tasks:read"]);
+            let (key, summary) = keys.create(new, &admin).await.expect("create");
+            let text = key.expose_secret().to_owned();
+            let secret = secret_segment(&text, &prefix);
+            let mut outputs: Vec<(String, String)> = Vec::new();
+            let mut push = |what: &str, s: String| outputs.push((what.to_owned(), s));
+            push(
+                "KeySummary",
+                format!(
+                    "{summary:?} {}",
+                    serde_json::to_string(&summary).expect("json")
+                ),
+            );
+            push("KeyManager", format!("{keys:?}"));
+
+            let mut errors = Vec::new();
+            let ok = keys
+                .authenticate(&text, &Requirement::none(), None)
+                .await
+                .expect("valid");
+            push("VerifiedKey", format!("{ok:?}"));
+            let mut wrong = text.clone().into_bytes();
+            let at = prefix.len() + 20;
+            wrong[at] = if wrong[at] == b'a' { b'b' } else { b'a' };
+            let wrong = String::from_utf8(wrong).expect("ascii");
+            for presented in [
+                wrong.as_str(),
+                &text[..text.len() - 2],
+                &format!("{text}{text}"),
+            ] {
+                errors.push(
+                    keys.authenticate(presented, &Requirement::none(), None)
+                        .await
+                        .expect_err("bad"),
+                );
+            }
+            errors.push(
+                keys.authenticate(
+                    &text,
+                    &Requirement::scope("admin:write").expect("valid"),
+                    None,
+                )
+                .await
+                .expect_err("scope"),
+            );
+            keys.disable(summary.id, &admin).await.expect("disable");
+            errors.push(
+                keys.authenticate(&text, &Requirement::none(), None)
+                    .await
+                    .expect_err("disabled"),
+            );
+            keys.enable(summary.id, &admin).await.expect("enable");
+            let (next, next_summary) = keys
+                .rotate(
+                    summary.id,
+                    Rotation::with_grace(time::Duration::hours(1)),
+                    &admin,
+                )
+                .await
+                .expect("rotate");
+            push("rotated KeySummary", format!("{next_summary:?}"));
+            let next_secret = secret_segment(next.expose_secret(), &prefix);
+            keys.revoke(next_summary.id, "leaked", &admin)
+                .await
+                .expect("revoke");
+            errors.push(
+                keys.authenticate(next.expose_secret(), &Requirement::none(), None)
+                    .await
+                    .expect_err("revoked"),
+            );
+            keys.flush().await.expect("flush");
+            push(
+                "record",
+                format!("{:?}", keys.record(summary.id).await.expect("record")),
+            );
+            push(
+                "list",
+                format!("{:?}", keys.list("org_9").await.expect("list")),
+            );
+
+            for e in &errors {
+                let resp = ErrorResponse::from_error(e);
+                push("Error", format!("{e} {e:?}"));
+                push("ErrorResponse", format!("{resp:?} {}", resp.body));
+            }
+            for event in audit.events() {
+                push(
+                    "AuditEvent",
+                    format!("{event:?} {}", serde_json::to_string(&event).expect("json")),
+                );
+            }
+
+            let extractor = Extractor::new(verifier().prefixes().clone());
+            let bearer = format!("Bearer {text}");
+            let h = [
+                ("authorization", bearer.as_str()),
+                ("x-api-key", text.as_str()),
+            ];
+            push("Extracted", format!("{:?}", extractor.extract(h)));
+            let conflict = [
+                ("x-api-key", text.as_str()),
+                ("authorization", &format!("Bearer {wrong}")),
+            ];
+            let err = extractor.extract(conflict).expect_err("two different keys");
+            push(
+                "extract error",
+                format!("{err} {err:?} {:?}", ErrorResponse::from_error(&err)),
+            );
+
+            assert!(audit.events().len() >= 6, "the lifecycle was audited");
+            for (what, s) in &outputs {
+                assert_no_window(s, &secret, what);
+                assert_no_window(s, &next_secret, what);
+            }
+        });
+    }
+}
