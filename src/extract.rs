@@ -84,6 +84,15 @@ impl Scheme {
             Self::Query => "query",
         }
     }
+
+    /// Preference when one key arrives by several schemes (lower first).
+    const fn rank(self) -> u8 {
+        match self {
+            Self::ApiKeyHeader => 0,
+            Self::Bearer => 1,
+            Self::Query => 2,
+        }
+    }
 }
 
 impl fmt::Display for Scheme {
@@ -398,8 +407,14 @@ fn merge<'a>(found: &mut Option<PresentedKey<'a>>, text: &'a str, scheme: Scheme
             Ok(())
         }
         // Not secret-dependent timing worth hiding: both values come from
-        // the same client.
-        Some(prev) if prev.text == text => Ok(()),
+        // the same client. The same key twice reports the preferred scheme
+        // (API-key header, then Bearer, then query), whatever the order.
+        Some(prev) if prev.text == text => {
+            if scheme.rank() < prev.scheme.rank() {
+                prev.scheme = scheme;
+            }
+            Ok(())
+        }
         Some(_) => Err(Error::InvalidInput(
             "the request carries more than one different API key".into(),
         )),

@@ -96,7 +96,9 @@ pub trait KeyStoreWrite: KeyStore {
     /// and is never overwritten.
     fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Replaces the record with `record.id` unconditionally (revision set to
+    /// Replaces the record with `record.id` unconditionally: every field
+    /// except the usage fields (`usage`, `last_used_at`, kept as stored, since
+    /// [`KeyStoreLifecycle::record_usage`] owns them) and `revision` (set to
     /// the stored one plus one). A missing record is
     /// [`StoreErrorKind::NotFound`](crate::StoreErrorKind::NotFound). Once
     /// this returns, every `fetch` that starts sees the new record.

@@ -352,17 +352,24 @@ impl Verifier {
         parsed: &ParsedKey<'_>,
         view: Option<Arc<KeyView>>,
     ) -> Result<Arc<KeyView>> {
-        // Parsing proved the key's own version is present.
+        // Parsing proved the key's own version is present; it stands in when
+        // there is no record (or its version is gone) so that every failure
+        // costs the same HMAC.
         let key_material = self.keyring.material(parsed.version());
-        let (expected, material) = match &view {
-            Some(v) => (v.digest, self.keyring.material(v.secret_version)),
-            None => (KeyDigest::from_bytes([0u8; 32]), None),
-        };
-        let Some(material) = material.or(key_material) else {
+        let record_material = view
+            .as_ref()
+            .and_then(|v| self.keyring.material(v.secret_version));
+        let expected = view
+            .as_ref()
+            .map_or(KeyDigest::from_bytes([0u8; 32]), |v| v.digest);
+        let Some(material) = record_material.or(key_material) else {
             return Err(Error::InvalidApiKey);
         };
         let computed = parsed.digest_with(material);
-        let matched = computed.ct_eq(&expected) & u8::from(view.is_some()).ct_eq(&1);
+        // A record whose secret version is not held never matches, even if
+        // the digest under the fallback key happened to.
+        let matched =
+            computed.ct_eq(&expected) & subtle::Choice::from(u8::from(record_material.is_some()));
         match view {
             Some(v) if bool::from(matched) && v.id == parsed.id() => Ok(v),
             _ => Err(Error::InvalidApiKey),

@@ -288,7 +288,6 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
 /// preferred" scheme; it reports whichever header came first, so the
 /// scheme depends on header order (the key text does not).
 #[test]
-#[ignore = "extract.rs (web branch): scheme of a key sent twice follows header order; see the security report"]
 fn scheme_of_a_key_sent_twice_does_not_depend_on_header_order() {
     use apikey::extract::{Extracted, Extractor};
     let key = harness().keys()[0].0.expose_secret();

@@ -203,7 +203,5 @@ fn delete_races_verification_and_usage_flush() {
     model(Write::Delete, 1, true);
 }
 
-// Not modelled: a plain `update_sync` racing a flush. `update` replaces the
-// whole record, usage counters included, so a flush that lands between the
-// caller's read and its `update` is overwritten (lost counts, never a lost
-// revoke). `KeyManager` uses `update_if`, which keeps the stored counters.
+// A plain `update_sync` racing a flush keeps the flushed counts: `update`
+// writes every field but the usage ones (see the store conformance suite).

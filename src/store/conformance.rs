@@ -311,6 +311,19 @@ pub async fn update_and_conditional_update<S: KeyStoreLifecycle + ?Sized>(store:
         "store conformance: a fetch after update_if returned must see the change"
     );
 
+    // A plain `update` keeps the stored usage fields too.
+    let mut plain = written.clone();
+    plain.usage = UsageCounters::default();
+    plain.last_used_at = None;
+    ok(store.update(plain).await, "update");
+    let after = must_get(store, a.id, "get").await;
+    assert_eq!(
+        (after.usage.day_count, after.last_used_at),
+        (5, Some(suite_now())),
+        "store conformance: update must keep the stored usage fields"
+    );
+    let written = after;
+
     // A stale revision is a conflict and changes nothing.
     let mut stale = written.clone();
     stale.name = "stale".into();

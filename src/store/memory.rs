@@ -187,6 +187,10 @@ impl MemoryStore {
         let mut owners = sync::lock(&self.owners);
         let stored = self.check_replace(&record, None)?;
         let mut record = record;
+        // Usage fields belong to `record_usage`: a flush that landed between
+        // the caller's read and this write is kept.
+        record.usage = stored.usage;
+        record.last_used_at = stored.last_used_at;
         record.revision = stored.revision.wrapping_add(1);
         self.replace(&mut owners, &stored, record);
         Ok(())

@@ -186,6 +186,8 @@ impl KeyStoreWrite for NetStore {
         self.round_trip().await?;
         let mut t = self.tables.lock().await;
         let stored = Self::check_replace(&t, &record, None)?;
+        record.usage = stored.usage;
+        record.last_used_at = stored.last_used_at;
         record.revision = stored.revision + 1;
         Self::put(&mut t, record);
         Ok(())
