@@ -16,6 +16,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 
 use apikey::{Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
@@ -23,6 +25,7 @@ use hmac::{Hmac, Mac};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -30,6 +33,33 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 enum Op<'a> {
     Verify(&'a Verifier, &'a MemoryStore, &'a [String], &'a Requirement, OffsetDateTime),
     Hmac(&'a Hmac<Sha256>),
+    Naive(&'a NaiveMap, &'a Hmac<Sha256>, &'a [String]),
+}
+
+/// std SipHash-1-3 (what `RandomState` builds) with fixed zero keys.
+type NaiveMap = HashMap<String, NaiveRecord, BuildHasherDefault<std::hash::DefaultHasher>>;
+
+/// Issue 5's naive baseline record (see benches/verify.rs).
+struct NaiveRecord {
+    hash: [u8; 32],
+    _scopes: Vec<String>,
+    expires: Option<i64>,
+}
+
+/// Issue 5's naive verify: strip_prefix, split_once, HashMap<String, _>,
+/// HMAC of the secret text from a cloned pre-keyed state, subtle ct_eq, expiry.
+fn naive_verify(map: &NaiveMap, mac: &Hmac<Sha256>, key: &str) -> bool {
+    let Some((id, secret)) = key.strip_prefix("sk_live_").and_then(|r| r.split_once('_')) else {
+        return false;
+    };
+    let Some(record) = map.get(id) else {
+        return false;
+    };
+    let mut m = mac.clone();
+    m.update(secret.as_bytes());
+    let hash = m.finalize().into_bytes();
+    bool::from(hash.as_slice().ct_eq(record.hash.as_slice()))
+        && record.expires.is_none_or(|e| 1_795_564_800 < e)
 }
 
 #[inline(never)]
@@ -41,6 +71,11 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
                 let key = &keys[i % keys.len()];
                 let r = v.verify_with(black_box(key), |id| store.fetch_sync(id), *now, req);
                 ok += usize::from(r.is_ok());
+            }
+        }
+        Op::Naive(map, mac, keys) => {
+            for i in 0..n {
+                ok += usize::from(naive_verify(map, mac, black_box(&keys[i % keys.len()])));
             }
         }
         Op::Hmac(mac) => {
@@ -94,7 +129,7 @@ fn main() {
     // Wrong secret: the valid keys against a store whose records hold the
     // same ids with other digests (exactly the wrong-secret path).
     let keys: Vec<String> = match class.as_str() {
-        "valid" | "wrong_secret" | "hmac" => valid.clone(),
+        "valid" | "wrong_secret" | "hmac" | "naive" => valid.clone(),
         "garbage" => vec!["hello, I am not an API key at all".to_owned()],
         "forged" => valid
             .iter()
@@ -105,7 +140,7 @@ fn main() {
             })
             .collect(),
         other => {
-            eprintln!("unknown class {other}: valid | wrong_secret | garbage | forged | hmac");
+            eprintln!("unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive");
             std::process::exit(2);
         }
     };
@@ -126,11 +161,48 @@ fn main() {
     };
     // Check every class does what it says before measuring.
     let first = verifier.verify_with(&keys[0], |id| store_ref.fetch_sync(id), now, &req);
-    assert_eq!(first.is_ok(), class == "valid" || class == "hmac", "{class}");
+    assert_eq!(
+        first.is_ok(),
+        matches!(class.as_str(), "valid" | "hmac" | "naive"),
+        "{class}"
+    );
 
     let mac = <Hmac<Sha256> as Mac>::new_from_slice(&[9u8; 32]).unwrap();
+    // The naive map, with a fixed-seed hasher (std's SipHash-1-3, as
+    // RandomState, but with zero keys so counts repeat).
+    let mut naive_map = NaiveMap::default();
+    let mut naive_keys = Vec::new();
+    if class == "naive" {
+        let mut x = 1u64;
+        let mut alnum = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(BASE62[(x % 62) as usize])
+                })
+                .collect()
+        };
+        for _ in 0..1000 {
+            let (id, secret) = (alnum(8), alnum(43));
+            let mut m = mac.clone();
+            m.update(secret.as_bytes());
+            naive_map.insert(
+                id.clone(),
+                NaiveRecord {
+                    hash: m.finalize().into_bytes().into(),
+                    _scopes: vec!["tasks:read".into(), "projects:write".into()],
+                    expires: Some(i64::MAX / 2),
+                },
+            );
+            naive_keys.push(format!("sk_live_{id}_{secret}"));
+        }
+    }
     let op = if class == "hmac" {
         Op::Hmac(&mac)
+    } else if class == "naive" {
+        Op::Naive(&naive_map, &mac, &naive_keys)
     } else {
         Op::Verify(&verifier, store_ref, &keys, &req, now)
     };
