@@ -5,7 +5,7 @@
 #   .ci/callgrind.sh            # check; fails on a regression over 10%
 #   .ci/callgrind.sh --update   # rewrite the baseline (commit the result)
 #
-# For each class (valid, wrong_secret, garbage, forged) the driver
+# For each class (valid, wrong_secret, garbage, forged, async_valid) the driver
 # (examples/callgrind_driver.rs) runs N verifications inside `measured_loop`,
 # the only function collected (--toggle-collect), so setup is excluded; `hmac`
 # runs N bare HMAC-SHA256 computations (sha2 0.10 + hmac 0.12, the crate's
@@ -37,7 +37,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 declare -A PER_OP
-for class in valid wrong_secret garbage forged hmac naive; do
+for class in valid wrong_secret garbage forged async_valid hmac naive; do
     valgrind --tool=callgrind --toggle-collect='*measured_loop*' \
         --callgrind-out-file="$OUT/$class.out" "$DRIVER" "$class" "$N" >/dev/null 2>"$OUT/$class.log" \
         || { cat "$OUT/$class.log" >&2; exit 1; }
@@ -48,7 +48,7 @@ PER_OP[valid_noncrypto]=$(( PER_OP[valid] - PER_OP[hmac] ))
 PER_OP[wrong_secret_noncrypto]=$(( PER_OP[wrong_secret] - PER_OP[hmac] ))
 PER_OP[naive_noncrypto]=$(( PER_OP[naive] - PER_OP[hmac] ))
 
-KEYS=(valid wrong_secret garbage forged hmac naive valid_noncrypto wrong_secret_noncrypto naive_noncrypto)
+KEYS=(valid wrong_secret garbage forged async_valid hmac naive valid_noncrypto wrong_secret_noncrypto naive_noncrypto)
 if [[ $UPDATE -eq 1 ]]; then
     {
         echo "# instructions per operation (callgrind, N=$N); written by .ci/callgrind.sh --update"

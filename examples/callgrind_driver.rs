@@ -7,6 +7,9 @@
 //!
 //! * `valid`, `wrong_secret`, `garbage`, `forged`: `Verifier::verify_with`
 //!   over `MemoryStore::fetch_sync`;
+//! * `async_valid`: `Authenticator::authenticate` of valid keys, polled
+//!   once with a no-op waker (MemoryStore futures are ready at once);
+//! * `naive`: issue 5's naive baseline verify (1,000 `String` ids);
 //! * `hmac`: a bare HMAC-SHA256 of a 42-byte message from a cloned,
 //!   pre-keyed state (sha2 0.10 + hmac 0.12, as the crate does), the
 //!   software-crypto part to subtract.
@@ -18,9 +21,11 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::future::Future;
 use std::hint::black_box;
+use std::task::{Context, Poll, Waker};
 
-use apikey::{Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
+use apikey::{Authenticator, Clock, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
 use hmac::{Hmac, Mac};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -34,6 +39,28 @@ enum Op<'a> {
     Verify(&'a Verifier, &'a MemoryStore, &'a [String], &'a Requirement, OffsetDateTime),
     Hmac(&'a Hmac<Sha256>),
     Naive(&'a NaiveMap, &'a Hmac<Sha256>, &'a [String]),
+    Async(&'a Authenticator<&'a MemoryStore, FixedClock>, &'a [String], &'a Requirement),
+}
+
+/// A clock that always reads the same instant.
+#[derive(Clone, Copy)]
+struct FixedClock(OffsetDateTime);
+
+impl Clock for FixedClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+/// Polls a future that is ready at once (MemoryStore's are).
+fn poll_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
 }
 
 /// std SipHash-1-3 (what `RandomState` builds) with fixed zero keys.
@@ -76,6 +103,12 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
         Op::Naive(map, mac, keys) => {
             for i in 0..n {
                 ok += usize::from(naive_verify(map, mac, black_box(&keys[i % keys.len()])));
+            }
+        }
+        Op::Async(auth, keys, req) => {
+            for i in 0..n {
+                let key = &keys[i % keys.len()];
+                ok += usize::from(poll_ready(auth.authenticate(black_box(key), req)).is_ok());
             }
         }
         Op::Hmac(mac) => {
@@ -129,7 +162,7 @@ fn main() {
     // Wrong secret: the valid keys against a store whose records hold the
     // same ids with other digests (exactly the wrong-secret path).
     let keys: Vec<String> = match class.as_str() {
-        "valid" | "wrong_secret" | "hmac" | "naive" => valid.clone(),
+        "valid" | "wrong_secret" | "hmac" | "naive" | "async_valid" => valid.clone(),
         "garbage" => vec!["hello, I am not an API key at all".to_owned()],
         "forged" => valid
             .iter()
@@ -140,7 +173,7 @@ fn main() {
             })
             .collect(),
         other => {
-            eprintln!("unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive");
+            eprintln!("unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid");
             std::process::exit(2);
         }
     };
@@ -163,7 +196,7 @@ fn main() {
     let first = verifier.verify_with(&keys[0], |id| store_ref.fetch_sync(id), now, &req);
     assert_eq!(
         first.is_ok(),
-        matches!(class.as_str(), "valid" | "hmac" | "naive"),
+        matches!(class.as_str(), "valid" | "hmac" | "naive" | "async_valid"),
         "{class}"
     );
 
@@ -199,8 +232,11 @@ fn main() {
             naive_keys.push(format!("sk_live_{id}_{secret}"));
         }
     }
+    let auth = Authenticator::with_clock(verifier.clone(), store_ref, FixedClock(now));
     let op = if class == "hmac" {
         Op::Hmac(&mac)
+    } else if class == "async_valid" {
+        Op::Async(&auth, &keys, &req)
     } else if class == "naive" {
         Op::Naive(&naive_map, &mac, &naive_keys)
     } else {

@@ -174,7 +174,8 @@ impl PrekeyedHmac {
     }
 
     /// The MAC of `block[..len]` (`len <= ONE_BLOCK_MAX`, else `None`). The
-    /// block is used as scratch space and zeroized before returning.
+    /// block is used as scratch space; its message bytes are zeroized before
+    /// returning (the rest holds only SHA-256 padding).
     #[inline]
     pub(crate) fn mac_in_place(&self, block: &mut [u8; 64], len: usize) -> Option<[u8; 32]> {
         if len > ONE_BLOCK_MAX {
@@ -187,7 +188,8 @@ impl PrekeyedHmac {
         block[56..].copy_from_slice(&((64 + len as u64) * 8).to_be_bytes());
         let mut state = self.inner;
         compress(&mut state, block);
-        zeroize::Zeroize::zeroize(block);
+        // Only the message bytes came from the caller; the rest is padding.
+        zeroize::Zeroize::zeroize(&mut block[..len]);
         // Outer hash: opad block (already absorbed) + the 32-byte inner hash.
         let mut outer_block = [0u8; 64];
         for (chunk, word) in outer_block.chunks_exact_mut(4).zip(state) {
@@ -233,7 +235,7 @@ mod tests {
                 let mut block = [0xAAu8; 64];
                 block[..len].copy_from_slice(&msg);
                 let got = fast.mac_in_place(&mut block, len).expect("fits one block");
-                assert_eq!(block, [0u8; 64], "scratch block zeroized");
+                assert_eq!(block[..len], vec![0u8; len][..], "message bytes zeroized");
                 let mut reference = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).expect("any key length");
                 reference.update(&msg);
                 let want: [u8; 32] = reference.finalize().into_bytes().into();
