@@ -122,6 +122,13 @@ fn main() {
                 n,
                 before,
             );
+            println!(
+                "size_of: KeyRecord {} B, KeyView {} B (plus 16 B of Arc counts), ScopeSet {} B, Scope {} B",
+                std::mem::size_of::<apikey::KeyRecord>(),
+                std::mem::size_of::<apikey::KeyView>(),
+                std::mem::size_of::<apikey::ScopeSet>(),
+                std::mem::size_of::<apikey::Scope>(),
+            );
             std::hint::black_box(&store);
         }
     }
