@@ -40,15 +40,33 @@ pub(crate) fn all_digits(text: &[u8]) -> bool {
     })
 }
 
-/// Reads base62 digits as a big-endian `u64`, wrapping on overflow. The
-/// caller has checked the alphabet and passes at most 10 digits
-/// (62^10 < 2^64), so nothing wraps.
+/// Powers of 62 that fit a `u64` with room to add: `POW62[i] = 62^i`.
+const POW62: [u64; 11] = {
+    let mut p = [1u64; 11];
+    let mut i = 1;
+    while i < 11 {
+        p[i] = p[i - 1] * 62;
+        i += 1;
+    }
+    p
+};
+
+/// Reads base62 digits as a big-endian `u64`. The caller has checked the
+/// alphabet and passes at most 10 digits (62^10 < 2^64), so nothing wraps.
+///
+/// A sum of independent products rather than Horner's rule, so the digits
+/// do not form one multiply-add dependency chain.
 #[inline]
 pub(crate) fn decode_u64(text: &[u8]) -> u64 {
-    text.iter().fold(0u64, |acc, &b| {
-        acc.wrapping_mul(62)
-            .wrapping_add(u64::from(DECODE[usize::from(b)] & 63))
-    })
+    let n = text.len().min(POW62.len() - 1);
+    text.iter()
+        .take(n)
+        .enumerate()
+        .fold(0u64, |acc, (i, &b)| {
+            acc.wrapping_add(
+                u64::from(DECODE[usize::from(b)] & 63).wrapping_mul(POW62[n - 1 - i]),
+            )
+        })
 }
 
 /// Writes `value` as exactly `out.len()` base62 digits, most significant
