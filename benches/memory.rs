@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 
 use apikey::{Keyring, MemoryStore, NewKey, ServerSecret, Verifier};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use time::OffsetDateTime;
 
 /// Reads a `kB` field of /proc/self/status, in bytes.
@@ -79,11 +79,14 @@ fn main() {
         "memory-store"
     };
     let mut rng = ChaCha20Rng::seed_from_u64(42);
-    let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7u8; 32]).unwrap()).unwrap());
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7u8; 32]).unwrap()).unwrap());
     let now = OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap();
     let expires = now + time::Duration::days(365);
     // Warm up the allocator and the code paths before the baseline reading.
-    let _ = verifier.issue_with_rng(NewKey::new("sk_live_"), now, &mut rng).unwrap();
+    let _ = verifier
+        .issue_with_rng(NewKey::new("sk_live_"), now, &mut rng)
+        .unwrap();
     let before = status_bytes("VmRSS");
     match mode {
         "naive" => {

@@ -30,10 +30,10 @@ use apikey::{
     ServerSecret, Verifier,
 };
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -409,7 +409,10 @@ fn floor(c: &mut Criterion<ThreadCpu>) {
     g.bench_function("subtle_slice_ct_eq_32B", |b| {
         b.iter(|| bool::from(black_box(&x[..]).ct_eq(black_box(&y[..]))))
     });
-    let (dx, dy) = (apikey::KeyDigest::from_bytes(x), apikey::KeyDigest::from_bytes(y));
+    let (dx, dy) = (
+        apikey::KeyDigest::from_bytes(x),
+        apikey::KeyDigest::from_bytes(y),
+    );
     g.bench_function("keydigest_ct_eq", |b| {
         b.iter(|| black_box(&dx) == black_box(&dy))
     });
@@ -443,7 +446,8 @@ fn verify_group(c: &mut Criterion<ThreadCpu>, name: &str, fixture: fn() -> &'sta
     g.throughput(Throughput::Elements(1));
     let req = Requirement::scope("tasks:read").unwrap();
     let now = now();
-    let classes: [(&str, fn(&Fixture) -> &[String], bool); 5] = [
+    type Pick = fn(&Fixture) -> &[String];
+    let classes: [(&str, Pick, bool); 5] = [
         ("valid", |f| &f.valid, true),
         ("wrong_secret", |f| &f.wrong_secret, false),
         ("unknown_id", |f| &f.unknown, false),
@@ -524,14 +528,23 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
     let store = &f.store;
     let mut next = cycle(&f.valid);
     g.bench_function("sync_core", |b| {
-        b.iter(|| v.verify_with(black_box(next()), |id| store.fetch_sync(id), clock.now(), &req))
+        b.iter(|| {
+            v.verify_with(
+                black_box(next()),
+                |id| store.fetch_sync(id),
+                clock.now(),
+                &req,
+            )
+        })
     });
     let auth = Authenticator::with_clock(f.verifier.clone(), store, clock);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_noop_poll", |b| {
         b.iter(|| poll_ready(auth.authenticate(black_box(next()), &req)))
     });
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_tokio_block_on", |b| {
         b.iter(|| rt.block_on(auth.authenticate(black_box(next()), &req)))
@@ -581,7 +594,9 @@ fn scopes(c: &mut Criterion<ThreadCpu>) {
         ("denied", Requirement::scope("billing:write").unwrap()),
     ];
     for (name, req) in &cases {
-        g.bench_function(*name, |b| b.iter(|| black_box(req).check(black_box(&granted), none)));
+        g.bench_function(*name, |b| {
+            b.iter(|| black_box(req).check(black_box(&granted), none))
+        });
     }
     g.bench_function("parse_scope", |b| {
         b.iter(|| Scope::parse(black_box("corpus:42:query")))

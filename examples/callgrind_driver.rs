@@ -20,15 +20,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
 
-use apikey::{Authenticator, Clock, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
+use apikey::{
+    Authenticator, Clock, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier,
+};
 use hmac::{Hmac, Mac};
-use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -36,10 +38,20 @@ use time::OffsetDateTime;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 enum Op<'a> {
-    Verify(&'a Verifier, &'a MemoryStore, &'a [String], &'a Requirement, OffsetDateTime),
+    Verify(
+        &'a Verifier,
+        &'a MemoryStore,
+        &'a [String],
+        &'a Requirement,
+        OffsetDateTime,
+    ),
     Hmac(&'a Hmac<Sha256>),
     Naive(&'a NaiveMap, &'a Hmac<Sha256>, &'a [String]),
-    Async(&'a Authenticator<&'a MemoryStore, FixedClock>, &'a [String], &'a Requirement),
+    Async(
+        &'a Authenticator<&'a MemoryStore, FixedClock>,
+        &'a [String],
+        &'a Requirement,
+    ),
 }
 
 /// A clock that always reads the same instant.
@@ -173,7 +185,9 @@ fn main() {
             })
             .collect(),
         other => {
-            eprintln!("unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid");
+            eprintln!(
+                "unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid"
+            );
             std::process::exit(2);
         }
     };

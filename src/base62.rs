@@ -5,7 +5,8 @@
 //! sorts like the number itself.
 
 /// The 62 characters of the alphabet, in digit order.
-pub(crate) const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub(crate) const ALPHABET: &[u8; 62] =
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Marks a byte that is not a base62 digit in [`DECODE`].
 pub(crate) const INVALID: u8 = 0xFF;
@@ -59,14 +60,9 @@ const POW62: [u64; 11] = {
 #[inline]
 pub(crate) fn decode_u64(text: &[u8]) -> u64 {
     let n = text.len().min(POW62.len() - 1);
-    text.iter()
-        .take(n)
-        .enumerate()
-        .fold(0u64, |acc, (i, &b)| {
-            acc.wrapping_add(
-                u64::from(DECODE[usize::from(b)] & 63).wrapping_mul(POW62[n - 1 - i]),
-            )
-        })
+    text.iter().take(n).enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_add(u64::from(DECODE[usize::from(b)] & 63).wrapping_mul(POW62[n - 1 - i]))
+    })
 }
 
 /// Writes `value` as exactly `out.len()` base62 digits, most significant

@@ -236,13 +236,18 @@ mod tests {
                 block[..len].copy_from_slice(&msg);
                 let got = fast.mac_in_place(&mut block, len).expect("fits one block");
                 assert_eq!(block[..len], vec![0u8; len][..], "message bytes zeroized");
-                let mut reference = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).expect("any key length");
+                let mut reference =
+                    <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).expect("any key length");
                 reference.update(&msg);
                 let want: [u8; 32] = reference.finalize().into_bytes().into();
                 assert_eq!(got, want, "key {key_len} bytes, message {len} bytes");
             }
         }
         let mut block = [0u8; 64];
-        assert!(PrekeyedHmac::new(b"k").mac_in_place(&mut block, 56).is_none());
+        assert!(
+            PrekeyedHmac::new(b"k")
+                .mac_in_place(&mut block, 56)
+                .is_none()
+        );
     }
 }

@@ -23,7 +23,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::base62::{self, ALPHABET};
 use crate::digest::KeyDigest;
 use crate::error::{Error, MalformedReason, Result};
-use crate::prefix::{Environment, PrefixRegistry, MAX_PREFIX_LEN};
+use crate::prefix::{Environment, MAX_PREFIX_LEN, PrefixRegistry};
 use crate::secret::{Keyring, Material};
 
 pub(crate) const VERSION_LEN: usize = 1;
@@ -91,11 +91,15 @@ impl FromStr for KeyId {
 
     fn from_str(s: &str) -> Result<Self> {
         if s.len() != ID_LEN {
-            return Err(Error::InvalidInput("a key id is 11 base62 characters".into()));
+            return Err(Error::InvalidInput(
+                "a key id is 11 base62 characters".into(),
+            ));
         }
         match base62::decode_fixed(s.as_bytes()) {
             Some(v) if v <= u128::from(u64::MAX) => Ok(Self(v as u64)),
-            _ => Err(Error::InvalidInput("a key id is 11 base62 characters".into())),
+            _ => Err(Error::InvalidInput(
+                "a key id is 11 base62 characters".into(),
+            )),
         }
     }
 }
@@ -281,7 +285,12 @@ fn digest_parts(
     block[at..at + PACKED_SECRET_LEN].copy_from_slice(secret);
     at += PACKED_SECRET_LEN;
     // At most 50 <= ONE_BLOCK_MAX bytes, so this is always `Some`.
-    KeyDigest::from_bytes(material.hmac.mac_in_place(&mut block, at).unwrap_or_default())
+    KeyDigest::from_bytes(
+        material
+            .hmac
+            .mac_in_place(&mut block, at)
+            .unwrap_or_default(),
+    )
 }
 
 fn pack_secret(digits: &[u8; SECRET_LEN], out: &mut [u8; PACKED_SECRET_LEN]) {
@@ -399,9 +408,9 @@ pub(crate) fn generate<R: RngCore + CryptoRng + ?Sized>(
     keyring: &Keyring,
 ) -> Result<(ApiKey, KeyDigest)> {
     let version = keyring.current_version();
-    let material = keyring
-        .material(version)
-        .ok_or(Error::InvalidSecret("the current secret version is missing"))?;
+    let material = keyring.material(version).ok_or(Error::InvalidSecret(
+        "the current secret version is missing",
+    ))?;
     let id = KeyId(rng.next_u64());
     let mut digits = Zeroizing::new([0u8; SECRET_LEN]);
     let mut pool = Zeroizing::new([0u8; 48]);
@@ -480,7 +489,9 @@ pub(crate) fn parse<'a>(
     let id = base62::decode_u64(&body[ID_START..SECRET_START - 1])
         .checked_mul(62)
         .and_then(|hi| {
-            hi.checked_add(u64::from(base62::DECODE[usize::from(body[SECRET_START - 1])]))
+            hi.checked_add(u64::from(
+                base62::DECODE[usize::from(body[SECRET_START - 1])],
+            ))
         })
         .ok_or_else(|| Error::MalformedApiKey(MalformedReason::NonCanonical))?;
     let presented_tag = base62::decode_u64(&body[TAG_START..CHECKSUM_START]);
@@ -550,7 +561,9 @@ mod tests {
 
     #[test]
     fn text_packing_matches_digit_packing() {
-        let text: Vec<u8> = (0..SECRET_LEN).map(|i| ALPHABET[(i * 11 + 5) % 62]).collect();
+        let text: Vec<u8> = (0..SECRET_LEN)
+            .map(|i| ALPHABET[(i * 11 + 5) % 62])
+            .collect();
         let mut digits = [0u8; SECRET_LEN];
         for (d, &c) in digits.iter_mut().zip(&text) {
             *d = base62::DECODE[usize::from(c)];

@@ -8,8 +8,8 @@
 
 use apikey::{Keyring, NewKey, ServerSecret, Verifier};
 use hmac::{Hmac, Mac};
-use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -21,7 +21,9 @@ fn reference_digest(secret: &[u8], key: &str, prefix: &str) -> [u8; 32] {
     let body = &key.as_bytes()[prefix.len()..];
     let digit = |c: u8| BASE62.iter().position(|&b| b == c).unwrap() as u64;
     let version = digit(body[0]) as u8;
-    let id = body[1..12].iter().fold(0u128, |a, &c| a * 62 + u128::from(digit(c))) as u64;
+    let id = body[1..12]
+        .iter()
+        .fold(0u128, |a, &c| a * 62 + u128::from(digit(c))) as u64;
     let mut packed = Vec::new();
     for quad in body[12..44].chunks(4) {
         let v = quad.iter().fold(0u64, |a, &c| (a << 6) | digit(c));
@@ -40,12 +42,15 @@ fn reference_digest(secret: &[u8], key: &str, prefix: &str) -> [u8; 32] {
 #[test]
 fn issued_and_verified_digests_match_the_definition() {
     let secret = [0x42u8; 32];
-    let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&secret).unwrap()).unwrap());
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&secret).unwrap()).unwrap());
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let now = time::OffsetDateTime::UNIX_EPOCH;
     for prefix in ["sk_live_", "sk_test_", "kwi_sk_"] {
         for _ in 0..50 {
-            let (key, record) = verifier.issue_with_rng(NewKey::new(prefix), now, &mut rng).unwrap();
+            let (key, record) = verifier
+                .issue_with_rng(NewKey::new(prefix), now, &mut rng)
+                .unwrap();
             let want = reference_digest(&secret, key.expose_secret(), prefix);
             assert_eq!(record.digest.as_bytes(), &want, "issued digest");
             // The verify path (parse, pack, two-compression HMAC) agrees.

@@ -6,15 +6,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apikey::{
     Authenticator, Error, KeyId, KeyRecord, KeyStore, KeyStoreWrite, KeyView, Keyring, ManualClock,
     MemoryStore, NewKey, Requirement, ServerSecret, StoreError, Verifier,
 };
-use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use time::OffsetDateTime;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -84,7 +84,11 @@ fn setup() -> Setup {
     let store = Counting::default();
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let (key, record) = verifier
-        .issue_with_rng(NewKey::new("sk_live_").scopes(["tasks:read"]), now(), &mut rng)
+        .issue_with_rng(
+            NewKey::new("sk_live_").scopes(["tasks:read"]),
+            now(),
+            &mut rng,
+        )
         .unwrap();
     store.inner.insert_sync(record).unwrap();
     let (unknown, _) = verifier
@@ -121,7 +125,10 @@ fn storeless_rejections(valid: &str) -> Vec<(&'static str, String)> {
     ];
     // Every single-character change is caught by the checksum.
     for pos in p..valid.len() {
-        out.push(("bad checksum", String::from_utf8(replace(valid, pos)).unwrap()));
+        out.push((
+            "bad checksum",
+            String::from_utf8(replace(valid, pos)).unwrap(),
+        ));
     }
     // Forged: a change anywhere before the tag, checksum recomputed, so only
     // the keyed tag can reject it.
@@ -159,7 +166,11 @@ fn sync_pipeline_makes_no_store_call_for_storeless_rejections() {
         assert_eq!(calls.load(Ordering::SeqCst), 0, "{what} reached the store");
     }
     // The counter counts: valid, wrong secret and unknown id reach the store once each.
-    assert!(s.verifier.verify_with(&s.valid, lookup, now(), &req).is_ok());
+    assert!(
+        s.verifier
+            .verify_with(&s.valid, lookup, now(), &req)
+            .is_ok()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(matches!(
         s.verifier.verify_with(&s.unknown, lookup, now(), &req),
@@ -174,8 +185,15 @@ async fn authenticator_makes_no_store_call_for_storeless_rejections() {
     let auth = Authenticator::with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
     let req = Requirement::none();
     for (what, text) in storeless_rejections(&s.valid) {
-        assert!(auth.authenticate(&text, &req).await.is_err(), "{what} verified");
-        assert_eq!(s.store.calls.load(Ordering::SeqCst), 0, "{what} reached the store");
+        assert!(
+            auth.authenticate(&text, &req).await.is_err(),
+            "{what} verified"
+        );
+        assert_eq!(
+            s.store.calls.load(Ordering::SeqCst),
+            0,
+            "{what} reached the store"
+        );
     }
     assert!(auth.authenticate(&s.valid, &req).await.is_ok());
     assert_eq!(s.store.calls.load(Ordering::SeqCst), 1);
