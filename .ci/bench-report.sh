@@ -45,6 +45,8 @@ done
 v1=$(m threads/verify/1); v2=$(m threads/verify/2)
 g1=$(m threads/register_loop/1); g2=$(m threads/register_loop/2)
 row "2-thread verify scaling (throughput 2T / 1T)" "$(awk -v a="$v1" -v b="$v2" 'BEGIN{printf "%.2f", 2*a/b}')" ">= 1.8"
+o1=$(m threads/verify_store_per_thread/1); o2=$(m threads/verify_store_per_thread/2)
+row "2-thread verify scaling, one store per thread (control)" "$(awk -v a="$o1" -v b="$o2" 'BEGIN{printf "%.2f", 2*a/b}')" "reference"
 row "2-thread register-only loop scaling, same run" "$(awk -v a="$g1" -v b="$g2" 'BEGIN{printf "%.2f", 2*a/b}')" "machine reference"
 gen=$(m generate/issue_os_rng)
 row "generation, OS randomness (keys/s)" "$(awk -v a="$gen" 'BEGIN{printf "%.0f", 1e9/a}')" ">= 500000"

@@ -656,11 +656,28 @@ fn threads(c: &mut Criterion) {
             black_box(r.is_ok());
         }
     };
+    // Control: the same work with one store per thread (no shared lock or
+    // counter lines), to tell contention in the store from the machine.
+    let other = build_fixture(SMALL, 7);
+    let own = [f, &other];
+    let own_store_work = |t: usize, iters: u64| {
+        let f = own[t];
+        let mut next = cycle(&f.valid);
+        for _ in 0..iters {
+            let r = f
+                .verifier
+                .verify_with(black_box(next()), |id| f.store.fetch_sync(id), now, &req);
+            black_box(r.is_ok());
+        }
+    };
     let reg_work = |_t: usize, iters: u64| register_loop(iters);
     for n in [1usize, 2] {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("verify", n), |b| {
             b.iter_custom(|iters| parallel(n, iters, &verify_work))
+        });
+        g.bench_function(BenchmarkId::new("verify_store_per_thread", n), |b| {
+            b.iter_custom(|iters| parallel(n, iters, &own_store_work))
         });
         g.bench_function(BenchmarkId::new("register_loop", n), |b| {
             b.iter_custom(|iters| parallel(n, iters, &reg_work))
