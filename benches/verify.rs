@@ -664,9 +664,9 @@ fn threads(c: &mut Criterion) {
         let f = own[t];
         let mut next = cycle(&f.valid);
         for _ in 0..iters {
-            let r = f
-                .verifier
-                .verify_with(black_box(next()), |id| f.store.fetch_sync(id), now, &req);
+            let r =
+                f.verifier
+                    .verify_with(black_box(next()), |id| f.store.fetch_sync(id), now, &req);
             black_box(r.is_ok());
         }
     };
