@@ -55,6 +55,7 @@ s=$(m async/sync_core); a=$(m async/authenticator_noop_poll); t=$(m async/authen
 row "sync core, fixed clock (ns)" "$(f "$s")" ""
 row "async authenticator, no-op poll (ns)" "$(f "$a")" ""
 row "  async / sync" "$(r "$a" "$s")" "<= 1.10"
+row "sync core inside a no-await future (harness control) (ns)" "$(f "$(m async/sync_core_in_future)")" ""
 row "async authenticator, tokio block_on (ns)" "$(f "$t")" "includes block_on"
 for s in exact wildcard all_of_2 any_of_miss_then_hit denied parse_scope; do
     row "scopes/$s (ns)" "$(f "$(m scopes/$s)")" ""

@@ -537,6 +537,15 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
             )
         })
     });
+    // Control: the sync core wrapped in a future with no await, polled the
+    // same way, to separate the harness's cost from the authenticator's.
+    let mut next = cycle(&f.valid);
+    g.bench_function("sync_core_in_future", |b| {
+        b.iter(|| {
+            let key = black_box(next());
+            poll_ready(async { v.verify_with(key, |id| store.fetch_sync(id), clock.now(), &req) })
+        })
+    });
     let auth = Authenticator::with_clock(f.verifier.clone(), store, clock);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_noop_poll", |b| {
