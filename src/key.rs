@@ -13,13 +13,10 @@
 //! Base62 is `0-9A-Za-z`. Every key has exactly one accepted spelling.
 
 use std::fmt;
-use std::hash::Hasher;
 use std::str::FromStr;
 
-use hmac::Mac;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
-use siphasher::sip::SipHasher24;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -280,23 +277,27 @@ fn digest_parts(
     secret: &[u8; PACKED_SECRET_LEN],
 ) -> KeyDigest {
     // len(prefix) || prefix || version || id (LE) || packed secret: at most
-    // 1 + 16 + 1 + 8 + 24 = 50 bytes, one SHA-256 block.
-    let mut msg = Zeroizing::new([0u8; 1 + MAX_PREFIX_LEN + 1 + 8 + PACKED_SECRET_LEN]);
+    // 1 + 16 + 1 + 8 + 24 = 50 bytes, one SHA-256 block. The message is
+    // written straight into the block the compression reads (zeroized after).
+    let mut block = [0u8; 64];
     let p = prefix.as_bytes();
-    let mut n = 0;
-    msg[n] = p.len() as u8;
-    n += 1;
-    msg[n..n + p.len()].copy_from_slice(p);
-    n += p.len();
-    msg[n] = version;
-    n += 1;
-    msg[n..n + 8].copy_from_slice(&id.0.to_le_bytes());
-    n += 8;
-    msg[n..n + PACKED_SECRET_LEN].copy_from_slice(secret);
-    n += PACKED_SECRET_LEN;
-    let mut mac = material.hmac.clone();
-    mac.update(&msg[..n]);
-    KeyDigest::from_bytes(mac.finalize().into_bytes().into())
+    let n = p.len().min(MAX_PREFIX_LEN);
+    block[0] = n as u8;
+    block[1..1 + n].copy_from_slice(&p[..n]);
+    let mut at = 1 + n;
+    block[at] = version;
+    at += 1;
+    block[at..at + 8].copy_from_slice(&id.0.to_le_bytes());
+    at += 8;
+    block[at..at + PACKED_SECRET_LEN].copy_from_slice(secret);
+    at += PACKED_SECRET_LEN;
+    // At most 50 <= ONE_BLOCK_MAX bytes, so this is always `Some`.
+    KeyDigest::from_bytes(
+        material
+            .hmac
+            .mac_in_place(&mut block, at)
+            .unwrap_or_default(),
+    )
 }
 
 fn pack_secret(digits: &[u8; SECRET_LEN], out: &mut [u8; PACKED_SECRET_LEN]) {
@@ -324,9 +325,54 @@ fn unpack_secret(packed: &[u8; PACKED_SECRET_LEN], digits: &mut [u8; SECRET_LEN]
 
 #[inline]
 fn tag_of(material: &Material, text_before_tag: &[u8]) -> u64 {
-    let mut h = SipHasher24::new_with_key(&material.tag_key);
-    h.write(text_before_tag);
-    h.finish() % TAG_MODULUS
+    siphash24(&material.tag_key, text_before_tag) % TAG_MODULUS
+}
+
+/// SipHash-2-4 (Aumasson and Bernstein) with a 128-bit key: the same output
+/// as `siphasher::sip::SipHasher24` fed the bytes with one `write` call,
+/// without its streaming buffer.
+#[inline]
+fn siphash24(key: &[u8; 16], data: &[u8]) -> u64 {
+    #[inline(always)]
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    // Little-endian word of up to 8 bytes (no memcpy call for the tail).
+    let le = |b: &[u8]| b.iter().rev().fold(0u64, |w, &x| (w << 8) | u64::from(x));
+    let (k0, k1) = (le(&key[..8]), le(&key[8..]));
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let m = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        v[3] ^= m;
+        round(&mut v);
+        round(&mut v);
+        v[0] ^= m;
+    }
+    let last = ((data.len() as u64 & 0xFF) << 56) | le(words.remainder());
+    v[3] ^= last;
+    round(&mut v);
+    round(&mut v);
+    v[0] ^= last;
+    v[2] ^= 0xFF;
+    for _ in 0..4 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 #[inline]
@@ -409,7 +455,7 @@ pub(crate) fn generate<R: RngCore + CryptoRng + ?Sized>(
 ///
 /// Runs the store-free checks in order: length, alphabet and prefix;
 /// checksum; version; canonical id; forged-key tag (compared in constant
-/// time). Never panics.
+/// time). Never panics, never allocates.
 #[inline]
 pub(crate) fn parse<'a>(
     text: &'a str,
@@ -422,65 +468,76 @@ pub(crate) fn parse<'a>(
         return Err(Error::MalformedApiKey(MalformedReason::Length));
     }
     let split = len - BODY_LEN;
-    let body = &bytes[split..];
-    let mut digits = Zeroizing::new([0u8; BODY_LEN]);
-    let mut bad = 0u8;
-    for (d, &b) in digits.iter_mut().zip(body) {
-        *d = base62::DECODE[usize::from(b)];
-        bad |= *d;
-    }
-    // Every valid digit is < 64; INVALID (0xFF) sets the top bits.
-    if bad & 0xC0 != 0 {
+    let body: &[u8; BODY_LEN] = bytes[split..]
+        .try_into()
+        .map_err(|_| Error::MalformedApiKey(MalformedReason::Length))?;
+    if !base62::all_digits(body) {
         return Err(Error::MalformedApiKey(MalformedReason::Charset));
     }
     // The body is ASCII, so `split` is a char boundary; `get` keeps that
     // explicit and panic-free.
     let prefix = text
         .get(..split)
-        .ok_or(Error::MalformedApiKey(MalformedReason::Charset))?;
+        .ok_or_else(|| Error::MalformedApiKey(MalformedReason::Charset))?;
     let (prefix_index, entry) = prefixes
         .find(prefix)
-        .ok_or(Error::MalformedApiKey(MalformedReason::UnknownPrefix))?;
+        .ok_or_else(|| Error::MalformedApiKey(MalformedReason::UnknownPrefix))?;
 
-    let crc = decode_digits(&digits[CHECKSUM_START..]);
-    if crc != u128::from(checksum_of(&bytes[..split + CHECKSUM_START])) {
+    // 62^6 < 2^64: the presented checksum fits; a value >= 2^32 never matches.
+    let crc = base62::decode_u64(&body[CHECKSUM_START..]);
+    if crc != u64::from(checksum_of(&bytes[..split + CHECKSUM_START])) {
         return Err(Error::MalformedApiKey(MalformedReason::Checksum));
     }
-    let version = digits[VERSION_POS];
+    let version = base62::DECODE[usize::from(body[VERSION_POS])];
     let material = keyring
         .material(version)
-        .ok_or(Error::MalformedApiKey(MalformedReason::UnknownVersion))?;
-    let id = digits[ID_START..VERSION_POS]
+        .ok_or_else(|| Error::MalformedApiKey(MalformedReason::UnknownVersion))?;
+    // The id is written least significant digit first. 62^10 < 2^64 < 62^11:
+    // the ten high digits fit, the last step may overflow (non-canonical).
+    let id = body[ID_START + 1..VERSION_POS]
         .iter()
         .rev()
-        .fold(0u128, |acc, &d| acc * 62 + u128::from(d));
-    if id > u128::from(u64::MAX) {
-        return Err(Error::MalformedApiKey(MalformedReason::NonCanonical));
-    }
-    let presented_tag = decode_digits(&digits[TAG_START..CHECKSUM_START]) as u64;
+        .fold(0u64, |acc, &b| {
+            acc.wrapping_mul(62)
+                .wrapping_add(u64::from(base62::DECODE[usize::from(b)] & 63))
+        })
+        .checked_mul(62)
+        .and_then(|hi| hi.checked_add(u64::from(base62::DECODE[usize::from(body[ID_START])])))
+        .ok_or_else(|| Error::MalformedApiKey(MalformedReason::NonCanonical))?;
+    let presented_tag = base62::decode_u64(&body[TAG_START..CHECKSUM_START]);
     let expected_tag = tag_of(material, &bytes[..split + TAG_START]);
     if !bool::from(presented_tag.ct_eq(&expected_tag)) {
         return Err(Error::InvalidApiKey);
     }
-    let mut secret_digits = Zeroizing::new([0u8; SECRET_LEN]);
-    secret_digits.copy_from_slice(&digits[SECRET_START..TAG_START]);
     let mut secret = Zeroizing::new([0u8; PACKED_SECRET_LEN]);
-    pack_secret(&secret_digits, &mut secret);
+    let secret_text: &[u8; SECRET_LEN] = body[SECRET_START..TAG_START]
+        .try_into()
+        .map_err(|_| Error::MalformedApiKey(MalformedReason::Length))?;
+    pack_secret_text(secret_text, &mut secret);
     Ok(ParsedKey {
         prefix,
         prefix_index: prefix_index as u8,
         environment: entry.environment,
         version,
-        id: KeyId(id as u64),
+        id: KeyId(id),
         secret,
     })
 }
 
+/// Packs 32 base62 characters (already checked to be in the alphabet) as
+/// 6-bit values: four characters -> three bytes, like [`pack_secret`].
 #[inline]
-fn decode_digits(digits: &[u8]) -> u128 {
-    digits
-        .iter()
-        .fold(0u128, |acc, &d| acc * 62 + u128::from(d))
+fn pack_secret_text(text: &[u8; SECRET_LEN], out: &mut [u8; PACKED_SECRET_LEN]) {
+    let d = |b: u8| u32::from(base62::DECODE[usize::from(b)] & 63);
+    for i in 0..SECRET_LEN / 4 {
+        let v = (d(text[4 * i]) << 18)
+            | (d(text[4 * i + 1]) << 12)
+            | (d(text[4 * i + 2]) << 6)
+            | d(text[4 * i + 3]);
+        out[3 * i] = (v >> 16) as u8;
+        out[3 * i + 1] = (v >> 8) as u8;
+        out[3 * i + 2] = v as u8;
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +555,33 @@ mod tests {
         let mut back = [0u8; SECRET_LEN];
         unpack_secret(&packed, &mut back);
         assert_eq!(digits, back);
+    }
+
+    #[test]
+    fn siphash_matches_siphasher() {
+        use std::hash::Hasher;
+        let key: [u8; 16] = std::array::from_fn(|i| (i * 17 + 3) as u8);
+        let data: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(29)).collect();
+        for len in 0..data.len() {
+            let mut h = siphasher::sip::SipHasher24::new_with_key(&key);
+            h.write(&data[..len]);
+            assert_eq!(siphash24(&key, &data[..len]), h.finish(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn text_packing_matches_digit_packing() {
+        let text: Vec<u8> = (0..SECRET_LEN)
+            .map(|i| ALPHABET[(i * 11 + 5) % 62])
+            .collect();
+        let mut digits = [0u8; SECRET_LEN];
+        for (d, &c) in digits.iter_mut().zip(&text) {
+            *d = base62::DECODE[usize::from(c)];
+        }
+        let (mut a, mut b) = ([0u8; PACKED_SECRET_LEN], [0u8; PACKED_SECRET_LEN]);
+        pack_secret(&digits, &mut a);
+        pack_secret_text(&text.clone().try_into().expect("32 bytes"), &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]

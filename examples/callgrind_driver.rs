@@ -1,0 +1,261 @@
+//! Deterministic driver for the instruction-count guard (`.ci/callgrind.sh`).
+//!
+//! `callgrind_driver CLASS N` builds a 1,000-key `MemoryStore` from a fixed
+//! seed, then runs `N` operations of `CLASS` inside `measured_loop`, the only
+//! function callgrind collects (`--toggle-collect=*measured_loop*`), so the
+//! setup is not counted. Classes:
+//!
+//! * `valid`, `wrong_secret`, `garbage`, `forged`: `Verifier::verify_with`
+//!   over `MemoryStore::fetch_sync`;
+//! * `async_valid`: `Authenticator::authenticate` of valid keys, polled
+//!   once with a no-op waker (MemoryStore futures are ready at once);
+//! * `naive`: issue 5's naive baseline verify (1,000 `String` ids);
+//! * `hmac`: a bare HMAC-SHA256 of a 42-byte message from a cloned,
+//!   pre-keyed state (sha2 0.10 + hmac 0.12, as the crate does), the
+//!   software-crypto part to subtract.
+//!
+//! Everything is seeded (ChaCha20, fixed server secret, `MemoryStore`'s
+//! fixed id hasher), so the counts repeat exactly from run to run.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasherDefault;
+use std::hint::black_box;
+use std::task::{Context, Poll, Waker};
+
+use apikey::{
+    Authenticator, Clock, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier,
+};
+use hmac::{Hmac, Mac};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+enum Op<'a> {
+    Verify(
+        &'a Verifier,
+        &'a MemoryStore,
+        &'a [String],
+        &'a Requirement,
+        OffsetDateTime,
+    ),
+    Hmac(&'a Hmac<Sha256>),
+    Naive(&'a NaiveMap, &'a Hmac<Sha256>, &'a [String]),
+    Async(
+        &'a Authenticator<&'a MemoryStore, FixedClock>,
+        &'a [String],
+        &'a Requirement,
+    ),
+}
+
+/// A clock that always reads the same instant.
+#[derive(Clone, Copy)]
+struct FixedClock(OffsetDateTime);
+
+impl Clock for FixedClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+/// Polls a future that is ready at once (MemoryStore's are).
+fn poll_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+/// std SipHash-1-3 (what `RandomState` builds) with fixed zero keys.
+type NaiveMap = HashMap<String, NaiveRecord, BuildHasherDefault<std::hash::DefaultHasher>>;
+
+/// Issue 5's naive baseline record (see benches/verify.rs).
+struct NaiveRecord {
+    hash: [u8; 32],
+    _scopes: Vec<String>,
+    expires: Option<i64>,
+}
+
+/// Issue 5's naive verify: strip_prefix, split_once, HashMap<String, _>,
+/// HMAC of the secret text from a cloned pre-keyed state, subtle ct_eq, expiry.
+fn naive_verify(map: &NaiveMap, mac: &Hmac<Sha256>, key: &str) -> bool {
+    let Some((id, secret)) = key.strip_prefix("sk_live_").and_then(|r| r.split_once('_')) else {
+        return false;
+    };
+    let Some(record) = map.get(id) else {
+        return false;
+    };
+    let mut m = mac.clone();
+    m.update(secret.as_bytes());
+    let hash = m.finalize().into_bytes();
+    bool::from(hash.as_slice().ct_eq(record.hash.as_slice()))
+        && record.expires.is_none_or(|e| 1_795_564_800 < e)
+}
+
+#[inline(never)]
+fn measured_loop(op: &Op<'_>, n: usize) -> usize {
+    let mut ok = 0usize;
+    match op {
+        Op::Verify(v, store, keys, req, now) => {
+            for i in 0..n {
+                let key = &keys[i % keys.len()];
+                let r = v.verify_with(black_box(key), |id| store.fetch_sync(id), *now, req);
+                ok += usize::from(r.is_ok());
+            }
+        }
+        Op::Naive(map, mac, keys) => {
+            for i in 0..n {
+                ok += usize::from(naive_verify(map, mac, black_box(&keys[i % keys.len()])));
+            }
+        }
+        Op::Async(auth, keys, req) => {
+            for i in 0..n {
+                let key = &keys[i % keys.len()];
+                ok += usize::from(poll_ready(auth.authenticate(black_box(key), req)).is_ok());
+            }
+        }
+        Op::Hmac(mac) => {
+            let msg = [0x5Au8; 42];
+            for _ in 0..n {
+                let mut m = (*mac).clone();
+                m.update(black_box(&msg));
+                let out = m.finalize().into_bytes();
+                ok += usize::from(out[0] & 1);
+            }
+        }
+    }
+    ok
+}
+
+fn with_checksum(mut text: Vec<u8>) -> String {
+    let n = text.len();
+    let mut crc = u64::from(crc32fast::hash(&text[..n - 6]));
+    for slot in text[n - 6..].iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    String::from_utf8(text).unwrap()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let class = args.next().unwrap_or_else(|| "valid".into());
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7u8; 32]).unwrap()).unwrap());
+    let now = OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap();
+    let store = MemoryStore::new();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut valid = Vec::new();
+    for _ in 0..1000 {
+        let (key, record) = verifier
+            .issue_with_rng(
+                NewKey::new("sk_live_")
+                    .scopes(["tasks:read", "projects:*"])
+                    .expires_at(now + time::Duration::days(365)),
+                now,
+                &mut rng,
+            )
+            .unwrap();
+        store.insert_sync(record).unwrap();
+        valid.push(key.expose_secret().to_owned());
+    }
+    let req = Requirement::scope("tasks:read").unwrap();
+    // Wrong secret: the valid keys against a store whose records hold the
+    // same ids with other digests (exactly the wrong-secret path).
+    let keys: Vec<String> = match class.as_str() {
+        "valid" | "wrong_secret" | "hmac" | "naive" | "async_valid" => valid.clone(),
+        "garbage" => vec!["hello, I am not an API key at all".to_owned()],
+        "forged" => valid
+            .iter()
+            .map(|k| {
+                let mut b = k.as_bytes().to_vec();
+                b[23] = if b[23] == b'a' { b'b' } else { b'a' };
+                with_checksum(b)
+            })
+            .collect(),
+        other => {
+            eprintln!(
+                "unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid"
+            );
+            std::process::exit(2);
+        }
+    };
+    let wrong_store;
+    let store_ref = if class == "wrong_secret" {
+        wrong_store = MemoryStore::new();
+        for k in &valid {
+            let id = verifier.parse(k).unwrap().id();
+            let mut record = store.get_sync(id).unwrap();
+            let mut d = *record.digest.as_bytes();
+            d[0] ^= 1;
+            record.digest = apikey::KeyDigest::from_bytes(d);
+            wrong_store.insert_sync(record).unwrap();
+        }
+        &wrong_store
+    } else {
+        &store
+    };
+    // Check every class does what it says before measuring.
+    let first = verifier.verify_with(&keys[0], |id| store_ref.fetch_sync(id), now, &req);
+    assert_eq!(
+        first.is_ok(),
+        matches!(class.as_str(), "valid" | "hmac" | "naive" | "async_valid"),
+        "{class}"
+    );
+
+    let mac = <Hmac<Sha256> as Mac>::new_from_slice(&[9u8; 32]).unwrap();
+    // The naive map, with a fixed-seed hasher (std's SipHash-1-3, as
+    // RandomState, but with zero keys so counts repeat).
+    let mut naive_map = NaiveMap::default();
+    let mut naive_keys = Vec::new();
+    if class == "naive" {
+        let mut x = 1u64;
+        let mut alnum = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(BASE62[(x % 62) as usize])
+                })
+                .collect()
+        };
+        for _ in 0..1000 {
+            let (id, secret) = (alnum(8), alnum(43));
+            let mut m = mac.clone();
+            m.update(secret.as_bytes());
+            naive_map.insert(
+                id.clone(),
+                NaiveRecord {
+                    hash: m.finalize().into_bytes().into(),
+                    _scopes: vec!["tasks:read".into(), "projects:write".into()],
+                    expires: Some(i64::MAX / 2),
+                },
+            );
+            naive_keys.push(format!("sk_live_{id}_{secret}"));
+        }
+    }
+    let auth = Authenticator::with_clock(verifier.clone(), store_ref, FixedClock(now));
+    let op = if class == "hmac" {
+        Op::Hmac(&mac)
+    } else if class == "async_valid" {
+        Op::Async(&auth, &keys, &req)
+    } else if class == "naive" {
+        Op::Naive(&naive_map, &mac, &naive_keys)
+    } else {
+        Op::Verify(&verifier, store_ref, &keys, &req, now)
+    };
+    let ok = measured_loop(&op, n);
+    println!("{class} {n} ok={ok}");
+}
