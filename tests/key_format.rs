@@ -85,17 +85,17 @@ fn vectors_parse_and_verify() {
     }
 }
 
-/// Re-implements the format from the README's description alone.
-#[test]
-fn independent_implementation_agrees() {
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(b"apikey/v1"), &[0x42; 32]);
+/// Re-implements the format from the README's description alone, with the
+/// `hkdf`, `hmac`, `siphasher` and `crc32fast` crates, and returns the
+/// expected digest (base64) after checking every other field.
+fn reference_check(secret: &[u8], text: &str, id: &str) -> String {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(b"apikey/v1"), secret);
     let mut tag_key = [0u8; 16];
     let mut digest_key = [0u8; 32];
     hk.expand(b"apikey/v1 tag key", &mut tag_key).unwrap();
     hk.expand(b"apikey/v1 digest key", &mut digest_key).unwrap();
     let re = regex::Regex::new(SCANNER_REGEX).unwrap();
-
-    for (text, id, digest) in VECTORS {
+    {
         assert!(re.is_match(text), "scanner regex must match {text}");
         let bytes = text.as_bytes();
         let split = bytes.len() - BODY_LEN;
@@ -107,9 +107,9 @@ fn independent_implementation_agrees() {
         let mut id_be = body[0..11].to_vec();
         id_be.reverse();
         let id_value = b62(&id_be);
-        assert_eq!(&std::str::from_utf8(&body[0..11]).unwrap(), id);
+        assert_eq!(std::str::from_utf8(&body[0..11]).unwrap(), id);
         // Version.
-        assert_eq!(body[11], b'1');
+        let version = b62(&body[11..12]) as u8;
         // Tag: SipHash-2-4 of everything before it, mod 62^8.
         let mut sip = siphasher::sip::SipHasher24::new_with_key(&tag_key);
         sip.write(&bytes[..split + 44]);
@@ -125,12 +125,51 @@ fn independent_implementation_agrees() {
         let mut mac = Hmac::<Sha256>::new_from_slice(&digest_key).unwrap();
         mac.update(&[prefix.len() as u8]);
         mac.update(prefix);
-        mac.update(&[1]);
+        mac.update(&[version]);
         mac.update(&(id_value as u64).to_le_bytes());
         mac.update(&packed);
-        let expected = KeyDigest::from_bytes(mac.finalize().into_bytes().into());
-        assert_eq!(expected.to_base64(), *digest);
+        KeyDigest::from_bytes(mac.finalize().into_bytes().into()).to_base64()
     }
+}
+
+#[test]
+fn independent_implementation_agrees_on_the_vectors() {
+    for (text, id, digest) in VECTORS {
+        assert_eq!(reference_check(&[0x42; 32], text, id), *digest);
+    }
+}
+
+#[test]
+fn independent_implementation_agrees_on_issue_and_verify_paths() {
+    let secret = [0x17u8; 32];
+    let v = Verifier::new(Keyring::new(5, ServerSecret::from_bytes(&secret).unwrap()).unwrap());
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    for prefix in ["sk_live_", "sk_test_", "kwi_sk_"] {
+        for _ in 0..50 {
+            let (key, record) = v
+                .issue_with_rng(
+                    NewKey::new(prefix),
+                    time::OffsetDateTime::UNIX_EPOCH,
+                    &mut rng,
+                )
+                .unwrap();
+            let text = key.expose_secret();
+            let id = record.id.to_string();
+            let want = reference_check_v(&secret, text, &id, b'5');
+            assert_eq!(record.digest.to_base64(), want, "issued digest");
+            let parsed = v.parse(text).unwrap();
+            assert_eq!(
+                v.rehash(&parsed).unwrap().1.to_base64(),
+                want,
+                "verify-path digest"
+            );
+        }
+    }
+}
+
+fn reference_check_v(secret: &[u8], text: &str, id: &str, version_char: u8) -> String {
+    assert_eq!(text.as_bytes()[text.len() - BODY_LEN + 11], version_char);
+    reference_check(secret, text, id)
 }
 
 #[test]
