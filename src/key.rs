@@ -13,10 +13,13 @@
 //! Base62 is `0-9A-Za-z`. Every key has exactly one accepted spelling.
 
 use std::fmt;
+use std::hash::Hasher;
 use std::str::FromStr;
 
+use hmac::Mac;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher24;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -277,8 +280,8 @@ fn digest_parts(
     secret: &[u8; PACKED_SECRET_LEN],
 ) -> KeyDigest {
     // len(prefix) || prefix || version || id (LE) || packed secret: at most
-    // 1 + 16 + 1 + 8 + 24 = 50 bytes, one SHA-256 block. The message is
-    // written straight into the block the compression reads (zeroized after).
+    // 1 + 16 + 1 + 8 + 24 = 50 bytes, one SHA-256 block after the pre-keyed
+    // inner state. The message buffer is zeroized after use.
     let mut block = [0u8; 64];
     let p = prefix.as_bytes();
     let n = p.len().min(MAX_PREFIX_LEN);
@@ -291,13 +294,10 @@ fn digest_parts(
     at += 8;
     block[at..at + PACKED_SECRET_LEN].copy_from_slice(secret);
     at += PACKED_SECRET_LEN;
-    // At most 50 <= ONE_BLOCK_MAX bytes, so this is always `Some`.
-    KeyDigest::from_bytes(
-        material
-            .hmac
-            .mac_in_place(&mut block, at)
-            .unwrap_or_default(),
-    )
+    let mut mac = material.hmac.clone();
+    mac.update(&block[..at]);
+    block[..at].zeroize();
+    KeyDigest::from_bytes(mac.finalize().into_bytes().into())
 }
 
 fn pack_secret(digits: &[u8; SECRET_LEN], out: &mut [u8; PACKED_SECRET_LEN]) {
@@ -325,54 +325,9 @@ fn unpack_secret(packed: &[u8; PACKED_SECRET_LEN], digits: &mut [u8; SECRET_LEN]
 
 #[inline]
 fn tag_of(material: &Material, text_before_tag: &[u8]) -> u64 {
-    siphash24(&material.tag_key, text_before_tag) % TAG_MODULUS
-}
-
-/// SipHash-2-4 (Aumasson and Bernstein) with a 128-bit key: the same output
-/// as `siphasher::sip::SipHasher24` fed the bytes with one `write` call,
-/// without its streaming buffer.
-#[inline]
-fn siphash24(key: &[u8; 16], data: &[u8]) -> u64 {
-    #[inline(always)]
-    fn round(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13) ^ v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16) ^ v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21) ^ v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17) ^ v[2];
-        v[2] = v[2].rotate_left(32);
-    }
-    // Little-endian word of up to 8 bytes (no memcpy call for the tail).
-    let le = |b: &[u8]| b.iter().rev().fold(0u64, |w, &x| (w << 8) | u64::from(x));
-    let (k0, k1) = (le(&key[..8]), le(&key[8..]));
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let m = u64::from_le_bytes(w.try_into().unwrap_or_default());
-        v[3] ^= m;
-        round(&mut v);
-        round(&mut v);
-        v[0] ^= m;
-    }
-    let last = ((data.len() as u64 & 0xFF) << 56) | le(words.remainder());
-    v[3] ^= last;
-    round(&mut v);
-    round(&mut v);
-    v[0] ^= last;
-    v[2] ^= 0xFF;
-    for _ in 0..4 {
-        round(&mut v);
-    }
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    let mut h = SipHasher24::new_with_key(&material.tag_key);
+    h.write(text_before_tag);
+    h.finish() % TAG_MODULUS
 }
 
 #[inline]
@@ -555,18 +510,6 @@ mod tests {
         let mut back = [0u8; SECRET_LEN];
         unpack_secret(&packed, &mut back);
         assert_eq!(digits, back);
-    }
-
-    #[test]
-    fn siphash_matches_siphasher() {
-        use std::hash::Hasher;
-        let key: [u8; 16] = std::array::from_fn(|i| (i * 17 + 3) as u8);
-        let data: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(29)).collect();
-        for len in 0..data.len() {
-            let mut h = siphasher::sip::SipHasher24::new_with_key(&key);
-            h.write(&data[..len]);
-            assert_eq!(siphash24(&key, &data[..len]), h.finish(), "length {len}");
-        }
     }
 
     #[test]

@@ -20,10 +20,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::digest::PrekeyedHmac;
 use crate::error::{Error, Result};
 
 /// Shortest accepted server secret, in bytes.
@@ -110,9 +110,9 @@ impl fmt::Debug for ServerSecret {
 pub(crate) struct Material {
     /// SipHash-2-4 key for the forged-key tag.
     pub(crate) tag_key: Zeroizing<[u8; 16]>,
-    /// HMAC-SHA256 already keyed with the digest pepper (two compressions
-    /// per digest).
-    pub(crate) hmac: PrekeyedHmac,
+    /// HMAC-SHA256 (the `hmac` crate) already keyed with the digest pepper;
+    /// cloned per digest.
+    pub(crate) hmac: Hmac<Sha256>,
 }
 
 impl Material {
@@ -124,7 +124,8 @@ impl Material {
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
         hk.expand(b"apikey/v1 digest key", digest_key.as_mut())
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
-        let hmac = PrekeyedHmac::new(digest_key.as_ref());
+        let hmac = <Hmac<Sha256> as Mac>::new_from_slice(digest_key.as_ref())
+            .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
         digest_key.zeroize();
         Ok(Self { tag_key, hmac })
     }
