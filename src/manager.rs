@@ -1242,7 +1242,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         let verified = self
             .verifier
             .verify_from(&parsed, view, now, requirement, ip);
-        self.finish(verified, parsed.id(), owner.as_deref(), now)
+        self.finish(verified, parsed.id(), owner.as_deref().map(|o| &**o), now)
             .await
     }
 

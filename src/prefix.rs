@@ -126,6 +126,12 @@ impl Prefix {
         Ok(Self(prefix.into()))
     }
 
+    /// A stand-in for a prefix that cannot be missing (never shown in
+    /// practice; see `KeyView::prefix`).
+    pub(crate) fn unknown() -> Self {
+        Self("unknown_".into())
+    }
+
     /// The prefix text, including the trailing `_`.
     pub fn as_str(&self) -> &str {
         &self.0

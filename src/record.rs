@@ -7,7 +7,7 @@
 //! database for years and read them back.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -346,7 +346,9 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 /// The compact, shared form of a record that verification reads.
 ///
 /// Stores hand the verifier an `Arc<KeyView>`: no clone of names,
-/// descriptions or other cold fields on the hot path.
+/// descriptions or other cold fields on the hot path. A view also carries
+/// everything else of its record (rarely set fields in one boxed side
+/// struct), so a store can keep views only and rebuild the exact record.
 ///
 /// ```
 /// # use apikey::{Keyring, ServerSecret, Verifier, NewKey, KeyView};
@@ -356,67 +358,313 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 /// assert_eq!(view.id(), record.id);
 /// # Ok::<(), apikey::Error>(())
 /// ```
+// Field order is the memory order (`repr(C)`): what `verify` reads first,
+// next to the `Arc` counts a fetch touches. 104 bytes, so an `Arc<KeyView>`
+// is a 120-byte allocation (a 128-byte malloc chunk).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct KeyView {
-    pub(crate) id: KeyId,
     pub(crate) digest: KeyDigest,
-    pub(crate) secret_version: u8,
-    pub(crate) status: KeyStatus,
-    pub(crate) environment: Environment,
+    pub(crate) id: KeyId,
     /// Inclusive start, Unix nanos; `i64::MIN` when unset.
     pub(crate) not_before: i64,
     /// Exclusive end, Unix nanos; `i64::MAX` when unset.
     pub(crate) expires_at: i64,
-    pub(crate) owner: Option<Arc<str>>,
-    pub(crate) scopes: ScopeSet,
-    pub(crate) metadata: Option<Arc<BTreeMap<String, String>>>,
-    /// `None` when the key may be used from anywhere.
+    pub(crate) scopes: Arc<ScopeSet>,
+    /// Rarely set fields; `None` when all are at their defaults.
+    pub(crate) cold: Option<Box<ColdFields>>,
+    pub(crate) secret_version: u8,
+    pub(crate) status: KeyStatus,
+    pub(crate) environment: Environment,
+    /// Index + 1 into the process-wide prefix table; 0: the prefix is in
+    /// `cold.exact`.
+    pub(crate) prefix: u8,
+    pub(crate) owner: Option<Arc<Box<str>>>,
+    /// Creation time, Unix nanos (exact unless `cold.exact` says otherwise).
+    pub(crate) created_at: i64,
+    /// Revision and usage; `None` while the revision is 0 and no use was recorded.
+    pub(crate) state: Option<Box<KeyState>>,
+}
+
+/// Fields of a record that change with writes and usage flushes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyState {
+    pub(crate) revision: u64,
+    pub(crate) last_used_at: Option<OffsetDateTime>,
+    pub(crate) usage: UsageCounters,
+}
+
+/// Rarely set fields of a record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ColdFields {
     pub(crate) ip_allowlist: Option<Arc<[IpNet]>>,
+    pub(crate) metadata: Option<Arc<BTreeMap<String, String>>>,
+    pub(crate) name: Box<str>,
+    pub(crate) description: Option<Box<str>>,
+    pub(crate) revocation: Option<Box<Revocation>>,
+    pub(crate) rotated_from: Option<KeyId>,
+    pub(crate) rotated_to: Option<KeyId>,
+    pub(crate) legacy: Option<Box<LegacyInfo>>,
+    pub(crate) exact: Option<Box<ExactFields>>,
+}
+
+/// Values the compact fields cannot hold exactly: times with a non-UTC
+/// offset or outside the `i64` nanosecond range, and a prefix when the
+/// prefix table is full.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ExactFields {
+    pub(crate) prefix: Option<Prefix>,
+    pub(crate) created_at: Option<OffsetDateTime>,
+    pub(crate) not_before: Option<Option<OffsetDateTime>>,
+    pub(crate) expires_at: Option<Option<OffsetDateTime>>,
+}
+
+/// Process-wide table of the prefixes views refer to by index. Prefixes
+/// are few (a registry holds at most 64); past 255 distinct ones a view
+/// keeps its prefix in its cold fields.
+static PREFIX_TABLE: [OnceLock<Prefix>; 255] = [const { OnceLock::new() }; 255];
+
+static UNKNOWN_PREFIX: LazyLock<Prefix> = LazyLock::new(Prefix::unknown);
+
+/// The table slot (index + 1) of `prefix`, adding it; 0 when the table is full.
+fn prefix_slot(prefix: &Prefix) -> u8 {
+    for (i, cell) in PREFIX_TABLE.iter().enumerate() {
+        let held = match cell.get() {
+            Some(p) => p,
+            // A racing writer may win this cell; then compare with its value.
+            None => {
+                let _ = cell.set(prefix.clone());
+                match cell.get() {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
+        };
+        if held == prefix {
+            return u8::try_from(i + 1).unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// `t` as exact Unix nanos: `None` unless UTC and within `i64` nanos
+/// (other than `sentinel`).
+fn exact_nanos(t: OffsetDateTime, sentinel: i64) -> Option<i64> {
+    if !t.offset().is_utc() {
+        return None;
+    }
+    i64::try_from(t.unix_timestamp_nanos())
+        .ok()
+        .filter(|n| *n != sentinel)
+}
+
+fn utc_from_nanos(n: i64) -> OffsetDateTime {
+    // Every i64 of nanoseconds is within `OffsetDateTime`'s range.
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl KeyView {
     /// The hot-path view of `record`.
     pub fn from_record(record: &KeyRecord) -> Self {
-        Self::from_record_with(record, record.owner.as_deref().map(Arc::from))
+        Self::build(
+            record,
+            record.owner.as_deref().map(|o| Arc::new(Box::from(o))),
+            Arc::new(record.scopes.clone()),
+        )
     }
 
     /// Like [`from_record`](Self::from_record) with an owner string the
-    /// store already shares (interned), to save memory.
+    /// caller already shares.
     pub fn from_record_with(record: &KeyRecord, owner: Option<Arc<str>>) -> Self {
-        Self {
-            id: record.id,
-            digest: record.digest,
-            secret_version: record.secret_version,
-            status: record.status,
-            environment: record.environment,
-            not_before: record.not_before.map_or(i64::MIN, unix_nanos),
-            expires_at: record.expires_at.map_or(i64::MAX, unix_nanos),
-            owner,
-            scopes: record.scopes.clone(),
-            metadata: if record.metadata.is_empty() {
-                None
-            } else {
-                Some(Arc::new(record.metadata.clone()))
-            },
+        Self::build(
+            record,
+            owner.map(|o| Arc::new(Box::from(&*o))),
+            Arc::new(record.scopes.clone()),
+        )
+    }
+
+    /// The view of `record` with the owner and scope set a store shares
+    /// between views (interned); `owner` and `scopes` must equal the
+    /// record's.
+    pub(crate) fn build(
+        record: &KeyRecord,
+        owner: Option<Arc<Box<str>>>,
+        scopes: Arc<ScopeSet>,
+    ) -> Self {
+        let mut exact = ExactFields::default();
+        let prefix = prefix_slot(&record.prefix);
+        if prefix == 0 {
+            exact.prefix = Some(record.prefix.clone());
+        }
+        let created_at = match exact_nanos(record.created_at, i64::MIN) {
+            Some(n) => n,
+            None => {
+                exact.created_at = Some(record.created_at);
+                unix_nanos(record.created_at)
+            }
+        };
+        if let Some(t) = record.not_before
+            && exact_nanos(t, i64::MIN).is_none()
+        {
+            exact.not_before = Some(record.not_before);
+        }
+        if let Some(t) = record.expires_at
+            && exact_nanos(t, i64::MAX).is_none()
+        {
+            exact.expires_at = Some(record.expires_at);
+        }
+        let cold = ColdFields {
             ip_allowlist: if record.ip_allowlist.is_empty() {
                 None
             } else {
                 Some(record.ip_allowlist.as_slice().into())
             },
+            metadata: if record.metadata.is_empty() {
+                None
+            } else {
+                Some(Arc::new(record.metadata.clone()))
+            },
+            name: record.name.as_str().into(),
+            description: record.description.as_deref().map(Box::from),
+            revocation: record.revocation.clone().map(Box::new),
+            rotated_from: record.rotated_from,
+            rotated_to: record.rotated_to,
+            legacy: record.legacy.clone().map(Box::new),
+            exact: if exact == ExactFields::default() {
+                None
+            } else {
+                Some(Box::new(exact))
+            },
+        };
+        let state = KeyState {
+            revision: record.revision,
+            last_used_at: record.last_used_at,
+            usage: record.usage,
+        };
+        Self {
+            digest: record.digest,
+            id: record.id,
+            not_before: record.not_before.map_or(i64::MIN, unix_nanos),
+            expires_at: record.expires_at.map_or(i64::MAX, unix_nanos),
+            scopes,
+            cold: (cold != ColdFields::default()).then(|| Box::new(cold)),
+            secret_version: record.secret_version,
+            status: record.status,
+            environment: record.environment,
+            prefix,
+            owner,
+            created_at,
+            state: (state != KeyState::default()).then(|| Box::new(state)),
         }
+    }
+
+    /// The record this view was built from, exactly.
+    pub(crate) fn to_record(&self) -> KeyRecord {
+        let cold = self.cold.as_deref();
+        let state = self.state.as_deref();
+        KeyRecord {
+            schema_version: SCHEMA_VERSION,
+            id: self.id,
+            prefix: self.prefix().clone(),
+            environment: self.environment,
+            owner: self.owner().map(str::to_owned),
+            name: cold.map(|c| String::from(&*c.name)).unwrap_or_default(),
+            description: cold.and_then(|c| c.description.as_deref().map(str::to_owned)),
+            secret_version: self.secret_version,
+            digest: self.digest,
+            scopes: (*self.scopes).clone(),
+            created_at: self.created_at_exact(),
+            expires_at: self.expires_at_exact(),
+            not_before: match self.exact().and_then(|e| e.not_before) {
+                Some(t) => t,
+                None => (self.not_before != i64::MIN).then(|| utc_from_nanos(self.not_before)),
+            },
+            status: self.status,
+            revocation: cold.and_then(|c| c.revocation.as_deref().cloned()),
+            last_used_at: state.and_then(|s| s.last_used_at),
+            metadata: self.metadata().clone(),
+            rotated_from: cold.and_then(|c| c.rotated_from),
+            rotated_to: self.rotated_to(),
+            revision: self.revision(),
+            ip_allowlist: self.ip_allowlist().to_vec(),
+            usage: state.map(|s| s.usage).unwrap_or_default(),
+            legacy: cold.and_then(|c| c.legacy.as_deref().cloned()),
+        }
+    }
+
+    fn exact(&self) -> Option<&ExactFields> {
+        self.cold.as_deref().and_then(|c| c.exact.as_deref())
+    }
+
+    /// The prefix.
+    pub(crate) fn prefix(&self) -> &Prefix {
+        let from_table = self
+            .prefix
+            .checked_sub(1)
+            .and_then(|i| PREFIX_TABLE.get(usize::from(i)))
+            .and_then(OnceLock::get);
+        match from_table {
+            Some(p) => p,
+            None => match self.exact().and_then(|e| e.prefix.as_ref()) {
+                Some(p) => p,
+                // Unreachable: `build` gives every view a table slot or an
+                // exact prefix.
+                None => &UNKNOWN_PREFIX,
+            },
+        }
+    }
+    /// Exact creation time.
+    pub(crate) fn created_at_exact(&self) -> OffsetDateTime {
+        match self.exact().and_then(|e| e.created_at) {
+            Some(t) => t,
+            None => utc_from_nanos(self.created_at),
+        }
+    }
+
+    /// Exact expiry.
+    pub(crate) fn expires_at_exact(&self) -> Option<OffsetDateTime> {
+        match self.exact().and_then(|e| e.expires_at) {
+            Some(t) => t,
+            None => (self.expires_at != i64::MAX).then(|| utc_from_nanos(self.expires_at)),
+        }
+    }
+
+    /// The record's revision.
+    pub(crate) fn revision(&self) -> u64 {
+        self.state.as_deref().map_or(0, |s| s.revision)
+    }
+
+    /// The successor by rotation.
+    pub(crate) fn rotated_to(&self) -> Option<KeyId> {
+        self.cold.as_deref().and_then(|c| c.rotated_to)
+    }
+
+    /// The legacy index, for imported keys.
+    pub(crate) fn legacy(&self) -> Option<&LegacyInfo> {
+        self.cold.as_deref().and_then(|c| c.legacy.as_deref())
+    }
+
+    /// [`KeyRecord::counts_toward_limit`] of the record.
+    pub(crate) fn counts_toward_limit(&self, now: OffsetDateTime) -> bool {
+        self.status != KeyStatus::Revoked
+            && self.expires_at_exact().is_none_or(|exp| now < exp)
+            && self.rotated_to().is_none()
     }
 
     /// The IP allowlist (empty: any address).
     pub fn ip_allowlist(&self) -> &[IpNet] {
-        self.ip_allowlist.as_deref().unwrap_or(&[])
+        self.cold
+            .as_deref()
+            .and_then(|c| c.ip_allowlist.as_deref())
+            .unwrap_or(&[])
     }
 
     /// Whether a request from `ip` may use the key (see
     /// [`ip_allowed`](crate::ip_allowed)): one branch when the key has no
-    /// allowlist.
+    /// rarely set fields.
     #[inline]
     pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
-        match &self.ip_allowlist {
+        match self.cold.as_deref().and_then(|c| c.ip_allowlist.as_deref()) {
             None => true,
             Some(list) => crate::ipnet::ip_allowed(list, ip),
         }
@@ -439,7 +687,7 @@ impl KeyView {
 
     /// The owner.
     pub fn owner(&self) -> Option<&str> {
-        self.owner.as_deref()
+        self.owner.as_deref().map(|o| &**o)
     }
 
     /// The granted scopes.
@@ -450,7 +698,10 @@ impl KeyView {
     /// The metadata (empty when none).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.metadata.as_deref().unwrap_or(&EMPTY)
+        self.cold
+            .as_deref()
+            .and_then(|c| c.metadata.as_deref())
+            .unwrap_or(&EMPTY)
     }
 
     /// Expiry, if any.

@@ -1,6 +1,6 @@
 //! The in-memory [`MemoryStore`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, ready};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyId;
 use crate::prefix::Prefix;
 use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
+use crate::scope::ScopeSet;
 use crate::store::{
     KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, UsageDelta,
 };
@@ -44,11 +45,6 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-struct Slot {
-    view: Arc<KeyView>,
-    record: Box<KeyRecord>,
-}
-
 /// A thread-safe in-memory store, the default.
 ///
 /// Records are spread over 64 shards, each behind its own `RwLock`, chosen
@@ -56,6 +52,13 @@ struct Slot {
 /// the length of a hash lookup and an `Arc` clone, and holds no lock while
 /// the verifier computes the digest; writes lock one shard (plus the owner
 /// index) briefly, so they never block readers for long.
+///
+/// Each record is kept once, as the `Arc<KeyView>` that `fetch` returns (16
+/// bytes of map entry per key); `get` and the listings rebuild the exact
+/// [`KeyRecord`] from it. Owner strings and scope sets are interned: keys
+/// with the same owner, or the same scopes, share one copy. At 1,000,000
+/// keys with an owner, two scopes and an expiry the store takes about 180
+/// bytes per key (`cargo bench --bench memory`).
 ///
 /// Every write, compound ones included ([`KeyStoreLifecycle`]), holds the
 /// owner-index mutex for its whole length, so writes are serialized and the
@@ -72,23 +75,101 @@ struct Slot {
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
 /// let (key, record) = verifier.issue(NewKey::new("sk_live_").owner("u1"), time::OffsetDateTime::UNIX_EPOCH)?;
 /// store.insert_sync(record.clone())?;
-/// assert!(store.insert_sync(record).is_err()); // id collision: never overwritten
+/// assert!(store.insert_sync(record.clone()).is_err()); // id collision: never overwritten
 /// assert_eq!(store.len(), 1);
-/// assert_eq!(store.list_by_owner_sync("u1").len(), 1);
+/// assert_eq!(store.list_by_owner_sync("u1"), vec![record]);
 /// # Ok::<(), apikey::Error>(())
 /// ```
 pub struct MemoryStore {
-    shards: Box<[RwLock<IdMap<Slot>>]>,
-    /// Owner index. Every write holds this lock for its whole length, so
-    /// writes are serialized (compound writes are atomic with respect to
-    /// each other); `fetch` never takes it. Lock order: `owners`, then
-    /// shards, then `legacy`.
-    owners: Mutex<OwnerMap>,
+    shards: Box<[RwLock<IdMap<Arc<KeyView>>>]>,
+    /// Owner index and interned scope sets. Every write holds this lock for
+    /// its whole length, so writes are serialized (compound writes are
+    /// atomic with respect to each other); `fetch` never takes it. Lock
+    /// order: `owners`, then shards, then `legacy`.
+    owners: Mutex<Index>,
     /// Legacy-key index: keyed hash -> id.
     legacy: RwLock<HashMap<[u8; 32], KeyId>>,
 }
 
-type OwnerMap = HashMap<Arc<str>, Vec<KeyId>>;
+/// An interned owner string, looked up by `&str`.
+#[derive(Clone)]
+struct OwnerKey(Arc<Box<str>>);
+
+impl std::borrow::Borrow<str> for OwnerKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for OwnerKey {
+    fn eq(&self, other: &Self) -> bool {
+        **self.0 == **other.0
+    }
+}
+
+impl Eq for OwnerKey {}
+
+impl std::hash::Hash for OwnerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self.0).hash(state);
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    /// Owner -> ids; the key is the one copy of the owner string.
+    owners: HashMap<OwnerKey, Vec<KeyId>>,
+    /// The one copy of each scope set in use.
+    scopes: HashSet<Arc<ScopeSet>>,
+    /// Size of `scopes` at which unused sets are next swept out.
+    sweep_at: usize,
+}
+
+impl Index {
+    /// The shared copy of an owner string.
+    fn owner(&self, owner: &str) -> Arc<Box<str>> {
+        match self.owners.get_key_value(owner) {
+            Some((k, _)) => Arc::clone(&k.0),
+            None => Arc::new(Box::from(owner)),
+        }
+    }
+
+    fn add_owned(&mut self, owner: Arc<Box<str>>, id: KeyId) {
+        self.owners.entry(OwnerKey(owner)).or_default().push(id);
+    }
+
+    fn remove_owned(&mut self, owner: &str, id: KeyId) {
+        if let Some(ids) = self.owners.get_mut(owner) {
+            ids.retain(|k| *k != id);
+            if ids.is_empty() {
+                self.owners.remove(owner);
+            }
+        }
+    }
+
+    /// The shared copy of a scope set. Sets no view uses any more are swept
+    /// out whenever the table has doubled since the last sweep (amortized
+    /// O(1) per insert).
+    fn scopes(&mut self, scopes: &ScopeSet) -> Arc<ScopeSet> {
+        if let Some(s) = self.scopes.get(scopes) {
+            return Arc::clone(s);
+        }
+        if self.scopes.len() >= self.sweep_at {
+            self.scopes.retain(|s| Arc::strong_count(s) > 1);
+            self.sweep_at = (self.scopes.len() * 2).max(64);
+        }
+        let s = Arc::new(scopes.clone());
+        self.scopes.insert(Arc::clone(&s));
+        s
+    }
+
+    /// The view of `record`, with shared owner and scopes.
+    fn view(&mut self, record: &KeyRecord) -> Arc<KeyView> {
+        let owner = record.owner.as_deref().map(|o| self.owner(o));
+        let scopes = self.scopes(&record.scopes);
+        Arc::new(KeyView::build(record, owner, scopes))
+    }
+}
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,13 +194,13 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
-            owners: Mutex::new(HashMap::new()),
+            owners: Mutex::new(Index::default()),
             legacy: RwLock::new(HashMap::new()),
         }
     }
 
     #[inline]
-    fn shard(&self, id: KeyId) -> &RwLock<IdMap<Slot>> {
+    fn shard(&self, id: KeyId) -> &RwLock<IdMap<Arc<KeyView>>> {
         &self.shards[(id.as_u64() >> (64 - SHARD_BITS)) as usize]
     }
 
@@ -139,21 +220,23 @@ impl MemoryStore {
     /// Never fails; the `Result` matches the trait.
     #[inline]
     pub fn fetch_sync(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        Ok(sync::read(self.shard(id))
-            .get(&id.as_u64())
-            .map(|s| Arc::clone(&s.view)))
+        Ok(sync::read(self.shard(id)).get(&id.as_u64()).cloned())
+    }
+
+    /// The stored view, without rebuilding the record.
+    fn view(&self, id: KeyId) -> Option<Arc<KeyView>> {
+        sync::read(self.shard(id)).get(&id.as_u64()).cloned()
     }
 
     /// The full record, synchronously.
     pub fn get_sync(&self, id: KeyId) -> Option<KeyRecord> {
-        sync::read(self.shard(id))
-            .get(&id.as_u64())
-            .map(|s| (*s.record).clone())
+        self.view(id).map(|v| v.to_record())
     }
 
     /// Records owned by `owner`, oldest first.
     pub fn list_by_owner_sync(&self, owner: &str) -> Vec<KeyRecord> {
         let ids = sync::lock(&self.owners)
+            .owners
             .get(owner)
             .cloned()
             .unwrap_or_default();
@@ -170,9 +253,9 @@ impl MemoryStore {
     /// record breaks its invariants.
     pub fn insert_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
         record.validate().map_err(corrupt)?;
-        let mut owners = sync::lock(&self.owners);
+        let mut index = sync::lock(&self.owners);
         self.check_insert(&record)?;
-        self.put_new(&mut owners, record);
+        self.put_new(&mut index, &record);
         Ok(())
     }
 
@@ -184,40 +267,38 @@ impl MemoryStore {
     /// [`StoreErrorKind::Corrupt`] when the record breaks its invariants.
     pub fn update_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
         record.validate().map_err(corrupt)?;
-        let mut owners = sync::lock(&self.owners);
+        let mut index = sync::lock(&self.owners);
         let stored = self.check_replace(&record, None)?;
-        let mut record = record;
+        let revision = stored.revision().wrapping_add(1);
         // Usage fields belong to `record_usage`: a flush that landed between
         // the caller's read and this write is kept.
-        record.usage = stored.usage;
-        record.last_used_at = stored.last_used_at;
-        record.revision = stored.revision.wrapping_add(1);
-        self.replace(&mut owners, &stored, record);
+        let record = conditional(record, &stored, revision);
+        self.replace(&mut index, &stored, &record);
         Ok(())
     }
 
     /// Deletes a record, synchronously; returns whether it existed. Clears
     /// the rotation links of its predecessor and successor.
     pub fn delete_sync(&self, id: KeyId) -> bool {
-        let mut owners = sync::lock(&self.owners);
+        let mut index = sync::lock(&self.owners);
         let removed = sync::write(self.shard(id)).remove(&id.as_u64());
-        let Some(slot) = removed else {
+        let Some(view) = removed else {
             return false;
         };
-        if let Some(o) = slot.record.owner.as_deref() {
-            remove_owned(&mut owners, o, id);
+        if let Some(o) = view.owner() {
+            index.remove_owned(o, id);
         }
-        if let Some(l) = &slot.record.legacy {
+        if let Some(l) = view.legacy() {
             sync::write(&self.legacy).remove(l.index.as_bytes());
         }
+        let cold = view.cold.as_deref();
         for (other, is_successor) in [
-            (slot.record.rotated_to, true),
-            (slot.record.rotated_from, false),
+            (cold.and_then(|c| c.rotated_to), true),
+            (cold.and_then(|c| c.rotated_from), false),
         ] {
             let Some(other) = other else { continue };
-            if let Some(Slot { record, view }) =
-                sync::write(self.shard(other)).get_mut(&other.as_u64())
-            {
+            if let Some(slot) = sync::write(self.shard(other)).get_mut(&other.as_u64()) {
+                let mut record = slot.to_record();
                 let link = if is_successor {
                     &mut record.rotated_from
                 } else {
@@ -226,7 +307,7 @@ impl MemoryStore {
                 if *link == Some(id) {
                     *link = None;
                     record.revision = record.revision.wrapping_add(1);
-                    *view = Arc::new(KeyView::from_record_with(record, view.owner.clone()));
+                    *slot = rebuilt(slot, &record);
                 }
             }
         }
@@ -244,15 +325,15 @@ impl MemoryStore {
         now: OffsetDateTime,
     ) -> Result<LimitedInsert, StoreError> {
         record.validate().map_err(corrupt)?;
-        let mut owners = sync::lock(&self.owners);
+        let mut index = sync::lock(&self.owners);
         self.check_insert(&record)?;
         if let Some(owner) = record.owner.as_deref() {
-            let active = owners.get(owner).map_or(0, |ids| {
+            let active = index.owners.get(owner).map_or(0, |ids| {
                 ids.iter()
                     .filter(|id| {
                         sync::read(self.shard(**id))
                             .get(&id.as_u64())
-                            .is_some_and(|s| s.record.counts_toward_limit(now))
+                            .is_some_and(|v| v.counts_toward_limit(now))
                     })
                     .count()
             });
@@ -261,7 +342,7 @@ impl MemoryStore {
                 return Ok(LimitedInsert::LimitReached { active });
             }
         }
-        self.put_new(&mut owners, record);
+        self.put_new(&mut index, &record);
         Ok(LimitedInsert::Inserted)
     }
 
@@ -277,10 +358,10 @@ impl MemoryStore {
         expected: u64,
     ) -> Result<KeyRecord, StoreError> {
         record.validate().map_err(corrupt)?;
-        let mut owners = sync::lock(&self.owners);
+        let mut index = sync::lock(&self.owners);
         let stored = self.check_replace(&record, Some(expected))?;
-        let record = conditional(record, &stored, expected);
-        self.replace(&mut owners, &stored, record.clone());
+        let record = conditional(record, &stored, expected.wrapping_add(1));
+        self.replace(&mut index, &stored, &record);
         Ok(record)
     }
 
@@ -305,29 +386,29 @@ impl MemoryStore {
         {
             return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
-        let mut owners = sync::lock(&self.owners);
+        let mut index = sync::lock(&self.owners);
         let stored = self.check_replace(&predecessor, Some(expected))?;
         self.check_insert(&successor)?;
-        let predecessor = conditional(predecessor, &stored, expected);
-        self.replace(&mut owners, &stored, predecessor.clone());
-        self.put_new(&mut owners, successor.clone());
+        let predecessor = conditional(predecessor, &stored, expected.wrapping_add(1));
+        self.replace(&mut index, &stored, &predecessor);
+        self.put_new(&mut index, &successor);
         Ok((predecessor, successor))
     }
 
     /// [`KeyStoreLifecycle::revoke_owner`], synchronously.
     pub fn revoke_owner_sync(&self, owner: &str, revocation: &Revocation) -> Vec<KeyId> {
-        let owners = sync::lock(&self.owners);
-        let ids = owners.get(owner).cloned().unwrap_or_default();
+        let index = sync::lock(&self.owners);
+        let ids = index.owners.get(owner).cloned().unwrap_or_default();
         let mut changed = Vec::new();
         for id in ids {
             let mut shard = sync::write(self.shard(id));
             if let Some(slot) = shard.get_mut(&id.as_u64())
                 && revoke_slot(slot, revocation)
             {
-                changed.push((slot.record.created_at, id));
+                changed.push((slot.created_at_exact(), id));
             }
         }
-        drop(owners);
+        drop(index);
         changed.sort();
         changed.into_iter().map(|(_, id)| id).collect()
     }
@@ -339,33 +420,36 @@ impl MemoryStore {
         created: &Range<OffsetDateTime>,
         revocation: &Revocation,
     ) -> Vec<KeyId> {
-        let owners = sync::lock(&self.owners);
+        let index = sync::lock(&self.owners);
         let mut changed = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = sync::write(shard);
             for slot in shard.values_mut() {
-                if slot.record.prefix == *prefix
-                    && created.contains(&slot.record.created_at)
+                let created_at = slot.created_at_exact();
+                if slot.prefix() == prefix
+                    && created.contains(&created_at)
                     && revoke_slot(slot, revocation)
                 {
-                    changed.push((slot.record.created_at, slot.record.id));
+                    changed.push((created_at, slot.id));
                 }
             }
         }
-        drop(owners);
+        drop(index);
         changed.sort();
         changed.into_iter().map(|(_, id)| id).collect()
     }
 
     /// [`KeyStoreLifecycle::record_usage`], synchronously.
     pub fn record_usage_sync(&self, batch: &[UsageDelta]) {
-        let _owners = sync::lock(&self.owners);
+        let _index = sync::lock(&self.owners);
         for d in batch {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(&d.id.as_u64()) {
-                let r = &mut slot.record;
-                r.usage.apply(d.day, d.count);
-                r.last_used_at = Some(
-                    r.last_used_at
+                // In place unless a verification holds the view right now.
+                let state = Arc::make_mut(slot).state.get_or_insert_with(Box::default);
+                state.usage.apply(d.day, d.count);
+                state.last_used_at = Some(
+                    state
+                        .last_used_at
                         .map_or(d.last_used_at, |t| t.max(d.last_used_at)),
                 );
             }
@@ -378,14 +462,14 @@ impl MemoryStore {
         owner: Option<&str>,
         window: &Range<OffsetDateTime>,
     ) -> Vec<KeyRecord> {
-        let keep = |r: &KeyRecord| {
-            r.status != KeyStatus::Revoked && r.expires_at.is_some_and(|e| window.contains(&e))
-        };
         let mut out: Vec<KeyRecord> = match owner {
             Some(o) => self
                 .list_by_owner_sync(o)
                 .into_iter()
-                .filter(|r| keep(r))
+                .filter(|r| {
+                    r.status != KeyStatus::Revoked
+                        && r.expires_at.is_some_and(|e| window.contains(&e))
+                })
                 .collect(),
             None => self
                 .shards
@@ -393,8 +477,11 @@ impl MemoryStore {
                 .flat_map(|s| {
                     sync::read(s)
                         .values()
-                        .filter(|slot| keep(&slot.record))
-                        .map(|slot| (*slot.record).clone())
+                        .filter(|v| {
+                            v.status != KeyStatus::Revoked
+                                && v.expires_at_exact().is_some_and(|e| window.contains(&e))
+                        })
+                        .map(|v| v.to_record())
                         .collect::<Vec<_>>()
                 })
                 .collect(),
@@ -428,11 +515,11 @@ impl MemoryStore {
         &self,
         record: &KeyRecord,
         expected: Option<u64>,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Arc<KeyView>, StoreError> {
         let stored = self
-            .get_sync(record.id)
+            .view(record.id)
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
-        if expected.is_some_and(|e| e != stored.revision) {
+        if expected.is_some_and(|e| e != stored.revision()) {
             return Err(StoreError::new(StoreErrorKind::Conflict));
         }
         if let Some(l) = &record.legacy
@@ -446,95 +533,80 @@ impl MemoryStore {
     }
 
     /// Writes a checked new record (caller holds `owners`).
-    fn put_new(&self, owners: &mut OwnerMap, record: KeyRecord) {
+    fn put_new(&self, index: &mut Index, record: &KeyRecord) {
         let id = record.id;
-        let owner = record.owner.as_deref().map(|o| intern(owners, o));
-        if let Some(o) = &owner {
-            owners.entry(Arc::clone(o)).or_default().push(id);
+        let view = index.view(record);
+        if let Some(o) = &view.owner {
+            index.add_owned(Arc::clone(o), id);
         }
         if let Some(l) = &record.legacy {
             sync::write(&self.legacy).insert(*l.index.as_bytes(), id);
         }
-        let view = Arc::new(KeyView::from_record_with(&record, owner));
-        sync::write(self.shard(id)).insert(
-            id.as_u64(),
-            Slot {
-                view,
-                record: Box::new(record),
-            },
-        );
+        sync::write(self.shard(id)).insert(id.as_u64(), view);
     }
 
     /// Writes a checked replacement (caller holds `owners`).
-    fn replace(&self, owners: &mut OwnerMap, stored: &KeyRecord, record: KeyRecord) {
+    fn replace(&self, index: &mut Index, stored: &KeyView, record: &KeyRecord) {
         let id = record.id;
-        if stored.owner != record.owner {
-            if let Some(old) = stored.owner.as_deref() {
-                remove_owned(owners, old, id);
+        let view = index.view(record);
+        if stored.owner() != record.owner.as_deref() {
+            if let Some(old) = stored.owner() {
+                index.remove_owned(old, id);
             }
-            if let Some(new) = record.owner.as_deref() {
-                let o = intern(owners, new);
-                owners.entry(o).or_default().push(id);
+            if let Some(new) = &view.owner {
+                index.add_owned(Arc::clone(new), id);
             }
         }
-        let owner = record.owner.as_deref().map(|o| intern(owners, o));
-        if stored.legacy.as_ref().map(|l| l.index) != record.legacy.as_ref().map(|l| l.index) {
+        let old_legacy = stored.legacy().map(|l| l.index);
+        if old_legacy != record.legacy.as_ref().map(|l| l.index) {
             let mut legacy = sync::write(&self.legacy);
-            if let Some(l) = &stored.legacy {
-                legacy.remove(l.index.as_bytes());
+            if let Some(l) = old_legacy {
+                legacy.remove(l.as_bytes());
             }
             if let Some(l) = &record.legacy {
                 legacy.insert(*l.index.as_bytes(), id);
             }
         }
-        let view = Arc::new(KeyView::from_record_with(&record, owner));
         if let Some(slot) = sync::write(self.shard(id)).get_mut(&id.as_u64()) {
-            slot.view = view;
-            *slot.record = record;
+            *slot = view;
         }
     }
 }
 
 /// `record` as a conditional write stores it: usage fields as stored,
-/// revision `expected + 1`.
-fn conditional(mut record: KeyRecord, stored: &KeyRecord, expected: u64) -> KeyRecord {
-    record.usage = stored.usage;
-    record.last_used_at = stored.last_used_at;
-    record.revision = expected.wrapping_add(1);
+/// revision `revision`.
+fn conditional(mut record: KeyRecord, stored: &KeyView, revision: u64) -> KeyRecord {
+    let state = stored.state.as_deref();
+    record.usage = state.map(|s| s.usage).unwrap_or_default();
+    record.last_used_at = state.and_then(|s| s.last_used_at);
+    record.revision = revision;
     record
 }
 
-fn revoke_slot(slot: &mut Slot, revocation: &Revocation) -> bool {
-    let r = &mut slot.record;
-    if r.status == KeyStatus::Revoked {
+/// The view of `record`, a changed copy of `old`'s record with the same
+/// owner and scopes.
+fn rebuilt(old: &KeyView, record: &KeyRecord) -> Arc<KeyView> {
+    Arc::new(KeyView::build(
+        record,
+        old.owner.clone(),
+        Arc::clone(&old.scopes),
+    ))
+}
+
+fn revoke_slot(slot: &mut Arc<KeyView>, revocation: &Revocation) -> bool {
+    if slot.status == KeyStatus::Revoked {
         return false;
     }
+    let mut r = slot.to_record();
     r.status = KeyStatus::Revoked;
     r.revocation = Some(revocation.clone());
     r.revision = r.revision.wrapping_add(1);
-    slot.view = Arc::new(KeyView::from_record_with(r, slot.view.owner.clone()));
+    *slot = rebuilt(slot, &r);
     true
 }
 
 fn sort_by_creation(records: &mut [KeyRecord]) {
     records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-}
-
-/// The shared copy of an owner string (one allocation per owner).
-fn intern(owners: &mut OwnerMap, owner: &str) -> Arc<str> {
-    match owners.get_key_value(owner) {
-        Some((k, _)) => Arc::clone(k),
-        None => Arc::from(owner),
-    }
-}
-
-fn remove_owned(owners: &mut OwnerMap, owner: &str, id: KeyId) {
-    if let Some(ids) = owners.get_mut(owner) {
-        ids.retain(|k| *k != id);
-        if ids.is_empty() {
-            owners.remove(owner);
-        }
-    }
 }
 
 impl KeyStore for MemoryStore {
