@@ -359,44 +359,53 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 /// # Ok::<(), apikey::Error>(())
 /// ```
 // Field order is the memory order (`repr(C)`): what `verify` reads first,
-// next to the `Arc` counts a fetch touches. 104 bytes, so an `Arc<KeyView>`
-// is a 120-byte allocation (a 128-byte malloc chunk).
+// next to the `Arc` counts a fetch touches. 88 bytes, so an `Arc<KeyView>`
+// is a 104-byte allocation (a 112-byte malloc chunk).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct KeyView {
     pub(crate) digest: KeyDigest,
     pub(crate) id: KeyId,
-    /// Inclusive start, Unix nanos; `i64::MIN` when unset.
-    pub(crate) not_before: i64,
     /// Exclusive end, Unix nanos; `i64::MAX` when unset.
     pub(crate) expires_at: i64,
     pub(crate) scopes: Arc<ScopeSet>,
-    /// Rarely set fields; `None` when all are at their defaults.
-    pub(crate) cold: Option<Box<ColdFields>>,
     pub(crate) secret_version: u8,
     pub(crate) status: KeyStatus,
     pub(crate) environment: Environment,
+    /// [`HAS_NOT_BEFORE`] and [`HAS_IP_ALLOWLIST`]: whether verification
+    /// must look into the cold fields.
+    pub(crate) flags: u8,
     /// Index + 1 into the process-wide prefix table; 0: the prefix is in
-    /// `cold.exact`.
+    /// the cold fields.
     pub(crate) prefix: u8,
+    /// Revision, usage and rarely set fields; `None` while all are at their
+    /// defaults.
+    pub(crate) extra: Option<Box<Extra>>,
     pub(crate) owner: Option<Arc<Box<str>>>,
-    /// Creation time, Unix nanos (exact unless `cold.exact` says otherwise).
+    /// Creation time, Unix nanos (exact unless the cold fields say otherwise).
     pub(crate) created_at: i64,
-    /// Revision and usage; `None` while the revision is 0 and no use was recorded.
-    pub(crate) state: Option<Box<KeyState>>,
 }
 
-/// Fields of a record that change with writes and usage flushes.
+/// `KeyView::flags`: a not-before is set.
+pub(crate) const HAS_NOT_BEFORE: u8 = 1;
+/// `KeyView::flags`: an IP allowlist is set.
+pub(crate) const HAS_IP_ALLOWLIST: u8 = 2;
+
+/// Fields of a record that change with writes and usage flushes, and the
+/// rarely set ones (boxed again, so a used key costs 64 bytes here).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct KeyState {
+pub(crate) struct Extra {
     pub(crate) revision: u64,
     pub(crate) last_used_at: Option<OffsetDateTime>,
     pub(crate) usage: UsageCounters,
+    pub(crate) cold: Option<Box<ColdFields>>,
 }
 
 /// Rarely set fields of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ColdFields {
+    /// Inclusive start, Unix nanos (saturated).
+    pub(crate) not_before: Option<i64>,
     pub(crate) ip_allowlist: Option<Arc<[IpNet]>>,
     pub(crate) metadata: Option<Arc<BTreeMap<String, String>>>,
     pub(crate) name: Box<str>,
@@ -514,6 +523,7 @@ impl KeyView {
             exact.expires_at = Some(record.expires_at);
         }
         let cold = ColdFields {
+            not_before: record.not_before.map(unix_nanos),
             ip_allowlist: if record.ip_allowlist.is_empty() {
                 None
             } else {
@@ -536,32 +546,39 @@ impl KeyView {
                 Some(Box::new(exact))
             },
         };
-        let state = KeyState {
+        let mut flags = 0;
+        if cold.not_before.is_some() {
+            flags |= HAS_NOT_BEFORE;
+        }
+        if cold.ip_allowlist.is_some() {
+            flags |= HAS_IP_ALLOWLIST;
+        }
+        let extra = Extra {
             revision: record.revision,
             last_used_at: record.last_used_at,
             usage: record.usage,
+            cold: (cold != ColdFields::default()).then(|| Box::new(cold)),
         };
         Self {
             digest: record.digest,
             id: record.id,
-            not_before: record.not_before.map_or(i64::MIN, unix_nanos),
             expires_at: record.expires_at.map_or(i64::MAX, unix_nanos),
             scopes,
-            cold: (cold != ColdFields::default()).then(|| Box::new(cold)),
+            flags,
             secret_version: record.secret_version,
             status: record.status,
             environment: record.environment,
             prefix,
             owner,
             created_at,
-            state: (state != KeyState::default()).then(|| Box::new(state)),
+            extra: (extra != Extra::default()).then(|| Box::new(extra)),
         }
     }
 
     /// The record this view was built from, exactly.
     pub(crate) fn to_record(&self) -> KeyRecord {
-        let cold = self.cold.as_deref();
-        let state = self.state.as_deref();
+        let cold = self.cold();
+        let state = self.extra.as_deref();
         KeyRecord {
             schema_version: SCHEMA_VERSION,
             id: self.id,
@@ -577,7 +594,7 @@ impl KeyView {
             expires_at: self.expires_at_exact(),
             not_before: match self.exact().and_then(|e| e.not_before) {
                 Some(t) => t,
-                None => (self.not_before != i64::MIN).then(|| utc_from_nanos(self.not_before)),
+                None => cold.and_then(|c| c.not_before).map(utc_from_nanos),
             },
             status: self.status,
             revocation: cold.and_then(|c| c.revocation.as_deref().cloned()),
@@ -593,7 +610,21 @@ impl KeyView {
     }
 
     fn exact(&self) -> Option<&ExactFields> {
-        self.cold.as_deref().and_then(|c| c.exact.as_deref())
+        self.cold().and_then(|c| c.exact.as_deref())
+    }
+
+    /// The rarely set fields.
+    pub(crate) fn cold(&self) -> Option<&ColdFields> {
+        self.extra.as_deref().and_then(|e| e.cold.as_deref())
+    }
+
+    /// Inclusive start of validity, Unix nanos; `i64::MIN` when unset.
+    #[inline]
+    pub(crate) fn not_before_nanos(&self) -> i64 {
+        if self.flags & HAS_NOT_BEFORE == 0 {
+            return i64::MIN;
+        }
+        self.cold().and_then(|c| c.not_before).unwrap_or(i64::MIN)
     }
 
     /// The prefix.
@@ -631,17 +662,17 @@ impl KeyView {
 
     /// The record's revision.
     pub(crate) fn revision(&self) -> u64 {
-        self.state.as_deref().map_or(0, |s| s.revision)
+        self.extra.as_deref().map_or(0, |s| s.revision)
     }
 
     /// The successor by rotation.
     pub(crate) fn rotated_to(&self) -> Option<KeyId> {
-        self.cold.as_deref().and_then(|c| c.rotated_to)
+        self.cold().and_then(|c| c.rotated_to)
     }
 
     /// The legacy index, for imported keys.
     pub(crate) fn legacy(&self) -> Option<&LegacyInfo> {
-        self.cold.as_deref().and_then(|c| c.legacy.as_deref())
+        self.cold().and_then(|c| c.legacy.as_deref())
     }
 
     /// [`KeyRecord::counts_toward_limit`] of the record.
@@ -653,18 +684,20 @@ impl KeyView {
 
     /// The IP allowlist (empty: any address).
     pub fn ip_allowlist(&self) -> &[IpNet] {
-        self.cold
-            .as_deref()
+        self.cold()
             .and_then(|c| c.ip_allowlist.as_deref())
             .unwrap_or(&[])
     }
 
     /// Whether a request from `ip` may use the key (see
     /// [`ip_allowed`](crate::ip_allowed)): one branch when the key has no
-    /// rarely set fields.
+    /// allowlist.
     #[inline]
     pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
-        match self.cold.as_deref().and_then(|c| c.ip_allowlist.as_deref()) {
+        if self.flags & HAS_IP_ALLOWLIST == 0 {
+            return true;
+        }
+        match self.cold().and_then(|c| c.ip_allowlist.as_deref()) {
             None => true,
             Some(list) => crate::ipnet::ip_allowed(list, ip),
         }
@@ -698,8 +731,7 @@ impl KeyView {
     /// The metadata (empty when none).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.cold
-            .as_deref()
+        self.cold()
             .and_then(|c| c.metadata.as_deref())
             .unwrap_or(&EMPTY)
     }
@@ -711,7 +743,7 @@ impl KeyView {
 
     /// Not-before, if any.
     pub fn not_before(&self) -> Option<OffsetDateTime> {
-        from_nanos(self.not_before, i64::MIN)
+        from_nanos(self.not_before_nanos(), i64::MIN)
     }
 }
 

@@ -393,7 +393,7 @@ impl Verifier {
             KeyStatus::Disabled => return Err(Error::DisabledApiKey),
             KeyStatus::Revoked => return Err(Error::RevokedApiKey),
         }
-        if now.saturating_add(self.leeway_nanos) < view.not_before {
+        if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
             return Err(Error::NotYetValid {
                 not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
             });

@@ -291,7 +291,7 @@ impl MemoryStore {
         if let Some(l) = view.legacy() {
             sync::write(&self.legacy).remove(l.index.as_bytes());
         }
-        let cold = view.cold.as_deref();
+        let cold = view.cold();
         for (other, is_successor) in [
             (cold.and_then(|c| c.rotated_to), true),
             (cold.and_then(|c| c.rotated_from), false),
@@ -445,7 +445,7 @@ impl MemoryStore {
         for d in batch {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(&d.id.as_u64()) {
                 // In place unless a verification holds the view right now.
-                let state = Arc::make_mut(slot).state.get_or_insert_with(Box::default);
+                let state = Arc::make_mut(slot).extra.get_or_insert_with(Box::default);
                 state.usage.apply(d.day, d.count);
                 state.last_used_at = Some(
                     state
@@ -576,7 +576,7 @@ impl MemoryStore {
 /// `record` as a conditional write stores it: usage fields as stored,
 /// revision `revision`.
 fn conditional(mut record: KeyRecord, stored: &KeyView, revision: u64) -> KeyRecord {
-    let state = stored.state.as_deref();
+    let state = stored.extra.as_deref();
     record.usage = state.map(|s| s.usage).unwrap_or_default();
     record.last_used_at = state.and_then(|s| s.last_used_at);
     record.revision = revision;
@@ -710,5 +710,178 @@ impl KeyStoreLifecycle for MemoryStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.record_usage_sync(batch);
         ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipnet::IpNet;
+    use crate::record::LegacyInfo;
+    use crate::store::conformance::{sample_record, suite_now};
+    use time::{Duration, UtcOffset};
+
+    /// `get` must give back exactly what was inserted: `==` ignores UTC
+    /// offsets, so compare the serialized form too.
+    #[track_caller]
+    fn assert_exact(store: &MemoryStore, record: &KeyRecord) {
+        let back = store.get_sync(record.id).unwrap();
+        assert_eq!(&back, record);
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(record).unwrap()
+        );
+    }
+
+    #[test]
+    fn records_round_trip_exactly() {
+        let store = MemoryStore::new();
+        let plus2 = UtcOffset::from_hms(2, 0, 0).unwrap();
+        let mut cases = Vec::new();
+        // Plain, and with nothing cold.
+        let mut r = sample_record(Some("u1"));
+        r.name = String::new();
+        r.description = None;
+        r.metadata.clear();
+        cases.push(r);
+        cases.push(sample_record(None));
+        // Non-UTC offsets, sub-second precision.
+        let mut r = sample_record(Some("u1"));
+        r.created_at = (suite_now() + Duration::nanoseconds(123_456_789)).to_offset(plus2);
+        r.not_before = Some(suite_now().to_offset(plus2));
+        r.expires_at = Some((suite_now() + Duration::days(3)).to_offset(plus2));
+        cases.push(r);
+        // Out of the i64-nanosecond range, and exactly on its ends.
+        let mut r = sample_record(Some("u2"));
+        r.created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(i64::MIN)).unwrap();
+        r.not_before = Some(r.created_at);
+        r.expires_at =
+            Some(OffsetDateTime::from_unix_timestamp_nanos(i128::from(i64::MAX)).unwrap());
+        cases.push(r);
+        let mut r = sample_record(Some("u2"));
+        r.created_at = time::macros::datetime!(1500-01-01 0:00 UTC);
+        r.not_before = Some(time::macros::datetime!(1600-01-01 0:00 UTC));
+        r.expires_at = Some(time::macros::datetime!(9999-12-31 23:59:59.999999999 UTC));
+        cases.push(r);
+        // Every cold field set, usage and revision too.
+        let mut r = sample_record(Some("u3"));
+        r.status = KeyStatus::Revoked;
+        r.revocation = Some(Revocation {
+            at: suite_now().to_offset(plus2),
+            reason: "leaked".into(),
+        });
+        r.rotated_from = Some(KeyId::from_u64(7));
+        r.rotated_to = Some(KeyId::from_u64(8));
+        r.revision = 41;
+        r.last_used_at = Some(suite_now().to_offset(plus2));
+        r.usage.apply(suite_now().date(), 3);
+        r.ip_allowlist = vec!["10.0.0.0/8".parse::<IpNet>().unwrap()];
+        r.legacy = Some(LegacyInfo::new(
+            "old_",
+            KeyDigest::from_bytes([5; 32]),
+            1,
+            true,
+        ));
+        r.scopes = ScopeSet::empty();
+        cases.push(r);
+        for r in &cases {
+            store.insert_sync(r.clone()).unwrap();
+        }
+        for r in &cases {
+            assert_exact(&store, r);
+            let view = store.fetch_sync(r.id).unwrap().unwrap();
+            assert_eq!(*view, KeyView::from_record(r));
+            assert_eq!(view.not_before(), KeyView::from_record(r).not_before());
+            assert_eq!(view.ip_allowlist(), r.ip_allowlist.as_slice());
+            assert_eq!(view.metadata(), &r.metadata);
+        }
+    }
+
+    #[test]
+    fn views_are_compact() {
+        #[cfg(target_pointer_width = "64")]
+        assert!(
+            std::mem::size_of::<KeyView>() <= 88,
+            "KeyView grew to {} bytes",
+            std::mem::size_of::<KeyView>()
+        );
+    }
+
+    #[test]
+    fn owners_and_scope_sets_are_shared_and_swept() {
+        let store = MemoryStore::new();
+        let (a, b) = (sample_record(Some("u1")), sample_record(Some("u1")));
+        store.insert_sync(a.clone()).unwrap();
+        store.insert_sync(b.clone()).unwrap();
+        let (va, vb) = (
+            store.fetch_sync(a.id).unwrap().unwrap(),
+            store.fetch_sync(b.id).unwrap().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&va.scopes, &vb.scopes));
+        assert!(Arc::ptr_eq(
+            va.owner.as_ref().unwrap(),
+            vb.owner.as_ref().unwrap()
+        ));
+        // Scope sets no record uses any more do not pile up.
+        for round in 0..4 {
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                let mut r = sample_record(None);
+                r.scopes = ScopeSet::parse([format!("s{round}x{i}")]).unwrap();
+                ids.push(r.id);
+                store.insert_sync(r).unwrap();
+            }
+            for id in ids {
+                assert!(store.delete_sync(id));
+            }
+        }
+        assert!(sync::lock(&store.owners).scopes.len() <= 700);
+        assert_exact(&store, &a);
+    }
+
+    #[test]
+    fn many_prefixes_round_trip() {
+        // More distinct prefixes than the process-wide table holds.
+        let store = MemoryStore::new();
+        let mut records = Vec::new();
+        for i in 0..300 {
+            let mut r = sample_record(None);
+            r.prefix = Prefix::new(&format!("p{i}_")).unwrap();
+            store.insert_sync(r.clone()).unwrap();
+            records.push(r);
+        }
+        for r in &records {
+            assert_exact(&store, r);
+        }
+        let revoked = store.revoke_matching_sync(
+            &Prefix::new("p299_").unwrap(),
+            &(suite_now() - Duration::days(2)..suite_now()),
+            &Revocation {
+                at: suite_now(),
+                reason: "r".into(),
+            },
+        );
+        assert_eq!(revoked, vec![records[299].id]);
+    }
+
+    #[test]
+    fn usage_flush_keeps_the_rest_of_the_record() {
+        let store = MemoryStore::new();
+        let r = sample_record(Some("u1"));
+        store.insert_sync(r.clone()).unwrap();
+        let held = store.fetch_sync(r.id).unwrap().unwrap();
+        let at = suite_now() + Duration::hours(1);
+        store.record_usage_sync(&[UsageDelta {
+            id: r.id,
+            day: at.date(),
+            count: 2,
+            last_used_at: at,
+        }]);
+        let mut want = r.clone();
+        want.usage.apply(at.date(), 2);
+        want.last_used_at = Some(at);
+        assert_exact(&store, &want);
+        // The view a verification held is not changed under it.
+        assert_eq!(*held, KeyView::from_record(&r));
     }
 }
