@@ -392,7 +392,7 @@ pub(crate) const HAS_NOT_BEFORE: u8 = 1;
 pub(crate) const HAS_IP_ALLOWLIST: u8 = 2;
 
 /// Fields of a record that change with writes and usage flushes, and the
-/// rarely set ones (boxed again, so a used key costs 64 bytes here).
+/// rarely set ones (boxed again, so a used key costs 56 bytes here).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Extra {
     pub(crate) revision: u64,
@@ -482,8 +482,9 @@ impl KeyView {
         )
     }
 
-    /// Like [`from_record`](Self::from_record) with an owner string the
-    /// caller already shares.
+    /// Like [`from_record`](Self::from_record) with the owner given
+    /// separately (the view keeps its own copy of it; [`MemoryStore`](crate::MemoryStore)
+    /// shares owner strings and scope sets between its views itself).
     pub fn from_record_with(record: &KeyRecord, owner: Option<Arc<str>>) -> Self {
         Self::build(
             record,

@@ -57,8 +57,10 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// bytes of map entry per key); `get` and the listings rebuild the exact
 /// [`KeyRecord`] from it. Owner strings and scope sets are interned: keys
 /// with the same owner, or the same scopes, share one copy. At 1,000,000
-/// keys with an owner, two scopes and an expiry the store takes about 180
-/// bytes per key (`cargo bench --bench memory`).
+/// keys with an owner, two scopes and an expiry the store takes about 190
+/// bytes per key (`cargo bench --bench memory`); a key with recorded usage
+/// or a later revision adds a 56-byte box, one with a name, description,
+/// metadata or other rarely set fields a second one.
 ///
 /// Every write, compound ones included ([`KeyStoreLifecycle`]), holds the
 /// owner-index mutex for its whole length, so writes are serialized and the
@@ -805,6 +807,8 @@ mod tests {
             "KeyView grew to {} bytes",
             std::mem::size_of::<KeyView>()
         );
+        #[cfg(target_pointer_width = "64")]
+        assert!(std::mem::size_of::<crate::record::Extra>() <= 56);
     }
 
     #[test]
