@@ -703,7 +703,7 @@ impl Harness {
 
     /// Record deserialization (serde_json): whatever deserializes
     /// re-serializes, reads back equal, serializes to the same bytes
-    /// (a fixpoint), validates the same, yields the same [`KeyView`], and
+    /// (a fixpoint), validates the same, yields the same [`KeyView`](crate::KeyView), and
     /// verifies every fixed key exactly as the original record does, both
     /// directly and through a [`MemoryStore`].
     ///

@@ -43,7 +43,7 @@ pub use prefix::{Environment, Environments, MAX_PREFIX_LEN, Prefix, PrefixEntry,
 pub use record::{
     KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
 };
-pub use scope::{Requirement, Scope, ScopeSet};
+pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
 pub use secret::{Keyring, MIN_SECRET_LEN, ServerSecret};
 pub use store::{
     KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, MemoryStore,
