@@ -216,3 +216,48 @@ async fn wrong_secret_reaches_the_store_once_and_is_rejected() {
     assert!(matches!(r, Err(Error::InvalidApiKey)), "{r:?}");
     assert_eq!(s.store.calls.load(Ordering::SeqCst), 1);
 }
+
+/// Random well-formed keys with a correct checksum and version but a made-up
+/// id, secret and tag: a flood of forged keys. Returns the store calls.
+fn forged_flood(n: usize, seed: u64) -> usize {
+    use rand_chacha::rand_core::RngCore;
+    let s = setup();
+    let req = Requirement::none();
+    let calls = AtomicUsize::new(0);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut text = s.valid.as_bytes().to_vec();
+    let p = "sk_live_".len();
+    for _ in 0..n {
+        // id (11), keep the version (1), secret (32), tag (8): random base62.
+        for (i, slot) in text[p..p + 58 - 6].iter_mut().enumerate() {
+            if i != 11 {
+                *slot = BASE62[(rng.next_u32() % 62) as usize];
+            }
+        }
+        let forged = with_checksum(text.clone());
+        let r = s.verifier.verify_with(
+            &forged,
+            |id| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                s.store.inner.fetch_sync(id)
+            },
+            now(),
+            &req,
+        );
+        assert!(r.is_err());
+    }
+    calls.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_flood_of_forged_keys_costs_the_store_nothing() {
+    assert_eq!(forged_flood(100_000, 1), 0);
+}
+
+/// The figure quoted in SECURITY.md:
+/// `cargo test --release --test store_calls -- --ignored`.
+#[test]
+#[ignore = "1,000,000 forged keys; run in release"]
+fn a_flood_of_a_million_forged_keys_costs_the_store_nothing() {
+    assert_eq!(forged_flood(1_000_000, 2), 0);
+}
