@@ -69,16 +69,8 @@ fn flip(key: &str, pos: usize) -> String {
     String::from_utf8(b).unwrap()
 }
 
-/// Recomputes the checksum of a key text (CRC-32 IEEE of all text before the
-/// last 6 characters, 6 big-endian base62 digits).
-fn with_checksum(mut text: Vec<u8>) -> String {
-    let n = text.len();
-    let mut crc = u64::from(crc32fast::hash(&text[..n - 6]));
-    for slot in text[n - 6..].iter_mut().rev() {
-        *slot = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    String::from_utf8(text).unwrap()
+fn with_checksum(text: Vec<u8>) -> String {
+    apikey::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
 }
 
 /// Inputs of every class for one store.

@@ -1026,3 +1026,26 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     out
 }
+
+/// Rewrites the last six characters of `text` with the correct checksum of
+/// the rest, so a harness can build inputs that pass the checksum and must be
+/// stopped by the keyed tag (forged keys). `None` when `text` is shorter than
+/// six bytes or the result is not UTF-8.
+///
+/// ```
+/// # use apikey::*;
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+/// let (key, _) = verifier.issue(NewKey::new("sk_live_"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// let mut forged = key.expose_secret().as_bytes().to_vec();
+/// forged[20] = if forged[20] == b'a' { b'b' } else { b'a' }; // inside the secret
+/// let forged = apikey::fuzzing::with_valid_checksum(forged).expect("long enough");
+/// assert!(matches!(verifier.parse(&forged), Err(Error::InvalidApiKey))); // the tag stops it
+/// # Ok::<(), apikey::Error>(())
+/// ```
+pub fn with_valid_checksum(mut text: Vec<u8>) -> Option<String> {
+    if text.len() < 6 {
+        return None;
+    }
+    crate::key::write_checksum(&mut text);
+    String::from_utf8(text).ok()
+}

@@ -335,6 +335,14 @@ fn checksum_of(text_before_checksum: &[u8]) -> u32 {
     crc32fast::hash(text_before_checksum)
 }
 
+/// Writes the checksum of `text[..len - 6]` into its last six bytes. The
+/// caller guarantees `text.len() >= CHECKSUM_LEN`.
+pub(crate) fn write_checksum(text: &mut [u8]) {
+    let split = text.len().saturating_sub(CHECKSUM_LEN);
+    let crc = checksum_of(&text[..split]);
+    base62::encode_fixed(u128::from(crc), &mut text[split..]);
+}
+
 /// Builds the key text from its parts. `secret` holds 32 digit values.
 fn compose(
     prefix: &str,
@@ -354,8 +362,7 @@ fn compose(
     }
     let tag = tag_of(material, &buf[..p + TAG_START]);
     base62::encode_fixed(u128::from(tag), &mut buf[p + TAG_START..p + CHECKSUM_START]);
-    let crc = checksum_of(&buf[..p + CHECKSUM_START]);
-    base62::encode_fixed(u128::from(crc), &mut buf[p + CHECKSUM_START..p + BODY_LEN]);
+    write_checksum(&mut buf[..p + BODY_LEN]);
     let mut text = Zeroizing::new(String::with_capacity(p + BODY_LEN));
     for &b in &buf[..p + BODY_LEN] {
         text.push(char::from(b));
