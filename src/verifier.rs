@@ -8,9 +8,10 @@
 //!
 //! Order of checks: length, alphabet and prefix; checksum; version; forged-key
 //! tag; (store lookup by id); HMAC-SHA256 digest; constant-time comparison;
-//! status; not-before and expiry (with leeway); environment; scopes. Checks
-//! before the lookup depend only on the public text (the tag comparison is
-//! constant-time); an unknown id computes the HMAC like a wrong secret does.
+//! status; not-before and expiry (with leeway); environment; IP allowlist;
+//! scopes. Checks before the lookup depend only on the public text (the tag
+//! comparison is constant-time); an unknown id computes the HMAC like a wrong
+//! secret does.
 
 use std::sync::Arc;
 
