@@ -533,3 +533,16 @@ async fn ip_allowlist_is_checked_before_scopes_and_fails_closed_without_an_addre
         .unwrap_err();
     assert_eq!(e.code(), "IP_NOT_ALLOWED");
 }
+
+#[test]
+fn a_record_whose_secret_version_is_not_held_never_verifies() {
+    let (v, s) = (verifier(), MemoryStore::new());
+    let key = issue(&v, &s, NewKey::new("sk_live_"));
+    // The digest is right for version 1, but the record claims version 9,
+    // which this keyring does not hold: no fallback to the key's version.
+    set(&s, key.id(), |r| r.secret_version = 9);
+    let e = check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap_err();
+    assert_eq!(e.code(), "INVALID_API_KEY");
+    set(&s, key.id(), |r| r.secret_version = 1);
+    check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap();
+}
