@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, OnceLock};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use apikey::{
@@ -37,6 +36,10 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
+
+#[path = "support/naive.rs"]
+mod naive;
+use naive::{FixedClock, Record, naive_record, naive_verify, poll_ready};
 
 const SMALL: usize = 1_000;
 const LARGE: usize = 1_000_000;
@@ -216,13 +219,6 @@ fn large() -> &'static Fixture {
 // ---------------------------------------------------------------------------
 // The naive baseline, exactly as measured in issue 5.
 
-struct Record {
-    hash: [u8; 32],
-    #[allow(dead_code)]
-    scopes: Vec<String>,
-    expires: Option<i64>,
-}
-
 struct Naive<K> {
     mac: Hmac<Sha256>,
     map: HashMap<K, Record>,
@@ -243,20 +239,6 @@ fn alnum(rng: &mut ChaCha20Rng, n: usize) -> String {
 
 fn naive_mac() -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(&[9u8; 32]).unwrap()
-}
-
-fn naive_hash(mac: &Hmac<Sha256>, secret: &str) -> [u8; 32] {
-    let mut m = mac.clone();
-    m.update(secret.as_bytes());
-    m.finalize().into_bytes().into()
-}
-
-fn naive_record(mac: &Hmac<Sha256>, secret: &str) -> Record {
-    Record {
-        hash: naive_hash(mac, secret),
-        scopes: vec!["tasks:read".to_owned(), "projects:write".to_owned()],
-        expires: Some(i64::MAX / 2),
-    }
 }
 
 fn build_naive_string(n: usize, seed: u64) -> Naive<String> {
@@ -318,23 +300,13 @@ fn build_naive_u64(n: usize, seed: u64) -> Naive<u64> {
 }
 
 #[inline(never)]
-fn naive_verify<'m>(
+fn naive_verify_string<'m>(
     map: &'m HashMap<String, Record>,
     mac: &Hmac<Sha256>,
     key: &str,
     now: i64,
 ) -> Result<&'m Record, ()> {
-    let rest = key.strip_prefix("sk_live_").ok_or(())?;
-    let (id, secret) = rest.split_once('_').ok_or(())?;
-    let record = map.get(id).ok_or(())?;
-    let hash = naive_hash(mac, secret);
-    if !bool::from(hash.as_slice().ct_eq(record.hash.as_slice())) {
-        return Err(());
-    }
-    if record.expires.is_some_and(|e| now >= e) {
-        return Err(());
-    }
-    Ok(record)
+    naive_verify(|id| map.get(id), mac, key, now)
 }
 
 #[inline(never)]
@@ -344,18 +316,7 @@ fn naive_verify_u64<'m>(
     key: &str,
     now: i64,
 ) -> Result<&'m Record, ()> {
-    let rest = key.strip_prefix("sk_live_").ok_or(())?;
-    let (id, secret) = rest.split_once('_').ok_or(())?;
-    let id = id_u64(id).ok_or(())?;
-    let record = map.get(&id).ok_or(())?;
-    let hash = naive_hash(mac, secret);
-    if !bool::from(hash.as_slice().ct_eq(record.hash.as_slice())) {
-        return Err(());
-    }
-    if record.expires.is_some_and(|e| now >= e) {
-        return Err(());
-    }
-    Ok(record)
+    naive_verify(|id| map.get(&id_u64(id)?), mac, key, now)
 }
 
 fn naive_small() -> &'static (Naive<String>, Naive<u64>) {
@@ -422,7 +383,7 @@ fn naive(c: &mut Criterion<ThreadCpu>) {
         g.bench_function(BenchmarkId::new("string_id", label), |b| {
             let s = &maps().0;
             let mut next = cycle(&s.keys);
-            b.iter(|| naive_verify(&s.map, &s.mac, black_box(next()), now).is_ok())
+            b.iter(|| naive_verify_string(&s.map, &s.mac, black_box(next()), now).is_ok())
         });
         g.bench_function(BenchmarkId::new("u64_id", label), |b| {
             let u = &maps().1;
@@ -487,27 +448,6 @@ fn verify_1k(c: &mut Criterion<ThreadCpu>) {
 
 fn verify_1m(c: &mut Criterion<ThreadCpu>) {
     verify_group(c, "verify_1m", large);
-}
-
-/// A clock that always reads the same instant (isolates the async overhead
-/// from clock reads).
-#[derive(Clone, Copy)]
-struct FixedClock(OffsetDateTime);
-impl Clock for FixedClock {
-    fn now(&self) -> OffsetDateTime {
-        self.0
-    }
-}
-
-/// Polls a future that is ready at once (MemoryStore's are).
-fn poll_ready<F: std::future::Future>(fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
 }
 
 fn async_path(c: &mut Criterion<ThreadCpu>) {

@@ -20,20 +20,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;
-use std::task::{Context, Poll, Waker};
 
-use apikey::{
-    Authenticator, Clock, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier,
-};
+use apikey::{Authenticator, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
 use hmac::{Hmac, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
+
+#[path = "../benches/support/naive.rs"]
+mod naive;
+use naive::{FixedClock, Record, naive_record, naive_verify, poll_ready};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -54,51 +53,12 @@ enum Op<'a> {
     ),
 }
 
-/// A clock that always reads the same instant.
-#[derive(Clone, Copy)]
-struct FixedClock(OffsetDateTime);
-
-impl Clock for FixedClock {
-    fn now(&self) -> OffsetDateTime {
-        self.0
-    }
-}
-
-/// Polls a future that is ready at once (MemoryStore's are).
-fn poll_ready<F: Future>(fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
 /// std SipHash-1-3 (what `RandomState` builds) with fixed zero keys.
-type NaiveMap = HashMap<String, NaiveRecord, BuildHasherDefault<std::hash::DefaultHasher>>;
+type NaiveMap = HashMap<String, Record, BuildHasherDefault<std::hash::DefaultHasher>>;
 
-/// Issue 5's naive baseline record (see benches/verify.rs).
-struct NaiveRecord {
-    hash: [u8; 32],
-    _scopes: Vec<String>,
-    expires: Option<i64>,
-}
-
-/// Issue 5's naive verify: strip_prefix, split_once, HashMap<String, _>,
-/// HMAC of the secret text from a cloned pre-keyed state, subtle ct_eq, expiry.
-fn naive_verify(map: &NaiveMap, mac: &Hmac<Sha256>, key: &str) -> bool {
-    let Some((id, secret)) = key.strip_prefix("sk_live_").and_then(|r| r.split_once('_')) else {
-        return false;
-    };
-    let Some(record) = map.get(id) else {
-        return false;
-    };
-    let mut m = mac.clone();
-    m.update(secret.as_bytes());
-    let hash = m.finalize().into_bytes();
-    bool::from(hash.as_slice().ct_eq(record.hash.as_slice()))
-        && record.expires.is_none_or(|e| 1_795_564_800 < e)
+#[inline(never)]
+fn naive_ok(map: &NaiveMap, mac: &Hmac<Sha256>, key: &str) -> bool {
+    naive_verify(|id| map.get(id), mac, key, 1_795_564_800).is_ok()
 }
 
 #[inline(never)]
@@ -114,7 +74,7 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
         }
         Op::Naive(map, mac, keys) => {
             for i in 0..n {
-                ok += usize::from(naive_verify(map, mac, black_box(&keys[i % keys.len()])));
+                ok += usize::from(naive_ok(map, mac, black_box(&keys[i % keys.len()])));
             }
         }
         Op::Async(auth, keys, req) => {
@@ -227,16 +187,7 @@ fn main() {
         };
         for _ in 0..1000 {
             let (id, secret) = (alnum(8), alnum(43));
-            let mut m = mac.clone();
-            m.update(secret.as_bytes());
-            naive_map.insert(
-                id.clone(),
-                NaiveRecord {
-                    hash: m.finalize().into_bytes().into(),
-                    _scopes: vec!["tasks:read".into(), "projects:write".into()],
-                    expires: Some(i64::MAX / 2),
-                },
-            );
+            naive_map.insert(id.clone(), naive_record(&mac, &secret));
             naive_keys.push(format!("sk_live_{id}_{secret}"));
         }
     }
