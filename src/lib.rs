@@ -30,7 +30,7 @@ pub mod __private;
 pub use manage::TracingSink;
 pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
     ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, Keyring, MAX_KEY_LEN,
