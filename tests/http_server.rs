@@ -490,28 +490,7 @@ async fn failed_attempts_lock_out_the_address() {
     assert_eq!(get_with(addr, "/read", &x_api_key(&good)).await.status, 200);
 }
 
-/// A store that always fails, with a cause that must not leak.
-#[derive(Clone, Debug)]
-struct FailingStore;
-
-fn boom() -> StoreError {
-    StoreError::with_source(
-        StoreErrorKind::Unavailable,
-        std::io::Error::other("connection refused: db-primary.internal:5432"),
-    )
-}
-
-impl KeyStore for FailingStore {
-    async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        Err(boom())
-    }
-    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(boom())
-    }
-    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(boom())
-    }
-}
+use apikey_testkit::failing::FailingStore;
 
 /// A store that never answers.
 #[derive(Clone, Debug)]
@@ -519,12 +498,6 @@ struct HangingStore;
 
 impl KeyStore for HangingStore {
     async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        std::future::pending().await
-    }
-    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
         std::future::pending().await
     }
 }
