@@ -231,8 +231,11 @@ where
                     let mut response = inner.call(req).await?;
                     let map = response.headers_mut();
                     for (name, value) in headers {
-                        if let Ok(value) = HeaderValue::try_from(value) {
-                            map.insert(HeaderName::from_static(name), value);
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::try_from(value),
+                        ) {
+                            map.insert(name, value);
                         }
                     }
                     Ok(response)

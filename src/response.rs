@@ -112,7 +112,8 @@ impl ErrorResponse {
     }
 
     /// Converts into an [`http::Response`] with any body type that can be
-    /// made from a `String`.
+    /// made from a `String`. Never panics: header names are lowercased, and
+    /// a header whose name or value is not valid HTTP is left out.
     #[cfg(feature = "http")]
     pub fn into_http<B: From<String>>(self) -> http::Response<B> {
         let mut response = http::Response::new(B::from(self.body));
@@ -120,8 +121,14 @@ impl ErrorResponse {
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         let map = response.headers_mut();
         for (name, value) in self.headers {
-            if let Ok(value) = http::HeaderValue::try_from(value) {
-                map.append(http::HeaderName::from_static(name), value);
+            // `headers` is public: a name pushed by the caller may be
+            // uppercase or invalid. `from_bytes` lowercases valid names;
+            // an invalid name or value is dropped, never a panic.
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::try_from(value),
+            ) {
+                map.append(name, value);
             }
         }
         response
@@ -334,5 +341,20 @@ mod tests {
         assert_eq!((r.status, r.header("retry-after")), (429, Some("2")));
         let r = ErrorResponse::from_error(&Error::UsageExceeded);
         assert_eq!((r.status, r.header("retry-after")), (429, None));
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn into_http_never_panics_on_pushed_header_names() {
+        let mut r = ErrorResponse::from_error(&Error::InvalidApiKey);
+        r.headers.push(("X-Custom", "yes".to_owned()));
+        r.headers.push(("bad name", "dropped".to_owned()));
+        r.headers.push(("x-bad-value", "a\nb".to_owned()));
+        r.headers.push(("", "dropped".to_owned()));
+        let http: http::Response<String> = r.into_http();
+        assert_eq!(http.status(), 401);
+        assert_eq!(http.headers()["x-custom"], "yes");
+        assert!(http.headers().get("x-bad-value").is_none());
+        assert_eq!(http.headers().len(), 4);
     }
 }
