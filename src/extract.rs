@@ -185,7 +185,7 @@ impl Extractor {
     pub fn new(prefixes: PrefixRegistry) -> Self {
         Self {
             prefixes,
-            header_name: Cow::Borrowed("x-api-key"),
+            header_name: Cow::Borrowed("X-API-Key"),
             api_key_header: true,
             bearer: true,
             query_param: None,
@@ -242,6 +242,34 @@ impl Extractor {
     /// The API-key header's configured name.
     pub fn header_name(&self) -> &str {
         &self.header_name
+    }
+
+    /// Where this extractor takes keys from, in preference order, as a
+    /// client would write them: the API-key header's name (as configured),
+    /// `Authorization: Bearer`, and `?NAME=` for an accepted query
+    /// parameter. The `MISSING_API_KEY` answer of a [`Gate`](crate::gate::Gate)
+    /// lists exactly these.
+    ///
+    /// ```
+    /// use apikey::PrefixRegistry;
+    /// use apikey::extract::Extractor;
+    /// let e = Extractor::new(PrefixRegistry::with_builtins());
+    /// assert_eq!(e.accepted(), ["X-API-Key", "Authorization: Bearer"]);
+    /// let bearer_only = e.accept_api_key_header(false);
+    /// assert_eq!(bearer_only.accepted(), ["Authorization: Bearer"]);
+    /// ```
+    pub fn accepted(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(3);
+        if self.api_key_header {
+            out.push(self.header_name.clone().into_owned());
+        }
+        if self.bearer {
+            out.push("Authorization: Bearer".to_owned());
+        }
+        if let Some(q) = &self.query_param {
+            out.push(format!("?{q}="));
+        }
+        out
     }
 
     /// The prefixes that make a Bearer token ours.

@@ -103,6 +103,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -119,7 +120,9 @@ use crate::ratelimit::{
     MonotonicClock, Quota, RateLimitDecision, RateLimitInfo, RateLimitStore, RateLimiter,
     StdMonotonicClock,
 };
-use crate::response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};
+use crate::response::{
+    ErrorResponse, REALM, missing_key_details, rate_limit_headers, retry_after_secs,
+};
 use crate::scope::Requirement;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -286,23 +289,29 @@ pub struct Rejection {
     /// Wall-clock time of the decision.
     pub now: OffsetDateTime,
     realm: Cow<'static, str>,
+    /// The `MISSING_API_KEY` details of the gate's extractor.
+    missing: Arc<str>,
 }
 
 impl Rejection {
-    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>) -> Self {
+    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>, missing: Arc<str>) -> Self {
         Self {
             error,
             rate_limit: None,
             retry_after: None,
             now,
             realm,
+            missing,
         }
     }
 
     /// The HTTP answer: status, headers (incl. `WWW-Authenticate`,
     /// `Retry-After`, `X-RateLimit-*` where they apply) and JSON body.
+    /// `MISSING_API_KEY` details name what the gate's extractor accepts.
+    /// A `USAGE_EXCEEDED` refusal carries `Retry-After` only when a refill
+    /// is scheduled.
     pub fn to_response(&self) -> ErrorResponse {
-        let mut r = ErrorResponse::from_error_in_realm(&self.error, &self.realm);
+        let mut r = ErrorResponse::build(&self.error, &self.realm, Some(&self.missing));
         if let Some(info) = &self.rate_limit {
             r = r.with_rate_limit(info, self.now);
         }
@@ -342,6 +351,8 @@ pub struct Gate<
     credits: Option<(CreditLedger<CS, M>, Cow<'static, str>)>,
     throttle: Option<FailureThrottle<M>>,
     realm: Cow<'static, str>,
+    /// `MISSING_API_KEY` details for `extractor`, computed once.
+    missing: Arc<str>,
 }
 
 impl<S: KeyStore, C: Clock> Gate<S, C> {
@@ -357,6 +368,7 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
     /// (tests use [`FakeMonotonicClock`](crate::ratelimit::FakeMonotonicClock)).
     pub fn with_monotonic_clock(authenticator: Authenticator<S, C>, clock: M) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
+        let missing = missing_key_details(&extractor).into();
         Self {
             authenticator,
             extractor,
@@ -366,6 +378,7 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
             credits: None,
             throttle: None,
             realm: Cow::Borrowed(REALM),
+            missing,
         }
     }
 }
@@ -383,6 +396,7 @@ where
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
     pub fn extractor(mut self, extractor: Extractor) -> Self {
+        self.missing = missing_key_details(&extractor).into();
         self.extractor = extractor;
         self
     }
@@ -404,6 +418,7 @@ where
             credits: self.credits,
             throttle: self.throttle,
             realm: self.realm,
+            missing: self.missing,
         }
     }
 
@@ -423,6 +438,7 @@ where
             credits: Some((ledger, api.into())),
             throttle: self.throttle,
             realm: self.realm,
+            missing: self.missing,
         }
     }
 
@@ -549,7 +565,14 @@ where
         let quota = self.quotas.quota_for(&key);
         let rate_limit = match self.limiter.check_async(id, &quota).await {
             Ok(RateLimitDecision::Allowed { info }) => info,
-            Ok(RateLimitDecision::Refused { info, retry_after }) => {
+            Ok(RateLimitDecision::Refused {
+                mut info,
+                retry_after,
+            }) => {
+                // On a 429, `X-RateLimit-Reset` is when a retry is admitted
+                // (what `Retry-After` says), not the window's full
+                // replenishment: clients schedule retries from it.
+                info.reset_after = retry_after;
                 let mut r = self.reject_at(Error::RateLimited { retry_after }, now);
                 r.rate_limit = Some(info);
                 return Decision::Rejected(r);
@@ -597,7 +620,7 @@ where
     }
 
     fn reject_at(&self, error: Error, now: OffsetDateTime) -> Rejection {
-        Rejection::new(error, now, self.realm.clone())
+        Rejection::new(error, now, self.realm.clone(), Arc::clone(&self.missing))
     }
 }
 

@@ -261,3 +261,104 @@ async fn async_rate_limit_backend_and_its_failure() {
         }
     }
 }
+
+fn header<'a>(r: &'a apikey::response::ErrorResponse, name: &str) -> Option<&'a str> {
+    r.header(name)
+}
+
+/// Issue 9, item 8: on a 429 `X-RateLimit-Reset` is the moment a retry is
+/// admitted, as `Retry-After` says, not the window's full replenishment.
+#[tokio::test]
+async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
+    let s = setup(Quota::new(Some(60), None), None, None);
+    let h = [("x-api-key", s.key.expose_secret())];
+    let route = Route::any_key().cost(0);
+    for _ in 0..60 {
+        assert_eq!(code(&check(&s, &h, &route).await), "ADMITTED");
+    }
+    let Decision::Rejected(r) = check(&s, &h, &route).await else {
+        panic!("the 61st request in a minute is refused")
+    };
+    let resp = r.to_response();
+    assert_eq!(resp.status, 429);
+    let retry: i64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    let reset: i64 = header(&resp, "x-ratelimit-reset").unwrap().parse().unwrap();
+    assert_eq!(retry, 1);
+    assert_eq!(
+        reset,
+        T0.unix_timestamp() + retry,
+        "Reset must agree with Retry-After"
+    );
+    // On an admitted request, Reset is the full replenishment of the window.
+    s.mono.advance(Duration::from_secs(1));
+    let Decision::Admitted(ok) = check(&s, &h, &route).await else {
+        panic!("admitted after Retry-After")
+    };
+    let reset: i64 = ok
+        .headers()
+        .iter()
+        .find(|(n, _)| *n == "x-ratelimit-reset")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert_eq!(reset, T0.unix_timestamp() + 60);
+}
+
+/// Issue 9, item 8: a `USAGE_EXCEEDED` with no refill policy has no
+/// `Retry-After` (the docs say so); with a refill it has one.
+#[tokio::test]
+async fn usage_exceeded_without_refill_has_no_retry_after() {
+    let s = setup(Quota::unlimited(), Some(1), None);
+    let h = [("x-api-key", s.key.expose_secret())];
+    let route = Route::any_key();
+    assert_eq!(code(&check(&s, &h, &route).await), "ADMITTED");
+    let Decision::Rejected(r) = check(&s, &h, &route).await else {
+        panic!("no credits left")
+    };
+    let resp = r.to_response();
+    assert_eq!((resp.status, r.error.code()), (429, "USAGE_EXCEEDED"));
+    assert_eq!(header(&resp, "retry-after"), None);
+}
+
+/// Issue 9, item 8: `MISSING_API_KEY` details name what the gate's
+/// extractor accepts, not always `X-API-Key`.
+#[tokio::test]
+async fn missing_key_details_name_what_the_extractor_accepts() {
+    async fn body(s: &Setup) -> serde_json::Value {
+        let Decision::Rejected(r) = check(s, &[("accept", "*/*")], &Route::any_key()).await else {
+            panic!("no key")
+        };
+        let resp = r.to_response();
+        assert_eq!(r.error.code(), "MISSING_API_KEY");
+        let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        v["error"]["details"].clone()
+    }
+    let s = setup(Quota::unlimited(), None, None);
+    let d = body(&s).await;
+    assert_eq!(d["header"], "X-API-Key");
+    assert_eq!(
+        d["accepted"],
+        serde_json::json!(["X-API-Key", "Authorization: Bearer"])
+    );
+    let mut s = setup(Quota::unlimited(), None, None);
+    let prefixes = s.gate.authenticator().verifier().prefixes().clone();
+    s.gate = s
+        .gate
+        .extractor(apikey::extract::Extractor::new(prefixes.clone()).accept_api_key_header(false));
+    let d = body(&s).await;
+    assert_eq!(
+        d,
+        serde_json::json!({"accepted": ["Authorization: Bearer"]})
+    );
+    s.gate = s.gate.extractor(
+        apikey::extract::Extractor::new(prefixes)
+            .api_key_header_name("X-Tenant-Key")
+            .accept_bearer(false),
+    );
+    let d = body(&s).await;
+    assert_eq!(
+        d,
+        serde_json::json!({"header": "X-Tenant-Key", "accepted": ["X-Tenant-Key"]})
+    );
+}
