@@ -7,7 +7,9 @@
 //!    a locked-out client address is refused (429 `TOO_MANY_FAILED_ATTEMPTS`)
 //!    before any other work;
 //! 2. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
-//!    credentials that are not ours (a Bearer JWT) give [`Decision::NotOurs`];
+//!    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
+//!    refused the same way by default, and give [`Decision::NotOurs`] only
+//!    with the opt-in [`ForeignCredentials::PassThrough`];
 //! 3. authentication and the route's scope requirement ([`Authenticator`]);
 //!    a failing store is 503 `STORE_UNAVAILABLE`, never 401. Malformed and
 //!    invalid keys count as failures for the throttle;
@@ -238,13 +240,41 @@ impl QuotaTable {
     }
 }
 
+/// What a [`Gate`] (and the axum layer) does with a request whose
+/// credentials are not API keys of ours: a Bearer token without one of the
+/// registered prefixes (a JWT), `Authorization: Basic`, `Token x`, any other
+/// `Authorization` scheme.
+///
+/// The default fails closed: only a valid key of ours that meets the
+/// route's requirement passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForeignCredentials {
+    /// Refuse them: 401 `MISSING_API_KEY` with the JSON body and the
+    /// `WWW-Authenticate` challenge, like a request without credentials.
+    #[default]
+    Reject,
+    /// Pass them on: [`Gate::check`] answers [`Decision::NotOurs`] and the
+    /// axum layer calls the inner service **without** authenticating the
+    /// request. No [`VerifiedKey`] (nor [`Admitted`]) is in its extensions,
+    /// no rate limit or credit was charged, and the route's requirement was
+    /// not checked: the handler (or another layer, for a JWT) must
+    /// authenticate the request itself and refuse it otherwise. Only for
+    /// services that also accept other credentials.
+    PassThrough,
+}
+
 /// The outcome of [`Gate::check`].
 #[derive(Debug)]
 pub enum Decision {
     /// Authenticated, allowed, charged: call the handler.
     Admitted(Admitted),
-    /// Credentials that are not API keys of ours (e.g. a Bearer JWT): pass
-    /// the request on untouched to whatever handles them.
+    /// Credentials that are not API keys of ours (e.g. a Bearer JWT), with
+    /// [`ForeignCredentials::PassThrough`] only: the request is **not**
+    /// authenticated; hand it to whatever authenticates those credentials,
+    /// and refuse it if nothing does. With the default
+    /// [`ForeignCredentials::Reject`] such requests are
+    /// [`Rejected`](Self::Rejected) with 401 `MISSING_API_KEY`.
     NotOurs,
     /// Refused: answer with [`Rejection::to_response`].
     Rejected(Rejection),
@@ -353,6 +383,7 @@ pub struct Gate<
     realm: Cow<'static, str>,
     /// `MISSING_API_KEY` details for `extractor`, computed once.
     missing: Arc<str>,
+    foreign: ForeignCredentials,
 }
 
 impl<S: KeyStore, C: Clock> Gate<S, C> {
@@ -379,6 +410,7 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
             throttle: None,
             realm: Cow::Borrowed(REALM),
             missing,
+            foreign: ForeignCredentials::Reject,
         }
     }
 }
@@ -419,6 +451,7 @@ where
             throttle: self.throttle,
             realm: self.realm,
             missing: self.missing,
+            foreign: self.foreign,
         }
     }
 
@@ -439,6 +472,7 @@ where
             throttle: self.throttle,
             realm: self.realm,
             missing: self.missing,
+            foreign: self.foreign,
         }
     }
 
@@ -448,6 +482,19 @@ where
     pub fn failure_throttle(mut self, config: FailureThrottleConfig) -> Self {
         self.throttle = Some(FailureThrottle::with_clock(config, self.mono.clone()));
         self
+    }
+
+    /// What to do with credentials that are not ours (see
+    /// [`ForeignCredentials`]). Defaults to
+    /// [`ForeignCredentials::Reject`]: fail closed.
+    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+        self.foreign = foreign;
+        self
+    }
+
+    /// The [`ForeignCredentials`] setting.
+    pub fn foreign_credentials_setting(&self) -> ForeignCredentials {
+        self.foreign
     }
 
     /// The realm named in `WWW-Authenticate`. Defaults to `api`.
@@ -504,6 +551,7 @@ where
     {
         match self.extract(headers, query, client) {
             Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
+            // Only with `ForeignCredentials::PassThrough` (see `extract`).
             Ok(Extracted::NotOurs) => Decision::NotOurs,
             Err(rejection) => Decision::Rejected(rejection),
         }
@@ -512,9 +560,14 @@ where
     /// Steps 1 and 2: the failure throttle and extraction. Synchronous and
     /// cheap; call [`admit`](Self::admit) with the key it returns.
     ///
+    /// Credentials that are not ours are a [`Rejection`] (401
+    /// `MISSING_API_KEY`) unless the gate was built with
+    /// [`ForeignCredentials::PassThrough`]; only then is
+    /// [`Extracted::NotOurs`] returned.
+    ///
     /// # Errors
     /// A [`Rejection`] for a locked-out address, a missing, oversized or
-    /// ambiguous key.
+    /// ambiguous key, or foreign credentials (by default).
     // A rejection is a few words plus the error; boxing it would add an
     // allocation to exactly the path an attacker drives.
     #[allow(clippy::result_large_err)]
@@ -529,14 +582,36 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
+        self.extract_as(headers, query, client, self.foreign)
+    }
+
+    /// [`extract`](Self::extract) with the foreign-credentials setting
+    /// `foreign` instead of the gate's (the axum layer may override it).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn extract_as<'h, I, N, V>(
+        &self,
+        headers: I,
+        query: Option<&'h str>,
+        client: Option<IpAddr>,
+        foreign: ForeignCredentials,
+    ) -> Result<Extracted<'h>, Rejection>
+    where
+        I: IntoIterator<Item = (N, &'h V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'h,
+    {
         if let (Some(throttle), Some(ip)) = (&self.throttle, client)
             && let Err(retry_after) = throttle.check(ip)
         {
             return Err(self.reject(Error::TooManyFailures { retry_after }));
         }
-        self.extractor
-            .extract_with_query(headers, query)
-            .map_err(|e| self.refuse(e, client))
+        match self.extractor.extract_with_query(headers, query) {
+            Ok(Extracted::NotOurs) if foreign == ForeignCredentials::Reject => {
+                Err(self.reject(Error::MissingApiKey))
+            }
+            Ok(found) => Ok(found),
+            Err(e) => Err(self.refuse(e, client)),
+        }
     }
 
     /// Steps 3 to 5: authenticate `key`, check the route's scopes, the rate

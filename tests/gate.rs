@@ -151,11 +151,14 @@ async fn guesses_lock_out_then_expire() {
         code(&check(&s, &good, &route).await),
         "TOO_MANY_FAILED_ATTEMPTS"
     );
-    // Missing keys are not guesses; a JWT is not ours.
+    // Missing keys are not guesses; a JWT is not ours (refused by default,
+    // but not counted as a guess either).
     let jwt = [("authorization", "Bearer eyJhbGciOiJub25lIn0.e30.")];
     s.mono.advance(Duration::from_secs(15 * 60));
     assert_eq!(code(&check(&s, &[], &route).await), "MISSING_API_KEY");
-    assert_eq!(code(&check(&s, &jwt, &route).await), "NOT_OURS");
+    for _ in 0..3 {
+        assert_eq!(code(&check(&s, &jwt, &route).await), "MISSING_API_KEY");
+    }
     assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
 }
 
@@ -361,4 +364,42 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
         d,
         serde_json::json!({"header": "X-Tenant-Key", "accepted": ["X-Tenant-Key"]})
     );
+}
+
+/// Issue 9, item 1: `Gate::check` fails closed on credentials that are not
+/// ours; `Decision::NotOurs` only with the explicit opt-in.
+#[tokio::test]
+async fn gate_rejects_foreign_credentials_by_default() {
+    let foreign = [
+        "Basic dXNlcjpwYXNz",
+        "Bearer whatever",
+        "Token x",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+    ];
+    let mut s = setup(Quota::unlimited(), None, None);
+    for v in foreign {
+        let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
+        let Decision::Rejected(r) = d else {
+            panic!("{v}: {d:?}")
+        };
+        let resp = r.to_response();
+        assert_eq!(
+            (resp.status, r.error.code()),
+            (401, "MISSING_API_KEY"),
+            "{v}"
+        );
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some(r#"Bearer realm="api""#)
+        );
+        // The blocking path too.
+        assert!(s.gate.extract([("authorization", v)], None, None).is_err());
+    }
+    s.gate = s
+        .gate
+        .foreign_credentials(apikey::gate::ForeignCredentials::PassThrough);
+    for v in foreign {
+        let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
+        assert_eq!(code(&d), "NOT_OURS", "{v}");
+    }
 }
