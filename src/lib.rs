@@ -46,8 +46,8 @@ pub use record::{
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
 pub use secret::{Keyring, MIN_SECRET_LEN, ServerSecret};
 pub use store::{
-    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, MemoryStore,
-    UsageDelta,
+    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, LimitedUpdate,
+    MemoryStore, UsageDelta,
 };
 pub use usage::UsageRecorder;
 pub use verifier::{VerifiedKey, Verifier};

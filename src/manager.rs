@@ -79,7 +79,7 @@ use crate::key::{ApiKey, KeyId};
 use crate::prefix::{Environment, Prefix, PrefixEntry};
 use crate::record::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
-use crate::store::{KeyStoreLifecycle, LimitedInsert};
+use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
 
@@ -715,7 +715,18 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// Reads key `id`, lets `change` compute the new record (`None`: nothing
     /// to do), and writes it conditionally, retrying when the record changed
     /// in between. Returns (before, after-if-written).
-    async fn modify<F>(&self, id: KeyId, mut change: F) -> Result<(KeyRecord, Option<KeyRecord>)>
+    ///
+    /// With an owner limit, every write goes through
+    /// [`KeyStoreLifecycle::update_limited`]: a write that would make the
+    /// key count toward the limit again (an expiry cleared or extended on
+    /// an expired key) is refused with [`Error::KeyLimitReached`] when the
+    /// owner is at the limit, atomically with the write.
+    async fn modify<F>(
+        &self,
+        id: KeyId,
+        now: OffsetDateTime,
+        mut change: F,
+    ) -> Result<(KeyRecord, Option<KeyRecord>)>
     where
         F: FnMut(&KeyRecord) -> Result<Option<KeyRecord>>,
     {
@@ -724,7 +735,23 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             let Some(next) = change(&current)? else {
                 return Ok((current, None));
             };
-            match self.store.update_if(next, current.revision).await {
+            let written = match self.max_per_owner {
+                Some(max) if next.owner.is_some() => {
+                    match self
+                        .store
+                        .update_limited(next, current.revision, max, now)
+                        .await
+                    {
+                        Ok(LimitedUpdate::Updated(stored)) => Ok(stored),
+                        Ok(LimitedUpdate::LimitReached { .. }) => {
+                            return Err(Error::KeyLimitReached { limit: max });
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => self.store.update_if(next, current.revision).await,
+            };
+            match written {
                 Ok(stored) => return Ok((current, Some(stored))),
                 Err(e) if e.kind() == StoreErrorKind::Conflict => continue,
                 Err(e) => return Err(e.into()),
@@ -737,9 +764,14 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
 
     /// Changes the fields set in `update`.
     ///
+    /// With an owner limit, a new expiry (or none) that brings an expired
+    /// key back is checked against the limit in the same atomic write.
+    ///
     /// # Errors
     /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key, or
-    /// a new expiry on a key replaced by rotation; [`Error::InvalidScope`];
+    /// a new expiry on a key replaced by rotation;
+    /// [`Error::KeyLimitReached`] when a new expiry would revive an expired
+    /// key while its owner is at the limit; [`Error::InvalidScope`];
     /// [`Error::InvalidInput`] for an expiry not in the future or not after
     /// not-before; [`Error::StoreUnavailable`].
     pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
@@ -751,7 +783,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             .transpose()?;
         let mut fields = Vec::new();
         let (before, after) = self
-            .modify(id, |cur| {
+            .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
                     return Err(Error::InvalidState("a revoked key cannot be changed"));
                 }
@@ -824,7 +856,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
         let now = self.clock.now();
         let (before, after) = self
-            .modify(id, |cur| match cur.status {
+            .modify(id, now, |cur| match cur.status {
                 KeyStatus::Revoked => Err(Error::InvalidState(
                     "a revoked key can never be enabled or disabled again",
                 )),
@@ -876,7 +908,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
         let now = self.clock.now();
         let (before, after) = self
-            .modify(id, |cur| {
+            .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
                     return Ok(None);
                 }

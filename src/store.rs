@@ -17,7 +17,8 @@
 //! * [`KeyStoreQuery`]: reads for management and imported keys
 //!   (expiring-soon, legacy index).
 //! * [`KeyStoreLifecycle`]: the compound writes that a real database must do
-//!   atomically (insert below an owner limit, conditional update, rotate,
+//!   atomically (insert below an owner limit, conditional update, conditional
+//!   update below an owner limit, rotate,
 //!   revoke all of an owner, revoke by prefix and creation window, usage
 //!   flush). Each method states its semantics; each fits one SQL transaction
 //!   or one Redis script.
@@ -43,6 +44,7 @@
 //! |---|---|
 //! | `insert_limited` | `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE` (or an advisory lock on the owner); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
 //! | `update_if` | `UPDATE keys SET ..., revision = revision + 1 WHERE id = $1 AND revision = $expected` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
+//! | `update_limited` | lock the owner as for `insert_limited`; `SELECT revision, <counts at $now> FROM keys WHERE id = $1 FOR UPDATE` (`NotFound` / `Conflict`); if the new row counts at `$now` and the stored one did not (or had another owner): `SELECT count(*) FROM keys WHERE owner = $owner AND id <> $1 AND <counts at $now>`, and at `$max` or above write nothing; else the `update_if` statement |
 //! | `rotate` | the `update_if` statement, then `INSERT` the successor; roll back if either fails |
 //! | `revoke_owner` | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE owner = $1 AND status <> 'revoked' RETURNING id, created_at` |
 //! | `revoke_matching` | the same with `WHERE prefix = $1 AND created_at >= $2 AND created_at < $3` |
@@ -122,6 +124,24 @@ pub enum LimitedInsert {
     /// nothing was written.
     LimitReached {
         /// Records counted.
+        active: u32,
+    },
+}
+
+/// Outcome of [`KeyStoreLifecycle::update_limited`].
+// `Updated` is the common outcome and is moved out at once; boxing it would
+// add an allocation to every write for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitedUpdate {
+    /// The record was written; the stored result.
+    Updated(KeyRecord),
+    /// The write would have made the record count toward its owner's limit
+    /// again, and the owner already had `active` other records that count;
+    /// nothing was written.
+    LimitReached {
+        /// Other records of the owner counted.
         active: u32,
     },
 }
@@ -212,6 +232,34 @@ pub trait KeyStoreLifecycle: KeyStoreWrite + KeyStoreQuery {
         expected: u64,
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
 
+    /// [`update_if`](Self::update_if) that keeps the owner limit: when
+    /// `record` would [count toward](KeyRecord::counts_toward_limit) its
+    /// owner's limit at `now` while the stored record did not (it was
+    /// revoked, expired at `now`, in a rotation grace period, or had another
+    /// owner), it first counts the owner's other records that count at
+    /// `now` (this record excluded) and, at `max` or more, writes nothing
+    /// and returns [`LimitedUpdate::LimitReached`]. Any other write (one
+    /// that does not make the record count again, or a record without
+    /// owner) is [`update_if`](Self::update_if) unchanged and returns
+    /// [`LimitedUpdate::Updated`]. The revision compare, the count and the
+    /// write are one atomic step: concurrent calls (and
+    /// [`insert_limited`](Self::insert_limited)) for one owner never leave
+    /// it above `max`.
+    ///
+    /// Every write that could bring an expired, revoked-looking or
+    /// rotated-away key back (clearing or extending an expiry, clearing a
+    /// rotation link) goes through this method in
+    /// [`KeyManager`](crate::KeyManager) when a limit is configured.
+    ///
+    /// Errors as [`update_if`](Self::update_if).
+    fn update_limited(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send;
+
     /// Rotation: in one step, updates `predecessor` as
     /// [`update_if`](Self::update_if) with `expected` and inserts
     /// `successor` as [`insert`](KeyStoreWrite::insert). Returns both stored
@@ -294,6 +342,9 @@ macro_rules! forward_store {
             }
             fn update_if(&self, record: KeyRecord, expected: u64) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
                 (**self).update_if(record, expected)
+            }
+            fn update_limited(&self, record: KeyRecord, expected: u64, max: u32, now: OffsetDateTime) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send {
+                (**self).update_limited(record, expected, max, now)
             }
             fn rotate(&self, predecessor: KeyRecord, expected: u64, successor: KeyRecord) -> impl Future<Output = Result<(KeyRecord, KeyRecord), StoreError>> + Send {
                 (**self).rotate(predecessor, expected, successor)

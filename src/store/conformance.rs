@@ -40,7 +40,7 @@ use crate::key::KeyId;
 use crate::prefix::{Environment, Prefix};
 use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION, UsageCounters};
 use crate::scope::ScopeSet;
-use crate::store::{KeyStoreLifecycle, LimitedInsert, UsageDelta};
+use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageDelta};
 
 /// A fixed "now" used by the suite: 2030-01-01T00:00:00Z.
 pub fn suite_now() -> OffsetDateTime {
@@ -173,6 +173,8 @@ pub async fn run_all<S: KeyStoreLifecycle + ?Sized>(store: &S) {
     delete_clears_rotation_links(store).await;
     insert_limited_counts_active_keys(store).await;
     insert_limited_concurrent(store, 16, 3).await;
+    update_limited_keeps_the_limit(store).await;
+    update_limited_concurrent(store).await;
     rotate_is_atomic(store).await;
     revoke_owner_revokes_all(store).await;
     revoke_matching_by_prefix_and_window(store).await;
@@ -539,6 +541,166 @@ pub async fn insert_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(
     assert_eq!(
         listed, expected,
         "store conformance: concurrent insert_limited left the owner above the limit"
+    );
+}
+
+/// `update_limited` refuses, and writes nothing, when a write would make a
+/// record count toward its owner's limit again (reviving an expired key,
+/// clearing a rotation link) while the owner is at the limit; it never
+/// refuses a write that leaves the count as it was; otherwise it behaves as
+/// `update_if`.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn update_limited_keeps_the_limit<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let now = suite_now();
+    let a = sample_record(Some(&owner));
+    let b = sample_record(Some(&owner));
+    let mut expired = sample_record(Some(&owner));
+    expired.expires_at = Some(now);
+    let mut grace = sample_record(Some(&owner));
+    grace.rotated_to = Some(KeyId::from_u64(OsRng.next_u64()));
+    grace.expires_at = Some(now + Duration::hours(1));
+    for r in [&a, &b, &expired, &grace] {
+        ok(store.insert(r.clone()).await, "insert");
+    }
+    // Reviving the expired key at the limit (a, b count): refused.
+    let mut revived = expired.clone();
+    revived.expires_at = None;
+    let r = ok(
+        store
+            .update_limited(revived.clone(), expired.revision, 2, now)
+            .await,
+        "update_limited",
+    );
+    assert_eq!(
+        r,
+        LimitedUpdate::LimitReached { active: 2 },
+        "store conformance: update_limited must refuse a revival at the limit, counting the owner's other active keys"
+    );
+    assert_eq!(
+        must_get(store, expired.id, "get").await,
+        expired,
+        "store conformance: update_limited over the limit must write nothing"
+    );
+    // Extending the expiry revives it too.
+    let mut extended = expired.clone();
+    extended.expires_at = Some(now + Duration::days(365));
+    let r = ok(
+        store
+            .update_limited(extended, expired.revision, 2, now)
+            .await,
+        "update_limited",
+    );
+    assert!(
+        matches!(r, LimitedUpdate::LimitReached { .. }),
+        "store conformance: update_limited must refuse extending an expired key at the limit"
+    );
+    // Clearing a rotation link makes a key in grace count again.
+    let mut unlinked = grace.clone();
+    unlinked.rotated_to = None;
+    let r = ok(
+        store.update_limited(unlinked, grace.revision, 2, now).await,
+        "update_limited",
+    );
+    assert!(
+        matches!(r, LimitedUpdate::LimitReached { .. }),
+        "store conformance: update_limited must refuse clearing rotated_to at the limit"
+    );
+    // A write to a key that already counts is never refused, even above
+    // the limit.
+    let mut renamed = a.clone();
+    renamed.name = "renamed".into();
+    let r = ok(
+        store
+            .update_limited(renamed.clone(), a.revision, 1, now)
+            .await,
+        "update_limited",
+    );
+    let LimitedUpdate::Updated(stored) = r else {
+        panic!("store conformance: update_limited refused a write that does not revive the key")
+    };
+    assert_eq!(
+        (stored.name.as_str(), stored.revision),
+        ("renamed", a.revision + 1),
+        "store conformance: update_limited must write as update_if does"
+    );
+    // Stale revision and missing record: as update_if.
+    expect_kind(
+        store
+            .update_limited(renamed.clone(), a.revision, 5, now)
+            .await,
+        StoreErrorKind::Conflict,
+        "update_limited with a stale revision",
+    );
+    expect_kind(
+        store
+            .update_limited(sample_record(Some(&owner)), 0, 5, now)
+            .await,
+        StoreErrorKind::NotFound,
+        "update_limited of a missing record",
+    );
+    // Below the limit the revival is written.
+    let r = ok(
+        store
+            .update_limited(revived.clone(), expired.revision, 3, now)
+            .await,
+        "update_limited",
+    );
+    let LimitedUpdate::Updated(stored) = r else {
+        panic!("store conformance: update_limited must write a revival below the limit")
+    };
+    assert_eq!(
+        (stored.expires_at, stored.revision),
+        (None, expired.revision + 1),
+        "store conformance: update_limited must store the revived record"
+    );
+    assert_eq!(
+        must_get(store, expired.id, "get").await,
+        stored,
+        "store conformance: update_limited must return what it stored"
+    );
+}
+
+/// Concurrent revivals for one owner never leave it above the limit.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn update_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let now = suite_now();
+    ok(store.insert(sample_record(Some(&owner))).await, "insert");
+    let mut expired = Vec::new();
+    for _ in 0..8 {
+        let mut r = sample_record(Some(&owner));
+        r.expires_at = Some(now);
+        ok(store.insert(r.clone()).await, "insert");
+        expired.push(r);
+    }
+    let results = join_all(expired.into_iter().map(|r| {
+        let expected = r.revision;
+        let mut revived = r;
+        revived.expires_at = None;
+        store.update_limited(revived, expected, 3, now)
+    }))
+    .await;
+    let updated = results
+        .into_iter()
+        .map(|r| ok(r, "update_limited"))
+        .filter(|r| matches!(r, LimitedUpdate::Updated(_)))
+        .count();
+    assert_eq!(
+        updated, 2,
+        "store conformance: concurrent update_limited must revive exactly up to the limit"
+    );
+    let counting = ok(store.list_by_owner(&owner).await, "list")
+        .iter()
+        .filter(|r| r.counts_toward_limit(now))
+        .count();
+    assert_eq!(
+        counting, 3,
+        "store conformance: concurrent update_limited left the owner above the limit"
     );
 }
 

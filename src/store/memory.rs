@@ -16,7 +16,8 @@ use crate::prefix::Prefix;
 use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
 use crate::scope::ScopeSet;
 use crate::store::{
-    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, UsageDelta,
+    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, LimitedUpdate,
+    UsageDelta,
 };
 use crate::sync::{self, Mutex, RwLock};
 
@@ -330,16 +331,7 @@ impl MemoryStore {
         let mut index = sync::lock(&self.owners);
         self.check_insert(&record)?;
         if let Some(owner) = record.owner.as_deref() {
-            let active = index.owners.get(owner).map_or(0, |ids| {
-                ids.iter()
-                    .filter(|id| {
-                        sync::read(self.shard(**id))
-                            .get(&id.as_u64())
-                            .is_some_and(|v| v.counts_toward_limit(now))
-                    })
-                    .count()
-            });
-            let active = u32::try_from(active).unwrap_or(u32::MAX);
+            let active = self.counting(&index, owner, now, None);
             if active >= max {
                 return Ok(LimitedInsert::LimitReached { active });
             }
@@ -365,6 +357,56 @@ impl MemoryStore {
         let record = conditional(record, &stored, expected.wrapping_add(1));
         self.replace(&mut index, &stored, &record);
         Ok(record)
+    }
+
+    /// [`KeyStoreLifecycle::update_limited`], synchronously.
+    ///
+    /// # Errors
+    /// As [`update_if_sync`](Self::update_if_sync).
+    pub fn update_limited_sync(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        record.validate().map_err(corrupt)?;
+        let mut index = sync::lock(&self.owners);
+        let stored = self.check_replace(&record, Some(expected))?;
+        if let Some(owner) = record.owner.as_deref()
+            && record.counts_toward_limit(now)
+            && !(stored.counts_toward_limit(now) && stored.owner() == Some(owner))
+        {
+            let active = self.counting(&index, owner, now, Some(record.id));
+            if active >= max {
+                return Ok(LimitedUpdate::LimitReached { active });
+            }
+        }
+        let record = conditional(record, &stored, expected.wrapping_add(1));
+        self.replace(&mut index, &stored, &record);
+        Ok(LimitedUpdate::Updated(record))
+    }
+
+    /// Records of `owner` that count toward its limit at `now`, `except`
+    /// one (caller holds `owners`).
+    fn counting(
+        &self,
+        index: &Index,
+        owner: &str,
+        now: OffsetDateTime,
+        except: Option<KeyId>,
+    ) -> u32 {
+        let n = index.owners.get(owner).map_or(0, |ids| {
+            ids.iter()
+                .filter(|id| Some(**id) != except)
+                .filter(|id| {
+                    sync::read(self.shard(**id))
+                        .get(&id.as_u64())
+                        .is_some_and(|v| v.counts_toward_limit(now))
+                })
+                .count()
+        });
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// [`KeyStoreLifecycle::rotate`], synchronously.
@@ -678,6 +720,16 @@ impl KeyStoreLifecycle for MemoryStore {
         expected: u64,
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
         ready(self.update_if_sync(record, expected))
+    }
+
+    fn update_limited(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send {
+        ready(self.update_limited_sync(record, expected, max, now))
     }
 
     fn rotate(

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use apikey::{
     KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind,
-    UsageDelta,
+    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
+    StoreErrorKind, UsageDelta,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -289,6 +289,43 @@ impl KeyStoreLifecycle for NetStore {
         record.revision = expected + 1;
         Self::put(&mut t, record.clone());
         Ok(record)
+    }
+
+    async fn update_limited(
+        &self,
+        mut record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        self.round_trip().await?;
+        // BEGIN; lock the owner; SELECT ... FOR UPDATE; count; UPDATE; COMMIT
+        let mut t = self.tables.lock().await;
+        let stored = Self::check_replace(&t, &record, Some(expected))?;
+        if let Some(owner) = record.owner.as_deref()
+            && record.counts_toward_limit(now)
+            && !(stored.counts_toward_limit(now) && stored.owner.as_deref() == Some(owner))
+        {
+            let active = t
+                .rows
+                .values()
+                .filter(|r| {
+                    r.id != record.id
+                        && r.owner.as_deref() == Some(owner)
+                        && r.counts_toward_limit(now)
+                })
+                .count() as u32;
+            tokio::task::yield_now().await;
+            if active >= max {
+                return Ok(LimitedUpdate::LimitReached { active });
+            }
+        }
+        tokio::task::yield_now().await;
+        record.usage = stored.usage;
+        record.last_used_at = stored.last_used_at;
+        record.revision = expected + 1;
+        Self::put(&mut t, record.clone());
+        Ok(LimitedUpdate::Updated(record))
     }
 
     async fn rotate(
