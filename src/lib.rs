@@ -38,7 +38,9 @@ pub use digest::KeyDigest;
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use ipnet::{IpNet, ip_allowed};
 pub use key::{ApiKey, BODY_LEN, KeyId, MAX_KEY_LEN, MIN_KEY_LEN, ParsedKey, key_display_form};
-pub use manager::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation};
+pub use manager::{
+    DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation,
+};
 pub use prefix::{Environment, Environments, MAX_PREFIX_LEN, Prefix, PrefixEntry, PrefixRegistry};
 pub use record::{
     KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,

@@ -86,6 +86,8 @@ use crate::verifier::{VerifiedKey, Verifier};
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
 const MAX_RETRIES: usize = 8;
+/// The default of [`KeyManager::max_grace`]: 7 days.
+pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 /// Longest legacy key accepted, in bytes.
 pub const MAX_LEGACY_KEY_LEN: usize = 512;
 /// Longest legacy prefix, in bytes.
@@ -433,6 +435,7 @@ pub struct KeyManager<S, C = SystemClock> {
     store: S,
     clock: C,
     max_per_owner: Option<u32>,
+    max_grace: Duration,
     legacy: Vec<LegacyPrefix>,
     audit: Arc<dyn AuditSink>,
     audit_enabled: bool,
@@ -445,6 +448,7 @@ impl<S, C> fmt::Debug for KeyManager<S, C> {
         f.debug_struct("KeyManager")
             .field("verifier", &self.verifier)
             .field("max_per_owner", &self.max_per_owner)
+            .field("max_grace", &self.max_grace)
             .field(
                 "legacy_prefixes",
                 &self
@@ -474,6 +478,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             store,
             clock,
             max_per_owner: None,
+            max_grace: DEFAULT_MAX_GRACE,
             legacy: Vec::new(),
             audit: Arc::new(NoAudit),
             audit_enabled: false,
@@ -486,6 +491,16 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// [`KeyRecord::counts_toward_limit`]). Defaults to no limit.
     pub fn max_keys_per_owner(mut self, max: u32) -> Self {
         self.max_per_owner = Some(max);
+        self
+    }
+
+    /// The longest rotation grace period [`rotate`](Self::rotate) accepts;
+    /// a longer one is [`Error::InvalidInput`] (`INVALID_REQUEST`). Defaults
+    /// to [`DEFAULT_MAX_GRACE`] (7 days). Keys in their grace period still
+    /// work but do not count toward the owner limit, so this bounds how long
+    /// a rotated key can outlive the limit; a negative value counts as zero.
+    pub fn max_grace(mut self, max: Duration) -> Self {
+        self.max_grace = max.max(Duration::ZERO);
         self
     }
 
@@ -1036,12 +1051,18 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// grace period (never past its own expiry; zero: it stops now), then
     /// fails as expired. The records point at each other
     /// (`rotated_to` / `rotated_from`). A key in its grace period does not
-    /// count toward the owner limit, so rotating at the limit works.
+    /// count toward the owner limit, so rotating at the limit works. The
+    /// grace is at most [`max_grace`](Self::max_grace) (7 days by default).
+    /// Rotating a key whose own predecessor is still in its grace period
+    /// ends that grace now, in the same atomic store write
+    /// ([`KeyStoreLifecycle::rotate`]): a rotation chain has at most two
+    /// working keys at any time, however often it is rotated.
     ///
     /// # Errors
     /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the key is
     /// revoked, expired, disabled, not yet valid or already rotated;
-    /// [`Error::InvalidInput`] for a negative grace or a bad new expiry;
+    /// [`Error::InvalidInput`] for a negative grace, one longer than
+    /// [`max_grace`](Self::max_grace), or a bad new expiry;
     /// [`Error::StoreUnavailable`].
     pub async fn rotate(
         &self,
@@ -1052,6 +1073,11 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         if rotation.grace.is_negative() {
             return Err(Error::InvalidInput(
                 "the grace period must not be negative".into(),
+            ));
+        }
+        if rotation.grace > self.max_grace {
+            return Err(Error::InvalidInput(
+                "the grace period is longer than the configured maximum".into(),
             ));
         }
         let now = self.clock.now();

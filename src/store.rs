@@ -45,7 +45,7 @@
 //! | `insert_limited` | `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE` (or an advisory lock on the owner); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
 //! | `update_if` | `UPDATE keys SET ..., revision = revision + 1 WHERE id = $1 AND revision = $expected` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
 //! | `update_limited` | lock the owner as for `insert_limited`; `SELECT revision, <counts at $now> FROM keys WHERE id = $1 FOR UPDATE` (`NotFound` / `Conflict`); if the new row counts at `$now` and the stored one did not (or had another owner): `SELECT count(*) FROM keys WHERE owner = $owner AND id <> $1 AND <counts at $now>`, and at `$max` or above write nothing; else the `update_if` statement |
-//! | `rotate` | the `update_if` statement, then `INSERT` the successor; roll back if either fails |
+//! | `rotate` | the `update_if` statement, then `INSERT` the successor, then `UPDATE keys SET expires_at = $successor_created_at, revision = revision + 1 WHERE id = $predecessor_rotated_from AND rotated_to = $predecessor_id AND (expires_at IS NULL OR expires_at > $successor_created_at)`; roll back if any fails |
 //! | `revoke_owner` | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE owner = $1 AND status <> 'revoked' RETURNING id, created_at` |
 //! | `revoke_matching` | the same with `WHERE prefix = $1 AND created_at >= $2 AND created_at < $3` |
 //! | `record_usage` | one `UPDATE ... SET day = ..., day_count = CASE ... END, month_count = CASE ... END, last_used_at = greatest(last_used_at, $t)` per delta, in one transaction |
@@ -266,6 +266,17 @@ pub trait KeyStoreLifecycle: KeyStoreWrite + KeyStoreQuery {
     /// records (predecessor, successor). Nothing is written when either part
     /// fails (a taken successor id is
     /// [`IdCollision`](crate::StoreErrorKind::IdCollision)).
+    ///
+    /// In the same step, the rotation **ends the grace period of the
+    /// predecessor's own predecessor**, so a rotation chain never has more
+    /// than two working keys: the record named by the stored predecessor's
+    /// `rotated_from`, if it still points back (`rotated_to` is the
+    /// predecessor's id) and its `expires_at` is unset or later than
+    /// `successor.created_at` (the rotation time), gets
+    /// `expires_at = successor.created_at` and revision + 1 (a
+    /// `not_before` at or after that time is cleared, so the record stays
+    /// valid; the key is expired either way). Its other fields and usage
+    /// are kept. It is not part of the returned pair.
     fn rotate(
         &self,
         predecessor: KeyRecord,

@@ -123,3 +123,71 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit_on_a_networked_stor
     }
     assert_eq!(revived, 1, "concurrent revivals passed the limit of 1");
 }
+
+/// Grace periods are bounded: a 100-year grace is `INVALID_REQUEST`, and
+/// the bound is configurable.
+#[tokio::test]
+async fn grace_longer_than_the_maximum_is_invalid_request() {
+    let f = fixture_with(verifier(), Arc::new(MemoryStore::new()));
+    let m = f.manager.max_keys_per_owner(1);
+    let (_, s) = m
+        .create(NewKey::new("sk_live_").owner("o"), &admin())
+        .await
+        .unwrap();
+    let err = m
+        .rotate(s.id, Rotation::with_grace(Duration::days(36_525)), &admin())
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.http_status()), ("INVALID_REQUEST", 400));
+    let err = m
+        .rotate(
+            s.id,
+            Rotation::with_grace(DEFAULT_MAX_GRACE + Duration::SECOND),
+            &admin(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+    assert_eq!(DEFAULT_MAX_GRACE, Duration::days(7));
+    m.rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
+        .await
+        .unwrap();
+    let m = m.max_grace(Duration::hours(1));
+    let s2 = m.list("o").await.unwrap().pop().unwrap();
+    let err = m
+        .rotate(s2.id, Rotation::with_grace(Duration::hours(2)), &admin())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+}
+
+/// With a limit of 1, rotating again and again (each with the longest
+/// grace) never leaves more than two working keys: each rotation ends the
+/// grace of the key before.
+#[tokio::test]
+async fn rotation_chain_never_has_more_than_two_working_keys() {
+    let f = fixture_with(verifier(), Arc::new(MemoryStore::new()));
+    let m = f.manager.max_keys_per_owner(1);
+    let (key, mut s) = m
+        .create(NewKey::new("sk_live_").owner("o"), &admin())
+        .await
+        .unwrap();
+    let mut keys = vec![key];
+    for _ in 0..5 {
+        f.clock.advance(Duration::minutes(1));
+        let (k, next) = m
+            .rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
+            .await
+            .unwrap();
+        keys.push(k);
+        s = next;
+        assert_eq!(working(&m, &keys).await, 2, "more than two working keys");
+    }
+    // The newest and its predecessor (in grace) are the two.
+    assert!(works(&m, &keys[5]).await && works(&m, &keys[4]).await);
+    f.clock.advance(DEFAULT_MAX_GRACE);
+    assert_eq!(working(&m, &keys).await, 1);
+    // Ten years later only the newest works.
+    f.clock.advance(Duration::days(3650));
+    assert_eq!(working(&m, &keys).await, 1);
+}

@@ -176,6 +176,7 @@ pub async fn run_all<S: KeyStoreLifecycle + ?Sized>(store: &S) {
     update_limited_keeps_the_limit(store).await;
     update_limited_concurrent(store).await;
     rotate_is_atomic(store).await;
+    rotate_ends_the_previous_grace(store).await;
     revoke_owner_revokes_all(store).await;
     revoke_matching_by_prefix_and_window(store).await;
     list_expiring_window(store).await;
@@ -801,6 +802,79 @@ pub async fn rotate_is_atomic<S: KeyStoreLifecycle + ?Sized>(store: &S) {
         view.expires_at(),
         pred.expires_at,
         "store conformance: a fetch after rotate must see the grace expiry"
+    );
+}
+
+/// Rotating a key whose predecessor is still in its grace period ends that
+/// grace at the rotation time (the successor's `created_at`), in the same
+/// step: a chain never has more than two working keys.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn rotate_ends_the_previous_grace<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let t0 = suite_now();
+    let first = sample_record(Some(&owner));
+    ok(store.insert(first.clone()).await, "insert");
+    // first -> second, with a long grace.
+    let mut second = sample_record(Some(&owner));
+    second.created_at = t0;
+    second.rotated_from = Some(first.id);
+    let mut pred = first.clone();
+    pred.rotated_to = Some(second.id);
+    pred.expires_at = Some(t0 + Duration::days(7));
+    let (first_stored, _) = ok(
+        store.rotate(pred, first.revision, second.clone()).await,
+        "rotate",
+    );
+    // second -> third an hour later: first's grace ends then.
+    let at = t0 + Duration::hours(1);
+    let mut third = sample_record(Some(&owner));
+    third.created_at = at;
+    third.rotated_from = Some(second.id);
+    let mut pred = second.clone();
+    pred.rotated_to = Some(third.id);
+    pred.expires_at = Some(at + Duration::days(7));
+    ok(
+        store.rotate(pred, second.revision, third.clone()).await,
+        "rotate",
+    );
+    let first_now = must_get(store, first.id, "get").await;
+    assert_eq!(
+        first_now.expires_at,
+        Some(at),
+        "store conformance: rotate must end the grace of the predecessor's predecessor at the successor's created_at"
+    );
+    assert_eq!(
+        first_now.revision,
+        first_stored.revision + 1,
+        "store conformance: ending a grace period is a write (revision + 1)"
+    );
+    assert_eq!(
+        ok(store.fetch(first.id).await, "fetch").and_then(|v| v.expires_at()),
+        Some(at),
+        "store conformance: a fetch after rotate must see the ended grace"
+    );
+    assert_eq!(
+        must_get(store, second.id, "get").await.expires_at,
+        Some(at + Duration::days(7)),
+        "store conformance: rotate must keep the predecessor's own grace"
+    );
+    // A failed rotation ends nothing.
+    let mut fourth = sample_record(Some(&owner));
+    fourth.created_at = at + Duration::hours(1);
+    let mut pred = third.clone();
+    pred.rotated_to = Some(fourth.id);
+    let before = must_get(store, second.id, "get").await;
+    expect_kind(
+        store.rotate(pred, third.revision + 7, fourth).await,
+        StoreErrorKind::Conflict,
+        "rotate with a stale revision",
+    );
+    assert_eq!(
+        must_get(store, second.id, "get").await,
+        before,
+        "store conformance: a failed rotate ended a grace period"
     );
 }
 

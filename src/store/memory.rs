@@ -433,9 +433,23 @@ impl MemoryStore {
         let mut index = sync::lock(&self.owners);
         let stored = self.check_replace(&predecessor, Some(expected))?;
         self.check_insert(&successor)?;
+        // The predecessor's own predecessor stops working now (see the
+        // trait): computed and checked before anything is written.
+        let ended = stored
+            .cold()
+            .and_then(|c| c.rotated_from)
+            .filter(|g| *g != successor.id)
+            .and_then(|g| self.view(g))
+            .and_then(|g| end_grace(&g, predecessor.id, successor.created_at).map(|r| (g, r)));
+        if let Some((_, r)) = &ended {
+            r.validate().map_err(corrupt)?;
+        }
         let predecessor = conditional(predecessor, &stored, expected.wrapping_add(1));
         self.replace(&mut index, &stored, &predecessor);
         self.put_new(&mut index, &successor);
+        if let Some((g, r)) = ended {
+            self.replace(&mut index, &g, &r);
+        }
         Ok((predecessor, successor))
     }
 
@@ -635,6 +649,21 @@ fn rebuilt(old: &KeyView, record: &KeyRecord) -> Arc<KeyView> {
         old.owner.clone(),
         Arc::clone(&old.scopes),
     ))
+}
+
+/// The record of `view` with its grace period ended at `at`, when it is
+/// still linked to `successor` and would otherwise work past `at`.
+fn end_grace(view: &KeyView, successor: KeyId, at: OffsetDateTime) -> Option<KeyRecord> {
+    if view.rotated_to() != Some(successor) || view.expires_at_exact().is_some_and(|e| e <= at) {
+        return None;
+    }
+    let mut r = view.to_record();
+    r.expires_at = Some(at);
+    if r.not_before.is_some_and(|nb| nb >= at) {
+        r.not_before = None;
+    }
+    r.revision = r.revision.wrapping_add(1);
+    Some(r)
 }
 
 fn revoke_slot(slot: &mut Arc<KeyView>, revocation: &Revocation) -> bool {

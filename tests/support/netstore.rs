@@ -342,11 +342,31 @@ impl KeyStoreLifecycle for NetStore {
             return Err(err(StoreErrorKind::IdCollision));
         }
         tokio::task::yield_now().await;
+        // End the grace of the predecessor's predecessor (same transaction).
+        let ended = stored
+            .rotated_from
+            .and_then(|g| t.rows.get(&g))
+            .filter(|g| {
+                g.rotated_to == Some(predecessor.id)
+                    && g.expires_at.is_none_or(|e| e > successor.created_at)
+            })
+            .cloned()
+            .map(|mut g| {
+                g.expires_at = Some(successor.created_at);
+                if g.not_before.is_some_and(|nb| nb >= successor.created_at) {
+                    g.not_before = None;
+                }
+                g.revision += 1;
+                g
+            });
         predecessor.usage = stored.usage;
         predecessor.last_used_at = stored.last_used_at;
         predecessor.revision = expected + 1;
         Self::put(&mut t, predecessor.clone());
         Self::put(&mut t, successor.clone());
+        if let Some(g) = ended {
+            Self::put(&mut t, g);
+        }
         Ok((predecessor, successor))
     }
 
