@@ -33,7 +33,7 @@ pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudi
 pub mod middleware;
 
 pub use authenticator::Authenticator;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, check_time, in_time_range};
 pub use digest::KeyDigest;
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use ipnet::{IpNet, ip_allowed};

@@ -168,7 +168,11 @@ pub enum KeyState {
 impl KeySummary {
     /// The summary of `record` at `now`.
     pub fn from_record(record: &KeyRecord, now: OffsetDateTime) -> Self {
-        let today = now.to_offset(time::UtcOffset::UTC).date();
+        // Never panics: a `now` whose UTC date does not exist (an extreme
+        // offset) counts no usage today.
+        let today = now
+            .checked_to_offset(time::UtcOffset::UTC)
+            .map_or(time::Date::MIN, OffsetDateTime::date);
         let state = match record.status {
             KeyStatus::Revoked => KeyState::Revoked,
             KeyStatus::Disabled => KeyState::Disabled,
@@ -601,6 +605,12 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         &self.usage
     }
 
+    /// The clock's reading, checked against the
+    /// [supported range](crate::MIN_TIME).
+    fn now(&self) -> Result<OffsetDateTime> {
+        crate::clock::check_time(self.clock.now())
+    }
+
     fn emit(&self, event: AuditEvent) {
         self.audit.record(&event);
     }
@@ -626,7 +636,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// active keys; the errors of [`Verifier::issue`] (prefix, scopes,
     /// validity window); [`Error::StoreUnavailable`] when the store fails.
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -680,8 +690,9 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn get(&self, id: KeyId) -> Result<KeySummary> {
+        let now = self.now()?;
         let r = self.record(id).await?;
-        Ok(KeySummary::from_record(&r, self.clock.now()))
+        Ok(KeySummary::from_record(&r, now))
     }
 
     /// The summaries of `owner`'s keys, oldest first.
@@ -689,7 +700,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::StoreUnavailable`].
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let records = self
             .store
             .list_by_owner(owner)
@@ -712,7 +723,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         owner: Option<&str>,
         within: Duration,
     ) -> Result<Vec<KeySummary>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let records = self
             .store
             .list_expiring(owner, now..now.saturating_add(within))
@@ -790,7 +801,10 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// [`Error::InvalidInput`] for an expiry not in the future or not after
     /// not-before; [`Error::StoreUnavailable`].
     pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
+        if let Some(Some(e)) = update.expires_at {
+            crate::clock::check_time(e)?;
+        }
         let scopes = update
             .scopes
             .as_ref()
@@ -823,7 +837,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                     fields.push("scopes");
                 }
                 if let Some(exp) = update.expires_at {
-                    let exp = exp.map(|t| t.to_offset(time::UtcOffset::UTC));
+                    let exp = exp.map(crate::clock::check_time).transpose()?;
                     if exp != cur.expires_at {
                         if cur.rotated_to.is_some() {
                             return Err(Error::InvalidState(
@@ -869,7 +883,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     }
 
     async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let (before, after) = self
             .modify(id, now, |cur| match cur.status {
                 KeyStatus::Revoked => Err(Error::InvalidState(
@@ -921,7 +935,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let (before, after) = self
             .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
@@ -951,7 +965,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let record = self.record(id).await?;
         if !self
             .store
@@ -996,7 +1010,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<KeyId>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let ids = self
             .store
             .revoke_owner(
@@ -1026,8 +1040,10 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<KeyId>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let prefix = Prefix::new(prefix)?;
+        crate::clock::check_time(created.start)?;
+        crate::clock::check_time(created.end)?;
         let ids = self
             .store
             .revoke_matching(
@@ -1080,7 +1096,10 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                 "the grace period is longer than the configured maximum".into(),
             ));
         }
-        let now = self.clock.now();
+        let now = self.now()?;
+        if let Some(e) = rotation.expires_at {
+            crate::clock::check_time(e)?;
+        }
         for _ in 0..MAX_RETRIES {
             let cur = self.record(id).await?;
             match cur.status {
@@ -1098,7 +1117,10 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             if cur.rotated_to.is_some() {
                 return Err(Error::InvalidState("this key was already rotated"));
             }
-            let grace_end = now.saturating_add(rotation.grace);
+            // Never past the supported range (a record must stay in it).
+            let grace_end = now
+                .saturating_add(rotation.grace)
+                .min(crate::clock::MAX_TIME);
             let grace_end = cur.expires_at.map_or(grace_end, |e| e.min(grace_end));
             if cur.not_before.is_some_and(|nb| grace_end <= nb || now < nb) {
                 return Err(Error::InvalidState(
@@ -1168,7 +1190,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// already; [`Error::KeyLimitReached`]; the errors of
     /// [`Verifier::issue`] for the other fields; [`Error::StoreUnavailable`].
     pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let keyring = self.verifier.keyring();
         let version = keyring.current_version();
         let (legacy, sha, digest) = match &import.secret {
@@ -1261,6 +1283,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
+        let now = self.now()?;
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
@@ -1275,17 +1298,15 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                 {
                     let legacy = legacy.clone();
                     return self
-                        .authenticate_legacy(presented, &legacy, requirement, ip, self.clock.now())
+                        .authenticate_legacy(presented, &legacy, requirement, ip, now)
                         .await;
                 }
                 if let Some(reason) = RejectionSampler::reason_of(&e) {
-                    self.rejections
-                        .count(reason, || self.clock.now(), &*self.audit);
+                    self.rejections.count(reason, || now, &*self.audit);
                 }
                 return Err(e);
             }
         };
-        let now = self.clock.now();
         let view = self
             .store
             .fetch(parsed.id())
@@ -1427,7 +1448,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// [`Error::StoreUnavailable`]; the counts stay pending.
     pub async fn flush(&self) -> Result<u64> {
         self.usage
-            .flush(&self.store, self.clock.now())
+            .flush(&self.store, self.now()?)
             .await
             .map_err(Error::StoreUnavailable)
     }
@@ -1439,7 +1460,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     /// [`Error::StoreUnavailable`] when the final flush fails (the counts
     /// are still pending; call again).
     pub async fn shutdown(&self) -> Result<()> {
-        let now = self.clock.now();
+        let now = self.now()?;
         self.rejections.emit(now, &*self.audit);
         self.flush().await.map(|_| ())
     }

@@ -834,18 +834,32 @@ mod tests {
         r.not_before = Some(suite_now().to_offset(plus2));
         r.expires_at = Some((suite_now() + Duration::days(3)).to_offset(plus2));
         cases.push(r);
-        // Out of the i64-nanosecond range, and exactly on its ends.
+        // Exactly on the ends of the supported range, in UTC and not.
         let mut r = sample_record(Some("u2"));
-        r.created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(i64::MIN)).unwrap();
-        r.not_before = Some(r.created_at);
+        r.created_at = crate::clock::MIN_TIME;
+        r.not_before = Some(crate::clock::MIN_TIME);
+        r.expires_at = Some(crate::clock::MAX_TIME);
+        cases.push(r);
+        let mut r = sample_record(Some("u2"));
+        r.created_at = crate::clock::MIN_TIME.to_offset(plus2);
+        r.not_before = Some(crate::clock::MIN_TIME + Duration::nanoseconds(1));
         r.expires_at =
-            Some(OffsetDateTime::from_unix_timestamp_nanos(i128::from(i64::MAX)).unwrap());
+            Some(crate::clock::MAX_TIME.to_offset(UtcOffset::from_hms(-23, -59, 0).unwrap()));
         cases.push(r);
-        let mut r = sample_record(Some("u2"));
-        r.created_at = time::macros::datetime!(1500-01-01 0:00 UTC);
-        r.not_before = Some(time::macros::datetime!(1600-01-01 0:00 UTC));
-        r.expires_at = Some(time::macros::datetime!(9999-12-31 23:59:59.999999999 UTC));
-        cases.push(r);
+        // Outside it: refused, nothing written.
+        for bad in [
+            time::macros::datetime!(1500-01-01 0:00 UTC),
+            crate::clock::MAX_TIME + Duration::MICROSECOND,
+            time::macros::datetime!(9999-12-31 23:59:59 -23:59),
+        ] {
+            let mut r = sample_record(Some("u2"));
+            r.expires_at = Some(bad);
+            assert_eq!(
+                store.insert_sync(r.clone()).unwrap_err().kind(),
+                StoreErrorKind::Corrupt
+            );
+            assert!(store.get_sync(r.id).is_none());
+        }
         // Every cold field set, usage and revision too.
         let mut r = sample_record(Some("u3"));
         r.status = KeyStatus::Revoked;
