@@ -309,7 +309,10 @@ impl Rotation {
 
 enum LegacySecret {
     Plaintext(Zeroizing<String>),
-    Sha256 { prefix: String, digest: [u8; 32] },
+    Sha256 {
+        prefix: String,
+        digest: Zeroizing<[u8; 32]>,
+    },
 }
 
 /// A key from another system to import (see [`KeyManager::import`]).
@@ -356,7 +359,7 @@ impl ImportKey {
         Self {
             secret: LegacySecret::Sha256 {
                 prefix: prefix.into(),
-                digest,
+                digest: Zeroizing::new(digest),
             },
             new: NewKey::default(),
         }
@@ -1204,7 +1207,8 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                     .ok_or_else(|| {
                         Error::InvalidInput("the key is not under a declared legacy prefix".into())
                     })?;
-                let sha: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+                let sha: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(Sha256::digest(text.as_bytes()).into());
                 (legacy, sha, keyring.legacy_digest(version, text))
             }
             LegacySecret::Sha256 { prefix, digest } => {
@@ -1213,7 +1217,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
                     .iter()
                     .find(|l| l.legacy == *prefix)
                     .ok_or_else(|| Error::InvalidInput("not a declared legacy prefix".into()))?;
-                (legacy, *digest, None)
+                (legacy, digest.clone(), None)
             }
         };
         let index = keyring
@@ -1364,7 +1368,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
             return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
         }
         let keyring = self.verifier.keyring();
-        let sha: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let sha: Zeroizing<[u8; 32]> = Zeroizing::new(Sha256::digest(presented.as_bytes()).into());
         let mut found = None;
         for v in keyring.versions_current_first() {
             let Some(index) = keyring.legacy_index(v, &sha) else {
