@@ -1139,7 +1139,7 @@ fn extreme_time(bytes: &mut impl Iterator<Item = u8>) -> OffsetDateTime {
 /// The [`KeyManager`](crate::KeyManager) and [`Verifier`] at the edges of
 /// time: a script of operations (set the clock, create, update the
 /// expiry, rotate, get, list, authenticate, issue, verify, import), each
-/// with times chosen by [`extreme_time`]-style bytes (range ends and just
+/// with times chosen by the input bytes (range ends and just
 /// past them, `9999-12-31T23:59:59-23:59`, `time`'s own ends, 2262).
 ///
 /// Oracles: never panics; an operation given a time outside the
