@@ -394,6 +394,20 @@ impl<S: KeyStore, C: Clock> Gate<S, C> {
     }
 }
 
+impl<S, C> Gate<Arc<S>, C>
+where
+    S: crate::store::KeyStoreLifecycle + crate::store::UsageStore,
+    C: Clock + Clone,
+{
+    /// A gate over the pipeline of `manager` ([`KeyManager::authenticator`](crate::KeyManager::authenticator)):
+    /// HTTP traffic then gets exactly what `KeyManager::authenticate` does
+    /// (usage counts and `last_used_at`, audit events, imported legacy
+    /// keys), over the same store.
+    pub fn from_manager(manager: &crate::KeyManager<S, C>) -> Self {
+        Self::new(manager.authenticator().clone())
+    }
+}
+
 impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
     /// Like [`new`](Gate::new) with a monotonic clock of your choice
     /// (tests use [`FakeMonotonicClock`](crate::ratelimit::FakeMonotonicClock)).
@@ -624,7 +638,7 @@ where
     ) -> Decision {
         let verified = match self
             .authenticator
-            .authenticate_from(key.expose_secret(), &route.requirement, client)
+            .authenticate(key.expose_secret(), &route.requirement, client)
             .await
         {
             Ok(v) => v,
