@@ -655,7 +655,7 @@ mod tests {
         ] {
             let h = order.map(|i| headers[i]);
             let r = ex().extract(h);
-            outcomes.push(r.map_err(|e| (e.code(), e.to_string())));
+            outcomes.push(r.map_err(|e| (e.code().as_str(), e.to_string())));
         }
         for o in &outcomes {
             assert_eq!(

@@ -123,7 +123,8 @@ use crate::ratelimit::{
     StdMonotonicClock,
 };
 use crate::response::{
-    ErrorResponse, REALM, missing_key_details, rate_limit_headers, retry_after_secs,
+    ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
+    retry_after_secs,
 };
 use crate::scope::Requirement;
 use crate::store::KeyStore;
@@ -320,11 +321,16 @@ pub struct Rejection {
     pub now: OffsetDateTime,
     realm: Cow<'static, str>,
     /// The `MISSING_API_KEY` details of the gate's extractor.
-    missing: Arc<str>,
+    missing: Arc<MissingKeyDetails>,
 }
 
 impl Rejection {
-    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>, missing: Arc<str>) -> Self {
+    fn new(
+        error: Error,
+        now: OffsetDateTime,
+        realm: Cow<'static, str>,
+        missing: Arc<MissingKeyDetails>,
+    ) -> Self {
         Self {
             error,
             rate_limit: None,
@@ -382,7 +388,7 @@ pub struct Gate<
     throttle: Option<FailureThrottle<M>>,
     realm: Cow<'static, str>,
     /// `MISSING_API_KEY` details for `extractor`, computed once.
-    missing: Arc<str>,
+    missing: Arc<MissingKeyDetails>,
     foreign: ForeignCredentials,
 }
 
@@ -413,7 +419,7 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
     /// (tests use [`FakeMonotonicClock`](crate::ratelimit::FakeMonotonicClock)).
     pub fn with_monotonic_clock(authenticator: Authenticator<S, C>, clock: M) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
-        let missing = missing_key_details(&extractor).into();
+        let missing = Arc::new(missing_key_details(&extractor));
         Self {
             authenticator,
             extractor,
@@ -442,7 +448,7 @@ where
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
     pub fn extractor(mut self, extractor: Extractor) -> Self {
-        self.missing = missing_key_details(&extractor).into();
+        self.missing = Arc::new(missing_key_details(&extractor));
         self.extractor = extractor;
         self
     }
