@@ -351,9 +351,9 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
     );
     let mut s = setup(Quota::unlimited(), None, None);
     let prefixes = s.gate.authenticator().verifier().prefixes().clone();
-    s.gate = s
-        .gate
-        .extractor(apikey::web::Extractor::new(prefixes.clone()).accept_api_key_header(false));
+    s.gate = s.gate.extractor(
+        apikey::web::Extractor::new(prefixes.clone()).sources(apikey::web::Sources::BEARER),
+    );
     let d = body(&s).await;
     assert_eq!(
         d,
@@ -362,7 +362,7 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
     s.gate = s.gate.extractor(
         apikey::web::Extractor::new(prefixes)
             .api_key_header_name("X-Tenant-Key")
-            .accept_bearer(false),
+            .sources(apikey::web::Sources::API_KEY_HEADER),
     );
     let d = body(&s).await;
     assert_eq!(

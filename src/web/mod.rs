@@ -8,7 +8,7 @@ pub(crate) mod gate;
 pub(crate) mod layer;
 pub(crate) mod response;
 
-pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme};
+pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};
 pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};
 #[cfg(feature = "axum")]
 pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};

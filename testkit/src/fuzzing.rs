@@ -613,8 +613,12 @@ impl Harness {
         let (config, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
         let max_len = [256, 66, 8, 0][usize::from((config >> 4) & 3)];
         let mut extractor = Extractor::new(self.verifier.prefixes().clone())
-            .accept_api_key_header(config & 1 == 0)
-            .accept_bearer(config & 2 == 0)
+            .sources(match config & 3 {
+                0 => apikey::web::Sources::ALL,
+                1 => apikey::web::Sources::BEARER,
+                2 => apikey::web::Sources::API_KEY_HEADER,
+                _ => apikey::web::Sources::NONE,
+            })
             .max_len(max_len);
         if config & 4 != 0 {
             extractor = extractor.allow_query_param("api_key");
