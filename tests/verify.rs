@@ -555,3 +555,31 @@ fn a_record_whose_secret_version_is_not_held_never_verifies() {
     set(&s, key.id(), |r| r.secret_version = 1);
     check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap();
 }
+
+/// Records keep microseconds, the precision PostgreSQL stores, so a record
+/// reads back identical from every store.
+#[test]
+fn issued_records_keep_microsecond_precision() {
+    let v = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
+    let now = time::macros::datetime!(2026-05-01 12:00:00.123_456_789 UTC);
+    let (_, r) = v
+        .issue(
+            NewKey::new("sk_live_")
+                .expires_at(now + time::Duration::nanoseconds(86_400_000_000_999))
+                .not_before(now + time::Duration::nanoseconds(1_999)),
+            now,
+        )
+        .unwrap();
+    for t in [Some(r.created_at), r.expires_at, r.not_before] {
+        assert_eq!(t.unwrap().nanosecond() % 1000, 0, "{t:?}");
+    }
+    assert_eq!(
+        r.created_at,
+        time::macros::datetime!(2026-05-01 12:00:00.123_456 UTC)
+    );
+    let built = r.to_builder().last_used_at(Some(now)).build().unwrap();
+    assert_eq!(built.last_used_at.unwrap().nanosecond() % 1000, 0);
+    // The serde round trip is exact.
+    let back: KeyRecord = serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
+    assert_eq!(back, built);
+}

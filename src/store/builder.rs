@@ -158,12 +158,23 @@ impl KeyRecordBuilder {
         self
     }
 
-    /// The record, once its invariants hold.
+    /// The record, once its invariants hold. Times are truncated to whole
+    /// microseconds (the precision every store keeps, so a record reads
+    /// back identical from PostgreSQL too).
     ///
     /// # Errors
     /// [`Error::InvalidRecord`](crate::Error::InvalidRecord) naming the broken
     /// invariant (as [`KeyRecord::validate`]).
-    pub fn build(self) -> Result<KeyRecord> {
+    pub fn build(mut self) -> Result<KeyRecord> {
+        use crate::clock::to_micros;
+        let r = &mut self.record;
+        r.created_at = to_micros(r.created_at);
+        r.expires_at = r.expires_at.map(to_micros);
+        r.not_before = r.not_before.map(to_micros);
+        r.last_used_at = r.last_used_at.map(to_micros);
+        if let Some(rev) = &mut r.revocation {
+            rev.at = to_micros(rev.at);
+        }
         self.record.validate()?;
         Ok(self.record)
     }
