@@ -5,8 +5,8 @@
 //! Run with `cargo run --example quickstart`.
 
 use apikey::{
-    Authenticator, Error, KeyStatus, KeyStore, KeyStoreWrite, Keyring, ManualClock, MemoryStore,
-    NewKey, Requirement, Revocation, ServerSecret, Verifier,
+    Authenticator, Error, KeyStatus, KeyStoreQuery, KeyStoreWrite, Keyring, ManualClock,
+    MemoryStore, NewKey, Requirement, Revocation, ServerSecret, Verifier,
 };
 use time::{Duration, macros::datetime};
 

@@ -39,9 +39,9 @@ pub use key::{
 };
 pub use manage::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation, UsageRecorder};
 pub use store::{
-    KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, MemoryStore, NewKey, Revocation,
-    SCHEMA_VERSION, UsageCounters, UsageDelta,
+    FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, MemoryStore, NewKey,
+    Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
     Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,

@@ -524,28 +524,7 @@ async fn post_tag_failures_are_limited_and_a_valid_key_from_that_address_still_w
         .error(401, "INVALID_API_KEY");
 }
 
-/// A store that always fails, with a cause that must not leak.
-#[derive(Clone, Debug)]
-struct FailingStore;
-
-fn boom() -> StoreError {
-    StoreError::with_source(
-        StoreErrorKind::Unavailable,
-        std::io::Error::other("connection refused: db-primary.internal:5432"),
-    )
-}
-
-impl KeyStore for FailingStore {
-    async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        Err(boom())
-    }
-    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(boom())
-    }
-    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(boom())
-    }
-}
+use apikey_testkit::failing::FailingStore;
 
 /// A store that never answers.
 #[derive(Clone, Debug)]
@@ -553,12 +532,6 @@ struct HangingStore;
 
 impl KeyStore for HangingStore {
     async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        std::future::pending().await
-    }
-    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        std::future::pending().await
-    }
-    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
         std::future::pending().await
     }
 }

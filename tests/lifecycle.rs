@@ -21,7 +21,10 @@ fn ip(s: &str) -> Option<IpAddr> {
     Some(s.parse().unwrap())
 }
 
-async fn code<S: KeyStoreLifecycle>(m: &KeyManager<S, ManualClock>, key: &ApiKey) -> &'static str {
+async fn code<S: KeyStoreLifecycle + UsageStore>(
+    m: &KeyManager<S, ManualClock>,
+    key: &ApiKey,
+) -> &'static str {
     match m
         .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await

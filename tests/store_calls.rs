@@ -34,16 +34,12 @@ impl KeyStore for Counting {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.fetch(id)
     }
-    fn get(&self, id: KeyId) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(id)
-    }
-    fn list_by_owner(
+    fn find_legacy(
         &self,
-        owner: &str,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        index: &apikey::KeyDigest,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.list_by_owner(owner)
+        self.inner.find_legacy(index)
     }
 }
 

@@ -79,7 +79,7 @@ use crate::key::{ApiKey, KeyId};
 use crate::prefix::{Environment, Prefix, PrefixEntry};
 use crate::record::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
-use crate::store::{KeyStoreLifecycle, LimitedInsert};
+use crate::store::{KeyStoreLifecycle, LimitedInsert, UsageStore};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
 
@@ -458,14 +458,14 @@ impl<S, C> fmt::Debug for KeyManager<S, C> {
     }
 }
 
-impl<S: KeyStoreLifecycle> KeyManager<S, SystemClock> {
+impl<S: KeyStoreLifecycle + UsageStore> KeyManager<S, SystemClock> {
     /// A manager reading the system clock.
     pub fn new(verifier: Verifier, store: S) -> Self {
         Self::with_clock(verifier, store, SystemClock)
     }
 }
 
-impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
+impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// A manager reading `clock`. No owner limit, no audit sink, usage
     /// flushed every 60 s, rejection summaries at most every 60 s.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {

@@ -16,7 +16,8 @@ use crate::prefix::Prefix;
 use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
 use crate::scope::ScopeSet;
 use crate::store::{
-    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, UsageDelta,
+    FlushId, FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
+    LimitedInsert, UsageBatch, UsageStore,
 };
 use crate::sync::{self, Mutex, RwLock};
 
@@ -125,7 +126,13 @@ struct Index {
     scopes: HashSet<Arc<ScopeSet>>,
     /// Size of `scopes` at which unused sets are next swept out.
     sweep_at: usize,
+    /// Ids of the latest applied usage flushes (at most
+    /// [`FLUSH_IDS_KEPT`]), oldest first, for exactly-once replays.
+    flushes: std::collections::VecDeque<FlushId>,
 }
+
+/// How many applied flush ids `MemoryStore` remembers.
+const FLUSH_IDS_KEPT: usize = 1024;
 
 impl Index {
     /// The shared copy of an owner string.
@@ -441,10 +448,18 @@ impl MemoryStore {
         changed.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// [`KeyStoreLifecycle::record_usage`], synchronously.
-    pub fn record_usage_sync(&self, batch: &[UsageDelta]) {
-        let _index = sync::lock(&self.owners);
-        for d in batch {
+    /// [`UsageStore::record_usage`], synchronously. Remembers the ids of the
+    /// latest 1,024 batches, so a replayed batch is applied once.
+    pub fn record_usage_sync(&self, batch: &UsageBatch) -> FlushOutcome {
+        let mut index = sync::lock(&self.owners);
+        if index.flushes.contains(&batch.id) {
+            return FlushOutcome::AlreadyApplied;
+        }
+        if index.flushes.len() >= FLUSH_IDS_KEPT {
+            index.flushes.pop_front();
+        }
+        index.flushes.push_back(batch.id);
+        for d in &batch.deltas {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(&d.id.as_u64()) {
                 // In place unless a verification holds the view right now.
                 let state = Arc::make_mut(slot).extra.get_or_insert_with(Box::default);
@@ -456,6 +471,7 @@ impl MemoryStore {
                 );
             }
         }
+        FlushOutcome::Applied
     }
 
     /// [`KeyStoreQuery::list_expiring`], synchronously.
@@ -619,15 +635,11 @@ impl KeyStore for MemoryStore {
         ready(self.fetch_sync(id))
     }
 
-    fn get(&self, id: KeyId) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
-        ready(Ok(self.get_sync(id)))
-    }
-
-    fn list_by_owner(
+    fn find_legacy(
         &self,
-        owner: &str,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-        ready(Ok(self.list_by_owner_sync(owner)))
+        index: &KeyDigest,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        ready(Ok(self.find_legacy_sync(index)))
     }
 }
 
@@ -646,19 +658,23 @@ impl KeyStoreWrite for MemoryStore {
 }
 
 impl KeyStoreQuery for MemoryStore {
+    fn get(&self, id: KeyId) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
+        ready(Ok(self.get_sync(id)))
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &str,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
+        ready(Ok(self.list_by_owner_sync(owner)))
+    }
+
     fn list_expiring(
         &self,
         owner: Option<&str>,
         window: Range<OffsetDateTime>,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
         ready(Ok(self.list_expiring_sync(owner, &window)))
-    }
-
-    fn find_legacy(
-        &self,
-        index: &KeyDigest,
-    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
-        ready(Ok(self.find_legacy_sync(index)))
     }
 }
 
@@ -705,13 +721,14 @@ impl KeyStoreLifecycle for MemoryStore {
     ) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
         ready(Ok(self.revoke_matching_sync(prefix, &created, &revocation)))
     }
+}
 
+impl UsageStore for MemoryStore {
     fn record_usage(
         &self,
-        batch: &[UsageDelta],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.record_usage_sync(batch);
-        ready(Ok(()))
+        batch: &UsageBatch,
+    ) -> impl Future<Output = Result<FlushOutcome, StoreError>> + Send {
+        ready(Ok(self.record_usage_sync(batch)))
     }
 }
 
@@ -720,6 +737,7 @@ mod tests {
     use super::*;
     use crate::ipnet::IpNet;
     use crate::record::LegacyInfo;
+    use crate::store::UsageDelta;
 
     fn suite_now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap()
@@ -910,12 +928,12 @@ mod tests {
         store.insert_sync(r.clone()).unwrap();
         let held = store.fetch_sync(r.id).unwrap().unwrap();
         let at = suite_now() + Duration::hours(1);
-        store.record_usage_sync(&[UsageDelta {
+        store.record_usage_sync(&UsageBatch::new(vec![UsageDelta {
             id: r.id,
             day: at.date(),
             count: 2,
             last_used_at: at,
-        }]);
+        }]));
         let mut want = r.clone();
         want.usage.apply(at.date(), 2);
         want.last_used_at = Some(at);

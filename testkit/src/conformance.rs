@@ -7,12 +7,23 @@
 //! an assertion in a test. Run them from your own tests:
 //!
 //! ```
-//! use apikey::{store::conformance, MemoryStore};
+//! use apikey::MemoryStore;
+//! use apikey_testkit::conformance;
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let store = MemoryStore::new();
 //! conformance::run_all(&store).await;
 //! # });
 //! ```
+//!
+//! The suite is split by trait, so a store runs the part it implements:
+//!
+//! | store implements | run |
+//! |---|---|
+//! | [`KeyStore`] only (read-only) | [`read_sample`], load the records, [`check_reads`] |
+//! | [`KeyStoreWrite`] + [`KeyStoreQuery`] | [`run_writes`] |
+//! | [`KeyStoreLifecycle`] | [`run_lifecycle`] |
+//! | [`UsageStore`] | [`run_usage`] |
+//! | all of them | [`run_all`] |
 //!
 //! The suite writes records with random ids, owners named
 //! `conformance-<random>` and creation times in a random second of the
@@ -38,8 +49,11 @@ use apikey::KeyDigest;
 use apikey::KeyId;
 use apikey::ScopeSet;
 use apikey::{Environment, Prefix};
+use apikey::{
+    FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert,
+    UsageBatch, UsageDelta, UsageStore,
+};
 use apikey::{KeyRecord, KeyStatus, LegacyInfo, Revocation, UsageCounters};
-use apikey::{KeyStoreLifecycle, LimitedInsert, UsageDelta};
 use apikey::{StoreError, StoreErrorKind};
 
 /// A fixed "now" used by the suite: 2030-01-01T00:00:00Z.
@@ -105,7 +119,7 @@ fn expect_kind<T: std::fmt::Debug>(r: Result<T, StoreError>, kind: StoreErrorKin
     }
 }
 
-async fn must_get<S: KeyStoreLifecycle + ?Sized>(store: &S, id: KeyId, what: &str) -> KeyRecord {
+async fn must_get<S: KeyStoreQuery + ?Sized>(store: &S, id: KeyId, what: &str) -> KeyRecord {
     match ok(store.get(id).await, what) {
         Some(r) => r,
         None => panic!("store conformance: {what}: record {id} is missing"),
@@ -152,30 +166,171 @@ fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> JoinAll<F> {
     JoinAll { futures, outputs }
 }
 
-/// Runs every check below except [`failed_writes_change_nothing`].
+/// Runs every check below except [`failed_writes_change_nothing`]: the
+/// write, lifecycle and usage parts.
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn run_all<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn run_all<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
+    run_writes(store).await;
+    run_lifecycle(store).await;
+    run_usage(store).await;
+}
+
+/// The part for [`KeyStoreWrite`] + [`KeyStoreQuery`] (and the
+/// [`KeyStore`] reads they feed): insert, fetch, get, list, update, delete,
+/// expiring-soon, the legacy index.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn run_writes<S: KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     insert_fetch_get_list(store).await;
+    list_expiring_window(store).await;
+}
+
+/// The part for [`KeyStoreLifecycle`]: the compound writes.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn run_lifecycle<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
     insert_never_overwrites(store).await;
     update_and_conditional_update(store).await;
-    delete_clears_rotation_links(store).await;
     insert_limited_counts_active_keys(store).await;
     insert_limited_concurrent(store, 16, 3).await;
     rotate_is_atomic(store).await;
+    delete_clears_rotation_links(store).await;
     revoke_owner_revokes_all(store).await;
     revoke_matching_by_prefix_and_window(store).await;
-    list_expiring_window(store).await;
     legacy_index(store).await;
+}
+
+/// The part for [`UsageStore`]: batches applied in order, unknown ids
+/// skipped, and a replayed batch (same [`FlushId`](apikey::FlushId))
+/// applied once. A store that does not record flush ids (at-least-once
+/// delivery) runs [`usage_batches`] alone.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn run_usage<S: UsageStore + KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     usage_batches(store).await;
+    usage_replay_applies_once(store).await;
+}
+
+/// Records for the read-only part: load them into your read-only store by
+/// whatever means it has (a replica of a database the suite cannot write
+/// to, a file), then call [`check_reads`] with them. One has an owner and
+/// scopes, one is revoked, one is disabled with an expiry and a not-before,
+/// one is an imported legacy key.
+pub fn read_sample() -> Vec<KeyRecord> {
+    let owner = unique_owner();
+    let plain = sample_record(Some(&owner));
+    let revoked = sample_record(Some(&owner))
+        .to_builder()
+        .status(KeyStatus::Revoked)
+        .revocation(Some(revocation("read sample")))
+        .build_unvalidated();
+    let disabled = sample_record(None)
+        .to_builder()
+        .status(KeyStatus::Disabled)
+        .not_before(Some(suite_now() - Duration::days(1)))
+        .expires_at(Some(suite_now() + Duration::days(30)))
+        .build_unvalidated();
+    let mut index = [0u8; 32];
+    OsRng.fill_bytes(&mut index);
+    let legacy = sample_record(Some(&owner))
+        .to_builder()
+        .legacy(Some(LegacyInfo::new(
+            "oldco_",
+            KeyDigest::from_bytes(index),
+            1,
+            false,
+        )))
+        .build_unvalidated();
+    vec![plain, revoked, disabled, legacy]
+}
+
+/// The part for a read-only [`KeyStore`]: with `loaded` (from
+/// [`read_sample`]) in the store, `fetch` returns each record's exact view,
+/// an unknown id is `None`, and `find_legacy` finds the imported key by its
+/// index (a store that holds no imported keys may answer `None` for it:
+/// pass `legacy_supported = false`).
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn check_reads<S: KeyStore + ?Sized>(
+    store: &S,
+    loaded: &[KeyRecord],
+    legacy_supported: bool,
+) {
+    for r in loaded {
+        let view = ok(store.fetch(r.id).await, "fetch")
+            .unwrap_or_else(|| panic!("store conformance: fetch must find record {}", r.id));
+        assert_eq!(
+            *view,
+            apikey::KeyView::from_record(r),
+            "store conformance: fetch must return the record's exact view"
+        );
+        if let Some(l) = &r.legacy {
+            let found = ok(store.find_legacy(&l.index).await, "find_legacy");
+            if legacy_supported {
+                assert_eq!(
+                    found.as_ref(),
+                    Some(r),
+                    "store conformance: find_legacy must return the imported record"
+                );
+            }
+        }
+    }
+    assert!(
+        ok(
+            store.fetch(KeyId::from_u64(OsRng.next_u64())).await,
+            "fetch unknown"
+        )
+        .is_none(),
+        "store conformance: fetch of an unknown id must be None"
+    );
+}
+
+/// A batch sent twice with the same [`FlushId`](apikey::FlushId) (a retry
+/// after a lost answer, or after a cancelled flush) is applied once; the
+/// second answer is [`FlushOutcome::AlreadyApplied`].
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn usage_replay_applies_once<S: UsageStore + KeyStoreWrite + KeyStoreQuery + ?Sized>(
+    store: &S,
+) {
+    let a = sample_record(Some(&unique_owner()));
+    ok(store.insert(a.clone()).await, "insert");
+    let batch = UsageBatch::new(vec![UsageDelta::new(
+        a.id,
+        suite_now().date(),
+        3,
+        suite_now(),
+    )]);
+    assert_eq!(
+        ok(store.record_usage(&batch).await, "record_usage"),
+        FlushOutcome::Applied,
+        "store conformance: a new batch must be Applied"
+    );
+    assert_eq!(
+        ok(store.record_usage(&batch).await, "record_usage replay"),
+        FlushOutcome::AlreadyApplied,
+        "store conformance: a replayed batch must be AlreadyApplied"
+    );
+    let got = must_get(store, a.id, "get").await;
+    assert_eq!(
+        got.usage.today(suite_now().date()),
+        3,
+        "store conformance: a replayed batch must not be counted twice"
+    );
 }
 
 /// Insert, then `fetch`, `get` and `list_by_owner` see the record.
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn insert_fetch_get_list<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn insert_fetch_get_list<S: KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     let owner = unique_owner();
     let a = sample_record(Some(&owner));
     let mut b = sample_record(Some(&owner));
@@ -250,13 +405,18 @@ pub async fn insert_never_overwrites<S: KeyStoreLifecycle + ?Sized>(store: &S) {
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn update_and_conditional_update<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn update_and_conditional_update<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
     let a = sample_record(Some(&unique_owner()));
     ok(store.insert(a.clone()).await, "insert");
     let day = suite_now().date();
     ok(
         store
-            .record_usage(&[UsageDelta::new(a.id, day, 5, suite_now())])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                day,
+                5,
+                suite_now(),
+            )]))
             .await,
         "record_usage",
     );
@@ -536,13 +696,18 @@ pub async fn insert_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn rotate_is_atomic<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn rotate_is_atomic<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
     let owner = unique_owner();
     let old = sample_record(Some(&owner));
     ok(store.insert(old.clone()).await, "insert");
     ok(
         store
-            .record_usage(&[UsageDelta::new(old.id, suite_now().date(), 2, suite_now())])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                old.id,
+                suite_now().date(),
+                2,
+                suite_now(),
+            )]))
             .await,
         "record_usage",
     );
@@ -765,7 +930,7 @@ pub async fn revoke_matching_by_prefix_and_window<S: KeyStoreLifecycle + ?Sized>
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn list_expiring_window<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn list_expiring_window<S: KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     let owner = unique_owner();
     let now = suite_now();
     let mk = |exp: Option<Duration>| {
@@ -874,7 +1039,7 @@ pub async fn legacy_index<S: KeyStoreLifecycle + ?Sized>(store: &S) {
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn usage_batches<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn usage_batches<S: UsageStore + KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     let a = sample_record(Some(&unique_owner()));
     ok(store.insert(a.clone()).await, "insert");
     let now = suite_now();
@@ -885,17 +1050,25 @@ pub async fn usage_batches<S: KeyStoreLifecycle + ?Sized>(store: &S) {
         UsageDelta::new(KeyId::from_u64(OsRng.next_u64()), d1, 9, now),
         UsageDelta::new(a.id, d2, 4, now + Duration::days(1)),
     ];
-    ok(store.record_usage(&batch).await, "record_usage");
+    ok(
+        store.record_usage(&UsageBatch::new(batch.to_vec())).await,
+        "record_usage",
+    );
     ok(
         store
-            .record_usage(&[UsageDelta::new(a.id, d2, 1, now + Duration::hours(25))])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                d2,
+                1,
+                now + Duration::hours(25),
+            )]))
             .await,
         "record_usage",
     );
     // A late batch for an earlier time must not move last_used_at back.
     ok(
         store
-            .record_usage(&[UsageDelta::new(a.id, d1, 2, now)])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(a.id, d1, 2, now)]))
             .await,
         "record_usage",
     );
@@ -928,7 +1101,7 @@ pub async fn usage_batches<S: KeyStoreLifecycle + ?Sized>(store: &S) {
 /// When a failing write succeeds or changes anything.
 pub async fn failed_writes_change_nothing<S, F>(store: &S, set_failing: F)
 where
-    S: KeyStoreLifecycle + ?Sized,
+    S: KeyStoreLifecycle + UsageStore + ?Sized,
     F: Fn(bool),
 {
     let owner = unique_owner();
@@ -961,7 +1134,12 @@ where
             .await
             .is_err(),
         store
-            .record_usage(&[UsageDelta::new(a.id, suite_now().date(), 1, suite_now())])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                suite_now().date(),
+                1,
+                suite_now(),
+            )]))
             .await
             .is_err(),
         store.delete(a.id).await.is_err(),

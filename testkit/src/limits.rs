@@ -337,13 +337,11 @@ pub async fn check_refill<L: Limits + CreditBalances>(
         .map_err(|e| format!("set_credits: {e}"))?;
     let charge = CreditCharge::new(amount).owner(owner.then_some(OWNER));
     let adm = Admission::new(key, Quota::unlimited()).credits(charge);
-    let admit = |label: &'static str| {
-        async move {
-            limits
-                .admit(&adm)
-                .await
-                .map_err(|e| format!("{label}: {e}"))
-        }
+    let admit = |label: &'static str| async move {
+        limits
+            .admit(&adm)
+            .await
+            .map_err(|e| format!("{label}: {e}"))
     };
     if !admit("first").await?.is_admitted() {
         return Err("a full balance was refused".into());

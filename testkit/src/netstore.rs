@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use apikey::{
-    KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind,
-    UsageDelta,
+    FlushId, FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LimitedInsert, Prefix, Revocation, StoreError,
+    StoreErrorKind, UsageBatch, UsageStore,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 struct Tables {
     rows: HashMap<KeyId, KeyRecord>,
     legacy: HashMap<[u8; 32], KeyId>,
+    flushes: std::collections::HashSet<FlushId>,
 }
 
 /// See the module docs.
@@ -155,21 +156,13 @@ impl KeyStore for NetStore {
         Ok(t.rows.get(&id).map(|r| Arc::new(KeyView::from_record(r))))
     }
 
-    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.round_trip().await?;
-        Ok(self.tables.lock().await.rows.get(&id).cloned())
-    }
-
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
         self.round_trip().await?;
         let t = self.tables.lock().await;
-        Ok(Self::sorted(
-            t.rows
-                .values()
-                .filter(|r| r.owner.as_deref() == Some(owner))
-                .cloned()
-                .collect(),
-        ))
+        Ok(t.legacy
+            .get(index.as_bytes())
+            .and_then(|id| t.rows.get(id))
+            .cloned())
     }
 }
 
@@ -220,6 +213,23 @@ impl KeyStoreWrite for NetStore {
 }
 
 impl KeyStoreQuery for NetStore {
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.round_trip().await?;
+        Ok(self.tables.lock().await.rows.get(&id).cloned())
+    }
+
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.round_trip().await?;
+        let t = self.tables.lock().await;
+        Ok(Self::sorted(
+            t.rows
+                .values()
+                .filter(|r| r.owner.as_deref() == Some(owner))
+                .cloned()
+                .collect(),
+        ))
+    }
+
     async fn list_expiring(
         &self,
         owner: Option<&str>,
@@ -238,15 +248,6 @@ impl KeyStoreQuery for NetStore {
             .collect();
         v.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
         Ok(v)
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        self.round_trip().await?;
-        let t = self.tables.lock().await;
-        Ok(t.legacy
-            .get(index.as_bytes())
-            .and_then(|id| t.rows.get(id))
-            .cloned())
     }
 }
 
@@ -338,11 +339,17 @@ impl KeyStoreLifecycle for NetStore {
             r.prefix == *prefix && created.contains(&r.created_at)
         }))
     }
+}
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+impl UsageStore for NetStore {
+    /// Records flush ids like a `usage_flushes` table would: exactly once.
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
         self.round_trip().await?;
         let mut t = self.tables.lock().await;
-        for d in batch {
+        if !t.flushes.insert(batch.id) {
+            return Ok(FlushOutcome::AlreadyApplied);
+        }
+        for d in &batch.deltas {
             if let Some(r) = t.rows.get_mut(&d.id) {
                 r.usage.apply(d.day, d.count);
                 r.last_used_at = Some(
@@ -351,6 +358,6 @@ impl KeyStoreLifecycle for NetStore {
                 );
             }
         }
-        Ok(())
+        Ok(FlushOutcome::Applied)
     }
 }
