@@ -181,7 +181,10 @@ async fn read_part_catches_a_store_that_drops_scopes() {
     impl KeyStore for Lossy {
         async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
             Ok(self.0.get_sync(id).map(|r| {
-                let r = r.to_builder().scopes(ScopeSet::default()).build_unvalidated();
+                let r = r
+                    .to_builder()
+                    .scopes(ScopeSet::default())
+                    .build_unvalidated();
                 Arc::new(KeyView::from_record(&r))
             }))
         }
