@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use apikey::limits::{CreditAccount, FailureThrottleConfig, MemoryLimits, Quota};
 use apikey::web::ApiKeyLayer;
-use apikey::web::{Admitted, Gate, QuotaTable, Route};
+use apikey::web::{Admitted, ForeignCredentials, Gate, QuotaTable, Route};
 use apikey::*;
 use axum::Router;
 use axum::routing::get;
@@ -88,7 +88,8 @@ async fn maybe(key: Option<VerifiedKey>) -> String {
 }
 
 /// Routes: `/read` needs `tasks:read`, `/write` needs `tasks:write`,
-/// `/open` accepts foreign credentials (JWTs) too.
+/// `/open` accepts foreign credentials (JWTs) too (`PassThrough`),
+/// `/guarded` needs `tasks:read` and its handler never looks at the key.
 fn router<S: KeyStore + Send + Sync + 'static>(
     gate: Arc<TestGate<S>>,
     timeout: Option<Duration>,
@@ -111,7 +112,18 @@ fn router<S: KeyStore + Send + Sync + 'static>(
                 Requirement::scope("tasks:write").unwrap(),
             ))),
         )
-        .route("/open", get(maybe).route_layer(layer(Route::any_key())))
+        .route(
+            "/open",
+            get(maybe).route_layer(
+                layer(Route::any_key()).foreign_credentials(ForeignCredentials::PassThrough),
+            ),
+        )
+        // A handler that does not ask for the key: only the layer guards it.
+        .route(
+            "/guarded",
+            get(|| async { "secret data" })
+                .route_layer(layer(Route::new(Requirement::scope("tasks:read").unwrap()))),
+        )
 }
 
 async fn serve(router: Router) -> SocketAddr {
@@ -404,7 +416,7 @@ async fn over_the_rate_limit() {
     assert_eq!(r.header("retry-after"), Some("30"));
     assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-    // On a 429, Reset is when a retry is admitted (what Retry-After says),
+    // On a 429, Reset is when a retry is admitted (as Retry-After says),
     // not the full replenishment 60 s after the burst.
     assert_eq!(
         r.header("x-ratelimit-reset"),
@@ -454,8 +466,54 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     assert_eq!(ledger.credits_sync(owner_acct).unwrap().remaining, 0);
 }
 
+const JWT: &str = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+
+/// Issue 9, item 1: the layer fails closed. Foreign credentials get the
+/// 401 of a request without a key, with the JSON body and the challenge,
+/// even when the handler never asks for the key.
+async fn assert_foreign_is_rejected(value: &str) {
+    let f = fixture().await;
+    let r = get_with(f.addr, "/guarded", &[("Authorization", value)]).await;
+    r.error(401, "MISSING_API_KEY");
+    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="api""#));
+    assert!(!r.body.contains("secret data"), "{r:?}");
+}
+
 #[tokio::test]
-async fn foreign_bearer_tokens_pass_through() {
+async fn foreign_basic_is_rejected_by_default() {
+    assert_foreign_is_rejected("Basic dXNlcjpwYXNz").await;
+}
+
+#[tokio::test]
+async fn foreign_bearer_is_rejected_by_default() {
+    assert_foreign_is_rejected("Bearer whatever").await;
+}
+
+#[tokio::test]
+async fn foreign_token_scheme_is_rejected_by_default() {
+    assert_foreign_is_rejected("Token x").await;
+}
+
+#[tokio::test]
+async fn foreign_jwt_is_rejected_by_default() {
+    assert_foreign_is_rejected(JWT).await;
+}
+
+#[tokio::test]
+async fn guarded_route_admits_only_a_valid_key_meeting_the_requirement() {
+    let f = fixture().await;
+    let (key, _) = issue(&f.store, reader());
+    let r = get_with(f.addr, "/guarded", &x_api_key(&key)).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "secret data"));
+    let (writer, _) = issue(&f.store, reader().scopes(["tasks:write"]));
+    let r = get_with(f.addr, "/guarded", &x_api_key(&writer)).await;
+    r.error(403, "INSUFFICIENT_SCOPE");
+    let r = get_with(f.addr, "/guarded", &[]).await;
+    r.error(401, "MISSING_API_KEY");
+}
+
+#[tokio::test]
+async fn foreign_bearer_tokens_pass_through_only_when_opted_in() {
     let f = fixture().await;
     let jwt = [(
         "Authorization",
@@ -555,4 +613,177 @@ async fn store_timeout_is_503() {
     let r = get_with(addr, "/read", &x_api_key(&key)).await;
     r.error(503, "STORE_UNAVAILABLE");
     assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+// ----- one pipeline: the layer over a KeyManager's authenticator -----
+
+struct Managed {
+    addr: SocketAddr,
+    manager: Arc<KeyManager<MemoryStore, ManualClock>>,
+    audit: Arc<MemoryAuditSink>,
+}
+
+async fn managed() -> Managed {
+    let clocks = clocks();
+    let audit = Arc::new(MemoryAuditSink::new());
+    let manager = Arc::new(
+        KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
+            .audit_sink(Arc::clone(&audit))
+            .legacy_prefix("oldco_", "sk_live_")
+            .unwrap(),
+    );
+    let gate = Gate::new(manager.authenticator().clone())
+        .limits(MemoryLimits::with_clock(clocks.0.clone()));
+    let addr = serve(router(Arc::new(gate), None)).await;
+    Managed {
+        addr,
+        manager,
+        audit,
+    }
+}
+
+fn failures(audit: &MemoryAuditSink) -> Vec<&'static str> {
+    audit
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            AuditKind::VerificationFailed { code } => Some(code),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_through_the_layer_update_last_used_and_counts() {
+    let m = managed().await;
+    let (key, s) = m.manager.create(reader(), &Actor::system()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            get_with(m.addr, "/read", &x_api_key(&key)).await.status,
+            200
+        );
+    }
+    assert_eq!(m.manager.usage().pending(), 3);
+    assert_eq!(m.manager.flush().await.unwrap(), 3);
+    let got = m.manager.get(s.id).await.unwrap();
+    assert_eq!((got.requests_today, got.requests_this_month), (3, 3));
+    assert_eq!(got.last_used_at, Some(T0));
+}
+
+#[tokio::test]
+async fn an_imported_legacy_key_passes_the_layer() {
+    let m = managed().await;
+    let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
+    m.manager
+        .import(
+            ImportKey::plaintext(legacy).scopes(["tasks:read"]),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    let r = get_with(m.addr, "/read", &[("X-API-Key", legacy)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // And a wrong legacy key is refused, with no event per attempt.
+    let r = get_with(m.addr, "/read", &[("X-API-Key", "oldco_nope")]).await;
+    r.error(401, "INVALID_API_KEY");
+    assert!(failures(&m.audit).is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_secret_through_the_layer_writes_an_audit_event() {
+    let m = managed().await;
+    let (_, s) = m.manager.create(reader(), &Actor::system()).await.unwrap();
+    // A key this service could have issued, stored under its id with
+    // another key's digest: the id exists, the secret is wrong.
+    let (other, other_record) = verifier().issue(reader(), T0).unwrap();
+    let mut wrong = m.manager.record(s.id).await.unwrap();
+    wrong.id = other_record.id;
+    m.manager.store().insert_sync(wrong).unwrap();
+    get_with(m.addr, "/read", &x_api_key(&other))
+        .await
+        .error(401, "INVALID_API_KEY");
+    let events = m.audit.events();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditKind::VerificationFailed { .. }))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].key_id, Some(other.id()));
+    assert_eq!(
+        failed[0].kind,
+        AuditKind::VerificationFailed {
+            code: "INVALID_API_KEY"
+        }
+    );
+}
+
+#[tokio::test]
+async fn junk_through_the_layer_is_only_counted_and_sampled() {
+    let m = managed().await;
+    for junk in ["nope", "sk_live_short", "Bearer-ish", "kwi_sk_x"] {
+        let r = get_with(m.addr, "/read", &[("X-API-Key", junk)]).await;
+        assert_eq!(r.status, 401);
+    }
+    let (key, _) = verifier().issue(reader(), T0).unwrap();
+    let mut forged = key.expose_secret().to_owned();
+    // Change one secret character and fix the checksum: a forged key.
+    let body = forged.split_off("sk_live_".len());
+    let mut bytes = body.into_bytes();
+    bytes[20] = if bytes[20] == b'A' { b'B' } else { b'A' };
+    let mut text = format!("sk_live_{}", String::from_utf8(bytes).unwrap()).into_bytes();
+    apikey::__private::write_checksum(&mut text);
+    let forged = String::from_utf8(text).unwrap();
+    get_with(m.addr, "/read", &[("X-API-Key", forged.as_str())])
+        .await
+        .error(401, "INVALID_API_KEY");
+    assert!(
+        failures(&m.audit).is_empty(),
+        "junk wrote events one by one"
+    );
+    m.manager.shutdown().await.unwrap();
+    let sampled: u64 = m
+        .audit
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditKind::RejectionsSampled { counts } => {
+                Some(counts.iter().map(|(_, n)| n).sum::<u64>())
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(sampled, 5);
+}
+
+/// Usage recorded over HTTP survives a flush that is cancelled (here by a
+/// timeout while the store is slow): nothing is lost, nothing doubled.
+#[tokio::test]
+async fn a_cancelled_flush_after_http_traffic_loses_nothing() {
+    use apikey_testkit::netstore::NetStore;
+    let store = NetStore::new(Duration::ZERO);
+    let clocks = clocks();
+    let manager = Arc::new(KeyManager::with_clock(
+        verifier(),
+        Arc::clone(&store),
+        clocks.0.clone(),
+    ));
+    let gate = Gate::new(manager.authenticator().clone())
+        .limits(MemoryLimits::with_clock(clocks.0.clone()));
+    let addr = serve(router(Arc::new(gate), None)).await;
+    let (key, s) = manager.create(reader(), &Actor::system()).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
+    }
+    store.set_latency(Duration::from_millis(50));
+    for _ in 0..2 {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), manager.flush())
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(manager.usage().pending(), 20);
+    store.set_latency(Duration::ZERO);
+    assert_eq!(manager.flush().await.unwrap(), 20);
+    assert_eq!(manager.record(s.id).await.unwrap().usage.day_count, 20);
 }

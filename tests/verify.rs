@@ -459,17 +459,17 @@ async fn authenticator_uses_the_injected_clock() {
     );
     let clock = ManualClock::new(T0);
     let auth = Authenticator::with_clock(v, Arc::clone(&s), clock.clone());
-    auth.authenticate(key.expose_secret(), &Requirement::none())
+    auth.authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap();
     clock.advance(Duration::minutes(5));
     let e = auth
-        .authenticate(key.expose_secret(), &Requirement::none())
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap_err();
     assert_eq!(e.code(), "EXPIRED_API_KEY");
     let e = auth
-        .authenticate("", &Requirement::none())
+        .authenticate("", &Requirement::none(), None)
         .await
         .unwrap_err();
     assert_eq!(e.code(), "MISSING_API_KEY");
@@ -511,24 +511,24 @@ async fn ip_allowlist_is_checked_before_scopes_and_fails_closed_without_an_addre
     let read = Requirement::scope("tasks:read").unwrap();
     let inside: std::net::IpAddr = "10.1.2.3".parse().unwrap();
     let outside: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-    auth.authenticate_from(key.expose_secret(), &read, Some(inside))
+    auth.authenticate(key.expose_secret(), &read, Some(inside))
         .await
         .unwrap();
     let e = auth
-        .authenticate_from(key.expose_secret(), &read, Some(outside))
+        .authenticate(key.expose_secret(), &read, Some(outside))
         .await
         .unwrap_err();
     assert_eq!((e.code(), e.http_status()), ("IP_NOT_ALLOWED", 403));
     // Without an address the key fails closed.
     let e = auth
-        .authenticate(key.expose_secret(), &read)
+        .authenticate(key.expose_secret(), &read, None)
         .await
         .unwrap_err();
     assert_eq!(e.code(), "IP_NOT_ALLOWED");
     // From outside, a missing scope still says IP_NOT_ALLOWED: the address is checked first.
     let write = Requirement::scope("tasks:write").unwrap();
     let e = auth
-        .authenticate_from(key.expose_secret(), &write, Some(outside))
+        .authenticate(key.expose_secret(), &write, Some(outside))
         .await
         .unwrap_err();
     assert_eq!(e.code(), "IP_NOT_ALLOWED");

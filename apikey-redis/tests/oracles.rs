@@ -190,7 +190,11 @@ fn both_or_neither_in_redis() {
     };
     let rt = rt();
     let _runtime = rt.enter();
-    let limits = server.builder("both").build().unwrap();
+    let limits = server
+        .builder("both")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let r = rt.block_on(check_both_or_neither(&limits, &[1, 2, 3], 50, 120, 400));
     assert_eq!(r, Ok(()));
 }

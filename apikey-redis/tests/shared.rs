@@ -41,7 +41,13 @@ fn two_gates(
     let gate = || {
         Arc::new(
             Gate::new(Authenticator::new(verifier(), Arc::clone(&store)))
-                .limits(server.builder(test).build().unwrap())
+                .limits(
+                    server
+                        .builder(test)
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap(),
+                )
                 .quotas(QuotaTable::fixed(quota))
                 .credits("rest"),
         )

@@ -4,17 +4,21 @@
 //! A [`Gate`] runs, for one request and one [`Route`]:
 //!
 //! 1. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
-//!    credentials that are not ours (a Bearer JWT) give [`Decision::NotOurs`];
-//! 2. the key's failure backoff ([`Limits::check_key`], local, no store
-//!    call): a key id backed off after repeated key-status failures is 429
-//!    `TOO_MANY_FAILED_ATTEMPTS` (see [`limits::throttle`](crate::limits::throttle));
-//! 3. authentication and the route's scope requirement ([`Authenticator`]);
-//!    a failing store is 503 `STORE_UNAVAILABLE`, never 401;
-//! 4. one admission ([`Limits::admit`]) for the key's rate limit (both
+//!    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
+//!    refused the same way by default, and give [`Decision::NotOurs`] only
+//!    with the opt-in [`ForeignCredentials::PassThrough`];
+//! 2. authentication and the route's scope requirement ([`Authenticator`]),
+//!    with the failure throttle of the gate's limits bundle: a key id backed
+//!    off after repeated key-status failures is 429
+//!    `TOO_MANY_FAILED_ATTEMPTS` before any store call (see
+//!    [`limits::throttle`](crate::limits::throttle)); a failing store is 503
+//!    `STORE_UNAVAILABLE`, never 401;
+//! 3. one admission ([`Limits::admit`]) for the key's rate limit (both
 //!    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when
 //!    metering, the route's credit cost from the key's and the owner's
 //!    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
-//!    `USAGE_EXCEEDED`. A refused request is charged nothing.
+//!    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address
+//!    and environment failures are charged to the key's rate limit.
 //!
 //! [`Decision::Admitted`] carries the verified key and the `X-RateLimit-*`
 //! headers for the response; [`Decision::Rejected`] turns into an
@@ -104,6 +108,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -116,7 +121,9 @@ use crate::limits::{
     Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo,
     SpendReceipt, SyncLimits, Verdict,
 };
-use crate::response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};
+use crate::response::{
+    ErrorResponse, REALM, missing_key_details, rate_limit_headers, retry_after_secs,
+};
 use crate::scope::Requirement;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -234,13 +241,41 @@ impl QuotaTable {
     }
 }
 
+/// What a [`Gate`] (and the axum layer) does with a request whose
+/// credentials are not API keys of ours: a Bearer token without one of the
+/// registered prefixes (a JWT), `Authorization: Basic`, `Token x`, any other
+/// `Authorization` scheme.
+///
+/// The default fails closed: only a valid key of ours that meets the
+/// route's requirement passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForeignCredentials {
+    /// Refuse them: 401 `MISSING_API_KEY` with the JSON body and the
+    /// `WWW-Authenticate` challenge, like a request without credentials.
+    #[default]
+    Reject,
+    /// Pass them on: [`Gate::check`] answers [`Decision::NotOurs`] and the
+    /// axum layer calls the inner service **without** authenticating the
+    /// request. No [`VerifiedKey`] (nor [`Admitted`]) is in its extensions,
+    /// no rate limit or credit was charged, and the route's requirement was
+    /// not checked: the handler (or another layer, for a JWT) must
+    /// authenticate the request itself and refuse it otherwise. Only for
+    /// services that also accept other credentials.
+    PassThrough,
+}
+
 /// The outcome of [`Gate::check`].
 #[derive(Debug)]
 pub enum Decision {
     /// Authenticated, allowed, charged: call the handler.
     Admitted(Admitted),
-    /// Credentials that are not API keys of ours (e.g. a Bearer JWT): pass
-    /// the request on untouched to whatever handles them.
+    /// Credentials that are not API keys of ours (e.g. a Bearer JWT), with
+    /// [`ForeignCredentials::PassThrough`] only: the request is **not**
+    /// authenticated; hand it to whatever authenticates those credentials,
+    /// and refuse it if nothing does. With the default
+    /// [`ForeignCredentials::Reject`] such requests are
+    /// [`Rejected`](Self::Rejected) with 401 `MISSING_API_KEY`.
     NotOurs,
     /// Refused: answer with [`Rejection::to_response`].
     Rejected(Rejection),
@@ -255,7 +290,7 @@ pub struct Admitted {
     pub scheme: Scheme,
     /// The rate-limit window with the least remaining, if any is enforced.
     pub rate_limit: Option<RateLimitInfo>,
-    /// Credits left after this request (`None` when no ledger is set).
+    /// Credits left after this request (`None` when not metering).
     pub credits: Option<SpendReceipt>,
     /// Wall-clock time of the decision (for `X-RateLimit-Reset`).
     pub now: OffsetDateTime,
@@ -285,23 +320,29 @@ pub struct Rejection {
     /// Wall-clock time of the decision.
     pub now: OffsetDateTime,
     realm: Cow<'static, str>,
+    /// The `MISSING_API_KEY` details of the gate's extractor.
+    missing: Arc<str>,
 }
 
 impl Rejection {
-    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>) -> Self {
+    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>, missing: Arc<str>) -> Self {
         Self {
             error,
             rate_limit: None,
             retry_after: None,
             now,
             realm,
+            missing,
         }
     }
 
     /// The HTTP answer: status, headers (incl. `WWW-Authenticate`,
     /// `Retry-After`, `X-RateLimit-*` where they apply) and JSON body.
+    /// `MISSING_API_KEY` details name what the gate's extractor accepts.
+    /// A `USAGE_EXCEEDED` refusal carries `Retry-After` only when a refill
+    /// is scheduled.
     pub fn to_response(&self) -> ErrorResponse {
-        let mut r = ErrorResponse::from_error_in_realm(&self.error, &self.realm);
+        let mut r = ErrorResponse::build(&self.error, &self.realm, Some(&self.missing));
         if let Some(info) = &self.rate_limit {
             r = r.with_rate_limit(info, self.now);
         }
@@ -333,6 +374,9 @@ pub struct Gate<S, C = SystemClock, L = NoLimits> {
     limits: L,
     credits_api: Option<Cow<'static, str>>,
     realm: Cow<'static, str>,
+    /// `MISSING_API_KEY` details for `extractor`, computed once.
+    missing: Arc<str>,
+    foreign: ForeignCredentials,
 }
 
 impl<S: KeyStore, C: Clock> Gate<S, C> {
@@ -340,6 +384,7 @@ impl<S: KeyStore, C: Clock> Gate<S, C> {
     /// [`quotas`](Self::quotas)) and no credit metering.
     pub fn new(authenticator: Authenticator<S, C>) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
+        let missing = missing_key_details(&extractor).into();
         Self {
             authenticator,
             extractor,
@@ -347,7 +392,23 @@ impl<S: KeyStore, C: Clock> Gate<S, C> {
             limits: NoLimits,
             credits_api: None,
             realm: Cow::Borrowed(REALM),
+            missing,
+            foreign: ForeignCredentials::Reject,
         }
+    }
+}
+
+impl<S, C> Gate<Arc<S>, C>
+where
+    S: crate::store::KeyStoreLifecycle + crate::store::UsageStore,
+    C: Clock + Clone,
+{
+    /// A gate over the pipeline of `manager` ([`KeyManager::authenticator`](crate::KeyManager::authenticator)):
+    /// HTTP traffic then gets exactly what `KeyManager::authenticate` does
+    /// (usage counts and `last_used_at`, audit events, imported legacy
+    /// keys), over the same store.
+    pub fn from_manager(manager: &crate::KeyManager<S, C>) -> Self {
+        Self::new(manager.authenticator().clone())
     }
 }
 
@@ -360,6 +421,7 @@ where
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
     pub fn extractor(mut self, extractor: Extractor) -> Self {
+        self.missing = missing_key_details(&extractor).into();
         self.extractor = extractor;
         self
     }
@@ -380,6 +442,8 @@ where
             limits,
             credits_api: self.credits_api,
             realm: self.realm,
+            missing: self.missing,
+            foreign: self.foreign,
         }
     }
 
@@ -389,6 +453,19 @@ where
     pub fn credits(mut self, api: impl Into<Cow<'static, str>>) -> Self {
         self.credits_api = Some(api.into());
         self
+    }
+
+    /// What to do with credentials that are not ours (see
+    /// [`ForeignCredentials`]). Defaults to
+    /// [`ForeignCredentials::Reject`]: fail closed.
+    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+        self.foreign = foreign;
+        self
+    }
+
+    /// The [`ForeignCredentials`] setting.
+    pub fn foreign_credentials_setting(&self) -> ForeignCredentials {
+        self.foreign
     }
 
     /// The realm named in `WWW-Authenticate`. Defaults to `api`.
@@ -448,8 +525,14 @@ where
     /// Step 1: extraction. Synchronous and cheap; call
     /// [`admit`](Self::admit) with the key it returns.
     ///
+    /// Credentials that are not ours are a [`Rejection`] (401
+    /// `MISSING_API_KEY`) unless the gate was built with
+    /// [`ForeignCredentials::PassThrough`]; only then is
+    /// [`Extracted::NotOurs`] returned.
+    ///
     /// # Errors
-    /// A [`Rejection`] for a missing, oversized or ambiguous key.
+    /// A [`Rejection`] for a missing, oversized or ambiguous key, or foreign
+    /// credentials (by default).
     // A rejection is a few words plus the error; boxing it would add an
     // allocation to exactly the path an attacker drives.
     #[allow(clippy::result_large_err)]
@@ -464,60 +547,81 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        self.extractor
-            .extract_with_query(headers, query)
-            .map_err(|e| self.refuse(e, client))
+        self.extract_as(headers, query, client, self.foreign)
     }
 
-    /// Steps 2 to 4: the key's failure backoff (local, before any store
-    /// call), authentication and the route's scopes, then the rate limit
-    /// and credits in one admission.
+    /// [`extract`](Self::extract) with the foreign-credentials setting
+    /// `foreign` instead of the gate's (the axum layer may override it).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn extract_as<'h, I, N, V>(
+        &self,
+        headers: I,
+        query: Option<&'h str>,
+        client: Option<IpAddr>,
+        foreign: ForeignCredentials,
+    ) -> Result<Extracted<'h>, Rejection>
+    where
+        I: IntoIterator<Item = (N, &'h V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'h,
+    {
+        match self.extractor.extract_with_query(headers, query) {
+            Ok(Extracted::NotOurs) if foreign == ForeignCredentials::Reject => {
+                Err(self.reject(Error::MissingApiKey))
+            }
+            Ok(found) => Ok(found),
+            Err(e) => Err(self.refuse(e, client)),
+        }
+    }
+
+    /// Steps 2 and 3: authenticate `key` through the pipeline with the
+    /// bundle's failure throttle ([`Authenticator::authenticate_limited`]),
+    /// check the route's scopes, then the rate limit and credits in one
+    /// admission.
     ///
-    /// A key-status failure (revoked, expired, disabled, not yet valid,
-    /// unknown id) is recorded against the key id; a scope, address or
-    /// environment failure is charged to the key's rate limit, and answered
-    /// 429 `RATE_LIMITED` once that is exhausted.
+    /// A scope, address or environment failure is charged to the key's
+    /// rate limit, and answered 429 `RATE_LIMITED` once that is exhausted.
     pub async fn admit(
         &self,
         key: PresentedKey<'_>,
         client: Option<IpAddr>,
         route: &Route,
     ) -> Decision {
-        // The tag is checked here, before the store: only a key that passes
-        // it has an id worth tracking.
-        let id = match self.authenticator.verifier().parse(key.expose_secret()) {
-            Ok(parsed) => parsed.id().as_u64(),
-            Err(e) => return Decision::Rejected(self.refuse(e, client)),
-        };
-        if let Err(retry_after) = self.limits.check_key(id) {
-            return Decision::Rejected(self.reject(Error::TooManyFailures { retry_after }));
-        }
         let verified = match self
             .authenticator
-            .authenticate_from(key.expose_secret(), &route.requirement, client)
+            .authenticate_limited(
+                key.expose_secret(),
+                &route.requirement,
+                client,
+                &self.limits,
+            )
             .await
         {
             Ok(v) => v,
-            Err(e) => return Decision::Rejected(self.failed(id, e).await),
+            Err(e) => {
+                let id = self
+                    .authenticator
+                    .verifier()
+                    .parse(key.expose_secret())
+                    .ok()
+                    .map(|p| p.id().as_u64());
+                return Decision::Rejected(self.failed(id, e).await);
+            }
         };
         self.charge(verified, key.scheme(), route).await
     }
 
-    async fn failed(&self, id: u64, error: Error) -> Rejection {
-        match FailureClass::after_lookup(&error) {
-            FailureClass::KeyStatus => self.limits.key_failed(id).await,
-            FailureClass::Authenticated => {
-                // An authenticated request: it costs the key's own rate
-                // limit. (The record's plan is not at hand on this path, so
-                // the default quota applies.)
-                let quota = self.quotas.quota_for_plan(None);
-                if let Ok(verdict @ Verdict::RateLimited { .. }) =
-                    self.limits.admit(&Admission::new(id, quota)).await
-                {
-                    return self.rate_limited(verdict, self.authenticator.clock().now());
-                }
+    async fn failed(&self, id: Option<u64>, error: Error) -> Rejection {
+        if let (Some(id), FailureClass::Authenticated) = (id, FailureClass::after_lookup(&error)) {
+            // An authenticated request: it costs the key's own rate limit.
+            // (The record's plan is not at hand on this path, so the default
+            // quota applies.)
+            let quota = self.quotas.quota_for_plan(None);
+            if let Ok(verdict @ Verdict::RateLimited { .. }) =
+                self.limits.admit(&Admission::new(id, quota)).await
+            {
+                return self.rate_limited(verdict, self.authenticator.clock().now());
             }
-            _ => {}
         }
         self.reject(error)
     }
@@ -602,7 +706,7 @@ where
     }
 
     fn reject_at(&self, error: Error, now: OffsetDateTime) -> Rejection {
-        Rejection::new(error, now, self.realm.clone())
+        Rejection::new(error, now, self.realm.clone(), Arc::clone(&self.missing))
     }
 }
 
