@@ -787,3 +787,54 @@ async fn a_cancelled_flush_after_http_traffic_loses_nothing() {
     assert_eq!(manager.flush().await.unwrap(), 20);
     assert_eq!(manager.record(s.id).await.unwrap().usage.day_count, 20);
 }
+
+/// Legacy (untagged) lookups are throttled per client address, counted when
+/// they start; a valid native key from that same address is never refused
+/// for it, and neither is the valid legacy key of someone else elsewhere.
+#[tokio::test]
+async fn legacy_guesses_lock_out_the_address_for_legacy_lookups_only() {
+    let clocks = clocks();
+    let manager = Arc::new(
+        KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
+            .legacy_prefix("oldco_", "sk_live_")
+            .unwrap(),
+    );
+    let cfg = FailureThrottleConfig {
+        max_failures: 3,
+        lockout: Duration::from_secs(120),
+        ..FailureThrottleConfig::default()
+    };
+    let gate = Gate::new(manager.authenticator().clone())
+        .limits(MemoryLimits::with_clock(clocks.0.clone()).failure_throttle(cfg));
+    let addr = serve(router(Arc::new(gate), None)).await;
+    let (native, _) = manager.create(reader(), &Actor::system()).await.unwrap();
+    let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
+    manager
+        .import(
+            ImportKey::plaintext(legacy).scopes(["tasks:read"]),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let guess = format!("oldco_guess{i}");
+        get_with(addr, "/read", &[("X-API-Key", guess.as_str())])
+            .await
+            .error(401, "INVALID_API_KEY");
+    }
+    // The address may not start another legacy lookup...
+    let r = get_with(addr, "/read", &[("X-API-Key", legacy)]).await;
+    assert_eq!(r.error(429, "TOO_MANY_FAILED_ATTEMPTS")["retry_after"], 120);
+    // ...but a valid native key from the same address still works.
+    assert_eq!(
+        get_with(addr, "/read", &x_api_key(&native)).await.status,
+        200
+    );
+    clocks.1.advance(Duration::from_secs(120));
+    assert_eq!(
+        get_with(addr, "/read", &[("X-API-Key", legacy)])
+            .await
+            .status,
+        200
+    );
+}

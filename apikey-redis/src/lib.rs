@@ -77,7 +77,7 @@
 //! # The shared failure throttle
 //!
 //! Checks stay local: [`Limits::check_key`] and [`Limits::begin_untagged`]
-//! consult this instance's [`FailureThrottle`](apikey::limits::FailureThrottle),
+//! consult this instance's [`FailureThrottle`] (local),
 //! so admitted requests make no extra round trip. Failures are counted
 //! locally **and** in Redis (one round trip on the failure path only); when
 //! the shared count reaches `max_failures`, the lockout is copied into the
