@@ -124,7 +124,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/v1/rate-limit",
             get(rate_limit).route_layer(guard(Route::any_key().cost(0))),
-        );
+        )
+        // The layer reads the client address from a `ClientIp` extension.
+        .layer(axum::middleware::from_fn(client_ip));
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -150,4 +152,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     Ok(())
+}
+
+/// Puts the peer address into the request as the layer's `ClientIp` (behind
+/// a proxy you trust, take it from its forwarding header instead).
+async fn client_ip(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    req.extensions_mut()
+        .insert(apikey::web::ClientIp(peer.ip()));
+    next.run(req).await
 }

@@ -33,7 +33,7 @@ pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAud
 pub use clock::{
     Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, Timestamp, check_time, in_time_range,
 };
-pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
+pub use error::{Challenge, Error, ErrorCode, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
     ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, Keyring, MAX_KEY_LEN,
     MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, ParsedKey, Prefix, PrefixEntry, PrefixRegistry,

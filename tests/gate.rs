@@ -110,7 +110,7 @@ fn code(d: &Decision) -> &'static str {
     match d {
         Decision::Admitted(_) => "ADMITTED",
         Decision::NotOurs => "NOT_OURS",
-        Decision::Rejected(r) => r.error.code(),
+        Decision::Rejected(r) => r.error.code().as_str(),
     }
 }
 
@@ -142,7 +142,7 @@ async fn key_and_owner_debited_together_or_not_at_all() {
     }
     match check(&s, &h, &route).await {
         Decision::Rejected(r) => {
-            assert_eq!(r.error.code(), "USAGE_EXCEEDED");
+            assert_eq!(r.error.code().as_str(), "USAGE_EXCEEDED");
             assert_eq!(r.to_response().status, 429);
         }
         other => panic!("{other:?}"),
@@ -431,7 +431,10 @@ async fn usage_exceeded_without_refill_has_no_retry_after() {
         panic!("no credits left")
     };
     let resp = r.to_response();
-    assert_eq!((resp.status, r.error.code()), (429, "USAGE_EXCEEDED"));
+    assert_eq!(
+        (resp.status, r.error.code().as_str()),
+        (429, "USAGE_EXCEEDED")
+    );
     assert_eq!(header(&resp, "retry-after"), None);
 }
 
@@ -444,7 +447,7 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
             panic!("no key")
         };
         let resp = r.to_response();
-        assert_eq!(r.error.code(), "MISSING_API_KEY");
+        assert_eq!(r.error.code().as_str(), "MISSING_API_KEY");
         let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
         v["error"]["details"].clone()
     }
@@ -457,9 +460,9 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
     );
     let mut s = setup(Quota::unlimited(), None, None);
     let prefixes = s.gate.authenticator().verifier().prefixes().clone();
-    s.gate = s
-        .gate
-        .extractor(apikey::web::Extractor::new(prefixes.clone()).accept_api_key_header(false));
+    s.gate = s.gate.extractor(
+        apikey::web::Extractor::new(prefixes.clone()).sources(apikey::web::Sources::BEARER),
+    );
     let d = body(&s).await;
     assert_eq!(
         d,
@@ -468,7 +471,7 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
     s.gate = s.gate.extractor(
         apikey::web::Extractor::new(prefixes)
             .api_key_header_name("X-Tenant-Key")
-            .accept_bearer(false),
+            .sources(apikey::web::Sources::API_KEY_HEADER),
     );
     let d = body(&s).await;
     assert_eq!(
@@ -495,7 +498,7 @@ async fn gate_rejects_foreign_credentials_by_default() {
         };
         let resp = r.to_response();
         assert_eq!(
-            (resp.status, r.error.code()),
+            (resp.status, r.error.code().as_str()),
             (401, "MISSING_API_KEY"),
             "{v}"
         );

@@ -126,7 +126,20 @@ fn router<S: KeyStore + Send + Sync + 'static>(
         )
 }
 
+/// The client address from the connection, for the layer (which reads a
+/// `ClientIp` extension: it does not depend on axum's server).
+async fn client_ip(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    req.extensions_mut()
+        .insert(apikey::web::ClientIp(peer.ip()));
+    next.run(req).await
+}
+
 async fn serve(router: Router) -> SocketAddr {
+    let router = router.layer(axum::middleware::from_fn(client_ip));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -103,7 +103,7 @@ fn revoke_and_disable_are_seen_by_every_later_verification() {
                             None,
                         ));
                         started.fetch_add(1, Ordering::SeqCst);
-                        let code = r.as_ref().map_or_else(|e| e.code(), |_| "OK");
+                        let code = r.as_ref().map_or_else(|e| e.code().as_str(), |_| "OK");
                         if was_done {
                             assert_eq!(
                                 code, expected,

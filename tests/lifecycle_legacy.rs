@@ -77,7 +77,8 @@ async fn plaintext_import_verifies_and_is_upgraded() {
         m.authenticate(OLD, &Requirement::scope("write").unwrap(), None)
             .await
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "INSUFFICIENT_SCOPE"
     );
     // Wrong legacy keys: one outcome, counted rather than logged each.
@@ -127,12 +128,20 @@ async fn plaintext_import_verifies_and_is_upgraded() {
     // Lifecycle applies: disable, then revoke.
     m.disable(s.id, &Actor::system()).await.unwrap();
     assert_eq!(
-        m.authenticate(OLD, &none(), None).await.unwrap_err().code(),
+        m.authenticate(OLD, &none(), None)
+            .await
+            .unwrap_err()
+            .code()
+            .as_str(),
         "DISABLED_API_KEY"
     );
     m.revoke(s.id, "migrated", &Actor::system()).await.unwrap();
     assert_eq!(
-        m.authenticate(OLD, &none(), None).await.unwrap_err().code(),
+        m.authenticate(OLD, &none(), None)
+            .await
+            .unwrap_err()
+            .code()
+            .as_str(),
         "REVOKED_API_KEY"
     );
 }
@@ -219,7 +228,8 @@ async fn malformed_strings_with_a_legacy_prefix_reach_the_store_others_do_not() 
         m.authenticate("oldco_garbage", &none(), None)
             .await
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "INVALID_API_KEY"
     );
     assert_eq!(
@@ -233,7 +243,8 @@ async fn malformed_strings_with_a_legacy_prefix_reach_the_store_others_do_not() 
             m.authenticate(junk, &none(), None)
                 .await
                 .unwrap_err()
-                .code(),
+                .code()
+                .as_str(),
             "MALFORMED_API_KEY"
         );
     }
@@ -252,7 +263,11 @@ async fn malformed_strings_with_a_legacy_prefix_reach_the_store_others_do_not() 
         .unwrap();
     store.set_failing(true);
     assert_eq!(
-        m.authenticate(OLD, &none(), None).await.unwrap_err().code(),
+        m.authenticate(OLD, &none(), None)
+            .await
+            .unwrap_err()
+            .code()
+            .as_str(),
         "STORE_UNAVAILABLE"
     );
     store.set_failing(false);

@@ -205,8 +205,14 @@ async fn a_failed_flush_keeps_the_counts() {
             .unwrap();
     }
     store.set_failing(true);
-    assert_eq!(m.flush().await.unwrap_err().code(), "STORE_UNAVAILABLE");
-    assert_eq!(m.shutdown().await.unwrap_err().code(), "STORE_UNAVAILABLE");
+    assert_eq!(
+        m.flush().await.unwrap_err().code().as_str(),
+        "STORE_UNAVAILABLE"
+    );
+    assert_eq!(
+        m.shutdown().await.unwrap_err().code().as_str(),
+        "STORE_UNAVAILABLE"
+    );
     assert_eq!(m.usage().pending(), 5);
     store.set_failing(false);
     m.shutdown().await.unwrap();

@@ -320,8 +320,13 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
                         // request: counted, like junk.
                         Some(r) => a.rejections.count(r, || now, &*a.sink),
                         None => a.sink.record(
-                            &AuditEvent::new(now, AuditKind::VerificationFailed { code: e.code() })
-                                .key(id, owner),
+                            &AuditEvent::new(
+                                now,
+                                AuditKind::VerificationFailed {
+                                    code: e.code().as_str(),
+                                },
+                            )
+                            .key(id, owner),
                         ),
                     }
                 }

@@ -122,7 +122,8 @@ use crate::limits::{
     SpendReceipt, SyncLimits, Verdict,
 };
 use crate::response::{
-    ErrorResponse, REALM, missing_key_details, rate_limit_headers, retry_after_secs,
+    ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
+    retry_after_secs,
 };
 use crate::scope::Requirement;
 use crate::store::KeyStore;
@@ -321,11 +322,16 @@ pub struct Rejection {
     pub now: OffsetDateTime,
     realm: Cow<'static, str>,
     /// The `MISSING_API_KEY` details of the gate's extractor.
-    missing: Arc<str>,
+    missing: Arc<MissingKeyDetails>,
 }
 
 impl Rejection {
-    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>, missing: Arc<str>) -> Self {
+    fn new(
+        error: Error,
+        now: OffsetDateTime,
+        realm: Cow<'static, str>,
+        missing: Arc<MissingKeyDetails>,
+    ) -> Self {
         Self {
             error,
             rate_limit: None,
@@ -375,7 +381,7 @@ pub struct Gate<S, C = SystemClock, L = NoLimits> {
     credits_api: Option<Cow<'static, str>>,
     realm: Cow<'static, str>,
     /// `MISSING_API_KEY` details for `extractor`, computed once.
-    missing: Arc<str>,
+    missing: Arc<MissingKeyDetails>,
     foreign: ForeignCredentials,
 }
 
@@ -384,7 +390,7 @@ impl<S: KeyStore, C: Clock> Gate<S, C> {
     /// [`quotas`](Self::quotas)) and no credit metering.
     pub fn new(authenticator: Authenticator<S, C>) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
-        let missing = missing_key_details(&extractor).into();
+        let missing = Arc::new(missing_key_details(&extractor));
         Self {
             authenticator,
             extractor,
@@ -421,7 +427,7 @@ where
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
     pub fn extractor(mut self, extractor: Extractor) -> Self {
-        self.missing = missing_key_details(&extractor).into();
+        self.missing = Arc::new(missing_key_details(&extractor));
         self.extractor = extractor;
         self
     }

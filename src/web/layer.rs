@@ -10,9 +10,25 @@
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
 //!   credentials, with [`ForeignCredentials::PassThrough`]).
-//! * The client address for the failure throttle comes from a [`ClientIp`]
-//!   extension (set it from a trusted proxy header yourself) or else from
-//!   axum's `ConnectInfo<SocketAddr>`.
+//! * The client address (for IP allowlists and the failure throttle) comes
+//!   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
+//!   layer depends on axum-core only, not on axum's server, so it cannot
+//!   read axum's `ConnectInfo` itself: set `ClientIp` from it (or from a
+//!   trusted proxy header) in a small middleware, as `examples/axum_server.rs`
+//!   does:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::extract::{ConnectInfo, Request};
+//! use axum::middleware::Next;
+//! use axum::response::Response;
+//!
+//! async fn client_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+//!     req.extensions_mut().insert(apikey::web::ClientIp(peer.ip()));
+//!     next.run(req).await
+//! }
+//! // Router::new().route(...).layer(axum::middleware::from_fn(client_ip))
+//! ```
 //!
 //! The layer fails closed: only a request with a valid key of ours that
 //! meets the route's requirement reaches the inner service. Every other
@@ -60,8 +76,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts};
-use axum::response::{IntoResponse, Response};
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
@@ -250,7 +266,7 @@ where
 fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {
     ext.get::<ClientIp>()
         .map(|c| c.0)
-        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip))
 }
 
 /// The answer when a handler asks for a key the layer did not admit:
