@@ -599,7 +599,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let old = manager.authenticate(key.expose_secret(), &read, None).await;
     println!(
         "old key 2 h later: {}",
-        old.map_or_else(|e| e.code(), |_| "OK")
+        old.map_or_else(|e| e.code().as_str(), |_| "OK")
     );
     manager
         .authenticate(new_key.expose_secret(), &read, None)
@@ -613,7 +613,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "revoked {} key(s) of user_42; new key now: {}",
         revoked.len(),
-        gone.map_or_else(|e| e.code(), |_| "OK")
+        gone.map_or_else(|e| e.code().as_str(), |_| "OK")
     );
 
     manager.store().set_failing(true);
@@ -622,7 +622,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await;
     println!(
         "with the store failing: {}",
-        down.map_or_else(|e| e.code(), |_| "OK")
+        down.map_or_else(|e| e.code().as_str(), |_| "OK")
     );
     manager.store().set_failing(false);
 

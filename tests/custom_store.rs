@@ -142,7 +142,7 @@ async fn key_manager_round_trip() {
         .create(NewKey::new("sk_live_").owner("u1"), &admin)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "KEY_LIMIT_REACHED");
+    assert_eq!(err.code().as_str(), "KEY_LIMIT_REACHED");
 
     // Rotate at the limit: both keys work during the grace, then the old
     // one expires.
@@ -160,7 +160,8 @@ async fn key_manager_round_trip() {
             .authenticate(key.expose_secret(), &read, None)
             .await
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "EXPIRED_API_KEY"
     );
     let v = manager
@@ -208,7 +209,8 @@ async fn key_manager_round_trip() {
             .authenticate(new_key.expose_secret(), &read, None)
             .await
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "REVOKED_API_KEY"
     );
     manager.delete(ns.id, &admin).await.unwrap();
@@ -221,7 +223,8 @@ async fn key_manager_round_trip() {
             .authenticate(key.expose_secret(), &read, None)
             .await
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "STORE_UNAVAILABLE"
     );
     manager.store().set_failing(false);
