@@ -34,6 +34,7 @@ use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::key::KeyId;
+use crate::limits::{FailureClass, Limits, NoLimits};
 use crate::record::KeyView;
 use crate::scope::Requirement;
 use crate::store::KeyStore;
@@ -214,21 +215,63 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
+        self.authenticate_limited(presented, requirement, ip, &NoLimits)
+            .await
+    }
+
+    /// [`authenticate`](Self::authenticate) with the failure throttle of
+    /// `limits` (step 2; see [`limits::throttle`](crate::limits::throttle)):
+    ///
+    /// * a tagged key whose id is backed off is refused with
+    ///   [`Error::TooManyFailures`] before the store is asked
+    ///   ([`Limits::check_key`], local); a key-status failure after the
+    ///   lookup (unknown id, wrong secret, revoked, disabled, expired, not
+    ///   yet valid) is recorded against its id ([`Limits::key_failed`]);
+    /// * a legacy (untagged) lookup is counted against `ip` from the moment
+    ///   it starts ([`Limits::begin_untagged`]), and its key-status failures
+    ///   against the address ([`Limits::untagged_failed`]).
+    ///
+    /// Scope, address and environment failures are not throttled here: the
+    /// [`Gate`](crate::web::Gate) charges them to the key's rate limit.
+    ///
+    /// # Errors
+    /// As [`authenticate`](Self::authenticate), plus
+    /// [`Error::TooManyFailures`].
+    pub async fn authenticate_limited<L: Limits>(
+        &self,
+        presented: &str,
+        requirement: &Requirement,
+        ip: Option<IpAddr>,
+        limits: &L,
+    ) -> Result<VerifiedKey> {
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
                 if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
-                    return self
+                    let attempt = limits
+                        .begin_untagged(ip)
+                        .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+                    let result = self
                         .authenticate_legacy(presented, l, requirement, ip)
                         .await;
+                    if let Err(e) = &result
+                        && FailureClass::after_lookup(e) == FailureClass::KeyStatus
+                    {
+                        limits.untagged_failed(attempt).await;
+                    }
+                    return result;
                 }
                 self.count(RejectionSampler::reason_of(&e));
                 return Err(e);
             }
         };
+        let id = parsed.id();
+        limits
+            .check_key(id.as_u64())
+            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
         let view = self
             .store
-            .fetch(parsed.id())
+            .fetch(id)
             .await
             .map_err(Error::StoreUnavailable)?;
         let now = self.clock.now();
@@ -240,7 +283,13 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
         let verified = self
             .verifier
             .verify_from(&parsed, view, now, requirement, ip);
-        self.finish(verified, parsed.id(), owner.as_deref().map(|o| &**o), now)
+        let result = self.finish(verified, id, owner.as_deref().map(|o| &**o), now);
+        if let Err(e) = &result
+            && FailureClass::after_lookup(e) == FailureClass::KeyStatus
+        {
+            limits.key_failed(id.as_u64()).await;
+        }
+        result
     }
 
     /// Counts one rejection for the sampled summary.

@@ -50,7 +50,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorCode};
 use crate::extract::Extractor;
-use crate::ratelimit::{RateLimitInfo, ceil_secs};
+use crate::limits::{RateLimitInfo, ceil_secs};
 
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
 /// JSON body.
@@ -323,7 +323,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
+/// use apikey::limits::{RateLimitInfo, RateWindow};
 /// use time::macros::datetime;
 ///
 /// let info = RateLimitInfo { window: RateWindow::Hour, limit: 10_000, remaining: 9_847,

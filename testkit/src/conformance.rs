@@ -1,4 +1,4 @@
-//! A public conformance suite for [`KeyStore`](apikey::KeyStore) implementations.
+//! A public conformance suite for [`KeyStore`] implementations.
 //!
 //! Every function here is an `async fn` generic over the store, so it runs
 //! on any runtime (tokio, async-std, a hand-written `block_on`). Each one
