@@ -68,9 +68,9 @@ use crate::error::StoreError;
 use crate::key::KeyId;
 use crate::prefix::Prefix;
 
-mod builder;
-mod memory;
-pub(crate) mod record;
+pub mod builder;
+pub mod memory;
+pub mod record;
 
 pub use builder::KeyRecordBuilder;
 pub use memory::MemoryStore;

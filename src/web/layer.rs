@@ -36,7 +36,7 @@
 //! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
 //! `WWW-Authenticate` challenge. An API that also takes other credentials
 //! opts in with
-//! [`foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::foreign_credentials):
+//! [`with_foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::with_foreign_credentials):
 //! such requests then reach the inner service **unauthenticated**, without
 //! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
 //! of its own) must authenticate them.
