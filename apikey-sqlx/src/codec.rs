@@ -147,9 +147,7 @@ impl Row {
     /// The record this row holds, or a `Corrupt` error naming the first
     /// field that is not a valid value.
     pub fn into_record(self) -> Result<KeyRecord, StoreError> {
-        let mut r = TEMPLATE
-            .clone()
-            .ok_or_else(|| corrupt("record template"))?;
+        let mut r = TEMPLATE.clone().ok_or_else(|| corrupt("record template"))?;
         r.id = id_from_sql(self.id);
         r.prefix = Prefix::new(&self.prefix).map_err(|_| corrupt("prefix"))?;
         r.environment = match self.environment.as_str() {
@@ -327,7 +325,9 @@ mod tests {
         for _ in 0..2000 {
             let mut batch = Vec::new();
             for _ in 0..(seed % 5 + 1) {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let day = days[(seed >> 33) as usize % days.len()];
                 batch.push(UsageDelta::new(id, day, (seed >> 40) % 7, t));
             }

@@ -104,10 +104,10 @@ impl From<sqlx::Error> for MigrateError {
 }
 
 /// Checks that `name` is a plain SQL identifier part: ASCII lowercase
-/// letters, digits and `_`, starting with a letter or `_`, at most 32 bytes
-/// (empty is allowed: no prefix).
-pub(crate) fn check_ident(name: &str, what: &str) -> Result<(), MigrateError> {
-    let ok = name.len() <= 32
+/// letters, digits and `_`, starting with a letter or `_`, at most `max`
+/// bytes (empty is allowed: no prefix).
+pub(crate) fn check_ident(name: &str, what: &str, max: usize) -> Result<(), MigrateError> {
+    let ok = name.len() <= max
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -116,7 +116,7 @@ pub(crate) fn check_ident(name: &str, what: &str) -> Result<(), MigrateError> {
         Ok(())
     } else {
         Err(MigrateError::InvalidName(format!(
-            "{what} must be at most 32 of a-z, 0-9 and `_`, not starting with a digit"
+            "{what} must be at most {max} of a-z, 0-9 and `_`, not starting with a digit"
         )))
     }
 }

@@ -97,7 +97,10 @@ impl Sql {
         let set = set.join(", ");
         let a: fn(String) -> Arc<str> = Arc::from;
         Self {
-            fetch: a(format!("SELECT {select_list} FROM {keys} WHERE id = {}", d.p(1))),
+            fetch: a(format!(
+                "SELECT {select_list} FROM {keys} WHERE id = {}",
+                d.p(1)
+            )),
             list_by_owner: a(format!(
                 "SELECT {select_list} FROM {keys} WHERE owner = {} ORDER BY created_at, id",
                 d.p(1)

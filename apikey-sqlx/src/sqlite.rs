@@ -16,7 +16,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
-use crate::codec::{Row, fold_usage, from_micros, id_from_sql, id_to_sql, invalid, list_json, micros};
+use crate::codec::{
+    Row, fold_usage, from_micros, id_from_sql, id_to_sql, invalid, list_json, micros,
+};
 use crate::columns::{Val, replaced, values};
 use crate::error::{MigrateError, bounded, check_ident, store_error};
 use crate::sql::{Dialect, Sql};
@@ -145,7 +147,7 @@ impl SqliteStore {
     /// [`MigrateError::InvalidName`] for a bad table prefix;
     /// a PostgreSQL schema in `options` is refused the same way.
     pub fn from_pool_with(pool: SqlitePool, options: StoreOptions) -> Result<Self, MigrateError> {
-        check_ident(&options.table_prefix, "table prefix")?;
+        check_ident(&options.table_prefix, "table prefix", 32)?;
         if options.schema.is_some() {
             return Err(MigrateError::InvalidName(
                 "SQLite has no schemas; use a table prefix".into(),
@@ -236,7 +238,11 @@ impl SqliteStore {
         bounded(self.timeout, self.usage(Some(flush_id), batch)).await
     }
 
-    async fn usage(&self, flush_id: Option<u128>, batch: &[UsageDelta]) -> Result<bool, StoreError> {
+    async fn usage(
+        &self,
+        flush_id: Option<u128>,
+        batch: &[UsageDelta],
+    ) -> Result<bool, StoreError> {
         let folded = fold_usage(batch);
         let mut tx = self.begin().await?;
         if let Some(fid) = flush_id {
@@ -266,7 +272,14 @@ impl SqliteStore {
             let rows = (0..chunk.len())
                 .map(|i| {
                     let b = i * 5;
-                    format!("(?{}, ?{}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3, b + 4, b + 5)
+                    format!(
+                        "(?{}, ?{}, ?{}, ?{}, ?{})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -311,7 +324,11 @@ impl SqliteStore {
             .map_err(store_error)
     }
 
-    async fn one(&self, sql: &Arc<str>, bind: impl FnOnce(Q<'_>) -> Q<'_>) -> Result<Option<KeyRecord>, StoreError> {
+    async fn one(
+        &self,
+        sql: &Arc<str>,
+        bind: impl FnOnce(Q<'_>) -> Q<'_>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         let row = bind(sqlx::query(AssertSqlSafe(sql.clone())))
             .fetch_optional(&self.pool)
             .await
@@ -319,7 +336,11 @@ impl SqliteStore {
         row.map(|r| decode(&r)).transpose()
     }
 
-    async fn many(&self, sql: &Arc<str>, bind: impl FnOnce(Q<'_>) -> Q<'_>) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn many(
+        &self,
+        sql: &Arc<str>,
+        bind: impl FnOnce(Q<'_>) -> Q<'_>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let rows = bind(sqlx::query(AssertSqlSafe(sql.clone())))
             .fetch_all(&self.pool)
             .await
@@ -327,7 +348,11 @@ impl SqliteStore {
         rows.iter().map(decode).collect()
     }
 
-    async fn insert_in(&self, tx: &mut SqliteConnection, record: &KeyRecord) -> Result<(), StoreError> {
+    async fn insert_in(
+        &self,
+        tx: &mut SqliteConnection,
+        record: &KeyRecord,
+    ) -> Result<(), StoreError> {
         let mut q = sqlx::query(AssertSqlSafe(self.sql.insert.clone()));
         for (_, v) in values(record) {
             q = bind(q, v);
@@ -344,7 +369,11 @@ impl SqliteStore {
         record: &KeyRecord,
         expected: Option<u64>,
     ) -> Result<KeyRecord, StoreError> {
-        let sql = if expected.is_some() { &self.sql.update_if } else { &self.sql.update };
+        let sql = if expected.is_some() {
+            &self.sql.update_if
+        } else {
+            &self.sql.update
+        };
         let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(id_to_sql(record.id));
         for (c, v) in values(record) {
             if replaced(c) {
@@ -357,11 +386,12 @@ impl SqliteStore {
         match q.fetch_optional(&mut *tx).await.map_err(store_error)? {
             Some(row) => decode(&row),
             None => {
-                let found: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql.revision_of.clone()))
-                    .bind(id_to_sql(record.id))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
+                let found: Option<i64> =
+                    sqlx::query_scalar(AssertSqlSafe(self.sql.revision_of.clone()))
+                        .bind(id_to_sql(record.id))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
                 Err(StoreError::new(if found.is_some() {
                     StoreErrorKind::Conflict
                 } else {
@@ -371,12 +401,20 @@ impl SqliteStore {
         }
     }
 
-    async fn revoke(&self, sql: &Arc<str>, revocation: &Revocation, bind_rest: impl FnOnce(Q<'_>) -> Q<'_>) -> Result<Vec<KeyId>, StoreError> {
+    async fn revoke(
+        &self,
+        sql: &Arc<str>,
+        revocation: &Revocation,
+        bind_rest: impl FnOnce(Q<'_>) -> Q<'_>,
+    ) -> Result<Vec<KeyId>, StoreError> {
         let mut tx = self.begin().await?;
         let q = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(micros(revocation.at))
             .bind(revocation.reason.clone());
-        let rows = bind_rest(q).fetch_all(&mut *tx).await.map_err(store_error)?;
+        let rows = bind_rest(q)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         let mut changed = rows
             .iter()
@@ -528,17 +566,29 @@ fn migrations(p: &str) -> Vec<Vec<String>> {
 
 impl KeyStore for SqliteStore {
     async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        let r = bounded(self.timeout, self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id)))).await?;
+        let r = bounded(
+            self.timeout,
+            self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id))),
+        )
+        .await?;
         Ok(r.map(|r| Arc::new(KeyView::from_record(&r))))
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        bounded(self.timeout, self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id)))).await
+        bounded(
+            self.timeout,
+            self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id))),
+        )
+        .await
     }
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
         let owner = owner.to_owned();
-        bounded(self.timeout, self.many(&self.sql.list_by_owner, |q| q.bind(owner))).await
+        bounded(
+            self.timeout,
+            self.many(&self.sql.list_by_owner, |q| q.bind(owner)),
+        )
+        .await
     }
 }
 
@@ -553,7 +603,11 @@ impl KeyStoreQuery for SqliteStore {
             Some(o) => {
                 let o = o.to_owned();
                 let sql = &self.sql.list_expiring_owner;
-                bounded(self.timeout, self.many(sql, move |q| q.bind(s).bind(e).bind(o))).await
+                bounded(
+                    self.timeout,
+                    self.many(sql, move |q| q.bind(s).bind(e).bind(o)),
+                )
+                .await
             }
             None => {
                 let sql = &self.sql.list_expiring_all;
@@ -564,7 +618,11 @@ impl KeyStoreQuery for SqliteStore {
 
     async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
         let bytes = index.as_bytes().to_vec();
-        bounded(self.timeout, self.one(&self.sql.find_legacy, |q| q.bind(bytes))).await
+        bounded(
+            self.timeout,
+            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
+        )
+        .await
     }
 }
 
@@ -673,7 +731,9 @@ impl KeyStoreLifecycle for SqliteStore {
         }
         bounded(self.timeout, async {
             let mut tx = self.begin().await?;
-            let p = self.replace_in(&mut tx, &predecessor, Some(expected)).await?;
+            let p = self
+                .replace_in(&mut tx, &predecessor, Some(expected))
+                .await?;
             self.insert_in(&mut tx, &successor).await?;
             tx.commit().await.map_err(store_error)?;
             Ok((p, successor.clone()))
@@ -712,6 +772,8 @@ impl KeyStoreLifecycle for SqliteStore {
     }
 
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        bounded(self.timeout, self.usage(None, batch)).await.map(|_| ())
+        bounded(self.timeout, self.usage(None, batch))
+            .await
+            .map(|_| ())
     }
 }
