@@ -6,8 +6,8 @@
 use std::hint::black_box;
 
 use apikey::PrefixRegistry;
-use apikey::extract::Extractor;
-use apikey::ratelimit::Quota;
+use apikey::limits::ratelimit::Quota;
+use apikey::web::Extractor;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const KEY: &str = "sk_live_1BarQadMB0VMCpVQ67ByDWQjkpFKntvLG1LzhuARbZftXivkFvTA47XM6b";
@@ -57,9 +57,9 @@ fn extraction(c: &mut Criterion) {
 /// an atomic key + owner credit debit. (`benches/ratelimit.rs` has the
 /// limiter alone, single thread and two threads contending on one key.)
 fn charge(c: &mut Criterion) {
-    use apikey::credits::CreditLedger;
-    use apikey::extract::Scheme;
-    use apikey::gate::{Decision, Gate, QuotaTable, Route};
+    use apikey::limits::credits::CreditLedger;
+    use apikey::web::Scheme;
+    use apikey::web::{Decision, Gate, QuotaTable, Route};
     use apikey::*;
 
     let verifier =

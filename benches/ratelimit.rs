@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig, Quota, RateLimiter};
+use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig, Quota, RateLimiter};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// A quota that always admits, so every check takes the write path.

@@ -73,7 +73,7 @@ fn flip(key: &str, pos: usize) -> String {
 }
 
 fn with_checksum(text: Vec<u8>) -> String {
-    apikey::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
+    apikey_testkit::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
 }
 
 /// Inputs of every class for one store.

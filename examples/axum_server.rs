@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::credits::{CreditLedger, RefillPolicy};
-use apikey::gate::{Admitted, Gate, QuotaTable, Route};
-use apikey::middleware::ApiKeyLayer;
-use apikey::ratelimit::{FailureThrottleConfig, Quota};
+use apikey::limits::credits::{CreditLedger, RefillPolicy};
+use apikey::limits::ratelimit::{FailureThrottleConfig, Quota};
+use apikey::web::ApiKeyLayer;
+use apikey::web::{Admitted, Gate, QuotaTable, Route};
 use apikey::{
     Authenticator, Error, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, VerifiedKey,
     Verifier,
@@ -33,7 +33,7 @@ async fn list_tasks(key: VerifiedKey) -> String {
 
 async fn create_task(admitted: Admitted) -> String {
     // Warn clients still on a deprecated scheme (as the Keyword Insights docs do).
-    if admitted.scheme == apikey::extract::Scheme::Bearer {
+    if admitted.scheme == apikey::web::Scheme::Bearer {
         eprintln!(
             "key {} uses the Bearer scheme; X-API-Key is recommended",
             admitted.key.id()

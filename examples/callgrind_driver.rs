@@ -97,7 +97,7 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
 }
 
 fn with_checksum(text: Vec<u8>) -> String {
-    apikey::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
+    apikey_testkit::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
 }
 
 fn main() {

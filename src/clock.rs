@@ -9,10 +9,110 @@ use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
 
-/// A source of the current time.
+use crate::error::{Error, Result};
+
+/// A point in time as whole microseconds since the Unix epoch: the one time
+/// base of all state the crate keeps (records, rate limits, credits,
+/// throttles), in every store.
+///
+/// The supported range is [`Timestamp::MIN`] (1970-01-01T00:00:00Z) to
+/// [`Timestamp::MAX`] (2^53 - 1 µs, 2255-06-05T23:47:34.740991Z): every value
+/// is an integer that a double (a Redis Lua number, a JSON number) holds
+/// exactly. Times outside it are refused with
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) (`INVALID_REQUEST`).
+///
+/// ```
+/// use apikey::Timestamp;
+/// use time::macros::datetime;
+/// let t = Timestamp::from_datetime(datetime!(2026-01-01 0:00:00.000_001_9 UTC))?;
+/// assert_eq!(t.as_unix_micros(), 1_767_225_600_000_001); // truncated to the microsecond
+/// assert_eq!(t.to_datetime(), datetime!(2026-01-01 0:00:00.000_001 UTC));
+/// assert!(Timestamp::from_datetime(datetime!(1969-12-31 23:59 UTC)).is_err());
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// 1970-01-01T00:00:00Z.
+    pub const MIN: Self = Self(0);
+    /// 2^53 - 1 microseconds after the epoch: 2255-06-05T23:47:34.740991Z.
+    pub const MAX: Self = Self((1 << 53) - 1);
+
+    /// `micros` since the Unix epoch.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] outside [`MIN`](Self::MIN)..=[`MAX`](Self::MAX).
+    pub fn from_unix_micros(micros: i64) -> Result<Self> {
+        if !(Self::MIN.0..=Self::MAX.0).contains(&micros) {
+            return Err(out_of_range());
+        }
+        Ok(Self(micros))
+    }
+
+    /// `t`, truncated to whole microseconds.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] outside the supported range.
+    pub fn from_datetime(t: OffsetDateTime) -> Result<Self> {
+        let micros = t.unix_timestamp_nanos().div_euclid(1000);
+        match i64::try_from(micros) {
+            Ok(m) if (Self::MIN.0..=Self::MAX.0).contains(&m) => Ok(Self(m)),
+            _ => Err(out_of_range()),
+        }
+    }
+
+    /// Like [`from_datetime`](Self::from_datetime), clamped into the range.
+    pub fn saturating_from_datetime(t: OffsetDateTime) -> Self {
+        let micros = t.unix_timestamp_nanos().div_euclid(1000);
+        Self(micros.clamp(i128::from(Self::MIN.0), i128::from(Self::MAX.0)) as i64)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub const fn as_unix_micros(self) -> i64 {
+        self.0
+    }
+
+    /// The same instant as a UTC date and time.
+    pub fn to_datetime(self) -> OffsetDateTime {
+        // Every value in range is a valid `OffsetDateTime`.
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// `self + micros`, clamped into the range.
+    pub const fn saturating_add_micros(self, micros: i64) -> Self {
+        let v = self.0.saturating_add(micros);
+        if v > Self::MAX.0 {
+            Self::MAX
+        } else if v < Self::MIN.0 {
+            Self::MIN
+        } else {
+            Self(v)
+        }
+    }
+}
+
+fn out_of_range() -> Error {
+    Error::InvalidInput(format!(
+        "time outside the supported range {} ..= {}",
+        Timestamp::MIN.to_datetime(),
+        Timestamp::MAX.to_datetime()
+    ))
+}
+
+/// A source of the current time: the one clock of the crate (verification,
+/// management, rate limits, credits and throttles all read it).
 pub trait Clock: Send + Sync {
     /// The current time (UTC).
     fn now(&self) -> OffsetDateTime;
+
+    /// The current time as a [`Timestamp`], clamped into its range. The
+    /// default converts [`now`](Self::now); [`SystemClock`] reads the
+    /// system time directly, with no calendar conversion.
+    fn timestamp(&self) -> Timestamp {
+        Timestamp::saturating_from_datetime(self.now())
+    }
 }
 
 /// The operating system's wall clock.
@@ -27,6 +127,15 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    #[inline]
+    fn timestamp(&self) -> Timestamp {
+        let micros = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        };
+        Timestamp(micros.min(Timestamp::MAX.0))
     }
 }
 
@@ -71,10 +180,16 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> OffsetDateTime {
         (**self).now()
     }
+    fn timestamp(&self) -> Timestamp {
+        (**self).timestamp()
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for &C {
     fn now(&self) -> OffsetDateTime {
         (**self).now()
+    }
+    fn timestamp(&self) -> Timestamp {
+        (**self).timestamp()
     }
 }

@@ -1,53 +1,49 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod audit;
-mod authenticator;
-mod base62;
+// One folder per concept; see ARCHITECTURE.md.
 mod clock;
-pub mod credits;
-mod digest;
 mod error;
-pub mod extract;
-pub mod fuzzing;
-pub mod gate;
-mod ipnet;
-mod key;
-pub mod manager;
-mod prefix;
-pub mod ratelimit;
-mod record;
-pub mod response;
-mod scope;
-mod secret;
+pub mod key;
+pub mod limits;
+pub mod manage;
 pub mod store;
 mod sync;
-pub mod usage;
-mod verifier;
+pub mod verify;
+pub mod web;
+
+// Crate-internal short paths to the modules inside the folders.
+pub(crate) use key::{base62, digest, prefix, secret};
+pub(crate) use limits::{credits, ratelimit};
+pub(crate) use manage::{audit, usage};
+pub(crate) use store::record;
+pub(crate) use verify::{authenticator, ipnet, scope, verifier};
+#[cfg(feature = "axum")]
+pub(crate) use web::gate;
+pub(crate) use web::{extract, response};
+
+#[doc(hidden)]
+pub mod __private;
 
 #[cfg(feature = "tracing")]
-pub use audit::TracingSink;
-pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
-#[cfg(feature = "axum")]
-pub mod middleware;
+pub use manage::TracingSink;
+pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 
-pub use authenticator::Authenticator;
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use digest::KeyDigest;
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
-pub use ipnet::{IpNet, ip_allowed};
-pub use key::{ApiKey, BODY_LEN, KeyId, MAX_KEY_LEN, MIN_KEY_LEN, ParsedKey, key_display_form};
-pub use manager::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation};
-pub use prefix::{Environment, Environments, MAX_PREFIX_LEN, Prefix, PrefixEntry, PrefixRegistry};
-pub use record::{
-    KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
+pub use key::{
+    ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, Keyring, MAX_KEY_LEN,
+    MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, ParsedKey, Prefix, PrefixEntry, PrefixRegistry,
+    ServerSecret, key_display_form,
 };
-pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
-pub use secret::{Keyring, MIN_SECRET_LEN, ServerSecret};
+pub use manage::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation, UsageRecorder};
 pub use store::{
-    KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert, MemoryStore,
-    UsageDelta,
+    KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
+    KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, MemoryStore, NewKey, Revocation,
+    SCHEMA_VERSION, UsageCounters, UsageDelta,
 };
-pub use usage::UsageRecorder;
-pub use verifier::{VerifiedKey, Verifier};
+pub use verify::{
+    Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,
+    ScopeSet, VerifiedKey, Verifier, ip_allowed,
+};

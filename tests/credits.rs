@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use apikey::credits::{
+use apikey::limits::credits::{
     CreditLedger, CreditScope, CreditsExhausted, InMemoryCreditStore, RefillPolicy,
 };
-use apikey::ratelimit::FakeMonotonicClock;
+use apikey::limits::ratelimit::FakeMonotonicClock;
 use proptest::prelude::*;
 
 type Ledger = CreditLedger<InMemoryCreditStore, Arc<FakeMonotonicClock>>;

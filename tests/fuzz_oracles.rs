@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use apikey::fuzzing::{self, Harness};
+use apikey_testkit::fuzzing::{self, Harness};
 use proptest::prelude::*;
 
 fn harness() -> &'static Harness {
@@ -289,7 +289,7 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
 /// scheme depends on header order (the key text does not).
 #[test]
 fn scheme_of_a_key_sent_twice_does_not_depend_on_header_order() {
-    use apikey::extract::{Extracted, Extractor};
+    use apikey::web::{Extracted, Extractor};
     let key = harness().keys()[0].0.expose_secret();
     let bearer = format!("Bearer {key}");
     let a = [("x-api-key", key), ("authorization", bearer.as_str())];

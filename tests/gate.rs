@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::credits::{CreditLedger, CreditScope};
-use apikey::extract::Scheme;
-use apikey::gate::{Decision, Gate, QuotaTable, Route};
-use apikey::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::limits::credits::{CreditLedger, CreditScope};
+use apikey::limits::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::web::Scheme;
+use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -167,7 +167,7 @@ fn blocking_path_with_verify_with_and_charge() {
         .gate
         .extract(h.iter().map(|(n, v)| (*n, v.as_str())), None, None)
         .unwrap();
-    let apikey::extract::Extracted::Key(key) = extracted else {
+    let apikey::web::Extracted::Key(key) = extracted else {
         panic!("ours")
     };
     let auth = s.gate.authenticator();
@@ -202,11 +202,11 @@ fn blocking_path_with_verify_with_and_charge() {
 /// A rate-limit backend with no synchronous form: it awaits before
 /// answering, like a network client, or fails.
 struct Remote {
-    inner: apikey::ratelimit::InMemoryRateLimitStore,
+    inner: apikey::limits::ratelimit::InMemoryRateLimitStore,
     down: bool,
 }
 
-impl apikey::ratelimit::AsyncRateLimitStore for Remote {
+impl apikey::limits::ratelimit::AsyncRateLimitStore for Remote {
     type Error = std::io::Error;
 
     async fn measure_and_replace_async<T: Send, E: Send, F>(
@@ -215,10 +215,12 @@ impl apikey::ratelimit::AsyncRateLimitStore for Remote {
         f: F,
     ) -> Result<Result<T, E>, std::io::Error>
     where
-        F: Fn(Option<apikey::ratelimit::GcraState>) -> Result<(T, apikey::ratelimit::GcraState), E>
+        F: Fn(
+                Option<apikey::limits::ratelimit::GcraState>,
+            ) -> Result<(T, apikey::limits::ratelimit::GcraState), E>
             + Send,
     {
-        use apikey::ratelimit::RateLimitStore;
+        use apikey::limits::ratelimit::RateLimitStore;
         tokio::task::yield_now().await;
         if self.down {
             return Err(std::io::Error::other("redis: connection reset"));
@@ -232,7 +234,7 @@ impl apikey::ratelimit::AsyncRateLimitStore for Remote {
 
 #[tokio::test]
 async fn async_rate_limit_backend_and_its_failure() {
-    use apikey::ratelimit::{InMemoryRateLimitStore, RateLimiter};
+    use apikey::limits::ratelimit::{InMemoryRateLimitStore, RateLimiter};
     for down in [false, true] {
         let s = setup(Quota::new(Some(1), None), None, None);
         let remote = Remote {

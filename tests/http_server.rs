@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::credits::CreditLedger;
-use apikey::gate::{Admitted, Gate, QuotaTable, Route};
-use apikey::middleware::ApiKeyLayer;
-use apikey::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::limits::credits::CreditLedger;
+use apikey::limits::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::web::ApiKeyLayer;
+use apikey::web::{Admitted, Gate, QuotaTable, Route};
 use apikey::*;
 use axum::Router;
 use axum::routing::get;

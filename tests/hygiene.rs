@@ -554,8 +554,8 @@ fn cloned_rng_repeats_and_the_store_refuses_the_duplicate() {
 /// no secret window anywhere.
 #[test]
 fn management_and_edge_outputs_carry_no_secret_material() {
-    use apikey::extract::Extractor;
-    use apikey::response::ErrorResponse;
+    use apikey::web::ErrorResponse;
+    use apikey::web::Extractor;
     use apikey::{Actor, KeyManager, MemoryAuditSink, Rotation};
 
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -78,13 +78,13 @@ proptest! {
     fn parse_never_panics_on_strings(s in any::<String>()) {
         let v = verifier_with(&[]);
         let _ = v.parse(&s);
-        apikey::fuzzing::parse_key(&v, s.as_bytes());
+        apikey_testkit::fuzzing::parse_key(&v, s.as_bytes());
     }
 
     #[test]
     fn parse_never_panics_on_bytes(b in prop::collection::vec(any::<u8>(), 0..200)) {
         let v = verifier_with(&[]);
-        apikey::fuzzing::parse_key(&v, &b);
+        apikey_testkit::fuzzing::parse_key(&v, &b);
     }
 
     #[test]
@@ -107,7 +107,7 @@ proptest! {
             let ok = v.verify_with(key.expose_secret(), |id| store.fetch_sync(id), NOW, &Requirement::none());
             prop_assert!(ok.is_ok(), "{:?}", ok);
             prop_assert_eq!(ok.unwrap().id(), key.id());
-            apikey::fuzzing::parse_key(&v, key.expose_secret().as_bytes());
+            apikey_testkit::fuzzing::parse_key(&v, key.expose_secret().as_bytes());
         }
     }
 

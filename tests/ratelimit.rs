@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use apikey::ratelimit::{
+use apikey::limits::ratelimit::{
     FailureThrottle, FailureThrottleConfig, FakeMonotonicClock, InMemoryRateLimitStore,
     MonotonicClock, Quota, RateLimitDecision, RateLimiter, RateWindow,
 };
@@ -383,6 +383,6 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<TestLimiter>();
     assert_send_sync::<FailureThrottle>();
     assert_send_sync::<InMemoryRateLimitStore>();
-    assert_send_sync::<apikey::credits::CreditLedger>();
-    assert_send_sync::<apikey::credits::InMemoryCreditStore>();
+    assert_send_sync::<apikey::limits::credits::CreditLedger>();
+    assert_send_sync::<apikey::limits::credits::InMemoryCreditStore>();
 }

@@ -56,7 +56,7 @@ fn verifier() -> Verifier {
 }
 
 fn with_checksum(text: Vec<u8>) -> String {
-    apikey::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
+    apikey_testkit::fuzzing::with_valid_checksum(text).expect("a key-length ASCII text")
 }
 
 fn replace(text: &str, pos: usize) -> Vec<u8> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apikey::MemoryStore;
-use apikey::store::conformance;
+use apikey_testkit::conformance;
 use support::netstore::NetStore;
 
 #[tokio::test]

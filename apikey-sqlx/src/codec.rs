@@ -2,7 +2,6 @@
 //! checked assembly of a [`KeyRecord`] from a row.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
 use apikey::{
     Environment, Error, IpNet, KeyDigest, KeyId, KeyRecord, KeyStatus, LegacyInfo, Prefix,
@@ -112,22 +111,6 @@ pub(crate) struct Row {
     pub legacy_upgraded: Option<bool>,
 }
 
-/// A record with every field at a placeholder, to be overwritten field by
-/// field (`KeyRecord` is `#[non_exhaustive]`; its fields are public).
-static TEMPLATE: LazyLock<Option<KeyRecord>> = LazyLock::new(|| {
-    serde_json::from_value(serde_json::json!({
-        "schema_version": apikey::SCHEMA_VERSION,
-        "id": KeyId::from_u64(0).to_string(),
-        "prefix": "sk_test_",
-        "environment": "test",
-        "secret_version": 1,
-        "digest": KeyDigest::from_bytes([0; 32]).to_base64(),
-        "created_at": "1970-01-01T00:00:00Z",
-        "status": "active",
-    }))
-    .ok()
-});
-
 fn digest(bytes: &[u8], what: &str) -> Result<KeyDigest, StoreError> {
     let arr: [u8; 32] = bytes
         .try_into()
@@ -147,41 +130,25 @@ impl Row {
     /// The record this row holds, or a `Corrupt` error naming the first
     /// field that is not a valid value.
     pub fn into_record(self) -> Result<KeyRecord, StoreError> {
-        let mut r = TEMPLATE.clone().ok_or_else(|| corrupt("record template"))?;
-        r.id = id_from_sql(self.id);
-        r.prefix = Prefix::new(&self.prefix).map_err(|_| corrupt("prefix"))?;
-        r.environment = match self.environment.as_str() {
+        let environment = match self.environment.as_str() {
             "live" => Environment::Live,
             "test" => Environment::Test,
             _ => return Err(corrupt("unknown environment")),
         };
-        r.owner = self.owner;
-        r.name = self.name;
-        r.description = self.description;
-        r.secret_version = small(self.secret_version, "secret_version")?;
-        r.digest = digest(&self.digest, "digest")?;
-        r.scopes = ScopeSet::parse(&self.scopes).map_err(|_| corrupt("scope"))?;
-        r.created_at = self.created_at.ok_or_else(|| corrupt("created_at"))?;
-        r.expires_at = self.expires_at;
-        r.not_before = self.not_before;
-        r.status = match self.status.as_str() {
+        let status = match self.status.as_str() {
             "active" => KeyStatus::Active,
             "disabled" => KeyStatus::Disabled,
             "revoked" => KeyStatus::Revoked,
             _ => return Err(corrupt("unknown status")),
         };
-        r.revocation = match (self.revoked_at, self.revocation_reason) {
+        let revocation = match (self.revoked_at, self.revocation_reason) {
             (Some(at), Some(reason)) => Some(Revocation { at, reason }),
             (None, None) => None,
             _ => return Err(corrupt("revocation half set")),
         };
-        r.last_used_at = self.last_used_at;
-        r.metadata = serde_json::from_str::<BTreeMap<String, String>>(&self.metadata)
+        let metadata = serde_json::from_str::<BTreeMap<String, String>>(&self.metadata)
             .map_err(|_| corrupt("metadata is not a JSON object of strings"))?;
-        r.rotated_from = self.rotated_from.map(id_from_sql);
-        r.rotated_to = self.rotated_to.map(id_from_sql);
-        r.revision = self.revision as u64;
-        r.ip_allowlist = self
+        let ip_allowlist = self
             .ip_allowlist
             .iter()
             .map(|s| s.parse::<IpNet>())
@@ -191,8 +158,7 @@ impl Row {
         usage.day = self.usage_day;
         usage.day_count = count(self.usage_day_count, "usage_day_count")?;
         usage.month_count = count(self.usage_month_count, "usage_month_count")?;
-        r.usage = usage;
-        r.legacy = match (
+        let legacy = match (
             self.legacy_prefix,
             self.legacy_index,
             self.legacy_index_version,
@@ -207,13 +173,37 @@ impl Row {
             )),
             _ => return Err(corrupt("legacy columns half set")),
         };
-        r.validate().map_err(|e| {
+        KeyRecord::builder(
+            id_from_sql(self.id),
+            Prefix::new(&self.prefix).map_err(|_| corrupt("prefix"))?,
+            environment,
+            small(self.secret_version, "secret_version")?,
+            digest(&self.digest, "digest")?,
+            self.created_at.ok_or_else(|| corrupt("created_at"))?,
+        )
+        .owner(self.owner)
+        .name(self.name)
+        .description(self.description)
+        .scopes(ScopeSet::parse(&self.scopes).map_err(|_| corrupt("scope"))?)
+        .expires_at(self.expires_at)
+        .not_before(self.not_before)
+        .status(status)
+        .revocation(revocation)
+        .last_used_at(self.last_used_at)
+        .metadata(metadata)
+        .rotated_from(self.rotated_from.map(id_from_sql))
+        .rotated_to(self.rotated_to.map(id_from_sql))
+        .revision(self.revision as u64)
+        .ip_allowlist(ip_allowlist)
+        .usage(usage)
+        .legacy(legacy)
+        .build()
+        .map_err(|e| {
             StoreError::with_source(
                 StoreErrorKind::Corrupt,
                 Error::InvalidRecord(format!("stored row: {e}")),
             )
-        })?;
-        Ok(r)
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use apikey::store::conformance;
+use apikey_testkit::conformance;
 use apikey_sqlx::{PostgresStore, StoreOptions};
 
 async fn store(test: &str) -> Option<PostgresStore> {

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use apikey::store::conformance;
+use apikey_testkit::conformance;
 use apikey_sqlx::{SqliteStore, StoreOptions};
 
 fn temp_db(name: &str) -> std::path::PathBuf {

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use apikey::fuzzing::Harness;
+use apikey_testkit::fuzzing::Harness;
 use libfuzzer_sys::fuzz_target;
 
 static HARNESS: OnceLock<Harness> = OnceLock::new();

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    apikey::fuzzing::scope_grammar(data);
+    apikey_testkit::fuzzing::scope_grammar(data);
 });

@@ -720,7 +720,42 @@ mod tests {
     use super::*;
     use crate::ipnet::IpNet;
     use crate::record::LegacyInfo;
-    use crate::store::conformance::{sample_record, suite_now};
+
+    fn suite_now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap()
+    }
+
+    /// A record with a random id and digest, created a day before `suite_now`.
+    fn sample_record(owner: Option<&str>) -> KeyRecord {
+        use rand_core::{OsRng, RngCore};
+        let mut digest = [0u8; 32];
+        OsRng.fill_bytes(&mut digest);
+        KeyRecord {
+            schema_version: crate::record::SCHEMA_VERSION,
+            id: KeyId::from_u64(OsRng.next_u64()),
+            prefix: Prefix::new("sk_test_").unwrap(),
+            environment: crate::prefix::Environment::Test,
+            owner: owner.map(str::to_owned),
+            name: "unit".into(),
+            description: None,
+            secret_version: 1,
+            digest: KeyDigest::from_bytes(digest),
+            scopes: crate::scope::ScopeSet::parse(["read"]).unwrap(),
+            created_at: suite_now() - Duration::days(1),
+            expires_at: None,
+            not_before: None,
+            status: KeyStatus::Active,
+            revocation: None,
+            last_used_at: None,
+            metadata: Default::default(),
+            rotated_from: None,
+            rotated_to: None,
+            revision: 0,
+            ip_allowlist: Vec::new(),
+            usage: Default::default(),
+            legacy: None,
+        }
+    }
     use time::{Duration, UtcOffset};
 
     /// `get` must give back exactly what was inserted: `==` ignores UTC

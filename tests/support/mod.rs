@@ -1,7 +1,7 @@
 //! Test support: a network-like store and manager fixtures.
 #![allow(dead_code)]
 
-pub mod netstore;
+pub use apikey_testkit::netstore;
 
 use std::sync::Arc;
 

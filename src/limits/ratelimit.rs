@@ -40,7 +40,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use apikey::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
+//! use apikey::limits::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
 //!
 //! let clock = Arc::new(FakeMonotonicClock::new());
 //! let limiter = RateLimiter::with_clock(Arc::clone(&clock));
@@ -85,7 +85,7 @@ use std::time::{Duration, Instant};
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+/// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
 ///
 /// let clock = FakeMonotonicClock::new();
 /// clock.advance(Duration::from_millis(1500));
@@ -97,7 +97,7 @@ pub trait MonotonicClock: Send + Sync {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{MonotonicClock, StdMonotonicClock};
+    /// use apikey::limits::ratelimit::{MonotonicClock, StdMonotonicClock};
     ///
     /// let clock = StdMonotonicClock::new();
     /// let a = clock.now();
@@ -131,7 +131,7 @@ impl<C: MonotonicClock + ?Sized> MonotonicClock for Box<C> {
 /// # Example
 ///
 /// ```
-/// use apikey::ratelimit::{MonotonicClock, StdMonotonicClock};
+/// use apikey::limits::ratelimit::{MonotonicClock, StdMonotonicClock};
 ///
 /// let clock = StdMonotonicClock::new();
 /// assert!(clock.now() < std::time::Duration::from_secs(60));
@@ -147,7 +147,7 @@ impl StdMonotonicClock {
     /// # Example
     ///
     /// ```
-    /// let clock = apikey::ratelimit::StdMonotonicClock::new();
+    /// let clock = apikey::limits::ratelimit::StdMonotonicClock::new();
     /// # let _ = clock;
     /// ```
     #[must_use]
@@ -182,7 +182,7 @@ impl MonotonicClock for StdMonotonicClock {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+/// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
 ///
 /// let clock = Arc::new(FakeMonotonicClock::new());
 /// let shared = Arc::clone(&clock);
@@ -200,7 +200,7 @@ impl FakeMonotonicClock {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
     /// assert_eq!(FakeMonotonicClock::new().now(), std::time::Duration::ZERO);
     /// ```
     #[must_use]
@@ -216,7 +216,7 @@ impl FakeMonotonicClock {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
     /// let clock = FakeMonotonicClock::starting_at(Duration::from_secs(3));
     /// assert_eq!(clock.now(), Duration::from_secs(3));
     /// ```
@@ -233,7 +233,7 @@ impl FakeMonotonicClock {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
     /// let clock = FakeMonotonicClock::new();
     /// clock.advance(Duration::from_millis(10));
     /// clock.advance(Duration::from_millis(5));
@@ -256,7 +256,7 @@ impl FakeMonotonicClock {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
     /// let clock = FakeMonotonicClock::new();
     /// clock.set(Duration::from_secs(42));
     /// assert_eq!(clock.now(), Duration::from_secs(42));
@@ -285,7 +285,7 @@ fn duration_nanos(d: Duration) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::ratelimit::ceil_secs;
+/// use apikey::limits::ratelimit::ceil_secs;
 ///
 /// assert_eq!(ceil_secs(Duration::ZERO), 0);
 /// assert_eq!(ceil_secs(Duration::from_millis(200)), 1);
@@ -311,7 +311,7 @@ pub const fn ceil_secs(d: Duration) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::ratelimit::RateWindow;
+/// use apikey::limits::ratelimit::RateWindow;
 /// assert_eq!(RateWindow::Hour.period(), Duration::from_secs(3600));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -329,7 +329,7 @@ impl RateWindow {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::RateWindow;
+    /// use apikey::limits::ratelimit::RateWindow;
     /// assert_eq!(RateWindow::Minute.period(), Duration::from_secs(60));
     /// ```
     #[must_use]
@@ -357,7 +357,7 @@ impl RateWindow {
 /// # Example
 ///
 /// ```
-/// use apikey::ratelimit::Quota;
+/// use apikey::limits::ratelimit::Quota;
 ///
 /// assert_eq!(Quota::FREE, Quota::new(Some(100), Some(1_000)));
 /// let custom = Quota::unlimited().with_per_hour(50);
@@ -376,7 +376,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::Quota::FREE.per_minute(), Some(100));
+    /// assert_eq!(apikey::limits::ratelimit::Quota::FREE.per_minute(), Some(100));
     /// ```
     pub const FREE: Self = Self::new(Some(100), Some(1_000));
 
@@ -385,7 +385,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::Quota::PROFESSIONAL.per_hour(), Some(10_000));
+    /// assert_eq!(apikey::limits::ratelimit::Quota::PROFESSIONAL.per_hour(), Some(10_000));
     /// ```
     pub const PROFESSIONAL: Self = Self::new(Some(500), Some(10_000));
 
@@ -395,7 +395,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// let q = apikey::ratelimit::Quota::new(Some(10), None);
+    /// let q = apikey::limits::ratelimit::Quota::new(Some(10), None);
     /// assert_eq!(q.per_minute(), Some(10));
     /// ```
     #[must_use]
@@ -411,7 +411,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// let q = apikey::ratelimit::Quota::unlimited();
+    /// let q = apikey::limits::ratelimit::Quota::unlimited();
     /// assert_eq!((q.per_minute(), q.per_hour()), (None, None));
     /// ```
     #[must_use]
@@ -424,7 +424,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// let q = apikey::ratelimit::Quota::unlimited().with_per_minute(30);
+    /// let q = apikey::limits::ratelimit::Quota::unlimited().with_per_minute(30);
     /// assert_eq!(q.per_minute(), Some(30));
     /// ```
     #[must_use]
@@ -440,7 +440,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// let q = apikey::ratelimit::Quota::unlimited().with_per_hour(300);
+    /// let q = apikey::limits::ratelimit::Quota::unlimited().with_per_hour(300);
     /// assert_eq!(q.per_hour(), Some(300));
     /// ```
     #[must_use]
@@ -456,7 +456,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::Quota::PROFESSIONAL.per_minute(), Some(500));
+    /// assert_eq!(apikey::limits::ratelimit::Quota::PROFESSIONAL.per_minute(), Some(500));
     /// ```
     #[must_use]
     pub const fn per_minute(&self) -> Option<u32> {
@@ -468,7 +468,7 @@ impl Quota {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::Quota::FREE.per_hour(), Some(1_000));
+    /// assert_eq!(apikey::limits::ratelimit::Quota::FREE.per_hour(), Some(1_000));
     /// ```
     #[must_use]
     pub const fn per_hour(&self) -> Option<u32> {
@@ -486,7 +486,7 @@ impl Quota {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::ratelimit::{RateLimitInfo, RateWindow};
+/// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
 ///
 /// let info = RateLimitInfo {
 ///     window: RateWindow::Minute,
@@ -518,7 +518,7 @@ impl RateLimitInfo {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{RateLimitInfo, RateWindow};
+    /// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
     /// let info = RateLimitInfo { window: RateWindow::Hour, limit: 10, remaining: 9,
     ///     reset_after: Duration::from_millis(360_500) };
     /// assert_eq!(info.reset_after_secs(), 361);
@@ -535,7 +535,7 @@ impl RateLimitInfo {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{RateLimitInfo, RateWindow};
+    /// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
     /// let info = RateLimitInfo { window: RateWindow::Minute, limit: 1, remaining: 0,
     ///     reset_after: Duration::from_secs(60) };
     /// assert_eq!(info.reset_at_unix(1_000), 1_060);
@@ -559,7 +559,7 @@ impl RateLimitInfo {
 /// # Example
 ///
 /// ```
-/// use apikey::ratelimit::{Quota, RateLimitDecision, RateLimiter};
+/// use apikey::limits::ratelimit::{Quota, RateLimitDecision, RateLimiter};
 ///
 /// let limiter = RateLimiter::new();
 /// match limiter.check(1, &Quota::FREE) {
@@ -593,7 +593,7 @@ impl RateLimitDecision {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{Quota, RateLimiter};
     /// assert!(RateLimiter::new().check(1, &Quota::FREE).is_allowed());
     /// ```
     #[must_use]
@@ -606,7 +606,7 @@ impl RateLimitDecision {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{Quota, RateLimiter};
     /// let d = RateLimiter::new().check(1, &Quota::unlimited());
     /// assert!(d.is_allowed() && d.info().is_none());
     /// ```
@@ -623,7 +623,7 @@ impl RateLimitDecision {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{Quota, RateLimiter};
     /// assert_eq!(RateLimiter::new().check(1, &Quota::FREE).retry_after(), None);
     /// ```
     #[must_use]
@@ -641,7 +641,7 @@ impl RateLimitDecision {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use apikey::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
     /// let limiter = RateLimiter::with_clock(Arc::new(FakeMonotonicClock::new()));
     /// let q = Quota::new(Some(1), None);
     /// let _ = limiter.check(1, &q);
@@ -674,7 +674,7 @@ impl RateLimitDecision {
 /// # Example
 ///
 /// ```
-/// use apikey::ratelimit::GcraState;
+/// use apikey::limits::ratelimit::GcraState;
 ///
 /// let s = GcraState::new(5, 9);
 /// assert_eq!(GcraState::from_be_bytes(s.to_be_bytes()), s);
@@ -692,7 +692,7 @@ impl GcraState {
     /// # Example
     ///
     /// ```
-    /// let s = apikey::ratelimit::GcraState::new(1, 2);
+    /// let s = apikey::limits::ratelimit::GcraState::new(1, 2);
     /// assert_eq!((s.minute_tat(), s.hour_tat()), (1, 2));
     /// ```
     #[must_use]
@@ -708,7 +708,7 @@ impl GcraState {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::GcraState::new(1, 2).minute_tat(), 1);
+    /// assert_eq!(apikey::limits::ratelimit::GcraState::new(1, 2).minute_tat(), 1);
     /// ```
     #[must_use]
     pub const fn minute_tat(&self) -> u64 {
@@ -720,7 +720,7 @@ impl GcraState {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::GcraState::new(1, 2).hour_tat(), 2);
+    /// assert_eq!(apikey::limits::ratelimit::GcraState::new(1, 2).hour_tat(), 2);
     /// ```
     #[must_use]
     pub const fn hour_tat(&self) -> u64 {
@@ -733,7 +733,7 @@ impl GcraState {
     /// # Example
     ///
     /// ```
-    /// assert!(apikey::ratelimit::GcraState::new(3, 0).is_idle_at(3));
+    /// assert!(apikey::limits::ratelimit::GcraState::new(3, 0).is_idle_at(3));
     /// ```
     #[must_use]
     pub const fn is_idle_at(&self, now_nanos: u64) -> bool {
@@ -746,7 +746,7 @@ impl GcraState {
     /// # Example
     ///
     /// ```
-    /// let b = apikey::ratelimit::GcraState::new(1, 2).to_be_bytes();
+    /// let b = apikey::limits::ratelimit::GcraState::new(1, 2).to_be_bytes();
     /// assert_eq!(b[7], 1);
     /// assert_eq!(b[15], 2);
     /// ```
@@ -764,7 +764,7 @@ impl GcraState {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::GcraState;
+    /// use apikey::limits::ratelimit::GcraState;
     /// let s = GcraState::new(u64::MAX, 0);
     /// assert_eq!(GcraState::from_be_bytes(s.to_be_bytes()), s);
     /// ```
@@ -821,7 +821,7 @@ impl GcraState {
 /// ```
 /// use std::convert::Infallible;
 /// use std::sync::Mutex;
-/// use apikey::ratelimit::{GcraState, RateLimitStore};
+/// use apikey::limits::ratelimit::{GcraState, RateLimitStore};
 ///
 /// struct OneKey(Mutex<Option<GcraState>>);
 ///
@@ -852,7 +852,7 @@ pub trait RateLimitStore: Send + Sync {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{GcraState, InMemoryRateLimitStore, RateLimitStore};
+    /// use apikey::limits::ratelimit::{GcraState, InMemoryRateLimitStore, RateLimitStore};
     ///
     /// let store = InMemoryRateLimitStore::new();
     /// let seen = store
@@ -899,7 +899,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// # Example
 ///
 /// ```
-/// use apikey::ratelimit::{InMemoryRateLimitStore, Quota, RateLimiter, StdMonotonicClock};
+/// use apikey::limits::ratelimit::{InMemoryRateLimitStore, Quota, RateLimiter, StdMonotonicClock};
 ///
 /// let limiter = RateLimiter::with_store_and_clock(
 ///     InMemoryRateLimitStore::new(),
@@ -925,7 +925,7 @@ impl InMemoryRateLimitStore {
     /// # Example
     ///
     /// ```
-    /// assert!(apikey::ratelimit::InMemoryRateLimitStore::new().is_empty());
+    /// assert!(apikey::limits::ratelimit::InMemoryRateLimitStore::new().is_empty());
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -946,7 +946,7 @@ impl InMemoryRateLimitStore {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::InMemoryRateLimitStore::new().len(), 0);
+    /// assert_eq!(apikey::limits::ratelimit::InMemoryRateLimitStore::new().len(), 0);
     /// ```
     #[must_use]
     pub fn len(&self) -> usize {
@@ -958,7 +958,7 @@ impl InMemoryRateLimitStore {
     /// # Example
     ///
     /// ```
-    /// assert!(apikey::ratelimit::InMemoryRateLimitStore::default().is_empty());
+    /// assert!(apikey::limits::ratelimit::InMemoryRateLimitStore::default().is_empty());
     /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -970,7 +970,7 @@ impl InMemoryRateLimitStore {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::ratelimit::InMemoryRateLimitStore::new().get(1), None);
+    /// assert_eq!(apikey::limits::ratelimit::InMemoryRateLimitStore::new().get(1), None);
     /// ```
     #[must_use]
     pub fn get(&self, key: u64) -> Option<GcraState> {
@@ -983,7 +983,7 @@ impl InMemoryRateLimitStore {
     /// # Example
     ///
     /// ```
-    /// assert!(!apikey::ratelimit::InMemoryRateLimitStore::new().remove(1));
+    /// assert!(!apikey::limits::ratelimit::InMemoryRateLimitStore::new().remove(1));
     /// ```
     pub fn remove(&self, key: u64) -> bool {
         lock(&self.shard(key).0).remove(&key).is_some()
@@ -997,7 +997,7 @@ impl InMemoryRateLimitStore {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{GcraState, InMemoryRateLimitStore, RateLimitStore};
+    /// use apikey::limits::ratelimit::{GcraState, InMemoryRateLimitStore, RateLimitStore};
     /// let store = InMemoryRateLimitStore::new();
     /// let _ = store.measure_and_replace(1, |_| Ok::<_, ()>(((), GcraState::new(10, 0))));
     /// assert_eq!(store.purge_idle(Duration::from_nanos(9)), 0);
@@ -1063,7 +1063,7 @@ impl<S: RateLimitStore + ?Sized> RateLimitStore for Arc<S> {
 ///
 /// ```
 /// use std::convert::Infallible;
-/// use apikey::ratelimit::{AsyncRateLimitStore, GcraState, Quota, RateLimiter, StdMonotonicClock};
+/// use apikey::limits::ratelimit::{AsyncRateLimitStore, GcraState, Quota, RateLimiter, StdMonotonicClock};
 ///
 /// /// Stands in for a Redis client: every call "goes over the network".
 /// struct Remote(std::sync::Mutex<Option<GcraState>>);
@@ -1263,7 +1263,7 @@ fn evaluate(
 ///
 /// ```
 /// use std::sync::Arc;
-/// use apikey::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
+/// use apikey::limits::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
 ///
 /// let limiter = RateLimiter::with_clock(Arc::new(FakeMonotonicClock::new()));
 /// let admitted = (0..150).filter(|_| limiter.check(42, &Quota::FREE).is_allowed()).count();
@@ -1281,7 +1281,7 @@ impl RateLimiter {
     /// # Example
     ///
     /// ```
-    /// let limiter = apikey::ratelimit::RateLimiter::new();
+    /// let limiter = apikey::limits::ratelimit::RateLimiter::new();
     /// # let _ = limiter;
     /// ```
     #[must_use]
@@ -1296,7 +1296,7 @@ impl<C: MonotonicClock> RateLimiter<InMemoryRateLimitStore, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FakeMonotonicClock, RateLimiter};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, RateLimiter};
     /// let limiter = RateLimiter::with_clock(FakeMonotonicClock::new());
     /// # let _ = limiter;
     /// ```
@@ -1313,7 +1313,7 @@ impl<C: MonotonicClock> RateLimiter<InMemoryRateLimitStore, C> {
     /// ```
     /// use std::sync::Arc;
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, Quota, RateLimiter};
     /// let clock = Arc::new(FakeMonotonicClock::new());
     /// let limiter = RateLimiter::with_clock(Arc::clone(&clock));
     /// let _ = limiter.check(1, &Quota::FREE);
@@ -1333,7 +1333,7 @@ impl<S, C: MonotonicClock> RateLimiter<S, C> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use apikey::ratelimit::{InMemoryRateLimitStore, RateLimiter, StdMonotonicClock};
+    /// use apikey::limits::ratelimit::{InMemoryRateLimitStore, RateLimiter, StdMonotonicClock};
     /// // Two limiters sharing one store see the same state.
     /// let store = Arc::new(InMemoryRateLimitStore::new());
     /// let a = RateLimiter::with_store_and_clock(Arc::clone(&store), StdMonotonicClock::new());
@@ -1349,7 +1349,7 @@ impl<S, C: MonotonicClock> RateLimiter<S, C> {
     /// # Example
     ///
     /// ```
-    /// assert!(apikey::ratelimit::RateLimiter::new().store().is_empty());
+    /// assert!(apikey::limits::ratelimit::RateLimiter::new().store().is_empty());
     /// ```
     #[must_use]
     pub const fn store(&self) -> &S {
@@ -1361,7 +1361,7 @@ impl<S, C: MonotonicClock> RateLimiter<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock, RateLimiter};
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock, RateLimiter};
     /// let limiter = RateLimiter::with_clock(FakeMonotonicClock::new());
     /// assert_eq!(limiter.clock().now(), std::time::Duration::ZERO);
     /// ```
@@ -1383,7 +1383,7 @@ impl<S: RateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{Quota, RateLimiter};
     /// let limiter = RateLimiter::new();
     /// let decision = limiter.try_check(5, &Quota::PROFESSIONAL).unwrap_or_else(|e| match e {});
     /// assert!(decision.is_allowed());
@@ -1412,7 +1412,7 @@ impl<S: AsyncRateLimitStore, C: MonotonicClock> RateLimiter<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{Quota, RateLimiter};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let limiter = RateLimiter::new();
@@ -1478,7 +1478,7 @@ impl<S: RateLimitStore<Error = Infallible>, C: MonotonicClock> RateLimiter<S, C>
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{Quota, RateLimiter};
+    /// use apikey::limits::ratelimit::{Quota, RateLimiter};
     /// let limiter = RateLimiter::new();
     /// let info = *limiter.check(5, &Quota::FREE).info().expect("windows enforced");
     /// assert_eq!(info.remaining, 99);
@@ -1501,7 +1501,7 @@ impl<S: RateLimitStore<Error = Infallible>, C: MonotonicClock> RateLimiter<S, C>
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::ratelimit::FailureThrottleConfig;
+/// use apikey::limits::ratelimit::FailureThrottleConfig;
 ///
 /// let cfg = FailureThrottleConfig {
 ///     max_failures: 5,
@@ -1590,7 +1590,7 @@ const THROTTLE_MAX_SHARDS: usize = 16;
 /// use std::net::IpAddr;
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
+/// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
 ///
 /// let clock = Arc::new(FakeMonotonicClock::new());
 /// let cfg = FailureThrottleConfig { max_failures: 3, ..Default::default() };
@@ -1620,7 +1620,7 @@ impl FailureThrottle {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig};
     /// let throttle = FailureThrottle::new(FailureThrottleConfig::default());
     /// assert_eq!(throttle.tracked(), 0);
     /// ```
@@ -1636,7 +1636,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
     /// let t = FailureThrottle::with_clock(FailureThrottleConfig::default(), FakeMonotonicClock::new());
     /// assert_eq!(t.config().max_failures, 10);
     /// ```
@@ -1667,7 +1667,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig};
     /// let cfg = FailureThrottleConfig { max_failures: 0, ..Default::default() };
     /// assert_eq!(FailureThrottle::new(cfg).config().max_failures, 1);
     /// ```
@@ -1704,7 +1704,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig};
     /// let t = FailureThrottle::new(FailureThrottleConfig::default());
     /// assert!(t.check("192.0.2.1".parse().expect("valid")).is_ok());
     /// ```
@@ -1732,7 +1732,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
     /// let cfg = FailureThrottleConfig { max_failures: 2, lockout: Duration::from_secs(9), ..Default::default() };
     /// let t = FailureThrottle::with_clock(cfg, FakeMonotonicClock::new());
     /// let ip = "192.0.2.1".parse().expect("valid");
@@ -1785,7 +1785,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig};
     /// let t = FailureThrottle::new(FailureThrottleConfig::default());
     /// let ip = "192.0.2.1".parse().expect("valid");
     /// let _ = t.record_failure(ip);
@@ -1804,7 +1804,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig};
     /// assert_eq!(FailureThrottle::new(FailureThrottleConfig::default()).tracked(), 0);
     /// ```
     #[must_use]
@@ -1821,7 +1821,7 @@ impl<C: MonotonicClock> FailureThrottle<C> {
     /// ```
     /// use std::sync::Arc;
     /// use std::time::Duration;
-    /// use apikey::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
+    /// use apikey::limits::ratelimit::{FailureThrottle, FailureThrottleConfig, FakeMonotonicClock};
     /// let clock = Arc::new(FakeMonotonicClock::new());
     /// let t = FailureThrottle::with_clock(FailureThrottleConfig::default(), Arc::clone(&clock));
     /// let _ = t.record_failure("192.0.2.1".parse().expect("valid"));

@@ -13,28 +13,23 @@
 //! | [`Harness::header_extraction`] | config byte, query, `name:value` lines | never panics; an extracted key is visible ASCII within the length limit, comes from an accepted scheme (a Bearer token only with a registered prefix) and from the request; the outcome does not depend on header order; `Debug` never shows the key |
 //! | [`Harness::record_json`] | JSON | a record that deserializes re-serializes to a fixpoint and verifies every harness key the same as the original |
 //!
-//! The JSON oracles ([`Harness::record_json`], and the JSON round-trips in
-//! [`scope_grammar`]) need the `fuzzing` feature, which brings in
-//! `serde_json`; the `fuzz/` crate enables it.
-//!
 //! Every harness uses one fixed keyring ([`harness_verifier`]), so the seed
 //! corpus in `fuzz/seeds/` (from [`seed_corpus`]) holds keys that parse.
-
-use std::collections::BTreeMap;
 
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::digest::KeyDigest;
-use crate::error::{Error, StoreErrorKind};
-use crate::key::{ApiKey, ID_LEN, KeyId, SECRET_LEN, VERSION_LEN};
-use crate::prefix::{Environment, PrefixRegistry};
-use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, SCHEMA_VERSION};
-use crate::scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
-use crate::secret::{Keyring, ServerSecret};
-use crate::store::MemoryStore;
-use crate::verifier::Verifier;
+use apikey::__private::{ID_LEN, SECRET_LEN, VERSION_LEN};
+use apikey::KeyDigest;
+use apikey::MemoryStore;
+use apikey::Verifier;
+use apikey::{ApiKey, KeyId};
+use apikey::{Environment, PrefixRegistry};
+use apikey::{Error, StoreErrorKind};
+use apikey::{KeyRecord, KeyStatus, NewKey, Revocation};
+use apikey::{Keyring, ServerSecret};
+use apikey::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
 
 /// Server secret version 1 of every harness keyring. Public on purpose: it
 /// only ever protects fuzzing fixtures.
@@ -56,13 +51,13 @@ pub const LEAK_WINDOW: usize = 8;
 /// ```
 /// # use apikey::*;
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
-/// apikey::fuzzing::parse_key(&verifier, b"sk_live_garbage\0\xff");
+/// apikey_testkit::fuzzing::parse_key(&verifier, b"sk_live_garbage\0\xff");
 /// # Ok::<(), apikey::Error>(())
 /// ```
 pub fn parse_key(verifier: &Verifier, data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(parsed) = verifier.parse(&text) {
-        let back = verifier.compose(&parsed);
+        let back = apikey::__private::compose(verifier, &parsed);
         assert_eq!(
             back.as_deref().map(String::as_str),
             Some(&*text),
@@ -74,7 +69,7 @@ pub fn parse_key(verifier: &Verifier, data: &[u8]) {
             parsed.prefix(),
             "prefix is the text before the body"
         );
-        let display = crate::key_display_form(parsed.prefix(), parsed.id());
+        let display = apikey::key_display_form(parsed.prefix(), parsed.id());
         assert!(
             text.starts_with(display.trim_end_matches("...")),
             "the display form {display:?} must be how the key starts"
@@ -88,7 +83,7 @@ pub fn parse_key(verifier: &Verifier, data: &[u8]) {
 /// (version 2, current).
 ///
 /// ```
-/// let v = apikey::fuzzing::harness_verifier();
+/// let v = apikey_testkit::fuzzing::harness_verifier();
 /// assert_eq!(v.keyring().current_version(), 2);
 /// ```
 pub fn harness_verifier() -> Verifier {
@@ -98,7 +93,7 @@ pub fn harness_verifier() -> Verifier {
 fn harness_keyring(current: u8) -> Keyring {
     // Both secrets are 32 bytes and the versions are in range, so this
     // cannot fail; fall back to a one-version ring to stay panic-free.
-    let build = || -> crate::Result<Keyring> {
+    let build = || -> apikey::Result<Keyring> {
         let mut ring = Keyring::new(1, ServerSecret::from_bytes(&HARNESS_SECRET_V1)?)?;
         ring.add(2, ServerSecret::from_bytes(&HARNESS_SECRET_V2)?)?;
         ring.set_current(current)?;
@@ -167,7 +162,7 @@ impl CryptoRng for FixtureRng {}
 /// secret segment of `key` (the 32 characters after the version and id).
 ///
 /// ```
-/// use apikey::fuzzing::{leaks_secret, Harness};
+/// use apikey_testkit::fuzzing::{leaks_secret, Harness};
 /// let h = Harness::new();
 /// let key = &h.keys()[0].0;
 /// assert!(leaks_secret(key.expose_secret(), key));
@@ -278,7 +273,7 @@ fn requirement_from(b: u8) -> Requirement {
 }
 
 /// A verification outcome reduced to what the oracles compare.
-fn outcome(r: crate::Result<crate::VerifiedKey>) -> Result<KeyId, &'static str> {
+fn outcome(r: apikey::Result<apikey::VerifiedKey>) -> Result<KeyId, &'static str> {
     r.map(|v| v.id()).map_err(|e| e.code())
 }
 
@@ -363,7 +358,7 @@ impl Harness {
     /// When an oracle fails.
     ///
     /// ```
-    /// let h = apikey::fuzzing::Harness::new();
+    /// let h = apikey_testkit::fuzzing::Harness::new();
     /// h.verify(&[]); // fixed key 0, stored as issued: verifies
     /// h.verify(b"\x02\x00\x00\x00\x00\x00\x00"); // revoked key 0: REVOKED_API_KEY
     /// ```
@@ -533,35 +528,27 @@ impl Harness {
             .filter(|(i, _)| bits & (1 << i) != 0)
             .filter_map(|(_, s)| Scope::parse(s).ok())
             .collect();
-        KeyRecord {
-            schema_version: SCHEMA_VERSION,
+        KeyRecord::builder(
             id,
             prefix,
             environment,
-            owner: (w & 0x80 != 0).then(|| "org_fuzz".to_owned()),
-            name: String::new(),
-            description: None,
             secret_version,
             digest,
-            scopes: ScopeSet::from_scopes(scopes),
-            created_at: HARNESS_NOW - time::Duration::days(1),
-            expires_at: at(w),
-            not_before: at(w >> 2),
-            status,
-            revocation,
-            last_used_at: None,
-            metadata: BTreeMap::new(),
-            rotated_from: None,
-            rotated_to: None,
-            revision: u64::from(bits >> 7),
-            ip_allowlist: if w & 0x40 != 0 {
-                "10.0.0.0/8".parse().ok().into_iter().collect()
-            } else {
-                Vec::new()
-            },
-            usage: Default::default(),
-            legacy: None,
-        }
+            HARNESS_NOW - time::Duration::days(1),
+        )
+        .owner((w & 0x80 != 0).then(|| "org_fuzz".to_owned()))
+        .scopes(ScopeSet::from_scopes(scopes))
+        .expires_at(at(w))
+        .not_before(at(w >> 2))
+        .status(status)
+        .revocation(revocation)
+        .revision(u64::from(bits >> 7))
+        .ip_allowlist(if w & 0x40 != 0 {
+            "10.0.0.0/8".parse().ok().into_iter().collect()
+        } else {
+            Vec::new()
+        })
+        .build_unvalidated()
     }
 
     fn presented_text(&self, c: &mut Cursor<'_>) -> String {
@@ -598,7 +585,7 @@ impl Harness {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Header extraction ([`Extractor`](crate::extract::Extractor)).
+    /// Header extraction ([`Extractor`](apikey::web::Extractor)).
     ///
     /// Input: one configuration byte (bit 0: refuse the API-key header,
     /// bit 1: refuse Bearer, bit 2: accept `?api_key=`, bit 3: header name
@@ -617,11 +604,11 @@ impl Harness {
     /// When an oracle fails.
     ///
     /// ```
-    /// let h = apikey::fuzzing::Harness::new();
+    /// let h = apikey_testkit::fuzzing::Harness::new();
     /// h.header_extraction(b"\x00x-api-key: sk_live_abc\nAuthorization: Bearer sk_live_abc");
     /// ```
     pub fn header_extraction(&self, data: &[u8]) {
-        use crate::extract::{Extracted, Extractor, Scheme};
+        use apikey::web::{Extracted, Extractor, Scheme};
         let (config, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
         let max_len = [256, 66, 8, 0][usize::from((config >> 4) & 3)];
         let mut extractor = Extractor::new(self.verifier.prefixes().clone())
@@ -703,7 +690,7 @@ impl Harness {
 
     /// Record deserialization (serde_json): whatever deserializes
     /// re-serializes, reads back equal, serializes to the same bytes
-    /// (a fixpoint), validates the same, yields the same [`KeyView`](crate::KeyView), and
+    /// (a fixpoint), validates the same, yields the same [`KeyView`](apikey::KeyView), and
     /// verifies every fixed key exactly as the original record does, both
     /// directly and through a [`MemoryStore`].
     ///
@@ -711,13 +698,11 @@ impl Harness {
     /// When an oracle fails.
     ///
     /// ```
-    /// let h = apikey::fuzzing::Harness::new();
+    /// let h = apikey_testkit::fuzzing::Harness::new();
     /// let json = serde_json::to_vec(&h.keys()[0].1).expect("serializes");
     /// h.record_json(&json);
     /// h.record_json(b"{\"schema_version\":2}");
     /// ```
-    #[cfg(feature = "fuzzing")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
     pub fn record_json(&self, data: &[u8]) {
         let Ok(rec) = serde_json::from_slice::<KeyRecord>(data) else {
             return;
@@ -738,8 +723,8 @@ impl Harness {
         );
         assert_eq!(back.validate().is_ok(), rec.validate().is_ok());
         let (va, vb) = (
-            std::sync::Arc::new(crate::KeyView::from_record(&rec)),
-            std::sync::Arc::new(crate::KeyView::from_record(&back)),
+            std::sync::Arc::new(apikey::KeyView::from_record(&rec)),
+            std::sync::Arc::new(apikey::KeyView::from_record(&back)),
         );
         assert_eq!(va, vb);
         self.assert_no_leak(&format!("{rec:?}"));
@@ -749,8 +734,8 @@ impl Harness {
         assert_eq!(stored, rec.validate().is_ok());
         for requirement in [Requirement::none(), requirement_from(3)] {
             for (key, _) in &self.keys {
-                let run = |view: &std::sync::Arc<crate::KeyView>| {
-                    let v = (view.id == key.id()).then(|| std::sync::Arc::clone(view));
+                let run = |view: &std::sync::Arc<apikey::KeyView>| {
+                    let v = (view.id() == key.id()).then(|| std::sync::Arc::clone(view));
                     outcome(self.verifier.verify_with(
                         key.expose_secret(),
                         |_| Ok(v),
@@ -858,7 +843,7 @@ fn reference_requirement(req: &Requirement, granted: &ScopeSet) -> bool {
 /// When an oracle fails.
 ///
 /// ```
-/// apikey::fuzzing::scope_grammar(b"projects:*\nprojects:42:read\n*\nA:b");
+/// apikey_testkit::fuzzing::scope_grammar(b"projects:*\nprojects:42:read\n*\nA:b");
 /// ```
 pub fn scope_grammar(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -876,7 +861,6 @@ pub fn scope_grammar(data: &[u8]) {
                 assert_eq!(p.parse::<Scope>().ok().as_ref(), Some(&s));
                 assert!(s.grants(&s), "grants must be reflexive: {p:?}");
                 assert_eq!(s.is_wildcard(), p.ends_with('*'));
-                #[cfg(feature = "fuzzing")]
                 {
                     let json = serde_json::to_string(&s).unwrap_or_default();
                     assert_eq!(serde_json::from_str::<Scope>(&json).ok().as_ref(), Some(&s));
@@ -887,7 +871,6 @@ pub fn scope_grammar(data: &[u8]) {
                 assert!(!reference_valid(p), "rejected a valid scope: {p:?}: {e}");
                 assert_eq!(e.code(), "INVALID_SCOPE");
                 // Serde must refuse what parse refuses.
-                #[cfg(feature = "fuzzing")]
                 {
                     let json = serde_json::to_string(p).unwrap_or_default();
                     assert!(serde_json::from_str::<Scope>(&json).is_err());
@@ -939,7 +922,6 @@ pub fn scope_grammar(data: &[u8]) {
         );
         assert_eq!(req.check(&granted, &[]).is_ok(), met);
     }
-    #[cfg(feature = "fuzzing")]
     {
         let json = serde_json::to_string(&granted).unwrap_or_default();
         assert_eq!(serde_json::from_str::<ScopeSet>(&json).ok(), Some(granted));
@@ -949,7 +931,6 @@ pub fn scope_grammar(data: &[u8]) {
 /// The seed corpus: `(target, file name, bytes)` for every fuzz target, one
 /// valid key per prefix (and per secret version) where the target takes
 /// keys. Deterministic; `fuzz/seeds/` holds exactly this (a test checks).
-/// The `record_json` seeds need the `fuzzing` feature.
 pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let h = Harness::new();
     let mut out = Vec::new();
@@ -983,7 +964,6 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
         script.extend_from_slice(&[0, 0, 0xff, 0, 0]);
         script.push(i as u8);
         out.push(("verify", format!("{name}_copied_record"), script));
-        #[cfg(feature = "fuzzing")]
         if let Ok(json) = serde_json::to_vec_pretty(rec) {
             out.push(("record_json", name, json));
         }
@@ -1038,7 +1018,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
 /// let (key, _) = verifier.issue(NewKey::new("sk_live_"), time::OffsetDateTime::UNIX_EPOCH)?;
 /// let mut forged = key.expose_secret().as_bytes().to_vec();
 /// forged[20] = if forged[20] == b'a' { b'b' } else { b'a' }; // inside the secret
-/// let forged = apikey::fuzzing::with_valid_checksum(forged).expect("long enough");
+/// let forged = apikey_testkit::fuzzing::with_valid_checksum(forged).expect("long enough");
 /// assert!(matches!(verifier.parse(&forged), Err(Error::InvalidApiKey))); // the tag stops it
 /// # Ok::<(), apikey::Error>(())
 /// ```
@@ -1046,6 +1026,6 @@ pub fn with_valid_checksum(mut text: Vec<u8>) -> Option<String> {
     if text.len() < 6 {
         return None;
     }
-    crate::key::write_checksum(&mut text);
+    apikey::__private::write_checksum(&mut text);
     String::from_utf8(text).ok()
 }

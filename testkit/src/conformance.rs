@@ -1,4 +1,4 @@
-//! A public conformance suite for [`KeyStore`](crate::KeyStore) implementations.
+//! A public conformance suite for [`KeyStore`](apikey::KeyStore) implementations.
 //!
 //! Every function here is an `async fn` generic over the store, so it runs
 //! on any runtime (tokio, async-std, a hand-written `block_on`). Each one
@@ -34,13 +34,13 @@ use std::task::{Context, Poll};
 use rand_core::{OsRng, RngCore};
 use time::{Duration, OffsetDateTime};
 
-use crate::digest::KeyDigest;
-use crate::error::{StoreError, StoreErrorKind};
-use crate::key::KeyId;
-use crate::prefix::{Environment, Prefix};
-use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION, UsageCounters};
-use crate::scope::ScopeSet;
-use crate::store::{KeyStoreLifecycle, LimitedInsert, UsageDelta};
+use apikey::KeyDigest;
+use apikey::KeyId;
+use apikey::ScopeSet;
+use apikey::{Environment, Prefix};
+use apikey::{KeyRecord, KeyStatus, LegacyInfo, Revocation, UsageCounters};
+use apikey::{KeyStoreLifecycle, LimitedInsert, UsageDelta};
+use apikey::{StoreError, StoreErrorKind};
 
 /// A fixed "now" used by the suite: 2030-01-01T00:00:00Z.
 pub fn suite_now() -> OffsetDateTime {
@@ -58,31 +58,21 @@ pub fn unique_owner() -> String {
 pub fn sample_record(owner: Option<&str>) -> KeyRecord {
     let mut digest = [0u8; 32];
     OsRng.fill_bytes(&mut digest);
-    KeyRecord {
-        schema_version: SCHEMA_VERSION,
-        id: KeyId::from_u64(OsRng.next_u64()),
-        prefix: Prefix::new("sk_test_").unwrap_or_else(|e| panic!("built-in prefix: {e}")),
-        environment: Environment::Test,
-        owner: owner.map(str::to_owned),
-        name: "conformance".into(),
-        description: Some("written by apikey::store::conformance".into()),
-        secret_version: 1,
-        digest: KeyDigest::from_bytes(digest),
-        scopes: ScopeSet::parse(["read", "tasks:*"]).unwrap_or_else(|e| panic!("scopes: {e}")),
-        created_at: suite_now() - Duration::days(1),
-        expires_at: None,
-        not_before: None,
-        status: KeyStatus::Active,
-        revocation: None,
-        last_used_at: None,
-        metadata: [("suite".to_owned(), "conformance".to_owned())].into(),
-        rotated_from: None,
-        rotated_to: None,
-        revision: 0,
-        ip_allowlist: Vec::new(),
-        usage: UsageCounters::default(),
-        legacy: None,
-    }
+    KeyRecord::builder(
+        KeyId::from_u64(OsRng.next_u64()),
+        Prefix::new("sk_test_").unwrap_or_else(|e| panic!("built-in prefix: {e}")),
+        Environment::Test,
+        1,
+        KeyDigest::from_bytes(digest),
+        suite_now() - Duration::days(1),
+    )
+    .owner(owner.map(str::to_owned))
+    .name("conformance")
+    .description(Some("written by apikey_testkit::conformance".into()))
+    .scopes(ScopeSet::parse(["read", "tasks:*"]).unwrap_or_else(|e| panic!("scopes: {e}")))
+    .metadata([("suite".to_owned(), "conformance".to_owned())].into())
+    .build()
+    .unwrap_or_else(|e| panic!("sample record: {e}"))
 }
 
 fn revocation(reason: &str) -> Revocation {

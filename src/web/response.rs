@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use apikey::Error;
-//! use apikey::response::ErrorResponse;
+//! use apikey::web::ErrorResponse;
 //!
 //! let r = ErrorResponse::from_error(&Error::InvalidApiKey);
 //! assert_eq!(r.status, 401);
@@ -64,7 +64,7 @@ impl ErrorResponse {
     ///
     /// ```
     /// use apikey::Error;
-    /// use apikey::response::ErrorResponse;
+    /// use apikey::web::ErrorResponse;
     /// let r = ErrorResponse::from_error_in_realm(&Error::MissingApiKey, "tasks");
     /// assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="tasks""#));
     /// ```
@@ -132,8 +132,8 @@ impl ErrorResponse {
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(apikey::response::retry_after_secs(Duration::from_millis(1)), 1);
-/// assert_eq!(apikey::response::retry_after_secs(Duration::from_millis(2001)), 3);
+/// assert_eq!(apikey::web::retry_after_secs(Duration::from_millis(1)), 1);
+/// assert_eq!(apikey::web::retry_after_secs(Duration::from_millis(2001)), 3);
 /// ```
 pub fn retry_after_secs(wait: Duration) -> u64 {
     ceil_secs(wait).max(1)
@@ -145,12 +145,12 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::ratelimit::{RateLimitInfo, RateWindow};
+/// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
 /// use time::macros::datetime;
 ///
 /// let info = RateLimitInfo { window: RateWindow::Hour, limit: 10_000, remaining: 9_847,
 ///     reset_after: Duration::from_secs(30) };
-/// let h = apikey::response::rate_limit_headers(&info, datetime!(2021-10-14 17:56:07 UTC));
+/// let h = apikey::web::rate_limit_headers(&info, datetime!(2021-10-14 17:56:07 UTC));
 /// assert_eq!(h[0], ("x-ratelimit-limit", "10000".to_owned()));
 /// assert_eq!(h[1], ("x-ratelimit-remaining", "9847".to_owned()));
 /// assert_eq!(h[2], ("x-ratelimit-reset", "1634234197".to_owned()));

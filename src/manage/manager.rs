@@ -497,7 +497,7 @@ impl<S: KeyStoreLifecycle, C: Clock> KeyManager<S, C> {
     }
 
     /// How often usage is flushed to the store from the verify path.
-    /// Defaults to 60 seconds (see [`usage`](crate::usage) for the bound).
+    /// Defaults to 60 seconds (see [`UsageRecorder`](crate::UsageRecorder) for the bound).
     pub fn usage_flush_interval(mut self, interval: Duration) -> Self {
         self.usage = UsageRecorder::new(interval);
         self

@@ -23,9 +23,9 @@
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use apikey::*;
-//! use apikey::middleware::ApiKeyLayer;
-//! use apikey::gate::{Gate, QuotaTable, Route};
-//! use apikey::ratelimit::Quota;
+//! use apikey::web::ApiKeyLayer;
+//! use apikey::web::{Gate, QuotaTable, Route};
+//! use apikey::limits::ratelimit::Quota;
 //!
 //! async fn list_tasks(key: VerifiedKey) -> String {
 //!     format!("tasks of {}", key.owner().unwrap_or("nobody"))

@@ -24,7 +24,7 @@
 //! # Example
 //!
 //! ```
-//! use apikey::credits::{CreditLedger, CreditScope};
+//! use apikey::limits::credits::{CreditLedger, CreditScope};
 //!
 //! let ledger = CreditLedger::new();
 //! ledger.set_key_credits(1, 2, None);
@@ -38,7 +38,7 @@
 //! assert_eq!(err.scope, CreditScope::Key);
 //! // Nothing was spent by the refused request.
 //! assert_eq!(ledger.owner_credits("acme", "rest").map(|s| s.remaining), Some(9_999));
-//! # Ok::<(), apikey::credits::CreditsExhausted>(())
+//! # Ok::<(), apikey::limits::credits::CreditsExhausted>(())
 //! ```
 
 use std::collections::HashMap;
@@ -74,7 +74,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::credits::RefillPolicy;
+/// use apikey::limits::credits::RefillPolicy;
 ///
 /// let daily = RefillPolicy::new(1_000, Duration::from_secs(86_400)).expect("non-zero period");
 /// assert_eq!(daily.amount(), 1_000);
@@ -94,7 +94,7 @@ impl RefillPolicy {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let p = apikey::credits::RefillPolicy::new(5, Duration::from_secs(60));
+    /// let p = apikey::limits::credits::RefillPolicy::new(5, Duration::from_secs(60));
     /// assert!(p.is_some());
     /// ```
     #[must_use]
@@ -112,7 +112,7 @@ impl RefillPolicy {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let p = apikey::credits::RefillPolicy::new(5, Duration::from_secs(1));
+    /// let p = apikey::limits::credits::RefillPolicy::new(5, Duration::from_secs(1));
     /// assert_eq!(p.map(|p| p.amount()), Some(5));
     /// ```
     #[must_use]
@@ -126,7 +126,7 @@ impl RefillPolicy {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let p = apikey::credits::RefillPolicy::new(5, Duration::from_secs(1));
+    /// let p = apikey::limits::credits::RefillPolicy::new(5, Duration::from_secs(1));
     /// assert_eq!(p.map(|p| p.period()), Some(Duration::from_secs(1)));
     /// ```
     #[must_use]
@@ -145,7 +145,7 @@ impl RefillPolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::credits::{Balance, RefillPolicy};
+/// use apikey::limits::credits::{Balance, RefillPolicy};
 ///
 /// let refill = RefillPolicy::new(10, Duration::from_secs(60));
 /// let b = Balance { remaining: 0, refill, refilled_at: Duration::ZERO };
@@ -172,7 +172,7 @@ impl Balance {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::credits::{Balance, RefillPolicy};
+    /// use apikey::limits::credits::{Balance, RefillPolicy};
     ///
     /// let b = Balance {
     ///     remaining: 3,
@@ -211,7 +211,7 @@ impl Balance {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::credits::{Balance, RefillPolicy};
+    /// use apikey::limits::credits::{Balance, RefillPolicy};
     ///
     /// let b = Balance {
     ///     remaining: 0,
@@ -239,7 +239,7 @@ impl Balance {
 /// # Example
 ///
 /// ```
-/// use apikey::credits::Balances;
+/// use apikey::limits::credits::Balances;
 /// let b = Balances::default();
 /// assert!(b.key.is_none() && b.owner.is_none());
 /// ```
@@ -256,7 +256,7 @@ pub struct Balances {
 /// # Example
 ///
 /// ```
-/// use apikey::credits::OwnerApi;
+/// use apikey::limits::credits::OwnerApi;
 /// let at = OwnerApi { owner: "acme", api: "batch" };
 /// assert_eq!(at.api, "batch");
 /// ```
@@ -303,7 +303,7 @@ pub struct OwnerApi<'a> {
 /// # Example
 ///
 /// ```
-/// use apikey::credits::{Balance, Balances, CreditStore, InMemoryCreditStore, OwnerApi};
+/// use apikey::limits::credits::{Balance, Balances, CreditStore, InMemoryCreditStore, OwnerApi};
 /// use std::time::Duration;
 ///
 /// let store = InMemoryCreditStore::new();
@@ -329,7 +329,7 @@ pub trait CreditStore: Send + Sync {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::{CreditStore, InMemoryCreditStore};
+    /// use apikey::limits::credits::{CreditStore, InMemoryCreditStore};
     /// let store = InMemoryCreditStore::new();
     /// let seen = store.transact(Some(9), None, |b| Ok::<_, ()>((b.key, b)));
     /// assert_eq!(seen, Ok(Ok(None)));
@@ -433,8 +433,8 @@ struct OwnerShard(Mutex<OwnerMap>);
 /// # Example
 ///
 /// ```
-/// use apikey::credits::{CreditLedger, InMemoryCreditStore};
-/// use apikey::ratelimit::StdMonotonicClock;
+/// use apikey::limits::credits::{CreditLedger, InMemoryCreditStore};
+/// use apikey::limits::ratelimit::StdMonotonicClock;
 ///
 /// let ledger = CreditLedger::with_store_and_clock(InMemoryCreditStore::new(), StdMonotonicClock::new());
 /// ledger.set_key_credits(1, 10, None);
@@ -459,7 +459,7 @@ impl InMemoryCreditStore {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::credits::InMemoryCreditStore::new().key_count(), 0);
+    /// assert_eq!(apikey::limits::credits::InMemoryCreditStore::new().key_count(), 0);
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -485,7 +485,7 @@ impl InMemoryCreditStore {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::credits::InMemoryCreditStore::default().key_count(), 0);
+    /// assert_eq!(apikey::limits::credits::InMemoryCreditStore::default().key_count(), 0);
     /// ```
     #[must_use]
     pub fn key_count(&self) -> usize {
@@ -497,7 +497,7 @@ impl InMemoryCreditStore {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::credits::InMemoryCreditStore::new().owner_count(), 0);
+    /// assert_eq!(apikey::limits::credits::InMemoryCreditStore::new().owner_count(), 0);
     /// ```
     #[must_use]
     pub fn owner_count(&self) -> usize {
@@ -583,7 +583,7 @@ impl CreditStore for InMemoryCreditStore {
 /// # Example
 ///
 /// ```
-/// use apikey::credits::{CreditLedger, CreditScope};
+/// use apikey::limits::credits::{CreditLedger, CreditScope};
 /// let ledger = CreditLedger::new();
 /// ledger.set_owner_credits("acme", "rest", 0, None);
 /// let err = ledger.spend(1, Some("acme"), "rest", 1).unwrap_err();
@@ -604,7 +604,7 @@ pub enum CreditScope {
 /// # Example
 ///
 /// ```
-/// use apikey::credits::{CreditLedger, CreditScope};
+/// use apikey::limits::credits::{CreditLedger, CreditScope};
 /// let ledger = CreditLedger::new();
 /// ledger.set_key_credits(1, 2, None);
 /// let err = ledger.spend(1, None, "rest", 3).unwrap_err();
@@ -645,11 +645,11 @@ impl std::error::Error for CreditsExhausted {}
 /// # Example
 ///
 /// ```
-/// use apikey::credits::CreditLedger;
+/// use apikey::limits::credits::CreditLedger;
 /// let ledger = CreditLedger::new();
 /// let r = ledger.spend(1, None, "rest", 1)?;
 /// assert_eq!((r.key_remaining, r.owner_remaining), (None, None));
-/// # Ok::<(), apikey::credits::CreditsExhausted>(())
+/// # Ok::<(), apikey::limits::credits::CreditsExhausted>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SpendReceipt {
@@ -666,7 +666,7 @@ pub struct SpendReceipt {
 /// # Example
 ///
 /// ```
-/// use apikey::credits::CreditLedger;
+/// use apikey::limits::credits::CreditLedger;
 /// let ledger = CreditLedger::new();
 /// ledger.set_key_credits(1, 7, None);
 /// let status = ledger.key_credits(1).expect("configured");
@@ -709,8 +709,8 @@ impl CreditStatus {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use apikey::credits::{CreditLedger, RefillPolicy};
-/// use apikey::ratelimit::FakeMonotonicClock;
+/// use apikey::limits::credits::{CreditLedger, RefillPolicy};
+/// use apikey::limits::ratelimit::FakeMonotonicClock;
 ///
 /// let clock = Arc::new(FakeMonotonicClock::new());
 /// let ledger = CreditLedger::with_clock(Arc::clone(&clock));
@@ -733,7 +733,7 @@ impl CreditLedger {
     /// # Example
     ///
     /// ```
-    /// let ledger = apikey::credits::CreditLedger::new();
+    /// let ledger = apikey::limits::credits::CreditLedger::new();
     /// assert_eq!(ledger.key_credits(1), None);
     /// ```
     #[must_use]
@@ -748,8 +748,8 @@ impl<C: MonotonicClock> CreditLedger<InMemoryCreditStore, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
-    /// use apikey::ratelimit::FakeMonotonicClock;
+    /// use apikey::limits::credits::CreditLedger;
+    /// use apikey::limits::ratelimit::FakeMonotonicClock;
     /// let ledger = CreditLedger::with_clock(FakeMonotonicClock::new());
     /// # let _ = ledger;
     /// ```
@@ -811,8 +811,8 @@ impl<S, C: MonotonicClock> CreditLedger<S, C> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use apikey::credits::{CreditLedger, InMemoryCreditStore};
-    /// use apikey::ratelimit::StdMonotonicClock;
+    /// use apikey::limits::credits::{CreditLedger, InMemoryCreditStore};
+    /// use apikey::limits::ratelimit::StdMonotonicClock;
     /// let store = Arc::new(InMemoryCreditStore::new());
     /// let ledger = CreditLedger::with_store_and_clock(Arc::clone(&store), StdMonotonicClock::new());
     /// # let _ = ledger;
@@ -827,7 +827,7 @@ impl<S, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// assert_eq!(apikey::credits::CreditLedger::new().store().owner_count(), 0);
+    /// assert_eq!(apikey::limits::credits::CreditLedger::new().store().owner_count(), 0);
     /// ```
     #[must_use]
     pub const fn store(&self) -> &S {
@@ -839,8 +839,8 @@ impl<S, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
-    /// use apikey::ratelimit::{FakeMonotonicClock, MonotonicClock};
+    /// use apikey::limits::credits::CreditLedger;
+    /// use apikey::limits::ratelimit::{FakeMonotonicClock, MonotonicClock};
     /// let ledger = CreditLedger::with_clock(FakeMonotonicClock::new());
     /// assert_eq!(ledger.clock().now(), std::time::Duration::ZERO);
     /// ```
@@ -868,7 +868,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// ledger.try_set_key_credits(1, 10, None).unwrap_or_else(|e| match e {});
     /// ```
@@ -902,7 +902,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// assert_eq!(ledger.try_remove_key_credits(1).unwrap_or_else(|e| match e {}), false);
     /// ```
@@ -923,7 +923,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// assert_eq!(ledger.try_key_credits(1).unwrap_or_else(|e| match e {}), None);
     /// ```
@@ -944,7 +944,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// ledger.try_set_owner_credits("acme", "batch", 10_000, None).unwrap_or_else(|e| match e {});
     /// ```
@@ -979,7 +979,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// let removed = ledger.try_remove_owner_credits("acme", "rest").unwrap_or_else(|e| match e {});
     /// assert!(!removed);
@@ -1002,7 +1002,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// assert_eq!(ledger.try_owner_credits("acme", "rest").unwrap_or_else(|e| match e {}), None);
     /// ```
@@ -1031,7 +1031,7 @@ impl<S: CreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// let ledger = CreditLedger::new();
     /// ledger.set_key_credits(1, 1, None);
     /// let outcome = ledger.try_spend(1, None, "rest", 1).unwrap_or_else(|e| match e {});
@@ -1063,7 +1063,7 @@ impl<S: AsyncCreditStore, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::CreditLedger;
+    /// use apikey::limits::credits::CreditLedger;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let ledger = CreditLedger::new();
@@ -1094,7 +1094,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use apikey::credits::{CreditLedger, RefillPolicy};
+    /// use apikey::limits::credits::{CreditLedger, RefillPolicy};
     /// let ledger = CreditLedger::new();
     /// ledger.set_key_credits(1, 100, RefillPolicy::new(100, Duration::from_secs(86_400)));
     /// assert_eq!(ledger.key_credits(1).map(|s| s.remaining), Some(100));
@@ -1108,7 +1108,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// let ledger = apikey::credits::CreditLedger::new();
+    /// let ledger = apikey::limits::credits::CreditLedger::new();
     /// ledger.set_key_credits(1, 1, None);
     /// assert!(ledger.remove_key_credits(1));
     /// assert_eq!(ledger.key_credits(1), None);
@@ -1122,7 +1122,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// let ledger = apikey::credits::CreditLedger::new();
+    /// let ledger = apikey::limits::credits::CreditLedger::new();
     /// ledger.set_key_credits(1, 3, None);
     /// assert_eq!(ledger.key_credits(1).map(|s| s.remaining), Some(3));
     /// ```
@@ -1136,7 +1136,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// let ledger = apikey::credits::CreditLedger::new();
+    /// let ledger = apikey::limits::credits::CreditLedger::new();
     /// ledger.set_owner_credits("acme", "rest", 10_000, None);
     /// ledger.set_owner_credits("acme", "batch", 10_000, None);
     /// assert_eq!(ledger.owner_credits("acme", "batch").map(|s| s.remaining), Some(10_000));
@@ -1156,7 +1156,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// let ledger = apikey::credits::CreditLedger::new();
+    /// let ledger = apikey::limits::credits::CreditLedger::new();
     /// ledger.set_owner_credits("acme", "rest", 1, None);
     /// assert!(ledger.remove_owner_credits("acme", "rest"));
     /// ```
@@ -1169,7 +1169,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// let ledger = apikey::credits::CreditLedger::new();
+    /// let ledger = apikey::limits::credits::CreditLedger::new();
     /// assert_eq!(ledger.owner_credits("acme", "rest"), None);
     /// ```
     #[must_use]
@@ -1188,7 +1188,7 @@ impl<S: CreditStore<Error = Infallible>, C: MonotonicClock> CreditLedger<S, C> {
     /// # Example
     ///
     /// ```
-    /// use apikey::credits::{CreditLedger, CreditScope};
+    /// use apikey::limits::credits::{CreditLedger, CreditScope};
     /// let ledger = CreditLedger::new();
     /// ledger.set_key_credits(1, 5, None);
     /// ledger.set_owner_credits("acme", "rest", 1, None);

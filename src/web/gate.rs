@@ -29,8 +29,8 @@
 //!
 //! ```
 //! use std::net::IpAddr;
-//! use apikey::gate::{Decision, Gate, QuotaTable, Route};
-//! use apikey::ratelimit::Quota;
+//! use apikey::web::{Decision, Gate, QuotaTable, Route};
+//! use apikey::limits::ratelimit::Quota;
 //! use apikey::*;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -69,8 +69,8 @@
 //! [`Gate::charge_blocking`] (rate limit and credits).
 //!
 //! ```
-//! use apikey::extract::Extracted;
-//! use apikey::gate::{Decision, Gate, Route};
+//! use apikey::web::Extracted;
+//! use apikey::web::{Decision, Gate, Route};
 //! use apikey::*;
 //!
 //! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
@@ -128,7 +128,7 @@ use crate::verifier::VerifiedKey;
 ///
 /// ```
 /// use apikey::Requirement;
-/// use apikey::gate::Route;
+/// use apikey::web::Route;
 /// let generate = Route::new(Requirement::scope("generate")?).cost(5);
 /// assert_eq!(generate.credit_cost(), 5);
 /// # Ok::<(), apikey::Error>(())
@@ -175,8 +175,8 @@ impl Route {
 /// by a metadata entry of the key's record (`plan` by default).
 ///
 /// ```
-/// use apikey::gate::QuotaTable;
-/// use apikey::ratelimit::Quota;
+/// use apikey::web::QuotaTable;
+/// use apikey::limits::ratelimit::Quota;
 /// let table = QuotaTable::fixed(Quota::FREE)
 ///     .plan("professional", Quota::PROFESSIONAL)
 ///     .plan("enterprise", Quota::unlimited());
@@ -470,7 +470,7 @@ where
         self.throttle.as_ref()
     }
 
-    /// Runs the whole pipeline (see the [module docs](self)).
+    /// Runs the whole pipeline (see the [`web`](crate::web) module docs).
     ///
     /// `headers` as for [`Extractor::extract`]; `query` is the raw query
     /// string; `client` the peer address (for the failure throttle).

@@ -22,7 +22,8 @@
 //!   flush). Each method states its semantics; each fits one SQL transaction
 //!   or one Redis script.
 //!
-//! Implementors run the public [`conformance`] suite against their store.
+//! Implementors run the public conformance suite of the `apikey-testkit`
+//! crate against their store.
 //!
 //! # Revisions and usage fields
 //!
@@ -62,12 +63,16 @@ use crate::digest::KeyDigest;
 use crate::error::StoreError;
 use crate::key::KeyId;
 use crate::prefix::Prefix;
-use crate::record::{KeyRecord, KeyView, Revocation};
 
-pub mod conformance;
+mod builder;
 mod memory;
+pub(crate) mod record;
 
+pub use builder::KeyRecordBuilder;
 pub use memory::MemoryStore;
+pub use record::{
+    KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
+};
 
 /// Read access to stored keys.
 pub trait KeyStore: Send + Sync {

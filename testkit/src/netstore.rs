@@ -20,14 +20,14 @@ use apikey::{
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tables {
     rows: HashMap<KeyId, KeyRecord>,
     legacy: HashMap<[u8; 32], KeyId>,
 }
 
 /// See the module docs.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct NetStore {
     tables: Mutex<Tables>,
     failing: AtomicBool,
@@ -41,6 +41,7 @@ fn err(kind: StoreErrorKind) -> StoreError {
 }
 
 impl NetStore {
+    /// A store whose every call waits `latency` first.
     pub fn new(latency: Duration) -> Arc<Self> {
         let s = Self::default();
         s.latency_us

@@ -27,7 +27,7 @@
 //!
 //! ```
 //! use apikey::PrefixRegistry;
-//! use apikey::extract::{Extracted, Extractor, Scheme};
+//! use apikey::web::{Extracted, Extractor, Scheme};
 //!
 //! let extractor = Extractor::new(PrefixRegistry::with_builtins());
 //! let headers = [("Content-Type", "application/json"), ("x-api-key", "kwi_sk_0000")];
@@ -75,7 +75,7 @@ impl Scheme {
     /// A short, stable, lowercase label (for metrics and deprecation logs).
     ///
     /// ```
-    /// assert_eq!(apikey::extract::Scheme::Bearer.as_str(), "bearer");
+    /// assert_eq!(apikey::web::Scheme::Bearer.as_str(), "bearer");
     /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -150,7 +150,7 @@ pub enum Extracted<'a> {
 ///
 /// ```
 /// use apikey::PrefixRegistry;
-/// use apikey::extract::{Extractor, Scheme};
+/// use apikey::web::{Extractor, Scheme};
 ///
 /// // Only the Bearer scheme, a 128-byte limit, and `?api_key=` allowed.
 /// let extractor = Extractor::new(PrefixRegistry::with_builtins())
@@ -248,7 +248,7 @@ impl Extractor {
     /// `(&[u8], &[u8])`.
     ///
     /// # Errors
-    /// See the [module docs](self).
+    /// See the [`web`](crate::web) module docs.
     pub fn extract<'a, I, N, V>(&self, headers: I) -> Result<Extracted<'a>>
     where
         I: IntoIterator<Item = (N, &'a V)>,
@@ -262,7 +262,7 @@ impl Extractor {
     ///
     /// ```
     /// use apikey::PrefixRegistry;
-    /// use apikey::extract::Extractor;
+    /// use apikey::web::Extractor;
     ///
     /// let no_headers: [(&str, &str); 0] = [];
     /// let refused = Extractor::new(PrefixRegistry::with_builtins());
@@ -271,7 +271,7 @@ impl Extractor {
     /// ```
     ///
     /// # Errors
-    /// See the [module docs](self).
+    /// See the [`web`](crate::web) module docs.
     pub fn extract_with_query<'a, I, N, V>(
         &self,
         headers: I,
@@ -314,7 +314,7 @@ impl Extractor {
     ///
     /// ```
     /// use apikey::PrefixRegistry;
-    /// use apikey::extract::{Extracted, Extractor, Scheme};
+    /// use apikey::web::{Extracted, Extractor, Scheme};
     ///
     /// let mut headers = http::HeaderMap::new();
     /// headers.insert("authorization", "Bearer sk_live_abc".parse().unwrap());
@@ -325,7 +325,7 @@ impl Extractor {
     /// ```
     ///
     /// # Errors
-    /// See the [module docs](self).
+    /// See the [`web`](crate::web) module docs.
     #[cfg(feature = "http")]
     pub fn extract_header_map<'a>(
         &self,

@@ -1,0 +1,15 @@
+//! Management: the [`KeyManager`] lifecycle (create, update, rotate,
+//! revoke, import), usage counting and the audit trail.
+
+pub(crate) mod audit;
+pub(crate) mod manager;
+pub(crate) mod usage;
+
+#[cfg(feature = "tracing")]
+pub use audit::TracingSink;
+pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
+pub use manager::{
+    ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, MAX_LEGACY_KEY_LEN,
+    MAX_LEGACY_PREFIX_LEN, Rotation,
+};
+pub use usage::UsageRecorder;

@@ -1,0 +1,13 @@
+//! Verification: the pure, synchronous [`Verifier`] and the async
+//! [`Authenticator`] pipeline around a store, with the rules they check
+//! (scopes, IP allowlists).
+
+pub(crate) mod authenticator;
+pub(crate) mod ipnet;
+pub(crate) mod scope;
+pub(crate) mod verifier;
+
+pub use authenticator::Authenticator;
+pub use ipnet::{IpNet, ip_allowed};
+pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
+pub use verifier::{VerifiedKey, Verifier};

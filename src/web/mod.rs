@@ -1,0 +1,15 @@
+//! The web edge: reading a key from a request, the [`Gate`] that runs
+//! authentication and limits, JSON error responses, and (feature `axum`) a
+//! tower layer with axum extractors.
+
+pub(crate) mod extract;
+pub(crate) mod gate;
+#[cfg(feature = "axum")]
+pub(crate) mod layer;
+pub(crate) mod response;
+
+pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme};
+pub use gate::{Admitted, Decision, Gate, QuotaTable, Rejection, Route};
+#[cfg(feature = "axum")]
+pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};
+pub use response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};

@@ -1,0 +1,8 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![allow(clippy::missing_errors_doc)]
+
+pub mod conformance;
+pub mod failing;
+pub mod fuzzing;
+pub mod netstore;
