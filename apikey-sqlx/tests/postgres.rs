@@ -5,8 +5,8 @@
 
 mod common;
 
-use apikey_testkit::conformance;
 use apikey_sqlx::{PostgresStore, StoreOptions};
+use apikey_testkit::conformance;
 
 async fn store(test: &str) -> Option<PostgresStore> {
     let url = common::shared(test)?;

@@ -14,6 +14,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod crash;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
