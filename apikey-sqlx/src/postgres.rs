@@ -120,8 +120,10 @@ impl PostgresStore {
         check_ident(&options.table_prefix, "table prefix", 32)?;
         if let Some(s) = &options.schema {
             check_ident(s, "schema", 63)?;
-            if s.is_empty() {
-                return Err(MigrateError::InvalidName("empty schema".into()));
+            if s.is_empty() || s.starts_with("pg_") {
+                return Err(MigrateError::InvalidName(
+                    "a schema name is not empty and does not start with `pg_`".into(),
+                ));
             }
         }
         Ok(Self::build(pool, options))
