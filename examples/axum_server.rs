@@ -202,7 +202,6 @@ where
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on http://{}", listener.local_addr()?);
     let port = listener.local_addr()?.port();
     for (name, key) in &issued {
         println!("{name} key, shown once: {}", key.expose_secret());
@@ -213,6 +212,7 @@ where
             key.expose_secret()
         );
     }
+    println!("listening on http://{}", listener.local_addr()?);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
