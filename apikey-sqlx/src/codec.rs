@@ -154,10 +154,11 @@ impl Row {
             .map(|s| s.parse::<IpNet>())
             .collect::<Result<_, _>>()
             .map_err(|_| corrupt("ip_allowlist"))?;
-        let mut usage = UsageCounters::default();
-        usage.day = self.usage_day;
-        usage.day_count = count(self.usage_day_count, "usage_day_count")?;
-        usage.month_count = count(self.usage_month_count, "usage_month_count")?;
+        let usage = UsageCounters {
+            day: self.usage_day,
+            day_count: count(self.usage_day_count, "usage_day_count")?,
+            month_count: count(self.usage_month_count, "usage_month_count")?,
+        };
         let legacy = match (
             self.legacy_prefix,
             self.legacy_index,
@@ -326,10 +327,11 @@ mod tests {
                 seq.apply(d.day, d.count);
             }
             let f = fold_usage(&batch)[0];
-            let mut folded = UsageCounters::default();
-            folded.day = Some(f.day);
-            folded.day_count = f.day_count as u64;
-            folded.month_count = f.month_count as u64;
+            let folded = UsageCounters {
+                day: Some(f.day),
+                day_count: f.day_count as u64,
+                month_count: f.month_count as u64,
+            };
             assert_eq!(seq, folded, "{batch:?}");
         }
     }
