@@ -481,14 +481,14 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
     let auth = Authenticator::with_clock(f.verifier.clone(), store, clock);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_noop_poll", |b| {
-        b.iter(|| poll_ready(auth.authenticate(black_box(next()), &req)))
+        b.iter(|| poll_ready(auth.authenticate(black_box(next()), &req, None)))
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_tokio_block_on", |b| {
-        b.iter(|| rt.block_on(auth.authenticate(black_box(next()), &req)))
+        b.iter(|| rt.block_on(auth.authenticate(black_box(next()), &req, None)))
     });
     // The store trait's future alone.
     let id = v.parse(&f.valid[0]).unwrap().id();

@@ -15,7 +15,7 @@ pub mod web;
 
 // Crate-internal short paths to the modules inside the folders.
 pub(crate) use key::{base62, digest, prefix, secret};
-pub(crate) use limits::{credits, ratelimit};
+
 pub(crate) use manage::{audit, usage};
 pub(crate) use store::record;
 pub(crate) use verify::{authenticator, ipnet, scope, verifier};
@@ -30,18 +30,23 @@ pub mod __private;
 pub use manage::TracingSink;
 pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
+pub use clock::{
+    Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, Timestamp, check_time, in_time_range,
+};
+pub use error::{Challenge, Error, ErrorCode, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
     ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, Keyring, MAX_KEY_LEN,
     MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, ParsedKey, Prefix, PrefixEntry, PrefixRegistry,
     ServerSecret, key_display_form,
 };
-pub use manage::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation, UsageRecorder};
+pub use manage::{
+    DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation,
+    UsageRecorder,
+};
 pub use store::{
-    KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, MemoryStore, NewKey, Revocation,
-    SCHEMA_VERSION, UsageCounters, UsageDelta,
+    FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore,
+    NewKey, Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
     Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,

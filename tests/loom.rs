@@ -20,7 +20,7 @@
 
 use apikey::{
     Error, KeyRecord, KeyStatus, Keyring, MemoryStore, NewKey, Requirement, Revocation,
-    ServerSecret, UsageDelta, Verifier,
+    ServerSecret, UsageBatch, UsageDelta, Verifier,
 };
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +52,7 @@ fn fixture() -> (Verifier, String, KeyRecord) {
 fn code(r: &Result<apikey::VerifiedKey, Error>) -> &'static str {
     match r {
         Ok(_) => "OK",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     }
 }
 
@@ -122,7 +122,12 @@ fn model(write: Write, readers: usize, flush: bool) {
         let flusher = flush.then(|| {
             let (store, id) = (Arc::clone(&store), record.id);
             thread::spawn(move || {
-                store.record_usage_sync(&[UsageDelta::new(id, NOW.date(), 1, NOW)]);
+                store.record_usage_sync(&UsageBatch::new(vec![UsageDelta::new(
+                    id,
+                    NOW.date(),
+                    1,
+                    NOW,
+                )]));
             })
         });
 

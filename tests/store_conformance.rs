@@ -78,11 +78,8 @@ async fn suite_catches_a_store_that_ignores_the_limit() {
         async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
             self.0.fetch(id).await
         }
-        async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-            self.0.get(id).await
-        }
-        async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-            self.0.list_by_owner(owner).await
+        async fn find_legacy(&self, i: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+            self.0.find_legacy(i).await
         }
     }
     impl KeyStoreWrite for NoLimit {
@@ -97,15 +94,18 @@ async fn suite_catches_a_store_that_ignores_the_limit() {
         }
     }
     impl KeyStoreQuery for NoLimit {
+        async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+            self.0.list_by_owner(owner).await
+        }
         async fn list_expiring(
             &self,
             o: Option<&str>,
             w: Range<OffsetDateTime>,
         ) -> Result<Vec<KeyRecord>, StoreError> {
             self.0.list_expiring(o, w).await
-        }
-        async fn find_legacy(&self, i: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-            self.0.find_legacy(i).await
         }
     }
     impl KeyStoreLifecycle for NoLimit {
@@ -119,6 +119,15 @@ async fn suite_catches_a_store_that_ignores_the_limit() {
         }
         async fn update_if(&self, r: KeyRecord, e: u64) -> Result<KeyRecord, StoreError> {
             self.0.update_if(r, e).await
+        }
+        async fn update_limited(
+            &self,
+            r: KeyRecord,
+            e: u64,
+            _max: u32,
+            _now: OffsetDateTime,
+        ) -> Result<LimitedUpdate, StoreError> {
+            self.0.update_if(r, e).await.map(LimitedUpdate::Updated)
         }
         async fn rotate(
             &self,
@@ -139,9 +148,65 @@ async fn suite_catches_a_store_that_ignores_the_limit() {
         ) -> Result<Vec<KeyId>, StoreError> {
             self.0.revoke_matching(p, c, r).await
         }
-        async fn record_usage(&self, b: &[UsageDelta]) -> Result<(), StoreError> {
+    }
+    impl UsageStore for NoLimit {
+        async fn record_usage(&self, b: &UsageBatch) -> Result<FlushOutcome, StoreError> {
             self.0.record_usage(b).await
         }
     }
     conformance::run_all(&NoLimit(MemoryStore::new())).await;
+}
+
+/// The read-only part: a store with only `fetch` and `find_legacy` (here a
+/// read-only view over a `MemoryStore` that something else loaded).
+#[tokio::test]
+async fn read_only_store_passes_its_part() {
+    use apikey::{KeyDigest, KeyId, KeyRecord, KeyStore, KeyView, StoreError};
+
+    struct ReadOnly(MemoryStore);
+    impl KeyStore for ReadOnly {
+        async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+            self.0.fetch(id).await
+        }
+        async fn find_legacy(&self, i: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+            self.0.find_legacy(i).await
+        }
+    }
+    let records = conformance::read_sample();
+    let backing = MemoryStore::new();
+    for r in &records {
+        backing.insert_sync(r.clone()).unwrap();
+    }
+    conformance::check_reads(&ReadOnly(backing), &records, true).await;
+}
+
+/// The read-only part must be able to fail: a store that loses a field.
+#[tokio::test]
+#[should_panic(expected = "exact view")]
+async fn read_part_catches_a_store_that_drops_scopes() {
+    use apikey::{KeyId, KeyStore, KeyView, ScopeSet, StoreError};
+
+    struct Lossy(MemoryStore);
+    impl KeyStore for Lossy {
+        async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+            Ok(self.0.get_sync(id).map(|r| {
+                let r = r
+                    .to_builder()
+                    .scopes(ScopeSet::default())
+                    .build_unvalidated();
+                Arc::new(KeyView::from_record(&r))
+            }))
+        }
+    }
+    let records = conformance::read_sample();
+    let backing = MemoryStore::new();
+    for r in &records {
+        backing.insert_sync(r.clone()).unwrap();
+    }
+    conformance::check_reads(&Lossy(backing), &records, false).await;
+}
+
+#[tokio::test]
+async fn memory_store_usage_replay_is_applied_once() {
+    conformance::run_usage(&MemoryStore::new()).await;
 }

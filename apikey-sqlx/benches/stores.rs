@@ -61,18 +61,20 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn figures<S>(name: &str, store: Arc<S>, keys: &[ApiKey], filler: &[apikey::KeyId])
 where
-    S: KeyStoreLifecycle + 'static,
+    S: KeyStoreLifecycle + apikey::UsageStore + 'static,
 {
     let auth = Arc::new(Authenticator::new(verifier(), Arc::clone(&store)));
     let secrets: Arc<Vec<String>> =
         Arc::new(keys.iter().map(|k| k.expose_secret().to_owned()).collect());
     for s in secrets.iter().take(20) {
-        auth.authenticate(s, &Requirement::none()).await.unwrap();
+        auth.authenticate(s, &Requirement::none(), None)
+            .await
+            .unwrap();
     }
     let mut lat = Vec::with_capacity(5000);
     for i in 0..5000 {
         let t = Instant::now();
-        auth.authenticate(&secrets[i % secrets.len()], &Requirement::none())
+        auth.authenticate(&secrets[i % secrets.len()], &Requirement::none(), None)
             .await
             .unwrap();
         lat.push(t.elapsed());
@@ -85,9 +87,13 @@ where
             let (auth, secrets) = (Arc::clone(&auth), Arc::clone(&secrets));
             tokio::spawn(async move {
                 for i in 0..1000 {
-                    auth.authenticate(&secrets[(i + w) % secrets.len()], &Requirement::none())
-                        .await
-                        .unwrap();
+                    auth.authenticate(
+                        &secrets[(i + w) % secrets.len()],
+                        &Requirement::none(),
+                        None,
+                    )
+                    .await
+                    .unwrap();
                 }
             })
         })
@@ -124,7 +130,10 @@ where
         .map(|id| UsageDelta::new(*id, now.date(), 3, now))
         .collect();
     let t = Instant::now();
-    store.record_usage(&batch).await.unwrap();
+    store
+        .record_usage(&apikey::UsageBatch::new(batch.clone()))
+        .await
+        .unwrap();
     let flush = t.elapsed();
     println!(
         "FIGURES {name}: verify p50 {:.1} us, p99 {:.1} us; {:.0} verifications/s (1 task), {:.0}/s (16 tasks); \
@@ -149,7 +158,7 @@ fn bench_verify<S: KeyStoreLifecycle + 'static>(
     let secret = key.expose_secret().to_owned();
     c.bench_function(&format!("verify/{name}"), |b| {
         b.to_async(rt).iter(|| async {
-            auth.authenticate(&secret, &Requirement::none())
+            auth.authenticate(&secret, &Requirement::none(), None)
                 .await
                 .unwrap()
         })

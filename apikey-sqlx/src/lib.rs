@@ -26,9 +26,9 @@
 //! * A row edited into something invalid reads as `StoreErrorKind::Corrupt`
 //!   whose source is `apikey::Error::InvalidRecord` (`INVALID_RECORD`):
 //!   never a panic, never a usable key.
-//! * Usage is exactly-once through `record_usage_once` (a flush id kept in
-//!   the same transaction); the plain `record_usage` is at-least-once when
-//!   the caller retries.
+//! * Usage is exactly-once: `UsageStore::record_usage` inserts the batch's
+//!   `FlushId` into `apikey_usage_flushes` in the same transaction as the
+//!   deltas, and a replay answers `FlushOutcome::AlreadyApplied`.
 //!
 //! The schema, the migrations and the upgrade path are in the README.
 #![forbid(unsafe_code)]

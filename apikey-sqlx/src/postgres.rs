@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apikey::{
-    KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
-    KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind, UsageDelta,
+    FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
+    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
+    StoreErrorKind, UsageBatch, UsageDelta, UsageStore,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
@@ -207,22 +208,6 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// The usage flush with a flush id, exactly once: in one transaction,
-    /// inserts `flush_id` into `apikey_usage_flushes` if absent (a replay
-    /// finds it and writes nothing) and applies the batch. Returns `false`
-    /// for a replay. Ids older than [`FLUSH_RETENTION`] are pruned.
-    ///
-    /// # Errors
-    /// [`StoreErrorKind::Unavailable`] / [`StoreErrorKind::Timeout`];
-    /// nothing is written then.
-    pub async fn record_usage_once(
-        &self,
-        flush_id: u128,
-        batch: &[UsageDelta],
-    ) -> Result<bool, StoreError> {
-        bounded(self.timeout, self.usage(Some(flush_id), batch)).await
     }
 
     async fn usage(
@@ -536,6 +521,17 @@ impl KeyStore for PostgresStore {
         Ok(r.map(|r| Arc::new(KeyView::from_record(&r))))
     }
 
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        let bytes = index.as_bytes().to_vec();
+        bounded(
+            self.timeout,
+            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
+        )
+        .await
+    }
+}
+
+impl KeyStoreQuery for PostgresStore {
     async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         bounded(
             self.timeout,
@@ -552,9 +548,7 @@ impl KeyStore for PostgresStore {
         )
         .await
     }
-}
 
-impl KeyStoreQuery for PostgresStore {
     async fn list_expiring(
         &self,
         owner: Option<&str>,
@@ -576,15 +570,6 @@ impl KeyStoreQuery for PostgresStore {
                 bounded(self.timeout, self.many(sql, move |q| q.bind(s).bind(e))).await
             }
         }
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let bytes = index.as_bytes().to_vec();
-        bounded(
-            self.timeout,
-            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
-        )
-        .await
     }
 }
 
@@ -694,6 +679,65 @@ impl KeyStoreLifecycle for PostgresStore {
         .await
     }
 
+    async fn update_limited(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        record.validate().map_err(invalid)?;
+        bounded(self.timeout, async {
+            let mut tx = self.pool.begin().await.map_err(store_error)?;
+            if let Some(owner) = &record.owner
+                && record.counts_toward_limit(now)
+            {
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(self.lock_class)
+                    .bind(owner.clone())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                let state = sqlx::query(AssertSqlSafe(self.sql.stored_state.clone()))
+                    .bind(id_to_sql(record.id))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
+                let revision: i64 = state.try_get(0).map_err(store_error)?;
+                if revision as u64 != expected {
+                    return Err(StoreError::new(StoreErrorKind::Conflict));
+                }
+                let stored_owner: Option<String> = state.try_get(1).map_err(store_error)?;
+                let status: String = state.try_get(2).map_err(store_error)?;
+                let expires: Option<OffsetDateTime> = state.try_get(3).map_err(store_error)?;
+                let rotated_to: Option<i64> = state.try_get(4).map_err(store_error)?;
+                let counted = status != "revoked"
+                    && expires.is_none_or(|e| e > trunc(now))
+                    && rotated_to.is_none();
+                if !(counted && stored_owner.as_deref() == Some(owner.as_str())) {
+                    let active: i64 =
+                        sqlx::query_scalar(AssertSqlSafe(self.sql.count_active_except.clone()))
+                            .bind(owner.clone())
+                            .bind(trunc(now))
+                            .bind(id_to_sql(record.id))
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(store_error)?;
+                    let active = u32::try_from(active).unwrap_or(u32::MAX);
+                    if active >= max {
+                        return Ok(LimitedUpdate::LimitReached { active });
+                    }
+                }
+            }
+            let stored = self.replace_in(&mut tx, &record, Some(expected)).await?;
+            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(LimitedUpdate::Updated(stored))
+        })
+        .await
+    }
+
     async fn rotate(
         &self,
         predecessor: KeyRecord,
@@ -711,7 +755,18 @@ impl KeyStoreLifecycle for PostgresStore {
                 .replace_in(&mut tx, &predecessor, Some(expected))
                 .await?;
             self.insert_in(&mut tx, &successor).await?;
-            self.announce(&mut tx, Change::Keys(&[predecessor.id, successor.id]))
+            // A chain never has more than two working keys: the
+            // predecessor's own predecessor stops at this rotation.
+            if let Some(before) = p.rotated_from {
+                sqlx::query(AssertSqlSafe(self.sql.end_grace.clone()))
+                    .bind(trunc(successor.created_at))
+                    .bind(id_to_sql(before))
+                    .bind(id_to_sql(p.id))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            }
+            self.announce(&mut tx, Change::Keys(&[predecessor.id, successor.id])) // + the ended grace
                 .await?;
             tx.commit().await.map_err(store_error)?;
             Ok((p, successor.clone()))
@@ -756,10 +811,23 @@ impl KeyStoreLifecycle for PostgresStore {
         )
         .await
     }
+}
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        bounded(self.timeout, self.usage(None, batch))
-            .await
-            .map(|_| ())
+impl UsageStore for PostgresStore {
+    /// Exactly once: the batch's flush id is inserted into
+    /// `apikey_usage_flushes` in the same transaction as the deltas (a
+    /// replay finds it and writes nothing); ids are kept for
+    /// [`FLUSH_RETENTION`].
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+        let applied = bounded(
+            self.timeout,
+            self.usage(Some(batch.id.as_u128()), &batch.deltas),
+        )
+        .await?;
+        Ok(if applied {
+            FlushOutcome::Applied
+        } else {
+            FlushOutcome::AlreadyApplied
+        })
     }
 }

@@ -37,6 +37,17 @@ impl Dialect {
         self.ph(i, "")
     }
 
+    /// The row-lock clause of a read inside a write transaction (SQLite's
+    /// `BEGIN IMMEDIATE` already holds the database write lock).
+    fn row_lock(self) -> &'static str {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => "",
+            #[cfg(feature = "postgres")]
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// The select-list expression of `col`.
     fn sel(self, col: &str) -> String {
         match self {
@@ -74,6 +85,12 @@ pub(crate) struct Sql {
     pub revoke_owner: Arc<str>,
     pub revoke_matching: Arc<str>,
     pub count_active: Arc<str>,
+    /// `count_active` without record `$3`.
+    pub count_active_except: Arc<str>,
+    /// The stored state `update_limited` decides on (row-locked in PostgreSQL).
+    pub stored_state: Arc<str>,
+    /// `rotate`: ends the grace of the predecessor's own predecessor.
+    pub end_grace: Arc<str>,
 }
 
 impl Sql {
@@ -174,6 +191,27 @@ impl Sql {
                  AND (expires_at IS NULL OR expires_at > {}) AND rotated_to IS NULL",
                 d.p(1),
                 d.p(2)
+            )),
+            count_active_except: a(format!(
+                "SELECT count(*) FROM {keys} WHERE owner = {} AND status <> 'revoked' \
+                 AND (expires_at IS NULL OR expires_at > {}) AND rotated_to IS NULL AND id <> {}",
+                d.p(1),
+                d.p(2),
+                d.p(3)
+            )),
+            stored_state: a(format!(
+                "SELECT revision, owner, status, expires_at, rotated_to FROM {keys} WHERE id = {}{}",
+                d.p(1),
+                d.row_lock()
+            )),
+            end_grace: a(format!(
+                "UPDATE {keys} SET expires_at = {p1}, \
+                 not_before = CASE WHEN not_before >= {p1} THEN NULL ELSE not_before END, \
+                 revision = revision + 1 \
+                 WHERE id = {p2} AND rotated_to = {p3} AND (expires_at IS NULL OR expires_at > {p1})",
+                p1 = d.p(1),
+                p2 = d.p(2),
+                p3 = d.p(3)
             )),
 
             keys,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apikey::{
-    KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
-    KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind, UsageDelta,
+    FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
+    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
+    StoreErrorKind, UsageBatch, UsageDelta, UsageStore,
 };
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -220,22 +221,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// The usage flush with a flush id, exactly once: in one transaction,
-    /// records `flush_id` in `<prefix>apikey_usage_flushes` (skipping the
-    /// deltas when it is already there) and applies the batch. Returns
-    /// `false` for a replay. Flush ids older than seven days are pruned.
-    ///
-    /// # Errors
-    /// [`StoreErrorKind::Unavailable`] / [`StoreErrorKind::Timeout`];
-    /// nothing is written then.
-    pub async fn record_usage_once(
-        &self,
-        flush_id: u128,
-        batch: &[UsageDelta],
-    ) -> Result<bool, StoreError> {
-        bounded(self.timeout, self.usage(Some(flush_id), batch)).await
     }
 
     async fn usage(
@@ -574,6 +559,17 @@ impl KeyStore for SqliteStore {
         Ok(r.map(|r| Arc::new(KeyView::from_record(&r))))
     }
 
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        let bytes = index.as_bytes().to_vec();
+        bounded(
+            self.timeout,
+            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
+        )
+        .await
+    }
+}
+
+impl KeyStoreQuery for SqliteStore {
     async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         bounded(
             self.timeout,
@@ -590,9 +586,7 @@ impl KeyStore for SqliteStore {
         )
         .await
     }
-}
 
-impl KeyStoreQuery for SqliteStore {
     async fn list_expiring(
         &self,
         owner: Option<&str>,
@@ -614,15 +608,6 @@ impl KeyStoreQuery for SqliteStore {
                 bounded(self.timeout, self.many(sql, move |q| q.bind(s).bind(e))).await
             }
         }
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let bytes = index.as_bytes().to_vec();
-        bounded(
-            self.timeout,
-            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
-        )
-        .await
     }
 }
 
@@ -718,6 +703,58 @@ impl KeyStoreLifecycle for SqliteStore {
         .await
     }
 
+    async fn update_limited(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        record.validate().map_err(invalid)?;
+        bounded(self.timeout, async {
+            let mut tx = self.begin().await?;
+            if let Some(owner) = &record.owner
+                && record.counts_toward_limit(now)
+            {
+                let state = sqlx::query(AssertSqlSafe(self.sql.stored_state.clone()))
+                    .bind(id_to_sql(record.id))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
+                let revision: i64 = state.try_get(0).map_err(store_error)?;
+                if revision as u64 != expected {
+                    return Err(StoreError::new(StoreErrorKind::Conflict));
+                }
+                let stored_owner: Option<String> = state.try_get(1).map_err(store_error)?;
+                let status: String = state.try_get(2).map_err(store_error)?;
+                let expires: Option<i64> = state.try_get(3).map_err(store_error)?;
+                let rotated_to: Option<i64> = state.try_get(4).map_err(store_error)?;
+                let counted = status != "revoked"
+                    && expires.is_none_or(|e| e > micros(now))
+                    && rotated_to.is_none();
+                if !(counted && stored_owner.as_deref() == Some(owner.as_str())) {
+                    let active: i64 =
+                        sqlx::query_scalar(AssertSqlSafe(self.sql.count_active_except.clone()))
+                            .bind(owner.clone())
+                            .bind(micros(now))
+                            .bind(id_to_sql(record.id))
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(store_error)?;
+                    let active = u32::try_from(active).unwrap_or(u32::MAX);
+                    if active >= max {
+                        return Ok(LimitedUpdate::LimitReached { active });
+                    }
+                }
+            }
+            let stored = self.replace_in(&mut tx, &record, Some(expected)).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(LimitedUpdate::Updated(stored))
+        })
+        .await
+    }
+
     async fn rotate(
         &self,
         predecessor: KeyRecord,
@@ -735,6 +772,17 @@ impl KeyStoreLifecycle for SqliteStore {
                 .replace_in(&mut tx, &predecessor, Some(expected))
                 .await?;
             self.insert_in(&mut tx, &successor).await?;
+            // A chain never has more than two working keys: the
+            // predecessor's own predecessor stops at this rotation.
+            if let Some(before) = p.rotated_from {
+                sqlx::query(AssertSqlSafe(self.sql.end_grace.clone()))
+                    .bind(micros(successor.created_at))
+                    .bind(id_to_sql(before))
+                    .bind(id_to_sql(p.id))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            }
             tx.commit().await.map_err(store_error)?;
             Ok((p, successor.clone()))
         })
@@ -770,10 +818,23 @@ impl KeyStoreLifecycle for SqliteStore {
         )
         .await
     }
+}
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        bounded(self.timeout, self.usage(None, batch))
-            .await
-            .map(|_| ())
+impl UsageStore for SqliteStore {
+    /// Exactly once: the batch's flush id is inserted into
+    /// `apikey_usage_flushes` in the same transaction as the deltas (a
+    /// replay finds it and writes nothing); ids are kept for
+    /// [`FLUSH_RETENTION`].
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+        let applied = bounded(
+            self.timeout,
+            self.usage(Some(batch.id.as_u128()), &batch.deltas),
+        )
+        .await?;
+        Ok(if applied {
+            FlushOutcome::Applied
+        } else {
+            FlushOutcome::AlreadyApplied
+        })
     }
 }

@@ -41,10 +41,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apikey::{
-    Actor, Authenticator, Error, KeyId, KeyManager, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, Keyring, NewKey, Requirement, ServerSecret, StoreErrorKind, UsageDelta,
-    Verifier,
+    Actor, Authenticator, Error, KeyId, KeyManager, KeyStore, KeyStoreQuery, KeyStoreWrite,
+    Keyring, NewKey, Requirement, ServerSecret, StoreErrorKind, UsageDelta, Verifier,
 };
+use apikey::{FlushId, FlushOutcome, UsageBatch, UsageStore};
 use apikey_sqlx::MigrateError;
 use common::crash;
 
@@ -136,10 +136,10 @@ async fn server_restart_answers_503_then_recovers() {
                     break;
                 }
                 let s = t0.elapsed();
-                let r = auth.authenticate(&key, &Requirement::none()).await;
+                let r = auth.authenticate(&key, &Requirement::none(), None).await;
                 let code = match &r {
                     Ok(_) => "OK",
-                    Err(e) => e.code(),
+                    Err(e) => e.code().as_str(),
                 };
                 seen.push((s, t0.elapsed(), code));
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -159,7 +159,11 @@ async fn server_restart_answers_503_then_recovers() {
     // Recovers by itself: a success within 10 s, then only successes.
     let mut recovered = None;
     for _ in 0..200 {
-        if auth.authenticate(&key, &Requirement::none()).await.is_ok() {
+        if auth
+            .authenticate(&key, &Requirement::none(), None)
+            .await
+            .is_ok()
+        {
             recovered = Some(t0.elapsed());
             break;
         }
@@ -197,7 +201,11 @@ async fn server_restart_answers_503_then_recovers() {
     assert!(store.pool().size() <= 10);
     let burst = (0..50).map(|_| {
         let (auth, key) = (auth.clone(), key.clone());
-        tokio::spawn(async move { auth.authenticate(&key, &Requirement::none()).await.is_ok() })
+        tokio::spawn(async move {
+            auth.authenticate(&key, &Requirement::none(), None)
+                .await
+                .is_ok()
+        })
     });
     let ok = tokio::time::timeout(Duration::from_secs(10), async {
         let mut n = 0;
@@ -256,15 +264,15 @@ async fn two_instances_share_limits_revocations_and_usage() {
     let auth_b = Authenticator::new(verifier(), b.clone());
     let k = &keys[0];
     auth_b
-        .authenticate(k.expose_secret(), &Requirement::none())
+        .authenticate(k.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap();
     ma.revoke(k.id(), "leaked", &Actor::system()).await.unwrap();
     let e = auth_b
-        .authenticate(k.expose_secret(), &Requirement::none())
+        .authenticate(k.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "REVOKED_API_KEY");
+    assert_eq!(e.code().as_str(), "REVOKED_API_KEY");
 
     // Usage flushed by both, concurrently, over the same keys: exact sum.
     let mut ids = Vec::new();
@@ -282,9 +290,9 @@ async fn two_instances_share_limits_revocations_and_usage() {
             .enumerate()
             .map(|(i, id)| UsageDelta::new(*id, now.date(), (i as u64 + f) % 5 + 1, now))
             .collect();
-        tasks.push(tokio::spawn(
-            async move { store.record_usage(&batch).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            store.record_usage(&UsageBatch::new(batch)).await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -331,10 +339,10 @@ async fn bad_rows_are_invalid_record_never_valid() {
         let inner = std::error::Error::source(&err)
             .and_then(|s| s.downcast_ref::<apikey::Error>())
             .unwrap();
-        assert_eq!(inner.code(), "INVALID_RECORD", "{what}");
+        assert_eq!(inner.code().as_str(), "INVALID_RECORD", "{what}");
         let auth = Authenticator::new(v.clone(), store.clone());
         let e = auth
-            .authenticate(key.expose_secret(), &Requirement::none())
+            .authenticate(key.expose_secret(), &Requirement::none(), None)
             .await
             .unwrap_err();
         assert!(e.http_status() >= 500, "{what}: {e:?}");
@@ -403,12 +411,22 @@ async fn pg_ids_order_flush_ids_and_statement_count() {
         .collect();
     assert_eq!(listed, ids);
     let now = conformance::suite_now();
-    let batch: Vec<UsageDelta> = ids
+    let deltas: Vec<UsageDelta> = ids
         .iter()
         .map(|id| UsageDelta::new(KeyId::from_u64(*id), now.date(), 2, now))
         .collect();
-    assert!(store.record_usage_once(7, &batch).await.unwrap());
-    assert!(!store.record_usage_once(7, &batch).await.unwrap());
+    let batch = UsageBatch {
+        id: FlushId::from_u128(7),
+        deltas,
+    };
+    assert_eq!(
+        store.record_usage(&batch).await.unwrap(),
+        FlushOutcome::Applied
+    );
+    assert_eq!(
+        store.record_usage(&batch).await.unwrap(),
+        FlushOutcome::AlreadyApplied
+    );
     let r = store.get(KeyId::from_u64(u64::MAX)).await.unwrap().unwrap();
     assert_eq!(r.usage.day_count, 2);
     let t = now - time::Duration::days(1);

@@ -45,9 +45,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use apikey::{
-    Authenticator, KeyId, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, Keyring,
-    NewKey, Requirement, ServerSecret, StoreErrorKind, UsageDelta, Verifier,
+    Authenticator, KeyId, KeyStore, KeyStoreQuery, KeyStoreWrite, Keyring, NewKey, Requirement,
+    ServerSecret, StoreErrorKind, UsageDelta, Verifier,
 };
+use apikey::{FlushId, FlushOutcome, UsageBatch, UsageStore};
 use apikey_sqlx::MigrateError;
 use common::crash;
 
@@ -142,7 +143,7 @@ async fn bad_rows_are_invalid_record_never_valid() {
         assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{what}");
         let source = std::error::Error::source(&err).unwrap();
         let inner = source.downcast_ref::<apikey::Error>().unwrap();
-        assert_eq!(inner.code(), "INVALID_RECORD", "{what}");
+        assert_eq!(inner.code().as_str(), "INVALID_RECORD", "{what}");
         assert!(!format!("{err} {source}").contains(key.expose_secret()));
         assert_eq!(
             store.get(record.id).await.unwrap_err().kind(),
@@ -151,7 +152,7 @@ async fn bad_rows_are_invalid_record_never_valid() {
         assert!(store.list_by_owner("o").await.is_err(), "{what}");
         let auth = Authenticator::new(v.clone(), store.clone());
         let e = auth
-            .authenticate(key.expose_secret(), &Requirement::none())
+            .authenticate(key.expose_secret(), &Requirement::none(), None)
             .await
             .unwrap_err();
         assert!(e.http_status() >= 500, "{what}: {e:?}");
@@ -240,10 +241,23 @@ async fn usage_with_a_flush_id_is_exactly_once() {
     let r = conformance::sample_record(None);
     store.insert(r.clone()).await.unwrap();
     let now = conformance::suite_now();
-    let batch = [UsageDelta::new(r.id, now.date(), 3, now)];
-    assert!(store.record_usage_once(42, &batch).await.unwrap());
-    assert!(!store.record_usage_once(42, &batch).await.unwrap()); // replay
-    assert!(store.record_usage_once(43, &batch).await.unwrap());
+    let deltas = vec![UsageDelta::new(r.id, now.date(), 3, now)];
+    let batch = |id| UsageBatch {
+        id: FlushId::from_u128(id),
+        deltas: deltas.clone(),
+    };
+    assert_eq!(
+        store.record_usage(&batch(42)).await.unwrap(),
+        FlushOutcome::Applied
+    );
+    assert_eq!(
+        store.record_usage(&batch(42)).await.unwrap(),
+        FlushOutcome::AlreadyApplied
+    ); // replay
+    assert_eq!(
+        store.record_usage(&batch(43)).await.unwrap(),
+        FlushOutcome::Applied
+    );
     assert_eq!(store.get(r.id).await.unwrap().unwrap().usage.day_count, 6);
 }
 
@@ -259,7 +273,7 @@ async fn usage_flush_of_many_keys_spans_chunks() {
         store.insert(r.clone()).await.unwrap();
         batch.push(UsageDelta::new(r.id, now.date(), i % 7 + 1, now));
     }
-    store.record_usage(&batch).await.unwrap();
+    store.record_usage(&UsageBatch::new(batch)).await.unwrap();
     for (i, id) in ids.iter().enumerate().step_by(97) {
         let r = store.get(*id).await.unwrap().unwrap();
         assert_eq!(r.usage.day_count, i as u64 % 7 + 1);

@@ -115,6 +115,39 @@ pub(crate) struct Material {
     pub(crate) hmac: Hmac<Sha256>,
 }
 
+/// An HMAC-SHA256 state keyed with zeros, written over a pre-keyed state
+/// when its owner is dropped.
+fn blank_hmac() -> Option<Hmac<Sha256>> {
+    <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).ok()
+}
+
+/// Overwrites a pre-keyed HMAC state in place with one keyed by zeros.
+///
+/// `hmac` 0.12 cannot zeroize its state and `forbid(unsafe_code)` rules out
+/// volatile writes, so this is best effort: the assignment writes over the
+/// same bytes, and `black_box` keeps the compiler from dropping that dead
+/// store. See SECURITY.md ("What is wiped").
+fn wipe_hmac(state: &mut Hmac<Sha256>) {
+    if let Some(blank) = blank_hmac() {
+        *state = blank;
+        std::hint::black_box(&*state);
+    }
+}
+
+impl Drop for Material {
+    fn drop(&mut self) {
+        // `tag_key` is `Zeroizing` and wipes itself.
+        wipe_hmac(&mut self.hmac);
+    }
+}
+
+impl Drop for LegacyMaterial {
+    fn drop(&mut self) {
+        wipe_hmac(&mut self.index);
+        wipe_hmac(&mut self.digest);
+    }
+}
+
 impl Material {
     fn derive(secret: &ServerSecret) -> Result<Self> {
         let hk = Hkdf::<Sha256>::new(Some(b"apikey/v1"), secret.expose_secret());

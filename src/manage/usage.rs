@@ -2,27 +2,34 @@
 //!
 //! [`UsageRecorder`] counts successful verifications per key and UTC day in
 //! memory (16 shards, each a short mutex around a small map) and writes them
-//! to the store in batches with
-//! [`KeyStoreLifecycle::record_usage`],
-//! which updates `last_used_at` and the daily and monthly counters of each
-//! record ([`UsageCounters`](crate::UsageCounters)).
+//! to the store in batches with [`UsageStore::record_usage`], which updates
+//! `last_used_at` and the daily and monthly counters of each record
+//! ([`UsageCounters`](crate::UsageCounters)).
 //!
-//! # Staleness
+//! # Flushing, off the request path
 //!
-//! The [`KeyManager`](crate::KeyManager) flushes from the first verification
-//! that finds the flush interval (default 60 s, from the injected clock)
-//! elapsed since the last flush, so the store lags the truth by at most the
-//! interval plus one flush, **as long as verifications keep arriving**. When
-//! traffic stops, call [`KeyManager::flush`](crate::KeyManager::flush) from a
-//! timer for a hard bound, and always call
-//! [`KeyManager::shutdown`](crate::KeyManager::shutdown) before exit (there
-//! is no async drop): counts not flushed are lost with the process.
+//! Verification only counts; it never writes. [`UsageRecorder::flush`] (and
+//! [`KeyManager::flush`](crate::KeyManager::flush)) is a plain future: spawn
+//! it from a timer (every few seconds to a minute), so the store lags the
+//! truth by at most the timer's period plus one flush.
 //!
 //! # Guarantees
 //!
-//! No count is lost or doubled under concurrency: each count is taken out of
-//! memory by exactly one flush; a flush that fails puts its counts back for
-//! the next one.
+//! * No count is lost or doubled under concurrency: each count is taken out
+//!   of memory by exactly one flush, into one batch with a [`FlushId`].
+//! * No count is lost when a flush fails or is cancelled (its future dropped
+//!   at any await point: a client disconnect, a timeout, a shutdown): the
+//!   batch stays in the recorder's outbox until a flush of it returns `Ok`,
+//!   and is sent again, with the same id, by the next flush.
+//! * So delivery is exactly once with a store that records flush ids
+//!   ([`MemoryStore`](crate::MemoryStore), the SQL stores of `apikey-sqlx`),
+//!   and at least once with a store that does not (see [`UsageStore`]).
+//!
+//! # Shutdown
+//!
+//! Stop taking requests, then `flush().await` until it returns `Ok` (or call
+//! [`KeyManager::shutdown`](crate::KeyManager::shutdown)), then exit: there
+//! is no async drop, and counts still in memory are lost with the process.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,7 +41,7 @@ use time::{Date, OffsetDateTime};
 use crate::error::StoreError;
 use crate::key::KeyId;
 use crate::record::unix_nanos;
-use crate::store::{KeyStoreLifecycle, UsageDelta};
+use crate::store::{FlushId, UsageBatch, UsageDelta, UsageStore};
 
 const SHARDS: usize = 16;
 
@@ -92,8 +99,38 @@ type Shard = HashMap<(u64, Date), Pending, std::hash::BuildHasherDefault<FastHas
 /// ```
 pub struct UsageRecorder {
     shards: Box<[Mutex<Shard>]>,
+    /// Batches taken out of the shards and not yet acknowledged by a store,
+    /// oldest first.
+    outbox: Mutex<Vec<Outgoing>>,
     last_flush: AtomicI64,
     interval_nanos: i64,
+}
+
+/// A batch in the outbox.
+struct Outgoing {
+    batch: UsageBatch,
+    /// A flush is sending it right now (cleared when that flush ends,
+    /// however it ends, by [`Sending`]'s `Drop`).
+    sending: bool,
+    /// It was sent at least once: its outcome may be unknown, so it keeps
+    /// its id and contents.
+    attempted: bool,
+}
+
+/// Marks a batch as being sent; clears the mark when dropped, so a flush
+/// future dropped mid-await leaves the batch to the next flush.
+struct Sending<'a> {
+    outbox: &'a Mutex<Vec<Outgoing>>,
+    id: FlushId,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = outbox.iter_mut().find(|o| o.batch.id == self.id) {
+            o.sending = false;
+        }
+    }
 }
 
 impl fmt::Debug for UsageRecorder {
@@ -114,6 +151,7 @@ impl UsageRecorder {
     pub fn new(interval: time::Duration) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            outbox: Mutex::new(Vec::new()),
             last_flush: AtomicI64::new(i64::MIN),
             interval_nanos: interval.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64,
         }
@@ -135,12 +173,29 @@ impl UsageRecorder {
         e.last = e.last.max(now);
     }
 
-    /// Total counts not yet flushed.
+    /// Total counts not yet acknowledged by a store (in memory and in
+    /// batches waiting to be sent again).
     pub fn pending(&self) -> u64 {
-        self.shards
+        let counted: u64 = self
+            .shards
             .iter()
             .map(|s| lock(s).values().map(|p| p.count).sum::<u64>())
-            .sum()
+            .sum();
+        let queued: u64 = self
+            .outbox()
+            .iter()
+            .map(|o| o.batch.deltas.iter().map(|d| d.count).sum::<u64>())
+            .sum();
+        counted.saturating_add(queued)
+    }
+
+    /// Batches taken out of memory and waiting for an acknowledgement.
+    pub fn queued_batches(&self) -> usize {
+        self.outbox().len()
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Vec<Outgoing>> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a flush is due at `now`; claims it (only one caller per
@@ -155,49 +210,91 @@ impl UsageRecorder {
                 .is_ok()
     }
 
-    /// Writes every pending count to `store` in one batch and returns the
-    /// number of uses written.
+    /// Writes every pending count to `store` and returns the number of uses
+    /// this call wrote. Counts are moved into a batch with a fresh
+    /// [`FlushId`] (merged into the newest batch instead if that one was
+    /// never sent); then every batch in the outbox that no other flush is
+    /// sending is written, oldest first, and removed once the store
+    /// acknowledged it ([`FlushOutcome::Applied`](crate::FlushOutcome) or
+    /// `AlreadyApplied`).
+    ///
+    /// Cancellation-safe: dropping the future at any point loses nothing;
+    /// the batch it was sending is sent again, with the same id, by the
+    /// next flush.
     ///
     /// # Errors
-    /// The store's error; the counts stay pending for the next flush.
-    pub async fn flush<S: KeyStoreLifecycle + ?Sized>(
+    /// The store's error; the batch stays queued for the next flush.
+    pub async fn flush<S: UsageStore + ?Sized>(
         &self,
         store: &S,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         self.last_flush.store(unix_nanos(now), Ordering::Relaxed);
-        let mut batch: Vec<UsageDelta> = Vec::new();
+        self.take_pending();
+        let mut written = 0u64;
+        loop {
+            let next = {
+                let mut outbox = self.outbox();
+                outbox.iter_mut().find(|o| !o.sending).map(|o| {
+                    o.sending = true;
+                    o.attempted = true;
+                    o.batch.clone()
+                })
+            };
+            let Some(batch) = next else {
+                return Ok(written);
+            };
+            let _sending = Sending {
+                outbox: &self.outbox,
+                id: batch.id,
+            };
+            store.record_usage(&batch).await?;
+            self.outbox().retain(|o| o.batch.id != batch.id);
+            written = written.saturating_add(batch.deltas.iter().map(|d| d.count).sum());
+        }
+    }
+
+    /// Moves the counts out of the shards into the outbox.
+    fn take_pending(&self) {
+        let mut deltas: Vec<UsageDelta> = Vec::new();
         for s in self.shards.iter() {
             let taken = std::mem::take(&mut *lock(s));
-            batch.extend(
+            deltas.extend(
                 taken.into_iter().map(|((id, day), p)| {
                     UsageDelta::new(KeyId::from_u64(id), day, p.count, p.last)
                 }),
             );
         }
-        if batch.is_empty() {
-            return Ok(0);
+        if deltas.is_empty() {
+            return;
         }
-        batch.sort_by_key(|d| (d.id, d.day));
-        let total = batch.iter().map(|d| d.count).sum();
-        match store.record_usage(&batch).await {
-            Ok(()) => Ok(total),
-            Err(e) => {
-                self.restore(&batch);
-                Err(e)
+        let mut outbox = self.outbox();
+        match outbox.last_mut() {
+            Some(o) if !o.attempted && !o.sending => merge(&mut o.batch.deltas, deltas),
+            _ => {
+                deltas.sort_by_key(|d| (d.id, d.day));
+                outbox.push(Outgoing {
+                    batch: UsageBatch::new(deltas),
+                    sending: false,
+                    attempted: false,
+                });
             }
         }
     }
+}
 
-    fn restore(&self, batch: &[UsageDelta]) {
-        for d in batch {
-            let mut shard = lock(self.shard(d.id));
-            let e = shard.entry((d.id.as_u64(), d.day)).or_insert(Pending {
-                count: 0,
-                last: d.last_used_at,
-            });
-            e.count = e.count.saturating_add(d.count);
-            e.last = e.last.max(d.last_used_at);
-        }
+/// Adds `more` into `into` (one delta per key and day), sorted by key and day.
+fn merge(into: &mut Vec<UsageDelta>, more: Vec<UsageDelta>) {
+    let mut all: HashMap<(KeyId, Date), UsageDelta> =
+        into.drain(..).map(|d| ((d.id, d.day), d)).collect();
+    for d in more {
+        all.entry((d.id, d.day))
+            .and_modify(|e| {
+                e.count = e.count.saturating_add(d.count);
+                e.last_used_at = e.last_used_at.max(d.last_used_at);
+            })
+            .or_insert(d);
     }
+    into.extend(all.into_values());
+    into.sort_by_key(|d| (d.id, d.day));
 }

@@ -9,15 +9,37 @@
 //!   [`store_timeout`](ApiKeyLayer::store_timeout) answers 503.
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
-//!   credentials).
-//! * The client address for the failure throttle comes from a [`ClientIp`]
-//!   extension (set it from a trusted proxy header yourself) or else from
-//!   axum's `ConnectInfo<SocketAddr>`.
+//!   credentials, with [`ForeignCredentials::PassThrough`]).
+//! * The client address (for IP allowlists and the failure throttle) comes
+//!   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
+//!   layer depends on axum-core only, not on axum's server, so it cannot
+//!   read axum's `ConnectInfo` itself: set `ClientIp` from it (or from a
+//!   trusted proxy header) in a small middleware, as `examples/axum_server.rs`
+//!   does:
 //!
-//! Requests whose credentials are not ours (a Bearer JWT) are passed on
-//! untouched by default, without a [`VerifiedKey`]; handlers asking for one
-//! then answer 401. Use [`ApiKeyLayer::reject_foreign`] to refuse them in
-//! the layer instead.
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::extract::{ConnectInfo, Request};
+//! use axum::middleware::Next;
+//! use axum::response::Response;
+//!
+//! async fn client_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+//!     req.extensions_mut().insert(apikey::web::ClientIp(peer.ip()));
+//!     next.run(req).await
+//! }
+//! // Router::new().route(...).layer(axum::middleware::from_fn(client_ip))
+//! ```
+//!
+//! The layer fails closed: only a request with a valid key of ours that
+//! meets the route's requirement reaches the inner service. Every other
+//! request, including one with credentials that are not ours (`Basic …`,
+//! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
+//! `WWW-Authenticate` challenge. An API that also takes other credentials
+//! opts in with
+//! [`foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::foreign_credentials):
+//! such requests then reach the inner service **unauthenticated**, without
+//! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
+//! of its own) must authenticate them.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -25,7 +47,7 @@
 //! use apikey::*;
 //! use apikey::web::ApiKeyLayer;
 //! use apikey::web::{Gate, QuotaTable, Route};
-//! use apikey::limits::ratelimit::Quota;
+//! use apikey::limits::{MemoryLimits, Quota};
 //!
 //! async fn list_tasks(key: VerifiedKey) -> String {
 //!     format!("tasks of {}", key.owner().unwrap_or("nobody"))
@@ -35,7 +57,8 @@
 //! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
 //! let gate = Arc::new(
 //!     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
-//!         .quotas(QuotaTable::fixed(Quota::FREE)),
+//!         .limits(MemoryLimits::new())
+//!         .quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
 //! );
 //! let app: Router = Router::new().route(
 //!     "/v1/tasks",
@@ -53,19 +76,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts};
-use axum::response::{IntoResponse, Response};
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::clock::{Clock, SystemClock};
-use crate::credits::{AsyncCreditStore, InMemoryCreditStore};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::extract::Extracted;
-use crate::gate::{Admitted, Decision, Gate, Rejection, Route};
-use crate::ratelimit::{
-    AsyncRateLimitStore, InMemoryRateLimitStore, MonotonicClock, StdMonotonicClock,
-};
+use crate::gate::{Admitted, Decision, ForeignCredentials, Gate, Rejection, Route};
+use crate::limits::{Limits, NoLimits};
 use crate::response::ErrorResponse;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -79,38 +99,33 @@ pub struct ClientIp(pub IpAddr);
 /// A tower layer that guards the wrapped service with a [`Gate`] for one
 /// [`Route`]. Cheap to clone.
 #[derive(Debug)]
-pub struct ApiKeyLayer<
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
-    gate: Arc<Gate<S, C, M, RS, CS>>,
+pub struct ApiKeyLayer<S, C = SystemClock, L = NoLimits> {
+    gate: Arc<Gate<S, C, L>>,
     route: Arc<Route>,
     timeout: Option<Duration>,
-    reject_foreign: bool,
+    /// `None`: the gate's setting.
+    foreign: Option<ForeignCredentials>,
 }
 
-impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
+impl<S, C, L> Clone for ApiKeyLayer<S, C, L> {
     fn clone(&self) -> Self {
         Self {
             gate: Arc::clone(&self.gate),
             route: Arc::clone(&self.route),
             timeout: self.timeout,
-            reject_foreign: self.reject_foreign,
+            foreign: self.foreign,
         }
     }
 }
 
-impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
+impl<S, C, L> ApiKeyLayer<S, C, L> {
     /// A layer running `gate` for `route`.
-    pub fn new(gate: Arc<Gate<S, C, M, RS, CS>>, route: Route) -> Self {
+    pub fn new(gate: Arc<Gate<S, C, L>>, route: Route) -> Self {
         Self {
             gate,
             route: Arc::new(route),
             timeout: None,
-            reject_foreign: false,
+            foreign: None,
         }
     }
 
@@ -122,17 +137,25 @@ impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
         self
     }
 
-    /// Refuse requests whose credentials are not ours (Bearer JWTs, other
-    /// `Authorization` schemes) with 401 `MISSING_API_KEY` instead of passing
-    /// them on. Defaults to `false`.
-    pub fn reject_foreign(mut self, yes: bool) -> Self {
-        self.reject_foreign = yes;
+    /// What to do with credentials that are not ours (Bearer JWTs, `Basic`,
+    /// other `Authorization` schemes). Defaults to the gate's setting,
+    /// whose default is [`ForeignCredentials::Reject`]: 401
+    /// `MISSING_API_KEY` with the JSON body and `WWW-Authenticate`.
+    ///
+    /// With [`ForeignCredentials::PassThrough`] such a request reaches the
+    /// inner service unauthenticated: no [`VerifiedKey`] or [`Admitted`]
+    /// extension, no rate limit, credits or route requirement applied. The
+    /// handler must then authenticate the request itself (for instance
+    /// verify the JWT) and refuse it otherwise; a handler that extracts
+    /// [`VerifiedKey`] answers 401.
+    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+        self.foreign = Some(foreign);
         self
     }
 }
 
-impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, RS, CS> {
-    type Service = ApiKeyService<Inner, S, C, M, RS, CS>;
+impl<Inner, S, C, L> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, L> {
+    type Service = ApiKeyService<Inner, S, C, L>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
         ApiKeyService {
@@ -144,19 +167,12 @@ impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, 
 
 /// The service made by [`ApiKeyLayer`].
 #[derive(Debug)]
-pub struct ApiKeyService<
-    Inner,
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
+pub struct ApiKeyService<Inner, S, C = SystemClock, L = NoLimits> {
     inner: Inner,
-    layer: ApiKeyLayer<S, C, M, RS, CS>,
+    layer: ApiKeyLayer<S, C, L>,
 }
 
-impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, CS> {
+impl<Inner: Clone, S, C, L> Clone for ApiKeyService<Inner, S, C, L> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -165,8 +181,8 @@ impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, 
     }
 }
 
-impl<Inner, B, ResBody, S, C, M, RS, CS> tower_service::Service<Request<B>>
-    for ApiKeyService<Inner, S, C, M, RS, CS>
+impl<Inner, B, ResBody, S, C, L> tower_service::Service<Request<B>>
+    for ApiKeyService<Inner, S, C, L>
 where
     Inner: tower_service::Service<Request<B>, Response = http::Response<ResBody>>
         + Clone
@@ -177,11 +193,7 @@ where
     ResBody: From<String> + Send + 'static,
     S: KeyStore + Send + Sync + 'static,
     C: Clock + 'static,
-    M: MonotonicClock + Clone + 'static,
-    RS: AsyncRateLimitStore + 'static,
-    RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: AsyncCreditStore + 'static,
-    CS::Error: std::error::Error + Send + Sync + 'static,
+    L: Limits + 'static,
 {
     type Response = http::Response<ResBody>;
     type Error = Inner::Error;
@@ -201,7 +213,13 @@ where
             let decision = {
                 let headers = req.headers();
                 let query = req.uri().query();
-                match layer.gate.extract(headers.iter(), query, client) {
+                let foreign = layer
+                    .foreign
+                    .unwrap_or_else(|| layer.gate.foreign_credentials_setting());
+                match layer
+                    .gate
+                    .extract_as(headers.iter(), query, client, foreign)
+                {
                     Ok(Extracted::Key(key)) => {
                         let admit = layer.gate.admit(key, client, &layer.route);
                         match layer.timeout {
@@ -216,9 +234,7 @@ where
                             },
                         }
                     }
-                    Ok(Extracted::NotOurs) if layer.reject_foreign => {
-                        Decision::Rejected(layer.gate.reject(Error::MissingApiKey))
-                    }
+                    // Only with `ForeignCredentials::PassThrough`.
                     Ok(Extracted::NotOurs) => Decision::NotOurs,
                     Err(rejection) => Decision::Rejected(rejection),
                 }
@@ -231,8 +247,11 @@ where
                     let mut response = inner.call(req).await?;
                     let map = response.headers_mut();
                     for (name, value) in headers {
-                        if let Ok(value) = HeaderValue::try_from(value) {
-                            map.insert(HeaderName::from_static(name), value);
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::try_from(value),
+                        ) {
+                            map.insert(name, value);
                         }
                     }
                     Ok(response)
@@ -247,7 +266,7 @@ where
 fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {
     ext.get::<ClientIp>()
         .map(|c| c.0)
-        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip))
 }
 
 /// The answer when a handler asks for a key the layer did not admit:

@@ -1,4 +1,4 @@
-//! A public conformance suite for [`KeyStore`](apikey::KeyStore) implementations.
+//! A public conformance suite for [`KeyStore`] implementations.
 //!
 //! Every function here is an `async fn` generic over the store, so it runs
 //! on any runtime (tokio, async-std, a hand-written `block_on`). Each one
@@ -7,12 +7,23 @@
 //! an assertion in a test. Run them from your own tests:
 //!
 //! ```
-//! use apikey::{store::conformance, MemoryStore};
+//! use apikey::MemoryStore;
+//! use apikey_testkit::conformance;
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let store = MemoryStore::new();
 //! conformance::run_all(&store).await;
 //! # });
 //! ```
+//!
+//! The suite is split by trait, so a store runs the part it implements:
+//!
+//! | store implements | run |
+//! |---|---|
+//! | [`KeyStore`] only (read-only) | [`read_sample`], load the records, [`check_reads`] |
+//! | [`KeyStoreWrite`] + [`KeyStoreQuery`] | [`run_writes`] |
+//! | [`KeyStoreLifecycle`] | [`run_lifecycle`] |
+//! | [`UsageStore`] | [`run_usage`] |
+//! | all of them | [`run_all`] |
 //!
 //! The suite writes records with random ids, owners named
 //! `conformance-<random>` and creation times in a random second of the
@@ -38,8 +49,11 @@ use apikey::KeyDigest;
 use apikey::KeyId;
 use apikey::ScopeSet;
 use apikey::{Environment, Prefix};
+use apikey::{
+    FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert,
+    LimitedUpdate, UsageBatch, UsageDelta, UsageStore,
+};
 use apikey::{KeyRecord, KeyStatus, LegacyInfo, Revocation, UsageCounters};
-use apikey::{KeyStoreLifecycle, LimitedInsert, UsageDelta};
 use apikey::{StoreError, StoreErrorKind};
 
 /// A fixed "now" used by the suite: 2030-01-01T00:00:00Z.
@@ -105,7 +119,7 @@ fn expect_kind<T: std::fmt::Debug>(r: Result<T, StoreError>, kind: StoreErrorKin
     }
 }
 
-async fn must_get<S: KeyStoreLifecycle + ?Sized>(store: &S, id: KeyId, what: &str) -> KeyRecord {
+async fn must_get<S: KeyStoreQuery + ?Sized>(store: &S, id: KeyId, what: &str) -> KeyRecord {
     match ok(store.get(id).await, what) {
         Some(r) => r,
         None => panic!("store conformance: {what}: record {id} is missing"),
@@ -152,30 +166,175 @@ fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> JoinAll<F> {
     JoinAll { futures, outputs }
 }
 
-/// Runs every check below except [`failed_writes_change_nothing`].
+/// Runs every check below except [`failed_writes_change_nothing`]: the
+/// write, lifecycle and usage parts.
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn run_all<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn run_all<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
+    run_writes(store).await;
+    run_lifecycle(store).await;
+    run_usage(store).await;
+}
+
+/// The part for [`KeyStoreWrite`] + [`KeyStoreQuery`] (and the
+/// [`KeyStore`] reads they feed): insert, fetch, get, list, update, delete,
+/// expiring-soon, the legacy index.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn run_writes<S: KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     insert_fetch_get_list(store).await;
+    list_expiring_window(store).await;
+}
+
+/// The part for [`KeyStoreLifecycle`]: the compound writes.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn run_lifecycle<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
     insert_never_overwrites(store).await;
     update_and_conditional_update(store).await;
-    delete_clears_rotation_links(store).await;
     insert_limited_counts_active_keys(store).await;
     insert_limited_concurrent(store, 16, 3).await;
+    update_limited_keeps_the_limit(store).await;
+    update_limited_concurrent(store).await;
     rotate_is_atomic(store).await;
+    rotate_ends_the_previous_grace(store).await;
+    delete_clears_rotation_links(store).await;
     revoke_owner_revokes_all(store).await;
     revoke_matching_by_prefix_and_window(store).await;
-    list_expiring_window(store).await;
     legacy_index(store).await;
+    invalid_records_are_refused(store).await;
+}
+
+/// The part for [`UsageStore`]: batches applied in order, unknown ids
+/// skipped, and a replayed batch (same [`FlushId`](apikey::FlushId))
+/// applied once. A store that does not record flush ids (at-least-once
+/// delivery) runs [`usage_batches`] alone.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn run_usage<S: UsageStore + KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     usage_batches(store).await;
+    usage_replay_applies_once(store).await;
+}
+
+/// Records for the read-only part: load them into your read-only store by
+/// whatever means it has (a replica of a database the suite cannot write
+/// to, a file), then call [`check_reads`] with them. One has an owner and
+/// scopes, one is revoked, one is disabled with an expiry and a not-before,
+/// one is an imported legacy key.
+pub fn read_sample() -> Vec<KeyRecord> {
+    let owner = unique_owner();
+    let plain = sample_record(Some(&owner));
+    let revoked = sample_record(Some(&owner))
+        .to_builder()
+        .status(KeyStatus::Revoked)
+        .revocation(Some(revocation("read sample")))
+        .build_unvalidated();
+    let disabled = sample_record(None)
+        .to_builder()
+        .status(KeyStatus::Disabled)
+        .not_before(Some(suite_now() - Duration::days(1)))
+        .expires_at(Some(suite_now() + Duration::days(30)))
+        .build_unvalidated();
+    let mut index = [0u8; 32];
+    OsRng.fill_bytes(&mut index);
+    let legacy = sample_record(Some(&owner))
+        .to_builder()
+        .legacy(Some(LegacyInfo::new(
+            "oldco_",
+            KeyDigest::from_bytes(index),
+            1,
+            false,
+        )))
+        .build_unvalidated();
+    vec![plain, revoked, disabled, legacy]
+}
+
+/// The part for a read-only [`KeyStore`]: with `loaded` (from
+/// [`read_sample`]) in the store, `fetch` returns each record's exact view,
+/// an unknown id is `None`, and `find_legacy` finds the imported key by its
+/// index (a store that holds no imported keys may answer `None` for it:
+/// pass `legacy_supported = false`).
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn check_reads<S: KeyStore + ?Sized>(
+    store: &S,
+    loaded: &[KeyRecord],
+    legacy_supported: bool,
+) {
+    for r in loaded {
+        let view = ok(store.fetch(r.id).await, "fetch")
+            .unwrap_or_else(|| panic!("store conformance: fetch must find record {}", r.id));
+        assert_eq!(
+            *view,
+            apikey::KeyView::from_record(r),
+            "store conformance: fetch must return the record's exact view"
+        );
+        if let Some(l) = &r.legacy {
+            let found = ok(store.find_legacy(&l.index).await, "find_legacy");
+            if legacy_supported {
+                assert_eq!(
+                    found.as_ref(),
+                    Some(r),
+                    "store conformance: find_legacy must return the imported record"
+                );
+            }
+        }
+    }
+    assert!(
+        ok(
+            store.fetch(KeyId::from_u64(OsRng.next_u64())).await,
+            "fetch unknown"
+        )
+        .is_none(),
+        "store conformance: fetch of an unknown id must be None"
+    );
+}
+
+/// A batch sent twice with the same [`FlushId`](apikey::FlushId) (a retry
+/// after a lost answer, or after a cancelled flush) is applied once; the
+/// second answer is [`FlushOutcome::AlreadyApplied`].
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn usage_replay_applies_once<S: UsageStore + KeyStoreWrite + KeyStoreQuery + ?Sized>(
+    store: &S,
+) {
+    let a = sample_record(Some(&unique_owner()));
+    ok(store.insert(a.clone()).await, "insert");
+    let batch = UsageBatch::new(vec![UsageDelta::new(
+        a.id,
+        suite_now().date(),
+        3,
+        suite_now(),
+    )]);
+    assert_eq!(
+        ok(store.record_usage(&batch).await, "record_usage"),
+        FlushOutcome::Applied,
+        "store conformance: a new batch must be Applied"
+    );
+    assert_eq!(
+        ok(store.record_usage(&batch).await, "record_usage replay"),
+        FlushOutcome::AlreadyApplied,
+        "store conformance: a replayed batch must be AlreadyApplied"
+    );
+    let got = must_get(store, a.id, "get").await;
+    assert_eq!(
+        got.usage.today(suite_now().date()),
+        3,
+        "store conformance: a replayed batch must not be counted twice"
+    );
 }
 
 /// Insert, then `fetch`, `get` and `list_by_owner` see the record.
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn insert_fetch_get_list<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn insert_fetch_get_list<S: KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     let owner = unique_owner();
     let a = sample_record(Some(&owner));
     let mut b = sample_record(Some(&owner));
@@ -250,13 +409,18 @@ pub async fn insert_never_overwrites<S: KeyStoreLifecycle + ?Sized>(store: &S) {
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn update_and_conditional_update<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn update_and_conditional_update<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
     let a = sample_record(Some(&unique_owner()));
     ok(store.insert(a.clone()).await, "insert");
     let day = suite_now().date();
     ok(
         store
-            .record_usage(&[UsageDelta::new(a.id, day, 5, suite_now())])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                day,
+                5,
+                suite_now(),
+            )]))
             .await,
         "record_usage",
     );
@@ -532,17 +696,182 @@ pub async fn insert_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(
     );
 }
 
+/// `update_limited` refuses, and writes nothing, when a write would make a
+/// record count toward its owner's limit again (reviving an expired key,
+/// clearing a rotation link) while the owner is at the limit; it never
+/// refuses a write that leaves the count as it was; otherwise it behaves as
+/// `update_if`.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn update_limited_keeps_the_limit<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let now = suite_now();
+    let a = sample_record(Some(&owner));
+    let b = sample_record(Some(&owner));
+    let mut expired = sample_record(Some(&owner));
+    expired.expires_at = Some(now);
+    let mut grace = sample_record(Some(&owner));
+    grace.rotated_to = Some(KeyId::from_u64(OsRng.next_u64()));
+    grace.expires_at = Some(now + Duration::hours(1));
+    for r in [&a, &b, &expired, &grace] {
+        ok(store.insert(r.clone()).await, "insert");
+    }
+    // Reviving the expired key at the limit (a, b count): refused.
+    let mut revived = expired.clone();
+    revived.expires_at = None;
+    let r = ok(
+        store
+            .update_limited(revived.clone(), expired.revision, 2, now)
+            .await,
+        "update_limited",
+    );
+    assert_eq!(
+        r,
+        LimitedUpdate::LimitReached { active: 2 },
+        "store conformance: update_limited must refuse a revival at the limit, counting the owner's other active keys"
+    );
+    assert_eq!(
+        must_get(store, expired.id, "get").await,
+        expired,
+        "store conformance: update_limited over the limit must write nothing"
+    );
+    // Extending the expiry revives it too.
+    let mut extended = expired.clone();
+    extended.expires_at = Some(now + Duration::days(365));
+    let r = ok(
+        store
+            .update_limited(extended, expired.revision, 2, now)
+            .await,
+        "update_limited",
+    );
+    assert!(
+        matches!(r, LimitedUpdate::LimitReached { .. }),
+        "store conformance: update_limited must refuse extending an expired key at the limit"
+    );
+    // Clearing a rotation link makes a key in grace count again.
+    let mut unlinked = grace.clone();
+    unlinked.rotated_to = None;
+    let r = ok(
+        store.update_limited(unlinked, grace.revision, 2, now).await,
+        "update_limited",
+    );
+    assert!(
+        matches!(r, LimitedUpdate::LimitReached { .. }),
+        "store conformance: update_limited must refuse clearing rotated_to at the limit"
+    );
+    // A write to a key that already counts is never refused, even above
+    // the limit.
+    let mut renamed = a.clone();
+    renamed.name = "renamed".into();
+    let r = ok(
+        store
+            .update_limited(renamed.clone(), a.revision, 1, now)
+            .await,
+        "update_limited",
+    );
+    let LimitedUpdate::Updated(stored) = r else {
+        panic!("store conformance: update_limited refused a write that does not revive the key")
+    };
+    assert_eq!(
+        (stored.name.as_str(), stored.revision),
+        ("renamed", a.revision + 1),
+        "store conformance: update_limited must write as update_if does"
+    );
+    // Stale revision and missing record: as update_if.
+    expect_kind(
+        store
+            .update_limited(renamed.clone(), a.revision, 5, now)
+            .await,
+        StoreErrorKind::Conflict,
+        "update_limited with a stale revision",
+    );
+    expect_kind(
+        store
+            .update_limited(sample_record(Some(&owner)), 0, 5, now)
+            .await,
+        StoreErrorKind::NotFound,
+        "update_limited of a missing record",
+    );
+    // Below the limit the revival is written.
+    let r = ok(
+        store
+            .update_limited(revived.clone(), expired.revision, 3, now)
+            .await,
+        "update_limited",
+    );
+    let LimitedUpdate::Updated(stored) = r else {
+        panic!("store conformance: update_limited must write a revival below the limit")
+    };
+    assert_eq!(
+        (stored.expires_at, stored.revision),
+        (None, expired.revision + 1),
+        "store conformance: update_limited must store the revived record"
+    );
+    assert_eq!(
+        must_get(store, expired.id, "get").await,
+        stored,
+        "store conformance: update_limited must return what it stored"
+    );
+}
+
+/// Concurrent revivals for one owner never leave it above the limit.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn update_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let now = suite_now();
+    ok(store.insert(sample_record(Some(&owner))).await, "insert");
+    let mut expired = Vec::new();
+    for _ in 0..8 {
+        let mut r = sample_record(Some(&owner));
+        r.expires_at = Some(now);
+        ok(store.insert(r.clone()).await, "insert");
+        expired.push(r);
+    }
+    let results = join_all(expired.into_iter().map(|r| {
+        let expected = r.revision;
+        let mut revived = r;
+        revived.expires_at = None;
+        store.update_limited(revived, expected, 3, now)
+    }))
+    .await;
+    let updated = results
+        .into_iter()
+        .map(|r| ok(r, "update_limited"))
+        .filter(|r| matches!(r, LimitedUpdate::Updated(_)))
+        .count();
+    assert_eq!(
+        updated, 2,
+        "store conformance: concurrent update_limited must revive exactly up to the limit"
+    );
+    let counting = ok(store.list_by_owner(&owner).await, "list")
+        .iter()
+        .filter(|r| r.counts_toward_limit(now))
+        .count();
+    assert_eq!(
+        counting, 3,
+        "store conformance: concurrent update_limited left the owner above the limit"
+    );
+}
+
 /// `rotate` writes both records or neither.
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn rotate_is_atomic<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn rotate_is_atomic<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S) {
     let owner = unique_owner();
     let old = sample_record(Some(&owner));
     ok(store.insert(old.clone()).await, "insert");
     ok(
         store
-            .record_usage(&[UsageDelta::new(old.id, suite_now().date(), 2, suite_now())])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                old.id,
+                suite_now().date(),
+                2,
+                suite_now(),
+            )]))
             .await,
         "record_usage",
     );
@@ -629,6 +958,79 @@ pub async fn rotate_is_atomic<S: KeyStoreLifecycle + ?Sized>(store: &S) {
         view.expires_at(),
         pred.expires_at,
         "store conformance: a fetch after rotate must see the grace expiry"
+    );
+}
+
+/// Rotating a key whose predecessor is still in its grace period ends that
+/// grace at the rotation time (the successor's `created_at`), in the same
+/// step: a chain never has more than two working keys.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn rotate_ends_the_previous_grace<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let t0 = suite_now();
+    let first = sample_record(Some(&owner));
+    ok(store.insert(first.clone()).await, "insert");
+    // first -> second, with a long grace.
+    let mut second = sample_record(Some(&owner));
+    second.created_at = t0;
+    second.rotated_from = Some(first.id);
+    let mut pred = first.clone();
+    pred.rotated_to = Some(second.id);
+    pred.expires_at = Some(t0 + Duration::days(7));
+    let (first_stored, _) = ok(
+        store.rotate(pred, first.revision, second.clone()).await,
+        "rotate",
+    );
+    // second -> third an hour later: first's grace ends then.
+    let at = t0 + Duration::hours(1);
+    let mut third = sample_record(Some(&owner));
+    third.created_at = at;
+    third.rotated_from = Some(second.id);
+    let mut pred = second.clone();
+    pred.rotated_to = Some(third.id);
+    pred.expires_at = Some(at + Duration::days(7));
+    ok(
+        store.rotate(pred, second.revision, third.clone()).await,
+        "rotate",
+    );
+    let first_now = must_get(store, first.id, "get").await;
+    assert_eq!(
+        first_now.expires_at,
+        Some(at),
+        "store conformance: rotate must end the grace of the predecessor's predecessor at the successor's created_at"
+    );
+    assert_eq!(
+        first_now.revision,
+        first_stored.revision + 1,
+        "store conformance: ending a grace period is a write (revision + 1)"
+    );
+    assert_eq!(
+        ok(store.fetch(first.id).await, "fetch").and_then(|v| v.expires_at()),
+        Some(at),
+        "store conformance: a fetch after rotate must see the ended grace"
+    );
+    assert_eq!(
+        must_get(store, second.id, "get").await.expires_at,
+        Some(at + Duration::days(7)),
+        "store conformance: rotate must keep the predecessor's own grace"
+    );
+    // A failed rotation ends nothing.
+    let mut fourth = sample_record(Some(&owner));
+    fourth.created_at = at + Duration::hours(1);
+    let mut pred = third.clone();
+    pred.rotated_to = Some(fourth.id);
+    let before = must_get(store, second.id, "get").await;
+    expect_kind(
+        store.rotate(pred, third.revision + 7, fourth).await,
+        StoreErrorKind::Conflict,
+        "rotate with a stale revision",
+    );
+    assert_eq!(
+        must_get(store, second.id, "get").await,
+        before,
+        "store conformance: a failed rotate ended a grace period"
     );
 }
 
@@ -765,7 +1167,7 @@ pub async fn revoke_matching_by_prefix_and_window<S: KeyStoreLifecycle + ?Sized>
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn list_expiring_window<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn list_expiring_window<S: KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     let owner = unique_owner();
     let now = suite_now();
     let mk = |exp: Option<Duration>| {
@@ -862,6 +1264,44 @@ pub async fn legacy_index<S: KeyStoreLifecycle + ?Sized>(store: &S) {
         None,
         "store conformance: update_if must drop the old legacy index"
     );
+    // Moving onto an index another record holds is a collision, for every
+    // conditional write, and changes nothing.
+    let mut other = sample_record(Some(&unique_owner()));
+    let mut i3 = [0u8; 32];
+    OsRng.fill_bytes(&mut i3);
+    let i3 = KeyDigest::from_bytes(i3);
+    other.legacy = Some(LegacyInfo::new("old_", i3, 1, true));
+    ok(store.insert(other.clone()).await, "insert");
+    let mut onto = must_get(store, a.id, "get").await;
+    let before = onto.clone();
+    onto.legacy = Some(LegacyInfo::new("old_", i3, 1, true));
+    expect_kind(
+        store.update_if(onto.clone(), before.revision).await,
+        StoreErrorKind::IdCollision,
+        "update_if onto a taken legacy index",
+    );
+    expect_kind(
+        store.update(onto.clone()).await,
+        StoreErrorKind::IdCollision,
+        "update onto a taken legacy index",
+    );
+    expect_kind(
+        store
+            .update_limited(onto, before.revision, 100, suite_now())
+            .await,
+        StoreErrorKind::IdCollision,
+        "update_limited onto a taken legacy index",
+    );
+    assert_eq!(
+        must_get(store, a.id, "get").await,
+        before,
+        "store conformance: a write refused for a legacy collision changed the record"
+    );
+    assert_eq!(
+        ok(store.find_legacy(&i3).await, "find_legacy"),
+        Some(other),
+        "store conformance: a legacy collision moved the other record's index"
+    );
     ok(store.delete(a.id).await, "delete");
     assert_eq!(
         ok(store.find_legacy(&i2).await, "find_legacy"),
@@ -870,11 +1310,77 @@ pub async fn legacy_index<S: KeyStoreLifecycle + ?Sized>(store: &S) {
     );
 }
 
+/// Records that break their invariants (a revoked status without a
+/// revocation, an expiry before the not-before, a secret version out of
+/// range) are refused as [`StoreErrorKind::Corrupt`] by every write, and
+/// nothing is written.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn invalid_records_are_refused<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let broken = [
+        sample_record(None)
+            .to_builder()
+            .status(KeyStatus::Revoked)
+            .build_unvalidated(),
+        sample_record(None)
+            .to_builder()
+            .not_before(Some(suite_now()))
+            .expires_at(Some(suite_now() - Duration::days(1)))
+            .build_unvalidated(),
+        sample_record(None)
+            .to_builder()
+            .secret_version(0)
+            .build_unvalidated(),
+    ];
+    for (i, bad) in broken.into_iter().enumerate() {
+        expect_kind(
+            store.insert(bad.clone()).await,
+            StoreErrorKind::Corrupt,
+            &format!("insert of invalid record #{i}"),
+        );
+        expect_kind(
+            store.insert_limited(bad.clone(), 10, suite_now()).await,
+            StoreErrorKind::Corrupt,
+            &format!("insert_limited of invalid record #{i}"),
+        );
+        assert!(
+            ok(store.get(bad.id).await, "get").is_none(),
+            "store conformance: an invalid record was written"
+        );
+        // Over a valid stored record with the same id.
+        let good = bad
+            .to_builder()
+            .status(KeyStatus::Active)
+            .revocation(None)
+            .not_before(None)
+            .expires_at(None)
+            .secret_version(1)
+            .build_unvalidated();
+        ok(store.insert(good.clone()).await, "insert");
+        expect_kind(
+            store.update_if(bad.clone(), good.revision).await,
+            StoreErrorKind::Corrupt,
+            &format!("update_if to invalid record #{i}"),
+        );
+        expect_kind(
+            store.update(bad.clone()).await,
+            StoreErrorKind::Corrupt,
+            &format!("update to invalid record #{i}"),
+        );
+        assert_eq!(
+            must_get(store, good.id, "get").await,
+            good,
+            "store conformance: a refused invalid write changed the record"
+        );
+    }
+}
+
 /// `record_usage` applies batches exactly and skips unknown ids.
 ///
 /// # Panics
 /// When the store breaks the contract.
-pub async fn usage_batches<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+pub async fn usage_batches<S: UsageStore + KeyStoreWrite + KeyStoreQuery + ?Sized>(store: &S) {
     let a = sample_record(Some(&unique_owner()));
     ok(store.insert(a.clone()).await, "insert");
     let now = suite_now();
@@ -885,17 +1391,25 @@ pub async fn usage_batches<S: KeyStoreLifecycle + ?Sized>(store: &S) {
         UsageDelta::new(KeyId::from_u64(OsRng.next_u64()), d1, 9, now),
         UsageDelta::new(a.id, d2, 4, now + Duration::days(1)),
     ];
-    ok(store.record_usage(&batch).await, "record_usage");
+    ok(
+        store.record_usage(&UsageBatch::new(batch.to_vec())).await,
+        "record_usage",
+    );
     ok(
         store
-            .record_usage(&[UsageDelta::new(a.id, d2, 1, now + Duration::hours(25))])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                d2,
+                1,
+                now + Duration::hours(25),
+            )]))
             .await,
         "record_usage",
     );
     // A late batch for an earlier time must not move last_used_at back.
     ok(
         store
-            .record_usage(&[UsageDelta::new(a.id, d1, 2, now)])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(a.id, d1, 2, now)]))
             .await,
         "record_usage",
     );
@@ -928,7 +1442,7 @@ pub async fn usage_batches<S: KeyStoreLifecycle + ?Sized>(store: &S) {
 /// When a failing write succeeds or changes anything.
 pub async fn failed_writes_change_nothing<S, F>(store: &S, set_failing: F)
 where
-    S: KeyStoreLifecycle + ?Sized,
+    S: KeyStoreLifecycle + UsageStore + ?Sized,
     F: Fn(bool),
 {
     let owner = unique_owner();
@@ -954,6 +1468,10 @@ where
             .is_err(),
         store.update(changed.clone()).await.is_err(),
         store.update_if(changed.clone(), a.revision).await.is_err(),
+        store
+            .update_limited(changed.clone(), a.revision, 10, suite_now())
+            .await
+            .is_err(),
         store.rotate(pred, a.revision, succ.clone()).await.is_err(),
         store.revoke_owner(&owner, revocation("x")).await.is_err(),
         store
@@ -961,7 +1479,12 @@ where
             .await
             .is_err(),
         store
-            .record_usage(&[UsageDelta::new(a.id, suite_now().date(), 1, suite_now())])
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                suite_now().date(),
+                1,
+                suite_now(),
+            )]))
             .await
             .is_err(),
         store.delete(a.id).await.is_err(),
@@ -972,6 +1495,7 @@ where
         "insert_limited",
         "update",
         "update_if",
+        "update_limited",
         "rotate",
         "revoke_owner",
         "revoke_matching",

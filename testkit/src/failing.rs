@@ -6,8 +6,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use apikey::{
-    KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
-    KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind, UsageDelta,
+    FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
+    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
+    StoreErrorKind, UsageBatch, UsageStore,
 };
 use time::OffsetDateTime;
 
@@ -29,10 +30,7 @@ impl KeyStore for FailingStore {
     async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
         Err(failure())
     }
-    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(failure())
-    }
-    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn find_legacy(&self, _: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
         Err(failure())
     }
 }
@@ -50,14 +48,17 @@ impl KeyStoreWrite for FailingStore {
 }
 
 impl KeyStoreQuery for FailingStore {
+    async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Err(failure())
+    }
+    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Err(failure())
+    }
     async fn list_expiring(
         &self,
         _: Option<&str>,
         _: Range<OffsetDateTime>,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(failure())
-    }
-    async fn find_legacy(&self, _: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
         Err(failure())
     }
 }
@@ -72,6 +73,15 @@ impl KeyStoreLifecycle for FailingStore {
         Err(failure())
     }
     async fn update_if(&self, _: KeyRecord, _: u64) -> Result<KeyRecord, StoreError> {
+        Err(failure())
+    }
+    async fn update_limited(
+        &self,
+        _: KeyRecord,
+        _: u64,
+        _: u32,
+        _: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
         Err(failure())
     }
     async fn rotate(
@@ -93,7 +103,10 @@ impl KeyStoreLifecycle for FailingStore {
     ) -> Result<Vec<KeyId>, StoreError> {
         Err(failure())
     }
-    async fn record_usage(&self, _: &[UsageDelta]) -> Result<(), StoreError> {
+}
+
+impl UsageStore for FailingStore {
+    async fn record_usage(&self, _: &UsageBatch) -> Result<FlushOutcome, StoreError> {
         Err(failure())
     }
 }

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use apikey::{
-    KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind,
-    UsageDelta,
+    FlushId, FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation,
+    StoreError, StoreErrorKind, UsageBatch, UsageStore,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 struct Tables {
     rows: HashMap<KeyId, KeyRecord>,
     legacy: HashMap<[u8; 32], KeyId>,
+    flushes: std::collections::HashSet<FlushId>,
 }
 
 /// See the module docs.
@@ -47,6 +48,14 @@ impl NetStore {
         s.latency_us
             .store(latency.as_micros() as u64, Ordering::Relaxed);
         Arc::new(s)
+    }
+
+    /// Sets the simulated round trip of every following call.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_us.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Makes every following call fail (`true`) or work (`false`).
@@ -155,21 +164,13 @@ impl KeyStore for NetStore {
         Ok(t.rows.get(&id).map(|r| Arc::new(KeyView::from_record(r))))
     }
 
-    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.round_trip().await?;
-        Ok(self.tables.lock().await.rows.get(&id).cloned())
-    }
-
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
         self.round_trip().await?;
         let t = self.tables.lock().await;
-        Ok(Self::sorted(
-            t.rows
-                .values()
-                .filter(|r| r.owner.as_deref() == Some(owner))
-                .cloned()
-                .collect(),
-        ))
+        Ok(t.legacy
+            .get(index.as_bytes())
+            .and_then(|id| t.rows.get(id))
+            .cloned())
     }
 }
 
@@ -220,6 +221,23 @@ impl KeyStoreWrite for NetStore {
 }
 
 impl KeyStoreQuery for NetStore {
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.round_trip().await?;
+        Ok(self.tables.lock().await.rows.get(&id).cloned())
+    }
+
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.round_trip().await?;
+        let t = self.tables.lock().await;
+        Ok(Self::sorted(
+            t.rows
+                .values()
+                .filter(|r| r.owner.as_deref() == Some(owner))
+                .cloned()
+                .collect(),
+        ))
+    }
+
     async fn list_expiring(
         &self,
         owner: Option<&str>,
@@ -238,15 +256,6 @@ impl KeyStoreQuery for NetStore {
             .collect();
         v.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
         Ok(v)
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        self.round_trip().await?;
-        let t = self.tables.lock().await;
-        Ok(t.legacy
-            .get(index.as_bytes())
-            .and_then(|id| t.rows.get(id))
-            .cloned())
     }
 }
 
@@ -292,6 +301,43 @@ impl KeyStoreLifecycle for NetStore {
         Ok(record)
     }
 
+    async fn update_limited(
+        &self,
+        mut record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        self.round_trip().await?;
+        // BEGIN; lock the owner; SELECT ... FOR UPDATE; count; UPDATE; COMMIT
+        let mut t = self.tables.lock().await;
+        let stored = Self::check_replace(&t, &record, Some(expected))?;
+        if let Some(owner) = record.owner.as_deref()
+            && record.counts_toward_limit(now)
+            && !(stored.counts_toward_limit(now) && stored.owner.as_deref() == Some(owner))
+        {
+            let active = t
+                .rows
+                .values()
+                .filter(|r| {
+                    r.id != record.id
+                        && r.owner.as_deref() == Some(owner)
+                        && r.counts_toward_limit(now)
+                })
+                .count() as u32;
+            tokio::task::yield_now().await;
+            if active >= max {
+                return Ok(LimitedUpdate::LimitReached { active });
+            }
+        }
+        tokio::task::yield_now().await;
+        record.usage = stored.usage;
+        record.last_used_at = stored.last_used_at;
+        record.revision = expected + 1;
+        Self::put(&mut t, record.clone());
+        Ok(LimitedUpdate::Updated(record))
+    }
+
     async fn rotate(
         &self,
         mut predecessor: KeyRecord,
@@ -306,11 +352,31 @@ impl KeyStoreLifecycle for NetStore {
             return Err(err(StoreErrorKind::IdCollision));
         }
         tokio::task::yield_now().await;
+        // End the grace of the predecessor's predecessor (same transaction).
+        let ended = stored
+            .rotated_from
+            .and_then(|g| t.rows.get(&g))
+            .filter(|g| {
+                g.rotated_to == Some(predecessor.id)
+                    && g.expires_at.is_none_or(|e| e > successor.created_at)
+            })
+            .cloned()
+            .map(|mut g| {
+                g.expires_at = Some(successor.created_at);
+                if g.not_before.is_some_and(|nb| nb >= successor.created_at) {
+                    g.not_before = None;
+                }
+                g.revision += 1;
+                g
+            });
         predecessor.usage = stored.usage;
         predecessor.last_used_at = stored.last_used_at;
         predecessor.revision = expected + 1;
         Self::put(&mut t, predecessor.clone());
         Self::put(&mut t, successor.clone());
+        if let Some(g) = ended {
+            Self::put(&mut t, g);
+        }
         Ok((predecessor, successor))
     }
 
@@ -338,11 +404,17 @@ impl KeyStoreLifecycle for NetStore {
             r.prefix == *prefix && created.contains(&r.created_at)
         }))
     }
+}
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+impl UsageStore for NetStore {
+    /// Records flush ids like a `usage_flushes` table would: exactly once.
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
         self.round_trip().await?;
         let mut t = self.tables.lock().await;
-        for d in batch {
+        if !t.flushes.insert(batch.id) {
+            return Ok(FlushOutcome::AlreadyApplied);
+        }
+        for d in &batch.deltas {
             if let Some(r) = t.rows.get_mut(&d.id) {
                 r.usage.apply(d.day, d.count);
                 r.last_used_at = Some(
@@ -351,6 +423,6 @@ impl KeyStoreLifecycle for NetStore {
                 );
             }
         }
-        Ok(())
+        Ok(FlushOutcome::Applied)
     }
 }

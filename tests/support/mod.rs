@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use apikey::{
     KeyManager, KeyStoreLifecycle, Keyring, ManualClock, MemoryAuditSink, MemoryStore,
-    ServerSecret, Verifier,
+    ServerSecret, UsageStore, Verifier,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -18,13 +18,16 @@ pub fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap())
 }
 
-pub struct Fixture<S: KeyStoreLifecycle> {
+pub struct Fixture<S: KeyStoreLifecycle + UsageStore> {
     pub manager: KeyManager<S, ManualClock>,
     pub clock: ManualClock,
     pub audit: Arc<MemoryAuditSink>,
 }
 
-pub fn fixture_with<S: KeyStoreLifecycle>(verifier: Verifier, store: S) -> Fixture<S> {
+pub fn fixture_with<S: KeyStoreLifecycle + UsageStore + 'static>(
+    verifier: Verifier,
+    store: S,
+) -> Fixture<S> {
     let clock = ManualClock::new(T0);
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = KeyManager::with_clock(verifier, store, clock.clone()).audit_sink(audit.clone());
