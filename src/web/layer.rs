@@ -14,7 +14,7 @@
 //!   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
 //!   layer depends on axum-core only, not on axum's server, so it cannot
 //!   read axum's `ConnectInfo` itself: set `ClientIp` from it (or from a
-//!   trusted proxy header) in a small middleware, as `examples/axum_server.rs`
+//!   trusted proxy header) in a small middleware, as `apikey-sqlx/examples/axum_server.rs`
 //!   does:
 //!
 //! ```

@@ -16,7 +16,7 @@ fn example() -> std::path::PathBuf {
     let bin = dir.join("examples").join("axum_server");
     assert!(
         bin.exists(),
-        "{} is missing: `cargo test --all-features` builds it (or `cargo build --example axum_server --features axum`)",
+        "{} is missing: `cargo test --workspace --all-features` builds it (or `cargo build -p apikey-sqlx --example axum_server --features sqlite,postgres`)",
         bin.display()
     );
     bin
