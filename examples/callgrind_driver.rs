@@ -24,7 +24,7 @@ use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 
 use apikey::{Authenticator, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
@@ -168,7 +168,7 @@ fn main() {
         "{class}"
     );
 
-    let mac = <Hmac<Sha256> as Mac>::new_from_slice(&[9u8; 32]).unwrap();
+    let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&[9u8; 32]).unwrap();
     // The naive map, with a fixed-seed hasher (std's SipHash-1-3, as
     // RandomState, but with zero keys so counts repeat).
     let mut naive_map = NaiveMap::default();

@@ -33,10 +33,14 @@ pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAud
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
-    ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, Keyring, MAX_KEY_LEN,
-    MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, ParsedKey, Prefix, PrefixEntry, PrefixRegistry,
-    ServerSecret, key_display_form,
+    ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, MAX_KEY_LEN,
+    MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, OsRng, ParsedKey, Prefix, PrefixEntry,
+    PrefixRegistry, ServerSecret, key_display_form,
 };
+/// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
+/// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
+/// release line's), so callers can name the same version.
+pub use rand_core;
 pub use manage::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation, UsageRecorder};
 pub use store::{
     FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,

@@ -17,7 +17,7 @@ use std::hash::Hasher;
 use std::str::FromStr;
 
 use hmac::Mac;
-use rand_core::{CryptoRng, RngCore};
+use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher24;
 use subtle::ConstantTimeEq;
@@ -371,7 +371,7 @@ fn compose(
 }
 
 /// Generates a fresh key under the keyring's current version.
-pub(crate) fn generate<R: RngCore + CryptoRng + ?Sized>(
+pub(crate) fn generate<R: CryptoRng + ?Sized>(
     rng: &mut R,
     prefix: &str,
     keyring: &Keyring,

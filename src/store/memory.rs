@@ -745,7 +745,8 @@ mod tests {
 
     /// A record with a random id and digest, created a day before `suite_now`.
     fn sample_record(owner: Option<&str>) -> KeyRecord {
-        use rand_core::{OsRng, RngCore};
+        use crate::OsRng;
+        use rand_core::Rng;
         let mut digest = [0u8; 32];
         OsRng.fill_bytes(&mut digest);
         KeyRecord {

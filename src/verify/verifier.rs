@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use rand_core::{CryptoRng, OsRng, RngCore};
+use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -121,23 +121,48 @@ impl Verifier {
         &self.full_access
     }
 
-    /// Issues a key with OS randomness: the key (show it once) and the
-    /// record to store.
+    /// Issues a key: the key (show it once) and the record to store. The
+    /// id and secret come from this thread's [`KeyRng`](crate::KeyRng), a
+    /// ChaCha20 generator seeded from the OS, reseeded after a fork and
+    /// every [`RESEED_EVERY`](crate::RESEED_EVERY) keys.
     ///
     /// # Errors
     /// [`Error::InvalidPrefix`] for an unregistered prefix,
     /// [`Error::InvalidScope`] for a malformed scope, [`Error::InvalidInput`]
     /// for an empty or inverted validity window.
     pub fn issue(&self, new: NewKey, now: OffsetDateTime) -> Result<(ApiKey, KeyRecord)> {
-        self.issue_with_rng(new, now, &mut OsRng)
+        self.issue_with_rng(new, now, &mut crate::KeyRng::new())
     }
 
-    /// Like [`issue`](Self::issue) with a caller-supplied CSPRNG (tests,
-    /// fuzzing, deterministic fixtures).
+    /// Like [`issue`](Self::issue), reading the operating system's random
+    /// source for every key ([`OsRng`](crate::OsRng); slower: two system
+    /// calls per key).
     ///
     /// # Errors
     /// As [`issue`](Self::issue).
-    pub fn issue_with_rng<R: RngCore + CryptoRng + ?Sized>(
+    pub fn issue_with_os_rng(
+        &self,
+        new: NewKey,
+        now: OffsetDateTime,
+    ) -> Result<(ApiKey, KeyRecord)> {
+        self.issue_with_rng(new, now, &mut crate::OsRng)
+    }
+
+    /// Like [`issue`](Self::issue) with a caller-supplied CSPRNG (tests,
+    /// fuzzing, deterministic fixtures): any [`rand_core`](crate::rand_core)
+    /// 0.10 [`CryptoRng`].
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let (key, _record) = verifier.issue_with_rng(NewKey::new("sk_test_"), time::OffsetDateTime::UNIX_EPOCH, &mut OsRng)?;
+    /// assert!(key.expose_secret().starts_with("sk_test_"));
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`issue`](Self::issue).
+    pub fn issue_with_rng<R: CryptoRng + ?Sized>(
         &self,
         new: NewKey,
         now: OffsetDateTime,
