@@ -7,6 +7,10 @@
 #   bash .ci/fuzz.sh              # 45 s per target
 #   FUZZ_SECONDS=600 bash .ci/fuzz.sh
 #
+# Targets (every [[bin]] of fuzz/Cargo.toml, via `cargo fuzz list`):
+# parse_key, scope_grammar, verify, record_json, header_extraction,
+# extreme_times. Each needs its seeds in fuzz/seeds/TARGET/.
+#
 # The longer AddressSanitizer run (nightly) is described in SECURITY.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

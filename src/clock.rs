@@ -4,6 +4,19 @@
 //! `now` argument, and the [`Authenticator`](crate::Authenticator) asks a
 //! [`Clock`]. [`SystemClock`] is the default; [`ManualClock`] is for tests
 //! (yours too) and only moves when told to.
+//!
+//! # Supported time range
+//!
+//! Every time the crate accepts (record fields, `now` arguments, clock
+//! readings, RFC 3339 input) must lie in [`MIN_TIME`]..=[`MAX_TIME`]:
+//! Unix time in microseconds from 0 to 2^53 − 1, that is
+//! 1970-01-01T00:00:00Z through 2255-06-05T23:47:34.740991Z (what a 64-bit
+//! float, such as a Redis Lua number, represents exactly). Any UTC offset
+//! is fine as long as the instant is inside. A time outside is
+//! [`Error::InvalidInput`] (`INVALID_REQUEST`, 400), never a panic or a
+//! wrong answer; a record with one is [`Error::InvalidRecord`]. A clock
+//! that reads outside the range makes every operation that reads it answer
+//! `INVALID_REQUEST`.
 
 use std::sync::{Arc, Mutex};
 
@@ -93,12 +106,69 @@ impl Timestamp {
     }
 }
 
-fn out_of_range() -> Error {
-    Error::InvalidInput(format!(
-        "time outside the supported range {} ..= {}",
-        Timestamp::MIN.to_datetime(),
-        Timestamp::MAX.to_datetime()
-    ))
+/// The earliest supported time: the Unix epoch, 1970-01-01T00:00:00Z.
+pub const MIN_TIME: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
+
+/// The latest supported time: 2^53 − 1 microseconds after the Unix epoch,
+/// 2255-06-05T23:47:34.740991Z (inclusive).
+pub const MAX_TIME: OffsetDateTime = time::macros::datetime!(2255-06-05 23:47:34.740991 UTC);
+
+/// [`MAX_TIME`] in Unix nanoseconds.
+pub(crate) const MAX_TIME_NANOS: i64 = ((1i64 << 53) - 1) * 1000;
+
+/// Whether `t` is in the supported range ([`MIN_TIME`]..=[`MAX_TIME`]).
+/// Never panics, whatever the offset.
+///
+/// ```
+/// use apikey::{MAX_TIME, MIN_TIME, in_time_range};
+/// use time::macros::datetime;
+/// assert!(in_time_range(MIN_TIME) && in_time_range(MAX_TIME));
+/// assert!(!in_time_range(MAX_TIME + time::Duration::MICROSECOND));
+/// assert!(!in_time_range(datetime!(9999-12-31 23:59:59 -23:59)));
+/// assert!(!in_time_range(datetime!(1969-12-31 23:59:59 UTC)));
+/// ```
+pub fn in_time_range(t: OffsetDateTime) -> bool {
+    unix_nanos_in_range(t).is_some()
+}
+
+/// `t` in Unix nanoseconds, when in the supported range.
+#[inline]
+pub(crate) fn unix_nanos_in_range(t: OffsetDateTime) -> Option<i64> {
+    let n = t.unix_timestamp_nanos();
+    if (0..=i128::from(MAX_TIME_NANOS)).contains(&n) {
+        Some(n as i64)
+    } else {
+        None
+    }
+}
+
+/// `t` converted to UTC, when in the supported range.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`INVALID_REQUEST`) naming the range otherwise.
+///
+/// ```
+/// use apikey::check_time;
+/// use time::macros::datetime;
+/// assert_eq!(check_time(datetime!(2026-01-01 1:00 +01:00))?, datetime!(2026-01-01 0:00 UTC));
+/// assert_eq!(check_time(datetime!(9999-12-31 23:59:59 -23:59)).unwrap_err().code(), "INVALID_REQUEST");
+/// # Ok::<(), apikey::Error>(())
+/// ```
+pub fn check_time(t: OffsetDateTime) -> Result<OffsetDateTime> {
+    if in_time_range(t) {
+        // In range, so the UTC value exists.
+        Ok(t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t))
+    } else {
+        Err(out_of_range())
+    }
+}
+
+/// The error for a time outside the supported range.
+pub(crate) fn out_of_range() -> Error {
+    Error::InvalidInput(
+        "time outside the supported range (1970-01-01T00:00:00Z to 2255-06-05T23:47:34.740991Z)"
+            .into(),
+    )
 }
 
 /// A source of the current time: the one clock of the crate (verification,
@@ -140,6 +210,10 @@ impl Clock for SystemClock {
 }
 
 /// A clock that stands still until advanced. Clones share one time.
+///
+/// It holds any time, but the crate only accepts readings in the
+/// [supported range](crate::MIN_TIME) ([`MIN_TIME`]..=[`MAX_TIME`]): set it outside and every
+/// operation that reads it answers `INVALID_REQUEST`.
 ///
 /// ```
 /// use apikey::{Clock, ManualClock};

@@ -30,7 +30,9 @@ pub mod __private;
 pub use manage::TracingSink;
 pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use clock::{
+    Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, Timestamp, check_time, in_time_range,
+};
 pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
     ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, MAX_KEY_LEN,
@@ -41,11 +43,14 @@ pub use key::{
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
 /// release line's), so callers can name the same version.
 pub use rand_core;
-pub use manage::{ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation, UsageRecorder};
+pub use manage::{
+    DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation,
+    UsageRecorder,
+};
 pub use store::{
     FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,
-    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, MemoryStore, NewKey,
-    Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore,
+    NewKey, Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
     Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,

@@ -163,6 +163,33 @@ proptest! {
     }
 
     #[test]
+    fn extreme_times_arbitrary(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fuzzing::extreme_times(&data);
+    }
+
+    #[test]
+    fn extreme_times_scripted(
+        steps in proptest::collection::vec(
+            (0u8..10, 0u64..14, any::<u64>(), any::<u64>(), any::<u8>()),
+            1..12,
+        ),
+    ) {
+        // Each step: an operation, then a time selector and its bytes, and
+        // a flag byte, laid out as the harness reads them.
+        let mut data = Vec::new();
+        for (op, sel, a, b, flag) in steps {
+            data.push(op);
+            if op % 10 != 0 {
+                data.push(1 | flag);
+            }
+            data.extend_from_slice(&sel.to_le_bytes());
+            data.extend_from_slice(&a.to_le_bytes());
+            data.extend_from_slice(&b.to_le_bytes());
+        }
+        fuzzing::extreme_times(&data);
+    }
+
+    #[test]
     fn record_json_arbitrary(data in proptest::collection::vec(any::<u8>(), 0..200)) {
         harness().record_json(&data);
     }
@@ -265,6 +292,7 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
             "record_json" => h.record_json(bytes),
             "scope_grammar" => fuzzing::scope_grammar(bytes),
             "header_extraction" => h.header_extraction(bytes),
+            "extreme_times" => fuzzing::extreme_times(bytes),
             other => panic!("unknown target {other}"),
         }
     }
@@ -282,6 +310,83 @@ fn checked_in_seed_corpus_is_the_deterministic_one() {
         3,
         "one valid key per built-in prefix: {prefixes:?}"
     );
+}
+
+/// Issue 9, item 4: the review's panics and wrong answers at the edges of
+/// time, each now a typed `INVALID_REQUEST` or the right answer.
+#[test]
+fn extreme_times_are_invalid_requests_not_panics() {
+    use apikey::*;
+    use time::macros::datetime;
+    let verifier = fuzzing::harness_verifier();
+    let extreme = datetime!(9999-12-31 23:59:59 -23:59);
+    let err = verifier
+        .issue(
+            NewKey::new("sk_live_").expires_at(extreme),
+            fuzzing::HARNESS_NOW,
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+    assert_eq!(
+        verifier
+            .issue(NewKey::new("sk_live_"), extreme)
+            .unwrap_err()
+            .code(),
+        "INVALID_REQUEST"
+    );
+    // The manager: a clock at 9999-12-31 23:00 -02:00, and extreme inputs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let clock = ManualClock::new(fuzzing::HARNESS_NOW);
+        let m = KeyManager::with_clock(verifier.clone(), MemoryStore::new(), clock.clone());
+        let admin = Actor::new("a");
+        let (key, s) = m.create(NewKey::new("sk_live_"), &admin).await.unwrap();
+        for bad in [
+            m.create(NewKey::new("sk_live_").expires_at(extreme), &admin)
+                .await
+                .map(|_| ()),
+            m.update(s.id, KeyUpdate::new().expires_at(Some(extreme)), &admin)
+                .await
+                .map(|_| ()),
+            m.rotate(
+                s.id,
+                Rotation::with_grace(time::Duration::ZERO).expires_at(extreme),
+                &admin,
+            )
+            .await
+            .map(|_| ()),
+            m.import(ImportKey::plaintext("x").expires_at(extreme), &admin)
+                .await
+                .map(|_| ()),
+        ] {
+            assert_eq!(bad.unwrap_err().code(), "INVALID_REQUEST");
+        }
+        clock.set(datetime!(9999-12-31 23:00 -02:00));
+        assert_eq!(m.get(s.id).await.unwrap_err().code(), "INVALID_REQUEST");
+        assert_eq!(m.list("o").await.unwrap_err().code(), "INVALID_REQUEST");
+        let r = m
+            .authenticate(key.expose_secret(), &Requirement::none(), None)
+            .await;
+        assert_eq!(r.unwrap_err().code(), "INVALID_REQUEST");
+        // A key with no expiry verifies up to the end of the range, and
+        // 2262-04-12 (where i64 nanoseconds end) is outside it, not EXPIRED.
+        clock.set(MAX_TIME);
+        m.authenticate(key.expose_secret(), &Requirement::none(), None)
+            .await
+            .unwrap();
+        clock.set(datetime!(2262-04-12 0:00 UTC));
+        let r = m
+            .authenticate(key.expose_secret(), &Requirement::none(), None)
+            .await;
+        assert_eq!(r.unwrap_err().code(), "INVALID_REQUEST");
+    });
+    assert_eq!(
+        MAX_TIME,
+        time::OffsetDateTime::from_unix_timestamp_nanos(((1i128 << 53) - 1) * 1000).unwrap()
+    );
+    assert_eq!(MIN_TIME, time::OffsetDateTime::UNIX_EPOCH);
 }
 
 /// The extractor's docs say a key found in several places reports "the

@@ -151,11 +151,14 @@ async fn guesses_lock_out_then_expire() {
         code(&check(&s, &good, &route).await),
         "TOO_MANY_FAILED_ATTEMPTS"
     );
-    // Missing keys are not guesses; a JWT is not ours.
+    // Missing keys are not guesses; a JWT is not ours (refused by default,
+    // but not counted as a guess either).
     let jwt = [("authorization", "Bearer eyJhbGciOiJub25lIn0.e30.")];
     s.mono.advance(Duration::from_secs(15 * 60));
     assert_eq!(code(&check(&s, &[], &route).await), "MISSING_API_KEY");
-    assert_eq!(code(&check(&s, &jwt, &route).await), "NOT_OURS");
+    for _ in 0..3 {
+        assert_eq!(code(&check(&s, &jwt, &route).await), "MISSING_API_KEY");
+    }
     assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
 }
 
@@ -261,5 +264,144 @@ async fn async_rate_limit_backend_and_its_failure() {
             assert_eq!(code(&run().await), "ADMITTED");
             assert_eq!(code(&run().await), "RATE_LIMITED");
         }
+    }
+}
+
+fn header<'a>(r: &'a apikey::web::ErrorResponse, name: &str) -> Option<&'a str> {
+    r.header(name)
+}
+
+/// Issue 9, item 8: on a 429 `X-RateLimit-Reset` is the moment a retry is
+/// admitted, as `Retry-After` says, not the window's full replenishment.
+#[tokio::test]
+async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
+    let s = setup(Quota::new(Some(60), None), None, None);
+    let h = [("x-api-key", s.key.expose_secret())];
+    let route = Route::any_key().cost(0);
+    for _ in 0..60 {
+        assert_eq!(code(&check(&s, &h, &route).await), "ADMITTED");
+    }
+    let Decision::Rejected(r) = check(&s, &h, &route).await else {
+        panic!("the 61st request in a minute is refused")
+    };
+    let resp = r.to_response();
+    assert_eq!(resp.status, 429);
+    let retry: i64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    let reset: i64 = header(&resp, "x-ratelimit-reset").unwrap().parse().unwrap();
+    assert_eq!(retry, 1);
+    assert_eq!(
+        reset,
+        T0.unix_timestamp() + retry,
+        "Reset must agree with Retry-After"
+    );
+    // On an admitted request, Reset is the full replenishment of the window.
+    s.mono.advance(Duration::from_secs(1));
+    let Decision::Admitted(ok) = check(&s, &h, &route).await else {
+        panic!("admitted after Retry-After")
+    };
+    let reset: i64 = ok
+        .headers()
+        .iter()
+        .find(|(n, _)| *n == "x-ratelimit-reset")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert_eq!(reset, T0.unix_timestamp() + 60);
+}
+
+/// Issue 9, item 8: a `USAGE_EXCEEDED` with no refill policy has no
+/// `Retry-After` (the docs say so); with a refill it has one.
+#[tokio::test]
+async fn usage_exceeded_without_refill_has_no_retry_after() {
+    let s = setup(Quota::unlimited(), Some(1), None);
+    let h = [("x-api-key", s.key.expose_secret())];
+    let route = Route::any_key();
+    assert_eq!(code(&check(&s, &h, &route).await), "ADMITTED");
+    let Decision::Rejected(r) = check(&s, &h, &route).await else {
+        panic!("no credits left")
+    };
+    let resp = r.to_response();
+    assert_eq!((resp.status, r.error.code()), (429, "USAGE_EXCEEDED"));
+    assert_eq!(header(&resp, "retry-after"), None);
+}
+
+/// Issue 9, item 8: `MISSING_API_KEY` details name what the gate's
+/// extractor accepts, not always `X-API-Key`.
+#[tokio::test]
+async fn missing_key_details_name_what_the_extractor_accepts() {
+    async fn body(s: &Setup) -> serde_json::Value {
+        let Decision::Rejected(r) = check(s, &[("accept", "*/*")], &Route::any_key()).await else {
+            panic!("no key")
+        };
+        let resp = r.to_response();
+        assert_eq!(r.error.code(), "MISSING_API_KEY");
+        let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        v["error"]["details"].clone()
+    }
+    let s = setup(Quota::unlimited(), None, None);
+    let d = body(&s).await;
+    assert_eq!(d["header"], "X-API-Key");
+    assert_eq!(
+        d["accepted"],
+        serde_json::json!(["X-API-Key", "Authorization: Bearer"])
+    );
+    let mut s = setup(Quota::unlimited(), None, None);
+    let prefixes = s.gate.authenticator().verifier().prefixes().clone();
+    s.gate = s
+        .gate
+        .extractor(apikey::web::Extractor::new(prefixes.clone()).accept_api_key_header(false));
+    let d = body(&s).await;
+    assert_eq!(
+        d,
+        serde_json::json!({"accepted": ["Authorization: Bearer"]})
+    );
+    s.gate = s.gate.extractor(
+        apikey::web::Extractor::new(prefixes)
+            .api_key_header_name("X-Tenant-Key")
+            .accept_bearer(false),
+    );
+    let d = body(&s).await;
+    assert_eq!(
+        d,
+        serde_json::json!({"header": "X-Tenant-Key", "accepted": ["X-Tenant-Key"]})
+    );
+}
+
+/// Issue 9, item 1: `Gate::check` fails closed on credentials that are not
+/// ours; `Decision::NotOurs` only with the explicit opt-in.
+#[tokio::test]
+async fn gate_rejects_foreign_credentials_by_default() {
+    let foreign = [
+        "Basic dXNlcjpwYXNz",
+        "Bearer whatever",
+        "Token x",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+    ];
+    let mut s = setup(Quota::unlimited(), None, None);
+    for v in foreign {
+        let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
+        let Decision::Rejected(r) = d else {
+            panic!("{v}: {d:?}")
+        };
+        let resp = r.to_response();
+        assert_eq!(
+            (resp.status, r.error.code()),
+            (401, "MISSING_API_KEY"),
+            "{v}"
+        );
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some(r#"Bearer realm="api""#)
+        );
+        // The blocking path too.
+        assert!(s.gate.extract([("authorization", v)], None, None).is_err());
+    }
+    s.gate = s
+        .gate
+        .foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
+    for v in foreign {
+        let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
+        assert_eq!(code(&d), "NOT_OURS", "{v}");
     }
 }

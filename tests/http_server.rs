@@ -13,7 +13,7 @@ use std::time::Duration;
 use apikey::limits::credits::CreditLedger;
 use apikey::limits::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
 use apikey::web::ApiKeyLayer;
-use apikey::web::{Admitted, Gate, QuotaTable, Route};
+use apikey::web::{Admitted, ForeignCredentials, Gate, QuotaTable, Route};
 use apikey::*;
 use axum::Router;
 use axum::routing::get;
@@ -66,7 +66,8 @@ async fn maybe(key: Option<VerifiedKey>) -> String {
 }
 
 /// Routes: `/read` needs `tasks:read`, `/write` needs `tasks:write`,
-/// `/open` accepts foreign credentials (JWTs) too.
+/// `/open` accepts foreign credentials (JWTs) too (`PassThrough`),
+/// `/guarded` needs `tasks:read` and its handler never looks at the key.
 fn router<S: KeyStore + Send + Sync + 'static>(
     gate: Arc<TestGate<S>>,
     timeout: Option<Duration>,
@@ -89,7 +90,18 @@ fn router<S: KeyStore + Send + Sync + 'static>(
                 Requirement::scope("tasks:write").unwrap(),
             ))),
         )
-        .route("/open", get(maybe).route_layer(layer(Route::any_key())))
+        .route(
+            "/open",
+            get(maybe).route_layer(
+                layer(Route::any_key()).foreign_credentials(ForeignCredentials::PassThrough),
+            ),
+        )
+        // A handler that does not ask for the key: only the layer guards it.
+        .route(
+            "/guarded",
+            get(|| async { "secret data" })
+                .route_layer(layer(Route::new(Requirement::scope("tasks:read").unwrap()))),
+        )
 }
 
 async fn serve(router: Router) -> SocketAddr {
@@ -382,10 +394,11 @@ async fn over_the_rate_limit() {
     assert_eq!(r.header("retry-after"), Some("30"));
     assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-    // Fully replenished 60 s after the burst (two 30 s intervals).
+    // On a 429, Reset is when a retry is admitted (as Retry-After says),
+    // not the full replenishment 60 s after the burst.
     assert_eq!(
         r.header("x-ratelimit-reset"),
-        Some((T0.unix_timestamp() + 60).to_string().as_str())
+        Some((T0.unix_timestamp() + 30).to_string().as_str())
     );
     assert_eq!(r.header("www-authenticate"), None);
     // Half a minute later one more is admitted.
@@ -426,8 +439,54 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     assert_eq!(ledger.owner_credits("org_1", "rest").unwrap().remaining, 0);
 }
 
+const JWT: &str = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+
+/// Issue 9, item 1: the layer fails closed. Foreign credentials get the
+/// 401 of a request without a key, with the JSON body and the challenge,
+/// even when the handler never asks for the key.
+async fn assert_foreign_is_rejected(value: &str) {
+    let f = fixture().await;
+    let r = get_with(f.addr, "/guarded", &[("Authorization", value)]).await;
+    r.error(401, "MISSING_API_KEY");
+    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="api""#));
+    assert!(!r.body.contains("secret data"), "{r:?}");
+}
+
 #[tokio::test]
-async fn foreign_bearer_tokens_pass_through() {
+async fn foreign_basic_is_rejected_by_default() {
+    assert_foreign_is_rejected("Basic dXNlcjpwYXNz").await;
+}
+
+#[tokio::test]
+async fn foreign_bearer_is_rejected_by_default() {
+    assert_foreign_is_rejected("Bearer whatever").await;
+}
+
+#[tokio::test]
+async fn foreign_token_scheme_is_rejected_by_default() {
+    assert_foreign_is_rejected("Token x").await;
+}
+
+#[tokio::test]
+async fn foreign_jwt_is_rejected_by_default() {
+    assert_foreign_is_rejected(JWT).await;
+}
+
+#[tokio::test]
+async fn guarded_route_admits_only_a_valid_key_meeting_the_requirement() {
+    let f = fixture().await;
+    let (key, _) = issue(&f.store, reader());
+    let r = get_with(f.addr, "/guarded", &x_api_key(&key)).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "secret data"));
+    let (writer, _) = issue(&f.store, reader().scopes(["tasks:write"]));
+    let r = get_with(f.addr, "/guarded", &x_api_key(&writer)).await;
+    r.error(403, "INSUFFICIENT_SCOPE");
+    let r = get_with(f.addr, "/guarded", &[]).await;
+    r.error(401, "MISSING_API_KEY");
+}
+
+#[tokio::test]
+async fn foreign_bearer_tokens_pass_through_only_when_opted_in() {
     let f = fixture().await;
     let jwt = [(
         "Authorization",

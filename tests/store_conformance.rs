@@ -120,6 +120,15 @@ async fn suite_catches_a_store_that_ignores_the_limit() {
         async fn update_if(&self, r: KeyRecord, e: u64) -> Result<KeyRecord, StoreError> {
             self.0.update_if(r, e).await
         }
+        async fn update_limited(
+            &self,
+            r: KeyRecord,
+            e: u64,
+            _max: u32,
+            _now: OffsetDateTime,
+        ) -> Result<LimitedUpdate, StoreError> {
+            self.0.update_if(r, e).await.map(LimitedUpdate::Updated)
+        }
         async fn rotate(
             &self,
             p: KeyRecord,
@@ -181,7 +190,10 @@ async fn read_part_catches_a_store_that_drops_scopes() {
     impl KeyStore for Lossy {
         async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
             Ok(self.0.get_sync(id).map(|r| {
-                let r = r.to_builder().scopes(ScopeSet::default()).build_unvalidated();
+                let r = r
+                    .to_builder()
+                    .scopes(ScopeSet::default())
+                    .build_unvalidated();
                 Arc::new(KeyView::from_record(&r))
             }))
         }

@@ -79,13 +79,15 @@ use crate::key::{ApiKey, KeyId};
 use crate::prefix::{Environment, Prefix, PrefixEntry};
 use crate::record::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
-use crate::store::{KeyStoreLifecycle, LimitedInsert, UsageStore};
+use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageStore};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
 
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
 const MAX_RETRIES: usize = 8;
+/// The default of [`KeyManager::max_grace`]: 7 days.
+pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 /// Longest legacy key accepted, in bytes.
 pub const MAX_LEGACY_KEY_LEN: usize = 512;
 /// Longest legacy prefix, in bytes.
@@ -166,7 +168,11 @@ pub enum KeyState {
 impl KeySummary {
     /// The summary of `record` at `now`.
     pub fn from_record(record: &KeyRecord, now: OffsetDateTime) -> Self {
-        let today = now.to_offset(time::UtcOffset::UTC).date();
+        // Never panics: a `now` whose UTC date does not exist (an extreme
+        // offset) counts no usage today.
+        let today = now
+            .checked_to_offset(time::UtcOffset::UTC)
+            .map_or(time::Date::MIN, OffsetDateTime::date);
         let state = match record.status {
             KeyStatus::Revoked => KeyState::Revoked,
             KeyStatus::Disabled => KeyState::Disabled,
@@ -303,7 +309,10 @@ impl Rotation {
 
 enum LegacySecret {
     Plaintext(Zeroizing<String>),
-    Sha256 { prefix: String, digest: [u8; 32] },
+    Sha256 {
+        prefix: String,
+        digest: Zeroizing<[u8; 32]>,
+    },
 }
 
 /// A key from another system to import (see [`KeyManager::import`]).
@@ -350,7 +359,7 @@ impl ImportKey {
         Self {
             secret: LegacySecret::Sha256 {
                 prefix: prefix.into(),
-                digest,
+                digest: Zeroizing::new(digest),
             },
             new: NewKey::default(),
         }
@@ -433,6 +442,7 @@ pub struct KeyManager<S, C = SystemClock> {
     store: S,
     clock: C,
     max_per_owner: Option<u32>,
+    max_grace: Duration,
     legacy: Vec<LegacyPrefix>,
     audit: Arc<dyn AuditSink>,
     audit_enabled: bool,
@@ -445,6 +455,7 @@ impl<S, C> fmt::Debug for KeyManager<S, C> {
         f.debug_struct("KeyManager")
             .field("verifier", &self.verifier)
             .field("max_per_owner", &self.max_per_owner)
+            .field("max_grace", &self.max_grace)
             .field(
                 "legacy_prefixes",
                 &self
@@ -474,6 +485,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             store,
             clock,
             max_per_owner: None,
+            max_grace: DEFAULT_MAX_GRACE,
             legacy: Vec::new(),
             audit: Arc::new(NoAudit),
             audit_enabled: false,
@@ -486,6 +498,16 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// [`KeyRecord::counts_toward_limit`]). Defaults to no limit.
     pub fn max_keys_per_owner(mut self, max: u32) -> Self {
         self.max_per_owner = Some(max);
+        self
+    }
+
+    /// The longest rotation grace period [`rotate`](Self::rotate) accepts;
+    /// a longer one is [`Error::InvalidInput`] (`INVALID_REQUEST`). Defaults
+    /// to [`DEFAULT_MAX_GRACE`] (7 days). Keys in their grace period still
+    /// work but do not count toward the owner limit, so this bounds how long
+    /// a rotated key can outlive the limit; a negative value counts as zero.
+    pub fn max_grace(mut self, max: Duration) -> Self {
+        self.max_grace = max.max(Duration::ZERO);
         self
     }
 
@@ -586,6 +608,12 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         &self.usage
     }
 
+    /// The clock's reading, checked against the
+    /// [supported range](crate::MIN_TIME).
+    fn now(&self) -> Result<OffsetDateTime> {
+        crate::clock::check_time(self.clock.now())
+    }
+
     fn emit(&self, event: AuditEvent) {
         self.audit.record(&event);
     }
@@ -611,7 +639,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// active keys; the errors of [`Verifier::issue`] (prefix, scopes,
     /// validity window); [`Error::StoreUnavailable`] when the store fails.
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -665,8 +693,9 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn get(&self, id: KeyId) -> Result<KeySummary> {
+        let now = self.now()?;
         let r = self.record(id).await?;
-        Ok(KeySummary::from_record(&r, self.clock.now()))
+        Ok(KeySummary::from_record(&r, now))
     }
 
     /// The summaries of `owner`'s keys, oldest first.
@@ -674,7 +703,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::StoreUnavailable`].
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let records = self
             .store
             .list_by_owner(owner)
@@ -697,7 +726,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         owner: Option<&str>,
         within: Duration,
     ) -> Result<Vec<KeySummary>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let records = self
             .store
             .list_expiring(owner, now..now.saturating_add(within))
@@ -715,7 +744,18 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// Reads key `id`, lets `change` compute the new record (`None`: nothing
     /// to do), and writes it conditionally, retrying when the record changed
     /// in between. Returns (before, after-if-written).
-    async fn modify<F>(&self, id: KeyId, mut change: F) -> Result<(KeyRecord, Option<KeyRecord>)>
+    ///
+    /// With an owner limit, every write goes through
+    /// [`KeyStoreLifecycle::update_limited`]: a write that would make the
+    /// key count toward the limit again (an expiry cleared or extended on
+    /// an expired key) is refused with [`Error::KeyLimitReached`] when the
+    /// owner is at the limit, atomically with the write.
+    async fn modify<F>(
+        &self,
+        id: KeyId,
+        now: OffsetDateTime,
+        mut change: F,
+    ) -> Result<(KeyRecord, Option<KeyRecord>)>
     where
         F: FnMut(&KeyRecord) -> Result<Option<KeyRecord>>,
     {
@@ -724,7 +764,23 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             let Some(next) = change(&current)? else {
                 return Ok((current, None));
             };
-            match self.store.update_if(next, current.revision).await {
+            let written = match self.max_per_owner {
+                Some(max) if next.owner.is_some() => {
+                    match self
+                        .store
+                        .update_limited(next, current.revision, max, now)
+                        .await
+                    {
+                        Ok(LimitedUpdate::Updated(stored)) => Ok(stored),
+                        Ok(LimitedUpdate::LimitReached { .. }) => {
+                            return Err(Error::KeyLimitReached { limit: max });
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => self.store.update_if(next, current.revision).await,
+            };
+            match written {
                 Ok(stored) => return Ok((current, Some(stored))),
                 Err(e) if e.kind() == StoreErrorKind::Conflict => continue,
                 Err(e) => return Err(e.into()),
@@ -737,13 +793,21 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
 
     /// Changes the fields set in `update`.
     ///
+    /// With an owner limit, a new expiry (or none) that brings an expired
+    /// key back is checked against the limit in the same atomic write.
+    ///
     /// # Errors
     /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key, or
-    /// a new expiry on a key replaced by rotation; [`Error::InvalidScope`];
+    /// a new expiry on a key replaced by rotation;
+    /// [`Error::KeyLimitReached`] when a new expiry would revive an expired
+    /// key while its owner is at the limit; [`Error::InvalidScope`];
     /// [`Error::InvalidInput`] for an expiry not in the future or not after
     /// not-before; [`Error::StoreUnavailable`].
     pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
+        if let Some(Some(e)) = update.expires_at {
+            crate::clock::check_time(e)?;
+        }
         let scopes = update
             .scopes
             .as_ref()
@@ -751,7 +815,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             .transpose()?;
         let mut fields = Vec::new();
         let (before, after) = self
-            .modify(id, |cur| {
+            .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
                     return Err(Error::InvalidState("a revoked key cannot be changed"));
                 }
@@ -776,7 +840,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                     fields.push("scopes");
                 }
                 if let Some(exp) = update.expires_at {
-                    let exp = exp.map(|t| t.to_offset(time::UtcOffset::UTC));
+                    let exp = exp.map(crate::clock::check_time).transpose()?;
                     if exp != cur.expires_at {
                         if cur.rotated_to.is_some() {
                             return Err(Error::InvalidState(
@@ -822,9 +886,9 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     }
 
     async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let (before, after) = self
-            .modify(id, |cur| match cur.status {
+            .modify(id, now, |cur| match cur.status {
                 KeyStatus::Revoked => Err(Error::InvalidState(
                     "a revoked key can never be enabled or disabled again",
                 )),
@@ -874,9 +938,9 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let (before, after) = self
-            .modify(id, |cur| {
+            .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
                     return Ok(None);
                 }
@@ -904,7 +968,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let record = self.record(id).await?;
         if !self
             .store
@@ -949,7 +1013,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<KeyId>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let ids = self
             .store
             .revoke_owner(
@@ -979,8 +1043,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<KeyId>> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let prefix = Prefix::new(prefix)?;
+        crate::clock::check_time(created.start)?;
+        crate::clock::check_time(created.end)?;
         let ids = self
             .store
             .revoke_matching(
@@ -1004,12 +1070,18 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// grace period (never past its own expiry; zero: it stops now), then
     /// fails as expired. The records point at each other
     /// (`rotated_to` / `rotated_from`). A key in its grace period does not
-    /// count toward the owner limit, so rotating at the limit works.
+    /// count toward the owner limit, so rotating at the limit works. The
+    /// grace is at most [`max_grace`](Self::max_grace) (7 days by default).
+    /// Rotating a key whose own predecessor is still in its grace period
+    /// ends that grace now, in the same atomic store write
+    /// ([`KeyStoreLifecycle::rotate`]): a rotation chain has at most two
+    /// working keys at any time, however often it is rotated.
     ///
     /// # Errors
     /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the key is
     /// revoked, expired, disabled, not yet valid or already rotated;
-    /// [`Error::InvalidInput`] for a negative grace or a bad new expiry;
+    /// [`Error::InvalidInput`] for a negative grace, one longer than
+    /// [`max_grace`](Self::max_grace), or a bad new expiry;
     /// [`Error::StoreUnavailable`].
     pub async fn rotate(
         &self,
@@ -1022,7 +1094,15 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                 "the grace period must not be negative".into(),
             ));
         }
-        let now = self.clock.now();
+        if rotation.grace > self.max_grace {
+            return Err(Error::InvalidInput(
+                "the grace period is longer than the configured maximum".into(),
+            ));
+        }
+        let now = self.now()?;
+        if let Some(e) = rotation.expires_at {
+            crate::clock::check_time(e)?;
+        }
         for _ in 0..MAX_RETRIES {
             let cur = self.record(id).await?;
             match cur.status {
@@ -1040,7 +1120,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             if cur.rotated_to.is_some() {
                 return Err(Error::InvalidState("this key was already rotated"));
             }
-            let grace_end = now.saturating_add(rotation.grace);
+            // Never past the supported range (a record must stay in it).
+            let grace_end = now
+                .saturating_add(rotation.grace)
+                .min(crate::clock::MAX_TIME);
             let grace_end = cur.expires_at.map_or(grace_end, |e| e.min(grace_end));
             if cur.not_before.is_some_and(|nb| grace_end <= nb || now < nb) {
                 return Err(Error::InvalidState(
@@ -1110,7 +1193,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// already; [`Error::KeyLimitReached`]; the errors of
     /// [`Verifier::issue`] for the other fields; [`Error::StoreUnavailable`].
     pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
-        let now = self.clock.now();
+        let now = self.now()?;
         let keyring = self.verifier.keyring();
         let version = keyring.current_version();
         let (legacy, sha, digest) = match &import.secret {
@@ -1124,7 +1207,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                     .ok_or_else(|| {
                         Error::InvalidInput("the key is not under a declared legacy prefix".into())
                     })?;
-                let sha: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+                let sha: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(Sha256::digest(text.as_bytes()).into());
                 (legacy, sha, keyring.legacy_digest(version, text))
             }
             LegacySecret::Sha256 { prefix, digest } => {
@@ -1133,7 +1217,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                     .iter()
                     .find(|l| l.legacy == *prefix)
                     .ok_or_else(|| Error::InvalidInput("not a declared legacy prefix".into()))?;
-                (legacy, *digest, None)
+                (legacy, digest.clone(), None)
             }
         };
         let index = keyring
@@ -1203,6 +1287,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
+        let now = self.now()?;
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
@@ -1217,17 +1302,15 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                 {
                     let legacy = legacy.clone();
                     return self
-                        .authenticate_legacy(presented, &legacy, requirement, ip, self.clock.now())
+                        .authenticate_legacy(presented, &legacy, requirement, ip, now)
                         .await;
                 }
                 if let Some(reason) = RejectionSampler::reason_of(&e) {
-                    self.rejections
-                        .count(reason, || self.clock.now(), &*self.audit);
+                    self.rejections.count(reason, || now, &*self.audit);
                 }
                 return Err(e);
             }
         };
-        let now = self.clock.now();
         let view = self
             .store
             .fetch(parsed.id())
@@ -1285,7 +1368,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
         }
         let keyring = self.verifier.keyring();
-        let sha: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let sha: Zeroizing<[u8; 32]> = Zeroizing::new(Sha256::digest(presented.as_bytes()).into());
         let mut found = None;
         for v in keyring.versions_current_first() {
             let Some(index) = keyring.legacy_index(v, &sha) else {
@@ -1369,7 +1452,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// [`Error::StoreUnavailable`]; the counts stay pending.
     pub async fn flush(&self) -> Result<u64> {
         self.usage
-            .flush(&self.store, self.clock.now())
+            .flush(&self.store, self.now()?)
             .await
             .map_err(Error::StoreUnavailable)
     }
@@ -1381,7 +1464,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// [`Error::StoreUnavailable`] when the final flush fails (the counts
     /// are still pending; call again).
     pub async fn shutdown(&self) -> Result<()> {
-        let now = self.clock.now();
+        let now = self.now()?;
         self.rejections.emit(now, &*self.audit);
         self.flush().await.map(|_| ())
     }

@@ -9,7 +9,7 @@ pub(crate) mod usage;
 pub use audit::TracingSink;
 pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 pub use manager::{
-    ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, MAX_LEGACY_KEY_LEN,
+    DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, MAX_LEGACY_KEY_LEN,
     MAX_LEGACY_PREFIX_LEN, Rotation,
 };
 pub use usage::UsageRecorder;

@@ -17,7 +17,7 @@ use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
 use crate::scope::ScopeSet;
 use crate::store::{
     FlushId, FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
-    LimitedInsert, UsageBatch, UsageStore,
+    LimitedInsert, LimitedUpdate, UsageBatch, UsageStore,
 };
 use crate::sync::{self, Mutex, RwLock};
 
@@ -337,16 +337,7 @@ impl MemoryStore {
         let mut index = sync::lock(&self.owners);
         self.check_insert(&record)?;
         if let Some(owner) = record.owner.as_deref() {
-            let active = index.owners.get(owner).map_or(0, |ids| {
-                ids.iter()
-                    .filter(|id| {
-                        sync::read(self.shard(**id))
-                            .get(&id.as_u64())
-                            .is_some_and(|v| v.counts_toward_limit(now))
-                    })
-                    .count()
-            });
-            let active = u32::try_from(active).unwrap_or(u32::MAX);
+            let active = self.counting(&index, owner, now, None);
             if active >= max {
                 return Ok(LimitedInsert::LimitReached { active });
             }
@@ -374,6 +365,56 @@ impl MemoryStore {
         Ok(record)
     }
 
+    /// [`KeyStoreLifecycle::update_limited`], synchronously.
+    ///
+    /// # Errors
+    /// As [`update_if_sync`](Self::update_if_sync).
+    pub fn update_limited_sync(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        record.validate().map_err(corrupt)?;
+        let mut index = sync::lock(&self.owners);
+        let stored = self.check_replace(&record, Some(expected))?;
+        if let Some(owner) = record.owner.as_deref()
+            && record.counts_toward_limit(now)
+            && !(stored.counts_toward_limit(now) && stored.owner() == Some(owner))
+        {
+            let active = self.counting(&index, owner, now, Some(record.id));
+            if active >= max {
+                return Ok(LimitedUpdate::LimitReached { active });
+            }
+        }
+        let record = conditional(record, &stored, expected.wrapping_add(1));
+        self.replace(&mut index, &stored, &record);
+        Ok(LimitedUpdate::Updated(record))
+    }
+
+    /// Records of `owner` that count toward its limit at `now`, `except`
+    /// one (caller holds `owners`).
+    fn counting(
+        &self,
+        index: &Index,
+        owner: &str,
+        now: OffsetDateTime,
+        except: Option<KeyId>,
+    ) -> u32 {
+        let n = index.owners.get(owner).map_or(0, |ids| {
+            ids.iter()
+                .filter(|id| Some(**id) != except)
+                .filter(|id| {
+                    sync::read(self.shard(**id))
+                        .get(&id.as_u64())
+                        .is_some_and(|v| v.counts_toward_limit(now))
+                })
+                .count()
+        });
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// [`KeyStoreLifecycle::rotate`], synchronously.
     ///
     /// # Errors
@@ -398,9 +439,23 @@ impl MemoryStore {
         let mut index = sync::lock(&self.owners);
         let stored = self.check_replace(&predecessor, Some(expected))?;
         self.check_insert(&successor)?;
+        // The predecessor's own predecessor stops working now (see the
+        // trait): computed and checked before anything is written.
+        let ended = stored
+            .cold()
+            .and_then(|c| c.rotated_from)
+            .filter(|g| *g != successor.id)
+            .and_then(|g| self.view(g))
+            .and_then(|g| end_grace(&g, predecessor.id, successor.created_at).map(|r| (g, r)));
+        if let Some((_, r)) = &ended {
+            r.validate().map_err(corrupt)?;
+        }
         let predecessor = conditional(predecessor, &stored, expected.wrapping_add(1));
         self.replace(&mut index, &stored, &predecessor);
         self.put_new(&mut index, &successor);
+        if let Some((g, r)) = ended {
+            self.replace(&mut index, &g, &r);
+        }
         Ok((predecessor, successor))
     }
 
@@ -611,6 +666,21 @@ fn rebuilt(old: &KeyView, record: &KeyRecord) -> Arc<KeyView> {
     ))
 }
 
+/// The record of `view` with its grace period ended at `at`, when it is
+/// still linked to `successor` and would otherwise work past `at`.
+fn end_grace(view: &KeyView, successor: KeyId, at: OffsetDateTime) -> Option<KeyRecord> {
+    if view.rotated_to() != Some(successor) || view.expires_at_exact().is_some_and(|e| e <= at) {
+        return None;
+    }
+    let mut r = view.to_record();
+    r.expires_at = Some(at);
+    if r.not_before.is_some_and(|nb| nb >= at) {
+        r.not_before = None;
+    }
+    r.revision = r.revision.wrapping_add(1);
+    Some(r)
+}
+
 fn revoke_slot(slot: &mut Arc<KeyView>, revocation: &Revocation) -> bool {
     if slot.status == KeyStatus::Revoked {
         return false;
@@ -694,6 +764,16 @@ impl KeyStoreLifecycle for MemoryStore {
         expected: u64,
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
         ready(self.update_if_sync(record, expected))
+    }
+
+    fn update_limited(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send {
+        ready(self.update_limited_sync(record, expected, max, now))
     }
 
     fn rotate(
@@ -807,18 +887,32 @@ mod tests {
         r.not_before = Some(suite_now().to_offset(plus2));
         r.expires_at = Some((suite_now() + Duration::days(3)).to_offset(plus2));
         cases.push(r);
-        // Out of the i64-nanosecond range, and exactly on its ends.
+        // Exactly on the ends of the supported range, in UTC and not.
         let mut r = sample_record(Some("u2"));
-        r.created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(i64::MIN)).unwrap();
-        r.not_before = Some(r.created_at);
+        r.created_at = crate::clock::MIN_TIME;
+        r.not_before = Some(crate::clock::MIN_TIME);
+        r.expires_at = Some(crate::clock::MAX_TIME);
+        cases.push(r);
+        let mut r = sample_record(Some("u2"));
+        r.created_at = crate::clock::MIN_TIME.to_offset(plus2);
+        r.not_before = Some(crate::clock::MIN_TIME + Duration::nanoseconds(1));
         r.expires_at =
-            Some(OffsetDateTime::from_unix_timestamp_nanos(i128::from(i64::MAX)).unwrap());
+            Some(crate::clock::MAX_TIME.to_offset(UtcOffset::from_hms(-23, -59, 0).unwrap()));
         cases.push(r);
-        let mut r = sample_record(Some("u2"));
-        r.created_at = time::macros::datetime!(1500-01-01 0:00 UTC);
-        r.not_before = Some(time::macros::datetime!(1600-01-01 0:00 UTC));
-        r.expires_at = Some(time::macros::datetime!(9999-12-31 23:59:59.999999999 UTC));
-        cases.push(r);
+        // Outside it: refused, nothing written.
+        for bad in [
+            time::macros::datetime!(1500-01-01 0:00 UTC),
+            crate::clock::MAX_TIME + Duration::MICROSECOND,
+            time::macros::datetime!(9999-12-31 23:59:59 -23:59),
+        ] {
+            let mut r = sample_record(Some("u2"));
+            r.expires_at = Some(bad);
+            assert_eq!(
+                store.insert_sync(r.clone()).unwrap_err().kind(),
+                StoreErrorKind::Corrupt
+            );
+            assert!(store.get_sync(r.id).is_none());
+        }
         // Every cold field set, usage and revision too.
         let mut r = sample_record(Some("u3"));
         r.status = KeyStatus::Revoked;

@@ -19,7 +19,7 @@
 //! | [`KeyStore`] | verification ([`Authenticator`](crate::Authenticator), the gate) | `fetch` (and `find_legacy` for imported keys; defaults to none) |
 //! | [`KeyStoreQuery`] | management reads | `get`, `list_by_owner`, `list_expiring` |
 //! | [`KeyStoreWrite`] | plain writes | `insert`, `update`, `delete` |
-//! | [`KeyStoreLifecycle`] | [`KeyManager`](crate::KeyManager): the compound writes a real database does atomically | `insert_limited`, `update_if`, `rotate`, `revoke_owner`, `revoke_matching` |
+//! | [`KeyStoreLifecycle`] | [`KeyManager`](crate::KeyManager): the compound writes a real database does atomically | `insert_limited`, `update_if`, `update_limited`, `rotate`, `revoke_owner`, `revoke_matching` |
 //! | [`UsageStore`] | the [`UsageRecorder`](crate::UsageRecorder) flush | `record_usage` |
 //!
 //! So a read-only store is one method, and each method states its
@@ -47,7 +47,8 @@
 //! |---|---|
 //! | `insert_limited` | `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE` (or an advisory lock on the owner); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
 //! | `update_if` | `UPDATE keys SET ..., revision = revision + 1 WHERE id = $1 AND revision = $expected` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
-//! | `rotate` | the `update_if` statement, then `INSERT` the successor; roll back if either fails |
+//! | `update_limited` | lock the owner as for `insert_limited`; `SELECT revision, <counts at $now> FROM keys WHERE id = $1 FOR UPDATE` (`NotFound` / `Conflict`); if the new row counts at `$now` and the stored one did not (or had another owner): `SELECT count(*) FROM keys WHERE owner = $owner AND id <> $1 AND <counts at $now>`, and at `$max` or above write nothing; else the `update_if` statement |
+//! | `rotate` | the `update_if` statement, then `INSERT` the successor, then `UPDATE keys SET expires_at = $successor_created_at, revision = revision + 1 WHERE id = $predecessor_rotated_from AND rotated_to = $predecessor_id AND (expires_at IS NULL OR expires_at > $successor_created_at)`; roll back if any fails |
 //! | `revoke_owner` | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE owner = $1 AND status <> 'revoked' RETURNING id, created_at` |
 //! | `revoke_matching` | the same with `WHERE prefix = $1 AND created_at >= $2 AND created_at < $3` |
 //! | `record_usage` | `INSERT INTO usage_flushes (flush_id) VALUES ($1) ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); then one `UPDATE keys SET day = ..., day_count = CASE ... END, month_count = CASE ... END, last_used_at = greatest(last_used_at, d.t) FROM unnest($ids, $days, $counts, $times) AS d WHERE keys.id = d.id` for the whole batch, in one transaction |
@@ -267,6 +268,24 @@ pub enum LimitedInsert {
     },
 }
 
+/// Outcome of [`KeyStoreLifecycle::update_limited`].
+// `Updated` is the common outcome and is moved out at once; boxing it would
+// add an allocation to every write for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitedUpdate {
+    /// The record was written; the stored result.
+    Updated(KeyRecord),
+    /// The write would have made the record count toward its owner's limit
+    /// again, and the owner already had `active` other records that count;
+    /// nothing was written.
+    LimitReached {
+        /// Other records of the owner counted.
+        active: u32,
+    },
+}
+
 /// Uses of one key on one UTC day, for [`KeyStoreLifecycle::record_usage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -331,12 +350,51 @@ pub trait KeyStoreLifecycle: KeyStoreWrite + KeyStoreQuery {
         expected: u64,
     ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
 
+    /// [`update_if`](Self::update_if) that keeps the owner limit: when
+    /// `record` would [count toward](KeyRecord::counts_toward_limit) its
+    /// owner's limit at `now` while the stored record did not (it was
+    /// revoked, expired at `now`, in a rotation grace period, or had another
+    /// owner), it first counts the owner's other records that count at
+    /// `now` (this record excluded) and, at `max` or more, writes nothing
+    /// and returns [`LimitedUpdate::LimitReached`]. Any other write (one
+    /// that does not make the record count again, or a record without
+    /// owner) is [`update_if`](Self::update_if) unchanged and returns
+    /// [`LimitedUpdate::Updated`]. The revision compare, the count and the
+    /// write are one atomic step: concurrent calls (and
+    /// [`insert_limited`](Self::insert_limited)) for one owner never leave
+    /// it above `max`.
+    ///
+    /// Every write that could bring an expired, revoked-looking or
+    /// rotated-away key back (clearing or extending an expiry, clearing a
+    /// rotation link) goes through this method in
+    /// [`KeyManager`](crate::KeyManager) when a limit is configured.
+    ///
+    /// Errors as [`update_if`](Self::update_if).
+    fn update_limited(
+        &self,
+        record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send;
+
     /// Rotation: in one step, updates `predecessor` as
     /// [`update_if`](Self::update_if) with `expected` and inserts
     /// `successor` as [`insert`](KeyStoreWrite::insert). Returns both stored
     /// records (predecessor, successor). Nothing is written when either part
     /// fails (a taken successor id is
     /// [`IdCollision`](crate::StoreErrorKind::IdCollision)).
+    ///
+    /// In the same step, the rotation **ends the grace period of the
+    /// predecessor's own predecessor**, so a rotation chain never has more
+    /// than two working keys: the record named by the stored predecessor's
+    /// `rotated_from`, if it still points back (`rotated_to` is the
+    /// predecessor's id) and its `expires_at` is unset or later than
+    /// `successor.created_at` (the rotation time), gets
+    /// `expires_at = successor.created_at` and revision + 1 (a
+    /// `not_before` at or after that time is cleared, so the record stays
+    /// valid; the key is expired either way). Its other fields and usage
+    /// are kept. It is not part of the returned pair.
     fn rotate(
         &self,
         predecessor: KeyRecord,
@@ -408,6 +466,9 @@ macro_rules! forward_store {
             }
             fn update_if(&self, record: KeyRecord, expected: u64) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
                 (**self).update_if(record, expected)
+            }
+            fn update_limited(&self, record: KeyRecord, expected: u64, max: u32, now: OffsetDateTime) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send {
+                (**self).update_limited(record, expected, max, now)
             }
             fn rotate(&self, predecessor: KeyRecord, expected: u64, successor: KeyRecord) -> impl Future<Output = Result<(KeyRecord, KeyRecord), StoreError>> + Send {
                 (**self).rotate(predecessor, expected, successor)

@@ -301,13 +301,27 @@ impl KeyRecord {
     }
 
     /// Checks the record's own invariants (used when records come from
-    /// outside: deserialized or inserted by a custom store).
+    /// outside: deserialized or inserted by a custom store), among them that
+    /// every time is in the [supported range](crate::MIN_TIME).
     ///
     /// # Errors
     /// [`Error::InvalidRecord`] naming the broken invariant.
     pub fn validate(&self) -> Result<()> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
+        }
+        let times = [
+            Some(self.created_at),
+            self.expires_at,
+            self.not_before,
+            self.last_used_at,
+            self.revocation.as_ref().map(|r| r.at),
+        ];
+        if !times.into_iter().flatten().all(crate::clock::in_time_range) {
+            return Err(Error::InvalidRecord(
+                "a time is outside the supported range (1970-01-01T00:00:00Z to 2255-06-05T23:47:34.740991Z)"
+                    .into(),
+            ));
         }
         if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
             && exp <= nb
@@ -366,7 +380,13 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 pub struct KeyView {
     pub(crate) digest: KeyDigest,
     pub(crate) id: KeyId,
-    /// Exclusive end, Unix nanos; `i64::MAX` when unset.
+    /// Exclusive end, Unix nanos; `i64::MAX` when unset. Every supported
+    /// time ([`MAX_TIME`](crate::MAX_TIME), year 2255) is below `i64::MAX`
+    /// nanoseconds (year 2262), and verification refuses a `now` outside
+    /// the range, so the sentinel never collides with a real time; an
+    /// unvalidated record expiring later saturates to it, which gives the
+    /// same answer for every supported `now` (its exact value is kept in
+    /// the cold fields).
     pub(crate) expires_at: i64,
     pub(crate) scopes: Arc<ScopeSet>,
     pub(crate) secret_version: u8,
@@ -737,22 +757,19 @@ impl KeyView {
             .unwrap_or(&EMPTY)
     }
 
-    /// Expiry, if any.
+    /// Expiry, if any: exactly the record's, also when it lies beyond the
+    /// nanosecond range of the hot field (which then reads "never" for
+    /// every supported `now`).
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        from_nanos(self.expires_at, i64::MAX)
+        self.expires_at_exact()
     }
 
-    /// Not-before, if any.
+    /// Not-before, if any: exactly the record's.
     pub fn not_before(&self) -> Option<OffsetDateTime> {
-        from_nanos(self.not_before_nanos(), i64::MIN)
-    }
-}
-
-fn from_nanos(n: i64, unset: i64) -> Option<OffsetDateTime> {
-    if n == unset {
-        None
-    } else {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).ok()
+        match self.exact().and_then(|e| e.not_before) {
+            Some(t) => t,
+            None => self.cold().and_then(|c| c.not_before).map(utc_from_nanos),
+        }
     }
 }
 

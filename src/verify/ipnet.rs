@@ -18,7 +18,11 @@ use crate::error::{Error, Result};
 /// range of one (`/32` or `/128`).
 ///
 /// Host bits must be zero (`10.0.0.1/8` is rejected), so every range has one
-/// spelling. Serializes as its text.
+/// spelling. A range of IPv4-mapped IPv6 addresses (inside `::ffff:0:0/96`)
+/// is stored, compared and printed as the IPv4 range it maps
+/// (`::ffff:10.0.0.0/104` is `10.0.0.0/8`). Other IPv6 ranges match IPv6
+/// addresses only: `::/0` does not match `10.1.2.3` nor `::ffff:10.1.2.3`.
+/// Serializes as its text.
 ///
 /// ```
 /// use apikey::IpNet;
@@ -54,7 +58,24 @@ impl IpNet {
                 "CIDR range has host bits set (write its network address)".into(),
             ));
         }
-        Ok(net)
+        Ok(net.canonical())
+    }
+
+    /// An IPv6 range inside `::ffff:0:0/96` (IPv4-mapped addresses) is the
+    /// IPv4 range it maps: `::ffff:10.0.0.0/104` is `10.0.0.0/8`. Addresses
+    /// are compared in their canonical form too, so such a range would
+    /// otherwise match nothing.
+    fn canonical(self) -> Self {
+        match self.addr {
+            IpAddr::V6(v6) if self.len >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Self {
+                    addr: IpAddr::V4(v4),
+                    len: self.len - 96,
+                },
+                None => self,
+            },
+            _ => self,
+        }
     }
 
     /// The network address.
@@ -211,6 +232,30 @@ mod tests {
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_ranges_match_their_ipv4_addresses() {
+        let n: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(n, "10.0.0.0/8".parse::<IpNet>().unwrap());
+        assert_eq!(n.to_string(), "10.0.0.0/8");
+        assert!(n.contains(ip("10.1.2.3")));
+        assert!(n.contains(ip("::ffff:10.1.2.3")));
+        assert!(!n.contains(ip("11.0.0.1")));
+        let one: IpNet = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(one.to_string(), "192.0.2.7/32");
+        assert!(one.contains(ip("192.0.2.7")));
+        let all: IpNet = "::ffff:0.0.0.0/96".parse().unwrap();
+        assert_eq!(all.to_string(), "0.0.0.0/0");
+        assert!(all.contains(ip("203.0.113.1")));
+        // Host bits are still checked on the IPv6 spelling.
+        assert!("::ffff:10.0.0.1/104".parse::<IpNet>().is_err());
+        // A shorter IPv6 range is not a mapped range.
+        let v6: IpNet = "::/0".parse().unwrap();
+        assert_eq!(v6.to_string(), "::/0");
+        assert!(v6.contains(ip("2001:db8::1")));
+        let json: IpNet = serde_json::from_str("\"::ffff:10.0.0.0/104\"").unwrap();
+        assert_eq!(serde_json::to_string(&json).unwrap(), "\"10.0.0.0/8\"");
     }
 
     #[test]

@@ -19,11 +19,12 @@ use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
+use crate::clock::{check_time, out_of_range, unix_nanos_in_range};
 use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError};
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::prefix::{Environment, Environments, PrefixRegistry};
-use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION, unix_nanos};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
 use crate::scope::{Requirement, Scope, ScopeSet};
 use crate::secret::Keyring;
 
@@ -129,7 +130,8 @@ impl Verifier {
     /// # Errors
     /// [`Error::InvalidPrefix`] for an unregistered prefix,
     /// [`Error::InvalidScope`] for a malformed scope, [`Error::InvalidInput`]
-    /// for an empty or inverted validity window.
+    /// for an empty or inverted validity window or a time (`now`, expiry,
+    /// not-before) outside the [supported range](crate::MIN_TIME).
     pub fn issue(&self, new: NewKey, now: OffsetDateTime) -> Result<(ApiKey, KeyRecord)> {
         self.issue_with_rng(new, now, &mut crate::KeyRng::new())
     }
@@ -176,9 +178,10 @@ impl Verifier {
                 reason: "not registered with this verifier",
             })?;
         let scopes = ScopeSet::parse(&new.scopes)?;
-        let now = now.to_offset(time::UtcOffset::UTC);
-        let expires_at = new.expires_at.map(|t| t.to_offset(time::UtcOffset::UTC));
-        let not_before = new.not_before.map(|t| t.to_offset(time::UtcOffset::UTC));
+        // Checked before any conversion: an extreme offset cannot panic.
+        let now = check_time(now)?;
+        let expires_at = new.expires_at.map(check_time).transpose()?;
+        let not_before = new.not_before.map(check_time).transpose()?;
         if let Some(exp) = expires_at {
             if exp <= now {
                 return Err(Error::InvalidInput(
@@ -243,7 +246,9 @@ impl Verifier {
     /// then, only once the secret matched: [`Error::RevokedApiKey`],
     /// [`Error::DisabledApiKey`], [`Error::NotYetValid`],
     /// [`Error::ExpiredApiKey`], [`Error::WrongEnvironment`],
-    /// [`Error::InsufficientScope`], and [`Error::IpNotAllowed`] for a key
+    /// [`Error::InsufficientScope`], [`Error::InvalidInput`] when `now` is
+    /// outside the [supported range](crate::MIN_TIME) (before any other
+    /// check), and [`Error::IpNotAllowed`] for a key
     /// with an IP allowlist: the caller's address is unknown here, so such
     /// keys fail closed. Use [`verify_from`](Self::verify_from) (or
     /// [`KeyManager::authenticate`](crate::KeyManager::authenticate)) to
@@ -291,14 +296,9 @@ impl Verifier {
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
+        let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
         let view = self.check_secret(parsed, view)?;
-        self.check_policy(
-            Some(parsed.environment()),
-            &view,
-            unix_nanos(now),
-            requirement,
-            ip,
-        )?;
+        self.check_policy(Some(parsed.environment()), &view, now, requirement, ip)?;
         Ok(VerifiedKey { view })
     }
 
@@ -361,7 +361,8 @@ impl Verifier {
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
-        self.check_policy(None, &view, unix_nanos(now), requirement, ip)?;
+        let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
+        self.check_policy(None, &view, now, requirement, ip)?;
         Ok(VerifiedKey { view })
     }
 

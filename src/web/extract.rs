@@ -24,6 +24,14 @@
 //!   `X-API-Key` value is always ours (the header exists for API keys).
 //! * The same key in several places is fine; different keys are an error,
 //!   never a guess.
+//! * The outcome depends on what the request carries, never on the order of
+//!   its headers: every value is read before deciding, and when several
+//!   things are wrong the answer follows a fixed precedence: an oversized
+//!   value (`MALFORMED_API_KEY`, reason `length`), then a value with
+//!   non-ASCII or control characters (reason `charset`), then a refused
+//!   query-string key, then two different keys (both `INVALID_REQUEST`),
+//!   then the key, then foreign credentials ([`Extracted::NotOurs`]), then
+//!   `MISSING_API_KEY`.
 //!
 //! ```
 //! use apikey::PrefixRegistry;
@@ -177,7 +185,7 @@ impl Extractor {
     pub fn new(prefixes: PrefixRegistry) -> Self {
         Self {
             prefixes,
-            header_name: Cow::Borrowed("x-api-key"),
+            header_name: Cow::Borrowed("X-API-Key"),
             api_key_header: true,
             bearer: true,
             query_param: None,
@@ -236,6 +244,34 @@ impl Extractor {
         &self.header_name
     }
 
+    /// Where this extractor takes keys from, in preference order, as a
+    /// client would write them: the API-key header's name (as configured),
+    /// `Authorization: Bearer`, and `?NAME=` for an accepted query
+    /// parameter. The `MISSING_API_KEY` answer of a [`Gate`](crate::gate::Gate)
+    /// lists exactly these.
+    ///
+    /// ```
+    /// use apikey::PrefixRegistry;
+    /// use apikey::web::Extractor;
+    /// let e = Extractor::new(PrefixRegistry::with_builtins());
+    /// assert_eq!(e.accepted(), ["X-API-Key", "Authorization: Bearer"]);
+    /// let bearer_only = e.accept_api_key_header(false);
+    /// assert_eq!(bearer_only.accepted(), ["Authorization: Bearer"]);
+    /// ```
+    pub fn accepted(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(3);
+        if self.api_key_header {
+            out.push(self.header_name.clone().into_owned());
+        }
+        if self.bearer {
+            out.push("Authorization: Bearer".to_owned());
+        }
+        if let Some(q) = &self.query_param {
+            out.push(format!("?{q}="));
+        }
+        out
+    }
+
     /// The prefixes that make a Bearer token ours.
     pub fn prefixes(&self) -> &PrefixRegistry {
         &self.prefixes
@@ -282,32 +318,31 @@ impl Extractor {
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'a,
     {
-        let mut found: Option<PresentedKey<'a>> = None;
-        let mut foreign = false;
+        // Every value is looked at before deciding, so the outcome is a
+        // function of the set of values, never of their order (see the
+        // module docs for the precedence).
+        let mut seen = Seen::default();
         for (name, value) in headers {
             let name = name.as_ref();
             let value = value.as_ref();
             if self.api_key_header && name.eq_ignore_ascii_case(self.header_name.as_bytes()) {
-                let text = self.check_value(value)?;
-                if text.is_empty() {
-                    continue;
+                match self.check_value(value) {
+                    Ok("") => {}
+                    Ok(text) => seen.key(text, Scheme::ApiKeyHeader),
+                    Err(e) => seen.error(e),
                 }
-                merge(&mut found, text, Scheme::ApiKeyHeader)?;
             } else if name.eq_ignore_ascii_case(b"authorization") {
-                match self.bearer_token(value)? {
-                    Some(text) => merge(&mut found, text, Scheme::Bearer)?,
-                    None => foreign = true,
+                match self.bearer_token(value) {
+                    Ok(Some(text)) => seen.key(text, Scheme::Bearer),
+                    Ok(None) => seen.foreign = true,
+                    Err(e) => seen.error(e),
                 }
             }
         }
         if let Some(query) = query {
-            self.scan_query(query, &mut found)?;
+            self.scan_query(query, &mut seen);
         }
-        match found {
-            Some(key) => Ok(Extracted::Key(key)),
-            None if foreign => Ok(Extracted::NotOurs),
-            None => Err(Error::MissingApiKey),
-        }
+        seen.outcome()
     }
 
     /// Extracts from an [`http::HeaderMap`] and the request URI's query.
@@ -373,51 +408,87 @@ impl Extractor {
         self.check_value(token).map(Some)
     }
 
-    fn scan_query<'a>(&self, query: &'a str, found: &mut Option<PresentedKey<'a>>) -> Result<()> {
+    fn scan_query<'a>(&self, query: &'a str, seen: &mut Seen<'a>) {
         for pair in query.split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match &self.query_param {
-                Some(param) if name == param.as_ref() => {
-                    let text = self.check_value(value.as_bytes())?;
-                    if !text.is_empty() {
-                        merge(found, text, Scheme::Query)?;
-                    }
-                }
+                Some(param) if name == param.as_ref() => match self.check_value(value.as_bytes()) {
+                    Ok("") => {}
+                    Ok(text) => seen.key(text, Scheme::Query),
+                    Err(e) => seen.error(e),
+                },
                 None if self
                     .refuse_query_params
                     .iter()
                     .any(|p| name.eq_ignore_ascii_case(p)) =>
                 {
-                    return Err(Error::InvalidInput(
-                        "API keys are not accepted in the query string; use the X-API-Key header"
-                            .into(),
-                    ));
+                    seen.query_refused = true;
                 }
                 _ => {}
             }
         }
-        Ok(())
     }
 }
 
-fn merge<'a>(found: &mut Option<PresentedKey<'a>>, text: &'a str, scheme: Scheme) -> Result<()> {
-    match found {
-        None => {
-            *found = Some(PresentedKey { text, scheme });
-            Ok(())
-        }
-        // Not secret-dependent timing worth hiding: both values come from
-        // the same client. The same key twice reports the preferred scheme
-        // (API-key header, then Bearer, then query), whatever the order.
-        Some(prev) if prev.text == text => {
-            if scheme.rank() < prev.scheme.rank() {
-                prev.scheme = scheme;
+/// What one request carried, gathered before any decision.
+#[derive(Default)]
+struct Seen<'a> {
+    /// A candidate key (the first seen, with the preferred scheme).
+    found: Option<PresentedKey<'a>>,
+    /// Two different candidate keys were seen.
+    conflict: bool,
+    /// Credentials that are not ours were seen.
+    foreign: bool,
+    /// A key was presented in the query string while that is refused.
+    query_refused: bool,
+    /// The most serious malformed value: `Length` before `Charset`.
+    malformed: Option<MalformedReason>,
+}
+
+impl<'a> Seen<'a> {
+    fn key(&mut self, text: &'a str, scheme: Scheme) {
+        match &mut self.found {
+            None => self.found = Some(PresentedKey { text, scheme }),
+            // Not secret-dependent timing worth hiding: both values come
+            // from the same client. The same key twice reports the
+            // preferred scheme (API-key header, then Bearer, then query).
+            Some(prev) if prev.text == text => {
+                if scheme.rank() < prev.scheme.rank() {
+                    prev.scheme = scheme;
+                }
             }
-            Ok(())
+            Some(_) => self.conflict = true,
         }
-        Some(_) => Err(Error::InvalidInput(
-            "the request carries more than one different API key".into(),
-        )),
+    }
+
+    fn error(&mut self, e: Error) {
+        if let Error::MalformedApiKey(reason) = e {
+            let rank = |r: MalformedReason| u8::from(r != MalformedReason::Length);
+            if self.malformed.is_none_or(|m| rank(reason) < rank(m)) {
+                self.malformed = Some(reason);
+            }
+        }
+    }
+
+    fn outcome(self) -> Result<Extracted<'a>> {
+        if let Some(reason) = self.malformed {
+            return Err(Error::MalformedApiKey(reason));
+        }
+        if self.query_refused {
+            return Err(Error::InvalidInput(
+                "API keys are not accepted in the query string; use a header".into(),
+            ));
+        }
+        if self.conflict {
+            return Err(Error::InvalidInput(
+                "the request carries more than one different API key".into(),
+            ));
+        }
+        match self.found {
+            Some(key) => Ok(Extracted::Key(key)),
+            None if self.foreign => Ok(Extracted::NotOurs),
+            None => Err(Error::MissingApiKey),
+        }
     }
 }
 
@@ -561,6 +632,63 @@ mod tests {
             ex().extract(h),
             Err(Error::MalformedApiKey(MalformedReason::Charset))
         ));
+    }
+
+    #[test]
+    fn extraction_outcome_does_not_depend_on_header_order() {
+        let oversized = format!("sk_live_{}", "a".repeat(300));
+        let (a, b) = ("sk_live_aaaa", "sk_live_bbbb");
+        let bearer_b = format!("Bearer {b}");
+        let headers = [
+            ("x-api-key", a),
+            ("authorization", bearer_b.as_str()),
+            ("x-api-key", oversized.as_str()),
+        ];
+        let mut outcomes = Vec::new();
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let h = order.map(|i| headers[i]);
+            let r = ex().extract(h);
+            outcomes.push(r.map_err(|e| (e.code(), e.to_string())));
+        }
+        for o in &outcomes {
+            assert_eq!(
+                o,
+                &Err((
+                    "MALFORMED_API_KEY",
+                    "the API key is malformed (length)".to_owned()
+                ))
+            );
+        }
+        // Two different keys and a bad character: the character wins, in
+        // either order.
+        let h1 = [
+            ("x-api-key", a),
+            ("x-api-key", b),
+            ("x-api-key", "sk\u{7f}"),
+        ];
+        let h2 = [
+            ("x-api-key", "sk\u{7f}"),
+            ("x-api-key", b),
+            ("x-api-key", a),
+        ];
+        for h in [h1, h2] {
+            assert!(matches!(
+                ex().extract(h),
+                Err(Error::MalformedApiKey(MalformedReason::Charset))
+            ));
+        }
+        // A refused query key and two different keys: the query error wins.
+        let e = ex();
+        let two = [("x-api-key", a), ("x-api-key", b)];
+        let err = e.extract_with_query(two, Some("api_key=x")).unwrap_err();
+        assert!(err.to_string().contains("query string"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!    a locked-out client address is refused (429 `TOO_MANY_FAILED_ATTEMPTS`)
 //!    before any other work;
 //! 2. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
-//!    credentials that are not ours (a Bearer JWT) give [`Decision::NotOurs`];
+//!    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
+//!    refused the same way by default, and give [`Decision::NotOurs`] only
+//!    with the opt-in [`ForeignCredentials::PassThrough`];
 //! 3. authentication and the route's scope requirement ([`Authenticator`]);
 //!    a failing store is 503 `STORE_UNAVAILABLE`, never 401. Malformed and
 //!    invalid keys count as failures for the throttle;
@@ -103,6 +105,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -119,7 +122,9 @@ use crate::ratelimit::{
     MonotonicClock, Quota, RateLimitDecision, RateLimitInfo, RateLimitStore, RateLimiter,
     StdMonotonicClock,
 };
-use crate::response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};
+use crate::response::{
+    ErrorResponse, REALM, missing_key_details, rate_limit_headers, retry_after_secs,
+};
 use crate::scope::Requirement;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -235,13 +240,41 @@ impl QuotaTable {
     }
 }
 
+/// What a [`Gate`] (and the axum layer) does with a request whose
+/// credentials are not API keys of ours: a Bearer token without one of the
+/// registered prefixes (a JWT), `Authorization: Basic`, `Token x`, any other
+/// `Authorization` scheme.
+///
+/// The default fails closed: only a valid key of ours that meets the
+/// route's requirement passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForeignCredentials {
+    /// Refuse them: 401 `MISSING_API_KEY` with the JSON body and the
+    /// `WWW-Authenticate` challenge, like a request without credentials.
+    #[default]
+    Reject,
+    /// Pass them on: [`Gate::check`] answers [`Decision::NotOurs`] and the
+    /// axum layer calls the inner service **without** authenticating the
+    /// request. No [`VerifiedKey`] (nor [`Admitted`]) is in its extensions,
+    /// no rate limit or credit was charged, and the route's requirement was
+    /// not checked: the handler (or another layer, for a JWT) must
+    /// authenticate the request itself and refuse it otherwise. Only for
+    /// services that also accept other credentials.
+    PassThrough,
+}
+
 /// The outcome of [`Gate::check`].
 #[derive(Debug)]
 pub enum Decision {
     /// Authenticated, allowed, charged: call the handler.
     Admitted(Admitted),
-    /// Credentials that are not API keys of ours (e.g. a Bearer JWT): pass
-    /// the request on untouched to whatever handles them.
+    /// Credentials that are not API keys of ours (e.g. a Bearer JWT), with
+    /// [`ForeignCredentials::PassThrough`] only: the request is **not**
+    /// authenticated; hand it to whatever authenticates those credentials,
+    /// and refuse it if nothing does. With the default
+    /// [`ForeignCredentials::Reject`] such requests are
+    /// [`Rejected`](Self::Rejected) with 401 `MISSING_API_KEY`.
     NotOurs,
     /// Refused: answer with [`Rejection::to_response`].
     Rejected(Rejection),
@@ -286,23 +319,29 @@ pub struct Rejection {
     /// Wall-clock time of the decision.
     pub now: OffsetDateTime,
     realm: Cow<'static, str>,
+    /// The `MISSING_API_KEY` details of the gate's extractor.
+    missing: Arc<str>,
 }
 
 impl Rejection {
-    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>) -> Self {
+    fn new(error: Error, now: OffsetDateTime, realm: Cow<'static, str>, missing: Arc<str>) -> Self {
         Self {
             error,
             rate_limit: None,
             retry_after: None,
             now,
             realm,
+            missing,
         }
     }
 
     /// The HTTP answer: status, headers (incl. `WWW-Authenticate`,
     /// `Retry-After`, `X-RateLimit-*` where they apply) and JSON body.
+    /// `MISSING_API_KEY` details name what the gate's extractor accepts.
+    /// A `USAGE_EXCEEDED` refusal carries `Retry-After` only when a refill
+    /// is scheduled.
     pub fn to_response(&self) -> ErrorResponse {
-        let mut r = ErrorResponse::from_error_in_realm(&self.error, &self.realm);
+        let mut r = ErrorResponse::build(&self.error, &self.realm, Some(&self.missing));
         if let Some(info) = &self.rate_limit {
             r = r.with_rate_limit(info, self.now);
         }
@@ -342,6 +381,9 @@ pub struct Gate<
     credits: Option<(CreditLedger<CS, M>, Cow<'static, str>)>,
     throttle: Option<FailureThrottle<M>>,
     realm: Cow<'static, str>,
+    /// `MISSING_API_KEY` details for `extractor`, computed once.
+    missing: Arc<str>,
+    foreign: ForeignCredentials,
 }
 
 impl<S: KeyStore, C: Clock> Gate<S, C> {
@@ -357,6 +399,7 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
     /// (tests use [`FakeMonotonicClock`](crate::ratelimit::FakeMonotonicClock)).
     pub fn with_monotonic_clock(authenticator: Authenticator<S, C>, clock: M) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
+        let missing = missing_key_details(&extractor).into();
         Self {
             authenticator,
             extractor,
@@ -366,6 +409,8 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
             credits: None,
             throttle: None,
             realm: Cow::Borrowed(REALM),
+            missing,
+            foreign: ForeignCredentials::Reject,
         }
     }
 }
@@ -383,6 +428,7 @@ where
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
     pub fn extractor(mut self, extractor: Extractor) -> Self {
+        self.missing = missing_key_details(&extractor).into();
         self.extractor = extractor;
         self
     }
@@ -404,6 +450,8 @@ where
             credits: self.credits,
             throttle: self.throttle,
             realm: self.realm,
+            missing: self.missing,
+            foreign: self.foreign,
         }
     }
 
@@ -423,6 +471,8 @@ where
             credits: Some((ledger, api.into())),
             throttle: self.throttle,
             realm: self.realm,
+            missing: self.missing,
+            foreign: self.foreign,
         }
     }
 
@@ -432,6 +482,19 @@ where
     pub fn failure_throttle(mut self, config: FailureThrottleConfig) -> Self {
         self.throttle = Some(FailureThrottle::with_clock(config, self.mono.clone()));
         self
+    }
+
+    /// What to do with credentials that are not ours (see
+    /// [`ForeignCredentials`]). Defaults to
+    /// [`ForeignCredentials::Reject`]: fail closed.
+    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+        self.foreign = foreign;
+        self
+    }
+
+    /// The [`ForeignCredentials`] setting.
+    pub fn foreign_credentials_setting(&self) -> ForeignCredentials {
+        self.foreign
     }
 
     /// The realm named in `WWW-Authenticate`. Defaults to `api`.
@@ -488,6 +551,7 @@ where
     {
         match self.extract(headers, query, client) {
             Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
+            // Only with `ForeignCredentials::PassThrough` (see `extract`).
             Ok(Extracted::NotOurs) => Decision::NotOurs,
             Err(rejection) => Decision::Rejected(rejection),
         }
@@ -496,9 +560,14 @@ where
     /// Steps 1 and 2: the failure throttle and extraction. Synchronous and
     /// cheap; call [`admit`](Self::admit) with the key it returns.
     ///
+    /// Credentials that are not ours are a [`Rejection`] (401
+    /// `MISSING_API_KEY`) unless the gate was built with
+    /// [`ForeignCredentials::PassThrough`]; only then is
+    /// [`Extracted::NotOurs`] returned.
+    ///
     /// # Errors
     /// A [`Rejection`] for a locked-out address, a missing, oversized or
-    /// ambiguous key.
+    /// ambiguous key, or foreign credentials (by default).
     // A rejection is a few words plus the error; boxing it would add an
     // allocation to exactly the path an attacker drives.
     #[allow(clippy::result_large_err)]
@@ -513,14 +582,36 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
+        self.extract_as(headers, query, client, self.foreign)
+    }
+
+    /// [`extract`](Self::extract) with the foreign-credentials setting
+    /// `foreign` instead of the gate's (the axum layer may override it).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn extract_as<'h, I, N, V>(
+        &self,
+        headers: I,
+        query: Option<&'h str>,
+        client: Option<IpAddr>,
+        foreign: ForeignCredentials,
+    ) -> Result<Extracted<'h>, Rejection>
+    where
+        I: IntoIterator<Item = (N, &'h V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'h,
+    {
         if let (Some(throttle), Some(ip)) = (&self.throttle, client)
             && let Err(retry_after) = throttle.check(ip)
         {
             return Err(self.reject(Error::TooManyFailures { retry_after }));
         }
-        self.extractor
-            .extract_with_query(headers, query)
-            .map_err(|e| self.refuse(e, client))
+        match self.extractor.extract_with_query(headers, query) {
+            Ok(Extracted::NotOurs) if foreign == ForeignCredentials::Reject => {
+                Err(self.reject(Error::MissingApiKey))
+            }
+            Ok(found) => Ok(found),
+            Err(e) => Err(self.refuse(e, client)),
+        }
     }
 
     /// Steps 3 to 5: authenticate `key`, check the route's scopes, the rate
@@ -549,7 +640,14 @@ where
         let quota = self.quotas.quota_for(&key);
         let rate_limit = match self.limiter.check_async(id, &quota).await {
             Ok(RateLimitDecision::Allowed { info }) => info,
-            Ok(RateLimitDecision::Refused { info, retry_after }) => {
+            Ok(RateLimitDecision::Refused {
+                mut info,
+                retry_after,
+            }) => {
+                // On a 429, `X-RateLimit-Reset` is when a retry is admitted
+                // (what `Retry-After` says), not the window's full
+                // replenishment: clients schedule retries from it.
+                info.reset_after = retry_after;
                 let mut r = self.reject_at(Error::RateLimited { retry_after }, now);
                 r.rate_limit = Some(info);
                 return Decision::Rejected(r);
@@ -597,7 +695,7 @@ where
     }
 
     fn reject_at(&self, error: Error, now: OffsetDateTime) -> Rejection {
-        Rejection::new(error, now, self.realm.clone())
+        Rejection::new(error, now, self.realm.clone(), Arc::clone(&self.missing))
     }
 }
 

@@ -9,15 +9,21 @@
 //!   [`store_timeout`](ApiKeyLayer::store_timeout) answers 503.
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
-//!   credentials).
+//!   credentials, with [`ForeignCredentials::PassThrough`]).
 //! * The client address for the failure throttle comes from a [`ClientIp`]
 //!   extension (set it from a trusted proxy header yourself) or else from
 //!   axum's `ConnectInfo<SocketAddr>`.
 //!
-//! Requests whose credentials are not ours (a Bearer JWT) are passed on
-//! untouched by default, without a [`VerifiedKey`]; handlers asking for one
-//! then answer 401. Use [`ApiKeyLayer::reject_foreign`] to refuse them in
-//! the layer instead.
+//! The layer fails closed: only a request with a valid key of ours that
+//! meets the route's requirement reaches the inner service. Every other
+//! request, including one with credentials that are not ours (`Basic …`,
+//! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
+//! `WWW-Authenticate` challenge. An API that also takes other credentials
+//! opts in with
+//! [`foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::foreign_credentials):
+//! such requests then reach the inner service **unauthenticated**, without
+//! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
+//! of its own) must authenticate them.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -62,7 +68,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credits::{AsyncCreditStore, InMemoryCreditStore};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::extract::Extracted;
-use crate::gate::{Admitted, Decision, Gate, Rejection, Route};
+use crate::gate::{Admitted, Decision, ForeignCredentials, Gate, Rejection, Route};
 use crate::ratelimit::{
     AsyncRateLimitStore, InMemoryRateLimitStore, MonotonicClock, StdMonotonicClock,
 };
@@ -89,7 +95,8 @@ pub struct ApiKeyLayer<
     gate: Arc<Gate<S, C, M, RS, CS>>,
     route: Arc<Route>,
     timeout: Option<Duration>,
-    reject_foreign: bool,
+    /// `None`: the gate's setting.
+    foreign: Option<ForeignCredentials>,
 }
 
 impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
@@ -98,7 +105,7 @@ impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
             gate: Arc::clone(&self.gate),
             route: Arc::clone(&self.route),
             timeout: self.timeout,
-            reject_foreign: self.reject_foreign,
+            foreign: self.foreign,
         }
     }
 }
@@ -110,7 +117,7 @@ impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
             gate,
             route: Arc::new(route),
             timeout: None,
-            reject_foreign: false,
+            foreign: None,
         }
     }
 
@@ -122,11 +129,19 @@ impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
         self
     }
 
-    /// Refuse requests whose credentials are not ours (Bearer JWTs, other
-    /// `Authorization` schemes) with 401 `MISSING_API_KEY` instead of passing
-    /// them on. Defaults to `false`.
-    pub fn reject_foreign(mut self, yes: bool) -> Self {
-        self.reject_foreign = yes;
+    /// What to do with credentials that are not ours (Bearer JWTs, `Basic`,
+    /// other `Authorization` schemes). Defaults to the gate's setting,
+    /// whose default is [`ForeignCredentials::Reject`]: 401
+    /// `MISSING_API_KEY` with the JSON body and `WWW-Authenticate`.
+    ///
+    /// With [`ForeignCredentials::PassThrough`] such a request reaches the
+    /// inner service unauthenticated: no [`VerifiedKey`] or [`Admitted`]
+    /// extension, no rate limit, credits or route requirement applied. The
+    /// handler must then authenticate the request itself (for instance
+    /// verify the JWT) and refuse it otherwise; a handler that extracts
+    /// [`VerifiedKey`] answers 401.
+    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+        self.foreign = Some(foreign);
         self
     }
 }
@@ -201,7 +216,13 @@ where
             let decision = {
                 let headers = req.headers();
                 let query = req.uri().query();
-                match layer.gate.extract(headers.iter(), query, client) {
+                let foreign = layer
+                    .foreign
+                    .unwrap_or_else(|| layer.gate.foreign_credentials_setting());
+                match layer
+                    .gate
+                    .extract_as(headers.iter(), query, client, foreign)
+                {
                     Ok(Extracted::Key(key)) => {
                         let admit = layer.gate.admit(key, client, &layer.route);
                         match layer.timeout {
@@ -216,9 +237,7 @@ where
                             },
                         }
                     }
-                    Ok(Extracted::NotOurs) if layer.reject_foreign => {
-                        Decision::Rejected(layer.gate.reject(Error::MissingApiKey))
-                    }
+                    // Only with `ForeignCredentials::PassThrough`.
                     Ok(Extracted::NotOurs) => Decision::NotOurs,
                     Err(rejection) => Decision::Rejected(rejection),
                 }
@@ -231,8 +250,11 @@ where
                     let mut response = inner.call(req).await?;
                     let map = response.headers_mut();
                     for (name, value) in headers {
-                        if let Ok(value) = HeaderValue::try_from(value) {
-                            map.insert(HeaderName::from_static(name), value);
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::try_from(value),
+                        ) {
+                            map.insert(name, value);
                         }
                     }
                     Ok(response)

@@ -9,7 +9,7 @@ pub(crate) mod layer;
 pub(crate) mod response;
 
 pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme};
-pub use gate::{Admitted, Decision, Gate, QuotaTable, Rejection, Route};
+pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};
 #[cfg(feature = "axum")]
 pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};
 pub use response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};

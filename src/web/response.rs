@@ -11,7 +11,19 @@
 //!   (`Bearer realm="api"`, plus `error="invalid_token"` when credentials were
 //!   presented); 403 for a missing scope carries `error="insufficient_scope"`;
 //!   400 for an ambiguous request carries `error="invalid_request"`.
-//! * 429 and 503 answers carry `Retry-After` (whole seconds, at least 1).
+//! * `Retry-After` (whole seconds, at least 1) is on every answer a retry
+//!   can fix: 503 `STORE_UNAVAILABLE`, 429 `RATE_LIMITED` and
+//!   `TOO_MANY_FAILED_ATTEMPTS`, and 429 `USAGE_EXCEEDED` when a credit
+//!   refill is scheduled (the wait until it). A `USAGE_EXCEEDED` with no
+//!   refill policy has **no** `Retry-After`: retrying does not help until
+//!   credits are added.
+//! * `X-RateLimit-Reset` (Unix epoch seconds, see [`rate_limit_headers`]):
+//!   on an admitted request, when the window is fully replenished; on a 429
+//!   `RATE_LIMITED`, the moment a retry is admitted (now + `Retry-After`),
+//!   never later.
+//! * `MISSING_API_KEY` details name what the service accepts
+//!   ([`ErrorResponse::for_extractor`]; a [`Gate`](crate::gate::Gate) uses
+//!   its extractor).
 //! * Bodies and headers never reveal whether a key id exists: an unknown id and
 //!   a wrong secret are one [`Error::InvalidApiKey`] with empty details, and
 //!   no key id, key text or store error text is ever written.
@@ -35,6 +47,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::error::Error;
+use crate::extract::Extractor;
 use crate::ratelimit::{RateLimitInfo, ceil_secs};
 
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
@@ -69,6 +82,32 @@ impl ErrorResponse {
     /// assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="tasks""#));
     /// ```
     pub fn from_error_in_realm(err: &Error, realm: &str) -> Self {
+        Self::build(err, realm, None)
+    }
+
+    /// The answer for `err` from a service that reads keys with
+    /// `extractor`: like [`from_error_in_realm`](Self::from_error_in_realm),
+    /// but the details of `MISSING_API_KEY` name what `extractor` accepts
+    /// ([`Extractor::accepted`]): `"accepted"` lists every source and
+    /// `"header"` is the API-key header's name, present only when that
+    /// header is accepted. Without an extractor the default one is assumed
+    /// (`X-API-Key` and `Authorization: Bearer`).
+    ///
+    /// ```
+    /// use apikey::{Error, PrefixRegistry};
+    /// use apikey::web::Extractor;
+    /// use apikey::web::ErrorResponse;
+    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).accept_api_key_header(false);
+    /// let r = ErrorResponse::for_extractor(&Error::MissingApiKey, "api", &bearer_only);
+    /// assert!(r.body.contains(r#""details":{"accepted":["Authorization: Bearer"]}"#));
+    /// ```
+    pub fn for_extractor(err: &Error, realm: &str, extractor: &Extractor) -> Self {
+        Self::build(err, realm, Some(&missing_key_details(extractor)))
+    }
+
+    /// `missing`: the details JSON of `MISSING_API_KEY` (see
+    /// [`missing_key_details`]); `None` for the default extractor's.
+    pub(crate) fn build(err: &Error, realm: &str, missing: Option<&str>) -> Self {
         let status = err.http_status();
         let mut headers = vec![
             ("content-type", "application/json".to_owned()),
@@ -87,7 +126,11 @@ impl ErrorResponse {
         body.push_str(r#"","message":"#);
         json_string(&mut body, &message(err));
         body.push_str(r#","details":"#);
-        details(&mut body, err);
+        match (err, missing) {
+            (Error::MissingApiKey, Some(m)) => body.push_str(m),
+            (Error::MissingApiKey, None) => body.push_str(DEFAULT_MISSING_DETAILS),
+            _ => details(&mut body, err),
+        }
         body.push_str("}}");
         Self {
             status,
@@ -112,7 +155,8 @@ impl ErrorResponse {
     }
 
     /// Converts into an [`http::Response`] with any body type that can be
-    /// made from a `String`.
+    /// made from a `String`. Never panics: header names are lowercased, and
+    /// a header whose name or value is not valid HTTP is left out.
     #[cfg(feature = "http")]
     pub fn into_http<B: From<String>>(self) -> http::Response<B> {
         let mut response = http::Response::new(B::from(self.body));
@@ -120,12 +164,42 @@ impl ErrorResponse {
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         let map = response.headers_mut();
         for (name, value) in self.headers {
-            if let Ok(value) = http::HeaderValue::try_from(value) {
-                map.append(http::HeaderName::from_static(name), value);
+            // `headers` is public: a name pushed by the caller may be
+            // uppercase or invalid. `from_bytes` lowercases valid names;
+            // an invalid name or value is dropped, never a panic.
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::try_from(value),
+            ) {
+                map.append(name, value);
             }
         }
         response
     }
+}
+
+/// The details of `MISSING_API_KEY` for the default extractor.
+const DEFAULT_MISSING_DETAILS: &str =
+    r#"{"header":"X-API-Key","accepted":["X-API-Key","Authorization: Bearer"]}"#;
+
+/// The details JSON of `MISSING_API_KEY` for `extractor`: what it accepts.
+pub(crate) fn missing_key_details(extractor: &Extractor) -> String {
+    let accepted = extractor.accepted();
+    let mut out = String::from("{");
+    if extractor.accepts(crate::extract::Scheme::ApiKeyHeader) {
+        out.push_str(r#""header":"#);
+        json_string(&mut out, extractor.header_name());
+        out.push(',');
+    }
+    out.push_str(r#""accepted":["#);
+    for (i, a) in accepted.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, a);
+    }
+    out.push_str("]}");
+    out
 }
 
 /// `Retry-After` in whole seconds: rounded up, at least 1.
@@ -141,7 +215,10 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 
 /// The `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
 /// headers (lowercase names) for `info`, the reset given as Unix epoch
-/// seconds computed from the wall-clock `now`.
+/// seconds computed from the wall-clock `now`: `now + info.reset_after`,
+/// rounded up. The [`Gate`](crate::gate::Gate) gives the window's full
+/// replenishment on an admitted request and the retry wait on a
+/// `RATE_LIMITED` refusal, so on a 429 Reset and `Retry-After` agree.
 ///
 /// ```
 /// use std::time::Duration;
@@ -229,7 +306,7 @@ fn details(out: &mut String, err: &Error) {
             .unwrap_or_default()
     };
     match err {
-        Error::MissingApiKey => out.push_str(r#"{"header":"X-API-Key"}"#),
+        Error::MissingApiKey => out.push_str(DEFAULT_MISSING_DETAILS),
         Error::MalformedApiKey(reason) => {
             out.push_str(r#"{"reason":"#);
             json_string(out, reason.as_str());
@@ -334,5 +411,20 @@ mod tests {
         assert_eq!((r.status, r.header("retry-after")), (429, Some("2")));
         let r = ErrorResponse::from_error(&Error::UsageExceeded);
         assert_eq!((r.status, r.header("retry-after")), (429, None));
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn into_http_never_panics_on_pushed_header_names() {
+        let mut r = ErrorResponse::from_error(&Error::InvalidApiKey);
+        r.headers.push(("X-Custom", "yes".to_owned()));
+        r.headers.push(("bad name", "dropped".to_owned()));
+        r.headers.push(("x-bad-value", "a\nb".to_owned()));
+        r.headers.push(("", "dropped".to_owned()));
+        let http: http::Response<String> = r.into_http();
+        assert_eq!(http.status(), 401);
+        assert_eq!(http.headers()["x-custom"], "yes");
+        assert!(http.headers().get("x-bad-value").is_none());
+        assert_eq!(http.headers().len(), 4);
     }
 }

@@ -52,7 +52,7 @@ use apikey::ScopeSet;
 use apikey::{Environment, Prefix};
 use apikey::{
     FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, LimitedInsert,
-    UsageBatch, UsageDelta, UsageStore,
+    LimitedUpdate, UsageBatch, UsageDelta, UsageStore,
 };
 use apikey::{KeyRecord, KeyStatus, LegacyInfo, Revocation, UsageCounters};
 use apikey::{StoreError, StoreErrorKind};
@@ -198,7 +198,10 @@ pub async fn run_lifecycle<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S
     update_and_conditional_update(store).await;
     insert_limited_counts_active_keys(store).await;
     insert_limited_concurrent(store, 16, 3).await;
+    update_limited_keeps_the_limit(store).await;
+    update_limited_concurrent(store).await;
     rotate_is_atomic(store).await;
+    rotate_ends_the_previous_grace(store).await;
     delete_clears_rotation_links(store).await;
     revoke_owner_revokes_all(store).await;
     revoke_matching_by_prefix_and_window(store).await;
@@ -693,6 +696,166 @@ pub async fn insert_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(
     );
 }
 
+/// `update_limited` refuses, and writes nothing, when a write would make a
+/// record count toward its owner's limit again (reviving an expired key,
+/// clearing a rotation link) while the owner is at the limit; it never
+/// refuses a write that leaves the count as it was; otherwise it behaves as
+/// `update_if`.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn update_limited_keeps_the_limit<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let now = suite_now();
+    let a = sample_record(Some(&owner));
+    let b = sample_record(Some(&owner));
+    let mut expired = sample_record(Some(&owner));
+    expired.expires_at = Some(now);
+    let mut grace = sample_record(Some(&owner));
+    grace.rotated_to = Some(KeyId::from_u64(OsRng.next_u64()));
+    grace.expires_at = Some(now + Duration::hours(1));
+    for r in [&a, &b, &expired, &grace] {
+        ok(store.insert(r.clone()).await, "insert");
+    }
+    // Reviving the expired key at the limit (a, b count): refused.
+    let mut revived = expired.clone();
+    revived.expires_at = None;
+    let r = ok(
+        store
+            .update_limited(revived.clone(), expired.revision, 2, now)
+            .await,
+        "update_limited",
+    );
+    assert_eq!(
+        r,
+        LimitedUpdate::LimitReached { active: 2 },
+        "store conformance: update_limited must refuse a revival at the limit, counting the owner's other active keys"
+    );
+    assert_eq!(
+        must_get(store, expired.id, "get").await,
+        expired,
+        "store conformance: update_limited over the limit must write nothing"
+    );
+    // Extending the expiry revives it too.
+    let mut extended = expired.clone();
+    extended.expires_at = Some(now + Duration::days(365));
+    let r = ok(
+        store
+            .update_limited(extended, expired.revision, 2, now)
+            .await,
+        "update_limited",
+    );
+    assert!(
+        matches!(r, LimitedUpdate::LimitReached { .. }),
+        "store conformance: update_limited must refuse extending an expired key at the limit"
+    );
+    // Clearing a rotation link makes a key in grace count again.
+    let mut unlinked = grace.clone();
+    unlinked.rotated_to = None;
+    let r = ok(
+        store.update_limited(unlinked, grace.revision, 2, now).await,
+        "update_limited",
+    );
+    assert!(
+        matches!(r, LimitedUpdate::LimitReached { .. }),
+        "store conformance: update_limited must refuse clearing rotated_to at the limit"
+    );
+    // A write to a key that already counts is never refused, even above
+    // the limit.
+    let mut renamed = a.clone();
+    renamed.name = "renamed".into();
+    let r = ok(
+        store
+            .update_limited(renamed.clone(), a.revision, 1, now)
+            .await,
+        "update_limited",
+    );
+    let LimitedUpdate::Updated(stored) = r else {
+        panic!("store conformance: update_limited refused a write that does not revive the key")
+    };
+    assert_eq!(
+        (stored.name.as_str(), stored.revision),
+        ("renamed", a.revision + 1),
+        "store conformance: update_limited must write as update_if does"
+    );
+    // Stale revision and missing record: as update_if.
+    expect_kind(
+        store
+            .update_limited(renamed.clone(), a.revision, 5, now)
+            .await,
+        StoreErrorKind::Conflict,
+        "update_limited with a stale revision",
+    );
+    expect_kind(
+        store
+            .update_limited(sample_record(Some(&owner)), 0, 5, now)
+            .await,
+        StoreErrorKind::NotFound,
+        "update_limited of a missing record",
+    );
+    // Below the limit the revival is written.
+    let r = ok(
+        store
+            .update_limited(revived.clone(), expired.revision, 3, now)
+            .await,
+        "update_limited",
+    );
+    let LimitedUpdate::Updated(stored) = r else {
+        panic!("store conformance: update_limited must write a revival below the limit")
+    };
+    assert_eq!(
+        (stored.expires_at, stored.revision),
+        (None, expired.revision + 1),
+        "store conformance: update_limited must store the revived record"
+    );
+    assert_eq!(
+        must_get(store, expired.id, "get").await,
+        stored,
+        "store conformance: update_limited must return what it stored"
+    );
+}
+
+/// Concurrent revivals for one owner never leave it above the limit.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn update_limited_concurrent<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let now = suite_now();
+    ok(store.insert(sample_record(Some(&owner))).await, "insert");
+    let mut expired = Vec::new();
+    for _ in 0..8 {
+        let mut r = sample_record(Some(&owner));
+        r.expires_at = Some(now);
+        ok(store.insert(r.clone()).await, "insert");
+        expired.push(r);
+    }
+    let results = join_all(expired.into_iter().map(|r| {
+        let expected = r.revision;
+        let mut revived = r;
+        revived.expires_at = None;
+        store.update_limited(revived, expected, 3, now)
+    }))
+    .await;
+    let updated = results
+        .into_iter()
+        .map(|r| ok(r, "update_limited"))
+        .filter(|r| matches!(r, LimitedUpdate::Updated(_)))
+        .count();
+    assert_eq!(
+        updated, 2,
+        "store conformance: concurrent update_limited must revive exactly up to the limit"
+    );
+    let counting = ok(store.list_by_owner(&owner).await, "list")
+        .iter()
+        .filter(|r| r.counts_toward_limit(now))
+        .count();
+    assert_eq!(
+        counting, 3,
+        "store conformance: concurrent update_limited left the owner above the limit"
+    );
+}
+
 /// `rotate` writes both records or neither.
 ///
 /// # Panics
@@ -795,6 +958,79 @@ pub async fn rotate_is_atomic<S: KeyStoreLifecycle + UsageStore + ?Sized>(store:
         view.expires_at(),
         pred.expires_at,
         "store conformance: a fetch after rotate must see the grace expiry"
+    );
+}
+
+/// Rotating a key whose predecessor is still in its grace period ends that
+/// grace at the rotation time (the successor's `created_at`), in the same
+/// step: a chain never has more than two working keys.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn rotate_ends_the_previous_grace<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let owner = unique_owner();
+    let t0 = suite_now();
+    let first = sample_record(Some(&owner));
+    ok(store.insert(first.clone()).await, "insert");
+    // first -> second, with a long grace.
+    let mut second = sample_record(Some(&owner));
+    second.created_at = t0;
+    second.rotated_from = Some(first.id);
+    let mut pred = first.clone();
+    pred.rotated_to = Some(second.id);
+    pred.expires_at = Some(t0 + Duration::days(7));
+    let (first_stored, _) = ok(
+        store.rotate(pred, first.revision, second.clone()).await,
+        "rotate",
+    );
+    // second -> third an hour later: first's grace ends then.
+    let at = t0 + Duration::hours(1);
+    let mut third = sample_record(Some(&owner));
+    third.created_at = at;
+    third.rotated_from = Some(second.id);
+    let mut pred = second.clone();
+    pred.rotated_to = Some(third.id);
+    pred.expires_at = Some(at + Duration::days(7));
+    ok(
+        store.rotate(pred, second.revision, third.clone()).await,
+        "rotate",
+    );
+    let first_now = must_get(store, first.id, "get").await;
+    assert_eq!(
+        first_now.expires_at,
+        Some(at),
+        "store conformance: rotate must end the grace of the predecessor's predecessor at the successor's created_at"
+    );
+    assert_eq!(
+        first_now.revision,
+        first_stored.revision + 1,
+        "store conformance: ending a grace period is a write (revision + 1)"
+    );
+    assert_eq!(
+        ok(store.fetch(first.id).await, "fetch").and_then(|v| v.expires_at()),
+        Some(at),
+        "store conformance: a fetch after rotate must see the ended grace"
+    );
+    assert_eq!(
+        must_get(store, second.id, "get").await.expires_at,
+        Some(at + Duration::days(7)),
+        "store conformance: rotate must keep the predecessor's own grace"
+    );
+    // A failed rotation ends nothing.
+    let mut fourth = sample_record(Some(&owner));
+    fourth.created_at = at + Duration::hours(1);
+    let mut pred = third.clone();
+    pred.rotated_to = Some(fourth.id);
+    let before = must_get(store, second.id, "get").await;
+    expect_kind(
+        store.rotate(pred, third.revision + 7, fourth).await,
+        StoreErrorKind::Conflict,
+        "rotate with a stale revision",
+    );
+    assert_eq!(
+        must_get(store, second.id, "get").await,
+        before,
+        "store conformance: a failed rotate ended a grace period"
     );
 }
 

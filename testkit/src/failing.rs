@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use apikey::{
     FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, Prefix, Revocation, StoreError, StoreErrorKind,
-    UsageBatch, UsageStore,
+    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
+    StoreErrorKind, UsageBatch, UsageStore,
 };
 use time::OffsetDateTime;
 
@@ -73,6 +73,15 @@ impl KeyStoreLifecycle for FailingStore {
         Err(failure())
     }
     async fn update_if(&self, _: KeyRecord, _: u64) -> Result<KeyRecord, StoreError> {
+        Err(failure())
+    }
+    async fn update_limited(
+        &self,
+        _: KeyRecord,
+        _: u64,
+        _: u32,
+        _: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
         Err(failure())
     }
     async fn rotate(

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use apikey::{
     FlushId, FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle,
-    KeyStoreQuery, KeyStoreWrite, KeyView, LimitedInsert, Prefix, Revocation, StoreError,
-    StoreErrorKind, UsageBatch, UsageStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation,
+    StoreError, StoreErrorKind, UsageBatch, UsageStore,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -293,6 +293,43 @@ impl KeyStoreLifecycle for NetStore {
         Ok(record)
     }
 
+    async fn update_limited(
+        &self,
+        mut record: KeyRecord,
+        expected: u64,
+        max: u32,
+        now: OffsetDateTime,
+    ) -> Result<LimitedUpdate, StoreError> {
+        self.round_trip().await?;
+        // BEGIN; lock the owner; SELECT ... FOR UPDATE; count; UPDATE; COMMIT
+        let mut t = self.tables.lock().await;
+        let stored = Self::check_replace(&t, &record, Some(expected))?;
+        if let Some(owner) = record.owner.as_deref()
+            && record.counts_toward_limit(now)
+            && !(stored.counts_toward_limit(now) && stored.owner.as_deref() == Some(owner))
+        {
+            let active = t
+                .rows
+                .values()
+                .filter(|r| {
+                    r.id != record.id
+                        && r.owner.as_deref() == Some(owner)
+                        && r.counts_toward_limit(now)
+                })
+                .count() as u32;
+            tokio::task::yield_now().await;
+            if active >= max {
+                return Ok(LimitedUpdate::LimitReached { active });
+            }
+        }
+        tokio::task::yield_now().await;
+        record.usage = stored.usage;
+        record.last_used_at = stored.last_used_at;
+        record.revision = expected + 1;
+        Self::put(&mut t, record.clone());
+        Ok(LimitedUpdate::Updated(record))
+    }
+
     async fn rotate(
         &self,
         mut predecessor: KeyRecord,
@@ -307,11 +344,31 @@ impl KeyStoreLifecycle for NetStore {
             return Err(err(StoreErrorKind::IdCollision));
         }
         tokio::task::yield_now().await;
+        // End the grace of the predecessor's predecessor (same transaction).
+        let ended = stored
+            .rotated_from
+            .and_then(|g| t.rows.get(&g))
+            .filter(|g| {
+                g.rotated_to == Some(predecessor.id)
+                    && g.expires_at.is_none_or(|e| e > successor.created_at)
+            })
+            .cloned()
+            .map(|mut g| {
+                g.expires_at = Some(successor.created_at);
+                if g.not_before.is_some_and(|nb| nb >= successor.created_at) {
+                    g.not_before = None;
+                }
+                g.revision += 1;
+                g
+            });
         predecessor.usage = stored.usage;
         predecessor.last_used_at = stored.last_used_at;
         predecessor.revision = expected + 1;
         Self::put(&mut t, predecessor.clone());
         Self::put(&mut t, successor.clone());
+        if let Some(g) = ended {
+            Self::put(&mut t, g);
+        }
         Ok((predecessor, successor))
     }
 
