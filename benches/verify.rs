@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use apikey::{
     Authenticator, Clock, KeyStore, Keyring, MemoryStore, NewKey, Requirement, Scope, ScopeSet,
-    ServerSecret, Verifier,
+    ServerSecret, SystemClock, Verifier,
 };
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -461,7 +461,7 @@ fn verify_now(
     key: &str,
     req: &Requirement,
 ) -> apikey::Result<apikey::VerifiedKey> {
-    v.verify_with(key, |id| store.fetch_sync(id), OffsetDateTime::now_utc(), req)
+    v.verify_with_clock(key, |id| store.fetch_sync(id), &SystemClock, req)
 }
 
 fn verify_1k(c: &mut Criterion<ThreadCpu>) {

@@ -639,6 +639,13 @@ impl KeyView {
         self.extra.as_deref().and_then(|e| e.cold.as_deref())
     }
 
+    /// Whether the record has an expiry or a not-before (verification
+    /// reads the clock only then).
+    #[inline]
+    pub(crate) fn has_validity_window(&self) -> bool {
+        self.expires_at != i64::MAX || self.flags & HAS_NOT_BEFORE != 0
+    }
+
     /// Inclusive start of validity, Unix nanos; `i64::MIN` when unset.
     #[inline]
     pub(crate) fn not_before_nanos(&self) -> i64 {

@@ -99,7 +99,9 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             .fetch(parsed.id())
             .await
             .map_err(Error::StoreUnavailable)?;
+        // The clock is read only for keys with a validity window, and then
+        // without calendar conversion (`Clock::checked_timestamp`).
         self.verifier
-            .verify_from(&parsed, view, self.clock.now(), requirement, ip)
+            .verify_from_clock(&parsed, view, &self.clock, requirement, ip)
     }
 }

@@ -298,8 +298,84 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
         let view = self.check_secret(parsed, view)?;
-        self.check_policy(Some(parsed.environment()), &view, now, requirement, ip)?;
+        self.check_policy(
+            Some(parsed.environment()),
+            &view,
+            || Ok(now),
+            requirement,
+            ip,
+        )?;
         Ok(VerifiedKey { view })
+    }
+
+    /// Like [`verify_from`](Self::verify_from), reading `clock` only if the
+    /// record has a validity window (an expiry or a not-before), and then
+    /// through [`Clock::checked_timestamp`](crate::Clock::checked_timestamp)
+    /// (for [`SystemClock`](crate::SystemClock): the system time in
+    /// microseconds, no calendar conversion). What the
+    /// [`Authenticator`](crate::Authenticator) runs.
+    ///
+    /// # Errors
+    /// As [`verify_from`](Self::verify_from); [`Error::InvalidInput`] when
+    /// the clock reads outside the supported range (only keys with a
+    /// validity window read it).
+    #[inline]
+    pub fn verify_from_clock<C: crate::Clock + ?Sized>(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        clock: &C,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<VerifiedKey> {
+        let view = self.check_secret(parsed, view)?;
+        self.check_policy(
+            Some(parsed.environment()),
+            &view,
+            || {
+                clock
+                    .checked_timestamp()
+                    .map(crate::Timestamp::as_unix_nanos)
+            },
+            requirement,
+            ip,
+        )?;
+        Ok(VerifiedKey { view })
+    }
+
+    /// Parses `presented`, fetches its record with `lookup`, and verifies
+    /// at the time `clock` reads: the whole pipeline for synchronous stores,
+    /// with the clock read only for keys that have a validity window.
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let store = MemoryStore::new();
+    /// let clock = SystemClock;
+    /// let (key, record) = verifier.issue(NewKey::new("sk_test_"), clock.now())?;
+    /// store.insert_sync(record)?;
+    /// let ok = verifier.verify_with_clock(key.expose_secret(), |id| store.fetch_sync(id), &clock, &Requirement::none())?;
+    /// assert_eq!(ok.environment(), Environment::Test);
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`verify_with`](Self::verify_with), and [`Error::InvalidInput`]
+    /// as [`verify_from_clock`](Self::verify_from_clock).
+    #[inline]
+    pub fn verify_with_clock<F, C: crate::Clock + ?Sized>(
+        &self,
+        presented: &str,
+        lookup: F,
+        clock: &C,
+        requirement: &Requirement,
+    ) -> Result<VerifiedKey>
+    where
+        F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
+    {
+        let parsed = self.parse(presented)?;
+        let view = lookup(parsed.id()).map_err(Error::StoreUnavailable)?;
+        self.verify_from_clock(&parsed, view, clock, requirement, None)
     }
 
     /// Parses `presented`, fetches its record with `lookup`, and verifies:
@@ -362,7 +438,7 @@ impl Verifier {
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
-        self.check_policy(None, &view, now, requirement, ip)?;
+        self.check_policy(None, &view, || Ok(now), requirement, ip)?;
         Ok(VerifiedKey { view })
     }
 
@@ -406,12 +482,13 @@ impl Verifier {
     #[inline]
     /// Everything after the secret matched, in the documented order: status,
     /// validity window (with leeway), environment (`key_env` is the
-    /// prefix's, when the key was parsed natively), address, scopes.
+    /// prefix's, when the key was parsed natively), address, scopes. `now`
+    /// (Unix nanoseconds) is asked for only when the record has a window.
     fn check_policy(
         &self,
         key_env: Option<Environment>,
         view: &KeyView,
-        now: i64,
+        now: impl FnOnce() -> Result<i64>,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<()> {
@@ -420,15 +497,18 @@ impl Verifier {
             KeyStatus::Disabled => return Err(Error::DisabledApiKey),
             KeyStatus::Revoked => return Err(Error::RevokedApiKey),
         }
-        if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
-            return Err(Error::NotYetValid {
-                not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            });
-        }
-        if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
-            return Err(Error::ExpiredApiKey {
-                expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            });
+        if view.has_validity_window() {
+            let now = now()?;
+            if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
+                return Err(Error::NotYetValid {
+                    not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                });
+            }
+            if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
+                return Err(Error::ExpiredApiKey {
+                    expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                });
+            }
         }
         // The digest covers the prefix, so the record's environment and the
         // prefix's agree for any key that got this far; check both anyway.
