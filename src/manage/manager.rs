@@ -1325,7 +1325,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         let verified = self
             .verifier
             .verify_from(&parsed, view, now, requirement, ip);
-        self.finish(verified, parsed.id(), owner.as_deref().map(|o| &**o), now)
+        self.finish(verified, parsed.id(), owner.as_deref(), now)
             .await
     }
 

@@ -69,6 +69,7 @@ use crate::key::KeyId;
 use crate::prefix::Prefix;
 
 mod builder;
+mod idtable;
 mod memory;
 pub(crate) mod record;
 
