@@ -11,7 +11,7 @@
 //!   once with a no-op waker (MemoryStore futures are ready at once);
 //! * `naive`: issue 5's naive baseline verify (1,000 `String` ids);
 //! * `hmac`: a bare HMAC-SHA256 of a 42-byte message from a cloned,
-//!   pre-keyed state (sha2 0.10 + hmac 0.12, as the crate does), the
+//!   pre-keyed state (sha2 0.11 + hmac 0.13 with `zeroize`, as the crate does), the
 //!   software-crypto part to subtract.
 //!
 //! Everything is seeded (ChaCha20, fixed server secret, `MemoryStore`'s
