@@ -13,10 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::limits::credits::{CreditLedger, RefillPolicy};
-use apikey::limits::ratelimit::{FailureThrottleConfig, Quota};
+use apikey::limits::{CreditAccount, FailureThrottleConfig, MemoryLimits, Quota, Refill};
 use apikey::web::ApiKeyLayer;
 use apikey::web::{Admitted, Gate, QuotaTable, Route};
+
+/// The product plans: 100 requests a minute and 1,000 an hour on Free,
+/// 500 and 10,000 on Professional. Plans are the application's, not the
+/// library's.
+const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
+const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::{
     Authenticator, Error, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, VerifiedKey,
     Verifier,
@@ -86,19 +91,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // Credits: the owner may create 100 tasks an hour on this API.
-    let ledger = CreditLedger::new();
-    ledger.set_owner_credits(
-        "org_demo",
-        "tasks",
+    let limits = MemoryLimits::new().failure_throttle(FailureThrottleConfig::default());
+    limits.set_credits_sync(
+        CreditAccount::Owner {
+            owner: "org_demo",
+            api: "tasks",
+        },
         100,
-        RefillPolicy::new(100, Duration::from_secs(3600)),
+        Refill::every(100, Duration::from_secs(3600)),
     );
 
     let gate = Arc::new(
         Gate::new(Authenticator::new(verifier.clone(), Arc::clone(&store)))
-            .quotas(QuotaTable::fixed(Quota::FREE).plan("professional", Quota::PROFESSIONAL))
-            .credits(ledger, "tasks")
-            .failure_throttle(FailureThrottleConfig::default()),
+            .limits(limits)
+            .quotas(QuotaTable::fixed(FREE).plan("professional", PROFESSIONAL))
+            .credits("tasks"),
     );
     let guard = |route: Route| {
         ApiKeyLayer::new(Arc::clone(&gate), route).store_timeout(Duration::from_secs(2))
@@ -117,7 +124,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/v1/rate-limit",
             get(rate_limit).route_layer(guard(Route::any_key().cost(0))),
-        );
+        )
+        // The layer reads the client address from a `ClientIp` extension.
+        .layer(axum::middleware::from_fn(client_ip));
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -143,4 +152,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     Ok(())
+}
+
+/// Puts the peer address into the request as the layer's `ClientIp` (behind
+/// a proxy you trust, take it from its forwarding header instead).
+async fn client_ip(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    req.extensions_mut()
+        .insert(apikey::web::ClientIp(peer.ip()));
+    next.run(req).await
 }

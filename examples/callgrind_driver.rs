@@ -80,7 +80,7 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
         Op::Async(auth, keys, req) => {
             for i in 0..n {
                 let key = &keys[i % keys.len()];
-                ok += usize::from(poll_ready(auth.authenticate(black_box(key), req)).is_ok());
+                ok += usize::from(poll_ready(auth.authenticate(black_box(key), req, None)).is_ok());
             }
         }
         Op::Hmac(mac) => {

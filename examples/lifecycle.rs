@@ -56,7 +56,7 @@ async fn main() -> Result<(), Error> {
         .await;
     println!(
         "write before update: {}",
-        denied.map_or_else(|e| e.code(), |_| "OK")
+        denied.map_or_else(|e| e.code().as_str(), |_| "OK")
     );
     manager
         .update(
@@ -75,7 +75,7 @@ async fn main() -> Result<(), Error> {
     let disabled = manager.authenticate(key.expose_secret(), &read, None).await;
     println!(
         "while disabled: {}",
-        disabled.map_or_else(|e| e.code(), |_| "OK")
+        disabled.map_or_else(|e| e.code().as_str(), |_| "OK")
     );
     manager.enable(summary.id, &admin).await?;
     manager
@@ -101,7 +101,7 @@ async fn main() -> Result<(), Error> {
     let old = manager.authenticate(key.expose_secret(), &read, None).await;
     println!(
         "old key after 24 h: {}",
-        old.map_or_else(|e| e.code(), |_| "OK")
+        old.map_or_else(|e| e.code().as_str(), |_| "OK")
     );
     manager
         .authenticate(new_key.expose_secret(), &read, None)
@@ -132,7 +132,10 @@ async fn main() -> Result<(), Error> {
     let gone = manager
         .authenticate(new_key.expose_secret(), &read, None)
         .await;
-    println!("new key now: {}", gone.map_or_else(|e| e.code(), |_| "OK"));
+    println!(
+        "new key now: {}",
+        gone.map_or_else(|e| e.code().as_str(), |_| "OK")
+    );
 
     // Usage is counted in memory and flushed in batches; flush before exit.
     manager.shutdown().await?;

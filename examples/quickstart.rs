@@ -39,13 +39,21 @@ async fn main() -> Result<(), Error> {
 
     // 2. Verify it with a scope the key has.
     let ok = auth
-        .authenticate(key.expose_secret(), &Requirement::scope("projects:read")?)
+        .authenticate(
+            key.expose_secret(),
+            &Requirement::scope("projects:read")?,
+            None,
+        )
         .await?;
     println!("verified key {} of owner {:?}", ok.id(), ok.owner());
 
     // 3. A scope it lacks.
     let err = auth
-        .authenticate(key.expose_secret(), &Requirement::scope("admin:users")?)
+        .authenticate(
+            key.expose_secret(),
+            &Requirement::scope("admin:users")?,
+            None,
+        )
         .await
         .expect_err("the key lacks admin:users");
     println!(
@@ -57,7 +65,7 @@ async fn main() -> Result<(), Error> {
     // 4. Expiry, with the manual clock moved past expires_at.
     clock.advance(Duration::days(31));
     let err = auth
-        .authenticate(key.expose_secret(), &Requirement::none())
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .expect_err("the key has expired");
     println!(
@@ -76,7 +84,7 @@ async fn main() -> Result<(), Error> {
     });
     store.update(record).await?;
     let err = auth
-        .authenticate(key.expose_secret(), &Requirement::none())
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .expect_err("the key is revoked");
     println!(
@@ -87,7 +95,7 @@ async fn main() -> Result<(), Error> {
 
     // 6. Garbage never reaches the store.
     let err = auth
-        .authenticate("kwi_sk_not-a-key", &Requirement::none())
+        .authenticate("kwi_sk_not-a-key", &Requirement::none(), None)
         .await
         .expect_err("garbage");
     println!("garbage -> {} {}: {err}", err.http_status(), err.code());

@@ -147,7 +147,8 @@ pub(crate) fn unix_nanos_in_range(t: OffsetDateTime) -> Option<i64> {
     }
 }
 
-/// `t` converted to UTC, when in the supported range.
+/// `t` converted to UTC and truncated to whole microseconds (the precision
+/// records keep in every store, PostgreSQL's), when in the supported range.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] (`INVALID_REQUEST`) naming the range otherwise.
@@ -156,16 +157,25 @@ pub(crate) fn unix_nanos_in_range(t: OffsetDateTime) -> Option<i64> {
 /// use apikey::check_time;
 /// use time::macros::datetime;
 /// assert_eq!(check_time(datetime!(2026-01-01 1:00 +01:00))?, datetime!(2026-01-01 0:00 UTC));
+/// assert_eq!(check_time(datetime!(2026-01-01 0:00:00.123_456_789 UTC))?, datetime!(2026-01-01 0:00:00.123_456 UTC));
 /// assert_eq!(check_time(datetime!(9999-12-31 23:59:59 -23:59)).unwrap_err().code(), "INVALID_REQUEST");
 /// # Ok::<(), apikey::Error>(())
 /// ```
 pub fn check_time(t: OffsetDateTime) -> Result<OffsetDateTime> {
     if in_time_range(t) {
         // In range, so the UTC value exists.
-        Ok(t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t))
+        Ok(to_micros(
+            t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t),
+        ))
     } else {
         Err(out_of_range())
     }
+}
+
+/// `t` with its sub-microsecond part dropped.
+pub(crate) fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .unwrap_or(t)
 }
 
 /// The error for a time outside the supported range.
@@ -341,5 +351,24 @@ impl<C: Clock + ?Sized> Clock for &C {
     }
     fn checked_timestamp(&self) -> Result<Timestamp> {
         (**self).checked_timestamp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_supported_range() {
+        assert_eq!(Timestamp::MIN.to_datetime(), MIN_TIME);
+        assert_eq!(Timestamp::MAX.to_datetime(), MAX_TIME);
+        assert_eq!(
+            Timestamp::from_datetime(MAX_TIME).ok(),
+            Some(Timestamp::MAX)
+        );
+        assert!(Timestamp::from_datetime(MAX_TIME + time::Duration::MICROSECOND).is_err());
+        assert_eq!(Timestamp::MAX.as_unix_micros(), (1 << 53) - 1);
+        // Exact in a double.
+        assert_eq!(Timestamp::MAX.as_unix_micros() as f64 as i64, (1 << 53) - 1);
     }
 }

@@ -15,7 +15,7 @@ pub mod web;
 
 // Crate-internal short paths to the modules inside the folders.
 pub(crate) use key::{base62, digest, prefix, secret};
-pub(crate) use limits::{credits, ratelimit};
+
 pub(crate) use manage::{audit, usage};
 pub(crate) use store::record;
 pub(crate) use verify::{authenticator, ipnet, scope, verifier};
@@ -33,7 +33,7 @@ pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAud
 pub use clock::{
     Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, Timestamp, check_time, in_time_range,
 };
-pub use error::{Error, MalformedReason, Result, StoreError, StoreErrorKind};
+pub use error::{Challenge, Error, ErrorCode, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
     ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, MAX_KEY_LEN,
     MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, OsRng, ParsedKey, Prefix, PrefixEntry,

@@ -87,7 +87,7 @@ fn keys_with_a_window_read_it_once_and_honour_it() {
             &Requirement::none(),
         );
         assert_eq!(clock.reads.load(Ordering::Relaxed), 1);
-        r.map(|_| ()).map_err(|e| e.code())
+        r.map(|_| ()).map_err(|e| e.code().as_str())
     };
     assert_eq!(check(T0), Err("NOT_YET_VALID"));
     assert_eq!(check(T0 + Duration::hours(2)), Ok(()));
@@ -128,8 +128,9 @@ fn the_authenticator_uses_the_same_path() {
         .unwrap();
     store.insert_sync(record).unwrap();
     let auth = Authenticator::with_clock(v, store, ManualClock::new(T0 + Duration::days(2)));
-    let err = futures_lite_block_on(auth.authenticate(key.expose_secret(), &Requirement::none()))
-        .unwrap_err();
+    let err =
+        futures_lite_block_on(auth.authenticate(key.expose_secret(), &Requirement::none(), None))
+            .unwrap_err();
     assert_eq!(err.code(), "EXPIRED_API_KEY");
 }
 

@@ -206,7 +206,7 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
     errors.push(Error::from(StoreError::new(StoreErrorKind::NotFound)));
     assert!(errors.len() >= 15, "every failure path produced an error");
     for e in &errors {
-        let mut chain = format!("{e} | {e:?} | {} | {}", e.code(), e.http_status());
+        let mut chain = format!("{e} | {e:?} | {} | {}", e.code().as_str(), e.http_status());
         let mut src = std::error::Error::source(e);
         while let Some(s) = src {
             chain.push_str(&format!(" | {s} {s:?}"));
@@ -372,7 +372,7 @@ proptest! {
             Ok(_) => prop_assert!(expected, "passed without a grant: {:?} for {:?}", granted, req),
             Err(e) => {
                 prop_assert!(!expected, "denied a granted requirement: {:?} for {:?}: {}", granted, req, e);
-                prop_assert_eq!(e.code(), "INSUFFICIENT_SCOPE");
+                prop_assert_eq!(e.code().as_str(), "INSUFFICIENT_SCOPE");
             }
         }
     }
@@ -411,7 +411,7 @@ fn malformed_scopes_deny() {
             &Requirement::AnyOf(vec![]),
         )
         .expect_err("empty any-of");
-    assert_eq!(err.code(), "INSUFFICIENT_SCOPE");
+    assert_eq!(err.code().as_str(), "INSUFFICIENT_SCOPE");
 }
 
 #[test]

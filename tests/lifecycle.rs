@@ -30,7 +30,7 @@ async fn code<S: KeyStoreLifecycle + UsageStore>(
         .await
     {
         Ok(_) => "OK",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     }
 }
 
@@ -91,7 +91,8 @@ async fn update_is_a_patch_and_failed_updates_change_nothing() {
         m.authenticate(key.expose_secret(), &write, None)
             .await
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "INSUFFICIENT_SCOPE"
     );
     let updated = m
@@ -454,7 +455,7 @@ async fn per_owner_limit_counts_active_and_disabled_not_revoked_expired_or_in_gr
         .await
         .unwrap_err();
     assert_eq!(
-        (fourth.code(), fourth.http_status()),
+        (fourth.code().as_str(), fourth.http_status()),
         ("KEY_LIMIT_REACHED", 409)
     );
     assert!(matches!(fourth, Error::KeyLimitReached { limit: 3 }));
@@ -588,7 +589,10 @@ async fn ip_allowlist_v4_and_v6() {
         .unwrap();
     for bad in [ip("192.168.0.1"), ip("2001:db9::1"), None] {
         let e = m.authenticate(k, &none, bad).await.unwrap_err();
-        assert_eq!((e.code(), e.http_status()), ("IP_NOT_ALLOWED", 403));
+        assert_eq!(
+            (e.code().as_str(), e.http_status()),
+            ("IP_NOT_ALLOWED", 403)
+        );
     }
     // Widen via update, clear it.
     m.update(
@@ -608,18 +612,30 @@ async fn ip_allowlist_v4_and_v6() {
     m.authenticate(plain.expose_secret(), &none, None)
         .await
         .unwrap();
-    let failures = f
-        .audit
-        .events()
+    // Address failures are authenticated requests: counted in the sampled
+    // summaries, not one event each.
+    m.shutdown().await.unwrap();
+    let events = f.audit.events();
+    assert!(!events.iter().any(|e| matches!(
+        e.kind,
+        AuditKind::VerificationFailed {
+            code: "IP_NOT_ALLOWED"
+        }
+    )));
+    let counted: u64 = events
         .iter()
-        .filter(|e| {
-            e.kind
-                == AuditKind::VerificationFailed {
-                    code: "IP_NOT_ALLOWED",
-                }
+        .filter_map(|e| match &e.kind {
+            AuditKind::RejectionsSampled { counts } => Some(
+                counts
+                    .iter()
+                    .filter(|(r, _)| *r == "ip_not_allowed")
+                    .map(|(_, n)| n)
+                    .sum::<u64>(),
+            ),
+            _ => None,
         })
-        .count();
-    assert_eq!(failures, 3);
+        .sum();
+    assert_eq!(counted, 3);
 }
 
 #[tokio::test]
@@ -657,7 +673,10 @@ async fn a_failing_store_is_503_and_changes_nothing() {
         .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("STORE_UNAVAILABLE", 503));
+    assert_eq!(
+        (e.code().as_str(), e.http_status()),
+        ("STORE_UNAVAILABLE", 503)
+    );
     assert!(std::error::Error::source(&e).is_some());
     let results = [
         m.create(NewKey::new("sk_live_").owner("u"), &admin())
@@ -677,7 +696,7 @@ async fn a_failing_store_is_503_and_changes_nothing() {
         m.expiring_soon(None, Duration::days(1)).await.map(|_| ()),
     ];
     for r in results {
-        assert_eq!(r.unwrap_err().code(), "STORE_UNAVAILABLE");
+        assert_eq!(r.unwrap_err().code().as_str(), "STORE_UNAVAILABLE");
     }
     store.set_failing(false);
     assert_eq!(m.record(s.id).await.unwrap(), before);
@@ -722,10 +741,10 @@ async fn allowlisted_keys_fail_closed_where_the_address_is_unknown() {
     store.insert_sync(record).unwrap();
     let auth = Authenticator::with_clock(v.clone(), store.clone(), ManualClock::new(T0));
     let e = auth
-        .authenticate(key.expose_secret(), &Requirement::none())
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    assert_eq!(e.code().as_str(), "IP_NOT_ALLOWED");
     let e = v
         .verify_with(
             key.expose_secret(),
@@ -734,7 +753,7 @@ async fn allowlisted_keys_fail_closed_where_the_address_is_unknown() {
             &Requirement::none(),
         )
         .unwrap_err();
-    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    assert_eq!(e.code().as_str(), "IP_NOT_ALLOWED");
     let parsed = v.parse(key.expose_secret()).unwrap();
     v.verify_from(
         &parsed,

@@ -103,7 +103,7 @@ fn revoke_and_disable_are_seen_by_every_later_verification() {
                             None,
                         ));
                         started.fetch_add(1, Ordering::SeqCst);
-                        let code = r.as_ref().map_or_else(|e| e.code(), |_| "OK");
+                        let code = r.as_ref().map_or_else(|e| e.code().as_str(), |_| "OK");
                         if was_done {
                             assert_eq!(
                                 code, expected,
@@ -138,15 +138,30 @@ fn revoke_and_disable_are_seen_by_every_later_verification() {
 
 #[test]
 fn usage_counts_add_up_exactly_under_parallel_load() {
-    // Flush interval zero: verifications flush concurrently with recording.
+    // A flusher thread flushes concurrently with recording.
     let f = fixture();
-    let m = f.manager.usage_flush_interval(time::Duration::ZERO);
+    let m = f.manager;
     let (k1, s1) = block_on(m.create(NewKey::new("sk_live_"), &Actor::system())).unwrap();
     let (k2, s2) = block_on(m.create(NewKey::new("sk_live_"), &Actor::system())).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|sc| {
+        let (m2, done2) = (&m, &done);
+        sc.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            // Bounded: the workers finish in well under 100,000 flushes.
+            for _ in 0..100_000 {
+                rt.block_on(m2.flush()).unwrap();
+                if done2.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        });
+        let mut workers = Vec::new();
         for t in 0..4 {
             let (m, k1, k2) = (&m, &k1, &k2);
-            sc.spawn(move || {
+            workers.push(sc.spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .unwrap();
@@ -155,8 +170,12 @@ fn usage_counts_add_up_exactly_under_parallel_load() {
                     rt.block_on(m.authenticate(key.expose_secret(), &Requirement::none(), None))
                         .unwrap();
                 }
-            });
+            }));
         }
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
     });
     block_on(m.flush()).unwrap();
     assert_eq!(m.usage().pending(), 0);
@@ -172,12 +191,26 @@ fn usage_counts_add_up_exactly_under_parallel_load() {
 async fn usage_counts_survive_failed_flushes_under_load() {
     let store = NetStore::new(std::time::Duration::ZERO);
     let f = fixture_with(verifier(), store.clone());
-    let m = Arc::new(f.manager.usage_flush_interval(time::Duration::ZERO));
+    let m = Arc::new(f.manager);
     let (key, s) = m
         .create(NewKey::new("sk_live_"), &Actor::system())
         .await
         .unwrap();
     let key = Arc::new(key.expose_secret().to_owned());
+    // A flusher task: flushes fail while the store does, and keep their counts.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flusher = {
+        let (m, stop) = (m.clone(), stop.clone());
+        tokio::spawn(async move {
+            for _ in 0..100_000 {
+                let _ = m.flush().await;
+                tokio::task::yield_now().await;
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        })
+    };
     let mut tasks = Vec::new();
     for t in 0..8 {
         let (m, key, store) = (m.clone(), key.clone(), store.clone());
@@ -203,6 +236,8 @@ async fn usage_counts_survive_failed_flushes_under_load() {
     for t in tasks {
         ok += t.await.unwrap();
     }
+    stop.store(true, Ordering::SeqCst);
+    flusher.await.unwrap();
     store.set_failing(false);
     m.shutdown().await.unwrap();
     assert!(ok > 0);

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use apikey::*;
@@ -20,12 +21,12 @@ fn none() -> Requirement {
 #[tokio::test]
 async fn daily_and_monthly_counters_follow_utc_days() {
     let f = fixture();
-    let m = f.manager.usage_flush_interval(Duration::days(365));
+    let m = f.manager;
     let (key, s) = m
         .create(NewKey::new("sk_live_"), &Actor::system())
         .await
         .unwrap();
-    // T0 is 2026-03-01 12:00 UTC. The very first verification flushes.
+    // T0 is 2026-03-01 12:00 UTC.
     for _ in 0..3 {
         m.authenticate(key.expose_secret(), &none(), None)
             .await
@@ -38,8 +39,8 @@ async fn daily_and_monthly_counters_follow_utc_days() {
             .await
             .unwrap();
     }
-    assert_eq!(m.usage().pending(), 4);
-    assert_eq!(m.flush().await.unwrap(), 4);
+    assert_eq!(m.usage().pending(), 5);
+    assert_eq!(m.flush().await.unwrap(), 5);
     let g = m.get(s.id).await.unwrap();
     assert_eq!((g.requests_today, g.requests_this_month), (2, 5));
     assert_eq!(
@@ -66,46 +67,134 @@ async fn daily_and_monthly_counters_follow_utc_days() {
 }
 
 #[tokio::test]
-async fn usage_flushes_from_the_verify_path_once_per_interval() {
+async fn verification_never_writes_usage_itself() {
     let f = fixture();
-    let m = f.manager.usage_flush_interval(Duration::minutes(1));
+    let m = f.manager;
     let (key, s) = m
         .create(NewKey::new("sk_live_"), &Actor::system())
         .await
         .unwrap();
-    m.authenticate(key.expose_secret(), &none(), None)
-        .await
-        .unwrap(); // first: flushes
-    assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 1);
-    m.authenticate(key.expose_secret(), &none(), None)
-        .await
-        .unwrap();
-    f.clock.advance(Duration::seconds(59));
-    m.authenticate(key.expose_secret(), &none(), None)
-        .await
-        .unwrap();
+    for _ in 0..3 {
+        m.authenticate(key.expose_secret(), &none(), None)
+            .await
+            .unwrap();
+        f.clock.advance(Duration::hours(1));
+    }
     assert_eq!(
         m.record(s.id).await.unwrap().usage.day_count,
-        1,
-        "flushed before the interval"
+        0,
+        "the request path wrote usage"
     );
-    f.clock.advance(Duration::seconds(1));
-    m.authenticate(key.expose_secret(), &none(), None)
-        .await
-        .unwrap();
-    assert_eq!(
-        m.record(s.id).await.unwrap().usage.day_count,
-        4,
-        "not flushed at the interval"
-    );
+    assert_eq!(m.usage().pending(), 3);
+    assert_eq!(m.flush().await.unwrap(), 3);
+    assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 3);
     assert_eq!(m.usage().pending(), 0);
+}
+
+/// A flush whose future is dropped at an await point (a timeout, a client
+/// disconnect) loses nothing and doubles nothing: the batch is sent again,
+/// with the same flush id, by the next flush.
+#[tokio::test]
+async fn a_cancelled_flush_loses_nothing() {
+    let store = NetStore::new(std::time::Duration::from_millis(20));
+    let f = fixture_with(verifier(), store.clone());
+    let m = f.manager;
+    let (key, s) = m
+        .create(NewKey::new("sk_live_"), &Actor::system())
+        .await
+        .unwrap();
+    store.set_latency(std::time::Duration::ZERO);
+    for _ in 0..500 {
+        m.authenticate(key.expose_secret(), &none(), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(m.usage().pending(), 500);
+    store.set_latency(std::time::Duration::from_millis(20));
+    // Cancelled while waiting on the store, several times.
+    for _ in 0..3 {
+        let r = tokio::time::timeout(std::time::Duration::from_millis(5), m.flush()).await;
+        assert!(r.is_err(), "the flush should still have been waiting");
+        assert_eq!(m.usage().pending(), 500, "a cancelled flush lost counts");
+    }
+    // More uses arrive meanwhile; they go into a new batch.
+    store.set_latency(std::time::Duration::ZERO);
+    for _ in 0..7 {
+        m.authenticate(key.expose_secret(), &none(), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(m.flush().await.unwrap(), 507);
+    assert_eq!(m.usage().pending(), 0);
+    assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 507);
+}
+
+/// Cancelled after the store applied the batch but before the recorder
+/// saw the answer: the retry carries the same id, the store answers
+/// `AlreadyApplied`, and nothing is counted twice.
+#[tokio::test]
+async fn a_flush_cancelled_after_the_commit_counts_once() {
+    use apikey::{FlushOutcome, KeyStore, KeyView, StoreError, UsageBatch, UsageStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Applies the batch, then (once) hangs before answering.
+    struct LateAnswer {
+        inner: Arc<MemoryStore>,
+        hang: AtomicBool,
+    }
+    impl KeyStore for LateAnswer {
+        async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+            self.inner.fetch(id).await
+        }
+    }
+    impl UsageStore for LateAnswer {
+        async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+            let out = self.inner.record_usage(batch).await;
+            if self.hang.swap(false, Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            out
+        }
+    }
+    let f = fixture();
+    let (key, s) = f
+        .manager
+        .create(NewKey::new("sk_live_"), &Actor::system())
+        .await
+        .unwrap();
+    for _ in 0..9 {
+        f.manager
+            .authenticate(key.expose_secret(), &none(), None)
+            .await
+            .unwrap();
+    }
+    let store = LateAnswer {
+        inner: Arc::clone(f.manager.store()),
+        hang: AtomicBool::new(true),
+    };
+    let usage = f.manager.usage();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_millis(20),
+        usage.flush(&store, T0),
+    )
+    .await;
+    assert!(r.is_err());
+    assert_eq!(f.manager.record(s.id).await.unwrap().usage.day_count, 9);
+    assert_eq!(usage.pending(), 9, "the unacknowledged batch is kept");
+    assert_eq!(usage.flush(&store, T0).await.unwrap(), 9);
+    assert_eq!(usage.pending(), 0);
+    assert_eq!(
+        f.manager.record(s.id).await.unwrap().usage.day_count,
+        9,
+        "a replayed batch was counted twice"
+    );
 }
 
 #[tokio::test]
 async fn a_failed_flush_keeps_the_counts() {
     let store = NetStore::new(std::time::Duration::ZERO);
     let f = fixture_with(verifier(), store.clone());
-    let m = f.manager.usage_flush_interval(Duration::days(1));
+    let m = f.manager;
     let (key, s) = m
         .create(NewKey::new("sk_live_"), &Actor::system())
         .await
@@ -116,9 +205,15 @@ async fn a_failed_flush_keeps_the_counts() {
             .unwrap();
     }
     store.set_failing(true);
-    assert_eq!(m.flush().await.unwrap_err().code(), "STORE_UNAVAILABLE");
-    assert_eq!(m.shutdown().await.unwrap_err().code(), "STORE_UNAVAILABLE");
-    assert_eq!(m.usage().pending(), 4);
+    assert_eq!(
+        m.flush().await.unwrap_err().code().as_str(),
+        "STORE_UNAVAILABLE"
+    );
+    assert_eq!(
+        m.shutdown().await.unwrap_err().code().as_str(),
+        "STORE_UNAVAILABLE"
+    );
+    assert_eq!(m.usage().pending(), 5);
     store.set_failing(false);
     m.shutdown().await.unwrap();
     assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 5);
@@ -299,16 +394,22 @@ async fn pre_tag_rejections_are_counted_and_sampled_post_tag_failures_each_logge
             (Some(unknown.id()), "INVALID_API_KEY"),
             (Some(unknown.id()), "INVALID_API_KEY"),
             (Some(unknown.id()), "INVALID_API_KEY"),
-            (Some(s.id), "INSUFFICIENT_SCOPE"),
             (Some(s.id), "DISABLED_API_KEY"),
-        ]
+        ],
+        "a scope failure is an authenticated request: counted, not one event"
     );
     assert_no_secret(&f.audit.events(), &key);
-    // Shutdown reports what was counted since the last summary.
+    // Shutdown reports what was counted since the last summary: the scope
+    // failure and one more junk key.
     m.authenticate("junk", &none(), None).await.unwrap_err();
     f.audit.take();
     m.shutdown().await.unwrap();
-    assert_eq!(sampled(&f.audit.events()), vec![1]);
+    assert_eq!(sampled(&f.audit.events()), vec![2]);
+    let events = f.audit.events();
+    let AuditKind::RejectionsSampled { counts } = &events[0].kind else {
+        panic!("a summary")
+    };
+    assert!(counts.contains(&("insufficient_scope", 1)), "{counts:?}");
 }
 
 #[cfg(feature = "tracing")]

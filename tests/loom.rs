@@ -52,7 +52,7 @@ fn fixture() -> (Verifier, String, KeyRecord) {
 fn code(r: &Result<apikey::VerifiedKey, Error>) -> &'static str {
     match r {
         Ok(_) => "OK",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     }
 }
 

@@ -74,7 +74,10 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit() {
             match m.update(*id, update, &admin()).await {
                 Ok(_) => {}
                 Err(e) => {
-                    assert_eq!((e.code(), e.http_status()), ("KEY_LIMIT_REACHED", 409));
+                    assert_eq!(
+                        (e.code().as_str(), e.http_status()),
+                        ("KEY_LIMIT_REACHED", 409)
+                    );
                     refused += 1;
                 }
             }
@@ -144,7 +147,10 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
         .rotate(s.id, Rotation::with_grace(Duration::days(36_525)), &admin())
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.http_status()), ("INVALID_REQUEST", 400));
+    assert_eq!(
+        (err.code().as_str(), err.http_status()),
+        ("INVALID_REQUEST", 400)
+    );
     let err = m
         .rotate(
             s.id,
@@ -153,7 +159,7 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "INVALID_REQUEST");
+    assert_eq!(err.code().as_str(), "INVALID_REQUEST");
     assert_eq!(DEFAULT_MAX_GRACE, Duration::days(7));
     m.rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
         .await
@@ -164,7 +170,7 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
         .rotate(s2.id, Rotation::with_grace(Duration::hours(2)), &admin())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "INVALID_REQUEST");
+    assert_eq!(err.code().as_str(), "INVALID_REQUEST");
 }
 
 /// With a limit of 1, rotating again and again (each with the longest

@@ -175,7 +175,7 @@ async fn authenticator_makes_no_store_call_for_storeless_rejections() {
     let req = Requirement::none();
     for (what, text) in storeless_rejections(&s.valid) {
         assert!(
-            auth.authenticate(&text, &req).await.is_err(),
+            auth.authenticate(&text, &req, None).await.is_err(),
             "{what} verified"
         );
         assert_eq!(
@@ -184,9 +184,9 @@ async fn authenticator_makes_no_store_call_for_storeless_rejections() {
             "{what} reached the store"
         );
     }
-    assert!(auth.authenticate(&s.valid, &req).await.is_ok());
+    assert!(auth.authenticate(&s.valid, &req, None).await.is_ok());
     assert_eq!(s.store.calls.load(Ordering::SeqCst), 1);
-    assert!(auth.authenticate(&s.unknown, &req).await.is_err());
+    assert!(auth.authenticate(&s.unknown, &req, None).await.is_err());
     assert_eq!(s.store.calls.load(Ordering::SeqCst), 2);
 }
 
@@ -201,7 +201,9 @@ async fn wrong_secret_reaches_the_store_once_and_is_rejected() {
     record.digest = apikey::KeyDigest::from_bytes(d);
     s.store.inner.update(record).await.unwrap();
     let auth = Authenticator::with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
-    let r = auth.authenticate(&s.valid, &Requirement::none()).await;
+    let r = auth
+        .authenticate(&s.valid, &Requirement::none(), None)
+        .await;
     assert!(matches!(r, Err(Error::InvalidApiKey)), "{r:?}");
     assert_eq!(s.store.calls.load(Ordering::SeqCst), 1);
 }

@@ -130,8 +130,8 @@ fn missing_and_malformed() {
     for e in [code(""), code(&typo)] {
         assert_eq!(e.http_status(), 401);
     }
-    assert_eq!(code(&typo).code(), "MALFORMED_API_KEY");
-    assert_eq!(code("").code(), "MISSING_API_KEY");
+    assert_eq!(code(&typo).code().as_str(), "MALFORMED_API_KEY");
+    assert_eq!(code("").code().as_str(), "MISSING_API_KEY");
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn status_is_revealed_only_after_the_secret_matched() {
     let key = issue(&v, &s, NewKey::new("sk_live_"));
     set(&s, key.id(), |r| r.status = KeyStatus::Disabled);
     let e = check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap_err();
-    assert_eq!(e.code(), "DISABLED_API_KEY");
+    assert_eq!(e.code().as_str(), "DISABLED_API_KEY");
 
     // A wrong secret for a disabled key says "invalid", not "disabled".
     let (other, _) = v.issue(NewKey::new("sk_live_"), T0).unwrap();
@@ -189,7 +189,7 @@ fn status_is_revealed_only_after_the_secret_matched() {
         .1;
     s.update_sync(r).unwrap();
     let e = check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap_err();
-    assert_eq!(e.code(), "INVALID_API_KEY");
+    assert_eq!(e.code().as_str(), "INVALID_API_KEY");
 
     let key = issue(&v, &s, NewKey::new("sk_live_"));
     set(&s, key.id(), |r| {
@@ -200,7 +200,7 @@ fn status_is_revealed_only_after_the_secret_matched() {
         });
     });
     let e = check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap_err();
-    assert_eq!(e.code(), "REVOKED_API_KEY");
+    assert_eq!(e.code().as_str(), "REVOKED_API_KEY");
     assert_eq!(e.http_status(), 401);
 }
 
@@ -218,12 +218,12 @@ fn time_rule_not_before_inclusive_expiry_exclusive() {
 
     let e = at(nb - Duration::nanoseconds(1)).unwrap_err();
     assert!(matches!(e, Error::NotYetValid { not_before } if not_before == nb));
-    assert_eq!(e.code(), "NOT_YET_VALID");
+    assert_eq!(e.code().as_str(), "NOT_YET_VALID");
     at(nb).unwrap();
     at(exp - Duration::nanoseconds(1)).unwrap();
     let e = at(exp).unwrap_err();
     assert!(matches!(e, Error::ExpiredApiKey { expired_at } if expired_at == exp));
-    assert_eq!(e.code(), "EXPIRED_API_KEY");
+    assert_eq!(e.code().as_str(), "EXPIRED_API_KEY");
 
     // Leeway widens both ends by exactly its amount.
     let lv = v.clone().with_leeway(Duration::seconds(30));
@@ -273,7 +273,10 @@ fn environment_policy() {
             actual: Environment::Test
         }
     ));
-    assert_eq!((e.code(), e.http_status()), ("WRONG_ENVIRONMENT", 403));
+    assert_eq!(
+        (e.code().as_str(), e.http_status()),
+        ("WRONG_ENVIRONMENT", 403)
+    );
     run(&test_only, &test).unwrap();
     assert!(run(&test_only, &live).is_err());
 }
@@ -344,13 +347,13 @@ fn issue_rejects_bad_input_naming_it() {
         .issue(NewKey::new("sk_live_").scopes(["ok", "Tasks:Read"]), T0)
         .unwrap_err();
     assert!(matches!(&e, Error::InvalidScope { scope, .. } if scope == "Tasks:Read"));
-    assert_eq!((e.code(), e.http_status()), ("INVALID_SCOPE", 400));
+    assert_eq!((e.code().as_str(), e.http_status()), ("INVALID_SCOPE", 400));
     let e = v.issue(NewKey::new("nope_"), T0).unwrap_err();
-    assert_eq!(e.code(), "INVALID_PREFIX");
+    assert_eq!(e.code().as_str(), "INVALID_PREFIX");
     let e = v
         .issue(NewKey::new("sk_live_").expires_at(T0), T0)
         .unwrap_err();
-    assert_eq!(e.code(), "INVALID_REQUEST");
+    assert_eq!(e.code().as_str(), "INVALID_REQUEST");
     let e = v
         .issue(
             NewKey::new("sk_live_")
@@ -359,7 +362,7 @@ fn issue_rejects_bad_input_naming_it() {
             T0,
         )
         .unwrap_err();
-    assert_eq!(e.code(), "INVALID_REQUEST");
+    assert_eq!(e.code().as_str(), "INVALID_REQUEST");
     assert!(matches!(
         Verifier::new(Keyring::new(1, secret(1)).unwrap()).with_prefix("Bad", Environment::Live),
         Err(Error::InvalidPrefix { .. })
@@ -431,7 +434,10 @@ fn a_failing_store_is_never_valid_nor_invalid() {
         )
         .unwrap_err();
     assert!(matches!(&e, Error::StoreUnavailable(se) if se.kind() == StoreErrorKind::Timeout));
-    assert_eq!((e.code(), e.http_status()), ("STORE_UNAVAILABLE", 503));
+    assert_eq!(
+        (e.code().as_str(), e.http_status()),
+        ("STORE_UNAVAILABLE", 503)
+    );
     assert!(std::error::Error::source(&e).is_some());
     assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(1)));
 }
@@ -459,20 +465,20 @@ async fn authenticator_uses_the_injected_clock() {
     );
     let clock = ManualClock::new(T0);
     let auth = Authenticator::with_clock(v, Arc::clone(&s), clock.clone());
-    auth.authenticate(key.expose_secret(), &Requirement::none())
+    auth.authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap();
     clock.advance(Duration::minutes(5));
     let e = auth
-        .authenticate(key.expose_secret(), &Requirement::none())
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "EXPIRED_API_KEY");
+    assert_eq!(e.code().as_str(), "EXPIRED_API_KEY");
     let e = auth
-        .authenticate("", &Requirement::none())
+        .authenticate("", &Requirement::none(), None)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "MISSING_API_KEY");
+    assert_eq!(e.code().as_str(), "MISSING_API_KEY");
 }
 
 #[test]
@@ -486,7 +492,7 @@ fn records_from_outside_are_validated() {
     let mut bad = record.clone();
     bad.status = KeyStatus::Revoked; // without a revocation
     let e = bad.validate().unwrap_err();
-    assert_eq!(e.code(), "INVALID_RECORD");
+    assert_eq!(e.code().as_str(), "INVALID_RECORD");
     let s = MemoryStore::new();
     assert_eq!(
         s.insert_sync(bad).unwrap_err().kind(),
@@ -511,27 +517,30 @@ async fn ip_allowlist_is_checked_before_scopes_and_fails_closed_without_an_addre
     let read = Requirement::scope("tasks:read").unwrap();
     let inside: std::net::IpAddr = "10.1.2.3".parse().unwrap();
     let outside: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-    auth.authenticate_from(key.expose_secret(), &read, Some(inside))
+    auth.authenticate(key.expose_secret(), &read, Some(inside))
         .await
         .unwrap();
     let e = auth
-        .authenticate_from(key.expose_secret(), &read, Some(outside))
+        .authenticate(key.expose_secret(), &read, Some(outside))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("IP_NOT_ALLOWED", 403));
+    assert_eq!(
+        (e.code().as_str(), e.http_status()),
+        ("IP_NOT_ALLOWED", 403)
+    );
     // Without an address the key fails closed.
     let e = auth
-        .authenticate(key.expose_secret(), &read)
+        .authenticate(key.expose_secret(), &read, None)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    assert_eq!(e.code().as_str(), "IP_NOT_ALLOWED");
     // From outside, a missing scope still says IP_NOT_ALLOWED: the address is checked first.
     let write = Requirement::scope("tasks:write").unwrap();
     let e = auth
-        .authenticate_from(key.expose_secret(), &write, Some(outside))
+        .authenticate(key.expose_secret(), &write, Some(outside))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "IP_NOT_ALLOWED");
+    assert_eq!(e.code().as_str(), "IP_NOT_ALLOWED");
 }
 
 #[test]
@@ -542,7 +551,35 @@ fn a_record_whose_secret_version_is_not_held_never_verifies() {
     // which this keyring does not hold: no fallback to the key's version.
     set(&s, key.id(), |r| r.secret_version = 9);
     let e = check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap_err();
-    assert_eq!(e.code(), "INVALID_API_KEY");
+    assert_eq!(e.code().as_str(), "INVALID_API_KEY");
     set(&s, key.id(), |r| r.secret_version = 1);
     check(&v, &s, key.expose_secret(), T0, &Requirement::none()).unwrap();
+}
+
+/// Records keep microseconds, the precision PostgreSQL stores, so a record
+/// reads back identical from every store.
+#[test]
+fn issued_records_keep_microsecond_precision() {
+    let v = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
+    let now = time::macros::datetime!(2026-05-01 12:00:00.123_456_789 UTC);
+    let (_, r) = v
+        .issue(
+            NewKey::new("sk_live_")
+                .expires_at(now + time::Duration::nanoseconds(86_400_000_000_999))
+                .not_before(now + time::Duration::nanoseconds(1_999)),
+            now,
+        )
+        .unwrap();
+    for t in [Some(r.created_at), r.expires_at, r.not_before] {
+        assert_eq!(t.unwrap().nanosecond() % 1000, 0, "{t:?}");
+    }
+    assert_eq!(
+        r.created_at,
+        time::macros::datetime!(2026-05-01 12:00:00.123_456 UTC)
+    );
+    let built = r.to_builder().last_used_at(Some(now)).build().unwrap();
+    assert_eq!(built.last_used_at.unwrap().nanosecond() % 1000, 0);
+    // The serde round trip is exact.
+    let back: KeyRecord = serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
+    assert_eq!(back, built);
 }

@@ -8,9 +8,14 @@
 //!   checksum, forged, unknown legacy key) are counted per reason and
 //!   reported as one [`AuditKind::RejectionsSampled`] summary at most once per
 //!   sample interval, so a flood of junk never becomes a flood of logs;
-//! * failures **after** the tag matched (unknown id, wrong secret, expired,
-//!   not yet valid, disabled, revoked, wrong environment, scope, address)
-//!   each emit one [`AuditKind::VerificationFailed`].
+//! * failures **after** the tag matched that concern the key itself
+//!   (unknown id, wrong secret, expired, not yet valid, disabled, revoked)
+//!   each emit one [`AuditKind::VerificationFailed`];
+//! * failures of an authenticated key against the request (wrong
+//!   environment, missing scope, address outside the allowlist) are
+//!   authenticated requests: they are counted in the same summary (reasons
+//!   `wrong_environment`, `insufficient_scope`, `ip_not_allowed`), so 10,000
+//!   scope failures are one event, not 10,000.
 //!
 //! Events never carry a key or its secret: only the public key id, the
 //! owner, the actor and the reason the actor gave.
@@ -350,8 +355,9 @@ impl AuditSink for TracingSink {
     }
 }
 
-/// Reasons counted before the tag matched.
-const REASONS: [&str; 9] = [
+/// Reasons counted, not logged one by one: rejections before the tag
+/// matched, and failures of an authenticated key against the request.
+const REASONS: [&str; 12] = [
     "missing",
     "length",
     "charset",
@@ -361,6 +367,9 @@ const REASONS: [&str; 9] = [
     "unknown_version",
     "forged",
     "unknown_legacy",
+    "wrong_environment",
+    "insufficient_scope",
+    "ip_not_allowed",
 ];
 
 /// Counts pre-tag rejections per reason and emits at most one summary per
@@ -405,6 +414,17 @@ impl RejectionSampler {
                 MalformedReason::UnknownVersion => 6,
             },
             Error::InvalidApiKey => 7,
+            _ => return None,
+        })
+    }
+
+    /// The reason index of a failure of an authenticated key against the
+    /// request (environment, scope, address), `None` for other errors.
+    pub(crate) fn reason_of_request_failure(err: &Error) -> Option<usize> {
+        Some(match err {
+            Error::WrongEnvironment { .. } => 9,
+            Error::InsufficientScope { .. } => 10,
+            Error::IpNotAllowed => 11,
             _ => return None,
         })
     }

@@ -64,34 +64,29 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::audit::{
-    Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler, UNKNOWN_LEGACY,
-};
+use crate::audit::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
 use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::ipnet::IpNet;
 use crate::key::{ApiKey, KeyId};
-use crate::prefix::{Environment, Prefix, PrefixEntry};
-use crate::record::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation};
+use crate::prefix::{Environment, Prefix};
+use crate::record::{KeyRecord, KeyStatus, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
 use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageStore};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
+use crate::verify::authenticator::{Auditor, Authenticator};
 
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
 const MAX_RETRIES: usize = 8;
 /// The default of [`KeyManager::max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
-/// Longest legacy key accepted, in bytes.
-pub const MAX_LEGACY_KEY_LEN: usize = 512;
-/// Longest legacy prefix, in bytes.
-pub const MAX_LEGACY_PREFIX_LEN: usize = 32;
+pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 
 /// What a person sees of a key: display form, name, scopes, status, times,
 /// usage. No secret, no digest. Serializes for dashboards and admin APIs.
@@ -402,12 +397,6 @@ impl ImportKey {
     }
 }
 
-#[derive(Clone, Debug)]
-struct LegacyPrefix {
-    legacy: String,
-    native: PrefixEntry,
-}
-
 /// Key lifecycle and account policy over any store.
 ///
 /// ```
@@ -438,60 +427,77 @@ struct LegacyPrefix {
 /// # }).unwrap();
 /// ```
 pub struct KeyManager<S, C = SystemClock> {
-    verifier: Verifier,
-    store: S,
-    clock: C,
+    /// The one pipeline, over the shared store; it holds the verifier, the
+    /// clock, the usage recorder and the legacy prefixes.
+    auth: Authenticator<Arc<S>, C>,
+    /// The authenticator's recorder (the same `Arc`).
+    usage: Arc<UsageRecorder>,
     max_per_owner: Option<u32>,
     max_grace: Duration,
-    legacy: Vec<LegacyPrefix>,
     audit: Arc<dyn AuditSink>,
     audit_enabled: bool,
-    usage: UsageRecorder,
-    rejections: RejectionSampler,
+    sample_interval: Duration,
 }
 
 impl<S, C> fmt::Debug for KeyManager<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyManager")
-            .field("verifier", &self.verifier)
+            .field("authenticator", &self.auth)
             .field("max_per_owner", &self.max_per_owner)
             .field("max_grace", &self.max_grace)
-            .field(
-                "legacy_prefixes",
-                &self
-                    .legacy
-                    .iter()
-                    .map(|l| l.legacy.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .field("usage", &self.usage)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore> KeyManager<S, SystemClock> {
+impl<S: KeyStoreLifecycle + UsageStore + 'static> KeyManager<S, SystemClock> {
     /// A manager reading the system clock.
     pub fn new(verifier: Verifier, store: S) -> Self {
         Self::with_clock(verifier, store, SystemClock)
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
-    /// A manager reading `clock`. No owner limit, no audit sink, usage
-    /// flushed every 60 s, rejection summaries at most every 60 s.
+impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
+    /// A manager reading `clock`. No owner limit, no audit sink, rotation
+    /// grace at most [`DEFAULT_MAX_GRACE`], usage counted in memory (flush
+    /// it with [`flush`](Self::flush), off the request path), rejection
+    /// summaries at most every 60 s.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
+        let store = Arc::new(store);
+        let usage = Arc::new(UsageRecorder::new(Duration::seconds(60)));
+        let mut auth = Authenticator::with_clock(verifier, Arc::clone(&store), clock)
+            .with_usage(Arc::clone(&usage));
+        auth.set_upgrader(store);
         Self {
-            verifier,
-            store,
-            clock,
+            auth,
+            usage,
             max_per_owner: None,
             max_grace: DEFAULT_MAX_GRACE,
-            legacy: Vec::new(),
             audit: Arc::new(NoAudit),
             audit_enabled: false,
-            usage: UsageRecorder::new(Duration::seconds(60)),
-            rejections: RejectionSampler::new(Duration::seconds(60)),
+            sample_interval: Duration::seconds(60),
         }
+    }
+}
+
+impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
+    /// The authenticator over this manager's store: the same pipeline as
+    /// [`authenticate`](Self::authenticate) (usage, audit, legacy keys).
+    /// Build the [`Gate`](crate::web::Gate) or the axum layer from it (or
+    /// with [`Gate::from_manager`](crate::web::Gate::from_manager)), so
+    /// HTTP traffic updates `last_used_at` and the counts, and writes audit
+    /// events, exactly as managed keys promise.
+    pub fn authenticator(&self) -> &Authenticator<Arc<S>, C> {
+        &self.auth
+    }
+
+    fn reaudit(&mut self) {
+        let auditor = self.audit_enabled.then(|| {
+            Arc::new(Auditor {
+                sink: Arc::clone(&self.audit),
+                rejections: RejectionSampler::new(self.sample_interval),
+            })
+        });
+        self.auth.set_audit(auditor);
     }
 
     /// Limits every owner to `max` active keys (see
@@ -511,24 +517,20 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         self
     }
 
-    /// Sends audit events to `sink`. Defaults to [`NoAudit`].
+    /// Sends audit events to `sink`, management events and failed
+    /// verifications alike. Defaults to [`NoAudit`].
     pub fn audit_sink(mut self, sink: impl AuditSink + 'static) -> Self {
         self.audit = Arc::new(sink);
         self.audit_enabled = true;
-        self
-    }
-
-    /// How often usage is flushed to the store from the verify path.
-    /// Defaults to 60 seconds (see [`UsageRecorder`](crate::UsageRecorder) for the bound).
-    pub fn usage_flush_interval(mut self, interval: Duration) -> Self {
-        self.usage = UsageRecorder::new(interval);
+        self.reaudit();
         self
     }
 
     /// At most one summary of pre-tag rejections per `interval`. Defaults to
     /// 60 seconds.
     pub fn rejection_sample_interval(mut self, interval: Duration) -> Self {
-        self.rejections = RejectionSampler::new(interval);
+        self.sample_interval = interval;
+        self.reaudit();
         self
     }
 
@@ -548,62 +550,26 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// (its keys would be read as native keys), or is declared twice; or
     /// when `native` is not registered.
     pub fn legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
-        let bad = |reason| Error::InvalidPrefix {
-            prefix: legacy.chars().take(40).collect(),
-            reason,
-        };
-        if legacy.is_empty()
-            || legacy.len() > MAX_LEGACY_PREFIX_LEN
-            || !legacy.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(bad("a legacy prefix is 1 to 32 printable ASCII characters"));
-        }
-        if self
-            .verifier
-            .prefixes()
-            .iter()
-            .any(|e| legacy.starts_with(e.prefix.as_str()))
-        {
-            return Err(bad("a legacy prefix may not start with a native prefix"));
-        }
-        if self.legacy.iter().any(|l| l.legacy == legacy) {
-            return Err(bad("already declared"));
-        }
-        let (_, entry) =
-            self.verifier
-                .prefixes()
-                .find(native)
-                .ok_or_else(|| Error::InvalidPrefix {
-                    prefix: native.chars().take(40).collect(),
-                    reason: "not registered with this verifier",
-                })?;
-        let native = entry.clone();
-        self.legacy.push(LegacyPrefix {
-            legacy: legacy.to_owned(),
-            native,
-        });
-        // Longest first, so the most specific legacy prefix wins.
-        self.legacy
-            .sort_by_key(|l| std::cmp::Reverse(l.legacy.len()));
+        self.auth = self.auth.with_legacy_prefix(legacy, native)?;
         Ok(self)
     }
 
     /// The verifier.
     pub fn verifier(&self) -> &Verifier {
-        &self.verifier
+        self.auth.verifier()
     }
 
     /// The store.
     pub fn store(&self) -> &S {
-        &self.store
+        self.auth.store()
     }
 
     /// The clock.
     pub fn clock(&self) -> &C {
-        &self.clock
+        self.auth.clock()
     }
 
-    /// The usage recorder.
+    /// The usage recorder (shared with [`authenticator`](Self::authenticator)).
     pub fn usage(&self) -> &UsageRecorder {
         &self.usage
     }
@@ -611,7 +577,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// The clock's reading, checked against the
     /// [supported range](crate::MIN_TIME).
     fn now(&self) -> Result<OffsetDateTime> {
-        crate::clock::check_time(self.clock.now())
+        crate::clock::check_time(self.auth.clock().now())
     }
 
     fn emit(&self, event: AuditEvent) {
@@ -643,7 +609,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (key, record) = self.verifier.issue(new.clone(), now)?;
+            let (key, record) = self.auth.verifier().issue(new.clone(), now)?;
             match self.insert(record.clone(), now).await {
                 Err(e) if e.kind() == StoreErrorKind::IdCollision && attempt < 3 => continue,
                 Err(e) => return Err(Error::StoreUnavailable(e)),
@@ -666,9 +632,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         now: OffsetDateTime,
     ) -> Result<LimitedInsert, StoreError> {
         match (self.max_per_owner, record.owner.is_some()) {
-            (Some(max), true) => self.store.insert_limited(record, max, now).await,
+            (Some(max), true) => self.auth.store().insert_limited(record, max, now).await,
             _ => self
-                .store
+                .auth
+                .store()
                 .insert(record)
                 .await
                 .map(|()| LimitedInsert::Inserted),
@@ -681,7 +648,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn record(&self, id: KeyId) -> Result<KeyRecord> {
-        self.store
+        self.auth
+            .store()
             .get(id)
             .await
             .map_err(Error::StoreUnavailable)?
@@ -705,7 +673,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
         let records = self
-            .store
+            .auth
+            .store()
             .list_by_owner(owner)
             .await
             .map_err(Error::StoreUnavailable)?;
@@ -728,7 +697,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     ) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
         let records = self
-            .store
+            .auth
+            .store()
             .list_expiring(owner, now..now.saturating_add(within))
             .await
             .map_err(Error::StoreUnavailable)?;
@@ -767,7 +737,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             let written = match self.max_per_owner {
                 Some(max) if next.owner.is_some() => {
                     match self
-                        .store
+                        .auth
+                        .store()
                         .update_limited(next, current.revision, max, now)
                         .await
                     {
@@ -778,7 +749,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                         Err(e) => Err(e),
                     }
                 }
-                _ => self.store.update_if(next, current.revision).await,
+                _ => self.auth.store().update_if(next, current.revision).await,
             };
             match written {
                 Ok(stored) => return Ok((current, Some(stored))),
@@ -971,7 +942,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         let now = self.now()?;
         let record = self.record(id).await?;
         if !self
-            .store
+            .auth
+            .store()
             .delete(id)
             .await
             .map_err(Error::StoreUnavailable)?
@@ -1015,7 +987,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     ) -> Result<Vec<KeyId>> {
         let now = self.now()?;
         let ids = self
-            .store
+            .auth
+            .store()
             .revoke_owner(
                 owner,
                 Revocation {
@@ -1048,7 +1021,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         crate::clock::check_time(created.start)?;
         crate::clock::check_time(created.end)?;
         let ids = self
-            .store
+            .auth
+            .store()
             .revoke_matching(
                 &prefix,
                 created,
@@ -1138,12 +1112,17 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             new.metadata = cur.metadata.clone();
             new.ip_allowlist = cur.ip_allowlist.clone();
             new.expires_at = rotation.expires_at;
-            let (key, mut successor) = self.verifier.issue(new, now)?;
+            let (key, mut successor) = self.auth.verifier().issue(new, now)?;
             successor.rotated_from = Some(cur.id);
             let mut pred = cur.clone();
             pred.expires_at = Some(grace_end);
             pred.rotated_to = Some(successor.id);
-            match self.store.rotate(pred, cur.revision, successor).await {
+            match self
+                .auth
+                .store()
+                .rotate(pred, cur.revision, successor)
+                .await
+            {
                 Ok((pred, succ)) => {
                     self.emit(self.event(
                         now,
@@ -1174,12 +1153,6 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
 
     // ----- import -----
 
-    fn legacy_for(&self, text: &str) -> Option<&LegacyPrefix> {
-        self.legacy
-            .iter()
-            .find(|l| text.starts_with(l.legacy.as_str()))
-    }
-
     /// Imports a key from another system so its users keep it: a full key,
     /// or the SHA-256 digest of one. The key must be under a declared legacy
     /// prefix ([`legacy_prefix`](Self::legacy_prefix)). It is found on
@@ -1194,7 +1167,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// [`Verifier::issue`] for the other fields; [`Error::StoreUnavailable`].
     pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
         let now = self.now()?;
-        let keyring = self.verifier.keyring();
+        let keyring = self.auth.verifier().keyring();
         let version = keyring.current_version();
         let (legacy, sha, digest) = match &import.secret {
             LegacySecret::Plaintext(text) => {
@@ -1202,7 +1175,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                     return Err(Error::InvalidInput("legacy key too long".into()));
                 }
                 let legacy = self
-                    .legacy_for(text)
+                    .auth
+                    .legacy_prefix_of(text)
                     .filter(|l| text.len() > l.legacy.len())
                     .ok_or_else(|| {
                         Error::InvalidInput("the key is not under a declared legacy prefix".into())
@@ -1213,9 +1187,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
             }
             LegacySecret::Sha256 { prefix, digest } => {
                 let legacy = self
-                    .legacy
-                    .iter()
-                    .find(|l| l.legacy == *prefix)
+                    .auth
+                    .legacy_prefix_named(prefix)
                     .ok_or_else(|| Error::InvalidInput("not a declared legacy prefix".into()))?;
                 (legacy, digest.clone(), None)
             }
@@ -1228,7 +1201,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         let mut new = import.new.clone();
         new.prefix = legacy.native.prefix.as_str().to_owned();
         for _ in 0..3 {
-            let (_discarded, mut record) = self.verifier.issue(new.clone(), now)?;
+            let (_discarded, mut record) = self.auth.verifier().issue(new.clone(), now)?;
             record.digest = digest.unwrap_or(KeyDigest::from_bytes([0; 32]));
             record.legacy = Some(LegacyInfo::new(
                 legacy.legacy.clone(),
@@ -1248,7 +1221,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
                 }
                 Err(e) if e.kind() == StoreErrorKind::IdCollision => {
                     if self
-                        .store
+                        .auth
+                        .store()
                         .find_legacy(&index)
                         .await
                         .map_err(Error::StoreUnavailable)?
@@ -1287,161 +1261,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
-        let now = self.now()?;
-        let parsed = match self.verifier.parse(presented) {
-            Ok(p) => p,
-            Err(e) => {
-                if !self.legacy.is_empty()
-                    && matches!(e, Error::MalformedApiKey(_))
-                    && let Some(legacy) = self.legacy_for(presented)
-                    && !self
-                        .verifier
-                        .prefixes()
-                        .iter()
-                        .any(|n| presented.starts_with(n.prefix.as_str()))
-                {
-                    let legacy = legacy.clone();
-                    return self
-                        .authenticate_legacy(presented, &legacy, requirement, ip, now)
-                        .await;
-                }
-                if let Some(reason) = RejectionSampler::reason_of(&e) {
-                    self.rejections.count(reason, || now, &*self.audit);
-                }
-                return Err(e);
-            }
-        };
-        let view = self
-            .store
-            .fetch(parsed.id())
-            .await
-            .map_err(Error::StoreUnavailable)?;
-        // Only for the audit event of a failure; skipped without a sink.
-        let owner = if self.audit_enabled {
-            view.as_ref().and_then(|v| v.owner.clone())
-        } else {
-            None
-        };
-        let verified = self
-            .verifier
-            .verify_from(&parsed, view, now, requirement, ip);
-        self.finish(verified, parsed.id(), owner.as_deref(), now)
-            .await
-    }
-
-    async fn finish(
-        &self,
-        verified: Result<VerifiedKey>,
-        id: KeyId,
-        owner: Option<&str>,
-        now: OffsetDateTime,
-    ) -> Result<VerifiedKey> {
-        match verified {
-            Ok(v) => {
-                self.usage.record(id, now);
-                if self.usage.flush_due(now) {
-                    // A failed flush keeps its counts; verification does not
-                    // depend on it.
-                    let _ = self.usage.flush(&self.store, now).await;
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                let ev = AuditEvent::new(now, AuditKind::VerificationFailed { code: e.code() })
-                    .key(id, owner);
-                self.emit(ev);
-                Err(e)
-            }
-        }
-    }
-
-    async fn authenticate_legacy(
-        &self,
-        presented: &str,
-        legacy: &LegacyPrefix,
-        requirement: &Requirement,
-        ip: Option<IpAddr>,
-        now: OffsetDateTime,
-    ) -> Result<VerifiedKey> {
-        if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= legacy.legacy.len() {
-            self.rejections.count(1, || now, &*self.audit);
-            return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
-        }
-        let keyring = self.verifier.keyring();
-        let sha: Zeroizing<[u8; 32]> = Zeroizing::new(Sha256::digest(presented.as_bytes()).into());
-        let mut found = None;
-        for v in keyring.versions_current_first() {
-            let Some(index) = keyring.legacy_index(v, &sha) else {
-                continue;
-            };
-            if let Some(rec) = self
-                .store
-                .find_legacy(&index)
-                .await
-                .map_err(Error::StoreUnavailable)?
-            {
-                found = Some((rec, index));
-                break;
-            }
-        }
-        let Some((rec, index)) = found else {
-            self.rejections.count(UNKNOWN_LEGACY, || now, &*self.audit);
-            return Err(Error::InvalidApiKey);
-        };
-        let matched = match &rec.legacy {
-            Some(l) if l.prefix == legacy.legacy => {
-                let index_ok: bool = l.index.ct_eq(&index).into();
-                let digest_ok = !l.upgraded
-                    || keyring
-                        .legacy_digest(rec.secret_version, presented)
-                        .is_some_and(|d| bool::from(d.ct_eq(&rec.digest)));
-                index_ok && digest_ok
-            }
-            _ => false,
-        };
-        let verified = if matched {
-            self.verifier
-                .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
-        } else {
-            Err(Error::InvalidApiKey)
-        };
-        let verified = self
-            .finish(verified, rec.id, rec.owner.as_deref(), now)
-            .await?;
-        self.upgrade_legacy(&rec, presented, &sha, now).await;
-        Ok(verified)
-    }
-
-    /// Re-hashes an imported key under the current secret version once its
-    /// text is known to be right. Best effort: a failure leaves the record
-    /// as it was, and the next verification tries again.
-    async fn upgrade_legacy(
-        &self,
-        rec: &KeyRecord,
-        text: &str,
-        sha: &[u8; 32],
-        now: OffsetDateTime,
-    ) {
-        let keyring = self.verifier.keyring();
-        let v = keyring.current_version();
-        let Some(l) = &rec.legacy else { return };
-        if l.upgraded && l.index_version == v && rec.secret_version == v {
-            return;
-        }
-        let (Some(digest), Some(index)) =
-            (keyring.legacy_digest(v, text), keyring.legacy_index(v, sha))
-        else {
-            return;
-        };
-        let mut next = rec.clone();
-        next.digest = digest;
-        next.secret_version = v;
-        next.legacy = Some(LegacyInfo::new(l.prefix.clone(), index, v, true));
-        if self.store.update_if(next, rec.revision).await.is_ok() {
-            self.emit(
-                AuditEvent::new(now, AuditKind::LegacyUpgraded).key(rec.id, rec.owner.as_deref()),
-            );
-        }
+        self.auth.authenticate(presented, requirement, ip).await
     }
 
     // ----- flushing -----
@@ -1452,7 +1272,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// [`Error::StoreUnavailable`]; the counts stay pending.
     pub async fn flush(&self) -> Result<u64> {
         self.usage
-            .flush(&self.store, self.now()?)
+            .flush(self.auth.store(), self.now()?)
             .await
             .map_err(Error::StoreUnavailable)
     }
@@ -1465,7 +1285,9 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// are still pending; call again).
     pub async fn shutdown(&self) -> Result<()> {
         let now = self.now()?;
-        self.rejections.emit(now, &*self.audit);
+        if let Some(a) = self.auth.auditor() {
+            a.rejections.emit(now, &*a.sink);
+        }
         self.flush().await.map(|_| ())
     }
 }

@@ -112,6 +112,18 @@ macro_rules! setters {
 
 impl KeyRecordBuilder {
     setters! {
+        /// The public key id.
+        id: KeyId,
+        /// The key's prefix.
+        prefix: Prefix,
+        /// The key's environment.
+        environment: Environment,
+        /// The server secret version the digest was made under.
+        secret_version: u8,
+        /// The keyed digest.
+        digest: KeyDigest,
+        /// When the key was made.
+        created_at: OffsetDateTime,
         /// Owning user or organisation (`None`: machine-to-machine).
         owner: Option<String>,
         /// Description.
@@ -158,12 +170,23 @@ impl KeyRecordBuilder {
         self
     }
 
-    /// The record, once its invariants hold.
+    /// The record, once its invariants hold. Times are truncated to whole
+    /// microseconds (the precision every store keeps, so a record reads
+    /// back identical from PostgreSQL too).
     ///
     /// # Errors
     /// [`Error::InvalidRecord`](crate::Error::InvalidRecord) naming the broken
     /// invariant (as [`KeyRecord::validate`]).
-    pub fn build(self) -> Result<KeyRecord> {
+    pub fn build(mut self) -> Result<KeyRecord> {
+        use crate::clock::to_micros;
+        let r = &mut self.record;
+        r.created_at = to_micros(r.created_at);
+        r.expires_at = r.expires_at.map(to_micros);
+        r.not_before = r.not_before.map(to_micros);
+        r.last_used_at = r.last_used_at.map(to_micros);
+        if let Some(rev) = &mut r.revocation {
+            rev.at = to_micros(rev.at);
+        }
         self.record.validate()?;
         Ok(self.record)
     }

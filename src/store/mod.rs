@@ -287,7 +287,7 @@ pub enum LimitedUpdate {
     },
 }
 
-/// Uses of one key on one UTC day, for [`KeyStoreLifecycle::record_usage`].
+/// Uses of one key on one UTC day, for [`UsageStore::record_usage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UsageDelta {

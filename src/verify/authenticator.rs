@@ -1,16 +1,72 @@
-//! The async authenticator: parse, fetch from a [`KeyStore`], verify.
+//! The one verification pipeline: every presented key, whichever door it
+//! came through ([`KeyManager::authenticate`](crate::KeyManager::authenticate),
+//! the [`Gate`](crate::web::Gate), the tower/axum layer, or a direct call),
+//! is checked here.
+//!
+//! Steps, in order:
+//!
+//! 1. **parse** ([`Verifier::parse`]): length, alphabet, prefix, checksum,
+//!    version, keyed tag; no store call for junk or forged keys;
+//! 2. the **failure throttle** (when configured, see [`limits`](crate::limits));
+//! 3. the **legacy lookup** (when legacy prefixes are declared): keys
+//!    imported from another system are found through the legacy index;
+//! 4. **fetch** the record by id from the [`KeyStore`];
+//! 5. **verify** ([`Verifier::verify_from`]): HMAC, constant-time
+//!    comparison, status, validity window, environment, IP allowlist,
+//!    scopes;
+//! 6. **usage recording** (when configured): one in-memory count, flushed
+//!    off the request path ([`UsageRecorder`]);
+//! 7. **audit of failures** (when configured): failures after the tag
+//!    matched about the key itself (unknown id, wrong secret, revoked,
+//!    disabled, expired, not yet valid) emit one event each; rejections
+//!    before it, and failures of an authenticated key against the request
+//!    (wrong environment, scope, address), are counted per reason and
+//!    summarised at most once per interval, so a flood never becomes a
+//!    flood of events.
 
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::key::KeyId;
+use crate::limits::{FailureClass, Limits, NoLimits};
+use crate::record::KeyView;
 use crate::scope::Requirement;
 use crate::store::KeyStore;
+use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
+use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
 
-/// Runs parse → store → verify for one presented key.
+/// Where audit events go, with the sampler for floods.
+pub(crate) struct Auditor {
+    pub(crate) sink: Arc<dyn AuditSink>,
+    pub(crate) rejections: RejectionSampler,
+}
+
+impl fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auditor")
+            .field("rejections", &self.rejections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The one pipeline from a presented key to a [`VerifiedKey`]: parse →
+/// throttle → legacy lookup → fetch → verify → usage → audit (see the
+/// [module docs](crate::verify)). Optional steps are off until configured.
 ///
 /// Generic over the store (no `dyn`) and the clock, so tests inject a
-/// [`ManualClock`](crate::ManualClock). Rejections that need no store
-/// (malformed, bad checksum, forged) never call it.
+/// [`ManualClock`](crate::ManualClock). Cheap to clone when the store and
+/// the clock are (clones share the usage counts, the audit sink and the
+/// legacy configuration). [`KeyManager`](crate::KeyManager) builds one with
+/// every step configured and hands it out with
+/// [`KeyManager::authenticator`](crate::KeyManager::authenticator), so the
+/// gate and the axum layer behave exactly as `KeyManager::authenticate`.
 ///
 /// ```
 /// use apikey::*;
@@ -22,21 +78,36 @@ use crate::verifier::{VerifiedKey, Verifier};
 /// store.insert(record).await?;
 ///
 /// let auth = Authenticator::new(verifier, store);
-/// let ok = auth.authenticate(key.expose_secret(), &Requirement::scope("tasks:read")?).await?;
+/// let ok = auth.authenticate(key.expose_secret(), &Requirement::scope("tasks:read")?, None).await?;
 /// assert!(ok.scopes().grants(&Scope::parse("tasks:read")?));
-/// let err = auth.authenticate(key.expose_secret(), &Requirement::scope("tasks:write")?).await.unwrap_err();
+/// let err = auth.authenticate(key.expose_secret(), &Requirement::scope("tasks:write")?, None).await.unwrap_err();
 /// assert_eq!(err.code(), "INSUFFICIENT_SCOPE");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authenticator<S, C = SystemClock> {
     verifier: Verifier,
     store: S,
     clock: C,
+    usage: Option<Arc<UsageRecorder>>,
+    audit: Option<Arc<Auditor>>,
+    legacy: Arc<Legacy>,
+}
+
+impl<S, C> fmt::Debug for Authenticator<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("verifier", &self.verifier)
+            .field("usage", &self.usage)
+            .field("audit", &self.audit.is_some())
+            .field("legacy", &self.legacy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: KeyStore> Authenticator<S, SystemClock> {
-    /// An authenticator reading the system clock.
+    /// An authenticator reading the system clock, with no usage recording,
+    /// no audit and no legacy prefixes.
     pub fn new(verifier: Verifier, store: S) -> Self {
         Self::with_clock(verifier, store, SystemClock)
     }
@@ -49,7 +120,48 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             verifier,
             store,
             clock,
+            usage: None,
+            audit: None,
+            legacy: Arc::new(Legacy::default()),
         }
+    }
+
+    /// Counts every successful verification in `recorder` (flush it with
+    /// [`UsageRecorder::flush`], off the request path). Defaults to no
+    /// recording.
+    pub fn with_usage(mut self, recorder: Arc<UsageRecorder>) -> Self {
+        self.usage = Some(recorder);
+        self
+    }
+
+    /// Sends audit events of failed verifications to `sink`, with
+    /// rejection summaries at most once per `sample_interval`. Defaults to
+    /// no audit.
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>, sample_interval: time::Duration) -> Self {
+        self.audit = Some(Arc::new(Auditor {
+            sink,
+            rejections: RejectionSampler::new(sample_interval),
+        }));
+        self
+    }
+
+    /// Declares `legacy` as the prefix of keys imported from another system,
+    /// stored under the registered native prefix `native`. See
+    /// [`KeyManager::legacy_prefix`](crate::KeyManager::legacy_prefix).
+    ///
+    /// # Errors
+    /// As [`KeyManager::legacy_prefix`](crate::KeyManager::legacy_prefix).
+    pub fn with_legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
+        Arc::make_mut(&mut self.legacy).declare(&self.verifier, legacy, native)?;
+        Ok(self)
+    }
+
+    pub(crate) fn set_upgrader(&mut self, upgrader: Arc<dyn legacy::Upgrader>) {
+        Arc::make_mut(&mut self.legacy).upgrader = Some(upgrader);
+    }
+
+    pub(crate) fn set_audit(&mut self, auditor: Option<Arc<Auditor>>) {
+        self.audit = auditor;
     }
 
     /// The verifier.
@@ -67,41 +179,221 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
         &self.clock
     }
 
-    /// Authenticates `presented` and checks `requirement`.
+    /// The usage recorder, when usage is recorded.
+    pub fn usage(&self) -> Option<&Arc<UsageRecorder>> {
+        self.usage.as_ref()
+    }
+
+    pub(crate) fn auditor(&self) -> Option<&Arc<Auditor>> {
+        self.audit.as_ref()
+    }
+
+    pub(crate) fn legacy_prefix_of(&self, text: &str) -> Option<&LegacyPrefix> {
+        self.legacy.prefix_of(text)
+    }
+
+    pub(crate) fn legacy_prefix_named(&self, prefix: &str) -> Option<&LegacyPrefix> {
+        self.legacy.prefixes.iter().find(|l| l.legacy == prefix)
+    }
+
+    /// Authenticates `presented`, sent from `ip` (when known), and checks
+    /// `requirement`: the whole pipeline (see the
+    /// [module docs](crate::verify)). A key with an IP allowlist fails
+    /// closed with [`Error::IpNotAllowed`] when `ip` is `None`.
+    ///
+    /// Nothing is cached: a disable, revoke or rotation that returned before
+    /// this call started is seen by it (with a store that is not a cache).
     ///
     /// # Errors
-    /// Every verification outcome of [`Verifier::verify_with`], and
-    /// [`Error::StoreUnavailable`] when the store fails (never "valid", never
-    /// "invalid key").
+    /// Every outcome of [`Verifier::parse`] and [`Verifier::verify_from`],
+    /// [`Error::InvalidInput`] when the clock reads outside the supported
+    /// range, and [`Error::StoreUnavailable`] when the store fails (never
+    /// "valid", never "invalid key").
     pub async fn authenticate(
         &self,
         presented: &str,
         requirement: &Requirement,
+        ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
-        self.authenticate_from(presented, requirement, None).await
+        self.authenticate_limited(presented, requirement, ip, &NoLimits)
+            .await
     }
 
-    /// Like [`authenticate`](Self::authenticate) for a request from `ip`,
-    /// checked against the key's IP allowlist. With `None`, keys that have
-    /// an allowlist fail closed with [`Error::IpNotAllowed`].
+    /// [`authenticate`](Self::authenticate) with the failure throttle of
+    /// `limits` (step 2; see [`limits::throttle`](crate::limits::throttle)):
+    ///
+    /// * a tagged key whose id is backed off is refused with
+    ///   [`Error::TooManyFailures`] before the store is asked
+    ///   ([`Limits::check_key`], local); a key-status failure after the
+    ///   lookup (unknown id, wrong secret, revoked, disabled, expired, not
+    ///   yet valid) is recorded against its id ([`Limits::key_failed`]);
+    /// * a legacy (untagged) lookup is counted against `ip` from the moment
+    ///   it starts ([`Limits::begin_untagged`]), and its key-status failures
+    ///   against the address ([`Limits::untagged_failed`]).
+    ///
+    /// Scope, address and environment failures are not throttled here: the
+    /// [`Gate`](crate::web::Gate) charges them to the key's rate limit.
     ///
     /// # Errors
-    /// As [`authenticate`](Self::authenticate), plus [`Error::IpNotAllowed`].
-    pub async fn authenticate_from(
+    /// As [`authenticate`](Self::authenticate), plus
+    /// [`Error::TooManyFailures`].
+    pub async fn authenticate_limited<L: Limits>(
         &self,
         presented: &str,
         requirement: &Requirement,
-        ip: Option<std::net::IpAddr>,
+        ip: Option<IpAddr>,
+        limits: &L,
     ) -> Result<VerifiedKey> {
-        let parsed = self.verifier.parse(presented)?;
+        let parsed = match self.verifier.parse(presented) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
+                    let attempt = limits
+                        .begin_untagged(ip)
+                        .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+                    let result = self
+                        .authenticate_legacy(presented, l, requirement, ip)
+                        .await;
+                    if let Err(e) = &result
+                        && FailureClass::after_lookup(e) == FailureClass::KeyStatus
+                    {
+                        limits.untagged_failed(attempt).await;
+                    }
+                    return result;
+                }
+                self.count(RejectionSampler::reason_of(&e));
+                return Err(e);
+            }
+        };
+        let id = parsed.id();
+        limits
+            .check_key(id.as_u64())
+            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
         let view = self
             .store
-            .fetch(parsed.id())
+            .fetch(id)
             .await
             .map_err(Error::StoreUnavailable)?;
-        // The clock is read only for keys with a validity window, and then
-        // without calendar conversion (`Clock::checked_timestamp`).
-        self.verifier
-            .verify_from_clock(&parsed, view, &self.clock, requirement, ip)
+        // Only for the audit event of a failure; skipped without a sink.
+        let owner = match &self.audit {
+            Some(_) => view.as_ref().and_then(|v| v.owner.clone()),
+            None => None,
+        };
+        // The verifier reads the clock only for keys with a validity window,
+        // and then without calendar conversion (`Clock::checked_timestamp`);
+        // the calendar time is read only when usage or audit records it.
+        let verified = self
+            .verifier
+            .verify_from_clock(&parsed, view, &self.clock, requirement, ip);
+        let result = if self.usage.is_none() && self.audit.is_none() {
+            verified
+        } else {
+            self.finish(verified, id, owner.as_deref(), self.clock.now())
+        };
+        if let Err(e) = &result
+            && FailureClass::after_lookup(e) == FailureClass::KeyStatus
+        {
+            limits.key_failed(id.as_u64()).await;
+        }
+        result
+    }
+
+    /// Counts one rejection for the sampled summary.
+    fn count(&self, reason: Option<usize>) {
+        if let (Some(a), Some(r)) = (&self.audit, reason) {
+            a.rejections.count(r, || self.clock.now(), &*a.sink);
+        }
+    }
+
+    fn finish(
+        &self,
+        verified: Result<VerifiedKey>,
+        id: KeyId,
+        owner: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedKey> {
+        match verified {
+            Ok(v) => {
+                if let Some(u) = &self.usage {
+                    u.record(id, now);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                if let Some(a) = &self.audit {
+                    match RejectionSampler::reason_of_request_failure(&e) {
+                        // An authenticated key that does not fit the
+                        // request: counted, like junk.
+                        Some(r) => a.rejections.count(r, || now, &*a.sink),
+                        None => a.sink.record(
+                            &AuditEvent::new(
+                                now,
+                                AuditKind::VerificationFailed {
+                                    code: e.code().as_str(),
+                                },
+                            )
+                            .key(id, owner),
+                        ),
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn authenticate_legacy(
+        &self,
+        presented: &str,
+        prefix: &LegacyPrefix,
+        requirement: &Requirement,
+        ip: Option<IpAddr>,
+    ) -> Result<VerifiedKey> {
+        if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= prefix.legacy.len() {
+            self.count(RejectionSampler::reason_of(&Error::MalformedApiKey(
+                crate::MalformedReason::Length,
+            )));
+            return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
+        }
+        let keyring = self.verifier.keyring();
+        let sha = legacy::sha(presented);
+        let mut found = None;
+        for v in keyring.versions_current_first() {
+            let Some(index) = keyring.legacy_index(v, &sha) else {
+                continue;
+            };
+            if let Some(rec) = self
+                .store
+                .find_legacy(&index)
+                .await
+                .map_err(Error::StoreUnavailable)?
+            {
+                found = Some((rec, index));
+                break;
+            }
+        }
+        let now = self.clock.now();
+        let Some((rec, index)) = found else {
+            self.count(Some(crate::audit::UNKNOWN_LEGACY));
+            return Err(Error::InvalidApiKey);
+        };
+        let verified = if legacy::matches(&self.verifier, &rec, prefix, &index, presented) {
+            self.verifier
+                .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
+        } else {
+            Err(Error::InvalidApiKey)
+        };
+        let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now)?;
+        // Best effort: a failure leaves the record as it was, and the next
+        // verification tries again.
+        if let Some(up) = &self.legacy.upgrader
+            && let Some(next) = legacy::upgraded(&self.verifier, &rec, presented, &sha)
+            && up.upgrade(next, rec.revision).await
+            && let Some(a) = &self.audit
+        {
+            a.sink.record(
+                &AuditEvent::new(now, AuditKind::LegacyUpgraded).key(rec.id, rec.owner.as_deref()),
+            );
+        }
+        Ok(verified)
     }
 }

@@ -4,10 +4,12 @@
 
 pub(crate) mod authenticator;
 pub(crate) mod ipnet;
+pub(crate) mod legacy;
 pub(crate) mod scope;
 pub(crate) mod verifier;
 
 pub use authenticator::Authenticator;
 pub use ipnet::{IpNet, ip_allowed};
+pub use legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
 pub use verifier::{VerifiedKey, Verifier};

@@ -152,17 +152,55 @@ pub enum Extracted<'a> {
     NotOurs,
 }
 
+/// Where an [`Extractor`] reads keys from: a set of header sources,
+/// combined with `|`. The query string is configured apart
+/// ([`Extractor::allow_query_param`]), because it needs a parameter name.
+///
+/// ```
+/// use apikey::web::Sources;
+/// let both = Sources::API_KEY_HEADER | Sources::BEARER;
+/// assert_eq!(both, Sources::ALL);
+/// assert!(both.contains(Sources::BEARER));
+/// assert!(!Sources::BEARER.contains(Sources::API_KEY_HEADER));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sources(u8);
+
+impl Sources {
+    /// The API-key header (`X-API-Key` unless renamed).
+    pub const API_KEY_HEADER: Self = Self(1);
+    /// `Authorization: Bearer <key>` (only tokens with a registered prefix
+    /// are ours).
+    pub const BEARER: Self = Self(2);
+    /// Both header sources (the default).
+    pub const ALL: Self = Self(3);
+    /// No header source (only an allowed query parameter, if any).
+    pub const NONE: Self = Self(0);
+
+    /// Whether every source of `other` is in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Sources {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
 /// Reads API keys from request headers. Cheap to clone.
 ///
 /// Every setting says what it defaults to. Build it once at start-up.
 ///
 /// ```
 /// use apikey::PrefixRegistry;
-/// use apikey::web::{Extractor, Scheme};
+/// use apikey::web::{Extractor, Scheme, Sources};
 ///
 /// // Only the Bearer scheme, a 128-byte limit, and `?api_key=` allowed.
 /// let extractor = Extractor::new(PrefixRegistry::with_builtins())
-///     .accept_api_key_header(false)
+///     .sources(Sources::BEARER)
 ///     .max_len(128)
 ///     .allow_query_param("api_key");
 /// assert!(extractor.accepts(Scheme::Bearer));
@@ -172,8 +210,7 @@ pub enum Extracted<'a> {
 pub struct Extractor {
     prefixes: PrefixRegistry,
     header_name: Cow<'static, str>,
-    api_key_header: bool,
-    bearer: bool,
+    sources: Sources,
     query_param: Option<Cow<'static, str>>,
     refuse_query_params: Vec<Cow<'static, str>>,
     max_len: usize,
@@ -186,8 +223,7 @@ impl Extractor {
         Self {
             prefixes,
             header_name: Cow::Borrowed("X-API-Key"),
-            api_key_header: true,
-            bearer: true,
+            sources: Sources::ALL,
             query_param: None,
             refuse_query_params: vec![Cow::Borrowed("api_key"), Cow::Borrowed("apikey")],
             max_len: DEFAULT_MAX_LEN,
@@ -200,16 +236,11 @@ impl Extractor {
         self
     }
 
-    /// Whether the API-key header is accepted. Defaults to `true`.
-    pub fn accept_api_key_header(mut self, yes: bool) -> Self {
-        self.api_key_header = yes;
-        self
-    }
-
-    /// Whether `Authorization: Bearer <key>` is accepted. Defaults to `true`.
-    /// When `false`, Bearer tokens are all [`Extracted::NotOurs`].
-    pub fn accept_bearer(mut self, yes: bool) -> Self {
-        self.bearer = yes;
+    /// Which headers keys are read from. Defaults to [`Sources::ALL`] (the
+    /// API-key header and `Authorization: Bearer`). Without
+    /// [`Sources::BEARER`], Bearer tokens are all [`Extracted::NotOurs`].
+    pub fn sources(mut self, sources: Sources) -> Self {
+        self.sources = sources;
         self
     }
 
@@ -233,8 +264,8 @@ impl Extractor {
     /// Whether `scheme` is accepted.
     pub fn accepts(&self, scheme: Scheme) -> bool {
         match scheme {
-            Scheme::ApiKeyHeader => self.api_key_header,
-            Scheme::Bearer => self.bearer,
+            Scheme::ApiKeyHeader => self.sources.contains(Sources::API_KEY_HEADER),
+            Scheme::Bearer => self.sources.contains(Sources::BEARER),
             Scheme::Query => self.query_param.is_some(),
         }
     }
@@ -255,15 +286,15 @@ impl Extractor {
     /// use apikey::web::Extractor;
     /// let e = Extractor::new(PrefixRegistry::with_builtins());
     /// assert_eq!(e.accepted(), ["X-API-Key", "Authorization: Bearer"]);
-    /// let bearer_only = e.accept_api_key_header(false);
+    /// let bearer_only = e.sources(apikey::web::Sources::BEARER);
     /// assert_eq!(bearer_only.accepted(), ["Authorization: Bearer"]);
     /// ```
     pub fn accepted(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(3);
-        if self.api_key_header {
+        if self.accepts(Scheme::ApiKeyHeader) {
             out.push(self.header_name.clone().into_owned());
         }
-        if self.bearer {
+        if self.accepts(Scheme::Bearer) {
             out.push("Authorization: Bearer".to_owned());
         }
         if let Some(q) = &self.query_param {
@@ -325,7 +356,9 @@ impl Extractor {
         for (name, value) in headers {
             let name = name.as_ref();
             let value = value.as_ref();
-            if self.api_key_header && name.eq_ignore_ascii_case(self.header_name.as_bytes()) {
+            if self.accepts(Scheme::ApiKeyHeader)
+                && name.eq_ignore_ascii_case(self.header_name.as_bytes())
+            {
                 match self.check_value(value) {
                     Ok("") => {}
                     Ok(text) => seen.key(text, Scheme::ApiKeyHeader),
@@ -389,7 +422,7 @@ impl Extractor {
     fn bearer_token<'a>(&self, value: &'a [u8]) -> Result<Option<&'a str>> {
         let value = trim_ows(value);
         const BEARER: &[u8] = b"bearer ";
-        if !self.bearer
+        if !self.accepts(Scheme::Bearer)
             || value.len() < BEARER.len()
             || !value[..BEARER.len()].eq_ignore_ascii_case(BEARER)
         {
@@ -577,12 +610,12 @@ mod tests {
     fn disabled_schemes() {
         let h = [("x-api-key", "sk_live_a")];
         assert!(matches!(
-            ex().accept_api_key_header(false).extract(h),
+            ex().sources(Sources::BEARER).extract(h),
             Err(Error::MissingApiKey)
         ));
         let h = [("authorization", "Bearer sk_live_a")];
         assert_eq!(
-            ex().accept_bearer(false).extract(h).ok(),
+            ex().sources(Sources::API_KEY_HEADER).extract(h).ok(),
             Some(Extracted::NotOurs)
         );
         let h = [("api-key", "sk_live_a")];
@@ -655,7 +688,7 @@ mod tests {
         ] {
             let h = order.map(|i| headers[i]);
             let r = ex().extract(h);
-            outcomes.push(r.map_err(|e| (e.code(), e.to_string())));
+            outcomes.push(r.map_err(|e| (e.code().as_str(), e.to_string())));
         }
         for o in &outcomes {
             assert_eq!(

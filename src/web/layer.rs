@@ -10,9 +10,25 @@
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
 //!   credentials, with [`ForeignCredentials::PassThrough`]).
-//! * The client address for the failure throttle comes from a [`ClientIp`]
-//!   extension (set it from a trusted proxy header yourself) or else from
-//!   axum's `ConnectInfo<SocketAddr>`.
+//! * The client address (for IP allowlists and the failure throttle) comes
+//!   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
+//!   layer depends on axum-core only, not on axum's server, so it cannot
+//!   read axum's `ConnectInfo` itself: set `ClientIp` from it (or from a
+//!   trusted proxy header) in a small middleware, as `examples/axum_server.rs`
+//!   does:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::extract::{ConnectInfo, Request};
+//! use axum::middleware::Next;
+//! use axum::response::Response;
+//!
+//! async fn client_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+//!     req.extensions_mut().insert(apikey::web::ClientIp(peer.ip()));
+//!     next.run(req).await
+//! }
+//! // Router::new().route(...).layer(axum::middleware::from_fn(client_ip))
+//! ```
 //!
 //! The layer fails closed: only a request with a valid key of ours that
 //! meets the route's requirement reaches the inner service. Every other
@@ -31,7 +47,7 @@
 //! use apikey::*;
 //! use apikey::web::ApiKeyLayer;
 //! use apikey::web::{Gate, QuotaTable, Route};
-//! use apikey::limits::ratelimit::Quota;
+//! use apikey::limits::{MemoryLimits, Quota};
 //!
 //! async fn list_tasks(key: VerifiedKey) -> String {
 //!     format!("tasks of {}", key.owner().unwrap_or("nobody"))
@@ -41,7 +57,8 @@
 //! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
 //! let gate = Arc::new(
 //!     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
-//!         .quotas(QuotaTable::fixed(Quota::FREE)),
+//!         .limits(MemoryLimits::new())
+//!         .quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
 //! );
 //! let app: Router = Router::new().route(
 //!     "/v1/tasks",
@@ -59,19 +76,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts};
-use axum::response::{IntoResponse, Response};
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::clock::{Clock, SystemClock};
-use crate::credits::{AsyncCreditStore, InMemoryCreditStore};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::extract::Extracted;
 use crate::gate::{Admitted, Decision, ForeignCredentials, Gate, Rejection, Route};
-use crate::ratelimit::{
-    AsyncRateLimitStore, InMemoryRateLimitStore, MonotonicClock, StdMonotonicClock,
-};
+use crate::limits::{Limits, NoLimits};
 use crate::response::ErrorResponse;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -85,21 +99,15 @@ pub struct ClientIp(pub IpAddr);
 /// A tower layer that guards the wrapped service with a [`Gate`] for one
 /// [`Route`]. Cheap to clone.
 #[derive(Debug)]
-pub struct ApiKeyLayer<
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
-    gate: Arc<Gate<S, C, M, RS, CS>>,
+pub struct ApiKeyLayer<S, C = SystemClock, L = NoLimits> {
+    gate: Arc<Gate<S, C, L>>,
     route: Arc<Route>,
     timeout: Option<Duration>,
     /// `None`: the gate's setting.
     foreign: Option<ForeignCredentials>,
 }
 
-impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
+impl<S, C, L> Clone for ApiKeyLayer<S, C, L> {
     fn clone(&self) -> Self {
         Self {
             gate: Arc::clone(&self.gate),
@@ -110,9 +118,9 @@ impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
     }
 }
 
-impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
+impl<S, C, L> ApiKeyLayer<S, C, L> {
     /// A layer running `gate` for `route`.
-    pub fn new(gate: Arc<Gate<S, C, M, RS, CS>>, route: Route) -> Self {
+    pub fn new(gate: Arc<Gate<S, C, L>>, route: Route) -> Self {
         Self {
             gate,
             route: Arc::new(route),
@@ -146,8 +154,8 @@ impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
     }
 }
 
-impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, RS, CS> {
-    type Service = ApiKeyService<Inner, S, C, M, RS, CS>;
+impl<Inner, S, C, L> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, L> {
+    type Service = ApiKeyService<Inner, S, C, L>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
         ApiKeyService {
@@ -159,19 +167,12 @@ impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, 
 
 /// The service made by [`ApiKeyLayer`].
 #[derive(Debug)]
-pub struct ApiKeyService<
-    Inner,
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
+pub struct ApiKeyService<Inner, S, C = SystemClock, L = NoLimits> {
     inner: Inner,
-    layer: ApiKeyLayer<S, C, M, RS, CS>,
+    layer: ApiKeyLayer<S, C, L>,
 }
 
-impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, CS> {
+impl<Inner: Clone, S, C, L> Clone for ApiKeyService<Inner, S, C, L> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -180,8 +181,8 @@ impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, 
     }
 }
 
-impl<Inner, B, ResBody, S, C, M, RS, CS> tower_service::Service<Request<B>>
-    for ApiKeyService<Inner, S, C, M, RS, CS>
+impl<Inner, B, ResBody, S, C, L> tower_service::Service<Request<B>>
+    for ApiKeyService<Inner, S, C, L>
 where
     Inner: tower_service::Service<Request<B>, Response = http::Response<ResBody>>
         + Clone
@@ -192,11 +193,7 @@ where
     ResBody: From<String> + Send + 'static,
     S: KeyStore + Send + Sync + 'static,
     C: Clock + 'static,
-    M: MonotonicClock + Clone + 'static,
-    RS: AsyncRateLimitStore + 'static,
-    RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: AsyncCreditStore + 'static,
-    CS::Error: std::error::Error + Send + Sync + 'static,
+    L: Limits + 'static,
 {
     type Response = http::Response<ResBody>;
     type Error = Inner::Error;
@@ -269,7 +266,7 @@ where
 fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {
     ext.get::<ClientIp>()
         .map(|c| c.0)
-        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip))
 }
 
 /// The answer when a handler asks for a key the layer did not admit:

@@ -8,8 +8,11 @@ pub(crate) mod gate;
 pub(crate) mod layer;
 pub(crate) mod response;
 
-pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme};
+pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};
 pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};
 #[cfg(feature = "axum")]
 pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};
-pub use response::{ErrorResponse, REALM, rate_limit_headers, retry_after_secs};
+pub use response::{
+    ErrorBody, ErrorDetails, ErrorObject, ErrorResponse, MissingKeyDetails, REALM,
+    rate_limit_headers, retry_after_secs,
+};

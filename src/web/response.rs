@@ -46,9 +46,11 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::error::Error;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorCode};
 use crate::extract::Extractor;
-use crate::ratelimit::{RateLimitInfo, ceil_secs};
+use crate::limits::{RateLimitInfo, ceil_secs};
 
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
 /// JSON body.
@@ -97,7 +99,7 @@ impl ErrorResponse {
     /// use apikey::{Error, PrefixRegistry};
     /// use apikey::web::Extractor;
     /// use apikey::web::ErrorResponse;
-    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).accept_api_key_header(false);
+    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).sources(apikey::web::Sources::BEARER);
     /// let r = ErrorResponse::for_extractor(&Error::MissingApiKey, "api", &bearer_only);
     /// assert!(r.body.contains(r#""details":{"accepted":["Authorization: Bearer"]}"#));
     /// ```
@@ -105,10 +107,10 @@ impl ErrorResponse {
         Self::build(err, realm, Some(&missing_key_details(extractor)))
     }
 
-    /// `missing`: the details JSON of `MISSING_API_KEY` (see
+    /// `missing`: the details of `MISSING_API_KEY` (see
     /// [`missing_key_details`]); `None` for the default extractor's.
-    pub(crate) fn build(err: &Error, realm: &str, missing: Option<&str>) -> Self {
-        let status = err.http_status();
+    pub(crate) fn build(err: &Error, realm: &str, missing: Option<&MissingKeyDetails>) -> Self {
+        let code = err.code();
         let mut headers = vec![
             ("content-type", "application/json".to_owned()),
             ("cache-control", "no-store".to_owned()),
@@ -120,22 +122,11 @@ impl ErrorResponse {
         if let Some(wait) = err.retry_after() {
             headers.push(("retry-after", retry_after_secs(wait).to_string()));
         }
-        let mut body = String::with_capacity(160);
-        body.push_str(r#"{"success":false,"error":{"code":""#);
-        body.push_str(err.code());
-        body.push_str(r#"","message":"#);
-        json_string(&mut body, &message(err));
-        body.push_str(r#","details":"#);
-        match (err, missing) {
-            (Error::MissingApiKey, Some(m)) => body.push_str(m),
-            (Error::MissingApiKey, None) => body.push_str(DEFAULT_MISSING_DETAILS),
-            _ => details(&mut body, err),
-        }
-        body.push_str("}}");
+        let body = ErrorBody::new(err, missing);
         Self {
-            status,
+            status: code.http_status(),
             headers,
-            body,
+            body: body.to_json(),
         }
     }
 
@@ -178,28 +169,138 @@ impl ErrorResponse {
     }
 }
 
-/// The details of `MISSING_API_KEY` for the default extractor.
-const DEFAULT_MISSING_DETAILS: &str =
-    r#"{"header":"X-API-Key","accepted":["X-API-Key","Authorization: Bearer"]}"#;
+/// The details of `MISSING_API_KEY`: what the service accepts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MissingKeyDetails {
+    /// The API-key header's name, when that header is accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Every accepted source (`X-API-Key`, `Authorization: Bearer`, ...).
+    pub accepted: Vec<String>,
+}
 
-/// The details JSON of `MISSING_API_KEY` for `extractor`: what it accepts.
-pub(crate) fn missing_key_details(extractor: &Extractor) -> String {
-    let accepted = extractor.accepted();
-    let mut out = String::from("{");
-    if extractor.accepts(crate::extract::Scheme::ApiKeyHeader) {
-        out.push_str(r#""header":"#);
-        json_string(&mut out, extractor.header_name());
-        out.push(',');
+/// The details of `MISSING_API_KEY` for `extractor`: what it accepts.
+pub(crate) fn missing_key_details(extractor: &Extractor) -> MissingKeyDetails {
+    MissingKeyDetails {
+        header: extractor
+            .accepts(crate::extract::Scheme::ApiKeyHeader)
+            .then(|| extractor.header_name().to_owned()),
+        accepted: extractor.accepted().iter().map(|a| a.to_string()).collect(),
     }
-    out.push_str(r#""accepted":["#);
-    for (i, a) in accepted.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+}
+
+/// The JSON body of every error answer:
+/// `{"success": false, "error": {"code", "message", "details"}}`.
+///
+/// ```
+/// use apikey::Error;
+/// use apikey::web::ErrorBody;
+/// let body = ErrorBody::new(&Error::InvalidApiKey, None);
+/// assert_eq!(
+///     body.to_json(),
+///     r#"{"success":false,"error":{"code":"INVALID_API_KEY","message":"The provided API key is invalid.","details":{}}}"#
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The `error` member of an [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorObject {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// The public message ([`ErrorCode::message`], or the key-free
+    /// explanation of a bad request).
+    pub message: std::borrow::Cow<'static, str>,
+    /// Structured details; an empty object when there are none.
+    pub details: ErrorDetails,
+}
+
+/// The `details` of an error body. Never a key id, key text or store error
+/// text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum ErrorDetails {
+    /// `{}`.
+    None {},
+    /// `MISSING_API_KEY`: what the service accepts.
+    MissingKey(MissingKeyDetails),
+    /// `MALFORMED_API_KEY`: `{"reason": "checksum"}`.
+    Malformed {
+        /// The [`MalformedReason`](crate::MalformedReason) code.
+        reason: &'static str,
+    },
+    /// `EXPIRED_API_KEY`: `{"expired_at": RFC 3339}`.
+    Expired {
+        /// When the key expired.
+        expired_at: String,
+    },
+    /// `NOT_YET_VALID`: `{"not_before": RFC 3339}`.
+    NotYetValid {
+        /// When the key becomes valid.
+        not_before: String,
+    },
+    /// `WRONG_ENVIRONMENT`: `{"environment": "test"}`.
+    Environment {
+        /// The key's environment.
+        environment: String,
+    },
+    /// `INSUFFICIENT_SCOPE`: `{"required": "tasks:write"}`.
+    Scope {
+        /// The requirement that failed.
+        required: String,
+    },
+    /// 429 and 503 answers: `{"retry_after": seconds}`.
+    RetryAfter {
+        /// Whole seconds, at least 1.
+        retry_after: u64,
+    },
+}
+
+impl ErrorBody {
+    /// The body for `err`; `missing` names what the service accepts for a
+    /// `MISSING_API_KEY` (`None`: the default extractor's sources).
+    pub fn new(err: &Error, missing: Option<&MissingKeyDetails>) -> Self {
+        let code = err.code();
+        let message = match err {
+            // Request errors carry a fixed, key-free explanation.
+            Error::InvalidInput(m) => std::borrow::Cow::Owned(m.clone()),
+            _ => std::borrow::Cow::Borrowed(code.message()),
+        };
+        Self {
+            success: false,
+            error: ErrorObject {
+                code,
+                message,
+                details: details(err, missing),
+            },
         }
-        json_string(&mut out, a);
     }
-    out.push_str("]}");
-    out
+
+    /// The body as compact JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain types cannot fail; the fallback is the
+        // same shape without details.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            format!(
+                r#"{{"success":false,"error":{{"code":"{}","message":"","details":{{}}}}}}"#,
+                self.error.code
+            )
+        })
+    }
+}
+
+fn default_missing() -> MissingKeyDetails {
+    MissingKeyDetails {
+        header: Some("X-API-Key".to_owned()),
+        accepted: vec!["X-API-Key".to_owned(), "Authorization: Bearer".to_owned()],
+    }
 }
 
 /// `Retry-After` in whole seconds: rounded up, at least 1.
@@ -222,7 +323,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
+/// use apikey::limits::{RateLimitInfo, RateWindow};
 /// use time::macros::datetime;
 ///
 /// let info = RateLimitInfo { window: RateWindow::Hour, limit: 10_000, remaining: 9_847,
@@ -247,18 +348,15 @@ pub fn rate_limit_headers(
 }
 
 fn challenge(err: &Error, realm: &str) -> Option<String> {
-    let (code, description) = match err {
+    let kind = err.code().challenge()?;
+    let Some(code) = kind.error() else {
         // RFC 6750 §3.1: no error code when no credentials were presented.
-        Error::MissingApiKey => return Some(format!(r#"Bearer realm="{realm}""#)),
-        e if e.is_unauthenticated() => ("invalid_token", None),
-        Error::InsufficientScope { required } => ("insufficient_scope", Some(required.as_str())),
-        Error::InvalidInput(_) => ("invalid_request", None),
-        _ => return None,
+        return Some(format!(r#"Bearer realm="{realm}""#));
     };
     let mut s = format!(r#"Bearer realm="{realm}", error="{code}""#);
-    if let Some(scope) = description {
+    if let Error::InsufficientScope { required } = err {
         // Scope tokens are printable ASCII without quotes or backslashes.
-        let scope: String = scope
+        let scope: String = required
             .chars()
             .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ')
             .collect();
@@ -267,106 +365,40 @@ fn challenge(err: &Error, realm: &str) -> Option<String> {
     Some(s)
 }
 
-/// Human-readable messages. Fixed text per variant: no key material, no
-/// store error text.
-fn message(err: &Error) -> std::borrow::Cow<'static, str> {
-    use std::borrow::Cow::{Borrowed, Owned};
-    match err {
-        Error::MissingApiKey => Borrowed("API key is required."),
-        Error::MalformedApiKey(_) => Borrowed("The provided API key is malformed."),
-        Error::InvalidApiKey => Borrowed("The provided API key is invalid."),
-        Error::ExpiredApiKey { .. } => Borrowed("The API key has expired."),
-        Error::NotYetValid { .. } => Borrowed("The API key is not valid yet."),
-        Error::DisabledApiKey => Borrowed("The API key is disabled."),
-        Error::RevokedApiKey => Borrowed("The API key has been revoked."),
-        Error::WrongEnvironment { .. } => {
-            Borrowed("The API key is for an environment this service does not accept.")
-        }
-        Error::InsufficientScope { .. } => {
-            Borrowed("The API key lacks a permission this request needs.")
-        }
-        Error::IpNotAllowed => Borrowed("The API key may not be used from this address."),
-        Error::RateLimited { .. } => Borrowed("Rate limit exceeded. Retry later."),
-        Error::UsageExceeded => Borrowed("Usage quota exceeded."),
-        Error::TooManyFailures { .. } => {
-            Borrowed("Too many failed authentication attempts. Retry later.")
-        }
-        Error::StoreUnavailable(_) => {
-            Borrowed("Authentication is temporarily unavailable. Retry later.")
-        }
-        // Request errors carry a fixed, key-free explanation.
-        Error::InvalidInput(m) => Owned(m.clone()),
-        _ => Borrowed("The request could not be processed."),
-    }
-}
-
-fn details(out: &mut String, err: &Error) {
+fn details(err: &Error, missing: Option<&MissingKeyDetails>) -> ErrorDetails {
     let rfc3339 = |t: &OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
     };
     match err {
-        Error::MissingApiKey => out.push_str(DEFAULT_MISSING_DETAILS),
-        Error::MalformedApiKey(reason) => {
-            out.push_str(r#"{"reason":"#);
-            json_string(out, reason.as_str());
-            out.push('}');
+        Error::MissingApiKey => {
+            ErrorDetails::MissingKey(missing.cloned().unwrap_or_else(default_missing))
         }
-        Error::ExpiredApiKey { expired_at } => {
-            out.push_str(r#"{"expired_at":"#);
-            json_string(out, &rfc3339(expired_at));
-            out.push('}');
-        }
-        Error::NotYetValid { not_before } => {
-            out.push_str(r#"{"not_before":"#);
-            json_string(out, &rfc3339(not_before));
-            out.push('}');
-        }
-        Error::WrongEnvironment { actual } => {
-            out.push_str(r#"{"environment":"#);
-            json_string(out, &actual.to_string());
-            out.push('}');
-        }
-        Error::InsufficientScope { required } => {
-            out.push_str(r#"{"required":"#);
-            json_string(out, required);
-            out.push('}');
-        }
+        Error::MalformedApiKey(reason) => ErrorDetails::Malformed {
+            reason: reason.as_str(),
+        },
+        Error::ExpiredApiKey { expired_at } => ErrorDetails::Expired {
+            expired_at: rfc3339(expired_at),
+        },
+        Error::NotYetValid { not_before } => ErrorDetails::NotYetValid {
+            not_before: rfc3339(not_before),
+        },
+        Error::WrongEnvironment { actual } => ErrorDetails::Environment {
+            environment: actual.to_string(),
+        },
+        Error::InsufficientScope { required } => ErrorDetails::Scope {
+            required: required.clone(),
+        },
         Error::RateLimited { retry_after } | Error::TooManyFailures { retry_after } => {
-            let _ = write!(
-                out,
-                r#"{{"retry_after":{}}}"#,
-                retry_after_secs(*retry_after)
-            );
-        }
-        Error::StoreUnavailable(_) => {
-            let _ = write!(
-                out,
-                r#"{{"retry_after":{}}}"#,
-                retry_after_secs(err.retry_after().unwrap_or(Duration::from_secs(1)),)
-            );
-        }
-        _ => out.push_str("{}"),
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+            ErrorDetails::RetryAfter {
+                retry_after: retry_after_secs(*retry_after),
             }
-            c => out.push(c),
         }
+        Error::StoreUnavailable(_) => ErrorDetails::RetryAfter {
+            retry_after: retry_after_secs(err.retry_after().unwrap_or(Duration::from_secs(1))),
+        },
+        _ => ErrorDetails::None {},
     }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -376,9 +408,12 @@ mod tests {
 
     #[test]
     fn escapes() {
-        let mut s = String::new();
-        json_string(&mut s, "a\"b\\c\n\u{1}é");
-        assert_eq!(s, r#""a\"b\\c\n\u0001é""#);
+        let r = ErrorResponse::from_error(&Error::InvalidInput("a\"b\\c\n\u{1}é".into()));
+        assert!(
+            r.body.contains(r#""message":"a\"b\\c\n\u0001é""#),
+            "{}",
+            r.body
+        );
     }
 
     #[test]

@@ -274,7 +274,7 @@ fn requirement_from(b: u8) -> Requirement {
 
 /// A verification outcome reduced to what the oracles compare.
 fn outcome(r: apikey::Result<apikey::VerifiedKey>) -> Result<KeyId, &'static str> {
-    r.map(|v| v.id()).map_err(|e| e.code())
+    r.map(|v| v.id()).map_err(|e| e.code().as_str())
 }
 
 impl Harness {
@@ -612,8 +612,12 @@ impl Harness {
         let (config, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
         let max_len = [256, 66, 8, 0][usize::from((config >> 4) & 3)];
         let mut extractor = Extractor::new(self.verifier.prefixes().clone())
-            .accept_api_key_header(config & 1 == 0)
-            .accept_bearer(config & 2 == 0)
+            .sources(match config & 3 {
+                0 => apikey::web::Sources::ALL,
+                1 => apikey::web::Sources::BEARER,
+                2 => apikey::web::Sources::API_KEY_HEADER,
+                _ => apikey::web::Sources::NONE,
+            })
             .max_len(max_len);
         if config & 4 != 0 {
             extractor = extractor.allow_query_param("api_key");
@@ -680,7 +684,7 @@ impl Harness {
         let exact = |r: &apikey::Result<Extracted<'_>>| match r {
             Ok(Extracted::Key(k)) => Ok(Some((k.expose_secret().to_owned(), k.scheme()))),
             Ok(Extracted::NotOurs) => Ok(None),
-            Err(e) => Err((e.code(), e.to_string())),
+            Err(e) => Err((e.code().as_str(), e.to_string())),
         };
         let rotated = {
             let mut h = headers.clone();
@@ -791,8 +795,8 @@ fn expected_outcome(
         .find(key.prefix())
         .map(|(_, e)| e.environment);
     match stored.status {
-        KeyStatus::Revoked => Err(Error::RevokedApiKey.code()),
-        KeyStatus::Disabled => Err(Error::DisabledApiKey.code()),
+        KeyStatus::Revoked => Err(Error::RevokedApiKey.code().as_str()),
+        KeyStatus::Disabled => Err(Error::DisabledApiKey.code().as_str()),
         KeyStatus::Active if stored.not_before.is_some_and(|nb| now < nb) => Err("NOT_YET_VALID"),
         KeyStatus::Active if stored.expires_at.is_some_and(|e| now >= e) => Err("EXPIRED_API_KEY"),
         KeyStatus::Active if key_env != Some(stored.environment) => Err("WRONG_ENVIRONMENT"),
@@ -882,7 +886,7 @@ pub fn scope_grammar(data: &[u8]) {
             }
             Err(e) => {
                 assert!(!reference_valid(p), "rejected a valid scope: {p:?}: {e}");
-                assert_eq!(e.code(), "INVALID_SCOPE");
+                assert_eq!(e.code().as_str(), "INVALID_SCOPE");
                 // Serde must refuse what parse refuses.
                 {
                     let json = serde_json::to_string(p).unwrap_or_default();
@@ -1148,7 +1152,7 @@ pub fn extreme_times(data: &[u8]) {
     let actor = Actor::new("fuzz");
     let mut keys: Vec<(ApiKey, KeyId)> = Vec::new();
     let mut bytes = data.iter().copied();
-    let code = |e: &Error| e.code();
+    let code = |e: &Error| e.code().as_str();
     // The reference: what the stored record calls for at `now`.
     let expected = |r: &KeyRecord, now: OffsetDateTime| -> &'static str {
         match r.status {
@@ -1161,7 +1165,7 @@ pub fn extreme_times(data: &[u8]) {
     };
     let outcome = |r: &apikey::Result<apikey::VerifiedKey>| match r {
         Ok(_) => "OK",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     };
     for _ in 0..24 {
         let Some(op) = bytes.next() else { break };
@@ -1218,7 +1222,7 @@ pub fn extreme_times(data: &[u8]) {
                 let after = block_on(manager.record(id)).unwrap_or_else(|e| panic!("{e}"));
                 if !now_ok || exp.is_some_and(|e| !in_time_range(e)) {
                     assert_eq!(
-                        result.map(|_| ()).map_err(|e| e.code()),
+                        result.map(|_| ()).map_err(|e| e.code().as_str()),
                         Err("INVALID_REQUEST")
                     );
                     assert_eq!(after, before, "a refused update wrote");
@@ -1236,7 +1240,7 @@ pub fn extreme_times(data: &[u8]) {
                 } else {
                     Ok(())
                 };
-                assert_eq!(result.map(|_| ()).map_err(|e| e.code()), want);
+                assert_eq!(result.map(|_| ()).map_err(|e| e.code().as_str()), want);
                 if want.is_ok() {
                     assert_eq!(
                         after.expires_at, exp,
@@ -1255,7 +1259,7 @@ pub fn extreme_times(data: &[u8]) {
                 let result = block_on(manager.rotate(id, rotation, &actor));
                 if !now_ok || rotation.expires_at.is_some_and(|e| !in_time_range(e)) {
                     assert_eq!(
-                        result.map(|_| ()).map_err(|e| e.code()),
+                        result.map(|_| ()).map_err(|e| e.code().as_str()),
                         Err("INVALID_REQUEST")
                     );
                     continue;
@@ -1277,7 +1281,7 @@ pub fn extreme_times(data: &[u8]) {
                         keys.push((key, s.id));
                     }
                     Err(e) => assert!(
-                        matches!(e.code(), "INVALID_STATE" | "INVALID_REQUEST"),
+                        matches!(e.code().as_str(), "INVALID_STATE" | "INVALID_REQUEST"),
                         "rotate: {e}"
                     ),
                 }

@@ -50,6 +50,14 @@ impl NetStore {
         Arc::new(s)
     }
 
+    /// Sets the simulated round trip of every following call.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_us.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Makes every following call fail (`true`) or work (`false`).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);

@@ -24,7 +24,10 @@ pub struct Fixture<S: KeyStoreLifecycle + UsageStore> {
     pub audit: Arc<MemoryAuditSink>,
 }
 
-pub fn fixture_with<S: KeyStoreLifecycle + UsageStore>(verifier: Verifier, store: S) -> Fixture<S> {
+pub fn fixture_with<S: KeyStoreLifecycle + UsageStore + 'static>(
+    verifier: Verifier,
+    store: S,
+) -> Fixture<S> {
     let clock = ManualClock::new(T0);
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = KeyManager::with_clock(verifier, store, clock.clone()).audit_sink(audit.clone());

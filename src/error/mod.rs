@@ -15,6 +15,10 @@ use time::OffsetDateTime;
 
 use crate::prefix::Environment;
 
+mod code;
+
+pub use code::{Challenge, ErrorCode};
+
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -259,46 +263,44 @@ pub enum Error {
 }
 
 impl Error {
-    /// The stable, machine-readable code of this error.
+    /// The stable, machine-readable code of this error ([`ErrorCode`]: its
+    /// string, HTTP status, public message and challenge).
     ///
     /// ```
-    /// use apikey::{Error, MalformedReason};
-    /// assert_eq!(Error::MalformedApiKey(MalformedReason::Checksum).code(), "MALFORMED_API_KEY");
+    /// use apikey::{Error, ErrorCode, MalformedReason};
+    /// let code = Error::MalformedApiKey(MalformedReason::Checksum).code();
+    /// assert_eq!(code, ErrorCode::MalformedApiKey);
+    /// assert_eq!(code.as_str(), "MALFORMED_API_KEY");
     /// ```
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::MissingApiKey => "MISSING_API_KEY",
-            Self::MalformedApiKey(_) => "MALFORMED_API_KEY",
-            Self::InvalidApiKey => "INVALID_API_KEY",
-            Self::ExpiredApiKey { .. } => "EXPIRED_API_KEY",
-            Self::NotYetValid { .. } => "NOT_YET_VALID",
-            Self::DisabledApiKey => "DISABLED_API_KEY",
-            Self::RevokedApiKey => "REVOKED_API_KEY",
-            Self::WrongEnvironment { .. } => "WRONG_ENVIRONMENT",
-            Self::InsufficientScope { .. } => "INSUFFICIENT_SCOPE",
-            Self::IpNotAllowed => "IP_NOT_ALLOWED",
-            Self::RateLimited { .. } => "RATE_LIMITED",
-            Self::UsageExceeded => "USAGE_EXCEEDED",
-            Self::TooManyFailures { .. } => "TOO_MANY_FAILED_ATTEMPTS",
-            Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
-            Self::InvalidScope { .. } => "INVALID_SCOPE",
-            Self::InvalidPrefix { .. } => "INVALID_PREFIX",
-            Self::InvalidSecret(_) => "INVALID_SECRET",
-            Self::InvalidInput(_) => "INVALID_REQUEST",
-            Self::KeyNotFound => "KEY_NOT_FOUND",
-            Self::KeyLimitReached { .. } => "KEY_LIMIT_REACHED",
-            Self::InvalidState(_) => "INVALID_STATE",
-            Self::InvalidRecord(_) => "INVALID_RECORD",
+            Self::MissingApiKey => ErrorCode::MissingApiKey,
+            Self::MalformedApiKey(_) => ErrorCode::MalformedApiKey,
+            Self::InvalidApiKey => ErrorCode::InvalidApiKey,
+            Self::ExpiredApiKey { .. } => ErrorCode::ExpiredApiKey,
+            Self::NotYetValid { .. } => ErrorCode::NotYetValid,
+            Self::DisabledApiKey => ErrorCode::DisabledApiKey,
+            Self::RevokedApiKey => ErrorCode::RevokedApiKey,
+            Self::WrongEnvironment { .. } => ErrorCode::WrongEnvironment,
+            Self::InsufficientScope { .. } => ErrorCode::InsufficientScope,
+            Self::IpNotAllowed => ErrorCode::IpNotAllowed,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::UsageExceeded => ErrorCode::UsageExceeded,
+            Self::TooManyFailures { .. } => ErrorCode::TooManyFailedAttempts,
+            Self::StoreUnavailable(_) => ErrorCode::StoreUnavailable,
+            Self::InvalidScope { .. } => ErrorCode::InvalidScope,
+            Self::InvalidPrefix { .. } => ErrorCode::InvalidPrefix,
+            Self::InvalidSecret(_) => ErrorCode::InvalidSecret,
+            Self::InvalidInput(_) => ErrorCode::InvalidRequest,
+            Self::KeyNotFound => ErrorCode::KeyNotFound,
+            Self::KeyLimitReached { .. } => ErrorCode::KeyLimitReached,
+            Self::InvalidState(_) => ErrorCode::InvalidState,
+            Self::InvalidRecord(_) => ErrorCode::InvalidRecord,
         }
     }
 
-    /// The HTTP status this error means, as a plain number.
-    ///
-    /// 401: no usable credentials (missing, malformed, invalid, expired, not
-    /// yet valid, disabled, revoked). 403: authenticated but not allowed
-    /// (environment, scope, address). 429: rate limit, quota, brute-force
-    /// throttle. 503: the store failed. Management errors use 400/404/409;
-    /// configuration errors 500.
+    /// The HTTP status this error means, as a plain number (see
+    /// [`ErrorCode::http_status`]).
     ///
     /// ```
     /// use apikey::Error;
@@ -306,24 +308,7 @@ impl Error {
     /// assert_eq!(Error::UsageExceeded.http_status(), 429);
     /// ```
     pub fn http_status(&self) -> u16 {
-        match self {
-            Self::MissingApiKey
-            | Self::MalformedApiKey(_)
-            | Self::InvalidApiKey
-            | Self::ExpiredApiKey { .. }
-            | Self::NotYetValid { .. }
-            | Self::DisabledApiKey
-            | Self::RevokedApiKey => 401,
-            Self::WrongEnvironment { .. } | Self::InsufficientScope { .. } | Self::IpNotAllowed => {
-                403
-            }
-            Self::RateLimited { .. } | Self::UsageExceeded | Self::TooManyFailures { .. } => 429,
-            Self::StoreUnavailable(_) => 503,
-            Self::InvalidScope { .. } | Self::InvalidInput(_) => 400,
-            Self::KeyNotFound => 404,
-            Self::KeyLimitReached { .. } | Self::InvalidState(_) => 409,
-            Self::InvalidPrefix { .. } | Self::InvalidSecret(_) | Self::InvalidRecord(_) => 500,
-        }
+        self.code().http_status()
     }
 
     /// `true` for outcomes that mean "these credentials do not authenticate"
