@@ -10,8 +10,15 @@
 //!   in issue 5, with `String` ids and with `u64` ids, at 1,000 and 1,000,000
 //!   keys.
 //! * `verify_1k` / `verify_1m`: `Verifier::verify_with` over `MemoryStore`
-//!   for every input class. The 1,000,000-key store is built once per process.
-//! * `async`: the `Authenticator` over `MemoryStore` vs the sync core.
+//!   for every input class (a fixed `now` passed in), and `valid_clock`: the
+//!   full verify a service runs, `Verifier::verify_with_clock` with
+//!   `SystemClock` (clock read, expiry, status, environment and a scope
+//!   check; issue 11's first two rows). The 1,000,000-key store is built
+//!   once per process; keys are verified in random order.
+//! * `async`: the `Authenticator` over `MemoryStore` vs the sync core, with
+//!   usage, audit and throttle off (`authenticator_noop_poll`, fixed clock;
+//!   `authenticator_system_clock`), with usage recording on
+//!   (`authenticator_usage_on`), and through `KeyManager::authenticate`.
 //! * `generate`: key issuing, record included, no store insert: with OS
 //!   randomness per key, with the default per-thread CSPRNG, and with a
 //!   caller's seeded ChaCha20.

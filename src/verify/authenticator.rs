@@ -279,16 +279,20 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             Some(_) => view.as_ref().and_then(|v| v.owner.clone()),
             None => None,
         };
-        // The verifier reads the clock only for keys with a validity window,
-        // and then without calendar conversion (`Clock::checked_timestamp`);
-        // the calendar time is read only when usage or audit records it.
-        let verified = self
-            .verifier
-            .verify_from_clock(&parsed, view, &self.clock, requirement, ip);
         let result = if self.usage.is_none() && self.audit.is_none() {
-            verified
+            // Nothing records the time: the verifier reads the clock only
+            // for keys with a validity window, and then without calendar
+            // conversion (`Clock::checked_timestamp`).
+            self.verifier
+                .verify_from_clock(&parsed, view, &self.clock, requirement, ip)
         } else {
-            self.finish(verified, id, owner.as_deref(), self.clock.now())
+            // Usage or audit records the time: read it once, checked
+            // against the supported range before anything else.
+            let now = self.clock.now();
+            let verified = self
+                .verifier
+                .verify_from(&parsed, view, now, requirement, ip);
+            self.finish(verified, id, owner.as_deref(), now)
         };
         if let Err(e) = &result
             && FailureClass::after_lookup(e) == FailureClass::KeyStatus
