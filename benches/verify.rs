@@ -484,7 +484,7 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
     let mut g = c.benchmark_group("async");
     g.throughput(Throughput::Elements(1));
     let req = Requirement::scope("tasks:read").unwrap();
-    let clock = FixedClock(now());
+    let clock = FixedClock::new(now());
     let v = &f.verifier;
     let store = &f.store;
     let mut next = cycle(&f.valid);
