@@ -87,9 +87,9 @@ fn charge(c: &mut Criterion) {
     };
     limits.set_credits_sync(owner, u64::MAX, None);
     let gate = Gate::new(Authenticator::new(verifier.clone(), store))
-        .limits(limits)
-        .quotas(QuotaTable::fixed(wide))
-        .credits("rest");
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(wide))
+        .with_credits("rest");
     let route = Route::any_key();
 
     let mut g = c.benchmark_group("gate");

@@ -91,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // Credits: the owner may create 100 tasks an hour on this API.
-    let limits = MemoryLimits::new().failure_throttle(FailureThrottleConfig::default());
+    let limits = MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
     limits.set_credits_sync(
         CreditAccount::Owner {
             owner: "org_demo",
@@ -103,12 +103,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let gate = Arc::new(
         Gate::new(Authenticator::new(verifier.clone(), Arc::clone(&store)))
-            .limits(limits)
-            .quotas(QuotaTable::fixed(FREE).plan("professional", PROFESSIONAL))
-            .credits("tasks"),
+            .with_limits(limits)
+            .with_quotas(QuotaTable::fixed(FREE).plan("professional", PROFESSIONAL))
+            .with_credits("tasks"),
     );
     let guard = |route: Route| {
-        ApiKeyLayer::new(Arc::clone(&gate), route).store_timeout(Duration::from_secs(2))
+        ApiKeyLayer::new(Arc::clone(&gate), route).with_store_timeout(Duration::from_secs(2))
     };
 
     let app = Router::new()

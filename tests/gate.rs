@@ -49,10 +49,11 @@ fn setup(quota: Quota, key_credits: Option<u64>, owner_credits: Option<u64>) -> 
         .unwrap();
     block_on(store.insert(r2)).unwrap();
     let clock = ManualClock::new(T0);
-    let limits = MemoryLimits::with_clock(clock.clone()).failure_throttle(FailureThrottleConfig {
-        max_failures: 2,
-        ..Default::default()
-    });
+    let limits =
+        MemoryLimits::with_clock(clock.clone()).with_failure_throttle(FailureThrottleConfig {
+            max_failures: 2,
+            ..Default::default()
+        });
     let id = record.id.as_u64();
     if let Some(n) = key_credits {
         limits.set_credits_sync(CreditAccount::Key(id), n, None);
@@ -68,9 +69,9 @@ fn setup(quota: Quota, key_credits: Option<u64>, owner_credits: Option<u64>) -> 
         );
     }
     let gate = Gate::new(Authenticator::with_clock(verifier, store, clock.clone()))
-        .limits(limits)
-        .quotas(QuotaTable::fixed(quota))
-        .credits("rest");
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(quota))
+        .with_credits("rest");
     Setup {
         gate,
         key,
@@ -82,7 +83,7 @@ fn setup(quota: Quota, key_credits: Option<u64>, owner_credits: Option<u64>) -> 
 
 fn key_left(s: &Setup) -> u64 {
     s.gate
-        .limits_ref()
+        .limits()
         .credits_sync(CreditAccount::Key(s.id))
         .unwrap()
         .remaining
@@ -90,7 +91,7 @@ fn key_left(s: &Setup) -> u64 {
 
 fn owner_left(s: &Setup) -> u64 {
     s.gate
-        .limits_ref()
+        .limits()
         .credits_sync(CreditAccount::Owner {
             owner: "org_1",
             api: "rest",
@@ -159,7 +160,7 @@ async fn key_and_owner_debited_together_or_not_at_all() {
     }));
     let v = s
         .gate
-        .limits_ref()
+        .limits()
         .admit_sync(&Admission::new(s.id, Quota::unlimited()).credits(charge));
     match v {
         Verdict::CreditsExhausted { exhausted, .. } => {
@@ -265,7 +266,7 @@ async fn key_status_failures_back_off_that_key_only_with_no_store_lookup() {
     s.clock.advance(time::Duration::minutes(15));
     assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
     // The limits bundle exposes the untagged (legacy) hooks too.
-    let limits = s.gate.limits_ref();
+    let limits = s.gate.limits();
     let ip: IpAddr = "192.0.2.50".parse().unwrap();
     let a: UntaggedAttempt<'_> = limits.begin_untagged(Some(ip)).unwrap();
     limits.untagged_failed(a).await;
@@ -355,7 +356,7 @@ async fn async_limits_backend_and_its_failure() {
             inner: MemoryLimits::with_clock(s.clock.clone()),
             down,
         };
-        let gate = s.gate.limits(remote);
+        let gate = s.gate.with_limits(remote);
         let h = [("x-api-key", s.key.expose_secret())];
         let any = Route::any_key();
         let run = || gate.check(h.iter().map(|(n, v)| (*n, *v)), None, None, &any);
@@ -460,18 +461,18 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
     );
     let mut s = setup(Quota::unlimited(), None, None);
     let prefixes = s.gate.authenticator().verifier().prefixes().clone();
-    s.gate = s.gate.extractor(
-        apikey::web::Extractor::new(prefixes.clone()).sources(apikey::web::Sources::BEARER),
+    s.gate = s.gate.with_extractor(
+        apikey::web::Extractor::new(prefixes.clone()).with_sources(apikey::web::Sources::BEARER),
     );
     let d = body(&s).await;
     assert_eq!(
         d,
         serde_json::json!({"accepted": ["Authorization: Bearer"]})
     );
-    s.gate = s.gate.extractor(
+    s.gate = s.gate.with_extractor(
         apikey::web::Extractor::new(prefixes)
-            .api_key_header_name("X-Tenant-Key")
-            .sources(apikey::web::Sources::API_KEY_HEADER),
+            .with_header_name("X-Tenant-Key")
+            .with_sources(apikey::web::Sources::API_KEY_HEADER),
     );
     let d = body(&s).await;
     assert_eq!(
@@ -511,7 +512,7 @@ async fn gate_rejects_foreign_credentials_by_default() {
     }
     s.gate = s
         .gate
-        .foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
+        .with_foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
     for v in foreign {
         let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
         assert_eq!(code(&d), "NOT_OURS", "{v}");

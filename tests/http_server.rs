@@ -61,8 +61,8 @@ fn gate_with<S: KeyStore>(
         store,
         clocks.0.clone(),
     ))
-    .limits(limits)
-    .quotas(QuotaTable::fixed(PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))))
+    .with_limits(limits)
+    .with_quotas(QuotaTable::fixed(PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))))
 }
 
 fn issue(store: &MemoryStore, new: NewKey) -> (ApiKey, KeyRecord) {
@@ -97,7 +97,7 @@ fn router<S: KeyStore + Send + Sync + 'static>(
     let layer = |route: Route| {
         let l = ApiKeyLayer::new(Arc::clone(&gate), route);
         match timeout {
-            Some(t) => l.store_timeout(t),
+            Some(t) => l.with_store_timeout(t),
             None => l,
         }
     };
@@ -115,7 +115,7 @@ fn router<S: KeyStore + Send + Sync + 'static>(
         .route(
             "/open",
             get(maybe).route_layer(
-                layer(Route::any_key()).foreign_credentials(ForeignCredentials::PassThrough),
+                layer(Route::any_key()).with_foreign_credentials(ForeignCredentials::PassThrough),
             ),
         )
         // A handler that does not ask for the key: only the layer guards it.
@@ -457,7 +457,7 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     };
     limits.set_credits_sync(key_acct, 5, None);
     limits.set_credits_sync(owner_acct, 2, None);
-    let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits).credits("rest"));
+    let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits).with_credits("rest"));
     let addr = serve(router(Arc::clone(&gate), None)).await;
 
     assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
@@ -466,7 +466,7 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     get_with(addr, "/read", &x_api_key(&key))
         .await
         .error(429, "RATE_LIMITED");
-    let ledger = gate.limits_ref();
+    let ledger = gate.limits();
     assert_eq!(ledger.credits_sync(key_acct).unwrap().remaining, 3);
 
     clocks.1.advance(Duration::from_secs(60));
@@ -573,7 +573,7 @@ async fn post_tag_failures_are_limited_and_a_valid_key_from_that_address_still_w
         lockout: Duration::from_secs(120),
         ..FailureThrottleConfig::default()
     };
-    let limits = MemoryLimits::with_clock(clocks.0.clone()).failure_throttle(cfg);
+    let limits = MemoryLimits::with_clock(clocks.0.clone()).with_failure_throttle(cfg);
     let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits));
     let addr = serve(router(gate, None)).await;
     // A correctly tagged key whose id is not in the store (a deleted key).
@@ -641,12 +641,12 @@ async fn managed() -> Managed {
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = Arc::new(
         KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
-            .audit_sink(Arc::clone(&audit))
-            .legacy_prefix("oldco_", "sk_live_")
+            .with_audit_sink(Arc::clone(&audit))
+            .with_legacy_prefix("oldco_", "sk_live_")
             .unwrap(),
     );
     let gate = Gate::new(manager.authenticator().clone())
-        .limits(MemoryLimits::with_clock(clocks.0.clone()));
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()));
     let addr = serve(router(Arc::new(gate), None)).await;
     Managed {
         addr,
@@ -781,7 +781,7 @@ async fn a_cancelled_flush_after_http_traffic_loses_nothing() {
         clocks.0.clone(),
     ));
     let gate = Gate::new(manager.authenticator().clone())
-        .limits(MemoryLimits::with_clock(clocks.0.clone()));
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()));
     let addr = serve(router(Arc::new(gate), None)).await;
     let (key, s) = manager.create(reader(), &Actor::system()).await.unwrap();
     for _ in 0..20 {
@@ -809,7 +809,7 @@ async fn legacy_guesses_lock_out_the_address_for_legacy_lookups_only() {
     let clocks = clocks();
     let manager = Arc::new(
         KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
-            .legacy_prefix("oldco_", "sk_live_")
+            .with_legacy_prefix("oldco_", "sk_live_")
             .unwrap(),
     );
     let cfg = FailureThrottleConfig {
@@ -818,7 +818,7 @@ async fn legacy_guesses_lock_out_the_address_for_legacy_lookups_only() {
         ..FailureThrottleConfig::default()
     };
     let gate = Gate::new(manager.authenticator().clone())
-        .limits(MemoryLimits::with_clock(clocks.0.clone()).failure_throttle(cfg));
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()).with_failure_throttle(cfg));
     let addr = serve(router(Arc::new(gate), None)).await;
     let (native, _) = manager.create(reader(), &Actor::system()).await.unwrap();
     let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";

@@ -56,12 +56,12 @@ fn setup(rt: &tokio::runtime::Runtime, server: &support::RedisServer) -> (Arc<RG
             .unwrap();
     });
     let gate = Gate::new(Authenticator::new(verifier, store))
-        .limits(limits)
-        .quotas(QuotaTable::fixed(Quota::new(
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(Quota::new(
             Some(u32::MAX),
             Some(u32::MAX),
         )))
-        .credits("rest");
+        .with_credits("rest");
     (Arc::new(gate), Arc::new(key))
 }
 

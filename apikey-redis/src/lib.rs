@@ -18,9 +18,9 @@
 //!     .prefix("myapp:limits:")
 //!     .build()?;
 //! let gate = Gate::new(Authenticator::new(verifier, MemoryStore::new()))
-//!     .limits(limits)
-//!     .quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)))
-//!     .credits("rest");
+//!     .with_limits(limits)
+//!     .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)))
+//!     .with_credits("rest");
 //! # let _ = gate; Ok(()) }
 //! ```
 //!

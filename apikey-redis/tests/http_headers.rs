@@ -35,11 +35,11 @@ async fn serve<L: Limits + 'static>(
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32]).unwrap()).unwrap());
     let gate = Arc::new(
         Gate::new(Authenticator::with_clock(verifier, store, clock))
-            .limits(limits)
-            .quotas(QuotaTable::fixed(
+            .with_limits(limits)
+            .with_quotas(QuotaTable::fixed(
                 Quota::unlimited().per_minute(3).per_hour(5),
             ))
-            .credits("rest"),
+            .with_credits("rest"),
     );
     let app = Router::new()
         .route(

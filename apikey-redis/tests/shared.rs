@@ -41,15 +41,15 @@ fn two_gates(
     let gate = || {
         Arc::new(
             Gate::new(Authenticator::new(verifier(), Arc::clone(&store)))
-                .limits(
+                .with_limits(
                     server
                         .builder(test)
                         .timeout(Duration::from_secs(5))
                         .build()
                         .unwrap(),
                 )
-                .quotas(QuotaTable::fixed(quota))
-                .credits("rest"),
+                .with_quotas(QuotaTable::fixed(quota))
+                .with_credits("rest"),
         )
     };
     (gate(), gate(), Arc::new(key), record.id.as_u64())
@@ -100,7 +100,7 @@ async fn two_instances_share_the_rate_limit_and_spend_credits_exactly() {
 
     // Credits: 500 on the key, 700 on the owner, spent from both instances.
     let (a, b, key, id2) = two_gates(&server, "two-credits", Quota::unlimited());
-    let limits = a.limits_ref();
+    let limits = a.limits();
     limits
         .set_credits(CreditAccount::Key(id2), 500, None)
         .await
@@ -356,11 +356,11 @@ async fn one_round_trip_per_admitted_request() {
     };
     limits.set_credits(owner, 1_000, None).await.unwrap();
     let gate = Gate::new(Authenticator::new(verifier(), store))
-        .limits(limits)
-        .quotas(QuotaTable::fixed(
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(
             Quota::unlimited().per_minute(10_000).per_hour(100_000),
         ))
-        .credits("rest");
+        .with_credits("rest");
     let client = redis::Client::open(server.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     // The first call loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA).

@@ -112,7 +112,7 @@ impl<C: Clock> MemoryLimits<C> {
 
     /// Turns on the failure throttle. Defaults to off.
     #[must_use]
-    pub fn failure_throttle(mut self, config: FailureThrottleConfig) -> Self {
+    pub fn with_failure_throttle(mut self, config: FailureThrottleConfig) -> Self {
         self.throttle = Some(FailureThrottle::new(config));
         self
     }

@@ -68,10 +68,10 @@ use crate::error::StoreError;
 use crate::key::KeyId;
 use crate::prefix::Prefix;
 
-mod builder;
+pub mod builder;
 mod idtable;
-mod memory;
-pub(crate) mod record;
+pub mod memory;
+pub mod record;
 
 pub use builder::KeyRecordBuilder;
 pub use memory::MemoryStore;

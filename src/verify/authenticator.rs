@@ -85,16 +85,17 @@ impl fmt::Debug for Auditor {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Authenticator<S, C = SystemClock> {
+pub struct Authenticator<S, C = SystemClock, L = NoLimits> {
     verifier: Verifier,
     store: S,
     clock: C,
+    limits: L,
     usage: Option<Arc<UsageRecorder>>,
     audit: Option<Arc<Auditor>>,
     legacy: Arc<Legacy>,
 }
 
-impl<S, C> fmt::Debug for Authenticator<S, C> {
+impl<S, C, L> fmt::Debug for Authenticator<S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
             .field("verifier", &self.verifier)
@@ -120,10 +121,34 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             verifier,
             store,
             clock,
+            limits: NoLimits,
             usage: None,
             audit: None,
             legacy: Arc::new(Legacy::default()),
         }
+    }
+}
+
+impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
+    /// Runs the pipeline's failure throttle (step 2) with `limits` (see
+    /// [`limits::throttle`](crate::limits::throttle)); the
+    /// [`Gate`](crate::web::Gate) also takes its rate limits and credits
+    /// from it. Defaults to [`NoLimits`].
+    pub fn with_limits<L2: Limits>(self, limits: L2) -> Authenticator<S, C, L2> {
+        Authenticator {
+            verifier: self.verifier,
+            store: self.store,
+            clock: self.clock,
+            limits,
+            usage: self.usage,
+            audit: self.audit,
+            legacy: self.legacy,
+        }
+    }
+
+    /// The limits bundle.
+    pub fn limits(&self) -> &L {
+        &self.limits
     }
 
     /// Counts every successful verification in `recorder` (flush it with
@@ -147,10 +172,10 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
 
     /// Declares `legacy` as the prefix of keys imported from another system,
     /// stored under the registered native prefix `native`. See
-    /// [`KeyManager::legacy_prefix`](crate::KeyManager::legacy_prefix).
+    /// [`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix).
     ///
     /// # Errors
-    /// As [`KeyManager::legacy_prefix`](crate::KeyManager::legacy_prefix).
+    /// As [`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix).
     pub fn with_legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
         Arc::make_mut(&mut self.legacy).declare(&self.verifier, legacy, native)?;
         Ok(self)
@@ -201,26 +226,7 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
     /// [module docs](crate::verify)). A key with an IP allowlist fails
     /// closed with [`Error::IpNotAllowed`] when `ip` is `None`.
     ///
-    /// Nothing is cached: a disable, revoke or rotation that returned before
-    /// this call started is seen by it (with a store that is not a cache).
-    ///
-    /// # Errors
-    /// Every outcome of [`Verifier::parse`] and [`Verifier::verify_from`],
-    /// [`Error::InvalidInput`] when the clock reads outside the supported
-    /// range, and [`Error::StoreUnavailable`] when the store fails (never
-    /// "valid", never "invalid key").
-    pub async fn authenticate(
-        &self,
-        presented: &str,
-        requirement: &Requirement,
-        ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey> {
-        self.authenticate_limited(presented, requirement, ip, &NoLimits)
-            .await
-    }
-
-    /// [`authenticate`](Self::authenticate) with the failure throttle of
-    /// `limits` (step 2; see [`limits::throttle`](crate::limits::throttle)):
+    /// The failure throttle of the [limits bundle](Self::with_limits):
     ///
     /// * a tagged key whose id is backed off is refused with
     ///   [`Error::TooManyFailures`] before the store is asked
@@ -231,19 +237,25 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
     ///   it starts ([`Limits::begin_untagged`]), and its key-status failures
     ///   against the address ([`Limits::untagged_failed`]).
     ///
-    /// Scope, address and environment failures are not throttled here: the
-    /// [`Gate`](crate::web::Gate) charges them to the key's rate limit.
+    /// Scope, address and environment failures are authenticated requests:
+    /// the [`Gate`](crate::web::Gate) charges them to the key's rate limit.
+    ///
+    /// Nothing is cached: a disable, revoke or rotation that returned before
+    /// this call started is seen by it (with a store that is not a cache).
     ///
     /// # Errors
-    /// As [`authenticate`](Self::authenticate), plus
-    /// [`Error::TooManyFailures`].
-    pub async fn authenticate_limited<L: Limits>(
+    /// Every outcome of [`Verifier::parse`] and [`Verifier::verify_from`],
+    /// [`Error::TooManyFailures`] while throttled, [`Error::InvalidInput`]
+    /// when the clock reads outside the supported range, and
+    /// [`Error::StoreUnavailable`] when the store fails (never "valid",
+    /// never "invalid key").
+    pub async fn authenticate(
         &self,
         presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-        limits: &L,
     ) -> Result<VerifiedKey> {
+        let limits = &self.limits;
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {

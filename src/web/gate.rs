@@ -42,8 +42,8 @@
 //! let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
 //! store.insert_sync(record)?;
 //! let gate = Gate::new(Authenticator::new(verifier, store))
-//!     .limits(MemoryLimits::new())
-//!     .quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)));
+//!     .with_limits(MemoryLimits::new())
+//!     .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)));
 //! let read_tasks = Route::new(Requirement::scope("tasks:read")?);
 //!
 //! // Your server loop parsed a request into a header list and a peer address:
@@ -374,10 +374,10 @@ impl From<Rejection> for Error {
 /// in process; `apikey_redis::RedisLimits` shared by every instance).
 #[derive(Debug)]
 pub struct Gate<S, C = SystemClock, L = NoLimits> {
-    authenticator: Authenticator<S, C>,
+    /// The pipeline, with the limits bundle.
+    authenticator: Authenticator<S, C, L>,
     extractor: Extractor,
     quotas: QuotaTable,
-    limits: L,
     credits_api: Option<Cow<'static, str>>,
     realm: Cow<'static, str>,
     /// `MISSING_API_KEY` details for `extractor`, computed once.
@@ -385,17 +385,18 @@ pub struct Gate<S, C = SystemClock, L = NoLimits> {
     foreign: ForeignCredentials,
 }
 
-impl<S: KeyStore, C: Clock> Gate<S, C> {
-    /// A gate with no limits (set [`limits`](Self::limits) and
-    /// [`quotas`](Self::quotas)) and no credit metering.
-    pub fn new(authenticator: Authenticator<S, C>) -> Self {
+impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
+    /// A gate over `authenticator`'s pipeline and limits bundle (see
+    /// [`Authenticator::with_limits`]; [`with_limits`](Self::with_limits)
+    /// sets it here too), with no quotas (set
+    /// [`with_quotas`](Self::with_quotas)) and no credit metering.
+    pub fn new(authenticator: Authenticator<S, C, L>) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
         let missing = Arc::new(missing_key_details(&extractor));
         Self {
             authenticator,
             extractor,
             quotas: QuotaTable::default(),
-            limits: NoLimits,
             credits_api: None,
             realm: Cow::Borrowed(REALM),
             missing,
@@ -404,16 +405,17 @@ impl<S: KeyStore, C: Clock> Gate<S, C> {
     }
 }
 
-impl<S, C> Gate<Arc<S>, C>
+impl<S, C, L> Gate<Arc<S>, C, L>
 where
     S: crate::store::KeyStoreLifecycle + crate::store::UsageStore,
     C: Clock + Clone,
+    L: Limits + Clone,
 {
     /// A gate over the pipeline of `manager` ([`KeyManager::authenticator`](crate::KeyManager::authenticator)):
     /// HTTP traffic then gets exactly what `KeyManager::authenticate` does
     /// (usage counts and `last_used_at`, audit events, imported legacy
     /// keys), over the same store.
-    pub fn from_manager(manager: &crate::KeyManager<S, C>) -> Self {
+    pub fn from_manager(manager: &crate::KeyManager<S, C, L>) -> Self {
         Self::new(manager.authenticator().clone())
     }
 }
@@ -426,26 +428,25 @@ where
 {
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
-    pub fn extractor(mut self, extractor: Extractor) -> Self {
+    pub fn with_extractor(mut self, extractor: Extractor) -> Self {
         self.missing = Arc::new(missing_key_details(&extractor));
         self.extractor = extractor;
         self
     }
 
     /// Sets the quotas. Defaults to no limits.
-    pub fn quotas(mut self, quotas: QuotaTable) -> Self {
+    pub fn with_quotas(mut self, quotas: QuotaTable) -> Self {
         self.quotas = quotas;
         self
     }
 
     /// Sets the limits bundle: where rate-limit, credit and failure
     /// throttle state lives.
-    pub fn limits<L2: Limits>(self, limits: L2) -> Gate<S, C, L2> {
+    pub fn with_limits<L2: Limits>(self, limits: L2) -> Gate<S, C, L2> {
         Gate {
-            authenticator: self.authenticator,
+            authenticator: self.authenticator.with_limits(limits),
             extractor: self.extractor,
             quotas: self.quotas,
-            limits,
             credits_api: self.credits_api,
             realm: self.realm,
             missing: self.missing,
@@ -456,7 +457,7 @@ where
     /// Meters credits: each admitted request costs its route's
     /// [`cost`](Route::cost) from the key's balance and from the owner's
     /// balance for API `api`, both or neither. Defaults to no metering.
-    pub fn credits(mut self, api: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_credits(mut self, api: impl Into<Cow<'static, str>>) -> Self {
         self.credits_api = Some(api.into());
         self
     }
@@ -464,39 +465,44 @@ where
     /// What to do with credentials that are not ours (see
     /// [`ForeignCredentials`]). Defaults to
     /// [`ForeignCredentials::Reject`]: fail closed.
-    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
         self.foreign = foreign;
         self
     }
 
     /// The [`ForeignCredentials`] setting.
-    pub fn foreign_credentials_setting(&self) -> ForeignCredentials {
+    pub fn foreign_credentials(&self) -> ForeignCredentials {
         self.foreign
     }
 
     /// The realm named in `WWW-Authenticate`. Defaults to `api`.
-    pub fn realm(mut self, realm: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_realm(mut self, realm: impl Into<Cow<'static, str>>) -> Self {
         self.realm = realm.into();
         self
     }
 
-    /// The authenticator.
-    pub fn authenticator(&self) -> &Authenticator<S, C> {
+    /// The realm named in `WWW-Authenticate`.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// The authenticator (with the limits bundle).
+    pub fn authenticator(&self) -> &Authenticator<S, C, L> {
         &self.authenticator
     }
 
     /// The extractor.
-    pub fn extractor_ref(&self) -> &Extractor {
+    pub fn extractor(&self) -> &Extractor {
         &self.extractor
     }
 
     /// The limits bundle.
-    pub fn limits_ref(&self) -> &L {
-        &self.limits
+    pub fn limits(&self) -> &L {
+        self.authenticator.limits()
     }
 
     /// The quota table.
-    pub fn quota_table(&self) -> &QuotaTable {
+    pub fn quotas(&self) -> &QuotaTable {
         &self.quotas
     }
 
@@ -581,7 +587,7 @@ where
     }
 
     /// Steps 2 and 3: authenticate `key` through the pipeline with the
-    /// bundle's failure throttle ([`Authenticator::authenticate_limited`]),
+    /// bundle's failure throttle ([`Authenticator::authenticate`]),
     /// check the route's scopes, then the rate limit and credits in one
     /// admission.
     ///
@@ -595,12 +601,7 @@ where
     ) -> Decision {
         let verified = match self
             .authenticator
-            .authenticate_limited(
-                key.expose_secret(),
-                &route.requirement,
-                client,
-                &self.limits,
-            )
+            .authenticate(key.expose_secret(), &route.requirement, client)
             .await
         {
             Ok(v) => v,
@@ -623,8 +624,11 @@ where
             // (The record's plan is not at hand on this path, so the default
             // quota applies.)
             let quota = self.quotas.quota_for_plan(None);
-            if let Ok(verdict @ Verdict::RateLimited { .. }) =
-                self.limits.admit(&Admission::new(id, quota)).await
+            if let Ok(verdict @ Verdict::RateLimited { .. }) = self
+                .authenticator
+                .limits()
+                .admit(&Admission::new(id, quota))
+                .await
             {
                 return self.rate_limited(verdict, self.authenticator.clock().now());
             }
@@ -649,7 +653,11 @@ where
     /// Step 4 (rate limit and credits, one admission) for a verified key.
     pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let verdict = self.limits.admit(&self.admission(&key, route)).await;
+        let verdict = self
+            .authenticator
+            .limits()
+            .admit(&self.admission(&key, route))
+            .await;
         self.conclude(verdict, key, scheme, now)
     }
 
@@ -728,7 +736,10 @@ where
     /// [`charge`](Self::charge).
     pub fn charge_blocking(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let verdict = self.limits.admit_now(&self.admission(&key, route));
+        let verdict = self
+            .authenticator
+            .limits()
+            .admit_now(&self.admission(&key, route));
         self.conclude(Ok(verdict), key, scheme, now)
     }
 }

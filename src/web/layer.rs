@@ -6,7 +6,7 @@
 //!   extensions and add `X-RateLimit-*` headers to the response; refusals are
 //!   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
 //!   the rate-limit headers. A store that fails or exceeds the optional
-//!   [`store_timeout`](ApiKeyLayer::store_timeout) answers 503.
+//!   [`with_store_timeout`](ApiKeyLayer::with_store_timeout) answers 503.
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
 //!   credentials, with [`ForeignCredentials::PassThrough`]).
@@ -36,7 +36,7 @@
 //! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
 //! `WWW-Authenticate` challenge. An API that also takes other credentials
 //! opts in with
-//! [`foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::foreign_credentials):
+//! [`with_foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::with_foreign_credentials):
 //! such requests then reach the inner service **unauthenticated**, without
 //! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
 //! of its own) must authenticate them.
@@ -57,8 +57,8 @@
 //! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
 //! let gate = Arc::new(
 //!     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
-//!         .limits(MemoryLimits::new())
-//!         .quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
+//!         .with_limits(MemoryLimits::new())
+//!         .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
 //! );
 //! let app: Router = Router::new().route(
 //!     "/v1/tasks",
@@ -132,7 +132,7 @@ impl<S, C, L> ApiKeyLayer<S, C, L> {
     /// Bounds the key-store lookup; past it the request gets 503
     /// `STORE_UNAVAILABLE` with `Retry-After`. Defaults to no bound.
     /// Needs a tokio runtime with the time driver.
-    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
@@ -148,7 +148,7 @@ impl<S, C, L> ApiKeyLayer<S, C, L> {
     /// handler must then authenticate the request itself (for instance
     /// verify the JWT) and refuse it otherwise; a handler that extracts
     /// [`VerifiedKey`] answers 401.
-    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
         self.foreign = Some(foreign);
         self
     }
@@ -215,7 +215,7 @@ where
                 let query = req.uri().query();
                 let foreign = layer
                     .foreign
-                    .unwrap_or_else(|| layer.gate.foreign_credentials_setting());
+                    .unwrap_or_else(|| layer.gate.foreign_credentials());
                 match layer
                     .gate
                     .extract_as(headers.iter(), query, client, foreign)

@@ -99,7 +99,7 @@ impl ErrorResponse {
     /// use apikey::{Error, PrefixRegistry};
     /// use apikey::web::Extractor;
     /// use apikey::web::ErrorResponse;
-    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).sources(apikey::web::Sources::BEARER);
+    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).with_sources(apikey::web::Sources::BEARER);
     /// let r = ErrorResponse::for_extractor(&Error::MissingApiKey, "api", &bearer_only);
     /// assert!(r.body.contains(r#""details":{"accepted":["Authorization: Bearer"]}"#));
     /// ```
