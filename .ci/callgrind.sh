@@ -8,7 +8,7 @@
 # For each class (valid, wrong_secret, garbage, forged, async_valid) the driver
 # (examples/callgrind_driver.rs) runs N verifications inside `measured_loop`,
 # the only function collected (--toggle-collect), so setup is excluded; `hmac`
-# runs N bare HMAC-SHA256 computations (sha2 0.10 + hmac 0.12, the crate's
+# runs N bare HMAC-SHA256 computations (sha2 0.11 + hmac 0.13, the crate's
 # code path). Under valgrind the CPU's SHA instructions are hidden, so
 # software SHA-256 dominates the verify count; the guard therefore also gates
 # the non-crypto part: verify minus bare HMAC, per operation, from the same

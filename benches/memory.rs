@@ -1,11 +1,15 @@
 //! Memory of `MemoryStore` at 1,000,000 keys, measured as process RSS.
 //!
-//! `cargo bench --bench memory` loads 1,000,000 records (owner id, two
+//! `cargo bench --bench memory` loads 1,000,000 records (13-byte owner id shared by ten keys, two
 //! scopes, expiry; no name, no metadata) through the public insert API and
 //! prints the steady-state bytes per key (VmRSS after loading minus VmRSS
 //! before) and the peak while loading (VmHWM minus VmRSS before). Records
 //! are generated one at a time and moved into the store, so nothing but the
 //! store holds them.
+//!
+//! `cargo bench --bench memory -- one-owner` gives every key its own owner
+//! (13-byte ids such as `user_12345678`), the common case of many users
+//! with one to three keys each.
 //!
 //! `cargo bench --bench memory -- naive` and `-- naive-u64` measure the
 //! naive `HashMap<String, Record>` / `HashMap<u64, Record>` of issue 5 the
@@ -18,7 +22,7 @@ use std::collections::HashMap;
 
 use apikey::{Keyring, MemoryStore, NewKey, ServerSecret, Verifier};
 use rand_chacha::ChaCha20Rng;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::{Rng, SeedableRng};
 use time::OffsetDateTime;
 
 /// Reads a `kB` field of /proc/self/status, in bytes.
@@ -73,6 +77,8 @@ fn main() {
         .unwrap_or(1_000_000);
     let mode = if args.iter().any(|a| a == "naive") {
         "naive"
+    } else if args.iter().any(|a| a == "one-owner") {
+        "one-owner"
     } else if args.iter().any(|a| a == "naive-u64") {
         "naive-u64"
     } else {
@@ -106,12 +112,19 @@ fn main() {
             std::hint::black_box(&map);
         }
         _ => {
+            // `user_` and eight digits: 13-byte owner ids.
+            let one_owner = mode == "one-owner";
             let store = MemoryStore::new();
             for i in 0..n {
+                let owner = if one_owner {
+                    format!("user_{:08}", i)
+                } else {
+                    format!("user_{:08}", i % 100_000)
+                };
                 let (_key, record) = verifier
                     .issue_with_rng(
                         NewKey::new("sk_live_")
-                            .owner(format!("user_{:07}", i % 100_000))
+                            .owner(owner)
                             .scopes(["tasks:read", "projects:*"])
                             .expires_at(expires),
                         now,
@@ -121,7 +134,11 @@ fn main() {
                 store.insert_sync(record).unwrap();
             }
             report(
-                "MemoryStore (owner shared by 10 keys, two scopes, expiry)",
+                if one_owner {
+                    "MemoryStore (one owner per key, two scopes, expiry)"
+                } else {
+                    "MemoryStore (owner shared by 10 keys, two scopes, expiry)"
+                },
                 n,
                 before,
             );

@@ -11,7 +11,7 @@
 //!   once with a no-op waker (MemoryStore futures are ready at once);
 //! * `naive`: issue 5's naive baseline verify (1,000 `String` ids);
 //! * `hmac`: a bare HMAC-SHA256 of a 42-byte message from a cloned,
-//!   pre-keyed state (sha2 0.10 + hmac 0.12, as the crate does), the
+//!   pre-keyed state (sha2 0.11 + hmac 0.13 with `zeroize`, as the crate does), the
 //!   software-crypto part to subtract.
 //!
 //! Everything is seeded (ChaCha20, fixed server secret, `MemoryStore`'s
@@ -24,7 +24,7 @@ use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 
 use apikey::{Authenticator, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
@@ -168,7 +168,7 @@ fn main() {
         "{class}"
     );
 
-    let mac = <Hmac<Sha256> as Mac>::new_from_slice(&[9u8; 32]).unwrap();
+    let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&[9u8; 32]).unwrap();
     // The naive map, with a fixed-seed hasher (std's SipHash-1-3, as
     // RandomState, but with zero keys so counts repeat).
     let mut naive_map = NaiveMap::default();
@@ -191,7 +191,7 @@ fn main() {
             naive_keys.push(format!("sk_live_{id}_{secret}"));
         }
     }
-    let auth = Authenticator::with_clock(verifier.clone(), store_ref, FixedClock(now));
+    let auth = Authenticator::with_clock(verifier.clone(), store_ref, FixedClock::new(now));
     let op = if class == "hmac" {
         Op::Hmac(&mac)
     } else if class == "async_valid" {

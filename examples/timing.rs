@@ -31,7 +31,7 @@ use std::sync::Arc;
 use apikey::{Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
 use dudect_bencher::rand::RngExt;
 use dudect_bencher::{BenchRng, Class, CtRunner, ctbench_main};
-use rand_core::{CryptoRng, RngCore};
+use rand_core::{TryCryptoRng, TryRng};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
@@ -50,25 +50,24 @@ struct Scripted {
     digits: [u8; 32],
 }
 
-impl RngCore for Scripted {
-    fn next_u32(&mut self) -> u32 {
-        self.id as u32
+impl TryRng for Scripted {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.id as u32)
     }
-    fn next_u64(&mut self) -> u64 {
-        self.id
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.id)
     }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
         for (i, d) in dest.iter_mut().enumerate() {
             *d = self.digits[i % 32];
         }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
         Ok(())
     }
 }
 
-impl CryptoRng for Scripted {}
+impl TryCryptoRng for Scripted {}
 
 struct Fixture {
     verifier: Verifier,

@@ -86,6 +86,11 @@ impl Timestamp {
         self.0
     }
 
+    /// Nanoseconds since the Unix epoch (exact: 2^53 µs is below 2^63 ns).
+    pub const fn as_unix_nanos(self) -> i64 {
+        self.0 * 1000
+    }
+
     /// The same instant as a UTC date and time.
     pub fn to_datetime(self) -> OffsetDateTime {
         // Every value in range is a valid `OffsetDateTime`.
@@ -193,6 +198,26 @@ pub trait Clock: Send + Sync {
     fn timestamp(&self) -> Timestamp {
         Timestamp::saturating_from_datetime(self.now())
     }
+
+    /// The current time as a [`Timestamp`], or [`Error::InvalidInput`]
+    /// (`INVALID_REQUEST`) when the clock reads outside the supported range:
+    /// what verification reads. The default converts [`now`](Self::now);
+    /// [`SystemClock`] reads the system time directly, with no calendar
+    /// conversion.
+    ///
+    /// ```
+    /// use apikey::{Clock, ManualClock, SystemClock};
+    /// use time::macros::datetime;
+    /// assert!(SystemClock.checked_timestamp().is_ok());
+    /// let far = ManualClock::new(datetime!(9999-01-01 0:00 UTC));
+    /// assert_eq!(far.checked_timestamp().unwrap_err().code(), "INVALID_REQUEST");
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] outside [`MIN_TIME`]..=[`MAX_TIME`].
+    fn checked_timestamp(&self) -> Result<Timestamp> {
+        Timestamp::from_datetime(self.now())
+    }
 }
 
 /// The operating system's wall clock.
@@ -216,6 +241,51 @@ impl Clock for SystemClock {
             Err(_) => 0,
         };
         Timestamp(micros.min(Timestamp::MAX.0))
+    }
+
+    /// The kernel's coarse real-time clock (`CLOCK_REALTIME_COARSE`, read
+    /// from the vDSO: no system call, no timer read) plus its resolution,
+    /// on Linux; the system time elsewhere.
+    ///
+    /// The coarse clock is the time of the last timer tick, so it trails
+    /// the real time by less than one tick (its resolution: 1 to 10 ms, 4
+    /// ms with the common `HZ=250`). Adding the resolution gives a time at
+    /// or just after the real one: a key stops verifying up to one tick
+    /// *before* its expiry, never after it, and a not-before is honoured
+    /// up to one tick early. (This holds while the kernel ticks on the CPUs
+    /// that run tasks, the Linux default; `nohz_full` CPUs can lag more.)
+    #[inline]
+    fn checked_timestamp(&self) -> Result<Timestamp> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::time::{ClockId, clock_getres, clock_gettime};
+            use std::sync::atomic::{AtomicI64, Ordering};
+            // The resolution in microseconds, rounded up; -1: not read yet.
+            static RES_MICROS: AtomicI64 = AtomicI64::new(-1);
+            let mut res = RES_MICROS.load(Ordering::Relaxed);
+            if res < 0 {
+                let r = clock_getres(ClockId::RealtimeCoarse);
+                res = (r.tv_sec.saturating_mul(1_000_000) + (r.tv_nsec + 999) / 1000).max(1);
+                RES_MICROS.store(res, Ordering::Relaxed);
+            }
+            let t = clock_gettime(ClockId::RealtimeCoarse);
+            if !(0..=Timestamp::MAX.0 / 1_000_000).contains(&t.tv_sec) {
+                return Err(out_of_range());
+            }
+            // Past MAX only within the last tick of the range: clamp there.
+            let micros = t.tv_sec * 1_000_000 + t.tv_nsec / 1000 + res;
+            Ok(Timestamp(micros.min(Timestamp::MAX.0)))
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) if d.as_secs() <= (Timestamp::MAX.0 as u64) / 1_000_000 => {
+                    let micros = d.as_secs() as i64 * 1_000_000 + i64::from(d.subsec_micros());
+                    Timestamp::from_unix_micros(micros)
+                }
+                _ => Err(out_of_range()),
+            }
+        }
     }
 }
 
@@ -267,6 +337,9 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn timestamp(&self) -> Timestamp {
         (**self).timestamp()
     }
+    fn checked_timestamp(&self) -> Result<Timestamp> {
+        (**self).checked_timestamp()
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for &C {
@@ -275,6 +348,9 @@ impl<C: Clock + ?Sized> Clock for &C {
     }
     fn timestamp(&self) -> Timestamp {
         (**self).timestamp()
+    }
+    fn checked_timestamp(&self) -> Result<Timestamp> {
+        (**self).checked_timestamp()
     }
 }
 

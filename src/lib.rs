@@ -35,14 +35,18 @@ pub use clock::{
 };
 pub use error::{Challenge, Error, ErrorCode, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
-    ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, Keyring, MAX_KEY_LEN,
-    MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, ParsedKey, Prefix, PrefixEntry, PrefixRegistry,
-    ServerSecret, key_display_form,
+    ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, MAX_KEY_LEN,
+    MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, OsRng, ParsedKey, Prefix, PrefixEntry,
+    PrefixRegistry, RESEED_EVERY, ServerSecret, key_display_form,
 };
 pub use manage::{
     DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation,
     UsageRecorder,
 };
+/// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
+/// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
+/// release line's), so callers can name the same version.
+pub use rand_core;
 pub use store::{
     FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,
     KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore,

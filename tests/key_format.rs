@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use apikey::*;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use sha2::Sha256;

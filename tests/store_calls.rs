@@ -211,7 +211,7 @@ async fn wrong_secret_reaches_the_store_once_and_is_rejected() {
 /// Random well-formed keys with a correct checksum and version but a made-up
 /// id, secret and tag: a flood of forged keys. Returns the store calls.
 fn forged_flood(n: usize, seed: u64) -> usize {
-    use rand_chacha::rand_core::RngCore;
+    use rand_chacha::rand_core::Rng;
     let s = setup();
     let req = Requirement::none();
     let calls = AtomicUsize::new(0);

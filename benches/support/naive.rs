@@ -59,13 +59,26 @@ pub fn naive_verify<'m>(
 }
 
 /// A clock that always reads the same instant (isolates the async overhead
-/// from clock reads).
+/// from clock reads). Both forms of the instant are computed once.
 #[derive(Clone, Copy)]
-pub struct FixedClock(pub OffsetDateTime);
+pub struct FixedClock {
+    at: OffsetDateTime,
+    ts: apikey::Timestamp,
+}
+
+impl FixedClock {
+    pub fn new(at: OffsetDateTime) -> Self {
+        let ts = apikey::Timestamp::from_datetime(at).expect("a supported time");
+        Self { at, ts }
+    }
+}
 
 impl Clock for FixedClock {
     fn now(&self) -> OffsetDateTime {
-        self.0
+        self.at
+    }
+    fn checked_timestamp(&self) -> apikey::Result<apikey::Timestamp> {
+        Ok(self.ts)
     }
 }
 

@@ -17,7 +17,7 @@ use std::hash::Hasher;
 use std::str::FromStr;
 
 use hmac::Mac;
-use rand_core::{CryptoRng, RngCore};
+use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher24;
 use subtle::ConstantTimeEq;
@@ -281,22 +281,17 @@ fn digest_parts(
 ) -> KeyDigest {
     // len(prefix) || prefix || version || id (LE) || packed secret: at most
     // 1 + 16 + 1 + 8 + 24 = 50 bytes, one SHA-256 block after the pre-keyed
-    // inner state. The message buffer is zeroized after use.
-    let mut block = [0u8; 64];
+    // inner state. The parts go straight into the HMAC state's block
+    // buffer, which wipes itself when `mac` is dropped (hmac 0.13 with
+    // `zeroize`): no other copy of the secret is made here.
     let p = prefix.as_bytes();
-    let n = p.len().min(MAX_PREFIX_LEN);
-    block[0] = n as u8;
-    block[1..1 + n].copy_from_slice(&p[..n]);
-    let mut at = 1 + n;
-    block[at] = version;
-    at += 1;
-    block[at..at + 8].copy_from_slice(&id.0.to_le_bytes());
-    at += 8;
-    block[at..at + PACKED_SECRET_LEN].copy_from_slice(secret);
-    at += PACKED_SECRET_LEN;
+    let p = &p[..p.len().min(MAX_PREFIX_LEN)];
     let mut mac = material.hmac.clone();
-    mac.update(&block[..at]);
-    block[..at].zeroize();
+    mac.update(&[p.len() as u8]);
+    mac.update(p);
+    mac.update(&[version]);
+    mac.update(&id.0.to_le_bytes());
+    mac.update(secret);
     KeyDigest::from_bytes(mac.finalize().into_bytes().into())
 }
 
@@ -371,7 +366,7 @@ fn compose(
 }
 
 /// Generates a fresh key under the keyring's current version.
-pub(crate) fn generate<R: RngCore + CryptoRng + ?Sized>(
+pub(crate) fn generate<R: CryptoRng + ?Sized>(
     rng: &mut R,
     prefix: &str,
     keyring: &Keyring,

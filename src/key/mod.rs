@@ -7,17 +7,20 @@
 //! | `prefix.rs` | typed prefixes and environments ([`Prefix`], [`PrefixRegistry`]) |
 //! | `base62.rs` | the body's alphabet |
 //! | `secret.rs` | versioned server secrets and the keys derived from them ([`Keyring`]) |
+//! | `rng.rs` | randomness for new keys ([`KeyRng`], [`OsRng`]) |
 //! | `digest.rs` | the stored digest, compared in constant time ([`KeyDigest`]) |
 
 pub(crate) mod base62;
 pub mod digest;
 pub mod format;
 pub mod prefix;
+pub mod rng;
 pub mod secret;
 
 pub use digest::KeyDigest;
 pub use format::{ApiKey, BODY_LEN, KeyId, MAX_KEY_LEN, MIN_KEY_LEN, ParsedKey, key_display_form};
 pub use prefix::{Environment, Environments, MAX_PREFIX_LEN, Prefix, PrefixEntry, PrefixRegistry};
+pub use rng::{KeyRng, OsRng, RESEED_EVERY};
 pub use secret::{Keyring, MIN_SECRET_LEN, ServerSecret};
 
 // Crate-internal items of the key text, at their old short path.

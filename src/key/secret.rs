@@ -20,9 +20,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
 
@@ -87,10 +87,14 @@ impl ServerSecret {
     /// let secret = apikey::ServerSecret::generate();
     /// assert_eq!(secret.expose_secret().len(), 32);
     /// ```
+    ///
+    /// # Panics
+    /// When the operating system has no randomness to give (as the
+    /// previous `rand_core::OsRng` did).
     pub fn generate() -> Self {
-        use rand_core::{OsRng, RngCore};
         let mut bytes = Zeroizing::new(vec![0u8; MIN_SECRET_LEN]);
-        OsRng.fill_bytes(&mut bytes);
+        #[allow(clippy::expect_used)]
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
         Self(bytes)
     }
 
@@ -107,6 +111,12 @@ impl fmt::Debug for ServerSecret {
 }
 
 /// The keys derived from one server secret version.
+///
+/// Everything in it is wiped when the last keyring holding the version
+/// drops it: the tag key is `Zeroizing`, and the pre-keyed HMAC state
+/// (`hmac` 0.13 and `sha2` 0.11 with their `zeroize` features) zeroizes
+/// its inner and outer SHA-256 states and its block buffer on drop, as
+/// does every clone of it made per digest.
 pub(crate) struct Material {
     /// SipHash-2-4 key for the forged-key tag.
     pub(crate) tag_key: Zeroizing<[u8; 16]>,
@@ -115,38 +125,16 @@ pub(crate) struct Material {
     pub(crate) hmac: Hmac<Sha256>,
 }
 
-/// An HMAC-SHA256 state keyed with zeros, written over a pre-keyed state
-/// when its owner is dropped.
-fn blank_hmac() -> Option<Hmac<Sha256>> {
-    <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).ok()
-}
-
-/// Overwrites a pre-keyed HMAC state in place with one keyed by zeros.
-///
-/// `hmac` 0.12 cannot zeroize its state and `forbid(unsafe_code)` rules out
-/// volatile writes, so this is best effort: the assignment writes over the
-/// same bytes, and `black_box` keeps the compiler from dropping that dead
-/// store. See SECURITY.md ("What is wiped").
-fn wipe_hmac(state: &mut Hmac<Sha256>) {
-    if let Some(blank) = blank_hmac() {
-        *state = blank;
-        std::hint::black_box(&*state);
-    }
-}
-
-impl Drop for Material {
-    fn drop(&mut self) {
-        // `tag_key` is `Zeroizing` and wipes itself.
-        wipe_hmac(&mut self.hmac);
-    }
-}
-
-impl Drop for LegacyMaterial {
-    fn drop(&mut self) {
-        wipe_hmac(&mut self.index);
-        wipe_hmac(&mut self.digest);
-    }
-}
+// The wiping above is the dependencies' promise; hold them to it at compile
+// time (this fails to build if a `zeroize` feature goes missing). `Hmac`
+// carries no marker of its own: it is its two SHA-256 cores (inner and
+// outer, keyed) and a block buffer, each of which wipes itself on drop.
+const _: () = {
+    const fn wipes_on_drop<T: ZeroizeOnDrop + ?Sized>() {}
+    wipes_on_drop::<<Sha256 as hmac::EagerHash>::Core>();
+    wipes_on_drop::<hmac::digest::block_api::Buffer<hmac::block_api::HmacCore<Sha256>>>();
+    wipes_on_drop::<Sha256>();
+};
 
 impl Material {
     fn derive(secret: &ServerSecret) -> Result<Self> {
@@ -157,7 +145,7 @@ impl Material {
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
         hk.expand(b"apikey/v1 digest key", digest_key.as_mut())
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
-        let hmac = <Hmac<Sha256> as Mac>::new_from_slice(digest_key.as_ref())
+        let hmac = <Hmac<Sha256> as KeyInit>::new_from_slice(digest_key.as_ref())
             .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
         digest_key.zeroize();
         Ok(Self { tag_key, hmac })
@@ -165,7 +153,8 @@ impl Material {
 }
 
 /// The keys for imported legacy keys derived from one server secret
-/// version (HKDF-SHA256 like [`Material`], with their own labels).
+/// version (HKDF-SHA256 like [`Material`], with their own labels). Both
+/// pre-keyed states wipe themselves on drop, like [`Material`]'s.
 pub(crate) struct LegacyMaterial {
     /// Keys the legacy index (HMAC-SHA256 of the key's SHA-256 digest).
     index: hmac::Hmac<sha2::Sha256>,
@@ -180,7 +169,7 @@ impl LegacyMaterial {
             let mut k = Zeroizing::new([0u8; 32]);
             hk.expand(label, k.as_mut())
                 .map_err(|_| Error::InvalidSecret("key derivation failed"))?;
-            <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(k.as_ref())
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(k.as_ref())
                 .map_err(|_| Error::InvalidSecret("key derivation failed"))
         };
         Ok(Self {
@@ -194,7 +183,7 @@ impl LegacyMaterial {
         for p in parts {
             hmac::Mac::update(&mut mac, p);
         }
-        crate::KeyDigest::from_bytes(hmac::Mac::finalize(mac).into_bytes().into())
+        crate::KeyDigest::from_bytes(Mac::finalize(mac).into_bytes().into())
     }
 }
 

@@ -1,8 +1,8 @@
 //! The in-memory [`MemoryStore`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::{Future, ready};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use std::ops::Range;
@@ -13,8 +13,9 @@ use crate::digest::KeyDigest;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyId;
 use crate::prefix::Prefix;
-use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
+use crate::record::{KeyRecord, KeyStatus, KeyView, Owner, Revocation};
 use crate::scope::ScopeSet;
+use crate::store::idtable::IdTable;
 use crate::store::{
     FlushId, FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
     LimitedInsert, LimitedUpdate, UsageBatch, UsageStore,
@@ -23,28 +24,6 @@ use crate::sync::{self, Mutex, RwLock};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
-
-/// Hashes a random 64-bit id with one multiply. Ids are drawn from a CSPRNG
-/// and forged ids are stopped by the tag before any lookup, so a
-/// DoS-resistant hasher buys nothing here.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// A thread-safe in-memory store, the default.
 ///
@@ -84,7 +63,7 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// # Ok::<(), apikey::Error>(())
 /// ```
 pub struct MemoryStore {
-    shards: Box<[RwLock<IdMap<Arc<KeyView>>>]>,
+    shards: Box<[RwLock<IdTable>]>,
     /// Owner index and interned scope sets. Every write holds this lock for
     /// its whole length, so writes are serialized (compound writes are
     /// atomic with respect to each other); `fetch` never takes it. Lock
@@ -94,34 +73,14 @@ pub struct MemoryStore {
     legacy: RwLock<HashMap<[u8; 32], KeyId>>,
 }
 
-/// An interned owner string, looked up by `&str`.
-#[derive(Clone)]
-struct OwnerKey(Arc<Box<str>>);
-
-impl std::borrow::Borrow<str> for OwnerKey {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq for OwnerKey {
-    fn eq(&self, other: &Self) -> bool {
-        **self.0 == **other.0
-    }
-}
-
-impl Eq for OwnerKey {}
-
-impl std::hash::Hash for OwnerKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (**self.0).hash(state);
-    }
-}
-
 #[derive(Default)]
 struct Index {
-    /// Owner -> ids; the key is the one copy of the owner string.
-    owners: HashMap<OwnerKey, Vec<KeyId>>,
+    /// The owner index: (keyed hash of the owner id, key id), one 16-byte
+    /// entry per owned key and no per-owner allocation. Hash collisions are
+    /// told apart by the owner the view holds.
+    owned: BTreeSet<(u64, KeyId)>,
+    /// Keys `owned`'s hashes (SipHash with random keys per store).
+    hasher: RandomState,
     /// The one copy of each scope set in use.
     scopes: HashSet<Arc<ScopeSet>>,
     /// Size of `scopes` at which unused sets are next swept out.
@@ -135,25 +94,26 @@ struct Index {
 const FLUSH_IDS_KEPT: usize = 1024;
 
 impl Index {
-    /// The shared copy of an owner string.
-    fn owner(&self, owner: &str) -> Arc<Box<str>> {
-        match self.owners.get_key_value(owner) {
-            Some((k, _)) => Arc::clone(&k.0),
-            None => Arc::new(Box::from(owner)),
-        }
+    fn owner_hash(&self, owner: &str) -> u64 {
+        self.hasher.hash_one(owner)
     }
 
-    fn add_owned(&mut self, owner: Arc<Box<str>>, id: KeyId) {
-        self.owners.entry(OwnerKey(owner)).or_default().push(id);
+    /// Ids that may belong to `owner` (those whose owner hashes alike).
+    fn candidates(&self, owner: &str) -> impl Iterator<Item = KeyId> + '_ {
+        let h = self.owner_hash(owner);
+        self.owned
+            .range((h, KeyId::from_u64(0))..=(h, KeyId::from_u64(u64::MAX)))
+            .map(|(_, id)| *id)
+    }
+
+    fn add_owned(&mut self, owner: &str, id: KeyId) {
+        let h = self.owner_hash(owner);
+        self.owned.insert((h, id));
     }
 
     fn remove_owned(&mut self, owner: &str, id: KeyId) {
-        if let Some(ids) = self.owners.get_mut(owner) {
-            ids.retain(|k| *k != id);
-            if ids.is_empty() {
-                self.owners.remove(owner);
-            }
-        }
+        let h = self.owner_hash(owner);
+        self.owned.remove(&(h, id));
     }
 
     /// The shared copy of a scope set. Sets no view uses any more are swept
@@ -170,13 +130,6 @@ impl Index {
         let s = Arc::new(scopes.clone());
         self.scopes.insert(Arc::clone(&s));
         s
-    }
-
-    /// The view of `record`, with shared owner and scopes.
-    fn view(&mut self, record: &KeyRecord) -> Arc<KeyView> {
-        let owner = record.owner.as_deref().map(|o| self.owner(o));
-        let scopes = self.scopes(&record.scopes);
-        Arc::new(KeyView::build(record, owner, scopes))
     }
 }
 
@@ -202,14 +155,16 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(IdTable::default()))
+                .collect(),
             owners: Mutex::new(Index::default()),
             legacy: RwLock::new(HashMap::new()),
         }
     }
 
     #[inline]
-    fn shard(&self, id: KeyId) -> &RwLock<IdMap<Arc<KeyView>>> {
+    fn shard(&self, id: KeyId) -> &RwLock<IdTable> {
         &self.shards[(id.as_u64() >> (64 - SHARD_BITS)) as usize]
     }
 
@@ -229,12 +184,12 @@ impl MemoryStore {
     /// Never fails; the `Result` matches the trait.
     #[inline]
     pub fn fetch_sync(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        Ok(sync::read(self.shard(id)).get(&id.as_u64()).cloned())
+        Ok(sync::read(self.shard(id)).get(id.as_u64()).cloned())
     }
 
     /// The stored view, without rebuilding the record.
     fn view(&self, id: KeyId) -> Option<Arc<KeyView>> {
-        sync::read(self.shard(id)).get(&id.as_u64()).cloned()
+        sync::read(self.shard(id)).get(id.as_u64()).cloned()
     }
 
     /// The full record, synchronously.
@@ -244,11 +199,7 @@ impl MemoryStore {
 
     /// Records owned by `owner`, oldest first.
     pub fn list_by_owner_sync(&self, owner: &str) -> Vec<KeyRecord> {
-        let ids = sync::lock(&self.owners)
-            .owners
-            .get(owner)
-            .cloned()
-            .unwrap_or_default();
+        let ids = self.owned_ids(&sync::lock(&self.owners), owner);
         let mut out: Vec<KeyRecord> = ids.into_iter().filter_map(|id| self.get_sync(id)).collect();
         sort_by_creation(&mut out);
         out
@@ -290,7 +241,7 @@ impl MemoryStore {
     /// the rotation links of its predecessor and successor.
     pub fn delete_sync(&self, id: KeyId) -> bool {
         let mut index = sync::lock(&self.owners);
-        let removed = sync::write(self.shard(id)).remove(&id.as_u64());
+        let removed = sync::write(self.shard(id)).remove(id.as_u64());
         let Some(view) = removed else {
             return false;
         };
@@ -306,7 +257,7 @@ impl MemoryStore {
             (cold.and_then(|c| c.rotated_from), false),
         ] {
             let Some(other) = other else { continue };
-            if let Some(slot) = sync::write(self.shard(other)).get_mut(&other.as_u64()) {
+            if let Some(slot) = sync::write(self.shard(other)).get_mut(other.as_u64()) {
                 let mut record = slot.to_record();
                 let link = if is_successor {
                     &mut record.rotated_from
@@ -402,16 +353,15 @@ impl MemoryStore {
         now: OffsetDateTime,
         except: Option<KeyId>,
     ) -> u32 {
-        let n = index.owners.get(owner).map_or(0, |ids| {
-            ids.iter()
-                .filter(|id| Some(**id) != except)
-                .filter(|id| {
-                    sync::read(self.shard(**id))
-                        .get(&id.as_u64())
-                        .is_some_and(|v| v.counts_toward_limit(now))
-                })
-                .count()
-        });
+        let n = index
+            .candidates(owner)
+            .filter(|id| Some(*id) != except)
+            .filter(|id| {
+                sync::read(self.shard(*id))
+                    .get(id.as_u64())
+                    .is_some_and(|v| v.owner() == Some(owner) && v.counts_toward_limit(now))
+            })
+            .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -462,11 +412,11 @@ impl MemoryStore {
     /// [`KeyStoreLifecycle::revoke_owner`], synchronously.
     pub fn revoke_owner_sync(&self, owner: &str, revocation: &Revocation) -> Vec<KeyId> {
         let index = sync::lock(&self.owners);
-        let ids = index.owners.get(owner).cloned().unwrap_or_default();
+        let ids = self.owned_ids(&index, owner);
         let mut changed = Vec::new();
         for id in ids {
             let mut shard = sync::write(self.shard(id));
-            if let Some(slot) = shard.get_mut(&id.as_u64())
+            if let Some(slot) = shard.get_mut(id.as_u64())
                 && revoke_slot(slot, revocation)
             {
                 changed.push((slot.created_at_exact(), id));
@@ -515,7 +465,7 @@ impl MemoryStore {
         }
         index.flushes.push_back(batch.id);
         for d in &batch.deltas {
-            if let Some(slot) = sync::write(self.shard(d.id)).get_mut(&d.id.as_u64()) {
+            if let Some(slot) = sync::write(self.shard(d.id)).get_mut(d.id.as_u64()) {
                 // In place unless a verification holds the view right now.
                 let state = Arc::make_mut(slot).extra.get_or_insert_with(Box::default);
                 state.usage.apply(d.day, d.count);
@@ -571,7 +521,7 @@ impl MemoryStore {
 
     /// Checks that `record` can be inserted (caller holds `owners`).
     fn check_insert(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        if sync::read(self.shard(record.id)).contains_key(&record.id.as_u64()) {
+        if sync::read(self.shard(record.id)).contains_key(record.id.as_u64()) {
             return Err(StoreError::new(StoreErrorKind::IdCollision));
         }
         if let Some(l) = &record.legacy
@@ -605,12 +555,49 @@ impl MemoryStore {
         Ok(stored)
     }
 
+    /// Ids of `owner`'s keys (caller holds `owners`).
+    fn owned_ids(&self, index: &Index, owner: &str) -> Vec<KeyId> {
+        index
+            .candidates(owner)
+            .filter(|id| {
+                sync::read(self.shard(*id))
+                    .get(id.as_u64())
+                    .is_some_and(|v| v.owner() == Some(owner))
+            })
+            .collect()
+    }
+
+    /// `owner` as a view keeps it: inline when short, else the `Arc` a
+    /// stored key of the same owner already holds (caller holds `owners`).
+    fn owner_form(&self, index: &Index, owner: &str) -> Owner {
+        if let Some(inline) = Owner::inline(owner) {
+            return inline;
+        }
+        for id in index.candidates(owner) {
+            if let Some(v) = sync::read(self.shard(id)).get(id.as_u64())
+                && let Some(o @ Owner::Shared(_)) = &v.owner
+                && o.as_str() == owner
+            {
+                return o.clone();
+            }
+        }
+        Owner::Shared(Arc::from(owner))
+    }
+
+    /// The view of `record`, with shared owner and scopes (caller holds
+    /// `owners`).
+    fn make_view(&self, index: &mut Index, record: &KeyRecord) -> Arc<KeyView> {
+        let owner = record.owner.as_deref().map(|o| self.owner_form(index, o));
+        let scopes = index.scopes(&record.scopes);
+        Arc::new(KeyView::build(record, owner, scopes))
+    }
+
     /// Writes a checked new record (caller holds `owners`).
     fn put_new(&self, index: &mut Index, record: &KeyRecord) {
         let id = record.id;
-        let view = index.view(record);
-        if let Some(o) = &view.owner {
-            index.add_owned(Arc::clone(o), id);
+        let view = self.make_view(index, record);
+        if let Some(o) = view.owner() {
+            index.add_owned(o, id);
         }
         if let Some(l) = &record.legacy {
             sync::write(&self.legacy).insert(*l.index.as_bytes(), id);
@@ -621,13 +608,13 @@ impl MemoryStore {
     /// Writes a checked replacement (caller holds `owners`).
     fn replace(&self, index: &mut Index, stored: &KeyView, record: &KeyRecord) {
         let id = record.id;
-        let view = index.view(record);
+        let view = self.make_view(index, record);
         if stored.owner() != record.owner.as_deref() {
             if let Some(old) = stored.owner() {
                 index.remove_owned(old, id);
             }
-            if let Some(new) = &view.owner {
-                index.add_owned(Arc::clone(new), id);
+            if let Some(new) = view.owner() {
+                index.add_owned(new, id);
             }
         }
         let old_legacy = stored.legacy().map(|l| l.index);
@@ -640,7 +627,7 @@ impl MemoryStore {
                 legacy.insert(*l.index.as_bytes(), id);
             }
         }
-        if let Some(slot) = sync::write(self.shard(id)).get_mut(&id.as_u64()) {
+        if let Some(slot) = sync::write(self.shard(id)).get_mut(id.as_u64()) {
             *slot = view;
         }
     }
@@ -825,7 +812,8 @@ mod tests {
 
     /// A record with a random id and digest, created a day before `suite_now`.
     fn sample_record(owner: Option<&str>) -> KeyRecord {
-        use rand_core::{OsRng, RngCore};
+        use crate::OsRng;
+        use rand_core::Rng;
         let mut digest = [0u8; 32];
         OsRng.fill_bytes(&mut digest);
         KeyRecord {
@@ -950,7 +938,7 @@ mod tests {
     fn views_are_compact() {
         #[cfg(target_pointer_width = "64")]
         assert!(
-            std::mem::size_of::<KeyView>() <= 88,
+            std::mem::size_of::<KeyView>() <= 104,
             "KeyView grew to {} bytes",
             std::mem::size_of::<KeyView>()
         );
@@ -969,10 +957,22 @@ mod tests {
             store.fetch_sync(b.id).unwrap().unwrap(),
         );
         assert!(Arc::ptr_eq(&va.scopes, &vb.scopes));
-        assert!(Arc::ptr_eq(
-            va.owner.as_ref().unwrap(),
-            vb.owner.as_ref().unwrap()
-        ));
+        // Short owner ids live inline in each view; long ones are shared.
+        assert!(matches!(va.owner, Some(Owner::Inline(..))));
+        let long = "organisation_with_a_long_identifier_0001";
+        let (c, d) = (sample_record(Some(long)), sample_record(Some(long)));
+        store.insert_sync(c.clone()).unwrap();
+        store.insert_sync(d.clone()).unwrap();
+        let (vc, vd) = (
+            store.fetch_sync(c.id).unwrap().unwrap(),
+            store.fetch_sync(d.id).unwrap().unwrap(),
+        );
+        match (&vc.owner, &vd.owner) {
+            (Some(Owner::Shared(x)), Some(Owner::Shared(y))) => assert!(Arc::ptr_eq(x, y)),
+            other => panic!("long owners are shared: {other:?}"),
+        }
+        assert_eq!(store.list_by_owner_sync(long).len(), 2);
+        assert_eq!(store.list_by_owner_sync("u1").len(), 2);
         // Scope sets no record uses any more do not pile up.
         for round in 0..4 {
             let mut ids = Vec::new();

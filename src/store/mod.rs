@@ -69,6 +69,7 @@ use crate::key::KeyId;
 use crate::prefix::Prefix;
 
 pub mod builder;
+mod idtable;
 pub mod memory;
 pub mod record;
 
@@ -164,9 +165,9 @@ pub struct FlushId(u128);
 impl FlushId {
     /// A fresh random id.
     pub fn random() -> Self {
-        use rand_core::RngCore;
+        use rand_core::Rng;
         let mut b = [0u8; 16];
-        rand_core::OsRng.fill_bytes(&mut b);
+        crate::OsRng.fill_bytes(&mut b);
         Self(u128::from_be_bytes(b))
     }
 

@@ -373,8 +373,9 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 /// # Ok::<(), apikey::Error>(())
 /// ```
 // Field order is the memory order (`repr(C)`): what `verify` reads first,
-// next to the `Arc` counts a fetch touches. 88 bytes, so an `Arc<KeyView>`
-// is a 104-byte allocation (a 112-byte malloc chunk).
+// next to the `Arc` counts a fetch touches. 104 bytes with an owner id of
+// up to 22 bytes inline, so an `Arc<KeyView>` is a 120-byte allocation (a
+// 128-byte malloc chunk) and a key costs no separate owner allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct KeyView {
@@ -401,9 +402,64 @@ pub struct KeyView {
     /// Revision, usage and rarely set fields; `None` while all are at their
     /// defaults.
     pub(crate) extra: Option<Box<Extra>>,
-    pub(crate) owner: Option<Arc<Box<str>>>,
     /// Creation time, Unix nanos (exact unless the cold fields say otherwise).
     pub(crate) created_at: i64,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// Longest owner id a view keeps inline.
+pub(crate) const INLINE_OWNER: usize = 22;
+
+/// An owner id as a view keeps it: up to [`INLINE_OWNER`] bytes inline (no
+/// allocation; user ids such as `user_12345678` fit), longer ones in a
+/// shared `Arc<str>` (a store interns those). Which form follows from the
+/// length alone, so equal owners have equal forms.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Length and bytes (valid UTF-8, zero after the length).
+    Inline(u8, [u8; INLINE_OWNER]),
+    Shared(Arc<str>),
+}
+
+impl Owner {
+    /// `owner` in its form: inline when it fits, else a new `Arc`.
+    pub(crate) fn new(owner: &str) -> Self {
+        Self::inline(owner).unwrap_or_else(|| Self::Shared(Arc::from(owner)))
+    }
+
+    /// `owner` inline, when it fits.
+    pub(crate) fn inline(owner: &str) -> Option<Self> {
+        let b = owner.as_bytes();
+        (b.len() <= INLINE_OWNER).then(|| {
+            let mut bytes = [0u8; INLINE_OWNER];
+            bytes[..b.len()].copy_from_slice(b);
+            Self::Inline(b.len() as u8, bytes)
+        })
+    }
+
+    /// The id.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` of this length: always valid.
+            Self::Inline(len, bytes) => {
+                std::str::from_utf8(&bytes[..usize::from(*len).min(INLINE_OWNER)]).unwrap_or("")
+            }
+            Self::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Owner {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// `KeyView::flags`: a not-before is set.
@@ -497,18 +553,19 @@ impl KeyView {
     pub fn from_record(record: &KeyRecord) -> Self {
         Self::build(
             record,
-            record.owner.as_deref().map(|o| Arc::new(Box::from(o))),
+            record.owner.as_deref().map(Owner::new),
             Arc::new(record.scopes.clone()),
         )
     }
 
     /// Like [`from_record`](Self::from_record) with the owner given
-    /// separately (the view keeps its own copy of it; [`MemoryStore`](crate::MemoryStore)
-    /// shares owner strings and scope sets between its views itself).
+    /// separately: an owner id of up to 22 bytes is kept inline in the view,
+    /// a longer one shares `owner`'s allocation ([`MemoryStore`](crate::MemoryStore)
+    /// interns long owner ids and scope sets itself).
     pub fn from_record_with(record: &KeyRecord, owner: Option<Arc<str>>) -> Self {
         Self::build(
             record,
-            owner.map(|o| Arc::new(Box::from(&*o))),
+            owner.map(|o| Owner::inline(&o).unwrap_or(Owner::Shared(o))),
             Arc::new(record.scopes.clone()),
         )
     }
@@ -516,11 +573,7 @@ impl KeyView {
     /// The view of `record` with the owner and scope set a store shares
     /// between views (interned); `owner` and `scopes` must equal the
     /// record's.
-    pub(crate) fn build(
-        record: &KeyRecord,
-        owner: Option<Arc<Box<str>>>,
-        scopes: Arc<ScopeSet>,
-    ) -> Self {
+    pub(crate) fn build(record: &KeyRecord, owner: Option<Owner>, scopes: Arc<ScopeSet>) -> Self {
         let mut exact = ExactFields::default();
         let prefix = prefix_slot(&record.prefix);
         if prefix == 0 {
@@ -639,6 +692,13 @@ impl KeyView {
         self.extra.as_deref().and_then(|e| e.cold.as_deref())
     }
 
+    /// Whether the record has an expiry or a not-before (verification
+    /// reads the clock only then).
+    #[inline]
+    pub(crate) fn has_validity_window(&self) -> bool {
+        self.expires_at != i64::MAX || self.flags & HAS_NOT_BEFORE != 0
+    }
+
     /// Inclusive start of validity, Unix nanos; `i64::MIN` when unset.
     #[inline]
     pub(crate) fn not_before_nanos(&self) -> i64 {
@@ -741,7 +801,7 @@ impl KeyView {
 
     /// The owner.
     pub fn owner(&self) -> Option<&str> {
-        self.owner.as_deref().map(|o| &**o)
+        self.owner.as_ref().map(Owner::as_str)
     }
 
     /// The granted scopes.

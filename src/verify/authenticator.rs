@@ -286,16 +286,26 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             .fetch(id)
             .await
             .map_err(Error::StoreUnavailable)?;
-        let now = self.clock.now();
         // Only for the audit event of a failure; skipped without a sink.
         let owner = match &self.audit {
             Some(_) => view.as_ref().and_then(|v| v.owner.clone()),
             None => None,
         };
-        let verified = self
-            .verifier
-            .verify_from(&parsed, view, now, requirement, ip);
-        let result = self.finish(verified, id, owner.as_deref().map(|o| &**o), now);
+        let result = if self.usage.is_none() && self.audit.is_none() {
+            // Nothing records the time: the verifier reads the clock only
+            // for keys with a validity window, and then without calendar
+            // conversion (`Clock::checked_timestamp`).
+            self.verifier
+                .verify_from_clock(&parsed, view, &self.clock, requirement, ip)
+        } else {
+            // Usage or audit records the time: read it once, checked
+            // against the supported range before anything else.
+            let now = self.clock.now();
+            let verified = self
+                .verifier
+                .verify_from(&parsed, view, now, requirement, ip);
+            self.finish(verified, id, owner.as_deref(), now)
+        };
         if let Err(e) = &result
             && FailureClass::after_lookup(e) == FailureClass::KeyStatus
         {

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use rand_core::{CryptoRng, OsRng, RngCore};
+use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -127,8 +127,10 @@ impl Verifier {
         &self.full_access
     }
 
-    /// Issues a key with OS randomness: the key (show it once) and the
-    /// record to store.
+    /// Issues a key: the key (show it once) and the record to store. The
+    /// id and secret come from this thread's [`KeyRng`](crate::KeyRng), a
+    /// ChaCha20 generator seeded from the OS, reseeded after a fork and
+    /// every [`RESEED_EVERY`](crate::RESEED_EVERY) keys.
     ///
     /// # Errors
     /// [`Error::InvalidPrefix`] for an unregistered prefix,
@@ -136,15 +138,38 @@ impl Verifier {
     /// for an empty or inverted validity window or a time (`now`, expiry,
     /// not-before) outside the [supported range](crate::MIN_TIME).
     pub fn issue(&self, new: NewKey, now: OffsetDateTime) -> Result<(ApiKey, KeyRecord)> {
-        self.issue_with_rng(new, now, &mut OsRng)
+        self.issue_with_rng(new, now, &mut crate::KeyRng::new())
     }
 
-    /// Like [`issue`](Self::issue) with a caller-supplied CSPRNG (tests,
-    /// fuzzing, deterministic fixtures).
+    /// Like [`issue`](Self::issue), reading the operating system's random
+    /// source for every key ([`OsRng`](crate::OsRng); slower: two system
+    /// calls per key).
     ///
     /// # Errors
     /// As [`issue`](Self::issue).
-    pub fn issue_with_rng<R: RngCore + CryptoRng + ?Sized>(
+    pub fn issue_with_os_rng(
+        &self,
+        new: NewKey,
+        now: OffsetDateTime,
+    ) -> Result<(ApiKey, KeyRecord)> {
+        self.issue_with_rng(new, now, &mut crate::OsRng)
+    }
+
+    /// Like [`issue`](Self::issue) with a caller-supplied CSPRNG (tests,
+    /// fuzzing, deterministic fixtures): any [`rand_core`]
+    /// 0.10 [`CryptoRng`].
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let (key, _record) = verifier.issue_with_rng(NewKey::new("sk_test_"), time::OffsetDateTime::UNIX_EPOCH, &mut OsRng)?;
+    /// assert!(key.expose_secret().starts_with("sk_test_"));
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`issue`](Self::issue).
+    pub fn issue_with_rng<R: CryptoRng + ?Sized>(
         &self,
         new: NewKey,
         now: OffsetDateTime,
@@ -278,8 +303,84 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
         let view = self.check_secret(parsed, view)?;
-        self.check_policy(Some(parsed.environment()), &view, now, requirement, ip)?;
+        self.check_policy(
+            Some(parsed.environment()),
+            &view,
+            || Ok(now),
+            requirement,
+            ip,
+        )?;
         Ok(VerifiedKey { view })
+    }
+
+    /// Like [`verify_from`](Self::verify_from), reading `clock` only if the
+    /// record has a validity window (an expiry or a not-before), and then
+    /// through [`Clock::checked_timestamp`](crate::Clock::checked_timestamp)
+    /// (for [`SystemClock`](crate::SystemClock): the system time in
+    /// microseconds, no calendar conversion). What the
+    /// [`Authenticator`](crate::Authenticator) runs.
+    ///
+    /// # Errors
+    /// As [`verify_from`](Self::verify_from); [`Error::InvalidInput`] when
+    /// the clock reads outside the supported range (only keys with a
+    /// validity window read it).
+    #[inline]
+    pub fn verify_from_clock<C: crate::Clock + ?Sized>(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        clock: &C,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<VerifiedKey> {
+        let view = self.check_secret(parsed, view)?;
+        self.check_policy(
+            Some(parsed.environment()),
+            &view,
+            || {
+                clock
+                    .checked_timestamp()
+                    .map(crate::Timestamp::as_unix_nanos)
+            },
+            requirement,
+            ip,
+        )?;
+        Ok(VerifiedKey { view })
+    }
+
+    /// Parses `presented`, fetches its record with `lookup`, and verifies
+    /// at the time `clock` reads: the whole pipeline for synchronous stores,
+    /// with the clock read only for keys that have a validity window.
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let store = MemoryStore::new();
+    /// let clock = SystemClock;
+    /// let (key, record) = verifier.issue(NewKey::new("sk_test_"), clock.now())?;
+    /// store.insert_sync(record)?;
+    /// let ok = verifier.verify_with_clock(key.expose_secret(), |id| store.fetch_sync(id), &clock, &Requirement::none())?;
+    /// assert_eq!(ok.environment(), Environment::Test);
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`verify_with`](Self::verify_with), and [`Error::InvalidInput`]
+    /// as [`verify_from_clock`](Self::verify_from_clock).
+    #[inline]
+    pub fn verify_with_clock<F, C: crate::Clock + ?Sized>(
+        &self,
+        presented: &str,
+        lookup: F,
+        clock: &C,
+        requirement: &Requirement,
+    ) -> Result<VerifiedKey>
+    where
+        F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
+    {
+        let parsed = self.parse(presented)?;
+        let view = lookup(parsed.id()).map_err(Error::StoreUnavailable)?;
+        self.verify_from_clock(&parsed, view, clock, requirement, None)
     }
 
     /// Parses `presented`, fetches its record with `lookup`, and verifies:
@@ -342,7 +443,7 @@ impl Verifier {
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
-        self.check_policy(None, &view, now, requirement, ip)?;
+        self.check_policy(None, &view, || Ok(now), requirement, ip)?;
         Ok(VerifiedKey { view })
     }
 
@@ -386,12 +487,13 @@ impl Verifier {
     #[inline]
     /// Everything after the secret matched, in the documented order: status,
     /// validity window (with leeway), environment (`key_env` is the
-    /// prefix's, when the key was parsed natively), address, scopes.
+    /// prefix's, when the key was parsed natively), address, scopes. `now`
+    /// (Unix nanoseconds) is asked for only when the record has a window.
     fn check_policy(
         &self,
         key_env: Option<Environment>,
         view: &KeyView,
-        now: i64,
+        now: impl FnOnce() -> Result<i64>,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<()> {
@@ -400,15 +502,18 @@ impl Verifier {
             KeyStatus::Disabled => return Err(Error::DisabledApiKey),
             KeyStatus::Revoked => return Err(Error::RevokedApiKey),
         }
-        if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
-            return Err(Error::NotYetValid {
-                not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            });
-        }
-        if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
-            return Err(Error::ExpiredApiKey {
-                expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            });
+        if view.has_validity_window() {
+            let now = now()?;
+            if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
+                return Err(Error::NotYetValid {
+                    not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                });
+            }
+            if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
+                return Err(Error::ExpiredApiKey {
+                    expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                });
+            }
         }
         // The digest covers the prefix, so the record's environment and the
         // prefix's agree for any key that got this far; check both anyway.

@@ -42,7 +42,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use rand_core::{OsRng, RngCore};
+use apikey::OsRng;
+use rand_core::Rng;
 use time::{Duration, OffsetDateTime};
 
 use apikey::KeyDigest;

@@ -17,7 +17,7 @@
 //! Every harness uses one fixed keyring ([`harness_verifier`]), so the seed
 //! corpus in `fuzz/seeds/` (from [`seed_corpus`]) holds keys that parse.
 
-use rand_core::{CryptoRng, RngCore};
+use rand_core::{TryCryptoRng, TryRng};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -126,18 +126,20 @@ impl FixtureRng {
     }
 }
 
-impl RngCore for FixtureRng {
-    fn next_u32(&mut self) -> u32 {
+impl TryRng for FixtureRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
         let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
     }
-    fn next_u64(&mut self) -> u64 {
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
         let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
     }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
         for d in dest {
             if self.used == 32 {
                 let mut h = Sha256::new();
@@ -150,14 +152,11 @@ impl RngCore for FixtureRng {
             *d = self.block[self.used];
             self.used += 1;
         }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
         Ok(())
     }
 }
 
-impl CryptoRng for FixtureRng {}
+impl TryCryptoRng for FixtureRng {}
 
 /// Whether `output` contains any [`LEAK_WINDOW`]-character substring of the
 /// secret segment of `key` (the 32 characters after the version and id).
