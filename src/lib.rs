@@ -44,9 +44,10 @@ pub use manage::{
     UsageRecorder,
 };
 pub use store::{
-    FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,
-    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore,
-    NewKey, Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
+    CachedStore, ChangeFeed, FlushId, FlushOutcome, Invalidate, Invalidation, KeyRecord,
+    KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
+    KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore, NewKey, Revocation,
+    SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
     Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,

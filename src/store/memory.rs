@@ -28,7 +28,7 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// and forged ids are stopped by the tag before any lookup, so a
 /// DoS-resistant hasher buys nothing here.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -44,7 +44,7 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// A thread-safe in-memory store, the default.
 ///
