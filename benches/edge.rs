@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use apikey::PrefixRegistry;
-use apikey::limits::ratelimit::Quota;
+use apikey::limits::Quota;
 use apikey::web::Extractor;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -57,7 +57,7 @@ fn extraction(c: &mut Criterion) {
 /// an atomic key + owner credit debit. (`benches/ratelimit.rs` has the
 /// limiter alone, single thread and two threads contending on one key.)
 fn charge(c: &mut Criterion) {
-    use apikey::limits::credits::CreditLedger;
+    use apikey::limits::{CreditAccount, MemoryLimits};
     use apikey::web::Scheme;
     use apikey::web::{Decision, Gate, QuotaTable, Route};
     use apikey::*;
@@ -79,12 +79,17 @@ fn charge(c: &mut Criterion) {
         )
         .unwrap();
     let wide = Quota::new(Some(u32::MAX), Some(u32::MAX));
-    let ledger = CreditLedger::new();
-    ledger.set_key_credits(record.id.as_u64(), u64::MAX, None);
-    ledger.set_owner_credits("org_1", "rest", u64::MAX, None);
+    let limits = MemoryLimits::new();
+    limits.set_credits_sync(CreditAccount::Key(record.id.as_u64()), u64::MAX, None);
+    let owner = CreditAccount::Owner {
+        owner: "org_1",
+        api: "rest",
+    };
+    limits.set_credits_sync(owner, u64::MAX, None);
     let gate = Gate::new(Authenticator::new(verifier.clone(), store))
-        .quotas(QuotaTable::fixed(wide))
-        .credits(ledger, "rest");
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(wide))
+        .with_credits("rest");
     let route = Route::any_key();
 
     let mut g = c.benchmark_group("gate");

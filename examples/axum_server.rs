@@ -13,10 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::limits::credits::{CreditLedger, RefillPolicy};
-use apikey::limits::ratelimit::{FailureThrottleConfig, Quota};
+use apikey::limits::{CreditAccount, FailureThrottleConfig, MemoryLimits, Quota, Refill};
 use apikey::web::ApiKeyLayer;
 use apikey::web::{Admitted, Gate, QuotaTable, Route};
+
+/// The product plans: 100 requests a minute and 1,000 an hour on Free,
+/// 500 and 10,000 on Professional. Plans are the application's, not the
+/// library's.
+const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
+const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::{
     Authenticator, Error, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, VerifiedKey,
     Verifier,
@@ -86,22 +91,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // Credits: the owner may create 100 tasks an hour on this API.
-    let ledger = CreditLedger::new();
-    ledger.set_owner_credits(
-        "org_demo",
-        "tasks",
+    let limits = MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
+    limits.set_credits_sync(
+        CreditAccount::Owner {
+            owner: "org_demo",
+            api: "tasks",
+        },
         100,
-        RefillPolicy::new(100, Duration::from_secs(3600)),
+        Refill::every(100, Duration::from_secs(3600)),
     );
 
     let gate = Arc::new(
         Gate::new(Authenticator::new(verifier.clone(), Arc::clone(&store)))
-            .quotas(QuotaTable::fixed(Quota::FREE).plan("professional", Quota::PROFESSIONAL))
-            .credits(ledger, "tasks")
-            .failure_throttle(FailureThrottleConfig::default()),
+            .with_limits(limits)
+            .with_quotas(QuotaTable::fixed(FREE).plan("professional", PROFESSIONAL))
+            .with_credits("tasks"),
     );
     let guard = |route: Route| {
-        ApiKeyLayer::new(Arc::clone(&gate), route).store_timeout(Duration::from_secs(2))
+        ApiKeyLayer::new(Arc::clone(&gate), route).with_store_timeout(Duration::from_secs(2))
     };
 
     let app = Router::new()

@@ -560,8 +560,8 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let verifier = Verifier::new(Keyring::new(1, ServerSecret::generate())?);
     let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
-    let manager =
-        KeyManager::with_clock(verifier, BTreeStore::new(), clock.clone()).max_keys_per_owner(2);
+    let manager = KeyManager::with_clock(verifier, BTreeStore::new(), clock.clone())
+        .with_max_keys_per_owner(2);
     let admin = Actor::new("admin_1").reason("custom store demo");
     let read = Requirement::scope("tasks:read")?;
 

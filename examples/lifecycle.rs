@@ -19,8 +19,8 @@ async fn main() -> Result<(), Error> {
     let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
-        .max_keys_per_owner(3)
-        .audit_sink(audit.clone());
+        .with_max_keys_per_owner(3)
+        .with_audit_sink(audit.clone());
     let admin = Actor::new("admin_1").reason("walk-through");
     let read = Requirement::scope("tasks:read")?;
     let write = Requirement::scope("tasks:write")?;

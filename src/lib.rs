@@ -15,7 +15,7 @@ pub mod web;
 
 // Crate-internal short paths to the modules inside the folders.
 pub(crate) use key::{base62, digest, prefix, secret};
-pub(crate) use limits::{credits, ratelimit};
+
 pub(crate) use manage::{audit, usage};
 pub(crate) use store::record;
 pub(crate) use verify::{authenticator, ipnet, scope, verifier};

@@ -1,21 +1,72 @@
-//! Integration tests for `apikey::credits`, through its public API only.
+//! Integration tests for credits in `apikey::limits`, through the public
+//! API only (admissions with a credit charge and no window).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use apikey::limits::credits::{
-    CreditLedger, CreditScope, CreditsExhausted, InMemoryCreditStore, RefillPolicy,
+use apikey::ManualClock;
+use apikey::limits::{
+    Admission, CreditAccount, CreditCharge, CreditScope, CreditStatus, CreditsExhausted,
+    MemoryLimits, OwnerApi, Quota, Refill, RefillInterval, SpendReceipt, Verdict,
 };
-use apikey::limits::ratelimit::FakeMonotonicClock;
 use proptest::prelude::*;
+use time::macros::datetime;
 
-type Ledger = CreditLedger<InMemoryCreditStore, Arc<FakeMonotonicClock>>;
+/// The spend-oriented view of a [`MemoryLimits`] these tests were written
+/// against.
+struct Ledger(MemoryLimits<ManualClock>);
 
-fn ledger() -> (Arc<FakeMonotonicClock>, Ledger) {
-    let clock = Arc::new(FakeMonotonicClock::new());
-    (Arc::clone(&clock), CreditLedger::with_clock(clock))
+impl Ledger {
+    fn set_key_credits(&self, key: u64, n: u64, refill: Option<Refill>) {
+        self.0.set_credits_sync(CreditAccount::Key(key), n, refill);
+    }
+    fn set_owner_credits(&self, owner: &str, api: &str, n: u64, refill: Option<Refill>) {
+        self.0
+            .set_credits_sync(CreditAccount::Owner { owner, api }, n, refill);
+    }
+    fn key_credits(&self, key: u64) -> Option<CreditStatus> {
+        self.0.credits_sync(CreditAccount::Key(key))
+    }
+    fn owner_credits(&self, owner: &str, api: &str) -> Option<CreditStatus> {
+        self.0.credits_sync(CreditAccount::Owner { owner, api })
+    }
+    fn spend(
+        &self,
+        key: u64,
+        owner: Option<&str>,
+        api: &str,
+        cost: u64,
+    ) -> Result<SpendReceipt, CreditsExhausted> {
+        let charge = CreditCharge::new(cost).owner(owner.map(|owner| OwnerApi { owner, api }));
+        match self
+            .0
+            .admit_sync(&Admission::new(key, Quota::unlimited()).credits(charge))
+        {
+            Verdict::Admitted {
+                credits: Some(r), ..
+            } => Ok(r),
+            Verdict::CreditsExhausted { exhausted, .. } => Err(exhausted),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+struct Clock(ManualClock);
+
+impl Clock {
+    fn advance(&self, d: Duration) {
+        self.0
+            .advance(time::Duration::try_from(d).expect("small duration"));
+    }
+}
+
+fn ledger() -> (Clock, Ledger) {
+    let clock = ManualClock::new(datetime!(2026-01-15 10:00 UTC));
+    (
+        Clock(clock.clone()),
+        Ledger(MemoryLimits::with_clock(clock)),
+    )
 }
 
 #[test]
@@ -130,7 +181,7 @@ fn refused_spend_debits_nothing() {
 #[test]
 fn periodic_refill_on_injected_clock() {
     let (clock, l) = ledger();
-    let monthly = RefillPolicy::new(1_000, Duration::from_secs(30 * 86_400));
+    let monthly = Refill::every(1_000, Duration::from_secs(30 * 86_400));
     l.set_owner_credits("o", "rest", 1_000, monthly);
     assert!(l.spend(1, Some("o"), "rest", 1_000).is_ok());
     let e = l.spend(1, Some("o"), "rest", 1);
@@ -141,6 +192,34 @@ fn periodic_refill_on_injected_clock() {
     clock.advance(Duration::from_secs(30 * 86_400));
     let r = l.spend(1, Some("o"), "rest", 10);
     assert_eq!(r.map(|r| r.owner_remaining), Ok(Some(990)));
+}
+
+#[test]
+fn calendar_month_refill_on_injected_clock() {
+    let (clock, l) = ledger();
+    // 2026-01-15 10:00: the next refill is at 2026-02-01 00:00 UTC.
+    l.set_owner_credits(
+        "o",
+        "rest",
+        3,
+        Some(Refill::new(1_000, RefillInterval::UtcMonth)),
+    );
+    assert!(l.spend(1, Some("o"), "rest", 3).is_ok());
+    let wait = Duration::from_secs((16 * 24 + 14) * 3600);
+    let e = l.spend(1, Some("o"), "rest", 1);
+    assert_eq!(e.map_err(|e| e.refill_in), Err(Some(wait)));
+    clock.advance(wait - Duration::from_micros(1));
+    assert!(l.spend(1, Some("o"), "rest", 1).is_err());
+    clock.advance(Duration::from_micros(1));
+    assert_eq!(
+        l.spend(1, Some("o"), "rest", 1).map(|r| r.owner_remaining),
+        Ok(Some(999))
+    );
+    // February has 28 days in 2026.
+    assert_eq!(
+        l.owner_credits("o", "rest").and_then(|s| s.next_refill_in),
+        Some(Duration::from_secs(28 * 86_400))
+    );
 }
 
 #[derive(Clone, Debug)]

@@ -110,8 +110,8 @@ async fn key_manager_round_trip() {
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap());
     let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
     let manager = KeyManager::with_clock(verifier, BTreeStore::new(), clock.clone())
-        .max_keys_per_owner(2)
-        .legacy_prefix("oldco_", "sk_live_")
+        .with_max_keys_per_owner(2)
+        .with_legacy_prefix("oldco_", "sk_live_")
         .unwrap();
     let admin = Actor::new("test");
     let read = Requirement::scope("read").unwrap();

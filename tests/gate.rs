@@ -6,56 +6,98 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::limits::credits::{CreditLedger, CreditScope};
-use apikey::limits::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::limits::{
+    Admission, CreditAccount, CreditCharge, CreditScope, FailureThrottleConfig, Limits,
+    MemoryLimits, OwnerApi, Quota, UntaggedAttempt, Verdict,
+};
 use apikey::web::Scheme;
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+use apikey_testkit::netstore::NetStore;
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
 const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
 
 struct Setup {
-    gate: Gate<Arc<MemoryStore>, ManualClock, Arc<FakeMonotonicClock>>,
+    gate: Gate<Arc<NetStore>, ManualClock, MemoryLimits<ManualClock>>,
     key: ApiKey,
+    /// Expires at T0 + 1 h.
+    short_lived: ApiKey,
     id: u64,
-    mono: Arc<FakeMonotonicClock>,
+    clock: ManualClock,
 }
 
 fn setup(quota: Quota, key_credits: Option<u64>, owner_credits: Option<u64>) -> Setup {
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32]).unwrap()).unwrap());
-    let store = Arc::new(MemoryStore::new());
+    let store = NetStore::new(Duration::ZERO);
     let (key, record) = verifier
         .issue(NewKey::new("kwi_sk_").owner("org_1").scopes(["read"]), T0)
         .unwrap();
-    store.insert_sync(record.clone()).unwrap();
-    let mono = Arc::new(FakeMonotonicClock::new());
-    let ledger = CreditLedger::with_clock(Arc::clone(&mono));
+    block_on(store.insert(record.clone())).unwrap();
+    let (short_lived, r2) = verifier
+        .issue(
+            NewKey::new("kwi_sk_").expires_at(T0 + time::Duration::hours(1)),
+            T0,
+        )
+        .unwrap();
+    block_on(store.insert(r2)).unwrap();
+    let clock = ManualClock::new(T0);
+    let limits =
+        MemoryLimits::with_clock(clock.clone()).with_failure_throttle(FailureThrottleConfig {
+            max_failures: 2,
+            ..Default::default()
+        });
     let id = record.id.as_u64();
     if let Some(n) = key_credits {
-        ledger.set_key_credits(id, n, None);
+        limits.set_credits_sync(CreditAccount::Key(id), n, None);
     }
     if let Some(n) = owner_credits {
-        ledger.set_owner_credits("org_1", "rest", n, None);
+        limits.set_credits_sync(
+            CreditAccount::Owner {
+                owner: "org_1",
+                api: "rest",
+            },
+            n,
+            None,
+        );
     }
-    let gate = Gate::with_monotonic_clock(
-        Authenticator::with_clock(verifier, store, ManualClock::new(T0)),
-        Arc::clone(&mono),
-    )
-    .quotas(QuotaTable::fixed(quota))
-    .credits(ledger, "rest")
-    .failure_throttle(FailureThrottleConfig {
-        max_failures: 2,
-        ..Default::default()
-    });
+    let gate = Gate::new(Authenticator::with_clock(verifier, store, clock.clone()))
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(quota))
+        .with_credits("rest");
     Setup {
         gate,
         key,
+        short_lived,
         id,
-        mono,
+        clock,
     }
+}
+
+fn key_left(s: &Setup) -> u64 {
+    s.gate
+        .limits()
+        .credits_sync(CreditAccount::Key(s.id))
+        .unwrap()
+        .remaining
+}
+
+fn owner_left(s: &Setup) -> u64 {
+    s.gate
+        .limits()
+        .credits_sync(CreditAccount::Owner {
+            owner: "org_1",
+            api: "rest",
+        })
+        .unwrap()
+        .remaining
 }
 
 async fn check(s: &Setup, headers: &[(&str, &str)], route: &Route) -> Decision {
@@ -73,7 +115,7 @@ fn code(d: &Decision) -> &'static str {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn credits_are_spent_only_when_the_rate_limit_admits() {
     let s = setup(Quota::new(Some(1), None), Some(10), None);
     let h = [("x-api-key", s.key.expose_secret())];
@@ -82,11 +124,10 @@ async fn credits_are_spent_only_when_the_rate_limit_admits() {
     for _ in 0..5 {
         assert_eq!(code(&check(&s, &h, &route).await), "RATE_LIMITED");
     }
-    let ledger = s.gate.ledger().unwrap();
-    assert_eq!(ledger.key_credits(s.id).unwrap().remaining, 7);
+    assert_eq!(key_left(&s), 7);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn key_and_owner_debited_together_or_not_at_all() {
     let s = setup(Quota::unlimited(), Some(10), Some(4));
     let h = [("x-api-key", s.key.expose_secret())];
@@ -107,54 +148,82 @@ async fn key_and_owner_debited_together_or_not_at_all() {
         }
         other => panic!("{other:?}"),
     }
-    let ledger = s.gate.ledger().unwrap();
-    assert_eq!(ledger.key_credits(s.id).unwrap().remaining, 7);
-    assert_eq!(ledger.owner_credits("org_1", "rest").unwrap().remaining, 1);
+    assert_eq!(key_left(&s), 7);
+    assert_eq!(owner_left(&s), 1);
     // Zero cost: a check that spends nothing.
     let free = Route::any_key().cost(0);
     assert_eq!(code(&check(&s, &h, &free).await), "ADMITTED");
-    assert_eq!(ledger.key_credits(s.id).unwrap().remaining, 7);
-    let err = ledger.spend(s.id, Some("org_1"), "rest", 2).unwrap_err();
-    assert_eq!(err.scope, CreditScope::Owner);
+    assert_eq!(key_left(&s), 7);
+    let charge = CreditCharge::new(2).owner(Some(OwnerApi {
+        owner: "org_1",
+        api: "rest",
+    }));
+    let v = s
+        .gate
+        .limits()
+        .admit_sync(&Admission::new(s.id, Quota::unlimited()).credits(charge));
+    match v {
+        Verdict::CreditsExhausted { exhausted, .. } => {
+            assert_eq!(exhausted.scope, CreditScope::Owner)
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
-#[tokio::test]
-async fn scope_failure_spends_nothing_and_is_not_a_guess() {
-    let s = setup(Quota::new(Some(1), None), Some(10), None);
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn scope_failure_costs_the_rate_limit_not_credits_and_is_not_a_guess() {
+    let s = setup(Quota::new(Some(10), None), Some(10), None);
     let h = [("x-api-key", s.key.expose_secret())];
     let write = Route::new(Requirement::scope("write").unwrap());
     for _ in 0..5 {
         assert_eq!(code(&check(&s, &h, &write).await), "INSUFFICIENT_SCOPE");
     }
-    // Not rate-charged, not credit-charged, not throttled.
-    assert_eq!(code(&check(&s, &h, &Route::any_key()).await), "ADMITTED");
+    // Rate-charged (an authenticated request), not credit-charged, and
+    // never a lockout of the key.
+    match check(&s, &h, &Route::any_key()).await {
+        Decision::Admitted(ok) => assert_eq!(ok.rate_limit.map(|i| i.remaining), Some(4)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(key_left(&s), 9);
+    // Post-tag failures are limited: once the window is spent, 429.
+    let answers: Vec<_> = futures_codes(&s, &h, &write, 10).await;
     assert_eq!(
-        s.gate
-            .ledger()
-            .unwrap()
-            .key_credits(s.id)
-            .unwrap()
-            .remaining,
-        9
+        answers
+            .iter()
+            .filter(|c| **c == "INSUFFICIENT_SCOPE")
+            .count(),
+        4
     );
+    assert_eq!(answers.iter().filter(|c| **c == "RATE_LIMITED").count(), 6);
 }
 
-#[tokio::test]
-async fn guesses_lock_out_then_expire() {
+async fn futures_codes(
+    s: &Setup,
+    h: &[(&str, &str)],
+    route: &Route,
+    n: usize,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(code(&check(s, h, route).await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn junk_never_locks_out_a_valid_key() {
     let s = setup(Quota::unlimited(), None, None);
     let good = [("x-api-key", s.key.expose_secret())];
     let bad = [("x-api-key", "kwi_sk_short")];
     let route = Route::any_key();
-    assert_eq!(code(&check(&s, &bad, &route).await), "MALFORMED_API_KEY");
-    assert_eq!(code(&check(&s, &bad, &route).await), "MALFORMED_API_KEY");
-    assert_eq!(
-        code(&check(&s, &good, &route).await),
-        "TOO_MANY_FAILED_ATTEMPTS"
-    );
+    for _ in 0..50 {
+        assert_eq!(code(&check(&s, &bad, &route).await), "MALFORMED_API_KEY");
+    }
+    // Same address: the valid key still works.
+    assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
     // Missing keys are not guesses; a JWT is not ours (refused by default,
     // but not counted as a guess either).
     let jwt = [("authorization", "Bearer eyJhbGciOiJub25lIn0.e30.")];
-    s.mono.advance(Duration::from_secs(15 * 60));
     assert_eq!(code(&check(&s, &[], &route).await), "MISSING_API_KEY");
     for _ in 0..3 {
         assert_eq!(code(&check(&s, &jwt, &route).await), "MISSING_API_KEY");
@@ -162,8 +231,53 @@ async fn guesses_lock_out_then_expire() {
     assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
 }
 
-#[test]
-fn blocking_path_with_verify_with_and_charge() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn key_status_failures_back_off_that_key_only_with_no_store_lookup() {
+    let s = setup(Quota::unlimited(), None, None);
+    let good = [("x-api-key", s.key.expose_secret())];
+    let expired = [("x-api-key", s.short_lived.expose_secret())];
+    let route = Route::any_key();
+    s.clock.advance(time::Duration::hours(2));
+    assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
+    assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
+    let lookups = s
+        .gate
+        .authenticator()
+        .store()
+        .calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(
+            code(&check(&s, &expired, &route).await),
+            "TOO_MANY_FAILED_ATTEMPTS"
+        );
+    }
+    assert_eq!(
+        s.gate
+            .authenticator()
+            .store()
+            .calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        lookups
+    );
+    // The other key, same address, is untouched.
+    assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
+    // The backoff ends.
+    s.clock.advance(time::Duration::minutes(15));
+    assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
+    // The limits bundle exposes the untagged (legacy) hooks too.
+    let limits = s.gate.limits();
+    let ip: IpAddr = "192.0.2.50".parse().unwrap();
+    let a: UntaggedAttempt<'_> = limits.begin_untagged(Some(ip)).unwrap();
+    limits.untagged_failed(a).await;
+    let a = limits.begin_untagged(Some(ip)).unwrap();
+    limits.untagged_failed(a).await;
+    assert!(limits.begin_untagged(Some(ip)).is_err());
+    let _ = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn blocking_path_with_verify_with_and_charge() {
     let s = setup(Quota::new(Some(5), None), None, None);
     let h = [("Authorization", format!("Bearer {}", s.key.expose_secret()))];
     let extracted = s
@@ -179,7 +293,7 @@ fn blocking_path_with_verify_with_and_charge() {
         .verifier()
         .verify_with(
             key.expose_secret(),
-            |id| store.fetch_sync(id),
+            |id| block_on(store.fetch(id)),
             T0,
             &Requirement::none(),
         )
@@ -202,52 +316,47 @@ fn blocking_path_with_verify_with_and_charge() {
     }
 }
 
-/// A rate-limit backend with no synchronous form: it awaits before
-/// answering, like a network client, or fails.
+/// A limits bundle with no synchronous form: it awaits before answering,
+/// like a network client, or fails.
 struct Remote {
-    inner: apikey::limits::ratelimit::InMemoryRateLimitStore,
+    inner: MemoryLimits<ManualClock>,
     down: bool,
 }
 
-impl apikey::limits::ratelimit::AsyncRateLimitStore for Remote {
-    type Error = std::io::Error;
-
-    async fn measure_and_replace_async<T: Send, E: Send, F>(
-        &self,
-        key: u64,
-        f: F,
-    ) -> Result<Result<T, E>, std::io::Error>
-    where
-        F: Fn(
-                Option<apikey::limits::ratelimit::GcraState>,
-            ) -> Result<(T, apikey::limits::ratelimit::GcraState), E>
-            + Send,
-    {
-        use apikey::limits::ratelimit::RateLimitStore;
+impl Limits for Remote {
+    async fn admit(&self, admission: &Admission<'_>) -> Result<Verdict, StoreError> {
         tokio::task::yield_now().await;
         if self.down {
-            return Err(std::io::Error::other("redis: connection reset"));
+            return Err(StoreError::with_source(
+                StoreErrorKind::Unavailable,
+                std::io::Error::other("redis: connection reset"),
+            ));
         }
-        Ok(self
-            .inner
-            .measure_and_replace(key, f)
-            .unwrap_or_else(|e| match e {}))
+        Ok(self.inner.admit_sync(admission))
+    }
+    fn check_key(&self, key_id: u64) -> Result<(), Duration> {
+        self.inner.check_key(key_id)
+    }
+    fn begin_untagged(&self, client: Option<IpAddr>) -> Result<UntaggedAttempt<'_>, Duration> {
+        self.inner.begin_untagged(client)
+    }
+    async fn key_failed(&self, key_id: u64) {
+        self.inner.key_failed(key_id).await
+    }
+    async fn untagged_failed(&self, attempt: UntaggedAttempt<'_>) {
+        self.inner.untagged_failed(attempt).await
     }
 }
 
-#[tokio::test]
-async fn async_rate_limit_backend_and_its_failure() {
-    use apikey::limits::ratelimit::{InMemoryRateLimitStore, RateLimiter};
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn async_limits_backend_and_its_failure() {
     for down in [false, true] {
         let s = setup(Quota::new(Some(1), None), None, None);
         let remote = Remote {
-            inner: InMemoryRateLimitStore::new(),
+            inner: MemoryLimits::with_clock(s.clock.clone()),
             down,
         };
-        let gate = s.gate.rate_limiter(RateLimiter::with_store_and_clock(
-            remote,
-            Arc::clone(&s.mono),
-        ));
+        let gate = s.gate.with_limits(remote);
         let h = [("x-api-key", s.key.expose_secret())];
         let any = Route::any_key();
         let run = || gate.check(h.iter().map(|(n, v)| (*n, *v)), None, None, &any);
@@ -273,7 +382,7 @@ fn header<'a>(r: &'a apikey::web::ErrorResponse, name: &str) -> Option<&'a str> 
 
 /// Issue 9, item 8: on a 429 `X-RateLimit-Reset` is the moment a retry is
 /// admitted, as `Retry-After` says, not the window's full replenishment.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
     let s = setup(Quota::new(Some(60), None), None, None);
     let h = [("x-api-key", s.key.expose_secret())];
@@ -295,7 +404,7 @@ async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
         "Reset must agree with Retry-After"
     );
     // On an admitted request, Reset is the full replenishment of the window.
-    s.mono.advance(Duration::from_secs(1));
+    s.clock.advance(time::Duration::seconds(1));
     let Decision::Admitted(ok) = check(&s, &h, &route).await else {
         panic!("admitted after Retry-After")
     };
@@ -307,12 +416,13 @@ async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
         .1
         .parse()
         .unwrap();
-    assert_eq!(reset, T0.unix_timestamp() + 60);
+    // One clock: the decision is at T0 + 1 s, the window full again 60 s on.
+    assert_eq!(reset, T0.unix_timestamp() + 1 + 60);
 }
 
 /// Issue 9, item 8: a `USAGE_EXCEEDED` with no refill policy has no
 /// `Retry-After` (the docs say so); with a refill it has one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn usage_exceeded_without_refill_has_no_retry_after() {
     let s = setup(Quota::unlimited(), Some(1), None);
     let h = [("x-api-key", s.key.expose_secret())];
@@ -331,7 +441,7 @@ async fn usage_exceeded_without_refill_has_no_retry_after() {
 
 /// Issue 9, item 8: `MISSING_API_KEY` details name what the gate's
 /// extractor accepts, not always `X-API-Key`.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn missing_key_details_name_what_the_extractor_accepts() {
     async fn body(s: &Setup) -> serde_json::Value {
         let Decision::Rejected(r) = check(s, &[("accept", "*/*")], &Route::any_key()).await else {
@@ -351,18 +461,18 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
     );
     let mut s = setup(Quota::unlimited(), None, None);
     let prefixes = s.gate.authenticator().verifier().prefixes().clone();
-    s.gate = s.gate.extractor(
-        apikey::web::Extractor::new(prefixes.clone()).sources(apikey::web::Sources::BEARER),
+    s.gate = s.gate.with_extractor(
+        apikey::web::Extractor::new(prefixes.clone()).with_sources(apikey::web::Sources::BEARER),
     );
     let d = body(&s).await;
     assert_eq!(
         d,
         serde_json::json!({"accepted": ["Authorization: Bearer"]})
     );
-    s.gate = s.gate.extractor(
+    s.gate = s.gate.with_extractor(
         apikey::web::Extractor::new(prefixes)
-            .api_key_header_name("X-Tenant-Key")
-            .sources(apikey::web::Sources::API_KEY_HEADER),
+            .with_header_name("X-Tenant-Key")
+            .with_sources(apikey::web::Sources::API_KEY_HEADER),
     );
     let d = body(&s).await;
     assert_eq!(
@@ -373,7 +483,7 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
 
 /// Issue 9, item 1: `Gate::check` fails closed on credentials that are not
 /// ours; `Decision::NotOurs` only with the explicit opt-in.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn gate_rejects_foreign_credentials_by_default() {
     let foreign = [
         "Basic dXNlcjpwYXNz",
@@ -402,7 +512,7 @@ async fn gate_rejects_foreign_credentials_by_default() {
     }
     s.gate = s
         .gate
-        .foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
+        .with_foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
     for v in foreign {
         let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
         assert_eq!(code(&d), "NOT_OURS", "{v}");

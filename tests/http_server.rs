@@ -1,8 +1,8 @@
 //! End-to-end: an axum server on 127.0.0.1, real HTTP/1.1 requests over TCP.
 //!
 //! Each test starts its own server (port 0) with the configuration it needs;
-//! time comes from a `ManualClock` (wall) and a `FakeMonotonicClock`
-//! (limits), so no assertion depends on real time.
+//! time comes from one `ManualClock` (verification and limits), so no
+//! assertion depends on real time.
 #![cfg(feature = "axum")]
 #![allow(clippy::unwrap_used)]
 
@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::limits::credits::CreditLedger;
-use apikey::limits::ratelimit::{FailureThrottleConfig, FakeMonotonicClock, Quota};
+use apikey::limits::{CreditAccount, FailureThrottleConfig, MemoryLimits, Quota};
 use apikey::web::ApiKeyLayer;
 use apikey::web::{Admitted, ForeignCredentials, Gate, QuotaTable, Route};
 use apikey::*;
@@ -24,23 +23,46 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
 
-type Clocks = (ManualClock, Arc<FakeMonotonicClock>);
-type TestGate<S> = Gate<S, ManualClock, Arc<FakeMonotonicClock>>;
+/// The clock, and a handle advancing it in `std::time::Duration` steps.
+type Clocks = (ManualClock, Adv);
+type TestGate<S> = Gate<S, ManualClock, MemoryLimits<ManualClock>>;
+
+#[derive(Clone)]
+struct Adv(ManualClock);
+
+impl Adv {
+    fn advance(&self, d: Duration) {
+        self.0.advance(time::Duration::try_from(d).unwrap());
+    }
+}
+
+const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 
 fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32]).unwrap()).unwrap())
 }
 
 fn clocks() -> Clocks {
-    (ManualClock::new(T0), Arc::new(FakeMonotonicClock::new()))
+    let c = ManualClock::new(T0);
+    (c.clone(), Adv(c))
 }
 
 fn gate<S: KeyStore>(store: S, clocks: &Clocks) -> TestGate<S> {
-    Gate::with_monotonic_clock(
-        Authenticator::with_clock(verifier(), store, clocks.0.clone()),
-        Arc::clone(&clocks.1),
-    )
-    .quotas(QuotaTable::fixed(Quota::PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))))
+    gate_with(store, clocks, MemoryLimits::with_clock(clocks.0.clone()))
+}
+
+fn gate_with<S: KeyStore>(
+    store: S,
+    clocks: &Clocks,
+    limits: MemoryLimits<ManualClock>,
+) -> TestGate<S> {
+    Gate::new(Authenticator::with_clock(
+        verifier(),
+        store,
+        clocks.0.clone(),
+    ))
+    .with_limits(limits)
+    .with_quotas(QuotaTable::fixed(PROFESSIONAL).plan("tiny", Quota::new(Some(2), Some(100))))
 }
 
 fn issue(store: &MemoryStore, new: NewKey) -> (ApiKey, KeyRecord) {
@@ -75,7 +97,7 @@ fn router<S: KeyStore + Send + Sync + 'static>(
     let layer = |route: Route| {
         let l = ApiKeyLayer::new(Arc::clone(&gate), route);
         match timeout {
-            Some(t) => l.store_timeout(t),
+            Some(t) => l.with_store_timeout(t),
             None => l,
         }
     };
@@ -93,7 +115,7 @@ fn router<S: KeyStore + Send + Sync + 'static>(
         .route(
             "/open",
             get(maybe).route_layer(
-                layer(Route::any_key()).foreign_credentials(ForeignCredentials::PassThrough),
+                layer(Route::any_key()).with_foreign_credentials(ForeignCredentials::PassThrough),
             ),
         )
         // A handler that does not ask for the key: only the layer guards it.
@@ -426,11 +448,16 @@ async fn over_the_rate_limit() {
 async fn out_of_credits_and_credits_spent_only_when_admitted() {
     let store = Arc::new(MemoryStore::new());
     let clocks = clocks();
-    let ledger = CreditLedger::with_clock(Arc::clone(&clocks.1));
     let (key, record) = issue(&store, reader().metadata("plan", "tiny"));
-    ledger.set_key_credits(record.id.as_u64(), 5, None);
-    ledger.set_owner_credits("org_1", "rest", 2, None);
-    let gate = Arc::new(gate(Arc::clone(&store), &clocks).credits(ledger, "rest"));
+    let limits = MemoryLimits::with_clock(clocks.0.clone());
+    let key_acct = CreditAccount::Key(record.id.as_u64());
+    let owner_acct = CreditAccount::Owner {
+        owner: "org_1",
+        api: "rest",
+    };
+    limits.set_credits_sync(key_acct, 5, None);
+    limits.set_credits_sync(owner_acct, 2, None);
+    let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits).with_credits("rest"));
     let addr = serve(router(Arc::clone(&gate), None)).await;
 
     assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
@@ -439,8 +466,8 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     get_with(addr, "/read", &x_api_key(&key))
         .await
         .error(429, "RATE_LIMITED");
-    let ledger = gate.ledger().unwrap();
-    assert_eq!(ledger.key_credits(record.id.as_u64()).unwrap().remaining, 3);
+    let ledger = gate.limits();
+    assert_eq!(ledger.credits_sync(key_acct).unwrap().remaining, 3);
 
     clocks.1.advance(Duration::from_secs(60));
     let r = get_with(addr, "/read", &x_api_key(&key)).await;
@@ -448,8 +475,8 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(r.header("retry-after"), None);
     // The owner's balance was short: the key's was not debited either.
-    assert_eq!(ledger.key_credits(record.id.as_u64()).unwrap().remaining, 3);
-    assert_eq!(ledger.owner_credits("org_1", "rest").unwrap().remaining, 0);
+    assert_eq!(ledger.credits_sync(key_acct).unwrap().remaining, 3);
+    assert_eq!(ledger.credits_sync(owner_acct).unwrap().remaining, 0);
 }
 
 const JWT: &str = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
@@ -537,7 +564,7 @@ async fn two_different_keys_are_refused() {
 }
 
 #[tokio::test]
-async fn failed_attempts_lock_out_the_address() {
+async fn post_tag_failures_are_limited_and_a_valid_key_from_that_address_still_works() {
     let store = Arc::new(MemoryStore::new());
     let clocks = clocks();
     let (good, _) = issue(&store, reader());
@@ -546,20 +573,26 @@ async fn failed_attempts_lock_out_the_address() {
         lockout: Duration::from_secs(120),
         ..FailureThrottleConfig::default()
     };
-    let gate = Arc::new(gate(Arc::clone(&store), &clocks).failure_throttle(cfg));
+    let limits = MemoryLimits::with_clock(clocks.0.clone()).with_failure_throttle(cfg);
+    let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits));
     let addr = serve(router(gate, None)).await;
+    // A correctly tagged key whose id is not in the store (a deleted key).
     let (unknown, _) = verifier().issue(reader(), T0).unwrap();
     for _ in 0..3 {
         get_with(addr, "/read", &x_api_key(&unknown))
             .await
             .error(401, "INVALID_API_KEY");
     }
-    // Locked out: even a good key is refused, cheaply.
-    let r = get_with(addr, "/read", &x_api_key(&good)).await;
+    // That key id is backed off, cheaply (no store lookup)...
+    let r = get_with(addr, "/read", &x_api_key(&unknown)).await;
     assert_eq!(r.error(429, "TOO_MANY_FAILED_ATTEMPTS")["retry_after"], 120);
     assert_eq!(r.header("retry-after"), Some("120"));
-    clocks.1.advance(Duration::from_secs(120));
+    // ...while a valid key from the same address is never refused for it.
     assert_eq!(get_with(addr, "/read", &x_api_key(&good)).await.status, 200);
+    clocks.1.advance(Duration::from_secs(120));
+    get_with(addr, "/read", &x_api_key(&unknown))
+        .await
+        .error(401, "INVALID_API_KEY");
 }
 
 use apikey_testkit::failing::FailingStore;
@@ -608,11 +641,12 @@ async fn managed() -> Managed {
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = Arc::new(
         KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
-            .audit_sink(Arc::clone(&audit))
-            .legacy_prefix("oldco_", "sk_live_")
+            .with_audit_sink(Arc::clone(&audit))
+            .with_legacy_prefix("oldco_", "sk_live_")
             .unwrap(),
     );
-    let gate = Gate::with_monotonic_clock(manager.authenticator().clone(), Arc::clone(&clocks.1));
+    let gate = Gate::new(manager.authenticator().clone())
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()));
     let addr = serve(router(Arc::new(gate), None)).await;
     Managed {
         addr,
@@ -746,7 +780,8 @@ async fn a_cancelled_flush_after_http_traffic_loses_nothing() {
         Arc::clone(&store),
         clocks.0.clone(),
     ));
-    let gate = Gate::with_monotonic_clock(manager.authenticator().clone(), Arc::clone(&clocks.1));
+    let gate = Gate::new(manager.authenticator().clone())
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()));
     let addr = serve(router(Arc::new(gate), None)).await;
     let (key, s) = manager.create(reader(), &Actor::system()).await.unwrap();
     for _ in 0..20 {
@@ -764,4 +799,55 @@ async fn a_cancelled_flush_after_http_traffic_loses_nothing() {
     store.set_latency(Duration::ZERO);
     assert_eq!(manager.flush().await.unwrap(), 20);
     assert_eq!(manager.record(s.id).await.unwrap().usage.day_count, 20);
+}
+
+/// Legacy (untagged) lookups are throttled per client address, counted when
+/// they start; a valid native key from that same address is never refused
+/// for it, and neither is the valid legacy key of someone else elsewhere.
+#[tokio::test]
+async fn legacy_guesses_lock_out_the_address_for_legacy_lookups_only() {
+    let clocks = clocks();
+    let manager = Arc::new(
+        KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
+            .with_legacy_prefix("oldco_", "sk_live_")
+            .unwrap(),
+    );
+    let cfg = FailureThrottleConfig {
+        max_failures: 3,
+        lockout: Duration::from_secs(120),
+        ..FailureThrottleConfig::default()
+    };
+    let gate = Gate::new(manager.authenticator().clone())
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()).with_failure_throttle(cfg));
+    let addr = serve(router(Arc::new(gate), None)).await;
+    let (native, _) = manager.create(reader(), &Actor::system()).await.unwrap();
+    let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
+    manager
+        .import(
+            ImportKey::plaintext(legacy).scopes(["tasks:read"]),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let guess = format!("oldco_guess{i}");
+        get_with(addr, "/read", &[("X-API-Key", guess.as_str())])
+            .await
+            .error(401, "INVALID_API_KEY");
+    }
+    // The address may not start another legacy lookup...
+    let r = get_with(addr, "/read", &[("X-API-Key", legacy)]).await;
+    assert_eq!(r.error(429, "TOO_MANY_FAILED_ATTEMPTS")["retry_after"], 120);
+    // ...but a valid native key from the same address still works.
+    assert_eq!(
+        get_with(addr, "/read", &x_api_key(&native)).await.status,
+        200
+    );
+    clocks.1.advance(Duration::from_secs(120));
+    assert_eq!(
+        get_with(addr, "/read", &[("X-API-Key", legacy)])
+            .await
+            .status,
+        200
+    );
 }

@@ -186,7 +186,7 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
             .expect_err("status"),
         );
     }
-    let env_only = v.clone().accept(match record.environment {
+    let env_only = v.clone().with_environments(match record.environment {
         Environment::Live => Environments::TEST,
         Environment::Test => Environments::LIVE,
     });
@@ -567,7 +567,7 @@ fn management_and_edge_outputs_carry_no_secret_material() {
             let clock = ManualClock::new(NOW);
             let keys =
                 KeyManager::with_clock(verifier().clone(), MemoryStore::new(), clock.clone())
-                    .audit_sink(Arc::clone(&audit));
+                    .with_audit_sink(Arc::clone(&audit));
             let admin = Actor::new("admin").reason("hygiene");
             let new = NewKey::new(&prefix)
                 .owner("org_9")

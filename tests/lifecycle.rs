@@ -439,7 +439,7 @@ async fn per_owner_limit_counts_active_and_disabled_not_revoked_expired_or_in_gr
     let verifier = verifier();
     let store = Arc::new(MemoryStore::new());
     let f = support::fixture_with(verifier, store);
-    let m = f.manager.max_keys_per_owner(3);
+    let m = f.manager.with_max_keys_per_owner(3);
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(
@@ -645,7 +645,10 @@ async fn environment_config_live_test_both() {
         (Environments::TEST, false, true),
         (Environments::BOTH, true, true),
     ] {
-        let f = fixture_with(verifier().accept(accept), Arc::new(MemoryStore::new()));
+        let f = fixture_with(
+            verifier().with_environments(accept),
+            Arc::new(MemoryStore::new()),
+        );
         let m = &f.manager;
         let (live, _) = m.create(NewKey::new("sk_live_"), &admin()).await.unwrap();
         let (test, _) = m.create(NewKey::new("sk_test_"), &admin()).await.unwrap();
@@ -659,7 +662,7 @@ async fn environment_config_live_test_both() {
 async fn a_failing_store_is_503_and_changes_nothing() {
     let store = support::netstore::NetStore::new(std::time::Duration::from_micros(50));
     let f = fixture_with(verifier(), store.clone());
-    let m = f.manager.max_keys_per_owner(5);
+    let m = f.manager.with_max_keys_per_owner(5);
     let (key, s) = m
         .create(NewKey::new("sk_live_").owner("u"), &admin())
         .await

@@ -24,7 +24,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[test]
 fn parallel_creates_for_one_owner_never_pass_the_limit() {
     let f = fixture();
-    let m = f.manager.max_keys_per_owner(3);
+    let m = f.manager.with_max_keys_per_owner(3);
     for round in 0..20 {
         let owner = format!("owner-{round}");
         let ok = AtomicUsize::new(0);
@@ -55,7 +55,7 @@ fn parallel_creates_for_one_owner_never_pass_the_limit() {
 async fn parallel_creates_on_a_network_store_never_pass_the_limit() {
     let store = NetStore::new(std::time::Duration::from_micros(100));
     let f = fixture_with(verifier(), store);
-    let m = Arc::new(f.manager.max_keys_per_owner(3));
+    let m = Arc::new(f.manager.with_max_keys_per_owner(3));
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let m = m.clone();

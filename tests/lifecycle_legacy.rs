@@ -22,30 +22,30 @@ fn none() -> Requirement {
 
 fn manager<S: KeyStoreLifecycle + UsageStore + 'static>(store: S) -> support::Fixture<S> {
     let mut f = fixture_with(verifier(), store);
-    f.manager = f.manager.legacy_prefix("oldco_", "sk_live_").unwrap();
+    f.manager = f.manager.with_legacy_prefix("oldco_", "sk_live_").unwrap();
     f
 }
 
 #[test]
 fn legacy_prefix_configuration_is_checked() {
     let m = || KeyManager::new(verifier(), MemoryStore::new());
-    assert!(m().legacy_prefix("", "sk_live_").is_err());
-    assert!(m().legacy_prefix("has space_", "sk_live_").is_err());
+    assert!(m().with_legacy_prefix("", "sk_live_").is_err());
+    assert!(m().with_legacy_prefix("has space_", "sk_live_").is_err());
     assert!(
-        m().legacy_prefix("sk_live_old_", "sk_live_").is_err(),
+        m().with_legacy_prefix("sk_live_old_", "sk_live_").is_err(),
         "starts with a native prefix"
     );
     assert!(
-        m().legacy_prefix("oldco_", "nope_").is_err(),
+        m().with_legacy_prefix("oldco_", "nope_").is_err(),
         "native prefix not registered"
     );
     assert!(
-        m().legacy_prefix("oldco_", "sk_live_")
+        m().with_legacy_prefix("oldco_", "sk_live_")
             .unwrap()
-            .legacy_prefix("oldco_", "sk_test_")
+            .with_legacy_prefix("oldco_", "sk_test_")
             .is_err()
     );
-    assert!(m().legacy_prefix("pk-", "sk_test_").is_ok());
+    assert!(m().with_legacy_prefix("pk-", "sk_test_").is_ok());
 }
 
 #[tokio::test]
@@ -197,7 +197,7 @@ async fn legacy_keys_survive_a_server_secret_rotation() {
         .unwrap();
     ring.set_current(2).unwrap();
     let m2 = KeyManager::with_clock(Verifier::new(ring), store, f.clock.clone())
-        .legacy_prefix("oldco_", "sk_live_")
+        .with_legacy_prefix("oldco_", "sk_live_")
         .unwrap();
     m2.authenticate(OLD, &none(), None).await.unwrap();
     let r = m2.record(s.id).await.unwrap();
@@ -278,7 +278,7 @@ async fn malformed_strings_with_a_legacy_prefix_reach_the_store_others_do_not() 
 #[tokio::test]
 async fn import_respects_the_owner_limit() {
     let f = manager(Arc::new(MemoryStore::new()));
-    let m = f.manager.max_keys_per_owner(1);
+    let m = f.manager.with_max_keys_per_owner(1);
     m.create(NewKey::new("sk_live_").owner("u"), &Actor::system())
         .await
         .unwrap();

@@ -290,7 +290,9 @@ async fn management_events_carry_actor_reason_and_never_the_secret() {
 async fn pre_tag_rejections_are_counted_and_sampled_post_tag_failures_each_logged() {
     let store = NetStore::new(std::time::Duration::ZERO);
     let f = fixture_with(verifier(), store.clone());
-    let m = f.manager.rejection_sample_interval(Duration::minutes(1));
+    let m = f
+        .manager
+        .with_rejection_sample_interval(Duration::minutes(1));
     let (key, s) = m
         .create(NewKey::new("sk_live_"), &Actor::system())
         .await

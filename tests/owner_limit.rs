@@ -42,7 +42,7 @@ async fn working<S: KeyStoreLifecycle + UsageStore, C: Clock>(
 async fn expired_keys_cannot_be_revived_past_the_owner_limit() {
     {
         let f = fixture_with(verifier(), Arc::new(MemoryStore::new()));
-        let m = f.manager.max_keys_per_owner(2);
+        let m = f.manager.with_max_keys_per_owner(2);
         let mut keys = Vec::new();
         let mut ids = Vec::new();
         // Six keys, each expiring after an hour, created two at a time.
@@ -98,7 +98,7 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit() {
 async fn expired_keys_cannot_be_revived_past_the_owner_limit_on_a_networked_store() {
     let store = support::netstore::NetStore::new(std::time::Duration::from_micros(50));
     let f = fixture_with(verifier(), store);
-    let m = Arc::new(f.manager.max_keys_per_owner(1));
+    let m = Arc::new(f.manager.with_max_keys_per_owner(1));
     let mut ids = Vec::new();
     for _ in 0..4 {
         let (_, s) = m
@@ -138,7 +138,7 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit_on_a_networked_stor
 #[tokio::test]
 async fn grace_longer_than_the_maximum_is_invalid_request() {
     let f = fixture_with(verifier(), Arc::new(MemoryStore::new()));
-    let m = f.manager.max_keys_per_owner(1);
+    let m = f.manager.with_max_keys_per_owner(1);
     let (_, s) = m
         .create(NewKey::new("sk_live_").owner("o"), &admin())
         .await
@@ -164,7 +164,7 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
     m.rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
         .await
         .unwrap();
-    let m = m.max_grace(Duration::hours(1));
+    let m = m.with_max_grace(Duration::hours(1));
     let s2 = m.list("o").await.unwrap().pop().unwrap();
     let err = m
         .rotate(s2.id, Rotation::with_grace(Duration::hours(2)), &admin())
@@ -179,7 +179,7 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
 #[tokio::test]
 async fn rotation_chain_never_has_more_than_two_working_keys() {
     let f = fixture_with(verifier(), Arc::new(MemoryStore::new()));
-    let m = f.manager.max_keys_per_owner(1);
+    let m = f.manager.with_max_keys_per_owner(1);
     let (key, mut s) = m
         .create(NewKey::new("sk_live_").owner("o"), &admin())
         .await

@@ -262,8 +262,8 @@ fn environment_policy() {
     let (v, s) = (verifier(), MemoryStore::new());
     let live = issue(&v, &s, NewKey::new("sk_live_"));
     let test = issue(&v, &s, NewKey::new("sk_test_"));
-    let live_only = v.clone().accept(Environments::LIVE);
-    let test_only = v.clone().accept(Environments::TEST);
+    let live_only = v.clone().with_environments(Environments::LIVE);
+    let test_only = v.clone().with_environments(Environments::TEST);
     let run = |v: &Verifier, k: &ApiKey| check(v, &s, k.expose_secret(), T0, &Requirement::none());
     run(&live_only, &live).unwrap();
     let e = run(&live_only, &test).unwrap_err();

@@ -10,10 +10,10 @@
 //! | `digest.rs` | the stored digest, compared in constant time ([`KeyDigest`]) |
 
 pub(crate) mod base62;
-pub(crate) mod digest;
-pub(crate) mod format;
-pub(crate) mod prefix;
-pub(crate) mod secret;
+pub mod digest;
+pub mod format;
+pub mod prefix;
+pub mod secret;
 
 pub use digest::KeyDigest;
 pub use format::{ApiKey, BODY_LEN, KeyId, MAX_KEY_LEN, MIN_KEY_LEN, ParsedKey, key_display_form};

@@ -25,8 +25,8 @@
 //! let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC)); // SystemClock in production
 //! let audit = Arc::new(MemoryAuditSink::new());
 //! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
-//!     .max_keys_per_owner(3)
-//!     .audit_sink(audit.clone());
+//!     .with_max_keys_per_owner(3)
+//!     .with_audit_sink(audit.clone());
 //! let admin = Actor::new("admin_1").reason("ticket #42");
 //!
 //! // Create: the full key is returned once; listings show `kwi_sk_aBcDe...`.
@@ -73,6 +73,7 @@ use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::ipnet::IpNet;
 use crate::key::{ApiKey, KeyId};
+use crate::limits::{Limits, NoLimits};
 use crate::prefix::{Environment, Prefix};
 use crate::record::{KeyRecord, KeyStatus, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
@@ -84,7 +85,7 @@ use crate::verify::authenticator::{Auditor, Authenticator};
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
 const MAX_RETRIES: usize = 8;
-/// The default of [`KeyManager::max_grace`]: 7 days.
+/// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 
@@ -340,7 +341,7 @@ impl fmt::Debug for ImportKey {
 
 impl ImportKey {
     /// A legacy key given in full. It must start with a declared legacy
-    /// prefix ([`KeyManager::legacy_prefix`]).
+    /// prefix ([`KeyManager::with_legacy_prefix`]).
     pub fn plaintext(key: impl Into<String>) -> Self {
         Self {
             secret: LegacySecret::Plaintext(Zeroizing::new(key.into())),
@@ -408,8 +409,8 @@ impl ImportKey {
 /// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
 /// let audit = Arc::new(MemoryAuditSink::new());
 /// let manager = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
-///     .max_keys_per_owner(3)
-///     .audit_sink(audit.clone());
+///     .with_max_keys_per_owner(3)
+///     .with_audit_sink(audit.clone());
 /// let admin = Actor::new("admin_1");
 ///
 /// let (key, summary) = manager.create(NewKey::new("kwi_sk_").owner("user_1").scopes(["read"]), &admin).await?;
@@ -426,10 +427,11 @@ impl ImportKey {
 /// # Ok::<(), apikey::Error>(())
 /// # }).unwrap();
 /// ```
-pub struct KeyManager<S, C = SystemClock> {
+pub struct KeyManager<S, C = SystemClock, L = NoLimits> {
     /// The one pipeline, over the shared store; it holds the verifier, the
-    /// clock, the usage recorder and the legacy prefixes.
-    auth: Authenticator<Arc<S>, C>,
+    /// clock, the limits bundle (its failure throttle), the usage recorder
+    /// and the legacy prefixes.
+    auth: Authenticator<Arc<S>, C, L>,
     /// The authenticator's recorder (the same `Arc`).
     usage: Arc<UsageRecorder>,
     max_per_owner: Option<u32>,
@@ -439,7 +441,7 @@ pub struct KeyManager<S, C = SystemClock> {
     sample_interval: Duration,
 }
 
-impl<S, C> fmt::Debug for KeyManager<S, C> {
+impl<S, C, L> fmt::Debug for KeyManager<S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyManager")
             .field("authenticator", &self.auth)
@@ -479,14 +481,31 @@ impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
+impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
+    /// Runs the pipeline's failure throttle with `limits` (see
+    /// [`Authenticator::with_limits`]); a gate built with
+    /// [`Gate::from_manager`](crate::web::Gate::from_manager) takes its rate
+    /// limits and credits from it too. Defaults to [`NoLimits`].
+    pub fn with_limits<L2: Limits>(self, limits: L2) -> KeyManager<S, C, L2> {
+        KeyManager {
+            auth: self.auth.with_limits(limits),
+            usage: self.usage,
+            max_per_owner: self.max_per_owner,
+            max_grace: self.max_grace,
+            audit: self.audit,
+            audit_enabled: self.audit_enabled,
+            sample_interval: self.sample_interval,
+        }
+    }
+
     /// The authenticator over this manager's store: the same pipeline as
-    /// [`authenticate`](Self::authenticate) (usage, audit, legacy keys).
+    /// [`authenticate`](Self::authenticate) (throttle, usage, audit, legacy
+    /// keys).
     /// Build the [`Gate`](crate::web::Gate) or the axum layer from it (or
     /// with [`Gate::from_manager`](crate::web::Gate::from_manager)), so
     /// HTTP traffic updates `last_used_at` and the counts, and writes audit
     /// events, exactly as managed keys promise.
-    pub fn authenticator(&self) -> &Authenticator<Arc<S>, C> {
+    pub fn authenticator(&self) -> &Authenticator<Arc<S>, C, L> {
         &self.auth
     }
 
@@ -502,7 +521,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
 
     /// Limits every owner to `max` active keys (see
     /// [`KeyRecord::counts_toward_limit`]). Defaults to no limit.
-    pub fn max_keys_per_owner(mut self, max: u32) -> Self {
+    pub fn with_max_keys_per_owner(mut self, max: u32) -> Self {
         self.max_per_owner = Some(max);
         self
     }
@@ -512,14 +531,14 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// to [`DEFAULT_MAX_GRACE`] (7 days). Keys in their grace period still
     /// work but do not count toward the owner limit, so this bounds how long
     /// a rotated key can outlive the limit; a negative value counts as zero.
-    pub fn max_grace(mut self, max: Duration) -> Self {
+    pub fn with_max_grace(mut self, max: Duration) -> Self {
         self.max_grace = max.max(Duration::ZERO);
         self
     }
 
     /// Sends audit events to `sink`, management events and failed
     /// verifications alike. Defaults to [`NoAudit`].
-    pub fn audit_sink(mut self, sink: impl AuditSink + 'static) -> Self {
+    pub fn with_audit_sink(mut self, sink: impl AuditSink + 'static) -> Self {
         self.audit = Arc::new(sink);
         self.audit_enabled = true;
         self.reaudit();
@@ -528,7 +547,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
 
     /// At most one summary of pre-tag rejections per `interval`. Defaults to
     /// 60 seconds.
-    pub fn rejection_sample_interval(mut self, interval: Duration) -> Self {
+    pub fn with_rejection_sample_interval(mut self, interval: Duration) -> Self {
         self.sample_interval = interval;
         self.reaudit();
         self
@@ -549,7 +568,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// bytes, not printable ASCII, starts with a registered native prefix
     /// (its keys would be read as native keys), or is declared twice; or
     /// when `native` is not registered.
-    pub fn legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
+    pub fn with_legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
         self.auth = self.auth.with_legacy_prefix(legacy, native)?;
         Ok(self)
     }
@@ -1045,7 +1064,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// fails as expired. The records point at each other
     /// (`rotated_to` / `rotated_from`). A key in its grace period does not
     /// count toward the owner limit, so rotating at the limit works. The
-    /// grace is at most [`max_grace`](Self::max_grace) (7 days by default).
+    /// grace is at most [`with_max_grace`](Self::with_max_grace) (7 days by default).
     /// Rotating a key whose own predecessor is still in its grace period
     /// ends that grace now, in the same atomic store write
     /// ([`KeyStoreLifecycle::rotate`]): a rotation chain has at most two
@@ -1055,7 +1074,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
     /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the key is
     /// revoked, expired, disabled, not yet valid or already rotated;
     /// [`Error::InvalidInput`] for a negative grace, one longer than
-    /// [`max_grace`](Self::max_grace), or a bad new expiry;
+    /// [`with_max_grace`](Self::with_max_grace), or a bad new expiry;
     /// [`Error::StoreUnavailable`].
     pub async fn rotate(
         &self,
@@ -1155,7 +1174,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
 
     /// Imports a key from another system so its users keep it: a full key,
     /// or the SHA-256 digest of one. The key must be under a declared legacy
-    /// prefix ([`legacy_prefix`](Self::legacy_prefix)). It is found on
+    /// prefix ([`with_legacy_prefix`](Self::with_legacy_prefix)). It is found on
     /// verification through the legacy index (a keyed hash of the whole
     /// key) and upgraded to the current keyed digest on its first successful
     /// verification. The owner limit applies.
@@ -1243,7 +1262,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock> KeyManager<S, C> {
 
     /// Authenticates `presented` from address `ip` and checks
     /// `requirement`: the [`Verifier`] checks (environment included, as
-    /// configured with [`Verifier::accept`]), then the key's IP allowlist
+    /// configured with [`Verifier::with_environments`]), then the key's IP allowlist
     /// (a key with an allowlist rejects a request whose address is `None`),
     /// then records the use. Imported legacy keys are verified through the
     /// legacy index.

@@ -1,9 +1,9 @@
 //! Management: the [`KeyManager`] lifecycle (create, update, rotate,
 //! revoke, import), usage counting and the audit trail.
 
-pub(crate) mod audit;
-pub(crate) mod manager;
-pub(crate) mod usage;
+pub mod audit;
+pub mod manager;
+pub mod usage;
 
 #[cfg(feature = "tracing")]
 pub use audit::TracingSink;

@@ -112,6 +112,18 @@ macro_rules! setters {
 
 impl KeyRecordBuilder {
     setters! {
+        /// The public key id.
+        id: KeyId,
+        /// The key's prefix.
+        prefix: Prefix,
+        /// The key's environment.
+        environment: Environment,
+        /// The server secret version the digest was made under.
+        secret_version: u8,
+        /// The keyed digest.
+        digest: KeyDigest,
+        /// When the key was made.
+        created_at: OffsetDateTime,
         /// Owning user or organisation (`None`: machine-to-machine).
         owner: Option<String>,
         /// Description.

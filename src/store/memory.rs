@@ -563,7 +563,7 @@ impl MemoryStore {
         out
     }
 
-    /// [`KeyStoreQuery::find_legacy`], synchronously.
+    /// [`KeyStore::find_legacy`], synchronously.
     pub fn find_legacy_sync(&self, index: &KeyDigest) -> Option<KeyRecord> {
         let id = *sync::read(&self.legacy).get(index.as_bytes())?;
         self.get_sync(id)

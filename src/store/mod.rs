@@ -68,11 +68,11 @@ use crate::error::StoreError;
 use crate::key::KeyId;
 use crate::prefix::Prefix;
 
-mod builder;
-mod cache;
-mod feed;
-mod memory;
-pub(crate) mod record;
+pub mod builder;
+pub mod cache;
+pub mod feed;
+pub mod memory;
+pub mod record;
 
 pub use builder::KeyRecordBuilder;
 pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_NEGATIVE_MAX_AGE};
@@ -290,7 +290,7 @@ pub enum LimitedUpdate {
     },
 }
 
-/// Uses of one key on one UTC day, for [`KeyStoreLifecycle::record_usage`].
+/// Uses of one key on one UTC day, for [`UsageStore::record_usage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UsageDelta {

@@ -34,6 +34,7 @@ use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::key::KeyId;
+use crate::limits::{FailureClass, Limits, NoLimits};
 use crate::record::KeyView;
 use crate::scope::Requirement;
 use crate::store::KeyStore;
@@ -84,16 +85,17 @@ impl fmt::Debug for Auditor {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Authenticator<S, C = SystemClock> {
+pub struct Authenticator<S, C = SystemClock, L = NoLimits> {
     verifier: Verifier,
     store: S,
     clock: C,
+    limits: L,
     usage: Option<Arc<UsageRecorder>>,
     audit: Option<Arc<Auditor>>,
     legacy: Arc<Legacy>,
 }
 
-impl<S, C> fmt::Debug for Authenticator<S, C> {
+impl<S, C, L> fmt::Debug for Authenticator<S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
             .field("verifier", &self.verifier)
@@ -119,10 +121,34 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             verifier,
             store,
             clock,
+            limits: NoLimits,
             usage: None,
             audit: None,
             legacy: Arc::new(Legacy::default()),
         }
+    }
+}
+
+impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
+    /// Runs the pipeline's failure throttle (step 2) with `limits` (see
+    /// [`limits::throttle`](crate::limits::throttle)); the
+    /// [`Gate`](crate::web::Gate) also takes its rate limits and credits
+    /// from it. Defaults to [`NoLimits`].
+    pub fn with_limits<L2: Limits>(self, limits: L2) -> Authenticator<S, C, L2> {
+        Authenticator {
+            verifier: self.verifier,
+            store: self.store,
+            clock: self.clock,
+            limits,
+            usage: self.usage,
+            audit: self.audit,
+            legacy: self.legacy,
+        }
+    }
+
+    /// The limits bundle.
+    pub fn limits(&self) -> &L {
+        &self.limits
     }
 
     /// Counts every successful verification in `recorder` (flush it with
@@ -146,10 +172,10 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
 
     /// Declares `legacy` as the prefix of keys imported from another system,
     /// stored under the registered native prefix `native`. See
-    /// [`KeyManager::legacy_prefix`](crate::KeyManager::legacy_prefix).
+    /// [`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix).
     ///
     /// # Errors
-    /// As [`KeyManager::legacy_prefix`](crate::KeyManager::legacy_prefix).
+    /// As [`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix).
     pub fn with_legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self> {
         Arc::make_mut(&mut self.legacy).declare(&self.verifier, legacy, native)?;
         Ok(self)
@@ -200,35 +226,64 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
     /// [module docs](crate::verify)). A key with an IP allowlist fails
     /// closed with [`Error::IpNotAllowed`] when `ip` is `None`.
     ///
+    /// The failure throttle of the [limits bundle](Self::with_limits):
+    ///
+    /// * a tagged key whose id is backed off is refused with
+    ///   [`Error::TooManyFailures`] before the store is asked
+    ///   ([`Limits::check_key`], local); a key-status failure after the
+    ///   lookup (unknown id, wrong secret, revoked, disabled, expired, not
+    ///   yet valid) is recorded against its id ([`Limits::key_failed`]);
+    /// * a legacy (untagged) lookup is counted against `ip` from the moment
+    ///   it starts ([`Limits::begin_untagged`]), and its key-status failures
+    ///   against the address ([`Limits::untagged_failed`]).
+    ///
+    /// Scope, address and environment failures are authenticated requests:
+    /// the [`Gate`](crate::web::Gate) charges them to the key's rate limit.
+    ///
     /// Nothing is cached: a disable, revoke or rotation that returned before
     /// this call started is seen by it (with a store that is not a cache).
     ///
     /// # Errors
     /// Every outcome of [`Verifier::parse`] and [`Verifier::verify_from`],
-    /// [`Error::InvalidInput`] when the clock reads outside the supported
-    /// range, and [`Error::StoreUnavailable`] when the store fails (never
-    /// "valid", never "invalid key").
+    /// [`Error::TooManyFailures`] while throttled, [`Error::InvalidInput`]
+    /// when the clock reads outside the supported range, and
+    /// [`Error::StoreUnavailable`] when the store fails (never "valid",
+    /// never "invalid key").
     pub async fn authenticate(
         &self,
         presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
+        let limits = &self.limits;
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
                 if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
-                    return self
+                    let attempt = limits
+                        .begin_untagged(ip)
+                        .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+                    let result = self
                         .authenticate_legacy(presented, l, requirement, ip)
                         .await;
+                    if let Err(e) = &result
+                        && FailureClass::after_lookup(e) == FailureClass::KeyStatus
+                    {
+                        limits.untagged_failed(attempt).await;
+                    }
+                    return result;
                 }
                 self.count(RejectionSampler::reason_of(&e));
                 return Err(e);
             }
         };
+        let id = parsed.id();
+        limits
+            .check_key(id.as_u64())
+            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
         let view = self
             .store
-            .fetch(parsed.id())
+            .fetch(id)
             .await
             .map_err(Error::StoreUnavailable)?;
         let now = self.clock.now();
@@ -240,7 +295,13 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
         let verified = self
             .verifier
             .verify_from(&parsed, view, now, requirement, ip);
-        self.finish(verified, parsed.id(), owner.as_deref().map(|o| &**o), now)
+        let result = self.finish(verified, id, owner.as_deref().map(|o| &**o), now);
+        if let Err(e) = &result
+            && FailureClass::after_lookup(e) == FailureClass::KeyStatus
+        {
+            limits.key_failed(id.as_u64()).await;
+        }
+        result
     }
 
     /// Counts one rejection for the sampled summary.

@@ -2,7 +2,7 @@
 //!
 //! A key may carry a list of ranges ([`KeyRecord::ip_allowlist`](crate::KeyRecord::ip_allowlist));
 //! when the list is non-empty, a request from an address outside every range
-//! fails with [`Error::IpNotAllowed`](crate::Error::IpNotAllowed) (403,
+//! fails with [`Error::IpNotAllowed`] (403,
 //! `IP_NOT_ALLOWED`). IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are
 //! compared as the IPv4 address they carry.
 

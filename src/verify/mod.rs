@@ -2,11 +2,11 @@
 //! [`Authenticator`] pipeline around a store, with the rules they check
 //! (scopes, IP allowlists).
 
-pub(crate) mod authenticator;
-pub(crate) mod ipnet;
-pub(crate) mod legacy;
-pub(crate) mod scope;
-pub(crate) mod verifier;
+pub mod authenticator;
+pub mod ipnet;
+pub mod legacy;
+pub mod scope;
+pub mod verifier;
 
 pub use authenticator::Authenticator;
 pub use ipnet::{IpNet, ip_allowed};

@@ -93,7 +93,7 @@ impl Verifier {
     }
 
     /// Which environments are accepted. Defaults to both.
-    pub fn accept(mut self, environments: Environments) -> Self {
+    pub fn with_environments(mut self, environments: Environments) -> Self {
         self.environments = environments;
         self
     }
@@ -105,6 +105,11 @@ impl Verifier {
     pub fn with_full_access_scope(mut self, scope: &str) -> Result<Self> {
         self.full_access.push(Scope::parse(scope)?);
         Ok(self)
+    }
+
+    /// Which environments are accepted.
+    pub fn environments(&self) -> Environments {
+        self.environments
     }
 
     /// The registered prefixes.

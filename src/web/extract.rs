@@ -154,7 +154,7 @@ pub enum Extracted<'a> {
 
 /// Where an [`Extractor`] reads keys from: a set of header sources,
 /// combined with `|`. The query string is configured apart
-/// ([`Extractor::allow_query_param`]), because it needs a parameter name.
+/// ([`Extractor::with_query_param`]), because it needs a parameter name.
 ///
 /// ```
 /// use apikey::web::Sources;
@@ -200,9 +200,9 @@ impl std::ops::BitOr for Sources {
 ///
 /// // Only the Bearer scheme, a 128-byte limit, and `?api_key=` allowed.
 /// let extractor = Extractor::new(PrefixRegistry::with_builtins())
-///     .sources(Sources::BEARER)
-///     .max_len(128)
-///     .allow_query_param("api_key");
+///     .with_sources(Sources::BEARER)
+///     .with_max_len(128)
+///     .with_query_param("api_key");
 /// assert!(extractor.accepts(Scheme::Bearer));
 /// assert!(!extractor.accepts(Scheme::ApiKeyHeader));
 /// ```
@@ -231,7 +231,7 @@ impl Extractor {
     }
 
     /// The API-key header's name (case-insensitive). Defaults to `X-API-Key`.
-    pub fn api_key_header_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_header_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.header_name = name.into();
         self
     }
@@ -239,7 +239,7 @@ impl Extractor {
     /// Which headers keys are read from. Defaults to [`Sources::ALL`] (the
     /// API-key header and `Authorization: Bearer`). Without
     /// [`Sources::BEARER`], Bearer tokens are all [`Extracted::NotOurs`].
-    pub fn sources(mut self, sources: Sources) -> Self {
+    pub fn with_sources(mut self, sources: Sources) -> Self {
         self.sources = sources;
         self
     }
@@ -249,14 +249,14 @@ impl Extractor {
     /// query-string keys: a request carrying `api_key` or `apikey` in its
     /// query gets a 400 error so the client learns, instead of being
     /// silently ignored.
-    pub fn allow_query_param(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_query_param(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.query_param = Some(name.into());
         self
     }
 
     /// Largest accepted value in bytes, checked before any other work.
     /// Defaults to [`DEFAULT_MAX_LEN`] (256).
-    pub fn max_len(mut self, bytes: usize) -> Self {
+    pub fn with_max_len(mut self, bytes: usize) -> Self {
         self.max_len = bytes;
         self
     }
@@ -268,6 +268,11 @@ impl Extractor {
             Scheme::Bearer => self.sources.contains(Sources::BEARER),
             Scheme::Query => self.query_param.is_some(),
         }
+    }
+
+    /// Largest accepted value in bytes.
+    pub fn max_len(&self) -> usize {
+        self.max_len
     }
 
     /// The API-key header's configured name.
@@ -286,7 +291,7 @@ impl Extractor {
     /// use apikey::web::Extractor;
     /// let e = Extractor::new(PrefixRegistry::with_builtins());
     /// assert_eq!(e.accepted(), ["X-API-Key", "Authorization: Bearer"]);
-    /// let bearer_only = e.sources(apikey::web::Sources::BEARER);
+    /// let bearer_only = e.with_sources(apikey::web::Sources::BEARER);
     /// assert_eq!(bearer_only.accepted(), ["Authorization: Bearer"]);
     /// ```
     pub fn accepted(&self) -> Vec<String> {
@@ -610,17 +615,17 @@ mod tests {
     fn disabled_schemes() {
         let h = [("x-api-key", "sk_live_a")];
         assert!(matches!(
-            ex().sources(Sources::BEARER).extract(h),
+            ex().with_sources(Sources::BEARER).extract(h),
             Err(Error::MissingApiKey)
         ));
         let h = [("authorization", "Bearer sk_live_a")];
         assert_eq!(
-            ex().sources(Sources::API_KEY_HEADER).extract(h).ok(),
+            ex().with_sources(Sources::API_KEY_HEADER).extract(h).ok(),
             Some(Extracted::NotOurs)
         );
         let h = [("api-key", "sk_live_a")];
         assert_eq!(
-            key(ex().api_key_header_name("Api-Key").extract(h)).0,
+            key(ex().with_header_name("Api-Key").extract(h)).0,
             "sk_live_a"
         );
     }
@@ -628,7 +633,7 @@ mod tests {
     #[test]
     fn query_param() {
         let none: [(&str, &str); 0] = [];
-        let e = ex().allow_query_param("key");
+        let e = ex().with_query_param("key");
         assert_eq!(
             key(e.extract_with_query(none, Some("a=1&key=sk_live_q"))),
             ("sk_live_q", Scheme::Query)

@@ -3,22 +3,22 @@
 //!
 //! A [`Gate`] runs, for one request and one [`Route`]:
 //!
-//! 1. the per-address failure throttle ([`FailureThrottle`]), if configured:
-//!    a locked-out client address is refused (429 `TOO_MANY_FAILED_ATTEMPTS`)
-//!    before any other work;
-//! 2. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
+//! 1. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
 //!    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
 //!    refused the same way by default, and give [`Decision::NotOurs`] only
 //!    with the opt-in [`ForeignCredentials::PassThrough`];
-//! 3. authentication and the route's scope requirement ([`Authenticator`]);
-//!    a failing store is 503 `STORE_UNAVAILABLE`, never 401. Malformed and
-//!    invalid keys count as failures for the throttle;
-//! 4. the key's rate limit ([`RateLimiter`], per-minute and per-hour windows
-//!    admitted together; quota chosen by a [`QuotaTable`]): 429
-//!    `RATE_LIMITED` with `Retry-After`;
-//! 5. credits ([`CreditLedger`]), only once the rate limit admitted the
-//!    request: the key's and the owner's balances are debited in one atomic
-//!    step, or 429 `USAGE_EXCEEDED`.
+//! 2. authentication and the route's scope requirement ([`Authenticator`]),
+//!    with the failure throttle of the gate's limits bundle: a key id backed
+//!    off after repeated key-status failures is 429
+//!    `TOO_MANY_FAILED_ATTEMPTS` before any store call (see
+//!    [`limits::throttle`](crate::limits::throttle)); a failing store is 503
+//!    `STORE_UNAVAILABLE`, never 401;
+//! 3. one admission ([`Limits::admit`]) for the key's rate limit (both
+//!    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when
+//!    metering, the route's credit cost from the key's and the owner's
+//!    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
+//!    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address
+//!    and environment failures are charged to the key's rate limit.
 //!
 //! [`Decision::Admitted`] carries the verified key and the `X-RateLimit-*`
 //! headers for the response; [`Decision::Rejected`] turns into an
@@ -32,7 +32,7 @@
 //! ```
 //! use std::net::IpAddr;
 //! use apikey::web::{Decision, Gate, QuotaTable, Route};
-//! use apikey::limits::ratelimit::Quota;
+//! use apikey::limits::{MemoryLimits, Quota};
 //! use apikey::*;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -41,7 +41,9 @@
 //! let store = MemoryStore::new();
 //! let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
 //! store.insert_sync(record)?;
-//! let gate = Gate::new(Authenticator::new(verifier, store)).quotas(QuotaTable::fixed(Quota::FREE));
+//! let gate = Gate::new(Authenticator::new(verifier, store))
+//!     .with_limits(MemoryLimits::new())
+//!     .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)));
 //! let read_tasks = Route::new(Requirement::scope("tasks:read")?);
 //!
 //! // Your server loop parsed a request into a header list and a peer address:
@@ -65,10 +67,11 @@
 //!
 //! # Blocking servers
 //!
-//! With no async runtime, split the pipeline: [`Gate::extract`] (throttle
-//! and extraction), a synchronous store lookup through
+//! With no async runtime, split the pipeline: [`Gate::extract`], a
+//! synchronous store lookup through
 //! [`Verifier::verify_with`](crate::Verifier::verify_with), then
-//! [`Gate::charge_blocking`] (rate limit and credits).
+//! [`Gate::charge_blocking`] (rate limit and credits; in-process limits
+//! only).
 //!
 //! ```
 //! use apikey::web::Extracted;
@@ -112,15 +115,11 @@ use time::OffsetDateTime;
 
 use crate::authenticator::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::credits::{
-    AsyncCreditStore, CreditLedger, CreditStore, InMemoryCreditStore, SpendReceipt,
-};
-use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::error::{Error, StoreError};
 use crate::extract::{Extracted, Extractor, PresentedKey, Scheme};
-use crate::ratelimit::{
-    AsyncRateLimitStore, FailureThrottle, FailureThrottleConfig, InMemoryRateLimitStore,
-    MonotonicClock, Quota, RateLimitDecision, RateLimitInfo, RateLimitStore, RateLimiter,
-    StdMonotonicClock,
+use crate::limits::{
+    Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo,
+    SpendReceipt, SyncLimits, Verdict,
 };
 use crate::response::{
     ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
@@ -182,12 +181,14 @@ impl Route {
 ///
 /// ```
 /// use apikey::web::QuotaTable;
-/// use apikey::limits::ratelimit::Quota;
-/// let table = QuotaTable::fixed(Quota::FREE)
-///     .plan("professional", Quota::PROFESSIONAL)
+/// use apikey::limits::Quota;
+/// const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
+/// const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
+/// let table = QuotaTable::fixed(FREE)
+///     .plan("professional", PROFESSIONAL)
 ///     .plan("enterprise", Quota::unlimited());
-/// assert_eq!(table.quota_for_plan(Some("professional")), Quota::PROFESSIONAL);
-/// assert_eq!(table.quota_for_plan(Some("unknown")), Quota::FREE);
+/// assert_eq!(table.quota_for_plan(Some("professional")), PROFESSIONAL);
+/// assert_eq!(table.quota_for_plan(Some("unknown")), FREE);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaTable {
@@ -290,7 +291,7 @@ pub struct Admitted {
     pub scheme: Scheme,
     /// The rate-limit window with the least remaining, if any is enforced.
     pub rate_limit: Option<RateLimitInfo>,
-    /// Credits left after this request (`None` when no ledger is set).
+    /// Credits left after this request (`None` when not metering).
     pub credits: Option<SpendReceipt>,
     /// Wall-clock time of the decision (for `X-RateLimit-Reset`).
     pub now: OffsetDateTime,
@@ -365,69 +366,38 @@ impl From<Rejection> for Error {
     }
 }
 
-/// Authentication, scopes, rate limits, credits and brute-force throttling
+/// Authentication, scopes, rate limits, credits and the failure throttle
 /// for one service. Share it (`Arc`) between requests.
 ///
-/// Generic over the key store `S`, the wall clock `C`, the monotonic clock
-/// `M` (rate limits, refills, throttle), the rate-limit store `RS` and the
-/// credit store `CS`; the defaults are the in-memory ones.
+/// Generic over the key store `S`, the clock `C` and the limits bundle `L`
+/// ([`NoLimits`] by default; [`MemoryLimits`](crate::limits::MemoryLimits)
+/// in process; `apikey_redis::RedisLimits` shared by every instance).
 #[derive(Debug)]
-pub struct Gate<
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
-    authenticator: Authenticator<S, C>,
+pub struct Gate<S, C = SystemClock, L = NoLimits> {
+    /// The pipeline, with the limits bundle.
+    authenticator: Authenticator<S, C, L>,
     extractor: Extractor,
-    mono: M,
-    limiter: RateLimiter<RS, M>,
     quotas: QuotaTable,
-    credits: Option<(CreditLedger<CS, M>, Cow<'static, str>)>,
-    throttle: Option<FailureThrottle<M>>,
+    credits_api: Option<Cow<'static, str>>,
     realm: Cow<'static, str>,
     /// `MISSING_API_KEY` details for `extractor`, computed once.
     missing: Arc<MissingKeyDetails>,
     foreign: ForeignCredentials,
 }
 
-impl<S: KeyStore, C: Clock> Gate<S, C> {
-    /// A gate with the standard monotonic clock, no rate limit (set
-    /// [`quotas`](Self::quotas)), no credits and no failure throttle.
-    pub fn new(authenticator: Authenticator<S, C>) -> Self {
-        Self::with_monotonic_clock(authenticator, StdMonotonicClock::new())
-    }
-}
-
-impl<S, C> Gate<Arc<S>, C>
-where
-    S: crate::store::KeyStoreLifecycle + crate::store::UsageStore,
-    C: Clock + Clone,
-{
-    /// A gate over the pipeline of `manager` ([`KeyManager::authenticator`](crate::KeyManager::authenticator)):
-    /// HTTP traffic then gets exactly what `KeyManager::authenticate` does
-    /// (usage counts and `last_used_at`, audit events, imported legacy
-    /// keys), over the same store.
-    pub fn from_manager(manager: &crate::KeyManager<S, C>) -> Self {
-        Self::new(manager.authenticator().clone())
-    }
-}
-
-impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
-    /// Like [`new`](Gate::new) with a monotonic clock of your choice
-    /// (tests use [`FakeMonotonicClock`](crate::ratelimit::FakeMonotonicClock)).
-    pub fn with_monotonic_clock(authenticator: Authenticator<S, C>, clock: M) -> Self {
+impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
+    /// A gate over `authenticator`'s pipeline and limits bundle (see
+    /// [`Authenticator::with_limits`]; [`with_limits`](Self::with_limits)
+    /// sets it here too), with no quotas (set
+    /// [`with_quotas`](Self::with_quotas)) and no credit metering.
+    pub fn new(authenticator: Authenticator<S, C, L>) -> Self {
         let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
         let missing = Arc::new(missing_key_details(&extractor));
         Self {
             authenticator,
             extractor,
-            limiter: RateLimiter::with_clock(clock.clone()),
-            mono: clock,
             quotas: QuotaTable::default(),
-            credits: None,
-            throttle: None,
+            credits_api: None,
             realm: Cow::Borrowed(REALM),
             missing,
             foreign: ForeignCredentials::Reject,
@@ -435,128 +405,116 @@ impl<S: KeyStore, C: Clock, M: MonotonicClock + Clone> Gate<S, C, M> {
     }
 }
 
-impl<S, C, M, RS, CS> Gate<S, C, M, RS, CS>
+impl<S, C, L> Gate<Arc<S>, C, L>
+where
+    S: crate::store::KeyStoreLifecycle + crate::store::UsageStore,
+    C: Clock + Clone,
+    L: Limits + Clone,
+{
+    /// A gate over the pipeline of `manager` ([`KeyManager::authenticator`](crate::KeyManager::authenticator)):
+    /// HTTP traffic then gets exactly what `KeyManager::authenticate` does
+    /// (usage counts and `last_used_at`, audit events, imported legacy
+    /// keys), over the same store.
+    pub fn from_manager(manager: &crate::KeyManager<S, C, L>) -> Self {
+        Self::new(manager.authenticator().clone())
+    }
+}
+
+impl<S, C, L> Gate<S, C, L>
 where
     S: KeyStore,
     C: Clock,
-    M: MonotonicClock + Clone,
-    RS: AsyncRateLimitStore,
-    RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: AsyncCreditStore,
-    CS::Error: std::error::Error + Send + Sync + 'static,
+    L: Limits,
 {
     /// Replaces the extractor. Defaults to
     /// [`Extractor::new`] over the verifier's prefixes.
-    pub fn extractor(mut self, extractor: Extractor) -> Self {
+    pub fn with_extractor(mut self, extractor: Extractor) -> Self {
         self.missing = Arc::new(missing_key_details(&extractor));
         self.extractor = extractor;
         self
     }
 
     /// Sets the quotas. Defaults to no limits.
-    pub fn quotas(mut self, quotas: QuotaTable) -> Self {
+    pub fn with_quotas(mut self, quotas: QuotaTable) -> Self {
         self.quotas = quotas;
         self
     }
 
-    /// Replaces the rate limiter (e.g. one over a shared store).
-    pub fn rate_limiter<RS2>(self, limiter: RateLimiter<RS2, M>) -> Gate<S, C, M, RS2, CS> {
+    /// Sets the limits bundle: where rate-limit, credit and failure
+    /// throttle state lives.
+    pub fn with_limits<L2: Limits>(self, limits: L2) -> Gate<S, C, L2> {
         Gate {
-            authenticator: self.authenticator,
+            authenticator: self.authenticator.with_limits(limits),
             extractor: self.extractor,
-            mono: self.mono,
-            limiter,
             quotas: self.quotas,
-            credits: self.credits,
-            throttle: self.throttle,
+            credits_api: self.credits_api,
             realm: self.realm,
             missing: self.missing,
             foreign: self.foreign,
         }
     }
 
-    /// Meters credits with `ledger`, charging owner balances of API `api`.
-    /// Defaults to no metering.
-    pub fn credits<CS2>(
-        self,
-        ledger: CreditLedger<CS2, M>,
-        api: impl Into<Cow<'static, str>>,
-    ) -> Gate<S, C, M, RS, CS2> {
-        Gate {
-            authenticator: self.authenticator,
-            extractor: self.extractor,
-            mono: self.mono,
-            limiter: self.limiter,
-            quotas: self.quotas,
-            credits: Some((ledger, api.into())),
-            throttle: self.throttle,
-            realm: self.realm,
-            missing: self.missing,
-            foreign: self.foreign,
-        }
-    }
-
-    /// Locks out client addresses after repeated malformed or invalid keys.
-    /// Defaults to off. Needs the client address passed to
-    /// [`check`](Self::check).
-    pub fn failure_throttle(mut self, config: FailureThrottleConfig) -> Self {
-        self.throttle = Some(FailureThrottle::with_clock(config, self.mono.clone()));
+    /// Meters credits: each admitted request costs its route's
+    /// [`cost`](Route::cost) from the key's balance and from the owner's
+    /// balance for API `api`, both or neither. Defaults to no metering.
+    pub fn with_credits(mut self, api: impl Into<Cow<'static, str>>) -> Self {
+        self.credits_api = Some(api.into());
         self
     }
 
     /// What to do with credentials that are not ours (see
     /// [`ForeignCredentials`]). Defaults to
     /// [`ForeignCredentials::Reject`]: fail closed.
-    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
         self.foreign = foreign;
         self
     }
 
     /// The [`ForeignCredentials`] setting.
-    pub fn foreign_credentials_setting(&self) -> ForeignCredentials {
+    pub fn foreign_credentials(&self) -> ForeignCredentials {
         self.foreign
     }
 
     /// The realm named in `WWW-Authenticate`. Defaults to `api`.
-    pub fn realm(mut self, realm: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_realm(mut self, realm: impl Into<Cow<'static, str>>) -> Self {
         self.realm = realm.into();
         self
     }
 
-    /// The authenticator.
-    pub fn authenticator(&self) -> &Authenticator<S, C> {
+    /// The realm named in `WWW-Authenticate`.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// The authenticator (with the limits bundle).
+    pub fn authenticator(&self) -> &Authenticator<S, C, L> {
         &self.authenticator
     }
 
     /// The extractor.
-    pub fn extractor_ref(&self) -> &Extractor {
+    pub fn extractor(&self) -> &Extractor {
         &self.extractor
     }
 
-    /// The rate limiter.
-    pub fn limiter(&self) -> &RateLimiter<RS, M> {
-        &self.limiter
+    /// The limits bundle.
+    pub fn limits(&self) -> &L {
+        self.authenticator.limits()
     }
 
     /// The quota table.
-    pub fn quota_table(&self) -> &QuotaTable {
+    pub fn quotas(&self) -> &QuotaTable {
         &self.quotas
     }
 
-    /// The credit ledger, if metering.
-    pub fn ledger(&self) -> Option<&CreditLedger<CS, M>> {
-        self.credits.as_ref().map(|(l, _)| l)
-    }
-
-    /// The failure throttle, if on.
-    pub fn throttle(&self) -> Option<&FailureThrottle<M>> {
-        self.throttle.as_ref()
+    /// The API whose owner balances are charged, if metering.
+    pub fn credits_api(&self) -> Option<&str> {
+        self.credits_api.as_deref()
     }
 
     /// Runs the whole pipeline (see the [`web`](crate::web) module docs).
     ///
     /// `headers` as for [`Extractor::extract`]; `query` is the raw query
-    /// string; `client` the peer address (for the failure throttle).
+    /// string; `client` the peer address.
     pub async fn check<'h, I, N, V>(
         &self,
         headers: I,
@@ -571,14 +529,13 @@ where
     {
         match self.extract(headers, query, client) {
             Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
-            // Only with `ForeignCredentials::PassThrough` (see `extract`).
             Ok(Extracted::NotOurs) => Decision::NotOurs,
             Err(rejection) => Decision::Rejected(rejection),
         }
     }
 
-    /// Steps 1 and 2: the failure throttle and extraction. Synchronous and
-    /// cheap; call [`admit`](Self::admit) with the key it returns.
+    /// Step 1: extraction. Synchronous and cheap; call
+    /// [`admit`](Self::admit) with the key it returns.
     ///
     /// Credentials that are not ours are a [`Rejection`] (401
     /// `MISSING_API_KEY`) unless the gate was built with
@@ -586,8 +543,8 @@ where
     /// [`Extracted::NotOurs`] returned.
     ///
     /// # Errors
-    /// A [`Rejection`] for a locked-out address, a missing, oversized or
-    /// ambiguous key, or foreign credentials (by default).
+    /// A [`Rejection`] for a missing, oversized or ambiguous key, or foreign
+    /// credentials (by default).
     // A rejection is a few words plus the error; boxing it would add an
     // allocation to exactly the path an attacker drives.
     #[allow(clippy::result_large_err)]
@@ -620,11 +577,6 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        if let (Some(throttle), Some(ip)) = (&self.throttle, client)
-            && let Err(retry_after) = throttle.check(ip)
-        {
-            return Err(self.reject(Error::TooManyFailures { retry_after }));
-        }
         match self.extractor.extract_with_query(headers, query) {
             Ok(Extracted::NotOurs) if foreign == ForeignCredentials::Reject => {
                 Err(self.reject(Error::MissingApiKey))
@@ -634,8 +586,13 @@ where
         }
     }
 
-    /// Steps 3 to 5: authenticate `key`, check the route's scopes, the rate
-    /// limit and credits.
+    /// Steps 2 and 3: authenticate `key` through the pipeline with the
+    /// bundle's failure throttle ([`Authenticator::authenticate`]),
+    /// check the route's scopes, then the rate limit and credits in one
+    /// admission.
+    ///
+    /// A scope, address or environment failure is charged to the key's
+    /// rate limit, and answered 429 `RATE_LIMITED` once that is exhausted.
     pub async fn admit(
         &self,
         key: PresentedKey<'_>,
@@ -648,65 +605,113 @@ where
             .await
         {
             Ok(v) => v,
-            Err(e) => return Decision::Rejected(self.refuse(e, client)),
+            Err(e) => {
+                let id = self
+                    .authenticator
+                    .verifier()
+                    .parse(key.expose_secret())
+                    .ok()
+                    .map(|p| p.id().as_u64());
+                return Decision::Rejected(self.failed(id, e).await);
+            }
         };
         self.charge(verified, key.scheme(), route).await
     }
 
-    /// Steps 4 and 5 (rate limit, then credits) for a verified key.
+    async fn failed(&self, id: Option<u64>, error: Error) -> Rejection {
+        if let (Some(id), FailureClass::Authenticated) = (id, FailureClass::after_lookup(&error)) {
+            // An authenticated request: it costs the key's own rate limit.
+            // (The record's plan is not at hand on this path, so the default
+            // quota applies.)
+            let quota = self.quotas.quota_for_plan(None);
+            if let Ok(verdict @ Verdict::RateLimited { .. }) = self
+                .authenticator
+                .limits()
+                .admit(&Admission::new(id, quota))
+                .await
+            {
+                return self.rate_limited(verdict, self.authenticator.clock().now());
+            }
+        }
+        self.reject(error)
+    }
+
+    fn admission<'a>(&'a self, key: &'a VerifiedKey, route: &Route) -> Admission<'a> {
+        let quota = self.quotas.quota_for(key);
+        let admission = Admission::new(key.id().as_u64(), quota);
+        match &self.credits_api {
+            None => admission,
+            Some(api) => admission.credits(CreditCharge::new(route.cost).owner(key.owner().map(
+                |owner| OwnerApi {
+                    owner,
+                    api: api.as_ref(),
+                },
+            ))),
+        }
+    }
+
+    /// Step 4 (rate limit and credits, one admission) for a verified key.
     pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let id = key.id().as_u64();
-        let quota = self.quotas.quota_for(&key);
-        let rate_limit = match self.limiter.check_async(id, &quota).await {
-            Ok(RateLimitDecision::Allowed { info }) => info,
-            Ok(RateLimitDecision::Refused {
-                mut info,
-                retry_after,
+        let verdict = self
+            .authenticator
+            .limits()
+            .admit(&self.admission(&key, route))
+            .await;
+        self.conclude(verdict, key, scheme, now)
+    }
+
+    fn conclude(
+        &self,
+        verdict: Result<Verdict, StoreError>,
+        key: VerifiedKey,
+        scheme: Scheme,
+        now: OffsetDateTime,
+    ) -> Decision {
+        match verdict {
+            Ok(Verdict::Admitted {
+                rate_limit,
+                credits,
+            }) => Decision::Admitted(Admitted {
+                key,
+                scheme,
+                rate_limit,
+                credits: credits.filter(|_| self.credits_api.is_some()),
+                now,
+            }),
+            Ok(v @ Verdict::RateLimited { .. }) => Decision::Rejected(self.rate_limited(v, now)),
+            Ok(Verdict::CreditsExhausted {
+                rate_limit,
+                exhausted,
             }) => {
-                // On a 429, `X-RateLimit-Reset` is when a retry is admitted
-                // (what `Retry-After` says), not the window's full
-                // replenishment: clients schedule retries from it.
-                info.reset_after = retry_after;
-                let mut r = self.reject_at(Error::RateLimited { retry_after }, now);
-                r.rate_limit = Some(info);
-                return Decision::Rejected(r);
+                let mut r = self.reject_at(Error::UsageExceeded, now);
+                r.rate_limit = rate_limit;
+                r.retry_after = exhausted.refill_in;
+                Decision::Rejected(r)
             }
-            Err(e) => return Decision::Rejected(self.reject_at(store_error(e), now)),
+            Err(e) => Decision::Rejected(self.reject_at(Error::StoreUnavailable(e), now)),
+        }
+    }
+
+    fn rate_limited(&self, verdict: Verdict, now: OffsetDateTime) -> Rejection {
+        let (mut info, retry_after) = match verdict {
+            Verdict::RateLimited { info, retry_after } => (info, retry_after),
+            _ => return self.reject_at(Error::UsageExceeded, now),
         };
-        let credits = match &self.credits {
-            None => None,
-            Some((ledger, api)) => match ledger.spend_async(id, key.owner(), api, route.cost).await
-            {
-                Ok(Ok(receipt)) => Some(receipt),
-                Ok(Err(exhausted)) => {
-                    let mut r = self.reject_at(Error::UsageExceeded, now);
-                    r.rate_limit = rate_limit;
-                    r.retry_after = exhausted.refill_in;
-                    return Decision::Rejected(r);
-                }
-                Err(e) => return Decision::Rejected(self.reject_at(store_error(e), now)),
-            },
-        };
-        Decision::Admitted(Admitted {
-            key,
-            scheme,
-            rate_limit,
-            credits,
-            now,
-        })
+        // On a 429, `X-RateLimit-Reset` is when a retry is admitted (what
+        // `Retry-After` says), not the window's full replenishment: clients
+        // schedule retries from it.
+        info.reset_after = retry_after;
+        let mut r = self.reject_at(Error::RateLimited { retry_after }, now);
+        r.rate_limit = Some(info);
+        r
     }
 
     /// The rejection for an `error` from a verification run outside the
-    /// gate (the blocking path), counting guesses (malformed or invalid keys)
-    /// against the client address like [`admit`](Self::admit) does.
+    /// gate (the blocking path). `client` is accepted for symmetry with
+    /// [`admit`](Self::admit); junk never counts against an address.
     pub fn refuse(&self, error: Error, client: Option<IpAddr>) -> Rejection {
-        if let (Some(throttle), Some(ip)) = (&self.throttle, client)
-            && matches!(error, Error::InvalidApiKey | Error::MalformedApiKey(_))
-        {
-            // A lockout that starts now applies from the next attempt.
-            let _ = throttle.record_failure(ip);
-        }
+        let _ = client;
         self.reject(error)
     }
 
@@ -719,32 +724,22 @@ where
     }
 }
 
-impl<S, C, M, RS, CS> Gate<S, C, M, RS, CS>
+impl<S, C, L> Gate<S, C, L>
 where
     S: KeyStore,
     C: Clock,
-    M: MonotonicClock + Clone,
-    RS: RateLimitStore,
-    RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: CreditStore,
-    CS::Error: std::error::Error + Send + Sync + 'static,
+    L: SyncLimits,
 {
-    /// [`charge`](Self::charge) without an async runtime, for synchronous
-    /// rate-limit and credit stores (the in-memory ones): their futures are
-    /// ready at once, so this polls once and never blocks.
+    /// [`charge`](Self::charge) without an async runtime, for in-process
+    /// limits ([`NoLimits`], [`MemoryLimits`](crate::limits::MemoryLimits)).
+    /// Shared stores (Redis) have no blocking form: use
+    /// [`charge`](Self::charge).
     pub fn charge_blocking(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
-        let mut fut = std::pin::pin!(self.charge(key, scheme, route));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(decision) => decision,
-            // Unreachable for synchronous stores; fail closed, never open.
-            std::task::Poll::Pending => Decision::Rejected(self.reject(Error::StoreUnavailable(
-                StoreError::new(StoreErrorKind::Unavailable),
-            ))),
-        }
+        let now = self.authenticator.clock().now();
+        let verdict = self
+            .authenticator
+            .limits()
+            .admit_now(&self.admission(&key, route));
+        self.conclude(Ok(verdict), key, scheme, now)
     }
-}
-
-fn store_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
-    Error::StoreUnavailable(StoreError::with_source(StoreErrorKind::Unavailable, e))
 }

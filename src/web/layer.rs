@@ -6,7 +6,7 @@
 //!   extensions and add `X-RateLimit-*` headers to the response; refusals are
 //!   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
 //!   the rate-limit headers. A store that fails or exceeds the optional
-//!   [`store_timeout`](ApiKeyLayer::store_timeout) answers 503.
+//!   [`with_store_timeout`](ApiKeyLayer::with_store_timeout) answers 503.
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
 //!   credentials, with [`ForeignCredentials::PassThrough`]).
@@ -36,7 +36,7 @@
 //! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
 //! `WWW-Authenticate` challenge. An API that also takes other credentials
 //! opts in with
-//! [`foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::foreign_credentials):
+//! [`with_foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::with_foreign_credentials):
 //! such requests then reach the inner service **unauthenticated**, without
 //! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
 //! of its own) must authenticate them.
@@ -47,7 +47,7 @@
 //! use apikey::*;
 //! use apikey::web::ApiKeyLayer;
 //! use apikey::web::{Gate, QuotaTable, Route};
-//! use apikey::limits::ratelimit::Quota;
+//! use apikey::limits::{MemoryLimits, Quota};
 //!
 //! async fn list_tasks(key: VerifiedKey) -> String {
 //!     format!("tasks of {}", key.owner().unwrap_or("nobody"))
@@ -57,7 +57,8 @@
 //! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
 //! let gate = Arc::new(
 //!     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
-//!         .quotas(QuotaTable::fixed(Quota::FREE)),
+//!         .with_limits(MemoryLimits::new())
+//!         .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
 //! );
 //! let app: Router = Router::new().route(
 //!     "/v1/tasks",
@@ -81,13 +82,10 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::clock::{Clock, SystemClock};
-use crate::credits::{AsyncCreditStore, InMemoryCreditStore};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::extract::Extracted;
 use crate::gate::{Admitted, Decision, ForeignCredentials, Gate, Rejection, Route};
-use crate::ratelimit::{
-    AsyncRateLimitStore, InMemoryRateLimitStore, MonotonicClock, StdMonotonicClock,
-};
+use crate::limits::{Limits, NoLimits};
 use crate::response::ErrorResponse;
 use crate::store::KeyStore;
 use crate::verifier::VerifiedKey;
@@ -101,21 +99,15 @@ pub struct ClientIp(pub IpAddr);
 /// A tower layer that guards the wrapped service with a [`Gate`] for one
 /// [`Route`]. Cheap to clone.
 #[derive(Debug)]
-pub struct ApiKeyLayer<
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
-    gate: Arc<Gate<S, C, M, RS, CS>>,
+pub struct ApiKeyLayer<S, C = SystemClock, L = NoLimits> {
+    gate: Arc<Gate<S, C, L>>,
     route: Arc<Route>,
     timeout: Option<Duration>,
     /// `None`: the gate's setting.
     foreign: Option<ForeignCredentials>,
 }
 
-impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
+impl<S, C, L> Clone for ApiKeyLayer<S, C, L> {
     fn clone(&self) -> Self {
         Self {
             gate: Arc::clone(&self.gate),
@@ -126,9 +118,9 @@ impl<S, C, M, RS, CS> Clone for ApiKeyLayer<S, C, M, RS, CS> {
     }
 }
 
-impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
+impl<S, C, L> ApiKeyLayer<S, C, L> {
     /// A layer running `gate` for `route`.
-    pub fn new(gate: Arc<Gate<S, C, M, RS, CS>>, route: Route) -> Self {
+    pub fn new(gate: Arc<Gate<S, C, L>>, route: Route) -> Self {
         Self {
             gate,
             route: Arc::new(route),
@@ -140,7 +132,7 @@ impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
     /// Bounds the key-store lookup; past it the request gets 503
     /// `STORE_UNAVAILABLE` with `Retry-After`. Defaults to no bound.
     /// Needs a tokio runtime with the time driver.
-    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
@@ -156,14 +148,14 @@ impl<S, C, M, RS, CS> ApiKeyLayer<S, C, M, RS, CS> {
     /// handler must then authenticate the request itself (for instance
     /// verify the JWT) and refuse it otherwise; a handler that extracts
     /// [`VerifiedKey`] answers 401.
-    pub fn foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
         self.foreign = Some(foreign);
         self
     }
 }
 
-impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, RS, CS> {
-    type Service = ApiKeyService<Inner, S, C, M, RS, CS>;
+impl<Inner, S, C, L> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, L> {
+    type Service = ApiKeyService<Inner, S, C, L>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
         ApiKeyService {
@@ -175,19 +167,12 @@ impl<Inner, S, C, M, RS, CS> tower_layer::Layer<Inner> for ApiKeyLayer<S, C, M, 
 
 /// The service made by [`ApiKeyLayer`].
 #[derive(Debug)]
-pub struct ApiKeyService<
-    Inner,
-    S,
-    C = SystemClock,
-    M = StdMonotonicClock,
-    RS = InMemoryRateLimitStore,
-    CS = InMemoryCreditStore,
-> {
+pub struct ApiKeyService<Inner, S, C = SystemClock, L = NoLimits> {
     inner: Inner,
-    layer: ApiKeyLayer<S, C, M, RS, CS>,
+    layer: ApiKeyLayer<S, C, L>,
 }
 
-impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, CS> {
+impl<Inner: Clone, S, C, L> Clone for ApiKeyService<Inner, S, C, L> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -196,8 +181,8 @@ impl<Inner: Clone, S, C, M, RS, CS> Clone for ApiKeyService<Inner, S, C, M, RS, 
     }
 }
 
-impl<Inner, B, ResBody, S, C, M, RS, CS> tower_service::Service<Request<B>>
-    for ApiKeyService<Inner, S, C, M, RS, CS>
+impl<Inner, B, ResBody, S, C, L> tower_service::Service<Request<B>>
+    for ApiKeyService<Inner, S, C, L>
 where
     Inner: tower_service::Service<Request<B>, Response = http::Response<ResBody>>
         + Clone
@@ -208,11 +193,7 @@ where
     ResBody: From<String> + Send + 'static,
     S: KeyStore + Send + Sync + 'static,
     C: Clock + 'static,
-    M: MonotonicClock + Clone + 'static,
-    RS: AsyncRateLimitStore + 'static,
-    RS::Error: std::error::Error + Send + Sync + 'static,
-    CS: AsyncCreditStore + 'static,
-    CS::Error: std::error::Error + Send + Sync + 'static,
+    L: Limits + 'static,
 {
     type Response = http::Response<ResBody>;
     type Error = Inner::Error;
@@ -234,7 +215,7 @@ where
                 let query = req.uri().query();
                 let foreign = layer
                     .foreign
-                    .unwrap_or_else(|| layer.gate.foreign_credentials_setting());
+                    .unwrap_or_else(|| layer.gate.foreign_credentials());
                 match layer
                     .gate
                     .extract_as(headers.iter(), query, client, foreign)

@@ -2,11 +2,11 @@
 //! authentication and limits, JSON error responses, and (feature `axum`) a
 //! tower layer with axum extractors.
 
-pub(crate) mod extract;
-pub(crate) mod gate;
+pub mod extract;
+pub mod gate;
 #[cfg(feature = "axum")]
-pub(crate) mod layer;
-pub(crate) mod response;
+pub mod layer;
+pub mod response;
 
 pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};
 pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};

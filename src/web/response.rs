@@ -50,7 +50,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorCode};
 use crate::extract::Extractor;
-use crate::ratelimit::{RateLimitInfo, ceil_secs};
+use crate::limits::{RateLimitInfo, ceil_secs};
 
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
 /// JSON body.
@@ -99,7 +99,7 @@ impl ErrorResponse {
     /// use apikey::{Error, PrefixRegistry};
     /// use apikey::web::Extractor;
     /// use apikey::web::ErrorResponse;
-    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).sources(apikey::web::Sources::BEARER);
+    /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).with_sources(apikey::web::Sources::BEARER);
     /// let r = ErrorResponse::for_extractor(&Error::MissingApiKey, "api", &bearer_only);
     /// assert!(r.body.contains(r#""details":{"accepted":["Authorization: Bearer"]}"#));
     /// ```
@@ -323,7 +323,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use apikey::limits::ratelimit::{RateLimitInfo, RateWindow};
+/// use apikey::limits::{RateLimitInfo, RateWindow};
 /// use time::macros::datetime;
 ///
 /// let info = RateLimitInfo { window: RateWindow::Hour, limit: 10_000, remaining: 9_847,

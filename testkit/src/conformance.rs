@@ -1,4 +1,4 @@
-//! A public conformance suite for [`KeyStore`](apikey::KeyStore) implementations.
+//! A public conformance suite for [`KeyStore`] implementations.
 //!
 //! Every function here is an `async fn` generic over the store, so it runs
 //! on any runtime (tokio, async-std, a hand-written `block_on`). Each one
@@ -205,6 +205,7 @@ pub async fn run_lifecycle<S: KeyStoreLifecycle + UsageStore + ?Sized>(store: &S
     revoke_owner_revokes_all(store).await;
     revoke_matching_by_prefix_and_window(store).await;
     legacy_index(store).await;
+    invalid_records_are_refused(store).await;
 }
 
 /// The part for [`UsageStore`]: batches applied in order, unknown ids
@@ -1263,12 +1264,116 @@ pub async fn legacy_index<S: KeyStoreLifecycle + ?Sized>(store: &S) {
         None,
         "store conformance: update_if must drop the old legacy index"
     );
+    // Moving onto an index another record holds is a collision, for every
+    // conditional write, and changes nothing.
+    let mut other = sample_record(Some(&unique_owner()));
+    let mut i3 = [0u8; 32];
+    OsRng.fill_bytes(&mut i3);
+    let i3 = KeyDigest::from_bytes(i3);
+    other.legacy = Some(LegacyInfo::new("old_", i3, 1, true));
+    ok(store.insert(other.clone()).await, "insert");
+    let mut onto = must_get(store, a.id, "get").await;
+    let before = onto.clone();
+    onto.legacy = Some(LegacyInfo::new("old_", i3, 1, true));
+    expect_kind(
+        store.update_if(onto.clone(), before.revision).await,
+        StoreErrorKind::IdCollision,
+        "update_if onto a taken legacy index",
+    );
+    expect_kind(
+        store.update(onto.clone()).await,
+        StoreErrorKind::IdCollision,
+        "update onto a taken legacy index",
+    );
+    expect_kind(
+        store
+            .update_limited(onto, before.revision, 100, suite_now())
+            .await,
+        StoreErrorKind::IdCollision,
+        "update_limited onto a taken legacy index",
+    );
+    assert_eq!(
+        must_get(store, a.id, "get").await,
+        before,
+        "store conformance: a write refused for a legacy collision changed the record"
+    );
+    assert_eq!(
+        ok(store.find_legacy(&i3).await, "find_legacy"),
+        Some(other),
+        "store conformance: a legacy collision moved the other record's index"
+    );
     ok(store.delete(a.id).await, "delete");
     assert_eq!(
         ok(store.find_legacy(&i2).await, "find_legacy"),
         None,
         "store conformance: delete must drop the legacy index"
     );
+}
+
+/// Records that break their invariants (a revoked status without a
+/// revocation, an expiry before the not-before, a secret version out of
+/// range) are refused as [`StoreErrorKind::Corrupt`] by every write, and
+/// nothing is written.
+///
+/// # Panics
+/// When the store breaks the contract.
+pub async fn invalid_records_are_refused<S: KeyStoreLifecycle + ?Sized>(store: &S) {
+    let broken = [
+        sample_record(None)
+            .to_builder()
+            .status(KeyStatus::Revoked)
+            .build_unvalidated(),
+        sample_record(None)
+            .to_builder()
+            .not_before(Some(suite_now()))
+            .expires_at(Some(suite_now() - Duration::days(1)))
+            .build_unvalidated(),
+        sample_record(None)
+            .to_builder()
+            .secret_version(0)
+            .build_unvalidated(),
+    ];
+    for (i, bad) in broken.into_iter().enumerate() {
+        expect_kind(
+            store.insert(bad.clone()).await,
+            StoreErrorKind::Corrupt,
+            &format!("insert of invalid record #{i}"),
+        );
+        expect_kind(
+            store.insert_limited(bad.clone(), 10, suite_now()).await,
+            StoreErrorKind::Corrupt,
+            &format!("insert_limited of invalid record #{i}"),
+        );
+        assert!(
+            ok(store.get(bad.id).await, "get").is_none(),
+            "store conformance: an invalid record was written"
+        );
+        // Over a valid stored record with the same id.
+        let good = bad
+            .to_builder()
+            .status(KeyStatus::Active)
+            .revocation(None)
+            .not_before(None)
+            .expires_at(None)
+            .secret_version(1)
+            .build_unvalidated();
+        ok(store.insert(good.clone()).await, "insert");
+        expect_kind(
+            store.update_if(bad.clone(), good.revision).await,
+            StoreErrorKind::Corrupt,
+            &format!("update_if to invalid record #{i}"),
+        );
+        expect_kind(
+            store.update(bad.clone()).await,
+            StoreErrorKind::Corrupt,
+            &format!("update to invalid record #{i}"),
+        );
+        assert_eq!(
+            must_get(store, good.id, "get").await,
+            good,
+            "store conformance: a refused invalid write changed the record"
+        );
+    }
 }
 
 /// `record_usage` applies batches exactly and skips unknown ids.
@@ -1363,6 +1468,10 @@ where
             .is_err(),
         store.update(changed.clone()).await.is_err(),
         store.update_if(changed.clone(), a.revision).await.is_err(),
+        store
+            .update_limited(changed.clone(), a.revision, 10, suite_now())
+            .await
+            .is_err(),
         store.rotate(pred, a.revision, succ.clone()).await.is_err(),
         store.revoke_owner(&owner, revocation("x")).await.is_err(),
         store
@@ -1386,6 +1495,7 @@ where
         "insert_limited",
         "update",
         "update_if",
+        "update_limited",
         "rotate",
         "revoke_owner",
         "revoke_matching",

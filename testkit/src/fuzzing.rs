@@ -613,18 +613,18 @@ impl Harness {
         let (config, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
         let max_len = [256, 66, 8, 0][usize::from((config >> 4) & 3)];
         let mut extractor = Extractor::new(self.verifier.prefixes().clone())
-            .sources(match config & 3 {
+            .with_sources(match config & 3 {
                 0 => apikey::web::Sources::ALL,
                 1 => apikey::web::Sources::BEARER,
                 2 => apikey::web::Sources::API_KEY_HEADER,
                 _ => apikey::web::Sources::NONE,
             })
-            .max_len(max_len);
+            .with_max_len(max_len);
         if config & 4 != 0 {
-            extractor = extractor.allow_query_param("api_key");
+            extractor = extractor.with_query_param("api_key");
         }
         if config & 8 != 0 {
-            extractor = extractor.api_key_header_name("x-key");
+            extractor = extractor.with_header_name("x-key");
         }
         let mut lines = rest.split(|&b| b == b'\n');
         let query = if config & 64 != 0 {
@@ -1148,7 +1148,7 @@ pub fn extreme_times(data: &[u8]) {
     let verifier = harness_verifier();
     let clock = ManualClock::new(HARNESS_NOW);
     let manager = KeyManager::with_clock(verifier.clone(), MemoryStore::new(), clock.clone())
-        .legacy_prefix("old_", "sk_live_")
+        .with_legacy_prefix("old_", "sk_live_")
         .unwrap_or_else(|e| panic!("harness legacy prefix: {e}"));
     let actor = Actor::new("fuzz");
     let mut keys: Vec<(ApiKey, KeyId)> = Vec::new();

@@ -5,4 +5,5 @@
 pub mod conformance;
 pub mod failing;
 pub mod fuzzing;
+pub mod limits;
 pub mod netstore;

@@ -30,7 +30,8 @@ pub fn fixture_with<S: KeyStoreLifecycle + UsageStore + 'static>(
 ) -> Fixture<S> {
     let clock = ManualClock::new(T0);
     let audit = Arc::new(MemoryAuditSink::new());
-    let manager = KeyManager::with_clock(verifier, store, clock.clone()).audit_sink(audit.clone());
+    let manager =
+        KeyManager::with_clock(verifier, store, clock.clone()).with_audit_sink(audit.clone());
     Fixture {
         manager,
         clock,

@@ -1,0 +1,399 @@
+//! Two instances on one Redis, a Redis restart mid-load, failure rules,
+//! idempotent retries and the shared throttle.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use apikey::limits::{
+    Admission, CreditAccount, CreditBalances, CreditCharge, FailureThrottleConfig, Limits,
+    OwnerApi, Quota, Verdict,
+};
+use apikey::web::{Decision, Gate, QuotaTable, Route};
+use apikey::{ApiKey, Authenticator, Keyring, MemoryStore, NewKey, ServerSecret, Verifier};
+use apikey_redis::{OnRedisError, RedisLimits};
+use support::RedisServer;
+
+fn verifier() -> Verifier {
+    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap())
+}
+
+type RGate = Gate<Arc<MemoryStore>, apikey::SystemClock, RedisLimits>;
+
+/// Two gates (two instances: own connections) sharing one key store
+/// content and one Redis.
+fn two_gates(
+    server: &RedisServer,
+    test: &str,
+    quota: Quota,
+) -> (Arc<RGate>, Arc<RGate>, Arc<ApiKey>, u64) {
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = verifier()
+        .issue(
+            NewKey::new("sk_live_").owner("org_1"),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    let gate = || {
+        Arc::new(
+            Gate::new(Authenticator::new(verifier(), Arc::clone(&store)))
+                .with_limits(
+                    server
+                        .builder(test)
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap(),
+                )
+                .with_quotas(QuotaTable::fixed(quota))
+                .with_credits("rest"),
+        )
+    };
+    (gate(), gate(), Arc::new(key), record.id.as_u64())
+}
+
+async fn hit(gate: &RGate, key: &ApiKey, route: &Route) -> Decision {
+    let h = [("x-api-key", key.expose_secret())];
+    gate.check(h.iter().map(|(n, v)| (*n, *v)), None, None, route)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_rate_limit_and_spend_credits_exactly() {
+    let Some(server) = RedisServer::start("two") else {
+        return;
+    };
+    let limit = 20u32;
+    let (a, b, key, id) = two_gates(&server, "two", Quota::unlimited().per_minute(limit));
+    let started = Instant::now();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let gate = if t % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let (key, admitted) = (Arc::clone(&key), Arc::clone(&admitted));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                if let Decision::Admitted(_) = hit(&gate, &key, &Route::any_key().cost(0)).await {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let n = admitted.load(Ordering::Relaxed);
+    // The bound over the whole run (an upper bound on any interval in it),
+    // with the run's length rounded up to the next second.
+    let t = elapsed.as_secs() + 1;
+    let bound = u64::from(limit) + t * u64::from(limit) / 60;
+    assert!(n >= u64::from(limit), "burst {n}");
+    assert!(n <= bound, "{n} admitted in {elapsed:?}, bound {bound}");
+
+    // Credits: 500 on the key, 700 on the owner, spent from both instances.
+    let (a, b, key, id2) = two_gates(&server, "two-credits", Quota::unlimited());
+    let limits = a.limits();
+    limits
+        .set_credits(CreditAccount::Key(id2), 500, None)
+        .await
+        .unwrap();
+    let owner = CreditAccount::Owner {
+        owner: "org_1",
+        api: "rest",
+    };
+    limits.set_credits(owner, 700, None).await.unwrap();
+    let spent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let gate = if t % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let (key, spent) = (Arc::clone(&key), Arc::clone(&spent));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30u64 {
+                let route = Route::any_key().cost(1 + (t + i) % 3);
+                if let Decision::Admitted(ok) = hit(&gate, &key, &route).await {
+                    spent.fetch_add(ok.credits.unwrap().cost, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let spent = spent.load(Ordering::Relaxed);
+    let key_left = limits
+        .credits(CreditAccount::Key(id2))
+        .await
+        .unwrap()
+        .unwrap()
+        .remaining;
+    let owner_left = limits.credits(owner).await.unwrap().unwrap().remaining;
+    assert_eq!(spent + key_left, 500, "no double spend, nothing lost");
+    assert_eq!(spent + owner_left, 700);
+    assert!(key_left < 3, "drained: {key_left}");
+    let _ = id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_load_follows_the_failure_rules_and_recovers() {
+    let Some(mut server) = RedisServer::start("restart") else {
+        return;
+    };
+    let strict = server
+        .builder("restart")
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let lenient = server
+        .builder("restart")
+        .timeout(Duration::from_millis(200))
+        .on_error(OnRedisError::AdmitRateLimitedOnly)
+        .build()
+        .unwrap();
+    let q = Quota::unlimited().per_minute(1_000_000);
+    let rate_only = Admission::new(1, q);
+    let charge = CreditCharge::new(1).owner(Some(OwnerApi {
+        owner: "o",
+        api: "rest",
+    }));
+    let metered = Admission::new(1, q).credits(charge);
+    assert!(strict.admit(&rate_only).await.unwrap().is_admitted());
+    strict
+        .set_credits(CreditAccount::Key(1), 1_000, None)
+        .await
+        .unwrap();
+    assert!(strict.admit(&metered).await.unwrap().is_admitted());
+
+    server.stop();
+    for _ in 0..5 {
+        // Default: fail closed (the gate answers 503 STORE_UNAVAILABLE).
+        let e = strict.admit(&rate_only).await.unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            apikey::StoreErrorKind::Unavailable | apikey::StoreErrorKind::Timeout
+        ));
+        // Opt-in: rate limits only fail open, without numbers...
+        assert_eq!(
+            lenient.admit(&rate_only).await.unwrap(),
+            Verdict::Admitted {
+                rate_limit: None,
+                credits: None
+            }
+        );
+        // ...credits always fail closed.
+        assert!(lenient.admit(&metered).await.is_err());
+        assert!(strict.admit(&metered).await.is_err());
+    }
+
+    server.restart();
+    // Recovers with no manual step (bounded wait for the reconnect).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match strict.admit(&rate_only).await {
+            Ok(v) => {
+                assert!(v.is_admitted());
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("no recovery: {e}"),
+        }
+    }
+    // Persistence off: the balance is gone, so the key is unmetered until
+    // its balance is set again (documented).
+    assert_eq!(strict.credits(CreditAccount::Key(1)).await.unwrap(), None);
+    assert!(
+        lenient
+            .admit(&rate_only)
+            .await
+            .unwrap()
+            .rate_limit()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_answers_503_with_retry_after_when_redis_is_down() {
+    let Some(mut server) = RedisServer::start("gate503") else {
+        return;
+    };
+    let (a, _b, key, _) = two_gates(&server, "gate503", Quota::unlimited().per_minute(5));
+    assert!(matches!(
+        hit(&a, &key, &Route::any_key()).await,
+        Decision::Admitted(_)
+    ));
+    server.stop();
+    match hit(&a, &key, &Route::any_key()).await {
+        Decision::Rejected(r) => {
+            let resp = r.to_response();
+            assert_eq!(resp.status, 503);
+            assert_eq!(r.error.code(), "STORE_UNAVAILABLE");
+            assert_eq!(resp.header("retry-after"), Some("1"));
+            assert!(!resp.body.contains("127.0.0.1"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_token_is_not_charged_twice() {
+    let Some(server) = RedisServer::start("idem") else {
+        return;
+    };
+    let limits = server.builder("idem").build().unwrap();
+    limits
+        .set_credits(CreditAccount::Key(9), 10, None)
+        .await
+        .unwrap();
+    let a = Admission::new(9, Quota::unlimited().per_minute(100))
+        .credits(CreditCharge::new(4))
+        .idempotency("req-123");
+    let first = limits.admit(&a).await.unwrap();
+    let retry = limits.admit(&a).await.unwrap();
+    assert_eq!(first, retry);
+    assert_eq!(first.credits().and_then(|c| c.key_remaining), Some(6));
+    let other = limits.admit(&a.idempotency("req-124")).await.unwrap();
+    assert_eq!(other.credits().and_then(|c| c.key_remaining), Some(2));
+    assert_eq!(
+        limits
+            .credits(CreditAccount::Key(9))
+            .await
+            .unwrap()
+            .map(|s| s.remaining),
+        Some(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_backoff_is_shared_between_instances_and_fails_open() {
+    let Some(mut server) = RedisServer::start("throttle") else {
+        return;
+    };
+    let cfg = FailureThrottleConfig {
+        max_failures: 4,
+        lockout: Duration::from_secs(60),
+        ..FailureThrottleConfig::default()
+    };
+    let a = server
+        .builder("throttle")
+        .failure_throttle(cfg)
+        .build()
+        .unwrap();
+    let b = server
+        .builder("throttle")
+        .failure_throttle(cfg)
+        .build()
+        .unwrap();
+    // Two failures on each instance: four across the fleet.
+    for _ in 0..2 {
+        a.key_failed(77).await;
+    }
+    b.key_failed(77).await;
+    assert!(b.check_key(77).is_ok(), "3 failures: not yet");
+    b.key_failed(77).await;
+    // B learnt the shared lockout at once; A learns it at its next failure.
+    assert!(b.check_key(77).is_err());
+    assert!(a.check_key(77).is_ok());
+    a.key_failed(77).await;
+    assert!(a.check_key(77).is_err());
+    assert!(a.check_key(78).is_ok(), "other keys unaffected");
+    // Redis down: the throttle fails open to the local counts, and admitted
+    // requests never touched Redis for it.
+    server.stop();
+    let c = server
+        .builder("throttle")
+        .failure_throttle(cfg)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        c.key_failed(5).await;
+    }
+    assert!(c.check_key(5).is_ok());
+    c.key_failed(5).await;
+    assert!(c.check_key(5).is_err(), "local count still applies");
+}
+
+/// One round trip per admitted request: rate limit and credits in one
+/// script call, and the failure throttle adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_trip_per_admitted_request() {
+    let Some(server) = RedisServer::start("trips") else {
+        return;
+    };
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = verifier()
+        .issue(
+            NewKey::new("sk_live_").owner("org_1"),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    let limits = server
+        .builder("trips")
+        .failure_throttle(FailureThrottleConfig::default())
+        .build()
+        .unwrap();
+    limits
+        .set_credits(CreditAccount::Key(record.id.as_u64()), 1_000, None)
+        .await
+        .unwrap();
+    let owner = CreditAccount::Owner {
+        owner: "org_1",
+        api: "rest",
+    };
+    limits.set_credits(owner, 1_000, None).await.unwrap();
+    let gate = Gate::new(Authenticator::new(verifier(), store))
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(
+            Quota::unlimited().per_minute(10_000).per_hour(100_000),
+        ))
+        .with_credits("rest");
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // The first call loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA).
+    assert!(matches!(
+        hit(&gate, &key, &Route::any_key()).await,
+        Decision::Admitted(_)
+    ));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        assert!(matches!(
+            hit(&gate, &key, &Route::any_key()).await,
+            Decision::Admitted(_)
+        ));
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let calls = |cmd: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // Commands the script runs inside Redis are listed too; round trips
+    // are the top-level EVALSHA calls.
+    assert_eq!(calls("evalsha"), 50, "{info}");
+    assert_eq!(calls("eval") + calls("script|load"), 0, "{info}");
+}
