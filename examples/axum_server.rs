@@ -6,10 +6,24 @@
 //! curl -i -H "X-API-Key: <reader key printed at start-up>" http://127.0.0.1:3000/v1/tasks
 //! ```
 //!
-//! Keys are issued at start-up into the in-memory store and printed once.
-//! Set `PORT` to listen elsewhere.
+//! Keys persist: they live in a SQLite file (`$APIKEY_DATA_DIR/keys.db`,
+//! default `./apikey-data`), or in PostgreSQL when `DATABASE_URL` names one
+//! (`postgres://...`). The first run issues two keys and prints them once;
+//! later runs find them and issue none, so keys keep working across
+//! restarts.
+//!
+//! The server secret (keyring version 1) comes from `APIKEY_SECRET_V1`
+//! (base64, at least 32 bytes). Without it, a SQLite run generates one once
+//! into `server-secret-v1` next to the database, with mode 0600. Every
+//! instance of a service must share one keyring, so with PostgreSQL (many
+//! instances) the secret must come from the environment or your secret
+//! manager: the example refuses to generate one then. Set `PORT` to listen
+//! elsewhere (`0`: any free port).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +37,10 @@ use apikey::web::{Admitted, Gate, QuotaTable, Route};
 const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::{
-    Authenticator, Error, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, VerifiedKey,
-    Verifier,
+    Actor, Authenticator, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement,
+    ServerSecret, UsageStore, VerifiedKey, Verifier,
 };
+use apikey_sqlx::{PostgresStore, SqliteStore};
 use axum::Router;
 use axum::routing::{get, post};
 
@@ -63,32 +78,95 @@ async fn rate_limit(admitted: Admitted) -> String {
     )
 }
 
+/// The server secret: `APIKEY_SECRET_V1`, or (SQLite only) a file made
+/// once with mode 0600.
+fn server_secret(dir: &Path, shared_db: bool) -> Result<ServerSecret, Box<dyn std::error::Error>> {
+    if let Ok(text) = std::env::var("APIKEY_SECRET_V1") {
+        return Ok(ServerSecret::from_base64(&text)?);
+    }
+    if shared_db {
+        return Err(
+            "DATABASE_URL is set: every instance must share one keyring, so set \
+             APIKEY_SECRET_V1 (base64 of 32+ random bytes, from your secret manager)"
+                .into(),
+        );
+    }
+    let path = dir.join("server-secret-v1");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(ServerSecret::from_base64(&text)?);
+    }
+    let secret = ServerSecret::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    use base64ct::Encoding;
+    writeln!(
+        file,
+        "{}",
+        base64ct::Base64::encode_string(secret.expose_secret())
+    )?;
+    file.sync_all()?;
+    println!(
+        "generated a server secret into {} (mode 0600)",
+        path.display()
+    );
+    Ok(secret)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Load the server secret from your secret manager; never hard-code it.
-    let secret = ServerSecret::generate();
-    let verifier = Verifier::new(Keyring::new(1, secret)?);
-    let store = Arc::new(MemoryStore::new());
-    let now = time::OffsetDateTime::now_utc();
+    let dir =
+        PathBuf::from(std::env::var("APIKEY_DATA_DIR").unwrap_or_else(|_| "apikey-data".into()));
+    std::fs::create_dir_all(&dir)?;
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => {
+            let secret = server_secret(&dir, true)?;
+            println!("keys in PostgreSQL");
+            serve(PostgresStore::connect(&url).await?, secret).await
+        }
+        _ => {
+            let secret = server_secret(&dir, false)?;
+            let db = dir.join("keys.db");
+            println!("keys in {}", db.display());
+            serve(SqliteStore::open(&db).await?, secret).await
+        }
+    }
+}
 
-    let issue = |new: NewKey| -> Result<_, Error> {
-        let (key, record) = verifier.issue(new, now)?;
-        store.insert_sync(record)?;
-        Ok(key)
-    };
-    let reader = issue(
-        NewKey::new("sk_live_")
-            .owner("org_demo")
-            .name("reader")
-            .scopes(["tasks:read"]),
-    )?;
-    let writer = issue(
-        NewKey::new("sk_live_")
-            .owner("org_demo")
-            .name("writer")
-            .scopes(["tasks:read", "tasks:write"])
-            .metadata("plan", "professional"),
-    )?;
+async fn serve<S>(store: S, secret: ServerSecret) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: KeyStoreLifecycle + UsageStore + Clone + 'static,
+{
+    let verifier = Verifier::new(Keyring::new(1, secret)?);
+    let store = Arc::new(store);
+
+    // First run only: issue the demo keys (later runs find them stored).
+    let manager = KeyManager::new(verifier.clone(), Arc::clone(&store));
+    let existing = manager.list("org_demo").await?;
+    let mut issued = Vec::new();
+    if existing.is_empty() {
+        for new in [
+            NewKey::new("sk_live_")
+                .owner("org_demo")
+                .name("reader")
+                .scopes(["tasks:read"]),
+            NewKey::new("sk_live_")
+                .owner("org_demo")
+                .name("writer")
+                .scopes(["tasks:read", "tasks:write"])
+                .metadata("plan", "professional"),
+        ] {
+            let (key, summary) = manager.create(new, &Actor::system()).await?;
+            issued.push((summary.name.clone(), key));
+        }
+    } else {
+        println!(
+            "{} keys of org_demo found in the store; the keys printed by the first run still work",
+            existing.len()
+        );
+    }
 
     // Credits: the owner may create 100 tasks an hour on this API.
     let limits = MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
@@ -133,19 +211,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = listener.local_addr()?.port();
+    for (name, key) in &issued {
+        println!("{name} key, shown once: {}", key.expose_secret());
+    }
+    if let Some((_, key)) = issued.first() {
+        println!(
+            "try: curl -i -H \"X-API-Key: {}\" http://127.0.0.1:{port}/v1/tasks",
+            key.expose_secret()
+        );
+    }
     println!("listening on http://{}", listener.local_addr()?);
-    println!(
-        "reader key (tasks:read, FREE plan), shown once:  {}",
-        reader.expose_secret()
-    );
-    println!(
-        "writer key (tasks:read tasks:write, PROFESSIONAL): {}",
-        writer.expose_secret()
-    );
-    println!(
-        "try: curl -i -H \"X-API-Key: {}\" http://127.0.0.1:{port}/v1/tasks",
-        reader.expose_secret()
-    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

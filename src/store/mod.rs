@@ -45,13 +45,13 @@
 //!
 //! | method | sketch |
 //! |---|---|
-//! | `insert_limited` | `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE` (or an advisory lock on the owner); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
+//! | `insert_limited` | `SELECT pg_advisory_xact_lock($table_class, hashtext($owner))` (or `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE`; SQLite: `BEGIN IMMEDIATE`); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
 //! | `update_if` | `UPDATE keys SET ..., revision = revision + 1 WHERE id = $1 AND revision = $expected` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
 //! | `update_limited` | lock the owner as for `insert_limited`; `SELECT revision, <counts at $now> FROM keys WHERE id = $1 FOR UPDATE` (`NotFound` / `Conflict`); if the new row counts at `$now` and the stored one did not (or had another owner): `SELECT count(*) FROM keys WHERE owner = $owner AND id <> $1 AND <counts at $now>`, and at `$max` or above write nothing; else the `update_if` statement |
 //! | `rotate` | the `update_if` statement, then `INSERT` the successor, then `UPDATE keys SET expires_at = $successor_created_at, revision = revision + 1 WHERE id = $predecessor_rotated_from AND rotated_to = $predecessor_id AND (expires_at IS NULL OR expires_at > $successor_created_at)`; roll back if any fails |
 //! | `revoke_owner` | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE owner = $1 AND status <> 'revoked' RETURNING id, created_at` |
 //! | `revoke_matching` | the same with `WHERE prefix = $1 AND created_at >= $2 AND created_at < $3` |
-//! | `record_usage` | `INSERT INTO usage_flushes (flush_id) VALUES ($1) ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); then one `UPDATE keys SET day = ..., day_count = CASE ... END, month_count = CASE ... END, last_used_at = greatest(last_used_at, d.t) FROM unnest($ids, $days, $counts, $times) AS d WHERE keys.id = d.id` for the whole batch, in one transaction |
+//! | `record_usage` | `INSERT INTO usage_flushes (flush_id, applied_at) VALUES ($1, now()) ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); fold the batch per key in the client (the latest day, its count, its month's count, the latest time: `UsageCounters::apply` in any order ends there); `SELECT 1 FROM keys WHERE id = ANY($ids) ORDER BY id FOR UPDATE` (concurrent flushes never deadlock); one `UPDATE keys SET day = ..., day_count = CASE ... END, month_count = CASE ... END, last_used_at = greatest(last_used_at, d.t) FROM unnest($ids, $days, $counts, $month_counts, $times) AS d WHERE keys.id = d.id`, in one transaction (SQLite: `UPDATE ... FROM (VALUES ...)`, 1,000 keys a statement, inside the bind limit) |
 //! | `delete` | `DELETE ... RETURNING rotated_from, rotated_to`, then clear the two links |
 //!
 //! A unique index on `legacy_index` gives the [`KeyStore::find_legacy`]

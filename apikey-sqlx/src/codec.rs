@@ -1,0 +1,338 @@
+//! Column encodings shared by both stores: ids, times, enums, and the
+//! checked assembly of a [`KeyRecord`] from a row.
+
+use std::collections::BTreeMap;
+
+use apikey::{
+    Environment, Error, IpNet, KeyDigest, KeyId, KeyRecord, KeyStatus, LegacyInfo, Prefix,
+    Revocation, ScopeSet, StoreError, StoreErrorKind, UsageCounters, UsageDelta,
+};
+use time::OffsetDateTime;
+
+/// The order-preserving `i64` of a key id: the sign bit flipped, so ids at
+/// or above 2^63 sort after smaller ones (a plain cast would put them first).
+///
+/// ```
+/// use apikey::KeyId;
+/// use apikey_sqlx::{id_from_sql, id_to_sql};
+/// assert!(id_to_sql(KeyId::from_u64(1 << 63)) > id_to_sql(KeyId::from_u64(5)));
+/// assert_eq!(id_from_sql(id_to_sql(KeyId::from_u64(u64::MAX))), KeyId::from_u64(u64::MAX));
+/// ```
+pub fn id_to_sql(id: KeyId) -> i64 {
+    (id.as_u64() ^ (1 << 63)) as i64
+}
+
+/// The key id of a column value written by [`id_to_sql`].
+pub fn id_from_sql(v: i64) -> KeyId {
+    KeyId::from_u64((v as u64) ^ (1 << 63))
+}
+
+/// Microseconds since the Unix epoch (rounded down): the precision both
+/// databases keep.
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
+    let n = t.unix_timestamp_nanos().div_euclid(1000);
+    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// The UTC time of `micros` microseconds since the epoch; `None` out of range.
+pub(crate) fn from_micros(v: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1000).ok()
+}
+
+/// `t` rounded down to the microsecond, in UTC.
+#[cfg(feature = "postgres")]
+pub(crate) fn trunc(t: OffsetDateTime) -> OffsetDateTime {
+    from_micros(micros(t)).unwrap_or(t)
+}
+
+pub(crate) fn status_str(s: KeyStatus) -> &'static str {
+    match s {
+        KeyStatus::Active => "active",
+        KeyStatus::Disabled => "disabled",
+        KeyStatus::Revoked => "revoked",
+    }
+}
+
+/// A `u64` counter as a non-negative `i64` (saturating at `i64::MAX`).
+pub(crate) fn count_to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A revision as `i64` (bit cast: exact for every `u64`).
+pub(crate) fn revision_to_sql(v: u64) -> i64 {
+    v as i64
+}
+
+/// A corrupt-row error naming the broken field (never a value: digests and
+/// indexes are not shown).
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::with_source(
+        StoreErrorKind::Corrupt,
+        Error::InvalidRecord(format!("stored row: {what}")),
+    )
+}
+
+/// A record breaking its invariants, refused before it is written.
+pub(crate) fn invalid(e: Error) -> StoreError {
+    StoreError::with_source(StoreErrorKind::Corrupt, e)
+}
+
+/// The columns of one stored key, decoded to plain values by a backend.
+/// [`Row::into_record`] checks every field.
+#[derive(Debug, Default)]
+pub(crate) struct Row {
+    pub id: i64,
+    pub prefix: String,
+    pub environment: String,
+    pub owner: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    pub secret_version: i64,
+    pub digest: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub created_at: Option<OffsetDateTime>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub not_before: Option<OffsetDateTime>,
+    pub status: String,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub revocation_reason: Option<String>,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub metadata: String,
+    pub rotated_from: Option<i64>,
+    pub rotated_to: Option<i64>,
+    pub revision: i64,
+    pub ip_allowlist: Vec<String>,
+    pub usage_day: Option<time::Date>,
+    pub usage_day_count: i64,
+    pub usage_month_count: i64,
+    pub legacy_prefix: Option<String>,
+    pub legacy_index: Option<Vec<u8>>,
+    pub legacy_index_version: Option<i64>,
+    pub legacy_upgraded: Option<bool>,
+}
+
+fn digest(bytes: &[u8], what: &str) -> Result<KeyDigest, StoreError> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| corrupt(&format!("{what} must be 32 bytes")))?;
+    Ok(KeyDigest::from_bytes(arr))
+}
+
+fn small(v: i64, what: &str) -> Result<u8, StoreError> {
+    u8::try_from(v).map_err(|_| corrupt(&format!("{what} out of range")))
+}
+
+fn count(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(&format!("{what} is negative")))
+}
+
+impl Row {
+    /// The record this row holds, or a `Corrupt` error naming the first
+    /// field that is not a valid value.
+    pub fn into_record(self) -> Result<KeyRecord, StoreError> {
+        let environment = match self.environment.as_str() {
+            "live" => Environment::Live,
+            "test" => Environment::Test,
+            _ => return Err(corrupt("unknown environment")),
+        };
+        let status = match self.status.as_str() {
+            "active" => KeyStatus::Active,
+            "disabled" => KeyStatus::Disabled,
+            "revoked" => KeyStatus::Revoked,
+            _ => return Err(corrupt("unknown status")),
+        };
+        let revocation = match (self.revoked_at, self.revocation_reason) {
+            (Some(at), Some(reason)) => Some(Revocation { at, reason }),
+            (None, None) => None,
+            _ => return Err(corrupt("revocation half set")),
+        };
+        let metadata = serde_json::from_str::<BTreeMap<String, String>>(&self.metadata)
+            .map_err(|_| corrupt("metadata is not a JSON object of strings"))?;
+        let ip_allowlist = self
+            .ip_allowlist
+            .iter()
+            .map(|s| s.parse::<IpNet>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("ip_allowlist"))?;
+        let usage = UsageCounters {
+            day: self.usage_day,
+            day_count: count(self.usage_day_count, "usage_day_count")?,
+            month_count: count(self.usage_month_count, "usage_month_count")?,
+        };
+        let legacy = match (
+            self.legacy_prefix,
+            self.legacy_index,
+            self.legacy_index_version,
+            self.legacy_upgraded,
+        ) {
+            (None, None, None, None) => None,
+            (Some(prefix), Some(index), Some(version), Some(upgraded)) => Some(LegacyInfo::new(
+                prefix,
+                digest(&index, "legacy_index")?,
+                small(version, "legacy_index_version")?,
+                upgraded,
+            )),
+            _ => return Err(corrupt("legacy columns half set")),
+        };
+        KeyRecord::builder(
+            id_from_sql(self.id),
+            Prefix::new(&self.prefix).map_err(|_| corrupt("prefix"))?,
+            environment,
+            small(self.secret_version, "secret_version")?,
+            digest(&self.digest, "digest")?,
+            self.created_at.ok_or_else(|| corrupt("created_at"))?,
+        )
+        .owner(self.owner)
+        .name(self.name)
+        .description(self.description)
+        .scopes(ScopeSet::parse(&self.scopes).map_err(|_| corrupt("scope"))?)
+        .expires_at(self.expires_at)
+        .not_before(self.not_before)
+        .status(status)
+        .revocation(revocation)
+        .last_used_at(self.last_used_at)
+        .metadata(metadata)
+        .rotated_from(self.rotated_from.map(id_from_sql))
+        .rotated_to(self.rotated_to.map(id_from_sql))
+        .revision(self.revision as u64)
+        .ip_allowlist(ip_allowlist)
+        .usage(usage)
+        .legacy(legacy)
+        .build()
+        .map_err(|e| {
+            StoreError::with_source(
+                StoreErrorKind::Corrupt,
+                Error::InvalidRecord(format!("stored row: {e}")),
+            )
+        })
+    }
+}
+
+/// JSON text of the metadata map.
+pub(crate) fn metadata_json(m: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// JSON text of a list of strings.
+#[cfg(feature = "sqlite")]
+pub(crate) fn list_json<I: IntoIterator<Item = String>>(items: I) -> String {
+    serde_json::to_string(&items.into_iter().collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+/// The scopes of a record as strings.
+pub(crate) fn scope_strings(r: &KeyRecord) -> Vec<String> {
+    r.scopes.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+/// The IP allowlist of a record as strings.
+pub(crate) fn ip_strings(r: &KeyRecord) -> Vec<String> {
+    r.ip_allowlist.iter().map(ToString::to_string).collect()
+}
+
+/// One key's share of a usage batch, folded so that one row per key
+/// applies it: [`UsageCounters::apply`] over any order of deltas ends at
+/// the latest day, with that day's sum and the sum of that day's month.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FoldedUsage {
+    pub id: i64,
+    pub day: time::Date,
+    pub day_count: i64,
+    pub month_count: i64,
+    pub last_used_at: OffsetDateTime,
+}
+
+/// Folds a batch per key (in first-seen order), so a batch with a key
+/// twice is one row per key.
+pub(crate) fn fold_usage(batch: &[UsageDelta]) -> Vec<FoldedUsage> {
+    let mut order: Vec<FoldedUsage> = Vec::new();
+    let mut at: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let same_month = |a: time::Date, b: time::Date| a.year() == b.year() && a.month() == b.month();
+    for d in batch {
+        let id = id_to_sql(d.id);
+        let count = count_to_sql(d.count);
+        match at.get(&id) {
+            None => {
+                at.insert(id, order.len());
+                order.push(FoldedUsage {
+                    id,
+                    day: d.day,
+                    day_count: count,
+                    month_count: count,
+                    last_used_at: d.last_used_at,
+                });
+            }
+            Some(&i) => {
+                let f = &mut order[i];
+                if d.day > f.day {
+                    f.month_count = if same_month(d.day, f.day) {
+                        f.month_count.saturating_add(count)
+                    } else {
+                        count
+                    };
+                    f.day = d.day;
+                    f.day_count = count;
+                } else if d.day == f.day {
+                    f.day_count = f.day_count.saturating_add(count);
+                    f.month_count = f.month_count.saturating_add(count);
+                } else if same_month(d.day, f.day) {
+                    f.month_count = f.month_count.saturating_add(count);
+                }
+                f.last_used_at = f.last_used_at.max(d.last_used_at);
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn id_encoding_preserves_order() {
+        let ids = [0, 1, (1 << 63) - 1, 1 << 63, (1 << 63) + 1, u64::MAX];
+        for w in ids.windows(2) {
+            let (a, b) = (KeyId::from_u64(w[0]), KeyId::from_u64(w[1]));
+            assert!(id_to_sql(a) < id_to_sql(b), "{w:?}");
+            assert_eq!(id_from_sql(id_to_sql(a)), a);
+        }
+    }
+
+    #[test]
+    fn folding_matches_sequential_apply() {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        let days = [
+            date!(2026 - 03 - 30),
+            date!(2026 - 03 - 31),
+            date!(2026 - 04 - 01),
+            date!(2026 - 04 - 02),
+            date!(2026 - 02 - 27),
+        ];
+        // Every ordering of a few deltas, on top of several stored states.
+        let id = KeyId::from_u64(7);
+        let mut seed = 1u64;
+        for _ in 0..2000 {
+            let mut batch = Vec::new();
+            for _ in 0..(seed % 5 + 1) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let day = days[(seed >> 33) as usize % days.len()];
+                batch.push(UsageDelta::new(id, day, (seed >> 40) % 7, t));
+            }
+            let mut seq = UsageCounters::default();
+            for d in &batch {
+                seq.apply(d.day, d.count);
+            }
+            let f = fold_usage(&batch)[0];
+            let folded = UsageCounters {
+                day: Some(f.day),
+                day_count: f.day_count as u64,
+                month_count: f.month_count as u64,
+            };
+            assert_eq!(seq, folded, "{batch:?}");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Durable key stores for [`apikey`]: [`SqliteStore`] (embedded, one file)
+//! and [`PostgresStore`] (many instances sharing keys), on sqlx 0.9.
+//!
+//! Both implement every key-store trait of `apikey` (verification reads,
+//! writes, management queries, the atomic lifecycle writes and the usage
+//! flush) and pass its conformance suite. Hand in the pool you already
+//! have (`from_pool`) or let the store open one (`open` / `connect`).
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `sqlite` | [`SqliteStore`] (builds the bundled SQLite C library) |
+//! | `postgres` | [`PostgresStore`] (pure Rust; compiles no SQLite code) |
+//! | `rustls` | TLS to PostgreSQL through rustls (ring backend, webpki roots) |
+//!
+//! No feature is on by default: pick the database you use.
+//!
+//! # Guarantees
+//!
+//! * Each compound write is one transaction; a failed call changes nothing.
+//! * The owner limit of `insert_limited` holds across processes: SQLite
+//!   takes the database write lock first (`BEGIN IMMEDIATE`), PostgreSQL a
+//!   transaction-scoped advisory lock on the owner.
+//! * Every call is bounded by [`StoreOptions::timeout`]: past it the answer
+//!   is `StoreErrorKind::Timeout`, which verification reports as
+//!   `STORE_UNAVAILABLE` (503): never valid, never invalid.
+//! * A row edited into something invalid reads as `StoreErrorKind::Corrupt`
+//!   whose source is `apikey::Error::InvalidRecord` (`INVALID_RECORD`):
+//!   never a panic, never a usable key.
+//! * Usage is exactly-once: `UsageStore::record_usage` inserts the batch's
+//!   `FlushId` into `apikey_usage_flushes` in the same transaction as the
+//!   deltas, and a replay answers `FlushOutcome::AlreadyApplied`.
+//!
+//! The schema, the migrations and the upgrade path are in the README.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::time::Duration;
+
+mod codec;
+mod columns;
+mod error;
+mod sql;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use codec::{id_from_sql, id_to_sql};
+pub use error::MigrateError;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, sqlite_options};
+
+/// How long applied usage-flush ids are kept (a replay older than this
+/// would apply again).
+pub const FLUSH_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Settings shared by both stores.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = apikey_sqlx::StoreOptions::default()
+///     .timeout(Duration::from_millis(500))
+///     .table_prefix("billing_");
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    timeout: Duration,
+    table_prefix: String,
+    schema: Option<String>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            table_prefix: String::new(),
+            schema: None,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The longest any store call may take, pool wait included (default
+    /// 5 s). Verification waits are bounded by it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A prefix for every table and index name (`a-z`, `0-9`, `_`; default
+    /// none): `<prefix>apikey_keys`.
+    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.table_prefix = prefix.into();
+        self
+    }
+
+    /// PostgreSQL only: the schema holding the tables (created by
+    /// `migrate` when missing; default: the connection's `search_path`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+}

@@ -1,0 +1,434 @@
+//! `PostgresStore` against a real PostgreSQL: the conformance suite, per
+//! test in its own schema of a throwaway cluster (see `common`).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use apikey_sqlx::{PostgresStore, StoreOptions};
+use apikey_testkit::conformance;
+
+async fn store(test: &str) -> Option<PostgresStore> {
+    let url = common::shared(test)?;
+    let options = StoreOptions::default().schema(common::unique(test));
+    Some(PostgresStore::connect_with(&url, options).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_passes_the_suite() {
+    let Some(store) = store("postgres_store_passes_the_suite").await else {
+        return;
+    };
+    conformance::run_all(&store).await;
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_with_a_table_prefix_passes_the_suite() {
+    let test = "postgres_store_with_a_table_prefix_passes_the_suite";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let options = StoreOptions::default().table_prefix("acme_");
+    let store = PostgresStore::connect_with(&url, options.clone().schema(common::unique("p")))
+        .await
+        .unwrap();
+    conformance::run_all(&store).await;
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use apikey::{
+    Actor, Authenticator, Error, KeyId, KeyManager, KeyStore, KeyStoreQuery, KeyStoreWrite,
+    Keyring, NewKey, Requirement, ServerSecret, StoreErrorKind, UsageDelta, Verifier,
+};
+use apikey::{FlushId, FlushOutcome, UsageBatch, UsageStore};
+use apikey_sqlx::MigrateError;
+use common::crash;
+
+fn verifier() -> Verifier {
+    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap())
+}
+
+/// Not a test on its own: the crash child, run by `crash_durability_killing_the_client`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Ok(target) = std::env::var(crash::CHILD_ENV) else {
+        return;
+    };
+    let owner = std::env::var(crash::OWNER_ENV).unwrap();
+    let (url, schema) = target.split_once('|').unwrap();
+    let store = PostgresStore::connect_with(url, StoreOptions::default().schema(schema))
+        .await
+        .unwrap();
+    crash::child_loop(&store, &owner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_durability_killing_the_client() {
+    let test = "crash_durability_killing_the_client";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let schema = common::unique("crash");
+    let options = StoreOptions::default().schema(&schema);
+    PostgresStore::connect_with(&url, options.clone())
+        .await
+        .unwrap();
+    let owner = conformance::unique_owner();
+    let target = format!("{url}|{schema}");
+    let mut acks = crash::Acks::default();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let (t, o) = (target.clone(), owner.clone());
+        acks = tokio::task::spawn_blocking(move || {
+            crash::run_and_kill("crash_child", &t, &o, &mut acks);
+            acks
+        })
+        .await
+        .unwrap();
+        let store = PostgresStore::connect_with(&url, options.clone())
+            .await
+            .unwrap();
+        crash::check(&store, &owner, &acks).await;
+        store.pool().close().await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(acks.created.len() >= 50 && !acks.rotated.is_empty() && !acks.revoked.is_empty());
+    eprintln!(
+        "{test}: 50 kills in {:?}; {} creates, {} rotations, {} revokes acknowledged",
+        started.elapsed(),
+        acks.created.len(),
+        acks.rotated.len(),
+        acks.revoked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_answers_503_then_recovers() {
+    let test = "server_restart_answers_503_then_recovers";
+    let Some(cluster) = common::owned(test) else {
+        return;
+    };
+    let limit = Duration::from_millis(500);
+    let store = PostgresStore::connect_with(&cluster.url(), StoreOptions::default().timeout(limit))
+        .await
+        .unwrap();
+    let v = verifier();
+    let (key, record) = v
+        .issue(NewKey::new("sk_live_"), time::OffsetDateTime::now_utc())
+        .unwrap();
+    store.insert(record).await.unwrap();
+    let auth = Arc::new(Authenticator::new(v, store.clone()));
+    let key = Arc::new(key.expose_secret().to_owned());
+    let done = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (auth, key, done) = (auth.clone(), key.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            // (start, end, outcome code or "OK"); bounded.
+            let mut seen = Vec::new();
+            for _ in 0..20_000 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let s = t0.elapsed();
+                let r = auth.authenticate(&key, &Requirement::none(), None).await;
+                let code = match &r {
+                    Ok(_) => "OK",
+                    Err(e) => e.code().as_str(),
+                };
+                seen.push((s, t0.elapsed(), code));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        }));
+    }
+    common::sleep_ms(300).await;
+    let c = &cluster;
+    let down = tokio::task::block_in_place(|| {
+        c.stop();
+        t0.elapsed()
+    });
+    common::sleep_ms(2000).await;
+    let up = t0.elapsed();
+    tokio::task::block_in_place(|| c.restart().unwrap());
+    // Recovers by itself: a success within 10 s, then only successes.
+    let mut recovered = None;
+    for _ in 0..200 {
+        if auth
+            .authenticate(&key, &Requirement::none(), None)
+            .await
+            .is_ok()
+        {
+            recovered = Some(t0.elapsed());
+            break;
+        }
+        common::sleep_ms(50).await;
+    }
+    let recovered = recovered.expect("verification did not recover within 10 s");
+    common::sleep_ms(300).await;
+    done.store(true, Ordering::Relaxed);
+    let mut outage = 0;
+    let mut last_ok = Duration::ZERO;
+    for t in tasks {
+        for (s, e, code) in t.await.unwrap() {
+            assert!(
+                code == "OK" || code == "STORE_UNAVAILABLE",
+                "an answer other than valid or 503 during a restart: {code}"
+            );
+            assert!(
+                e - s < limit + Duration::from_millis(500),
+                "a wait of {:?}",
+                e - s
+            );
+            if s > down && e < up {
+                assert_eq!(code, "STORE_UNAVAILABLE", "the server was down");
+                outage += 1;
+            }
+            if code == "OK" {
+                last_ok = last_ok.max(s);
+            }
+        }
+    }
+    // Each answer waits for the pool to give up connecting (the timeout).
+    assert!(outage >= 8, "too few answers during the outage: {outage}");
+    assert!(last_ok > recovered, "the workers did not recover");
+    // No leak, no deadlock: within the pool's bound, and a burst completes.
+    assert!(store.pool().size() <= 10);
+    let burst = (0..50).map(|_| {
+        let (auth, key) = (auth.clone(), key.clone());
+        tokio::spawn(async move {
+            auth.authenticate(&key, &Requirement::none(), None)
+                .await
+                .is_ok()
+        })
+    });
+    let ok = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut n = 0;
+        for t in burst {
+            n += usize::from(t.await.unwrap());
+        }
+        n
+    })
+    .await
+    .expect("the pool deadlocked");
+    assert_eq!(ok, 50);
+    assert!(store.pool().size() <= 10);
+    eprintln!(
+        "{test}: down {down:?}..{up:?}, {outage} answers during the outage all 503, recovered at {recovered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_limits_revocations_and_usage() {
+    let test = "two_instances_share_limits_revocations_and_usage";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let options = StoreOptions::default().schema(common::unique("two"));
+    let a = PostgresStore::connect_with(&url, options.clone())
+        .await
+        .unwrap();
+    let b = PostgresStore::connect_with(&url, options).await.unwrap();
+    let (ma, mb) = (
+        Arc::new(KeyManager::new(verifier(), a.clone()).max_keys_per_owner(3)),
+        Arc::new(KeyManager::new(verifier(), b.clone()).max_keys_per_owner(3)),
+    );
+    // Owner limit 3 under 50 concurrent creates over both instances.
+    let owner = conformance::unique_owner();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let m = if i % 2 == 0 { ma.clone() } else { mb.clone() };
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            m.create(NewKey::new("sk_live_").owner(owner), &Actor::system())
+                .await
+        }));
+    }
+    let mut keys = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((key, _)) => keys.push(key),
+            Err(Error::KeyLimitReached { limit: 3 }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(keys.len(), 3);
+    assert_eq!(a.list_by_owner(&owner).await.unwrap().len(), 3);
+
+    // Revoked on A: refused by B at its next verification.
+    let auth_b = Authenticator::new(verifier(), b.clone());
+    let k = &keys[0];
+    auth_b
+        .authenticate(k.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+    ma.revoke(k.id(), "leaked", &Actor::system()).await.unwrap();
+    let e = auth_b
+        .authenticate(k.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "REVOKED_API_KEY");
+
+    // Usage flushed by both, concurrently, over the same keys: exact sum.
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let r = conformance::sample_record(None);
+        ids.push(r.id);
+        a.insert(r).await.unwrap();
+    }
+    let now = conformance::suite_now();
+    let mut tasks = Vec::new();
+    for f in 0..20u64 {
+        let store = if f % 2 == 0 { a.clone() } else { b.clone() };
+        let batch: Vec<UsageDelta> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| UsageDelta::new(*id, now.date(), (i as u64 + f) % 5 + 1, now))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            store.record_usage(&UsageBatch::new(batch)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let expected: u64 = (0..20u64).map(|f| (i as u64 + f) % 5 + 1).sum();
+        let r = b.get(*id).await.unwrap().unwrap();
+        assert_eq!(r.usage.day_count, expected);
+        assert_eq!(r.usage.month_count, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_invalid_record_never_valid() {
+    let Some(url) = common::shared("bad_rows") else {
+        return;
+    };
+    let schema = common::unique("bad_rows");
+    let store = PostgresStore::connect_with(&url, StoreOptions::default().schema(&schema))
+        .await
+        .unwrap();
+    let v = verifier();
+    let now = time::OffsetDateTime::now_utc();
+    let table = "apikey_keys";
+    for (what, set) in [
+        ("digest length", "digest = '\\x0011'::bytea"),
+        ("status", "status = 'sleeping'"),
+        ("scope", "scopes = ARRAY['Not A Scope']"),
+        ("metadata", "metadata = '[1, 2]'::jsonb"),
+        ("environment", "environment = 'staging'"),
+        ("revocation", "revoked_at = now()"),
+        ("usage", "usage_day_count = -4"),
+    ] {
+        let (key, record) = v.issue(NewKey::new("sk_live_").owner("o"), now).unwrap();
+        store.insert(record.clone()).await.unwrap();
+        let sql = format!("UPDATE {schema}.{table} SET {set} WHERE id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(apikey_sqlx::id_to_sql(record.id))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let err = store.fetch(record.id).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{what}");
+        let inner = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<apikey::Error>())
+            .unwrap();
+        assert_eq!(inner.code().as_str(), "INVALID_RECORD", "{what}");
+        let auth = Authenticator::new(v.clone(), store.clone());
+        let e = auth
+            .authenticate(key.expose_secret(), &Requirement::none(), None)
+            .await
+            .unwrap_err();
+        assert!(e.http_status() >= 500, "{what}: {e:?}");
+        assert!(!format!("{e} {err}").contains(key.expose_secret()));
+        store.delete(record.id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_locked_versioned_and_refuse_a_newer_schema() {
+    let test = "pg_migrations";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let schema = common::unique("mig");
+    let options = StoreOptions::default().schema(&schema);
+    // Instances starting together: one migration, no error.
+    let (x, y, z) = tokio::join!(
+        PostgresStore::connect_with(&url, options.clone()),
+        PostgresStore::connect_with(&url, options.clone()),
+        PostgresStore::connect_with(&url, options.clone()),
+    );
+    let (x, _, _) = (x.unwrap(), y.unwrap(), z.unwrap());
+    let sql = format!("SELECT count(*) FROM {schema}.apikey_schema_version");
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(x.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let sql = format!("INSERT INTO {schema}.apikey_schema_version (version) VALUES (7)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(x.pool())
+        .await
+        .unwrap();
+    match PostgresStore::connect_with(&url, options).await {
+        Err(MigrateError::SchemaTooNew {
+            found: 7,
+            supported: 1,
+        }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    for bad in ["public; DROP TABLE x", "Caps", "", "pg_catalog"] {
+        let r = PostgresStore::connect_with(&url, StoreOptions::default().schema(bad)).await;
+        assert!(matches!(r, Err(MigrateError::InvalidName(_))), "{bad:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_ids_order_flush_ids_and_statement_count() {
+    let Some(store) = store("ids").await else {
+        return;
+    };
+    let owner = conformance::unique_owner();
+    let ids = [5u64, (1 << 63) - 1, 1 << 63, u64::MAX];
+    for id in ids.iter().rev() {
+        let mut r = conformance::sample_record(Some(&owner));
+        r.id = KeyId::from_u64(*id);
+        store.insert(r).await.unwrap();
+    }
+    let listed: Vec<u64> = store
+        .list_by_owner(&owner)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.as_u64())
+        .collect();
+    assert_eq!(listed, ids);
+    let now = conformance::suite_now();
+    let deltas: Vec<UsageDelta> = ids
+        .iter()
+        .map(|id| UsageDelta::new(KeyId::from_u64(*id), now.date(), 2, now))
+        .collect();
+    let batch = UsageBatch {
+        id: FlushId::from_u128(7),
+        deltas,
+    };
+    assert_eq!(
+        store.record_usage(&batch).await.unwrap(),
+        FlushOutcome::Applied
+    );
+    assert_eq!(
+        store.record_usage(&batch).await.unwrap(),
+        FlushOutcome::AlreadyApplied
+    );
+    let r = store.get(KeyId::from_u64(u64::MAX)).await.unwrap().unwrap();
+    assert_eq!(r.usage.day_count, 2);
+    let t = now - time::Duration::days(1);
+    assert_eq!(store.list_expiring(None, t..t).await.unwrap().len(), 0);
+}

@@ -1,0 +1,304 @@
+//! `SqliteStore` against the conformance suite, plus the SQLite-specific
+//! checks (file durability settings, migrations, bad rows, id order).
+
+#![allow(clippy::unwrap_used)]
+
+use apikey_sqlx::{SqliteStore, StoreOptions};
+use apikey_testkit::conformance;
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "apikey-sqlx-{name}-{}-{:x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("keys.db")
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    let store = SqliteStore::memory().await.unwrap();
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_passes_the_suite() {
+    let path = temp_db("suite");
+    let store = SqliteStore::open(&path).await.unwrap();
+    conformance::run_all(&store).await;
+    // Twice over one database: the suite tolerates other data.
+    conformance::run_all(&store).await;
+    let prefixed = SqliteStore::open_with(&path, StoreOptions::default().table_prefix("t2_"))
+        .await
+        .unwrap();
+    conformance::run_all(&prefixed).await;
+}
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use apikey::{
+    Authenticator, KeyId, KeyStore, KeyStoreQuery, KeyStoreWrite, Keyring, NewKey, Requirement,
+    ServerSecret, StoreErrorKind, UsageDelta, Verifier,
+};
+use apikey::{FlushId, FlushOutcome, UsageBatch, UsageStore};
+use apikey_sqlx::MigrateError;
+use common::crash;
+
+fn verifier() -> Verifier {
+    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap())
+}
+
+/// Not a test on its own: the crash child, run by `crash_durability`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Ok(path) = std::env::var(crash::CHILD_ENV) else {
+        return;
+    };
+    let owner = std::env::var(crash::OWNER_ENV).unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    crash::child_loop(&store, &owner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_durability() {
+    let path = temp_db("crash");
+    let owner = conformance::unique_owner();
+    let mut acks = crash::Acks::default();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let (p, o) = (path.to_str().unwrap().to_owned(), owner.clone());
+        acks = tokio::task::spawn_blocking(move || {
+            crash::run_and_kill("crash_child", &p, &o, &mut acks);
+            acks
+        })
+        .await
+        .unwrap();
+        // Opens cleanly (migrate included), everything acknowledged is there.
+        let store = SqliteStore::open(&path).await.unwrap();
+        crash::check(&store, &owner, &acks).await;
+        store.pool().close().await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(acks.created.len() >= 50 && !acks.rotated.is_empty() && !acks.revoked.is_empty());
+    eprintln!(
+        "crash_durability: 50 kills in {:?}; {} creates, {} rotations, {} revokes acknowledged",
+        started.elapsed(),
+        acks.created.len(),
+        acks.rotated.len(),
+        acks.revoked.len()
+    );
+}
+
+#[tokio::test]
+async fn bad_rows_are_invalid_record_never_valid() {
+    let store = SqliteStore::memory().await.unwrap();
+    let v = verifier();
+    let now = time::OffsetDateTime::now_utc();
+    for (what, sql) in [
+        (
+            "digest length",
+            "UPDATE apikey_keys SET digest = x'0011' WHERE id = ?1",
+        ),
+        (
+            "status",
+            "UPDATE apikey_keys SET status = 'sleeping' WHERE id = ?1",
+        ),
+        (
+            "scope",
+            "UPDATE apikey_keys SET scopes = '[\"Not A Scope\"]' WHERE id = ?1",
+        ),
+        (
+            "scopes json",
+            "UPDATE apikey_keys SET scopes = 'read' WHERE id = ?1",
+        ),
+        (
+            "created_at",
+            "UPDATE apikey_keys SET created_at = 9223372036854775807 WHERE id = ?1",
+        ),
+        (
+            "usage day",
+            "UPDATE apikey_keys SET usage_day = '2026-13-45' WHERE id = ?1",
+        ),
+        (
+            "type",
+            "UPDATE apikey_keys SET secret_version = 999 WHERE id = ?1",
+        ),
+    ] {
+        let (key, record) = v.issue(NewKey::new("sk_live_").owner("o"), now).unwrap();
+        store.insert(record.clone()).await.unwrap();
+        sqlx::query(sql)
+            .bind(apikey_sqlx::id_to_sql(record.id))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let err = store.fetch(record.id).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{what}");
+        let source = std::error::Error::source(&err).unwrap();
+        let inner = source.downcast_ref::<apikey::Error>().unwrap();
+        assert_eq!(inner.code().as_str(), "INVALID_RECORD", "{what}");
+        assert!(!format!("{err} {source}").contains(key.expose_secret()));
+        assert_eq!(
+            store.get(record.id).await.unwrap_err().kind(),
+            StoreErrorKind::Corrupt
+        );
+        assert!(store.list_by_owner("o").await.is_err(), "{what}");
+        let auth = Authenticator::new(v.clone(), store.clone());
+        let e = auth
+            .authenticate(key.expose_secret(), &Requirement::none(), None)
+            .await
+            .unwrap_err();
+        assert!(e.http_status() >= 500, "{what}: {e:?}");
+        sqlx::query("DELETE FROM apikey_keys WHERE id = ?1")
+            .bind(apikey_sqlx::id_to_sql(record.id))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ids_at_and_above_2_pow_63_list_in_id_order() {
+    let store = SqliteStore::memory().await.unwrap();
+    let owner = conformance::unique_owner();
+    let ids = [5u64, (1 << 63) - 1, 1 << 63, (1 << 63) + 7, u64::MAX];
+    for id in ids.iter().rev() {
+        let mut r = conformance::sample_record(Some(&owner));
+        r.id = KeyId::from_u64(*id);
+        r.expires_at = Some(conformance::suite_now());
+        store.insert(r).await.unwrap();
+    }
+    let listed: Vec<u64> = store
+        .list_by_owner(&owner)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.as_u64())
+        .collect();
+    assert_eq!(listed, ids);
+    let t = conformance::suite_now();
+    let expiring: Vec<u64> = store
+        .list_expiring(Some(&owner), t..t + time::Duration::seconds(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.as_u64())
+        .collect();
+    assert_eq!(expiring, ids);
+}
+
+#[tokio::test]
+async fn migrations_are_versioned_locked_and_refuse_a_newer_schema() {
+    let path = temp_db("migrate");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.migrate().await.unwrap(); // idempotent
+    // The application's own sqlx migrations table is never touched.
+    let ours: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = '_sqlx_migrations'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(ours, 0);
+    // Two opens racing: both succeed, one migration.
+    let other = temp_db("migrate-race");
+    let (a, b) = tokio::join!(SqliteStore::open(&other), SqliteStore::open(&other));
+    a.unwrap();
+    let b = b.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM apikey_schema_version")
+        .fetch_one(b.pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, 1);
+    // A newer release migrated: refused, typed, nothing changed.
+    sqlx::query("INSERT INTO apikey_schema_version (version, applied_at) VALUES (99, 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    match SqliteStore::open(&path).await {
+        Err(MigrateError::SchemaTooNew {
+            found: 99,
+            supported: 1,
+        }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    // Prefixes are identifiers only.
+    for bad in ["x; DROP TABLE apikey_keys; --", "Upper_", "9lives_", "a-b"] {
+        let r = SqliteStore::open_with(&path, StoreOptions::default().table_prefix(bad)).await;
+        assert!(matches!(r, Err(MigrateError::InvalidName(_))), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn usage_with_a_flush_id_is_exactly_once() {
+    let store = SqliteStore::memory().await.unwrap();
+    let r = conformance::sample_record(None);
+    store.insert(r.clone()).await.unwrap();
+    let now = conformance::suite_now();
+    let deltas = vec![UsageDelta::new(r.id, now.date(), 3, now)];
+    let batch = |id| UsageBatch {
+        id: FlushId::from_u128(id),
+        deltas: deltas.clone(),
+    };
+    assert_eq!(
+        store.record_usage(&batch(42)).await.unwrap(),
+        FlushOutcome::Applied
+    );
+    assert_eq!(
+        store.record_usage(&batch(42)).await.unwrap(),
+        FlushOutcome::AlreadyApplied
+    ); // replay
+    assert_eq!(
+        store.record_usage(&batch(43)).await.unwrap(),
+        FlushOutcome::Applied
+    );
+    assert_eq!(store.get(r.id).await.unwrap().unwrap().usage.day_count, 6);
+}
+
+#[tokio::test]
+async fn usage_flush_of_many_keys_spans_chunks() {
+    let store = SqliteStore::memory().await.unwrap();
+    let now = conformance::suite_now();
+    let mut batch = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..2500u64 {
+        let r = conformance::sample_record(None);
+        ids.push(r.id);
+        store.insert(r.clone()).await.unwrap();
+        batch.push(UsageDelta::new(r.id, now.date(), i % 7 + 1, now));
+    }
+    store.record_usage(&UsageBatch::new(batch)).await.unwrap();
+    for (i, id) in ids.iter().enumerate().step_by(97) {
+        let r = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(r.usage.day_count, i as u64 % 7 + 1);
+        assert_eq!(r.last_used_at, Some(now));
+    }
+}
+
+#[tokio::test]
+async fn a_call_past_the_timeout_is_a_timeout_not_a_hang() {
+    // One connection, held by an open transaction: the next call waits for
+    // the pool and gives up after the configured timeout.
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().in_memory(true))
+        .await
+        .unwrap();
+    let store = SqliteStore::from_pool_with(
+        pool.clone(),
+        StoreOptions::default().timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    let _held = pool.acquire().await.unwrap();
+    let t = Instant::now();
+    let err = store.fetch(KeyId::from_u64(1)).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Timeout);
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
