@@ -235,8 +235,8 @@ async fn two_instances_share_limits_revocations_and_usage() {
         .unwrap();
     let b = PostgresStore::connect_with(&url, options).await.unwrap();
     let (ma, mb) = (
-        Arc::new(KeyManager::new(verifier(), a.clone()).max_keys_per_owner(3)),
-        Arc::new(KeyManager::new(verifier(), b.clone()).max_keys_per_owner(3)),
+        Arc::new(KeyManager::new(verifier(), a.clone()).with_max_keys_per_owner(3)),
+        Arc::new(KeyManager::new(verifier(), b.clone()).with_max_keys_per_owner(3)),
     );
     // Owner limit 3 under 50 concurrent creates over both instances.
     let owner = conformance::unique_owner();
