@@ -48,9 +48,10 @@ pub use manage::{
 /// release line's), so callers can name the same version.
 pub use rand_core;
 pub use store::{
-    FlushId, FlushOutcome, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle,
-    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore,
-    NewKey, Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
+    CachedStore, ChangeFeed, FlushId, FlushOutcome, Invalidate, Invalidation, KeyRecord,
+    KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
+    KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore, NewKey, Revocation,
+    SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
     Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,

@@ -40,7 +40,8 @@ use apikey::{
     Actor, Authenticator, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement,
     ServerSecret, UsageStore, VerifiedKey, Verifier,
 };
-use apikey_sqlx::{PostgresStore, SqliteStore};
+use apikey::{CachedStore, ChangeFeed};
+use apikey_sqlx::{PgChangeFeed, PostgresStore, SqliteStore};
 use axum::Router;
 use axum::routing::{get, post};
 
@@ -123,8 +124,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
             let secret = server_secret(&dir, true)?;
-            println!("keys in PostgreSQL");
-            serve(PostgresStore::connect(&url).await?, secret).await
+            // Verifications hit an in-process cache; every instance's
+            // writes reach it through LISTEN/NOTIFY, and no entry lives
+            // longer than the maximum age (1 s) if notifications fail.
+            let pg = PostgresStore::connect(&url).await?;
+            let feed = PgChangeFeed::listen(&pg).await?;
+            let cache = Arc::new(CachedStore::new(pg));
+            feed.subscribe(cache.clone());
+            println!("keys in PostgreSQL, cached (maximum age 1 s, LISTEN/NOTIFY invalidation)");
+            let served = serve(cache, secret).await;
+            drop(feed);
+            served
         }
         _ => {
             let secret = server_secret(&dir, false)?;

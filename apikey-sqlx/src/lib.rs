@@ -42,12 +42,16 @@ mod error;
 mod sql;
 
 #[cfg(feature = "postgres")]
+mod feed;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use codec::{id_from_sql, id_to_sql};
 pub use error::MigrateError;
+#[cfg(feature = "postgres")]
+pub use feed::{FeedOptions, PgChangeFeed};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]

@@ -58,13 +58,14 @@ pub struct PostgresStore {
     /// Advisory lock class of this table set (first key of the two-key form).
     lock_class: i32,
     timeout: Duration,
+    /// `LISTEN` channel of this table set.
+    channel: Arc<str>,
 }
 
-/// A change, as it would be announced to listeners (see `announce`; read
-/// once the feed exists).
+/// A change, as announced to listeners (see `announce` and
+/// [`crate::feed`]).
 #[derive(Debug)]
-#[allow(dead_code)]
-enum Change<'a> {
+pub(crate) enum Change<'a> {
     Keys(&'a [KeyId]),
     Owner(&'a str),
     Matching(&'a str, Range<OffsetDateTime>),
@@ -140,6 +141,7 @@ impl PostgresStore {
             pool,
             sql: Arc::new(sql),
             lock_class: fnv(&qualified) as i32,
+            channel: format!("apikey_changes_{:016x}", fnv(&qualified)).into(),
             qualified,
             timeout: options.timeout,
         }
@@ -289,16 +291,25 @@ impl PostgresStore {
         Ok(true)
     }
 
-    /// The one place a committed change would be announced to listeners
-    /// (`SELECT pg_notify(channel, payload)` in `tx`, so it is sent exactly
-    /// when the change commits). Not sent yet: nothing listens.
-    #[allow(clippy::unused_async)]
-    async fn announce(
-        &self,
-        _tx: &mut PgConnection,
-        _change: Change<'_>,
-    ) -> Result<(), StoreError> {
+    /// The one place a committed change is announced to listeners:
+    /// `SELECT pg_notify(channel, payload)` in `tx`, so PostgreSQL delivers
+    /// it exactly when the change commits, and never for a rolled-back one.
+    /// The payload is one key list, owner or prefix window, or `*` (flush
+    /// everything) when it would not fit NOTIFY's 8,000 bytes.
+    async fn announce(&self, tx: &mut PgConnection, change: Change<'_>) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&*self.channel)
+            .bind(crate::feed::encode(&change))
+            .execute(tx)
+            .await
+            .map_err(store_error)?;
         Ok(())
+    }
+
+    /// The `LISTEN` channel this store announces its changes on: one per
+    /// table set (schema and table prefix).
+    pub fn channel(&self) -> &str {
+        &self.channel
     }
 
     async fn one(
@@ -766,8 +777,10 @@ impl KeyStoreLifecycle for PostgresStore {
                     .await
                     .map_err(store_error)?;
             }
-            self.announce(&mut tx, Change::Keys(&[predecessor.id, successor.id])) // + the ended grace
-                .await?;
+            // Both keys and the predecessor's predecessor (its grace ended).
+            let mut changed = vec![predecessor.id, successor.id];
+            changed.extend(p.rotated_from);
+            self.announce(&mut tx, Change::Keys(&changed)).await?;
             tx.commit().await.map_err(store_error)?;
             Ok((p, successor.clone()))
         })

@@ -69,11 +69,15 @@ use crate::key::KeyId;
 use crate::prefix::Prefix;
 
 pub mod builder;
+pub mod cache;
+pub mod feed;
 mod idtable;
 pub mod memory;
 pub mod record;
 
 pub use builder::KeyRecordBuilder;
+pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_NEGATIVE_MAX_AGE};
+pub use feed::{ChangeFeed, Invalidate, Invalidation};
 pub use memory::MemoryStore;
 pub use record::{
     KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,

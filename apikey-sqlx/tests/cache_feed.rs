@@ -1,0 +1,220 @@
+//! Cross-instance invalidation: two `CachedStore<PostgresStore>` instances
+//! on one PostgreSQL (two pools), B subscribed to a `PgChangeFeed`.
+//!
+//! - over 120 revocations on A, the delay until B refuses the key (p50,
+//!   p99, max printed; asserted generously below the maximum age);
+//! - with B's listening connection killed (`pg_terminate_backend`), B
+//!   still refuses a key revoked during the gap within the maximum age
+//!   (the feed flushes after resubscribing; the age bounds the rest);
+//! - bulk revocations (`revoke_owner`, `revoke_matching`) leave nothing
+//!   stale in B's cache.
+//!
+//! Delays are reported, not asserted against a tight wall-clock bound.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apikey::{
+    CachedStore, ChangeFeed, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle,
+    KeyStoreWrite, Revocation,
+};
+use apikey_sqlx::{PgChangeFeed, PostgresStore, StoreOptions};
+use apikey_testkit::conformance;
+
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+struct Pair {
+    a: CachedStore<PostgresStore>,
+    b: Arc<CachedStore<PostgresStore>>,
+    feed: PgChangeFeed,
+}
+
+async fn pair(test: &str) -> Option<Pair> {
+    let url = common::shared(test)?;
+    let options = StoreOptions::default().schema(common::unique(test));
+    let a = PostgresStore::connect_with(&url, options.clone())
+        .await
+        .unwrap();
+    let b = PostgresStore::connect_with(&url, options).await.unwrap();
+    let feed = PgChangeFeed::listen(&b).await.unwrap();
+    let a = CachedStore::new(a).with_max_age(MAX_AGE);
+    let b = Arc::new(CachedStore::new(b).with_max_age(MAX_AGE));
+    feed.subscribe(b.clone());
+    Some(Pair { a, b, feed })
+}
+
+fn revocation() -> Revocation {
+    Revocation {
+        at: conformance::suite_now(),
+        reason: "leaked".into(),
+    }
+}
+
+fn revoked(mut r: KeyRecord) -> KeyRecord {
+    r.status = KeyStatus::Revoked;
+    r.revocation = Some(revocation());
+    r
+}
+
+async fn status(c: &CachedStore<PostgresStore>, id: KeyId) -> KeyStatus {
+    c.fetch(id).await.unwrap().unwrap().status()
+}
+
+/// Polls B until it sees `id` revoked; the delay, or `None` after `limit`.
+async fn until_revoked(
+    b: &CachedStore<PostgresStore>,
+    id: KeyId,
+    limit: Duration,
+    start: Instant,
+) -> Option<Duration> {
+    for _ in 0..100_000 {
+        if status(b, id).await == KeyStatus::Revoked {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    None
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.50), at(0.99), v[v.len() - 1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_a_reaches_b_through_the_feed() {
+    let Some(p) = pair("revocation_on_a_reaches_b_through_the_feed").await else {
+        return;
+    };
+    let mut delays = Vec::new();
+    for _ in 0..120 {
+        let r = conformance::sample_record(Some("two"));
+        p.a.insert(r.clone()).await.unwrap();
+        assert_eq!(status(&p.b, r.id).await, KeyStatus::Active); // cached on B
+        assert_eq!(status(&p.b, r.id).await, KeyStatus::Active);
+        p.a.update(revoked(r.clone())).await.unwrap();
+        let t0 = Instant::now();
+        assert_eq!(status(&p.a, r.id).await, KeyStatus::Revoked, "A at once");
+        let d = until_revoked(&p.b, r.id, MAX_AGE * 3, t0)
+            .await
+            .expect("B never refused the key");
+        delays.push(d);
+    }
+    let (p50, p99, max) = percentiles(delays);
+    println!(
+        "two instances, 120 revocations on A, delay until B refuses: p50 {p50:?}, p99 {p99:?}, max {max:?} (feed reconnects: {})",
+        p.feed.reconnects()
+    );
+    assert!(
+        p99 < MAX_AGE,
+        "with the feed, p99 {p99:?} should be far below the maximum age"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_costs_at_most_the_maximum_age() {
+    let Some(p) = pair("a_killed_listener_costs_at_most_the_maximum_age").await else {
+        return;
+    };
+    let admin = PostgresStore::connect_with(
+        &common::shared("a_killed_listener_costs_at_most_the_maximum_age").unwrap(),
+        StoreOptions::default().schema(common::unique("admin")),
+    )
+    .await
+    .unwrap();
+    let mut delays = Vec::new();
+    for round in 0..5 {
+        let r = conformance::sample_record(Some("kill"));
+        p.a.insert(r.clone()).await.unwrap();
+        assert_eq!(status(&p.b, r.id).await, KeyStatus::Active);
+        // The feed may still be reconnecting from the last round: wait
+        // (bounded) until its listening backend exists, then kill it.
+        let mut killed = Vec::new();
+        for _ in 0..500 {
+            killed = sqlx::query_scalar::<_, bool>(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query ILIKE 'LISTEN%' AND query LIKE '%' || $1 || '%'",
+            )
+            .bind(p.feed.channel())
+            .fetch_all(admin.pool())
+            .await
+            .unwrap();
+            if !killed.is_empty() {
+                break;
+            }
+            common::sleep_ms(10).await;
+        }
+        assert!(
+            !killed.is_empty(),
+            "round {round}: the listener's backend was found"
+        );
+        // Revoked while B's listener is down: its NOTIFY is lost for B.
+        p.a.update(revoked(r.clone())).await.unwrap();
+        let d = until_revoked(&p.b, r.id, MAX_AGE * 3, Instant::now())
+            .await
+            .expect("B never refused the key");
+        delays.push(d);
+    }
+    let (p50, _, max) = percentiles(delays);
+    println!(
+        "listener killed before each of 5 revocations: delay until B refuses p50 {p50:?}, max {max:?} (maximum age {MAX_AGE:?}); feed reconnects {}",
+        p.feed.reconnects()
+    );
+    // Generous: the maximum age plus scheduling on a loaded machine.
+    assert!(max < MAX_AGE + Duration::from_millis(500), "max {max:?}");
+    assert!(p.feed.reconnects() >= 1, "the feed noticed the drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_revocations_leave_nothing_stale_on_b() {
+    let Some(p) = pair("bulk_revocations_leave_nothing_stale_on_b").await else {
+        return;
+    };
+    let owner = conformance::unique_owner();
+    let mut by_owner = Vec::new();
+    for _ in 0..300 {
+        let r = conformance::sample_record(Some(&owner));
+        by_owner.push(r.id);
+        p.a.insert(r).await.unwrap();
+    }
+    let mut by_prefix = Vec::new();
+    for _ in 0..300 {
+        let r = conformance::sample_record(Some("someone_else"));
+        by_prefix.push(r.id);
+        p.a.insert(r).await.unwrap();
+    }
+    for id in by_owner.iter().chain(&by_prefix) {
+        assert_eq!(status(&p.b, *id).await, KeyStatus::Active);
+    }
+    let start = Instant::now();
+    assert_eq!(
+        p.a.revoke_owner(&owner, revocation()).await.unwrap().len(),
+        300
+    );
+    let now = conformance::suite_now();
+    let prefix = apikey::Prefix::new("sk_test_").unwrap();
+    let n =
+        p.a.revoke_matching(&prefix, (now - time::Duration::days(2))..now, revocation())
+            .await
+            .unwrap()
+            .len();
+    assert!(n >= 300);
+    let mut worst = Duration::ZERO;
+    for id in by_owner.iter().chain(&by_prefix) {
+        let d = until_revoked(&p.b, *id, MAX_AGE * 3, start)
+            .await
+            .expect("stale on B");
+        worst = worst.max(d);
+    }
+    println!(
+        "bulk: 300 keys by owner + {n} by prefix revoked on A; all refused on B within {worst:?} of the first revoke's start"
+    );
+}

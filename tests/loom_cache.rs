@@ -1,0 +1,250 @@
+//! Loom model of `CachedStore`'s invalidation protocol: revocation,
+//! disabling and deletion through the cache race cached verifications, and
+//! a cancelled single-flight leader races its follower.
+//!
+//! Runs the real `CachedStore` and `MemoryStore` code with their locks
+//! swapped for loom's (`src/sync.rs`), exploring every interleaving:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_cache
+//! ```
+//!
+//! Properties:
+//! - a verification that *starts after* a revoke, disable or delete through
+//!   the cache returned (a SeqCst flag the writer sets after the call)
+//!   fails with the new state's error; one that started before sees either
+//!   state;
+//! - after every thread is done, the cache answers with the new state: a
+//!   fetch that read the store before the write never re-inserts its stale
+//!   view (the race the pending-slot check closes);
+//! - a follower whose leader's future is dropped mid-read still completes
+//!   (loom reports a thread that is never woken as a deadlock).
+#![cfg(loom)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, Waker};
+
+use apikey::{
+    CachedStore, Error, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreWrite,
+    KeyView, Keyring, MemoryStore, NewKey, Requirement, Revocation, ServerSecret, StoreError,
+    Verifier,
+};
+use loom::future::block_on;
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::thread;
+use time::macros::datetime;
+
+const NOW: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    Revoke,
+    RevokeOwner,
+    Disable,
+    Delete,
+}
+
+fn fixture() -> (Verifier, String, KeyRecord) {
+    let secret = ServerSecret::from_bytes(&[7; 32]).expect("32 bytes");
+    let verifier = Verifier::new(Keyring::new(1, secret).expect("keyring"));
+    let (key, record) = verifier
+        .issue(NewKey::new("sk_live_").owner("org"), NOW)
+        .expect("issues");
+    (verifier, key.expose_secret().to_owned(), record)
+}
+
+fn code(r: &Result<apikey::VerifiedKey, Error>) -> &'static str {
+    match r {
+        Ok(_) => "OK",
+        Err(e) => e.code().as_str(),
+    }
+}
+
+fn verify(verifier: &Verifier, text: &str, cache: &CachedStore<MemoryStore>) -> &'static str {
+    code(&verifier.verify_with(
+        text,
+        |id| block_on(cache.fetch(id)),
+        NOW,
+        &Requirement::none(),
+    ))
+}
+
+fn write(cache: &CachedStore<MemoryStore>, write: Write, record: KeyRecord) {
+    let revocation = Revocation {
+        at: NOW,
+        reason: "leaked".into(),
+    };
+    match write {
+        Write::Revoke => {
+            let mut r = record;
+            r.status = KeyStatus::Revoked;
+            r.revocation = Some(revocation);
+            block_on(cache.update(r)).expect("update");
+        }
+        Write::RevokeOwner => {
+            let ids = block_on(cache.revoke_owner("org", revocation)).expect("revoke_owner");
+            assert_eq!(ids, vec![record.id]);
+        }
+        Write::Disable => {
+            let mut r = record;
+            r.status = KeyStatus::Disabled;
+            block_on(cache.update(r)).expect("update");
+        }
+        Write::Delete => assert!(block_on(cache.delete(record.id)).expect("delete")),
+    }
+}
+
+/// `warm`: the key is cached before the race starts.
+fn model(what: Write, readers: usize, warm: bool) {
+    let (verifier, text, record) = fixture();
+    let after_code = match what {
+        Write::Revoke | Write::RevokeOwner => "REVOKED_API_KEY",
+        Write::Disable => "DISABLED_API_KEY",
+        Write::Delete => "INVALID_API_KEY",
+    };
+    let mut builder = loom::model::Builder::new();
+    if readers > 1 {
+        // Three threads: bound preemptions so the search ends in seconds
+        // (a bound of 3 takes minutes on a loaded 2-core machine).
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(move || {
+        let inner = MemoryStore::new();
+        inner.insert_sync(record.clone()).expect("insert");
+        let cache = Arc::new(CachedStore::new(inner).with_capacity(4));
+        if warm {
+            assert_eq!(verify(&verifier, &text, &cache), "OK");
+        }
+        let done = Arc::new(AtomicBool::new(false));
+
+        let writer = {
+            let (cache, done, record) = (Arc::clone(&cache), Arc::clone(&done), record.clone());
+            thread::spawn(move || {
+                write(&cache, what, record);
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let handles: Vec<_> = (0..readers)
+            .map(|_| {
+                let (cache, done) = (Arc::clone(&cache), Arc::clone(&done));
+                let (verifier, text) = (verifier.clone(), text.clone());
+                thread::spawn(move || {
+                    let started_after = done.load(Ordering::SeqCst);
+                    let c = verify(&verifier, &text, &cache);
+                    if started_after {
+                        assert_eq!(
+                            c, after_code,
+                            "a verification that started after the write saw the old state"
+                        );
+                    } else {
+                        assert!(c == "OK" || c == after_code, "torn state: {c}");
+                    }
+                })
+            })
+            .collect();
+        writer.join().expect("writer");
+        for h in handles {
+            h.join().expect("reader");
+        }
+        assert_eq!(
+            verify(&verifier, &text, &cache),
+            after_code,
+            "a stale view was cached after the write returned"
+        );
+    });
+}
+
+#[test]
+fn revoke_races_a_cold_cached_verification() {
+    model(Write::Revoke, 1, false);
+}
+
+#[test]
+fn revoke_races_a_warm_cached_verification() {
+    model(Write::Revoke, 1, true);
+}
+
+#[test]
+fn disable_races_a_cached_verification() {
+    model(Write::Disable, 1, false);
+}
+
+#[test]
+fn delete_races_a_cached_verification() {
+    model(Write::Delete, 1, false);
+}
+
+#[test]
+fn owner_revoke_races_a_cached_verification() {
+    model(Write::RevokeOwner, 1, false);
+}
+
+#[test]
+fn revoke_races_two_cached_verifications_single_flight() {
+    model(Write::Revoke, 2, false);
+}
+
+#[test]
+fn delete_races_two_cached_verifications_single_flight() {
+    model(Write::Delete, 2, true);
+}
+
+/// A store whose fetch is pending once, like a network read, and then
+/// answers one fixed view (no locks of its own: a smaller search).
+struct Slow(StdArc<KeyView>);
+
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl KeyStore for Slow {
+    async fn fetch(&self, id: KeyId) -> Result<Option<StdArc<KeyView>>, StoreError> {
+        YieldOnce(false).await;
+        Ok((id == self.0.id()).then(|| StdArc::clone(&self.0)))
+    }
+}
+
+#[test]
+fn a_cancelled_leader_does_not_strand_its_follower() {
+    let (_, _, record) = fixture();
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(move || {
+        let view = StdArc::new(KeyView::from_record(&record));
+        let cache = Arc::new(CachedStore::new(Slow(view)).with_capacity(1));
+        let id = record.id;
+        let canceller = {
+            let cache = Arc::clone(&cache);
+            thread::spawn(move || {
+                // Polled once (into the store read, or waiting as a
+                // follower), then dropped.
+                let mut f = Box::pin(cache.fetch(id));
+                let mut cx = Context::from_waker(Waker::noop());
+                let _ = f.as_mut().poll(&mut cx);
+                drop(f);
+            })
+        };
+        let follower = {
+            let cache = Arc::clone(&cache);
+            thread::spawn(move || {
+                let v = block_on(cache.fetch(id)).expect("fetch");
+                assert_eq!(v.map(|v| v.id()), Some(id));
+            })
+        };
+        canceller.join().expect("canceller");
+        follower.join().expect("follower");
+    });
+}
