@@ -105,14 +105,31 @@ impl SqliteStore {
         path: impl AsRef<Path>,
         options: StoreOptions,
     ) -> Result<Self, MigrateError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(options.timeout)
-            .connect_with(sqlite_options(path))
-            .await?;
-        let store = Self::from_pool_with(pool, options)?;
-        store.migrate().await?;
-        Ok(store)
+        let path = path.as_ref();
+        // Instances that start together race to create the file and switch
+        // it to WAL; SQLite answers some of those races with SQLITE_BUSY at
+        // once instead of waiting out the busy timeout. Retry them, bounded.
+        let mut attempt = 0u32;
+        loop {
+            let result = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(options.timeout)
+                    .connect_with(sqlite_options(path))
+                    .await?;
+                let store = Self::from_pool_with(pool, options.clone())?;
+                store.migrate().await?;
+                Ok::<_, MigrateError>(store)
+            }
+            .await;
+            match result {
+                Err(e) if attempt < 50 && is_busy(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 + 10 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// An in-memory database for tests: one connection, so the whole pool
@@ -836,5 +853,15 @@ impl UsageStore for SqliteStore {
         } else {
             FlushOutcome::AlreadyApplied
         })
+    }
+}
+
+/// Whether `e` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (codes 5 and 6).
+fn is_busy(e: &MigrateError) -> bool {
+    match e {
+        MigrateError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("5" | "6" | "517" | "261"))
+        }
+        _ => false,
     }
 }

@@ -344,6 +344,21 @@ impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         match err.kind() {
             StoreErrorKind::NotFound => Error::KeyNotFound,
+            StoreErrorKind::Corrupt => Error::InvalidRecord(err.to_string()),
+            _ => Error::StoreUnavailable(err),
+        }
+    }
+}
+
+impl Error {
+    /// The error of a failed verification lookup: a record the store could
+    /// not decode (a row edited by hand into something invalid) is
+    /// [`Error::InvalidRecord`] (`INVALID_RECORD`, 500), never "valid" and
+    /// never "invalid key"; every other store failure is
+    /// [`Error::StoreUnavailable`] (503).
+    pub(crate) fn from_lookup(err: StoreError) -> Self {
+        match err.kind() {
+            StoreErrorKind::Corrupt => Error::InvalidRecord(err.to_string()),
             _ => Error::StoreUnavailable(err),
         }
     }

@@ -281,11 +281,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         limits
             .check_key(id.as_u64())
             .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
-        let view = self
-            .store
-            .fetch(id)
-            .await
-            .map_err(Error::StoreUnavailable)?;
+        let view = self.store.fetch(id).await.map_err(Error::from_lookup)?;
         // Only for the audit event of a failure; skipped without a sink.
         let owner = match &self.audit {
             Some(_) => view.as_ref().and_then(|v| v.owner.clone()),
@@ -381,7 +377,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 .store
                 .find_legacy(&index)
                 .await
-                .map_err(Error::StoreUnavailable)?
+                .map_err(Error::from_lookup)?
             {
                 found = Some((rec, index));
                 break;

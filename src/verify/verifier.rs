@@ -379,7 +379,7 @@ impl Verifier {
         F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
     {
         let parsed = self.parse(presented)?;
-        let view = lookup(parsed.id()).map_err(Error::StoreUnavailable)?;
+        let view = lookup(parsed.id()).map_err(Error::from_lookup)?;
         self.verify_from_clock(&parsed, view, clock, requirement, None)
     }
 
@@ -414,7 +414,7 @@ impl Verifier {
         F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
     {
         let parsed = self.parse(presented)?;
-        let view = lookup(parsed.id()).map_err(Error::StoreUnavailable)?;
+        let view = lookup(parsed.id()).map_err(Error::from_lookup)?;
         self.verify(&parsed, view, now, requirement)
     }
 
