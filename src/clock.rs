@@ -236,11 +236,7 @@ impl Clock for SystemClock {
 
     #[inline]
     fn timestamp(&self) -> Timestamp {
-        let micros = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-            Err(_) => 0,
-        };
-        Timestamp(micros.min(Timestamp::MAX.0))
+        Timestamp(system_micros().clamp(Timestamp::MIN.0, Timestamp::MAX.0))
     }
 
     /// The system's real-time clock (`clock_gettime(CLOCK_REALTIME)`, read
@@ -257,14 +253,20 @@ impl Clock for SystemClock {
     /// the coarse clock would.
     #[inline]
     fn checked_timestamp(&self) -> Result<Timestamp> {
-        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) if d.as_secs() <= (Timestamp::MAX.0 as u64) / 1_000_000 => {
-                // In range: whole seconds fit (checked just above).
-                let micros = d.as_secs() as i64 * 1_000_000 + i64::from(d.subsec_micros());
-                Timestamp::from_unix_micros(micros)
-            }
-            _ => Err(out_of_range()),
-        }
+        Timestamp::from_unix_micros(system_micros())
+    }
+}
+
+/// The system time in Unix microseconds (truncated), saturating at
+/// `i64::MAX`; -1 before 1970 (out of range either way).
+#[inline]
+fn system_micros() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).map_or(i64::MAX, |secs| {
+            secs.saturating_mul(1_000_000)
+                .saturating_add(i64::from(d.subsec_micros()))
+        }),
+        Err(_) => -1,
     }
 }
 

@@ -97,6 +97,14 @@ fn write(cache: &CachedStore<MemoryStore>, write: Write, record: KeyRecord) {
     }
 }
 
+/// The preemption bound: `var` when set to a number, else `default`.
+fn bound(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `warm`: the key is cached before the race starts.
 fn model(what: Write, readers: usize, warm: bool) {
     let (verifier, text, record) = fixture();
@@ -113,12 +121,7 @@ fn model(what: Write, readers: usize, warm: bool) {
         // (which, like the two-thread models, fails when the pending-slot
         // check in `complete` is removed), and `APIKEY_LOOM_CACHE_BOUND=2`
         // runs the deeper search.
-        builder.preemption_bound = Some(
-            std::env::var("APIKEY_LOOM_CACHE_BOUND")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
-        );
+        builder.preemption_bound = Some(bound("APIKEY_LOOM_CACHE_BOUND", 1));
     }
     builder.check(move || {
         let inner = MemoryStore::new();
@@ -234,12 +237,7 @@ fn a_cancelled_leader_does_not_strand_its_follower() {
     // by removing the `Abandon` guard: loom reports the follower
     // deadlocked); bound 3 did not finish in two hours on 2 cores.
     // `APIKEY_LOOM_LEADER_BOUND` runs a deeper search.
-    builder.preemption_bound = Some(
-        std::env::var("APIKEY_LOOM_LEADER_BOUND")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2),
-    );
+    builder.preemption_bound = Some(bound("APIKEY_LOOM_LEADER_BOUND", 2));
     builder.check(move || {
         let view = StdArc::new(KeyView::from_record(&record));
         let cache = Arc::new(CachedStore::new(Slow(view)).with_capacity(1));
