@@ -25,6 +25,7 @@ pub(crate) use web::{extract, response};
 
 #[doc(hidden)]
 pub mod __private;
+pub mod _documentation;
 
 #[cfg(feature = "tracing")]
 pub use manage::TracingSink;

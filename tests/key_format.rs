@@ -38,7 +38,7 @@ const VECTORS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The regex published in the README for secret scanners.
+/// The regex published in docs/key-format.md for secret scanners.
 const SCANNER_REGEX: &str = r"\b[a-z][a-z0-9_]{0,14}_[0-9A-Za-z]{58}\b";
 
 fn verifier() -> Verifier {
@@ -85,7 +85,7 @@ fn vectors_parse_and_verify() {
     }
 }
 
-/// Re-implements the format from the README's description alone, with the
+/// Re-implements the format from docs/key-format.md alone, with the
 /// `hkdf`, `hmac`, `siphasher` and `crc32fast` crates, and returns the
 /// expected digest (base64) after checking every other field.
 fn reference_check(secret: &[u8], text: &str, id: &str) -> String {

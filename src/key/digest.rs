@@ -2,7 +2,7 @@
 //!
 //! [`KeyDigest`] is HMAC-SHA256, under the digest key of one secret version,
 //! of the key's exact prefix bytes, its version, its id and its secret (see
-//! the README's key format table for the exact bytes). It is the only thing
+//! docs/key-format.md for the exact bytes). It is the only thing
 //! derived from a key's secret that is ever stored. Without the server
 //! secret a stolen digest cannot be checked against guesses.
 
