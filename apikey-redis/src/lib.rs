@@ -36,14 +36,23 @@
 //!   instances with skewed clocks agree; [`TimeBase::Clock`] injects the
 //!   caller's clock (tests, oracles).
 //! * **Memory.** Rate state expires by itself (`PEXPIRE`) once fully
-//!   replenished, so Redis holds state only for active keys; throttle
-//!   entries expire with their window or lockout. Credit balances are
+//!   replenished, so Redis holds state only for active keys. The shared
+//!   failure throttle is **bounded**: two capped tables, one for key ids
+//!   and one for addresses, each of at most
+//!   [`FailureThrottleConfig::max_tracked`] members (default 65,536, the
+//!   same bound as the local table), so at most four Redis keys whatever
+//!   the number of failing addresses; a new member in a full table evicts
+//!   one as the local table does (an ended lockout, else the least recently
+//!   seen unlocked member, else the lockout ending soonest), and each table
+//!   expires once no failure was counted for `max(window, lockout)`.
+//!   Idempotency records expire after
+//!   [`RedisLimitsBuilder::idempotency_ttl`]. Credit balances are
 //!   configuration and persist until removed.
 //! * **Keys.** Every key starts with the configured prefix (default
 //!   `apikey:`): `{prefix}r:{key id}` (windows), `{prefix}c:k:{key id}` and
 //!   `{prefix}c:o:{owner length}:{owner}:{api}` (balances),
-//!   `{prefix}i:{token}` (idempotency records), `{prefix}t:k:{key id}` and
-//!   `{prefix}t:a:{address}` (throttle). A single Redis (or a primary with
+//!   `{prefix}i:{key id}:{token}` (idempotency records), `{prefix}t:k`,
+//!   `{prefix}t:k:rank`, `{prefix}t:a` and `{prefix}t:a:rank` (throttle). A single Redis (or a primary with
 //!   replicas) is supported; Redis Cluster is not, since one admission
 //!   touches keys in different slots.
 //!
@@ -61,10 +70,19 @@
 //! already: the script may have run after the client gave up. Retrying the
 //! same admission then charges again. To make retries safe, give the
 //! admission an idempotency token ([`Admission::idempotency`], e.g. your
-//! request id): the script stores its verdict under the token for
-//! [`RedisLimitsBuilder::idempotency_ttl`] (default 5 minutes) in the same
-//! atomic step, and a retry with the token gets the recorded verdict,
-//! charging nothing again.
+//! request id): the script stores its verdict under the key id and the
+//! token for [`RedisLimitsBuilder::idempotency_ttl`] (default 5 minutes) in
+//! the same atomic step, bound to a fingerprint of the admission (key id,
+//! both limits, cost, owner and API), and a retry of the same admission
+//! with the token gets the recorded verdict, charging nothing again. The
+//! record answers nothing else: the same token from another key is decided
+//! on that key's own state (a token chosen by one client can neither
+//! replay nor block another key's verdict), and the same token from the
+//! same key with a different admission is refused with
+//! [`IdempotencyError::Mismatch`] (a [`StoreError`] of kind
+//! [`StoreErrorKind::InvalidRequest`]), nothing charged. An empty token, or
+//! one longer than [`apikey::limits::MAX_IDEMPOTENCY_TOKEN`] bytes, is
+//! refused the same way before Redis is asked.
 //!
 //! **A Redis restart** with persistence off loses the windows, the
 //! balances and the throttle counters. Windows restart with a full burst,
@@ -81,11 +99,16 @@
 //! so admitted requests make no extra round trip. Failures are counted
 //! locally **and** in Redis (one round trip on the failure path only); when
 //! the shared count reaches `max_failures`, the lockout is copied into the
-//! local throttle. So a key id backs off after at most `max_failures`
-//! failures across the fleet plus one per other instance. The bound on
-//! untagged attempts **in flight** is per instance (N instances allow N ×
-//! `max_failures` in flight); the shared failure counts live in Redis keys
-//! that expire with their window or lockout. If Redis is down the throttle
+//! local throttle, for key ids and for addresses alike. So a key id backs
+//! off after at most `max_failures` failures across the fleet plus one per
+//! other instance, and an address locked out by one instance is refused by
+//! every other instance from its first failed untagged attempt there on
+//! (the checks before the lookup are local, so an instance learns of a
+//! lockout through the reply to the failure it reports; attempts already
+//! in flight there finish). The bound on untagged attempts **in flight** is
+//! per instance (N instances allow N × `max_failures` in flight); the
+//! shared failure counts live in the capped tables described under
+//! *Memory*. If Redis is down the throttle
 //! **fails open** to the local counts: it is defence in depth, and failing
 //! closed would let a Redis outage lock out every key.
 #![forbid(unsafe_code)]
@@ -98,8 +121,8 @@ use std::time::Duration;
 
 use apikey::limits::{
     Admission, Balance, CreditAccount, CreditBalances, CreditScope, CreditStatus, CreditsExhausted,
-    FailureThrottle, FailureThrottleConfig, Limits, MAX_CREDITS, RateLimitInfo, RateWindow, Refill,
-    RefillInterval, SpendReceipt, UntaggedAttempt, Verdict,
+    FailureThrottle, FailureThrottleConfig, IdempotencyError, Limits, MAX_CREDITS, RateLimitInfo,
+    RateWindow, Refill, RefillInterval, SpendReceipt, UntaggedAttempt, Verdict,
 };
 use apikey::{Clock, StoreError, StoreErrorKind, SystemClock, Timestamp};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -146,7 +169,16 @@ pub enum OnRedisError {
 }
 
 /// Builds a [`RedisLimits`].
-#[derive(Debug)]
+///
+/// Its `Debug` output shows the URL without its user name, password and
+/// query (where a socket URL may carry `pass=`):
+///
+/// ```
+/// let b = apikey_redis::RedisLimits::builder("redis://app:s3cret@cache:6379/2");
+/// let shown = format!("{b:?}");
+/// assert!(shown.contains("redis://[REDACTED]@cache:6379/2"));
+/// assert!(!shown.contains("s3cret") && !shown.contains("app"));
+/// ```
 #[must_use]
 pub struct RedisLimitsBuilder {
     url: Cow<'static, str>,
@@ -156,6 +188,43 @@ pub struct RedisLimitsBuilder {
     time: TimeBase,
     throttle: Option<FailureThrottleConfig>,
     idempotency_ttl: Duration,
+}
+
+impl fmt::Debug for RedisLimitsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimitsBuilder")
+            .field("url", &Redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("time", &self.time)
+            .field("throttle", &self.throttle)
+            .field("idempotency_ttl", &self.idempotency_ttl)
+            .finish()
+    }
+}
+
+/// A Redis URL as it may be shown: scheme, host, port and path; the user
+/// information (user name, password) and any query or fragment replaced by
+/// `[REDACTED]`. Anything that does not look like `scheme://...` is
+/// redacted whole.
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str("\"[REDACTED]\"");
+        };
+        // Everything up to the last '@' is user information, whatever it
+        // contains ('/', '?' and '#' included, unescaped).
+        let (user, rest) = match rest.rfind('@') {
+            Some(at) => ("[REDACTED]@", &rest[at + 1..]),
+            None => ("", rest),
+        };
+        let end = rest.find(['?', '#']).unwrap_or(rest.len());
+        let tail = if end < rest.len() { "?[REDACTED]" } else { "" };
+        write!(f, "\"{scheme}://{user}{}{tail}\"", &rest[..end])
+    }
 }
 
 impl RedisLimitsBuilder {
@@ -360,7 +429,10 @@ impl RedisLimits {
                 api: o.api,
             })
         });
-        let idem_ttl = match a.idempotency {
+        let token = a
+            .checked_idempotency()
+            .map_err(IdempotencyError::into_store_error)?;
+        let idem_ttl = match token {
             Some(_) => u64::try_from(self.inner.idempotency_ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
@@ -370,14 +442,19 @@ impl RedisLimits {
         inv.key(format!("{p}r:{}", a.key))
             .key(self.balance_key(CreditAccount::Key(a.key)))
             .key(owner_key)
-            .key(format!("{p}i:{}", a.idempotency.unwrap_or("")))
+            .key(format!("{p}i:{}:{}", a.key, token.unwrap_or("")))
             .arg(self.now_arg())
             .arg(limit(RateWindow::Minute))
             .arg(limit(RateWindow::Hour))
             .arg(charge)
             .arg(cost)
             .arg(if owner.is_some() { "1" } else { "0" })
-            .arg(idem_ttl);
+            .arg(idem_ttl)
+            .arg(if token.is_some() {
+                fingerprint(a)
+            } else {
+                String::new()
+            });
         let mut conn = self.inner.conn.clone();
         let r: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
         parse_verdict(&r, a)
@@ -417,16 +494,22 @@ impl RedisLimits {
         Ok((now, Some(balance)))
     }
 
-    async fn shared_failure(&self, key: String) -> Option<(i64, i64)> {
+    /// Counts one failure of `member` (a key id or an address) in the
+    /// shared table `table` (`k` or `a`), capped at `max_tracked` members.
+    async fn shared_failure(&self, table: char, member: String) -> Option<(i64, i64)> {
         let t = self.inner.throttle.as_ref()?;
         let cfg = t.config();
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let p = &self.inner.prefix;
         let mut inv = self.inner.fail.prepare_invoke();
-        inv.key(key)
+        inv.key(format!("{p}t:{table}"))
+            .key(format!("{p}t:{table}:rank"))
             .arg(self.now_arg())
             .arg(cfg.max_failures)
             .arg(us(cfg.window))
-            .arg(us(cfg.lockout));
+            .arg(us(cfg.lockout))
+            .arg(member)
+            .arg(cfg.max_tracked);
         let mut conn = self.inner.conn.clone();
         // Fails open: a Redis error leaves only the local counts.
         let r: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await.ok()?;
@@ -448,6 +531,37 @@ impl RedisLimits {
             apply(t, until, now);
         }
     }
+}
+
+/// Everything that defines an admission, unambiguously: the key id, both
+/// limits, the cost, the owner and the API (strings length-prefixed). An
+/// idempotency record answers only the admission with the same fingerprint.
+fn fingerprint(a: &Admission<'_>) -> String {
+    let limit = |w: RateWindow| {
+        a.quota
+            .limit(w)
+            .map_or_else(|| "-".to_owned(), |l| l.to_string())
+    };
+    let charge = match a.charge {
+        None => "-".to_owned(),
+        Some(c) => match c.owner {
+            None => format!("{};-", c.cost),
+            Some(o) => format!(
+                "{};{}:{}:{}:{}",
+                c.cost,
+                o.owner.len(),
+                o.owner,
+                o.api.len(),
+                o.api
+            ),
+        },
+    };
+    format!(
+        "v1;{};{};{};{charge}",
+        a.key,
+        limit(RateWindow::Minute),
+        limit(RateWindow::Hour)
+    )
 }
 
 fn parse_verdict(r: &[i64], a: &Admission<'_>) -> Result<Verdict, StoreError> {
@@ -501,12 +615,16 @@ fn parse_verdict(r: &[i64], a: &Admission<'_>) -> Result<Verdict, StoreError> {
                 refill_in: (refill >= 0).then(|| micros(refill)),
             },
         }),
+        3 => Err(IdempotencyError::Mismatch.into_store_error()),
         _ => Err(corrupt("unknown verdict")),
     }
 }
 
 impl Limits for RedisLimits {
     async fn admit(&self, admission: &Admission<'_>) -> Result<Verdict, StoreError> {
+        admission
+            .checked_idempotency()
+            .map_err(IdempotencyError::into_store_error)?;
         if admission.quota.is_unlimited() && admission.charge.is_none() {
             return Ok(Verdict::Admitted {
                 rate_limit: None,
@@ -518,7 +636,10 @@ impl Limits for RedisLimits {
             Err(e)
                 if self.inner.on_error == OnRedisError::AdmitRateLimitedOnly
                     && admission.charge.is_none()
-                    && e.kind() != StoreErrorKind::Corrupt =>
+                    && matches!(
+                        e.kind(),
+                        StoreErrorKind::Unavailable | StoreErrorKind::Timeout
+                    ) =>
             {
                 Ok(Verdict::Admitted {
                     rate_limit: None,
@@ -548,9 +669,7 @@ impl Limits for RedisLimits {
             return;
         };
         let _ = t.record_key_failure(key_id, self.local_now());
-        let lock = self
-            .shared_failure(format!("{}t:k:{key_id}", self.inner.prefix))
-            .await;
+        let lock = self.shared_failure('k', key_id.to_string()).await;
         self.adopt(lock, |t, until, now| t.lock_key_until(key_id, until, now));
     }
 
@@ -558,11 +677,11 @@ impl Limits for RedisLimits {
         let ip = attempt.address();
         let _ = attempt.failed(self.local_now());
         if let Some(ip) = ip {
-            // The shared count; a shared lockout takes effect locally at the
-            // next failure from that address on this instance.
-            let _ = self
-                .shared_failure(format!("{}t:a:{ip}", self.inner.prefix))
-                .await;
+            // The shared count. A shared lockout (reached here or on any
+            // other instance) is copied into the local throttle, so this
+            // instance refuses the address's next attempt.
+            let lock = self.shared_failure('a', ip.to_string()).await;
+            self.adopt(lock, |t, until, now| t.lock_address_until(ip, until, now));
         }
     }
 }
