@@ -47,6 +47,6 @@ redis.call('ZADD', KEYS[2], s(rank), member)
 local idle = now + window
 if now + lockout > idle then idle = now + lockout end
 local ttl = ttl_ms(idle, now)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[1], s(ttl))
+redis.call('PEXPIRE', KEYS[2], s(ttl))
 return { now, lu, f }
