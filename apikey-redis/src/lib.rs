@@ -102,13 +102,17 @@
 //! so admitted requests make no extra round trip. Failures are counted
 //! locally **and** in Redis (one round trip on the failure path only); when
 //! the shared count reaches `max_failures`, the lockout is copied into the
-//! local throttle, for key ids and for addresses alike. So a key id backs
-//! off after at most `max_failures` failures across the fleet plus one per
-//! other instance, and an address locked out by one instance is refused by
-//! every other instance from its first failed untagged attempt there on
-//! (the checks before the lookup are local, so an instance learns of a
-//! lockout through the reply to the failure it reports; attempts already
-//! in flight there finish). The bound on untagged attempts **in flight** is
+//! local throttle, for key ids and for addresses alike. Every instance
+//! also copies the lockouts reached elsewhere into its local throttle
+//! once per [`RedisLimitsBuilder::lockout_sync`] period (default 1 s; one
+//! small script call per period and instance, carrying only lockouts it
+//! has not seen). So a key id or an address locked out by one instance is
+//! refused by every other instance within one sync period, or at its first
+//! failure there if that comes sooner (the reply to every failure carries
+//! the shared lockout); attempts already in flight finish. The checks
+//! before the lookup stay local, so within that period another instance
+//! may still start attempts up to its own in-flight bound. The bound on
+//! untagged attempts **in flight** is
 //! per instance (N instances allow N × `max_failures` in flight); the
 //! shared failure counts live in the capped tables described under
 //! *Memory*. If Redis is down the throttle **fails open** to the local
@@ -190,6 +194,7 @@ pub struct RedisLimitsBuilder {
     on_error: OnRedisError,
     time: TimeBase,
     throttle: Option<FailureThrottleConfig>,
+    lockout_sync: Option<Duration>,
     idempotency_ttl: Duration,
 }
 
@@ -202,6 +207,7 @@ impl fmt::Debug for RedisLimitsBuilder {
             .field("on_error", &self.on_error)
             .field("time", &self.time)
             .field("throttle", &self.throttle)
+            .field("lockout_sync", &self.lockout_sync)
             .field("idempotency_ttl", &self.idempotency_ttl)
             .finish()
     }
@@ -263,6 +269,18 @@ impl RedisLimitsBuilder {
         self
     }
 
+    /// How often this instance copies the lockouts reached on other
+    /// instances into its local throttle (one small script call per
+    /// period, transferring only lockouts it has not seen), so an address
+    /// or key id locked out anywhere is refused here within one period even
+    /// if it never failed here. `None` turns it off: lockouts are then
+    /// learnt only from the replies to this instance's own failures.
+    /// Defaults to every second; only runs with the failure throttle on.
+    pub fn lockout_sync(mut self, every: Option<Duration>) -> Self {
+        self.lockout_sync = every.filter(|d| !d.is_zero());
+        self
+    }
+
     /// How long an admission's verdict is kept under its idempotency token.
     /// Defaults to 5 minutes.
     pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
@@ -274,8 +292,18 @@ impl RedisLimitsBuilder {
     /// reached once it is up. Call it inside a tokio runtime.
     ///
     /// # Errors
-    /// [`StoreError`] for a URL the client cannot use.
+    /// [`StoreError`] for a URL the client cannot use; of kind
+    /// [`StoreErrorKind::InvalidRequest`] when the lockout sync is on and
+    /// no tokio runtime is running.
     pub fn build(self) -> Result<RedisLimits, StoreError> {
+        let sync = match (&self.throttle, self.lockout_sync) {
+            (Some(_), Some(every)) => Some((
+                every,
+                tokio::runtime::Handle::try_current()
+                    .map_err(|e| StoreError::with_source(StoreErrorKind::InvalidRequest, e))?,
+            )),
+            _ => None,
+        };
         let client = Client::open(self.url.as_ref())
             .map_err(|e| StoreError::with_source(StoreErrorKind::Unavailable, e))?;
         let config = ConnectionManagerConfig::new()
@@ -285,7 +313,7 @@ impl RedisLimitsBuilder {
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::with_source(StoreErrorKind::Unavailable, e))?;
-        Ok(RedisLimits {
+        let limits = RedisLimits {
             inner: Arc::new(Inner {
                 conn,
                 prefix: self.prefix,
@@ -297,8 +325,13 @@ impl RedisLimitsBuilder {
                 admit: script(include_str!("lua/admit.lua")),
                 credits: script(include_str!("lua/credits.lua")),
                 fail: script(include_str!("lua/throttle.lua")),
+                locked: script(include_str!("lua/locked.lua")),
             }),
-        })
+        };
+        if let Some((every, runtime)) = sync {
+            runtime.spawn(sync_lockouts(Arc::downgrade(&limits.inner), every));
+        }
+        Ok(limits)
     }
 }
 
@@ -313,6 +346,23 @@ struct Inner {
     admit: Script,
     credits: Script,
     fail: Script,
+    locked: Script,
+}
+
+/// The lockout sync (see [`RedisLimitsBuilder::lockout_sync`]): ends when
+/// the last clone of the bundle is dropped.
+async fn sync_lockouts(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut seen = [0i64; 2];
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let limits = RedisLimits { inner };
+        for (table, seen) in ['a', 'k'].into_iter().zip(seen.iter_mut()) {
+            limits.pull_lockouts(table, seen).await;
+        }
+    }
 }
 
 /// The limits bundle on Redis (see the [crate docs](crate)). Cheap to
@@ -372,6 +422,7 @@ impl RedisLimits {
             on_error: OnRedisError::Refuse,
             time: TimeBase::Redis,
             throttle: None,
+            lockout_sync: Some(Duration::from_secs(1)),
             idempotency_ttl: Duration::from_secs(300),
         }
     }
@@ -519,6 +570,45 @@ impl RedisLimits {
         match r[..] {
             [now, until, _] if until > now => Some((now, until)),
             _ => None,
+        }
+    }
+
+    /// Copies into the local throttle the lockouts of `table` (`k` or `a`)
+    /// that end at or after `seen` (Redis time) and are still in force;
+    /// `seen` advances to the latest end seen. Fails open, like the rest of
+    /// the shared throttle.
+    async fn pull_lockouts(&self, table: char, seen: &mut i64) {
+        let Some(t) = self.inner.throttle.as_ref() else {
+            return;
+        };
+        let mut inv = self.inner.locked.prepare_invoke();
+        inv.key(format!("{}t:{table}:rank", self.inner.prefix))
+            .arg(self.now_arg())
+            .arg(*seen)
+            .arg(t.config().max_tracked);
+        let mut conn = self.inner.conn.clone();
+        let Ok(r) = self
+            .bounded(inv.invoke_async::<Vec<String>>(&mut conn))
+            .await
+        else {
+            return;
+        };
+        let Some(Ok(rnow)) = r.first().map(|n| n.parse::<i64>()) else {
+            return;
+        };
+        for pair in r.get(1..).unwrap_or_default().chunks_exact(2) {
+            let (member, Ok(until)) = (&pair[0], pair[1].parse::<i64>()) else {
+                continue;
+            };
+            *seen = (*seen).max(until);
+            let lock = Some((rnow, until));
+            if table == 'a' {
+                if let Ok(ip) = member.parse::<IpAddr>() {
+                    self.adopt(lock, |t, until, now| t.lock_address_until(ip, until, now));
+                }
+            } else if let Ok(id) = member.parse::<u64>() {
+                self.adopt(lock, |t, until, now| t.lock_key_until(id, until, now));
+            }
         }
     }
 

@@ -287,14 +287,18 @@ async fn key_backoff_is_shared_between_instances_and_fails_open() {
         lockout: Duration::from_secs(60),
         ..FailureThrottleConfig::default()
     };
+    // Without the periodic lockout sync: this is the path through the
+    // replies to failures (the sync has its own test).
     let a = server
         .builder("throttle")
         .failure_throttle(cfg)
+        .lockout_sync(None)
         .build()
         .unwrap();
     let b = server
         .builder("throttle")
         .failure_throttle(cfg)
+        .lockout_sync(None)
         .build()
         .unwrap();
     // Two failures on each instance: four across the fleet.
@@ -342,9 +346,12 @@ async fn one_round_trip_per_admitted_request() {
         )
         .unwrap();
     store.insert_sync(record.clone()).unwrap();
+    // The periodic lockout sync (one call per second, not per request) is
+    // off so that every EVALSHA counted below is a request's.
     let limits = server
         .builder("trips")
         .failure_throttle(FailureThrottleConfig::default())
+        .lockout_sync(None)
         .build()
         .unwrap();
     limits
@@ -409,14 +416,30 @@ async fn an_idempotency_record_answers_only_its_own_admission() {
     assert_eq!(r, Ok(()));
 }
 
-/// An instance with the failure throttle `cfg`, under `test`'s prefix.
-fn throttled(server: &RedisServer, test: &str, cfg: FailureThrottleConfig) -> RedisLimits {
+/// An instance with the failure throttle `cfg`, under `test`'s prefix,
+/// with the lockout sync every `sync`.
+fn throttled(
+    server: &RedisServer,
+    test: &str,
+    cfg: FailureThrottleConfig,
+    sync: Option<Duration>,
+) -> RedisLimits {
     server
         .builder(test)
         .failure_throttle(cfg)
+        .lockout_sync(sync)
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap()
+}
+
+/// Locked out for a minute after three failures.
+fn three_strikes() -> FailureThrottleConfig {
+    FailureThrottleConfig {
+        max_failures: 3,
+        lockout: Duration::from_secs(60),
+        ..FailureThrottleConfig::default()
+    }
 }
 
 /// Failing untagged lookups from `ip` on `limits`, as the gate makes them.
@@ -460,12 +483,10 @@ async fn ten_thousand_failing_addresses_keep_the_shared_throttle_bounded() {
     };
     let cap = 256;
     let cfg = FailureThrottleConfig {
-        max_failures: 3,
-        lockout: Duration::from_secs(60),
         max_tracked: cap,
-        ..FailureThrottleConfig::default()
+        ..three_strikes()
     };
-    let limits = throttled(&server, "throttle-bound", cfg);
+    let limits = throttled(&server, "throttle-bound", cfg, None);
     // One address locked out first: a flood of new addresses evicts
     // unlocked members before it.
     let locked: std::net::IpAddr = "192.0.2.1".parse().unwrap();
@@ -488,7 +509,7 @@ async fn ten_thousand_failing_addresses_keep_the_shared_throttle_bounded() {
     assert!(h > 0);
     // The locked address is still locked for the fleet: a fresh instance
     // learns it at its first failure from there.
-    let other = throttled(&server, "throttle-bound", cfg);
+    let other = throttled(&server, "throttle-bound", cfg, None);
     fail_from(&other, locked).await;
     assert!(other.begin_untagged(Some(locked)).is_err());
 }
@@ -498,22 +519,19 @@ async fn an_address_locked_out_on_one_instance_is_refused_on_another() {
     let Some(server) = RedisServer::start("addr-shared") else {
         return;
     };
-    let cfg = FailureThrottleConfig {
-        max_failures: 3,
-        lockout: Duration::from_secs(60),
-        ..FailureThrottleConfig::default()
-    };
+    let cfg = three_strikes();
     let (a, b) = (
-        throttled(&server, "addr-shared", cfg),
-        throttled(&server, "addr-shared", cfg),
+        throttled(&server, "addr-shared", cfg, None),
+        throttled(&server, "addr-shared", cfg, None),
     );
     let ip: std::net::IpAddr = "2001:db8::7".parse().unwrap();
     for _ in 0..3 {
         fail_from(&a, ip).await;
     }
     assert!(a.begin_untagged(Some(ip)).is_err(), "locked out on A");
-    // B's checks before the lookup are local: its first attempt runs, and
-    // the reply to its failure carries the fleet's lockout.
+    // Without the lockout sync, B's checks before the lookup know only what
+    // B learnt: its first attempt runs, and the reply to its failure
+    // carries the fleet's lockout.
     fail_from(&b, ip).await;
     let wait = b.begin_untagged(Some(ip)).err();
     assert!(
@@ -529,6 +547,46 @@ async fn an_address_locked_out_on_one_instance_is_refused_on_another() {
         b.begin_untagged(Some("2001:db9::7".parse().unwrap()))
             .is_ok()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockouts_reach_other_instances_before_any_attempt_there() {
+    let Some(server) = RedisServer::start("lock-sync") else {
+        return;
+    };
+    let cfg = three_strikes();
+    let every = Some(Duration::from_millis(50));
+    let (a, b) = (
+        throttled(&server, "lock-sync", cfg, every),
+        throttled(&server, "lock-sync", cfg, every),
+    );
+    let ip: std::net::IpAddr = "198.51.100.9".parse().unwrap();
+    for _ in 0..3 {
+        fail_from(&a, ip).await;
+        a.key_failed(41).await;
+    }
+    assert!(a.begin_untagged(Some(ip)).is_err() && a.check_key(41).is_err());
+    // B has seen no failure of that address or key id: it learns both
+    // from the sync (a bounded wait for its next period).
+    let now = || apikey::Clock::timestamp(&apikey::SystemClock);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let throttle = b.throttle().unwrap();
+    while (throttle.check_address(ip, now()).is_ok() || b.check_key(41).is_ok())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wait = b.begin_untagged(Some(ip)).err();
+    assert!(
+        wait.is_some_and(|w| w > Duration::from_secs(50)),
+        "B refuses the address with the shared lockout's wait: {wait:?}"
+    );
+    assert!(b.check_key(41).is_err(), "and the key id");
+    assert!(
+        b.begin_untagged(Some("198.51.100.10".parse().unwrap()))
+            .is_ok()
+    );
+    assert!(b.check_key(42).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,7 @@ local now = now_of(ARGV[1])
 local max, window, lockout = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local member, cap = ARGV[5], tonumber(ARGV[6])
 -- Ranks: unlocked members by when last seen; locked ones after every
--- unlocked one, by the end of their lockout (2^52 + µs stays exact).
-local LOCKED = 4503599627370496
+-- unlocked one, by the end of their lockout (LOCKED + µs).
 local prev = redis.call('HGET', KEYS[1], member)
 local f, ws, lu = 0, now, 0
 if prev then
