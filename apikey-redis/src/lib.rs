@@ -293,17 +293,11 @@ impl RedisLimitsBuilder {
     ///
     /// # Errors
     /// [`StoreError`] for a URL the client cannot use; of kind
-    /// [`StoreErrorKind::InvalidRequest`] when the lockout sync is on and
-    /// no tokio runtime is running.
+    /// [`StoreErrorKind::InvalidRequest`] when called outside a tokio
+    /// runtime (the connection and the lockout sync run on it).
     pub fn build(self) -> Result<RedisLimits, StoreError> {
-        let sync = match (&self.throttle, self.lockout_sync) {
-            (Some(_), Some(every)) => Some((
-                every,
-                tokio::runtime::Handle::try_current()
-                    .map_err(|e| StoreError::with_source(StoreErrorKind::InvalidRequest, e))?,
-            )),
-            _ => None,
-        };
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| StoreError::with_source(StoreErrorKind::InvalidRequest, e))?;
         let client = Client::open(self.url.as_ref())
             .map_err(|e| StoreError::with_source(StoreErrorKind::Unavailable, e))?;
         let config = ConnectionManagerConfig::new()
@@ -328,7 +322,7 @@ impl RedisLimitsBuilder {
                 locked: script(include_str!("lua/locked.lua")),
             }),
         };
-        if let Some((every, runtime)) = sync {
+        if let (Some(_), Some(every)) = (&limits.inner.throttle, self.lockout_sync) {
             runtime.spawn(sync_lockouts(Arc::downgrade(&limits.inner), every));
         }
         Ok(limits)

@@ -215,6 +215,13 @@ async fn redis_restart_mid_load_follows_the_failure_rules_and_recovers() {
     // Persistence off: the balance is gone, so the key is unmetered until
     // its balance is set again (documented).
     assert_eq!(strict.credits(CreditAccount::Key(1)).await.unwrap(), None);
+    // The lenient instance has a connection of its own, which reconnects
+    // by itself too (bounded wait; its metered admissions fail closed, so
+    // an answer means it is back).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lenient.admit(&metered).await.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         lenient
             .admit(&rate_only)
@@ -648,4 +655,17 @@ fn chain(e: &apikey::StoreError) -> String {
         cur = c.source();
     }
     out
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_a_typed_error_not_a_panic() {
+    let plain = || RedisLimits::builder("redis://127.0.0.1:1/");
+    for builder in [
+        plain(),
+        plain().failure_throttle(three_strikes()),
+        plain().failure_throttle(three_strikes()).lockout_sync(None),
+    ] {
+        let e = builder.build().unwrap_err();
+        assert_eq!(e.kind(), apikey::StoreErrorKind::InvalidRequest);
+    }
 }
