@@ -7,8 +7,8 @@ use std::time::Duration;
 use apikey::ManualClock;
 use apikey::limits::{MemoryLimits, NoLimits, Quota, RefillInterval};
 use apikey_testkit::limits::{
-    Arrival, check_admission_bound, check_against_model, check_both_or_neither, check_refill,
-    run_trace, same_decisions, start,
+    Arrival, Idempotency, check_admission_bound, check_against_model, check_both_or_neither,
+    check_idempotency_contract, check_refill, run_trace, same_decisions, start,
 };
 use proptest::prelude::*;
 
@@ -130,4 +130,43 @@ fn the_oracles_catch_a_broken_bundle() {
     let trace = rt.block_on(run_trace(&NoLimits, &clock, q, &arrivals));
     assert!(check_admission_bound(&trace, q).is_err());
     assert!(check_against_model(&trace, q, &HashMap::new(), None).is_err());
+}
+
+#[test]
+fn idempotency_tokens_are_checked_like_every_bundle() {
+    let rt = rt();
+    let limits = MemoryLimits::new();
+    let r = rt.block_on(check_idempotency_contract(
+        &limits,
+        1,
+        2,
+        Idempotency::NotRecorded,
+    ));
+    assert_eq!(r, Ok(()));
+}
+
+#[test]
+fn no_limits_refuses_the_same_tokens() {
+    use apikey::limits::{Admission, IdempotencyError, Limits};
+    let rt = rt();
+    let err = rt
+        .block_on(NoLimits.admit(&Admission::new(1, Quota::unlimited()).idempotency("")))
+        .unwrap_err();
+    assert_eq!(err.kind(), apikey::StoreErrorKind::InvalidRequest);
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<IdempotencyError>());
+    assert_eq!(source, Some(&IdempotencyError::EmptyToken));
+    // Retrying does not help: a 400, never a 503 to retry.
+    let public = apikey::Error::from(err);
+    assert_eq!(
+        (public.code().as_str(), public.http_status()),
+        ("INVALID_REQUEST", 400)
+    );
+    assert!(
+        public.to_string().contains("idempotency token is empty"),
+        "{public}"
+    );
+    assert!(
+        rt.block_on(NoLimits.admit(&Admission::new(1, Quota::unlimited()).idempotency("r-1")))
+            .is_ok_and(|v| v.is_admitted())
+    );
 }

@@ -36,16 +36,28 @@
 //!   instances with skewed clocks agree; [`TimeBase::Clock`] injects the
 //!   caller's clock (tests, oracles).
 //! * **Memory.** Rate state expires by itself (`PEXPIRE`) once fully
-//!   replenished, so Redis holds state only for active keys; throttle
-//!   entries expire with their window or lockout. Credit balances are
+//!   replenished, so Redis holds state only for active keys. The shared
+//!   failure throttle is **bounded**: two capped tables, one for key ids
+//!   and one for addresses, each of at most
+//!   [`FailureThrottleConfig::max_tracked`] members (default 65,536, the
+//!   same bound as the local table), so at most four Redis keys whatever
+//!   the number of failing addresses; a new member in a full table evicts
+//!   one as the local table does (an ended lockout, else the least recently
+//!   seen unlocked member, else the lockout ending soonest), and each table
+//!   expires once no failure was counted for `max(window, lockout)`. A
+//!   member takes about 150 bytes (measured on Redis 7 at 256 members), so
+//!   a full table at the default bound is about 10 MB; lower `max_tracked`
+//!   to shrink it.
+//!   Idempotency records expire after
+//!   [`RedisLimitsBuilder::idempotency_ttl`]. Credit balances are
 //!   configuration and persist until removed.
 //! * **Keys.** Every key starts with the configured prefix (default
 //!   `apikey:`): `{prefix}r:{key id}` (windows), `{prefix}c:k:{key id}` and
 //!   `{prefix}c:o:{owner length}:{owner}:{api}` (balances),
-//!   `{prefix}i:{token}` (idempotency records), `{prefix}t:k:{key id}` and
-//!   `{prefix}t:a:{address}` (throttle). A single Redis (or a primary with
-//!   replicas) is supported; Redis Cluster is not, since one admission
-//!   touches keys in different slots.
+//!   `{prefix}i:{key id}:{token}` (idempotency records), `{prefix}t:k`,
+//!   `{prefix}t:k:rank`, `{prefix}t:a` and `{prefix}t:a:rank` (throttle).
+//!   A single Redis (or a primary with replicas) is supported; Redis
+//!   Cluster is not, since one admission touches keys in different slots.
 //!
 //! # Failures
 //!
@@ -61,10 +73,19 @@
 //! already: the script may have run after the client gave up. Retrying the
 //! same admission then charges again. To make retries safe, give the
 //! admission an idempotency token ([`Admission::idempotency`], e.g. your
-//! request id): the script stores its verdict under the token for
-//! [`RedisLimitsBuilder::idempotency_ttl`] (default 5 minutes) in the same
-//! atomic step, and a retry with the token gets the recorded verdict,
-//! charging nothing again.
+//! request id): the script stores its verdict under the key id and the
+//! token for [`RedisLimitsBuilder::idempotency_ttl`] (default 5 minutes) in
+//! the same atomic step, bound to a fingerprint of the admission (key id,
+//! both limits, cost, owner and API), and a retry of the same admission
+//! with the token gets the recorded verdict, charging nothing again. The
+//! record answers nothing else: the same token from another key is decided
+//! on that key's own state (a token chosen by one client can neither
+//! replay nor block another key's verdict), and the same token from the
+//! same key with a different admission is refused with
+//! [`IdempotencyError::Mismatch`] (a [`StoreError`] of kind
+//! [`StoreErrorKind::InvalidRequest`]), nothing charged. An empty token, or
+//! one longer than [`apikey::limits::MAX_IDEMPOTENCY_TOKEN`] bytes, is
+//! refused the same way before Redis is asked.
 //!
 //! **A Redis restart** with persistence off loses the windows, the
 //! balances and the throttle counters. Windows restart with a full burst,
@@ -81,13 +102,22 @@
 //! so admitted requests make no extra round trip. Failures are counted
 //! locally **and** in Redis (one round trip on the failure path only); when
 //! the shared count reaches `max_failures`, the lockout is copied into the
-//! local throttle. So a key id backs off after at most `max_failures`
-//! failures across the fleet plus one per other instance. The bound on
-//! untagged attempts **in flight** is per instance (N instances allow N ×
-//! `max_failures` in flight); the shared failure counts live in Redis keys
-//! that expire with their window or lockout. If Redis is down the throttle
-//! **fails open** to the local counts: it is defence in depth, and failing
-//! closed would let a Redis outage lock out every key.
+//! local throttle, for key ids and for addresses alike. Every instance
+//! also copies the lockouts reached elsewhere into its local throttle
+//! once per [`RedisLimitsBuilder::lockout_sync`] period (default 1 s; one
+//! small script call per period and instance, carrying only lockouts it
+//! has not seen). So a key id or an address locked out by one instance is
+//! refused by every other instance within one sync period, or at its first
+//! failure there if that comes sooner (the reply to every failure carries
+//! the shared lockout); attempts already in flight finish. The checks
+//! before the lookup stay local, so within that period another instance
+//! may still start attempts up to its own in-flight bound. The bound on
+//! untagged attempts **in flight** is
+//! per instance (N instances allow N × `max_failures` in flight); the
+//! shared failure counts live in the capped tables described under
+//! *Memory*. If Redis is down the throttle **fails open** to the local
+//! counts: it is defence in depth, and failing closed would let a Redis
+//! outage lock out every key.
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
@@ -98,8 +128,8 @@ use std::time::Duration;
 
 use apikey::limits::{
     Admission, Balance, CreditAccount, CreditBalances, CreditScope, CreditStatus, CreditsExhausted,
-    FailureThrottle, FailureThrottleConfig, Limits, MAX_CREDITS, RateLimitInfo, RateWindow, Refill,
-    RefillInterval, SpendReceipt, UntaggedAttempt, Verdict,
+    FailureThrottle, FailureThrottleConfig, IdempotencyError, Limits, MAX_CREDITS, RateLimitInfo,
+    RateWindow, Refill, RefillInterval, SpendReceipt, UntaggedAttempt, Verdict,
 };
 use apikey::{Clock, StoreError, StoreErrorKind, SystemClock, Timestamp};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -146,7 +176,16 @@ pub enum OnRedisError {
 }
 
 /// Builds a [`RedisLimits`].
-#[derive(Debug)]
+///
+/// Its `Debug` output shows the URL without its user name, password and
+/// query (where a socket URL may carry `pass=`):
+///
+/// ```
+/// let b = apikey_redis::RedisLimits::builder("redis://app:s3cret@cache:6379/2");
+/// let shown = format!("{b:?}");
+/// assert!(shown.contains("redis://[REDACTED]@cache:6379/2"));
+/// assert!(!shown.contains("s3cret") && !shown.contains("app"));
+/// ```
 #[must_use]
 pub struct RedisLimitsBuilder {
     url: Cow<'static, str>,
@@ -155,7 +194,46 @@ pub struct RedisLimitsBuilder {
     on_error: OnRedisError,
     time: TimeBase,
     throttle: Option<FailureThrottleConfig>,
+    lockout_sync: Option<Duration>,
     idempotency_ttl: Duration,
+}
+
+impl fmt::Debug for RedisLimitsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimitsBuilder")
+            .field("url", &Redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("time", &self.time)
+            .field("throttle", &self.throttle)
+            .field("lockout_sync", &self.lockout_sync)
+            .field("idempotency_ttl", &self.idempotency_ttl)
+            .finish()
+    }
+}
+
+/// A Redis URL as it may be shown: scheme, host, port and path; the user
+/// information (user name, password) and any query or fragment replaced by
+/// `[REDACTED]`. Anything that does not look like `scheme://...` is
+/// redacted whole.
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str("\"[REDACTED]\"");
+        };
+        // Everything up to the last '@' is user information, whatever it
+        // contains ('/', '?' and '#' included, unescaped).
+        let (user, rest) = match rest.rfind('@') {
+            Some(at) => ("[REDACTED]@", &rest[at + 1..]),
+            None => ("", rest),
+        };
+        let end = rest.find(['?', '#']).unwrap_or(rest.len());
+        let tail = if end < rest.len() { "?[REDACTED]" } else { "" };
+        write!(f, "\"{scheme}://{user}{}{tail}\"", &rest[..end])
+    }
 }
 
 impl RedisLimitsBuilder {
@@ -191,6 +269,18 @@ impl RedisLimitsBuilder {
         self
     }
 
+    /// How often this instance copies the lockouts reached on other
+    /// instances into its local throttle (one small script call per
+    /// period, transferring only lockouts it has not seen), so an address
+    /// or key id locked out anywhere is refused here within one period even
+    /// if it never failed here. `None` turns it off: lockouts are then
+    /// learnt only from the replies to this instance's own failures.
+    /// Defaults to every second; only runs with the failure throttle on.
+    pub fn lockout_sync(mut self, every: Option<Duration>) -> Self {
+        self.lockout_sync = every.filter(|d| !d.is_zero());
+        self
+    }
+
     /// How long an admission's verdict is kept under its idempotency token.
     /// Defaults to 5 minutes.
     pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
@@ -202,8 +292,12 @@ impl RedisLimitsBuilder {
     /// reached once it is up. Call it inside a tokio runtime.
     ///
     /// # Errors
-    /// [`StoreError`] for a URL the client cannot use.
+    /// [`StoreError`] for a URL the client cannot use; of kind
+    /// [`StoreErrorKind::InvalidRequest`] when called outside a tokio
+    /// runtime (the connection and the lockout sync run on it).
     pub fn build(self) -> Result<RedisLimits, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| StoreError::with_source(StoreErrorKind::InvalidRequest, e))?;
         let client = Client::open(self.url.as_ref())
             .map_err(|e| StoreError::with_source(StoreErrorKind::Unavailable, e))?;
         let config = ConnectionManagerConfig::new()
@@ -213,7 +307,7 @@ impl RedisLimitsBuilder {
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::with_source(StoreErrorKind::Unavailable, e))?;
-        Ok(RedisLimits {
+        let limits = RedisLimits {
             inner: Arc::new(Inner {
                 conn,
                 prefix: self.prefix,
@@ -225,8 +319,13 @@ impl RedisLimitsBuilder {
                 admit: script(include_str!("lua/admit.lua")),
                 credits: script(include_str!("lua/credits.lua")),
                 fail: script(include_str!("lua/throttle.lua")),
+                locked: script(include_str!("lua/locked.lua")),
             }),
-        })
+        };
+        if let (Some(_), Some(every)) = (&limits.inner.throttle, self.lockout_sync) {
+            runtime.spawn(sync_lockouts(Arc::downgrade(&limits.inner), every));
+        }
+        Ok(limits)
     }
 }
 
@@ -241,6 +340,23 @@ struct Inner {
     admit: Script,
     credits: Script,
     fail: Script,
+    locked: Script,
+}
+
+/// The lockout sync (see [`RedisLimitsBuilder::lockout_sync`]): ends when
+/// the last clone of the bundle is dropped.
+async fn sync_lockouts(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut seen = [0i64; 2];
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let limits = RedisLimits { inner };
+        for (table, seen) in ['a', 'k'].into_iter().zip(seen.iter_mut()) {
+            limits.pull_lockouts(table, seen).await;
+        }
+    }
 }
 
 /// The limits bundle on Redis (see the [crate docs](crate)). Cheap to
@@ -300,6 +416,7 @@ impl RedisLimits {
             on_error: OnRedisError::Refuse,
             time: TimeBase::Redis,
             throttle: None,
+            lockout_sync: Some(Duration::from_secs(1)),
             idempotency_ttl: Duration::from_secs(300),
         }
     }
@@ -360,7 +477,10 @@ impl RedisLimits {
                 api: o.api,
             })
         });
-        let idem_ttl = match a.idempotency {
+        let token = a
+            .checked_idempotency()
+            .map_err(IdempotencyError::into_store_error)?;
+        let idem_ttl = match token {
             Some(_) => u64::try_from(self.inner.idempotency_ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
@@ -370,14 +490,19 @@ impl RedisLimits {
         inv.key(format!("{p}r:{}", a.key))
             .key(self.balance_key(CreditAccount::Key(a.key)))
             .key(owner_key)
-            .key(format!("{p}i:{}", a.idempotency.unwrap_or("")))
+            .key(format!("{p}i:{}:{}", a.key, token.unwrap_or("")))
             .arg(self.now_arg())
             .arg(limit(RateWindow::Minute))
             .arg(limit(RateWindow::Hour))
             .arg(charge)
             .arg(cost)
             .arg(if owner.is_some() { "1" } else { "0" })
-            .arg(idem_ttl);
+            .arg(idem_ttl)
+            .arg(if token.is_some() {
+                fingerprint(a)
+            } else {
+                String::new()
+            });
         let mut conn = self.inner.conn.clone();
         let r: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
         parse_verdict(&r, a)
@@ -417,22 +542,67 @@ impl RedisLimits {
         Ok((now, Some(balance)))
     }
 
-    async fn shared_failure(&self, key: String) -> Option<(i64, i64)> {
+    /// Counts one failure of `member` (a key id or an address) in the
+    /// shared table `table` (`k` or `a`), capped at `max_tracked` members.
+    async fn shared_failure(&self, table: char, member: String) -> Option<(i64, i64)> {
         let t = self.inner.throttle.as_ref()?;
         let cfg = t.config();
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let p = &self.inner.prefix;
         let mut inv = self.inner.fail.prepare_invoke();
-        inv.key(key)
+        inv.key(format!("{p}t:{table}"))
+            .key(format!("{p}t:{table}:rank"))
             .arg(self.now_arg())
             .arg(cfg.max_failures)
             .arg(us(cfg.window))
-            .arg(us(cfg.lockout));
+            .arg(us(cfg.lockout))
+            .arg(member)
+            .arg(cfg.max_tracked);
         let mut conn = self.inner.conn.clone();
         // Fails open: a Redis error leaves only the local counts.
         let r: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await.ok()?;
         match r[..] {
             [now, until, _] if until > now => Some((now, until)),
             _ => None,
+        }
+    }
+
+    /// Copies into the local throttle the lockouts of `table` (`k` or `a`)
+    /// that end at or after `seen` (Redis time) and are still in force;
+    /// `seen` advances to the latest end seen. Fails open, like the rest of
+    /// the shared throttle.
+    async fn pull_lockouts(&self, table: char, seen: &mut i64) {
+        let Some(t) = self.inner.throttle.as_ref() else {
+            return;
+        };
+        let mut inv = self.inner.locked.prepare_invoke();
+        inv.key(format!("{}t:{table}:rank", self.inner.prefix))
+            .arg(self.now_arg())
+            .arg(*seen)
+            .arg(t.config().max_tracked);
+        let mut conn = self.inner.conn.clone();
+        let Ok(r) = self
+            .bounded(inv.invoke_async::<Vec<String>>(&mut conn))
+            .await
+        else {
+            return;
+        };
+        let Some(Ok(rnow)) = r.first().map(|n| n.parse::<i64>()) else {
+            return;
+        };
+        for pair in r.get(1..).unwrap_or_default().chunks_exact(2) {
+            let (member, Ok(until)) = (&pair[0], pair[1].parse::<i64>()) else {
+                continue;
+            };
+            *seen = (*seen).max(until);
+            let lock = Some((rnow, until));
+            if table == 'a' {
+                if let Ok(ip) = member.parse::<IpAddr>() {
+                    self.adopt(lock, |t, until, now| t.lock_address_until(ip, until, now));
+                }
+            } else if let Ok(id) = member.parse::<u64>() {
+                self.adopt(lock, |t, until, now| t.lock_key_until(id, until, now));
+            }
         }
     }
 
@@ -448,6 +618,37 @@ impl RedisLimits {
             apply(t, until, now);
         }
     }
+}
+
+/// Everything that defines an admission, unambiguously: the key id, both
+/// limits, the cost, the owner and the API (strings length-prefixed). An
+/// idempotency record answers only the admission with the same fingerprint.
+fn fingerprint(a: &Admission<'_>) -> String {
+    let limit = |w: RateWindow| {
+        a.quota
+            .limit(w)
+            .map_or_else(|| "-".to_owned(), |l| l.to_string())
+    };
+    let charge = match a.charge {
+        None => "-".to_owned(),
+        Some(c) => match c.owner {
+            None => format!("{};-", c.cost),
+            Some(o) => format!(
+                "{};{}:{}:{}:{}",
+                c.cost,
+                o.owner.len(),
+                o.owner,
+                o.api.len(),
+                o.api
+            ),
+        },
+    };
+    format!(
+        "v1;{};{};{};{charge}",
+        a.key,
+        limit(RateWindow::Minute),
+        limit(RateWindow::Hour)
+    )
 }
 
 fn parse_verdict(r: &[i64], a: &Admission<'_>) -> Result<Verdict, StoreError> {
@@ -501,12 +702,16 @@ fn parse_verdict(r: &[i64], a: &Admission<'_>) -> Result<Verdict, StoreError> {
                 refill_in: (refill >= 0).then(|| micros(refill)),
             },
         }),
+        3 => Err(IdempotencyError::Mismatch.into_store_error()),
         _ => Err(corrupt("unknown verdict")),
     }
 }
 
 impl Limits for RedisLimits {
     async fn admit(&self, admission: &Admission<'_>) -> Result<Verdict, StoreError> {
+        admission
+            .checked_idempotency()
+            .map_err(IdempotencyError::into_store_error)?;
         if admission.quota.is_unlimited() && admission.charge.is_none() {
             return Ok(Verdict::Admitted {
                 rate_limit: None,
@@ -518,7 +723,10 @@ impl Limits for RedisLimits {
             Err(e)
                 if self.inner.on_error == OnRedisError::AdmitRateLimitedOnly
                     && admission.charge.is_none()
-                    && e.kind() != StoreErrorKind::Corrupt =>
+                    && matches!(
+                        e.kind(),
+                        StoreErrorKind::Unavailable | StoreErrorKind::Timeout
+                    ) =>
             {
                 Ok(Verdict::Admitted {
                     rate_limit: None,
@@ -548,9 +756,7 @@ impl Limits for RedisLimits {
             return;
         };
         let _ = t.record_key_failure(key_id, self.local_now());
-        let lock = self
-            .shared_failure(format!("{}t:k:{key_id}", self.inner.prefix))
-            .await;
+        let lock = self.shared_failure('k', key_id.to_string()).await;
         self.adopt(lock, |t, until, now| t.lock_key_until(key_id, until, now));
     }
 
@@ -558,11 +764,11 @@ impl Limits for RedisLimits {
         let ip = attempt.address();
         let _ = attempt.failed(self.local_now());
         if let Some(ip) = ip {
-            // The shared count; a shared lockout takes effect locally at the
-            // next failure from that address on this instance.
-            let _ = self
-                .shared_failure(format!("{}t:a:{ip}", self.inner.prefix))
-                .await;
+            // The shared count. A shared lockout (reached here or on any
+            // other instance) is copied into the local throttle, so this
+            // instance refuses the address's next attempt.
+            let lock = self.shared_failure('a', ip.to_string()).await;
+            self.adopt(lock, |t, until, now| t.lock_address_until(ip, until, now));
         }
     }
 }

@@ -15,6 +15,7 @@ use apikey::limits::{
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::{ApiKey, Authenticator, Keyring, MemoryStore, NewKey, ServerSecret, Verifier};
 use apikey_redis::{OnRedisError, RedisLimits};
+use apikey_testkit::limits::{Idempotency, check_idempotency_contract};
 use support::RedisServer;
 
 fn verifier() -> Verifier {
@@ -214,6 +215,13 @@ async fn redis_restart_mid_load_follows_the_failure_rules_and_recovers() {
     // Persistence off: the balance is gone, so the key is unmetered until
     // its balance is set again (documented).
     assert_eq!(strict.credits(CreditAccount::Key(1)).await.unwrap(), None);
+    // The lenient instance has a connection of its own, which reconnects
+    // by itself too (bounded wait; its metered admissions fail closed, so
+    // an answer means it is back).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lenient.admit(&metered).await.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         lenient
             .admit(&rate_only)
@@ -286,14 +294,18 @@ async fn key_backoff_is_shared_between_instances_and_fails_open() {
         lockout: Duration::from_secs(60),
         ..FailureThrottleConfig::default()
     };
+    // Without the periodic lockout sync: this is the path through the
+    // replies to failures (the sync has its own test).
     let a = server
         .builder("throttle")
         .failure_throttle(cfg)
+        .lockout_sync(None)
         .build()
         .unwrap();
     let b = server
         .builder("throttle")
         .failure_throttle(cfg)
+        .lockout_sync(None)
         .build()
         .unwrap();
     // Two failures on each instance: four across the fleet.
@@ -341,9 +353,12 @@ async fn one_round_trip_per_admitted_request() {
         )
         .unwrap();
     store.insert_sync(record.clone()).unwrap();
+    // The periodic lockout sync (one call per second, not per request) is
+    // off so that every EVALSHA counted below is a request's.
     let limits = server
         .builder("trips")
         .failure_throttle(FailureThrottleConfig::default())
+        .lockout_sync(None)
         .build()
         .unwrap();
     limits
@@ -396,4 +411,261 @@ async fn one_round_trip_per_admitted_request() {
     // are the top-level EVALSHA calls.
     assert_eq!(calls("evalsha"), 50, "{info}");
     assert_eq!(calls("eval") + calls("script|load"), 0, "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_record_answers_only_its_own_admission() {
+    let Some(server) = RedisServer::start("idem-bound") else {
+        return;
+    };
+    let limits = server.builder("idem-bound").build().unwrap();
+    let r = check_idempotency_contract(&limits, 21, 22, Idempotency::Recorded).await;
+    assert_eq!(r, Ok(()));
+}
+
+/// An instance with the failure throttle `cfg`, under `test`'s prefix,
+/// with the lockout sync every `sync`.
+fn throttled(
+    server: &RedisServer,
+    test: &str,
+    cfg: FailureThrottleConfig,
+    sync: Option<Duration>,
+) -> RedisLimits {
+    server
+        .builder(test)
+        .failure_throttle(cfg)
+        .lockout_sync(sync)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Locked out for a minute after three failures.
+fn three_strikes() -> FailureThrottleConfig {
+    FailureThrottleConfig {
+        max_failures: 3,
+        lockout: Duration::from_secs(60),
+        ..FailureThrottleConfig::default()
+    }
+}
+
+/// Failing untagged lookups from `ip` on `limits`, as the gate makes them.
+async fn fail_from(limits: &RedisLimits, ip: std::net::IpAddr) {
+    let attempt = limits.begin_untagged(Some(ip)).unwrap();
+    limits.untagged_failed(attempt).await;
+}
+
+async fn dbsize(server: &RedisServer) -> (i64, Vec<String>) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let n: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    (n, keys)
+}
+
+async fn table_len(server: &RedisServer, key: &str) -> (i64, i64) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let h: i64 = redis::cmd("HLEN")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let z: i64 = redis::cmd("ZCARD")
+        .arg(format!("{key}:rank"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    (h, z)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failing_addresses_keep_the_shared_throttle_bounded() {
+    let Some(server) = RedisServer::start("throttle-bound") else {
+        return;
+    };
+    let cap = 256;
+    let cfg = FailureThrottleConfig {
+        max_tracked: cap,
+        ..three_strikes()
+    };
+    let limits = throttled(&server, "throttle-bound", cfg, None);
+    // One address locked out first: a flood of new addresses evicts
+    // unlocked members before it.
+    let locked: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    for _ in 0..3 {
+        fail_from(&limits, locked).await;
+    }
+    for i in 0..10_000u32 {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        fail_from(&limits, ip).await;
+    }
+    let (n, keys) = dbsize(&server).await;
+    // The stated bound: two keys per table (members and ranks); only the
+    // address table is in use here.
+    assert!(n <= 2, "{n} Redis keys: {keys:?}");
+    let (h, z) = table_len(&server, "test:throttle-bound:t:a").await;
+    assert!(
+        h <= cap as i64 && z == h,
+        "{h} members, {z} ranks, cap {cap}"
+    );
+    assert!(h > 0);
+    // The locked address is still locked for the fleet: a fresh instance
+    // learns it at its first failure from there.
+    let other = throttled(&server, "throttle-bound", cfg, None);
+    fail_from(&other, locked).await;
+    assert!(other.begin_untagged(Some(locked)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_locked_out_on_one_instance_is_refused_on_another() {
+    let Some(server) = RedisServer::start("addr-shared") else {
+        return;
+    };
+    let cfg = three_strikes();
+    let (a, b) = (
+        throttled(&server, "addr-shared", cfg, None),
+        throttled(&server, "addr-shared", cfg, None),
+    );
+    let ip: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+    for _ in 0..3 {
+        fail_from(&a, ip).await;
+    }
+    assert!(a.begin_untagged(Some(ip)).is_err(), "locked out on A");
+    // Without the lockout sync, B's checks before the lookup know only what
+    // B learnt: its first attempt runs, and the reply to its failure
+    // carries the fleet's lockout.
+    fail_from(&b, ip).await;
+    let wait = b.begin_untagged(Some(ip)).err();
+    assert!(
+        wait.is_some_and(|w| w > Duration::from_secs(50)),
+        "B refuses with the shared lockout's wait: {wait:?}"
+    );
+    // The same /64 is the same address; another one is unaffected.
+    assert!(
+        b.begin_untagged(Some("2001:db8::8".parse().unwrap()))
+            .is_err()
+    );
+    assert!(
+        b.begin_untagged(Some("2001:db9::7".parse().unwrap()))
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockouts_reach_other_instances_before_any_attempt_there() {
+    let Some(server) = RedisServer::start("lock-sync") else {
+        return;
+    };
+    let cfg = three_strikes();
+    let every = Some(Duration::from_millis(50));
+    let (a, b) = (
+        throttled(&server, "lock-sync", cfg, every),
+        throttled(&server, "lock-sync", cfg, every),
+    );
+    let ip: std::net::IpAddr = "198.51.100.9".parse().unwrap();
+    for _ in 0..3 {
+        fail_from(&a, ip).await;
+        a.key_failed(41).await;
+    }
+    assert!(a.begin_untagged(Some(ip)).is_err() && a.check_key(41).is_err());
+    // B has seen no failure of that address or key id: it learns both
+    // from the sync (a bounded wait for its next period).
+    let now = || apikey::Clock::timestamp(&apikey::SystemClock);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let throttle = b.throttle().unwrap();
+    while (throttle.check_address(ip, now()).is_ok() || b.check_key(41).is_ok())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wait = b.begin_untagged(Some(ip)).err();
+    assert!(
+        wait.is_some_and(|w| w > Duration::from_secs(50)),
+        "B refuses the address with the shared lockout's wait: {wait:?}"
+    );
+    assert!(b.check_key(41).is_err(), "and the key id");
+    assert!(
+        b.begin_untagged(Some("198.51.100.10".parse().unwrap()))
+            .is_ok()
+    );
+    assert!(b.check_key(42).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_url_password_never_shows() {
+    let urls = [
+        (
+            "redis://app:s3cret-pw@cache.internal:6379/2",
+            "redis://[REDACTED]@cache.internal:6379/2",
+        ),
+        (
+            "redis://:s3cret-pw@127.0.0.1:1/",
+            "redis://[REDACTED]@127.0.0.1:1/",
+        ),
+        (
+            "rediss://app:s3cret/pw?x@cache/0",
+            "rediss://[REDACTED]@cache/0",
+        ),
+        (
+            "redis+unix:///run/redis.sock?db=1&pass=s3cret-pw",
+            "redis+unix:///run/redis.sock?[REDACTED]",
+        ),
+        (
+            "redis://cache:6379/0#s3cret-pw",
+            "redis://cache:6379/0?[REDACTED]",
+        ),
+        ("app:s3cret-pw@cache", "[REDACTED]"),
+    ];
+    for (url, shown) in urls {
+        let b = RedisLimits::builder(url);
+        let debug = format!("{b:?}");
+        assert!(debug.contains(&format!("url: \"{shown}\"")), "{debug}");
+        for secret in ["s3cret", "app"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+    // Neither the bundle nor its errors (a bad URL, a refused connection)
+    // repeat the URL's password.
+    let bad = RedisLimits::builder("redis://app:s3cret-pw@/")
+        .build()
+        .unwrap_err();
+    let limits = RedisLimits::builder("redis://app:s3cret-pw@127.0.0.1:1/")
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let down = limits
+        .admit(&Admission::new(1, Quota::unlimited().per_minute(1)))
+        .await
+        .unwrap_err();
+    for shown in [format!("{limits:?}"), chain(&bad), chain(&down)] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}
+
+fn chain(e: &apikey::StoreError) -> String {
+    let mut out = format!("{e} {e:?}");
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        out.push_str(&format!(" / {c} {c:?}"));
+        cur = c.source();
+    }
+    out
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_a_typed_error_not_a_panic() {
+    let plain = || RedisLimits::builder("redis://127.0.0.1:1/");
+    for builder in [
+        plain(),
+        plain().failure_throttle(three_strikes()),
+        plain().failure_throttle(three_strikes()).lockout_sync(None),
+    ] {
+        let e = builder.build().unwrap_err();
+        assert_eq!(e.kind(), apikey::StoreErrorKind::InvalidRequest);
+    }
 }

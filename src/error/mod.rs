@@ -81,6 +81,10 @@ pub enum StoreErrorKind {
     Conflict,
     /// The backend holds data this crate cannot read (corrupt row, bad schema).
     Corrupt,
+    /// The request was refused as invalid before anything was done (e.g. an
+    /// idempotency token that is empty or already names another admission;
+    /// the source says which). Retrying the same request does not help.
+    InvalidRequest,
 }
 
 /// An error from a [`KeyStore`](crate::KeyStore) implementation.
@@ -133,6 +137,7 @@ impl fmt::Display for StoreError {
             StoreErrorKind::NotFound => "no key with this id",
             StoreErrorKind::Conflict => "the key changed concurrently",
             StoreErrorKind::Corrupt => "the key store holds an unreadable record",
+            StoreErrorKind::InvalidRequest => "the store refused the request as invalid",
         };
         f.write_str(what)
     }
@@ -345,6 +350,13 @@ impl From<StoreError> for Error {
         match err.kind() {
             StoreErrorKind::NotFound => Error::KeyNotFound,
             StoreErrorKind::Corrupt => Error::InvalidRecord(err.to_string()),
+            // Retrying does not help: 400 `INVALID_REQUEST`, never 503.
+            StoreErrorKind::InvalidRequest => {
+                Error::InvalidInput(match std::error::Error::source(&err) {
+                    Some(cause) => cause.to_string(),
+                    None => err.to_string(),
+                })
+            }
             _ => Error::StoreUnavailable(err),
         }
     }

@@ -24,6 +24,7 @@
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::error::{StoreError, StoreErrorKind};
 use crate::limits::credits::{
     Balance, CreditScope, CreditsExhausted, MAX_CREDITS, OwnerApi, SpendReceipt,
 };
@@ -69,9 +70,16 @@ impl<'a> CreditCharge<'a> {
 ///
 /// `idempotency` (optional) names the request: a store that may leave an
 /// outcome unknown (a timeout on the network) records the verdict under it
-/// for a short time and answers a retry with the same token with the
-/// recorded verdict instead of charging twice. In-process stores never
-/// leave an outcome unknown and ignore it.
+/// for a short time and answers a retry of the **same admission** with the
+/// same token with the recorded verdict instead of charging twice. The
+/// record is bound to the key id and to the whole admission (quota, cost,
+/// owner and API): a token reused by another key starts a record of that
+/// key's own, and a token reused by the same key for a different admission
+/// is refused with [`IdempotencyError::Mismatch`], never answered with the
+/// recorded verdict. In-process stores never leave an outcome unknown and
+/// record nothing, but every bundle refuses a token that is empty or longer
+/// than [`MAX_IDEMPOTENCY_TOKEN`] bytes, so a token accepted by one bundle
+/// is accepted by every bundle ([`Admission::checked_idempotency`]).
 ///
 /// ```
 /// use apikey::limits::{Admission, CreditCharge, Quota};
@@ -116,7 +124,70 @@ impl<'a> Admission<'a> {
         self.idempotency = Some(token);
         self
     }
+
+    /// The idempotency token, if any, once checked: every limits bundle
+    /// calls this before deciding, so all refuse the same tokens.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::EmptyToken`] or [`IdempotencyError::TooLong`].
+    pub const fn checked_idempotency(&self) -> Result<Option<&'a str>, IdempotencyError> {
+        match self.idempotency {
+            Some(t) if t.is_empty() => Err(IdempotencyError::EmptyToken),
+            Some(t) if t.len() > MAX_IDEMPOTENCY_TOKEN => Err(IdempotencyError::TooLong),
+            other => Ok(other),
+        }
+    }
 }
+
+/// The longest idempotency token, in bytes (a request id; UUIDs and ULIDs
+/// fit many times over).
+pub const MAX_IDEMPOTENCY_TOKEN: usize = 256;
+
+/// Why an [`Admission`]'s idempotency token was refused. A limits bundle
+/// returns it as the [`source`](std::error::Error::source) of a
+/// [`StoreError`] of kind [`StoreErrorKind::InvalidRequest`]; nothing is
+/// decided or charged then.
+///
+/// ```
+/// use apikey::limits::{Admission, IdempotencyError, Quota};
+/// let a = Admission::new(1, Quota::unlimited()).idempotency("");
+/// assert_eq!(a.checked_idempotency(), Err(IdempotencyError::EmptyToken));
+/// let e = IdempotencyError::EmptyToken.into_store_error();
+/// assert_eq!(e.kind(), apikey::StoreErrorKind::InvalidRequest);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// The token is empty: it names no request.
+    EmptyToken,
+    /// The token is longer than [`MAX_IDEMPOTENCY_TOKEN`] bytes.
+    TooLong,
+    /// The token already names a different admission (another quota, cost,
+    /// owner or API for the same key id) whose record has not expired.
+    Mismatch,
+}
+
+impl IdempotencyError {
+    /// This refusal as the [`StoreError`] a [`Limits`](crate::limits::Limits)
+    /// bundle returns (kind [`StoreErrorKind::InvalidRequest`], `self` as
+    /// its source).
+    #[must_use]
+    pub fn into_store_error(self) -> StoreError {
+        StoreError::with_source(StoreErrorKind::InvalidRequest, self)
+    }
+}
+
+impl std::fmt::Display for IdempotencyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::EmptyToken => "the idempotency token is empty",
+            Self::TooLong => "the idempotency token is longer than 256 bytes",
+            Self::Mismatch => "the idempotency token was already used for a different admission",
+        })
+    }
+}
+
+impl std::error::Error for IdempotencyError {}
 
 /// What refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

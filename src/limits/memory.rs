@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::StoreError;
-use crate::limits::admission::{Admission, AdmissionState, Verdict, decide};
+use crate::limits::admission::{Admission, AdmissionState, IdempotencyError, Verdict, decide};
 use crate::limits::credits::{Balance, CreditAccount, CreditStatus, MAX_CREDITS, Refill};
 use crate::limits::gcra::GcraState;
 use crate::limits::quota::Quota;
@@ -335,7 +335,14 @@ impl<C: Clock> Limits for MemoryLimits<C> {
         &self,
         admission: &Admission<'_>,
     ) -> impl Future<Output = Result<Verdict, StoreError>> + Send {
-        std::future::ready(Ok(self.admit_sync(admission)))
+        // No outcome is ever unknown here, so nothing is recorded; the
+        // token is still checked, so every bundle refuses the same tokens.
+        std::future::ready(
+            admission
+                .checked_idempotency()
+                .map_err(IdempotencyError::into_store_error)
+                .map(|_| self.admit_sync(admission)),
+        )
     }
 
     fn check_key(&self, key_id: u64) -> Result<(), Duration> {

@@ -41,7 +41,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use admission::{
-    Admission, AdmissionState, AdmissionWrite, CreditCharge, Refuser, Verdict, decide,
+    Admission, AdmissionState, AdmissionWrite, CreditCharge, IdempotencyError,
+    MAX_IDEMPOTENCY_TOKEN, Refuser, Verdict, decide,
 };
 pub use credits::{
     Balance, CreditAccount, CreditScope, CreditStatus, CreditsExhausted, MAX_CREDITS, OwnerApi,
@@ -89,6 +90,10 @@ pub trait Limits: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError`] when the backend fails; nothing is admitted then.
+    /// An idempotency token that is empty, too long, or already bound to a
+    /// different admission is a [`StoreError`] of kind
+    /// [`InvalidRequest`](crate::StoreErrorKind::InvalidRequest) with an
+    /// [`IdempotencyError`] as its source; nothing is decided then.
     fn admit(
         &self,
         admission: &Admission<'_>,
@@ -191,7 +196,12 @@ impl Limits for NoLimits {
         &self,
         admission: &Admission<'_>,
     ) -> impl Future<Output = Result<Verdict, StoreError>> + Send {
-        std::future::ready(Ok(self.admit_now(admission)))
+        std::future::ready(
+            admission
+                .checked_idempotency()
+                .map_err(IdempotencyError::into_store_error)
+                .map(|_| self.admit_now(admission)),
+        )
     }
 
     fn check_key(&self, _key_id: u64) -> Result<(), Duration> {

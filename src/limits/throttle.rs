@@ -400,6 +400,26 @@ impl FailureThrottle {
         Ok(())
     }
 
+    /// Locks `k` in `table` until `until` (a lockout learnt from a shared
+    /// store), unless a later one is already in force.
+    fn adopt_lock<K: Hash + Eq + Copy>(
+        &self,
+        table: &Table<K>,
+        k: K,
+        until: Timestamp,
+        now: Timestamp,
+    ) {
+        let (now, until) = (now.as_unix_micros(), until.as_unix_micros());
+        if until <= now {
+            return;
+        }
+        let _ = table.with(&self.hasher, k, now, self.window(), true, |e| {
+            e.failures = e.failures.max(self.config.max_failures);
+            e.locked_until = Some(e.locked_until.map_or(until, |u| u.max(until)));
+            e.last_seen = now;
+        });
+    }
+
     /// Counts a key-status failure of `key_id`.
     ///
     /// # Errors
@@ -416,17 +436,7 @@ impl FailureThrottle {
     /// Backs `key_id` off until `until` (a lockout learnt from a shared
     /// store), unless a later one is already in force.
     pub fn lock_key_until(&self, key_id: u64, until: Timestamp, now: Timestamp) {
-        let (now, until) = (now.as_unix_micros(), until.as_unix_micros());
-        if until <= now {
-            return;
-        }
-        let _ = self
-            .keys
-            .with(&self.hasher, key_id, now, self.window(), true, |e| {
-                e.failures = e.failures.max(self.config.max_failures);
-                e.locked_until = Some(e.locked_until.map_or(until, |u| u.max(until)));
-                e.last_seen = now;
-            });
+        self.adopt_lock(&self.keys, key_id, until, now);
     }
 
     /// Forgets `key_id`'s failures and backoff (e.g. after an operator
@@ -506,6 +516,14 @@ impl FailureThrottle {
             Some(Some(wait)) => Err(micros(wait)),
             _ => Ok(()),
         }
+    }
+
+    /// Locks `client` out until `until` (a lockout learnt from a shared
+    /// store), unless a later one is already in force: its next
+    /// [`begin_untagged`](Self::begin_untagged) is refused. Attempts already
+    /// in flight are kept.
+    pub fn lock_address_until(&self, client: IpAddr, until: Timestamp, now: Timestamp) {
+        self.adopt_lock(&self.addrs, self.normalize(client), until, now);
     }
 
     /// Forgets an address. Returns whether it was tracked.

@@ -17,16 +17,19 @@
 //! * [`check_both_or_neither`]: key and owner balances are debited together
 //!   or not at all, and sum up exactly under concurrency;
 //! * [`same_decisions`]: two bundles give identical verdicts for the same
-//!   arrival times.
+//!   arrival times;
+//! * [`check_idempotency_contract`]: idempotency tokens are checked alike
+//!   by every bundle, and a recorded verdict answers only its own admission.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use apikey::limits::{
-    Admission, CreditAccount, CreditBalances, CreditCharge, CreditScope, Limits, OwnerApi, Quota,
-    RateLimitInfo, RateWindow, Refill, RefillInterval, Refuser, Verdict,
+    Admission, CreditAccount, CreditBalances, CreditCharge, CreditScope, IdempotencyError, Limits,
+    MAX_IDEMPOTENCY_TOKEN, OwnerApi, Quota, RateLimitInfo, RateWindow, Refill, RefillInterval,
+    Refuser, Verdict,
 };
-use apikey::{Clock, ManualClock};
+use apikey::{Clock, ManualClock, StoreError, StoreErrorKind};
 
 /// The owner and API every oracle's owner balance uses.
 pub const OWNER: OwnerApi<'static> = OwnerApi {
@@ -505,4 +508,158 @@ pub async fn same_decisions<A: Limits, B: Limits>(
 #[must_use]
 pub fn start() -> time::OffsetDateTime {
     time::macros::datetime!(2026-01-31 22:00 UTC)
+}
+
+/// Whether a bundle records verdicts under idempotency tokens (a shared
+/// store, where an outcome can be unknown) or only checks the tokens (an
+/// in-process bundle, where it never is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotency {
+    /// A retry of the same admission with the same token gets the recorded
+    /// verdict, charged once; the same key with a different admission gets
+    /// [`IdempotencyError::Mismatch`].
+    Recorded,
+    /// Every admission is decided on its own.
+    NotRecorded,
+}
+
+fn refused_with(r: &Result<Verdict, StoreError>, want: IdempotencyError) -> Result<(), String> {
+    match r {
+        Err(e)
+            if e.kind() == StoreErrorKind::InvalidRequest
+                && std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<IdempotencyError>())
+                    == Some(&want) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("expected {want:?}, got {other:?}")),
+    }
+}
+
+/// The idempotency contract shared by every bundle, on two fresh keys
+/// (`rich` gets 1,000 credits, `poor` none):
+///
+/// * an empty token and one longer than [`MAX_IDEMPOTENCY_TOKEN`] bytes are
+///   refused with their [`IdempotencyError`] (kind
+///   [`StoreErrorKind::InvalidRequest`]), nothing charged;
+/// * a token used by `rich` for a cost of 500 and then sent by `poor` for
+///   the same cost never admits `poor` and never shows `rich`'s balance:
+///   `poor` is refused for its own empty balance;
+/// * the same token from `rich` with another cost, another owner or another
+///   quota is never answered with the recorded verdict: with
+///   [`Idempotency::Recorded`] it is refused with
+///   [`IdempotencyError::Mismatch`], nothing charged; with
+///   [`Idempotency::NotRecorded`] it is decided on its own;
+/// * a retry of the first admission: [`Idempotency::Recorded`] answers the
+///   recorded verdict and charges nothing again.
+pub async fn check_idempotency_contract<L: Limits + CreditBalances>(
+    limits: &L,
+    rich: u64,
+    poor: u64,
+    behaviour: Idempotency,
+) -> Result<(), String> {
+    let key_left = |k: u64| async move {
+        limits
+            .credits(CreditAccount::Key(k))
+            .await
+            .map_err(|e| format!("credits: {e}"))
+            .map(|s| s.map(|s| s.remaining))
+    };
+    for (k, n) in [(rich, 1_000), (poor, 0)] {
+        limits
+            .set_credits(CreditAccount::Key(k), n, None)
+            .await
+            .map_err(|e| format!("set_credits: {e}"))?;
+    }
+    let q = Quota::unlimited().per_minute(100);
+    let spend = |key: u64, cost: u64| Admission::new(key, q).credits(CreditCharge::new(cost));
+
+    let long = "x".repeat(MAX_IDEMPOTENCY_TOKEN + 1);
+    let longest = "y".repeat(MAX_IDEMPOTENCY_TOKEN);
+    for (token, want) in [
+        ("", IdempotencyError::EmptyToken),
+        (long.as_str(), IdempotencyError::TooLong),
+    ] {
+        let r = limits.admit(&spend(rich, 500).idempotency(token)).await;
+        refused_with(&r, want).map_err(|e| format!("token of {} bytes: {e}", token.len()))?;
+        // Refused before anything else, even where nothing would be stored.
+        let r = limits
+            .admit(&Admission::new(rich, Quota::unlimited()).idempotency(token))
+            .await;
+        refused_with(&r, want).map_err(|e| format!("unlimited, {} bytes: {e}", token.len()))?;
+    }
+    if key_left(rich).await? != Some(1_000) {
+        return Err("a refused token charged credits".into());
+    }
+    let r = limits.admit(&spend(poor, 0).idempotency(&longest)).await;
+    if !matches!(r, Ok(Verdict::CreditsExhausted { .. })) {
+        return Err(format!("a token of {MAX_IDEMPOTENCY_TOKEN} bytes: {r:?}"));
+    }
+
+    let token = "req-1";
+    let first = limits
+        .admit(&spend(rich, 500).idempotency(token))
+        .await
+        .map_err(|e| format!("first: {e}"))?;
+    if first.credits().and_then(|c| c.key_remaining) != Some(500) {
+        return Err(format!("first admission: {first:?}"));
+    }
+
+    // Another key, same token: decided on its own state.
+    let other = limits.admit(&spend(poor, 500).idempotency(token)).await;
+    match other {
+        Ok(Verdict::CreditsExhausted { exhausted, .. })
+            if exhausted.scope == CreditScope::Key && exhausted.remaining == 0 => {}
+        other => return Err(format!("another key with the same token: {other:?}")),
+    }
+    if key_left(poor).await? != Some(0) {
+        return Err("the other key's balance changed".into());
+    }
+
+    // The same key, same token, a different admission.
+    let owner = spend(rich, 500).credits(CreditCharge::new(500).owner(Some(OWNER)));
+    let other_quota =
+        Admission::new(rich, Quota::unlimited().per_minute(99)).credits(CreditCharge::new(500));
+    for (what, a) in [
+        ("cost", spend(rich, 1)),
+        ("owner", owner),
+        ("quota", other_quota),
+    ] {
+        let before = key_left(rich).await?;
+        let r = limits.admit(&a.idempotency(token)).await;
+        match behaviour {
+            Idempotency::Recorded => {
+                refused_with(&r, IdempotencyError::Mismatch)
+                    .map_err(|e| format!("another {what}: {e}"))?;
+                if key_left(rich).await? != before {
+                    return Err(format!("another {what}: a mismatch charged credits"));
+                }
+            }
+            Idempotency::NotRecorded => {
+                let v = r.map_err(|e| format!("another {what}: {e}"))?;
+                let own_cost = a.charge.map(|c| c.cost);
+                if v == first || v.credits().is_some_and(|c| Some(c.cost) != own_cost) {
+                    return Err(format!("another {what}: {v:?} is not its own verdict"));
+                }
+            }
+        }
+    }
+
+    // A retry of the first admission.
+    let before = key_left(rich).await?;
+    let retry = limits
+        .admit(&spend(rich, 500).idempotency(token))
+        .await
+        .map_err(|e| format!("retry: {e}"))?;
+    let after = key_left(rich).await?;
+    match behaviour {
+        Idempotency::Recorded if retry != first || after != before => Err(format!(
+            "retry: {retry:?} (first {first:?}), balance {before:?} -> {after:?}"
+        )),
+        Idempotency::NotRecorded if retry == first => Err(format!(
+            "retry answered the first verdict {first:?} unrecorded"
+        )),
+        _ => Ok(()),
+    }
 }

@@ -1,19 +1,29 @@
 -- The admission: apikey::limits::decide, line by line.
 -- KEYS: 1 rate state, 2 key balance, 3 owner balance, 4 idempotency record
+--       (per key id and token)
 -- ARGV: 1 now µs ('' = Redis TIME), 2 minute limit (-1 = none),
 --       3 hour limit (-1 = none), 4 charge (0/1), 5 cost, 6 owner (0/1),
---       7 idempotency TTL ms (0 = none)
+--       7 idempotency TTL ms (0 = none), 8 the admission's fingerprint
 -- Reply: {now, kind, window, limit, remaining, reset_after, retry_after,
 --         key_rem, owner_rem, scope, short_rem, refill_in}
---   kind 0 admitted, 1 rate limited, 2 credits exhausted; window -1 = no
+--   kind 0 admitted, 1 rate limited, 2 credits exhausted, 3 the token is
+--   bound to a different admission (nothing decided); window -1 = no
 --   window info; -1 elsewhere = absent.
 local now = now_of(ARGV[1])
 local idem_ttl = tonumber(ARGV[7])
+local fingerprint = ARGV[8]
 if idem_ttl > 0 then
+  -- A record is '<verdict>;<fingerprint>': the verdict is digits, '-' and
+  -- ',' only, so the first ';' ends it. It answers only the admission it
+  -- was recorded for.
   local prev = redis.call('GET', KEYS[4])
   if prev then
+    local sep = string.find(prev, ';', 1, true)
+    if not sep or string.sub(prev, sep + 1) ~= fingerprint then
+      return { now, 3, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1 }
+    end
     local out = {}
-    for v in string.gmatch(prev, '[^,]+') do out[#out + 1] = tonumber(v) end
+    for v in string.gmatch(string.sub(prev, 1, sep - 1), '[^,]+') do out[#out + 1] = tonumber(v) end
     return out
   end
 end
@@ -22,7 +32,7 @@ local function reply(r)
   if idem_ttl > 0 then
     local parts = {}
     for i = 1, #r do parts[i] = s(r[i]) end
-    redis.call('SET', KEYS[4], table.concat(parts, ','), 'PX', idem_ttl)
+    redis.call('SET', KEYS[4], table.concat(parts, ',') .. ';' .. fingerprint, 'PX', idem_ttl)
   end
   return r
 end

@@ -4,6 +4,9 @@
 pcall(redis.replicate_commands)
 local MAX = 9007199254740991 -- 2^53 - 1
 local DAY = 86400000000
+-- The throttle's ranks of locked members: 2^52 + the lockout's end (µs),
+-- above every unlocked member's rank (its last failure, µs) and exact.
+local LOCKED = 4503599627370496
 local floor = math.floor
 
 local function s(n) return string.format('%.0f', n) end
