@@ -44,6 +44,8 @@ mod sql;
 #[cfg(feature = "postgres")]
 mod feed;
 #[cfg(feature = "postgres")]
+mod pgtime;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;

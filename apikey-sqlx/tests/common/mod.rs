@@ -15,6 +15,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod crash;
+pub mod deadline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
