@@ -473,57 +473,19 @@ async fn times_postgres_allows_and_time_cannot_hold_are_invalid_record_never_a_p
             format!("usage_day = {v}::date, usage_day_count = 1"),
         ));
     }
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
     for (col, set) in cases {
-        let owner = conformance::unique_owner();
-        let new = || {
-            NewKey::new("sk_live_")
-                .owner(owner.as_str())
-                .expires_at(soon)
-        };
-        let (_, good) = m.create(new(), &Actor::system()).await.unwrap();
-        let (key, bad) = m.create(new(), &Actor::system()).await.unwrap();
-        let before = store.get(bad.id).await.unwrap().unwrap();
+        let (owner, good, key, bad) = common::badrow::two_keys(&m).await;
+        let before = store.get(bad).await.unwrap().unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE {schema}.apikey_keys SET {set} WHERE id = $1"
         )))
-        .bind(apikey_sqlx::id_to_sql(bad.id))
+        .bind(apikey_sqlx::id_to_sql(bad))
         .execute(store.pool())
         .await
         .unwrap();
-        let err = store.fetch(bad.id).await.unwrap_err();
-        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{set}");
-        let inner = std::error::Error::source(&err)
-            .and_then(|s| s.downcast_ref::<apikey::Error>())
-            .unwrap_or_else(|| panic!("{set}: {err:?}"));
-        assert_eq!(inner.code().as_str(), "INVALID_RECORD", "{set}");
-        let within = time::Duration::days(7);
-        let expiring = m.expiring_soon(Some(&owner), within).await;
-        let mut results = vec![
-            m.authenticate(key.expose_secret(), &Requirement::none(), None)
-                .await
-                .map(|_| ()),
-            m.record(bad.id).await.map(|_| ()),
-            m.get(bad.id).await.map(|_| ()),
-            m.list(&owner).await.map(|_| ()),
-        ];
-        if matches!(col, "expires_at" | "revoked_at") {
-            // Out of the window (or revoked): only the good key is listed.
-            let ids: Vec<_> = expiring.unwrap().iter().map(|s| s.id).collect();
-            assert_eq!(ids, [good.id], "{set}");
-        } else {
-            results.push(expiring.map(|_| ()));
-        }
-        for (i, r) in results.into_iter().enumerate() {
-            let e = r
-                .err()
-                .unwrap_or_else(|| panic!("{set}: call {i} answered Ok"));
-            assert_eq!(
-                (e.code().as_str(), e.http_status()),
-                ("INVALID_RECORD", 500),
-                "{set}: call {i}"
-            );
-        }
+        let listed = !matches!(col, "expires_at" | "revoked_at");
+        let keys = (owner.as_str(), good, &key, bad);
+        common::badrow::invalid_record_on_every_path(&m, keys, listed, &set).await;
         if col == "expires_at" {
             // The owner-limit check reads the stored expiry; writing the
             // valid record back repairs the row.
@@ -547,7 +509,7 @@ async fn times_postgres_allows_and_time_cannot_hold_are_invalid_record_never_a_p
             reason: "test".into(),
         };
         let ids = store.revoke_owner(&owner, revocation).await.unwrap();
-        assert!(ids.contains(&good.id), "{set}");
+        assert!(ids.contains(&good), "{set}");
     }
 }
 
@@ -581,6 +543,18 @@ async fn concurrent_migrations_of_many_prefixes_into_one_new_schema_all_succeed(
     }
 }
 
+/// Two stores over one table set of a new schema: one naming the schema,
+/// one reaching it through the connection's `search_path`.
+async fn two_spellings(test: &str) -> Option<(PostgresStore, PostgresStore)> {
+    let url = common::shared(test)?;
+    let schema = common::unique("spell");
+    let a = PostgresStore::connect_with(&url, StoreOptions::default().schema(&schema))
+        .await
+        .unwrap();
+    let b = via_search_path(&url, &schema).await;
+    Some((a, b))
+}
+
 /// A store reaching `schema` through the connection's `search_path`, not
 /// by naming it.
 async fn via_search_path(url: &str, schema: &str) -> PostgresStore {
@@ -605,14 +579,9 @@ async fn via_search_path(url: &str, schema: &str) -> PostgresStore {
 async fn explicit_schema_and_search_path_share_the_change_feed() {
     use apikey::{CachedStore, ChangeFeed, KeyStatus};
     use apikey_sqlx::PgChangeFeed;
-    let Some(url) = common::shared("pg_spellings_feed") else {
+    let Some((a, b)) = two_spellings("pg_spellings_feed").await else {
         return;
     };
-    let schema = common::unique("spell");
-    let a = PostgresStore::connect_with(&url, StoreOptions::default().schema(&schema))
-        .await
-        .unwrap();
-    let b = via_search_path(&url, &schema).await;
     assert_eq!(a.channel().await.unwrap(), b.channel().await.unwrap());
     let feed = PgChangeFeed::listen(&b).await.unwrap();
     // A maximum age far past the test: only the feed can refresh B.
@@ -644,14 +613,9 @@ async fn explicit_schema_and_search_path_share_the_change_feed() {
 /// the same advisory lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_schema_and_search_path_share_the_owner_limit() {
-    let Some(url) = common::shared("pg_spellings_limit") else {
+    let Some((a, b)) = two_spellings("pg_spellings_limit").await else {
         return;
     };
-    let schema = common::unique("spell");
-    let a = PostgresStore::connect_with(&url, StoreOptions::default().schema(&schema))
-        .await
-        .unwrap();
-    let b = via_search_path(&url, &schema).await;
     let ma = Arc::new(KeyManager::new(verifier(), a.clone()).with_max_keys_per_owner(1));
     let mb = Arc::new(KeyManager::new(verifier(), b).with_max_keys_per_owner(1));
     let owners: Vec<String> = (0..20).map(|_| conformance::unique_owner()).collect();

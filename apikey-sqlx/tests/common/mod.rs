@@ -14,6 +14,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod badrow;
 pub mod crash;
 pub mod deadline;
 
