@@ -30,7 +30,10 @@ const LATEST: i64 = 1;
 /// * Each compound write is one transaction (`READ COMMITTED`).
 /// * `insert_limited` takes `pg_advisory_xact_lock(<table>, hashtext(owner))`
 ///   before it counts, so the owner limit holds across every process and
-///   host using the database.
+///   host using the database; `<table>` is derived from the schema the
+///   server resolves the key table to (resolved once per store), so
+///   instances spelling the tables differently (an explicit schema,
+///   `search_path`) share it, as they share [`channel`](Self::channel).
 /// * The usage flush is two statements whatever the batch size: it locks
 ///   the batch's rows in id order (`SELECT ... FOR UPDATE`, so concurrent
 ///   flushes never deadlock) and updates them from `UNNEST` arrays.
@@ -176,8 +179,10 @@ impl PostgresStore {
 
     /// The identity of this store's tables, resolved once: the schema
     /// holding `<prefix>apikey_keys` as PostgreSQL resolves the name (the
-    /// configured schema, or the connection's `search_path`).
-    async fn identity(&self) -> Result<&Identity, sqlx::Error> {
+    /// configured schema, or the connection's `search_path`). Asked on
+    /// `conn` (a write asks on its own transaction's connection, so a full
+    /// pool never waits for a second one).
+    async fn identity(&self, conn: &mut PgConnection) -> Result<&Identity, sqlx::Error> {
         if let Some(i) = self.identity.get() {
             return Ok(i);
         }
@@ -188,7 +193,7 @@ impl PostgresStore {
              WHERE c.oid = to_regclass($1)",
         )
         .bind(&table)
-        .fetch_optional(&self.pool)
+        .fetch_optional(conn)
         .await?;
         let schema = schema.ok_or_else(|| {
             sqlx::Error::Configuration(
@@ -202,7 +207,8 @@ impl PostgresStore {
 
     /// [`channel`](Self::channel) for the feed, with sqlx's error.
     pub(crate) async fn resolved_channel(&self) -> Result<&str, sqlx::Error> {
-        Ok(&self.identity().await?.channel)
+        let mut conn = self.pool.acquire().await?;
+        Ok(&self.identity(&mut conn).await?.channel)
     }
 
     /// The pool.
@@ -211,8 +217,11 @@ impl PostgresStore {
     }
 
     /// Creates or upgrades the tables to the newest schema this crate
-    /// knows, in one transaction under an advisory lock (instances that
-    /// start together migrate once; DDL is transactional in PostgreSQL).
+    /// knows, in one transaction under an advisory lock on the target
+    /// schema (instances that start together migrate once, and table sets
+    /// with other prefixes migrating into the same schema wait their turn;
+    /// DDL is transactional in PostgreSQL). Then resolves the tables'
+    /// identity (see [`channel`](Self::channel)).
     /// Versions are kept in `<schema.prefix>apikey_schema_version`, apart
     /// from sqlx's `_sqlx_migrations`.
     ///
@@ -278,7 +287,7 @@ impl PostgresStore {
             .await?;
         }
         tx.commit().await?;
-        self.identity().await?;
+        self.identity(&mut *self.pool.acquire().await?).await?;
         Ok(())
     }
 
@@ -367,7 +376,7 @@ impl PostgresStore {
     /// The payload is one key list, owner or prefix window, or `*` (flush
     /// everything) when it would not fit NOTIFY's 8,000 bytes.
     async fn announce(&self, tx: &mut PgConnection, change: Change<'_>) -> Result<(), StoreError> {
-        let channel = &self.identity().await.map_err(store_error)?.channel;
+        let channel = &self.identity(&mut *tx).await.map_err(store_error)?.channel;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&**channel)
             .bind(crate::feed::encode(&change))
@@ -388,14 +397,15 @@ impl PostgresStore {
     /// key table does not exist (not migrated).
     pub async fn channel(&self) -> Result<&str, StoreError> {
         bounded(self.timeout, async {
-            Ok(&*self.identity().await.map_err(store_error)?.channel)
+            let mut conn = self.pool.acquire().await.map_err(store_error)?;
+            Ok(&*self.identity(&mut conn).await.map_err(store_error)?.channel)
         })
         .await
     }
 
     /// The advisory lock class of this table set (see [`Identity`]).
-    async fn lock_class(&self) -> Result<i32, StoreError> {
-        Ok(self.identity().await.map_err(store_error)?.lock_class)
+    async fn lock_class(&self, tx: &mut PgConnection) -> Result<i32, StoreError> {
+        Ok(self.identity(tx).await.map_err(store_error)?.lock_class)
     }
 
     async fn one(
@@ -740,8 +750,9 @@ impl KeyStoreLifecycle for PostgresStore {
                 // Serializes every limited write of this owner, in every
                 // process, until commit; READ COMMITTED then counts what the
                 // previous holder committed.
+                let class = self.lock_class(&mut tx).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(self.lock_class().await?)
+                    .bind(class)
                     .bind(owner.clone())
                     .execute(&mut *tx)
                     .await
@@ -790,8 +801,9 @@ impl KeyStoreLifecycle for PostgresStore {
             if let Some(owner) = &record.owner
                 && record.counts_toward_limit(now)
             {
+                let class = self.lock_class(&mut tx).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(self.lock_class().await?)
+                    .bind(class)
                     .bind(owner.clone())
                     .execute(&mut *tx)
                     .await
