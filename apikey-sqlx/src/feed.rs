@@ -207,7 +207,7 @@ impl PgChangeFeed {
         options: FeedOptions,
     ) -> Result<Self, sqlx::Error> {
         let pool = store.pool().clone();
-        let channel: Arc<str> = store.channel().into();
+        let channel: Arc<str> = store.resolved_channel().await?.into();
         let first = listener(&pool, &channel).await?;
         let subscribers: Subscribers = Arc::default();
         let reconnects = Arc::new(AtomicU64::new(0));

@@ -16,16 +16,33 @@
 //!
 //! # Guarantees
 //!
-//! * Each compound write is one transaction; a failed call changes nothing.
+//! * Each compound write is one transaction; a call refused by the
+//!   database changes nothing (a timed-out one: see below).
 //! * The owner limit of `insert_limited` holds across processes: SQLite
 //!   takes the database write lock first (`BEGIN IMMEDIATE`), PostgreSQL a
 //!   transaction-scoped advisory lock on the owner.
+//! * The owner-limit lock and the change channel of PostgreSQL are derived
+//!   from the schema the server resolves the key table to, not from how it
+//!   is configured: an instance naming the schema and one reaching it
+//!   through `search_path` share both. Migrations into one schema run one
+//!   after the other (an advisory lock on the schema), whatever their
+//!   table prefixes.
 //! * Every call is bounded by [`StoreOptions::timeout`]: past it the answer
 //!   is `StoreErrorKind::Timeout`, which verification reports as
 //!   `STORE_UNAVAILABLE` (503): never valid, never invalid.
+//! * **A timed-out write may have committed.** When the deadline (or the
+//!   connection) is lost while the database runs `COMMIT`, PostgreSQL and
+//!   SQLite finish it: `Timeout` from a write means "unknown outcome", not
+//!   "nothing changed". A write sent again is ordered after the lost one
+//!   (it waits for its locks) and sees its outcome; `apikey::KeyManager`'s
+//!   `create`, `rotate` and `import` do this and answer with their own
+//!   result (see its "What a timeout means").
 //! * A row edited into something invalid reads as `StoreErrorKind::Corrupt`
 //!   whose source is `apikey::Error::InvalidRecord` (`INVALID_RECORD`):
-//!   never a panic, never a usable key.
+//!   never a panic, never a usable key. That includes PostgreSQL times
+//!   `time` cannot hold (`'infinity'`, `'-infinity'`, years past 9999, in
+//!   any time or date column): they are decoded with range checks, never
+//!   with sqlx's panicking `time` conversion.
 //! * Usage is exactly-once: `UsageStore::record_usage` inserts the batch's
 //!   `FlushId` into `apikey_usage_flushes` in the same transaction as the
 //!   deltas, and a replay answers `FlushOutcome::AlreadyApplied`.
@@ -43,6 +60,8 @@ mod sql;
 
 #[cfg(feature = "postgres")]
 mod feed;
+#[cfg(feature = "postgres")]
+mod pgtime;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

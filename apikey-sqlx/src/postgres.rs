@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use apikey::{
@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use crate::codec::{Row, fold_usage, id_from_sql, id_to_sql, invalid, trunc};
 use crate::columns::{Val, replaced, values};
 use crate::error::{MigrateError, bounded, check_ident, store_error};
+use crate::pgtime::{PgMicros, date_of, time_of};
 use crate::sql::{Dialect, Sql};
 use crate::{FLUSH_RETENTION, StoreOptions};
 
@@ -29,7 +30,10 @@ const LATEST: i64 = 1;
 /// * Each compound write is one transaction (`READ COMMITTED`).
 /// * `insert_limited` takes `pg_advisory_xact_lock(<table>, hashtext(owner))`
 ///   before it counts, so the owner limit holds across every process and
-///   host using the database.
+///   host using the database; `<table>` is derived from the schema the
+///   server resolves the key table to (resolved once per store), so
+///   instances spelling the tables differently (an explicit schema,
+///   `search_path`) share it, as they share [`channel`](Self::channel).
 /// * The usage flush is two statements whatever the batch size: it locks
 ///   the batch's rows in id order (`SELECT ... FOR UPDATE`, so concurrent
 ///   flushes never deadlock) and updates them from `UNNEST` arrays.
@@ -55,11 +59,36 @@ pub struct PostgresStore {
     sql: Arc<Sql>,
     /// `schema.` (or empty) followed by the table prefix.
     qualified: Arc<str>,
-    /// Advisory lock class of this table set (first key of the two-key form).
-    lock_class: i32,
+    /// The table prefix alone.
+    prefix: Arc<str>,
+    /// The configured schema, if any.
+    schema: Option<Arc<str>>,
     timeout: Duration,
-    /// `LISTEN` channel of this table set.
-    channel: Arc<str>,
+    /// What the tables are, resolved by the server (see `identity`).
+    identity: Arc<OnceLock<Identity>>,
+}
+
+/// The owner-limit lock class and the `LISTEN` channel of one table set,
+/// derived from the schema PostgreSQL resolves the key table to (not from
+/// the configured spelling), so every instance reaching the same tables,
+/// through an explicit schema or through `search_path`, shares both.
+#[derive(Debug)]
+struct Identity {
+    /// Advisory lock class (first key of the two-key form).
+    lock_class: i32,
+    /// `LISTEN` channel.
+    channel: Box<str>,
+}
+
+impl Identity {
+    /// The identity of the tables `<schema>.<prefix>apikey_*`.
+    fn of(schema: &str, prefix: &str) -> Self {
+        let h = fnv(&format!("{schema}.{prefix}"));
+        Self {
+            lock_class: h as i32,
+            channel: format!("apikey_changes_{h:016x}").into(),
+        }
+    }
 }
 
 /// A change, as announced to listeners (see `announce` and
@@ -140,11 +169,46 @@ impl PostgresStore {
         Self {
             pool,
             sql: Arc::new(sql),
-            lock_class: fnv(&qualified) as i32,
-            channel: format!("apikey_changes_{:016x}", fnv(&qualified)).into(),
             qualified,
+            prefix: options.table_prefix.as_str().into(),
+            schema: options.schema.as_deref().map(Arc::from),
             timeout: options.timeout,
+            identity: Arc::default(),
         }
+    }
+
+    /// The identity of this store's tables, resolved once: the schema
+    /// holding `<prefix>apikey_keys` as PostgreSQL resolves the name (the
+    /// configured schema, or the connection's `search_path`). Asked on
+    /// `conn` (a write asks on its own transaction's connection, so a full
+    /// pool never waits for a second one).
+    async fn identity(&self, conn: &mut PgConnection) -> Result<&Identity, sqlx::Error> {
+        if let Some(i) = self.identity.get() {
+            return Ok(i);
+        }
+        let table = format!("{}apikey_keys", self.qualified);
+        let schema: Option<String> = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = to_regclass($1)",
+        )
+        .bind(&table)
+        .fetch_optional(conn)
+        .await?;
+        let schema = schema.ok_or_else(|| {
+            sqlx::Error::Configuration(
+                format!("the key table {table} does not exist: run migrate").into(),
+            )
+        })?;
+        Ok(self
+            .identity
+            .get_or_init(|| Identity::of(&schema, &self.prefix)))
+    }
+
+    /// [`channel`](Self::channel) for the feed, with sqlx's error.
+    pub(crate) async fn resolved_channel(&self) -> Result<&str, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(&self.identity(&mut conn).await?.channel)
     }
 
     /// The pool.
@@ -153,8 +217,11 @@ impl PostgresStore {
     }
 
     /// Creates or upgrades the tables to the newest schema this crate
-    /// knows, in one transaction under an advisory lock (instances that
-    /// start together migrate once; DDL is transactional in PostgreSQL).
+    /// knows, in one transaction under an advisory lock on the target
+    /// schema (instances that start together migrate once, and table sets
+    /// with other prefixes migrating into the same schema wait their turn;
+    /// DDL is transactional in PostgreSQL). Then resolves the tables'
+    /// identity (see [`channel`](Self::channel)).
     /// Versions are kept in `<schema.prefix>apikey_schema_version`, apart
     /// from sqlx's `_sqlx_migrations`.
     ///
@@ -164,8 +231,19 @@ impl PostgresStore {
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let q = &*self.qualified;
         let mut tx = self.pool.begin().await?;
+        // One lock per schema the tables go to (the configured one, or the
+        // one `search_path` creates them in), whatever the table prefix:
+        // `CREATE SCHEMA IF NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`
+        // are not safe against a concurrent creation of the same name (a
+        // unique violation in the catalog), so every migration into one
+        // schema runs after the other.
+        let target: String =
+            sqlx::query_scalar("SELECT coalesce($1::text, current_schema()::text, '')")
+                .bind(self.schema.as_deref())
+                .fetch_one(&mut *tx)
+                .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(fnv(&format!("apikey-sqlx migrate {q}")) as i64)
+            .bind(fnv(&format!("apikey-sqlx migrate schema {target}")) as i64)
             .execute(&mut *tx)
             .await?;
         if let Some((schema, _)) = q.split_once('.') {
@@ -209,6 +287,7 @@ impl PostgresStore {
             .await?;
         }
         tx.commit().await?;
+        self.identity(&mut *self.pool.acquire().await?).await?;
         Ok(())
     }
 
@@ -297,8 +376,9 @@ impl PostgresStore {
     /// The payload is one key list, owner or prefix window, or `*` (flush
     /// everything) when it would not fit NOTIFY's 8,000 bytes.
     async fn announce(&self, tx: &mut PgConnection, change: Change<'_>) -> Result<(), StoreError> {
+        let channel = &self.identity(&mut *tx).await.map_err(store_error)?.channel;
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&*self.channel)
+            .bind(&**channel)
             .bind(crate::feed::encode(&change))
             .execute(tx)
             .await
@@ -307,9 +387,25 @@ impl PostgresStore {
     }
 
     /// The `LISTEN` channel this store announces its changes on: one per
-    /// table set (schema and table prefix).
-    pub fn channel(&self) -> &str {
-        &self.channel
+    /// table set, derived from the schema PostgreSQL resolves the key table
+    /// to (so an instance naming the schema and one reaching it through
+    /// `search_path` share it). Resolved once, by [`migrate`](Self::migrate)
+    /// or the first use.
+    ///
+    /// # Errors
+    /// `StoreErrorKind::Unavailable` when the server cannot be asked or the
+    /// key table does not exist (not migrated).
+    pub async fn channel(&self) -> Result<&str, StoreError> {
+        bounded(self.timeout, async {
+            let mut conn = self.pool.acquire().await.map_err(store_error)?;
+            Ok(&*self.identity(&mut conn).await.map_err(store_error)?.channel)
+        })
+        .await
+    }
+
+    /// The advisory lock class of this table set (see [`Identity`]).
+    async fn lock_class(&self, tx: &mut PgConnection) -> Result<i32, StoreError> {
+        Ok(self.identity(tx).await.map_err(store_error)?.lock_class)
     }
 
     async fn one(
@@ -404,7 +500,7 @@ impl PostgresStore {
         tx.commit().await.map_err(store_error)?;
         let mut changed = rows
             .iter()
-            .map(|r| Ok((r.try_get::<OffsetDateTime, _>(1)?, r.try_get::<i64, _>(0)?)))
+            .map(|r| Ok((r.try_get::<PgMicros, _>(1)?, r.try_get::<i64, _>(0)?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(store_error)?;
         changed.sort_unstable();
@@ -428,7 +524,8 @@ fn bind(q: Q<'_>, v: Val) -> Q<'_> {
     }
 }
 
-/// Decodes one row; any bad value is `Corrupt`, never a panic.
+/// Decodes one row; any bad value is `Corrupt`, never a panic (times go
+/// through [`time_of`] / [`date_of`]: never sqlx's panicking `time` decoding).
 fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let g = store_error;
     Row {
@@ -441,19 +538,19 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         secret_version: i64::from(row.try_get::<i16, _>("secret_version").map_err(g)?),
         digest: row.try_get("digest").map_err(g)?,
         scopes: row.try_get("scopes").map_err(g)?,
-        created_at: Some(row.try_get("created_at").map_err(g)?),
-        expires_at: row.try_get("expires_at").map_err(g)?,
-        not_before: row.try_get("not_before").map_err(g)?,
+        created_at: time_of(row.try_get("created_at").map_err(g)?, "created_at")?,
+        expires_at: time_of(row.try_get("expires_at").map_err(g)?, "expires_at")?,
+        not_before: time_of(row.try_get("not_before").map_err(g)?, "not_before")?,
         status: row.try_get("status").map_err(g)?,
-        revoked_at: row.try_get("revoked_at").map_err(g)?,
+        revoked_at: time_of(row.try_get("revoked_at").map_err(g)?, "revoked_at")?,
         revocation_reason: row.try_get("revocation_reason").map_err(g)?,
-        last_used_at: row.try_get("last_used_at").map_err(g)?,
+        last_used_at: time_of(row.try_get("last_used_at").map_err(g)?, "last_used_at")?,
         metadata: row.try_get("metadata").map_err(g)?,
         rotated_from: row.try_get("rotated_from").map_err(g)?,
         rotated_to: row.try_get("rotated_to").map_err(g)?,
         revision: row.try_get("revision").map_err(g)?,
         ip_allowlist: row.try_get("ip_allowlist").map_err(g)?,
-        usage_day: row.try_get("usage_day").map_err(g)?,
+        usage_day: date_of(row.try_get("usage_day").map_err(g)?, "usage_day")?,
         usage_day_count: row.try_get("usage_day_count").map_err(g)?,
         usage_month_count: row.try_get("usage_month_count").map_err(g)?,
         legacy_prefix: row.try_get("legacy_prefix").map_err(g)?,
@@ -653,8 +750,9 @@ impl KeyStoreLifecycle for PostgresStore {
                 // Serializes every limited write of this owner, in every
                 // process, until commit; READ COMMITTED then counts what the
                 // previous holder committed.
+                let class = self.lock_class(&mut tx).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(self.lock_class)
+                    .bind(class)
                     .bind(owner.clone())
                     .execute(&mut *tx)
                     .await
@@ -703,8 +801,9 @@ impl KeyStoreLifecycle for PostgresStore {
             if let Some(owner) = &record.owner
                 && record.counts_toward_limit(now)
             {
+                let class = self.lock_class(&mut tx).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(self.lock_class)
+                    .bind(class)
                     .bind(owner.clone())
                     .execute(&mut *tx)
                     .await
@@ -721,10 +820,10 @@ impl KeyStoreLifecycle for PostgresStore {
                 }
                 let stored_owner: Option<String> = state.try_get(1).map_err(store_error)?;
                 let status: String = state.try_get(2).map_err(store_error)?;
-                let expires: Option<OffsetDateTime> = state.try_get(3).map_err(store_error)?;
+                let expires: Option<PgMicros> = state.try_get(3).map_err(store_error)?;
                 let rotated_to: Option<i64> = state.try_get(4).map_err(store_error)?;
                 let counted = status != "revoked"
-                    && expires.is_none_or(|e| e > trunc(now))
+                    && expires.is_none_or(|e| e > PgMicros::of(trunc(now)))
                     && rotated_to.is_none();
                 if !(counted && stored_owner.as_deref() == Some(owner.as_str())) {
                     let active: i64 =

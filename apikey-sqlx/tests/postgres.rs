@@ -432,3 +432,224 @@ async fn pg_ids_order_flush_ids_and_statement_count() {
     let t = now - time::Duration::days(1);
     assert_eq!(store.list_expiring(None, t..t).await.unwrap().len(), 0);
 }
+
+/// Item 1 of the second review: every time PostgreSQL accepts and `time`
+/// cannot hold (`'infinity'`, `'-infinity'`, years past 9999), in every
+/// time column, reads as `Corrupt` / `INVALID_RECORD` on every path that
+/// decodes the row (fetch, verification, get, listings, expiring, the
+/// owner-limit check of `update_limited`, bulk revocation): never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_postgres_allows_and_time_cannot_hold_are_invalid_record_never_a_panic() {
+    use apikey::{KeyStoreLifecycle, LimitedUpdate, Revocation};
+    let Some(url) = common::shared("pg_infinity") else {
+        return;
+    };
+    let schema = common::unique("inf");
+    let store = PostgresStore::connect_with(&url, StoreOptions::default().schema(&schema))
+        .await
+        .unwrap();
+    let m = KeyManager::new(verifier(), store.clone()).with_max_keys_per_owner(5);
+    let mut cases = Vec::new();
+    let stamps = [
+        "'infinity'",
+        "'-infinity'",
+        "'10000-01-01 00:00:00+00'",
+        "'100000-06-01 00:00:00+00'",
+    ];
+    for col in ["expires_at", "not_before", "last_used_at", "created_at"] {
+        for v in stamps {
+            cases.push((col, format!("{col} = {v}::timestamptz")));
+        }
+    }
+    for v in stamps {
+        cases.push((
+            "revoked_at",
+            format!("revoked_at = {v}::timestamptz, revocation_reason = 'r', status = 'revoked'"),
+        ));
+    }
+    for v in ["'infinity'", "'-infinity'", "'10000-01-01'"] {
+        cases.push((
+            "usage_day",
+            format!("usage_day = {v}::date, usage_day_count = 1"),
+        ));
+    }
+    for (col, set) in cases {
+        let (owner, good, key, bad) = common::badrow::two_keys(&m).await;
+        let before = store.get(bad).await.unwrap().unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {schema}.apikey_keys SET {set} WHERE id = $1"
+        )))
+        .bind(apikey_sqlx::id_to_sql(bad))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let listed = !matches!(col, "expires_at" | "revoked_at");
+        let keys = (owner.as_str(), good, &key, bad);
+        common::badrow::invalid_record_on_every_path(&m, keys, listed, &set).await;
+        if col == "expires_at" {
+            // The owner-limit check reads the stored expiry; writing the
+            // valid record back repairs the row.
+            let now = time::OffsetDateTime::now_utc();
+            let r = store
+                .update_limited(before.clone(), before.revision + 1, 5, now)
+                .await;
+            assert!(
+                matches!(r, Err(ref e) if e.kind() == StoreErrorKind::Conflict),
+                "{set}: {r:?}"
+            );
+            let r = store
+                .update_limited(before.clone(), before.revision, 5, now)
+                .await
+                .unwrap();
+            assert!(matches!(r, LimitedUpdate::Updated(_)), "{set}");
+        }
+        // Bulk revocation reads the revoked rows' creation times.
+        let revocation = Revocation {
+            at: time::OffsetDateTime::now_utc(),
+            reason: "test".into(),
+        };
+        let ids = store.revoke_owner(&owner, revocation).await.unwrap();
+        assert!(ids.contains(&good), "{set}");
+    }
+}
+
+/// Item 4 of the second review: table sets with different prefixes
+/// migrated together into one schema that does not exist yet all start
+/// (`CREATE SCHEMA IF NOT EXISTS` races on the catalog's unique index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_of_many_prefixes_into_one_new_schema_all_succeed() {
+    let Some(url) = common::shared("pg_concurrent_schema") else {
+        return;
+    };
+    let schema = common::unique("shared");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(async move {
+                let options = StoreOptions::default()
+                    .schema(schema)
+                    .table_prefix(format!("p{i}_"));
+                PostgresStore::connect_with(&url, options).await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let store = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("prefix p{i}_: {e:?}"));
+        assert!(store.get(KeyId::from_u64(1)).await.unwrap().is_none());
+        store.pool().close().await;
+    }
+}
+
+/// Two stores over one table set of a new schema: one naming the schema,
+/// one reaching it through the connection's `search_path`.
+async fn two_spellings(test: &str) -> Option<(PostgresStore, PostgresStore)> {
+    let url = common::shared(test)?;
+    let schema = common::unique("spell");
+    let a = PostgresStore::connect_with(&url, StoreOptions::default().schema(&schema))
+        .await
+        .unwrap();
+    let b = via_search_path(&url, &schema).await;
+    Some((a, b))
+}
+
+/// A store reaching `schema` through the connection's `search_path`, not
+/// by naming it.
+async fn via_search_path(url: &str, schema: &str) -> PostgresStore {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", schema)]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool_with(pool, StoreOptions::default()).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Item 8 of the second review: an instance naming the schema and one
+/// reaching the same tables through `search_path` share the change
+/// channel: a revocation on one reaches the other's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_schema_and_search_path_share_the_change_feed() {
+    use apikey::{CachedStore, ChangeFeed, KeyStatus};
+    use apikey_sqlx::PgChangeFeed;
+    let Some((a, b)) = two_spellings("pg_spellings_feed").await else {
+        return;
+    };
+    assert_eq!(a.channel().await.unwrap(), b.channel().await.unwrap());
+    let feed = PgChangeFeed::listen(&b).await.unwrap();
+    // A maximum age far past the test: only the feed can refresh B.
+    let cached = Arc::new(CachedStore::new(b.clone()).with_max_age(Duration::from_secs(3600)));
+    feed.subscribe(cached.clone());
+    let ma = KeyManager::new(verifier(), a.clone());
+    let (_, s) = ma
+        .create(NewKey::new("sk_live_"), &Actor::system())
+        .await
+        .unwrap();
+    let status = |c: Arc<CachedStore<PostgresStore>>| async move {
+        c.fetch(s.id).await.unwrap().unwrap().status()
+    };
+    assert_eq!(status(cached.clone()).await, KeyStatus::Active);
+    ma.revoke(s.id, "leaked", &Actor::system()).await.unwrap();
+    let mut seen = false;
+    for _ in 0..500 {
+        if status(cached.clone()).await == KeyStatus::Revoked {
+            seen = true;
+            break;
+        }
+        common::sleep_ms(20).await;
+    }
+    assert!(seen, "B's cache never heard of A's revocation");
+}
+
+/// Item 8 of the second review: the owner limit holds between an instance
+/// naming the schema and one reaching it through `search_path` (they take
+/// the same advisory lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_schema_and_search_path_share_the_owner_limit() {
+    let Some((a, b)) = two_spellings("pg_spellings_limit").await else {
+        return;
+    };
+    let ma = Arc::new(KeyManager::new(verifier(), a.clone()).with_max_keys_per_owner(1));
+    let mb = Arc::new(KeyManager::new(verifier(), b).with_max_keys_per_owner(1));
+    let owners: Vec<String> = (0..20).map(|_| conformance::unique_owner()).collect();
+    let mut tasks = Vec::new();
+    for owner in &owners {
+        for i in 0..4 {
+            let m = if i % 2 == 0 { ma.clone() } else { mb.clone() };
+            let owner = owner.clone();
+            tasks.push(tokio::spawn(async move {
+                m.create(NewKey::new("sk_live_").owner(owner), &Actor::system())
+                    .await
+            }));
+        }
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) | Err(Error::KeyLimitReached { limit: 1 }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    for owner in &owners {
+        assert_eq!(a.list_by_owner(owner).await.unwrap().len(), 1, "{owner}");
+    }
+}
+
+/// Item 3 of the second review on a real PostgreSQL: a create or rotation
+/// whose first write is dropped at a tiny deadline (PostgreSQL finishes a
+/// COMMIT it received) answers its own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_during_commit_never_loses_a_create_or_rotation() {
+    let Some(store) = store("deadline").await else {
+        return;
+    };
+    let cut = common::deadline::creates_and_rotations_answer_their_result(store, 40).await;
+    assert!(cut > 0, "no write was cut: the test did not test");
+    eprintln!("a_deadline_during_commit_never_loses_a_create_or_rotation: {cut} of 80 writes cut");
+}

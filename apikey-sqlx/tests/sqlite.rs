@@ -302,3 +302,56 @@ async fn a_call_past_the_timeout_is_a_timeout_not_a_hang() {
     assert_eq!(err.kind(), StoreErrorKind::Timeout);
     assert!(t.elapsed() < Duration::from_secs(2));
 }
+
+/// Items 1 and 12 of the second review, on SQLite: a time the store cannot
+/// represent (an integer past year 9999 or at the ends of `i64`, a usage
+/// day past 9999) and any other bad row read as `INVALID_RECORD` (500) on
+/// every path, verification and management reads alike; never a panic,
+/// never `STORE_UNAVAILABLE`, and a listing with the bad row fails rather
+/// than leave it out.
+#[tokio::test]
+async fn out_of_range_times_and_bad_rows_are_invalid_record_on_every_path() {
+    use apikey::KeyManager;
+    let store = SqliteStore::memory().await.unwrap();
+    let m = KeyManager::new(verifier(), store.clone()).with_max_keys_per_owner(5);
+    let year_10000 = "253402300800000000";
+    let mut cases = Vec::new();
+    for col in ["expires_at", "not_before", "last_used_at", "created_at"] {
+        for v in [year_10000, "9223372036854775807", "-9223372036854775808"] {
+            cases.push(format!("{col} = {v}"));
+        }
+    }
+    for v in [year_10000, "9223372036854775807", "-9223372036854775808"] {
+        cases.push(format!(
+            "revoked_at = {v}, revocation_reason = 'r', status = 'revoked'"
+        ));
+    }
+    for v in ["10000-01-01", "+10000-01-01", "infinity"] {
+        cases.push(format!("usage_day = '{v}', usage_day_count = 1"));
+    }
+    cases.push("status = 'sleeping'".to_owned());
+    for set in cases {
+        let (owner, good, key, bad) = common::badrow::two_keys(&m).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE apikey_keys SET {set} WHERE id = ?1"
+        )))
+        .bind(apikey_sqlx::id_to_sql(bad))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let listed = !(set.starts_with("expires_at") || set.contains("'revoked'"));
+        let keys = (owner.as_str(), good, &key, bad);
+        common::badrow::invalid_record_on_every_path(&m, keys, listed, &set).await;
+    }
+}
+
+/// Item 3 of the second review on a real SQLite file: a create or rotation
+/// whose first write is dropped at a tiny deadline (SQLite finishes a
+/// COMMIT whose caller went away) answers its own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_during_commit_never_loses_a_create_or_rotation() {
+    let store = SqliteStore::open(temp_db("deadline")).await.unwrap();
+    let cut = common::deadline::creates_and_rotations_answer_their_result(store, 40).await;
+    assert!(cut > 0, "no write was cut: the test did not test");
+    eprintln!("a_deadline_during_commit_never_loses_a_create_or_rotation: {cut} of 80 writes cut");
+}

@@ -345,6 +345,23 @@ impl Error {
     }
 }
 
+/// The one mapping of a store failure to an [`Error`], on every path
+/// (verification, management reads and writes, flushes):
+///
+/// | [`StoreErrorKind`] | [`Error`] | HTTP |
+/// |---|---|---|
+/// | `Corrupt` (a stored record that cannot be read, or a record refused as invalid) | [`Error::InvalidRecord`] (`INVALID_RECORD`) | 500 |
+/// | `NotFound` (a write to a key that is gone) | [`Error::KeyNotFound`] | 404 |
+/// | every other kind | [`Error::StoreUnavailable`] (`STORE_UNAVAILABLE`, the cause kept as `source()`) | 503 |
+///
+/// A corrupt row is not "retry later": retrying cannot help until someone
+/// repairs the row, so it is never `STORE_UNAVAILABLE`.
+///
+/// ```
+/// use apikey::{Error, StoreError, StoreErrorKind};
+/// assert_eq!(Error::from(StoreError::new(StoreErrorKind::Corrupt)).code(), "INVALID_RECORD");
+/// assert_eq!(Error::from(StoreError::new(StoreErrorKind::Timeout)).code(), "STORE_UNAVAILABLE");
+/// ```
 impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         match err.kind() {
@@ -368,10 +385,12 @@ impl Error {
     /// [`Error::InvalidRecord`] (`INVALID_RECORD`, 500), never "valid" and
     /// never "invalid key"; every other store failure is
     /// [`Error::StoreUnavailable`] (503).
+    /// `NotFound` (which a lookup never answers) is `STORE_UNAVAILABLE`;
+    /// every other kind is mapped as by `From<StoreError>`.
     pub(crate) fn from_lookup(err: StoreError) -> Self {
         match err.kind() {
-            StoreErrorKind::Corrupt => Error::InvalidRecord(err.to_string()),
-            _ => Error::StoreUnavailable(err),
+            StoreErrorKind::NotFound => Error::StoreUnavailable(err),
+            _ => Error::from(err),
         }
     }
 }

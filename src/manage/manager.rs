@@ -4,12 +4,21 @@
 //! emits audit events; it also authenticates requests with the IP
 //! allowlist, usage tracking, legacy keys and audit of failures.
 //!
-//! Every operation returns a typed [`Error`] and a failed call changes
-//! nothing: each one is a single atomic store call, or a read followed by a
-//! conditional write ([`KeyStoreLifecycle::update_if`]) that is retried on a
-//! concurrent change. A change (disable, revoke, ...) is visible to every
-//! verification that starts after the call returns: the manager keeps no
-//! cache of records.
+//! Store failures map to errors in one way on every path (see
+//! `From<StoreError> for Error`): a record the store cannot read is
+//! [`Error::InvalidRecord`] (`INVALID_RECORD`, 500), whether it was met
+//! by a verification, a `get` or a listing; an unreachable or slow store is
+//! [`Error::StoreUnavailable`] (503).
+//!
+//! Every operation returns a typed [`Error`]; each one is a single atomic
+//! store call, or a read followed by a conditional write
+//! ([`KeyStoreLifecycle::update_if`]) that is retried on a concurrent
+//! change, so a call refused by the store changes nothing. A change
+//! (disable, revoke, ...) is visible to every verification that starts
+//! after the call returns: the manager keeps no cache of records.
+//!
+//! A timed-out write may still have committed: see
+//! [What a timeout means](KeyManager#what-a-timeout-means).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -85,9 +94,33 @@ use crate::verify::authenticator::{Auditor, Authenticator};
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
 const MAX_RETRIES: usize = 8;
+/// How often a write whose answer was lost (a timeout, a dropped
+/// connection) is sent again to learn whether it committed.
+const RESENDS: usize = 2;
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
+
+/// Whether a failed write's outcome is unknown: the deadline passed or the
+/// connection was lost, possibly while the database was committing (both
+/// PostgreSQL and SQLite finish a COMMIT whose client went away).
+fn outcome_unknown(e: &StoreError) -> bool {
+    matches!(
+        e.kind(),
+        StoreErrorKind::Timeout | StoreErrorKind::Unavailable
+    )
+}
+
+/// Whether `stored` is the record `ours` that this manager wrote: the same
+/// id, digest, legacy index and predecessor (ids are random 64-bit values
+/// and digests are keyed by the server secret, so another write never
+/// matches).
+fn same_key(stored: &KeyRecord, ours: &KeyRecord) -> bool {
+    stored.id == ours.id
+        && stored.digest == ours.digest
+        && stored.legacy.as_ref().map(|l| &l.index) == ours.legacy.as_ref().map(|l| &l.index)
+        && stored.rotated_from == ours.rotated_from
+}
 
 /// What a person sees of a key: display form, name, scopes, status, times,
 /// usage. No secret, no digest. Serializes for dashboards and admin APIs.
@@ -427,6 +460,30 @@ impl ImportKey {
 /// # Ok::<(), apikey::Error>(())
 /// # }).unwrap();
 /// ```
+///
+/// # What a timeout means
+///
+/// A write whose store call times out or loses its connection
+/// (`StoreErrorKind::Timeout` or `Unavailable`) may still have committed:
+/// PostgreSQL and SQLite both finish a `COMMIT` whose client went away.
+/// The manager resolves this where a lost answer would lose something:
+///
+/// * [`create`](Self::create), [`rotate`](Self::rotate) and
+///   [`import`](Self::import) send the same write again (at most
+///   twice). The database orders it after the lost one (it waits for the
+///   lost write's locks), so when it is refused because the lost write
+///   committed (the id exists, the predecessor's revision moved, or the
+///   owner limit counts it) and the stored record is the one this call
+///   wrote, the call answers success, with the new key's text. A
+///   `STORE_UNAVAILABLE` from them therefore means the outcome could not be
+///   learned either: the key may exist, its text shown to nobody (it is
+///   listed by [`list`](Self::list); revoke it).
+/// * The other writes are safe to retry as they are: a retried
+///   `disable`, `enable` or `revoke` finds the key in that state already and
+///   succeeds (without a second audit event, so the lost write's event may
+///   be missing), `update` writes the same fields again, `delete` answers
+///   `KEY_NOT_FOUND`, and `revoke_owner` / `revoke_created_between` return
+///   the ids not revoked yet.
 pub struct KeyManager<S, C = SystemClock, L = NoLimits> {
     /// The one pipeline, over the shared store; it holds the verifier, the
     /// clock, the limits bundle (its failure throttle), the usage recorder
@@ -622,16 +679,19 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// # Errors
     /// [`Error::KeyLimitReached`] when the owner already has the maximum of
     /// active keys; the errors of [`Verifier::issue`] (prefix, scopes,
-    /// validity window); [`Error::StoreUnavailable`] when the store fails.
+    /// validity window); [`Error::StoreUnavailable`] when the store fails
+    /// and the outcome could not be learned (see
+    /// [What a timeout means](Self#what-a-timeout-means): a create whose
+    /// commit outlived its deadline answers success).
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
         let now = self.now()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let (key, record) = self.auth.verifier().issue(new.clone(), now)?;
-            match self.insert(record.clone(), now).await {
+            match self.insert_resolved(&record, now).await {
                 Err(e) if e.kind() == StoreErrorKind::IdCollision && attempt < 3 => continue,
-                Err(e) => return Err(Error::StoreUnavailable(e)),
+                Err(e) => return Err(e.into()),
                 Ok(LimitedInsert::LimitReached { .. }) => {
                     return Err(Error::KeyLimitReached {
                         limit: self.max_per_owner.unwrap_or(0),
@@ -661,24 +721,120 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         }
     }
 
+    /// [`insert`](Self::insert) with its outcome resolved when the answer
+    /// was lost ([`outcome_unknown`]: the write may have committed). The
+    /// same record is sent again, which the database orders after the lost
+    /// write (the re-sent one waits for its locks: the id's index entry, the
+    /// owner lock, SQLite's write lock); when the re-sent write is refused
+    /// (`IdCollision`, or the owner limit counting the lost write) and the
+    /// stored record is this one, the lost write committed: inserted. At
+    /// most [`RESENDS`] times; then the last error (outcome unknown).
+    async fn insert_resolved(
+        &self,
+        record: &KeyRecord,
+        now: OffsetDateTime,
+    ) -> Result<LimitedInsert, StoreError> {
+        let mut answer = self.insert(record.clone(), now).await;
+        for _ in 0..RESENDS {
+            match &answer {
+                Err(e) if outcome_unknown(e) => {}
+                _ => break,
+            }
+            answer = match self.insert(record.clone(), now).await {
+                Err(e) if e.kind() == StoreErrorKind::IdCollision => {
+                    self.landed(record).await.and_then(|ours| {
+                        if ours {
+                            Ok(LimitedInsert::Inserted)
+                        } else {
+                            Err(e)
+                        }
+                    })
+                }
+                Ok(LimitedInsert::LimitReached { active }) => {
+                    self.landed(record).await.map(|ours| {
+                        if ours {
+                            LimitedInsert::Inserted
+                        } else {
+                            LimitedInsert::LimitReached { active }
+                        }
+                    })
+                }
+                other => other,
+            };
+        }
+        answer
+    }
+
+    /// [`KeyStoreLifecycle::rotate`] with its outcome resolved as in
+    /// [`insert_resolved`](Self::insert_resolved): the same rotation, sent
+    /// again, is refused (`Conflict`: the predecessor's revision moved, or
+    /// `IdCollision`) once the lost one committed, and then the stored
+    /// successor is this one.
+    async fn rotate_resolved(
+        &self,
+        predecessor: KeyRecord,
+        expected: u64,
+        successor: KeyRecord,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        let store = self.auth.store();
+        let mut answer = store
+            .rotate(predecessor.clone(), expected, successor.clone())
+            .await;
+        for _ in 0..RESENDS {
+            match &answer {
+                Err(e) if outcome_unknown(e) => {}
+                _ => break,
+            }
+            answer = match store
+                .rotate(predecessor.clone(), expected, successor.clone())
+                .await
+            {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        StoreErrorKind::Conflict | StoreErrorKind::IdCollision
+                    ) =>
+                {
+                    match store.get(successor.id).await {
+                        Ok(Some(stored)) if same_key(&stored, &successor) => {
+                            Ok((predecessor.clone(), stored))
+                        }
+                        Ok(_) => Err(e),
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+        }
+        answer
+    }
+
+    /// Whether `ours` is stored (after a write whose answer was lost).
+    async fn landed(&self, ours: &KeyRecord) -> Result<bool, StoreError> {
+        let stored = self.auth.store().get(ours.id).await?;
+        Ok(stored.is_some_and(|s| same_key(&s, ours)))
+    }
+
     /// The full stored record (for administrators: it has the digest, never
     /// the secret). Prefer [`get`](Self::get) for people.
     ///
     /// # Errors
-    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    /// [`Error::KeyNotFound`]; [`Error::InvalidRecord`] (`INVALID_RECORD`,
+    /// 500) when the stored record cannot be read; [`Error::StoreUnavailable`].
     pub async fn record(&self, id: KeyId) -> Result<KeyRecord> {
         self.auth
             .store()
             .get(id)
             .await
-            .map_err(Error::StoreUnavailable)?
+            .map_err(Error::from)?
             .ok_or(Error::KeyNotFound)
     }
 
     /// The summary of key `id`.
     ///
     /// # Errors
-    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    /// [`Error::KeyNotFound`]; [`Error::InvalidRecord`] when the stored
+    /// record cannot be read; [`Error::StoreUnavailable`].
     pub async fn get(&self, id: KeyId) -> Result<KeySummary> {
         let now = self.now()?;
         let r = self.record(id).await?;
@@ -688,7 +844,11 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// The summaries of `owner`'s keys, oldest first.
     ///
     /// # Errors
-    /// [`Error::StoreUnavailable`].
+    /// [`Error::InvalidRecord`] (`INVALID_RECORD`, 500) when any of the
+    /// owner's records cannot be read: the whole listing fails rather than
+    /// leave the bad key out (a listing that silently omits a key would
+    /// hide a key that may still work from the person reviewing it);
+    /// [`Error::StoreUnavailable`] when the store fails.
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
         let records = self
@@ -696,7 +856,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .store()
             .list_by_owner(owner)
             .await
-            .map_err(Error::StoreUnavailable)?;
+            .map_err(Error::from)?;
         Ok(records
             .iter()
             .map(|r| KeySummary::from_record(r, now))
@@ -708,6 +868,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// keys already replaced by rotation are left out.
     ///
     /// # Errors
+    /// [`Error::InvalidRecord`] when any record in the window cannot be read
+    /// (the whole listing fails, as in [`list`](Self::list));
     /// [`Error::StoreUnavailable`].
     pub async fn expiring_soon(
         &self,
@@ -720,7 +882,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .store()
             .list_expiring(owner, now..now.saturating_add(within))
             .await
-            .map_err(Error::StoreUnavailable)?;
+            .map_err(Error::from)?;
         Ok(records
             .iter()
             .filter(|r| r.rotated_to.is_none())
@@ -960,13 +1122,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
         let now = self.now()?;
         let record = self.record(id).await?;
-        if !self
-            .auth
-            .store()
-            .delete(id)
-            .await
-            .map_err(Error::StoreUnavailable)?
-        {
+        if !self.auth.store().delete(id).await.map_err(Error::from)? {
             return Err(Error::KeyNotFound);
         }
         self.emit(self.event(now, AuditKind::Deleted, &record, actor));
@@ -1016,7 +1172,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 },
             )
             .await
-            .map_err(Error::StoreUnavailable)?;
+            .map_err(Error::from)?;
         self.revoked_events(&ids, Some(owner), reason, actor, now);
         Ok(ids)
     }
@@ -1051,7 +1207,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 },
             )
             .await
-            .map_err(Error::StoreUnavailable)?;
+            .map_err(Error::from)?;
         self.revoked_events(&ids, None, reason, actor, now);
         Ok(ids)
     }
@@ -1075,7 +1231,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// revoked, expired, disabled, not yet valid or already rotated;
     /// [`Error::InvalidInput`] for a negative grace, one longer than
     /// [`with_max_grace`](Self::with_max_grace), or a bad new expiry;
-    /// [`Error::StoreUnavailable`].
+    /// [`Error::StoreUnavailable`] when the store fails and the outcome could
+    /// not be learned (a rotation whose commit outlived its deadline answers
+    /// success with the new key; see
+    /// [What a timeout means](Self#what-a-timeout-means)).
     pub async fn rotate(
         &self,
         id: KeyId,
@@ -1136,12 +1295,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             let mut pred = cur.clone();
             pred.expires_at = Some(grace_end);
             pred.rotated_to = Some(successor.id);
-            match self
-                .auth
-                .store()
-                .rotate(pred, cur.revision, successor)
-                .await
-            {
+            match self.rotate_resolved(pred, cur.revision, successor).await {
                 Ok((pred, succ)) => {
                     self.emit(self.event(
                         now,
@@ -1228,7 +1382,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 version,
                 digest.is_some(),
             ));
-            match self.insert(record.clone(), now).await {
+            match self.insert_resolved(&record, now).await {
                 Ok(LimitedInsert::LimitReached { .. }) => {
                     return Err(Error::KeyLimitReached {
                         limit: self.max_per_owner.unwrap_or(0),
@@ -1244,13 +1398,13 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                         .store()
                         .find_legacy(&index)
                         .await
-                        .map_err(Error::StoreUnavailable)?
+                        .map_err(Error::from)?
                         .is_some()
                     {
                         return Err(Error::InvalidState("this key was imported already"));
                     }
                 }
-                Err(e) => return Err(Error::StoreUnavailable(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(Error::StoreUnavailable(StoreError::new(
@@ -1293,7 +1447,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         self.usage
             .flush(self.auth.store(), self.now()?)
             .await
-            .map_err(Error::StoreUnavailable)
+            .map_err(Error::from)
     }
 
     /// Flushes usage and emits the pending rejection summary. Call it before

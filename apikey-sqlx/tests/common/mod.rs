@@ -14,7 +14,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod badrow;
 pub mod crash;
+pub mod deadline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
