@@ -1,0 +1,230 @@
+// The self-service keys page. Data is written with textContent only, never
+// as HTML. Every state-changing call carries the CSRF header; URLs are
+// relative to the page, so the router may be nested under any path.
+"use strict";
+
+(function () {
+  const api = "v1/api-keys";
+  let config = { title: "", scopes: [], prefixes: [], csrf_header: "x-apikey-csrf" };
+  let pendingDelete = null;
+
+  const $ = (id) => document.getElementById(id);
+
+  function say(text, isError) {
+    const s = $("status");
+    s.textContent = text;
+    s.className = isError ? "error" : "";
+  }
+
+  function localDate(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return isNaN(d) ? "" : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  async function call(method, path, body) {
+    const headers = { "Accept": "application/json" };
+    if (method !== "GET") headers[config.csrf_header] = "1";
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const r = await fetch(path, {
+      method: method,
+      headers: headers,
+      credentials: "same-origin",
+      cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    if (r.status !== 204) {
+      try { data = await r.json(); } catch (_) { data = null; }
+    }
+    if (!r.ok) {
+      const e = data && data.error ? data.error : { code: "HTTP_" + r.status, message: "Request failed." };
+      const field = e.details && e.details.field ? " (" + e.details.field + ")" : "";
+      throw new Error(e.message + field);
+    }
+    return data;
+  }
+
+  function cell(text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    return td;
+  }
+
+  function button(label, className, onClick, aria) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = label;
+    b.setAttribute("aria-label", aria);
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function row(key) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = key.id;
+    tr.appendChild(cell(key.name, "name"));
+    const prefix = document.createElement("td");
+    const code = document.createElement("code");
+    code.textContent = key.prefix;
+    prefix.appendChild(code);
+    tr.appendChild(prefix);
+    tr.appendChild(cell(localDate(key.created_at)));
+    tr.appendChild(cell(key.last_used ? localDate(key.last_used) : "Never"));
+    tr.appendChild(cell(key.expires_at ? localDate(key.expires_at) : "Never"));
+    tr.appendChild(cell(key.status.replace("_", " "), "status status-" + key.status));
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    if (key.status === "active" || key.status === "disabled") {
+      const on = key.status === "active";
+      actions.appendChild(button(on ? "Disable" : "Enable", "toggle",
+        () => act(key, on ? "disable" : "enable"), (on ? "Disable " : "Enable ") + key.name));
+    }
+    if (key.status === "active") {
+      actions.appendChild(button("Rotate", "rotate", () => rotate(key), "Rotate " + key.name));
+    }
+    if (key.status !== "revoked") {
+      actions.appendChild(button("Delete", "delete danger", () => askDelete(key), "Delete " + key.name));
+    }
+    tr.appendChild(actions);
+    return tr;
+  }
+
+  async function load() {
+    try {
+      const list = await call("GET", api + "?limit=100");
+      const rows = $("key-rows");
+      rows.replaceChildren(...list.data.map(row));
+      $("empty").hidden = list.data.length > 0;
+    } catch (e) {
+      say("Could not load your keys: " + e.message, true);
+    }
+  }
+
+  function showKey(created) {
+    $("new-key").value = created.key;
+    $("copy-status").textContent = "";
+    $("key-dialog").showModal();
+    $("new-key").select();
+  }
+
+  async function act(key, action) {
+    try {
+      await call("POST", api + "/" + encodeURIComponent(key.id) + "/" + action);
+      say("Key \u201c" + key.name + "\u201d " + (action === "disable" ? "disabled." : "enabled."));
+      await load();
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  async function rotate(key) {
+    try {
+      const created = await call("POST", api + "/" + encodeURIComponent(key.id) + "/rotate", {});
+      say("Key \u201c" + key.name + "\u201d rotated; the old key works until " + localDate(created.grace_ends_at) + ".");
+      showKey(created);
+      await load();
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  function askDelete(key) {
+    pendingDelete = key;
+    $("confirm-title").textContent = "Delete \u201c" + key.name + "\u201d?";
+    $("confirm-dialog").showModal();
+  }
+
+  async function confirmDelete() {
+    const key = pendingDelete;
+    pendingDelete = null;
+    $("confirm-dialog").close();
+    if (!key) return;
+    try {
+      await call("DELETE", api + "/" + encodeURIComponent(key.id));
+      say("Key \u201c" + key.name + "\u201d deleted. Requests with it now fail.");
+      await load();
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  async function create(ev) {
+    ev.preventDefault();
+    const body = { name: $("key-name").value.trim() };
+    const description = $("key-description").value.trim();
+    if (description) body.description = description;
+    const scopes = Array.from(document.querySelectorAll("#scope-list input:checked")).map((c) => c.value);
+    if (config.scopes.length) body.permissions = scopes;
+    const expires = $("key-expires").value;
+    if (expires) body.expires_at = new Date(expires + "T23:59:59").toISOString().replace(/\.\d{3}Z$/, "Z");
+    try {
+      const created = await call("POST", api, body);
+      $("create-form").reset();
+      say("Key \u201c" + created.name + "\u201d created.");
+      showKey(created);
+      await load();
+    } catch (e) {
+      say("Could not create the key: " + e.message, true);
+    }
+  }
+
+  function closeKeyDialog() {
+    $("new-key").value = "";
+    $("key-dialog").close();
+    $("create-btn").focus();
+  }
+
+  async function copyKey() {
+    const text = $("new-key").value;
+    try {
+      await navigator.clipboard.writeText(text);
+      $("copy-status").textContent = "Copied.";
+    } catch (_) {
+      $("new-key").select();
+      $("copy-status").textContent = "Press Ctrl+C (\u2318C) to copy the selected key.";
+    }
+  }
+
+  function renderScopes() {
+    if (!config.scopes.length) return;
+    const list = $("scope-list");
+    config.scopes.forEach((s, i) => {
+      const label = document.createElement("label");
+      label.className = "scope";
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = s.name;
+      box.id = "scope-" + i;
+      label.htmlFor = box.id;
+      const name = document.createElement("code");
+      name.textContent = s.name;
+      const desc = document.createElement("small");
+      desc.textContent = s.description;
+      label.append(box, name, desc);
+      list.appendChild(label);
+    });
+    $("scopes").hidden = false;
+  }
+
+  async function start() {
+    try {
+      const r = await fetch("keys/config.json", { credentials: "same-origin" });
+      config = await r.json();
+    } catch (_) { /* defaults */ }
+    renderScopes();
+    const live = config.prefixes.find((p) => p[0] === "live");
+    if (live) $("prefix-note").textContent = "Keys start with " + live[1] + "; only the first characters are shown here.";
+    $("create-form").addEventListener("submit", create);
+    $("close-dialog").addEventListener("click", closeKeyDialog);
+    $("key-dialog").addEventListener("cancel", () => { $("new-key").value = ""; });
+    $("copy-btn").addEventListener("click", copyKey);
+    $("confirm-yes").addEventListener("click", confirmDelete);
+    $("confirm-cancel").addEventListener("click", () => { pendingDelete = null; $("confirm-dialog").close(); });
+    await load();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
