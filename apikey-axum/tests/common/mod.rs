@@ -36,6 +36,12 @@ impl ResolveCaller for TestCallers {
         if let Some(user) = header("x-test-user") {
             return Ok(Caller::user(user));
         }
+        // The browser's session: `Cookie: session=<user>`.
+        if let Some(user) =
+            header("cookie").and_then(|c| c.split("; ").find_map(|kv| kv.strip_prefix("session=")))
+        {
+            return Ok(Caller::user(user));
+        }
         if let Some(admin) = header("x-test-admin") {
             return Ok(Caller::user(admin).admin_of(["alice", "bob"]));
         }
