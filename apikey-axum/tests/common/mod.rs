@@ -12,6 +12,7 @@ use apikey_axum::{
     ApiError, CallRecord, Caller, KeyCaller, ManageApi, ManageConfig, ResolveCaller,
     rate_limit_router,
 };
+use apikey_testkit::netstore::NetStore;
 use axum::Router;
 use axum::routing::get;
 use serde_json::Value;
@@ -21,13 +22,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
 
-pub type Manager = KeyManager<MemoryStore, ManualClock, Arc<MemoryLimits<ManualClock>>>;
+/// The store: shaped like a networked database, and able to fail on demand.
+pub type Store = Arc<NetStore>;
+pub type Manager = KeyManager<Store, ManualClock, Arc<MemoryLimits<ManualClock>>>;
 
 /// Test callers: `x-test-user: alice` is a signed-in user (its CSRF header
 /// is added by the client), `x-test-admin: admin` the admin of alice and
 /// bob; otherwise a management key (`keys:manage`).
 pub struct TestCallers {
-    pub keys: KeyCaller<MemoryStore, ManualClock, Arc<MemoryLimits<ManualClock>>>,
+    pub keys: KeyCaller<Store, ManualClock, Arc<MemoryLimits<ManualClock>>>,
 }
 
 impl ResolveCaller for TestCallers {
@@ -51,6 +54,7 @@ impl ResolveCaller for TestCallers {
 
 pub struct Server {
     pub addr: SocketAddr,
+    pub store: Store,
     pub manager: Arc<Manager>,
     pub clock: ManualClock,
     pub audit: Arc<MemoryAuditSink>,
@@ -77,15 +81,19 @@ pub async fn start_with(config: ManageConfig) -> Server {
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
     let audit = Arc::new(MemoryAuditSink::new());
+    let store = NetStore::new(std::time::Duration::ZERO);
     let manager = Arc::new(
-        KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
+        KeyManager::with_clock(verifier, Arc::clone(&store), clock.clone())
             .with_limits(Arc::new(MemoryLimits::with_clock(clock.clone())))
             .with_max_keys_per_owner(3)
             .with_audit_sink(Arc::clone(&audit)),
     );
-    let gate = Arc::new(Gate::from_manager(&manager).with_quotas(QuotaTable::fixed(
-        Quota::unlimited().per_minute(100).per_hour(1_000),
-    )));
+    let gate = Arc::new(
+        Gate::from_manager(&manager).with_quotas(
+            QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000))
+                .plan("tiny", Quota::unlimited().per_minute(1)),
+        ),
+    );
     let keys = KeyCaller::new(Arc::clone(&gate), Arc::clone(&manager), "keys:manage").unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&calls);
@@ -116,6 +124,7 @@ pub async fn start_with(config: ManageConfig) -> Server {
     });
     Server {
         addr,
+        store,
         manager,
         clock,
         audit,
