@@ -240,6 +240,29 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/keys-page.png");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, png).unwrap();
+
+    // A revoked key can be removed for good (seed 004), after confirming.
+    wait_for(&c, &format!("{row} button.remove"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#confirm-dialog[open]").await;
+    c.find(Locator::Id("confirm-yes"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("#key-rows tr:only-child"))
+        .await
+        .unwrap();
+    assert!(c.find_all(Locator::Css(&row)).await.unwrap().is_empty());
+    let r = guarded(key.clone()).await;
+    assert_eq!((r.status, r.code()), (401, "INVALID_API_KEY".into()));
+
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -86,7 +86,10 @@
       actions.appendChild(button("Rotate", "rotate", () => rotate(key), "Rotate " + key.name));
     }
     if (key.status !== "revoked") {
-      actions.appendChild(button("Delete", "delete danger", () => askDelete(key), "Delete " + key.name));
+      actions.appendChild(button("Delete", "delete danger", () => askDelete(key, false), "Delete " + key.name));
+    } else {
+      actions.appendChild(button("Remove", "remove", () => askDelete(key, true),
+        "Remove " + key.name + " from the list for good"));
     }
     tr.appendChild(actions);
     return tr;
@@ -131,20 +134,27 @@
     }
   }
 
-  function askDelete(key) {
-    pendingDelete = key;
-    $("confirm-title").textContent = "Delete \u201c" + key.name + "\u201d?";
+  function askDelete(key, permanent) {
+    pendingDelete = { key: key, permanent: permanent };
+    $("confirm-title").textContent = (permanent ? "Remove \u201c" : "Delete \u201c") + key.name + "\u201d?";
+    $("confirm-text").textContent = permanent
+      ? "The revoked key's record is deleted for good; it disappears from this list."
+      : "All requests with this key will fail immediately. This cannot be undone.";
+    $("confirm-yes").textContent = permanent ? "Remove for good" : "Delete key";
     $("confirm-dialog").showModal();
   }
 
   async function confirmDelete() {
-    const key = pendingDelete;
+    const pending = pendingDelete;
     pendingDelete = null;
     $("confirm-dialog").close();
-    if (!key) return;
+    if (!pending) return;
+    const key = pending.key;
     try {
-      await call("DELETE", api + "/" + encodeURIComponent(key.id));
-      say("Key \u201c" + key.name + "\u201d deleted. Requests with it now fail.");
+      await call("DELETE", api + "/" + encodeURIComponent(key.id) + (pending.permanent ? "?permanent=true" : ""));
+      say(pending.permanent
+        ? "Key \u201c" + key.name + "\u201d removed."
+        : "Key \u201c" + key.name + "\u201d deleted. Requests with it now fail.");
       await load();
     } catch (e) {
       say(e.message, true);
