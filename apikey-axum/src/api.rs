@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use apikey::limits::Limits;
+use apikey::limits::{CreditBalances, Limits};
 use apikey::{
     Actor, Clock, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreLifecycle, KeySummary,
     KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, Rotation, Scope, UsageStore,
@@ -48,7 +48,7 @@ pub struct CallRecord {
     /// The caller's actor id (`None`: the caller was not resolved).
     pub actor: Option<String>,
     /// `list`, `create`, `get`, `update`, `disable`, `enable`, `rotate`,
-    /// `revoke`, `delete`.
+    /// `revoke`, `credits_get`, `credits_set`.
     pub action: &'static str,
     /// The key named in the path, when there is one (as given).
     pub key_id: Option<String>,
@@ -106,9 +106,10 @@ impl std::fmt::Debug for LogFn {
     }
 }
 
-/// Every route of [`ManageApi::router`] (method, path), in the order of the
-/// OpenAPI document. The keys page and the document itself are extra
-/// (`GET /keys`, its assets, `GET /v1/openapi.json`).
+/// Every route of [`ManageApi::router_with_credits`] (method, path) and of
+/// [`rate_limit_router`](crate::rate_limit_router), as documented in the
+/// OpenAPI document ([`ManageApi::router`] has all but the credits routes).
+/// The keys page and its assets are extra.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/api-keys"),
     ("post", "/v1/api-keys"),
@@ -118,6 +119,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/api-keys/{id}/disable"),
     ("post", "/v1/api-keys/{id}/enable"),
     ("post", "/v1/api-keys/{id}/rotate"),
+    ("get", "/v1/credits/{owner}/{api}"),
+    ("put", "/v1/credits/{owner}/{api}"),
     ("get", "/v1/rate-limit"),
     ("get", "/v1/openapi.json"),
 ];
@@ -157,13 +160,20 @@ where
     /// [`rate_limit_router`](crate::rate_limit_router), guarded by the
     /// app's own gate.
     pub fn router(self) -> Router {
-        let page = self.config.page;
-        let shared = Arc::new(Shared {
+        let shared = self.into_shared();
+        Self::routes(&shared)
+    }
+
+    fn into_shared(self) -> Arc<Shared<S, C, L, R>> {
+        Arc::new(Shared {
             manager: self.manager,
             resolver: self.resolver,
             config: self.config,
             log: self.log.map(|l| l.0),
-        });
+        })
+    }
+
+    fn routes(shared: &Arc<Shared<S, C, L, R>>) -> Router {
         let api = Router::new()
             .route(
                 "/v1/api-keys",
@@ -178,9 +188,9 @@ where
             .route("/v1/api-keys/{id}/disable", post(disable::<S, C, L, R>))
             .route("/v1/api-keys/{id}/enable", post(enable::<S, C, L, R>))
             .route("/v1/api-keys/{id}/rotate", post(rotate::<S, C, L, R>))
-            .with_state(Arc::clone(&shared))
+            .with_state(Arc::clone(shared))
             .route("/v1/openapi.json", get(crate::openapi::document));
-        if page {
+        if shared.config.page {
             api.merge(crate::page::router(&shared.config))
         } else {
             api
@@ -188,9 +198,57 @@ where
     }
 }
 
+impl<S, C, L, R> ManageApi<S, C, L, R>
+where
+    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    C: Clock + Send + Sync + 'static,
+    L: Limits + CreditBalances + 'static,
+    R: ResolveCaller,
+{
+    /// [`router`](Self::router) plus seed 002's credit limits per user per
+    /// API, kept in the manager's limits bundle:
+    /// `GET /v1/credits/{owner}/{api}` (anyone who manages `owner`'s keys)
+    /// and `PUT /v1/credits/{owner}/{api}` (`{"limit": 10000, "refill":
+    /// "month"}`; account admins only), for the APIs named with
+    /// [`ManageConfig::credit_api`].
+    pub fn router_with_credits(self) -> Router {
+        let shared = self.into_shared();
+        Self::routes(&shared).merge(
+            Router::new()
+                .route(
+                    "/v1/credits/{owner}/{api}",
+                    get(credits_get::<S, C, L, R>).put(credits_put::<S, C, L, R>),
+                )
+                .with_state(shared),
+        )
+    }
+}
+
+async fn credits_get<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
+where
+    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    C: Clock + Send + Sync + 'static,
+    L: Limits + CreditBalances + 'static,
+    R: ResolveCaller,
+{
+    st.call("credits_get", None, req, Shared::op_credits_get)
+        .await
+}
+
+async fn credits_put<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
+where
+    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    C: Clock + Send + Sync + 'static,
+    L: Limits + CreditBalances + 'static,
+    R: ResolveCaller,
+{
+    st.call("credits_set", None, req, Shared::op_credits_put)
+        .await
+}
+
 // ----- the call frame: caller, CSRF, body, log -----
 
-type Outcome = Result<Response, ApiError>;
+pub(crate) type Outcome = Result<Response, ApiError>;
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
@@ -333,7 +391,7 @@ fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8], empty_ok: bool) -> Re
     parse_body(bytes)
 }
 
-fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner().to_string();
@@ -534,7 +592,7 @@ fn within_bounds(s: &KeySummary, bounds: &Bounds) -> Result<(), ApiError> {
 
 /// A JSON answer; `secret`: it holds a full key (`Cache-Control: no-store`
 /// is on every answer anyway, and the caller must not cache it).
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_string(value).unwrap_or_default();
     let mut r = (status, body).into_response();
     let h = r.headers_mut();

@@ -39,6 +39,7 @@ pub struct ManageConfig {
     pub(crate) default_grace: time::Duration,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) page: bool,
+    pub(crate) credit_apis: Vec<String>,
 }
 
 /// The header every state-changing call from a cookie session must carry
@@ -63,6 +64,7 @@ impl ManageConfig {
             default_grace: time::Duration::hours(24),
             allowed_origins: Vec::new(),
             page: true,
+            credit_apis: Vec::new(),
         }
     }
 
@@ -115,6 +117,14 @@ impl ManageConfig {
     /// (`https://app.example.com`) besides the request's own host.
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// An API whose per-user credit limits account admins set through
+    /// [`ManageApi::router_with_credits`](crate::ManageApi::router_with_credits)
+    /// (the name given to [`Gate::with_credits`](apikey::web::Gate::with_credits)).
+    pub fn credit_api(mut self, api: impl Into<String>) -> Self {
+        self.credit_apis.push(api.into());
         self
     }
 

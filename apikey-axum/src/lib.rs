@@ -34,6 +34,7 @@
 mod api;
 mod caller;
 mod config;
+mod credits;
 mod error;
 mod key_caller;
 mod openapi;

@@ -118,7 +118,19 @@ impl Recorder {
         body: Option<&str>,
     ) -> Answer {
         let path = format!("{}{query}", template.replace("{id}", id));
-        let a = call(self.addr, who, method, &path, body).await;
+        self.hit_path(who, method, template, &path, body).await
+    }
+
+    /// Calls `path`, an instance of `template`, and checks the answer.
+    async fn hit_path(
+        &mut self,
+        who: As<'_>,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        let a = call(self.addr, who, method, path, body).await;
         let m = method.to_ascii_lowercase();
         let op = &self.doc["paths"][template][&m];
         assert!(op.is_object(), "{method} {template} is not documented");
@@ -404,6 +416,36 @@ async fn real_answers_match_the_document_and_cover_it() {
         None,
     )
     .await; // 429
+
+    // Credits per user per API.
+    let credits = "/v1/credits/{owner}/{api}";
+    let hit_credits = |who, method, owner: &'static str, api: &'static str, body| {
+        (
+            who,
+            method,
+            credits.replace("{owner}", owner).replace("{api}", api),
+            body,
+        )
+    };
+    for (who, method, path, body) in [
+        hit_credits(As::Admin, "PUT", "bob", "rest", Some(r#"{"limit":10000}"#)),
+        hit_credits(As::Admin, "PUT", "bob", "rest", Some(r#"{"limit":"lots"}"#)),
+        hit_credits(
+            As::User("bob"),
+            "PUT",
+            "bob",
+            "rest",
+            Some(r#"{"limit":1}"#),
+        ),
+        hit_credits(As::Anonymous, "PUT", "bob", "rest", Some(r#"{"limit":1}"#)),
+        hit_credits(As::User("bob"), "GET", "bob", "rest", None),
+        hit_credits(As::User("bob"), "GET", "bob", "batch", None),
+        hit_credits(As::User("bob"), "GET", "bob", "graphql", None),
+        hit_credits(As::User("alice"), "GET", "bob", "rest", None),
+        hit_credits(As::Anonymous, "GET", "bob", "rest", None),
+    ] {
+        r.hit_path(who, method, credits, &path, body).await;
+    }
 
     // The store fails: 503 everywhere.
     s.store.set_failing(true);

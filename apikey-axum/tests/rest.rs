@@ -1091,3 +1091,104 @@ async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
     assert_eq!(cfg["scopes"][0]["name"], "tasks:read");
     assert_eq!(cfg["scopes"][0]["description"], "View tasks");
 }
+
+#[tokio::test]
+async fn only_an_account_admin_sets_credit_limits_per_user_per_api() {
+    let s = start().await;
+    // Seed 002: "a user can have 10K on REST API and 10K on Batch API".
+    for api in ["rest", "batch"] {
+        let r = call(
+            s.addr,
+            As::Admin,
+            "PUT",
+            &format!("/v1/credits/bob/{api}"),
+            Some(r#"{"limit":10000}"#),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["remaining"], 10_000);
+        assert_eq!(r.json()["refill"], "month");
+    }
+    let bob = call(
+        s.addr,
+        As::User("bob"),
+        "GET",
+        "/v1/credits/bob/batch",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        (bob["remaining"].as_u64(), bob["limit"].as_u64()),
+        (Some(10_000), Some(10_000))
+    );
+    let status = apikey::limits::CreditBalances::credits(
+        s.manager.authenticator().limits(),
+        apikey::limits::CreditAccount::Owner {
+            owner: "bob",
+            api: "rest",
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status.remaining, 10_000);
+    // A user cannot raise its own limit, nor see another user's.
+    let r = call(
+        s.addr,
+        As::User("bob"),
+        "PUT",
+        "/v1/credits/bob/rest",
+        Some(r#"{"limit":99999999}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/credits/bob/rest",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    // Outside the account, unknown APIs, bad bodies.
+    let r = call(
+        s.addr,
+        As::Admin,
+        "PUT",
+        "/v1/credits/carol/rest",
+        Some(r#"{"limit":1}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    for (path, body, field) in [
+        ("/v1/credits/bob/graphql", r#"{"limit":1}"#, "api"),
+        ("/v1/credits/bob/rest", r#"{"limit":-1}"#, "limit"),
+        (
+            "/v1/credits/bob/rest",
+            r#"{"limit":1,"refill":"hourly"}"#,
+            "refill",
+        ),
+        (
+            "/v1/credits/bob/rest",
+            r#"{"limit":1,"per_key":true}"#,
+            "per_key",
+        ),
+    ] {
+        let r = call(s.addr, As::Admin, "PUT", path, Some(body)).await;
+        assert_eq!(
+            (r.status, r.field()),
+            (400, field.into()),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let bob = call(s.addr, As::User("bob"), "GET", "/v1/credits/bob/rest", None)
+        .await
+        .json();
+    assert_eq!(
+        bob["remaining"], 10_000,
+        "a refused change changed the balance"
+    );
+}

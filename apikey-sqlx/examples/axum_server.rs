@@ -213,8 +213,9 @@ where
         .scope("tasks:read", "View tasks")
         .scope("tasks:write", "Create and update tasks")
         .scope("keys:manage", "Manage API keys with this key")
-        .plan("professional");
-    let management = ManageApi::new(Arc::clone(&manager), callers, config).router();
+        .plan("professional")
+        .credit_api("tasks");
+    let management = ManageApi::new(Arc::clone(&manager), callers, config).router_with_credits();
 
     let app = Router::new()
         .route(

@@ -70,6 +70,8 @@ pub fn config() -> ManageConfig {
         .scope("keys:manage", "Manage API keys")
         .plan("free")
         .plan("professional")
+        .credit_api("rest")
+        .credit_api("batch")
 }
 
 pub async fn start() -> Server {
@@ -101,7 +103,7 @@ pub async fn start_with(config: ManageConfig) -> Server {
         .merge(
             ManageApi::new(Arc::clone(&manager), TestCallers { keys }, config)
                 .with_call_log(move |c| log.lock().unwrap().push(c.clone()))
-                .router(),
+                .router_with_credits(),
         )
         .merge(rate_limit_router(Arc::clone(&gate)))
         .route(
