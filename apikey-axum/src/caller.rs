@@ -20,7 +20,7 @@ use crate::error::ApiError;
 #[non_exhaustive]
 pub enum Via {
     /// A browser session (a cookie): state-changing calls must pass the
-    /// CSRF check (see [`crate::ManageConfig::csrf_header`]).
+    /// CSRF check (see [`crate::CSRF_HEADER`]).
     Session,
     /// An API key sent in a header: not sent by browsers on their own, so
     /// no CSRF check.
