@@ -25,9 +25,11 @@ pub struct ApiError {
     code: ErrorCode,
     message: Cow<'static, str>,
     field: Option<String>,
-    /// The underlying library error, for its extra details (`retry_after`,
-    /// the missing-key details, ...).
+    /// `INSUFFICIENT_SCOPE`: the scope lacking.
     required: Option<String>,
+    /// Headers of the refusal beyond the body's (`Retry-After`,
+    /// `X-RateLimit-*`), from the gate that refused the caller's key.
+    headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -38,7 +40,20 @@ impl ApiError {
             message: Cow::Borrowed(code.message()),
             field: None,
             required: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds the `Retry-After` and `X-RateLimit-*` headers of `response` (a
+    /// [`Gate`](apikey::web::Gate) refusal) to this error's answer.
+    pub fn with_headers_of(mut self, response: &apikey::web::ErrorResponse) -> Self {
+        self.headers = response
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == "retry-after" || n.starts_with("x-ratelimit-"))
+            .cloned()
+            .collect();
+        self
     }
 
     /// 400 `INVALID_REQUEST` naming `field` (a JSON field, a query
@@ -49,6 +64,7 @@ impl ApiError {
             message: message.into(),
             field: Some(field.into()),
             required: None,
+            headers: Vec::new(),
         }
     }
 
@@ -59,6 +75,7 @@ impl ApiError {
             message: message.into(),
             field: Some("permissions".into()),
             required: None,
+            headers: Vec::new(),
         }
     }
 
@@ -72,6 +89,7 @@ impl ApiError {
             message: message.into(),
             field: Some(field.to_owned()),
             required: None,
+            headers: Vec::new(),
         }
     }
 
@@ -133,6 +151,7 @@ impl From<Error> for ApiError {
             message,
             field,
             required,
+            headers: Vec::new(),
         }
     }
 }
@@ -189,6 +208,11 @@ impl IntoResponse for ApiError {
         }
         if self.code == ErrorCode::StoreUnavailable {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(*name, value);
+            }
         }
         response
     }

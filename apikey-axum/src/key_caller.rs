@@ -89,7 +89,10 @@ where
         {
             Decision::Admitted(ok) => ok.key,
             Decision::NotOurs => return Err(Error::MissingApiKey.into()),
-            Decision::Rejected(no) => return Err(no.error.into()),
+            Decision::Rejected(no) => {
+                let response = no.to_response();
+                return Err(ApiError::from(no.error).with_headers_of(&response));
+            }
         };
         let summary = self.manager.get(key.id()).await?;
         Caller::from_key(&summary).ok_or_else(|| Error::InvalidApiKey.into())

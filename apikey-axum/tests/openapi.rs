@@ -447,6 +447,44 @@ async fn real_answers_match_the_document_and_cover_it() {
         r.hit_path(who, method, credits, &path, body).await;
     }
 
+    // A management key over its rate limit (1 a minute): 429 on every route.
+    let (slow, _) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("carol")
+                .scopes(["keys:manage"])
+                .metadata("plan", "tiny"),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    let slow = slow.expose_secret();
+    r.hit(As::Key(slow), "GET", KEYS, "", "", None).await;
+    let credits_path = "/v1/credits/carol/rest";
+    for (m, t) in ID_ACTIONS.iter().chain(&[
+        ("GET", KEYS),
+        ("POST", KEYS),
+        ("GET", credits),
+        ("PUT", credits),
+    ]) {
+        let path = t
+            .replace("{id}", &id)
+            .replace("/v1/credits/{owner}/{api}", credits_path);
+        let body = if *t == credits {
+            Some(r#"{"limit":1}"#)
+        } else {
+            body_for(m)
+        };
+        let a = r.hit_path(As::Key(slow), m, t, &path, body).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (429, "RATE_LIMITED".into()),
+            "{m} {t}"
+        );
+        assert!(a.header("x-ratelimit-remaining").is_some());
+    }
+
     // The store fails: 503 everywhere.
     s.store.set_failing(true);
     for (m, t) in ID_ACTIONS.iter().chain(&[("GET", KEYS), ("POST", KEYS)]) {
