@@ -197,6 +197,39 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
         |key: String| async move { call(s.addr, As::Key(&key), "GET", "/v1/tasks", None).await };
     assert_eq!(guarded(key.clone()).await.status, 200);
 
+    // Edit: rename and add a permission (PATCH sends only what changed).
+    wait_for(&c, &format!("{row} button.edit"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#edit-dialog[open]").await;
+    let edit_name = c.find(Locator::Id("edit-name")).await.unwrap();
+    edit_name.clear().await.unwrap();
+    edit_name.send_keys("Browser test (renamed)").await.unwrap();
+    c.find(Locator::Css("#edit-scope-list input[value='tasks:write']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Id("edit-save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::XPath(&format!(
+            "//tr[@data-id='{id}']/td[@class='name' and text()='Browser test (renamed)']"
+        )))
+        .await
+        .expect("the renamed key is listed");
+    let edited = s.manager.get(id.parse().unwrap()).await.unwrap();
+    assert_eq!(edited.scopes, ["tasks:read", "tasks:write"]);
+    assert_eq!(edited.expires_at, None, "an untouched expiry changed");
+
     // Toggle off: 401 DISABLED_API_KEY; on again: 200.
     wait_for(&c, &format!("{row} button.toggle"))
         .await

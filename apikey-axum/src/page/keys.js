@@ -76,11 +76,14 @@
     tr.appendChild(cell(key.expires_at ? localDate(key.expires_at) : "Never"));
     tr.appendChild(cell(key.status.replace("_", " "), "status status-" + key.status));
     const actions = document.createElement("td");
-    actions.className = "actions";
+    actions.className = "row-actions";
     if (key.status === "active" || key.status === "disabled") {
       const on = key.status === "active";
       actions.appendChild(button(on ? "Disable" : "Enable", "toggle",
         () => act(key, on ? "disable" : "enable"), (on ? "Disable " : "Enable ") + key.name));
+    }
+    if (key.status !== "revoked") {
+      actions.appendChild(button("Edit", "edit", () => openEdit(key), "Edit " + key.name));
     }
     if (key.status === "active") {
       actions.appendChild(button("Rotate", "rotate", () => rotate(key), "Rotate " + key.name));
@@ -169,7 +172,7 @@
     const scopes = Array.from(document.querySelectorAll("#scope-list input:checked")).map((c) => c.value);
     if (config.scopes.length) body.permissions = scopes;
     const expires = $("key-expires").value;
-    if (expires) body.expires_at = new Date(expires + "T23:59:59").toISOString().replace(/\.\d{3}Z$/, "Z");
+    if (expires) body.expires_at = endOfDay(expires);
     try {
       const created = await call("POST", api, body);
       $("create-form").reset();
@@ -178,6 +181,68 @@
       await load();
     } catch (e) {
       say("Could not create the key: " + e.message, true);
+    }
+  }
+
+  // A date field's value as the end of that day in the user's time zone.
+  function endOfDay(value) {
+    return new Date(value + "T23:59:59").toISOString().replace(/\.\d{3}Z$/, "Z");
+  }
+
+  // An RFC 3339 time as a date field's value (the user's time zone).
+  function dateValue(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    const pad = (n) => String(n).padStart(2, "0");
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+  }
+
+  let editing = null;
+
+  async function openEdit(key) {
+    try {
+      const k = await call("GET", api + "/" + encodeURIComponent(key.id));
+      editing = { id: k.id, name: k.name, description: k.description || "",
+                  permissions: k.permissions.slice().sort().join(" "), expires: dateValue(k.expires_at) };
+      $("edit-title").textContent = "Edit \u201c" + k.name + "\u201d";
+      $("edit-name").value = k.name;
+      $("edit-description").value = k.description || "";
+      $("edit-expires").value = editing.expires;
+      document.querySelectorAll("#edit-scope-list input").forEach((box) => {
+        box.checked = k.permissions.includes(box.value);
+      });
+      $("edit-dialog").showModal();
+      $("edit-name").focus();
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  // Sends only what changed (PATCH semantics).
+  async function saveEdit(ev) {
+    ev.preventDefault();
+    if (!editing) return;
+    const body = {};
+    const name = $("edit-name").value.trim();
+    if (name !== editing.name) body.name = name;
+    const description = $("edit-description").value.trim();
+    if (description !== editing.description) body.description = description || null;
+    if (config.scopes.length) {
+      const scopes = Array.from(document.querySelectorAll("#edit-scope-list input:checked")).map((c) => c.value);
+      if (scopes.slice().sort().join(" ") !== editing.permissions) body.permissions = scopes;
+    }
+    const expires = $("edit-expires").value;
+    if (expires !== editing.expires) body.expires_at = expires ? endOfDay(expires) : null;
+    try {
+      if (Object.keys(body).length) {
+        await call("PATCH", api + "/" + encodeURIComponent(editing.id), body);
+      }
+      $("edit-dialog").close();
+      say("Key \u201c" + (body.name || editing.name) + "\u201d saved.");
+      editing = null;
+      await load();
+    } catch (e) {
+      say("Could not save the key: " + e.message, true);
     }
   }
 
@@ -198,16 +263,16 @@
     }
   }
 
-  function renderScopes() {
+  function renderScopes(listId, fieldsetId, idPrefix) {
     if (!config.scopes.length) return;
-    const list = $("scope-list");
+    const list = $(listId);
     config.scopes.forEach((s, i) => {
       const label = document.createElement("label");
       label.className = "scope";
       const box = document.createElement("input");
       box.type = "checkbox";
       box.value = s.name;
-      box.id = "scope-" + i;
+      box.id = idPrefix + i;
       label.htmlFor = box.id;
       const name = document.createElement("code");
       name.textContent = s.name;
@@ -216,7 +281,7 @@
       label.append(box, name, desc);
       list.appendChild(label);
     });
-    $("scopes").hidden = false;
+    $(fieldsetId).hidden = false;
   }
 
   async function start() {
@@ -224,13 +289,16 @@
       const r = await fetch("keys/config.json", { credentials: "same-origin" });
       config = await r.json();
     } catch (_) { /* defaults */ }
-    renderScopes();
+    renderScopes("scope-list", "scopes", "scope-");
+    renderScopes("edit-scope-list", "edit-scopes", "edit-scope-");
     const live = config.prefixes.find((p) => p[0] === "live");
     if (live) $("prefix-note").textContent = "Keys start with " + live[1] + "; only the first characters are shown here.";
     $("create-form").addEventListener("submit", create);
     $("close-dialog").addEventListener("click", closeKeyDialog);
     $("key-dialog").addEventListener("cancel", () => { $("new-key").value = ""; });
     $("copy-btn").addEventListener("click", copyKey);
+    $("edit-form").addEventListener("submit", saveEdit);
+    $("edit-cancel").addEventListener("click", () => { editing = null; $("edit-dialog").close(); });
     $("confirm-yes").addEventListener("click", confirmDelete);
     $("confirm-cancel").addEventListener("click", () => { pendingDelete = null; $("confirm-dialog").close(); });
     await load();
