@@ -16,6 +16,9 @@
 //!   its actor ([`ManageApi::with_call_log`]) and every change audited by the
 //!   manager's sink. The full key appears in exactly two answers, the `201`
 //!   of a create and of a rotation, with `Cache-Control: no-store`.
+//! * Seed 002's credit limits per user per API:
+//!   [`ManageApi::router_with_credits`] adds `GET`/`PUT
+//!   /v1/credits/{owner}/{api}` (setting them is for account admins only).
 //! * Bad input is 400 `INVALID_REQUEST` (or `INVALID_SCOPE`) naming the
 //!   field in `details.field`; unknown fields are refused; bodies are
 //!   bounded ([`ManageConfig::max_body`]).
