@@ -6,6 +6,13 @@
 //! curl -i -H "X-API-Key: <reader key printed at start-up>" http://127.0.0.1:3000/v1/tasks
 //! ```
 //!
+//! It also mounts the key-management surface of `apikey-axum`: the
+//! `/v1/api-keys` REST API, `GET /v1/rate-limit`, `GET /v1/openapi.json`
+//! and the self-service keys page at `/keys`. Open the one-time sign-in
+//! link printed at start-up (a stand-in for the app's own login: it sets a
+//! session cookie for the demo user `org_demo`), create a key on the page,
+//! and use it with `curl` against `/v1/tasks`.
+//!
 //! Keys persist: they live in a SQLite file (`$APIKEY_DATA_DIR/keys.db`,
 //! default `./apikey-data`), or in PostgreSQL when `DATABASE_URL` names one
 //! (`postgres://...`). The first run issues two keys and prints them once;
@@ -37,12 +44,14 @@ use apikey::web::{Admitted, Gate, QuotaTable, Route};
 const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::{
-    Actor, Authenticator, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement,
-    ServerSecret, UsageStore, VerifiedKey, Verifier,
+    Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement,
+    ServerSecret, SystemClock, UsageStore, VerifiedKey, Verifier,
 };
 use apikey::{CachedStore, ChangeFeed};
+use apikey_axum::{ApiError, Caller, KeyCaller, ManageApi, ManageConfig, ResolveCaller};
 use apikey_sqlx::{PgChangeFeed, PostgresStore, SqliteStore};
 use axum::Router;
+use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 
 async fn list_tasks(key: VerifiedKey) -> String {
@@ -64,18 +73,6 @@ async fn create_task(admitted: Admitted) -> String {
     format!(
         "{{\"created\":true,\"owner_credits_left\":{}}}\n",
         left.map_or("null".into(), |n| n.to_string())
-    )
-}
-
-async fn rate_limit(admitted: Admitted) -> String {
-    let Some(info) = admitted.rate_limit else {
-        return "{\"limit\":null}\n".into();
-    };
-    format!(
-        "{{\"limit\":{},\"remaining\":{},\"reset\":{}}}\n",
-        info.limit,
-        info.remaining,
-        info.reset_at_unix(admitted.now.unix_timestamp())
     )
 }
 
@@ -150,10 +147,27 @@ where
     S: KeyStoreLifecycle + UsageStore + Clone + 'static,
 {
     let verifier = Verifier::new(Keyring::new(1, secret)?);
-    let store = Arc::new(store);
+
+    // Credits: the owner may create 100 tasks an hour on this API.
+    let limits = MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
+    limits.set_credits_sync(
+        CreditAccount::Owner {
+            owner: "org_demo",
+            api: "tasks",
+        },
+        100,
+        Refill::every(100, Duration::from_secs(3600)),
+    );
+
+    // One manager for the keys page, the management API and the gate, so
+    // HTTP traffic updates "last used" and the usage counts the page shows.
+    let manager = Arc::new(
+        KeyManager::new(verifier, store)
+            .with_limits(Arc::new(limits))
+            .with_max_keys_per_owner(5),
+    );
 
     // First run only: issue the demo keys (later runs find them stored).
-    let manager = KeyManager::new(verifier.clone(), Arc::clone(&store));
     let existing = manager.list("org_demo").await?;
     let mut issued = Vec::new();
     if existing.is_empty() {
@@ -178,26 +192,30 @@ where
         );
     }
 
-    // Credits: the owner may create 100 tasks an hour on this API.
-    let limits = MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
-    limits.set_credits_sync(
-        CreditAccount::Owner {
-            owner: "org_demo",
-            api: "tasks",
-        },
-        100,
-        Refill::every(100, Duration::from_secs(3600)),
-    );
-
     let gate = Arc::new(
-        Gate::new(Authenticator::new(verifier.clone(), Arc::clone(&store)))
-            .with_limits(limits)
+        Gate::from_manager(&manager)
             .with_quotas(QuotaTable::fixed(FREE).plan("professional", PROFESSIONAL))
             .with_credits("tasks"),
     );
     let guard = |route: Route| {
         ApiKeyLayer::new(Arc::clone(&gate), route).with_store_timeout(Duration::from_secs(2))
     };
+
+    // The management surface: who calls is this app's business (see
+    // `DemoCallers`); the rest is apikey-axum's.
+    let session = ServerSecret::generate();
+    let callers = DemoCallers {
+        keys: KeyCaller::new(Arc::clone(&gate), Arc::clone(&manager), "keys:manage")?,
+        session: KeyDigest::from_bytes(session_bytes(session.expose_secret())),
+    };
+    let config = ManageConfig::new("sk_live_")
+        .title("Tasks API keys")
+        .scope("tasks:read", "View tasks")
+        .scope("tasks:write", "Create and update tasks")
+        .scope("keys:manage", "Manage API keys with this key")
+        .plan("professional")
+        .credit_api("tasks");
+    let management = ManageApi::new(Arc::clone(&manager), callers, config).router_with_credits();
 
     let app = Router::new()
         .route(
@@ -209,12 +227,20 @@ where
                         .route_layer(guard(Route::new(Requirement::scope("tasks:write")?))),
                 ),
         )
-        .route(
-            "/v1/rate-limit",
-            get(rate_limit).route_layer(guard(Route::any_key().cost(0))),
-        )
+        .merge(management)
+        .merge(apikey_axum::rate_limit_router(Arc::clone(&gate)))
+        .route("/demo-login", get(demo_login))
         // The layer reads the client address from a `ClientIp` extension.
         .layer(axum::middleware::from_fn(client_ip));
+
+    // Usage counts reach the store (and the page) every 10 seconds.
+    let flusher = Arc::clone(&manager);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let _ = flusher.flush().await;
+        }
+    });
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -231,6 +257,11 @@ where
             key.expose_secret()
         );
     }
+    use base64ct::Encoding;
+    println!(
+        "keys page: open http://127.0.0.1:{port}/demo-login?token={} (signs you in as org_demo)",
+        base64ct::Base64UrlUnpadded::encode_string(session.expose_secret())
+    );
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(
         listener,
@@ -238,6 +269,69 @@ where
     )
     .await?;
     Ok(())
+}
+
+/// The first 32 bytes of a secret (a generated one has exactly 32).
+fn session_bytes(secret: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    for (o, b) in out.iter_mut().zip(secret) {
+        *o = *b;
+    }
+    out
+}
+
+/// Who calls the management API: a key holding `keys:manage`
+/// (`Authorization: Bearer`), or the demo user's browser session. A real
+/// app resolves its own signed-in user here instead of the demo cookie.
+struct DemoCallers<S: KeyStoreLifecycle + UsageStore + 'static> {
+    keys: KeyCaller<S, SystemClock, Arc<MemoryLimits>>,
+    /// The demo session token, compared in constant time.
+    session: KeyDigest,
+}
+
+impl<S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static> ResolveCaller for DemoCallers<S> {
+    async fn resolve(&self, parts: &axum::http::request::Parts) -> Result<Caller, ApiError> {
+        if self.keys.presents_key(parts) {
+            return self.keys.resolve(parts).await;
+        }
+        use base64ct::Encoding;
+        let token = parts
+            .headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split("; "))
+            .find_map(|c| c.strip_prefix("demo_session="))
+            .and_then(|t| base64ct::Base64UrlUnpadded::decode_vec(t).ok());
+        match token {
+            Some(t)
+                if KeyDigest::from_bytes(session_bytes(&t)) == self.session && t.len() == 32 =>
+            {
+                Ok(Caller::user("org_demo"))
+            }
+            _ => Err(ApiError::code_only(ErrorCode::MissingApiKey)),
+        }
+    }
+}
+
+/// The demo's sign-in: sets the session cookie from the printed link, then
+/// goes to the keys page. (Your app has its own login.)
+async fn demo_login(
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let token = query
+        .as_deref()
+        .and_then(|q| q.strip_prefix("token="))
+        .unwrap_or("")
+        .to_owned();
+    let mut r = axum::response::Redirect::to("/keys").into_response();
+    if let Ok(cookie) = axum::http::HeaderValue::from_str(&format!(
+        "demo_session={token}; Path=/; HttpOnly; SameSite=Strict"
+    )) {
+        r.headers_mut()
+            .insert(axum::http::header::SET_COOKIE, cookie);
+    }
+    r
 }
 
 /// Puts the peer address into the request as the layer's `ClientIp` (behind

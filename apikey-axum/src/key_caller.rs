@@ -1,0 +1,100 @@
+//! [`KeyCaller`]: a [`ResolveCaller`] for seed 001's
+//! `Authorization: Bearer EXISTING_API_KEY`: an API key holding a
+//! management scope.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use apikey::limits::Limits;
+use apikey::web::{ClientIp, Decision, Gate, Route};
+use apikey::{Clock, Error, KeyManager, KeyStoreLifecycle, Requirement, Result, UsageStore};
+use http::request::Parts;
+
+use crate::caller::{Caller, ResolveCaller};
+use crate::error::ApiError;
+
+/// Resolves the caller from an API key presented in the request
+/// (`Authorization: Bearer` or `X-API-Key`), through `gate` (so the
+/// failure throttle, rate limits and audit apply) with a required
+/// management scope. The caller manages the key's owner's keys, bounded by
+/// what the key holds ([`Caller::from_key`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use apikey::*;
+/// use apikey::web::Gate;
+/// use apikey_axum::KeyCaller;
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+/// let manager = Arc::new(KeyManager::new(verifier, MemoryStore::new()));
+/// let gate = Arc::new(Gate::from_manager(&manager));
+/// let resolver = KeyCaller::new(gate, Arc::clone(&manager), "keys:manage")?;
+/// # let _ = resolver;
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct KeyCaller<S, C, L> {
+    gate: Arc<Gate<Arc<S>, C, L>>,
+    manager: Arc<KeyManager<S, C, L>>,
+    route: Route,
+}
+
+impl<S, C, L> KeyCaller<S, C, L>
+where
+    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    C: Clock + Send + Sync + 'static,
+    L: Limits + 'static,
+{
+    /// Keys must hold `scope` to manage keys.
+    ///
+    /// # Errors
+    /// [`Error::InvalidScope`] when `scope` is not a valid scope.
+    pub fn new(
+        gate: Arc<Gate<Arc<S>, C, L>>,
+        manager: Arc<KeyManager<S, C, L>>,
+        scope: &str,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate,
+            manager,
+            route: Route::new(Requirement::scope(scope)?).cost(0),
+        })
+    }
+
+    /// Whether the request presents an API key at all (so a host can fall
+    /// back to its session otherwise).
+    pub fn presents_key(&self, parts: &Parts) -> bool {
+        parts.headers.contains_key(http::header::AUTHORIZATION)
+            || parts
+                .headers
+                .contains_key(self.gate.extractor().header_name())
+    }
+}
+
+impl<S, C, L> ResolveCaller for KeyCaller<S, C, L>
+where
+    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    C: Clock + Send + Sync + 'static,
+    L: Limits + 'static,
+{
+    async fn resolve(&self, parts: &Parts) -> Result<Caller, ApiError> {
+        let client: Option<IpAddr> = parts.extensions.get::<ClientIp>().map(|c| c.0);
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()));
+        let key = match self
+            .gate
+            .check(headers, parts.uri.query(), client, &self.route)
+            .await
+        {
+            Decision::Admitted(ok) => ok.key,
+            Decision::NotOurs => return Err(Error::MissingApiKey.into()),
+            Decision::Rejected(no) => {
+                let response = no.to_response();
+                return Err(ApiError::from(no.error).with_headers_of(&response));
+            }
+        };
+        let summary = self.manager.get(key.id()).await?;
+        Caller::from_key(&summary).ok_or_else(|| Error::InvalidApiKey.into())
+    }
+}

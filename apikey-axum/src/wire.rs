@@ -1,0 +1,182 @@
+//! The JSON shapes of the management API: request bodies (unknown fields
+//! refused) and the views of a key (never its secret, except in
+//! [`CreatedKey`]).
+
+use apikey::{ApiKey, KeySummary};
+use serde::{Deserialize, Deserializer, Serialize};
+use time::OffsetDateTime;
+
+/// `POST /v1/api-keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// `PATCH /v1/api-keys/{id}`: absent fields are left as they are; `null`
+/// clears the description and makes the key never expire.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatchRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "some")]
+    pub description: Option<Option<String>>,
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some")]
+    pub expires_at: Option<Option<String>>,
+    #[serde(default)]
+    pub ip_allowlist: Option<Vec<String>>,
+}
+
+/// `POST /v1/api-keys/{id}/rotate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateRequest {
+    #[serde(default)]
+    pub grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// A present field (even `null`) is `Some`.
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn rfc3339(t: &OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A key in a listing: display prefix only.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyItem {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub owner: Option<String>,
+    pub environment: &'static str,
+    pub permissions: Vec<String>,
+    pub status: String,
+    pub created_at: String,
+    pub last_used: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+impl KeyItem {
+    pub fn new(s: &KeySummary) -> Self {
+        Self {
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            prefix: s.display.clone(),
+            owner: s.owner.clone(),
+            environment: s.environment.as_str(),
+            permissions: s.scopes.clone(),
+            status: state_name(s),
+            created_at: rfc3339(&s.created_at),
+            last_used: s.last_used_at.as_ref().map(rfc3339),
+            expires_at: s.expires_at.as_ref().map(rfc3339),
+        }
+    }
+}
+
+/// `active`, `rotation_grace`, `disabled`, `revoked`, `expired`,
+/// `not_yet_valid`.
+pub(crate) fn state_name(s: &KeySummary) -> String {
+    serde_json::to_value(s.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Usage counts (seed 001's key details).
+#[derive(Debug, Serialize)]
+pub(crate) struct Usage {
+    pub requests_today: u64,
+    pub requests_this_month: u64,
+}
+
+/// `GET /v1/api-keys/{id}` and the answer of every change.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyDetails {
+    #[serde(flatten)]
+    pub item: KeyItem,
+    pub description: Option<String>,
+    pub ip_allowlist: Vec<String>,
+    pub plan: Option<String>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub usage: Usage,
+}
+
+impl KeyDetails {
+    pub fn new(s: &KeySummary) -> Self {
+        Self {
+            item: KeyItem::new(s),
+            description: s.description.clone(),
+            ip_allowlist: s.ip_allowlist.iter().map(ToString::to_string).collect(),
+            plan: s.metadata.get(crate::PLAN_KEY).cloned(),
+            rotated_from: s.rotated_from.map(|id| id.to_string()),
+            rotated_to: s.rotated_to.map(|id| id.to_string()),
+            usage: Usage {
+                requests_today: s.requests_today,
+                requests_this_month: s.requests_this_month,
+            },
+        }
+    }
+}
+
+/// The `201` of a create or a rotation: the only answers that carry the
+/// full key.
+#[derive(Debug, Serialize)]
+pub(crate) struct CreatedKey {
+    #[serde(flatten)]
+    pub details: KeyDetails,
+    pub key: String,
+    /// Rotation only: the key replaced, and when it stops working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_ends_at: Option<String>,
+}
+
+impl CreatedKey {
+    pub fn new(key: &ApiKey, s: &KeySummary) -> Self {
+        Self {
+            details: KeyDetails::new(s),
+            key: key.expose_secret().to_owned(),
+            replaces: None,
+            grace_ends_at: None,
+        }
+    }
+
+    pub fn rotation(mut self, old: &KeySummary) -> Self {
+        self.replaces = Some(old.id.to_string());
+        self.grace_ends_at = old.expires_at.as_ref().map(rfc3339);
+        self
+    }
+}
+
+/// `GET /v1/api-keys`.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyList {
+    pub data: Vec<KeyItem>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,1194 @@
+//! The management REST contract over real HTTP: every route, every error,
+//! and the authorization rules.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use apikey::NewKey;
+use common::*;
+use serde_json::Value;
+
+fn ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn create_list_get_patch_show_the_key_once() {
+    let s = start().await;
+    let a = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"New Integration","description":"CI","permissions":["tasks:read","tasks:write"],"expires_at":"2026-10-14T00:00:00Z"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let created = a.json();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk_live_"));
+    assert_eq!(created["name"], "New Integration");
+    assert_eq!(
+        created["permissions"],
+        serde_json::json!(["tasks:read", "tasks:write"])
+    );
+    assert_eq!(created["expires_at"], "2026-10-14T00:00:00Z");
+    assert_eq!(created["created_at"], "2026-03-01T12:00:00Z");
+    assert_eq!(created["status"], "active");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let prefix = created["prefix"].as_str().unwrap();
+    assert!(prefix.ends_with("...") && key.starts_with(prefix.trim_end_matches("...")));
+
+    // The key works on a guarded route.
+    assert_eq!(
+        call(s.addr, As::Key(&key), "GET", "/v1/tasks", None)
+            .await
+            .status,
+        200
+    );
+    s.manager.flush().await.unwrap();
+
+    let list = call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None).await;
+    assert_eq!(list.status, 200);
+    assert!(!list.body.contains(&key), "the list shows the full key");
+    assert_eq!(ids(&list.json()), [id.as_str()]);
+    let item = &list.json()["data"][0];
+    for field in [
+        "name",
+        "prefix",
+        "last_used",
+        "created_at",
+        "expires_at",
+        "status",
+    ] {
+        assert!(item.get(field).is_some(), "{field} missing: {item}");
+    }
+    assert_eq!(item["last_used"], "2026-03-01T12:00:00Z");
+
+    let one = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        &format!("/v1/api-keys/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(one.status, 200);
+    assert!(!one.body.contains(&key));
+    assert_eq!(one.json()["usage"]["requests_today"], 1);
+    assert_eq!(one.json()["usage"]["requests_this_month"], 1);
+
+    let patched = call(
+        s.addr,
+        As::User("alice"),
+        "PATCH",
+        &format!("/v1/api-keys/{id}"),
+        Some(r#"{"name":"Production App (updated)","permissions":["tasks:read"],"expires_at":"2026-12-31T23:59:59Z","description":null,"ip_allowlist":["203.0.113.0/24"]}"#),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let p = patched.json();
+    assert_eq!(p["name"], "Production App (updated)");
+    assert_eq!(p["permissions"], serde_json::json!(["tasks:read"]));
+    assert_eq!(p["expires_at"], "2026-12-31T23:59:59Z");
+    assert_eq!(p["description"], Value::Null);
+    assert_eq!(p["ip_allowlist"], serde_json::json!(["203.0.113.0/24"]));
+    // Never expires again (null), as seed 001's "Expires: Never".
+    let never = call(
+        s.addr,
+        As::User("alice"),
+        "PATCH",
+        &format!("/v1/api-keys/{id}"),
+        Some(r#"{"expires_at":null}"#),
+    )
+    .await;
+    assert_eq!(never.json()["expires_at"], Value::Null);
+}
+
+#[tokio::test]
+async fn list_paginates_with_a_cursor_and_filters_status_and_expiry() {
+    let s = start().await;
+    let a = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"a","expires_at":"2026-03-05T00:00:00Z"}"#,
+    )
+    .await;
+    let b = create(s.addr, As::User("alice"), r#"{"name":"b"}"#).await;
+    s.clock.advance(time::Duration::seconds(1));
+    let c = create(s.addr, As::User("alice"), r#"{"name":"c"}"#).await;
+    let page1 = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/api-keys?limit=2",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(page1["has_more"], true);
+    assert_eq!(page1["data"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2 = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        &format!("/v1/api-keys?limit=2&cursor={cursor}"),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(page2["has_more"], false);
+    assert_eq!(page2["next_cursor"], Value::Null);
+    let mut all = ids(&page1);
+    all.extend(ids(&page2));
+    let mut want: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    all.sort();
+    want.sort();
+    assert_eq!(all, want);
+
+    let expiring = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/api-keys?expiring_within_days=7",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(ids(&expiring), [a["id"].as_str().unwrap()]);
+    let cid = c["id"].as_str().unwrap();
+    call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("/v1/api-keys/{cid}/disable"),
+        None,
+    )
+    .await;
+    let disabled = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/api-keys?status=disabled",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(ids(&disabled), [cid]);
+
+    for (q, field) in [
+        ("status=sleeping", "status"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("expiring_within_days=-1", "expiring_within_days"),
+        ("cursor=nope", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        let r = call(
+            s.addr,
+            As::User("alice"),
+            "GET",
+            &format!("/v1/api-keys?{q}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code(), r.field()),
+            (400, "INVALID_REQUEST".into(), field.into()),
+            "{q}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_input_is_a_400_naming_the_field_and_stores_nothing() {
+    let s = start().await;
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(20_000));
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            r#"{"name":"<script>alert(1)</script>"}"#.into(),
+            "INVALID_REQUEST",
+            "name",
+        ),
+        (
+            r#"{"name":"<img src=x onerror=alert(1)>"}"#.into(),
+            "INVALID_REQUEST",
+            "name",
+        ),
+        (
+            r#"{"name":"ok","description":"<b>bold</b>"}"#.into(),
+            "INVALID_REQUEST",
+            "description",
+        ),
+        (
+            r#"{"name":"line\nbreak"}"#.into(),
+            "INVALID_REQUEST",
+            "name",
+        ),
+        (r#"{"name":"   "}"#.into(), "INVALID_REQUEST", "name"),
+        (
+            format!(r#"{{"name":"{}"}}"#, "n".repeat(101)),
+            "INVALID_REQUEST",
+            "name",
+        ),
+        (big, "INVALID_REQUEST", "body"),
+        (
+            r#"{"name":"ok","admin":true}"#.into(),
+            "INVALID_REQUEST",
+            "admin",
+        ),
+        (
+            r#"{"permissions":["tasks:read"]}"#.into(),
+            "INVALID_REQUEST",
+            "name",
+        ),
+        (r#"{"name":42}"#.into(), "INVALID_REQUEST", "name"),
+        (r#"not json"#.into(), "INVALID_REQUEST", "body"),
+        (
+            r#"{"name":"ok"} trailing"#.into(),
+            "INVALID_REQUEST",
+            "body",
+        ),
+        (
+            r#"{"name":"ok","expires_at":"tomorrow"}"#.into(),
+            "INVALID_REQUEST",
+            "expires_at",
+        ),
+        (
+            r#"{"name":"ok","expires_at":"2026-02-30T00:00:00Z"}"#.into(),
+            "INVALID_REQUEST",
+            "expires_at",
+        ),
+        (
+            r#"{"name":"ok","expires_at":"2020-01-01T00:00:00Z"}"#.into(),
+            "INVALID_REQUEST",
+            "expires_at",
+        ),
+        (
+            r#"{"name":"ok","expires_at":"99999-01-01T00:00:00Z"}"#.into(),
+            "INVALID_REQUEST",
+            "expires_at",
+        ),
+        (
+            r#"{"name":"ok","permissions":["tasks:read","<svg>"]}"#.into(),
+            "INVALID_SCOPE",
+            "permissions",
+        ),
+        (
+            r#"{"name":"ok","permissions":["billing:read"]}"#.into(),
+            "INVALID_SCOPE",
+            "permissions",
+        ),
+        (
+            r#"{"name":"ok","environment":"staging"}"#.into(),
+            "INVALID_REQUEST",
+            "environment",
+        ),
+        (
+            r#"{"name":"ok","ip_allowlist":["10.0.0.0/33"]}"#.into(),
+            "INVALID_REQUEST",
+            "ip_allowlist",
+        ),
+        (
+            r#"{"name":"ok","plan":"platinum"}"#.into(),
+            "INVALID_REQUEST",
+            "plan",
+        ),
+    ];
+    for (body, code, field) in &cases {
+        let r = call(
+            s.addr,
+            As::User("alice"),
+            "POST",
+            "/v1/api-keys",
+            Some(body),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(
+            (r.code(), r.field()),
+            (code.to_string(), field.to_string()),
+            "{body}: {}",
+            r.body
+        );
+        assert!(!r.body.contains("<script"), "markup echoed: {}", r.body);
+    }
+    assert!(
+        s.manager.list("alice").await.unwrap().is_empty(),
+        "a refused create stored a key"
+    );
+
+    // PATCH: the same checks, and the stored key is unchanged.
+    let k = create(s.addr, As::User("alice"), r#"{"name":"kept"}"#).await;
+    let path = format!("/v1/api-keys/{}", k["id"].as_str().unwrap());
+    for (body, field) in [
+        (r#"{"name":"<b>x</b>"}"#, "name"),
+        (r#"{"nmae":"typo"}"#, "nmae"),
+        (r#"{"expires_at":"yesterday"}"#, "expires_at"),
+        (r#"{"ip_allowlist":"10.0.0.1"}"#, "ip_allowlist"),
+        ("", "body"),
+    ] {
+        let r = call(s.addr, As::User("alice"), "PATCH", &path, Some(body)).await;
+        assert_eq!(
+            (r.status, r.field()),
+            (400, field.to_owned()),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        Some(r#"{"grace_period_seconds":-5}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (400, "grace_period_seconds".to_owned())
+    );
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        Some(r#"{"grace_period_seconds":99999999}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (400, "grace_period_seconds".to_owned()),
+        "{}",
+        r.body
+    );
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "DELETE",
+        &format!("{path}?permanent=yes"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (400, "permanent".to_owned()));
+    let stored = s.manager.list("alice").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].name, "kept");
+    assert_eq!(stored[0].state, apikey::KeyState::Active);
+}
+
+#[tokio::test]
+async fn another_owners_key_answers_404_on_every_route() {
+    let s = start().await;
+    let bobs = create(s.addr, As::User("bob"), r#"{"name":"bob's"}"#).await;
+    let id = bobs["id"].as_str().unwrap();
+    let routes = [
+        ("GET", format!("/v1/api-keys/{id}"), None),
+        (
+            "PATCH",
+            format!("/v1/api-keys/{id}"),
+            Some(r#"{"name":"mine now"}"#),
+        ),
+        ("DELETE", format!("/v1/api-keys/{id}"), None),
+        ("DELETE", format!("/v1/api-keys/{id}?permanent=true"), None),
+        ("POST", format!("/v1/api-keys/{id}/disable"), None),
+        ("POST", format!("/v1/api-keys/{id}/enable"), None),
+        ("POST", format!("/v1/api-keys/{id}/rotate"), None),
+    ];
+    for (method, path, body) in &routes {
+        let theirs = call(s.addr, As::User("alice"), method, path, *body).await;
+        assert_eq!(
+            (theirs.status, theirs.code()),
+            (404, "KEY_NOT_FOUND".into()),
+            "{method} {path}"
+        );
+        // The same answer as a key that does not exist at all.
+        let nothing = call(
+            s.addr,
+            As::User("alice"),
+            method,
+            &path.replace(id, "AAAAAAAAAAA"),
+            *body,
+        )
+        .await;
+        assert_eq!(theirs.body, nothing.body);
+    }
+    let malformed = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/api-keys/not-an-id",
+        None,
+    )
+    .await;
+    assert_eq!(malformed.status, 404);
+    assert!(
+        ids(
+            &call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None)
+                .await
+                .json()
+        )
+        .is_empty()
+    );
+    let listed = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/api-keys?owner=bob",
+        None,
+    )
+    .await;
+    assert_eq!((listed.status, listed.field()), (403, "owner".into()));
+    let bob = s.manager.list("bob").await.unwrap();
+    assert_eq!(
+        (bob.len(), bob[0].name.as_str(), bob[0].state),
+        (1, "bob's", apikey::KeyState::Active)
+    );
+}
+
+#[tokio::test]
+async fn a_key_cannot_create_a_key_usable_from_more_addresses_than_itself() {
+    let s = start().await;
+    let far = management_key(
+        &s,
+        "bob",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .allow_ip("10.1.0.0/16".parse().unwrap()),
+    )
+    .await;
+    // The key's own allowlist applies to the management call itself.
+    let r = call(
+        s.addr,
+        As::Key(far.expose_secret()),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "IP_NOT_ALLOWED".into()));
+    let near = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .allow_ip("127.0.0.0/8".parse().unwrap()),
+    )
+    .await;
+    let k = near.expose_secret();
+    for list in [
+        r#"["10.0.0.0/8"]"#,
+        r#"["126.0.0.0/7"]"#,
+        r#"["127.0.0.1", "::1"]"#,
+    ] {
+        let body = format!(r#"{{"name":"x","ip_allowlist":{list}}}"#);
+        let r = call(s.addr, As::Key(k), "POST", "/v1/api-keys", Some(&body)).await;
+        assert_eq!(
+            (r.status, r.field()),
+            (403, "ip_allowlist".into()),
+            "{list}: {}",
+            r.body
+        );
+    }
+    let narrower = create(
+        s.addr,
+        As::Key(k),
+        r#"{"name":"x","ip_allowlist":["127.0.0.1"]}"#,
+    )
+    .await;
+    assert_eq!(
+        narrower["ip_allowlist"],
+        serde_json::json!(["127.0.0.1/32"])
+    );
+    let inherited = create(s.addr, As::Key(k), r#"{"name":"y"}"#).await;
+    assert_eq!(
+        inherited["ip_allowlist"],
+        serde_json::json!(["127.0.0.0/8"])
+    );
+    // PATCH to "anywhere" is refused.
+    let path = format!("/v1/api-keys/{}", inherited["id"].as_str().unwrap());
+    let r = call(
+        s.addr,
+        As::Key(k),
+        "PATCH",
+        &path,
+        Some(r#"{"ip_allowlist":[]}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "ip_allowlist".into()));
+}
+
+#[tokio::test]
+async fn a_key_cannot_create_a_key_holding_more_than_itself() {
+    let s = start().await;
+    let free = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_test_")
+            .scopes(["keys:manage", "tasks:read"])
+            .expires_at(time::macros::datetime!(2026-06-01 0:00 UTC)),
+    )
+    .await;
+    let k = free.expose_secret();
+    for (body, field) in [
+        (
+            r#"{"name":"x","environment":"test","permissions":["tasks:write"]}"#,
+            "permissions",
+        ),
+        (
+            r#"{"name":"x","permissions":["tasks:read"]}"#,
+            "environment",
+        ),
+        (r#"{"name":"x","environment":"live"}"#, "environment"),
+        (
+            r#"{"name":"x","environment":"test","expires_at":"2026-07-01T00:00:00Z"}"#,
+            "expires_at",
+        ),
+        (
+            r#"{"name":"x","environment":"test","owner":"bob"}"#,
+            "owner",
+        ),
+        (
+            r#"{"name":"x","environment":"test","plan":"professional"}"#,
+            "plan",
+        ),
+    ] {
+        let r = call(s.addr, As::Key(k), "POST", "/v1/api-keys", Some(body)).await;
+        assert_eq!(
+            (r.status, r.code(), r.field()),
+            (403, "INSUFFICIENT_SCOPE".into(), field.into()),
+            "{body}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        s.manager.list("alice").await.unwrap().len(),
+        1,
+        "a refused create stored a key"
+    );
+    // Within its bounds it works, and the child inherits the expiry bound.
+    let child = create(
+        s.addr,
+        As::Key(k),
+        r#"{"name":"child","environment":"test","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    assert_eq!(child["expires_at"], "2026-06-01T00:00:00Z");
+    assert!(child["key"].as_str().unwrap().starts_with("sk_test_"));
+    // A key without keys:manage manages nothing.
+    let child_key = child["key"].as_str().unwrap();
+    let r = call(s.addr, As::Key(child_key), "GET", "/v1/api-keys", None).await;
+    assert_eq!((r.status, r.code()), (403, "INSUFFICIENT_SCOPE".into()));
+}
+
+#[tokio::test]
+async fn a_key_cannot_patch_or_rotate_a_key_into_holding_more_than_itself() {
+    let s = start().await;
+    let manage = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .expires_at(time::macros::datetime!(2026-06-01 0:00 UTC)),
+    )
+    .await;
+    let k = manage.expose_secret();
+    // A key the user made in the page, holding tasks:write and no expiry.
+    let wide = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"wide","permissions":["tasks:read","tasks:write"]}"#,
+    )
+    .await;
+    let narrow = create(
+        s.addr,
+        As::Key(k),
+        r#"{"name":"narrow","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let narrow_path = format!("/v1/api-keys/{}", narrow["id"].as_str().unwrap());
+    let wide_path = format!("/v1/api-keys/{}", wide["id"].as_str().unwrap());
+    for (body, field) in [
+        (
+            r#"{"permissions":["tasks:read","tasks:write"]}"#,
+            "permissions",
+        ),
+        (r#"{"permissions":["admin:*"]}"#, "permissions"),
+        (r#"{"expires_at":null}"#, "expires_at"),
+        (r#"{"expires_at":"2027-01-01T00:00:00Z"}"#, "expires_at"),
+    ] {
+        let r = call(s.addr, As::Key(k), "PATCH", &narrow_path, Some(body)).await;
+        assert!(r.status == 403 || r.status == 400, "{body}: {}", r.body);
+        assert_eq!(r.field(), field, "{body}: {}", r.body);
+    }
+    let stored = s
+        .manager
+        .get(narrow["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.scopes, ["tasks:read"]);
+    assert_eq!(
+        stored.expires_at,
+        Some(time::macros::datetime!(2026-06-01 0:00 UTC))
+    );
+    // Rotating the wider key would hand the caller its permissions.
+    let r = call(
+        s.addr,
+        As::Key(k),
+        "POST",
+        &format!("{wide_path}/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "permissions".into()),
+        "{}",
+        r.body
+    );
+    // Narrowing is fine.
+    let r = call(
+        s.addr,
+        As::Key(k),
+        "PATCH",
+        &narrow_path,
+        Some(r#"{"expires_at":"2026-05-01T00:00:00Z","name":"narrower"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_account_admin_manages_every_user_of_its_account() {
+    let s = start().await;
+    let for_bob = create(
+        s.addr,
+        As::Admin,
+        r#"{"name":"bob's REST key","owner":"bob","plan":"professional"}"#,
+    )
+    .await;
+    assert_eq!(for_bob["owner"], "bob");
+    assert_eq!(for_bob["plan"], "professional");
+    let alices = create(s.addr, As::User("alice"), r#"{"name":"alice's"}"#).await;
+    // The admin sees both users' keys, or one user's.
+    let all = call(s.addr, As::Admin, "GET", "/v1/api-keys", None)
+        .await
+        .json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    let bobs = call(s.addr, As::Admin, "GET", "/v1/api-keys?owner=bob", None)
+        .await
+        .json();
+    assert_eq!(ids(&bobs), [for_bob["id"].as_str().unwrap()]);
+    // ... and changes them.
+    let aid = alices["id"].as_str().unwrap();
+    let r = call(
+        s.addr,
+        As::Admin,
+        "POST",
+        &format!("/v1/api-keys/{aid}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("disabled"))
+    );
+    let r = call(
+        s.addr,
+        As::Admin,
+        "PATCH",
+        &format!("/v1/api-keys/{aid}"),
+        Some(r#"{"name":"renamed by admin"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Bob sees his key (created by the admin) and not alice's.
+    let bob_view = call(s.addr, As::User("bob"), "GET", "/v1/api-keys", None)
+        .await
+        .json();
+    assert_eq!(ids(&bob_view), [for_bob["id"].as_str().unwrap()]);
+    // Outside the account: refused, and carol's keys are 404.
+    let r = call(
+        s.addr,
+        As::Admin,
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x","owner":"carol"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    let carols = create(s.addr, As::User("carol"), r#"{"name":"carol's"}"#).await;
+    let r = call(
+        s.addr,
+        As::Admin,
+        "GET",
+        &format!("/v1/api-keys/{}", carols["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // A plain user cannot pick another user or a plan.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x","owner":"bob"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x","plan":"professional"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "plan".into()));
+}
+
+#[tokio::test]
+async fn the_owner_limit_holds_under_concurrent_creates() {
+    let s = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"name":"key {i}"}}"#);
+            call(addr, As::User("alice"), "POST", "/v1/api-keys", Some(&body)).await
+        }));
+    }
+    let mut created = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status {
+            201 => created += 1,
+            409 => {
+                assert_eq!(a.code(), "KEY_LIMIT_REACHED");
+                refused += 1;
+            }
+            other => panic!("{other}: {}", a.body),
+        }
+    }
+    assert_eq!((created, refused), (3, 9));
+    assert_eq!(s.manager.list("alice").await.unwrap().len(), 3);
+    // Revoking one frees a place.
+    let first = s.manager.list("alice").await.unwrap()[0].id;
+    call(
+        s.addr,
+        As::User("alice"),
+        "DELETE",
+        &format!("/v1/api-keys/{first}"),
+        None,
+    )
+    .await;
+    create(s.addr, As::User("alice"), r#"{"name":"after revoke"}"#).await;
+}
+
+#[tokio::test]
+async fn disable_enable_rotate_revoke_and_delete_take_effect_at_once() {
+    let s = start().await;
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"app","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let path = format!("/v1/api-keys/{}", k["id"].as_str().unwrap());
+    let tasks =
+        |key: String| async move { call(s.addr, As::Key(&key), "GET", "/v1/tasks", None).await };
+    assert_eq!(tasks(key.clone()).await.status, 200);
+
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("disabled"))
+    );
+    let t = tasks(key.clone()).await;
+    assert_eq!((t.status, t.code()), (401, "DISABLED_API_KEY".into()));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("active"))
+    );
+    assert_eq!(tasks(key.clone()).await.status, 200);
+
+    // Rotation: the new key once, the old one works for the grace period.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        Some(r#"{"grace_period_seconds":3600}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let rotated = r.json();
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["replaces"], k["id"]);
+    assert_eq!(rotated["grace_ends_at"], "2026-03-01T13:00:00Z");
+    assert_eq!(rotated["permissions"], serde_json::json!(["tasks:read"]));
+    assert_eq!(tasks(key.clone()).await.status, 200);
+    assert_eq!(tasks(new_key.clone()).await.status, 200);
+    let old = call(s.addr, As::User("alice"), "GET", &path, None)
+        .await
+        .json();
+    assert_eq!(
+        (old["status"].as_str(), old["rotated_to"].clone()),
+        (Some("rotation_grace"), rotated["id"].clone())
+    );
+    s.clock.advance(time::Duration::hours(1));
+    assert_eq!(tasks(key.clone()).await.code(), "EXPIRED_API_KEY");
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE".into()));
+
+    // DELETE revokes: "all requests with this key will fail immediately".
+    let new_path = format!("/v1/api-keys/{}", rotated["id"].as_str().unwrap());
+    let r = call(s.addr, As::User("alice"), "DELETE", &new_path, None).await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("revoked"))
+    );
+    assert_eq!(tasks(new_key.clone()).await.code(), "REVOKED_API_KEY");
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{new_path}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE".into()));
+    // Permanent deletion only when asked for.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "DELETE",
+        &format!("{new_path}?permanent=true"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        call(s.addr, As::User("alice"), "GET", &new_path, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(tasks(new_key).await.code(), "INVALID_API_KEY");
+}
+
+#[tokio::test]
+async fn cookie_sessions_need_the_csrf_header_and_their_own_origin() {
+    let s = start().await;
+    let r = call(
+        s.addr,
+        As::UserNoCsrf("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (400, "x-apikey-csrf".into()));
+    let r = call_with(
+        s.addr,
+        As::UserNoCsrf("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x"}"#),
+        &[("x-apikey-csrf", "1"), ("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (400, "origin".into()));
+    assert!(s.manager.list("alice").await.unwrap().is_empty());
+    // Reads need no header.
+    assert_eq!(
+        call(s.addr, As::UserNoCsrf("alice"), "GET", "/v1/api-keys", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn no_caller_is_401_and_a_bad_key_is_its_own_code() {
+    let s = start().await;
+    let r = call(s.addr, As::Anonymous, "GET", "/v1/api-keys", None).await;
+    assert_eq!((r.status, r.code()), (401, "MISSING_API_KEY".into()));
+    assert!(r.header("www-authenticate").is_some());
+    let r = call(s.addr, As::Key("sk_live_nope"), "GET", "/v1/api-keys", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["success"], false);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_the_seed_body_and_headers() {
+    let s = start().await;
+    let k = create(s.addr, As::User("alice"), r#"{"name":"app"}"#).await;
+    let r = call(
+        s.addr,
+        As::Key(k["key"].as_str().unwrap()),
+        "GET",
+        "/v1/rate-limit",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let b = r.json();
+    assert_eq!(b["limit"], 100);
+    assert_eq!(b["remaining"], 99);
+    let reset = b["reset"].as_i64().unwrap();
+    assert_eq!(r.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
+    assert_eq!(
+        r.header("x-ratelimit-reset"),
+        Some(reset.to_string().as_str())
+    );
+    let at = time::OffsetDateTime::parse(
+        b["reset_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(at.unix_timestamp(), reset);
+    let r = call(s.addr, As::Anonymous, "GET", "/v1/rate-limit", None).await;
+    assert_eq!((r.status, r.code()), (401, "MISSING_API_KEY".into()));
+}
+
+#[tokio::test]
+async fn every_call_is_logged_with_its_actor_and_no_key_reaches_a_log() {
+    let s = start().await;
+    let k = create(s.addr, As::User("alice"), r#"{"name":"app"}"#).await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let id = k["id"].as_str().unwrap().to_owned();
+    call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None).await;
+    call(
+        s.addr,
+        As::User("bob"),
+        "GET",
+        &format!("/v1/api-keys/{id}"),
+        None,
+    )
+    .await;
+    call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"<x>"}"#),
+    )
+    .await;
+    call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("/v1/api-keys/{id}/disable"),
+        None,
+    )
+    .await;
+    let calls = s.calls.lock().unwrap().clone();
+    let summary: Vec<(Option<&str>, &str, u16)> = calls
+        .iter()
+        .map(|c| (c.actor.as_deref(), c.action, c.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("user:alice"), "create", 201),
+            (Some("user:alice"), "list", 200),
+            (Some("user:bob"), "get", 404),
+            (Some("user:alice"), "create", 400),
+            (Some("user:alice"), "disable", 200),
+        ]
+    );
+    assert_eq!(calls[2].key_id.as_deref(), Some(id.as_str()));
+    let events = s.audit.events();
+    let kinds: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("created", Some("user:alice")),
+            ("disabled", Some("user:alice"))
+        ]
+    );
+    let everything = format!(
+        "{calls:?}{events:?}{}",
+        serde_json::to_string(&calls).unwrap()
+    );
+    assert!(!everything.contains(&key), "a log holds the full key");
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
+    let s = start_with(config().title("<script>alert('title')</script>")).await;
+    let page = call(s.addr, As::Anonymous, "GET", "/keys", None).await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert!(
+        !page.body.contains("<script>alert"),
+        "the title was injected"
+    );
+    assert!(page.body.contains("&lt;script&gt;"));
+    // Every script tag loads a file from the router.
+    for tag in page.body.split("<script").skip(1) {
+        let tag = &tag[..tag.find('>').unwrap()];
+        assert!(tag.contains("src=\""), "inline script: {tag}");
+        let inline_body = page.body.split(tag).nth(1).unwrap();
+        assert!(inline_body.starts_with("></script>"));
+    }
+    for asset in ["/keys/keys.js", "/keys/keys.css", "/keys/config.json"] {
+        let a = call(s.addr, As::Anonymous, "GET", asset, None).await;
+        assert_eq!(a.status, 200, "{asset}");
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    }
+    let js = call(s.addr, As::Anonymous, "GET", "/keys/keys.js", None)
+        .await
+        .body;
+    assert!(!js.contains("innerHTML"), "the script writes HTML");
+    assert!(!js.contains("eval("));
+    let cfg = call(s.addr, As::Anonymous, "GET", "/keys/config.json", None)
+        .await
+        .json();
+    assert_eq!(cfg["scopes"][0]["name"], "tasks:read");
+    assert_eq!(cfg["scopes"][0]["description"], "View tasks");
+}
+
+#[tokio::test]
+async fn only_an_account_admin_sets_credit_limits_per_user_per_api() {
+    let s = start().await;
+    // Seed 002: "a user can have 10K on REST API and 10K on Batch API".
+    for api in ["rest", "batch"] {
+        let r = call(
+            s.addr,
+            As::Admin,
+            "PUT",
+            &format!("/v1/credits/bob/{api}"),
+            Some(r#"{"limit":10000}"#),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["remaining"], 10_000);
+        assert_eq!(r.json()["refill"], "month");
+    }
+    let bob = call(
+        s.addr,
+        As::User("bob"),
+        "GET",
+        "/v1/credits/bob/batch",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        (bob["remaining"].as_u64(), bob["limit"].as_u64()),
+        (Some(10_000), Some(10_000))
+    );
+    let status = apikey::limits::CreditBalances::credits(
+        s.manager.authenticator().limits(),
+        apikey::limits::CreditAccount::Owner {
+            owner: "bob",
+            api: "rest",
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status.remaining, 10_000);
+    // A user cannot raise its own limit, nor see another user's.
+    let r = call(
+        s.addr,
+        As::User("bob"),
+        "PUT",
+        "/v1/credits/bob/rest",
+        Some(r#"{"limit":99999999}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/credits/bob/rest",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    // Outside the account, unknown APIs, bad bodies.
+    let r = call(
+        s.addr,
+        As::Admin,
+        "PUT",
+        "/v1/credits/carol/rest",
+        Some(r#"{"limit":1}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    for (path, body, field) in [
+        ("/v1/credits/bob/graphql", r#"{"limit":1}"#, "api"),
+        ("/v1/credits/bob/rest", r#"{"limit":-1}"#, "limit"),
+        (
+            "/v1/credits/bob/rest",
+            r#"{"limit":1,"refill":"hourly"}"#,
+            "refill",
+        ),
+        (
+            "/v1/credits/bob/rest",
+            r#"{"limit":1,"per_key":true}"#,
+            "per_key",
+        ),
+    ] {
+        let r = call(s.addr, As::Admin, "PUT", path, Some(body)).await;
+        assert_eq!(
+            (r.status, r.field()),
+            (400, field.into()),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let bob = call(s.addr, As::User("bob"), "GET", "/v1/credits/bob/rest", None)
+        .await
+        .json();
+    assert_eq!(
+        bob["remaining"], 10_000,
+        "a refused change changed the balance"
+    );
+}
