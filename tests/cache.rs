@@ -488,3 +488,81 @@ async fn capacity_is_bounded() {
     }
     assert!(!cache.is_empty());
 }
+
+/// A store whose answer is the state at the start of its read, delivered
+/// `latency` later (a slow network or a lagging replica).
+struct SnapshotStore {
+    rows: MemoryStore,
+    latency: Duration,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl KeyStore for SnapshotStore {
+    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<apikey::KeyView>>, apikey::StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let answer = self.rows.fetch_sync(id);
+        tokio::time::sleep(self.latency).await;
+        answer
+    }
+}
+
+/// Issue 17, item 10: a fetch that finds a read still in flight joins it
+/// only while that read is younger than the maximum age. Ages on a manual
+/// clock, the store's latency on tokio's paused clock, both moved together.
+#[tokio::test(start_paused = true)]
+async fn a_fetch_never_joins_a_read_older_than_the_maximum_age() {
+    let store = Arc::new(SnapshotStore {
+        rows: MemoryStore::new(),
+        latency: Duration::from_secs(5),
+        reads: Default::default(),
+    });
+    let r = record("o");
+    store.rows.insert_sync(r.clone()).unwrap();
+    let clock = ManualClock::new(T0);
+    // Maximum age 1 s (the default), no feed.
+    let cache = Arc::new(CachedStore::new(Arc::clone(&store)).with_clock(clock.clone()));
+    // Lets the spawned fetches run, then moves both clocks by `ms`.
+    let step = |ms: u64| {
+        let clock = clock.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            clock.advance(time::Duration::milliseconds(ms as i64));
+        }
+    };
+    let fetch = |cache: &Arc<CachedStore<Arc<SnapshotStore>>>| {
+        let cache = Arc::clone(cache);
+        tokio::spawn(async move { cache.fetch(r.id).await.unwrap().unwrap().status() })
+    };
+
+    let first = fetch(&cache); // t = 0: reads "active", answers at t = 5 s
+    step(500).await;
+    store.rows.update_sync(revoked(r.clone())).unwrap(); // elsewhere, no feed
+    step(400).await;
+    let joined = fetch(&cache); // t = 0.9 s: the read is 0.9 s old
+    step(600).await;
+    let late = fetch(&cache); // t = 1.5 s: the read is 1.5 s old
+    step(1).await;
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        2,
+        "the fetch at 0.9 s joined the young read; the one at 1.5 s started its own"
+    );
+
+    assert_eq!(first.await.unwrap(), KeyStatus::Active);
+    assert_eq!(
+        joined.await.unwrap(),
+        KeyStatus::Active,
+        "a read started 0.9 s before the fetch: within the bound"
+    );
+    assert_eq!(
+        late.await.unwrap(),
+        KeyStatus::Revoked,
+        "a fetch started 1.5 s after the read (1 s after the revocation) took its answer"
+    );
+    // The old read's answer was not cached over the new one.
+    assert_eq!(
+        cache.fetch(r.id).await.unwrap().unwrap().status(),
+        KeyStatus::Revoked
+    );
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2, "a hit");
+}

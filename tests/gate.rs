@@ -465,9 +465,10 @@ async fn missing_key_details_name_what_the_extractor_accepts() {
         apikey::web::Extractor::new(prefixes.clone()).with_sources(apikey::web::Sources::BEARER),
     );
     let d = body(&s).await;
+    // Issue 17, item 13: one header accepted, one header named (seed 003).
     assert_eq!(
         d,
-        serde_json::json!({"accepted": ["Authorization: Bearer"]})
+        serde_json::json!({"header": "Authorization", "accepted": ["Authorization: Bearer"]})
     );
     s.gate = s.gate.with_extractor(
         apikey::web::Extractor::new(prefixes)
@@ -516,5 +517,50 @@ async fn gate_rejects_foreign_credentials_by_default() {
     for v in foreign {
         let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
         assert_eq!(code(&d), "NOT_OURS", "{v}");
+    }
+}
+
+/// Issue 17, item 11: an imported legacy key sent as `Authorization:
+/// Bearer` authenticates through the gate, with the default extractor and
+/// with one the gate was given; foreign credentials are refused as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_imported_legacy_key_sent_as_bearer_passes_the_gate() {
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32]).unwrap()).unwrap());
+    let manager = KeyManager::with_clock(verifier, MemoryStore::new(), ManualClock::new(T0))
+        .with_legacy_prefix("oldco_", "kwi_sk_")
+        .unwrap();
+    let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
+    let s = manager
+        .import(
+            ImportKey::plaintext(legacy).scopes(["read"]),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {legacy}");
+    let route = Route::new(Requirement::scope("read").unwrap());
+    let default = Gate::new(manager.authenticator().clone());
+    let prefixes = default.authenticator().verifier().prefixes().clone();
+    let bearer_only = Gate::new(manager.authenticator().clone()).with_extractor(
+        apikey::web::Extractor::new(prefixes).with_sources(apikey::web::Sources::BEARER),
+    );
+    for gate in [default, bearer_only] {
+        let h = [("authorization", bearer.as_str())];
+        match gate.check(h, None, None, &route).await {
+            Decision::Admitted(ok) => {
+                assert_eq!(ok.key.id(), s.id);
+                assert_eq!(ok.scheme, Scheme::Bearer);
+            }
+            other => panic!("{other:?}"),
+        }
+        let jwt = [(
+            "authorization",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+        )];
+        let Decision::Rejected(r) = gate.check(jwt, None, None, &route).await else {
+            panic!("a JWT is not ours")
+        };
+        assert_eq!(r.error.code().as_str(), "MISSING_API_KEY");
     }
 }

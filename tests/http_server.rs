@@ -851,3 +851,120 @@ async fn legacy_guesses_lock_out_the_address_for_legacy_lookups_only() {
         200
     );
 }
+
+// ----- issue 17: post-tag failures, legacy keys in Bearer, MISSING_API_KEY -----
+
+/// Issue 17, item 7: the key's own plan, not the default quota.
+const PAID: Quota = Quota::new(Some(2), Some(100));
+
+/// A gate whose default quota is unlimited and whose `paid` plan allows 2
+/// requests a minute, over the pipeline of a manager that knows the legacy
+/// prefix `oldco_`.
+async fn paid_plan_server() -> (SocketAddr, Arc<KeyManager<MemoryStore, ManualClock>>) {
+    let clocks = clocks();
+    let manager = Arc::new(
+        KeyManager::with_clock(verifier(), MemoryStore::new(), clocks.0.clone())
+            .with_legacy_prefix("oldco_", "sk_live_")
+            .unwrap(),
+    );
+    let gate = Gate::new(manager.authenticator().clone())
+        .with_limits(MemoryLimits::with_clock(clocks.0.clone()))
+        .with_quotas(QuotaTable::fixed(Quota::unlimited()).plan("paid", PAID));
+    (serve(router(Arc::new(gate), None)).await, manager)
+}
+
+/// Repeated scope failures of a key on a 2-a-minute plan: two 403s, then
+/// 429 `RATE_LIMITED` with the plan's numbers, and the plan stays spent.
+async fn assert_scope_failures_run_out_the_plan(addr: SocketAddr, headers: &[(&str, &str)]) {
+    for _ in 0..2 {
+        get_with(addr, "/write", headers)
+            .await
+            .error(403, "INSUFFICIENT_SCOPE");
+    }
+    for _ in 0..48 {
+        let r = get_with(addr, "/write", headers).await;
+        r.error(429, "RATE_LIMITED");
+        assert_eq!(r.header("x-ratelimit-limit"), Some("2"), "{r:?}");
+    }
+    // The failures spent the key's own budget: an allowed call is refused too.
+    get_with(addr, "/read", headers)
+        .await
+        .error(429, "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn scope_failures_are_charged_to_the_keys_own_plan() {
+    let (addr, manager) = paid_plan_server().await;
+    let (key, _) = manager
+        .create(reader().metadata("plan", "paid"), &Actor::system())
+        .await
+        .unwrap();
+    assert_scope_failures_run_out_the_plan(addr, &x_api_key(&key)).await;
+}
+
+#[tokio::test]
+async fn scope_failures_of_a_legacy_key_are_charged_to_its_plan() {
+    let (addr, manager) = paid_plan_server().await;
+    let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
+    manager
+        .import(
+            ImportKey::plaintext(legacy)
+                .scopes(["tasks:read"])
+                .metadata("plan", "paid"),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    assert_scope_failures_run_out_the_plan(addr, &[("X-API-Key", legacy)]).await;
+}
+
+/// Issue 17, item 11: seeds 001 and 003 send keys as `Authorization:
+/// Bearer`; an imported key sent that way authenticates, while a JWT is
+/// still not ours.
+#[tokio::test]
+async fn an_imported_legacy_key_sent_as_bearer_authenticates() {
+    let m = managed().await;
+    let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
+    let s = m
+        .manager
+        .import(
+            ImportKey::plaintext(legacy).scopes(["tasks:read"]),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {legacy}");
+    let r = get_with(m.addr, "/read", &[("Authorization", bearer.as_str())]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, format!("{} bearer -", s.id));
+    // A wrong legacy key in Bearer is ours and refused as a key...
+    get_with(m.addr, "/read", &[("Authorization", "Bearer oldco_nope")])
+        .await
+        .error(401, "INVALID_API_KEY");
+    // ...while foreign credentials are still refused as before, or passed
+    // on where the route opts in.
+    let jwt = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+    get_with(m.addr, "/read", &[("Authorization", jwt)])
+        .await
+        .error(401, "MISSING_API_KEY");
+    let r = get_with(m.addr, "/open", &[("Authorization", jwt)]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "anonymous"));
+}
+
+/// Issue 17, item 13: seed 003 documents `"details": {"header":
+/// "Authorization"}` for a service that takes keys as Bearer only.
+#[tokio::test]
+async fn missing_key_names_the_authorization_header_when_only_bearer_is_accepted() {
+    let store = Arc::new(MemoryStore::new());
+    let clocks = clocks();
+    let gate = gate(Arc::clone(&store), &clocks);
+    let extractor = apikey::web::Extractor::new(gate.authenticator().verifier().prefixes().clone())
+        .with_sources(apikey::web::Sources::BEARER);
+    let addr = serve(router(Arc::new(gate.with_extractor(extractor)), None)).await;
+    let r = get_with(addr, "/read", &[]).await;
+    let details = r.error(401, "MISSING_API_KEY");
+    assert_eq!(
+        details,
+        serde_json::json!({"header": "Authorization", "accepted": ["Authorization: Bearer"]})
+    );
+}

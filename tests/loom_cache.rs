@@ -18,7 +18,10 @@
 //!   fetch that read the store before the write never re-inserts its stale
 //!   view (the race the pending-slot check closes);
 //! - a follower whose leader's future is dropped mid-read still completes
-//!   (loom reports a thread that is never woken as a deadlock).
+//!   (loom reports a thread that is never woken as a deadlock);
+//! - a fetch that starts the maximum age or more after a store read in
+//!   flight started does not take that read's answer (issue 17, item 10),
+//!   and the older answer is never cached over a newer one.
 #![cfg(loom)]
 
 use std::future::Future;
@@ -262,5 +265,88 @@ fn a_cancelled_leader_does_not_strand_its_follower() {
         };
         canceller.join().expect("canceller");
         follower.join().expect("follower");
+    });
+}
+
+/// A store whose answer is the state when its read starts, delivered after
+/// one pending poll (a read that waits on the network).
+struct Snapshot {
+    active: StdArc<KeyView>,
+    revoked: StdArc<KeyView>,
+    is_revoked: AtomicBool,
+}
+
+impl KeyStore for Snapshot {
+    async fn fetch(&self, id: KeyId) -> Result<Option<StdArc<KeyView>>, StoreError> {
+        let view = if self.is_revoked.load(Ordering::SeqCst) {
+            StdArc::clone(&self.revoked)
+        } else {
+            StdArc::clone(&self.active)
+        };
+        YieldOnce(false).await;
+        Ok((id == view.id()).then_some(view))
+    }
+}
+
+/// A manual clock loom can see: milliseconds after `NOW` in a loom atomic,
+/// so a thread that reads the advanced time also sees what was written
+/// before the advance (with a clock behind a lock loom does not model, loom
+/// may let a later read see an older store value).
+#[derive(Clone)]
+struct LoomClock(Arc<loom::sync::atomic::AtomicU64>);
+
+impl apikey::Clock for LoomClock {
+    fn now(&self) -> time::OffsetDateTime {
+        let ms = self.0.load(Ordering::SeqCst);
+        NOW + time::Duration::milliseconds(i64::try_from(ms).expect("small"))
+    }
+}
+
+#[test]
+fn a_fetch_after_the_maximum_age_does_not_join_an_older_read() {
+    let (_, _, record) = fixture();
+    let mut revoked = record.clone();
+    revoked.status = KeyStatus::Revoked;
+    let mut builder = loom::model::Builder::new();
+    // Checked to fail (the late fetch answers "active") when a fetch joins
+    // a flight whatever its age. `APIKEY_LOOM_AGE_BOUND` for deeper.
+    builder.preemption_bound = Some(bound("APIKEY_LOOM_AGE_BOUND", 3));
+    builder.check(move || {
+        let clock = LoomClock(Arc::new(loom::sync::atomic::AtomicU64::new(0)));
+        let store = Snapshot {
+            active: StdArc::new(KeyView::from_record(&record)),
+            revoked: StdArc::new(KeyView::from_record(&revoked)),
+            is_revoked: AtomicBool::new(false),
+        };
+        // Maximum age 1 s (the default), no feed.
+        let cache = Arc::new(
+            CachedStore::new(store)
+                .with_capacity(1)
+                .with_clock(clock.clone()),
+        );
+        let id = record.id;
+        let early = {
+            let cache = Arc::clone(&cache);
+            thread::spawn(move || {
+                // Either state: it may have read before or after the write.
+                block_on(cache.fetch(id)).expect("fetch").expect("found");
+            })
+        };
+        // Revoked elsewhere (no feed), then 1.5 s later a fetch starts.
+        cache.inner().is_revoked.store(true, Ordering::SeqCst);
+        clock.0.store(1500, Ordering::SeqCst);
+        let late = block_on(cache.fetch(id)).expect("fetch").expect("found");
+        assert_eq!(
+            late.status(),
+            KeyStatus::Revoked,
+            "a fetch took the answer of a read started 1.5 s before it"
+        );
+        early.join().expect("early");
+        let now = block_on(cache.fetch(id)).expect("fetch").expect("found");
+        assert_eq!(
+            now.status(),
+            KeyStatus::Revoked,
+            "an older read's answer was cached over a newer one"
+        );
     });
 }

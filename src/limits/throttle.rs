@@ -9,8 +9,9 @@
 //!   refused (429 `TOO_MANY_FAILED_ATTEMPTS`) for `lockout` without any
 //!   store lookup. Nobody else's key is affected.
 //! * **Authenticated failures** (wrong scope, address not allowed, wrong
-//!   environment) come from a key that verified. They are charged to that
-//!   key's own rate limit (an [`Admission`](crate::limits::Admission) without
+//!   environment) come from a key that verified (native or imported
+//!   legacy). They are charged to that key's own rate limit, under its own
+//!   plan's quota (an [`Admission`](crate::limits::Admission) without
 //!   credits) and their audit events are sampled like junk
 //!   ([`FailureClass::Authenticated`]).
 //! * **Untagged lookups** (today: legacy-prefix keys, which carry no tag, so

@@ -2,20 +2,31 @@
 //!
 //! The [`KeyManager`](crate::KeyManager) sends an [`AuditEvent`] to its
 //! [`AuditSink`] for every create, update, disable, enable, revoke, rotate,
-//! delete and import, and for failed verifications:
+//! delete and import, and for failed verifications (through
+//! `KeyManager::authenticate`, and the gate and the axum layer over
+//! [`KeyManager::authenticator`](crate::KeyManager::authenticator)):
 //!
-//! * rejections **before** the keyed tag matched (missing, malformed, bad
-//!   checksum, forged, unknown legacy key) are counted per reason and
-//!   reported as one [`AuditKind::RejectionsSampled`] summary at most once per
-//!   sample interval, so a flood of junk never becomes a flood of logs;
 //! * failures **after** the tag matched that concern the key itself
-//!   (unknown id, wrong secret, expired, not yet valid, disabled, revoked)
-//!   each emit one [`AuditKind::VerificationFailed`];
-//! * failures of an authenticated key against the request (wrong
-//!   environment, missing scope, address outside the allowlist) are
-//!   authenticated requests: they are counted in the same summary (reasons
-//!   `wrong_environment`, `insufficient_scope`, `ip_not_allowed`), so 10,000
-//!   scope failures are one event, not 10,000.
+//!   (unknown id, wrong secret, expired, not yet valid, disabled, revoked;
+//!   for an imported legacy key: found by its index but the wrong text)
+//!   each emit one [`AuditKind::VerificationFailed`] with the key id and
+//!   owner;
+//! * everything else is only counted per reason and reported in one
+//!   [`AuditKind::RejectionsSampled`] summary at most once per sample
+//!   interval (and by `KeyManager::shutdown`), so a flood never becomes a
+//!   flood of events: rejections **before** the keyed tag matched
+//!   (reasons `missing`, `length`, `charset`, `unknown_prefix`, `checksum`,
+//!   `non_canonical`, `unknown_version`, `forged`; `unknown_legacy` for a
+//!   legacy-prefixed key that is not in the store), and failures of an
+//!   authenticated key against the request (`wrong_environment`,
+//!   `insufficient_scope`, `ip_not_allowed`): 10,000 scope failures are one
+//!   event, not 10,000, and name no key.
+//!
+//! Not audited at all: requests the web edge refuses before the pipeline
+//! (no key, an oversized or non-ASCII value, two different keys, foreign
+//! credentials), requests refused by the failure throttle
+//! (`TOO_MANY_FAILED_ATTEMPTS`), rate-limit and credit refusals, and store
+//! failures.
 //!
 //! Events never carry a key or its secret: only the public key id, the
 //! owner, the actor and the reason the actor gave.
@@ -113,13 +124,21 @@ pub enum AuditKind {
     /// An imported legacy key was re-hashed under the current secret on
     /// its first successful verification.
     LegacyUpgraded,
-    /// A verification failed after the key's tag matched.
+    /// A verification failed after the key's tag matched, for a reason
+    /// about the key itself (unknown id, wrong secret, expired, not yet
+    /// valid, disabled, revoked): one event per failure. Failures of an
+    /// authenticated key against the request (environment, scope, address)
+    /// are in [`RejectionsSampled`](Self::RejectionsSampled) instead.
     VerificationFailed {
         /// The error's machine code (`EXPIRED_API_KEY`, ...).
         code: &'static str,
     },
-    /// Rejections before the tag matched, counted per reason since the last
-    /// summary.
+    /// Failed verifications counted per reason since the last summary:
+    /// rejections before the tag matched (`missing`, `length`, `charset`,
+    /// `unknown_prefix`, `checksum`, `non_canonical`, `unknown_version`,
+    /// `forged`, `unknown_legacy`) and failures of an authenticated key
+    /// against the request (`wrong_environment`, `insufficient_scope`,
+    /// `ip_not_allowed`). At most one per sample interval.
     RejectionsSampled {
         /// `(reason, count)` for each reason seen.
         counts: Vec<(&'static str, u64)>,
@@ -372,8 +391,9 @@ const REASONS: [&str; 12] = [
     "ip_not_allowed",
 ];
 
-/// Counts pre-tag rejections per reason and emits at most one summary per
-/// interval. Lock-free: one atomic add per rejection, one compare-exchange
+/// Counts rejections per reason ([`REASONS`]: pre-tag rejections and
+/// failures of an authenticated key against the request) and emits at most
+/// one summary per interval. Lock-free: one atomic add per rejection, one compare-exchange
 /// per interval.
 pub(crate) struct RejectionSampler {
     counts: [AtomicU64; REASONS.len()],

@@ -64,7 +64,8 @@ const MAX_JOINS: usize = 4;
 ///   older than the maximum age ([`with_max_age`](Self::with_max_age),
 ///   default [`DEFAULT_MAX_AGE`], 1 s): that is the worst-case revocation
 ///   delay. The age counts from the start of the store read that filled the
-///   entry.
+///   entry, and a fetch never takes the answer of a read that started the
+///   maximum age or more before it (see "Single flight").
 /// - **Unknown ids** (deleted or never created keys whose tag passed) are
 ///   cached as "none" for at most the negative maximum age
 ///   ([`with_negative_max_age`](Self::with_negative_max_age), default
@@ -90,7 +91,14 @@ const MAX_JOINS: usize = 4;
 ///
 /// # Single flight
 /// Concurrent misses for one id share the pending slot: one store query,
-/// every waiter gets its answer. If the querying future is dropped
+/// every waiter gets its answer. A fetch joins a query only while it is
+/// younger than the maximum age (what its answer would be worth as a cached
+/// entry); a fetch finding an older query still in flight (a slow store)
+/// starts a new one, whose slot replaces the old one, so the old answer is
+/// not cached either. So single flight never stretches the staleness
+/// bound: every fetch's answer comes from a store read that started less
+/// than the maximum age before the fetch. With a maximum age of zero no
+/// fetch joins another's read. If the querying future is dropped
 /// (cancelled), the slot is removed and the waiters are woken; one of them
 /// queries the store next. Waiters get the error kind of a failed query
 /// ([`StoreError::new`]); the error is not cached.
@@ -384,8 +392,10 @@ impl<S> CachedStore<S> {
 
     /// Entries older than `max_age` are refetched: the worst-case delay
     /// before a write made elsewhere is seen when no invalidation arrives.
-    /// `Duration::ZERO` caches nothing (every fetch reads the store, still
-    /// with single flight). Also caps the negative maximum age.
+    /// A fetch joins a store read in flight only while that read is younger
+    /// than `max_age` (see "Single flight" above). `Duration::ZERO` caches
+    /// nothing (every fetch reads the store itself). Also caps the negative
+    /// maximum age.
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age_us = micros(max_age);
         self.negative_age_us = self.negative_age_us.min(self.max_age_us);
@@ -531,6 +541,13 @@ impl<S> CachedStore<S> {
         now >= born && now - born < limit
     }
 
+    /// Whether a fetch at `now` may take the answer of `flight`: only while
+    /// that answer, cached, would still be fresh (younger than the maximum
+    /// age), so joining never stretches the no-announcement bound.
+    fn joinable(&self, flight: &Flight, now: i64) -> bool {
+        now >= flight.started && now - flight.started < self.max_age_us
+    }
+
     fn lookup(&self, key: u64) -> Lookup {
         let now = self.ticker.now_us();
         let shard = self.shard(key);
@@ -540,7 +557,9 @@ impl<S> CachedStore<S> {
                 Some(Slot::Ready { view, born, .. }) if self.fresh(view, *born, now) => {
                     return Lookup::Hit(view.clone());
                 }
-                Some(Slot::Pending(f)) => return Lookup::Join(Arc::clone(f)),
+                Some(Slot::Pending(f)) if self.joinable(f, now) => {
+                    return Lookup::Join(Arc::clone(f));
+                }
                 _ => {}
             }
         }
@@ -549,9 +568,16 @@ impl<S> CachedStore<S> {
             Some(Slot::Ready { view, born, .. }) if self.fresh(view, *born, now) => {
                 return Lookup::Hit(view.clone());
             }
-            Some(Slot::Pending(f)) => return Lookup::Join(Arc::clone(f)),
+            Some(Slot::Pending(f)) if self.joinable(f, now) => {
+                return Lookup::Join(Arc::clone(f));
+            }
             _ => {}
         }
+        // A miss, an expired entry, or a flight too old to join: this fetch
+        // leads a new read. Replacing an older flight's slot keeps that
+        // flight's answer out of the cache (`complete` finds the slot is not
+        // its own); its followers, who joined while it was young enough,
+        // still get it.
         let flight = Arc::new(Flight {
             started: now,
             state: Mutex::new(FlightState::default()),

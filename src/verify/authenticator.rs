@@ -39,8 +39,19 @@ use crate::record::KeyView;
 use crate::scope::Requirement;
 use crate::store::KeyStore;
 use crate::usage::UsageRecorder;
-use crate::verifier::{VerifiedKey, Verifier};
+use crate::verifier::{Refusal, VerifiedKey, Verifier};
 use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
+
+/// Classifies a failure once ([`FailureClass::after_lookup`]) and keeps its
+/// record only for a failure of an authenticated key against the request:
+/// the one case the gate charges to the key's rate limit.
+fn settle(mut r: Refusal) -> (FailureClass, Refusal) {
+    let class = FailureClass::after_lookup(&r.error);
+    if class != FailureClass::Authenticated {
+        r.view = None;
+    }
+    (class, r)
+}
 
 /// Where audit events go, with the sampler for floods.
 pub(crate) struct Auditor {
@@ -213,6 +224,11 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         self.audit.as_ref()
     }
 
+    /// The declared legacy prefixes, most specific first.
+    pub(crate) fn legacy_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.legacy.prefixes.iter().map(|l| l.legacy.as_str())
+    }
+
     pub(crate) fn legacy_prefix_of(&self, text: &str) -> Option<&LegacyPrefix> {
         self.legacy.prefix_of(text)
     }
@@ -238,7 +254,8 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     ///   against the address ([`Limits::untagged_failed`]).
     ///
     /// Scope, address and environment failures are authenticated requests:
-    /// the [`Gate`](crate::web::Gate) charges them to the key's rate limit.
+    /// the [`Gate`](crate::web::Gate) charges them to the key's rate limit,
+    /// under its own plan's quota (native and legacy keys alike).
     ///
     /// Nothing is cached: a disable, revoke or rotation that returned before
     /// this call started is seen by it (with a store that is not a cache).
@@ -255,6 +272,22 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> Result<VerifiedKey> {
+        self.authenticate_kept(presented, requirement, ip)
+            .await
+            .map_err(|r| r.error)
+    }
+
+    /// [`authenticate`](Self::authenticate), with what the pipeline learned
+    /// in the failure: the key's record when the failure is one of an
+    /// authenticated key against the request ([`FailureClass::Authenticated`],
+    /// native or legacy), so the gate charges that key's own plan without
+    /// parsing or classifying again.
+    pub(crate) async fn authenticate_kept(
+        &self,
+        presented: &str,
+        requirement: &Requirement,
+        ip: Option<IpAddr>,
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         let limits = &self.limits;
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
@@ -266,15 +299,19 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                     let result = self
                         .authenticate_legacy(presented, l, requirement, ip)
                         .await;
-                    if let Err(e) = &result
-                        && FailureClass::after_lookup(e) == FailureClass::KeyStatus
-                    {
-                        limits.untagged_failed(attempt).await;
-                    }
-                    return result;
+                    return match result {
+                        Ok(v) => Ok(v),
+                        Err(r) => {
+                            let (class, r) = settle(r);
+                            if class == FailureClass::KeyStatus {
+                                limits.untagged_failed(attempt).await;
+                            }
+                            Err(r)
+                        }
+                    };
                 }
                 self.count(RejectionSampler::reason_of(&e));
-                return Err(e);
+                return Err(e.into());
             }
         };
         let id = parsed.id();
@@ -292,22 +329,26 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             // for keys with a validity window, and then without calendar
             // conversion (`Clock::checked_timestamp`).
             self.verifier
-                .verify_from_clock(&parsed, view, &self.clock, requirement, ip)
+                .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip)
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
             let now = self.clock.now();
             let verified = self
                 .verifier
-                .verify_from(&parsed, view, now, requirement, ip);
+                .verify_from_kept(&parsed, view, now, requirement, ip);
             self.finish(verified, id, owner.as_deref(), now)
         };
-        if let Err(e) = &result
-            && FailureClass::after_lookup(e) == FailureClass::KeyStatus
-        {
-            limits.key_failed(id.as_u64()).await;
+        match result {
+            Ok(v) => Ok(v),
+            Err(r) => {
+                let (class, r) = settle(r);
+                if class == FailureClass::KeyStatus {
+                    limits.key_failed(id.as_u64()).await;
+                }
+                Err(r)
+            }
         }
-        result
     }
 
     /// Counts one rejection for the sampled summary.
@@ -319,11 +360,11 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
 
     fn finish(
         &self,
-        verified: Result<VerifiedKey>,
+        verified: std::result::Result<VerifiedKey, Refusal>,
         id: KeyId,
         owner: Option<&str>,
         now: OffsetDateTime,
-    ) -> Result<VerifiedKey> {
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         match verified {
             Ok(v) => {
                 if let Some(u) = &self.usage {
@@ -331,9 +372,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 }
                 Ok(v)
             }
-            Err(e) => {
+            Err(r) => {
+                let e = &r.error;
                 if let Some(a) = &self.audit {
-                    match RejectionSampler::reason_of_request_failure(&e) {
+                    match RejectionSampler::reason_of_request_failure(e) {
                         // An authenticated key that does not fit the
                         // request: counted, like junk.
                         Some(r) => a.rejections.count(r, || now, &*a.sink),
@@ -348,7 +390,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                         ),
                     }
                 }
-                Err(e)
+                Err(r)
             }
         }
     }
@@ -359,12 +401,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         prefix: &LegacyPrefix,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey> {
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= prefix.legacy.len() {
             self.count(RejectionSampler::reason_of(&Error::MalformedApiKey(
                 crate::MalformedReason::Length,
             )));
-            return Err(Error::MalformedApiKey(crate::MalformedReason::Length));
+            return Err(Error::MalformedApiKey(crate::MalformedReason::Length).into());
         }
         let keyring = self.verifier.keyring();
         let sha = legacy::sha(presented);
@@ -386,13 +428,13 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         let now = self.clock.now();
         let Some((rec, index)) = found else {
             self.count(Some(crate::audit::UNKNOWN_LEGACY));
-            return Err(Error::InvalidApiKey);
+            return Err(Error::InvalidApiKey.into());
         };
         let verified = if legacy::matches(&self.verifier, &rec, prefix, &index, presented) {
             self.verifier
                 .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
         } else {
-            Err(Error::InvalidApiKey)
+            Err(Error::InvalidApiKey.into())
         };
         let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now)?;
         // Best effort: a failure leaves the record as it was, and the next

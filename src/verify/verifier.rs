@@ -301,16 +301,30 @@ impl Verifier {
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
+        self.verify_from_kept(parsed, view, now, requirement, ip)
+            .map_err(|r| r.error)
+    }
+
+    /// [`verify_from`](Self::verify_from), keeping the record of a key
+    /// whose secret matched in the failure.
+    #[inline]
+    pub(crate) fn verify_from_kept(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        now: OffsetDateTime,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
         let view = self.check_secret(parsed, view)?;
-        self.check_policy(
+        self.policy(
             Some(parsed.environment()),
-            &view,
+            view,
             || Ok(now),
             requirement,
             ip,
-        )?;
-        Ok(VerifiedKey { view })
+        )
     }
 
     /// Like [`verify_from`](Self::verify_from), reading `clock` only if the
@@ -333,10 +347,25 @@ impl Verifier {
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
+        self.verify_from_clock_kept(parsed, view, clock, requirement, ip)
+            .map_err(|r| r.error)
+    }
+
+    /// [`verify_from_clock`](Self::verify_from_clock), keeping the record
+    /// of a key whose secret matched in the failure.
+    #[inline]
+    pub(crate) fn verify_from_clock_kept<C: crate::Clock + ?Sized>(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        clock: &C,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         let view = self.check_secret(parsed, view)?;
-        self.check_policy(
+        self.policy(
             Some(parsed.environment()),
-            &view,
+            view,
             || {
                 clock
                     .checked_timestamp()
@@ -344,8 +373,7 @@ impl Verifier {
             },
             requirement,
             ip,
-        )?;
-        Ok(VerifiedKey { view })
+        )
     }
 
     /// Parses `presented`, fetches its record with `lookup`, and verifies
@@ -435,16 +463,36 @@ impl Verifier {
     /// other way (imported legacy keys): status, validity window with
     /// leeway, environment, scopes. Same order and errors as
     /// [`verify`](Self::verify) after the digest comparison.
+    /// The failure keeps `view` (the secret matched).
     pub(crate) fn verify_view(
         &self,
         view: Arc<KeyView>,
         now: OffsetDateTime,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
-    ) -> Result<VerifiedKey> {
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
-        self.check_policy(None, &view, || Ok(now), requirement, ip)?;
-        Ok(VerifiedKey { view })
+        self.policy(None, view, || Ok(now), requirement, ip)
+    }
+
+    /// [`check_policy`](Self::check_policy) on a record whose secret
+    /// matched: the key, or the failure with the record.
+    #[inline]
+    fn policy(
+        &self,
+        key_env: Option<Environment>,
+        view: Arc<KeyView>,
+        now: impl FnOnce() -> Result<i64>,
+        requirement: &Requirement,
+        ip: Option<std::net::IpAddr>,
+    ) -> std::result::Result<VerifiedKey, Refusal> {
+        match self.check_policy(key_env, &view, now, requirement, ip) {
+            Ok(()) => Ok(VerifiedKey { view }),
+            Err(error) => Err(Refusal {
+                error,
+                view: Some(view),
+            }),
+        }
     }
 
     /// Re-creates the key text from a parsed key (round-trip checks).
@@ -525,6 +573,26 @@ impl Verifier {
             return Err(Error::IpNotAllowed);
         }
         requirement.check(&view.scopes, &self.full_access)
+    }
+}
+
+/// A failed verification and what the pipeline learned on the way: the
+/// record the key was checked against, once its secret matched (`None`
+/// for a key that was malformed, forged, unknown or had the wrong secret).
+/// The [`Authenticator`](crate::Authenticator) keeps it only for failures
+/// of an authenticated key against the request (scope, address,
+/// environment), which the [`Gate`](crate::web::Gate) charges to that
+/// key's own rate limit and plan.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) error: Error,
+    pub(crate) view: Option<Arc<KeyView>>,
+}
+
+impl From<Error> for Refusal {
+    #[inline]
+    fn from(error: Error) -> Self {
+        Self { error, view: None }
     }
 }
 

@@ -20,7 +20,9 @@
 //! * `X-API-Key: <key>` and `Authorization: Bearer <key>` are accepted by
 //!   default; header names and the `Bearer` scheme name are case-insensitive;
 //!   the header name and the accepted set are configurable.
-//! * A Bearer token is ours only if it starts with a registered prefix. An
+//! * A Bearer token is ours only if it starts with a registered prefix, or
+//!   with a declared legacy prefix ([`Extractor::with_legacy_prefix`];
+//!   a [`Gate`](crate::gate::Gate) declares its authenticator's). An
 //!   `X-API-Key` value is always ours (the header exists for API keys).
 //! * The same key in several places is fine; different keys are an error,
 //!   never a guess.
@@ -169,8 +171,8 @@ pub struct Sources(u8);
 impl Sources {
     /// The API-key header (`X-API-Key` unless renamed).
     pub const API_KEY_HEADER: Self = Self(1);
-    /// `Authorization: Bearer <key>` (only tokens with a registered prefix
-    /// are ours).
+    /// `Authorization: Bearer <key>` (only tokens with a registered or
+    /// declared legacy prefix are ours).
     pub const BEARER: Self = Self(2);
     /// Both header sources (the default).
     pub const ALL: Self = Self(3);
@@ -209,6 +211,8 @@ impl std::ops::BitOr for Sources {
 #[derive(Clone, Debug)]
 pub struct Extractor {
     prefixes: PrefixRegistry,
+    /// Declared legacy prefixes: Bearer tokens starting with one are ours.
+    legacy: Vec<Cow<'static, str>>,
     header_name: Cow<'static, str>,
     sources: Sources,
     query_param: Option<Cow<'static, str>>,
@@ -222,6 +226,7 @@ impl Extractor {
     pub fn new(prefixes: PrefixRegistry) -> Self {
         Self {
             prefixes,
+            legacy: Vec::new(),
             header_name: Cow::Borrowed("X-API-Key"),
             sources: Sources::ALL,
             query_param: None,
@@ -308,9 +313,44 @@ impl Extractor {
         out
     }
 
+    /// Also takes Bearer tokens starting with `prefix` as ours: the legacy
+    /// prefix of keys imported from another system
+    /// ([`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix)).
+    /// Defaults to none. A [`Gate`](crate::gate::Gate) adds its
+    /// authenticator's declared legacy prefixes to its extractor itself.
+    /// (The API-key header takes any value, legacy keys included.)
+    ///
+    /// Only a token starting with a registered or a legacy prefix is ours;
+    /// any other Bearer token (a JWT) stays [`Extracted::NotOurs`].
+    ///
+    /// ```
+    /// use apikey::PrefixRegistry;
+    /// use apikey::web::{Extracted, Extractor, Scheme};
+    /// let extractor = Extractor::new(PrefixRegistry::with_builtins()).with_legacy_prefix("oldco_");
+    /// let h = [("Authorization", "Bearer oldco_8f14e45fceea167a")];
+    /// let Extracted::Key(key) = extractor.extract(h)? else { panic!() };
+    /// assert_eq!(key.scheme(), Scheme::Bearer);
+    /// let jwt = [("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")];
+    /// assert_eq!(extractor.extract(jwt)?, Extracted::NotOurs);
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    pub fn with_legacy_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+        let prefix = prefix.into();
+        if !prefix.is_empty() && !self.legacy.contains(&prefix) {
+            self.legacy.push(prefix);
+        }
+        self
+    }
+
     /// The prefixes that make a Bearer token ours.
     pub fn prefixes(&self) -> &PrefixRegistry {
         &self.prefixes
+    }
+
+    /// The legacy prefixes that make a Bearer token ours
+    /// ([`with_legacy_prefix`](Self::with_legacy_prefix)).
+    pub fn legacy_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.legacy.iter().map(|p| p.as_ref())
     }
 
     /// Extracts from headers only.
@@ -434,12 +474,14 @@ impl Extractor {
             return Ok(None);
         }
         let token = trim_ows(&value[BEARER.len()..]);
-        // Only a registered prefix makes the token ours; this comparison is
-        // bounded by the prefix length, whatever the token's size.
+        // Only a registered or declared legacy prefix makes the token ours;
+        // these comparisons are bounded by the prefix length, whatever the
+        // token's size.
         let ours = self
             .prefixes
             .iter()
-            .any(|e| token.starts_with(e.prefix.as_str().as_bytes()));
+            .any(|e| token.starts_with(e.prefix.as_str().as_bytes()))
+            || self.legacy.iter().any(|l| token.starts_with(l.as_bytes()));
         if !ours {
             return Ok(None);
         }
@@ -727,6 +769,44 @@ mod tests {
         let two = [("x-api-key", a), ("x-api-key", b)];
         let err = e.extract_with_query(two, Some("api_key=x")).unwrap_err();
         assert!(err.to_string().contains("query string"), "{err}");
+    }
+
+    #[test]
+    fn legacy_prefixes_make_bearer_tokens_ours_and_nothing_else() {
+        let e = ex().with_legacy_prefix("oldco_");
+        let h = [("authorization", "Bearer oldco_8f14e45f")];
+        assert_eq!(key(e.extract(h)), ("oldco_8f14e45f", Scheme::Bearer));
+        // Foreign credentials are still not ours, as without the prefix.
+        for v in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer eyJx",
+            "Token oldco_8f14e45f",
+            "Bearer old",
+        ] {
+            assert_eq!(
+                e.extract([("authorization", v)]).ok(),
+                Some(Extracted::NotOurs),
+                "{v}"
+            );
+        }
+        // Without Bearer among the sources, not even a legacy key is read
+        // from it.
+        let h = [("authorization", "Bearer oldco_8f14e45f")];
+        assert_eq!(
+            e.clone()
+                .with_sources(Sources::API_KEY_HEADER)
+                .extract(h)
+                .ok(),
+            Some(Extracted::NotOurs)
+        );
+        // Oversized: refused like any key of ours.
+        let long = format!("Bearer oldco_{}", "a".repeat(300));
+        assert!(matches!(
+            e.extract([("authorization", long.as_str())]),
+            Err(Error::MalformedApiKey(MalformedReason::Length))
+        ));
+        assert_eq!(e.legacy_prefixes().collect::<Vec<_>>(), ["oldco_"]);
     }
 
     #[test]

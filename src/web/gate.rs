@@ -18,7 +18,8 @@
 //!    metering, the route's credit cost from the key's and the owner's
 //!    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
 //!    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address
-//!    and environment failures are charged to the key's rate limit.
+//!    and environment failures (of native and imported legacy keys alike)
+//!    are charged to the key's rate limit, under its own plan's quota.
 //!
 //! [`Decision::Admitted`] carries the verified key and the `X-RateLimit-*`
 //! headers for the response; [`Decision::Rejected`] turns into an
@@ -118,8 +119,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, StoreError};
 use crate::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use crate::limits::{
-    Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo,
-    SpendReceipt, SyncLimits, Verdict,
+    Admission, CreditCharge, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo, SpendReceipt,
+    SyncLimits, Verdict,
 };
 use crate::response::{
     ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
@@ -127,7 +128,7 @@ use crate::response::{
 };
 use crate::scope::Requirement;
 use crate::store::KeyStore;
-use crate::verifier::VerifiedKey;
+use crate::verifier::{Refusal, VerifiedKey};
 
 /// What one route needs: a scope requirement and a credit cost.
 ///
@@ -234,11 +235,12 @@ impl QuotaTable {
 
     /// The quota for a verified key.
     pub fn quota_for(&self, key: &VerifiedKey) -> Quota {
-        self.quota_for_plan(
-            key.metadata()
-                .get(self.metadata_key.as_ref())
-                .map(String::as_str),
-        )
+        self.quota_for_metadata(key.metadata())
+    }
+
+    /// The quota for a key with `metadata`.
+    fn quota_for_metadata(&self, metadata: &std::collections::BTreeMap<String, String>) -> Quota {
+        self.quota_for_plan(metadata.get(self.metadata_key.as_ref()).map(String::as_str))
     }
 }
 
@@ -391,7 +393,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
     /// sets it here too), with no quotas (set
     /// [`with_quotas`](Self::with_quotas)) and no credit metering.
     pub fn new(authenticator: Authenticator<S, C, L>) -> Self {
-        let extractor = Extractor::new(authenticator.verifier().prefixes().clone());
+        let extractor = legacy_bearer(
+            Extractor::new(authenticator.verifier().prefixes().clone()),
+            &authenticator,
+        );
         let missing = Arc::new(missing_key_details(&extractor));
         Self {
             authenticator,
@@ -403,6 +408,17 @@ impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
             foreign: ForeignCredentials::Reject,
         }
     }
+}
+
+/// `extractor`, also taking Bearer tokens with one of `authenticator`'s
+/// declared legacy prefixes as ours.
+fn legacy_bearer<S: KeyStore, C: Clock, L: Limits>(
+    extractor: Extractor,
+    authenticator: &Authenticator<S, C, L>,
+) -> Extractor {
+    authenticator
+        .legacy_prefixes()
+        .fold(extractor, |e, p| e.with_legacy_prefix(p.to_owned()))
 }
 
 impl<S, C, L> Gate<Arc<S>, C, L>
@@ -427,8 +443,12 @@ where
     L: Limits,
 {
     /// Replaces the extractor. Defaults to
-    /// [`Extractor::new`] over the verifier's prefixes.
+    /// [`Extractor::new`] over the verifier's prefixes. Either way, the
+    /// authenticator's declared legacy prefixes are added to it
+    /// ([`Extractor::with_legacy_prefix`]), so imported keys are taken from
+    /// `Authorization: Bearer` too.
     pub fn with_extractor(mut self, extractor: Extractor) -> Self {
+        let extractor = legacy_bearer(extractor, &self.authenticator);
         self.missing = Arc::new(missing_key_details(&extractor));
         self.extractor = extractor;
         self
@@ -591,49 +611,43 @@ where
     /// check the route's scopes, then the rate limit and credits in one
     /// admission.
     ///
-    /// A scope, address or environment failure is charged to the key's
-    /// rate limit, and answered 429 `RATE_LIMITED` once that is exhausted.
+    /// A scope, address or environment failure of a key whose secret
+    /// matched (native or imported legacy) is charged to that key's rate
+    /// limit, under the quota of its own plan (as an admitted request
+    /// would be), and answered 429 `RATE_LIMITED` once that is exhausted.
     pub async fn admit(
         &self,
         key: PresentedKey<'_>,
         client: Option<IpAddr>,
         route: &Route,
     ) -> Decision {
-        let verified = match self
+        match self
             .authenticator
-            .authenticate(key.expose_secret(), &route.requirement, client)
+            .authenticate_kept(key.expose_secret(), &route.requirement, client)
             .await
         {
-            Ok(v) => v,
-            Err(e) => {
-                let id = self
-                    .authenticator
-                    .verifier()
-                    .parse(key.expose_secret())
-                    .ok()
-                    .map(|p| p.id().as_u64());
-                return Decision::Rejected(self.failed(id, e).await);
-            }
-        };
-        self.charge(verified, key.scheme(), route).await
+            Ok(verified) => self.charge(verified, key.scheme(), route).await,
+            Err(refusal) => Decision::Rejected(self.failed(refusal).await),
+        }
     }
 
-    async fn failed(&self, id: Option<u64>, error: Error) -> Rejection {
-        if let (Some(id), FailureClass::Authenticated) = (id, FailureClass::after_lookup(&error)) {
-            // An authenticated request: it costs the key's own rate limit.
-            // (The record's plan is not at hand on this path, so the default
-            // quota applies.)
-            let quota = self.quotas.quota_for_plan(None);
+    /// A failed authentication. The pipeline keeps the record of an
+    /// authenticated key that does not fit the request (scope, address,
+    /// environment; native or imported legacy key): that request costs the
+    /// key's own rate limit, under the quota of the key's own plan.
+    async fn failed(&self, refusal: Refusal) -> Rejection {
+        if let Some(view) = &refusal.view {
+            let quota = self.quotas.quota_for_metadata(view.metadata());
             if let Ok(verdict @ Verdict::RateLimited { .. }) = self
                 .authenticator
                 .limits()
-                .admit(&Admission::new(id, quota))
+                .admit(&Admission::new(view.id().as_u64(), quota))
                 .await
             {
                 return self.rate_limited(verdict, self.authenticator.clock().now());
             }
         }
-        self.reject(error)
+        self.reject(refusal.error)
     }
 
     fn admission<'a>(&'a self, key: &'a VerifiedKey, route: &Route) -> Admission<'a> {

@@ -49,7 +49,7 @@ use time::OffsetDateTime;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorCode};
-use crate::extract::Extractor;
+use crate::extract::{Extractor, Scheme};
 use crate::limits::{RateLimitInfo, ceil_secs};
 
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
@@ -91,9 +91,9 @@ impl ErrorResponse {
     /// `extractor`: like [`from_error_in_realm`](Self::from_error_in_realm),
     /// but the details of `MISSING_API_KEY` name what `extractor` accepts
     /// ([`Extractor::accepted`]): `"accepted"` lists every source and
-    /// `"header"` is the API-key header's name, present only when that
-    /// header is accepted. Without an extractor the default one is assumed
-    /// (`X-API-Key` and `Authorization: Bearer`).
+    /// `"header"` names the header to send the key in (see
+    /// [`MissingKeyDetails::header`]). Without an extractor the default one
+    /// is assumed (`X-API-Key` and `Authorization: Bearer`).
     ///
     /// ```
     /// use apikey::{Error, PrefixRegistry};
@@ -101,7 +101,7 @@ impl ErrorResponse {
     /// use apikey::web::ErrorResponse;
     /// let bearer_only = Extractor::new(PrefixRegistry::with_builtins()).with_sources(apikey::web::Sources::BEARER);
     /// let r = ErrorResponse::for_extractor(&Error::MissingApiKey, "api", &bearer_only);
-    /// assert!(r.body.contains(r#""details":{"accepted":["Authorization: Bearer"]}"#));
+    /// assert!(r.body.contains(r#""details":{"header":"Authorization","accepted":["Authorization: Bearer"]}"#));
     /// ```
     pub fn for_extractor(err: &Error, realm: &str, extractor: &Extractor) -> Self {
         Self::build(err, realm, Some(&missing_key_details(extractor)))
@@ -172,7 +172,9 @@ impl ErrorResponse {
 /// The details of `MISSING_API_KEY`: what the service accepts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MissingKeyDetails {
-    /// The API-key header's name, when that header is accepted.
+    /// The header to send the key in: the API-key header's name when that
+    /// header is accepted, else `Authorization` when `Authorization: Bearer`
+    /// is; absent when no header is accepted (query-string keys only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// Every accepted source (`X-API-Key`, `Authorization: Bearer`, ...).
@@ -182,9 +184,13 @@ pub struct MissingKeyDetails {
 /// The details of `MISSING_API_KEY` for `extractor`: what it accepts.
 pub(crate) fn missing_key_details(extractor: &Extractor) -> MissingKeyDetails {
     MissingKeyDetails {
-        header: extractor
-            .accepts(crate::extract::Scheme::ApiKeyHeader)
-            .then(|| extractor.header_name().to_owned()),
+        header: if extractor.accepts(Scheme::ApiKeyHeader) {
+            Some(extractor.header_name().to_owned())
+        } else if extractor.accepts(Scheme::Bearer) {
+            Some("Authorization".to_owned())
+        } else {
+            None
+        },
         accepted: extractor.accepted().iter().map(|a| a.to_string()).collect(),
     }
 }
