@@ -602,8 +602,9 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         self
     }
 
-    /// At most one summary of pre-tag rejections per `interval`. Defaults to
-    /// 60 seconds.
+    /// At most one summary of counted rejections per `interval`: rejections
+    /// before the tag matched and failures of an authenticated key against the
+    /// request (see [`AuditKind::RejectionsSampled`]). Defaults to 60 seconds.
     pub fn with_rejection_sample_interval(mut self, interval: Duration) -> Self {
         self.sample_interval = interval;
         self.reaudit();
