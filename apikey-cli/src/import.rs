@@ -482,6 +482,9 @@ mod tests {
         let key = "oldco_S3CRETS3CRETS3CRET";
         for line in [
             format!("{{\"key\": \"{key}\", \"owner\": 5}}"),
+            format!("{{\"owner\": [\"{key}\"]}}"),
+            format!("{{\"metadata\": {{\"a\": [\"{key}\"]}}}}"),
+            format!("{{\"scopes\": [[\"{key}\"]]}}"),
             format!("{{\"{key}\": \"x\"}}"),
             format!("{{\"scopes\": {{\"{key}\": 1}}}}"),
             format!("{{\"key\": \"{key}\""),
