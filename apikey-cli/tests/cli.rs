@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The throwaway-cluster harness of apikey-sqlx's tests, shared rather than
+// copied (its crash module needs the testkit, a dev-dependency here).
+#[path = "../../apikey-sqlx/tests/common/mod.rs"]
 mod common;
 
 use std::io::Write as _;
