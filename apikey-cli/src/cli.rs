@@ -188,6 +188,9 @@ pub enum KeysCommand {
         /// Stops at the first failed line.
         #[arg(long)]
         fail_fast: bool,
+        /// Imports in flight at once (default: 1 for SQLite, 8 for PostgreSQL).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: Option<u16>,
     },
     /// Verifies a key and says valid or invalid with the stable error code (exit 4 when
     /// invalid). Reads the key from stdin when KEY is absent or `-` (arguments are

@@ -29,6 +29,9 @@ pub struct Context {
     pub legacy_prefixes: Vec<String>,
     /// The audit log, if any.
     pub audit: Option<Arc<FileAudit>>,
+    /// `keys import`: imports in flight at once (`--jobs`; by default 1
+    /// for SQLite, whose writes are serial, 8 for PostgreSQL).
+    pub import_jobs: usize,
 }
 
 /// Audit events appended to a file as JSON lines.
@@ -302,8 +305,14 @@ where
             file,
             format,
             fail_fast,
+            jobs: _,
         } => {
-            return crate::import::run(&manager, &file, format, fail_fast, ctx).await;
+            let options = crate::import::ImportOptions {
+                format,
+                fail_fast,
+                jobs: ctx.import_jobs,
+            };
+            return crate::import::run(Arc::new(manager), &file, options, ctx).await;
         }
         KeysCommand::Verify { key, scope, ip, .. } => {
             return verify(ctx, &manager, key, &scope, ip).await;

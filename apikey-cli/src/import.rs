@@ -7,17 +7,20 @@
 use std::io::{BufRead, BufReader, IsTerminal as _, Read};
 use std::path::Path;
 
-use apikey::{Actor, Error as KeyError, ImportKey, KeyManager, KeyStoreLifecycle, UsageStore};
+use std::sync::Arc;
+
+use apikey::{Error as KeyError, ImportKey, KeyManager, KeyStoreLifecycle, KeySummary, UsageStore};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
+use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
 use crate::cli::ImportFormat;
 use crate::commands::{Context, Outcome};
 use crate::config;
-use crate::error::{CliError, Exit};
+use crate::error::{CliError, CliResult, Exit};
 use crate::output;
 
 /// The longest line read (a legacy key is at most 512 bytes; the rest is
@@ -320,22 +323,90 @@ fn progress(total: Option<u64>) -> ProgressBar {
     bar
 }
 
-/// Runs `keys import`.
+/// The running count, the progress bar and the failed lines.
+struct Tally<'a> {
+    summary: Summary,
+    bar: ProgressBar,
+    file: &'a Path,
+}
+
+impl Tally<'_> {
+    /// Records a failed line: on stderr at once, in the summary while it
+    /// has room.
+    fn failed(&mut self, line: u64, code: &'static str, message: String) {
+        self.summary.failed += 1;
+        let file = self.file.display();
+        self.bar
+            .suspend(|| eprintln!("{file} line {line}: {message}"));
+        if self.summary.errors.len() < MAX_REPORTED {
+            self.summary.errors.push(LineError {
+                line,
+                code,
+                message,
+            });
+        } else {
+            self.summary.errors_truncated = true;
+        }
+    }
+
+    /// Records the store's answer for line `line`.
+    ///
+    /// # Errors
+    /// A store failure (exit 3) ends the import.
+    fn answer(&mut self, line: u64, answer: apikey::Result<KeySummary>) -> CliResult<()> {
+        match answer {
+            Ok(_) => self.summary.imported += 1,
+            // The one `InvalidState` of an import: imported before.
+            Err(KeyError::InvalidState(_)) => self.summary.skipped += 1,
+            Err(e @ KeyError::StoreUnavailable(_)) => {
+                self.bar.finish_and_clear();
+                let mut err = CliError::from_key_error(&format!("line {line}"), &e);
+                err.message = format!(
+                    "{}; the import stopped ({} imported, {} skipped, {} failed so far; run it \
+                     again to go on: keys imported already are skipped)",
+                    err.message, self.summary.imported, self.summary.skipped, self.summary.failed
+                );
+                return Err(err);
+            }
+            Err(e) => self.failed(line, e.code().as_str(), e.to_string()),
+        }
+        self.bar.set_message(format!(
+            "{} imported, {} skipped, {} failed",
+            self.summary.imported, self.summary.skipped, self.summary.failed
+        ));
+        Ok(())
+    }
+
+    /// Records a finished import task.
+    fn joined(
+        &mut self,
+        done: Result<(u64, apikey::Result<KeySummary>), tokio::task::JoinError>,
+    ) -> CliResult<()> {
+        match done {
+            Ok((line, answer)) => self.answer(line, answer),
+            Err(_) => Err(CliError::store(
+                "an import task failed; run the import again",
+            )),
+        }
+    }
+}
+
+/// Runs `keys import`: reads line by line and keeps at most `jobs` imports
+/// in flight (memory stays bounded by the line limit times `jobs`).
 ///
 /// # Errors
 /// Exit 1 when the file cannot be read or its CSV header is bad; exit 3
 /// when the store fails (the lines before were imported).
 pub async fn run<S>(
-    manager: &KeyManager<S>,
+    manager: Arc<KeyManager<S>>,
     file: &Path,
-    format: Option<ImportFormat>,
-    fail_fast: bool,
+    options: ImportOptions,
     ctx: &Context,
 ) -> Outcome
 where
     S: KeyStoreLifecycle + UsageStore + 'static,
 {
-    let format = format.unwrap_or(
+    let format = options.format.unwrap_or(
         if file
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
@@ -354,14 +425,21 @@ where
         (Box::new(f), len)
     };
     let mut reader = BufReader::with_capacity(64 * 1024, input);
-    let bar = progress(total);
-    let mut summary = Summary::default();
+    let mut tally = Tally {
+        summary: Summary::default(),
+        bar: progress(total),
+        file,
+    };
+    let jobs = options.jobs.max(1);
+    let mut tasks = JoinSet::new();
     let mut buf = Zeroizing::new(Vec::with_capacity(4096));
     let mut read = 0u64;
     let mut columns: Option<Columns> = None;
     let mut line_no = 0u64;
-    let actor: &Actor = &ctx.actor;
     loop {
+        if options.fail_fast && tally.summary.failed > 0 {
+            break;
+        }
         let line = read_line(&mut reader, &mut buf, &mut read).map_err(|e| {
             CliError::usage(format!(
                 "{}: read failed after line {line_no}: {e}",
@@ -370,9 +448,8 @@ where
         })?;
         let Some(fits) = line else { break };
         line_no += 1;
-        bar.set_position(read);
-        let blank = buf.iter().all(u8::is_ascii_whitespace);
-        if fits && blank {
+        tally.bar.set_position(read);
+        if fits && buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let parsed = if !fits {
@@ -389,53 +466,24 @@ where
                 (ImportFormat::Csv, Some(c)) => c.fields(&buf),
             }
         };
-        summary.lines += 1;
-        let result = match parsed.and_then(Fields::into_import) {
-            Err(why) => Err(("INVALID_LINE", why)),
-            Ok(import) => match manager.import(import, actor).await {
-                Ok(_) => {
-                    summary.imported += 1;
-                    Ok(())
+        tally.summary.lines += 1;
+        match parsed.and_then(Fields::into_import) {
+            Err(why) => tally.failed(line_no, "INVALID_LINE", why),
+            Ok(import) => {
+                while tasks.len() >= jobs {
+                    if let Some(done) = tasks.join_next().await {
+                        tally.joined(done)?;
+                    }
                 }
-                // The one `InvalidState` of an import: imported before.
-                Err(KeyError::InvalidState(_)) => {
-                    summary.skipped += 1;
-                    Ok(())
-                }
-                Err(e @ KeyError::StoreUnavailable(_)) => {
-                    bar.finish_and_clear();
-                    let mut err = CliError::from_key_error(&format!("line {line_no}"), &e);
-                    err.message = format!(
-                        "{}; stopped there ({} imported, {} skipped, {} failed before it; run \
-                         the import again to go on: imported keys are skipped)",
-                        err.message, summary.imported, summary.skipped, summary.failed
-                    );
-                    return Err(err);
-                }
-                Err(e) => Err((e.code().as_str(), e.to_string())),
-            },
-        };
-        if let Err((code, message)) = result {
-            summary.failed += 1;
-            bar.suspend(|| eprintln!("{} line {line_no}: {message}", file.display()));
-            if summary.errors.len() < MAX_REPORTED {
-                summary.errors.push(LineError {
-                    line: line_no,
-                    code,
-                    message,
-                });
-            } else {
-                summary.errors_truncated = true;
-            }
-            if fail_fast {
-                break;
+                let (manager, actor, line) = (Arc::clone(&manager), ctx.actor.clone(), line_no);
+                tasks.spawn(async move { (line, manager.import(import, &actor).await) });
             }
         }
-        bar.set_message(format!(
-            "{} imported, {} skipped, {} failed",
-            summary.imported, summary.skipped, summary.failed
-        ));
     }
+    while let Some(done) = tasks.join_next().await {
+        tally.joined(done)?;
+    }
+    let Tally { summary, bar, .. } = tally;
     bar.finish_and_clear();
     if ctx.json {
         output::json(&summary);
@@ -446,6 +494,17 @@ where
         );
     }
     Ok((summary.failed > 0).then_some(Exit::Usage))
+}
+
+/// The options of `keys import`.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportOptions {
+    /// The file's format (default: from its name).
+    pub format: Option<ImportFormat>,
+    /// Stop at the first failed line.
+    pub fail_fast: bool,
+    /// Imports in flight at once.
+    pub jobs: usize,
 }
 
 #[cfg(test)]

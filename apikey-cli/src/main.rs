@@ -84,11 +84,19 @@ async fn run(cli: Cli) -> Outcome {
     if let Command::Secret(SecretCommand::Generate { out }) = &cli.command {
         return secret_generate(out.as_deref(), g.json);
     }
+    let target = config::Target::from_args(g.sqlite.as_deref(), g.database.as_deref())?;
+    let import_jobs = match (&cli.command, &target) {
+        (Command::Keys(KeysCommand::Import { jobs: Some(n), .. }), _) => usize::from(*n),
+        (_, config::Target::Sqlite(_)) => 1,
+        (_, config::Target::Postgres(_)) => 8,
+    };
     let settings = Settings {
-        target: config::Target::from_args(g.sqlite.as_deref(), g.database.as_deref())?,
+        target,
         timeout: Duration::from_secs(g.timeout.max(1)),
         table_prefix: g.table_prefix,
         schema: g.schema,
+        // One connection per import in flight, one spare.
+        pool_size: import_jobs as u32 + 1,
     };
     if let Command::Migrate = cli.command {
         store::migrate(&settings).await?;
@@ -121,6 +129,7 @@ async fn run(cli: Cli) -> Outcome {
             .map(FileAudit::open)
             .transpose()?
             .map(Arc::new),
+        import_jobs,
     };
     let store = store::open(&settings).await?;
     let outcome = match (store, cli.command) {

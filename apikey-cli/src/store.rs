@@ -18,9 +18,6 @@ use crate::error::{CliError, CliResult, chain};
 /// and then opens with this check, so a newer schema fails the tests).
 const KNOWN_SCHEMA: i64 = 1;
 
-/// Connections the command needs: one at a time, plus one for a retry.
-const POOL_SIZE: u32 = 2;
-
 /// Store settings from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -32,6 +29,8 @@ pub struct Settings {
     pub table_prefix: Option<String>,
     /// PostgreSQL schema.
     pub schema: Option<String>,
+    /// Connections in the pool (the command's concurrent calls).
+    pub pool_size: u32,
 }
 
 impl Settings {
@@ -114,7 +113,7 @@ pub async fn open(settings: &Settings) -> CliResult<Store> {
                 )));
             }
             let pool = SqlitePoolOptions::new()
-                .max_connections(POOL_SIZE)
+                .max_connections(settings.pool_size)
                 .acquire_timeout(settings.timeout)
                 .connect_with(apikey_sqlx::sqlite_options(path).create_if_missing(false))
                 .await
@@ -138,7 +137,7 @@ pub async fn open(settings: &Settings) -> CliResult<Store> {
                 .options([("statement_timeout", ms.as_str())])
                 .application_name("apikey-cli");
             let pool = PgPoolOptions::new()
-                .max_connections(POOL_SIZE)
+                .max_connections(settings.pool_size)
                 .acquire_timeout(settings.timeout)
                 .connect_with(connect)
                 .await

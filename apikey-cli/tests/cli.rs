@@ -520,6 +520,73 @@ fn import_jsonl_and_csv(env: &Env) {
     env.run_with(&join(&legacy, &["keys", "verify"]), Some(csv_key))
         .ok();
 
+    // Many lines, four in flight, one line past the length limit.
+    let mut many = String::new();
+    for i in 0..200 {
+        many.push_str(&format!(
+            "{{\"key\":\"oldco_Bulk{i:08}Key\",\"owner\":\"bulk_{}\"}}\n",
+            i % 7
+        ));
+        if i == 100 {
+            many.push_str(&format!("{{\"key\":\"oldco_{}\"}}\n", "L".repeat(70_000)));
+        }
+    }
+    let bulk = env.path("bulk.jsonl");
+    std::fs::write(&bulk, many).unwrap();
+    let bulk = bulk.display().to_string();
+    let r = env.run(&join(
+        &legacy,
+        &["--json", "keys", "import", "--jobs", "4", &bulk],
+    ));
+    assert_eq!(r.code, 1, "{r:?}");
+    let b = r.json();
+    assert_eq!(
+        (
+            b["lines"].clone(),
+            b["imported"].clone(),
+            b["failed"].clone()
+        ),
+        (Value::from(201), Value::from(200), Value::from(1))
+    );
+    assert_eq!(b["errors"][0]["line"], 102);
+    assert!(s(&b["errors"][0]["message"]).contains("longer than"), "{b}");
+    assert!(!r.stderr.contains("LLLL"), "the long line is not echoed");
+    let owners: usize = (0..7)
+        .map(|o| {
+            let listed = env
+                .run(&["--json", "keys", "list", "--owner", &format!("bulk_{o}")])
+                .ok()
+                .json();
+            listed["keys"].as_array().map_or(0, Vec::len)
+        })
+        .sum();
+    assert_eq!(owners, 200);
+    env.run_with(
+        &join(&legacy, &["keys", "verify"]),
+        Some("oldco_Bulk00000199Key"),
+    )
+    .ok();
+
+    // --fail-fast stops at the first failed line.
+    let two = "{\"owner\":\"x\"}\n{\"key\":\"oldco_AfterTheFailure01\"}\n";
+    let ff = env.run_with(
+        &join(&legacy, &["--json", "keys", "import", "--fail-fast", "-"]),
+        Some(two),
+    );
+    assert_eq!(ff.code, 1, "{ff:?}");
+    assert_eq!(
+        (ff.json()["lines"].clone(), ff.json()["imported"].clone()),
+        (Value::from(1), Value::from(0))
+    );
+    let on = env.run_with(
+        &join(&legacy, &["--json", "keys", "import", "-"]),
+        Some(two),
+    );
+    assert_eq!(
+        (on.json()["lines"].clone(), on.json()["imported"].clone()),
+        (Value::from(2), Value::from(1))
+    );
+
     // Without the legacy prefix declared: every line fails, no key shown.
     let undeclared = env.run(&["keys", "import", &file]);
     assert_eq!(undeclared.code, 1);
