@@ -137,14 +137,23 @@ fn print_keys(ctx: &Context, keys: &[KeyOut]) {
     if ctx.json {
         output::json(&Keys { keys });
     } else if keys.is_empty() {
-        println!("no keys");
+        crate::outln!("no keys");
     } else {
         output::key_table(keys);
     }
 }
 
 /// Prints a freshly issued key, once.
-fn print_issued(ctx: &Context, key: &apikey::ApiKey, summary: &KeyOut, previous: Option<&KeyOut>) {
+///
+/// # Errors
+/// When stdout is closed, so the key was issued but never shown: the
+/// message names the id to revoke.
+fn print_issued(
+    ctx: &Context,
+    key: &apikey::ApiKey,
+    summary: &KeyOut,
+    previous: Option<&KeyOut>,
+) -> CliResult<()> {
     #[derive(Serialize)]
     struct Issued<'a> {
         key: &'a str,
@@ -158,11 +167,11 @@ fn print_issued(ctx: &Context, key: &apikey::ApiKey, summary: &KeyOut, previous:
             summary,
             previous,
         });
-        return;
+        return issued_shown(&summary.id);
     }
     output::key_details(summary);
     if let Some(p) = previous {
-        println!(
+        crate::outln!(
             "\nthe previous key {} is in state {}{}",
             p.id,
             p.state,
@@ -172,8 +181,24 @@ fn print_issued(ctx: &Context, key: &apikey::ApiKey, summary: &KeyOut, previous:
                 .unwrap_or_default()
         );
     }
-    println!("\nthe key, shown once (store it now; it cannot be read back):");
-    println!("{}", key.expose_secret());
+    crate::outln!("\nthe key, shown once (store it now; it cannot be read back):");
+    crate::outln!("{}", key.expose_secret());
+    issued_shown(&summary.id)
+}
+
+/// Fails when the issued key could not be written.
+fn issued_shown(id: &str) -> CliResult<()> {
+    if output::stdout_failed() {
+        return Err(CliError {
+            exit: Exit::Usage,
+            code: "OUTPUT_FAILED",
+            message: format!(
+                "key {id} was issued but could not be printed (stdout is closed); \
+                 revoke it: apikey keys revoke {id} --reason unseen"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn new_key(args: &CreateArgs) -> CliResult<NewKey> {
@@ -241,7 +266,7 @@ where
                 .create(new_key(&args)?, actor)
                 .await
                 .map_err(fail("cannot create the key"))?;
-            print_issued(ctx, &key, &KeyOut::from(&summary), None);
+            print_issued(ctx, &key, &KeyOut::from(&summary), None)?;
         }
         KeysCommand::List { owner } => {
             let keys = manager
@@ -281,7 +306,7 @@ where
             if ctx.json {
                 output::json(&serde_json::json!({ "deleted": kid.to_string() }));
             } else {
-                println!("deleted {kid}");
+                crate::outln!("deleted {kid}");
             }
         }
         KeysCommand::Rotate {
@@ -299,7 +324,7 @@ where
                 .await
                 .map_err(fail(&id))?;
             let previous = manager.get(kid).await.ok().map(|s| KeyOut::from(&s));
-            print_issued(ctx, &key, &KeyOut::from(&summary), previous.as_ref());
+            print_issued(ctx, &key, &KeyOut::from(&summary), previous.as_ref())?;
         }
         KeysCommand::Import {
             file,
@@ -434,7 +459,7 @@ where
                     "scopes": scopes,
                 }));
             } else {
-                println!(
+                crate::outln!(
                     "valid: key {} of {}, scopes {}",
                     verified.id(),
                     verified.owner().unwrap_or("no owner"),
@@ -459,7 +484,7 @@ where
                     "message": e.to_string(),
                 }));
             } else {
-                println!("invalid: {code}: {e}");
+                crate::outln!("invalid: {code}: {e}");
             }
             Ok(Some(Exit::VerificationFailed))
         }
@@ -490,7 +515,7 @@ where
     };
     match manager.create(new_key(&create)?, &ctx.actor).await {
         Ok((key, summary)) => {
-            print_issued(ctx, &key, &KeyOut::from(&summary), None);
+            print_issued(ctx, &key, &KeyOut::from(&summary), None)?;
             Ok(None)
         }
         Err(KeyError::KeyLimitReached { .. }) => Err(CliError::refused(

@@ -182,7 +182,7 @@ fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
-        eprintln!(
+        crate::errln!(
             "warning: the secret file {} is readable by other users (chmod 600 it)",
             path.display()
         );

@@ -337,7 +337,7 @@ impl Tally<'_> {
         self.summary.failed += 1;
         let file = self.file.display();
         self.bar
-            .suspend(|| eprintln!("{file} line {line}: {message}"));
+            .suspend(|| crate::errln!("{file} line {line}: {message}"));
         if self.summary.errors.len() < MAX_REPORTED {
             self.summary.errors.push(LineError {
                 line,
@@ -488,9 +488,12 @@ where
     if ctx.json {
         output::json(&summary);
     } else {
-        println!(
+        crate::outln!(
             "{} lines: {} imported, {} skipped (imported before), {} failed",
-            summary.lines, summary.imported, summary.skipped, summary.failed
+            summary.lines,
+            summary.imported,
+            summary.skipped,
+            summary.failed
         );
     }
     Ok((summary.failed > 0).then_some(Exit::Usage))

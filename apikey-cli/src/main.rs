@@ -29,11 +29,16 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => Exit::Usage as i32,
-            };
-            std::process::exit(code);
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                std::process::exit(0);
+            }
+            if std::env::args_os().any(|a| a == "--json") {
+                let message = e.kind().as_str().unwrap_or("invalid arguments");
+                output::json(&serde_json::json!({
+                    "error": { "code": "USAGE", "message": message, "exit": Exit::Usage as i32 }
+                }));
+            }
+            std::process::exit(Exit::Usage as i32);
         }
     };
     let json = cli.global.json;
@@ -50,14 +55,17 @@ fn main() {
             e.exit as i32
         }
     };
-    let _ = std::io::stdout().flush();
+    if output::stdout_failed() && code == 0 {
+        errln!("error: the output could not be written (stdout is closed)");
+        std::process::exit(Exit::Usage as i32);
+    }
     std::process::exit(code);
 }
 
 /// Prints a failure: on stderr, and with `--json` also as a JSON document
 /// on stdout.
 fn report(e: &CliError, json: bool) {
-    eprintln!("error: {}", e.message);
+    crate::errln!("error: {}", e.message);
     if json {
         output::json(&serde_json::json!({
             "error": { "code": e.code, "message": e.message, "exit": e.exit as i32 }
@@ -104,7 +112,7 @@ async fn run(cli: Cli) -> Outcome {
         if g.json {
             output::json(&serde_json::json!({ "migrated": true }));
         } else {
-            println!("migrated the {what}");
+            crate::outln!("migrated the {what}");
         }
         return Ok(None);
     }
@@ -140,7 +148,7 @@ async fn run(cli: Cli) -> Outcome {
         (_, Command::Migrate | Command::Secret(_)) => Ok(None),
     };
     if ctx.audit.as_ref().is_some_and(|a| a.failed()) {
-        eprintln!("warning: some audit events could not be written to the audit log");
+        crate::errln!("warning: some audit events could not be written to the audit log");
     }
     outcome
 }
@@ -154,7 +162,7 @@ fn secret_generate(out: Option<&std::path::Path>, json: bool) -> Outcome {
         if json {
             output::json(&serde_json::json!({ "secret": text.as_str() }));
         } else {
-            println!("{}", text.as_str());
+            crate::outln!("{}", text.as_str());
         }
         return Ok(None);
     };
@@ -175,7 +183,7 @@ fn secret_generate(out: Option<&std::path::Path>, json: bool) -> Outcome {
     if json {
         output::json(&serde_json::json!({ "path": path.display().to_string() }));
     } else {
-        println!(
+        crate::outln!(
             "wrote a new server secret to {} (mode 0600)",
             path.display()
         );

@@ -8,11 +8,56 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use apikey::{KeyState, KeySummary};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+/// Set when a write to stdout failed (a closed pipe: `apikey ... | head`).
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to stdout. Never panics (unlike `println!` on a closed
+/// pipe): a failure is remembered for [`stdout_failed`].
+pub fn out(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .is_err()
+    {
+        STDOUT_FAILED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Writes one line to stderr, ignoring a closed stderr.
+pub fn err(args: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
+/// Flushes stdout; whether any output was lost.
+pub fn stdout_failed() -> bool {
+    if std::io::stdout().flush().is_err() {
+        STDOUT_FAILED.store(true, Ordering::Relaxed);
+    }
+    STDOUT_FAILED.load(Ordering::Relaxed)
+}
+
+/// `println!` that never panics (see [`out`]).
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::output::out(format_args!($($t)*)) };
+}
+
+/// `eprintln!` that never panics (see [`err`]).
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => { $crate::output::err(format_args!($($t)*)) };
+}
 
 /// A key as the command shows it.
 #[derive(Debug, Serialize)]
@@ -121,8 +166,8 @@ impl From<&KeySummary> for KeyOut {
 /// Prints `value` as one line of JSON on stdout.
 pub fn json(value: &impl Serialize) {
     match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("error: cannot write JSON: {e}"),
+        Ok(text) => out(format_args!("{text}")),
+        Err(e) => err(format_args!("error: cannot write JSON: {e}")),
     }
 }
 
@@ -134,8 +179,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
         let mut text = String::new();
         for (i, (cell, w)) in cells.zip(&widths).enumerate() {
             if i + 1 == widths.len() {
@@ -144,7 +188,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 text.push_str(&format!("{cell:<w$}  "));
             }
         }
-        let _ = writeln!(out, "{}", text.trim_end());
+        out(format_args!("{}", text.trim_end()));
     };
     line(&mut header.iter().copied());
     for row in rows {
@@ -232,8 +276,7 @@ pub fn key_details(k: &KeyOut) {
     for (name, value) in &k.metadata {
         rows.push(("metadata", format!("{name}={value}")));
     }
-    let mut out = std::io::stdout().lock();
     for (name, value) in rows {
-        let _ = writeln!(out, "{name:<20}{value}");
+        out(format_args!("{name:<20}{value}"));
     }
 }

@@ -165,6 +165,10 @@ fn assert_no_digest(v: &Value) {
 
 /// Every command, in the order an operator meets them.
 fn every_command(env: &Env) {
+    // Before migrate: refused, the schema is never changed implicitly.
+    let r = env.run(&["keys", "list", "--owner", "user_1"]).fails(3);
+    assert!(r.stderr.contains("apikey migrate"), "{r:?}");
+
     // migrate (twice: it is idempotent).
     assert_eq!(
         env.run(&["--json", "migrate"]).ok().json()["migrated"],
@@ -648,6 +652,14 @@ fn help_documents_the_commands_and_exit_codes() {
         assert!(keys.stdout.contains(cmd), "{cmd} missing:\n{}", keys.stdout);
     }
     run(&["keys", "frobnicate"], &[], None).fails(1);
+    let r = run(&["--json", "keys", "show"], &[], None).fails(1);
+    assert_eq!(r.json()["error"]["code"], "USAGE");
+    assert!(
+        run(&["--version"], &[], None)
+            .ok()
+            .stdout
+            .starts_with("apikey ")
+    );
     run(&[], &[], None).fails(1);
 }
 
@@ -869,4 +881,53 @@ fn the_audit_log_records_who_did_what() {
             .all(|e| e["actor"] == "oncall" && e["key_id"] == id.as_str())
     );
     assert_eq!(events[1]["reason"], "3am page");
+}
+
+/// Runs the binary with stdout a pipe whose reader is already closed (as
+/// `apikey ... | head -1` after head exits).
+fn run_with_closed_stdout(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_apikey"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic_and_names_the_unseen_key() {
+    let env = Env::sqlite("closed_stdout");
+    env.run(&["migrate"]).ok();
+    let db = [env.db[0].as_str(), env.db[1].as_str()];
+    let secret = [("APIKEY_SECRET_V1", env.secret.as_str())];
+    let r = run_with_closed_stdout(&join(&db, &["bootstrap-admin"]), &secret).fails(1);
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert!(
+        r.stderr.contains("was issued but could not be printed"),
+        "{r:?}"
+    );
+    // The message names the key to revoke, and that key exists.
+    let id = env
+        .run(&["--json", "keys", "list", "--owner", "admin"])
+        .ok()
+        .json()["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        r.stderr.contains(&format!("apikey keys revoke {id}")),
+        "{r:?}"
+    );
+    let r = run_with_closed_stdout(&join(&db, &["keys", "list", "--owner", "admin"]), &[]).fails(1);
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
 }
