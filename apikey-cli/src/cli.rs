@@ -50,7 +50,7 @@ pub struct Global {
     /// A SQLite file (instead of --database).
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "database")]
     pub sqlite: Option<PathBuf>,
-    /// A file holding the server secret, base64 (instead of APIKEY_SECRET_V<n>).
+    /// A file holding the server secret, base64 (instead of APIKEY_SECRET_V1, V2, ...).
     #[arg(long, global = true, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
     /// The keyring version of --secret-file's secret.
@@ -113,7 +113,7 @@ pub enum Command {
 /// `apikey secret ...`.
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
-    /// Prints a new random server secret (32 bytes, base64) for APIKEY_SECRET_V<n>.
+    /// Prints a new random server secret (32 bytes, base64) for APIKEY_SECRET_V1 (or V2, ...).
     Generate {
         /// Writes it to a new file with mode 0600 instead of printing it.
         #[arg(long, value_name = "PATH")]
