@@ -82,11 +82,17 @@ impl AuditSink for FileAudit {
 /// stdout already and ends with `exit`.
 pub type Outcome = CliResult<Option<Exit>>;
 
+/// Parses a key id. The text is not repeated in the error: it may be a
+/// whole key pasted where its id belongs.
 fn key_id(text: &str) -> CliResult<KeyId> {
     text.trim().parse().map_err(|_| {
+        let hint = if text.len() > 11 && text.contains('_') {
+            "; this looks like a whole key: `keys verify` prints its id"
+        } else {
+            ""
+        };
         CliError::usage(format!(
-            "`{}` is not a key id (11 base62 characters, as `keys list` shows)",
-            text.escape_debug()
+            "not a key id: an id is 11 base62 characters, as `keys list` shows{hint}"
         ))
     })
 }

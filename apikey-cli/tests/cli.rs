@@ -718,7 +718,13 @@ fn bad_input_names_the_problem_with_its_exit_code() {
         .run(&["--json", "keys", "revoke", "not-an-id", "--reason", "x"])
         .fails(1);
     assert_eq!(r.json()["error"]["exit"], 1);
-    assert!(r.stderr.contains("is not a key id"), "{r:?}");
+    assert!(r.stderr.contains("not a key id"), "{r:?}");
+    // A whole key pasted where its id belongs is not repeated.
+    let created = env.run(&["--json", "keys", "create"]).ok().json();
+    let whole = s(&created["key"]);
+    let r = env.run(&["keys", "disable", whole]).fails(1);
+    r.never_shows(whole);
+    assert!(r.stderr.contains("looks like a whole key"), "{r:?}");
 
     // Malformed key: invalid, with the stable code, never echoed.
     let malformed = "sk_live_ThisIsNotAValidKeyButLooksSecret";
