@@ -47,8 +47,8 @@ pub struct Global {
     /// The key database: sqlite:PATH or postgres://USER@HOST/DB.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database: Option<String>,
-    /// A SQLite file (instead of --database).
-    #[arg(long, global = true, value_name = "PATH", conflicts_with = "database")]
+    /// A SQLite file (wins over --database and DATABASE_URL).
+    #[arg(long, global = true, value_name = "PATH")]
     pub sqlite: Option<PathBuf>,
     /// A file holding the server secret, base64 (instead of APIKEY_SECRET_V1, V2, ...).
     #[arg(long, global = true, value_name = "PATH")]

@@ -816,10 +816,11 @@ fn an_unusable_database_is_exit_3_without_its_password() {
         .unwrap()
         .port();
     let url = format!("postgres://app:Sup3rS3cretPw@127.0.0.1:{port}/keys");
+    // (--timeout 1: a refused connection is retried until the timeout.)
     for args in [
-        vec!["keys", "list", "--owner", "u"],
-        vec!["migrate"],
-        vec!["keys", "create"],
+        vec!["--timeout", "1", "keys", "list", "--owner", "u"],
+        vec!["--timeout", "1", "migrate"],
+        vec!["--timeout", "1", "keys", "create"],
     ] {
         let r = run(
             &args,
@@ -830,6 +831,26 @@ fn an_unusable_database_is_exit_3_without_its_password() {
         r.never_shows("Sup3rS3cretPw").never_shows(&env.secret);
         assert!(r.stderr.contains("127.0.0.1"), "names the server: {r:?}");
     }
+    // --sqlite wins over DATABASE_URL from the environment.
+    let r = run(
+        &[
+            "--timeout",
+            "1",
+            "--sqlite",
+            &env.db[1],
+            "keys",
+            "list",
+            "--owner",
+            "u",
+        ],
+        &[("DATABASE_URL", &url)],
+        None,
+    )
+    .fails(3);
+    assert!(
+        r.stderr.contains("SQLite file") && r.stderr.contains("apikey migrate"),
+        "{r:?}"
+    );
     let r = run(
         &["keys", "list", "--owner", "u"],
         &[("DATABASE_URL", "mysql://app:pw0rd@h/db")],
