@@ -14,7 +14,7 @@ current unless APIKEY_SECRET_CURRENT says otherwise), or --secret-file PATH. It 
 your service verifies with. list, show, disable, enable, revoke, delete, expiring and usage need none.
 
 The first admin key for the management API:
-  apikey bootstrap-admin --owner admin            (refuses when admin already has a working key)
+  apikey bootstrap-admin --owner admin            (refused when admin has a key not revoked or expired)
   apikey keys create --owner admin --scopes 'admin:*' --name bootstrap
 
 Output: tables for people; --json prints one JSON document on stdout (errors too, as
@@ -106,7 +106,7 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Mints the first admin key for the management API, unless the owner already has
-    /// a working key.
+    /// a key that is not revoked or expired.
     BootstrapAdmin(BootstrapArgs),
 }
 

@@ -498,10 +498,10 @@ where
 }
 
 /// `apikey bootstrap-admin`: creates the admin key unless the owner has a
-/// working key already, atomically (the store's owner limit of one).
+/// key that is not revoked or expired, atomically (the store's owner limit of one).
 ///
 /// # Errors
-/// Exit 5 when the owner has a working key; see [`Exit`].
+/// Exit 5 when the owner has such a key; see [`Exit`].
 pub async fn bootstrap<S>(store: S, args: BootstrapArgs, ctx: &Context) -> Outcome
 where
     S: KeyStoreLifecycle + UsageStore + 'static,
@@ -527,8 +527,9 @@ where
         Err(KeyError::KeyLimitReached { .. }) => Err(CliError::refused(
             "ADMIN_EXISTS",
             format!(
-                "owner `{}` already has a working key; list it with `apikey keys list --owner {}`, \
-                 or mint another with `apikey keys create`",
+                "owner `{}` already has a key that is not revoked or expired (a disabled one \
+                 counts); list it with `apikey keys list --owner {}`, or mint another with \
+                 `apikey keys create`",
                 args.owner, args.owner
             ),
         )),

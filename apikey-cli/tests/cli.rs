@@ -420,6 +420,12 @@ fn every_command(env: &Env) {
     assert_eq!(gone.json()["error"]["code"], "NOT_FOUND");
     env.run(&["keys", "delete", &soon_id]).fails(2);
 
+    // With the admin key revoked, bootstrap-admin works again.
+    let admin_id = s(&admin["summary"]["id"]).to_owned();
+    env.run(&["keys", "revoke", &admin_id, "--reason", "lost"])
+        .ok();
+    env.run(&["bootstrap-admin"]).ok();
+
     import_jsonl_and_csv(env);
 }
 
