@@ -176,7 +176,7 @@ pub enum KeysCommand {
     /// One key per line. JSONL: {"key": "oldco_..."} or {"sha256": "<64 hex>", "prefix":
     /// "oldco_"}, with optional "owner", "name", "description", "scopes" (array or
     /// space-separated), "expires_at" (RFC 3339), "metadata" (object of strings). CSV: a
-    /// header naming the same columns (scopes space-separated). Each prefix must be
+    /// header naming the same columns (scopes space-separated, metadata `k=v;k=v`). Each prefix must be
     /// declared with --legacy-prefix LEGACY=NATIVE. Lines that fail are reported with
     /// their number (never the key) and the import goes on; exit 1 if any failed.
     Import {
@@ -192,9 +192,10 @@ pub enum KeysCommand {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: Option<u16>,
     },
-    /// Verifies a key and says valid or invalid with the stable error code (exit 4 when
-    /// invalid). Reads the key from stdin when KEY is absent or `-` (arguments are
-    /// visible to other users of the machine). Not counted as a use.
+    /// Verifies a key: valid, or invalid with the stable error code (exit 4).
+    ///
+    /// Reads the key from stdin when KEY is absent or `-` (arguments are visible to other
+    /// users of the machine). Not counted as a use.
     Verify {
         /// The key (`-` or absent: the first line of stdin).
         key: Option<String>,
