@@ -82,22 +82,19 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "***".into();
     };
-    let (authority_path, query) = match rest.split_once('?') {
+    let (before_query, query) = match rest.split_once('?') {
         Some((a, q)) => (a, Some(q)),
         None => (rest, None),
     };
-    let (authority, path) = match authority_path.find('/') {
-        Some(i) => authority_path.split_at(i),
-        None => (authority_path, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
+    // The last `@` ends the user info, even when an unencoded password
+    // holds a `/` or an `@`.
+    let mut out = match before_query.rsplit_once('@') {
+        Some((userinfo, host_path)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host_path}"),
+            None => format!("{scheme}://{userinfo}@{host_path}"),
         },
-        None => authority.to_owned(),
+        None => format!("{scheme}://{before_query}"),
     };
-    let mut out = format!("{scheme}://{authority}{path}");
     if let Some(q) = query {
         let redacted: Vec<String> = q
             .split('&')
@@ -304,6 +301,10 @@ mod tests {
             "postgres://app@127.0.0.1/keys"
         );
         assert_eq!(redact_url("postgres://h"), "postgres://h");
+        assert_eq!(
+            redact_url("postgres://app:pa/ss@w0rd@db/keys"),
+            "postgres://app:***@db/keys"
+        );
         assert_eq!(redact_url("no scheme:secret"), "***");
     }
 
