@@ -258,6 +258,35 @@ fn every_command(env: &Env) {
     let shown = env.run(&["--json", "keys", "show", &id]).ok();
     shown.never_shows(&key);
     assert_eq!(shown.json()["name"], "CI");
+    // The documented field names (apikey-cli/README.md), no more, no fewer.
+    let mut fields: Vec<String> = shown.json().as_object().unwrap().keys().cloned().collect();
+    fields.sort();
+    let mut documented = [
+        "id",
+        "display",
+        "owner",
+        "name",
+        "description",
+        "environment",
+        "scopes",
+        "status",
+        "state",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "not_before",
+        "revoked_at",
+        "revoked_reason",
+        "metadata",
+        "ip_allowlist",
+        "rotated_from",
+        "rotated_to",
+        "requests_today",
+        "requests_this_month",
+        "legacy",
+    ];
+    documented.sort_unstable();
+    assert_eq!(fields, documented);
     env.run(&["keys", "show", &id]).ok().never_shows(&key);
 
     // verify: valid, invalid with the stable code, allowlist.
@@ -917,6 +946,16 @@ fn the_audit_log_records_who_did_what() {
             .all(|e| e["actor"] == "oncall" && e["key_id"] == id.as_str())
     );
     assert_eq!(events[1]["reason"], "3am page");
+
+    // The same database through DATABASE_URL=sqlite:PATH.
+    let listed = run(
+        &["--json", "keys", "list", "--owner", "u"],
+        &[("DATABASE_URL", &format!("sqlite:{}", env.db[1]))],
+        None,
+    )
+    .ok()
+    .json();
+    assert_eq!(listed["keys"][0]["id"], id.as_str());
 }
 
 /// Runs the binary with stdout a pipe whose reader is already closed (as
