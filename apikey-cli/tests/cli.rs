@@ -119,6 +119,12 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Runs the binary with a clean environment (no DATABASE_URL, no
 /// APIKEY_* from the caller) plus `env`.
 fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
@@ -742,6 +748,7 @@ fn secret_generate_writes_a_private_file_once() {
     );
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stdout.starts_with("invalid: INVALID_API_KEY"), "{r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
