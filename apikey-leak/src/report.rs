@@ -215,6 +215,16 @@ enum Finding {
     },
 }
 
+/// A real key, and what was done.
+#[derive(Clone, Debug)]
+struct Found {
+    id: KeyId,
+    prefix: String,
+    owner: Option<String>,
+    action: LeakAction,
+    outcome: Outcome,
+}
+
 /// Who acts: the actor id in audit events, and the revocation reason.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Reporter<'a> {
@@ -316,7 +326,9 @@ where
         self.manager.clock().now()
     }
 
-    /// Handles a batch of reported tokens from `reporter`.
+    /// Handles a batch of reported tokens from `reporter`. Each distinct
+    /// token is examined and acted on once; each distinct (token, url,
+    /// source) is audited and notified once.
     ///
     /// # Errors
     /// [`LeakError::Store`] when the store fails: what was done before
@@ -326,46 +338,54 @@ where
         batch: &[Reported<'_>],
         reporter: Reporter<'_>,
     ) -> Result<Report, LeakError> {
-        let mut labels: HashMap<&str, Label> = HashMap::new();
+        let mut done: HashMap<&str, Option<Found>> = HashMap::new();
         let mut summary = Summary {
             matches: batch.len(),
             ..Summary::default()
         };
         let mut feedback = Vec::with_capacity(batch.len());
         for m in batch {
-            let label = match labels.get(m.token) {
-                Some(label) => *label,
+            let found = match done.get(m.token) {
+                Some(found) => found.clone(),
                 None => {
                     summary.distinct += 1;
-                    let label = self.one(m, reporter, &mut summary).await?;
-                    labels.insert(m.token, label);
-                    label
+                    let found = self.one(m.token, reporter, &mut summary).await?;
+                    done.insert(m.token, found.clone());
+                    found
                 }
             };
+            if let Some(found) = &found {
+                self.tell(m, found, reporter);
+            }
             feedback.push(Feedback {
                 token_hash: token_hash(m.token),
                 token_type: m.token_type.to_owned(),
-                label,
+                label: if found.is_some() {
+                    Label::TruePositive
+                } else {
+                    Label::FalsePositive
+                },
             });
         }
         Ok(Report { feedback, summary })
     }
 
+    /// Examines one distinct token and applies the policy: `None` when it
+    /// is not a key of ours.
     async fn one(
         &self,
-        m: &Reported<'_>,
+        token: &str,
         reporter: Reporter<'_>,
         summary: &mut Summary,
-    ) -> Result<Label, LeakError> {
-        let now = self.now();
-        let (id, prefix, owner, status) = match self.examine(m.token, now).await? {
+    ) -> Result<Option<Found>, LeakError> {
+        let (id, prefix, owner, status) = match self.examine(token, self.now()).await? {
             Finding::Rejected => {
                 summary.rejected_offline += 1;
-                return Ok(Label::FalsePositive);
+                return Ok(None);
             }
             Finding::Unknown => {
                 summary.unknown += 1;
-                return Ok(Label::FalsePositive);
+                return Ok(None);
             }
             Finding::Key {
                 id,
@@ -374,60 +394,67 @@ where
                 status,
             } => (id, prefix, owner, status),
         };
-        summary.keys += 1;
         let action = self.policy.action(&prefix);
         let actor = Actor::new(reporter.actor).reason(reporter.reason);
-        let outcome = match self
+        let Some(outcome) = self
             .act(id, status, action, &actor, reporter.reason)
             .await?
-        {
-            Some(outcome) => outcome,
+        else {
             // Deleted between the fetch and the action: no longer a key.
-            None => {
-                summary.keys -= 1;
-                summary.unknown += 1;
-                return Ok(Label::FalsePositive);
-            }
+            summary.unknown += 1;
+            return Ok(None);
         };
+        summary.keys += 1;
         if matches!(outcome, Outcome::Revoked | Outcome::Disabled) {
             summary.changed += 1;
         }
+        Ok(Some(Found {
+            id,
+            prefix,
+            owner,
+            action,
+            outcome,
+        }))
+    }
+
+    /// The `leak_reported` event and the notice, once per report.
+    fn tell(&self, m: &Reported<'_>, found: &Found, reporter: Reporter<'_>) {
         let url = m.url.map(cut_url);
         let report_id = report_id(m.token, url.as_deref(), m.source, reporter.address);
-        let first = {
-            let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            !seen.contains(&report_id)
-        };
-        if first {
-            let mut event = AuditEvent::new(
-                now,
-                AuditKind::LeakReported {
-                    url: url.clone(),
-                    source: m.source.to_owned(),
-                    reporter: reporter.address,
-                },
-            );
-            event.key_id = Some(id);
-            event.owner.clone_from(&owner);
-            event.actor = Some(reporter.actor.to_owned());
-            event.reason = Some(format!("{}: {}", action.as_str(), outcome_str(outcome)));
-            self.audit.record(&event);
-            self.notifier.leaked(&LeakNotice {
-                key_id: id,
-                owner,
-                prefix,
-                action,
-                outcome,
-                url,
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if seen.contains(&report_id) {
+                return;
+            }
+            seen.insert(report_id);
+        }
+        let mut event = AuditEvent::new(
+            self.now(),
+            AuditKind::LeakReported {
+                url: url.clone(),
                 source: m.source.to_owned(),
                 reporter: reporter.address,
-            });
-            self.seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(report_id);
-        }
-        Ok(Label::TruePositive)
+            },
+        );
+        event.key_id = Some(found.id);
+        event.owner.clone_from(&found.owner);
+        event.actor = Some(reporter.actor.to_owned());
+        event.reason = Some(format!(
+            "{}: {}",
+            found.action.as_str(),
+            outcome_str(found.outcome)
+        ));
+        self.audit.record(&event);
+        self.notifier.leaked(&LeakNotice {
+            key_id: found.id,
+            owner: found.owner.clone(),
+            prefix: found.prefix.clone(),
+            action: found.action,
+            outcome: found.outcome,
+            url,
+            source: m.source.to_owned(),
+            reporter: reporter.address,
+        });
     }
 
     /// Offline checks, then (tag-valid tokens only) the record and the
