@@ -21,13 +21,7 @@ async fn post(
     github: &FakeGithub,
     body: &str,
 ) -> Report {
-    ep.handle(
-        Some(&github.key_id),
-        Some(&github.sign(body.as_bytes())),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap()
+    github.post(ep, body).await.unwrap()
 }
 
 #[tokio::test]
@@ -334,14 +328,7 @@ async fn a_store_failure_is_a_503_and_the_retry_completes_once() {
     let ep = GithubEndpoint::new(Arc::new(world.responder()), github.keys());
     let body = alert(&[keys[0].expose_secret(), keys[1].expose_secret()]);
     world.store.set_failing(true);
-    let err = ep
-        .handle(
-            Some(&github.key_id),
-            Some(&github.sign(body.as_bytes())),
-            body.as_bytes(),
-        )
-        .await
-        .unwrap_err();
+    let err = github.post(&ep, &body).await.unwrap_err();
     assert_eq!(err.status(), 503);
     world.store.set_failing(false);
     post(&ep, &github, &body).await;

@@ -57,13 +57,7 @@ async fn the_published_key_list_is_fetched_and_used() {
     let ep = GithubEndpoint::new(Arc::new(world.responder()), source);
     let body = alert(&[key.expose_secret()]);
     for _ in 0..3 {
-        ep.handle(
-            Some(&github.key_id),
-            Some(&github.sign(body.as_bytes())),
-            body.as_bytes(),
-        )
-        .await
-        .unwrap();
+        github.post(&ep, &body).await.unwrap();
     }
     assert_eq!(
         world.manager.get(key.id()).await.unwrap().status,
@@ -78,33 +72,15 @@ async fn the_published_key_list_is_fetched_and_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_foreign_key_list_is_an_error() {
-    let (url, _) = serve("500 Internal Server Error", "{}".into()).await;
-    assert!(
-        GithubKeySource::new()
-            .with_url(&url)
-            .unwrap()
-            .fetch()
-            .await
-            .is_err()
-    );
-    let (url, _) = serve("200 OK", "{\"public_keys\": 3}".into()).await;
-    assert!(
-        GithubKeySource::new()
-            .with_url(&url)
-            .unwrap()
-            .fetch()
-            .await
-            .is_err()
-    );
-    let (url, _) = serve("200 OK", " ".repeat(2 << 20)).await;
-    assert!(
-        GithubKeySource::new()
-            .with_url(&url)
-            .unwrap()
-            .fetch()
-            .await
-            .is_err()
-    );
+    for (status, body) in [
+        ("500 Internal Server Error", "{}".to_owned()),
+        ("200 OK", "{\"public_keys\": 3}".to_owned()),
+        ("200 OK", " ".repeat(2 << 20)),
+    ] {
+        let (url, _) = serve(status, body).await;
+        let source = GithubKeySource::new().with_url(&url).unwrap();
+        assert!(source.fetch().await.is_err(), "{status}");
+    }
 }
 
 #[test]

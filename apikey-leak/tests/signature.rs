@@ -88,14 +88,7 @@ async fn a_valid_signature_is_accepted_and_the_key_revoked() {
     let key = world.key("sk_live_", "acme").await;
     let body = alert(&[key.expose_secret()]);
     let ep = endpoint(&world, github.keys());
-    let report = ep
-        .handle(
-            Some(&github.key_id),
-            Some(&github.sign(body.as_bytes())),
-            body.as_bytes(),
-        )
-        .await
-        .unwrap();
+    let report = github.post(&ep, &body).await.unwrap();
     assert_eq!(report.summary.changed, 1);
     assert_eq!(
         world.manager.get(key.id()).await.unwrap().status,
@@ -223,26 +216,13 @@ async fn an_oversized_body_is_refused_before_any_key_fetch() {
     let github = FakeGithub::new(3);
     let body = alert(&["x"; 100]);
     let ep = endpoint(&world, github.keys()).with_max_body(body.len() - 1);
-    let err = ep
-        .handle(
-            Some(&github.key_id),
-            Some(&github.sign(body.as_bytes())),
-            body.as_bytes(),
-        )
-        .await
-        .unwrap_err();
+    let err = github.post(&ep, &body).await.unwrap_err();
     assert!(matches!(err, LeakError::BodyTooLarge { .. }), "{err:?}");
     assert_eq!(err.status(), 413);
     assert_eq!(ep.keys().fetches(), 0);
     // At the bound it is read.
     let ep = endpoint(&world, github.keys()).with_max_body(body.len());
-    ep.handle(
-        Some(&github.key_id),
-        Some(&github.sign(body.as_bytes())),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    github.post(&ep, &body).await.unwrap();
 }
 
 #[tokio::test]
@@ -279,27 +259,16 @@ async fn missing_headers_and_malformed_signatures_are_refused_without_a_fetch() 
 async fn a_signed_body_that_is_not_a_match_array_is_a_400_without_the_token() {
     let world = World::new();
     let github = FakeGithub::new(3);
-    let body = r#"[{"token": 12, "type": "sk_live_secretvalue"}]"#;
-    let err = endpoint(&world, github.keys())
-        .handle(
-            Some(&github.key_id),
-            Some(&github.sign(body.as_bytes())),
-            body.as_bytes(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(err.status(), 400);
-    let body = r#"[{"token": "sk_live_secretvalue", "type": 12}]"#;
-    let err = endpoint(&world, github.keys())
-        .handle(
-            Some(&github.key_id),
-            Some(&github.sign(body.as_bytes())),
-            body.as_bytes(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(err.status(), 400);
-    assert!(!err.to_string().contains("secretvalue"), "{err}");
+    let ep = endpoint(&world, github.keys());
+    for body in [
+        r#"[{"token": 12, "type": "sk_live_secretvalue"}]"#,
+        r#"[{"token": "sk_live_secretvalue", "type": 12}]"#,
+        r#"{"token": "sk_live_secretvalue"}"#,
+    ] {
+        let err = github.post(&ep, body).await.unwrap_err();
+        assert_eq!(err.status(), 400, "{body}");
+        assert!(!err.to_string().contains("secretvalue"), "{err}");
+    }
 }
 
 /// A key source whose set can change (GitHub rotating its key), counting
@@ -334,13 +303,7 @@ async fn a_key_set_refresh_racing_a_burst_of_alerts_fetches_once() {
     ));
     let body = alert(&["x"]);
     // The first alert loads the set.
-    ep.handle(
-        Some(&old.key_id),
-        Some(&old.sign(body.as_bytes())),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    old.post(&ep, &body).await.unwrap();
     assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
     // A minute later GitHub rotates: the published set now holds both
     // keys; a burst of alerts signed with either arrives at once (each
@@ -357,14 +320,7 @@ async fn a_key_set_refresh_racing_a_burst_of_alerts_fetches_once() {
             FakeGithub::new(3)
         };
         let body = alert(&["x"]);
-        tasks.push(tokio::spawn(async move {
-            ep.handle(
-                Some(&signer.key_id),
-                Some(&signer.sign(body.as_bytes())),
-                body.as_bytes(),
-            )
-            .await
-        }));
+        tasks.push(tokio::spawn(async move { signer.post(&ep, &body).await }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -405,13 +361,7 @@ async fn an_unknown_id_refetches_after_the_interval() {
     );
     let body = alert(&["x"]);
     let sig_new = new.sign(body.as_bytes());
-    ep.handle(
-        Some(&old.key_id),
-        Some(&old.sign(body.as_bytes())),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    old.post(&ep, &body).await.unwrap();
     *source.set.lock().unwrap() = new.keys();
     // Within the interval of the first fetch: unknown, no fetch.
     let err = ep

@@ -11,7 +11,7 @@ use apikey::{
     Actor, ApiKey, KeyManager, Keyring, ManualClock, MemoryAuditSink, NewKey, ServerSecret,
     Verifier,
 };
-use apikey_leak::{LeakResponder, PublicKeySet};
+use apikey_leak::{GithubEndpoint, LeakError, LeakResponder, PublicKeySet, Report};
 use apikey_testkit::netstore::NetStore;
 use base64ct::{Base64, Encoding};
 use p256::ecdsa::signature::Signer;
@@ -63,6 +63,27 @@ impl FakeGithub {
             .map(|f| serde_json::json!({"key_identifier": f.key_id, "key": f.pem(), "is_current": true}))
             .collect();
         serde_json::json!({ "public_keys": keys }).to_string()
+    }
+
+    /// Posts `body`, signed, to `endpoint`, as GitHub does.
+    pub async fn post<S, K, C, L>(
+        &self,
+        endpoint: &GithubEndpoint<S, K, C, L>,
+        body: &str,
+    ) -> Result<Report, LeakError>
+    where
+        S: apikey::KeyStoreLifecycle + apikey::UsageStore,
+        K: apikey_leak::KeySource,
+        C: apikey::Clock,
+        L: apikey::limits::Limits,
+    {
+        endpoint
+            .handle(
+                Some(&self.key_id),
+                Some(&self.sign(body.as_bytes())),
+                body.as_bytes(),
+            )
+            .await
     }
 
     /// The `Github-Public-Key-Signature` value for `body`.
