@@ -31,7 +31,7 @@ fn table(doc: &str) -> Vec<(String, String, String)> {
             (
                 cells[0].to_owned(),
                 cells[1].to_owned(),
-                cells[2].to_owned(),
+                cells[2].replace("\\|", "|"),
             )
         })
         .collect()
