@@ -91,8 +91,9 @@ where
 {
     let (parts, body) = request.into_parts();
     let limit = endpoint.max_body();
-    let Ok(body) = to_bytes(body, limit).await else {
-        return error_response(&LeakError::BodyTooLarge { limit });
+    let body = match to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(e) => return error_response(&body_error(e, limit)),
     };
     let key_id = header_str(&parts.headers, KEY_ID_HEADER);
     let signature = header_str(&parts.headers, SIGNATURE_HEADER);
@@ -121,8 +122,13 @@ where
         .map(|c| c.0)
         .or_else(|| parts.extensions.get::<SocketAddr>().map(SocketAddr::ip));
     let limit = endpoint.max_body();
-    let body = to_bytes(body, limit).await.ok();
-    let answer = endpoint.answer(client, body.as_deref()).await;
+    let answer = match to_bytes(body, limit).await {
+        Ok(body) => endpoint.answer(client, Some(&body)).await,
+        Err(e) => match body_error(e, limit) {
+            LeakError::BodyTooLarge { .. } => endpoint.answer(client, None).await,
+            broken => crate::public::PublicAnswer::refused(broken),
+        },
+    };
     let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::ACCEPTED);
     let mut response = json(status, answer.body().to_owned());
     if let Some(wait) = answer.retry_after()
@@ -131,6 +137,16 @@ where
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
+}
+
+/// Over the bound (413), or a body that could not be read (400).
+fn body_error(error: axum::Error, limit: usize) -> LeakError {
+    let inner = error.into_inner();
+    if inner.is::<http_body_util::LengthLimitError>() {
+        LeakError::BodyTooLarge { limit }
+    } else {
+        LeakError::MalformedBody("a readable request body".to_owned())
+    }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

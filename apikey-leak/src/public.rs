@@ -54,7 +54,7 @@ pub struct PublicAnswer {
 }
 
 impl PublicAnswer {
-    fn refused(error: LeakError) -> Self {
+    pub(crate) fn refused(error: LeakError) -> Self {
         let retry_after = match &error {
             LeakError::Throttled { retry_after } => Some(*retry_after),
             _ => None,

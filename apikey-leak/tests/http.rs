@@ -114,3 +114,33 @@ async fn the_public_router_reads_the_client_address_and_throttles_it() {
     let events = world.events("revocation_requested");
     assert_eq!(events.len(), 2);
 }
+
+#[tokio::test]
+async fn an_oversized_public_request_is_a_413_after_the_throttle() {
+    let world = World::new();
+    let endpoint = Arc::new(
+        PublicRevoke::new(Arc::new(world.responder()), MemoryLimits::new())
+            .with_quota(Quota::unlimited().per_minute(1))
+            .with_max_body(32),
+    );
+    let app = apikey_leak::axum::public_revoke_router("/keys/revoke", endpoint);
+    let request = || {
+        let mut r = Request::post("/keys/revoke")
+            .body(Body::from(format!(
+                r#"{{"tokens":["{}"]}}"#,
+                "x".repeat(64)
+            )))
+            .unwrap();
+        r.extensions_mut()
+            .insert(ClientIp("192.0.2.9".parse().unwrap()));
+        r
+    };
+    let (status, text, _) = send(app.clone(), request()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    let (status, _, _) = send(app, request()).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the throttle counted it"
+    );
+}
