@@ -298,8 +298,9 @@ where
         self
     }
 
-    /// How many distinct reports are remembered for idempotency. Defaults
-    /// to [`DEFAULT_DEDUPE_CAPACITY`].
+    /// How many distinct reports are remembered for idempotency (0: none,
+    /// every retry is audited and notified again; revocations stay
+    /// idempotent). Defaults to [`DEFAULT_DEDUPE_CAPACITY`].
     pub fn with_dedupe_capacity(self, capacity: usize) -> Self {
         self.seen
             .lock()

@@ -126,7 +126,8 @@ pub enum AuditKind {
     },
     /// Someone reported that an issued key leaked (a secret-scanning partner
     /// alert or a public revocation request). Emitted once per key and
-    /// report, before the policy's action (whose own event follows).
+    /// report, after the policy's action (whose own event, `revoked` or
+    /// `disabled`, comes first when the report changed the key).
     LeakReported {
         /// Where the key was found, as the reporter said (a URL).
         url: Option<String>,
