@@ -502,11 +502,17 @@ where
             (LeakAction::Disable, KeyStatus::Disabled) => {
                 return Ok(Some(Outcome::AlreadyDisabled));
             }
-            (LeakAction::Revoke, _) => self
-                .manager
-                .revoke(id, reason, actor)
-                .await
-                .map(|_| Outcome::Revoked),
+            (LeakAction::Revoke, _) => {
+                // The status came from a read that may be cached; the
+                // manager re-reads it and keeps an earlier revocation.
+                let before = self.now();
+                self.manager.revoke(id, reason, actor).await.map(|summary| {
+                    match summary.revocation {
+                        Some(r) if r.at < before => Outcome::AlreadyRevoked,
+                        _ => Outcome::Revoked,
+                    }
+                })
+            }
             (LeakAction::Disable, _) => self
                 .manager
                 .disable(id, actor)

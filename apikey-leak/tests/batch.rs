@@ -336,3 +336,68 @@ async fn a_store_failure_is_a_503_and_the_retry_completes_once() {
     assert_eq!(world.events("revoked").len(), 2);
     assert_eq!(world.events("leak_reported").len(), 2);
 }
+
+#[tokio::test]
+async fn a_key_revoked_behind_a_stale_cache_is_reported_as_already_revoked() {
+    use apikey::{
+        CachedStore, KeyManager, KeyStoreQuery, KeyStoreWrite, ManualClock, MemoryAuditSink,
+        Revocation,
+    };
+    let clock = ManualClock::new(support::now());
+    let audit = Arc::new(MemoryAuditSink::new());
+    let manager = Arc::new(
+        KeyManager::with_clock(
+            support::verifier(),
+            CachedStore::new(apikey::MemoryStore::new()).with_max_age(Duration::from_secs(3600)),
+            clock.clone(),
+        )
+        .with_audit_sink(audit.clone()),
+    );
+    let (key, _) = manager
+        .create(apikey::NewKey::new("sk_live_"), &Actor::system())
+        .await
+        .unwrap();
+    manager
+        .authenticate(key.expose_secret(), &apikey::Requirement::none(), None)
+        .await
+        .unwrap(); // cached as active
+    // Another instance revokes it, a minute ago, behind this cache's back.
+    let mut record = manager
+        .store()
+        .inner()
+        .get(key.id())
+        .await
+        .unwrap()
+        .unwrap();
+    record.status = KeyStatus::Revoked;
+    record.revocation = Some(Revocation {
+        at: support::now(),
+        reason: "elsewhere".into(),
+    });
+    manager.store().inner().update(record).await.unwrap();
+    clock.advance(time::Duration::seconds(60));
+    let github = FakeGithub::new(3);
+    let ep = GithubEndpoint::new(
+        Arc::new(apikey_leak::LeakResponder::new(manager.clone()).with_audit_sink(audit.clone())),
+        github.keys(),
+    );
+    let report = github
+        .post(&ep, &alert(&[key.expose_secret()]))
+        .await
+        .unwrap();
+    assert_eq!(report.summary.keys, 1);
+    assert_eq!(
+        report.summary.changed, 0,
+        "revoked elsewhere, not by this report"
+    );
+    assert_eq!(
+        manager
+            .record(key.id())
+            .await
+            .unwrap()
+            .revocation
+            .unwrap()
+            .reason,
+        "elsewhere"
+    );
+}
