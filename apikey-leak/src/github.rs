@@ -169,3 +169,19 @@ where
             .await
     }
 }
+
+#[cfg(feature = "fetch")]
+impl<S, C, L> GithubEndpoint<S, crate::fetch::GithubKeySource, C, L>
+where
+    S: KeyStoreLifecycle + UsageStore,
+    C: Clock,
+    L: Limits,
+{
+    /// The default set-up: keys fetched from GitHub's published list over
+    /// HTTPS ([`GithubKeySource::new`](crate::GithubKeySource::new)),
+    /// cached, refetched for an unknown identifier at most once per
+    /// [`DEFAULT_REFETCH_INTERVAL`](crate::DEFAULT_REFETCH_INTERVAL).
+    pub fn from_github(responder: Arc<LeakResponder<S, C, L>>) -> Self {
+        Self::new(responder, crate::fetch::GithubKeySource::new())
+    }
+}
