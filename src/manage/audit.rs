@@ -143,6 +143,27 @@ pub enum AuditKind {
         /// `(reason, count)` for each reason seen.
         counts: Vec<(&'static str, u64)>,
     },
+    /// Someone reported that an issued key leaked (a secret-scanning partner
+    /// alert or a public revocation request). Emitted once per key and
+    /// report, after the policy's action (whose own event, `revoked` or
+    /// `disabled`, comes first when the report changed the key).
+    LeakReported {
+        /// Where the key was found, as the reporter said (a URL).
+        url: Option<String>,
+        /// Who found it: the scanner's source (`content`, `commit`, ...)
+        /// or `public_revoke`.
+        source: String,
+        /// The reporter's network address, when known.
+        reporter: Option<std::net::IpAddr>,
+    },
+    /// A public revocation request was received (one per request, whatever
+    /// the tokens were).
+    RevocationRequested {
+        /// The reporter's network address, when known.
+        reporter: Option<std::net::IpAddr>,
+        /// How many tokens the request held.
+        tokens: u32,
+    },
 }
 
 impl AuditKind {
@@ -164,6 +185,8 @@ impl AuditKind {
             Self::LegacyUpgraded => "legacy_upgraded",
             Self::VerificationFailed { .. } => "verification_failed",
             Self::RejectionsSampled { .. } => "rejections_sampled",
+            Self::LeakReported { .. } => "leak_reported",
+            Self::RevocationRequested { .. } => "revocation_requested",
         }
     }
 }
@@ -251,6 +274,25 @@ impl fmt::Display for AuditEvent {
             }
             AuditKind::VerificationFailed { code } => write!(f, " code={code}")?,
             AuditKind::RejectionsSampled { counts } => write!(f, " counts={counts:?}")?,
+            AuditKind::LeakReported {
+                url,
+                source,
+                reporter,
+            } => {
+                write!(f, " source={source:?}")?;
+                if let Some(url) = url {
+                    write!(f, " url={url:?}")?;
+                }
+                if let Some(ip) = reporter {
+                    write!(f, " reporter={ip}")?;
+                }
+            }
+            AuditKind::RevocationRequested { reporter, tokens } => {
+                write!(f, " tokens={tokens}")?;
+                if let Some(ip) = reporter {
+                    write!(f, " reporter={ip}")?;
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -347,6 +389,14 @@ impl AuditSink for TracingSink {
             } => format!("successor={successor} grace_ends={grace_ends}"),
             AuditKind::VerificationFailed { code } => (*code).to_owned(),
             AuditKind::RejectionsSampled { counts } => format!("{counts:?}"),
+            AuditKind::LeakReported {
+                url,
+                source,
+                reporter,
+            } => format!("source={source:?} url={url:?} reporter={reporter:?}"),
+            AuditKind::RevocationRequested { reporter, tokens } => {
+                format!("tokens={tokens} reporter={reporter:?}")
+            }
             _ => String::new(),
         };
         match &e.kind {
