@@ -24,6 +24,16 @@ impl Server {
     /// Serves `router` on 127.0.0.1 (any port) from a new thread running a
     /// current-thread runtime: one worker, all connections on it.
     pub fn start(router: axum::Router) -> Self {
+        Self::start_with(move || async move { router })
+    }
+
+    /// As [`start`](Self::start), with the router made on the server's
+    /// own runtime (stores whose pools belong to a runtime).
+    pub fn start_with<F, Fut>(make: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = axum::Router>,
+    {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -31,6 +41,7 @@ impl Server {
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                let router = make().await;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 // `/proc/thread-self` links to `<pid>/task/<tid>`.
                 let me = std::fs::read_link("/proc/thread-self").unwrap();
