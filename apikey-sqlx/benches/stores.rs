@@ -76,15 +76,7 @@ where
             .await
             .unwrap();
     }
-    let mut lat = Vec::with_capacity(5000);
-    for i in 0..5000 {
-        let t = Instant::now();
-        auth.authenticate(&secrets[i % secrets.len()], &Requirement::none(), None)
-            .await
-            .unwrap();
-        lat.push(t.elapsed());
-    }
-    lat.sort();
+    let lat = latencies(&auth, &secrets, 5000).await;
     let one = 5000.0 / lat.iter().sum::<Duration>().as_secs_f64();
     let t = Instant::now();
     let tasks: Vec<_> = (0..16)
@@ -152,12 +144,13 @@ where
     );
 }
 
-/// p50 of `n` verifications through `auth`, cycling over `secrets`.
-async fn p50<S: apikey::KeyStore, C: apikey::Clock>(
+/// The latencies of `n` verifications through `auth`, cycling over
+/// `secrets`, sorted.
+async fn latencies<S: apikey::KeyStore, C: apikey::Clock>(
     auth: &Authenticator<S, C>,
     secrets: &[String],
     n: usize,
-) -> Duration {
+) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
@@ -167,7 +160,16 @@ async fn p50<S: apikey::KeyStore, C: apikey::Clock>(
         lat.push(t.elapsed());
     }
     lat.sort();
-    pct(&lat, 0.50)
+    lat
+}
+
+/// p50 of `n` verifications through `auth`.
+async fn p50<S: apikey::KeyStore, C: apikey::Clock>(
+    auth: &Authenticator<S, C>,
+    secrets: &[String],
+    n: usize,
+) -> Duration {
+    pct(&latencies(auth, secrets, n).await, 0.50)
 }
 
 /// Uncached verification p50 through the store's own pool (sqlx pings
