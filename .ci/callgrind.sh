@@ -68,7 +68,7 @@ fi
 
 [[ -f "$BASELINE" ]] || { echo "no $BASELINE: run .ci/callgrind.sh --update" >&2; exit 1; }
 status=0
-printf '%-24s %10s %10s %8s\n' class baseline now change
+printf '%-28s %10s %10s %8s\n' class baseline now change
 for k in "${KEYS[@]}"; do
     base=$(awk -v k="$k" '$1 == k {print $2}' "$BASELINE")
     now=${PER_OP[$k]}
@@ -80,7 +80,7 @@ for k in "${KEYS[@]}"; do
     if [[ "$k" != hmac && "$k" != naive* && "$k" != layer_bare ]] && (( now * 100 > base * (100 + TOLERANCE) )); then
         flag="  REGRESSION (> ${TOLERANCE}%)"; status=1
     fi
-    printf '%-24s %10s %10s %8s%s\n' "$k" "$base" "$now" "$change" "$flag"
+    printf '%-28s %10s %10s %8s%s\n' "$k" "$base" "$now" "$change" "$flag"
 done
 if [[ $status -ne 0 ]]; then
     echo "instruction counts regressed; if intended, run .ci/callgrind.sh --update and commit" >&2
