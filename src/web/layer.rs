@@ -207,7 +207,7 @@ where
         // The clone-and-swap idiom: the ready service goes into the future.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        // One allocation: the future of an `async fn` has no name, so the
+        // One allocation: an `async` future has no nameable type, so the
         // service's future is boxed (axum boxes every route's future too).
         // Its size is kept under 1 KiB (see `respond`), the size class most
         // allocators serve from a per-thread cache.
