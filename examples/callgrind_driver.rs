@@ -10,6 +10,11 @@
 //! * `async_valid`: `Authenticator::authenticate` of valid keys, polled
 //!   once with a no-op waker (MemoryStore futures are ready at once);
 //! * `naive`: issue 5's naive baseline verify (1,000 `String` ids);
+//! * `layer_bare`, `layer_memory`, `layer_limits_usage`: one GET through
+//!   an axum route with the 12-byte handler (`benches/support/web.rs`):
+//!   bare, behind `ApiKeyLayer` over `MemoryStore`, and with `MemoryLimits`
+//!   plus usage recording, polled once with a no-op waker; the guard also
+//!   gates each layered count minus the bare one (the layer's own cost);
 //! * `hmac`: a bare HMAC-SHA256 of a 42-byte message from a cloned,
 //!   pre-keyed state (sha2 0.11 + hmac 0.13 with `zeroize`, as the crate does), the
 //!   software-crypto part to subtract.
@@ -32,7 +37,10 @@ use time::OffsetDateTime;
 
 #[path = "../benches/support/naive.rs"]
 mod naive;
+#[path = "../benches/support/web.rs"]
+mod web;
 use naive::{FixedClock, Record, naive_record, naive_verify, poll_ready};
+use tower_service::Service;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -51,6 +59,7 @@ enum Op<'a> {
         &'a [String],
         &'a Requirement,
     ),
+    Layer(&'a axum::Router, &'a [String]),
 }
 
 /// std SipHash-1-3 (what `RandomState` builds) with fixed zero keys.
@@ -81,6 +90,14 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
             for i in 0..n {
                 let key = &keys[i % keys.len()];
                 ok += usize::from(poll_ready(auth.authenticate(black_box(key), req, None)).is_ok());
+            }
+        }
+        Op::Layer(router, keys) => {
+            let mut router = (*router).clone();
+            for i in 0..n {
+                let req = web::request(black_box(&keys[i % keys.len()]));
+                let res = poll_ready(router.call(req)).unwrap();
+                ok += usize::from(res.status() == http::StatusCode::OK);
             }
         }
         Op::Hmac(mac) => {
@@ -127,6 +144,27 @@ fn main() {
     let req = Requirement::scope("tasks:read").unwrap();
     // Wrong secret: the valid keys against a store whose records hold the
     // same ids with other digests (exactly the wrong-secret path).
+    let layer_mode = match class.as_str() {
+        "layer_bare" => Some(web::Mode::Bare),
+        "layer_memory" => Some(web::Mode::Memory),
+        "layer_limits_usage" => Some(web::Mode::LimitsUsage),
+        _ => None,
+    };
+    if let Some(mode) = layer_mode {
+        let (verifier, store, keys) = web::keys(now);
+        let router = web::router(
+            mode,
+            &verifier,
+            &std::sync::Arc::new(store),
+            FixedClock::new(now),
+        );
+        // Every call must be admitted (a refusal would measure the wrong path).
+        assert_eq!(measured_loop(&Op::Layer(&router, &keys), 1), 1, "{class}");
+        let ok = measured_loop(&Op::Layer(&router, &keys), n);
+        assert_eq!(ok, n, "{class}");
+        println!("{class} {n} ok={ok}");
+        return;
+    }
     let keys: Vec<String> = match class.as_str() {
         "valid" | "wrong_secret" | "hmac" | "naive" | "async_valid" => valid.clone(),
         "garbage" => vec!["hello, I am not an API key at all".to_owned()],
@@ -140,7 +178,7 @@ fn main() {
             .collect(),
         other => {
             eprintln!(
-                "unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid"
+                "unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid | layer_bare | layer_memory | layer_limits_usage"
             );
             std::process::exit(2);
         }

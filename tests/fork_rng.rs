@@ -42,7 +42,8 @@ fn a_forked_child_never_repeats_the_parents_stream() {
     // SAFETY: `fork` is called with no locks held by this thread; the
     // child only computes keys, writes them to its end of the socket pair
     // and leaves with `_exit`, never returning into the test harness. This
-    // is the only unsafe code of the test suite: observing fork safety
+    // is the test suite's only unsafe code besides the counting allocator
+    // of tests/layer_allocations.rs: observing fork safety
     // needs a real fork.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");

@@ -9,6 +9,11 @@
 //!
 //! PostgreSQL runs on a throwaway local cluster (fsync on) over loopback
 //! TCP; without PostgreSQL installed its half is skipped.
+//!
+//! `PING` lines (issue 23): uncached verification p50 with and without
+//! sqlx's connection ping (`test_before_acquire`), and `CachedStore` over
+//! the store against `MemoryStore`, alternated within one run.
+//! `STORES_PING_ONLY=1` prints only those.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -71,15 +76,7 @@ where
             .await
             .unwrap();
     }
-    let mut lat = Vec::with_capacity(5000);
-    for i in 0..5000 {
-        let t = Instant::now();
-        auth.authenticate(&secrets[i % secrets.len()], &Requirement::none(), None)
-            .await
-            .unwrap();
-        lat.push(t.elapsed());
-    }
-    lat.sort();
+    let lat = latencies(&auth, &secrets, 5000).await;
     let one = 5000.0 / lat.iter().sum::<Duration>().as_secs_f64();
     let t = Instant::now();
     let tasks: Vec<_> = (0..16)
@@ -147,6 +144,74 @@ where
     );
 }
 
+/// The latencies of `n` verifications through `auth`, cycling over
+/// `secrets`, sorted.
+async fn latencies<S: apikey::KeyStore, C: apikey::Clock>(
+    auth: &Authenticator<S, C>,
+    secrets: &[String],
+    n: usize,
+) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        auth.authenticate(&secrets[i % secrets.len()], &Requirement::none(), None)
+            .await
+            .unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+/// p50 of `n` verifications through `auth`.
+async fn p50<S: apikey::KeyStore, C: apikey::Clock>(
+    auth: &Authenticator<S, C>,
+    secrets: &[String],
+    n: usize,
+) -> Duration {
+    pct(&latencies(auth, secrets, n).await, 0.50)
+}
+
+/// Uncached verification p50 through the store's own pool (sqlx pings
+/// every connection before handing it out: `test_before_acquire`, on by
+/// default) against a pool over the same database without that ping, and
+/// the same keys through a `CachedStore` and a `MemoryStore` (the durable
+/// default at memory speed). Alternated in 5 rounds of 2,000 calls, one
+/// task; ratios within each round.
+async fn ping_and_cache<S, T>(name: &str, pinged: Arc<S>, unpinged: Arc<T>, keys: &[ApiKey])
+where
+    S: KeyStoreLifecycle + 'static,
+    T: KeyStoreLifecycle + 'static,
+{
+    let secrets: Vec<String> = keys.iter().map(|k| k.expose_secret().to_owned()).collect();
+    let memory = apikey::MemoryStore::new();
+    for k in keys {
+        memory
+            .insert_sync(pinged.get(k.id()).await.unwrap().unwrap())
+            .unwrap();
+    }
+    let with_ping = Authenticator::new(verifier(), pinged.clone());
+    let without_ping = Authenticator::new(verifier(), unpinged);
+    let cached = Authenticator::new(verifier(), apikey::CachedStore::new(pinged));
+    let memory = Authenticator::new(verifier(), memory);
+    for round in 1..=5 {
+        let a = p50(&with_ping, &secrets, 2_000).await;
+        let b = p50(&without_ping, &secrets, 2_000).await;
+        let c = p50(&cached, &secrets, 2_000).await;
+        let m = p50(&memory, &secrets, 2_000).await;
+        println!(
+            "PING {name} round {round}: uncached p50 {:.1} us with the ping, {:.1} us without ({:.2}x); \
+             CachedStore p50 {:.2} us, MemoryStore {:.2} us ({:.2}x)",
+            a.as_secs_f64() * 1e6,
+            b.as_secs_f64() * 1e6,
+            b.as_secs_f64() / a.as_secs_f64(),
+            c.as_secs_f64() * 1e6,
+            m.as_secs_f64() * 1e6,
+            c.as_secs_f64() / m.as_secs_f64(),
+        );
+    }
+}
+
 fn bench_verify<S: KeyStoreLifecycle + 'static>(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
@@ -204,6 +269,19 @@ fn main() {
             (Arc::new(store), keys, filler)
         });
         let name = format!("sqlite/{total}");
+        rt.block_on(async {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(8)
+                .test_before_acquire(false)
+                .connect_with(apikey_sqlx::sqlite_options(dir.join("keys.db")))
+                .await
+                .unwrap();
+            let unpinged = Arc::new(SqliteStore::from_pool(pool));
+            ping_and_cache(&name, Arc::clone(&store), unpinged, &keys).await;
+        });
+        if std::env::var_os("STORES_PING_ONLY").is_some() {
+            continue;
+        }
         rt.block_on(figures(&name, Arc::clone(&store), &keys, &filler));
         bench_verify(&mut c, &rt, &name, store, &keys[0]);
         let _ = std::fs::remove_dir_all(&dir);
@@ -213,8 +291,8 @@ fn main() {
         return;
     };
     for total in [1_000i64, 100_000] {
+        let schema = common::unique("bench");
         let (store, keys, filler) = rt.block_on(async {
-            let schema = common::unique("bench");
             let options = StoreOptions::default().schema(&schema);
             let store = PostgresStore::connect_with(&cluster.url(), options).await.unwrap();
             let pool = store.pool().clone();
@@ -246,6 +324,20 @@ fn main() {
             (Arc::new(store), keys, filler)
         });
         let name = format!("postgres/{total}");
+        rt.block_on(async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(10)
+                .test_before_acquire(false)
+                .connect(&cluster.url())
+                .await
+                .unwrap();
+            let options = StoreOptions::default().schema(&schema);
+            let unpinged = Arc::new(PostgresStore::from_pool_with(pool, options).unwrap());
+            ping_and_cache(&name, Arc::clone(&store), unpinged, &keys).await;
+        });
+        if std::env::var_os("STORES_PING_ONLY").is_some() {
+            continue;
+        }
         rt.block_on(figures(&name, Arc::clone(&store), &keys, &filler));
         bench_verify(&mut c, &rt, &name, store, &keys[0]);
     }

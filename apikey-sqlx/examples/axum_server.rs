@@ -15,7 +15,12 @@
 //!
 //! Keys persist: they live in a SQLite file (`$APIKEY_DATA_DIR/keys.db`,
 //! default `./apikey-data`), or in PostgreSQL when `DATABASE_URL` names one
-//! (`postgres://...`). The first run issues two keys and prints them once;
+//! (`postgres://...`). Either way verifications read through a
+//! [`CachedStore`]: with SQLite, this process's writes invalidate it at
+//! once and another process writing the same file is seen within the
+//! cache's maximum age (1 s); with PostgreSQL, every instance's writes
+//! arrive through LISTEN/NOTIFY, the maximum age bounding a lost
+//! notification. The first run issues two keys and prints them once;
 //! later runs find them and issue none, so keys keep working across
 //! restarts.
 //!
@@ -136,8 +141,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             let secret = server_secret(&dir, false)?;
             let db = dir.join("keys.db");
-            println!("keys in {}", db.display());
-            serve(SqliteStore::open(&db).await?, secret).await
+            // Verifications hit an in-process cache in front of the file
+            // (a SQLite read per request costs more than the rest of the
+            // request). This process's writes (revoke, disable, rotate,
+            // delete, through the key manager below) invalidate it before
+            // they return; a write by another process on the same file is
+            // seen within the maximum age (1 s).
+            println!(
+                "keys in {}, cached (this process's writes invalidate at once; \
+                 other processes' writes to the file within 1 s)",
+                db.display()
+            );
+            let cache = Arc::new(CachedStore::new(SqliteStore::open(&db).await?));
+            serve(cache, secret).await
         }
     }
 }

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apikey::{
-    Actor, Authenticator, Error, KeyId, KeyManager, KeyStore, KeyStoreQuery, KeyStoreWrite,
+    Actor, ApiKey, Authenticator, Error, KeyId, KeyManager, KeyStore, KeyStoreQuery, KeyStoreWrite,
     Keyring, NewKey, Requirement, ServerSecret, StoreErrorKind, UsageDelta, Verifier,
 };
 use apikey::{FlushId, FlushOutcome, UsageBatch, UsageStore};
@@ -50,6 +50,17 @@ use common::crash;
 
 fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap())
+}
+
+/// A migrated store at `url` holding one fresh key, with its verifier.
+async fn store_with_a_key(url: &str, options: StoreOptions) -> (PostgresStore, Verifier, ApiKey) {
+    let store = PostgresStore::connect_with(url, options).await.unwrap();
+    let v = verifier();
+    let (key, record) = v
+        .issue(NewKey::new("sk_live_"), time::OffsetDateTime::now_utc())
+        .unwrap();
+    store.insert(record).await.unwrap();
+    (store, v, key)
 }
 
 /// Not a test on its own: the crash child, run by `crash_durability_killing_the_client`.
@@ -113,14 +124,8 @@ async fn server_restart_answers_503_then_recovers() {
         return;
     };
     let limit = Duration::from_millis(500);
-    let store = PostgresStore::connect_with(&cluster.url(), StoreOptions::default().timeout(limit))
-        .await
-        .unwrap();
-    let v = verifier();
-    let (key, record) = v
-        .issue(NewKey::new("sk_live_"), time::OffsetDateTime::now_utc())
-        .unwrap();
-    store.insert(record).await.unwrap();
+    let (store, v, key) =
+        store_with_a_key(&cluster.url(), StoreOptions::default().timeout(limit)).await;
     let auth = Arc::new(Authenticator::new(v, store.clone()));
     let key = Arc::new(key.expose_secret().to_owned());
     let done = Arc::new(AtomicBool::new(false));
@@ -652,4 +657,65 @@ async fn a_deadline_during_commit_never_loses_a_create_or_rotation() {
     let cut = common::deadline::creates_and_rotations_answer_their_result(store, 40).await;
     assert!(cut > 0, "no write was cut: the test did not test");
     eprintln!("a_deadline_during_commit_never_loses_a_create_or_rotation: {cut} of 80 writes cut");
+}
+
+/// What sqlx's connection ping (`test_before_acquire`, on in the pools this
+/// crate opens) buys verification, with a backend killed under an idle
+/// pooled connection (`pg_terminate_backend`), pools of one connection so
+/// the dead one is the one handed out: with the ping, the next
+/// verification gets a fresh connection and succeeds; without it, it may
+/// get the dead one and answer 503 `STORE_UNAVAILABLE` (never valid, never
+/// invalid), and the verification after that succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_is_503_at_most_once_then_recovers() {
+    let test = "a_killed_backend_is_503_at_most_once_then_recovers";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let options = StoreOptions::default().schema(common::unique(test));
+    let (_store, v, key) = store_with_a_key(&url, options.clone()).await;
+    let killer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    for ping in [true, false] {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(ping)
+            .connect(&url)
+            .await
+            .unwrap();
+        let auth = Authenticator::new(
+            v.clone(),
+            PostgresStore::from_pool_with(pool.clone(), options.clone()).unwrap(),
+        );
+        let any = Requirement::none();
+        let verify = || auth.authenticate(key.expose_secret(), &any, None);
+        verify().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&killer)
+            .await
+            .unwrap();
+        assert!(killed, "ping {ping}: backend {pid} not terminated");
+        common::sleep_ms(100).await;
+        match verify().await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code().as_str(), "STORE_UNAVAILABLE", "ping {ping}: {e}");
+                assert!(
+                    !ping,
+                    "with the ping a dead connection is replaced before use: {e}"
+                );
+            }
+        }
+        verify()
+            .await
+            .unwrap_or_else(|e| panic!("ping {ping}: the next verification must recover: {e}"));
+    }
 }

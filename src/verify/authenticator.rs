@@ -25,6 +25,7 @@
 //!    flood of events.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ use time::OffsetDateTime;
 use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::key::KeyId;
+use crate::key::{KeyId, ParsedKey};
 use crate::limits::{FailureClass, Limits, NoLimits};
 use crate::record::KeyView;
 use crate::scope::Requirement;
@@ -266,15 +267,19 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// when the clock reads outside the supported range, and
     /// [`Error::StoreUnavailable`] when the store fails (never "valid",
     /// never "invalid key").
-    pub async fn authenticate(
+    // Not an `async fn`, on purpose (see `authenticate_kept`).
+    #[allow(clippy::manual_async_fn)]
+    pub fn authenticate(
         &self,
         presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-    ) -> Result<VerifiedKey> {
-        self.authenticate_kept(presented, requirement, ip)
-            .await
-            .map_err(|r| r.error)
+    ) -> impl Future<Output = Result<VerifiedKey>> {
+        async move {
+            self.authenticate_kept(presented, requirement, ip)
+                .await
+                .map_err(|r| r.error)
+        }
     }
 
     /// [`authenticate`](Self::authenticate), with what the pipeline learned
@@ -282,72 +287,98 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// authenticated key against the request ([`FailureClass::Authenticated`],
     /// native or legacy), so the gate charges that key's own plan without
     /// parsing or classifying again.
-    pub(crate) async fn authenticate_kept(
+    // Not an `async fn`, on purpose (see the body).
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn authenticate_kept(
         &self,
         presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
-        let limits = &self.limits;
-        let parsed = match self.verifier.parse(presented) {
-            Ok(p) => p,
-            Err(e) => {
-                if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
-                    let attempt = limits
-                        .begin_untagged(ip)
-                        .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
-                    let result = self
-                        .authenticate_legacy(presented, l, requirement, ip)
-                        .await;
-                    return match result {
-                        Ok(v) => Ok(v),
-                        Err(r) => {
-                            let (class, r) = settle(r);
-                            if class == FailureClass::KeyStatus {
-                                limits.untagged_failed(attempt).await;
+    ) -> impl Future<Output = std::result::Result<VerifiedKey, Refusal>> {
+        // An `async` block rather than an `async fn`: the arguments are
+        // captured in place, not copied again into the future, which
+        // the web layer boxes on every request.
+        async move {
+            let limits = &self.limits;
+            let parsed = match self.verifier.parse(presented) {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
+                        let attempt = limits
+                            .begin_untagged(ip)
+                            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+                        // Boxed: the legacy lookup's future is most of this
+                        // one's size, and every tagged key (the hot path) would
+                        // otherwise carry it (1.9 KiB, past the allocator's
+                        // small-size cache, through the web layer's future).
+                        let result =
+                            Box::pin(self.authenticate_legacy(presented, l, requirement, ip)).await;
+                        return match result {
+                            Ok(v) => Ok(v),
+                            Err(r) => {
+                                let (class, r) = settle(r);
+                                if class == FailureClass::KeyStatus {
+                                    limits.untagged_failed(attempt).await;
+                                }
+                                Err(r)
                             }
-                            Err(r)
-                        }
-                    };
+                        };
+                    }
+                    self.count(RejectionSampler::reason_of(&e));
+                    return Err(e.into());
                 }
-                self.count(RejectionSampler::reason_of(&e));
-                return Err(e.into());
+            };
+            let id = parsed.id();
+            limits
+                .check_key(id.as_u64())
+                .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+            let view = self.store.fetch(id).await.map_err(Error::from_lookup)?;
+            let result = self.check(&parsed, view, requirement, ip);
+            // The parsed key (its secret wiped on drop) is not kept across the
+            // failure throttle's await.
+            drop(parsed);
+            match result {
+                Ok(v) => Ok(v),
+                Err(r) => {
+                    let (class, r) = settle(r);
+                    if class == FailureClass::KeyStatus {
+                        limits.key_failed(id.as_u64()).await;
+                    }
+                    Err(r)
+                }
             }
-        };
+        }
+    }
+
+    /// Steps 5 to 7 for a fetched record: verify, count usage, audit a
+    /// failure. Synchronous, so nothing here is held across an await.
+    fn check(
+        &self,
+        parsed: &ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
+        requirement: &Requirement,
+        ip: Option<IpAddr>,
+    ) -> std::result::Result<VerifiedKey, Refusal> {
         let id = parsed.id();
-        limits
-            .check_key(id.as_u64())
-            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
-        let view = self.store.fetch(id).await.map_err(Error::from_lookup)?;
         // Only for the audit event of a failure; skipped without a sink.
         let owner = match &self.audit {
             Some(_) => view.as_ref().and_then(|v| v.owner.clone()),
             None => None,
         };
-        let result = if self.usage.is_none() && self.audit.is_none() {
+        if self.usage.is_none() && self.audit.is_none() {
             // Nothing records the time: the verifier reads the clock only
             // for keys with a validity window, and then without calendar
             // conversion (`Clock::checked_timestamp`).
             self.verifier
-                .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip)
+                .verify_from_clock_kept(parsed, view, &self.clock, requirement, ip)
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
             let now = self.clock.now();
             let verified = self
                 .verifier
-                .verify_from_kept(&parsed, view, now, requirement, ip);
+                .verify_from_kept(parsed, view, now, requirement, ip);
             self.finish(verified, id, owner.as_deref(), now)
-        };
-        match result {
-            Ok(v) => Ok(v),
-            Err(r) => {
-                let (class, r) = settle(r);
-                if class == FailureClass::KeyStatus {
-                    limits.key_failed(id.as_u64()).await;
-                }
-                Err(r)
-            }
         }
     }
 

@@ -203,64 +203,186 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // The clone-and-swap idiom: the ready service goes into the future.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let client = client_ip(req.extensions());
-            let decision = {
-                let headers = req.headers();
-                let query = req.uri().query();
-                let foreign = layer
-                    .foreign
-                    .unwrap_or_else(|| layer.gate.foreign_credentials());
-                match layer
-                    .gate
-                    .extract_as(headers.iter(), query, client, foreign)
-                {
-                    Ok(Extracted::Key(key)) => {
-                        let admit = layer.gate.admit(key, client, &layer.route);
-                        match layer.timeout {
-                            None => admit.await,
-                            Some(t) => match tokio::time::timeout(t, admit).await {
-                                Ok(d) => d,
-                                Err(elapsed) => {
-                                    Decision::Rejected(layer.gate.reject(Error::StoreUnavailable(
-                                        StoreError::with_source(StoreErrorKind::Timeout, elapsed),
-                                    )))
-                                }
-                            },
-                        }
-                    }
-                    // Only with `ForeignCredentials::PassThrough`.
-                    Ok(Extracted::NotOurs) => Decision::NotOurs,
-                    Err(rejection) => Decision::Rejected(rejection),
-                }
-            };
+        let inner = std::mem::replace(&mut self.inner, clone);
+        // One allocation: an `async` future has no nameable type, so the
+        // service's future is boxed (axum boxes every route's future too).
+        // Its size is kept under 1 KiB (see `respond`), the size class most
+        // allocators serve from a per-thread cache.
+        Box::pin(respond(self.layer.clone(), inner, req))
+    }
+}
+
+/// The whole request: the gate's decision, then the inner service (with
+/// the key in the extensions) or the refusal.
+///
+/// The decision is a future of its own ([`decide`]), so the request, the
+/// gate's future and the inner service's future share storage instead of
+/// adding up.
+// Not an `async fn`, on purpose (see the body).
+#[allow(clippy::manual_async_fn)]
+fn respond<Inner, B, ResBody, S, C, L>(
+    layer: ApiKeyLayer<S, C, L>,
+    mut inner: Inner,
+    mut req: Request<B>,
+) -> impl Future<Output = Result<http::Response<ResBody>, Inner::Error>>
+where
+    Inner: tower_service::Service<Request<B>, Response = http::Response<ResBody>>,
+    ResBody: From<String>,
+    S: KeyStore,
+    C: Clock,
+    L: Limits,
+{
+    // An `async` block, not an `async fn`: the arguments are captured
+    // in place instead of being copied into the future's locals (the
+    // request twice over).
+    async move {
+        // Everything done with the decision happens inside this block, so
+        // the decision's storage is not kept across the handler's await
+        // (the future's size is what every request allocates).
+        let rate_limit = {
+            let decision = decide(&layer, req.headers(), req.uri().query(), req.extensions()).await;
             match decision {
                 Decision::Admitted(admitted) => {
-                    let headers = admitted.headers();
+                    // The window and the clock reading of the decision.
+                    let numbers = admitted.rate_limit.map(|info| {
+                        (
+                            info.limit,
+                            info.remaining,
+                            info.reset_at_unix(admitted.now.unix_timestamp()),
+                        )
+                    });
+                    // Two entries of the request's type map (boxed by
+                    // `http`): the documented contract for handlers and
+                    // other layers.
                     req.extensions_mut().insert(admitted.key.clone());
                     req.extensions_mut().insert(admitted);
-                    let mut response = inner.call(req).await?;
-                    let map = response.headers_mut();
-                    for (name, value) in headers {
-                        if let (Ok(name), Ok(value)) = (
-                            HeaderName::from_bytes(name.as_bytes()),
-                            HeaderValue::try_from(value),
-                        ) {
-                            map.insert(name, value);
-                        }
-                    }
-                    Ok(response)
+                    numbers
                 }
-                Decision::Rejected(rejection) => Ok(rejection.to_response().into_http()),
-                Decision::NotOurs => inner.call(req).await,
+                Decision::Rejected(rejection) => {
+                    return Ok(rejection.to_response().into_http());
+                }
+                // Only with `ForeignCredentials::PassThrough`: the request
+                // goes on unauthenticated, with no headers added.
+                Decision::NotOurs => None,
             }
-        })
+        };
+        let mut response = inner.call(req).await?;
+        if let Some(numbers) = rate_limit {
+            insert_rate_limit_headers(response.headers_mut(), numbers);
+        }
+        Ok(response)
     }
+}
+
+/// Extraction and the gate's admission (bounded by the layer's store
+/// timeout, if any).
+fn decide<'a, S, C, L>(
+    layer: &'a ApiKeyLayer<S, C, L>,
+    headers: &'a http::HeaderMap,
+    query: Option<&'a str>,
+    extensions: &http::Extensions,
+) -> impl Future<Output = Decision> + 'a
+where
+    S: KeyStore,
+    C: Clock,
+    L: Limits,
+{
+    let client = client_ip(extensions);
+    let foreign = layer
+        .foreign
+        .unwrap_or_else(|| layer.gate.foreign_credentials());
+    // An `async` block, not an `async fn`: what it needs is captured once.
+    async move {
+        let key = match layer
+            .gate
+            .extract_as(headers.iter(), query, client, foreign)
+        {
+            Ok(Extracted::Key(key)) => key,
+            // Only with `ForeignCredentials::PassThrough`.
+            Ok(Extracted::NotOurs) => return Decision::NotOurs,
+            Err(rejection) => return Decision::Rejected(rejection),
+        };
+        // The admission's future is made in each arm (not once before the
+        // match and moved into the timeout), so the two share storage.
+        let (gate, route) = (&layer.gate, &layer.route);
+        match layer.timeout {
+            None => gate.admit(key, client, route).await,
+            Some(t) => match tokio::time::timeout(t, gate.admit(key, client, route)).await {
+                Ok(d) => d,
+                Err(elapsed) => Decision::Rejected(gate.reject(Error::StoreUnavailable(
+                    StoreError::with_source(StoreErrorKind::Timeout, elapsed),
+                ))),
+            },
+        }
+    }
+}
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The `X-RateLimit-*` headers of an admitted request, as
+/// [`rate_limit_headers`](crate::response::rate_limit_headers) spells them:
+/// static names, and each number written straight into its header value
+/// (no intermediate strings).
+fn insert_rate_limit_headers(
+    map: &mut http::HeaderMap,
+    (limit, remaining, reset): (u32, u32, i64),
+) {
+    map.insert(X_RATELIMIT_LIMIT, number(u64::from(limit)));
+    map.insert(X_RATELIMIT_REMAINING, number(u64::from(remaining)));
+    map.insert(
+        X_RATELIMIT_RESET,
+        u64::try_from(reset).map_or_else(|_| HeaderValue::from(reset), number),
+    );
+}
+
+/// The decimal digits of 0 to 999, three to a row (leading zeros skipped
+/// when used).
+static SMALL_NUMBERS: [[u8; 3]; 1000] = {
+    let mut table = [[0u8; 3]; 1000];
+    let mut n = 0;
+    while n < 1000 {
+        table[n] = [
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ];
+        n += 1;
+    }
+    table
+};
+
+/// A header value holding `n` in decimal. Below 1,000 (typical limits and
+/// remainders) a static string, with no allocation; above, the digits are
+/// copied once into the value (`HeaderValue::from(u64)` would allocate a
+/// second time for a number shorter than its 20-byte buffer).
+fn number(n: u64) -> HeaderValue {
+    if let Some(digits) = usize::try_from(n).ok().and_then(|i| SMALL_NUMBERS.get(i)) {
+        let skip = match n {
+            0..=9 => 2,
+            10..=99 => 1,
+            _ => 0,
+        };
+        if let Ok(text) = std::str::from_utf8(&digits[skip..]) {
+            return HeaderValue::from_static(text);
+        }
+    }
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[start..]).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {
@@ -324,5 +446,67 @@ impl<St: Send + Sync> FromRequestParts<St> for Admitted {
             .get::<Admitted>()
             .cloned()
             .ok_or(MissingKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{RateLimitInfo, RateWindow};
+    use crate::response::rate_limit_headers;
+
+    /// The layer writes the `X-RateLimit-*` headers itself (static names,
+    /// numbers without intermediate strings); they must read exactly as
+    /// `rate_limit_headers`, which the gate's own users and refusals use.
+    #[test]
+    fn layer_rate_limit_headers_match_rate_limit_headers() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap();
+        let numbers = [
+            0,
+            1,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1_000,
+            1_001,
+            65_535,
+            u32::MAX,
+        ];
+        for (i, &limit) in numbers.iter().enumerate() {
+            let remaining = numbers[numbers.len() - 1 - i];
+            for reset_after in [0, 1, 59_500_000, 3_600_000_000] {
+                let info = RateLimitInfo {
+                    window: RateWindow::Minute,
+                    limit,
+                    remaining,
+                    reset_after: Duration::from_micros(reset_after),
+                };
+                let mut map = http::HeaderMap::new();
+                insert_rate_limit_headers(
+                    &mut map,
+                    (
+                        info.limit,
+                        info.remaining,
+                        info.reset_at_unix(now.unix_timestamp()),
+                    ),
+                );
+                let expected = rate_limit_headers(&info, now);
+                assert_eq!(map.len(), expected.len());
+                for (name, value) in expected {
+                    assert_eq!(map.get(name).unwrap(), value.as_str(), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in (0..2_000).chain([9_999, 10_000, 1_795_564_861, u64::MAX]) {
+            assert_eq!(number(n), n.to_string().as_str());
+        }
     }
 }
