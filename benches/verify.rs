@@ -507,22 +507,23 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
             poll_ready(async { v.verify_with(key, |id| store.fetch_sync(id), clock.now(), &req) })
         })
     });
-    let auth = Authenticator::with_clock(f.verifier.clone(), store, clock);
+    let auth = Authenticator::read_only_with_clock(f.verifier.clone(), store, clock);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_noop_poll", |b| {
         b.iter(|| poll_ready(auth.authenticate(black_box(next()), &req, None)))
     });
     // What a service runs: the authenticator reading the system clock.
-    let sys_auth = Authenticator::new(f.verifier.clone(), store);
+    let sys_auth = Authenticator::read_only(f.verifier.clone(), store);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_system_clock", |b| {
         b.iter(|| poll_ready(sys_auth.authenticate(black_box(next()), &req, None)))
     });
     // Usage recording on (a `UsageRecorder`, never flushed here: the fixed
     // clock never makes a flush due after the first), audit and throttle off.
-    let usage_auth = Authenticator::with_clock(f.verifier.clone(), store, clock).with_usage(
-        std::sync::Arc::new(apikey::UsageRecorder::new(time::Duration::hours(1))),
-    );
+    let usage_auth = Authenticator::read_only_with_clock(f.verifier.clone(), store, clock)
+        .with_usage(std::sync::Arc::new(apikey::UsageRecorder::new(
+            time::Duration::hours(1),
+        )));
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_usage_on", |b| {
         b.iter(|| poll_ready(usage_auth.authenticate(black_box(next()), &req, None)))

@@ -8,6 +8,7 @@ mod error;
 pub mod key;
 pub mod limits;
 pub mod manage;
+mod metrics;
 pub mod store;
 mod sync;
 pub mod verify;
@@ -55,6 +56,6 @@ pub use store::{
     SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
-    Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,
-    ScopeSet, VerifiedKey, Verifier, ip_allowed,
+    Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY,
+    MAX_SEGMENTS, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
 };

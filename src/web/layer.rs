@@ -241,6 +241,7 @@ where
             };
             match decision {
                 Decision::Admitted(admitted) => {
+                    flush_in_background(&layer.gate, admitted.now);
                     let headers = admitted.headers();
                     req.extensions_mut().insert(admitted.key.clone());
                     req.extensions_mut().insert(admitted);
@@ -260,6 +261,25 @@ where
                 Decision::NotOurs => inner.call(req).await,
             }
         })
+    }
+}
+
+/// Starts a usage flush off the request path when one is due (at most once
+/// per recorder interval; never without usage recording).
+fn flush_in_background<S, C, L>(gate: &Arc<Gate<S, C, L>>, now: time::OffsetDateTime)
+where
+    S: KeyStore + Send + Sync + 'static,
+    C: Clock + 'static,
+    L: Limits + 'static,
+{
+    if gate.authenticator().usage_flush_due(now)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let gate = Arc::clone(gate);
+        runtime.spawn(async move {
+            // A failed flush keeps its counts for the next one.
+            let _ = gate.flush().await;
+        });
     }
 }
 

@@ -1,0 +1,147 @@
+//! Metrics on the `metrics` facade (feature `metrics`); without the
+//! feature every function here is empty and inlined away, and no clock is
+//! read. See `docs/metrics.md` for the table of names, types, units and
+//! labels. Labels never carry a key id, an owner or an address: every label
+//! value is a `&'static str` from a fixed set.
+
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+#[cfg(feature = "metrics")]
+use crate::error::StoreErrorKind;
+use crate::error::{Error, StoreError};
+
+/// A start time, read only with the feature.
+#[derive(Clone, Copy)]
+pub(crate) struct Started(#[cfg(feature = "metrics")] Instant);
+
+impl Started {
+    #[inline(always)]
+    pub(crate) fn now() -> Self {
+        Self(
+            #[cfg(feature = "metrics")]
+            Instant::now(),
+        )
+    }
+
+    #[cfg(feature = "metrics")]
+    fn seconds(self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// One authentication through the pipeline: its duration by result and
+/// reason, and a rejection by reason when it failed.
+#[inline(always)]
+pub(crate) fn authenticated(started: Started, error: Option<&Error>) {
+    #[cfg(feature = "metrics")]
+    {
+        let (result, reason) = match error {
+            None => ("success", "none"),
+            Some(e) => ("failure", e.code().as_str()),
+        };
+        metrics::histogram!("apikey.authentication.duration", "result" => result, "reason" => reason)
+            .record(started.seconds());
+        if error.is_some() {
+            metrics::counter!("apikey.authentication.rejections", "reason" => reason).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (started, error);
+}
+
+/// A rejection decided at the web edge before the pipeline (no key,
+/// foreign credentials, an unreadable header).
+#[inline(always)]
+pub(crate) fn rejected_at_edge(error: &Error) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.authentication.rejections", "reason" => error.code().as_str())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = error;
+}
+
+/// One store call of `operation`: its duration, and a timeout.
+#[inline(always)]
+pub(crate) fn store_call<T>(
+    operation: &'static str,
+    started: Started,
+    result: &Result<T, StoreError>,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) if e.kind() == StoreErrorKind::Timeout => "timeout",
+            Err(_) => "error",
+        };
+        metrics::histogram!("apikey.store.duration", "operation" => operation, "outcome" => outcome)
+            .record(started.seconds());
+        if outcome == "timeout" {
+            metrics::counter!("apikey.store.timeouts", "operation" => operation).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, started, result);
+}
+
+/// One admission decision of the gate (`admitted`, `rate_limited`,
+/// `credits_exhausted`, `error`), and whether credits were metered.
+#[inline(always)]
+pub(crate) fn admission(decision: &'static str, metered: bool) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!("apikey.rate_limit.decisions", "decision" => decision).increment(1);
+        if metered {
+            let credit = match decision {
+                "admitted" => "spent",
+                "credits_exhausted" => "exhausted",
+                other => other,
+            };
+            metrics::counter!("apikey.credits.decisions", "decision" => credit).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (decision, metered);
+}
+
+/// One cache lookup: `hit`, `miss`, `joined` (a read already in flight) or
+/// `expired` (a cached entry past its maximum age, read again).
+#[inline(always)]
+pub(crate) fn cache_lookup(result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.cache.lookups", "result" => result).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = result;
+}
+
+/// One cache entry evicted to make room.
+#[inline(always)]
+pub(crate) fn cache_eviction() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.cache.evictions").increment(1);
+}
+
+/// One usage flush batch written: its size in deltas, and the time since
+/// the previous flush (how far the store lagged behind).
+#[inline(always)]
+pub(crate) fn usage_flushed(deltas: usize, lag_seconds: Option<f64>) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::histogram!("apikey.usage.flush.batch_size").record(deltas as f64);
+        if let Some(lag) = lag_seconds {
+            metrics::histogram!("apikey.usage.flush.lag").record(lag);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (deltas, lag_seconds);
+}
+
+/// One monitoring event raised, by kind.
+#[inline(always)]
+pub(crate) fn monitoring_event(kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.monitoring.events", "kind" => kind).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = kind;
+}
