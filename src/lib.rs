@@ -11,6 +11,7 @@ pub mod manage;
 mod metrics;
 pub mod store;
 mod sync;
+mod trace;
 pub mod verify;
 pub mod web;
 

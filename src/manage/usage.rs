@@ -252,7 +252,8 @@ impl UsageRecorder {
                 id: batch.id,
             };
             let started = crate::metrics::Started::now();
-            let recorded = store.record_usage(&batch).await;
+            let recorded =
+                crate::trace::flush(batch.deltas.len(), store.record_usage(&batch)).await;
             crate::metrics::store_call("record_usage", started, &recorded);
             recorded?;
             crate::metrics::usage_flushed(batch.deltas.len(), lag);

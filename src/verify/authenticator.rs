@@ -42,6 +42,7 @@ use crate::metrics;
 use crate::record::KeyView;
 use crate::scope::Requirement;
 use crate::store::{KeyStore, UsageStore};
+use crate::trace;
 use crate::usage::UsageRecorder;
 use crate::verifier::{Refusal, VerifiedKey, Verifier};
 use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
@@ -432,7 +433,14 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         ip: Option<IpAddr>,
     ) -> std::result::Result<VerifiedKey, Refusal> {
         let started = metrics::Started::now();
-        let result = self.run(presented, requirement, ip).await;
+        let result = trace::authenticate(async {
+            let result = self.run(presented, requirement, ip).await;
+            if let Err(r) = &result {
+                trace::reason(&r.error);
+            }
+            result
+        })
+        .await;
         metrics::authenticated(started, result.as_ref().err().map(|r| &r.error));
         result
     }
@@ -472,11 +480,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             }
         };
         let id = parsed.id();
+        trace::key(parsed.prefix(), id);
         limits
             .check_key(id.as_u64())
             .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
         let started = metrics::Started::now();
-        let view = self.store.fetch(id).await;
+        let view = trace::store("fetch", self.store.fetch(id)).await;
         metrics::store_call("fetch", started, &view);
         let view = view.map_err(Error::from_lookup)?;
         // Only for the audit event of a failure; skipped without a sink.
@@ -596,7 +605,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 continue;
             };
             let started = metrics::Started::now();
-            let rec = self.store.find_legacy(&index).await;
+            let rec = trace::store("find_legacy", self.store.find_legacy(&index)).await;
             metrics::store_call("find_legacy", started, &rec);
             if let Some(rec) = rec.map_err(Error::from_lookup)? {
                 found = Some((rec, index));

@@ -688,11 +688,12 @@ where
     /// Step 4 (rate limit and credits, one admission) for a verified key.
     pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let verdict = self
-            .authenticator
-            .limits()
-            .admit(&self.admission(&key, route))
-            .await;
+        let verdict = crate::trace::admit(
+            self.authenticator
+                .limits()
+                .admit(&self.admission(&key, route)),
+        )
+        .await;
         self.conclude(verdict, key, scheme, now)
     }
 
