@@ -518,6 +518,45 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
     g.bench_function("authenticator_system_clock", |b| {
         b.iter(|| poll_ready(sys_auth.authenticate(black_box(next()), &req, None)))
     });
+    // Issue 22: monitoring and metrics on (a Prometheus recorder, a
+    // `Monitor`) against both off, in the same run, over the system clock
+    // and a client address. Needs `--features metrics`.
+    #[cfg(feature = "metrics")]
+    {
+        let ip = Some(std::net::IpAddr::from([198, 51, 100, 7]));
+        let off = Authenticator::read_only(f.verifier.clone(), store);
+        let noop = metrics::NoopRecorder;
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&noop, || {
+            g.bench_function("authenticator_ops_off", |b| {
+                b.iter(|| poll_ready(off.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+        let monitor = std::sync::Arc::new(apikey::manage::Monitor::new(
+            apikey::manage::MonitorConfig::default(),
+            std::sync::Arc::new(apikey::NoAudit),
+        ));
+        let on = Authenticator::read_only(f.verifier.clone(), store).with_monitor(monitor);
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&noop, || {
+            g.bench_function("authenticator_monitor_only", |b| {
+                b.iter(|| poll_ready(on.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&recorder, || {
+            g.bench_function("authenticator_metrics_only", |b| {
+                b.iter(|| poll_ready(off.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&recorder, || {
+            g.bench_function("authenticator_ops_on", |b| {
+                b.iter(|| poll_ready(on.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+    }
     // Usage recording on (a `UsageRecorder`, never flushed here: the fixed
     // clock never makes a flush due after the first), audit and throttle off.
     let usage_auth = Authenticator::read_only_with_clock(f.verifier.clone(), store, clock)

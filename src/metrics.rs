@@ -30,19 +30,58 @@ impl Started {
     }
 }
 
+/// The handles of the valid-key path, registered once per thread and
+/// recorder (registering looks the name and labels up in the recorder's
+/// registry on every call, which costs more than recording).
+#[cfg(feature = "metrics")]
+mod hot {
+    use std::cell::RefCell;
+
+    pub(super) struct Handles {
+        /// The recorder they were registered with (its address).
+        recorder: usize,
+        pub(super) success: metrics::Histogram,
+        pub(super) fetch_ok: metrics::Histogram,
+    }
+
+    thread_local! {
+        static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
+    }
+
+    fn recorder() -> usize {
+        metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
+    }
+
+    /// Runs `f` with this thread's handles for the current recorder.
+    pub(super) fn with(f: impl FnOnce(&Handles)) {
+        let id = recorder();
+        HANDLES.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            let handles = match cached.take() {
+                Some(h) if h.recorder == id => h,
+                _ => Handles {
+                    recorder: id,
+                    success: metrics::histogram!("apikey.authentication.duration", "result" => "success", "reason" => "none"),
+                    fetch_ok: metrics::histogram!("apikey.store.duration", "operation" => "fetch", "outcome" => "ok"),
+                },
+            };
+            f(&handles);
+            *cached = Some(handles);
+        });
+    }
+}
+
 /// One authentication through the pipeline: its duration by result and
 /// reason, and a rejection by reason when it failed.
 #[inline(always)]
 pub(crate) fn authenticated(started: Started, error: Option<&Error>) {
     #[cfg(feature = "metrics")]
-    {
-        let (result, reason) = match error {
-            None => ("success", "none"),
-            Some(e) => ("failure", e.code().as_str()),
-        };
-        metrics::histogram!("apikey.authentication.duration", "result" => result, "reason" => reason)
-            .record(started.seconds());
-        if error.is_some() {
+    match error {
+        None => hot::with(|h| h.success.record(started.seconds())),
+        Some(e) => {
+            let reason = e.code().as_str();
+            metrics::histogram!("apikey.authentication.duration", "result" => "failure", "reason" => reason)
+                .record(started.seconds());
             metrics::counter!("apikey.authentication.rejections", "reason" => reason).increment(1);
         }
     }
@@ -70,6 +109,10 @@ pub(crate) fn store_call<T>(
 ) {
     #[cfg(feature = "metrics")]
     {
+        if operation == "fetch" && result.is_ok() {
+            hot::with(|h| h.fetch_ok.record(started.seconds()));
+            return;
+        }
         let outcome = match result {
             Ok(_) => "ok",
             Err(e) if e.kind() == StoreErrorKind::Timeout => "timeout",

@@ -15,11 +15,32 @@ use crate::key::{KeyId, key_display_form};
 /// `key` and `reason` fields filled in as the pipeline learns them.
 #[cfg(feature = "tracing")]
 pub(crate) fn authenticate<F>(f: F) -> Instrumented<F> {
-    f.instrument(tracing::debug_span!(
-        "apikey.authenticate",
-        key = tracing::field::Empty,
-        reason = tracing::field::Empty
-    ))
+    f.instrument(span(|| {
+        tracing::debug_span!(
+            "apikey.authenticate",
+            key = tracing::field::Empty,
+            reason = tracing::field::Empty
+        )
+    }))
+}
+
+/// `make()` when a subscriber may want debug spans; else the disabled
+/// span, without touching the dispatcher (one atomic load).
+#[cfg(feature = "tracing")]
+#[inline(always)]
+fn span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        make()
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// Whether debug spans may be recorded (one atomic load).
+#[cfg(feature = "tracing")]
+#[inline(always)]
+fn on() -> bool {
+    tracing::level_enabled!(tracing::Level::DEBUG)
 }
 
 #[cfg(not(feature = "tracing"))]
@@ -33,7 +54,7 @@ pub(crate) fn authenticate<F>(f: F) -> F {
 #[inline(always)]
 pub(crate) fn key(prefix: &str, id: KeyId) {
     #[cfg(feature = "tracing")]
-    {
+    if on() {
         let span = tracing::Span::current();
         if !span.is_disabled() {
             span.record("key", key_display_form(prefix, id).as_str());
@@ -47,7 +68,9 @@ pub(crate) fn key(prefix: &str, id: KeyId) {
 #[inline(always)]
 pub(crate) fn reason(error: &Error) {
     #[cfg(feature = "tracing")]
-    tracing::Span::current().record("reason", error.code().as_str());
+    if on() {
+        tracing::Span::current().record("reason", error.code().as_str());
+    }
     #[cfg(not(feature = "tracing"))]
     let _ = error;
 }
@@ -55,7 +78,7 @@ pub(crate) fn reason(error: &Error) {
 /// The span of one store call (`apikey.store`, field `operation`).
 #[cfg(feature = "tracing")]
 pub(crate) fn store<F>(operation: &'static str, f: F) -> Instrumented<F> {
-    f.instrument(tracing::debug_span!("apikey.store", operation))
+    f.instrument(span(|| tracing::debug_span!("apikey.store", operation)))
 }
 
 #[cfg(not(feature = "tracing"))]
@@ -68,7 +91,7 @@ pub(crate) fn store<F>(operation: &'static str, f: F) -> F {
 /// The span of one admission (`apikey.admit`: rate limit and credits).
 #[cfg(feature = "tracing")]
 pub(crate) fn admit<F>(f: F) -> Instrumented<F> {
-    f.instrument(tracing::debug_span!("apikey.admit"))
+    f.instrument(span(|| tracing::debug_span!("apikey.admit")))
 }
 
 #[cfg(not(feature = "tracing"))]
@@ -81,7 +104,7 @@ pub(crate) fn admit<F>(f: F) -> F {
 /// `deltas`).
 #[cfg(feature = "tracing")]
 pub(crate) fn flush<F>(deltas: usize, f: F) -> Instrumented<F> {
-    f.instrument(tracing::debug_span!("apikey.usage.flush", deltas))
+    f.instrument(span(|| tracing::debug_span!("apikey.usage.flush", deltas)))
 }
 
 #[cfg(not(feature = "tracing"))]

@@ -99,6 +99,7 @@ async fn a_million_requests_from_distinct_addresses_keep_monitoring_state_bounde
         }
     }
     assert!(peak <= bound, "{peak} > {bound}");
+    println!("monitoring state: peak {peak} bytes, bound {bound} bytes");
     // The key's networks changed every time: new-network events are
     // rate-bounded, not one per request.
     let new_networks = kinds(&s.events)

@@ -55,6 +55,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::audit::{AuditEvent, AuditKind, AuditSink};
 use crate::key::KeyId;
+use crate::manage::usage::FastHasher;
 use crate::verify::IpNet;
 
 /// Networks remembered per key (the oldest is forgotten first).
@@ -194,6 +195,11 @@ type NetState = Burst;
 
 type Table<V> = HashMap<u64, V>;
 
+/// The key table: ids are random and only verified keys are tracked, so no
+/// one chooses colliding ids; the multiply-xor hash is enough (the network
+/// table, whose keys an attacker picks, keeps the keyed default hasher).
+type KeyTable = HashMap<u64, KeyState, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// Watches verifications and admissions and raises the seed-001 alerts
 /// (see the [module docs](self)). Share it (`Arc`) between the
 /// authenticator and the gate; set it with
@@ -203,7 +209,7 @@ pub struct Monitor {
     config: MonitorConfig,
     sink: Arc<dyn AuditSink>,
     hook: Option<Arc<dyn AuditSink>>,
-    keys: Box<[Mutex<Table<KeyState>>]>,
+    keys: Box<[Mutex<KeyTable>]>,
     nets: Box<[Mutex<Table<NetState>>]>,
 }
 
@@ -216,7 +222,7 @@ impl fmt::Debug for Monitor {
     }
 }
 
-fn lock<V>(m: &Mutex<Table<V>>) -> std::sync::MutexGuard<'_, Table<V>> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -247,7 +253,11 @@ fn shard_of(n: u64) -> usize {
 
 /// Makes room in a full `table` (at most `cap` entries) for one more entry:
 /// evicts one entry, preferring one that `stale` says is stale.
-fn make_room<V>(table: &mut Table<V>, cap: usize, stale: impl Fn(&V) -> bool) {
+fn make_room<V, H: std::hash::BuildHasher>(
+    table: &mut HashMap<u64, V, H>,
+    cap: usize,
+    stale: impl Fn(&V) -> bool,
+) {
     if table.len() < cap {
         return;
     }
@@ -265,7 +275,9 @@ impl Monitor {
     /// A monitor raising its events into `sink` (the audit sink).
     pub fn new(config: MonitorConfig, sink: Arc<dyn AuditSink>) -> Self {
         Self {
-            keys: (0..SHARDS).map(|_| Mutex::new(Table::default())).collect(),
+            keys: (0..SHARDS)
+                .map(|_| Mutex::new(KeyTable::default()))
+                .collect(),
             nets: (0..SHARDS).map(|_| Mutex::new(Table::default())).collect(),
             config,
             sink,

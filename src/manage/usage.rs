@@ -51,10 +51,11 @@ struct Pending {
     last: OffsetDateTime,
 }
 
-/// Multiply-xor hasher for `(key id, day)`: ids are random and only keys
-/// that verified are counted, so no one can choose colliding keys.
+/// Multiply-xor hasher for `(key id, day)` (and the monitor's key ids):
+/// ids are random and only keys that verified are counted, so no one can
+/// choose colliding keys.
 #[derive(Default)]
-struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn finish(&self) -> u64 {
