@@ -4,6 +4,8 @@
 #
 #   .ci/callgrind.sh            # check; fails on a regression over 10%
 #   .ci/callgrind.sh --update   # rewrite the baseline (commit the result)
+#   CALLGRIND_FEATURES=metrics,tracing .ci/callgrind.sh   # the same check with
+#                               # features compiled in (no recorder, no subscriber)
 #
 # For each class (valid, wrong_secret, garbage, forged, async_valid) the driver
 # (examples/callgrind_driver.rs) runs N verifications inside `measured_loop`,
@@ -33,7 +35,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build -q --release --features axum --example callgrind_driver
+cargo build -q --release --example callgrind_driver --features "axum${CALLGRIND_FEATURES:+,$CALLGRIND_FEATURES}"
 DRIVER="$TARGET_DIR/release/examples/callgrind_driver"
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT

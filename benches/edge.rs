@@ -86,7 +86,7 @@ fn charge(c: &mut Criterion) {
         api: "rest",
     };
     limits.set_credits_sync(owner, u64::MAX, None);
-    let gate = Gate::new(Authenticator::new(verifier.clone(), store))
+    let gate = Gate::new(Authenticator::read_only(verifier.clone(), store))
         .with_limits(limits)
         .with_quotas(QuotaTable::fixed(wide))
         .with_credits("rest");

@@ -507,22 +507,62 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
             poll_ready(async { v.verify_with(key, |id| store.fetch_sync(id), clock.now(), &req) })
         })
     });
-    let auth = Authenticator::with_clock(f.verifier.clone(), store, clock);
+    let auth = Authenticator::read_only_with_clock(f.verifier.clone(), store, clock);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_noop_poll", |b| {
         b.iter(|| poll_ready(auth.authenticate(black_box(next()), &req, None)))
     });
     // What a service runs: the authenticator reading the system clock.
-    let sys_auth = Authenticator::new(f.verifier.clone(), store);
+    let sys_auth = Authenticator::read_only(f.verifier.clone(), store);
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_system_clock", |b| {
         b.iter(|| poll_ready(sys_auth.authenticate(black_box(next()), &req, None)))
     });
+    // Issue 22: monitoring and metrics on (a Prometheus recorder, a
+    // `Monitor`) against both off, in the same run, over the system clock
+    // and a client address. Needs `--features metrics`.
+    #[cfg(feature = "metrics")]
+    {
+        let ip = Some(std::net::IpAddr::from([198, 51, 100, 7]));
+        let off = Authenticator::read_only(f.verifier.clone(), store);
+        let noop = metrics::NoopRecorder;
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&noop, || {
+            g.bench_function("authenticator_ops_off", |b| {
+                b.iter(|| poll_ready(off.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+        let monitor = std::sync::Arc::new(apikey::manage::Monitor::new(
+            apikey::manage::MonitorConfig::default(),
+            std::sync::Arc::new(apikey::NoAudit),
+        ));
+        let on = Authenticator::read_only(f.verifier.clone(), store).with_monitor(monitor);
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&noop, || {
+            g.bench_function("authenticator_monitor_only", |b| {
+                b.iter(|| poll_ready(on.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&recorder, || {
+            g.bench_function("authenticator_metrics_only", |b| {
+                b.iter(|| poll_ready(off.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+        let mut next = cycle(&f.valid);
+        metrics::with_local_recorder(&recorder, || {
+            g.bench_function("authenticator_ops_on", |b| {
+                b.iter(|| poll_ready(on.authenticate(black_box(next()), &req, ip)))
+            });
+        });
+    }
     // Usage recording on (a `UsageRecorder`, never flushed here: the fixed
     // clock never makes a flush due after the first), audit and throttle off.
-    let usage_auth = Authenticator::with_clock(f.verifier.clone(), store, clock).with_usage(
-        std::sync::Arc::new(apikey::UsageRecorder::new(time::Duration::hours(1))),
-    );
+    let usage_auth = Authenticator::read_only_with_clock(f.verifier.clone(), store, clock)
+        .with_usage(std::sync::Arc::new(apikey::UsageRecorder::new(
+            time::Duration::hours(1),
+        )));
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_usage_on", |b| {
         b.iter(|| poll_ready(usage_auth.authenticate(black_box(next()), &req, None)))

@@ -229,7 +229,8 @@ fn main() {
             naive_keys.push(format!("sk_live_{id}_{secret}"));
         }
     }
-    let auth = Authenticator::with_clock(verifier.clone(), store_ref, FixedClock::new(now));
+    let auth =
+        Authenticator::read_only_with_clock(verifier.clone(), store_ref, FixedClock::new(now));
     let op = if class == "hmac" {
         Op::Hmac(&mac)
     } else if class == "async_valid" {

@@ -71,8 +71,10 @@ mod error;
 pub mod key;
 pub mod limits;
 pub mod manage;
+mod metrics;
 pub mod store;
 mod sync;
+mod trace;
 pub mod verify;
 pub mod web;
 
@@ -123,6 +125,6 @@ pub use store::{
     SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
-    Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,
-    ScopeSet, VerifiedKey, Verifier, ip_allowed,
+    Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY,
+    MAX_SEGMENTS, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
 };

@@ -56,7 +56,7 @@ fn gate_with<S: KeyStore>(
     clocks: &Clocks,
     limits: MemoryLimits<ManualClock>,
 ) -> TestGate<S> {
-    Gate::new(Authenticator::with_clock(
+    Gate::new(Authenticator::read_only_with_clock(
         verifier(),
         store,
         clocks.0.clone(),
@@ -967,4 +967,202 @@ async fn missing_key_names_the_authorization_header_when_only_bearer_is_accepted
         details,
         serde_json::json!({"header": "Authorization", "accepted": ["Authorization: Bearer"]})
     );
+}
+
+/// One stored key, a server over a gate built with `build`, and one
+/// admitted request: the store, the key's id and the gate.
+async fn one_request(
+    build: impl FnOnce(Arc<MemoryStore>, &Clocks) -> TestGate<Arc<MemoryStore>>,
+) -> (Arc<MemoryStore>, KeyId, Arc<TestGate<Arc<MemoryStore>>>) {
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = issue(&store, NewKey::new("sk_live_").scopes(["tasks:read"]));
+    let clocks = clocks();
+    let gate = Arc::new(build(Arc::clone(&store), &clocks));
+    let addr = serve(router(Arc::clone(&gate), None)).await;
+    let r = get_with(addr, "/read", &x_api_key(&key)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    (store, record.id, gate)
+}
+
+/// A gate over `Authenticator::with_clock` (the door the README and the
+/// module docs show, not `Gate::from_manager`), over a store that takes usage.
+fn usage_gate(store: Arc<MemoryStore>, clocks: &Clocks) -> TestGate<Arc<MemoryStore>> {
+    Gate::new(Authenticator::with_clock(
+        verifier(),
+        store,
+        clocks.0.clone(),
+    ))
+    .with_limits(MemoryLimits::with_clock(clocks.0.clone()))
+}
+
+/// Issue 18, item 3: a gate built from a bare authenticator records usage,
+/// so one request and one flush fill in `last_used_at`.
+#[tokio::test]
+async fn a_gate_over_a_bare_authenticator_records_last_used() {
+    let (store, id, gate) = one_request(usage_gate).await;
+    gate.flush().await.unwrap();
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(T0));
+    assert_eq!(stored.usage.day_count, 1);
+}
+
+/// Issue 18, item 3: the axum layer writes usage without anyone calling
+/// `flush`: it starts one in the background when due.
+#[tokio::test]
+async fn the_layer_flushes_usage_in_the_background() {
+    let (store, id, _gate) = one_request(usage_gate).await;
+    let mut last_used = None;
+    for _ in 0..500 {
+        last_used = store.get(id).await.unwrap().unwrap().last_used_at;
+        if last_used.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(last_used, Some(T0), "the background flush never ran");
+}
+
+/// Issue 18, item 3: usage off is an explicit choice, `read_only`.
+#[tokio::test]
+async fn a_read_only_authenticator_records_no_usage() {
+    let (store, id, gate) = one_request(gate).await;
+    assert_eq!(gate.flush().await.unwrap(), 0);
+    assert!(gate.authenticator().usage().is_none());
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, None);
+}
+
+/// Sets the client address from `X-Test-Client` (a stand-in for a trusted
+/// proxy's forwarding header), so one test can call from many networks.
+async fn test_client(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let ip = req
+        .headers()
+        .get("x-test-client")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if let Some(ip) = ip {
+        req.extensions_mut().insert(apikey::web::ClientIp(ip));
+    }
+    next.run(req).await
+}
+
+/// A server whose gate raises monitoring events into the returned sink.
+async fn monitored(
+    store: Arc<MemoryStore>,
+    clocks: &Clocks,
+    limits: MemoryLimits<ManualClock>,
+) -> (SocketAddr, Arc<MemoryAuditSink>) {
+    let events = Arc::new(MemoryAuditSink::new());
+    let monitor = Arc::new(apikey::manage::Monitor::new(
+        apikey::manage::MonitorConfig::default(),
+        events.clone(),
+    ));
+    let gate = Gate::new(
+        Authenticator::with_clock(verifier(), store, clocks.0.clone()).with_monitor(monitor),
+    )
+    .with_limits(limits)
+    .with_credits("rest");
+    let router = router(Arc::new(gate), None).layer(axum::middleware::from_fn(test_client));
+    (serve(router).await, events)
+}
+
+fn kinds(events: &MemoryAuditSink) -> Vec<&'static str> {
+    events.events().iter().map(|e| e.kind.as_str()).collect()
+}
+
+/// Issue 22 (seed 001, "key used from new location"): the first network
+/// sets the baseline; a second network raises one event, naming the /24.
+#[tokio::test]
+async fn a_key_used_from_a_second_network_raises_one_new_network_event() {
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = issue(&store, NewKey::new("sk_live_").scopes(["tasks:read"]));
+    let clocks = clocks();
+    let limits = MemoryLimits::with_clock(clocks.0.clone());
+    let (addr, events) = monitored(store, &clocks, limits).await;
+    for client in [
+        "198.51.100.4",
+        "198.51.100.77",
+        "203.0.113.9",
+        "203.0.113.10",
+    ] {
+        let r = get_with(
+            addr,
+            "/read",
+            &[
+                ("X-API-Key", key.expose_secret()),
+                ("X-Test-Client", client),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let raised = events.events();
+    assert_eq!(kinds(&events), ["new_network"]);
+    assert_eq!(raised[0].key_id, Some(record.id));
+    assert_eq!(
+        raised[0].kind,
+        AuditKind::NewNetwork {
+            network: "203.0.113.0/24".parse().unwrap()
+        }
+    );
+}
+
+/// Issue 22 (seed 001, "failed authentication attempts"): 1,000 failures
+/// from one network are one burst event, not 1,000.
+#[tokio::test]
+async fn a_thousand_failures_from_one_network_raise_one_burst_summary() {
+    let store = Arc::new(MemoryStore::new());
+    let clocks = clocks();
+    let limits = MemoryLimits::with_clock(clocks.0.clone());
+    let (addr, events) = monitored(store, &clocks, limits).await;
+    for i in 0..1_000 {
+        let client = format!("198.51.100.{}", i % 256);
+        let r = get_with(
+            addr,
+            "/read",
+            &[("X-API-Key", "sk_live_nope"), ("X-Test-Client", &client)],
+        )
+        .await;
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let raised = events.events();
+    assert_eq!(kinds(&events), ["failure_burst"]);
+    match &raised[0].kind {
+        AuditKind::FailureBurst {
+            network: Some(n), ..
+        } => assert_eq!(n.to_string(), "198.51.100.0/24"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(raised[0].key_id, None);
+}
+
+/// Issue 22 (seed 001, "quota exceeded"): a key out of credits raises one
+/// event per dedupe window, however many refusals follow.
+#[tokio::test]
+async fn exhausted_credits_raise_quota_exceeded_once_per_window() {
+    let store = Arc::new(MemoryStore::new());
+    let (key, record) = issue(&store, NewKey::new("sk_live_").scopes(["tasks:read"]));
+    let clocks = clocks();
+    let limits = MemoryLimits::with_clock(clocks.0.clone());
+    limits.set_credits_sync(CreditAccount::Key(record.id.as_u64()), 2, None);
+    let (addr, events) = monitored(store, &clocks, limits).await;
+    let headers = x_api_key(&key);
+    let call = || get_with(addr, "/read", &headers);
+    assert_eq!(call().await.status, 200);
+    assert_eq!(call().await.status, 200);
+    for _ in 0..5 {
+        call().await.error(429, "USAGE_EXCEEDED");
+    }
+    assert_eq!(kinds(&events), ["quota_exceeded"]);
+    clocks.1.advance(Duration::from_secs(3_600));
+    for _ in 0..5 {
+        call().await.error(429, "USAGE_EXCEEDED");
+    }
+    let raised = events.events();
+    assert_eq!(kinds(&events), ["quota_exceeded", "quota_exceeded"]);
+    assert_eq!(raised[1].kind, AuditKind::QuotaExceeded { suppressed: 4 });
+    assert_eq!(raised[1].key_id, Some(record.id));
 }

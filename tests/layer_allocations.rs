@@ -115,7 +115,7 @@ fn the_layer_adds_only_the_allocations_it_documents() {
 
     // A realistic quota: limit and remainder below 1,000, so the headers
     // add one allocation (the reset timestamp), not three.
-    let auth = Authenticator::new(verifier.clone(), Arc::clone(&store));
+    let auth = Authenticator::read_only(verifier.clone(), Arc::clone(&store));
     let gate = Gate::new(auth)
         .with_limits(MemoryLimits::new())
         .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(500)));

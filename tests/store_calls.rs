@@ -171,7 +171,8 @@ fn sync_pipeline_makes_no_store_call_for_storeless_rejections() {
 #[tokio::test]
 async fn authenticator_makes_no_store_call_for_storeless_rejections() {
     let s = setup();
-    let auth = Authenticator::with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
+    let auth =
+        Authenticator::read_only_with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
     let req = Requirement::none();
     for (what, text) in storeless_rejections(&s.valid) {
         assert!(
@@ -200,7 +201,8 @@ async fn wrong_secret_reaches_the_store_once_and_is_rejected() {
     d[31] ^= 0x80;
     record.digest = apikey::KeyDigest::from_bytes(d);
     s.store.inner.update(record).await.unwrap();
-    let auth = Authenticator::with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
+    let auth =
+        Authenticator::read_only_with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
     let r = auth
         .authenticate(&s.valid, &Requirement::none(), None)
         .await;

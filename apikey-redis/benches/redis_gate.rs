@@ -55,7 +55,7 @@ fn setup(rt: &tokio::runtime::Runtime, server: &support::RedisServer) -> (Arc<RG
             .await
             .unwrap();
     });
-    let gate = Gate::new(Authenticator::new(verifier, store))
+    let gate = Gate::new(Authenticator::read_only(verifier, store))
         .with_limits(limits)
         .with_quotas(QuotaTable::fixed(Quota::new(
             Some(u32::MAX),

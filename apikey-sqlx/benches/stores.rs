@@ -68,7 +68,7 @@ async fn figures<S>(name: &str, store: Arc<S>, keys: &[ApiKey], filler: &[apikey
 where
     S: KeyStoreLifecycle + apikey::UsageStore + 'static,
 {
-    let auth = Arc::new(Authenticator::new(verifier(), Arc::clone(&store)));
+    let auth = Arc::new(Authenticator::read_only(verifier(), Arc::clone(&store)));
     let secrets: Arc<Vec<String>> =
         Arc::new(keys.iter().map(|k| k.expose_secret().to_owned()).collect());
     for s in secrets.iter().take(20) {
@@ -219,7 +219,7 @@ fn bench_verify<S: KeyStoreLifecycle + 'static>(
     store: Arc<S>,
     key: &ApiKey,
 ) {
-    let auth = Authenticator::new(verifier(), store);
+    let auth = Authenticator::read_only(verifier(), store);
     let secret = key.expose_secret().to_owned();
     c.bench_function(&format!("verify/{name}"), |b| {
         b.to_async(rt).iter(|| async {

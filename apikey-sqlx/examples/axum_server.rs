@@ -13,6 +13,13 @@
 //! session cookie for the demo user `org_demo`), create a key on the page,
 //! and use it with `curl` against `/v1/tasks`.
 //!
+//! Operations: the gate raises the seed-001 monitoring events (a key used
+//! from a new network, failure bursts, rate-limit hits, exhausted credits,
+//! unusual traffic) to standard error, and `GET /metrics` renders the
+//! `apikey.*` metrics as Prometheus text (from the process's recorder; the
+//! exporter runs no listener of its own). Usage (`last_used`) reaches the
+//! store every 10 seconds (`APIKEY_FLUSH_MS` sets another period).
+//!
 //! Keys persist: they live in a SQLite file (`$APIKEY_DATA_DIR/keys.db`,
 //! default `./apikey-data`), or in PostgreSQL when `DATABASE_URL` names one
 //! (`postgres://...`). Either way verifications read through a
@@ -48,16 +55,19 @@ use apikey::web::{Admitted, Gate, QuotaTable, Route};
 /// library's.
 const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
+use apikey::manage::{Monitor, MonitorConfig};
 use apikey::{
     Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement,
     ServerSecret, SystemClock, UsageStore, VerifiedKey, Verifier,
 };
+use apikey::{AuditEvent, AuditSink};
 use apikey::{CachedStore, ChangeFeed};
 use apikey_axum::{ApiError, Caller, KeyCaller, ManageApi, ManageConfig, ResolveCaller};
 use apikey_sqlx::{PgChangeFeed, PostgresStore, SqliteStore};
 use axum::Router;
 use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusBuilder;
 
 async fn list_tasks(key: VerifiedKey) -> String {
     format!(
@@ -175,12 +185,23 @@ where
         Refill::every(100, Duration::from_secs(3600)),
     );
 
+    // Metrics: one recorder for the process, rendered on `GET /metrics`.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+
+    // Seed 001's alerts, to standard error here (a real service sends them
+    // to its pager or chat through the hook).
+    let alerts = Arc::new(Monitor::new(
+        MonitorConfig::default(),
+        Arc::new(StderrAlerts),
+    ));
+
     // One manager for the keys page, the management API and the gate, so
     // HTTP traffic updates "last used" and the usage counts the page shows.
     let manager = Arc::new(
         KeyManager::new(verifier, store)
             .with_limits(Arc::new(limits))
-            .with_max_keys_per_owner(5),
+            .with_max_keys_per_owner(5)
+            .with_monitor(alerts),
     );
 
     // First run only: issue the demo keys (later runs find them stored).
@@ -246,14 +267,22 @@ where
         .merge(management)
         .merge(apikey_axum::rate_limit_router(Arc::clone(&gate)))
         .route("/demo-login", get(demo_login))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
         // The layer reads the client address from a `ClientIp` extension.
         .layer(axum::middleware::from_fn(client_ip));
 
     // Usage counts reach the store (and the page) every 10 seconds.
+    let period = std::env::var("APIKEY_FLUSH_MS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis);
     let flusher = Arc::clone(&manager);
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(period).await;
             let _ = flusher.flush().await;
         }
     });
@@ -285,6 +314,16 @@ where
     )
     .await?;
     Ok(())
+}
+
+/// Monitoring events on standard error (a stand-in for a pager).
+#[derive(Debug)]
+struct StderrAlerts;
+
+impl AuditSink for StderrAlerts {
+    fn record(&self, event: &AuditEvent) {
+        eprintln!("alert: {event}");
+    }
 }
 
 /// The first 32 bytes of a secret (a generated one has exactly 32).

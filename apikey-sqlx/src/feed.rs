@@ -292,6 +292,8 @@ async fn run(
                     // gap could re-cache a change announced in it).
                     broadcast(&subscribers, &Invalidation::All);
                     reconnects.fetch_add(1, Ordering::SeqCst);
+                    #[cfg(feature = "metrics")]
+                    metrics::counter!("apikey.feed.reconnects").increment(1);
                     l
                 }
                 Err(_) => {

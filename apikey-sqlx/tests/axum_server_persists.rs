@@ -1,5 +1,7 @@
-//! The example server keeps its keys: a key issued by a first run is
-//! accepted after a restart (same data directory, same secret file).
+//! The example server: a key issued by a first run is accepted after a
+//! restart (same data directory, same secret file); one request fills in
+//! `last_used` in the management listing; `GET /metrics` renders
+//! Prometheus text.
 
 #![cfg(not(loom))]
 #![allow(clippy::unwrap_used)]
@@ -22,24 +24,43 @@ fn example() -> std::path::PathBuf {
     bin
 }
 
+/// A started example server.
+struct Server {
+    child: Child,
+    port: u16,
+    /// The keys it printed (first run only).
+    keys: Vec<String>,
+    /// The demo sign-in token it printed.
+    token: Option<String>,
+}
+
 /// Starts the server; returns it, its port and the keys it printed.
 fn start(data: &std::path::Path) -> (Child, u16, Vec<String>) {
+    let s = start_with(data, &[]);
+    (s.child, s.port, s.keys)
+}
+
+fn start_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(example())
         .env("APIKEY_DATA_DIR", data)
         .env("PORT", "0")
         .env_remove("DATABASE_URL")
         .env_remove("APIKEY_SECRET_V1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut port, mut keys) = (None, Vec::new());
+    let (mut port, mut keys, mut token) = (None, Vec::new(), None);
     for line in lines.by_ref().take(20) {
         let line = line.unwrap();
         if let Some(key) = line.split("shown once: ").nth(1) {
             keys.push(key.trim().to_owned());
+        }
+        if let Some(t) = line.split("token=").nth(1) {
+            token = t.split_whitespace().next().map(str::to_owned);
         }
         if let Some(addr) = line.strip_prefix("listening on http://") {
             port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
@@ -47,26 +68,45 @@ fn start(data: &std::path::Path) -> (Child, u16, Vec<String>) {
         }
     }
     std::thread::spawn(move || lines.for_each(drop));
-    (child, port.expect("the server did not start"), keys)
+    Server {
+        child,
+        port: port.expect("the server did not start"),
+        keys,
+        token,
+    }
 }
 
-fn status(port: u16, key: &str) -> String {
+/// `GET path` with extra header lines; the whole response.
+fn get(port: u16, path: &str, headers: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /v1/tasks HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.lines().next().unwrap_or_default().to_owned()
+    out
+}
+
+fn status(port: u16, key: &str) -> String {
+    get(port, "/v1/tasks", &format!("X-API-Key: {key}\r\n"))
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let data = std::env::temp_dir().join(format!("apikey-example-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    data
 }
 
 #[test]
 fn keys_issued_by_a_first_run_work_after_a_restart() {
-    let data = std::env::temp_dir().join(format!("apikey-example-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
+    let data = data_dir("restart");
     let (mut first, port, keys) = start(&data);
     assert_eq!(keys.len(), 2, "the first run issues two keys");
     assert!(status(port, &keys[0]).contains(" 200 "));
@@ -90,5 +130,60 @@ fn keys_issued_by_a_first_run_work_after_a_restart() {
     assert!(status(port, "sk_live_nope").contains(" 401 "));
     second.kill().unwrap();
     second.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 18, item 3: one guarded request, one flush (the server's timer,
+/// every 100 ms here), and the management listing shows `last_used`.
+#[test]
+fn one_request_fills_in_last_used_in_the_listing() {
+    let data = data_dir("last-used");
+    let mut server = start_with(&data, &[("APIKEY_FLUSH_MS", "100")]);
+    let token = server.token.clone().expect("the sign-in link");
+    let cookie = format!("Cookie: demo_session={token}\r\n");
+    let listing = || get(server.port, "/v1/api-keys", &cookie);
+    let before = listing();
+    assert!(before.contains(" 200 "), "{before}");
+    assert!(!before.contains("\"last_used\":\""), "{before}");
+    assert!(status(server.port, &server.keys[0]).contains(" 200 "));
+    // The flush runs on the server's timer: wait for it, a bounded number
+    // of periods.
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = listing();
+        if after.contains("\"last_used\":\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(after.contains("\"last_used\":\""), "{after}");
+    assert_eq!(after.matches("\"last_used\":\"").count(), 1, "{after}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 22: `GET /metrics` renders the process's metrics as Prometheus
+/// text, after one request through the gate.
+#[test]
+fn the_metrics_route_renders_prometheus_text() {
+    let data = data_dir("metrics");
+    let mut server = start_with(&data, &[]);
+    assert!(status(server.port, &server.keys[0]).contains(" 200 "));
+    assert!(status(server.port, "sk_live_nope").contains(" 401 "));
+    let text = get(server.port, "/metrics", "");
+    assert!(text.contains(" 200 "), "{text}");
+    assert!(
+        text.contains(
+            "apikey_authentication_duration_seconds_count{result=\"success\",reason=\"none\"}"
+        ) || text
+            .contains("apikey_authentication_duration_count{result=\"success\",reason=\"none\"}"),
+        "{text}"
+    );
+    assert!(text.contains("apikey_authentication_rejections"), "{text}");
+    assert!(!text.contains(&server.keys[0]), "a key in the metrics");
+    println!("{text}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -75,7 +75,9 @@ pub fn router<C: Clock + Clone + 'static>(
     store: &Arc<MemoryStore>,
     clock: C,
 ) -> Router {
-    let auth = Authenticator::with_clock(verifier.clone(), Arc::clone(store), clock.clone());
+    // No usage unless the mode says so (`LimitsUsage`).
+    let auth =
+        Authenticator::read_only_with_clock(verifier.clone(), Arc::clone(store), clock.clone());
     let route = get(hello);
     let route = match mode {
         Mode::Bare => route,

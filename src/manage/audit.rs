@@ -164,6 +164,45 @@ pub enum AuditKind {
         /// How many tokens the request held.
         tokens: u32,
     },
+    /// Monitoring ([`Monitor`](crate::manage::Monitor)): the key was used
+    /// from a network not seen for it within the configured window.
+    NewNetwork {
+        /// The network (IPv4 /24, IPv6 /48), never the full address.
+        network: crate::verify::IpNet,
+    },
+    /// Monitoring: a burst of failed verifications, of the event's key
+    /// (`network` is `None`) or from one client network (no key). One event
+    /// per burst window, however many failures follow.
+    FailureBurst {
+        /// The client network, for a burst from one network.
+        network: Option<crate::verify::IpNet>,
+        /// Failures counted when the burst was raised.
+        failures: u64,
+        /// The burst window, in seconds.
+        window_secs: u64,
+    },
+    /// Monitoring: the gate refused the key with 429 `RATE_LIMITED`. At
+    /// most one per key per dedupe window.
+    RateLimitHit {
+        /// Refusals since the previous event that raised none.
+        suppressed: u64,
+    },
+    /// Monitoring: the gate refused the key with 429 `USAGE_EXCEEDED` (its
+    /// own or its owner's credits ran out). At most one per key per dedupe
+    /// window.
+    QuotaExceeded {
+        /// Refusals since the previous event that raised none.
+        suppressed: u64,
+    },
+    /// Monitoring: the key's requests this hour exceed the configured
+    /// factor times its trailing hourly average. At most one per key per
+    /// hour.
+    UnusualTraffic {
+        /// Requests in the current hour when the event was raised.
+        last_hour: u64,
+        /// The trailing hourly average (rounded).
+        trailing_average: u64,
+    },
 }
 
 impl AuditKind {
@@ -187,6 +226,11 @@ impl AuditKind {
             Self::RejectionsSampled { .. } => "rejections_sampled",
             Self::LeakReported { .. } => "leak_reported",
             Self::RevocationRequested { .. } => "revocation_requested",
+            Self::NewNetwork { .. } => "new_network",
+            Self::FailureBurst { .. } => "failure_burst",
+            Self::RateLimitHit { .. } => "rate_limit_hit",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::UnusualTraffic { .. } => "unusual_traffic",
         }
     }
 }
@@ -293,6 +337,27 @@ impl fmt::Display for AuditEvent {
                     write!(f, " reporter={ip}")?;
                 }
             }
+            AuditKind::NewNetwork { network } => write!(f, " network={network}")?,
+            AuditKind::FailureBurst {
+                network,
+                failures,
+                window_secs,
+            } => {
+                if let Some(n) = network {
+                    write!(f, " network={n}")?;
+                }
+                write!(f, " failures={failures} window_secs={window_secs}")?;
+            }
+            AuditKind::RateLimitHit { suppressed } | AuditKind::QuotaExceeded { suppressed } => {
+                write!(f, " suppressed={suppressed}")?;
+            }
+            AuditKind::UnusualTraffic {
+                last_hour,
+                trailing_average,
+            } => write!(
+                f,
+                " last_hour={last_hour} trailing_average={trailing_average}"
+            )?,
             _ => {}
         }
         Ok(())

@@ -523,7 +523,7 @@ impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
         let store = Arc::new(store);
         let usage = Arc::new(UsageRecorder::new(Duration::seconds(60)));
-        let mut auth = Authenticator::with_clock(verifier, Arc::clone(&store), clock)
+        let mut auth = Authenticator::read_only_with_clock(verifier, Arc::clone(&store), clock)
             .with_usage(Arc::clone(&usage));
         auth.set_upgrader(store);
         Self {
@@ -574,6 +574,15 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             })
         });
         self.auth.set_audit(auditor);
+    }
+
+    /// Raises the seed-001 monitoring events through `monitor` (see
+    /// [`Authenticator::with_monitor`]); a gate built with
+    /// [`Gate::from_manager`](crate::web::Gate::from_manager) adds rate-limit
+    /// hits and exhausted quotas. Defaults to none.
+    pub fn with_monitor(mut self, monitor: Arc<crate::manage::Monitor>) -> Self {
+        self.auth = self.auth.with_monitor(monitor);
+        self
     }
 
     /// Limits every owner to `max` active keys (see

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod manager;
+pub mod monitor;
 pub mod usage;
 
 #[cfg(feature = "tracing")]
@@ -12,4 +13,5 @@ pub use manager::{
     DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, MAX_LEGACY_KEY_LEN,
     MAX_LEGACY_PREFIX_LEN, Rotation,
 };
+pub use monitor::{Monitor, MonitorConfig, NETWORKS_PER_KEY};
 pub use usage::UsageRecorder;

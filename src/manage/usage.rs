@@ -51,10 +51,11 @@ struct Pending {
     last: OffsetDateTime,
 }
 
-/// Multiply-xor hasher for `(key id, day)`: ids are random and only keys
-/// that verified are counted, so no one can choose colliding keys.
+/// Multiply-xor hasher for `(key id, day)` (and the monitor's key ids):
+/// ids are random and only keys that verified are counted, so no one can
+/// choose colliding keys.
 #[derive(Default)]
-struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn finish(&self) -> u64 {
@@ -229,7 +230,10 @@ impl UsageRecorder {
         store: &S,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        self.last_flush.store(unix_nanos(now), Ordering::Relaxed);
+        let previous = self.last_flush.swap(unix_nanos(now), Ordering::Relaxed);
+        let lag = (previous != i64::MIN)
+            .then(|| unix_nanos(now).saturating_sub(previous) as f64 / 1e9)
+            .filter(|l| *l >= 0.0);
         self.take_pending();
         let mut written = 0u64;
         loop {
@@ -248,7 +252,12 @@ impl UsageRecorder {
                 outbox: &self.outbox,
                 id: batch.id,
             };
-            store.record_usage(&batch).await?;
+            let started = crate::metrics::Started::now();
+            let recorded =
+                crate::trace::flush(batch.deltas.len(), store.record_usage(&batch)).await;
+            crate::metrics::store_call("record_usage", started, &recorded);
+            recorded?;
+            crate::metrics::usage_flushed(batch.deltas.len(), lag);
             self.outbox().retain(|o| o.batch.id != batch.id);
             written = written.saturating_add(batch.deltas.iter().map(|d| d.count).sum());
         }

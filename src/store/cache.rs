@@ -205,6 +205,7 @@ impl ShardMap {
             };
             if self.live(victim, seq) {
                 self.remove(victim);
+                crate::metrics::cache_eviction();
             }
         }
         let seq = self.next_seq;
@@ -555,24 +556,30 @@ impl<S> CachedStore<S> {
             let m = sync::read(shard);
             match m.slots.get(&key) {
                 Some(Slot::Ready { view, born, .. }) if self.fresh(view, *born, now) => {
+                    crate::metrics::cache_lookup("hit");
                     return Lookup::Hit(view.clone());
                 }
                 Some(Slot::Pending(f)) if self.joinable(f, now) => {
+                    crate::metrics::cache_lookup("joined");
                     return Lookup::Join(Arc::clone(f));
                 }
                 _ => {}
             }
         }
         let mut m = sync::write(shard);
-        match m.slots.get(&key) {
+        let result = match m.slots.get(&key) {
             Some(Slot::Ready { view, born, .. }) if self.fresh(view, *born, now) => {
+                crate::metrics::cache_lookup("hit");
                 return Lookup::Hit(view.clone());
             }
             Some(Slot::Pending(f)) if self.joinable(f, now) => {
+                crate::metrics::cache_lookup("joined");
                 return Lookup::Join(Arc::clone(f));
             }
-            _ => {}
-        }
+            Some(Slot::Ready { .. }) => "expired",
+            _ => "miss",
+        };
+        crate::metrics::cache_lookup(result);
         // A miss, an expired entry, or a flight too old to join: this fetch
         // leads a new read. Replacing an older flight's slot keeps that
         // flight's answer out of the cache (`complete` finds the slot is not

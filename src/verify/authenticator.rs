@@ -27,18 +27,22 @@
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result};
-use crate::key::{KeyId, ParsedKey};
+use crate::error::{Error, Result, StoreError};
+use crate::key::KeyId;
 use crate::limits::{FailureClass, Limits, NoLimits};
+use crate::manage::Monitor;
+use crate::metrics;
 use crate::record::KeyView;
 use crate::scope::Requirement;
-use crate::store::KeyStore;
+use crate::store::{KeyStore, UsageStore};
+use crate::trace;
 use crate::usage::UsageRecorder;
 use crate::verifier::{Refusal, VerifiedKey, Verifier};
 use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
@@ -52,6 +56,50 @@ fn settle(mut r: Refusal) -> (FailureClass, Refusal) {
         r.view = None;
     }
     (class, r)
+}
+
+/// How often an authenticator made by [`Authenticator::new`] writes its
+/// usage counts: the gate's axum layer starts a flush in the background at
+/// most once per interval.
+pub const DEFAULT_USAGE_FLUSH_INTERVAL: time::Duration = time::Duration::seconds(10);
+
+/// A flush of usage counts into the store `S`, chosen where `S` was known to
+/// be a [`UsageStore`] (the authenticator itself only needs [`KeyStore`]).
+type FlushFn<S> = for<'a> fn(
+    &'a S,
+    &'a UsageRecorder,
+    OffsetDateTime,
+) -> Pin<
+    Box<dyn Future<Output = std::result::Result<u64, StoreError>> + Send + 'a>,
+>;
+
+fn flush_into<'a, S: UsageStore>(
+    store: &'a S,
+    usage: &'a UsageRecorder,
+    now: OffsetDateTime,
+) -> Pin<Box<dyn Future<Output = std::result::Result<u64, StoreError>> + Send + 'a>> {
+    Box::pin(usage.flush(store, now))
+}
+
+/// Usage recording: the recorder, and how to write it into the store (when
+/// the store takes usage).
+struct Usage<S> {
+    recorder: Arc<UsageRecorder>,
+    flush: Option<FlushFn<S>>,
+    /// The recorder is the authenticator's own ([`Authenticator::new`]):
+    /// the axum layer flushes it in the background. A recorder handed in
+    /// ([`Authenticator::with_usage`]) is flushed by whoever handed it.
+    background: bool,
+}
+
+impl<S> Clone for Usage<S> {
+    fn clone(&self) -> Self {
+        Self {
+            recorder: Arc::clone(&self.recorder),
+            flush: self.flush,
+            background: self.background,
+        }
+    }
 }
 
 /// Where audit events go, with the sampler for floods.
@@ -102,8 +150,9 @@ pub struct Authenticator<S, C = SystemClock, L = NoLimits> {
     store: S,
     clock: C,
     limits: L,
-    usage: Option<Arc<UsageRecorder>>,
+    usage: Option<Usage<S>>,
     audit: Option<Arc<Auditor>>,
+    monitor: Option<Arc<Monitor>>,
     legacy: Arc<Legacy>,
 }
 
@@ -111,24 +160,56 @@ impl<S, C, L> fmt::Debug for Authenticator<S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
             .field("verifier", &self.verifier)
-            .field("usage", &self.usage)
+            .field("usage", &self.usage.as_ref().map(|u| &u.recorder))
             .field("audit", &self.audit.is_some())
+            .field("monitor", &self.monitor.is_some())
             .field("legacy", &self.legacy)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: KeyStore> Authenticator<S, SystemClock> {
-    /// An authenticator reading the system clock, with no usage recording,
-    /// no audit and no legacy prefixes.
+impl<S: UsageStore> Authenticator<S, SystemClock> {
+    /// An authenticator reading the system clock that **records usage**
+    /// (`last_used_at` and the daily and monthly counts) in memory and
+    /// writes it to `store` with [`flush`](Self::flush); the axum layer
+    /// starts that flush in the background at most every
+    /// [`DEFAULT_USAGE_FLUSH_INTERVAL`]. No audit and no legacy prefixes
+    /// (see [`with_audit`](Self::with_audit)).
+    ///
+    /// For a store without usage (a read-only [`KeyStore`]), or to turn
+    /// usage off on purpose, use [`read_only`](Self::read_only).
     pub fn new(verifier: Verifier, store: S) -> Self {
         Self::with_clock(verifier, store, SystemClock)
     }
 }
 
-impl<S: KeyStore, C: Clock> Authenticator<S, C> {
-    /// An authenticator reading `clock`.
+impl<S: UsageStore, C: Clock> Authenticator<S, C> {
+    /// [`new`](Self::new), reading `clock`.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
+        let mut auth = Self::read_only_with_clock(verifier, store, clock)
+            .with_usage(Arc::new(UsageRecorder::new(DEFAULT_USAGE_FLUSH_INTERVAL)));
+        if let Some(u) = &mut auth.usage {
+            u.background = true;
+        }
+        auth
+    }
+}
+
+impl<S: KeyStore> Authenticator<S, SystemClock> {
+    /// An authenticator reading the system clock that records **no usage**:
+    /// `last_used_at` and the counts stay as they are. An explicit choice,
+    /// for a read-only [`KeyStore`] (a replica, a store without usage
+    /// columns) or a service that does not want usage; every other door
+    /// ([`new`](Self::new), [`KeyManager`](crate::KeyManager),
+    /// [`Gate::from_manager`](crate::web::Gate::from_manager)) records it.
+    pub fn read_only(verifier: Verifier, store: S) -> Self {
+        Self::read_only_with_clock(verifier, store, SystemClock)
+    }
+}
+
+impl<S: KeyStore, C: Clock> Authenticator<S, C> {
+    /// [`read_only`](Self::read_only), reading `clock`: no usage recorded.
+    pub fn read_only_with_clock(verifier: Verifier, store: S, clock: C) -> Self {
         Self {
             verifier,
             store,
@@ -136,8 +217,26 @@ impl<S: KeyStore, C: Clock> Authenticator<S, C> {
             limits: NoLimits,
             usage: None,
             audit: None,
+            monitor: None,
             legacy: Arc::new(Legacy::default()),
         }
+    }
+}
+
+impl<S: UsageStore, C: Clock, L: Limits> Authenticator<S, C, L> {
+    /// Counts every successful verification in `recorder`, written to the
+    /// store by [`flush`](Self::flush) or by whoever else flushes the
+    /// recorder, as [`KeyManager::flush`](crate::KeyManager::flush) does:
+    /// the axum layer does not flush a recorder handed in here.
+    /// [`new`](Self::new) sets a recorder of its own, which the layer
+    /// flushes in the background.
+    pub fn with_usage(mut self, recorder: Arc<UsageRecorder>) -> Self {
+        self.usage = Some(Usage {
+            recorder,
+            flush: Some(flush_into::<S>),
+            background: false,
+        });
+        self
     }
 }
 
@@ -154,6 +253,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             limits,
             usage: self.usage,
             audit: self.audit,
+            monitor: self.monitor,
             legacy: self.legacy,
         }
     }
@@ -163,12 +263,41 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         &self.limits
     }
 
-    /// Counts every successful verification in `recorder` (flush it with
-    /// [`UsageRecorder::flush`], off the request path). Defaults to no
-    /// recording.
-    pub fn with_usage(mut self, recorder: Arc<UsageRecorder>) -> Self {
-        self.usage = Some(recorder);
+    /// Turns usage recording off: an explicit choice (see
+    /// [`read_only`](Self::read_only)). Counts not yet flushed stay in the
+    /// recorder it had.
+    pub fn without_usage(mut self) -> Self {
+        self.usage = None;
         self
+    }
+
+    /// Writes the usage counted so far to the store, off the request path
+    /// (a timer, a shutdown hook); returns the uses written. Does nothing
+    /// without usage recording ([`read_only`](Self::read_only)).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`] when the store fails (the counts stay
+    /// pending for the next flush); [`Error::InvalidInput`] when the clock
+    /// reads outside the supported range.
+    pub async fn flush(&self) -> Result<u64> {
+        let Some(Usage {
+            recorder,
+            flush: Some(flush),
+            ..
+        }) = &self.usage
+        else {
+            return Ok(0);
+        };
+        let now = crate::clock::check_time(self.clock.now())?;
+        flush(&self.store, recorder, now).await.map_err(Error::from)
+    }
+
+    /// Whether a background flush of the authenticator's own recorder is
+    /// due at `now` (claims it: one caller per recorder interval gets
+    /// `true`). `false` without usage or with a recorder handed in.
+    #[cfg(feature = "axum")]
+    pub(crate) fn usage_flush_due(&self, now: OffsetDateTime) -> bool {
+        matches!(&self.usage, Some(u) if u.background && u.flush.is_some() && u.recorder.flush_due(now))
     }
 
     /// Sends audit events of failed verifications to `sink`, with
@@ -180,6 +309,20 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             rejections: RejectionSampler::new(sample_interval),
         }));
         self
+    }
+
+    /// Raises the seed-001 monitoring events (new network, failure bursts,
+    /// unusual traffic; the [`Gate`](crate::web::Gate) adds rate-limit hits
+    /// and exhausted quotas) through `monitor` (see
+    /// [`manage::monitor`](crate::manage::monitor)). Defaults to none.
+    pub fn with_monitor(mut self, monitor: Arc<Monitor>) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    /// The monitor, when monitoring.
+    pub fn monitor(&self) -> Option<&Arc<Monitor>> {
+        self.monitor.as_ref()
     }
 
     /// Declares `legacy` as the prefix of keys imported from another system,
@@ -218,7 +361,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
 
     /// The usage recorder, when usage is recorded.
     pub fn usage(&self) -> Option<&Arc<UsageRecorder>> {
-        self.usage.as_ref()
+        self.usage.as_ref().map(|u| &u.recorder)
     }
 
     pub(crate) fn auditor(&self) -> Option<&Arc<Auditor>> {
@@ -287,7 +430,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// authenticated key against the request ([`FailureClass::Authenticated`],
     /// native or legacy), so the gate charges that key's own plan without
     /// parsing or classifying again.
-    // Not an `async fn`, on purpose (see the body).
+    // Not an `async fn`, on purpose: an `async` block captures the
+    // arguments in place, not copied again into the future, which the web
+    // layer boxes on every request.
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn authenticate_kept(
         &self,
@@ -295,90 +440,103 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> impl Future<Output = std::result::Result<VerifiedKey, Refusal>> {
-        // An `async` block rather than an `async fn`: the arguments are
-        // captured in place, not copied again into the future, which
-        // the web layer boxes on every request.
         async move {
-            let limits = &self.limits;
-            let parsed = match self.verifier.parse(presented) {
-                Ok(p) => p,
-                Err(e) => {
-                    if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
-                        let attempt = limits
-                            .begin_untagged(ip)
-                            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
-                        // Boxed: the legacy lookup's future is most of this
-                        // one's size, and every tagged key (the hot path) would
-                        // otherwise carry it (1.9 KiB, past the allocator's
-                        // small-size cache, through the web layer's future).
-                        let result =
-                            Box::pin(self.authenticate_legacy(presented, l, requirement, ip)).await;
-                        return match result {
-                            Ok(v) => Ok(v),
-                            Err(r) => {
-                                let (class, r) = settle(r);
-                                if class == FailureClass::KeyStatus {
-                                    limits.untagged_failed(attempt).await;
-                                }
-                                Err(r)
-                            }
-                        };
-                    }
-                    self.count(RejectionSampler::reason_of(&e));
-                    return Err(e.into());
+            let started = metrics::Started::now();
+            let result = trace::authenticate(async {
+                let result = self.run(presented, requirement, ip).await;
+                if let Err(r) = &result {
+                    trace::reason(&r.error);
                 }
-            };
-            let id = parsed.id();
-            limits
-                .check_key(id.as_u64())
-                .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
-            let view = self.store.fetch(id).await.map_err(Error::from_lookup)?;
-            let result = self.check(&parsed, view, requirement, ip);
-            // The parsed key (its secret wiped on drop) is not kept across the
-            // failure throttle's await.
-            drop(parsed);
-            match result {
-                Ok(v) => Ok(v),
-                Err(r) => {
-                    let (class, r) = settle(r);
-                    if class == FailureClass::KeyStatus {
-                        limits.key_failed(id.as_u64()).await;
-                    }
-                    Err(r)
-                }
-            }
+                result
+            })
+            .await;
+            metrics::authenticated(started, result.as_ref().err().map(|r| &r.error));
+            result
         }
     }
 
-    /// Steps 5 to 7 for a fetched record: verify, count usage, audit a
-    /// failure. Synchronous, so nothing here is held across an await.
-    fn check(
+    /// The pipeline's steps (see [`authenticate`](Self::authenticate)).
+    async fn run(
         &self,
-        parsed: &ParsedKey<'_>,
-        view: Option<Arc<KeyView>>,
+        presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
     ) -> std::result::Result<VerifiedKey, Refusal> {
-        let id = parsed.id();
-        // Only for the audit event of a failure; skipped without a sink.
-        let owner = match &self.audit {
-            Some(_) => view.as_ref().and_then(|v| v.owner.clone()),
-            None => None,
+        let limits = &self.limits;
+        let parsed = match self.verifier.parse(presented) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
+                    let attempt = limits
+                        .begin_untagged(ip)
+                        .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+                    // Boxed: the legacy lookup's future is most of this
+                    // one's size, and every tagged key (the hot path) would
+                    // otherwise carry it through the web layer's future.
+                    let result =
+                        Box::pin(self.authenticate_legacy(presented, l, requirement, ip)).await;
+                    return match result {
+                        Ok(v) => Ok(v),
+                        Err(r) => {
+                            let (class, r) = settle(r);
+                            if class == FailureClass::KeyStatus {
+                                limits.untagged_failed(attempt).await;
+                            }
+                            Err(r)
+                        }
+                    };
+                }
+                self.count(RejectionSampler::reason_of(&e));
+                self.network_failed(ip);
+                return Err(e.into());
+            }
         };
-        if self.usage.is_none() && self.audit.is_none() {
+        let id = parsed.id();
+        trace::key(parsed.prefix(), id);
+        limits
+            .check_key(id.as_u64())
+            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+        let started = metrics::Started::now();
+        let view = trace::store("fetch", self.store.fetch(id)).await;
+        metrics::store_call("fetch", started, &view);
+        let view = view.map_err(Error::from_lookup)?;
+        // Only for the audit event of a failure; skipped without a sink.
+        let owner = if self.audit.is_some() || self.monitor.is_some() {
+            view.as_ref().and_then(|v| v.owner.clone())
+        } else {
+            None
+        };
+        let result = if self.usage.is_none() && self.audit.is_none() && self.monitor.is_none() {
             // Nothing records the time: the verifier reads the clock only
             // for keys with a validity window, and then without calendar
             // conversion (`Clock::checked_timestamp`).
             self.verifier
-                .verify_from_clock_kept(parsed, view, &self.clock, requirement, ip)
+                .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip)
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
             let now = self.clock.now();
             let verified = self
                 .verifier
-                .verify_from_kept(parsed, view, now, requirement, ip);
-            self.finish(verified, id, owner.as_deref(), now)
+                .verify_from_kept(&parsed, view, now, requirement, ip);
+            self.finish(verified, id, owner.as_deref(), now, ip)
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(r) => {
+                let (class, r) = settle(r);
+                if class == FailureClass::KeyStatus {
+                    limits.key_failed(id.as_u64()).await;
+                }
+                Err(r)
+            }
+        }
+    }
+
+    /// A failure from `ip`, for the monitor's per-network burst check.
+    fn network_failed(&self, ip: Option<IpAddr>) {
+        if let (Some(m), Some(ip)) = (&self.monitor, ip) {
+            m.network_failed(ip, self.clock.now());
         }
     }
 
@@ -395,16 +553,28 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         id: KeyId,
         owner: Option<&str>,
         now: OffsetDateTime,
+        ip: Option<IpAddr>,
     ) -> std::result::Result<VerifiedKey, Refusal> {
         match verified {
             Ok(v) => {
                 if let Some(u) = &self.usage {
-                    u.record(id, now);
+                    u.recorder.record(id, now);
+                }
+                if let Some(m) = &self.monitor {
+                    m.used(id, v.owner(), ip, now);
                 }
                 Ok(v)
             }
             Err(r) => {
                 let e = &r.error;
+                if let Some(m) = &self.monitor {
+                    if FailureClass::after_lookup(e) == FailureClass::KeyStatus {
+                        m.key_failed(id, owner, now);
+                    }
+                    if let Some(ip) = ip {
+                        m.network_failed(ip, now);
+                    }
+                }
                 if let Some(a) = &self.audit {
                     match RejectionSampler::reason_of_request_failure(e) {
                         // An authenticated key that does not fit the
@@ -446,12 +616,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let Some(index) = keyring.legacy_index(v, &sha) else {
                 continue;
             };
-            if let Some(rec) = self
-                .store
-                .find_legacy(&index)
-                .await
-                .map_err(Error::from_lookup)?
-            {
+            let started = metrics::Started::now();
+            let rec = trace::store("find_legacy", self.store.find_legacy(&index)).await;
+            metrics::store_call("find_legacy", started, &rec);
+            if let Some(rec) = rec.map_err(Error::from_lookup)? {
                 found = Some((rec, index));
                 break;
             }
@@ -459,6 +627,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         let now = self.clock.now();
         let Some((rec, index)) = found else {
             self.count(Some(crate::audit::UNKNOWN_LEGACY));
+            self.network_failed(ip);
             return Err(Error::InvalidApiKey.into());
         };
         let verified = if legacy::matches(&self.verifier, &rec, prefix, &index, presented) {
@@ -467,7 +636,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         } else {
             Err(Error::InvalidApiKey.into())
         };
-        let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now)?;
+        let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now, ip)?;
         // Best effort: a failure leaves the record as it was, and the next
         // verification tries again.
         if let Some(up) = &self.legacy.upgrader

@@ -8,7 +8,7 @@ pub mod legacy;
 pub mod scope;
 pub mod verifier;
 
-pub use authenticator::Authenticator;
+pub use authenticator::{Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL};
 pub use ipnet::{IpNet, ip_allowed};
 pub use legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};

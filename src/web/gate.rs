@@ -122,6 +122,7 @@ use crate::limits::{
     Admission, CreditCharge, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo, SpendReceipt,
     SyncLimits, Verdict,
 };
+use crate::metrics;
 use crate::response::{
     ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
     retry_after_secs,
@@ -526,6 +527,17 @@ where
         &self.quotas
     }
 
+    /// Writes the usage the gate's authenticator counted to the store
+    /// ([`Authenticator::flush`]); call it from a timer and at shutdown.
+    /// The axum layer also starts it in the background, at most once per
+    /// usage-flush interval.
+    ///
+    /// # Errors
+    /// As [`Authenticator::flush`].
+    pub async fn flush(&self) -> crate::error::Result<u64> {
+        self.authenticator.flush().await
+    }
+
     /// The API whose owner balances are charged, if metering.
     pub fn credits_api(&self) -> Option<&str> {
         self.credits_api.as_deref()
@@ -599,10 +611,14 @@ where
     {
         match self.extractor.extract_with_query(headers, query) {
             Ok(Extracted::NotOurs) if foreign == ForeignCredentials::Reject => {
+                metrics::rejected_at_edge(&Error::MissingApiKey);
                 Err(self.reject(Error::MissingApiKey))
             }
             Ok(found) => Ok(found),
-            Err(e) => Err(self.refuse(e, client)),
+            Err(e) => {
+                metrics::rejected_at_edge(&e);
+                Err(self.refuse(e, client))
+            }
         }
     }
 
@@ -644,7 +660,12 @@ where
                 .admit(&Admission::new(view.id().as_u64(), quota))
                 .await
             {
-                return self.rate_limited(verdict, self.authenticator.clock().now());
+                metrics::admission("rate_limited", false);
+                let now = self.authenticator.clock().now();
+                if let Some(m) = self.authenticator.monitor() {
+                    m.rate_limited(view.id(), view.owner(), now);
+                }
+                return self.rate_limited(verdict, now);
             }
         }
         self.reject(refusal.error)
@@ -667,11 +688,12 @@ where
     /// Step 4 (rate limit and credits, one admission) for a verified key.
     pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let verdict = self
-            .authenticator
-            .limits()
-            .admit(&self.admission(&key, route))
-            .await;
+        let verdict = crate::trace::admit(
+            self.authenticator
+                .limits()
+                .admit(&self.admission(&key, route)),
+        )
+        .await;
         self.conclude(verdict, key, scheme, now)
     }
 
@@ -686,24 +708,40 @@ where
             Ok(Verdict::Admitted {
                 rate_limit,
                 credits,
-            }) => Decision::Admitted(Admitted {
-                key,
-                scheme,
-                rate_limit,
-                credits: credits.filter(|_| self.credits_api.is_some()),
-                now,
-            }),
-            Ok(v @ Verdict::RateLimited { .. }) => Decision::Rejected(self.rate_limited(v, now)),
+            }) => {
+                metrics::admission("admitted", self.credits_api.is_some());
+                Decision::Admitted(Admitted {
+                    key,
+                    scheme,
+                    rate_limit,
+                    credits: credits.filter(|_| self.credits_api.is_some()),
+                    now,
+                })
+            }
+            Ok(v @ Verdict::RateLimited { .. }) => {
+                metrics::admission("rate_limited", self.credits_api.is_some());
+                if let Some(m) = self.authenticator.monitor() {
+                    m.rate_limited(key.id(), key.owner(), now);
+                }
+                Decision::Rejected(self.rate_limited(v, now))
+            }
             Ok(Verdict::CreditsExhausted {
                 rate_limit,
                 exhausted,
             }) => {
+                metrics::admission("credits_exhausted", true);
+                if let Some(m) = self.authenticator.monitor() {
+                    m.quota_exceeded(key.id(), key.owner(), now);
+                }
                 let mut r = self.reject_at(Error::UsageExceeded, now);
                 r.rate_limit = rate_limit;
                 r.retry_after = exhausted.refill_in;
                 Decision::Rejected(r)
             }
-            Err(e) => Decision::Rejected(self.reject_at(Error::StoreUnavailable(e), now)),
+            Err(e) => {
+                metrics::admission("error", self.credits_api.is_some());
+                Decision::Rejected(self.reject_at(Error::StoreUnavailable(e), now))
+            }
         }
     }
 

@@ -231,9 +231,9 @@ fn respond<Inner, B, ResBody, S, C, L>(
 where
     Inner: tower_service::Service<Request<B>, Response = http::Response<ResBody>>,
     ResBody: From<String>,
-    S: KeyStore,
-    C: Clock,
-    L: Limits,
+    S: KeyStore + Send + Sync + 'static,
+    C: Clock + 'static,
+    L: Limits + 'static,
 {
     // An `async` block, not an `async fn`: the arguments are captured
     // in place instead of being copied into the future's locals (the
@@ -246,6 +246,7 @@ where
             let decision = decide(&layer, req.headers(), req.uri().query(), req.extensions()).await;
             match decision {
                 Decision::Admitted(admitted) => {
+                    flush_in_background(&layer.gate, admitted.now);
                     // The window and the clock reading of the decision.
                     let numbers = admitted.rate_limit.map(|info| {
                         (
@@ -383,6 +384,25 @@ fn number(n: u64) -> HeaderValue {
         }
     }
     HeaderValue::from_bytes(&buf[start..]).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+/// Starts a usage flush off the request path when one is due (at most once
+/// per recorder interval; never without usage recording).
+fn flush_in_background<S, C, L>(gate: &Arc<Gate<S, C, L>>, now: time::OffsetDateTime)
+where
+    S: KeyStore + Send + Sync + 'static,
+    C: Clock + 'static,
+    L: Limits + 'static,
+{
+    if gate.authenticator().usage_flush_due(now)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let gate = Arc::clone(gate);
+        runtime.spawn(async move {
+            // A failed flush keeps its counts for the next one.
+            let _ = gate.flush().await;
+        });
+    }
 }
 
 fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {

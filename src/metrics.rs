@@ -1,0 +1,218 @@
+//! Metrics on the `metrics` facade (feature `metrics`); without the
+//! feature every function here is empty and inlined away, and no clock is
+//! read. See `docs/metrics.md` for the table of names, types, units and
+//! labels. Labels never carry a key id, an owner or an address: every label
+//! value is a `&'static str` from a fixed set.
+
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+#[cfg(feature = "metrics")]
+use crate::error::StoreErrorKind;
+use crate::error::{Error, StoreError};
+
+/// A start time, read only with the feature.
+#[derive(Clone, Copy)]
+pub(crate) struct Started(#[cfg(feature = "metrics")] Instant);
+
+impl Started {
+    #[inline(always)]
+    pub(crate) fn now() -> Self {
+        Self(
+            #[cfg(feature = "metrics")]
+            Instant::now(),
+        )
+    }
+
+    #[cfg(feature = "metrics")]
+    fn seconds(self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// The handles of the valid-key path, registered once per thread and
+/// recorder (registering looks the name and labels up in the recorder's
+/// registry on every call, which costs more than recording).
+#[cfg(feature = "metrics")]
+mod hot {
+    use std::cell::RefCell;
+
+    pub(super) struct Handles {
+        /// The recorder they were registered with (its address).
+        recorder: usize,
+        pub(super) success: metrics::Histogram,
+        pub(super) fetch_ok: metrics::Histogram,
+    }
+
+    thread_local! {
+        static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
+    }
+
+    fn recorder() -> usize {
+        metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
+    }
+
+    /// Runs `f` with this thread's handles for the current recorder.
+    pub(super) fn with(f: impl FnOnce(&Handles)) {
+        let id = recorder();
+        HANDLES.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            let handles = match cached.take() {
+                Some(h) if h.recorder == id => h,
+                _ => Handles {
+                    recorder: id,
+                    success: metrics::histogram!("apikey.authentication.duration", "result" => "success", "reason" => "none"),
+                    fetch_ok: metrics::histogram!("apikey.store.duration", "operation" => "fetch", "outcome" => "ok"),
+                },
+            };
+            f(&handles);
+            *cached = Some(handles);
+        });
+    }
+}
+
+/// One authentication through the pipeline: its duration by result and
+/// reason, and a rejection by reason when it failed.
+#[inline(always)]
+pub(crate) fn authenticated(started: Started, error: Option<&Error>) {
+    #[cfg(feature = "metrics")]
+    match error {
+        None => hot::with(|h| h.success.record(started.seconds())),
+        Some(e) => {
+            let reason = e.code().as_str();
+            metrics::histogram!("apikey.authentication.duration", "result" => "failure", "reason" => reason)
+                .record(started.seconds());
+            metrics::counter!("apikey.authentication.rejections", "reason" => reason).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (started, error);
+}
+
+/// A rejection decided at the web edge before the pipeline (no key,
+/// foreign credentials, an unreadable header).
+#[inline(always)]
+pub(crate) fn rejected_at_edge(error: &Error) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.authentication.rejections", "reason" => error.code().as_str())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = error;
+}
+
+/// One store call of `operation`: its duration, and a timeout.
+#[inline(always)]
+pub(crate) fn store_call<T>(
+    operation: &'static str,
+    started: Started,
+    result: &Result<T, StoreError>,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        if operation == "fetch" && result.is_ok() {
+            hot::with(|h| h.fetch_ok.record(started.seconds()));
+            return;
+        }
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) if e.kind() == StoreErrorKind::Timeout => "timeout",
+            Err(_) => "error",
+        };
+        metrics::histogram!("apikey.store.duration", "operation" => operation, "outcome" => outcome)
+            .record(started.seconds());
+        if outcome == "timeout" {
+            metrics::counter!("apikey.store.timeouts", "operation" => operation).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, started, result);
+}
+
+/// Increments a counter whose one label takes a value from a known set: a
+/// literal label value lets the facade build the key without allocating
+/// (a computed one costs a `Vec` on every call, recorder or not).
+#[cfg(feature = "metrics")]
+macro_rules! count_one_of {
+    ($name:literal, $label:literal, $value:expr, [$($known:literal),* $(,)?]) => {
+        match $value {
+            $($known => metrics::counter!($name, $label => $known).increment(1),)*
+            other => metrics::counter!($name, $label => other).increment(1),
+        }
+    };
+}
+
+/// One admission decision of the gate (`admitted`, `rate_limited`,
+/// `credits_exhausted`, `error`), and whether credits were metered.
+#[inline(always)]
+pub(crate) fn admission(decision: &'static str, metered: bool) {
+    #[cfg(feature = "metrics")]
+    {
+        count_one_of!(
+            "apikey.rate_limit.decisions",
+            "decision",
+            decision,
+            ["admitted", "rate_limited", "credits_exhausted", "error"]
+        );
+        if metered {
+            let credit = match decision {
+                "admitted" => "spent",
+                "credits_exhausted" => "exhausted",
+                other => other,
+            };
+            count_one_of!(
+                "apikey.credits.decisions",
+                "decision",
+                credit,
+                ["spent", "exhausted", "rate_limited", "error"]
+            );
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (decision, metered);
+}
+
+/// One cache lookup: `hit`, `miss`, `joined` (a read already in flight) or
+/// `expired` (a cached entry past its maximum age, read again).
+#[inline(always)]
+pub(crate) fn cache_lookup(result: &'static str) {
+    #[cfg(feature = "metrics")]
+    count_one_of!(
+        "apikey.cache.lookups",
+        "result",
+        result,
+        ["hit", "miss", "joined", "expired"]
+    );
+    #[cfg(not(feature = "metrics"))]
+    let _ = result;
+}
+
+/// One cache entry evicted to make room.
+#[inline(always)]
+pub(crate) fn cache_eviction() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.cache.evictions").increment(1);
+}
+
+/// One usage flush batch written: its size in deltas, and the time since
+/// the previous flush (how far the store lagged behind).
+#[inline(always)]
+pub(crate) fn usage_flushed(deltas: usize, lag_seconds: Option<f64>) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::histogram!("apikey.usage.flush.batch_size").record(deltas as f64);
+        if let Some(lag) = lag_seconds {
+            metrics::histogram!("apikey.usage.flush.lag").record(lag);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (deltas, lag_seconds);
+}
+
+/// One monitoring event raised, by kind.
+#[inline(always)]
+pub(crate) fn monitoring_event(kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("apikey.monitoring.events", "kind" => kind).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = kind;
+}

@@ -1,0 +1,183 @@
+//! Metrics (issue 22, feature `metrics`): every metric in the table of
+//! `docs/metrics.md` is emitted on the path it names, and no label carries
+//! a key id, an owner or an address.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use apikey::limits::{CreditAccount, MemoryLimits, Quota};
+use apikey::manage::{Monitor, MonitorConfig};
+use apikey::web::{Decision, Gate, QuotaTable, Route};
+use apikey::*;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+
+fn verifier() -> Verifier {
+    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[13; 32]).unwrap()).unwrap())
+}
+
+/// A store whose every read times out.
+#[derive(Debug)]
+struct TimingOut;
+
+impl KeyStore for TimingOut {
+    async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        Err(StoreError::new(StoreErrorKind::Timeout))
+    }
+}
+
+/// The metric names of the core crate's table in docs/metrics.md.
+fn documented() -> BTreeSet<String> {
+    let doc = include_str!("../docs/metrics.md");
+    doc.lines()
+        .take_while(|l| !l.starts_with("## apikey-sqlx"))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("apikey."))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs every path the table names once, under a debugging recorder.
+async fn exercise() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(T0);
+    let v = verifier();
+    let (key, record) = v
+        .issue(NewKey::new("sk_live_").owner("org_secret_owner"), T0)
+        .unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    // A cache of one entry per shard: a second key evicts the first.
+    let (other, other_record) = v.issue(NewKey::new("sk_live_"), T0).unwrap();
+    store.insert_sync(other_record).unwrap();
+    let cache = Arc::new(
+        CachedStore::new(Arc::clone(&store))
+            .with_capacity(1)
+            .with_clock(clock.clone()),
+    );
+    let events = Arc::new(MemoryAuditSink::new());
+    let mut config = MonitorConfig::default();
+    config.burst_threshold = 2;
+    let monitor = Arc::new(Monitor::new(config, events));
+    let auth = Authenticator::with_clock(v.clone(), Arc::clone(&cache), clock.clone())
+        .with_monitor(monitor);
+    let limits = MemoryLimits::with_clock(clock.clone());
+    limits.set_credits_sync(CreditAccount::Key(record.id.as_u64()), 2, None);
+    let gate = Gate::new(auth)
+        .with_limits(limits)
+        .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(3)))
+        .with_credits("rest");
+    let ip = Some("198.51.100.7".parse().unwrap());
+    let check = |k: &str| {
+        let header = k.to_owned();
+        let gate = &gate;
+        async move {
+            gate.check(
+                [("x-api-key", header.as_str())],
+                None,
+                ip,
+                &Route::any_key(),
+            )
+            .await
+        }
+    };
+    // Miss, then hit; admitted twice, then the key's credits run out.
+    for _ in 0..4 {
+        let _ = check(key.expose_secret()).await;
+    }
+    // A second key: its entry evicts the first (one entry per shard only
+    // when both land in one shard; with capacity 1 there is one shard).
+    let _ = check(other.expose_secret()).await;
+    // The second key has no credit account: the rate limit (3 a minute)
+    // refuses it.
+    for _ in 0..3 {
+        let _ = check(other.expose_secret()).await;
+    }
+    // Past the maximum age: the entry is expired and read again.
+    clock.advance(Duration::seconds(5));
+    let _ = check(other.expose_secret()).await;
+    // Junk from one network: rejections and a failure burst.
+    for _ in 0..3 {
+        let _ = check("sk_live_junk").await;
+    }
+    // No key at all: refused at the edge.
+    let none: [(&str, &str); 0] = [];
+    assert!(matches!(
+        gate.check(none, None, ip, &Route::any_key()).await,
+        Decision::Rejected(_)
+    ));
+    // Usage: two flushes, the second after a minute.
+    gate.flush().await.unwrap();
+    clock.advance(Duration::minutes(1));
+    let _ = check(other.expose_secret()).await;
+    gate.flush().await.unwrap();
+    // A store that times out.
+    let slow = Authenticator::read_only_with_clock(v, TimingOut, clock);
+    slow.authenticate(key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap_err();
+}
+
+/// Issue 22: every metric of the table is emitted, on the paths it names;
+/// label values never hold the key id, the owner or the address.
+#[test]
+fn every_metric_in_the_table_is_emitted_on_its_path() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(exercise());
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let mut emitted = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    for (key, _, _, value) in &snapshot {
+        let nonzero = match value {
+            DebugValue::Counter(n) => *n > 0,
+            DebugValue::Histogram(v) => !v.is_empty(),
+            DebugValue::Gauge(_) => true,
+        };
+        if nonzero {
+            emitted.insert(key.key().name().to_owned());
+        }
+        for l in key.key().labels() {
+            labels.insert(format!("{}={}", l.key(), l.value()));
+        }
+    }
+    let table = documented();
+    assert!(table.len() >= 11, "{table:?}");
+    let missing: Vec<_> = table.difference(&emitted).collect();
+    assert!(missing.is_empty(), "documented, not emitted: {missing:?}");
+    let undocumented: Vec<_> = emitted.difference(&table).collect();
+    assert!(
+        undocumented.is_empty(),
+        "emitted, not documented: {undocumented:?}"
+    );
+    for expected in [
+        "result=success",
+        "reason=MALFORMED_API_KEY",
+        "reason=MISSING_API_KEY",
+        "decision=credits_exhausted",
+        "decision=rate_limited",
+        "result=hit",
+        "result=miss",
+        "result=expired",
+        "operation=fetch",
+        "operation=record_usage",
+        "kind=failure_burst",
+    ] {
+        assert!(labels.contains(expected), "{expected} not in {labels:?}");
+    }
+    for l in &labels {
+        assert!(!l.contains("org_secret_owner"), "{l}");
+        assert!(!l.contains("198.51.100"), "{l}");
+        assert!(!l.contains("sk_live_"), "{l}");
+    }
+}
