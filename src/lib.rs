@@ -41,8 +41,8 @@ pub use key::{
     PrefixRegistry, RESEED_EVERY, ServerSecret, key_display_form,
 };
 pub use manage::{
-    DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation,
-    UsageRecorder,
+    DEFAULT_MAX_GRACE, Finding, HygieneOptions, HygieneReport, ImportKey, KeyHygiene, KeyManager,
+    KeyState, KeySummary, KeyUpdate, PENDING_APPROVAL, Rotation, UsageRecorder,
 };
 /// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
@@ -55,6 +55,6 @@ pub use store::{
     SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
-    Authenticator, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope,
-    ScopeSet, VerifiedKey, Verifier, ip_allowed,
+    Authenticator, IpNet, KeyPolicies, KeyPolicy, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS,
+    PolicyRule, PolicyTarget, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
 };

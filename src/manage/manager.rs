@@ -83,6 +83,7 @@ use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::ipnet::IpNet;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::{Limits, NoLimits};
+use crate::manage::hygiene::{HygieneOptions, HygieneReport};
 use crate::prefix::{Environment, Prefix};
 use crate::record::{KeyRecord, KeyStatus, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
@@ -90,6 +91,7 @@ use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageStore};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
 use crate::verify::authenticator::{Auditor, Authenticator};
+use crate::verify::policy::KeyPolicies;
 
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
@@ -100,6 +102,10 @@ const RESENDS: usize = 2;
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
+/// The metadata entry (`"true"`) on a key born disabled because a
+/// [`KeyPolicy`](crate::KeyPolicy) requires approval;
+/// [`KeyManager::enable`] removes it.
+pub const PENDING_APPROVAL: &str = "apikey.pending_approval";
 
 /// Whether a failed write's outcome is unknown: the deadline passed or the
 /// connection was lost, possibly while the database was committing (both
@@ -583,6 +589,20 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         self
     }
 
+    /// Enforces the issuance `policies` (see [`KeyPolicies`]): planned on
+    /// [`create`](Self::create), [`update`](Self::update),
+    /// [`rotate`](Self::rotate) and [`import`](Self::import) (a key that
+    /// would not comply is refused with [`Error::PolicyViolation`], before
+    /// the one store write that also checks the owner limit), and checked
+    /// at every verification through this manager's verifier (see
+    /// [`Verifier::with_key_policies`]). To tighten or loosen a policy,
+    /// build the manager again over the same store: keys are never revoked
+    /// for it. Defaults to none.
+    pub fn with_key_policies(mut self, policies: KeyPolicies) -> Self {
+        self.auth.set_key_policies(policies);
+        self
+    }
+
     /// The longest rotation grace period [`rotate`](Self::rotate) accepts;
     /// a longer one is [`Error::InvalidInput`] (`INVALID_REQUEST`). Defaults
     /// to [`DEFAULT_MAX_GRACE`] (7 days). Keys in their grace period still
@@ -673,6 +693,56 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .by(actor)
     }
 
+    /// The issuance policies (held by the verifier, which checks them at
+    /// verification too), if any.
+    fn policies(&self) -> Option<&KeyPolicies> {
+        self.auth.verifier().key_policies()
+    }
+
+    /// Issues a key planned under the issuance policies: a key without
+    /// expiry gets the default lifetime (the shortest applicable
+    /// `default_lifetime`, else the shortest `max_lifetime`); with
+    /// `approval` and a policy that requires it, the key is born disabled
+    /// and marked [`PENDING_APPROVAL`]; the result must comply with every
+    /// applicable policy. The one place create, rotate and import plan a
+    /// new record.
+    fn issue_planned(
+        &self,
+        mut new: NewKey,
+        now: OffsetDateTime,
+        approval: bool,
+    ) -> Result<(ApiKey, KeyRecord)> {
+        let Some(p) = self.policies() else {
+            return self.auth.verifier().issue(new, now);
+        };
+        let owner = new.owner.as_deref();
+        if new.expires_at.is_none()
+            && let Some(life) = p
+                .default_lifetime(&new.prefix, owner)
+                .or_else(|| p.max_lifetime(&new.prefix, owner))
+        {
+            new.expires_at = Some(now.saturating_add(life).min(crate::clock::MAX_TIME));
+        }
+        let pending = approval && p.requires_approval(&new.prefix, owner);
+        let (key, mut record) = self.auth.verifier().issue(new, now)?;
+        if pending {
+            record.status = KeyStatus::Disabled;
+            record
+                .metadata
+                .insert(PENDING_APPROVAL.to_owned(), "true".to_owned());
+        }
+        p.check(&record, now)?;
+        Ok((key, record))
+    }
+
+    /// Checks a changed record against the issuance policies.
+    fn check_policies(&self, record: &KeyRecord, now: OffsetDateTime) -> Result<()> {
+        match self.policies() {
+            Some(p) => p.check(record, now),
+            None => Ok(()),
+        }
+    }
+
     // ----- create, read -----
 
     /// Creates a key; returns the full key (show it once) and its summary.
@@ -689,7 +759,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (key, record) = self.auth.verifier().issue(new.clone(), now)?;
+            let (key, record) = self.issue_planned(new.clone(), now, true)?;
             match self.insert_resolved(&record, now).await {
                 Err(e) if e.kind() == StoreErrorKind::IdCollision && attempt < 3 => continue,
                 Err(e) => return Err(e.into()),
@@ -842,6 +912,14 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         Ok(KeySummary::from_record(&r, now))
     }
 
+    async fn records_of(&self, owner: &str) -> Result<Vec<KeyRecord>> {
+        self.auth
+            .store()
+            .list_by_owner(owner)
+            .await
+            .map_err(Error::from)
+    }
+
     /// The summaries of `owner`'s keys, oldest first.
     ///
     /// # Errors
@@ -852,12 +930,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`Error::StoreUnavailable`] when the store fails.
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
-        let records = self
-            .auth
-            .store()
-            .list_by_owner(owner)
-            .await
-            .map_err(Error::from)?;
+        let records = self.records_of(owner).await?;
         Ok(records
             .iter()
             .map(|r| KeySummary::from_record(r, now))
@@ -889,6 +962,20 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .filter(|r| r.rotated_to.is_none())
             .map(|r| KeySummary::from_record(r, now))
             .collect())
+    }
+
+    /// The [hygiene report](crate::manage::hygiene) over `owner`'s keys:
+    /// no expiry, unused, wildcard scopes, no IP allowlist, expiring soon,
+    /// not compliant with the issuance policies in force.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list).
+    pub async fn hygiene(&self, owner: &str, options: &HygieneOptions) -> Result<HygieneReport> {
+        let now = self.now()?;
+        let records = self.records_of(owner).await?;
+        let none = KeyPolicies::new();
+        let policies = self.policies().unwrap_or(&none);
+        Ok(HygieneReport::of_records(&records, policies, now, options))
     }
 
     // ----- changes to one key -----
@@ -1028,6 +1115,11 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                     next.ip_allowlist = l.clone();
                     fields.push("ip_allowlist");
                 }
+                // A change of what policies govern must leave a compliant
+                // key; a rename or a note on a non-compliant key is allowed.
+                if fields.iter().any(|f| matches!(*f, "scopes" | "expires_at")) {
+                    self.check_policies(&next, now)?;
+                }
                 Ok((!fields.is_empty()).then_some(next))
             })
             .await?;
@@ -1049,6 +1141,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 _ => {
                     let mut next = cur.clone();
                     next.status = to;
+                    if to == KeyStatus::Active {
+                        // Enabling is the approval of a pending key.
+                        next.metadata.remove(PENDING_APPROVAL);
+                    }
                     Ok(Some(next))
                 }
             })
@@ -1291,7 +1387,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             new.metadata = cur.metadata.clone();
             new.ip_allowlist = cur.ip_allowlist.clone();
             new.expires_at = rotation.expires_at;
-            let (key, mut successor) = self.auth.verifier().issue(new, now)?;
+            // A rotation replaces an approved key: no second approval.
+            let (key, mut successor) = self.issue_planned(new, now, false)?;
             successor.rotated_from = Some(cur.id);
             let mut pred = cur.clone();
             pred.expires_at = Some(grace_end);
@@ -1375,7 +1472,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         let mut new = import.new.clone();
         new.prefix = legacy.native.prefix.as_str().to_owned();
         for _ in 0..3 {
-            let (_discarded, mut record) = self.auth.verifier().issue(new.clone(), now)?;
+            let (_discarded, mut record) = self.issue_planned(new.clone(), now, true)?;
             record.digest = digest.unwrap_or(KeyDigest::from_bytes([0; 32]));
             record.legacy = Some(LegacyInfo::new(
                 legacy.legacy.clone(),

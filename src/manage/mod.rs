@@ -2,14 +2,16 @@
 //! revoke, import), usage counting and the audit trail.
 
 pub mod audit;
+pub mod hygiene;
 pub mod manager;
 pub mod usage;
 
 #[cfg(feature = "tracing")]
 pub use audit::TracingSink;
 pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
+pub use hygiene::{Finding, HygieneOptions, HygieneReport, KeyHygiene};
 pub use manager::{
     DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, MAX_LEGACY_KEY_LEN,
-    MAX_LEGACY_PREFIX_LEN, Rotation,
+    MAX_LEGACY_PREFIX_LEN, PENDING_APPROVAL, Rotation,
 };
 pub use usage::UsageRecorder;

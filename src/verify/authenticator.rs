@@ -196,6 +196,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         Arc::make_mut(&mut self.legacy).upgrader = Some(upgrader);
     }
 
+    pub(crate) fn set_key_policies(&mut self, policies: crate::KeyPolicies) {
+        self.verifier = self.verifier.clone().with_key_policies(policies);
+    }
+
     pub(crate) fn set_audit(&mut self, auditor: Option<Arc<Auditor>>) {
         self.audit = auditor;
     }
