@@ -41,8 +41,9 @@ pub use key::{
     PrefixRegistry, RESEED_EVERY, ServerSecret, key_display_form,
 };
 pub use manage::{
-    DEFAULT_MAX_GRACE, Finding, HygieneOptions, HygieneReport, ImportKey, KeyHygiene, KeyManager,
-    KeyState, KeySummary, KeyUpdate, PENDING_APPROVAL, Rotation, UsageRecorder,
+    AUTO_RENEW, DEFAULT_MAX_GRACE, EXPIRY_NOTIFIED, ExpiryNotice, ExpiryNotifier, Finding,
+    HygieneOptions, HygieneReport, ImportKey, KeyHygiene, KeyManager, KeyState, KeySummary,
+    KeyUpdate, PENDING_APPROVAL, Rotation, SweepOptions, SweepReport, UsageRecorder,
 };
 /// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11

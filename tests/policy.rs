@@ -2,18 +2,16 @@
 //! checked by the verifier; the hygiene report.
 #![allow(clippy::unwrap_used)]
 
+// `support` re-exports the network store these tests do not use.
+#[allow(unused_imports)]
+mod support;
+
 use std::sync::Arc;
 
 use apikey::*;
 use proptest::prelude::*;
-use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
-
-const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
-
-fn verifier() -> Verifier {
-    Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap())
-}
+use support::{T0, verifier};
+use time::Duration;
 
 fn admin() -> Actor {
     Actor::new("admin")

@@ -673,15 +673,15 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
 
     /// The clock's reading, checked against the
     /// [supported range](crate::MIN_TIME).
-    fn now(&self) -> Result<OffsetDateTime> {
+    pub(super) fn now(&self) -> Result<OffsetDateTime> {
         crate::clock::check_time(self.auth.clock().now())
     }
 
-    fn emit(&self, event: AuditEvent) {
+    pub(super) fn emit(&self, event: AuditEvent) {
         self.audit.record(&event);
     }
 
-    fn event(
+    pub(super) fn event(
         &self,
         now: OffsetDateTime,
         kind: AuditKind,
@@ -695,7 +695,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
 
     /// The issuance policies (held by the verifier, which checks them at
     /// verification too), if any.
-    fn policies(&self) -> Option<&KeyPolicies> {
+    pub(super) fn policies(&self) -> Option<&KeyPolicies> {
         self.auth.verifier().key_policies()
     }
 
@@ -736,7 +736,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     }
 
     /// Checks a changed record against the issuance policies.
-    fn check_policies(&self, record: &KeyRecord, now: OffsetDateTime) -> Result<()> {
+    pub(super) fn check_policies(&self, record: &KeyRecord, now: OffsetDateTime) -> Result<()> {
         match self.policies() {
             Some(p) => p.check(record, now),
             None => Ok(()),
@@ -989,7 +989,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// key count toward the limit again (an expiry cleared or extended on
     /// an expired key) is refused with [`Error::KeyLimitReached`] when the
     /// owner is at the limit, atomically with the write.
-    async fn modify<F>(
+    pub(super) async fn modify<F>(
         &self,
         id: KeyId,
         now: OffsetDateTime,

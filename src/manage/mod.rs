@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod hygiene;
 pub mod manager;
+pub mod sweep;
 pub mod usage;
 
 #[cfg(feature = "tracing")]
@@ -13,5 +14,8 @@ pub use hygiene::{Finding, HygieneOptions, HygieneReport, KeyHygiene};
 pub use manager::{
     DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, MAX_LEGACY_KEY_LEN,
     MAX_LEGACY_PREFIX_LEN, PENDING_APPROVAL, Rotation,
+};
+pub use sweep::{
+    AUTO_RENEW, EXPIRY_NOTIFIED, ExpiryNotice, ExpiryNotifier, SweepOptions, SweepReport,
 };
 pub use usage::UsageRecorder;
