@@ -41,9 +41,10 @@ pub use key::{
     PrefixRegistry, RESEED_EVERY, ServerSecret, key_display_form,
 };
 pub use manage::{
-    AUTO_RENEW, DEFAULT_MAX_GRACE, EXPIRY_NOTIFIED, ExpiryNotice, ExpiryNotifier, Finding,
-    HygieneOptions, HygieneReport, ImportKey, KeyHygiene, KeyManager, KeyState, KeySummary,
-    KeyUpdate, PENDING_APPROVAL, Rotation, SweepOptions, SweepReport, UsageRecorder,
+    AUTO_RENEW, DEFAULT_DERIVATION_LIMITS, DEFAULT_MAX_GRACE, Derivation, EXPIRY_NOTIFIED,
+    ExpiryNotice, ExpiryNotifier, Finding, HygieneOptions, HygieneReport, ImportKey, KeyHygiene,
+    KeyManager, KeyState, KeySummary, KeyUpdate, PENDING_APPROVAL, Rotation, SweepOptions,
+    SweepReport, UsageRecorder,
 };
 /// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
@@ -56,6 +57,7 @@ pub use store::{
     SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
-    Authenticator, IpNet, KeyPolicies, KeyPolicy, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS,
-    PolicyRule, PolicyTarget, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
+    Authenticator, IpNet, KeyPolicies, KeyPolicy, MAX_DERIVATION_DEPTH, MAX_SCOPE_LEN,
+    MAX_SCOPES_PER_KEY, MAX_SEGMENTS, PARENT, PolicyRule, PolicyTarget, Requirement, Scope,
+    ScopeSet, VerifiedKey, Verifier, ip_allowed,
 };

@@ -102,10 +102,25 @@ const RESENDS: usize = 2;
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
+/// The default of [`KeyManager::with_derivation_limits`]: chains of at
+/// most 2 derived keys below a key, at most 100 live children per parent.
+pub const DEFAULT_DERIVATION_LIMITS: (u8, u32) = (2, 100);
 /// The metadata entry (`"true"`) on a key born disabled because a
 /// [`KeyPolicy`](crate::KeyPolicy) requires approval;
 /// [`KeyManager::enable`] removes it.
 pub const PENDING_APPROVAL: &str = "apikey.pending_approval";
+
+/// Refuses the reserved parent link in caller-given metadata: only
+/// [`KeyManager::derive`] sets it.
+fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.contains_key(crate::verify::derived::PARENT) {
+        return Err(Error::InvalidInput(format!(
+            "the metadata entry `{}` is reserved for derived keys",
+            crate::verify::derived::PARENT
+        )));
+    }
+    Ok(())
+}
 
 /// Whether a failed write's outcome is unknown: the deadline passed or the
 /// connection was lost, possibly while the database was committing (both
@@ -497,8 +512,10 @@ pub struct KeyManager<S, C = SystemClock, L = NoLimits> {
     auth: Authenticator<Arc<S>, C, L>,
     /// The authenticator's recorder (the same `Arc`).
     usage: Arc<UsageRecorder>,
-    max_per_owner: Option<u32>,
+    pub(super) max_per_owner: Option<u32>,
     max_grace: Duration,
+    /// Deepest derivation chain and most live children per parent.
+    pub(super) derivation: (u8, u32),
     audit: Arc<dyn AuditSink>,
     audit_enabled: bool,
     sample_interval: Duration,
@@ -537,6 +554,7 @@ impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
             usage,
             max_per_owner: None,
             max_grace: DEFAULT_MAX_GRACE,
+            derivation: DEFAULT_DERIVATION_LIMITS,
             audit: Arc::new(NoAudit),
             audit_enabled: false,
             sample_interval: Duration::seconds(60),
@@ -555,6 +573,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             usage: self.usage,
             max_per_owner: self.max_per_owner,
             max_grace: self.max_grace,
+            derivation: self.derivation,
             audit: self.audit,
             audit_enabled: self.audit_enabled,
             sample_interval: self.sample_interval,
@@ -586,6 +605,17 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`KeyRecord::counts_toward_limit`]). Defaults to no limit.
     pub fn with_max_keys_per_owner(mut self, max: u32) -> Self {
         self.max_per_owner = Some(max);
+        self
+    }
+
+    /// Limits [derived keys](Self::derive): chains at most `max_depth` keys
+    /// below a key that is not derived (at most
+    /// [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH); 0 forbids
+    /// deriving), and at most `max_children` live (not revoked, not
+    /// expired) children per parent. Defaults to
+    /// [`DEFAULT_DERIVATION_LIMITS`].
+    pub fn with_derivation_limits(mut self, max_depth: u8, max_children: u32) -> Self {
+        self.derivation = (max_depth.min(crate::MAX_DERIVATION_DEPTH), max_children);
         self
     }
 
@@ -706,7 +736,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// and marked [`PENDING_APPROVAL`]; the result must comply with every
     /// applicable policy. The one place create, rotate and import plan a
     /// new record.
-    fn issue_planned(
+    pub(super) fn issue_planned(
         &self,
         mut new: NewKey,
         now: OffsetDateTime,
@@ -755,6 +785,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [What a timeout means](Self#what-a-timeout-means): a create whose
     /// commit outlived its deadline answers success).
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
+        reserved_parent(&new.metadata)?;
         let now = self.now()?;
         let mut attempt = 0;
         loop {
@@ -800,7 +831,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// (`IdCollision`, or the owner limit counting the lost write) and the
     /// stored record is this one, the lost write committed: inserted. At
     /// most [`RESENDS`] times; then the last error (outcome unknown).
-    async fn insert_resolved(
+    pub(super) async fn insert_resolved(
         &self,
         record: &KeyRecord,
         now: OffsetDateTime,
@@ -912,7 +943,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         Ok(KeySummary::from_record(&r, now))
     }
 
-    async fn records_of(&self, owner: &str) -> Result<Vec<KeyRecord>> {
+    pub(super) async fn records_of(&self, owner: &str) -> Result<Vec<KeyRecord>> {
         self.auth
             .store()
             .list_by_owner(owner)
@@ -1103,11 +1134,18 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                         fields.push("expires_at");
                     }
                 }
-                if let Some(m) = &update.metadata
-                    && *m != cur.metadata
-                {
-                    next.metadata = m.clone();
-                    fields.push("metadata");
+                if let Some(m) = &update.metadata {
+                    // A derived key's parent link is the crate's, not the
+                    // caller's: kept as it is.
+                    let mut m = m.clone();
+                    m.remove(crate::verify::derived::PARENT);
+                    if let Some(p) = cur.metadata.get(crate::verify::derived::PARENT) {
+                        m.insert(crate::verify::derived::PARENT.to_owned(), p.clone());
+                    }
+                    if m != cur.metadata {
+                        next.metadata = m;
+                        fields.push("metadata");
+                    }
                 }
                 if let Some(l) = &update.ip_allowlist
                     && *l != cur.ip_allowlist
@@ -1188,6 +1226,21 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
         let now = self.now()?;
+        let record = self.revoke_one(id, reason, actor).await?;
+        // Verification refuses derived keys from their parent's revocation
+        // on; revoking them too makes it permanent.
+        self.revoke_children(&record, actor).await?;
+        Ok(KeySummary::from_record(&record, now))
+    }
+
+    /// [`revoke`](Self::revoke) without the derived keys.
+    pub(super) async fn revoke_one(
+        &self,
+        id: KeyId,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<KeyRecord> {
+        let now = self.now()?;
         let (before, after) = self
             .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
@@ -1208,7 +1261,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             ev.reason = Some(reason.to_owned());
             self.emit(ev);
         }
-        Ok(KeySummary::from_record(result, now))
+        Ok(result.clone())
     }
 
     /// Deletes a key's record. The rotation links of its predecessor and
@@ -1470,6 +1523,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 "the current secret version is missing",
             ))?;
         let mut new = import.new.clone();
+        reserved_parent(&new.metadata)?;
         new.prefix = legacy.native.prefix.as_str().to_owned();
         for _ in 0..3 {
             let (_discarded, mut record) = self.issue_planned(new.clone(), now, true)?;

@@ -466,6 +466,8 @@ impl std::fmt::Debug for Owner {
 pub(crate) const HAS_NOT_BEFORE: u8 = 1;
 /// `KeyView::flags`: an IP allowlist is set.
 pub(crate) const HAS_IP_ALLOWLIST: u8 = 2;
+/// `KeyView::flags`: a derived key (its metadata names a parent).
+pub(crate) const HAS_PARENT: u8 = 4;
 
 /// Fields of a record that change with writes and usage flushes, and the
 /// rarely set ones (boxed again, so a used key costs 56 bytes here).
@@ -626,6 +628,9 @@ impl KeyView {
         }
         if cold.ip_allowlist.is_some() {
             flags |= HAS_IP_ALLOWLIST;
+        }
+        if record.metadata.contains_key(crate::verify::derived::PARENT) {
+            flags |= HAS_PARENT;
         }
         let extra = Extra {
             revision: record.revision,

@@ -332,8 +332,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             // Nothing records the time: the verifier reads the clock only
             // for keys with a validity window, and then without calendar
             // conversion (`Clock::checked_timestamp`).
-            self.verifier
-                .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip)
+            let verified =
+                self.verifier
+                    .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
+            self.lineage(verified).await
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
@@ -341,6 +343,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified = self
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
+            let verified = self.lineage(verified).await;
             self.finish(verified, id, owner.as_deref(), now)
         };
         match result {
@@ -352,6 +355,26 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 }
                 Err(r)
             }
+        }
+    }
+
+    /// A derived key's ancestors ([`derived`](crate::verify::derived)):
+    /// one flag test for every other key.
+    #[inline]
+    async fn lineage(
+        &self,
+        verified: std::result::Result<VerifiedKey, Refusal>,
+    ) -> std::result::Result<VerifiedKey, Refusal> {
+        match verified {
+            Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view())
+                    .await
+                {
+                    Ok(()) => Ok(v),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            other => other,
         }
     }
 

@@ -3,6 +3,7 @@
 //! (scopes, IP allowlists).
 
 pub mod authenticator;
+pub mod derived;
 pub mod ipnet;
 pub mod legacy;
 pub mod policy;
@@ -10,6 +11,7 @@ pub mod scope;
 pub mod verifier;
 
 pub use authenticator::Authenticator;
+pub use derived::{MAX_DERIVATION_DEPTH, PARENT};
 pub use ipnet::{IpNet, ip_allowed};
 pub use legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 pub use policy::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};

@@ -325,6 +325,7 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         self.verify_from_kept(parsed, view, now, requirement, ip)
             .map_err(|r| r.error)
+            .and_then(no_parent)
     }
 
     /// [`verify_from`](Self::verify_from), keeping the record of a key
@@ -371,6 +372,7 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         self.verify_from_clock_kept(parsed, view, clock, requirement, ip)
             .map_err(|r| r.error)
+            .and_then(no_parent)
     }
 
     /// [`verify_from_clock`](Self::verify_from_clock), keeping the record
@@ -602,6 +604,18 @@ impl Verifier {
             return Err(Error::IpNotAllowed);
         }
         requirement.check(&view.scopes, &self.full_access)
+    }
+}
+
+/// The pure verifier cannot see a derived key's parent: it refuses the key
+/// (see [`derived`](crate::verify::derived)).
+#[inline]
+fn no_parent(v: VerifiedKey) -> Result<VerifiedKey> {
+    match crate::verify::derived::parent_of_view(&v.view) {
+        None => Ok(v),
+        Some(_) => Err(Error::PolicyViolation {
+            rule: "a derived key is verified by the Authenticator, which checks its parent",
+        }),
     }
 }
 
