@@ -47,6 +47,9 @@ pub enum ErrorCode {
     /// policy in force (refused, not revoked; see
     /// [`KeyPolicies`](crate::KeyPolicies)).
     PolicyViolation,
+    /// `ORIGIN_NOT_ALLOWED` (403): a publishable key used from a page whose
+    /// origin is not on its allowlist, or with no origin at all.
+    OriginNotAllowed,
     /// `RATE_LIMITED` (429).
     RateLimited,
     /// `USAGE_EXCEEDED` (429): no credits left.
@@ -102,7 +105,7 @@ impl Challenge {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::MissingApiKey,
         Self::MalformedApiKey,
         Self::InvalidApiKey,
@@ -114,6 +117,7 @@ impl ErrorCode {
         Self::InsufficientScope,
         Self::IpNotAllowed,
         Self::PolicyViolation,
+        Self::OriginNotAllowed,
         Self::RateLimited,
         Self::UsageExceeded,
         Self::TooManyFailedAttempts,
@@ -142,6 +146,7 @@ impl ErrorCode {
             Self::InsufficientScope => "INSUFFICIENT_SCOPE",
             Self::IpNotAllowed => "IP_NOT_ALLOWED",
             Self::PolicyViolation => "POLICY_VIOLATION",
+            Self::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             Self::RateLimited => "RATE_LIMITED",
             Self::UsageExceeded => "USAGE_EXCEEDED",
             Self::TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS",
@@ -176,7 +181,8 @@ impl ErrorCode {
             Self::WrongEnvironment
             | Self::InsufficientScope
             | Self::IpNotAllowed
-            | Self::PolicyViolation => 403,
+            | Self::PolicyViolation
+            | Self::OriginNotAllowed => 403,
             Self::RateLimited | Self::UsageExceeded | Self::TooManyFailedAttempts => 429,
             Self::StoreUnavailable => 503,
             Self::InvalidScope | Self::InvalidRequest => 400,
@@ -204,6 +210,7 @@ impl ErrorCode {
             Self::InsufficientScope => "The API key lacks a permission this request needs.",
             Self::IpNotAllowed => "The API key may not be used from this address.",
             Self::PolicyViolation => "The API key does not comply with the key policy.",
+            Self::OriginNotAllowed => "The API key may not be used from this origin.",
             Self::RateLimited => "Rate limit exceeded. Retry later.",
             Self::UsageExceeded => "Usage quota exceeded.",
             Self::TooManyFailedAttempts => "Too many failed authentication attempts. Retry later.",

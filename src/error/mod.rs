@@ -218,6 +218,10 @@ pub enum Error {
         /// The rule broken.
         rule: &'static str,
     },
+    /// A publishable key presented without an `Origin` (or `Referer`) on
+    /// its allowlist (see [`web::publishable`](crate::web::publishable)).
+    #[error("the API key may not be used from this origin")]
+    OriginNotAllowed,
     /// The key exceeded its rate limit.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -299,6 +303,7 @@ impl Error {
             Self::InsufficientScope { .. } => ErrorCode::InsufficientScope,
             Self::IpNotAllowed => ErrorCode::IpNotAllowed,
             Self::PolicyViolation { .. } => ErrorCode::PolicyViolation,
+            Self::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::UsageExceeded => ErrorCode::UsageExceeded,
             Self::TooManyFailures { .. } => ErrorCode::TooManyFailedAttempts,

@@ -175,6 +175,13 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .unwrap_or_else(|| p.ip_allowlist.clone());
         new.metadata = derivation.metadata;
         new.metadata.insert(PARENT.to_owned(), parent.to_string());
+        // A publishable child is used from its parent's pages only.
+        if let Some(origins) = p.metadata.get(crate::web::publishable::ALLOWED_ORIGINS) {
+            new.metadata.insert(
+                crate::web::publishable::ALLOWED_ORIGINS.to_owned(),
+                origins.clone(),
+            );
+        }
         let (key, record) = self.issue_planned(new, now, true)?;
         Bounds::of_record(&record)
             .within(&Bounds::of_record(&p))

@@ -516,6 +516,9 @@ pub struct KeyManager<S, C = SystemClock, L = NoLimits> {
     max_grace: Duration,
     /// Deepest derivation chain and most live children per parent.
     pub(super) derivation: (u8, u32),
+    /// The issuance policies as configured, and the public scopes; the
+    /// verifier holds both combined.
+    policies: (KeyPolicies, Option<crate::ScopeSet>),
     audit: Arc<dyn AuditSink>,
     audit_enabled: bool,
     sample_interval: Duration,
@@ -555,6 +558,7 @@ impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
             max_per_owner: None,
             max_grace: DEFAULT_MAX_GRACE,
             derivation: DEFAULT_DERIVATION_LIMITS,
+            policies: (KeyPolicies::new(), None),
             audit: Arc::new(NoAudit),
             audit_enabled: false,
             sample_interval: Duration::seconds(60),
@@ -574,6 +578,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             max_per_owner: self.max_per_owner,
             max_grace: self.max_grace,
             derivation: self.derivation,
+            policies: self.policies,
             audit: self.audit,
             audit_enabled: self.audit_enabled,
             sample_interval: self.sample_interval,
@@ -629,8 +634,41 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// build the manager again over the same store: keys are never revoked
     /// for it. Defaults to none.
     pub fn with_key_policies(mut self, policies: KeyPolicies) -> Self {
-        self.auth.set_key_policies(policies);
+        self.policies.0 = policies;
+        self.install_policies();
         self
+    }
+
+    /// Declares the scopes publishable keys
+    /// ([`Prefix::is_publishable`](crate::Prefix::is_publishable), such as
+    /// `pk_live_`) may hold: a [`PolicyTarget::Publishable`](crate::PolicyTarget::Publishable)
+    /// rule with this scope ceiling, enforced on every change and at every
+    /// verification like any policy. Publishable keys can only be made
+    /// once this is set, and each needs an origin allowlist
+    /// ([`web::publishable`](crate::web::publishable)). Defaults to none.
+    ///
+    /// # Errors
+    /// [`Error::InvalidScope`] for a malformed scope.
+    pub fn with_public_scopes<I: IntoIterator<Item = T>, T: AsRef<str>>(
+        mut self,
+        scopes: I,
+    ) -> Result<Self> {
+        let scopes: Vec<String> = scopes.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        self.policies.1 = Some(crate::ScopeSet::parse(&scopes)?);
+        self.install_policies();
+        Ok(self)
+    }
+
+    /// Gives the verifier the configured policies plus the public-scope
+    /// rule.
+    fn install_policies(&mut self) {
+        let mut all = self.policies.0.clone();
+        if let Some(ceiling) = &self.policies.1 {
+            let mut p = crate::KeyPolicy::new();
+            p.scope_ceiling = Some(ceiling.clone());
+            all = all.rule(crate::PolicyRule::new(crate::PolicyTarget::Publishable, p));
+        }
+        self.auth.set_key_policies(all);
     }
 
     /// The longest rotation grace period [`rotate`](Self::rotate) accepts;
@@ -742,6 +780,18 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         now: OffsetDateTime,
         approval: bool,
     ) -> Result<(ApiKey, KeyRecord)> {
+        if crate::prefix::is_publishable(&new.prefix) {
+            if self.policies.1.is_none() {
+                return Err(Error::InvalidState(
+                    "publishable keys need the public scopes (KeyManager::with_public_scopes)",
+                ));
+            }
+            crate::web::publishable::validate_origins(
+                new.metadata
+                    .get(crate::web::publishable::ALLOWED_ORIGINS)
+                    .map(String::as_str),
+            )?;
+        }
         let Some(p) = self.policies() else {
             return self.auth.verifier().issue(new, now);
         };
@@ -1157,6 +1207,13 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 // key; a rename or a note on a non-compliant key is allowed.
                 if fields.iter().any(|f| matches!(*f, "scopes" | "expires_at")) {
                     self.check_policies(&next, now)?;
+                }
+                if next.is_publishable() && fields.contains(&"metadata") {
+                    crate::web::publishable::validate_origins(
+                        next.metadata
+                            .get(crate::web::publishable::ALLOWED_ORIGINS)
+                            .map(String::as_str),
+                    )?;
                 }
                 Ok((!fields.is_empty()).then_some(next))
             })

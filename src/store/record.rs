@@ -279,6 +279,12 @@ impl KeyRecord {
         }
     }
 
+    /// Whether this is a publishable key ([`Prefix::is_publishable`]): public
+    /// by design, so never auto-revoked by a leak report.
+    pub fn is_publishable(&self) -> bool {
+        self.prefix.is_publishable()
+    }
+
     /// Whether the record counts toward its owner's limit of active keys at
     /// `now`: not revoked, not expired, and not in a rotation grace period
     /// (`rotated_to` unset). Disabled keys count.
@@ -792,6 +798,11 @@ impl KeyView {
     /// The key id.
     pub fn id(&self) -> KeyId {
         self.id
+    }
+
+    /// Whether this is a publishable key ([`Prefix::is_publishable`]).
+    pub fn is_publishable(&self) -> bool {
+        self.prefix().is_publishable()
     }
 
     /// The status.

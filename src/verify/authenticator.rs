@@ -335,7 +335,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified =
                 self.verifier
                     .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
-            self.lineage(verified).await
+            match verified {
+                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                    self.lineage(v).await
+                }
+                other => other,
+            }
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
@@ -343,7 +348,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified = self
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
-            let verified = self.lineage(verified).await;
+            let verified = match verified {
+                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                    self.lineage(v).await
+                }
+                other => other,
+            };
             self.finish(verified, id, owner.as_deref(), now)
         };
         match result {
@@ -358,23 +368,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         }
     }
 
-    /// A derived key's ancestors ([`derived`](crate::verify::derived)):
-    /// one flag test for every other key.
-    #[inline]
-    async fn lineage(
-        &self,
-        verified: std::result::Result<VerifiedKey, Refusal>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
-        match verified {
-            Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
-                match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view())
-                    .await
-                {
-                    Ok(()) => Ok(v),
-                    Err(e) => Err(e.into()),
-                }
-            }
-            other => other,
+    /// A derived key's ancestors ([`derived`](crate::verify::derived));
+    /// called for children only, so other keys pay one flag test.
+    async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Refusal> {
+        match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
+            Ok(()) => Ok(v),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -72,6 +72,8 @@ pub enum PolicyTarget {
     All,
     /// Keys with this prefix (`sk_live_`).
     Prefix(String),
+    /// Publishable keys ([`Prefix::is_publishable`](crate::Prefix::is_publishable)).
+    Publishable,
     /// Keys whose owner id starts with this text (an owner class such as
     /// `org_` or `user_`). Keys without owner are in no class.
     OwnerClass(String),
@@ -82,6 +84,7 @@ impl PolicyTarget {
         match self {
             Self::All => true,
             Self::Prefix(p) => p == prefix,
+            Self::Publishable => crate::prefix::is_publishable(prefix),
             Self::OwnerClass(c) => owner.is_some_and(|o| o.starts_with(c.as_str())),
         }
     }
