@@ -633,6 +633,33 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`Verifier::with_key_policies`]). To tighten or loosen a policy,
     /// build the manager again over the same store: keys are never revoked
     /// for it. Defaults to none.
+    ///
+    /// ```
+    /// use apikey::*;
+    /// use time::{Duration, macros::datetime};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+    /// let store = std::sync::Arc::new(MemoryStore::new());
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+    /// let admin = Actor::new("admin");
+    /// let open = KeyManager::with_clock(verifier.clone(), store.clone(), clock.clone());
+    /// let (old_key, _) = open.create(NewKey::new("sk_live_"), &admin).await?; // never expires
+    ///
+    /// let keys = KeyManager::with_clock(verifier, store, clock.clone()).with_key_policies(
+    ///     KeyPolicies::new().rule(PolicyRule::new(
+    ///         PolicyTarget::Prefix("sk_live_".into()),
+    ///         KeyPolicy::new().default_lifetime(Duration::days(90)).max_lifetime(Duration::days(366)),
+    ///     )),
+    /// );
+    /// let (_, s) = keys.create(NewKey::new("sk_live_"), &admin).await?;
+    /// assert_eq!(s.expires_at, Some(clock.now() + Duration::days(90)));
+    /// let too_long = NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(400));
+    /// assert_eq!(keys.create(too_long, &admin).await.unwrap_err().code(), "POLICY_VIOLATION");
+    /// // The key made before the policy is refused, not revoked.
+    /// let err = keys.authenticate(old_key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+    /// assert_eq!((err.code().as_str(), err.http_status()), ("POLICY_VIOLATION", 403));
+    /// # Ok::<(), Error>(()) }).unwrap();
+    /// ```
     pub fn with_key_policies(mut self, policies: KeyPolicies) -> Self {
         self.policies.0 = policies;
         self.install_policies();
