@@ -341,3 +341,54 @@ proptest! {
         })?;
     }
 }
+
+/// What a derived key pays on the hot path: verifications per second of a
+/// key, its child and its grandchild through the authenticator over
+/// `MemoryStore` (one fetch per ancestor). Prints only. Run with
+/// `cargo test --release --test derived -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run with --release --ignored --nocapture"]
+fn derived_key_verification_cost() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (m, _) = manager();
+        let (root, p) = m
+            .create(
+                NewKey::new("sk_live_").owner("u").scopes(["tasks:read"]),
+                &admin(),
+            )
+            .await
+            .unwrap();
+        let (child, c) = m
+            .derive(p.id, Derivation::new("c"), &admin())
+            .await
+            .unwrap();
+        let (grandchild, _) = m
+            .derive(c.id, Derivation::new("g"), &admin())
+            .await
+            .unwrap();
+        let auth = m.authenticator();
+        let req = Requirement::scope("tasks:read").unwrap();
+        const N: u32 = 200_000;
+        for round in 0..3 {
+            for (name, key) in [
+                ("key", &root),
+                ("child", &child),
+                ("grandchild", &grandchild),
+            ] {
+                let started = std::time::Instant::now();
+                for _ in 0..N {
+                    auth.authenticate(key.expose_secret(), &req, None)
+                        .await
+                        .unwrap();
+                }
+                println!(
+                    "round {round}, {name}: {:?} per verification",
+                    started.elapsed() / N
+                );
+            }
+        }
+    });
+}

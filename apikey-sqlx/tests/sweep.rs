@@ -90,3 +90,74 @@ async fn postgres_two_sweepers_notify_and_renew_each_key_once() {
     let b = PostgresStore::connect_with(&url, options).await.unwrap();
     two_sweepers_notify_and_renew_once(a, b).await;
 }
+
+/// Issue 20, item 3 over PostgreSQL: a parent revoked on one instance while
+/// the other derives and verifies children concurrently. Once the
+/// revocation returned, no child verifies on either instance (no cache in
+/// front of the store: the bound is zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_no_child_verifies_after_its_parent_is_revoked_on_another_instance() {
+    use apikey::{Derivation, Requirement};
+    let test = "postgres_no_child_verifies_after_its_parent_is_revoked_on_another_instance";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let options = StoreOptions::default().schema(common::unique("derive"));
+    let a = PostgresStore::connect_with(&url, options.clone())
+        .await
+        .unwrap();
+    let b = PostgresStore::connect_with(&url, options).await.unwrap();
+    let clock = ManualClock::new(datetime!(2026-03-01 12:00 UTC));
+    let ma = Arc::new(
+        KeyManager::with_clock(verifier(), a, clock.clone()).with_derivation_limits(2, 1000),
+    );
+    let mb = KeyManager::with_clock(verifier(), b, clock.clone());
+    let admin = Actor::new("t");
+    let (_, parent) = ma
+        .create(
+            NewKey::new("sk_live_")
+                .owner(common::unique("o"))
+                .scopes(["tasks:read"]),
+            &admin,
+        )
+        .await
+        .unwrap();
+    // Instance A derives children and verifies each, while B revokes.
+    let deriver = {
+        let ma = Arc::clone(&ma);
+        tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for i in 0..40 {
+                match ma
+                    .derive(
+                        parent.id,
+                        Derivation::new(format!("agent {i}")),
+                        &Actor::new("t"),
+                    )
+                    .await
+                {
+                    Ok((k, _)) => {
+                        let _ = ma
+                            .authenticate(k.expose_secret(), &Requirement::none(), None)
+                            .await;
+                        keys.push(k);
+                    }
+                    Err(e) => assert_eq!(e.code(), "INVALID_STATE", "{e}"),
+                }
+            }
+            keys
+        })
+    };
+    common::sleep_ms(20).await;
+    mb.revoke(parent.id, "compromised", &admin).await.unwrap();
+    let keys = deriver.await.unwrap();
+    for k in &keys {
+        for m in [&*ma, &mb] {
+            let err = m
+                .authenticate(k.expose_secret(), &Requirement::none(), None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "REVOKED_API_KEY");
+        }
+    }
+}
