@@ -342,6 +342,14 @@ enum Op {
         scopes: Vec<&'static str>,
         days: Option<i64>,
     },
+    Derive {
+        from: usize,
+        scopes: Option<Vec<&'static str>>,
+        days: Option<i64>,
+    },
+    Import {
+        scopes: Vec<&'static str>,
+    },
     Update {
         key: usize,
         scopes: Option<Vec<&'static str>>,
@@ -378,8 +386,19 @@ fn op() -> impl Strategy<Value = Op> {
     let days = proptest::option::of(1i64..200);
     prop_oneof![
         (scopes.clone(), days.clone()).prop_map(|(scopes, days)| Op::Create { scopes, days }),
-        (0usize..8, proptest::option::of(scopes), days.clone())
+        (
+            0usize..8,
+            proptest::option::of(scopes.clone()),
+            days.clone()
+        )
             .prop_map(|(key, scopes, days)| Op::Update { key, scopes, days }),
+        (
+            0usize..8,
+            proptest::option::of(scopes.clone()),
+            days.clone()
+        )
+            .prop_map(|(from, scopes, days)| Op::Derive { from, scopes, days }),
+        scopes.clone().prop_map(|scopes| Op::Import { scopes }),
         (0usize..8, days).prop_map(|(key, days)| Op::Rotate { key, days }),
         (0usize..4).prop_map(Op::Policy),
         (1i64..60).prop_map(Op::Advance),
@@ -389,21 +408,39 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
-    fn no_sequence_yields_a_working_key_outside_its_policy(ops in proptest::collection::vec(op(), 1..24)) {
+    fn no_sequence_yields_a_working_key_outside_its_policy_or_a_child_broader_than_its_parent(ops in proptest::collection::vec(op(), 1..24)) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
             let store = Arc::new(MemoryStore::new());
             let clock = ManualClock::new(T0);
             let mut current = 0;
-            let mut m = manager(&store, &clock, policies(current));
-            let mut keys: Vec<(ApiKey, KeyId)> = Vec::new();
+            let pm = |i| manager(&store, &clock, policies(i)).with_legacy_prefix("old_", "sk_live_").unwrap();
+            let mut m = pm(current);
+            // The presented text (native or imported) and the id.
+            let mut keys: Vec<(String, KeyId)> = Vec::new();
+            let mut imported = 0u32;
             for op in ops {
                 let now = clock.now();
                 match op {
                     Op::Create { scopes, days } => {
-                        let mut new = NewKey::new("sk_live_").scopes(scopes);
+                        let mut new = NewKey::new("sk_live_").owner("u").scopes(scopes);
                         if let Some(d) = days { new = new.expires_at(now + Duration::days(d)); }
-                        if let Ok((k, s)) = m.create(new, &admin()).await { keys.push((k, s.id)); }
+                        if let Ok((k, s)) = m.create(new, &admin()).await { keys.push((k.expose_secret().to_owned(), s.id)); }
+                    }
+                    Op::Derive { from, scopes, days } => {
+                        if let Some((_, id)) = keys.get(from) {
+                            let mut d = Derivation::new("d");
+                            if let Some(s) = scopes { d = d.scopes(s); }
+                            if let Some(n) = days { d = d.expires_at(now + Duration::days(n)); }
+                            if let Ok((k, s)) = m.derive(*id, d, &admin()).await { keys.push((k.expose_secret().to_owned(), s.id)); }
+                        }
+                    }
+                    Op::Import { scopes } => {
+                        imported += 1;
+                        let text = format!("old_{imported:016x}");
+                        if let Ok(s) = m.import(ImportKey::plaintext(text.clone()).owner("u").scopes(scopes), &admin()).await {
+                            keys.push((text, s.id));
+                        }
                     }
                     Op::Update { key, scopes, days } => {
                         if let Some((_, id)) = keys.get(key) {
@@ -417,18 +454,24 @@ proptest! {
                         if let Some((_, id)) = keys.get(key) {
                             let mut r = Rotation::with_grace(Duration::ZERO);
                             if let Some(d) = days { r = r.expires_at(now + Duration::days(d)); }
-                            if let Ok((k, s)) = m.rotate(*id, r, &admin()).await { keys.push((k, s.id)); }
+                            if let Ok((k, s)) = m.rotate(*id, r, &admin()).await { keys.push((k.expose_secret().to_owned(), s.id)); }
                         }
                     }
-                    Op::Policy(i) => { current = i; m = manager(&store, &clock, policies(current)); }
+                    Op::Policy(i) => { current = i; m = pm(current); }
                     Op::Advance(d) => clock.advance(Duration::days(d)),
                 }
                 // At every step: each key that works complies.
                 let p = policies(current);
                 for (k, id) in &keys {
-                    if m.authenticate(k.expose_secret(), &Requirement::none(), None).await.is_ok() {
+                    if m.authenticate(k, &Requirement::none(), None).await.is_ok() {
                         let r = m.record(*id).await.unwrap();
                         prop_assert!(p.check(&r, clock.now()).is_ok(), "working key {r:?} outside {p:?}");
+                        // A working child is within its (working) parent.
+                        if let Some(pid) = r.metadata.get(PARENT) {
+                            let parent = m.record(pid.parse().unwrap()).await.unwrap();
+                            prop_assert!(parent.is_usable_at(clock.now()));
+                            prop_assert!(r.scopes.iter().all(|s| parent.scopes.grants(s)), "child {r:?} broader than {parent:?}");
+                        }
                     }
                 }
             }

@@ -301,7 +301,7 @@ async fn real_answers_match_the_document_and_cover_it() {
         "",
         Some(r#"{"name":"agent","permissions":["admin:*"]}"#),
     )
-    .await; // 403: broader than the parent
+    .await; // refused: broader than the parent
     r.hit(alice, "POST", DERIVE, &new_id, "", Some(r#"{"nmae":"x"}"#))
         .await; // 400
     r.hit(alice, "GET", KEY, &id, "", None).await; // rotated_to set
