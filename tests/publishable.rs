@@ -330,3 +330,34 @@ async fn non_public_scope_is_refused_at_creation() {
         .unwrap_err();
     assert_eq!(err.code(), "INVALID_REQUEST");
 }
+
+#[tokio::test]
+async fn publishable_key_beyond_narrowed_public_scopes_is_refused_at_verification() {
+    let m = manager();
+    let (key, _) = m
+        .create(
+            NewKey::new("pk_live_")
+                .scopes(["search:query"])
+                .metadata(ALLOWED_ORIGINS, "https://shop.example"),
+            &Actor::new("admin"),
+        )
+        .await
+        .unwrap();
+    m.authenticate(key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+    // The service stops offering `search:query` publicly: the key is
+    // refused, not revoked.
+    let narrowed = KeyManager::with_clock(
+        m.verifier().clone(),
+        Arc::clone(m.authenticator().store()),
+        m.clock().clone(),
+    )
+    .with_public_scopes(["search:suggest"])
+    .unwrap();
+    let err = narrowed
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "POLICY_VIOLATION");
+}
