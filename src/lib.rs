@@ -111,8 +111,10 @@ pub use key::{
     PrefixRegistry, RESEED_EVERY, ServerSecret, key_display_form,
 };
 pub use manage::{
-    DEFAULT_MAX_GRACE, ImportKey, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation,
-    UsageRecorder,
+    AUTO_RENEW, DEFAULT_DERIVATION_LIMITS, DEFAULT_MAX_GRACE, Derivation, EXPIRY_NOTIFIED,
+    ExpiryNotice, ExpiryNotifier, Finding, HygieneOptions, HygieneReport, ImportKey, KeyHygiene,
+    KeyManager, KeyState, KeySummary, KeyUpdate, PENDING_APPROVAL, Rotation, SweepOptions,
+    SweepReport, UsageRecorder,
 };
 /// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
@@ -125,6 +127,7 @@ pub use store::{
     SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
-    Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL, IpNet, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY,
-    MAX_SEGMENTS, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
+    Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL, IpNet, KeyPolicies, KeyPolicy,
+    MAX_DERIVATION_DEPTH, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, PARENT, PolicyRule,
+    PolicyTarget, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
 };

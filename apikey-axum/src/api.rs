@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
-    Actor, Clock, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreLifecycle, KeySummary,
-    KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, Rotation, Scope, UsageStore,
+    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreLifecycle,
+    KeySummary, KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, Rotation, Scope, UsageStore,
 };
 use axum::Router;
 use axum::body::Body;
@@ -25,7 +25,8 @@ use crate::caller::{Bounds, Caller, ResolveCaller, Via};
 use crate::config::{CSRF_HEADER, ManageConfig};
 use crate::error::ApiError;
 use crate::wire::{
-    CreateRequest, CreatedKey, KeyDetails, KeyItem, KeyList, PatchRequest, RotateRequest,
+    CreateRequest, CreatedKey, DeriveRequest, KeyDetails, KeyItem, KeyList, PatchRequest,
+    RotateRequest,
 };
 
 /// Longest key name, in characters.
@@ -47,7 +48,7 @@ pub struct CallRecord {
     pub at: OffsetDateTime,
     /// The caller's actor id (`None`: the caller was not resolved).
     pub actor: Option<String>,
-    /// `list`, `create`, `get`, `update`, `disable`, `enable`, `rotate`,
+    /// `list`, `create`, `get`, `update`, `disable`, `enable`, `rotate`, `derive`,
     /// `revoke`, `credits_get`, `credits_set`.
     pub action: &'static str,
     /// The key named in the path, when there is one (as given).
@@ -119,6 +120,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/api-keys/{id}/disable"),
     ("post", "/v1/api-keys/{id}/enable"),
     ("post", "/v1/api-keys/{id}/rotate"),
+    ("post", "/v1/api-keys/{id}/derive"),
     ("get", "/v1/credits/{owner}/{api}"),
     ("put", "/v1/credits/{owner}/{api}"),
     ("get", "/v1/rate-limit"),
@@ -188,6 +190,7 @@ where
             .route("/v1/api-keys/{id}/disable", post(disable::<S, C, L, R>))
             .route("/v1/api-keys/{id}/enable", post(enable::<S, C, L, R>))
             .route("/v1/api-keys/{id}/rotate", post(rotate::<S, C, L, R>))
+            .route("/v1/api-keys/{id}/derive", post(derive::<S, C, L, R>))
             .with_state(Arc::clone(shared))
             .route("/v1/openapi.json", get(crate::openapi::document));
         if shared.config.page {
@@ -688,6 +691,7 @@ handler!(remove, "revoke", op_remove, true);
 handler!(disable, "disable", op_disable, true);
 handler!(enable, "enable", op_enable, true);
 handler!(rotate, "rotate", op_rotate, true);
+handler!(derive, "derive", op_derive, true);
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
@@ -983,6 +987,36 @@ where
             StatusCode::CREATED,
             &CreatedKey::new(&key, &new).rotation(&old),
         ))
+    }
+
+    /// A child of the key that only narrows it (for agents): the rules are
+    /// `KeyManager::derive`'s; the caller's own bounds apply as on create.
+    async fn op_derive(self: Arc<Self>, caller: Caller, parts: Parts, body: Vec<u8>) -> Outcome {
+        let st = self;
+        let req: DeriveRequest = parse_body(&body)?;
+        check_text("name", &req.name, MAX_NAME_CHARS, false)?;
+        let s = st.load(&caller, &path_id(&parts.uri)).await?;
+        let bounds = caller.bounds();
+        within_bounds(&s, bounds)?;
+        let now = st.now();
+        let mut derivation = Derivation::new(req.name);
+        if let Some(list) = &req.permissions {
+            derivation = derivation.scopes(parse_scopes(list, &st.config, bounds)?);
+        }
+        let expires = req
+            .expires_at
+            .as_deref()
+            .map(|t| parse_time("expires_at", t, now))
+            .transpose()?;
+        if let Some(e) = bounded_expiry(expires, bounds, false)? {
+            derivation = derivation.expires_at(e);
+        }
+        if let Some(list) = &req.ip_allowlist {
+            derivation = derivation.ip_allowlist(parse_allowlist(list, bounds)?);
+        }
+        let actor = Self::actor(&caller);
+        let (key, child) = st.manager.derive(s.id, derivation, &actor).await?;
+        Ok(json(StatusCode::CREATED, &CreatedKey::new(&key, &child)))
     }
 
     async fn op_remove(self: Arc<Self>, caller: Caller, parts: Parts, _body: Vec<u8>) -> Outcome {

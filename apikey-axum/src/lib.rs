@@ -9,13 +9,15 @@
 //!   admin with [`Caller::admin_of`]) or a management-scoped API key
 //!   ([`KeyCaller`]).
 //! * Rules: a caller sees only the keys of owners it may manage (any other
-//!   key id is 404, never 403); a key it creates, changes or rotates never
+//!   key id is 404, never 403); a key it creates, changes, rotates or derives never
 //!   holds more than the caller ([`Bounds`]: scopes, environment, expiry, IP
 //!   allowlist; 403 `INSUFFICIENT_SCOPE` naming the field); the owner limit
 //!   is the manager's (409 `KEY_LIMIT_REACHED`); every call is logged with
 //!   its actor ([`ManageApi::with_call_log`]) and every change audited by the
-//!   manager's sink. The full key appears in exactly two answers, the `201`
-//!   of a create and of a rotation, with `Cache-Control: no-store`.
+//!   manager's sink. The full key appears only in the `201` of a create, a
+//!   rotation and a derivation (`POST /v1/api-keys/{id}/derive`: a child key
+//!   that only narrows its parent, see `KeyManager::derive`), with
+//!   `Cache-Control: no-store`.
 //! * Seed 002's credit limits per user per API:
 //!   [`ManageApi::router_with_credits`] adds `GET`/`PUT
 //!   /v1/credits/{owner}/{api}` (setting them is for account admins only).

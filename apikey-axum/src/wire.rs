@@ -54,6 +54,19 @@ pub(crate) struct RotateRequest {
     pub expires_at: Option<String>,
 }
 
+/// `POST /v1/api-keys/{id}/derive`: absent fields are the parent's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeriveRequest {
+    pub name: String,
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub ip_allowlist: Option<Vec<String>>,
+}
+
 /// A present field (even `null`) is `Some`.
 fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)

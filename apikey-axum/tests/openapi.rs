@@ -202,16 +202,21 @@ fn every_route_is_documented_and_nothing_else() {
 
 const KEYS: &str = "/v1/api-keys";
 const KEY: &str = "/v1/api-keys/{id}";
-const ID_ACTIONS: [(&str, &str); 6] = [
+const DERIVE: &str = "/v1/api-keys/{id}/derive";
+const ID_ACTIONS: [(&str, &str); 7] = [
     ("GET", KEY),
     ("PATCH", KEY),
     ("DELETE", KEY),
     ("POST", "/v1/api-keys/{id}/disable"),
     ("POST", "/v1/api-keys/{id}/enable"),
     ("POST", "/v1/api-keys/{id}/rotate"),
+    ("POST", DERIVE),
 ];
 
-fn body_for(method: &str) -> Option<&'static str> {
+fn body_for(method: &str, path: &str) -> Option<&'static str> {
+    if path == DERIVE {
+        return Some(r#"{"name":"agent"}"#);
+    }
     match method {
         "PATCH" => Some(r#"{"name":"renamed"}"#),
         "POST" => Some("{}"),
@@ -279,6 +284,26 @@ async fn real_answers_match_the_document_and_cover_it() {
         .await
         .json();
     let new_id = rotated["id"].as_str().unwrap().to_owned();
+    r.hit(
+        alice,
+        "POST",
+        DERIVE,
+        &new_id,
+        "",
+        Some(r#"{"name":"agent","permissions":["tasks:read"]}"#),
+    )
+    .await; // 201
+    r.hit(
+        alice,
+        "POST",
+        DERIVE,
+        &new_id,
+        "",
+        Some(r#"{"name":"agent","permissions":["admin:*"]}"#),
+    )
+    .await; // refused: broader than the parent
+    r.hit(alice, "POST", DERIVE, &new_id, "", Some(r#"{"nmae":"x"}"#))
+        .await; // 400
     r.hit(alice, "GET", KEY, &id, "", None).await; // rotated_to set
     r.hit(alice, "GET", KEY, &new_id, "", None).await; // rotated_from set
     r.hit(alice, "DELETE", KEY, &new_id, "", None).await;
@@ -312,7 +337,7 @@ async fn real_answers_match_the_document_and_cover_it() {
     r.hit(alice, "DELETE", KEY, &revoked, "", None).await;
     for (m, t) in &ID_ACTIONS[1..] {
         if *m != "DELETE" {
-            r.hit(alice, m, t, &revoked, "", body_for(m)).await;
+            r.hit(alice, m, t, &revoked, "", body_for(m, t)).await;
         }
     }
 
@@ -355,8 +380,15 @@ async fn real_answers_match_the_document_and_cover_it() {
         .await
         .unwrap();
     for (m, t) in ID_ACTIONS {
-        r.hit(As::Key(plain.expose_secret()), m, t, &id, "", body_for(m))
-            .await;
+        r.hit(
+            As::Key(plain.expose_secret()),
+            m,
+            t,
+            &id,
+            "",
+            body_for(m, t),
+        )
+        .await;
     }
     let manager_key = s
         .manager
@@ -379,14 +411,14 @@ async fn real_answers_match_the_document_and_cover_it() {
 
     // Not found, no caller, rate limited.
     for (m, t) in ID_ACTIONS {
-        r.hit(alice, m, t, "AAAAAAAAAAA", "", body_for(m)).await;
+        r.hit(alice, m, t, "AAAAAAAAAAA", "", body_for(m, t)).await;
     }
     for (m, t) in
         ID_ACTIONS
             .iter()
             .chain(&[("GET", KEYS), ("POST", KEYS), ("GET", "/v1/rate-limit")])
     {
-        r.hit(As::Anonymous, m, t, &id, "", body_for(m)).await;
+        r.hit(As::Anonymous, m, t, &id, "", body_for(m, t)).await;
     }
     let (tiny, _) = s
         .manager
@@ -474,7 +506,7 @@ async fn real_answers_match_the_document_and_cover_it() {
         let body = if *t == credits {
             Some(r#"{"limit":1}"#)
         } else {
-            body_for(m)
+            body_for(m, t)
         };
         let a = r.hit_path(As::Key(slow), m, t, &path, body).await;
         assert_eq!(
@@ -491,7 +523,7 @@ async fn real_answers_match_the_document_and_cover_it() {
         let body = if *t == KEYS && *m == "POST" {
             Some(r#"{"name":"x"}"#)
         } else {
-            body_for(m)
+            body_for(m, t)
         };
         r.hit(alice, m, t, &id, "", body).await;
     }

@@ -1192,3 +1192,51 @@ async fn only_an_account_admin_sets_credit_limits_per_user_per_api() {
         "a refused change changed the balance"
     );
 }
+
+#[tokio::test]
+async fn derive_gives_a_narrower_child_that_dies_with_its_parent() {
+    let s = start().await;
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"app","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let path = format!("/v1/api-keys/{}", k["id"].as_str().unwrap());
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/derive"),
+        Some(r#"{"name":"agent"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let child = r.json();
+    assert_eq!(child["permissions"], serde_json::json!(["tasks:read"]));
+    let child_key = child["key"].as_str().unwrap().to_owned();
+    let tasks =
+        |key: String| async move { call(s.addr, As::Key(&key), "GET", "/v1/tasks", None).await };
+    assert_eq!(tasks(child_key.clone()).await.status, 200);
+    // Broader than the parent: refused.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/derive"),
+        Some(r#"{"name":"agent","permissions":["tasks:write"]}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "POLICY_VIOLATION".into()),
+        "{}",
+        r.body
+    );
+    // The parent revoked: the child stops working.
+    let r = call(s.addr, As::User("alice"), "DELETE", &path, None).await;
+    assert!(r.status < 300, "{}", r.body);
+    let t = tasks(child_key).await;
+    assert_eq!((t.status, t.code()), (401, "REVOKED_API_KEY".into()));
+}

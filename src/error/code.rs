@@ -43,6 +43,13 @@ pub enum ErrorCode {
     InsufficientScope,
     /// `IP_NOT_ALLOWED` (403).
     IpNotAllowed,
+    /// `POLICY_VIOLATION` (403): the key does not comply with the issuance
+    /// policy in force (refused, not revoked; see
+    /// [`KeyPolicies`](crate::KeyPolicies)).
+    PolicyViolation,
+    /// `ORIGIN_NOT_ALLOWED` (403): a publishable key used from a page whose
+    /// origin is not on its allowlist, or with no origin at all.
+    OriginNotAllowed,
     /// `RATE_LIMITED` (429).
     RateLimited,
     /// `USAGE_EXCEEDED` (429): no credits left.
@@ -98,7 +105,7 @@ impl Challenge {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::MissingApiKey,
         Self::MalformedApiKey,
         Self::InvalidApiKey,
@@ -109,6 +116,8 @@ impl ErrorCode {
         Self::WrongEnvironment,
         Self::InsufficientScope,
         Self::IpNotAllowed,
+        Self::PolicyViolation,
+        Self::OriginNotAllowed,
         Self::RateLimited,
         Self::UsageExceeded,
         Self::TooManyFailedAttempts,
@@ -136,6 +145,8 @@ impl ErrorCode {
             Self::WrongEnvironment => "WRONG_ENVIRONMENT",
             Self::InsufficientScope => "INSUFFICIENT_SCOPE",
             Self::IpNotAllowed => "IP_NOT_ALLOWED",
+            Self::PolicyViolation => "POLICY_VIOLATION",
+            Self::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             Self::RateLimited => "RATE_LIMITED",
             Self::UsageExceeded => "USAGE_EXCEEDED",
             Self::TooManyFailedAttempts => "TOO_MANY_FAILED_ATTEMPTS",
@@ -155,7 +166,7 @@ impl ErrorCode {
     ///
     /// 401: no usable credentials (missing, malformed, invalid, expired, not
     /// yet valid, disabled, revoked). 403: authenticated but not allowed
-    /// (environment, scope, address). 429: rate limit, quota, brute-force
+    /// (environment, scope, address, key policy). 429: rate limit, quota, brute-force
     /// throttle. 503: the store failed. Management errors use 400/404/409;
     /// configuration and stored-data errors 500.
     pub const fn http_status(self) -> u16 {
@@ -167,7 +178,11 @@ impl ErrorCode {
             | Self::NotYetValid
             | Self::DisabledApiKey
             | Self::RevokedApiKey => 401,
-            Self::WrongEnvironment | Self::InsufficientScope | Self::IpNotAllowed => 403,
+            Self::WrongEnvironment
+            | Self::InsufficientScope
+            | Self::IpNotAllowed
+            | Self::PolicyViolation
+            | Self::OriginNotAllowed => 403,
             Self::RateLimited | Self::UsageExceeded | Self::TooManyFailedAttempts => 429,
             Self::StoreUnavailable => 503,
             Self::InvalidScope | Self::InvalidRequest => 400,
@@ -194,6 +209,8 @@ impl ErrorCode {
             }
             Self::InsufficientScope => "The API key lacks a permission this request needs.",
             Self::IpNotAllowed => "The API key may not be used from this address.",
+            Self::PolicyViolation => "The API key does not comply with the key policy.",
+            Self::OriginNotAllowed => "The API key may not be used from this origin.",
             Self::RateLimited => "Rate limit exceeded. Retry later.",
             Self::UsageExceeded => "Usage quota exceeded.",
             Self::TooManyFailedAttempts => "Too many failed authentication attempts. Retry later.",

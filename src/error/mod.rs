@@ -209,6 +209,19 @@ pub enum Error {
     /// The request came from an address outside the key's allowlist.
     #[error("the API key may not be used from this address")]
     IpNotAllowed,
+    /// The key does not comply with the issuance policy in force: refused
+    /// at creation or change, and at verification when a policy tightened
+    /// after the key was made (the key is not revoked; it works again once
+    /// the policy loosens). See [`KeyPolicies`](crate::KeyPolicies).
+    #[error("the API key does not comply with the key policy: {rule}")]
+    PolicyViolation {
+        /// The rule broken.
+        rule: &'static str,
+    },
+    /// A publishable key presented without an `Origin` (or `Referer`) on
+    /// its allowlist (see [`web::publishable`](crate::web::publishable)).
+    #[error("the API key may not be used from this origin")]
+    OriginNotAllowed,
     /// The key exceeded its rate limit.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -289,6 +302,8 @@ impl Error {
             Self::WrongEnvironment { .. } => ErrorCode::WrongEnvironment,
             Self::InsufficientScope { .. } => ErrorCode::InsufficientScope,
             Self::IpNotAllowed => ErrorCode::IpNotAllowed,
+            Self::PolicyViolation { .. } => ErrorCode::PolicyViolation,
+            Self::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::UsageExceeded => ErrorCode::UsageExceeded,
             Self::TooManyFailures { .. } => ErrorCode::TooManyFailedAttempts,

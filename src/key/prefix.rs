@@ -116,6 +116,11 @@ impl Default for Environments {
 #[serde(transparent)]
 pub struct Prefix(Box<str>);
 
+/// [`Prefix::is_publishable`] of a prefix's text.
+pub(crate) fn is_publishable(prefix: &str) -> bool {
+    prefix.split('_').any(|part| part == "pk")
+}
+
 impl Prefix {
     /// Validates `prefix` against the prefix rules (see the module docs).
     ///
@@ -124,6 +129,25 @@ impl Prefix {
     pub fn new(prefix: &str) -> Result<Self> {
         validate(prefix)?;
         Ok(Self(prefix.into()))
+    }
+
+    /// Whether keys of this prefix are **publishable**: meant to be embedded
+    /// in web pages (Stripe's `pk_`), so public by design. A prefix is
+    /// publishable when `pk` is one of its `_`-separated parts (`pk_live_`,
+    /// `pk_test_`, `acme_pk_`). Such keys hold only the scopes a service
+    /// marks public ([`KeyManager::with_public_scopes`](crate::KeyManager::with_public_scopes)),
+    /// are checked against an origin allowlist at the web edge
+    /// ([`web::publishable`](crate::web::publishable)), and a leak
+    /// responder must not revoke them for being seen in public.
+    ///
+    /// ```
+    /// use apikey::Prefix;
+    /// assert!(Prefix::new("pk_live_")?.is_publishable());
+    /// assert!(!Prefix::new("sk_live_")?.is_publishable());
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    pub fn is_publishable(&self) -> bool {
+        is_publishable(&self.0)
     }
 
     /// A stand-in for a prefix that cannot be missing (never shown in

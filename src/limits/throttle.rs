@@ -123,7 +123,8 @@ impl FailureClass {
             | Error::RevokedApiKey
             | Error::DisabledApiKey
             | Error::ExpiredApiKey { .. }
-            | Error::NotYetValid { .. } => Self::KeyStatus,
+            | Error::NotYetValid { .. }
+            | Error::PolicyViolation { .. } => Self::KeyStatus,
             Error::InsufficientScope { .. }
             | Error::IpNotAllowed
             | Error::WrongEnvironment { .. } => Self::Authenticated,

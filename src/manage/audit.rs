@@ -124,6 +124,22 @@ pub enum AuditKind {
     /// An imported legacy key was re-hashed under the current secret on
     /// its first successful verification.
     LegacyUpgraded,
+    /// The expiry sweep's notice, once per key and expiry
+    /// ([`KeyManager::sweep_once`](crate::KeyManager::sweep_once)).
+    Expiring {
+        /// When the key expires.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+        /// Whether the key is marked for auto-renewal.
+        auto_renew: bool,
+    },
+    /// The expiry sweep extended an auto-renewing key's expiry; the same
+    /// key keeps working.
+    Renewed {
+        /// The new expiry.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
     /// A verification failed after the key's tag matched, for a reason
     /// about the key itself (unknown id, wrong secret, expired, not yet
     /// valid, disabled, revoked): one event per failure. Failures of an
@@ -222,6 +238,8 @@ impl AuditKind {
             Self::Deleted => "deleted",
             Self::Imported => "imported",
             Self::LegacyUpgraded => "legacy_upgraded",
+            Self::Expiring { .. } => "expiring",
+            Self::Renewed { .. } => "renewed",
             Self::VerificationFailed { .. } => "verification_failed",
             Self::RejectionsSampled { .. } => "rejections_sampled",
             Self::LeakReported { .. } => "leak_reported",

@@ -83,6 +83,7 @@ use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::ipnet::IpNet;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::{Limits, NoLimits};
+use crate::manage::hygiene::{HygieneOptions, HygieneReport};
 use crate::prefix::{Environment, Prefix};
 use crate::record::{KeyRecord, KeyStatus, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
@@ -90,6 +91,7 @@ use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageStore};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
 use crate::verify::authenticator::{Auditor, Authenticator};
+use crate::verify::policy::KeyPolicies;
 
 /// How often a read-modify-write is retried when the record changed
 /// concurrently.
@@ -100,6 +102,25 @@ const RESENDS: usize = 2;
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
+/// The default of [`KeyManager::with_derivation_limits`]: chains of at
+/// most 2 derived keys below a key, at most 100 live children per parent.
+pub const DEFAULT_DERIVATION_LIMITS: (u8, u32) = (2, 100);
+/// The metadata entry (`"true"`) on a key born disabled because a
+/// [`KeyPolicy`](crate::KeyPolicy) requires approval;
+/// [`KeyManager::enable`] removes it.
+pub const PENDING_APPROVAL: &str = "apikey.pending_approval";
+
+/// Refuses the reserved parent link in caller-given metadata: only
+/// [`KeyManager::derive`] sets it.
+fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.contains_key(crate::verify::derived::PARENT) {
+        return Err(Error::InvalidInput(format!(
+            "the metadata entry `{}` is reserved for derived keys",
+            crate::verify::derived::PARENT
+        )));
+    }
+    Ok(())
+}
 
 /// Whether a failed write's outcome is unknown: the deadline passed or the
 /// connection was lost, possibly while the database was committing (both
@@ -491,8 +512,13 @@ pub struct KeyManager<S, C = SystemClock, L = NoLimits> {
     auth: Authenticator<Arc<S>, C, L>,
     /// The authenticator's recorder (the same `Arc`).
     usage: Arc<UsageRecorder>,
-    max_per_owner: Option<u32>,
+    pub(super) max_per_owner: Option<u32>,
     max_grace: Duration,
+    /// Deepest derivation chain and most live children per parent.
+    pub(super) derivation: (u8, u32),
+    /// The issuance policies as configured, and the public scopes; the
+    /// verifier holds both combined.
+    policies: (KeyPolicies, Option<crate::ScopeSet>),
     audit: Arc<dyn AuditSink>,
     audit_enabled: bool,
     sample_interval: Duration,
@@ -531,6 +557,8 @@ impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
             usage,
             max_per_owner: None,
             max_grace: DEFAULT_MAX_GRACE,
+            derivation: DEFAULT_DERIVATION_LIMITS,
+            policies: (KeyPolicies::new(), None),
             audit: Arc::new(NoAudit),
             audit_enabled: false,
             sample_interval: Duration::seconds(60),
@@ -549,6 +577,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             usage: self.usage,
             max_per_owner: self.max_per_owner,
             max_grace: self.max_grace,
+            derivation: self.derivation,
+            policies: self.policies,
             audit: self.audit,
             audit_enabled: self.audit_enabled,
             sample_interval: self.sample_interval,
@@ -590,6 +620,91 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     pub fn with_max_keys_per_owner(mut self, max: u32) -> Self {
         self.max_per_owner = Some(max);
         self
+    }
+
+    /// Limits [derived keys](Self::derive): chains at most `max_depth` keys
+    /// below a key that is not derived (at most
+    /// [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH); 0 forbids
+    /// deriving), and at most `max_children` live (not revoked, not
+    /// expired) children per parent. Defaults to
+    /// [`DEFAULT_DERIVATION_LIMITS`].
+    pub fn with_derivation_limits(mut self, max_depth: u8, max_children: u32) -> Self {
+        self.derivation = (max_depth.min(crate::MAX_DERIVATION_DEPTH), max_children);
+        self
+    }
+
+    /// Enforces the issuance `policies` (see [`KeyPolicies`]): planned on
+    /// [`create`](Self::create), [`update`](Self::update),
+    /// [`rotate`](Self::rotate) and [`import`](Self::import) (a key that
+    /// would not comply is refused with [`Error::PolicyViolation`], before
+    /// the one store write that also checks the owner limit), and checked
+    /// at every verification through this manager's verifier (see
+    /// [`Verifier::with_key_policies`]). To tighten or loosen a policy,
+    /// build the manager again over the same store: keys are never revoked
+    /// for it. Defaults to none.
+    ///
+    /// ```
+    /// use apikey::*;
+    /// use time::{Duration, macros::datetime};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+    /// let store = std::sync::Arc::new(MemoryStore::new());
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+    /// let admin = Actor::new("admin");
+    /// let open = KeyManager::with_clock(verifier.clone(), store.clone(), clock.clone());
+    /// let (old_key, _) = open.create(NewKey::new("sk_live_"), &admin).await?; // never expires
+    ///
+    /// let keys = KeyManager::with_clock(verifier, store, clock.clone()).with_key_policies(
+    ///     KeyPolicies::new().rule(PolicyRule::new(
+    ///         PolicyTarget::Prefix("sk_live_".into()),
+    ///         KeyPolicy::new().default_lifetime(Duration::days(90)).max_lifetime(Duration::days(366)),
+    ///     )),
+    /// );
+    /// let (_, s) = keys.create(NewKey::new("sk_live_"), &admin).await?;
+    /// assert_eq!(s.expires_at, Some(clock.now() + Duration::days(90)));
+    /// let too_long = NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(400));
+    /// assert_eq!(keys.create(too_long, &admin).await.unwrap_err().code(), "POLICY_VIOLATION");
+    /// // The key made before the policy is refused, not revoked.
+    /// let err = keys.authenticate(old_key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+    /// assert_eq!((err.code().as_str(), err.http_status()), ("POLICY_VIOLATION", 403));
+    /// # Ok::<(), Error>(()) }).unwrap();
+    /// ```
+    pub fn with_key_policies(mut self, policies: KeyPolicies) -> Self {
+        self.policies.0 = policies;
+        self.install_policies();
+        self
+    }
+
+    /// Declares the scopes publishable keys
+    /// ([`Prefix::is_publishable`](crate::Prefix::is_publishable), such as
+    /// `pk_live_`) may hold: a [`PolicyTarget::Publishable`](crate::PolicyTarget::Publishable)
+    /// rule with this scope ceiling, enforced on every change and at every
+    /// verification like any policy. Publishable keys can only be made
+    /// once this is set, and each needs an origin allowlist
+    /// ([`web::publishable`](crate::web::publishable)). Defaults to none.
+    ///
+    /// # Errors
+    /// [`Error::InvalidScope`] for a malformed scope.
+    pub fn with_public_scopes<I: IntoIterator<Item = T>, T: AsRef<str>>(
+        mut self,
+        scopes: I,
+    ) -> Result<Self> {
+        let scopes: Vec<String> = scopes.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        self.policies.1 = Some(crate::ScopeSet::parse(&scopes)?);
+        self.install_policies();
+        Ok(self)
+    }
+
+    /// Gives the verifier the configured policies plus the public-scope
+    /// rule.
+    fn install_policies(&mut self) {
+        let mut all = self.policies.0.clone();
+        if let Some(ceiling) = &self.policies.1 {
+            let mut p = crate::KeyPolicy::new();
+            p.scope_ceiling = Some(ceiling.clone());
+            all = all.rule(crate::PolicyRule::new(crate::PolicyTarget::Publishable, p));
+        }
+        self.auth.set_key_policies(all);
     }
 
     /// The longest rotation grace period [`rotate`](Self::rotate) accepts;
@@ -662,15 +777,15 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
 
     /// The clock's reading, checked against the
     /// [supported range](crate::MIN_TIME).
-    fn now(&self) -> Result<OffsetDateTime> {
+    pub(super) fn now(&self) -> Result<OffsetDateTime> {
         crate::clock::check_time(self.auth.clock().now())
     }
 
-    fn emit(&self, event: AuditEvent) {
+    pub(super) fn emit(&self, event: AuditEvent) {
         self.audit.record(&event);
     }
 
-    fn event(
+    pub(super) fn event(
         &self,
         now: OffsetDateTime,
         kind: AuditKind,
@@ -680,6 +795,68 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         AuditEvent::new(now, kind)
             .key(r.id, r.owner.as_deref())
             .by(actor)
+    }
+
+    /// The issuance policies (held by the verifier, which checks them at
+    /// verification too), if any.
+    pub(super) fn policies(&self) -> Option<&KeyPolicies> {
+        self.auth.verifier().key_policies()
+    }
+
+    /// Issues a key planned under the issuance policies: a key without
+    /// expiry gets the default lifetime (the shortest applicable
+    /// `default_lifetime`, else the shortest `max_lifetime`); with
+    /// `approval` and a policy that requires it, the key is born disabled
+    /// and marked [`PENDING_APPROVAL`]; the result must comply with every
+    /// applicable policy. The one place create, rotate and import plan a
+    /// new record.
+    pub(super) fn issue_planned(
+        &self,
+        mut new: NewKey,
+        now: OffsetDateTime,
+        approval: bool,
+    ) -> Result<(ApiKey, KeyRecord)> {
+        if crate::prefix::is_publishable(&new.prefix) {
+            if self.policies.1.is_none() {
+                return Err(Error::InvalidState(
+                    "publishable keys need the public scopes (KeyManager::with_public_scopes)",
+                ));
+            }
+            crate::web::publishable::validate_origins(
+                new.metadata
+                    .get(crate::web::publishable::ALLOWED_ORIGINS)
+                    .map(String::as_str),
+            )?;
+        }
+        let Some(p) = self.policies() else {
+            return self.auth.verifier().issue(new, now);
+        };
+        let owner = new.owner.as_deref();
+        if new.expires_at.is_none()
+            && let Some(life) = p
+                .default_lifetime(&new.prefix, owner)
+                .or_else(|| p.max_lifetime(&new.prefix, owner))
+        {
+            new.expires_at = Some(now.saturating_add(life).min(crate::clock::MAX_TIME));
+        }
+        let pending = approval && p.requires_approval(&new.prefix, owner);
+        let (key, mut record) = self.auth.verifier().issue(new, now)?;
+        if pending {
+            record.status = KeyStatus::Disabled;
+            record
+                .metadata
+                .insert(PENDING_APPROVAL.to_owned(), "true".to_owned());
+        }
+        p.check(&record, now)?;
+        Ok((key, record))
+    }
+
+    /// Checks a changed record against the issuance policies.
+    pub(super) fn check_policies(&self, record: &KeyRecord, now: OffsetDateTime) -> Result<()> {
+        match self.policies() {
+            Some(p) => p.check(record, now),
+            None => Ok(()),
+        }
     }
 
     // ----- create, read -----
@@ -694,11 +871,12 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [What a timeout means](Self#what-a-timeout-means): a create whose
     /// commit outlived its deadline answers success).
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
+        reserved_parent(&new.metadata)?;
         let now = self.now()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (key, record) = self.auth.verifier().issue(new.clone(), now)?;
+            let (key, record) = self.issue_planned(new.clone(), now, true)?;
             match self.insert_resolved(&record, now).await {
                 Err(e) if e.kind() == StoreErrorKind::IdCollision && attempt < 3 => continue,
                 Err(e) => return Err(e.into()),
@@ -739,7 +917,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// (`IdCollision`, or the owner limit counting the lost write) and the
     /// stored record is this one, the lost write committed: inserted. At
     /// most [`RESENDS`] times; then the last error (outcome unknown).
-    async fn insert_resolved(
+    pub(super) async fn insert_resolved(
         &self,
         record: &KeyRecord,
         now: OffsetDateTime,
@@ -851,6 +1029,14 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         Ok(KeySummary::from_record(&r, now))
     }
 
+    pub(super) async fn records_of(&self, owner: &str) -> Result<Vec<KeyRecord>> {
+        self.auth
+            .store()
+            .list_by_owner(owner)
+            .await
+            .map_err(Error::from)
+    }
+
     /// The summaries of `owner`'s keys, oldest first.
     ///
     /// # Errors
@@ -861,12 +1047,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`Error::StoreUnavailable`] when the store fails.
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
-        let records = self
-            .auth
-            .store()
-            .list_by_owner(owner)
-            .await
-            .map_err(Error::from)?;
+        let records = self.records_of(owner).await?;
         Ok(records
             .iter()
             .map(|r| KeySummary::from_record(r, now))
@@ -900,6 +1081,20 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .collect())
     }
 
+    /// The [hygiene report](crate::manage::hygiene) over `owner`'s keys:
+    /// no expiry, unused, wildcard scopes, no IP allowlist, expiring soon,
+    /// not compliant with the issuance policies in force.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list).
+    pub async fn hygiene(&self, owner: &str, options: &HygieneOptions) -> Result<HygieneReport> {
+        let now = self.now()?;
+        let records = self.records_of(owner).await?;
+        let none = KeyPolicies::new();
+        let policies = self.policies().unwrap_or(&none);
+        Ok(HygieneReport::of_records(&records, policies, now, options))
+    }
+
     // ----- changes to one key -----
 
     /// Reads key `id`, lets `change` compute the new record (`None`: nothing
@@ -911,7 +1106,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// key count toward the limit again (an expiry cleared or extended on
     /// an expired key) is refused with [`Error::KeyLimitReached`] when the
     /// owner is at the limit, atomically with the write.
-    async fn modify<F>(
+    pub(super) async fn modify<F>(
         &self,
         id: KeyId,
         now: OffsetDateTime,
@@ -1025,17 +1220,36 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                         fields.push("expires_at");
                     }
                 }
-                if let Some(m) = &update.metadata
-                    && *m != cur.metadata
-                {
-                    next.metadata = m.clone();
-                    fields.push("metadata");
+                if let Some(m) = &update.metadata {
+                    // A derived key's parent link is the crate's, not the
+                    // caller's: kept as it is.
+                    let mut m = m.clone();
+                    m.remove(crate::verify::derived::PARENT);
+                    if let Some(p) = cur.metadata.get(crate::verify::derived::PARENT) {
+                        m.insert(crate::verify::derived::PARENT.to_owned(), p.clone());
+                    }
+                    if m != cur.metadata {
+                        next.metadata = m;
+                        fields.push("metadata");
+                    }
                 }
                 if let Some(l) = &update.ip_allowlist
                     && *l != cur.ip_allowlist
                 {
                     next.ip_allowlist = l.clone();
                     fields.push("ip_allowlist");
+                }
+                // A change of what policies govern must leave a compliant
+                // key; a rename or a note on a non-compliant key is allowed.
+                if fields.iter().any(|f| matches!(*f, "scopes" | "expires_at")) {
+                    self.check_policies(&next, now)?;
+                }
+                if next.is_publishable() && fields.contains(&"metadata") {
+                    crate::web::publishable::validate_origins(
+                        next.metadata
+                            .get(crate::web::publishable::ALLOWED_ORIGINS)
+                            .map(String::as_str),
+                    )?;
                 }
                 Ok((!fields.is_empty()).then_some(next))
             })
@@ -1058,6 +1272,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 _ => {
                     let mut next = cur.clone();
                     next.status = to;
+                    if to == KeyStatus::Active {
+                        // Enabling is the approval of a pending key.
+                        next.metadata.remove(PENDING_APPROVAL);
+                    }
                     Ok(Some(next))
                 }
             })
@@ -1101,6 +1319,21 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
         let now = self.now()?;
+        let record = self.revoke_one(id, reason, actor).await?;
+        // Verification refuses derived keys from their parent's revocation
+        // on; revoking them too makes it permanent.
+        self.revoke_children(&record, actor).await?;
+        Ok(KeySummary::from_record(&record, now))
+    }
+
+    /// [`revoke`](Self::revoke) without the derived keys.
+    pub(super) async fn revoke_one(
+        &self,
+        id: KeyId,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<KeyRecord> {
+        let now = self.now()?;
         let (before, after) = self
             .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
@@ -1121,7 +1354,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             ev.reason = Some(reason.to_owned());
             self.emit(ev);
         }
-        Ok(KeySummary::from_record(result, now))
+        Ok(result.clone())
     }
 
     /// Deletes a key's record. The rotation links of its predecessor and
@@ -1300,7 +1533,8 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             new.metadata = cur.metadata.clone();
             new.ip_allowlist = cur.ip_allowlist.clone();
             new.expires_at = rotation.expires_at;
-            let (key, mut successor) = self.auth.verifier().issue(new, now)?;
+            // A rotation replaces an approved key: no second approval.
+            let (key, mut successor) = self.issue_planned(new, now, false)?;
             successor.rotated_from = Some(cur.id);
             let mut pred = cur.clone();
             pred.expires_at = Some(grace_end);
@@ -1382,9 +1616,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 "the current secret version is missing",
             ))?;
         let mut new = import.new.clone();
+        reserved_parent(&new.metadata)?;
         new.prefix = legacy.native.prefix.as_str().to_owned();
         for _ in 0..3 {
-            let (_discarded, mut record) = self.auth.verifier().issue(new.clone(), now)?;
+            let (_discarded, mut record) = self.issue_planned(new.clone(), now, true)?;
             record.digest = digest.unwrap_or(KeyDigest::from_bytes([0; 32]));
             record.legacy = Some(LegacyInfo::new(
                 legacy.legacy.clone(),

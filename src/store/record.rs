@@ -279,6 +279,12 @@ impl KeyRecord {
         }
     }
 
+    /// Whether this is a publishable key ([`Prefix::is_publishable`]): public
+    /// by design, so never auto-revoked by a leak report.
+    pub fn is_publishable(&self) -> bool {
+        self.prefix.is_publishable()
+    }
+
     /// Whether the record counts toward its owner's limit of active keys at
     /// `now`: not revoked, not expired, and not in a rotation grace period
     /// (`rotated_to` unset). Disabled keys count.
@@ -466,6 +472,8 @@ impl std::fmt::Debug for Owner {
 pub(crate) const HAS_NOT_BEFORE: u8 = 1;
 /// `KeyView::flags`: an IP allowlist is set.
 pub(crate) const HAS_IP_ALLOWLIST: u8 = 2;
+/// `KeyView::flags`: a derived key (its metadata names a parent).
+pub(crate) const HAS_PARENT: u8 = 4;
 
 /// Fields of a record that change with writes and usage flushes, and the
 /// rarely set ones (boxed again, so a used key costs 56 bytes here).
@@ -627,6 +635,9 @@ impl KeyView {
         if cold.ip_allowlist.is_some() {
             flags |= HAS_IP_ALLOWLIST;
         }
+        if record.metadata.contains_key(crate::verify::derived::PARENT) {
+            flags |= HAS_PARENT;
+        }
         let extra = Extra {
             revision: record.revision,
             last_used_at: record.last_used_at,
@@ -787,6 +798,11 @@ impl KeyView {
     /// The key id.
     pub fn id(&self) -> KeyId {
         self.id
+    }
+
+    /// Whether this is a publishable key ([`Prefix::is_publishable`]).
+    pub fn is_publishable(&self) -> bool {
+        self.prefix().is_publishable()
     }
 
     /// The status.

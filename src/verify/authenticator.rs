@@ -340,6 +340,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         Arc::make_mut(&mut self.legacy).upgrader = Some(upgrader);
     }
 
+    pub(crate) fn set_key_policies(&mut self, policies: crate::KeyPolicies) {
+        self.verifier = self.verifier.clone().with_key_policies(policies);
+    }
+
     pub(crate) fn set_audit(&mut self, auditor: Option<Arc<Auditor>>) {
         self.audit = auditor;
     }
@@ -510,8 +514,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             // Nothing records the time: the verifier reads the clock only
             // for keys with a validity window, and then without calendar
             // conversion (`Clock::checked_timestamp`).
-            self.verifier
-                .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip)
+            let verified =
+                self.verifier
+                    .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
+            match verified {
+                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                    self.lineage(v).await
+                }
+                other => other,
+            }
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
@@ -519,6 +530,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified = self
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
+            let verified = match verified {
+                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                    self.lineage(v).await
+                }
+                other => other,
+            };
             self.finish(verified, id, owner.as_deref(), now, ip)
         };
         match result {
@@ -537,6 +554,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     fn network_failed(&self, ip: Option<IpAddr>) {
         if let (Some(m), Some(ip)) = (&self.monitor, ip) {
             m.network_failed(ip, self.clock.now());
+        }
+    }
+
+    /// A derived key's ancestors ([`derived`](crate::verify::derived));
+    /// called for children only, so other keys pay one flag test.
+    async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Refusal> {
+        match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
+            Ok(()) => Ok(v),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -8,7 +8,8 @@
 //!
 //! Order of checks: length, alphabet and prefix; checksum; version; forged-key
 //! tag; (store lookup by id); HMAC-SHA256 digest; constant-time comparison;
-//! status; not-before and expiry (with leeway); environment; IP allowlist;
+//! status; not-before and expiry (with leeway); issuance policy (when
+//! configured); environment; IP allowlist;
 //! scopes. Checks before the lookup depend only on the public text (the tag
 //! comparison is constant-time); an unknown id computes the HMAC like a wrong
 //! secret does.
@@ -27,6 +28,7 @@ use crate::prefix::{Environment, Environments, PrefixRegistry};
 use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
 use crate::scope::{Requirement, Scope, ScopeSet};
 use crate::secret::Keyring;
+use crate::verify::policy::{KeyPolicies, Subject};
 
 /// Issues and verifies keys. Cheap to clone.
 ///
@@ -55,6 +57,8 @@ pub struct Verifier {
     leeway_nanos: i64,
     environments: Environments,
     full_access: Vec<Scope>,
+    /// `None` (the default) costs one branch per verification.
+    policies: Option<Arc<KeyPolicies>>,
 }
 
 impl Verifier {
@@ -67,6 +71,7 @@ impl Verifier {
             leeway_nanos: 0,
             environments: Environments::BOTH,
             full_access: Vec::new(),
+            policies: None,
         }
     }
 
@@ -105,6 +110,23 @@ impl Verifier {
     pub fn with_full_access_scope(mut self, scope: &str) -> Result<Self> {
         self.full_access.push(Scope::parse(scope)?);
         Ok(self)
+    }
+
+    /// Refuses keys that do not comply with `policies` with
+    /// [`Error::PolicyViolation`] (`POLICY_VIOLATION`, 403), after the
+    /// status and validity checks: keys made before a policy tightened stop
+    /// working without being revoked, and work again when it loosens.
+    /// Defaults to no policies (and then no policy work at all); empty
+    /// `policies` count as none. [`KeyManager::with_key_policies`](crate::KeyManager::with_key_policies)
+    /// sets them on its verifier.
+    pub fn with_key_policies(mut self, policies: KeyPolicies) -> Self {
+        self.policies = (!policies.is_empty()).then(|| Arc::new(policies));
+        self
+    }
+
+    /// The issuance policies checked at verification, if any.
+    pub fn key_policies(&self) -> Option<&KeyPolicies> {
+        self.policies.as_deref()
     }
 
     /// Which environments are accepted.
@@ -303,6 +325,7 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         self.verify_from_kept(parsed, view, now, requirement, ip)
             .map_err(|r| r.error)
+            .and_then(no_parent)
     }
 
     /// [`verify_from`](Self::verify_from), keeping the record of a key
@@ -349,6 +372,7 @@ impl Verifier {
     ) -> Result<VerifiedKey> {
         self.verify_from_clock_kept(parsed, view, clock, requirement, ip)
             .map_err(|r| r.error)
+            .and_then(no_parent)
     }
 
     /// [`verify_from_clock`](Self::verify_from_clock), keeping the record
@@ -550,8 +574,10 @@ impl Verifier {
             KeyStatus::Disabled => return Err(Error::DisabledApiKey),
             KeyStatus::Revoked => return Err(Error::RevokedApiKey),
         }
+        let mut now_read = None;
         if view.has_validity_window() {
             let now = now()?;
+            now_read = Some(now);
             if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
                 return Err(Error::NotYetValid {
                     not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
@@ -563,6 +589,11 @@ impl Verifier {
                 });
             }
         }
+        // A key without a validity window has no expiry: the lifetime
+        // bound does not need the time (such a key never meets it).
+        if let Some(p) = &self.policies {
+            p.check_subject(&Subject::of_view(view), now_read)?;
+        }
         // The digest covers the prefix, so the record's environment and the
         // prefix's agree for any key that got this far; check both anyway.
         let env = view.environment;
@@ -573,6 +604,18 @@ impl Verifier {
             return Err(Error::IpNotAllowed);
         }
         requirement.check(&view.scopes, &self.full_access)
+    }
+}
+
+/// The pure verifier cannot see a derived key's parent: it refuses the key
+/// (see [`derived`](crate::verify::derived)).
+#[inline]
+fn no_parent(v: VerifiedKey) -> Result<VerifiedKey> {
+    match crate::verify::derived::parent_of_view(&v.view) {
+        None => Ok(v),
+        Some(_) => Err(Error::PolicyViolation {
+            rule: "a derived key is verified by the Authenticator, which checks its parent",
+        }),
     }
 }
 

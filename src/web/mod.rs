@@ -6,6 +6,7 @@ pub mod extract;
 pub mod gate;
 #[cfg(feature = "axum")]
 pub mod layer;
+pub mod publishable;
 pub mod response;
 
 pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};

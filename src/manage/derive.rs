@@ -1,0 +1,246 @@
+//! [`KeyManager::derive`]: child keys that only narrow their parent (for
+//! AI agents, CI jobs, one-off scripts). The rules, and how a child dies
+//! with its parent, are in [`verify::derived`](crate::verify::derived).
+//!
+//! ```
+//! use apikey::*;
+//! use time::{Duration, macros::datetime};
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[6; 32])?)?);
+//! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone());
+//! let admin = Actor::new("admin");
+//! let (_parent_key, parent) = keys
+//!     .create(NewKey::new("sk_live_").owner("user_1").scopes(["tasks:read", "tasks:write"]), &admin)
+//!     .await?;
+//! // An agent gets read access for one hour.
+//! let (agent_key, agent) = keys
+//!     .derive(parent.id, Derivation::new("agent").scopes(["tasks:read"]).expires_at(clock.now() + Duration::hours(1)), &admin)
+//!     .await?;
+//! keys.authenticate(agent_key.expose_secret(), &Requirement::scope("tasks:read")?, None).await?;
+//! // Never broader than its parent.
+//! let err = keys.derive(parent.id, Derivation::new("x").scopes(["admin"]), &admin).await.unwrap_err();
+//! assert_eq!(err.code(), "POLICY_VIOLATION");
+//! assert_eq!(keys.children(parent.id).await?[0].id, agent.id);
+//! // Revoking the parent revokes the agent's key.
+//! keys.revoke(parent.id, "rotated out", &admin).await?;
+//! let err = keys.authenticate(agent_key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+//! assert_eq!(err.code(), "REVOKED_API_KEY");
+//! # Ok::<(), Error>(())
+//! # }).unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+
+use crate::audit::{Actor, AuditKind};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::ipnet::IpNet;
+use crate::key::{ApiKey, KeyId};
+use crate::limits::Limits;
+use crate::manage::manager::{KeyManager, KeySummary};
+use crate::record::{KeyRecord, KeyStatus, NewKey};
+use crate::store::{KeyStoreLifecycle, LimitedInsert, UsageStore};
+use crate::verify::derived::{Bounds, PARENT, parent_of_record};
+
+/// How a derived key narrows its parent; every unset field is the parent's.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Derivation {
+    /// Name of the child.
+    pub name: String,
+    /// Scopes (each granted by the parent's). Defaults to the parent's.
+    pub scopes: Option<Vec<String>>,
+    /// Expiry (at most the parent's). Defaults to the parent's.
+    pub expires_at: Option<OffsetDateTime>,
+    /// IP allowlist (within the parent's). Defaults to the parent's.
+    pub ip_allowlist: Option<Vec<IpNet>>,
+    /// Metadata of the child (the reserved [`PARENT`] entry is refused).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Derivation {
+    /// A child named `name`, otherwise as its parent.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+    /// Narrows the scopes.
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+    /// Sets an earlier expiry.
+    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+    /// Narrows the IP allowlist.
+    pub fn ip_allowlist(mut self, list: Vec<IpNet>) -> Self {
+        self.ip_allowlist = Some(list);
+        self
+    }
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+fn is_child_of(r: &KeyRecord, parent: KeyId) -> bool {
+    matches!(parent_of_record(r), Some(Ok(p)) if p == parent)
+}
+
+impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
+    /// Derives a child of key `parent`: same owner, prefix and environment,
+    /// narrowed by `derivation` (see [`verify::derived`](crate::verify::derived)).
+    /// The issuance policies and the owner limit apply as on
+    /// [`create`](Self::create).
+    ///
+    /// The live-children limit is checked by a read before the write: two
+    /// concurrent derivations from one parent can exceed it by one each.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the parent is
+    /// not usable now (revoked, disabled, expired, not yet valid), has no
+    /// owner, or the chain would be deeper than
+    /// [`with_derivation_limits`](Self::with_derivation_limits) allows;
+    /// [`Error::KeyLimitReached`] at the live-children or owner limit;
+    /// [`Error::PolicyViolation`] when the child would be broader than its
+    /// parent or break a policy; [`Error::InvalidInput`] for the reserved
+    /// metadata entry or a bad expiry; [`Error::StoreUnavailable`].
+    pub async fn derive(
+        &self,
+        parent: KeyId,
+        derivation: Derivation,
+        actor: &Actor,
+    ) -> Result<(ApiKey, KeySummary)> {
+        let now = self.now()?;
+        let (max_depth, max_children) = self.derivation;
+        if derivation.metadata.contains_key(PARENT) {
+            return Err(Error::InvalidInput(format!(
+                "the metadata entry `{PARENT}` is reserved for derived keys"
+            )));
+        }
+        let p = self.record(parent).await?;
+        if !p.is_usable_at(now) {
+            return Err(Error::InvalidState(
+                "only a usable key can have derived keys",
+            ));
+        }
+        let Some(owner) = p.owner.clone() else {
+            return Err(Error::InvalidState(
+                "a key without owner cannot have derived keys",
+            ));
+        };
+        // Depth of the child: one more than the parent's ancestors.
+        let mut depth = 1u8;
+        let mut cur = p.clone();
+        while let Some(up) = parent_of_record(&cur) {
+            depth = depth.saturating_add(1);
+            if depth > max_depth {
+                break;
+            }
+            let up = up.map_err(|()| Error::InvalidRecord("unreadable parent id".into()))?;
+            cur = self.record(up).await?;
+        }
+        if depth > max_depth {
+            return Err(Error::InvalidState(
+                "the chain of derived keys would be too deep",
+            ));
+        }
+        let live = self
+            .records_of(&owner)
+            .await?
+            .iter()
+            .filter(|r| is_child_of(r, parent) && r.counts_toward_limit(now))
+            .count();
+        if live >= usize::try_from(max_children).unwrap_or(usize::MAX) {
+            return Err(Error::KeyLimitReached {
+                limit: max_children,
+            });
+        }
+        let mut new = NewKey::new(p.prefix.as_str()).owner(owner);
+        new.name = derivation.name;
+        new.scopes = derivation
+            .scopes
+            .unwrap_or_else(|| p.scopes.iter().map(|s| s.as_str().to_owned()).collect());
+        new.expires_at = derivation.expires_at.or(p.expires_at);
+        new.ip_allowlist = derivation
+            .ip_allowlist
+            .unwrap_or_else(|| p.ip_allowlist.clone());
+        new.metadata = derivation.metadata;
+        new.metadata.insert(PARENT.to_owned(), parent.to_string());
+        // A publishable child is used from its parent's pages only.
+        if let Some(origins) = p.metadata.get(crate::web::publishable::ALLOWED_ORIGINS) {
+            new.metadata.insert(
+                crate::web::publishable::ALLOWED_ORIGINS.to_owned(),
+                origins.clone(),
+            );
+        }
+        let (key, record) = self.issue_planned(new, now, true)?;
+        Bounds::of_record(&record)
+            .within(&Bounds::of_record(&p))
+            .map_err(|rule| Error::PolicyViolation { rule })?;
+        match self.insert_resolved(&record, now).await? {
+            LimitedInsert::LimitReached { .. } => Err(Error::KeyLimitReached {
+                limit: self.max_per_owner.unwrap_or(0),
+            }),
+            _ => {
+                let mut ev = self.event(now, AuditKind::Created, &record, actor);
+                ev.reason = Some(format!("derived from {parent}"));
+                self.emit(ev);
+                Ok((key, KeySummary::from_record(&record, now)))
+            }
+        }
+    }
+
+    /// The keys derived directly from `parent`, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; as [`list`](Self::list).
+    pub async fn children(&self, parent: KeyId) -> Result<Vec<KeySummary>> {
+        let now = self.now()?;
+        let p = self.record(parent).await?;
+        let Some(owner) = &p.owner else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .records_of(owner)
+            .await?
+            .iter()
+            .filter(|r| is_child_of(r, parent))
+            .map(|r| KeySummary::from_record(r, now))
+            .collect())
+    }
+
+    /// Revokes the children of a revoked `parent`, and theirs.
+    pub(super) async fn revoke_children(&self, parent: &KeyRecord, actor: &Actor) -> Result<()> {
+        if parent.status != KeyStatus::Revoked {
+            return Ok(());
+        }
+        let Some(owner) = &parent.owner else {
+            return Ok(());
+        };
+        let mut pending = vec![parent.id];
+        let mut seen = std::collections::HashSet::from([parent.id]);
+        let records = self.records_of(owner).await?;
+        while let Some(id) = pending.pop() {
+            for child in records.iter().filter(|r| is_child_of(r, id)) {
+                if !seen.insert(child.id) {
+                    continue;
+                }
+                pending.push(child.id);
+                if child.status != KeyStatus::Revoked {
+                    self.revoke_one(child.id, "parent key revoked", actor)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! Publishable keys at the web edge: the origin allowlist and CORS.
+//!
+//! A publishable key ([`Prefix::is_publishable`](crate::Prefix::is_publishable),
+//! `pk_live_` / `pk_test_`) is embedded in a web page, so anyone can read
+//! it. What keeps it useful only to its site:
+//!
+//! * it holds only the scopes the service marks public
+//!   ([`KeyManager::with_public_scopes`](crate::KeyManager::with_public_scopes),
+//!   checked at creation and at every verification);
+//! * it carries an origin allowlist ([`ALLOWED_ORIGINS`] in its metadata,
+//!   required at creation), and [`check_origin`] refuses a request whose
+//!   `Origin` (or, without one, the origin of its `Referer`) is not on it,
+//!   or that has neither (`ORIGIN_NOT_ALLOWED`, 403);
+//! * a leak responder leaves it alone (`is_publishable()` on the record or
+//!   view).
+//!
+//! Browsers send a CORS preflight (`OPTIONS` with
+//! `Access-Control-Request-Method`) without credentials, so the preflight
+//! cannot know which key follows: [`preflight`] answers it (204) for any
+//! origin, and the request itself is checked by [`check_origin`]. Call
+//! both from the route, around the [`Gate`](crate::web::Gate):
+//!
+//! ```
+//! use apikey::web::publishable::{check_origin, preflight, ALLOWED_ORIGINS};
+//! use apikey::*;
+//! # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[8; 32])?)?)
+//! #     .with_prefix("pk_live_", Environment::Live)?;
+//! # let now = time::OffsetDateTime::UNIX_EPOCH;
+//! let pre = preflight("OPTIONS", [("Origin", "https://shop.example"), ("Access-Control-Request-Method", "POST")], "x-api-key");
+//! assert!(pre.is_some_and(|h| h.iter().any(|(n, v)| *n == "access-control-allow-origin" && v == "https://shop.example")));
+//!
+//! let (key, record) = verifier.issue(
+//!     NewKey::new("pk_live_").scopes(["search:query"]).metadata(ALLOWED_ORIGINS, "https://shop.example"),
+//!     now,
+//! )?;
+//! let ok = verifier.verify_with(key.expose_secret(), |_| Ok(Some(std::sync::Arc::new(KeyView::from_record(&record)))), now, &Requirement::none())?;
+//! assert!(check_origin(&ok, [("Origin", "https://shop.example")]).is_ok());
+//! assert_eq!(check_origin(&ok, [("Origin", "https://evil.example")]).unwrap_err().code(), "ORIGIN_NOT_ALLOWED");
+//! assert_eq!(check_origin(&ok, [("Referer", "https://shop.example/cart?x=1")]).map(|h| h.len()).ok(), Some(2));
+//! assert!(check_origin(&ok, std::iter::empty::<(&str, &str)>()).is_err());
+//! # Ok::<(), Error>(())
+//! ```
+
+use crate::error::{Error, Result};
+use crate::verifier::VerifiedKey;
+
+/// The metadata entry holding a publishable key's allowed origins,
+/// separated by commas or spaces (`https://shop.example, https://www.shop.example`).
+pub const ALLOWED_ORIGINS: &str = "apikey.allowed_origins";
+
+/// Headers to add to a response.
+pub type CorsHeaders = Vec<(&'static str, String)>;
+
+/// The origins in an [`ALLOWED_ORIGINS`] value.
+fn origins(list: &str) -> impl Iterator<Item = &str> {
+    list.split([',', ' ']).filter(|o| !o.is_empty())
+}
+
+/// `scheme://host[:port]` of an `http`/`https` URL, lowercased; `None`
+/// for anything else (including the opaque origin `null`).
+fn origin_of_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
+    let host = rest.split(['/', '?', '#']).next()?;
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    Some(format!("{}://{}", scheme, host).to_ascii_lowercase())
+}
+
+/// Checks the origin list of a publishable key's metadata.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when it is missing, empty, or holds something
+/// that is not an `http(s)://host[:port]` origin.
+pub fn validate_origins(list: Option<&str>) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::InvalidInput(format!(
+            "a publishable key needs `{ALLOWED_ORIGINS}`: {why}"
+        )))
+    };
+    let Some(list) = list else {
+        return bad("missing");
+    };
+    let mut any = false;
+    for o in origins(list) {
+        any = true;
+        if origin_of_url(o).as_deref() != Some(o.to_ascii_lowercase().as_str()) {
+            return bad("each entry is an origin such as https://shop.example (no path)");
+        }
+    }
+    if !any {
+        return bad("empty");
+    }
+    Ok(())
+}
+
+/// The request's origin: `Origin`, else the origin of `Referer`.
+fn request_origin<'h, I, N, V>(headers: I) -> Option<String>
+where
+    I: IntoIterator<Item = (N, &'h V)>,
+    N: AsRef<[u8]>,
+    V: AsRef<[u8]> + ?Sized + 'h,
+{
+    let mut origin = None;
+    let mut referer = None;
+    for (name, value) in headers {
+        let name = name.as_ref();
+        let Ok(value) = std::str::from_utf8(value.as_ref()) else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case(b"origin") {
+            origin = Some(value.trim());
+        } else if name.eq_ignore_ascii_case(b"referer") {
+            referer = Some(value.trim());
+        }
+    }
+    match origin {
+        Some(o) => origin_of_url(o),
+        None => referer.and_then(origin_of_url),
+    }
+}
+
+/// Checks a verified key against the request's origin: for a publishable
+/// key, the `Origin` header (or the origin of `Referer` when there is no
+/// `Origin`) must be on its [`ALLOWED_ORIGINS`]; the answer is the CORS
+/// headers for the response (`Access-Control-Allow-Origin` with that
+/// origin, `Vary: Origin`). Other keys pass with no headers.
+///
+/// # Errors
+/// [`Error::OriginNotAllowed`] (403) for a publishable key with no origin
+/// on the request, an origin not on its list, or no list.
+pub fn check_origin<'h, I, N, V>(key: &VerifiedKey, headers: I) -> Result<CorsHeaders>
+where
+    I: IntoIterator<Item = (N, &'h V)>,
+    N: AsRef<[u8]>,
+    V: AsRef<[u8]> + ?Sized + 'h,
+{
+    if !key.view().is_publishable() {
+        return Ok(Vec::new());
+    }
+    let origin = request_origin(headers).ok_or(Error::OriginNotAllowed)?;
+    let allowed = key
+        .metadata()
+        .get(ALLOWED_ORIGINS)
+        .is_some_and(|list| origins(list).any(|o| o.eq_ignore_ascii_case(&origin)));
+    if !allowed {
+        return Err(Error::OriginNotAllowed);
+    }
+    Ok(vec![
+        ("access-control-allow-origin", origin),
+        ("vary", "Origin".to_owned()),
+    ])
+}
+
+/// The answer to a CORS preflight, or `None` when the request is not one
+/// (`method` is not `OPTIONS`, or `Origin` or
+/// `Access-Control-Request-Method` is missing). Answer it with status 204
+/// and these headers: the origin echoed, the requested method, the headers
+/// a key travels in (`authorization`, `content-type` and `key_header`),
+/// a max-age of 600 seconds, and `Vary`.
+pub fn preflight<'h, I, N, V>(method: &str, headers: I, key_header: &str) -> Option<CorsHeaders>
+where
+    I: IntoIterator<Item = (N, &'h V)>,
+    N: AsRef<[u8]>,
+    V: AsRef<[u8]> + ?Sized + 'h,
+{
+    if !method.eq_ignore_ascii_case("OPTIONS") {
+        return None;
+    }
+    let mut origin = None;
+    let mut requested = None;
+    for (name, value) in headers {
+        let name = name.as_ref();
+        let Ok(value) = std::str::from_utf8(value.as_ref()) else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case(b"origin") {
+            origin = origin_of_url(value.trim());
+        } else if name.eq_ignore_ascii_case(b"access-control-request-method") {
+            let m = value.trim();
+            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                requested = Some(m.to_ascii_uppercase());
+            }
+        }
+    }
+    let (origin, method) = (origin?, requested?);
+    Some(vec![
+        ("access-control-allow-origin", origin),
+        ("access-control-allow-methods", method),
+        (
+            "access-control-allow-headers",
+            format!(
+                "authorization, content-type, {}",
+                key_header.to_ascii_lowercase()
+            ),
+        ),
+        ("access-control-max-age", "600".to_owned()),
+        (
+            "vary",
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".to_owned(),
+        ),
+    ])
+}

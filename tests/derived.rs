@@ -1,0 +1,394 @@
+//! Issue 20, item 3: derived keys narrow their parent and never outlive it.
+#![allow(clippy::unwrap_used)]
+
+// `support` re-exports the network store these tests do not use.
+#[allow(unused_imports)]
+mod support;
+
+use std::sync::Arc;
+
+use apikey::*;
+use proptest::prelude::*;
+use support::{T0, verifier};
+use time::Duration;
+
+fn admin() -> Actor {
+    Actor::new("admin")
+}
+
+type M = KeyManager<Arc<MemoryStore>, ManualClock>;
+
+fn manager() -> (M, ManualClock) {
+    let clock = ManualClock::new(T0);
+    (
+        KeyManager::with_clock(verifier(), Arc::new(MemoryStore::new()), clock.clone()),
+        clock,
+    )
+}
+
+/// The code a verification from inside the parent's allowlist fails with.
+async fn check(m: &M, key: &ApiKey) -> Option<String> {
+    m.authenticate(
+        key.expose_secret(),
+        &Requirement::none(),
+        Some("10.0.0.1".parse().unwrap()),
+    )
+    .await
+    .err()
+    .map(|e| e.code().as_str().to_owned())
+}
+
+async fn parent(m: &M) -> (ApiKey, KeySummary) {
+    m.create(
+        NewKey::new("sk_live_")
+            .owner("user_1")
+            .scopes(["tasks:read", "tasks:write"])
+            .expires_at(T0 + Duration::days(30))
+            .allow_ip("10.0.0.0/8".parse().unwrap()),
+        &admin(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn derived_key_cannot_be_broader_than_its_parent() {
+    let (m, _) = manager();
+    let (_, p) = parent(&m).await;
+    let broader = [
+        Derivation::new("a").scopes(["admin"]),
+        Derivation::new("b").scopes(["tasks:*"]),
+        Derivation::new("c").expires_at(T0 + Duration::days(31)),
+        Derivation::new("d").ip_allowlist(vec!["0.0.0.0/0".parse().unwrap()]),
+        Derivation::new("e").ip_allowlist(vec![]),
+    ];
+    for d in broader {
+        let err = m.derive(p.id, d.clone(), &admin()).await.unwrap_err();
+        assert_eq!(err.code(), "POLICY_VIOLATION", "{d:?}");
+    }
+    let (child, c) = m
+        .derive(
+            p.id,
+            Derivation::new("agent")
+                .scopes(["tasks:read"])
+                .ip_allowlist(vec!["10.1.0.0/16".parse().unwrap()]),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.expires_at, p.expires_at);
+    assert_eq!(c.metadata.get(PARENT), Some(&p.id.to_string()));
+    m.authenticate(
+        child.expose_secret(),
+        &Requirement::scope("tasks:read").unwrap(),
+        Some("10.1.2.3".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let err = m
+        .authenticate(
+            child.expose_secret(),
+            &Requirement::scope("tasks:write").unwrap(),
+            Some("10.1.2.3".parse().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INSUFFICIENT_SCOPE");
+}
+
+#[tokio::test]
+async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired_or_deleted() {
+    // Disabled: refused, and works again once the parent is enabled.
+    let (m, clock) = manager();
+    let (_, p) = parent(&m).await;
+    let (child, _) = m
+        .derive(p.id, Derivation::new("c"), &admin())
+        .await
+        .unwrap();
+    assert_eq!(check(&m, &child).await, None);
+    m.disable(p.id, &admin()).await.unwrap();
+    assert_eq!(check(&m, &child).await.as_deref(), Some("DISABLED_API_KEY"));
+    m.enable(p.id, &admin()).await.unwrap();
+    assert_eq!(check(&m, &child).await, None);
+    // Revoked: the children are revoked too.
+    let (grandchild, g) = {
+        let (_, c) = m
+            .derive(p.id, Derivation::new("c2"), &admin())
+            .await
+            .unwrap();
+        m.derive(c.id, Derivation::new("g"), &admin())
+            .await
+            .unwrap()
+    };
+    assert_eq!(check(&m, &grandchild).await, None);
+    m.revoke(p.id, "gone", &admin()).await.unwrap();
+    assert_eq!(check(&m, &child).await.as_deref(), Some("REVOKED_API_KEY"));
+    assert_eq!(
+        check(&m, &grandchild).await.as_deref(),
+        Some("REVOKED_API_KEY")
+    );
+    assert_eq!(m.get(g.id).await.unwrap().status, KeyStatus::Revoked);
+    // Deleted.
+    let (_, p) = parent(&m).await;
+    let (child, _) = m
+        .derive(p.id, Derivation::new("c"), &admin())
+        .await
+        .unwrap();
+    m.delete(p.id, &admin()).await.unwrap();
+    assert_eq!(check(&m, &child).await.as_deref(), Some("REVOKED_API_KEY"));
+    // Expired by rotation (the parent's grace ends before the child's expiry).
+    let (_, p) = parent(&m).await;
+    let (child, _) = m
+        .derive(p.id, Derivation::new("c"), &admin())
+        .await
+        .unwrap();
+    m.rotate(p.id, Rotation::with_grace(Duration::hours(1)), &admin())
+        .await
+        .unwrap();
+    clock.advance(Duration::hours(2));
+    assert_eq!(check(&m, &child).await.as_deref(), Some("EXPIRED_API_KEY"));
+    // A parent narrowed after the derivation narrows its child.
+    let (_, p) = parent(&m).await;
+    let (child, _) = m
+        .derive(p.id, Derivation::new("c").scopes(["tasks:write"]), &admin())
+        .await
+        .unwrap();
+    m.update(p.id, KeyUpdate::new().scopes(["tasks:read"]), &admin())
+        .await
+        .unwrap();
+    assert_eq!(check(&m, &child).await.as_deref(), Some("POLICY_VIOLATION"));
+    // The pure verifier cannot see the parent: it refuses children.
+    let parsed = m.verifier().parse(child.expose_secret()).unwrap();
+    let view = m.store().fetch_sync(parsed.id()).unwrap();
+    let err = m
+        .verifier()
+        .verify_from(
+            &parsed,
+            view,
+            clock.now(),
+            &Requirement::none(),
+            Some("10.0.0.1".parse().unwrap()),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "POLICY_VIOLATION");
+}
+
+#[tokio::test]
+async fn derivation_depth_and_live_children_are_limited() {
+    let (m, _) = manager();
+    let m = m.with_derivation_limits(2, 2);
+    let (_, p) = parent(&m).await;
+    let (_, c) = m
+        .derive(p.id, Derivation::new("1"), &admin())
+        .await
+        .unwrap();
+    let (_, g) = m
+        .derive(c.id, Derivation::new("2"), &admin())
+        .await
+        .unwrap();
+    let err = m
+        .derive(g.id, Derivation::new("3"), &admin())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_STATE");
+    m.derive(p.id, Derivation::new("1b"), &admin())
+        .await
+        .unwrap();
+    let err = m
+        .derive(p.id, Derivation::new("1c"), &admin())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "KEY_LIMIT_REACHED");
+    assert_eq!(m.children(p.id).await.unwrap().len(), 2);
+    // A revoked child frees its place.
+    m.revoke(c.id, "done", &admin()).await.unwrap();
+    m.derive(p.id, Derivation::new("1c"), &admin())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn parent_link_cannot_be_set_or_removed_by_callers() {
+    let (m, _) = manager();
+    let (_, p) = parent(&m).await;
+    let err = m
+        .create(
+            NewKey::new("sk_live_").metadata(PARENT, p.id.to_string()),
+            &admin(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+    let (child, c) = m
+        .derive(p.id, Derivation::new("c"), &admin())
+        .await
+        .unwrap();
+    // Replacing the metadata keeps the link.
+    m.update(
+        c.id,
+        KeyUpdate::new().metadata(Default::default()),
+        &admin(),
+    )
+    .await
+    .unwrap();
+    m.disable(p.id, &admin()).await.unwrap();
+    assert_eq!(check(&m, &child).await.as_deref(), Some("DISABLED_API_KEY"));
+}
+
+// ----- property: no sequence yields a child broader than its parent -----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Derive {
+        from: usize,
+        scopes: Option<Vec<&'static str>>,
+        hours: Option<i64>,
+    },
+    Update {
+        key: usize,
+        scopes: Vec<&'static str>,
+    },
+    Status {
+        key: usize,
+        what: u8,
+    },
+    Advance(i64),
+}
+
+const SCOPES: [&str; 4] = ["tasks:read", "tasks:write", "tasks:*", "admin"];
+
+fn op() -> impl Strategy<Value = Op> {
+    let scopes = proptest::sample::subsequence(SCOPES.to_vec(), 0..3);
+    prop_oneof![
+        (
+            0usize..6,
+            proptest::option::of(scopes.clone()),
+            proptest::option::of(1i64..800)
+        )
+            .prop_map(|(from, scopes, hours)| Op::Derive {
+                from,
+                scopes,
+                hours
+            }),
+        (0usize..6, scopes).prop_map(|(key, scopes)| Op::Update { key, scopes }),
+        (0usize..6, 0u8..4).prop_map(|(key, what)| Op::Status { key, what }),
+        (1i64..200).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn no_sequence_yields_a_working_child_broader_than_its_parent(ops in proptest::collection::vec(op(), 1..20)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (m, clock) = manager();
+            let (k, p) = m
+                .create(NewKey::new("sk_live_").owner("u").scopes(["tasks:*"]).expires_at(T0 + Duration::days(20)), &admin())
+                .await
+                .unwrap();
+            let mut keys: Vec<(ApiKey, KeyId)> = vec![(k, p.id)];
+            for op in ops {
+                match op {
+                    Op::Derive { from, scopes, hours } => {
+                        if let Some((_, id)) = keys.get(from) {
+                            let mut d = Derivation::new("d");
+                            if let Some(s) = scopes { d = d.scopes(s); }
+                            if let Some(h) = hours { d = d.expires_at(clock.now() + Duration::hours(h)); }
+                            if let Ok((k, s)) = m.derive(*id, d, &admin()).await { keys.push((k, s.id)); }
+                        }
+                    }
+                    Op::Update { key, scopes } => {
+                        if let Some((_, id)) = keys.get(key) {
+                            let _ = m.update(*id, KeyUpdate::new().scopes(scopes), &admin()).await;
+                        }
+                    }
+                    Op::Status { key, what } => {
+                        if let Some((_, id)) = keys.get(key) {
+                            match what {
+                                0 => { let _ = m.disable(*id, &admin()).await; }
+                                1 => { let _ = m.enable(*id, &admin()).await; }
+                                2 => { let _ = m.revoke(*id, "x", &admin()).await; }
+                                _ => { let _ = m.delete(*id, &admin()).await; }
+                            }
+                        }
+                    }
+                    Op::Advance(h) => clock.advance(Duration::hours(h)),
+                }
+                // Every working child: its parent works and covers it.
+                for (k, id) in &keys {
+                    if m.authenticate(k.expose_secret(), &Requirement::none(), None).await.is_err() {
+                        continue;
+                    }
+                    let child = m.record(*id).await.unwrap();
+                    prop_assert!(child.is_usable_at(clock.now()));
+                    let Some(pid) = child.metadata.get(PARENT) else { continue };
+                    let pid: KeyId = pid.parse().unwrap();
+                    let parent = m.record(pid).await;
+                    prop_assert!(parent.is_ok(), "a working child of a deleted parent");
+                    let parent = parent.unwrap();
+                    prop_assert!(parent.is_usable_at(clock.now()), "a working child of an unusable parent");
+                    prop_assert!(child.scopes.iter().all(|s| parent.scopes.grants(s)), "child broader than parent");
+                    let within = match (child.expires_at, parent.expires_at) {
+                        (_, None) => true,
+                        (Some(c), Some(p)) => c <= p,
+                        (None, Some(_)) => false,
+                    };
+                    prop_assert!(within, "child outlives parent");
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// What a derived key pays on the hot path: verifications per second of a
+/// key, its child and its grandchild through the authenticator over
+/// `MemoryStore` (one fetch per ancestor). Prints only. Run with
+/// `cargo test --release --test derived -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run with --release --ignored --nocapture"]
+fn derived_key_verification_cost() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (m, _) = manager();
+        let (root, p) = m
+            .create(
+                NewKey::new("sk_live_").owner("u").scopes(["tasks:read"]),
+                &admin(),
+            )
+            .await
+            .unwrap();
+        let (child, c) = m
+            .derive(p.id, Derivation::new("c"), &admin())
+            .await
+            .unwrap();
+        let (grandchild, _) = m
+            .derive(c.id, Derivation::new("g"), &admin())
+            .await
+            .unwrap();
+        let auth = m.authenticator();
+        let req = Requirement::scope("tasks:read").unwrap();
+        const N: u32 = 200_000;
+        for round in 0..3 {
+            for (name, key) in [
+                ("key", &root),
+                ("child", &child),
+                ("grandchild", &grandchild),
+            ] {
+                let started = std::time::Instant::now();
+                for _ in 0..N {
+                    auth.authenticate(key.expose_secret(), &req, None)
+                        .await
+                        .unwrap();
+                }
+                println!(
+                    "round {round}, {name}: {:?} per verification",
+                    started.elapsed() / N
+                );
+            }
+        }
+    });
+}

@@ -1,0 +1,363 @@
+//! Issue 20, item 4: publishable keys over real HTTP: the origin
+//! allowlist (Origin, Referer as fallback), CORS preflight, public scopes
+//! only.
+#![cfg(feature = "axum")]
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use apikey::web::publishable::{ALLOWED_ORIGINS, check_origin, preflight};
+use apikey::web::{Decision, Gate, Route};
+use apikey::*;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use time::macros::datetime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type M = KeyManager<MemoryStore, ManualClock>;
+
+fn manager() -> M {
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[21; 32]).unwrap()).unwrap())
+            .with_prefix("pk_live_", Environment::Live)
+            .unwrap();
+    KeyManager::with_clock(
+        verifier,
+        MemoryStore::new(),
+        ManualClock::new(datetime!(2026-03-01 12:00 UTC)),
+    )
+    .with_public_scopes(["search:query"])
+    .unwrap()
+}
+
+struct App {
+    gate: Gate<Arc<MemoryStore>, ManualClock>,
+    route: Route,
+}
+
+fn with_headers(
+    status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+) -> Response {
+    let mut r = (status, body).into_response();
+    for (n, v) in headers {
+        r.headers_mut().insert(n, v.parse().unwrap());
+    }
+    r
+}
+
+/// The route a web page calls: preflight, gate, origin check.
+async fn search(State(app): State<Arc<App>>, method: Method, headers: HeaderMap) -> Response {
+    if let Some(h) = preflight(method.as_str(), headers.iter(), "x-api-key") {
+        return with_headers(StatusCode::NO_CONTENT, h, String::new());
+    }
+    match app.gate.check(headers.iter(), None, None, &app.route).await {
+        Decision::Admitted(ok) => match check_origin(&ok.key, headers.iter()) {
+            Ok(cors) => with_headers(StatusCode::OK, cors, format!("hello {}", ok.key.id())),
+            Err(e) => with_headers(
+                StatusCode::from_u16(e.http_status()).unwrap(),
+                Vec::new(),
+                e.code().as_str().to_owned(),
+            ),
+        },
+        Decision::Rejected(r) => with_headers(
+            StatusCode::from_u16(r.error.http_status()).unwrap(),
+            Vec::new(),
+            r.error.code().as_str().to_owned(),
+        ),
+        Decision::NotOurs => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn serve(m: &M) -> SocketAddr {
+    let app = Arc::new(App {
+        gate: Gate::from_manager(m),
+        route: Route::new(Requirement::scope("search:query").unwrap()),
+    });
+    let router = Router::new()
+        .route("/v1/query", any(search))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn request(addr: SocketAddr, method: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} /v1/query HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn publishable(m: &M) -> ApiKey {
+    let (key, s) = m
+        .create(
+            NewKey::new("pk_live_").scopes(["search:query"]).metadata(
+                ALLOWED_ORIGINS,
+                "https://shop.example, https://www.shop.example",
+            ),
+            &Actor::new("admin"),
+        )
+        .await
+        .unwrap();
+    assert!(m.record(s.id).await.unwrap().is_publishable());
+    key
+}
+
+#[tokio::test]
+async fn publishable_key_from_an_allowed_origin_is_admitted_with_cors_headers() {
+    let m = manager();
+    let key = publishable(&m).await;
+    let addr = serve(&m).await;
+    let r = request(
+        addr,
+        "POST",
+        &[
+            ("X-API-Key", key.expose_secret()),
+            ("Origin", "https://shop.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // Referer as the fallback when there is no Origin.
+    let r = request(
+        addr,
+        "GET",
+        &[
+            ("X-API-Key", key.expose_secret()),
+            ("Referer", "https://www.shop.example/search?q=1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn publishable_key_from_a_wrong_origin_is_403() {
+    let m = manager();
+    let key = publishable(&m).await;
+    let addr = serve(&m).await;
+    for origin in [
+        "https://evil.example",
+        "http://shop.example",
+        "https://shop.example.evil.example",
+        "null",
+    ] {
+        let r = request(
+            addr,
+            "POST",
+            &[("X-API-Key", key.expose_secret()), ("Origin", origin)],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (403, "ORIGIN_NOT_ALLOWED"),
+            "{origin}"
+        );
+        assert_eq!(r.header("access-control-allow-origin"), None);
+    }
+    // An allowed Referer does not rescue a wrong Origin.
+    let r = request(
+        addr,
+        "POST",
+        &[
+            ("X-API-Key", key.expose_secret()),
+            ("Origin", "https://evil.example"),
+            ("Referer", "https://shop.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn publishable_key_with_no_origin_is_403() {
+    let m = manager();
+    let key = publishable(&m).await;
+    let addr = serve(&m).await;
+    let r = request(addr, "GET", &[("X-API-Key", key.expose_secret())]).await;
+    assert_eq!((r.status, r.body.as_str()), (403, "ORIGIN_NOT_ALLOWED"));
+    // A secret key is not subject to origins.
+    let (sk, _) = m
+        .create(
+            NewKey::new("sk_live_").scopes(["search:query"]),
+            &Actor::new("admin"),
+        )
+        .await
+        .unwrap();
+    let r = request(addr, "GET", &[("X-API-Key", sk.expose_secret())]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn cors_preflight_is_204_with_the_right_headers() {
+    let m = manager();
+    let addr = serve(&m).await;
+    let r = request(
+        addr,
+        "OPTIONS",
+        &[
+            ("Origin", "https://shop.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "x-api-key, content-type"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
+    let allowed = r.header("access-control-allow-headers").unwrap();
+    assert!(
+        allowed.contains("x-api-key") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert!(r.header("vary").unwrap().contains("Origin"));
+    // An OPTIONS without the preflight headers is not a preflight.
+    let r = request(addr, "OPTIONS", &[("Origin", "https://shop.example")]).await;
+    assert_eq!((r.status, r.body.as_str()), (401, "MISSING_API_KEY"));
+}
+
+#[tokio::test]
+async fn non_public_scope_is_refused_at_creation() {
+    let m = manager();
+    let admin = Actor::new("admin");
+    let err = m
+        .create(
+            NewKey::new("pk_live_")
+                .scopes(["corpus:admin"])
+                .metadata(ALLOWED_ORIGINS, "https://shop.example"),
+            &admin,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "POLICY_VIOLATION");
+    // No origin allowlist: refused too.
+    for origins in [
+        None,
+        Some(""),
+        Some("shop.example"),
+        Some("https://shop.example/path"),
+    ] {
+        let mut new = NewKey::new("pk_live_").scopes(["search:query"]);
+        if let Some(o) = origins {
+            new = new.metadata(ALLOWED_ORIGINS, o);
+        }
+        let err = m.create(new, &admin).await.unwrap_err();
+        assert_eq!(err.code(), "INVALID_REQUEST", "{origins:?}");
+    }
+    // Without public scopes declared, no publishable key can be made.
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[21; 32]).unwrap()).unwrap())
+            .with_prefix("pk_live_", Environment::Live)
+            .unwrap();
+    let bare = KeyManager::new(verifier, MemoryStore::new());
+    let err = bare
+        .create(
+            NewKey::new("pk_live_").metadata(ALLOWED_ORIGINS, "https://shop.example"),
+            &admin,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_STATE");
+    // An update cannot widen it either.
+    let key = publishable(&m).await;
+    let id = m.verifier().parse(key.expose_secret()).unwrap().id();
+    let err = m
+        .update(id, KeyUpdate::new().scopes(["corpus:admin"]), &admin)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "POLICY_VIOLATION");
+    let err = m
+        .update(id, KeyUpdate::new().metadata(Default::default()), &admin)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+}
+
+#[tokio::test]
+async fn publishable_key_beyond_narrowed_public_scopes_is_refused_at_verification() {
+    let m = manager();
+    let (key, _) = m
+        .create(
+            NewKey::new("pk_live_")
+                .scopes(["search:query"])
+                .metadata(ALLOWED_ORIGINS, "https://shop.example"),
+            &Actor::new("admin"),
+        )
+        .await
+        .unwrap();
+    m.authenticate(key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+    // The service stops offering `search:query` publicly: the key is
+    // refused, not revoked.
+    let narrowed = KeyManager::with_clock(
+        m.verifier().clone(),
+        Arc::clone(m.authenticator().store()),
+        m.clock().clone(),
+    )
+    .with_public_scopes(["search:suggest"])
+    .unwrap();
+    let err = narrowed
+        .authenticate(key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "POLICY_VIOLATION");
+}
