@@ -135,9 +135,13 @@ impl World {
         let store = NetStore::new(Duration::ZERO);
         let audit = Arc::new(MemoryAuditSink::new());
         let verifier = verifier();
+        // Publishable (`pk_`) keys hold only public scopes and carry an
+        // origin allowlist.
         let manager =
             KeyManager::with_clock(verifier.clone(), store.clone(), ManualClock::new(now()))
-                .with_audit_sink(audit.clone());
+                .with_audit_sink(audit.clone())
+                .with_public_scopes(["search:query"])
+                .unwrap();
         Self {
             manager: Arc::new(manager),
             store,
@@ -153,11 +157,14 @@ impl World {
 
     /// Creates a key under `prefix` for `owner`.
     pub async fn key(&self, prefix: &str, owner: &str) -> ApiKey {
-        self.manager
-            .create(NewKey::new(prefix).owner(owner), &Actor::system())
-            .await
-            .unwrap()
-            .0
+        let mut new = NewKey::new(prefix).owner(owner);
+        if prefix.starts_with("pk_") {
+            new = new.scopes(["search:query"]).metadata(
+                apikey::web::publishable::ALLOWED_ORIGINS,
+                "https://shop.example",
+            );
+        }
+        self.manager.create(new, &Actor::system()).await.unwrap().0
     }
 
     /// Store calls so far.
