@@ -190,10 +190,10 @@ where
             .insert_sync(pinged.get(k.id()).await.unwrap().unwrap())
             .unwrap();
     }
-    let with_ping = Authenticator::new(verifier(), pinged.clone());
-    let without_ping = Authenticator::new(verifier(), unpinged);
-    let cached = Authenticator::new(verifier(), apikey::CachedStore::new(pinged));
-    let memory = Authenticator::new(verifier(), memory);
+    let with_ping = Authenticator::read_only(verifier(), pinged.clone());
+    let without_ping = Authenticator::read_only(verifier(), unpinged);
+    let cached = Authenticator::read_only(verifier(), apikey::CachedStore::new(pinged));
+    let memory = Authenticator::read_only(verifier(), memory);
     for round in 1..=5 {
         let a = p50(&with_ping, &secrets, 2_000).await;
         let b = p50(&without_ping, &secrets, 2_000).await;

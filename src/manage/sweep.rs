@@ -18,7 +18,7 @@
 //!   again before its new expiry.
 //!
 //! Both are conditional writes on the record's revision
-//! ([`KeyStoreLifecycle::update_if`](crate::KeyStoreLifecycle::update_if)):
+//! ([`update_if`](crate::KeyStoreLifecycle::update_if)):
 //! of several sweepers over one database (one per instance), one wins
 //! each write, the others re-read and find nothing left to do. So every
 //! notice and renewal happens once, and the event follows the write.

@@ -26,7 +26,7 @@
 //! `max_lifetime` bounds how long a key may *still* be valid: at any time
 //! `t`, `expires_at <= t + max_lifetime`, and a key without expiry never
 //! complies. At creation this is the usual "lifetime at most N days"; it
-//! also lets [auto-renewal](crate::KeyManager::sweep) extend a key to
+//! also lets [auto-renewal](crate::KeyManager::sweep_once) extend a key to
 //! `now + max_lifetime` and no further, and a key made under a looser
 //! maximum is refused only while its remaining validity exceeds the new one
 //! (shorten its expiry with [`KeyManager::update`](crate::KeyManager::update)
