@@ -52,6 +52,9 @@
 //!
 //! - [The key format](_documentation::key_format): the specification and the scanner regular expression.
 //! - [Benchmarks](_documentation::benchmarks): every figure with its command and target.
+//! - [Policy, renewal, derived and publishable keys](_documentation::policy).
+//! - [Monitoring](_documentation::monitoring) and [metrics](_documentation::metrics): seed 001's alerts, every metric.
+//! - [Errors](_documentation::errors): every stable code and its HTTP status.
 //! - [Security](_documentation::security): threat model, evidence, reporting a vulnerability.
 //! - [Architecture](_documentation::architecture): the pipeline and one paragraph per folder.
 //!
