@@ -70,6 +70,7 @@
 
 // One folder per concept; see ARCHITECTURE.md.
 mod clock;
+mod environment;
 mod error;
 pub mod key;
 pub mod limits;
@@ -82,8 +83,6 @@ pub mod verify;
 pub mod web;
 
 // Crate-internal short paths to the modules inside the folders.
-pub(crate) use key::{base62, digest, prefix, secret};
-
 pub(crate) use manage::{audit, usage};
 pub(crate) use store::record;
 pub(crate) use verify::{authenticator, ipnet, scope, verifier};
@@ -109,9 +108,8 @@ pub use clock::{
 };
 pub use error::{Challenge, Error, ErrorCode, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
-    ApiKey, BODY_LEN, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, MAX_KEY_LEN,
-    MAX_PREFIX_LEN, MIN_KEY_LEN, MIN_SECRET_LEN, OsRng, ParsedKey, Prefix, PrefixEntry,
-    PrefixRegistry, RESEED_EVERY, ServerSecret, key_display_form,
+    ApiKey, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, OsRng, ParsedKey, Prefix,
+    PrefixEntry, PrefixRegistry, ServerSecret,
 };
 pub use manage::{
     AUTO_RENEW, DEFAULT_DERIVATION_LIMITS, DEFAULT_MAX_GRACE, Derivation, EXPIRY_NOTIFIED,

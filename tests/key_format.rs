@@ -58,7 +58,7 @@ fn generation_matches_vectors() {
     let v = verifier();
     let mut rng = ChaCha20Rng::seed_from_u64(2026);
     for (text, id, digest) in VECTORS {
-        let prefix = &text[..text.len() - BODY_LEN];
+        let prefix = &text[..text.len() - ApiKey::BODY_LEN];
         let (key, record) = v
             .issue_with_rng(
                 NewKey::new(prefix),
@@ -98,7 +98,7 @@ fn reference_check(secret: &[u8], text: &str, id: &str) -> String {
     {
         assert!(re.is_match(text), "scanner regex must match {text}");
         let bytes = text.as_bytes();
-        let split = bytes.len() - BODY_LEN;
+        let split = bytes.len() - ApiKey::BODY_LEN;
         let (prefix, body) = bytes.split_at(split);
         // Checksum: CRC-32 (IEEE) of everything before the last 6 chars.
         let crc = crc32fast::hash(&bytes[..bytes.len() - 6]);
@@ -168,7 +168,10 @@ fn independent_implementation_agrees_on_issue_and_verify_paths() {
 }
 
 fn reference_check_v(secret: &[u8], text: &str, id: &str, version_char: u8) -> String {
-    assert_eq!(text.as_bytes()[text.len() - BODY_LEN + 11], version_char);
+    assert_eq!(
+        text.as_bytes()[text.len() - ApiKey::BODY_LEN + 11],
+        version_char
+    );
     reference_check(secret, text, id)
 }
 
@@ -201,7 +204,7 @@ fn non_canonical_id_is_rejected() {
     let v = verifier();
     let (text, _, _) = VECTORS[0];
     let mut bytes = text.as_bytes().to_vec();
-    let split = bytes.len() - BODY_LEN;
+    let split = bytes.len() - ApiKey::BODY_LEN;
     bytes[split..split + 11].copy_from_slice(b"zzzzzzzzzzz");
     let crc = crc32fast::hash(&bytes[..bytes.len() - 6]);
     let mut c = u128::from(crc);

@@ -133,7 +133,7 @@ proptest! {
         prop_assert_eq!(calls.get(), 0);
         // A substitution by another base62 character inside the body is
         // caught by the checksum itself.
-        let body_start = text.len() - BODY_LEN;
+        let body_start = text.len() - ApiKey::BODY_LEN;
         if i >= body_start && B62.contains(c) {
             prop_assert!(matches!(e, Error::MalformedApiKey(MalformedReason::Checksum)), "{:?}", e);
         }

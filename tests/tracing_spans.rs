@@ -144,7 +144,7 @@ fn spans_name_the_key_by_its_display_form_only() {
             .map(|(_, f)| f.clone())
             .collect()
     };
-    let display = key_display_form("sk_live_", record.id);
+    let display = record.id.display_form("sk_live_");
     let auth = named("apikey.authenticate");
     assert_eq!(auth.len(), 2, "{spans:?}");
     assert!(auth[0].contains(&format!("key={display}")), "{auth:?}");

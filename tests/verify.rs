@@ -82,7 +82,7 @@ fn missing_and_malformed() {
         Error::MalformedApiKey(MalformedReason::Length)
     ));
     assert!(matches!(
-        code(&"a".repeat(MAX_KEY_LEN + 1)),
+        code(&"a".repeat(ApiKey::MAX_LEN + 1)),
         Error::MalformedApiKey(MalformedReason::Length)
     ));
     // One extra character shifts the body: the prefix becomes unknown.

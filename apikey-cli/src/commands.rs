@@ -417,7 +417,7 @@ fn presented_key(arg: Option<String>) -> CliResult<Zeroizing<String>> {
         return Ok(Zeroizing::new(key));
     }
     let mut line = Zeroizing::new(String::new());
-    let limit = (apikey::MAX_KEY_LEN + apikey::key::MAX_PREFIX_LEN + 2) as u64;
+    let limit = (apikey::ApiKey::MAX_LEN + apikey::Prefix::MAX_LEN + 2) as u64;
     std::io::stdin()
         .lock()
         .take(limit.max(4096))

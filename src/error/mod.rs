@@ -13,7 +13,7 @@
 use std::fmt;
 use time::OffsetDateTime;
 
-use crate::prefix::Environment;
+use crate::environment::Environment;
 
 mod code;
 

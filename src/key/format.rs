@@ -23,11 +23,12 @@ use siphasher::sip::SipHasher24;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::base62::{self, ALPHABET};
-use crate::digest::KeyDigest;
+use super::base62::{self, ALPHABET};
+use super::digest::KeyDigest;
+use super::prefix::{MAX_PREFIX_LEN, PrefixRegistry};
+use super::secret::{Keyring, Material};
+use crate::environment::Environment;
 use crate::error::{Error, MalformedReason, Result};
-use crate::prefix::{Environment, MAX_PREFIX_LEN, PrefixRegistry};
-use crate::secret::{Keyring, Material};
 
 pub(crate) const VERSION_LEN: usize = 1;
 pub(crate) const ID_LEN: usize = 11;
@@ -35,13 +36,13 @@ pub(crate) const SECRET_LEN: usize = 32;
 pub(crate) const TAG_LEN: usize = 8;
 pub(crate) const CHECKSUM_LEN: usize = 6;
 /// Length of a key body (everything after the prefix), in characters.
-pub const BODY_LEN: usize = VERSION_LEN + ID_LEN + SECRET_LEN + TAG_LEN + CHECKSUM_LEN;
+pub(crate) const BODY_LEN: usize = VERSION_LEN + ID_LEN + SECRET_LEN + TAG_LEN + CHECKSUM_LEN;
 /// Shortest possible key (2-byte prefix).
-pub const MIN_KEY_LEN: usize = 2 + BODY_LEN;
+pub(crate) const MIN_KEY_LEN: usize = 2 + BODY_LEN;
 /// Longest possible key (16-byte prefix).
-pub const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + BODY_LEN;
+pub(crate) const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + BODY_LEN;
 /// Characters of the id shown in a key's display form.
-pub const DISPLAY_ID_CHARS: usize = 5;
+pub(crate) const DISPLAY_ID_CHARS: usize = 5;
 
 const ID_START: usize = 0;
 const VERSION_POS: usize = ID_START + ID_LEN;
@@ -67,6 +68,17 @@ const TAG_MODULUS: u64 = 62u64.pow(TAG_LEN as u32);
 pub struct KeyId(u64);
 
 impl KeyId {
+    /// The display form of this id under `prefix`, for listings: the prefix, the first five id characters and
+    /// `...`, e.g. `kwi_sk_aBcDe...`.
+    ///
+    /// ```
+    /// use apikey::KeyId;
+    /// assert_eq!(KeyId::from_u64(42).display_form("kwi_sk_"), "kwi_sk_g0000...");
+    /// ```
+    pub fn display_form(self, prefix: &str) -> String {
+        key_display_form(prefix, self)
+    }
+
     /// Wraps a raw id.
     pub const fn from_u64(id: u64) -> Self {
         Self(id)
@@ -128,13 +140,8 @@ impl<'de> Deserialize<'de> for KeyId {
 }
 
 /// The display form of a key for listings: prefix, the first five id
-/// characters, and `...`, e.g. `kwi_sk_aBcDe...`.
-///
-/// ```
-/// use apikey::{key_display_form, KeyId};
-/// assert_eq!(key_display_form("kwi_sk_", KeyId::from_u64(42)), "kwi_sk_g0000...");
-/// ```
-pub fn key_display_form(prefix: &str, id: KeyId) -> String {
+/// characters, and `...`, e.g. `kwi_sk_aBcDe...` ([`KeyId::display_form`]).
+pub(crate) fn key_display_form(prefix: &str, id: KeyId) -> String {
     let id = id.encode();
     let mut s = String::with_capacity(prefix.len() + DISPLAY_ID_CHARS + 3);
     s.push_str(prefix);
@@ -167,6 +174,16 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// Length of the body after the prefix: version, id, secret, tag and checksum.
+    pub const BODY_LEN: usize = BODY_LEN;
+    /// The shortest key text (a two-character prefix).
+    pub const MIN_LEN: usize = MIN_KEY_LEN;
+    /// The longest key text (a prefix of [`Prefix::MAX_LEN`](crate::Prefix::MAX_LEN)); the web edge reads no
+    /// more.
+    pub const MAX_LEN: usize = MAX_KEY_LEN;
+    /// Id characters shown in the display form (`kwi_sk_aBcDe...`).
+    pub const DISPLAY_ID_CHARS: usize = DISPLAY_ID_CHARS;
+
     /// The full key. Show it to its owner once; never log it.
     pub fn expose_secret(&self) -> &str {
         &self.text

@@ -10,19 +10,22 @@
 //! | `rng.rs` | randomness for new keys ([`KeyRng`], [`OsRng`]) |
 //! | `digest.rs` | the stored digest, compared in constant time ([`KeyDigest`]) |
 
-pub(crate) mod base62;
-pub mod digest;
-pub mod format;
-pub mod prefix;
-pub mod rng;
-pub mod secret;
+mod base62;
+mod digest;
+mod format;
+mod prefix;
+mod rng;
+mod secret;
 
+pub use crate::environment::{Environment, Environments};
 pub use digest::KeyDigest;
-pub use format::{ApiKey, BODY_LEN, KeyId, MAX_KEY_LEN, MIN_KEY_LEN, ParsedKey, key_display_form};
-pub use prefix::{Environment, Environments, MAX_PREFIX_LEN, Prefix, PrefixEntry, PrefixRegistry};
-pub use rng::{KeyRng, OsRng, RESEED_EVERY};
-pub use secret::{Keyring, MIN_SECRET_LEN, ServerSecret};
+pub use format::{ApiKey, KeyId, ParsedKey};
+pub use prefix::{Prefix, PrefixEntry, PrefixRegistry};
+pub use rng::{KeyRng, OsRng};
+pub use secret::{Keyring, ServerSecret};
 
 // Crate-internal items of the key text, at their old short path.
 #[allow(unused_imports)]
 pub(crate) use format::*;
+pub(crate) use prefix::is_publishable;
+pub(crate) use secret::MAX_VERSION;

@@ -16,91 +16,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::environment::Environment;
 use crate::error::{Error, Result};
 
 /// Longest prefix allowed, in bytes.
-pub const MAX_PREFIX_LEN: usize = 16;
-
-/// The environment a key belongs to.
-///
-/// ```
-/// use apikey::Environment;
-/// assert_eq!(Environment::Live.to_string(), "live");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// Production: real data, counts against quota.
-    Live,
-    /// Development and testing: sandbox data.
-    Test,
-}
-
-impl Environment {
-    /// Lowercase name, as serialized.
-    ///
-    /// ```
-    /// assert_eq!(apikey::Environment::Test.as_str(), "test");
-    /// ```
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Test => "test",
-        }
-    }
-}
-
-impl fmt::Display for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which environments a verifier accepts. Defaults to both.
-///
-/// ```
-/// use apikey::{Environment, Environments};
-/// assert!(Environments::LIVE.contains(Environment::Live));
-/// assert!(!Environments::LIVE.contains(Environment::Test));
-/// assert!(Environments::default().contains(Environment::Test));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Environments {
-    live: bool,
-    test: bool,
-}
-
-impl Environments {
-    /// Live keys only.
-    pub const LIVE: Self = Self {
-        live: true,
-        test: false,
-    };
-    /// Test keys only.
-    pub const TEST: Self = Self {
-        live: false,
-        test: true,
-    };
-    /// Live and test keys.
-    pub const BOTH: Self = Self {
-        live: true,
-        test: true,
-    };
-
-    /// Whether `env` is accepted.
-    pub const fn contains(self, env: Environment) -> bool {
-        match env {
-            Environment::Live => self.live,
-            Environment::Test => self.test,
-        }
-    }
-}
-
-impl Default for Environments {
-    fn default() -> Self {
-        Self::BOTH
-    }
-}
+pub(crate) const MAX_PREFIX_LEN: usize = 16;
 
 /// A validated key prefix such as `sk_live_`.
 ///
@@ -122,6 +42,9 @@ pub(crate) fn is_publishable(prefix: &str) -> bool {
 }
 
 impl Prefix {
+    /// The longest prefix, in bytes.
+    pub const MAX_LEN: usize = MAX_PREFIX_LEN;
+
     /// Validates `prefix` against the prefix rules (see the module docs).
     ///
     /// # Errors
@@ -232,9 +155,12 @@ pub struct PrefixRegistry {
 }
 
 /// Most prefixes one registry holds.
-pub const MAX_PREFIXES: usize = 64;
+pub(crate) const MAX_PREFIXES: usize = 64;
 
 impl PrefixRegistry {
+    /// The most prefixes one registry holds.
+    pub const MAX_PREFIXES: usize = MAX_PREFIXES;
+
     /// A registry with no prefixes.
     pub fn empty() -> Self {
         Self {

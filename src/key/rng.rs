@@ -27,7 +27,7 @@ use chacha20::ChaCha20Rng;
 use rand_core::{SeedableRng, TryCryptoRng, TryRng};
 
 /// Keys issued from one seed before [`KeyRng`] reseeds from the OS.
-pub const RESEED_EVERY: u32 = 1024;
+pub(crate) const RESEED_EVERY: u32 = 1024;
 
 /// The operating system's random source (`getrandom`), read afresh for
 /// every request. A `rand_core` 0.10 [`CryptoRng`](rand_core::CryptoRng).
@@ -162,6 +162,9 @@ pub struct KeyRng {
 }
 
 impl KeyRng {
+    /// Keys drawn between two reseeds from the operating system.
+    pub const RESEED_EVERY: u32 = RESEED_EVERY;
+
     /// A handle to this thread's generator (seeded on first use).
     pub fn new() -> Self {
         Self::default()

@@ -27,10 +27,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::error::{Error, Result};
 
 /// Shortest accepted server secret, in bytes.
-pub const MIN_SECRET_LEN: usize = 32;
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 
 /// Highest secret version (the version is one base62 digit; 0 is reserved).
-pub const MAX_VERSION: u8 = 61;
+pub(crate) const MAX_VERSION: u8 = 61;
 
 /// Bytes of secret key material. Zeroized on drop, printed as `[REDACTED]`,
 /// not serializable, read only through [`expose_secret`](Self::expose_secret).
@@ -45,6 +45,9 @@ pub const MAX_VERSION: u8 = 61;
 pub struct ServerSecret(Zeroizing<Vec<u8>>);
 
 impl ServerSecret {
+    /// The shortest server secret accepted, in bytes.
+    pub const MIN_LEN: usize = MIN_SECRET_LEN;
+
     /// Copies `bytes` (at least 32) into a new secret.
     ///
     /// # Errors
@@ -209,6 +212,9 @@ pub struct Keyring {
 }
 
 impl Keyring {
+    /// The highest secret version (versions are 1 to this).
+    pub const MAX_VERSION: u8 = MAX_VERSION;
+
     /// A keyring holding `secret` as `version` (1..=61), which is current.
     ///
     /// # Errors

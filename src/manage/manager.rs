@@ -78,13 +78,13 @@ use zeroize::Zeroizing;
 
 use crate::audit::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
-use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::ipnet::IpNet;
+use crate::key::KeyDigest;
 use crate::key::{ApiKey, KeyId};
+use crate::key::{Environment, Prefix};
 use crate::limits::{Limits, NoLimits};
 use crate::manage::hygiene::{HygieneOptions, HygieneReport};
-use crate::prefix::{Environment, Prefix};
 use crate::record::{KeyRecord, KeyStatus, LegacyInfo, NewKey, Revocation};
 use crate::scope::Requirement;
 use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageStore};
@@ -816,7 +816,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         now: OffsetDateTime,
         approval: bool,
     ) -> Result<(ApiKey, KeyRecord)> {
-        if crate::prefix::is_publishable(&new.prefix) {
+        if crate::key::is_publishable(&new.prefix) {
             if self.policies.1.is_none() {
                 return Err(Error::InvalidState(
                     "publishable keys need the public scopes (KeyManager::with_public_scopes)",

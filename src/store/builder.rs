@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use crate::digest::KeyDigest;
 use crate::error::Result;
 use crate::ipnet::IpNet;
+use crate::key::KeyDigest;
 use crate::key::KeyId;
-use crate::prefix::{Environment, Prefix};
+use crate::key::{Environment, Prefix};
 use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION, UsageCounters};
 use crate::scope::ScopeSet;
 

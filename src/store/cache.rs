@@ -18,10 +18,10 @@ use super::{
     LimitedInsert, LimitedUpdate, Revocation, UsageBatch, UsageStore,
 };
 use crate::clock::Clock;
-use crate::digest::KeyDigest;
 use crate::error::{StoreError, StoreErrorKind};
+use crate::key::KeyDigest;
 use crate::key::KeyId;
-use crate::prefix::Prefix;
+use crate::key::Prefix;
 use crate::sync::{self, Mutex, RwLock};
 
 /// Default [`CachedStore::with_capacity`]: entries kept.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::key::KeyId;
-use crate::prefix::Prefix;
+use crate::key::Prefix;
 
 /// What changed, as far as cached verification views are concerned.
 ///

@@ -10,10 +10,10 @@ use std::ops::Range;
 
 use time::OffsetDateTime;
 
-use crate::digest::KeyDigest;
 use crate::error::{StoreError, StoreErrorKind};
+use crate::key::KeyDigest;
 use crate::key::KeyId;
-use crate::prefix::Prefix;
+use crate::key::Prefix;
 use crate::record::{KeyRecord, KeyStatus, KeyView, Owner, Revocation};
 use crate::scope::ScopeSet;
 use crate::store::idtable::IdTable;
@@ -843,7 +843,7 @@ mod tests {
             schema_version: crate::record::SCHEMA_VERSION,
             id: KeyId::from_u64(OsRng.next_u64()),
             prefix: Prefix::new("sk_test_").unwrap(),
-            environment: crate::prefix::Environment::Test,
+            environment: crate::key::Environment::Test,
             owner: owner.map(str::to_owned),
             name: "unit".into(),
             description: None,

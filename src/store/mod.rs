@@ -63,10 +63,10 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::digest::KeyDigest;
 use crate::error::StoreError;
+use crate::key::KeyDigest;
 use crate::key::KeyId;
-use crate::prefix::Prefix;
+use crate::key::Prefix;
 
 pub mod builder;
 pub mod cache;

@@ -12,11 +12,11 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::digest::KeyDigest;
 use crate::error::{Error, Result};
 use crate::ipnet::IpNet;
+use crate::key::KeyDigest;
+use crate::key::{Environment, Prefix};
 use crate::key::{KeyId, key_display_form};
-use crate::prefix::{Environment, Prefix};
 use crate::scope::ScopeSet;
 
 /// The record layout version written by this crate.
@@ -341,11 +341,11 @@ impl KeyRecord {
                 "a revoked key, and only a revoked key, has a revocation".into(),
             ));
         }
-        if self.secret_version == 0 || self.secret_version > crate::secret::MAX_VERSION {
+        if self.secret_version == 0 || self.secret_version > crate::key::MAX_VERSION {
             return Err(Error::InvalidRecord("secret_version out of range".into()));
         }
         if let Some(l) = &self.legacy
-            && (l.index_version == 0 || l.index_version > crate::secret::MAX_VERSION)
+            && (l.index_version == 0 || l.index_version > crate::key::MAX_VERSION)
         {
             return Err(Error::InvalidRecord(
                 "legacy index_version out of range".into(),

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::prefix::PrefixEntry;
+use crate::key::PrefixEntry;
 use crate::record::{KeyRecord, LegacyInfo};
 use crate::store::KeyStoreLifecycle;
 use crate::verifier::Verifier;

@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
-use crate::prefix::Environment;
+use crate::key::Environment;
 use crate::record::{KeyRecord, KeyView, unix_nanos};
 use crate::scope::ScopeSet;
 
@@ -84,7 +84,7 @@ impl PolicyTarget {
         match self {
             Self::All => true,
             Self::Prefix(p) => p == prefix,
-            Self::Publishable => crate::prefix::is_publishable(prefix),
+            Self::Publishable => crate::key::is_publishable(prefix),
             Self::OwnerClass(c) => owner.is_some_and(|o| o.starts_with(c.as_str())),
         }
     }

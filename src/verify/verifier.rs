@@ -21,13 +21,13 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use crate::clock::{check_time, out_of_range, unix_nanos_in_range};
-use crate::digest::KeyDigest;
 use crate::error::{Error, Result, StoreError};
+use crate::key::KeyDigest;
+use crate::key::Keyring;
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
-use crate::prefix::{Environment, Environments, PrefixRegistry};
+use crate::key::{Environment, Environments, PrefixRegistry};
 use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
 use crate::scope::{Requirement, Scope, ScopeSet};
-use crate::secret::Keyring;
 use crate::verify::policy::{KeyPolicies, Subject};
 
 /// Issues and verifies keys. Cheap to clone.
@@ -152,7 +152,7 @@ impl Verifier {
     /// Issues a key: the key (show it once) and the record to store. The
     /// id and secret come from this thread's [`KeyRng`](crate::KeyRng), a
     /// ChaCha20 generator seeded from the OS, reseeded after a fork and
-    /// every [`RESEED_EVERY`](crate::RESEED_EVERY) keys.
+    /// every [`KeyRng::RESEED_EVERY`](crate::KeyRng::RESEED_EVERY) keys.
     ///
     /// # Errors
     /// [`Error::InvalidPrefix`] for an unregistered prefix,

@@ -63,10 +63,10 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::{Error, MalformedReason, Result};
-use crate::prefix::PrefixRegistry;
+use crate::key::PrefixRegistry;
 
 /// Default limit on a presented value, in bytes. Keys are at most
-/// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) long.
+/// [`ApiKey::MAX_LEN`](crate::ApiKey::MAX_LEN) long.
 pub const DEFAULT_MAX_LEN: usize = 256;
 
 /// How a key was presented.

@@ -70,7 +70,7 @@ pub fn parse_key(verifier: &Verifier, data: &[u8]) {
             parsed.prefix(),
             "prefix is the text before the body"
         );
-        let display = apikey::key_display_form(parsed.prefix(), parsed.id());
+        let display = parsed.id().display_form(parsed.prefix());
         assert!(
             text.starts_with(display.trim_end_matches("...")),
             "the display form {display:?} must be how the key starts"
