@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use apikey::Timestamp;
+use apikey::limits::backend::FailureThrottle;
 use apikey::limits::{
-    Admission, CreditAccount, CreditCharge, FailureThrottle, FailureThrottleConfig, MemoryLimits,
-    OwnerApi, Quota,
+    Admission, CreditAccount, CreditCharge, FailureThrottleConfig, MemoryLimits, OwnerApi, Quota,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 

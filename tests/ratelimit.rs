@@ -4,10 +4,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use apikey::limits::{
-    Admission, FailureThrottle, FailureThrottleConfig, GcraState, MemoryLimits, Quota, RateWindow,
-    Verdict,
-};
+use apikey::limits::backend::{FailureThrottle, GcraState};
+use apikey::limits::{Admission, FailureThrottleConfig, MemoryLimits, Quota, RateWindow, Verdict};
 use apikey::{ManualClock, Timestamp};
 use proptest::prelude::*;
 use time::macros::datetime;

@@ -122,7 +122,7 @@ where
                 "only an account admin may set credit limits",
             ));
         }
-        if req.limit > apikey::limits::MAX_CREDITS {
+        if req.limit > apikey::limits::CreditAccount::MAX_CREDITS {
             return Err(ApiError::field("limit", "`limit` is too large"));
         }
         let refill = match req.refill.as_deref().unwrap_or("month") {

@@ -29,7 +29,7 @@
 //! * **One round trip per admission.** One Lua script (sent with
 //!   `EVALSHA`, loaded again after a `NOSCRIPT`) checks and charges both
 //!   GCRA windows and the key and owner credit balances, refills included,
-//!   both or neither. It mirrors [`apikey::limits::decide`] line by line;
+//!   both or neither. It mirrors [`apikey::limits::backend::decide`] line by line;
 //!   the testkit's oracles and `tests/oracles.rs` check that Redis and the
 //!   in-memory bundle give the same verdicts for the same arrival times.
 //! * **Time base.** Redis `TIME` by default ([`TimeBase::Redis`]), so
@@ -84,7 +84,7 @@
 //! same key with a different admission is refused with
 //! [`IdempotencyError::Mismatch`] (a [`StoreError`] of kind
 //! [`StoreErrorKind::InvalidRequest`]), nothing charged. An empty token, or
-//! one longer than [`apikey::limits::MAX_IDEMPOTENCY_TOKEN`] bytes, is
+//! one longer than [`apikey::limits::Admission::MAX_IDEMPOTENCY_TOKEN`] bytes, is
 //! refused the same way before Redis is asked.
 //!
 //! **A Redis restart** with persistence off loses the windows, the
@@ -126,10 +126,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apikey::limits::backend::{Balance, FailureThrottle};
 use apikey::limits::{
-    Admission, Balance, CreditAccount, CreditBalances, CreditScope, CreditStatus, CreditsExhausted,
-    FailureThrottle, FailureThrottleConfig, IdempotencyError, Limits, MAX_CREDITS, RateLimitInfo,
-    RateWindow, Refill, RefillInterval, SpendReceipt, UntaggedAttempt, Verdict,
+    Admission, CreditAccount, CreditBalances, CreditScope, CreditStatus, CreditsExhausted,
+    FailureThrottleConfig, IdempotencyError, Limits, RateLimitInfo, RateWindow, Refill,
+    RefillInterval, SpendReceipt, UntaggedAttempt, Verdict,
 };
 use apikey::{Clock, StoreError, StoreErrorKind, SystemClock, Timestamp};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -469,7 +470,7 @@ impl RedisLimits {
         let limit = |w: RateWindow| a.quota.limit(w).map_or(-1, i64::from);
         let (charge, cost, owner) = match a.charge {
             None => ("0", 0, None),
-            Some(c) => ("1", c.cost.min(MAX_CREDITS + 1), c.owner),
+            Some(c) => ("1", c.cost.min(CreditAccount::MAX_CREDITS + 1), c.owner),
         };
         let owner_key = owner.map_or_else(String::new, |o| {
             self.balance_key(CreditAccount::Owner {
@@ -790,7 +791,12 @@ impl CreditBalances for RedisLimits {
         self.credit_op(
             account,
             "set",
-            [remaining.min(MAX_CREDITS), amount, kind, period],
+            [
+                remaining.min(CreditAccount::MAX_CREDITS),
+                amount,
+                kind,
+                period,
+            ],
         )
         .await
         .map(|_| ())
@@ -802,7 +808,11 @@ impl CreditBalances for RedisLimits {
         amount: u64,
     ) -> Result<Option<u64>, StoreError> {
         let (_, b) = self
-            .credit_op(account, "add", [amount.min(MAX_CREDITS), 0, 0, 0])
+            .credit_op(
+                account,
+                "add",
+                [amount.min(CreditAccount::MAX_CREDITS), 0, 0, 0],
+            )
             .await?;
         Ok(b.map(|b| b.remaining))
     }

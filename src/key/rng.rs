@@ -11,7 +11,7 @@
 //!   a forked child never repeats its parent's stream (where the handler
 //!   cannot be registered, the process id is compared on every draw
 //!   instead);
-//! * **reseeded from the OS every [`RESEED_EVERY`] keys**, so a copy of the
+//! * **reseeded from the OS every [`KeyRng::RESEED_EVERY`](crate::KeyRng::RESEED_EVERY) keys**, so a copy of the
 //!   state taken from memory covers at most that many keys;
 //! * **wiped on drop** (the `zeroize` feature of `chacha20`) when its
 //!   thread exits.
@@ -141,7 +141,7 @@ thread_local! {
 ///   compares it with the one the thread's generator was seeded under, so
 ///   a forked child never repeats its parent's stream (where the handler
 ///   cannot be registered, every draw compares the process id instead);
-/// * **reseeded from the OS every [`RESEED_EVERY`] keys**, so a copy of the
+/// * **reseeded from the OS every [`KeyRng::RESEED_EVERY`](crate::KeyRng::RESEED_EVERY) keys**, so a copy of the
 ///   state read out of memory covers at most that many keys;
 /// * **wiped on drop** (the `zeroize` feature of `chacha20`) when its
 ///   thread exits.

@@ -51,7 +51,7 @@ impl ServerSecret {
     /// Copies `bytes` (at least 32) into a new secret.
     ///
     /// # Errors
-    /// [`Error::InvalidSecret`] when shorter than [`MIN_SECRET_LEN`].
+    /// [`Error::InvalidSecret`] when shorter than [`ServerSecret::MIN_LEN`](crate::ServerSecret::MIN_LEN).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < MIN_SECRET_LEN {
             return Err(Error::InvalidSecret(

@@ -1,25 +1,4 @@
-//! The admission operation: one declarative request (both GCRA windows and
-//! an optional credit charge) and the one pure function that decides it.
-//!
-//! [`decide`] is the definition. [`MemoryLimits`](crate::limits::MemoryLimits)
-//! applies it under its locks; the Redis store (`apikey-redis`) runs a Lua
-//! script that mirrors it line by line, and the testkit's oracles check that
-//! both give the same verdicts for the same arrival times.
-//!
-//! Order of checks, for a request at time `now`:
-//!
-//! 1. every enforced window of the [`Quota`] (a limit of 0 refuses at once
-//!    and reads no state); if any window refuses, the verdict is
-//!    [`Verdict::RateLimited`] with the longest wait (ties: the minute
-//!    window);
-//! 2. the credit charge, if any: due refills are applied, then the key's
-//!    balance and the owner's balance must each hold `max(cost, 1)`
-//!    (a zero cost checks without spending); the key's shortage is reported
-//!    first. Otherwise [`Verdict::CreditsExhausted`];
-//! 3. admitted: both windows are charged and both balances debited.
-//!
-//! A refused request charges nothing: no window, no credit, no refill
-//! written.
+//! Admission: see the docs of `crate::limits`.
 
 use std::time::Duration;
 
@@ -42,7 +21,7 @@ use crate::limits::quota::{Quota, RateWindow};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CreditCharge<'a> {
     /// Credits to debit from each metered balance (0 only checks that the
-    /// balances are not exhausted). Saturated to [`MAX_CREDITS`] + 1 when
+    /// balances are not exhausted). Saturated to [`CreditAccount::MAX_CREDITS`](crate::limits::CreditAccount::MAX_CREDITS) + 1 when
     /// decided, which no balance can pay.
     pub cost: u64,
     /// The owner balance to debit too.
@@ -78,7 +57,7 @@ impl<'a> CreditCharge<'a> {
 /// is refused with [`IdempotencyError::Mismatch`], never answered with the
 /// recorded verdict. In-process stores never leave an outcome unknown and
 /// record nothing, but every bundle refuses a token that is empty or longer
-/// than [`MAX_IDEMPOTENCY_TOKEN`] bytes, so a token accepted by one bundle
+/// than [`Admission::MAX_IDEMPOTENCY_TOKEN`](crate::limits::Admission::MAX_IDEMPOTENCY_TOKEN) bytes, so a token accepted by one bundle
 /// is accepted by every bundle ([`Admission::checked_idempotency`]).
 ///
 /// ```
@@ -100,6 +79,9 @@ pub struct Admission<'a> {
 }
 
 impl<'a> Admission<'a> {
+    /// The longest idempotency token, in bytes.
+    pub const MAX_IDEMPOTENCY_TOKEN: usize = MAX_IDEMPOTENCY_TOKEN;
+
     /// Rate limit only.
     #[must_use]
     pub const fn new(key: u64, quota: Quota) -> Self {
@@ -141,7 +123,7 @@ impl<'a> Admission<'a> {
 
 /// The longest idempotency token, in bytes (a request id; UUIDs and ULIDs
 /// fit many times over).
-pub const MAX_IDEMPOTENCY_TOKEN: usize = 256;
+pub(crate) const MAX_IDEMPOTENCY_TOKEN: usize = 256;
 
 /// Why an [`Admission`]'s idempotency token was refused. A limits bundle
 /// returns it as the [`source`](std::error::Error::source) of a
@@ -160,7 +142,7 @@ pub const MAX_IDEMPOTENCY_TOKEN: usize = 256;
 pub enum IdempotencyError {
     /// The token is empty: it names no request.
     EmptyToken,
-    /// The token is longer than [`MAX_IDEMPOTENCY_TOKEN`] bytes.
+    /// The token is longer than [`Admission::MAX_IDEMPOTENCY_TOKEN`](crate::limits::Admission::MAX_IDEMPOTENCY_TOKEN) bytes.
     TooLong,
     /// The token already names a different admission (another quota, cost,
     /// owner or API for the same key id) whose record has not expired.
@@ -325,7 +307,7 @@ pub struct AdmissionWrite {
     pub owner_balance: Option<Balance>,
 }
 
-/// The decision function (see the [module docs](self)): pure, total, never
+/// The decision function (see the [limits docs](crate::limits)): pure, total, never
 /// panics. Returns the verdict and, for an admitted request, what to write.
 ///
 /// ```

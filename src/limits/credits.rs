@@ -1,18 +1,4 @@
-//! Credits: a number of remaining uses per key and per owner and API, with
-//! refills on fixed durations or on calendar periods (UTC day, UTC month).
-//!
-//! * A **key balance** counts the uses left on one key; an **owner
-//!   balance** (owner id + API name) is shared by every key of that owner on
-//!   that API. A key or owner with no balance is not metered.
-//! * A [`Refill`] tops a balance up to its amount (a balance above it, after
-//!   a manual grant, is kept) once per period: every fixed
-//!   [`Duration`] counted from when the balance was set, or at the start of
-//!   each UTC day or UTC month. Refills are computed lazily when the balance
-//!   is next read or charged; missed periods give one top-up, not several.
-//! * An admission debits the key's and the owner's balance in one atomic
-//!   step: both or neither. A balance never goes negative.
-//! * Amounts are integers up to [`MAX_CREDITS`] (2^53 - 1, exact in a Redis
-//!   Lua number); larger values saturate.
+//! Credits: see the docs of `crate::limits`.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,7 +8,7 @@ use crate::limits::gcra::micros;
 
 /// The largest balance, refill amount or cost: 2^53 - 1. Larger values
 /// saturate to it.
-pub const MAX_CREDITS: u64 = (1 << 53) - 1;
+pub(crate) const MAX_CREDITS: u64 = (1 << 53) - 1;
 
 const DAY_MICROS: i64 = 86_400_000_000;
 
@@ -166,7 +152,7 @@ pub struct Refill {
 }
 
 impl Refill {
-    /// Tops up to `amount` (saturated to [`MAX_CREDITS`]) every `interval`.
+    /// Tops up to `amount` (saturated to [`CreditAccount::MAX_CREDITS`](crate::limits::CreditAccount::MAX_CREDITS)) every `interval`.
     #[must_use]
     pub fn new(amount: u64, interval: RefillInterval) -> Self {
         Self {
@@ -213,7 +199,7 @@ impl Refill {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Balance {
-    /// Credits left (at most [`MAX_CREDITS`]).
+    /// Credits left (at most [`CreditAccount::MAX_CREDITS`](crate::limits::CreditAccount::MAX_CREDITS)).
     pub remaining: u64,
     /// The refill policy, if any.
     pub refill: Option<Refill>,
@@ -296,6 +282,12 @@ pub enum CreditAccount<'a> {
         /// The API name.
         api: &'a str,
     },
+}
+
+impl CreditAccount<'_> {
+    /// The largest balance, refill amount or cost: 2^53 - 1 (exact in a Redis Lua number). Larger values
+    /// saturate to it.
+    pub const MAX_CREDITS: u64 = MAX_CREDITS;
 }
 
 /// Which balance ran out.

@@ -1,23 +1,4 @@
-//! GCRA, the generic cell rate algorithm: the arithmetic of one window.
-//!
-//! A window with limit `L` over period `P` (microseconds) has emission
-//! interval `T = ceil(P / L)` and burst tolerance `τ = (L - 1) · T`. A
-//! key's state is one theoretical arrival time (TAT) per window, a
-//! [`Timestamp`]. A request at time `t` is admitted when
-//! `max(TAT, t) - t <= τ`, and then `TAT := max(TAT, t) + T`. So:
-//!
-//! * a fresh (or long idle) key may send a burst of exactly `L` requests;
-//! * afterwards it regains one request every `T`;
-//! * over any closed interval of length `d`, at most `L + floor(d / T)`
-//!   requests are admitted, hence at most `L + floor(d · L / P)`. A sliding
-//!   window of length `P` may see up to `2L - 1` admissions (a full burst
-//!   plus the refills during it); this is inherent to GCRA and token
-//!   buckets. The long-run rate never exceeds `L / P`.
-//! * A clock that steps backwards never admits more: `max(TAT, t)` keeps the
-//!   later time, so an earlier `t` only makes the key wait longer.
-//!
-//! Every quantity is an integer number of microseconds below 2^53, so the
-//! Redis script (a Lua double) computes exactly the same values.
+//! Rate limits (GCRA): see the docs of `crate::limits`.
 
 use std::time::Duration;
 

@@ -53,7 +53,7 @@ impl RateWindow {
 }
 
 /// A rate-limit quota: an optional per-minute and an optional per-hour
-/// limit, each enforced with GCRA (see [`gcra`](crate::limits::gcra)) with a
+/// limit, each enforced with GCRA (see [the limits docs](crate::limits)) with a
 /// burst equal to the window's limit.
 ///
 /// * not set: the window is not enforced;

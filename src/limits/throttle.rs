@@ -1,41 +1,4 @@
-//! The failure throttle: what repeated failed authentications cost.
-//!
-//! Failures are split by what they prove about the caller:
-//!
-//! * **Key-status failures** (revoked, expired, disabled, not yet valid, a
-//!   deleted id) happen only after the key's keyed tag matched, so only a
-//!   holder of that exact key text can cause them. They **back off per key
-//!   id**: after `max_failures` of them within `window`, that key id is
-//!   refused (429 `TOO_MANY_FAILED_ATTEMPTS`) for `lockout` without any
-//!   store lookup. Nobody else's key is affected.
-//! * **Authenticated failures** (wrong scope, address not allowed, wrong
-//!   environment) come from a key that verified (native or imported
-//!   legacy). They are charged to that key's own rate limit, under its own
-//!   plan's quota (an [`Admission`](crate::limits::Admission) without
-//!   credits) and their audit events are sampled like junk
-//!   ([`FailureClass::Authenticated`]).
-//! * **Untagged lookups** (today: legacy-prefix keys, which carry no tag, so
-//!   any string under the prefix reaches the store) are throttled **per
-//!   client address**, counting each attempt when it *starts*: an address
-//!   may have at most `max_failures` attempts that are in flight or failed
-//!   within `window`, so 100 concurrent guesses against `max_failures = 3`
-//!   make at most 3 store lookups. After `max_failures` failures the address
-//!   is locked out for `lockout`. IPv6 addresses are grouped by
-//!   `ipv6_prefix_len` (default /64); IPv4-mapped IPv6 counts as IPv4.
-//! * Junk (malformed keys, forged tags) makes no store call and is only
-//!   counted and sampled.
-//!
-//! A valid native (tagged) key is therefore never refused because of
-//! someone else's failures: its own id backs off only through its own
-//! failures, and the address throttle applies only to untagged lookups.
-//! This replaces the per-address lockout that counted every failure from an
-//! address (one guesser behind a NAT locked everyone there out), is at least
-//! as strong against guessing (guessing a native key is stopped by the tag
-//! before the store, and guessing a legacy key is now bounded while in
-//! flight), and additionally limits post-tag failures, which were unlimited.
-//!
-//! Memory is bounded: at most `max_tracked` key ids and `max_tracked`
-//! addresses, with the eviction described on [`FailureThrottle`].
+//! The failure throttle: see the docs of `crate::limits`.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -90,7 +53,7 @@ impl Default for FailureThrottleConfig {
 }
 
 /// How the pipeline treats a failed authentication (see the
-/// [module docs](self)).
+/// [limits docs](crate::limits)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FailureClass {
@@ -290,7 +253,7 @@ fn evict<K: Hash + Eq + Copy>(map: &mut HashMap<K, Entry>, cap: usize, now: i64,
     }
 }
 
-/// The in-process failure throttle (see the [module docs](self)): per key
+/// The in-process failure throttle (see the [limits docs](crate::limits)): per key
 /// id backoff and the per-address bound on untagged lookups. Every call
 /// takes the current time, so it follows whatever clock its owner
 /// ([`MemoryLimits`](crate::limits::MemoryLimits), `RedisLimits`) reads.

@@ -242,7 +242,7 @@ impl<S: UsageStore, C: Clock, L: Limits> Authenticator<S, C, L> {
 
 impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// Runs the pipeline's failure throttle (step 2) with `limits` (see
-    /// [`limits::throttle`](crate::limits::throttle)); the
+    /// [the limits docs](crate::limits)); the
     /// [`Gate`](crate::web::Gate) also takes its rate limits and credits
     /// from it. Defaults to [`NoLimits`].
     pub fn with_limits<L2: Limits>(self, limits: L2) -> Authenticator<S, C, L2> {

@@ -11,7 +11,7 @@
 //!    with the failure throttle of the gate's limits bundle: a key id backed
 //!    off after repeated key-status failures is 429
 //!    `TOO_MANY_FAILED_ATTEMPTS` before any store call (see
-//!    [`limits::throttle`](crate::limits::throttle)); a failing store is 503
+//!    [the limits docs](crate::limits)); a failing store is 503
 //!    `STORE_UNAVAILABLE`, never 401;
 //! 3. one admission ([`Limits::admit`]) for the key's rate limit (both
 //!    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when

@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use apikey::limits::{
     Admission, CreditAccount, CreditBalances, CreditCharge, CreditScope, IdempotencyError, Limits,
-    MAX_IDEMPOTENCY_TOKEN, OwnerApi, Quota, RateLimitInfo, RateWindow, Refill, RefillInterval,
-    Refuser, Verdict,
+    OwnerApi, Quota, RateLimitInfo, RateWindow, Refill, RefillInterval, Refuser, Verdict,
 };
 use apikey::{Clock, ManualClock, StoreError, StoreErrorKind};
 
@@ -540,7 +539,7 @@ fn refused_with(r: &Result<Verdict, StoreError>, want: IdempotencyError) -> Resu
 /// The idempotency contract shared by every bundle, on two fresh keys
 /// (`rich` gets 1,000 credits, `poor` none):
 ///
-/// * an empty token and one longer than [`MAX_IDEMPOTENCY_TOKEN`] bytes are
+/// * an empty token and one longer than [`Admission::MAX_IDEMPOTENCY_TOKEN`](apikey::limits::Admission::MAX_IDEMPOTENCY_TOKEN) bytes are
 ///   refused with their [`IdempotencyError`] (kind
 ///   [`StoreErrorKind::InvalidRequest`]), nothing charged;
 /// * a token used by `rich` for a cost of 500 and then sent by `poor` for
@@ -575,8 +574,8 @@ pub async fn check_idempotency_contract<L: Limits + CreditBalances>(
     let q = Quota::unlimited().per_minute(100);
     let spend = |key: u64, cost: u64| Admission::new(key, q).credits(CreditCharge::new(cost));
 
-    let long = "x".repeat(MAX_IDEMPOTENCY_TOKEN + 1);
-    let longest = "y".repeat(MAX_IDEMPOTENCY_TOKEN);
+    let long = "x".repeat(Admission::MAX_IDEMPOTENCY_TOKEN + 1);
+    let longest = "y".repeat(Admission::MAX_IDEMPOTENCY_TOKEN);
     for (token, want) in [
         ("", IdempotencyError::EmptyToken),
         (long.as_str(), IdempotencyError::TooLong),
@@ -594,7 +593,10 @@ pub async fn check_idempotency_contract<L: Limits + CreditBalances>(
     }
     let r = limits.admit(&spend(poor, 0).idempotency(&longest)).await;
     if !matches!(r, Ok(Verdict::CreditsExhausted { .. })) {
-        return Err(format!("a token of {MAX_IDEMPOTENCY_TOKEN} bytes: {r:?}"));
+        return Err(format!(
+            "a token of {} bytes: {r:?}",
+            Admission::MAX_IDEMPOTENCY_TOKEN
+        ));
     }
 
     let token = "req-1";
