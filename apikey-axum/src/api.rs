@@ -8,7 +8,8 @@ use std::sync::Arc;
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
     Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreLifecycle,
-    KeySummary, KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, Rotation, Scope, UsageStore,
+    KeySummary, KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, PENDING_APPROVAL, Rotation, Scope,
+    UsageStore,
 };
 use axum::Router;
 use axum::body::Body;
@@ -51,7 +52,9 @@ pub struct CallRecord {
     /// `list`, `create`, `get`, `update`, `disable`, `enable`, `rotate`, `derive`,
     /// `revoke`, `credits_get`, `credits_set`.
     pub action: &'static str,
-    /// The key named in the path, when there is one (as given).
+    /// The key id named in the path, when there is one and it is a well-formed
+    /// key id. Anything else in its place (a whole key pasted by mistake)
+    /// is never logged: `None`.
     pub key_id: Option<String>,
     /// The HTTP status answered.
     pub status: u16,
@@ -336,15 +339,31 @@ where
         Actor::new(caller.actor())
     }
 
-    /// Key `id` if the caller may manage its owner; 404 otherwise (a
-    /// malformed id, an unknown id and another owner's key look the same).
+    /// Key `id` if the caller may manage its owner and use its environment;
+    /// 404 otherwise (a malformed id, an unknown id, another owner's key
+    /// and, for a key caller, a key of another environment look the same).
     async fn load(&self, caller: &Caller, id: &str) -> Result<KeySummary, ApiError> {
         let id: KeyId = id.parse().map_err(|_| ApiError::not_found())?;
         let summary = self.manager.get(id).await?;
         match &summary.owner {
-            Some(owner) if caller.may_manage(owner) => Ok(summary),
+            Some(owner)
+                if caller.may_manage(owner)
+                    && caller.bounds().allows_environment(summary.environment) =>
+            {
+                Ok(summary)
+            }
             _ => Err(ApiError::not_found()),
         }
+    }
+
+    /// [`load`](Self::load), for a call that changes the key: the key as a
+    /// whole must be within the caller's bounds (a narrow management key
+    /// may not re-enable, widen, rotate, derive from, disable or remove a
+    /// key that holds more than it does).
+    async fn load_within(&self, caller: &Caller, id: &str) -> Result<KeySummary, ApiError> {
+        let summary = self.load(caller, id).await?;
+        within_bounds(&summary, caller.bounds())?;
+        Ok(summary)
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -566,8 +585,10 @@ fn environment_named(text: &str) -> Option<Environment> {
     }
 }
 
-/// The key as a whole is within the caller's bounds (rotation hands the
-/// caller a working copy of it).
+/// The key as a whole is within the caller's bounds: its scopes,
+/// environment, expiry and IP allowlist (rotation hands the caller a working
+/// copy of it; enabling or changing it must not hand out more than the
+/// caller holds).
 fn within_bounds(s: &KeySummary, bounds: &Bounds) -> Result<(), ApiError> {
     for text in &s.scopes {
         let scope = Scope::parse(text).map_err(|_| ApiError::not_found())?;
@@ -588,6 +609,14 @@ fn within_bounds(s: &KeySummary, bounds: &Bounds) -> Result<(), ApiError> {
         return Err(ApiError::escalation(
             "ip_allowlist",
             "this key is usable from addresses the caller may not use",
+        ));
+    }
+    if let Some(bound) = bounds.expires_at
+        && s.expires_at.is_none_or(|e| e > bound)
+    {
+        return Err(ApiError::escalation(
+            "expires_at",
+            "this key outlives the key that manages it",
         ));
     }
     Ok(())
@@ -657,6 +686,13 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The path's key id for the call log: only a well-formed key id, never
+/// whatever else was put in its place (a whole key, by mistake).
+fn loggable_id(uri: &http::Uri) -> Option<String> {
+    let id = path_id(uri);
+    id.parse::<KeyId>().is_ok().then_some(id)
+}
+
 fn path_id(uri: &http::Uri) -> String {
     // `/.../api-keys/{id}[/action]`: the segment after `api-keys`.
     let mut segs = uri.path().split('/');
@@ -677,7 +713,7 @@ macro_rules! handler {
             L: Limits + 'static,
             R: ResolveCaller,
         {
-            let id = $with_id.then(|| path_id(req.uri()));
+            let id = $with_id.then(|| loggable_id(req.uri())).flatten();
             st.call($action, id, req, Shared::$op).await
         }
     };
@@ -774,10 +810,12 @@ where
             });
         }
         keys.sort_by_key(|k| (k.created_at, k.id.as_u64()));
+        let bounds = caller.bounds();
         keys.retain(|k| {
-            status
-                .as_ref()
-                .is_none_or(|s| crate::wire::state_name(k) == *s)
+            bounds.allows_environment(k.environment)
+                && status
+                    .as_ref()
+                    .is_none_or(|s| crate::wire::state_name(k) == *s)
         });
         let start = match cursor {
             None => 0,
@@ -795,6 +833,7 @@ where
                 .then(|| page.last().map(|k| k.id.to_string()))
                 .flatten(),
             has_more,
+            may_approve: caller.is_admin(),
             data: page.into_iter().map(KeyItem::new).collect(),
         };
         Ok(json(StatusCode::OK, &list))
@@ -888,7 +927,7 @@ where
     async fn op_update(self: Arc<Self>, caller: Caller, parts: Parts, body: Vec<u8>) -> Outcome {
         let st = self;
         let req: PatchRequest = parse_json(&body, false)?;
-        let s = st.load(&caller, &path_id(&parts.uri)).await?;
+        let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
         let now = st.now();
         let bounds = caller.bounds();
         let mut update = KeyUpdate::new();
@@ -932,9 +971,17 @@ where
     }
 
     /// Enable or disable (seeds 002 and 004): effective for the next
-    /// verification.
+    /// verification. Enabling a key pending approval
+    /// ([`KeyPolicy::requires_approval`](apikey::KeyPolicy::requires_approval))
+    /// approves it: an account admin's call only.
     async fn set_active(&self, caller: Caller, parts: Parts, active: bool) -> Outcome {
-        let s = self.load(&caller, &path_id(&parts.uri)).await?;
+        let s = self.load_within(&caller, &path_id(&parts.uri)).await?;
+        if active && s.metadata.contains_key(PENDING_APPROVAL) && !caller.is_admin() {
+            return Err(ApiError::escalation(
+                "status",
+                "this key is pending approval: only an account admin may enable it",
+            ));
+        }
         let actor = Self::actor(&caller);
         let after = if active {
             self.manager.enable(s.id, &actor).await?
@@ -947,9 +994,8 @@ where
     async fn op_rotate(self: Arc<Self>, caller: Caller, parts: Parts, body: Vec<u8>) -> Outcome {
         let st = self;
         let req: RotateRequest = parse_json(&body, true)?;
-        let s = st.load(&caller, &path_id(&parts.uri)).await?;
+        let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
         let bounds = caller.bounds();
-        within_bounds(&s, bounds)?;
         let now = st.now();
         let grace = match req.grace_period_seconds {
             None => st.config.default_grace,
@@ -995,9 +1041,8 @@ where
         let st = self;
         let req: DeriveRequest = parse_body(&body)?;
         check_text("name", &req.name, MAX_NAME_CHARS, false)?;
-        let s = st.load(&caller, &path_id(&parts.uri)).await?;
+        let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
         let bounds = caller.bounds();
-        within_bounds(&s, bounds)?;
         let now = st.now();
         let mut derivation = Derivation::new(req.name);
         if let Some(list) = &req.permissions {
@@ -1008,7 +1053,14 @@ where
             .as_deref()
             .map(|t| parse_time("expires_at", t, now))
             .transpose()?;
-        if let Some(e) = bounded_expiry(expires, bounds, false)? {
+        // None given: the earlier of the caller's bound and the parent's
+        // expiry (a child never outlives its parent), as create and rotate
+        // default to the caller's bound.
+        let expires = match (expires, bounds.expires_at, s.expires_at) {
+            (None, Some(bound), Some(parent)) => Some(bound.min(parent)),
+            (asked, _, _) => asked,
+        };
+        if let Some(e) = bounded_expiry(expires, bounds, true)? {
             derivation = derivation.expires_at(e);
         }
         if let Some(list) = &req.ip_allowlist {
@@ -1034,7 +1086,7 @@ where
                 }
             };
         }
-        let s = st.load(&caller, &path_id(&parts.uri)).await?;
+        let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
         let actor = Self::actor(&caller);
         if permanent {
             st.manager.delete(s.id, &actor).await?;

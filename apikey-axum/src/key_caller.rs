@@ -2,12 +2,14 @@
 //! `Authorization: Bearer EXISTING_API_KEY`: an API key holding a
 //! management scope.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use apikey::limits::Limits;
 use apikey::web::{ClientIp, Decision, Gate, Route};
 use apikey::{Clock, Error, KeyManager, KeyStoreLifecycle, Requirement, Result, UsageStore};
+use axum::extract::ConnectInfo;
+use http::Extensions;
 use http::request::Parts;
 
 use crate::caller::{Caller, ResolveCaller};
@@ -77,7 +79,7 @@ where
     L: Limits + 'static,
 {
     async fn resolve(&self, parts: &Parts) -> Result<Caller, ApiError> {
-        let client: Option<IpAddr> = parts.extensions.get::<ClientIp>().map(|c| c.0);
+        let client = client_ip(&parts.extensions);
         let headers = parts
             .headers
             .iter()
@@ -97,4 +99,33 @@ where
         let summary = self.manager.get(key.id()).await?;
         Caller::from_key(&summary).ok_or_else(|| Error::InvalidApiKey.into())
     }
+}
+
+/// The client address of a request, from its extensions: a [`ClientIp`]
+/// (set by the host from a trusted proxy's header, or from the peer), else
+/// axum's `ConnectInfo<SocketAddr>` (set by
+/// `into_make_service_with_connect_info::<SocketAddr>()`), else a plain
+/// `SocketAddr`. `None` when none is set: the failure throttle then has no
+/// address to count against, and a key with an IP allowlist is refused.
+///
+/// ```
+/// use std::net::{IpAddr, SocketAddr};
+/// use axum::extract::ConnectInfo;
+/// let mut ext = http::Extensions::new();
+/// assert_eq!(apikey_axum::client_ip(&ext), None);
+/// ext.insert(ConnectInfo("192.0.2.1:4000".parse::<SocketAddr>().unwrap()));
+/// assert_eq!(apikey_axum::client_ip(&ext), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
+/// ext.insert(apikey::web::ClientIp("198.51.100.9".parse().unwrap()));
+/// assert_eq!(apikey_axum::client_ip(&ext), Some("198.51.100.9".parse::<IpAddr>().unwrap()));
+/// ```
+pub fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
+        .or_else(|| extensions.get::<SocketAddr>().map(SocketAddr::ip))
 }

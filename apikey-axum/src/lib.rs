@@ -53,7 +53,7 @@ pub use api::{
 pub use caller::{Bounds, Caller, ResolveCaller, Via};
 pub use config::{CSRF_HEADER, ManageConfig, ScopeInfo};
 pub use error::ApiError;
-pub use key_caller::KeyCaller;
+pub use key_caller::{KeyCaller, client_ip};
 pub use openapi::OPENAPI_JSON;
 pub use rate_limit::rate_limit_router;
 

@@ -87,6 +87,9 @@ pub(crate) struct KeyItem {
     pub environment: &'static str,
     pub permissions: Vec<String>,
     pub status: String,
+    /// Disabled until an account admin enables it
+    /// ([`apikey::PENDING_APPROVAL`]).
+    pub pending: bool,
     pub created_at: String,
     pub last_used: Option<String>,
     pub expires_at: Option<String>,
@@ -102,6 +105,7 @@ impl KeyItem {
             environment: s.environment.as_str(),
             permissions: s.scopes.clone(),
             status: state_name(s),
+            pending: s.metadata.contains_key(apikey::PENDING_APPROVAL),
             created_at: rfc3339(&s.created_at),
             last_used: s.last_used_at.as_ref().map(rfc3339),
             expires_at: s.expires_at.as_ref().map(rfc3339),
@@ -192,4 +196,7 @@ pub(crate) struct KeyList {
     pub data: Vec<KeyItem>,
     pub has_more: bool,
     pub next_cursor: Option<String>,
+    /// Whether the caller may approve (enable) keys pending approval: an
+    /// account admin.
+    pub may_approve: bool,
 }

@@ -1240,3 +1240,412 @@ async fn derive_gives_a_narrower_child_that_dies_with_its_parent() {
     let t = tasks(child_key).await;
     assert_eq!((t.status, t.code()), (401, "REVOKED_API_KEY".into()));
 }
+
+fn approval_policy(m: Manager) -> Manager {
+    use apikey::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
+    m.with_key_policies(KeyPolicies::new().rule(PolicyRule::new(
+        PolicyTarget::OwnerClass("ali".into()),
+        KeyPolicy::new().requires_approval(true),
+    )))
+}
+
+#[tokio::test]
+async fn a_plain_user_cannot_approve_its_own_pending_key() {
+    let s = start_custom(config(), approval_policy, true).await;
+    let created = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"x","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    assert_eq!(created["status"], "disabled", "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let enable = format!("/v1/api-keys/{id}/enable");
+    // The owner's own enable is not an approval.
+    let r = call(s.addr, As::User("alice"), "POST", &enable, None).await;
+    assert_eq!(
+        (r.status, r.code(), r.field()),
+        (403, "INSUFFICIENT_SCOPE".into(), "status".into()),
+        "{}",
+        r.body
+    );
+    // Nor is a management key's (approved by the admin itself first).
+    let (manage, m) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["keys:manage", "tasks:read"]),
+            &apikey::Actor::system(),
+        )
+        .await
+        .unwrap();
+    s.manager
+        .enable(m.id, &apikey::Actor::new("user:admin"))
+        .await
+        .unwrap();
+    let r = call(
+        s.addr,
+        As::Key(manage.expose_secret()),
+        "POST",
+        &enable,
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "status".into()), "{}", r.body);
+    let stored = s.manager.get(id.parse().unwrap()).await.unwrap();
+    assert_eq!(stored.status, apikey::KeyStatus::Disabled);
+    assert!(stored.metadata.contains_key(apikey::PENDING_APPROVAL));
+    // The page learns that the key is pending and who may approve it.
+    assert_eq!(created["pending"], true, "{created}");
+    let list = call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None)
+        .await
+        .json();
+    assert_eq!(list["may_approve"], false);
+    let item = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(item["pending"], true);
+    let list = call(s.addr, As::Admin, "GET", "/v1/api-keys?owner=alice", None)
+        .await
+        .json();
+    assert_eq!(list["may_approve"], true);
+    // The admin's enable approves it.
+    let r = call(s.addr, As::Admin, "POST", &enable, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["status"].clone(), r.json()["pending"].clone()),
+        ("active".into(), false.into())
+    );
+}
+
+#[tokio::test]
+async fn a_key_cannot_enable_or_widen_a_key_holding_more_than_itself() {
+    let s = start_custom(config(), |m| m.with_max_keys_per_owner(20), true).await;
+    let system = apikey::Actor::system();
+    // K: a live management key with no expiry and no allowlist.
+    let k = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_").scopes(["keys:manage", "tasks:read"]),
+    )
+    .await;
+    let k = k.expose_secret();
+    // P: holds more than K, expires tomorrow, one address; disabled by the
+    // admin after it leaked.
+    let (_, p) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["keys:manage", "tasks:read", "tasks:write"])
+                .expires_at(T0 + time::Duration::days(1))
+                .allow_ip("203.0.113.7/32".parse().unwrap()),
+            &system,
+        )
+        .await
+        .unwrap();
+    s.manager.disable(p.id, &system).await.unwrap();
+    let before = s.manager.get(p.id).await.unwrap();
+    let path = format!("/v1/api-keys/{}", p.id);
+    let r = call(s.addr, As::Key(k), "POST", &format!("{path}/enable"), None).await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "permissions".into()),
+        "{}",
+        r.body
+    );
+    for body in [
+        r#"{"expires_at":null}"#,
+        r#"{"ip_allowlist":[]}"#,
+        r#"{"name":"mine"}"#,
+    ] {
+        let r = call(s.addr, As::Key(k), "PATCH", &path, Some(body)).await;
+        assert_eq!(r.status, 403, "{body}: {}", r.body);
+    }
+    for (method, p2) in [
+        ("POST", format!("{path}/disable")),
+        ("DELETE", path.clone()),
+        ("DELETE", format!("{path}?permanent=true")),
+    ] {
+        let r = call(s.addr, As::Key(k), method, &p2, None).await;
+        assert_eq!(r.status, 403, "{method} {p2}: {}", r.body);
+    }
+    let after = s.manager.get(p.id).await.unwrap();
+    assert_eq!(after.status, apikey::KeyStatus::Disabled);
+    assert_eq!(after.expires_at, before.expires_at);
+    assert_eq!(after.ip_allowlist, before.ip_allowlist);
+    assert_eq!(after.name, before.name);
+
+    // A key within K's scopes but living longer than an expiring K, or
+    // usable from more addresses than a limited K: K may not enable it.
+    let (_, q) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["tasks:read"]),
+            &system,
+        )
+        .await
+        .unwrap();
+    s.manager.disable(q.id, &system).await.unwrap();
+    let q_enable = format!("/v1/api-keys/{}/enable", q.id);
+    let expiring = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .expires_at(T0 + time::Duration::days(30)),
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(expiring.expose_secret()),
+        "POST",
+        &q_enable,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "expires_at".into()),
+        "{}",
+        r.body
+    );
+    let local = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["keys:manage", "tasks:read"])
+                .allow_ip("127.0.0.0/8".parse().unwrap()),
+            &system,
+        )
+        .await
+        .unwrap()
+        .0;
+    let r = call(
+        s.addr,
+        As::Key(local.expose_secret()),
+        "POST",
+        &q_enable,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "ip_allowlist".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        s.manager.get(q.id).await.unwrap().status,
+        apikey::KeyStatus::Disabled
+    );
+    // A test-environment management key sees no live key at all.
+    s.manager.revoke(p.id, "done", &system).await.unwrap();
+    let test_key = s
+        .manager
+        .create(
+            NewKey::new("sk_test_").owner("alice").scopes([
+                "keys:manage",
+                "tasks:read",
+                "tasks:write",
+            ]),
+            &system,
+        )
+        .await
+        .unwrap()
+        .0;
+    let t = test_key.expose_secret();
+    let q_path = format!("/v1/api-keys/{}", q.id);
+    for (method, p2, body) in [
+        ("GET", q_path.clone(), None),
+        ("PATCH", q_path.clone(), Some(r#"{"name":"x"}"#)),
+        ("POST", q_enable.clone(), None),
+        ("DELETE", q_path.clone(), None),
+    ] {
+        let r = call(s.addr, As::Key(t), method, &p2, body).await;
+        assert_eq!(r.status, 404, "{method} {p2}: {}", r.body);
+    }
+    let list = call(s.addr, As::Key(t), "GET", "/v1/api-keys", None)
+        .await
+        .json();
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|key| key["environment"] == "test"),
+        "{list}"
+    );
+    assert_eq!(
+        s.manager.get(q.id).await.unwrap().status,
+        apikey::KeyStatus::Disabled
+    );
+}
+
+#[tokio::test]
+async fn a_whole_key_in_the_path_never_reaches_the_call_log() {
+    let s = start().await;
+    let created = create(s.addr, As::User("alice"), r#"{"name":"x"}"#).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        ("DELETE", format!("/v1/api-keys/{key}")),
+        ("GET", format!("/v1/api-keys/{key}")),
+        ("POST", format!("/v1/api-keys/{key}/disable")),
+    ] {
+        let r = call(s.addr, As::User("alice"), method, &path, None).await;
+        assert_eq!(r.status, 404, "{method}");
+    }
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        &format!("/v1/api-keys/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let calls = s.calls.lock().unwrap().clone();
+    let secret_tail = &key[key.len() - 20..];
+    for c in &calls {
+        let text = format!("{c:?} {}", serde_json::to_string(c).unwrap());
+        assert!(!text.contains(secret_tail), "{text}");
+    }
+    let by_action = |a: &str| calls.iter().filter(|c| c.action == a).collect::<Vec<_>>();
+    assert!(by_action("revoke").iter().all(|c| c.key_id.is_none()));
+    assert!(by_action("disable").iter().all(|c| c.key_id.is_none()));
+    // A real id is still logged.
+    assert!(
+        by_action("get")
+            .iter()
+            .any(|c| c.key_id.as_deref() == Some(id.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn key_caller_uses_the_peer_address_without_client_ip() {
+    // The host serves with `ConnectInfo` only, no `ClientIp` layer.
+    let s = start_custom(config(), |m| m, false).await;
+    for (allowed, status, code) in [
+        ("127.0.0.0/8", 200, ""),
+        ("10.1.0.0/16", 403, "IP_NOT_ALLOWED"),
+    ] {
+        let key = management_key(
+            &s,
+            "alice",
+            NewKey::new("sk_live_")
+                .scopes(["keys:manage"])
+                .allow_ip(allowed.parse().unwrap()),
+        )
+        .await;
+        let r = call(
+            s.addr,
+            As::Key(key.expose_secret()),
+            "GET",
+            "/v1/api-keys",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (status, code),
+            "{allowed}: {}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_caller_derives_without_naming_an_expiry() {
+    let s = start().await;
+    let bound = T0 + time::Duration::days(30);
+    let manage = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .expires_at(bound),
+    )
+    .await;
+    let k = manage.expose_secret();
+    let parent = create(
+        s.addr,
+        As::Key(k),
+        r#"{"name":"parent","permissions":["tasks:read"],"expires_at":"2026-03-10T00:00:00Z"}"#,
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(k),
+        "POST",
+        &format!("/v1/api-keys/{}/derive", parent["id"].as_str().unwrap()),
+        Some(r#"{"name":"agent"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let child = r.json();
+    let expires = time::OffsetDateTime::parse(
+        child["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        expires <= time::macros::datetime!(2026-03-10 0:00 UTC),
+        "{child}"
+    );
+}
+
+/// Finding 4 of review 18, checked over HTTP: rotating the newest key of a
+/// chain again and again, with a long grace period each time, never leaves
+/// more working keys than the manager's rule allows (the predecessor's
+/// grace ends when its successor is rotated: at most two per chain), nor
+/// more than the owner limit.
+#[tokio::test]
+async fn rotation_chains_stay_within_the_owner_limit() {
+    let s = start().await;
+    let first = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"chain","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let mut keys = vec![first["key"].as_str().unwrap().to_owned()];
+    let mut id = first["id"].as_str().unwrap().to_owned();
+    for round in 1..=6 {
+        let r = call(
+            s.addr,
+            As::User("alice"),
+            "POST",
+            &format!("/v1/api-keys/{id}/rotate"),
+            Some(r#"{"grace_period_seconds":604800}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201, "round {round}: {}", r.body);
+        let next = r.json();
+        keys.push(next["key"].as_str().unwrap().to_owned());
+        id = next["id"].as_str().unwrap().to_owned();
+        let mut working = 0;
+        for key in &keys {
+            let a = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+            if a.status == 200 {
+                working += 1;
+            }
+        }
+        assert!(
+            working <= 2,
+            "round {round}: {working} keys of one chain work at once"
+        );
+        assert_eq!(
+            working, 2,
+            "round {round}: the newest key and its predecessor in grace"
+        );
+    }
+}

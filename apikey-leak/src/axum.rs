@@ -15,10 +15,11 @@
 //! # let _ = app; Ok(()) }
 //! ```
 //!
-//! The public endpoint reads the client address from an
-//! [`apikey::web::ClientIp`] request extension, else a `SocketAddr`
-//! extension, as the crate's key layer does; set one from axum's
-//! `ConnectInfo` or a trusted proxy's header.
+//! Both endpoints read the client address with [`client_ip`]: an
+//! [`apikey::web::ClientIp`] request extension (set it from a trusted
+//! proxy's header), else axum's `ConnectInfo<SocketAddr>` (serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()`), else a
+//! `SocketAddr` extension.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use apikey::web::ClientIp;
 use apikey::{Clock, KeyStoreLifecycle, UsageStore};
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
 
@@ -76,9 +77,11 @@ where
     )
 }
 
-/// Handles one GitHub alert: reads at most the endpoint's body bound (a
-/// larger body is refused without being read whole), then
-/// [`GithubEndpoint::handle`].
+/// Handles one GitHub alert: refuses a client locked out by the endpoint's
+/// [failure throttle](GithubEndpoint::with_failure_throttle) before
+/// anything is read, reads at most the endpoint's body bound (a larger
+/// body is refused without being read whole), then
+/// [`GithubEndpoint::handle_from`] with the address from [`client_ip`].
 pub async fn github_response<S, K, C, L>(
     endpoint: &GithubEndpoint<S, K, C, L>,
     request: Request,
@@ -90,14 +93,22 @@ where
     L: Limits,
 {
     let (parts, body) = request.into_parts();
+    let client = client_ip(&parts.extensions);
+    if let Err(e) = endpoint.admit_client(client) {
+        return error_response(&e);
+    }
     let limit = endpoint.max_body();
     let body = match to_bytes(body, limit).await {
         Ok(body) => body,
-        Err(e) => return error_response(&body_error(e, limit)),
+        Err(e) => {
+            let e = body_error(e, limit);
+            endpoint.failed(client, &e);
+            return error_response(&e);
+        }
     };
     let key_id = header_str(&parts.headers, KEY_ID_HEADER);
     let signature = header_str(&parts.headers, SIGNATURE_HEADER);
-    match endpoint.handle(key_id, signature, &body).await {
+    match endpoint.handle_from(client, key_id, signature, &body).await {
         Ok(report) => json(StatusCode::OK, report.feedback_json()),
         Err(e) => error_response(&e),
     }
@@ -116,11 +127,7 @@ where
     L: Limits,
 {
     let (parts, body) = request.into_parts();
-    let client: Option<IpAddr> = parts
-        .extensions
-        .get::<ClientIp>()
-        .map(|c| c.0)
-        .or_else(|| parts.extensions.get::<SocketAddr>().map(SocketAddr::ip));
+    let client = client_ip(&parts.extensions);
     let limit = endpoint.max_body();
     let answer = match to_bytes(body, limit).await {
         Ok(body) => endpoint.answer(client, Some(&body)).await,
@@ -131,12 +138,42 @@ where
     };
     let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::ACCEPTED);
     let mut response = json(status, answer.body().to_owned());
-    if let Some(wait) = answer.retry_after()
-        && let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, v);
+    if let Some(wait) = answer.retry_after() {
+        retry_after(&mut response, wait);
     }
     response
+}
+
+/// The client address of a request, from its extensions: a [`ClientIp`]
+/// (set by the host from a trusted proxy's header, or from the peer), else
+/// axum's `ConnectInfo<SocketAddr>`, else a plain `SocketAddr`. `None` when
+/// none is set: the public endpoint's requests then share one budget, and
+/// the GitHub endpoint's failure throttle does not apply.
+///
+/// ```
+/// use std::net::{IpAddr, SocketAddr};
+/// use axum::extract::ConnectInfo;
+/// let mut ext = axum::http::Extensions::new();
+/// assert_eq!(apikey_leak::axum::client_ip(&ext), None);
+/// ext.insert(ConnectInfo("192.0.2.1:4000".parse::<SocketAddr>().unwrap()));
+/// assert_eq!(apikey_leak::axum::client_ip(&ext), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
+/// ```
+pub fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
+        .or_else(|| extensions.get::<SocketAddr>().map(SocketAddr::ip))
+}
+
+fn retry_after(response: &mut Response, wait: std::time::Duration) {
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
 }
 
 /// Over the bound (413), or a body that could not be read (400).
@@ -155,7 +192,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn error_response(error: &LeakError) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, error.to_json())
+    let mut response = json(status, error.to_json());
+    if let LeakError::Throttled { retry_after: wait } = error {
+        retry_after(&mut response, *wait);
+    }
+    response
 }
 
 fn json(status: StatusCode, body: String) -> Response {

@@ -1,9 +1,11 @@
 //! The GitHub secret-scanning partner endpoint, framework-free.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use apikey::limits::{Limits, NoLimits};
+use apikey::limits::backend::FailureThrottle;
+use apikey::limits::{FailureThrottleConfig, Limits, NoLimits};
 use apikey::{Clock, KeyStoreLifecycle, SystemClock, UsageStore};
 use serde::Deserialize;
 
@@ -53,6 +55,7 @@ pub struct GithubEndpoint<S, K, C = SystemClock, L = NoLimits> {
     keys: KeyCache<K>,
     max_body: usize,
     max_matches: usize,
+    throttle: Option<FailureThrottle>,
 }
 
 impl<S, K, C, L> fmt::Debug for GithubEndpoint<S, K, C, L> {
@@ -60,6 +63,7 @@ impl<S, K, C, L> fmt::Debug for GithubEndpoint<S, K, C, L> {
         f.debug_struct("GithubEndpoint")
             .field("max_body", &self.max_body)
             .field("max_matches", &self.max_matches)
+            .field("failure_throttle", &self.throttle.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +88,61 @@ where
             keys,
             max_body: DEFAULT_MAX_BODY,
             max_matches: DEFAULT_MAX_MATCHES,
+            throttle: None,
+        }
+    }
+
+    /// Throttles failed alerts per client address, in this process: after
+    /// `config.max_failures` refused alerts (bad or missing signature,
+    /// unknown key identifier, oversized or malformed body) within
+    /// `config.window`, the address gets 429 for `config.lockout`, before
+    /// its body is read or any signature work is done. Accepted alerts are
+    /// never counted, and neither are 5xx answers (the key list or the
+    /// store was down), so GitHub's own deliveries are not throttled.
+    /// Requests with no known client address are not throttled. Defaults
+    /// to off.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use apikey::{Keyring, KeyManager, MemoryStore, ServerSecret, Verifier};
+    /// use apikey::limits::FailureThrottleConfig;
+    /// use apikey_leak::{GithubEndpoint, LeakResponder, PublicKeySet};
+    /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap());
+    /// # let manager = Arc::new(KeyManager::new(verifier, MemoryStore::new()));
+    /// let endpoint = GithubEndpoint::new(Arc::new(LeakResponder::new(manager)), PublicKeySet::new())
+    ///     .with_failure_throttle(FailureThrottleConfig::default());
+    /// # let _ = endpoint;
+    /// ```
+    pub fn with_failure_throttle(mut self, config: FailureThrottleConfig) -> Self {
+        self.throttle = Some(FailureThrottle::new(config));
+        self
+    }
+
+    /// [`LeakError::Throttled`] while `client` is locked out after failed
+    /// alerts (see [`with_failure_throttle`](Self::with_failure_throttle)).
+    pub(crate) fn admit_client(&self, client: Option<IpAddr>) -> Result<(), LeakError> {
+        match (&self.throttle, client) {
+            (Some(t), Some(ip)) => t
+                .check_address(ip, self.responder.manager().clock().timestamp())
+                .map_err(|retry_after| LeakError::Throttled { retry_after }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts `error` against `client` when it is the sender's failure
+    /// (a 4xx other than the throttle's own 429).
+    pub(crate) fn failed(&self, client: Option<IpAddr>, error: &LeakError) {
+        let status = error.status();
+        if !(400..500).contains(&status) || status == 429 {
+            return;
+        }
+        if let (Some(t), Some(ip)) = (&self.throttle, client) {
+            let now = self.responder.manager().clock().timestamp();
+            // Refused to start: the address is at its bound or locked out
+            // already, which is what this failure would cause.
+            if let Ok(attempt) = t.begin_untagged(Some(ip), now) {
+                let _ = attempt.failed(now);
+            }
         }
     }
 
@@ -128,6 +187,38 @@ where
     /// signature errors, [`LeakError::MalformedBody`],
     /// [`LeakError::TooManyTokens`], [`LeakError::Store`].
     pub async fn handle(
+        &self,
+        key_id: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<Report, LeakError> {
+        self.handle_from(None, key_id, signature, body).await
+    }
+
+    /// [`handle`](Self::handle) for an alert from `client` (the peer
+    /// address, or the one a trusted proxy reported): with a
+    /// [failure throttle](Self::with_failure_throttle), a locked-out
+    /// address is refused first, and a refused alert is counted against
+    /// it.
+    ///
+    /// # Errors
+    /// As [`handle`](Self::handle), and [`LeakError::Throttled`].
+    pub async fn handle_from(
+        &self,
+        client: Option<IpAddr>,
+        key_id: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<Report, LeakError> {
+        self.admit_client(client)?;
+        let result = self.checked(key_id, signature, body).await;
+        if let Err(e) = &result {
+            self.failed(client, e);
+        }
+        result
+    }
+
+    async fn checked(
         &self,
         key_id: Option<&str>,
         signature: Option<&str>,

@@ -57,10 +57,17 @@ impl<K: KeySource + ?Sized> KeySource for Arc<K> {
 pub struct KeyCache<K> {
     source: K,
     current: RwLock<Option<Arc<PublicKeySet>>>,
-    /// When the last fetch started; held across the fetch (single flight).
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The last fetch; held across the fetch (single flight).
+    last_fetch: tokio::sync::Mutex<Option<LastFetch>>,
     min_interval: Duration,
     fetches: AtomicU64,
+}
+
+/// When the last fetch started, and whether it failed.
+#[derive(Clone, Copy, Debug)]
+struct LastFetch {
+    at: Instant,
+    failed: bool,
 }
 
 impl<K: KeySource> KeyCache<K> {
@@ -108,8 +115,11 @@ impl<K: KeySource> KeyCache<K> {
     ///
     /// # Errors
     /// [`LeakError::MalformedSignature`], [`LeakError::UnknownKeyId`],
-    /// [`LeakError::BadSignature`]; [`LeakError::KeysUnavailable`] when the
-    /// key is unknown and the source failed (or failed within the interval).
+    /// [`LeakError::BadSignature`]; [`LeakError::KeysUnavailable`] (503, so
+    /// GitHub retries) when the key is unknown and the source failed, and
+    /// until the next fetch may start after a failed one. A
+    /// `GithubKeySource` with a token (`with_token`) is less likely to fail
+    /// on GitHub's unauthenticated rate limit.
     pub async fn verify(
         &self,
         key_id: &str,
@@ -141,15 +151,20 @@ impl<K: KeySource> KeyCache<K> {
         {
             return Ok(set.clone());
         }
-        if let Some(at) = *last
-            && at.elapsed() < self.min_interval
+        if let Some(f) = *last
+            && f.at.elapsed() < self.min_interval
         {
+            // After a failed fetch the set may lack a new key: answer 503
+            // (the sender retries) rather than 401 until the next attempt.
             return Err(match held {
-                Some(_) => LeakError::UnknownKeyId,
-                None => LeakError::KeysUnavailable(None),
+                Some(_) if !f.failed => LeakError::UnknownKeyId,
+                _ => LeakError::KeysUnavailable(None),
             });
         }
-        *last = Some(Instant::now());
+        *last = Some(LastFetch {
+            at: Instant::now(),
+            failed: true,
+        });
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let set = Arc::new(
             self.source
@@ -158,6 +173,9 @@ impl<K: KeySource> KeyCache<K> {
                 .map_err(|e| LeakError::KeysUnavailable(Some(e)))?,
         );
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(set.clone());
+        if let Some(f) = last.as_mut() {
+            f.failed = false;
+        }
         drop(last);
         if set.contains(key_id) {
             Ok(set)

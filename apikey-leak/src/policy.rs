@@ -30,8 +30,12 @@ impl LeakAction {
 /// a report of one is expected, and revoking it would let anyone who reads
 /// a page break the site.
 ///
-/// Defaults: [`LeakAction::Revoke`] for every prefix; `pk_live_` and
-/// `pk_test_` public by design.
+/// Defaults: [`LeakAction::Revoke`] for every prefix; every publishable
+/// prefix ([`apikey::Prefix::is_publishable`]: `pk_live_`, `pk_test_`,
+/// `acme_pk_`, any prefix with a `pk` part) public by design, plus those
+/// declared with [`with_public_by_design`](Self::with_public_by_design).
+/// The responder also treats a key whose record is publishable as public
+/// by design, whatever its prefix's entry here says.
 ///
 /// ```
 /// use apikey_leak::{LeakAction, LeakPolicy};
@@ -42,6 +46,7 @@ impl LeakAction {
 /// assert_eq!(policy.action("sk_test_"), LeakAction::NotifyOnly);
 /// assert_eq!(policy.action("pk_live_"), LeakAction::NotifyOnly);
 /// assert!(LeakPolicy::new().with_action("pk_live_", LeakAction::Revoke).is_err());
+/// assert_eq!(policy.action("acme_pk_"), LeakAction::NotifyOnly);
 /// # Ok::<(), apikey_leak::LeakError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +61,7 @@ impl Default for LeakPolicy {
         Self {
             default: LeakAction::Revoke,
             per_prefix: Vec::new(),
-            public_by_design: vec!["pk_live_".into(), "pk_test_".into()],
+            public_by_design: Vec::new(),
         }
     }
 }
@@ -100,9 +105,12 @@ impl LeakPolicy {
         self
     }
 
-    /// Whether keys under `prefix` are public by design.
+    /// Whether keys under `prefix` are public by design: a publishable
+    /// prefix ([`apikey::Prefix::is_publishable`]), or one declared with
+    /// [`with_public_by_design`](Self::with_public_by_design).
     pub fn is_public_by_design(&self, prefix: &str) -> bool {
-        self.public_by_design.iter().any(|p| p == prefix)
+        apikey::Prefix::new(prefix).is_ok_and(|p| p.is_publishable())
+            || self.public_by_design.iter().any(|p| p == prefix)
     }
 
     /// The action for a key under `prefix`.
@@ -114,5 +122,32 @@ impl LeakPolicy {
             .iter()
             .find(|(p, _)| p == prefix)
             .map_or(self.default, |(_, a)| *a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_publishable_prefix_is_notify_only() {
+        let policy = LeakPolicy::default();
+        for prefix in ["pk_live_", "pk_test_", "acme_pk_", "kwi_pk_live_", "pk_"] {
+            assert_eq!(policy.action(prefix), LeakAction::NotifyOnly, "{prefix}");
+            assert!(policy.is_public_by_design(prefix), "{prefix}");
+            for action in [LeakAction::Revoke, LeakAction::Disable] {
+                assert!(
+                    LeakPolicy::new().with_action(prefix, action).is_err(),
+                    "{prefix} {action:?}"
+                );
+            }
+        }
+        let strict = LeakPolicy::new().with_default(LeakAction::Disable);
+        assert_eq!(strict.action("acme_pk_"), LeakAction::NotifyOnly);
+        // Secret prefixes keep the default, including ones that merely
+        // contain the letters.
+        for prefix in ["sk_live_", "acme_sk_", "pkg_", "apk_"] {
+            assert_eq!(policy.action(prefix), LeakAction::Revoke, "{prefix}");
+        }
     }
 }

@@ -10,6 +10,12 @@
 //! event, `revoked` or `disabled`, is emitted once, by the manager), and a
 //! `leak_reported` event and the [`LeakNotifier`] follow.
 //!
+//! Keys imported from another system carry no tag: a token under a legacy
+//! prefix declared with [`LeakResponder::with_legacy_prefix`] is looked up
+//! through the legacy index (one indexed store call, then the same
+//! constant-time comparison as verification). Those are the only tokens
+//! that reach the store without a valid tag.
+//!
 //! [`Verifier::parse`]: apikey::Verifier::parse
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,8 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use apikey::limits::{Limits, NoLimits};
 use apikey::{
-    Actor, AuditEvent, AuditKind, AuditSink, Clock, Error, KeyId, KeyManager, KeyStatus, KeyStore,
-    KeyStoreLifecycle, NoAudit, Requirement, SystemClock, UsageStore,
+    Actor, AuditEvent, AuditKind, AuditSink, Authenticator, Clock, Error, KeyDigest, KeyId,
+    KeyManager, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyView, NoAudit, Requirement,
+    StoreError, SystemClock, UsageStore,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -212,6 +219,9 @@ enum Finding {
         prefix: String,
         owner: Option<String>,
         status: KeyStatus,
+        /// Public by design ([`apikey::Prefix::is_publishable`]): never
+        /// revoked or disabled by a report.
+        publishable: bool,
     },
 }
 
@@ -247,12 +257,18 @@ pub struct LeakResponder<S, C = SystemClock, L = NoLimits> {
     audit: Arc<dyn AuditSink>,
     notifier: Arc<dyn LeakNotifier>,
     seen: Mutex<Seen>,
+    /// Declared legacy prefixes: (legacy, native).
+    legacy: Vec<(String, String)>,
 }
 
 impl<S, C, L> fmt::Debug for LeakResponder<S, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeakResponder")
             .field("policy", &self.policy)
+            .field(
+                "legacy_prefixes",
+                &self.legacy.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -276,7 +292,45 @@ where
                 order: VecDeque::new(),
                 capacity: DEFAULT_DEDUPE_CAPACITY,
             }),
+            legacy: Vec::new(),
         }
+    }
+
+    /// Declares `legacy` as the prefix of keys imported from another system
+    /// and stored under the native prefix `native`: declare here every
+    /// legacy prefix declared on the manager
+    /// ([`KeyManager::with_legacy_prefix`]), or reports of imported keys
+    /// find nothing. A reported token under `legacy` is looked up through
+    /// the legacy index (one store call; so for such tokens, unlike tagged
+    /// ones, junk reaches the store), then compared in constant time as
+    /// verification does, with no usage recorded.
+    ///
+    /// # Errors
+    /// [`LeakError::InvalidConfig`] when the manager would refuse the same
+    /// declaration (see [`KeyManager::with_legacy_prefix`]).
+    pub fn with_legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self, LeakError> {
+        self.legacy.push((legacy.to_owned(), native.to_owned()));
+        self.legacy_authenticator(&LegacyCapture::new(self.manager.store()))?;
+        Ok(self)
+    }
+
+    /// A read-only authenticator (no usage, no audit, no limits) over
+    /// `store`, with the declared legacy prefixes.
+    fn legacy_authenticator<'a, T: KeyStore>(
+        &'a self,
+        store: &'a T,
+    ) -> Result<Authenticator<&'a T, &'a C>, LeakError> {
+        let mut auth = Authenticator::read_only_with_clock(
+            self.manager.verifier().clone(),
+            store,
+            self.manager.clock(),
+        );
+        for (legacy, native) in &self.legacy {
+            auth = auth
+                .with_legacy_prefix(legacy, native)
+                .map_err(|e| LeakError::InvalidConfig(e.to_string()))?;
+        }
+        Ok(auth)
     }
 
     /// Sets the policy.
@@ -379,7 +433,8 @@ where
         reporter: Reporter<'_>,
         summary: &mut Summary,
     ) -> Result<Option<Found>, LeakError> {
-        let (id, prefix, owner, status) = match self.examine(token, self.now()).await? {
+        let (id, prefix, owner, status, publishable) = match self.examine(token, self.now()).await?
+        {
             Finding::Rejected => {
                 summary.rejected_offline += 1;
                 return Ok(None);
@@ -393,9 +448,14 @@ where
                 prefix,
                 owner,
                 status,
-            } => (id, prefix, owner, status),
+                publishable,
+            } => (id, prefix, owner, status, publishable),
         };
-        let action = self.policy.action(&prefix);
+        let action = if publishable {
+            LeakAction::NotifyOnly
+        } else {
+            self.policy.action(&prefix)
+        };
         let actor = Actor::new(reporter.actor).reason(reporter.reason);
         let Some(outcome) = self
             .act(id, status, action, &actor, reporter.reason)
@@ -463,7 +523,7 @@ where
     async fn examine(&self, token: &str, now: OffsetDateTime) -> Result<Finding, LeakError> {
         let verifier = self.manager.verifier();
         let Ok(parsed) = verifier.parse(token) else {
-            return Ok(Finding::Rejected);
+            return self.examine_legacy(token).await;
         };
         let view = KeyStore::fetch(self.manager.store(), parsed.id())
             .await
@@ -483,7 +543,60 @@ where
                 prefix: parsed.prefix().to_owned(),
                 owner: view.owner().map(str::to_owned),
                 status: view.status(),
+                publishable: view.is_publishable(),
             }),
+        }
+    }
+
+    /// A token that is not a native key: an imported key when it starts with
+    /// a declared legacy prefix, found through the legacy index and compared
+    /// as verification does; otherwise refused with no store call.
+    async fn examine_legacy(&self, token: &str) -> Result<Finding, LeakError> {
+        if !self
+            .legacy
+            .iter()
+            .any(|(l, _)| token.starts_with(l.as_str()))
+        {
+            return Ok(Finding::Rejected);
+        }
+        let capture = LegacyCapture::new(self.manager.store());
+        let auth = self.legacy_authenticator(&capture)?;
+        let outcome = auth.authenticate(token, &Requirement::none(), None).await;
+        // A native prefix shadows a legacy one: not a legacy lookup at all.
+        let Some(rec) = capture.take() else {
+            return match outcome {
+                Err(Error::StoreUnavailable(e)) => {
+                    Err(LeakError::Store(Error::StoreUnavailable(e)))
+                }
+                Err(Error::MalformedApiKey(_)) => Ok(Finding::Rejected),
+                _ => Ok(Finding::Unknown),
+            };
+        };
+        match outcome {
+            // Every failure after the comparison (revoked, disabled,
+            // expired, environment, address) proves the text matched.
+            Ok(_)
+            | Err(
+                Error::RevokedApiKey
+                | Error::DisabledApiKey
+                | Error::ExpiredApiKey { .. }
+                | Error::NotYetValid { .. }
+                | Error::WrongEnvironment { .. }
+                | Error::IpNotAllowed
+                | Error::InsufficientScope { .. }
+                | Error::PolicyViolation { .. },
+            ) => Ok(Finding::Key {
+                id: rec.id,
+                prefix: rec.prefix.as_str().to_owned(),
+                owner: rec.owner.clone(),
+                status: rec.status,
+                publishable: rec.is_publishable(),
+            }),
+            Err(Error::StoreUnavailable(e)) => Err(LeakError::Store(Error::StoreUnavailable(e))),
+            Err(Error::InvalidInput(e)) => Err(LeakError::InvalidConfig(format!(
+                "the manager's clock is outside the supported range: {e}"
+            ))),
+            Err(_) => Ok(Finding::Unknown),
         }
     }
 
@@ -576,4 +689,43 @@ fn report_id(token: &str, url: Option<&str>, source: &str, reporter: Option<IpAd
         h.update(ip.to_string().as_bytes());
     }
     h.finalize().into()
+}
+
+/// The manager's store, read-only, remembering the record the legacy index
+/// lookup returned (the authenticator's answer does not carry it on a
+/// failure such as a disabled key).
+struct LegacyCapture<'a, S> {
+    store: &'a S,
+    found: Mutex<Option<KeyRecord>>,
+}
+
+impl<'a, S> LegacyCapture<'a, S> {
+    fn new(store: &'a S) -> Self {
+        Self {
+            store,
+            found: Mutex::new(None),
+        }
+    }
+
+    fn take(&self) -> Option<KeyRecord> {
+        self.found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl<S: KeyStore> KeyStore for LegacyCapture<'_, S> {
+    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        self.store.fetch(id).await
+    }
+
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        let rec = self.store.find_legacy(index).await?;
+        self.found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&rec);
+        Ok(rec)
+    }
 }

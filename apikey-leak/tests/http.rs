@@ -144,3 +144,111 @@ async fn an_oversized_public_request_is_a_413_after_the_throttle() {
         "the throttle counted it"
     );
 }
+
+/// A host serving with `into_make_service_with_connect_info` sets only
+/// `ConnectInfo<SocketAddr>`: each client still gets its own budget, so one
+/// client cannot use up everyone's.
+#[tokio::test]
+async fn connect_info_gives_each_client_its_own_budget() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let world = World::new();
+    let endpoint = Arc::new(
+        PublicRevoke::new(Arc::new(world.responder()), MemoryLimits::new())
+            .with_quota(Quota::unlimited().per_minute(1)),
+    );
+    let app = apikey_leak::axum::public_revoke_router("/keys/revoke", endpoint);
+    let request = |from: &str| {
+        let mut r = Request::post("/keys/revoke")
+            .body(Body::from(r#"{"tokens":["junk"]}"#))
+            .unwrap();
+        r.extensions_mut()
+            .insert(ConnectInfo(from.parse::<SocketAddr>().unwrap()));
+        r
+    };
+    let (status, _, _) = send(app.clone(), request("192.0.2.1:5000")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _, _) = send(app.clone(), request("192.0.2.1:5001")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _, _) = send(app, request("192.0.2.2:5000")).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "another client, its own budget"
+    );
+    let events = world.events("revocation_requested");
+    assert_eq!(
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                apikey::AuditKind::RevocationRequested { reporter, .. } => *reporter,
+                _ => None,
+            })
+            .count(),
+        2
+    );
+}
+
+/// Bad-signature alerts from one address are refused with 429 once the
+/// address has failed `max_failures` times, before the body is read (an
+/// oversized body gets 429, not 413); other addresses, and GitHub's good
+/// alerts, are not affected.
+#[tokio::test]
+async fn bad_signature_floods_are_throttled_per_address() {
+    use apikey::limits::FailureThrottleConfig;
+    let world = World::new();
+    let github = FakeGithub::new(3);
+    let forger = FakeGithub::new(9);
+    let endpoint = Arc::new(
+        GithubEndpoint::new(Arc::new(world.responder()), github.keys())
+            .with_max_body(4096)
+            .with_failure_throttle(FailureThrottleConfig {
+                max_failures: 3,
+                ..FailureThrottleConfig::default()
+            }),
+    );
+    let app = apikey_leak::axum::github_router("/leaks/github", endpoint);
+    let from = |mut r: Request<Body>, ip: &str| {
+        r.extensions_mut().insert(ClientIp(ip.parse().unwrap()));
+        r
+    };
+    let body = alert(&["x"]);
+    // A forged signature under GitHub's identifier.
+    let forged = || {
+        Request::post("/leaks/github")
+            .header("Github-Public-Key-Identifier", &github.key_id)
+            .header("Github-Public-Key-Signature", forger.sign(body.as_bytes()))
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let (status, text, _) = send(app.clone(), from(forged(), "198.51.100.7")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    }
+    let (status, text, retry) = send(app.clone(), from(forged(), "198.51.100.7")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert!(retry.is_some());
+    // Refused before the body is read: an oversized one is not a 413.
+    let huge = alert(&["y"; 1000]);
+    let (status, _, _) = send(
+        app.clone(),
+        from(github_request(&github, &huge), "198.51.100.7"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Another address, and GitHub's genuine alerts, go through.
+    let (status, text, _) = send(
+        app.clone(),
+        from(github_request(&github, &body), "192.0.2.50"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    for _ in 0..5 {
+        let (status, text, _) = send(
+            app.clone(),
+            from(github_request(&github, &body), "192.0.2.51"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+}

@@ -254,3 +254,132 @@ async fn a_store_failure_is_not_told_to_the_reporter() {
         KeyStatus::Revoked
     );
 }
+
+/// A publishable key under a prefix of the service's own (`acme_pk_`, not
+/// `pk_live_`), copied from a web page and reported: notified only, never
+/// revoked, whatever the policy's default.
+#[tokio::test]
+async fn a_custom_publishable_key_reported_publicly_stays_active() {
+    let world = World::new();
+    let ep = endpoint(&world);
+    let key = world.key("acme_pk_", "shop").await;
+    let secret = world.key("sk_live_", "shop").await;
+    let answer = ep
+        .handle(
+            ip("192.0.2.9"),
+            body(&[key.expose_secret(), secret.expose_secret()]).as_bytes(),
+        )
+        .await;
+    assert_eq!(answer.status(), 202);
+    assert_eq!(
+        world.manager.get(key.id()).await.unwrap().status,
+        KeyStatus::Active
+    );
+    assert_eq!(
+        world.manager.get(secret.id()).await.unwrap().status,
+        KeyStatus::Revoked
+    );
+    // Not even a policy that disables everything touches it.
+    let strict = PublicRevoke::new(
+        Arc::new(world.responder().with_policy(
+            apikey_leak::LeakPolicy::new().with_default(apikey_leak::LeakAction::Disable),
+        )),
+        MemoryLimits::new(),
+    )
+    .with_quota(Quota::unlimited());
+    let answer = strict
+        .handle(ip("192.0.2.9"), body(&[key.expose_secret()]).as_bytes())
+        .await;
+    assert_eq!(answer.status(), 202);
+    assert_eq!(
+        world.manager.get(key.id()).await.unwrap().status,
+        KeyStatus::Active
+    );
+}
+
+/// An imported key (legacy format, no tag) reported to either endpoint is
+/// found through the legacy index and revoked; junk under the legacy
+/// prefix changes nothing.
+#[tokio::test]
+async fn a_reported_legacy_key_is_revoked() {
+    let world = World::with_legacy();
+    let responder = Arc::new(
+        world
+            .responder()
+            .with_legacy_prefix("oldco_", "sk_live_")
+            .unwrap(),
+    );
+    let import = |text: &str| {
+        apikey::ImportKey::plaintext(text.to_owned())
+            .owner("acme")
+            .scopes(["tasks:read"])
+    };
+    let system = apikey::Actor::system();
+    let public_key = "oldco_4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c";
+    let github_key = "oldco_0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    let disabled_key = "oldco_ffeeddccbbaa99887766554433221100";
+    let a = world
+        .manager
+        .import(import(public_key), &system)
+        .await
+        .unwrap();
+    let b = world
+        .manager
+        .import(import(github_key), &system)
+        .await
+        .unwrap();
+    let c = world
+        .manager
+        .import(import(disabled_key), &system)
+        .await
+        .unwrap();
+    world.manager.disable(c.id, &system).await.unwrap();
+    let none = apikey::Requirement::none();
+    world
+        .manager
+        .authenticate(public_key, &none, None)
+        .await
+        .unwrap();
+    // The public endpoint.
+    let ep =
+        PublicRevoke::new(responder.clone(), MemoryLimits::new()).with_quota(Quota::unlimited());
+    let answer = ep
+        .handle(
+            ip("192.0.2.9"),
+            body(&[public_key, "oldco_not-a-key-of-ours", disabled_key]).as_bytes(),
+        )
+        .await;
+    assert_eq!(answer.status(), 202);
+    assert!(answer.failure().is_none(), "{:?}", answer.failure());
+    let err = world
+        .manager
+        .authenticate(public_key, &none, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "REVOKED_API_KEY");
+    assert_eq!(
+        world.manager.get(a.id).await.unwrap().status,
+        KeyStatus::Revoked
+    );
+    // A disabled imported key is found too (it must not come back).
+    assert_eq!(
+        world.manager.get(c.id).await.unwrap().status,
+        KeyStatus::Revoked
+    );
+    // GitHub's endpoint, through the same responder.
+    let github = support::FakeGithub::new(3);
+    let endpoint = apikey_leak::GithubEndpoint::new(responder, github.keys());
+    let report = github
+        .post(&endpoint, &support::alert(&[github_key, "oldco_junk"]))
+        .await
+        .unwrap();
+    assert_eq!(report.feedback[0].label, apikey_leak::Label::TruePositive);
+    assert_eq!(report.feedback[1].label, apikey_leak::Label::FalsePositive);
+    assert_eq!(report.summary.keys, 1);
+    assert_eq!(
+        world.manager.get(b.id).await.unwrap().status,
+        KeyStatus::Revoked
+    );
+    // Reporting a key's use is not a use.
+    assert_eq!(world.manager.get(b.id).await.unwrap().last_used_at, None);
+}

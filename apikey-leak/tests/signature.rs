@@ -399,3 +399,50 @@ async fn an_unreachable_key_source_is_a_503_and_is_not_hammered() {
     }
     assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
 }
+
+/// GitHub rotates its key while its key list cannot be fetched: the alert
+/// that triggered the failed fetch gets 503, and so does GitHub's retry
+/// within the refetch interval (not 401, which GitHub may not retry); the
+/// first retry after the interval fetches again and goes through.
+#[tokio::test(start_paused = true)]
+async fn a_failed_refetch_answers_503_until_the_next_attempt() {
+    let world = World::new();
+    let (old, new) = (FakeGithub::new(3), FakeGithub::new(5));
+    let source = Rotating::default();
+    *source.set.lock().unwrap() = old.keys();
+    let ep = GithubEndpoint::with_key_cache(
+        Arc::new(world.responder()),
+        KeyCache::new(source.clone()).with_min_interval(Duration::from_secs(60)),
+    );
+    let body = alert(&["x"]);
+    old.post(&ep, &body).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // GitHub signs with a new key; its list is unreachable.
+    source.failing.store(true, Ordering::SeqCst);
+    *source.set.lock().unwrap() = new.keys();
+    let sig_new = new.sign(body.as_bytes());
+    for retry in 0..3 {
+        let err = ep
+            .handle(Some(&new.key_id), Some(&sig_new), body.as_bytes())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LeakError::KeysUnavailable(_)),
+            "retry {retry}: {err:?}"
+        );
+        assert_eq!(err.status(), 503, "retry {retry}");
+        tokio::time::advance(Duration::from_secs(10)).await;
+    }
+    assert_eq!(source.fetches.load(Ordering::SeqCst), 2, "no extra fetch");
+    // The key the cache holds still works meanwhile.
+    old.post(&ep, &body).await.unwrap();
+    // After the interval, the next attempt fetches again and succeeds.
+    source.failing.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    new.post(&ep, &body).await.unwrap();
+    assert_eq!(source.fetches.load(Ordering::SeqCst), 3);
+    // A made-up identifier after a good fetch is 401 again.
+    let stranger = FakeGithub::new(9);
+    let err = stranger.post(&ep, &body).await.unwrap_err();
+    assert!(matches!(err, LeakError::UnknownKeyId), "{err:?}");
+}

@@ -62,7 +62,9 @@
     return b;
   }
 
-  function row(key) {
+  // `mayApprove`: the caller is an account admin, whose Enable approves a
+  // key pending approval; nobody else is offered Enable for such a key.
+  function row(key, mayApprove) {
     const tr = document.createElement("tr");
     tr.dataset.id = key.id;
     tr.appendChild(cell(key.name, "name"));
@@ -74,10 +76,15 @@
     tr.appendChild(cell(localDate(key.created_at)));
     tr.appendChild(cell(key.last_used ? localDate(key.last_used) : "Never"));
     tr.appendChild(cell(key.expires_at ? localDate(key.expires_at) : "Never"));
-    tr.appendChild(cell(key.status.replace("_", " "), "status status-" + key.status));
+    if (key.pending) {
+      tr.appendChild(cell("pending approval", "status status-pending"));
+    } else {
+      tr.appendChild(cell(key.status.replace("_", " "), "status status-" + key.status));
+    }
     const actions = document.createElement("td");
     actions.className = "row-actions";
-    if (key.status === "active" || key.status === "disabled") {
+    const mayToggle = !(key.pending && key.status === "disabled") || mayApprove;
+    if ((key.status === "active" || key.status === "disabled") && mayToggle) {
       const on = key.status === "active";
       actions.appendChild(button(on ? "Disable" : "Enable", "toggle",
         () => act(key, on ? "disable" : "enable"), (on ? "Disable " : "Enable ") + key.name));
@@ -102,7 +109,7 @@
     try {
       const list = await call("GET", api + "?limit=100");
       const rows = $("key-rows");
-      rows.replaceChildren(...list.data.map(row));
+      rows.replaceChildren(...list.data.map((key) => row(key, list.may_approve === true)));
       $("empty").hidden = list.data.length > 0;
     } catch (e) {
       say("Could not load your keys: " + e.message, true);

@@ -79,17 +79,28 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(config: ManageConfig) -> Server {
+    start_custom(config, |m| m, true).await
+}
+
+/// [`start_with`], with `adjust` applied to the manager, and the harness's
+/// `ClientIp` layer only when `client_ip_layer` (without it, handlers see
+/// only axum's `ConnectInfo<SocketAddr>`).
+pub async fn start_custom(
+    config: ManageConfig,
+    adjust: impl FnOnce(Manager) -> Manager,
+    client_ip_layer: bool,
+) -> Server {
     let clock = ManualClock::new(T0);
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
     let audit = Arc::new(MemoryAuditSink::new());
     let store = NetStore::new(std::time::Duration::ZERO);
-    let manager = Arc::new(
+    let manager = Arc::new(adjust(
         KeyManager::with_clock(verifier, Arc::clone(&store), clock.clone())
             .with_limits(Arc::new(MemoryLimits::with_clock(clock.clone())))
             .with_max_keys_per_owner(3)
             .with_audit_sink(Arc::clone(&audit)),
-    );
+    ));
     let gate = Arc::new(
         Gate::from_manager(&manager).with_quotas(
             QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000))
@@ -112,8 +123,12 @@ pub async fn start_with(config: ManageConfig) -> Server {
                 Arc::clone(&gate),
                 Route::new(Requirement::scope("tasks:read").unwrap()).cost(0),
             )),
-        )
-        .layer(axum::middleware::from_fn(client_ip));
+        );
+    let app = if client_ip_layer {
+        app.layer(axum::middleware::from_fn(client_ip))
+    } else {
+        app
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -128,10 +128,22 @@ pub fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7u8; 32]).unwrap()).unwrap())
         .with_prefix("pk_live_", apikey::Environment::Live)
         .unwrap()
+        .with_prefix("acme_pk_", apikey::Environment::Live)
+        .unwrap()
 }
 
 impl World {
     pub fn new() -> Self {
+        Self::build(|m| m)
+    }
+
+    /// A world whose manager imports keys under the legacy prefix `oldco_`
+    /// (stored under `sk_live_`).
+    pub fn with_legacy() -> Self {
+        Self::build(|m| m.with_legacy_prefix("oldco_", "sk_live_").unwrap())
+    }
+
+    fn build(adjust: impl FnOnce(Manager) -> Manager) -> Self {
         let store = NetStore::new(Duration::ZERO);
         let audit = Arc::new(MemoryAuditSink::new());
         let verifier = verifier();
@@ -143,7 +155,7 @@ impl World {
                 .with_public_scopes(["search:query"])
                 .unwrap();
         Self {
-            manager: Arc::new(manager),
+            manager: Arc::new(adjust(manager)),
             store,
             audit,
             verifier,
@@ -158,7 +170,7 @@ impl World {
     /// Creates a key under `prefix` for `owner`.
     pub async fn key(&self, prefix: &str, owner: &str) -> ApiKey {
         let mut new = NewKey::new(prefix).owner(owner);
-        if prefix.starts_with("pk_") {
+        if apikey::Prefix::new(prefix).is_ok_and(|p| p.is_publishable()) {
             new = new.scopes(["search:query"]).metadata(
                 apikey::web::publishable::ALLOWED_ORIGINS,
                 "https://shop.example",
