@@ -8,6 +8,7 @@ use std::sync::Arc;
 use apikey::limits::Limits;
 use apikey::web::{ClientIp, Decision, Gate, Route};
 use apikey::{Clock, Error, KeyManager, KeyStoreLifecycle, Requirement, Result, UsageStore};
+#[cfg(feature = "connect-info")]
 use axum::extract::ConnectInfo;
 use http::Extensions;
 use http::request::Parts;
@@ -103,17 +104,17 @@ where
 
 /// The client address of a request, from its extensions: a [`ClientIp`]
 /// (set by the host from a trusted proxy's header, or from the peer), else
-/// axum's `ConnectInfo<SocketAddr>` (set by
-/// `into_make_service_with_connect_info::<SocketAddr>()`), else a plain
-/// `SocketAddr`. `None` when none is set: the failure throttle then has no
-/// address to count against, and a key with an IP allowlist is refused.
+/// (feature `connect-info`, on by default) axum's `ConnectInfo<SocketAddr>`
+/// (set by `into_make_service_with_connect_info::<SocketAddr>()`), else a
+/// plain `SocketAddr`. `None` when none is set: the failure throttle then
+/// has no address to count against, and a key with an IP allowlist is
+/// refused.
 ///
 /// ```
 /// use std::net::{IpAddr, SocketAddr};
-/// use axum::extract::ConnectInfo;
 /// let mut ext = http::Extensions::new();
 /// assert_eq!(apikey_axum::client_ip(&ext), None);
-/// ext.insert(ConnectInfo("192.0.2.1:4000".parse::<SocketAddr>().unwrap()));
+/// ext.insert("192.0.2.1:4000".parse::<SocketAddr>().unwrap());
 /// assert_eq!(apikey_axum::client_ip(&ext), Some("192.0.2.1".parse::<IpAddr>().unwrap()));
 /// ext.insert(apikey::web::ClientIp("198.51.100.9".parse().unwrap()));
 /// assert_eq!(apikey_axum::client_ip(&ext), Some("198.51.100.9".parse::<IpAddr>().unwrap()));
@@ -122,10 +123,20 @@ pub fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
     extensions
         .get::<ClientIp>()
         .map(|c| c.0)
-        .or_else(|| {
-            extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-        })
+        .or_else(|| connect_info(extensions))
         .or_else(|| extensions.get::<SocketAddr>().map(SocketAddr::ip))
+}
+
+/// The peer address axum's `into_make_service_with_connect_info` records.
+#[cfg(feature = "connect-info")]
+fn connect_info(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Without the `connect-info` feature, axum's `ConnectInfo` is not read.
+#[cfg(not(feature = "connect-info"))]
+fn connect_info(_: &Extensions) -> Option<IpAddr> {
+    None
 }

@@ -1530,6 +1530,7 @@ async fn a_whole_key_in_the_path_never_reaches_the_call_log() {
     );
 }
 
+#[cfg(feature = "connect-info")]
 #[tokio::test]
 async fn key_caller_uses_the_peer_address_without_client_ip() {
     // The host serves with `ConnectInfo` only, no `ClientIp` layer.
