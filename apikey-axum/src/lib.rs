@@ -8,10 +8,14 @@
 //!   The caller is a signed-in user of the app ([`Caller::user`], an account
 //!   admin with [`Caller::admin_of`]) or a management-scoped API key
 //!   ([`KeyCaller`]).
-//! * Rules: a caller sees only the keys of owners it may manage (any other
-//!   key id is 404, never 403); a key it creates, changes, rotates or derives never
-//!   holds more than the caller ([`Bounds`]: scopes, environment, expiry, IP
-//!   allowlist; 403 `INSUFFICIENT_SCOPE` naming the field); the owner limit
+//! * Rules: a caller sees only the keys of owners it may manage, and a key
+//!   caller only those of its own environment (any other key id is 404,
+//!   never 403); a key it creates, changes, rotates or derives never holds
+//!   more than the caller, and a key caller changes (enables, disables,
+//!   rotates, derives from, revokes, deletes) only keys within its own
+//!   bounds ([`Bounds`]: scopes, environment, expiry, IP allowlist; 403
+//!   `INSUFFICIENT_SCOPE` naming the field); only an account admin enables
+//!   (approves) a key pending approval; the owner limit
 //!   is the manager's (409 `KEY_LIMIT_REACHED`); every call is logged with
 //!   its actor ([`ManageApi::with_call_log`]) and every change audited by the
 //!   manager's sink. The full key appears only in the `201` of a create, a

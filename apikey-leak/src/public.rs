@@ -10,6 +10,9 @@
 //! tag is valid (a key this service issued, so only its holder can present
 //! it) is looked up, so the handling time can differ only for holders of
 //! issued keys, who learn nothing they could not learn by using the key.
+//! The exception, as in verification: a token under a legacy prefix
+//! declared with [`LeakResponder::with_legacy_prefix`] costs one
+//! legacy-index lookup, and a found key is then revoked.
 
 use std::fmt;
 use std::net::IpAddr;
