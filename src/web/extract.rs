@@ -64,6 +64,7 @@ use std::fmt;
 
 use crate::error::{Error, MalformedReason, Result};
 use crate::prefix::PrefixRegistry;
+use crate::web::publishable::RequestOrigin;
 
 /// Default limit on a presented value, in bytes. Keys are at most
 /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) long.
@@ -118,6 +119,8 @@ impl fmt::Display for Scheme {
 pub struct PresentedKey<'a> {
     text: &'a str,
     scheme: Scheme,
+    /// The request's `Origin` and `Referer`, for a publishable key.
+    origin: RequestOrigin<'a>,
 }
 
 impl<'a> PresentedKey<'a> {
@@ -131,6 +134,11 @@ impl<'a> PresentedKey<'a> {
     /// Where it came from (the preferred one when it came from several).
     pub fn scheme(&self) -> Scheme {
         self.scheme
+    }
+
+    /// The request's `Origin` and `Referer`, read in the same pass.
+    pub(crate) fn origin(&self) -> &RequestOrigin<'a> {
+        &self.origin
     }
 }
 
@@ -415,6 +423,8 @@ impl Extractor {
                     Ok(None) => seen.foreign = true,
                     Err(e) => seen.error(e),
                 }
+            } else {
+                seen.origin.see(name, value);
             }
         }
         if let Some(query) = query {
@@ -523,12 +533,20 @@ struct Seen<'a> {
     query_refused: bool,
     /// The most serious malformed value: `Length` before `Charset`.
     malformed: Option<MalformedReason>,
+    /// `Origin` and `Referer`.
+    origin: RequestOrigin<'a>,
 }
 
 impl<'a> Seen<'a> {
     fn key(&mut self, text: &'a str, scheme: Scheme) {
         match &mut self.found {
-            None => self.found = Some(PresentedKey { text, scheme }),
+            None => {
+                self.found = Some(PresentedKey {
+                    text,
+                    scheme,
+                    origin: RequestOrigin::default(),
+                })
+            }
             // Not secret-dependent timing worth hiding: both values come
             // from the same client. The same key twice reports the
             // preferred scheme (API-key header, then Bearer, then query).
@@ -565,7 +583,10 @@ impl<'a> Seen<'a> {
             ));
         }
         match self.found {
-            Some(key) => Ok(Extracted::Key(key)),
+            Some(key) => Ok(Extracted::Key(PresentedKey {
+                origin: self.origin,
+                ..key
+            })),
             None if self.foreign => Ok(Extracted::NotOurs),
             None => Err(Error::MissingApiKey),
         }
