@@ -619,6 +619,29 @@ async fn store_timeout_is_503() {
     assert_eq!(r.header("retry-after"), Some("1"));
 }
 
+/// Issue 18, item 2: the store timeout lives on the gate, so
+/// `Gate::check` (not only the axum layer) is bounded by it.
+#[tokio::test]
+async fn gate_check_is_bounded_by_the_gates_store_timeout() {
+    let (key, _) = verifier().issue(reader(), T0).unwrap();
+    let gate = gate(HangingStore, &clocks()).with_store_timeout(Duration::from_millis(20));
+    assert_eq!(gate.store_timeout(), Some(Duration::from_millis(20)));
+    let header = key.expose_secret().to_owned();
+    let d = gate
+        .check(
+            [("x-api-key", header.as_str())],
+            None,
+            None,
+            &Route::any_key(),
+        )
+        .await;
+    let apikey::web::Decision::Rejected(r) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(r.error.code(), "STORE_UNAVAILABLE");
+    assert_eq!(r.to_response().header("retry-after"), Some("1"));
+}
+
 // ----- one pipeline: the layer over a KeyManager's authenticator -----
 
 struct Managed {

@@ -710,3 +710,109 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         Ok(verified)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::limits::{FailureThrottleConfig, MemoryLimits};
+    use crate::record::NewKey;
+    use crate::secret::{Keyring, ServerSecret};
+    use crate::store::MemoryStore;
+
+    fn failure(r: std::result::Result<VerifiedKey, Failure>) -> Failure {
+        match r {
+            Ok(_) => panic!("verified"),
+            Err(f) => f,
+        }
+    }
+
+    /// Issue 18, item 2: the pipeline's failure keeps what it learned, so
+    /// nothing downstream parses the key or classifies the error again.
+    #[tokio::test]
+    async fn a_failure_keeps_its_stage_reason_id_and_record() {
+        let verifier =
+            Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
+        let store = MemoryStore::new();
+        let now = OffsetDateTime::now_utc();
+        let (key, record) = verifier
+            .issue(
+                NewKey::new("sk_live_")
+                    .scopes(["read"])
+                    .metadata("plan", "paid"),
+                now,
+            )
+            .unwrap();
+        let (unknown, _) = verifier.issue(NewKey::new("sk_live_"), now).unwrap();
+        store.insert_sync(record.clone()).unwrap();
+        let throttle = FailureThrottleConfig {
+            max_failures: 1,
+            ..FailureThrottleConfig::default()
+        };
+        let auth = Authenticator::read_only(verifier, store)
+            .with_limits(MemoryLimits::new().with_failure_throttle(throttle));
+        let run = |text: String, req: Requirement| {
+            let auth = &auth;
+            async move { auth.authenticate_kept(&text, &req, None, None).await }
+        };
+        let any = Requirement::none;
+
+        // Junk: no id, no record.
+        let f = failure(run("sk_live_nope".into(), any()).await);
+        assert_eq!(
+            (f.stage, f.id.is_none(), f.view.is_none()),
+            (Stage::Parse, true, true)
+        );
+        assert!(matches!(f.reason, Reason::Malformed(_)));
+        // A forged key (checksum right, tag wrong) is told apart from an
+        // unknown id, though both answer INVALID_API_KEY.
+        // Issued under another server secret: checksum right, tag wrong.
+        let other =
+            Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32]).unwrap()).unwrap());
+        let (forged, _) = other.issue(NewKey::new("sk_live_"), now).unwrap();
+        let forged = forged.expose_secret().to_owned();
+        let f = failure(run(forged, any()).await);
+        assert_eq!(f.error.code(), "INVALID_API_KEY");
+        assert!(
+            matches!(f.reason, Reason::Forged | Reason::Malformed(_)),
+            "{f:?}"
+        );
+
+        // A scope failure: the id, and the record with the key's plan.
+        let f = failure(
+            run(
+                key.expose_secret().to_owned(),
+                Requirement::scope("write").unwrap(),
+            )
+            .await,
+        );
+        assert_eq!(
+            (f.stage, f.reason, f.id),
+            (Stage::Verify, Reason::InsufficientScope, Some(record.id))
+        );
+        assert_eq!(f.reason.class(), FailureClass::Authenticated);
+        assert_eq!(
+            f.metadata().unwrap().get("plan").map(String::as_str),
+            Some("paid")
+        );
+
+        // An unknown id: the parsed id, no record.
+        let f = failure(run(unknown.expose_secret().to_owned(), any()).await);
+        let unknown_id = auth.verifier().parse(unknown.expose_secret()).unwrap().id();
+        assert_eq!(
+            (f.stage, f.reason, f.id),
+            (Stage::Verify, Reason::InvalidKey, Some(unknown_id))
+        );
+        assert!(f.view.is_none());
+        assert_eq!(f.reason.class(), FailureClass::KeyStatus);
+
+        // That key-status failure backed the id off: the throttle's stage.
+        let f = failure(run(unknown.expose_secret().to_owned(), any()).await);
+        assert_eq!(
+            (f.stage, f.reason, f.id),
+            (Stage::Throttle, Reason::Throttled, Some(unknown_id))
+        );
+        assert_eq!(f.error.code(), "TOO_MANY_FAILED_ATTEMPTS");
+    }
+}

@@ -17,8 +17,16 @@
 //! Browsers send a CORS preflight (`OPTIONS` with
 //! `Access-Control-Request-Method`) without credentials, so the preflight
 //! cannot know which key follows: [`preflight`] answers it (204) for any
-//! origin, and the request itself is checked by [`check_origin`]. Call
-//! both from the route, around the [`Gate`](crate::web::Gate):
+//! origin, and the request itself is checked against the key's list.
+//!
+//! The [`Gate`](crate::web::Gate) does both: it reads `Origin` and
+//! `Referer` in the pass that finds the key, refuses a publishable key
+//! from another origin with 403 `ORIGIN_NOT_ALLOWED` (charged to the key's
+//! plan like a scope failure, and counted by the audit sampler), puts the
+//! CORS headers into [`Admitted::headers`](crate::web::Admitted::headers),
+//! and answers preflights with [`Gate::preflight`](crate::web::Gate::preflight)
+//! when one of its prefixes is publishable; the axum layer writes all of
+//! it. The functions below are for servers that verify outside the gate:
 //!
 //! ```
 //! use apikey::web::publishable::{check_origin, preflight, ALLOWED_ORIGINS};
@@ -59,7 +67,14 @@ fn origins(list: &str) -> impl Iterator<Item = &str> {
 /// `scheme://host[:port]` of an `http`/`https` URL, lowercased; `None`
 /// for anything else (including the opaque origin `null`).
 fn origin_of_url(url: &str) -> Option<String> {
-    url_parts(url).map(|(scheme, host)| format!("{scheme}://{host}").to_ascii_lowercase())
+    url_parts(url).and_then(|(scheme, host)| origin_of_url_parts(scheme, host))
+}
+
+/// `scheme://host[:port]`, lowercased, in one allocation.
+fn origin_of_url_parts(scheme: &str, host: &str) -> Option<String> {
+    let mut origin = format!("{scheme}://{host}");
+    origin.make_ascii_lowercase();
+    Some(origin)
 }
 
 /// Checks the origin list of a publishable key's metadata.
@@ -161,7 +176,7 @@ impl<'a> RequestOrigin<'a> {
     /// The origin to echo in `Access-Control-Allow-Origin` (lowercased).
     pub(crate) fn to_header(self) -> Option<String> {
         self.parts()
-            .map(|(scheme, host)| format!("{scheme}://{host}").to_ascii_lowercase())
+            .and_then(|(scheme, host)| origin_of_url_parts(scheme, host))
     }
 }
 
