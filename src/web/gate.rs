@@ -434,7 +434,9 @@ pub struct Gate<S, C = SystemClock, L = NoLimits> {
     missing: Arc<MissingKeyDetails>,
     /// The bound on the pipeline and the admission.
     store_timeout: Option<Duration>,
-    /// A registered prefix is publishable: answer CORS preflights.
+    /// A registered prefix is publishable: check origins and answer CORS
+    /// preflights (no key can be publishable otherwise: verification
+    /// needs a registered prefix).
     cors: bool,
 }
 
@@ -642,7 +644,39 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        match self.extract(headers, query, client, route) {
+        self.decide(self.extract(headers, query, client, route), client, route)
+            .await
+    }
+
+    /// [`check`](Self::check) on an [`http::HeaderMap`]: the key's headers
+    /// are looked up by name rather than found by comparing every header
+    /// ([`Extractor::extract_header_map`]); the same decision. What the
+    /// axum layer runs.
+    #[cfg(feature = "http")]
+    pub async fn check_header_map(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        client: Option<IpAddr>,
+        route: &Route,
+    ) -> Decision {
+        let extracted = self.extracted(
+            self.extractor.extract_header_map(headers, query),
+            client,
+            route,
+        );
+        self.decide(extracted, client, route).await
+    }
+
+    /// Steps 2 and 3 for what step 1 gave.
+    #[allow(clippy::result_large_err)]
+    async fn decide(
+        &self,
+        extracted: Result<Extracted<'_>, Rejection>,
+        client: Option<IpAddr>,
+        route: &Route,
+    ) -> Decision {
+        match extracted {
             Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
             Ok(Extracted::NotOurs) => Decision::NotOurs,
             Err(rejection) => Decision::Rejected(rejection),
@@ -675,7 +709,22 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        match self.extractor.extract_with_query(headers, query) {
+        self.extracted(
+            self.extractor.extract_with_query(headers, query),
+            client,
+            route,
+        )
+    }
+
+    /// The extractor's answer under `route`'s foreign-credentials setting.
+    #[allow(clippy::result_large_err)]
+    fn extracted<'h>(
+        &self,
+        found: crate::error::Result<Extracted<'h>>,
+        client: Option<IpAddr>,
+        route: &Route,
+    ) -> Result<Extracted<'h>, Rejection> {
+        match found {
             Ok(Extracted::NotOurs) if route.foreign == ForeignCredentials::Reject => {
                 metrics::rejected_at_edge(&Error::MissingApiKey);
                 Err(self.reject(Error::MissingApiKey))
@@ -730,23 +779,19 @@ where
         route: &'a Route,
     ) -> impl Future<Output = Decision> + 'a {
         async move {
-            let origin = key.origin();
+            // Without a publishable prefix no key can be publishable: the
+            // origin is not looked at.
+            let origin = self.cors.then(|| key.origin());
             match self
                 .authenticator
-                .authenticate_kept(
-                    key.expose_secret(),
-                    &route.requirement,
-                    client,
-                    Some(origin),
-                )
+                .authenticate_kept(key.expose_secret(), &route.requirement, client, origin)
                 .await
             {
                 Ok(verified) => {
                     // Only a publishable key, whose origin just passed.
-                    let allow_origin = if verified.view().is_publishable() {
-                        origin.to_header()
-                    } else {
-                        None
+                    let allow_origin = match origin {
+                        Some(o) if verified.view().is_publishable() => o.to_header(),
+                        _ => None,
                     };
                     let mut decision = self.charge(verified, key.scheme(), route).await;
                     if let Decision::Admitted(a) = &mut decision {

@@ -2,8 +2,10 @@
 //!
 //! * [`ApiKeyLayer`]: a tower layer running a [`Gate`] for one [`Route`]:
 //!   authenticate, check the route's scopes, rate limit, spend credits, put
-//!   the [`Admitted`] request info (and its [`VerifiedKey`]) into the request
-//!   extensions and add `X-RateLimit-*` headers to the response; refusals are
+//!   the [`Admitted`] request info (with its [`VerifiedKey`], `.key`) into
+//!   the request extensions (one entry: read the key with the
+//!   [`VerifiedKey`] extractor, or `extensions().get::<Admitted>()`) and
+//!   add `X-RateLimit-*` headers to the response; refusals are
 //!   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
 //!   the rate-limit headers. A store that fails or exceeds the gate's
 //!   optional [`with_store_timeout`](Gate::with_store_timeout) answers 503.
@@ -233,12 +235,7 @@ where
         let added = {
             let client = client_ip(req.extensions());
             let decision = gate
-                .check(
-                    req.headers().iter(),
-                    req.uri().query(),
-                    client,
-                    &layer.route,
-                )
+                .check_header_map(req.headers(), req.uri().query(), client, &layer.route)
                 .await;
             match decision {
                 Decision::Admitted(mut admitted) => {
@@ -252,10 +249,10 @@ where
                         )
                     });
                     let cors = admitted.allow_origin.take();
-                    // Two entries of the request's type map (boxed by
+                    // One entry of the request's type map (boxed by
                     // `http`): the documented contract for handlers and
-                    // other layers.
-                    req.extensions_mut().insert(admitted.key.clone());
+                    // other layers; the `VerifiedKey` extractor reads the
+                    // key from it.
                     req.extensions_mut().insert(admitted);
                     Some((numbers, cors))
                 }
@@ -421,15 +418,17 @@ impl IntoResponse for Rejection {
     }
 }
 
+/// The key the layer admitted, from the request's one [`Admitted`]
+/// extension.
+fn admitted_key(parts: &Parts) -> Option<VerifiedKey> {
+    parts.extensions.get::<Admitted>().map(|a| a.key.clone())
+}
+
 impl<St: Send + Sync> FromRequestParts<St> for VerifiedKey {
     type Rejection = MissingKey;
 
     async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<VerifiedKey>()
-            .cloned()
-            .ok_or(MissingKey)
+        admitted_key(parts).ok_or(MissingKey)
     }
 }
 
@@ -440,7 +439,7 @@ impl<St: Send + Sync> OptionalFromRequestParts<St> for VerifiedKey {
         parts: &mut Parts,
         _: &St,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<VerifiedKey>().cloned())
+        Ok(admitted_key(parts))
     }
 }
 

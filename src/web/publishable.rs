@@ -110,8 +110,12 @@ pub fn validate_origins(list: Option<&str>) -> Result<()> {
 /// headers again.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RequestOrigin<'a> {
-    pub(crate) origin: Option<&'a [u8]>,
-    pub(crate) referer: Option<&'a [u8]>,
+    origin: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    /// Extraction from a header map: the two are looked up there when
+    /// needed (for a publishable key only).
+    #[cfg(feature = "http")]
+    map: Option<&'a http::HeaderMap>,
 }
 
 impl std::fmt::Debug for RequestOrigin<'_> {
@@ -138,6 +142,16 @@ impl<'a> RequestOrigin<'a> {
         found
     }
 
+    /// `Origin` and `Referer` of `map`, looked up when needed.
+    #[cfg(feature = "http")]
+    #[inline]
+    pub(crate) fn in_map(map: &'a http::HeaderMap) -> Self {
+        Self {
+            map: Some(map),
+            ..Self::default()
+        }
+    }
+
     /// Keeps `value` when `name` is `Origin` or `Referer`.
     #[inline]
     pub(crate) fn see(&mut self, name: &[u8], value: &'a [u8]) {
@@ -151,11 +165,28 @@ impl<'a> RequestOrigin<'a> {
     /// `(scheme, host[:port])` of the request's origin: `Origin`, else the
     /// origin of `Referer`; `None` when neither is an `http(s)` URL.
     fn parts(&self) -> Option<(&'a str, &'a str)> {
+        let (origin, referer) = self.values();
         let text = |v: &'a [u8]| std::str::from_utf8(v).ok().map(str::trim);
-        match self.origin {
+        match origin {
             Some(o) => text(o).and_then(url_parts),
-            None => self.referer.and_then(text).and_then(url_parts),
+            None => referer.and_then(text).and_then(url_parts),
         }
+    }
+
+    /// The `Origin` and `Referer` values (the last of each, as the scan
+    /// keeps them).
+    fn values(&self) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        #[cfg(feature = "http")]
+        if let Some(map) = self.map {
+            let last = |name| {
+                map.get_all(name)
+                    .iter()
+                    .next_back()
+                    .map(http::HeaderValue::as_bytes)
+            };
+            return (last(http::header::ORIGIN), last(http::header::REFERER));
+        }
+        (self.origin, self.referer)
     }
 
     /// Whether the request's origin is on `list` (an [`ALLOWED_ORIGINS`]
