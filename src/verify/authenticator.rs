@@ -513,7 +513,13 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified =
                 self.verifier
                     .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
-            self.after_verify(verified, origin).await
+            let verified = match verified {
+                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                    self.lineage(v).await
+                }
+                other => other,
+            };
+            verified.and_then(|v| Self::from_origin(v, origin))
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
@@ -521,7 +527,13 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified = self
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
-            let verified = self.after_verify(verified, origin).await;
+            let verified = match verified {
+                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                    self.lineage(v).await
+                }
+                other => other,
+            };
+            let verified = verified.and_then(|v| Self::from_origin(v, origin));
             self.finish(verified, id, owner.as_deref(), now, ip)
         };
         match result {
@@ -534,24 +546,6 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 Err(f)
             }
         }
-    }
-
-    /// The steps after the record's checks: a derived key's ancestors
-    /// (children only, so other keys pay one flag test), then the origin
-    /// of a publishable key at the web edge.
-    #[inline]
-    async fn after_verify(
-        &self,
-        verified: std::result::Result<VerifiedKey, Failure>,
-        origin: Option<&RequestOrigin<'_>>,
-    ) -> std::result::Result<VerifiedKey, Failure> {
-        let v = verified?;
-        let v = if crate::verify::derived::parent_of_view(v.view()).is_some() {
-            self.lineage(v).await?
-        } else {
-            v
-        };
-        Self::from_origin(v, origin)
     }
 
     /// A publishable key's origin check at the web edge (no check without

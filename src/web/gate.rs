@@ -653,33 +653,39 @@ where
     /// ([`Extractor::extract_header_map`]); the same decision. What the
     /// axum layer runs.
     #[cfg(feature = "http")]
-    pub async fn check_header_map(
-        &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
+    pub fn check_header_map<'a>(
+        &'a self,
+        headers: &'a http::HeaderMap,
+        query: Option<&'a str>,
         client: Option<IpAddr>,
-        route: &Route,
-    ) -> Decision {
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        // Extraction is synchronous: done now, so the future holds only
+        // its answer and the admission (one state machine fewer).
         let extracted = self.extracted(
             self.extractor.extract_header_map(headers, query),
             client,
             route,
         );
-        self.decide(extracted, client, route).await
+        self.decide(extracted, client, route)
     }
 
     /// Steps 2 and 3 for what step 1 gave.
-    #[allow(clippy::result_large_err)]
-    async fn decide(
-        &self,
-        extracted: Result<Extracted<'_>, Rejection>,
+    // Not an `async fn`, on purpose: an `async` block captures the
+    // arguments in place instead of copying them into its locals.
+    #[allow(clippy::result_large_err, clippy::manual_async_fn)]
+    fn decide<'a>(
+        &'a self,
+        extracted: Result<Extracted<'a>, Rejection>,
         client: Option<IpAddr>,
-        route: &Route,
-    ) -> Decision {
-        match extracted {
-            Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
-            Ok(Extracted::NotOurs) => Decision::NotOurs,
-            Err(rejection) => Decision::Rejected(rejection),
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        async move {
+            match extracted {
+                Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
+                Ok(Extracted::NotOurs) => Decision::NotOurs,
+                Err(rejection) => Decision::Rejected(rejection),
+            }
         }
     }
 
@@ -747,24 +753,28 @@ where
     /// secret matched (native or imported legacy) is charged to that key's
     /// rate limit, under the quota of its own plan (as an admitted request
     /// would be), and answered 429 `RATE_LIMITED` once that is exhausted.
-    pub async fn admit(
-        &self,
-        key: PresentedKey<'_>,
+    // Not an `async fn`, on purpose (see `admit_now`).
+    #[allow(clippy::manual_async_fn)]
+    pub fn admit<'a>(
+        &'a self,
+        key: PresentedKey<'a>,
         client: Option<IpAddr>,
-        route: &Route,
-    ) -> Decision {
-        #[cfg(feature = "axum")]
-        if let Some(t) = self.store_timeout {
-            // The admission's future is made in each branch (not once and
-            // moved into the timeout), so the two share storage.
-            return match tokio::time::timeout(t, self.admit_now(key, client, route)).await {
-                Ok(d) => d,
-                Err(elapsed) => Decision::Rejected(self.reject(Error::StoreUnavailable(
-                    StoreError::with_source(crate::error::StoreErrorKind::Timeout, elapsed),
-                ))),
-            };
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        async move {
+            #[cfg(feature = "axum")]
+            if let Some(t) = self.store_timeout {
+                // The admission's future is made in each branch (not once
+                // and moved into the timeout), so the two share storage.
+                return match tokio::time::timeout(t, self.admit_now(key, client, route)).await {
+                    Ok(d) => d,
+                    Err(elapsed) => Decision::Rejected(self.reject(Error::StoreUnavailable(
+                        StoreError::with_source(crate::error::StoreErrorKind::Timeout, elapsed),
+                    ))),
+                };
+            }
+            self.admit_now(key, client, route).await
         }
-        self.admit_now(key, client, route).await
     }
 
     /// [`admit`](Self::admit) without the timeout.
