@@ -22,7 +22,7 @@
 //!    alike) are charged to the key's rate limit, under its own plan's
 //!    quota.
 //!
-//! A publishable key ([`publishable`](crate::web::publishable)) is also
+//! A publishable key ([`publishable`]) is also
 //! checked against the request's `Origin` (`Referer` as fallback), read in
 //! the extraction pass: 403 `ORIGIN_NOT_ALLOWED` unless it is on the key's
 //! allowlist. [`Gate::preflight`] answers CORS preflights.
@@ -337,7 +337,7 @@ pub struct Admitted {
     pub now: OffsetDateTime,
     /// For a publishable key: the request's origin, which is on the key's
     /// allowlist, to echo in `Access-Control-Allow-Origin` (see
-    /// [`publishable`](crate::web::publishable)). `None` for other keys.
+    /// [`publishable`]). `None` for other keys.
     pub allow_origin: Option<String>,
 }
 

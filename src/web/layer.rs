@@ -43,8 +43,8 @@
 //! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
 //! `WWW-Authenticate` challenge. An API that also takes other credentials
 //! opts in with
-//! [`Gate::with_foreign_credentials(ForeignCredentials::PassThrough)`](Gate::with_foreign_credentials)
-//! (a gate of its own for the routes that take other credentials):
+//! [`Route::with_foreign_credentials(ForeignCredentials::PassThrough)`](Route::with_foreign_credentials)
+//! on the routes that take other credentials (one gate serves both kinds):
 //! such requests then reach the inner service **unauthenticated**, without
 //! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
 //! of its own) must authenticate them.
@@ -120,10 +120,10 @@ impl<S, C, L> Clone for ApiKeyLayer<S, C, L> {
 }
 
 impl<S, C, L> ApiKeyLayer<S, C, L> {
-    /// A layer running `gate` for `route`: everything is the gate's
-    /// (the store timeout, [`Gate::with_store_timeout`]; what to do with
-    /// foreign credentials, [`Gate::with_foreign_credentials`]); the layer
-    /// only maps the gate's [`Decision`] to a response.
+    /// A layer running `gate` for `route`: every setting is the gate's or
+    /// the route's (the store timeout, [`Gate::with_store_timeout`]; what to
+    /// do with foreign credentials, [`Route::with_foreign_credentials`]);
+    /// the layer only maps the gate's [`Decision`] to a response.
     pub fn new(gate: Arc<Gate<S, C, L>>, route: Route) -> Self {
         Self {
             gate,
