@@ -19,7 +19,7 @@
 //!
 //! The layered routes over `CachedStore<SqliteStore>` live in
 //! `apikey-sqlx/benches/web_edge_sqlite.rs`, the one over `RedisLimits` in
-//! `apikey-redis/benches/redis_gate.rs`, so the root crate builds no
+//! `apikey-redis/benches/web_edge_redis.rs`, so the root crate builds no
 //! database driver.
 #![allow(clippy::unwrap_used, missing_docs)]
 

@@ -282,7 +282,12 @@ async fn blocking_path_with_verify_with_and_charge() {
     let h = [("Authorization", format!("Bearer {}", s.key.expose_secret()))];
     let extracted = s
         .gate
-        .extract(h.iter().map(|(n, v)| (*n, v.as_str())), None, None)
+        .extract(
+            h.iter().map(|(n, v)| (*n, v.as_str())),
+            None,
+            None,
+            &Route::any_key(),
+        )
         .unwrap();
     let apikey::web::Extracted::Key(key) = extracted else {
         panic!("ours")
@@ -492,7 +497,7 @@ async fn gate_rejects_foreign_credentials_by_default() {
         "Token x",
         "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
     ];
-    let mut s = setup(Quota::unlimited(), None, None);
+    let s = setup(Quota::unlimited(), None, None);
     for v in foreign {
         let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
         let Decision::Rejected(r) = d else {
@@ -509,13 +514,20 @@ async fn gate_rejects_foreign_credentials_by_default() {
             Some(r#"Bearer realm="api""#)
         );
         // The blocking path too.
-        assert!(s.gate.extract([("authorization", v)], None, None).is_err());
+        assert!(
+            s.gate
+                .extract([("authorization", v)], None, None, &Route::any_key())
+                .is_err()
+        );
     }
-    s.gate = s
-        .gate
-        .with_foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
+    let open =
+        Route::any_key().with_foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
     for v in foreign {
-        let d = check(&s, &[("authorization", v)], &Route::any_key()).await;
+        assert!(matches!(
+            s.gate.extract([("authorization", v)], None, None, &open),
+            Ok(apikey::web::Extracted::NotOurs)
+        ));
+        let d = check(&s, &[("authorization", v)], &open).await;
         assert_eq!(code(&d), "NOT_OURS", "{v}");
     }
 }

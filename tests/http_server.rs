@@ -90,17 +90,8 @@ async fn maybe(key: Option<VerifiedKey>) -> String {
 /// Routes: `/read` needs `tasks:read`, `/write` needs `tasks:write`,
 /// `/open` accepts foreign credentials (JWTs) too (`PassThrough`),
 /// `/guarded` needs `tasks:read` and its handler never looks at the key.
-fn router<S: KeyStore + Send + Sync + 'static>(
-    gate: Arc<TestGate<S>>,
-    timeout: Option<Duration>,
-) -> Router {
-    let layer = |route: Route| {
-        let l = ApiKeyLayer::new(Arc::clone(&gate), route);
-        match timeout {
-            Some(t) => l.with_store_timeout(t),
-            None => l,
-        }
-    };
+fn router<S: KeyStore + Send + Sync + 'static>(gate: Arc<TestGate<S>>) -> Router {
+    let layer = |route: Route| ApiKeyLayer::new(Arc::clone(&gate), route);
     Router::new()
         .route(
             "/read",
@@ -114,9 +105,9 @@ fn router<S: KeyStore + Send + Sync + 'static>(
         )
         .route(
             "/open",
-            get(maybe).route_layer(
-                layer(Route::any_key()).with_foreign_credentials(ForeignCredentials::PassThrough),
-            ),
+            get(maybe).route_layer(layer(
+                Route::any_key().with_foreign_credentials(ForeignCredentials::PassThrough),
+            )),
         )
         // A handler that does not ask for the key: only the layer guards it.
         .route(
@@ -238,7 +229,7 @@ async fn fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let clocks = clocks();
     let gate = Arc::new(gate(Arc::clone(&store), &clocks));
-    let addr = serve(router(gate, None)).await;
+    let addr = serve(router(gate)).await;
     Fixture {
         addr,
         store,
@@ -458,7 +449,7 @@ async fn out_of_credits_and_credits_spent_only_when_admitted() {
     limits.set_credits_sync(key_acct, 5, None);
     limits.set_credits_sync(owner_acct, 2, None);
     let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits).with_credits("rest"));
-    let addr = serve(router(Arc::clone(&gate), None)).await;
+    let addr = serve(router(Arc::clone(&gate))).await;
 
     assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
     assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
@@ -575,7 +566,7 @@ async fn post_tag_failures_are_limited_and_a_valid_key_from_that_address_still_w
     };
     let limits = MemoryLimits::with_clock(clocks.0.clone()).with_failure_throttle(cfg);
     let gate = Arc::new(gate_with(Arc::clone(&store), &clocks, limits));
-    let addr = serve(router(gate, None)).await;
+    let addr = serve(router(gate)).await;
     // A correctly tagged key whose id is not in the store (a deleted key).
     let (unknown, _) = verifier().issue(reader(), T0).unwrap();
     for _ in 0..3 {
@@ -610,7 +601,7 @@ impl KeyStore for HangingStore {
 #[tokio::test]
 async fn store_failure_is_503_never_401() {
     let (key, _) = verifier().issue(reader(), T0).unwrap();
-    let addr = serve(router(Arc::new(gate(FailingStore, &clocks())), None)).await;
+    let addr = serve(router(Arc::new(gate(FailingStore, &clocks())))).await;
     let r = get_with(addr, "/read", &x_api_key(&key)).await;
     assert_eq!(r.error(503, "STORE_UNAVAILABLE")["retry_after"], 1);
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -621,11 +612,34 @@ async fn store_failure_is_503_never_401() {
 #[tokio::test]
 async fn store_timeout_is_503() {
     let (key, _) = verifier().issue(reader(), T0).unwrap();
-    let timeout = Some(Duration::from_millis(50));
-    let addr = serve(router(Arc::new(gate(HangingStore, &clocks())), timeout)).await;
+    let gate = gate(HangingStore, &clocks()).with_store_timeout(Duration::from_millis(50));
+    let addr = serve(router(Arc::new(gate))).await;
     let r = get_with(addr, "/read", &x_api_key(&key)).await;
     r.error(503, "STORE_UNAVAILABLE");
     assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+/// Issue 18, item 2: the store timeout lives on the gate, so
+/// `Gate::check` (not only the axum layer) is bounded by it.
+#[tokio::test]
+async fn gate_check_is_bounded_by_the_gates_store_timeout() {
+    let (key, _) = verifier().issue(reader(), T0).unwrap();
+    let gate = gate(HangingStore, &clocks()).with_store_timeout(Duration::from_millis(20));
+    assert_eq!(gate.store_timeout(), Some(Duration::from_millis(20)));
+    let header = key.expose_secret().to_owned();
+    let d = gate
+        .check(
+            [("x-api-key", header.as_str())],
+            None,
+            None,
+            &Route::any_key(),
+        )
+        .await;
+    let apikey::web::Decision::Rejected(r) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(r.error.code(), "STORE_UNAVAILABLE");
+    assert_eq!(r.to_response().header("retry-after"), Some("1"));
 }
 
 // ----- one pipeline: the layer over a KeyManager's authenticator -----
@@ -647,7 +661,7 @@ async fn managed() -> Managed {
     );
     let gate = Gate::new(manager.authenticator().clone())
         .with_limits(MemoryLimits::with_clock(clocks.0.clone()));
-    let addr = serve(router(Arc::new(gate), None)).await;
+    let addr = serve(router(Arc::new(gate))).await;
     Managed {
         addr,
         manager,
@@ -782,7 +796,7 @@ async fn a_cancelled_flush_after_http_traffic_loses_nothing() {
     ));
     let gate = Gate::new(manager.authenticator().clone())
         .with_limits(MemoryLimits::with_clock(clocks.0.clone()));
-    let addr = serve(router(Arc::new(gate), None)).await;
+    let addr = serve(router(Arc::new(gate))).await;
     let (key, s) = manager.create(reader(), &Actor::system()).await.unwrap();
     for _ in 0..20 {
         assert_eq!(get_with(addr, "/read", &x_api_key(&key)).await.status, 200);
@@ -819,7 +833,7 @@ async fn legacy_guesses_lock_out_the_address_for_legacy_lookups_only() {
     };
     let gate = Gate::new(manager.authenticator().clone())
         .with_limits(MemoryLimits::with_clock(clocks.0.clone()).with_failure_throttle(cfg));
-    let addr = serve(router(Arc::new(gate), None)).await;
+    let addr = serve(router(Arc::new(gate))).await;
     let (native, _) = manager.create(reader(), &Actor::system()).await.unwrap();
     let legacy = "oldco_8f14e45fceea167a5a36dedd4bea2544";
     manager
@@ -870,7 +884,7 @@ async fn paid_plan_server() -> (SocketAddr, Arc<KeyManager<MemoryStore, ManualCl
     let gate = Gate::new(manager.authenticator().clone())
         .with_limits(MemoryLimits::with_clock(clocks.0.clone()))
         .with_quotas(QuotaTable::fixed(Quota::unlimited()).plan("paid", PAID));
-    (serve(router(Arc::new(gate), None)).await, manager)
+    (serve(router(Arc::new(gate))).await, manager)
 }
 
 /// Repeated scope failures of a key on a 2-a-minute plan: two 403s, then
@@ -960,7 +974,7 @@ async fn missing_key_names_the_authorization_header_when_only_bearer_is_accepted
     let gate = gate(Arc::clone(&store), &clocks);
     let extractor = apikey::web::Extractor::new(gate.authenticator().verifier().prefixes().clone())
         .with_sources(apikey::web::Sources::BEARER);
-    let addr = serve(router(Arc::new(gate.with_extractor(extractor)), None)).await;
+    let addr = serve(router(Arc::new(gate.with_extractor(extractor)))).await;
     let r = get_with(addr, "/read", &[]).await;
     let details = r.error(401, "MISSING_API_KEY");
     assert_eq!(
@@ -978,7 +992,7 @@ async fn one_request(
     let (key, record) = issue(&store, NewKey::new("sk_live_").scopes(["tasks:read"]));
     let clocks = clocks();
     let gate = Arc::new(build(Arc::clone(&store), &clocks));
-    let addr = serve(router(Arc::clone(&gate), None)).await;
+    let addr = serve(router(Arc::clone(&gate))).await;
     let r = get_with(addr, "/read", &x_api_key(&key)).await;
     assert_eq!(r.status, 200, "{r:?}");
     (store, record.id, gate)
@@ -1065,7 +1079,7 @@ async fn monitored(
     )
     .with_limits(limits)
     .with_credits("rest");
-    let router = router(Arc::new(gate), None).layer(axum::middleware::from_fn(test_client));
+    let router = router(Arc::new(gate)).layer(axum::middleware::from_fn(test_client));
     (serve(router).await, events)
 }
 

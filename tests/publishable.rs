@@ -104,37 +104,25 @@ impl Reply {
 }
 
 async fn request(addr: SocketAddr, method: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} /v1/query HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    request_to(addr, method, "/v1/query", headers).await
+}
+
+/// 204 with the CORS headers a preflight from `https://shop.example` for
+/// `POST` with `x-api-key, content-type` needs.
+fn assert_preflight_answer(r: &Reply) {
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
+    let allowed = r.header("access-control-allow-headers").unwrap();
+    assert!(
+        allowed.contains("x-api-key") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert!(r.header("vary").unwrap().contains("Origin"));
 }
 
 async fn publishable(m: &M) -> ApiKey {
@@ -256,19 +244,7 @@ async fn cors_preflight_is_204_with_the_right_headers() {
         ],
     )
     .await;
-    assert_eq!(r.status, 204);
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("https://shop.example")
-    );
-    assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
-    let allowed = r.header("access-control-allow-headers").unwrap();
-    assert!(
-        allowed.contains("x-api-key") && allowed.contains("content-type"),
-        "{allowed}"
-    );
-    assert_eq!(r.header("access-control-max-age"), Some("600"));
-    assert!(r.header("vary").unwrap().contains("Origin"));
+    assert_preflight_answer(&r);
     // An OPTIONS without the preflight headers is not a preflight.
     let r = request(addr, "OPTIONS", &[("Origin", "https://shop.example")]).await;
     assert_eq!((r.status, r.body.as_str()), (401, "MISSING_API_KEY"));
@@ -360,4 +336,302 @@ async fn publishable_key_beyond_narrowed_public_scopes_is_refused_at_verificatio
         .await
         .unwrap_err();
     assert_eq!(err.code(), "POLICY_VIOLATION");
+}
+
+// ----- issue 20 item 4 through the axum layer: the gate checks origins -----
+
+/// The `pk` plan allows 2 requests a minute; the default quota is
+/// unlimited.
+const PK_PLAN: apikey::limits::Quota = apikey::limits::Quota::new(Some(2), Some(100));
+
+/// `/v1/search` behind `ApiKeyLayer` (mounted with `.layer`, so `OPTIONS`
+/// reaches it), over the manager's pipeline with in-memory limits.
+async fn serve_layer(m: &M) -> SocketAddr {
+    use apikey::limits::MemoryLimits;
+    use apikey::web::{ApiKeyLayer, QuotaTable};
+    let gate = Arc::new(
+        Gate::from_manager(m)
+            .with_limits(MemoryLimits::with_clock(m.clock().clone()))
+            .with_quotas(QuotaTable::fixed(apikey::limits::Quota::unlimited()).plan("pk", PK_PLAN)),
+    );
+    let route = Route::new(Requirement::scope("search:query").unwrap());
+    let router = Router::new()
+        .route(
+            "/v1/search",
+            any(|key: VerifiedKey| async move { format!("hello {}", key.id()) })
+                .layer(ApiKeyLayer::new(gate, route)),
+        )
+        .route(
+            "/v1/admin",
+            any(|| async { "admin" }).layer(ApiKeyLayer::new(
+                Arc::new(Gate::from_manager(m)),
+                Route::new(Requirement::scope("corpus:admin").unwrap()),
+            )),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+async fn request_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn code_of(r: &Reply) -> String {
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn the_layer_admits_a_publishable_key_from_an_allowed_origin_with_cors_headers() {
+    let m = manager();
+    let key = publishable(&m).await;
+    let addr = serve_layer(&m).await;
+    let r = request_to(
+        addr,
+        "POST",
+        "/v1/search",
+        &[
+            ("X-API-Key", key.expose_secret()),
+            ("Origin", "https://Shop.Example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with("hello "), "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // Referer as the fallback when there is no Origin.
+    let r = request_to(
+        addr,
+        "GET",
+        "/v1/search",
+        &[
+            ("X-API-Key", key.expose_secret()),
+            ("Referer", "https://www.shop.example/search?q=1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://www.shop.example")
+    );
+}
+
+#[tokio::test]
+async fn the_layer_refuses_a_publishable_key_from_a_wrong_or_missing_origin() {
+    let m = manager();
+    let key = publishable(&m).await;
+    let addr = serve_layer(&m).await;
+    let k = key.expose_secret();
+    for headers in [
+        vec![("X-API-Key", k), ("Origin", "https://evil.example")],
+        vec![("X-API-Key", k), ("Origin", "http://shop.example")],
+        vec![
+            ("X-API-Key", k),
+            ("Origin", "https://shop.example.evil.example"),
+        ],
+        vec![("X-API-Key", k), ("Origin", "null")],
+        vec![("X-API-Key", k), ("Referer", "https://evil.example/")],
+        vec![
+            ("X-API-Key", k),
+            ("Origin", "https://evil.example"),
+            ("Referer", "https://shop.example/"),
+        ],
+        vec![("X-API-Key", k)],
+    ] {
+        let r = request_to(addr, "GET", "/v1/search", &headers).await;
+        assert_eq!(
+            (r.status, code_of(&r).as_str()),
+            (403, "ORIGIN_NOT_ALLOWED"),
+            "{headers:?}"
+        );
+        assert_eq!(r.header("access-control-allow-origin"), None);
+    }
+}
+
+/// A refused origin is a failure of an authenticated key against the
+/// request: charged to the key's own plan (2 a minute here, the default
+/// being unlimited), then 429 once it runs out.
+#[tokio::test]
+async fn origin_failures_of_a_publishable_key_are_charged_to_its_plan() {
+    let m = manager();
+    let (key, _) = m
+        .create(
+            NewKey::new("pk_live_")
+                .scopes(["search:query"])
+                .metadata(ALLOWED_ORIGINS, "https://shop.example")
+                .metadata("plan", "pk"),
+            &Actor::new("admin"),
+        )
+        .await
+        .unwrap();
+    let addr = serve_layer(&m).await;
+    let wrong = [
+        ("X-API-Key", key.expose_secret()),
+        ("Origin", "https://evil.example"),
+    ];
+    for _ in 0..2 {
+        let r = request_to(addr, "GET", "/v1/search", &wrong).await;
+        assert_eq!(
+            (r.status, code_of(&r).as_str()),
+            (403, "ORIGIN_NOT_ALLOWED")
+        );
+    }
+    let r = request_to(addr, "GET", "/v1/search", &wrong).await;
+    assert_eq!(
+        (r.status, code_of(&r).as_str()),
+        (429, "RATE_LIMITED"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    // The plan is spent for the right origin too.
+    let right = [
+        ("X-API-Key", key.expose_secret()),
+        ("Origin", "https://shop.example"),
+    ];
+    let r = request_to(addr, "GET", "/v1/search", &right).await;
+    assert_eq!((r.status, code_of(&r).as_str()), (429, "RATE_LIMITED"));
+}
+
+#[tokio::test]
+async fn the_layer_answers_a_cors_preflight_with_204() {
+    let m = manager();
+    let addr = serve_layer(&m).await;
+    let r = request_to(
+        addr,
+        "OPTIONS",
+        "/v1/search",
+        &[
+            ("Origin", "https://shop.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "x-api-key, content-type"),
+        ],
+    )
+    .await;
+    assert_preflight_answer(&r);
+    // An OPTIONS without the preflight headers is not a preflight: it
+    // needs a key like any request.
+    let r = request_to(
+        addr,
+        "OPTIONS",
+        "/v1/search",
+        &[("Origin", "https://shop.example")],
+    )
+    .await;
+    assert_eq!((r.status, code_of(&r).as_str()), (401, "MISSING_API_KEY"));
+}
+
+/// Secret keys are not subject to origins and get no CORS headers; a gate
+/// whose prefixes include no publishable one answers no preflight.
+#[tokio::test]
+async fn secret_keys_and_services_without_publishable_keys_are_unchanged() {
+    let m = manager();
+    let (sk, _) = m
+        .create(
+            NewKey::new("sk_live_").scopes(["search:query"]),
+            &Actor::new("admin"),
+        )
+        .await
+        .unwrap();
+    let addr = serve_layer(&m).await;
+    let r = request_to(
+        addr,
+        "GET",
+        "/v1/search",
+        &[
+            ("X-API-Key", sk.expose_secret()),
+            ("Origin", "https://evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    let verifier =
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[21; 32]).unwrap()).unwrap());
+    let secret_only = KeyManager::new(verifier, MemoryStore::new());
+    let gate = Gate::from_manager(&secret_only);
+    let preflight = [
+        ("Origin", "https://shop.example"),
+        ("Access-Control-Request-Method", "POST"),
+    ];
+    assert!(gate.preflight("OPTIONS", preflight).is_none());
+    assert!(
+        Gate::from_manager(&m)
+            .preflight("OPTIONS", preflight)
+            .is_some()
+    );
+}
+
+/// The audit sampler counts refused origins under their own reason (one
+/// reason enum: no second table to forget a variant in).
+#[tokio::test]
+async fn refused_origins_are_counted_by_the_audit_sampler() {
+    let audit = Arc::new(MemoryAuditSink::new());
+    let m = manager().with_audit_sink(Arc::clone(&audit));
+    let key = publishable(&m).await;
+    let gate = Gate::from_manager(&m);
+    let route = Route::new(Requirement::scope("search:query").unwrap());
+    let d = gate
+        .check(
+            [
+                ("x-api-key", key.expose_secret()),
+                ("origin", "https://evil.example"),
+            ],
+            None,
+            None,
+            &route,
+        )
+        .await;
+    let Decision::Rejected(r) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(r.error.code(), "ORIGIN_NOT_ALLOWED");
+    let sampled: Vec<(&str, u64)> = audit
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditKind::RejectionsSampled { counts } => Some(counts.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(sampled, [("origin_not_allowed", 1)]);
 }

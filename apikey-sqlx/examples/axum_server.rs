@@ -232,11 +232,10 @@ where
     let gate = Arc::new(
         Gate::from_manager(&manager)
             .with_quotas(QuotaTable::fixed(FREE).plan("professional", PROFESSIONAL))
-            .with_credits("tasks"),
+            .with_credits("tasks")
+            .with_store_timeout(Duration::from_secs(2)),
     );
-    let guard = |route: Route| {
-        ApiKeyLayer::new(Arc::clone(&gate), route).with_store_timeout(Duration::from_secs(2))
-    };
+    let guard = |route: Route| ApiKeyLayer::new(Arc::clone(&gate), route);
 
     // The management surface: who calls is this app's business (see
     // `DemoCallers`); the rest is apikey-axum's.

@@ -16,8 +16,11 @@ use time::OffsetDateTime;
 use crate::environment::Environment;
 
 mod code;
+mod reason;
 
 pub use code::{Challenge, ErrorCode};
+pub use reason::FailureClass;
+pub(crate) use reason::{Reason, Stage};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

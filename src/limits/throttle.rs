@@ -9,7 +9,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::error::Error;
 use crate::limits::gcra::micros;
 
 /// Configuration of a [`FailureThrottle`] (per key id and per address).
@@ -52,50 +51,8 @@ impl Default for FailureThrottleConfig {
     }
 }
 
-/// How the pipeline treats a failed authentication (see the
-/// [limits docs](crate::limits)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FailureClass {
-    /// Malformed or forged: no store call; counted and sampled.
-    Junk,
-    /// The key's status, or an unknown id after the tag matched: backs off
-    /// per key id ([`Limits::key_failed`](crate::limits::Limits::key_failed)).
-    KeyStatus,
-    /// A verified key used where it may not be: charged to the key's rate
-    /// limit; audit sampled.
-    Authenticated,
-    /// Not a failure of the caller (store down, bad configuration).
-    Other,
-}
-
-impl FailureClass {
-    /// The class of `error` returned after the store lookup of a tagged
-    /// key (so [`Error::InvalidApiKey`] there means an unknown id).
-    ///
-    /// ```
-    /// use apikey::Error;
-    /// use apikey::limits::FailureClass;
-    /// assert_eq!(FailureClass::after_lookup(&Error::RevokedApiKey), FailureClass::KeyStatus);
-    /// assert_eq!(FailureClass::after_lookup(&Error::IpNotAllowed), FailureClass::Authenticated);
-    /// ```
-    #[must_use]
-    pub fn after_lookup(error: &Error) -> Self {
-        match error {
-            Error::InvalidApiKey
-            | Error::RevokedApiKey
-            | Error::DisabledApiKey
-            | Error::ExpiredApiKey { .. }
-            | Error::NotYetValid { .. }
-            | Error::PolicyViolation { .. } => Self::KeyStatus,
-            Error::InsufficientScope { .. }
-            | Error::IpNotAllowed
-            | Error::WrongEnvironment { .. } => Self::Authenticated,
-            Error::MalformedApiKey(_) => Self::Junk,
-            _ => Self::Other,
-        }
-    }
-}
+// Defined in `error`, next to the one reason enum it is read from.
+pub use crate::error::FailureClass;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -572,6 +529,7 @@ impl Drop for UntaggedAttempt<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn throttle(max_failures: u32, max_tracked: usize) -> FailureThrottle {
         FailureThrottle::new(FailureThrottleConfig {

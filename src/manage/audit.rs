@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::error::{Error, MalformedReason};
+use crate::error::Reason;
 use crate::key::KeyId;
 use crate::record::unix_nanos;
 
@@ -507,29 +507,12 @@ impl AuditSink for TracingSink {
     }
 }
 
-/// Reasons counted, not logged one by one: rejections before the tag
-/// matched, and failures of an authenticated key against the request.
-const REASONS: [&str; 12] = [
-    "missing",
-    "length",
-    "charset",
-    "unknown_prefix",
-    "checksum",
-    "non_canonical",
-    "unknown_version",
-    "forged",
-    "unknown_legacy",
-    "wrong_environment",
-    "insufficient_scope",
-    "ip_not_allowed",
-];
-
-/// Counts rejections per reason ([`REASONS`]: pre-tag rejections and
-/// failures of an authenticated key against the request) and emits at most
-/// one summary per interval. Lock-free: one atomic add per rejection, one compare-exchange
+/// Counts rejections per sampled [`Reason`] (pre-tag rejections, unknown
+/// legacy keys and failures of an authenticated key against the request)
+/// and emits at most one summary per interval. Lock-free: one atomic add per rejection, one compare-exchange
 /// per interval.
 pub(crate) struct RejectionSampler {
-    counts: [AtomicU64; REASONS.len()],
+    counts: [AtomicU64; Reason::SAMPLED.len()],
     last_emit: AtomicI64,
     interval_nanos: i64,
 }
@@ -542,7 +525,6 @@ impl fmt::Debug for RejectionSampler {
     }
 }
 
-pub(crate) const UNKNOWN_LEGACY: usize = 8;
 const CLOCK_EVERY: u64 = 64;
 
 impl RejectionSampler {
@@ -554,34 +536,6 @@ impl RejectionSampler {
         }
     }
 
-    /// The reason index of a pre-tag rejection, `None` for other errors.
-    pub(crate) fn reason_of(err: &Error) -> Option<usize> {
-        Some(match err {
-            Error::MissingApiKey => 0,
-            Error::MalformedApiKey(r) => match r {
-                MalformedReason::Length => 1,
-                MalformedReason::Charset => 2,
-                MalformedReason::UnknownPrefix => 3,
-                MalformedReason::Checksum => 4,
-                MalformedReason::NonCanonical => 5,
-                MalformedReason::UnknownVersion => 6,
-            },
-            Error::InvalidApiKey => 7,
-            _ => return None,
-        })
-    }
-
-    /// The reason index of a failure of an authenticated key against the
-    /// request (environment, scope, address), `None` for other errors.
-    pub(crate) fn reason_of_request_failure(err: &Error) -> Option<usize> {
-        Some(match err {
-            Error::WrongEnvironment { .. } => 9,
-            Error::InsufficientScope { .. } => 10,
-            Error::IpNotAllowed => 11,
-            _ => return None,
-        })
-    }
-
     /// Counts one rejection and, when the interval has passed since the last
     /// summary, emits a summary. The clock is read for the first 64
     /// rejections of a reason after each summary and then for every 64th,
@@ -589,11 +543,11 @@ impl RejectionSampler {
     /// most 64 rejections late.
     pub(crate) fn count(
         &self,
-        reason: usize,
+        reason: Reason,
         now: impl FnOnce() -> OffsetDateTime,
         sink: &dyn AuditSink,
     ) {
-        let Some(c) = self.counts.get(reason) else {
+        let Some(c) = reason.index().and_then(|i| self.counts.get(i)) else {
             return;
         };
         let prev = c.fetch_add(1, Ordering::Relaxed);
@@ -615,12 +569,12 @@ impl RejectionSampler {
 
     /// Emits a summary of everything counted since the last one, if any.
     pub(crate) fn emit(&self, now: OffsetDateTime, sink: &dyn AuditSink) {
-        let counts: Vec<(&'static str, u64)> = REASONS
+        let counts: Vec<(&'static str, u64)> = Reason::SAMPLED
             .iter()
             .zip(&self.counts)
-            .filter_map(|(name, c)| {
+            .filter_map(|(reason, c)| {
                 let n = c.swap(0, Ordering::AcqRel);
-                (n > 0).then_some((*name, n))
+                (n > 0).then_some((reason.label(), n))
             })
             .collect();
         if !counts.is_empty() {

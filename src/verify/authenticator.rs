@@ -34,7 +34,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result, StoreError};
+use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyId;
 use crate::limits::{FailureClass, Limits, NoLimits};
 use crate::manage::Monitor;
@@ -44,19 +44,9 @@ use crate::scope::Requirement;
 use crate::store::{KeyStore, UsageStore};
 use crate::trace;
 use crate::usage::UsageRecorder;
-use crate::verifier::{Refusal, VerifiedKey, Verifier};
+use crate::verifier::{Failure, VerifiedKey, Verifier};
 use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
-
-/// Classifies a failure once ([`FailureClass::after_lookup`]) and keeps its
-/// record only for a failure of an authenticated key against the request:
-/// the one case the gate charges to the key's rate limit.
-fn settle(mut r: Refusal) -> (FailureClass, Refusal) {
-    let class = FailureClass::after_lookup(&r.error);
-    if class != FailureClass::Authenticated {
-        r.view = None;
-    }
-    (class, r)
-}
+use crate::web::publishable::{self, RequestOrigin};
 
 /// How often an authenticator made by [`Authenticator::new`] writes its
 /// usage counts: the gate's axum layer starts a flush in the background at
@@ -423,17 +413,22 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         ip: Option<IpAddr>,
     ) -> impl Future<Output = Result<VerifiedKey>> {
         async move {
-            self.authenticate_kept(presented, requirement, ip)
+            self.authenticate_kept(presented, requirement, ip, None)
                 .await
-                .map_err(|r| r.error)
+                .map_err(|f| f.error)
         }
     }
 
     /// [`authenticate`](Self::authenticate), with what the pipeline learned
-    /// in the failure: the key's record when the failure is one of an
-    /// authenticated key against the request ([`FailureClass::Authenticated`],
-    /// native or legacy), so the gate charges that key's own plan without
-    /// parsing or classifying again.
+    /// in the failure ([`Failure`]: stage, reason, parsed id, and the record
+    /// once the secret matched), so the gate charges a failure of an
+    /// authenticated key against the request to that key's own plan
+    /// without parsing or classifying again.
+    ///
+    /// `origin`: the request's `Origin` and `Referer` at the web edge; a
+    /// publishable key whose origin is not on its allowlist fails there
+    /// like a scope failure ([`Error::OriginNotAllowed`]). `None` outside
+    /// the web edge (no origin to check).
     // Not an `async fn`, on purpose: an `async` block captures the
     // arguments in place, not copied again into the future, which the web
     // layer boxes on every request.
@@ -443,11 +438,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-    ) -> impl Future<Output = std::result::Result<VerifiedKey, Refusal>> {
+        origin: Option<&RequestOrigin<'_>>,
+    ) -> impl Future<Output = std::result::Result<VerifiedKey, Failure>> {
         async move {
             let started = metrics::Started::now();
             let result = trace::authenticate(async {
-                let result = self.run(presented, requirement, ip).await;
+                let result = self.run(presented, requirement, ip, origin).await;
                 if let Err(r) = &result {
                     trace::reason(&r.error);
                 }
@@ -465,45 +461,45 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         presented: &str,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+        origin: Option<&RequestOrigin<'_>>,
+    ) -> std::result::Result<VerifiedKey, Failure> {
         let limits = &self.limits;
+        let throttled =
+            |retry_after| Failure::at(Stage::Throttle, Error::TooManyFailures { retry_after });
         let parsed = match self.verifier.parse(presented) {
             Ok(p) => p,
             Err(e) => {
                 if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
-                    let attempt = limits
-                        .begin_untagged(ip)
-                        .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+                    let attempt = limits.begin_untagged(ip).map_err(throttled)?;
                     // Boxed: the legacy lookup's future is most of this
                     // one's size, and every tagged key (the hot path) would
                     // otherwise carry it through the web layer's future.
                     let result =
-                        Box::pin(self.authenticate_legacy(presented, l, requirement, ip)).await;
-                    return match result {
-                        Ok(v) => Ok(v),
-                        Err(r) => {
-                            let (class, r) = settle(r);
-                            if class == FailureClass::KeyStatus {
-                                limits.untagged_failed(attempt).await;
-                            }
-                            Err(r)
-                        }
-                    };
+                        Box::pin(self.authenticate_legacy(presented, l, requirement, ip, origin))
+                            .await;
+                    if let Err(f) = &result
+                        && f.reason.class() == FailureClass::KeyStatus
+                    {
+                        limits.untagged_failed(attempt).await;
+                    }
+                    return result;
                 }
-                self.count(RejectionSampler::reason_of(&e));
+                let failure = Failure::at(Stage::Parse, e);
+                self.count(failure.reason);
                 self.network_failed(ip);
-                return Err(e.into());
+                return Err(failure);
             }
         };
         let id = parsed.id();
         trace::key(parsed.prefix(), id);
         limits
             .check_key(id.as_u64())
-            .map_err(|retry_after| Error::TooManyFailures { retry_after })?;
+            .map_err(|retry_after| throttled(retry_after).of_key(id))?;
         let started = metrics::Started::now();
         let view = trace::store("fetch", self.store.fetch(id)).await;
         metrics::store_call("fetch", started, &view);
-        let view = view.map_err(Error::from_lookup)?;
+        let view =
+            view.map_err(|e| Failure::at(Stage::Lookup, Error::from_lookup(e)).of_key(id))?;
         // Only for the audit event of a failure; skipped without a sink.
         let owner = if self.audit.is_some() || self.monitor.is_some() {
             view.as_ref().and_then(|v| v.owner.clone())
@@ -517,12 +513,13 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let verified =
                 self.verifier
                     .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
-            match verified {
+            let verified = match verified {
                 Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
                     self.lineage(v).await
                 }
                 other => other,
-            }
+            };
+            verified.and_then(|v| Self::from_origin(v, origin))
         } else {
             // Usage or audit records the time: read it once, checked
             // against the supported range before anything else.
@@ -536,17 +533,35 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 }
                 other => other,
             };
+            let verified = verified.and_then(|v| Self::from_origin(v, origin));
             self.finish(verified, id, owner.as_deref(), now, ip)
         };
         match result {
             Ok(v) => Ok(v),
-            Err(r) => {
-                let (class, r) = settle(r);
-                if class == FailureClass::KeyStatus {
+            Err(f) => {
+                let f = f.of_key(id);
+                if f.reason.class() == FailureClass::KeyStatus {
                     limits.key_failed(id.as_u64()).await;
                 }
-                Err(r)
+                Err(f)
             }
+        }
+    }
+
+    /// A publishable key's origin check at the web edge (no check without
+    /// an `origin`: not a web request).
+    #[inline]
+    fn from_origin(
+        v: VerifiedKey,
+        origin: Option<&RequestOrigin<'_>>,
+    ) -> std::result::Result<VerifiedKey, Failure> {
+        match origin.map(|o| publishable::check_view(v.view(), o)) {
+            None | Some(Ok(())) => Ok(v),
+            Some(Err(e)) => Err(Failure {
+                id: Some(v.id()),
+                view: Some(Arc::clone(v.view())),
+                ..Failure::at(Stage::Request, e)
+            }),
         }
     }
 
@@ -559,28 +574,33 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
 
     /// A derived key's ancestors ([`derived`](crate::verify::derived));
     /// called for children only, so other keys pay one flag test.
-    async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Refusal> {
+    async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Failure> {
         match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
             Ok(()) => Ok(v),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(Failure {
+                id: Some(v.id()),
+                view: Some(Arc::clone(v.view())),
+                ..Failure::from(e)
+            }),
         }
     }
 
-    /// Counts one rejection for the sampled summary.
-    fn count(&self, reason: Option<usize>) {
-        if let (Some(a), Some(r)) = (&self.audit, reason) {
-            a.rejections.count(r, || self.clock.now(), &*a.sink);
+    /// Counts one rejection for the sampled summary (a reason the sampler
+    /// does not count is ignored).
+    fn count(&self, reason: Reason) {
+        if let Some(a) = &self.audit {
+            a.rejections.count(reason, || self.clock.now(), &*a.sink);
         }
     }
 
     fn finish(
         &self,
-        verified: std::result::Result<VerifiedKey, Refusal>,
+        verified: std::result::Result<VerifiedKey, Failure>,
         id: KeyId,
         owner: Option<&str>,
         now: OffsetDateTime,
         ip: Option<IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+    ) -> std::result::Result<VerifiedKey, Failure> {
         match verified {
             Ok(v) => {
                 if let Some(u) = &self.usage {
@@ -591,10 +611,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 }
                 Ok(v)
             }
-            Err(r) => {
-                let e = &r.error;
+            Err(f) => {
                 if let Some(m) = &self.monitor {
-                    if FailureClass::after_lookup(e) == FailureClass::KeyStatus {
+                    if f.reason.class() == FailureClass::KeyStatus {
                         m.key_failed(id, owner, now);
                     }
                     if let Some(ip) = ip {
@@ -602,22 +621,23 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                     }
                 }
                 if let Some(a) = &self.audit {
-                    match RejectionSampler::reason_of_request_failure(e) {
+                    if f.reason.sampled() {
                         // An authenticated key that does not fit the
                         // request: counted, like junk.
-                        Some(r) => a.rejections.count(r, || now, &*a.sink),
-                        None => a.sink.record(
+                        a.rejections.count(f.reason, || now, &*a.sink);
+                    } else {
+                        a.sink.record(
                             &AuditEvent::new(
                                 now,
                                 AuditKind::VerificationFailed {
-                                    code: e.code().as_str(),
+                                    code: f.reason.code().as_str(),
                                 },
                             )
                             .key(id, owner),
-                        ),
+                        );
                     }
                 }
-                Err(r)
+                Err(f)
             }
         }
     }
@@ -628,12 +648,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         prefix: &LegacyPrefix,
         requirement: &Requirement,
         ip: Option<IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+        origin: Option<&RequestOrigin<'_>>,
+    ) -> std::result::Result<VerifiedKey, Failure> {
         if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= prefix.legacy.len() {
-            self.count(RejectionSampler::reason_of(&Error::MalformedApiKey(
-                crate::MalformedReason::Length,
-            )));
-            return Err(Error::MalformedApiKey(crate::MalformedReason::Length).into());
+            let failure = Failure::at(
+                Stage::Parse,
+                Error::MalformedApiKey(crate::MalformedReason::Length),
+            );
+            self.count(failure.reason);
+            return Err(failure);
         }
         let keyring = self.verifier.keyring();
         let sha = legacy::sha(presented);
@@ -645,22 +668,26 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             let started = metrics::Started::now();
             let rec = trace::store("find_legacy", self.store.find_legacy(&index)).await;
             metrics::store_call("find_legacy", started, &rec);
-            if let Some(rec) = rec.map_err(Error::from_lookup)? {
+            let rec = rec.map_err(|e| Failure::at(Stage::Lookup, Error::from_lookup(e)))?;
+            if let Some(rec) = rec {
                 found = Some((rec, index));
                 break;
             }
         }
         let now = self.clock.now();
         let Some((rec, index)) = found else {
-            self.count(Some(crate::audit::UNKNOWN_LEGACY));
+            let failure =
+                Failure::at(Stage::Lookup, Error::InvalidApiKey).because(Reason::UnknownLegacy);
+            self.count(failure.reason);
             self.network_failed(ip);
-            return Err(Error::InvalidApiKey.into());
+            return Err(failure);
         };
         let verified = if legacy::matches(&self.verifier, &rec, prefix, &index, presented) {
             self.verifier
                 .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
+                .and_then(|v| Self::from_origin(v, origin))
         } else {
-            Err(Error::InvalidApiKey.into())
+            Err(Failure::at(Stage::Verify, Error::InvalidApiKey).of_key(rec.id))
         };
         let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now, ip)?;
         // Best effort: a failure leaves the record as it was, and the next
@@ -675,5 +702,111 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             );
         }
         Ok(verified)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::key::{Keyring, ServerSecret};
+    use crate::limits::{FailureThrottleConfig, MemoryLimits};
+    use crate::record::NewKey;
+    use crate::store::MemoryStore;
+
+    fn failure(r: std::result::Result<VerifiedKey, Failure>) -> Failure {
+        match r {
+            Ok(_) => panic!("verified"),
+            Err(f) => f,
+        }
+    }
+
+    /// Issue 18, item 2: the pipeline's failure keeps what it learned, so
+    /// nothing downstream parses the key or classifies the error again.
+    #[tokio::test]
+    async fn a_failure_keeps_its_stage_reason_id_and_record() {
+        let verifier =
+            Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
+        let store = MemoryStore::new();
+        let now = OffsetDateTime::now_utc();
+        let (key, record) = verifier
+            .issue(
+                NewKey::new("sk_live_")
+                    .scopes(["read"])
+                    .metadata("plan", "paid"),
+                now,
+            )
+            .unwrap();
+        let (unknown, _) = verifier.issue(NewKey::new("sk_live_"), now).unwrap();
+        store.insert_sync(record.clone()).unwrap();
+        let throttle = FailureThrottleConfig {
+            max_failures: 1,
+            ..FailureThrottleConfig::default()
+        };
+        let auth = Authenticator::read_only(verifier, store)
+            .with_limits(MemoryLimits::new().with_failure_throttle(throttle));
+        let run = |text: String, req: Requirement| {
+            let auth = &auth;
+            async move { auth.authenticate_kept(&text, &req, None, None).await }
+        };
+        let any = Requirement::none;
+
+        // Junk: no id, no record.
+        let f = failure(run("sk_live_nope".into(), any()).await);
+        assert_eq!(
+            (f.stage, f.id.is_none(), f.view.is_none()),
+            (Stage::Parse, true, true)
+        );
+        assert!(matches!(f.reason, Reason::Malformed(_)));
+        // A forged key (checksum right, tag wrong) is told apart from an
+        // unknown id, though both answer INVALID_API_KEY.
+        // Issued under another server secret: checksum right, tag wrong.
+        let other =
+            Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32]).unwrap()).unwrap());
+        let (forged, _) = other.issue(NewKey::new("sk_live_"), now).unwrap();
+        let forged = forged.expose_secret().to_owned();
+        let f = failure(run(forged, any()).await);
+        assert_eq!(f.error.code(), "INVALID_API_KEY");
+        assert!(
+            matches!(f.reason, Reason::Forged | Reason::Malformed(_)),
+            "{f:?}"
+        );
+
+        // A scope failure: the id, and the record with the key's plan.
+        let f = failure(
+            run(
+                key.expose_secret().to_owned(),
+                Requirement::scope("write").unwrap(),
+            )
+            .await,
+        );
+        assert_eq!(
+            (f.stage, f.reason, f.id),
+            (Stage::Verify, Reason::InsufficientScope, Some(record.id))
+        );
+        assert_eq!(f.reason.class(), FailureClass::Authenticated);
+        assert_eq!(
+            f.metadata().unwrap().get("plan").map(String::as_str),
+            Some("paid")
+        );
+
+        // An unknown id: the parsed id, no record.
+        let f = failure(run(unknown.expose_secret().to_owned(), any()).await);
+        let unknown_id = auth.verifier().parse(unknown.expose_secret()).unwrap().id();
+        assert_eq!(
+            (f.stage, f.reason, f.id),
+            (Stage::Verify, Reason::InvalidKey, Some(unknown_id))
+        );
+        assert!(f.view.is_none());
+        assert_eq!(f.reason.class(), FailureClass::KeyStatus);
+
+        // That key-status failure backed the id off: the throttle's stage.
+        let f = failure(run(unknown.expose_secret().to_owned(), any()).await);
+        assert_eq!(
+            (f.stage, f.reason, f.id),
+            (Stage::Throttle, Reason::Throttled, Some(unknown_id))
+        );
+        assert_eq!(f.error.code(), "TOO_MANY_FAILED_ATTEMPTS");
     }
 }

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use crate::clock::{check_time, out_of_range, unix_nanos_in_range};
-use crate::error::{Error, Result, StoreError};
+use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyDigest;
 use crate::key::Keyring;
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
@@ -338,7 +338,7 @@ impl Verifier {
         now: OffsetDateTime,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+    ) -> std::result::Result<VerifiedKey, Failure> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
         let view = self.check_secret(parsed, view)?;
         self.policy(
@@ -385,7 +385,7 @@ impl Verifier {
         clock: &C,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+    ) -> std::result::Result<VerifiedKey, Failure> {
         let view = self.check_secret(parsed, view)?;
         self.policy(
             Some(parsed.environment()),
@@ -494,7 +494,7 @@ impl Verifier {
         now: OffsetDateTime,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+    ) -> std::result::Result<VerifiedKey, Failure> {
         let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
         self.policy(None, view, || Ok(now), requirement, ip)
     }
@@ -509,12 +509,13 @@ impl Verifier {
         now: impl FnOnce() -> Result<i64>,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Refusal> {
+    ) -> std::result::Result<VerifiedKey, Failure> {
         match self.check_policy(key_env, &view, now, requirement, ip) {
             Ok(()) => Ok(VerifiedKey { view }),
-            Err(error) => Err(Refusal {
-                error,
+            Err(error) => Err(Failure {
+                id: Some(view.id),
                 view: Some(view),
+                ..Failure::from(error)
             }),
         }
     }
@@ -619,26 +620,74 @@ fn no_parent(v: VerifiedKey) -> Result<VerifiedKey> {
     }
 }
 
-/// A failed verification and what the pipeline learned on the way: the
-/// record the key was checked against, once its secret matched (`None`
-/// for a key that was malformed, forged, unknown or had the wrong secret).
-/// The [`Authenticator`](crate::Authenticator) keeps it only for failures
-/// of an authenticated key against the request (scope, address,
-/// environment), which the [`Gate`](crate::web::Gate) charges to that
-/// key's own rate limit and plan.
+/// A failed verification and what the pipeline learned on the way, so no
+/// later step parses the key or classifies the error again:
+///
+/// * `error`: what the client is told;
+/// * `stage`: where it failed;
+/// * `reason`: why, once ([`Reason`]: the wire code, the failure
+///   throttle's class and the audit sampler's slot are all read from it);
+/// * `id`: the parsed key id, where parsing got that far;
+/// * `view`: the record the key was checked against, once its secret
+///   matched (`None` for a key that was malformed, forged, unknown or had
+///   the wrong secret): its metadata names the key's plan, which the
+///   [`Gate`](crate::web::Gate) charges for a failure of an authenticated
+///   key against the request (scope, address, environment, origin).
 #[derive(Debug)]
-pub(crate) struct Refusal {
+pub(crate) struct Failure {
     pub(crate) error: Error,
+    pub(crate) stage: Stage,
+    pub(crate) reason: Reason,
+    pub(crate) id: Option<KeyId>,
     pub(crate) view: Option<Arc<KeyView>>,
 }
 
-impl From<Error> for Refusal {
+impl Failure {
+    /// `error`, at `stage`, classified once.
     #[inline]
-    fn from(error: Error) -> Self {
-        Self { error, view: None }
+    pub(crate) fn at(stage: Stage, error: Error) -> Self {
+        Self {
+            reason: Reason::of(&error, stage),
+            error,
+            stage,
+            id: None,
+            view: None,
+        }
+    }
+
+    /// The failure of the key `id` (parsed, or read from its record).
+    #[inline]
+    pub(crate) fn of_key(mut self, id: KeyId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// A reason the error alone does not tell (an unknown legacy key).
+    #[inline]
+    pub(crate) fn because(mut self, reason: Reason) -> Self {
+        debug_assert_eq!(reason.code(), self.error.code());
+        self.reason = reason;
+        self
+    }
+
+    /// The record's metadata, where the record was read and the secret
+    /// matched (the plan).
+    pub(crate) fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        debug_assert!(
+            self.view.is_none() || matches!(self.stage, Stage::Verify | Stage::Request),
+            "a record is kept only from the record's checks on"
+        );
+        self.view.as_deref().map(KeyView::metadata)
     }
 }
 
+/// Inside the verifier every failure is one of the record's checks.
+impl From<Error> for Failure {
+    #[inline]
+    fn from(error: Error) -> Self {
+        Self::at(Stage::Verify, error)
+    }
+}
 /// A key that passed verification: what the handler needs to know.
 ///
 /// ```

@@ -64,6 +64,7 @@ use std::fmt;
 
 use crate::error::{Error, MalformedReason, Result};
 use crate::key::PrefixRegistry;
+use crate::web::publishable::RequestOrigin;
 
 /// Default limit on a presented value, in bytes. Keys are at most
 /// [`ApiKey::MAX_LEN`](crate::ApiKey::MAX_LEN) long.
@@ -118,6 +119,8 @@ impl fmt::Display for Scheme {
 pub struct PresentedKey<'a> {
     text: &'a str,
     scheme: Scheme,
+    /// The request's `Origin` and `Referer`, for a publishable key.
+    origin: RequestOrigin<'a>,
 }
 
 impl<'a> PresentedKey<'a> {
@@ -131,6 +134,11 @@ impl<'a> PresentedKey<'a> {
     /// Where it came from (the preferred one when it came from several).
     pub fn scheme(&self) -> Scheme {
         self.scheme
+    }
+
+    /// The request's `Origin` and `Referer`, read in the same pass.
+    pub(crate) fn origin(&self) -> &RequestOrigin<'a> {
+        &self.origin
     }
 }
 
@@ -214,6 +222,11 @@ pub struct Extractor {
     /// Declared legacy prefixes: Bearer tokens starting with one are ours.
     legacy: Vec<Cow<'static, str>>,
     header_name: Cow<'static, str>,
+    /// `header_name` as an `http` header name, for [`HeaderMap`](http::HeaderMap)
+    /// lookups (`None` when it is not a valid header name: nothing can
+    /// carry it).
+    #[cfg(feature = "http")]
+    header: Option<http::HeaderName>,
     sources: Sources,
     query_param: Option<Cow<'static, str>>,
     refuse_query_params: Vec<Cow<'static, str>>,
@@ -228,6 +241,8 @@ impl Extractor {
             prefixes,
             legacy: Vec::new(),
             header_name: Cow::Borrowed("X-API-Key"),
+            #[cfg(feature = "http")]
+            header: Some(http::HeaderName::from_static("x-api-key")),
             sources: Sources::ALL,
             query_param: None,
             refuse_query_params: vec![Cow::Borrowed("api_key"), Cow::Borrowed("apikey")],
@@ -238,6 +253,10 @@ impl Extractor {
     /// The API-key header's name (case-insensitive). Defaults to `X-API-Key`.
     pub fn with_header_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.header_name = name.into();
+        #[cfg(feature = "http")]
+        {
+            self.header = http::HeaderName::from_bytes(self.header_name.as_bytes()).ok();
+        }
         self
     }
 
@@ -404,17 +423,11 @@ impl Extractor {
             if self.accepts(Scheme::ApiKeyHeader)
                 && name.eq_ignore_ascii_case(self.header_name.as_bytes())
             {
-                match self.check_value(value) {
-                    Ok("") => {}
-                    Ok(text) => seen.key(text, Scheme::ApiKeyHeader),
-                    Err(e) => seen.error(e),
-                }
+                self.api_key_value(value, &mut seen);
             } else if name.eq_ignore_ascii_case(b"authorization") {
-                match self.bearer_token(value) {
-                    Ok(Some(text)) => seen.key(text, Scheme::Bearer),
-                    Ok(None) => seen.foreign = true,
-                    Err(e) => seen.error(e),
-                }
+                self.authorization_value(value, &mut seen);
+            } else {
+                seen.origin.see(name, value);
             }
         }
         if let Some(query) = query {
@@ -445,7 +458,52 @@ impl Extractor {
         headers: &'a http::HeaderMap,
         query: Option<&'a str>,
     ) -> Result<Extracted<'a>> {
-        self.extract_with_query(headers.iter(), query)
+        // The same outcome as `extract_with_query(headers.iter(), query)`
+        // (every value of the two names is read before deciding), by
+        // looking the names up instead of comparing every header's name.
+        let mut seen = Seen::default();
+        let api_key = self
+            .header
+            .as_ref()
+            .filter(|_| self.accepts(Scheme::ApiKeyHeader));
+        if let Some(name) = api_key {
+            for value in headers.get_all(name) {
+                self.api_key_value(value.as_bytes(), &mut seen);
+            }
+        }
+        // A service that reads keys from a header named `Authorization`
+        // reads its every value as a key, as the scan does.
+        if api_key.is_none_or(|name| name != http::header::AUTHORIZATION) {
+            for value in headers.get_all(http::header::AUTHORIZATION) {
+                self.authorization_value(value.as_bytes(), &mut seen);
+            }
+        }
+        // Read only for a publishable key.
+        seen.origin = RequestOrigin::in_map(headers);
+        if let Some(query) = query {
+            self.scan_query(query, &mut seen);
+        }
+        seen.outcome()
+    }
+
+    /// A value of the API-key header.
+    #[inline]
+    fn api_key_value<'a>(&self, value: &'a [u8], seen: &mut Seen<'a>) {
+        match self.check_value(value) {
+            Ok("") => {}
+            Ok(text) => seen.key(text, Scheme::ApiKeyHeader),
+            Err(e) => seen.error(e),
+        }
+    }
+
+    /// A value of `Authorization`.
+    #[inline]
+    fn authorization_value<'a>(&self, value: &'a [u8], seen: &mut Seen<'a>) {
+        match self.bearer_token(value) {
+            Ok(Some(text)) => seen.key(text, Scheme::Bearer),
+            Ok(None) => seen.foreign = true,
+            Err(e) => seen.error(e),
+        }
     }
 
     /// Trims optional whitespace, enforces the length limit first, then
@@ -523,12 +581,20 @@ struct Seen<'a> {
     query_refused: bool,
     /// The most serious malformed value: `Length` before `Charset`.
     malformed: Option<MalformedReason>,
+    /// `Origin` and `Referer`.
+    origin: RequestOrigin<'a>,
 }
 
 impl<'a> Seen<'a> {
     fn key(&mut self, text: &'a str, scheme: Scheme) {
         match &mut self.found {
-            None => self.found = Some(PresentedKey { text, scheme }),
+            None => {
+                self.found = Some(PresentedKey {
+                    text,
+                    scheme,
+                    origin: RequestOrigin::default(),
+                })
+            }
             // Not secret-dependent timing worth hiding: both values come
             // from the same client. The same key twice reports the
             // preferred scheme (API-key header, then Bearer, then query).
@@ -565,7 +631,10 @@ impl<'a> Seen<'a> {
             ));
         }
         match self.found {
-            Some(key) => Ok(Extracted::Key(key)),
+            Some(key) => Ok(Extracted::Key(PresentedKey {
+                origin: self.origin,
+                ..key
+            })),
             None if self.foreign => Ok(Extracted::NotOurs),
             None => Err(Error::MissingApiKey),
         }
@@ -712,6 +781,63 @@ mod tests {
             ex().extract(h),
             Err(Error::MalformedApiKey(MalformedReason::Charset))
         ));
+    }
+
+    /// The header-map path (what the axum layer runs) looks the two names
+    /// up instead of scanning: it must decide exactly as the scan, for
+    /// every subset of a set of awkward headers, under several extractor
+    /// configurations.
+    #[cfg(feature = "http")]
+    #[test]
+    fn header_map_lookup_decides_as_the_scan() {
+        let oversized = format!("sk_live_{}", "a".repeat(300));
+        let headers: [(&str, &str); 11] = [
+            ("X-API-Key", "sk_live_aaaa"),
+            ("x-api-key", "sk_live_aaaa"),
+            ("x-api-key", "sk_live_bbbb"),
+            ("Authorization", "Bearer sk_live_aaaa"),
+            ("authorization", "Basic dXNlcjpwdw=="),
+            ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+            ("x-api-key", oversized.as_str()),
+            ("x-api-key", "   "),
+            ("x-token", "sk_live_cccc"),
+            ("Origin", "https://shop.example"),
+            ("referer", "https://shop.example/x"),
+        ];
+        let extractors = [
+            ex(),
+            ex().with_header_name("X-Token"),
+            ex().with_header_name("authorization"),
+            ex().with_sources(Sources::BEARER),
+            ex().with_sources(Sources::API_KEY_HEADER),
+            ex().with_header_name("not a header name"),
+        ];
+        for e in &extractors {
+            for mask in 0u32..(1 << headers.len()) {
+                let chosen: Vec<(&str, &str)> = (0..headers.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| headers[i])
+                    .collect();
+                let mut map = http::HeaderMap::new();
+                for (n, v) in &chosen {
+                    map.append(
+                        http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        http::HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+                let scan = e.extract(chosen.iter().map(|(n, v)| (*n, *v)));
+                let lookup = e.extract_header_map(&map, None);
+                let describe = |r: &Result<Extracted<'_>>| match r {
+                    Ok(Extracted::Key(k)) => format!("key {} {:?}", k.expose_secret(), k.scheme()),
+                    Ok(Extracted::NotOurs) => "not ours".to_owned(),
+                    Err(e) => format!("{e:?}"),
+                };
+                assert_eq!(describe(&scan), describe(&lookup), "{chosen:?} {e:?}");
+                if let (Ok(Extracted::Key(a)), Ok(Extracted::Key(b))) = (&scan, &lookup) {
+                    assert_eq!(a.origin().to_header(), b.origin().to_header(), "{chosen:?}");
+                }
+            }
+        }
     }
 
     #[test]

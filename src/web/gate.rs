@@ -6,7 +6,7 @@
 //! 1. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
 //!    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
 //!    refused the same way by default, and give [`Decision::NotOurs`] only
-//!    with the opt-in [`ForeignCredentials::PassThrough`];
+//!    with the route's opt-in [`ForeignCredentials::PassThrough`];
 //! 2. authentication and the route's scope requirement ([`Authenticator`]),
 //!    with the failure throttle of the gate's limits bundle: a key id backed
 //!    off after repeated key-status failures is 429
@@ -17,12 +17,22 @@
 //!    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when
 //!    metering, the route's credit cost from the key's and the owner's
 //!    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
-//!    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address
-//!    and environment failures (of native and imported legacy keys alike)
-//!    are charged to the key's rate limit, under its own plan's quota.
+//!    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address,
+//!    environment and origin failures (of native and imported legacy keys
+//!    alike) are charged to the key's rate limit, under its own plan's
+//!    quota.
 //!
-//! [`Decision::Admitted`] carries the verified key and the `X-RateLimit-*`
-//! headers for the response; [`Decision::Rejected`] turns into an
+//! A publishable key ([`publishable`]) is also
+//! checked against the request's `Origin` (`Referer` as fallback), read in
+//! the extraction pass: 403 `ORIGIN_NOT_ALLOWED` unless it is on the key's
+//! allowlist. [`Gate::preflight`] answers CORS preflights.
+//!
+//! The pipeline's failure keeps what it learned (where it failed, one
+//! reason, the parsed id, the record once the secret matched), so the gate
+//! never parses a key twice nor classifies an error again.
+//!
+//! [`Decision::Admitted`] carries the verified key and the headers for the
+//! response (`X-RateLimit-*`, CORS); [`Decision::Rejected`] turns into an
 //! [`ErrorResponse`].
 //!
 //! # Embedding in a hand-written server
@@ -87,7 +97,7 @@
 //! let gate = Gate::new(Authenticator::new(verifier, store));
 //!
 //! let headers = [("x-api-key", key.expose_secret())];
-//! let answer = match gate.extract(headers, None, None) {
+//! let answer = match gate.extract(headers, None, None, &Route::any_key()) {
 //!     Ok(Extracted::Key(presented)) => {
 //!         let auth = gate.authenticator();
 //!         let store = auth.store();
@@ -108,6 +118,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +130,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, StoreError};
 use crate::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use crate::limits::{
-    Admission, CreditCharge, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo, SpendReceipt,
-    SyncLimits, Verdict,
+    Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo,
+    SpendReceipt, SyncLimits, Verdict,
 };
 use crate::metrics;
 use crate::response::{
@@ -129,7 +140,8 @@ use crate::response::{
 };
 use crate::scope::Requirement;
 use crate::store::KeyStore;
-use crate::verifier::{Refusal, VerifiedKey};
+use crate::verifier::{Failure, VerifiedKey};
+use crate::web::publishable::{self, CorsHeaders};
 
 /// What one route needs: a scope requirement and a credit cost.
 ///
@@ -144,14 +156,17 @@ use crate::verifier::{Refusal, VerifiedKey};
 pub struct Route {
     requirement: Requirement,
     cost: u64,
+    foreign: ForeignCredentials,
 }
 
 impl Route {
-    /// A route needing `requirement`, costing 1 credit.
+    /// A route needing `requirement`, costing 1 credit, refusing
+    /// credentials that are not ours.
     pub fn new(requirement: Requirement) -> Self {
         Self {
             requirement,
             cost: 1,
+            foreign: ForeignCredentials::Reject,
         }
     }
 
@@ -175,6 +190,27 @@ impl Route {
     /// The credit cost.
     pub fn credit_cost(&self) -> u64 {
         self.cost
+    }
+
+    /// What to do with credentials that are not ours on this route (see
+    /// [`ForeignCredentials`]). Defaults to [`ForeignCredentials::Reject`]:
+    /// fail closed. The one place this is set: the gate and the axum layer
+    /// read it from the route they run.
+    ///
+    /// ```
+    /// use apikey::web::{ForeignCredentials, Route};
+    /// let also_jwt = Route::any_key().with_foreign_credentials(ForeignCredentials::PassThrough);
+    /// assert_eq!(also_jwt.foreign_credentials(), ForeignCredentials::PassThrough);
+    /// assert_eq!(Route::any_key().foreign_credentials(), ForeignCredentials::Reject);
+    /// ```
+    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
+        self.foreign = foreign;
+        self
+    }
+
+    /// The [`ForeignCredentials`] setting of this route.
+    pub fn foreign_credentials(&self) -> ForeignCredentials {
+        self.foreign
     }
 }
 
@@ -245,7 +281,8 @@ impl QuotaTable {
     }
 }
 
-/// What a [`Gate`] (and the axum layer) does with a request whose
+/// What a [`Gate`] (and the axum layer) does, on a [`Route`]
+/// ([`Route::with_foreign_credentials`]), with a request whose
 /// credentials are not API keys of ours: a Bearer token without one of the
 /// registered prefixes (a JWT), `Authorization: Basic`, `Token x`, any other
 /// `Authorization` scheme.
@@ -298,16 +335,26 @@ pub struct Admitted {
     pub credits: Option<SpendReceipt>,
     /// Wall-clock time of the decision (for `X-RateLimit-Reset`).
     pub now: OffsetDateTime,
+    /// For a publishable key: the request's origin, which is on the key's
+    /// allowlist, to echo in `Access-Control-Allow-Origin` (see
+    /// [`publishable`]). `None` for other keys.
+    pub allow_origin: Option<String>,
 }
 
 impl Admitted {
-    /// The `X-RateLimit-*` headers to add to the response (empty when no
-    /// window is enforced).
+    /// The headers to add to the response: `X-RateLimit-*` (when a window
+    /// is enforced) and, for a publishable key, the CORS headers
+    /// (`Access-Control-Allow-Origin`, `Vary: Origin`).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        self.rate_limit
+        let mut headers: Vec<_> = self
+            .rate_limit
             .iter()
             .flat_map(|info| rate_limit_headers(info, self.now))
-            .collect()
+            .collect();
+        if let Some(origin) = &self.allow_origin {
+            headers.extend(publishable::cors_headers(origin.clone()));
+        }
+        headers
     }
 }
 
@@ -385,7 +432,12 @@ pub struct Gate<S, C = SystemClock, L = NoLimits> {
     realm: Cow<'static, str>,
     /// `MISSING_API_KEY` details for `extractor`, computed once.
     missing: Arc<MissingKeyDetails>,
-    foreign: ForeignCredentials,
+    /// The bound on the pipeline and the admission.
+    store_timeout: Option<Duration>,
+    /// A registered prefix is publishable: check origins and answer CORS
+    /// preflights (no key can be publishable otherwise: verification
+    /// needs a registered prefix).
+    cors: bool,
 }
 
 impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
@@ -399,6 +451,11 @@ impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
             &authenticator,
         );
         let missing = Arc::new(missing_key_details(&extractor));
+        let cors = authenticator
+            .verifier()
+            .prefixes()
+            .iter()
+            .any(|e| e.prefix.is_publishable());
         Self {
             authenticator,
             extractor,
@@ -406,7 +463,8 @@ impl<S: KeyStore, C: Clock, L: Limits> Gate<S, C, L> {
             credits_api: None,
             realm: Cow::Borrowed(REALM),
             missing,
-            foreign: ForeignCredentials::Reject,
+            store_timeout: None,
+            cors,
         }
     }
 }
@@ -471,7 +529,8 @@ where
             credits_api: self.credits_api,
             realm: self.realm,
             missing: self.missing,
-            foreign: self.foreign,
+            store_timeout: self.store_timeout,
+            cors: self.cors,
         }
     }
 
@@ -483,17 +542,43 @@ where
         self
     }
 
-    /// What to do with credentials that are not ours (see
-    /// [`ForeignCredentials`]). Defaults to
-    /// [`ForeignCredentials::Reject`]: fail closed.
-    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
-        self.foreign = foreign;
+    /// Bounds each request's authentication and admission (the key-store
+    /// lookup, and the limits store's round trip); past it the request is
+    /// refused with 503 `STORE_UNAVAILABLE` and `Retry-After`. Defaults to
+    /// no bound. Needs a tokio runtime with the time driver (feature
+    /// `axum`).
+    #[cfg(feature = "axum")]
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = Some(timeout);
         self
     }
 
-    /// The [`ForeignCredentials`] setting.
-    pub fn foreign_credentials(&self) -> ForeignCredentials {
-        self.foreign
+    /// The store timeout, if any (see `with_store_timeout`).
+    pub fn store_timeout(&self) -> Option<Duration> {
+        self.store_timeout
+    }
+
+    /// The answer to a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) when one of the verifier's
+    /// prefixes is publishable: answer it with 204 and these headers (see
+    /// [`publishable::preflight`]). `None` for any other request, and for
+    /// every request when no prefix is publishable (the preflight then
+    /// reaches the service as before).
+    pub fn preflight<'h, I, N, V>(&self, method: &str, headers: I) -> Option<CorsHeaders>
+    where
+        I: IntoIterator<Item = (N, &'h V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'h,
+    {
+        if !self.cors {
+            return None;
+        }
+        let key_header = if self.extractor.accepts(Scheme::ApiKeyHeader) {
+            self.extractor.header_name()
+        } else {
+            "authorization"
+        };
+        publishable::preflight(method, headers, key_header)
     }
 
     /// The realm named in `WWW-Authenticate`. Defaults to `api`.
@@ -559,10 +644,48 @@ where
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        match self.extract(headers, query, client) {
-            Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
-            Ok(Extracted::NotOurs) => Decision::NotOurs,
-            Err(rejection) => Decision::Rejected(rejection),
+        self.decide(self.extract(headers, query, client, route), client, route)
+            .await
+    }
+
+    /// [`check`](Self::check) on an [`http::HeaderMap`]: the key's headers
+    /// are looked up by name rather than found by comparing every header
+    /// ([`Extractor::extract_header_map`]); the same decision. What the
+    /// axum layer runs.
+    #[cfg(feature = "http")]
+    pub fn check_header_map<'a>(
+        &'a self,
+        headers: &'a http::HeaderMap,
+        query: Option<&'a str>,
+        client: Option<IpAddr>,
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        // Extraction is synchronous: done now, so the future holds only
+        // its answer and the admission (one state machine fewer).
+        let extracted = self.extracted(
+            self.extractor.extract_header_map(headers, query),
+            client,
+            route,
+        );
+        self.decide(extracted, client, route)
+    }
+
+    /// Steps 2 and 3 for what step 1 gave.
+    // Not an `async fn`, on purpose: an `async` block captures the
+    // arguments in place instead of copying them into its locals.
+    #[allow(clippy::result_large_err, clippy::manual_async_fn)]
+    fn decide<'a>(
+        &'a self,
+        extracted: Result<Extracted<'a>, Rejection>,
+        client: Option<IpAddr>,
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        async move {
+            match extracted {
+                Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
+                Ok(Extracted::NotOurs) => Decision::NotOurs,
+                Err(rejection) => Decision::Rejected(rejection),
+            }
         }
     }
 
@@ -570,7 +693,7 @@ where
     /// [`admit`](Self::admit) with the key it returns.
     ///
     /// Credentials that are not ours are a [`Rejection`] (401
-    /// `MISSING_API_KEY`) unless the gate was built with
+    /// `MISSING_API_KEY`) unless `route` was built with
     /// [`ForeignCredentials::PassThrough`]; only then is
     /// [`Extracted::NotOurs`] returned.
     ///
@@ -585,32 +708,30 @@ where
         headers: I,
         query: Option<&'h str>,
         client: Option<IpAddr>,
+        route: &Route,
     ) -> Result<Extracted<'h>, Rejection>
     where
         I: IntoIterator<Item = (N, &'h V)>,
         N: AsRef<[u8]>,
         V: AsRef<[u8]> + ?Sized + 'h,
     {
-        self.extract_as(headers, query, client, self.foreign)
+        self.extracted(
+            self.extractor.extract_with_query(headers, query),
+            client,
+            route,
+        )
     }
 
-    /// [`extract`](Self::extract) with the foreign-credentials setting
-    /// `foreign` instead of the gate's (the axum layer may override it).
+    /// The extractor's answer under `route`'s foreign-credentials setting.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn extract_as<'h, I, N, V>(
+    fn extracted<'h>(
         &self,
-        headers: I,
-        query: Option<&'h str>,
+        found: crate::error::Result<Extracted<'h>>,
         client: Option<IpAddr>,
-        foreign: ForeignCredentials,
-    ) -> Result<Extracted<'h>, Rejection>
-    where
-        I: IntoIterator<Item = (N, &'h V)>,
-        N: AsRef<[u8]>,
-        V: AsRef<[u8]> + ?Sized + 'h,
-    {
-        match self.extractor.extract_with_query(headers, query) {
-            Ok(Extracted::NotOurs) if foreign == ForeignCredentials::Reject => {
+        route: &Route,
+    ) -> Result<Extracted<'h>, Rejection> {
+        match found {
+            Ok(Extracted::NotOurs) if route.foreign == ForeignCredentials::Reject => {
                 metrics::rejected_at_edge(&Error::MissingApiKey);
                 Err(self.reject(Error::MissingApiKey))
             }
@@ -624,51 +745,99 @@ where
 
     /// Steps 2 and 3: authenticate `key` through the pipeline with the
     /// bundle's failure throttle ([`Authenticator::authenticate`]),
-    /// check the route's scopes, then the rate limit and credits in one
-    /// admission.
+    /// check the route's scopes (and, for a publishable key, the request's
+    /// origin), then the rate limit and credits in one admission, within
+    /// the gate's store timeout, if any.
     ///
-    /// A scope, address or environment failure of a key whose secret
-    /// matched (native or imported legacy) is charged to that key's rate
-    /// limit, under the quota of its own plan (as an admitted request
+    /// A scope, address, environment or origin failure of a key whose
+    /// secret matched (native or imported legacy) is charged to that key's
+    /// rate limit, under the quota of its own plan (as an admitted request
     /// would be), and answered 429 `RATE_LIMITED` once that is exhausted.
-    pub async fn admit(
-        &self,
-        key: PresentedKey<'_>,
+    // Not an `async fn`, on purpose (see `admit_now`).
+    #[allow(clippy::manual_async_fn)]
+    pub fn admit<'a>(
+        &'a self,
+        key: PresentedKey<'a>,
         client: Option<IpAddr>,
-        route: &Route,
-    ) -> Decision {
-        match self
-            .authenticator
-            .authenticate_kept(key.expose_secret(), &route.requirement, client)
-            .await
-        {
-            Ok(verified) => self.charge(verified, key.scheme(), route).await,
-            Err(refusal) => Decision::Rejected(self.failed(refusal).await),
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        async move {
+            #[cfg(feature = "axum")]
+            if let Some(t) = self.store_timeout {
+                // The admission's future is made in each branch (not once
+                // and moved into the timeout), so the two share storage.
+                return match tokio::time::timeout(t, self.admit_now(key, client, route)).await {
+                    Ok(d) => d,
+                    Err(elapsed) => Decision::Rejected(self.reject(Error::StoreUnavailable(
+                        StoreError::with_source(crate::error::StoreErrorKind::Timeout, elapsed),
+                    ))),
+                };
+            }
+            self.admit_now(key, client, route).await
         }
     }
 
-    /// A failed authentication. The pipeline keeps the record of an
-    /// authenticated key that does not fit the request (scope, address,
-    /// environment; native or imported legacy key): that request costs the
-    /// key's own rate limit, under the quota of the key's own plan.
-    async fn failed(&self, refusal: Refusal) -> Rejection {
-        if let Some(view) = &refusal.view {
-            let quota = self.quotas.quota_for_metadata(view.metadata());
+    /// [`admit`](Self::admit) without the timeout.
+    // Not an `async fn`, on purpose: an `async` block captures the
+    // arguments in place instead of copying them into its locals, and the
+    // web layer boxes this future on every request.
+    #[allow(clippy::manual_async_fn)]
+    fn admit_now<'a>(
+        &'a self,
+        key: PresentedKey<'a>,
+        client: Option<IpAddr>,
+        route: &'a Route,
+    ) -> impl Future<Output = Decision> + 'a {
+        async move {
+            // Without a publishable prefix no key can be publishable: the
+            // origin is not looked at.
+            let origin = self.cors.then(|| key.origin());
+            match self
+                .authenticator
+                .authenticate_kept(key.expose_secret(), &route.requirement, client, origin)
+                .await
+            {
+                Ok(verified) => {
+                    // Only a publishable key, whose origin just passed.
+                    let allow_origin = match origin {
+                        Some(o) if verified.view().is_publishable() => o.to_header(),
+                        _ => None,
+                    };
+                    let mut decision = self.charge(verified, key.scheme(), route).await;
+                    if let Decision::Admitted(a) = &mut decision {
+                        a.allow_origin = allow_origin;
+                    }
+                    decision
+                }
+                Err(failure) => Decision::Rejected(self.failed(failure).await),
+            }
+        }
+    }
+
+    /// A failed authentication, as the pipeline left it: a failure of an
+    /// authenticated key against the request (scope, address, environment,
+    /// origin; native or imported legacy key) costs the key's own rate
+    /// limit, under the quota of the plan its record names.
+    async fn failed(&self, failure: Failure) -> Rejection {
+        if failure.reason.class() == FailureClass::Authenticated
+            && let (Some(id), Some(metadata)) = (failure.id, failure.metadata())
+        {
+            let quota = self.quotas.quota_for_metadata(metadata);
             if let Ok(verdict @ Verdict::RateLimited { .. }) = self
                 .authenticator
                 .limits()
-                .admit(&Admission::new(view.id().as_u64(), quota))
+                .admit(&Admission::new(id.as_u64(), quota))
                 .await
             {
                 metrics::admission("rate_limited", false);
                 let now = self.authenticator.clock().now();
                 if let Some(m) = self.authenticator.monitor() {
-                    m.rate_limited(view.id(), view.owner(), now);
+                    m.rate_limited(id, failure.view.as_deref().and_then(|v| v.owner()), now);
                 }
                 return self.rate_limited(verdict, now);
             }
         }
-        self.reject(refusal.error)
+        self.reject(failure.error)
     }
 
     fn admission<'a>(&'a self, key: &'a VerifiedKey, route: &Route) -> Admission<'a> {
@@ -716,6 +885,7 @@ where
                     rate_limit,
                     credits: credits.filter(|_| self.credits_api.is_some()),
                     now,
+                    allow_origin: None,
                 })
             }
             Ok(v @ Verdict::RateLimited { .. }) => {

@@ -2,14 +2,21 @@
 //!
 //! * [`ApiKeyLayer`]: a tower layer running a [`Gate`] for one [`Route`]:
 //!   authenticate, check the route's scopes, rate limit, spend credits, put
-//!   the [`Admitted`] request info (and its [`VerifiedKey`]) into the request
-//!   extensions and add `X-RateLimit-*` headers to the response; refusals are
+//!   the [`Admitted`] request info (with its [`VerifiedKey`], `.key`) into
+//!   the request extensions (one entry: read the key with the
+//!   [`VerifiedKey`] extractor, or `extensions().get::<Admitted>()`) and
+//!   add `X-RateLimit-*` headers to the response; refusals are
 //!   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
-//!   the rate-limit headers. A store that fails or exceeds the optional
-//!   [`with_store_timeout`](ApiKeyLayer::with_store_timeout) answers 503.
+//!   the rate-limit headers. A store that fails or exceeds the gate's
+//!   optional [`with_store_timeout`](Gate::with_store_timeout) answers 503.
+//!   For a publishable key the request's origin is checked (403
+//!   `ORIGIN_NOT_ALLOWED`), an admitted one gets the CORS headers, and a
+//!   CORS preflight is answered 204 by the layer (see
+//!   [`publishable`](crate::web::publishable); mount the layer with
+//!   `.layer(..)` on the method router so that `OPTIONS` reaches it).
 //! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
 //!   absent; `Option<VerifiedKey>` for routes that also accept other
-//!   credentials, with [`ForeignCredentials::PassThrough`]).
+//!   credentials, with [`ForeignCredentials::PassThrough`](crate::web::ForeignCredentials::PassThrough)).
 //! * The client address (for IP allowlists and the failure throttle) comes
 //!   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
 //!   layer depends on axum-core only, not on axum's server, so it cannot
@@ -36,7 +43,8 @@
 //! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
 //! `WWW-Authenticate` challenge. An API that also takes other credentials
 //! opts in with
-//! [`with_foreign_credentials(ForeignCredentials::PassThrough)`](ApiKeyLayer::with_foreign_credentials):
+//! [`Route::with_foreign_credentials(ForeignCredentials::PassThrough)`](Route::with_foreign_credentials)
+//! on the routes that take other credentials (one gate serves both kinds):
 //! such requests then reach the inner service **unauthenticated**, without
 //! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
 //! of its own) must authenticate them.
@@ -74,7 +82,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
@@ -82,9 +89,8 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, StoreError, StoreErrorKind};
-use crate::extract::Extracted;
-use crate::gate::{Admitted, Decision, ForeignCredentials, Gate, Rejection, Route};
+use crate::error::Error;
+use crate::gate::{Admitted, Decision, Gate, Rejection, Route};
 use crate::limits::{Limits, NoLimits};
 use crate::response::ErrorResponse;
 use crate::store::KeyStore;
@@ -102,9 +108,6 @@ pub struct ClientIp(pub IpAddr);
 pub struct ApiKeyLayer<S, C = SystemClock, L = NoLimits> {
     gate: Arc<Gate<S, C, L>>,
     route: Arc<Route>,
-    timeout: Option<Duration>,
-    /// `None`: the gate's setting.
-    foreign: Option<ForeignCredentials>,
 }
 
 impl<S, C, L> Clone for ApiKeyLayer<S, C, L> {
@@ -112,45 +115,20 @@ impl<S, C, L> Clone for ApiKeyLayer<S, C, L> {
         Self {
             gate: Arc::clone(&self.gate),
             route: Arc::clone(&self.route),
-            timeout: self.timeout,
-            foreign: self.foreign,
         }
     }
 }
 
 impl<S, C, L> ApiKeyLayer<S, C, L> {
-    /// A layer running `gate` for `route`.
+    /// A layer running `gate` for `route`: every setting is the gate's or
+    /// the route's (the store timeout, [`Gate::with_store_timeout`]; what to
+    /// do with foreign credentials, [`Route::with_foreign_credentials`]);
+    /// the layer only maps the gate's [`Decision`] to a response.
     pub fn new(gate: Arc<Gate<S, C, L>>, route: Route) -> Self {
         Self {
             gate,
             route: Arc::new(route),
-            timeout: None,
-            foreign: None,
         }
-    }
-
-    /// Bounds the key-store lookup; past it the request gets 503
-    /// `STORE_UNAVAILABLE` with `Retry-After`. Defaults to no bound.
-    /// Needs a tokio runtime with the time driver.
-    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// What to do with credentials that are not ours (Bearer JWTs, `Basic`,
-    /// other `Authorization` schemes). Defaults to the gate's setting,
-    /// whose default is [`ForeignCredentials::Reject`]: 401
-    /// `MISSING_API_KEY` with the JSON body and `WWW-Authenticate`.
-    ///
-    /// With [`ForeignCredentials::PassThrough`] such a request reaches the
-    /// inner service unauthenticated: no [`VerifiedKey`] or [`Admitted`]
-    /// extension, no rate limit, credits or route requirement applied. The
-    /// handler must then authenticate the request itself (for instance
-    /// verify the JWT) and refuse it otherwise; a handler that extracts
-    /// [`VerifiedKey`] answers 401.
-    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
-        self.foreign = Some(foreign);
-        self
     }
 }
 
@@ -239,14 +217,29 @@ where
     // in place instead of being copied into the future's locals (the
     // request twice over).
     async move {
+        let gate = &layer.gate;
+        // A CORS preflight carries no key: answered here when the gate
+        // serves publishable keys.
+        if req.method() == http::Method::OPTIONS
+            && let Some(headers) = gate.preflight(req.method().as_str(), req.headers().iter())
+        {
+            return Ok(with_headers(
+                http::Response::new(ResBody::from(String::new())),
+                http::StatusCode::NO_CONTENT,
+                headers,
+            ));
+        }
         // Everything done with the decision happens inside this block, so
         // the decision's storage is not kept across the handler's await
         // (the future's size is what every request allocates).
-        let rate_limit = {
-            let decision = decide(&layer, req.headers(), req.uri().query(), req.extensions()).await;
+        let added = {
+            let client = client_ip(req.extensions());
+            let decision = gate
+                .check_header_map(req.headers(), req.uri().query(), client, &layer.route)
+                .await;
             match decision {
-                Decision::Admitted(admitted) => {
-                    flush_in_background(&layer.gate, admitted.now);
+                Decision::Admitted(mut admitted) => {
+                    flush_in_background(gate, admitted.now);
                     // The window and the clock reading of the decision.
                     let numbers = admitted.rate_limit.map(|info| {
                         (
@@ -255,12 +248,13 @@ where
                             info.reset_at_unix(admitted.now.unix_timestamp()),
                         )
                     });
-                    // Two entries of the request's type map (boxed by
+                    let cors = admitted.allow_origin.take();
+                    // One entry of the request's type map (boxed by
                     // `http`): the documented contract for handlers and
-                    // other layers.
-                    req.extensions_mut().insert(admitted.key.clone());
+                    // other layers; the `VerifiedKey` extractor reads the
+                    // key from it.
                     req.extensions_mut().insert(admitted);
-                    numbers
+                    Some((numbers, cors))
                 }
                 Decision::Rejected(rejection) => {
                     return Ok(rejection.to_response().into_http());
@@ -271,53 +265,43 @@ where
             }
         };
         let mut response = inner.call(req).await?;
-        if let Some(numbers) = rate_limit {
-            insert_rate_limit_headers(response.headers_mut(), numbers);
+        if let Some((numbers, cors)) = added {
+            if let Some(numbers) = numbers {
+                insert_rate_limit_headers(response.headers_mut(), numbers);
+            }
+            if let Some(origin) = cors {
+                insert_cors_headers(response.headers_mut(), origin);
+            }
         }
         Ok(response)
     }
 }
 
-/// Extraction and the gate's admission (bounded by the layer's store
-/// timeout, if any).
-fn decide<'a, S, C, L>(
-    layer: &'a ApiKeyLayer<S, C, L>,
-    headers: &'a http::HeaderMap,
-    query: Option<&'a str>,
-    extensions: &http::Extensions,
-) -> impl Future<Output = Decision> + 'a
-where
-    S: KeyStore,
-    C: Clock,
-    L: Limits,
-{
-    let client = client_ip(extensions);
-    let foreign = layer
-        .foreign
-        .unwrap_or_else(|| layer.gate.foreign_credentials());
-    // An `async` block, not an `async fn`: what it needs is captured once.
-    async move {
-        let key = match layer
-            .gate
-            .extract_as(headers.iter(), query, client, foreign)
-        {
-            Ok(Extracted::Key(key)) => key,
-            // Only with `ForeignCredentials::PassThrough`.
-            Ok(Extracted::NotOurs) => return Decision::NotOurs,
-            Err(rejection) => return Decision::Rejected(rejection),
-        };
-        // The admission's future is made in each arm (not once before the
-        // match and moved into the timeout), so the two share storage.
-        let (gate, route) = (&layer.gate, &layer.route);
-        match layer.timeout {
-            None => gate.admit(key, client, route).await,
-            Some(t) => match tokio::time::timeout(t, gate.admit(key, client, route)).await {
-                Ok(d) => d,
-                Err(elapsed) => Decision::Rejected(gate.reject(Error::StoreUnavailable(
-                    StoreError::with_source(StoreErrorKind::Timeout, elapsed),
-                ))),
-            },
+/// `response` with `status` and `headers` (names lowercase and static;
+/// a value that is not a valid header value is left out).
+fn with_headers<B>(
+    mut response: http::Response<B>,
+    status: http::StatusCode,
+    headers: Vec<(&'static str, String)>,
+) -> http::Response<B> {
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            response.headers_mut().append(name, value);
         }
+    }
+    response
+}
+
+/// The CORS headers of an admitted publishable key (see
+/// [`publishable`](crate::web::publishable)).
+fn insert_cors_headers(map: &mut http::HeaderMap, origin: String) {
+    if let Ok(origin) = HeaderValue::try_from(origin) {
+        map.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        map.append(http::header::VARY, HeaderValue::from_static("Origin"));
     }
 }
 
@@ -434,15 +418,17 @@ impl IntoResponse for Rejection {
     }
 }
 
+/// The key the layer admitted, from the request's one [`Admitted`]
+/// extension.
+fn admitted_key(parts: &Parts) -> Option<VerifiedKey> {
+    parts.extensions.get::<Admitted>().map(|a| a.key.clone())
+}
+
 impl<St: Send + Sync> FromRequestParts<St> for VerifiedKey {
     type Rejection = MissingKey;
 
     async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<VerifiedKey>()
-            .cloned()
-            .ok_or(MissingKey)
+        admitted_key(parts).ok_or(MissingKey)
     }
 }
 
@@ -453,7 +439,7 @@ impl<St: Send + Sync> OptionalFromRequestParts<St> for VerifiedKey {
         parts: &mut Parts,
         _: &St,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<VerifiedKey>().cloned())
+        Ok(admitted_key(parts))
     }
 }
 
@@ -474,6 +460,7 @@ mod tests {
     use super::*;
     use crate::limits::{RateLimitInfo, RateWindow};
     use crate::response::rate_limit_headers;
+    use std::time::Duration;
 
     /// The layer writes the `X-RateLimit-*` headers itself (static names,
     /// numbers without intermediate strings); they must read exactly as

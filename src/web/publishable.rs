@@ -17,8 +17,16 @@
 //! Browsers send a CORS preflight (`OPTIONS` with
 //! `Access-Control-Request-Method`) without credentials, so the preflight
 //! cannot know which key follows: [`preflight`] answers it (204) for any
-//! origin, and the request itself is checked by [`check_origin`]. Call
-//! both from the route, around the [`Gate`](crate::web::Gate):
+//! origin, and the request itself is checked against the key's list.
+//!
+//! The [`Gate`](crate::web::Gate) does both: it reads `Origin` and
+//! `Referer` in the pass that finds the key, refuses a publishable key
+//! from another origin with 403 `ORIGIN_NOT_ALLOWED` (charged to the key's
+//! plan like a scope failure, and counted by the audit sampler), puts the
+//! CORS headers into [`Admitted::headers`](crate::web::Admitted::headers),
+//! and answers preflights with [`Gate::preflight`](crate::web::Gate::preflight)
+//! when one of its prefixes is publishable; the axum layer writes all of
+//! it. The functions below are for servers that verify outside the gate:
 //!
 //! ```
 //! use apikey::web::publishable::{check_origin, preflight, ALLOWED_ORIGINS};
@@ -59,15 +67,14 @@ fn origins(list: &str) -> impl Iterator<Item = &str> {
 /// `scheme://host[:port]` of an `http`/`https` URL, lowercased; `None`
 /// for anything else (including the opaque origin `null`).
 fn origin_of_url(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return None;
-    }
-    let host = rest.split(['/', '?', '#']).next()?;
-    if host.is_empty() || host.contains('@') {
-        return None;
-    }
-    Some(format!("{}://{}", scheme, host).to_ascii_lowercase())
+    url_parts(url).and_then(|(scheme, host)| origin_of_url_parts(scheme, host))
+}
+
+/// `scheme://host[:port]`, lowercased, in one allocation.
+fn origin_of_url_parts(scheme: &str, host: &str) -> Option<String> {
+    let mut origin = format!("{scheme}://{host}");
+    origin.make_ascii_lowercase();
+    Some(origin)
 }
 
 /// Checks the origin list of a publishable key's metadata.
@@ -97,29 +104,127 @@ pub fn validate_origins(list: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The request's origin: `Origin`, else the origin of `Referer`.
-fn request_origin<'h, I, N, V>(headers: I) -> Option<String>
-where
-    I: IntoIterator<Item = (N, &'h V)>,
-    N: AsRef<[u8]>,
-    V: AsRef<[u8]> + ?Sized + 'h,
-{
-    let mut origin = None;
-    let mut referer = None;
-    for (name, value) in headers {
-        let name = name.as_ref();
-        let Ok(value) = std::str::from_utf8(value.as_ref()) else {
-            continue;
-        };
-        if name.eq_ignore_ascii_case(b"origin") {
-            origin = Some(value.trim());
-        } else if name.eq_ignore_ascii_case(b"referer") {
-            referer = Some(value.trim());
+/// The request's `Origin` and `Referer` header values as sent, gathered by
+/// the [`Extractor`](crate::web::Extractor) in the same pass that finds the
+/// key, so the gate checks a publishable key's origin without reading the
+/// headers again.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RequestOrigin<'a> {
+    origin: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    /// Extraction from a header map: the two are looked up there when
+    /// needed (for a publishable key only).
+    #[cfg(feature = "http")]
+    map: Option<&'a http::HeaderMap>,
+}
+
+impl std::fmt::Debug for RequestOrigin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestOrigin")
+            .field("origin", &self.origin.is_some())
+            .field("referer", &self.referer.is_some())
+            .finish()
+    }
+}
+
+impl<'a> RequestOrigin<'a> {
+    /// Reads `Origin` and `Referer` from `headers`.
+    fn of<I, N, V>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = (N, &'a V)>,
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]> + ?Sized + 'a,
+    {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            found.see(name.as_ref(), value.as_ref());
+        }
+        found
+    }
+
+    /// `Origin` and `Referer` of `map`, looked up when needed.
+    #[cfg(feature = "http")]
+    #[inline]
+    pub(crate) fn in_map(map: &'a http::HeaderMap) -> Self {
+        Self {
+            map: Some(map),
+            ..Self::default()
         }
     }
-    match origin {
-        Some(o) => origin_of_url(o),
-        None => referer.and_then(origin_of_url),
+
+    /// Keeps `value` when `name` is `Origin` or `Referer`.
+    #[inline]
+    pub(crate) fn see(&mut self, name: &[u8], value: &'a [u8]) {
+        if name.len() == 6 && name.eq_ignore_ascii_case(b"origin") {
+            self.origin = Some(value);
+        } else if name.len() == 7 && name.eq_ignore_ascii_case(b"referer") {
+            self.referer = Some(value);
+        }
+    }
+
+    /// `(scheme, host[:port])` of the request's origin: `Origin`, else the
+    /// origin of `Referer`; `None` when neither is an `http(s)` URL.
+    fn parts(&self) -> Option<(&'a str, &'a str)> {
+        let (origin, referer) = self.values();
+        let text = |v: &'a [u8]| std::str::from_utf8(v).ok().map(str::trim);
+        match origin {
+            Some(o) => text(o).and_then(url_parts),
+            None => referer.and_then(text).and_then(url_parts),
+        }
+    }
+
+    /// The `Origin` and `Referer` values (the last of each, as the scan
+    /// keeps them).
+    fn values(&self) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        #[cfg(feature = "http")]
+        if let Some(map) = self.map {
+            let last = |name| {
+                map.get_all(name)
+                    .iter()
+                    .next_back()
+                    .map(http::HeaderValue::as_bytes)
+            };
+            return (last(http::header::ORIGIN), last(http::header::REFERER));
+        }
+        (self.origin, self.referer)
+    }
+
+    /// Whether the request's origin is on `list` (an [`ALLOWED_ORIGINS`]
+    /// value). No allocation.
+    pub(crate) fn allowed_by(&self, list: Option<&str>) -> bool {
+        let (Some((scheme, host)), Some(list)) = (self.parts(), list) else {
+            return false;
+        };
+        origins(list).any(|o| {
+            let o = o.as_bytes();
+            o.len() == scheme.len() + 3 + host.len()
+                && o[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+                && &o[scheme.len()..scheme.len() + 3] == b"://"
+                && o[scheme.len() + 3..].eq_ignore_ascii_case(host.as_bytes())
+        })
+    }
+
+    /// The origin to echo in `Access-Control-Allow-Origin` (lowercased).
+    pub(crate) fn to_header(self) -> Option<String> {
+        self.parts()
+            .and_then(|(scheme, host)| origin_of_url_parts(scheme, host))
+    }
+}
+
+/// Whether `view`, a record whose secret matched, may be used by a request
+/// from `origin`: always for a key that is not publishable; for a
+/// publishable key only with an origin on its [`ALLOWED_ORIGINS`].
+///
+/// # Errors
+/// [`Error::OriginNotAllowed`] otherwise.
+#[inline]
+pub(crate) fn check_view(view: &crate::record::KeyView, origin: &RequestOrigin<'_>) -> Result<()> {
+    if !view.is_publishable()
+        || origin.allowed_by(view.metadata().get(ALLOWED_ORIGINS).map(String::as_str))
+    {
+        Ok(())
+    } else {
+        Err(Error::OriginNotAllowed)
     }
 }
 
@@ -128,6 +233,9 @@ where
 /// `Origin`) must be on its [`ALLOWED_ORIGINS`]; the answer is the CORS
 /// headers for the response (`Access-Control-Allow-Origin` with that
 /// origin, `Vary: Origin`). Other keys pass with no headers.
+///
+/// The [`Gate`](crate::web::Gate) (and so the axum layer) runs this check
+/// itself; call it when verifying outside the gate (the blocking path).
 ///
 /// # Errors
 /// [`Error::OriginNotAllowed`] (403) for a publishable key with no origin
@@ -141,18 +249,33 @@ where
     if !key.view().is_publishable() {
         return Ok(Vec::new());
     }
-    let origin = request_origin(headers).ok_or(Error::OriginNotAllowed)?;
-    let allowed = key
-        .metadata()
-        .get(ALLOWED_ORIGINS)
-        .is_some_and(|list| origins(list).any(|o| o.eq_ignore_ascii_case(&origin)));
-    if !allowed {
-        return Err(Error::OriginNotAllowed);
-    }
-    Ok(vec![
+    let origin = RequestOrigin::of(headers);
+    check_view(key.view(), &origin)?;
+    Ok(cors_headers(
+        origin.to_header().ok_or(Error::OriginNotAllowed)?,
+    ))
+}
+
+/// The CORS headers of an admitted request from `origin`.
+pub(crate) fn cors_headers(origin: String) -> CorsHeaders {
+    vec![
         ("access-control-allow-origin", origin),
         ("vary", "Origin".to_owned()),
-    ])
+    ]
+}
+
+/// `(scheme, host[:port])` of an `http`/`https` URL; `None` for anything
+/// else (including the opaque origin `null`).
+fn url_parts(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
+    let host = rest.split(['/', '?', '#']).next()?;
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    Some((scheme, host))
 }
 
 /// The answer to a CORS preflight, or `None` when the request is not one
