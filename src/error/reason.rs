@@ -23,7 +23,7 @@ pub(crate) enum Stage {
 }
 
 /// How the pipeline treats a failed authentication (see the
-/// [`throttle`](crate::limits::throttle) module docs).
+/// [limits docs](crate::limits)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FailureClass {
