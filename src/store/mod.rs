@@ -214,6 +214,9 @@ async fn revoke_paged<S: KeyStoreWrite + ?Sized>(
                 next.revocation = Some(revocation.clone());
                 changes.puts.push(Put::update(next, r.revision));
             }
+            if changes.is_empty() {
+                break listing;
+            }
             match store.commit(&changes).await {
                 Ok(()) => {
                     revoked.extend(changes.puts.iter().map(|p| p.record.id));
