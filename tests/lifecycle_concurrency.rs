@@ -180,10 +180,13 @@ fn usage_counts_add_up_exactly_under_parallel_load() {
     block_on(m.flush()).unwrap();
     assert_eq!(m.usage().pending(), 0);
     let r1 = block_on(m.record(s1.id)).unwrap();
-    let r2 = block_on(m.record(s2.id)).unwrap();
-    assert_eq!(r1.usage.day_count + r2.usage.day_count, 10_000);
-    assert_eq!(r2.usage.day_count, 2_000);
-    assert_eq!(r1.usage.month_count, 8_000);
+    let (u1, u2) = (
+        block_on(m.usage_of(s1.id)).unwrap(),
+        block_on(m.usage_of(s2.id)).unwrap(),
+    );
+    assert_eq!(u1.today + u2.today, 10_000);
+    assert_eq!(u2.today, 2_000);
+    assert_eq!(u1.this_month, 8_000);
     assert_eq!(r1.last_used_at, Some(T0));
 }
 
@@ -242,7 +245,7 @@ async fn usage_counts_survive_failed_flushes_under_load() {
     m.shutdown().await.unwrap();
     assert!(ok > 0);
     assert_eq!(
-        m.record(s.id).await.unwrap().usage.day_count,
+        m.usage_of(s.id).await.unwrap().today,
         ok,
         "usage lost or doubled"
     );
@@ -301,4 +304,38 @@ fn concurrent_patches_of_different_fields_both_apply() {
             ("renamed", vec!["read".to_owned()], KeyStatus::Disabled)
         );
     }
+}
+
+/// One manager's concurrent creates on one owner (owner limit set) pass its
+/// per-owner gate one at a time, so none of its commits conflicts: each
+/// create is exactly one listing and one commit. Without the gate, 16 tasks
+/// re-planned each other's conflicts over a network store and some failed
+/// with `STORE_UNAVAILABLE` once the retries ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_managers_concurrent_creates_on_one_owner_never_conflict() {
+    let store = NetStore::new(std::time::Duration::from_micros(100));
+    let f = fixture_with(verifier(), store.clone());
+    let m = Arc::new(f.manager.with_max_keys_per_owner(1000));
+    let before = store.calls.load(Ordering::SeqCst);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    m.create(NewKey::new("sk_live_").owner("org"), &Actor::system())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.calls.load(Ordering::SeqCst) - before,
+        2 * 64,
+        "a create re-planned after a conflict"
+    );
+    assert_eq!(m.list("org").await.unwrap().len(), 64);
 }

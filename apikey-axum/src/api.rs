@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
-    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreLifecycle,
+    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreWrite,
     KeySummary, KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, PENDING_APPROVAL, Rotation, Scope,
     UsageStore,
 };
@@ -132,7 +132,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 impl<S, C, L, R> ManageApi<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
     R: ResolveCaller,
@@ -206,7 +206,7 @@ where
 
 impl<S, C, L, R> ManageApi<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,
@@ -232,7 +232,7 @@ where
 
 async fn credits_get<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,
@@ -243,7 +243,7 @@ where
 
 async fn credits_put<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,
@@ -258,7 +258,7 @@ pub(crate) type Outcome = Result<Response, ApiError>;
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
     R: ResolveCaller,
@@ -708,7 +708,7 @@ macro_rules! handler {
     ($name:ident, $action:literal, $op:ident, $with_id:literal) => {
         async fn $name<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
         where
-            S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+            S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
             C: Clock + Send + Sync + 'static,
             L: Limits + 'static,
             R: ResolveCaller,
@@ -731,7 +731,7 @@ handler!(derive, "derive", op_derive, true);
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
     R: ResolveCaller,

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use apikey::limits::{Limits, NoLimits};
 use apikey::{
     Actor, AuditEvent, AuditKind, AuditSink, Authenticator, Clock, Error, KeyDigest, KeyId,
-    KeyManager, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyView, NoAudit, Requirement,
+    KeyManager, KeyRecord, KeyStatus, KeyStore, KeyStoreWrite, KeyView, NoAudit, Requirement,
     StoreError, SystemClock, UsageStore,
 };
 use serde::Serialize;
@@ -275,7 +275,7 @@ impl<S, C, L> fmt::Debug for LeakResponder<S, C, L> {
 
 impl<S, C, L> LeakResponder<S, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     C: Clock,
     L: Limits,
 {
