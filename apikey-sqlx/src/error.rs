@@ -71,8 +71,9 @@ pub enum MigrateError {
     },
     /// A table prefix or schema name is not a plain identifier.
     InvalidName(String),
-    /// The database failed (the migration was rolled back).
-    Database(sqlx::Error),
+    /// The database failed (the migration was rolled back); the database's
+    /// own error is the [`StoreError`]'s `source()`.
+    Database(StoreError),
 }
 
 impl fmt::Display for MigrateError {
@@ -97,10 +98,15 @@ impl std::error::Error for MigrateError {
     }
 }
 
-impl From<sqlx::Error> for MigrateError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<StoreError> for MigrateError {
+    fn from(e: StoreError) -> Self {
         Self::Database(e)
     }
+}
+
+/// A database failure outside a store call (connecting, migrating).
+pub(crate) fn database(e: sqlx::Error) -> MigrateError {
+    MigrateError::Database(store_error(e))
 }
 
 /// Checks that `name` is a plain SQL identifier part: ASCII lowercase

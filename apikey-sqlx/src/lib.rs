@@ -57,9 +57,12 @@ mod codec;
 mod columns;
 mod error;
 mod sql;
+mod store;
 
 #[cfg(feature = "postgres")]
 mod feed;
+#[cfg(feature = "postgres")]
+mod notify;
 #[cfg(feature = "postgres")]
 mod pgtime;
 #[cfg(feature = "postgres")]

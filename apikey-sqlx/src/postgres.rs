@@ -1,33 +1,24 @@
-//! [`PostgresStore`]: keys shared by many instances.
+//! [`PostgresStore`]: keys shared by many instances. This file holds the
+//! PostgreSQL dialect only; the store itself is [`crate::store`].
 
-use std::ops::Range;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use apikey::{
-    FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
-    StoreErrorKind, UsageBatch, UsageDelta, UsageStore,
-};
+use apikey::{Invalidation, KeyRecord, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
-use time::OffsetDateTime;
 
-use crate::codec::{Row, fold_usage, id_from_sql, id_to_sql, invalid, trunc};
-use crate::columns::{Val, replaced, values};
-use crate::error::{MigrateError, bounded, check_ident, store_error};
+use crate::StoreOptions;
+use crate::codec::{FoldedUsage, Row, trunc};
+use crate::columns::Val;
+use crate::error::{MigrateError, bounded, check_ident, database, store_error};
 use crate::pgtime::{PgMicros, date_of, time_of};
-use crate::sql::{Dialect, Sql};
-use crate::{FLUSH_RETENTION, StoreOptions};
-
-/// The newest schema version this crate writes.
-const LATEST: i64 = 1;
+use crate::store::{Backend, Col, Store, store_traits};
 
 /// A key store in PostgreSQL, for several instances of a service sharing
 /// their keys.
 ///
-/// * Each compound write is one transaction (`READ COMMITTED`).
+/// * Each write is one transaction (`READ COMMITTED`).
 /// * `insert_limited` takes `pg_advisory_xact_lock(<table>, hashtext(owner))`
 ///   before it counts, so the owner limit holds across every process and
 ///   host using the database; `<table>` is derived from the schema the
@@ -55,17 +46,7 @@ const LATEST: i64 = 1;
 /// ```
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
-    pool: PgPool,
-    sql: Arc<Sql>,
-    /// `schema.` (or empty) followed by the table prefix.
-    qualified: Arc<str>,
-    /// The table prefix alone.
-    prefix: Arc<str>,
-    /// The configured schema, if any.
-    schema: Option<Arc<str>>,
-    timeout: Duration,
-    /// What the tables are, resolved by the server (see `identity`).
-    identity: Arc<OnceLock<Identity>>,
+    inner: Arc<Store<PgDb>>,
 }
 
 /// The owner-limit lock class and the `LISTEN` channel of one table set,
@@ -89,15 +70,6 @@ impl Identity {
             channel: format!("apikey_changes_{h:016x}").into(),
         }
     }
-}
-
-/// A change, as announced to listeners (see `announce` and
-/// [`crate::feed`]).
-#[derive(Debug)]
-pub(crate) enum Change<'a> {
-    Keys(&'a [KeyId]),
-    Owner(&'a str),
-    Matching(&'a str, Range<OffsetDateTime>),
 }
 
 /// FNV-1a: a stable hash for advisory lock keys.
@@ -124,14 +96,16 @@ impl PostgresStore {
     /// As [`connect`](Self::connect); [`MigrateError::InvalidName`].
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self, MigrateError> {
         let ms = options.timeout.as_millis().to_string();
-        let connect = PgConnectOptions::from_str(url)?
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(database)?
             .options([("statement_timeout", ms.as_str())])
             .application_name("apikey-sqlx");
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(options.timeout)
             .connect_with(connect)
-            .await?;
+            .await
+            .map_err(database)?;
         let store = Self::from_pool_with(pool, options)?;
         store.migrate().await?;
         Ok(store)
@@ -161,22 +135,81 @@ impl PostgresStore {
     }
 
     fn build(pool: PgPool, options: StoreOptions) -> Self {
-        let qualified: Arc<str> = match &options.schema {
-            Some(s) => format!("{s}.{}", options.table_prefix).into(),
-            None => options.table_prefix.as_str().into(),
+        let tables = match &options.schema {
+            Some(s) => format!("{s}.{}", options.table_prefix),
+            None => options.table_prefix.clone(),
         };
-        let sql = Sql::new(format!("{qualified}apikey_keys"), Dialect::Postgres);
-        Self {
+        let db = PgDb {
             pool,
-            sql: Arc::new(sql),
-            qualified,
-            prefix: options.table_prefix.as_str().into(),
-            schema: options.schema.as_deref().map(Arc::from),
-            timeout: options.timeout,
-            identity: Arc::default(),
+            tables,
+            prefix: options.table_prefix,
+            schema: options.schema,
+            identity: OnceLock::new(),
+        };
+        Self {
+            inner: Arc::new(Store::new(db, options.timeout)),
         }
     }
 
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.backend.pool
+    }
+
+    /// Creates or upgrades the tables to the newest schema this crate
+    /// knows, in one transaction under an advisory lock on the target
+    /// schema (instances that start together migrate once, and table sets
+    /// with other prefixes migrating into the same schema wait their turn;
+    /// DDL is transactional in PostgreSQL). Then resolves the tables'
+    /// identity (see [`channel`](Self::channel)).
+    /// Versions are kept in `<schema.prefix>apikey_schema_version`, apart
+    /// from sqlx's `_sqlx_migrations`.
+    ///
+    /// # Errors
+    /// [`MigrateError::SchemaTooNew`] when a newer release migrated the
+    /// database (nothing is changed); [`MigrateError::Database`].
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        self.inner.migrate().await
+    }
+
+    /// The `LISTEN` channel this store announces its changes on: one per
+    /// table set, derived from the schema PostgreSQL resolves the key table
+    /// to (so an instance naming the schema and one reaching it through
+    /// `search_path` share it). Resolved once, by [`migrate`](Self::migrate)
+    /// or the first use.
+    ///
+    /// # Errors
+    /// `StoreErrorKind::Unavailable` when the server cannot be asked or the
+    /// key table does not exist (not migrated).
+    pub async fn channel(&self) -> Result<&str, StoreError> {
+        let db = &self.inner.backend;
+        bounded(self.inner.timeout(), async {
+            let mut conn = db.pool.acquire().await.map_err(store_error)?;
+            Ok(&*db.identity(&mut conn).await.map_err(store_error)?.channel)
+        })
+        .await
+    }
+}
+
+store_traits!(PostgresStore);
+
+/// The PostgreSQL dialect.
+#[derive(Debug)]
+pub(crate) struct PgDb {
+    pool: PgPool,
+    /// `schema.` (or empty) followed by the table prefix.
+    tables: String,
+    /// The table prefix alone.
+    prefix: String,
+    /// The configured schema, if any.
+    schema: Option<String>,
+    /// What the tables are, resolved by the server (see `identity`).
+    identity: OnceLock<Identity>,
+}
+
+type Tx = sqlx::Transaction<'static, Postgres>;
+
+impl PgDb {
     /// The identity of this store's tables, resolved once: the schema
     /// holding `<prefix>apikey_keys` as PostgreSQL resolves the name (the
     /// configured schema, or the connection's `search_path`). Asked on
@@ -186,7 +219,7 @@ impl PostgresStore {
         if let Some(i) = self.identity.get() {
             return Ok(i);
         }
-        let table = format!("{}apikey_keys", self.qualified);
+        let table = format!("{}apikey_keys", self.tables);
         let schema: Option<String> = sqlx::query_scalar(
             "SELECT n.nspname::text FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -204,131 +237,129 @@ impl PostgresStore {
             .identity
             .get_or_init(|| Identity::of(&schema, &self.prefix)))
     }
+}
 
-    /// [`channel`](Self::channel) for the feed, with sqlx's error.
-    pub(crate) async fn resolved_channel(&self) -> Result<&str, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(&self.identity(&mut conn).await?.channel)
+impl Backend for PgDb {
+    type Tx = Tx;
+
+    fn ph(i: usize, col: &str) -> String {
+        match col {
+            "metadata" => format!("${i}::jsonb"),
+            _ => format!("${i}"),
+        }
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    fn sel(col: &str) -> String {
+        match col {
+            "metadata" => "metadata::text AS metadata".to_owned(),
+            _ => col.to_owned(),
+        }
     }
 
-    /// Creates or upgrades the tables to the newest schema this crate
-    /// knows, in one transaction under an advisory lock on the target
-    /// schema (instances that start together migrate once, and table sets
-    /// with other prefixes migrating into the same schema wait their turn;
-    /// DDL is transactional in PostgreSQL). Then resolves the tables'
-    /// identity (see [`channel`](Self::channel)).
-    /// Versions are kept in `<schema.prefix>apikey_schema_version`, apart
-    /// from sqlx's `_sqlx_migrations`.
-    ///
-    /// # Errors
-    /// [`MigrateError::SchemaTooNew`] when a newer release migrated the
-    /// database (nothing is changed); [`MigrateError::Database`].
-    pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let q = &*self.qualified;
-        let mut tx = self.pool.begin().await?;
-        // One lock per schema the tables go to (the configured one, or the
-        // one `search_path` creates them in), whatever the table prefix:
-        // `CREATE SCHEMA IF NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`
-        // are not safe against a concurrent creation of the same name (a
-        // unique violation in the catalog), so every migration into one
-        // schema runs after the other.
-        let target: String =
-            sqlx::query_scalar("SELECT coalesce($1::text, current_schema()::text, '')")
-                .bind(self.schema.as_deref())
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(fnv(&format!("apikey-sqlx migrate schema {target}")) as i64)
-            .execute(&mut *tx)
-            .await?;
-        if let Some((schema, _)) = q.split_once('.') {
-            sqlx::query(AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}"
-            )))
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {q}apikey_schema_version \
-             (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )))
-        .execute(&mut *tx)
-        .await?;
-        let found: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT max(version) FROM {q}apikey_schema_version"
-        )))
-        .fetch_one(&mut *tx)
-        .await?;
-        let found = found.unwrap_or(0);
-        if found > LATEST {
-            return Err(MigrateError::SchemaTooNew {
-                found,
-                supported: LATEST,
-            });
-        }
-        for (version, statements) in migrations(q).into_iter().enumerate() {
-            let version = version as i64 + 1;
-            if version <= found {
-                continue;
-            }
-            for s in statements {
-                sqlx::query(AssertSqlSafe(s)).execute(&mut *tx).await?;
-            }
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {q}apikey_schema_version (version) VALUES ($1)"
-            )))
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        self.identity(&mut *self.pool.acquire().await?).await?;
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+
+    fn tables(&self) -> &str {
+        &self.tables
+    }
+
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+
+    async fn commit(tx: Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn records(
+        &self,
+        tx: Option<&mut Tx>,
+        sql: &Arc<str>,
+        binds: Vec<Val>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let q = binds.into_iter().fold(query(sql), bind);
+        let rows = match tx {
+            Some(tx) => q.fetch_all(&mut **tx).await,
+            None => q.fetch_all(&self.pool).await,
+        };
+        rows.map_err(store_error)?.iter().map(decode).collect()
+    }
+
+    async fn rows(
+        tx: &mut Tx,
+        sql: &Arc<str>,
+        binds: Vec<Val>,
+        cols: &[Col],
+    ) -> Result<Vec<Vec<Val>>, StoreError> {
+        let q = binds.into_iter().fold(query(sql), bind);
+        let rows = q.fetch_all(&mut **tx).await.map_err(store_error)?;
+        rows.iter()
+            .map(|r| {
+                (0..cols.len())
+                    .map(|i| match cols[i] {
+                        Col::Int => r.try_get(i).map(Val::Int),
+                        Col::Text => r.try_get(i).map(Val::Text),
+                        Col::Micros => r
+                            .try_get::<Option<PgMicros>, _>(i)
+                            .map(|m| Val::Int(m.map(PgMicros::unix))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(store_error)
+            })
+            .collect()
+    }
+
+    async fn execute(tx: &mut Tx, sql: &Arc<str>, binds: Vec<Val>) -> Result<u64, StoreError> {
+        let q = binds.into_iter().fold(query(sql), bind);
+        let done = q.execute(&mut **tx).await.map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    /// `pg_advisory_xact_lock(<table set>, hashtext(owner))`.
+    async fn lock_owner(&self, tx: &mut Tx, owner: &str) -> Result<(), StoreError> {
+        // Serializes every limited write of this owner, in every
+        // process, until commit; READ COMMITTED then counts what the
+        // previous holder committed.
+        let class = self.identity(tx).await.map_err(store_error)?.lock_class;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(class)
+            .bind(owner)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
-    async fn usage(
-        &self,
-        flush_id: Option<u128>,
-        batch: &[UsageDelta],
-    ) -> Result<bool, StoreError> {
-        let mut folded = fold_usage(batch);
+    /// The one place a committed change is announced to listeners:
+    /// `SELECT pg_notify(channel, payload)` in `tx`, so PostgreSQL delivers
+    /// it exactly when the change commits, and never for a rolled-back one.
+    /// The payload is one key list, owner or prefix window, or `*` (flush
+    /// everything) when it would not fit NOTIFY's 8,000 bytes.
+    async fn announce(&self, tx: &mut Tx, change: &Invalidation) -> Result<(), StoreError> {
+        let channel = &self.identity(tx).await.map_err(store_error)?.channel;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&**channel)
+            .bind(crate::notify::encode(change))
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Two statements whatever the batch size: the batch's rows locked in
+    /// id order (concurrent flushes never deadlock), then one `UPDATE` from
+    /// `UNNEST` arrays.
+    async fn add_usage(&self, tx: &mut Tx, folded: Vec<FoldedUsage>) -> Result<(), StoreError> {
+        let mut folded = folded;
         folded.sort_unstable_by_key(|f| f.id);
-        let q = &*self.qualified;
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        if let Some(fid) = flush_id {
-            let added = sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {q}apikey_usage_flushes (flush_id, applied_at) VALUES ($1, now()) \
-                 ON CONFLICT DO NOTHING"
-            )))
-            .bind(fid.to_be_bytes().to_vec())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            if added.rows_affected() == 0 {
-                return Ok(false);
-            }
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {q}apikey_usage_flushes WHERE applied_at < now() - $1 * interval '1 second'"
-            )))
-            .bind(FLUSH_RETENTION.as_secs() as f64)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
-        if !folded.is_empty() {
-            let k = &self.sql.keys;
+        {
+            let k = format!("{}apikey_keys", self.tables);
             let ids: Vec<i64> = folded.iter().map(|f| f.id).collect();
             // Row locks in id order: two concurrent flushes never deadlock.
             sqlx::query(AssertSqlSafe(format!(
                 "SELECT 1 FROM {k} WHERE id = ANY($1) ORDER BY id FOR UPDATE"
             )))
             .bind(&ids)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(store_error)?;
             // `UsageCounters::apply` of each folded delta; see `fold_usage`.
@@ -361,154 +392,68 @@ impl PostgresStore {
                         .map(|f| trunc(f.last_used_at))
                         .collect::<Vec<_>>(),
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(store_error)?;
         }
-        // No `announce`: usage never invalidates a cached key.
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
-    }
-
-    /// The one place a committed change is announced to listeners:
-    /// `SELECT pg_notify(channel, payload)` in `tx`, so PostgreSQL delivers
-    /// it exactly when the change commits, and never for a rolled-back one.
-    /// The payload is one key list, owner or prefix window, or `*` (flush
-    /// everything) when it would not fit NOTIFY's 8,000 bytes.
-    async fn announce(&self, tx: &mut PgConnection, change: Change<'_>) -> Result<(), StoreError> {
-        let channel = &self.identity(&mut *tx).await.map_err(store_error)?.channel;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&**channel)
-            .bind(crate::feed::encode(&change))
-            .execute(tx)
-            .await
-            .map_err(store_error)?;
         Ok(())
     }
 
-    /// The `LISTEN` channel this store announces its changes on: one per
-    /// table set, derived from the schema PostgreSQL resolves the key table
-    /// to (so an instance naming the schema and one reaching it through
-    /// `search_path` share it). Resolved once, by [`migrate`](Self::migrate)
-    /// or the first use.
-    ///
-    /// # Errors
-    /// `StoreErrorKind::Unavailable` when the server cannot be asked or the
-    /// key table does not exist (not migrated).
-    pub async fn channel(&self) -> Result<&str, StoreError> {
-        bounded(self.timeout, async {
-            let mut conn = self.pool.acquire().await.map_err(store_error)?;
-            Ok(&*self.identity(&mut conn).await.map_err(store_error)?.channel)
-        })
-        .await
-    }
-
-    /// The advisory lock class of this table set (see [`Identity`]).
-    async fn lock_class(&self, tx: &mut PgConnection) -> Result<i32, StoreError> {
-        Ok(self.identity(tx).await.map_err(store_error)?.lock_class)
-    }
-
-    async fn one(
-        &self,
-        sql: &Arc<str>,
-        bind: impl FnOnce(Q<'_>) -> Q<'_>,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = bind(sqlx::query(AssertSqlSafe(sql.clone())))
-            .fetch_optional(&self.pool)
+    async fn begin_migration(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.begin().await?;
+        // One lock per schema the tables go to (the configured one, or the
+        // one `search_path` creates them in), whatever the table prefix:
+        // `CREATE SCHEMA IF NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`
+        // are not safe against a concurrent creation of the same name (a
+        // unique violation in the catalog), so every migration into one
+        // schema runs after the other.
+        let target: String =
+            sqlx::query_scalar("SELECT coalesce($1::text, current_schema()::text, '')")
+                .bind(self.schema.as_deref())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(fnv(&format!("apikey-sqlx migrate schema {target}")) as i64)
+            .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        row.map(|r| decode(&r)).transpose()
-    }
-
-    async fn many(
-        &self,
-        sql: &Arc<str>,
-        bind: impl FnOnce(Q<'_>) -> Q<'_>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = bind(sqlx::query(AssertSqlSafe(sql.clone())))
-            .fetch_all(&self.pool)
+        if let Some((schema, _)) = self.tables.split_once('.') {
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        rows.iter().map(decode).collect()
-    }
-
-    async fn insert_in(&self, tx: &mut PgConnection, record: &KeyRecord) -> Result<(), StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(self.sql.insert.clone()));
-        for (_, v) in values(record) {
-            q = bind(q, v);
         }
-        q.execute(tx).await.map_err(store_error)?;
+        Ok(tx)
+    }
+
+    fn version_table(&self) -> String {
+        let q = &self.tables;
+        format!(
+            "CREATE TABLE IF NOT EXISTS {q}apikey_schema_version \
+             (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+    }
+
+    fn migrations(&self) -> Vec<Vec<String>> {
+        migrations(&self.tables)
+    }
+
+    /// Resolves the tables' identity (see [`PostgresStore::channel`]).
+    async fn migrated(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        self.identity(&mut conn).await.map_err(store_error)?;
         Ok(())
-    }
-
-    async fn replace_in(
-        &self,
-        tx: &mut PgConnection,
-        record: &KeyRecord,
-        expected: Option<u64>,
-    ) -> Result<KeyRecord, StoreError> {
-        let sql = if expected.is_some() {
-            &self.sql.update_if
-        } else {
-            &self.sql.update
-        };
-        let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(id_to_sql(record.id));
-        for (c, v) in values(record) {
-            if replaced(c) {
-                q = bind(q, v);
-            }
-        }
-        if let Some(e) = expected {
-            q = q.bind(e as i64).bind(e.wrapping_add(1) as i64);
-        }
-        match q.fetch_optional(&mut *tx).await.map_err(store_error)? {
-            Some(row) => decode(&row),
-            None => {
-                let found: Option<i64> =
-                    sqlx::query_scalar(AssertSqlSafe(self.sql.revision_of.clone()))
-                        .bind(id_to_sql(record.id))
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                Err(StoreError::new(if found.is_some() {
-                    StoreErrorKind::Conflict
-                } else {
-                    StoreErrorKind::NotFound
-                }))
-            }
-        }
-    }
-
-    async fn revoke(
-        &self,
-        sql: &Arc<str>,
-        revocation: &Revocation,
-        change: Change<'_>,
-        bind_rest: impl FnOnce(Q<'_>) -> Q<'_>,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let q = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(trunc(revocation.at))
-            .bind(revocation.reason.clone());
-        let rows = bind_rest(q)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if !rows.is_empty() {
-            self.announce(&mut tx, change).await?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        let mut changed = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<PgMicros, _>(1)?, r.try_get::<i64, _>(0)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(store_error)?;
-        changed.sort_unstable();
-        Ok(changed.into_iter().map(|(_, id)| id_from_sql(id)).collect())
     }
 }
 
 type Q<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+fn query(sql: &Arc<str>) -> Q<'static> {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+}
 
 fn bind(q: Q<'_>, v: Val) -> Q<'_> {
     match v {
@@ -617,329 +562,4 @@ fn migrations(q: &str) -> Vec<Vec<String>> {
             "CREATE INDEX {p}apikey_usage_flushes_applied ON {q}apikey_usage_flushes (applied_at)"
         ),
     ]]
-}
-
-impl KeyStore for PostgresStore {
-    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        let r = bounded(
-            self.timeout,
-            self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id))),
-        )
-        .await?;
-        Ok(r.map(|r| Arc::new(KeyView::from_record(&r))))
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let bytes = index.as_bytes().to_vec();
-        bounded(
-            self.timeout,
-            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
-        )
-        .await
-    }
-}
-
-impl KeyStoreQuery for PostgresStore {
-    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        bounded(
-            self.timeout,
-            self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id))),
-        )
-        .await
-    }
-
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let owner = owner.to_owned();
-        bounded(
-            self.timeout,
-            self.many(&self.sql.list_by_owner, |q| q.bind(owner)),
-        )
-        .await
-    }
-
-    async fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let (s, e) = (trunc(window.start), trunc(window.end));
-        match owner {
-            Some(o) => {
-                let o = o.to_owned();
-                let sql = &self.sql.list_expiring_owner;
-                bounded(
-                    self.timeout,
-                    self.many(sql, move |q| q.bind(s).bind(e).bind(o)),
-                )
-                .await
-            }
-            None => {
-                let sql = &self.sql.list_expiring_all;
-                bounded(self.timeout, self.many(sql, move |q| q.bind(s).bind(e))).await
-            }
-        }
-    }
-}
-
-impl KeyStoreWrite for PostgresStore {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            self.insert_in(&mut tx, &record).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)
-        })
-        .await
-    }
-
-    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            self.replace_in(&mut tx, &record, None).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)
-        })
-        .await
-    }
-
-    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            let links = sqlx::query(AssertSqlSafe(self.sql.delete.clone()))
-                .bind(id_to_sql(id))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            let Some(links) = links else {
-                return Ok(false);
-            };
-            let from: Option<i64> = links.try_get(0).map_err(store_error)?;
-            let to: Option<i64> = links.try_get(1).map_err(store_error)?;
-            let mut changed = vec![id];
-            if from.is_some() || to.is_some() {
-                sqlx::query(AssertSqlSafe(self.sql.unlink.clone()))
-                    .bind(id_to_sql(id))
-                    .bind(from)
-                    .bind(to)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                changed.extend(from.into_iter().chain(to).map(id_from_sql));
-            }
-            self.announce(&mut tx, Change::Keys(&changed)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(true)
-        })
-        .await
-    }
-}
-
-impl KeyStoreLifecycle for PostgresStore {
-    async fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            if let Some(owner) = &record.owner {
-                // Serializes every limited write of this owner, in every
-                // process, until commit; READ COMMITTED then counts what the
-                // previous holder committed.
-                let class = self.lock_class(&mut tx).await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(class)
-                    .bind(owner.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let active: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.count_active.clone()))
-                    .bind(owner.clone())
-                    .bind(trunc(now))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let active = u32::try_from(active).unwrap_or(u32::MAX);
-                if active >= max {
-                    return Ok(LimitedInsert::LimitReached { active });
-                }
-            }
-            self.insert_in(&mut tx, &record).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(LimitedInsert::Inserted)
-        })
-        .await
-    }
-
-    async fn update_if(&self, record: KeyRecord, expected: u64) -> Result<KeyRecord, StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            let stored = self.replace_in(&mut tx, &record, Some(expected)).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    async fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            if let Some(owner) = &record.owner
-                && record.counts_toward_limit(now)
-            {
-                let class = self.lock_class(&mut tx).await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(class)
-                    .bind(owner.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let state = sqlx::query(AssertSqlSafe(self.sql.stored_state.clone()))
-                    .bind(id_to_sql(record.id))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?
-                    .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
-                let revision: i64 = state.try_get(0).map_err(store_error)?;
-                if revision as u64 != expected {
-                    return Err(StoreError::new(StoreErrorKind::Conflict));
-                }
-                let stored_owner: Option<String> = state.try_get(1).map_err(store_error)?;
-                let status: String = state.try_get(2).map_err(store_error)?;
-                let expires: Option<PgMicros> = state.try_get(3).map_err(store_error)?;
-                let rotated_to: Option<i64> = state.try_get(4).map_err(store_error)?;
-                let counted = status != "revoked"
-                    && expires.is_none_or(|e| e > PgMicros::of(trunc(now)))
-                    && rotated_to.is_none();
-                if !(counted && stored_owner.as_deref() == Some(owner.as_str())) {
-                    let active: i64 =
-                        sqlx::query_scalar(AssertSqlSafe(self.sql.count_active_except.clone()))
-                            .bind(owner.clone())
-                            .bind(trunc(now))
-                            .bind(id_to_sql(record.id))
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                    let active = u32::try_from(active).unwrap_or(u32::MAX);
-                    if active >= max {
-                        return Ok(LimitedUpdate::LimitReached { active });
-                    }
-                }
-            }
-            let stored = self.replace_in(&mut tx, &record, Some(expected)).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(LimitedUpdate::Updated(stored))
-        })
-        .await
-    }
-
-    async fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        predecessor.validate().map_err(invalid)?;
-        successor.validate().map_err(invalid)?;
-        if predecessor.id == successor.id {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            let p = self
-                .replace_in(&mut tx, &predecessor, Some(expected))
-                .await?;
-            self.insert_in(&mut tx, &successor).await?;
-            // A chain never has more than two working keys: the
-            // predecessor's own predecessor stops at this rotation.
-            if let Some(before) = p.rotated_from {
-                sqlx::query(AssertSqlSafe(self.sql.end_grace.clone()))
-                    .bind(trunc(successor.created_at))
-                    .bind(id_to_sql(before))
-                    .bind(id_to_sql(p.id))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            }
-            // Both keys and the predecessor's predecessor (its grace ended).
-            let mut changed = vec![predecessor.id, successor.id];
-            changed.extend(p.rotated_from);
-            self.announce(&mut tx, Change::Keys(&changed)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok((p, successor.clone()))
-        })
-        .await
-    }
-
-    async fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let o = owner.to_owned();
-        bounded(
-            self.timeout,
-            self.revoke(
-                &self.sql.revoke_owner,
-                &revocation,
-                Change::Owner(owner),
-                |q| q.bind(o),
-            ),
-        )
-        .await
-    }
-
-    async fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let p = prefix.as_str().to_owned();
-        let (s, e) = (trunc(created.start), trunc(created.end));
-        bounded(
-            self.timeout,
-            self.revoke(
-                &self.sql.revoke_matching,
-                &revocation,
-                Change::Matching(prefix.as_str(), created.clone()),
-                |q| q.bind(p).bind(s).bind(e),
-            ),
-        )
-        .await
-    }
-}
-
-impl UsageStore for PostgresStore {
-    /// Exactly once: the batch's flush id is inserted into
-    /// `apikey_usage_flushes` in the same transaction as the deltas (a
-    /// replay finds it and writes nothing); ids are kept for
-    /// [`FLUSH_RETENTION`].
-    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
-        let applied = bounded(
-            self.timeout,
-            self.usage(Some(batch.id.as_u128()), &batch.deltas),
-        )
-        .await?;
-        Ok(if applied {
-            FlushOutcome::Applied
-        } else {
-            FlushOutcome::AlreadyApplied
-        })
-    }
 }

@@ -355,3 +355,22 @@ async fn a_deadline_during_commit_never_loses_a_create_or_rotation() {
     assert!(cut > 0, "no write was cut: the test did not test");
     eprintln!("a_deadline_during_commit_never_loses_a_create_or_rotation: {cut} of 80 writes cut");
 }
+
+/// A database failure while migrating is `MigrateError::Database`: a store
+/// error (no sqlx type in the public variant) whose source is the
+/// database's own error.
+#[tokio::test]
+async fn migrate_failure_keeps_the_database_error_as_source() {
+    let dir = common::temp_dir("notadb");
+    let path = dir.join("keys.db");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    match SqliteStore::open(&path).await {
+        Err(MigrateError::Database(e)) => {
+            assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+            let source = std::error::Error::source(&e).expect("the database error");
+            assert!(!source.to_string().is_empty());
+        }
+        other => panic!("expected MigrateError::Database, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
