@@ -5,7 +5,7 @@
 //! # A first look
 //!
 //! ```
-//! use apikey::{Authenticator, KeyStoreWrite, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
+//! use apikey::{Authenticator, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), apikey::Error> {
@@ -18,7 +18,7 @@
 //!     NewKey::new("kwi_sk_").owner("user_42").name("CI").scopes(["tasks:read"]),
 //!     time::OffsetDateTime::now_utc(),
 //! )?;
-//! store.insert(record).await?;
+//! store.insert_sync(record)?;
 //!
 //! // Verify on every request.
 //! let auth = Authenticator::new(verifier, store);
@@ -121,10 +121,10 @@ pub use manage::{
 /// release line's), so callers can name the same version.
 pub use rand_core;
 pub use store::{
-    CachedStore, ChangeFeed, FlushId, FlushOutcome, Invalidate, Invalidation, KeyRecord,
-    KeyRecordBuilder, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
-    KeyView, LegacyInfo, LimitedInsert, LimitedUpdate, MemoryStore, NewKey, Revocation,
-    SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
+    CachedStore, ChangeFeed, Changes, Cursor, Delete, FlushId, FlushOutcome, Invalidate,
+    Invalidation, KeyFilter, KeyQuery, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, Listing, MemoryStore, NewKey, OwnerGuard,
+    Put, Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
 };
 pub use verify::{
     Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL, IpNet, KeyPolicies, KeyPolicy,

@@ -42,7 +42,7 @@ use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
 use crate::manage::manager::{KeyManager, KeySummary};
 use crate::record::{KeyRecord, KeyStatus, NewKey};
-use crate::store::{KeyStoreLifecycle, LimitedInsert, UsageStore};
+use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
 use crate::verify::derived::{Bounds, PARENT, parent_of_record};
 
 /// How a derived key narrows its parent; every unset field is the parent's.
@@ -91,18 +91,19 @@ impl Derivation {
     }
 }
 
-fn is_child_of(r: &KeyRecord, parent: KeyId) -> bool {
+pub(crate) fn is_child_of(r: &KeyRecord, parent: KeyId) -> bool {
     matches!(parent_of_record(r), Some(Ok(p)) if p == parent)
 }
 
-impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
+impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Derives a child of key `parent`: same owner, prefix and environment,
     /// narrowed by `derivation` (see [`verify::derived`](crate::verify::derived)).
     /// The issuance policies and the owner limit apply as on
     /// [`create`](Self::create).
     ///
-    /// The live-children limit is checked by a read before the write: two
-    /// concurrent derivations from one parent can exceed it by one each.
+    /// The live-children limit and the owner limit are counted on the
+    /// owner's listing and the child is committed with the owner guard, so
+    /// concurrent derivations from one parent never exceed either.
     ///
     /// # Errors
     /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the parent is
@@ -153,17 +154,6 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
                 "the chain of derived keys would be too deep",
             ));
         }
-        let live = self
-            .records_of(&owner)
-            .await?
-            .iter()
-            .filter(|r| is_child_of(r, parent) && r.counts_toward_limit(now))
-            .count();
-        if live >= usize::try_from(max_children).unwrap_or(usize::MAX) {
-            return Err(Error::KeyLimitReached {
-                limit: max_children,
-            });
-        }
         let mut new = NewKey::new(p.prefix.as_str()).owner(owner);
         new.name = derivation.name;
         new.scopes = derivation
@@ -186,17 +176,12 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         Bounds::of_record(&record)
             .within(&Bounds::of_record(&p))
             .map_err(|rule| Error::PolicyViolation { rule })?;
-        match self.insert_resolved(&record, now).await? {
-            LimitedInsert::LimitReached { .. } => Err(Error::KeyLimitReached {
-                limit: self.max_per_owner.unwrap_or(0),
-            }),
-            _ => {
-                let mut ev = self.event(now, AuditKind::Created, &record, actor);
-                ev.reason = Some(format!("derived from {parent}"));
-                self.emit(ev);
-                Ok((key, KeySummary::from_record(&record, now)))
-            }
-        }
+        self.insert_planned(&record, now, Some((parent, max_children)))
+            .await?;
+        let mut ev = self.event(now, AuditKind::Created, &record, actor);
+        ev.reason = Some(format!("derived from {parent}"));
+        self.emit(ev);
+        Ok((key, KeySummary::from_record(&record, now)))
     }
 
     /// The keys derived directly from `parent`, oldest first.
@@ -218,7 +203,10 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
             .collect())
     }
 
-    /// Revokes the children of a revoked `parent`, and theirs.
+    /// Revokes the descendants of a revoked `parent` (children, theirs,
+    /// ...), planned on the owner's listing and committed in commits of at
+    /// most [`Changes::MAX_ITEMS`] records, each at the revision read (a
+    /// conflicting commit plans again). One `revoked` event per key.
     pub(super) async fn revoke_children(&self, parent: &KeyRecord, actor: &Actor) -> Result<()> {
         if parent.status != KeyStatus::Revoked {
             return Ok(());
@@ -226,21 +214,64 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         let Some(owner) = &parent.owner else {
             return Ok(());
         };
-        let mut pending = vec![parent.id];
-        let mut seen = std::collections::HashSet::from([parent.id]);
-        let records = self.records_of(owner).await?;
-        while let Some(id) = pending.pop() {
-            for child in records.iter().filter(|r| is_child_of(r, id)) {
-                if !seen.insert(child.id) {
-                    continue;
-                }
-                pending.push(child.id);
-                if child.status != KeyStatus::Revoked {
-                    self.revoke_one(child.id, "parent key revoked", actor)
-                        .await?;
+        let now = self.now()?;
+        let reason = "parent key revoked";
+        for attempt in 0..super::manager::MAX_RETRIES {
+            let records = self.records_of(owner).await?;
+            let mut pending = vec![parent.id];
+            let mut seen = std::collections::HashSet::from([parent.id]);
+            let mut todo = Vec::new();
+            while let Some(id) = pending.pop() {
+                for child in records.iter().filter(|r| is_child_of(r, id)) {
+                    if !seen.insert(child.id) {
+                        continue;
+                    }
+                    pending.push(child.id);
+                    if child.status != KeyStatus::Revoked {
+                        todo.push(child);
+                    }
                 }
             }
+            if todo.is_empty() {
+                return Ok(());
+            }
+            let mut conflicted = false;
+            for chunk in todo.chunks(Changes::MAX_ITEMS) {
+                let mut changes = Changes::new();
+                for child in chunk {
+                    let mut next = (*child).clone();
+                    next.status = KeyStatus::Revoked;
+                    next.revocation = Some(crate::record::Revocation {
+                        at: now,
+                        reason: reason.to_owned(),
+                    });
+                    changes.puts.push(Put::update(next, child.revision));
+                }
+                match self.store().commit(&changes).await {
+                    Ok(()) => {
+                        for child in chunk {
+                            let mut ev = self.event(now, AuditKind::Revoked, child, actor);
+                            ev.reason = Some(reason.to_owned());
+                            self.emit(ev);
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            crate::StoreErrorKind::Conflict | crate::StoreErrorKind::NotFound
+                        ) =>
+                    {
+                        conflicted = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !conflicted {
+                return Ok(());
+            }
+            super::manager::backoff(attempt).await;
         }
-        Ok(())
+        Err(super::manager::contended())
     }
 }

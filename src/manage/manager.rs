@@ -1,6 +1,6 @@
 //! The management side: [`KeyManager`] creates, lists, updates, disables,
 //! revokes, rotates, deletes and imports keys over any
-//! [`KeyStoreLifecycle`], enforces the per-owner limit, records usage and
+//! [`KeyStoreWrite`] + [`UsageStore`], enforces the per-owner limit, records usage and
 //! emits audit events; it also authenticates requests with the IP
 //! allowlist, usage tracking, legacy keys and audit of failures.
 //!
@@ -10,10 +10,13 @@
 //! by a verification, a `get` or a listing; an unreachable or slow store is
 //! [`Error::StoreUnavailable`] (503).
 //!
-//! Every operation returns a typed [`Error`]; each one is a single atomic
-//! store call, or a read followed by a conditional write
-//! ([`KeyStoreLifecycle::update_if`]) that is retried on a concurrent
-//! change, so a call refused by the store changes nothing. A change
+//! Every operation returns a typed [`Error`]. Every rule (the owner limit,
+//! the rotation chain, link clearing on delete, legacy-index uniqueness,
+//! the derived-key limits) is planned here, once, over what was read, and
+//! written in one [`KeyStoreWrite::commit`] that names the revisions and
+//! the owner version it planned on; a commit refused as a conflict writes
+//! nothing and the plan is made again (at most 12 times, with jittered
+//! backoff), so a call refused by the store changes nothing. A change
 //! (disable, revoke, ...) is visible to every verification that starts
 //! after the call returns: the manager keeps no cache of records.
 //!
@@ -68,37 +71,35 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use crate::audit::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
 use crate::clock::{Clock, SystemClock};
-use crate::digest::KeyDigest;
-use crate::error::{Error, Result, StoreError, StoreErrorKind};
+use crate::error::{Error, Result};
 use crate::ipnet::IpNet;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::{Limits, NoLimits};
 use crate::manage::hygiene::{HygieneOptions, HygieneReport};
-use crate::prefix::{Environment, Prefix};
-use crate::record::{KeyRecord, KeyStatus, LegacyInfo, NewKey, Revocation};
+use crate::prefix::Environment;
+use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, UsageCounters};
 use crate::scope::Requirement;
-use crate::store::{KeyStoreLifecycle, LimitedInsert, LimitedUpdate, UsageStore};
+use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
 use crate::usage::UsageRecorder;
 use crate::verifier::{VerifiedKey, Verifier};
 use crate::verify::authenticator::{Auditor, Authenticator};
 use crate::verify::policy::KeyPolicies;
 
-/// How often a read-modify-write is retried when the record changed
-/// concurrently.
-const MAX_RETRIES: usize = 8;
-/// How often a write whose answer was lost (a timeout, a dropped
-/// connection) is sent again to learn whether it committed.
-const RESENDS: usize = 2;
+mod change;
+mod commit;
+mod create;
+mod rotate;
+
+pub(crate) use commit::{MAX_RETRIES, backoff, contended};
+
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
 pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
@@ -120,27 +121,6 @@ fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Whether a failed write's outcome is unknown: the deadline passed or the
-/// connection was lost, possibly while the database was committing (both
-/// PostgreSQL and SQLite finish a COMMIT whose client went away).
-fn outcome_unknown(e: &StoreError) -> bool {
-    matches!(
-        e.kind(),
-        StoreErrorKind::Timeout | StoreErrorKind::Unavailable
-    )
-}
-
-/// Whether `stored` is the record `ours` that this manager wrote: the same
-/// id, digest, legacy index and predecessor (ids are random 64-bit values
-/// and digests are keyed by the server secret, so another write never
-/// matches).
-fn same_key(stored: &KeyRecord, ours: &KeyRecord) -> bool {
-    stored.id == ours.id
-        && stored.digest == ours.digest
-        && stored.legacy.as_ref().map(|l| &l.index) == ours.legacy.as_ref().map(|l| &l.index)
-        && stored.rotated_from == ours.rotated_from
 }
 
 /// What a person sees of a key: display form, name, scopes, status, times,
@@ -188,12 +168,25 @@ pub struct KeySummary {
     pub rotated_from: Option<KeyId>,
     /// The key that replaced this one.
     pub rotated_to: Option<KeyId>,
-    /// Successful verifications today (UTC), as of the last flush.
+    /// Successful verifications today (UTC), as of the last flush (0 in a
+    /// summary made by [`from_record`](Self::from_record) alone; the
+    /// manager's listings fill it from [`UsageStore::usage`]).
     pub requests_today: u64,
-    /// Successful verifications this month (UTC), as of the last flush.
+    /// Successful verifications this month (UTC), as of the last flush (as
+    /// `requests_today`).
     pub requests_this_month: u64,
     /// Whether the key was imported from another system.
     pub legacy: bool,
+}
+
+impl KeySummary {
+    /// This summary with the usage totals `usage`
+    /// ([`KeyManager::usage_of`]).
+    pub fn with_usage(mut self, usage: UsageCounters) -> Self {
+        self.requests_today = usage.today;
+        self.requests_this_month = usage.this_month;
+        self
+    }
 }
 
 /// A key's effective state at a given time.
@@ -216,13 +209,9 @@ pub enum KeyState {
 }
 
 impl KeySummary {
-    /// The summary of `record` at `now`.
+    /// The summary of `record` at `now`, without usage counts (see
+    /// [`with_usage`](Self::with_usage)).
     pub fn from_record(record: &KeyRecord, now: OffsetDateTime) -> Self {
-        // Never panics: a `now` whose UTC date does not exist (an extreme
-        // offset) counts no usage today.
-        let today = now
-            .checked_to_offset(time::UtcOffset::UTC)
-            .map_or(time::Date::MIN, OffsetDateTime::date);
         let state = match record.status {
             KeyStatus::Revoked => KeyState::Revoked,
             KeyStatus::Disabled => KeyState::Disabled,
@@ -256,8 +245,8 @@ impl KeySummary {
             ip_allowlist: record.ip_allowlist.clone(),
             rotated_from: record.rotated_from,
             rotated_to: record.rotated_to,
-            requests_today: record.usage.today(today),
-            requests_this_month: record.usage.this_month(today),
+            requests_today: 0,
+            requests_this_month: 0,
             legacy: record.legacy.is_some(),
         }
     }
@@ -534,14 +523,14 @@ impl<S, C, L> fmt::Debug for KeyManager<S, C, L> {
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore + 'static> KeyManager<S, SystemClock> {
+impl<S: KeyStoreWrite + UsageStore + 'static> KeyManager<S, SystemClock> {
     /// A manager reading the system clock.
     pub fn new(verifier: Verifier, store: S) -> Self {
         Self::with_clock(verifier, store, SystemClock)
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
+impl<S: KeyStoreWrite + UsageStore + 'static, C: Clock> KeyManager<S, C> {
     /// A manager reading `clock`. No owner limit, no audit sink, rotation
     /// grace at most [`DEFAULT_MAX_GRACE`], usage counted in memory (flush
     /// it with [`flush`](Self::flush), off the request path), rejection
@@ -566,7 +555,7 @@ impl<S: KeyStoreLifecycle + UsageStore + 'static, C: Clock> KeyManager<S, C> {
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
+impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Runs the pipeline's failure throttle with `limits` (see
     /// [`Authenticator::with_limits`]); a gate built with
     /// [`Gate::from_manager`](crate::web::Gate::from_manager) takes its rate
@@ -637,7 +626,7 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     /// [`create`](Self::create), [`update`](Self::update),
     /// [`rotate`](Self::rotate) and [`import`](Self::import) (a key that
     /// would not comply is refused with [`Error::PolicyViolation`], before
-    /// the one store write that also checks the owner limit), and checked
+    /// the one commit that also carries the owner guard), and checked
     /// at every verification through this manager's verifier (see
     /// [`Verifier::with_key_policies`]). To tighten or loosen a policy,
     /// build the manager again over the same store: keys are never revoked
@@ -859,150 +848,6 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         }
     }
 
-    // ----- create, read -----
-
-    /// Creates a key; returns the full key (show it once) and its summary.
-    ///
-    /// # Errors
-    /// [`Error::KeyLimitReached`] when the owner already has the maximum of
-    /// active keys; the errors of [`Verifier::issue`] (prefix, scopes,
-    /// validity window); [`Error::StoreUnavailable`] when the store fails
-    /// and the outcome could not be learned (see
-    /// [What a timeout means](Self#what-a-timeout-means): a create whose
-    /// commit outlived its deadline answers success).
-    pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
-        reserved_parent(&new.metadata)?;
-        let now = self.now()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (key, record) = self.issue_planned(new.clone(), now, true)?;
-            match self.insert_resolved(&record, now).await {
-                Err(e) if e.kind() == StoreErrorKind::IdCollision && attempt < 3 => continue,
-                Err(e) => return Err(e.into()),
-                Ok(LimitedInsert::LimitReached { .. }) => {
-                    return Err(Error::KeyLimitReached {
-                        limit: self.max_per_owner.unwrap_or(0),
-                    });
-                }
-                Ok(_) => {
-                    self.emit(self.event(now, AuditKind::Created, &record, actor));
-                    return Ok((key, KeySummary::from_record(&record, now)));
-                }
-            }
-        }
-    }
-
-    async fn insert(
-        &self,
-        record: KeyRecord,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        match (self.max_per_owner, record.owner.is_some()) {
-            (Some(max), true) => self.auth.store().insert_limited(record, max, now).await,
-            _ => self
-                .auth
-                .store()
-                .insert(record)
-                .await
-                .map(|()| LimitedInsert::Inserted),
-        }
-    }
-
-    /// [`insert`](Self::insert) with its outcome resolved when the answer
-    /// was lost ([`outcome_unknown`]: the write may have committed). The
-    /// same record is sent again, which the database orders after the lost
-    /// write (the re-sent one waits for its locks: the id's index entry, the
-    /// owner lock, SQLite's write lock); when the re-sent write is refused
-    /// (`IdCollision`, or the owner limit counting the lost write) and the
-    /// stored record is this one, the lost write committed: inserted. At
-    /// most [`RESENDS`] times; then the last error (outcome unknown).
-    pub(super) async fn insert_resolved(
-        &self,
-        record: &KeyRecord,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        let mut answer = self.insert(record.clone(), now).await;
-        for _ in 0..RESENDS {
-            match &answer {
-                Err(e) if outcome_unknown(e) => {}
-                _ => break,
-            }
-            answer = match self.insert(record.clone(), now).await {
-                Err(e) if e.kind() == StoreErrorKind::IdCollision => {
-                    self.landed(record).await.and_then(|ours| {
-                        if ours {
-                            Ok(LimitedInsert::Inserted)
-                        } else {
-                            Err(e)
-                        }
-                    })
-                }
-                Ok(LimitedInsert::LimitReached { active }) => {
-                    self.landed(record).await.map(|ours| {
-                        if ours {
-                            LimitedInsert::Inserted
-                        } else {
-                            LimitedInsert::LimitReached { active }
-                        }
-                    })
-                }
-                other => other,
-            };
-        }
-        answer
-    }
-
-    /// [`KeyStoreLifecycle::rotate`] with its outcome resolved as in
-    /// [`insert_resolved`](Self::insert_resolved): the same rotation, sent
-    /// again, is refused (`Conflict`: the predecessor's revision moved, or
-    /// `IdCollision`) once the lost one committed, and then the stored
-    /// successor is this one.
-    async fn rotate_resolved(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        let store = self.auth.store();
-        let mut answer = store
-            .rotate(predecessor.clone(), expected, successor.clone())
-            .await;
-        for _ in 0..RESENDS {
-            match &answer {
-                Err(e) if outcome_unknown(e) => {}
-                _ => break,
-            }
-            answer = match store
-                .rotate(predecessor.clone(), expected, successor.clone())
-                .await
-            {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        StoreErrorKind::Conflict | StoreErrorKind::IdCollision
-                    ) =>
-                {
-                    match store.get(successor.id).await {
-                        Ok(Some(stored)) if same_key(&stored, &successor) => {
-                            Ok((predecessor.clone(), stored))
-                        }
-                        Ok(_) => Err(e),
-                        Err(e) => Err(e),
-                    }
-                }
-                other => other,
-            };
-        }
-        answer
-    }
-
-    /// Whether `ours` is stored (after a write whose answer was lost).
-    async fn landed(&self, ours: &KeyRecord) -> Result<bool, StoreError> {
-        let stored = self.auth.store().get(ours.id).await?;
-        Ok(stored.is_some_and(|s| same_key(&s, ours)))
-    }
-
     /// The full stored record (for administrators: it has the digest, never
     /// the secret). Prefer [`get`](Self::get) for people.
     ///
@@ -1026,15 +871,46 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     pub async fn get(&self, id: KeyId) -> Result<KeySummary> {
         let now = self.now()?;
         let r = self.record(id).await?;
-        Ok(KeySummary::from_record(&r, now))
+        self.summary(&r, now).await
     }
 
-    pub(super) async fn records_of(&self, owner: &str) -> Result<Vec<KeyRecord>> {
-        self.auth
+    pub(crate) async fn records_of(&self, owner: &str) -> Result<Vec<KeyRecord>> {
+        Ok(self.owner_snapshot(owner).await?.records)
+    }
+
+    /// Today's and this month's successful verifications of key `id` (UTC,
+    /// as of the last usage flush), summed from the store's per-day rows
+    /// ([`UsageStore::usage`]).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`].
+    pub async fn usage_of(&self, id: KeyId) -> Result<UsageCounters> {
+        let now = self.now()?;
+        self.usage_at(id, now).await
+    }
+
+    async fn usage_at(&self, id: KeyId, now: OffsetDateTime) -> Result<UsageCounters> {
+        // Never panics: a `now` whose UTC date does not exist (an extreme
+        // offset) counts no usage.
+        let Some(today) = now.checked_to_offset(time::UtcOffset::UTC) else {
+            return Ok(UsageCounters::default());
+        };
+        let today = today.date();
+        let rows = self
             .store()
-            .list_by_owner(owner)
+            .usage(id, UsageCounters::window(today))
             .await
-            .map_err(Error::from)
+            .map_err(Error::from)?;
+        Ok(UsageCounters::from_days(today, &rows))
+    }
+
+    /// The summary of `record` with its usage totals.
+    pub(crate) async fn summary(
+        &self,
+        record: &KeyRecord,
+        now: OffsetDateTime,
+    ) -> Result<KeySummary> {
+        Ok(KeySummary::from_record(record, now).with_usage(self.usage_at(record.id, now).await?))
     }
 
     /// The summaries of `owner`'s keys, oldest first.
@@ -1048,10 +924,11 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
         let records = self.records_of(owner).await?;
-        Ok(records
-            .iter()
-            .map(|r| KeySummary::from_record(r, now))
-            .collect())
+        let mut out = Vec::with_capacity(records.len());
+        for r in &records {
+            out.push(self.summary(r, now).await?);
+        }
+        Ok(out)
     }
 
     /// Keys that expire within `within` from now (of `owner`, or of everyone
@@ -1068,17 +945,18 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         within: Duration,
     ) -> Result<Vec<KeySummary>> {
         let now = self.now()?;
-        let records = self
-            .auth
-            .store()
-            .list_expiring(owner, now..now.saturating_add(within))
-            .await
-            .map_err(Error::from)?;
-        Ok(records
-            .iter()
-            .filter(|r| r.rotated_to.is_none())
-            .map(|r| KeySummary::from_record(r, now))
-            .collect())
+        let mut query = KeyQuery::expiring(owner, now..now.saturating_add(within));
+        let mut out = Vec::new();
+        loop {
+            let page = self.store().list(&query).await.map_err(Error::from)?;
+            for r in page.records.iter().filter(|r| r.rotated_to.is_none()) {
+                out.push(self.summary(r, now).await?);
+            }
+            match query.next_page(&page) {
+                Some(next) => query = next,
+                None => return Ok(out),
+            }
+        }
     }
 
     /// The [hygiene report](crate::manage::hygiene) over `owner`'s keys:
@@ -1093,568 +971,6 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         let none = KeyPolicies::new();
         let policies = self.policies().unwrap_or(&none);
         Ok(HygieneReport::of_records(&records, policies, now, options))
-    }
-
-    // ----- changes to one key -----
-
-    /// Reads key `id`, lets `change` compute the new record (`None`: nothing
-    /// to do), and writes it conditionally, retrying when the record changed
-    /// in between. Returns (before, after-if-written).
-    ///
-    /// With an owner limit, every write goes through
-    /// [`KeyStoreLifecycle::update_limited`]: a write that would make the
-    /// key count toward the limit again (an expiry cleared or extended on
-    /// an expired key) is refused with [`Error::KeyLimitReached`] when the
-    /// owner is at the limit, atomically with the write.
-    pub(super) async fn modify<F>(
-        &self,
-        id: KeyId,
-        now: OffsetDateTime,
-        mut change: F,
-    ) -> Result<(KeyRecord, Option<KeyRecord>)>
-    where
-        F: FnMut(&KeyRecord) -> Result<Option<KeyRecord>>,
-    {
-        for _ in 0..MAX_RETRIES {
-            let current = self.record(id).await?;
-            let Some(next) = change(&current)? else {
-                return Ok((current, None));
-            };
-            let written = match self.max_per_owner {
-                Some(max) if next.owner.is_some() => {
-                    match self
-                        .auth
-                        .store()
-                        .update_limited(next, current.revision, max, now)
-                        .await
-                    {
-                        Ok(LimitedUpdate::Updated(stored)) => Ok(stored),
-                        Ok(LimitedUpdate::LimitReached { .. }) => {
-                            return Err(Error::KeyLimitReached { limit: max });
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                _ => self.auth.store().update_if(next, current.revision).await,
-            };
-            match written {
-                Ok(stored) => return Ok((current, Some(stored))),
-                Err(e) if e.kind() == StoreErrorKind::Conflict => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::StoreUnavailable(StoreError::new(
-            StoreErrorKind::Conflict,
-        )))
-    }
-
-    /// Changes the fields set in `update`.
-    ///
-    /// With an owner limit, a new expiry (or none) that brings an expired
-    /// key back is checked against the limit in the same atomic write.
-    ///
-    /// # Errors
-    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key, or
-    /// a new expiry on a key replaced by rotation;
-    /// [`Error::KeyLimitReached`] when a new expiry would revive an expired
-    /// key while its owner is at the limit; [`Error::InvalidScope`];
-    /// [`Error::InvalidInput`] for an expiry not in the future or not after
-    /// not-before; [`Error::StoreUnavailable`].
-    pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
-        if let Some(Some(e)) = update.expires_at {
-            crate::clock::check_time(e)?;
-        }
-        let scopes = update
-            .scopes
-            .as_ref()
-            .map(crate::scope::ScopeSet::parse)
-            .transpose()?;
-        let mut fields = Vec::new();
-        let (before, after) = self
-            .modify(id, now, |cur| {
-                if cur.status == KeyStatus::Revoked {
-                    return Err(Error::InvalidState("a revoked key cannot be changed"));
-                }
-                fields.clear();
-                let mut next = cur.clone();
-                if let Some(name) = &update.name
-                    && *name != cur.name
-                {
-                    next.name = name.clone();
-                    fields.push("name");
-                }
-                if let Some(d) = &update.description
-                    && *d != cur.description
-                {
-                    next.description = d.clone();
-                    fields.push("description");
-                }
-                if let Some(s) = &scopes
-                    && *s != cur.scopes
-                {
-                    next.scopes = s.clone();
-                    fields.push("scopes");
-                }
-                if let Some(exp) = update.expires_at {
-                    let exp = exp.map(crate::clock::check_time).transpose()?;
-                    if exp != cur.expires_at {
-                        if cur.rotated_to.is_some() {
-                            return Err(Error::InvalidState(
-                                "the expiry of a key replaced by rotation cannot be changed",
-                            ));
-                        }
-                        if let Some(e) = exp {
-                            if e <= now {
-                                return Err(Error::InvalidInput(
-                                    "expires_at must be in the future".into(),
-                                ));
-                            }
-                            if cur.not_before.is_some_and(|nb| e <= nb) {
-                                return Err(Error::InvalidInput(
-                                    "expires_at must be after not_before".into(),
-                                ));
-                            }
-                        }
-                        next.expires_at = exp;
-                        fields.push("expires_at");
-                    }
-                }
-                if let Some(m) = &update.metadata {
-                    // A derived key's parent link is the crate's, not the
-                    // caller's: kept as it is.
-                    let mut m = m.clone();
-                    m.remove(crate::verify::derived::PARENT);
-                    if let Some(p) = cur.metadata.get(crate::verify::derived::PARENT) {
-                        m.insert(crate::verify::derived::PARENT.to_owned(), p.clone());
-                    }
-                    if m != cur.metadata {
-                        next.metadata = m;
-                        fields.push("metadata");
-                    }
-                }
-                if let Some(l) = &update.ip_allowlist
-                    && *l != cur.ip_allowlist
-                {
-                    next.ip_allowlist = l.clone();
-                    fields.push("ip_allowlist");
-                }
-                // A change of what policies govern must leave a compliant
-                // key; a rename or a note on a non-compliant key is allowed.
-                if fields.iter().any(|f| matches!(*f, "scopes" | "expires_at")) {
-                    self.check_policies(&next, now)?;
-                }
-                if next.is_publishable() && fields.contains(&"metadata") {
-                    crate::web::publishable::validate_origins(
-                        next.metadata
-                            .get(crate::web::publishable::ALLOWED_ORIGINS)
-                            .map(String::as_str),
-                    )?;
-                }
-                Ok((!fields.is_empty()).then_some(next))
-            })
-            .await?;
-        let result = after.as_ref().unwrap_or(&before);
-        if after.is_some() {
-            self.emit(self.event(now, AuditKind::Updated { fields }, result, actor));
-        }
-        Ok(KeySummary::from_record(result, now))
-    }
-
-    async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
-        let (before, after) = self
-            .modify(id, now, |cur| match cur.status {
-                KeyStatus::Revoked => Err(Error::InvalidState(
-                    "a revoked key can never be enabled or disabled again",
-                )),
-                s if s == to => Ok(None),
-                _ => {
-                    let mut next = cur.clone();
-                    next.status = to;
-                    if to == KeyStatus::Active {
-                        // Enabling is the approval of a pending key.
-                        next.metadata.remove(PENDING_APPROVAL);
-                    }
-                    Ok(Some(next))
-                }
-            })
-            .await?;
-        let result = after.as_ref().unwrap_or(&before);
-        if after.is_some() {
-            let kind = if to == KeyStatus::Disabled {
-                AuditKind::Disabled
-            } else {
-                AuditKind::Enabled
-            };
-            self.emit(self.event(now, kind, result, actor));
-        }
-        Ok(KeySummary::from_record(result, now))
-    }
-
-    /// Disables a key (reversible). It fails verification with
-    /// `DISABLED_API_KEY` from the moment this returns. Disabling a disabled
-    /// key does nothing.
-    ///
-    /// # Errors
-    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key;
-    /// [`Error::StoreUnavailable`].
-    pub async fn disable(&self, id: KeyId, actor: &Actor) -> Result<KeySummary> {
-        self.set_status(id, KeyStatus::Disabled, actor).await
-    }
-
-    /// Enables a disabled key again. Enabling an active key does nothing.
-    ///
-    /// # Errors
-    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key
-    /// (revocation is permanent); [`Error::StoreUnavailable`].
-    pub async fn enable(&self, id: KeyId, actor: &Actor) -> Result<KeySummary> {
-        self.set_status(id, KeyStatus::Active, actor).await
-    }
-
-    /// Revokes a key for good, with `reason` and the current time. Revoking
-    /// a revoked key does nothing (the first revocation stays).
-    ///
-    /// # Errors
-    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
-    pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
-        let record = self.revoke_one(id, reason, actor).await?;
-        // Verification refuses derived keys from their parent's revocation
-        // on; revoking them too makes it permanent.
-        self.revoke_children(&record, actor).await?;
-        Ok(KeySummary::from_record(&record, now))
-    }
-
-    /// [`revoke`](Self::revoke) without the derived keys.
-    pub(super) async fn revoke_one(
-        &self,
-        id: KeyId,
-        reason: &str,
-        actor: &Actor,
-    ) -> Result<KeyRecord> {
-        let now = self.now()?;
-        let (before, after) = self
-            .modify(id, now, |cur| {
-                if cur.status == KeyStatus::Revoked {
-                    return Ok(None);
-                }
-                let mut next = cur.clone();
-                next.status = KeyStatus::Revoked;
-                next.revocation = Some(Revocation {
-                    at: now,
-                    reason: reason.to_owned(),
-                });
-                Ok(Some(next))
-            })
-            .await?;
-        let result = after.as_ref().unwrap_or(&before);
-        if after.is_some() {
-            let mut ev = self.event(now, AuditKind::Revoked, result, actor);
-            ev.reason = Some(reason.to_owned());
-            self.emit(ev);
-        }
-        Ok(result.clone())
-    }
-
-    /// Deletes a key's record. The rotation links of its predecessor and
-    /// successor are cleared.
-    ///
-    /// # Errors
-    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
-    pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
-        let now = self.now()?;
-        let record = self.record(id).await?;
-        if !self.auth.store().delete(id).await.map_err(Error::from)? {
-            return Err(Error::KeyNotFound);
-        }
-        self.emit(self.event(now, AuditKind::Deleted, &record, actor));
-        Ok(())
-    }
-
-    // ----- bulk -----
-
-    fn revoked_events(
-        &self,
-        ids: &[KeyId],
-        owner: Option<&str>,
-        reason: &str,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) {
-        for id in ids {
-            let mut ev = AuditEvent::new(now, AuditKind::Revoked)
-                .key(*id, owner)
-                .by(actor);
-            ev.reason = Some(reason.to_owned());
-            self.emit(ev);
-        }
-    }
-
-    /// Revokes every key of `owner` in one atomic call (a user removed from
-    /// an account). Returns the ids revoked (keys revoked before are left
-    /// as they were).
-    ///
-    /// # Errors
-    /// [`Error::StoreUnavailable`] (then nothing was revoked).
-    pub async fn revoke_owner(
-        &self,
-        owner: &str,
-        reason: &str,
-        actor: &Actor,
-    ) -> Result<Vec<KeyId>> {
-        let now = self.now()?;
-        let ids = self
-            .auth
-            .store()
-            .revoke_owner(
-                owner,
-                Revocation {
-                    at: now,
-                    reason: reason.to_owned(),
-                },
-            )
-            .await
-            .map_err(Error::from)?;
-        self.revoked_events(&ids, Some(owner), reason, actor, now);
-        Ok(ids)
-    }
-
-    /// Revokes every key with `prefix` created in `created` (start
-    /// inclusive, end exclusive), whoever owns it: the response to a leaked
-    /// database or server secret. Returns the ids revoked.
-    ///
-    /// # Errors
-    /// [`Error::InvalidPrefix`] for a malformed prefix;
-    /// [`Error::StoreUnavailable`] (then nothing was revoked).
-    pub async fn revoke_created_between(
-        &self,
-        prefix: &str,
-        created: Range<OffsetDateTime>,
-        reason: &str,
-        actor: &Actor,
-    ) -> Result<Vec<KeyId>> {
-        let now = self.now()?;
-        let prefix = Prefix::new(prefix)?;
-        crate::clock::check_time(created.start)?;
-        crate::clock::check_time(created.end)?;
-        let ids = self
-            .auth
-            .store()
-            .revoke_matching(
-                &prefix,
-                created,
-                Revocation {
-                    at: now,
-                    reason: reason.to_owned(),
-                },
-            )
-            .await
-            .map_err(Error::from)?;
-        self.revoked_events(&ids, None, reason, actor, now);
-        Ok(ids)
-    }
-
-    // ----- rotate -----
-
-    /// Issues a successor with the same prefix, owner, name, description,
-    /// scopes, metadata and IP allowlist; the old key keeps working for the
-    /// grace period (never past its own expiry; zero: it stops now), then
-    /// fails as expired. The records point at each other
-    /// (`rotated_to` / `rotated_from`). A key in its grace period does not
-    /// count toward the owner limit, so rotating at the limit works. The
-    /// grace is at most [`with_max_grace`](Self::with_max_grace) (7 days by default).
-    /// Rotating a key whose own predecessor is still in its grace period
-    /// ends that grace now, in the same atomic store write
-    /// ([`KeyStoreLifecycle::rotate`]): a rotation chain has at most two
-    /// working keys at any time, however often it is rotated.
-    ///
-    /// # Errors
-    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] when the key is
-    /// revoked, expired, disabled, not yet valid or already rotated;
-    /// [`Error::InvalidInput`] for a negative grace, one longer than
-    /// [`with_max_grace`](Self::with_max_grace), or a bad new expiry;
-    /// [`Error::StoreUnavailable`] when the store fails and the outcome could
-    /// not be learned (a rotation whose commit outlived its deadline answers
-    /// success with the new key; see
-    /// [What a timeout means](Self#what-a-timeout-means)).
-    pub async fn rotate(
-        &self,
-        id: KeyId,
-        rotation: Rotation,
-        actor: &Actor,
-    ) -> Result<(ApiKey, KeySummary)> {
-        if rotation.grace.is_negative() {
-            return Err(Error::InvalidInput(
-                "the grace period must not be negative".into(),
-            ));
-        }
-        if rotation.grace > self.max_grace {
-            return Err(Error::InvalidInput(
-                "the grace period is longer than the configured maximum".into(),
-            ));
-        }
-        let now = self.now()?;
-        if let Some(e) = rotation.expires_at {
-            crate::clock::check_time(e)?;
-        }
-        for _ in 0..MAX_RETRIES {
-            let cur = self.record(id).await?;
-            match cur.status {
-                KeyStatus::Revoked => {
-                    return Err(Error::InvalidState("a revoked key cannot be rotated"));
-                }
-                KeyStatus::Disabled => {
-                    return Err(Error::InvalidState("a disabled key cannot be rotated"));
-                }
-                KeyStatus::Active => {}
-            }
-            if cur.expires_at.is_some_and(|e| now >= e) {
-                return Err(Error::InvalidState("an expired key cannot be rotated"));
-            }
-            if cur.rotated_to.is_some() {
-                return Err(Error::InvalidState("this key was already rotated"));
-            }
-            // Never past the supported range (a record must stay in it).
-            let grace_end = now
-                .saturating_add(rotation.grace)
-                .min(crate::clock::MAX_TIME);
-            let grace_end = cur.expires_at.map_or(grace_end, |e| e.min(grace_end));
-            if cur.not_before.is_some_and(|nb| grace_end <= nb || now < nb) {
-                return Err(Error::InvalidState(
-                    "a key that is not yet valid cannot be rotated",
-                ));
-            }
-            let mut new = NewKey::new(cur.prefix.as_str());
-            new.owner = cur.owner.clone();
-            new.name = cur.name.clone();
-            new.description = cur.description.clone();
-            new.scopes = cur.scopes.iter().map(|s| s.as_str().to_owned()).collect();
-            new.metadata = cur.metadata.clone();
-            new.ip_allowlist = cur.ip_allowlist.clone();
-            new.expires_at = rotation.expires_at;
-            // A rotation replaces an approved key: no second approval.
-            let (key, mut successor) = self.issue_planned(new, now, false)?;
-            successor.rotated_from = Some(cur.id);
-            let mut pred = cur.clone();
-            pred.expires_at = Some(grace_end);
-            pred.rotated_to = Some(successor.id);
-            match self.rotate_resolved(pred, cur.revision, successor).await {
-                Ok((pred, succ)) => {
-                    self.emit(self.event(
-                        now,
-                        AuditKind::Rotated {
-                            successor: succ.id,
-                            grace_ends: grace_end,
-                        },
-                        &pred,
-                        actor,
-                    ));
-                    return Ok((key, KeySummary::from_record(&succ, now)));
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        StoreErrorKind::Conflict | StoreErrorKind::IdCollision
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::StoreUnavailable(StoreError::new(
-            StoreErrorKind::Conflict,
-        )))
-    }
-
-    // ----- import -----
-
-    /// Imports a key from another system so its users keep it: a full key,
-    /// or the SHA-256 digest of one. The key must be under a declared legacy
-    /// prefix ([`with_legacy_prefix`](Self::with_legacy_prefix)). It is found on
-    /// verification through the legacy index (a keyed hash of the whole
-    /// key) and upgraded to the current keyed digest on its first successful
-    /// verification. The owner limit applies.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] when the key is not under a declared legacy
-    /// prefix or too long; [`Error::InvalidState`] when it was imported
-    /// already; [`Error::KeyLimitReached`]; the errors of
-    /// [`Verifier::issue`] for the other fields; [`Error::StoreUnavailable`].
-    pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
-        let keyring = self.auth.verifier().keyring();
-        let version = keyring.current_version();
-        let (legacy, sha, digest) = match &import.secret {
-            LegacySecret::Plaintext(text) => {
-                if text.len() > MAX_LEGACY_KEY_LEN {
-                    return Err(Error::InvalidInput("legacy key too long".into()));
-                }
-                let legacy = self
-                    .auth
-                    .legacy_prefix_of(text)
-                    .filter(|l| text.len() > l.legacy.len())
-                    .ok_or_else(|| {
-                        Error::InvalidInput("the key is not under a declared legacy prefix".into())
-                    })?;
-                let sha: Zeroizing<[u8; 32]> =
-                    Zeroizing::new(Sha256::digest(text.as_bytes()).into());
-                (legacy, sha, keyring.legacy_digest(version, text))
-            }
-            LegacySecret::Sha256 { prefix, digest } => {
-                let legacy = self
-                    .auth
-                    .legacy_prefix_named(prefix)
-                    .ok_or_else(|| Error::InvalidInput("not a declared legacy prefix".into()))?;
-                (legacy, digest.clone(), None)
-            }
-        };
-        let index = keyring
-            .legacy_index(version, &sha)
-            .ok_or(Error::InvalidSecret(
-                "the current secret version is missing",
-            ))?;
-        let mut new = import.new.clone();
-        reserved_parent(&new.metadata)?;
-        new.prefix = legacy.native.prefix.as_str().to_owned();
-        for _ in 0..3 {
-            let (_discarded, mut record) = self.issue_planned(new.clone(), now, true)?;
-            record.digest = digest.unwrap_or(KeyDigest::from_bytes([0; 32]));
-            record.legacy = Some(LegacyInfo::new(
-                legacy.legacy.clone(),
-                index,
-                version,
-                digest.is_some(),
-            ));
-            match self.insert_resolved(&record, now).await {
-                Ok(LimitedInsert::LimitReached { .. }) => {
-                    return Err(Error::KeyLimitReached {
-                        limit: self.max_per_owner.unwrap_or(0),
-                    });
-                }
-                Ok(_) => {
-                    self.emit(self.event(now, AuditKind::Imported, &record, actor));
-                    return Ok(KeySummary::from_record(&record, now));
-                }
-                Err(e) if e.kind() == StoreErrorKind::IdCollision => {
-                    if self
-                        .auth
-                        .store()
-                        .find_legacy(&index)
-                        .await
-                        .map_err(Error::from)?
-                        .is_some()
-                    {
-                        return Err(Error::InvalidState("this key was imported already"));
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::StoreUnavailable(StoreError::new(
-            StoreErrorKind::IdCollision,
-        )))
     }
 
     // ----- verification -----

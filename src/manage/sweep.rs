@@ -3,8 +3,9 @@
 //! [`KeyManager::sweep_once`] is one pass; [`KeyManager::run_sweeper`] is
 //! the future a service spawns on its own runtime (the crate starts no
 //! thread or task). Each pass lists the keys that expire soon
-//! ([`KeyStoreQuery::list_expiring`](crate::KeyStoreQuery::list_expiring))
-//! and, for each:
+//! in pages ([`KeyQuery::expiring`](crate::KeyQuery::expiring), 500 a
+//! page, so a pass never holds every expiring key in memory) and, for
+//! each:
 //!
 //! * a key marked for auto-renewal ([`AUTO_RENEW`] in its metadata) that
 //!   expires within [`SweepOptions::renew_before`] gets a later expiry
@@ -17,8 +18,8 @@
 //!   ([`EXPIRY_NOTIFIED`] in its metadata), so a renewed key is notified
 //!   again before its new expiry.
 //!
-//! Both are conditional writes on the record's revision
-//! ([`update_if`](crate::KeyStoreLifecycle::update_if)):
+//! Both are commits at the record's revision
+//! ([`KeyStoreWrite::commit`](crate::KeyStoreWrite::commit)):
 //! of several sweepers over one database (one per instance), one wins
 //! each write, the others re-read and find nothing left to do. So every
 //! notice and renewal happens once, and the event follows the write.
@@ -65,7 +66,10 @@ use crate::key::KeyId;
 use crate::limits::Limits;
 use crate::manage::manager::KeyManager;
 use crate::record::{KeyRecord, KeyStatus};
-use crate::store::{KeyStoreLifecycle, UsageStore};
+use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
+
+/// Records the sweep reads a page.
+const SWEEP_PAGE: u32 = 500;
 
 /// The metadata entry (`"true"`) that marks a key for auto-renewal.
 pub const AUTO_RENEW: &str = "apikey.auto_renew";
@@ -205,7 +209,7 @@ fn notice(r: &KeyRecord, expires_at: OffsetDateTime, renewed: bool) -> ExpiryNot
     }
 }
 
-impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
+impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// One pass of the expiry sweep (see the [module docs](crate::manage::sweep)):
     /// renews auto-renewing keys near expiry and sends one notice per key
     /// and expiry. Safe to run on every instance at once.
@@ -218,32 +222,32 @@ impl<S: KeyStoreLifecycle + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L>
         let now = self.now()?;
         let notice_end = now.saturating_add(options.notice_before);
         let renew_end = now.saturating_add(options.renew_before);
-        let records = self
-            .store()
-            .list_expiring(None, now..notice_end.max(renew_end))
-            .await
-            .map_err(Error::from)?;
-        let mut report = SweepReport {
-            examined: records.len(),
-            ..SweepReport::default()
-        };
-        for r in &records {
-            let outcome = if auto_renews(r) && r.expires_at.is_some_and(|e| e < renew_end) {
-                self.renew(r.id, now, renew_end, options).await.map(|done| {
-                    report.renewed += usize::from(done);
-                })
-            } else if r.expires_at.is_some_and(|e| e < notice_end) {
-                self.notify_expiring(r.id, now, notice_end, options)
-                    .await
-                    .map(|done| report.notified += usize::from(done))
-            } else {
-                Ok(())
-            };
-            if let Err(e) = outcome {
-                report.failed.push((r.id, e.code()));
+        let mut query = KeyQuery::expiring(None, now..notice_end.max(renew_end)).limit(SWEEP_PAGE);
+        let mut report = SweepReport::default();
+        loop {
+            let page = self.store().list(&query).await.map_err(Error::from)?;
+            report.examined += page.records.len();
+            for r in &page.records {
+                let outcome = if auto_renews(r) && r.expires_at.is_some_and(|e| e < renew_end) {
+                    self.renew(r.id, now, renew_end, options).await.map(|done| {
+                        report.renewed += usize::from(done);
+                    })
+                } else if r.expires_at.is_some_and(|e| e < notice_end) {
+                    self.notify_expiring(r.id, now, notice_end, options)
+                        .await
+                        .map(|done| report.notified += usize::from(done))
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = outcome {
+                    report.failed.push((r.id, e.code()));
+                }
+            }
+            match query.next_page(&page) {
+                Some(next) => query = next,
+                None => return Ok(report),
             }
         }
-        Ok(report)
     }
 
     /// Runs [`sweep_once`](Self::sweep_once) in a loop; between passes it

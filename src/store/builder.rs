@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::ipnet::IpNet;
 use crate::key::KeyId;
 use crate::prefix::{Environment, Prefix};
-use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION, UsageCounters};
+use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
 use crate::scope::ScopeSet;
 
 /// Builds a [`KeyRecord`] from its columns. Every field of the record has a
@@ -86,7 +86,6 @@ impl KeyRecord {
                 rotated_to: None,
                 revision: 0,
                 ip_allowlist: Vec::new(),
-                usage: UsageCounters::default(),
                 legacy: None,
             },
         }
@@ -151,8 +150,6 @@ impl KeyRecordBuilder {
         revision: u64,
         /// Addresses the key may be used from (empty: anywhere).
         ip_allowlist: Vec<IpNet>,
-        /// Usage counters.
-        usage: UsageCounters,
         /// Import information of a legacy key.
         legacy: Option<LegacyInfo>,
     }

@@ -3,25 +3,21 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use time::OffsetDateTime;
-
 use super::feed::{Invalidate, Invalidation};
 use super::memory::IdMap;
 use super::{
-    FlushOutcome, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite, KeyView,
-    LimitedInsert, LimitedUpdate, Revocation, UsageBatch, UsageStore,
+    Changes, FlushOutcome, KeyFilter, KeyQuery, KeyRecord, KeyStore, KeyStoreQuery, KeyStoreWrite,
+    KeyView, Listing, Revocation, UsageBatch, UsageStore,
 };
 use crate::clock::Clock;
 use crate::digest::KeyDigest;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyId;
-use crate::prefix::Prefix;
 use crate::sync::{self, Mutex, RwLock};
 
 /// Default [`CachedStore::with_capacity`]: entries kept.
@@ -50,14 +46,15 @@ const MAX_JOINS: usize = 4;
 /// go to the store and then invalidate.
 ///
 /// # Staleness bounds
-/// - **Writes through this cache** (every [`KeyStoreWrite`] and
-///   [`KeyStoreLifecycle`] method) drop the entries they change before they
+/// - **Writes through this cache** (every [`KeyStoreWrite::commit`] and
+///   [`KeyStoreWrite::revoke_where`]) drop the entries they change before they
 ///   return, also when they fail or their future is dropped mid-way (a
 ///   cancelled write may have committed). So a verification that starts
 ///   after a local revoke, disable or delete returned never succeeds with
 ///   the old state: in-process revocation is immediate. Bulk revokes drop
 ///   the ids the store returns (or, on error or cancellation, every cached
-///   entry of the owner or prefix window).
+///   entry of the owner or prefix window, or every entry for an expiry
+///   window).
 /// - **Writes elsewhere** (other instances) arrive through a
 ///   [`ChangeFeed`](crate::ChangeFeed) calling [`invalidate`](Self::invalidate).
 /// - **When no invalidation arrives**, an entry is refetched once it is
@@ -595,14 +592,6 @@ impl<S> CachedStore<S> {
         Lookup::Lead(flight)
     }
 
-    /// The cached view of `id`, fresh or not, without a store read.
-    fn peek(&self, id: KeyId) -> Option<Arc<KeyView>> {
-        match sync::read(self.shard(id.as_u64())).slots.get(&id.as_u64()) {
-            Some(Slot::Ready { view, .. }) => view.clone(),
-            _ => None,
-        }
-    }
-
     /// Caches a leader's answer if its pending slot is still in place.
     fn complete(&self, key: u64, flight: &Arc<Flight>, view: Option<Arc<KeyView>>) {
         let mut m = sync::write(self.shard(key));
@@ -657,24 +646,6 @@ impl<S: KeyStore> CachedStore<S> {
         flight.finish(outcome);
         result
     }
-
-    /// The ids whose views a rotation of `predecessor` changes: both keys
-    /// and the predecessor's own predecessor (its grace ends).
-    async fn rotation_ids(
-        &self,
-        predecessor: &KeyRecord,
-        expected: u64,
-        successor: KeyId,
-    ) -> Vec<KeyId> {
-        let mut ids = vec![predecessor.id, successor];
-        ids.extend(predecessor.rotated_from);
-        let stored = match self.peek(predecessor.id) {
-            Some(v) if v.revision() == expected => Some(v),
-            _ => self.inner.fetch(predecessor.id).await.ok().flatten(),
-        };
-        ids.extend(stored.and_then(|v| v.cold().and_then(|c| c.rotated_from)));
-        ids
-    }
 }
 
 impl<S> std::fmt::Debug for CachedStore<S> {
@@ -727,42 +698,45 @@ impl<S: KeyStoreQuery> KeyStoreQuery for CachedStore<S> {
         self.inner.get(id)
     }
 
-    fn list_by_owner(
-        &self,
-        owner: &str,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-        self.inner.list_by_owner(owner)
-    }
-
-    fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-        self.inner.list_expiring(owner, window)
+    fn list(&self, query: &KeyQuery) -> impl Future<Output = Result<Listing, StoreError>> + Send {
+        self.inner.list(query)
     }
 }
 
 impl<S: KeyStoreWrite> KeyStoreWrite for CachedStore<S> {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        // A cached "none" for this id goes.
-        let _g = self.after_write(Invalidation::Key(record.id));
-        self.inner.insert(record).await
-    }
-
-    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let _g = self.after_write(Invalidation::Key(record.id));
-        self.inner.update(record).await
-    }
-
-    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        let mut ids = vec![id];
-        if let Some(c) = self.peek(id).as_deref().and_then(|v| v.cold()) {
-            ids.extend(c.rotated_from);
-            ids.extend(c.rotated_to);
-        }
+    /// Drops the views of every id the commit names (put or deleted) when
+    /// it ends, whether it committed, failed or was cancelled.
+    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        let ids = changes
+            .puts
+            .iter()
+            .map(|p| p.record.id)
+            .chain(changes.deletes.iter().map(|d| d.id))
+            .collect();
         let _g = self.after_write(Invalidation::Keys(ids));
-        self.inner.delete(id).await
+        self.inner.commit(changes).await
+    }
+
+    /// The inner store's (a SQL store's one statement is kept); drops the
+    /// revoked views, or everything the filter may name when it fails.
+    async fn revoke_where(
+        &self,
+        query: &KeyQuery,
+        revocation: &Revocation,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let change = match &query.filter {
+            KeyFilter::Owner(o) => Invalidation::Owner(o.clone()),
+            KeyFilter::Created { prefix, window } => Invalidation::Prefix {
+                prefix: prefix.clone(),
+                created: window.clone(),
+            },
+            _ => Invalidation::All,
+        };
+        let mut g = self.after_write(change);
+        let revoked = self.inner.revoke_where(query, revocation).await?;
+        self.drop_keys(&revoked);
+        g.disarm();
+        Ok(revoked)
     }
 }
 
@@ -775,76 +749,12 @@ impl<S: UsageStore> UsageStore for CachedStore<S> {
     ) -> impl Future<Output = Result<FlushOutcome, StoreError>> + Send {
         self.inner.record_usage(batch)
     }
-}
 
-impl<S: KeyStoreLifecycle> KeyStoreLifecycle for CachedStore<S> {
-    async fn insert_limited(
+    fn usage(
         &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        let _g = self.after_write(Invalidation::Key(record.id));
-        self.inner.insert_limited(record, max, now).await
-    }
-
-    async fn update_if(&self, record: KeyRecord, expected: u64) -> Result<KeyRecord, StoreError> {
-        let _g = self.after_write(Invalidation::Key(record.id));
-        self.inner.update_if(record, expected).await
-    }
-
-    async fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        let _g = self.after_write(Invalidation::Key(record.id));
-        self.inner.update_limited(record, expected, max, now).await
-    }
-
-    async fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        let ids = self
-            .rotation_ids(&predecessor, expected, successor.id)
-            .await;
-        let _g = self.after_write(Invalidation::Keys(ids));
-        self.inner.rotate(predecessor, expected, successor).await
-    }
-
-    async fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let mut g = self.after_write(Invalidation::Owner(owner.to_owned()));
-        let revoked = self.inner.revoke_owner(owner, revocation).await?;
-        self.drop_keys(&revoked);
-        g.disarm();
-        Ok(revoked)
-    }
-
-    async fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let mut g = self.after_write(Invalidation::Prefix {
-            prefix: prefix.clone(),
-            created: created.clone(),
-        });
-        let revoked = self
-            .inner
-            .revoke_matching(prefix, created, revocation)
-            .await?;
-        self.drop_keys(&revoked);
-        g.disarm();
-        Ok(revoked)
+        id: KeyId,
+        days: std::ops::Range<time::Date>,
+    ) -> impl Future<Output = Result<Vec<(time::Date, u64)>, StoreError>> + Send {
+        self.inner.usage(id, days)
     }
 }

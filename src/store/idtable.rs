@@ -128,10 +128,6 @@ impl IdTable {
     pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<KeyView>> {
         self.slots.iter().flatten().map(|(_, v)| v)
     }
-
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Arc<KeyView>> {
-        self.slots.iter_mut().flatten().map(|(_, v)| v)
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The in-memory [`MemoryStore`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, RandomState};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -8,18 +8,15 @@ use std::sync::Arc;
 
 use std::ops::Range;
 
-use time::OffsetDateTime;
-
 use crate::digest::KeyDigest;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyId;
-use crate::prefix::Prefix;
-use crate::record::{KeyRecord, KeyStatus, KeyView, Owner, Revocation};
+use crate::record::{KeyRecord, KeyView, Owner};
 use crate::scope::ScopeSet;
 use crate::store::idtable::IdTable;
 use crate::store::{
-    FlushId, FlushOutcome, KeyStore, KeyStoreLifecycle, KeyStoreQuery, KeyStoreWrite,
-    LimitedInsert, LimitedUpdate, UsageBatch, UsageStore,
+    Changes, FlushId, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite,
+    Listing, UsageBatch, UsageStore,
 };
 use crate::sync::{self, Mutex, RwLock};
 
@@ -65,14 +62,18 @@ pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// or a later revision adds a 56-byte box, one with a name, description,
 /// metadata or other rarely set fields a second one.
 ///
-/// Every write, compound ones included ([`KeyStoreLifecycle`]), holds the
-/// owner-index mutex for its whole length, so writes are serialized and the
-/// per-owner limit is checked and applied in one step; `fetch` never takes
-/// that mutex. A compound write validates everything before it changes
-/// anything, so a failed write changes nothing.
+/// Every [`commit`](KeyStoreWrite::commit) holds the owner-index mutex for
+/// its whole length, so commits are serialized and checked against owner
+/// versions and revisions in one step; `fetch` never takes that mutex. A
+/// commit checks everything before it changes anything, so a failed commit
+/// changes nothing. The store holds no lifecycle rule: the
+/// [`KeyManager`](crate::KeyManager) plans them.
 ///
-/// Besides the async [`KeyStore`] / [`KeyStoreWrite`] methods it offers
-/// plain synchronous ones (`*_sync`) for blocking code and fuzz harnesses.
+/// Usage is kept as additive per-day rows (the latest 400 days of each
+/// key) beside the records.
+///
+/// Besides the async trait methods it offers plain synchronous ones
+/// (`*_sync`) for blocking code and fuzz harnesses.
 ///
 /// ```
 /// use apikey::*;
@@ -83,13 +84,14 @@ pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// assert!(store.insert_sync(record.clone()).is_err()); // id collision: never overwritten
 /// assert_eq!(store.len(), 1);
 /// assert_eq!(store.list_by_owner_sync("u1"), vec![record]);
+/// assert_eq!(store.list_sync(&store::KeyQuery::owner("u1")).owner_version, 0);
 /// # Ok::<(), apikey::Error>(())
 /// ```
 pub struct MemoryStore {
     shards: Box<[RwLock<IdTable>]>,
-    /// Owner index and interned scope sets. Every write holds this lock for
-    /// its whole length, so writes are serialized (compound writes are
-    /// atomic with respect to each other); `fetch` never takes it. Lock
+    /// Owner index, owner versions, usage rows and interned scope sets.
+    /// Every write holds this lock for its whole length, so commits are
+    /// atomic with respect to each other; `fetch` never takes it. Lock
     /// order: `owners`, then shards, then `legacy`.
     owners: Mutex<Index>,
     /// Legacy-key index: keyed hash -> id.
@@ -111,7 +113,14 @@ struct Index {
     /// Ids of the latest applied usage flushes (at most
     /// [`FLUSH_IDS_KEPT`]), oldest first, for exactly-once replays.
     flushes: std::collections::VecDeque<FlushId>,
+    /// Owner guard versions (owners never guarded are absent: 0).
+    versions: HashMap<String, u64>,
+    /// Per key, per UTC day: uses.
+    usage: IdMap<BTreeMap<time::Date, u64>>,
 }
+
+/// How many days of usage rows `MemoryStore` keeps per key.
+const USAGE_DAYS_KEPT: i64 = 400;
 
 /// How many applied flush ids `MemoryStore` remembers.
 const FLUSH_IDS_KEPT: usize = 1024;
@@ -170,10 +179,6 @@ impl Default for MemoryStore {
     }
 }
 
-fn corrupt(e: crate::Error) -> StoreError {
-    StoreError::with_source(StoreErrorKind::Corrupt, e)
-}
-
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -220,260 +225,189 @@ impl MemoryStore {
         self.view(id).map(|v| v.to_record())
     }
 
-    /// Records owned by `owner`, oldest first.
+    /// Every record owned by `owner`, oldest first (all pages of
+    /// [`list_sync`](Self::list_sync)).
     pub fn list_by_owner_sync(&self, owner: &str) -> Vec<KeyRecord> {
-        let ids = self.owned_ids(&sync::lock(&self.owners), owner);
-        let mut out: Vec<KeyRecord> = ids.into_iter().filter_map(|id| self.get_sync(id)).collect();
-        sort_by_creation(&mut out);
+        let index = sync::lock(&self.owners);
+        let q = KeyQuery::owner(owner).limit(u32::MAX);
+        let mut out: Vec<KeyRecord> = self
+            .owned_ids(&index, owner)
+            .into_iter()
+            .filter_map(|id| self.get_sync(id))
+            .collect();
+        out.sort_by_key(|r| (q.position(r).at, r.id));
         out
     }
 
-    /// Inserts a record, synchronously.
+    /// [`KeyStoreQuery::list`], synchronously. The owner version and the
+    /// records are read under one lock: one snapshot.
+    pub fn list_sync(&self, query: &KeyQuery) -> Listing {
+        let index = sync::lock(&self.owners);
+        let owner_version = match &query.filter {
+            KeyFilter::Owner(o) => index.versions.get(o).copied().unwrap_or(0),
+            _ => 0,
+        };
+        let records = match query.owner_of() {
+            Some(o) => query.page(
+                self.owned_ids(&index, o)
+                    .into_iter()
+                    .filter_map(|id| self.get_sync(id)),
+            ),
+            None => query.page(self.shards.iter().flat_map(|s| {
+                sync::read(s)
+                    .values()
+                    .filter(|v| prefilter(query, v))
+                    .map(|v| v.to_record())
+                    .collect::<Vec<_>>()
+            })),
+        };
+        Listing {
+            records,
+            owner_version,
+        }
+    }
+
+    /// Inserts a record, synchronously: a [`commit`](Self::commit_sync) of
+    /// one insert.
     ///
     /// # Errors
     /// [`StoreErrorKind::IdCollision`] when the id (or the legacy index) is
     /// taken (nothing is written); [`StoreErrorKind::Corrupt`] when the
     /// record breaks its invariants.
     pub fn insert_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(corrupt)?;
-        let mut index = sync::lock(&self.owners);
-        self.check_insert(&record)?;
-        self.put_new(&mut index, &record);
-        Ok(())
+        let mut changes = Changes::new();
+        changes.puts.push(crate::store::Put::insert(record));
+        self.commit_sync(&changes)
     }
 
-    /// Replaces a record, synchronously (revision set to the stored one plus
-    /// one). Every fetch that starts after this returns sees the new record.
+    /// Replaces a record over whatever revision is stored (tests and
+    /// tools; the manager uses revision-checked commits): revision set to
+    /// the stored one plus one, `last_used_at` kept.
     ///
     /// # Errors
     /// [`StoreErrorKind::NotFound`] when there is no such record;
     /// [`StoreErrorKind::Corrupt`] when the record breaks its invariants.
     pub fn update_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(corrupt)?;
-        let mut index = sync::lock(&self.owners);
-        let stored = self.check_replace(&record, None)?;
-        let revision = stored.revision().wrapping_add(1);
-        // Usage fields belong to `record_usage`: a flush that landed between
-        // the caller's read and this write is kept.
-        let record = conditional(record, &stored, revision);
-        self.replace(&mut index, &stored, &record);
-        Ok(())
+        let stored = self
+            .view(record.id)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
+        let mut changes = Changes::new();
+        changes
+            .puts
+            .push(crate::store::Put::update(record, stored.revision()));
+        self.commit_sync(&changes)
     }
 
-    /// Deletes a record, synchronously; returns whether it existed. Clears
-    /// the rotation links of its predecessor and successor.
+    /// Removes a record whatever its revision (tests and tools); returns
+    /// whether it existed. Links to it are left as they are (the manager
+    /// clears them in its commit).
     pub fn delete_sync(&self, id: KeyId) -> bool {
-        let mut index = sync::lock(&self.owners);
-        let removed = sync::write(self.shard(id)).remove(id.as_u64());
-        let Some(view) = removed else {
+        let Some(stored) = self.view(id) else {
             return false;
         };
-        if let Some(o) = view.owner() {
-            index.remove_owned(o, id);
-        }
-        if let Some(l) = view.legacy() {
-            sync::write(&self.legacy).remove(l.index.as_bytes());
-        }
-        let cold = view.cold();
-        for (other, is_successor) in [
-            (cold.and_then(|c| c.rotated_to), true),
-            (cold.and_then(|c| c.rotated_from), false),
-        ] {
-            let Some(other) = other else { continue };
-            if let Some(slot) = sync::write(self.shard(other)).get_mut(other.as_u64()) {
-                let mut record = slot.to_record();
-                let link = if is_successor {
-                    &mut record.rotated_from
-                } else {
-                    &mut record.rotated_to
-                };
-                if *link == Some(id) {
-                    *link = None;
-                    record.revision = record.revision.wrapping_add(1);
-                    *slot = rebuilt(slot, &record);
-                }
+        let mut changes = Changes::new();
+        changes.deletes.push(crate::store::Delete {
+            id,
+            expected: stored.revision(),
+        });
+        self.commit_sync(&changes).is_ok()
+    }
+
+    /// [`KeyStoreWrite::commit`], synchronously.
+    ///
+    /// # Errors
+    /// As the trait: `Corrupt`, `Conflict`, `NotFound`, `IdCollision`;
+    /// nothing is written then.
+    pub fn commit_sync(&self, changes: &Changes) -> Result<(), StoreError> {
+        changes.check()?;
+        let mut index = sync::lock(&self.owners);
+        let err = |k| Err(StoreError::new(k));
+        for g in &changes.guards {
+            if index.versions.get(&g.owner).copied().unwrap_or(0) != g.version {
+                return err(StoreErrorKind::Conflict);
             }
         }
-        true
-    }
-
-    /// [`KeyStoreLifecycle::insert_limited`], synchronously.
-    ///
-    /// # Errors
-    /// As [`insert_sync`](Self::insert_sync).
-    pub fn insert_limited_sync(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        record.validate().map_err(corrupt)?;
-        let mut index = sync::lock(&self.owners);
-        self.check_insert(&record)?;
-        if let Some(owner) = record.owner.as_deref() {
-            let active = self.counting(&index, owner, now, None);
-            if active >= max {
-                return Ok(LimitedInsert::LimitReached { active });
-            }
-        }
-        self.put_new(&mut index, &record);
-        Ok(LimitedInsert::Inserted)
-    }
-
-    /// [`KeyStoreLifecycle::update_if`], synchronously.
-    ///
-    /// # Errors
-    /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Conflict`],
-    /// [`StoreErrorKind::Corrupt`], [`StoreErrorKind::IdCollision`] (legacy
-    /// index taken).
-    pub fn update_if_sync(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-    ) -> Result<KeyRecord, StoreError> {
-        record.validate().map_err(corrupt)?;
-        let mut index = sync::lock(&self.owners);
-        let stored = self.check_replace(&record, Some(expected))?;
-        let record = conditional(record, &stored, expected.wrapping_add(1));
-        self.replace(&mut index, &stored, &record);
-        Ok(record)
-    }
-
-    /// [`KeyStoreLifecycle::update_limited`], synchronously.
-    ///
-    /// # Errors
-    /// As [`update_if_sync`](Self::update_if_sync).
-    pub fn update_limited_sync(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        record.validate().map_err(corrupt)?;
-        let mut index = sync::lock(&self.owners);
-        let stored = self.check_replace(&record, Some(expected))?;
-        if let Some(owner) = record.owner.as_deref()
-            && record.counts_toward_limit(now)
-            && !(stored.counts_toward_limit(now) && stored.owner() == Some(owner))
+        // Every stored record this commit replaces or removes, checked.
+        let mut stored = Vec::new();
+        for (id, expected) in changes
+            .puts
+            .iter()
+            .filter_map(|p| p.expected.map(|e| (p.record.id, e)))
+            .chain(changes.deletes.iter().map(|d| (d.id, d.expected)))
         {
-            let active = self.counting(&index, owner, now, Some(record.id));
-            if active >= max {
-                return Ok(LimitedUpdate::LimitReached { active });
+            let Some(v) = self.view(id) else {
+                return err(StoreErrorKind::NotFound);
+            };
+            if v.revision() != expected {
+                return err(StoreErrorKind::Conflict);
+            }
+            stored.push(v);
+        }
+        for p in changes.puts.iter().filter(|p| p.expected.is_none()) {
+            if sync::read(self.shard(p.record.id)).contains_key(p.record.id.as_u64()) {
+                return err(StoreErrorKind::IdCollision);
             }
         }
-        let record = conditional(record, &stored, expected.wrapping_add(1));
-        self.replace(&mut index, &stored, &record);
-        Ok(LimitedUpdate::Updated(record))
-    }
-
-    /// Records of `owner` that count toward its limit at `now`, `except`
-    /// one (caller holds `owners`).
-    fn counting(
-        &self,
-        index: &Index,
-        owner: &str,
-        now: OffsetDateTime,
-        except: Option<KeyId>,
-    ) -> u32 {
-        let n = index
-            .candidates(owner)
-            .filter(|id| Some(*id) != except)
-            .filter(|id| {
-                sync::read(self.shard(*id))
-                    .get(id.as_u64())
-                    .is_some_and(|v| v.owner() == Some(owner) && v.counts_toward_limit(now))
-            })
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
-    }
-
-    /// [`KeyStoreLifecycle::rotate`], synchronously.
-    ///
-    /// # Errors
-    /// As [`update_if_sync`](Self::update_if_sync) for the predecessor and
-    /// [`insert_sync`](Self::insert_sync) for the successor.
-    pub fn rotate_sync(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        predecessor.validate().map_err(corrupt)?;
-        successor.validate().map_err(corrupt)?;
-        if predecessor.id == successor.id {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        if let (Some(a), Some(b)) = (&predecessor.legacy, &successor.legacy)
-            && a.index == b.index
+        // Legacy indexes after the commit: the ones this commit gives up
+        // are free, the ones it sets must be free (and set once).
+        let freed: HashSet<KeyId> = stored.iter().map(|v| v.id()).collect();
+        let mut claimed = HashSet::new();
         {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        let mut index = sync::lock(&self.owners);
-        let stored = self.check_replace(&predecessor, Some(expected))?;
-        self.check_insert(&successor)?;
-        // The predecessor's own predecessor stops working now (see the
-        // trait): computed and checked before anything is written.
-        let ended = stored
-            .cold()
-            .and_then(|c| c.rotated_from)
-            .filter(|g| *g != successor.id)
-            .and_then(|g| self.view(g))
-            .and_then(|g| end_grace(&g, predecessor.id, successor.created_at).map(|r| (g, r)));
-        if let Some((_, r)) = &ended {
-            r.validate().map_err(corrupt)?;
-        }
-        let predecessor = conditional(predecessor, &stored, expected.wrapping_add(1));
-        self.replace(&mut index, &stored, &predecessor);
-        self.put_new(&mut index, &successor);
-        if let Some((g, r)) = ended {
-            self.replace(&mut index, &g, &r);
-        }
-        Ok((predecessor, successor))
-    }
-
-    /// [`KeyStoreLifecycle::revoke_owner`], synchronously.
-    pub fn revoke_owner_sync(&self, owner: &str, revocation: &Revocation) -> Vec<KeyId> {
-        let index = sync::lock(&self.owners);
-        let ids = self.owned_ids(&index, owner);
-        let mut changed = Vec::new();
-        for id in ids {
-            let mut shard = sync::write(self.shard(id));
-            if let Some(slot) = shard.get_mut(id.as_u64())
-                && revoke_slot(slot, revocation)
-            {
-                changed.push((slot.created_at_exact(), id));
-            }
-        }
-        drop(index);
-        changed.sort();
-        changed.into_iter().map(|(_, id)| id).collect()
-    }
-
-    /// [`KeyStoreLifecycle::revoke_matching`], synchronously.
-    pub fn revoke_matching_sync(
-        &self,
-        prefix: &Prefix,
-        created: &Range<OffsetDateTime>,
-        revocation: &Revocation,
-    ) -> Vec<KeyId> {
-        let index = sync::lock(&self.owners);
-        let mut changed = Vec::new();
-        for shard in self.shards.iter() {
-            let mut shard = sync::write(shard);
-            for slot in shard.values_mut() {
-                let created_at = slot.created_at_exact();
-                if slot.prefix() == prefix
-                    && created.contains(&created_at)
-                    && revoke_slot(slot, revocation)
+            let legacy = sync::read(&self.legacy);
+            for r in changes.puts.iter().map(|p| &p.record) {
+                let Some(l) = &r.legacy else { continue };
+                let held = legacy.get(l.index.as_bytes());
+                if !claimed.insert(*l.index.as_bytes())
+                    || held.is_some_and(|h| *h != r.id && !freed.contains(h))
                 {
-                    changed.push((created_at, slot.id));
+                    return err(StoreErrorKind::IdCollision);
                 }
             }
         }
-        drop(index);
-        changed.sort();
-        changed.into_iter().map(|(_, id)| id).collect()
+        // Checked: apply.
+        for g in &changes.guards {
+            index
+                .versions
+                .insert(g.owner.clone(), g.version.wrapping_add(1));
+        }
+        {
+            let mut legacy = sync::write(&self.legacy);
+            for v in &stored {
+                if let Some(l) = v.legacy()
+                    && legacy.get(l.index.as_bytes()) == Some(&v.id())
+                {
+                    legacy.remove(l.index.as_bytes());
+                }
+            }
+            for r in changes.puts.iter().map(|p| &p.record) {
+                if let Some(l) = &r.legacy {
+                    legacy.insert(*l.index.as_bytes(), r.id);
+                }
+            }
+        }
+        for d in &changes.deletes {
+            if let Some(view) = sync::write(self.shard(d.id)).remove(d.id.as_u64())
+                && let Some(o) = view.owner()
+            {
+                index.remove_owned(o, d.id);
+            }
+            index.usage.remove(&d.id.as_u64());
+        }
+        for p in &changes.puts {
+            match p.expected {
+                None => self.put_new(&mut index, &p.record),
+                Some(e) => {
+                    let Some(old) = stored.iter().find(|v| v.id() == p.record.id) else {
+                        continue;
+                    };
+                    let mut r = p.record.clone();
+                    r.last_used_at = old.extra.as_deref().and_then(|s| s.last_used_at);
+                    r.revision = e.wrapping_add(1);
+                    self.replace(&mut index, old, &r);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// [`UsageStore::record_usage`], synchronously. Remembers the ids of the
@@ -491,91 +425,37 @@ impl MemoryStore {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(d.id.as_u64()) {
                 // In place unless a verification holds the view right now.
                 let state = Arc::make_mut(slot).extra.get_or_insert_with(Box::default);
-                state.usage.apply(d.day, d.count);
                 state.last_used_at = Some(
                     state
                         .last_used_at
                         .map_or(d.last_used_at, |t| t.max(d.last_used_at)),
                 );
+            } else {
+                continue;
+            }
+            let days = index.usage.entry(d.id.as_u64()).or_default();
+            let n = days.entry(d.day).or_insert(0);
+            *n = n.saturating_add(d.count);
+            if let Some((&latest, _)) = days.last_key_value() {
+                let keep = latest - time::Duration::days(USAGE_DAYS_KEPT);
+                days.retain(|day, _| *day > keep);
             }
         }
         FlushOutcome::Applied
     }
 
-    /// [`KeyStoreQuery::list_expiring`], synchronously.
-    pub fn list_expiring_sync(
-        &self,
-        owner: Option<&str>,
-        window: &Range<OffsetDateTime>,
-    ) -> Vec<KeyRecord> {
-        let mut out: Vec<KeyRecord> = match owner {
-            Some(o) => self
-                .list_by_owner_sync(o)
-                .into_iter()
-                .filter(|r| {
-                    r.status != KeyStatus::Revoked
-                        && r.expires_at.is_some_and(|e| window.contains(&e))
-                })
-                .collect(),
-            None => self
-                .shards
-                .iter()
-                .flat_map(|s| {
-                    sync::read(s)
-                        .values()
-                        .filter(|v| {
-                            v.status != KeyStatus::Revoked
-                                && v.expires_at_exact().is_some_and(|e| window.contains(&e))
-                        })
-                        .map(|v| v.to_record())
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
-        };
-        out.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
-        out
+    /// [`UsageStore::usage`], synchronously.
+    pub fn usage_sync(&self, id: KeyId, days: Range<time::Date>) -> Vec<(time::Date, u64)> {
+        let index = sync::lock(&self.owners);
+        index.usage.get(&id.as_u64()).map_or_else(Vec::new, |rows| {
+            rows.range(days).map(|(d, n)| (*d, *n)).collect()
+        })
     }
 
     /// [`KeyStore::find_legacy`], synchronously.
     pub fn find_legacy_sync(&self, index: &KeyDigest) -> Option<KeyRecord> {
         let id = *sync::read(&self.legacy).get(index.as_bytes())?;
         self.get_sync(id)
-    }
-
-    /// Checks that `record` can be inserted (caller holds `owners`).
-    fn check_insert(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        if sync::read(self.shard(record.id)).contains_key(record.id.as_u64()) {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        if let Some(l) = &record.legacy
-            && sync::read(&self.legacy).contains_key(l.index.as_bytes())
-        {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        Ok(())
-    }
-
-    /// Checks that `record` can replace the stored one (caller holds
-    /// `owners`) and returns the stored one.
-    fn check_replace(
-        &self,
-        record: &KeyRecord,
-        expected: Option<u64>,
-    ) -> Result<Arc<KeyView>, StoreError> {
-        let stored = self
-            .view(record.id)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
-        if expected.is_some_and(|e| e != stored.revision()) {
-            return Err(StoreError::new(StoreErrorKind::Conflict));
-        }
-        if let Some(l) = &record.legacy
-            && sync::read(&self.legacy)
-                .get(l.index.as_bytes())
-                .is_some_and(|holder| *holder != record.id)
-        {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        Ok(stored)
     }
 
     /// Ids of `owner`'s keys (caller holds `owners`).
@@ -615,20 +495,19 @@ impl MemoryStore {
         Arc::new(KeyView::build(record, owner, scopes))
     }
 
-    /// Writes a checked new record (caller holds `owners`).
+    /// Writes a checked new record (caller holds `owners`; the legacy
+    /// index is the caller's).
     fn put_new(&self, index: &mut Index, record: &KeyRecord) {
         let id = record.id;
         let view = self.make_view(index, record);
         if let Some(o) = view.owner() {
             index.add_owned(o, id);
         }
-        if let Some(l) = &record.legacy {
-            sync::write(&self.legacy).insert(*l.index.as_bytes(), id);
-        }
         sync::write(self.shard(id)).insert(id.as_u64(), view);
     }
 
-    /// Writes a checked replacement (caller holds `owners`).
+    /// Writes a checked replacement (caller holds `owners`; the legacy
+    /// index is the caller's).
     fn replace(&self, index: &mut Index, stored: &KeyView, record: &KeyRecord) {
         let id = record.id;
         let view = self.make_view(index, record);
@@ -640,71 +519,24 @@ impl MemoryStore {
                 index.add_owned(new, id);
             }
         }
-        let old_legacy = stored.legacy().map(|l| l.index);
-        if old_legacy != record.legacy.as_ref().map(|l| l.index) {
-            let mut legacy = sync::write(&self.legacy);
-            if let Some(l) = old_legacy {
-                legacy.remove(l.as_bytes());
-            }
-            if let Some(l) = &record.legacy {
-                legacy.insert(*l.index.as_bytes(), id);
-            }
-        }
         if let Some(slot) = sync::write(self.shard(id)).get_mut(id.as_u64()) {
             *slot = view;
         }
     }
 }
 
-/// `record` as a conditional write stores it: usage fields as stored,
-/// revision `revision`.
-fn conditional(mut record: KeyRecord, stored: &KeyView, revision: u64) -> KeyRecord {
-    let state = stored.extra.as_deref();
-    record.usage = state.map(|s| s.usage).unwrap_or_default();
-    record.last_used_at = state.and_then(|s| s.last_used_at);
-    record.revision = revision;
-    record
-}
-
-/// The view of `record`, a changed copy of `old`'s record with the same
-/// owner and scopes.
-fn rebuilt(old: &KeyView, record: &KeyRecord) -> Arc<KeyView> {
-    Arc::new(KeyView::build(
-        record,
-        old.owner.clone(),
-        Arc::clone(&old.scopes),
-    ))
-}
-
-/// The record of `view` with its grace period ended at `at`, when it is
-/// still linked to `successor` and would otherwise work past `at`.
-fn end_grace(view: &KeyView, successor: KeyId, at: OffsetDateTime) -> Option<KeyRecord> {
-    if view.rotated_to() != Some(successor) || view.expires_at_exact().is_some_and(|e| e <= at) {
-        return None;
+/// A cheap test on the view before a record is rebuilt for the listing.
+fn prefilter(query: &KeyQuery, v: &KeyView) -> bool {
+    match &query.filter {
+        KeyFilter::Owner(o) => v.owner() == Some(o.as_str()),
+        KeyFilter::Expiring { window, .. } => {
+            v.status != crate::record::KeyStatus::Revoked
+                && v.expires_at_exact().is_some_and(|e| window.contains(&e))
+        }
+        KeyFilter::Created { prefix, window } => {
+            v.prefix() == prefix && window.contains(&v.created_at_exact())
+        }
     }
-    let mut r = view.to_record();
-    r.expires_at = Some(at);
-    if r.not_before.is_some_and(|nb| nb >= at) {
-        r.not_before = None;
-    }
-    r.revision = r.revision.wrapping_add(1);
-    Some(r)
-}
-
-fn revoke_slot(slot: &mut Arc<KeyView>, revocation: &Revocation) -> bool {
-    if slot.status == KeyStatus::Revoked {
-        return false;
-    }
-    let mut r = slot.to_record();
-    r.status = KeyStatus::Revoked;
-    r.revocation = Some(revocation.clone());
-    r.revision = r.revision.wrapping_add(1);
-    *slot = rebuilt(slot, &r);
-    true
-}
-
-fn sort_by_creation(records: &mut [KeyRecord]) {
-    records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
 }
 
 impl KeyStore for MemoryStore {
@@ -723,93 +555,19 @@ impl KeyStore for MemoryStore {
     }
 }
 
-impl KeyStoreWrite for MemoryStore {
-    fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        ready(self.insert_sync(record))
-    }
-
-    fn update(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        ready(self.update_sync(record))
-    }
-
-    fn delete(&self, id: KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        ready(Ok(self.delete_sync(id)))
-    }
-}
-
 impl KeyStoreQuery for MemoryStore {
     fn get(&self, id: KeyId) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
         ready(Ok(self.get_sync(id)))
     }
 
-    fn list_by_owner(
-        &self,
-        owner: &str,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-        ready(Ok(self.list_by_owner_sync(owner)))
-    }
-
-    fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-        ready(Ok(self.list_expiring_sync(owner, &window)))
+    fn list(&self, query: &KeyQuery) -> impl Future<Output = Result<Listing, StoreError>> + Send {
+        ready(Ok(self.list_sync(query)))
     }
 }
 
-impl KeyStoreLifecycle for MemoryStore {
-    fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> impl Future<Output = Result<LimitedInsert, StoreError>> + Send {
-        ready(self.insert_limited_sync(record, max, now))
-    }
-
-    fn update_if(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
-        ready(self.update_if_sync(record, expected))
-    }
-
-    fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send {
-        ready(self.update_limited_sync(record, expected, max, now))
-    }
-
-    fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> impl Future<Output = Result<(KeyRecord, KeyRecord), StoreError>> + Send {
-        ready(self.rotate_sync(predecessor, expected, successor))
-    }
-
-    fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
-        ready(Ok(self.revoke_owner_sync(owner, &revocation)))
-    }
-
-    fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
-        ready(Ok(self.revoke_matching_sync(prefix, &created, &revocation)))
+impl KeyStoreWrite for MemoryStore {
+    fn commit(&self, changes: &Changes) -> impl Future<Output = Result<(), StoreError>> + Send {
+        ready(self.commit_sync(changes))
     }
 }
 
@@ -819,6 +577,14 @@ impl UsageStore for MemoryStore {
         batch: &UsageBatch,
     ) -> impl Future<Output = Result<FlushOutcome, StoreError>> + Send {
         ready(Ok(self.record_usage_sync(batch)))
+    }
+
+    fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> impl Future<Output = Result<Vec<(time::Date, u64)>, StoreError>> + Send {
+        ready(Ok(self.usage_sync(id, days)))
     }
 }
 

@@ -5,8 +5,9 @@
 //! `impl Future + Send`, so a PostgreSQL or SQLite store (the `apikey-sqlx`
 //! crate) implements them with plain `async fn` and never blocks its
 //! runtime. The store only stores: every rule (digests, status, expiry,
-//! scopes, limits) is decided by the [`Verifier`](crate::Verifier) and the
-//! [`KeyManager`](crate::KeyManager).
+//! scopes, the owner limit, the rotation chain, link clearing) is decided
+//! by the [`Verifier`](crate::Verifier) and planned by the
+//! [`KeyManager`](crate::KeyManager) over what it read.
 //!
 //! A store failure is reported as a [`StoreError`] and surfaces as
 //! [`Error::StoreUnavailable`](crate::Error::StoreUnavailable) (HTTP 503):
@@ -17,45 +18,43 @@
 //! | trait | needed by | required methods |
 //! |---|---|---|
 //! | [`KeyStore`] | verification ([`Authenticator`](crate::Authenticator), the gate) | `fetch` (and `find_legacy` for imported keys; defaults to none) |
-//! | [`KeyStoreQuery`] | management reads | `get`, `list_by_owner`, `list_expiring` |
-//! | [`KeyStoreWrite`] | plain writes | `insert`, `update`, `delete` |
-//! | [`KeyStoreLifecycle`] | [`KeyManager`](crate::KeyManager): the compound writes a real database does atomically | `insert_limited`, `update_if`, `update_limited`, `rotate`, `revoke_owner`, `revoke_matching` |
-//! | [`UsageStore`] | the [`UsageRecorder`](crate::UsageRecorder) flush | `record_usage` |
+//! | [`KeyStoreQuery`] | management reads | `get`, `list` |
+//! | [`KeyStoreWrite`] | [`KeyManager`](crate::KeyManager): every write | `commit` (`revoke_where` is provided) |
+//! | [`UsageStore`] | the [`UsageRecorder`](crate::UsageRecorder) flush, usage totals | `record_usage`, `usage` |
 //!
-//! So a read-only store is one method, and each method states its
-//! semantics; each compound write fits one SQL transaction. Blanket impls
-//! cover `&S` and `Arc<S>`. Implementors run the part of the public
-//! conformance suite (crate `apikey-testkit`, module `conformance`) that
-//! matches the traits they implement.
+//! So a read-only store is one method and a full store six, plus
+//! `find_legacy`. Blanket impls cover `&S` and `Arc<S>`. Implementors run
+//! the part of the public conformance suite (crate `apikey-testkit`, module
+//! `conformance`) that matches the traits they implement.
+//!
+//! # The write primitive
+//!
+//! [`KeyStoreWrite::commit`] applies a [`Changes`]: puts and deletes that
+//! name the revision they read, and owner guards ([`OwnerGuard`]: the owner
+//! version the plan read with its listing). It is all-or-nothing; any
+//! mismatch is [`StoreErrorKind::Conflict`](crate::StoreErrorKind::Conflict)
+//! and writes nothing. The manager retries a conflicting plan (bounded,
+//! with jittered backoff) after reading again. With SQL, one transaction:
+//!
+//! | step | sketch (PostgreSQL) |
+//! |---|---|
+//! | guards | `INSERT INTO owners (owner, version) VALUES ($1, 0) ON CONFLICT DO NOTHING; SELECT version FROM owners WHERE owner = $1 FOR UPDATE` (`<> $version`: `Conflict`), then `UPDATE owners SET version = $version + 1` |
+//! | insert (`expected: None`) | `INSERT INTO keys ...` (unique violation: `IdCollision`) |
+//! | put (`expected: Some(r)`) | `UPDATE keys SET ... (not last_used_at), revision = $r + 1 WHERE id = $1 AND revision = $r` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
+//! | delete | `DELETE FROM keys WHERE id = $1 AND revision = $r` (and its `usage_days` rows) |
+//! | legacy index | a unique index on `legacy_index`: a violation is `IdCollision` |
+//! | `list` (owner) | `SELECT version FROM owners WHERE owner = $1` in the same snapshot (`REPEATABLE READ`) as, or before, `SELECT ... FROM keys WHERE owner = $1 AND (created_at, id) > ($cursor) ORDER BY created_at, id LIMIT $limit` |
+//! | `record_usage` | `INSERT INTO usage_flushes (flush_id) ... ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); `INSERT INTO usage_days (key_id, day, count) SELECT ... FROM unnest(...) JOIN keys ... ON CONFLICT (key_id, day) DO UPDATE SET count = usage_days.count + excluded.count`; `UPDATE keys SET last_used_at = greatest(last_used_at, d.t) ...` |
+//! | `revoke_where` (override) | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE <filter> AND status <> 'revoked' RETURNING id` |
 //!
 //! # Revisions and usage fields
 //!
-//! [`KeyRecord::revision`] counts changes. [`KeyStoreWrite::insert`] keeps the
-//! given revision; every other write that changes a record sets it to the
-//! stored revision plus one, except [`UsageStore::record_usage`],
-//! which changes only the usage fields ([`KeyRecord::usage`] and
-//! [`KeyRecord::last_used_at`]). Conditional writes compare revisions and
-//! keep the stored usage fields, so a usage flush never conflicts with, and
-//! is never undone by, a management write.
-//!
-//! # Implementing the compound writes with SQL
-//!
-//! One transaction each (PostgreSQL shown; a Redis store does the same in
-//! one Lua script per method, with an owner set and a legacy-index hash):
-//!
-//! | method | sketch |
-//! |---|---|
-//! | `insert_limited` | `SELECT pg_advisory_xact_lock($table_class, hashtext($owner))` (or `SELECT 1 FROM owners WHERE owner = $1 FOR UPDATE`; SQLite: `BEGIN IMMEDIATE`); `SELECT count(*) FROM keys WHERE owner = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`; `INSERT` if below the limit |
-//! | `update_if` | `UPDATE keys SET ..., revision = revision + 1 WHERE id = $1 AND revision = $expected` (0 rows: `NotFound` or `Conflict` after a `SELECT`) |
-//! | `update_limited` | lock the owner as for `insert_limited`; `SELECT revision, <counts at $now> FROM keys WHERE id = $1 FOR UPDATE` (`NotFound` / `Conflict`); if the new row counts at `$now` and the stored one did not (or had another owner): `SELECT count(*) FROM keys WHERE owner = $owner AND id <> $1 AND <counts at $now>`, and at `$max` or above write nothing; else the `update_if` statement |
-//! | `rotate` | the `update_if` statement, then `INSERT` the successor, then `UPDATE keys SET expires_at = $successor_created_at, revision = revision + 1 WHERE id = $predecessor_rotated_from AND rotated_to = $predecessor_id AND (expires_at IS NULL OR expires_at > $successor_created_at)`; roll back if any fails |
-//! | `revoke_owner` | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE owner = $1 AND status <> 'revoked' RETURNING id, created_at` |
-//! | `revoke_matching` | the same with `WHERE prefix = $1 AND created_at >= $2 AND created_at < $3` |
-//! | `record_usage` | `INSERT INTO usage_flushes (flush_id, applied_at) VALUES ($1, now()) ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); fold the batch per key in the client (the latest day, its count, its month's count, the latest time: `UsageCounters::apply` in any order ends there); `SELECT 1 FROM keys WHERE id = ANY($ids) ORDER BY id FOR UPDATE` (concurrent flushes never deadlock); one `UPDATE keys SET day = ..., day_count = CASE ... END, month_count = CASE ... END, last_used_at = greatest(last_used_at, d.t) FROM unnest($ids, $days, $counts, $month_counts, $times) AS d WHERE keys.id = d.id`, in one transaction (SQLite: `UPDATE ... FROM (VALUES ...)`, 1,000 keys a statement, inside the bind limit) |
-//! | `delete` | `DELETE ... RETURNING rotated_from, rotated_to`, then clear the two links |
-//!
-//! A unique index on `legacy_index` gives the [`KeyStore::find_legacy`]
-//! lookup and the collision rule.
+//! [`KeyRecord::revision`] counts changes. An insert keeps the given
+//! revision (the manager passes 0); a put on an existing record sets it to
+//! the expected revision plus one. [`UsageStore::record_usage`] changes
+//! only `last_used_at` and the per-day counts, and no revision; a put keeps
+//! the stored `last_used_at`, so a usage flush never conflicts with, and is
+//! never undone by, a management write.
 
 use std::future::Future;
 use std::ops::Range;
@@ -64,7 +63,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::digest::KeyDigest;
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyId;
 use crate::prefix::Prefix;
 
@@ -98,9 +97,9 @@ pub trait KeyStore: Send + Sync {
     /// The record whose [`LegacyInfo::index`](crate::LegacyInfo::index)
     /// equals `index`, or `None`: the verify path of keys imported from
     /// another system ([`KeyManager::import`](crate::KeyManager::import)).
-    /// Stores keep this index unique (see [`KeyStoreLifecycle`]) and look it
-    /// up with an index, not a scan. Malformed strings that start with a
-    /// legacy prefix reach this method.
+    /// Stores keep this index unique (see [`KeyStoreWrite::commit`]) and
+    /// look it up with an index, not a scan. Malformed strings that start
+    /// with a legacy prefix reach this method.
     ///
     /// The default answers `None`, which is right for a store that never
     /// holds imported keys (their verification then fails closed, as
@@ -115,50 +114,435 @@ pub trait KeyStore: Send + Sync {
     }
 }
 
-/// Management reads: full records by id, by owner, and expiring soon.
+/// Management reads: full records by id, and paged listings.
 pub trait KeyStoreQuery: KeyStore {
-    /// The full record of key `id`, or `None`.
+    /// The full record of key `id` (with its stored `revision` and
+    /// `last_used_at`), or `None`.
     fn get(&self, id: KeyId) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// Every record owned by `owner`, in creation order (oldest first, ties
-    /// by id).
-    fn list_by_owner(
-        &self,
-        owner: &str,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
-
-    /// Records that are not revoked and whose `expires_at` lies in
-    /// `window` (`start` inclusive, `end` exclusive), of `owner` or of
-    /// everyone when `owner` is `None`; ordered by `expires_at`, then id.
-    fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+    /// One page of the records `query` selects, in the order of its
+    /// [`KeyFilter`], strictly after its cursor, at most `query.limit` of
+    /// them (a shorter page is the last). [`KeyQuery::page`] does the
+    /// filtering, ordering and cutting over a candidate set.
+    ///
+    /// For [`KeyFilter::Owner`], [`Listing::owner_version`] is the owner's
+    /// guard version read **before the records or in the same snapshot**
+    /// (never after: a version newer than the records would let a plan made
+    /// on stale records commit); 0 for an owner never guarded and for the
+    /// other filters.
+    fn list(&self, query: &KeyQuery) -> impl Future<Output = Result<Listing, StoreError>> + Send;
 }
 
-/// Write access to stored keys. Every method is all-or-nothing: when it
-/// returns an error, the store is as it was.
-pub trait KeyStoreWrite: KeyStore {
-    /// Adds a new record. A record with the same id already present is a
-    /// [`StoreErrorKind::IdCollision`](crate::StoreErrorKind::IdCollision)
-    /// and is never overwritten.
-    fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+/// Writes: one all-or-nothing, revision-checked batch ([`commit`](Self::commit)).
+pub trait KeyStoreWrite: KeyStoreQuery {
+    /// Applies `changes` atomically, or nothing. Checks, any failing writes
+    /// nothing:
+    ///
+    /// * more than [`Changes::MAX_ITEMS`] items, one id twice, or a put whose
+    ///   record breaks its invariants ([`KeyRecord::validate`]):
+    ///   [`Corrupt`](StoreErrorKind::Corrupt) ([`Changes::check`] does this);
+    /// * each [`OwnerGuard`]: the stored owner version (0 if none) equals
+    ///   `version`, else [`Conflict`](StoreErrorKind::Conflict); on success it
+    ///   becomes `version + 1`;
+    /// * a put with `expected: None` (an insert): no record has this id, else
+    ///   [`IdCollision`](StoreErrorKind::IdCollision); stored as given
+    ///   (revision and `last_used_at` included);
+    /// * a put with `expected: Some(r)`: the record exists
+    ///   ([`NotFound`](StoreErrorKind::NotFound)) with revision `r`
+    ///   ([`Conflict`](StoreErrorKind::Conflict)); every field is written
+    ///   except `last_used_at` (kept as stored) and `revision` (`r + 1`);
+    /// * a delete: the record exists (`NotFound`) with revision `expected`
+    ///   (`Conflict`); it goes with its usage rows;
+    /// * after the commit, no two records hold one
+    ///   [legacy index](LegacyInfo::index), else `IdCollision`.
+    ///
+    /// Once it returns `Ok`, every `fetch` that starts sees the changes.
+    /// The store applies no lifecycle rule: no owner count, no rotation
+    /// chain, no link clearing.
+    fn commit(&self, changes: &Changes) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Replaces the record with `record.id` unconditionally: every field
-    /// except the usage fields (`usage`, `last_used_at`, kept as stored, since
-    /// [`UsageStore::record_usage`] owns them) and `revision` (set to
-    /// the stored one plus one). A missing record is
-    /// [`StoreErrorKind::NotFound`](crate::StoreErrorKind::NotFound). Once
-    /// this returns, every `fetch` that starts sees the new record.
-    /// Management code should prefer [`KeyStoreLifecycle::update_if`].
-    fn update(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Revokes every record `query` selects that is not revoked yet: status
+    /// revoked, `revocation` set, revision + 1. Returns the ids changed, in
+    /// the listing's order. Already-revoked records keep their first
+    /// revocation.
+    ///
+    /// **Idempotent and resumable, not atomic**: the default lists pages of
+    /// [`Changes::MAX_ITEMS`] and commits each page (a concurrent change to
+    /// a record re-reads the page, at most 8 times). When it fails part way,
+    /// the pages committed stay revoked and calling it again revokes the
+    /// rest. A SQL store overrides it with one `UPDATE ... RETURNING`.
+    ///
+    /// `query.after` and `query.limit` are ignored (every page is revoked).
+    ///
+    /// # Errors
+    /// The errors of [`list`](KeyStoreQuery::list) and
+    /// [`commit`](Self::commit).
+    fn revoke_where(
+        &self,
+        query: &KeyQuery,
+        revocation: &Revocation,
+    ) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
+        revoke_paged(self, query, revocation)
+    }
+}
 
-    /// Removes record `id`; returns whether it existed. In the same atomic
-    /// step, rotation links to it are cleared: the `rotated_from` of its
-    /// successor and the `rotated_to` of its predecessor (revision + 1 on
-    /// each record changed).
-    fn delete(&self, id: KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+/// The default of [`KeyStoreWrite::revoke_where`].
+async fn revoke_paged<S: KeyStoreWrite + ?Sized>(
+    store: &S,
+    query: &KeyQuery,
+    revocation: &Revocation,
+) -> Result<Vec<KeyId>, StoreError> {
+    let mut page = KeyQuery {
+        filter: query.filter.clone(),
+        after: None,
+        limit: Changes::MAX_ITEMS as u32,
+    };
+    let mut revoked = Vec::new();
+    loop {
+        let mut tries = 0;
+        let listing = loop {
+            tries += 1;
+            let listing = store.list(&page).await?;
+            let mut changes = Changes::new();
+            for r in listing
+                .records
+                .iter()
+                .filter(|r| r.status != KeyStatus::Revoked)
+            {
+                let mut next = r.clone();
+                next.status = KeyStatus::Revoked;
+                next.revocation = Some(revocation.clone());
+                changes.puts.push(Put::update(next, r.revision));
+            }
+            match store.commit(&changes).await {
+                Ok(()) => {
+                    revoked.extend(changes.puts.iter().map(|p| p.record.id));
+                    break listing;
+                }
+                Err(e)
+                    if tries < 8
+                        && matches!(
+                            e.kind(),
+                            StoreErrorKind::Conflict | StoreErrorKind::NotFound
+                        ) => {}
+                Err(e) => return Err(e),
+            }
+        };
+        match page.next_page(&listing) {
+            Some(next) => page = next,
+            None => return Ok(revoked),
+        }
+    }
+}
+
+/// The owner version a plan read, checked and bumped by
+/// [`KeyStoreWrite::commit`]: the owner-limit guard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerGuard {
+    /// The owner.
+    pub owner: String,
+    /// The version read with the owner's listing ([`Listing::owner_version`]).
+    pub version: u64,
+}
+
+/// One record written by [`KeyStoreWrite::commit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put {
+    /// The record as it should be stored.
+    pub record: KeyRecord,
+    /// `None`: a new record (its id must be free); `Some(r)`: replaces the
+    /// record stored with revision `r`.
+    pub expected: Option<u64>,
+}
+
+impl Put {
+    /// A new record.
+    pub fn insert(record: KeyRecord) -> Self {
+        Self {
+            record,
+            expected: None,
+        }
+    }
+
+    /// A replacement of the record read with revision `expected`.
+    pub fn update(record: KeyRecord, expected: u64) -> Self {
+        Self {
+            record,
+            expected: Some(expected),
+        }
+    }
+}
+
+/// One record removed by [`KeyStoreWrite::commit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delete {
+    /// The record.
+    pub id: KeyId,
+    /// The revision it was read with.
+    pub expected: u64,
+}
+
+/// What one [`KeyStoreWrite::commit`] applies, all or nothing.
+///
+/// ```
+/// use apikey::store::{Changes, Put};
+/// # use apikey::*;
+/// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
+/// # let (_, record) = verifier.issue(NewKey::new("sk_live_").owner("u1"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// let mut changes = Changes::new().guard("u1", 0);
+/// changes.puts.push(Put::insert(record));
+/// assert_eq!(changes.len(), 2);
+/// assert!(changes.check().is_ok());
+/// # Ok::<(), apikey::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Owner versions to check and bump.
+    pub guards: Vec<OwnerGuard>,
+    /// Records to insert or replace.
+    pub puts: Vec<Put>,
+    /// Records to remove.
+    pub deletes: Vec<Delete>,
+}
+
+impl Changes {
+    /// The most items (guards + puts + deletes) one commit may hold: what
+    /// a DynamoDB transaction holds.
+    pub const MAX_ITEMS: usize = 100;
+
+    /// No change.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a guard on `owner` at `version`.
+    pub fn guard(mut self, owner: impl Into<String>, version: u64) -> Self {
+        self.guards.push(OwnerGuard {
+            owner: owner.into(),
+            version,
+        });
+        self
+    }
+
+    /// Guards, puts and deletes.
+    pub fn len(&self) -> usize {
+        self.guards.len() + self.puts.len() + self.deletes.len()
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The checks every store makes before anything else: at most
+    /// [`MAX_ITEMS`](Self::MAX_ITEMS) items, no id (put or delete) or
+    /// owner twice, every put record valid ([`KeyRecord::validate`]).
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Corrupt`] naming the broken rule.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let invalid = |why: &str| {
+            StoreError::with_source(
+                StoreErrorKind::Corrupt,
+                crate::Error::InvalidInput(format!("invalid commit: {why}")),
+            )
+        };
+        if self.len() > Self::MAX_ITEMS {
+            return Err(invalid("more than Changes::MAX_ITEMS items"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let all = self.puts.iter().map(|p| p.record.id);
+        if !all
+            .chain(self.deletes.iter().map(|d| d.id))
+            .all(|id| ids.insert(id))
+        {
+            return Err(invalid("one id twice"));
+        }
+        let mut owners = std::collections::HashSet::new();
+        if !self.guards.iter().all(|g| owners.insert(g.owner.as_str())) {
+            return Err(invalid("one owner guarded twice"));
+        }
+        for p in &self.puts {
+            p.record
+                .validate()
+                .map_err(|e| StoreError::with_source(StoreErrorKind::Corrupt, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Which records a [`KeyQuery`] selects, and their order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyFilter {
+    /// Every record of the owner; ordered by `created_at`, then id.
+    Owner(String),
+    /// Records not revoked whose `expires_at` lies in `window` (start
+    /// inclusive, end exclusive), of `owner` or of everyone; ordered by
+    /// `expires_at`, then id.
+    Expiring {
+        /// `None`: every owner.
+        owner: Option<String>,
+        /// The expiry window.
+        window: Range<OffsetDateTime>,
+    },
+    /// Records with `prefix` created in `window` (start inclusive, end
+    /// exclusive), whoever owns them; ordered by `created_at`, then id.
+    Created {
+        /// The prefix.
+        prefix: Prefix,
+        /// The creation window.
+        window: Range<OffsetDateTime>,
+    },
+}
+
+/// Where a page ends: the sort time and id of its last record. The next
+/// page starts strictly after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The sort time (`created_at` or `expires_at`, per the filter).
+    pub at: OffsetDateTime,
+    /// The id.
+    pub id: KeyId,
+}
+
+/// One listing request: a filter, a cursor, a page size.
+///
+/// ```
+/// use apikey::store::{KeyFilter, KeyQuery};
+/// let q = KeyQuery::owner("user_1").limit(50);
+/// assert_eq!(q.filter, KeyFilter::Owner("user_1".into()));
+/// assert_eq!((q.after, q.limit), (None, 50));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyQuery {
+    /// Which records.
+    pub filter: KeyFilter,
+    /// Start strictly after this position; `None`: from the first.
+    pub after: Option<Cursor>,
+    /// At most this many records (at most [`MAX_LIMIT`](Self::MAX_LIMIT);
+    /// a larger value is read as it).
+    pub limit: u32,
+}
+
+impl KeyQuery {
+    /// The largest page.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    fn of(filter: KeyFilter) -> Self {
+        Self {
+            filter,
+            after: None,
+            limit: Self::MAX_LIMIT,
+        }
+    }
+
+    /// Every record of `owner`, oldest first.
+    pub fn owner(owner: impl Into<String>) -> Self {
+        Self::of(KeyFilter::Owner(owner.into()))
+    }
+
+    /// Records not revoked expiring in `window`, of `owner` or everyone,
+    /// soonest first.
+    pub fn expiring(owner: Option<&str>, window: Range<OffsetDateTime>) -> Self {
+        Self::of(KeyFilter::Expiring {
+            owner: owner.map(str::to_owned),
+            window,
+        })
+    }
+
+    /// Records with `prefix` created in `window`, oldest first.
+    pub fn created(prefix: Prefix, window: Range<OffsetDateTime>) -> Self {
+        Self::of(KeyFilter::Created { prefix, window })
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Sets the cursor.
+    pub fn after(mut self, cursor: Option<Cursor>) -> Self {
+        self.after = cursor;
+        self
+    }
+
+    /// The page size in effect: `limit`, at most [`MAX_LIMIT`](Self::MAX_LIMIT).
+    pub fn page_size(&self) -> usize {
+        self.limit.min(Self::MAX_LIMIT) as usize
+    }
+
+    /// The owner a listing is of, if the filter names one.
+    pub fn owner_of(&self) -> Option<&str> {
+        match &self.filter {
+            KeyFilter::Owner(o) => Some(o),
+            KeyFilter::Expiring { owner, .. } => owner.as_deref(),
+            KeyFilter::Created { .. } => None,
+        }
+    }
+
+    /// Whether the filter selects `record` (the cursor aside).
+    pub fn matches(&self, record: &KeyRecord) -> bool {
+        match &self.filter {
+            KeyFilter::Owner(o) => record.owner.as_deref() == Some(o.as_str()),
+            KeyFilter::Expiring { owner, window } => {
+                owner
+                    .as_deref()
+                    .is_none_or(|o| record.owner.as_deref() == Some(o))
+                    && record.status != KeyStatus::Revoked
+                    && record.expires_at.is_some_and(|e| window.contains(&e))
+            }
+            KeyFilter::Created { prefix, window } => {
+                record.prefix == *prefix && window.contains(&record.created_at)
+            }
+        }
+    }
+
+    /// `record`'s position in this filter's order.
+    pub fn position(&self, record: &KeyRecord) -> Cursor {
+        let at = match &self.filter {
+            KeyFilter::Expiring { .. } => record.expires_at.unwrap_or(record.created_at),
+            _ => record.created_at,
+        };
+        Cursor { at, id: record.id }
+    }
+
+    /// The page of `candidates` this query asks for: those it
+    /// [matches](Self::matches), in its order, strictly after its cursor, at
+    /// most [`page_size`](Self::page_size). The whole listing logic of a
+    /// store that can enumerate a superset of the answer.
+    pub fn page(&self, candidates: impl IntoIterator<Item = KeyRecord>) -> Vec<KeyRecord> {
+        let key = |c: Cursor| (c.at, c.id);
+        let mut out: Vec<KeyRecord> = candidates
+            .into_iter()
+            .filter(|r| self.matches(r))
+            .filter(|r| self.after.is_none_or(|a| key(self.position(r)) > key(a)))
+            .collect();
+        out.sort_by_key(|r| key(self.position(r)));
+        out.truncate(self.page_size());
+        out
+    }
+
+    /// The query for the page after `listing`, or `None` when `listing` was
+    /// the last page (shorter than the page size).
+    pub fn next_page(&self, listing: &Listing) -> Option<KeyQuery> {
+        if listing.records.len() < self.page_size() || self.page_size() == 0 {
+            return None;
+        }
+        let last = listing.records.last()?;
+        Some(self.clone().after(Some(self.position(last))))
+    }
+}
+
+/// One page of a [`KeyStoreQuery::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The records, in the filter's order.
+    pub records: Vec<KeyRecord>,
+    /// For [`KeyFilter::Owner`]: the owner's guard version, read before the
+    /// records or in their snapshot; otherwise 0.
+    pub owner_version: u64,
 }
 
 /// A unique id for one usage flush, so a store can apply a retried batch
@@ -233,8 +617,8 @@ pub enum FlushOutcome {
     AlreadyApplied,
 }
 
-/// Where usage counts go: batched writes of `last_used_at` and the day and
-/// month counters, off the request path.
+/// Where usage counts go: batched, additive writes of per-day counts and
+/// `last_used_at`, off the request path.
 ///
 /// # Delivery
 /// The [`UsageRecorder`](crate::UsageRecorder) keeps a batch until a flush
@@ -245,11 +629,15 @@ pub enum FlushOutcome {
 /// exactly once; a store that does not counts at least once (a flush whose
 /// commit succeeded but whose answer was lost is applied again).
 /// [`MemoryStore`] records ids: exactly once.
+///
+/// The store only adds: "today" and "this month" are derived by the crate
+/// from [`usage`](Self::usage) ([`UsageCounters::from_days`]). No store
+/// writes month-rollover logic.
 pub trait UsageStore: KeyStore {
-    /// Adds a batch of usage, all or nothing: for each delta, in order,
-    /// [`UsageCounters::apply`](crate::UsageCounters::apply)`(day, count)`
-    /// and `last_used_at = max(last_used_at, delta.last_used_at)`. Ids with
-    /// no record (deleted keys) are skipped. Changes no other field and not
+    /// Adds a batch of usage, all or nothing: for each delta,
+    /// `usage(id, day) += count` and
+    /// `last_used_at = max(last_used_at, delta.last_used_at)`. Ids with no
+    /// record (deleted keys) are skipped. Changes no other field and not
     /// the revision. A batch whose id was applied before changes nothing
     /// and answers [`FlushOutcome::AlreadyApplied`] (stores that keep ids;
     /// they may forget ids older than a day).
@@ -257,38 +645,15 @@ pub trait UsageStore: KeyStore {
         &self,
         batch: &UsageBatch,
     ) -> impl Future<Output = Result<FlushOutcome, StoreError>> + Send;
-}
 
-/// Outcome of [`KeyStoreLifecycle::insert_limited`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LimitedInsert {
-    /// The record was inserted.
-    Inserted,
-    /// The owner already had `active` records that count toward the limit;
-    /// nothing was written.
-    LimitReached {
-        /// Records counted.
-        active: u32,
-    },
-}
-
-/// Outcome of [`KeyStoreLifecycle::update_limited`].
-// `Updated` is the common outcome and is moved out at once; boxing it would
-// add an allocation to every write for nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LimitedUpdate {
-    /// The record was written; the stored result.
-    Updated(KeyRecord),
-    /// The write would have made the record count toward its owner's limit
-    /// again, and the owner already had `active` other records that count;
-    /// nothing was written.
-    LimitReached {
-        /// Other records of the owner counted.
-        active: u32,
-    },
+    /// The stored `(day, count)` rows of key `id` with `day` in `days`
+    /// (start inclusive, end exclusive), ascending by day; days without use
+    /// may be left out. Stores keep at least the last 62 days.
+    fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> impl Future<Output = Result<Vec<(time::Date, u64)>, StoreError>> + Send;
 }
 
 /// Uses of one key on one UTC day, for [`UsageStore::record_usage`].
@@ -317,117 +682,6 @@ impl UsageDelta {
     }
 }
 
-/// Compound writes that must be atomic. Each is all-or-nothing: on error
-/// the store is unchanged; once it returns, every read that starts sees
-/// the whole change.
-///
-/// Every write (here and in [`KeyStoreWrite`]) that would give a record a
-/// [`legacy`](KeyRecord::legacy) index already held by another record fails
-/// with [`StoreErrorKind::IdCollision`](crate::StoreErrorKind::IdCollision).
-pub trait KeyStoreLifecycle: KeyStoreWrite + KeyStoreQuery {
-    /// Inserts `record` if its owner has fewer than `max` records that
-    /// [count toward the limit](KeyRecord::counts_toward_limit) at `now`;
-    /// otherwise writes nothing and returns [`LimitedInsert::LimitReached`].
-    /// A record without owner is inserted without a count. Concurrent calls
-    /// for one owner never leave it above `max` (SQL: lock the owner's rows,
-    /// or a per-owner counter row, in the transaction).
-    ///
-    /// Errors as [`KeyStoreWrite::insert`].
-    fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> impl Future<Output = Result<LimitedInsert, StoreError>> + Send;
-
-    /// Replaces record `record.id` if its stored revision is `expected`.
-    /// Writes every field of `record` except the usage fields (`usage`,
-    /// `last_used_at`, kept as stored) and `revision` (set to `expected + 1`),
-    /// and returns the stored result.
-    ///
-    /// Errors: [`NotFound`](crate::StoreErrorKind::NotFound) when missing,
-    /// [`Conflict`](crate::StoreErrorKind::Conflict) when the revision
-    /// differs, [`Corrupt`](crate::StoreErrorKind::Corrupt) when the record
-    /// breaks its invariants.
-    fn update_if(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
-
-    /// [`update_if`](Self::update_if) that keeps the owner limit: when
-    /// `record` would [count toward](KeyRecord::counts_toward_limit) its
-    /// owner's limit at `now` while the stored record did not (it was
-    /// revoked, expired at `now`, in a rotation grace period, or had another
-    /// owner), it first counts the owner's other records that count at
-    /// `now` (this record excluded) and, at `max` or more, writes nothing
-    /// and returns [`LimitedUpdate::LimitReached`]. Any other write (one
-    /// that does not make the record count again, or a record without
-    /// owner) is [`update_if`](Self::update_if) unchanged and returns
-    /// [`LimitedUpdate::Updated`]. The revision compare, the count and the
-    /// write are one atomic step: concurrent calls (and
-    /// [`insert_limited`](Self::insert_limited)) for one owner never leave
-    /// it above `max`.
-    ///
-    /// Every write that could bring an expired, revoked-looking or
-    /// rotated-away key back (clearing or extending an expiry, clearing a
-    /// rotation link) goes through this method in
-    /// [`KeyManager`](crate::KeyManager) when a limit is configured.
-    ///
-    /// Errors as [`update_if`](Self::update_if).
-    fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send;
-
-    /// Rotation: in one step, updates `predecessor` as
-    /// [`update_if`](Self::update_if) with `expected` and inserts
-    /// `successor` as [`insert`](KeyStoreWrite::insert). Returns both stored
-    /// records (predecessor, successor). Nothing is written when either part
-    /// fails (a taken successor id is
-    /// [`IdCollision`](crate::StoreErrorKind::IdCollision)).
-    ///
-    /// In the same step, the rotation **ends the grace period of the
-    /// predecessor's own predecessor**, so a rotation chain never has more
-    /// than two working keys: the record named by the stored predecessor's
-    /// `rotated_from`, if it still points back (`rotated_to` is the
-    /// predecessor's id) and its `expires_at` is unset or later than
-    /// `successor.created_at` (the rotation time), gets
-    /// `expires_at = successor.created_at` and revision + 1 (a
-    /// `not_before` at or after that time is cleared, so the record stays
-    /// valid; the key is expired either way). Its other fields and usage
-    /// are kept. It is not part of the returned pair.
-    fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> impl Future<Output = Result<(KeyRecord, KeyRecord), StoreError>> + Send;
-
-    /// Revokes every record of `owner` that is not revoked yet: status
-    /// revoked, `revocation` set, revision + 1. Returns the ids changed,
-    /// oldest first. Already-revoked records keep their first revocation.
-    fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send;
-
-    /// Like [`revoke_owner`](Self::revoke_owner) for every record with
-    /// `prefix` whose `created_at` lies in `created` (start inclusive, end
-    /// exclusive), whoever owns it: the answer to a leaked database or
-    /// server secret. Returns the ids changed, oldest first.
-    fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send;
-}
-
 macro_rules! forward_store {
     ($($ty:ty),*) => {$(
         impl<S: KeyStore + ?Sized> KeyStore for $ty {
@@ -442,47 +696,24 @@ macro_rules! forward_store {
             fn get(&self, id: KeyId) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send {
                 (**self).get(id)
             }
-            fn list_by_owner(&self, owner: &str) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-                (**self).list_by_owner(owner)
-            }
-            fn list_expiring(&self, owner: Option<&str>, window: Range<OffsetDateTime>) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send {
-                (**self).list_expiring(owner, window)
+            fn list(&self, query: &KeyQuery) -> impl Future<Output = Result<Listing, StoreError>> + Send {
+                (**self).list(query)
             }
         }
         impl<S: KeyStoreWrite + ?Sized> KeyStoreWrite for $ty {
-            fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-                (**self).insert(record)
+            fn commit(&self, changes: &Changes) -> impl Future<Output = Result<(), StoreError>> + Send {
+                (**self).commit(changes)
             }
-            fn update(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-                (**self).update(record)
-            }
-            fn delete(&self, id: KeyId) -> impl Future<Output = Result<bool, StoreError>> + Send {
-                (**self).delete(id)
+            fn revoke_where(&self, query: &KeyQuery, revocation: &Revocation) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
+                (**self).revoke_where(query, revocation)
             }
         }
         impl<S: UsageStore + ?Sized> UsageStore for $ty {
             fn record_usage(&self, batch: &UsageBatch) -> impl Future<Output = Result<FlushOutcome, StoreError>> + Send {
                 (**self).record_usage(batch)
             }
-        }
-        impl<S: KeyStoreLifecycle + ?Sized> KeyStoreLifecycle for $ty {
-            fn insert_limited(&self, record: KeyRecord, max: u32, now: OffsetDateTime) -> impl Future<Output = Result<LimitedInsert, StoreError>> + Send {
-                (**self).insert_limited(record, max, now)
-            }
-            fn update_if(&self, record: KeyRecord, expected: u64) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send {
-                (**self).update_if(record, expected)
-            }
-            fn update_limited(&self, record: KeyRecord, expected: u64, max: u32, now: OffsetDateTime) -> impl Future<Output = Result<LimitedUpdate, StoreError>> + Send {
-                (**self).update_limited(record, expected, max, now)
-            }
-            fn rotate(&self, predecessor: KeyRecord, expected: u64, successor: KeyRecord) -> impl Future<Output = Result<(KeyRecord, KeyRecord), StoreError>> + Send {
-                (**self).rotate(predecessor, expected, successor)
-            }
-            fn revoke_owner(&self, owner: &str, revocation: Revocation) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
-                (**self).revoke_owner(owner, revocation)
-            }
-            fn revoke_matching(&self, prefix: &Prefix, created: Range<OffsetDateTime>, revocation: Revocation) -> impl Future<Output = Result<Vec<KeyId>, StoreError>> + Send {
-                (**self).revoke_matching(prefix, created, revocation)
+            fn usage(&self, id: KeyId, days: Range<time::Date>) -> impl Future<Output = Result<Vec<(time::Date, u64)>, StoreError>> + Send {
+                (**self).usage(id, days)
             }
         }
     )*};

@@ -115,107 +115,61 @@ pub struct KeyRecord {
     #[serde(default)]
     pub rotated_to: Option<KeyId>,
     /// Counts changes to the record. Stores set it on every write except
-    /// usage flushes (see [`KeyStoreLifecycle::update_if`](crate::store::KeyStoreLifecycle::update_if));
-    /// conditional updates compare it.
+    /// usage flushes (see [`KeyStoreWrite::commit`](crate::store::KeyStoreWrite::commit)),
+    /// which compares it.
     #[serde(default)]
     pub revision: u64,
     /// Addresses the key may be used from; empty: anywhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_allowlist: Vec<IpNet>,
-    /// Successful verifications today and this month (UTC), flushed in
-    /// batches by the [`UsageRecorder`](crate::UsageRecorder).
-    #[serde(default)]
-    pub usage: UsageCounters,
     /// Set for keys imported from another system (see [`KeyManager::import`](crate::KeyManager::import)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy: Option<LegacyInfo>,
 }
 
-time::serde::format_description!(day_format, Date, "[year]-[month]-[day]");
-
-/// Per-key usage counters: successful verifications on the latest UTC day
-/// seen and in that day's month.
-///
-/// Stores update them only through [`apply`](Self::apply) (or its SQL
-/// equivalent), so batches that arrive out of order never move the day
-/// backwards.
+/// Usage totals of one key, derived by the crate from the additive per-day
+/// rows of [`UsageStore::usage`](crate::UsageStore::usage): no store holds
+/// month-rollover logic.
 ///
 /// ```
 /// use apikey::UsageCounters;
 /// use time::macros::date;
-/// let mut u = UsageCounters::default();
-/// u.apply(date!(2026-03-30), 5);
-/// u.apply(date!(2026-03-31), 2);
-/// u.apply(date!(2026-03-30), 1); // late batch: counts for the month only
-/// assert_eq!((u.today(date!(2026-03-31)), u.this_month(date!(2026-03-31))), (2, 8));
-/// u.apply(date!(2026-04-01), 4); // new month
-/// assert_eq!(u.this_month(date!(2026-04-01)), 4);
-/// assert_eq!(u.today(date!(2026-04-02)), 0);
+/// let rows = [(date!(2026-02-27), 9), (date!(2026-03-30), 5), (date!(2026-03-31), 2)];
+/// let u = UsageCounters::from_days(date!(2026-03-31), &rows);
+/// assert_eq!((u.today, u.this_month), (2, 7));
+/// assert_eq!(UsageCounters::window(date!(2026-03-31)), date!(2026-03-01)..date!(2026-04-01));
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct UsageCounters {
-    /// The latest UTC day with recorded use.
-    #[serde(default, with = "day_format::option")]
-    pub day: Option<time::Date>,
-    /// Successful verifications on `day`.
-    #[serde(default)]
-    pub day_count: u64,
-    /// Successful verifications in the month of `day`.
-    #[serde(default)]
-    pub month_count: u64,
+    /// Successful verifications on the UTC day `today`.
+    pub today: u64,
+    /// Successful verifications in the month of `today`, up to and with it.
+    pub this_month: u64,
 }
 
 impl UsageCounters {
-    /// Adds `count` uses on UTC day `day`.
-    ///
-    /// A later day starts a new daily count (and a new monthly one when the
-    /// month changed); an earlier day in the same month adds to the monthly
-    /// count only; an earlier month is dropped.
-    pub fn apply(&mut self, day: time::Date, count: u64) {
-        let same_month =
-            |a: time::Date, b: time::Date| a.year() == b.year() && a.month() == b.month();
-        match self.day {
-            None => {
-                self.day = Some(day);
-                self.day_count = count;
-                self.month_count = count;
-            }
-            Some(cur) if day == cur => {
-                self.day_count = self.day_count.saturating_add(count);
-                self.month_count = self.month_count.saturating_add(count);
-            }
-            Some(cur) if day > cur => {
-                self.month_count = if same_month(day, cur) {
-                    self.month_count.saturating_add(count)
-                } else {
-                    count
-                };
-                self.day = Some(day);
-                self.day_count = count;
-            }
-            Some(cur) => {
-                if same_month(day, cur) {
-                    self.month_count = self.month_count.saturating_add(count);
-                }
-            }
-        }
+    /// The days to read for `today`'s totals: the first of its month up to
+    /// and including `today`.
+    pub fn window(today: time::Date) -> std::ops::Range<time::Date> {
+        let first = today.replace_day(1).unwrap_or(today);
+        first..today.next_day().unwrap_or(today)
     }
 
-    /// Uses on `today` (0 when the latest recorded day is another).
-    pub fn today(&self, today: time::Date) -> u64 {
-        if self.day == Some(today) {
-            self.day_count
-        } else {
-            0
+    /// The totals of `rows` (`(day, count)`, any order, any days) as of the
+    /// UTC day `today`: days after `today` are not counted.
+    pub fn from_days(today: time::Date, rows: &[(time::Date, u64)]) -> Self {
+        let month = Self::window(today);
+        let mut u = Self::default();
+        for &(day, n) in rows {
+            if day == today {
+                u.today = u.today.saturating_add(n);
+            }
+            if day >= month.start && day <= today {
+                u.this_month = u.this_month.saturating_add(n);
+            }
         }
-    }
-
-    /// Uses in the month of `today` (0 when the latest recorded day is in another month).
-    pub fn this_month(&self, today: time::Date) -> u64 {
-        match self.day {
-            Some(d) if d.year() == today.year() && d.month() == today.month() => self.month_count,
-            _ => 0,
-        }
+        u
     }
 }
 
@@ -289,9 +243,8 @@ impl KeyRecord {
     /// `now`: not revoked, not expired, and not in a rotation grace period
     /// (`rotated_to` unset). Disabled keys count.
     ///
-    /// Stores use exactly this rule in
-    /// [`KeyStoreLifecycle::insert_limited`](crate::store::KeyStoreLifecycle::insert_limited);
-    /// in SQL: `status <> 'revoked' AND (expires_at IS NULL OR expires_at > $now) AND rotated_to IS NULL`.
+    /// The one statement of the rule: [`KeyManager`](crate::KeyManager)
+    /// plans the owner limit with it; no store evaluates it.
     pub fn counts_toward_limit(&self, now: OffsetDateTime) -> bool {
         self.status != KeyStatus::Revoked
             && self.expires_at.is_none_or(|exp| now < exp)
@@ -481,7 +434,6 @@ pub(crate) const HAS_PARENT: u8 = 4;
 pub(crate) struct Extra {
     pub(crate) revision: u64,
     pub(crate) last_used_at: Option<OffsetDateTime>,
-    pub(crate) usage: UsageCounters,
     pub(crate) cold: Option<Box<ColdFields>>,
 }
 
@@ -641,7 +593,6 @@ impl KeyView {
         let extra = Extra {
             revision: record.revision,
             last_used_at: record.last_used_at,
-            usage: record.usage,
             cold: (cold != ColdFields::default()).then(|| Box::new(cold)),
         };
         Self {
@@ -689,7 +640,6 @@ impl KeyView {
             rotated_to: self.rotated_to(),
             revision: self.revision(),
             ip_allowlist: self.ip_allowlist().to_vec(),
-            usage: state.map(|s| s.usage).unwrap_or_default(),
             legacy: cold.and_then(|c| c.legacy.as_deref().cloned()),
         }
     }
@@ -765,13 +715,6 @@ impl KeyView {
     /// The legacy index, for imported keys.
     pub(crate) fn legacy(&self) -> Option<&LegacyInfo> {
         self.cold().and_then(|c| c.legacy.as_deref())
-    }
-
-    /// [`KeyRecord::counts_toward_limit`] of the record.
-    pub(crate) fn counts_toward_limit(&self, now: OffsetDateTime) -> bool {
-        self.status != KeyStatus::Revoked
-            && self.expires_at_exact().is_none_or(|exp| now < exp)
-            && self.rotated_to().is_none()
     }
 
     /// The IP allowlist (empty: any address).

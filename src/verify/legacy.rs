@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::prefix::PrefixEntry;
 use crate::record::{KeyRecord, LegacyInfo};
-use crate::store::KeyStoreLifecycle;
+use crate::store::{Changes, KeyStoreWrite, Put};
 use crate::verifier::Verifier;
 
 /// Longest accepted legacy prefix, in bytes.
@@ -37,7 +37,8 @@ pub(crate) struct LegacyPrefix {
     pub(crate) native: PrefixEntry,
 }
 
-/// Writes the re-hashed record of an imported key (`update_if`).
+/// Writes the re-hashed record of an imported key (a commit of one put at
+/// the revision read).
 pub(crate) trait Upgrader: Send + Sync {
     fn upgrade(
         &self,
@@ -46,13 +47,17 @@ pub(crate) trait Upgrader: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }
 
-impl<S: KeyStoreLifecycle + ?Sized> Upgrader for S {
+impl<S: KeyStoreWrite + ?Sized> Upgrader for S {
     fn upgrade(
         &self,
         next: KeyRecord,
         expected: u64,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(async move { self.update_if(next, expected).await.is_ok() })
+        Box::pin(async move {
+            let mut changes = Changes::new();
+            changes.puts.push(Put::update(next, expected));
+            self.commit(&changes).await.is_ok()
+        })
     }
 }
 

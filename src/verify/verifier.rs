@@ -244,7 +244,6 @@ impl Verifier {
             rotated_to: None,
             revision: 0,
             ip_allowlist: new.ip_allowlist,
-            usage: Default::default(),
             legacy: None,
         };
         Ok((key, record))

@@ -424,7 +424,7 @@ fn legacy_bearer<S: KeyStore, C: Clock, L: Limits>(
 
 impl<S, C, L> Gate<Arc<S>, C, L>
 where
-    S: crate::store::KeyStoreLifecycle + crate::store::UsageStore,
+    S: crate::store::KeyStoreWrite + crate::store::UsageStore,
     C: Clock + Clone,
     L: Limits + Clone,
 {

@@ -1,0 +1,367 @@
+//! Changes to keys: update, disable, enable, revoke, delete, and the bulk
+//! revocations.
+
+use std::ops::Range;
+
+use time::OffsetDateTime;
+
+use super::commit::{MAX_RETRIES, backoff, contended};
+use super::{KeyManager, KeySummary, KeyUpdate, PENDING_APPROVAL};
+use crate::audit::{Actor, AuditEvent, AuditKind};
+use crate::clock::Clock;
+use crate::error::{Error, Result, StoreErrorKind};
+use crate::key::KeyId;
+use crate::limits::Limits;
+use crate::prefix::Prefix;
+use crate::record::{KeyRecord, KeyStatus, Revocation};
+use crate::store::{Changes, Delete, KeyQuery, KeyStoreWrite, Put, UsageStore};
+
+impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
+    /// Changes the fields set in `update`.
+    ///
+    /// With an owner limit, a new expiry (or none) that brings an expired
+    /// key back is checked against the limit in the same atomic write.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key, or
+    /// a new expiry on a key replaced by rotation;
+    /// [`Error::KeyLimitReached`] when a new expiry would revive an expired
+    /// key while its owner is at the limit; [`Error::InvalidScope`];
+    /// [`Error::InvalidInput`] for an expiry not in the future or not after
+    /// not-before; [`Error::StoreUnavailable`].
+    pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
+        let now = self.now()?;
+        if let Some(Some(e)) = update.expires_at {
+            crate::clock::check_time(e)?;
+        }
+        let scopes = update
+            .scopes
+            .as_ref()
+            .map(crate::scope::ScopeSet::parse)
+            .transpose()?;
+        let mut fields = Vec::new();
+        let (before, after) = self
+            .modify(id, now, |cur| {
+                if cur.status == KeyStatus::Revoked {
+                    return Err(Error::InvalidState("a revoked key cannot be changed"));
+                }
+                fields.clear();
+                let mut next = cur.clone();
+                if let Some(name) = &update.name
+                    && *name != cur.name
+                {
+                    next.name = name.clone();
+                    fields.push("name");
+                }
+                if let Some(d) = &update.description
+                    && *d != cur.description
+                {
+                    next.description = d.clone();
+                    fields.push("description");
+                }
+                if let Some(s) = &scopes
+                    && *s != cur.scopes
+                {
+                    next.scopes = s.clone();
+                    fields.push("scopes");
+                }
+                if let Some(exp) = update.expires_at {
+                    let exp = exp.map(crate::clock::check_time).transpose()?;
+                    if exp != cur.expires_at {
+                        if cur.rotated_to.is_some() {
+                            return Err(Error::InvalidState(
+                                "the expiry of a key replaced by rotation cannot be changed",
+                            ));
+                        }
+                        if let Some(e) = exp {
+                            if e <= now {
+                                return Err(Error::InvalidInput(
+                                    "expires_at must be in the future".into(),
+                                ));
+                            }
+                            if cur.not_before.is_some_and(|nb| e <= nb) {
+                                return Err(Error::InvalidInput(
+                                    "expires_at must be after not_before".into(),
+                                ));
+                            }
+                        }
+                        next.expires_at = exp;
+                        fields.push("expires_at");
+                    }
+                }
+                if let Some(m) = &update.metadata {
+                    // A derived key's parent link is the crate's, not the
+                    // caller's: kept as it is.
+                    let mut m = m.clone();
+                    m.remove(crate::verify::derived::PARENT);
+                    if let Some(p) = cur.metadata.get(crate::verify::derived::PARENT) {
+                        m.insert(crate::verify::derived::PARENT.to_owned(), p.clone());
+                    }
+                    if m != cur.metadata {
+                        next.metadata = m;
+                        fields.push("metadata");
+                    }
+                }
+                if let Some(l) = &update.ip_allowlist
+                    && *l != cur.ip_allowlist
+                {
+                    next.ip_allowlist = l.clone();
+                    fields.push("ip_allowlist");
+                }
+                // A change of what policies govern must leave a compliant
+                // key; a rename or a note on a non-compliant key is allowed.
+                if fields.iter().any(|f| matches!(*f, "scopes" | "expires_at")) {
+                    self.check_policies(&next, now)?;
+                }
+                if next.is_publishable() && fields.contains(&"metadata") {
+                    crate::web::publishable::validate_origins(
+                        next.metadata
+                            .get(crate::web::publishable::ALLOWED_ORIGINS)
+                            .map(String::as_str),
+                    )?;
+                }
+                Ok((!fields.is_empty()).then_some(next))
+            })
+            .await?;
+        let result = after.as_ref().unwrap_or(&before);
+        if after.is_some() {
+            self.emit(self.event(now, AuditKind::Updated { fields }, result, actor));
+        }
+        Ok(KeySummary::from_record(result, now))
+    }
+
+    async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
+        let now = self.now()?;
+        let (before, after) = self
+            .modify(id, now, |cur| match cur.status {
+                KeyStatus::Revoked => Err(Error::InvalidState(
+                    "a revoked key can never be enabled or disabled again",
+                )),
+                s if s == to => Ok(None),
+                _ => {
+                    let mut next = cur.clone();
+                    next.status = to;
+                    if to == KeyStatus::Active {
+                        // Enabling is the approval of a pending key.
+                        next.metadata.remove(PENDING_APPROVAL);
+                    }
+                    Ok(Some(next))
+                }
+            })
+            .await?;
+        let result = after.as_ref().unwrap_or(&before);
+        if after.is_some() {
+            let kind = if to == KeyStatus::Disabled {
+                AuditKind::Disabled
+            } else {
+                AuditKind::Enabled
+            };
+            self.emit(self.event(now, kind, result, actor));
+        }
+        Ok(KeySummary::from_record(result, now))
+    }
+
+    /// Disables a key (reversible). It fails verification with
+    /// `DISABLED_API_KEY` from the moment this returns. Disabling a disabled
+    /// key does nothing.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key;
+    /// [`Error::StoreUnavailable`].
+    pub async fn disable(&self, id: KeyId, actor: &Actor) -> Result<KeySummary> {
+        self.set_status(id, KeyStatus::Disabled, actor).await
+    }
+
+    /// Enables a disabled key again. Enabling an active key does nothing.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`]; [`Error::InvalidState`] for a revoked key
+    /// (revocation is permanent); [`Error::StoreUnavailable`].
+    pub async fn enable(&self, id: KeyId, actor: &Actor) -> Result<KeySummary> {
+        self.set_status(id, KeyStatus::Active, actor).await
+    }
+
+    /// Revokes a key for good, with `reason` and the current time. Revoking
+    /// a revoked key does nothing (the first revocation stays).
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
+        let now = self.now()?;
+        let record = self.revoke_one(id, reason, actor).await?;
+        // Verification refuses derived keys from their parent's revocation
+        // on; revoking them too makes it permanent.
+        self.revoke_children(&record, actor).await?;
+        Ok(KeySummary::from_record(&record, now))
+    }
+
+    /// [`revoke`](Self::revoke) without the derived keys.
+    pub(super) async fn revoke_one(
+        &self,
+        id: KeyId,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<KeyRecord> {
+        let now = self.now()?;
+        let (before, after) = self
+            .modify(id, now, |cur| {
+                if cur.status == KeyStatus::Revoked {
+                    return Ok(None);
+                }
+                let mut next = cur.clone();
+                next.status = KeyStatus::Revoked;
+                next.revocation = Some(Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                });
+                Ok(Some(next))
+            })
+            .await?;
+        let result = after.as_ref().unwrap_or(&before);
+        if after.is_some() {
+            let mut ev = self.event(now, AuditKind::Revoked, result, actor);
+            ev.reason = Some(reason.to_owned());
+            self.emit(ev);
+        }
+        Ok(result.clone())
+    }
+
+    /// Deletes a key's record. In the same commit, the rotation links of
+    /// its predecessor and successor that point at it are cleared.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
+    pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
+        let now = self.now()?;
+        for attempt in 0..MAX_RETRIES {
+            let record = self.record(id).await?;
+            let mut changes = Changes::new();
+            changes.deletes.push(Delete {
+                id,
+                expected: record.revision,
+            });
+            for (other, successor) in [(record.rotated_to, true), (record.rotated_from, false)] {
+                let Some(other) = other.filter(|o| *o != id) else {
+                    continue;
+                };
+                let Some(mut r) = self.store().get(other).await.map_err(Error::from)? else {
+                    continue;
+                };
+                let link = if successor {
+                    &mut r.rotated_from
+                } else {
+                    &mut r.rotated_to
+                };
+                if *link == Some(id) {
+                    *link = None;
+                    let expected = r.revision;
+                    changes.puts.push(Put::update(r, expected));
+                }
+            }
+            match self.store().commit(&changes).await {
+                Ok(()) => {
+                    self.emit(self.event(now, AuditKind::Deleted, &record, actor));
+                    return Ok(());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        StoreErrorKind::Conflict | StoreErrorKind::NotFound
+                    ) =>
+                {
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(contended())
+    }
+
+    // ----- bulk -----
+
+    fn revoked_events(
+        &self,
+        ids: &[KeyId],
+        owner: Option<&str>,
+        reason: &str,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) {
+        for id in ids {
+            let mut ev = AuditEvent::new(now, AuditKind::Revoked)
+                .key(*id, owner)
+                .by(actor);
+            ev.reason = Some(reason.to_owned());
+            self.emit(ev);
+        }
+    }
+
+    /// Revokes every key of `owner` (a user removed from an account), in
+    /// commits of at most [`Changes::MAX_ITEMS`] keys
+    /// ([`KeyStoreWrite::revoke_where`]; a SQL store does it in one
+    /// statement). Returns the ids revoked (keys revoked before are left as
+    /// they were).
+    ///
+    /// Idempotent and resumable: when it fails part way, the keys revoked
+    /// so far stay revoked, and calling it again revokes the rest.
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`] (then some keys may be revoked already:
+    /// call again).
+    pub async fn revoke_owner(
+        &self,
+        owner: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Vec<KeyId>> {
+        let now = self.now()?;
+        let ids = self
+            .store()
+            .revoke_where(
+                &KeyQuery::owner(owner),
+                &Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await
+            .map_err(Error::from)?;
+        self.revoked_events(&ids, Some(owner), reason, actor, now);
+        Ok(ids)
+    }
+
+    /// Revokes every key with `prefix` created in `created` (start
+    /// inclusive, end exclusive), whoever owns it: the response to a leaked
+    /// database or server secret. Returns the ids revoked. Idempotent and
+    /// resumable as [`revoke_owner`](Self::revoke_owner).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPrefix`] for a malformed prefix;
+    /// [`Error::StoreUnavailable`] (then some keys may be revoked already:
+    /// call again).
+    pub async fn revoke_created_between(
+        &self,
+        prefix: &str,
+        created: Range<OffsetDateTime>,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Vec<KeyId>> {
+        let now = self.now()?;
+        let prefix = Prefix::new(prefix)?;
+        crate::clock::check_time(created.start)?;
+        crate::clock::check_time(created.end)?;
+        let ids = self
+            .store()
+            .revoke_where(
+                &KeyQuery::created(prefix, created),
+                &Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await
+            .map_err(Error::from)?;
+        self.revoked_events(&ids, None, reason, actor, now);
+        Ok(ids)
+    }
+}
