@@ -13,6 +13,12 @@ pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
     let kind = match &e {
         sqlx::Error::PoolTimedOut => StoreErrorKind::Timeout,
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreErrorKind::IdCollision,
+        // PostgreSQL `deadlock_detected` and `serialization_failure`: the
+        // transaction was rolled back because of a concurrent one; the
+        // caller re-reads and plans again, as for any conflict.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
+            StoreErrorKind::Conflict
+        }
         // PostgreSQL `query_canceled` (statement_timeout) and
         // `lock_not_available` (lock_timeout).
         sqlx::Error::Database(db)

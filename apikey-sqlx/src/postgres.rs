@@ -7,13 +7,14 @@ use std::sync::{Arc, OnceLock};
 use apikey::{Invalidation, KeyRecord, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
+use time::OffsetDateTime;
 
 use crate::StoreOptions;
-use crate::codec::{FoldedUsage, Row, trunc};
+use crate::codec::{Row, trunc};
 use crate::columns::Val;
 use crate::error::{MigrateError, bounded, check_ident, database, store_error};
 use crate::pgtime::{PgMicros, date_of, time_of};
-use crate::store::{Backend, Col, Store, store_traits};
+use crate::store::{Backend, Col, Store, UsageDay, store_traits};
 
 /// A key store in PostgreSQL, for several instances of a service sharing
 /// their keys.
@@ -285,25 +286,32 @@ impl Backend for PgDb {
     }
 
     async fn rows(
-        tx: &mut Tx,
+        &self,
+        tx: Option<&mut Tx>,
         sql: &Arc<str>,
         binds: Vec<Val>,
         cols: &[Col],
     ) -> Result<Vec<Vec<Val>>, StoreError> {
         let q = binds.into_iter().fold(query(sql), bind);
-        let rows = q.fetch_all(&mut **tx).await.map_err(store_error)?;
+        let rows = match tx {
+            Some(tx) => q.fetch_all(&mut **tx).await,
+            None => q.fetch_all(&self.pool).await,
+        };
+        let rows = rows.map_err(store_error)?;
         rows.iter()
             .map(|r| {
                 (0..cols.len())
                     .map(|i| match cols[i] {
-                        Col::Int => r.try_get(i).map(Val::Int),
-                        Col::Text => r.try_get(i).map(Val::Text),
+                        Col::Int => r.try_get(i).map(Val::Int).map_err(store_error),
                         Col::Micros => r
                             .try_get::<Option<PgMicros>, _>(i)
-                            .map(|m| Val::Int(m.map(PgMicros::unix))),
+                            .map(|m| Val::Int(m.map(PgMicros::unix)))
+                            .map_err(store_error),
+                        Col::Date => {
+                            date_of(r.try_get(i).map_err(store_error)?, "day").map(Val::Date)
+                        }
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(store_error)
             })
             .collect()
     }
@@ -345,57 +353,48 @@ impl Backend for PgDb {
         Ok(())
     }
 
-    /// Two statements whatever the batch size: the batch's rows locked in
-    /// id order (concurrent flushes never deadlock), then one `UPDATE` from
+    /// Three statements whatever the batch size: the batch's key rows
+    /// locked in id order (concurrent flushes never deadlock), then one
+    /// upsert of the day rows and one `UPDATE` of `last_used_at`, from
     /// `UNNEST` arrays.
-    async fn add_usage(&self, tx: &mut Tx, folded: Vec<FoldedUsage>) -> Result<(), StoreError> {
-        let mut folded = folded;
-        folded.sort_unstable_by_key(|f| f.id);
-        {
-            let k = format!("{}apikey_keys", self.tables);
-            let ids: Vec<i64> = folded.iter().map(|f| f.id).collect();
-            // Row locks in id order: two concurrent flushes never deadlock.
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM {k} WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-            )))
-            .bind(&ids)
-            .execute(&mut **tx)
-            .await
-            .map_err(store_error)?;
-            // `UsageCounters::apply` of each folded delta; see `fold_usage`.
-            let stmt = format!(
-                "UPDATE {k} AS k SET \
-                 usage_day = CASE WHEN k.usage_day IS NULL OR k.usage_day < b.day THEN b.day ELSE k.usage_day END, \
-                 usage_day_count = CASE \
-                   WHEN k.usage_day IS NULL OR k.usage_day < b.day THEN b.dc \
-                   WHEN k.usage_day = b.day THEN LEAST(k.usage_day_count::numeric + b.dc, 9223372036854775807)::int8 \
-                   ELSE k.usage_day_count END, \
-                 usage_month_count = CASE \
-                   WHEN k.usage_day IS NULL THEN b.mc \
-                   WHEN date_trunc('month', k.usage_day::timestamp) = date_trunc('month', b.day::timestamp) \
-                     THEN LEAST(k.usage_month_count::numeric + b.mc, 9223372036854775807)::int8 \
-                   WHEN k.usage_day < b.day THEN b.mc \
-                   ELSE k.usage_month_count END, \
-                 last_used_at = GREATEST(k.last_used_at, b.lu) \
-                 FROM UNNEST($1::int8[], $2::date[], $3::int8[], $4::int8[], $5::timestamptz[]) \
-                   AS b(id, day, dc, mc, lu) \
-                 WHERE k.id = b.id"
-            );
-            sqlx::query(AssertSqlSafe(stmt))
-                .bind(&ids)
-                .bind(folded.iter().map(|f| f.day).collect::<Vec<_>>())
-                .bind(folded.iter().map(|f| f.day_count).collect::<Vec<_>>())
-                .bind(folded.iter().map(|f| f.month_count).collect::<Vec<_>>())
-                .bind(
-                    folded
-                        .iter()
-                        .map(|f| trunc(f.last_used_at))
-                        .collect::<Vec<_>>(),
-                )
-                .execute(&mut **tx)
-                .await
-                .map_err(store_error)?;
-        }
+    async fn add_usage(
+        &self,
+        tx: &mut Tx,
+        days: Vec<UsageDay>,
+        last: Vec<(i64, OffsetDateTime)>,
+    ) -> Result<(), StoreError> {
+        let t = &self.tables;
+        let ids: Vec<i64> = last.iter().map(|(id, _)| *id).collect();
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {t}apikey_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        )))
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        // Ids without a key row are skipped (the join).
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {t}apikey_usage_days AS u (key_id, day, count) \
+             SELECT b.id, b.day, b.n FROM UNNEST($1::int8[], $2::date[], $3::int8[]) AS b(id, day, n) \
+             JOIN {t}apikey_keys k ON k.id = b.id \
+             ON CONFLICT (key_id, day) DO UPDATE SET \
+             count = LEAST(u.count::numeric + excluded.count, 9223372036854775807)::int8"
+        )))
+        .bind(days.iter().map(|d| d.id).collect::<Vec<_>>())
+        .bind(days.iter().map(|d| d.day).collect::<Vec<_>>())
+        .bind(days.iter().map(|d| d.count).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {t}apikey_keys AS k SET last_used_at = GREATEST(k.last_used_at, b.lu) \
+             FROM UNNEST($1::int8[], $2::timestamptz[]) AS b(id, lu) WHERE k.id = b.id"
+        )))
+        .bind(&ids)
+        .bind(last.iter().map(|(_, at)| trunc(*at)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
         Ok(())
     }
 
@@ -495,9 +494,6 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         rotated_to: row.try_get("rotated_to").map_err(g)?,
         revision: row.try_get("revision").map_err(g)?,
         ip_allowlist: row.try_get("ip_allowlist").map_err(g)?,
-        usage_day: date_of(row.try_get("usage_day").map_err(g)?, "usage_day")?,
-        usage_day_count: row.try_get("usage_day_count").map_err(g)?,
-        usage_month_count: row.try_get("usage_month_count").map_err(g)?,
         legacy_prefix: row.try_get("legacy_prefix").map_err(g)?,
         legacy_index: row.try_get("legacy_index").map_err(g)?,
         legacy_index_version: row
@@ -514,9 +510,10 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
 fn migrations(q: &str) -> Vec<Vec<String>> {
     // Index names are not schema-qualified in CREATE INDEX.
     let p = q.rsplit_once('.').map_or(q, |(_, p)| p);
-    vec![vec![
-        format!(
-            "CREATE TABLE {q}apikey_keys (
+    vec![
+        vec![
+            format!(
+                "CREATE TABLE {q}apikey_keys (
     id                   bigint PRIMARY KEY,  -- key id with the sign bit flipped (order-preserving)
     prefix               text NOT NULL,
     environment          text NOT NULL,       -- 'live' | 'test'
@@ -546,20 +543,49 @@ fn migrations(q: &str) -> Vec<Vec<String>> {
     legacy_index_version smallint,
     legacy_upgraded      boolean
 )"
-        ),
-        format!("CREATE INDEX {p}apikey_keys_owner ON {q}apikey_keys (owner, created_at, id)"),
-        format!(
-            "CREATE INDEX {p}apikey_keys_expires ON {q}apikey_keys (expires_at) WHERE expires_at IS NOT NULL"
-        ),
-        format!("CREATE UNIQUE INDEX {p}apikey_keys_legacy ON {q}apikey_keys (legacy_index)"),
-        format!(
-            "CREATE INDEX {p}apikey_keys_prefix_created ON {q}apikey_keys (prefix, created_at)"
-        ),
-        format!(
-            "CREATE TABLE {q}apikey_usage_flushes (flush_id bytea PRIMARY KEY, applied_at timestamptz NOT NULL)"
-        ),
-        format!(
-            "CREATE INDEX {p}apikey_usage_flushes_applied ON {q}apikey_usage_flushes (applied_at)"
-        ),
-    ]]
+            ),
+            format!("CREATE INDEX {p}apikey_keys_owner ON {q}apikey_keys (owner, created_at, id)"),
+            format!(
+                "CREATE INDEX {p}apikey_keys_expires ON {q}apikey_keys (expires_at) WHERE expires_at IS NOT NULL"
+            ),
+            format!("CREATE UNIQUE INDEX {p}apikey_keys_legacy ON {q}apikey_keys (legacy_index)"),
+            format!(
+                "CREATE INDEX {p}apikey_keys_prefix_created ON {q}apikey_keys (prefix, created_at)"
+            ),
+            format!(
+                "CREATE TABLE {q}apikey_usage_flushes (flush_id bytea PRIMARY KEY, applied_at timestamptz NOT NULL)"
+            ),
+            format!(
+                "CREATE INDEX {p}apikey_usage_flushes_applied ON {q}apikey_usage_flushes (applied_at)"
+            ),
+        ],
+        vec![
+            // 2: owner guards, additive per-day usage (the old counters move
+            // there: the day's count on its day, the rest of the month's count
+            // on the first of that month).
+            format!(
+                "CREATE TABLE {q}apikey_owners (owner text PRIMARY KEY, version bigint NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE {q}apikey_usage_days (key_id bigint NOT NULL, day date NOT NULL, \
+             count bigint NOT NULL, PRIMARY KEY (key_id, day))"
+            ),
+            format!("CREATE INDEX {p}apikey_usage_days_day ON {q}apikey_usage_days (day)"),
+            format!(
+                "INSERT INTO {q}apikey_usage_days (key_id, day, count) \
+             SELECT id, usage_day, usage_day_count FROM {q}apikey_keys \
+             WHERE usage_day IS NOT NULL AND usage_day_count > 0"
+            ),
+            format!(
+                "INSERT INTO {q}apikey_usage_days AS u (key_id, day, count) \
+             SELECT id, date_trunc('month', usage_day)::date, usage_month_count - usage_day_count \
+             FROM {q}apikey_keys WHERE usage_day IS NOT NULL AND usage_month_count > usage_day_count \
+             ON CONFLICT (key_id, day) DO UPDATE SET count = u.count + excluded.count"
+            ),
+            format!(
+                "ALTER TABLE {q}apikey_keys DROP COLUMN usage_day, DROP COLUMN usage_day_count, \
+             DROP COLUMN usage_month_count"
+            ),
+        ],
+    ]
 }

@@ -14,12 +14,12 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
 
 use crate::StoreOptions;
-use crate::codec::{FoldedUsage, Row, from_micros, list_json, micros};
+use crate::codec::{Row, corrupt, from_micros, list_json, micros};
 use crate::columns::Val;
 use crate::error::{MigrateError, check_ident, database, store_error};
-use crate::store::{Backend, Col, Store, store_traits};
+use crate::store::{Backend, Col, Store, UsageDay, store_traits};
 
-/// Rows per multi-row `VALUES` statement of the usage flush: 5 binds each,
+/// Rows per multi-row `VALUES` statement of the usage flush: 3 binds each,
 /// well inside SQLite's limit of 32,766 bound parameters.
 const USAGE_CHUNK: usize = 1000;
 
@@ -249,22 +249,26 @@ impl Backend for SqliteDb {
     }
 
     async fn rows(
-        tx: &mut Tx,
+        &self,
+        tx: Option<&mut Tx>,
         sql: &Arc<str>,
         binds: Vec<Val>,
         cols: &[Col],
     ) -> Result<Vec<Vec<Val>>, StoreError> {
         let q = binds.into_iter().fold(query(sql), bind);
-        let rows = q.fetch_all(&mut **tx).await.map_err(store_error)?;
+        let rows = match tx {
+            Some(tx) => q.fetch_all(&mut **tx).await,
+            None => q.fetch_all(&self.pool).await,
+        };
+        let rows = rows.map_err(store_error)?;
         rows.iter()
             .map(|r| {
                 (0..cols.len())
                     .map(|i| match cols[i] {
-                        Col::Int | Col::Micros => r.try_get(i).map(Val::Int),
-                        Col::Text => r.try_get(i).map(Val::Text),
+                        Col::Int | Col::Micros => r.try_get(i).map(Val::Int).map_err(store_error),
+                        Col::Date => day(r.try_get(i).map_err(store_error)?),
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(store_error)
             })
             .collect()
     }
@@ -283,49 +287,48 @@ impl Backend for SqliteDb {
         Ok(())
     }
 
-    async fn add_usage(&self, tx: &mut Tx, folded: Vec<FoldedUsage>) -> Result<(), StoreError> {
-        for chunk in folded.chunks(USAGE_CHUNK) {
-            let rows = (0..chunk.len())
+    async fn add_usage(
+        &self,
+        tx: &mut Tx,
+        days: Vec<UsageDay>,
+        last: Vec<(i64, OffsetDateTime)>,
+    ) -> Result<(), StoreError> {
+        let t = &self.tables;
+        let values = |n: usize, width: usize| {
+            (0..n)
                 .map(|i| {
-                    let b = i * 5;
-                    format!(
-                        "(?{}, ?{}, ?{}, ?{}, ?{})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
+                    let cols = (1..=width).map(|c| format!("?{}", i * width + c));
+                    format!("({})", cols.collect::<Vec<_>>().join(", "))
                 })
                 .collect::<Vec<_>>()
-                .join(", ");
-            // `UsageCounters::apply` of the folded delta; see `fold_usage`.
-            let k = &self.tables;
+                .join(", ")
+        };
+        for chunk in days.chunks(USAGE_CHUNK) {
+            // Ids without a key row are skipped (the join).
             let stmt = format!(
-                "WITH b(id, day, dc, mc, lu) AS (VALUES {rows}) \
-                 UPDATE {k}apikey_keys AS k SET \
-                 usage_day = CASE WHEN k.usage_day IS NULL OR k.usage_day < b.day THEN b.day ELSE k.usage_day END, \
-                 usage_day_count = CASE \
-                   WHEN k.usage_day IS NULL OR k.usage_day < b.day THEN b.dc \
-                   WHEN k.usage_day = b.day THEN min(k.usage_day_count + b.dc, 9223372036854775807) \
-                   ELSE k.usage_day_count END, \
-                 usage_month_count = CASE \
-                   WHEN k.usage_day IS NULL THEN b.mc \
-                   WHEN substr(k.usage_day, 1, 7) = substr(b.day, 1, 7) \
-                     THEN min(k.usage_month_count + b.mc, 9223372036854775807) \
-                   WHEN k.usage_day < b.day THEN b.mc \
-                   ELSE k.usage_month_count END, \
-                 last_used_at = max(coalesce(k.last_used_at, b.lu), b.lu) \
-                 FROM b WHERE k.id = b.id"
+                "WITH b(id, day, n) AS (VALUES {}) \
+                 INSERT INTO {t}apikey_usage_days (key_id, day, count) \
+                 SELECT b.id, b.day, b.n FROM b JOIN {t}apikey_keys k ON k.id = b.id WHERE true \
+                 ON CONFLICT (key_id, day) DO UPDATE SET \
+                 count = min(count + excluded.count, 9223372036854775807)",
+                values(chunk.len(), 3)
             );
             let mut q = sqlx::query(AssertSqlSafe(stmt));
-            for f in chunk {
-                q = q
-                    .bind(f.id)
-                    .bind(date_text(f.day))
-                    .bind(f.day_count)
-                    .bind(f.month_count)
-                    .bind(micros(f.last_used_at));
+            for d in chunk {
+                q = q.bind(d.id).bind(date_text(d.day)).bind(d.count);
+            }
+            q.execute(&mut **tx).await.map_err(store_error)?;
+        }
+        for chunk in last.chunks(USAGE_CHUNK) {
+            let stmt = format!(
+                "WITH b(id, lu) AS (VALUES {}) \
+                 UPDATE {t}apikey_keys AS k SET last_used_at = max(coalesce(k.last_used_at, b.lu), b.lu) \
+                 FROM b WHERE k.id = b.id",
+                values(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(stmt));
+            for (id, at) in chunk {
+                q = q.bind(id).bind(micros(*at));
             }
             q.execute(&mut **tx).await.map_err(store_error)?;
         }
@@ -377,6 +380,14 @@ fn date_text(d: time::Date) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
+/// A day column (`'YYYY-MM-DD'` text).
+fn day(text: Option<String>) -> Result<Val, StoreError> {
+    match text.map(|t| parse_date(&t)) {
+        Some(None) => Err(corrupt("a day column")),
+        d => Ok(Val::Date(d.flatten())),
+    }
+}
+
 fn parse_date(s: &str) -> Option<time::Date> {
     let mut it = s.split('-');
     let (y, m, d) = (it.next()?, it.next()?, it.next()?);
@@ -403,10 +414,6 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
             .map_err(|_| crate::codec::corrupt(&format!("{c} is not a JSON array of strings")))
     };
     let g = |e: sqlx::Error| store_error(e);
-    let usage_day = match row.try_get::<Option<String>, _>("usage_day").map_err(g)? {
-        None => None,
-        Some(s) => Some(parse_date(&s).ok_or_else(|| crate::codec::corrupt("usage_day"))?),
-    };
     Row {
         id: row.try_get("id").map_err(g)?,
         prefix: row.try_get("prefix").map_err(g)?,
@@ -429,9 +436,6 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         rotated_to: row.try_get("rotated_to").map_err(g)?,
         revision: row.try_get("revision").map_err(g)?,
         ip_allowlist: list("ip_allowlist")?,
-        usage_day,
-        usage_day_count: row.try_get("usage_day_count").map_err(g)?,
-        usage_month_count: row.try_get("usage_month_count").map_err(g)?,
         legacy_prefix: row.try_get("legacy_prefix").map_err(g)?,
         legacy_index: row.try_get("legacy_index").map_err(g)?,
         legacy_index_version: row.try_get("legacy_index_version").map_err(g)?,
@@ -443,9 +447,10 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
 /// The schema, one entry per version (entry `i` is version `i + 1`).
 /// Released entries never change; an upgrade appends one.
 fn migrations(p: &str) -> Vec<Vec<String>> {
-    vec![vec![
-        format!(
-            "CREATE TABLE {p}apikey_keys (
+    vec![
+        vec![
+            format!(
+                "CREATE TABLE {p}apikey_keys (
     id                   INTEGER PRIMARY KEY, -- key id with the sign bit flipped (order-preserving)
     prefix               TEXT NOT NULL,
     environment          TEXT NOT NULL,       -- 'live' | 'test'
@@ -475,24 +480,52 @@ fn migrations(p: &str) -> Vec<Vec<String>> {
     legacy_index_version INTEGER,
     legacy_upgraded      INTEGER
 ) STRICT"
-        ),
-        format!("CREATE INDEX {p}apikey_keys_owner ON {p}apikey_keys (owner, created_at, id)"),
-        format!(
-            "CREATE INDEX {p}apikey_keys_expires ON {p}apikey_keys (expires_at) WHERE expires_at IS NOT NULL"
-        ),
-        format!(
-            "CREATE UNIQUE INDEX {p}apikey_keys_legacy ON {p}apikey_keys (legacy_index) WHERE legacy_index IS NOT NULL"
-        ),
-        format!(
-            "CREATE INDEX {p}apikey_keys_prefix_created ON {p}apikey_keys (prefix, created_at)"
-        ),
-        format!(
-            "CREATE TABLE {p}apikey_usage_flushes (flush_id BLOB PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
-        ),
-        format!(
-            "CREATE INDEX {p}apikey_usage_flushes_applied ON {p}apikey_usage_flushes (applied_at)"
-        ),
-    ]]
+            ),
+            format!("CREATE INDEX {p}apikey_keys_owner ON {p}apikey_keys (owner, created_at, id)"),
+            format!(
+                "CREATE INDEX {p}apikey_keys_expires ON {p}apikey_keys (expires_at) WHERE expires_at IS NOT NULL"
+            ),
+            format!(
+                "CREATE UNIQUE INDEX {p}apikey_keys_legacy ON {p}apikey_keys (legacy_index) WHERE legacy_index IS NOT NULL"
+            ),
+            format!(
+                "CREATE INDEX {p}apikey_keys_prefix_created ON {p}apikey_keys (prefix, created_at)"
+            ),
+            format!(
+                "CREATE TABLE {p}apikey_usage_flushes (flush_id BLOB PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
+            ),
+            format!(
+                "CREATE INDEX {p}apikey_usage_flushes_applied ON {p}apikey_usage_flushes (applied_at)"
+            ),
+        ],
+        vec![
+            // 2: owner guards, additive per-day usage (the old counters move
+            // there: the day's count on its day, the rest of the month's count
+            // on the first of that month).
+            format!(
+                "CREATE TABLE {p}apikey_owners (owner TEXT PRIMARY KEY, version INTEGER NOT NULL) STRICT"
+            ),
+            format!(
+                "CREATE TABLE {p}apikey_usage_days (key_id INTEGER NOT NULL, day TEXT NOT NULL, \
+             count INTEGER NOT NULL, PRIMARY KEY (key_id, day)) STRICT"
+            ),
+            format!("CREATE INDEX {p}apikey_usage_days_day ON {p}apikey_usage_days (day)"),
+            format!(
+                "INSERT INTO {p}apikey_usage_days (key_id, day, count) \
+             SELECT id, usage_day, usage_day_count FROM {p}apikey_keys \
+             WHERE usage_day IS NOT NULL AND usage_day_count > 0"
+            ),
+            format!(
+                "INSERT INTO {p}apikey_usage_days (key_id, day, count) \
+             SELECT id, substr(usage_day, 1, 8) || '01', usage_month_count - usage_day_count \
+             FROM {p}apikey_keys WHERE usage_day IS NOT NULL AND usage_month_count > usage_day_count \
+             ON CONFLICT (key_id, day) DO UPDATE SET count = count + excluded.count"
+            ),
+            format!("ALTER TABLE {p}apikey_keys DROP COLUMN usage_day"),
+            format!("ALTER TABLE {p}apikey_keys DROP COLUMN usage_day_count"),
+            format!("ALTER TABLE {p}apikey_keys DROP COLUMN usage_month_count"),
+        ],
+    ]
 }
 
 /// Whether `e` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (codes 5 and 6).

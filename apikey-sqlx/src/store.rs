@@ -7,28 +7,39 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+
 use apikey::{
-    Invalidation, KeyDigest, KeyId, KeyRecord, KeyView, LimitedInsert, LimitedUpdate, Prefix,
-    Revocation, StoreError, StoreErrorKind, UsageBatch, UsageDelta,
+    Changes, Invalidation, KeyDigest, KeyFilter, KeyId, KeyQuery, KeyRecord, KeyView, Listing,
+    Revocation, StoreError, StoreErrorKind, UsageBatch,
 };
 use time::OffsetDateTime;
 
 use crate::FLUSH_RETENTION;
-use crate::codec::{FoldedUsage, fold_usage, id_from_sql, id_to_sql, invalid};
+use crate::codec::{corrupt, count_to_sql, id_from_sql, id_to_sql};
 use crate::columns::{Val, replaced, values};
 use crate::error::{MigrateError, bounded};
-use crate::sql::Sql;
+use crate::sql::{ListKind, Sql};
 
 /// The type a generic row column is read as.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Col {
     /// An integer (`Val::Int`).
     Int,
-    /// Text (`Val::Text`).
-    Text,
     /// A time as Unix microseconds (`Val::Int`), saturating at the ends
     /// (PostgreSQL's infinities): for comparing and ordering only.
     Micros,
+    /// A calendar day (`Val::Date`).
+    Date,
+}
+
+/// One `(key, UTC day) += count` row of a usage flush.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UsageDay {
+    pub id: i64,
+    pub day: time::Date,
+    pub count: i64,
 }
 
 /// One database: the dialect of the SQL the store builds, and the few
@@ -58,9 +69,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
         sql: &Arc<str>,
         binds: Vec<Val>,
     ) -> Result<Vec<KeyRecord>, StoreError>;
-    /// The rows `sql` returns in `tx`, each read as `cols`.
+    /// The rows `sql` returns (in `tx`, or on the pool), each read as `cols`.
     async fn rows(
-        tx: &mut Self::Tx,
+        &self,
+        tx: Option<&mut Self::Tx>,
         sql: &Arc<str>,
         binds: Vec<Val>,
         cols: &[Col],
@@ -74,11 +86,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Announces `change` to listeners when `tx` commits (a no-op without a
     /// change channel).
     async fn announce(&self, tx: &mut Self::Tx, change: &Invalidation) -> Result<(), StoreError>;
-    /// Adds the folded usage to the key rows in `tx`.
+    /// Adds `days` to the usage rows and raises `last_used_at` of the key
+    /// rows to `last` (each id once), in `tx`; ids without a key row are
+    /// skipped.
     async fn add_usage(
         &self,
         tx: &mut Self::Tx,
-        folded: Vec<FoldedUsage>,
+        days: Vec<UsageDay>,
+        last: Vec<(i64, OffsetDateTime)>,
     ) -> Result<(), StoreError>;
 
     /// Begins the migration transaction, holding whatever lock makes
@@ -135,13 +150,14 @@ impl<B: Backend> Store<B> {
         let t = b.tables();
         let mut tx = b.begin_migration().await?;
         B::execute(&mut tx, &b.version_table().into(), vec![]).await?;
-        let found = B::rows(
-            &mut tx,
-            &format!("SELECT max(version) FROM {t}apikey_schema_version").into(),
-            vec![],
-            &[Col::Int],
-        )
-        .await?;
+        let found = b
+            .rows(
+                Some(&mut tx),
+                &format!("SELECT max(version) FROM {t}apikey_schema_version").into(),
+                vec![],
+                &[Col::Int],
+            )
+            .await?;
         let found = found.first().and_then(|r| int(&r[0])).unwrap_or(0);
         let migrations = b.migrations();
         let latest = migrations.len() as i64;
@@ -194,26 +210,67 @@ impl<B: Backend> Store<B> {
         bounded(self.timeout, self.one(&self.sql.find_legacy, binds)).await
     }
 
-    pub(crate) async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let binds = vec![Val::Text(Some(owner.to_owned()))];
-        let sql = &self.sql.list_by_owner;
-        bounded(self.timeout, self.backend.records(None, sql, binds)).await
+    /// A page of `query`; for an owner, the owner's version is read before
+    /// the records (never after: a version newer than the records would let
+    /// a plan made on them commit).
+    pub(crate) async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
+        bounded(self.timeout, async {
+            let mut binds = Vec::new();
+            let (kind, owner_version) = match &query.filter {
+                KeyFilter::Owner(owner) => {
+                    let version = self.owner_version(None, owner).await?;
+                    binds.push(Val::Text(Some(owner.clone())));
+                    (ListKind::Owner, version)
+                }
+                KeyFilter::Expiring { owner, window } => {
+                    let kind = match owner {
+                        Some(o) => {
+                            binds.push(Val::Text(Some(o.clone())));
+                            ListKind::ExpiringOwner
+                        }
+                        None => ListKind::Expiring,
+                    };
+                    binds.push(Val::Time(Some(window.start)));
+                    binds.push(Val::Time(Some(window.end)));
+                    (kind, 0)
+                }
+                KeyFilter::Created { prefix, window } => {
+                    binds.push(Val::Text(Some(prefix.as_str().to_owned())));
+                    binds.push(Val::Time(Some(window.start)));
+                    binds.push(Val::Time(Some(window.end)));
+                    (ListKind::Created, 0)
+                }
+                _ => return Err(corrupt("a key filter this store does not know")),
+            };
+            if let Some(after) = query.after {
+                binds.push(Val::Time(Some(after.at)));
+                binds.push(Val::Int(Some(id_to_sql(after.id))));
+            }
+            binds.push(Val::Int(Some(query.page_size() as i64)));
+            let sql = &self.sql.list[kind as usize][usize::from(query.after.is_some())];
+            let records = self.backend.records(None, sql, binds).await?;
+            Ok(Listing {
+                records,
+                owner_version,
+            })
+        })
+        .await
     }
 
-    pub(crate) async fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: std::ops::Range<OffsetDateTime>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut binds = vec![Val::Time(Some(window.start)), Val::Time(Some(window.end))];
-        let sql = match owner {
-            Some(o) => {
-                binds.push(Val::Text(Some(o.to_owned())));
-                &self.sql.list_expiring_owner
-            }
-            None => &self.sql.list_expiring_all,
+    /// The owner's guard version (0 when never guarded); row-locked in a
+    /// write transaction.
+    async fn owner_version(&self, tx: Option<&mut B::Tx>, owner: &str) -> Result<u64, StoreError> {
+        let sql = if tx.is_some() {
+            &self.sql.owner_version_locked
+        } else {
+            &self.sql.owner_version
         };
-        bounded(self.timeout, self.backend.records(None, sql, binds)).await
+        let owner = vec![Val::Text(Some(owner.to_owned()))];
+        let rows = self.backend.rows(tx, sql, owner, &[Col::Int]).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| int(&r[0]))
+            .map_or(0, |v| v as u64))
     }
 
     /// One write transaction: `body` runs in it, and the transaction
@@ -232,287 +289,157 @@ impl<B: Backend> Store<B> {
         .await
     }
 
-    async fn insert_in(&self, tx: &mut B::Tx, record: &KeyRecord) -> Result<(), StoreError> {
-        let binds = values(record).into_iter().map(|(_, v)| v).collect();
-        B::execute(tx, &self.sql.insert, binds).await?;
-        Ok(())
-    }
-
-    /// `update` (expected `None`) or `update_if` in `tx`; the stored record.
-    async fn replace_in(
-        &self,
-        tx: &mut B::Tx,
-        record: &KeyRecord,
-        expected: Option<u64>,
-    ) -> Result<KeyRecord, StoreError> {
-        let id = Val::Int(Some(id_to_sql(record.id)));
-        let mut binds = vec![id];
-        binds.extend(
-            values(record)
-                .into_iter()
-                .filter(|(c, _)| replaced(c))
-                .map(|(_, v)| v),
-        );
-        let sql = match expected {
-            Some(e) => {
-                binds.push(Val::Int(Some(e as i64)));
-                binds.push(Val::Int(Some(e.wrapping_add(1) as i64)));
-                &self.sql.update_if
-            }
-            None => &self.sql.update,
-        };
-        if let Some(stored) = self.backend.records(Some(tx), sql, binds).await?.pop() {
-            return Ok(stored);
+    /// `NotFound` or `Conflict` for a conditional write to `id` that
+    /// matched no row, in `tx`.
+    async fn missed(&self, tx: &mut B::Tx, id: KeyId) -> StoreError {
+        let id = vec![Val::Int(Some(id_to_sql(id)))];
+        match self
+            .backend
+            .rows(Some(tx), &self.sql.revision_of, id, &[Col::Int])
+            .await
+        {
+            Ok(found) if found.is_empty() => err(StoreErrorKind::NotFound),
+            Ok(_) => err(StoreErrorKind::Conflict),
+            Err(e) => e,
         }
-        let id = vec![Val::Int(Some(id_to_sql(record.id)))];
-        let found = B::rows(tx, &self.sql.revision_of, id, &[Col::Int]).await?;
-        Err(err(if found.is_empty() {
-            StoreErrorKind::NotFound
-        } else {
-            StoreErrorKind::Conflict
-        }))
     }
 
-    pub(crate) async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(invalid)?;
+    /// The write primitive: all of `changes` in one transaction, or nothing.
+    /// Guards first (in owner order, each owner locked so commits on one
+    /// owner run one after the other), then updates and deletes (in id
+    /// order: concurrent commits lock rows in one order), then inserts.
+    /// The unique indexes make a taken id or legacy index `IdCollision`.
+    pub(crate) async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        changes.check()?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut guards: Vec<_> = changes.guards.iter().collect();
+        guards.sort_by(|a, b| a.owner.cmp(&b.owner));
+        let mut updates: Vec<_> = changes
+            .puts
+            .iter()
+            .filter(|p| p.expected.is_some())
+            .collect();
+        updates.sort_by_key(|p| p.record.id);
+        let mut deletes: Vec<_> = changes.deletes.iter().collect();
+        deletes.sort_by_key(|d| d.id);
         self.write(async |tx| {
-            self.insert_in(tx, &record).await?;
-            self.backend
-                .announce(tx, &Invalidation::Key(record.id))
-                .await
-        })
-        .await
-    }
-
-    pub(crate) async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(invalid)?;
-        self.write(async |tx| {
-            self.replace_in(tx, &record, None).await?;
-            self.backend
-                .announce(tx, &Invalidation::Key(record.id))
-                .await
-        })
-        .await
-    }
-
-    pub(crate) async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.write(async |tx| {
-            let sql_id = Val::Int(Some(id_to_sql(id)));
-            let links = B::rows(tx, &self.sql.delete, vec![sql_id], &[Col::Int, Col::Int]).await?;
-            let Some(links) = links.first() else {
-                return Ok(false);
-            };
-            let (from, to) = (int(&links[0]), int(&links[1]));
-            let mut changed = vec![id];
-            if from.is_some() || to.is_some() {
-                let binds = vec![Val::Int(Some(id_to_sql(id))), Val::Int(from), Val::Int(to)];
-                B::execute(tx, &self.sql.unlink, binds).await?;
-                changed.extend(from.into_iter().chain(to).map(id_from_sql));
-            }
-            self.backend
-                .announce(tx, &Invalidation::Keys(changed))
-                .await?;
-            Ok(true)
-        })
-        .await
-    }
-
-    /// The owner's keys that count toward its limit at `now`, in `tx`
-    /// (without `except`).
-    async fn count_active(
-        &self,
-        tx: &mut B::Tx,
-        owner: &str,
-        now: OffsetDateTime,
-        except: Option<KeyId>,
-    ) -> Result<u32, StoreError> {
-        let mut binds = vec![Val::Text(Some(owner.to_owned())), Val::Time(Some(now))];
-        let sql = match except {
-            Some(id) => {
-                binds.push(Val::Int(Some(id_to_sql(id))));
-                &self.sql.count_active_except
-            }
-            None => &self.sql.count_active,
-        };
-        let rows = B::rows(tx, sql, binds, &[Col::Int]).await?;
-        let n = rows.first().and_then(|r| int(&r[0])).unwrap_or(0);
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    }
-
-    pub(crate) async fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        record.validate().map_err(invalid)?;
-        self.write(async |tx| {
-            if let Some(owner) = &record.owner {
-                self.backend.lock_owner(tx, owner).await?;
-                let active = self.count_active(tx, owner, now, None).await?;
-                if active >= max {
-                    return Ok(LimitedInsert::LimitReached { active });
-                }
-            }
-            self.insert_in(tx, &record).await?;
-            self.backend
-                .announce(tx, &Invalidation::Key(record.id))
-                .await?;
-            Ok(LimitedInsert::Inserted)
-        })
-        .await
-    }
-
-    pub(crate) async fn update_if(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-    ) -> Result<KeyRecord, StoreError> {
-        record.validate().map_err(invalid)?;
-        self.write(async |tx| {
-            let stored = self.replace_in(tx, &record, Some(expected)).await?;
-            self.backend
-                .announce(tx, &Invalidation::Key(record.id))
-                .await?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    pub(crate) async fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        record.validate().map_err(invalid)?;
-        self.write(async |tx| {
-            if let Some(owner) = &record.owner
-                && record.counts_toward_limit(now)
-            {
-                self.backend.lock_owner(tx, owner).await?;
-                let id = vec![Val::Int(Some(id_to_sql(record.id)))];
-                let cols = [Col::Int, Col::Text, Col::Text, Col::Micros, Col::Int];
-                let state = B::rows(tx, &self.sql.stored_state, id, &cols).await?;
-                let state = state.first().ok_or_else(|| err(StoreErrorKind::NotFound))?;
-                if int(&state[0]).map(|r| r as u64) != Some(expected) {
+            for g in guards {
+                self.backend.lock_owner(tx, &g.owner).await?;
+                if self.owner_version(Some(tx), &g.owner).await? != g.version {
                     return Err(err(StoreErrorKind::Conflict));
                 }
-                let text = |v: &Val| match v {
-                    Val::Text(t) => t.clone(),
-                    _ => None,
-                };
-                let counted = text(&state[2]).as_deref() != Some("revoked")
-                    && int(&state[3]).is_none_or(|e| e > crate::codec::micros(now))
-                    && int(&state[4]).is_none();
-                if !(counted && text(&state[1]).as_deref() == Some(owner.as_str())) {
-                    let active = self.count_active(tx, owner, now, Some(record.id)).await?;
-                    if active >= max {
-                        return Ok(LimitedUpdate::LimitReached { active });
-                    }
+                let next = g.version.wrapping_add(1) as i64;
+                let binds = vec![Val::Text(Some(g.owner.clone())), Val::Int(Some(next))];
+                B::execute(tx, &self.sql.owner_bump, binds).await?;
+            }
+            for p in updates {
+                let e = p.expected.unwrap_or_default();
+                let mut binds = vec![Val::Int(Some(id_to_sql(p.record.id)))];
+                binds.extend(
+                    values(&p.record)
+                        .into_iter()
+                        .filter(|(c, _)| replaced(c))
+                        .map(|(_, v)| v),
+                );
+                binds.push(Val::Int(Some(e as i64)));
+                binds.push(Val::Int(Some(e.wrapping_add(1) as i64)));
+                if B::execute(tx, &self.sql.update_if, binds).await? == 0 {
+                    return Err(self.missed(tx, p.record.id).await);
                 }
             }
-            let stored = self.replace_in(tx, &record, Some(expected)).await?;
-            self.backend
-                .announce(tx, &Invalidation::Key(record.id))
-                .await?;
-            Ok(LimitedUpdate::Updated(stored))
-        })
-        .await
-    }
-
-    pub(crate) async fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        predecessor.validate().map_err(invalid)?;
-        successor.validate().map_err(invalid)?;
-        if predecessor.id == successor.id {
-            return Err(err(StoreErrorKind::IdCollision));
-        }
-        self.write(async |tx| {
-            let p = self.replace_in(tx, &predecessor, Some(expected)).await?;
-            self.insert_in(tx, &successor).await?;
-            // A chain never has more than two working keys: the
-            // predecessor's own predecessor stops at this rotation.
-            if let Some(before) = p.rotated_from {
-                let binds = vec![
-                    Val::Time(Some(successor.created_at)),
-                    Val::Int(Some(id_to_sql(before))),
-                    Val::Int(Some(id_to_sql(p.id))),
-                ];
-                B::execute(tx, &self.sql.end_grace, binds).await?;
+            for d in deletes {
+                let id = Val::Int(Some(id_to_sql(d.id)));
+                let binds = vec![id.clone(), Val::Int(Some(d.expected as i64))];
+                if B::execute(tx, &self.sql.delete_if, binds).await? == 0 {
+                    return Err(self.missed(tx, d.id).await);
+                }
+                B::execute(tx, &self.sql.usage_forget, vec![id]).await?;
             }
-            // Both keys and the predecessor's predecessor (its grace ended).
-            let mut changed = vec![predecessor.id, successor.id];
-            changed.extend(p.rotated_from);
-            self.backend
-                .announce(tx, &Invalidation::Keys(changed))
-                .await?;
-            Ok((p, successor.clone()))
+            for p in changes.puts.iter().filter(|p| p.expected.is_none()) {
+                let binds = values(&p.record).into_iter().map(|(_, v)| v).collect();
+                B::execute(tx, &self.sql.insert, binds).await?;
+            }
+            let ids: Vec<KeyId> = changes
+                .puts
+                .iter()
+                .map(|p| p.record.id)
+                .chain(changes.deletes.iter().map(|d| d.id))
+                .collect();
+            if !ids.is_empty() {
+                self.backend.announce(tx, &Invalidation::Keys(ids)).await?;
+            }
+            Ok(())
         })
         .await
     }
 
-    pub(crate) async fn revoke_owner(
+    /// Revokes every key `query`'s filter matches that is not revoked yet,
+    /// in one statement (idempotent: a second call revokes nothing); the ids
+    /// in the filter's order.
+    pub(crate) async fn revoke_where(
         &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let rest = vec![Val::Text(Some(owner.to_owned()))];
-        let change = Invalidation::Owner(owner.to_owned());
-        self.revoke(&self.sql.revoke_owner, &revocation, rest, change)
-            .await
-    }
-
-    pub(crate) async fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: std::ops::Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let rest = vec![
-            Val::Text(Some(prefix.as_str().to_owned())),
-            Val::Time(Some(created.start)),
-            Val::Time(Some(created.end)),
-        ];
-        let change = Invalidation::Prefix {
-            prefix: prefix.clone(),
-            created,
-        };
-        self.revoke(&self.sql.revoke_matching, &revocation, rest, change)
-            .await
-    }
-
-    /// One statement revoking what `sql` matches; the ids in creation order.
-    async fn revoke(
-        &self,
-        sql: &Arc<str>,
+        query: &KeyQuery,
         revocation: &Revocation,
-        rest: Vec<Val>,
-        change: Invalidation,
     ) -> Result<Vec<KeyId>, StoreError> {
         let mut binds = vec![
             Val::Time(Some(revocation.at)),
             Val::Text(Some(revocation.reason.clone())),
         ];
-        binds.extend(rest);
+        let (kind, change) = match &query.filter {
+            KeyFilter::Owner(owner) => {
+                binds.push(Val::Text(Some(owner.clone())));
+                (ListKind::Owner, Some(Invalidation::Owner(owner.clone())))
+            }
+            KeyFilter::Expiring { owner, window } => {
+                let kind = match owner {
+                    Some(o) => {
+                        binds.push(Val::Text(Some(o.clone())));
+                        ListKind::ExpiringOwner
+                    }
+                    None => ListKind::Expiring,
+                };
+                binds.push(Val::Time(Some(window.start)));
+                binds.push(Val::Time(Some(window.end)));
+                (kind, None)
+            }
+            KeyFilter::Created { prefix, window } => {
+                binds.push(Val::Text(Some(prefix.as_str().to_owned())));
+                binds.push(Val::Time(Some(window.start)));
+                binds.push(Val::Time(Some(window.end)));
+                let change = Invalidation::Prefix {
+                    prefix: prefix.clone(),
+                    created: window.clone(),
+                };
+                (ListKind::Created, Some(change))
+            }
+            _ => return Err(corrupt("a key filter this store does not know")),
+        };
+        let sql = &self.sql.revoke[kind as usize];
         let rows = self
             .write(async |tx| {
-                let rows = B::rows(tx, sql, binds, &[Col::Int, Col::Micros]).await?;
+                let rows = self
+                    .backend
+                    .rows(Some(tx), sql, binds, &[Col::Int, Col::Micros])
+                    .await?;
                 if !rows.is_empty() {
+                    let change = change.unwrap_or_else(|| {
+                        Invalidation::Keys(
+                            rows.iter()
+                                .filter_map(|r| int(&r[0]).map(id_from_sql))
+                                .collect(),
+                        )
+                    });
                     self.backend.announce(tx, &change).await?;
                 }
                 Ok(rows)
             })
             .await?;
-        let mut changed: Vec<(Option<i64>, Option<i64>)> =
+        let mut revoked: Vec<(Option<i64>, Option<i64>)> =
             rows.iter().map(|r| (int(&r[1]), int(&r[0]))).collect();
-        changed.sort_unstable();
-        Ok(changed
+        revoked.sort_unstable();
+        Ok(revoked
             .into_iter()
             .filter_map(|(_, id)| id.map(id_from_sql))
             .collect())
@@ -520,31 +447,73 @@ impl<B: Backend> Store<B> {
 
     /// Exactly once per flush id: the id is inserted into the flush table
     /// in the same transaction as the deltas (a replay finds it and writes
-    /// nothing); ids are kept for [`FLUSH_RETENTION`]. `false`: a replay.
+    /// nothing); ids are kept for [`FLUSH_RETENTION`]. Additive: per delta,
+    /// `(key, day) += count` and `last_used_at = max(..)`. `false`: a replay.
     pub(crate) async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, StoreError> {
-        self.usage(batch.id.as_u128(), &batch.deltas).await
-    }
-
-    async fn usage(&self, flush_id: u128, batch: &[UsageDelta]) -> Result<bool, StoreError> {
-        let folded = fold_usage(batch);
+        let mut days: BTreeMap<(i64, time::Date), i64> = BTreeMap::new();
+        let mut last: BTreeMap<i64, OffsetDateTime> = BTreeMap::new();
+        for d in &batch.deltas {
+            let id = id_to_sql(d.id);
+            let n = days.entry((id, d.day)).or_default();
+            *n = n.saturating_add(count_to_sql(d.count));
+            let t = last.entry(id).or_insert(d.last_used_at);
+            *t = (*t).max(d.last_used_at);
+        }
+        let days: Vec<UsageDay> = days
+            .into_iter()
+            .map(|((id, day), count)| UsageDay { id, day, count })
+            .collect();
+        let last: Vec<(i64, OffsetDateTime)> = last.into_iter().collect();
         self.write(async |tx| {
             let now = OffsetDateTime::now_utc();
-            let fid = Val::Bytes(Some(flush_id.to_be_bytes().to_vec()));
+            let fid = Val::Bytes(Some(batch.id.as_u128().to_be_bytes().to_vec()));
             let binds = vec![fid, Val::Time(Some(now))];
             if B::execute(tx, &self.sql.flush_insert, binds).await? == 0 {
                 return Ok(false);
             }
             let horizon = Val::Time(Some(now - FLUSH_RETENTION));
             B::execute(tx, &self.sql.flush_expire, vec![horizon]).await?;
-            if !folded.is_empty() {
+            let oldest = now.date() - time::Duration::days(USAGE_DAYS_KEPT);
+            B::execute(tx, &self.sql.usage_expire, vec![Val::Date(Some(oldest))]).await?;
+            if !days.is_empty() {
                 // No `announce`: usage never invalidates a cached key.
-                self.backend.add_usage(tx, folded).await?;
+                self.backend.add_usage(tx, days, last).await?;
             }
             Ok(true)
         })
         .await
     }
+
+    /// The stored `(day, count)` rows of `id` with `day` in `days`, ascending.
+    pub(crate) async fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        let binds = vec![
+            Val::Int(Some(id_to_sql(id))),
+            Val::Date(Some(days.start)),
+            Val::Date(Some(days.end)),
+        ];
+        let rows = bounded(
+            self.timeout,
+            self.backend
+                .rows(None, &self.sql.usage_of, binds, &[Col::Date, Col::Int]),
+        )
+        .await?;
+        rows.iter()
+            .map(|r| match (&r[0], int(&r[1])) {
+                (Val::Date(Some(day)), Some(n)) => u64::try_from(n)
+                    .map(|n| (*day, n))
+                    .map_err(|_| corrupt("usage count is negative")),
+                _ => Err(corrupt("usage row")),
+            })
+            .collect()
+    }
 }
+
+/// Usage rows are kept this many days (the contract asks for at least 62).
+pub(crate) const USAGE_DAYS_KEPT: i64 = 400;
 
 /// Implements every store trait of `apikey` for a public store type that
 /// wraps an `Arc<Store<_>>` as its field `inner`.
@@ -574,90 +543,26 @@ macro_rules! store_traits {
                 self.inner.get(id).await
             }
 
-            async fn list_by_owner(
+            async fn list(
                 &self,
-                owner: &str,
-            ) -> Result<Vec<apikey::KeyRecord>, apikey::StoreError> {
-                self.inner.list_by_owner(owner).await
-            }
-
-            async fn list_expiring(
-                &self,
-                owner: Option<&str>,
-                window: std::ops::Range<time::OffsetDateTime>,
-            ) -> Result<Vec<apikey::KeyRecord>, apikey::StoreError> {
-                self.inner.list_expiring(owner, window).await
+                query: &apikey::KeyQuery,
+            ) -> Result<apikey::Listing, apikey::StoreError> {
+                self.inner.list(query).await
             }
         }
 
         impl apikey::KeyStoreWrite for $t {
-            async fn insert(&self, record: apikey::KeyRecord) -> Result<(), apikey::StoreError> {
-                self.inner.insert(record).await
+            async fn commit(&self, changes: &apikey::Changes) -> Result<(), apikey::StoreError> {
+                self.inner.commit(changes).await
             }
 
-            async fn update(&self, record: apikey::KeyRecord) -> Result<(), apikey::StoreError> {
-                self.inner.update(record).await
-            }
-
-            async fn delete(&self, id: apikey::KeyId) -> Result<bool, apikey::StoreError> {
-                self.inner.delete(id).await
-            }
-        }
-
-        impl apikey::KeyStoreLifecycle for $t {
-            async fn insert_limited(
+            /// One statement (see the crate's guarantees).
+            async fn revoke_where(
                 &self,
-                record: apikey::KeyRecord,
-                max: u32,
-                now: time::OffsetDateTime,
-            ) -> Result<apikey::LimitedInsert, apikey::StoreError> {
-                self.inner.insert_limited(record, max, now).await
-            }
-
-            async fn update_if(
-                &self,
-                record: apikey::KeyRecord,
-                expected: u64,
-            ) -> Result<apikey::KeyRecord, apikey::StoreError> {
-                self.inner.update_if(record, expected).await
-            }
-
-            async fn update_limited(
-                &self,
-                record: apikey::KeyRecord,
-                expected: u64,
-                max: u32,
-                now: time::OffsetDateTime,
-            ) -> Result<apikey::LimitedUpdate, apikey::StoreError> {
-                self.inner.update_limited(record, expected, max, now).await
-            }
-
-            async fn rotate(
-                &self,
-                predecessor: apikey::KeyRecord,
-                expected: u64,
-                successor: apikey::KeyRecord,
-            ) -> Result<(apikey::KeyRecord, apikey::KeyRecord), apikey::StoreError> {
-                self.inner.rotate(predecessor, expected, successor).await
-            }
-
-            async fn revoke_owner(
-                &self,
-                owner: &str,
-                revocation: apikey::Revocation,
+                query: &apikey::KeyQuery,
+                revocation: &apikey::Revocation,
             ) -> Result<Vec<apikey::KeyId>, apikey::StoreError> {
-                self.inner.revoke_owner(owner, revocation).await
-            }
-
-            async fn revoke_matching(
-                &self,
-                prefix: &apikey::Prefix,
-                created: std::ops::Range<time::OffsetDateTime>,
-                revocation: apikey::Revocation,
-            ) -> Result<Vec<apikey::KeyId>, apikey::StoreError> {
-                self.inner
-                    .revoke_matching(prefix, created, revocation)
-                    .await
+                self.inner.revoke_where(query, revocation).await
             }
         }
 
@@ -675,6 +580,14 @@ macro_rules! store_traits {
                 } else {
                     apikey::FlushOutcome::AlreadyApplied
                 })
+            }
+
+            async fn usage(
+                &self,
+                id: apikey::KeyId,
+                days: std::ops::Range<time::Date>,
+            ) -> Result<Vec<(time::Date, u64)>, apikey::StoreError> {
+                self.inner.usage(id, days).await
             }
         }
     };
