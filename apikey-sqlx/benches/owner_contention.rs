@@ -1,7 +1,8 @@
 //! Contention on one owner: 16 tasks create keys for the same owner at once
 //! through `KeyManager` over a `PostgresStore` (a throwaway cluster, as the
 //! tests start), with an owner limit, so every create reads and guards the
-//! owner's count. Prints keys per second.
+//! owner's count. Prints keys per second and how many commits the store
+//! refused as conflicting (each one a retry by the manager).
 //!
 //! `cargo bench -p apikey-sqlx --features postgres --bench owner_contention`
 //! (`CONTENTION_KEYS` per task, default 50; `CONTENTION_ROUNDS`, default 3).
@@ -11,11 +12,69 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use apikey::{Actor, KeyManager, Keyring, NewKey, ServerSecret, Verifier};
+use apikey::{
+    Actor, Changes, FlushOutcome, KeyDigest, KeyId, KeyManager, KeyQuery, KeyRecord, KeyStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, Keyring, Listing, NewKey, ServerSecret, StoreError,
+    StoreErrorKind, UsageBatch, UsageStore, Verifier,
+};
 use apikey_sqlx::{PostgresStore, StoreOptions};
+
+/// A store that counts the commits refused with `Conflict`.
+struct Counting {
+    inner: PostgresStore,
+    conflicts: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl KeyStore for Counting {
+    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        self.inner.fetch(id).await
+    }
+
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.find_legacy(index).await
+    }
+}
+
+impl KeyStoreQuery for Counting {
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
+        self.inner.list(query).await
+    }
+}
+
+impl KeyStoreWrite for Counting {
+    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.commit(changes).await;
+        if matches!(&r, Err(e) if e.kind() == StoreErrorKind::Conflict) {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl UsageStore for Counting {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+        self.inner.record_usage(batch).await
+    }
+
+    async fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        self.inner.usage(id, days).await
+    }
+}
 
 const TASKS: usize = 16;
 
@@ -51,7 +110,14 @@ fn main() {
             let secret = ServerSecret::from_bytes(&[7; 32]).unwrap();
             let verifier = Verifier::new(Keyring::new(1, secret).unwrap());
             let limit = u32::try_from(TASKS * per_task).unwrap();
-            let keys = Arc::new(KeyManager::new(verifier, store).with_max_keys_per_owner(limit));
+            let store = Arc::new(Counting {
+                inner: store,
+                conflicts: AtomicU64::new(0),
+                commits: AtomicU64::new(0),
+            });
+            let keys = Arc::new(
+                KeyManager::new(verifier, Arc::clone(&store)).with_max_keys_per_owner(limit),
+            );
             let start = Instant::now();
             let tasks: Vec<_> = (0..TASKS)
                 .map(|t| {
@@ -73,8 +139,10 @@ fn main() {
             assert_eq!(made, TASKS * per_task);
             println!(
                 "owner_contention round {round}: {TASKS} tasks x {per_task} creates on one owner: \
-                 {made} keys in {elapsed:.2?} = {:.0} keys/s",
-                made as f64 / elapsed.as_secs_f64()
+                 {made} keys in {elapsed:.2?} = {:.0} keys/s; {} commits, {} refused as conflicts",
+                made as f64 / elapsed.as_secs_f64(),
+                store.commits.load(Ordering::Relaxed),
+                store.conflicts.load(Ordering::Relaxed),
             );
         }
     });

@@ -6,8 +6,8 @@
 //! | payload | meaning |
 //! |---|---|
 //! | `k:1,2,3` | these key ids (decimal) |
-//! | `o:<owner>` | every key of the owner (`revoke_owner`) |
-//! | `p:<start µs>:<end µs>:<prefix>` | keys with the prefix created in the window (`revoke_matching`) |
+//! | `o:<owner>` | every key of the owner (`revoke_where` by owner) |
+//! | `p:<start µs>:<end µs>:<prefix>` | keys with the prefix created in the window (`revoke_where` by prefix) |
 //! | `*` | anything (a change too large to describe) |
 //! | `h` | a heartbeat of some listener (liveness only) |
 

@@ -20,15 +20,20 @@ use crate::store::{Backend, Col, Store, UsageDay, store_traits};
 /// their keys.
 ///
 /// * Each write is one transaction (`READ COMMITTED`).
-/// * `insert_limited` takes `pg_advisory_xact_lock(<table>, hashtext(owner))`
-///   before it counts, so the owner limit holds across every process and
-///   host using the database; `<table>` is derived from the schema the
-///   server resolves the key table to (resolved once per store), so
-///   instances spelling the tables differently (an explicit schema,
-///   `search_path`) share it, as they share [`channel`](Self::channel).
-/// * The usage flush is two statements whatever the batch size: it locks
-///   the batch's rows in id order (`SELECT ... FOR UPDATE`, so concurrent
-///   flushes never deadlock) and updates them from `UNNEST` arrays.
+/// * A commit with an owner guard takes
+///   `pg_advisory_xact_lock(<table>, hashtext(owner))` before it reads the
+///   owner's version, so commits on one owner run one after the other
+///   across every process and host using the database; `<table>` is
+///   derived from the schema the server resolves the key table to
+///   (resolved once per store), so instances spelling the tables
+///   differently (an explicit schema, `search_path`) share it, as they
+///   share [`channel`](Self::channel). A deadlock or serialization failure
+///   the server reports is `StoreErrorKind::Conflict` (the caller plans
+///   again).
+/// * The usage flush is three statements whatever the batch size: it locks
+///   the batch's key rows in id order (`SELECT ... FOR UPDATE`, so
+///   concurrent flushes never deadlock), adds to the day rows and raises
+///   `last_used_at` from `UNNEST` arrays.
 /// * Every call is bounded by [`StoreOptions::timeout`] (and
 ///   [`connect`](Self::connect) also sets the server's `statement_timeout`).
 ///
@@ -324,9 +329,9 @@ impl Backend for PgDb {
 
     /// `pg_advisory_xact_lock(<table set>, hashtext(owner))`.
     async fn lock_owner(&self, tx: &mut Tx, owner: &str) -> Result<(), StoreError> {
-        // Serializes every limited write of this owner, in every
-        // process, until commit; READ COMMITTED then counts what the
-        // previous holder committed.
+        // Serializes every guarded commit of this owner, in every process,
+        // until commit; READ COMMITTED then reads the version the previous
+        // holder committed.
         let class = self.identity(tx).await.map_err(store_error)?.lock_class;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(class)

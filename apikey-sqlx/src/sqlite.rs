@@ -34,15 +34,15 @@ const USAGE_CHUNK: usize = 1000;
 ///   a process crash (`NORMAL` would lose the last commits on power loss);
 /// * `busy_timeout = 5 s`: a writer waits for another process's write lock
 ///   instead of failing at once;
-/// * `BEGIN IMMEDIATE` for every compound write, so a transaction takes the
-///   write lock before it reads (the owner limit holds across processes).
+/// * `BEGIN IMMEDIATE` for every write, so a transaction takes the write
+///   lock before it reads (owner guards hold across processes).
 ///
 /// Every call is bounded by [`StoreOptions::timeout`]; past it the answer is
 /// [`StoreErrorKind::Timeout`] and nothing is written.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use apikey::{KeyStore, KeyStoreWrite, Keyring, NewKey, ServerSecret, Verifier};
+/// use apikey::{Changes, KeyStore, KeyStoreWrite, Keyring, NewKey, Put, ServerSecret, Verifier};
 /// use apikey_sqlx::SqliteStore;
 ///
 /// let dir = std::env::temp_dir().join(format!("apikey-doc-{}", std::process::id()));
@@ -50,7 +50,9 @@ const USAGE_CHUNK: usize = 1000;
 /// let store = SqliteStore::open(dir.join("keys.db")).await?; // runs migrate()
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
 /// let (_key, record) = verifier.issue(NewKey::new("sk_live_"), time::OffsetDateTime::now_utc())?;
-/// store.insert(record.clone()).await?;
+/// let mut changes = Changes::new();
+/// changes.puts.push(Put::insert(record.clone()));
+/// store.commit(&changes).await?;
 /// assert!(store.fetch(record.id).await?.is_some());
 /// # std::fs::remove_dir_all(&dir)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
