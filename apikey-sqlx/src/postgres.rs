@@ -7,14 +7,13 @@ use std::sync::{Arc, OnceLock};
 use apikey::{Invalidation, KeyRecord, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
-use time::OffsetDateTime;
 
 use crate::StoreOptions;
 use crate::codec::{Row, trunc};
 use crate::columns::Val;
 use crate::error::{MigrateError, bounded, check_ident, database, store_error};
 use crate::pgtime::{PgMicros, date_of, time_of};
-use crate::store::{Backend, Col, Store, UsageDay, store_traits};
+use crate::store::{Backend, Col, Store, UsageDay, UsageKey, store_traits};
 
 /// A key store in PostgreSQL, for several instances of a service sharing
 /// their keys.
@@ -30,10 +29,11 @@ use crate::store::{Backend, Col, Store, UsageDay, store_traits};
 ///   share [`channel`](Self::channel). A deadlock or serialization failure
 ///   the server reports is `StoreErrorKind::Conflict` (the caller plans
 ///   again).
-/// * The usage flush is three statements whatever the batch size: it locks
+/// * The usage flush is four statements whatever the batch size: it locks
 ///   the batch's key rows in id order (`SELECT ... FOR UPDATE`, so
-///   concurrent flushes never deadlock), adds to the day rows and raises
-///   `last_used_at` from `UNNEST` arrays.
+///   concurrent flushes never deadlock), adds to the day rows, raises
+///   `last_used_at` and drops day rows past the kept window, from `UNNEST`
+///   arrays.
 /// * Every call is bounded by [`StoreOptions::timeout`] (and
 ///   [`connect`](Self::connect) also sets the server's `statement_timeout`).
 ///
@@ -358,18 +358,18 @@ impl Backend for PgDb {
         Ok(())
     }
 
-    /// Three statements whatever the batch size: the batch's key rows
+    /// Four statements whatever the batch size: the batch's key rows
     /// locked in id order (concurrent flushes never deadlock), then one
-    /// upsert of the day rows and one `UPDATE` of `last_used_at`, from
-    /// `UNNEST` arrays.
+    /// upsert of the day rows, one `UPDATE` of `last_used_at` and one
+    /// `DELETE` of day rows before each key's horizon, from `UNNEST` arrays.
     async fn add_usage(
         &self,
         tx: &mut Tx,
         days: Vec<UsageDay>,
-        last: Vec<(i64, OffsetDateTime)>,
+        keys: Vec<UsageKey>,
     ) -> Result<(), StoreError> {
         let t = &self.tables;
-        let ids: Vec<i64> = last.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<i64> = keys.iter().map(|k| k.id).collect();
         sqlx::query(AssertSqlSafe(format!(
             "SELECT 1 FROM {t}apikey_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE"
         )))
@@ -396,7 +396,20 @@ impl Backend for PgDb {
              FROM UNNEST($1::int8[], $2::timestamptz[]) AS b(id, lu) WHERE k.id = b.id"
         )))
         .bind(&ids)
-        .bind(last.iter().map(|(_, at)| trunc(*at)).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| trunc(k.last_used_at))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {t}apikey_usage_days AS u USING UNNEST($1::int8[], $2::date[]) AS b(id, h) \
+             WHERE u.key_id = b.id AND u.day < b.h"
+        )))
+        .bind(&ids)
+        .bind(keys.iter().map(|k| k.horizon).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;

@@ -99,8 +99,6 @@ pub(crate) struct Sql {
     pub usage_of: Arc<str>,
     /// Drops a deleted key's usage rows.
     pub usage_forget: Arc<str>,
-    /// Drops usage rows before day `$1`.
-    pub usage_expire: Arc<str>,
 }
 
 impl Sql {
@@ -199,7 +197,6 @@ impl Sql {
                 p(3)
             )),
             usage_forget: a(format!("DELETE FROM {usage} WHERE key_id = {}", p(1))),
-            usage_expire: a(format!("DELETE FROM {usage} WHERE day < {}", p(1))),
         }
     }
 }

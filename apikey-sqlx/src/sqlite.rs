@@ -17,7 +17,7 @@ use crate::StoreOptions;
 use crate::codec::{Row, corrupt, from_micros, list_json, micros};
 use crate::columns::Val;
 use crate::error::{MigrateError, check_ident, database, store_error};
-use crate::store::{Backend, Col, Store, UsageDay, store_traits};
+use crate::store::{Backend, Col, Store, UsageDay, UsageKey, store_traits};
 
 /// Rows per multi-row `VALUES` statement of the usage flush: 3 binds each,
 /// well inside SQLite's limit of 32,766 bound parameters.
@@ -293,7 +293,7 @@ impl Backend for SqliteDb {
         &self,
         tx: &mut Tx,
         days: Vec<UsageDay>,
-        last: Vec<(i64, OffsetDateTime)>,
+        keys: Vec<UsageKey>,
     ) -> Result<(), StoreError> {
         let t = &self.tables;
         let values = |n: usize, width: usize| {
@@ -321,18 +321,27 @@ impl Backend for SqliteDb {
             }
             q.execute(&mut **tx).await.map_err(store_error)?;
         }
-        for chunk in last.chunks(USAGE_CHUNK) {
+        for chunk in keys.chunks(USAGE_CHUNK) {
+            let b = values(chunk.len(), 3);
             let stmt = format!(
-                "WITH b(id, lu) AS (VALUES {}) \
+                "WITH b(id, lu, h) AS (VALUES {b}) \
                  UPDATE {t}apikey_keys AS k SET last_used_at = max(coalesce(k.last_used_at, b.lu), b.lu) \
-                 FROM b WHERE k.id = b.id",
-                values(chunk.len(), 2)
+                 FROM b WHERE k.id = b.id"
             );
-            let mut q = sqlx::query(AssertSqlSafe(stmt));
-            for (id, at) in chunk {
-                q = q.bind(id).bind(micros(*at));
+            let prune = format!(
+                "WITH b(id, lu, h) AS (VALUES {b}) DELETE FROM {t}apikey_usage_days \
+                 WHERE day < (SELECT b.h FROM b WHERE b.id = key_id)"
+            );
+            for stmt in [stmt, prune] {
+                let mut q = sqlx::query(AssertSqlSafe(stmt));
+                for k in chunk {
+                    q = q
+                        .bind(k.id)
+                        .bind(micros(k.last_used_at))
+                        .bind(date_text(k.horizon));
+                }
+                q.execute(&mut **tx).await.map_err(store_error)?;
             }
-            q.execute(&mut **tx).await.map_err(store_error)?;
         }
         Ok(())
     }

@@ -42,6 +42,15 @@ pub(crate) struct UsageDay {
     pub count: i64,
 }
 
+/// One key of a usage flush: its latest use, and the day before which its
+/// usage rows go ([`USAGE_DAYS_KEPT`] before the latest day in the batch).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UsageKey {
+    pub id: i64,
+    pub last_used_at: OffsetDateTime,
+    pub horizon: time::Date,
+}
+
 /// One database: the dialect of the SQL the store builds, and the few
 /// primitives it runs it with. Everything else is [`Store`].
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -86,14 +95,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Announces `change` to listeners when `tx` commits (a no-op without a
     /// change channel).
     async fn announce(&self, tx: &mut Self::Tx, change: &Invalidation) -> Result<(), StoreError>;
-    /// Adds `days` to the usage rows and raises `last_used_at` of the key
-    /// rows to `last` (each id once), in `tx`; ids without a key row are
-    /// skipped.
+    /// Adds `days` to the usage rows, raises `last_used_at` of each key row
+    /// in `keys` and drops the key's rows before its horizon, in `tx`; ids
+    /// without a key row are skipped.
     async fn add_usage(
         &self,
         tx: &mut Self::Tx,
         days: Vec<UsageDay>,
-        last: Vec<(i64, OffsetDateTime)>,
+        keys: Vec<UsageKey>,
     ) -> Result<(), StoreError>;
 
     /// Begins the migration transaction, holding whatever lock makes
@@ -451,19 +460,27 @@ impl<B: Backend> Store<B> {
     /// `(key, day) += count` and `last_used_at = max(..)`. `false`: a replay.
     pub(crate) async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, StoreError> {
         let mut days: BTreeMap<(i64, time::Date), i64> = BTreeMap::new();
-        let mut last: BTreeMap<i64, OffsetDateTime> = BTreeMap::new();
+        let mut keys: BTreeMap<i64, (OffsetDateTime, time::Date)> = BTreeMap::new();
         for d in &batch.deltas {
             let id = id_to_sql(d.id);
             let n = days.entry((id, d.day)).or_default();
             *n = n.saturating_add(count_to_sql(d.count));
-            let t = last.entry(id).or_insert(d.last_used_at);
-            *t = (*t).max(d.last_used_at);
+            let k = keys.entry(id).or_insert((d.last_used_at, d.day));
+            *k = (k.0.max(d.last_used_at), k.1.max(d.day));
         }
         let days: Vec<UsageDay> = days
             .into_iter()
             .map(|((id, day), count)| UsageDay { id, day, count })
             .collect();
-        let last: Vec<(i64, OffsetDateTime)> = last.into_iter().collect();
+        let kept = time::Duration::days(USAGE_DAYS_KEPT);
+        let keys: Vec<UsageKey> = keys
+            .into_iter()
+            .map(|(id, (last_used_at, latest))| UsageKey {
+                id,
+                last_used_at,
+                horizon: latest.checked_sub(kept).unwrap_or(time::Date::MIN),
+            })
+            .collect();
         self.write(async |tx| {
             let now = OffsetDateTime::now_utc();
             let fid = Val::Bytes(Some(batch.id.as_u128().to_be_bytes().to_vec()));
@@ -473,11 +490,9 @@ impl<B: Backend> Store<B> {
             }
             let horizon = Val::Time(Some(now - FLUSH_RETENTION));
             B::execute(tx, &self.sql.flush_expire, vec![horizon]).await?;
-            let oldest = now.date() - time::Duration::days(USAGE_DAYS_KEPT);
-            B::execute(tx, &self.sql.usage_expire, vec![Val::Date(Some(oldest))]).await?;
             if !days.is_empty() {
                 // No `announce`: usage never invalidates a cached key.
-                self.backend.add_usage(tx, days, last).await?;
+                self.backend.add_usage(tx, days, keys).await?;
             }
             Ok(true)
         })
@@ -512,7 +527,8 @@ impl<B: Backend> Store<B> {
     }
 }
 
-/// Usage rows are kept this many days (the contract asks for at least 62).
+/// Usage rows are kept this many days before a key's latest one in a flush
+/// (the contract asks for at least 62), as `MemoryStore` keeps them.
 pub(crate) const USAGE_DAYS_KEPT: i64 = 400;
 
 /// Implements every store trait of `apikey` for a public store type that
