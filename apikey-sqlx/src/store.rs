@@ -224,32 +224,10 @@ impl<B: Backend> Store<B> {
     /// a plan made on them commit).
     pub(crate) async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
         bounded(self.timeout, async {
-            let mut binds = Vec::new();
-            let (kind, owner_version) = match &query.filter {
-                KeyFilter::Owner(owner) => {
-                    let version = self.owner_version(None, owner).await?;
-                    binds.push(Val::Text(Some(owner.clone())));
-                    (ListKind::Owner, version)
-                }
-                KeyFilter::Expiring { owner, window } => {
-                    let kind = match owner {
-                        Some(o) => {
-                            binds.push(Val::Text(Some(o.clone())));
-                            ListKind::ExpiringOwner
-                        }
-                        None => ListKind::Expiring,
-                    };
-                    binds.push(Val::Time(Some(window.start)));
-                    binds.push(Val::Time(Some(window.end)));
-                    (kind, 0)
-                }
-                KeyFilter::Created { prefix, window } => {
-                    binds.push(Val::Text(Some(prefix.as_str().to_owned())));
-                    binds.push(Val::Time(Some(window.start)));
-                    binds.push(Val::Time(Some(window.end)));
-                    (ListKind::Created, 0)
-                }
-                _ => return Err(corrupt("a key filter this store does not know")),
+            let (kind, mut binds) = filter(&query.filter)?;
+            let owner_version = match &query.filter {
+                KeyFilter::Owner(owner) => self.owner_version(None, owner).await?,
+                _ => 0,
             };
             if let Some(after) = query.after {
                 binds.push(Val::Time(Some(after.at)));
@@ -392,38 +370,19 @@ impl<B: Backend> Store<B> {
         query: &KeyQuery,
         revocation: &Revocation,
     ) -> Result<Vec<KeyId>, StoreError> {
+        let (kind, rest) = filter(&query.filter)?;
         let mut binds = vec![
             Val::Time(Some(revocation.at)),
             Val::Text(Some(revocation.reason.clone())),
         ];
-        let (kind, change) = match &query.filter {
-            KeyFilter::Owner(owner) => {
-                binds.push(Val::Text(Some(owner.clone())));
-                (ListKind::Owner, Some(Invalidation::Owner(owner.clone())))
-            }
-            KeyFilter::Expiring { owner, window } => {
-                let kind = match owner {
-                    Some(o) => {
-                        binds.push(Val::Text(Some(o.clone())));
-                        ListKind::ExpiringOwner
-                    }
-                    None => ListKind::Expiring,
-                };
-                binds.push(Val::Time(Some(window.start)));
-                binds.push(Val::Time(Some(window.end)));
-                (kind, None)
-            }
-            KeyFilter::Created { prefix, window } => {
-                binds.push(Val::Text(Some(prefix.as_str().to_owned())));
-                binds.push(Val::Time(Some(window.start)));
-                binds.push(Val::Time(Some(window.end)));
-                let change = Invalidation::Prefix {
-                    prefix: prefix.clone(),
-                    created: window.clone(),
-                };
-                (ListKind::Created, Some(change))
-            }
-            _ => return Err(corrupt("a key filter this store does not know")),
+        binds.extend(rest);
+        let change = match &query.filter {
+            KeyFilter::Owner(owner) => Some(Invalidation::Owner(owner.clone())),
+            KeyFilter::Created { prefix, window } => Some(Invalidation::Prefix {
+                prefix: prefix.clone(),
+                created: window.clone(),
+            }),
+            _ => None,
         };
         let sql = &self.sql.revoke[kind as usize];
         let rows = self
@@ -525,6 +484,38 @@ impl<B: Backend> Store<B> {
             })
             .collect()
     }
+}
+
+/// The listing of `filter` and its binds (see [`ListKind`]).
+fn filter(filter: &KeyFilter) -> Result<(ListKind, Vec<Val>), StoreError> {
+    let text = |t: &str| Val::Text(Some(t.to_owned()));
+    let window = |w: &Range<OffsetDateTime>| [Val::Time(Some(w.start)), Val::Time(Some(w.end))];
+    Ok(match filter {
+        KeyFilter::Owner(owner) => (ListKind::Owner, vec![text(owner)]),
+        KeyFilter::Expiring {
+            owner: None,
+            window: w,
+        } => (ListKind::Expiring, window(w).into()),
+        KeyFilter::Expiring {
+            owner: Some(o),
+            window: w,
+        } => {
+            let mut binds = vec![text(o)];
+            binds.extend(window(w));
+            (ListKind::ExpiringOwner, binds)
+        }
+        KeyFilter::Created { prefix, window: w } => {
+            let mut binds = vec![text(prefix.as_str())];
+            binds.extend(window(w));
+            (ListKind::Created, binds)
+        }
+        _ => {
+            return Err(StoreError::with_source(
+                StoreErrorKind::Corrupt,
+                apikey::Error::InvalidInput("a key filter this store does not know".into()),
+            ));
+        }
+    })
 }
 
 /// Usage rows are kept this many days before a key's latest one in a flush
