@@ -276,49 +276,35 @@ impl Backend for PgDb {
         tx.commit().await.map_err(store_error)
     }
 
-    async fn records(
+    type Row = PgRow;
+
+    async fn fetch(
         &self,
         tx: Option<&mut Tx>,
         sql: &Arc<str>,
         binds: Vec<Val>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Vec<PgRow>, StoreError> {
         let q = binds.into_iter().fold(query(sql), bind);
         let rows = match tx {
             Some(tx) => q.fetch_all(&mut **tx).await,
             None => q.fetch_all(&self.pool).await,
         };
-        rows.map_err(store_error)?.iter().map(decode).collect()
+        rows.map_err(store_error)
     }
 
-    async fn rows(
-        &self,
-        tx: Option<&mut Tx>,
-        sql: &Arc<str>,
-        binds: Vec<Val>,
-        cols: &[Col],
-    ) -> Result<Vec<Vec<Val>>, StoreError> {
-        let q = binds.into_iter().fold(query(sql), bind);
-        let rows = match tx {
-            Some(tx) => q.fetch_all(&mut **tx).await,
-            None => q.fetch_all(&self.pool).await,
-        };
-        let rows = rows.map_err(store_error)?;
-        rows.iter()
-            .map(|r| {
-                (0..cols.len())
-                    .map(|i| match cols[i] {
-                        Col::Int => r.try_get(i).map(Val::Int).map_err(store_error),
-                        Col::Micros => r
-                            .try_get::<Option<PgMicros>, _>(i)
-                            .map(|m| Val::Int(m.map(PgMicros::unix)))
-                            .map_err(store_error),
-                        Col::Date => {
-                            date_of(r.try_get(i).map_err(store_error)?, "day").map(Val::Date)
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect()
+    fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
+        decode(row)
+    }
+
+    fn col(row: &PgRow, i: usize, col: Col) -> Result<Val, StoreError> {
+        match col {
+            Col::Int => row.try_get(i).map(Val::Int).map_err(store_error),
+            Col::Micros => row
+                .try_get::<Option<PgMicros>, _>(i)
+                .map(|m| Val::Int(m.map(PgMicros::unix)))
+                .map_err(store_error),
+            Col::Date => date_of(row.try_get(i).map_err(store_error)?, "day").map(Val::Date),
+        }
     }
 
     async fn execute(tx: &mut Tx, sql: &Arc<str>, binds: Vec<Val>) -> Result<u64, StoreError> {

@@ -236,43 +236,31 @@ impl Backend for SqliteDb {
         tx.commit().await.map_err(store_error)
     }
 
-    async fn records(
+    type Row = SqliteRow;
+
+    async fn fetch(
         &self,
         tx: Option<&mut Tx>,
         sql: &Arc<str>,
         binds: Vec<Val>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Vec<SqliteRow>, StoreError> {
         let q = binds.into_iter().fold(query(sql), bind);
         let rows = match tx {
             Some(tx) => q.fetch_all(&mut **tx).await,
             None => q.fetch_all(&self.pool).await,
         };
-        rows.map_err(store_error)?.iter().map(decode).collect()
+        rows.map_err(store_error)
     }
 
-    async fn rows(
-        &self,
-        tx: Option<&mut Tx>,
-        sql: &Arc<str>,
-        binds: Vec<Val>,
-        cols: &[Col],
-    ) -> Result<Vec<Vec<Val>>, StoreError> {
-        let q = binds.into_iter().fold(query(sql), bind);
-        let rows = match tx {
-            Some(tx) => q.fetch_all(&mut **tx).await,
-            None => q.fetch_all(&self.pool).await,
-        };
-        let rows = rows.map_err(store_error)?;
-        rows.iter()
-            .map(|r| {
-                (0..cols.len())
-                    .map(|i| match cols[i] {
-                        Col::Int | Col::Micros => r.try_get(i).map(Val::Int).map_err(store_error),
-                        Col::Date => day(r.try_get(i).map_err(store_error)?),
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect()
+    fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+        decode(row)
+    }
+
+    fn col(row: &SqliteRow, i: usize, col: Col) -> Result<Val, StoreError> {
+        match col {
+            Col::Int | Col::Micros => row.try_get(i).map(Val::Int).map_err(store_error),
+            Col::Date => day(row.try_get(i).map_err(store_error)?),
+        }
     }
 
     async fn execute(tx: &mut Tx, sql: &Arc<str>, binds: Vec<Val>) -> Result<u64, StoreError> {

@@ -71,21 +71,19 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn begin(&self) -> Result<Self::Tx, StoreError>;
     /// Commits `tx`.
     async fn commit(tx: Self::Tx) -> Result<(), StoreError>;
-    /// The records `sql` selects (in `tx`, or on the pool).
-    async fn records(
+    /// A row as the database returns it.
+    type Row: Send;
+    /// The rows `sql` returns (in `tx`, or on the pool).
+    async fn fetch(
         &self,
         tx: Option<&mut Self::Tx>,
         sql: &Arc<str>,
         binds: Vec<Val>,
-    ) -> Result<Vec<KeyRecord>, StoreError>;
-    /// The rows `sql` returns (in `tx`, or on the pool), each read as `cols`.
-    async fn rows(
-        &self,
-        tx: Option<&mut Self::Tx>,
-        sql: &Arc<str>,
-        binds: Vec<Val>,
-        cols: &[Col],
-    ) -> Result<Vec<Vec<Val>>, StoreError>;
+    ) -> Result<Vec<Self::Row>, StoreError>;
+    /// The record a full row holds; any bad value is `Corrupt`.
+    fn decode(row: &Self::Row) -> Result<KeyRecord, StoreError>;
+    /// Column `i` of `row`, read as `col`.
+    fn col(row: &Self::Row, i: usize, col: Col) -> Result<Val, StoreError>;
     /// Runs `sql` in `tx`; the rows it changed.
     async fn execute(tx: &mut Self::Tx, sql: &Arc<str>, binds: Vec<Val>)
     -> Result<u64, StoreError>;
@@ -159,7 +157,7 @@ impl<B: Backend> Store<B> {
         let t = b.tables();
         let mut tx = b.begin_migration().await?;
         B::execute(&mut tx, &b.version_table().into(), vec![]).await?;
-        let found = b
+        let found = self
             .rows(
                 Some(&mut tx),
                 &format!("SELECT max(version) FROM {t}apikey_schema_version").into(),
@@ -197,8 +195,33 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 
+    /// The records `sql` selects (in `tx`, or on the pool).
+    async fn records(
+        &self,
+        tx: Option<&mut B::Tx>,
+        sql: &Arc<str>,
+        binds: Vec<Val>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = self.backend.fetch(tx, sql, binds).await?;
+        rows.iter().map(B::decode).collect()
+    }
+
+    /// The rows `sql` returns (in `tx`, or on the pool), each read as `cols`.
+    async fn rows(
+        &self,
+        tx: Option<&mut B::Tx>,
+        sql: &Arc<str>,
+        binds: Vec<Val>,
+        cols: &[Col],
+    ) -> Result<Vec<Vec<Val>>, StoreError> {
+        let rows = self.backend.fetch(tx, sql, binds).await?;
+        rows.iter()
+            .map(|r| (0..cols.len()).map(|i| B::col(r, i, cols[i])).collect())
+            .collect()
+    }
+
     async fn one(&self, sql: &Arc<str>, binds: Vec<Val>) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.backend.records(None, sql, binds).await?.pop())
+        Ok(self.records(None, sql, binds).await?.pop())
     }
 
     pub(crate) async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
@@ -235,7 +258,7 @@ impl<B: Backend> Store<B> {
             }
             binds.push(Val::Int(Some(query.page_size() as i64)));
             let sql = &self.sql.list[kind as usize][usize::from(query.after.is_some())];
-            let records = self.backend.records(None, sql, binds).await?;
+            let records = self.records(None, sql, binds).await?;
             Ok(Listing {
                 records,
                 owner_version,
@@ -253,7 +276,7 @@ impl<B: Backend> Store<B> {
             &self.sql.owner_version
         };
         let owner = vec![Val::Text(Some(owner.to_owned()))];
-        let rows = self.backend.rows(tx, sql, owner, &[Col::Int]).await?;
+        let rows = self.rows(tx, sql, owner, &[Col::Int]).await?;
         Ok(rows
             .first()
             .and_then(|r| int(&r[0]))
@@ -281,7 +304,6 @@ impl<B: Backend> Store<B> {
     async fn missed(&self, tx: &mut B::Tx, id: KeyId) -> StoreError {
         let id = vec![Val::Int(Some(id_to_sql(id)))];
         match self
-            .backend
             .rows(Some(tx), &self.sql.revision_of, id, &[Col::Int])
             .await
         {
@@ -388,7 +410,6 @@ impl<B: Backend> Store<B> {
         let rows = self
             .write(async |tx| {
                 let rows = self
-                    .backend
                     .rows(Some(tx), sql, binds, &[Col::Int, Col::Micros])
                     .await?;
                 if !rows.is_empty() {
@@ -471,8 +492,7 @@ impl<B: Backend> Store<B> {
         ];
         let rows = bounded(
             self.timeout,
-            self.backend
-                .rows(None, &self.sql.usage_of, binds, &[Col::Date, Col::Int]),
+            self.rows(None, &self.sql.usage_of, binds, &[Col::Date, Col::Int]),
         )
         .await?;
         rows.iter()
