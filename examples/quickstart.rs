@@ -5,8 +5,8 @@
 //! Run with `cargo run --example quickstart`.
 
 use apikey::{
-    Authenticator, Error, KeyStatus, KeyStoreQuery, KeyStoreWrite, Keyring, ManualClock,
-    MemoryStore, NewKey, Requirement, Revocation, ServerSecret, Verifier,
+    Authenticator, Error, KeyStatus, KeyStoreQuery, Keyring, ManualClock, MemoryStore, NewKey,
+    Requirement, Revocation, ServerSecret, Verifier,
 };
 use time::{Duration, macros::datetime};
 
@@ -33,7 +33,7 @@ async fn main() -> Result<(), Error> {
         key.expose_secret()
     );
     println!("listed as: {}", record.display_form());
-    store.insert(record).await?;
+    store.insert_sync(record)?;
 
     let auth = Authenticator::with_clock(verifier, &store, clock.clone());
 
@@ -82,7 +82,7 @@ async fn main() -> Result<(), Error> {
         at: datetime!(2026-11-25 13:00 UTC),
         reason: "leaked in a CI log".into(),
     });
-    store.update(record).await?;
+    store.update_sync(record)?;
     let err = auth
         .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await

@@ -12,10 +12,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use apikey::{
-    Actor, CachedStore, Invalidation, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore,
-    KeyStoreLifecycle, KeyStoreWrite, Keyring, ManualClock, MemoryStore, NewKey, Prefix,
-    Requirement, Revocation, ServerSecret, StoreErrorKind, Verifier,
+    Actor, CachedStore, Invalidation, KeyId, KeyManager, KeyQuery, KeyRecord, KeyStatus, KeyStore,
+    KeyStoreWrite, Keyring, ManualClock, MemoryStore, NewKey, Prefix, Requirement, Revocation,
+    ServerSecret, StoreErrorKind, Verifier,
 };
+use apikey_testkit::WriteExt;
 use apikey_testkit::conformance;
 use apikey_testkit::netstore::NetStore;
 use time::macros::datetime;
@@ -378,7 +379,10 @@ async fn bulk_revocations_leave_nothing_stale() {
         at: T0,
         reason: "x".into(),
     };
-    let revoked = cache.revoke_owner(&owner, rev.clone()).await.unwrap();
+    let revoked = cache
+        .revoke_where(&KeyQuery::owner(&owner), &rev)
+        .await
+        .unwrap();
     assert_eq!(revoked.len(), 50);
     for id in &ids {
         assert_eq!(
@@ -400,7 +404,7 @@ async fn bulk_revocations_leave_nothing_stale() {
     let prefix = Prefix::new("sk_test_").unwrap();
     let now = conformance::suite_now();
     let window = (now - time::Duration::days(30))..now;
-    net.revoke_matching(&prefix, window.clone(), rev)
+    net.revoke_where(&KeyQuery::created(prefix.clone(), window.clone()), &rev)
         .await
         .unwrap();
     cache.invalidate(&Invalidation::Prefix {

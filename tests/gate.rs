@@ -2,6 +2,7 @@
 //! credits, without any HTTP server.
 #![allow(clippy::unwrap_used)]
 
+use apikey_testkit::WriteExt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;

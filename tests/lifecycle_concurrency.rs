@@ -180,10 +180,13 @@ fn usage_counts_add_up_exactly_under_parallel_load() {
     block_on(m.flush()).unwrap();
     assert_eq!(m.usage().pending(), 0);
     let r1 = block_on(m.record(s1.id)).unwrap();
-    let r2 = block_on(m.record(s2.id)).unwrap();
-    assert_eq!(r1.usage.day_count + r2.usage.day_count, 10_000);
-    assert_eq!(r2.usage.day_count, 2_000);
-    assert_eq!(r1.usage.month_count, 8_000);
+    let (u1, u2) = (
+        block_on(m.usage_of(s1.id)).unwrap(),
+        block_on(m.usage_of(s2.id)).unwrap(),
+    );
+    assert_eq!(u1.today + u2.today, 10_000);
+    assert_eq!(u2.today, 2_000);
+    assert_eq!(u1.this_month, 8_000);
     assert_eq!(r1.last_used_at, Some(T0));
 }
 
@@ -242,7 +245,7 @@ async fn usage_counts_survive_failed_flushes_under_load() {
     m.shutdown().await.unwrap();
     assert!(ok > 0);
     assert_eq!(
-        m.record(s.id).await.unwrap().usage.day_count,
+        m.usage_of(s.id).await.unwrap().today,
         ok,
         "usage lost or doubled"
     );

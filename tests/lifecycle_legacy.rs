@@ -20,7 +20,7 @@ fn none() -> Requirement {
     Requirement::none()
 }
 
-fn manager<S: KeyStoreLifecycle + UsageStore + 'static>(store: S) -> support::Fixture<S> {
+fn manager<S: KeyStoreWrite + UsageStore + 'static>(store: S) -> support::Fixture<S> {
     let mut f = fixture_with(verifier(), store);
     f.manager = f.manager.with_legacy_prefix("oldco_", "sk_live_").unwrap();
     f

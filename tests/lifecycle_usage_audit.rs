@@ -81,13 +81,13 @@ async fn verification_never_writes_usage_itself() {
         f.clock.advance(Duration::hours(1));
     }
     assert_eq!(
-        m.record(s.id).await.unwrap().usage.day_count,
+        m.usage_of(s.id).await.unwrap().today,
         0,
         "the request path wrote usage"
     );
     assert_eq!(m.usage().pending(), 3);
     assert_eq!(m.flush().await.unwrap(), 3);
-    assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 3);
+    assert_eq!(m.usage_of(s.id).await.unwrap().today, 3);
     assert_eq!(m.usage().pending(), 0);
 }
 
@@ -126,7 +126,7 @@ async fn a_cancelled_flush_loses_nothing() {
     }
     assert_eq!(m.flush().await.unwrap(), 507);
     assert_eq!(m.usage().pending(), 0);
-    assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 507);
+    assert_eq!(m.usage_of(s.id).await.unwrap().today, 507);
 }
 
 /// Cancelled after the store applied the batch but before the recorder
@@ -155,6 +155,13 @@ async fn a_flush_cancelled_after_the_commit_counts_once() {
             }
             out
         }
+        async fn usage(
+            &self,
+            id: KeyId,
+            days: std::ops::Range<time::Date>,
+        ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+            self.inner.usage(id, days).await
+        }
     }
     let f = fixture();
     let (key, s) = f
@@ -179,12 +186,12 @@ async fn a_flush_cancelled_after_the_commit_counts_once() {
     )
     .await;
     assert!(r.is_err());
-    assert_eq!(f.manager.record(s.id).await.unwrap().usage.day_count, 9);
+    assert_eq!(f.manager.usage_of(s.id).await.unwrap().today, 9);
     assert_eq!(usage.pending(), 9, "the unacknowledged batch is kept");
     assert_eq!(usage.flush(&store, T0).await.unwrap(), 9);
     assert_eq!(usage.pending(), 0);
     assert_eq!(
-        f.manager.record(s.id).await.unwrap().usage.day_count,
+        f.manager.usage_of(s.id).await.unwrap().today,
         9,
         "a replayed batch was counted twice"
     );
@@ -216,7 +223,7 @@ async fn a_failed_flush_keeps_the_counts() {
     assert_eq!(m.usage().pending(), 5);
     store.set_failing(false);
     m.shutdown().await.unwrap();
-    assert_eq!(m.record(s.id).await.unwrap().usage.day_count, 5);
+    assert_eq!(m.usage_of(s.id).await.unwrap().today, 5);
 }
 
 fn assert_no_secret(events: &[AuditEvent], key: &ApiKey) {

@@ -19,8 +19,8 @@
 #![cfg(loom)]
 
 use apikey::{
-    Error, KeyRecord, KeyStatus, Keyring, MemoryStore, NewKey, Requirement, Revocation,
-    ServerSecret, UsageBatch, UsageDelta, Verifier,
+    Changes, Error, KeyQuery, KeyRecord, KeyStatus, Keyring, MemoryStore, NewKey, Put, Requirement,
+    Revocation, ServerSecret, UsageBatch, UsageDelta, Verifier,
 };
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
@@ -32,9 +32,9 @@ const NOW: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
 #[derive(Clone, Copy, Debug)]
 enum Write {
     Revoke,
-    /// Read, modify, `update_if_sync` at the read revision (as `KeyManager`).
+    /// Read, modify, commit at the read revision (as `KeyManager`).
     RevokeIf,
-    /// `revoke_owner_sync` (revoke every key of an owner).
+    /// A page of the bulk revocation of an owner (`revoke_where`'s default).
     RevokeOwner,
     Disable,
     Delete,
@@ -94,19 +94,30 @@ fn model(write: Write, readers: usize, flush: bool) {
                             at: NOW,
                             reason: "leaked".into(),
                         });
+                        let mut c = Changes::new();
+                        c.puts.push(Put::update(r, rev));
                         store
-                            .update_if_sync(r, rev)
+                            .commit_sync(&c)
                             .expect("a usage flush does not conflict");
                     }
                     Write::RevokeOwner => {
-                        let revoked = store.revoke_owner_sync(
-                            "org",
-                            &Revocation {
+                        // The default `revoke_where` page: a listing, then one
+                        // commit at the listed revisions.
+                        let listing = store.list_sync(&KeyQuery::owner("org"));
+                        let mut c = Changes::new();
+                        for mut r in listing.records {
+                            let rev = r.revision;
+                            r.status = KeyStatus::Revoked;
+                            r.revocation = Some(Revocation {
                                 at: NOW,
                                 reason: "offboarded".into(),
-                            },
-                        );
-                        assert_eq!(revoked, vec![record.id]);
+                            });
+                            c.puts.push(Put::update(r, rev));
+                        }
+                        assert_eq!(c.puts.len(), 1);
+                        store
+                            .commit_sync(&c)
+                            .expect("a usage flush does not conflict");
                     }
                     Write::Disable => {
                         let mut r = record;
@@ -164,7 +175,12 @@ fn model(write: Write, readers: usize, flush: bool) {
             f.join().expect("flusher");
             if !matches!(write, Write::Delete) {
                 let r = store.get_sync(record.id).expect("present");
-                assert_eq!(r.usage.day_count, 1, "a usage flush was lost");
+                let day = NOW.date();
+                assert_eq!(
+                    store.usage_sync(record.id, day..day.next_day().expect("a day")),
+                    vec![(day, 1)],
+                    "a usage flush was lost"
+                );
                 assert_eq!(r.last_used_at, Some(NOW));
             }
         }
@@ -208,5 +224,5 @@ fn delete_races_verification_and_usage_flush() {
     model(Write::Delete, 1, true);
 }
 
-// A plain `update_sync` racing a flush keeps the flushed counts: `update`
-// writes every field but the usage ones (see the store conformance suite).
+// A plain `update_sync` racing a flush keeps the flushed `last_used_at`: a
+// put writes every field but that one (see the store conformance suite).

@@ -30,9 +30,8 @@ use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 
 use apikey::{
-    CachedStore, Error, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle, KeyStoreWrite,
-    KeyView, Keyring, MemoryStore, NewKey, Requirement, Revocation, ServerSecret, StoreError,
-    Verifier,
+    CachedStore, Error, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreWrite, KeyView, Keyring,
+    MemoryStore, NewKey, Requirement, Revocation, ServerSecret, StoreError, Verifier,
 };
 use loom::future::block_on;
 use loom::sync::Arc;

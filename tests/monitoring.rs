@@ -181,7 +181,7 @@ async fn failures_of_one_key_raise_one_burst_per_window() {
     let s = setup(MonitorConfig::default());
     let mut record = s.auth.store().get(s.id).await.unwrap().unwrap();
     record.status = KeyStatus::Disabled;
-    s.auth.store().update(record).await.unwrap();
+    s.auth.store().update_sync(record).unwrap();
     for _ in 0..100 {
         s.auth
             .authenticate(s.key.expose_secret(), &Requirement::none(), None)

@@ -14,7 +14,7 @@ fn admin() -> Actor {
     Actor::new("admin")
 }
 
-async fn works<S: KeyStoreLifecycle + UsageStore, C: Clock>(
+async fn works<S: KeyStoreWrite + UsageStore, C: Clock>(
     m: &KeyManager<S, C>,
     key: &ApiKey,
 ) -> bool {
@@ -23,7 +23,7 @@ async fn works<S: KeyStoreLifecycle + UsageStore, C: Clock>(
         .is_ok()
 }
 
-async fn working<S: KeyStoreLifecycle + UsageStore, C: Clock>(
+async fn working<S: KeyStoreWrite + UsageStore, C: Clock>(
     m: &KeyManager<S, C>,
     keys: &[ApiKey],
 ) -> usize {

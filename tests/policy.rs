@@ -32,7 +32,7 @@ fn live(policy: KeyPolicy) -> KeyPolicies {
     ))
 }
 
-async fn code_of<S: KeyStoreLifecycle + UsageStore, C: Clock>(
+async fn code_of<S: KeyStoreWrite + UsageStore, C: Clock>(
     m: &KeyManager<S, C>,
     key: &ApiKey,
 ) -> Option<String> {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use apikey::*;
-use time::macros::{date, datetime};
+use time::macros::datetime;
 
 fn every_field() -> KeyRecord {
     KeyRecord::builder(
@@ -36,11 +36,6 @@ fn every_field() -> KeyRecord {
         "10.0.0.0/8".parse().unwrap(),
         "2001:db8::/32".parse().unwrap(),
     ])
-    .usage(UsageCounters {
-        day: Some(date!(2026 - 05 - 31)),
-        day_count: 5,
-        month_count: 70,
-    })
     .legacy(Some(LegacyInfo::new(
         "oldco_",
         KeyDigest::from_bytes([4; 32]),
@@ -87,7 +82,6 @@ fn a_record_read_from_json_is_rebuilt_field_by_field() {
     .rotated_to(r.rotated_to)
     .revision(r.revision)
     .ip_allowlist(r.ip_allowlist.clone())
-    .usage(r.usage)
     .legacy(r.legacy.clone())
     .schema_version(r.schema_version)
     .build()

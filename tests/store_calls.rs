@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apikey::{
-    Authenticator, Error, KeyId, KeyRecord, KeyStore, KeyStoreWrite, KeyView, Keyring, ManualClock,
-    MemoryStore, NewKey, Requirement, ServerSecret, StoreError, Verifier,
+    Authenticator, Error, KeyId, KeyRecord, KeyStore, KeyView, Keyring, ManualClock, MemoryStore,
+    NewKey, Requirement, ServerSecret, StoreError, Verifier,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -200,7 +200,7 @@ async fn wrong_secret_reaches_the_store_once_and_is_rejected() {
     let mut d = *record.digest.as_bytes();
     d[31] ^= 0x80;
     record.digest = apikey::KeyDigest::from_bytes(d);
-    s.store.inner.update(record).await.unwrap();
+    s.store.inner.update_sync(record).unwrap();
     let auth =
         Authenticator::read_only_with_clock(s.verifier.clone(), &s.store, ManualClock::new(now()));
     let r = auth

@@ -16,46 +16,48 @@ use support::netstore::NetStore;
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
     conformance::run_all(&MemoryStore::new()).await;
+    conformance::run_rules(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test]
 async fn memory_store_through_arc_passes_the_suite() {
-    conformance::run_all(&Arc::new(MemoryStore::new())).await;
+    let store = Arc::new(MemoryStore::new());
+    conformance::run_all(&store).await;
+    conformance::run_rules(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn net_store_passes_the_suite() {
     let store = NetStore::new(Duration::from_micros(200));
     conformance::run_all(&*store).await;
+    conformance::run_rules(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn net_store_concurrent_limit_under_real_tasks() {
-    // The same check with the inserts on separate tokio tasks.
+async fn net_store_concurrent_guards_under_real_tasks() {
+    // Guarded commits at one owner version on separate tokio tasks: one
+    // wins.
+    use apikey::{Changes, KeyStoreWrite, Put};
     let store = NetStore::new(Duration::from_micros(100));
     let owner = conformance::unique_owner();
     let mut tasks = Vec::new();
     for _ in 0..24 {
         let (store, owner) = (store.clone(), owner.clone());
         tasks.push(tokio::spawn(async move {
-            use apikey::KeyStoreLifecycle;
-            store
-                .insert_limited(
-                    conformance::sample_record(Some(&owner)),
-                    3,
-                    conformance::suite_now(),
-                )
-                .await
-                .unwrap()
+            let mut c = Changes::new().guard(owner.clone(), 0);
+            c.puts
+                .push(Put::insert(conformance::sample_record(Some(&owner))));
+            store.commit(&c).await
         }));
     }
-    let mut inserted = 0;
+    let mut won = 0;
     for t in tasks {
-        if t.await.unwrap() == apikey::LimitedInsert::Inserted {
-            inserted += 1;
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(e) => assert_eq!(e.kind(), apikey::StoreErrorKind::Conflict),
         }
     }
-    assert_eq!(inserted, 3);
+    assert_eq!(won, 1);
 }
 
 #[tokio::test]
@@ -64,17 +66,16 @@ async fn net_store_failed_writes_change_nothing() {
     conformance::failed_writes_change_nothing(&*store, |f| store.set_failing(f)).await;
 }
 
-/// The suite must be able to fail: a store that ignores the owner limit is
-/// caught.
-#[tokio::test]
-#[should_panic(expected = "insert_limited")]
-async fn suite_catches_a_store_that_ignores_the_limit() {
-    use apikey::*;
+/// A store that ignores owner guards (commits every plan as if no one else
+/// wrote), for the two checks below.
+mod unguarded {
     use std::ops::Range;
-    use time::OffsetDateTime;
+    use std::sync::Arc;
 
-    struct NoLimit(MemoryStore);
-    impl KeyStore for NoLimit {
+    use apikey::*;
+
+    pub struct NoGuards(pub MemoryStore);
+    impl KeyStore for NoGuards {
         async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
             self.0.fetch(id).await
         }
@@ -82,79 +83,55 @@ async fn suite_catches_a_store_that_ignores_the_limit() {
             self.0.find_legacy(i).await
         }
     }
-    impl KeyStoreWrite for NoLimit {
-        async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
-            self.0.insert(r).await
-        }
-        async fn update(&self, r: KeyRecord) -> Result<(), StoreError> {
-            self.0.update(r).await
-        }
-        async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-            self.0.delete(id).await
-        }
-    }
-    impl KeyStoreQuery for NoLimit {
+    impl KeyStoreQuery for NoGuards {
         async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
             self.0.get(id).await
         }
-        async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-            self.0.list_by_owner(owner).await
-        }
-        async fn list_expiring(
-            &self,
-            o: Option<&str>,
-            w: Range<OffsetDateTime>,
-        ) -> Result<Vec<KeyRecord>, StoreError> {
-            self.0.list_expiring(o, w).await
+        async fn list(&self, q: &KeyQuery) -> Result<Listing, StoreError> {
+            self.0.list(q).await
         }
     }
-    impl KeyStoreLifecycle for NoLimit {
-        async fn insert_limited(
-            &self,
-            r: KeyRecord,
-            _max: u32,
-            _now: OffsetDateTime,
-        ) -> Result<LimitedInsert, StoreError> {
-            self.0.insert(r).await.map(|()| LimitedInsert::Inserted)
-        }
-        async fn update_if(&self, r: KeyRecord, e: u64) -> Result<KeyRecord, StoreError> {
-            self.0.update_if(r, e).await
-        }
-        async fn update_limited(
-            &self,
-            r: KeyRecord,
-            e: u64,
-            _max: u32,
-            _now: OffsetDateTime,
-        ) -> Result<LimitedUpdate, StoreError> {
-            self.0.update_if(r, e).await.map(LimitedUpdate::Updated)
-        }
-        async fn rotate(
-            &self,
-            p: KeyRecord,
-            e: u64,
-            s: KeyRecord,
-        ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-            self.0.rotate(p, e, s).await
-        }
-        async fn revoke_owner(&self, o: &str, r: Revocation) -> Result<Vec<KeyId>, StoreError> {
-            self.0.revoke_owner(o, r).await
-        }
-        async fn revoke_matching(
-            &self,
-            p: &Prefix,
-            c: Range<OffsetDateTime>,
-            r: Revocation,
-        ) -> Result<Vec<KeyId>, StoreError> {
-            self.0.revoke_matching(p, c, r).await
+    impl KeyStoreWrite for NoGuards {
+        async fn commit(&self, c: &Changes) -> Result<(), StoreError> {
+            let mut c = c.clone();
+            c.guards.clear();
+            // Yield between the plan and the write, as a network would.
+            tokio::task::yield_now().await;
+            self.0.commit(&c).await
         }
     }
-    impl UsageStore for NoLimit {
+    impl UsageStore for NoGuards {
         async fn record_usage(&self, b: &UsageBatch) -> Result<FlushOutcome, StoreError> {
             self.0.record_usage(b).await
         }
+        async fn usage(
+            &self,
+            id: KeyId,
+            days: Range<time::Date>,
+        ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+            self.0.usage(id, days).await
+        }
     }
-    conformance::run_all(&NoLimit(MemoryStore::new())).await;
+}
+
+/// The suite must be able to fail: a store that ignores owner guards is
+/// caught by the primitive's checks.
+#[tokio::test]
+#[should_panic(expected = "a guard at version v must leave v + 1")]
+async fn suite_catches_a_store_that_ignores_guards() {
+    conformance::run_writes(&unguarded::NoGuards(MemoryStore::new())).await;
+}
+
+/// ... and by the manager's rules: over it, concurrent creates break the
+/// owner limit.
+#[tokio::test]
+#[should_panic(expected = "must make exactly 3 keys")]
+async fn rules_catch_a_store_that_ignores_guards() {
+    conformance::owner_limit_holds_under_concurrency(
+        Arc::new(unguarded::NoGuards(MemoryStore::new())),
+        16,
+    )
+    .await;
 }
 
 /// The read-only part: a store with only `fetch` and `find_legacy` (here a

@@ -592,8 +592,10 @@ impl UsageStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::ipnet::IpNet;
-    use crate::record::LegacyInfo;
+    use crate::prefix::Prefix;
+    use crate::record::{KeyStatus, LegacyInfo, Revocation};
     use crate::store::UsageDelta;
+    use time::OffsetDateTime;
 
     fn suite_now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap()
@@ -627,7 +629,6 @@ mod tests {
             rotated_to: None,
             revision: 0,
             ip_allowlist: Vec::new(),
-            usage: Default::default(),
             legacy: None,
         }
     }
@@ -700,7 +701,6 @@ mod tests {
         r.rotated_to = Some(KeyId::from_u64(8));
         r.revision = 41;
         r.last_used_at = Some(suite_now().to_offset(plus2));
-        r.usage.apply(suite_now().date(), 3);
         r.ip_allowlist = vec!["10.0.0.0/8".parse::<IpNet>().unwrap()];
         r.legacy = Some(LegacyInfo::new(
             "old_",
@@ -793,15 +793,11 @@ mod tests {
         for r in &records {
             assert_exact(&store, r);
         }
-        let revoked = store.revoke_matching_sync(
-            &Prefix::new("p299_").unwrap(),
-            &(suite_now() - Duration::days(2)..suite_now()),
-            &Revocation {
-                at: suite_now(),
-                reason: "r".into(),
-            },
-        );
-        assert_eq!(revoked, vec![records[299].id]);
+        let listed = store.list_sync(&KeyQuery::created(
+            Prefix::new("p299_").unwrap(),
+            suite_now() - Duration::days(2)..suite_now(),
+        ));
+        assert_eq!(listed.records, vec![records[299].clone()]);
     }
 
     #[test]
@@ -818,9 +814,13 @@ mod tests {
             last_used_at: at,
         }]));
         let mut want = r.clone();
-        want.usage.apply(at.date(), 2);
         want.last_used_at = Some(at);
         assert_exact(&store, &want);
+        let day = at.date();
+        assert_eq!(
+            store.usage_sync(r.id, day..day.next_day().unwrap()),
+            vec![(day, 2)]
+        );
         // The view a verification held is not changed under it.
         assert_eq!(*held, KeyView::from_record(&r));
     }

@@ -6,11 +6,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use apikey::{
-    FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
-    StoreErrorKind, UsageBatch, UsageStore,
+    Changes, FlushOutcome, KeyDigest, KeyId, KeyQuery, KeyRecord, KeyStore, KeyStoreQuery,
+    KeyStoreWrite, KeyView, Listing, StoreError, StoreErrorKind, UsageBatch, UsageStore,
 };
-use time::OffsetDateTime;
 
 /// A store that fails every call with [`StoreErrorKind::Unavailable`],
 /// whose cause (`connection refused: db-primary.internal:5432`) stands for
@@ -36,13 +34,7 @@ impl KeyStore for FailingStore {
 }
 
 impl KeyStoreWrite for FailingStore {
-    async fn insert(&self, _: KeyRecord) -> Result<(), StoreError> {
-        Err(failure())
-    }
-    async fn update(&self, _: KeyRecord) -> Result<(), StoreError> {
-        Err(failure())
-    }
-    async fn delete(&self, _: KeyId) -> Result<bool, StoreError> {
+    async fn commit(&self, _: &Changes) -> Result<(), StoreError> {
         Err(failure())
     }
 }
@@ -51,62 +43,20 @@ impl KeyStoreQuery for FailingStore {
     async fn get(&self, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         Err(failure())
     }
-    async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(failure())
-    }
-    async fn list_expiring(
-        &self,
-        _: Option<&str>,
-        _: Range<OffsetDateTime>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(failure())
-    }
-}
-
-impl KeyStoreLifecycle for FailingStore {
-    async fn insert_limited(
-        &self,
-        _: KeyRecord,
-        _: u32,
-        _: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        Err(failure())
-    }
-    async fn update_if(&self, _: KeyRecord, _: u64) -> Result<KeyRecord, StoreError> {
-        Err(failure())
-    }
-    async fn update_limited(
-        &self,
-        _: KeyRecord,
-        _: u64,
-        _: u32,
-        _: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        Err(failure())
-    }
-    async fn rotate(
-        &self,
-        _: KeyRecord,
-        _: u64,
-        _: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        Err(failure())
-    }
-    async fn revoke_owner(&self, _: &str, _: Revocation) -> Result<Vec<KeyId>, StoreError> {
-        Err(failure())
-    }
-    async fn revoke_matching(
-        &self,
-        _: &Prefix,
-        _: Range<OffsetDateTime>,
-        _: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
+    async fn list(&self, _: &KeyQuery) -> Result<Listing, StoreError> {
         Err(failure())
     }
 }
 
 impl UsageStore for FailingStore {
     async fn record_usage(&self, _: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+        Err(failure())
+    }
+    async fn usage(
+        &self,
+        _: KeyId,
+        _: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
         Err(failure())
     }
 }
@@ -129,13 +79,15 @@ impl UsageStore for FailingStore {
 ///   source, as the SQL stores do for a row they cannot decode.
 ///
 /// ```
-/// use apikey::{KeyStoreWrite, MemoryStore, StoreErrorKind};
+/// use apikey::{Changes, KeyStoreWrite, MemoryStore, Put, StoreErrorKind};
 /// use apikey_testkit::failing::FaultyStore;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let store = FaultyStore::new(MemoryStore::new());
 /// store.lose_answers(1);
 /// let record = apikey_testkit::conformance::sample_record(None);
-/// let err = store.insert(record.clone()).await.unwrap_err();
+/// let mut changes = Changes::new();
+/// changes.puts.push(Put::insert(record.clone()));
+/// let err = store.commit(&changes).await.unwrap_err();
 /// assert_eq!(err.kind(), StoreErrorKind::Timeout);
 /// assert!(store.inner().get_sync(record.id).is_some()); // applied anyway
 /// # });
@@ -284,14 +236,10 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
 }
 
 impl<S: KeyStoreWrite> KeyStoreWrite for FaultyStore<S> {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        self.write(self.inner.insert(record)).await
-    }
-    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
-        self.write(self.inner.update(record)).await
-    }
-    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.write(self.inner.delete(id)).await
+    /// Faults apply per commit; `revoke_where` is the default over it, so
+    /// a bulk revocation meets them page by page.
+    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        self.write(self.inner.commit(changes)).await
     }
 }
 
@@ -300,70 +248,22 @@ impl<S: KeyStoreQuery> KeyStoreQuery for FaultyStore<S> {
         self.check(id)?;
         self.inner.get(id).await
     }
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        self.check_all(self.inner.list_by_owner(owner).await?)
-    }
-    async fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.check_all(self.inner.list_expiring(owner, window).await?)
-    }
-}
-
-impl<S: KeyStoreLifecycle> KeyStoreLifecycle for FaultyStore<S> {
-    async fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        self.write(self.inner.insert_limited(record, max, now))
-            .await
-    }
-    async fn update_if(&self, record: KeyRecord, expected: u64) -> Result<KeyRecord, StoreError> {
-        self.write(self.inner.update_if(record, expected)).await
-    }
-    async fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        self.write(self.inner.update_limited(record, expected, max, now))
-            .await
-    }
-    async fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        self.write(self.inner.rotate(predecessor, expected, successor))
-            .await
-    }
-    async fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.write(self.inner.revoke_owner(owner, revocation)).await
-    }
-    async fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.write(self.inner.revoke_matching(prefix, created, revocation))
-            .await
+    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
+        let mut listing = self.inner.list(query).await?;
+        listing.records = self.check_all(listing.records)?;
+        Ok(listing)
     }
 }
 
 impl<S: UsageStore> UsageStore for FaultyStore<S> {
     async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
         self.inner.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        self.inner.usage(id, days).await
     }
 }

@@ -7,3 +7,6 @@ pub mod failing;
 pub mod fuzzing;
 pub mod limits;
 pub mod netstore;
+pub mod write_ext;
+
+pub use write_ext::WriteExt;

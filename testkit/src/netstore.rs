@@ -6,18 +6,17 @@
 //! round trips. Fetches build a fresh `KeyView` from the stored row, like a
 //! decode from the wire.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use apikey::{
-    FlushId, FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle,
-    KeyStoreQuery, KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation,
-    StoreError, StoreErrorKind, UsageBatch, UsageStore,
+    Changes, FlushId, FlushOutcome, KeyDigest, KeyFilter, KeyId, KeyQuery, KeyRecord, KeyStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, Listing, StoreError, StoreErrorKind, UsageBatch,
+    UsageStore,
 };
-use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -25,6 +24,8 @@ struct Tables {
     rows: HashMap<KeyId, KeyRecord>,
     legacy: HashMap<[u8; 32], KeyId>,
     flushes: std::collections::HashSet<FlushId>,
+    owners: HashMap<String, u64>,
+    usage: HashMap<KeyId, BTreeMap<time::Date, u64>>,
 }
 
 /// See the module docs.
@@ -83,77 +84,53 @@ impl NetStore {
         Ok(())
     }
 
-    fn check_insert(t: &Tables, r: &KeyRecord) -> Result<(), StoreError> {
-        r.validate()
-            .map_err(|e| StoreError::with_source(StoreErrorKind::Corrupt, e))?;
-        if t.rows.contains_key(&r.id) {
-            return Err(err(StoreErrorKind::IdCollision));
+    /// The checks of a commit, against the tables as they are (the caller
+    /// holds the "transaction").
+    fn check(t: &Tables, c: &Changes) -> Result<(), StoreError> {
+        c.check()?;
+        for g in &c.guards {
+            if t.owners.get(&g.owner).copied().unwrap_or(0) != g.version {
+                return Err(err(StoreErrorKind::Conflict));
+            }
         }
-        if let Some(l) = &r.legacy
-            && t.legacy.contains_key(l.index.as_bytes())
+        let expected = c
+            .puts
+            .iter()
+            .filter_map(|p| p.expected.map(|e| (p.record.id, e)));
+        for (id, e) in expected.chain(c.deletes.iter().map(|d| (d.id, d.expected))) {
+            match t.rows.get(&id) {
+                None => return Err(err(StoreErrorKind::NotFound)),
+                Some(r) if r.revision != e => return Err(err(StoreErrorKind::Conflict)),
+                Some(_) => {}
+            }
+        }
+        if c.puts
+            .iter()
+            .any(|p| p.expected.is_none() && t.rows.contains_key(&p.record.id))
         {
             return Err(err(StoreErrorKind::IdCollision));
+        }
+        // The legacy index after the commit: unique.
+        let touched: std::collections::HashSet<KeyId> = c
+            .puts
+            .iter()
+            .map(|p| p.record.id)
+            .chain(c.deletes.iter().map(|d| d.id))
+            .collect();
+        let mut held: HashMap<[u8; 32], KeyId> = t
+            .legacy
+            .iter()
+            .filter(|(_, id)| !touched.contains(id))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for r in c.puts.iter().map(|p| &p.record) {
+            if let Some(l) = &r.legacy
+                && held.insert(*l.index.as_bytes(), r.id).is_some()
+            {
+                return Err(err(StoreErrorKind::IdCollision));
+            }
         }
         Ok(())
-    }
-
-    fn put(t: &mut Tables, r: KeyRecord) {
-        if let Some(old) = t.rows.get(&r.id).and_then(|o| o.legacy.clone()) {
-            t.legacy.remove(old.index.as_bytes());
-        }
-        if let Some(l) = &r.legacy {
-            t.legacy.insert(*l.index.as_bytes(), r.id);
-        }
-        t.rows.insert(r.id, r);
-    }
-
-    fn check_replace(
-        t: &Tables,
-        r: &KeyRecord,
-        expected: Option<u64>,
-    ) -> Result<KeyRecord, StoreError> {
-        r.validate()
-            .map_err(|e| StoreError::with_source(StoreErrorKind::Corrupt, e))?;
-        let stored = t
-            .rows
-            .get(&r.id)
-            .cloned()
-            .ok_or_else(|| err(StoreErrorKind::NotFound))?;
-        if expected.is_some_and(|e| e != stored.revision) {
-            return Err(err(StoreErrorKind::Conflict));
-        }
-        if let Some(l) = &r.legacy
-            && t.legacy.get(l.index.as_bytes()).is_some_and(|h| *h != r.id)
-        {
-            return Err(err(StoreErrorKind::IdCollision));
-        }
-        Ok(stored)
-    }
-
-    fn sorted(mut v: Vec<KeyRecord>) -> Vec<KeyRecord> {
-        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        v
-    }
-
-    fn revoke_where(
-        t: &mut Tables,
-        rev: &Revocation,
-        pred: impl Fn(&KeyRecord) -> bool,
-    ) -> Vec<KeyId> {
-        let mut hit: Vec<&mut KeyRecord> = t
-            .rows
-            .values_mut()
-            .filter(|r| r.status != KeyStatus::Revoked && pred(r))
-            .collect();
-        hit.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        hit.into_iter()
-            .map(|r| {
-                r.status = KeyStatus::Revoked;
-                r.revocation = Some(rev.clone());
-                r.revision += 1;
-                r.id
-            })
-            .collect()
     }
 }
 
@@ -174,255 +151,100 @@ impl KeyStore for NetStore {
     }
 }
 
-impl KeyStoreWrite for NetStore {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        Self::check_insert(&t, &record)?;
-        tokio::task::yield_now().await;
-        Self::put(&mut t, record);
-        Ok(())
-    }
-
-    async fn update(&self, mut record: KeyRecord) -> Result<(), StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        let stored = Self::check_replace(&t, &record, None)?;
-        record.usage = stored.usage;
-        record.last_used_at = stored.last_used_at;
-        record.revision = stored.revision + 1;
-        Self::put(&mut t, record);
-        Ok(())
-    }
-
-    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        let Some(r) = t.rows.remove(&id) else {
-            return Ok(false);
-        };
-        if let Some(l) = &r.legacy {
-            t.legacy.remove(l.index.as_bytes());
-        }
-        if let Some(s) = r.rotated_to.and_then(|s| t.rows.get_mut(&s))
-            && s.rotated_from == Some(id)
-        {
-            s.rotated_from = None;
-            s.revision += 1;
-        }
-        if let Some(p) = r.rotated_from.and_then(|p| t.rows.get_mut(&p))
-            && p.rotated_to == Some(id)
-        {
-            p.rotated_to = None;
-            p.revision += 1;
-        }
-        Ok(true)
-    }
-}
-
 impl KeyStoreQuery for NetStore {
     async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.round_trip().await?;
         Ok(self.tables.lock().await.rows.get(&id).cloned())
     }
 
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+    /// The owner version is read first, the rows after another round trip
+    /// (under the same lock, as `REPEATABLE READ` would).
+    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
         self.round_trip().await?;
         let t = self.tables.lock().await;
-        Ok(Self::sorted(
-            t.rows
-                .values()
-                .filter(|r| r.owner.as_deref() == Some(owner))
-                .cloned()
-                .collect(),
-        ))
-    }
-
-    async fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.round_trip().await?;
-        let t = self.tables.lock().await;
-        let mut v: Vec<KeyRecord> = t
-            .rows
-            .values()
-            .filter(|r| owner.is_none_or(|o| r.owner.as_deref() == Some(o)))
-            .filter(|r| {
-                r.status != KeyStatus::Revoked && r.expires_at.is_some_and(|e| window.contains(&e))
-            })
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
-        Ok(v)
+        let owner_version = match &query.filter {
+            KeyFilter::Owner(o) => t.owners.get(o).copied().unwrap_or(0),
+            _ => 0,
+        };
+        tokio::task::yield_now().await;
+        Ok(Listing {
+            records: query.page(t.rows.values().cloned()),
+            owner_version,
+        })
     }
 }
 
-impl KeyStoreLifecycle for NetStore {
-    async fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
+impl KeyStoreWrite for NetStore {
+    /// One "transaction": the checks, a yield (locks held across a round
+    /// trip), then every change.
+    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
         self.round_trip().await?;
-        // BEGIN; SELECT count(*) ... FOR UPDATE; (round trip) INSERT; COMMIT
         let mut t = self.tables.lock().await;
-        Self::check_insert(&t, &record)?;
-        if let Some(owner) = record.owner.as_deref() {
-            let active = t
-                .rows
-                .values()
-                .filter(|r| r.owner.as_deref() == Some(owner) && r.counts_toward_limit(now))
-                .count() as u32;
-            tokio::task::yield_now().await;
-            if active >= max {
-                return Ok(LimitedInsert::LimitReached { active });
+        Self::check(&t, changes)?;
+        tokio::task::yield_now().await;
+        for g in &changes.guards {
+            t.owners.insert(g.owner.clone(), g.version + 1);
+        }
+        let touched = changes
+            .puts
+            .iter()
+            .map(|p| p.record.id)
+            .chain(changes.deletes.iter().map(|d| d.id));
+        for id in touched.collect::<Vec<_>>() {
+            if let Some(l) = t.rows.get(&id).and_then(|r| r.legacy.clone()) {
+                t.legacy.remove(l.index.as_bytes());
             }
         }
-        Self::put(&mut t, record);
-        Ok(LimitedInsert::Inserted)
-    }
-
-    async fn update_if(
-        &self,
-        mut record: KeyRecord,
-        expected: u64,
-    ) -> Result<KeyRecord, StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        let stored = Self::check_replace(&t, &record, Some(expected))?;
-        tokio::task::yield_now().await;
-        record.usage = stored.usage;
-        record.last_used_at = stored.last_used_at;
-        record.revision = expected + 1;
-        Self::put(&mut t, record.clone());
-        Ok(record)
-    }
-
-    async fn update_limited(
-        &self,
-        mut record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        self.round_trip().await?;
-        // BEGIN; lock the owner; SELECT ... FOR UPDATE; count; UPDATE; COMMIT
-        let mut t = self.tables.lock().await;
-        let stored = Self::check_replace(&t, &record, Some(expected))?;
-        if let Some(owner) = record.owner.as_deref()
-            && record.counts_toward_limit(now)
-            && !(stored.counts_toward_limit(now) && stored.owner.as_deref() == Some(owner))
-        {
-            let active = t
-                .rows
-                .values()
-                .filter(|r| {
-                    r.id != record.id
-                        && r.owner.as_deref() == Some(owner)
-                        && r.counts_toward_limit(now)
-                })
-                .count() as u32;
-            tokio::task::yield_now().await;
-            if active >= max {
-                return Ok(LimitedUpdate::LimitReached { active });
+        for d in &changes.deletes {
+            t.rows.remove(&d.id);
+            t.usage.remove(&d.id);
+        }
+        for p in &changes.puts {
+            let mut r = p.record.clone();
+            if let Some(e) = p.expected {
+                r.last_used_at = t.rows.get(&r.id).and_then(|s| s.last_used_at);
+                r.revision = e + 1;
             }
+            if let Some(l) = &r.legacy {
+                t.legacy.insert(*l.index.as_bytes(), r.id);
+            }
+            t.rows.insert(r.id, r);
         }
-        tokio::task::yield_now().await;
-        record.usage = stored.usage;
-        record.last_used_at = stored.last_used_at;
-        record.revision = expected + 1;
-        Self::put(&mut t, record.clone());
-        Ok(LimitedUpdate::Updated(record))
-    }
-
-    async fn rotate(
-        &self,
-        mut predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        let stored = Self::check_replace(&t, &predecessor, Some(expected))?;
-        Self::check_insert(&t, &successor)?;
-        if predecessor.id == successor.id {
-            return Err(err(StoreErrorKind::IdCollision));
-        }
-        tokio::task::yield_now().await;
-        // End the grace of the predecessor's predecessor (same transaction).
-        let ended = stored
-            .rotated_from
-            .and_then(|g| t.rows.get(&g))
-            .filter(|g| {
-                g.rotated_to == Some(predecessor.id)
-                    && g.expires_at.is_none_or(|e| e > successor.created_at)
-            })
-            .cloned()
-            .map(|mut g| {
-                g.expires_at = Some(successor.created_at);
-                if g.not_before.is_some_and(|nb| nb >= successor.created_at) {
-                    g.not_before = None;
-                }
-                g.revision += 1;
-                g
-            });
-        predecessor.usage = stored.usage;
-        predecessor.last_used_at = stored.last_used_at;
-        predecessor.revision = expected + 1;
-        Self::put(&mut t, predecessor.clone());
-        Self::put(&mut t, successor.clone());
-        if let Some(g) = ended {
-            Self::put(&mut t, g);
-        }
-        Ok((predecessor, successor))
-    }
-
-    async fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        Ok(Self::revoke_where(&mut t, &revocation, |r| {
-            r.owner.as_deref() == Some(owner)
-        }))
-    }
-
-    async fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.round_trip().await?;
-        let mut t = self.tables.lock().await;
-        Ok(Self::revoke_where(&mut t, &revocation, |r| {
-            r.prefix == *prefix && created.contains(&r.created_at)
-        }))
+        Ok(())
     }
 }
 
 impl UsageStore for NetStore {
-    /// Records flush ids like a `usage_flushes` table would: exactly once.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
         self.round_trip().await?;
         let mut t = self.tables.lock().await;
         if !t.flushes.insert(batch.id) {
             return Ok(FlushOutcome::AlreadyApplied);
         }
+        tokio::task::yield_now().await;
         for d in &batch.deltas {
-            if let Some(r) = t.rows.get_mut(&d.id) {
-                r.usage.apply(d.day, d.count);
-                r.last_used_at = Some(
-                    r.last_used_at
-                        .map_or(d.last_used_at, |l| l.max(d.last_used_at)),
-                );
-            }
+            let Some(r) = t.rows.get_mut(&d.id) else {
+                continue;
+            };
+            r.last_used_at = Some(
+                r.last_used_at
+                    .map_or(d.last_used_at, |t| t.max(d.last_used_at)),
+            );
+            *t.usage.entry(d.id).or_default().entry(d.day).or_insert(0) += d.count;
         }
         Ok(FlushOutcome::Applied)
+    }
+
+    async fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        self.round_trip().await?;
+        let t = self.tables.lock().await;
+        Ok(t.usage
+            .get(&id)
+            .map(|rows| rows.range(days).map(|(d, n)| (*d, *n)).collect())
+            .unwrap_or_default())
     }
 }

@@ -6,8 +6,8 @@ pub use apikey_testkit::netstore;
 use std::sync::Arc;
 
 use apikey::{
-    KeyManager, KeyStoreLifecycle, Keyring, ManualClock, MemoryAuditSink, MemoryStore,
-    ServerSecret, UsageStore, Verifier,
+    KeyManager, KeyStoreWrite, Keyring, ManualClock, MemoryAuditSink, MemoryStore, ServerSecret,
+    UsageStore, Verifier,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -18,13 +18,13 @@ pub fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap())
 }
 
-pub struct Fixture<S: KeyStoreLifecycle + UsageStore> {
+pub struct Fixture<S: KeyStoreWrite + UsageStore> {
     pub manager: KeyManager<S, ManualClock>,
     pub clock: ManualClock,
     pub audit: Arc<MemoryAuditSink>,
 }
 
-pub fn fixture_with<S: KeyStoreLifecycle + UsageStore + 'static>(
+pub fn fixture_with<S: KeyStoreWrite + UsageStore + 'static>(
     verifier: Verifier,
     store: S,
 ) -> Fixture<S> {

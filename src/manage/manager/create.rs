@@ -100,17 +100,6 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         let mut new = import.new.clone();
         reserved_parent(&new.metadata)?;
         new.prefix = legacy.native.prefix.as_str().to_owned();
-        // Planned uniqueness of the legacy index; the store's unique index
-        // is the backstop (`IdCollision`, handled below).
-        if self
-            .store()
-            .find_legacy(&index)
-            .await
-            .map_err(Error::from)?
-            .is_some()
-        {
-            return Err(Error::InvalidState("this key was imported already"));
-        }
         for _ in 0..3 {
             let (_discarded, mut record) = self.issue_planned(new.clone(), now, true)?;
             record.digest = digest.unwrap_or(KeyDigest::from_bytes([0; 32]));
@@ -120,6 +109,17 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 version,
                 digest.is_some(),
             ));
+            // Planned uniqueness of the legacy index; the store's unique index
+            // is the backstop (`IdCollision`, handled below).
+            if self
+                .store()
+                .find_legacy(&index)
+                .await
+                .map_err(Error::from)?
+                .is_some()
+            {
+                return Err(Error::InvalidState("this key was imported already"));
+            }
             match self.insert_planned(&record, now, None).await {
                 Ok(()) => {
                     self.emit(self.event(now, AuditKind::Imported, &record, actor));
