@@ -315,9 +315,13 @@ impl<B: Backend> Store<B> {
 
     /// The write primitive: all of `changes` in one transaction, or nothing.
     /// Guards first (in owner order, each owner locked so commits on one
-    /// owner run one after the other), then updates and deletes (in id
-    /// order: concurrent commits lock rows in one order), then inserts.
-    /// The unique indexes make a taken id or legacy index `IdCollision`.
+    /// owner run one after the other), then deletes (in id order), then
+    /// updates (those holding no legacy index first, then in id order), then
+    /// inserts: a legacy index given up in a commit is free for the records
+    /// that claim it in the same commit. The unique indexes make a taken id
+    /// or legacy index `IdCollision`. (Two updates that trade two legacy
+    /// indexes in one commit are refused that way too: the index is not
+    /// deferrable.)
     pub(crate) async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
         changes.check()?;
         if changes.is_empty() {
@@ -330,7 +334,7 @@ impl<B: Backend> Store<B> {
             .iter()
             .filter(|p| p.expected.is_some())
             .collect();
-        updates.sort_by_key(|p| p.record.id);
+        updates.sort_by_key(|p| (p.record.legacy.is_some(), p.record.id));
         let mut deletes: Vec<_> = changes.deletes.iter().collect();
         deletes.sort_by_key(|d| d.id);
         self.write(async |tx| {
@@ -342,6 +346,14 @@ impl<B: Backend> Store<B> {
                 let next = g.version.wrapping_add(1) as i64;
                 let binds = vec![Val::Text(Some(g.owner.clone())), Val::Int(Some(next))];
                 B::execute(tx, &self.sql.owner_bump, binds).await?;
+            }
+            for d in deletes {
+                let id = Val::Int(Some(id_to_sql(d.id)));
+                let binds = vec![id.clone(), Val::Int(Some(d.expected as i64))];
+                if B::execute(tx, &self.sql.delete_if, binds).await? == 0 {
+                    return Err(self.missed(tx, d.id).await);
+                }
+                B::execute(tx, &self.sql.usage_forget, vec![id]).await?;
             }
             for p in updates {
                 let e = p.expected.unwrap_or_default();
@@ -357,14 +369,6 @@ impl<B: Backend> Store<B> {
                 if B::execute(tx, &self.sql.update_if, binds).await? == 0 {
                     return Err(self.missed(tx, p.record.id).await);
                 }
-            }
-            for d in deletes {
-                let id = Val::Int(Some(id_to_sql(d.id)));
-                let binds = vec![id.clone(), Val::Int(Some(d.expected as i64))];
-                if B::execute(tx, &self.sql.delete_if, binds).await? == 0 {
-                    return Err(self.missed(tx, d.id).await);
-                }
-                B::execute(tx, &self.sql.usage_forget, vec![id]).await?;
             }
             for p in changes.puts.iter().filter(|p| p.expected.is_none()) {
                 let binds = values(&p.record).into_iter().map(|(_, v)| v).collect();
@@ -485,10 +489,14 @@ impl<B: Backend> Store<B> {
         id: KeyId,
         days: Range<time::Date>,
     ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        // No usage row is older than year 1, and PostgreSQL refuses days
+        // before 4713 BC that `time` can spell: a window reaching back that
+        // far starts at year 1.
+        let year_1 = time::Date::from_ordinal_date(1, 1).unwrap_or(time::Date::MIN);
         let binds = vec![
             Val::Int(Some(id_to_sql(id))),
-            Val::Date(Some(days.start)),
-            Val::Date(Some(days.end)),
+            Val::Date(Some(days.start.max(year_1))),
+            Val::Date(Some(days.end.max(year_1))),
         ];
         let rows = bounded(
             self.timeout,
