@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
-    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreLifecycle,
+    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreWrite,
     KeySummary, KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, Rotation, Scope, UsageStore,
 };
 use axum::Router;
@@ -129,7 +129,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 impl<S, C, L, R> ManageApi<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
     R: ResolveCaller,
@@ -203,7 +203,7 @@ where
 
 impl<S, C, L, R> ManageApi<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,
@@ -229,7 +229,7 @@ where
 
 async fn credits_get<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,
@@ -240,7 +240,7 @@ where
 
 async fn credits_put<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,
@@ -255,7 +255,7 @@ pub(crate) type Outcome = Result<Response, ApiError>;
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
     R: ResolveCaller,
@@ -672,7 +672,7 @@ macro_rules! handler {
     ($name:ident, $action:literal, $op:ident, $with_id:literal) => {
         async fn $name<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
         where
-            S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+            S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
             C: Clock + Send + Sync + 'static,
             L: Limits + 'static,
             R: ResolveCaller,
@@ -695,7 +695,7 @@ handler!(derive, "derive", op_derive, true);
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
     R: ResolveCaller,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use apikey::limits::{CreditAccount, CreditBalances, Limits, Refill, RefillInterval};
-use apikey::{Clock, Error, KeyStoreLifecycle, UsageStore};
+use apikey::{Clock, Error, KeyStoreWrite, UsageStore};
 use http::StatusCode;
 use http::request::Parts;
 use serde::{Deserialize, Serialize};
@@ -64,7 +64,7 @@ fn may_see(caller: &Caller, owner: &str) -> Result<(), ApiError> {
 
 impl<S, C, L, R> Shared<S, C, L, R>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + CreditBalances + 'static,
     R: ResolveCaller,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use apikey::limits::Limits;
 use apikey::web::{ClientIp, Decision, Gate, Route};
-use apikey::{Clock, Error, KeyManager, KeyStoreLifecycle, Requirement, Result, UsageStore};
+use apikey::{Clock, Error, KeyManager, KeyStoreWrite, Requirement, Result, UsageStore};
 use http::request::Parts;
 
 use crate::caller::{Caller, ResolveCaller};
@@ -40,7 +40,7 @@ pub struct KeyCaller<S, C, L> {
 
 impl<S, C, L> KeyCaller<S, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
 {
@@ -72,7 +72,7 @@ where
 
 impl<S, C, L> ResolveCaller for KeyCaller<S, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static,
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
     C: Clock + Send + Sync + 'static,
     L: Limits + 'static,
 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use apikey::{
-    Actor, AuditEvent, AuditSink, Error as KeyError, IpNet, KeyId, KeyManager, KeyStoreLifecycle,
+    Actor, AuditEvent, AuditSink, Error as KeyError, IpNet, KeyId, KeyManager, KeyStoreWrite,
     NewKey, Requirement, Rotation, UsageStore,
 };
 use serde::Serialize;
@@ -104,7 +104,7 @@ fn key_id(text: &str) -> CliResult<KeyId> {
 /// A usage error for a malformed legacy prefix declaration.
 pub fn manager<S>(store: S, verifier: apikey::Verifier, ctx: &Context) -> CliResult<KeyManager<S>>
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     let mut manager = KeyManager::new(verifier, store);
     for entry in ctx.legacy_prefixes.iter().flat_map(|p| p.split(',')) {
@@ -250,7 +250,7 @@ fn new_key(args: &CreateArgs) -> CliResult<NewKey> {
 /// See [`Exit`].
 pub async fn keys<S>(store: S, command: KeysCommand, ctx: &Context) -> Outcome
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     // A scope that grants everything changes how `verify` checks scopes.
     let mut verifier = ctx.verifier.clone();
@@ -440,7 +440,7 @@ async fn verify<S>(
     ip: Option<std::net::IpAddr>,
 ) -> Outcome
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     let presented = presented_key(key)?;
     let requirement = if scopes.is_empty() {
@@ -504,7 +504,7 @@ where
 /// Exit 5 when the owner has such a key; see [`Exit`].
 pub async fn bootstrap<S>(store: S, args: BootstrapArgs, ctx: &Context) -> Outcome
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     let manager = manager(store, ctx.verifier.clone(), ctx)?.with_max_keys_per_owner(1);
     let create = CreateArgs {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use apikey::{Error as KeyError, ImportKey, KeyManager, KeyStoreLifecycle, KeySummary, UsageStore};
+use apikey::{Error as KeyError, ImportKey, KeyManager, KeyStoreWrite, KeySummary, UsageStore};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -404,7 +404,7 @@ pub async fn run<S>(
     ctx: &Context,
 ) -> Outcome
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     let format = options.format.unwrap_or(
         if file

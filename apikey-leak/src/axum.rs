@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use apikey::limits::Limits;
 use apikey::web::ClientIp;
-use apikey::{Clock, KeyStoreLifecycle, UsageStore};
+use apikey::{Clock, KeyStoreWrite, UsageStore};
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::Request;
@@ -42,7 +42,7 @@ use crate::signature::{KEY_ID_HEADER, SIGNATURE_HEADER};
 /// A router with `POST path` serving GitHub's alerts.
 pub fn github_router<S, K, C, L>(path: &str, endpoint: Arc<GithubEndpoint<S, K, C, L>>) -> Router
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
     K: KeySource + 'static,
     C: Clock + 'static,
     L: Limits + 'static,
@@ -62,7 +62,7 @@ pub fn public_revoke_router<S, Lim, C, L>(
     endpoint: Arc<PublicRevoke<S, Lim, C, L>>,
 ) -> Router
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
     Lim: Limits + 'static,
     C: Clock + 'static,
     L: Limits + 'static,
@@ -84,7 +84,7 @@ pub async fn github_response<S, K, C, L>(
     request: Request,
 ) -> Response
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     K: KeySource,
     C: Clock,
     L: Limits,
@@ -110,7 +110,7 @@ pub async fn public_revoke_response<S, Lim, C, L>(
     request: Request,
 ) -> Response
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     Lim: Limits,
     C: Clock,
     L: Limits,

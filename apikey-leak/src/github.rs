@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use apikey::limits::{Limits, NoLimits};
-use apikey::{Clock, KeyStoreLifecycle, SystemClock, UsageStore};
+use apikey::{Clock, KeyStoreWrite, SystemClock, UsageStore};
 use serde::Deserialize;
 
 use crate::error::{LeakError, json_error};
@@ -66,7 +66,7 @@ impl<S, K, C, L> fmt::Debug for GithubEndpoint<S, K, C, L> {
 
 impl<S, K, C, L> GithubEndpoint<S, K, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     K: KeySource,
     C: Clock,
     L: Limits,
@@ -173,7 +173,7 @@ where
 #[cfg(feature = "fetch")]
 impl<S, C, L> GithubEndpoint<S, crate::fetch::GithubKeySource, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     C: Clock,
     L: Limits,
 {

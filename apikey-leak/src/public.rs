@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apikey::limits::{Admission, Limits, NoLimits, Quota};
-use apikey::{AuditEvent, AuditKind, Clock, KeyStoreLifecycle, SystemClock, UsageStore};
+use apikey::{AuditEvent, AuditKind, Clock, KeyStoreWrite, SystemClock, UsageStore};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -115,7 +115,7 @@ impl<S, Lim, C, L> fmt::Debug for PublicRevoke<S, Lim, C, L> {
 
 impl<S, Lim, C, L> PublicRevoke<S, Lim, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     Lim: Limits,
     C: Clock,
     L: Limits,

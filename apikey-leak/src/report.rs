@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use apikey::limits::{Limits, NoLimits};
 use apikey::{
     Actor, AuditEvent, AuditKind, AuditSink, Clock, Error, KeyId, KeyManager, KeyStatus, KeyStore,
-    KeyStoreLifecycle, NoAudit, Requirement, SystemClock, UsageStore,
+    KeyStoreWrite, NoAudit, Requirement, SystemClock, UsageStore,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -259,7 +259,7 @@ impl<S, C, L> fmt::Debug for LeakResponder<S, C, L> {
 
 impl<S, C, L> LeakResponder<S, C, L>
 where
-    S: KeyStoreLifecycle + UsageStore,
+    S: KeyStoreWrite + UsageStore,
     C: Clock,
     L: Limits,
 {

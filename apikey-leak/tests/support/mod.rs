@@ -72,7 +72,7 @@ impl FakeGithub {
         body: &str,
     ) -> Result<Report, LeakError>
     where
-        S: apikey::KeyStoreLifecycle + apikey::UsageStore,
+        S: apikey::KeyStoreWrite + apikey::UsageStore,
         K: apikey_leak::KeySource,
         C: apikey::Clock,
         L: apikey::limits::Limits,

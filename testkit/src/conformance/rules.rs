@@ -14,14 +14,18 @@ use super::{join_all, suite_now, unique_owner};
 fn manager<S: KeyStoreWrite + UsageStore + 'static>(
     store: Arc<S>,
 ) -> (KeyManager<Arc<S>, ManualClock>, ManualClock) {
+    let clock = ManualClock::new(suite_now());
+    (manager_on(store, &clock), clock)
+}
+
+fn manager_on<S: KeyStoreWrite + UsageStore + 'static>(
+    store: Arc<S>,
+    clock: &ManualClock,
+) -> KeyManager<Arc<S>, ManualClock> {
     let secret = ServerSecret::from_bytes(&[7; 32]).unwrap_or_else(|e| panic!("secret: {e}"));
     let verifier =
         Verifier::new(Keyring::new(1, secret).unwrap_or_else(|e| panic!("keyring: {e}")));
-    let clock = ManualClock::new(suite_now());
-    (
-        KeyManager::with_clock(verifier, store, clock.clone()),
-        clock,
-    )
+    KeyManager::with_clock(verifier, store, clock.clone())
 }
 
 fn admin() -> Actor {
@@ -45,7 +49,8 @@ pub async fn run_rules<S: KeyStoreWrite + UsageStore + 'static>(store: Arc<S>) {
     import_is_unique(store).await;
 }
 
-/// `n` concurrent creates for one owner at a limit of 3: exactly 3 keys,
+/// `n` concurrent creates for one owner at a limit of 3, spread over four
+/// managers (service instances) on the store: exactly 3 keys,
 /// the others `KEY_LIMIT_REACHED`; an expired key cannot be revived by a
 /// new expiry while the owner is at the limit.
 ///
@@ -70,9 +75,17 @@ pub async fn owner_limit_holds_under_concurrency<S: KeyStoreWrite + UsageStore +
     )
     .1;
     clock.advance(Duration::hours(2));
+    // Four managers over the store, as four service instances: their plans
+    // meet only at the store's owner guard (one manager serializes its own).
+    let others: Vec<_> = (0..3)
+        .map(|_| manager_on(Arc::clone(m.store()), &clock).with_max_keys_per_owner(3))
+        .collect();
     let actor = admin();
-    let results =
-        join_all((0..n).map(|_| m.create(NewKey::new("sk_test_").owner(&owner), &actor))).await;
+    let results = join_all((0..n).map(|i| {
+        let m = if i % 4 == 0 { &m } else { &others[i % 4 - 1] };
+        m.create(NewKey::new("sk_test_").owner(&owner), &actor)
+    }))
+    .await;
     let made = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(
         made, 3,

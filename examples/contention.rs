@@ -1,0 +1,161 @@
+//! Contention on one owner: 16 tasks create keys concurrently for the same
+//! owner through one `KeyManager` with an owner limit (so every create is
+//! planned on the owner's listing and committed with the owner guard), and
+//! the run reports keys per second and how many commits the store refused
+//! as conflicts (each one a re-planned create).
+//!
+//! ```text
+//! cargo run --release --example contention -- [memory|net] [keys per task] [latency µs] [instances]
+//! ```
+//!
+//! `instances` (default 1) builds that many managers over the one store,
+//! the tasks spread over them: several service instances on one database,
+//! whose plans meet only at the store's owner guard.
+//!
+//! `memory` is the `MemoryStore`; `net` is the testkit's `NetStore` (a
+//! simulated round trip per call, transactions holding a lock across
+//! yields, like a database). A SQL store runs the same loop by building the
+//! manager over it (see `run`).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use apikey::{
+    Actor, Changes, FlushOutcome, KeyDigest, KeyId, KeyManager, KeyQuery, KeyRecord, KeyStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, Keyring, Listing, MemoryStore, NewKey, ServerSecret,
+    StoreError, StoreErrorKind, UsageBatch, UsageStore, Verifier,
+};
+
+const TASKS: usize = 16;
+
+/// Counts commits and the conflicts among them, forwarding everything.
+struct Counting<S> {
+    inner: S,
+    commits: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+impl<S: KeyStore> KeyStore for Counting<S> {
+    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        self.inner.fetch(id).await
+    }
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.find_legacy(index).await
+    }
+}
+
+impl<S: KeyStoreQuery> KeyStoreQuery for Counting<S> {
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
+        self.inner.list(query).await
+    }
+}
+
+impl<S: KeyStoreWrite> KeyStoreWrite for Counting<S> {
+    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.commit(changes).await;
+        if matches!(&r, Err(e) if e.kind() == StoreErrorKind::Conflict) {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: UsageStore> UsageStore for Counting<S> {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+        self.inner.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        self.inner.usage(id, days).await
+    }
+}
+
+/// Runs `TASKS` tasks of `per_task` creates each on one owner over
+/// `store`; prints keys/s and conflicts.
+async fn run<S: KeyStoreWrite + UsageStore + 'static>(
+    label: &str,
+    store: S,
+    per_task: usize,
+    instances: usize,
+) {
+    let store = Arc::new(Counting {
+        inner: store,
+        commits: AtomicU64::new(0),
+        conflicts: AtomicU64::new(0),
+    });
+    let verifier = Verifier::new(
+        Keyring::new(1, ServerSecret::from_bytes(&[3; 32]).expect("32 bytes")).expect("keyring"),
+    );
+    let managers: Vec<_> = (0..instances.max(1))
+        .map(|_| {
+            Arc::new(
+                KeyManager::new(verifier.clone(), Arc::clone(&store))
+                    .with_max_keys_per_owner(u32::MAX),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let manager = Arc::clone(&managers[i % managers.len()]);
+            tokio::spawn(async move {
+                let admin = Actor::new("bench");
+                let mut failed = 0u64;
+                for _ in 0..per_task {
+                    if manager
+                        .create(NewKey::new("sk_live_").owner("org_1"), &admin)
+                        .await
+                        .is_err()
+                    {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.expect("task");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let made = (TASKS * per_task) as u64 - failed;
+    let (commits, conflicts) = (
+        store.commits.load(Ordering::Relaxed),
+        store.conflicts.load(Ordering::Relaxed),
+    );
+    println!(
+        "{label}, {} instance(s): {TASKS} tasks x {per_task} creates on one owner: {made} keys in {secs:.3} s = {:.0} keys/s; \
+         {commits} commits, {conflicts} conflicts ({:.2} per key), {failed} failed",
+        managers.len(),
+        made as f64 / secs,
+        conflicts as f64 / made.max(1) as f64,
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let which = args.get(1).map_or("memory", String::as_str);
+    let per_task: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let latency: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let instances: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(1);
+    match which {
+        "net" => {
+            let store =
+                apikey_testkit::netstore::NetStore::new(std::time::Duration::from_micros(latency));
+            let label = format!("NetStore ({latency} µs round trip)");
+            run(&label, store, per_task, instances).await;
+        }
+        _ => run("MemoryStore", MemoryStore::new(), per_task, instances).await,
+    }
+}
