@@ -5,7 +5,10 @@
 //! refused as conflicting (each one a retry by the manager).
 //!
 //! `cargo bench -p apikey-sqlx --features postgres --bench owner_contention`
-//! (`CONTENTION_KEYS` per task, default 50; `CONTENTION_ROUNDS`, default 3).
+//! (`CONTENTION_KEYS` per task, default 50; `CONTENTION_ROUNDS`, default 3;
+//! `CONTENTION_INSTANCES`, default 1: that many managers over the one
+//! database, the tasks spread over them, like service instances whose plans
+//! meet only at the store's owner guard).
 
 #![allow(clippy::unwrap_used)]
 
@@ -88,6 +91,7 @@ fn env(name: &str, default: usize) -> usize {
 fn main() {
     let per_task = env("CONTENTION_KEYS", 50);
     let rounds = env("CONTENTION_ROUNDS", 3);
+    let instances = env("CONTENTION_INSTANCES", 1).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -107,21 +111,26 @@ fn main() {
             let store = PostgresStore::connect_with(&cluster.url(), options)
                 .await
                 .unwrap();
-            let secret = ServerSecret::from_bytes(&[7; 32]).unwrap();
-            let verifier = Verifier::new(Keyring::new(1, secret).unwrap());
             let limit = u32::try_from(TASKS * per_task).unwrap();
             let store = Arc::new(Counting {
                 inner: store,
                 conflicts: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
             });
-            let keys = Arc::new(
-                KeyManager::new(verifier, Arc::clone(&store)).with_max_keys_per_owner(limit),
-            );
+            let managers: Vec<_> = (0..instances)
+                .map(|_| {
+                    let secret = ServerSecret::from_bytes(&[7; 32]).unwrap();
+                    let verifier = Verifier::new(Keyring::new(1, secret).unwrap());
+                    Arc::new(
+                        KeyManager::new(verifier, Arc::clone(&store))
+                            .with_max_keys_per_owner(limit),
+                    )
+                })
+                .collect();
             let start = Instant::now();
             let tasks: Vec<_> = (0..TASKS)
                 .map(|t| {
-                    let keys = Arc::clone(&keys);
+                    let keys = Arc::clone(&managers[t % instances]);
                     tokio::spawn(async move {
                         let actor = Actor::new(format!("task_{t}"));
                         let mut failed = Vec::new();
@@ -140,13 +149,13 @@ fn main() {
                 failed.extend(t.await.unwrap());
             }
             let elapsed = start.elapsed();
-            let made = keys.list("org_contended").await.unwrap().len();
+            let made = managers[0].list("org_contended").await.unwrap().len();
             assert_eq!(made + failed.len(), TASKS * per_task);
             if let Some(e) = failed.first() {
                 println!("{} creates failed, the first with: {e}", failed.len());
             }
             println!(
-                "owner_contention round {round}: {TASKS} tasks x {per_task} creates on one owner: \
+                "owner_contention round {round}: {TASKS} tasks on {instances} manager(s) x {per_task} creates on one owner: \
                  {made} keys in {elapsed:.2?} = {:.0} keys/s; {} commits, {} refused as conflicts",
                 made as f64 / elapsed.as_secs_f64(),
                 store.commits.load(Ordering::Relaxed),
