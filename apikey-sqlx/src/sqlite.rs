@@ -38,7 +38,7 @@ const USAGE_CHUNK: usize = 1000;
 ///   lock before it reads (owner guards hold across processes).
 ///
 /// Every call is bounded by [`StoreOptions::timeout`]; past it the answer is
-/// [`StoreErrorKind::Timeout`] and nothing is written.
+/// [`StoreErrorKind::Timeout`](apikey::StoreErrorKind::Timeout) and nothing is written.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
