@@ -86,6 +86,11 @@ fn fnv(text: &str) -> u64 {
 }
 
 impl PostgresStore {
+    /// The schema version [`migrate`](Self::migrate) brings the tables to
+    /// (stored in `<schema.prefix>apikey_schema_version`; a database at a
+    /// newer one is refused with [`MigrateError::SchemaTooNew`]).
+    pub const SCHEMA_VERSION: i64 = crate::store::SCHEMA_VERSION;
+
     /// Connects to `url` (a pool of 10 connections, each with
     /// `statement_timeout` at the default [`StoreOptions::timeout`]) and
     /// runs [`migrate`](Self::migrate).

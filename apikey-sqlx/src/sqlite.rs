@@ -76,6 +76,11 @@ pub fn sqlite_options(path: impl AsRef<Path>) -> SqliteConnectOptions {
 }
 
 impl SqliteStore {
+    /// The schema version [`migrate`](Self::migrate) brings the tables to
+    /// (stored in `<prefix>apikey_schema_version`; a database at a newer
+    /// one is refused with [`MigrateError::SchemaTooNew`]).
+    pub const SCHEMA_VERSION: i64 = crate::store::SCHEMA_VERSION;
+
     /// Opens (creating if missing) the database file at `path` with the
     /// settings above and default [`StoreOptions`], and runs
     /// [`migrate`](Self::migrate).

@@ -167,7 +167,8 @@ impl<B: Backend> Store<B> {
             .await?;
         let found = found.first().and_then(|r| int(&r[0])).unwrap_or(0);
         let migrations = b.migrations();
-        let latest = migrations.len() as i64;
+        let latest = SCHEMA_VERSION;
+        debug_assert_eq!(migrations.len() as i64, latest, "one migration per version");
         if found > latest {
             return Err(MigrateError::SchemaTooNew {
                 found,
@@ -513,6 +514,10 @@ impl<B: Backend> Store<B> {
             .collect()
     }
 }
+
+/// The newest schema version: one migration step per version, in each
+/// dialect's `migrations`.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// The listing of `filter` and its binds (see [`ListKind`]).
 fn filter(filter: &KeyFilter) -> Result<(ListKind, Vec<Val>), StoreError> {

@@ -459,4 +459,5 @@ async fn migration_2_moves_usage_counters_and_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(version, 2);
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
 }
