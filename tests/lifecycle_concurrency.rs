@@ -305,3 +305,37 @@ fn concurrent_patches_of_different_fields_both_apply() {
         );
     }
 }
+
+/// One manager's concurrent creates on one owner (owner limit set) pass its
+/// per-owner gate one at a time, so none of its commits conflicts: each
+/// create is exactly one listing and one commit. Without the gate, 16 tasks
+/// re-planned each other's conflicts over a network store and some failed
+/// with `STORE_UNAVAILABLE` once the retries ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_managers_concurrent_creates_on_one_owner_never_conflict() {
+    let store = NetStore::new(std::time::Duration::from_micros(100));
+    let f = fixture_with(verifier(), store.clone());
+    let m = Arc::new(f.manager.with_max_keys_per_owner(1000));
+    let before = store.calls.load(Ordering::SeqCst);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    m.create(NewKey::new("sk_live_").owner("org"), &Actor::system())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.calls.load(Ordering::SeqCst) - before,
+        2 * 64,
+        "a create re-planned after a conflict"
+    );
+    assert_eq!(m.list("org").await.unwrap().len(), 64);
+}

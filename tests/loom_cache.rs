@@ -30,8 +30,9 @@ use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 
 use apikey::{
-    CachedStore, Error, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreWrite, KeyView, Keyring,
-    MemoryStore, NewKey, Requirement, Revocation, ServerSecret, StoreError, Verifier,
+    CachedStore, Changes, Delete, Error, KeyId, KeyQuery, KeyRecord, KeyStatus, KeyStore,
+    KeyStoreWrite, KeyView, Keyring, MemoryStore, NewKey, Put, Requirement, Revocation,
+    ServerSecret, StoreError, Verifier,
 };
 use loom::future::block_on;
 use loom::sync::Arc;
@@ -74,6 +75,14 @@ fn verify(verifier: &Verifier, text: &str, cache: &CachedStore<MemoryStore>) -> 
     ))
 }
 
+/// A commit of one put at the revision the record was inserted with.
+fn put(record: KeyRecord) -> Changes {
+    let mut c = Changes::new();
+    let revision = record.revision;
+    c.puts.push(Put::update(record, revision));
+    c
+}
+
 fn write(cache: &CachedStore<MemoryStore>, write: Write, record: KeyRecord) {
     let revocation = Revocation {
         at: NOW,
@@ -84,18 +93,26 @@ fn write(cache: &CachedStore<MemoryStore>, write: Write, record: KeyRecord) {
             let mut r = record;
             r.status = KeyStatus::Revoked;
             r.revocation = Some(revocation);
-            block_on(cache.update(r)).expect("update");
+            block_on(cache.commit(&put(r))).expect("commit");
         }
         Write::RevokeOwner => {
-            let ids = block_on(cache.revoke_owner("org", revocation)).expect("revoke_owner");
+            let ids = block_on(cache.revoke_where(&KeyQuery::owner("org"), &revocation))
+                .expect("revoke_where");
             assert_eq!(ids, vec![record.id]);
         }
         Write::Disable => {
             let mut r = record;
             r.status = KeyStatus::Disabled;
-            block_on(cache.update(r)).expect("update");
+            block_on(cache.commit(&put(r))).expect("commit");
         }
-        Write::Delete => assert!(block_on(cache.delete(record.id)).expect("delete")),
+        Write::Delete => {
+            let mut c = Changes::new();
+            c.deletes.push(Delete {
+                id: record.id,
+                expected: record.revision,
+            });
+            block_on(cache.commit(&c)).expect("delete");
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 //!   again before its new expiry.
 //!
 //! Both are commits at the record's revision
-//! ([`KeyStoreWrite::commit`](crate::KeyStoreWrite::commit)):
+//! ([`KeyStoreWrite::commit`]):
 //! of several sweepers over one database (one per instance), one wins
 //! each write, the others re-read and find nothing left to do. So every
 //! notice and renewal happens once, and the event follows the write.

@@ -32,7 +32,7 @@
 //! [`KeyStoreWrite::commit`] applies a [`Changes`]: puts and deletes that
 //! name the revision they read, and owner guards ([`OwnerGuard`]: the owner
 //! version the plan read with its listing). It is all-or-nothing; any
-//! mismatch is [`StoreErrorKind::Conflict`](crate::StoreErrorKind::Conflict)
+//! mismatch is [`StoreErrorKind::Conflict`]
 //! and writes nothing. The manager retries a conflicting plan (bounded,
 //! with jittered backoff) after reading again. With SQL, one transaction:
 //!

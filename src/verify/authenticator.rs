@@ -135,7 +135,7 @@ impl fmt::Debug for Auditor {
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32])?)?);
 /// let store = MemoryStore::new();
 /// let (key, record) = verifier.issue(NewKey::new("kwi_sk_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
-/// store.insert(record).await?;
+/// store.insert_sync(record)?;
 ///
 /// let auth = Authenticator::new(verifier, store);
 /// let ok = auth.authenticate(key.expose_secret(), &Requirement::scope("tasks:read")?, None).await?;

@@ -63,7 +63,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::InvalidInput`] when the key is not under a declared legacy
     /// prefix or too long; [`Error::InvalidState`] when it was imported
     /// already; [`Error::KeyLimitReached`]; the errors of
-    /// [`Verifier::issue`] for the other fields; [`Error::StoreUnavailable`].
+    /// [`Verifier::issue`](crate::Verifier::issue) for the other fields; [`Error::StoreUnavailable`].
     pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
         let now = self.now()?;
         let keyring = self.auth.verifier().keyring();

@@ -112,7 +112,7 @@ pub(super) enum LegacySecret {
     },
 }
 
-/// A key from another system to import (see [`KeyManager::import`]).
+/// A key from another system to import (see [`KeyManager::import`](crate::KeyManager::import)).
 ///
 /// ```
 /// use apikey::ImportKey;
@@ -142,7 +142,7 @@ impl fmt::Debug for ImportKey {
 
 impl ImportKey {
     /// A legacy key given in full. It must start with a declared legacy
-    /// prefix ([`KeyManager::with_legacy_prefix`]).
+    /// prefix ([`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix)).
     pub fn plaintext(key: impl Into<String>) -> Self {
         Self {
             secret: LegacySecret::Plaintext(Zeroizing::new(key.into())),
