@@ -132,3 +132,55 @@ pub(crate) fn check_ident(name: &str, what: &str, max: usize) -> Result<(), Migr
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database error carrying only a SQLSTATE code.
+    #[derive(Debug)]
+    struct Code(&'static str);
+
+    impl fmt::Display for Code {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Code {}
+
+    impl sqlx::error::DatabaseError for Code {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn kind_of(code: &'static str) -> StoreErrorKind {
+        store_error(sqlx::Error::Database(Box::new(Code(code)))).kind()
+    }
+
+    #[test]
+    fn deadlocks_and_serialization_failures_are_conflicts() {
+        assert_eq!(kind_of("40P01"), StoreErrorKind::Conflict);
+        assert_eq!(kind_of("40001"), StoreErrorKind::Conflict);
+        assert_eq!(kind_of("57014"), StoreErrorKind::Timeout);
+        assert_eq!(kind_of("08006"), StoreErrorKind::Unavailable);
+    }
+}
