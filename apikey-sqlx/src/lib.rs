@@ -60,6 +60,11 @@
 //!
 //! The schema, the migrations and the upgrade path are in the README.
 #![forbid(unsafe_code)]
+// Without a database feature the shared code has no user.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::time::Duration;

@@ -145,6 +145,7 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    #[cfg(feature = "postgres")]
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
