@@ -5,12 +5,13 @@
 //! as conflicts (each one a re-planned create).
 //!
 //! ```text
-//! cargo run --release --example contention -- [memory|net] [keys per task] [latency µs] [instances]
+//! cargo run --release --example contention -- [memory|net] [keys per task] [latency µs] [instances] [limit|nolimit]
 //! ```
 //!
 //! `instances` (default 1) builds that many managers over the one store,
 //! the tasks spread over them: several service instances on one database,
-//! whose plans meet only at the store's owner guard.
+//! whose plans meet only at the store's owner guard. `nolimit` builds the
+//! managers without an owner limit: creates are then plain inserts.
 //!
 //! `memory` is the `MemoryStore`; `net` is the testkit's `NetStore` (a
 //! simulated round trip per call, transactions holding a lock across
@@ -86,6 +87,7 @@ async fn run<S: KeyStoreWrite + UsageStore + 'static>(
     store: S,
     per_task: usize,
     instances: usize,
+    limit: bool,
 ) {
     let store = Arc::new(Counting {
         inner: store,
@@ -97,10 +99,12 @@ async fn run<S: KeyStoreWrite + UsageStore + 'static>(
     );
     let managers: Vec<_> = (0..instances.max(1))
         .map(|_| {
-            Arc::new(
-                KeyManager::new(verifier.clone(), Arc::clone(&store))
-                    .with_max_keys_per_owner(u32::MAX),
-            )
+            let m = KeyManager::new(verifier.clone(), Arc::clone(&store));
+            Arc::new(if limit {
+                m.with_max_keys_per_owner(u32::MAX)
+            } else {
+                m
+            })
         })
         .collect();
     let start = Instant::now();
@@ -134,9 +138,10 @@ async fn run<S: KeyStoreWrite + UsageStore + 'static>(
         store.conflicts.load(Ordering::Relaxed),
     );
     println!(
-        "{label}, {} instance(s): {TASKS} tasks x {per_task} creates on one owner: {made} keys in {secs:.3} s = {:.0} keys/s; \
+        "{label}, {} instance(s), {}: {TASKS} tasks x {per_task} creates on one owner: {made} keys in {secs:.3} s = {:.0} keys/s; \
          {commits} commits, {conflicts} conflicts ({:.2} per key), {failed} failed",
         managers.len(),
+        if limit { "owner limit" } else { "no limit" },
         made as f64 / secs,
         conflicts as f64 / made.max(1) as f64,
     );
@@ -149,13 +154,23 @@ async fn main() {
     let per_task: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50);
     let latency: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
     let instances: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let limit = args.get(5).is_none_or(|a| a != "nolimit");
     match which {
         "net" => {
             let store =
                 apikey_testkit::netstore::NetStore::new(std::time::Duration::from_micros(latency));
             let label = format!("NetStore ({latency} µs round trip)");
-            run(&label, store, per_task, instances).await;
+            run(&label, store, per_task, instances, limit).await;
         }
-        _ => run("MemoryStore", MemoryStore::new(), per_task, instances).await,
+        _ => {
+            run(
+                "MemoryStore",
+                MemoryStore::new(),
+                per_task,
+                instances,
+                limit,
+            )
+            .await
+        }
     }
 }

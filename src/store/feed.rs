@@ -33,10 +33,10 @@ pub enum Invalidation {
     Key(KeyId),
     /// These keys changed.
     Keys(Vec<KeyId>),
-    /// Keys of this owner changed (`revoke_owner`).
+    /// Keys of this owner changed (`KeyStoreWrite::revoke_where` with `KeyFilter::Owner`).
     Owner(String),
     /// Keys with this prefix created in this window (start inclusive, end
-    /// exclusive) changed (`revoke_matching`).
+    /// exclusive) changed (`KeyStoreWrite::revoke_where` with `KeyFilter::Created`).
     Prefix {
         /// The keys' prefix.
         prefix: Prefix,
