@@ -13,10 +13,9 @@ use sqlx::sqlite::SqlitePoolOptions;
 use crate::config::Target;
 use crate::error::{CliError, CliResult, chain};
 
-/// The newest schema version of `apikey-sqlx` this command knows (the
-/// crate does not export its own; `tests/cli.rs` migrates with the crate
-/// and then opens with this check, so a newer schema fails the tests).
-const KNOWN_SCHEMA: i64 = 1;
+/// The newest schema version of `apikey-sqlx` this command knows: the
+/// crate's own (the command reads and writes only through its stores).
+const KNOWN_SCHEMA: i64 = SqliteStore::SCHEMA_VERSION;
 
 /// Store settings from the command line.
 #[derive(Clone, Debug)]

@@ -24,10 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apikey::{
-    ApiKey, Authenticator, KeyStatus, KeyStoreLifecycle, KeyStoreWrite, Keyring, NewKey,
-    Requirement, Revocation, ServerSecret, UsageDelta, Verifier,
+    ApiKey, Authenticator, Changes, KeyStatus, KeyStoreWrite, Keyring, NewKey, Put, Requirement,
+    Revocation, ServerSecret, UsageDelta, Verifier,
 };
 use apikey_sqlx::{PostgresStore, SqliteStore, StoreOptions, id_to_sql};
+use apikey_testkit::WriteExt;
 use criterion::Criterion;
 
 fn verifier() -> Verifier {
@@ -36,7 +37,7 @@ fn verifier() -> Verifier {
 
 /// Issues `real` verifiable keys and fills the table up to `total` rows
 /// with one bulk statement (copies of one row under fresh ids).
-async fn seed<S: KeyStoreLifecycle>(
+async fn seed<S: KeyStoreWrite>(
     store: &S,
     bulk: impl AsyncFnOnce(i64, i64),
     total: i64,
@@ -66,7 +67,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn figures<S>(name: &str, store: Arc<S>, keys: &[ApiKey], filler: &[apikey::KeyId])
 where
-    S: KeyStoreLifecycle + apikey::UsageStore + 'static,
+    S: KeyStoreWrite + apikey::UsageStore + 'static,
 {
     let auth = Arc::new(Authenticator::read_only(verifier(), Arc::clone(&store)));
     let secrets: Arc<Vec<String>> =
@@ -119,7 +120,11 @@ where
             at: now,
             reason: "bench".into(),
         });
-        store.update_if(x, r.revision).await.unwrap();
+        let revoke = Changes {
+            puts: vec![Put::update(x, r.revision)],
+            ..Changes::new()
+        };
+        store.commit(&revoke).await.unwrap();
     }
     let revokes = 200.0 / t.elapsed().as_secs_f64();
     let batch: Vec<UsageDelta> = filler
@@ -180,8 +185,8 @@ async fn p50<S: apikey::KeyStore, C: apikey::Clock>(
 /// task; ratios within each round.
 async fn ping_and_cache<S, T>(name: &str, pinged: Arc<S>, unpinged: Arc<T>, keys: &[ApiKey])
 where
-    S: KeyStoreLifecycle + 'static,
-    T: KeyStoreLifecycle + 'static,
+    S: KeyStoreWrite + 'static,
+    T: KeyStoreWrite + 'static,
 {
     let secrets: Vec<String> = keys.iter().map(|k| k.expose_secret().to_owned()).collect();
     let memory = apikey::MemoryStore::new();
@@ -212,7 +217,7 @@ where
     }
 }
 
-fn bench_verify<S: KeyStoreLifecycle + 'static>(
+fn bench_verify<S: KeyStoreWrite + 'static>(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
     name: &str,
@@ -254,7 +259,7 @@ fn main() {
                          INSERT INTO apikey_keys SELECT id + n, prefix, environment, owner || n, name, description, \
                          secret_version, digest, scopes, created_at, expires_at, not_before, status, revoked_at, \
                          revocation_reason, last_used_at, metadata, rotated_from, rotated_to, revision, ip_allowlist, \
-                         usage_day, usage_day_count, usage_month_count, NULL, NULL, NULL, NULL \
+                         NULL, NULL, NULL, NULL \
                          FROM apikey_keys, seq WHERE id = ?1",
                     )
                     .bind(template)
@@ -304,7 +309,7 @@ fn main() {
                         "INSERT INTO {table} SELECT id + n, prefix, environment, owner || n, name, description, \
                          secret_version, digest, scopes, created_at, expires_at, not_before, status, revoked_at, \
                          revocation_reason, last_used_at, metadata, rotated_from, rotated_to, revision, ip_allowlist, \
-                         usage_day, usage_day_count, usage_month_count, NULL, NULL, NULL, NULL \
+                         NULL, NULL, NULL, NULL \
                          FROM {table}, generate_series(1, $2::int8) AS n WHERE id = $1"
                     );
                     sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -66,7 +66,7 @@ fn main() {
         .block_on(async {
             let store = SqliteStore::open(&db).await.unwrap();
             for r in &records {
-                apikey::KeyStoreWrite::insert(&store, r.clone())
+                apikey_testkit::WriteExt::insert(&store, r.clone())
                     .await
                     .unwrap();
             }

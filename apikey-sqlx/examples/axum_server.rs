@@ -57,7 +57,7 @@ const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::manage::{Monitor, MonitorConfig};
 use apikey::{
-    Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement,
+    Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement,
     ServerSecret, SystemClock, UsageStore, VerifiedKey, Verifier,
 };
 use apikey::{AuditEvent, AuditSink};
@@ -170,7 +170,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve<S>(store: S, secret: ServerSecret) -> Result<(), Box<dyn std::error::Error>>
 where
-    S: KeyStoreLifecycle + UsageStore + Clone + 'static,
+    S: KeyStoreWrite + UsageStore + Clone + 'static,
 {
     let verifier = Verifier::new(Keyring::new(1, secret)?);
 
@@ -337,13 +337,13 @@ fn session_bytes(secret: &[u8]) -> [u8; 32] {
 /// Who calls the management API: a key holding `keys:manage`
 /// (`Authorization: Bearer`), or the demo user's browser session. A real
 /// app resolves its own signed-in user here instead of the demo cookie.
-struct DemoCallers<S: KeyStoreLifecycle + UsageStore + 'static> {
+struct DemoCallers<S: KeyStoreWrite + UsageStore + 'static> {
     keys: KeyCaller<S, SystemClock, Arc<MemoryLimits>>,
     /// The demo session token, compared in constant time.
     session: KeyDigest,
 }
 
-impl<S: KeyStoreLifecycle + UsageStore + Send + Sync + 'static> ResolveCaller for DemoCallers<S> {
+impl<S: KeyStoreWrite + UsageStore + Send + Sync + 'static> ResolveCaller for DemoCallers<S> {
     async fn resolve(&self, parts: &axum::http::request::Parts) -> Result<Caller, ApiError> {
         if self.keys.presents_key(parts) {
             return self.keys.resolve(parts).await;

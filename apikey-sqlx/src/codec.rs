@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use apikey::{
     Environment, Error, IpNet, KeyDigest, KeyId, KeyRecord, KeyStatus, LegacyInfo, Prefix,
-    Revocation, ScopeSet, StoreError, StoreErrorKind, UsageCounters, UsageDelta,
+    Revocation, ScopeSet, StoreError, StoreErrorKind,
 };
 use time::OffsetDateTime;
 
@@ -72,11 +72,6 @@ pub(crate) fn corrupt(what: &str) -> StoreError {
     )
 }
 
-/// A record breaking its invariants, refused before it is written.
-pub(crate) fn invalid(e: Error) -> StoreError {
-    StoreError::with_source(StoreErrorKind::Corrupt, e)
-}
-
 /// The columns of one stored key, decoded to plain values by a backend.
 /// [`Row::into_record`] checks every field.
 #[derive(Debug, Default)]
@@ -102,9 +97,6 @@ pub(crate) struct Row {
     pub rotated_to: Option<i64>,
     pub revision: i64,
     pub ip_allowlist: Vec<String>,
-    pub usage_day: Option<time::Date>,
-    pub usage_day_count: i64,
-    pub usage_month_count: i64,
     pub legacy_prefix: Option<String>,
     pub legacy_index: Option<Vec<u8>>,
     pub legacy_index_version: Option<i64>,
@@ -120,10 +112,6 @@ fn digest(bytes: &[u8], what: &str) -> Result<KeyDigest, StoreError> {
 
 fn small(v: i64, what: &str) -> Result<u8, StoreError> {
     u8::try_from(v).map_err(|_| corrupt(&format!("{what} out of range")))
-}
-
-fn count(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| corrupt(&format!("{what} is negative")))
 }
 
 impl Row {
@@ -154,11 +142,6 @@ impl Row {
             .map(|s| s.parse::<IpNet>())
             .collect::<Result<_, _>>()
             .map_err(|_| corrupt("ip_allowlist"))?;
-        let usage = UsageCounters {
-            day: self.usage_day,
-            day_count: count(self.usage_day_count, "usage_day_count")?,
-            month_count: count(self.usage_month_count, "usage_month_count")?,
-        };
         let legacy = match (
             self.legacy_prefix,
             self.legacy_index,
@@ -196,7 +179,6 @@ impl Row {
         .rotated_to(self.rotated_to.map(id_from_sql))
         .revision(self.revision as u64)
         .ip_allowlist(ip_allowlist)
-        .usage(usage)
         .legacy(legacy)
         .build()
         .map_err(|e| {
@@ -229,66 +211,10 @@ pub(crate) fn ip_strings(r: &KeyRecord) -> Vec<String> {
     r.ip_allowlist.iter().map(ToString::to_string).collect()
 }
 
-/// One key's share of a usage batch, folded so that one row per key
-/// applies it: [`UsageCounters::apply`] over any order of deltas ends at
-/// the latest day, with that day's sum and the sum of that day's month.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FoldedUsage {
-    pub id: i64,
-    pub day: time::Date,
-    pub day_count: i64,
-    pub month_count: i64,
-    pub last_used_at: OffsetDateTime,
-}
-
-/// Folds a batch per key (in first-seen order), so a batch with a key
-/// twice is one row per key.
-pub(crate) fn fold_usage(batch: &[UsageDelta]) -> Vec<FoldedUsage> {
-    let mut order: Vec<FoldedUsage> = Vec::new();
-    let mut at: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
-    let same_month = |a: time::Date, b: time::Date| a.year() == b.year() && a.month() == b.month();
-    for d in batch {
-        let id = id_to_sql(d.id);
-        let count = count_to_sql(d.count);
-        match at.get(&id) {
-            None => {
-                at.insert(id, order.len());
-                order.push(FoldedUsage {
-                    id,
-                    day: d.day,
-                    day_count: count,
-                    month_count: count,
-                    last_used_at: d.last_used_at,
-                });
-            }
-            Some(&i) => {
-                let f = &mut order[i];
-                if d.day > f.day {
-                    f.month_count = if same_month(d.day, f.day) {
-                        f.month_count.saturating_add(count)
-                    } else {
-                        count
-                    };
-                    f.day = d.day;
-                    f.day_count = count;
-                } else if d.day == f.day {
-                    f.day_count = f.day_count.saturating_add(count);
-                    f.month_count = f.month_count.saturating_add(count);
-                } else if same_month(d.day, f.day) {
-                    f.month_count = f.month_count.saturating_add(count);
-                }
-                f.last_used_at = f.last_used_at.max(d.last_used_at);
-            }
-        }
-    }
-    order
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use time::macros::date;
 
     #[test]
     fn id_encoding_preserves_order() {
@@ -297,42 +223,6 @@ mod tests {
             let (a, b) = (KeyId::from_u64(w[0]), KeyId::from_u64(w[1]));
             assert!(id_to_sql(a) < id_to_sql(b), "{w:?}");
             assert_eq!(id_from_sql(id_to_sql(a)), a);
-        }
-    }
-
-    #[test]
-    fn folding_matches_sequential_apply() {
-        let t = OffsetDateTime::UNIX_EPOCH;
-        let days = [
-            date!(2026 - 03 - 30),
-            date!(2026 - 03 - 31),
-            date!(2026 - 04 - 01),
-            date!(2026 - 04 - 02),
-            date!(2026 - 02 - 27),
-        ];
-        // Every ordering of a few deltas, on top of several stored states.
-        let id = KeyId::from_u64(7);
-        let mut seed = 1u64;
-        for _ in 0..2000 {
-            let mut batch = Vec::new();
-            for _ in 0..(seed % 5 + 1) {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let day = days[(seed >> 33) as usize % days.len()];
-                batch.push(UsageDelta::new(id, day, (seed >> 40) % 7, t));
-            }
-            let mut seq = UsageCounters::default();
-            for d in &batch {
-                seq.apply(d.day, d.count);
-            }
-            let f = fold_usage(&batch)[0];
-            let folded = UsageCounters {
-                day: Some(f.day),
-                day_count: f.day_count as u64,
-                month_count: f.month_count as u64,
-            };
-            assert_eq!(seq, folded, "{batch:?}");
         }
     }
 }

@@ -5,11 +5,11 @@ use apikey::KeyRecord;
 use time::OffsetDateTime;
 
 use crate::codec::{
-    count_to_sql, id_to_sql, ip_strings, metadata_json, revision_to_sql, scope_strings, status_str,
+    id_to_sql, ip_strings, metadata_json, revision_to_sql, scope_strings, status_str,
 };
 
 /// Every column of the key table, in `Row` order.
-pub(crate) const COLUMNS: [&str; 28] = [
+pub(crate) const COLUMNS: [&str; 25] = [
     "id",
     "prefix",
     "environment",
@@ -31,9 +31,6 @@ pub(crate) const COLUMNS: [&str; 28] = [
     "rotated_to",
     "revision",
     "ip_allowlist",
-    "usage_day",
-    "usage_day_count",
-    "usage_month_count",
     "legacy_prefix",
     "legacy_index",
     "legacy_index_version",
@@ -41,16 +38,13 @@ pub(crate) const COLUMNS: [&str; 28] = [
 ];
 
 /// Columns a replacing write leaves alone: the key, the revision (set by
-/// the statement) and the usage fields (owned by the usage flush).
+/// the statement) and `last_used_at` (owned by the usage flush).
 pub(crate) fn replaced(col: &str) -> bool {
-    !matches!(
-        col,
-        "id" | "revision" | "last_used_at" | "usage_day" | "usage_day_count" | "usage_month_count"
-    )
+    !matches!(col, "id" | "revision" | "last_used_at")
 }
 
 /// One bound value, typed so each backend binds it natively.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Val {
     Int(Option<i64>),
     Small(Option<i16>),
@@ -90,9 +84,6 @@ pub(crate) fn values(r: &KeyRecord) -> Vec<(&'static str, Val)> {
         Val::Int(r.rotated_to.map(id_to_sql)),
         Val::Int(Some(revision_to_sql(r.revision))),
         Val::List(ip_strings(r)),
-        Val::Date(r.usage.day),
-        Val::Int(Some(count_to_sql(r.usage.day_count))),
-        Val::Int(Some(count_to_sql(r.usage.month_count))),
         Val::Text(legacy.map(|l| l.prefix.clone())),
         Val::Bytes(legacy.map(|l| l.index.as_bytes().to_vec())),
         Val::Small(legacy.map(|l| i16::from(l.index_version))),

@@ -13,6 +13,12 @@ pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
     let kind = match &e {
         sqlx::Error::PoolTimedOut => StoreErrorKind::Timeout,
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreErrorKind::IdCollision,
+        // PostgreSQL `deadlock_detected` and `serialization_failure`: the
+        // transaction was rolled back because of a concurrent one; the
+        // caller re-reads and plans again, as for any conflict.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
+            StoreErrorKind::Conflict
+        }
         // PostgreSQL `query_canceled` (statement_timeout) and
         // `lock_not_available` (lock_timeout).
         sqlx::Error::Database(db)
@@ -71,8 +77,9 @@ pub enum MigrateError {
     },
     /// A table prefix or schema name is not a plain identifier.
     InvalidName(String),
-    /// The database failed (the migration was rolled back).
-    Database(sqlx::Error),
+    /// The database failed (the migration was rolled back); the database's
+    /// own error is the [`StoreError`]'s `source()`.
+    Database(StoreError),
 }
 
 impl fmt::Display for MigrateError {
@@ -97,10 +104,15 @@ impl std::error::Error for MigrateError {
     }
 }
 
-impl From<sqlx::Error> for MigrateError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<StoreError> for MigrateError {
+    fn from(e: StoreError) -> Self {
         Self::Database(e)
     }
+}
+
+/// A database failure outside a store call (connecting, migrating).
+pub(crate) fn database(e: sqlx::Error) -> MigrateError {
+    MigrateError::Database(store_error(e))
 }
 
 /// Checks that `name` is a plain SQL identifier part: ASCII lowercase
@@ -118,5 +130,57 @@ pub(crate) fn check_ident(name: &str, what: &str, max: usize) -> Result<(), Migr
         Err(MigrateError::InvalidName(format!(
             "{what} must be at most {max} of a-z, 0-9 and `_`, not starting with a digit"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database error carrying only a SQLSTATE code.
+    #[derive(Debug)]
+    struct Code(&'static str);
+
+    impl fmt::Display for Code {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Code {}
+
+    impl sqlx::error::DatabaseError for Code {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn kind_of(code: &'static str) -> StoreErrorKind {
+        store_error(sqlx::Error::Database(Box::new(Code(code)))).kind()
+    }
+
+    #[test]
+    fn deadlocks_and_serialization_failures_are_conflicts() {
+        assert_eq!(kind_of("40P01"), StoreErrorKind::Conflict);
+        assert_eq!(kind_of("40001"), StoreErrorKind::Conflict);
+        assert_eq!(kind_of("57014"), StoreErrorKind::Timeout);
+        assert_eq!(kind_of("08006"), StoreErrorKind::Unavailable);
     }
 }

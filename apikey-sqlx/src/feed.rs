@@ -1,110 +1,20 @@
 //! [`PgChangeFeed`]: PostgreSQL `LISTEN`/`NOTIFY` as an
 //! [`apikey::ChangeFeed`] for [`apikey::CachedStore`]s.
 //!
-//! [`PostgresStore`] sends one `pg_notify` per write (every write except
-//! the usage flush) inside the write's transaction, so PostgreSQL delivers
-//! it at commit and only then. Payloads (always under NOTIFY's 8,000-byte
-//! limit):
-//!
-//! | payload | meaning |
-//! |---|---|
-//! | `k:1,2,3` | these key ids (decimal) |
-//! | `o:<owner>` | every key of the owner (`revoke_owner`) |
-//! | `p:<start µs>:<end µs>:<prefix>` | keys with the prefix created in the window (`revoke_matching`) |
-//! | `*` | anything (a change too large to describe) |
-//! | `h` | a heartbeat of some listener (liveness only) |
+//! [`PostgresStore`] announces every write (every write except the usage
+//! flush) inside the write's transaction, so PostgreSQL delivers it at
+//! commit and only then; the payloads are described in `notify.rs`.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apikey::{ChangeFeed, Invalidate, Invalidation, KeyId, Prefix};
+use apikey::{ChangeFeed, Invalidate, Invalidation, StoreError};
 use sqlx::postgres::{PgListener, PgPool};
-use time::OffsetDateTime;
 
-use crate::postgres::{Change, PostgresStore};
-
-/// Payloads stay below this many bytes (NOTIFY refuses 8,000 and more).
-pub(crate) const MAX_PAYLOAD: usize = 7_900;
-const HEARTBEAT: &str = "h";
-
-fn micros(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
-}
-
-fn from_micros(us: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
-}
-
-/// The NOTIFY payload of `change`.
-pub(crate) fn encode(change: &Change<'_>) -> String {
-    let text = match change {
-        Change::Keys(ids) => {
-            let mut s = String::from("k:");
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                s.push_str(&id.as_u64().to_string());
-                if s.len() > MAX_PAYLOAD {
-                    return "*".into();
-                }
-            }
-            s
-        }
-        Change::Owner(owner) => format!("o:{owner}"),
-        Change::Matching(prefix, created) => {
-            format!(
-                "p:{}:{}:{prefix}",
-                micros(created.start),
-                micros(created.end)
-            )
-        }
-    };
-    if text.len() > MAX_PAYLOAD {
-        "*".into()
-    } else {
-        text
-    }
-}
-
-/// The invalidation a payload announces; `None` for heartbeats. Anything
-/// unreadable is [`Invalidation::All`] (never ignored).
-pub(crate) fn decode(payload: &str) -> Option<Invalidation> {
-    if payload == HEARTBEAT {
-        return None;
-    }
-    let parsed = if let Some(ids) = payload.strip_prefix("k:") {
-        ids.split(',')
-            .map(|i| i.parse::<u64>().ok().map(KeyId::from_u64))
-            .collect::<Option<Vec<_>>>()
-            .map(Invalidation::Keys)
-    } else if let Some(owner) = payload.strip_prefix("o:") {
-        Some(Invalidation::Owner(owner.to_owned()))
-    } else if let Some(rest) = payload.strip_prefix("p:") {
-        let mut parts = rest.splitn(3, ':');
-        let start = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .and_then(from_micros);
-        let end = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .and_then(from_micros);
-        let prefix = parts.next().and_then(|p| Prefix::new(p).ok());
-        match (start, end, prefix) {
-            (Some(start), Some(end), Some(prefix)) => Some(Invalidation::Prefix {
-                prefix,
-                created: Range { start, end },
-            }),
-            _ => None,
-        }
-    } else {
-        None
-    };
-    Some(parsed.unwrap_or(Invalidation::All))
-}
+use crate::error::store_error;
+use crate::notify::{HEARTBEAT, decode};
+use crate::postgres::PostgresStore;
 
 /// Options of a [`PgChangeFeed`].
 #[derive(Clone, Copy, Debug)]
@@ -193,8 +103,10 @@ impl PgChangeFeed {
     /// returns once listening.
     ///
     /// # Errors
-    /// When the first listening connection cannot be made.
-    pub async fn listen(store: &PostgresStore) -> Result<Self, sqlx::Error> {
+    /// `StoreErrorKind::Unavailable` (the database error as its source)
+    /// when the first listening connection cannot be made, or the tables
+    /// are not migrated.
+    pub async fn listen(store: &PostgresStore) -> Result<Self, StoreError> {
         Self::listen_with(store, FeedOptions::default()).await
     }
 
@@ -205,10 +117,10 @@ impl PgChangeFeed {
     pub async fn listen_with(
         store: &PostgresStore,
         options: FeedOptions,
-    ) -> Result<Self, sqlx::Error> {
+    ) -> Result<Self, StoreError> {
         let pool = store.pool().clone();
-        let channel: Arc<str> = store.resolved_channel().await?.into();
-        let first = listener(&pool, &channel).await?;
+        let channel: Arc<str> = store.channel().await?.into();
+        let first = listener(&pool, &channel).await.map_err(store_error)?;
         let subscribers: Subscribers = Arc::default();
         let reconnects = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(
@@ -310,37 +222,5 @@ async fn run(
             }
         }
         drop(l);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip_and_stay_under_the_limit() {
-        let ids: Vec<KeyId> = (0..3).map(|i| KeyId::from_u64(u64::MAX - i)).collect();
-        let p = encode(&Change::Keys(&ids));
-        assert_eq!(decode(&p), Some(Invalidation::Keys(ids)));
-        assert_eq!(
-            decode(&encode(&Change::Owner("org:1"))),
-            Some(Invalidation::Owner("org:1".into()))
-        );
-        let w = OffsetDateTime::UNIX_EPOCH..OffsetDateTime::UNIX_EPOCH + time::Duration::days(9);
-        assert_eq!(
-            decode(&encode(&Change::Matching("sk_live_", w.clone()))),
-            Some(Invalidation::Prefix {
-                prefix: Prefix::new("sk_live_").unwrap_or_else(|e| panic!("{e}")),
-                created: w
-            })
-        );
-        // 100,000 ids do not fit: flush everything.
-        let many: Vec<KeyId> = (0..100_000).map(KeyId::from_u64).collect();
-        assert_eq!(encode(&Change::Keys(&many)), "*");
-        assert_eq!(decode("*"), Some(Invalidation::All));
-        let long = "x".repeat(10_000);
-        assert!(encode(&Change::Owner(&long)).len() < MAX_PAYLOAD);
-        assert_eq!(decode("h"), None);
-        assert_eq!(decode("garbage"), Some(Invalidation::All));
     }
 }

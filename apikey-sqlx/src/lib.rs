@@ -2,9 +2,12 @@
 //! and [`PostgresStore`] (many instances sharing keys), on sqlx 0.9.
 //!
 //! Both implement every key-store trait of `apikey` (verification reads,
-//! writes, management queries, the atomic lifecycle writes and the usage
-//! flush) and pass its conformance suite. Hand in the pool you already
-//! have (`from_pool`) or let the store open one (`open` / `connect`).
+//! management reads, the `commit` write primitive with a one-statement
+//! bulk revocation, and additive usage) and pass its conformance suite.
+//! They store only: every lifecycle rule (owner limit, rotation chain, link
+//! clearing) is planned by `apikey::KeyManager` and committed with owner
+//! guards. Hand in the pool you already have (`from_pool`) or let the store
+//! open one (`open` / `connect`).
 //!
 //! | feature | what it adds |
 //! |---|---|
@@ -16,12 +19,18 @@
 //!
 //! # Guarantees
 //!
-//! * Each compound write is one transaction; a call refused by the
-//!   database changes nothing (a timed-out one: see below).
-//! * The owner limit of `insert_limited` holds across processes: SQLite
-//!   takes the database write lock first (`BEGIN IMMEDIATE`), PostgreSQL a
-//!   transaction-scoped advisory lock on the owner.
-//! * The owner-limit lock and the change channel of PostgreSQL are derived
+//! * `commit` is one transaction: every guard, revision and id is checked
+//!   and, if any check fails, nothing is written (`Conflict`, `NotFound`,
+//!   `IdCollision`). A call refused by the database changes nothing (a
+//!   timed-out one: see below).
+//! * Owner guards live in `<prefix>apikey_owners`. Commits guarding one
+//!   owner run one after the other across processes: SQLite takes the
+//!   database write lock first (`BEGIN IMMEDIATE`), PostgreSQL a
+//!   transaction-scoped advisory lock on the owner and then its row.
+//!   A listing of an owner reads the owner's version before its records.
+//! * `revoke_where` is one `UPDATE` (idempotent: revoked keys are left as
+//!   they are).
+//! * The owner lock and the change channel of PostgreSQL are derived
 //!   from the schema the server resolves the key table to, not from how it
 //!   is configured: an instance naming the schema and one reaching it
 //!   through `search_path` share both. Migrations into one schema run one
@@ -43,12 +52,19 @@
 //!   `time` cannot hold (`'infinity'`, `'-infinity'`, years past 9999, in
 //!   any time or date column): they are decoded with range checks, never
 //!   with sqlx's panicking `time` conversion.
-//! * Usage is exactly-once: `UsageStore::record_usage` inserts the batch's
-//!   `FlushId` into `apikey_usage_flushes` in the same transaction as the
-//!   deltas, and a replay answers `FlushOutcome::AlreadyApplied`.
+//! * Usage is additive and exactly-once: `UsageStore::record_usage` adds
+//!   each delta to its `(key, UTC day)` row of `apikey_usage_days` and
+//!   raises `last_used_at`, and inserts the batch's `FlushId` into
+//!   `apikey_usage_flushes` in the same transaction; a replay answers
+//!   `FlushOutcome::AlreadyApplied`. Day rows are kept for 400 days.
 //!
 //! The schema, the migrations and the upgrade path are in the README.
 #![forbid(unsafe_code)]
+// Without a database feature the shared code has no user.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::time::Duration;
@@ -57,9 +73,12 @@ mod codec;
 mod columns;
 mod error;
 mod sql;
+mod store;
 
 #[cfg(feature = "postgres")]
 mod feed;
+#[cfg(feature = "postgres")]
+mod notify;
 #[cfg(feature = "postgres")]
 mod pgtime;
 #[cfg(feature = "postgres")]

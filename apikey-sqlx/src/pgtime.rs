@@ -71,12 +71,18 @@ impl<'r> Decode<'r, Postgres> for PgDays {
 impl PgMicros {
     /// The stored count of `t` (which the store has truncated to the
     /// microsecond): compares with stored counts as PostgreSQL does.
-    pub(crate) fn of(t: OffsetDateTime) -> Self {
+    #[cfg(test)]
+    fn of(t: OffsetDateTime) -> Self {
         Self(crate::codec::micros(t).saturating_sub(PG_EPOCH_UNIX_MICROS))
     }
 
     /// The UTC time, or `None` for an infinity or a time `time` cannot
     /// hold.
+    /// Unix microseconds, saturating at the infinities: for ordering.
+    pub(crate) fn unix(self) -> i64 {
+        self.0.saturating_add(PG_EPOCH_UNIX_MICROS)
+    }
+
     fn time(self) -> Option<OffsetDateTime> {
         from_micros(self.0.checked_add(PG_EPOCH_UNIX_MICROS)?)
     }

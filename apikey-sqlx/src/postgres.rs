@@ -1,42 +1,39 @@
-//! [`PostgresStore`]: keys shared by many instances.
+//! [`PostgresStore`]: keys shared by many instances. This file holds the
+//! PostgreSQL dialect only; the store itself is [`crate::store`].
 
-use std::ops::Range;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use apikey::{
-    FlushOutcome, KeyDigest, KeyId, KeyRecord, KeyStore, KeyStoreLifecycle, KeyStoreQuery,
-    KeyStoreWrite, KeyView, LimitedInsert, LimitedUpdate, Prefix, Revocation, StoreError,
-    StoreErrorKind, UsageBatch, UsageDelta, UsageStore,
-};
+use apikey::{Invalidation, KeyRecord, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
-use time::OffsetDateTime;
 
-use crate::codec::{Row, fold_usage, id_from_sql, id_to_sql, invalid, trunc};
-use crate::columns::{Val, replaced, values};
-use crate::error::{MigrateError, bounded, check_ident, store_error};
+use crate::StoreOptions;
+use crate::codec::{Row, trunc};
+use crate::columns::Val;
+use crate::error::{MigrateError, bounded, check_ident, database, store_error};
 use crate::pgtime::{PgMicros, date_of, time_of};
-use crate::sql::{Dialect, Sql};
-use crate::{FLUSH_RETENTION, StoreOptions};
-
-/// The newest schema version this crate writes.
-const LATEST: i64 = 1;
+use crate::store::{Backend, Col, Store, UsageDay, UsageKey, store_traits};
 
 /// A key store in PostgreSQL, for several instances of a service sharing
 /// their keys.
 ///
-/// * Each compound write is one transaction (`READ COMMITTED`).
-/// * `insert_limited` takes `pg_advisory_xact_lock(<table>, hashtext(owner))`
-///   before it counts, so the owner limit holds across every process and
-///   host using the database; `<table>` is derived from the schema the
-///   server resolves the key table to (resolved once per store), so
-///   instances spelling the tables differently (an explicit schema,
-///   `search_path`) share it, as they share [`channel`](Self::channel).
-/// * The usage flush is two statements whatever the batch size: it locks
-///   the batch's rows in id order (`SELECT ... FOR UPDATE`, so concurrent
-///   flushes never deadlock) and updates them from `UNNEST` arrays.
+/// * Each write is one transaction (`READ COMMITTED`).
+/// * A commit with an owner guard takes
+///   `pg_advisory_xact_lock(<table>, hashtext(owner))` before it reads the
+///   owner's version, so commits on one owner run one after the other
+///   across every process and host using the database; `<table>` is
+///   derived from the schema the server resolves the key table to
+///   (resolved once per store), so instances spelling the tables
+///   differently (an explicit schema, `search_path`) share it, as they
+///   share [`channel`](Self::channel). A deadlock or serialization failure
+///   the server reports is `StoreErrorKind::Conflict` (the caller plans
+///   again).
+/// * The usage flush is four statements whatever the batch size: it locks
+///   the batch's key rows in id order (`SELECT ... FOR UPDATE`, so
+///   concurrent flushes never deadlock), adds to the day rows, raises
+///   `last_used_at` and drops day rows past the kept window, from `UNNEST`
+///   arrays.
 /// * Every call is bounded by [`StoreOptions::timeout`] (and
 ///   [`connect`](Self::connect) also sets the server's `statement_timeout`).
 ///
@@ -55,17 +52,7 @@ const LATEST: i64 = 1;
 /// ```
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
-    pool: PgPool,
-    sql: Arc<Sql>,
-    /// `schema.` (or empty) followed by the table prefix.
-    qualified: Arc<str>,
-    /// The table prefix alone.
-    prefix: Arc<str>,
-    /// The configured schema, if any.
-    schema: Option<Arc<str>>,
-    timeout: Duration,
-    /// What the tables are, resolved by the server (see `identity`).
-    identity: Arc<OnceLock<Identity>>,
+    inner: Arc<Store<PgDb>>,
 }
 
 /// The owner-limit lock class and the `LISTEN` channel of one table set,
@@ -91,15 +78,6 @@ impl Identity {
     }
 }
 
-/// A change, as announced to listeners (see `announce` and
-/// [`crate::feed`]).
-#[derive(Debug)]
-pub(crate) enum Change<'a> {
-    Keys(&'a [KeyId]),
-    Owner(&'a str),
-    Matching(&'a str, Range<OffsetDateTime>),
-}
-
 /// FNV-1a: a stable hash for advisory lock keys.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -108,6 +86,11 @@ fn fnv(text: &str) -> u64 {
 }
 
 impl PostgresStore {
+    /// The schema version [`migrate`](Self::migrate) brings the tables to
+    /// (stored in `<schema.prefix>apikey_schema_version`; a database at a
+    /// newer one is refused with [`MigrateError::SchemaTooNew`]).
+    pub const SCHEMA_VERSION: i64 = crate::store::SCHEMA_VERSION;
+
     /// Connects to `url` (a pool of 10 connections, each with
     /// `statement_timeout` at the default [`StoreOptions::timeout`]) and
     /// runs [`migrate`](Self::migrate).
@@ -124,14 +107,16 @@ impl PostgresStore {
     /// As [`connect`](Self::connect); [`MigrateError::InvalidName`].
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self, MigrateError> {
         let ms = options.timeout.as_millis().to_string();
-        let connect = PgConnectOptions::from_str(url)?
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(database)?
             .options([("statement_timeout", ms.as_str())])
             .application_name("apikey-sqlx");
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(options.timeout)
             .connect_with(connect)
-            .await?;
+            .await
+            .map_err(database)?;
         let store = Self::from_pool_with(pool, options)?;
         store.migrate().await?;
         Ok(store)
@@ -161,22 +146,81 @@ impl PostgresStore {
     }
 
     fn build(pool: PgPool, options: StoreOptions) -> Self {
-        let qualified: Arc<str> = match &options.schema {
-            Some(s) => format!("{s}.{}", options.table_prefix).into(),
-            None => options.table_prefix.as_str().into(),
+        let tables = match &options.schema {
+            Some(s) => format!("{s}.{}", options.table_prefix),
+            None => options.table_prefix.clone(),
         };
-        let sql = Sql::new(format!("{qualified}apikey_keys"), Dialect::Postgres);
-        Self {
+        let db = PgDb {
             pool,
-            sql: Arc::new(sql),
-            qualified,
-            prefix: options.table_prefix.as_str().into(),
-            schema: options.schema.as_deref().map(Arc::from),
-            timeout: options.timeout,
-            identity: Arc::default(),
+            tables,
+            prefix: options.table_prefix,
+            schema: options.schema,
+            identity: OnceLock::new(),
+        };
+        Self {
+            inner: Arc::new(Store::new(db, options.timeout)),
         }
     }
 
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.backend.pool
+    }
+
+    /// Creates or upgrades the tables to the newest schema this crate
+    /// knows, in one transaction under an advisory lock on the target
+    /// schema (instances that start together migrate once, and table sets
+    /// with other prefixes migrating into the same schema wait their turn;
+    /// DDL is transactional in PostgreSQL). Then resolves the tables'
+    /// identity (see [`channel`](Self::channel)).
+    /// Versions are kept in `<schema.prefix>apikey_schema_version`, apart
+    /// from sqlx's `_sqlx_migrations`.
+    ///
+    /// # Errors
+    /// [`MigrateError::SchemaTooNew`] when a newer release migrated the
+    /// database (nothing is changed); [`MigrateError::Database`].
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        self.inner.migrate().await
+    }
+
+    /// The `LISTEN` channel this store announces its changes on: one per
+    /// table set, derived from the schema PostgreSQL resolves the key table
+    /// to (so an instance naming the schema and one reaching it through
+    /// `search_path` share it). Resolved once, by [`migrate`](Self::migrate)
+    /// or the first use.
+    ///
+    /// # Errors
+    /// `StoreErrorKind::Unavailable` when the server cannot be asked or the
+    /// key table does not exist (not migrated).
+    pub async fn channel(&self) -> Result<&str, StoreError> {
+        let db = &self.inner.backend;
+        bounded(self.inner.timeout(), async {
+            let mut conn = db.pool.acquire().await.map_err(store_error)?;
+            Ok(&*db.identity(&mut conn).await.map_err(store_error)?.channel)
+        })
+        .await
+    }
+}
+
+store_traits!(PostgresStore);
+
+/// The PostgreSQL dialect.
+#[derive(Debug)]
+pub(crate) struct PgDb {
+    pool: PgPool,
+    /// `schema.` (or empty) followed by the table prefix.
+    tables: String,
+    /// The table prefix alone.
+    prefix: String,
+    /// The configured schema, if any.
+    schema: Option<String>,
+    /// What the tables are, resolved by the server (see `identity`).
+    identity: OnceLock<Identity>,
+}
+
+type Tx = sqlx::Transaction<'static, Postgres>;
+
+impl PgDb {
     /// The identity of this store's tables, resolved once: the schema
     /// holding `<prefix>apikey_keys` as PostgreSQL resolves the name (the
     /// configured schema, or the connection's `search_path`). Asked on
@@ -186,7 +230,7 @@ impl PostgresStore {
         if let Some(i) = self.identity.get() {
             return Ok(i);
         }
-        let table = format!("{}apikey_keys", self.qualified);
+        let table = format!("{}apikey_keys", self.tables);
         let schema: Option<String> = sqlx::query_scalar(
             "SELECT n.nspname::text FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -204,33 +248,167 @@ impl PostgresStore {
             .identity
             .get_or_init(|| Identity::of(&schema, &self.prefix)))
     }
+}
 
-    /// [`channel`](Self::channel) for the feed, with sqlx's error.
-    pub(crate) async fn resolved_channel(&self) -> Result<&str, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(&self.identity(&mut conn).await?.channel)
+impl Backend for PgDb {
+    type Tx = Tx;
+
+    fn ph(i: usize, col: &str) -> String {
+        match col {
+            "metadata" => format!("${i}::jsonb"),
+            _ => format!("${i}"),
+        }
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    fn sel(col: &str) -> String {
+        match col {
+            "metadata" => "metadata::text AS metadata".to_owned(),
+            _ => col.to_owned(),
+        }
     }
 
-    /// Creates or upgrades the tables to the newest schema this crate
-    /// knows, in one transaction under an advisory lock on the target
-    /// schema (instances that start together migrate once, and table sets
-    /// with other prefixes migrating into the same schema wait their turn;
-    /// DDL is transactional in PostgreSQL). Then resolves the tables'
-    /// identity (see [`channel`](Self::channel)).
-    /// Versions are kept in `<schema.prefix>apikey_schema_version`, apart
-    /// from sqlx's `_sqlx_migrations`.
-    ///
-    /// # Errors
-    /// [`MigrateError::SchemaTooNew`] when a newer release migrated the
-    /// database (nothing is changed); [`MigrateError::Database`].
-    pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let q = &*self.qualified;
-        let mut tx = self.pool.begin().await?;
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+
+    fn tables(&self) -> &str {
+        &self.tables
+    }
+
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+
+    async fn commit(tx: Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(store_error)
+    }
+
+    type Row = PgRow;
+
+    async fn fetch(
+        &self,
+        tx: Option<&mut Tx>,
+        sql: &Arc<str>,
+        binds: Vec<Val>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let q = binds.into_iter().fold(query(sql), bind);
+        let rows = match tx {
+            Some(tx) => q.fetch_all(&mut **tx).await,
+            None => q.fetch_all(&self.pool).await,
+        };
+        rows.map_err(store_error)
+    }
+
+    fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
+        decode(row)
+    }
+
+    fn col(row: &PgRow, i: usize, col: Col) -> Result<Val, StoreError> {
+        match col {
+            Col::Int => row.try_get(i).map(Val::Int).map_err(store_error),
+            Col::Micros => row
+                .try_get::<Option<PgMicros>, _>(i)
+                .map(|m| Val::Int(m.map(PgMicros::unix)))
+                .map_err(store_error),
+            Col::Date => date_of(row.try_get(i).map_err(store_error)?, "day").map(Val::Date),
+        }
+    }
+
+    async fn execute(tx: &mut Tx, sql: &Arc<str>, binds: Vec<Val>) -> Result<u64, StoreError> {
+        let q = binds.into_iter().fold(query(sql), bind);
+        let done = q.execute(&mut **tx).await.map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    /// `pg_advisory_xact_lock(<table set>, hashtext(owner))`.
+    async fn lock_owner(&self, tx: &mut Tx, owner: &str) -> Result<(), StoreError> {
+        // Serializes every guarded commit of this owner, in every process,
+        // until commit; READ COMMITTED then reads the version the previous
+        // holder committed.
+        let class = self.identity(tx).await.map_err(store_error)?.lock_class;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(class)
+            .bind(owner)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// The one place a committed change is announced to listeners:
+    /// `SELECT pg_notify(channel, payload)` in `tx`, so PostgreSQL delivers
+    /// it exactly when the change commits, and never for a rolled-back one.
+    /// The payload is one key list, owner or prefix window, or `*` (flush
+    /// everything) when it would not fit NOTIFY's 8,000 bytes.
+    async fn announce(&self, tx: &mut Tx, change: &Invalidation) -> Result<(), StoreError> {
+        let channel = &self.identity(tx).await.map_err(store_error)?.channel;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&**channel)
+            .bind(crate::notify::encode(change))
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Four statements whatever the batch size: the batch's key rows
+    /// locked in id order (concurrent flushes never deadlock), then one
+    /// upsert of the day rows, one `UPDATE` of `last_used_at` and one
+    /// `DELETE` of day rows before each key's horizon, from `UNNEST` arrays.
+    async fn add_usage(
+        &self,
+        tx: &mut Tx,
+        days: Vec<UsageDay>,
+        keys: Vec<UsageKey>,
+    ) -> Result<(), StoreError> {
+        let t = &self.tables;
+        let ids: Vec<i64> = keys.iter().map(|k| k.id).collect();
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {t}apikey_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        )))
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        // Ids without a key row are skipped (the join).
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {t}apikey_usage_days AS u (key_id, day, count) \
+             SELECT b.id, b.day, b.n FROM UNNEST($1::int8[], $2::date[], $3::int8[]) AS b(id, day, n) \
+             JOIN {t}apikey_keys k ON k.id = b.id \
+             ON CONFLICT (key_id, day) DO UPDATE SET \
+             count = LEAST(u.count::numeric + excluded.count, 9223372036854775807)::int8"
+        )))
+        .bind(days.iter().map(|d| d.id).collect::<Vec<_>>())
+        .bind(days.iter().map(|d| d.day).collect::<Vec<_>>())
+        .bind(days.iter().map(|d| d.count).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {t}apikey_keys AS k SET last_used_at = GREATEST(k.last_used_at, b.lu) \
+             FROM UNNEST($1::int8[], $2::timestamptz[]) AS b(id, lu) WHERE k.id = b.id"
+        )))
+        .bind(&ids)
+        .bind(
+            keys.iter()
+                .map(|k| trunc(k.last_used_at))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {t}apikey_usage_days AS u USING UNNEST($1::int8[], $2::date[]) AS b(id, h) \
+             WHERE u.key_id = b.id AND u.day < b.h"
+        )))
+        .bind(&ids)
+        .bind(keys.iter().map(|k| k.horizon).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn begin_migration(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.begin().await?;
         // One lock per schema the tables go to (the configured one, or the
         // one `search_path` creates them in), whatever the table prefix:
         // `CREATE SCHEMA IF NOT EXISTS` and `CREATE TABLE IF NOT EXISTS`
@@ -241,274 +419,49 @@ impl PostgresStore {
             sqlx::query_scalar("SELECT coalesce($1::text, current_schema()::text, '')")
                 .bind(self.schema.as_deref())
                 .fetch_one(&mut *tx)
-                .await?;
+                .await
+                .map_err(store_error)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(fnv(&format!("apikey-sqlx migrate schema {target}")) as i64)
             .execute(&mut *tx)
-            .await?;
-        if let Some((schema, _)) = q.split_once('.') {
+            .await
+            .map_err(store_error)?;
+        if let Some((schema, _)) = self.tables.split_once('.') {
             sqlx::query(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
             )))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(store_error)?;
         }
-        sqlx::query(AssertSqlSafe(format!(
+        Ok(tx)
+    }
+
+    fn version_table(&self) -> String {
+        let q = &self.tables;
+        format!(
             "CREATE TABLE IF NOT EXISTS {q}apikey_schema_version \
              (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )))
-        .execute(&mut *tx)
-        .await?;
-        let found: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT max(version) FROM {q}apikey_schema_version"
-        )))
-        .fetch_one(&mut *tx)
-        .await?;
-        let found = found.unwrap_or(0);
-        if found > LATEST {
-            return Err(MigrateError::SchemaTooNew {
-                found,
-                supported: LATEST,
-            });
-        }
-        for (version, statements) in migrations(q).into_iter().enumerate() {
-            let version = version as i64 + 1;
-            if version <= found {
-                continue;
-            }
-            for s in statements {
-                sqlx::query(AssertSqlSafe(s)).execute(&mut *tx).await?;
-            }
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {q}apikey_schema_version (version) VALUES ($1)"
-            )))
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        self.identity(&mut *self.pool.acquire().await?).await?;
+        )
+    }
+
+    fn migrations(&self) -> Vec<Vec<String>> {
+        migrations(&self.tables)
+    }
+
+    /// Resolves the tables' identity (see [`PostgresStore::channel`]).
+    async fn migrated(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        self.identity(&mut conn).await.map_err(store_error)?;
         Ok(())
-    }
-
-    async fn usage(
-        &self,
-        flush_id: Option<u128>,
-        batch: &[UsageDelta],
-    ) -> Result<bool, StoreError> {
-        let mut folded = fold_usage(batch);
-        folded.sort_unstable_by_key(|f| f.id);
-        let q = &*self.qualified;
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        if let Some(fid) = flush_id {
-            let added = sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {q}apikey_usage_flushes (flush_id, applied_at) VALUES ($1, now()) \
-                 ON CONFLICT DO NOTHING"
-            )))
-            .bind(fid.to_be_bytes().to_vec())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            if added.rows_affected() == 0 {
-                return Ok(false);
-            }
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {q}apikey_usage_flushes WHERE applied_at < now() - $1 * interval '1 second'"
-            )))
-            .bind(FLUSH_RETENTION.as_secs() as f64)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
-        if !folded.is_empty() {
-            let k = &self.sql.keys;
-            let ids: Vec<i64> = folded.iter().map(|f| f.id).collect();
-            // Row locks in id order: two concurrent flushes never deadlock.
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM {k} WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-            )))
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            // `UsageCounters::apply` of each folded delta; see `fold_usage`.
-            let stmt = format!(
-                "UPDATE {k} AS k SET \
-                 usage_day = CASE WHEN k.usage_day IS NULL OR k.usage_day < b.day THEN b.day ELSE k.usage_day END, \
-                 usage_day_count = CASE \
-                   WHEN k.usage_day IS NULL OR k.usage_day < b.day THEN b.dc \
-                   WHEN k.usage_day = b.day THEN LEAST(k.usage_day_count::numeric + b.dc, 9223372036854775807)::int8 \
-                   ELSE k.usage_day_count END, \
-                 usage_month_count = CASE \
-                   WHEN k.usage_day IS NULL THEN b.mc \
-                   WHEN date_trunc('month', k.usage_day::timestamp) = date_trunc('month', b.day::timestamp) \
-                     THEN LEAST(k.usage_month_count::numeric + b.mc, 9223372036854775807)::int8 \
-                   WHEN k.usage_day < b.day THEN b.mc \
-                   ELSE k.usage_month_count END, \
-                 last_used_at = GREATEST(k.last_used_at, b.lu) \
-                 FROM UNNEST($1::int8[], $2::date[], $3::int8[], $4::int8[], $5::timestamptz[]) \
-                   AS b(id, day, dc, mc, lu) \
-                 WHERE k.id = b.id"
-            );
-            sqlx::query(AssertSqlSafe(stmt))
-                .bind(&ids)
-                .bind(folded.iter().map(|f| f.day).collect::<Vec<_>>())
-                .bind(folded.iter().map(|f| f.day_count).collect::<Vec<_>>())
-                .bind(folded.iter().map(|f| f.month_count).collect::<Vec<_>>())
-                .bind(
-                    folded
-                        .iter()
-                        .map(|f| trunc(f.last_used_at))
-                        .collect::<Vec<_>>(),
-                )
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        // No `announce`: usage never invalidates a cached key.
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
-    }
-
-    /// The one place a committed change is announced to listeners:
-    /// `SELECT pg_notify(channel, payload)` in `tx`, so PostgreSQL delivers
-    /// it exactly when the change commits, and never for a rolled-back one.
-    /// The payload is one key list, owner or prefix window, or `*` (flush
-    /// everything) when it would not fit NOTIFY's 8,000 bytes.
-    async fn announce(&self, tx: &mut PgConnection, change: Change<'_>) -> Result<(), StoreError> {
-        let channel = &self.identity(&mut *tx).await.map_err(store_error)?.channel;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&**channel)
-            .bind(crate::feed::encode(&change))
-            .execute(tx)
-            .await
-            .map_err(store_error)?;
-        Ok(())
-    }
-
-    /// The `LISTEN` channel this store announces its changes on: one per
-    /// table set, derived from the schema PostgreSQL resolves the key table
-    /// to (so an instance naming the schema and one reaching it through
-    /// `search_path` share it). Resolved once, by [`migrate`](Self::migrate)
-    /// or the first use.
-    ///
-    /// # Errors
-    /// `StoreErrorKind::Unavailable` when the server cannot be asked or the
-    /// key table does not exist (not migrated).
-    pub async fn channel(&self) -> Result<&str, StoreError> {
-        bounded(self.timeout, async {
-            let mut conn = self.pool.acquire().await.map_err(store_error)?;
-            Ok(&*self.identity(&mut conn).await.map_err(store_error)?.channel)
-        })
-        .await
-    }
-
-    /// The advisory lock class of this table set (see [`Identity`]).
-    async fn lock_class(&self, tx: &mut PgConnection) -> Result<i32, StoreError> {
-        Ok(self.identity(tx).await.map_err(store_error)?.lock_class)
-    }
-
-    async fn one(
-        &self,
-        sql: &Arc<str>,
-        bind: impl FnOnce(Q<'_>) -> Q<'_>,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = bind(sqlx::query(AssertSqlSafe(sql.clone())))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
-        row.map(|r| decode(&r)).transpose()
-    }
-
-    async fn many(
-        &self,
-        sql: &Arc<str>,
-        bind: impl FnOnce(Q<'_>) -> Q<'_>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = bind(sqlx::query(AssertSqlSafe(sql.clone())))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
-        rows.iter().map(decode).collect()
-    }
-
-    async fn insert_in(&self, tx: &mut PgConnection, record: &KeyRecord) -> Result<(), StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(self.sql.insert.clone()));
-        for (_, v) in values(record) {
-            q = bind(q, v);
-        }
-        q.execute(tx).await.map_err(store_error)?;
-        Ok(())
-    }
-
-    async fn replace_in(
-        &self,
-        tx: &mut PgConnection,
-        record: &KeyRecord,
-        expected: Option<u64>,
-    ) -> Result<KeyRecord, StoreError> {
-        let sql = if expected.is_some() {
-            &self.sql.update_if
-        } else {
-            &self.sql.update
-        };
-        let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(id_to_sql(record.id));
-        for (c, v) in values(record) {
-            if replaced(c) {
-                q = bind(q, v);
-            }
-        }
-        if let Some(e) = expected {
-            q = q.bind(e as i64).bind(e.wrapping_add(1) as i64);
-        }
-        match q.fetch_optional(&mut *tx).await.map_err(store_error)? {
-            Some(row) => decode(&row),
-            None => {
-                let found: Option<i64> =
-                    sqlx::query_scalar(AssertSqlSafe(self.sql.revision_of.clone()))
-                        .bind(id_to_sql(record.id))
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                Err(StoreError::new(if found.is_some() {
-                    StoreErrorKind::Conflict
-                } else {
-                    StoreErrorKind::NotFound
-                }))
-            }
-        }
-    }
-
-    async fn revoke(
-        &self,
-        sql: &Arc<str>,
-        revocation: &Revocation,
-        change: Change<'_>,
-        bind_rest: impl FnOnce(Q<'_>) -> Q<'_>,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let q = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(trunc(revocation.at))
-            .bind(revocation.reason.clone());
-        let rows = bind_rest(q)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if !rows.is_empty() {
-            self.announce(&mut tx, change).await?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        let mut changed = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<PgMicros, _>(1)?, r.try_get::<i64, _>(0)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(store_error)?;
-        changed.sort_unstable();
-        Ok(changed.into_iter().map(|(_, id)| id_from_sql(id)).collect())
     }
 }
 
 type Q<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+fn query(sql: &Arc<str>) -> Q<'static> {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+}
 
 fn bind(q: Q<'_>, v: Val) -> Q<'_> {
     match v {
@@ -550,9 +503,6 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         rotated_to: row.try_get("rotated_to").map_err(g)?,
         revision: row.try_get("revision").map_err(g)?,
         ip_allowlist: row.try_get("ip_allowlist").map_err(g)?,
-        usage_day: date_of(row.try_get("usage_day").map_err(g)?, "usage_day")?,
-        usage_day_count: row.try_get("usage_day_count").map_err(g)?,
-        usage_month_count: row.try_get("usage_month_count").map_err(g)?,
         legacy_prefix: row.try_get("legacy_prefix").map_err(g)?,
         legacy_index: row.try_get("legacy_index").map_err(g)?,
         legacy_index_version: row
@@ -569,9 +519,10 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
 fn migrations(q: &str) -> Vec<Vec<String>> {
     // Index names are not schema-qualified in CREATE INDEX.
     let p = q.rsplit_once('.').map_or(q, |(_, p)| p);
-    vec![vec![
-        format!(
-            "CREATE TABLE {q}apikey_keys (
+    vec![
+        vec![
+            format!(
+                "CREATE TABLE {q}apikey_keys (
     id                   bigint PRIMARY KEY,  -- key id with the sign bit flipped (order-preserving)
     prefix               text NOT NULL,
     environment          text NOT NULL,       -- 'live' | 'test'
@@ -601,345 +552,49 @@ fn migrations(q: &str) -> Vec<Vec<String>> {
     legacy_index_version smallint,
     legacy_upgraded      boolean
 )"
-        ),
-        format!("CREATE INDEX {p}apikey_keys_owner ON {q}apikey_keys (owner, created_at, id)"),
-        format!(
-            "CREATE INDEX {p}apikey_keys_expires ON {q}apikey_keys (expires_at) WHERE expires_at IS NOT NULL"
-        ),
-        format!("CREATE UNIQUE INDEX {p}apikey_keys_legacy ON {q}apikey_keys (legacy_index)"),
-        format!(
-            "CREATE INDEX {p}apikey_keys_prefix_created ON {q}apikey_keys (prefix, created_at)"
-        ),
-        format!(
-            "CREATE TABLE {q}apikey_usage_flushes (flush_id bytea PRIMARY KEY, applied_at timestamptz NOT NULL)"
-        ),
-        format!(
-            "CREATE INDEX {p}apikey_usage_flushes_applied ON {q}apikey_usage_flushes (applied_at)"
-        ),
-    ]]
-}
-
-impl KeyStore for PostgresStore {
-    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        let r = bounded(
-            self.timeout,
-            self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id))),
-        )
-        .await?;
-        Ok(r.map(|r| Arc::new(KeyView::from_record(&r))))
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let bytes = index.as_bytes().to_vec();
-        bounded(
-            self.timeout,
-            self.one(&self.sql.find_legacy, |q| q.bind(bytes)),
-        )
-        .await
-    }
-}
-
-impl KeyStoreQuery for PostgresStore {
-    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        bounded(
-            self.timeout,
-            self.one(&self.sql.fetch, |q| q.bind(id_to_sql(id))),
-        )
-        .await
-    }
-
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let owner = owner.to_owned();
-        bounded(
-            self.timeout,
-            self.many(&self.sql.list_by_owner, |q| q.bind(owner)),
-        )
-        .await
-    }
-
-    async fn list_expiring(
-        &self,
-        owner: Option<&str>,
-        window: Range<OffsetDateTime>,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let (s, e) = (trunc(window.start), trunc(window.end));
-        match owner {
-            Some(o) => {
-                let o = o.to_owned();
-                let sql = &self.sql.list_expiring_owner;
-                bounded(
-                    self.timeout,
-                    self.many(sql, move |q| q.bind(s).bind(e).bind(o)),
-                )
-                .await
-            }
-            None => {
-                let sql = &self.sql.list_expiring_all;
-                bounded(self.timeout, self.many(sql, move |q| q.bind(s).bind(e))).await
-            }
-        }
-    }
-}
-
-impl KeyStoreWrite for PostgresStore {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            self.insert_in(&mut tx, &record).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)
-        })
-        .await
-    }
-
-    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            self.replace_in(&mut tx, &record, None).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)
-        })
-        .await
-    }
-
-    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            let links = sqlx::query(AssertSqlSafe(self.sql.delete.clone()))
-                .bind(id_to_sql(id))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            let Some(links) = links else {
-                return Ok(false);
-            };
-            let from: Option<i64> = links.try_get(0).map_err(store_error)?;
-            let to: Option<i64> = links.try_get(1).map_err(store_error)?;
-            let mut changed = vec![id];
-            if from.is_some() || to.is_some() {
-                sqlx::query(AssertSqlSafe(self.sql.unlink.clone()))
-                    .bind(id_to_sql(id))
-                    .bind(from)
-                    .bind(to)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                changed.extend(from.into_iter().chain(to).map(id_from_sql));
-            }
-            self.announce(&mut tx, Change::Keys(&changed)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(true)
-        })
-        .await
-    }
-}
-
-impl KeyStoreLifecycle for PostgresStore {
-    async fn insert_limited(
-        &self,
-        record: KeyRecord,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedInsert, StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            if let Some(owner) = &record.owner {
-                // Serializes every limited write of this owner, in every
-                // process, until commit; READ COMMITTED then counts what the
-                // previous holder committed.
-                let class = self.lock_class(&mut tx).await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(class)
-                    .bind(owner.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let active: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.count_active.clone()))
-                    .bind(owner.clone())
-                    .bind(trunc(now))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let active = u32::try_from(active).unwrap_or(u32::MAX);
-                if active >= max {
-                    return Ok(LimitedInsert::LimitReached { active });
-                }
-            }
-            self.insert_in(&mut tx, &record).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(LimitedInsert::Inserted)
-        })
-        .await
-    }
-
-    async fn update_if(&self, record: KeyRecord, expected: u64) -> Result<KeyRecord, StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            let stored = self.replace_in(&mut tx, &record, Some(expected)).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    async fn update_limited(
-        &self,
-        record: KeyRecord,
-        expected: u64,
-        max: u32,
-        now: OffsetDateTime,
-    ) -> Result<LimitedUpdate, StoreError> {
-        record.validate().map_err(invalid)?;
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            if let Some(owner) = &record.owner
-                && record.counts_toward_limit(now)
-            {
-                let class = self.lock_class(&mut tx).await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(class)
-                    .bind(owner.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                let state = sqlx::query(AssertSqlSafe(self.sql.stored_state.clone()))
-                    .bind(id_to_sql(record.id))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?
-                    .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound))?;
-                let revision: i64 = state.try_get(0).map_err(store_error)?;
-                if revision as u64 != expected {
-                    return Err(StoreError::new(StoreErrorKind::Conflict));
-                }
-                let stored_owner: Option<String> = state.try_get(1).map_err(store_error)?;
-                let status: String = state.try_get(2).map_err(store_error)?;
-                let expires: Option<PgMicros> = state.try_get(3).map_err(store_error)?;
-                let rotated_to: Option<i64> = state.try_get(4).map_err(store_error)?;
-                let counted = status != "revoked"
-                    && expires.is_none_or(|e| e > PgMicros::of(trunc(now)))
-                    && rotated_to.is_none();
-                if !(counted && stored_owner.as_deref() == Some(owner.as_str())) {
-                    let active: i64 =
-                        sqlx::query_scalar(AssertSqlSafe(self.sql.count_active_except.clone()))
-                            .bind(owner.clone())
-                            .bind(trunc(now))
-                            .bind(id_to_sql(record.id))
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                    let active = u32::try_from(active).unwrap_or(u32::MAX);
-                    if active >= max {
-                        return Ok(LimitedUpdate::LimitReached { active });
-                    }
-                }
-            }
-            let stored = self.replace_in(&mut tx, &record, Some(expected)).await?;
-            self.announce(&mut tx, Change::Keys(&[record.id])).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(LimitedUpdate::Updated(stored))
-        })
-        .await
-    }
-
-    async fn rotate(
-        &self,
-        predecessor: KeyRecord,
-        expected: u64,
-        successor: KeyRecord,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        predecessor.validate().map_err(invalid)?;
-        successor.validate().map_err(invalid)?;
-        if predecessor.id == successor.id {
-            return Err(StoreError::new(StoreErrorKind::IdCollision));
-        }
-        bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            let p = self
-                .replace_in(&mut tx, &predecessor, Some(expected))
-                .await?;
-            self.insert_in(&mut tx, &successor).await?;
-            // A chain never has more than two working keys: the
-            // predecessor's own predecessor stops at this rotation.
-            if let Some(before) = p.rotated_from {
-                sqlx::query(AssertSqlSafe(self.sql.end_grace.clone()))
-                    .bind(trunc(successor.created_at))
-                    .bind(id_to_sql(before))
-                    .bind(id_to_sql(p.id))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            }
-            // Both keys and the predecessor's predecessor (its grace ended).
-            let mut changed = vec![predecessor.id, successor.id];
-            changed.extend(p.rotated_from);
-            self.announce(&mut tx, Change::Keys(&changed)).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok((p, successor.clone()))
-        })
-        .await
-    }
-
-    async fn revoke_owner(
-        &self,
-        owner: &str,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let o = owner.to_owned();
-        bounded(
-            self.timeout,
-            self.revoke(
-                &self.sql.revoke_owner,
-                &revocation,
-                Change::Owner(owner),
-                |q| q.bind(o),
             ),
-        )
-        .await
-    }
-
-    async fn revoke_matching(
-        &self,
-        prefix: &Prefix,
-        created: Range<OffsetDateTime>,
-        revocation: Revocation,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let p = prefix.as_str().to_owned();
-        let (s, e) = (trunc(created.start), trunc(created.end));
-        bounded(
-            self.timeout,
-            self.revoke(
-                &self.sql.revoke_matching,
-                &revocation,
-                Change::Matching(prefix.as_str(), created.clone()),
-                |q| q.bind(p).bind(s).bind(e),
+            format!("CREATE INDEX {p}apikey_keys_owner ON {q}apikey_keys (owner, created_at, id)"),
+            format!(
+                "CREATE INDEX {p}apikey_keys_expires ON {q}apikey_keys (expires_at) WHERE expires_at IS NOT NULL"
             ),
-        )
-        .await
-    }
-}
-
-impl UsageStore for PostgresStore {
-    /// Exactly once: the batch's flush id is inserted into
-    /// `apikey_usage_flushes` in the same transaction as the deltas (a
-    /// replay finds it and writes nothing); ids are kept for
-    /// [`FLUSH_RETENTION`].
-    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
-        let applied = bounded(
-            self.timeout,
-            self.usage(Some(batch.id.as_u128()), &batch.deltas),
-        )
-        .await?;
-        Ok(if applied {
-            FlushOutcome::Applied
-        } else {
-            FlushOutcome::AlreadyApplied
-        })
-    }
+            format!("CREATE UNIQUE INDEX {p}apikey_keys_legacy ON {q}apikey_keys (legacy_index)"),
+            format!(
+                "CREATE INDEX {p}apikey_keys_prefix_created ON {q}apikey_keys (prefix, created_at)"
+            ),
+            format!(
+                "CREATE TABLE {q}apikey_usage_flushes (flush_id bytea PRIMARY KEY, applied_at timestamptz NOT NULL)"
+            ),
+            format!(
+                "CREATE INDEX {p}apikey_usage_flushes_applied ON {q}apikey_usage_flushes (applied_at)"
+            ),
+        ],
+        vec![
+            // 2: owner guards, additive per-day usage (the old counters move
+            // there: the day's count on its day, the rest of the month's count
+            // on the first of that month).
+            format!(
+                "CREATE TABLE {q}apikey_owners (owner text PRIMARY KEY, version bigint NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE {q}apikey_usage_days (key_id bigint NOT NULL, day date NOT NULL, \
+             count bigint NOT NULL, PRIMARY KEY (key_id, day))"
+            ),
+            format!("CREATE INDEX {p}apikey_usage_days_day ON {q}apikey_usage_days (day)"),
+            format!(
+                "INSERT INTO {q}apikey_usage_days (key_id, day, count) \
+             SELECT id, usage_day, usage_day_count FROM {q}apikey_keys \
+             WHERE usage_day IS NOT NULL AND usage_day_count > 0"
+            ),
+            format!(
+                "INSERT INTO {q}apikey_usage_days AS u (key_id, day, count) \
+             SELECT id, date_trunc('month', usage_day)::date, usage_month_count - usage_day_count \
+             FROM {q}apikey_keys WHERE usage_day IS NOT NULL AND usage_month_count > usage_day_count \
+             ON CONFLICT (key_id, day) DO UPDATE SET count = u.count + excluded.count"
+            ),
+            format!(
+                "ALTER TABLE {q}apikey_keys DROP COLUMN usage_day, DROP COLUMN usage_day_count, \
+             DROP COLUMN usage_month_count"
+            ),
+        ],
+    ]
 }

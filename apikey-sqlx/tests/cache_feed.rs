@@ -6,7 +6,7 @@
 //! - with B's listening connection killed (`pg_terminate_backend`), B
 //!   still refuses a key revoked during the gap within the maximum age
 //!   (the feed flushes after resubscribing; the age bounds the rest);
-//! - bulk revocations (`revoke_owner`, `revoke_matching`) leave nothing
+//! - bulk revocations (`revoke_where` by owner and by prefix) leave nothing
 //!   stale in B's cache.
 //!
 //! Delays are reported, not asserted against a tight wall-clock bound.
@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apikey::{
-    CachedStore, ChangeFeed, KeyId, KeyRecord, KeyStatus, KeyStore, KeyStoreLifecycle,
-    KeyStoreWrite, Revocation,
+    CachedStore, ChangeFeed, KeyId, KeyQuery, KeyRecord, KeyStatus, KeyStore, KeyStoreWrite,
+    Revocation,
 };
 use apikey_sqlx::{PgChangeFeed, PostgresStore, StoreOptions};
-use apikey_testkit::conformance;
+use apikey_testkit::{WriteExt, conformance};
 
 const MAX_AGE: Duration = Duration::from_secs(1);
 
@@ -196,16 +196,22 @@ async fn bulk_revocations_leave_nothing_stale_on_b() {
     }
     let start = Instant::now();
     assert_eq!(
-        p.a.revoke_owner(&owner, revocation()).await.unwrap().len(),
+        p.a.revoke_where(&KeyQuery::owner(&owner), &revocation())
+            .await
+            .unwrap()
+            .len(),
         300
     );
     let now = conformance::suite_now();
     let prefix = apikey::Prefix::new("sk_test_").unwrap();
     let n =
-        p.a.revoke_matching(&prefix, (now - time::Duration::days(2))..now, revocation())
-            .await
-            .unwrap()
-            .len();
+        p.a.revoke_where(
+            &KeyQuery::created(prefix, (now - time::Duration::days(2))..now),
+            &revocation(),
+        )
+        .await
+        .unwrap()
+        .len();
     assert!(n >= 300);
     let mut worst = Duration::ZERO;
     for id in by_owner.iter().chain(&by_prefix) {

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use apikey_sqlx::{SqliteStore, StoreOptions};
-use apikey_testkit::conformance;
+use apikey_testkit::{WriteExt, conformance};
 
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -25,6 +25,7 @@ fn rand_u64() -> u64 {
 async fn memory_store_passes_the_suite() {
     let store = SqliteStore::memory().await.unwrap();
     conformance::run_all(&store).await;
+    conformance::run_rules(std::sync::Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,6 +39,8 @@ async fn file_store_passes_the_suite() {
         .await
         .unwrap();
     conformance::run_all(&prefixed).await;
+    // The manager's rules over the file store (concurrent creates included).
+    conformance::run_rules(std::sync::Arc::new(store)).await;
 }
 
 mod common;
@@ -45,7 +48,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use apikey::{
-    Authenticator, KeyId, KeyStore, KeyStoreQuery, KeyStoreWrite, Keyring, NewKey, Requirement,
+    Authenticator, KeyId, KeyQuery, KeyStore, KeyStoreQuery, Keyring, NewKey, Requirement,
     ServerSecret, StoreErrorKind, UsageDelta, Verifier,
 };
 use apikey::{FlushId, FlushOutcome, UsageBatch, UsageStore};
@@ -124,10 +127,6 @@ async fn bad_rows_are_invalid_record_never_valid() {
             "UPDATE apikey_keys SET created_at = 9223372036854775807 WHERE id = ?1",
         ),
         (
-            "usage day",
-            "UPDATE apikey_keys SET usage_day = '2026-13-45' WHERE id = ?1",
-        ),
-        (
             "type",
             "UPDATE apikey_keys SET secret_version = 999 WHERE id = ?1",
         ),
@@ -149,7 +148,7 @@ async fn bad_rows_are_invalid_record_never_valid() {
             store.get(record.id).await.unwrap_err().kind(),
             StoreErrorKind::Corrupt
         );
-        assert!(store.list_by_owner("o").await.is_err(), "{what}");
+        assert!(store.list(&KeyQuery::owner("o")).await.is_err(), "{what}");
         let auth = Authenticator::new(v.clone(), store.clone());
         let e = auth
             .authenticate(key.expose_secret(), &Requirement::none(), None)
@@ -176,18 +175,23 @@ async fn ids_at_and_above_2_pow_63_list_in_id_order() {
         store.insert(r).await.unwrap();
     }
     let listed: Vec<u64> = store
-        .list_by_owner(&owner)
+        .list(&KeyQuery::owner(&owner))
         .await
         .unwrap()
+        .records
         .iter()
         .map(|r| r.id.as_u64())
         .collect();
     assert_eq!(listed, ids);
     let t = conformance::suite_now();
     let expiring: Vec<u64> = store
-        .list_expiring(Some(&owner), t..t + time::Duration::seconds(1))
+        .list(&KeyQuery::expiring(
+            Some(&owner),
+            t..t + time::Duration::seconds(1),
+        ))
         .await
         .unwrap()
+        .records
         .iter()
         .map(|r| r.id.as_u64())
         .collect();
@@ -215,7 +219,7 @@ async fn migrations_are_versioned_locked_and_refuse_a_newer_schema() {
         .fetch_one(b.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2); // each version applied once
     // A newer release migrated: refused, typed, nothing changed.
     sqlx::query("INSERT INTO apikey_schema_version (version, applied_at) VALUES (99, 0)")
         .execute(store.pool())
@@ -224,7 +228,7 @@ async fn migrations_are_versioned_locked_and_refuse_a_newer_schema() {
     match SqliteStore::open(&path).await {
         Err(MigrateError::SchemaTooNew {
             found: 99,
-            supported: 1,
+            supported: 2,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -258,7 +262,9 @@ async fn usage_with_a_flush_id_is_exactly_once() {
         store.record_usage(&batch(43)).await.unwrap(),
         FlushOutcome::Applied
     );
-    assert_eq!(store.get(r.id).await.unwrap().unwrap().usage.day_count, 6);
+    let day = now.date();
+    let usage = store.usage(r.id, day..day.next_day().unwrap()).await;
+    assert_eq!(usage.unwrap(), [(day, 6)]);
 }
 
 #[tokio::test]
@@ -276,7 +282,9 @@ async fn usage_flush_of_many_keys_spans_chunks() {
     store.record_usage(&UsageBatch::new(batch)).await.unwrap();
     for (i, id) in ids.iter().enumerate().step_by(97) {
         let r = store.get(*id).await.unwrap().unwrap();
-        assert_eq!(r.usage.day_count, i as u64 % 7 + 1);
+        let day = now.date();
+        let usage = store.usage(*id, day..day.next_day().unwrap()).await;
+        assert_eq!(usage.unwrap(), [(day, i as u64 % 7 + 1)]);
         assert_eq!(r.last_used_at, Some(now));
     }
 }
@@ -326,9 +334,6 @@ async fn out_of_range_times_and_bad_rows_are_invalid_record_on_every_path() {
             "revoked_at = {v}, revocation_reason = 'r', status = 'revoked'"
         ));
     }
-    for v in ["10000-01-01", "+10000-01-01", "infinity"] {
-        cases.push(format!("usage_day = '{v}', usage_day_count = 1"));
-    }
     cases.push("status = 'sleeping'".to_owned());
     for set in cases {
         let (owner, good, key, bad) = common::badrow::two_keys(&m).await;
@@ -354,4 +359,105 @@ async fn a_deadline_during_commit_never_loses_a_create_or_rotation() {
     let cut = common::deadline::creates_and_rotations_answer_their_result(store, 40).await;
     assert!(cut > 0, "no write was cut: the test did not test");
     eprintln!("a_deadline_during_commit_never_loses_a_create_or_rotation: {cut} of 80 writes cut");
+}
+
+/// A database failure while migrating is `MigrateError::Database`: a store
+/// error (no sqlx type in the public variant) whose source is the
+/// database's own error.
+#[tokio::test]
+async fn migrate_failure_keeps_the_database_error_as_source() {
+    let dir = common::temp_dir("notadb");
+    let path = dir.join("keys.db");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    match SqliteStore::open(&path).await {
+        Err(MigrateError::Database(e)) => {
+            assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+            let source = std::error::Error::source(&e).expect("the database error");
+            assert!(!source.to_string().is_empty());
+        }
+        other => panic!("expected MigrateError::Database, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A usage row SQLite holds and the store cannot read (a day that is not
+/// a date, past 9999, or a negative count) reads as `Corrupt`, never a
+/// panic and never a number; text that sorts after every date is never
+/// read.
+#[tokio::test]
+async fn bad_usage_rows_are_corrupt_never_a_panic() {
+    let store = SqliteStore::memory().await.unwrap();
+    let r = conformance::sample_record(None);
+    store.insert(r.clone()).await.unwrap();
+    let id = apikey_sqlx::id_to_sql(r.id);
+    let everything = time::Date::MIN..time::Date::MAX;
+    for (day, count, corrupt) in [
+        ("2026-13-45", 1, true),
+        ("10000-01-01", 1, true),
+        ("infinity", 1, false),
+        ("2026-03-01", -4, true),
+    ] {
+        sqlx::query("INSERT INTO apikey_usage_days (key_id, day, count) VALUES (?1, ?2, ?3)")
+            .bind(id)
+            .bind(day)
+            .bind(count)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        match store.usage(r.id, everything.clone()).await {
+            Err(e) => assert!(
+                corrupt && e.kind() == StoreErrorKind::Corrupt,
+                "{day}: {e:?}"
+            ),
+            Ok(rows) => assert!(!corrupt && rows.is_empty(), "{day} {count}: {rows:?}"),
+        }
+        sqlx::query("DELETE FROM apikey_usage_days WHERE key_id = ?1")
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+}
+
+/// Migration 2 on SQLite: a database at version 1 with keys and usage
+/// counters (set back from version 2 as version 1 left it: the three
+/// counter columns, no owner or usage-day tables) migrates to per-day
+/// usage rows without losing a count or a record.
+#[tokio::test]
+async fn migration_2_moves_usage_counters_and_loses_nothing() {
+    let path = temp_db("migrate2");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let records = common::migration::seed(&store).await;
+    for s in [
+        "DROP TABLE apikey_owners",
+        "DROP TABLE apikey_usage_days",
+        "ALTER TABLE apikey_keys ADD COLUMN usage_day TEXT",
+        "ALTER TABLE apikey_keys ADD COLUMN usage_day_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE apikey_keys ADD COLUMN usage_month_count INTEGER NOT NULL DEFAULT 0",
+        "DELETE FROM apikey_schema_version WHERE version = 2",
+    ] {
+        sqlx::query(s).execute(store.pool()).await.unwrap();
+    }
+    for (r, (day, day_count, month_count)) in records.iter().zip(common::migration::COUNTERS) {
+        sqlx::query(
+            "UPDATE apikey_keys SET usage_day = ?2, usage_day_count = ?3, usage_month_count = ?4 \
+             WHERE id = ?1",
+        )
+        .bind(apikey_sqlx::id_to_sql(r.id))
+        .bind(day)
+        .bind(day_count)
+        .bind(month_count)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    store.pool().close().await;
+    let again = SqliteStore::open(&path).await.unwrap();
+    common::migration::check(&again, &records).await;
+    let version: i64 = sqlx::query_scalar("SELECT max(version) FROM apikey_schema_version")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
 }

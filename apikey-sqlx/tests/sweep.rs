@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use apikey::{
-    AUTO_RENEW, Actor, Clock, KeyManager, KeyStoreLifecycle, Keyring, ManualClock, MemoryAuditSink,
+    AUTO_RENEW, Actor, Clock, KeyManager, KeyStoreWrite, Keyring, ManualClock, MemoryAuditSink,
     NewKey, ServerSecret, SweepOptions, UsageStore, Verifier,
 };
 use apikey_sqlx::{PostgresStore, SqliteStore, StoreOptions};
@@ -22,7 +22,7 @@ fn verifier() -> Verifier {
 
 async fn two_sweepers_notify_and_renew_once<S>(a: S, b: S)
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     const N: i64 = 120;
     let clock = ManualClock::new(datetime!(2026-03-01 12:00 UTC));

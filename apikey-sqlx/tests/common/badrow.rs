@@ -5,12 +5,12 @@
 
 use apikey::KeyId;
 use apikey::{
-    Actor, ApiKey, KeyManager, KeyStoreLifecycle, NewKey, Requirement, StoreErrorKind, UsageStore,
+    Actor, ApiKey, KeyManager, KeyStoreWrite, NewKey, Requirement, StoreErrorKind, UsageStore,
 };
 
 /// Two keys of a fresh owner, expiring in two days (inside an
 /// `expiring_soon` window of seven): `(owner, good, bad key, bad id)`.
-pub async fn two_keys<S: KeyStoreLifecycle + UsageStore>(
+pub async fn two_keys<S: KeyStoreWrite + UsageStore>(
     m: &KeyManager<S>,
 ) -> (String, KeyId, ApiKey, KeyId) {
     let owner = apikey_testkit::conformance::unique_owner();
@@ -28,7 +28,7 @@ pub async fn two_keys<S: KeyStoreLifecycle + UsageStore>(
 /// Checks every path over the row of `bad` (broken by `case`). `listed`:
 /// whether the broken row is still in the expiring window (a broken
 /// expiry, or a revoked key, is not).
-pub async fn invalid_record_on_every_path<S: KeyStoreLifecycle + UsageStore>(
+pub async fn invalid_record_on_every_path<S: KeyStoreWrite + UsageStore>(
     m: &KeyManager<S>,
     (owner, good, key, bad): (&str, KeyId, &ApiKey, KeyId),
     listed: bool,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use apikey::{KeyId, KeyStatus, KeyStoreLifecycle, Revocation};
+use apikey::{Changes, KeyId, KeyQuery, KeyStatus, KeyStoreWrite, Put, Revocation};
 use apikey_testkit::conformance::{sample_record, suite_now};
 
 /// The environment variable naming the store the child writes to.
@@ -18,7 +18,7 @@ pub const OWNER_ENV: &str = "APIKEY_SQLX_CRASH_OWNER";
 
 /// The child's loop: bounded (2,000 writes), prints `ACK ...` after each
 /// write returned.
-pub async fn child_loop<S: KeyStoreLifecycle>(store: &S, owner: &str) {
+pub async fn child_loop<S: KeyStoreWrite>(store: &S, owner: &str) {
     let mut live: Vec<KeyId> = Vec::new();
     for i in 0..2000u32 {
         match (i % 3, live.last().copied()) {
@@ -35,7 +35,11 @@ pub async fn child_loop<S: KeyStoreLifecycle>(store: &S, owner: &str) {
                 let mut p = pred.clone();
                 p.rotated_to = Some(succ.id);
                 p.expires_at = Some(suite_now() + time::Duration::hours(1));
-                store.rotate(p, pred.revision, succ.clone()).await.unwrap();
+                // One commit: the predecessor and its successor.
+                let mut rotation = Changes::new();
+                rotation.puts.push(Put::update(p, pred.revision));
+                rotation.puts.push(Put::insert(succ.clone()));
+                store.commit(&rotation).await.unwrap();
                 println!("ACK rotate {} {}", pred.id.as_u64(), succ.id.as_u64());
                 live.pop();
                 live.push(succ.id);
@@ -50,13 +54,17 @@ pub async fn child_loop<S: KeyStoreLifecycle>(store: &S, owner: &str) {
                     at: suite_now(),
                     reason: "crash test".into(),
                 });
-                store.update_if(revoked, r.revision).await.unwrap();
+                let mut revoke = Changes::new();
+                revoke.puts.push(Put::update(revoked, r.revision));
+                store.commit(&revoke).await.unwrap();
                 println!("ACK revoke {}", id.as_u64());
                 live.pop();
             }
             _ => {
                 let r = sample_record(Some(owner));
-                store.insert(r.clone()).await.unwrap();
+                let mut create = Changes::new();
+                create.puts.push(Put::insert(r.clone()));
+                store.commit(&create).await.unwrap();
                 println!("ACK create {}", r.id.as_u64());
                 live.push(r.id);
             }
@@ -127,8 +135,8 @@ pub fn run_and_kill(test: &str, target: &str, owner: &str, acks: &mut Acks) {
 }
 
 /// Every acknowledged write is present and no rotation is half applied.
-pub async fn check<S: KeyStoreLifecycle>(store: &S, owner: &str, acks: &Acks) {
-    let records = store.list_by_owner(owner).await.unwrap();
+pub async fn check<S: KeyStoreWrite>(store: &S, owner: &str, acks: &Acks) {
+    let records = super::list_all(store, KeyQuery::owner(owner)).await;
     let by_id: std::collections::HashMap<u64, &apikey::KeyRecord> =
         records.iter().map(|r| (r.id.as_u64(), r)).collect();
     for id in &acks.created {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use apikey::{
-    Actor, KeyManager, KeyStoreLifecycle, Keyring, NewKey, Requirement, Rotation, ServerSecret,
+    Actor, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement, Rotation, ServerSecret,
     UsageStore, Verifier,
 };
 use apikey_testkit::conformance::unique_owner;
@@ -23,7 +23,7 @@ const BUDGETS_US: [u64; 8] = [0, 20, 100, 300, 700, 1_500, 3_000, 6_000];
 /// write cut at a budget; returns how many writes were cut.
 pub async fn creates_and_rotations_answer_their_result<S>(store: S, rounds: usize) -> u32
 where
-    S: KeyStoreLifecycle + UsageStore + 'static,
+    S: KeyStoreWrite + UsageStore + 'static,
 {
     let store = Arc::new(FaultyStore::new(store));
     let verifier =

@@ -17,6 +17,7 @@
 pub mod badrow;
 pub mod crash;
 pub mod deadline;
+pub mod migration;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -335,4 +336,21 @@ pub fn owned(test: &str) -> Option<Cluster> {
 /// Waits a little (a bounded poll helper).
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Every record `query` matches, page after page.
+pub async fn list_all<S: apikey::KeyStoreQuery + ?Sized>(
+    store: &S,
+    mut query: apikey::KeyQuery,
+) -> Vec<apikey::KeyRecord> {
+    let mut all = Vec::new();
+    loop {
+        let mut page = store.list(&query).await.unwrap();
+        let next = query.next_page(&page);
+        all.append(&mut page.records);
+        match next {
+            Some(q) => query = q,
+            None => return all,
+        }
+    }
 }

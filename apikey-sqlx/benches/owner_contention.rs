@@ -1,0 +1,167 @@
+//! Contention on one owner: 16 tasks create keys for the same owner at once
+//! through `KeyManager` over a `PostgresStore` (a throwaway cluster, as the
+//! tests start), with an owner limit, so every create reads and guards the
+//! owner's count. Prints keys per second and how many commits the store
+//! refused as conflicting (each one a retry by the manager).
+//!
+//! `cargo bench -p apikey-sqlx --features postgres --bench owner_contention`
+//! (`CONTENTION_KEYS` per task, default 50; `CONTENTION_ROUNDS`, default 3;
+//! `CONTENTION_INSTANCES`, default 1: that many managers over the one
+//! database, the tasks spread over them, like service instances whose plans
+//! meet only at the store's owner guard).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use apikey::{
+    Actor, Changes, FlushOutcome, KeyDigest, KeyId, KeyManager, KeyQuery, KeyRecord, KeyStore,
+    KeyStoreQuery, KeyStoreWrite, KeyView, Keyring, Listing, NewKey, ServerSecret, StoreError,
+    StoreErrorKind, UsageBatch, UsageStore, Verifier,
+};
+use apikey_sqlx::{PostgresStore, StoreOptions};
+
+/// A store that counts the commits refused with `Conflict`.
+struct Counting {
+    inner: PostgresStore,
+    conflicts: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl KeyStore for Counting {
+    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        self.inner.fetch(id).await
+    }
+
+    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.find_legacy(index).await
+    }
+}
+
+impl KeyStoreQuery for Counting {
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
+        self.inner.list(query).await
+    }
+}
+
+impl KeyStoreWrite for Counting {
+    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.commit(changes).await;
+        if matches!(&r, Err(e) if e.kind() == StoreErrorKind::Conflict) {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl UsageStore for Counting {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
+        self.inner.record_usage(batch).await
+    }
+
+    async fn usage(
+        &self,
+        id: KeyId,
+        days: Range<time::Date>,
+    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
+        self.inner.usage(id, days).await
+    }
+}
+
+const TASKS: usize = 16;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let per_task = env("CONTENTION_KEYS", 50);
+    let rounds = env("CONTENTION_ROUNDS", 3);
+    let instances = env("CONTENTION_INSTANCES", 1).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = match common::Cluster::start(true) {
+        Ok(c) => c,
+        Err(why) => {
+            common::unavailable("owner_contention", &why);
+            return;
+        }
+    };
+    rt.block_on(async {
+        for round in 1..=rounds {
+            let schema = common::unique("contention");
+            let options = StoreOptions::default().schema(&schema);
+            let store = PostgresStore::connect_with(&cluster.url(), options)
+                .await
+                .unwrap();
+            let limit = u32::try_from(TASKS * per_task).unwrap();
+            let store = Arc::new(Counting {
+                inner: store,
+                conflicts: AtomicU64::new(0),
+                commits: AtomicU64::new(0),
+            });
+            let managers: Vec<_> = (0..instances)
+                .map(|_| {
+                    let secret = ServerSecret::from_bytes(&[7; 32]).unwrap();
+                    let verifier = Verifier::new(Keyring::new(1, secret).unwrap());
+                    Arc::new(
+                        KeyManager::new(verifier, Arc::clone(&store))
+                            .with_max_keys_per_owner(limit),
+                    )
+                })
+                .collect();
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let keys = Arc::clone(&managers[t % instances]);
+                    tokio::spawn(async move {
+                        let actor = Actor::new(format!("task_{t}"));
+                        let mut failed = Vec::new();
+                        for _ in 0..per_task {
+                            let new = NewKey::new("sk_live_").owner("org_contended").name("c");
+                            if let Err(e) = keys.create(new, &actor).await {
+                                failed.push(e.to_string());
+                            }
+                        }
+                        failed
+                    })
+                })
+                .collect();
+            let mut failed = Vec::new();
+            for t in tasks {
+                failed.extend(t.await.unwrap());
+            }
+            let elapsed = start.elapsed();
+            let made = managers[0].list("org_contended").await.unwrap().len();
+            assert_eq!(made + failed.len(), TASKS * per_task);
+            if let Some(e) = failed.first() {
+                println!("{} creates failed, the first with: {e}", failed.len());
+            }
+            println!(
+                "owner_contention round {round}: {TASKS} tasks on {instances} manager(s) x {per_task} creates on one owner: \
+                 {made} keys in {elapsed:.2?} = {:.0} keys/s; {} commits, {} refused as conflicts",
+                made as f64 / elapsed.as_secs_f64(),
+                store.commits.load(Ordering::Relaxed),
+                store.conflicts.load(Ordering::Relaxed),
+            );
+        }
+    });
+    cluster.stop();
+}

@@ -1,0 +1,135 @@
+//! The payload of PostgreSQL change notifications: an
+//! [`apikey::Invalidation`], encoded by the store's `announce` and decoded
+//! by [`PgChangeFeed`](crate::PgChangeFeed). Payloads (always under
+//! NOTIFY's 8,000-byte limit):
+//!
+//! | payload | meaning |
+//! |---|---|
+//! | `k:1,2,3` | these key ids (decimal) |
+//! | `o:<owner>` | every key of the owner (`revoke_where` by owner) |
+//! | `p:<start µs>:<end µs>:<prefix>` | keys with the prefix created in the window (`revoke_where` by prefix) |
+//! | `*` | anything (a change too large to describe) |
+//! | `h` | a heartbeat of some listener (liveness only) |
+
+use std::ops::Range;
+
+use apikey::{Invalidation, KeyId, Prefix};
+use time::OffsetDateTime;
+
+/// Payloads stay below this many bytes (NOTIFY refuses 8,000 and more).
+pub(crate) const MAX_PAYLOAD: usize = 7_900;
+pub(crate) const HEARTBEAT: &str = "h";
+
+fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+fn from_micros(us: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
+}
+
+/// The NOTIFY payload of `change`.
+pub(crate) fn encode(change: &Invalidation) -> String {
+    let text = match change {
+        Invalidation::Key(id) => format!("k:{}", id.as_u64()),
+        Invalidation::Keys(ids) => {
+            let mut s = String::from("k:");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&id.as_u64().to_string());
+                if s.len() > MAX_PAYLOAD {
+                    return "*".into();
+                }
+            }
+            s
+        }
+        Invalidation::Owner(owner) => format!("o:{owner}"),
+        Invalidation::Prefix { prefix, created } => {
+            format!(
+                "p:{}:{}:{prefix}",
+                micros(created.start),
+                micros(created.end)
+            )
+        }
+        _ => "*".into(),
+    };
+    if text.len() > MAX_PAYLOAD {
+        "*".into()
+    } else {
+        text
+    }
+}
+
+/// The invalidation a payload announces; `None` for heartbeats. Anything
+/// unreadable is [`Invalidation::All`] (never ignored).
+pub(crate) fn decode(payload: &str) -> Option<Invalidation> {
+    if payload == HEARTBEAT {
+        return None;
+    }
+    let parsed = if let Some(ids) = payload.strip_prefix("k:") {
+        ids.split(',')
+            .map(|i| i.parse::<u64>().ok().map(KeyId::from_u64))
+            .collect::<Option<Vec<_>>>()
+            .map(Invalidation::Keys)
+    } else if let Some(owner) = payload.strip_prefix("o:") {
+        Some(Invalidation::Owner(owner.to_owned()))
+    } else if let Some(rest) = payload.strip_prefix("p:") {
+        let mut parts = rest.splitn(3, ':');
+        let start = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .and_then(from_micros);
+        let end = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .and_then(from_micros);
+        let prefix = parts.next().and_then(|p| Prefix::new(p).ok());
+        match (start, end, prefix) {
+            (Some(start), Some(end), Some(prefix)) => Some(Invalidation::Prefix {
+                prefix,
+                created: Range { start, end },
+            }),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Some(parsed.unwrap_or(Invalidation::All))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_stay_under_the_limit() {
+        let ids: Vec<KeyId> = (0..3).map(|i| KeyId::from_u64(u64::MAX - i)).collect();
+        let p = encode(&Invalidation::Keys(ids.clone()));
+        assert_eq!(decode(&p), Some(Invalidation::Keys(ids)));
+        assert_eq!(
+            decode(&encode(&Invalidation::Owner("org:1".into()))),
+            Some(Invalidation::Owner("org:1".into()))
+        );
+        let w = OffsetDateTime::UNIX_EPOCH..OffsetDateTime::UNIX_EPOCH + time::Duration::days(9);
+        assert_eq!(
+            decode(&encode(&Invalidation::Prefix {
+                prefix: Prefix::new("sk_live_").unwrap_or_else(|e| panic!("{e}")),
+                created: w.clone()
+            })),
+            Some(Invalidation::Prefix {
+                prefix: Prefix::new("sk_live_").unwrap_or_else(|e| panic!("{e}")),
+                created: w
+            })
+        );
+        // 100,000 ids do not fit: flush everything.
+        let many: Vec<KeyId> = (0..100_000).map(KeyId::from_u64).collect();
+        assert_eq!(encode(&Invalidation::Keys(many)), "*");
+        assert_eq!(decode("*"), Some(Invalidation::All));
+        let long = "x".repeat(10_000);
+        assert!(encode(&Invalidation::Owner(long)).len() < MAX_PAYLOAD);
+        assert_eq!(decode("h"), None);
+        assert_eq!(decode("garbage"), Some(Invalidation::All));
+    }
+}
