@@ -342,9 +342,9 @@ async fn a_store_failure_is_a_503_and_the_retry_completes_once() {
 #[tokio::test]
 async fn a_key_revoked_behind_a_stale_cache_is_reported_as_already_revoked() {
     use apikey::{
-        CachedStore, KeyManager, KeyStoreQuery, KeyStoreWrite, ManualClock, MemoryAuditSink,
-        Revocation,
+        CachedStore, KeyManager, KeyStoreQuery, ManualClock, MemoryAuditSink, Revocation,
     };
+    use apikey_testkit::WriteExt;
     let clock = ManualClock::new(support::now());
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = Arc::new(

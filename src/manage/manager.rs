@@ -80,10 +80,10 @@ use crate::audit::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSa
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::ipnet::IpNet;
+use crate::key::Environment;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::{Limits, NoLimits};
 use crate::manage::hygiene::{HygieneOptions, HygieneReport};
-use crate::key::Environment;
 use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, UsageCounters};
 use crate::scope::Requirement;
 use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};

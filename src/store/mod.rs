@@ -62,8 +62,8 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::key::KeyDigest;
 use crate::error::{StoreError, StoreErrorKind};
+use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::key::Prefix;
 

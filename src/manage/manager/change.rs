@@ -11,8 +11,8 @@ use crate::audit::{Actor, AuditEvent, AuditKind};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::key::KeyId;
-use crate::limits::Limits;
 use crate::key::Prefix;
+use crate::limits::Limits;
 use crate::record::{KeyRecord, KeyStatus, Revocation};
 use crate::store::{Changes, Delete, KeyQuery, KeyStoreWrite, Put, UsageStore};
 
