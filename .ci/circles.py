@@ -15,7 +15,7 @@ def modpath(f):
     return tuple(r)
 mods = {modpath(f): f for f in files}
 defs = defaultdict(set)
-defre = re.compile(r'^\s*(?:pub(?:\([^)]*\))?\s+)?(?:const\s+fn|async\s+fn|unsafe\s+fn|fn|struct|enum|trait|const|static|type|union)\s+([A-Za-z_][A-Za-z0-9_]*)', re.M)
+defre = re.compile(r'^(?:pub(?:\([^)]*\))?\s+)?(?:const\s+fn|async\s+fn|unsafe\s+fn|fn|struct|enum|trait|const|static|type|union)\s+([A-Za-z_][A-Za-z0-9_]*)', re.M)
 for f in files:
     src = open(f).read()
     for m in defre.finditer(src):
@@ -78,6 +78,14 @@ for f in files:
                 paths.append(par + p)
             else:
                 paths.append(list(here) + p)
+    # relative paths to child modules: `pub use memory::MemoryStore;` in a folder's mod.rs
+    for m in re.finditer(r'\buse\s+(\w+)::((?:[^;])*);', src):
+        first = m.group(1)
+        if first in ('crate', 'super', 'self', 'std', 'core', 'alloc'): continue
+        if tuple(list(here) + [first]) not in mods: continue
+        body = first + '::' + m.group(2).strip()
+        for p in expand([], body):
+            paths.append(list(here) + p)
     for m in re.finditer(r'(?<![\w:])crate::((?:\w+::)*\w+)', src):
         paths.append(m.group(1).split('::'))
     for p in paths:
