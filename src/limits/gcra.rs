@@ -10,13 +10,7 @@ use crate::limits::quota::RateWindow;
 /// obeys the header never comes back too early). The only place limits
 /// round.
 ///
-/// ```
-/// use std::time::Duration;
-/// use apikey::limits::ceil_secs;
-/// assert_eq!(ceil_secs(Duration::ZERO), 0);
-/// assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
-/// assert_eq!(ceil_secs(Duration::from_millis(3001)), 4);
-/// ```
+/// (0 for zero, 1 for a microsecond, 4 for 3.001 s: `ceil_secs_rounds_up`).
 #[must_use]
 pub const fn ceil_secs(d: Duration) -> u64 {
     if d.subsec_nanos() == 0 {
@@ -41,7 +35,7 @@ pub(crate) const fn micros(d: i64) -> Duration {
 ///
 /// ```
 /// use apikey::Timestamp;
-/// use apikey::limits::GcraState;
+/// use apikey::limits::backend::GcraState;
 /// let s = GcraState::new(Timestamp::from_unix_micros(5)?, Timestamp::MIN);
 /// assert!(s.is_idle_at(Timestamp::from_unix_micros(5)?));
 /// assert!(!s.is_idle_at(Timestamp::from_unix_micros(4)?));
@@ -225,5 +219,18 @@ impl Gcra {
                 info: self.info(0, self.emission),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceil_secs_rounds_up() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(3001)), 4);
+        assert_eq!(ceil_secs(Duration::from_secs(7)), 7);
     }
 }
