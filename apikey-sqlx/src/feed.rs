@@ -13,7 +13,7 @@ use apikey::{ChangeFeed, Invalidate, Invalidation, StoreError};
 use sqlx::postgres::{PgListener, PgPool};
 
 use crate::error::store_error;
-use crate::notify::{HEARTBEAT, decode};
+use crate::notify::{HEARTBEAT, decode_sent};
 use crate::postgres::PostgresStore;
 
 /// Options of a [`PgChangeFeed`].
@@ -78,6 +78,7 @@ fn broadcast(subscribers: &Subscribers, change: &Invalidation) {
 pub struct PgChangeFeed {
     subscribers: Subscribers,
     reconnects: Arc<AtomicU64>,
+    lag: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
     beat: tokio::task::JoinHandle<()>,
     channel: Arc<str>,
@@ -88,6 +89,7 @@ impl std::fmt::Debug for PgChangeFeed {
         f.debug_struct("PgChangeFeed")
             .field("channel", &self.channel)
             .field("reconnects", &self.reconnects())
+            .field("last_lag", &self.last_lag())
             .finish_non_exhaustive()
     }
 }
@@ -123,12 +125,16 @@ impl PgChangeFeed {
         let first = listener(&pool, &channel).await.map_err(store_error)?;
         let subscribers: Subscribers = Arc::default();
         let reconnects = Arc::new(AtomicU64::new(0));
+        let lag = Arc::new(AtomicU64::new(NO_LAG));
         let task = tokio::spawn(run(
             pool.clone(),
             Arc::clone(&channel),
             first,
             Arc::clone(&subscribers),
-            Arc::clone(&reconnects),
+            Counters {
+                reconnects: Arc::clone(&reconnects),
+                lag: Arc::clone(&lag),
+            },
             options,
         ));
         let beat = {
@@ -150,6 +156,7 @@ impl PgChangeFeed {
         Ok(Self {
             subscribers,
             reconnects,
+            lag,
             task,
             beat,
             channel,
@@ -160,6 +167,18 @@ impl PgChangeFeed {
     /// by a full flush of every subscriber).
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::SeqCst)
+    }
+
+    /// The delay of the last change notification received: from the sending instance's clock when it
+    /// announced the change (inside the writing transaction, so the commit is included) to this
+    /// instance's clock when the notification arrived; `None` before the first one. Clock skew between
+    /// the two hosts adds to it (a negative delay reads as zero). With the `metrics` feature every
+    /// sample is also recorded as `apikey.feed.lag`.
+    pub fn last_lag(&self) -> Option<std::time::Duration> {
+        match self.lag.load(Ordering::Relaxed) {
+            NO_LAG => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     /// The channel listened to.
@@ -184,13 +203,37 @@ impl Drop for PgChangeFeed {
     }
 }
 
+/// `PgChangeFeed::lag` before the first sample.
+const NO_LAG: u64 = u64::MAX;
+
+/// What the listening loop reports to its feed.
+struct Counters {
+    reconnects: Arc<AtomicU64>,
+    lag: Arc<AtomicU64>,
+}
+
+impl Counters {
+    /// Records the lag of a notification sent at `sent` (Unix microseconds).
+    fn sample(&self, sent: i64) {
+        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+            .unwrap_or(i64::MAX);
+        let us = u64::try_from(now.saturating_sub(sent))
+            .unwrap_or(0)
+            .min(NO_LAG - 1);
+        self.lag.store(us, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        #[allow(clippy::cast_precision_loss)]
+        metrics::histogram!("apikey.feed.lag").record(us as f64 / 1e6);
+    }
+}
+
 /// The listening loop; runs until the feed is dropped (aborted).
 async fn run(
     pool: PgPool,
     channel: Arc<str>,
     first: PgListener,
     subscribers: Subscribers,
-    reconnects: Arc<AtomicU64>,
+    counters: Counters,
     options: FeedOptions,
 ) {
     let mut current = Some(first);
@@ -203,7 +246,7 @@ async fn run(
                     // drop everything now (not before: a fetch during the
                     // gap could re-cache a change announced in it).
                     broadcast(&subscribers, &Invalidation::All);
-                    reconnects.fetch_add(1, Ordering::SeqCst);
+                    counters.reconnects.fetch_add(1, Ordering::SeqCst);
                     #[cfg(feature = "metrics")]
                     metrics::counter!("apikey.feed.reconnects").increment(1);
                     l
@@ -217,8 +260,12 @@ async fn run(
         // Lost (PgListener would reconnect silently), failed, or silent
         // despite our heartbeats: the loop ends and the listener is replaced.
         while let Ok(Ok(Some(n))) = tokio::time::timeout(options.silence, l.try_recv()).await {
-            if let Some(change) = decode(n.payload()) {
+            let (change, sent) = decode_sent(n.payload());
+            if let Some(change) = change {
                 broadcast(&subscribers, &change);
+            }
+            if let Some(sent) = sent {
+                counters.sample(sent);
             }
         }
         drop(l);

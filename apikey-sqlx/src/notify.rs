@@ -10,6 +10,10 @@
 //! | `p:<start µs>:<end µs>:<prefix>` | keys with the prefix created in the window (`revoke_where` by prefix) |
 //! | `*` | anything (a change too large to describe) |
 //! | `h` | a heartbeat of some listener (liveness only) |
+//!
+//! Every change payload starts with `t<µs>;`, the sender's wall-clock time when it announced the change
+//! (Unix microseconds), from which a listener measures the feed's lag. A payload without it (an older
+//! release) is read as before, without a lag sample.
 
 use std::ops::Range;
 
@@ -28,8 +32,18 @@ fn from_micros(us: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
 }
 
-/// The NOTIFY payload of `change`.
+/// The NOTIFY payload of `change`, announced now.
 pub(crate) fn encode(change: &Invalidation) -> String {
+    encode_at(change, micros(OffsetDateTime::now_utc()))
+}
+
+/// The NOTIFY payload of `change`, announced at `sent` (Unix microseconds).
+pub(crate) fn encode_at(change: &Invalidation, sent: i64) -> String {
+    format!("t{sent};{}", encode_change(change))
+}
+
+/// The change part of a payload.
+fn encode_change(change: &Invalidation) -> String {
     let text = match change {
         Invalidation::Key(id) => format!("k:{}", id.as_u64()),
         Invalidation::Keys(ids) => {
@@ -64,9 +78,33 @@ pub(crate) fn encode(change: &Invalidation) -> String {
 
 /// The invalidation a payload announces; `None` for heartbeats. Anything
 /// unreadable is [`Invalidation::All`] (never ignored).
-pub(crate) fn decode(payload: &str) -> Option<Invalidation> {
+#[cfg(test)]
+fn decode(payload: &str) -> Option<Invalidation> {
+    decode_sent(payload).0
+}
+
+/// The invalidation a payload announces and, when the payload carries one, the time it was sent (Unix
+/// microseconds). An unreadable time makes the whole payload unreadable: [`Invalidation::All`].
+pub(crate) fn decode_sent(payload: &str) -> (Option<Invalidation>, Option<i64>) {
     if payload == HEARTBEAT {
-        return None;
+        return (None, None);
+    }
+    match payload.strip_prefix('t') {
+        Some(rest) => match rest.split_once(';') {
+            Some((sent, change)) => match sent.parse::<i64>() {
+                Ok(sent) => (decode_change(change), Some(sent)),
+                Err(_) => (Some(Invalidation::All), None),
+            },
+            None => (Some(Invalidation::All), None),
+        },
+        None => (decode_change(payload), None),
+    }
+}
+
+/// The invalidation of a payload's change part.
+fn decode_change(payload: &str) -> Option<Invalidation> {
+    if payload == HEARTBEAT {
+        return Some(Invalidation::All);
     }
     let parsed = if let Some(ids) = payload.strip_prefix("k:") {
         ids.split(',')
@@ -125,11 +163,36 @@ mod tests {
         );
         // 100,000 ids do not fit: flush everything.
         let many: Vec<KeyId> = (0..100_000).map(KeyId::from_u64).collect();
-        assert_eq!(encode(&Invalidation::Keys(many)), "*");
+        assert_eq!(
+            decode(&encode(&Invalidation::Keys(many))),
+            Some(Invalidation::All)
+        );
+        assert!(encode_at(&Invalidation::Keys(vec![]), 5).ends_with(";k:"));
         assert_eq!(decode("*"), Some(Invalidation::All));
         let long = "x".repeat(10_000);
         assert!(encode(&Invalidation::Owner(long)).len() < MAX_PAYLOAD);
         assert_eq!(decode("h"), None);
         assert_eq!(decode("garbage"), Some(Invalidation::All));
+    }
+
+    #[test]
+    fn payloads_carry_their_send_time_and_old_payloads_still_read() {
+        let change = Invalidation::Keys(vec![KeyId::from_u64(7)]);
+        let p = encode_at(&change, 1_700_000_000_123_456);
+        assert_eq!(p, "t1700000000123456;k:7");
+        assert_eq!(
+            decode_sent(&p),
+            (Some(change.clone()), Some(1_700_000_000_123_456))
+        );
+        // An older release's payload: no time, same change.
+        assert_eq!(decode_sent("k:7"), (Some(change), None));
+        // An unreadable time, or a time without a change: everything is flushed.
+        assert_eq!(decode_sent("tx;k:7"), (Some(Invalidation::All), None));
+        assert_eq!(decode_sent("t12"), (Some(Invalidation::All), None));
+        assert_eq!(decode_sent("t12;h"), (Some(Invalidation::All), Some(12)));
+        assert_eq!(decode_sent("h"), (None, None));
+        // The time prefix keeps payloads under NOTIFY's limit.
+        let many: Vec<KeyId> = (0..100_000).map(KeyId::from_u64).collect();
+        assert!(encode(&Invalidation::Keys(many)).len() < MAX_PAYLOAD + 24);
     }
 }
