@@ -233,3 +233,88 @@ async fn bulk_revocations_leave_nothing_stale_on_b() {
         "bulk: 300 keys by owner + {n} by prefix revoked on A; all refused on B within {worst:?} of the first revoke's start"
     );
 }
+
+/// Issue 20: a derived key never verifies on another instance once its parent is revoked, within the
+/// cache's revocation bound. A revokes parents through `KeyManager::revoke` (which also revokes the
+/// children) and, for the other half, by a bare write of the parent alone (so B can only learn it
+/// through the ancestor check of the child's verification). B verifies the child through its
+/// `CachedStore`, fed by the change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_derived_key_dies_on_b_with_its_parent() {
+    use apikey::{Actor, Authenticator, Derivation, KeyManager, NewKey, Requirement};
+    let Some(Pair { a, b, feed }) = pair("a_derived_key_dies_on_b_with_its_parent").await else {
+        return;
+    };
+    let verifier = || {
+        apikey::Verifier::new(
+            apikey::Keyring::new(1, apikey::ServerSecret::from_bytes(&[9; 32]).unwrap()).unwrap(),
+        )
+    };
+    let admin = Actor::new("admin");
+    let manager = KeyManager::new(verifier(), a);
+    let on_b = Authenticator::read_only(verifier(), b.clone());
+    let mut delays = Vec::new();
+    for round in 0..40 {
+        let (_, parent) = manager
+            .create(
+                NewKey::new("sk_live_")
+                    .owner("agents")
+                    .scopes(["tasks:read"]),
+                &admin,
+            )
+            .await
+            .unwrap();
+        let (child, _) = manager
+            .derive(
+                parent.id,
+                Derivation::new("agent").scopes(["tasks:read"]),
+                &admin,
+            )
+            .await
+            .unwrap();
+        // B caches the child and its parent.
+        on_b.authenticate(child.expose_secret(), &Requirement::none(), None)
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        if round % 2 == 0 {
+            manager
+                .revoke(parent.id, "compromised", &admin)
+                .await
+                .unwrap();
+        } else {
+            let stored = apikey::KeyStoreQuery::get(manager.store().inner(), parent.id)
+                .await
+                .unwrap()
+                .unwrap();
+            manager
+                .store()
+                .inner()
+                .update(revoked(stored))
+                .await
+                .unwrap();
+        }
+        let mut refused = None;
+        while t0.elapsed() < MAX_AGE * 3 {
+            if on_b
+                .authenticate(child.expose_secret(), &Requirement::none(), None)
+                .await
+                .is_err()
+            {
+                refused = Some(t0.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        delays.push(refused.expect("B kept accepting a child of a revoked parent"));
+    }
+    let (p50, p99, max) = percentiles(delays);
+    println!(
+        "derived keys, 40 parents revoked on A (half with the cascade, half alone), delay until B refuses the child: p50 {p50:?}, p99 {p99:?}, max {max:?} (feed reconnects: {})",
+        feed.reconnects()
+    );
+    assert!(
+        p99 < MAX_AGE,
+        "with the feed, p99 {p99:?} should be below the maximum age"
+    );
+}
