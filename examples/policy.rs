@@ -1,0 +1,165 @@
+//! Policy, renewal, derived and publishable keys, end to end, on an in-memory store and a manual clock:
+//!
+//! 1. an issuance policy gives live keys a default and a maximum lifetime; a key that a tightened policy no
+//!    longer allows is refused (`POLICY_VIOLATION`) without being revoked, and works again when it loosens;
+//! 2. the expiry sweep sends one notice 30 days before expiry and renews an auto-renewing key in place;
+//! 3. a derived key for an agent only narrows its parent and dies with it;
+//! 4. a publishable key holds only public scopes and works only from its allowed origins.
+//!
+//! `cargo run --example policy`
+
+use std::sync::Arc;
+
+use apikey::web::{Decision, Gate, Route};
+use apikey::{
+    AUTO_RENEW, Actor, Clock, Derivation, Environment, KeyManager, KeyPolicies, KeyPolicy,
+    KeyUpdate, Keyring, ManualClock, MemoryStore, NewKey, PolicyRule, PolicyTarget, Requirement,
+    ServerSecret, SweepOptions, Verifier,
+};
+use time::Duration;
+use time::macros::datetime;
+
+fn policies(max_days: i64) -> KeyPolicies {
+    KeyPolicies::new().rule(PolicyRule::new(
+        PolicyTarget::Prefix("sk_live_".into()),
+        KeyPolicy::new()
+            .default_lifetime(Duration::days(90))
+            .max_lifetime(Duration::days(max_days)),
+    ))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let verifier = || -> apikey::Result<Verifier> {
+        Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?)
+            .with_prefix("pk_live_", Environment::Live)
+    };
+    let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
+    let admin = Actor::new("admin_1");
+    let store = Arc::new(MemoryStore::new());
+    let keys = KeyManager::with_clock(verifier()?, store.clone(), clock.clone())
+        .with_key_policies(policies(366))
+        .with_public_scopes(["search:query"])?;
+    let any = Requirement::none();
+
+    // 1. Policy: 90 days by default, at most 366.
+    let (key, summary) = keys
+        .create(
+            NewKey::new("sk_live_")
+                .owner("acme")
+                .scopes(["search:query", "data:write"]),
+            &admin,
+        )
+        .await?;
+    println!(
+        "1. created {} expiring {:?}",
+        summary.display, summary.expires_at
+    );
+    let too_long = KeyUpdate::new().expires_at(Some(clock.now() + Duration::days(400)));
+    let err = keys.update(summary.id, too_long, &admin).await.unwrap_err();
+    println!("   an expiry past the maximum: {}", err.code());
+    // Tighten the policy below the key's lifetime: refused, not revoked.
+    let strict = KeyManager::with_clock(verifier()?, store.clone(), clock.clone())
+        .with_key_policies(policies(30));
+    let err = strict
+        .authenticate(key.expose_secret(), &any, None)
+        .await
+        .unwrap_err();
+    println!(
+        "   under a 30-day maximum: {} (the key is not revoked)",
+        err.code()
+    );
+    keys.authenticate(key.expose_secret(), &any, None).await?;
+    println!("   under the 366-day policy again: valid");
+
+    // 2. Expiry notices and auto-renewal, once per key, whatever the number of sweepers.
+    let (_, renewing) = keys
+        .create(
+            NewKey::new("sk_live_")
+                .owner("acme")
+                .name("auto")
+                .metadata(AUTO_RENEW, "true"),
+            &admin,
+        )
+        .await?;
+    clock.advance(Duration::days(61)); // 29 days left on both keys
+    let options = SweepOptions::default().renew_before(Duration::days(30));
+    let report = keys.sweep_once(&options).await?;
+    let again = keys.sweep_once(&options).await?;
+    println!(
+        "2. sweep: {} notified, {} renewed; a second pass: {} notified, {} renewed",
+        report.notified, report.renewed, again.notified, again.renewed
+    );
+    println!(
+        "   the auto-renewing key now expires {:?}",
+        keys.get(renewing.id).await?.expires_at
+    );
+
+    // 3. A derived key for an agent: narrower than its parent, dead with it.
+    let (child, _) = keys
+        .derive(
+            summary.id,
+            Derivation::new("agent").scopes(["search:query"]),
+            &admin,
+        )
+        .await?;
+    let wider = keys
+        .derive(
+            summary.id,
+            Derivation::new("greedy").scopes(["admin:*"]),
+            &admin,
+        )
+        .await
+        .unwrap_err();
+    println!(
+        "3. a child asking for more than its parent: {}",
+        wider.code()
+    );
+    keys.authenticate(
+        child.expose_secret(),
+        &Requirement::scope("search:query")?,
+        None,
+    )
+    .await?;
+    keys.revoke(summary.id, "rotated out", &admin).await?;
+    let err = keys
+        .authenticate(child.expose_secret(), &any, None)
+        .await
+        .unwrap_err();
+    println!(
+        "   after the parent's revocation the child is {}",
+        err.code()
+    );
+
+    // 4. A publishable key for a web page: public scopes only, allowed origins only.
+    let secret_scope = keys
+        .create(NewKey::new("pk_live_").scopes(["data:write"]), &admin)
+        .await
+        .unwrap_err();
+    println!(
+        "4. a publishable key with a non-public scope: {}",
+        secret_scope.code()
+    );
+    let (pk, _) = keys
+        .create(
+            NewKey::new("pk_live_").scopes(["search:query"]).metadata(
+                apikey::web::publishable::ALLOWED_ORIGINS,
+                "https://shop.example",
+            ),
+            &admin,
+        )
+        .await?;
+    let gate = Gate::from_manager(&keys);
+    let route = Route::new(Requirement::scope("search:query")?);
+    for origin in ["https://shop.example", "https://evil.example"] {
+        let headers = [("X-API-Key", pk.expose_secret()), ("Origin", origin)];
+        match gate.check(headers, None, None, &route).await {
+            Decision::Admitted(ok) => {
+                println!("   from {origin}: admitted, CORS {:?}", ok.allow_origin)
+            }
+            Decision::Rejected(no) => println!("   from {origin}: {}", no.to_response().status),
+            Decision::NotOurs => println!("   from {origin}: not ours"),
+        }
+    }
+    Ok(())
+}
