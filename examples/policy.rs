@@ -28,6 +28,14 @@ fn policies(max_days: i64) -> KeyPolicies {
     ))
 }
 
+/// The code of a refusal; an error if the call succeeded.
+fn refused<T>(r: apikey::Result<T>) -> Result<apikey::ErrorCode, Box<dyn std::error::Error>> {
+    match r {
+        Ok(_) => Err("expected a refusal".into()),
+        Err(e) => Ok(e.code()),
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let verifier = || -> apikey::Result<Verifier> {
@@ -56,18 +64,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         summary.display, summary.expires_at
     );
     let too_long = KeyUpdate::new().expires_at(Some(clock.now() + Duration::days(400)));
-    let err = keys.update(summary.id, too_long, &admin).await.unwrap_err();
-    println!("   an expiry past the maximum: {}", err.code());
+    let err = refused(keys.update(summary.id, too_long, &admin).await)?;
+    println!("   an expiry past the maximum: {}", err);
     // Tighten the policy below the key's lifetime: refused, not revoked.
     let strict = KeyManager::with_clock(verifier()?, store.clone(), clock.clone())
         .with_key_policies(policies(30));
-    let err = strict
-        .authenticate(key.expose_secret(), &any, None)
-        .await
-        .unwrap_err();
+    let err = refused(strict.authenticate(key.expose_secret(), &any, None).await)?;
     println!(
         "   under a 30-day maximum: {} (the key is not revoked)",
-        err.code()
+        err
     );
     keys.authenticate(key.expose_secret(), &any, None).await?;
     println!("   under the 366-day policy again: valid");
@@ -103,18 +108,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &admin,
         )
         .await?;
-    let wider = keys
-        .derive(
+    let wider = refused(
+        keys.derive(
             summary.id,
             Derivation::new("greedy").scopes(["admin:*"]),
             &admin,
         )
-        .await
-        .unwrap_err();
-    println!(
-        "3. a child asking for more than its parent: {}",
-        wider.code()
-    );
+        .await,
+    )?;
+    println!("3. a child asking for more than its parent: {}", wider);
     keys.authenticate(
         child.expose_secret(),
         &Requirement::scope("search:query")?,
@@ -122,23 +124,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     keys.revoke(summary.id, "rotated out", &admin).await?;
-    let err = keys
-        .authenticate(child.expose_secret(), &any, None)
-        .await
-        .unwrap_err();
-    println!(
-        "   after the parent's revocation the child is {}",
-        err.code()
-    );
+    let err = refused(keys.authenticate(child.expose_secret(), &any, None).await)?;
+    println!("   after the parent's revocation the child is {}", err);
 
     // 4. A publishable key for a web page: public scopes only, allowed origins only.
-    let secret_scope = keys
-        .create(NewKey::new("pk_live_").scopes(["data:write"]), &admin)
-        .await
-        .unwrap_err();
+    let secret_scope = refused(
+        keys.create(NewKey::new("pk_live_").scopes(["data:write"]), &admin)
+            .await,
+    )?;
     println!(
         "4. a publishable key with a non-public scope: {}",
-        secret_scope.code()
+        secret_scope
     );
     let (pk, _) = keys
         .create(
