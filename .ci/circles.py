@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Import graph of a crate's src/: files and top-level folders, with cycles (SCCs).
-Paths `crate::...` are resolved through item definitions (struct/enum/trait/fn/const/type/static/macro names)
+Paths `crate::...`, `super::...` and a file's relative `use child::...` are resolved through item definitions (struct/enum/trait/fn/const/type/static/macro names)
 to the file that defines them; module paths to the module's file."""
 import os, re, sys
 from collections import defaultdict
@@ -78,6 +78,15 @@ for f in files:
                 paths.append(par + p)
             else:
                 paths.append(list(here) + p)
+    # relative paths through a child module this file declares (`mod x;` then
+    # `pub use x::Item;`, the usual re-export of a folder's mod.rs)
+    children = set(re.findall(r'^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;', src, re.M))
+    for m in re.finditer(r'\buse\s+((?:[^;])*);', src):
+        body = m.group(1).strip()
+        first = re.match(r'(\w+)', body)
+        if not first or first.group(1) not in children: continue
+        for p in expand([], body):
+            paths.append(list(here) + p)
     for m in re.finditer(r'(?<![\w:])crate::((?:\w+::)*\w+)', src):
         paths.append(m.group(1).split('::'))
     for p in paths:

@@ -82,14 +82,6 @@ mod trace;
 pub mod verify;
 pub mod web;
 
-// Crate-internal short paths to the modules inside the folders.
-pub(crate) use manage::{audit, usage};
-pub(crate) use store::record;
-pub(crate) use verify::{authenticator, ipnet, scope, verifier};
-#[cfg(feature = "axum")]
-pub(crate) use web::gate;
-pub(crate) use web::{extract, response};
-
 #[doc(hidden)]
 pub mod __private;
 

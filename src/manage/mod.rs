@@ -1,14 +1,15 @@
 //! Management: the [`KeyManager`] lifecycle (create, update, rotate,
 //! revoke, import), usage counting and the audit trail.
 
-pub mod audit;
-pub mod derive;
-pub mod hygiene;
-pub mod manager;
-pub mod monitor;
-pub mod sweep;
-pub mod usage;
+mod audit;
+mod derive;
+mod hygiene;
+mod manager;
+mod monitor;
+mod sweep;
+mod usage;
 
+pub(crate) use audit::RejectionSampler;
 #[cfg(feature = "tracing")]
 pub use audit::TracingSink;
 pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};

@@ -1,17 +1,14 @@
-//! [`KeyRecordBuilder`]: builds a [`KeyRecord`] from plain values, field by
-//! field, the way a database store decodes a row.
-
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
+use super::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
 use crate::error::Result;
-use crate::ipnet::IpNet;
 use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::key::{Environment, Prefix};
-use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
-use crate::scope::ScopeSet;
+use crate::verify::IpNet;
+use crate::verify::ScopeSet;
 
 /// Builds a [`KeyRecord`] from its columns. Every field of the record has a
 /// setter; [`build`](Self::build) checks the record's invariants

@@ -1,6 +1,3 @@
-//! [`CachedStore`]: a read-through cache of verification views in front of
-//! any [`KeyStore`].
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;

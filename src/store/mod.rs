@@ -67,17 +67,18 @@ use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::key::Prefix;
 
-pub mod builder;
-pub mod cache;
-pub mod feed;
+mod builder;
+mod cache;
+mod feed;
 mod idtable;
-pub mod memory;
-pub mod record;
+mod memory;
+mod record;
 
 pub use builder::KeyRecordBuilder;
 pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_NEGATIVE_MAX_AGE};
 pub use feed::{ChangeFeed, Invalidate, Invalidation};
 pub use memory::MemoryStore;
+pub(crate) use record::{HAS_PARENT, unix_nanos};
 pub use record::{
     KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
 };

@@ -1,11 +1,3 @@
-//! Stored records: the full [`KeyRecord`] and the compact [`KeyView`] that
-//! the verify hot path reads.
-//!
-//! A record never holds a key's secret: only its keyed [`KeyDigest`]. Records
-//! serialize with serde (times in RFC 3339, the digest in base64, a
-//! `schema_version` field) so applications can keep them in their own
-//! database for years and read them back.
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 
@@ -13,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::ipnet::IpNet;
 use crate::key::KeyDigest;
 use crate::key::{Environment, Prefix};
 use crate::key::{KeyId, key_display_form};
-use crate::scope::ScopeSet;
+use crate::verify::IpNet;
+use crate::verify::ScopeSet;
 
 /// The record layout version written by this crate.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -44,6 +36,14 @@ pub struct Revocation {
     pub reason: String,
 }
 
+/// Stored records: the full [`KeyRecord`] and the compact [`KeyView`] that
+/// the verify hot path reads.
+///
+/// A record never holds a key's secret: only its keyed [`KeyDigest`]. Records
+/// serialize with serde (times in RFC 3339, the digest in base64, a
+/// `schema_version` field) so applications can keep them in their own
+/// database for years and read them back.
+///
 /// Everything stored about one key. No secret is in it.
 ///
 /// Build one with [`Verifier::issue`](crate::Verifier::issue); read and
@@ -587,7 +587,7 @@ impl KeyView {
         if cold.ip_allowlist.is_some() {
             flags |= HAS_IP_ALLOWLIST;
         }
-        if record.metadata.contains_key(crate::verify::derived::PARENT) {
+        if record.metadata.contains_key(crate::verify::PARENT) {
             flags |= HAS_PARENT;
         }
         let extra = Extra {
@@ -734,7 +734,7 @@ impl KeyView {
         }
         match self.cold().and_then(|c| c.ip_allowlist.as_deref()) {
             None => true,
-            Some(list) => crate::ipnet::ip_allowed(list, ip),
+            Some(list) => crate::verify::ip_allowed(list, ip),
         }
     }
 

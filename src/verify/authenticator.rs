@@ -1,29 +1,3 @@
-//! The one verification pipeline: every presented key, whichever door it
-//! came through ([`KeyManager::authenticate`](crate::KeyManager::authenticate),
-//! the [`Gate`](crate::web::Gate), the tower/axum layer, or a direct call),
-//! is checked here.
-//!
-//! Steps, in order:
-//!
-//! 1. **parse** ([`Verifier::parse`]): length, alphabet, prefix, checksum,
-//!    version, keyed tag; no store call for junk or forged keys;
-//! 2. the **failure throttle** (when configured, see [`limits`](crate::limits));
-//! 3. the **legacy lookup** (when legacy prefixes are declared): keys
-//!    imported from another system are found through the legacy index;
-//! 4. **fetch** the record by id from the [`KeyStore`];
-//! 5. **verify** ([`Verifier::verify_from`]): HMAC, constant-time
-//!    comparison, status, validity window, environment, IP allowlist,
-//!    scopes;
-//! 6. **usage recording** (when configured): one in-memory count, flushed
-//!    off the request path ([`UsageRecorder`]);
-//! 7. **audit of failures** (when configured): failures after the tag
-//!    matched about the key itself (unknown id, wrong secret, revoked,
-//!    disabled, expired, not yet valid) emit one event each; rejections
-//!    before it, and failures of an authenticated key against the request
-//!    (wrong environment, scope, address), are counted per reason and
-//!    summarised at most once per interval, so a flood never becomes a
-//!    flood of events.
-
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -32,21 +6,21 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
+use super::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
+use super::scope::Requirement;
+use super::verifier::{Failure, VerifiedKey, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyId;
 use crate::limits::{FailureClass, Limits, NoLimits};
 use crate::manage::Monitor;
+use crate::manage::UsageRecorder;
+use crate::manage::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::metrics;
-use crate::record::KeyView;
-use crate::scope::Requirement;
+use crate::store::KeyView;
 use crate::store::{KeyStore, UsageStore};
 use crate::trace;
-use crate::usage::UsageRecorder;
-use crate::verifier::{Failure, VerifiedKey, Verifier};
-use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
-use crate::web::publishable::{self, RequestOrigin};
+use crate::web::{RequestOrigin, publishable};
 
 /// How often an authenticator made by [`Authenticator::new`] writes its
 /// usage counts: the gate's axum layer starts a flush in the background at
@@ -106,6 +80,32 @@ impl fmt::Debug for Auditor {
     }
 }
 
+/// The one verification pipeline: every presented key, whichever door it
+/// came through ([`KeyManager::authenticate`](crate::KeyManager::authenticate),
+/// the [`Gate`](crate::web::Gate), the tower/axum layer, or a direct call),
+/// is checked here.
+///
+/// Steps, in order:
+///
+/// 1. **parse** ([`Verifier::parse`]): length, alphabet, prefix, checksum,
+///    version, keyed tag; no store call for junk or forged keys;
+/// 2. the **failure throttle** (when configured, see [`limits`](crate::limits));
+/// 3. the **legacy lookup** (when legacy prefixes are declared): keys
+///    imported from another system are found through the legacy index;
+/// 4. **fetch** the record by id from the [`KeyStore`];
+/// 5. **verify** ([`Verifier::verify_from`]): HMAC, constant-time
+///    comparison, status, validity window, environment, IP allowlist,
+///    scopes;
+/// 6. **usage recording** (when configured): one in-memory count, flushed
+///    off the request path ([`UsageRecorder`]);
+/// 7. **audit of failures** (when configured): failures after the tag
+///    matched about the key itself (unknown id, wrong secret, revoked,
+///    disabled, expired, not yet valid) emit one event each; rejections
+///    before it, and failures of an authenticated key against the request
+///    (wrong environment, scope, address), are counted per reason and
+///    summarised at most once per interval, so a flood never becomes a
+///    flood of events.
+///
 /// The one pipeline from a presented key to a [`VerifiedKey`]: parse →
 /// throttle → legacy lookup → fetch → verify → usage → audit (see the
 /// [module docs](crate::verify)). Optional steps are off until configured.
@@ -304,7 +304,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// Raises the seed-001 monitoring events (new network, failure bursts,
     /// unusual traffic; the [`Gate`](crate::web::Gate) adds rate-limit hits
     /// and exhausted quotas) through `monitor` (see
-    /// [`manage::monitor`](crate::manage::monitor)). Defaults to none.
+    /// [`Monitor`]). Defaults to none.
     pub fn with_monitor(mut self, monitor: Arc<Monitor>) -> Self {
         self.monitor = Some(monitor);
         self
@@ -514,7 +514,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 self.verifier
                     .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
             let verified = match verified {
-                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                Ok(v) if super::derived::parent_of_view(v.view()).is_some() => {
                     self.lineage(v).await
                 }
                 other => other,
@@ -528,7 +528,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
             let verified = match verified {
-                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
+                Ok(v) if super::derived::parent_of_view(v.view()).is_some() => {
                     self.lineage(v).await
                 }
                 other => other,
@@ -572,10 +572,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         }
     }
 
-    /// A derived key's ancestors ([`derived`](crate::verify::derived));
+    /// A derived key's ancestors ([`PARENT`](crate::PARENT));
     /// called for children only, so other keys pay one flag test.
     async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Failure> {
-        match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
+        match super::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
             Ok(()) => Ok(v),
             Err(e) => Err(Failure {
                 id: Some(v.id()),
@@ -712,8 +712,8 @@ mod tests {
     use super::*;
     use crate::key::{Keyring, ServerSecret};
     use crate::limits::{FailureThrottleConfig, MemoryLimits};
-    use crate::record::NewKey;
     use crate::store::MemoryStore;
+    use crate::store::NewKey;
 
     fn failure(r: std::result::Result<VerifiedKey, Failure>) -> Failure {
         match r {

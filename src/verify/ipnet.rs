@@ -1,11 +1,3 @@
-//! IP allowlists: [`IpNet`], a CIDR range over `std::net`.
-//!
-//! A key may carry a list of ranges ([`KeyRecord::ip_allowlist`](crate::KeyRecord::ip_allowlist));
-//! when the list is non-empty, a request from an address outside every range
-//! fails with [`Error::IpNotAllowed`] (403,
-//! `IP_NOT_ALLOWED`). IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are
-//! compared as the IPv4 address they carry.
-
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -14,6 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// IP allowlists: [`IpNet`], a CIDR range over `std::net`.
+///
+/// A key may carry a list of ranges ([`KeyRecord::ip_allowlist`](crate::KeyRecord::ip_allowlist));
+/// when the list is non-empty, a request from an address outside every range
+/// fails with [`Error::IpNotAllowed`] (403,
+/// `IP_NOT_ALLOWED`). IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are
+/// compared as the IPv4 address they carry.
+///
 /// A CIDR range such as `10.0.0.0/8` or `2001:db8::/32`. A bare address is a
 /// range of one (`/32` or `/128`).
 ///

@@ -1,23 +1,3 @@
-//! Scopes: what a key may do.
-//!
-//! Grammar: one or more segments separated by `:`; each segment is one or
-//! more of `[a-z0-9_-]`, or `*` as the **last** segment only. Scopes are
-//! case-sensitive and at most 128 bytes with at most 16 segments.
-//!
-//! | scope | meaning |
-//! |---|---|
-//! | `read` | a bare permission (as in plans with `read` / `write` / `admin`) |
-//! | `tasks:read` | one action on one resource type |
-//! | `corpus:42:query` | an action on one resource |
-//! | `projects:*` | everything under `projects:` (one or more further segments) |
-//! | `*` | everything |
-//!
-//! A granted scope `g` satisfies a required scope `r` when they are equal, or
-//! when `g` ends in `*` and `r` has `g`'s literal segments followed by at
-//! least one more segment (or by `*` itself). A verifier may also declare
-//! scopes that mean full access, such as `admin:*`
-//! ([`Verifier::with_full_access_scope`](crate::Verifier::with_full_access_scope)).
-
 use std::fmt;
 use std::sync::Arc;
 
@@ -32,6 +12,26 @@ pub const MAX_SEGMENTS: usize = 16;
 /// Most scopes on one key.
 pub const MAX_SCOPES_PER_KEY: usize = 64;
 
+/// Scopes: what a key may do.
+///
+/// Grammar: one or more segments separated by `:`; each segment is one or
+/// more of `[a-z0-9_-]`, or `*` as the **last** segment only. Scopes are
+/// case-sensitive and at most 128 bytes with at most 16 segments.
+///
+/// | scope | meaning |
+/// |---|---|
+/// | `read` | a bare permission (as in plans with `read` / `write` / `admin`) |
+/// | `tasks:read` | one action on one resource type |
+/// | `corpus:42:query` | an action on one resource |
+/// | `projects:*` | everything under `projects:` (one or more further segments) |
+/// | `*` | everything |
+///
+/// A granted scope `g` satisfies a required scope `r` when they are equal, or
+/// when `g` ends in `*` and `r` has `g`'s literal segments followed by at
+/// least one more segment (or by `*` itself). A verifier may also declare
+/// scopes that mean full access, such as `admin:*`
+/// ([`Verifier::with_full_access_scope`](crate::Verifier::with_full_access_scope)).
+///
 /// One validated scope.
 ///
 /// ```

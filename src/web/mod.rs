@@ -2,17 +2,18 @@
 //! authentication and limits, JSON error responses, and (feature `axum`) a
 //! tower layer with axum extractors.
 
-pub mod extract;
-pub mod gate;
+mod extract;
+mod gate;
 #[cfg(feature = "axum")]
-pub mod layer;
+mod layer;
 pub mod publishable;
-pub mod response;
+mod response;
 
 pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};
 pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};
 #[cfg(feature = "axum")]
 pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};
+pub(crate) use publishable::{ALLOWED_ORIGINS, RequestOrigin, validate_origins};
 pub use response::{
     ErrorBody, ErrorDetails, ErrorObject, ErrorResponse, MissingKeyDetails, REALM,
     rate_limit_headers, retry_after_secs,

@@ -50,7 +50,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::verifier::VerifiedKey;
+use crate::verify::VerifiedKey;
 
 /// The metadata entry holding a publishable key's allowed origins,
 /// separated by commas or spaces (`https://shop.example, https://www.shop.example`).
@@ -218,7 +218,7 @@ impl<'a> RequestOrigin<'a> {
 /// # Errors
 /// [`Error::OriginNotAllowed`] otherwise.
 #[inline]
-pub(crate) fn check_view(view: &crate::record::KeyView, origin: &RequestOrigin<'_>) -> Result<()> {
+pub(crate) fn check_view(view: &crate::store::KeyView, origin: &RequestOrigin<'_>) -> Result<()> {
     if !view.is_publishable()
         || origin.allowed_by(view.metadata().get(ALLOWED_ORIGINS).map(String::as_str))
     {

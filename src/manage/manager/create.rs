@@ -5,14 +5,14 @@ use zeroize::Zeroizing;
 
 use super::commit::InsertError;
 use super::{ImportKey, KeyManager, KeySummary, LegacySecret, MAX_LEGACY_KEY_LEN, reserved_parent};
-use crate::audit::{Actor, AuditKind};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::key::ApiKey;
 use crate::key::KeyDigest;
 use crate::limits::Limits;
-use crate::record::{LegacyInfo, NewKey};
+use crate::manage::audit::{Actor, AuditKind};
 use crate::store::{KeyStoreWrite, UsageStore};
+use crate::store::{LegacyInfo, NewKey};
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Creates a key; returns the full key (show it once) and its summary.
