@@ -1076,8 +1076,8 @@ async fn monitored(
     limits: MemoryLimits<ManualClock>,
 ) -> (SocketAddr, Arc<MemoryAuditSink>) {
     let events = Arc::new(MemoryAuditSink::new());
-    let monitor = Arc::new(apikey::manage::Monitor::new(
-        apikey::manage::MonitorConfig::default(),
+    let monitor = Arc::new(apikey::pipeline::Monitor::new(
+        apikey::pipeline::MonitorConfig::default(),
         events.clone(),
     ));
     let gate = Gate::new(

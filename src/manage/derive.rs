@@ -2,20 +2,21 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use super::audit::{Actor, AuditKind};
 use super::manager::{KeyManager, KeySummary};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
+use crate::pipeline::{Actor, AuditKind};
+use crate::record::IpNet;
+use crate::record::PARENT;
+use crate::record::{KeyRecord, KeyStatus, NewKey};
 use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
-use crate::store::{KeyRecord, KeyStatus, NewKey};
-use crate::verify::IpNet;
-use crate::verify::{Bounds, PARENT, parent_of_record};
+use crate::verify::{Bounds, parent_of_record};
 
 /// [`KeyManager::derive`]: child keys that only narrow their parent (for
 /// AI agents, CI jobs, one-off scripts). The rules, and how a child dies
-/// with its parent, are in [`PARENT`](crate::PARENT).
+/// with its parent, are in [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH).
 ///
 /// ```
 /// use apikey::*;
@@ -97,7 +98,7 @@ pub(crate) fn is_child_of(r: &KeyRecord, parent: KeyId) -> bool {
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Derives a child of key `parent`: same owner, prefix and environment,
-    /// narrowed by `derivation` (see [`PARENT`](crate::PARENT)).
+    /// narrowed by `derivation` (see [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH)).
     /// The issuance policies and the owner limit apply as on
     /// [`create`](Self::create).
     ///
@@ -166,9 +167,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         new.metadata = derivation.metadata;
         new.metadata.insert(PARENT.to_owned(), parent.to_string());
         // A publishable child is used from its parent's pages only.
-        if let Some(origins) = p.metadata.get(crate::web::ALLOWED_ORIGINS) {
+        if let Some(origins) = p.metadata.get(crate::pipeline::ALLOWED_ORIGINS) {
             new.metadata
-                .insert(crate::web::ALLOWED_ORIGINS.to_owned(), origins.clone());
+                .insert(crate::pipeline::ALLOWED_ORIGINS.to_owned(), origins.clone());
         }
         let (key, record) = self.issue_planned(new, now, true)?;
         Bounds::of_record(&record)
@@ -239,7 +240,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 for child in chunk {
                     let mut next = (*child).clone();
                     next.status = KeyStatus::Revoked;
-                    next.revocation = Some(crate::store::Revocation {
+                    next.revocation = Some(crate::record::Revocation {
                         at: now,
                         reason: reason.to_owned(),
                     });

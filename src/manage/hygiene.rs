@@ -2,7 +2,7 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::key::KeyId;
-use crate::store::{KeyRecord, KeyStatus};
+use crate::record::{KeyRecord, KeyStatus};
 use crate::verify::KeyPolicies;
 
 /// What the report looks for. Every field says its default.

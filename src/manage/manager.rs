@@ -6,20 +6,20 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use super::audit::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
 use super::hygiene::{HygieneOptions, HygieneReport};
-use super::usage::UsageRecorder;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::key::Environment;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::{Limits, NoLimits};
+use crate::pipeline::UsageRecorder;
+use crate::pipeline::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
+use crate::pipeline::{Auditor, Authenticator};
+use crate::record::IpNet;
+use crate::record::Requirement;
+use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, UsageCounters};
 use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
-use crate::store::{KeyRecord, KeyStatus, NewKey, Revocation, UsageCounters};
-use crate::verify::IpNet;
 use crate::verify::KeyPolicies;
-use crate::verify::Requirement;
-use crate::verify::{Auditor, Authenticator};
 use crate::verify::{VerifiedKey, Verifier};
 
 mod change;
@@ -47,10 +47,10 @@ pub const PENDING_APPROVAL: &str = "apikey.pending_approval";
 /// Refuses the reserved parent link in caller-given metadata: only
 /// [`KeyManager::derive`] sets it.
 fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
-    if metadata.contains_key(crate::verify::PARENT) {
+    if metadata.contains_key(crate::record::PARENT) {
         return Err(Error::InvalidInput(format!(
             "the metadata entry `{}` is reserved for derived keys",
-            crate::verify::PARENT
+            crate::record::PARENT
         )));
     }
     Ok(())
@@ -418,7 +418,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Authenticator::with_monitor`]); a gate built with
     /// [`Gate::from_manager`](crate::web::Gate::from_manager) adds rate-limit
     /// hits and exhausted quotas. Defaults to none.
-    pub fn with_monitor(mut self, monitor: Arc<crate::manage::Monitor>) -> Self {
+    pub fn with_monitor(mut self, monitor: Arc<crate::pipeline::Monitor>) -> Self {
         self.auth = self.auth.with_monitor(monitor);
         self
     }
@@ -630,9 +630,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     "publishable keys need the public scopes (KeyManager::with_public_scopes)",
                 ));
             }
-            crate::web::validate_origins(
+            crate::pipeline::validate_origins(
                 new.metadata
-                    .get(crate::web::ALLOWED_ORIGINS)
+                    .get(crate::pipeline::ALLOWED_ORIGINS)
                     .map(String::as_str),
             )?;
         }

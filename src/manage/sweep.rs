@@ -5,14 +5,14 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use super::audit::{Actor, AuditKind};
 use super::manager::KeyManager;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorCode, Result};
 use crate::key::KeyId;
 use crate::limits::Limits;
+use crate::pipeline::{Actor, AuditKind};
+use crate::record::{KeyRecord, KeyStatus};
 use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
-use crate::store::{KeyRecord, KeyStatus};
 
 /// Records the sweep reads a page.
 const SWEEP_PAGE: u32 = 500;

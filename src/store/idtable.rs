@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use super::record::KeyView;
+use crate::record::KeyView;
 
 /// Fibonacci hashing's multiplier (2^64 / the golden ratio, odd).
 const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -132,8 +132,8 @@ impl IdTable {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::record::KeyRecord;
     use super::*;
+    use crate::record::KeyRecord;
     use std::collections::HashMap;
 
     fn view(id: u64) -> Arc<KeyView> {

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::ops::Range;
 
 use super::idtable::IdTable;
-use super::record::{KeyRecord, KeyView, Owner};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyDigest;
 use crate::key::KeyId;
+use crate::record::ScopeSet;
+use crate::record::{KeyRecord, KeyView, Owner};
 use crate::store::{
     Changes, FlushId, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite,
     Listing, UsageBatch, UsageStore,
 };
 use crate::sync::{self, Mutex, RwLock};
-use crate::verify::ScopeSet;
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -528,7 +528,7 @@ fn prefilter(query: &KeyQuery, v: &KeyView) -> bool {
     match &query.filter {
         KeyFilter::Owner(o) => v.owner() == Some(o.as_str()),
         KeyFilter::Expiring { window, .. } => {
-            v.status != super::record::KeyStatus::Revoked
+            v.status != crate::record::KeyStatus::Revoked
                 && v.expires_at_exact().is_some_and(|e| window.contains(&e))
         }
         KeyFilter::Created { prefix, window } => {
@@ -588,11 +588,11 @@ impl UsageStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::record::{KeyStatus, LegacyInfo, Revocation};
     use super::*;
     use crate::key::Prefix;
+    use crate::record::IpNet;
+    use crate::record::{KeyStatus, LegacyInfo, Revocation};
     use crate::store::UsageDelta;
-    use crate::verify::IpNet;
     use time::OffsetDateTime;
 
     fn suite_now() -> OffsetDateTime {
@@ -606,7 +606,7 @@ mod tests {
         let mut digest = [0u8; 32];
         OsRng.fill_bytes(&mut digest);
         KeyRecord {
-            schema_version: crate::store::record::SCHEMA_VERSION,
+            schema_version: crate::record::SCHEMA_VERSION,
             id: KeyId::from_u64(OsRng.next_u64()),
             prefix: Prefix::new("sk_test_").unwrap(),
             environment: crate::key::Environment::Test,
@@ -615,7 +615,7 @@ mod tests {
             description: None,
             secret_version: 1,
             digest: KeyDigest::from_bytes(digest),
-            scopes: crate::verify::ScopeSet::parse(["read"]).unwrap(),
+            scopes: crate::record::ScopeSet::parse(["read"]).unwrap(),
             created_at: suite_now() - Duration::days(1),
             expires_at: None,
             not_before: None,
@@ -730,7 +730,7 @@ mod tests {
             std::mem::size_of::<KeyView>()
         );
         #[cfg(target_pointer_width = "64")]
-        assert!(std::mem::size_of::<crate::store::record::Extra>() <= 56);
+        assert!(std::mem::size_of::<crate::record::Extra>() <= 56);
     }
 
     #[test]

@@ -66,22 +66,16 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::key::Prefix;
+use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
 
-mod builder;
 mod cache;
 mod feed;
 mod idtable;
 mod memory;
-mod record;
 
-pub use builder::KeyRecordBuilder;
 pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_NEGATIVE_MAX_AGE};
 pub use feed::{ChangeFeed, Invalidate, Invalidation};
 pub use memory::MemoryStore;
-pub(crate) use record::{HAS_PARENT, unix_nanos};
-pub use record::{
-    KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
-};
 
 /// The verification read path: the one trait a read-only store (a replica,
 /// a cache, a file) implements to serve [`Authenticator`](crate::Authenticator).
@@ -155,7 +149,7 @@ pub trait KeyStoreWrite: KeyStoreQuery {
     /// * a delete: the record exists (`NotFound`) with revision `expected`
     ///   (`Conflict`); it goes with its usage rows;
     /// * after the commit, no two records hold one
-    ///   [legacy index](LegacyInfo::index), else `IdCollision`.
+    ///   [legacy index](crate::LegacyInfo::index), else `IdCollision`.
     ///
     /// Once it returns `Ok`, every `fetch` that starts sees the changes.
     /// The store applies no lifecycle rule: no owner count, no rotation
@@ -635,7 +629,7 @@ pub enum FlushOutcome {
 /// [`MemoryStore`] records ids: exactly once.
 ///
 /// The store only adds: "today" and "this month" are derived by the crate
-/// from [`usage`](Self::usage) ([`UsageCounters::from_days`]). No store
+/// from [`usage`](Self::usage) ([`UsageCounters::from_days`](crate::UsageCounters::from_days)). No store
 /// writes month-rollover logic.
 pub trait UsageStore: KeyStore {
     /// Adds a batch of usage, all or nothing: for each delta,

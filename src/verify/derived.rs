@@ -1,13 +1,13 @@
 use std::sync::Arc;
 
-use super::ipnet::IpNet;
-use super::scope::ScopeSet;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::key::Environment;
 use crate::key::KeyId;
+use crate::record::IpNet;
+use crate::record::ScopeSet;
+use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, PARENT, unix_nanos};
 use crate::store::KeyStore;
-use crate::store::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, unix_nanos};
 
 /// Derived keys: a child key that can only narrow its parent, and never
 /// outlives it.
@@ -38,9 +38,6 @@ use crate::store::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, unix_nanos};
 /// children (`POLICY_VIOLATION`) rather than accept one whose parent it
 /// cannot see.
 ///
-/// The reserved metadata entry holding a derived key's parent id.
-pub const PARENT: &str = "apikey.parent";
-
 /// The deepest chain of derived keys the authenticator follows; deeper
 /// chains are refused. [`KeyManager::with_derivation_limits`](crate::KeyManager::with_derivation_limits)
 /// cannot set a depth above it.
@@ -128,7 +125,7 @@ fn broken(rule: &'static str) -> Error {
     Error::PolicyViolation { rule }
 }
 
-/// Checks every ancestor of `child` (see [`PARENT`]), reading
+/// Checks every ancestor of `child` (see [`MAX_DERIVATION_DEPTH`]), reading
 /// the clock at most once.
 pub(crate) async fn check_ancestors<S: KeyStore + ?Sized, C: Clock + ?Sized>(
     store: &S,

@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 use super::verifier::Verifier;
 use crate::error::{Error, Result};
 use crate::key::PrefixEntry;
+use crate::record::{KeyRecord, LegacyInfo};
 use crate::store::{Changes, KeyStoreWrite, Put};
-use crate::store::{KeyRecord, LegacyInfo};
 
 /// Longest accepted legacy prefix, in bytes.
 pub const MAX_LEGACY_PREFIX_LEN: usize = 32;

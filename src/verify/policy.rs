@@ -1,10 +1,10 @@
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
-use super::scope::ScopeSet;
 use crate::error::{Error, Result};
 use crate::key::Environment;
-use crate::store::{KeyRecord, KeyView, unix_nanos};
+use crate::record::ScopeSet;
+use crate::record::{KeyRecord, KeyView, unix_nanos};
 
 /// Which keys a [`PolicyRule`] applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,14 +5,14 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use super::policy::{KeyPolicies, Subject};
-use super::scope::{Requirement, Scope, ScopeSet};
 use crate::clock::{check_time, out_of_range, unix_nanos_in_range};
 use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyDigest;
 use crate::key::Keyring;
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::key::{Environment, Environments, PrefixRegistry};
-use crate::store::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
+use crate::record::{Requirement, Scope, ScopeSet};
 
 /// The pure, synchronous verification core (and key issuing).
 ///
@@ -608,7 +608,7 @@ impl Verifier {
 }
 
 /// The pure verifier cannot see a derived key's parent: it refuses the key
-/// (see [`PARENT`](crate::PARENT)).
+/// (see [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH)).
 #[inline]
 fn no_parent(v: VerifiedKey) -> Result<VerifiedKey> {
     match super::derived::parent_of_view(&v.view) {

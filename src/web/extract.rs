@@ -1,9 +1,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::publishable::RequestOrigin;
 use crate::error::{Error, MalformedReason, Result};
 use crate::key::PrefixRegistry;
+use crate::pipeline::RequestOrigin;
 
 /// Default limit on a presented value, in bytes. Keys are at most
 /// [`ApiKey::MAX_LEN`](crate::ApiKey::MAX_LEN) long.

@@ -19,9 +19,9 @@ use crate::limits::{
     SpendReceipt, SyncLimits, Verdict,
 };
 use crate::metrics;
+use crate::pipeline::Authenticator;
+use crate::record::Requirement;
 use crate::store::KeyStore;
-use crate::verify::Authenticator;
-use crate::verify::Requirement;
 use crate::verify::{Failure, VerifiedKey};
 
 /// What one route needs: a scope requirement and a credit cost.

@@ -457,9 +457,9 @@ impl<St: Send + Sync> FromRequestParts<St> for Admitted {
 
 #[cfg(test)]
 mod tests {
-    use crate::web::response::rate_limit_headers;
     use super::*;
     use crate::limits::{RateLimitInfo, RateWindow};
+    use crate::web::response::rate_limit_headers;
     use std::time::Duration;
 
     /// The layer writes the `X-RateLimit-*` headers itself (static names,

@@ -13,7 +13,6 @@ pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, S
 pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};
 #[cfg(feature = "axum")]
 pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};
-pub(crate) use publishable::{ALLOWED_ORIGINS, RequestOrigin, validate_origins};
 pub use response::{
     ErrorBody, ErrorDetails, ErrorObject, ErrorResponse, MissingKeyDetails, REALM,
     rate_limit_headers, retry_after_secs,

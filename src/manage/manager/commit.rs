@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::key::KeyId;
 use crate::limits::Limits;
-use crate::store::KeyRecord;
+use crate::record::KeyRecord;
 use crate::store::{Changes, KeyQuery, KeyStoreWrite, Put, UsageStore};
 
 /// How often a plan is made again after a conflicting commit (the record

@@ -10,9 +10,9 @@ use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::key::ApiKey;
 use crate::key::KeyDigest;
 use crate::limits::Limits;
-use crate::manage::audit::{Actor, AuditKind};
+use crate::pipeline::{Actor, AuditKind};
+use crate::record::{LegacyInfo, NewKey};
 use crate::store::{KeyStoreWrite, UsageStore};
-use crate::store::{LegacyInfo, NewKey};
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Creates a key; returns the full key (show it once) and its summary.

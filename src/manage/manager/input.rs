@@ -7,8 +7,8 @@ use std::fmt;
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::store::NewKey;
-use crate::verify::IpNet;
+use crate::record::IpNet;
+use crate::record::NewKey;
 
 /// A partial update (PATCH semantics): only the fields set are changed.
 ///

@@ -7,9 +7,9 @@ use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
-use crate::manage::audit::{Actor, AuditKind};
+use crate::pipeline::{Actor, AuditKind};
+use crate::record::{KeyStatus, NewKey};
 use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
-use crate::store::{KeyStatus, NewKey};
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Issues a successor with the same prefix, owner, name, description,

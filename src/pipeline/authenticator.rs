@@ -6,21 +6,24 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
-use super::scope::Requirement;
-use super::verifier::{Failure, VerifiedKey, Verifier};
+use super::origin::check_view;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyId;
 use crate::limits::{FailureClass, Limits, NoLimits};
-use crate::manage::Monitor;
-use crate::manage::UsageRecorder;
-use crate::manage::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::metrics;
-use crate::store::KeyView;
+use crate::pipeline::Monitor;
+use crate::pipeline::RequestOrigin;
+use crate::pipeline::UsageRecorder;
+use crate::pipeline::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
+use crate::record::KeyView;
+use crate::record::Requirement;
 use crate::store::{KeyStore, UsageStore};
 use crate::trace;
-use crate::web::{RequestOrigin, publishable};
+use crate::verify::{Failure, VerifiedKey, Verifier};
+use crate::verify::{
+    Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN, Upgrader, legacy_matches, legacy_sha, legacy_upgraded,
+};
 
 /// How often an authenticator made by [`Authenticator::new`] writes its
 /// usage counts: the gate's axum layer starts a flush in the background at
@@ -326,7 +329,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         Ok(self)
     }
 
-    pub(crate) fn set_upgrader(&mut self, upgrader: Arc<dyn legacy::Upgrader>) {
+    pub(crate) fn set_upgrader(&mut self, upgrader: Arc<dyn Upgrader>) {
         Arc::make_mut(&mut self.legacy).upgrader = Some(upgrader);
     }
 
@@ -514,9 +517,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 self.verifier
                     .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
             let verified = match verified {
-                Ok(v) if super::derived::parent_of_view(v.view()).is_some() => {
-                    self.lineage(v).await
-                }
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
                 other => other,
             };
             verified.and_then(|v| Self::from_origin(v, origin))
@@ -528,9 +529,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
             let verified = match verified {
-                Ok(v) if super::derived::parent_of_view(v.view()).is_some() => {
-                    self.lineage(v).await
-                }
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
                 other => other,
             };
             let verified = verified.and_then(|v| Self::from_origin(v, origin));
@@ -555,7 +554,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         v: VerifiedKey,
         origin: Option<&RequestOrigin<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        match origin.map(|o| publishable::check_view(v.view(), o)) {
+        match origin.map(|o| check_view(v.view(), o)) {
             None | Some(Ok(())) => Ok(v),
             Some(Err(e)) => Err(Failure {
                 id: Some(v.id()),
@@ -572,10 +571,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         }
     }
 
-    /// A derived key's ancestors ([`PARENT`](crate::PARENT));
+    /// A derived key's ancestors ([`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH));
     /// called for children only, so other keys pay one flag test.
     async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Failure> {
-        match super::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
+        match crate::verify::check_ancestors(&self.store, &self.clock, v.view()).await {
             Ok(()) => Ok(v),
             Err(e) => Err(Failure {
                 id: Some(v.id()),
@@ -659,7 +658,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             return Err(failure);
         }
         let keyring = self.verifier.keyring();
-        let sha = legacy::sha(presented);
+        let sha = legacy_sha(presented);
         let mut found = None;
         for v in keyring.versions_current_first() {
             let Some(index) = keyring.legacy_index(v, &sha) else {
@@ -682,7 +681,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             self.network_failed(ip);
             return Err(failure);
         };
-        let verified = if legacy::matches(&self.verifier, &rec, prefix, &index, presented) {
+        let verified = if legacy_matches(&self.verifier, &rec, prefix, &index, presented) {
             self.verifier
                 .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
                 .and_then(|v| Self::from_origin(v, origin))
@@ -693,7 +692,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         // Best effort: a failure leaves the record as it was, and the next
         // verification tries again.
         if let Some(up) = &self.legacy.upgrader
-            && let Some(next) = legacy::upgraded(&self.verifier, &rec, presented, &sha)
+            && let Some(next) = legacy_upgraded(&self.verifier, &rec, presented, &sha)
             && up.upgrade(next, rec.revision).await
             && let Some(a) = &self.audit
         {
@@ -712,8 +711,8 @@ mod tests {
     use super::*;
     use crate::key::{Keyring, ServerSecret};
     use crate::limits::{FailureThrottleConfig, MemoryLimits};
+    use crate::record::NewKey;
     use crate::store::MemoryStore;
-    use crate::store::NewKey;
 
     fn failure(r: std::result::Result<VerifiedKey, Failure>) -> Failure {
         match r {

@@ -8,7 +8,7 @@ use time::{Duration, OffsetDateTime};
 use super::audit::{AuditEvent, AuditKind, AuditSink};
 use super::usage::FastHasher;
 use crate::key::KeyId;
-use crate::verify::IpNet;
+use crate::record::IpNet;
 
 /// Networks remembered per key (the oldest is forgotten first).
 pub const NETWORKS_PER_KEY: usize = 8;
@@ -71,7 +71,7 @@ impl MonitorConfig {
     /// twice its entries' slots).
     ///
     /// ```
-    /// let bound = apikey::manage::MonitorConfig::default().memory_bound();
+    /// let bound = apikey::pipeline::MonitorConfig::default().memory_bound();
     /// assert!(bound < 8 * 1024 * 1024);
     /// ```
     pub fn memory_bound(&self) -> usize {
@@ -184,7 +184,7 @@ type KeyTable = HashMap<u64, KeyState, std::hash::BuildHasherDefault<FastHasher>
 /// use std::net::IpAddr;
 /// use std::sync::Arc;
 /// use apikey::*;
-/// use apikey::manage::{Monitor, MonitorConfig};
+/// use apikey::pipeline::{Monitor, MonitorConfig};
 /// use time::macros::datetime;
 ///
 /// let audit = Arc::new(MemoryAuditSink::new());

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use crate::error::Reason;
 use crate::key::KeyId;
-use crate::store::unix_nanos;
+use crate::record::unix_nanos;
 
 /// Who did something and why. Passed to every management call.
 ///
@@ -143,18 +143,18 @@ pub enum AuditKind {
         /// How many tokens the request held.
         tokens: u32,
     },
-    /// Monitoring ([`Monitor`](crate::manage::Monitor)): the key was used
+    /// Monitoring ([`Monitor`](crate::pipeline::Monitor)): the key was used
     /// from a network not seen for it within the configured window.
     NewNetwork {
         /// The network (IPv4 /24, IPv6 /48), never the full address.
-        network: crate::verify::IpNet,
+        network: crate::record::IpNet,
     },
     /// Monitoring: a burst of failed verifications, of the event's key
     /// (`network` is `None`) or from one client network (no key). One event
     /// per burst window, however many failures follow.
     FailureBurst {
         /// The client network, for a burst from one network.
-        network: Option<crate::verify::IpNet>,
+        network: Option<crate::record::IpNet>,
         /// Failures counted when the burst was raised.
         failures: u64,
         /// The burst window, in seconds.

@@ -7,7 +7,7 @@ use time::{Date, OffsetDateTime};
 
 use crate::error::StoreError;
 use crate::key::KeyId;
-use crate::store::unix_nanos;
+use crate::record::unix_nanos;
 use crate::store::{FlushId, UsageBatch, UsageDelta, UsageStore};
 
 const SHARDS: usize = 16;

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::key::KeyDigest;
 use crate::key::{Environment, Prefix};
 use crate::key::{KeyId, key_display_form};
-use crate::verify::IpNet;
-use crate::verify::ScopeSet;
+use crate::record::IpNet;
+use crate::record::ScopeSet;
 
 /// The record layout version written by this crate.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -587,7 +587,7 @@ impl KeyView {
         if cold.ip_allowlist.is_some() {
             flags |= HAS_IP_ALLOWLIST;
         }
-        if record.metadata.contains_key(crate::verify::PARENT) {
+        if record.metadata.contains_key(crate::record::PARENT) {
             flags |= HAS_PARENT;
         }
         let extra = Extra {
@@ -734,7 +734,7 @@ impl KeyView {
         }
         match self.cold().and_then(|c| c.ip_allowlist.as_deref()) {
             None => true,
-            Some(list) => crate::verify::ip_allowed(list, ip),
+            Some(list) => crate::record::ip_allowed(list, ip),
         }
     }
 

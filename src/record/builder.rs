@@ -2,13 +2,13 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use super::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
+use super::stored::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
 use crate::error::Result;
 use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::key::{Environment, Prefix};
-use crate::verify::IpNet;
-use crate::verify::ScopeSet;
+use crate::record::IpNet;
+use crate::record::ScopeSet;
 
 /// Builds a [`KeyRecord`] from its columns. Every field of the record has a
 /// setter; [`build`](Self::build) checks the record's invariants
