@@ -312,7 +312,8 @@ pub struct AdmissionWrite {
 ///
 /// ```
 /// use apikey::Timestamp;
-/// use apikey::limits::{Admission, AdmissionState, Quota, decide};
+/// use apikey::limits::backend::{AdmissionState, decide};
+/// use apikey::limits::{Admission, Quota};
 /// let now = Timestamp::from_unix_micros(1_000_000)?;
 /// let a = Admission::new(1, Quota::unlimited().per_minute(2));
 /// let (v, write) = decide(&a, &AdmissionState::default(), now);

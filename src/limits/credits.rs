@@ -190,7 +190,8 @@ impl Refill {
 /// ```
 /// use std::time::Duration;
 /// use apikey::Timestamp;
-/// use apikey::limits::{Balance, Refill};
+/// use apikey::limits::Refill;
+/// use apikey::limits::backend::Balance;
 /// let t0 = Timestamp::from_unix_micros(0)?;
 /// let b = Balance { remaining: 0, refill: Refill::every(10, Duration::from_secs(60)), refilled_at: t0 };
 /// assert_eq!(b.refreshed(t0.saturating_add_micros(59_999_999)).remaining, 0);

@@ -8,17 +8,10 @@ use crate::limits::quota::RateWindow;
 /// Rounds a duration up to whole seconds, as `Retry-After` and
 /// `X-RateLimit-Reset` need (a wait of 0.2 s becomes 1 s, so a client that
 /// obeys the header never comes back too early). The only place limits
-/// round.
-///
-/// ```
-/// use std::time::Duration;
-/// use apikey::limits::ceil_secs;
-/// assert_eq!(ceil_secs(Duration::ZERO), 0);
-/// assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
-/// assert_eq!(ceil_secs(Duration::from_millis(3001)), 4);
-/// ```
+/// round (`0 s` → 0, `1 µs` → 1, `3.001 s` → 4; see the unit test
+/// `ceil_secs_rounds_up_to_whole_seconds`).
 #[must_use]
-pub const fn ceil_secs(d: Duration) -> u64 {
+pub(crate) const fn ceil_secs(d: Duration) -> u64 {
     if d.subsec_nanos() == 0 {
         d.as_secs()
     } else {
@@ -41,7 +34,7 @@ pub(crate) const fn micros(d: i64) -> Duration {
 ///
 /// ```
 /// use apikey::Timestamp;
-/// use apikey::limits::GcraState;
+/// use apikey::limits::backend::GcraState;
 /// let s = GcraState::new(Timestamp::from_unix_micros(5)?, Timestamp::MIN);
 /// assert!(s.is_idle_at(Timestamp::from_unix_micros(5)?));
 /// assert!(!s.is_idle_at(Timestamp::from_unix_micros(4)?));
@@ -225,5 +218,20 @@ impl Gcra {
                 info: self.info(0, self.emission),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ceil_secs;
+
+    #[test]
+    fn ceil_secs_rounds_up_to_whole_seconds() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
+        assert_eq!(ceil_secs(Duration::from_millis(3001)), 4);
     }
 }

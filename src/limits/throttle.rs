@@ -227,7 +227,8 @@ fn evict<K: Hash + Eq + Copy>(map: &mut HashMap<K, Entry>, cap: usize, now: i64,
 /// ```
 /// use std::time::Duration;
 /// use apikey::Timestamp;
-/// use apikey::limits::{FailureThrottle, FailureThrottleConfig};
+/// use apikey::limits::FailureThrottleConfig;
+/// use apikey::limits::backend::FailureThrottle;
 /// let t = FailureThrottle::new(FailureThrottleConfig { max_failures: 2, ..Default::default() });
 /// let now = Timestamp::from_unix_micros(1_000_000)?;
 /// assert!(t.record_key_failure(7, now).is_ok());
