@@ -120,7 +120,7 @@ pub use rand_core;
 pub use record::{
     IpNet, KeyRecord, KeyRecordBuilder, KeyStatus, KeyView, LegacyInfo, MAX_SCOPE_LEN,
     MAX_SCOPES_PER_KEY, MAX_SEGMENTS, NewKey, PARENT, Requirement, Revocation, SCHEMA_VERSION,
-    Scope, ScopeSet, UsageCounters, ip_allowed,
+    Scope, ScopeSet, UsageCounters,
 };
 pub use store::{
     CachedStore, ChangeFeed, Changes, Cursor, Delete, FlushId, FlushOutcome, Invalidate,

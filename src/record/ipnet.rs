@@ -127,16 +127,8 @@ fn mask(value: u128, len: u8, v4: bool) -> u128 {
 
 /// Whether `ip` is inside any range of `list`. An empty list allows every
 /// address; a non-empty list allows no request whose address is unknown.
-///
-/// ```
-/// use apikey::{ip_allowed, IpNet};
-/// let list: Vec<IpNet> = vec!["10.0.0.0/8".parse()?];
-/// assert!(ip_allowed(&list, Some("10.1.2.3".parse().unwrap())));
-/// assert!(!ip_allowed(&list, None));
-/// assert!(ip_allowed(&[], None));
-/// # Ok::<(), apikey::Error>(())
-/// ```
-pub fn ip_allowed(list: &[IpNet], ip: Option<IpAddr>) -> bool {
+/// The public form is [`KeyView::allows_ip`](crate::KeyView::allows_ip).
+pub(crate) fn ip_allowed(list: &[IpNet], ip: Option<IpAddr>) -> bool {
     if list.is_empty() {
         return true;
     }
@@ -194,6 +186,15 @@ impl<'de> Deserialize<'de> for IpNet {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_allowlist_allows_every_address_and_a_list_no_unknown_one() {
+        let list: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(ip_allowed(&list, Some("10.1.2.3".parse().unwrap())));
+        assert!(!ip_allowed(&list, Some("11.1.2.3".parse().unwrap())));
+        assert!(!ip_allowed(&list, None));
+        assert!(ip_allowed(&[], None));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

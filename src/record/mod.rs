@@ -15,7 +15,8 @@ mod scope;
 mod stored;
 
 pub use builder::KeyRecordBuilder;
-pub use ipnet::{IpNet, ip_allowed};
+pub use ipnet::IpNet;
+pub(crate) use ipnet::ip_allowed;
 pub use metadata::PARENT;
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
 #[cfg(test)]

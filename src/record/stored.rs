@@ -724,9 +724,23 @@ impl KeyView {
             .unwrap_or(&[])
     }
 
-    /// Whether a request from `ip` may use the key (see
-    /// [`ip_allowed`](crate::ip_allowed)): one branch when the key has no
-    /// allowlist.
+    /// Whether a request from `ip` may use the key: `true` when its IP
+    /// allowlist is empty (one branch), else only for an `ip` inside one of
+    /// its ranges (never for an unknown address).
+    ///
+    /// ```
+    /// use apikey::{KeyView, NewKey, Keyring, ServerSecret, Verifier};
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
+    /// let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    /// let (_, open) = verifier.issue(NewKey::new("sk_live_"), now)?;
+    /// assert!(KeyView::from_record(&open).allows_ip(None));
+    /// let (_, fenced) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), now)?;
+    /// let view = KeyView::from_record(&fenced);
+    /// assert!(view.allows_ip(Some("10.1.2.3".parse().unwrap())));
+    /// assert!(!view.allows_ip(Some("11.1.2.3".parse().unwrap())));
+    /// assert!(!view.allows_ip(None));
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
     #[inline]
     pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
         if self.flags & HAS_IP_ALLOWLIST == 0 {
