@@ -118,9 +118,8 @@ pub use pipeline::{
 /// release line's), so callers can name the same version.
 pub use rand_core;
 pub use record::{
-    IpNet, KeyRecord, KeyRecordBuilder, KeyStatus, KeyView, LegacyInfo, MAX_SCOPE_LEN,
-    MAX_SCOPES_PER_KEY, MAX_SEGMENTS, NewKey, PARENT, Requirement, Revocation, SCHEMA_VERSION,
-    Scope, ScopeSet, UsageCounters,
+    IpNet, KeyRecord, KeyRecordBuilder, KeyStatus, KeyView, LegacyInfo, NewKey, PARENT,
+    Requirement, Revocation, Scope, ScopeSet, UsageCounters,
 };
 pub use store::{
     CachedStore, ChangeFeed, Changes, Cursor, Delete, FlushId, FlushOutcome, Invalidate,

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
     Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreWrite,
-    KeySummary, KeyUpdate, MAX_SCOPES_PER_KEY, NewKey, PENDING_APPROVAL, Rotation, Scope,
-    UsageStore,
+    KeySummary, KeyUpdate, NewKey, PENDING_APPROVAL, Rotation, Scope, UsageStore,
 };
 use axum::Router;
 use axum::body::Body;

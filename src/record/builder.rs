@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use super::stored::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
+use super::stored::{KeyRecord, KeyStatus, LegacyInfo, Revocation};
 use crate::error::Result;
 use crate::key::KeyDigest;
 use crate::key::KeyId;
@@ -62,7 +62,7 @@ impl KeyRecord {
     ) -> KeyRecordBuilder {
         KeyRecordBuilder {
             record: KeyRecord {
-                schema_version: SCHEMA_VERSION,
+                schema_version: KeyRecord::SCHEMA_VERSION,
                 id,
                 prefix,
                 environment,
@@ -157,7 +157,7 @@ impl KeyRecordBuilder {
         self
     }
 
-    /// The record layout version (defaults to [`SCHEMA_VERSION`]; `build`
+    /// The record layout version (defaults to [`KeyRecord::SCHEMA_VERSION`]; `build`
     /// refuses others).
     pub fn schema_version(mut self, version: u32) -> Self {
         self.record.schema_version = version;

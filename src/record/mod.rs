@@ -18,10 +18,8 @@ pub use builder::KeyRecordBuilder;
 pub use ipnet::IpNet;
 pub(crate) use ipnet::ip_allowed;
 pub use metadata::PARENT;
-pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
+pub use scope::{Requirement, Scope, ScopeSet};
 #[cfg(test)]
 pub(crate) use stored::Extra;
 pub(crate) use stored::{HAS_PARENT, Owner, unix_nanos};
-pub use stored::{
-    KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, SCHEMA_VERSION, UsageCounters,
-};
+pub use stored::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, UsageCounters};

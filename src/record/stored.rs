@@ -11,9 +11,6 @@ use crate::key::{KeyId, key_display_form};
 use crate::record::IpNet;
 use crate::record::ScopeSet;
 
-/// The record layout version written by this crate.
-pub const SCHEMA_VERSION: u32 = 1;
-
 /// Whether a key may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +60,7 @@ pub struct Revocation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct KeyRecord {
-    /// Layout version; this crate writes [`SCHEMA_VERSION`] and refuses others.
+    /// Layout version; this crate writes [`KeyRecord::SCHEMA_VERSION`] and refuses others.
     #[serde(deserialize_with = "schema_version")]
     pub schema_version: u32,
     /// Public key id.
@@ -214,16 +211,20 @@ impl LegacyInfo {
 
 fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
     let v = u32::deserialize(d)?;
-    if v == SCHEMA_VERSION {
+    if v == KeyRecord::SCHEMA_VERSION {
         Ok(v)
     } else {
         Err(serde::de::Error::custom(format_args!(
-            "unsupported key record schema_version {v} (this crate reads {SCHEMA_VERSION})"
+            "unsupported key record schema_version {v} (this crate reads {})",
+            KeyRecord::SCHEMA_VERSION
         )))
     }
 }
 
 impl KeyRecord {
+    /// The record layout version written by this crate.
+    pub const SCHEMA_VERSION: u32 = 1;
+
     /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
     /// keys show their legacy prefix and `...` only (their text has no id).
     pub fn display_form(&self) -> String {
@@ -266,7 +267,7 @@ impl KeyRecord {
     /// # Errors
     /// [`Error::InvalidRecord`] naming the broken invariant.
     pub fn validate(&self) -> Result<()> {
-        if self.schema_version != SCHEMA_VERSION {
+        if self.schema_version != KeyRecord::SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
         }
         let times = [
@@ -616,7 +617,7 @@ impl KeyView {
         let cold = self.cold();
         let state = self.extra.as_deref();
         KeyRecord {
-            schema_version: SCHEMA_VERSION,
+            schema_version: KeyRecord::SCHEMA_VERSION,
             id: self.id,
             prefix: self.prefix().clone(),
             environment: self.environment,

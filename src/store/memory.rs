@@ -606,7 +606,7 @@ mod tests {
         let mut digest = [0u8; 32];
         OsRng.fill_bytes(&mut digest);
         KeyRecord {
-            schema_version: crate::record::SCHEMA_VERSION,
+            schema_version: crate::record::KeyRecord::SCHEMA_VERSION,
             id: KeyId::from_u64(OsRng.next_u64()),
             prefix: Prefix::new("sk_test_").unwrap(),
             environment: crate::key::Environment::Test,

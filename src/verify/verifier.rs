@@ -11,7 +11,7 @@ use crate::key::KeyDigest;
 use crate::key::Keyring;
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::key::{Environment, Environments, PrefixRegistry};
-use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey};
 use crate::record::{Requirement, Scope, ScopeSet};
 
 /// The pure, synchronous verification core (and key issuing).
@@ -223,7 +223,7 @@ impl Verifier {
         }
         let (key, digest) = key::generate(rng, entry.prefix.as_str(), &self.keyring)?;
         let record = KeyRecord {
-            schema_version: SCHEMA_VERSION,
+            schema_version: KeyRecord::SCHEMA_VERSION,
             id: key.id(),
             prefix: entry.prefix.clone(),
             environment: entry.environment,

@@ -1,6 +1,7 @@
 //! Parsing and checking request parts: JSON bodies, text fields, times, scopes, allowlists, query strings and path ids.
 
 use super::*;
+use apikey::ScopeSet;
 
 pub(super) fn parse_json<T: DeserializeOwned + Default>(
     bytes: &[u8],
@@ -113,9 +114,10 @@ pub(super) fn parse_scopes(
     config: &ManageConfig,
     bounds: &Bounds,
 ) -> Result<Vec<String>, ApiError> {
-    if list.len() > MAX_SCOPES_PER_KEY {
+    if list.len() > ScopeSet::MAX_SCOPES {
         return Err(ApiError::invalid_scope(format!(
-            "at most {MAX_SCOPES_PER_KEY} permissions"
+            "at most {} permissions",
+            ScopeSet::MAX_SCOPES
         )));
     }
     for text in list {

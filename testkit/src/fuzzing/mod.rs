@@ -30,7 +30,7 @@ use apikey::{Environment, PrefixRegistry};
 use apikey::{Error, StoreErrorKind};
 use apikey::{KeyRecord, KeyStatus, NewKey, Revocation};
 use apikey::{Keyring, ServerSecret};
-use apikey::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
+use apikey::{Requirement, Scope, ScopeSet};
 
 /// Server secret version 1 of every harness keyring. Public on purpose: it
 /// only ever protects fuzzing fixtures.

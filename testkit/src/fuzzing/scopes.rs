@@ -5,11 +5,11 @@ use super::*;
 /// Segment-wise reference of the scope grammar (independent of
 /// `Scope::parse`).
 fn reference_valid(s: &str) -> bool {
-    if s.is_empty() || s.len() > MAX_SCOPE_LEN {
+    if s.is_empty() || s.len() > Scope::MAX_LEN {
         return false;
     }
     let segs: Vec<&str> = s.split(':').collect();
-    segs.len() <= MAX_SEGMENTS
+    segs.len() <= Scope::MAX_SEGMENTS
         && segs.iter().enumerate().all(|(i, seg)| {
             (*seg == "*" && i + 1 == segs.len())
                 || (!seg.is_empty()
@@ -106,7 +106,7 @@ pub fn scope_grammar(data: &[u8]) {
     let set_result = ScopeSet::parse(&pieces);
     assert_eq!(
         set_result.is_ok(),
-        valid.len() == pieces.len() && pieces.len() <= MAX_SCOPES_PER_KEY
+        valid.len() == pieces.len() && pieces.len() <= ScopeSet::MAX_SCOPES
     );
     let Some((first, rest)) = valid.split_first() else {
         return;
