@@ -110,8 +110,7 @@ pub use manage::{
 #[cfg(feature = "tracing")]
 pub use pipeline::TracingSink;
 pub use pipeline::{
-    Actor, AuditEvent, AuditKind, AuditSink, Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL,
-    MemoryAuditSink, NoAudit, UsageRecorder,
+    Actor, AuditEvent, AuditKind, AuditSink, Authenticator, MemoryAuditSink, NoAudit, UsageRecorder,
 };
 /// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11

@@ -25,11 +25,6 @@ use crate::verify::{
     Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN, Upgrader, legacy_matches, legacy_sha, legacy_upgraded,
 };
 
-/// How often an authenticator made by [`Authenticator::new`] writes its
-/// usage counts: the gate's axum layer starts a flush in the background at
-/// most once per interval.
-pub const DEFAULT_USAGE_FLUSH_INTERVAL: time::Duration = time::Duration::seconds(10);
-
 /// A flush of usage counts into the store `S`, chosen where `S` was known to
 /// be a [`UsageStore`] (the authenticator itself only needs [`KeyStore`]).
 type FlushFn<S> = for<'a> fn(
@@ -166,7 +161,7 @@ impl<S: UsageStore> Authenticator<S, SystemClock> {
     /// (`last_used_at` and the daily and monthly counts) in memory and
     /// writes it to `store` with [`flush`](Self::flush); the axum layer
     /// starts that flush in the background at most every
-    /// [`DEFAULT_USAGE_FLUSH_INTERVAL`]. No audit and no legacy prefixes
+    /// [`UsageRecorder::DEFAULT_FLUSH_INTERVAL`]. No audit and no legacy prefixes
     /// (see [`with_audit`](Self::with_audit)).
     ///
     /// For a store without usage (a read-only [`KeyStore`]), or to turn
@@ -179,8 +174,9 @@ impl<S: UsageStore> Authenticator<S, SystemClock> {
 impl<S: UsageStore, C: Clock> Authenticator<S, C> {
     /// [`new`](Self::new), reading `clock`.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
-        let mut auth = Self::read_only_with_clock(verifier, store, clock)
-            .with_usage(Arc::new(UsageRecorder::new(DEFAULT_USAGE_FLUSH_INTERVAL)));
+        let mut auth = Self::read_only_with_clock(verifier, store, clock).with_usage(Arc::new(
+            UsageRecorder::new(UsageRecorder::DEFAULT_FLUSH_INTERVAL),
+        ));
         if let Some(u) = &mut auth.usage {
             u.background = true;
         }

@@ -20,7 +20,7 @@ pub(crate) use audit::RejectionSampler;
 pub use audit::TracingSink;
 pub use audit::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 pub(crate) use authenticator::Auditor;
-pub use authenticator::{Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL};
+pub use authenticator::Authenticator;
 pub use monitor::{Monitor, MonitorConfig, NETWORKS_PER_KEY};
 pub(crate) use origin::{
     ALLOWED_ORIGINS, RequestOrigin, check_view, origin_of_url, validate_origins,

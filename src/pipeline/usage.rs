@@ -148,6 +148,12 @@ fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 }
 
 impl UsageRecorder {
+    /// How often an authenticator made by
+    /// [`Authenticator::new`](crate::Authenticator::new) writes its usage
+    /// counts: the gate's axum layer starts a flush in the background at
+    /// most once per interval.
+    pub const DEFAULT_FLUSH_INTERVAL: time::Duration = time::Duration::seconds(10);
+
     /// A recorder whose [`flush_due`](Self::flush_due) fires every `interval`.
     pub fn new(interval: time::Duration) -> Self {
         Self {
