@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Import graph of a crate's src/: files and top-level folders, with cycles (SCCs).
-Paths `crate::...` are resolved through item definitions (struct/enum/trait/fn/const/type/static/macro names)
+Paths `crate::...`, `super::...` and a file's relative `use child::...` are resolved through item definitions (struct/enum/trait/fn/const/type/static/macro names)
 to the file that defines them; module paths to the module's file."""
 import os, re, sys
 from collections import defaultdict
@@ -15,7 +15,7 @@ def modpath(f):
     return tuple(r)
 mods = {modpath(f): f for f in files}
 defs = defaultdict(set)
-defre = re.compile(r'^(?:pub(?:\([^)]*\))?\s+)?(?:const\s+fn|async\s+fn|unsafe\s+fn|fn|struct|enum|trait|const|static|type|union)\s+([A-Za-z_][A-Za-z0-9_]*)', re.M)
+defre = re.compile(r'^\s*(?:pub(?:\([^)]*\))?\s+)?(?:const\s+fn|async\s+fn|unsafe\s+fn|fn|struct|enum|trait|const|static|type|union)\s+([A-Za-z_][A-Za-z0-9_]*)', re.M)
 for f in files:
     src = open(f).read()
     for m in defre.finditer(src):
@@ -66,27 +66,42 @@ for f in files:
     src = strip(open(f).read())
     here = modpath(f)
     paths = []
+    # inline modules (`mod tests { .. }`): inside one, `super` is this file's module
+    inline = []
+    for im in re.finditer(r'\bmod\s+(\w+)\s*\{', src):
+        depth = 0
+        for j in range(im.end() - 1, len(src)):
+            if src[j] == '{': depth += 1
+            elif src[j] == '}':
+                depth -= 1
+                if depth == 0: break
+        inline.append((im.start(), j, im.group(1)))
+    def scope_at(pos):
+        return list(here) + [n for a, b, n in inline if a < pos < b]
     for m in re.finditer(r'\buse\s+(crate|super|self)::((?:[^;])*);', src):
         base = m.group(1); body = m.group(2).strip()
+        inner = scope_at(m.start())
         if body.startswith('{'): ps = expand([], body[1:-1])
         else: ps = expand([], body)
         for p in ps:
             if base == 'crate': paths.append(p)
             elif base == 'super':
-                par = list(here[:-1]) if not f.endswith('mod.rs') else list(here[:-1])
-                # super from a file module x/y.rs is x; from x/y/mod.rs is x
-                paths.append(par + p)
+                # super from a file module x/y.rs is x; from x/y/mod.rs is x;
+                # from an inline module inside x/y.rs, x::y
+                paths.append(inner[:-1] + p)
             else:
-                paths.append(list(here) + p)
-    # relative paths to child modules: `pub use memory::MemoryStore;` in a folder's mod.rs
-    for m in re.finditer(r'\buse\s+(\w+)::((?:[^;])*);', src):
-        first = m.group(1)
-        if first in ('crate', 'super', 'self', 'std', 'core', 'alloc'): continue
-        if tuple(list(here) + [first]) not in mods: continue
-        body = first + '::' + m.group(2).strip()
+                paths.append(inner + p)
+    # relative paths through a child module this file declares (`mod x;` then
+    # `pub use x::Item;`, the usual re-export of a folder's mod.rs)
+    children = set(re.findall(r'^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;', src, re.M))
+    for m in re.finditer(r'\buse\s+((?:[^;])*);', src):
+        body = m.group(1).strip()
+        first = re.match(r'(\w+)', body)
+        if not first or first.group(1) not in children: continue
         for p in expand([], body):
             paths.append(list(here) + p)
-    for m in re.finditer(r'(?<![\w:])crate::((?:\w+::)*\w+)', src):
+    # inline paths; `crate::a::{..}` groups are read by the `use` parser above
+    for m in re.finditer(r'(?<![\w:])crate::((?:\w+::)*\w+)(?![\w:])', src):
         paths.append(m.group(1).split('::'))
     for p in paths:
         p = [x for x in p if x not in ('self',)]

@@ -532,8 +532,8 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
                 b.iter(|| poll_ready(off.authenticate(black_box(next()), &req, ip)))
             });
         });
-        let monitor = std::sync::Arc::new(apikey::manage::Monitor::new(
-            apikey::manage::MonitorConfig::default(),
+        let monitor = std::sync::Arc::new(apikey::pipeline::Monitor::new(
+            apikey::pipeline::MonitorConfig::default(),
             std::sync::Arc::new(apikey::NoAudit),
         ));
         let on = Authenticator::read_only(f.verifier.clone(), store).with_monitor(monitor);

@@ -76,19 +76,13 @@ pub mod key;
 pub mod limits;
 pub mod manage;
 mod metrics;
+pub mod pipeline;
+pub mod record;
 pub mod store;
 mod sync;
 mod trace;
 pub mod verify;
 pub mod web;
-
-// Crate-internal short paths to the modules inside the folders.
-pub(crate) use manage::{audit, usage};
-pub(crate) use store::record;
-pub(crate) use verify::{authenticator, ipnet, scope, verifier};
-#[cfg(feature = "axum")]
-pub(crate) use web::gate;
-pub(crate) use web::{extract, response};
 
 #[doc(hidden)]
 pub mod __private;
@@ -98,10 +92,6 @@ pub mod __private;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 pub mod _documentation;
-
-#[cfg(feature = "tracing")]
-pub use manage::TracingSink;
-pub use manage::{Actor, AuditEvent, AuditKind, AuditSink, MemoryAuditSink, NoAudit};
 
 pub use clock::{
     Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, Timestamp, check_time, in_time_range,
@@ -115,20 +105,26 @@ pub use manage::{
     AUTO_RENEW, DEFAULT_DERIVATION_LIMITS, DEFAULT_MAX_GRACE, Derivation, EXPIRY_NOTIFIED,
     ExpiryNotice, ExpiryNotifier, Finding, HygieneOptions, HygieneReport, ImportKey, KeyHygiene,
     KeyManager, KeyState, KeySummary, KeyUpdate, PENDING_APPROVAL, Rotation, SweepOptions,
-    SweepReport, UsageRecorder,
+    SweepReport,
+};
+#[cfg(feature = "tracing")]
+pub use pipeline::TracingSink;
+pub use pipeline::{
+    Actor, AuditEvent, AuditKind, AuditSink, Authenticator, MemoryAuditSink, NoAudit, UsageRecorder,
 };
 /// The `rand_core` whose [`CryptoRng`](rand_core::CryptoRng)
 /// [`Verifier::issue_with_rng`] takes (0.10, the RustCrypto digest 0.11
 /// release line's), so callers can name the same version.
 pub use rand_core;
+pub use record::{
+    IpNet, KeyRecord, KeyRecordBuilder, KeyStatus, KeyView, LegacyInfo, NewKey, PARENT,
+    Requirement, Revocation, Scope, ScopeSet, UsageCounters,
+};
 pub use store::{
     CachedStore, ChangeFeed, Changes, Cursor, Delete, FlushId, FlushOutcome, Invalidate,
-    Invalidation, KeyFilter, KeyQuery, KeyRecord, KeyRecordBuilder, KeyStatus, KeyStore,
-    KeyStoreQuery, KeyStoreWrite, KeyView, LegacyInfo, Listing, MemoryStore, NewKey, OwnerGuard,
-    Put, Revocation, SCHEMA_VERSION, UsageBatch, UsageCounters, UsageDelta, UsageStore,
+    Invalidation, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite, Listing,
+    MemoryStore, OwnerGuard, Put, UsageBatch, UsageDelta, UsageStore,
 };
 pub use verify::{
-    Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL, IpNet, KeyPolicies, KeyPolicy,
-    MAX_DERIVATION_DEPTH, MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, PARENT, PolicyRule,
-    PolicyTarget, Requirement, Scope, ScopeSet, VerifiedKey, Verifier, ip_allowed,
+    KeyPolicies, KeyPolicy, MAX_DERIVATION_DEPTH, PolicyRule, PolicyTarget, VerifiedKey, Verifier,
 };

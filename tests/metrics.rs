@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use apikey::limits::{CreditAccount, MemoryLimits, Quota};
-use apikey::manage::{Monitor, MonitorConfig};
+use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};

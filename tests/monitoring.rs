@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use apikey::limits::{MemoryLimits, Quota};
-use apikey::manage::{Monitor, MonitorConfig};
+use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
 use time::macros::datetime;

@@ -55,7 +55,7 @@ use apikey::web::{Admitted, Gate, QuotaTable, Route};
 /// library's.
 const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
-use apikey::manage::{Monitor, MonitorConfig};
+use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::{
     Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement,
     ServerSecret, SystemClock, UsageStore, VerifiedKey, Verifier,

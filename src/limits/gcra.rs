@@ -8,11 +8,10 @@ use crate::limits::quota::RateWindow;
 /// Rounds a duration up to whole seconds, as `Retry-After` and
 /// `X-RateLimit-Reset` need (a wait of 0.2 s becomes 1 s, so a client that
 /// obeys the header never comes back too early). The only place limits
-/// round.
-///
-/// (0 for zero, 1 for a microsecond, 4 for 3.001 s: `ceil_secs_rounds_up`).
+/// round (`0 s` → 0, `1 µs` → 1, `3.001 s` → 4; see the unit test
+/// `ceil_secs_rounds_up_to_whole_seconds`).
 #[must_use]
-pub const fn ceil_secs(d: Duration) -> u64 {
+pub(crate) const fn ceil_secs(d: Duration) -> u64 {
     if d.subsec_nanos() == 0 {
         d.as_secs()
     } else {
@@ -224,13 +223,15 @@ impl Gcra {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use super::ceil_secs;
 
     #[test]
-    fn ceil_secs_rounds_up() {
+    fn ceil_secs_rounds_up_to_whole_seconds() {
         assert_eq!(ceil_secs(Duration::ZERO), 0);
         assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
         assert_eq!(ceil_secs(Duration::from_millis(3001)), 4);
-        assert_eq!(ceil_secs(Duration::from_secs(7)), 7);
     }
 }

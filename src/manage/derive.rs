@@ -1,50 +1,51 @@
-//! [`KeyManager::derive`]: child keys that only narrow their parent (for
-//! AI agents, CI jobs, one-off scripts). The rules, and how a child dies
-//! with its parent, are in [`verify::derived`](crate::verify::derived).
-//!
-//! ```
-//! use apikey::*;
-//! use time::{Duration, macros::datetime};
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[6; 32])?)?);
-//! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone());
-//! let admin = Actor::new("admin");
-//! let (_parent_key, parent) = keys
-//!     .create(NewKey::new("sk_live_").owner("user_1").scopes(["tasks:read", "tasks:write"]), &admin)
-//!     .await?;
-//! // An agent gets read access for one hour.
-//! let (agent_key, agent) = keys
-//!     .derive(parent.id, Derivation::new("agent").scopes(["tasks:read"]).expires_at(clock.now() + Duration::hours(1)), &admin)
-//!     .await?;
-//! keys.authenticate(agent_key.expose_secret(), &Requirement::scope("tasks:read")?, None).await?;
-//! // Never broader than its parent.
-//! let err = keys.derive(parent.id, Derivation::new("x").scopes(["admin"]), &admin).await.unwrap_err();
-//! assert_eq!(err.code(), "POLICY_VIOLATION");
-//! assert_eq!(keys.children(parent.id).await?[0].id, agent.id);
-//! // Revoking the parent revokes the agent's key.
-//! keys.revoke(parent.id, "rotated out", &admin).await?;
-//! let err = keys.authenticate(agent_key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
-//! assert_eq!(err.code(), "REVOKED_API_KEY");
-//! # Ok::<(), Error>(())
-//! # }).unwrap();
-//! ```
-
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use crate::audit::{Actor, AuditKind};
+use super::manager::{KeyManager, KeySummary};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::ipnet::IpNet;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
-use crate::manage::manager::{KeyManager, KeySummary};
+use crate::pipeline::{Actor, AuditKind};
+use crate::record::IpNet;
+use crate::record::PARENT;
 use crate::record::{KeyRecord, KeyStatus, NewKey};
 use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
-use crate::verify::derived::{Bounds, PARENT, parent_of_record};
+use crate::verify::{Bounds, parent_of_record};
 
+/// [`KeyManager::derive`]: child keys that only narrow their parent (for
+/// AI agents, CI jobs, one-off scripts). The rules, and how a child dies
+/// with its parent, are in [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH).
+///
+/// ```
+/// use apikey::*;
+/// use time::{Duration, macros::datetime};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[6; 32])?)?);
+/// let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone());
+/// let admin = Actor::new("admin");
+/// let (_parent_key, parent) = keys
+///     .create(NewKey::new("sk_live_").owner("user_1").scopes(["tasks:read", "tasks:write"]), &admin)
+///     .await?;
+/// // An agent gets read access for one hour.
+/// let (agent_key, agent) = keys
+///     .derive(parent.id, Derivation::new("agent").scopes(["tasks:read"]).expires_at(clock.now() + Duration::hours(1)), &admin)
+///     .await?;
+/// keys.authenticate(agent_key.expose_secret(), &Requirement::scope("tasks:read")?, None).await?;
+/// // Never broader than its parent.
+/// let err = keys.derive(parent.id, Derivation::new("x").scopes(["admin"]), &admin).await.unwrap_err();
+/// assert_eq!(err.code(), "POLICY_VIOLATION");
+/// assert_eq!(keys.children(parent.id).await?[0].id, agent.id);
+/// // Revoking the parent revokes the agent's key.
+/// keys.revoke(parent.id, "rotated out", &admin).await?;
+/// let err = keys.authenticate(agent_key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+/// assert_eq!(err.code(), "REVOKED_API_KEY");
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
+///
 /// How a derived key narrows its parent; every unset field is the parent's.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -97,7 +98,7 @@ pub(crate) fn is_child_of(r: &KeyRecord, parent: KeyId) -> bool {
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Derives a child of key `parent`: same owner, prefix and environment,
-    /// narrowed by `derivation` (see [`verify::derived`](crate::verify::derived)).
+    /// narrowed by `derivation` (see [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH)).
     /// The issuance policies and the owner limit apply as on
     /// [`create`](Self::create).
     ///
@@ -166,11 +167,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         new.metadata = derivation.metadata;
         new.metadata.insert(PARENT.to_owned(), parent.to_string());
         // A publishable child is used from its parent's pages only.
-        if let Some(origins) = p.metadata.get(crate::web::publishable::ALLOWED_ORIGINS) {
-            new.metadata.insert(
-                crate::web::publishable::ALLOWED_ORIGINS.to_owned(),
-                origins.clone(),
-            );
+        if let Some(origins) = p.metadata.get(crate::pipeline::ALLOWED_ORIGINS) {
+            new.metadata
+                .insert(crate::pipeline::ALLOWED_ORIGINS.to_owned(), origins.clone());
         }
         let (key, record) = self.issue_planned(new, now, true)?;
         Bounds::of_record(&record)

@@ -1,31 +1,9 @@
-//! The key hygiene report: what a security review flags, per key.
-//!
-//! [`KeyManager::hygiene`](crate::KeyManager::hygiene) reports over one
-//! owner's keys; [`HygieneReport::of_records`] over any records (an export,
-//! or a store scan of your own). Revoked and expired keys are left out:
-//! they no longer work.
-//!
-//! ```
-//! use apikey::{HygieneOptions, HygieneReport, Finding, KeyPolicies, Keyring, NewKey, ServerSecret, Verifier};
-//! use time::macros::datetime;
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
-//! let now = datetime!(2026-06-01 0:00 UTC);
-//! let made = datetime!(2026-01-01 0:00 UTC);
-//! let (_key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["*"]), made)?;
-//! let report = HygieneReport::of_records([&record], &KeyPolicies::new(), now, &HygieneOptions::default());
-//! let findings = &report.keys[0].findings;
-//! assert!(findings.contains(&Finding::NoExpiry));
-//! assert!(findings.contains(&Finding::WildcardScope));
-//! assert!(findings.contains(&Finding::NeverUsed));
-//! # Ok::<(), apikey::Error>(())
-//! ```
-
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::key::KeyId;
 use crate::record::{KeyRecord, KeyStatus};
-use crate::verify::policy::KeyPolicies;
+use crate::verify::KeyPolicies;
 
 /// What the report looks for. Every field says its default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +84,28 @@ pub struct KeyHygiene {
     pub findings: Vec<Finding>,
 }
 
+/// The key hygiene report: what a security review flags, per key.
+///
+/// [`KeyManager::hygiene`](crate::KeyManager::hygiene) reports over one
+/// owner's keys; [`HygieneReport::of_records`] over any records (an export,
+/// or a store scan of your own). Revoked and expired keys are left out:
+/// they no longer work.
+///
+/// ```
+/// use apikey::{HygieneOptions, HygieneReport, Finding, KeyPolicies, Keyring, NewKey, ServerSecret, Verifier};
+/// use time::macros::datetime;
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
+/// let now = datetime!(2026-06-01 0:00 UTC);
+/// let made = datetime!(2026-01-01 0:00 UTC);
+/// let (_key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["*"]), made)?;
+/// let report = HygieneReport::of_records([&record], &KeyPolicies::new(), now, &HygieneOptions::default());
+/// let findings = &report.keys[0].findings;
+/// assert!(findings.contains(&Finding::NoExpiry));
+/// assert!(findings.contains(&Finding::WildcardScope));
+/// assert!(findings.contains(&Finding::NeverUsed));
+/// # Ok::<(), apikey::Error>(())
+/// ```
+///
 /// Findings per key, for keys that still work (not revoked, not expired),
 /// oldest first as given; keys with no finding are left out.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -1,73 +1,3 @@
-//! The management side: [`KeyManager`] creates, lists, updates, disables,
-//! revokes, rotates, deletes and imports keys over any
-//! [`KeyStoreWrite`] + [`UsageStore`], enforces the per-owner limit, records usage and
-//! emits audit events; it also authenticates requests with the IP
-//! allowlist, usage tracking, legacy keys and audit of failures.
-//!
-//! Store failures map to errors in one way on every path (see
-//! `From<StoreError> for Error`): a record the store cannot read is
-//! [`Error::InvalidRecord`] (`INVALID_RECORD`, 500), whether it was met
-//! by a verification, a `get` or a listing; an unreachable or slow store is
-//! [`Error::StoreUnavailable`] (503).
-//!
-//! Every operation returns a typed [`Error`]. Every rule (the owner limit,
-//! the rotation chain, link clearing on delete, legacy-index uniqueness,
-//! the derived-key limits) is planned here, once, over what was read, and
-//! written in one [`KeyStoreWrite::commit`] that names the revisions and
-//! the owner version it planned on; a commit refused as a conflict writes
-//! nothing and the plan is made again (at most 32 times, with jittered
-//! backoff), so a call refused by the store changes nothing. A change
-//! (disable, revoke, ...) is visible to every verification that starts
-//! after the call returns: the manager keeps no cache of records.
-//!
-//! A timed-out write may still have committed: see
-//! [What a timeout means](KeyManager#what-a-timeout-means).
-//!
-//! ```
-//! use std::sync::Arc;
-//! use apikey::{
-//!     Actor, KeyManager, KeyUpdate, Keyring, ManualClock, MemoryAuditSink, MemoryStore, NewKey,
-//!     Requirement, Rotation, ServerSecret, Verifier,
-//! };
-//! use time::{Duration, macros::datetime};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), apikey::Error> {
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
-//! let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC)); // SystemClock in production
-//! let audit = Arc::new(MemoryAuditSink::new());
-//! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
-//!     .with_max_keys_per_owner(3)
-//!     .with_audit_sink(audit.clone());
-//! let admin = Actor::new("admin_1").reason("ticket #42");
-//!
-//! // Create: the full key is returned once; listings show `kwi_sk_aBcDe...`.
-//! let (key, summary) = keys
-//!     .create(NewKey::new("kwi_sk_").owner("user_42").name("CI").scopes(["tasks:read"]), &admin)
-//!     .await?;
-//! assert_eq!(keys.list("user_42").await?[0].display, summary.display);
-//!
-//! // Update (PATCH), disable / enable: effective for the next verification.
-//! keys.update(summary.id, KeyUpdate::new().scopes(["tasks:read", "tasks:write"]), &admin).await?;
-//! keys.disable(summary.id, &admin).await?;
-//! let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
-//! assert_eq!(err.code(), "DISABLED_API_KEY");
-//! keys.enable(summary.id, &admin).await?;
-//!
-//! // Rotate with a one-day grace period: both keys work until it ends.
-//! let (new_key, _) = keys.rotate(summary.id, Rotation::with_grace(Duration::days(1)), &admin).await?;
-//! clock.advance(Duration::days(1));
-//! let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
-//! assert_eq!(err.code(), "EXPIRED_API_KEY");
-//! keys.authenticate(new_key.expose_secret(), &Requirement::scope("tasks:write")?, None).await?;
-//!
-//! // Revoke every key of a user who left; flush usage before exit.
-//! keys.revoke_owner("user_42", "left the organisation", &admin).await?;
-//! keys.shutdown().await?;
-//! assert!(audit.events().iter().any(|e| e.kind.as_str() == "rotated"));
-//! # Ok(()) }
-//! ```
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -76,21 +6,21 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::audit::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
+use super::hygiene::{HygieneOptions, HygieneReport};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::ipnet::IpNet;
 use crate::key::Environment;
 use crate::key::{ApiKey, KeyId};
 use crate::limits::{Limits, NoLimits};
-use crate::manage::hygiene::{HygieneOptions, HygieneReport};
+use crate::pipeline::UsageRecorder;
+use crate::pipeline::{Actor, AuditEvent, AuditKind, AuditSink, NoAudit, RejectionSampler};
+use crate::pipeline::{Auditor, Authenticator};
+use crate::record::IpNet;
+use crate::record::Requirement;
 use crate::record::{KeyRecord, KeyStatus, NewKey, Revocation, UsageCounters};
-use crate::scope::Requirement;
 use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
-use crate::usage::UsageRecorder;
-use crate::verifier::{VerifiedKey, Verifier};
-use crate::verify::authenticator::{Auditor, Authenticator};
-use crate::verify::policy::KeyPolicies;
+use crate::verify::KeyPolicies;
+use crate::verify::{VerifiedKey, Verifier};
 
 mod change;
 mod commit;
@@ -105,7 +35,7 @@ pub(crate) use commit::{MAX_RETRIES, backoff, contended};
 
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
-pub use crate::verify::legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
+pub use crate::verify::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 /// The default of [`KeyManager::with_derivation_limits`]: chains of at
 /// most 2 derived keys below a key, at most 100 live children per parent.
 pub const DEFAULT_DERIVATION_LIMITS: (u8, u32) = (2, 100);
@@ -117,10 +47,10 @@ pub const PENDING_APPROVAL: &str = "apikey.pending_approval";
 /// Refuses the reserved parent link in caller-given metadata: only
 /// [`KeyManager::derive`] sets it.
 fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
-    if metadata.contains_key(crate::verify::derived::PARENT) {
+    if metadata.contains_key(crate::record::PARENT) {
         return Err(Error::InvalidInput(format!(
             "the metadata entry `{}` is reserved for derived keys",
-            crate::verify::derived::PARENT
+            crate::record::PARENT
         )));
     }
     Ok(())
@@ -255,6 +185,76 @@ impl KeySummary {
     }
 }
 
+/// The management side: [`KeyManager`] creates, lists, updates, disables,
+/// revokes, rotates, deletes and imports keys over any
+/// [`KeyStoreWrite`] + [`UsageStore`], enforces the per-owner limit, records usage and
+/// emits audit events; it also authenticates requests with the IP
+/// allowlist, usage tracking, legacy keys and audit of failures.
+///
+/// Store failures map to errors in one way on every path (see
+/// `From<StoreError> for Error`): a record the store cannot read is
+/// [`Error::InvalidRecord`] (`INVALID_RECORD`, 500), whether it was met
+/// by a verification, a `get` or a listing; an unreachable or slow store is
+/// [`Error::StoreUnavailable`] (503).
+///
+/// Every operation returns a typed [`Error`]. Every rule (the owner limit,
+/// the rotation chain, link clearing on delete, legacy-index uniqueness,
+/// the derived-key limits) is planned here, once, over what was read, and
+/// written in one [`KeyStoreWrite::commit`] that names the revisions and
+/// the owner version it planned on; a commit refused as a conflict writes
+/// nothing and the plan is made again (at most 32 times, with jittered
+/// backoff), so a call refused by the store changes nothing. A change
+/// (disable, revoke, ...) is visible to every verification that starts
+/// after the call returns: the manager keeps no cache of records.
+///
+/// A timed-out write may still have committed: see
+/// [What a timeout means](KeyManager#what-a-timeout-means).
+///
+/// ```
+/// use std::sync::Arc;
+/// use apikey::{
+///     Actor, KeyManager, KeyUpdate, Keyring, ManualClock, MemoryAuditSink, MemoryStore, NewKey,
+///     Requirement, Rotation, ServerSecret, Verifier,
+/// };
+/// use time::{Duration, macros::datetime};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), apikey::Error> {
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+/// let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC)); // SystemClock in production
+/// let audit = Arc::new(MemoryAuditSink::new());
+/// let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
+///     .with_max_keys_per_owner(3)
+///     .with_audit_sink(audit.clone());
+/// let admin = Actor::new("admin_1").reason("ticket #42");
+///
+/// // Create: the full key is returned once; listings show `kwi_sk_aBcDe...`.
+/// let (key, summary) = keys
+///     .create(NewKey::new("kwi_sk_").owner("user_42").name("CI").scopes(["tasks:read"]), &admin)
+///     .await?;
+/// assert_eq!(keys.list("user_42").await?[0].display, summary.display);
+///
+/// // Update (PATCH), disable / enable: effective for the next verification.
+/// keys.update(summary.id, KeyUpdate::new().scopes(["tasks:read", "tasks:write"]), &admin).await?;
+/// keys.disable(summary.id, &admin).await?;
+/// let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+/// assert_eq!(err.code(), "DISABLED_API_KEY");
+/// keys.enable(summary.id, &admin).await?;
+///
+/// // Rotate with a one-day grace period: both keys work until it ends.
+/// let (new_key, _) = keys.rotate(summary.id, Rotation::with_grace(Duration::days(1)), &admin).await?;
+/// clock.advance(Duration::days(1));
+/// let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
+/// assert_eq!(err.code(), "EXPIRED_API_KEY");
+/// keys.authenticate(new_key.expose_secret(), &Requirement::scope("tasks:write")?, None).await?;
+///
+/// // Revoke every key of a user who left; flush usage before exit.
+/// keys.revoke_owner("user_42", "left the organisation", &admin).await?;
+/// keys.shutdown().await?;
+/// assert!(audit.events().iter().any(|e| e.kind.as_str() == "rotated"));
+/// # Ok(()) }
+/// ```
+///
 /// Key lifecycle and account policy over any store.
 ///
 /// ```
@@ -418,7 +418,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Authenticator::with_monitor`]); a gate built with
     /// [`Gate::from_manager`](crate::web::Gate::from_manager) adds rate-limit
     /// hits and exhausted quotas. Defaults to none.
-    pub fn with_monitor(mut self, monitor: Arc<crate::manage::Monitor>) -> Self {
+    pub fn with_monitor(mut self, monitor: Arc<crate::pipeline::Monitor>) -> Self {
         self.auth = self.auth.with_monitor(monitor);
         self
     }
@@ -630,9 +630,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     "publishable keys need the public scopes (KeyManager::with_public_scopes)",
                 ));
             }
-            crate::web::publishable::validate_origins(
+            crate::pipeline::validate_origins(
                 new.metadata
-                    .get(crate::web::publishable::ALLOWED_ORIGINS)
+                    .get(crate::pipeline::ALLOWED_ORIGINS)
                     .map(String::as_str),
             )?;
         }
@@ -778,7 +778,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         }
     }
 
-    /// The [hygiene report](crate::manage::hygiene) over `owner`'s keys:
+    /// The [hygiene report](HygieneReport) over `owner`'s keys:
     /// no expiry, unused, wildcard scopes, no IP allowlist, expiring soon,
     /// not compliant with the issuance policies in force.
     ///

@@ -1,57 +1,3 @@
-//! The expiry sweep: notices before keys expire, and auto-renewal.
-//!
-//! [`KeyManager::sweep_once`] is one pass; [`KeyManager::run_sweeper`] is
-//! the future a service spawns on its own runtime (the crate starts no
-//! thread or task). Each pass lists the keys that expire soon
-//! in pages ([`KeyQuery::expiring`](crate::KeyQuery::expiring), 500 a
-//! page, so a pass never holds every expiring key in memory) and, for
-//! each:
-//!
-//! * a key marked for auto-renewal ([`AUTO_RENEW`] in its metadata) that
-//!   expires within [`SweepOptions::renew_before`] gets a later expiry
-//!   (`now + renew_for`, never past the issuance policy's maximum
-//!   lifetime): the same key keeps working, with no new secret. Audited as
-//!   `renewed`, and told to the notifier;
-//! * any other key expiring within [`SweepOptions::notice_before`] gets one
-//!   `expiring` audit event and one notifier call, once for its current
-//!   expiry: the record keeps the expiry it was notified for
-//!   ([`EXPIRY_NOTIFIED`] in its metadata), so a renewed key is notified
-//!   again before its new expiry.
-//!
-//! Both are commits at the record's revision
-//! ([`KeyStoreWrite::commit`]):
-//! of several sweepers over one database (one per instance), one wins
-//! each write, the others re-read and find nothing left to do. So every
-//! notice and renewal happens once, and the event follows the write.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use apikey::*;
-//! use time::{Duration, macros::datetime};
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32])?)?);
-//! let audit = Arc::new(MemoryAuditSink::new());
-//! let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
-//!     .with_audit_sink(audit.clone());
-//! let admin = Actor::new("admin");
-//! let (key, s) = keys
-//!     .create(NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(10)).metadata(AUTO_RENEW, "true"), &admin)
-//!     .await?;
-//! let report = keys.sweep_once(&SweepOptions::default()).await?;
-//! assert_eq!(report.notified, 1);
-//! clock.advance(Duration::days(5));
-//! let report = keys.sweep_once(&SweepOptions::default()).await?;
-//! assert_eq!(report.renewed, 1);
-//! assert_eq!(keys.get(s.id).await?.expires_at, Some(clock.now() + Duration::days(90)));
-//! clock.advance(Duration::days(30));
-//! keys.authenticate(key.expose_secret(), &Requirement::none(), None).await?; // same key
-//! let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
-//! assert_eq!(kinds, ["created", "expiring", "renewed"]);
-//! # Ok::<(), Error>(())
-//! # }).unwrap();
-//! ```
-
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -59,12 +5,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::audit::{Actor, AuditKind};
+use super::manager::KeyManager;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorCode, Result};
 use crate::key::KeyId;
 use crate::limits::Limits;
-use crate::manage::manager::KeyManager;
+use crate::pipeline::{Actor, AuditKind};
 use crate::record::{KeyRecord, KeyStatus};
 use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
 
@@ -110,6 +56,60 @@ impl<F: Fn(&ExpiryNotice) + Send + Sync> ExpiryNotifier for F {
     }
 }
 
+/// The expiry sweep: notices before keys expire, and auto-renewal.
+///
+/// [`KeyManager::sweep_once`] is one pass; [`KeyManager::run_sweeper`] is
+/// the future a service spawns on its own runtime (the crate starts no
+/// thread or task). Each pass lists the keys that expire soon
+/// in pages ([`KeyQuery::expiring`](crate::KeyQuery::expiring), 500 a
+/// page, so a pass never holds every expiring key in memory) and, for
+/// each:
+///
+/// * a key marked for auto-renewal ([`AUTO_RENEW`] in its metadata) that
+///   expires within [`SweepOptions::renew_before`] gets a later expiry
+///   (`now + renew_for`, never past the issuance policy's maximum
+///   lifetime): the same key keeps working, with no new secret. Audited as
+///   `renewed`, and told to the notifier;
+/// * any other key expiring within [`SweepOptions::notice_before`] gets one
+///   `expiring` audit event and one notifier call, once for its current
+///   expiry: the record keeps the expiry it was notified for
+///   ([`EXPIRY_NOTIFIED`] in its metadata), so a renewed key is notified
+///   again before its new expiry.
+///
+/// Both are commits at the record's revision
+/// ([`KeyStoreWrite::commit`]):
+/// of several sweepers over one database (one per instance), one wins
+/// each write, the others re-read and find nothing left to do. So every
+/// notice and renewal happens once, and the event follows the write.
+///
+/// ```
+/// use std::sync::Arc;
+/// use apikey::*;
+/// use time::{Duration, macros::datetime};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32])?)?);
+/// let audit = Arc::new(MemoryAuditSink::new());
+/// let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
+///     .with_audit_sink(audit.clone());
+/// let admin = Actor::new("admin");
+/// let (key, s) = keys
+///     .create(NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(10)).metadata(AUTO_RENEW, "true"), &admin)
+///     .await?;
+/// let report = keys.sweep_once(&SweepOptions::default()).await?;
+/// assert_eq!(report.notified, 1);
+/// clock.advance(Duration::days(5));
+/// let report = keys.sweep_once(&SweepOptions::default()).await?;
+/// assert_eq!(report.renewed, 1);
+/// assert_eq!(keys.get(s.id).await?.expires_at, Some(clock.now() + Duration::days(90)));
+/// clock.advance(Duration::days(30));
+/// keys.authenticate(key.expose_secret(), &Requirement::none(), None).await?; // same key
+/// let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
+/// assert_eq!(kinds, ["created", "expiring", "renewed"]);
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
+///
 /// How the sweep works. Every field says its default.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -210,7 +210,7 @@ fn notice(r: &KeyRecord, expires_at: OffsetDateTime, renewed: bool) -> ExpiryNot
 }
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
-    /// One pass of the expiry sweep (see the [module docs](crate::manage::sweep)):
+    /// One pass of the expiry sweep (see [`SweepOptions`]):
     /// renews auto-renewing keys near expiry and sends one notice per key
     /// and expiry. Safe to run on every instance at once.
     ///

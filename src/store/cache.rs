@@ -1,6 +1,3 @@
-//! [`CachedStore`]: a read-through cache of verification views in front of
-//! any [`KeyStore`].
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,13 +8,14 @@ use std::time::{Duration, Instant};
 use super::feed::{Invalidate, Invalidation};
 use super::memory::IdMap;
 use super::{
-    Changes, FlushOutcome, KeyFilter, KeyQuery, KeyRecord, KeyStore, KeyStoreQuery, KeyStoreWrite,
-    KeyView, Listing, Revocation, UsageBatch, UsageStore,
+    Changes, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite, Listing,
+    UsageBatch, UsageStore,
 };
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyDigest;
 use crate::key::KeyId;
+use crate::record::{KeyRecord, KeyView, Revocation};
 use crate::sync::{self, Mutex, RwLock};
 
 /// Default [`CachedStore::with_capacity`]: entries kept.

@@ -1,11 +1,3 @@
-//! Change feeds: how a store tells caches in other processes what changed.
-//!
-//! A [`CachedStore`](crate::CachedStore) invalidates its own entries when a
-//! write goes through it. Writes made elsewhere (another instance, an
-//! operator's SQL) reach it through a [`ChangeFeed`]: the store announces
-//! each committed change as an [`Invalidation`], and the feed hands it to
-//! every subscribed [`Invalidate`] (a `CachedStore` is one).
-
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -72,6 +64,14 @@ impl<T: Invalidate + ?Sized> Invalidate for Arc<T> {
     }
 }
 
+/// Change feeds: how a store tells caches in other processes what changed.
+///
+/// A [`CachedStore`](crate::CachedStore) invalidates its own entries when a
+/// write goes through it. Writes made elsewhere (another instance, an
+/// operator's SQL) reach it through a [`ChangeFeed`]: the store announces
+/// each committed change as an [`Invalidation`], and the feed hands it to
+/// every subscribed [`Invalidate`] (a `CachedStore` is one).
+///
 /// A source of [`Invalidation`]s for the changes a store commits, whoever
 /// made them.
 ///

@@ -1,5 +1,3 @@
-//! The in-memory [`MemoryStore`].
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, RandomState};
@@ -8,12 +6,12 @@ use std::sync::Arc;
 
 use std::ops::Range;
 
+use super::idtable::IdTable;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyDigest;
 use crate::key::KeyId;
+use crate::record::ScopeSet;
 use crate::record::{KeyRecord, KeyView, Owner};
-use crate::scope::ScopeSet;
-use crate::store::idtable::IdTable;
 use crate::store::{
     Changes, FlushId, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite,
     Listing, UsageBatch, UsageStore,
@@ -591,8 +589,8 @@ impl UsageStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipnet::IpNet;
     use crate::key::Prefix;
+    use crate::record::IpNet;
     use crate::record::{KeyStatus, LegacyInfo, Revocation};
     use crate::store::UsageDelta;
     use time::OffsetDateTime;
@@ -608,7 +606,7 @@ mod tests {
         let mut digest = [0u8; 32];
         OsRng.fill_bytes(&mut digest);
         KeyRecord {
-            schema_version: crate::record::SCHEMA_VERSION,
+            schema_version: crate::record::KeyRecord::SCHEMA_VERSION,
             id: KeyId::from_u64(OsRng.next_u64()),
             prefix: Prefix::new("sk_test_").unwrap(),
             environment: crate::key::Environment::Test,
@@ -617,7 +615,7 @@ mod tests {
             description: None,
             secret_version: 1,
             digest: KeyDigest::from_bytes(digest),
-            scopes: crate::scope::ScopeSet::parse(["read"]).unwrap(),
+            scopes: crate::record::ScopeSet::parse(["read"]).unwrap(),
             created_at: suite_now() - Duration::days(1),
             expires_at: None,
             not_before: None,

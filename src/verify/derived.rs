@@ -1,46 +1,43 @@
-//! Derived keys: a child key that can only narrow its parent, and never
-//! outlives it.
-//!
-//! [`KeyManager::derive`](crate::KeyManager::derive) makes a child of an
-//! active key: same owner, prefix and environment; scopes, expiry and IP
-//! allowlist each a subset of the parent's. The child's record names its
-//! parent in the reserved metadata entry [`PARENT`] (the manager never lets
-//! an update change or remove it, and refuses it on create and import).
-//!
-//! # How a child dies with its parent
-//!
-//! The [`Authenticator`](crate::Authenticator) checks every ancestor of a
-//! child at every verification, through the same store (and so the same
-//! [`CachedStore`](crate::CachedStore) and its revocation bound): each
-//! ancestor must exist, be active and inside its validity window, and the
-//! child must still be a subset of it (a parent narrowed after the
-//! derivation narrows its children too). A parent revoked, disabled,
-//! expired, deleted or narrowed refuses its children from the moment
-//! verification sees it; [`KeyManager::revoke`](crate::KeyManager::revoke)
-//! also revokes the children for good (a disabled parent's children work
-//! again when it is enabled).
-//!
-//! The cost: keys that are not children pay one flag test. A child pays
-//! one more store fetch per ancestor (with a cache: a cache hit each).
-//!
-//! The pure [`Verifier`](crate::Verifier) has no store to ask: it refuses
-//! children (`POLICY_VIOLATION`) rather than accept one whose parent it
-//! cannot see.
-
 use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::ipnet::IpNet;
 use crate::key::Environment;
 use crate::key::KeyId;
-use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, unix_nanos};
-use crate::scope::ScopeSet;
+use crate::record::IpNet;
+use crate::record::ScopeSet;
+use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, PARENT, unix_nanos};
 use crate::store::KeyStore;
 
-/// The reserved metadata entry holding a derived key's parent id.
-pub const PARENT: &str = "apikey.parent";
-
+/// Derived keys: a child key that can only narrow its parent, and never
+/// outlives it.
+///
+/// [`KeyManager::derive`](crate::KeyManager::derive) makes a child of an
+/// active key: same owner, prefix and environment; scopes, expiry and IP
+/// allowlist each a subset of the parent's. The child's record names its
+/// parent in the reserved metadata entry [`PARENT`] (the manager never lets
+/// an update change or remove it, and refuses it on create and import).
+///
+/// # How a child dies with its parent
+///
+/// The [`Authenticator`](crate::Authenticator) checks every ancestor of a
+/// child at every verification, through the same store (and so the same
+/// [`CachedStore`](crate::CachedStore) and its revocation bound): each
+/// ancestor must exist, be active and inside its validity window, and the
+/// child must still be a subset of it (a parent narrowed after the
+/// derivation narrows its children too). A parent revoked, disabled,
+/// expired, deleted or narrowed refuses its children from the moment
+/// verification sees it; [`KeyManager::revoke`](crate::KeyManager::revoke)
+/// also revokes the children for good (a disabled parent's children work
+/// again when it is enabled).
+///
+/// The cost: keys that are not children pay one flag test. A child pays
+/// one more store fetch per ancestor (with a cache: a cache hit each).
+///
+/// The pure [`Verifier`](crate::Verifier) has no store to ask: it refuses
+/// children (`POLICY_VIOLATION`) rather than accept one whose parent it
+/// cannot see.
+///
 /// The deepest chain of derived keys the authenticator follows; deeper
 /// chains are refused. [`KeyManager::with_derivation_limits`](crate::KeyManager::with_derivation_limits)
 /// cannot set a depth above it.
@@ -128,7 +125,7 @@ fn broken(rule: &'static str) -> Error {
     Error::PolicyViolation { rule }
 }
 
-/// Checks every ancestor of `child` (see the [module docs](self)), reading
+/// Checks every ancestor of `child` (see [`MAX_DERIVATION_DEPTH`]), reading
 /// the clock at most once.
 pub(crate) async fn check_ancestors<S: KeyStore + ?Sized, C: Clock + ?Sized>(
     store: &S,

@@ -18,11 +18,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use super::verifier::Verifier;
 use crate::error::{Error, Result};
 use crate::key::PrefixEntry;
 use crate::record::{KeyRecord, LegacyInfo};
 use crate::store::{Changes, KeyStoreWrite, Put};
-use crate::verifier::Verifier;
 
 /// Longest accepted legacy prefix, in bytes.
 pub const MAX_LEGACY_PREFIX_LEN: usize = 32;

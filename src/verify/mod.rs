@@ -1,19 +1,20 @@
-//! Verification: the pure, synchronous [`Verifier`] and the async
-//! [`Authenticator`] pipeline around a store, with the rules they check
-//! (scopes, IP allowlists).
+//! Verification: the pure, synchronous [`Verifier`] and the rules it
+//! checks (issuance policies, derived keys, imported legacy keys). The
+//! async [`Authenticator`](crate::pipeline::Authenticator) around a store
+//! is in [`pipeline`](crate::pipeline).
 
-pub mod authenticator;
-pub mod derived;
-pub mod ipnet;
-pub mod legacy;
-pub mod policy;
-pub mod scope;
-pub mod verifier;
+mod derived;
+mod legacy;
+mod policy;
+mod verifier;
 
-pub use authenticator::{Authenticator, DEFAULT_USAGE_FLUSH_INTERVAL};
-pub use derived::{MAX_DERIVATION_DEPTH, PARENT};
-pub use ipnet::{IpNet, ip_allowed};
+pub use derived::MAX_DERIVATION_DEPTH;
+pub(crate) use derived::{Bounds, check_ancestors, parent_of_record, parent_of_view};
+pub(crate) use legacy::{
+    Legacy, LegacyPrefix, Upgrader, matches as legacy_matches, sha as legacy_sha,
+    upgraded as legacy_upgraded,
+};
 pub use legacy::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 pub use policy::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
-pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES_PER_KEY, MAX_SEGMENTS, Requirement, Scope, ScopeSet};
+pub(crate) use verifier::Failure;
 pub use verifier::{VerifiedKey, Verifier};

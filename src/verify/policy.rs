@@ -1,67 +1,10 @@
-//! Issuance policy: rules about what keys may look like, as data.
-//!
-//! A [`KeyPolicies`] is an ordered list of [`PolicyRule`]s, each a
-//! [`KeyPolicy`] that applies to the keys of one prefix, of one owner class
-//! (owner ids starting with a given text, such as `org_`), or to every key.
-//! Every rule that applies to a key applies in full: a key must comply with
-//! each of them. Policies serialize with serde, so a dashboard can show and
-//! edit them.
-//!
-//! The rules are decided in two places only, never in a store:
-//!
-//! * **planning**, in [`KeyManager`](crate::KeyManager): `create`, `update`,
-//!   `rotate` and `import` fill in the default lifetime, hold keys that need
-//!   approval disabled, and refuse a key that would not comply
-//!   ([`Error::PolicyViolation`], `POLICY_VIOLATION`, 403), before the same
-//!   single store write that checks the owner limit;
-//! * **verification**, in the [`Verifier`](crate::Verifier) configured with
-//!   [`Verifier::with_key_policies`](crate::Verifier::with_key_policies): a
-//!   key that does not comply with the policies in force (because they
-//!   tightened after it was made) is refused with `POLICY_VIOLATION`
-//!   without being revoked, and works again once they loosen. A verifier
-//!   without policies does no policy work at all.
-//!
-//! # The lifetime rule
-//!
-//! `max_lifetime` bounds how long a key may *still* be valid: at any time
-//! `t`, `expires_at <= t + max_lifetime`, and a key without expiry never
-//! complies. At creation this is the usual "lifetime at most N days"; it
-//! also lets [auto-renewal](crate::KeyManager::sweep_once) extend a key to
-//! `now + max_lifetime` and no further, and a key made under a looser
-//! maximum is refused only while its remaining validity exceeds the new one
-//! (shorten its expiry with [`KeyManager::update`](crate::KeyManager::update)
-//! to make it work again).
-//!
-//! ```
-//! use apikey::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
-//! use time::Duration;
-//!
-//! let policies = KeyPolicies::new()
-//!     .rule(PolicyRule::new(
-//!         PolicyTarget::Prefix("sk_live_".into()),
-//!         KeyPolicy::new()
-//!             .default_lifetime(Duration::days(90))
-//!             .max_lifetime(Duration::days(366))
-//!             .scope_ceiling(["tasks:*"])?,
-//!     ))
-//!     .rule(PolicyRule::new(
-//!         PolicyTarget::OwnerClass("org_".into()),
-//!         KeyPolicy::new().requires_approval(true),
-//!     ));
-//! let json = serde_json::to_string(&policies).expect("serializes");
-//! assert!(json.contains("\"max_lifetime_secs\":31622400"));
-//! let back: KeyPolicies = serde_json::from_str(&json).expect("reads back");
-//! assert_eq!(back, policies);
-//! # Ok::<(), apikey::Error>(())
-//! ```
-
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
 use crate::key::Environment;
+use crate::record::ScopeSet;
 use crate::record::{KeyRecord, KeyView, unix_nanos};
-use crate::scope::ScopeSet;
 
 /// Which keys a [`PolicyRule`] applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +48,7 @@ pub struct KeyPolicy {
     )]
     pub default_lifetime: Option<Duration>,
     /// Longest remaining validity a key may have at any time (see the
-    /// [lifetime rule](self#the-lifetime-rule)); implies an expiry.
+    /// [lifetime rule](KeyPolicies#the-lifetime-rule)); implies an expiry.
     /// Defaults to none.
     #[serde(
         default,
@@ -241,8 +184,65 @@ impl PolicyRule {
     }
 }
 
+/// Issuance policy: rules about what keys may look like, as data.
+///
+/// A [`KeyPolicies`] is an ordered list of [`PolicyRule`]s, each a
+/// [`KeyPolicy`] that applies to the keys of one prefix, of one owner class
+/// (owner ids starting with a given text, such as `org_`), or to every key.
+/// Every rule that applies to a key applies in full: a key must comply with
+/// each of them. Policies serialize with serde, so a dashboard can show and
+/// edit them.
+///
+/// The rules are decided in two places only, never in a store:
+///
+/// * **planning**, in [`KeyManager`](crate::KeyManager): `create`, `update`,
+///   `rotate` and `import` fill in the default lifetime, hold keys that need
+///   approval disabled, and refuse a key that would not comply
+///   ([`Error::PolicyViolation`], `POLICY_VIOLATION`, 403), before the same
+///   single store write that checks the owner limit;
+/// * **verification**, in the [`Verifier`](crate::Verifier) configured with
+///   [`Verifier::with_key_policies`](crate::Verifier::with_key_policies): a
+///   key that does not comply with the policies in force (because they
+///   tightened after it was made) is refused with `POLICY_VIOLATION`
+///   without being revoked, and works again once they loosen. A verifier
+///   without policies does no policy work at all.
+///
+/// # The lifetime rule
+///
+/// `max_lifetime` bounds how long a key may *still* be valid: at any time
+/// `t`, `expires_at <= t + max_lifetime`, and a key without expiry never
+/// complies. At creation this is the usual "lifetime at most N days"; it
+/// also lets [auto-renewal](crate::KeyManager::sweep_once) extend a key to
+/// `now + max_lifetime` and no further, and a key made under a looser
+/// maximum is refused only while its remaining validity exceeds the new one
+/// (shorten its expiry with [`KeyManager::update`](crate::KeyManager::update)
+/// to make it work again).
+///
+/// ```
+/// use apikey::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
+/// use time::Duration;
+///
+/// let policies = KeyPolicies::new()
+///     .rule(PolicyRule::new(
+///         PolicyTarget::Prefix("sk_live_".into()),
+///         KeyPolicy::new()
+///             .default_lifetime(Duration::days(90))
+///             .max_lifetime(Duration::days(366))
+///             .scope_ceiling(["tasks:*"])?,
+///     ))
+///     .rule(PolicyRule::new(
+///         PolicyTarget::OwnerClass("org_".into()),
+///         KeyPolicy::new().requires_approval(true),
+///     ));
+/// let json = serde_json::to_string(&policies).expect("serializes");
+/// assert!(json.contains("\"max_lifetime_secs\":31622400"));
+/// let back: KeyPolicies = serde_json::from_str(&json).expect("reads back");
+/// assert_eq!(back, policies);
+/// # Ok::<(), apikey::Error>(())
+/// ```
+///
 /// The issuance policies of a service: an ordered list of rules, every
-/// applicable one enforced (see the [module docs](self)).
+/// applicable one enforced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct KeyPolicies {

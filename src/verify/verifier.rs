@@ -1,35 +1,35 @@
-//! The pure, synchronous verification core (and key issuing).
-//!
-//! [`Verifier`] holds the server secrets, the registered prefixes and the
-//! policy (leeway, accepted environments, full-access scopes). It does no
-//! I/O and reads no clock: the caller fetches the record however it likes
-//! and passes `now`. Fuzzers, benchmarks and blocking code call it directly;
-//! the async [`Authenticator`](crate::Authenticator) wraps it around a store.
-//!
-//! Order of checks: length, alphabet and prefix; checksum; version; forged-key
-//! tag; (store lookup by id); HMAC-SHA256 digest; constant-time comparison;
-//! status; not-before and expiry (with leeway); issuance policy (when
-//! configured); environment; IP allowlist;
-//! scopes. Checks before the lookup depend only on the public text (the tag
-//! comparison is constant-time); an unknown id computes the HMAC like a wrong
-//! secret does.
-
 use std::sync::Arc;
 
 use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
+use super::policy::{KeyPolicies, Subject};
 use crate::clock::{check_time, out_of_range, unix_nanos_in_range};
 use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyDigest;
 use crate::key::Keyring;
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::key::{Environment, Environments, PrefixRegistry};
-use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey, SCHEMA_VERSION};
-use crate::scope::{Requirement, Scope, ScopeSet};
-use crate::verify::policy::{KeyPolicies, Subject};
+use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey};
+use crate::record::{Requirement, Scope, ScopeSet};
 
+/// The pure, synchronous verification core (and key issuing).
+///
+/// [`Verifier`] holds the server secrets, the registered prefixes and the
+/// policy (leeway, accepted environments, full-access scopes). It does no
+/// I/O and reads no clock: the caller fetches the record however it likes
+/// and passes `now`. Fuzzers, benchmarks and blocking code call it directly;
+/// the async [`Authenticator`](crate::Authenticator) wraps it around a store.
+///
+/// Order of checks: length, alphabet and prefix; checksum; version; forged-key
+/// tag; (store lookup by id); HMAC-SHA256 digest; constant-time comparison;
+/// status; not-before and expiry (with leeway); issuance policy (when
+/// configured); environment; IP allowlist;
+/// scopes. Checks before the lookup depend only on the public text (the tag
+/// comparison is constant-time); an unknown id computes the HMAC like a wrong
+/// secret does.
+///
 /// Issues and verifies keys. Cheap to clone.
 ///
 /// ```
@@ -223,7 +223,7 @@ impl Verifier {
         }
         let (key, digest) = key::generate(rng, entry.prefix.as_str(), &self.keyring)?;
         let record = KeyRecord {
-            schema_version: SCHEMA_VERSION,
+            schema_version: KeyRecord::SCHEMA_VERSION,
             id: key.id(),
             prefix: entry.prefix.clone(),
             environment: entry.environment,
@@ -608,10 +608,10 @@ impl Verifier {
 }
 
 /// The pure verifier cannot see a derived key's parent: it refuses the key
-/// (see [`derived`](crate::verify::derived)).
+/// (see [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH)).
 #[inline]
 fn no_parent(v: VerifiedKey) -> Result<VerifiedKey> {
-    match crate::verify::derived::parent_of_view(&v.view) {
+    match super::derived::parent_of_view(&v.view) {
         None => Ok(v),
         Some(_) => Err(Error::PolicyViolation {
             rule: "a derived key is verified by the Authenticator, which checks its parent",

@@ -1,70 +1,9 @@
-//! Reading the presented key out of a request, with no web framework.
-//!
-//! An [`Extractor`] looks at request headers given as any iterator of
-//! `(name, value)` pairs (and at the query string, only when enabled), and
-//! answers one of:
-//!
-//! * [`Extracted::Key`]: a candidate API key and the [`Scheme`] that carried
-//!   it (so a service can warn about a deprecated one);
-//! * [`Extracted::NotOurs`]: the request carries other credentials, such as a
-//!   Bearer JWT (`eyJ...`) beside API keys, or `Authorization: Basic`; pass it
-//!   on untouched to whatever handles those;
-//! * an [`Error`]: [`Error::MissingApiKey`] when there is nothing at all,
-//!   [`Error::MalformedApiKey`] for an oversized value (checked before any
-//!   other work) or one with non-ASCII or control characters, and
-//!   [`Error::InvalidInput`] (400, RFC 6750 `invalid_request`) when two
-//!   headers carry different keys or a query-string key is presented while
-//!   query keys are refused.
-//!
-//! Rules:
-//! * `X-API-Key: <key>` and `Authorization: Bearer <key>` are accepted by
-//!   default; header names and the `Bearer` scheme name are case-insensitive;
-//!   the header name and the accepted set are configurable.
-//! * A Bearer token is ours only if it starts with a registered prefix, or
-//!   with a declared legacy prefix ([`Extractor::with_legacy_prefix`];
-//!   a [`Gate`](crate::gate::Gate) declares its authenticator's). An
-//!   `X-API-Key` value is always ours (the header exists for API keys).
-//! * The same key in several places is fine; different keys are an error,
-//!   never a guess.
-//! * The outcome depends on what the request carries, never on the order of
-//!   its headers: every value is read before deciding, and when several
-//!   things are wrong the answer follows a fixed precedence: an oversized
-//!   value (`MALFORMED_API_KEY`, reason `length`), then a value with
-//!   non-ASCII or control characters (reason `charset`), then a refused
-//!   query-string key, then two different keys (both `INVALID_REQUEST`),
-//!   then the key, then foreign credentials ([`Extracted::NotOurs`]), then
-//!   `MISSING_API_KEY`.
-//!
-//! ```
-//! use apikey::PrefixRegistry;
-//! use apikey::web::{Extracted, Extractor, Scheme};
-//!
-//! let extractor = Extractor::new(PrefixRegistry::with_builtins());
-//! let headers = [("Content-Type", "application/json"), ("x-api-key", "kwi_sk_0000")];
-//! match extractor.extract(headers)? {
-//!     Extracted::Key(key) => {
-//!         assert_eq!(key.scheme(), Scheme::ApiKeyHeader);
-//!         assert_eq!(key.expose_secret(), "kwi_sk_0000");
-//!     }
-//!     Extracted::NotOurs => unreachable!(),
-//! }
-//!
-//! // A JWT is somebody else's business.
-//! let jwt = [("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")];
-//! assert!(matches!(extractor.extract(jwt)?, Extracted::NotOurs));
-//!
-//! // Nothing at all.
-//! let none: [(&str, &str); 0] = [];
-//! assert_eq!(extractor.extract(none).unwrap_err().code(), "MISSING_API_KEY");
-//! # Ok::<(), apikey::Error>(())
-//! ```
-
 use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::{Error, MalformedReason, Result};
 use crate::key::PrefixRegistry;
-use crate::web::publishable::RequestOrigin;
+use crate::pipeline::RequestOrigin;
 
 /// Default limit on a presented value, in bytes. Keys are at most
 /// [`ApiKey::MAX_LEN`](crate::ApiKey::MAX_LEN) long.
@@ -200,6 +139,67 @@ impl std::ops::BitOr for Sources {
     }
 }
 
+/// Reading the presented key out of a request, with no web framework.
+///
+/// An [`Extractor`] looks at request headers given as any iterator of
+/// `(name, value)` pairs (and at the query string, only when enabled), and
+/// answers one of:
+///
+/// * [`Extracted::Key`]: a candidate API key and the [`Scheme`] that carried
+///   it (so a service can warn about a deprecated one);
+/// * [`Extracted::NotOurs`]: the request carries other credentials, such as a
+///   Bearer JWT (`eyJ...`) beside API keys, or `Authorization: Basic`; pass it
+///   on untouched to whatever handles those;
+/// * an [`Error`]: [`Error::MissingApiKey`] when there is nothing at all,
+///   [`Error::MalformedApiKey`] for an oversized value (checked before any
+///   other work) or one with non-ASCII or control characters, and
+///   [`Error::InvalidInput`] (400, RFC 6750 `invalid_request`) when two
+///   headers carry different keys or a query-string key is presented while
+///   query keys are refused.
+///
+/// Rules:
+/// * `X-API-Key: <key>` and `Authorization: Bearer <key>` are accepted by
+///   default; header names and the `Bearer` scheme name are case-insensitive;
+///   the header name and the accepted set are configurable.
+/// * A Bearer token is ours only if it starts with a registered prefix, or
+///   with a declared legacy prefix ([`Extractor::with_legacy_prefix`];
+///   a [`Gate`](super::gate::Gate) declares its authenticator's). An
+///   `X-API-Key` value is always ours (the header exists for API keys).
+/// * The same key in several places is fine; different keys are an error,
+///   never a guess.
+/// * The outcome depends on what the request carries, never on the order of
+///   its headers: every value is read before deciding, and when several
+///   things are wrong the answer follows a fixed precedence: an oversized
+///   value (`MALFORMED_API_KEY`, reason `length`), then a value with
+///   non-ASCII or control characters (reason `charset`), then a refused
+///   query-string key, then two different keys (both `INVALID_REQUEST`),
+///   then the key, then foreign credentials ([`Extracted::NotOurs`]), then
+///   `MISSING_API_KEY`.
+///
+/// ```
+/// use apikey::PrefixRegistry;
+/// use apikey::web::{Extracted, Extractor, Scheme};
+///
+/// let extractor = Extractor::new(PrefixRegistry::with_builtins());
+/// let headers = [("Content-Type", "application/json"), ("x-api-key", "kwi_sk_0000")];
+/// match extractor.extract(headers)? {
+///     Extracted::Key(key) => {
+///         assert_eq!(key.scheme(), Scheme::ApiKeyHeader);
+///         assert_eq!(key.expose_secret(), "kwi_sk_0000");
+///     }
+///     Extracted::NotOurs => unreachable!(),
+/// }
+///
+/// // A JWT is somebody else's business.
+/// let jwt = [("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")];
+/// assert!(matches!(extractor.extract(jwt)?, Extracted::NotOurs));
+///
+/// // Nothing at all.
+/// let none: [(&str, &str); 0] = [];
+/// assert_eq!(extractor.extract(none).unwrap_err().code(), "MISSING_API_KEY");
+/// # Ok::<(), apikey::Error>(())
+/// ```
+///
 /// Reads API keys from request headers. Cheap to clone.
 ///
 /// Every setting says what it defaults to. Build it once at start-up.
@@ -307,7 +307,7 @@ impl Extractor {
     /// Where this extractor takes keys from, in preference order, as a
     /// client would write them: the API-key header's name (as configured),
     /// `Authorization: Bearer`, and `?NAME=` for an accepted query
-    /// parameter. The `MISSING_API_KEY` answer of a [`Gate`](crate::gate::Gate)
+    /// parameter. The `MISSING_API_KEY` answer of a [`Gate`](super::gate::Gate)
     /// lists exactly these.
     ///
     /// ```
@@ -335,7 +335,7 @@ impl Extractor {
     /// Also takes Bearer tokens starting with `prefix` as ours: the legacy
     /// prefix of keys imported from another system
     /// ([`KeyManager::with_legacy_prefix`](crate::KeyManager::with_legacy_prefix)).
-    /// Defaults to none. A [`Gate`](crate::gate::Gate) adds its
+    /// Defaults to none. A [`Gate`](super::gate::Gate) adds its
     /// authenticator's declared legacy prefixes to its extractor itself.
     /// (The API-key header takes any value, legacy keys included.)
     ///

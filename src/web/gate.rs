@@ -1,122 +1,3 @@
-//! The framework-agnostic web edge: everything between a raw request and a
-//! handler.
-//!
-//! A [`Gate`] runs, for one request and one [`Route`]:
-//!
-//! 1. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
-//!    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
-//!    refused the same way by default, and give [`Decision::NotOurs`] only
-//!    with the route's opt-in [`ForeignCredentials::PassThrough`];
-//! 2. authentication and the route's scope requirement ([`Authenticator`]),
-//!    with the failure throttle of the gate's limits bundle: a key id backed
-//!    off after repeated key-status failures is 429
-//!    `TOO_MANY_FAILED_ATTEMPTS` before any store call (see
-//!    [the limits docs](crate::limits)); a failing store is 503
-//!    `STORE_UNAVAILABLE`, never 401;
-//! 3. one admission ([`Limits::admit`]) for the key's rate limit (both
-//!    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when
-//!    metering, the route's credit cost from the key's and the owner's
-//!    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
-//!    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address,
-//!    environment and origin failures (of native and imported legacy keys
-//!    alike) are charged to the key's rate limit, under its own plan's
-//!    quota.
-//!
-//! A publishable key ([`publishable`]) is also
-//! checked against the request's `Origin` (`Referer` as fallback), read in
-//! the extraction pass: 403 `ORIGIN_NOT_ALLOWED` unless it is on the key's
-//! allowlist. [`Gate::preflight`] answers CORS preflights.
-//!
-//! The pipeline's failure keeps what it learned (where it failed, one
-//! reason, the parsed id, the record once the secret matched), so the gate
-//! never parses a key twice nor classifies an error again.
-//!
-//! [`Decision::Admitted`] carries the verified key and the headers for the
-//! response (`X-RateLimit-*`, CORS); [`Decision::Rejected`] turns into an
-//! [`ErrorResponse`].
-//!
-//! # Embedding in a hand-written server
-//!
-//! Any framework, or none: give the gate the headers as `(name, value)`
-//! pairs, then write the answer it gives.
-//!
-//! ```
-//! use std::net::IpAddr;
-//! use apikey::web::{Decision, Gate, QuotaTable, Route};
-//! use apikey::limits::{MemoryLimits, Quota};
-//! use apikey::*;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Error> {
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
-//! let store = MemoryStore::new();
-//! let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
-//! store.insert_sync(record)?;
-//! let gate = Gate::new(Authenticator::new(verifier, store))
-//!     .with_limits(MemoryLimits::new())
-//!     .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)));
-//! let read_tasks = Route::new(Requirement::scope("tasks:read")?);
-//!
-//! // Your server loop parsed a request into a header list and a peer address:
-//! let header = format!("Bearer {}", key.expose_secret());
-//! let headers = vec![("Host", "api.example.com"), ("Authorization", header.as_str())];
-//! let peer: IpAddr = "198.51.100.4".parse().unwrap();
-//!
-//! let (status, extra_headers, body) = match gate.check(headers, None, Some(peer), &read_tasks).await {
-//!     Decision::Admitted(ok) => (200, ok.headers(), format!("hello {}", ok.key.id())),
-//!     Decision::NotOurs => (401, vec![], "try your JWT handler".to_owned()),
-//!     Decision::Rejected(no) => {
-//!         let r = no.to_response();
-//!         (r.status, r.headers, r.body)
-//!     }
-//! };
-//! assert_eq!(status, 200);
-//! assert!(extra_headers.iter().any(|(n, v)| *n == "x-ratelimit-remaining" && v == "99"));
-//! # let _ = body;
-//! # Ok(()) }
-//! ```
-//!
-//! # Blocking servers
-//!
-//! With no async runtime, split the pipeline: [`Gate::extract`], a
-//! synchronous store lookup through
-//! [`Verifier::verify_with`](crate::Verifier::verify_with), then
-//! [`Gate::charge_blocking`] (rate limit and credits; in-process limits
-//! only).
-//!
-//! ```
-//! use apikey::web::Extracted;
-//! use apikey::web::{Decision, Gate, Route};
-//! use apikey::*;
-//!
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
-//! let store = MemoryStore::new();
-//! let now = time::OffsetDateTime::now_utc();
-//! let (key, record) = verifier.issue(NewKey::new("sk_live_"), now)?;
-//! store.insert_sync(record)?;
-//! let gate = Gate::new(Authenticator::new(verifier, store));
-//!
-//! let headers = [("x-api-key", key.expose_secret())];
-//! let answer = match gate.extract(headers, None, None, &Route::any_key()) {
-//!     Ok(Extracted::Key(presented)) => {
-//!         let auth = gate.authenticator();
-//!         let store = auth.store();
-//!         match auth.verifier().verify_with(presented.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none()) {
-//!             Ok(verified) => match gate.charge_blocking(verified, presented.scheme(), &Route::any_key()) {
-//!                 Decision::Admitted(_) => 200,
-//!                 Decision::Rejected(no) => no.to_response().status,
-//!                 Decision::NotOurs => 401,
-//!             },
-//!             Err(e) => gate.refuse(e, None).to_response().status,
-//!         }
-//!     }
-//!     Ok(Extracted::NotOurs) => 401,
-//!     Err(no) => no.to_response().status,
-//! };
-//! assert_eq!(answer, 200);
-//! # Ok::<(), Error>(())
-//! ```
-
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
@@ -125,23 +6,23 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::authenticator::Authenticator;
+use super::extract::{Extracted, Extractor, PresentedKey, Scheme};
+use super::publishable::{self, CorsHeaders};
+use super::response::{
+    ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
+    retry_after_secs,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, StoreError};
-use crate::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use crate::limits::{
     Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo,
     SpendReceipt, SyncLimits, Verdict,
 };
 use crate::metrics;
-use crate::response::{
-    ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
-    retry_after_secs,
-};
-use crate::scope::Requirement;
+use crate::pipeline::Authenticator;
+use crate::record::Requirement;
 use crate::store::KeyStore;
-use crate::verifier::{Failure, VerifiedKey};
-use crate::web::publishable::{self, CorsHeaders};
+use crate::verify::{Failure, VerifiedKey};
 
 /// What one route needs: a scope requirement and a credit cost.
 ///
@@ -416,6 +297,125 @@ impl From<Rejection> for Error {
     }
 }
 
+/// The framework-agnostic web edge: everything between a raw request and a
+/// handler.
+///
+/// A [`Gate`] runs, for one request and one [`Route`]:
+///
+/// 1. extraction ([`Extractor`]): a missing key is 401 `MISSING_API_KEY`;
+///    credentials that are not ours (a Bearer JWT, `Basic`, `Token x`) are
+///    refused the same way by default, and give [`Decision::NotOurs`] only
+///    with the route's opt-in [`ForeignCredentials::PassThrough`];
+/// 2. authentication and the route's scope requirement ([`Authenticator`]),
+///    with the failure throttle of the gate's limits bundle: a key id backed
+///    off after repeated key-status failures is 429
+///    `TOO_MANY_FAILED_ATTEMPTS` before any store call (see
+///    [the limits docs](crate::limits)); a failing store is 503
+///    `STORE_UNAVAILABLE`, never 401;
+/// 3. one admission ([`Limits::admit`]) for the key's rate limit (both
+///    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when
+///    metering, the route's credit cost from the key's and the owner's
+///    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
+///    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address,
+///    environment and origin failures (of native and imported legacy keys
+///    alike) are charged to the key's rate limit, under its own plan's
+///    quota.
+///
+/// A publishable key ([`publishable`]) is also
+/// checked against the request's `Origin` (`Referer` as fallback), read in
+/// the extraction pass: 403 `ORIGIN_NOT_ALLOWED` unless it is on the key's
+/// allowlist. [`Gate::preflight`] answers CORS preflights.
+///
+/// The pipeline's failure keeps what it learned (where it failed, one
+/// reason, the parsed id, the record once the secret matched), so the gate
+/// never parses a key twice nor classifies an error again.
+///
+/// [`Decision::Admitted`] carries the verified key and the headers for the
+/// response (`X-RateLimit-*`, CORS); [`Decision::Rejected`] turns into an
+/// [`ErrorResponse`].
+///
+/// # Embedding in a hand-written server
+///
+/// Any framework, or none: give the gate the headers as `(name, value)`
+/// pairs, then write the answer it gives.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use apikey::web::{Decision, Gate, QuotaTable, Route};
+/// use apikey::limits::{MemoryLimits, Quota};
+/// use apikey::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+/// let store = MemoryStore::new();
+/// let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
+/// store.insert_sync(record)?;
+/// let gate = Gate::new(Authenticator::new(verifier, store))
+///     .with_limits(MemoryLimits::new())
+///     .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000)));
+/// let read_tasks = Route::new(Requirement::scope("tasks:read")?);
+///
+/// // Your server loop parsed a request into a header list and a peer address:
+/// let header = format!("Bearer {}", key.expose_secret());
+/// let headers = vec![("Host", "api.example.com"), ("Authorization", header.as_str())];
+/// let peer: IpAddr = "198.51.100.4".parse().unwrap();
+///
+/// let (status, extra_headers, body) = match gate.check(headers, None, Some(peer), &read_tasks).await {
+///     Decision::Admitted(ok) => (200, ok.headers(), format!("hello {}", ok.key.id())),
+///     Decision::NotOurs => (401, vec![], "try your JWT handler".to_owned()),
+///     Decision::Rejected(no) => {
+///         let r = no.to_response();
+///         (r.status, r.headers, r.body)
+///     }
+/// };
+/// assert_eq!(status, 200);
+/// assert!(extra_headers.iter().any(|(n, v)| *n == "x-ratelimit-remaining" && v == "99"));
+/// # let _ = body;
+/// # Ok(()) }
+/// ```
+///
+/// # Blocking servers
+///
+/// With no async runtime, split the pipeline: [`Gate::extract`], a
+/// synchronous store lookup through
+/// [`Verifier::verify_with`](crate::Verifier::verify_with), then
+/// [`Gate::charge_blocking`] (rate limit and credits; in-process limits
+/// only).
+///
+/// ```
+/// use apikey::web::Extracted;
+/// use apikey::web::{Decision, Gate, Route};
+/// use apikey::*;
+///
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
+/// let store = MemoryStore::new();
+/// let now = time::OffsetDateTime::now_utc();
+/// let (key, record) = verifier.issue(NewKey::new("sk_live_"), now)?;
+/// store.insert_sync(record)?;
+/// let gate = Gate::new(Authenticator::new(verifier, store));
+///
+/// let headers = [("x-api-key", key.expose_secret())];
+/// let answer = match gate.extract(headers, None, None, &Route::any_key()) {
+///     Ok(Extracted::Key(presented)) => {
+///         let auth = gate.authenticator();
+///         let store = auth.store();
+///         match auth.verifier().verify_with(presented.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none()) {
+///             Ok(verified) => match gate.charge_blocking(verified, presented.scheme(), &Route::any_key()) {
+///                 Decision::Admitted(_) => 200,
+///                 Decision::Rejected(no) => no.to_response().status,
+///                 Decision::NotOurs => 401,
+///             },
+///             Err(e) => gate.refuse(e, None).to_response().status,
+///         }
+///     }
+///     Ok(Extracted::NotOurs) => 401,
+///     Err(no) => no.to_response().status,
+/// };
+/// assert_eq!(answer, 200);
+/// # Ok::<(), Error>(())
+/// ```
+///
 /// Authentication, scopes, rate limits, credits and the failure throttle
 /// for one service. Share it (`Arc`) between requests.
 ///

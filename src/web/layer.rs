@@ -1,81 +1,3 @@
-//! tower / axum integration (feature `axum`): a layer and extractors.
-//!
-//! * [`ApiKeyLayer`]: a tower layer running a [`Gate`] for one [`Route`]:
-//!   authenticate, check the route's scopes, rate limit, spend credits, put
-//!   the [`Admitted`] request info (with its [`VerifiedKey`], `.key`) into
-//!   the request extensions (one entry: read the key with the
-//!   [`VerifiedKey`] extractor, or `extensions().get::<Admitted>()`) and
-//!   add `X-RateLimit-*` headers to the response; refusals are
-//!   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
-//!   the rate-limit headers. A store that fails or exceeds the gate's
-//!   optional [`with_store_timeout`](Gate::with_store_timeout) answers 503.
-//!   For a publishable key the request's origin is checked (403
-//!   `ORIGIN_NOT_ALLOWED`), an admitted one gets the CORS headers, and a
-//!   CORS preflight is answered 204 by the layer (see
-//!   [`publishable`](crate::web::publishable); mount the layer with
-//!   `.layer(..)` on the method router so that `OPTIONS` reaches it).
-//! * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
-//!   absent; `Option<VerifiedKey>` for routes that also accept other
-//!   credentials, with [`ForeignCredentials::PassThrough`](crate::web::ForeignCredentials::PassThrough)).
-//! * The client address (for IP allowlists and the failure throttle) comes
-//!   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
-//!   layer depends on axum-core only, not on axum's server, so it cannot
-//!   read axum's `ConnectInfo` itself: set `ClientIp` from it (or from a
-//!   trusted proxy header) in a small middleware, as `apikey-sqlx/examples/axum_server.rs`
-//!   does:
-//!
-//! ```
-//! use std::net::SocketAddr;
-//! use axum::extract::{ConnectInfo, Request};
-//! use axum::middleware::Next;
-//! use axum::response::Response;
-//!
-//! async fn client_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
-//!     req.extensions_mut().insert(apikey::web::ClientIp(peer.ip()));
-//!     next.run(req).await
-//! }
-//! // Router::new().route(...).layer(axum::middleware::from_fn(client_ip))
-//! ```
-//!
-//! The layer fails closed: only a request with a valid key of ours that
-//! meets the route's requirement reaches the inner service. Every other
-//! request, including one with credentials that are not ours (`Basic …`,
-//! `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
-//! `WWW-Authenticate` challenge. An API that also takes other credentials
-//! opts in with
-//! [`Route::with_foreign_credentials(ForeignCredentials::PassThrough)`](Route::with_foreign_credentials)
-//! on the routes that take other credentials (one gate serves both kinds):
-//! such requests then reach the inner service **unauthenticated**, without
-//! a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
-//! of its own) must authenticate them.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use axum::{Router, routing::get};
-//! use apikey::*;
-//! use apikey::web::ApiKeyLayer;
-//! use apikey::web::{Gate, QuotaTable, Route};
-//! use apikey::limits::{MemoryLimits, Quota};
-//!
-//! async fn list_tasks(key: VerifiedKey) -> String {
-//!     format!("tasks of {}", key.owner().unwrap_or("nobody"))
-//! }
-//!
-//! # fn main() -> Result<(), Error> {
-//! let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
-//! let gate = Arc::new(
-//!     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
-//!         .with_limits(MemoryLimits::new())
-//!         .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
-//! );
-//! let app: Router = Router::new().route(
-//!     "/v1/tasks",
-//!     get(list_tasks).route_layer(ApiKeyLayer::new(Arc::clone(&gate), Route::new(Requirement::scope("tasks:read")?))),
-//! );
-//! # let _ = app;
-//! # Ok(()) }
-//! ```
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -88,13 +10,13 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
+use super::gate::{Admitted, Decision, Gate, Rejection, Route};
+use super::response::ErrorResponse;
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
-use crate::gate::{Admitted, Decision, Gate, Rejection, Route};
 use crate::limits::{Limits, NoLimits};
-use crate::response::ErrorResponse;
 use crate::store::KeyStore;
-use crate::verifier::VerifiedKey;
+use crate::verify::VerifiedKey;
 
 /// The client address used by the failure throttle. Insert it as a request
 /// extension (e.g. from `X-Forwarded-For`, only behind a proxy you trust)
@@ -102,6 +24,84 @@ use crate::verifier::VerifiedKey;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
 
+/// tower / axum integration (feature `axum`): a layer and extractors.
+///
+/// * [`ApiKeyLayer`]: a tower layer running a [`Gate`] for one [`Route`]:
+///   authenticate, check the route's scopes, rate limit, spend credits, put
+///   the [`Admitted`] request info (with its [`VerifiedKey`], `.key`) into
+///   the request extensions (one entry: read the key with the
+///   [`VerifiedKey`] extractor, or `extensions().get::<Admitted>()`) and
+///   add `X-RateLimit-*` headers to the response; refusals are
+///   answered with the JSON error body, `WWW-Authenticate`, `Retry-After` and
+///   the rate-limit headers. A store that fails or exceeds the gate's
+///   optional [`with_store_timeout`](Gate::with_store_timeout) answers 503.
+///   For a publishable key the request's origin is checked (403
+///   `ORIGIN_NOT_ALLOWED`), an admitted one gets the CORS headers, and a
+///   CORS preflight is answered 204 by the layer (see
+///   [`publishable`](crate::web::publishable); mount the layer with
+///   `.layer(..)` on the method router so that `OPTIONS` reaches it).
+/// * Extractors: [`VerifiedKey`] and [`Admitted`] (401 `MISSING_API_KEY` when
+///   absent; `Option<VerifiedKey>` for routes that also accept other
+///   credentials, with [`ForeignCredentials::PassThrough`](crate::web::ForeignCredentials::PassThrough)).
+/// * The client address (for IP allowlists and the failure throttle) comes
+///   from a [`ClientIp`] extension, or else a `SocketAddr` extension. The
+///   layer depends on axum-core only, not on axum's server, so it cannot
+///   read axum's `ConnectInfo` itself: set `ClientIp` from it (or from a
+///   trusted proxy header) in a small middleware, as `apikey-sqlx/examples/axum_server.rs`
+///   does:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::{ConnectInfo, Request};
+/// use axum::middleware::Next;
+/// use axum::response::Response;
+///
+/// async fn client_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+///     req.extensions_mut().insert(apikey::web::ClientIp(peer.ip()));
+///     next.run(req).await
+/// }
+/// // Router::new().route(...).layer(axum::middleware::from_fn(client_ip))
+/// ```
+///
+/// The layer fails closed: only a request with a valid key of ours that
+/// meets the route's requirement reaches the inner service. Every other
+/// request, including one with credentials that are not ours (`Basic …`,
+/// `Bearer <jwt>`, `Token x`), gets a 401 with the JSON body and the
+/// `WWW-Authenticate` challenge. An API that also takes other credentials
+/// opts in with
+/// [`Route::with_foreign_credentials(ForeignCredentials::PassThrough)`](Route::with_foreign_credentials)
+/// on the routes that take other credentials (one gate serves both kinds):
+/// such requests then reach the inner service **unauthenticated**, without
+/// a [`VerifiedKey`] or [`Admitted`] extension, and the handler (or a layer
+/// of its own) must authenticate them.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{Router, routing::get};
+/// use apikey::*;
+/// use apikey::web::ApiKeyLayer;
+/// use apikey::web::{Gate, QuotaTable, Route};
+/// use apikey::limits::{MemoryLimits, Quota};
+///
+/// async fn list_tasks(key: VerifiedKey) -> String {
+///     format!("tasks of {}", key.owner().unwrap_or("nobody"))
+/// }
+///
+/// # fn main() -> Result<(), Error> {
+/// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
+/// let gate = Arc::new(
+///     Gate::new(Authenticator::new(verifier, MemoryStore::new()))
+///         .with_limits(MemoryLimits::new())
+///         .with_quotas(QuotaTable::fixed(Quota::unlimited().per_minute(100))),
+/// );
+/// let app: Router = Router::new().route(
+///     "/v1/tasks",
+///     get(list_tasks).route_layer(ApiKeyLayer::new(Arc::clone(&gate), Route::new(Requirement::scope("tasks:read")?))),
+/// );
+/// # let _ = app;
+/// # Ok(()) }
+/// ```
+///
 /// A tower layer that guards the wrapped service with a [`Gate`] for one
 /// [`Route`]. Cheap to clone.
 #[derive(Debug)]
@@ -310,7 +310,7 @@ const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-r
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// The `X-RateLimit-*` headers of an admitted request, as
-/// [`rate_limit_headers`](crate::response::rate_limit_headers) spells them:
+/// [`rate_limit_headers`](super::response::rate_limit_headers) spells them:
 /// static names, and each number written straight into its header value
 /// (no intermediate strings).
 fn insert_rate_limit_headers(
@@ -459,7 +459,7 @@ impl<St: Send + Sync> FromRequestParts<St> for Admitted {
 mod tests {
     use super::*;
     use crate::limits::{RateLimitInfo, RateWindow};
-    use crate::response::rate_limit_headers;
+    use crate::web::response::rate_limit_headers;
     use std::time::Duration;
 
     /// The layer writes the `X-RateLimit-*` headers itself (static names,

@@ -2,12 +2,12 @@
 //! authentication and limits, JSON error responses, and (feature `axum`) a
 //! tower layer with axum extractors.
 
-pub mod extract;
-pub mod gate;
+mod extract;
+mod gate;
 #[cfg(feature = "axum")]
-pub mod layer;
+mod layer;
 pub mod publishable;
-pub mod response;
+mod response;
 
 pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};
 pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};

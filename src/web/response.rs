@@ -1,46 +1,3 @@
-//! HTTP answers for errors and rate-limit headers, with no web framework.
-//!
-//! [`ErrorResponse::from_error`] turns any [`Error`] into a status, headers
-//! and a JSON body shaped like common API docs:
-//!
-//! ```json
-//! {"success": false, "error": {"code": "INVALID_API_KEY", "message": "...", "details": {}}}
-//! ```
-//!
-//! * 401 answers carry `WWW-Authenticate` in the RFC 6750 style
-//!   (`Bearer realm="api"`, plus `error="invalid_token"` when credentials were
-//!   presented); 403 for a missing scope carries `error="insufficient_scope"`;
-//!   400 for an ambiguous request carries `error="invalid_request"`.
-//! * `Retry-After` (whole seconds, at least 1) is on every answer a retry
-//!   can fix: 503 `STORE_UNAVAILABLE`, 429 `RATE_LIMITED` and
-//!   `TOO_MANY_FAILED_ATTEMPTS`, and 429 `USAGE_EXCEEDED` when a credit
-//!   refill is scheduled (the wait until it). A `USAGE_EXCEEDED` with no
-//!   refill policy has **no** `Retry-After`: retrying does not help until
-//!   credits are added.
-//! * `X-RateLimit-Reset` (Unix epoch seconds, see [`rate_limit_headers`]):
-//!   on an admitted request, when the window is fully replenished; on a 429
-//!   `RATE_LIMITED`, the moment a retry is admitted (now + `Retry-After`),
-//!   never later.
-//! * `MISSING_API_KEY` details name what the service accepts
-//!   ([`ErrorResponse::for_extractor`]; a [`Gate`](crate::gate::Gate) uses
-//!   its extractor).
-//! * Bodies and headers never reveal whether a key id exists: an unknown id and
-//!   a wrong secret are one [`Error::InvalidApiKey`] with empty details, and
-//!   no key id, key text or store error text is ever written.
-//!
-//! ```
-//! use apikey::Error;
-//! use apikey::web::ErrorResponse;
-//!
-//! let r = ErrorResponse::from_error(&Error::InvalidApiKey);
-//! assert_eq!(r.status, 401);
-//! assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="api", error="invalid_token""#));
-//! assert_eq!(
-//!     r.body,
-//!     r#"{"success":false,"error":{"code":"INVALID_API_KEY","message":"The provided API key is invalid.","details":{}}}"#
-//! );
-//! ```
-
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -48,10 +5,53 @@ use time::OffsetDateTime;
 
 use serde::Serialize;
 
+use super::extract::{Extractor, Scheme};
 use crate::error::{Error, ErrorCode};
-use crate::extract::{Extractor, Scheme};
 use crate::limits::{RateLimitInfo, ceil_secs};
 
+/// HTTP answers for errors and rate-limit headers, with no web framework.
+///
+/// [`ErrorResponse::from_error`] turns any [`Error`] into a status, headers
+/// and a JSON body shaped like common API docs:
+///
+/// ```json
+/// {"success": false, "error": {"code": "INVALID_API_KEY", "message": "...", "details": {}}}
+/// ```
+///
+/// * 401 answers carry `WWW-Authenticate` in the RFC 6750 style
+///   (`Bearer realm="api"`, plus `error="invalid_token"` when credentials were
+///   presented); 403 for a missing scope carries `error="insufficient_scope"`;
+///   400 for an ambiguous request carries `error="invalid_request"`.
+/// * `Retry-After` (whole seconds, at least 1) is on every answer a retry
+///   can fix: 503 `STORE_UNAVAILABLE`, 429 `RATE_LIMITED` and
+///   `TOO_MANY_FAILED_ATTEMPTS`, and 429 `USAGE_EXCEEDED` when a credit
+///   refill is scheduled (the wait until it). A `USAGE_EXCEEDED` with no
+///   refill policy has **no** `Retry-After`: retrying does not help until
+///   credits are added.
+/// * `X-RateLimit-Reset` (Unix epoch seconds, see [`rate_limit_headers`]):
+///   on an admitted request, when the window is fully replenished; on a 429
+///   `RATE_LIMITED`, the moment a retry is admitted (now + `Retry-After`),
+///   never later.
+/// * `MISSING_API_KEY` details name what the service accepts
+///   ([`ErrorResponse::for_extractor`]; a [`Gate`](super::gate::Gate) uses
+///   its extractor).
+/// * Bodies and headers never reveal whether a key id exists: an unknown id and
+///   a wrong secret are one [`Error::InvalidApiKey`] with empty details, and
+///   no key id, key text or store error text is ever written.
+///
+/// ```
+/// use apikey::Error;
+/// use apikey::web::ErrorResponse;
+///
+/// let r = ErrorResponse::from_error(&Error::InvalidApiKey);
+/// assert_eq!(r.status, 401);
+/// assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="api", error="invalid_token""#));
+/// assert_eq!(
+///     r.body,
+///     r#"{"success":false,"error":{"code":"INVALID_API_KEY","message":"The provided API key is invalid.","details":{}}}"#
+/// );
+/// ```
+///
 /// A framework-agnostic HTTP answer: status, headers (lowercase names) and a
 /// JSON body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,7 +323,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 /// The `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
 /// headers (lowercase names) for `info`, the reset given as Unix epoch
 /// seconds computed from the wall-clock `now`: `now + info.reset_after`,
-/// rounded up. The [`Gate`](crate::gate::Gate) gives the window's full
+/// rounded up. The [`Gate`](super::gate::Gate) gives the window's full
 /// replenishment on an admitted request and the retry wait on a
 /// `RATE_LIMITED` refusal, so on a 429 Reset and `Retry-After` agree.
 ///

@@ -7,12 +7,12 @@ use time::OffsetDateTime;
 
 use super::commit::{MAX_RETRIES, backoff, contended};
 use super::{KeyManager, KeySummary, KeyUpdate, PENDING_APPROVAL};
-use crate::audit::{Actor, AuditEvent, AuditKind};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::key::KeyId;
 use crate::key::Prefix;
 use crate::limits::Limits;
+use crate::pipeline::{Actor, AuditEvent, AuditKind};
 use crate::record::{KeyRecord, KeyStatus, Revocation};
 use crate::store::{Changes, Delete, KeyQuery, KeyStoreWrite, Put, UsageStore};
 
@@ -37,7 +37,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         let scopes = update
             .scopes
             .as_ref()
-            .map(crate::scope::ScopeSet::parse)
+            .map(crate::record::ScopeSet::parse)
             .transpose()?;
         let mut fields = Vec::new();
         let (before, after) = self
@@ -93,9 +93,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     // A derived key's parent link is the crate's, not the
                     // caller's: kept as it is.
                     let mut m = m.clone();
-                    m.remove(crate::verify::derived::PARENT);
-                    if let Some(p) = cur.metadata.get(crate::verify::derived::PARENT) {
-                        m.insert(crate::verify::derived::PARENT.to_owned(), p.clone());
+                    m.remove(crate::record::PARENT);
+                    if let Some(p) = cur.metadata.get(crate::record::PARENT) {
+                        m.insert(crate::record::PARENT.to_owned(), p.clone());
                     }
                     if m != cur.metadata {
                         next.metadata = m;
@@ -114,9 +114,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     self.check_policies(&next, now)?;
                 }
                 if next.is_publishable() && fields.contains(&"metadata") {
-                    crate::web::publishable::validate_origins(
+                    crate::pipeline::validate_origins(
                         next.metadata
-                            .get(crate::web::publishable::ALLOWED_ORIGINS)
+                            .get(crate::pipeline::ALLOWED_ORIGINS)
                             .map(String::as_str),
                     )?;
                 }

@@ -5,12 +5,12 @@ use zeroize::Zeroizing;
 
 use super::commit::InsertError;
 use super::{ImportKey, KeyManager, KeySummary, LegacySecret, MAX_LEGACY_KEY_LEN, reserved_parent};
-use crate::audit::{Actor, AuditKind};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::key::ApiKey;
 use crate::key::KeyDigest;
 use crate::limits::Limits;
+use crate::pipeline::{Actor, AuditKind};
 use crate::record::{LegacyInfo, NewKey};
 use crate::store::{KeyStoreWrite, UsageStore};
 

@@ -7,7 +7,7 @@ use std::fmt;
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::ipnet::IpNet;
+use crate::record::IpNet;
 use crate::record::NewKey;
 
 /// A partial update (PATCH semantics): only the fields set are changed.

@@ -3,11 +3,11 @@
 
 use super::commit::{MAX_RETRIES, backoff, contended};
 use super::{KeyManager, KeySummary, Rotation};
-use crate::audit::{Actor, AuditKind};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
+use crate::pipeline::{Actor, AuditKind};
 use crate::record::{KeyStatus, NewKey};
 use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
 

@@ -1,51 +1,3 @@
-//! Monitoring: the alerts seed 001 asks for, raised by the pipeline itself.
-//!
-//! A [`Monitor`] watches what the [`Authenticator`](crate::Authenticator)
-//! and the [`Gate`](crate::web::Gate) decide and raises, through the audit
-//! sink and an optional notification hook (any [`AuditSink`]):
-//!
-//! | Event ([`AuditKind`]) | Raised when | At most |
-//! |---|---|---|
-//! | [`NewNetwork`](AuditKind::NewNetwork) | a key is used from a network (IPv4 /24, IPv6 /48) not seen for it within [`new_network_window`](MonitorConfig::new_network_window); the key's first use sets the baseline and raises nothing | [`max_events_per_window`](MonitorConfig::max_events_per_window) per key per [`dedupe_window`](MonitorConfig::dedupe_window) |
-//! | [`FailureBurst`](AuditKind::FailureBurst) | [`burst_threshold`](MonitorConfig::burst_threshold) failed verifications within [`burst_window`](MonitorConfig::burst_window), of one key (after its tag matched: wrong secret, revoked, expired, ...) or from one client network (any failure) | one per key or network per burst window |
-//! | [`RateLimitHit`](AuditKind::RateLimitHit) | the gate refuses a key with 429 `RATE_LIMITED` | one per key per dedupe window |
-//! | [`QuotaExceeded`](AuditKind::QuotaExceeded) | the gate refuses a key with 429 `USAGE_EXCEEDED` (its own or its owner's credits ran out) | one per key per dedupe window |
-//! | [`UnusualTraffic`](AuditKind::UnusualTraffic) | a key's requests this hour exceed [`traffic_factor`](MonitorConfig::traffic_factor) × its trailing hourly average (after [`traffic_min_hours`](MonitorConfig::traffic_min_hours) hours of history, and at least [`traffic_min_requests`](MonitorConfig::traffic_min_requests)) | one per key per hour |
-//!
-//! Each event carries the key id and owner when it concerns a key; a
-//! network is the masked prefix, never the full address.
-//!
-//! # Bounded memory
-//!
-//! State is kept for at most [`max_keys`](MonitorConfig::max_keys) keys
-//! (each with at most [`NETWORKS_PER_KEY`] networks) and
-//! [`max_networks`](MonitorConfig::max_networks) failing client networks,
-//! whatever the traffic: when a table is full, an entry is evicted to make
-//! room, so attacker-chosen addresses cannot grow it.
-//! [`MonitorConfig::memory_bound`] states the bound in bytes; a key whose
-//! entry was evicted starts a new baseline (its next network raises
-//! nothing), a network's failure count starts again.
-//!
-//! ```
-//! use std::net::IpAddr;
-//! use std::sync::Arc;
-//! use apikey::*;
-//! use apikey::manage::{Monitor, MonitorConfig};
-//! use time::macros::datetime;
-//!
-//! let audit = Arc::new(MemoryAuditSink::new());
-//! let monitor = Monitor::new(MonitorConfig::default(), audit.clone());
-//! let id = KeyId::from_u64(7);
-//! let t = datetime!(2026-05-01 12:00 UTC);
-//! let home: IpAddr = "198.51.100.4".parse().unwrap();
-//! let away: IpAddr = "203.0.113.9".parse().unwrap();
-//! monitor.used(id, None, Some(home), t); // the baseline
-//! monitor.used(id, None, Some(home), t); // seen
-//! monitor.used(id, None, Some(away), t); // new network
-//! let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
-//! assert_eq!(kinds, ["new_network"]);
-//! ```
-
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -53,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use time::{Duration, OffsetDateTime};
 
-use crate::audit::{AuditEvent, AuditKind, AuditSink};
+use super::audit::{AuditEvent, AuditKind, AuditSink};
+use super::usage::FastHasher;
 use crate::key::KeyId;
-use crate::manage::usage::FastHasher;
-use crate::verify::IpNet;
+use crate::record::IpNet;
 
 /// Networks remembered per key (the oldest is forgotten first).
 pub const NETWORKS_PER_KEY: usize = 8;
@@ -119,7 +71,7 @@ impl MonitorConfig {
     /// twice its entries' slots).
     ///
     /// ```
-    /// let bound = apikey::manage::MonitorConfig::default().memory_bound();
+    /// let bound = apikey::pipeline::MonitorConfig::default().memory_bound();
     /// assert!(bound < 8 * 1024 * 1024);
     /// ```
     pub fn memory_bound(&self) -> usize {
@@ -200,8 +152,56 @@ type Table<V> = HashMap<u64, V>;
 /// table, whose keys an attacker picks, keeps the keyed default hasher).
 type KeyTable = HashMap<u64, KeyState, std::hash::BuildHasherDefault<FastHasher>>;
 
+/// Monitoring: the alerts seed 001 asks for, raised by the pipeline itself.
+///
+/// A [`Monitor`] watches what the [`Authenticator`](crate::Authenticator)
+/// and the [`Gate`](crate::web::Gate) decide and raises, through the audit
+/// sink and an optional notification hook (any [`AuditSink`]):
+///
+/// | Event ([`AuditKind`]) | Raised when | At most |
+/// |---|---|---|
+/// | [`NewNetwork`](AuditKind::NewNetwork) | a key is used from a network (IPv4 /24, IPv6 /48) not seen for it within [`new_network_window`](MonitorConfig::new_network_window); the key's first use sets the baseline and raises nothing | [`max_events_per_window`](MonitorConfig::max_events_per_window) per key per [`dedupe_window`](MonitorConfig::dedupe_window) |
+/// | [`FailureBurst`](AuditKind::FailureBurst) | [`burst_threshold`](MonitorConfig::burst_threshold) failed verifications within [`burst_window`](MonitorConfig::burst_window), of one key (after its tag matched: wrong secret, revoked, expired, ...) or from one client network (any failure) | one per key or network per burst window |
+/// | [`RateLimitHit`](AuditKind::RateLimitHit) | the gate refuses a key with 429 `RATE_LIMITED` | one per key per dedupe window |
+/// | [`QuotaExceeded`](AuditKind::QuotaExceeded) | the gate refuses a key with 429 `USAGE_EXCEEDED` (its own or its owner's credits ran out) | one per key per dedupe window |
+/// | [`UnusualTraffic`](AuditKind::UnusualTraffic) | a key's requests this hour exceed [`traffic_factor`](MonitorConfig::traffic_factor) × its trailing hourly average (after [`traffic_min_hours`](MonitorConfig::traffic_min_hours) hours of history, and at least [`traffic_min_requests`](MonitorConfig::traffic_min_requests)) | one per key per hour |
+///
+/// Each event carries the key id and owner when it concerns a key; a
+/// network is the masked prefix, never the full address.
+///
+/// # Bounded memory
+///
+/// State is kept for at most [`max_keys`](MonitorConfig::max_keys) keys
+/// (each with at most [`NETWORKS_PER_KEY`] networks) and
+/// [`max_networks`](MonitorConfig::max_networks) failing client networks,
+/// whatever the traffic: when a table is full, an entry is evicted to make
+/// room, so attacker-chosen addresses cannot grow it.
+/// [`MonitorConfig::memory_bound`] states the bound in bytes; a key whose
+/// entry was evicted starts a new baseline (its next network raises
+/// nothing), a network's failure count starts again.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use std::sync::Arc;
+/// use apikey::*;
+/// use apikey::pipeline::{Monitor, MonitorConfig};
+/// use time::macros::datetime;
+///
+/// let audit = Arc::new(MemoryAuditSink::new());
+/// let monitor = Monitor::new(MonitorConfig::default(), audit.clone());
+/// let id = KeyId::from_u64(7);
+/// let t = datetime!(2026-05-01 12:00 UTC);
+/// let home: IpAddr = "198.51.100.4".parse().unwrap();
+/// let away: IpAddr = "203.0.113.9".parse().unwrap();
+/// monitor.used(id, None, Some(home), t); // the baseline
+/// monitor.used(id, None, Some(home), t); // seen
+/// monitor.used(id, None, Some(away), t); // new network
+/// let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
+/// assert_eq!(kinds, ["new_network"]);
+/// ```
+///
 /// Watches verifications and admissions and raises the seed-001 alerts
-/// (see the [module docs](self)). Share it (`Arc`) between the
+///. Share it (`Arc`) between the
 /// authenticator and the gate; set it with
 /// [`Authenticator::with_monitor`](crate::Authenticator::with_monitor) or
 /// [`KeyManager::with_monitor`](crate::KeyManager::with_monitor).

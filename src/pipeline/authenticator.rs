@@ -1,29 +1,3 @@
-//! The one verification pipeline: every presented key, whichever door it
-//! came through ([`KeyManager::authenticate`](crate::KeyManager::authenticate),
-//! the [`Gate`](crate::web::Gate), the tower/axum layer, or a direct call),
-//! is checked here.
-//!
-//! Steps, in order:
-//!
-//! 1. **parse** ([`Verifier::parse`]): length, alphabet, prefix, checksum,
-//!    version, keyed tag; no store call for junk or forged keys;
-//! 2. the **failure throttle** (when configured, see [`limits`](crate::limits));
-//! 3. the **legacy lookup** (when legacy prefixes are declared): keys
-//!    imported from another system are found through the legacy index;
-//! 4. **fetch** the record by id from the [`KeyStore`];
-//! 5. **verify** ([`Verifier::verify_from`]): HMAC, constant-time
-//!    comparison, status, validity window, environment, IP allowlist,
-//!    scopes;
-//! 6. **usage recording** (when configured): one in-memory count, flushed
-//!    off the request path ([`UsageRecorder`]);
-//! 7. **audit of failures** (when configured): failures after the tag
-//!    matched about the key itself (unknown id, wrong secret, revoked,
-//!    disabled, expired, not yet valid) emit one event each; rejections
-//!    before it, and failures of an authenticated key against the request
-//!    (wrong environment, scope, address), are counted per reason and
-//!    summarised at most once per interval, so a flood never becomes a
-//!    flood of events.
-
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -32,26 +6,24 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::audit::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
+use super::origin::check_view;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Reason, Result, Stage, StoreError};
 use crate::key::KeyId;
 use crate::limits::{FailureClass, Limits, NoLimits};
-use crate::manage::Monitor;
 use crate::metrics;
+use crate::pipeline::Monitor;
+use crate::pipeline::RequestOrigin;
+use crate::pipeline::UsageRecorder;
+use crate::pipeline::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::record::KeyView;
-use crate::scope::Requirement;
+use crate::record::Requirement;
 use crate::store::{KeyStore, UsageStore};
 use crate::trace;
-use crate::usage::UsageRecorder;
-use crate::verifier::{Failure, VerifiedKey, Verifier};
-use crate::verify::legacy::{self, Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN};
-use crate::web::publishable::{self, RequestOrigin};
-
-/// How often an authenticator made by [`Authenticator::new`] writes its
-/// usage counts: the gate's axum layer starts a flush in the background at
-/// most once per interval.
-pub const DEFAULT_USAGE_FLUSH_INTERVAL: time::Duration = time::Duration::seconds(10);
+use crate::verify::{Failure, VerifiedKey, Verifier};
+use crate::verify::{
+    Legacy, LegacyPrefix, MAX_LEGACY_KEY_LEN, Upgrader, legacy_matches, legacy_sha, legacy_upgraded,
+};
 
 /// A flush of usage counts into the store `S`, chosen where `S` was known to
 /// be a [`UsageStore`] (the authenticator itself only needs [`KeyStore`]).
@@ -106,6 +78,32 @@ impl fmt::Debug for Auditor {
     }
 }
 
+/// The one verification pipeline: every presented key, whichever door it
+/// came through ([`KeyManager::authenticate`](crate::KeyManager::authenticate),
+/// the [`Gate`](crate::web::Gate), the tower/axum layer, or a direct call),
+/// is checked here.
+///
+/// Steps, in order:
+///
+/// 1. **parse** ([`Verifier::parse`]): length, alphabet, prefix, checksum,
+///    version, keyed tag; no store call for junk or forged keys;
+/// 2. the **failure throttle** (when configured, see [`limits`](crate::limits));
+/// 3. the **legacy lookup** (when legacy prefixes are declared): keys
+///    imported from another system are found through the legacy index;
+/// 4. **fetch** the record by id from the [`KeyStore`];
+/// 5. **verify** ([`Verifier::verify_from`]): HMAC, constant-time
+///    comparison, status, validity window, environment, IP allowlist,
+///    scopes;
+/// 6. **usage recording** (when configured): one in-memory count, flushed
+///    off the request path ([`UsageRecorder`]);
+/// 7. **audit of failures** (when configured): failures after the tag
+///    matched about the key itself (unknown id, wrong secret, revoked,
+///    disabled, expired, not yet valid) emit one event each; rejections
+///    before it, and failures of an authenticated key against the request
+///    (wrong environment, scope, address), are counted per reason and
+///    summarised at most once per interval, so a flood never becomes a
+///    flood of events.
+///
 /// The one pipeline from a presented key to a [`VerifiedKey`]: parse →
 /// throttle → legacy lookup → fetch → verify → usage → audit (see the
 /// [module docs](crate::verify)). Optional steps are off until configured.
@@ -163,7 +161,7 @@ impl<S: UsageStore> Authenticator<S, SystemClock> {
     /// (`last_used_at` and the daily and monthly counts) in memory and
     /// writes it to `store` with [`flush`](Self::flush); the axum layer
     /// starts that flush in the background at most every
-    /// [`DEFAULT_USAGE_FLUSH_INTERVAL`]. No audit and no legacy prefixes
+    /// [`UsageRecorder::DEFAULT_FLUSH_INTERVAL`]. No audit and no legacy prefixes
     /// (see [`with_audit`](Self::with_audit)).
     ///
     /// For a store without usage (a read-only [`KeyStore`]), or to turn
@@ -176,8 +174,9 @@ impl<S: UsageStore> Authenticator<S, SystemClock> {
 impl<S: UsageStore, C: Clock> Authenticator<S, C> {
     /// [`new`](Self::new), reading `clock`.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
-        let mut auth = Self::read_only_with_clock(verifier, store, clock)
-            .with_usage(Arc::new(UsageRecorder::new(DEFAULT_USAGE_FLUSH_INTERVAL)));
+        let mut auth = Self::read_only_with_clock(verifier, store, clock).with_usage(Arc::new(
+            UsageRecorder::new(UsageRecorder::DEFAULT_FLUSH_INTERVAL),
+        ));
         if let Some(u) = &mut auth.usage {
             u.background = true;
         }
@@ -304,7 +303,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// Raises the seed-001 monitoring events (new network, failure bursts,
     /// unusual traffic; the [`Gate`](crate::web::Gate) adds rate-limit hits
     /// and exhausted quotas) through `monitor` (see
-    /// [`manage::monitor`](crate::manage::monitor)). Defaults to none.
+    /// [`Monitor`]). Defaults to none.
     pub fn with_monitor(mut self, monitor: Arc<Monitor>) -> Self {
         self.monitor = Some(monitor);
         self
@@ -326,7 +325,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         Ok(self)
     }
 
-    pub(crate) fn set_upgrader(&mut self, upgrader: Arc<dyn legacy::Upgrader>) {
+    pub(crate) fn set_upgrader(&mut self, upgrader: Arc<dyn Upgrader>) {
         Arc::make_mut(&mut self.legacy).upgrader = Some(upgrader);
     }
 
@@ -514,9 +513,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 self.verifier
                     .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
             let verified = match verified {
-                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
-                    self.lineage(v).await
-                }
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
                 other => other,
             };
             verified.and_then(|v| Self::from_origin(v, origin))
@@ -528,9 +525,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 .verifier
                 .verify_from_kept(&parsed, view, now, requirement, ip);
             let verified = match verified {
-                Ok(v) if crate::verify::derived::parent_of_view(v.view()).is_some() => {
-                    self.lineage(v).await
-                }
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
                 other => other,
             };
             let verified = verified.and_then(|v| Self::from_origin(v, origin));
@@ -555,7 +550,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         v: VerifiedKey,
         origin: Option<&RequestOrigin<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        match origin.map(|o| publishable::check_view(v.view(), o)) {
+        match origin.map(|o| check_view(v.view(), o)) {
             None | Some(Ok(())) => Ok(v),
             Some(Err(e)) => Err(Failure {
                 id: Some(v.id()),
@@ -572,10 +567,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         }
     }
 
-    /// A derived key's ancestors ([`derived`](crate::verify::derived));
+    /// A derived key's ancestors ([`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH));
     /// called for children only, so other keys pay one flag test.
     async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Failure> {
-        match crate::verify::derived::check_ancestors(&self.store, &self.clock, v.view()).await {
+        match crate::verify::check_ancestors(&self.store, &self.clock, v.view()).await {
             Ok(()) => Ok(v),
             Err(e) => Err(Failure {
                 id: Some(v.id()),
@@ -659,7 +654,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             return Err(failure);
         }
         let keyring = self.verifier.keyring();
-        let sha = legacy::sha(presented);
+        let sha = legacy_sha(presented);
         let mut found = None;
         for v in keyring.versions_current_first() {
             let Some(index) = keyring.legacy_index(v, &sha) else {
@@ -682,7 +677,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             self.network_failed(ip);
             return Err(failure);
         };
-        let verified = if legacy::matches(&self.verifier, &rec, prefix, &index, presented) {
+        let verified = if legacy_matches(&self.verifier, &rec, prefix, &index, presented) {
             self.verifier
                 .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
                 .and_then(|v| Self::from_origin(v, origin))
@@ -693,7 +688,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         // Best effort: a failure leaves the record as it was, and the next
         // verification tries again.
         if let Some(up) = &self.legacy.upgrader
-            && let Some(next) = legacy::upgraded(&self.verifier, &rec, presented, &sha)
+            && let Some(next) = legacy_upgraded(&self.verifier, &rec, presented, &sha)
             && up.upgrade(next, rec.revision).await
             && let Some(a) = &self.audit
         {

@@ -1,40 +1,3 @@
-//! Audit events: what happened to which key, when, by whom.
-//!
-//! The [`KeyManager`](crate::KeyManager) sends an [`AuditEvent`] to its
-//! [`AuditSink`] for every create, update, disable, enable, revoke, rotate,
-//! delete and import, and for failed verifications (through
-//! `KeyManager::authenticate`, and the gate and the axum layer over
-//! [`KeyManager::authenticator`](crate::KeyManager::authenticator)):
-//!
-//! * failures **after** the tag matched that concern the key itself
-//!   (unknown id, wrong secret, expired, not yet valid, disabled, revoked;
-//!   for an imported legacy key: found by its index but the wrong text)
-//!   each emit one [`AuditKind::VerificationFailed`] with the key id and
-//!   owner;
-//! * everything else is only counted per reason and reported in one
-//!   [`AuditKind::RejectionsSampled`] summary at most once per sample
-//!   interval (and by `KeyManager::shutdown`), so a flood never becomes a
-//!   flood of events: rejections **before** the keyed tag matched
-//!   (reasons `missing`, `length`, `charset`, `unknown_prefix`, `checksum`,
-//!   `non_canonical`, `unknown_version`, `forged`; `unknown_legacy` for a
-//!   legacy-prefixed key that is not in the store), and failures of an
-//!   authenticated key against the request (`wrong_environment`,
-//!   `insufficient_scope`, `ip_not_allowed`): 10,000 scope failures are one
-//!   event, not 10,000, and name no key.
-//!
-//! Not audited at all: requests the web edge refuses before the pipeline
-//! (no key, an oversized or non-ASCII value, two different keys, foreign
-//! credentials), requests refused by the failure throttle
-//! (`TOO_MANY_FAILED_ATTEMPTS`), rate-limit and credit refusals, and store
-//! failures.
-//!
-//! Events never carry a key or its secret: only the public key id, the
-//! owner, the actor and the reason the actor gave.
-//!
-//! Sinks are called synchronously on the calling task; a sink that writes to
-//! a slow backend should buffer. With the `tracing` feature,
-//! [`TracingSink`] turns events into `tracing` events.
-
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,18 +143,18 @@ pub enum AuditKind {
         /// How many tokens the request held.
         tokens: u32,
     },
-    /// Monitoring ([`Monitor`](crate::manage::Monitor)): the key was used
+    /// Monitoring ([`Monitor`](crate::pipeline::Monitor)): the key was used
     /// from a network not seen for it within the configured window.
     NewNetwork {
         /// The network (IPv4 /24, IPv6 /48), never the full address.
-        network: crate::verify::IpNet,
+        network: crate::record::IpNet,
     },
     /// Monitoring: a burst of failed verifications, of the event's key
     /// (`network` is `None`) or from one client network (no key). One event
     /// per burst window, however many failures follow.
     FailureBurst {
         /// The client network, for a burst from one network.
-        network: Option<crate::verify::IpNet>,
+        network: Option<crate::record::IpNet>,
         /// Failures counted when the burst was raised.
         failures: u64,
         /// The burst window, in seconds.
@@ -253,6 +216,43 @@ impl AuditKind {
     }
 }
 
+/// Audit events: what happened to which key, when, by whom.
+///
+/// The [`KeyManager`](crate::KeyManager) sends an [`AuditEvent`] to its
+/// [`AuditSink`] for every create, update, disable, enable, revoke, rotate,
+/// delete and import, and for failed verifications (through
+/// `KeyManager::authenticate`, and the gate and the axum layer over
+/// [`KeyManager::authenticator`](crate::KeyManager::authenticator)):
+///
+/// * failures **after** the tag matched that concern the key itself
+///   (unknown id, wrong secret, expired, not yet valid, disabled, revoked;
+///   for an imported legacy key: found by its index but the wrong text)
+///   each emit one [`AuditKind::VerificationFailed`] with the key id and
+///   owner;
+/// * everything else is only counted per reason and reported in one
+///   [`AuditKind::RejectionsSampled`] summary at most once per sample
+///   interval (and by `KeyManager::shutdown`), so a flood never becomes a
+///   flood of events: rejections **before** the keyed tag matched
+///   (reasons `missing`, `length`, `charset`, `unknown_prefix`, `checksum`,
+///   `non_canonical`, `unknown_version`, `forged`; `unknown_legacy` for a
+///   legacy-prefixed key that is not in the store), and failures of an
+///   authenticated key against the request (`wrong_environment`,
+///   `insufficient_scope`, `ip_not_allowed`): 10,000 scope failures are one
+///   event, not 10,000, and name no key.
+///
+/// Not audited at all: requests the web edge refuses before the pipeline
+/// (no key, an oversized or non-ASCII value, two different keys, foreign
+/// credentials), requests refused by the failure throttle
+/// (`TOO_MANY_FAILED_ATTEMPTS`), rate-limit and credit refusals, and store
+/// failures.
+///
+/// Events never carry a key or its secret: only the public key id, the
+/// owner, the actor and the reason the actor gave.
+///
+/// Sinks are called synchronously on the calling task; a sink that writes to
+/// a slow backend should buffer. With the `tracing` feature,
+/// [`TracingSink`] turns events into `tracing` events.
+///
 /// One audit event. Never holds key material.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]

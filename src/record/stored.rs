@@ -1,11 +1,3 @@
-//! Stored records: the full [`KeyRecord`] and the compact [`KeyView`] that
-//! the verify hot path reads.
-//!
-//! A record never holds a key's secret: only its keyed [`KeyDigest`]. Records
-//! serialize with serde (times in RFC 3339, the digest in base64, a
-//! `schema_version` field) so applications can keep them in their own
-//! database for years and read them back.
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 
@@ -13,14 +5,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::ipnet::IpNet;
 use crate::key::KeyDigest;
 use crate::key::{Environment, Prefix};
 use crate::key::{KeyId, key_display_form};
-use crate::scope::ScopeSet;
-
-/// The record layout version written by this crate.
-pub const SCHEMA_VERSION: u32 = 1;
+use crate::record::IpNet;
+use crate::record::ScopeSet;
 
 /// Whether a key may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +33,14 @@ pub struct Revocation {
     pub reason: String,
 }
 
+/// Stored records: the full [`KeyRecord`] and the compact [`KeyView`] that
+/// the verify hot path reads.
+///
+/// A record never holds a key's secret: only its keyed [`KeyDigest`]. Records
+/// serialize with serde (times in RFC 3339, the digest in base64, a
+/// `schema_version` field) so applications can keep them in their own
+/// database for years and read them back.
+///
 /// Everything stored about one key. No secret is in it.
 ///
 /// Build one with [`Verifier::issue`](crate::Verifier::issue); read and
@@ -63,7 +60,7 @@ pub struct Revocation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct KeyRecord {
-    /// Layout version; this crate writes [`SCHEMA_VERSION`] and refuses others.
+    /// Layout version; this crate writes [`KeyRecord::SCHEMA_VERSION`] and refuses others.
     #[serde(deserialize_with = "schema_version")]
     pub schema_version: u32,
     /// Public key id.
@@ -214,16 +211,20 @@ impl LegacyInfo {
 
 fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
     let v = u32::deserialize(d)?;
-    if v == SCHEMA_VERSION {
+    if v == KeyRecord::SCHEMA_VERSION {
         Ok(v)
     } else {
         Err(serde::de::Error::custom(format_args!(
-            "unsupported key record schema_version {v} (this crate reads {SCHEMA_VERSION})"
+            "unsupported key record schema_version {v} (this crate reads {})",
+            KeyRecord::SCHEMA_VERSION
         )))
     }
 }
 
 impl KeyRecord {
+    /// The record layout version written by this crate.
+    pub const SCHEMA_VERSION: u32 = 1;
+
     /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
     /// keys show their legacy prefix and `...` only (their text has no id).
     pub fn display_form(&self) -> String {
@@ -266,7 +267,7 @@ impl KeyRecord {
     /// # Errors
     /// [`Error::InvalidRecord`] naming the broken invariant.
     pub fn validate(&self) -> Result<()> {
-        if self.schema_version != SCHEMA_VERSION {
+        if self.schema_version != KeyRecord::SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
         }
         let times = [
@@ -587,7 +588,7 @@ impl KeyView {
         if cold.ip_allowlist.is_some() {
             flags |= HAS_IP_ALLOWLIST;
         }
-        if record.metadata.contains_key(crate::verify::derived::PARENT) {
+        if record.metadata.contains_key(crate::record::PARENT) {
             flags |= HAS_PARENT;
         }
         let extra = Extra {
@@ -616,7 +617,7 @@ impl KeyView {
         let cold = self.cold();
         let state = self.extra.as_deref();
         KeyRecord {
-            schema_version: SCHEMA_VERSION,
+            schema_version: KeyRecord::SCHEMA_VERSION,
             id: self.id,
             prefix: self.prefix().clone(),
             environment: self.environment,
@@ -724,9 +725,23 @@ impl KeyView {
             .unwrap_or(&[])
     }
 
-    /// Whether a request from `ip` may use the key (see
-    /// [`ip_allowed`](crate::ip_allowed)): one branch when the key has no
-    /// allowlist.
+    /// Whether a request from `ip` may use the key: `true` when its IP
+    /// allowlist is empty (one branch), else only for an `ip` inside one of
+    /// its ranges (never for an unknown address).
+    ///
+    /// ```
+    /// use apikey::{KeyView, NewKey, Keyring, ServerSecret, Verifier};
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
+    /// let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    /// let (_, open) = verifier.issue(NewKey::new("sk_live_"), now)?;
+    /// assert!(KeyView::from_record(&open).allows_ip(None));
+    /// let (_, fenced) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), now)?;
+    /// let view = KeyView::from_record(&fenced);
+    /// assert!(view.allows_ip(Some("10.1.2.3".parse().unwrap())));
+    /// assert!(!view.allows_ip(Some("11.1.2.3".parse().unwrap())));
+    /// assert!(!view.allows_ip(None));
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
     #[inline]
     pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
         if self.flags & HAS_IP_ALLOWLIST == 0 {
@@ -734,7 +749,7 @@ impl KeyView {
         }
         match self.cold().and_then(|c| c.ip_allowlist.as_deref()) {
             None => true,
-            Some(list) => crate::ipnet::ip_allowed(list, ip),
+            Some(list) => crate::record::ip_allowed(list, ip),
         }
     }
 

@@ -1,11 +1,3 @@
-//! IP allowlists: [`IpNet`], a CIDR range over `std::net`.
-//!
-//! A key may carry a list of ranges ([`KeyRecord::ip_allowlist`](crate::KeyRecord::ip_allowlist));
-//! when the list is non-empty, a request from an address outside every range
-//! fails with [`Error::IpNotAllowed`] (403,
-//! `IP_NOT_ALLOWED`). IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are
-//! compared as the IPv4 address they carry.
-
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -14,6 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// IP allowlists: [`IpNet`], a CIDR range over `std::net`.
+///
+/// A key may carry a list of ranges ([`KeyRecord::ip_allowlist`](crate::KeyRecord::ip_allowlist));
+/// when the list is non-empty, a request from an address outside every range
+/// fails with [`Error::IpNotAllowed`] (403,
+/// `IP_NOT_ALLOWED`). IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are
+/// compared as the IPv4 address they carry.
+///
 /// A CIDR range such as `10.0.0.0/8` or `2001:db8::/32`. A bare address is a
 /// range of one (`/32` or `/128`).
 ///
@@ -127,16 +127,8 @@ fn mask(value: u128, len: u8, v4: bool) -> u128 {
 
 /// Whether `ip` is inside any range of `list`. An empty list allows every
 /// address; a non-empty list allows no request whose address is unknown.
-///
-/// ```
-/// use apikey::{ip_allowed, IpNet};
-/// let list: Vec<IpNet> = vec!["10.0.0.0/8".parse()?];
-/// assert!(ip_allowed(&list, Some("10.1.2.3".parse().unwrap())));
-/// assert!(!ip_allowed(&list, None));
-/// assert!(ip_allowed(&[], None));
-/// # Ok::<(), apikey::Error>(())
-/// ```
-pub fn ip_allowed(list: &[IpNet], ip: Option<IpAddr>) -> bool {
+/// The public form is [`KeyView::allows_ip`](crate::KeyView::allows_ip).
+pub(crate) fn ip_allowed(list: &[IpNet], ip: Option<IpAddr>) -> bool {
     if list.is_empty() {
         return true;
     }
@@ -194,6 +186,15 @@ impl<'de> Deserialize<'de> for IpNet {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_allowlist_allows_every_address_and_a_list_no_unknown_one() {
+        let list: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(ip_allowed(&list, Some("10.1.2.3".parse().unwrap())));
+        assert!(!ip_allowed(&list, Some("11.1.2.3".parse().unwrap())));
+        assert!(!ip_allowed(&list, None));
+        assert!(ip_allowed(&[], None));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -1,23 +1,3 @@
-//! Scopes: what a key may do.
-//!
-//! Grammar: one or more segments separated by `:`; each segment is one or
-//! more of `[a-z0-9_-]`, or `*` as the **last** segment only. Scopes are
-//! case-sensitive and at most 128 bytes with at most 16 segments.
-//!
-//! | scope | meaning |
-//! |---|---|
-//! | `read` | a bare permission (as in plans with `read` / `write` / `admin`) |
-//! | `tasks:read` | one action on one resource type |
-//! | `corpus:42:query` | an action on one resource |
-//! | `projects:*` | everything under `projects:` (one or more further segments) |
-//! | `*` | everything |
-//!
-//! A granted scope `g` satisfies a required scope `r` when they are equal, or
-//! when `g` ends in `*` and `r` has `g`'s literal segments followed by at
-//! least one more segment (or by `*` itself). A verifier may also declare
-//! scopes that mean full access, such as `admin:*`
-//! ([`Verifier::with_full_access_scope`](crate::Verifier::with_full_access_scope)).
-
 use std::fmt;
 use std::sync::Arc;
 
@@ -25,13 +5,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Longest scope, in bytes.
-pub const MAX_SCOPE_LEN: usize = 128;
-/// Most segments in one scope.
-pub const MAX_SEGMENTS: usize = 16;
-/// Most scopes on one key.
-pub const MAX_SCOPES_PER_KEY: usize = 64;
-
+/// Scopes: what a key may do.
+///
+/// Grammar: one or more segments separated by `:`; each segment is one or
+/// more of `[a-z0-9_-]`, or `*` as the **last** segment only. Scopes are
+/// case-sensitive and at most 128 bytes with at most 16 segments.
+///
+/// | scope | meaning |
+/// |---|---|
+/// | `read` | a bare permission (as in plans with `read` / `write` / `admin`) |
+/// | `tasks:read` | one action on one resource type |
+/// | `corpus:42:query` | an action on one resource |
+/// | `projects:*` | everything under `projects:` (one or more further segments) |
+/// | `*` | everything |
+///
+/// A granted scope `g` satisfies a required scope `r` when they are equal, or
+/// when `g` ends in `*` and `r` has `g`'s literal segments followed by at
+/// least one more segment (or by `*` itself). A verifier may also declare
+/// scopes that mean full access, such as `admin:*`
+/// ([`Verifier::with_full_access_scope`](crate::Verifier::with_full_access_scope)).
+///
 /// One validated scope.
 ///
 /// ```
@@ -47,6 +40,11 @@ pub const MAX_SCOPES_PER_KEY: usize = 64;
 pub struct Scope(Box<str>);
 
 impl Scope {
+    /// Longest scope, in bytes.
+    pub const MAX_LEN: usize = 128;
+    /// Most segments in one scope.
+    pub const MAX_SEGMENTS: usize = 16;
+
     /// Validates `text` against the grammar.
     ///
     /// # Errors
@@ -54,18 +52,18 @@ impl Scope {
     pub fn parse(text: &str) -> Result<Self> {
         let bad = |reason| {
             Err(Error::InvalidScope {
-                scope: text.chars().take(MAX_SCOPE_LEN).collect(),
+                scope: text.chars().take(Scope::MAX_LEN).collect(),
                 reason,
             })
         };
         if text.is_empty() {
             return bad("a scope cannot be empty");
         }
-        if text.len() > MAX_SCOPE_LEN {
+        if text.len() > Scope::MAX_LEN {
             return bad("a scope is at most 128 bytes");
         }
         let segments: Vec<&str> = text.split(':').collect();
-        if segments.len() > MAX_SEGMENTS {
+        if segments.len() > Scope::MAX_SEGMENTS {
             return bad("a scope has at most 16 segments");
         }
         let last = segments.len() - 1;
@@ -157,11 +155,14 @@ impl<'de> Deserialize<'de> for Scope {
 pub struct ScopeSet(Arc<[Scope]>);
 
 impl ScopeSet {
+    /// Most scopes on one key.
+    pub const MAX_SCOPES: usize = 64;
+
     /// Parses and validates every scope.
     ///
     /// # Errors
     /// [`Error::InvalidScope`] for the first malformed scope, or when there
-    /// are more than [`MAX_SCOPES_PER_KEY`].
+    /// are more than [`ScopeSet::MAX_SCOPES`].
     pub fn parse<I, S>(scopes: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
@@ -170,7 +171,7 @@ impl ScopeSet {
         let mut v = Vec::new();
         for s in scopes {
             v.push(Scope::parse(s.as_ref())?);
-            if v.len() > MAX_SCOPES_PER_KEY {
+            if v.len() > ScopeSet::MAX_SCOPES {
                 return Err(Error::InvalidScope {
                     scope: String::new(),
                     reason: "a key has at most 64 scopes",
@@ -233,7 +234,7 @@ impl Serialize for ScopeSet {
 impl<'de> Deserialize<'de> for ScopeSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let v = Vec::<Scope>::deserialize(d)?;
-        if v.len() > MAX_SCOPES_PER_KEY {
+        if v.len() > ScopeSet::MAX_SCOPES {
             return Err(serde::de::Error::custom("a key has at most 64 scopes"));
         }
         Ok(Self::from_scopes(v))

@@ -1,36 +1,3 @@
-//! Usage tracking without a store write per request.
-//!
-//! [`UsageRecorder`] counts successful verifications per key and UTC day in
-//! memory (16 shards, each a short mutex around a small map) and writes them
-//! to the store in batches with [`UsageStore::record_usage`], which updates
-//! `last_used_at` and the daily and monthly counters of each record
-//! ([`UsageCounters`](crate::UsageCounters)).
-//!
-//! # Flushing, off the request path
-//!
-//! Verification only counts; it never writes. [`UsageRecorder::flush`] (and
-//! [`KeyManager::flush`](crate::KeyManager::flush)) is a plain future: spawn
-//! it from a timer (every few seconds to a minute), so the store lags the
-//! truth by at most the timer's period plus one flush.
-//!
-//! # Guarantees
-//!
-//! * No count is lost or doubled under concurrency: each count is taken out
-//!   of memory by exactly one flush, into one batch with a [`FlushId`].
-//! * No count is lost when a flush fails or is cancelled (its future dropped
-//!   at any await point: a client disconnect, a timeout, a shutdown): the
-//!   batch stays in the recorder's outbox until a flush of it returns `Ok`,
-//!   and is sent again, with the same id, by the next flush.
-//! * So delivery is exactly once with a store that records flush ids
-//!   ([`MemoryStore`](crate::MemoryStore), the SQL stores of `apikey-sqlx`),
-//!   and at least once with a store that does not (see [`UsageStore`]).
-//!
-//! # Shutdown
-//!
-//! Stop taking requests, then `flush().await` until it returns `Ok` (or call
-//! [`KeyManager::shutdown`](crate::KeyManager::shutdown)), then exit: there
-//! is no async drop, and counts still in memory are lost with the process.
-
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
@@ -79,6 +46,39 @@ impl std::hash::Hasher for FastHasher {
 
 type Shard = HashMap<(u64, Date), Pending, std::hash::BuildHasherDefault<FastHasher>>;
 
+/// Usage tracking without a store write per request.
+///
+/// [`UsageRecorder`] counts successful verifications per key and UTC day in
+/// memory (16 shards, each a short mutex around a small map) and writes them
+/// to the store in batches with [`UsageStore::record_usage`], which updates
+/// `last_used_at` and the daily and monthly counters of each record
+/// ([`UsageCounters`](crate::UsageCounters)).
+///
+/// # Flushing, off the request path
+///
+/// Verification only counts; it never writes. [`UsageRecorder::flush`] (and
+/// [`KeyManager::flush`](crate::KeyManager::flush)) is a plain future: spawn
+/// it from a timer (every few seconds to a minute), so the store lags the
+/// truth by at most the timer's period plus one flush.
+///
+/// # Guarantees
+///
+/// * No count is lost or doubled under concurrency: each count is taken out
+///   of memory by exactly one flush, into one batch with a [`FlushId`].
+/// * No count is lost when a flush fails or is cancelled (its future dropped
+///   at any await point: a client disconnect, a timeout, a shutdown): the
+///   batch stays in the recorder's outbox until a flush of it returns `Ok`,
+///   and is sent again, with the same id, by the next flush.
+/// * So delivery is exactly once with a store that records flush ids
+///   ([`MemoryStore`](crate::MemoryStore), the SQL stores of `apikey-sqlx`),
+///   and at least once with a store that does not (see [`UsageStore`]).
+///
+/// # Shutdown
+///
+/// Stop taking requests, then `flush().await` until it returns `Ok` (or call
+/// [`KeyManager::shutdown`](crate::KeyManager::shutdown)), then exit: there
+/// is no async drop, and counts still in memory are lost with the process.
+///
 /// In-memory usage counts waiting to be flushed to a store.
 ///
 /// ```
@@ -148,6 +148,12 @@ fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 }
 
 impl UsageRecorder {
+    /// How often an authenticator made by
+    /// [`Authenticator::new`](crate::Authenticator::new) writes its usage
+    /// counts: the gate's axum layer starts a flush in the background at
+    /// most once per interval.
+    pub const DEFAULT_FLUSH_INTERVAL: time::Duration = time::Duration::seconds(10);
+
     /// A recorder whose [`flush_due`](Self::flush_due) fires every `interval`.
     pub fn new(interval: time::Duration) -> Self {
         Self {

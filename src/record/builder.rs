@@ -1,17 +1,14 @@
-//! [`KeyRecordBuilder`]: builds a [`KeyRecord`] from plain values, field by
-//! field, the way a database store decodes a row.
-
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
+use super::stored::{KeyRecord, KeyStatus, LegacyInfo, Revocation};
 use crate::error::Result;
-use crate::ipnet::IpNet;
 use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::key::{Environment, Prefix};
-use crate::record::{KeyRecord, KeyStatus, LegacyInfo, Revocation, SCHEMA_VERSION};
-use crate::scope::ScopeSet;
+use crate::record::IpNet;
+use crate::record::ScopeSet;
 
 /// Builds a [`KeyRecord`] from its columns. Every field of the record has a
 /// setter; [`build`](Self::build) checks the record's invariants
@@ -65,7 +62,7 @@ impl KeyRecord {
     ) -> KeyRecordBuilder {
         KeyRecordBuilder {
             record: KeyRecord {
-                schema_version: SCHEMA_VERSION,
+                schema_version: KeyRecord::SCHEMA_VERSION,
                 id,
                 prefix,
                 environment,
@@ -160,7 +157,7 @@ impl KeyRecordBuilder {
         self
     }
 
-    /// The record layout version (defaults to [`SCHEMA_VERSION`]; `build`
+    /// The record layout version (defaults to [`KeyRecord::SCHEMA_VERSION`]; `build`
     /// refuses others).
     pub fn schema_version(mut self, version: u32) -> Self {
         self.record.schema_version = version;

@@ -1,0 +1,902 @@
+//! The management REST contract over real HTTP, continued: the lifecycle
+//! routes taking effect, sessions and CSRF, limits, the call log, the page,
+//! credits, derived keys, approval and rotation chains.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use apikey::NewKey;
+use common::*;
+
+#[tokio::test]
+async fn the_owner_limit_holds_under_concurrent_creates() {
+    let s = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"name":"key {i}"}}"#);
+            call(addr, As::User("alice"), "POST", "/v1/api-keys", Some(&body)).await
+        }));
+    }
+    let mut created = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status {
+            201 => created += 1,
+            409 => {
+                assert_eq!(a.code(), "KEY_LIMIT_REACHED");
+                refused += 1;
+            }
+            other => panic!("{other}: {}", a.body),
+        }
+    }
+    assert_eq!((created, refused), (3, 9));
+    assert_eq!(s.manager.list("alice").await.unwrap().len(), 3);
+    // Revoking one frees a place.
+    let first = s.manager.list("alice").await.unwrap()[0].id;
+    call(
+        s.addr,
+        As::User("alice"),
+        "DELETE",
+        &format!("/v1/api-keys/{first}"),
+        None,
+    )
+    .await;
+    create(s.addr, As::User("alice"), r#"{"name":"after revoke"}"#).await;
+}
+
+#[tokio::test]
+async fn disable_enable_rotate_revoke_and_delete_take_effect_at_once() {
+    let s = start().await;
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"app","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let path = format!("/v1/api-keys/{}", k["id"].as_str().unwrap());
+    let tasks =
+        |key: String| async move { call(s.addr, As::Key(&key), "GET", "/v1/tasks", None).await };
+    assert_eq!(tasks(key.clone()).await.status, 200);
+
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("disabled"))
+    );
+    let t = tasks(key.clone()).await;
+    assert_eq!((t.status, t.code()), (401, "DISABLED_API_KEY".into()));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("active"))
+    );
+    assert_eq!(tasks(key.clone()).await.status, 200);
+
+    // Rotation: the new key once, the old one works for the grace period.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        Some(r#"{"grace_period_seconds":3600}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let rotated = r.json();
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["replaces"], k["id"]);
+    assert_eq!(rotated["grace_ends_at"], "2026-03-01T13:00:00Z");
+    assert_eq!(rotated["permissions"], serde_json::json!(["tasks:read"]));
+    assert_eq!(tasks(key.clone()).await.status, 200);
+    assert_eq!(tasks(new_key.clone()).await.status, 200);
+    let old = call(s.addr, As::User("alice"), "GET", &path, None)
+        .await
+        .json();
+    assert_eq!(
+        (old["status"].as_str(), old["rotated_to"].clone()),
+        (Some("rotation_grace"), rotated["id"].clone())
+    );
+    s.clock.advance(time::Duration::hours(1));
+    assert_eq!(tasks(key.clone()).await.code(), "EXPIRED_API_KEY");
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE".into()));
+
+    // DELETE revokes: "all requests with this key will fail immediately".
+    let new_path = format!("/v1/api-keys/{}", rotated["id"].as_str().unwrap());
+    let r = call(s.addr, As::User("alice"), "DELETE", &new_path, None).await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("revoked"))
+    );
+    assert_eq!(tasks(new_key.clone()).await.code(), "REVOKED_API_KEY");
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{new_path}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE".into()));
+    // Permanent deletion only when asked for.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "DELETE",
+        &format!("{new_path}?permanent=true"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        call(s.addr, As::User("alice"), "GET", &new_path, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(tasks(new_key).await.code(), "INVALID_API_KEY");
+}
+
+#[tokio::test]
+async fn cookie_sessions_need_the_csrf_header_and_their_own_origin() {
+    let s = start().await;
+    let r = call(
+        s.addr,
+        As::UserNoCsrf("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (400, "x-apikey-csrf".into()));
+    let r = call_with(
+        s.addr,
+        As::UserNoCsrf("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x"}"#),
+        &[("x-apikey-csrf", "1"), ("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (400, "origin".into()));
+    assert!(s.manager.list("alice").await.unwrap().is_empty());
+    // Reads need no header.
+    assert_eq!(
+        call(s.addr, As::UserNoCsrf("alice"), "GET", "/v1/api-keys", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn no_caller_is_401_and_a_bad_key_is_its_own_code() {
+    let s = start().await;
+    let r = call(s.addr, As::Anonymous, "GET", "/v1/api-keys", None).await;
+    assert_eq!((r.status, r.code()), (401, "MISSING_API_KEY".into()));
+    assert!(r.header("www-authenticate").is_some());
+    let r = call(s.addr, As::Key("sk_live_nope"), "GET", "/v1/api-keys", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["success"], false);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_the_seed_body_and_headers() {
+    let s = start().await;
+    let k = create(s.addr, As::User("alice"), r#"{"name":"app"}"#).await;
+    let r = call(
+        s.addr,
+        As::Key(k["key"].as_str().unwrap()),
+        "GET",
+        "/v1/rate-limit",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let b = r.json();
+    assert_eq!(b["limit"], 100);
+    assert_eq!(b["remaining"], 99);
+    let reset = b["reset"].as_i64().unwrap();
+    assert_eq!(r.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("99"));
+    assert_eq!(
+        r.header("x-ratelimit-reset"),
+        Some(reset.to_string().as_str())
+    );
+    let at = time::OffsetDateTime::parse(
+        b["reset_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(at.unix_timestamp(), reset);
+    let r = call(s.addr, As::Anonymous, "GET", "/v1/rate-limit", None).await;
+    assert_eq!((r.status, r.code()), (401, "MISSING_API_KEY".into()));
+}
+
+#[tokio::test]
+async fn every_call_is_logged_with_its_actor_and_no_key_reaches_a_log() {
+    let s = start().await;
+    let k = create(s.addr, As::User("alice"), r#"{"name":"app"}"#).await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let id = k["id"].as_str().unwrap().to_owned();
+    call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None).await;
+    call(
+        s.addr,
+        As::User("bob"),
+        "GET",
+        &format!("/v1/api-keys/{id}"),
+        None,
+    )
+    .await;
+    call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"<x>"}"#),
+    )
+    .await;
+    call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("/v1/api-keys/{id}/disable"),
+        None,
+    )
+    .await;
+    let calls = s.calls.lock().unwrap().clone();
+    let summary: Vec<(Option<&str>, &str, u16)> = calls
+        .iter()
+        .map(|c| (c.actor.as_deref(), c.action, c.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("user:alice"), "create", 201),
+            (Some("user:alice"), "list", 200),
+            (Some("user:bob"), "get", 404),
+            (Some("user:alice"), "create", 400),
+            (Some("user:alice"), "disable", 200),
+        ]
+    );
+    assert_eq!(calls[2].key_id.as_deref(), Some(id.as_str()));
+    let events = s.audit.events();
+    let kinds: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("created", Some("user:alice")),
+            ("disabled", Some("user:alice"))
+        ]
+    );
+    let everything = format!(
+        "{calls:?}{events:?}{}",
+        serde_json::to_string(&calls).unwrap()
+    );
+    assert!(!everything.contains(&key), "a log holds the full key");
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
+    let s = start_with(config().title("<script>alert('title')</script>")).await;
+    let page = call(s.addr, As::Anonymous, "GET", "/keys", None).await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert!(
+        !page.body.contains("<script>alert"),
+        "the title was injected"
+    );
+    assert!(page.body.contains("&lt;script&gt;"));
+    // Every script tag loads a file from the router.
+    for tag in page.body.split("<script").skip(1) {
+        let tag = &tag[..tag.find('>').unwrap()];
+        assert!(tag.contains("src=\""), "inline script: {tag}");
+        let inline_body = page.body.split(tag).nth(1).unwrap();
+        assert!(inline_body.starts_with("></script>"));
+    }
+    for asset in ["/keys/keys.js", "/keys/keys.css", "/keys/config.json"] {
+        let a = call(s.addr, As::Anonymous, "GET", asset, None).await;
+        assert_eq!(a.status, 200, "{asset}");
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    }
+    let js = call(s.addr, As::Anonymous, "GET", "/keys/keys.js", None)
+        .await
+        .body;
+    assert!(!js.contains("innerHTML"), "the script writes HTML");
+    assert!(!js.contains("eval("));
+    let cfg = call(s.addr, As::Anonymous, "GET", "/keys/config.json", None)
+        .await
+        .json();
+    assert_eq!(cfg["scopes"][0]["name"], "tasks:read");
+    assert_eq!(cfg["scopes"][0]["description"], "View tasks");
+}
+
+#[tokio::test]
+async fn only_an_account_admin_sets_credit_limits_per_user_per_api() {
+    let s = start().await;
+    // Seed 002: "a user can have 10K on REST API and 10K on Batch API".
+    for api in ["rest", "batch"] {
+        let r = call(
+            s.addr,
+            As::Admin,
+            "PUT",
+            &format!("/v1/credits/bob/{api}"),
+            Some(r#"{"limit":10000}"#),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["remaining"], 10_000);
+        assert_eq!(r.json()["refill"], "month");
+    }
+    let bob = call(
+        s.addr,
+        As::User("bob"),
+        "GET",
+        "/v1/credits/bob/batch",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        (bob["remaining"].as_u64(), bob["limit"].as_u64()),
+        (Some(10_000), Some(10_000))
+    );
+    let status = apikey::limits::CreditBalances::credits(
+        s.manager.authenticator().limits(),
+        apikey::limits::CreditAccount::Owner {
+            owner: "bob",
+            api: "rest",
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status.remaining, 10_000);
+    // A user cannot raise its own limit, nor see another user's.
+    let r = call(
+        s.addr,
+        As::User("bob"),
+        "PUT",
+        "/v1/credits/bob/rest",
+        Some(r#"{"limit":99999999}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/credits/bob/rest",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    // Outside the account, unknown APIs, bad bodies.
+    let r = call(
+        s.addr,
+        As::Admin,
+        "PUT",
+        "/v1/credits/carol/rest",
+        Some(r#"{"limit":1}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "owner".into()));
+    for (path, body, field) in [
+        ("/v1/credits/bob/graphql", r#"{"limit":1}"#, "api"),
+        ("/v1/credits/bob/rest", r#"{"limit":-1}"#, "limit"),
+        (
+            "/v1/credits/bob/rest",
+            r#"{"limit":1,"refill":"hourly"}"#,
+            "refill",
+        ),
+        (
+            "/v1/credits/bob/rest",
+            r#"{"limit":1,"per_key":true}"#,
+            "per_key",
+        ),
+    ] {
+        let r = call(s.addr, As::Admin, "PUT", path, Some(body)).await;
+        assert_eq!(
+            (r.status, r.field()),
+            (400, field.into()),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let bob = call(s.addr, As::User("bob"), "GET", "/v1/credits/bob/rest", None)
+        .await
+        .json();
+    assert_eq!(
+        bob["remaining"], 10_000,
+        "a refused change changed the balance"
+    );
+}
+
+#[tokio::test]
+async fn derive_gives_a_narrower_child_that_dies_with_its_parent() {
+    let s = start().await;
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"app","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let path = format!("/v1/api-keys/{}", k["id"].as_str().unwrap());
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/derive"),
+        Some(r#"{"name":"agent"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let child = r.json();
+    assert_eq!(child["permissions"], serde_json::json!(["tasks:read"]));
+    let child_key = child["key"].as_str().unwrap().to_owned();
+    let tasks =
+        |key: String| async move { call(s.addr, As::Key(&key), "GET", "/v1/tasks", None).await };
+    assert_eq!(tasks(child_key.clone()).await.status, 200);
+    // Broader than the parent: refused.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/derive"),
+        Some(r#"{"name":"agent","permissions":["tasks:write"]}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "POLICY_VIOLATION".into()),
+        "{}",
+        r.body
+    );
+    // The parent revoked: the child stops working.
+    let r = call(s.addr, As::User("alice"), "DELETE", &path, None).await;
+    assert!(r.status < 300, "{}", r.body);
+    let t = tasks(child_key).await;
+    assert_eq!((t.status, t.code()), (401, "REVOKED_API_KEY".into()));
+}
+
+fn approval_policy(m: Manager) -> Manager {
+    use apikey::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
+    m.with_key_policies(KeyPolicies::new().rule(PolicyRule::new(
+        PolicyTarget::OwnerClass("ali".into()),
+        KeyPolicy::new().requires_approval(true),
+    )))
+}
+
+#[tokio::test]
+async fn a_plain_user_cannot_approve_its_own_pending_key() {
+    let s = start_custom(config(), approval_policy, true).await;
+    let created = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"x","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    assert_eq!(created["status"], "disabled", "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let enable = format!("/v1/api-keys/{id}/enable");
+    // The owner's own enable is not an approval.
+    let r = call(s.addr, As::User("alice"), "POST", &enable, None).await;
+    assert_eq!(
+        (r.status, r.code(), r.field()),
+        (403, "INSUFFICIENT_SCOPE".into(), "status".into()),
+        "{}",
+        r.body
+    );
+    // Nor is a management key's (approved by the admin itself first).
+    let (manage, m) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["keys:manage", "tasks:read"]),
+            &apikey::Actor::system(),
+        )
+        .await
+        .unwrap();
+    s.manager
+        .enable(m.id, &apikey::Actor::new("user:admin"))
+        .await
+        .unwrap();
+    let r = call(
+        s.addr,
+        As::Key(manage.expose_secret()),
+        "POST",
+        &enable,
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "status".into()), "{}", r.body);
+    let stored = s.manager.get(id.parse().unwrap()).await.unwrap();
+    assert_eq!(stored.status, apikey::KeyStatus::Disabled);
+    assert!(stored.metadata.contains_key(apikey::PENDING_APPROVAL));
+    // The page learns that the key is pending and who may approve it.
+    assert_eq!(created["pending"], true, "{created}");
+    let list = call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None)
+        .await
+        .json();
+    assert_eq!(list["may_approve"], false);
+    let item = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(item["pending"], true);
+    let list = call(s.addr, As::Admin, "GET", "/v1/api-keys?owner=alice", None)
+        .await
+        .json();
+    assert_eq!(list["may_approve"], true);
+    // The admin's enable approves it.
+    let r = call(s.addr, As::Admin, "POST", &enable, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["status"].clone(), r.json()["pending"].clone()),
+        ("active".into(), false.into())
+    );
+}
+
+#[tokio::test]
+async fn a_key_cannot_enable_or_widen_a_key_holding_more_than_itself() {
+    let s = start_custom(config(), |m| m.with_max_keys_per_owner(20), true).await;
+    let system = apikey::Actor::system();
+    // K: a live management key with no expiry and no allowlist.
+    let k = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_").scopes(["keys:manage", "tasks:read"]),
+    )
+    .await;
+    let k = k.expose_secret();
+    // P: holds more than K, expires tomorrow, one address; disabled by the
+    // admin after it leaked.
+    let (_, p) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["keys:manage", "tasks:read", "tasks:write"])
+                .expires_at(T0 + time::Duration::days(1))
+                .allow_ip("203.0.113.7/32".parse().unwrap()),
+            &system,
+        )
+        .await
+        .unwrap();
+    s.manager.disable(p.id, &system).await.unwrap();
+    let before = s.manager.get(p.id).await.unwrap();
+    let path = format!("/v1/api-keys/{}", p.id);
+    let r = call(s.addr, As::Key(k), "POST", &format!("{path}/enable"), None).await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "permissions".into()),
+        "{}",
+        r.body
+    );
+    for body in [
+        r#"{"expires_at":null}"#,
+        r#"{"ip_allowlist":[]}"#,
+        r#"{"name":"mine"}"#,
+    ] {
+        let r = call(s.addr, As::Key(k), "PATCH", &path, Some(body)).await;
+        assert_eq!(r.status, 403, "{body}: {}", r.body);
+    }
+    for (method, p2) in [
+        ("POST", format!("{path}/disable")),
+        ("DELETE", path.clone()),
+        ("DELETE", format!("{path}?permanent=true")),
+    ] {
+        let r = call(s.addr, As::Key(k), method, &p2, None).await;
+        assert_eq!(r.status, 403, "{method} {p2}: {}", r.body);
+    }
+    let after = s.manager.get(p.id).await.unwrap();
+    assert_eq!(after.status, apikey::KeyStatus::Disabled);
+    assert_eq!(after.expires_at, before.expires_at);
+    assert_eq!(after.ip_allowlist, before.ip_allowlist);
+    assert_eq!(after.name, before.name);
+
+    // A key within K's scopes but living longer than an expiring K, or
+    // usable from more addresses than a limited K: K may not enable it.
+    let (_, q) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["tasks:read"]),
+            &system,
+        )
+        .await
+        .unwrap();
+    s.manager.disable(q.id, &system).await.unwrap();
+    let q_enable = format!("/v1/api-keys/{}/enable", q.id);
+    let expiring = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .expires_at(T0 + time::Duration::days(30)),
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(expiring.expose_secret()),
+        "POST",
+        &q_enable,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "expires_at".into()),
+        "{}",
+        r.body
+    );
+    let local = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["keys:manage", "tasks:read"])
+                .allow_ip("127.0.0.0/8".parse().unwrap()),
+            &system,
+        )
+        .await
+        .unwrap()
+        .0;
+    let r = call(
+        s.addr,
+        As::Key(local.expose_secret()),
+        "POST",
+        &q_enable,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "ip_allowlist".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        s.manager.get(q.id).await.unwrap().status,
+        apikey::KeyStatus::Disabled
+    );
+    // A test-environment management key sees no live key at all.
+    s.manager.revoke(p.id, "done", &system).await.unwrap();
+    let test_key = s
+        .manager
+        .create(
+            NewKey::new("sk_test_").owner("alice").scopes([
+                "keys:manage",
+                "tasks:read",
+                "tasks:write",
+            ]),
+            &system,
+        )
+        .await
+        .unwrap()
+        .0;
+    let t = test_key.expose_secret();
+    let q_path = format!("/v1/api-keys/{}", q.id);
+    for (method, p2, body) in [
+        ("GET", q_path.clone(), None),
+        ("PATCH", q_path.clone(), Some(r#"{"name":"x"}"#)),
+        ("POST", q_enable.clone(), None),
+        ("DELETE", q_path.clone(), None),
+    ] {
+        let r = call(s.addr, As::Key(t), method, &p2, body).await;
+        assert_eq!(r.status, 404, "{method} {p2}: {}", r.body);
+    }
+    let list = call(s.addr, As::Key(t), "GET", "/v1/api-keys", None)
+        .await
+        .json();
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|key| key["environment"] == "test"),
+        "{list}"
+    );
+    assert_eq!(
+        s.manager.get(q.id).await.unwrap().status,
+        apikey::KeyStatus::Disabled
+    );
+}
+
+#[tokio::test]
+async fn a_whole_key_in_the_path_never_reaches_the_call_log() {
+    let s = start().await;
+    let created = create(s.addr, As::User("alice"), r#"{"name":"x"}"#).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        ("DELETE", format!("/v1/api-keys/{key}")),
+        ("GET", format!("/v1/api-keys/{key}")),
+        ("POST", format!("/v1/api-keys/{key}/disable")),
+    ] {
+        let r = call(s.addr, As::User("alice"), method, &path, None).await;
+        assert_eq!(r.status, 404, "{method}");
+    }
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        &format!("/v1/api-keys/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let calls = s.calls.lock().unwrap().clone();
+    let secret_tail = &key[key.len() - 20..];
+    for c in &calls {
+        let text = format!("{c:?} {}", serde_json::to_string(c).unwrap());
+        assert!(!text.contains(secret_tail), "{text}");
+    }
+    let by_action = |a: &str| calls.iter().filter(|c| c.action == a).collect::<Vec<_>>();
+    assert!(by_action("revoke").iter().all(|c| c.key_id.is_none()));
+    assert!(by_action("disable").iter().all(|c| c.key_id.is_none()));
+    // A real id is still logged.
+    assert!(
+        by_action("get")
+            .iter()
+            .any(|c| c.key_id.as_deref() == Some(id.as_str()))
+    );
+}
+
+#[cfg(feature = "connect-info")]
+#[tokio::test]
+async fn key_caller_uses_the_peer_address_without_client_ip() {
+    // The host serves with `ConnectInfo` only, no `ClientIp` layer.
+    let s = start_custom(config(), |m| m, false).await;
+    for (allowed, status, code) in [
+        ("127.0.0.0/8", 200, ""),
+        ("10.1.0.0/16", 403, "IP_NOT_ALLOWED"),
+    ] {
+        let key = management_key(
+            &s,
+            "alice",
+            NewKey::new("sk_live_")
+                .scopes(["keys:manage"])
+                .allow_ip(allowed.parse().unwrap()),
+        )
+        .await;
+        let r = call(
+            s.addr,
+            As::Key(key.expose_secret()),
+            "GET",
+            "/v1/api-keys",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (status, code),
+            "{allowed}: {}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_caller_derives_without_naming_an_expiry() {
+    let s = start().await;
+    let bound = T0 + time::Duration::days(30);
+    let manage = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .expires_at(bound),
+    )
+    .await;
+    let k = manage.expose_secret();
+    let parent = create(
+        s.addr,
+        As::Key(k),
+        r#"{"name":"parent","permissions":["tasks:read"],"expires_at":"2026-03-10T00:00:00Z"}"#,
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(k),
+        "POST",
+        &format!("/v1/api-keys/{}/derive", parent["id"].as_str().unwrap()),
+        Some(r#"{"name":"agent"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let child = r.json();
+    let expires = time::OffsetDateTime::parse(
+        child["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        expires <= time::macros::datetime!(2026-03-10 0:00 UTC),
+        "{child}"
+    );
+}
+
+/// Finding 4 of review 18, checked over HTTP: rotating the newest key of a
+/// chain again and again, with a long grace period each time, never leaves
+/// more working keys than the manager's rule allows (the predecessor's
+/// grace ends when its successor is rotated: at most two per chain), nor
+/// more than the owner limit.
+#[tokio::test]
+async fn rotation_chains_stay_within_the_owner_limit() {
+    let s = start().await;
+    let first = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"chain","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let mut keys = vec![first["key"].as_str().unwrap().to_owned()];
+    let mut id = first["id"].as_str().unwrap().to_owned();
+    for round in 1..=6 {
+        let r = call(
+            s.addr,
+            As::User("alice"),
+            "POST",
+            &format!("/v1/api-keys/{id}/rotate"),
+            Some(r#"{"grace_period_seconds":604800}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201, "round {round}: {}", r.body);
+        let next = r.json();
+        keys.push(next["key"].as_str().unwrap().to_owned());
+        id = next["id"].as_str().unwrap().to_owned();
+        let mut working = 0;
+        for key in &keys {
+            let a = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+            if a.status == 200 {
+                working += 1;
+            }
+        }
+        assert!(
+            working <= 2,
+            "round {round}: {working} keys of one chain work at once"
+        );
+        assert_eq!(
+            working, 2,
+            "round {round}: the newest key and its predecessor in grace"
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! The record vocabulary: what a store holds and the verifier reads. The
+//! full [`KeyRecord`] and the compact [`KeyView`], the [`NewKey`] request
+//! and the [`KeyRecordBuilder`], the permission grammar ([`Scope`],
+//! [`ScopeSet`], [`Requirement`]), IP ranges ([`IpNet`]) and the reserved
+//! metadata entries the record reads ([`PARENT`]).
+//!
+//! This folder is the floor under [`store`](crate::store),
+//! [`verify`](crate::verify) and everything above them: it imports only
+//! errors, keys and the clock.
+
+mod builder;
+mod ipnet;
+mod metadata;
+mod scope;
+mod stored;
+
+pub use builder::KeyRecordBuilder;
+pub use ipnet::IpNet;
+pub(crate) use ipnet::ip_allowed;
+pub use metadata::PARENT;
+pub use scope::{Requirement, Scope, ScopeSet};
+#[cfg(test)]
+pub(crate) use stored::Extra;
+pub(crate) use stored::{HAS_PARENT, Owner, unix_nanos};
+pub use stored::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, UsageCounters};
