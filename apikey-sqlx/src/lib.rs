@@ -67,11 +67,11 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-use std::time::Duration;
-
+mod backend;
 mod codec;
 mod columns;
 mod error;
+mod options;
 mod sql;
 mod store;
 
@@ -90,60 +90,8 @@ pub use codec::{id_from_sql, id_to_sql};
 pub use error::MigrateError;
 #[cfg(feature = "postgres")]
 pub use feed::{FeedOptions, PgChangeFeed};
+pub use options::{FLUSH_RETENTION, StoreOptions};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, sqlite_options};
-
-/// How long applied usage-flush ids are kept (a replay older than this
-/// would apply again).
-pub const FLUSH_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Settings shared by both stores.
-///
-/// ```
-/// use std::time::Duration;
-/// let options = apikey_sqlx::StoreOptions::default()
-///     .timeout(Duration::from_millis(500))
-///     .table_prefix("billing_");
-/// # let _ = options;
-/// ```
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    timeout: Duration,
-    table_prefix: String,
-    schema: Option<String>,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(5),
-            table_prefix: String::new(),
-            schema: None,
-        }
-    }
-}
-
-impl StoreOptions {
-    /// The longest any store call may take, pool wait included (default
-    /// 5 s). Verification waits are bounded by it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// A prefix for every table and index name (`a-z`, `0-9`, `_`; default
-    /// none): `<prefix>apikey_keys`.
-    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.table_prefix = prefix.into();
-        self
-    }
-
-    /// PostgreSQL only: the schema holding the tables (created by
-    /// `migrate` when missing; default: the connection's `search_path`).
-    pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = Some(schema.into());
-        self
-    }
-}

@@ -8,12 +8,13 @@ use apikey::{Invalidation, KeyRecord, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
 
-use crate::StoreOptions;
+use crate::backend::{Backend, Col, UsageDay, UsageKey};
 use crate::codec::{Row, trunc};
 use crate::columns::Val;
 use crate::error::{MigrateError, bounded, check_ident, database, store_error};
+use crate::options::StoreOptions;
 use crate::pgtime::{PgMicros, date_of, time_of};
-use crate::store::{Backend, Col, Store, UsageDay, UsageKey, store_traits};
+use crate::store::{Store, store_traits};
 
 /// A key store in PostgreSQL, for several instances of a service sharing
 /// their keys.

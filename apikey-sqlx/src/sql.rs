@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::columns::{COLUMNS, replaced};
-use crate::store::Backend;
 
 /// The listings a [`KeyQuery`](apikey::KeyQuery) names, as indexes into
 /// [`Sql::list`] and [`Sql::revoke`].

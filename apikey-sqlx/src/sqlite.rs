@@ -13,11 +13,12 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
 
-use crate::StoreOptions;
+use crate::backend::{Backend, Col, UsageDay, UsageKey};
 use crate::codec::{Row, corrupt, from_micros, list_json, micros};
 use crate::columns::Val;
 use crate::error::{MigrateError, check_ident, database, store_error};
-use crate::store::{Backend, Col, Store, UsageDay, UsageKey, store_traits};
+use crate::options::StoreOptions;
+use crate::store::{Store, store_traits};
 
 /// Rows per multi-row `VALUES` statement of the usage flush: 3 binds each,
 /// well inside SQLite's limit of 32,766 bound parameters.
