@@ -56,8 +56,17 @@ pub(crate) fn contended() -> Error {
 /// The first backoff's ceiling: about one database round trip.
 const BACKOFF_BASE: Duration = Duration::from_micros(500);
 /// The largest backoff ceiling. With [`MAX_RETRIES`] plans, the waiting of
-/// one call is at most 0.5 + 1 + 2 + 4 + 8 + 16 + 25 × 32 ms < 0.9 s.
-const BACKOFF_CAP: Duration = Duration::from_millis(32);
+/// one call is at most 0.5 + 1 + ... + 64 + 24 × 100 ms < 2.6 s (1.3 s
+/// on average), after which it fails with `STORE_UNAVAILABLE`.
+///
+/// Sized for the case that makes conflicts across instances: an instance
+/// whose plans commit on its cached owner count (one round trip each)
+/// keeps the owner busy while its own queue of creates lasts, and the other
+/// instances, which must read the owner's listing first, get in between
+/// mostly once that queue drains. Their patience must outlast such a burst:
+/// 4 instances × 16 tasks × 50 keys on PostgreSQL lose no create with this
+/// cap, and lost some with 32 ms.
+const BACKOFF_CAP: Duration = Duration::from_millis(100);
 
 /// The backoff ceiling before plan `attempt + 1`: [`BACKOFF_BASE`] doubled
 /// per attempt, at most [`BACKOFF_CAP`].
@@ -177,6 +186,7 @@ fn timer() -> Option<&'static Timer> {
 }
 
 fn run_timer(timer: &Timer) {
+    let mut due = Vec::new();
     let mut queue = timer.queue.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let now = Instant::now();
@@ -184,7 +194,14 @@ fn run_timer(timer: &Timer) {
             if entry.key().0 > now {
                 break;
             }
-            entry.remove().wake();
+            due.push(entry.remove());
+        }
+        if !due.is_empty() {
+            // Wake without the lock: a waker may poll its task at once.
+            drop(queue);
+            due.drain(..).for_each(Waker::wake);
+            queue = timer.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            continue;
         }
         queue = match queue.sleepers.keys().next() {
             Some(&(deadline, _)) => {
