@@ -20,8 +20,9 @@ use crate::record::KeyRecord;
 use crate::store::{Changes, KeyQuery, KeyStoreWrite, Put, UsageStore};
 
 /// How often a plan is made again after a conflicting commit (the record
-/// or the owner changed concurrently).
-pub(crate) const MAX_RETRIES: u32 = 32;
+/// or the owner changed concurrently), with a timed [`backoff`] before each:
+/// at most about 5.2 s of waiting in all, then `STORE_UNAVAILABLE`.
+pub(crate) const MAX_RETRIES: u32 = 64;
 /// How often a commit whose answer was lost (a timeout, a dropped
 /// connection) is sent again to learn whether it committed.
 const RESENDS: usize = 2;
@@ -56,16 +57,16 @@ pub(crate) fn contended() -> Error {
 /// The first backoff's ceiling: about one database round trip.
 const BACKOFF_BASE: Duration = Duration::from_micros(500);
 /// The largest backoff ceiling. With [`MAX_RETRIES`] plans, the waiting of
-/// one call is at most 0.5 + 1 + ... + 64 + 24 × 100 ms < 2.6 s (1.3 s
+/// one call is at most 0.5 + 1 + ... + 64 + 56 × 100 ms < 5.8 s (2.9 s
 /// on average), after which it fails with `STORE_UNAVAILABLE`.
 ///
 /// Sized for the case that makes conflicts across instances: an instance
 /// whose plans commit on its cached owner count (one round trip each)
-/// keeps the owner busy while its own queue of creates lasts, and the other
-/// instances, which must read the owner's listing first, get in between
-/// mostly once that queue drains. Their patience must outlast such a burst:
-/// 4 instances × 16 tasks × 50 keys on PostgreSQL lose no create with this
-/// cap, and lost some with 32 ms.
+/// keeps the owner busy for a while (see [`OwnerGates::turn_over`]), and
+/// the other instances, which must read the owner's listing first, get in
+/// between mostly when it pauses or its queue drains. Their patience must
+/// outlast such a burst: with 32 plans and a 32 ms ceiling, 4 instances ×
+/// 16 tasks × 50 keys on a loaded PostgreSQL lost 1–3 creates of 800.
 const BACKOFF_CAP: Duration = Duration::from_millis(100);
 
 /// The backoff ceiling before plan `attempt + 1`: [`BACKOFF_BASE`] doubled
@@ -238,7 +239,17 @@ fn run_timer(timer: &Timer) {
 pub(crate) struct OwnerGates {
     held: Mutex<HashMap<String, Vec<Waker>>>,
     counts: Mutex<HashMap<String, CountBound>>,
+    /// Owners on which this process met a conflict lately: when, and how
+    /// many commits it made on its cache since (see [`Self::turn_over`]).
+    contended: Mutex<HashMap<String, (Instant, u32)>>,
 }
+
+/// How long after a conflict an owner counts as shared with other
+/// instances.
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
+/// On a shared owner, how many creates in a row a process plans on its
+/// cache before it pauses and plans on the listing like the others.
+const TURN: u32 = 4;
 
 /// What a guarded commit of this process left behind: the owner version
 /// it produced and an upper bound of the owner's counting keys at that
@@ -277,6 +288,45 @@ impl OwnerGates {
             .unwrap_or_else(PoisonError::into_inner)
             .get(owner)
             .copied()
+    }
+
+    /// Whether this process's turn on `owner` is over: the owner is shared
+    /// with other instances (a conflict within [`CONTENDED_FOR`]) and this
+    /// process made [`TURN`] commits in a row on its cache. An instance
+    /// planning on its cache commits in one round trip, while the others
+    /// must read the listing first, so without turns the first one keeps
+    /// the owner while its queue lasts and the others run out of plans.
+    fn turn_over(&self, owner: &str) -> bool {
+        let mut contended = self
+            .contended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match contended.get_mut(owner) {
+            Some((at, streak)) if at.elapsed() < CONTENDED_FOR && *streak >= TURN => {
+                *streak = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes a commit on `owner`: a conflict, or a commit made on the cache.
+    fn note(&self, owner: &str, conflict: bool) {
+        let mut contended = self
+            .contended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if conflict {
+            if contended.len() >= CACHED_OWNERS && !contended.contains_key(owner) {
+                contended.retain(|_, (at, _)| at.elapsed() < CONTENDED_FOR);
+                if contended.len() >= CACHED_OWNERS {
+                    return;
+                }
+            }
+            contended.insert(owner.to_owned(), (Instant::now(), 0));
+        } else if let Some((_, streak)) = contended.get_mut(owner) {
+            *streak = streak.saturating_add(1);
+        }
     }
 
     /// Remembers `bound` for `owner` (`None`: forgets it), keeping at most
@@ -460,6 +510,11 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             let mut from_cache = false;
             if let Some(owner) = &owner {
                 let cached = match (self.max_per_owner, children) {
+                    (Some(_), None) if self.gates.turn_over(owner) => {
+                        // Leave the others a gap, then plan as they do.
+                        backoff(1).await;
+                        None
+                    }
                     (Some(max), None) => self.gates.cached(owner).filter(|b| b.count < max),
                     _ => None,
                 };
@@ -504,6 +559,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             if let Some(owner) = &owner {
                 let kept = if answer.is_ok() { after } else { None };
                 self.gates.remember(owner, kept);
+                let conflict = matches!(&answer, Err(e) if e.kind() == StoreErrorKind::Conflict);
+                if conflict || from_cache {
+                    self.gates.note(owner, conflict);
+                }
             }
             match answer {
                 Ok(()) => return Ok(()),
