@@ -21,7 +21,7 @@ use crate::store::{Changes, KeyQuery, KeyStoreWrite, Put, UsageStore};
 
 /// How often a plan is made again after a conflicting commit (the record
 /// or the owner changed concurrently), with a timed [`backoff`] before each:
-/// at most about 5.2 s of waiting in all, then `STORE_UNAVAILABLE`.
+/// at most about 5.8 s of waiting in all, then `STORE_UNAVAILABLE`.
 pub(crate) const MAX_RETRIES: u32 = 64;
 /// How often a commit whose answer was lost (a timeout, a dropped
 /// connection) is sent again to learn whether it committed.
