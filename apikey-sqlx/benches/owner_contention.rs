@@ -27,11 +27,13 @@ use apikey::{
 };
 use apikey_sqlx::{PostgresStore, StoreOptions};
 
-/// A store that counts the commits refused with `Conflict`.
+/// A store that counts the commits, those refused with `Conflict`, and the
+/// listing pages read.
 struct Counting {
     inner: PostgresStore,
     conflicts: AtomicU64,
     commits: AtomicU64,
+    lists: AtomicU64,
 }
 
 impl KeyStore for Counting {
@@ -50,6 +52,7 @@ impl KeyStoreQuery for Counting {
     }
 
     async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
         self.inner.list(query).await
     }
 }
@@ -116,6 +119,7 @@ fn main() {
                 inner: store,
                 conflicts: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
+                lists: AtomicU64::new(0),
             });
             let managers: Vec<_> = (0..instances)
                 .map(|_| {
@@ -149,6 +153,7 @@ fn main() {
                 failed.extend(t.await.unwrap());
             }
             let elapsed = start.elapsed();
+            let lists = store.lists.load(Ordering::Relaxed);
             let made = managers[0].list("org_contended").await.unwrap().len();
             assert_eq!(made + failed.len(), TASKS * per_task);
             if let Some(e) = failed.first() {
@@ -156,10 +161,11 @@ fn main() {
             }
             println!(
                 "owner_contention round {round}: {TASKS} tasks on {instances} manager(s) x {per_task} creates on one owner: \
-                 {made} keys in {elapsed:.2?} = {:.0} keys/s; {} commits, {} refused as conflicts",
+                 {made} keys in {elapsed:.2?} = {:.0} keys/s; {} commits, {} refused as conflicts; {lists} listing pages read; {} failed",
                 made as f64 / elapsed.as_secs_f64(),
                 store.commits.load(Ordering::Relaxed),
                 store.conflicts.load(Ordering::Relaxed),
+                failed.len(),
             );
         }
     });

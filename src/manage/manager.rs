@@ -202,7 +202,7 @@ impl KeySummary {
 /// the derived-key limits) is planned here, once, over what was read, and
 /// written in one [`KeyStoreWrite::commit`] that names the revisions and
 /// the owner version it planned on; a commit refused as a conflict writes
-/// nothing and the plan is made again (at most 32 times, with jittered
+/// nothing and the plan is made again (at most 64 times, with timed jittered
 /// backoff), so a call refused by the store changes nothing. A change
 /// (disable, revoke, ...) is visible to every verification that starts
 /// after the call returns: the manager keeps no cache of records.
