@@ -25,13 +25,14 @@ use crate::verify::{VerifiedKey, Verifier};
 mod change;
 mod commit;
 mod create;
+mod gates;
 mod input;
 mod rotate;
 
 use input::LegacySecret;
 pub use input::{ImportKey, KeyUpdate, Rotation};
 
-pub(crate) use commit::{MAX_RETRIES, backoff, contended};
+pub(crate) use gates::{MAX_RETRIES, backoff, contended};
 
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
 pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
@@ -326,8 +327,8 @@ pub struct KeyManager<S, C = SystemClock, L = NoLimits> {
     audit_enabled: bool,
     sample_interval: Duration,
     /// Serializes this process's guarded plans per owner (see
-    /// [`commit::OwnerGates`]).
-    gates: commit::OwnerGates,
+    /// [`gates::OwnerGates`]).
+    gates: gates::OwnerGates,
 }
 
 impl<S, C, L> fmt::Debug for KeyManager<S, C, L> {
@@ -368,7 +369,7 @@ impl<S: KeyStoreWrite + UsageStore + 'static, C: Clock> KeyManager<S, C> {
             audit: Arc::new(NoAudit),
             audit_enabled: false,
             sample_interval: Duration::seconds(60),
-            gates: commit::OwnerGates::default(),
+            gates: gates::OwnerGates::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use time::OffsetDateTime;
 
-use super::commit::{MAX_RETRIES, backoff, contended};
+use super::gates::{MAX_RETRIES, backoff, contended};
 use super::{KeyManager, KeySummary, KeyUpdate, PENDING_APPROVAL};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};

@@ -1,7 +1,7 @@
 //! [`KeyManager::rotate`]: a successor, the predecessor's grace period and
 //! the end of the grandparent's, in one commit.
 
-use super::commit::{MAX_RETRIES, backoff, contended};
+use super::gates::{MAX_RETRIES, backoff, contended};
 use super::{KeyManager, KeySummary, Rotation};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};
