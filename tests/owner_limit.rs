@@ -203,3 +203,49 @@ async fn rotation_chain_never_has_more_than_two_working_keys() {
     f.clock.advance(Duration::days(3650));
     assert_eq!(working(&m, &keys).await, 1);
 }
+
+/// Deleting a key's successor clears the predecessor's link, so a
+/// predecessor still in its grace period counts toward the owner limit
+/// again. At the limit the delete must not take the owner past it (the
+/// predecessor's grace ends instead); below the limit the predecessor keeps
+/// working. Found in review of the 0.3 write primitive: before the fix, a
+/// limit of 2 gave 3 working keys.
+#[tokio::test]
+async fn deleting_a_successor_never_revives_its_predecessor_past_the_owner_limit() {
+    for (limit, predecessor_works) in [(2, false), (3, true)] {
+        let f = fixture_with(verifier(), Arc::new(MemoryStore::new()));
+        let m = f.manager.with_max_keys_per_owner(limit);
+        let new = || NewKey::new("sk_live_").owner("o");
+        let (a, sa) = m.create(new(), &admin()).await.unwrap();
+        let (b, sb) = m
+            .rotate(sa.id, Rotation::with_grace(Duration::days(1)), &admin())
+            .await
+            .unwrap();
+        let (c, _) = m.create(new(), &admin()).await.unwrap();
+        m.revoke(sb.id, "leaked", &admin()).await.unwrap();
+        let (d, _) = m.create(new(), &admin()).await.unwrap();
+        let all = [a, b, c, d];
+        // A (in grace), C and D work; A does not count.
+        assert_eq!(working(&m, &all).await, 3);
+        m.delete(sb.id, &admin()).await.unwrap();
+        let counted = m
+            .list("o")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                let record = m.store().get_sync(s.id).unwrap();
+                record.counts_toward_limit(f.clock.now())
+            })
+            .count();
+        assert!(
+            counted <= limit as usize,
+            "limit {limit}: {counted} keys count"
+        );
+        assert_eq!(works(&m, &all[0]).await, predecessor_works, "limit {limit}");
+        assert_eq!(
+            working(&m, &all).await,
+            if predecessor_works { 3 } else { 2 }
+        );
+    }
+}

@@ -233,6 +233,16 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
         let now = self.now()?;
+        // A delete may revive a predecessor in its grace period (below):
+        // with an owner limit, it plans inside the owner's gate.
+        let gate_owner = match self.max_per_owner {
+            Some(_) => self.record(id).await?.owner,
+            None => None,
+        };
+        let _gate = match &gate_owner {
+            Some(o) => Some(self.gates.enter(o).await),
+            None => None,
+        };
         for attempt in 0..MAX_RETRIES {
             let record = self.record(id).await?;
             let mut changes = Changes::new();
@@ -247,6 +257,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 let Some(mut r) = self.store().get(other).await.map_err(Error::from)? else {
                     continue;
                 };
+                let counted = r.counts_toward_limit(now);
                 let link = if successor {
                     &mut r.rotated_from
                 } else {
@@ -254,6 +265,27 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 };
                 if *link == Some(id) {
                     *link = None;
+                    // Clearing a predecessor's link to its deleted successor
+                    // makes a key still in its grace period count toward the
+                    // owner limit again: planned like any revival. Below the
+                    // limit it is committed with the owner guard; at the
+                    // limit the grace ends now (the key expires), so a
+                    // delete never takes the owner past its limit.
+                    if let (Some(max), Some(owner)) = (self.max_per_owner, r.owner.clone())
+                        && !counted
+                        && r.counts_toward_limit(now)
+                    {
+                        let snap = self.owner_snapshot(&owner).await?;
+                        if snap.counting(now, Some(r.id)) >= max {
+                            r.expires_at = Some(now);
+                            if r.not_before.is_some_and(|nb| nb >= now) {
+                                r.not_before = None;
+                            }
+                        } else {
+                            changes = changes.guard(owner.clone(), snap.version);
+                        }
+                        self.gates.remember(&owner, None);
+                    }
                     let expected = r.revision;
                     changes.puts.push(Put::update(r, expected));
                 }
