@@ -1,6 +1,7 @@
 //! Contention on one owner: 16 tasks create keys concurrently for the same
-//! owner through one `KeyManager` with an owner limit (so every create is
-//! planned on the owner's listing and committed with the owner guard), and
+//! owner through one `KeyManager` with an owner limit (every create is
+//! planned on the owner's count, from the manager's cache or from the
+//! owner's listing, and committed with the owner guard), and
 //! the run reports keys per second and how many commits the store refused
 //! as conflicts (each one a re-planned create).
 //!
