@@ -4,6 +4,10 @@
 #![cfg(feature = "axum")]
 #![allow(clippy::unwrap_used)]
 
+mod http_support;
+
+use http_support::Reply;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,7 +20,6 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use time::macros::datetime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type M = KeyManager<MemoryStore, ManualClock>;
 
@@ -88,23 +91,8 @@ async fn serve(m: &M) -> SocketAddr {
     addr
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 async fn request(addr: SocketAddr, method: &str, headers: &[(&str, &str)]) -> Reply {
-    request_to(addr, method, "/v1/query", headers).await
+    http_support::request(addr, method, "/v1/query", headers).await
 }
 
 /// 204 with the CORS headers a preflight from `https://shop.example` for
@@ -374,40 +362,6 @@ async fn serve_layer(m: &M) -> SocketAddr {
     addr
 }
 
-async fn request_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
 fn code_of(r: &Reply) -> String {
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
     v["error"]["code"].as_str().unwrap_or_default().to_owned()
@@ -418,7 +372,7 @@ async fn the_layer_admits_a_publishable_key_from_an_allowed_origin_with_cors_hea
     let m = manager();
     let key = publishable(&m).await;
     let addr = serve_layer(&m).await;
-    let r = request_to(
+    let r = http_support::request(
         addr,
         "POST",
         "/v1/search",
@@ -436,7 +390,7 @@ async fn the_layer_admits_a_publishable_key_from_an_allowed_origin_with_cors_hea
     );
     assert_eq!(r.header("vary"), Some("Origin"));
     // Referer as the fallback when there is no Origin.
-    let r = request_to(
+    let r = http_support::request(
         addr,
         "GET",
         "/v1/search",
@@ -475,7 +429,7 @@ async fn the_layer_refuses_a_publishable_key_from_a_wrong_or_missing_origin() {
         ],
         vec![("X-API-Key", k)],
     ] {
-        let r = request_to(addr, "GET", "/v1/search", &headers).await;
+        let r = http_support::request(addr, "GET", "/v1/search", &headers).await;
         assert_eq!(
             (r.status, code_of(&r).as_str()),
             (403, "ORIGIN_NOT_ALLOWED"),
@@ -507,13 +461,13 @@ async fn origin_failures_of_a_publishable_key_are_charged_to_its_plan() {
         ("Origin", "https://evil.example"),
     ];
     for _ in 0..2 {
-        let r = request_to(addr, "GET", "/v1/search", &wrong).await;
+        let r = http_support::request(addr, "GET", "/v1/search", &wrong).await;
         assert_eq!(
             (r.status, code_of(&r).as_str()),
             (403, "ORIGIN_NOT_ALLOWED")
         );
     }
-    let r = request_to(addr, "GET", "/v1/search", &wrong).await;
+    let r = http_support::request(addr, "GET", "/v1/search", &wrong).await;
     assert_eq!(
         (r.status, code_of(&r).as_str()),
         (429, "RATE_LIMITED"),
@@ -526,7 +480,7 @@ async fn origin_failures_of_a_publishable_key_are_charged_to_its_plan() {
         ("X-API-Key", key.expose_secret()),
         ("Origin", "https://shop.example"),
     ];
-    let r = request_to(addr, "GET", "/v1/search", &right).await;
+    let r = http_support::request(addr, "GET", "/v1/search", &right).await;
     assert_eq!((r.status, code_of(&r).as_str()), (429, "RATE_LIMITED"));
 }
 
@@ -534,7 +488,7 @@ async fn origin_failures_of_a_publishable_key_are_charged_to_its_plan() {
 async fn the_layer_answers_a_cors_preflight_with_204() {
     let m = manager();
     let addr = serve_layer(&m).await;
-    let r = request_to(
+    let r = http_support::request(
         addr,
         "OPTIONS",
         "/v1/search",
@@ -548,7 +502,7 @@ async fn the_layer_answers_a_cors_preflight_with_204() {
     assert_preflight_answer(&r);
     // An OPTIONS without the preflight headers is not a preflight: it
     // needs a key like any request.
-    let r = request_to(
+    let r = http_support::request(
         addr,
         "OPTIONS",
         "/v1/search",
@@ -571,7 +525,7 @@ async fn secret_keys_and_services_without_publishable_keys_are_unchanged() {
         .await
         .unwrap();
     let addr = serve_layer(&m).await;
-    let r = request_to(
+    let r = http_support::request(
         addr,
         "GET",
         "/v1/search",

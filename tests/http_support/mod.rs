@@ -1,6 +1,7 @@
 //! Shared by the end-to-end HTTP tests: an axum server on 127.0.0.1, a minimal
 //! HTTP/1.1 client, and gates over one `ManualClock`.
-#![allow(dead_code)]
+// Each test file uses a part of it.
+#![allow(dead_code, unused_imports)]
 
 pub use std::net::SocketAddr;
 pub use std::sync::Arc;
@@ -176,10 +177,20 @@ impl Reply {
     }
 }
 
-/// A minimal HTTP/1.1 client: one request per connection.
+/// A minimal HTTP/1.1 client: one `GET` per connection.
 pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    request(addr, "GET", path, headers).await
+}
+
+/// A minimal HTTP/1.1 client: one request (`method`, no body) per connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
