@@ -19,67 +19,16 @@
 //! yields, like a database). A SQL store runs the same loop by building the
 //! manager over it (see `run`).
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use apikey::{
-    Actor, Changes, FlushOutcome, KeyDigest, KeyId, KeyManager, KeyQuery, KeyRecord, KeyStore,
-    KeyStoreQuery, KeyStoreWrite, KeyView, Keyring, Listing, MemoryStore, NewKey, ServerSecret,
-    StoreError, StoreErrorKind, UsageBatch, UsageStore, Verifier,
+    Actor, KeyManager, KeyStoreWrite, Keyring, MemoryStore, NewKey, ServerSecret, UsageStore,
+    Verifier,
 };
+use apikey_testkit::CountingStore;
 
 const TASKS: usize = 16;
-
-/// Counts commits and the conflicts among them, forwarding everything.
-struct Counting<S> {
-    inner: S,
-    commits: AtomicU64,
-    conflicts: AtomicU64,
-}
-
-impl<S: KeyStore> KeyStore for Counting<S> {
-    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        self.inner.fetch(id).await
-    }
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.find_legacy(index).await
-    }
-}
-
-impl<S: KeyStoreQuery> KeyStoreQuery for Counting<S> {
-    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
-        self.inner.list(query).await
-    }
-}
-
-impl<S: KeyStoreWrite> KeyStoreWrite for Counting<S> {
-    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        let r = self.inner.commit(changes).await;
-        if matches!(&r, Err(e) if e.kind() == StoreErrorKind::Conflict) {
-            self.conflicts.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: UsageStore> UsageStore for Counting<S> {
-    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
-        self.inner.record_usage(batch).await
-    }
-    async fn usage(
-        &self,
-        id: KeyId,
-        days: Range<time::Date>,
-    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
-        self.inner.usage(id, days).await
-    }
-}
 
 /// Runs `TASKS` tasks of `per_task` creates each on one owner over
 /// `store`; prints keys/s and conflicts.
@@ -90,11 +39,7 @@ async fn run<S: KeyStoreWrite + UsageStore + 'static>(
     instances: usize,
     limit: bool,
 ) {
-    let store = Arc::new(Counting {
-        inner: store,
-        commits: AtomicU64::new(0),
-        conflicts: AtomicU64::new(0),
-    });
+    let store = Arc::new(CountingStore::new(store));
     let verifier = Verifier::new(
         Keyring::new(1, ServerSecret::from_bytes(&[3; 32]).expect("32 bytes")).expect("keyring"),
     );
@@ -134,10 +79,7 @@ async fn run<S: KeyStoreWrite + UsageStore + 'static>(
     }
     let secs = start.elapsed().as_secs_f64();
     let made = (TASKS * per_task) as u64 - failed;
-    let (commits, conflicts) = (
-        store.commits.load(Ordering::Relaxed),
-        store.conflicts.load(Ordering::Relaxed),
-    );
+    let (commits, conflicts) = (store.commits(), store.conflicts());
     println!(
         "{label}, {} instance(s), {}: {TASKS} tasks x {per_task} creates on one owner: {made} keys in {secs:.3} s = {:.0} keys/s; \
          {commits} commits, {conflicts} conflicts ({:.2} per key), {failed} failed",

@@ -15,72 +15,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use apikey::{
-    Actor, Changes, FlushOutcome, KeyDigest, KeyId, KeyManager, KeyQuery, KeyRecord, KeyStore,
-    KeyStoreQuery, KeyStoreWrite, KeyView, Keyring, Listing, NewKey, ServerSecret, StoreError,
-    StoreErrorKind, UsageBatch, UsageStore, Verifier,
-};
+use apikey::{Actor, KeyManager, Keyring, NewKey, ServerSecret, Verifier};
 use apikey_sqlx::{PostgresStore, StoreOptions};
-
-/// A store that counts the commits, those refused with `Conflict`, and the
-/// listing pages read.
-struct Counting {
-    inner: PostgresStore,
-    conflicts: AtomicU64,
-    commits: AtomicU64,
-    lists: AtomicU64,
-}
-
-impl KeyStore for Counting {
-    async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
-        self.inner.fetch(id).await
-    }
-
-    async fn find_legacy(&self, index: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.find_legacy(index).await
-    }
-}
-
-impl KeyStoreQuery for Counting {
-    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-
-    async fn list(&self, query: &KeyQuery) -> Result<Listing, StoreError> {
-        self.lists.fetch_add(1, Ordering::Relaxed);
-        self.inner.list(query).await
-    }
-}
-
-impl KeyStoreWrite for Counting {
-    async fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        let r = self.inner.commit(changes).await;
-        if matches!(&r, Err(e) if e.kind() == StoreErrorKind::Conflict) {
-            self.conflicts.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl UsageStore for Counting {
-    async fn record_usage(&self, batch: &UsageBatch) -> Result<FlushOutcome, StoreError> {
-        self.inner.record_usage(batch).await
-    }
-
-    async fn usage(
-        &self,
-        id: KeyId,
-        days: Range<time::Date>,
-    ) -> Result<Vec<(time::Date, u64)>, StoreError> {
-        self.inner.usage(id, days).await
-    }
-}
+use apikey_testkit::CountingStore;
 
 const TASKS: usize = 16;
 
@@ -115,12 +55,7 @@ fn main() {
                 .await
                 .unwrap();
             let limit = u32::try_from(TASKS * per_task).unwrap();
-            let store = Arc::new(Counting {
-                inner: store,
-                conflicts: AtomicU64::new(0),
-                commits: AtomicU64::new(0),
-                lists: AtomicU64::new(0),
-            });
+            let store = Arc::new(CountingStore::new(store));
             let managers: Vec<_> = (0..instances)
                 .map(|_| {
                     let secret = ServerSecret::from_bytes(&[7; 32]).unwrap();
@@ -153,7 +88,7 @@ fn main() {
                 failed.extend(t.await.unwrap());
             }
             let elapsed = start.elapsed();
-            let lists = store.lists.load(Ordering::Relaxed);
+            let lists = store.lists();
             let made = managers[0].list("org_contended").await.unwrap().len();
             assert_eq!(made + failed.len(), TASKS * per_task);
             if let Some(e) = failed.first() {
@@ -163,8 +98,8 @@ fn main() {
                 "owner_contention round {round}: {TASKS} tasks on {instances} manager(s) x {per_task} creates on one owner: \
                  {made} keys in {elapsed:.2?} = {:.0} keys/s; {} commits, {} refused as conflicts; {lists} listing pages read; {} failed",
                 made as f64 / elapsed.as_secs_f64(),
-                store.commits.load(Ordering::Relaxed),
-                store.conflicts.load(Ordering::Relaxed),
+                store.commits(),
+                store.conflicts(),
                 failed.len(),
             );
         }

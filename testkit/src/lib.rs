@@ -3,10 +3,12 @@
 #![allow(clippy::missing_errors_doc)]
 
 pub mod conformance;
+pub mod counting;
 pub mod failing;
 pub mod fuzzing;
 pub mod limits;
 pub mod netstore;
 pub mod write_ext;
 
+pub use counting::CountingStore;
 pub use write_ext::WriteExt;
