@@ -11,7 +11,7 @@
 //!   address, and always the same answer whatever the tokens were.
 //! * [`LeakResponder`]: checks every token offline first (junk and forged
 //!   tokens make no store call, except tokens under a legacy prefix declared
-//!   with [`LeakResponder::with_legacy_prefix`]: one legacy-index lookup),
+//!   on the manager: one legacy-index lookup),
 //!   then the secret of tag-valid ones, applies the [`LeakPolicy`] (revoke,
 //!   disable or notify only; publishable keys, public by design, are never
 //!   revoked), emits a `leak_reported` audit event and

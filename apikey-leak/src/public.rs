@@ -11,7 +11,7 @@
 //! it) is looked up, so the handling time can differ only for holders of
 //! issued keys, who learn nothing they could not learn by using the key.
 //! The exception, as in verification: a token under a legacy prefix
-//! declared with [`LeakResponder::with_legacy_prefix`] costs one
+//! declared on the manager ([`apikey::KeyManager::with_legacy_prefix`]) costs one
 //! legacy-index lookup, and a found key is then revoked.
 
 use std::fmt;

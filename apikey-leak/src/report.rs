@@ -11,7 +11,7 @@
 //! `leak_reported` event and the [`LeakNotifier`] follow.
 //!
 //! Keys imported from another system carry no tag: a token under a legacy
-//! prefix declared with [`LeakResponder::with_legacy_prefix`] is looked up
+//! prefix declared on the manager ([`KeyManager::with_legacy_prefix`]) is looked up
 //! through the legacy index (one indexed store call, then the same
 //! constant-time comparison as verification). Those are the only tokens
 //! that reach the store without a valid tag.
@@ -257,7 +257,7 @@ pub struct LeakResponder<S, C = SystemClock, L = NoLimits> {
     audit: Arc<dyn AuditSink>,
     notifier: Arc<dyn LeakNotifier>,
     seen: Mutex<Seen>,
-    /// Declared legacy prefixes: (legacy, native).
+    /// The manager's legacy prefixes: (legacy, native).
     legacy: Vec<(String, String)>,
 }
 
@@ -280,10 +280,18 @@ where
     L: Limits,
 {
     /// A responder with the default [`LeakPolicy`], no audit sink and no
-    /// notifier.
+    /// notifier. It takes the manager's legacy prefixes
+    /// ([`KeyManager::with_legacy_prefix`]): a reported token under one of
+    /// them is looked up through the legacy index (one store call; so for
+    /// such tokens, unlike tagged ones, junk reaches the store), then
+    /// compared in constant time as verification does, with no usage
+    /// recorded.
     pub fn new(manager: Arc<KeyManager<S, C, L>>) -> Self {
         Self {
-            manager,
+            legacy: manager
+                .legacy_prefixes()
+                .map(|(l, n)| (l.to_owned(), n.to_owned()))
+                .collect(),
             policy: LeakPolicy::default(),
             audit: Arc::new(NoAudit),
             notifier: Arc::new(NoNotify),
@@ -292,26 +300,8 @@ where
                 order: VecDeque::new(),
                 capacity: DEFAULT_DEDUPE_CAPACITY,
             }),
-            legacy: Vec::new(),
+            manager,
         }
-    }
-
-    /// Declares `legacy` as the prefix of keys imported from another system
-    /// and stored under the native prefix `native`: declare here every
-    /// legacy prefix declared on the manager
-    /// ([`KeyManager::with_legacy_prefix`]), or reports of imported keys
-    /// find nothing. A reported token under `legacy` is looked up through
-    /// the legacy index (one store call; so for such tokens, unlike tagged
-    /// ones, junk reaches the store), then compared in constant time as
-    /// verification does, with no usage recorded.
-    ///
-    /// # Errors
-    /// [`LeakError::InvalidConfig`] when the manager would refuse the same
-    /// declaration (see [`KeyManager::with_legacy_prefix`]).
-    pub fn with_legacy_prefix(mut self, legacy: &str, native: &str) -> Result<Self, LeakError> {
-        self.legacy.push((legacy.to_owned(), native.to_owned()));
-        self.legacy_authenticator(&LegacyCapture::new(self.manager.store()))?;
-        Ok(self)
     }
 
     /// A read-only authenticator (no usage, no audit, no limits) over

@@ -303,12 +303,8 @@ async fn a_custom_publishable_key_reported_publicly_stays_active() {
 #[tokio::test]
 async fn a_reported_legacy_key_is_revoked() {
     let world = World::with_legacy();
-    let responder = Arc::new(
-        world
-            .responder()
-            .with_legacy_prefix("oldco_", "sk_live_")
-            .unwrap(),
-    );
+    // The responder takes the legacy prefix from the manager.
+    let responder = Arc::new(world.responder());
     let import = |text: &str| {
         apikey::ImportKey::plaintext(text.to_owned())
             .owner("acme")

@@ -564,6 +564,13 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         Ok(self)
     }
 
+    /// The declared legacy prefixes as `(legacy, native)` pairs, most
+    /// specific first (see
+    /// [`Authenticator::legacy_prefixes`](crate::Authenticator::legacy_prefixes)).
+    pub fn legacy_prefixes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.auth.legacy_prefixes()
+    }
+
     /// The verifier.
     pub fn verifier(&self) -> &Verifier {
         self.auth.verifier()

@@ -361,9 +361,24 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         self.audit.as_ref()
     }
 
-    /// The declared legacy prefixes, most specific first.
-    pub(crate) fn legacy_prefixes(&self) -> impl Iterator<Item = &str> {
-        self.legacy.prefixes.iter().map(|l| l.legacy.as_str())
+    /// The declared legacy prefixes as `(legacy, native)` pairs, most
+    /// specific first: what
+    /// [`with_legacy_prefix`](Self::with_legacy_prefix) was given, so
+    /// another component (a leak responder, a second authenticator) can
+    /// take the same declarations instead of repeating them.
+    ///
+    /// ```
+    /// # use apikey::*;
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let auth = Authenticator::new(verifier, MemoryStore::new()).with_legacy_prefix("oldco_", "sk_live_")?;
+    /// assert_eq!(auth.legacy_prefixes().collect::<Vec<_>>(), [("oldco_", "sk_live_")]);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn legacy_prefixes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.legacy
+            .prefixes
+            .iter()
+            .map(|l| (l.legacy.as_str(), l.native.prefix.as_str()))
     }
 
     pub(crate) fn legacy_prefix_of(&self, text: &str) -> Option<&LegacyPrefix> {

@@ -477,7 +477,9 @@ fn legacy_bearer<S: KeyStore, C: Clock, L: Limits>(
 ) -> Extractor {
     authenticator
         .legacy_prefixes()
-        .fold(extractor, |e, p| e.with_legacy_prefix(p.to_owned()))
+        .fold(extractor, |e, (legacy, _)| {
+            e.with_legacy_prefix(legacy.to_owned())
+        })
 }
 
 impl<S, C, L> Gate<Arc<S>, C, L>
