@@ -22,6 +22,7 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use apikey::Timestamp;
 use apikey::{
     CachedStore, KeyId, KeyStore, KeyView, Keyring, MemoryStore, NewKey, Requirement, ServerSecret,
     Verifier,
@@ -36,13 +38,11 @@ use apikey::{
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
-use time::OffsetDateTime;
-use time::macros::datetime;
 
 const SIZES: [usize; 2] = [1_000, 100_000];
 
-fn now() -> OffsetDateTime {
-    datetime!(2026-06-01 12:00 UTC)
+fn now() -> Timestamp {
+    "2026-06-01T12:00:00Z".parse::<Timestamp>().unwrap()
 }
 
 /// Polls a future that is ready at once (a hit, or a `MemoryStore` read).
@@ -75,7 +75,7 @@ fn fixture(n: usize) -> Fixture {
                 NewKey::new("sk_live_")
                     .owner(format!("owner_{}", i % 1000))
                     .scopes(["tasks:read", "projects:*"])
-                    .expires_at(now() + time::Duration::days(365)),
+                    .expires_at(now() + std::time::Duration::from_secs(365 * 86_400)),
                 now(),
                 &mut rng,
             )

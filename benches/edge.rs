@@ -3,6 +3,7 @@
 //! `cargo bench --bench edge -- --warm-up-time 1 --measurement-time 3`
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use apikey_testkit::VerifyExt;
 use std::hint::black_box;
 
 use apikey::PrefixRegistry;
@@ -65,7 +66,7 @@ fn charge(c: &mut Criterion) {
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32]).unwrap()).unwrap());
     let store = MemoryStore::new();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let (key, record) = verifier
         .issue(NewKey::new("sk_live_").owner("org_1"), now)
         .unwrap();

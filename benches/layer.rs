@@ -22,7 +22,7 @@ use naive::{FixedClock, poll_ready};
 use web::Mode;
 
 fn layer_call(c: &mut Criterion) {
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let (verifier, store, keys) = web::keys(now);
     let store = Arc::new(store);
     let mut g = c.benchmark_group("layer_call");

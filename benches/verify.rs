@@ -11,7 +11,7 @@
 //!   keys.
 //! * `verify_1k` / `verify_1m`: `Verifier::verify_with` over `MemoryStore`
 //!   for every input class (a fixed `now` passed in), and `valid_clock`: the
-//!   full verify a service runs, `Verifier::verify_with_clock` with
+//!   full verify a service runs, `Verifier::verify` with a clock with
 //!   `SystemClock` (clock read, expiry, status, environment and a scope
 //!   check; issue 11's first two rows). The 1,000,000-key store is built
 //!   once per process; keys are verified in random order.
@@ -28,11 +28,13 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use apikey::Timestamp;
 use apikey::{
     Authenticator, Clock, KeyStore, Keyring, MemoryStore, NewKey, Requirement, Scope, ScopeSet,
     ServerSecret, SystemClock, Verifier,
@@ -44,7 +46,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng, TryCryptoRng, TryRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 #[path = "support/naive.rs"]
 mod naive;
@@ -54,13 +55,13 @@ const SMALL: usize = 1_000;
 const LARGE: usize = 1_000_000;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-fn now() -> OffsetDateTime {
+fn now() -> Timestamp {
     // 2026-11-25T00:00:00Z
-    OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap()
+    Timestamp::from_unix_secs(1_795_564_800).unwrap()
 }
 
-fn expiry() -> OffsetDateTime {
-    now() + time::Duration::days(365)
+fn expiry() -> Timestamp {
+    now() + std::time::Duration::from_secs(365 * 86_400)
 }
 
 fn verifier() -> Verifier {
@@ -468,7 +469,7 @@ fn verify_now(
     key: &str,
     req: &Requirement,
 ) -> apikey::Result<apikey::VerifiedKey> {
-    v.verify_with_clock(key, |id| store.fetch_sync(id), &SystemClock, req)
+    v.verify_with(key, |id| store.fetch_sync(id), SystemClock, req)
 }
 
 fn verify_1k(c: &mut Criterion<ThreadCpu>) {
@@ -561,7 +562,7 @@ fn async_path(c: &mut Criterion<ThreadCpu>) {
     // clock never makes a flush due after the first), audit and throttle off.
     let usage_auth = Authenticator::read_only_with_clock(f.verifier.clone(), store, clock)
         .with_usage(std::sync::Arc::new(apikey::UsageRecorder::new(
-            time::Duration::hours(1),
+            std::time::Duration::from_secs(3_600),
         )));
     let mut next = cycle(&f.valid);
     g.bench_function("authenticator_usage_on", |b| {

@@ -32,7 +32,7 @@ mod web;
 use web::Mode;
 
 fn main() {
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let (verifier, store, keys) = web::keys(now);
     let store = Arc::new(store);
     let servers: Vec<(Mode, load::Server)> = Mode::ALL

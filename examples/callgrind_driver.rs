@@ -24,16 +24,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 
+use apikey::Timestamp;
 use apikey::{Authenticator, Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
 use hmac::{Hmac, KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
-use time::OffsetDateTime;
 
 #[path = "../benches/support/naive.rs"]
 mod naive;
@@ -50,7 +51,7 @@ enum Op<'a> {
         &'a MemoryStore,
         &'a [String],
         &'a Requirement,
-        OffsetDateTime,
+        Timestamp,
     ),
     Hmac(&'a Hmac<Sha256>),
     Naive(&'a NaiveMap, &'a Hmac<Sha256>, &'a [String]),
@@ -124,7 +125,7 @@ fn main() {
 
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7u8; 32]).unwrap()).unwrap());
-    let now = OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap();
+    let now = Timestamp::from_unix_secs(1_795_564_800).unwrap();
     let store = MemoryStore::new();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let mut valid = Vec::new();
@@ -133,7 +134,7 @@ fn main() {
             .issue_with_rng(
                 NewKey::new("sk_live_")
                     .scopes(["tasks:read", "projects:*"])
-                    .expires_at(now + time::Duration::days(365)),
+                    .expires_at(now + std::time::Duration::from_secs(365 * 86_400)),
                 now,
                 &mut rng,
             )

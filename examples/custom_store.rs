@@ -15,6 +15,7 @@
 //! Run with `cargo run --example custom_store`.
 
 // ----- store code: from here to the end-of-store marker -----
+use apikey::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fmt;
 use std::ops::Range;
@@ -292,10 +293,10 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Actor, KeyManager, Keyring, ManualClock, NewKey, Requirement, Rotation, ServerSecret,
         Verifier,
     };
-    use time::{Duration, macros::datetime};
+    use std::time::Duration;
 
     let verifier = Verifier::new(Keyring::new(1, ServerSecret::generate())?);
-    let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
+    let clock = ManualClock::new("2026-06-01T09:00:00Z".parse::<Timestamp>()?);
     let manager = KeyManager::with_clock(verifier, BTreeStore::new(), clock.clone())
         .with_max_keys_per_owner(2);
     let admin = Actor::new("admin_1").reason("custom store demo");
@@ -328,10 +329,14 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let (new_key, new_summary) = manager
-        .rotate(summary.id, Rotation::with_grace(Duration::hours(1)), &admin)
+        .rotate(
+            summary.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin,
+        )
         .await?;
     println!("rotated {} -> {}", summary.display, new_summary.display);
-    clock.advance(Duration::hours(2));
+    clock.advance(Duration::from_secs(2 * 3_600));
     let old = manager.authenticate(key.expose_secret(), &read, None).await;
     println!(
         "old key 2 h later: {}",

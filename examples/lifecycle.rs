@@ -4,19 +4,20 @@
 //!
 //! Run with `cargo run --example lifecycle`.
 
+use apikey::Timestamp;
 use std::sync::Arc;
 
 use apikey::{
     Actor, Clock, Error, KeyManager, KeyUpdate, Keyring, ManualClock, MemoryAuditSink, MemoryStore,
     NewKey, Requirement, Rotation, ServerSecret, Verifier,
 };
-use time::{Duration, macros::datetime};
+use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     // In production: ServerSecret::from_base64(&std::env::var("APIKEY_SECRET_V1")?)
     let verifier = Verifier::new(Keyring::new(1, ServerSecret::generate())?);
-    let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
+    let clock = ManualClock::new("2026-06-01T09:00:00Z".parse::<Timestamp>()?);
     let audit = Arc::new(MemoryAuditSink::new());
     let manager = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
         .with_max_keys_per_owner(3)
@@ -32,7 +33,7 @@ async fn main() -> Result<(), Error> {
                 .owner("user_42")
                 .name("Python scripts")
                 .scopes(["tasks:read"])
-                .expires_at(clock.now() + Duration::days(90)),
+                .expires_at(clock.now() + Duration::from_secs(90 * 86_400)),
             &admin,
         )
         .await?;
@@ -87,17 +88,17 @@ async fn main() -> Result<(), Error> {
     let (new_key, new_summary) = manager
         .rotate(
             summary.id,
-            Rotation::with_grace(Duration::hours(24)),
+            Rotation::with_grace(Duration::from_secs(24 * 3_600)),
             &admin,
         )
         .await?;
     println!("rotated {} -> {}", summary.display, new_summary.display);
-    clock.advance(Duration::hours(23));
+    clock.advance(Duration::from_secs(23 * 3_600));
     manager
         .authenticate(key.expose_secret(), &read, None)
         .await?;
     println!("old key after 23 h: OK (grace)");
-    clock.advance(Duration::hours(1));
+    clock.advance(Duration::from_secs(3_600));
     let old = manager.authenticate(key.expose_secret(), &read, None).await;
     println!(
         "old key after 24 h: {}",

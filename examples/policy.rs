@@ -8,6 +8,7 @@
 //!
 //! `cargo run --example policy`
 
+use apikey::Timestamp;
 use std::sync::Arc;
 
 use apikey::web::{Decision, Gate, Route};
@@ -16,15 +17,14 @@ use apikey::{
     KeyUpdate, Keyring, ManualClock, MemoryStore, NewKey, PolicyRule, PolicyTarget, Requirement,
     ServerSecret, SweepOptions, Verifier,
 };
-use time::Duration;
-use time::macros::datetime;
+use std::time::Duration;
 
 fn policies(max_days: i64) -> KeyPolicies {
     KeyPolicies::new().rule(PolicyRule::new(
         PolicyTarget::Prefix("sk_live_".into()),
         KeyPolicy::new()
-            .default_lifetime(Duration::days(90))
-            .max_lifetime(Duration::days(max_days)),
+            .default_lifetime(Duration::from_secs(90 * 86_400))
+            .max_lifetime(Duration::from_secs(max_days as u64 * 86_400)),
     ))
 }
 
@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?)
             .with_prefix("pk_live_", Environment::Live)
     };
-    let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
+    let clock = ManualClock::new("2026-06-01T09:00:00Z".parse::<Timestamp>()?);
     let admin = Actor::new("admin_1");
     let store = Arc::new(MemoryStore::new());
     let keys = KeyManager::with_clock(verifier()?, store.clone(), clock.clone())
@@ -63,7 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "1. created {} expiring {:?}",
         summary.display, summary.expires_at
     );
-    let too_long = KeyUpdate::new().expires_at(Some(clock.now() + Duration::days(400)));
+    let too_long =
+        KeyUpdate::new().expires_at(Some(clock.now() + Duration::from_secs(400 * 86_400)));
     let err = refused(keys.update(summary.id, too_long, &admin).await)?;
     println!("   an expiry past the maximum: {}", err);
     // Tighten the policy below the key's lifetime: refused, not revoked.
@@ -87,8 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &admin,
         )
         .await?;
-    clock.advance(Duration::days(61)); // 29 days left on both keys
-    let options = SweepOptions::default().renew_before(Duration::days(30));
+    clock.advance(Duration::from_secs(61 * 86_400)); // 29 days left on both keys
+    let options = SweepOptions::default().renew_before(Duration::from_secs(30 * 86_400));
     let report = keys.sweep_once(&options).await?;
     let again = keys.sweep_once(&options).await?;
     println!(

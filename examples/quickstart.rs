@@ -4,11 +4,12 @@
 //!
 //! Run with `cargo run --example quickstart`.
 
+use apikey::Timestamp;
 use apikey::{
     Authenticator, Error, KeyStatus, KeyStoreQuery, Keyring, ManualClock, MemoryStore, NewKey,
     Requirement, Revocation, ServerSecret, Verifier,
 };
-use time::{Duration, macros::datetime};
+use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -16,7 +17,7 @@ async fn main() -> Result<(), Error> {
     // secret manager: ServerSecret::from_base64(&std::env::var("APIKEY_SECRET_V1")?)
     let secret = ServerSecret::generate();
     let verifier = Verifier::new(Keyring::new(1, secret)?);
-    let clock = ManualClock::new(datetime!(2026-11-25 12:00 UTC));
+    let clock = ManualClock::new("2026-11-25T12:00:00Z".parse::<Timestamp>()?);
     let store = MemoryStore::new();
 
     // 1. Issue a key. The full key is shown once; only its digest is stored.
@@ -25,8 +26,8 @@ async fn main() -> Result<(), Error> {
             .owner("user_42")
             .name("Python scripts")
             .scopes(["tasks:read", "projects:*"])
-            .expires_at(datetime!(2026-12-25 12:00 UTC)),
-        datetime!(2026-11-25 12:00 UTC),
+            .expires_at("2026-12-25T12:00:00Z".parse::<Timestamp>()?),
+        "2026-11-25T12:00:00Z".parse::<Timestamp>()?,
     )?;
     println!(
         "issued (copy it now, it is shown once): {}",
@@ -63,7 +64,7 @@ async fn main() -> Result<(), Error> {
     );
 
     // 4. Expiry, with the manual clock moved past expires_at.
-    clock.advance(Duration::days(31));
+    clock.advance(Duration::from_secs(31 * 86_400));
     let err = auth
         .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
@@ -73,13 +74,13 @@ async fn main() -> Result<(), Error> {
         err.http_status(),
         err.code()
     );
-    clock.advance(Duration::days(-31));
+    clock.rewind(Duration::from_secs(31 * 86_400));
 
     // 5. Revoke it and show the rejection.
     let mut record = store.get(key.id()).await?.ok_or(Error::KeyNotFound)?;
     record.status = KeyStatus::Revoked;
     record.revocation = Some(Revocation {
-        at: datetime!(2026-11-25 13:00 UTC),
+        at: "2026-11-25T13:00:00Z".parse::<Timestamp>()?,
         reason: "leaked in a CI log".into(),
     });
     store.update_sync(record)?;

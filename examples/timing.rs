@@ -26,20 +26,23 @@
 //! Right vs wrong secret differs by design (success does more work) and is
 //! not a test.
 
+use apikey_testkit::VerifyExt;
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::{Keyring, MemoryStore, NewKey, Requirement, ServerSecret, Verifier};
 use dudect_bencher::rand::RngExt;
 use dudect_bencher::{BenchRng, Class, CtRunner, ctbench_main};
 use rand_core::{TryCryptoRng, TryRng};
-use time::OffsetDateTime;
-use time::macros::datetime;
 
 /// Samples per bench run (both classes together).
 const SAMPLES: usize = 1_000_000;
 /// Distinct inputs per class; each sample copies one of them afresh.
 const VARIANTS: usize = 61;
-const NOW: OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+const NOW: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_767_225_600_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// An RNG that makes `issue_with_rng` produce a chosen id and secret:

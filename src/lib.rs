@@ -16,7 +16,7 @@
 //! // Issue: the key is returned once; the record (digest only) is stored.
 //! let (key, record) = verifier.issue(
 //!     NewKey::new("kwi_sk_").owner("user_42").name("CI").scopes(["tasks:read"]),
-//!     time::OffsetDateTime::now_utc(),
+//!     apikey::Clock::now(&apikey::SystemClock),
 //! )?;
 //! store.insert_sync(record)?;
 //!
@@ -80,6 +80,7 @@ pub mod pipeline;
 pub mod record;
 pub mod store;
 mod sync;
+mod timestamp;
 mod trace;
 pub mod verify;
 pub mod web;
@@ -93,9 +94,7 @@ pub mod __private;
 struct ReadmeDoctests;
 pub mod _documentation;
 
-pub use clock::{
-    Clock, MAX_TIME, MIN_TIME, ManualClock, SystemClock, Timestamp, check_time, in_time_range,
-};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Challenge, Error, ErrorCode, MalformedReason, Result, StoreError, StoreErrorKind};
 pub use key::{
     ApiKey, Environment, Environments, KeyDigest, KeyId, KeyRng, Keyring, OsRng, ParsedKey, Prefix,
@@ -125,6 +124,7 @@ pub use store::{
     Invalidation, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite, Listing,
     MemoryStore, OwnerGuard, Put, UsageBatch, UsageDelta, UsageStore,
 };
+pub use timestamp::{Timestamp, TimestampError};
 pub use verify::{
     KeyPolicies, KeyPolicy, MAX_DERIVATION_DEPTH, PolicyRule, PolicyTarget, VerifiedKey, Verifier,
 };

@@ -19,9 +19,12 @@ use apikey::{
 use apikey_testkit::WriteExt;
 use apikey_testkit::conformance;
 use apikey_testkit::netstore::NetStore;
-use time::macros::datetime;
 
-const T0: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+const T0: apikey::Timestamp =
+    match apikey::Timestamp::checked_from_unix_micros(1_767_225_600_000_000) {
+        Some(t) => t,
+        None => apikey::Timestamp::MIN,
+    };
 
 fn calls(net: &NetStore) -> u64 {
     net.calls.load(Ordering::Relaxed)
@@ -159,9 +162,9 @@ async fn rotation_ends_the_cached_grace_of_the_older_key() {
         .create(NewKey::new("sk_live_").owner("o"), &admin)
         .await
         .unwrap();
-    let grace = apikey::Rotation::with_grace(time::Duration::hours(1));
+    let grace = apikey::Rotation::with_grace(std::time::Duration::from_secs(3_600));
     let (k2, s2) = manager.rotate(s1.id, grace, &admin).await.unwrap();
-    clock.advance(time::Duration::minutes(1));
+    clock.advance(std::time::Duration::from_secs(60));
     manager
         .authenticate(k1.expose_secret(), &req, None)
         .await
@@ -172,7 +175,7 @@ async fn rotation_ends_the_cached_grace_of_the_older_key() {
         .unwrap();
     // Rotating again ends k1's grace at once, also in the cache.
     manager.rotate(s2.id, grace, &admin).await.unwrap();
-    clock.advance(time::Duration::seconds(1));
+    clock.advance(std::time::Duration::from_secs(1));
     let e = manager
         .authenticate(k1.expose_secret(), &req, None)
         .await
@@ -269,13 +272,13 @@ async fn max_age_bounds_writes_that_bypass_the_cache() {
         KeyStatus::Active
     );
     net.update(revoked(r.clone())).await.unwrap(); // another instance, no feed
-    clock.advance(time::Duration::milliseconds(999));
+    clock.advance(std::time::Duration::from_millis(999));
     assert_eq!(
         cache.fetch(r.id).await.unwrap().unwrap().status(),
         KeyStatus::Active,
         "younger than the maximum age: still the cached view"
     );
-    clock.advance(time::Duration::milliseconds(1));
+    clock.advance(std::time::Duration::from_millis(1));
     assert_eq!(
         cache.fetch(r.id).await.unwrap().unwrap().status(),
         KeyStatus::Revoked,
@@ -290,12 +293,12 @@ async fn outage_serves_young_hits_and_nothing_older() {
     net.insert(r.clone()).await.unwrap();
     cache.fetch(r.id).await.unwrap();
     net.set_failing(true);
-    clock.advance(time::Duration::milliseconds(500));
+    clock.advance(std::time::Duration::from_millis(500));
     assert!(
         cache.fetch(r.id).await.unwrap().is_some(),
         "a young hit is served"
     );
-    clock.advance(time::Duration::milliseconds(500));
+    clock.advance(std::time::Duration::from_millis(500));
     assert_eq!(
         cache.fetch(r.id).await.unwrap_err().kind(),
         StoreErrorKind::Unavailable,
@@ -313,7 +316,7 @@ async fn unknown_ids_are_remembered_for_the_negative_age_only() {
     assert!(cache.fetch(id).await.unwrap().is_none());
     assert!(cache.fetch(id).await.unwrap().is_none());
     assert_eq!(calls(&net) - before, 1, "the second miss is a cached none");
-    clock.advance(time::Duration::milliseconds(100));
+    clock.advance(std::time::Duration::from_millis(100));
     assert!(cache.fetch(id).await.unwrap().is_none());
     assert_eq!(
         calls(&net) - before,
@@ -348,7 +351,7 @@ async fn usage_flushes_do_not_invalidate() {
     cache
         .record_usage(&UsageBatch::new(vec![UsageDelta::new(
             r.id,
-            T0.date(),
+            T0.utc_date(),
             3,
             T0,
         )]))
@@ -403,7 +406,7 @@ async fn bulk_revocations_leave_nothing_stale() {
     }
     let prefix = Prefix::new("sk_test_").unwrap();
     let now = conformance::suite_now();
-    let window = (now - time::Duration::days(30))..now;
+    let window = (now - std::time::Duration::from_secs(30 * 86_400))..now;
     net.revoke_where(&KeyQuery::created(prefix.clone(), window.clone()), &rev)
         .await
         .unwrap();
@@ -530,7 +533,7 @@ async fn a_fetch_never_joins_a_read_older_than_the_maximum_age() {
         let clock = clock.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            clock.advance(time::Duration::milliseconds(ms as i64));
+            clock.advance(std::time::Duration::from_millis(ms));
         }
     };
     let fetch = |cache: &Arc<CachedStore<Arc<SnapshotStore>>>| {

@@ -1,6 +1,7 @@
 //! Integration tests for credits in `apikey::limits`, through the public
 //! API only (admissions with a credit charge and no window).
 
+use apikey::Timestamp;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,7 +12,6 @@ use apikey::limits::{
     MemoryLimits, OwnerApi, Quota, Refill, RefillInterval, SpendReceipt, Verdict,
 };
 use proptest::prelude::*;
-use time::macros::datetime;
 
 /// The spend-oriented view of a [`MemoryLimits`] these tests were written
 /// against.
@@ -56,13 +56,16 @@ struct Clock(ManualClock);
 
 impl Clock {
     fn advance(&self, d: Duration) {
-        self.0
-            .advance(time::Duration::try_from(d).expect("small duration"));
+        self.0.advance(d);
     }
 }
 
 fn ledger() -> (Clock, Ledger) {
-    let clock = ManualClock::new(datetime!(2026-01-15 10:00 UTC));
+    let clock = ManualClock::new(
+        "2026-01-15T10:00:00Z"
+            .parse::<Timestamp>()
+            .expect("an RFC 3339 time"),
+    );
     (
         Clock(clock.clone()),
         Ledger(MemoryLimits::with_clock(clock)),

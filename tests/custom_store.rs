@@ -7,6 +7,7 @@
 #[path = "../examples/custom_store.rs"]
 mod custom_store;
 
+use apikey::Timestamp;
 use std::sync::Arc;
 
 use apikey::{
@@ -15,7 +16,7 @@ use apikey::{
 };
 use apikey_testkit::conformance;
 use custom_store::BTreeStore;
-use time::{Duration, macros::datetime};
+use std::time::Duration;
 
 #[tokio::test]
 async fn passes_the_whole_suite() {
@@ -109,7 +110,7 @@ async fn broken_records_are_corrupt() {
 async fn key_manager_round_trip() {
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap());
-    let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC));
+    let clock = ManualClock::new("2026-06-01T09:00:00Z".parse::<Timestamp>().unwrap());
     let manager = KeyManager::with_clock(verifier, BTreeStore::new(), clock.clone())
         .with_max_keys_per_owner(2)
         .with_legacy_prefix("oldco_", "sk_live_")
@@ -133,7 +134,10 @@ async fn key_manager_round_trip() {
     let rec = manager.store().get(s.id).await.unwrap().unwrap();
     assert_eq!(manager.usage_of(s.id).await.unwrap().today, 2);
     assert_eq!(manager.get(s.id).await.unwrap().requests_today, 2);
-    assert_eq!(rec.last_used_at, Some(datetime!(2026-06-01 9:00 UTC)));
+    assert_eq!(
+        rec.last_used_at,
+        Some("2026-06-01T09:00:00Z".parse::<Timestamp>().unwrap())
+    );
 
     // The owner limit: a second key fits, a third does not.
     manager
@@ -149,14 +153,18 @@ async fn key_manager_round_trip() {
     // Rotate at the limit: both keys work during the grace, then the old
     // one expires.
     let (new_key, ns) = manager
-        .rotate(s.id, Rotation::with_grace(Duration::hours(1)), &admin)
+        .rotate(
+            s.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin,
+        )
         .await
         .unwrap();
     manager
         .authenticate(key.expose_secret(), &read, None)
         .await
         .unwrap();
-    clock.advance(Duration::hours(2));
+    clock.advance(Duration::from_secs(2 * 3_600));
     assert_eq!(
         manager
             .authenticate(key.expose_secret(), &read, None)

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use apikey::*;
 use proptest::prelude::*;
+use std::time::Duration;
 use support::{T0, verifier};
-use time::Duration;
 
 fn admin() -> Actor {
     Actor::new("admin")
@@ -43,7 +43,7 @@ async fn parent(m: &M) -> (ApiKey, KeySummary) {
         NewKey::new("sk_live_")
             .owner("user_1")
             .scopes(["tasks:read", "tasks:write"])
-            .expires_at(T0 + Duration::days(30))
+            .expires_at(T0 + Duration::from_secs(30 * 86_400))
             .allow_ip("10.0.0.0/8".parse().unwrap()),
         &admin(),
     )
@@ -58,7 +58,7 @@ async fn derived_key_cannot_be_broader_than_its_parent() {
     let broader = [
         Derivation::new("a").scopes(["admin"]),
         Derivation::new("b").scopes(["tasks:*"]),
-        Derivation::new("c").expires_at(T0 + Duration::days(31)),
+        Derivation::new("c").expires_at(T0 + Duration::from_secs(31 * 86_400)),
         Derivation::new("d").ip_allowlist(vec!["0.0.0.0/0".parse().unwrap()]),
         Derivation::new("e").ip_allowlist(vec![]),
     ];
@@ -142,10 +142,14 @@ async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired
         .derive(p.id, Derivation::new("c"), &admin())
         .await
         .unwrap();
-    m.rotate(p.id, Rotation::with_grace(Duration::hours(1)), &admin())
-        .await
-        .unwrap();
-    clock.advance(Duration::hours(2));
+    m.rotate(
+        p.id,
+        Rotation::with_grace(Duration::from_secs(3_600)),
+        &admin(),
+    )
+    .await
+    .unwrap();
+    clock.advance(Duration::from_secs(2 * 3_600));
     assert_eq!(check(&m, &child).await.as_deref(), Some("EXPIRED_API_KEY"));
     // A parent narrowed after the derivation narrows its child.
     let (_, p) = parent(&m).await;
@@ -162,10 +166,10 @@ async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired
     let view = m.store().fetch_sync(parsed.id()).unwrap();
     let err = m
         .verifier()
-        .verify_from(
+        .verify(
             &parsed,
             view,
-            clock.now(),
+            &clock.now(),
             &Requirement::none(),
             Some("10.0.0.1".parse().unwrap()),
         )
@@ -284,7 +288,7 @@ proptest! {
         rt.block_on(async {
             let (m, clock) = manager();
             let (k, p) = m
-                .create(NewKey::new("sk_live_").owner("u").scopes(["tasks:*"]).expires_at(T0 + Duration::days(20)), &admin())
+                .create(NewKey::new("sk_live_").owner("u").scopes(["tasks:*"]).expires_at(T0 + Duration::from_secs(20 * 86_400)), &admin())
                 .await
                 .unwrap();
             let mut keys: Vec<(ApiKey, KeyId)> = vec![(k, p.id)];
@@ -294,7 +298,7 @@ proptest! {
                         if let Some((_, id)) = keys.get(from) {
                             let mut d = Derivation::new("d");
                             if let Some(s) = scopes { d = d.scopes(s); }
-                            if let Some(h) = hours { d = d.expires_at(clock.now() + Duration::hours(h)); }
+                            if let Some(h) = hours { d = d.expires_at(clock.now() + Duration::from_secs(h as u64 * 3_600)); }
                             if let Ok((k, s)) = m.derive(*id, d, &admin()).await { keys.push((k, s.id)); }
                         }
                     }
@@ -313,7 +317,7 @@ proptest! {
                             }
                         }
                     }
-                    Op::Advance(h) => clock.advance(Duration::hours(h)),
+                    Op::Advance(h) => clock.advance(Duration::from_secs(h as u64 * 3_600)),
                 }
                 // Every working child: its parent works and covers it.
                 for (k, id) in &keys {

@@ -23,7 +23,7 @@ fn next_outputs(verifier: &Verifier) -> Vec<String> {
     }
     for _ in 0..DRAWS / 2 {
         let (key, _) = verifier
-            .issue(NewKey::new("sk_test_"), time::OffsetDateTime::UNIX_EPOCH)
+            .issue(NewKey::new("sk_test_"), apikey::Timestamp::MIN)
             .unwrap();
         out.push(key.expose_secret().to_owned());
     }

@@ -2,11 +2,13 @@
 //! credits, without any HTTP server.
 #![allow(clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use apikey_testkit::WriteExt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apikey::Timestamp;
 use apikey::limits::{
     Admission, CreditAccount, CreditCharge, CreditScope, FailureThrottleConfig, Limits,
     MemoryLimits, OwnerApi, Quota, UntaggedAttempt, Verdict,
@@ -14,8 +16,6 @@ use apikey::limits::{
 use apikey::web::Scheme;
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
-use time::OffsetDateTime;
-use time::macros::datetime;
 
 use apikey_testkit::netstore::NetStore;
 
@@ -23,7 +23,10 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
-const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
+const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 struct Setup {
     gate: Gate<Arc<NetStore>, ManualClock, MemoryLimits<ManualClock>>,
@@ -44,7 +47,7 @@ fn setup(quota: Quota, key_credits: Option<u64>, owner_credits: Option<u64>) -> 
     block_on(store.insert(record.clone())).unwrap();
     let (short_lived, r2) = verifier
         .issue(
-            NewKey::new("kwi_sk_").expires_at(T0 + time::Duration::hours(1)),
+            NewKey::new("kwi_sk_").expires_at(T0 + std::time::Duration::from_secs(3_600)),
             T0,
         )
         .unwrap();
@@ -238,7 +241,7 @@ async fn key_status_failures_back_off_that_key_only_with_no_store_lookup() {
     let good = [("x-api-key", s.key.expose_secret())];
     let expired = [("x-api-key", s.short_lived.expose_secret())];
     let route = Route::any_key();
-    s.clock.advance(time::Duration::hours(2));
+    s.clock.advance(std::time::Duration::from_secs(2 * 3_600));
     assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
     assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
     let lookups = s
@@ -264,7 +267,7 @@ async fn key_status_failures_back_off_that_key_only_with_no_store_lookup() {
     // The other key, same address, is untouched.
     assert_eq!(code(&check(&s, &good, &route).await), "ADMITTED");
     // The backoff ends.
-    s.clock.advance(time::Duration::minutes(15));
+    s.clock.advance(std::time::Duration::from_secs(15 * 60));
     assert_eq!(code(&check(&s, &expired, &route).await), "EXPIRED_API_KEY");
     // The limits bundle exposes the untagged (legacy) hooks too.
     let limits = s.gate.limits();
@@ -315,7 +318,7 @@ async fn blocking_path_with_verify_with_and_charge() {
             assert_eq!(h[1], ("x-ratelimit-remaining", "4".to_owned()));
             assert_eq!(
                 h[2],
-                ("x-ratelimit-reset", (T0.unix_timestamp() + 12).to_string())
+                ("x-ratelimit-reset", (T0.as_unix_secs() + 12).to_string())
             );
         }
         other => panic!("{other:?}"),
@@ -406,11 +409,11 @@ async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
     assert_eq!(retry, 1);
     assert_eq!(
         reset,
-        T0.unix_timestamp() + retry,
+        T0.as_unix_secs() + retry,
         "Reset must agree with Retry-After"
     );
     // On an admitted request, Reset is the full replenishment of the window.
-    s.clock.advance(time::Duration::seconds(1));
+    s.clock.advance(std::time::Duration::from_secs(1));
     let Decision::Admitted(ok) = check(&s, &h, &route).await else {
         panic!("admitted after Retry-After")
     };
@@ -423,7 +426,7 @@ async fn rate_limit_reset_on_429_is_when_a_retry_is_admitted() {
         .parse()
         .unwrap();
     // One clock: the decision is at T0 + 1 s, the window full again 60 s on.
-    assert_eq!(reset, T0.unix_timestamp() + 1 + 60);
+    assert_eq!(reset, T0.as_unix_secs() + 1 + 60);
 }
 
 /// Issue 9, item 8: a `USAGE_EXCEEDED` with no refill policy has no

@@ -385,7 +385,7 @@ async fn a_gate_over_a_bare_authenticator_records_last_used() {
     gate.flush().await.unwrap();
     let stored = store.get(id).await.unwrap().unwrap();
     assert_eq!(stored.last_used_at, Some(T0));
-    let day = T0.date();
+    let day = T0.utc_date();
     assert_eq!(
         apikey::UsageStore::usage(&*store, id, day..day.next_day().unwrap())
             .await

@@ -23,7 +23,7 @@ async fn valid_key_by_x_api_key_and_by_bearer() {
     // GCRA: one emission interval (60 s / 500 = 120 ms) to replenish, rounded up.
     assert_eq!(
         r.header("x-ratelimit-reset"),
-        Some((T0.unix_timestamp() + 1).to_string().as_str())
+        Some((T0.as_unix_secs() + 1).to_string().as_str())
     );
 
     let bearer = format!("Bearer {}", key.expose_secret());
@@ -117,12 +117,17 @@ async fn unknown_key_and_wrong_secret_answer_identically() {
 #[tokio::test]
 async fn expired_key() {
     let f = fixture().await;
-    let (key, _) = issue(&f.store, reader().expires_at(T0 + time::Duration::hours(1)));
+    let (key, _) = issue(
+        &f.store,
+        reader().expires_at(T0 + std::time::Duration::from_secs(3_600)),
+    );
     assert_eq!(
         get_with(f.addr, "/read", &x_api_key(&key)).await.status,
         200
     );
-    f.clocks.0.advance(time::Duration::hours(2));
+    f.clocks
+        .0
+        .advance(std::time::Duration::from_secs(2 * 3_600));
     let r = get_with(f.addr, "/read", &x_api_key(&key)).await;
     let details = r.error(401, "EXPIRED_API_KEY");
     assert_eq!(details["expired_at"], "2026-03-01T13:00:00Z");
@@ -191,7 +196,7 @@ async fn over_the_rate_limit() {
     // not the full replenishment 60 s after the burst.
     assert_eq!(
         r.header("x-ratelimit-reset"),
-        Some((T0.unix_timestamp() + 30).to_string().as_str())
+        Some((T0.as_unix_secs() + 30).to_string().as_str())
     );
     assert_eq!(r.header("www-authenticate"), None);
     // Half a minute later one more is admitted.

@@ -9,9 +9,11 @@
 //!   randomness and with a seeded RNG; a cloned RNG repeats keys (the
 //!   caller's bug) and the store refuses the second insert.
 
+use apikey_testkit::VerifyExt;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
+use apikey::Timestamp;
 use apikey::{
     Authenticator, Environment, Environments, Error, KeyId, KeyRecord, KeyStatus, KeyView, Keyring,
     ManualClock, MemoryStore, NewKey, Requirement, Revocation, Scope, ScopeSet, ServerSecret,
@@ -20,10 +22,11 @@ use apikey::{
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
-use time::OffsetDateTime;
-use time::macros::datetime;
 
-const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+const NOW: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_780_315_200_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 const SERVER_SECRET: [u8; 32] = *b"hygiene test server secret 32 b!";
 
 fn verifier() -> &'static Verifier {
@@ -76,9 +79,9 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
         .description("d")
         .scopes(["tasks:read", "projects:*"])
         .metadata("k", "v")
-        .expires_at(NOW + time::Duration::days(1));
+        .expires_at(NOW + std::time::Duration::from_secs(86_400));
     let (key, record) = v
-        .issue_with_rng(new, NOW - time::Duration::days(1), &mut rng)
+        .issue_with_rng(new, NOW - std::time::Duration::from_secs(86_400), &mut rng)
         .expect("issues");
     let text = key.expose_secret().to_owned();
     let secret = secret_segment(&text, prefix);
@@ -106,7 +109,13 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
     let parsed = v.parse(&text).expect("parses");
     push("ParsedKey Debug", format!("{parsed:?} {parsed:#?}"));
     let ok = v
-        .verify(&parsed, Some(Arc::clone(&view)), NOW, &Requirement::none())
+        .verify(
+            &parsed,
+            Some(Arc::clone(&view)),
+            &NOW,
+            &Requirement::none(),
+            None,
+        )
         .expect("verifies");
     push("VerifiedKey Debug", format!("{ok:?}"));
     push("Verifier Debug", format!("{v:?}"));
@@ -141,27 +150,34 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
     }
     let need = Requirement::scope("admin:write").expect("valid");
     errors.push(
-        v.verify(&parsed, Some(Arc::clone(&view)), NOW, &need)
+        v.verify(&parsed, Some(Arc::clone(&view)), &NOW, &need, None)
             .expect_err("scope"),
     );
     errors.push(
-        v.verify(&parsed, None, NOW, &Requirement::none())
+        v.verify(&parsed, None, &NOW, &Requirement::none(), None)
             .expect_err("unknown id"),
     );
-    let late = NOW + time::Duration::days(2);
+    let late = NOW + std::time::Duration::from_secs(2 * 86_400);
     errors.push(
-        v.verify(&parsed, Some(Arc::clone(&view)), late, &Requirement::none())
-            .expect_err("expired"),
+        v.verify(
+            &parsed,
+            Some(Arc::clone(&view)),
+            &late,
+            &Requirement::none(),
+            None,
+        )
+        .expect_err("expired"),
     );
-    let early = NOW - time::Duration::days(3);
+    let early = NOW - std::time::Duration::from_secs(3 * 86_400);
     let mut nb = record.clone();
-    nb.not_before = Some(NOW - time::Duration::hours(1));
+    nb.not_before = Some(NOW - std::time::Duration::from_secs(3_600));
     errors.push(
         v.verify(
             &parsed,
             Some(Arc::new(KeyView::from_record(&nb))),
-            early,
+            &early,
             &Requirement::none(),
+            None,
         )
         .expect_err("not yet valid"),
     );
@@ -180,8 +196,9 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
             v.verify(
                 &parsed,
                 Some(Arc::new(KeyView::from_record(&r))),
-                NOW,
+                &NOW,
                 &Requirement::none(),
+                None,
             )
             .expect_err("status"),
         );
@@ -192,7 +209,13 @@ fn outputs_for(prefix: &str, seed: u64) -> (String, Vec<(String, String)>) {
     });
     errors.push(
         env_only
-            .verify(&parsed, Some(Arc::clone(&view)), NOW, &Requirement::none())
+            .verify(
+                &parsed,
+                Some(Arc::clone(&view)),
+                &NOW,
+                &Requirement::none(),
+                None,
+            )
             .expect_err("environment"),
     );
     let failing = StoreError::with_source(
@@ -627,7 +650,7 @@ fn management_and_edge_outputs_carry_no_secret_material() {
             let (next, next_summary) = keys
                 .rotate(
                     summary.id,
-                    Rotation::with_grace(time::Duration::hours(1)),
+                    Rotation::with_grace(std::time::Duration::from_secs(3_600)),
                     &admin,
                 )
                 .await

@@ -90,7 +90,7 @@ fn allocations_per_call(router: &mut Router, key: &str) -> u64 {
 
 #[test]
 fn the_layer_adds_only_the_allocations_it_documents() {
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let (verifier, store, keys) = web::keys(now);
     let store = Arc::new(store);
     let key = &keys[0];

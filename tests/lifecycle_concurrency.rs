@@ -264,7 +264,7 @@ fn concurrent_rotations_of_one_key_make_one_successor() {
                 sc.spawn(|| {
                     match block_on(m.rotate(
                         s.id,
-                        Rotation::with_grace(time::Duration::hours(1)),
+                        Rotation::with_grace(std::time::Duration::from_secs(3_600)),
                         &Actor::system(),
                     )) {
                         Ok(_) => {

@@ -9,12 +9,15 @@ use std::sync::atomic::Ordering;
 
 use apikey::*;
 use apikey_testkit::failing::FaultyStore;
-use time::Duration;
-use time::macros::datetime;
+use std::time::Duration;
 
 type Store = Arc<FaultyStore<MemoryStore>>;
 
-const T0: time::OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+const T0: apikey::Timestamp =
+    match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+        Some(t) => t,
+        None => apikey::Timestamp::MIN,
+    };
 
 struct Fixture {
     manager: KeyManager<Store, ManualClock>,
@@ -108,7 +111,11 @@ async fn a_rotation_whose_commit_answer_was_lost_returns_the_new_key() {
         .unwrap();
     store.lose_answers(1);
     let (new, succ) = m
-        .rotate(s.id, Rotation::with_grace(Duration::hours(1)), &admin())
+        .rotate(
+            s.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin(),
+        )
         .await
         .unwrap();
     assert_eq!(store.lost.load(Ordering::SeqCst), 1);
@@ -176,7 +183,7 @@ async fn an_import_whose_commit_answer_was_lost_succeeds() {
 async fn management_reads_of_a_corrupt_record_are_invalid_record_like_verification() {
     let (f, store) = setup(None);
     let m = &f.manager;
-    let soon = T0 + Duration::days(2);
+    let soon = T0 + Duration::from_secs(2 * 86_400);
     let (_, good) = m
         .create(
             NewKey::new("sk_live_").owner("u").expires_at(soon),
@@ -205,7 +212,7 @@ async fn management_reads_of_a_corrupt_record_are_invalid_record_like_verificati
         ("list", m.list("u").await.map(|_| ())),
         (
             "expiring_soon",
-            m.expiring_soon(Some("u"), Duration::days(7))
+            m.expiring_soon(Some("u"), Duration::from_secs(7 * 86_400))
                 .await
                 .map(|_| ()),
         ),

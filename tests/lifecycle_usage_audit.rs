@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use apikey::*;
+use std::time::Duration;
 use support::netstore::NetStore;
 use support::{T0, fixture, fixture_with, verifier};
-use time::Duration;
 
 fn none() -> Requirement {
     Requirement::none()
@@ -33,7 +33,7 @@ async fn daily_and_monthly_counters_follow_utc_days() {
             .unwrap();
     }
     f.clock
-        .set(time::macros::datetime!(2026-03-02 23:59:59 UTC));
+        .set("2026-03-02T23:59:59Z".parse::<Timestamp>().unwrap());
     for _ in 0..2 {
         m.authenticate(key.expose_secret(), &none(), None)
             .await
@@ -45,9 +45,10 @@ async fn daily_and_monthly_counters_follow_utc_days() {
     assert_eq!((g.requests_today, g.requests_this_month), (2, 5));
     assert_eq!(
         g.last_used_at,
-        Some(time::macros::datetime!(2026-03-02 23:59:59 UTC))
+        Some("2026-03-02T23:59:59Z".parse::<Timestamp>().unwrap())
     );
-    f.clock.set(time::macros::datetime!(2026-04-01 00:00 UTC));
+    f.clock
+        .set("2026-04-01T00:00:00Z".parse::<Timestamp>().unwrap());
     let g = m.get(s.id).await.unwrap();
     assert_eq!((g.requests_today, g.requests_this_month), (0, 0));
     m.authenticate(key.expose_secret(), &none(), None)
@@ -78,7 +79,7 @@ async fn verification_never_writes_usage_itself() {
         m.authenticate(key.expose_secret(), &none(), None)
             .await
             .unwrap();
-        f.clock.advance(Duration::hours(1));
+        f.clock.advance(Duration::from_secs(3_600));
     }
     assert_eq!(
         m.usage_of(s.id).await.unwrap().today,
@@ -262,7 +263,11 @@ async fn management_events_carry_actor_reason_and_never_the_secret() {
     m.disable(s.id, &admin).await.unwrap();
     m.enable(s.id, &admin).await.unwrap();
     let (k2, s2) = m
-        .rotate(s.id, Rotation::with_grace(Duration::hours(1)), &admin)
+        .rotate(
+            s.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin,
+        )
         .await
         .unwrap();
     m.revoke(s2.id, "compromised", &admin).await.unwrap();
@@ -299,7 +304,7 @@ async fn pre_tag_rejections_are_counted_and_sampled_post_tag_failures_each_logge
     let f = fixture_with(verifier(), store.clone());
     let m = f
         .manager
-        .with_rejection_sample_interval(Duration::minutes(1));
+        .with_rejection_sample_interval(Duration::from_secs(60));
     let (key, s) = m
         .create(NewKey::new("sk_live_"), &Actor::system())
         .await
@@ -346,7 +351,7 @@ async fn pre_tag_rejections_are_counted_and_sampled_post_tag_failures_each_logge
     };
     // The first rejection is reported at once; the rest wait for the interval.
     assert_eq!(sampled(&f.audit.events()), vec![1]);
-    f.clock.advance(Duration::minutes(1));
+    f.clock.advance(Duration::from_secs(60));
     // In a flood the clock is read every 64th rejection of a reason, so the
     // next summary comes within 64 more rejections.
     let mut extra = 0;

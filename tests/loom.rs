@@ -22,12 +22,16 @@ use apikey::{
     Changes, Error, KeyQuery, KeyRecord, KeyStatus, Keyring, MemoryStore, NewKey, Put, Requirement,
     Revocation, ServerSecret, UsageBatch, UsageDelta, Verifier,
 };
+use apikey_testkit::VerifyExt;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
-use time::macros::datetime;
 
-const NOW: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+const NOW: apikey::Timestamp =
+    match apikey::Timestamp::checked_from_unix_micros(1_767_225_600_000_000) {
+        Some(t) => t,
+        None => apikey::Timestamp::MIN,
+    };
 
 #[derive(Clone, Copy, Debug)]
 enum Write {

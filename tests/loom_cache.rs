@@ -24,6 +24,7 @@
 //!   and the older answer is never cached over a newer one.
 #![cfg(loom)]
 
+use apikey_testkit::VerifyExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc as StdArc;
@@ -38,9 +39,12 @@ use loom::future::block_on;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
-use time::macros::datetime;
 
-const NOW: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+const NOW: apikey::Timestamp =
+    match apikey::Timestamp::checked_from_unix_micros(1_767_225_600_000_000) {
+        Some(t) => t,
+        None => apikey::Timestamp::MIN,
+    };
 
 #[derive(Clone, Copy, Debug)]
 enum Write {
@@ -262,11 +266,9 @@ fn a_cancelled_leader_does_not_strand_its_follower() {
         // Ages on a clock that stands still: the model is about hand-over,
         // and a monotonic clock read in each iteration made loom's replay
         // nondeterministic ("unexpected exploration state") now and then.
-        let cache = Arc::new(
-            CachedStore::new(Slow(view))
-                .with_capacity(1)
-                .with_clock(apikey::ManualClock::new(datetime!(2026-06-01 9:00 UTC))),
-        );
+        let cache = Arc::new(CachedStore::new(Slow(view)).with_capacity(1).with_clock(
+            apikey::ManualClock::new("2026-06-01T09:00:00Z".parse::<Timestamp>().unwrap()),
+        ));
         let id = record.id;
         let canceller = {
             let cache = Arc::clone(&cache);
@@ -319,9 +321,9 @@ impl KeyStore for Snapshot {
 struct LoomClock(Arc<loom::sync::atomic::AtomicU64>);
 
 impl apikey::Clock for LoomClock {
-    fn now(&self) -> time::OffsetDateTime {
+    fn now(&self) -> apikey::Timestamp {
         let ms = self.0.load(Ordering::SeqCst);
-        NOW + time::Duration::milliseconds(i64::try_from(ms).expect("small"))
+        NOW + std::time::Duration::from_millis(ms)
     }
 }
 

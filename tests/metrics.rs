@@ -6,15 +6,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::limits::{CreditAccount, MemoryLimits, Quota};
 use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
 
-const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[13; 32]).unwrap()).unwrap())
@@ -98,7 +101,7 @@ async fn exercise() {
         let _ = check(other.expose_secret()).await;
     }
     // Past the maximum age: the entry is expired and read again.
-    clock.advance(Duration::seconds(5));
+    clock.advance(Duration::from_secs(5));
     let _ = check(other.expose_secret()).await;
     // Junk from one network: rejections and a failure burst.
     for _ in 0..3 {
@@ -112,7 +115,7 @@ async fn exercise() {
     ));
     // Usage: two flushes, the second after a minute.
     gate.flush().await.unwrap();
-    clock.advance(Duration::minutes(1));
+    clock.advance(Duration::from_secs(60));
     let _ = check(other.expose_secret()).await;
     gate.flush().await.unwrap();
     // A store that times out.

@@ -7,14 +7,17 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::limits::{MemoryLimits, Quota};
 use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::web::{Decision, Gate, QuotaTable, Route};
 use apikey::*;
-use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
 
-const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[11; 32]).unwrap()).unwrap())
@@ -123,7 +126,7 @@ async fn traffic_above_the_trailing_average_raises_one_unusual_traffic_event() {
                 .await
                 .unwrap();
         }
-        s.clock.advance(Duration::hours(1));
+        s.clock.advance(Duration::from_secs(3_600));
     }
     assert!(s.events.events().is_empty());
     for _ in 0..400 {
@@ -164,7 +167,7 @@ async fn rate_limit_hits_raise_one_event_per_window() {
     }
     assert_eq!(refused, 8);
     assert_eq!(kinds(&s.events), ["rate_limit_hit"]);
-    s.clock.advance(Duration::hours(1));
+    s.clock.advance(Duration::from_secs(3_600));
     for _ in 0..10 {
         let _ = check().await;
     }

@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 
 use apikey::*;
+use std::time::Duration;
 use support::{fixture_with, verifier};
-use time::Duration;
 
 fn admin() -> Actor {
     Actor::new("admin")
@@ -52,7 +52,7 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit() {
                     .create(
                         NewKey::new("sk_live_")
                             .owner("o")
-                            .expires_at(f.clock.now() + Duration::hours(1)),
+                            .expires_at(f.clock.now() + Duration::from_secs(3_600)),
                         &admin(),
                     )
                     .await
@@ -60,7 +60,7 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit() {
                 keys.push(k);
                 ids.push(s.id);
             }
-            f.clock.advance(Duration::hours(2));
+            f.clock.advance(Duration::from_secs(2 * 3_600));
         }
         assert_eq!(working(&m, &keys).await, 0);
         // Revive: clear the expiry of the first two, extend the others.
@@ -69,7 +69,7 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit() {
             let update = if i % 2 == 0 {
                 KeyUpdate::new().expires_at(None)
             } else {
-                KeyUpdate::new().expires_at(Some(f.clock.now() + Duration::days(365)))
+                KeyUpdate::new().expires_at(Some(f.clock.now() + Duration::from_secs(365 * 86_400)))
             };
             match m.update(*id, update, &admin()).await {
                 Ok(_) => {}
@@ -105,13 +105,13 @@ async fn expired_keys_cannot_be_revived_past_the_owner_limit_on_a_networked_stor
             .create(
                 NewKey::new("sk_live_")
                     .owner("o")
-                    .expires_at(f.clock.now() + Duration::minutes(1)),
+                    .expires_at(f.clock.now() + Duration::from_secs(60)),
                 &admin(),
             )
             .await
             .unwrap();
         ids.push(s.id);
-        f.clock.advance(Duration::minutes(2));
+        f.clock.advance(Duration::from_secs(2 * 60));
     }
     let tasks: Vec<_> = ids
         .iter()
@@ -144,7 +144,11 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
         .await
         .unwrap();
     let err = m
-        .rotate(s.id, Rotation::with_grace(Duration::days(36_525)), &admin())
+        .rotate(
+            s.id,
+            Rotation::with_grace(Duration::from_secs(36_525 * 86_400)),
+            &admin(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -154,20 +158,24 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
     let err = m
         .rotate(
             s.id,
-            Rotation::with_grace(DEFAULT_MAX_GRACE + Duration::SECOND),
+            Rotation::with_grace(DEFAULT_MAX_GRACE + Duration::from_secs(1)),
             &admin(),
         )
         .await
         .unwrap_err();
     assert_eq!(err.code().as_str(), "INVALID_REQUEST");
-    assert_eq!(DEFAULT_MAX_GRACE, Duration::days(7));
+    assert_eq!(DEFAULT_MAX_GRACE, Duration::from_secs(7 * 86_400));
     m.rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
         .await
         .unwrap();
-    let m = m.with_max_grace(Duration::hours(1));
+    let m = m.with_max_grace(Duration::from_secs(3_600));
     let s2 = m.list("o").await.unwrap().pop().unwrap();
     let err = m
-        .rotate(s2.id, Rotation::with_grace(Duration::hours(2)), &admin())
+        .rotate(
+            s2.id,
+            Rotation::with_grace(Duration::from_secs(2 * 3_600)),
+            &admin(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code().as_str(), "INVALID_REQUEST");
@@ -186,7 +194,7 @@ async fn rotation_chain_never_has_more_than_two_working_keys() {
         .unwrap();
     let mut keys = vec![key];
     for _ in 0..5 {
-        f.clock.advance(Duration::minutes(1));
+        f.clock.advance(Duration::from_secs(60));
         let (k, next) = m
             .rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
             .await
@@ -200,7 +208,7 @@ async fn rotation_chain_never_has_more_than_two_working_keys() {
     f.clock.advance(DEFAULT_MAX_GRACE);
     assert_eq!(working(&m, &keys).await, 1);
     // Ten years later only the newest works.
-    f.clock.advance(Duration::days(3650));
+    f.clock.advance(Duration::from_secs(3650 * 86_400));
     assert_eq!(working(&m, &keys).await, 1);
 }
 
@@ -218,7 +226,11 @@ async fn deleting_a_successor_never_revives_its_predecessor_past_the_owner_limit
         let new = || NewKey::new("sk_live_").owner("o");
         let (a, sa) = m.create(new(), &admin()).await.unwrap();
         let (b, sb) = m
-            .rotate(sa.id, Rotation::with_grace(Duration::days(1)), &admin())
+            .rotate(
+                sa.id,
+                Rotation::with_grace(Duration::from_secs(86_400)),
+                &admin(),
+            )
             .await
             .unwrap();
         let (c, _) = m.create(new(), &admin()).await.unwrap();

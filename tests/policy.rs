@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use apikey::*;
 use proptest::prelude::*;
+use std::time::Duration;
 use support::{T0, verifier};
-use time::Duration;
 
 fn admin() -> Actor {
     Actor::new("admin")
@@ -49,10 +49,10 @@ async fn policy_default_lifetime_is_given_to_keys_created_without_expiry() {
     let m = manager(
         &store,
         &clock,
-        live(KeyPolicy::new().default_lifetime(Duration::days(90))),
+        live(KeyPolicy::new().default_lifetime(Duration::from_secs(90 * 86_400))),
     );
     let (_, s) = m.create(NewKey::new("sk_live_"), &admin()).await.unwrap();
-    assert_eq!(s.expires_at, Some(T0 + Duration::days(90)));
+    assert_eq!(s.expires_at, Some(T0 + Duration::from_secs(90 * 86_400)));
     // Another prefix is not governed.
     let (_, s) = m.create(NewKey::new("sk_test_"), &admin()).await.unwrap();
     assert_eq!(s.expires_at, None);
@@ -67,13 +67,13 @@ async fn policy_refuses_create_beyond_max_lifetime_or_without_expiry() {
         &clock,
         live(
             KeyPolicy::new()
-                .max_lifetime(Duration::days(366))
+                .max_lifetime(Duration::from_secs(366 * 86_400))
                 .expiry_required(true),
         ),
     );
     let err = m
         .create(
-            NewKey::new("sk_live_").expires_at(T0 + Duration::days(400)),
+            NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs(400 * 86_400)),
             &admin(),
         )
         .await
@@ -83,7 +83,7 @@ async fn policy_refuses_create_beyond_max_lifetime_or_without_expiry() {
     assert!(store.is_empty());
     // Without an expiry, the maximum stands in as the default.
     let (_, s) = m.create(NewKey::new("sk_live_"), &admin()).await.unwrap();
-    assert_eq!(s.expires_at, Some(T0 + Duration::days(366)));
+    assert_eq!(s.expires_at, Some(T0 + Duration::from_secs(366 * 86_400)));
 }
 
 #[tokio::test]
@@ -178,14 +178,14 @@ async fn tightened_policy_refuses_existing_keys_without_revoking_and_loosening_r
         .unwrap();
     let (long, l) = open
         .create(
-            NewKey::new("sk_live_").expires_at(T0 + Duration::days(300)),
+            NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs(300 * 86_400)),
             &admin(),
         )
         .await
         .unwrap();
     let (ok, _) = open
         .create(
-            NewKey::new("sk_live_").expires_at(T0 + Duration::days(30)),
+            NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs(30 * 86_400)),
             &admin(),
         )
         .await
@@ -194,7 +194,7 @@ async fn tightened_policy_refuses_existing_keys_without_revoking_and_loosening_r
     let strict = manager(
         &store,
         &clock,
-        live(KeyPolicy::new().max_lifetime(Duration::days(90))),
+        live(KeyPolicy::new().max_lifetime(Duration::from_secs(90 * 86_400))),
     );
     assert_eq!(
         code_of(&strict, &forever).await.as_deref(),
@@ -218,7 +218,7 @@ async fn tightened_policy_refuses_existing_keys_without_revoking_and_loosening_r
     strict
         .update(
             l.id,
-            KeyUpdate::new().expires_at(Some(T0 + Duration::days(60))),
+            KeyUpdate::new().expires_at(Some(T0 + Duration::from_secs(60 * 86_400))),
             &admin(),
         )
         .await
@@ -228,7 +228,7 @@ async fn tightened_policy_refuses_existing_keys_without_revoking_and_loosening_r
     let err = strict
         .rotate(
             l.id,
-            Rotation::with_grace(Duration::ZERO).expires_at(T0 + Duration::days(200)),
+            Rotation::with_grace(Duration::ZERO).expires_at(T0 + Duration::from_secs(200 * 86_400)),
             &admin(),
         )
         .await
@@ -249,7 +249,7 @@ async fn policy_applies_to_imported_keys() {
         live(
             KeyPolicy::new()
                 .expiry_required(true)
-                .default_lifetime(Duration::days(7))
+                .default_lifetime(Duration::from_secs(7 * 86_400))
                 .scope_ceiling(["tasks:*"])
                 .unwrap(),
         ),
@@ -260,7 +260,7 @@ async fn policy_applies_to_imported_keys() {
         .import(ImportKey::plaintext("old_0123456789abcdef"), &admin())
         .await
         .unwrap();
-    assert_eq!(s.expires_at, Some(T0 + Duration::days(7)));
+    assert_eq!(s.expires_at, Some(T0 + Duration::from_secs(7 * 86_400)));
     let err = m
         .import(
             ImportKey::plaintext("old_fedcba9876543210").scopes(["admin"]),
@@ -285,18 +285,18 @@ async fn hygiene_report_flags_each_finding() {
             NewKey::new("sk_live_")
                 .owner("u")
                 .scopes(["tasks:read"])
-                .expires_at(T0 + Duration::days(200))
+                .expires_at(T0 + Duration::from_secs(200 * 86_400))
                 .allow_ip("10.0.0.0/8".parse().unwrap()),
             &admin(),
         )
         .await
         .unwrap();
-    clock.advance(Duration::days(100));
+    clock.advance(Duration::from_secs(100 * 86_400));
     let strict = manager(&store, &clock, live(KeyPolicy::new().expiry_required(true)));
     let report = strict
         .hygiene(
             "u",
-            &HygieneOptions::default().expiring_within(Duration::days(120)),
+            &HygieneOptions::default().expiring_within(Duration::from_secs(120 * 86_400)),
         )
         .await
         .unwrap();
@@ -326,7 +326,7 @@ async fn hygiene_report_flags_each_finding() {
         [
             Finding::NeverUsed,
             Finding::ExpiringSoon {
-                expires_at: T0 + Duration::days(200)
+                expires_at: T0 + Duration::from_secs(200 * 86_400)
             }
         ]
     );
@@ -368,13 +368,13 @@ const SCOPES: [&str; 5] = ["tasks:read", "tasks:*", "billing:read", "*", "admin"
 fn policies(i: usize) -> KeyPolicies {
     match i % 4 {
         0 => KeyPolicies::new(),
-        1 => live(KeyPolicy::new().max_lifetime(Duration::days(30))),
+        1 => live(KeyPolicy::new().max_lifetime(Duration::from_secs(30 * 86_400))),
         2 => live(KeyPolicy::new().scope_ceiling(["tasks:*"]).unwrap()),
         _ => KeyPolicies::new().rule(PolicyRule::new(
             PolicyTarget::All,
             KeyPolicy::new()
                 .expiry_required(true)
-                .max_lifetime(Duration::days(90))
+                .max_lifetime(Duration::from_secs(90 * 86_400))
                 .scope_ceiling(["tasks:*", "billing:read"])
                 .unwrap(),
         )),
@@ -424,14 +424,14 @@ proptest! {
                 match op {
                     Op::Create { scopes, days } => {
                         let mut new = NewKey::new("sk_live_").owner("u").scopes(scopes);
-                        if let Some(d) = days { new = new.expires_at(now + Duration::days(d)); }
+                        if let Some(d) = days { new = new.expires_at(now + Duration::from_secs(d as u64 * 86_400)); }
                         if let Ok((k, s)) = m.create(new, &admin()).await { keys.push((k.expose_secret().to_owned(), s.id)); }
                     }
                     Op::Derive { from, scopes, days } => {
                         if let Some((_, id)) = keys.get(from) {
                             let mut d = Derivation::new("d");
                             if let Some(s) = scopes { d = d.scopes(s); }
-                            if let Some(n) = days { d = d.expires_at(now + Duration::days(n)); }
+                            if let Some(n) = days { d = d.expires_at(now + Duration::from_secs(n as u64 * 86_400)); }
                             if let Ok((k, s)) = m.derive(*id, d, &admin()).await { keys.push((k.expose_secret().to_owned(), s.id)); }
                         }
                     }
@@ -446,19 +446,19 @@ proptest! {
                         if let Some((_, id)) = keys.get(key) {
                             let mut u = KeyUpdate::new();
                             if let Some(s) = scopes { u = u.scopes(s); }
-                            if let Some(d) = days { u = u.expires_at(Some(now + Duration::days(d))); }
+                            if let Some(d) = days { u = u.expires_at(Some(now + Duration::from_secs(d as u64 * 86_400))); }
                             let _ = m.update(*id, u, &admin()).await;
                         }
                     }
                     Op::Rotate { key, days } => {
                         if let Some((_, id)) = keys.get(key) {
                             let mut r = Rotation::with_grace(Duration::ZERO);
-                            if let Some(d) = days { r = r.expires_at(now + Duration::days(d)); }
+                            if let Some(d) = days { r = r.expires_at(now + Duration::from_secs(d as u64 * 86_400)); }
                             if let Ok((k, s)) = m.rotate(*id, r, &admin()).await { keys.push((k.expose_secret().to_owned(), s.id)); }
                         }
                     }
                     Op::Policy(i) => { current = i; m = pm(current); }
-                    Op::Advance(d) => clock.advance(Duration::days(d)),
+                    Op::Advance(d) => clock.advance(Duration::from_secs(d as u64 * 86_400)),
                 }
                 // At every step: each key that works complies.
                 let p = policies(current);

@@ -2,16 +2,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use std::cell::Cell;
 
+use apikey::Timestamp;
 use apikey::*;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use time::OffsetDateTime;
 
 const B62: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-const NOW: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
+const NOW: Timestamp = Timestamp::MIN;
 
 fn verifier_with(extra: &[String]) -> Verifier {
     let mut v =

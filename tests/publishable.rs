@@ -19,7 +19,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use time::macros::datetime;
 
 type M = KeyManager<MemoryStore, ManualClock>;
 
@@ -31,7 +30,7 @@ fn manager() -> M {
     KeyManager::with_clock(
         verifier,
         MemoryStore::new(),
-        ManualClock::new(datetime!(2026-03-01 12:00 UTC)),
+        ManualClock::new("2026-03-01T12:00:00Z".parse::<Timestamp>().unwrap()),
     )
     .with_public_scopes(["search:query"])
     .unwrap()

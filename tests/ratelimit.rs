@@ -8,7 +8,6 @@ use apikey::limits::backend::{FailureThrottle, GcraState};
 use apikey::limits::{Admission, FailureThrottleConfig, MemoryLimits, Quota, RateWindow, Verdict};
 use apikey::{ManualClock, Timestamp};
 use proptest::prelude::*;
-use time::macros::datetime;
 
 /// Plans as the examples define them.
 const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
@@ -48,17 +47,20 @@ impl Allowed for Verdict {
 #[derive(Clone)]
 struct Clock(ManualClock);
 
-const T0: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+const T0: apikey::Timestamp =
+    match apikey::Timestamp::checked_from_unix_micros(1_767_225_600_000_000) {
+        Some(t) => t,
+        None => apikey::Timestamp::MIN,
+    };
 
 impl Clock {
     fn advance(&self, d: Duration) {
-        self.0
-            .advance(time::Duration::try_from(d).expect("small duration"));
+        self.0.advance(d);
     }
     /// Microseconds since T0.
     fn now(&self) -> u64 {
-        let t = apikey::Clock::timestamp(&self.0).as_unix_micros();
-        let t0 = Timestamp::from_datetime(T0).map_or(0, |t| t.as_unix_micros());
+        let t = apikey::Clock::now(&self.0).as_unix_micros();
+        let t0 = T0.as_unix_micros();
         u64::try_from(t - t0).unwrap_or(0)
     }
 }
@@ -237,9 +239,7 @@ fn limiters_sharing_a_store_share_state() {
 }
 
 fn at(secs: i64) -> Timestamp {
-    Timestamp::from_datetime(T0)
-        .expect("in range")
-        .saturating_add_micros(secs * 1_000_000)
+    Timestamp::from_unix_micros(T0.as_unix_micros() + secs * 1_000_000).expect("in range")
 }
 
 #[test]
@@ -342,7 +342,7 @@ fn failure_throttle_memory_is_bounded_under_address_rotation() {
     }
     assert!(t.check_address(victim, at(0)).is_err());
     for i in 0..20_000u32 {
-        let now = at(0).saturating_add_micros(i64::from(i) * 1_000);
+        let now = at(0) + std::time::Duration::from_millis(u64::from(i));
         // Distinct IPv4 addresses and distinct IPv6 /64s.
         let v4 = IpAddr::from((0x0A00_0000 + i).to_be_bytes());
         let v6 = IpAddr::from((u128::from(i) << 64).to_be_bytes());
@@ -364,9 +364,9 @@ fn failure_throttle_memory_is_bounded_under_address_rotation() {
 fn manual_clock_is_shareable() {
     let clock = ManualClock::new(T0);
     let c2: std::sync::Arc<dyn apikey::Clock> = std::sync::Arc::new(clock.clone());
-    clock.advance(time::Duration::seconds(2));
-    clock.set(T0 + time::Duration::seconds(10));
-    assert_eq!(c2.now(), T0 + time::Duration::seconds(10));
+    clock.advance(std::time::Duration::from_secs(2));
+    clock.set(T0 + std::time::Duration::from_secs(10));
+    assert_eq!(c2.now(), T0 + std::time::Duration::from_secs(10));
 }
 
 // ---------------------------------------------------------------------------

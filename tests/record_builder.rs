@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use apikey::*;
-use time::macros::datetime;
 
 fn every_field() -> KeyRecord {
     KeyRecord::builder(
@@ -14,20 +13,22 @@ fn every_field() -> KeyRecord {
         Environment::Test,
         3,
         KeyDigest::from_bytes([9; 32]),
-        datetime!(2026-01-01 0:00:00.000_001 UTC),
+        "2026-01-01T00:00:00.000001Z".parse::<Timestamp>().unwrap(),
     )
     .owner(Some("user_12345678".into()))
     .name("CI")
     .description(Some("nightly jobs".into()))
     .scopes(ScopeSet::parse(["tasks:read", "projects:*"]).unwrap())
-    .expires_at(Some(datetime!(2027-01-01 0:00 UTC)))
-    .not_before(Some(datetime!(2026-01-02 0:00 UTC)))
+    .expires_at(Some("2027-01-01T00:00:00Z".parse::<Timestamp>().unwrap()))
+    .not_before(Some("2026-01-02T00:00:00Z".parse::<Timestamp>().unwrap()))
     .status(KeyStatus::Revoked)
     .revocation(Some(Revocation {
-        at: datetime!(2026-06-01 0:00 UTC),
+        at: "2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap(),
         reason: "left".into(),
     }))
-    .last_used_at(Some(datetime!(2026-05-31 23:59:59.999_999 UTC)))
+    .last_used_at(Some(
+        "2026-05-31T23:59:59.999999Z".parse::<Timestamp>().unwrap(),
+    ))
     .metadata([("plan".to_owned(), "pro".to_owned())].into())
     .rotated_from(Some(KeyId::from_u64(1)))
     .rotated_to(Some(KeyId::from_u64(2)))
@@ -96,7 +97,7 @@ fn a_builder_refuses_a_record_that_breaks_its_invariants() {
     assert_eq!(broken.unwrap_err().code(), "INVALID_RECORD");
     let inverted = every_field()
         .to_builder()
-        .not_before(Some(datetime!(2028-01-01 0:00 UTC)))
+        .not_before(Some("2028-01-01T00:00:00Z".parse::<Timestamp>().unwrap()))
         .build();
     assert_eq!(inverted.unwrap_err().code(), "INVALID_RECORD");
 }

@@ -5,17 +5,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use apikey::Timestamp;
 use apikey::{
     Authenticator, Error, KeyId, KeyRecord, KeyStore, KeyView, Keyring, ManualClock, MemoryStore,
     NewKey, Requirement, ServerSecret, StoreError, Verifier,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
-use time::OffsetDateTime;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -43,8 +44,8 @@ impl KeyStore for Counting {
     }
 }
 
-fn now() -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap()
+fn now() -> Timestamp {
+    Timestamp::from_unix_secs(1_795_564_800).unwrap()
 }
 
 fn verifier() -> Verifier {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apikey::*;
+use std::time::Duration;
 use support::{T0, verifier};
-use time::Duration;
 
 fn admin() -> Actor {
     Actor::new("admin")
@@ -47,14 +47,14 @@ async fn expiry_notice_is_sent_once_per_key_and_expiry() {
     });
     let (_, soon) = m
         .create(
-            NewKey::new("sk_live_").expires_at(T0 + Duration::days(20)),
+            NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs(20 * 86_400)),
             &admin(),
         )
         .await
         .unwrap();
     let (_, later) = m
         .create(
-            NewKey::new("sk_live_").expires_at(T0 + Duration::days(45)),
+            NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs(45 * 86_400)),
             &admin(),
         )
         .await
@@ -64,7 +64,7 @@ async fn expiry_notice_is_sent_once_per_key_and_expiry() {
     assert_eq!((r.examined, r.notified, r.renewed), (1, 1, 0));
     let r = m.sweep_once(&opts).await.unwrap();
     assert_eq!(r.notified, 0, "a second pass sends nothing again");
-    clock.advance(Duration::days(16));
+    clock.advance(Duration::from_secs(16 * 86_400));
     let r = m.sweep_once(&opts).await.unwrap();
     assert_eq!(r.notified, 1);
     assert_eq!(count(&audit, "expiring"), 2);
@@ -72,7 +72,7 @@ async fn expiry_notice_is_sent_once_per_key_and_expiry() {
     // A new expiry is notified again when it comes near.
     m.update(
         soon.id,
-        KeyUpdate::new().expires_at(Some(clock.now() + Duration::days(10))),
+        KeyUpdate::new().expires_at(Some(clock.now() + Duration::from_secs(10 * 86_400))),
         &admin(),
     )
     .await
@@ -94,12 +94,12 @@ async fn auto_renewal_extends_the_same_key_within_the_policy_maximum() {
     let (m, audit) = manager(&store, &clock);
     let m = m.with_key_policies(KeyPolicies::new().rule(PolicyRule::new(
         PolicyTarget::All,
-        KeyPolicy::new().max_lifetime(Duration::days(30)),
+        KeyPolicy::new().max_lifetime(Duration::from_secs(30 * 86_400)),
     )));
     let (key, s) = m
         .create(
             NewKey::new("sk_live_")
-                .expires_at(T0 + Duration::days(3))
+                .expires_at(T0 + Duration::from_secs(3 * 86_400))
                 .metadata(AUTO_RENEW, "true"),
             &admin(),
         )
@@ -110,16 +110,16 @@ async fn auto_renewal_extends_the_same_key_within_the_policy_maximum() {
     // 90 days asked for, 30 allowed by the policy.
     assert_eq!(
         m.get(s.id).await.unwrap().expires_at,
-        Some(T0 + Duration::days(30))
+        Some(T0 + Duration::from_secs(30 * 86_400))
     );
-    clock.advance(Duration::days(10));
+    clock.advance(Duration::from_secs(10 * 86_400));
     m.authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap();
     assert_eq!(count(&audit, "renewed"), 1);
     // Over a year of weekly sweeps the key never stops working.
     for _ in 0..52 {
-        clock.advance(Duration::days(7));
+        clock.advance(Duration::from_secs(7 * 86_400));
         m.sweep_once(&SweepOptions::default()).await.unwrap();
         m.authenticate(key.expose_secret(), &Requirement::none(), None)
             .await
@@ -128,13 +128,13 @@ async fn auto_renewal_extends_the_same_key_within_the_policy_maximum() {
     // A key without the mark expires.
     let (plain, _) = m
         .create(
-            NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(3)),
+            NewKey::new("sk_live_").expires_at(clock.now() + Duration::from_secs(3 * 86_400)),
             &admin(),
         )
         .await
         .unwrap();
     m.sweep_once(&SweepOptions::default()).await.unwrap();
-    clock.advance(Duration::days(4));
+    clock.advance(Duration::from_secs(4 * 86_400));
     let err = m
         .authenticate(plain.expose_secret(), &Requirement::none(), None)
         .await
@@ -150,7 +150,8 @@ async fn two_concurrent_sweepers_notify_and_renew_each_key_once() {
     let (b, audit_b) = manager(&store, &clock);
     let mut n_renew = 0;
     for i in 0..400 {
-        let mut new = NewKey::new("sk_live_").expires_at(T0 + Duration::days(1 + i % 25));
+        let mut new =
+            NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs((1 + i % 25) * 86_400));
         if i % 2 == 0 {
             new = new.metadata(AUTO_RENEW, "true");
             if 1 + i % 25 < 7 {
@@ -204,7 +205,7 @@ fn sweep_over_100k_keys_notifies_each_key_once() {
                 .issue(
                     NewKey::new("sk_live_")
                         .owner(format!("user_{}", i % 1000))
-                        .expires_at(T0 + Duration::minutes(1 + (i % 40_000) as i64)),
+                        .expires_at(T0 + Duration::from_secs(60 * (1 + (i % 40_000) as u64))),
                     T0,
                 )
                 .unwrap();

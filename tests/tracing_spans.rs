@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use apikey::limits::MemoryLimits;
 use apikey::web::{Decision, Gate, Route};
 use apikey::*;
-use time::macros::datetime;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -104,7 +103,7 @@ impl Subscriber for Shared {
 #[test]
 fn spans_name_the_key_by_its_display_form_only() {
     let spans = Arc::new(Spans::default());
-    let t0 = datetime!(2026-03-01 12:00 UTC);
+    let t0 = "2026-03-01T12:00:00Z".parse::<Timestamp>().unwrap();
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[17; 32]).unwrap()).unwrap());
     let store = Arc::new(MemoryStore::new());

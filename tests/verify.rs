@@ -4,13 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+use apikey_testkit::VerifyExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use apikey::Timestamp;
 use apikey::*;
-use time::{Duration, OffsetDateTime, macros::datetime};
+use std::time::Duration;
 
-const T0: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_780_315_200_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 fn secret(b: u8) -> ServerSecret {
     ServerSecret::from_bytes(&[b; 32]).unwrap()
@@ -30,7 +35,7 @@ fn check(
     v: &Verifier,
     store: &MemoryStore,
     key: &str,
-    now: OffsetDateTime,
+    now: Timestamp,
     req: &Requirement,
 ) -> Result<VerifiedKey> {
     v.verify_with(key, |id| store.fetch_sync(id), now, req)
@@ -207,8 +212,8 @@ fn status_is_revealed_only_after_the_secret_matched() {
 #[test]
 fn time_rule_not_before_inclusive_expiry_exclusive() {
     let (v, s) = (verifier(), MemoryStore::new());
-    let nb = T0 + Duration::hours(1);
-    let exp = T0 + Duration::hours(2);
+    let nb = T0 + Duration::from_secs(3_600);
+    let exp = T0 + Duration::from_secs(2 * 3_600);
     let key = issue(
         &v,
         &s,
@@ -216,17 +221,17 @@ fn time_rule_not_before_inclusive_expiry_exclusive() {
     );
     let at = |t| check(&v, &s, key.expose_secret(), t, &Requirement::none());
 
-    let e = at(nb - Duration::nanoseconds(1)).unwrap_err();
+    let e = at(nb - Duration::from_nanos(1)).unwrap_err();
     assert!(matches!(e, Error::NotYetValid { not_before } if not_before == nb));
     assert_eq!(e.code().as_str(), "NOT_YET_VALID");
     at(nb).unwrap();
-    at(exp - Duration::nanoseconds(1)).unwrap();
+    at(exp - Duration::from_nanos(1)).unwrap();
     let e = at(exp).unwrap_err();
     assert!(matches!(e, Error::ExpiredApiKey { expired_at } if expired_at == exp));
     assert_eq!(e.code().as_str(), "EXPIRED_API_KEY");
 
     // Leeway widens both ends by exactly its amount.
-    let lv = v.clone().with_leeway(Duration::seconds(30));
+    let lv = v.clone().with_leeway(Duration::from_secs(30));
     let at_l = |t| {
         lv.verify_with(
             key.expose_secret(),
@@ -235,10 +240,10 @@ fn time_rule_not_before_inclusive_expiry_exclusive() {
             &Requirement::none(),
         )
     };
-    at_l(nb - Duration::seconds(30)).unwrap();
-    assert!(at_l(nb - Duration::seconds(30) - Duration::nanoseconds(1)).is_err());
-    at_l(exp + Duration::seconds(29)).unwrap();
-    assert!(at_l(exp + Duration::seconds(30)).is_err());
+    at_l(nb - Duration::from_secs(30)).unwrap();
+    assert!(at_l(nb - Duration::from_secs(30) - Duration::from_nanos(1)).is_err());
+    at_l(exp + Duration::from_secs(29)).unwrap();
+    assert!(at_l(exp + Duration::from_secs(30)).is_err());
 }
 
 #[test]
@@ -247,12 +252,12 @@ fn extending_expiry_revives_an_expired_key() {
     let key = issue(
         &v,
         &s,
-        NewKey::new("kwi_sk_").expires_at(T0 + Duration::days(1)),
+        NewKey::new("kwi_sk_").expires_at(T0 + Duration::from_secs(86_400)),
     );
-    let later = T0 + Duration::days(2);
+    let later = T0 + Duration::from_secs(2 * 86_400);
     assert!(check(&v, &s, key.expose_secret(), later, &Requirement::none()).is_err());
     set(&s, key.id(), |r| {
-        r.expires_at = Some(T0 + Duration::days(30))
+        r.expires_at = Some(T0 + Duration::from_secs(30 * 86_400))
     });
     check(&v, &s, key.expose_secret(), later, &Requirement::none()).unwrap();
 }
@@ -357,8 +362,8 @@ fn issue_rejects_bad_input_naming_it() {
     let e = v
         .issue(
             NewKey::new("sk_live_")
-                .not_before(T0 + Duration::days(2))
-                .expires_at(T0 + Duration::days(1)),
+                .not_before(T0 + Duration::from_secs(2 * 86_400))
+                .expires_at(T0 + Duration::from_secs(86_400)),
             T0,
         )
         .unwrap_err();
@@ -461,14 +466,14 @@ async fn authenticator_uses_the_injected_clock() {
     let key = issue(
         &v,
         &s,
-        NewKey::new("sk_live_").expires_at(T0 + Duration::minutes(5)),
+        NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs(5 * 60)),
     );
     let clock = ManualClock::new(T0);
     let auth = Authenticator::with_clock(v, Arc::clone(&s), clock.clone());
     auth.authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap();
-    clock.advance(Duration::minutes(5));
+    clock.advance(Duration::from_secs(5 * 60));
     let e = auth
         .authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
@@ -561,24 +566,29 @@ fn a_record_whose_secret_version_is_not_held_never_verifies() {
 #[test]
 fn issued_records_keep_microsecond_precision() {
     let v = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
-    let now = time::macros::datetime!(2026-05-01 12:00:00.123_456_789 UTC);
+    let now = "2026-05-01T12:00:00.123456789Z"
+        .parse::<Timestamp>()
+        .unwrap();
     let (_, r) = v
         .issue(
             NewKey::new("sk_live_")
-                .expires_at(now + time::Duration::nanoseconds(86_400_000_000_999))
-                .not_before(now + time::Duration::nanoseconds(1_999)),
+                .expires_at(now + std::time::Duration::from_nanos(86_400_000_000_999))
+                .not_before(now + std::time::Duration::from_nanos(1_999)),
             now,
         )
         .unwrap();
     for t in [Some(r.created_at), r.expires_at, r.not_before] {
-        assert_eq!(t.unwrap().nanosecond() % 1000, 0, "{t:?}");
+        assert_eq!(t.unwrap().to_datetime().nanosecond() % 1000, 0, "{t:?}");
     }
     assert_eq!(
         r.created_at,
-        time::macros::datetime!(2026-05-01 12:00:00.123_456 UTC)
+        "2026-05-01T12:00:00.123456Z".parse::<Timestamp>().unwrap()
     );
     let built = r.to_builder().last_used_at(Some(now)).build().unwrap();
-    assert_eq!(built.last_used_at.unwrap().nanosecond() % 1000, 0);
+    assert_eq!(
+        built.last_used_at.unwrap().to_datetime().nanosecond() % 1000,
+        0
+    );
     // The serde round trip is exact.
     let back: KeyRecord = serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
     assert_eq!(back, built);

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
     Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreWrite,
@@ -19,7 +20,6 @@ use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use time::OffsetDateTime;
 
 use crate::caller::{Bounds, Caller, ResolveCaller, Via};
 use crate::config::{CSRF_HEADER, ManageConfig};
@@ -53,8 +53,7 @@ pub const MAX_PAGE: usize = 100;
 #[non_exhaustive]
 pub struct CallRecord {
     /// When (the manager's clock).
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    pub at: Timestamp,
     /// The caller's actor id (`None`: the caller was not resolved).
     pub actor: Option<String>,
     /// `list`, `create`, `get`, `update`, `disable`, `enable`, `rotate`, `derive`,
@@ -374,7 +373,7 @@ where
         Ok(summary)
     }
 
-    fn now(&self) -> OffsetDateTime {
+    fn now(&self) -> Timestamp {
         self.manager.clock().now()
     }
 }

@@ -9,9 +9,9 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
+use apikey::Timestamp;
 use apikey::{Environment, IpNet, KeySummary, Scope, ScopeSet};
 use http::request::Parts;
-use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
@@ -38,7 +38,7 @@ pub struct Bounds {
     pub environments: Option<Vec<Environment>>,
     /// The latest expiry the caller may give (`None`: no limit, "never" is
     /// allowed).
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// Addresses the caller is limited to (empty: anywhere). A key it
     /// issues must be limited to these or a subset.
     pub ip_allowlist: Vec<IpNet>,

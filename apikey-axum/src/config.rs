@@ -36,7 +36,7 @@ pub struct ManageConfig {
     pub(crate) scopes: Vec<ScopeInfo>,
     pub(crate) plans: Vec<String>,
     pub(crate) max_body: usize,
-    pub(crate) default_grace: time::Duration,
+    pub(crate) default_grace: std::time::Duration,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) page: bool,
     pub(crate) credit_apis: Vec<String>,
@@ -61,7 +61,7 @@ impl ManageConfig {
             scopes: Vec::new(),
             plans: Vec::new(),
             max_body: 16 * 1024,
-            default_grace: time::Duration::hours(24),
+            default_grace: std::time::Duration::from_secs(24 * 3_600),
             allowed_origins: Vec::new(),
             page: true,
             credit_apis: Vec::new(),
@@ -108,7 +108,7 @@ impl ManageConfig {
 
     /// The rotation grace period used when a rotation names none. Defaults
     /// to 24 hours (never more than the manager's maximum).
-    pub fn default_grace(mut self, grace: time::Duration) -> Self {
+    pub fn default_grace(mut self, grace: std::time::Duration) -> Self {
         self.default_grace = grace;
         self
     }

@@ -24,17 +24,14 @@ struct RateLimitBody {
 async fn rate_limit(admitted: Admitted) -> Response {
     let body = match &admitted.rate_limit {
         Some(info) => {
-            let reset = info.reset_at_unix(admitted.now.unix_timestamp());
+            let reset = info.reset_at_unix(admitted.now.as_unix_secs());
             RateLimitBody {
                 limit: Some(info.limit),
                 remaining: Some(info.remaining),
                 reset: Some(reset),
-                reset_at: time::OffsetDateTime::from_unix_timestamp(reset)
+                reset_at: apikey::Timestamp::from_unix_secs(reset)
                     .ok()
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    }),
+                    .map(|t| t.to_string()),
             }
         }
         // No window enforced for this key.

@@ -2,9 +2,9 @@
 //! refused) and the views of a key (never its secret, except in
 //! [`CreatedKey`]).
 
+use apikey::Timestamp;
 use apikey::{ApiKey, KeySummary};
 use serde::{Deserialize, Deserializer, Serialize};
-use time::OffsetDateTime;
 
 /// `POST /v1/api-keys`.
 #[derive(Debug, Deserialize)]
@@ -72,9 +72,8 @@ fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T
     T::deserialize(d).map(Some)
 }
 
-fn rfc3339(t: &OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+fn rfc3339(t: &Timestamp) -> String {
+    t.to_string()
 }
 
 /// A key in a listing: display prefix only.

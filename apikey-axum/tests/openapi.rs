@@ -63,7 +63,7 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str, seen: &mut Seen) -> R
     if schema.get("format").and_then(Value::as_str) == Some("date-time")
         && let Some(s) = v.as_str()
     {
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        s.parse::<apikey::Timestamp>()
             .map_err(|_| format!("{at}: {s} is not RFC 3339"))?;
     }
     if let (Some(props), Some(map)) = (

@@ -5,6 +5,7 @@
 mod common;
 
 use apikey::NewKey;
+use apikey::Timestamp;
 use common::*;
 use serde_json::Value;
 
@@ -121,7 +122,7 @@ async fn list_paginates_with_a_cursor_and_filters_status_and_expiry() {
     )
     .await;
     let b = create(s.addr, As::User("alice"), r#"{"name":"b"}"#).await;
-    s.clock.advance(time::Duration::seconds(1));
+    s.clock.advance(std::time::Duration::from_secs(1));
     let c = create(s.addr, As::User("alice"), r#"{"name":"c"}"#).await;
     let page1 = call(
         s.addr,
@@ -536,7 +537,7 @@ async fn a_key_cannot_create_a_key_holding_more_than_itself() {
         "alice",
         NewKey::new("sk_test_")
             .scopes(["keys:manage", "tasks:read"])
-            .expires_at(time::macros::datetime!(2026-06-01 0:00 UTC)),
+            .expires_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap()),
     )
     .await;
     let k = free.expose_secret();
@@ -599,7 +600,7 @@ async fn a_key_cannot_patch_or_rotate_a_key_into_holding_more_than_itself() {
         "alice",
         NewKey::new("sk_live_")
             .scopes(["keys:manage", "tasks:read"])
-            .expires_at(time::macros::datetime!(2026-06-01 0:00 UTC)),
+            .expires_at("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap()),
     )
     .await;
     let k = manage.expose_secret();
@@ -639,7 +640,7 @@ async fn a_key_cannot_patch_or_rotate_a_key_into_holding_more_than_itself() {
     assert_eq!(stored.scopes, ["tasks:read"]);
     assert_eq!(
         stored.expires_at,
-        Some(time::macros::datetime!(2026-06-01 0:00 UTC))
+        Some("2026-06-01T00:00:00Z".parse::<Timestamp>().unwrap())
     );
     // Rotating the wider key would hand the caller its permissions.
     let r = call(

@@ -222,8 +222,8 @@ fn new_key(args: &CreateArgs) -> CliResult<NewKey> {
         new = new.expires_at(config::timestamp(t, "--expires-at")?);
     }
     if let Some(d) = &args.expires_in {
-        new =
-            new.expires_at(time::OffsetDateTime::now_utc() + config::duration(d, "--expires-in")?);
+        let now = apikey::Clock::now(&apikey::SystemClock);
+        new = new.expires_at(now.saturating_add(config::duration(d, "--expires-in")?));
     }
     if let Some(t) = &args.not_before {
         new = new.not_before(config::timestamp(t, "--not-before")?);

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use apikey::Timestamp;
 use apikey::{Environment, Keyring, ServerSecret, Verifier};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::error::{CliError, CliResult};
 
@@ -234,7 +233,7 @@ pub fn pair<'a>(text: &'a str, flag: &str, form: &str) -> CliResult<(&'a str, &'
 ///
 /// # Errors
 /// A usage error naming `flag`.
-pub fn duration(text: &str, flag: &str) -> CliResult<time::Duration> {
+pub fn duration(text: &str, flag: &str) -> CliResult<std::time::Duration> {
     let bad = || {
         CliError::usage(format!(
             "{flag}: `{}` is not a duration (a whole number with s, m, h, d or w: 30d, 12h)",
@@ -243,11 +242,11 @@ pub fn duration(text: &str, flag: &str) -> CliResult<time::Duration> {
     };
     let text = text.trim();
     if text == "0" {
-        return Ok(time::Duration::ZERO);
+        return Ok(std::time::Duration::ZERO);
     }
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().map_err(|_| bad())?;
+    let n: u64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -258,7 +257,7 @@ pub fn duration(text: &str, flag: &str) -> CliResult<time::Duration> {
     };
     n.checked_mul(seconds)
         .filter(|s| *s <= 100 * 366 * 86_400)
-        .map(time::Duration::seconds)
+        .map(std::time::Duration::from_secs)
         .ok_or_else(bad)
 }
 
@@ -266,10 +265,10 @@ pub fn duration(text: &str, flag: &str) -> CliResult<time::Duration> {
 ///
 /// # Errors
 /// A usage error naming `flag`.
-pub fn timestamp(text: &str, flag: &str) -> CliResult<OffsetDateTime> {
-    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|_| {
+pub fn timestamp(text: &str, flag: &str) -> CliResult<Timestamp> {
+    text.trim().parse().map_err(|e: apikey::TimestampError| {
         CliError::usage(format!(
-            "{flag}: `{}` is not an RFC 3339 time (2027-01-31T00:00:00Z)",
+            "{flag}: `{}`: {e} (an RFC 3339 time from 1970 to 2255: 2027-01-31T00:00:00Z)",
             text.escape_debug()
         ))
     })
@@ -310,8 +309,11 @@ mod tests {
 
     #[test]
     fn durations_take_a_unit_and_refuse_the_rest() {
-        assert_eq!(duration("30d", "x").ok(), Some(time::Duration::days(30)));
-        assert_eq!(duration("0", "x").ok(), Some(time::Duration::ZERO));
+        assert_eq!(
+            duration("30d", "x").ok(),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(duration("0", "x").ok(), Some(std::time::Duration::ZERO));
         for bad in ["", "d", "30", "3.5d", "-1d", "30y", "99999999999999w"] {
             assert!(duration(bad, "x").is_err(), "{bad}");
         }

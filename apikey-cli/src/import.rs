@@ -13,7 +13,6 @@ use apikey::{Error as KeyError, ImportKey, KeyManager, KeyStoreWrite, KeySummary
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
@@ -108,8 +107,9 @@ impl Fields {
         }
         if let Some(t) = self.expires_at {
             // Not `config::timestamp`: its message repeats the text.
-            let at = time::OffsetDateTime::parse(t.trim(), &Rfc3339)
-                .map_err(|_| "`expires_at` is not an RFC 3339 time (2027-01-31T00:00:00Z)")?;
+            let at = t.trim().parse::<apikey::Timestamp>().map_err(
+                |_| "`expires_at` is not an RFC 3339 time from 1970 to 2255 (2027-01-31T00:00:00Z)",
+            )?;
             import = import.expires_at(at);
         }
         for (k, v) in self.metadata {

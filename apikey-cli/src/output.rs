@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use apikey::Timestamp;
 use apikey::{KeyState, KeySummary};
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// Set when a write to stdout failed (a closed pipe: `apikey ... | head`).
 static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
@@ -109,9 +108,9 @@ pub struct KeyOut {
     pub legacy: bool,
 }
 
-/// RFC 3339, or `?` for a time that cannot be written (never expected).
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| "?".into())
+/// RFC 3339 in UTC.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.to_string()
 }
 
 fn state_name(state: KeyState) -> &'static str {

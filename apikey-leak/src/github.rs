@@ -123,7 +123,7 @@ where
     pub(crate) fn admit_client(&self, client: Option<IpAddr>) -> Result<(), LeakError> {
         match (&self.throttle, client) {
             (Some(t), Some(ip)) => t
-                .check_address(ip, self.responder.manager().clock().timestamp())
+                .check_address(ip, self.responder.manager().clock().now())
                 .map_err(|retry_after| LeakError::Throttled { retry_after }),
             _ => Ok(()),
         }
@@ -137,7 +137,7 @@ where
             return;
         }
         if let (Some(t), Some(ip)) = (&self.throttle, client) {
-            let now = self.responder.manager().clock().timestamp();
+            let now = self.responder.manager().clock().now();
             // Refused to start: the address is at its bound or locked out
             // already, which is what this failure would cause.
             if let Ok(attempt) = t.begin_untagged(Some(ip), now) {

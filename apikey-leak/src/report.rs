@@ -23,6 +23,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use apikey::Timestamp;
 use apikey::limits::{Limits, NoLimits};
 use apikey::{
     Actor, AuditEvent, AuditKind, AuditSink, Authenticator, Clock, Error, KeyDigest, KeyId,
@@ -31,7 +32,6 @@ use apikey::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use crate::error::LeakError;
 use crate::policy::{LeakAction, LeakPolicy};
@@ -367,7 +367,7 @@ where
         self.audit.record(event);
     }
 
-    pub(crate) fn now(&self) -> OffsetDateTime {
+    pub(crate) fn now(&self) -> Timestamp {
         self.manager.clock().now()
     }
 
@@ -510,7 +510,7 @@ where
 
     /// Offline checks, then (tag-valid tokens only) the record and the
     /// secret.
-    async fn examine(&self, token: &str, now: OffsetDateTime) -> Result<Finding, LeakError> {
+    async fn examine(&self, token: &str, now: Timestamp) -> Result<Finding, LeakError> {
         let verifier = self.manager.verifier();
         let Ok(parsed) = verifier.parse(token) else {
             return self.examine_legacy(token).await;
@@ -523,7 +523,13 @@ where
         };
         // `verify` compares the secret first; every later failure (revoked,
         // disabled, expired, scope, environment, address) proves it matched.
-        match verifier.verify(&parsed, Some(view.clone()), now, &Requirement::none()) {
+        match verifier.verify(
+            &parsed,
+            Some(view.clone()),
+            &now,
+            &Requirement::none(),
+            None,
+        ) {
             Err(Error::InvalidApiKey) => Ok(Finding::Unknown),
             Err(Error::InvalidInput(e)) => Err(LeakError::InvalidConfig(format!(
                 "the manager's clock is outside the supported range: {e}"

@@ -377,7 +377,7 @@ async fn a_key_revoked_behind_a_stale_cache_is_reported_as_already_revoked() {
         reason: "elsewhere".into(),
     });
     manager.store().inner().update(record).await.unwrap();
-    clock.advance(time::Duration::seconds(60));
+    clock.advance(std::time::Duration::from_secs(60));
     let github = FakeGithub::new(3);
     let ep = GithubEndpoint::new(
         Arc::new(apikey_leak::LeakResponder::new(manager.clone()).with_audit_sink(audit.clone())),

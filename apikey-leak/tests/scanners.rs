@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use apikey::Timestamp;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,7 +55,7 @@ fn fixture() -> Fixture {
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[0x42; 32]).unwrap()).unwrap());
     let mut rng = ChaCha20Rng::seed_from_u64(21);
-    let now = time::OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap();
+    let now = Timestamp::from_unix_secs(1_795_564_800).unwrap();
     let mut entries: Vec<(Kind, String)> = Vec::new();
     let mut issued = Vec::new();
     for prefix in ["sk_live_", "sk_test_", "kwi_sk_"] {

@@ -28,7 +28,7 @@ fn setup(rt: &tokio::runtime::Runtime, server: &support::RedisServer) -> (Arc<RG
     let (key, record) = verifier
         .issue(
             NewKey::new("sk_live_").owner("org_1"),
-            time::OffsetDateTime::now_utc(),
+            apikey::Clock::now(&apikey::SystemClock),
         )
         .unwrap();
     store.insert_sync(record.clone()).unwrap();

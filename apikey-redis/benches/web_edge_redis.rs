@@ -57,7 +57,7 @@ fn main() {
         return;
     };
     let v = verifier();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let store = Arc::new(MemoryStore::new());
     let mut key = String::new();
     for i in 0..1_000 {

@@ -435,14 +435,14 @@ impl RedisLimits {
     fn now_arg(&self) -> String {
         match &self.inner.time {
             TimeBase::Redis => String::new(),
-            TimeBase::Clock(c) => c.timestamp().as_unix_micros().to_string(),
+            TimeBase::Clock(c) => c.now().as_unix_micros().to_string(),
         }
     }
 
     fn local_now(&self) -> Timestamp {
         match &self.inner.time {
-            TimeBase::Redis => SystemClock.timestamp(),
-            TimeBase::Clock(c) => c.timestamp(),
+            TimeBase::Redis => SystemClock.now(),
+            TimeBase::Clock(c) => c.now(),
         }
     }
 
@@ -615,7 +615,8 @@ impl RedisLimits {
     ) {
         if let (Some((rnow, until)), Some(t)) = (lock, self.inner.throttle.as_ref()) {
             let now = self.local_now();
-            let until = now.saturating_add_micros(until - rnow);
+            let left = u64::try_from(until.saturating_sub(rnow)).unwrap_or(0);
+            let until = now.saturating_add(std::time::Duration::from_micros(left));
             apply(t, until, now);
         }
     }

@@ -35,7 +35,7 @@ fn two_gates(
     let (key, record) = verifier()
         .issue(
             NewKey::new("sk_live_").owner("org_1"),
-            time::OffsetDateTime::now_utc(),
+            apikey::Clock::now(&apikey::SystemClock),
         )
         .unwrap();
     store.insert_sync(record.clone()).unwrap();
@@ -349,7 +349,7 @@ async fn one_round_trip_per_admitted_request() {
     let (key, record) = verifier()
         .issue(
             NewKey::new("sk_live_").owner("org_1"),
-            time::OffsetDateTime::now_utc(),
+            apikey::Clock::now(&apikey::SystemClock),
         )
         .unwrap();
     store.insert_sync(record.clone()).unwrap();
@@ -575,7 +575,7 @@ async fn lockouts_reach_other_instances_before_any_attempt_there() {
     assert!(a.begin_untagged(Some(ip)).is_err() && a.check_key(41).is_err());
     // B has seen no failure of that address or key id: it learns both
     // from the sync (a bounded wait for its next period).
-    let now = || apikey::Clock::timestamp(&apikey::SystemClock);
+    let now = || apikey::Clock::now(&apikey::SystemClock);
     let deadline = Instant::now() + Duration::from_secs(10);
     let throttle = b.throttle().unwrap();
     while (throttle.check_address(ip, now()).is_ok() || b.check_key(41).is_ok())

@@ -43,7 +43,7 @@ async fn seed<S: KeyStoreWrite>(
     total: i64,
 ) -> (Vec<ApiKey>, Vec<apikey::KeyId>) {
     let v = verifier();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let mut keys = Vec::new();
     for _ in 0..100 {
         let (k, r) = v
@@ -101,7 +101,7 @@ where
     }
     let sixteen = 16_000.0 / t.elapsed().as_secs_f64();
     let v = verifier();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let mut made = Vec::new();
     let t = Instant::now();
     for _ in 0..200 {
@@ -129,7 +129,7 @@ where
     let revokes = 200.0 / t.elapsed().as_secs_f64();
     let batch: Vec<UsageDelta> = filler
         .iter()
-        .map(|id| UsageDelta::new(*id, now.date(), 3, now))
+        .map(|id| UsageDelta::new(*id, now.utc_date(), 3, now))
         .collect();
     let t = Instant::now();
     store

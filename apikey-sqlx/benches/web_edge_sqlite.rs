@@ -49,7 +49,7 @@ fn main() {
     let dir = common::temp_dir("web-edge");
     let db = dir.join("keys.db");
     let v = verifier();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let records: Vec<_> = (0..1_000)
         .map(|_| {
             v.issue(NewKey::new("sk_live_").owner("bench"), now)

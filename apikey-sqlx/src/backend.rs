@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::{Invalidation, KeyRecord, StoreError};
-use time::OffsetDateTime;
 
 use crate::columns::Val;
 
@@ -34,7 +34,7 @@ pub(crate) struct UsageDay {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct UsageKey {
     pub id: i64,
-    pub last_used_at: OffsetDateTime,
+    pub last_used_at: Timestamp,
     pub horizon: time::Date,
 }
 

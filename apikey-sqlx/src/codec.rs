@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use apikey::Timestamp;
 use apikey::{
     Environment, Error, IpNet, KeyDigest, KeyId, KeyRecord, KeyStatus, LegacyInfo, Prefix,
     Revocation, ScopeSet, StoreError, StoreErrorKind,
 };
-use time::OffsetDateTime;
 
 /// The order-preserving `i64` of a key id: the sign bit flipped, so ids at
 /// or above 2^63 sort after smaller ones (a plain cast would put them first).
@@ -27,22 +27,15 @@ pub fn id_from_sql(v: i64) -> KeyId {
     KeyId::from_u64((v as u64) ^ (1 << 63))
 }
 
-/// Microseconds since the Unix epoch (rounded down): the precision both
-/// databases keep.
-pub(crate) fn micros(t: OffsetDateTime) -> i64 {
-    let n = t.unix_timestamp_nanos().div_euclid(1000);
-    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+/// Microseconds since the Unix epoch: the precision both databases keep.
+pub(crate) fn micros(t: Timestamp) -> i64 {
+    t.as_unix_micros()
 }
 
-/// The UTC time of `micros` microseconds since the epoch; `None` out of range.
-pub(crate) fn from_micros(v: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1000).ok()
-}
-
-/// `t` rounded down to the microsecond, in UTC.
-#[cfg(feature = "postgres")]
-pub(crate) fn trunc(t: OffsetDateTime) -> OffsetDateTime {
-    from_micros(micros(t)).unwrap_or(t)
+/// The time `v` microseconds after the epoch; `None` outside the supported
+/// range.
+pub(crate) fn from_micros(v: i64) -> Option<Timestamp> {
+    Timestamp::from_unix_micros(v).ok()
 }
 
 pub(crate) fn status_str(s: KeyStatus) -> &'static str {
@@ -85,13 +78,13 @@ pub(crate) struct Row {
     pub secret_version: i64,
     pub digest: Vec<u8>,
     pub scopes: Vec<String>,
-    pub created_at: Option<OffsetDateTime>,
-    pub expires_at: Option<OffsetDateTime>,
-    pub not_before: Option<OffsetDateTime>,
+    pub created_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub not_before: Option<Timestamp>,
     pub status: String,
-    pub revoked_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<Timestamp>,
     pub revocation_reason: Option<String>,
-    pub last_used_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<Timestamp>,
     pub metadata: String,
     pub rotated_from: Option<i64>,
     pub rotated_to: Option<i64>,

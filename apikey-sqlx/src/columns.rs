@@ -2,7 +2,7 @@
 //! SELECT list, the INSERT list, the UPDATE list and the bound values.
 
 use apikey::KeyRecord;
-use time::OffsetDateTime;
+use apikey::Timestamp;
 
 use crate::codec::{
     id_to_sql, ip_strings, metadata_json, revision_to_sql, scope_strings, status_str,
@@ -51,7 +51,7 @@ pub(crate) enum Val {
     Text(Option<String>),
     Bytes(Option<Vec<u8>>),
     Bool(Option<bool>),
-    Time(Option<OffsetDateTime>),
+    Time(Option<Timestamp>),
     Date(Option<time::Date>),
     /// JSON object text (SQLite `TEXT`, PostgreSQL `jsonb`).
     Json(String),

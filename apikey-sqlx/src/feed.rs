@@ -215,8 +215,7 @@ struct Counters {
 impl Counters {
     /// Records the lag of a notification sent at `sent` (Unix microseconds).
     fn sample(&self, sent: i64) {
-        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
-            .unwrap_or(i64::MAX);
+        let now = apikey::Clock::now(&apikey::SystemClock).as_unix_micros();
         let us = u64::try_from(now.saturating_sub(sent))
             .unwrap_or(0)
             .min(NO_LAG - 1);

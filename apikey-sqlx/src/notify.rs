@@ -17,24 +17,24 @@
 
 use std::ops::Range;
 
+use apikey::Timestamp;
 use apikey::{Invalidation, KeyId, Prefix};
-use time::OffsetDateTime;
 
 /// Payloads stay below this many bytes (NOTIFY refuses 8,000 and more).
 pub(crate) const MAX_PAYLOAD: usize = 7_900;
 pub(crate) const HEARTBEAT: &str = "h";
 
-fn micros(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+fn micros(t: Timestamp) -> i64 {
+    t.as_unix_micros()
 }
 
-fn from_micros(us: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
+fn from_micros(us: i64) -> Option<Timestamp> {
+    Timestamp::from_unix_micros(us).ok()
 }
 
 /// The NOTIFY payload of `change`, announced now.
 pub(crate) fn encode(change: &Invalidation) -> String {
-    encode_at(change, micros(OffsetDateTime::now_utc()))
+    encode_at(change, micros(apikey::Clock::now(&apikey::SystemClock)))
 }
 
 /// The NOTIFY payload of `change`, announced at `sent` (Unix microseconds).
@@ -150,7 +150,7 @@ mod tests {
             decode(&encode(&Invalidation::Owner("org:1".into()))),
             Some(Invalidation::Owner("org:1".into()))
         );
-        let w = OffsetDateTime::UNIX_EPOCH..OffsetDateTime::UNIX_EPOCH + time::Duration::days(9);
+        let w = Timestamp::MIN..Timestamp::MIN + std::time::Duration::from_secs(9 * 86_400);
         assert_eq!(
             decode(&encode(&Invalidation::Prefix {
                 prefix: Prefix::new("sk_live_").unwrap_or_else(|e| panic!("{e}")),

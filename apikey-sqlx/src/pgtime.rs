@@ -7,10 +7,10 @@
 //! [`time_of`] / [`date_of`] turn it into a value with checked arithmetic,
 //! or a `Corrupt` error naming the column.
 
+use apikey::Timestamp;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgTypeInfo, PgValueFormat, PgValueRef};
 use sqlx::{Decode, Postgres, Type};
-use time::OffsetDateTime;
 
 use crate::codec::{corrupt, from_micros};
 use apikey::StoreError;
@@ -32,10 +32,10 @@ pub(crate) struct PgDays(pub i32);
 
 impl Type<Postgres> for PgMicros {
     fn type_info() -> PgTypeInfo {
-        <OffsetDateTime as Type<Postgres>>::type_info()
+        <time::OffsetDateTime as Type<Postgres>>::type_info()
     }
     fn compatible(ty: &PgTypeInfo) -> bool {
-        <OffsetDateTime as Type<Postgres>>::compatible(ty)
+        <time::OffsetDateTime as Type<Postgres>>::compatible(ty)
     }
 }
 
@@ -72,7 +72,7 @@ impl PgMicros {
     /// The stored count of `t` (which the store has truncated to the
     /// microsecond): compares with stored counts as PostgreSQL does.
     #[cfg(test)]
-    fn of(t: OffsetDateTime) -> Self {
+    fn of(t: Timestamp) -> Self {
         Self(crate::codec::micros(t).saturating_sub(PG_EPOCH_UNIX_MICROS))
     }
 
@@ -83,16 +83,13 @@ impl PgMicros {
         self.0.saturating_add(PG_EPOCH_UNIX_MICROS)
     }
 
-    fn time(self) -> Option<OffsetDateTime> {
+    fn time(self) -> Option<Timestamp> {
         from_micros(self.0.checked_add(PG_EPOCH_UNIX_MICROS)?)
     }
 }
 
 /// The time of column `col`, or `Corrupt` when it is out of range.
-pub(crate) fn time_of(
-    v: Option<PgMicros>,
-    col: &str,
-) -> Result<Option<OffsetDateTime>, StoreError> {
+pub(crate) fn time_of(v: Option<PgMicros>, col: &str) -> Result<Option<Timestamp>, StoreError> {
     v.map(|m| {
         m.time()
             .ok_or_else(|| corrupt(&format!("{col} out of range")))
@@ -114,11 +111,11 @@ pub(crate) fn date_of(v: Option<PgDays>, col: &str) -> Result<Option<time::Date>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use time::macros::{date, datetime};
+    use time::macros::date;
 
     #[test]
     fn epochs_agree_with_time() {
-        let t = datetime!(2000-01-01 0:00 UTC);
+        let t = "2000-01-01T00:00:00Z".parse::<Timestamp>().unwrap();
         assert_eq!(PgMicros::of(t), PgMicros(0));
         assert_eq!(PgMicros(0).time(), Some(t));
         assert_eq!(
@@ -129,7 +126,7 @@ mod tests {
             date_of(Some(PgDays(-1)), "d").unwrap(),
             Some(date!(1999 - 12 - 31))
         );
-        let t = datetime!(2026-12-07 1:02:03.456789 UTC);
+        let t = "2026-12-07T01:02:03.456789Z".parse::<Timestamp>().unwrap();
         assert_eq!(PgMicros::of(t).time(), Some(t));
     }
 

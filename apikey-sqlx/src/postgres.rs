@@ -9,7 +9,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
 
 use crate::backend::{Backend, Col, UsageDay, UsageKey};
-use crate::codec::{Row, trunc};
+use crate::codec::Row;
 use crate::columns::Val;
 use crate::error::{MigrateError, bounded, check_ident, database, store_error};
 use crate::options::StoreOptions;
@@ -390,7 +390,7 @@ impl Backend for PgDb {
         .bind(&ids)
         .bind(
             keys.iter()
-                .map(|k| trunc(k.last_used_at))
+                .map(|k| k.last_used_at.to_datetime())
                 .collect::<Vec<_>>(),
         )
         .execute(&mut **tx)
@@ -471,7 +471,7 @@ fn bind(q: Q<'_>, v: Val) -> Q<'_> {
         Val::Text(x) => q.bind(x),
         Val::Bytes(x) => q.bind(x),
         Val::Bool(x) => q.bind(x),
-        Val::Time(x) => q.bind(x.map(trunc)),
+        Val::Time(x) => q.bind(x.map(apikey::Timestamp::to_datetime)),
         Val::Date(x) => q.bind(x),
         Val::Json(x) => q.bind(x),
         Val::List(x) => q.bind(x),

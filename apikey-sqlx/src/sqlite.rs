@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apikey::Timestamp;
 use apikey::{Invalidation, KeyRecord, StoreError};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
-use time::OffsetDateTime;
 
 use crate::backend::{Backend, Col, UsageDay, UsageKey};
 use crate::codec::{Row, corrupt, from_micros, list_json, micros};
@@ -50,7 +50,7 @@ const USAGE_CHUNK: usize = 1000;
 /// std::fs::create_dir_all(&dir)?;
 /// let store = SqliteStore::open(dir.join("keys.db")).await?; // runs migrate()
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
-/// let (_key, record) = verifier.issue(NewKey::new("sk_live_"), time::OffsetDateTime::now_utc())?;
+/// let (_key, record) = verifier.issue(NewKey::new("sk_live_"), apikey::Clock::now(&apikey::SystemClock))?;
 /// let mut changes = Changes::new();
 /// changes.puts.push(Put::insert(record.clone()));
 /// store.commit(&changes).await?;
@@ -405,7 +405,7 @@ fn parse_date(s: &str) -> Option<time::Date> {
 
 /// Decodes one row; any bad value is `Corrupt`, never a panic.
 fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let time = |c: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+    let time = |c: &str| -> Result<Option<Timestamp>, StoreError> {
         match row.try_get::<Option<i64>, _>(c).map_err(store_error)? {
             None => Ok(None),
             Some(v) => from_micros(v)

@@ -10,11 +10,11 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use apikey::Timestamp;
 use apikey::{
     Changes, Invalidation, KeyDigest, KeyFilter, KeyId, KeyQuery, KeyRecord, KeyView, Listing,
     Revocation, StoreError, StoreErrorKind, UsageBatch,
 };
-use time::OffsetDateTime;
 
 use crate::backend::{Backend, Col, UsageDay, UsageKey};
 use crate::codec::{corrupt, count_to_sql, id_from_sql, id_to_sql};
@@ -97,7 +97,7 @@ impl<B: Backend> Store<B> {
             for s in statements {
                 B::execute(&mut tx, &s.into(), vec![]).await?;
             }
-            let now = Val::Time(Some(OffsetDateTime::now_utc()));
+            let now = Val::Time(Some(apikey::Clock::now(&apikey::SystemClock)));
             B::execute(&mut tx, &record, vec![Val::Int(Some(version)), now]).await?;
         }
         B::commit(tx).await?;
@@ -354,7 +354,7 @@ impl<B: Backend> Store<B> {
     /// `(key, day) += count` and `last_used_at = max(..)`. `false`: a replay.
     pub(crate) async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, StoreError> {
         let mut days: BTreeMap<(i64, time::Date), i64> = BTreeMap::new();
-        let mut keys: BTreeMap<i64, (OffsetDateTime, time::Date)> = BTreeMap::new();
+        let mut keys: BTreeMap<i64, (Timestamp, time::Date)> = BTreeMap::new();
         for d in &batch.deltas {
             let id = id_to_sql(d.id);
             let n = days.entry((id, d.day)).or_default();
@@ -376,7 +376,7 @@ impl<B: Backend> Store<B> {
             })
             .collect();
         self.write(async |tx| {
-            let now = OffsetDateTime::now_utc();
+            let now = apikey::Clock::now(&apikey::SystemClock);
             let fid = Val::Bytes(Some(batch.id.as_u128().to_be_bytes().to_vec()));
             let binds = vec![fid, Val::Time(Some(now))];
             if B::execute(tx, &self.sql.flush_insert, binds).await? == 0 {
@@ -431,7 +431,7 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 /// The listing of `filter` and its binds (see [`ListKind`]).
 fn filter(filter: &KeyFilter) -> Result<(ListKind, Vec<Val>), StoreError> {
     let text = |t: &str| Val::Text(Some(t.to_owned()));
-    let window = |w: &Range<OffsetDateTime>| [Val::Time(Some(w.start)), Val::Time(Some(w.end))];
+    let window = |w: &Range<Timestamp>| [Val::Time(Some(w.start)), Val::Time(Some(w.end))];
     Ok(match filter {
         KeyFilter::Owner(owner) => (ListKind::Owner, vec![text(owner)]),
         KeyFilter::Expiring {

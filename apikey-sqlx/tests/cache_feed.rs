@@ -215,7 +215,10 @@ async fn bulk_revocations_leave_nothing_stale_on_b() {
     let prefix = apikey::Prefix::new("sk_test_").unwrap();
     let n =
         p.a.revoke_where(
-            &KeyQuery::created(prefix, (now - time::Duration::days(2))..now),
+            &KeyQuery::created(
+                prefix,
+                (now - std::time::Duration::from_secs(2 * 86_400))..now,
+            ),
             &revocation(),
         )
         .await

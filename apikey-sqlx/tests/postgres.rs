@@ -60,7 +60,10 @@ async fn store_with_a_key(url: &str, options: StoreOptions) -> (PostgresStore, V
     let store = PostgresStore::connect_with(url, options).await.unwrap();
     let v = verifier();
     let (key, record) = v
-        .issue(NewKey::new("sk_live_"), time::OffsetDateTime::now_utc())
+        .issue(
+            NewKey::new("sk_live_"),
+            apikey::Clock::now(&apikey::SystemClock),
+        )
         .unwrap();
     store.insert(record).await.unwrap();
     (store, v, key)
@@ -303,7 +306,7 @@ async fn two_instances_share_limits_revocations_and_usage() {
         let batch: Vec<UsageDelta> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| UsageDelta::new(*id, now.date(), (i as u64 + f) % 5 + 1, now))
+            .map(|(i, id)| UsageDelta::new(*id, now.utc_date(), (i as u64 + f) % 5 + 1, now))
             .collect();
         tasks.push(tokio::spawn(async move {
             store.record_usage(&UsageBatch::new(batch)).await
@@ -314,7 +317,7 @@ async fn two_instances_share_limits_revocations_and_usage() {
     }
     for (i, id) in ids.iter().enumerate() {
         let expected: u64 = (0..20u64).map(|f| (i as u64 + f) % 5 + 1).sum();
-        let day = now.date();
+        let day = now.utc_date();
         let month = day.replace_day(1).unwrap()..day.next_day().unwrap();
         assert_eq!(b.usage(*id, month).await.unwrap(), [(day, expected)]);
         assert_eq!(b.get(*id).await.unwrap().unwrap().last_used_at, Some(now));
@@ -331,7 +334,7 @@ async fn bad_rows_are_invalid_record_never_valid() {
         .await
         .unwrap();
     let v = verifier();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     let table = "apikey_keys";
     for (what, set) in [
         ("digest length", "digest = '\\x0011'::bytea"),
@@ -435,7 +438,7 @@ async fn pg_ids_order_flush_ids_and_statement_count() {
     let now = conformance::suite_now();
     let deltas: Vec<UsageDelta> = ids
         .iter()
-        .map(|id| UsageDelta::new(KeyId::from_u64(*id), now.date(), 2, now))
+        .map(|id| UsageDelta::new(KeyId::from_u64(*id), now.utc_date(), 2, now))
         .collect();
     let batch = UsageBatch {
         id: FlushId::from_u128(7),
@@ -449,10 +452,10 @@ async fn pg_ids_order_flush_ids_and_statement_count() {
         store.record_usage(&batch).await.unwrap(),
         FlushOutcome::AlreadyApplied
     );
-    let day = now.date();
+    let day = now.utc_date();
     let usage = store.usage(KeyId::from_u64(u64::MAX), day..day.next_day().unwrap());
     assert_eq!(usage.await.unwrap(), [(day, 2)]);
-    let t = now - time::Duration::days(1);
+    let t = now - std::time::Duration::from_secs(86_400);
     let expiring = store.list(&KeyQuery::expiring(None, t..t)).await.unwrap();
     assert_eq!(expiring.records.len(), 0);
 }
@@ -524,7 +527,7 @@ async fn times_postgres_allows_and_time_cannot_hold_are_invalid_record_never_a_p
         }
         // Bulk revocation reads the revoked rows' creation times.
         let revocation = Revocation {
-            at: time::OffsetDateTime::now_utc(),
+            at: apikey::Clock::now(&apikey::SystemClock),
             reason: "test".into(),
         };
         let ids = store

@@ -104,7 +104,7 @@ async fn crash_durability() {
 async fn bad_rows_are_invalid_record_never_valid() {
     let store = SqliteStore::memory().await.unwrap();
     let v = verifier();
-    let now = time::OffsetDateTime::now_utc();
+    let now = apikey::Clock::now(&apikey::SystemClock);
     for (what, sql) in [
         (
             "digest length",
@@ -187,7 +187,7 @@ async fn ids_at_and_above_2_pow_63_list_in_id_order() {
     let expiring: Vec<u64> = store
         .list(&KeyQuery::expiring(
             Some(&owner),
-            t..t + time::Duration::seconds(1),
+            t..t + std::time::Duration::from_secs(1),
         ))
         .await
         .unwrap()
@@ -245,7 +245,7 @@ async fn usage_with_a_flush_id_is_exactly_once() {
     let r = conformance::sample_record(None);
     store.insert(r.clone()).await.unwrap();
     let now = conformance::suite_now();
-    let deltas = vec![UsageDelta::new(r.id, now.date(), 3, now)];
+    let deltas = vec![UsageDelta::new(r.id, now.utc_date(), 3, now)];
     let batch = |id| UsageBatch {
         id: FlushId::from_u128(id),
         deltas: deltas.clone(),
@@ -262,7 +262,7 @@ async fn usage_with_a_flush_id_is_exactly_once() {
         store.record_usage(&batch(43)).await.unwrap(),
         FlushOutcome::Applied
     );
-    let day = now.date();
+    let day = now.utc_date();
     let usage = store.usage(r.id, day..day.next_day().unwrap()).await;
     assert_eq!(usage.unwrap(), [(day, 6)]);
 }
@@ -277,12 +277,12 @@ async fn usage_flush_of_many_keys_spans_chunks() {
         let r = conformance::sample_record(None);
         ids.push(r.id);
         store.insert(r.clone()).await.unwrap();
-        batch.push(UsageDelta::new(r.id, now.date(), i % 7 + 1, now));
+        batch.push(UsageDelta::new(r.id, now.utc_date(), i % 7 + 1, now));
     }
     store.record_usage(&UsageBatch::new(batch)).await.unwrap();
     for (i, id) in ids.iter().enumerate().step_by(97) {
         let r = store.get(*id).await.unwrap().unwrap();
-        let day = now.date();
+        let day = now.utc_date();
         let usage = store.usage(*id, day..day.next_day().unwrap()).await;
         assert_eq!(usage.unwrap(), [(day, i as u64 % 7 + 1)]);
         assert_eq!(r.last_used_at, Some(now));

@@ -6,6 +6,7 @@
 
 mod common;
 
+use apikey::Timestamp;
 use std::sync::Arc;
 
 use apikey::{
@@ -13,8 +14,7 @@ use apikey::{
     NewKey, ServerSecret, SweepOptions, UsageStore, Verifier,
 };
 use apikey_sqlx::{PostgresStore, SqliteStore, StoreOptions};
-use time::Duration;
-use time::macros::datetime;
+use std::time::Duration;
 
 fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32]).unwrap()).unwrap())
@@ -25,7 +25,7 @@ where
     S: KeyStoreWrite + UsageStore + 'static,
 {
     const N: i64 = 120;
-    let clock = ManualClock::new(datetime!(2026-03-01 12:00 UTC));
+    let clock = ManualClock::new("2026-03-01T12:00:00Z".parse::<Timestamp>().unwrap());
     let audit_a = Arc::new(MemoryAuditSink::new());
     let audit_b = Arc::new(MemoryAuditSink::new());
     let ma = KeyManager::with_clock(verifier(), a, clock.clone()).with_audit_sink(audit_a.clone());
@@ -36,7 +36,7 @@ where
         let days = 1 + i % 25;
         let mut new = NewKey::new("sk_live_")
             .owner(owner.clone())
-            .expires_at(clock.now() + Duration::days(days));
+            .expires_at(clock.now() + Duration::from_secs(days as u64 * 86_400));
         if i % 2 == 0 {
             new = new.metadata(AUTO_RENEW, "true");
             if days < 7 {
@@ -107,7 +107,7 @@ async fn postgres_no_child_verifies_after_its_parent_is_revoked_on_another_insta
         .await
         .unwrap();
     let b = PostgresStore::connect_with(&url, options).await.unwrap();
-    let clock = ManualClock::new(datetime!(2026-03-01 12:00 UTC));
+    let clock = ManualClock::new("2026-03-01T12:00:00Z".parse::<Timestamp>().unwrap());
     let ma = Arc::new(
         KeyManager::with_clock(verifier(), a, clock.clone()).with_derivation_limits(2, 1000),
     );

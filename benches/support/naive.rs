@@ -7,10 +7,10 @@
 use std::task::{Context, Poll, Waker};
 
 use apikey::Clock;
+use apikey::Timestamp;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 /// The baseline's record: digest, two scopes, optional expiry.
 pub struct Record {
@@ -59,26 +59,21 @@ pub fn naive_verify<'m>(
 }
 
 /// A clock that always reads the same instant (isolates the async overhead
-/// from clock reads). Both forms of the instant are computed once.
+/// from clock reads).
 #[derive(Clone, Copy)]
 pub struct FixedClock {
-    at: OffsetDateTime,
-    ts: apikey::Timestamp,
+    at: Timestamp,
 }
 
 impl FixedClock {
-    pub fn new(at: OffsetDateTime) -> Self {
-        let ts = apikey::Timestamp::from_datetime(at).expect("a supported time");
-        Self { at, ts }
+    pub fn new(at: Timestamp) -> Self {
+        Self { at }
     }
 }
 
 impl Clock for FixedClock {
-    fn now(&self) -> OffsetDateTime {
+    fn now(&self) -> Timestamp {
         self.at
-    }
-    fn checked_timestamp(&self) -> apikey::Result<apikey::Timestamp> {
-        Ok(self.ts)
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::limits::{MemoryLimits, Quota};
 use apikey::web::{ApiKeyLayer, Gate, QuotaTable, Route};
 use apikey::{
@@ -17,7 +18,6 @@ use axum::routing::get;
 use http::Request;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
-use time::OffsetDateTime;
 
 /// The handler: 12 bytes, no extractor, identical on every route.
 pub async fn hello() -> &'static str {
@@ -52,7 +52,7 @@ impl Mode {
 pub const WIDE: Quota = Quota::new(Some(u32::MAX), Some(u32::MAX));
 
 /// 1,000 keys (fixed seed) in a `MemoryStore`, and their texts.
-pub fn keys(now: OffsetDateTime) -> (Verifier, MemoryStore, Vec<String>) {
+pub fn keys(now: Timestamp) -> (Verifier, MemoryStore, Vec<String>) {
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7u8; 32]).unwrap()).unwrap());
     let store = MemoryStore::new();
@@ -86,7 +86,9 @@ pub fn router<C: Clock + Clone + 'static>(
             Route::any_key(),
         )),
         Mode::LimitsUsage => {
-            let auth = auth.with_usage(Arc::new(UsageRecorder::new(time::Duration::hours(1))));
+            let auth = auth.with_usage(Arc::new(UsageRecorder::new(
+                std::time::Duration::from_secs(3_600),
+            )));
             let gate = Gate::new(auth)
                 .with_limits(MemoryLimits::with_clock(clock))
                 .with_quotas(QuotaTable::fixed(WIDE));

@@ -1,7 +1,7 @@
 //! The error values: [`Error`], [`StoreError`] and their kinds.
 
+use crate::Timestamp;
 use std::fmt;
-use time::OffsetDateTime;
 
 use super::code::ErrorCode;
 use crate::environment::Environment;
@@ -167,13 +167,13 @@ pub enum Error {
     #[error("the API key has expired")]
     ExpiredApiKey {
         /// When the key stopped being valid.
-        expired_at: OffsetDateTime,
+        expired_at: Timestamp,
     },
     /// The key is not valid before the given time.
     #[error("the API key is not valid yet")]
     NotYetValid {
         /// When the key becomes valid.
-        not_before: OffsetDateTime,
+        not_before: Timestamp,
     },
     /// The key was disabled; it can be enabled again.
     #[error("the API key is disabled")]
@@ -364,6 +364,13 @@ impl Error {
 /// assert_eq!(Error::from(StoreError::new(StoreErrorKind::Corrupt)).code(), "INVALID_RECORD");
 /// assert_eq!(Error::from(StoreError::new(StoreErrorKind::Timeout)).code(), "STORE_UNAVAILABLE");
 /// ```
+impl From<crate::TimestampError> for Error {
+    /// [`Error::InvalidInput`] (`INVALID_REQUEST`) naming the problem.
+    fn from(e: crate::TimestampError) -> Self {
+        Error::InvalidInput(e.to_string())
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         match err.kind() {

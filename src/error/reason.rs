@@ -243,10 +243,10 @@ mod tests {
             Error::MissingApiKey,
             Error::InvalidApiKey,
             Error::ExpiredApiKey {
-                expired_at: time::OffsetDateTime::UNIX_EPOCH,
+                expired_at: crate::Timestamp::MIN,
             },
             Error::NotYetValid {
-                not_before: time::OffsetDateTime::UNIX_EPOCH,
+                not_before: crate::Timestamp::MIN,
             },
             Error::DisabledApiKey,
             Error::RevokedApiKey,

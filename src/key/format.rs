@@ -161,7 +161,7 @@ pub(crate) fn key_display_form(prefix: &str, id: KeyId) -> String {
 /// ```
 /// # use apikey::{Keyring, ServerSecret, Verifier};
 /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
-/// let (key, _record) = verifier.issue(apikey::NewKey::new("kwi_sk_"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// let (key, _record) = verifier.issue(apikey::NewKey::new("kwi_sk_"), apikey::Timestamp::MIN)?;
 /// assert!(key.expose_secret().starts_with("kwi_sk_"));
 /// assert!(key.to_string().ends_with("..."));
 /// assert!(!format!("{key:?}").contains(&key.expose_secret()[20..]));

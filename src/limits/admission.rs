@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use crate::clock::Timestamp;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limits::credits::{
     Balance, CreditScope, CreditsExhausted, MAX_CREDITS, OwnerApi, SpendReceipt,
 };
 use crate::limits::gcra::{Gcra, GcraState, RateLimitInfo, WindowTest, ceil_secs, micros};
 use crate::limits::quota::{Quota, RateWindow};
+use crate::timestamp::Timestamp;
 
 /// A credit charge: `cost` credits from the key's balance and, when `owner`
 /// is given, from that owner's balance for the API, both or neither.

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::clock::Timestamp;
 use crate::limits::gcra::micros;
+use crate::timestamp::Timestamp;
 
 /// The largest balance, refill amount or cost: 2^53 - 1. Larger values
 /// saturate to it.
@@ -194,8 +194,8 @@ impl Refill {
 /// use apikey::limits::backend::Balance;
 /// let t0 = Timestamp::from_unix_micros(0)?;
 /// let b = Balance { remaining: 0, refill: Refill::every(10, Duration::from_secs(60)), refilled_at: t0 };
-/// assert_eq!(b.refreshed(t0.saturating_add_micros(59_999_999)).remaining, 0);
-/// assert_eq!(b.refreshed(t0.saturating_add_micros(60_000_000)).remaining, 10);
+/// assert_eq!(b.refreshed(t0 + std::time::Duration::from_micros(59_999_999)).remaining, 0);
+/// assert_eq!(b.refreshed(t0 + std::time::Duration::from_secs(60)).remaining, 10);
 /// # Ok::<(), apikey::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -378,10 +378,9 @@ impl CreditStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
 
-    fn ts(t: time::OffsetDateTime) -> Timestamp {
-        Timestamp::saturating_from_datetime(t)
+    fn ts(t: &str) -> Timestamp {
+        t.parse().unwrap()
     }
 
     #[test]
@@ -402,59 +401,42 @@ mod tests {
 
     #[test]
     fn monthly_and_daily_refills() {
-        let set = ts(datetime!(2026-01-31 23:00 UTC));
+        let set = ts("2026-01-31T23:00:00Z");
         let b = Balance {
             remaining: 1,
             refill: Some(Refill::new(100, RefillInterval::UtcMonth)),
             refilled_at: set,
         };
-        assert_eq!(
-            b.refreshed(ts(datetime!(2026-01-31 23:59:59.999999 UTC)))
-                .remaining,
-            1
-        );
-        let feb = b.refreshed(ts(datetime!(2026-02-01 0:00 UTC)));
+        assert_eq!(b.refreshed(ts("2026-01-31T23:59:59.999999Z")).remaining, 1);
+        let feb = b.refreshed(ts("2026-02-01T00:00:00Z"));
         assert_eq!(feb.remaining, 100);
-        assert_eq!(feb.refilled_at, ts(datetime!(2026-02-01 0:00 UTC)));
+        assert_eq!(feb.refilled_at, ts("2026-02-01T00:00:00Z"));
+        assert_eq!(b.next_refill_at(set), Some(ts("2026-02-01T00:00:00Z")));
         assert_eq!(
-            b.next_refill_at(set),
-            Some(ts(datetime!(2026-02-01 0:00 UTC)))
-        );
-        assert_eq!(
-            feb.next_refill_at(ts(datetime!(2026-02-10 0:00 UTC))),
-            Some(ts(datetime!(2026-03-01 0:00 UTC)))
+            feb.next_refill_at(ts("2026-02-10T00:00:00Z")),
+            Some(ts("2026-03-01T00:00:00Z"))
         );
         let dec = Balance {
-            refilled_at: ts(datetime!(2026-12-05 0:00 UTC)),
+            refilled_at: ts("2026-12-05T00:00:00Z"),
             ..b
         };
         assert_eq!(
-            dec.next_refill_at(ts(datetime!(2026-12-06 0:00 UTC))),
-            Some(ts(datetime!(2027-01-01 0:00 UTC)))
+            dec.next_refill_at(ts("2026-12-06T00:00:00Z")),
+            Some(ts("2027-01-01T00:00:00Z"))
         );
         let daily = Balance {
             remaining: 0,
             refill: Some(Refill::new(5, RefillInterval::UtcDay)),
-            refilled_at: ts(datetime!(2026-03-01 10:00 UTC)),
+            refilled_at: ts("2026-03-01T10:00:00Z"),
         };
+        assert_eq!(daily.refreshed(ts("2026-03-01T23:59:00Z")).remaining, 0);
+        assert_eq!(daily.refreshed(ts("2026-03-02T00:00:00Z")).remaining, 5);
         assert_eq!(
-            daily
-                .refreshed(ts(datetime!(2026-03-01 23:59 UTC)))
-                .remaining,
-            0
-        );
-        assert_eq!(
-            daily
-                .refreshed(ts(datetime!(2026-03-02 0:00 UTC)))
-                .remaining,
-            5
-        );
-        assert_eq!(
-            daily.next_refill_in(ts(datetime!(2026-03-01 23:00 UTC))),
+            daily.next_refill_in(ts("2026-03-01T23:00:00Z")),
             Some(Duration::from_secs(3600))
         );
         // Clock stepped back: nothing changes.
-        assert_eq!(daily.refreshed(ts(datetime!(2026-02-01 0:00 UTC))), daily);
+        assert_eq!(daily.refreshed(ts("2026-02-01T00:00:00Z")), daily);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::clock::Timestamp;
 use crate::limits::quota::RateWindow;
+use crate::timestamp::Timestamp;
 
 /// Rounds a duration up to whole seconds, as `Retry-After` and
 /// `X-RateLimit-Reset` need (a wait of 0.2 s becomes 1 s, so a client that

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
 use crate::limits::admission::{Admission, AdmissionState, IdempotencyError, Verdict, decide};
 use crate::limits::credits::{Balance, CreditAccount, CreditStatus, MAX_CREDITS, Refill};
@@ -16,6 +16,7 @@ use crate::limits::gcra::GcraState;
 use crate::limits::quota::Quota;
 use crate::limits::throttle::{FailureThrottle, FailureThrottleConfig, UntaggedAttempt};
 use crate::limits::{CreditBalances, Limits, SyncLimits};
+use crate::timestamp::Timestamp;
 
 const RATE_SHARD_BITS: u32 = 6;
 const CREDIT_SHARD_BITS: u32 = 4;
@@ -57,14 +58,14 @@ fn fib(key: u64, bits: u32) -> usize {
 /// use apikey::limits::{Admission, MemoryLimits, Quota};
 /// use time::macros::datetime;
 ///
-/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap());
 /// let limits = MemoryLimits::with_clock(clock.clone());
 /// let q = Quota::unlimited().per_minute(2);
 /// assert!(limits.check_sync(7, q).is_admitted());
 /// assert!(limits.check_sync(7, q).is_admitted());
 /// let refused = limits.check_sync(7, q);
 /// assert_eq!(refused.retry_after(), Some(Duration::from_secs(30)));
-/// clock.advance(time::Duration::seconds(30));
+/// clock.advance(std::time::Duration::from_secs(30));
 /// assert!(limits.admit_sync(&Admission::new(7, q)).is_admitted());
 /// ```
 #[derive(Debug)]
@@ -144,7 +145,7 @@ impl<C: Clock> MemoryLimits<C> {
 
     /// Decides and applies `admission` at the clock's current time.
     pub fn admit_sync(&self, admission: &Admission<'_>) -> Verdict {
-        self.admit_at(admission, self.clock.timestamp())
+        self.admit_at(admission, self.clock.now())
     }
 
     /// Rate limit only: [`admit_sync`](Self::admit_sync) of
@@ -212,7 +213,7 @@ impl<C: Clock> MemoryLimits<C> {
     /// throttle entries; no decision changes. Returns how many rate states
     /// were dropped.
     pub fn purge_idle(&self) -> usize {
-        let now = self.clock.timestamp();
+        let now = self.clock.now();
         if let Some(t) = &self.throttle {
             let _ = t.purge_expired(now);
         }
@@ -289,14 +290,14 @@ impl<C: Clock> MemoryLimits<C> {
         let b = Balance {
             remaining: remaining.min(MAX_CREDITS),
             refill,
-            refilled_at: self.clock.timestamp(),
+            refilled_at: self.clock.now(),
         };
         self.with_balance(account, |slot| *slot = Some(b));
     }
 
     /// [`CreditBalances::add_credits`] without a future.
     pub fn add_credits_sync(&self, account: CreditAccount<'_>, amount: u64) -> Option<u64> {
-        let now = self.clock.timestamp();
+        let now = self.clock.now();
         self.with_balance(account, |slot| {
             let b = slot.as_mut()?;
             *b = b.refreshed(now);
@@ -308,7 +309,7 @@ impl<C: Clock> MemoryLimits<C> {
     /// [`CreditBalances::credits`] without a future.
     #[must_use]
     pub fn credits_sync(&self, account: CreditAccount<'_>) -> Option<CreditStatus> {
-        let now = self.clock.timestamp();
+        let now = self.clock.now();
         self.with_balance(account, |slot| slot.map(|b| CreditStatus::of(&b, now)))
     }
 
@@ -347,27 +348,27 @@ impl<C: Clock> Limits for MemoryLimits<C> {
 
     fn check_key(&self, key_id: u64) -> Result<(), Duration> {
         match &self.throttle {
-            Some(t) => t.check_key(key_id, self.clock.timestamp()),
+            Some(t) => t.check_key(key_id, self.clock.now()),
             None => Ok(()),
         }
     }
 
     fn begin_untagged(&self, client: Option<IpAddr>) -> Result<UntaggedAttempt<'_>, Duration> {
         match &self.throttle {
-            Some(t) => t.begin_untagged(client, self.clock.timestamp()),
+            Some(t) => t.begin_untagged(client, self.clock.now()),
             None => Ok(UntaggedAttempt::unbounded()),
         }
     }
 
     fn key_failed(&self, key_id: u64) -> impl Future<Output = ()> + Send {
         if let Some(t) = &self.throttle {
-            let _ = t.record_key_failure(key_id, self.clock.timestamp());
+            let _ = t.record_key_failure(key_id, self.clock.now());
         }
         std::future::ready(())
     }
 
     fn untagged_failed(&self, attempt: UntaggedAttempt<'_>) -> impl Future<Output = ()> + Send {
-        let _ = attempt.failed(self.clock.timestamp());
+        let _ = attempt.failed(self.clock.now());
         std::future::ready(())
     }
 }
@@ -421,9 +422,11 @@ mod tests {
         SpendReceipt,
     };
     use std::sync::atomic::{AtomicU64, Ordering};
-    use time::macros::datetime;
 
-    const T0: time::OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+    const T0: Timestamp = match Timestamp::checked_from_unix_micros(1_767_225_600_000_000) {
+        Some(t) => t,
+        None => Timestamp::MIN,
+    };
 
     fn limits() -> (ManualClock, MemoryLimits<ManualClock>) {
         let clock = ManualClock::new(T0);
@@ -431,7 +434,7 @@ mod tests {
     }
 
     fn adv(c: &ManualClock, d: Duration) {
-        c.advance(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO));
+        c.advance(d);
     }
 
     fn q(m: Option<u32>, h: Option<u32>) -> Quota {
@@ -527,8 +530,11 @@ mod tests {
         let mut admitted = 0;
         for step in 0..40i64 {
             // Alternate big jumps back and small steps forward.
-            let jump = if step % 3 == 0 { -3_600 } else { 1 };
-            clock.advance(time::Duration::seconds(jump));
+            if step % 3 == 0 {
+                clock.rewind(std::time::Duration::from_secs(3_600));
+            } else {
+                clock.advance(std::time::Duration::from_secs(1));
+            }
             for _ in 0..3 {
                 if rl.check_sync(1, quota).is_admitted() {
                     admitted += 1;
@@ -539,7 +545,7 @@ mod tests {
         // went forward, and the state keeps the later time.
         assert!(admitted <= 3, "{admitted}");
         // At the end of the supported range: refused (fail closed).
-        clock.set(Timestamp::MAX.to_datetime());
+        clock.set(Timestamp::MAX);
         assert!(!rl.check_sync(2, q(Some(1), Some(1))).is_admitted());
     }
 
@@ -721,7 +727,7 @@ mod tests {
     #[test]
     fn monthly_refill_through_the_bundle() {
         let (clock, l) = limits();
-        clock.set(datetime!(2026-01-31 12:00 UTC));
+        clock.set("2026-01-31T12:00:00Z".parse::<Timestamp>().unwrap());
         l.set_credits_sync(
             owner("o", "rest"),
             2,
@@ -733,7 +739,7 @@ mod tests {
             e.map_err(|e| e.refill_in),
             Err(Some(Duration::from_secs(12 * 3600)))
         );
-        clock.set(datetime!(2026-02-01 0:00 UTC));
+        clock.set("2026-02-01T00:00:00Z".parse::<Timestamp>().unwrap());
         assert!(spend(&l, 1, Some("o"), "rest", 2).is_ok());
     }
 
@@ -772,7 +778,7 @@ mod tests {
         assert!(spend(&l, 2, None, "a", u64::MAX).is_ok());
         l.set_credits_sync(CreditAccount::Key(3), MAX_CREDITS, None);
         assert!(spend(&l, 3, None, "a", u64::MAX).is_err());
-        clock.set(Timestamp::MAX.to_datetime());
+        clock.set(Timestamp::MAX);
         assert_eq!(key_left(&l, 1), Some(MAX_CREDITS));
         // Reads do not write: back at the start nothing is due.
         clock.set(T0);

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::clock::Timestamp;
 use crate::limits::gcra::micros;
+use crate::timestamp::Timestamp;
 
 /// Configuration of a [`FailureThrottle`] (per key id and per address).
 ///

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use super::manager::{KeyManager, KeySummary};
 use crate::clock::Clock;
@@ -20,9 +20,9 @@ use crate::verify::{Bounds, parent_of_record};
 ///
 /// ```
 /// use apikey::*;
-/// use time::{Duration, macros::datetime};
+/// use std::time::Duration;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap());
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[6; 32])?)?);
 /// let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone());
 /// let admin = Actor::new("admin");
@@ -31,7 +31,7 @@ use crate::verify::{Bounds, parent_of_record};
 ///     .await?;
 /// // An agent gets read access for one hour.
 /// let (agent_key, agent) = keys
-///     .derive(parent.id, Derivation::new("agent").scopes(["tasks:read"]).expires_at(clock.now() + Duration::hours(1)), &admin)
+///     .derive(parent.id, Derivation::new("agent").scopes(["tasks:read"]).expires_at(clock.now() + Duration::from_secs(3_600)), &admin)
 ///     .await?;
 /// keys.authenticate(agent_key.expose_secret(), &Requirement::scope("tasks:read")?, None).await?;
 /// // Never broader than its parent.
@@ -55,7 +55,7 @@ pub struct Derivation {
     /// Scopes (each granted by the parent's). Defaults to the parent's.
     pub scopes: Option<Vec<String>>,
     /// Expiry (at most the parent's). Defaults to the parent's.
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// IP allowlist (within the parent's). Defaults to the parent's.
     pub ip_allowlist: Option<Vec<IpNet>>,
     /// Metadata of the child (the reserved [`PARENT`] entry is refused).
@@ -76,7 +76,7 @@ impl Derivation {
         self
     }
     /// Sets an earlier expiry.
-    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+    pub fn expires_at(mut self, at: Timestamp) -> Self {
         self.expires_at = Some(at);
         self
     }
@@ -121,7 +121,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         derivation: Derivation,
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
-        let now = self.now()?;
+        let now = self.now();
         let (max_depth, max_children) = self.derivation;
         if derivation.metadata.contains_key(PARENT) {
             return Err(Error::InvalidInput(format!(
@@ -188,7 +188,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// # Errors
     /// [`Error::KeyNotFound`]; as [`list`](Self::list).
     pub async fn children(&self, parent: KeyId) -> Result<Vec<KeySummary>> {
-        let now = self.now()?;
+        let now = self.now();
         let p = self.record(parent).await?;
         let Some(owner) = &p.owner else {
             return Ok(Vec::new());
@@ -213,7 +213,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         let Some(owner) = &parent.owner else {
             return Ok(());
         };
-        let now = self.now()?;
+        let now = self.now();
         let reason = "parent key revoked";
         for attempt in 0..super::manager::MAX_RETRIES {
             let records = self.records_of(owner).await?;

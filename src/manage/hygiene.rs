@@ -1,5 +1,7 @@
 use serde::Serialize;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
+
+use crate::Timestamp;
 
 use crate::key::KeyId;
 use crate::record::{KeyRecord, KeyStatus};
@@ -19,8 +21,8 @@ pub struct HygieneOptions {
 impl Default for HygieneOptions {
     fn default() -> Self {
         Self {
-            unused_for: Duration::days(90),
-            expiring_within: Duration::days(30),
+            unused_for: Duration::from_secs(90 * 86_400),
+            expiring_within: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -48,8 +50,7 @@ pub enum Finding {
     /// Not used since `last_used_at`, longer than the option's period.
     Unused {
         /// Last use (as of the last usage flush).
-        #[serde(with = "time::serde::rfc3339")]
-        last_used_at: OffsetDateTime,
+        last_used_at: Timestamp,
     },
     /// Never used, and older than the option's period.
     NeverUsed,
@@ -60,8 +61,7 @@ pub enum Finding {
     /// Expires within the option's window.
     ExpiringSoon {
         /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        expires_at: OffsetDateTime,
+        expires_at: Timestamp,
     },
     /// Breaks an issuance policy in force (refused at verification).
     NonCompliant {
@@ -95,8 +95,8 @@ pub struct KeyHygiene {
 /// use apikey::{HygieneOptions, HygieneReport, Finding, KeyPolicies, Keyring, NewKey, ServerSecret, Verifier};
 /// use time::macros::datetime;
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
-/// let now = datetime!(2026-06-01 0:00 UTC);
-/// let made = datetime!(2026-01-01 0:00 UTC);
+/// let now = "2026-06-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap();
+/// let made = "2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap();
 /// let (_key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["*"]), made)?;
 /// let report = HygieneReport::of_records([&record], &KeyPolicies::new(), now, &HygieneOptions::default());
 /// let findings = &report.keys[0].findings;
@@ -122,7 +122,7 @@ impl HygieneReport {
     pub fn of_records<'a>(
         records: impl IntoIterator<Item = &'a KeyRecord>,
         policies: &KeyPolicies,
-        now: OffsetDateTime,
+        now: Timestamp,
         options: &HygieneOptions,
     ) -> Self {
         let mut report = Self::default();

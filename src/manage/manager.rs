@@ -4,7 +4,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
+
+use crate::Timestamp;
 
 use super::hygiene::{HygieneOptions, HygieneReport};
 use crate::clock::{Clock, SystemClock};
@@ -35,7 +37,7 @@ pub use input::{ImportKey, KeyUpdate, Rotation};
 pub(crate) use gates::{MAX_RETRIES, backoff, contended};
 
 /// The default of [`KeyManager::with_max_grace`]: 7 days.
-pub const DEFAULT_MAX_GRACE: Duration = Duration::days(7);
+pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
 pub use crate::verify::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
 /// The default of [`KeyManager::with_derivation_limits`]: chains of at
 /// most 2 derived keys below a key, at most 100 live children per parent.
@@ -81,17 +83,13 @@ pub struct KeySummary {
     /// Effective state at the time of the call.
     pub state: KeyState,
     /// Created.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    pub created_at: Timestamp,
     /// Last successful use, as of the last usage flush.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_used_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<Timestamp>,
     /// Expiry (exclusive).
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// Start of validity.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub not_before: Option<OffsetDateTime>,
+    pub not_before: Option<Timestamp>,
     /// Revocation, when revoked.
     pub revocation: Option<Revocation>,
     /// Metadata.
@@ -145,7 +143,7 @@ pub enum KeyState {
 impl KeySummary {
     /// The summary of `record` at `now`, without usage counts (see
     /// [`with_usage`](Self::with_usage)).
-    pub fn from_record(record: &KeyRecord, now: OffsetDateTime) -> Self {
+    pub fn from_record(record: &KeyRecord, now: Timestamp) -> Self {
         let state = match record.status {
             KeyStatus::Revoked => KeyState::Revoked,
             KeyStatus::Disabled => KeyState::Disabled,
@@ -217,12 +215,12 @@ impl KeySummary {
 ///     Actor, KeyManager, KeyUpdate, Keyring, ManualClock, MemoryAuditSink, MemoryStore, NewKey,
 ///     Requirement, Rotation, ServerSecret, Verifier,
 /// };
-/// use time::{Duration, macros::datetime};
+/// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), apikey::Error> {
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
-/// let clock = ManualClock::new(datetime!(2026-06-01 9:00 UTC)); // SystemClock in production
+/// let clock = ManualClock::new("2026-06-01T09:00:00Z".parse::<apikey::Timestamp>().unwrap()); // SystemClock in production
 /// let audit = Arc::new(MemoryAuditSink::new());
 /// let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
 ///     .with_max_keys_per_owner(3)
@@ -243,8 +241,8 @@ impl KeySummary {
 /// keys.enable(summary.id, &admin).await?;
 ///
 /// // Rotate with a one-day grace period: both keys work until it ends.
-/// let (new_key, _) = keys.rotate(summary.id, Rotation::with_grace(Duration::days(1)), &admin).await?;
-/// clock.advance(Duration::days(1));
+/// let (new_key, _) = keys.rotate(summary.id, Rotation::with_grace(Duration::from_secs(86_400)), &admin).await?;
+/// clock.advance(Duration::from_secs(86_400));
 /// let err = keys.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
 /// assert_eq!(err.code(), "EXPIRED_API_KEY");
 /// keys.authenticate(new_key.expose_secret(), &Requirement::scope("tasks:write")?, None).await?;
@@ -261,10 +259,10 @@ impl KeySummary {
 /// ```
 /// use apikey::*;
 /// use std::sync::Arc;
-/// use time::{Duration, macros::datetime};
+/// use std::time::Duration;
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32])?)?);
-/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap());
 /// let audit = Arc::new(MemoryAuditSink::new());
 /// let manager = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
 ///     .with_max_keys_per_owner(3)
@@ -275,8 +273,8 @@ impl KeySummary {
 /// assert_eq!(manager.list("user_1").await?.len(), 1);
 /// manager.authenticate(key.expose_secret(), &Requirement::scope("read")?, None).await?;
 ///
-/// let (new_key, _) = manager.rotate(summary.id, Rotation::with_grace(Duration::hours(1)), &admin).await?;
-/// clock.advance(Duration::hours(1));
+/// let (new_key, _) = manager.rotate(summary.id, Rotation::with_grace(Duration::from_secs(3_600)), &admin).await?;
+/// clock.advance(Duration::from_secs(3_600));
 /// assert_eq!(manager.authenticate(key.expose_secret(), &Requirement::none(), None).await.unwrap_err().code(), "EXPIRED_API_KEY");
 /// manager.authenticate(new_key.expose_secret(), &Requirement::none(), None).await?;
 /// manager.shutdown().await?;
@@ -355,7 +353,7 @@ impl<S: KeyStoreWrite + UsageStore + 'static, C: Clock> KeyManager<S, C> {
     /// summaries at most every 60 s.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
         let store = Arc::new(store);
-        let usage = Arc::new(UsageRecorder::new(Duration::seconds(60)));
+        let usage = Arc::new(UsageRecorder::new(Duration::from_secs(60)));
         let mut auth = Authenticator::read_only_with_clock(verifier, Arc::clone(&store), clock)
             .with_usage(Arc::clone(&usage));
         auth.set_upgrader(store);
@@ -368,7 +366,7 @@ impl<S: KeyStoreWrite + UsageStore + 'static, C: Clock> KeyManager<S, C> {
             policies: (KeyPolicies::new(), None),
             audit: Arc::new(NoAudit),
             audit_enabled: false,
-            sample_interval: Duration::seconds(60),
+            sample_interval: Duration::from_secs(60),
             gates: gates::OwnerGates::default(),
         }
     }
@@ -454,9 +452,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     ///
     /// ```
     /// use apikey::*;
-    /// use time::{Duration, macros::datetime};
+    /// use std::time::Duration;
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+    /// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap());
     /// let store = std::sync::Arc::new(MemoryStore::new());
     /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
     /// let admin = Actor::new("admin");
@@ -466,12 +464,12 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// let keys = KeyManager::with_clock(verifier, store, clock.clone()).with_key_policies(
     ///     KeyPolicies::new().rule(PolicyRule::new(
     ///         PolicyTarget::Prefix("sk_live_".into()),
-    ///         KeyPolicy::new().default_lifetime(Duration::days(90)).max_lifetime(Duration::days(366)),
+    ///         KeyPolicy::new().default_lifetime(Duration::from_secs(90 * 86_400)).max_lifetime(Duration::from_secs(366 * 86_400)),
     ///     )),
     /// );
     /// let (_, s) = keys.create(NewKey::new("sk_live_"), &admin).await?;
-    /// assert_eq!(s.expires_at, Some(clock.now() + Duration::days(90)));
-    /// let too_long = NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(400));
+    /// assert_eq!(s.expires_at, Some(clock.now() + Duration::from_secs(90 * 86_400)));
+    /// let too_long = NewKey::new("sk_live_").expires_at(clock.now() + Duration::from_secs(400 * 86_400));
     /// assert_eq!(keys.create(too_long, &admin).await.unwrap_err().code(), "POLICY_VIOLATION");
     /// // The key made before the policy is refused, not revoked.
     /// let err = keys.authenticate(old_key.expose_secret(), &Requirement::none(), None).await.unwrap_err();
@@ -591,10 +589,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         &self.usage
     }
 
-    /// The clock's reading, checked against the
-    /// [supported range](crate::MIN_TIME).
-    pub(super) fn now(&self) -> Result<OffsetDateTime> {
-        crate::clock::check_time(self.auth.clock().now())
+    /// The clock's reading.
+    pub(super) fn now(&self) -> Timestamp {
+        self.auth.clock().now()
     }
 
     pub(super) fn emit(&self, event: AuditEvent) {
@@ -603,7 +600,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
 
     pub(super) fn event(
         &self,
-        now: OffsetDateTime,
+        now: Timestamp,
         kind: AuditKind,
         r: &KeyRecord,
         actor: &Actor,
@@ -629,7 +626,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     pub(super) fn issue_planned(
         &self,
         mut new: NewKey,
-        now: OffsetDateTime,
+        now: Timestamp,
         approval: bool,
     ) -> Result<(ApiKey, KeyRecord)> {
         if crate::key::is_publishable(&new.prefix) {
@@ -653,7 +650,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 .default_lifetime(&new.prefix, owner)
                 .or_else(|| p.max_lifetime(&new.prefix, owner))
         {
-            new.expires_at = Some(now.saturating_add(life).min(crate::clock::MAX_TIME));
+            new.expires_at = Some(now.saturating_add(life));
         }
         let pending = approval && p.requires_approval(&new.prefix, owner);
         let (key, mut record) = self.auth.verifier().issue(new, now)?;
@@ -668,7 +665,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     }
 
     /// Checks a changed record against the issuance policies.
-    pub(super) fn check_policies(&self, record: &KeyRecord, now: OffsetDateTime) -> Result<()> {
+    pub(super) fn check_policies(&self, record: &KeyRecord, now: Timestamp) -> Result<()> {
         match self.policies() {
             Some(p) => p.check(record, now),
             None => Ok(()),
@@ -696,7 +693,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::KeyNotFound`]; [`Error::InvalidRecord`] when the stored
     /// record cannot be read; [`Error::StoreUnavailable`].
     pub async fn get(&self, id: KeyId) -> Result<KeySummary> {
-        let now = self.now()?;
+        let now = self.now();
         let r = self.record(id).await?;
         self.summary(&r, now).await
     }
@@ -712,17 +709,12 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// # Errors
     /// [`Error::StoreUnavailable`].
     pub async fn usage_of(&self, id: KeyId) -> Result<UsageCounters> {
-        let now = self.now()?;
+        let now = self.now();
         self.usage_at(id, now).await
     }
 
-    async fn usage_at(&self, id: KeyId, now: OffsetDateTime) -> Result<UsageCounters> {
-        // Never panics: a `now` whose UTC date does not exist (an extreme
-        // offset) counts no usage.
-        let Some(today) = now.checked_to_offset(time::UtcOffset::UTC) else {
-            return Ok(UsageCounters::default());
-        };
-        let today = today.date();
+    async fn usage_at(&self, id: KeyId, now: Timestamp) -> Result<UsageCounters> {
+        let today = now.utc_date();
         let rows = self
             .store()
             .usage(id, UsageCounters::window(today))
@@ -732,11 +724,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     }
 
     /// The summary of `record` with its usage totals.
-    pub(crate) async fn summary(
-        &self,
-        record: &KeyRecord,
-        now: OffsetDateTime,
-    ) -> Result<KeySummary> {
+    pub(crate) async fn summary(&self, record: &KeyRecord, now: Timestamp) -> Result<KeySummary> {
         Ok(KeySummary::from_record(record, now).with_usage(self.usage_at(record.id, now).await?))
     }
 
@@ -749,7 +737,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// hide a key that may still work from the person reviewing it);
     /// [`Error::StoreUnavailable`] when the store fails.
     pub async fn list(&self, owner: &str) -> Result<Vec<KeySummary>> {
-        let now = self.now()?;
+        let now = self.now();
         let records = self.records_of(owner).await?;
         let mut out = Vec::with_capacity(records.len());
         for r in &records {
@@ -771,7 +759,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         owner: Option<&str>,
         within: Duration,
     ) -> Result<Vec<KeySummary>> {
-        let now = self.now()?;
+        let now = self.now();
         let mut query = KeyQuery::expiring(owner, now..now.saturating_add(within));
         let mut out = Vec::new();
         loop {
@@ -793,7 +781,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// # Errors
     /// As [`list`](Self::list).
     pub async fn hygiene(&self, owner: &str, options: &HygieneOptions) -> Result<HygieneReport> {
-        let now = self.now()?;
+        let now = self.now();
         let records = self.records_of(owner).await?;
         let none = KeyPolicies::new();
         let policies = self.policies().unwrap_or(&none);
@@ -813,7 +801,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// this call started is seen by it.
     ///
     /// # Errors
-    /// Every outcome of [`Verifier::verify_with`], [`Error::IpNotAllowed`],
+    /// Every outcome of [`Verifier::verify`], [`Error::IpNotAllowed`],
     /// and [`Error::StoreUnavailable`] when the store fails (never "valid",
     /// never "invalid key").
     pub async fn authenticate(
@@ -833,7 +821,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::StoreUnavailable`]; the counts stay pending.
     pub async fn flush(&self) -> Result<u64> {
         self.usage
-            .flush(self.auth.store(), self.now()?)
+            .flush(self.auth.store(), self.now())
             .await
             .map_err(Error::from)
     }
@@ -845,7 +833,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::StoreUnavailable`] when the final flush fails (the counts
     /// are still pending; call again).
     pub async fn shutdown(&self) -> Result<()> {
-        let now = self.now()?;
+        let now = self.now();
         if let Some(a) = self.auth.auditor() {
             a.rejections.emit(now, &*a.sink);
         }

@@ -3,7 +3,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Serialize;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
+
+use crate::Timestamp;
 
 use super::manager::KeyManager;
 use crate::clock::Clock;
@@ -36,8 +38,7 @@ pub struct ExpiryNotice {
     /// Its name.
     pub name: String,
     /// Its expiry (after a renewal: the new one).
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
+    pub expires_at: Timestamp,
     /// Whether the key was renewed (else: it will expire).
     pub renewed: bool,
 }
@@ -85,24 +86,24 @@ impl<F: Fn(&ExpiryNotice) + Send + Sync> ExpiryNotifier for F {
 /// ```
 /// use std::sync::Arc;
 /// use apikey::*;
-/// use time::{Duration, macros::datetime};
+/// use std::time::Duration;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap());
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32])?)?);
 /// let audit = Arc::new(MemoryAuditSink::new());
 /// let keys = KeyManager::with_clock(verifier, MemoryStore::new(), clock.clone())
 ///     .with_audit_sink(audit.clone());
 /// let admin = Actor::new("admin");
 /// let (key, s) = keys
-///     .create(NewKey::new("sk_live_").expires_at(clock.now() + Duration::days(10)).metadata(AUTO_RENEW, "true"), &admin)
+///     .create(NewKey::new("sk_live_").expires_at(clock.now() + Duration::from_secs(10 * 86_400)).metadata(AUTO_RENEW, "true"), &admin)
 ///     .await?;
 /// let report = keys.sweep_once(&SweepOptions::default()).await?;
 /// assert_eq!(report.notified, 1);
-/// clock.advance(Duration::days(5));
+/// clock.advance(Duration::from_secs(5 * 86_400));
 /// let report = keys.sweep_once(&SweepOptions::default()).await?;
 /// assert_eq!(report.renewed, 1);
-/// assert_eq!(keys.get(s.id).await?.expires_at, Some(clock.now() + Duration::days(90)));
-/// clock.advance(Duration::days(30));
+/// assert_eq!(keys.get(s.id).await?.expires_at, Some(clock.now() + Duration::from_secs(90 * 86_400)));
+/// clock.advance(Duration::from_secs(30 * 86_400));
 /// keys.authenticate(key.expose_secret(), &Requirement::none(), None).await?; // same key
 /// let kinds: Vec<&str> = audit.events().iter().map(|e| e.kind.as_str()).collect();
 /// assert_eq!(kinds, ["created", "expiring", "renewed"]);
@@ -142,9 +143,9 @@ impl fmt::Debug for SweepOptions {
 impl Default for SweepOptions {
     fn default() -> Self {
         Self {
-            notice_before: Duration::days(30),
-            renew_before: Duration::days(7),
-            renew_for: Duration::days(90),
+            notice_before: Duration::from_secs(30 * 86_400),
+            renew_before: Duration::from_secs(7 * 86_400),
+            renew_for: Duration::from_secs(90 * 86_400),
             notifier: None,
             actor: Actor::new("apikey-sweeper"),
         }
@@ -189,16 +190,15 @@ pub struct SweepReport {
     pub failed: Vec<(KeyId, ErrorCode)>,
 }
 
-fn expiry_mark(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp_nanos().to_string())
+fn expiry_mark(t: Timestamp) -> String {
+    t.to_string()
 }
 
 fn auto_renews(r: &KeyRecord) -> bool {
     r.metadata.get(AUTO_RENEW).is_some_and(|v| v == "true")
 }
 
-fn notice(r: &KeyRecord, expires_at: OffsetDateTime, renewed: bool) -> ExpiryNotice {
+fn notice(r: &KeyRecord, expires_at: Timestamp, renewed: bool) -> ExpiryNotice {
     ExpiryNotice {
         id: r.id,
         display: r.display_form(),
@@ -219,7 +219,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// listing fails; a failure on one key is in
     /// [`SweepReport::failed`] and the pass goes on.
     pub async fn sweep_once(&self, options: &SweepOptions) -> Result<SweepReport> {
-        let now = self.now()?;
+        let now = self.now();
         let notice_end = now.saturating_add(options.notice_before);
         let renew_end = now.saturating_add(options.renew_before);
         let mut query = KeyQuery::expiring(None, now..notice_end.max(renew_end)).limit(SWEEP_PAGE);
@@ -281,8 +281,8 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     async fn renew(
         &self,
         id: KeyId,
-        now: OffsetDateTime,
-        renew_end: OffsetDateTime,
+        now: Timestamp,
+        renew_end: Timestamp,
         options: &SweepOptions,
     ) -> Result<bool> {
         let (_, after) = self
@@ -305,7 +305,6 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 {
                     to = to.min(now.saturating_add(max));
                 }
-                let to = to.min(crate::clock::MAX_TIME);
                 if to <= exp {
                     return Ok(None);
                 }
@@ -328,8 +327,8 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     async fn notify_expiring(
         &self,
         id: KeyId,
-        now: OffsetDateTime,
-        notice_end: OffsetDateTime,
+        now: Timestamp,
+        notice_end: Timestamp,
         options: &SweepOptions,
     ) -> Result<bool> {
         let (_, after) = self
@@ -364,13 +363,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
 
     /// The audit event and the notifier call of a written notice or
     /// renewal.
-    fn announce(
-        &self,
-        now: OffsetDateTime,
-        kind: AuditKind,
-        r: &KeyRecord,
-        options: &SweepOptions,
-    ) {
+    fn announce(&self, now: Timestamp, kind: AuditKind, r: &KeyRecord, options: &SweepOptions) {
         let n = match &kind {
             AuditKind::Renewed { expires_at } => notice(r, *expires_at, true),
             _ => notice(r, r.expires_at.unwrap_or(now), false),

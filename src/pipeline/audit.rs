@@ -2,12 +2,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::Timestamp;
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::error::Reason;
 use crate::key::KeyId;
-use crate::record::unix_nanos;
 
 /// Who did something and why. Passed to every management call.
 ///
@@ -77,8 +76,7 @@ pub enum AuditKind {
         /// The new key.
         successor: KeyId,
         /// When the old key stops working.
-        #[serde(with = "time::serde::rfc3339")]
-        grace_ends: OffsetDateTime,
+        grace_ends: Timestamp,
     },
     /// A key record was deleted.
     Deleted,
@@ -91,8 +89,7 @@ pub enum AuditKind {
     /// ([`KeyManager::sweep_once`](crate::KeyManager::sweep_once)).
     Expiring {
         /// When the key expires.
-        #[serde(with = "time::serde::rfc3339")]
-        expires_at: OffsetDateTime,
+        expires_at: Timestamp,
         /// Whether the key is marked for auto-renewal.
         auto_renew: bool,
     },
@@ -100,8 +97,7 @@ pub enum AuditKind {
     /// key keeps working.
     Renewed {
         /// The new expiry.
-        #[serde(with = "time::serde::rfc3339")]
-        expires_at: OffsetDateTime,
+        expires_at: Timestamp,
     },
     /// A verification failed after the key's tag matched, for a reason
     /// about the key itself (unknown id, wrong secret, expired, not yet
@@ -258,8 +254,7 @@ impl AuditKind {
 #[non_exhaustive]
 pub struct AuditEvent {
     /// When (from the manager's clock).
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    pub at: Timestamp,
     /// What.
     #[serde(flatten)]
     pub kind: AuditKind,
@@ -275,7 +270,7 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event with no key, owner, actor or reason.
-    pub fn new(at: OffsetDateTime, kind: AuditKind) -> Self {
+    pub fn new(at: Timestamp, kind: AuditKind) -> Self {
         Self {
             at,
             kind,
@@ -303,13 +298,7 @@ impl AuditEvent {
 
 impl fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self
-            .at
-            .format(&time::format_description::well_known::Rfc3339)
-        {
-            Ok(at) => write!(f, "{at} {}", self.kind.as_str())?,
-            Err(_) => write!(f, "{} {}", self.at, self.kind.as_str())?,
-        }
+        write!(f, "{} {}", self.at, self.kind.as_str())?;
         if let Some(id) = self.key_id {
             write!(f, " key={id}")?;
         }
@@ -328,11 +317,7 @@ impl fmt::Display for AuditEvent {
                 successor,
                 grace_ends,
             } => {
-                write!(f, " successor={successor} grace_ends=")?;
-                match grace_ends.format(&time::format_description::well_known::Rfc3339) {
-                    Ok(t) => f.write_str(&t)?,
-                    Err(_) => write!(f, "{grace_ends}")?,
-                }
+                write!(f, " successor={successor} grace_ends={grace_ends}")?;
             }
             AuditKind::VerificationFailed { code } => write!(f, " code={code}")?,
             AuditKind::RejectionsSampled { counts } => write!(f, " counts={counts:?}")?,
@@ -419,7 +404,7 @@ impl AuditSink for NoAudit {
 /// ```
 /// use apikey::{AuditEvent, AuditKind, AuditSink, MemoryAuditSink};
 /// let sink = MemoryAuditSink::new();
-/// sink.record(&AuditEvent::new(time::OffsetDateTime::UNIX_EPOCH, AuditKind::Created));
+/// sink.record(&AuditEvent::new(apikey::Timestamp::MIN, AuditKind::Created));
 /// assert_eq!(sink.events().len(), 1);
 /// assert_eq!(sink.take().len(), 1);
 /// assert!(sink.events().is_empty());
@@ -514,13 +499,13 @@ impl AuditSink for TracingSink {
 pub(crate) struct RejectionSampler {
     counts: [AtomicU64; Reason::SAMPLED.len()],
     last_emit: AtomicI64,
-    interval_nanos: i64,
+    interval_micros: i64,
 }
 
 impl fmt::Debug for RejectionSampler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RejectionSampler")
-            .field("interval_nanos", &self.interval_nanos)
+            .field("interval_micros", &self.interval_micros)
             .finish_non_exhaustive()
     }
 }
@@ -528,11 +513,11 @@ impl fmt::Debug for RejectionSampler {
 const CLOCK_EVERY: u64 = 64;
 
 impl RejectionSampler {
-    pub(crate) fn new(interval: time::Duration) -> Self {
+    pub(crate) fn new(interval: std::time::Duration) -> Self {
         Self {
             counts: Default::default(),
             last_emit: AtomicI64::new(i64::MIN),
-            interval_nanos: interval.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64,
+            interval_micros: i64::try_from(interval.as_micros()).unwrap_or(i64::MAX),
         }
     }
 
@@ -544,7 +529,7 @@ impl RejectionSampler {
     pub(crate) fn count(
         &self,
         reason: Reason,
-        now: impl FnOnce() -> OffsetDateTime,
+        now: impl FnOnce() -> Timestamp,
         sink: &dyn AuditSink,
     ) {
         let Some(c) = reason.index().and_then(|i| self.counts.get(i)) else {
@@ -555,9 +540,9 @@ impl RejectionSampler {
             return;
         }
         let now = now();
-        let now_n = unix_nanos(now);
+        let now_n = now.as_unix_micros();
         let last = self.last_emit.load(Ordering::Relaxed);
-        if now_n.saturating_sub(last) >= self.interval_nanos
+        if now_n.saturating_sub(last) >= self.interval_micros
             && self
                 .last_emit
                 .compare_exchange(last, now_n, Ordering::AcqRel, Ordering::Relaxed)
@@ -568,7 +553,7 @@ impl RejectionSampler {
     }
 
     /// Emits a summary of everything counted since the last one, if any.
-    pub(crate) fn emit(&self, now: OffsetDateTime, sink: &dyn AuditSink) {
+    pub(crate) fn emit(&self, now: Timestamp, sink: &dyn AuditSink) {
         let counts: Vec<(&'static str, u64)> = Reason::SAMPLED
             .iter()
             .zip(&self.counts)

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use super::origin::check_view;
 use crate::clock::{Clock, SystemClock};
@@ -30,7 +30,7 @@ use crate::verify::{
 type FlushFn<S> = for<'a> fn(
     &'a S,
     &'a UsageRecorder,
-    OffsetDateTime,
+    Timestamp,
 ) -> Pin<
     Box<dyn Future<Output = std::result::Result<u64, StoreError>> + Send + 'a>,
 >;
@@ -38,7 +38,7 @@ type FlushFn<S> = for<'a> fn(
 fn flush_into<'a, S: UsageStore>(
     store: &'a S,
     usage: &'a UsageRecorder,
-    now: OffsetDateTime,
+    now: Timestamp,
 ) -> Pin<Box<dyn Future<Output = std::result::Result<u64, StoreError>> + Send + 'a>> {
     Box::pin(usage.flush(store, now))
 }
@@ -91,7 +91,7 @@ impl fmt::Debug for Auditor {
 /// 3. the **legacy lookup** (when legacy prefixes are declared): keys
 ///    imported from another system are found through the legacy index;
 /// 4. **fetch** the record by id from the [`KeyStore`];
-/// 5. **verify** ([`Verifier::verify_from`]): HMAC, constant-time
+/// 5. **verify** ([`Verifier::verify`]): HMAC, constant-time
 ///    comparison, status, validity window, environment, IP allowlist,
 ///    scopes;
 /// 6. **usage recording** (when configured): one in-memory count, flushed
@@ -122,7 +122,7 @@ impl fmt::Debug for Auditor {
 /// # async fn main() -> Result<(), Error> {
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[5; 32])?)?);
 /// let store = MemoryStore::new();
-/// let (key, record) = verifier.issue(NewKey::new("kwi_sk_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
+/// let (key, record) = verifier.issue(NewKey::new("kwi_sk_").scopes(["tasks:read"]), apikey::Clock::now(&apikey::SystemClock))?;
 /// store.insert_sync(record)?;
 ///
 /// let auth = Authenticator::new(verifier, store);
@@ -266,8 +266,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     ///
     /// # Errors
     /// [`Error::StoreUnavailable`] when the store fails (the counts stay
-    /// pending for the next flush); [`Error::InvalidInput`] when the clock
-    /// reads outside the supported range.
+    /// pending for the next flush).
     pub async fn flush(&self) -> Result<u64> {
         let Some(Usage {
             recorder,
@@ -277,7 +276,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         else {
             return Ok(0);
         };
-        let now = crate::clock::check_time(self.clock.now())?;
+        let now = self.clock.now();
         flush(&self.store, recorder, now).await.map_err(Error::from)
     }
 
@@ -285,14 +284,18 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// due at `now` (claims it: one caller per recorder interval gets
     /// `true`). `false` without usage or with a recorder handed in.
     #[cfg(feature = "axum")]
-    pub(crate) fn usage_flush_due(&self, now: OffsetDateTime) -> bool {
+    pub(crate) fn usage_flush_due(&self, now: Timestamp) -> bool {
         matches!(&self.usage, Some(u) if u.background && u.flush.is_some() && u.recorder.flush_due(now))
     }
 
     /// Sends audit events of failed verifications to `sink`, with
     /// rejection summaries at most once per `sample_interval`. Defaults to
     /// no audit.
-    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>, sample_interval: time::Duration) -> Self {
+    pub fn with_audit(
+        mut self,
+        sink: Arc<dyn AuditSink>,
+        sample_interval: std::time::Duration,
+    ) -> Self {
         self.audit = Some(Arc::new(Auditor {
             sink,
             rejections: RejectionSampler::new(sample_interval),
@@ -413,7 +416,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// this call started is seen by it (with a store that is not a cache).
     ///
     /// # Errors
-    /// Every outcome of [`Verifier::parse`] and [`Verifier::verify_from`],
+    /// Every outcome of [`Verifier::parse`] and [`Verifier::verify`],
     /// [`Error::TooManyFailures`] while throttled, [`Error::InvalidInput`]
     /// when the clock reads outside the supported range, and
     /// [`Error::StoreUnavailable`] when the store fails (never "valid",
@@ -522,23 +525,21 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         };
         let result = if self.usage.is_none() && self.audit.is_none() && self.monitor.is_none() {
             // Nothing records the time: the verifier reads the clock only
-            // for keys with a validity window, and then without calendar
-            // conversion (`Clock::checked_timestamp`).
-            let verified =
-                self.verifier
-                    .verify_from_clock_kept(&parsed, view, &self.clock, requirement, ip);
+            // for keys with a validity window.
+            let verified = self
+                .verifier
+                .verify_kept(&parsed, view, &self.clock, requirement, ip);
             let verified = match verified {
                 Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
                 other => other,
             };
             verified.and_then(|v| Self::from_origin(v, origin))
         } else {
-            // Usage or audit records the time: read it once, checked
-            // against the supported range before anything else.
+            // Usage or audit records the time: read it once.
             let now = self.clock.now();
             let verified = self
                 .verifier
-                .verify_from_kept(&parsed, view, now, requirement, ip);
+                .verify_kept(&parsed, view, &now, requirement, ip);
             let verified = match verified {
                 Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
                 other => other,
@@ -608,7 +609,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         verified: std::result::Result<VerifiedKey, Failure>,
         id: KeyId,
         owner: Option<&str>,
-        now: OffsetDateTime,
+        now: Timestamp,
         ip: Option<IpAddr>,
     ) -> std::result::Result<VerifiedKey, Failure> {
         match verified {
@@ -739,7 +740,7 @@ mod tests {
         let verifier =
             Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[4; 32]).unwrap()).unwrap());
         let store = MemoryStore::new();
-        let now = OffsetDateTime::now_utc();
+        let now = crate::Clock::now(&crate::SystemClock);
         let (key, record) = verifier
             .issue(
                 NewKey::new("sk_live_")

@@ -3,7 +3,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
+
+use crate::Timestamp;
 
 use super::audit::{AuditEvent, AuditKind, AuditSink};
 use super::usage::FastHasher;
@@ -50,10 +52,10 @@ pub struct MonitorConfig {
 impl Default for MonitorConfig {
     fn default() -> Self {
         Self {
-            new_network_window: Duration::days(30),
+            new_network_window: Duration::from_secs(30 * 86_400),
             burst_threshold: 20,
-            burst_window: Duration::minutes(5),
-            dedupe_window: Duration::hours(1),
+            burst_window: Duration::from_secs(5 * 60),
+            dedupe_window: Duration::from_secs(3_600),
             max_events_per_window: 3,
             traffic_factor: 5,
             traffic_min_hours: 3,
@@ -190,7 +192,7 @@ type KeyTable = HashMap<u64, KeyState, std::hash::BuildHasherDefault<FastHasher>
 /// let audit = Arc::new(MemoryAuditSink::new());
 /// let monitor = Monitor::new(MonitorConfig::default(), audit.clone());
 /// let id = KeyId::from_u64(7);
-/// let t = datetime!(2026-05-01 12:00 UTC);
+/// let t = "2026-05-01T12:00:00Z".parse::<apikey::Timestamp>().unwrap();
 /// let home: IpAddr = "198.51.100.4".parse().unwrap();
 /// let away: IpAddr = "203.0.113.9".parse().unwrap();
 /// monitor.used(id, None, Some(home), t); // the baseline
@@ -347,9 +349,9 @@ impl Monitor {
 
     /// A successful verification of `id` (owned by `owner`) from `ip` at
     /// `now`: the new-network and unusual-traffic checks.
-    pub fn used(&self, id: KeyId, owner: Option<&str>, ip: Option<IpAddr>, now: OffsetDateTime) {
+    pub fn used(&self, id: KeyId, owner: Option<&str>, ip: Option<IpAddr>, now: Timestamp) {
         let c = &self.config;
-        let t = now.unix_timestamp();
+        let t = now.as_unix_secs();
         let (new_net, unusual) = self.with_key(id, |k| {
             let new_net = ip.and_then(|ip| k.network_used(network(ip), t, c));
             (new_net, k.count_request(t, c))
@@ -373,12 +375,12 @@ impl Monitor {
 
     /// A failed verification of key `id` after its tag matched (wrong
     /// secret, revoked, expired, ...): the per-key burst check.
-    pub fn key_failed(&self, id: KeyId, owner: Option<&str>, now: OffsetDateTime) {
+    pub fn key_failed(&self, id: KeyId, owner: Option<&str>, now: Timestamp) {
         let c = &self.config;
-        let window = c.burst_window.whole_seconds();
+        let window = i64::try_from(c.burst_window.as_secs()).unwrap_or(i64::MAX);
         let burst = self.with_key(id, |k| {
             k.failures
-                .fail(now.unix_timestamp(), window, c.burst_threshold)
+                .fail(now.as_unix_secs(), window, c.burst_threshold)
         });
         if let Some(failures) = burst {
             self.emit(
@@ -397,11 +399,11 @@ impl Monitor {
 
     /// A failed verification (any reason) from `ip`: the per-network burst
     /// check.
-    pub fn network_failed(&self, ip: IpAddr, now: OffsetDateTime) {
+    pub fn network_failed(&self, ip: IpAddr, now: Timestamp) {
         let c = &self.config;
-        let window = c.burst_window.whole_seconds();
+        let window = i64::try_from(c.burst_window.as_secs()).unwrap_or(i64::MAX);
         let net = network(ip);
-        let t = now.unix_timestamp();
+        let t = now.as_unix_secs();
         let burst = {
             let mut shard = lock(&self.nets[shard_of(net)]);
             if !shard.contains_key(&net) {
@@ -427,9 +429,9 @@ impl Monitor {
     }
 
     /// The gate refused `id` with 429 `RATE_LIMITED`.
-    pub fn rate_limited(&self, id: KeyId, owner: Option<&str>, now: OffsetDateTime) {
-        let window = self.config.dedupe_window.whole_seconds();
-        let t = now.unix_timestamp();
+    pub fn rate_limited(&self, id: KeyId, owner: Option<&str>, now: Timestamp) {
+        let window = i64::try_from(self.config.dedupe_window.as_secs()).unwrap_or(i64::MAX);
+        let t = now.as_unix_secs();
         let raise = self.with_key(id, |k| {
             once_per(&mut k.rate_limit, &mut k.rate_limit_suppressed, t, window)
         });
@@ -439,9 +441,9 @@ impl Monitor {
     }
 
     /// The gate refused `id` with 429 `USAGE_EXCEEDED` (credits).
-    pub fn quota_exceeded(&self, id: KeyId, owner: Option<&str>, now: OffsetDateTime) {
-        let window = self.config.dedupe_window.whole_seconds();
-        let t = now.unix_timestamp();
+    pub fn quota_exceeded(&self, id: KeyId, owner: Option<&str>, now: Timestamp) {
+        let window = i64::try_from(self.config.dedupe_window.as_secs()).unwrap_or(i64::MAX);
+        let t = now.as_unix_secs();
         let raise = self.with_key(id, |k| {
             once_per(&mut k.quota, &mut k.quota_suppressed, t, window)
         });
@@ -472,7 +474,7 @@ impl KeyState {
     /// budget allows an event.
     fn network_used(&mut self, net: u64, now: i64, c: &MonitorConfig) -> Option<u64> {
         let first = self.nets.is_empty();
-        let window = c.new_network_window.whole_seconds();
+        let window = i64::try_from(c.new_network_window.as_secs()).unwrap_or(i64::MAX);
         let new = match self.nets.iter_mut().find(|(n, _)| *n == net) {
             Some((_, seen)) => {
                 let stale = now.saturating_sub(*seen) >= window;
@@ -497,7 +499,7 @@ impl KeyState {
         if !new || first {
             return None;
         }
-        let dedupe = c.dedupe_window.whole_seconds();
+        let dedupe = i64::try_from(c.dedupe_window.as_secs()).unwrap_or(i64::MAX);
         if now.saturating_sub(self.net_window) >= dedupe || now < self.net_window {
             self.net_window = now;
             self.net_events = 0;

@@ -3,11 +3,12 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use time::{Date, OffsetDateTime};
+use time::Date;
+
+use crate::Timestamp;
 
 use crate::error::StoreError;
 use crate::key::KeyId;
-use crate::record::unix_nanos;
 use crate::store::{FlushId, UsageBatch, UsageDelta, UsageStore};
 
 const SHARDS: usize = 16;
@@ -15,7 +16,7 @@ const SHARDS: usize = 16;
 #[derive(Clone, Copy)]
 struct Pending {
     count: u64,
-    last: OffsetDateTime,
+    last: Timestamp,
 }
 
 /// Multiply-xor hasher for `(key id, day)` (and the monitor's key ids):
@@ -85,8 +86,8 @@ type Shard = HashMap<(u64, Date), Pending, std::hash::BuildHasherDefault<FastHas
 /// use apikey::{KeyId, MemoryStore, UsageRecorder};
 /// use time::macros::datetime;
 /// # tokio_test_block_on(async {
-/// let usage = UsageRecorder::new(time::Duration::minutes(1));
-/// let now = datetime!(2026-05-01 12:00 UTC);
+/// let usage = UsageRecorder::new(std::time::Duration::from_secs(60));
+/// let now = "2026-05-01T12:00:00Z".parse::<apikey::Timestamp>().unwrap();
 /// usage.record(KeyId::from_u64(7), now); // the key does not exist: skipped at flush
 /// assert_eq!(usage.pending(), 1);
 /// let store = MemoryStore::new();
@@ -104,7 +105,7 @@ pub struct UsageRecorder {
     /// oldest first.
     outbox: Mutex<Vec<Outgoing>>,
     last_flush: AtomicI64,
-    interval_nanos: i64,
+    interval_micros: i64,
 }
 
 /// A batch in the outbox.
@@ -138,7 +139,7 @@ impl fmt::Debug for UsageRecorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageRecorder")
             .field("pending", &self.pending())
-            .field("interval_nanos", &self.interval_nanos)
+            .field("interval_micros", &self.interval_micros)
             .finish()
     }
 }
@@ -152,15 +153,15 @@ impl UsageRecorder {
     /// [`Authenticator::new`](crate::Authenticator::new) writes its usage
     /// counts: the gate's axum layer starts a flush in the background at
     /// most once per interval.
-    pub const DEFAULT_FLUSH_INTERVAL: time::Duration = time::Duration::seconds(10);
+    pub const DEFAULT_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// A recorder whose [`flush_due`](Self::flush_due) fires every `interval`.
-    pub fn new(interval: time::Duration) -> Self {
+    pub fn new(interval: std::time::Duration) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             outbox: Mutex::new(Vec::new()),
             last_flush: AtomicI64::new(i64::MIN),
-            interval_nanos: interval.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64,
+            interval_micros: i64::try_from(interval.as_micros()).unwrap_or(i64::MAX),
         }
     }
 
@@ -169,13 +170,14 @@ impl UsageRecorder {
     }
 
     /// Counts one successful verification of `id` at `now` (its UTC day).
-    pub fn record(&self, id: KeyId, now: OffsetDateTime) {
-        let now = now.to_offset(time::UtcOffset::UTC);
+    pub fn record(&self, id: KeyId, now: Timestamp) {
         let mut shard = lock(self.shard(id));
-        let e = shard.entry((id.as_u64(), now.date())).or_insert(Pending {
-            count: 0,
-            last: now,
-        });
+        let e = shard
+            .entry((id.as_u64(), now.utc_date()))
+            .or_insert(Pending {
+                count: 0,
+                last: now,
+            });
         e.count = e.count.saturating_add(1);
         e.last = e.last.max(now);
     }
@@ -207,10 +209,10 @@ impl UsageRecorder {
 
     /// Whether a flush is due at `now`; claims it (only one caller per
     /// interval gets `true`). The first call is always due.
-    pub fn flush_due(&self, now: OffsetDateTime) -> bool {
-        let now = unix_nanos(now);
+    pub fn flush_due(&self, now: Timestamp) -> bool {
+        let now = now.as_unix_micros();
         let last = self.last_flush.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= self.interval_nanos
+        now.saturating_sub(last) >= self.interval_micros
             && self
                 .last_flush
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
@@ -234,11 +236,13 @@ impl UsageRecorder {
     pub async fn flush<S: UsageStore + ?Sized>(
         &self,
         store: &S,
-        now: OffsetDateTime,
+        now: Timestamp,
     ) -> Result<u64, StoreError> {
-        let previous = self.last_flush.swap(unix_nanos(now), Ordering::Relaxed);
+        let previous = self
+            .last_flush
+            .swap(now.as_unix_micros(), Ordering::Relaxed);
         let lag = (previous != i64::MIN)
-            .then(|| unix_nanos(now).saturating_sub(previous) as f64 / 1e9)
+            .then(|| now.as_unix_micros().saturating_sub(previous) as f64 / 1e6)
             .filter(|l| *l >= 0.0);
         self.take_pending();
         let mut written = 0u64;

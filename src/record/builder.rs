@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use super::stored::{KeyRecord, KeyStatus, LegacyInfo, Revocation};
 use crate::error::Result;
@@ -31,12 +31,12 @@ use crate::record::ScopeSet;
 ///     Environment::Live,
 ///     1,
 ///     KeyDigest::from_bytes([7; 32]),
-///     datetime!(2026-01-01 0:00 UTC),
+///     "2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap(),
 /// )
 /// .owner(Some("user_42".into()))
 /// .name("CI")
 /// .scopes(ScopeSet::parse(["tasks:read"])?)
-/// .expires_at(Some(datetime!(2027-01-01 0:00 UTC)))
+/// .expires_at(Some("2027-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap()))
 /// .revision(3)
 /// .build()?;
 /// assert_eq!(record.status, KeyStatus::Active);
@@ -58,7 +58,7 @@ impl KeyRecord {
         environment: Environment,
         secret_version: u8,
         digest: KeyDigest,
-        created_at: OffsetDateTime,
+        created_at: Timestamp,
     ) -> KeyRecordBuilder {
         KeyRecordBuilder {
             record: KeyRecord {
@@ -119,7 +119,7 @@ impl KeyRecordBuilder {
         /// The keyed digest.
         digest: KeyDigest,
         /// When the key was made.
-        created_at: OffsetDateTime,
+        created_at: Timestamp,
         /// Owning user or organisation (`None`: machine-to-machine).
         owner: Option<String>,
         /// Description.
@@ -127,16 +127,16 @@ impl KeyRecordBuilder {
         /// Granted scopes.
         scopes: ScopeSet,
         /// Exclusive end of validity (`None`: never expires).
-        expires_at: Option<OffsetDateTime>,
+        expires_at: Option<Timestamp>,
         /// Inclusive start of validity (`None`: at once).
-        not_before: Option<OffsetDateTime>,
+        not_before: Option<Timestamp>,
         /// Active, disabled or revoked (a revoked record needs a
         /// [`revocation`](Self::revocation)).
         status: KeyStatus,
         /// Why and when the key was revoked.
         revocation: Option<Revocation>,
         /// The last successful verification.
-        last_used_at: Option<OffsetDateTime>,
+        last_used_at: Option<Timestamp>,
         /// Free-form string metadata.
         metadata: BTreeMap<String, String>,
         /// The key this one replaced by rotation.
@@ -164,23 +164,12 @@ impl KeyRecordBuilder {
         self
     }
 
-    /// The record, once its invariants hold. Times are truncated to whole
-    /// microseconds (the precision every store keeps, so a record reads
-    /// back identical from PostgreSQL too).
+    /// The record, once its invariants hold.
     ///
     /// # Errors
     /// [`Error::InvalidRecord`](crate::Error::InvalidRecord) naming the broken
     /// invariant (as [`KeyRecord::validate`]).
-    pub fn build(mut self) -> Result<KeyRecord> {
-        use crate::clock::to_micros;
-        let r = &mut self.record;
-        r.created_at = to_micros(r.created_at);
-        r.expires_at = r.expires_at.map(to_micros);
-        r.not_before = r.not_before.map(to_micros);
-        r.last_used_at = r.last_used_at.map(to_micros);
-        if let Some(rev) = &mut r.revocation {
-            rev.at = to_micros(rev.at);
-        }
+    pub fn build(self) -> Result<KeyRecord> {
         self.record.validate()?;
         Ok(self.record)
     }

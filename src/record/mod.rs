@@ -21,5 +21,5 @@ pub use metadata::PARENT;
 pub use scope::{Requirement, Scope, ScopeSet};
 #[cfg(test)]
 pub(crate) use stored::Extra;
-pub(crate) use stored::{HAS_PARENT, Owner, unix_nanos};
+pub(crate) use stored::{HAS_PARENT, Owner};
 pub use stored::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, UsageCounters};

@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 
+use crate::Timestamp;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::key::KeyDigest;
@@ -27,8 +27,7 @@ pub enum KeyStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    pub at: Timestamp,
     /// The reason the caller gave.
     pub reason: String,
 }
@@ -49,7 +48,7 @@ pub struct Revocation {
 /// ```
 /// # use apikey::{Keyring, ServerSecret, Verifier, NewKey, KeyRecord};
 /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
-/// let (_key, record) = verifier.issue(NewKey::new("sk_live_").name("CI"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// let (_key, record) = verifier.issue(NewKey::new("sk_live_").name("CI"), apikey::Timestamp::MIN)?;
 /// let json = serde_json::to_string(&record).expect("serializes");
 /// assert!(json.contains("\"schema_version\":1"));
 /// assert!(json.contains("\"created_at\":\"1970-01-01T00:00:00Z\""));
@@ -86,22 +85,21 @@ pub struct KeyRecord {
     #[serde(default)]
     pub scopes: ScopeSet,
     /// When the key was made.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    pub created_at: Timestamp,
     /// When the key stops being valid (exclusive); `None`: never.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
     /// When the key starts being valid (inclusive); `None`: at once.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub not_before: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub not_before: Option<Timestamp>,
     /// Active, disabled or revoked.
     pub status: KeyStatus,
     /// Set when revoked.
     #[serde(default)]
     pub revocation: Option<Revocation>,
     /// Last successful verification (updated in batches, see the lifecycle docs).
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub last_used_at: Option<Timestamp>,
     /// Free-form string metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -246,7 +244,7 @@ impl KeyRecord {
     ///
     /// The one statement of the rule: [`KeyManager`](crate::KeyManager)
     /// plans the owner limit with it; no store evaluates it.
-    pub fn counts_toward_limit(&self, now: OffsetDateTime) -> bool {
+    pub fn counts_toward_limit(&self, now: Timestamp) -> bool {
         self.status != KeyStatus::Revoked
             && self.expires_at.is_none_or(|exp| now < exp)
             && self.rotated_to.is_none()
@@ -254,34 +252,21 @@ impl KeyRecord {
 
     /// Whether the key is usable at `now` by status and validity window
     /// (not counting leeway).
-    pub fn is_usable_at(&self, now: OffsetDateTime) -> bool {
+    pub fn is_usable_at(&self, now: Timestamp) -> bool {
         self.status == KeyStatus::Active
             && self.not_before.is_none_or(|nb| nb <= now)
             && self.expires_at.is_none_or(|exp| now < exp)
     }
 
     /// Checks the record's own invariants (used when records come from
-    /// outside: deserialized or inserted by a custom store), among them that
-    /// every time is in the [supported range](crate::MIN_TIME).
+    /// outside: deserialized or inserted by a custom store). Times need no
+    /// check: a [`Timestamp`] is always in the supported range.
     ///
     /// # Errors
     /// [`Error::InvalidRecord`] naming the broken invariant.
     pub fn validate(&self) -> Result<()> {
         if self.schema_version != KeyRecord::SCHEMA_VERSION {
             return Err(Error::InvalidRecord("unsupported schema_version".into()));
-        }
-        let times = [
-            Some(self.created_at),
-            self.expires_at,
-            self.not_before,
-            self.last_used_at,
-            self.revocation.as_ref().map(|r| r.at),
-        ];
-        if !times.into_iter().flatten().all(crate::clock::in_time_range) {
-            return Err(Error::InvalidRecord(
-                "a time is outside the supported range (1970-01-01T00:00:00Z to 2255-06-05T23:47:34.740991Z)"
-                    .into(),
-            ));
         }
         if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
             && exp <= nb
@@ -309,14 +294,6 @@ impl KeyRecord {
     }
 }
 
-/// Nanoseconds since the Unix epoch, saturated to `i64` (years 1678-2262;
-/// later expiries mean "never" in practice, earlier not-befores "always").
-#[inline]
-pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
-    let n = t.unix_timestamp_nanos();
-    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-}
-
 /// The compact, shared form of a record that verification reads.
 ///
 /// Stores hand the verifier an `Arc<KeyView>`: no clone of names,
@@ -327,7 +304,7 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 /// ```
 /// # use apikey::{Keyring, ServerSecret, Verifier, NewKey, KeyView};
 /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[9; 32])?)?);
-/// let (_key, record) = verifier.issue(NewKey::new("sk_test_"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// let (_key, record) = verifier.issue(NewKey::new("sk_test_"), apikey::Timestamp::MIN)?;
 /// let view = KeyView::from_record(&record);
 /// assert_eq!(view.id(), record.id);
 /// # Ok::<(), apikey::Error>(())
@@ -341,13 +318,8 @@ pub(crate) fn unix_nanos(t: OffsetDateTime) -> i64 {
 pub struct KeyView {
     pub(crate) digest: KeyDigest,
     pub(crate) id: KeyId,
-    /// Exclusive end, Unix nanos; `i64::MAX` when unset. Every supported
-    /// time ([`MAX_TIME`](crate::MAX_TIME), year 2255) is below `i64::MAX`
-    /// nanoseconds (year 2262), and verification refuses a `now` outside
-    /// the range, so the sentinel never collides with a real time; an
-    /// unvalidated record expiring later saturates to it, which gives the
-    /// same answer for every supported `now` (its exact value is kept in
-    /// the cold fields).
+    /// Exclusive end, Unix microseconds; `i64::MAX` when unset (above
+    /// every [`Timestamp`], so "never" compares as later than any `now`).
     pub(crate) expires_at: i64,
     pub(crate) scopes: Arc<ScopeSet>,
     pub(crate) secret_version: u8,
@@ -362,8 +334,8 @@ pub struct KeyView {
     /// Revision, usage and rarely set fields; `None` while all are at their
     /// defaults.
     pub(crate) extra: Option<Box<Extra>>,
-    /// Creation time, Unix nanos (exact unless the cold fields say otherwise).
-    pub(crate) created_at: i64,
+    /// Creation time.
+    pub(crate) created_at: Timestamp,
     pub(crate) owner: Option<Owner>,
 }
 
@@ -434,15 +406,15 @@ pub(crate) const HAS_PARENT: u8 = 4;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Extra {
     pub(crate) revision: u64,
-    pub(crate) last_used_at: Option<OffsetDateTime>,
+    pub(crate) last_used_at: Option<Timestamp>,
     pub(crate) cold: Option<Box<ColdFields>>,
 }
 
 /// Rarely set fields of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ColdFields {
-    /// Inclusive start, Unix nanos (saturated).
-    pub(crate) not_before: Option<i64>,
+    /// Inclusive start.
+    pub(crate) not_before: Option<Timestamp>,
     pub(crate) ip_allowlist: Option<Arc<[IpNet]>>,
     pub(crate) metadata: Option<Arc<BTreeMap<String, String>>>,
     pub(crate) name: Box<str>,
@@ -454,15 +426,11 @@ pub(crate) struct ColdFields {
     pub(crate) exact: Option<Box<ExactFields>>,
 }
 
-/// Values the compact fields cannot hold exactly: times with a non-UTC
-/// offset or outside the `i64` nanosecond range, and a prefix when the
-/// prefix table is full.
+/// Values the compact fields cannot hold: a prefix when the prefix table
+/// is full.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ExactFields {
     pub(crate) prefix: Option<Prefix>,
-    pub(crate) created_at: Option<OffsetDateTime>,
-    pub(crate) not_before: Option<Option<OffsetDateTime>>,
-    pub(crate) expires_at: Option<Option<OffsetDateTime>>,
 }
 
 /// Process-wide table of the prefixes views refer to by index. Prefixes
@@ -491,22 +459,6 @@ fn prefix_slot(prefix: &Prefix) -> u8 {
         }
     }
     0
-}
-
-/// `t` as exact Unix nanos: `None` unless UTC and within `i64` nanos
-/// (other than `sentinel`).
-fn exact_nanos(t: OffsetDateTime, sentinel: i64) -> Option<i64> {
-    if !t.offset().is_utc() {
-        return None;
-    }
-    i64::try_from(t.unix_timestamp_nanos())
-        .ok()
-        .filter(|n| *n != sentinel)
-}
-
-fn utc_from_nanos(n: i64) -> OffsetDateTime {
-    // Every i64 of nanoseconds is within `OffsetDateTime`'s range.
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl KeyView {
@@ -540,25 +492,8 @@ impl KeyView {
         if prefix == 0 {
             exact.prefix = Some(record.prefix.clone());
         }
-        let created_at = match exact_nanos(record.created_at, i64::MIN) {
-            Some(n) => n,
-            None => {
-                exact.created_at = Some(record.created_at);
-                unix_nanos(record.created_at)
-            }
-        };
-        if let Some(t) = record.not_before
-            && exact_nanos(t, i64::MIN).is_none()
-        {
-            exact.not_before = Some(record.not_before);
-        }
-        if let Some(t) = record.expires_at
-            && exact_nanos(t, i64::MAX).is_none()
-        {
-            exact.expires_at = Some(record.expires_at);
-        }
         let cold = ColdFields {
-            not_before: record.not_before.map(unix_nanos),
+            not_before: record.not_before,
             ip_allowlist: if record.ip_allowlist.is_empty() {
                 None
             } else {
@@ -599,7 +534,9 @@ impl KeyView {
         Self {
             digest: record.digest,
             id: record.id,
-            expires_at: record.expires_at.map_or(i64::MAX, unix_nanos),
+            expires_at: record
+                .expires_at
+                .map_or(i64::MAX, Timestamp::as_unix_micros),
             scopes,
             flags,
             secret_version: record.secret_version,
@@ -607,7 +544,7 @@ impl KeyView {
             environment: record.environment,
             prefix,
             owner,
-            created_at,
+            created_at: record.created_at,
             extra: (extra != Extra::default()).then(|| Box::new(extra)),
         }
     }
@@ -627,12 +564,9 @@ impl KeyView {
             secret_version: self.secret_version,
             digest: self.digest,
             scopes: (*self.scopes).clone(),
-            created_at: self.created_at_exact(),
-            expires_at: self.expires_at_exact(),
-            not_before: match self.exact().and_then(|e| e.not_before) {
-                Some(t) => t,
-                None => cold.and_then(|c| c.not_before).map(utc_from_nanos),
-            },
+            created_at: self.created_at,
+            expires_at: self.expires_at(),
+            not_before: self.not_before(),
             status: self.status,
             revocation: cold.and_then(|c| c.revocation.as_deref().cloned()),
             last_used_at: state.and_then(|s| s.last_used_at),
@@ -661,13 +595,16 @@ impl KeyView {
         self.expires_at != i64::MAX || self.flags & HAS_NOT_BEFORE != 0
     }
 
-    /// Inclusive start of validity, Unix nanos; `i64::MIN` when unset.
+    /// Inclusive start of validity, Unix microseconds; `i64::MIN` when
+    /// unset.
     #[inline]
-    pub(crate) fn not_before_nanos(&self) -> i64 {
+    pub(crate) fn not_before_micros(&self) -> i64 {
         if self.flags & HAS_NOT_BEFORE == 0 {
             return i64::MIN;
         }
-        self.cold().and_then(|c| c.not_before).unwrap_or(i64::MIN)
+        self.cold()
+            .and_then(|c| c.not_before)
+            .map_or(i64::MIN, Timestamp::as_unix_micros)
     }
 
     /// The prefix.
@@ -687,22 +624,6 @@ impl KeyView {
             },
         }
     }
-    /// Exact creation time.
-    pub(crate) fn created_at_exact(&self) -> OffsetDateTime {
-        match self.exact().and_then(|e| e.created_at) {
-            Some(t) => t,
-            None => utc_from_nanos(self.created_at),
-        }
-    }
-
-    /// Exact expiry.
-    pub(crate) fn expires_at_exact(&self) -> Option<OffsetDateTime> {
-        match self.exact().and_then(|e| e.expires_at) {
-            Some(t) => t,
-            None => (self.expires_at != i64::MAX).then(|| utc_from_nanos(self.expires_at)),
-        }
-    }
-
     /// The record's revision.
     pub(crate) fn revision(&self) -> u64 {
         self.extra.as_deref().map_or(0, |s| s.revision)
@@ -732,7 +653,7 @@ impl KeyView {
     /// ```
     /// use apikey::{KeyView, NewKey, Keyring, ServerSecret, Verifier};
     /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
-    /// let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    /// let now = apikey::Timestamp::MIN + std::time::Duration::from_secs(20_000 * 86_400);
     /// let (_, open) = verifier.issue(NewKey::new("sk_live_"), now)?;
     /// assert!(KeyView::from_record(&open).allows_ip(None));
     /// let (_, fenced) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), now)?;
@@ -791,19 +712,20 @@ impl KeyView {
             .unwrap_or(&EMPTY)
     }
 
-    /// Expiry, if any: exactly the record's, also when it lies beyond the
-    /// nanosecond range of the hot field (which then reads "never" for
-    /// every supported `now`).
-    pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.expires_at_exact()
+    /// Expiry, if any.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        // The "never" sentinel, `i64::MAX`, is no timestamp.
+        Timestamp::from_unix_micros(self.expires_at).ok()
     }
 
-    /// Not-before, if any: exactly the record's.
-    pub fn not_before(&self) -> Option<OffsetDateTime> {
-        match self.exact().and_then(|e| e.not_before) {
-            Some(t) => t,
-            None => self.cold().and_then(|c| c.not_before).map(utc_from_nanos),
-        }
+    /// Not-before, if any.
+    pub fn not_before(&self) -> Option<Timestamp> {
+        self.cold().and_then(|c| c.not_before)
+    }
+
+    /// Creation time.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
     }
 }
 
@@ -832,9 +754,9 @@ pub struct NewKey {
     /// Scopes, validated at issue time.
     pub scopes: Vec<String>,
     /// Expiry (exclusive).
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// Start of validity (inclusive).
-    pub not_before: Option<OffsetDateTime>,
+    pub not_before: Option<Timestamp>,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
     /// Addresses the key may be used from; empty: anywhere.
@@ -870,12 +792,12 @@ impl NewKey {
         self
     }
     /// Sets the expiry.
-    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+    pub fn expires_at(mut self, at: Timestamp) -> Self {
         self.expires_at = Some(at);
         self
     }
     /// Sets the start of validity.
-    pub fn not_before(mut self, at: OffsetDateTime) -> Self {
+    pub fn not_before(mut self, at: Timestamp) -> Self {
         self.not_before = Some(at);
         self
     }

@@ -146,7 +146,7 @@ impl Ticker {
             Self::Monotonic(origin) => {
                 i64::try_from(origin.elapsed().as_micros()).unwrap_or(i64::MAX)
             }
-            Self::Clock(c) => c.timestamp().as_unix_micros(),
+            Self::Clock(c) => c.now().as_unix_micros(),
         }
     }
 }
@@ -470,7 +470,7 @@ impl<S> CachedStore<S> {
             Invalidation::Keys(ids) => self.drop_keys(ids),
             Invalidation::Owner(owner) => self.drop_where(|v| v.owner() == Some(owner.as_str())),
             Invalidation::Prefix { prefix, created } => {
-                self.drop_where(|v| v.prefix() == prefix && created.contains(&v.created_at_exact()))
+                self.drop_where(|v| v.prefix() == prefix && created.contains(&v.created_at()))
             }
             Invalidation::All => self.invalidate_all(),
         }

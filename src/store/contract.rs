@@ -4,7 +4,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyDigest;
@@ -221,7 +221,7 @@ pub struct Delete {
 /// use apikey::store::{Changes, Put};
 /// # use apikey::*;
 /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[3; 32])?)?);
-/// # let (_, record) = verifier.issue(NewKey::new("sk_live_").owner("u1"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// # let (_, record) = verifier.issue(NewKey::new("sk_live_").owner("u1"), apikey::Timestamp::MIN)?;
 /// let mut changes = Changes::new().guard("u1", 0);
 /// changes.puts.push(Put::insert(record));
 /// assert_eq!(changes.len(), 2);
@@ -317,7 +317,7 @@ pub enum KeyFilter {
         /// `None`: every owner.
         owner: Option<String>,
         /// The expiry window.
-        window: Range<OffsetDateTime>,
+        window: Range<Timestamp>,
     },
     /// Records with `prefix` created in `window` (start inclusive, end
     /// exclusive), whoever owns them; ordered by `created_at`, then id.
@@ -325,7 +325,7 @@ pub enum KeyFilter {
         /// The prefix.
         prefix: Prefix,
         /// The creation window.
-        window: Range<OffsetDateTime>,
+        window: Range<Timestamp>,
     },
 }
 
@@ -334,7 +334,7 @@ pub enum KeyFilter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursor {
     /// The sort time (`created_at` or `expires_at`, per the filter).
-    pub at: OffsetDateTime,
+    pub at: Timestamp,
     /// The id.
     pub id: KeyId,
 }
@@ -377,7 +377,7 @@ impl KeyQuery {
 
     /// Records not revoked expiring in `window`, of `owner` or everyone,
     /// soonest first.
-    pub fn expiring(owner: Option<&str>, window: Range<OffsetDateTime>) -> Self {
+    pub fn expiring(owner: Option<&str>, window: Range<Timestamp>) -> Self {
         Self::of(KeyFilter::Expiring {
             owner: owner.map(str::to_owned),
             window,
@@ -385,7 +385,7 @@ impl KeyQuery {
     }
 
     /// Records with `prefix` created in `window`, oldest first.
-    pub fn created(prefix: Prefix, window: Range<OffsetDateTime>) -> Self {
+    pub fn created(prefix: Prefix, window: Range<Timestamp>) -> Self {
         Self::of(KeyFilter::Created { prefix, window })
     }
 
@@ -600,12 +600,12 @@ pub struct UsageDelta {
     /// How many successful verifications.
     pub count: u64,
     /// The latest of them.
-    pub last_used_at: OffsetDateTime,
+    pub last_used_at: Timestamp,
 }
 
 impl UsageDelta {
     /// A delta of `count` uses of `id` on `day`, the latest at `last_used_at`.
-    pub fn new(id: KeyId, day: time::Date, count: u64, last_used_at: OffsetDateTime) -> Self {
+    pub fn new(id: KeyId, day: time::Date, count: u64, last_used_at: Timestamp) -> Self {
         Self {
             id,
             day,

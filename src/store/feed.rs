@@ -1,7 +1,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use crate::key::KeyId;
 use crate::key::Prefix;
@@ -33,7 +33,7 @@ pub enum Invalidation {
         /// The keys' prefix.
         prefix: Prefix,
         /// Their creation window.
-        created: Range<OffsetDateTime>,
+        created: Range<Timestamp>,
     },
     /// Anything may have changed: drop everything (a feed that lost
     /// messages, or a change too large to describe).

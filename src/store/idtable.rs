@@ -143,7 +143,7 @@ mod tests {
             crate::Environment::Test,
             1,
             crate::KeyDigest::from_bytes([1; 32]),
-            time::OffsetDateTime::UNIX_EPOCH,
+            crate::Timestamp::MIN,
         )
         .build()
         .unwrap();

@@ -6,7 +6,7 @@ use crate::key::Environment;
 use crate::key::KeyId;
 use crate::record::IpNet;
 use crate::record::ScopeSet;
-use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, PARENT, unix_nanos};
+use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, PARENT};
 use crate::store::KeyStore;
 
 /// Derived keys: a child key that can only narrow its parent, and never
@@ -56,7 +56,9 @@ impl<'a> Bounds<'a> {
     pub(crate) fn of_record(r: &'a KeyRecord) -> Self {
         Self {
             scopes: &r.scopes,
-            expires_at: r.expires_at.map_or(i64::MAX, unix_nanos),
+            expires_at: r
+                .expires_at
+                .map_or(i64::MAX, crate::Timestamp::as_unix_micros),
             ip_allowlist: &r.ip_allowlist,
             environment: r.environment,
         }
@@ -155,16 +157,14 @@ pub(crate) async fn check_ancestors<S: KeyStore + ?Sized, C: Clock + ?Sized>(
             let t = match now {
                 Some(t) => t,
                 None => {
-                    let t = unix_nanos(crate::clock::check_time(clock.now())?);
+                    let t = clock.now().as_unix_micros();
                     now = Some(t);
                     t
                 }
             };
-            if t < parent.not_before_nanos() || t >= parent.expires_at {
+            if t < parent.not_before_micros() || t >= parent.expires_at {
                 return Err(Error::ExpiredApiKey {
-                    expired_at: parent
-                        .expires_at()
-                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                    expired_at: parent.expires_at().unwrap_or(crate::Timestamp::MIN),
                 });
             }
         }

@@ -1,10 +1,12 @@
 use serde::{Deserialize, Serialize};
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
+
+use crate::Timestamp;
 
 use crate::error::{Error, Result};
 use crate::key::Environment;
 use crate::record::ScopeSet;
-use crate::record::{KeyRecord, KeyView, unix_nanos};
+use crate::record::{KeyRecord, KeyView};
 
 /// Which keys a [`PolicyRule`] applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,14 +77,15 @@ pub struct KeyPolicy {
 }
 
 mod secs {
+    use std::time::Duration;
+
     use serde::{Deserialize, Deserializer, Serializer};
-    use time::Duration;
 
     // Only called for `Some` (`skip_serializing_if`).
     #[allow(clippy::ref_option)]
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_i64(d.whole_seconds()),
+            Some(d) => s.serialize_u64(d.as_secs()),
             None => s.serialize_none(),
         }
     }
@@ -91,7 +94,7 @@ mod secs {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         match Option::<i64>::deserialize(d)? {
-            Some(n) if n > 0 => Ok(Some(Duration::seconds(n))),
+            Some(n) if n > 0 => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
             Some(_) => Err(serde::de::Error::custom("a lifetime must be positive")),
             None => Ok(None),
         }
@@ -141,17 +144,20 @@ impl KeyPolicy {
         self
     }
 
-    /// The first rule `key` breaks at `now` (Unix nanoseconds; `None`
+    /// The first rule `key` breaks at `now` (`None`
     /// skips the lifetime bound, which only keys with an expiry need).
-    fn check(&self, key: &Subject<'_>, now: Option<i64>) -> std::result::Result<(), &'static str> {
+    fn check(
+        &self,
+        key: &Subject<'_>,
+        now: Option<Timestamp>,
+    ) -> std::result::Result<(), &'static str> {
         if (self.expiry_required || self.max_lifetime.is_some()) && key.expires_at.is_none() {
             return Err("the key must have an expiry");
         }
-        if let (Some(max), Some(exp), Some(now)) = (self.max_lifetime, key.expires_at, now) {
-            let max = i64::try_from(max.whole_nanoseconds()).unwrap_or(i64::MAX);
-            if exp > now.saturating_add(max) {
-                return Err("the key's expiry is beyond the maximum lifetime");
-            }
+        if let (Some(max), Some(exp), Some(now)) = (self.max_lifetime, key.expires_at, now)
+            && exp > now.saturating_add(max).as_unix_micros()
+        {
+            return Err("the key's expiry is beyond the maximum lifetime");
         }
         if let Some(envs) = &self.environments
             && !envs.contains(&key.environment)
@@ -220,14 +226,14 @@ impl PolicyRule {
 ///
 /// ```
 /// use apikey::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
-/// use time::Duration;
+/// use std::time::Duration;
 ///
 /// let policies = KeyPolicies::new()
 ///     .rule(PolicyRule::new(
 ///         PolicyTarget::Prefix("sk_live_".into()),
 ///         KeyPolicy::new()
-///             .default_lifetime(Duration::days(90))
-///             .max_lifetime(Duration::days(366))
+///             .default_lifetime(Duration::from_secs(90 * 86_400))
+///             .max_lifetime(Duration::from_secs(366 * 86_400))
 ///             .scope_ceiling(["tasks:*"])?,
 ///     ))
 ///     .rule(PolicyRule::new(
@@ -255,7 +261,7 @@ pub(crate) struct Subject<'a> {
     pub(crate) owner: Option<&'a str>,
     pub(crate) environment: Environment,
     pub(crate) scopes: &'a ScopeSet,
-    /// Unix nanoseconds.
+    /// Unix microseconds.
     pub(crate) expires_at: Option<i64>,
 }
 
@@ -266,7 +272,7 @@ impl<'a> Subject<'a> {
             owner: r.owner.as_deref(),
             environment: r.environment,
             scopes: &r.scopes,
-            expires_at: r.expires_at.map(unix_nanos),
+            expires_at: r.expires_at.map(Timestamp::as_unix_micros),
         }
     }
 
@@ -334,7 +340,7 @@ impl KeyPolicies {
         self.applicable(prefix, owner).any(|p| p.requires_approval)
     }
 
-    pub(crate) fn check_subject(&self, key: &Subject<'_>, now: Option<i64>) -> Result<()> {
+    pub(crate) fn check_subject(&self, key: &Subject<'_>, now: Option<Timestamp>) -> Result<()> {
         for p in self.applicable(key.prefix, key.owner) {
             p.check(key, now)
                 .map_err(|rule| Error::PolicyViolation { rule })?;
@@ -346,7 +352,7 @@ impl KeyPolicies {
     ///
     /// # Errors
     /// [`Error::PolicyViolation`] naming the first rule broken.
-    pub fn check(&self, record: &KeyRecord, now: OffsetDateTime) -> Result<()> {
-        self.check_subject(&Subject::of_record(record), Some(unix_nanos(now)))
+    pub fn check(&self, record: &KeyRecord, now: Timestamp) -> Result<()> {
+        self.check_subject(&Subject::of_record(record), Some(now))
     }
 }

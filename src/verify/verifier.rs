@@ -1,18 +1,19 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 use super::policy::{KeyPolicies, Subject};
-use crate::clock::{check_time, out_of_range, unix_nanos_in_range};
-use crate::error::{Error, Reason, Result, Stage, StoreError};
+use crate::clock::Clock;
+use crate::error::{Error, Reason, Result, Stage};
 use crate::key::KeyDigest;
 use crate::key::Keyring;
 use crate::key::{self, ApiKey, KeyId, ParsedKey};
 use crate::key::{Environment, Environments, PrefixRegistry};
 use crate::record::{KeyRecord, KeyStatus, KeyView, NewKey};
 use crate::record::{Requirement, Scope, ScopeSet};
+use crate::timestamp::Timestamp;
 
 /// The pure, synchronous verification core (and key issuing).
 ///
@@ -39,14 +40,14 @@ use crate::record::{Requirement, Scope, ScopeSet};
 ///
 /// let secret = ServerSecret::from_bytes(&[42u8; 32])?; // load yours from a secret manager
 /// let verifier = Verifier::new(Keyring::new(1, secret)?);
-/// let now = datetime!(2026-01-01 0:00 UTC);
+/// let now = "2026-01-01T00:00:00Z".parse::<apikey::Timestamp>().unwrap();
 /// let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), now)?;
 ///
 /// // Later, with the record fetched by id from any store:
 /// let parsed = verifier.parse(key.expose_secret())?;
 /// assert_eq!(parsed.id(), record.id);
 /// let view = Arc::new(KeyView::from_record(&record));
-/// let ok = verifier.verify(&parsed, Some(view), now, &Requirement::scope("tasks:read")?)?;
+/// let ok = verifier.verify(&parsed, Some(view), &now, &Requirement::scope("tasks:read")?, None)?;
 /// assert_eq!(ok.id(), record.id);
 /// # Ok::<(), apikey::Error>(())
 /// ```
@@ -54,7 +55,7 @@ use crate::record::{Requirement, Scope, ScopeSet};
 pub struct Verifier {
     prefixes: PrefixRegistry,
     keyring: Keyring,
-    leeway_nanos: i64,
+    leeway_micros: i64,
     environments: Environments,
     full_access: Vec<Scope>,
     /// `None` (the default) costs one branch per verification.
@@ -68,7 +69,7 @@ impl Verifier {
         Self {
             prefixes: PrefixRegistry::with_builtins(),
             keyring,
-            leeway_nanos: 0,
+            leeway_micros: 0,
             environments: Environments::BOTH,
             full_access: Vec::new(),
             policies: None,
@@ -91,9 +92,9 @@ impl Verifier {
     }
 
     /// Clock-skew allowance applied to `not_before` and `expires_at`.
-    /// Defaults to zero. Negative values count as zero.
-    pub fn with_leeway(mut self, leeway: time::Duration) -> Self {
-        self.leeway_nanos = leeway.whole_nanoseconds().clamp(0, i128::from(i64::MAX)) as i64;
+    /// Defaults to zero.
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway_micros = i64::try_from(leeway.as_micros()).unwrap_or(i64::MAX);
         self
     }
 
@@ -157,9 +158,8 @@ impl Verifier {
     /// # Errors
     /// [`Error::InvalidPrefix`] for an unregistered prefix,
     /// [`Error::InvalidScope`] for a malformed scope, [`Error::InvalidInput`]
-    /// for an empty or inverted validity window or a time (`now`, expiry,
-    /// not-before) outside the [supported range](crate::MIN_TIME).
-    pub fn issue(&self, new: NewKey, now: OffsetDateTime) -> Result<(ApiKey, KeyRecord)> {
+    /// for an empty or inverted validity window.
+    pub fn issue(&self, new: NewKey, now: Timestamp) -> Result<(ApiKey, KeyRecord)> {
         self.issue_with_rng(new, now, &mut crate::KeyRng::new())
     }
 
@@ -169,11 +169,7 @@ impl Verifier {
     ///
     /// # Errors
     /// As [`issue`](Self::issue).
-    pub fn issue_with_os_rng(
-        &self,
-        new: NewKey,
-        now: OffsetDateTime,
-    ) -> Result<(ApiKey, KeyRecord)> {
+    pub fn issue_with_os_rng(&self, new: NewKey, now: Timestamp) -> Result<(ApiKey, KeyRecord)> {
         self.issue_with_rng(new, now, &mut crate::OsRng)
     }
 
@@ -184,7 +180,7 @@ impl Verifier {
     /// ```
     /// # use apikey::*;
     /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
-    /// let (key, _record) = verifier.issue_with_rng(NewKey::new("sk_test_"), time::OffsetDateTime::UNIX_EPOCH, &mut OsRng)?;
+    /// let (key, _record) = verifier.issue_with_rng(NewKey::new("sk_test_"), apikey::Timestamp::MIN, &mut OsRng)?;
     /// assert!(key.expose_secret().starts_with("sk_test_"));
     /// # Ok::<(), apikey::Error>(())
     /// ```
@@ -194,7 +190,7 @@ impl Verifier {
     pub fn issue_with_rng<R: CryptoRng + ?Sized>(
         &self,
         new: NewKey,
-        now: OffsetDateTime,
+        now: Timestamp,
         rng: &mut R,
     ) -> Result<(ApiKey, KeyRecord)> {
         let (_, entry) = self
@@ -205,10 +201,7 @@ impl Verifier {
                 reason: "not registered with this verifier",
             })?;
         let scopes = ScopeSet::parse(&new.scopes)?;
-        // Checked before any conversion: an extreme offset cannot panic.
-        let now = check_time(now)?;
-        let expires_at = new.expires_at.map(check_time).transpose()?;
-        let not_before = new.not_before.map(check_time).transpose()?;
+        let (expires_at, not_before) = (new.expires_at, new.not_before);
         if let Some(exp) = expires_at {
             if exp <= now {
                 return Err(Error::InvalidInput(
@@ -265,103 +258,44 @@ impl Verifier {
     }
 
     /// Checks a parsed key against the record fetched by its id (`None` when
-    /// the store has no such id) at `now`, then the requirement.
+    /// the store has no such id), then the requirement, for a request from
+    /// `ip` (`None`: the address is unknown).
     ///
-    /// # Errors
-    /// [`Error::InvalidApiKey`] (unknown id or wrong secret, one outcome),
-    /// then, only once the secret matched: [`Error::RevokedApiKey`],
-    /// [`Error::DisabledApiKey`], [`Error::NotYetValid`],
-    /// [`Error::ExpiredApiKey`], [`Error::WrongEnvironment`],
-    /// [`Error::InsufficientScope`], [`Error::InvalidInput`] when `now` is
-    /// outside the [supported range](crate::MIN_TIME) (before any other
-    /// check), and [`Error::IpNotAllowed`] for a key
-    /// with an IP allowlist: the caller's address is unknown here, so such
-    /// keys fail closed. Use [`verify_from`](Self::verify_from) (or
-    /// [`KeyManager::authenticate`](crate::KeyManager::authenticate)) to
-    /// pass the address.
-    #[inline]
-    pub fn verify(
-        &self,
-        parsed: &ParsedKey<'_>,
-        view: Option<Arc<KeyView>>,
-        now: OffsetDateTime,
-        requirement: &Requirement,
-    ) -> Result<VerifiedKey> {
-        self.verify_from(parsed, view, now, requirement, None)
-    }
-
-    /// Like [`verify`](Self::verify) for a request from `ip`, which is
-    /// checked against the key's IP allowlist after the environment and
-    /// before the scopes (keys without an allowlist: a single branch).
+    /// `clock` is read only when the record has a validity window (an
+    /// expiry or a not-before): pass [`SystemClock`](crate::SystemClock),
+    /// or a [`Timestamp`] for a fixed `now`. The address is checked against
+    /// the key's IP allowlist after the environment and before the scopes
+    /// (keys without an allowlist: a single branch); a key with an
+    /// allowlist and an unknown address fails closed.
     ///
     /// ```
     /// # use apikey::*;
     /// # use std::sync::Arc;
-    /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
-    /// # let now = time::OffsetDateTime::UNIX_EPOCH;
-    /// let (key, record) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), now)?;
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let store = MemoryStore::new();
+    /// let (key, record) = verifier.issue(NewKey::new("sk_live_").allow_ip("10.0.0.0/8".parse()?), SystemClock.now())?;
+    /// store.insert_sync(record)?;
     /// let parsed = verifier.parse(key.expose_secret())?;
-    /// let view = || Some(Arc::new(KeyView::from_record(&record)));
     /// let office = Some("10.1.2.3".parse().unwrap());
-    /// assert!(verifier.verify_from(&parsed, view(), now, &Requirement::none(), office).is_ok());
+    /// let ok = verifier.verify(&parsed, store.fetch_sync(parsed.id())?, &SystemClock, &Requirement::none(), office)?;
+    /// assert_eq!(ok.environment(), Environment::Live);
     /// let home = Some("192.0.2.7".parse().unwrap());
-    /// let err = verifier.verify_from(&parsed, view(), now, &Requirement::none(), home).unwrap_err();
+    /// let err = verifier.verify(&parsed, store.fetch_sync(parsed.id())?, &SystemClock, &Requirement::none(), home).unwrap_err();
     /// assert_eq!(err.code(), "IP_NOT_ALLOWED");
     /// # Ok::<(), apikey::Error>(())
     /// ```
     ///
     /// # Errors
-    /// As [`verify`](Self::verify); [`Error::IpNotAllowed`] when the key has
-    /// an allowlist and `ip` is outside it or `None`.
+    /// [`Error::InvalidApiKey`] (unknown id or wrong secret, one outcome),
+    /// then, only once the secret matched: [`Error::RevokedApiKey`],
+    /// [`Error::DisabledApiKey`], [`Error::NotYetValid`],
+    /// [`Error::ExpiredApiKey`], [`Error::PolicyViolation`],
+    /// [`Error::WrongEnvironment`], [`Error::IpNotAllowed`],
+    /// [`Error::InsufficientScope`]. A derived key is refused
+    /// ([`Error::InvalidApiKey`]): its parent is in the store, so verify it
+    /// through an [`Authenticator`](crate::Authenticator).
     #[inline]
-    pub fn verify_from(
-        &self,
-        parsed: &ParsedKey<'_>,
-        view: Option<Arc<KeyView>>,
-        now: OffsetDateTime,
-        requirement: &Requirement,
-        ip: Option<std::net::IpAddr>,
-    ) -> Result<VerifiedKey> {
-        self.verify_from_kept(parsed, view, now, requirement, ip)
-            .map_err(|r| r.error)
-            .and_then(no_parent)
-    }
-
-    /// [`verify_from`](Self::verify_from), keeping the record of a key
-    /// whose secret matched in the failure.
-    #[inline]
-    pub(crate) fn verify_from_kept(
-        &self,
-        parsed: &ParsedKey<'_>,
-        view: Option<Arc<KeyView>>,
-        now: OffsetDateTime,
-        requirement: &Requirement,
-        ip: Option<std::net::IpAddr>,
-    ) -> std::result::Result<VerifiedKey, Failure> {
-        let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
-        let view = self.check_secret(parsed, view)?;
-        self.policy(
-            Some(parsed.environment()),
-            view,
-            || Ok(now),
-            requirement,
-            ip,
-        )
-    }
-
-    /// Like [`verify_from`](Self::verify_from), reading `clock` only if the
-    /// record has a validity window (an expiry or a not-before), and then
-    /// through [`Clock::checked_timestamp`](crate::Clock::checked_timestamp)
-    /// (for [`SystemClock`](crate::SystemClock): the system time in
-    /// microseconds, no calendar conversion). What the
-    /// [`Authenticator`](crate::Authenticator) runs.
-    ///
-    /// # Errors
-    /// As [`verify_from`](Self::verify_from); [`Error::InvalidInput`] when
-    /// the clock reads outside the supported range (only keys with a
-    /// validity window read it).
-    #[inline]
-    pub fn verify_from_clock<C: crate::Clock + ?Sized>(
+    pub fn verify<C: Clock + ?Sized>(
         &self,
         parsed: &ParsedKey<'_>,
         view: Option<Arc<KeyView>>,
@@ -369,15 +303,15 @@ impl Verifier {
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<VerifiedKey> {
-        self.verify_from_clock_kept(parsed, view, clock, requirement, ip)
+        self.verify_kept(parsed, view, clock, requirement, ip)
             .map_err(|r| r.error)
             .and_then(no_parent)
     }
 
-    /// [`verify_from_clock`](Self::verify_from_clock), keeping the record
-    /// of a key whose secret matched in the failure.
+    /// [`verify`](Self::verify), keeping the record of a key whose secret
+    /// matched in the failure.
     #[inline]
-    pub(crate) fn verify_from_clock_kept<C: crate::Clock + ?Sized>(
+    pub(crate) fn verify_kept<C: Clock + ?Sized>(
         &self,
         parsed: &ParsedKey<'_>,
         view: Option<Arc<KeyView>>,
@@ -386,87 +320,7 @@ impl Verifier {
         ip: Option<std::net::IpAddr>,
     ) -> std::result::Result<VerifiedKey, Failure> {
         let view = self.check_secret(parsed, view)?;
-        self.policy(
-            Some(parsed.environment()),
-            view,
-            || {
-                clock
-                    .checked_timestamp()
-                    .map(crate::Timestamp::as_unix_nanos)
-            },
-            requirement,
-            ip,
-        )
-    }
-
-    /// Parses `presented`, fetches its record with `lookup`, and verifies
-    /// at the time `clock` reads: the whole pipeline for synchronous stores,
-    /// with the clock read only for keys that have a validity window.
-    ///
-    /// ```
-    /// # use apikey::*;
-    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
-    /// let store = MemoryStore::new();
-    /// let clock = SystemClock;
-    /// let (key, record) = verifier.issue(NewKey::new("sk_test_"), clock.now())?;
-    /// store.insert_sync(record)?;
-    /// let ok = verifier.verify_with_clock(key.expose_secret(), |id| store.fetch_sync(id), &clock, &Requirement::none())?;
-    /// assert_eq!(ok.environment(), Environment::Test);
-    /// # Ok::<(), apikey::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`verify_with`](Self::verify_with), and [`Error::InvalidInput`]
-    /// as [`verify_from_clock`](Self::verify_from_clock).
-    #[inline]
-    pub fn verify_with_clock<F, C: crate::Clock + ?Sized>(
-        &self,
-        presented: &str,
-        lookup: F,
-        clock: &C,
-        requirement: &Requirement,
-    ) -> Result<VerifiedKey>
-    where
-        F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
-    {
-        let parsed = self.parse(presented)?;
-        let view = lookup(parsed.id()).map_err(Error::from_lookup)?;
-        self.verify_from_clock(&parsed, view, clock, requirement, None)
-    }
-
-    /// Parses `presented`, fetches its record with `lookup`, and verifies:
-    /// the whole pipeline for synchronous stores.
-    ///
-    /// ```
-    /// # use apikey::*;
-    /// # use time::OffsetDateTime;
-    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
-    /// let store = MemoryStore::new();
-    /// let now = OffsetDateTime::UNIX_EPOCH;
-    /// let (key, record) = verifier.issue(NewKey::new("sk_test_"), now)?;
-    /// store.insert_sync(record)?;
-    /// let ok = verifier.verify_with(key.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none())?;
-    /// assert_eq!(ok.environment(), Environment::Test);
-    /// # Ok::<(), apikey::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// Everything [`parse`](Self::parse) and [`verify`](Self::verify) return,
-    /// plus [`Error::StoreUnavailable`] when `lookup` fails.
-    #[inline]
-    pub fn verify_with<F>(
-        &self,
-        presented: &str,
-        lookup: F,
-        now: OffsetDateTime,
-        requirement: &Requirement,
-    ) -> Result<VerifiedKey>
-    where
-        F: FnOnce(KeyId) -> std::result::Result<Option<Arc<KeyView>>, StoreError>,
-    {
-        let parsed = self.parse(presented)?;
-        let view = lookup(parsed.id()).map_err(Error::from_lookup)?;
-        self.verify(&parsed, view, now, requirement)
+        self.policy(Some(parsed.environment()), view, clock, requirement, ip)
     }
 
     /// The digest of a parsed key under the keyring's current version, for
@@ -490,26 +344,25 @@ impl Verifier {
     pub(crate) fn verify_view(
         &self,
         view: Arc<KeyView>,
-        now: OffsetDateTime,
+        now: Timestamp,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        let now = unix_nanos_in_range(now).ok_or_else(out_of_range)?;
-        self.policy(None, view, || Ok(now), requirement, ip)
+        self.policy(None, view, &now, requirement, ip)
     }
 
     /// [`check_policy`](Self::check_policy) on a record whose secret
     /// matched: the key, or the failure with the record.
     #[inline]
-    fn policy(
+    fn policy<C: Clock + ?Sized>(
         &self,
         key_env: Option<Environment>,
         view: Arc<KeyView>,
-        now: impl FnOnce() -> Result<i64>,
+        clock: &C,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        match self.check_policy(key_env, &view, now, requirement, ip) {
+        match self.check_policy(key_env, &view, clock, requirement, ip) {
             Ok(()) => Ok(VerifiedKey { view }),
             Err(error) => Err(Failure {
                 id: Some(view.id),
@@ -559,13 +412,13 @@ impl Verifier {
     #[inline]
     /// Everything after the secret matched, in the documented order: status,
     /// validity window (with leeway), environment (`key_env` is the
-    /// prefix's, when the key was parsed natively), address, scopes. `now`
-    /// (Unix nanoseconds) is asked for only when the record has a window.
-    fn check_policy(
+    /// prefix's, when the key was parsed natively), address, scopes. The
+    /// clock is read only when the record has a window.
+    fn check_policy<C: Clock + ?Sized>(
         &self,
         key_env: Option<Environment>,
         view: &KeyView,
-        now: impl FnOnce() -> Result<i64>,
+        clock: &C,
         requirement: &Requirement,
         ip: Option<std::net::IpAddr>,
     ) -> Result<()> {
@@ -576,16 +429,17 @@ impl Verifier {
         }
         let mut now_read = None;
         if view.has_validity_window() {
-            let now = now()?;
+            let now = clock.now();
             now_read = Some(now);
-            if now.saturating_add(self.leeway_nanos) < view.not_before_nanos() {
+            let micros = now.as_unix_micros();
+            if micros.saturating_add(self.leeway_micros) < view.not_before_micros() {
                 return Err(Error::NotYetValid {
-                    not_before: view.not_before().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    not_before: view.not_before().unwrap_or(Timestamp::MIN),
                 });
             }
-            if now.saturating_sub(self.leeway_nanos) >= view.expires_at {
+            if micros.saturating_sub(self.leeway_micros) >= view.expires_at {
                 return Err(Error::ExpiredApiKey {
-                    expired_at: view.expires_at().unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    expired_at: view.expires_at().unwrap_or(Timestamp::MIN),
                 });
             }
         }
@@ -693,10 +547,11 @@ impl From<Error> for Failure {
 /// # use apikey::*;
 /// # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
 /// # let store = MemoryStore::new();
-/// # let now = time::OffsetDateTime::UNIX_EPOCH;
+/// # let now = apikey::Timestamp::MIN;
 /// let (key, record) = verifier.issue(NewKey::new("kwi_sk_").owner("org_7").scopes(["read"]), now)?;
 /// store.insert_sync(record)?;
-/// let ok = verifier.verify_with(key.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none())?;
+/// let parsed = verifier.parse(key.expose_secret())?;
+/// let ok = verifier.verify(&parsed, store.fetch_sync(parsed.id())?, &now, &Requirement::none(), None)?;
 /// assert_eq!(ok.owner(), Some("org_7"));
 /// assert!(ok.scopes().grants(&Scope::parse("read")?));
 /// # Ok::<(), apikey::Error>(())

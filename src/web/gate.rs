@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use super::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use super::publishable::{self, CorsHeaders};
@@ -215,7 +215,7 @@ pub struct Admitted {
     /// Credits left after this request (`None` when not metering).
     pub credits: Option<SpendReceipt>,
     /// Wall-clock time of the decision (for `X-RateLimit-Reset`).
-    pub now: OffsetDateTime,
+    pub now: Timestamp,
     /// For a publishable key: the request's origin, which is on the key's
     /// allowlist, to echo in `Access-Control-Allow-Origin` (see
     /// [`publishable`]). `None` for other keys.
@@ -250,7 +250,7 @@ pub struct Rejection {
     /// A retry hint not carried by the error (next credit refill).
     pub retry_after: Option<Duration>,
     /// Wall-clock time of the decision.
-    pub now: OffsetDateTime,
+    pub now: Timestamp,
     realm: Cow<'static, str>,
     /// The `MISSING_API_KEY` details of the gate's extractor.
     missing: Arc<MissingKeyDetails>,
@@ -259,7 +259,7 @@ pub struct Rejection {
 impl Rejection {
     fn new(
         error: Error,
-        now: OffsetDateTime,
+        now: Timestamp,
         realm: Cow<'static, str>,
         missing: Arc<MissingKeyDetails>,
     ) -> Self {
@@ -349,7 +349,7 @@ impl From<Rejection> for Error {
 /// # async fn main() -> Result<(), Error> {
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
 /// let store = MemoryStore::new();
-/// let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), time::OffsetDateTime::now_utc())?;
+/// let (key, record) = verifier.issue(NewKey::new("sk_live_").scopes(["tasks:read"]), apikey::Clock::now(&apikey::SystemClock))?;
 /// store.insert_sync(record)?;
 /// let gate = Gate::new(Authenticator::new(verifier, store))
 ///     .with_limits(MemoryLimits::new())
@@ -379,7 +379,7 @@ impl From<Rejection> for Error {
 ///
 /// With no async runtime, split the pipeline: [`Gate::extract`], a
 /// synchronous store lookup through
-/// [`Verifier::verify_with`](crate::Verifier::verify_with), then
+/// [`Verifier::verify`](crate::Verifier::verify), then
 /// [`Gate::charge_blocking`] (rate limit and credits; in-process limits
 /// only).
 ///
@@ -390,7 +390,7 @@ impl From<Rejection> for Error {
 ///
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[7; 32])?)?);
 /// let store = MemoryStore::new();
-/// let now = time::OffsetDateTime::now_utc();
+/// let now = apikey::Clock::now(&apikey::SystemClock);
 /// let (key, record) = verifier.issue(NewKey::new("sk_live_"), now)?;
 /// store.insert_sync(record)?;
 /// let gate = Gate::new(Authenticator::new(verifier, store));
@@ -400,7 +400,11 @@ impl From<Rejection> for Error {
 ///     Ok(Extracted::Key(presented)) => {
 ///         let auth = gate.authenticator();
 ///         let store = auth.store();
-///         match auth.verifier().verify_with(presented.expose_secret(), |id| store.fetch_sync(id), now, &Requirement::none()) {
+///         let verified = auth.verifier().parse(presented.expose_secret()).and_then(|parsed| {
+///             let view = store.fetch_sync(parsed.id())?;
+///             auth.verifier().verify(&parsed, view, &SystemClock, &Requirement::none(), None)
+///         });
+///         match verified {
 ///             Ok(verified) => match gate.charge_blocking(verified, presented.scheme(), &Route::any_key()) {
 ///                 Decision::Admitted(_) => 200,
 ///                 Decision::Rejected(no) => no.to_response().status,
@@ -873,7 +877,7 @@ where
         verdict: Result<Verdict, StoreError>,
         key: VerifiedKey,
         scheme: Scheme,
-        now: OffsetDateTime,
+        now: Timestamp,
     ) -> Decision {
         match verdict {
             Ok(Verdict::Admitted {
@@ -917,7 +921,7 @@ where
         }
     }
 
-    fn rate_limited(&self, verdict: Verdict, now: OffsetDateTime) -> Rejection {
+    fn rate_limited(&self, verdict: Verdict, now: Timestamp) -> Rejection {
         let (mut info, retry_after) = match verdict {
             Verdict::RateLimited { info, retry_after } => (info, retry_after),
             _ => return self.reject_at(Error::UsageExceeded, now),
@@ -943,7 +947,7 @@ where
         self.reject_at(error, self.authenticator.clock().now())
     }
 
-    fn reject_at(&self, error: Error, now: OffsetDateTime) -> Rejection {
+    fn reject_at(&self, error: Error, now: Timestamp) -> Rejection {
         Rejection::new(error, now, self.realm.clone(), Arc::clone(&self.missing))
     }
 }

@@ -16,6 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::limits::{Limits, NoLimits};
 use crate::store::KeyStore;
+use crate::timestamp::Timestamp;
 use crate::verify::VerifiedKey;
 
 /// The client address used by the failure throttle. Insert it as a request
@@ -245,7 +246,7 @@ where
                         (
                             info.limit,
                             info.remaining,
-                            info.reset_at_unix(admitted.now.unix_timestamp()),
+                            info.reset_at_unix(admitted.now.as_unix_secs()),
                         )
                     });
                     let cors = admitted.allow_origin.take();
@@ -372,7 +373,7 @@ fn number(n: u64) -> HeaderValue {
 
 /// Starts a usage flush off the request path when one is due (at most once
 /// per recorder interval; never without usage recording).
-fn flush_in_background<S, C, L>(gate: &Arc<Gate<S, C, L>>, now: time::OffsetDateTime)
+fn flush_in_background<S, C, L>(gate: &Arc<Gate<S, C, L>>, now: Timestamp)
 where
     S: KeyStore + Send + Sync + 'static,
     C: Clock + 'static,
@@ -467,7 +468,7 @@ mod tests {
     /// `rate_limit_headers`, which the gate's own users and refusals use.
     #[test]
     fn layer_rate_limit_headers_match_rate_limit_headers() {
-        let now = time::OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap();
+        let now = Timestamp::from_unix_secs(1_795_564_800).unwrap();
         let numbers = [
             0,
             1,
@@ -498,7 +499,7 @@ mod tests {
                     (
                         info.limit,
                         info.remaining,
-                        info.reset_at_unix(now.unix_timestamp()),
+                        info.reset_at_unix(now.as_unix_secs()),
                     ),
                 );
                 let expected = rate_limit_headers(&info, now);

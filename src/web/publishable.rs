@@ -33,7 +33,7 @@
 //! use apikey::*;
 //! # let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[8; 32])?)?)
 //! #     .with_prefix("pk_live_", Environment::Live)?;
-//! # let now = time::OffsetDateTime::UNIX_EPOCH;
+//! # let now = apikey::Timestamp::MIN;
 //! let pre = preflight("OPTIONS", [("Origin", "https://shop.example"), ("Access-Control-Request-Method", "POST")], "x-api-key");
 //! assert!(pre.is_some_and(|h| h.iter().any(|(n, v)| *n == "access-control-allow-origin" && v == "https://shop.example")));
 //!
@@ -41,7 +41,8 @@
 //!     NewKey::new("pk_live_").scopes(["search:query"]).metadata(ALLOWED_ORIGINS, "https://shop.example"),
 //!     now,
 //! )?;
-//! let ok = verifier.verify_with(key.expose_secret(), |_| Ok(Some(std::sync::Arc::new(KeyView::from_record(&record)))), now, &Requirement::none())?;
+//! let parsed = verifier.parse(key.expose_secret())?;
+//! let ok = verifier.verify(&parsed, Some(std::sync::Arc::new(KeyView::from_record(&record))), &now, &Requirement::none(), None)?;
 //! assert!(check_origin(&ok, [("Origin", "https://shop.example")]).is_ok());
 //! assert_eq!(check_origin(&ok, [("Origin", "https://evil.example")]).unwrap_err().code(), "ORIGIN_NOT_ALLOWED");
 //! assert_eq!(check_origin(&ok, [("Referer", "https://shop.example/cart?x=1")]).map(|h| h.len()).ok(), Some(2));

@@ -1,7 +1,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use serde::Serialize;
 
@@ -132,7 +132,7 @@ impl ErrorResponse {
 
     /// Adds the `X-RateLimit-*` headers for `info` (see
     /// [`rate_limit_headers`]).
-    pub fn with_rate_limit(mut self, info: &RateLimitInfo, now: OffsetDateTime) -> Self {
+    pub fn with_rate_limit(mut self, info: &RateLimitInfo, now: Timestamp) -> Self {
         self.headers.extend(rate_limit_headers(info, now));
         self
     }
@@ -334,21 +334,18 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 ///
 /// let info = RateLimitInfo { window: RateWindow::Hour, limit: 10_000, remaining: 9_847,
 ///     reset_after: Duration::from_secs(30) };
-/// let h = apikey::web::rate_limit_headers(&info, datetime!(2021-10-14 17:56:07 UTC));
+/// let h = apikey::web::rate_limit_headers(&info, "2021-10-14T17:56:07Z".parse::<apikey::Timestamp>().unwrap());
 /// assert_eq!(h[0], ("x-ratelimit-limit", "10000".to_owned()));
 /// assert_eq!(h[1], ("x-ratelimit-remaining", "9847".to_owned()));
 /// assert_eq!(h[2], ("x-ratelimit-reset", "1634234197".to_owned()));
 /// ```
-pub fn rate_limit_headers(
-    info: &RateLimitInfo,
-    now: OffsetDateTime,
-) -> [(&'static str, String); 3] {
+pub fn rate_limit_headers(info: &RateLimitInfo, now: Timestamp) -> [(&'static str, String); 3] {
     [
         ("x-ratelimit-limit", info.limit.to_string()),
         ("x-ratelimit-remaining", info.remaining.to_string()),
         (
             "x-ratelimit-reset",
-            info.reset_at_unix(now.unix_timestamp()).to_string(),
+            info.reset_at_unix(now.as_unix_secs()).to_string(),
         ),
     ]
 }
@@ -372,10 +369,6 @@ fn challenge(err: &Error, realm: &str) -> Option<String> {
 }
 
 fn details(err: &Error, missing: Option<&MissingKeyDetails>) -> ErrorDetails {
-    let rfc3339 = |t: &OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
     match err {
         Error::MissingApiKey => {
             ErrorDetails::MissingKey(missing.cloned().unwrap_or_else(default_missing))
@@ -384,10 +377,10 @@ fn details(err: &Error, missing: Option<&MissingKeyDetails>) -> ErrorDetails {
             reason: reason.as_str(),
         },
         Error::ExpiredApiKey { expired_at } => ErrorDetails::Expired {
-            expired_at: rfc3339(expired_at),
+            expired_at: expired_at.to_string(),
         },
         Error::NotYetValid { not_before } => ErrorDetails::NotYetValid {
-            not_before: rfc3339(not_before),
+            not_before: not_before.to_string(),
         },
         Error::WrongEnvironment { actual } => ErrorDetails::Environment {
             environment: actual.to_string(),

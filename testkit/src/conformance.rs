@@ -44,8 +44,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use apikey::OsRng;
+use apikey::Timestamp;
 use rand_core::Rng;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
 
 use apikey::KeyDigest;
 use apikey::KeyId;
@@ -76,8 +77,8 @@ pub use rules::{
 pub use usage::{usage_batches, usage_replay_applies_once};
 
 /// A fixed "now" used by the suite: 2030-01-01T00:00:00Z.
-pub fn suite_now() -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+pub fn suite_now() -> Timestamp {
+    Timestamp::from_unix_secs(1_893_456_000).unwrap_or(Timestamp::MIN)
 }
 
 /// A new owner name no other run uses.
@@ -97,7 +98,7 @@ pub fn sample_record(owner: Option<&str>) -> KeyRecord {
         Environment::Test,
         1,
         KeyDigest::from_bytes(digest),
-        suite_now() - Duration::days(1),
+        suite_now() - Duration::from_secs(86_400),
     )
     .owner(owner.map(str::to_owned))
     .name("conformance")
@@ -275,8 +276,8 @@ pub fn read_sample() -> Vec<KeyRecord> {
     let disabled = sample_record(None)
         .to_builder()
         .status(KeyStatus::Disabled)
-        .not_before(Some(suite_now() - Duration::days(1)))
-        .expires_at(Some(suite_now() + Duration::days(30)))
+        .not_before(Some(suite_now() - Duration::from_secs(86_400)))
+        .expires_at(Some(suite_now() + Duration::from_secs(30 * 86_400)))
         .build_unvalidated();
     let mut index = [0u8; 32];
     OsRng.fill_bytes(&mut index);

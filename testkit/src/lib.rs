@@ -8,7 +8,9 @@ pub mod failing;
 pub mod fuzzing;
 pub mod limits;
 pub mod netstore;
+mod verify_ext;
 pub mod write_ext;
 
 pub use counting::CountingStore;
+pub use verify_ext::VerifyExt;
 pub use write_ext::WriteExt;

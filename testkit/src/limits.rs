@@ -63,8 +63,7 @@ pub struct Decided {
 }
 
 fn advance(clock: &ManualClock, d: Duration) {
-    let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    clock.advance(time::Duration::microseconds(us));
+    clock.advance(d);
 }
 
 /// Replays `arrivals` against `limits` with `quota`, moving `clock`.
@@ -75,7 +74,7 @@ pub async fn run_trace<L: Limits>(
     arrivals: &[Arrival],
 ) -> Vec<Decided> {
     let mut out = Vec::with_capacity(arrivals.len());
-    let start = clock.timestamp().as_unix_micros();
+    let start = clock.now().as_unix_micros();
     for a in arrivals {
         advance(clock, a.after);
         let mut adm = Admission::new(a.key, quota);
@@ -84,7 +83,7 @@ pub async fn run_trace<L: Limits>(
         }
         let verdict = limits.admit(&adm).await.ok();
         out.push(Decided {
-            at: clock.timestamp().as_unix_micros() - start,
+            at: clock.now().as_unix_micros() - start,
             arrival: *a,
             verdict,
         });
@@ -352,8 +351,8 @@ pub async fn check_refill<L: Limits + CreditBalances>(
     let Some(wait) = refused.retry_after() else {
         return Err(format!("no refill time on {refused:?}"));
     };
-    let now = clock.timestamp();
-    let due = now.saturating_add_micros(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+    let now = clock.now();
+    let due = now.saturating_add(wait);
     if let RefillInterval::UtcDay | RefillInterval::UtcMonth = interval {
         let d = due.to_datetime();
         if (d.hour(), d.minute(), d.second(), d.microsecond()) != (0, 0, 0, 0) {
@@ -489,7 +488,7 @@ pub async fn same_decisions<A: Limits, B: Limits>(
     quota: Quota,
     arrivals: &[Arrival],
 ) -> Result<(), String> {
-    if a.1.timestamp() != b.1.timestamp() {
+    if a.1.now() != b.1.now() {
         return Err("the clocks do not start at the same time".into());
     }
     let ta = run_trace(a.0, a.1, quota, arrivals).await;
@@ -505,8 +504,10 @@ pub async fn same_decisions<A: Limits, B: Limits>(
 /// A clock start for oracles: 2026-01-31 22:00 UTC (two hours before a
 /// month and a day boundary).
 #[must_use]
-pub fn start() -> time::OffsetDateTime {
-    time::macros::datetime!(2026-01-31 22:00 UTC)
+pub fn start() -> apikey::Timestamp {
+    "2026-01-31T22:00:00Z"
+        .parse()
+        .unwrap_or(apikey::Timestamp::MIN)
 }
 
 /// Whether a bundle records verdicts under idempotency tokens (a shared

@@ -7,6 +7,7 @@ pub use std::net::SocketAddr;
 pub use std::sync::Arc;
 pub use std::time::Duration;
 
+pub use apikey::Timestamp;
 pub use apikey::limits::{CreditAccount, FailureThrottleConfig, MemoryLimits, Quota};
 pub use apikey::web::ApiKeyLayer;
 pub use apikey::web::{Admitted, ForeignCredentials, Gate, QuotaTable, Route};
@@ -14,11 +15,13 @@ pub use apikey::*;
 pub use axum::Router;
 pub use axum::routing::get;
 pub use serde_json::Value;
-pub use time::OffsetDateTime;
 pub use time::macros::datetime;
 pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
+pub const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 /// The clock, and a handle advancing it in `std::time::Duration` steps.
 pub type Clocks = (ManualClock, Adv);
@@ -29,7 +32,7 @@ pub struct Adv(pub ManualClock);
 
 impl Adv {
     pub fn advance(&self, d: Duration) {
-        self.0.advance(time::Duration::try_from(d).unwrap());
+        self.0.advance(d);
     }
 }
 

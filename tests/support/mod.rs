@@ -5,14 +5,16 @@ pub use apikey_testkit::netstore;
 
 use std::sync::Arc;
 
+use apikey::Timestamp;
 use apikey::{
     KeyManager, KeyStoreWrite, Keyring, ManualClock, MemoryAuditSink, MemoryStore, ServerSecret,
     UsageStore, Verifier,
 };
-use time::OffsetDateTime;
-use time::macros::datetime;
 
-pub const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+pub const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 pub fn verifier() -> Verifier {
     Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap())

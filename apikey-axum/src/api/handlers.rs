@@ -79,7 +79,7 @@ where
                                 "a whole number of days, 1 to 3650",
                             )
                         })?;
-                    within = Some(time::Duration::days(i64::from(days)));
+                    within = Some(std::time::Duration::from_secs(u64::from(days) * 86_400));
                 }
                 "cursor" => cursor = Some(value),
                 _ => {
@@ -301,7 +301,7 @@ where
         let now = st.now();
         let grace = match req.grace_period_seconds {
             None => st.config.default_grace,
-            Some(secs) if secs >= 0 => time::Duration::seconds(secs),
+            Some(secs) if secs >= 0 => std::time::Duration::from_secs(secs.unsigned_abs()),
             Some(_) => {
                 return Err(ApiError::field(
                     "grace_period_seconds",

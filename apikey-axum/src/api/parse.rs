@@ -85,20 +85,15 @@ pub(super) fn check_text(
     Ok(())
 }
 
-pub(super) fn parse_time(
-    field: &str,
-    text: &str,
-    now: OffsetDateTime,
-) -> Result<OffsetDateTime, ApiError> {
-    let t = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
-        |_| {
+pub(super) fn parse_time(field: &str, text: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
             ApiError::field(
                 field,
                 format!("`{field}` must be an RFC 3339 time such as 2026-10-14T00:00:00Z"),
             )
-        },
-    )?;
-    let t = apikey::check_time(t)
+        })?;
+    let t = Timestamp::from_datetime(t)
         .map_err(|_| ApiError::field(field, format!("`{field}` is out of the supported range")))?;
     if t <= now {
         return Err(ApiError::field(
@@ -172,10 +167,10 @@ pub(super) fn parse_allowlist(list: &[String], bounds: &Bounds) -> Result<Vec<Ip
 
 /// The expiry a new or changed key gets: at most the caller's own.
 pub(super) fn bounded_expiry(
-    asked: Option<OffsetDateTime>,
+    asked: Option<Timestamp>,
     bounds: &Bounds,
     default_to_bound: bool,
-) -> Result<Option<OffsetDateTime>, ApiError> {
+) -> Result<Option<Timestamp>, ApiError> {
     match (asked, bounds.expires_at) {
         (Some(a), Some(b)) if a > b => Err(ApiError::escalation(
             "expires_at",

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use apikey::Timestamp;
 use apikey::limits::{MemoryLimits, Quota};
 use apikey::web::{ApiKeyLayer, Gate, QuotaTable, Route};
 use apikey::*;
@@ -16,11 +17,12 @@ use apikey_testkit::netstore::NetStore;
 use axum::Router;
 use axum::routing::get;
 use serde_json::Value;
-use time::OffsetDateTime;
-use time::macros::datetime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const T0: OffsetDateTime = datetime!(2026-03-01 12:00:00 UTC);
+pub const T0: Timestamp = match apikey::Timestamp::checked_from_unix_micros(1_772_366_400_000_000) {
+    Some(t) => t,
+    None => apikey::Timestamp::MIN,
+};
 
 /// The store: shaped like a networked database, and able to fail on demand.
 pub type Store = Arc<NetStore>;

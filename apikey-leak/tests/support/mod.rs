@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use apikey::Timestamp;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -120,8 +121,8 @@ pub struct World {
     pub verifier: Verifier,
 }
 
-pub fn now() -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(1_795_564_800).unwrap()
+pub fn now() -> apikey::Timestamp {
+    Timestamp::from_unix_secs(1_795_564_800).unwrap()
 }
 
 pub fn verifier() -> Verifier {

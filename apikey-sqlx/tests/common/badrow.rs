@@ -14,7 +14,8 @@ pub async fn two_keys<S: KeyStoreWrite + UsageStore>(
     m: &KeyManager<S>,
 ) -> (String, KeyId, ApiKey, KeyId) {
     let owner = apikey_testkit::conformance::unique_owner();
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let soon =
+        apikey::Clock::now(&apikey::SystemClock) + std::time::Duration::from_secs(2 * 86_400);
     let new = || {
         NewKey::new("sk_live_")
             .owner(owner.as_str())
@@ -40,7 +41,9 @@ pub async fn invalid_record_on_every_path<S: KeyStoreWrite + UsageStore>(
         .and_then(|s| s.downcast_ref::<apikey::Error>())
         .unwrap_or_else(|| panic!("{case}: {err:?}"));
     assert_eq!(inner.code().as_str(), "INVALID_RECORD", "{case}");
-    let expiring = m.expiring_soon(Some(owner), time::Duration::days(7)).await;
+    let expiring = m
+        .expiring_soon(Some(owner), std::time::Duration::from_secs(7 * 86_400))
+        .await;
     let mut results = vec![
         m.authenticate(key.expose_secret(), &Requirement::none(), None)
             .await

@@ -34,7 +34,7 @@ pub async fn child_loop<S: KeyStoreWrite>(store: &S, owner: &str) {
                 succ.rotated_from = Some(pred.id);
                 let mut p = pred.clone();
                 p.rotated_to = Some(succ.id);
-                p.expires_at = Some(suite_now() + time::Duration::hours(1));
+                p.expires_at = Some(suite_now() + std::time::Duration::from_secs(3_600));
                 // One commit: the predecessor and its successor.
                 let mut rotation = Changes::new();
                 rotation.puts.push(Put::update(p, pred.revision));

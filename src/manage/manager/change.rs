@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use super::gates::{MAX_RETRIES, backoff, contended};
 use super::{KeyManager, KeySummary, KeyUpdate, PENDING_APPROVAL};
@@ -30,10 +30,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::InvalidInput`] for an expiry not in the future or not after
     /// not-before; [`Error::StoreUnavailable`].
     pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
-        if let Some(Some(e)) = update.expires_at {
-            crate::clock::check_time(e)?;
-        }
+        let now = self.now();
         let scopes = update
             .scopes
             .as_ref()
@@ -65,29 +62,28 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     next.scopes = s.clone();
                     fields.push("scopes");
                 }
-                if let Some(exp) = update.expires_at {
-                    let exp = exp.map(crate::clock::check_time).transpose()?;
-                    if exp != cur.expires_at {
-                        if cur.rotated_to.is_some() {
-                            return Err(Error::InvalidState(
-                                "the expiry of a key replaced by rotation cannot be changed",
+                if let Some(exp) = update.expires_at
+                    && exp != cur.expires_at
+                {
+                    if cur.rotated_to.is_some() {
+                        return Err(Error::InvalidState(
+                            "the expiry of a key replaced by rotation cannot be changed",
+                        ));
+                    }
+                    if let Some(e) = exp {
+                        if e <= now {
+                            return Err(Error::InvalidInput(
+                                "expires_at must be in the future".into(),
                             ));
                         }
-                        if let Some(e) = exp {
-                            if e <= now {
-                                return Err(Error::InvalidInput(
-                                    "expires_at must be in the future".into(),
-                                ));
-                            }
-                            if cur.not_before.is_some_and(|nb| e <= nb) {
-                                return Err(Error::InvalidInput(
-                                    "expires_at must be after not_before".into(),
-                                ));
-                            }
+                        if cur.not_before.is_some_and(|nb| e <= nb) {
+                            return Err(Error::InvalidInput(
+                                "expires_at must be after not_before".into(),
+                            ));
                         }
-                        next.expires_at = exp;
-                        fields.push("expires_at");
                     }
+                    next.expires_at = exp;
+                    fields.push("expires_at");
                 }
                 if let Some(m) = &update.metadata {
                     // A derived key's parent link is the crate's, not the
@@ -131,7 +127,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     }
 
     async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
+        let now = self.now();
         let (before, after) = self
             .modify(id, now, |cur| match cur.status {
                 KeyStatus::Revoked => Err(Error::InvalidState(
@@ -187,7 +183,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn revoke(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
+        let now = self.now();
         let record = self.revoke_one(id, reason, actor).await?;
         // Verification refuses derived keys from their parent's revocation
         // on; revoking them too makes it permanent.
@@ -202,7 +198,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         reason: &str,
         actor: &Actor,
     ) -> Result<KeyRecord> {
-        let now = self.now()?;
+        let now = self.now();
         let (before, after) = self
             .modify(id, now, |cur| {
                 if cur.status == KeyStatus::Revoked {
@@ -232,7 +228,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
     pub async fn delete(&self, id: KeyId, actor: &Actor) -> Result<()> {
-        let now = self.now()?;
+        let now = self.now();
         // A delete may revive a predecessor in its grace period (below):
         // with an owner limit, it plans inside the owner's gate.
         let gate_owner = match self.max_per_owner {
@@ -317,7 +313,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         owner: Option<&str>,
         reason: &str,
         actor: &Actor,
-        now: OffsetDateTime,
+        now: Timestamp,
     ) {
         for id in ids {
             let mut ev = AuditEvent::new(now, AuditKind::Revoked)
@@ -346,7 +342,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<KeyId>> {
-        let now = self.now()?;
+        let now = self.now();
         let ids = self
             .store()
             .revoke_where(
@@ -374,14 +370,12 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     pub async fn revoke_created_between(
         &self,
         prefix: &str,
-        created: Range<OffsetDateTime>,
+        created: Range<Timestamp>,
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<KeyId>> {
-        let now = self.now()?;
+        let now = self.now();
         let prefix = Prefix::new(prefix)?;
-        crate::clock::check_time(created.start)?;
-        crate::clock::check_time(created.end)?;
         let ids = self
             .store()
             .revoke_where(

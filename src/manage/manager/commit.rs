@@ -2,7 +2,7 @@
 //! guards, retry a conflicting plan (bounded, with jittered backoff), and
 //! learn the outcome of a commit whose answer was lost.
 
-use time::OffsetDateTime;
+use crate::Timestamp;
 
 use super::KeyManager;
 use super::gates::{CountBound, MAX_RETRIES, backoff, contended};
@@ -46,7 +46,7 @@ pub(super) struct OwnerSnapshot {
 
 impl OwnerSnapshot {
     /// Records that count toward the owner limit at `now`, `except` one.
-    pub(super) fn counting(&self, now: OffsetDateTime, except: Option<KeyId>) -> u32 {
+    pub(super) fn counting(&self, now: Timestamp, except: Option<KeyId>) -> u32 {
         let n = self
             .records
             .iter()
@@ -126,7 +126,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     pub(crate) async fn insert_planned(
         &self,
         record: &KeyRecord,
-        now: OffsetDateTime,
+        now: Timestamp,
         children: Option<(KeyId, u32)>,
     ) -> Result<(), InsertError> {
         let owner = match (&record.owner, self.max_per_owner, children) {
@@ -223,7 +223,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     pub(crate) async fn modify<F>(
         &self,
         id: KeyId,
-        now: OffsetDateTime,
+        now: Timestamp,
         mut change: F,
     ) -> Result<(KeyRecord, Option<KeyRecord>)>
     where

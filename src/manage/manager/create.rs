@@ -32,7 +32,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// concurrent writes to the owner kept conflicting.
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
         reserved_parent(&new.metadata)?;
-        let now = self.now()?;
+        let now = self.now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -65,7 +65,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// already; [`Error::KeyLimitReached`]; the errors of
     /// [`Verifier::issue`](crate::Verifier::issue) for the other fields; [`Error::StoreUnavailable`].
     pub async fn import(&self, import: ImportKey, actor: &Actor) -> Result<KeySummary> {
-        let now = self.now()?;
+        let now = self.now();
         let keyring = self.auth.verifier().keyring();
         let version = keyring.current_version();
         let (legacy, sha, digest) = match &import.secret {

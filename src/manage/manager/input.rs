@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
+
+use crate::Timestamp;
 use zeroize::Zeroizing;
 
 use crate::record::IpNet;
@@ -27,7 +29,7 @@ pub struct KeyUpdate {
     /// New scopes (validated).
     pub scopes: Option<Vec<String>>,
     /// New expiry (`Some(None)`: never expires). Must be in the future.
-    pub expires_at: Option<Option<OffsetDateTime>>,
+    pub expires_at: Option<Option<Timestamp>>,
     /// New metadata (replaces the whole map).
     pub metadata: Option<BTreeMap<String, String>>,
     /// New IP allowlist (empty: anywhere).
@@ -55,7 +57,7 @@ impl KeyUpdate {
         self
     }
     /// Sets (extends or shortens) or clears the expiry.
-    pub fn expires_at(mut self, at: Option<OffsetDateTime>) -> Self {
+    pub fn expires_at(mut self, at: Option<Timestamp>) -> Self {
         self.expires_at = Some(at);
         self
     }
@@ -75,7 +77,7 @@ impl KeyUpdate {
 ///
 /// ```
 /// use apikey::Rotation;
-/// let r = Rotation::with_grace(time::Duration::hours(24));
+/// let r = Rotation::with_grace(std::time::Duration::from_secs(24 * 3_600));
 /// # let _ = r;
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,7 +87,7 @@ pub struct Rotation {
     /// extends past the old key's own expiry.
     pub grace: Duration,
     /// Expiry of the new key; defaults to none.
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Rotation {
@@ -98,7 +100,7 @@ impl Rotation {
     }
 
     /// Sets the new key's expiry.
-    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+    pub fn expires_at(mut self, at: Timestamp) -> Self {
         self.expires_at = Some(at);
         self
     }
@@ -183,7 +185,7 @@ impl ImportKey {
         self
     }
     /// Sets the expiry.
-    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+    pub fn expires_at(mut self, at: Timestamp) -> Self {
         self.new = self.new.expires_at(at);
         self
     }

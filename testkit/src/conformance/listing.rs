@@ -1,18 +1,19 @@
 //! Paged listings, the owner version, and the default bulk revocation.
 
+use apikey::Timestamp;
 use apikey::{
     Changes, KeyQuery, KeyRecord, KeyStatus, KeyStoreWrite, OsRng, Put, Revocation, StoreErrorKind,
 };
 use rand_core::Rng;
-use time::{Duration, OffsetDateTime};
+use std::time::Duration;
 
 use super::{join_all, ok, put_new, revocation, sample_record, unique_owner};
 
 /// A random second in the 1990s (so listings by time window see only this
 /// run's records).
-fn random_second() -> OffsetDateTime {
+fn random_second() -> Timestamp {
     let s = 631_152_000 + i64::from(OsRng.next_u32() % 315_360_000);
-    OffsetDateTime::from_unix_timestamp(s).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    Timestamp::from_unix_secs(s).unwrap_or(Timestamp::MIN)
 }
 
 /// Every page of `query`, checked page by page: at most the page size, a
@@ -57,12 +58,12 @@ pub async fn listing_pages_and_cursors<S: KeyStoreWrite + ?Sized>(store: &S) {
         .map(|i| {
             let mut r = sample_record(Some(&owner));
             // Two pairs share a creation time: ties go by id.
-            r.created_at = t + Duration::milliseconds(100 * (i / 2));
+            r.created_at = t + Duration::from_millis(100 * (i / 2));
             r
         })
         .collect();
     let mut outside = sample_record(Some(&unique_owner()));
-    outside.created_at = t + Duration::seconds(1);
+    outside.created_at = t + Duration::from_secs(1);
     let mut shuffled = records.clone();
     shuffled.reverse();
     insert_all(store, &shuffled).await;
@@ -77,7 +78,7 @@ pub async fn listing_pages_and_cursors<S: KeyStoreWrite + ?Sized>(store: &S) {
     }
     let first = ok(store.list(&KeyQuery::owner(&owner).limit(3)).await, "list");
     assert_eq!(first.records, records[..3].to_vec());
-    let window = t..t + Duration::seconds(1);
+    let window = t..t + Duration::from_secs(1);
     let by_prefix = KeyQuery::created(records[0].prefix.clone(), window);
     for limit in [2, 1000] {
         assert_eq!(
@@ -90,7 +91,7 @@ pub async fn listing_pages_and_cursors<S: KeyStoreWrite + ?Sized>(store: &S) {
     assert!(
         all_pages(
             store,
-            &KeyQuery::created(other, t..t + Duration::seconds(1))
+            &KeyQuery::created(other, t..t + Duration::from_secs(1))
         )
         .await
         .is_empty(),
@@ -107,10 +108,10 @@ pub async fn listing_pages_and_cursors<S: KeyStoreWrite + ?Sized>(store: &S) {
 pub async fn expiring_listing<S: KeyStoreWrite + ?Sized>(store: &S) {
     let owner = unique_owner();
     // A window of its own, far in the future.
-    let t = random_second() + Duration::days(365 * 200);
-    let at = |secs: i64, owner: &str| {
+    let t = random_second() + Duration::from_secs((365 * 200) * 86_400);
+    let at = |secs: u64, owner: &str| {
         let mut r = sample_record(Some(owner));
-        r.expires_at = Some(t + Duration::seconds(secs));
+        r.expires_at = Some(t + Duration::from_secs(secs));
         r
     };
     let mut want = vec![at(5, &owner), at(1, &owner), at(3, &owner), at(3, &owner)];
@@ -123,7 +124,7 @@ pub async fn expiring_listing<S: KeyStoreWrite + ?Sized>(store: &S) {
     insert_all(store, &want).await;
     insert_all(store, &[revoked, after, never, theirs.clone()]).await;
     want.sort_by_key(|r| (r.expires_at, r.id));
-    let window = t..t + Duration::seconds(10);
+    let window = t..t + Duration::from_secs(10);
     for limit in [1, 2, 1000] {
         assert_eq!(
             all_pages(
@@ -235,10 +236,10 @@ pub async fn revoke_where_pages<S: KeyStoreWrite + ?Sized>(store: &S) {
     let owner = unique_owner();
     let t = random_second();
     let first = revocation("revoked before");
-    let mut records: Vec<KeyRecord> = (0..(Changes::MAX_ITEMS as i64 + 37))
+    let mut records: Vec<KeyRecord> = (0..(Changes::MAX_ITEMS as u64 + 37))
         .map(|i| {
             let mut r = sample_record(Some(&owner));
-            r.created_at = t + Duration::microseconds(i);
+            r.created_at = t + Duration::from_micros(i);
             if i % 40 == 0 {
                 r.status = KeyStatus::Revoked;
                 r.revocation = Some(first.clone());
@@ -298,12 +299,12 @@ pub async fn revoke_where_pages<S: KeyStoreWrite + ?Sized>(store: &S) {
     let mut inside = sample_record(Some(&unique_owner()));
     inside.created_at = u;
     let mut outside = sample_record(Some(&unique_owner()));
-    outside.created_at = u + Duration::seconds(1);
+    outside.created_at = u + Duration::from_secs(1);
     insert_all(store, &[inside.clone(), outside.clone()]).await;
     let ids = ok(
         store
             .revoke_where(
-                &KeyQuery::created(inside.prefix.clone(), u..u + Duration::seconds(1)),
+                &KeyQuery::created(inside.prefix.clone(), u..u + Duration::from_secs(1)),
                 &now,
             )
             .await,

@@ -7,7 +7,7 @@ use apikey::{
     Actor, Clock, Derivation, Error, ImportKey, KeyManager, KeyStatus, KeyStoreWrite, KeyUpdate,
     Keyring, ManualClock, NewKey, Rotation, ServerSecret, UsageStore, Verifier,
 };
-use time::Duration;
+use std::time::Duration;
 
 use super::{join_all, suite_now, unique_owner};
 
@@ -67,14 +67,14 @@ pub async fn owner_limit_holds_under_concurrency<S: KeyStoreWrite + UsageStore +
         m.create(
             NewKey::new("sk_test_")
                 .owner(&owner)
-                .expires_at(suite_now() + Duration::hours(1)),
+                .expires_at(suite_now() + Duration::from_secs(3_600)),
             &admin(),
         )
         .await,
         "create",
     )
     .1;
-    clock.advance(Duration::hours(2));
+    clock.advance(Duration::from_secs(2 * 3_600));
     // Four managers over the store, as four service instances: their plans
     // meet only at the store's owner guard (one manager serializes its own).
     let others: Vec<_> = (0..3)
@@ -123,14 +123,22 @@ pub async fn rotation_chain<S: KeyStoreWrite + UsageStore + 'static>(store: Arc<
         "create",
     );
     let (_, b) = done(
-        m.rotate(a.id, Rotation::with_grace(Duration::hours(6)), &admin())
-            .await,
+        m.rotate(
+            a.id,
+            Rotation::with_grace(Duration::from_secs(6 * 3_600)),
+            &admin(),
+        )
+        .await,
         "rotate",
     );
-    clock.advance(Duration::hours(1));
+    clock.advance(Duration::from_secs(3_600));
     let (_, c) = done(
-        m.rotate(b.id, Rotation::with_grace(Duration::hours(6)), &admin())
-            .await,
+        m.rotate(
+            b.id,
+            Rotation::with_grace(Duration::from_secs(6 * 3_600)),
+            &admin(),
+        )
+        .await,
         "rotate again",
     );
     let a = done(m.record(a.id).await, "record");
@@ -141,7 +149,10 @@ pub async fn rotation_chain<S: KeyStoreWrite + UsageStore + 'static>(store: Arc<
         Some(clock.now()),
         "manager rules: the second rotation must end the first key's grace"
     );
-    assert_eq!(b.expires_at, Some(clock.now() + Duration::hours(6)));
+    assert_eq!(
+        b.expires_at,
+        Some(clock.now() + Duration::from_secs(6 * 3_600))
+    );
     assert_eq!(
         (a.rotated_to, b.rotated_from, b.rotated_to, c.rotated_from),
         (Some(b.id), Some(a.id), Some(c.id), Some(b.id)),
@@ -163,13 +174,21 @@ pub async fn delete_clears_links<S: KeyStoreWrite + UsageStore + 'static>(store:
         "create",
     );
     let (_, b) = done(
-        m.rotate(a.id, Rotation::with_grace(Duration::hours(1)), &admin())
-            .await,
+        m.rotate(
+            a.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin(),
+        )
+        .await,
         "rotate",
     );
     let (_, c) = done(
-        m.rotate(b.id, Rotation::with_grace(Duration::hours(1)), &admin())
-            .await,
+        m.rotate(
+            b.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin(),
+        )
+        .await,
         "rotate",
     );
     done(m.delete(b.id, &admin()).await, "delete");

@@ -4,7 +4,7 @@ use apikey::{
     FlushOutcome, KeyId, KeyStatus, KeyStoreWrite, OsRng, UsageBatch, UsageDelta, UsageStore,
 };
 use rand_core::Rng;
-use time::Duration;
+use std::time::Duration;
 
 use super::{must_get, ok, put_new, sample_record, suite_now, unique_owner, update};
 
@@ -20,13 +20,13 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     let a = sample_record(Some(&unique_owner()));
     put_new(store, &a).await;
     let now = suite_now();
-    let d1 = now.date();
+    let d1 = now.utc_date();
     let d2 = d1.next_day().unwrap_or(d1);
     let d3 = d2.next_day().unwrap_or(d2);
     let batch = [
         UsageDelta::new(a.id, d1, 3, now),
         UsageDelta::new(KeyId::from_u64(OsRng.next_u64()), d1, 9, now),
-        UsageDelta::new(a.id, d2, 4, now + Duration::days(1)),
+        UsageDelta::new(a.id, d2, 4, now + Duration::from_secs(86_400)),
     ];
     ok(
         store.record_usage(&UsageBatch::new(batch.to_vec())).await,
@@ -38,7 +38,7 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
                 a.id,
                 d2,
                 1,
-                now + Duration::hours(25),
+                now + Duration::from_secs(25 * 3_600),
             )]))
             .await,
         "record_usage",
@@ -64,7 +64,7 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     let r = must_get(store, a.id, "get").await;
     assert_eq!(
         r.last_used_at,
-        Some(now + Duration::hours(25)),
+        Some(now + Duration::from_secs(25 * 3_600)),
         "store conformance: last_used_at must be the latest use"
     );
     assert_eq!(
@@ -81,7 +81,7 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     );
     assert_eq!(
         must_get(store, a.id, "get").await.last_used_at,
-        Some(now + Duration::hours(25)),
+        Some(now + Duration::from_secs(25 * 3_600)),
         "store conformance: a put must keep the stored last_used_at"
     );
     assert_eq!(ok(store.usage(a.id, d1..d3).await, "usage").len(), 2);
@@ -96,7 +96,7 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
 pub async fn usage_replay_applies_once<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     let a = sample_record(Some(&unique_owner()));
     put_new(store, &a).await;
-    let day = suite_now().date();
+    let day = suite_now().utc_date();
     let batch = UsageBatch::new(vec![UsageDelta::new(a.id, day, 3, suite_now())]);
     assert_eq!(
         ok(store.record_usage(&batch).await, "record_usage"),

@@ -11,15 +11,15 @@
 //! | [`scope_grammar`] | `\n`-separated scopes | parse then `Display` round-trips; validity and `grants` agree with a segment-wise reference; `grants` is reflexive and transitive |
 //! | [`Harness::verify`] | store script + presented text | only byte-identical issued keys verify; an issued key gets exactly the outcome its stored record calls for; the store never overwrites an id; errors never carry secret material |
 //! | [`Harness::header_extraction`] | config byte, query, `name:value` lines | never panics; an extracted key is visible ASCII within the length limit, comes from an accepted scheme (a Bearer token only with a registered prefix) and from the request; the exact outcome (key and scheme, or error code and message) does not depend on header order; `Debug` never shows the key |
-//! | [`extreme_times`] | script of manager operations with extreme times | never panics; `INVALID_REQUEST` exactly for a time outside `MIN_TIME..=MAX_TIME` (argument or clock); inside it create/update store the instants given, and authenticate/verify answer what the record calls for |
+//! | [`extreme_times`] | script of manager operations with extreme times | never panics; a time outside `Timestamp::MIN..=Timestamp::MAX` is refused where it enters (conversion, RFC 3339, JSON, microseconds) with exactly `INVALID_REQUEST`, one inside reads back unchanged; at any point of the range, its ends included, create/update store the instants given and authenticate/verify answer what the record calls for |
 //! | [`Harness::record_json`] | JSON | a record that deserializes re-serializes to a fixpoint and verifies every harness key the same as the original |
 //!
 //! Every harness uses one fixed keyring ([`harness_verifier`]), so the seed
 //! corpus in `fuzz/seeds/` (from [`seed_corpus`]) holds keys that parse.
 
+use apikey::Timestamp;
 use rand_core::{TryCryptoRng, TryRng};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use apikey::__private::{ID_LEN, SECRET_LEN, VERSION_LEN};
 use apikey::KeyDigest;
@@ -38,7 +38,11 @@ pub const HARNESS_SECRET_V1: [u8; 32] = *b"apikey fuzz harness secret no. 1";
 /// Server secret version 2 (current) of every harness keyring.
 pub const HARNESS_SECRET_V2: [u8; 32] = *b"apikey fuzz harness secret no. 2";
 /// The instant every harness verifies at (2026-01-01T00:00:00Z).
-pub const HARNESS_NOW: OffsetDateTime = time::macros::datetime!(2026-01-01 0:00 UTC);
+pub const HARNESS_NOW: Timestamp = match Timestamp::checked_from_unix_micros(1_767_225_600_000_000)
+{
+    Some(t) => t,
+    None => Timestamp::MIN,
+};
 
 /// Length of the window used by [`leaks_secret`].
 pub const LEAK_WINDOW: usize = 8;
@@ -281,7 +285,7 @@ impl Harness {
     /// Builds the verifier and issues the fixed keys.
     pub fn new() -> Self {
         let mut rng = FixtureRng::new(b"apikey fuzz harness keys");
-        let issued_at = HARNESS_NOW - time::Duration::days(30);
+        let issued_at = HARNESS_NOW - std::time::Duration::from_secs(30 * 86_400);
         let mut keys = Vec::new();
         let current = harness_verifier();
         let scopes: [&[&str]; 3] = [&["read", "tasks:*"], &["tasks:read"], &[]];
@@ -290,7 +294,7 @@ impl Harness {
                 .owner("org_fuzz")
                 .name("harness")
                 .scopes(scopes.iter().copied())
-                .expires_at(HARNESS_NOW + time::Duration::days(365));
+                .expires_at(HARNESS_NOW + std::time::Duration::from_secs(365 * 86_400));
             if let Ok(pair) = current.issue_with_rng(new, issued_at, &mut rng) {
                 keys.push(pair);
             }

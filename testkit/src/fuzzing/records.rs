@@ -49,24 +49,24 @@ impl Harness {
         assert_eq!(stored, rec.validate().is_ok());
         for requirement in [Requirement::none(), requirement_from(3)] {
             for (key, _) in &self.keys {
+                let verify = |view: Option<std::sync::Arc<apikey::KeyView>>| {
+                    let parsed = self.verifier.parse(key.expose_secret())?;
+                    self.verifier
+                        .verify(&parsed, view, &HARNESS_NOW, &requirement, None)
+                };
                 let run = |view: &std::sync::Arc<apikey::KeyView>| {
                     let v = (view.id() == key.id()).then(|| std::sync::Arc::clone(view));
-                    outcome(self.verifier.verify_with(
-                        key.expose_secret(),
-                        |_| Ok(v),
-                        HARNESS_NOW,
-                        &requirement,
-                    ))
+                    outcome(verify(v))
                 };
                 let a = run(&va);
                 assert_eq!(a, run(&vb), "round-tripped record verifies differently");
                 if stored {
-                    let via_store = outcome(self.verifier.verify_with(
-                        key.expose_secret(),
-                        |id| store.fetch_sync(id),
-                        HARNESS_NOW,
-                        &requirement,
-                    ));
+                    let via_store = outcome(
+                        store
+                            .fetch_sync(key.id())
+                            .map_err(apikey::Error::from)
+                            .and_then(verify),
+                    );
                     assert_eq!(a, via_store, "stored record verifies differently");
                 }
             }

@@ -102,7 +102,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
 /// ```
 /// # use apikey::*;
 /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
-/// let (key, _) = verifier.issue(NewKey::new("sk_live_"), time::OffsetDateTime::UNIX_EPOCH)?;
+/// let (key, _) = verifier.issue(NewKey::new("sk_live_"), apikey::Timestamp::MIN)?;
 /// let mut forged = key.expose_secret().as_bytes().to_vec();
 /// forged[20] = if forged[20] == b'a' { b'b' } else { b'a' }; // inside the secret
 /// let forged = apikey_testkit::fuzzing::with_valid_checksum(forged).expect("long enough");

@@ -48,11 +48,13 @@ impl Harness {
                 StoreMode::Revoked => {
                     rec.status = KeyStatus::Revoked;
                     rec.revocation = Some(Revocation {
-                        at: HARNESS_NOW - time::Duration::hours(1),
+                        at: HARNESS_NOW - std::time::Duration::from_secs(3_600),
                         reason: "fuzz".into(),
                     });
                 }
-                StoreMode::Expired => rec.expires_at = Some(HARNESS_NOW - time::Duration::SECOND),
+                StoreMode::Expired => {
+                    rec.expires_at = Some(HARNESS_NOW - std::time::Duration::from_secs(1))
+                }
                 StoreMode::Absent => continue,
                 StoreMode::WrongDigest => {
                     let mut d = *rec.digest.as_bytes();
@@ -94,9 +96,11 @@ impl Harness {
 
         let requirement = requirement_from(c.byte());
         let text = self.presented_text(&mut c);
-        let result =
+        let result = self.verifier.parse(&text).and_then(|parsed| {
+            let view = store.fetch_sync(parsed.id())?;
             self.verifier
-                .verify_with(&text, |id| store.fetch_sync(id), HARNESS_NOW, &requirement);
+                .verify(&parsed, view, &HARNESS_NOW, &requirement, None)
+        });
         match &result {
             Ok(v) => self.assert_no_leak(&format!("{v:?}")),
             Err(e) => self.assert_no_leak(&format!("{e} {e:?}")),
@@ -188,9 +192,9 @@ impl Harness {
         let w = c.byte();
         let at = |code: u8| match code % 4 {
             0 => None,
-            1 => Some(HARNESS_NOW - time::Duration::SECOND),
+            1 => Some(HARNESS_NOW - std::time::Duration::from_secs(1)),
             2 => Some(HARNESS_NOW),
-            _ => Some(HARNESS_NOW + time::Duration::SECOND),
+            _ => Some(HARNESS_NOW + std::time::Duration::from_secs(1)),
         };
         let bits = c.byte();
         let scopes = SCOPE_POOL
@@ -205,7 +209,7 @@ impl Harness {
             environment,
             secret_version,
             digest,
-            HARNESS_NOW - time::Duration::days(1),
+            HARNESS_NOW - std::time::Duration::from_secs(86_400),
         )
         .owner((w & 0x80 != 0).then(|| "org_fuzz".to_owned()))
         .scopes(ScopeSet::from_scopes(scopes))
