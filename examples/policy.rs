@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use apikey::web::{Decision, Gate, Route};
 use apikey::{
-    AUTO_RENEW, Actor, Clock, Derivation, Environment, KeyManager, KeyPolicies, KeyPolicy,
+    Actor, Clock, Derivation, Environment, KeyManager, KeyPolicies, KeyPolicy, KeyRecord,
     KeyUpdate, Keyring, ManualClock, MemoryStore, NewKey, PolicyRule, PolicyTarget, Requirement,
     ServerSecret, SweepOptions, Verifier,
 };
@@ -84,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             NewKey::new("sk_live_")
                 .owner("acme")
                 .name("auto")
-                .metadata(AUTO_RENEW, "true"),
+                .metadata(KeyRecord::AUTO_RENEW, "true"),
             &admin,
         )
         .await?;

@@ -101,10 +101,8 @@ pub use key::{
     PrefixEntry, PrefixRegistry, ServerSecret,
 };
 pub use manage::{
-    AUTO_RENEW, DEFAULT_DERIVATION_LIMITS, DEFAULT_MAX_GRACE, Derivation, EXPIRY_NOTIFIED,
-    ExpiryNotice, ExpiryNotifier, Finding, HygieneOptions, HygieneReport, ImportKey, KeyHygiene,
-    KeyManager, KeyState, KeySummary, KeyUpdate, PENDING_APPROVAL, Rotation, SweepOptions,
-    SweepReport,
+    Derivation, ExpiryNotice, ExpiryNotifier, Finding, HygieneOptions, HygieneReport, ImportKey,
+    KeyHygiene, KeyManager, KeyState, KeySummary, KeyUpdate, Rotation, SweepOptions, SweepReport,
 };
 #[cfg(feature = "tracing")]
 pub use pipeline::TracingSink;
@@ -116,8 +114,8 @@ pub use pipeline::{
 /// release line's), so callers can name the same version.
 pub use rand_core;
 pub use record::{
-    IpNet, KeyRecord, KeyRecordBuilder, KeyStatus, KeyView, LegacyInfo, NewKey, PARENT,
-    Requirement, Revocation, Scope, ScopeSet, UsageCounters,
+    IpNet, KeyRecord, KeyRecordBuilder, KeyStatus, KeyView, LegacyInfo, NewKey, Requirement,
+    Revocation, Scope, ScopeSet, UsageCounters,
 };
 pub use store::{
     CachedStore, ChangeFeed, Changes, Cursor, Delete, FlushId, FlushOutcome, Invalidate,
@@ -125,6 +123,4 @@ pub use store::{
     MemoryStore, OwnerGuard, Put, UsageBatch, UsageDelta, UsageStore,
 };
 pub use timestamp::{Timestamp, TimestampError};
-pub use verify::{
-    KeyPolicies, KeyPolicy, MAX_DERIVATION_DEPTH, PolicyRule, PolicyTarget, VerifiedKey, Verifier,
-};
+pub use verify::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget, VerifiedKey, Verifier};

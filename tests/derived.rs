@@ -77,7 +77,7 @@ async fn derived_key_cannot_be_broader_than_its_parent() {
         .await
         .unwrap();
     assert_eq!(c.expires_at, p.expires_at);
-    assert_eq!(c.metadata.get(PARENT), Some(&p.id.to_string()));
+    assert_eq!(c.metadata.get(KeyRecord::PARENT), Some(&p.id.to_string()));
     m.authenticate(
         child.expose_secret(),
         &Requirement::scope("tasks:read").unwrap(),
@@ -217,7 +217,7 @@ async fn parent_link_cannot_be_set_or_removed_by_callers() {
     let (_, p) = parent(&m).await;
     let err = m
         .create(
-            NewKey::new("sk_live_").metadata(PARENT, p.id.to_string()),
+            NewKey::new("sk_live_").metadata(KeyRecord::PARENT, p.id.to_string()),
             &admin(),
         )
         .await
@@ -326,7 +326,7 @@ proptest! {
                     }
                     let child = m.record(*id).await.unwrap();
                     prop_assert!(child.is_usable_at(clock.now()));
-                    let Some(pid) = child.metadata.get(PARENT) else { continue };
+                    let Some(pid) = child.metadata.get(KeyRecord::PARENT) else { continue };
                     let pid: KeyId = pid.parse().unwrap();
                     let parent = m.record(pid).await;
                     prop_assert!(parent.is_ok(), "a working child of a deleted parent");

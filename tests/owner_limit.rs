@@ -158,16 +158,20 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
     let err = m
         .rotate(
             s.id,
-            Rotation::with_grace(DEFAULT_MAX_GRACE + Duration::from_secs(1)),
+            Rotation::with_grace(Rotation::DEFAULT_MAX_GRACE + Duration::from_secs(1)),
             &admin(),
         )
         .await
         .unwrap_err();
     assert_eq!(err.code().as_str(), "INVALID_REQUEST");
-    assert_eq!(DEFAULT_MAX_GRACE, Duration::from_secs(7 * 86_400));
-    m.rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
-        .await
-        .unwrap();
+    assert_eq!(Rotation::DEFAULT_MAX_GRACE, Duration::from_secs(7 * 86_400));
+    m.rotate(
+        s.id,
+        Rotation::with_grace(Rotation::DEFAULT_MAX_GRACE),
+        &admin(),
+    )
+    .await
+    .unwrap();
     let m = m.with_max_grace(Duration::from_secs(3_600));
     let s2 = m.list("o").await.unwrap().pop().unwrap();
     let err = m
@@ -196,7 +200,11 @@ async fn rotation_chain_never_has_more_than_two_working_keys() {
     for _ in 0..5 {
         f.clock.advance(Duration::from_secs(60));
         let (k, next) = m
-            .rotate(s.id, Rotation::with_grace(DEFAULT_MAX_GRACE), &admin())
+            .rotate(
+                s.id,
+                Rotation::with_grace(Rotation::DEFAULT_MAX_GRACE),
+                &admin(),
+            )
             .await
             .unwrap();
         keys.push(k);
@@ -205,7 +213,7 @@ async fn rotation_chain_never_has_more_than_two_working_keys() {
     }
     // The newest and its predecessor (in grace) are the two.
     assert!(works(&m, &keys[5]).await && works(&m, &keys[4]).await);
-    f.clock.advance(DEFAULT_MAX_GRACE);
+    f.clock.advance(Rotation::DEFAULT_MAX_GRACE);
     assert_eq!(working(&m, &keys).await, 1);
     // Ten years later only the newest works.
     f.clock.advance(Duration::from_secs(3650 * 86_400));

@@ -152,12 +152,14 @@ async fn policy_requiring_approval_holds_new_keys_disabled_until_enabled() {
     let (key, s) = m.create(NewKey::new("sk_live_"), &admin()).await.unwrap();
     assert_eq!(s.status, KeyStatus::Disabled);
     assert_eq!(
-        s.metadata.get(PENDING_APPROVAL).map(String::as_str),
+        s.metadata
+            .get(KeyRecord::PENDING_APPROVAL)
+            .map(String::as_str),
         Some("true")
     );
     assert_eq!(code_of(&m, &key).await.as_deref(), Some("DISABLED_API_KEY"));
     let s = m.enable(s.id, &admin()).await.unwrap();
-    assert!(!s.metadata.contains_key(PENDING_APPROVAL));
+    assert!(!s.metadata.contains_key(KeyRecord::PENDING_APPROVAL));
     assert_eq!(code_of(&m, &key).await, None);
     // Rotating an approved key needs no second approval.
     let (next, _) = m
@@ -467,7 +469,7 @@ proptest! {
                         let r = m.record(*id).await.unwrap();
                         prop_assert!(p.check(&r, clock.now()).is_ok(), "working key {r:?} outside {p:?}");
                         // A working child is within its (working) parent.
-                        if let Some(pid) = r.metadata.get(PARENT) {
+                        if let Some(pid) = r.metadata.get(KeyRecord::PARENT) {
                             let parent = m.record(pid.parse().unwrap()).await.unwrap();
                             prop_assert!(parent.is_usable_at(clock.now()));
                             prop_assert!(r.scopes.iter().all(|s| parent.scopes.grants(s)), "child {r:?} broader than {parent:?}");

@@ -100,7 +100,7 @@ async fn auto_renewal_extends_the_same_key_within_the_policy_maximum() {
         .create(
             NewKey::new("sk_live_")
                 .expires_at(T0 + Duration::from_secs(3 * 86_400))
-                .metadata(AUTO_RENEW, "true"),
+                .metadata(KeyRecord::AUTO_RENEW, "true"),
             &admin(),
         )
         .await
@@ -153,7 +153,7 @@ async fn two_concurrent_sweepers_notify_and_renew_each_key_once() {
         let mut new =
             NewKey::new("sk_live_").expires_at(T0 + Duration::from_secs((1 + i % 25) * 86_400));
         if i % 2 == 0 {
-            new = new.metadata(AUTO_RENEW, "true");
+            new = new.metadata(KeyRecord::AUTO_RENEW, "true");
             if 1 + i % 25 < 7 {
                 n_renew += 1;
             }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use apikey::Timestamp;
 use apikey::limits::{CreditBalances, Limits};
 use apikey::{
-    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyStoreWrite,
-    KeySummary, KeyUpdate, NewKey, PENDING_APPROVAL, Rotation, Scope, UsageStore,
+    Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyRecord,
+    KeyStoreWrite, KeySummary, KeyUpdate, NewKey, Rotation, Scope, UsageStore,
 };
 use axum::Router;
 use axum::body::Body;

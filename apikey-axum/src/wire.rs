@@ -87,7 +87,7 @@ pub(crate) struct KeyItem {
     pub permissions: Vec<String>,
     pub status: String,
     /// Disabled until an account admin enables it
-    /// ([`apikey::PENDING_APPROVAL`]).
+    /// ([`apikey::KeyRecord::PENDING_APPROVAL`]).
     pub pending: bool,
     pub created_at: String,
     pub last_used: Option<String>,
@@ -104,7 +104,7 @@ impl KeyItem {
             environment: s.environment.as_str(),
             permissions: s.scopes.clone(),
             status: state_name(s),
-            pending: s.metadata.contains_key(apikey::PENDING_APPROVAL),
+            pending: s.metadata.contains_key(apikey::KeyRecord::PENDING_APPROVAL),
             created_at: rfc3339(&s.created_at),
             last_used: s.last_used_at.as_ref().map(rfc3339),
             expires_at: s.expires_at.as_ref().map(rfc3339),

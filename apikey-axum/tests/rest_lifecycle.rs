@@ -542,7 +542,11 @@ async fn a_plain_user_cannot_approve_its_own_pending_key() {
     assert_eq!((r.status, r.field()), (403, "status".into()), "{}", r.body);
     let stored = s.manager.get(id.parse().unwrap()).await.unwrap();
     assert_eq!(stored.status, apikey::KeyStatus::Disabled);
-    assert!(stored.metadata.contains_key(apikey::PENDING_APPROVAL));
+    assert!(
+        stored
+            .metadata
+            .contains_key(apikey::KeyRecord::PENDING_APPROVAL)
+    );
     // The page learns that the key is pending and who may approve it.
     assert_eq!(created["pending"], true, "{created}");
     let list = call(s.addr, As::User("alice"), "GET", "/v1/api-keys", None)

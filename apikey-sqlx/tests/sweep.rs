@@ -10,7 +10,7 @@ use apikey::Timestamp;
 use std::sync::Arc;
 
 use apikey::{
-    AUTO_RENEW, Actor, Clock, KeyManager, KeyStoreWrite, Keyring, ManualClock, MemoryAuditSink,
+    Actor, Clock, KeyManager, KeyRecord, KeyStoreWrite, Keyring, ManualClock, MemoryAuditSink,
     NewKey, ServerSecret, SweepOptions, UsageStore, Verifier,
 };
 use apikey_sqlx::{PostgresStore, SqliteStore, StoreOptions};
@@ -38,7 +38,7 @@ where
             .owner(owner.clone())
             .expires_at(clock.now() + Duration::from_secs(days as u64 * 86_400));
         if i % 2 == 0 {
-            new = new.metadata(AUTO_RENEW, "true");
+            new = new.metadata(KeyRecord::AUTO_RENEW, "true");
             if days < 7 {
                 renewals += 1;
             }

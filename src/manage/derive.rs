@@ -9,14 +9,13 @@ use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
 use crate::pipeline::{Actor, AuditKind};
 use crate::record::IpNet;
-use crate::record::PARENT;
 use crate::record::{KeyRecord, KeyStatus, NewKey};
 use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
 use crate::verify::{Bounds, parent_of_record};
 
 /// [`KeyManager::derive`]: child keys that only narrow their parent (for
 /// AI agents, CI jobs, one-off scripts). The rules, and how a child dies
-/// with its parent, are in [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH).
+/// with its parent, are in [`Derivation::MAX_DEPTH`](crate::Derivation::MAX_DEPTH).
 ///
 /// ```
 /// use apikey::*;
@@ -58,8 +57,22 @@ pub struct Derivation {
     pub expires_at: Option<Timestamp>,
     /// IP allowlist (within the parent's). Defaults to the parent's.
     pub ip_allowlist: Option<Vec<IpNet>>,
-    /// Metadata of the child (the reserved [`PARENT`] entry is refused).
+    /// Metadata of the child (the reserved [`KeyRecord::PARENT`](crate::KeyRecord::PARENT) entry is refused).
     pub metadata: BTreeMap<String, String>,
+}
+
+impl Derivation {
+    /// The deepest chain of derived keys the authenticator follows; deeper
+    /// chains are refused, and
+    /// [`KeyManager::with_derivation_limits`](crate::KeyManager::with_derivation_limits)
+    /// cannot set a depth above it.
+    pub const MAX_DEPTH: u8 = crate::verify::MAX_DERIVATION_DEPTH;
+
+    /// The default of
+    /// [`KeyManager::with_derivation_limits`](crate::KeyManager::with_derivation_limits):
+    /// chains of at most 2 derived keys below a key, at most 100 live
+    /// children per parent.
+    pub const DEFAULT_LIMITS: (u8, u32) = super::manager::DEFAULT_DERIVATION_LIMITS;
 }
 
 impl Derivation {
@@ -98,7 +111,7 @@ pub(crate) fn is_child_of(r: &KeyRecord, parent: KeyId) -> bool {
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Derives a child of key `parent`: same owner, prefix and environment,
-    /// narrowed by `derivation` (see [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH)).
+    /// narrowed by `derivation` (see [`Derivation::MAX_DEPTH`](crate::Derivation::MAX_DEPTH)).
     /// The issuance policies and the owner limit apply as on
     /// [`create`](Self::create).
     ///
@@ -123,9 +136,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     ) -> Result<(ApiKey, KeySummary)> {
         let now = self.now();
         let (max_depth, max_children) = self.derivation;
-        if derivation.metadata.contains_key(PARENT) {
+        if derivation.metadata.contains_key(KeyRecord::PARENT) {
             return Err(Error::InvalidInput(format!(
-                "the metadata entry `{PARENT}` is reserved for derived keys"
+                "the metadata entry `{}` is reserved for derived keys",
+                KeyRecord::PARENT
             )));
         }
         let p = self.record(parent).await?;
@@ -165,7 +179,8 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             .ip_allowlist
             .unwrap_or_else(|| p.ip_allowlist.clone());
         new.metadata = derivation.metadata;
-        new.metadata.insert(PARENT.to_owned(), parent.to_string());
+        new.metadata
+            .insert(KeyRecord::PARENT.to_owned(), parent.to_string());
         // A publishable child is used from its parent's pages only.
         if let Some(origins) = p.metadata.get(crate::pipeline::ALLOWED_ORIGINS) {
             new.metadata

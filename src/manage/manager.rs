@@ -36,24 +36,16 @@ pub use input::{ImportKey, KeyUpdate, Rotation};
 
 pub(crate) use gates::{MAX_RETRIES, backoff, contended};
 
-/// The default of [`KeyManager::with_max_grace`]: 7 days.
-pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
-pub use crate::verify::{MAX_LEGACY_KEY_LEN, MAX_LEGACY_PREFIX_LEN};
-/// The default of [`KeyManager::with_derivation_limits`]: chains of at
-/// most 2 derived keys below a key, at most 100 live children per parent.
-pub const DEFAULT_DERIVATION_LIMITS: (u8, u32) = (2, 100);
-/// The metadata entry (`"true"`) on a key born disabled because a
-/// [`KeyPolicy`](crate::KeyPolicy) requires approval;
-/// [`KeyManager::enable`] removes it.
-pub const PENDING_APPROVAL: &str = "apikey.pending_approval";
+/// [`Derivation::DEFAULT_LIMITS`](crate::Derivation::DEFAULT_LIMITS).
+pub(crate) const DEFAULT_DERIVATION_LIMITS: (u8, u32) = (2, 100);
 
 /// Refuses the reserved parent link in caller-given metadata: only
 /// [`KeyManager::derive`] sets it.
 fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
-    if metadata.contains_key(crate::record::PARENT) {
+    if metadata.contains_key(KeyRecord::PARENT) {
         return Err(Error::InvalidInput(format!(
             "the metadata entry `{}` is reserved for derived keys",
-            crate::record::PARENT
+            KeyRecord::PARENT
         )));
     }
     Ok(())
@@ -348,7 +340,7 @@ impl<S: KeyStoreWrite + UsageStore + 'static> KeyManager<S, SystemClock> {
 
 impl<S: KeyStoreWrite + UsageStore + 'static, C: Clock> KeyManager<S, C> {
     /// A manager reading `clock`. No owner limit, no audit sink, rotation
-    /// grace at most [`DEFAULT_MAX_GRACE`], usage counted in memory (flush
+    /// grace at most [`Rotation::DEFAULT_MAX_GRACE`], usage counted in memory (flush
     /// it with [`flush`](Self::flush), off the request path), rejection
     /// summaries at most every 60 s.
     pub fn with_clock(verifier: Verifier, store: S, clock: C) -> Self {
@@ -361,7 +353,7 @@ impl<S: KeyStoreWrite + UsageStore + 'static, C: Clock> KeyManager<S, C> {
             auth,
             usage,
             max_per_owner: None,
-            max_grace: DEFAULT_MAX_GRACE,
+            max_grace: Rotation::DEFAULT_MAX_GRACE,
             derivation: DEFAULT_DERIVATION_LIMITS,
             policies: (KeyPolicies::new(), None),
             audit: Arc::new(NoAudit),
@@ -431,12 +423,15 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
 
     /// Limits [derived keys](Self::derive): chains at most `max_depth` keys
     /// below a key that is not derived (at most
-    /// [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH); 0 forbids
+    /// [`Derivation::MAX_DEPTH`](crate::Derivation::MAX_DEPTH); 0 forbids
     /// deriving), and at most `max_children` live (not revoked, not
     /// expired) children per parent. Defaults to
-    /// [`DEFAULT_DERIVATION_LIMITS`].
+    /// [`Derivation::DEFAULT_LIMITS`](crate::Derivation::DEFAULT_LIMITS).
     pub fn with_derivation_limits(mut self, max_depth: u8, max_children: u32) -> Self {
-        self.derivation = (max_depth.min(crate::MAX_DERIVATION_DEPTH), max_children);
+        self.derivation = (
+            max_depth.min(crate::verify::MAX_DERIVATION_DEPTH),
+            max_children,
+        );
         self
     }
 
@@ -516,7 +511,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
 
     /// The longest rotation grace period [`rotate`](Self::rotate) accepts;
     /// a longer one is [`Error::InvalidInput`] (`INVALID_REQUEST`). Defaults
-    /// to [`DEFAULT_MAX_GRACE`] (7 days). Keys in their grace period still
+    /// to [`Rotation::DEFAULT_MAX_GRACE`] (7 days). Keys in their grace period still
     /// work but do not count toward the owner limit, so this bounds how long
     /// a rotated key can outlive the limit; a negative value counts as zero.
     pub fn with_max_grace(mut self, max: Duration) -> Self {
@@ -620,7 +615,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// expiry gets the default lifetime (the shortest applicable
     /// `default_lifetime`, else the shortest `max_lifetime`); with
     /// `approval` and a policy that requires it, the key is born disabled
-    /// and marked [`PENDING_APPROVAL`]; the result must comply with every
+    /// and marked [`KeyRecord::PENDING_APPROVAL`](crate::KeyRecord::PENDING_APPROVAL); the result must comply with every
     /// applicable policy. The one place create, rotate and import plan a
     /// new record.
     pub(super) fn issue_planned(
@@ -658,7 +653,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             record.status = KeyStatus::Disabled;
             record
                 .metadata
-                .insert(PENDING_APPROVAL.to_owned(), "true".to_owned());
+                .insert(KeyRecord::PENDING_APPROVAL.to_owned(), "true".to_owned());
         }
         p.check(&record, now)?;
         Ok((key, record))

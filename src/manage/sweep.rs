@@ -19,12 +19,6 @@ use crate::store::{KeyQuery, KeyStoreWrite, UsageStore};
 /// Records the sweep reads a page.
 const SWEEP_PAGE: u32 = 500;
 
-/// The metadata entry (`"true"`) that marks a key for auto-renewal.
-pub const AUTO_RENEW: &str = "apikey.auto_renew";
-/// The metadata entry the sweep writes: the expiry (RFC 3339) a notice
-/// was sent for.
-pub const EXPIRY_NOTIFIED: &str = "apikey.expiry_notified";
-
 /// What the sweep tells a [`ExpiryNotifier`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -66,7 +60,7 @@ impl<F: Fn(&ExpiryNotice) + Send + Sync> ExpiryNotifier for F {
 /// page, so a pass never holds every expiring key in memory) and, for
 /// each:
 ///
-/// * a key marked for auto-renewal ([`AUTO_RENEW`] in its metadata) that
+/// * a key marked for auto-renewal ([`KeyRecord::AUTO_RENEW`](crate::KeyRecord::AUTO_RENEW) in its metadata) that
 ///   expires within [`SweepOptions::renew_before`] gets a later expiry
 ///   (`now + renew_for`, never past the issuance policy's maximum
 ///   lifetime): the same key keeps working, with no new secret. Audited as
@@ -74,7 +68,7 @@ impl<F: Fn(&ExpiryNotice) + Send + Sync> ExpiryNotifier for F {
 /// * any other key expiring within [`SweepOptions::notice_before`] gets one
 ///   `expiring` audit event and one notifier call, once for its current
 ///   expiry: the record keeps the expiry it was notified for
-///   ([`EXPIRY_NOTIFIED`] in its metadata), so a renewed key is notified
+///   ([`KeyRecord::EXPIRY_NOTIFIED`](crate::KeyRecord::EXPIRY_NOTIFIED) in its metadata), so a renewed key is notified
 ///   again before its new expiry.
 ///
 /// Both are commits at the record's revision
@@ -95,7 +89,7 @@ impl<F: Fn(&ExpiryNotice) + Send + Sync> ExpiryNotifier for F {
 ///     .with_audit_sink(audit.clone());
 /// let admin = Actor::new("admin");
 /// let (key, s) = keys
-///     .create(NewKey::new("sk_live_").expires_at(clock.now() + Duration::from_secs(10 * 86_400)).metadata(AUTO_RENEW, "true"), &admin)
+///     .create(NewKey::new("sk_live_").expires_at(clock.now() + Duration::from_secs(10 * 86_400)).metadata(KeyRecord::AUTO_RENEW, "true"), &admin)
 ///     .await?;
 /// let report = keys.sweep_once(&SweepOptions::default()).await?;
 /// assert_eq!(report.notified, 1);
@@ -195,7 +189,9 @@ fn expiry_mark(t: Timestamp) -> String {
 }
 
 fn auto_renews(r: &KeyRecord) -> bool {
-    r.metadata.get(AUTO_RENEW).is_some_and(|v| v == "true")
+    r.metadata
+        .get(KeyRecord::AUTO_RENEW)
+        .is_some_and(|v| v == "true")
 }
 
 fn notice(r: &KeyRecord, expires_at: Timestamp, renewed: bool) -> ExpiryNotice {
@@ -341,12 +337,13 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     || cur.rotated_to.is_some()
                     || exp <= now
                     || exp >= notice_end
-                    || cur.metadata.get(EXPIRY_NOTIFIED) == Some(&mark)
+                    || cur.metadata.get(KeyRecord::EXPIRY_NOTIFIED) == Some(&mark)
                 {
                     return Ok(None);
                 }
                 let mut next = cur.clone();
-                next.metadata.insert(EXPIRY_NOTIFIED.to_owned(), mark);
+                next.metadata
+                    .insert(KeyRecord::EXPIRY_NOTIFIED.to_owned(), mark);
                 Ok(Some(next))
             })
             .await?;

@@ -583,7 +583,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         }
     }
 
-    /// A derived key's ancestors ([`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH));
+    /// A derived key's ancestors ([`MAX_DERIVATION_DEPTH`](crate::Derivation::MAX_DEPTH));
     /// called for children only, so other keys pay one flag test.
     async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Failure> {
         match crate::verify::check_ancestors(&self.store, &self.clock, v.view()).await {

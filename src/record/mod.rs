@@ -2,7 +2,7 @@
 //! full [`KeyRecord`] and the compact [`KeyView`], the [`NewKey`] request
 //! and the [`KeyRecordBuilder`], the permission grammar ([`Scope`],
 //! [`ScopeSet`], [`Requirement`]), IP ranges ([`IpNet`]) and the reserved
-//! metadata entries the record reads ([`PARENT`]).
+//! metadata entries the record reads ([`KeyRecord::PARENT`](crate::KeyRecord::PARENT)).
 //!
 //! This folder is the floor under [`store`](crate::store),
 //! [`verify`](crate::verify) and everything above them: it imports only
@@ -10,14 +10,12 @@
 
 mod builder;
 mod ipnet;
-mod metadata;
 mod scope;
 mod stored;
 
 pub use builder::KeyRecordBuilder;
 pub use ipnet::IpNet;
 pub(crate) use ipnet::ip_allowed;
-pub use metadata::PARENT;
 pub use scope::{Requirement, Scope, ScopeSet};
 #[cfg(test)]
 pub(crate) use stored::Extra;

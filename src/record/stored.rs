@@ -223,6 +223,25 @@ impl KeyRecord {
     /// The record layout version written by this crate.
     pub const SCHEMA_VERSION: u32 = 1;
 
+    /// Reserved metadata entry: a derived key's parent id. Only
+    /// [`KeyManager::derive`](crate::KeyManager::derive) sets it; a child
+    /// never verifies once its parent is revoked, disabled, expired or
+    /// deleted (chains up to [`Derivation::MAX_DEPTH`](crate::Derivation::MAX_DEPTH)).
+    pub const PARENT: &'static str = "apikey.parent";
+
+    /// Reserved metadata entry (`"true"`) that marks a key for auto-renewal
+    /// by [`KeyManager::sweep_once`](crate::KeyManager::sweep_once).
+    pub const AUTO_RENEW: &'static str = "apikey.auto_renew";
+
+    /// Reserved metadata entry the sweep writes: the expiry (RFC 3339) an
+    /// expiry notice was sent for.
+    pub const EXPIRY_NOTIFIED: &'static str = "apikey.expiry_notified";
+
+    /// Reserved metadata entry (`"true"`) on a key born disabled because a
+    /// [`KeyPolicy`](crate::KeyPolicy) requires approval;
+    /// [`KeyManager::enable`](crate::KeyManager::enable) removes it.
+    pub const PENDING_APPROVAL: &'static str = "apikey.pending_approval";
+
     /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
     /// keys show their legacy prefix and `...` only (their text has no id).
     pub fn display_form(&self) -> String {
@@ -523,7 +542,7 @@ impl KeyView {
         if cold.ip_allowlist.is_some() {
             flags |= HAS_IP_ALLOWLIST;
         }
-        if record.metadata.contains_key(crate::record::PARENT) {
+        if record.metadata.contains_key(KeyRecord::PARENT) {
             flags |= HAS_PARENT;
         }
         let extra = Extra {

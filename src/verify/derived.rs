@@ -6,7 +6,7 @@ use crate::key::Environment;
 use crate::key::KeyId;
 use crate::record::IpNet;
 use crate::record::ScopeSet;
-use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView, PARENT};
+use crate::record::{HAS_PARENT, KeyRecord, KeyStatus, KeyView};
 use crate::store::KeyStore;
 
 /// Derived keys: a child key that can only narrow its parent, and never
@@ -15,7 +15,7 @@ use crate::store::KeyStore;
 /// [`KeyManager::derive`](crate::KeyManager::derive) makes a child of an
 /// active key: same owner, prefix and environment; scopes, expiry and IP
 /// allowlist each a subset of the parent's. The child's record names its
-/// parent in the reserved metadata entry [`PARENT`] (the manager never lets
+/// parent in the reserved metadata entry [`KeyRecord::PARENT`](crate::KeyRecord::PARENT) (the manager never lets
 /// an update change or remove it, and refuses it on create and import).
 ///
 /// # How a child dies with its parent
@@ -41,7 +41,7 @@ use crate::store::KeyStore;
 /// The deepest chain of derived keys the authenticator follows; deeper
 /// chains are refused. [`KeyManager::with_derivation_limits`](crate::KeyManager::with_derivation_limits)
 /// cannot set a depth above it.
-pub const MAX_DERIVATION_DEPTH: u8 = 8;
+pub(crate) const MAX_DERIVATION_DEPTH: u8 = 8;
 
 /// What narrowing compares, of a record or of a view.
 pub(crate) struct Bounds<'a> {
@@ -106,7 +106,9 @@ fn net_within(inner: &IpNet, outer: &IpNet) -> bool {
 
 /// The parent named by a record's metadata.
 pub(crate) fn parent_of_record(r: &KeyRecord) -> Option<std::result::Result<KeyId, ()>> {
-    r.metadata.get(PARENT).map(|p| p.parse().map_err(|_| ()))
+    r.metadata
+        .get(KeyRecord::PARENT)
+        .map(|p| p.parse().map_err(|_| ()))
 }
 
 /// The parent named by a view (one flag test when there is none).
@@ -117,7 +119,7 @@ pub(crate) fn parent_of_view(v: &KeyView) -> Option<std::result::Result<KeyId, (
     }
     Some(
         v.metadata()
-            .get(PARENT)
+            .get(KeyRecord::PARENT)
             .and_then(|p| p.parse().ok())
             .ok_or(()),
     )

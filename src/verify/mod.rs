@@ -8,7 +8,7 @@ mod legacy;
 mod policy;
 mod verifier;
 
-pub use derived::MAX_DERIVATION_DEPTH;
+pub(crate) use derived::MAX_DERIVATION_DEPTH;
 pub(crate) use derived::{Bounds, check_ancestors, parent_of_record, parent_of_view};
 pub(crate) use legacy::{
     Legacy, LegacyPrefix, Upgrader, matches as legacy_matches, sha as legacy_sha,

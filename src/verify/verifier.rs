@@ -462,7 +462,7 @@ impl Verifier {
 }
 
 /// The pure verifier cannot see a derived key's parent: it refuses the key
-/// (see [`MAX_DERIVATION_DEPTH`](crate::MAX_DERIVATION_DEPTH)).
+/// (see [`MAX_DERIVATION_DEPTH`](crate::Derivation::MAX_DEPTH)).
 #[inline]
 fn no_parent(v: VerifiedKey) -> Result<VerifiedKey> {
     match super::derived::parent_of_view(&v.view) {

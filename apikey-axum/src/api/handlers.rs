@@ -278,7 +278,7 @@ where
     /// approves it: an account admin's call only.
     async fn set_active(&self, caller: Caller, parts: Parts, active: bool) -> Outcome {
         let s = self.load_within(&caller, &path_id(&parts.uri)).await?;
-        if active && s.metadata.contains_key(PENDING_APPROVAL) && !caller.is_admin() {
+        if active && s.metadata.contains_key(KeyRecord::PENDING_APPROVAL) && !caller.is_admin() {
             return Err(ApiError::escalation(
                 "status",
                 "this key is pending approval: only an account admin may enable it",

@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::Timestamp;
 
 use super::gates::{MAX_RETRIES, backoff, contended};
-use super::{KeyManager, KeySummary, KeyUpdate, PENDING_APPROVAL};
+use super::{KeyManager, KeySummary, KeyUpdate};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::key::KeyId;
@@ -89,9 +89,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     // A derived key's parent link is the crate's, not the
                     // caller's: kept as it is.
                     let mut m = m.clone();
-                    m.remove(crate::record::PARENT);
-                    if let Some(p) = cur.metadata.get(crate::record::PARENT) {
-                        m.insert(crate::record::PARENT.to_owned(), p.clone());
+                    m.remove(KeyRecord::PARENT);
+                    if let Some(p) = cur.metadata.get(KeyRecord::PARENT) {
+                        m.insert(KeyRecord::PARENT.to_owned(), p.clone());
                     }
                     if m != cur.metadata {
                         next.metadata = m;
@@ -139,7 +139,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     next.status = to;
                     if to == KeyStatus::Active {
                         // Enabling is the approval of a pending key.
-                        next.metadata.remove(PENDING_APPROVAL);
+                        next.metadata.remove(KeyRecord::PENDING_APPROVAL);
                     }
                     Ok(Some(next))
                 }

@@ -4,7 +4,7 @@ use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::commit::InsertError;
-use super::{ImportKey, KeyManager, KeySummary, LegacySecret, MAX_LEGACY_KEY_LEN, reserved_parent};
+use super::{ImportKey, KeyManager, KeySummary, LegacySecret, reserved_parent};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::key::ApiKey;
@@ -13,6 +13,7 @@ use crate::limits::Limits;
 use crate::pipeline::{Actor, AuditKind};
 use crate::record::{LegacyInfo, NewKey};
 use crate::store::{KeyStoreWrite, UsageStore};
+use crate::verify::MAX_LEGACY_KEY_LEN;
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Creates a key; returns the full key (show it once) and its summary.

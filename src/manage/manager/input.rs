@@ -91,6 +91,11 @@ pub struct Rotation {
 }
 
 impl Rotation {
+    /// The default of
+    /// [`KeyManager::with_max_grace`](crate::KeyManager::with_max_grace): 7
+    /// days.
+    pub const DEFAULT_MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
     /// A rotation whose old key works for `grace` more.
     pub fn with_grace(grace: Duration) -> Self {
         Self {
