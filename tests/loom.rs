@@ -139,7 +139,7 @@ fn model(write: Write, readers: usize, flush: bool) {
             thread::spawn(move || {
                 store.record_usage_sync(&UsageBatch::new(vec![UsageDelta::new(
                     id,
-                    NOW.date(),
+                    NOW.utc_date(),
                     1,
                     NOW,
                 )]));
@@ -179,7 +179,7 @@ fn model(write: Write, readers: usize, flush: bool) {
             f.join().expect("flusher");
             if !matches!(write, Write::Delete) {
                 let r = store.get_sync(record.id).expect("present");
-                let day = NOW.date();
+                let day = NOW.utc_date();
                 assert_eq!(
                     store.usage_sync(record.id, day..day.next_day().expect("a day")),
                     vec![(day, 1)],

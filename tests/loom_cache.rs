@@ -267,7 +267,7 @@ fn a_cancelled_leader_does_not_strand_its_follower() {
         // and a monotonic clock read in each iteration made loom's replay
         // nondeterministic ("unexpected exploration state") now and then.
         let cache = Arc::new(CachedStore::new(Slow(view)).with_capacity(1).with_clock(
-            apikey::ManualClock::new("2026-06-01T09:00:00Z".parse::<Timestamp>().unwrap()),
+            apikey::ManualClock::new("2026-06-01T09:00:00Z".parse::<apikey::Timestamp>().unwrap()),
         ));
         let id = record.id;
         let canceller = {

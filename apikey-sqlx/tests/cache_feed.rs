@@ -321,3 +321,155 @@ async fn a_derived_key_dies_on_b_with_its_parent() {
         "with the feed, p99 {p99:?} should be below the maximum age"
     );
 }
+
+/// Issue 20's concurrency test: on A, children are derived from a parent
+/// while the parent is revoked; on B, every child derived so far is
+/// verified in a loop. Once B's cache sees the parent revoked (the
+/// propagation instant, polled on B), no verification of any child that
+/// starts later succeeds, whichever side of the revocation the child was
+/// derived on. The bound (revoke called on A → parent revoked in B's
+/// cache) is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_derived_and_verified_while_the_parent_is_revoked() {
+    use apikey::{Actor, Authenticator, Derivation, KeyManager, NewKey, Requirement};
+    use std::sync::Mutex;
+    let test = "derive_while_revoke";
+    let Some(Pair { a, b, feed }) = pair(test).await else {
+        return;
+    };
+    let verifier = || {
+        apikey::Verifier::new(
+            apikey::Keyring::new(1, apikey::ServerSecret::from_bytes(&[9; 32]).unwrap()).unwrap(),
+        )
+    };
+    let admin = Actor::new("admin");
+    let manager = Arc::new(KeyManager::new(verifier(), a).with_derivation_limits(2, 10_000));
+    let on_b = Arc::new(Authenticator::read_only(verifier(), b.clone()));
+    let (mut bounds, mut calls) = (Vec::new(), Vec::new());
+    let (mut verified_total, mut derived_after) = (0usize, 0usize);
+    for _round in 0..5 {
+        let (_, parent) = manager
+            .create(
+                NewKey::new("sk_live_")
+                    .owner("agents")
+                    .scopes(["tasks:read"]),
+                &admin,
+            )
+            .await
+            .unwrap();
+        let children: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let revoked_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let revoking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A: derive until a derive fails (the parent is revoked), bounded.
+        let deriver = {
+            let (manager, children, admin) = (manager.clone(), children.clone(), admin.clone());
+            let (revoked_at, revoking) = (revoked_at.clone(), revoking.clone());
+            tokio::spawn(async move {
+                let mut after = 0usize;
+                for _ in 0..2_000 {
+                    let started = Instant::now();
+                    match manager
+                        .derive(
+                            parent.id,
+                            Derivation::new("agent").scopes(["tasks:read"]),
+                            &admin,
+                        )
+                        .await
+                    {
+                        Ok((child, _)) => {
+                            if revoked_at.lock().unwrap().is_some_and(|r| started > r) {
+                                after += 1;
+                            }
+                            children
+                                .lock()
+                                .unwrap()
+                                .push(child.expose_secret().to_owned());
+                        }
+                        Err(e) => {
+                            assert!(
+                                revoking.load(std::sync::atomic::Ordering::SeqCst),
+                                "derive failed before the revocation started: {e}"
+                            );
+                            return after;
+                        }
+                    }
+                }
+                panic!("deriving never failed after the parent's revocation");
+            })
+        };
+        // B: verify every child derived so far, recording when each
+        // verification started and whether it succeeded.
+        let verifier_task = {
+            let (on_b, children, stop) = (on_b.clone(), children.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut log = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && log.len() < 200_000 {
+                    let Some(text) = ({
+                        let c = children.lock().unwrap();
+                        (!c.is_empty()).then(|| c[i % c.len()].clone())
+                    }) else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    i += 1;
+                    let started = Instant::now();
+                    let ok = on_b
+                        .authenticate(&text, &Requirement::none(), None)
+                        .await
+                        .is_ok();
+                    log.push((started, ok));
+                }
+                log
+            })
+        };
+        // Let a few children exist and be cached on B, then revoke on A.
+        while children.lock().unwrap().len() < 8 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        revoking.store(true, std::sync::atomic::Ordering::SeqCst);
+        let revoke_started = Instant::now();
+        manager
+            .revoke(parent.id, "compromised", &admin)
+            .await
+            .unwrap();
+        let revoke_returned = Instant::now();
+        *revoked_at.lock().unwrap() = Some(revoke_returned);
+        // The propagation instant: B's cache reports the parent revoked
+        // (measured from the start of the revoke call, which includes its
+        // commit).
+        let propagated = until_revoked(&b, parent.id, MAX_AGE * 3, revoke_started)
+            .await
+            .expect("B never saw the parent revoked");
+        let propagated_at = revoke_started + propagated;
+        calls.push(revoke_returned - revoke_started);
+        derived_after += deriver.await.unwrap();
+        // Keep verifying a little past propagation, then stop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let log = verifier_task.await.unwrap();
+        let late: Vec<_> = log
+            .iter()
+            .filter(|(started, ok)| *ok && *started > propagated_at)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{} verifications of a child succeeded after the parent's revocation reached B",
+            late.len()
+        );
+        assert!(log.iter().any(|(started, _)| *started > propagated_at));
+        verified_total += log.len();
+        bounds.push(propagated);
+    }
+    let (p50, p99, max) = percentiles(bounds);
+    let (c50, _, cmax) = percentiles(calls);
+    println!(
+        "derive-while-revoke, 5 parents on A with concurrent derives, {verified_total} child verifications on B: revoke called on A -> parent revoked on B's cache p50 {p50:?}, p99 {p99:?}, max {max:?} (the revoke call itself: p50 {c50:?}, max {cmax:?}); children derived after revoke returned: {derived_after}; no child verified on B after that (feed reconnects: {})",
+        feed.reconnects()
+    );
+    assert!(
+        max < MAX_AGE,
+        "with the feed, propagation {max:?} should be below the maximum age"
+    );
+}
