@@ -396,3 +396,101 @@ fn derived_key_verification_cost() {
         }
     });
 }
+
+/// A credit budget carved from the parent (issue 20): the parent is
+/// debited, the child is metered from its first request and runs out at its
+/// budget through the gate, an oversized budget writes nothing, and a
+/// failed commit gives the credits back.
+#[tokio::test]
+async fn a_credit_budget_is_carved_from_the_parent() {
+    use apikey::limits::{CreditAccount, CreditBalances, MemoryLimits, Quota};
+    use apikey::web::{Decision, Gate, QuotaTable, Route};
+    let clock = ManualClock::new(T0);
+    let m = Arc::new(
+        KeyManager::with_clock(verifier(), MemoryStore::new(), clock.clone())
+            .with_max_keys_per_owner(3)
+            .with_limits(Arc::new(MemoryLimits::with_clock(clock.clone()))),
+    );
+    let (_, parent) = m
+        .create(
+            NewKey::new("sk_live_").owner("o").scopes(["tasks:read"]),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let limits = m.authenticator().limits();
+    let balance = |id: KeyId| async move {
+        limits
+            .credits(CreditAccount::Key(id.as_u64()))
+            .await
+            .unwrap()
+            .map(|s| s.remaining)
+    };
+    limits
+        .set_credits(CreditAccount::Key(parent.id.as_u64()), 10, None)
+        .await
+        .unwrap();
+    let (child_key, child) = m
+        .derive_with_credits(parent.id, Derivation::new("agent"), 3, &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        (balance(parent.id).await, balance(child.id).await),
+        (Some(7), Some(3))
+    );
+    // The child spends its own budget, one credit per request, then 429.
+    let gate = Gate::from_manager(&m)
+        .with_quotas(QuotaTable::fixed(Quota::unlimited()))
+        .with_credits("rest");
+    let route = Route::new(Requirement::scope("tasks:read").unwrap()).cost(1);
+    let mut admitted = 0;
+    for _ in 0..5 {
+        let headers = [("x-api-key", child_key.expose_secret())];
+        match gate.check(headers, None, None, &route).await {
+            Decision::Admitted(_) => admitted += 1,
+            Decision::Rejected(r) => assert_eq!(r.to_response().status, 429),
+            Decision::NotOurs => panic!("not ours"),
+        }
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(
+        balance(parent.id).await,
+        Some(7),
+        "the child spent its own budget"
+    );
+    // More than the parent holds: refused, nothing written.
+    let err = m
+        .derive_with_credits(parent.id, Derivation::new("big"), 8, &admin())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().as_str(), "INVALID_STATE");
+    assert_eq!(balance(parent.id).await, Some(7));
+    assert_eq!(m.children(parent.id).await.unwrap().len(), 1);
+    // A failed commit (the owner limit: 3 keys) gives the credits back.
+    m.derive_with_credits(parent.id, Derivation::new("second"), 2, &admin())
+        .await
+        .unwrap();
+    assert_eq!(balance(parent.id).await, Some(5));
+    let err = m
+        .derive_with_credits(parent.id, Derivation::new("third"), 4, &admin())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().as_str(), "KEY_LIMIT_REACHED");
+    assert_eq!(balance(parent.id).await, Some(5), "refunded");
+    // An unmetered parent: the child gets a budget of its own.
+    let (_, free) = m
+        .create(
+            NewKey::new("sk_live_").owner("p").scopes(["tasks:read"]),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let (_, c) = m
+        .derive_with_credits(free.id, Derivation::new("agent"), 5, &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        (balance(free.id).await, balance(c.id).await),
+        (None, Some(5))
+    );
+}

@@ -6,7 +6,9 @@ use super::manager::{KeyManager, KeySummary};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::key::{ApiKey, KeyId};
-use crate::limits::Limits;
+use crate::limits::{
+    Admission, CreditAccount, CreditBalances, CreditCharge, Limits, Quota, Verdict,
+};
 use crate::pipeline::{Actor, AuditKind};
 use crate::record::IpNet;
 use crate::record::{KeyRecord, KeyStatus, NewKey};
@@ -134,8 +136,19 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         derivation: Derivation,
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
+        let planned = self.plan_child(parent, derivation).await?;
+        self.commit_child(planned, parent, None, actor).await
+    }
+
+    /// The child of `parent` that `derivation` describes, checked against
+    /// the parent and the policies: the key, its record and the time.
+    async fn plan_child(
+        &self,
+        parent: KeyId,
+        derivation: Derivation,
+    ) -> Result<(ApiKey, KeyRecord, Timestamp)> {
         let now = self.now();
-        let (max_depth, max_children) = self.derivation;
+        let (max_depth, _) = self.derivation;
         if derivation.metadata.contains_key(KeyRecord::PARENT) {
             return Err(Error::InvalidInput(format!(
                 "the metadata entry `{}` is reserved for derived keys",
@@ -190,10 +203,26 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         Bounds::of_record(&record)
             .within(&Bounds::of_record(&p))
             .map_err(|rule| Error::PolicyViolation { rule })?;
+        Ok((key, record, now))
+    }
+
+    /// Commits a planned child under the live-children and owner limits,
+    /// and audits it (with its credit budget, if any).
+    async fn commit_child(
+        &self,
+        (key, record, now): (ApiKey, KeyRecord, Timestamp),
+        parent: KeyId,
+        budget: Option<u64>,
+        actor: &Actor,
+    ) -> Result<(ApiKey, KeySummary)> {
+        let (_, max_children) = self.derivation;
         self.insert_planned(&record, now, Some((parent, max_children)))
             .await?;
         let mut ev = self.event(now, AuditKind::Created, &record, actor);
-        ev.reason = Some(format!("derived from {parent}"));
+        ev.reason = Some(match budget {
+            None => format!("derived from {parent}"),
+            Some(n) => format!("derived from {parent} with a budget of {n} credits"),
+        });
         self.emit(ev);
         Ok((key, KeySummary::from_record(&record, now)))
     }
@@ -287,5 +316,102 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             super::manager::backoff(attempt).await;
         }
         Err(super::manager::contended())
+    }
+}
+
+impl<S, C, L> KeyManager<S, C, L>
+where
+    S: KeyStoreWrite + UsageStore,
+    C: Clock,
+    L: Limits + CreditBalances,
+{
+    /// Like [`derive`](Self::derive), with a credit budget of `budget`
+    /// carved from the parent's: the child gets a key balance of `budget`
+    /// (no refill) and, when the parent's key is metered, the parent's
+    /// balance is debited by as much first, atomically (refused, with
+    /// nothing written, when it holds less). An unmetered parent gives the
+    /// child a budget of its own: the child is metered, the parent is not.
+    ///
+    /// The child's balance exists before the child does, so a child never
+    /// verifies unmetered. A failed commit (a limit, a conflict, the store)
+    /// gives the credits back to the parent. A process killed between the
+    /// debit and the commit loses at most `budget` of the parent's credits
+    /// (fail closed: a child is never created without its debit).
+    ///
+    /// ```
+    /// use apikey::*;
+    /// use apikey::limits::{CreditAccount, CreditBalances, MemoryLimits};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let verifier = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[6; 32])?)?);
+    /// let keys = KeyManager::new(verifier, MemoryStore::new()).with_limits(MemoryLimits::new());
+    /// let admin = Actor::new("admin");
+    /// let (_, parent) = keys.create(NewKey::new("sk_live_").owner("user_1"), &admin).await?;
+    /// let limits = keys.authenticator().limits();
+    /// limits.set_credits(CreditAccount::Key(parent.id.as_u64()), 100, None).await?;
+    /// let (_, agent) = keys.derive_with_credits(parent.id, Derivation::new("agent"), 30, &admin).await?;
+    /// let left = |id: KeyId| async move { limits.credits(CreditAccount::Key(id.as_u64())).await.unwrap().map(|s| s.remaining) };
+    /// assert_eq!((left(parent.id).await, left(agent.id).await), (Some(70), Some(30)));
+    /// let err = keys.derive_with_credits(parent.id, Derivation::new("big"), 71, &admin).await.unwrap_err();
+    /// assert_eq!(err.code(), "INVALID_STATE");
+    /// assert_eq!(left(parent.id).await, Some(70));
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`derive`](Self::derive); [`Error::InvalidState`] when the
+    /// parent's balance cannot cover `budget`; [`Error::StoreUnavailable`]
+    /// when the limits backend fails (nothing is created then).
+    pub async fn derive_with_credits(
+        &self,
+        parent: KeyId,
+        derivation: Derivation,
+        budget: u64,
+        actor: &Actor,
+    ) -> Result<(ApiKey, KeySummary)> {
+        let planned = self.plan_child(parent, derivation).await?;
+        let child = planned.1.id;
+        let limits = self.authenticator().limits();
+        let from = CreditAccount::Key(parent.as_u64());
+        let metered = limits.credits(from).await.map_err(Error::from)?.is_some();
+        if metered {
+            let debit = Admission::new(parent.as_u64(), Quota::unlimited())
+                .credits(CreditCharge::new(budget));
+            match limits.admit(&debit).await.map_err(Error::from)? {
+                Verdict::Admitted { .. } => {}
+                _ => {
+                    return Err(Error::InvalidState(
+                        "the parent's credits cannot cover the child's budget",
+                    ));
+                }
+            }
+        }
+        let refund = || async {
+            // Best effort: the error of the failed step is what the caller
+            // gets.
+            if metered {
+                let _ = limits.add_credits(from, budget).await;
+            }
+            let _ = limits
+                .remove_credits(CreditAccount::Key(child.as_u64()))
+                .await;
+        };
+        if let Err(e) = limits
+            .set_credits(CreditAccount::Key(child.as_u64()), budget, None)
+            .await
+        {
+            refund().await;
+            return Err(Error::from(e));
+        }
+        match self
+            .commit_child(planned, parent, Some(budget), actor)
+            .await
+        {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                refund().await;
+                Err(e)
+            }
+        }
     }
 }
