@@ -102,7 +102,16 @@ impl Timestamp {
 
     /// The UTC calendar day this instant falls on.
     pub fn utc_date(self) -> time::Date {
-        self.to_datetime().date()
+        // Whole days since the epoch (the Julian day 2,440,588), without
+        // the time of day a full conversion would compute: usage counting
+        // calls this on every recorded verification. Every day in range is
+        // a valid date.
+        const EPOCH_JULIAN_DAY: i64 = 2_440_588;
+        let day = EPOCH_JULIAN_DAY + self.0.div_euclid(86_400_000_000);
+        i32::try_from(day)
+            .ok()
+            .and_then(|d| time::Date::from_julian_day(d).ok())
+            .unwrap_or(time::Date::MIN)
     }
 
     /// `self + d`, or `None` past [`MAX`](Self::MAX). Like every
@@ -321,6 +330,13 @@ mod tests {
         // Exact in a double.
         assert_eq!(Timestamp::MAX.as_unix_micros() as f64 as i64, (1 << 53) - 1);
         assert!(Timestamp::MAX.checked_add(Duration::MAX).is_none());
+        for t in [
+            Timestamp::MIN,
+            Timestamp::MAX,
+            "2026-02-28T23:59:59.999999Z".parse().unwrap(),
+        ] {
+            assert_eq!(t.utc_date(), t.to_datetime().date());
+        }
         // Instant arithmetic, then truncation to the microsecond.
         let t = Timestamp::from_unix_micros(10).unwrap();
         assert_eq!(t.checked_add(Duration::from_nanos(999)), Some(t));

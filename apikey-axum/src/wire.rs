@@ -2,7 +2,6 @@
 //! refused) and the views of a key (never its secret, except in
 //! [`CreatedKey`]).
 
-use apikey::Timestamp;
 use apikey::{ApiKey, KeySummary};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -72,10 +71,6 @@ fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T
     T::deserialize(d).map(Some)
 }
 
-fn rfc3339(t: &Timestamp) -> String {
-    t.to_string()
-}
-
 /// A key in a listing: display prefix only.
 #[derive(Debug, Serialize)]
 pub(crate) struct KeyItem {
@@ -105,9 +100,9 @@ impl KeyItem {
             permissions: s.scopes.clone(),
             status: state_name(s),
             pending: s.metadata.contains_key(apikey::KeyRecord::PENDING_APPROVAL),
-            created_at: rfc3339(&s.created_at),
-            last_used: s.last_used_at.as_ref().map(rfc3339),
-            expires_at: s.expires_at.as_ref().map(rfc3339),
+            created_at: s.created_at.to_string(),
+            last_used: s.last_used_at.as_ref().map(ToString::to_string),
+            expires_at: s.expires_at.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -184,7 +179,7 @@ impl CreatedKey {
 
     pub fn rotation(mut self, old: &KeySummary) -> Self {
         self.replaces = Some(old.id.to_string());
-        self.grace_ends_at = old.expires_at.as_ref().map(rfc3339);
+        self.grace_ends_at = old.expires_at.as_ref().map(ToString::to_string);
         self
     }
 }

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use apikey::Timestamp;
 use apikey::{KeyState, KeySummary};
 use serde::Serialize;
 
@@ -108,11 +107,6 @@ pub struct KeyOut {
     pub legacy: bool,
 }
 
-/// RFC 3339 in UTC.
-pub fn rfc3339(t: Timestamp) -> String {
-    t.to_string()
-}
-
 fn state_name(state: KeyState) -> &'static str {
     match state {
         KeyState::Active => "active",
@@ -145,11 +139,11 @@ impl From<&KeySummary> for KeyOut {
             scopes: s.scopes.clone(),
             status: serde_name(&s.status),
             state: state_name(s.state).into(),
-            created_at: rfc3339(s.created_at),
-            last_used_at: s.last_used_at.map(rfc3339),
-            expires_at: s.expires_at.map(rfc3339),
-            not_before: s.not_before.map(rfc3339),
-            revoked_at: s.revocation.as_ref().map(|r| rfc3339(r.at)),
+            created_at: s.created_at.to_string(),
+            last_used_at: s.last_used_at.as_ref().map(ToString::to_string),
+            expires_at: s.expires_at.as_ref().map(ToString::to_string),
+            not_before: s.not_before.as_ref().map(ToString::to_string),
+            revoked_at: s.revocation.as_ref().map(|r| r.at.to_string()),
             revoked_reason: s.revocation.as_ref().map(|r| r.reason.clone()),
             metadata: s.metadata.clone(),
             ip_allowlist: s.ip_allowlist.iter().map(ToString::to_string).collect(),

@@ -27,17 +27,6 @@ pub fn id_from_sql(v: i64) -> KeyId {
     KeyId::from_u64((v as u64) ^ (1 << 63))
 }
 
-/// Microseconds since the Unix epoch: the precision both databases keep.
-pub(crate) fn micros(t: Timestamp) -> i64 {
-    t.as_unix_micros()
-}
-
-/// The time `v` microseconds after the epoch; `None` outside the supported
-/// range.
-pub(crate) fn from_micros(v: i64) -> Option<Timestamp> {
-    Timestamp::from_unix_micros(v).ok()
-}
-
 pub(crate) fn status_str(s: KeyStatus) -> &'static str {
     match s {
         KeyStatus::Active => "active",

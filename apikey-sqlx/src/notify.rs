@@ -24,17 +24,12 @@ use apikey::{Invalidation, KeyId, Prefix};
 pub(crate) const MAX_PAYLOAD: usize = 7_900;
 pub(crate) const HEARTBEAT: &str = "h";
 
-fn micros(t: Timestamp) -> i64 {
-    t.as_unix_micros()
-}
-
-fn from_micros(us: i64) -> Option<Timestamp> {
-    Timestamp::from_unix_micros(us).ok()
-}
-
 /// The NOTIFY payload of `change`, announced now.
 pub(crate) fn encode(change: &Invalidation) -> String {
-    encode_at(change, micros(apikey::Clock::now(&apikey::SystemClock)))
+    encode_at(
+        change,
+        apikey::Clock::now(&apikey::SystemClock).as_unix_micros(),
+    )
 }
 
 /// The NOTIFY payload of `change`, announced at `sent` (Unix microseconds).
@@ -63,8 +58,8 @@ fn encode_change(change: &Invalidation) -> String {
         Invalidation::Prefix { prefix, created } => {
             format!(
                 "p:{}:{}:{prefix}",
-                micros(created.start),
-                micros(created.end)
+                created.start.as_unix_micros(),
+                created.end.as_unix_micros()
             )
         }
         _ => "*".into(),
@@ -118,11 +113,11 @@ fn decode_change(payload: &str) -> Option<Invalidation> {
         let start = parts
             .next()
             .and_then(|s| s.parse().ok())
-            .and_then(from_micros);
+            .and_then(Timestamp::checked_from_unix_micros);
         let end = parts
             .next()
             .and_then(|s| s.parse().ok())
-            .and_then(from_micros);
+            .and_then(Timestamp::checked_from_unix_micros);
         let prefix = parts.next().and_then(|p| Prefix::new(p).ok());
         match (start, end, prefix) {
             (Some(start), Some(end), Some(prefix)) => Some(Invalidation::Prefix {

@@ -12,7 +12,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgTypeInfo, PgValueFormat, PgValueRef};
 use sqlx::{Decode, Postgres, Type};
 
-use crate::codec::{corrupt, from_micros};
+use crate::codec::corrupt;
 use apikey::StoreError;
 
 /// 2000-01-01T00:00:00Z (PostgreSQL's epoch) in Unix microseconds.
@@ -73,7 +73,7 @@ impl PgMicros {
     /// microsecond): compares with stored counts as PostgreSQL does.
     #[cfg(test)]
     fn of(t: Timestamp) -> Self {
-        Self(crate::codec::micros(t).saturating_sub(PG_EPOCH_UNIX_MICROS))
+        Self(t.as_unix_micros().saturating_sub(PG_EPOCH_UNIX_MICROS))
     }
 
     /// The UTC time, or `None` for an infinity or a time `time` cannot
@@ -84,7 +84,7 @@ impl PgMicros {
     }
 
     fn time(self) -> Option<Timestamp> {
-        from_micros(self.0.checked_add(PG_EPOCH_UNIX_MICROS)?)
+        Timestamp::checked_from_unix_micros(self.0.checked_add(PG_EPOCH_UNIX_MICROS)?)
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 
 use crate::backend::{Backend, Col, UsageDay, UsageKey};
-use crate::codec::{Row, corrupt, from_micros, list_json, micros};
+use crate::codec::{Row, corrupt, list_json};
 use crate::columns::Val;
 use crate::error::{MigrateError, check_ident, database, store_error};
 use crate::options::StoreOptions;
@@ -331,7 +331,7 @@ impl Backend for SqliteDb {
                 for k in chunk {
                     q = q
                         .bind(k.id)
-                        .bind(micros(k.last_used_at))
+                        .bind(k.last_used_at.as_unix_micros())
                         .bind(date_text(k.horizon));
                 }
                 q.execute(&mut **tx).await.map_err(store_error)?;
@@ -374,7 +374,7 @@ fn bind(q: Q<'_>, v: Val) -> Q<'_> {
         Val::Text(x) => q.bind(x),
         Val::Bytes(x) => q.bind(x),
         Val::Bool(x) => q.bind(x),
-        Val::Time(x) => q.bind(x.map(micros)),
+        Val::Time(x) => q.bind(x.map(Timestamp::as_unix_micros)),
         Val::Date(x) => q.bind(x.map(date_text)),
         Val::Json(x) => q.bind(x),
         Val::List(x) => q.bind(list_json(x)),
@@ -408,7 +408,7 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let time = |c: &str| -> Result<Option<Timestamp>, StoreError> {
         match row.try_get::<Option<i64>, _>(c).map_err(store_error)? {
             None => Ok(None),
-            Some(v) => from_micros(v)
+            Some(v) => Timestamp::checked_from_unix_micros(v)
                 .map(Some)
                 .ok_or_else(|| crate::codec::corrupt(&format!("{c} out of range"))),
         }

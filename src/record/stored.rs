@@ -442,14 +442,8 @@ pub(crate) struct ColdFields {
     pub(crate) rotated_from: Option<KeyId>,
     pub(crate) rotated_to: Option<KeyId>,
     pub(crate) legacy: Option<Box<LegacyInfo>>,
-    pub(crate) exact: Option<Box<ExactFields>>,
-}
-
-/// Values the compact fields cannot hold: a prefix when the prefix table
-/// is full.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ExactFields {
-    pub(crate) prefix: Option<Prefix>,
+    /// The prefix, when the process-wide prefix table is full.
+    pub(crate) prefix: Option<Box<Prefix>>,
 }
 
 /// Process-wide table of the prefixes views refer to by index. Prefixes
@@ -506,11 +500,7 @@ impl KeyView {
     /// between views (interned); `owner` and `scopes` must equal the
     /// record's.
     pub(crate) fn build(record: &KeyRecord, owner: Option<Owner>, scopes: Arc<ScopeSet>) -> Self {
-        let mut exact = ExactFields::default();
         let prefix = prefix_slot(&record.prefix);
-        if prefix == 0 {
-            exact.prefix = Some(record.prefix.clone());
-        }
         let cold = ColdFields {
             not_before: record.not_before,
             ip_allowlist: if record.ip_allowlist.is_empty() {
@@ -529,11 +519,7 @@ impl KeyView {
             rotated_from: record.rotated_from,
             rotated_to: record.rotated_to,
             legacy: record.legacy.clone().map(Box::new),
-            exact: if exact == ExactFields::default() {
-                None
-            } else {
-                Some(Box::new(exact))
-            },
+            prefix: (prefix == 0).then(|| Box::new(record.prefix.clone())),
         };
         let mut flags = 0;
         if cold.not_before.is_some() {
@@ -598,10 +584,6 @@ impl KeyView {
         }
     }
 
-    fn exact(&self) -> Option<&ExactFields> {
-        self.cold().and_then(|c| c.exact.as_deref())
-    }
-
     /// The rarely set fields.
     pub(crate) fn cold(&self) -> Option<&ColdFields> {
         self.extra.as_deref().and_then(|e| e.cold.as_deref())
@@ -635,10 +617,10 @@ impl KeyView {
             .and_then(OnceLock::get);
         match from_table {
             Some(p) => p,
-            None => match self.exact().and_then(|e| e.prefix.as_ref()) {
+            None => match self.cold().and_then(|c| c.prefix.as_deref()) {
                 Some(p) => p,
-                // Unreachable: `build` gives every view a table slot or an
-                // exact prefix.
+                // Unreachable: `build` gives every view a table slot or a
+                // prefix in its cold fields.
                 None => &UNKNOWN_PREFIX,
             },
         }

@@ -434,11 +434,22 @@ impl KeyQuery {
 
     /// `record`'s position in this filter's order.
     pub fn position(&self, record: &KeyRecord) -> Cursor {
+        self.position_of(record.id, record.created_at, record.expires_at)
+    }
+
+    /// The position of a record with these fields (the one ordering rule,
+    /// for a store that orders something other than records).
+    pub(crate) fn position_of(
+        &self,
+        id: KeyId,
+        created_at: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Cursor {
         let at = match &self.filter {
-            KeyFilter::Expiring { .. } => record.expires_at.unwrap_or(record.created_at),
-            _ => record.created_at,
+            KeyFilter::Expiring { .. } => expires_at.unwrap_or(created_at),
+            _ => created_at,
         };
-        Cursor { at, id: record.id }
+        Cursor { at, id }
     }
 
     /// The page of `candidates` this query asks for: those it

@@ -525,11 +525,8 @@ impl MemoryStore {
     /// per page, not n record rebuilds per page).
     fn page_views(&self, query: &KeyQuery) -> Vec<KeyRecord> {
         let position = |v: &KeyView| {
-            let at = match &query.filter {
-                KeyFilter::Expiring { .. } => v.expires_at().unwrap_or(v.created_at()),
-                _ => v.created_at(),
-            };
-            (at, v.id())
+            let c = query.position_of(v.id(), v.created_at(), v.expires_at());
+            (c.at, c.id)
         };
         let after = query.after.map(|c| (c.at, c.id));
         let mut views: Vec<((Timestamp, KeyId), Arc<KeyView>)> = self
