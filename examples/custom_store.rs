@@ -225,7 +225,7 @@ impl KeyStoreWrite for BTreeStore {
         for p in &changes.puts {
             let mut record = p.record.clone();
             if let (Some(expected), Some(old)) = (p.expected, stored.get(&record.id)) {
-                record.last_used_at = old.last_used_at; // usage owns it
+                record.keep_last_use(old); // usage owns it
                 record.revision = expected + 1;
             }
             state.put(record);
@@ -250,11 +250,7 @@ impl UsageStore for BTreeStore {
             let Some(row) = state.rows.get_mut(&d.id) else {
                 continue;
             };
-            let latest = row
-                .record
-                .last_used_at
-                .map_or(d.last_used_at, |t| t.max(d.last_used_at));
-            row.record.last_used_at = Some(latest);
+            d.apply_to(&mut row.record);
             *state.usage.entry((d.id, d.day)).or_insert(0) += d.count;
         }
         Ok(FlushOutcome::Applied)

@@ -65,6 +65,52 @@ async fn requests_through_the_layer_update_last_used_and_counts() {
     assert_eq!(got.last_used_at, Some(T0));
 }
 
+/// Issue 22: the last use's client address and route are kept next to
+/// `last_used_at`, flushed with usage (no store write per request); the
+/// query is never kept, nor a path that holds the key.
+#[tokio::test]
+async fn last_used_keeps_the_address_and_route_of_the_latest_use() {
+    let m = managed().await;
+    let (key, s) = m.manager.create(reader(), &Actor::system()).await.unwrap();
+    for path in ["/read", "/items/42?api_token=zzz"] {
+        assert_eq!(
+            get_with(m.addr, path, &x_api_key(&key)).await.status,
+            200,
+            "{path}"
+        );
+    }
+    let before = m.manager.get(s.id).await.unwrap();
+    assert_eq!(
+        (before.last_used_at, before.last_used_route.as_deref()),
+        (None, None),
+        "nothing is written before the flush"
+    );
+    assert_eq!(m.manager.flush().await.unwrap(), 2);
+    let got = m.manager.get(s.id).await.unwrap();
+    assert_eq!(got.last_used_at, Some(T0));
+    assert_eq!(
+        got.last_used_ip,
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
+    );
+    assert_eq!(got.last_used_route.as_deref(), Some("GET /items/42"));
+
+    // A client that put its key in the path: the route is not kept.
+    let in_path = format!("/items/{}", key.expose_secret());
+    assert_eq!(
+        get_with(m.addr, &in_path, &x_api_key(&key)).await.status,
+        200
+    );
+    m.manager.flush().await.unwrap();
+    let got = m.manager.get(s.id).await.unwrap();
+    assert_eq!(
+        got.last_used_ip,
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
+    );
+    assert_eq!(got.last_used_route, None);
+    let record = m.manager.record(s.id).await.unwrap();
+    assert!(!format!("{record:?}").contains(key.expose_secret()));
+}
+
 #[tokio::test]
 async fn an_imported_legacy_key_passes_the_layer() {
     let m = managed().await;

@@ -86,6 +86,10 @@ pub(crate) struct KeyItem {
     pub pending: bool,
     pub created_at: String,
     pub last_used: Option<String>,
+    /// The client address of the last use, when known.
+    pub last_used_ip: Option<String>,
+    /// The method and path of the last use, when it came through the web edge.
+    pub last_used_route: Option<String>,
     pub expires_at: Option<String>,
 }
 
@@ -102,6 +106,8 @@ impl KeyItem {
             pending: s.metadata.contains_key(apikey::KeyRecord::PENDING_APPROVAL),
             created_at: s.created_at.to_string(),
             last_used: s.last_used_at.as_ref().map(ToString::to_string),
+            last_used_ip: s.last_used_ip.as_ref().map(ToString::to_string),
+            last_used_route: s.last_used_route.clone(),
             expires_at: s.expires_at.as_ref().map(ToString::to_string),
         }
     }

@@ -269,6 +269,13 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
     s.manager.flush().await.unwrap();
     c.refresh().await.unwrap();
     wait_for(&c, &format!("{row} td.status-revoked")).await;
+    // Last used, with where from (issue 22): the client address and route.
+    let from = wait_for(&c, &format!("{row} td.last-used small.last-use"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(from, "127.0.0.1 \u{b7} GET /v1/tasks");
     c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
     let png = c.screenshot().await.unwrap();
     // The committed copy is replaced only on request (or when missing), so

@@ -46,9 +46,10 @@ async fn create_list_get_patch_show_the_key_once() {
     let prefix = created["prefix"].as_str().unwrap();
     assert!(prefix.ends_with("...") && key.starts_with(prefix.trim_end_matches("...")));
 
-    // The key works on a guarded route.
+    // The key works on a guarded route (the query is never kept as the
+    // last-used route).
     assert_eq!(
-        call(s.addr, As::Key(&key), "GET", "/v1/tasks", None)
+        call(s.addr, As::Key(&key), "GET", "/v1/tasks?page=2", None)
             .await
             .status,
         200
@@ -71,6 +72,10 @@ async fn create_list_get_patch_show_the_key_once() {
         assert!(item.get(field).is_some(), "{field} missing: {item}");
     }
     assert_eq!(item["last_used"], "2026-03-01T12:00:00Z");
+    // Seed 001's "last used" with where from: the client address and the
+    // route, flushed with usage.
+    assert_eq!(item["last_used_ip"], "127.0.0.1");
+    assert_eq!(item["last_used_route"], "GET /v1/tasks");
 
     let one = call(
         s.addr,

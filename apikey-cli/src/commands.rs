@@ -378,6 +378,8 @@ fn usage(ctx: &Context, keys: &[KeyOut]) {
         display: &'a str,
         owner: Option<&'a str>,
         last_used_at: Option<&'a str>,
+        last_used_ip: Option<&'a str>,
+        last_used_route: Option<&'a str>,
         requests_today: u64,
         requests_this_month: u64,
     }
@@ -388,6 +390,8 @@ fn usage(ctx: &Context, keys: &[KeyOut]) {
             display: &k.display,
             owner: k.owner.as_deref(),
             last_used_at: k.last_used_at.as_deref(),
+            last_used_ip: k.last_used_ip.as_deref(),
+            last_used_route: k.last_used_route.as_deref(),
             requests_today: k.requests_today,
             requests_this_month: k.requests_this_month,
         })
@@ -405,10 +409,23 @@ fn usage(ctx: &Context, keys: &[KeyOut]) {
                 u.requests_today.to_string(),
                 u.requests_this_month.to_string(),
                 u.last_used_at.unwrap_or("never").to_owned(),
+                u.last_used_ip.unwrap_or("-").to_owned(),
+                u.last_used_route.unwrap_or("-").to_owned(),
             ]
         })
         .collect();
-    output::table(&["ID", "KEY", "TODAY", "THIS MONTH", "LAST USED"], &table);
+    output::table(
+        &[
+            "ID",
+            "KEY",
+            "TODAY",
+            "THIS MONTH",
+            "LAST USED",
+            "FROM",
+            "ROUTE",
+        ],
+        &table,
+    );
 }
 
 /// Reads the key: the argument, or the first line of stdin (bounded).

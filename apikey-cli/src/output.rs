@@ -83,6 +83,10 @@ pub struct KeyOut {
     pub created_at: String,
     /// RFC 3339, as of the last usage flush.
     pub last_used_at: Option<String>,
+    /// The client address of the last use, when known.
+    pub last_used_ip: Option<String>,
+    /// The method and path of the last use, when it came through the web edge.
+    pub last_used_route: Option<String>,
     /// RFC 3339 (exclusive).
     pub expires_at: Option<String>,
     /// RFC 3339.
@@ -141,6 +145,8 @@ impl From<&KeySummary> for KeyOut {
             state: state_name(s.state).into(),
             created_at: s.created_at.to_string(),
             last_used_at: s.last_used_at.as_ref().map(ToString::to_string),
+            last_used_ip: s.last_used_ip.as_ref().map(ToString::to_string),
+            last_used_route: s.last_used_route.clone(),
             expires_at: s.expires_at.as_ref().map(ToString::to_string),
             not_before: s.not_before.as_ref().map(ToString::to_string),
             revoked_at: s.revocation.as_ref().map(|r| r.at.to_string()),
@@ -249,6 +255,8 @@ pub fn key_details(k: &KeyOut) {
         ("state", k.state.clone()),
         ("created", k.created_at.clone()),
         ("last used", opt(&k.last_used_at)),
+        ("last used from", opt(&k.last_used_ip)),
+        ("last used route", opt(&k.last_used_route)),
         ("expires", opt(&k.expires_at)),
         ("not before", opt(&k.not_before)),
     ];

@@ -122,6 +122,8 @@ fn every_command(env: &Env) {
         "state",
         "created_at",
         "last_used_at",
+        "last_used_ip",
+        "last_used_route",
         "expires_at",
         "not_before",
         "revoked_at",

@@ -31,10 +31,13 @@ pub(crate) struct UsageDay {
 
 /// One key of a usage flush: its latest use, and the day before which its
 /// usage rows go (`USAGE_DAYS_KEPT` before the latest day in the batch).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct UsageKey {
     pub id: i64,
     pub last_used_at: Timestamp,
+    /// The address and route of that use (text), when known.
+    pub ip: Option<String>,
+    pub route: Option<String>,
     pub horizon: time::Date,
 }
 
@@ -81,7 +84,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// change channel).
     async fn announce(&self, tx: &mut Self::Tx, change: &Invalidation) -> Result<(), StoreError>;
     /// Adds `days` to the usage rows, raises `last_used_at` of each key row
-    /// in `keys` and drops the key's rows before its horizon, in `tx`; ids
+    /// in `keys` (with the address and route, when not older than the
+    /// stored use) and drops the key's rows before its horizon, in `tx`; ids
     /// without a key row are skipped.
     async fn add_usage(
         &self,

@@ -83,6 +83,8 @@ pub(crate) struct Row {
     pub legacy_index: Option<Vec<u8>>,
     pub legacy_index_version: Option<i64>,
     pub legacy_upgraded: Option<bool>,
+    pub last_used_ip: Option<String>,
+    pub last_used_route: Option<String>,
 }
 
 fn digest(bytes: &[u8], what: &str) -> Result<KeyDigest, StoreError> {
@@ -156,6 +158,13 @@ impl Row {
         .status(status)
         .revocation(revocation)
         .last_used_at(self.last_used_at)
+        .last_used_ip(
+            self.last_used_ip
+                .map(|ip| ip.parse())
+                .transpose()
+                .map_err(|_| corrupt("last_used_ip"))?,
+        )
+        .last_used_route(self.last_used_route)
         .metadata(metadata)
         .rotated_from(self.rotated_from.map(id_from_sql))
         .rotated_to(self.rotated_to.map(id_from_sql))

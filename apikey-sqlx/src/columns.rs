@@ -9,7 +9,7 @@ use crate::codec::{
 };
 
 /// Every column of the key table, in `Row` order.
-pub(crate) const COLUMNS: [&str; 25] = [
+pub(crate) const COLUMNS: [&str; 27] = [
     "id",
     "prefix",
     "environment",
@@ -35,12 +35,17 @@ pub(crate) const COLUMNS: [&str; 25] = [
     "legacy_index",
     "legacy_index_version",
     "legacy_upgraded",
+    "last_used_ip",
+    "last_used_route",
 ];
 
 /// Columns a replacing write leaves alone: the key, the revision (set by
-/// the statement) and `last_used_at` (owned by the usage flush).
+/// the statement) and the last use (owned by the usage flush).
 pub(crate) fn replaced(col: &str) -> bool {
-    !matches!(col, "id" | "revision" | "last_used_at")
+    !matches!(
+        col,
+        "id" | "revision" | "last_used_at" | "last_used_ip" | "last_used_route"
+    )
 }
 
 /// One bound value, typed so each backend binds it natively.
@@ -88,6 +93,8 @@ pub(crate) fn values(r: &KeyRecord) -> Vec<(&'static str, Val)> {
         Val::Bytes(legacy.map(|l| l.index.as_bytes().to_vec())),
         Val::Small(legacy.map(|l| i16::from(l.index_version))),
         Val::Bool(legacy.map(|l| l.upgraded)),
+        Val::Text(r.last_used_ip.map(|ip| ip.to_string())),
+        Val::Text(r.last_used_route.clone()),
     ];
     COLUMNS.iter().copied().zip(v).collect()
 }

@@ -384,8 +384,13 @@ impl Backend for PgDb {
         .await
         .map_err(store_error)?;
         sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {t}apikey_keys AS k SET last_used_at = GREATEST(k.last_used_at, b.lu) \
-             FROM UNNEST($1::int8[], $2::timestamptz[]) AS b(id, lu) WHERE k.id = b.id"
+            "UPDATE {t}apikey_keys AS k SET last_used_at = GREATEST(k.last_used_at, b.lu), \
+             last_used_ip = CASE WHEN k.last_used_at IS NULL OR b.lu >= k.last_used_at \
+             THEN b.ip ELSE k.last_used_ip END, \
+             last_used_route = CASE WHEN k.last_used_at IS NULL OR b.lu >= k.last_used_at \
+             THEN b.route ELSE k.last_used_route END \
+             FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::text[]) AS b(id, lu, ip, route) \
+             WHERE k.id = b.id"
         )))
         .bind(&ids)
         .bind(
@@ -393,6 +398,8 @@ impl Backend for PgDb {
                 .map(|k| k.last_used_at.to_datetime())
                 .collect::<Vec<_>>(),
         )
+        .bind(keys.iter().map(|k| k.ip.as_deref()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.route.as_deref()).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;
@@ -511,6 +518,8 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
             .map_err(g)?
             .map(i64::from),
         legacy_upgraded: row.try_get("legacy_upgraded").map_err(g)?,
+        last_used_ip: row.try_get("last_used_ip").map_err(g)?,
+        last_used_route: row.try_get("last_used_route").map_err(g)?,
     }
     .into_record()
 }
@@ -595,6 +604,14 @@ fn migrations(q: &str) -> Vec<Vec<String>> {
             format!(
                 "ALTER TABLE {q}apikey_keys DROP COLUMN usage_day, DROP COLUMN usage_day_count, \
              DROP COLUMN usage_month_count"
+            ),
+        ],
+        vec![
+            // 3: the address and route of the last use, next to
+            // `last_used_at` (written by the usage flush only).
+            format!(
+                "ALTER TABLE {q}apikey_keys ADD COLUMN last_used_ip text, \
+             ADD COLUMN last_used_route text"
             ),
         ],
     ]

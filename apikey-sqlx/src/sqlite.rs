@@ -316,14 +316,18 @@ impl Backend for SqliteDb {
             q.execute(&mut **tx).await.map_err(store_error)?;
         }
         for chunk in keys.chunks(USAGE_CHUNK) {
-            let b = values(chunk.len(), 3);
+            let b = values(chunk.len(), 5);
             let stmt = format!(
-                "WITH b(id, lu, h) AS (VALUES {b}) \
-                 UPDATE {t}apikey_keys AS k SET last_used_at = max(coalesce(k.last_used_at, b.lu), b.lu) \
+                "WITH b(id, lu, h, ip, route) AS (VALUES {b}) \
+                 UPDATE {t}apikey_keys AS k SET last_used_at = max(coalesce(k.last_used_at, b.lu), b.lu), \
+                 last_used_ip = CASE WHEN k.last_used_at IS NULL OR b.lu >= k.last_used_at \
+                 THEN b.ip ELSE k.last_used_ip END, \
+                 last_used_route = CASE WHEN k.last_used_at IS NULL OR b.lu >= k.last_used_at \
+                 THEN b.route ELSE k.last_used_route END \
                  FROM b WHERE k.id = b.id"
             );
             let prune = format!(
-                "WITH b(id, lu, h) AS (VALUES {b}) DELETE FROM {t}apikey_usage_days \
+                "WITH b(id, lu, h, ip, route) AS (VALUES {b}) DELETE FROM {t}apikey_usage_days \
                  WHERE day < (SELECT b.h FROM b WHERE b.id = key_id)"
             );
             for stmt in [stmt, prune] {
@@ -332,7 +336,9 @@ impl Backend for SqliteDb {
                     q = q
                         .bind(k.id)
                         .bind(k.last_used_at.as_unix_micros())
-                        .bind(date_text(k.horizon));
+                        .bind(date_text(k.horizon))
+                        .bind(k.ip.as_deref())
+                        .bind(k.route.as_deref());
                 }
                 q.execute(&mut **tx).await.map_err(store_error)?;
             }
@@ -445,6 +451,8 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         legacy_index: row.try_get("legacy_index").map_err(g)?,
         legacy_index_version: row.try_get("legacy_index_version").map_err(g)?,
         legacy_upgraded: row.try_get("legacy_upgraded").map_err(g)?,
+        last_used_ip: row.try_get("last_used_ip").map_err(g)?,
+        last_used_route: row.try_get("last_used_route").map_err(g)?,
     }
     .into_record()
 }
@@ -529,6 +537,12 @@ fn migrations(p: &str) -> Vec<Vec<String>> {
             format!("ALTER TABLE {p}apikey_keys DROP COLUMN usage_day"),
             format!("ALTER TABLE {p}apikey_keys DROP COLUMN usage_day_count"),
             format!("ALTER TABLE {p}apikey_keys DROP COLUMN usage_month_count"),
+        ],
+        vec![
+            // 3: the address and route of the last use, next to
+            // `last_used_at` (written by the usage flush only).
+            format!("ALTER TABLE {p}apikey_keys ADD COLUMN last_used_ip TEXT"),
+            format!("ALTER TABLE {p}apikey_keys ADD COLUMN last_used_route TEXT"),
         ],
     ]
 }

@@ -13,7 +13,7 @@ use std::ops::Range;
 use apikey::Timestamp;
 use apikey::{
     Changes, Invalidation, KeyDigest, KeyFilter, KeyId, KeyQuery, KeyRecord, KeyView, Listing,
-    Revocation, StoreError, StoreErrorKind, UsageBatch,
+    Revocation, StoreError, StoreErrorKind, UsageBatch, UsageDelta,
 };
 
 use crate::backend::{Backend, Col, UsageDay, UsageKey};
@@ -351,16 +351,22 @@ impl<B: Backend> Store<B> {
     /// Exactly once per flush id: the id is inserted into the flush table
     /// in the same transaction as the deltas (a replay finds it and writes
     /// nothing); ids are kept for [`FLUSH_RETENTION`]. Additive: per delta,
-    /// `(key, day) += count` and `last_used_at = max(..)`. `false`: a replay.
+    /// `(key, day) += count`, `last_used_at = max(..)` and the address and
+    /// route of the latest use. `false`: a replay.
     pub(crate) async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, StoreError> {
         let mut days: BTreeMap<(i64, time::Date), i64> = BTreeMap::new();
-        let mut keys: BTreeMap<i64, (Timestamp, time::Date)> = BTreeMap::new();
+        // Per key: its latest delta (the last use, its address and route)
+        // and its latest day.
+        let mut keys: BTreeMap<i64, (&UsageDelta, time::Date)> = BTreeMap::new();
         for d in &batch.deltas {
             let id = id_to_sql(d.id);
             let n = days.entry((id, d.day)).or_default();
             *n = n.saturating_add(count_to_sql(d.count));
-            let k = keys.entry(id).or_insert((d.last_used_at, d.day));
-            *k = (k.0.max(d.last_used_at), k.1.max(d.day));
+            let k = keys.entry(id).or_insert((d, d.day));
+            if d.last_used_at >= k.0.last_used_at {
+                k.0 = d;
+            }
+            k.1 = k.1.max(d.day);
         }
         let days: Vec<UsageDay> = days
             .into_iter()
@@ -369,9 +375,11 @@ impl<B: Backend> Store<B> {
         let kept = time::Duration::days(USAGE_DAYS_KEPT);
         let keys: Vec<UsageKey> = keys
             .into_iter()
-            .map(|(id, (last_used_at, latest))| UsageKey {
+            .map(|(id, (last, latest))| UsageKey {
                 id,
-                last_used_at,
+                last_used_at: last.last_used_at,
+                ip: last.last_used_ip.map(|ip| ip.to_string()),
+                route: last.last_used_route.as_deref().map(str::to_owned),
                 horizon: latest.checked_sub(kept).unwrap_or(time::Date::MIN),
             })
             .collect();
@@ -426,7 +434,7 @@ impl<B: Backend> Store<B> {
 
 /// The newest schema version: one migration step per version, in each
 /// dialect's `migrations`.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// The listing of `filter` and its binds (see [`ListKind`]).
 fn filter(filter: &KeyFilter) -> Result<(ListKind, Vec<Val>), StoreError> {

@@ -395,7 +395,7 @@ async fn migrations_are_locked_versioned_and_refuse_a_newer_schema() {
         .fetch_one(x.pool())
         .await
         .unwrap();
-    assert_eq!(n, 2); // each version applied once
+    assert_eq!(n, PostgresStore::SCHEMA_VERSION); // each version applied once
     let sql = format!("INSERT INTO {schema}.apikey_schema_version (version) VALUES (7)");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .execute(x.pool())
@@ -404,7 +404,7 @@ async fn migrations_are_locked_versioned_and_refuse_a_newer_schema() {
     match PostgresStore::connect_with(&url, options).await {
         Err(MigrateError::SchemaTooNew {
             found: 7,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -788,10 +788,11 @@ async fn bad_usage_rows_are_corrupt_never_a_panic() {
     }
 }
 
-/// Migration 2 on PostgreSQL: a database at version 1 with keys and usage
-/// counters (set back from version 2 as version 1 left it: the three
-/// counter columns, no owner or usage-day tables) migrates to per-day
-/// usage rows without losing a count or a record.
+/// Migrations 2 and 3 on PostgreSQL: a database at version 1 with keys and
+/// usage counters (set back from version 3 as version 1 left it: the three
+/// counter columns, no owner or usage-day tables, no last-use address or
+/// route) migrates to per-day usage rows without losing a count or a
+/// record, and then keeps the last use's address and route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_2_moves_usage_counters_and_loses_nothing() {
     let Some(url) = common::shared("migrate2") else {
@@ -811,7 +812,10 @@ async fn migration_2_moves_usage_counters_and_loses_nothing() {
              ADD COLUMN usage_day_count bigint NOT NULL DEFAULT 0, \
              ADD COLUMN usage_month_count bigint NOT NULL DEFAULT 0"
         ),
-        format!("DELETE FROM {schema}.apikey_schema_version WHERE version = 2"),
+        format!(
+            "ALTER TABLE {schema}.apikey_keys DROP COLUMN last_used_ip, DROP COLUMN last_used_route"
+        ),
+        format!("DELETE FROM {schema}.apikey_schema_version WHERE version >= 2"),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(s))
             .execute(store.pool())
@@ -839,6 +843,7 @@ async fn migration_2_moves_usage_counters_and_loses_nothing() {
     .fetch_one(again.pool())
     .await
     .unwrap();
-    assert_eq!(version, 2);
-    assert_eq!(PostgresStore::SCHEMA_VERSION, 2);
+    assert_eq!(version, 3);
+    assert_eq!(PostgresStore::SCHEMA_VERSION, 3);
+    common::migration::last_use_is_kept(&again, &records[0]).await;
 }

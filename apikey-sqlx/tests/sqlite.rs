@@ -219,7 +219,7 @@ async fn migrations_are_versioned_locked_and_refuse_a_newer_schema() {
         .fetch_one(b.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 2); // each version applied once
+    assert_eq!(versions, SqliteStore::SCHEMA_VERSION); // each version applied once
     // A newer release migrated: refused, typed, nothing changed.
     sqlx::query("INSERT INTO apikey_schema_version (version, applied_at) VALUES (99, 0)")
         .execute(store.pool())
@@ -228,7 +228,7 @@ async fn migrations_are_versioned_locked_and_refuse_a_newer_schema() {
     match SqliteStore::open(&path).await {
         Err(MigrateError::SchemaTooNew {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -419,10 +419,11 @@ async fn bad_usage_rows_are_corrupt_never_a_panic() {
     }
 }
 
-/// Migration 2 on SQLite: a database at version 1 with keys and usage
-/// counters (set back from version 2 as version 1 left it: the three
-/// counter columns, no owner or usage-day tables) migrates to per-day
-/// usage rows without losing a count or a record.
+/// Migrations 2 and 3 on SQLite: a database at version 1 with keys and
+/// usage counters (set back from version 3 as version 1 left it: the three
+/// counter columns, no owner or usage-day tables, no last-use address or
+/// route) migrates to per-day usage rows without losing a count or a
+/// record, and then keeps the last use's address and route.
 #[tokio::test]
 async fn migration_2_moves_usage_counters_and_loses_nothing() {
     let path = temp_db("migrate2");
@@ -434,7 +435,9 @@ async fn migration_2_moves_usage_counters_and_loses_nothing() {
         "ALTER TABLE apikey_keys ADD COLUMN usage_day TEXT",
         "ALTER TABLE apikey_keys ADD COLUMN usage_day_count INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE apikey_keys ADD COLUMN usage_month_count INTEGER NOT NULL DEFAULT 0",
-        "DELETE FROM apikey_schema_version WHERE version = 2",
+        "ALTER TABLE apikey_keys DROP COLUMN last_used_ip",
+        "ALTER TABLE apikey_keys DROP COLUMN last_used_route",
+        "DELETE FROM apikey_schema_version WHERE version >= 2",
     ] {
         sqlx::query(s).execute(store.pool()).await.unwrap();
     }
@@ -458,6 +461,7 @@ async fn migration_2_moves_usage_counters_and_loses_nothing() {
         .fetch_one(again.pool())
         .await
         .unwrap();
-    assert_eq!(version, 2);
-    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
+    assert_eq!(version, 3);
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 3);
+    common::migration::last_use_is_kept(&again, &records[0]).await;
 }

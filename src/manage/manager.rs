@@ -78,6 +78,11 @@ pub struct KeySummary {
     pub created_at: Timestamp,
     /// Last successful use, as of the last usage flush.
     pub last_used_at: Option<Timestamp>,
+    /// The client address of that use, when known.
+    pub last_used_ip: Option<std::net::IpAddr>,
+    /// The route of that use (`"GET /v1/search"`), when it came through
+    /// the web edge.
+    pub last_used_route: Option<String>,
     /// Expiry (exclusive).
     pub expires_at: Option<Timestamp>,
     /// Start of validity.
@@ -162,6 +167,8 @@ impl KeySummary {
             state,
             created_at: record.created_at,
             last_used_at: record.last_used_at,
+            last_used_ip: record.last_used_ip,
+            last_used_route: record.last_used_route.clone(),
             expires_at: record.expires_at,
             not_before: record.not_before,
             revocation: record.revocation.clone(),

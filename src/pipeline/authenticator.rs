@@ -14,6 +14,7 @@ use crate::limits::{FailureClass, Limits, NoLimits};
 use crate::metrics;
 use crate::pipeline::Monitor;
 use crate::pipeline::RequestOrigin;
+use crate::pipeline::RouteOf;
 use crate::pipeline::UsageRecorder;
 use crate::pipeline::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::record::KeyView;
@@ -430,7 +431,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         ip: Option<IpAddr>,
     ) -> impl Future<Output = Result<VerifiedKey>> {
         async move {
-            self.authenticate_kept(presented, requirement, ip, None)
+            self.authenticate_kept(presented, requirement, ip, None, None)
                 .await
                 .map_err(|f| f.error)
         }
@@ -446,6 +447,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// publishable key whose origin is not on its allowlist fails there
     /// like a scope failure ([`Error::OriginNotAllowed`]). `None` outside
     /// the web edge (no origin to check).
+    ///
+    /// `route`: the request's method and path at the web edge, kept with
+    /// usage as the key's last-used route (unless the path holds the key).
     // Not an `async fn`, on purpose: an `async` block captures the
     // arguments in place, not copied again into the future, which the web
     // layer boxes on every request.
@@ -456,11 +460,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
         origin: Option<&RequestOrigin<'_>>,
+        route: Option<RouteOf<'_>>,
     ) -> impl Future<Output = std::result::Result<VerifiedKey, Failure>> {
         async move {
             let started = metrics::Started::now();
             let result = trace::authenticate(async {
-                let result = self.run(presented, requirement, ip, origin).await;
+                let result = self.run(presented, requirement, ip, origin, route).await;
                 if let Err(r) = &result {
                     trace::reason(&r.error);
                 }
@@ -479,8 +484,11 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
         origin: Option<&RequestOrigin<'_>>,
+        route: Option<RouteOf<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
         let limits = &self.limits;
+        // A path holding the key (a client that put it there) is not kept.
+        let route = route.filter(|r| r.path.len() < presented.len() || !r.path.contains(presented));
         let throttled =
             |retry_after| Failure::at(Stage::Throttle, Error::TooManyFailures { retry_after });
         let parsed = match self.verifier.parse(presented) {
@@ -491,9 +499,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                     // Boxed: the legacy lookup's future is most of this
                     // one's size, and every tagged key (the hot path) would
                     // otherwise carry it through the web layer's future.
-                    let result =
-                        Box::pin(self.authenticate_legacy(presented, l, requirement, ip, origin))
-                            .await;
+                    let result = Box::pin(self.authenticate_legacy(
+                        presented,
+                        l,
+                        requirement,
+                        ip,
+                        origin,
+                        route,
+                    ))
+                    .await;
                     if let Err(f) = &result
                         && f.reason.class() == FailureClass::KeyStatus
                     {
@@ -545,7 +559,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 other => other,
             };
             let verified = verified.and_then(|v| Self::from_origin(v, origin));
-            self.finish(verified, id, owner.as_deref(), now, ip)
+            self.finish(verified, id, owner.as_deref(), now, ip, route)
         };
         match result {
             Ok(v) => Ok(v),
@@ -611,11 +625,12 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         owner: Option<&str>,
         now: Timestamp,
         ip: Option<IpAddr>,
+        route: Option<RouteOf<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
         match verified {
             Ok(v) => {
                 if let Some(u) = &self.usage {
-                    u.recorder.record(id, now);
+                    u.recorder.record_from(id, now, ip, route);
                 }
                 if let Some(m) = &self.monitor {
                     m.used(id, v.owner(), ip, now);
@@ -660,6 +675,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         requirement: &Requirement,
         ip: Option<IpAddr>,
         origin: Option<&RequestOrigin<'_>>,
+        route: Option<RouteOf<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
         if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= prefix.legacy.len() {
             let failure = Failure::at(
@@ -700,7 +716,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         } else {
             Err(Failure::at(Stage::Verify, Error::InvalidApiKey).of_key(rec.id))
         };
-        let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now, ip)?;
+        let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now, ip, route)?;
         // Best effort: a failure leaves the record as it was, and the next
         // verification tries again.
         if let Some(up) = &self.legacy.upgrader
@@ -759,7 +775,7 @@ mod tests {
             .with_limits(MemoryLimits::new().with_failure_throttle(throttle));
         let run = |text: String, req: Requirement| {
             let auth = &auth;
-            async move { auth.authenticate_kept(&text, &req, None, None).await }
+            async move { auth.authenticate_kept(&text, &req, None, None, None).await }
         };
         let any = Requirement::none;
 

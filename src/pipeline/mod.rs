@@ -25,4 +25,5 @@ pub use monitor::{Monitor, MonitorConfig, NETWORKS_PER_KEY};
 pub(crate) use origin::{
     ALLOWED_ORIGINS, RequestOrigin, check_view, origin_of_url, validate_origins,
 };
+pub(crate) use usage::RouteOf;
 pub use usage::UsageRecorder;

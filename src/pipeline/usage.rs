@@ -1,7 +1,8 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use time::Date;
 
@@ -13,10 +14,62 @@ use crate::store::{FlushId, UsageBatch, UsageDelta, UsageStore};
 
 const SHARDS: usize = 16;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Pending {
     count: u64,
     last: Timestamp,
+    /// The address and route of the latest use.
+    ip: Option<IpAddr>,
+    route: Option<Arc<str>>,
+}
+
+/// The longest route kept, in bytes (a longer path is cut at a character
+/// boundary).
+const MAX_ROUTE_LEN: usize = 200;
+
+/// The route of a use: the request's method and path, as the web edge saw
+/// them. Kept as `"METHOD path"` (the path alone without a method); a path
+/// that holds the presented key is not kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RouteOf<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+}
+
+impl RouteOf<'_> {
+    /// The path, cut to [`MAX_ROUTE_LEN`] with the method.
+    fn cut_path(&self) -> &str {
+        let room = MAX_ROUTE_LEN.saturating_sub(self.method.len() + 1);
+        let mut end = self.path.len().min(room);
+        while !self.path.is_char_boundary(end) {
+            end -= 1;
+        }
+        &self.path[..end]
+    }
+
+    /// Whether `kept` is this route (no allocation).
+    fn is(&self, kept: &str) -> bool {
+        let path = self.cut_path();
+        if self.method.is_empty() {
+            return kept == path;
+        }
+        kept.len() == self.method.len() + 1 + path.len()
+            && kept.starts_with(self.method)
+            && kept.as_bytes()[self.method.len()] == b' '
+            && kept.ends_with(path)
+    }
+
+    fn to_arc(self) -> Arc<str> {
+        let path = self.cut_path();
+        if self.method.is_empty() {
+            return path.into();
+        }
+        let mut s = String::with_capacity(self.method.len() + 1 + path.len());
+        s.push_str(self.method);
+        s.push(' ');
+        s.push_str(path);
+        s.into()
+    }
 }
 
 /// Multiply-xor hasher for `(key id, day)` (and the monitor's key ids):
@@ -169,17 +222,58 @@ impl UsageRecorder {
         &self.shards[(id.as_u64() % SHARDS as u64) as usize]
     }
 
-    /// Counts one successful verification of `id` at `now` (its UTC day).
+    /// Counts one successful verification of `id` at `now` (its UTC day),
+    /// from an unknown address and route.
     pub fn record(&self, id: KeyId, now: Timestamp) {
+        self.record_from(id, now, None, None);
+    }
+
+    /// Counts one successful verification of `id` at `now` (its UTC day)
+    /// from `ip` on `route` (`"GET /v1/search"`: method and path, never a
+    /// query; cut to 200 bytes), which become the record's
+    /// `last_used_ip` and `last_used_route` at the next flush when this is
+    /// the key's latest use.
+    ///
+    /// ```
+    /// use apikey::{KeyId, UsageRecorder};
+    /// let usage = UsageRecorder::new(std::time::Duration::from_secs(60));
+    /// let now = "2026-05-01T12:00:00Z".parse::<apikey::Timestamp>().unwrap();
+    /// let ip = "198.51.100.7".parse().ok();
+    /// usage.record_use(KeyId::from_u64(7), now, ip, Some("GET /v1/search"));
+    /// assert_eq!(usage.pending(), 1);
+    /// ```
+    pub fn record_use(&self, id: KeyId, now: Timestamp, ip: Option<IpAddr>, route: Option<&str>) {
+        let route = route.map(|path| RouteOf { method: "", path });
+        self.record_from(id, now, ip, route);
+    }
+
+    /// [`record_use`](Self::record_use) with the route in its two parts:
+    /// no allocation when the key's latest route is the same.
+    pub(crate) fn record_from(
+        &self,
+        id: KeyId,
+        now: Timestamp,
+        ip: Option<IpAddr>,
+        route: Option<RouteOf<'_>>,
+    ) {
         let mut shard = lock(self.shard(id));
         let e = shard
             .entry((id.as_u64(), now.utc_date()))
             .or_insert(Pending {
                 count: 0,
                 last: now,
+                ip: None,
+                route: None,
             });
         e.count = e.count.saturating_add(1);
-        e.last = e.last.max(now);
+        if now >= e.last {
+            e.last = now;
+            e.ip = ip;
+            match (route, &e.route) {
+                (Some(r), Some(kept)) if r.is(kept) => {}
+                (r, _) => e.route = r.map(RouteOf::to_arc),
+            }
+        }
     }
 
     /// Total counts not yet acknowledged by a store (in memory and in
@@ -278,11 +372,9 @@ impl UsageRecorder {
         let mut deltas: Vec<UsageDelta> = Vec::new();
         for s in self.shards.iter() {
             let taken = std::mem::take(&mut *lock(s));
-            deltas.extend(
-                taken.into_iter().map(|((id, day), p)| {
-                    UsageDelta::new(KeyId::from_u64(id), day, p.count, p.last)
-                }),
-            );
+            deltas.extend(taken.into_iter().map(|((id, day), p)| {
+                UsageDelta::new(KeyId::from_u64(id), day, p.count, p.last).from(p.ip, p.route)
+            }));
         }
         if deltas.is_empty() {
             return;
@@ -310,7 +402,11 @@ fn merge(into: &mut Vec<UsageDelta>, more: Vec<UsageDelta>) {
         all.entry((d.id, d.day))
             .and_modify(|e| {
                 e.count = e.count.saturating_add(d.count);
-                e.last_used_at = e.last_used_at.max(d.last_used_at);
+                if d.last_used_at >= e.last_used_at {
+                    e.last_used_at = d.last_used_at;
+                    e.last_used_ip = d.last_used_ip;
+                    e.last_used_route = d.last_used_route.clone();
+                }
             })
             .or_insert(d);
     }

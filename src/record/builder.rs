@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use crate::Timestamp;
 
@@ -78,6 +79,8 @@ impl KeyRecord {
                 status: KeyStatus::Active,
                 revocation: None,
                 last_used_at: None,
+                last_used_ip: None,
+                last_used_route: None,
                 metadata: BTreeMap::new(),
                 rotated_from: None,
                 rotated_to: None,
@@ -137,6 +140,10 @@ impl KeyRecordBuilder {
         revocation: Option<Revocation>,
         /// The last successful verification.
         last_used_at: Option<Timestamp>,
+        /// The client address of the last successful verification.
+        last_used_ip: Option<IpAddr>,
+        /// The route of the last successful verification (method and path).
+        last_used_route: Option<String>,
         /// Free-form string metadata.
         metadata: BTreeMap<String, String>,
         /// The key this one replaced by rotation.

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use crate::Timestamp;
@@ -100,6 +101,15 @@ pub struct KeyRecord {
     /// Last successful verification (updated in batches, see the lifecycle docs).
     #[serde(default)]
     pub last_used_at: Option<Timestamp>,
+    /// The client address of the last successful verification, when the
+    /// verification knew it (flushed with usage, like `last_used_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ip: Option<IpAddr>,
+    /// The route of the last successful verification (`"GET /v1/search"`:
+    /// method and path, never the query), when it came through the web
+    /// edge (flushed with usage, like `last_used_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_route: Option<String>,
     /// Free-form string metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -220,6 +230,15 @@ fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
 }
 
 impl KeyRecord {
+    /// Takes `stored`'s last use (`last_used_at`, `last_used_ip`,
+    /// `last_used_route`): what a replacing write keeps, since the usage
+    /// flush owns those fields ([`KeyStoreWrite::commit`](crate::store::KeyStoreWrite::commit)).
+    pub fn keep_last_use(&mut self, stored: &KeyRecord) {
+        self.last_used_at = stored.last_used_at;
+        self.last_used_ip = stored.last_used_ip;
+        self.last_used_route.clone_from(&stored.last_used_route);
+    }
+
     /// The record layout version written by this crate.
     pub const SCHEMA_VERSION: u32 = 1;
 
@@ -426,7 +445,29 @@ pub(crate) const HAS_PARENT: u8 = 4;
 pub(crate) struct Extra {
     pub(crate) revision: u64,
     pub(crate) last_used_at: Option<Timestamp>,
+    /// Where the last use came from, when known (boxed: most views of a
+    /// used key pay 8 bytes for it).
+    pub(crate) last_use: Option<Box<LastUse>>,
     pub(crate) cold: Option<Box<ColdFields>>,
+}
+
+/// The address and route of a record's last use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LastUse {
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) route: Option<Box<str>>,
+}
+
+impl LastUse {
+    /// `None` when neither is known.
+    pub(crate) fn of(ip: Option<IpAddr>, route: Option<&str>) -> Option<Box<Self>> {
+        (ip.is_some() || route.is_some()).then(|| {
+            Box::new(Self {
+                ip,
+                route: route.map(Box::from),
+            })
+        })
+    }
 }
 
 /// Rarely set fields of a record.
@@ -534,6 +575,7 @@ impl KeyView {
         let extra = Extra {
             revision: record.revision,
             last_used_at: record.last_used_at,
+            last_use: LastUse::of(record.last_used_ip, record.last_used_route.as_deref()),
             cold: (cold != ColdFields::default()).then(|| Box::new(cold)),
         };
         Self {
@@ -557,8 +599,7 @@ impl KeyView {
     /// The record this view was built from, exactly.
     pub(crate) fn to_record(&self) -> KeyRecord {
         let cold = self.cold();
-        let state = self.extra.as_deref();
-        KeyRecord {
+        let mut record = KeyRecord {
             schema_version: KeyRecord::SCHEMA_VERSION,
             id: self.id,
             prefix: self.prefix().clone(),
@@ -574,14 +615,28 @@ impl KeyView {
             not_before: self.not_before(),
             status: self.status,
             revocation: cold.and_then(|c| c.revocation.as_deref().cloned()),
-            last_used_at: state.and_then(|s| s.last_used_at),
+            last_used_at: None,
+            last_used_ip: None,
+            last_used_route: None,
             metadata: self.metadata().clone(),
             rotated_from: cold.and_then(|c| c.rotated_from),
             rotated_to: self.rotated_to(),
             revision: self.revision(),
             ip_allowlist: self.ip_allowlist().to_vec(),
             legacy: cold.and_then(|c| c.legacy.as_deref().cloned()),
-        }
+        };
+        self.last_use_into(&mut record);
+        record
+    }
+
+    /// Sets `record`'s last use (time, address, route) to this view's: what
+    /// a replacing write keeps, since the usage flush owns those fields.
+    pub(crate) fn last_use_into(&self, record: &mut KeyRecord) {
+        let state = self.extra.as_deref();
+        let from = state.and_then(|s| s.last_use.as_deref());
+        record.last_used_at = state.and_then(|s| s.last_used_at);
+        record.last_used_ip = from.and_then(|f| f.ip);
+        record.last_used_route = from.and_then(|f| f.route.as_deref().map(str::to_owned));
     }
 
     /// The rarely set fields.

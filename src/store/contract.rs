@@ -1,6 +1,7 @@
 //! The store contract: the read, write, usage and query traits and the values they exchange.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -76,11 +77,13 @@ pub trait KeyStoreWrite: KeyStoreQuery {
     ///   becomes `version + 1`;
     /// * a put with `expected: None` (an insert): no record has this id, else
     ///   [`IdCollision`](StoreErrorKind::IdCollision); stored as given
-    ///   (revision and `last_used_at` included);
+    ///   (revision and the last use included);
     /// * a put with `expected: Some(r)`: the record exists
     ///   ([`NotFound`](StoreErrorKind::NotFound)) with revision `r`
     ///   ([`Conflict`](StoreErrorKind::Conflict)); every field is written
-    ///   except `last_used_at` (kept as stored) and `revision` (`r + 1`);
+    ///   except the last use (`last_used_at`, `last_used_ip`,
+    ///   `last_used_route`: kept as stored, see
+    ///   [`KeyRecord::keep_last_use`]) and `revision` (`r + 1`);
     /// * a delete: the record exists (`NotFound`) with revision `expected`
     ///   (`Conflict`); it goes with its usage rows;
     /// * after the commit, no two records hold one
@@ -562,7 +565,8 @@ pub enum FlushOutcome {
 }
 
 /// Where usage counts go: batched, additive writes of per-day counts and
-/// `last_used_at`, off the request path.
+/// the latest use (`last_used_at`, its address and route), off the
+/// request path.
 ///
 /// # Delivery
 /// The [`UsageRecorder`](crate::UsageRecorder) keeps a batch until a flush
@@ -580,9 +584,12 @@ pub enum FlushOutcome {
 pub trait UsageStore: KeyStore {
     /// Adds a batch of usage, all or nothing: for each delta,
     /// `usage(id, day) += count` and
-    /// `last_used_at = max(last_used_at, delta.last_used_at)`. Ids with no
-    /// record (deleted keys) are skipped. Changes no other field and not
-    /// the revision. A batch whose id was applied before changes nothing
+    /// `last_used_at = max(last_used_at, delta.last_used_at)`, and
+    /// `last_used_ip` and `last_used_route` become the delta's when its
+    /// `last_used_at` is not older than the stored one (the address and
+    /// route of the latest use; across a batch's deltas of one key, the
+    /// latest delta's). Ids with no record (deleted keys) are skipped.
+    /// Changes no other field and not the revision. A batch whose id was applied before changes nothing
     /// and answers [`FlushOutcome::AlreadyApplied`] (stores that keep ids;
     /// they may forget ids older than a day).
     fn record_usage(
@@ -601,7 +608,7 @@ pub trait UsageStore: KeyStore {
 }
 
 /// Uses of one key on one UTC day, for [`UsageStore::record_usage`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UsageDelta {
     /// The key.
@@ -612,16 +619,54 @@ pub struct UsageDelta {
     pub count: u64,
     /// The latest of them.
     pub last_used_at: Timestamp,
+    /// The client address of the latest use, when known.
+    pub last_used_ip: Option<IpAddr>,
+    /// The route of the latest use (`"GET /v1/search"`: method and path,
+    /// no query), when known.
+    pub last_used_route: Option<Arc<str>>,
 }
 
 impl UsageDelta {
-    /// A delta of `count` uses of `id` on `day`, the latest at `last_used_at`.
+    /// A delta of `count` uses of `id` on `day`, the latest at `last_used_at`
+    /// (from an unknown address and route; see [`from`](Self::from)).
     pub fn new(id: KeyId, day: time::Date, count: u64, last_used_at: Timestamp) -> Self {
         Self {
             id,
             day,
             count,
             last_used_at,
+            last_used_ip: None,
+            last_used_route: None,
+        }
+    }
+
+    /// The delta with the address and route of its latest use.
+    pub fn from(mut self, ip: Option<IpAddr>, route: Option<Arc<str>>) -> Self {
+        self.last_used_ip = ip;
+        self.last_used_route = route;
+        self
+    }
+
+    /// Applies this delta's latest use to `record`, the rule of
+    /// [`UsageStore::record_usage`] for a store that keeps whole records:
+    /// `last_used_at = max(..)`, and the address and route follow when the
+    /// delta is not older than the stored use. (The per-day count is the
+    /// store's to add.)
+    ///
+    /// ```
+    /// # use apikey::{KeyRecord, UsageDelta};
+    /// # fn demo(mut record: KeyRecord, now: apikey::Timestamp) {
+    /// let delta = UsageDelta::new(record.id, now.utc_date(), 1, now)
+    ///     .from("192.0.2.7".parse().ok(), Some("GET /v1/search".into()));
+    /// delta.apply_to(&mut record);
+    /// assert_eq!(record.last_used_route.as_deref(), Some("GET /v1/search"));
+    /// # }
+    /// ```
+    pub fn apply_to(&self, record: &mut KeyRecord) {
+        if record.last_used_at.is_none_or(|t| t <= self.last_used_at) {
+            record.last_used_at = Some(self.last_used_at);
+            record.last_used_ip = self.last_used_ip;
+            record.last_used_route = self.last_used_route.as_deref().map(str::to_owned);
         }
     }
 }

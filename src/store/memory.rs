@@ -11,7 +11,7 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::key::KeyDigest;
 use crate::key::KeyId;
 use crate::record::ScopeSet;
-use crate::record::{KeyRecord, KeyView, Owner};
+use crate::record::{KeyRecord, KeyView, LastUse, Owner};
 use crate::store::{
     Changes, FlushId, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite,
     Listing, UsageBatch, UsageStore,
@@ -394,7 +394,7 @@ impl MemoryStore {
                         continue;
                     };
                     let mut r = p.record.clone();
-                    r.last_used_at = old.extra.as_deref().and_then(|s| s.last_used_at);
+                    old.last_use_into(&mut r);
                     r.revision = e.wrapping_add(1);
                     self.replace(&mut index, old, &r);
                 }
@@ -418,11 +418,10 @@ impl MemoryStore {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(d.id.as_u64()) {
                 // In place unless a verification holds the view right now.
                 let state = Arc::make_mut(slot).extra.get_or_insert_with(Box::default);
-                state.last_used_at = Some(
-                    state
-                        .last_used_at
-                        .map_or(d.last_used_at, |t| t.max(d.last_used_at)),
-                );
+                if state.last_used_at.is_none_or(|t| t <= d.last_used_at) {
+                    state.last_used_at = Some(d.last_used_at);
+                    state.last_use = LastUse::of(d.last_used_ip, d.last_used_route.as_deref());
+                }
             } else {
                 continue;
             }
@@ -650,6 +649,8 @@ mod tests {
             status: KeyStatus::Active,
             revocation: None,
             last_used_at: None,
+            last_used_ip: None,
+            last_used_route: None,
             metadata: Default::default(),
             rotated_from: None,
             rotated_to: None,
@@ -812,14 +813,14 @@ mod tests {
         store.insert_sync(r.clone()).unwrap();
         let held = store.fetch_sync(r.id).unwrap().unwrap();
         let at = suite_now() + Duration::from_secs(3_600);
-        store.record_usage_sync(&UsageBatch::new(vec![UsageDelta {
-            id: r.id,
-            day: at.utc_date(),
-            count: 2,
-            last_used_at: at,
-        }]));
+        let ip = "2001:db8::7".parse().ok();
+        store.record_usage_sync(&UsageBatch::new(vec![
+            UsageDelta::new(r.id, at.utc_date(), 2, at).from(ip, Some("GET /v1/a".into())),
+        ]));
         let mut want = r.clone();
         want.last_used_at = Some(at);
+        want.last_used_ip = ip;
+        want.last_used_route = Some("GET /v1/a".into());
         assert_exact(&store, &want);
         let day = at.utc_date();
         assert_eq!(

@@ -44,7 +44,7 @@
 //! | delete | `DELETE FROM keys WHERE id = $1 AND revision = $r` (and its `usage_days` rows) |
 //! | legacy index | a unique index on `legacy_index`: a violation is `IdCollision` |
 //! | `list` (owner) | `SELECT version FROM owners WHERE owner = $1` in the same snapshot (`REPEATABLE READ`) as, or before, `SELECT ... FROM keys WHERE owner = $1 AND (created_at, id) > ($cursor) ORDER BY created_at, id LIMIT $limit` |
-//! | `record_usage` | `INSERT INTO usage_flushes (flush_id) ... ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); `INSERT INTO usage_days (key_id, day, count) SELECT ... FROM unnest(...) JOIN keys ... ON CONFLICT (key_id, day) DO UPDATE SET count = usage_days.count + excluded.count`; `UPDATE keys SET last_used_at = greatest(last_used_at, d.t) ...` |
+//! | `record_usage` | `INSERT INTO usage_flushes (flush_id) ... ON CONFLICT DO NOTHING` (no row: `AlreadyApplied`); `INSERT INTO usage_days (key_id, day, count) SELECT ... FROM unnest(...) JOIN keys ... ON CONFLICT (key_id, day) DO UPDATE SET count = usage_days.count + excluded.count`; `UPDATE keys SET last_used_at = greatest(last_used_at, d.t), last_used_ip = CASE WHEN last_used_at IS NULL OR d.t >= last_used_at THEN d.ip ELSE last_used_ip END, ...` (the same for `last_used_route`) |
 //! | `revoke_where` (override) | `UPDATE keys SET status = 'revoked', revocation = $r, revision = revision + 1 WHERE <filter> AND status <> 'revoked' RETURNING id` |
 //!
 //! # Revisions and usage fields
@@ -52,9 +52,11 @@
 //! [`KeyRecord::revision`](crate::KeyRecord::revision) counts changes. An insert keeps the given
 //! revision (the manager passes 0); a put on an existing record sets it to
 //! the expected revision plus one. [`UsageStore::record_usage`] changes
-//! only `last_used_at` and the per-day counts, and no revision; a put keeps
-//! the stored `last_used_at`, so a usage flush never conflicts with, and is
-//! never undone by, a management write.
+//! only the last use (`last_used_at`, `last_used_ip`, `last_used_route`)
+//! and the per-day counts, and no revision; a put keeps the stored last use
+//! ([`KeyRecord::keep_last_use`](crate::KeyRecord::keep_last_use)), so a
+//! usage flush never conflicts with, and is never undone by, a management
+//! write.
 
 mod cache;
 mod contract;

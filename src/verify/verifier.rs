@@ -232,6 +232,8 @@ impl Verifier {
             status: KeyStatus::Active,
             revocation: None,
             last_used_at: None,
+            last_used_ip: None,
+            last_used_route: None,
             metadata: new.metadata,
             rotated_from: None,
             rotated_to: None,

@@ -3,7 +3,7 @@ use std::fmt;
 
 use crate::error::{Error, MalformedReason, Result};
 use crate::key::PrefixRegistry;
-use crate::pipeline::RequestOrigin;
+use crate::pipeline::{RequestOrigin, RouteOf};
 
 /// Default limit on a presented value, in bytes. Keys are at most
 /// [`ApiKey::MAX_LEN`](crate::ApiKey::MAX_LEN) long.
@@ -60,6 +60,8 @@ pub struct PresentedKey<'a> {
     scheme: Scheme,
     /// The request's `Origin` and `Referer`, for a publishable key.
     origin: RequestOrigin<'a>,
+    /// The request's method and path, kept as the key's last-used route.
+    route: Option<RouteOf<'a>>,
 }
 
 impl<'a> PresentedKey<'a> {
@@ -78,6 +80,22 @@ impl<'a> PresentedKey<'a> {
     /// The request's `Origin` and `Referer`, read in the same pass.
     pub(crate) fn origin(&self) -> &RequestOrigin<'a> {
         &self.origin
+    }
+
+    /// The key as presented on `method` `path` (the request's path, without
+    /// its query): once admitted, the key's usage keeps them as its
+    /// last-used route (`last_used_route`, `"GET /v1/search"`).
+    /// [`Gate::check_request`](crate::web::Gate::check_request) and the
+    /// axum layer set it; call it between [`Gate::extract`](crate::web::Gate::extract)
+    /// and [`Gate::admit`](crate::web::Gate::admit) in other frameworks.
+    pub fn on_route(mut self, method: &'a str, path: &'a str) -> Self {
+        self.route = Some(RouteOf { method, path });
+        self
+    }
+
+    /// The method and path set by [`on_route`](Self::on_route).
+    pub(crate) fn route(&self) -> Option<RouteOf<'a>> {
+        self.route
     }
 }
 
@@ -593,6 +611,7 @@ impl<'a> Seen<'a> {
                     text,
                     scheme,
                     origin: RequestOrigin::default(),
+                    route: None,
                 })
             }
             // Not secret-dependent timing worth hiding: both values come

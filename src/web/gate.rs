@@ -654,25 +654,34 @@ where
             .await
     }
 
-    /// [`check`](Self::check) on an [`http::HeaderMap`]: the key's headers
+    /// [`check`](Self::check) on an [`http::Request`]: the key's headers
     /// are looked up by name rather than found by comparing every header
-    /// ([`Extractor::extract_header_map`]); the same decision. What the
-    /// axum layer runs.
+    /// ([`Extractor::extract_header_map`]), and the request's method and
+    /// path become the key's last-used route
+    /// ([`PresentedKey::on_route`]). What the axum layer runs.
     #[cfg(feature = "http")]
-    pub fn check_header_map<'a>(
+    pub fn check_request<'a, B>(
         &'a self,
-        headers: &'a http::HeaderMap,
-        query: Option<&'a str>,
+        request: &'a http::Request<B>,
         client: Option<IpAddr>,
         route: &'a Route,
     ) -> impl Future<Output = Decision> + 'a {
         // Extraction is synchronous: done now, so the future holds only
         // its answer and the admission (one state machine fewer).
-        let extracted = self.extracted(
-            self.extractor.extract_header_map(headers, query),
-            client,
-            route,
-        );
+        let uri = request.uri();
+        let extracted = self
+            .extracted(
+                self.extractor
+                    .extract_header_map(request.headers(), uri.query()),
+                client,
+                route,
+            )
+            .map(|found| match found {
+                Extracted::Key(key) => {
+                    Extracted::Key(key.on_route(request.method().as_str(), uri.path()))
+                }
+                other => other,
+            });
         self.decide(extracted, client, route)
     }
 
@@ -800,7 +809,13 @@ where
             let origin = self.cors.then(|| key.origin());
             match self
                 .authenticator
-                .authenticate_kept(key.expose_secret(), &route.requirement, client, origin)
+                .authenticate_kept(
+                    key.expose_secret(),
+                    &route.requirement,
+                    client,
+                    origin,
+                    key.route(),
+                )
                 .await
             {
                 Ok(verified) => {

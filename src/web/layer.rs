@@ -235,9 +235,7 @@ where
         // (the future's size is what every request allocates).
         let added = {
             let client = client_ip(req.extensions());
-            let decision = gate
-                .check_header_map(req.headers(), req.uri().query(), client, &layer.route)
-                .await;
+            let decision = gate.check_request(&req, client, &layer.route).await;
             match decision {
                 Decision::Admitted(mut admitted) => {
                     flush_in_background(gate, admitted.now);

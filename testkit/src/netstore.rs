@@ -202,7 +202,9 @@ impl KeyStoreWrite for NetStore {
         for p in &changes.puts {
             let mut r = p.record.clone();
             if let Some(e) = p.expected {
-                r.last_used_at = t.rows.get(&r.id).and_then(|s| s.last_used_at);
+                if let Some(stored) = t.rows.get(&r.id) {
+                    r.keep_last_use(stored);
+                }
                 r.revision = e + 1;
             }
             if let Some(l) = &r.legacy {
@@ -226,10 +228,7 @@ impl UsageStore for NetStore {
             let Some(r) = t.rows.get_mut(&d.id) else {
                 continue;
             };
-            r.last_used_at = Some(
-                r.last_used_at
-                    .map_or(d.last_used_at, |t| t.max(d.last_used_at)),
-            );
+            d.apply_to(r);
             *t.usage.entry(d.id).or_default().entry(d.day).or_insert(0) += d.count;
         }
         Ok(FlushOutcome::Applied)

@@ -89,7 +89,8 @@ pub async fn maybe(key: Option<VerifiedKey>) -> String {
 
 /// Routes: `/read` needs `tasks:read`, `/write` needs `tasks:write`,
 /// `/open` accepts foreign credentials (JWTs) too (`PassThrough`),
-/// `/guarded` needs `tasks:read` and its handler never looks at the key.
+/// `/guarded` needs `tasks:read` and its handler never looks at the key,
+/// `/items/{id}` needs `tasks:read`.
 pub fn router<S: KeyStore + Send + Sync + 'static>(gate: Arc<TestGate<S>>) -> Router {
     let layer = |route: Route| ApiKeyLayer::new(Arc::clone(&gate), route);
     Router::new()
@@ -108,6 +109,10 @@ pub fn router<S: KeyStore + Send + Sync + 'static>(gate: Arc<TestGate<S>>) -> Ro
             get(maybe).route_layer(layer(
                 Route::any_key().with_foreign_credentials(ForeignCredentials::PassThrough),
             )),
+        )
+        .route(
+            "/items/{id}",
+            get(whoami).route_layer(layer(Route::new(Requirement::scope("tasks:read").unwrap()))),
         )
         // A handler that does not ask for the key: only the layer guards it.
         .route(

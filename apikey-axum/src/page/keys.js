@@ -74,7 +74,16 @@
     prefix.appendChild(code);
     tr.appendChild(prefix);
     tr.appendChild(cell(localDate(key.created_at)));
-    tr.appendChild(cell(key.last_used ? localDate(key.last_used) : "Never"));
+    const used = cell(key.last_used ? localDate(key.last_used) : "Never", "last-used");
+    const from = [key.last_used_ip, key.last_used_route].filter(Boolean).join(" \u00b7 ");
+    if (key.last_used && from) {
+      const where = document.createElement("small");
+      where.className = "last-use";
+      where.textContent = from;
+      used.appendChild(document.createElement("br"));
+      used.appendChild(where);
+    }
+    tr.appendChild(used);
     tr.appendChild(cell(key.expires_at ? localDate(key.expires_at) : "Never"));
     if (key.pending) {
       tr.appendChild(cell("pending approval", "status status-pending"));

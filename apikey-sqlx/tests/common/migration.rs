@@ -61,3 +61,24 @@ pub async fn check<S: KeyStoreQuery + UsageStore>(store: &S, records: &[KeyRecor
         assert_eq!(total, COUNTERS[i].2 as u64, "month total of record {i}");
     }
 }
+
+/// After migration 3 a usage flush keeps the address and route of the
+/// last use, and a management write leaves them.
+pub async fn last_use_is_kept<S: KeyStoreWrite + UsageStore>(store: &S, record: &KeyRecord) {
+    let at = conformance::suite_now() + std::time::Duration::from_secs(60);
+    let ip = "203.0.113.9".parse().ok();
+    let batch = apikey::UsageBatch::new(vec![
+        apikey::UsageDelta::new(record.id, at.utc_date(), 1, at)
+            .from(ip, Some("GET /v1/migrated".into())),
+    ]);
+    store.record_usage(&batch).await.unwrap();
+    let got = store.get(record.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.last_used_at,
+            got.last_used_ip,
+            got.last_used_route.as_deref()
+        ),
+        (Some(at), ip, Some("GET /v1/migrated"))
+    );
+}

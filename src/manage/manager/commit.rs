@@ -283,7 +283,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 Ok(()) => {
                     let mut stored = next;
                     stored.revision = current.revision.wrapping_add(1);
-                    stored.last_used_at = current.last_used_at;
+                    stored.keep_last_use(&current);
                     return Ok((current, Some(stored)));
                 }
                 // A stale cache entry or a record changed meanwhile.

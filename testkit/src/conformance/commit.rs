@@ -38,6 +38,8 @@ pub async fn insert_fetch_get<S: KeyStoreWrite + ?Sized>(store: &S) {
     let mut a = sample_record(Some(&owner));
     a.revision = 7;
     a.last_used_at = Some(suite_now() - Duration::from_secs(3 * 3_600));
+    a.last_used_ip = "2001:db8::1".parse().ok();
+    a.last_used_route = Some("GET /v1/items/é".into());
     put_new(store, &a).await;
     let view = ok(store.fetch(a.id).await, "fetch")
         .unwrap_or_else(|| panic!("store conformance: fetch must find an inserted record"));
@@ -89,17 +91,23 @@ pub async fn insert_never_overwrites<S: KeyStoreWrite + ?Sized>(store: &S) {
 pub async fn commit_checks_revisions<S: KeyStoreWrite + ?Sized>(store: &S) {
     let mut a = sample_record(Some(&unique_owner()));
     a.last_used_at = Some(suite_now() - Duration::from_secs(3_600));
+    a.last_used_ip = "192.0.2.4".parse().ok();
+    a.last_used_route = Some("GET /v1".into());
     put_new(store, &a).await;
     let mut next = a.clone();
     next.status = KeyStatus::Disabled;
     next.name = "changed".into();
     next.last_used_at = None;
+    next.last_used_ip = None;
+    next.last_used_route = None;
     next.revision = 99;
     ok(store.commit(&update(next.clone(), 0)).await, "commit (put)");
     let got = must_get(store, a.id, "get").await;
     let mut want = next.clone();
     want.revision = 1;
     want.last_used_at = a.last_used_at;
+    want.last_used_ip = a.last_used_ip;
+    want.last_used_route.clone_from(&a.last_used_route);
     assert_eq!(
         got, want,
         "store conformance: a put must write every field but last_used_at (kept) and revision (expected + 1)"

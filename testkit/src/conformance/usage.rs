@@ -4,14 +4,16 @@ use apikey::{
     FlushOutcome, KeyId, KeyStatus, KeyStoreWrite, OsRng, UsageBatch, UsageDelta, UsageStore,
 };
 use rand_core::Rng;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{must_get, ok, put_new, sample_record, suite_now, unique_owner, update};
 
 /// `record_usage` adds per key and day, whatever the order of batches
 /// (late batches for earlier days included); `last_used_at` is the latest
-/// use; unknown ids are skipped; the revision does not move; a later put
-/// keeps `last_used_at`; `usage` returns the rows of the range asked,
+/// use, and `last_used_ip` and `last_used_route` are that use's (a late
+/// batch does not move them back); unknown ids are skipped; the revision
+/// does not move; a later put keeps the three; `usage` returns the rows of the range asked,
 /// ascending; a delete takes the rows with it.
 ///
 /// # Panics
@@ -23,10 +25,12 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     let d1 = now.utc_date();
     let d2 = d1.next_day().unwrap_or(d1);
     let d3 = d2.next_day().unwrap_or(d2);
+    let ip = |s: &str| s.parse::<IpAddr>().ok();
     let batch = [
-        UsageDelta::new(a.id, d1, 3, now),
+        UsageDelta::new(a.id, d1, 3, now).from(ip("192.0.2.1"), Some("GET /a".into())),
         UsageDelta::new(KeyId::from_u64(OsRng.next_u64()), d1, 9, now),
-        UsageDelta::new(a.id, d2, 4, now + Duration::from_secs(86_400)),
+        UsageDelta::new(a.id, d2, 4, now + Duration::from_secs(86_400))
+            .from(ip("192.0.2.2"), Some("GET /b".into())),
     ];
     ok(
         store.record_usage(&UsageBatch::new(batch.to_vec())).await,
@@ -34,12 +38,10 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     );
     ok(
         store
-            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
-                a.id,
-                d2,
-                1,
-                now + Duration::from_secs(25 * 3_600),
-            )]))
+            .record_usage(&UsageBatch::new(vec![
+                UsageDelta::new(a.id, d2, 1, now + Duration::from_secs(25 * 3_600))
+                    .from(ip("2001:db8::3"), Some("POST /c/ü".into())),
+            ]))
             .await,
         "record_usage",
     );
@@ -47,7 +49,9 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     // last_used_at back.
     ok(
         store
-            .record_usage(&UsageBatch::new(vec![UsageDelta::new(a.id, d1, 2, now)]))
+            .record_usage(&UsageBatch::new(vec![
+                UsageDelta::new(a.id, d1, 2, now).from(ip("192.0.2.9"), Some("GET /late".into())),
+            ]))
             .await,
         "record_usage",
     );
@@ -68,6 +72,11 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
         "store conformance: last_used_at must be the latest use"
     );
     assert_eq!(
+        (r.last_used_ip, r.last_used_route.as_deref()),
+        (ip("2001:db8::3"), Some("POST /c/ü")),
+        "store conformance: last_used_ip and last_used_route must be the latest use's"
+    );
+    assert_eq!(
         r.revision, a.revision,
         "store conformance: record_usage must not bump the revision"
     );
@@ -75,14 +84,36 @@ pub async fn usage_batches<S: UsageStore + KeyStoreWrite + ?Sized>(store: &S) {
     let mut next = r.clone();
     next.status = KeyStatus::Disabled;
     next.last_used_at = None;
+    next.last_used_ip = None;
+    next.last_used_route = Some("PUT /forged".into());
     ok(
         store.commit(&update(next, r.revision)).await,
         "commit (put)",
     );
+    let kept = must_get(store, a.id, "get").await;
     assert_eq!(
-        must_get(store, a.id, "get").await.last_used_at,
-        Some(now + Duration::from_secs(25 * 3_600)),
-        "store conformance: a put must keep the stored last_used_at"
+        (kept.last_used_at, kept.last_used_ip, kept.last_used_route),
+        (r.last_used_at, r.last_used_ip, r.last_used_route.clone()),
+        "store conformance: a put must keep the stored last_used_at, last_used_ip and last_used_route"
+    );
+    // A use from an unknown address and route clears them (they are the
+    // latest use's).
+    ok(
+        store
+            .record_usage(&UsageBatch::new(vec![UsageDelta::new(
+                a.id,
+                d3,
+                1,
+                now + Duration::from_secs(49 * 3_600),
+            )]))
+            .await,
+        "record_usage",
+    );
+    let r = must_get(store, a.id, "get").await;
+    assert_eq!(
+        (r.last_used_ip, r.last_used_route),
+        (None, None),
+        "store conformance: a latest use without address or route must clear them"
     );
     assert_eq!(ok(store.usage(a.id, d1..d3).await, "usage").len(), 2);
 }
