@@ -111,6 +111,12 @@ impl SqliteStore {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(options.timeout)
+                    // A connection to a local file has no peer to lose:
+                    // sqlx's ping before each acquire is a hand-off to the
+                    // connection's worker thread and back for nothing
+                    // (issue 23: uncached p50 22-27 us with it, 17-22 us
+                    // without).
+                    .test_before_acquire(false)
                     .connect_with(sqlite_options(path))
                     .await
                     .map_err(database)?;

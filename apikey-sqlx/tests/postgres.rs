@@ -680,8 +680,9 @@ async fn a_deadline_during_commit_never_loses_a_create_or_rotation() {
     eprintln!("a_deadline_during_commit_never_loses_a_create_or_rotation: {cut} of 80 writes cut");
 }
 
-/// What sqlx's connection ping (`test_before_acquire`, on in the pools this
-/// crate opens) buys verification, with a backend killed under an idle
+/// What sqlx's connection ping before every acquire (`test_before_acquire`,
+/// sqlx's default; the pools this crate opens ping only connections that
+/// sat idle) buys verification, with a backend killed under an idle
 /// pooled connection (`pg_terminate_backend`), pools of one connection so
 /// the dead one is the one handed out: with the ping, the next
 /// verification gets a fresh connection and succeeds; without it, it may
@@ -739,6 +740,93 @@ async fn a_killed_backend_is_503_at_most_once_then_recovers() {
             .await
             .unwrap_or_else(|e| panic!("ping {ping}: the next verification must recover: {e}"));
     }
+}
+
+/// The pool `connect_with` opens no longer pings every connection before
+/// use (issue 23: a second round trip per verification); it pings only one
+/// that sat idle for over a second. With every backend of the pool killed
+/// (`pg_terminate_backend`): after an idle second, verification succeeds at
+/// once; right after the kill, each dead connection fails at most one
+/// verification with 503 `STORE_UNAVAILABLE` (never valid, never invalid)
+/// and is dropped. (sqlx's connection notices a socket the server closed by
+/// itself, so this passes without the idle ping too; the ping is for a peer
+/// that vanished without closing, which loopback cannot stage.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backends_without_the_per_call_ping() {
+    let test = "killed_backends_without_the_per_call_ping";
+    let Some(url) = common::shared(test) else {
+        return;
+    };
+    let options = StoreOptions::default().schema(common::unique(test));
+    let (store, v, key) = store_with_a_key(&url, options).await;
+    let killer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let auth = Authenticator::read_only(v, store.clone());
+    let any = Requirement::none();
+    let verify = || auth.authenticate(key.expose_secret(), &any, None);
+    // Kills the backend of every connection the pool holds (all taken at
+    // once, so each pid is seen), and answers how many.
+    let kill_all = || async {
+        let mut held = Vec::new();
+        for _ in 0..store.pool().size() {
+            held.push(store.pool().acquire().await.unwrap());
+        }
+        let mut pids = Vec::new();
+        for c in &mut held {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut **c)
+                .await
+                .unwrap();
+            pids.push(pid);
+        }
+        drop(held);
+        for pid in &pids {
+            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&killer)
+                .await
+                .unwrap();
+            assert!(killed, "backend {pid} not terminated");
+        }
+        pids.len()
+    };
+    verify().await.unwrap();
+    // Idle for longer than a second: pinged, replaced, verified.
+    let n = kill_all().await;
+    assert!(n >= 1);
+    common::sleep_ms(1_500).await;
+    for _ in 0..3 {
+        verify()
+            .await
+            .expect("a dead connection idle for over a second is replaced before use");
+    }
+    // Killed while just used: at most one 503 per dead connection, then
+    // verified.
+    let n = kill_all().await;
+    let mut unavailable = 0;
+    let mut recovered = false;
+    for _ in 0..=n {
+        match verify().await {
+            Ok(_) => {
+                recovered = true;
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code().as_str(), "STORE_UNAVAILABLE", "{e}");
+                unavailable += 1;
+            }
+        }
+        // sqlx tests a released connection in the background.
+        common::sleep_ms(50).await;
+    }
+    assert!(
+        recovered,
+        "{n} dead connections, {unavailable} answers of 503 and no recovery"
+    );
+    eprintln!("{test}: {n} connections killed while in use, {unavailable} verifications answered 503");
 }
 
 /// A usage row PostgreSQL accepts and `time` cannot hold (a day at
