@@ -7,7 +7,8 @@
 #   CALLGRIND_FEATURES=metrics,tracing .ci/callgrind.sh   # the same check with
 #                               # features compiled in (no recorder, no subscriber)
 #
-# For each class (valid, wrong_secret, garbage, forged, async_valid) the driver
+# For each class (valid, wrong_secret, garbage, forged, async_valid,
+# async_monitor) the driver
 # (examples/callgrind_driver.rs) runs N verifications inside `measured_loop`,
 # the only function collected (--toggle-collect), so setup is excluded; `hmac`
 # runs N bare HMAC-SHA256 computations (sha2 0.11 + hmac 0.13, the crate's
@@ -41,7 +42,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 declare -A PER_OP
-for class in valid wrong_secret garbage forged async_valid hmac naive layer_bare layer_memory layer_limits_usage; do
+for class in valid wrong_secret garbage forged async_valid async_monitor hmac naive layer_bare layer_memory layer_limits_usage; do
     valgrind --tool=callgrind --toggle-collect='*measured_loop*' \
         --callgrind-out-file="$OUT/$class.out" "$DRIVER" "$class" "$N" >/dev/null 2>"$OUT/$class.log" \
         || { cat "$OUT/$class.log" >&2; exit 1; }
@@ -56,7 +57,7 @@ PER_OP[naive_noncrypto]=$(( PER_OP[naive] - PER_OP[hmac] ))
 PER_OP[layer_memory_overhead]=$(( PER_OP[layer_memory] - PER_OP[layer_bare] ))
 PER_OP[layer_limits_usage_overhead]=$(( PER_OP[layer_limits_usage] - PER_OP[layer_bare] ))
 
-KEYS=(valid wrong_secret garbage forged async_valid hmac naive valid_noncrypto wrong_secret_noncrypto naive_noncrypto
+KEYS=(valid wrong_secret garbage forged async_valid async_monitor hmac naive valid_noncrypto wrong_secret_noncrypto naive_noncrypto
       layer_bare layer_memory layer_limits_usage layer_memory_overhead layer_limits_usage_overhead)
 if [[ $UPDATE -eq 1 ]]; then
     {

@@ -9,6 +9,11 @@
 //!   over `MemoryStore::fetch_sync`;
 //! * `async_valid`: `Authenticator::authenticate` of valid keys, polled
 //!   once with a no-op waker (MemoryStore futures are ready at once);
+//! * `async_monitor`: the same with a [`Monitor`](apikey::pipeline::Monitor)
+//!   and a client address (the monitor's own cost per valid verification);
+//! * `async_metrics`, `async_ops_on` (`--features metrics`, not gated):
+//!   `async_valid` and `async_monitor` under a local Prometheus recorder
+//!   (the recorder's cost; for profiling issue 22's row);
 //! * `naive`: issue 5's naive baseline verify (1,000 `String` ids);
 //! * `layer_bare`, `layer_memory`, `layer_limits_usage`: one GET through
 //!   an axum route with the 12-byte handler (`benches/support/web.rs`):
@@ -59,6 +64,7 @@ enum Op<'a> {
         &'a Authenticator<&'a MemoryStore, FixedClock>,
         &'a [String],
         &'a Requirement,
+        Option<std::net::IpAddr>,
     ),
     Layer(&'a axum::Router, &'a [String]),
 }
@@ -87,10 +93,10 @@ fn measured_loop(op: &Op<'_>, n: usize) -> usize {
                 ok += usize::from(naive_ok(map, mac, black_box(&keys[i % keys.len()])));
             }
         }
-        Op::Async(auth, keys, req) => {
+        Op::Async(auth, keys, req, ip) => {
             for i in 0..n {
                 let key = &keys[i % keys.len()];
-                ok += usize::from(poll_ready(auth.authenticate(black_box(key), req, None)).is_ok());
+                ok += usize::from(poll_ready(auth.authenticate(black_box(key), req, *ip)).is_ok());
             }
         }
         Op::Layer(router, keys) => {
@@ -167,7 +173,8 @@ fn main() {
         return;
     }
     let keys: Vec<String> = match class.as_str() {
-        "valid" | "wrong_secret" | "hmac" | "naive" | "async_valid" => valid.clone(),
+        "valid" | "wrong_secret" | "hmac" | "naive" | "async_valid" | "async_monitor"
+        | "async_metrics" | "async_ops_on" => valid.clone(),
         "garbage" => vec!["hello, I am not an API key at all".to_owned()],
         "forged" => valid
             .iter()
@@ -179,7 +186,7 @@ fn main() {
             .collect(),
         other => {
             eprintln!(
-                "unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid | layer_bare | layer_memory | layer_limits_usage"
+                "unknown class {other}: valid | wrong_secret | garbage | forged | hmac | naive | async_valid | async_monitor | async_metrics | async_ops_on | layer_bare | layer_memory | layer_limits_usage"
             );
             std::process::exit(2);
         }
@@ -203,7 +210,16 @@ fn main() {
     let first = verifier.verify_with(&keys[0], |id| store_ref.fetch_sync(id), now, &req);
     assert_eq!(
         first.is_ok(),
-        matches!(class.as_str(), "valid" | "hmac" | "naive" | "async_valid"),
+        matches!(
+            class.as_str(),
+            "valid"
+                | "hmac"
+                | "naive"
+                | "async_valid"
+                | "async_monitor"
+                | "async_metrics"
+                | "async_ops_on"
+        ),
         "{class}"
     );
 
@@ -230,12 +246,40 @@ fn main() {
             naive_keys.push(format!("sk_live_{id}_{secret}"));
         }
     }
-    let auth =
+    let mut auth =
         Authenticator::read_only_with_clock(verifier.clone(), store_ref, FixedClock::new(now));
+    if matches!(class.as_str(), "async_monitor" | "async_ops_on") {
+        auth = auth.with_monitor(std::sync::Arc::new(apikey::pipeline::Monitor::new(
+            apikey::pipeline::MonitorConfig::default(),
+            std::sync::Arc::new(apikey::NoAudit),
+        )));
+    }
+    let ip = Some(std::net::IpAddr::from([198, 51, 100, 7]));
+    if matches!(class.as_str(), "async_metrics" | "async_ops_on") {
+        #[cfg(feature = "metrics")]
+        {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let op = Op::Async(&auth, &keys, &req, ip);
+            let ok = metrics::with_local_recorder(&recorder, || {
+                // Registers the handles and calibrates the recorder's clock
+                // outside the measured loop.
+                for _ in 0..10 {
+                    let _ = poll_ready(auth.authenticate(&keys[0], &req, ip));
+                }
+                measured_loop(&op, n)
+            });
+            println!("{class} {n} ok={ok}");
+            return;
+        }
+        #[cfg(not(feature = "metrics"))]
+        panic!("{class} needs --features metrics");
+    }
     let op = if class == "hmac" {
         Op::Hmac(&mac)
     } else if class == "async_valid" {
-        Op::Async(&auth, &keys, &req)
+        Op::Async(&auth, &keys, &req, None)
+    } else if class == "async_monitor" {
+        Op::Async(&auth, &keys, &req, ip)
     } else if class == "naive" {
         Op::Naive(&naive_map, &mac, &naive_keys)
     } else {

@@ -56,17 +56,24 @@ mod hot {
     pub(super) fn with(f: impl FnOnce(&Handles)) {
         let id = recorder();
         HANDLES.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            let handles = match cached.take() {
-                Some(h) if h.recorder == id => h,
-                _ => Handles {
-                    recorder: id,
-                    success: metrics::histogram!("apikey.authentication.duration", "result" => "success", "reason" => "none"),
-                    fetch_ok: metrics::histogram!("apikey.store.duration", "operation" => "fetch", "outcome" => "ok"),
-                },
+            // The common case: handles for this recorder, used in place
+            // (a shared borrow, so a recorder that records through apikey
+            // again from `f` still finds them).
+            if let Ok(cached) = cell.try_borrow()
+                && let Some(h) = cached.as_ref()
+                && h.recorder == id
+            {
+                return f(h);
+            }
+            let handles = Handles {
+                recorder: id,
+                success: metrics::histogram!("apikey.authentication.duration", "result" => "success", "reason" => "none"),
+                fetch_ok: metrics::histogram!("apikey.store.duration", "operation" => "fetch", "outcome" => "ok"),
             };
             f(&handles);
-            *cached = Some(handles);
+            if let Ok(mut cached) = cell.try_borrow_mut() {
+                *cached = Some(handles);
+            }
         });
     }
 }

@@ -633,7 +633,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                     u.recorder.record_from(id, now, ip, route);
                 }
                 if let Some(m) = &self.monitor {
-                    m.used(id, v.owner(), ip, now);
+                    m.verified(id, || v.owner(), ip, now);
                 }
                 Ok(v)
             }

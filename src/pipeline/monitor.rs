@@ -338,24 +338,43 @@ impl Monitor {
         }
     }
 
+    /// Runs `f` on `id`'s state, made (room first) when the key has none.
+    /// A tracked key (every verification but its first) costs one lookup.
     fn with_key<R>(&self, id: KeyId, f: impl FnOnce(&mut KeyState) -> R) -> R {
-        let mut shard = lock(&self.keys[shard_of(id.as_u64())]);
-        if !shard.contains_key(&id.as_u64()) {
-            let cap = per_shard(self.config.max_keys);
-            make_room(&mut shard, cap, |_| false);
+        let key = id.as_u64();
+        let mut shard = lock(&self.keys[shard_of(key)]);
+        if let Some(state) = shard.get_mut(&key) {
+            return f(state);
         }
-        f(shard.entry(id.as_u64()).or_default())
+        make_room(&mut shard, per_shard(self.config.max_keys), |_| false);
+        f(shard.entry(key).or_default())
     }
 
     /// A successful verification of `id` (owned by `owner`) from `ip` at
     /// `now`: the new-network and unusual-traffic checks.
     pub fn used(&self, id: KeyId, owner: Option<&str>, ip: Option<IpAddr>, now: Timestamp) {
+        self.verified(id, || owner, ip, now);
+    }
+
+    /// [`used`](Self::used) with the owner read only when an event is
+    /// raised (the authenticator's path: most verifications raise none).
+    pub(crate) fn verified<'o>(
+        &self,
+        id: KeyId,
+        owner: impl FnOnce() -> Option<&'o str>,
+        ip: Option<IpAddr>,
+        now: Timestamp,
+    ) {
         let c = &self.config;
         let t = now.as_unix_secs();
         let (new_net, unusual) = self.with_key(id, |k| {
             let new_net = ip.and_then(|ip| k.network_used(network(ip), t, c));
             (new_net, k.count_request(t, c))
         });
+        if new_net.is_none() && unusual.is_none() {
+            return;
+        }
+        let owner = owner();
         if let Some(net) = new_net.and_then(ip_net) {
             self.emit(AuditEvent::new(now, AuditKind::NewNetwork { network: net }).key(id, owner));
         }
