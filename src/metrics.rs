@@ -30,12 +30,18 @@ impl Started {
     }
 }
 
-/// The handles of the valid-key path, registered once per thread and
-/// recorder (registering looks the name and labels up in the recorder's
-/// registry on every call, which costs more than recording).
+/// The handles of the valid-key path, registered once per thread for the
+/// process-wide recorder (registering looks the name and labels up in the
+/// recorder's registry on every call, which costs more than recording).
+///
+/// Only the recorder every thread sees (the global one, or the facade's
+/// no-op fallback) is cached: it lives as long as the process, so its
+/// address names it. A local recorder (`metrics::with_local_recorder`) may
+/// be dropped and another made at the same address, which cached handles
+/// would miss; with one, handles are registered on every call.
 #[cfg(feature = "metrics")]
 mod hot {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
 
     pub(super) struct Handles {
         /// The recorder they were registered with (its address).
@@ -44,15 +50,49 @@ mod hot {
         pub(super) fetch_ok: metrics::Histogram,
     }
 
+    /// How many calls a recorder found to be local is taken as local
+    /// before asking again (an address freed by a local recorder could be
+    /// reused by the global one, installed later).
+    const LOCAL_RECHECK: u32 = 4_096;
+
     thread_local! {
         static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
+        /// A recorder address found local on this thread, and how many
+        /// more calls take it as local without asking.
+        static LOCAL: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
     }
 
     fn recorder() -> usize {
         metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
     }
 
-    /// Runs `f` with this thread's handles for the current recorder.
+    /// Whether `id` is the recorder another thread sees: the process-wide
+    /// one. Asked on a fresh thread (where no local recorder is set), once
+    /// per thread and process-wide recorder, and every
+    /// [`LOCAL_RECHECK`] calls while a local recorder is set.
+    fn process_wide(id: usize) -> bool {
+        LOCAL.with(|local| {
+            let (known, left) = local.get();
+            if known == id && left > 0 {
+                local.set((known, left - 1));
+                return false;
+            }
+            let seen = std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("apikey-metrics-probe".into())
+                    .spawn_scoped(s, recorder)
+                    .ok()
+                    .and_then(|t| t.join().ok())
+            });
+            let wide = seen == Some(id);
+            if !wide {
+                local.set((id, LOCAL_RECHECK));
+            }
+            wide
+        })
+    }
+
+    /// Runs `f` with handles for the current recorder.
     pub(super) fn with(f: impl FnOnce(&Handles)) {
         let id = recorder();
         HANDLES.with(|cell| {
@@ -71,7 +111,9 @@ mod hot {
                 fetch_ok: metrics::histogram!("apikey.store.duration", "operation" => "fetch", "outcome" => "ok"),
             };
             f(&handles);
-            if let Ok(mut cached) = cell.try_borrow_mut() {
+            if process_wide(id)
+                && let Ok(mut cached) = cell.try_borrow_mut()
+            {
                 *cached = Some(handles);
             }
         });

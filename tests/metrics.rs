@@ -184,3 +184,66 @@ fn every_metric_in_the_table_is_emitted_on_its_path() {
         assert!(!l.contains("sk_live_"), "{l}");
     }
 }
+
+/// The valid path's histogram values (`apikey.authentication.duration`
+/// and `apikey.store.duration`) one authentication records, under a local
+/// recorder of its own.
+#[inline(never)]
+fn histograms<S: KeyStore>(auth: &Authenticator<S>, key: &str) -> usize {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(auth.authenticate(key, &Requirement::none(), None))
+            .unwrap();
+    });
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| {
+            let name = k.key().name();
+            name == "apikey.authentication.duration" || name == "apikey.store.duration"
+        })
+        .map(|(.., v)| match v {
+            DebugValue::Histogram(h) => h.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Handles are cached only for the process-wide recorder: local recorders
+/// made one after the other (the next often at the last one's address)
+/// each see the valid path's metrics.
+#[test]
+fn consecutive_local_recorders_each_see_the_valid_path() {
+    let v = verifier();
+    let store = MemoryStore::new();
+    let (key, record) = v.issue(NewKey::new("sk_live_"), SystemClock.now()).unwrap();
+    store.insert_sync(record).unwrap();
+    let auth = Authenticator::read_only(v, apikey_testkit::OutOfProcess(store));
+    for round in 0..3 {
+        assert_eq!(histograms(&auth, key.expose_secret()), 2, "round {round}");
+    }
+}
+
+/// A fetch that stays in the process is not a store call: a `MemoryStore`
+/// fetch and a `CachedStore` hit record no `apikey.store.duration`; a
+/// cache miss records the inner store's fetch.
+#[test]
+fn only_fetches_that_leave_the_process_are_store_calls() {
+    let v = verifier();
+    let store = MemoryStore::new();
+    let (key, record) = v.issue(NewKey::new("sk_live_"), SystemClock.now()).unwrap();
+    store.insert_sync(record.clone()).unwrap();
+    let memory = Authenticator::read_only(v.clone(), store);
+    assert_eq!(histograms(&memory, key.expose_secret()), 1);
+    let remote = MemoryStore::new();
+    remote.insert_sync(record).unwrap();
+    let cached =
+        Authenticator::read_only(v, CachedStore::new(apikey_testkit::OutOfProcess(remote)));
+    assert_eq!(histograms(&cached, key.expose_secret()), 2, "a miss");
+    assert_eq!(histograms(&cached, key.expose_secret()), 1, "a hit");
+}

@@ -99,16 +99,18 @@ impl Subscriber for Shared {
 }
 
 /// Issue 22: spans on authenticate (key display form, reason), the store
-/// call, the admission and the usage flush; never the key.
+/// call (a fetch that leaves the process), the admission and the usage
+/// flush; never the key.
 #[test]
 fn spans_name_the_key_by_its_display_form_only() {
     let spans = Arc::new(Spans::default());
     let t0 = "2026-03-01T12:00:00Z".parse::<Timestamp>().unwrap();
     let verifier =
         Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[17; 32]).unwrap()).unwrap());
-    let store = Arc::new(MemoryStore::new());
+    let memory = MemoryStore::new();
     let (key, record) = verifier.issue(NewKey::new("sk_live_"), t0).unwrap();
-    store.insert_sync(record.clone()).unwrap();
+    memory.insert_sync(record.clone()).unwrap();
+    let store = Arc::new(apikey_testkit::OutOfProcess(memory));
     let clock = ManualClock::new(t0);
     let gate = Gate::new(Authenticator::with_clock(verifier, store, clock.clone()))
         .with_limits(MemoryLimits::with_clock(clock));

@@ -826,7 +826,9 @@ async fn killed_backends_without_the_per_call_ping() {
         recovered,
         "{n} dead connections, {unavailable} answers of 503 and no recovery"
     );
-    eprintln!("{test}: {n} connections killed while in use, {unavailable} verifications answered 503");
+    eprintln!(
+        "{test}: {n} connections killed while in use, {unavailable} verifications answered 503"
+    );
 }
 
 /// A usage row PostgreSQL accepts and `time` cannot hold (a day at

@@ -19,7 +19,7 @@ use crate::pipeline::UsageRecorder;
 use crate::pipeline::{AuditEvent, AuditKind, AuditSink, RejectionSampler};
 use crate::record::KeyView;
 use crate::record::Requirement;
-use crate::store::{KeyStore, UsageStore};
+use crate::store::{KeyStore, UsageStore, measured_fetch};
 use crate::trace;
 use crate::verify::{Failure, VerifiedKey, Verifier};
 use crate::verify::{
@@ -526,9 +526,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         limits
             .check_key(id.as_u64())
             .map_err(|retry_after| throttled(retry_after).of_key(id))?;
-        let started = metrics::Started::now();
-        let view = trace::store("fetch", self.store.fetch(id)).await;
-        metrics::store_call("fetch", started, &view);
+        let view = measured_fetch(&self.store, id).await;
         let view =
             view.map_err(|e| Failure::at(Stage::Lookup, Error::from_lookup(e)).of_key(id))?;
         // Only for the audit event of a failure; skipped without a sink.

@@ -9,7 +9,7 @@ use super::feed::{Invalidate, Invalidation};
 use super::memory::IdMap;
 use super::{
     Changes, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery, KeyStoreWrite, Listing,
-    UsageBatch, UsageStore,
+    UsageBatch, UsageStore, measured_fetch,
 };
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreErrorKind};
@@ -625,7 +625,7 @@ impl<S: KeyStore> CachedStore<S> {
             flight: &flight,
             armed: true,
         };
-        let result = self.inner.fetch(id).await;
+        let result = measured_fetch(&self.inner, id).await;
         guard.armed = false;
         drop(guard);
         let outcome = match &result {
@@ -664,6 +664,10 @@ impl<S: Send + Sync> Invalidate for CachedStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for CachedStore<S> {
+    /// A hit stays in the process; a miss is measured as a call of the
+    /// inner store (unless that one stays in the process too).
+    const IN_PROCESS: bool = true;
+
     async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
         let key = id.as_u64();
         for _ in 0..MAX_JOINS {
@@ -679,7 +683,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
             }
         }
         // Leaders keep being cancelled: read without the cache.
-        self.inner.fetch(id).await
+        measured_fetch(&self.inner, id).await
     }
 
     /// Not cached: legacy keys read the store every time.

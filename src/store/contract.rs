@@ -19,6 +19,15 @@ use crate::record::{KeyRecord, KeyStatus, KeyView, Revocation};
 /// One method is required: [`fetch`](Self::fetch). Stores that hold
 /// imported legacy keys also override [`find_legacy`](Self::find_legacy).
 pub trait KeyStore: Send + Sync {
+    /// Whether a [`fetch`](Self::fetch) stays in this process (a map
+    /// lookup, never I/O): such fetches are not store calls for the
+    /// `apikey.store.duration` metric and the store tracing span, which
+    /// measure the calls that reach a database. `false` (measured) unless
+    /// overridden; [`MemoryStore`](super::MemoryStore) and
+    /// [`CachedStore`](super::CachedStore) (which measures the misses it
+    /// sends to its inner store) say `true`.
+    const IN_PROCESS: bool = false;
+
     /// The hot-path read: the compact view of key `id`, or `None`.
     fn fetch(
         &self,
@@ -674,6 +683,7 @@ impl UsageDelta {
 macro_rules! forward_store {
     ($($ty:ty),*) => {$(
         impl<S: KeyStore + ?Sized> KeyStore for $ty {
+            const IN_PROCESS: bool = S::IN_PROCESS;
             fn fetch(&self, id: KeyId) -> impl Future<Output = Result<Option<Arc<KeyView>>, StoreError>> + Send {
                 (**self).fetch(id)
             }
@@ -709,3 +719,19 @@ macro_rules! forward_store {
 }
 
 forward_store!(&S, Arc<S>);
+
+/// `store.fetch(id)`, measured as a store call (metric and tracing span)
+/// unless the store says it stays in the process
+/// ([`KeyStore::IN_PROCESS`]).
+pub(crate) async fn measured_fetch<S: KeyStore + ?Sized>(
+    store: &S,
+    id: KeyId,
+) -> Result<Option<Arc<KeyView>>, StoreError> {
+    if S::IN_PROCESS {
+        return store.fetch(id).await;
+    }
+    let started = crate::metrics::Started::now();
+    let view = crate::trace::store("fetch", store.fetch(id)).await;
+    crate::metrics::store_call("fetch", started, &view);
+    view
+}

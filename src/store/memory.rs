@@ -565,6 +565,9 @@ fn prefilter(query: &KeyQuery, v: &KeyView) -> bool {
 }
 
 impl KeyStore for MemoryStore {
+    /// A map lookup: not measured as a store call.
+    const IN_PROCESS: bool = true;
+
     fn fetch(
         &self,
         id: KeyId,

@@ -65,6 +65,7 @@ mod idtable;
 mod memory;
 
 pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_NEGATIVE_MAX_AGE};
+pub(crate) use contract::measured_fetch;
 pub use contract::{
     Changes, Cursor, Delete, FlushId, FlushOutcome, KeyFilter, KeyQuery, KeyStore, KeyStoreQuery,
     KeyStoreWrite, Listing, OwnerGuard, Put, UsageBatch, UsageDelta, UsageStore,

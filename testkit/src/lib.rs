@@ -8,9 +8,11 @@ pub mod failing;
 pub mod fuzzing;
 pub mod limits;
 pub mod netstore;
+mod out_of_process;
 mod verify_ext;
 pub mod write_ext;
 
 pub use counting::CountingStore;
+pub use out_of_process::OutOfProcess;
 pub use verify_ext::VerifyExt;
 pub use write_ext::WriteExt;
