@@ -542,7 +542,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 .verifier
                 .verify_kept(&parsed, view, &self.clock, requirement, ip);
             let verified = match verified {
-                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => {
+                    Box::pin(self.lineage(v)).await
+                }
                 other => other,
             };
             verified.and_then(|v| Self::from_origin(v, origin))
@@ -553,7 +555,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 .verifier
                 .verify_kept(&parsed, view, &now, requirement, ip);
             let verified = match verified {
-                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => self.lineage(v).await,
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => {
+                    Box::pin(self.lineage(v)).await
+                }
                 other => other,
             };
             let verified = verified.and_then(|v| Self::from_origin(v, origin));
@@ -596,7 +600,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     }
 
     /// A derived key's ancestors ([`MAX_DERIVATION_DEPTH`](crate::Derivation::MAX_DEPTH));
-    /// called for children only, so other keys pay one flag test.
+    /// called for children only, so other keys pay one flag test. Its
+    /// future is boxed where it is awaited: it is larger than the rest of
+    /// the pipeline's, and every key's future would otherwise carry it.
     async fn lineage(&self, v: VerifiedKey) -> std::result::Result<VerifiedKey, Failure> {
         match crate::verify::check_ancestors(&self.store, &self.clock, v.view()).await {
             Ok(()) => Ok(v),
