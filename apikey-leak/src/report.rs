@@ -712,6 +712,8 @@ impl<'a, S> LegacyCapture<'a, S> {
 }
 
 impl<S: KeyStore> KeyStore for LegacyCapture<'_, S> {
+    const IN_PROCESS: bool = S::IN_PROCESS;
+
     async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
         self.store.fetch(id).await
     }

@@ -63,6 +63,8 @@ impl<S> CountingStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for CountingStore<S> {
+    const IN_PROCESS: bool = S::IN_PROCESS;
+
     async fn fetch(&self, id: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
         self.inner.fetch(id).await
     }
