@@ -42,6 +42,7 @@ impl Started {
 #[cfg(feature = "metrics")]
 mod hot {
     use std::cell::{Cell, RefCell};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     pub(super) struct Handles {
         /// The recorder they were registered with (its address).
@@ -50,33 +51,41 @@ mod hot {
         pub(super) fetch_ok: metrics::Histogram,
     }
 
-    /// How many calls a recorder found to be local is taken as local
-    /// before asking again (an address freed by a local recorder could be
-    /// reused by the global one, installed later).
+    /// How many calls on one thread take a recorder other than the last
+    /// process-wide one seen as local before probing again (the global
+    /// recorder may have been installed since).
     const LOCAL_RECHECK: u32 = 4_096;
+
+    /// The address of the process-wide recorder the last probe saw (0:
+    /// none yet). It changes at most once after the first probe: from the
+    /// no-op fallback to the global recorder, installed once.
+    static PROCESS_WIDE: AtomicUsize = AtomicUsize::new(0);
 
     thread_local! {
         static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
-        /// A recorder address found local on this thread, and how many
-        /// more calls take it as local without asking.
-        static LOCAL: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
+        /// Calls left on this thread before the next probe.
+        static UNTIL_PROBE: Cell<u32> = const { Cell::new(0) };
     }
 
     fn recorder() -> usize {
         metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
     }
 
-    /// Whether `id` is the recorder another thread sees: the process-wide
-    /// one. Asked on a fresh thread (where no local recorder is set), once
-    /// per thread and process-wide recorder, and every
-    /// [`LOCAL_RECHECK`] calls while a local recorder is set.
+    /// Whether `id` is the process-wide recorder (the one a thread without
+    /// a local recorder sees). No thread is started when `id` is the one
+    /// seen last; otherwise at most one probe (a short-lived thread) per
+    /// [`LOCAL_RECHECK`] calls of this thread, however many local recorders
+    /// it alternates between.
     fn process_wide(id: usize) -> bool {
-        LOCAL.with(|local| {
-            let (known, left) = local.get();
-            if known == id && left > 0 {
-                local.set((known, left - 1));
+        if PROCESS_WIDE.load(Ordering::Relaxed) == id {
+            return true;
+        }
+        UNTIL_PROBE.with(|left| {
+            if left.get() > 0 {
+                left.set(left.get() - 1);
                 return false;
             }
+            left.set(LOCAL_RECHECK);
             let seen = std::thread::scope(|s| {
                 std::thread::Builder::new()
                     .name("apikey-metrics-probe".into())
@@ -84,11 +93,13 @@ mod hot {
                     .ok()
                     .and_then(|t| t.join().ok())
             });
-            let wide = seen == Some(id);
-            if !wide {
-                local.set((id, LOCAL_RECHECK));
+            match seen {
+                Some(seen) => {
+                    PROCESS_WIDE.store(seen, Ordering::Relaxed);
+                    seen == id
+                }
+                None => false,
             }
-            wide
         })
     }
 

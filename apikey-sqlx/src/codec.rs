@@ -158,12 +158,9 @@ impl Row {
         .status(status)
         .revocation(revocation)
         .last_used_at(self.last_used_at)
-        .last_used_ip(
-            self.last_used_ip
-                .map(|ip| ip.parse())
-                .transpose()
-                .map_err(|_| corrupt("last_used_ip"))?,
-        )
+        // Shown, never checked: a value another tool wrote that is not an
+        // address reads as unknown rather than making the key unreadable.
+        .last_used_ip(self.last_used_ip.and_then(|ip| ip.parse().ok()))
         .last_used_route(self.last_used_route)
         .metadata(metadata)
         .rotated_from(self.rotated_from.map(id_from_sql))

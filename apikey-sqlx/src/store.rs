@@ -379,7 +379,10 @@ impl<B: Backend> Store<B> {
                 id,
                 last_used_at: last.last_used_at,
                 ip: last.last_used_ip.map(|ip| ip.to_string()),
-                route: last.last_used_route.as_deref().map(str::to_owned),
+                // PostgreSQL refuses NUL in text (and would refuse the whole
+                // batch, again at every retry): a delta built by hand may
+                // hold one; the recorder's never does.
+                route: last.last_used_route.as_deref().map(|r| r.replace('\0', "")),
                 horizon: latest.checked_sub(kept).unwrap_or(time::Date::MIN),
             })
             .collect();

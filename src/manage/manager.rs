@@ -80,8 +80,8 @@ pub struct KeySummary {
     pub last_used_at: Option<Timestamp>,
     /// The client address of that use, when known.
     pub last_used_ip: Option<std::net::IpAddr>,
-    /// The route of that use (`"GET /v1/search"`), when it came through
-    /// the web edge.
+    /// The route of that use (`"GET /v1/items/*"`), when it came through
+    /// the web edge (see [`KeyRecord::last_used_route`]).
     pub last_used_route: Option<String>,
     /// Expiry (exclusive).
     pub expires_at: Option<Timestamp>,

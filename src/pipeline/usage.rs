@@ -23,51 +23,106 @@ struct Pending {
     route: Option<Arc<str>>,
 }
 
-/// The longest route kept, in bytes (a longer path is cut at a character
-/// boundary).
+/// The longest route kept, in bytes.
 const MAX_ROUTE_LEN: usize = 200;
 
+/// The longest path segment kept as written (longer ones are `*`).
+const MAX_SEGMENT_LEN: usize = 24;
+
 /// The route of a use: the request's method and path, as the web edge saw
-/// them. Kept as `"METHOD path"` (the path alone without a method); a path
-/// that holds the presented key is not kept.
+/// them, kept as `"METHOD /path"` in a normal form that cannot carry a
+/// secret or a control character:
+///
+/// * the query and fragment are dropped;
+/// * a method other than 1 to 16 ASCII capital letters is `OTHER`;
+/// * a path segment is kept only when it is 1 to 24 characters of
+///   `A-Z a-z 0-9 . _ ~ -` with at least one letter (`v1`, `items`,
+///   `search`); any other segment (a number, an id, a token, a key or its
+///   body, anything percent-encoded, an e-mail address) becomes `*`, so
+///   `GET /v1/items/42` is kept as `GET /v1/items/*`;
+/// * the whole is cut to 200 bytes (always ASCII).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RouteOf<'a> {
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,
 }
 
-impl RouteOf<'_> {
-    /// The path, cut to [`MAX_ROUTE_LEN`] with the method.
-    fn cut_path(&self) -> &str {
-        let room = MAX_ROUTE_LEN.saturating_sub(self.method.len() + 1);
-        let mut end = self.path.len().min(room);
-        while !self.path.is_char_boundary(end) {
-            end -= 1;
+/// Whether a path segment is kept as written (see [`RouteOf`]).
+fn plain_segment(segment: &str) -> bool {
+    segment.len() <= MAX_SEGMENT_LEN
+        && segment.bytes().any(|b| b.is_ascii_alphabetic())
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+impl<'a> RouteOf<'a> {
+    /// A route given as text: `"METHOD /path"`, or a path alone.
+    pub(crate) fn parse(text: &'a str) -> Self {
+        match text.split_once(' ') {
+            Some((method, path)) => Self { method, path },
+            None => Self {
+                method: "",
+                path: text,
+            },
         }
-        &self.path[..end]
     }
 
-    /// Whether `kept` is this route (no allocation).
+    /// The normal form's pieces, in order, before the length cut.
+    fn pieces(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let method = self.method;
+        let method = if method.is_empty() {
+            None
+        } else if method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase()) {
+            Some(method)
+        } else {
+            Some("OTHER")
+        };
+        let path = self.path;
+        let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let head = method.into_iter().flat_map(|m| [m, " "]);
+        let segments = path.split('/').flat_map(|seg| {
+            let seg = if seg.is_empty() || plain_segment(seg) {
+                seg
+            } else {
+                "*"
+            };
+            ["/", seg]
+        });
+        head.chain(segments)
+    }
+
+    /// The normal form's pieces cut to [`MAX_ROUTE_LEN`] bytes (every piece
+    /// is ASCII, so any cut is a character boundary).
+    fn cut_pieces(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut room = MAX_ROUTE_LEN;
+        self.pieces().map_while(move |p| {
+            if room == 0 {
+                return None;
+            }
+            let piece = &p[..p.len().min(room)];
+            room -= piece.len();
+            Some(piece)
+        })
+    }
+
+    /// Whether `kept` is this route's normal form (no allocation).
     fn is(&self, kept: &str) -> bool {
-        let path = self.cut_path();
-        if self.method.is_empty() {
-            return kept == path;
+        let mut rest = kept;
+        for piece in self.cut_pieces() {
+            match rest.strip_prefix(piece) {
+                Some(r) => rest = r,
+                None => return false,
+            }
         }
-        kept.len() == self.method.len() + 1 + path.len()
-            && kept.starts_with(self.method)
-            && kept.as_bytes()[self.method.len()] == b' '
-            && kept.ends_with(path)
+        rest.is_empty()
     }
 
     fn to_arc(self) -> Arc<str> {
-        let path = self.cut_path();
-        if self.method.is_empty() {
-            return path.into();
-        }
-        let mut s = String::with_capacity(self.method.len() + 1 + path.len());
-        s.push_str(self.method);
-        s.push(' ');
-        s.push_str(path);
+        let mut s =
+            String::with_capacity(self.method.len() + 1 + self.path.len().min(MAX_ROUTE_LEN));
+        s.extend(self.cut_pieces());
         s.into()
     }
 }
@@ -229,8 +284,10 @@ impl UsageRecorder {
     }
 
     /// Counts one successful verification of `id` at `now` (its UTC day)
-    /// from `ip` on `route` (`"GET /v1/search"`: method and path, never a
-    /// query; cut to 200 bytes), which become the record's
+    /// from `ip` on `route` (`"GET /v1/search"`, or a path alone; kept in a
+    /// normal form without the query, with every segment that is not a
+    /// short word, such as an id, a token or a key, as `*`, ASCII only,
+    /// at most 200 bytes), which become the record's
     /// `last_used_ip` and `last_used_route` at the next flush when this is
     /// the key's latest use.
     ///
@@ -243,7 +300,7 @@ impl UsageRecorder {
     /// assert_eq!(usage.pending(), 1);
     /// ```
     pub fn record_use(&self, id: KeyId, now: Timestamp, ip: Option<IpAddr>, route: Option<&str>) {
-        let route = route.map(|path| RouteOf { method: "", path });
+        let route = route.map(RouteOf::parse);
         self.record_from(id, now, ip, route);
     }
 
@@ -412,4 +469,58 @@ fn merge(into: &mut Vec<UsageDelta>, more: Vec<UsageDelta>) {
     }
     into.extend(all.into_values());
     into.sort_by_key(|d| (d.id, d.day));
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::RouteOf;
+
+    fn kept(method: &str, path: &str) -> String {
+        let r = RouteOf { method, path };
+        let text = r.to_arc();
+        assert!(r.is(&text), "{method:?} {path:?} -> {text:?}");
+        assert!(text.len() <= 200 && text.bytes().all(|b| (b' '..=b'~').contains(&b)));
+        text.to_string()
+    }
+
+    /// Issue 22: the last-used route's normal form carries no query, no
+    /// id, token or key, no control character, and is bounded.
+    #[test]
+    fn routes_are_kept_in_a_normal_form() {
+        let key = "sk_live_wQEOjsQkB3a6H1RlgDFP9Yt0xZ4LmNcVbTeUiKoPqAs";
+        for (method, path, want) in [
+            ("GET", "/v1/search", "GET /v1/search"),
+            ("GET", "/v1/items/42?api_token=zzz#top", "GET /v1/items/*"),
+            ("POST", "/", "POST /"),
+            ("GET", "", "GET /"),
+            (
+                "DELETE",
+                "/users/ada@example.com/keys",
+                "DELETE /users/*/keys",
+            ),
+            ("GET", &format!("/check/{key}"), "GET /check/*"),
+            ("GET", &format!("/x/{}", &key[8..]), "GET /x/*"),
+            ("GET", "/items/%73k_live_abc", "GET /items/*"),
+            ("GET", "/a\u{0}b/c\u{9b}31m/\u{202e}x", "GET /*/*/*"),
+            ("get", "/a", "OTHER /a"),
+            ("", "search", "/search"),
+            ("", "/v1/a-b_c.d~e", "/v1/a-b_c.d~e"),
+        ] {
+            assert_eq!(kept(method, path), want, "{method:?} {path:?}");
+        }
+        let long_method = "X".repeat(60_000);
+        assert_eq!(kept(&long_method, "/a"), "OTHER /a");
+        let many = "/seg".repeat(1_000);
+        assert_eq!(kept("GET", &many).len(), 200);
+        assert_eq!(
+            RouteOf::parse("PUT /v1/keys/9").to_arc().as_ref(),
+            "PUT /v1/keys/*"
+        );
+        // A different route is not taken for the kept one.
+        let r = RouteOf {
+            method: "GET",
+            path: "/v1/a",
+        };
+        assert!(!r.is("GET /v1/ab") && !r.is("GET /v1/") && !r.is("POST /v1/a"));
+    }
 }

@@ -105,9 +105,11 @@ pub struct KeyRecord {
     /// verification knew it (flushed with usage, like `last_used_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_ip: Option<IpAddr>,
-    /// The route of the last successful verification (`"GET /v1/search"`:
-    /// method and path, never the query), when it came through the web
-    /// edge (flushed with usage, like `last_used_at`).
+    /// The route of the last successful verification, when it came through
+    /// the web edge (flushed with usage, like `last_used_at`): method and
+    /// path in a normal form that holds no secret: no query, and every path
+    /// segment that is not a short word (an id, a token, a key) as `*`
+    /// (`"GET /v1/items/*"`); ASCII, at most 200 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_route: Option<String>,
     /// Free-form string metadata.

@@ -630,8 +630,10 @@ pub struct UsageDelta {
     pub last_used_at: Timestamp,
     /// The client address of the latest use, when known.
     pub last_used_ip: Option<IpAddr>,
-    /// The route of the latest use (`"GET /v1/search"`: method and path,
-    /// no query), when known.
+    /// The route of the latest use, when known, in the normal form of
+    /// [`KeyRecord::last_used_route`](crate::KeyRecord::last_used_route)
+    /// (the [`UsageRecorder`](crate::UsageRecorder) makes it so; a store
+    /// keeps it as given).
     pub last_used_route: Option<Arc<str>>,
 }
 

@@ -82,9 +82,10 @@ impl<'a> PresentedKey<'a> {
         &self.origin
     }
 
-    /// The key as presented on `method` `path` (the request's path, without
-    /// its query): once admitted, the key's usage keeps them as its
-    /// last-used route (`last_used_route`, `"GET /v1/search"`).
+    /// The key as presented on `method` `path`: once admitted, the key's
+    /// usage keeps them as its last-used route, in the normal form of
+    /// [`KeyRecord::last_used_route`](crate::KeyRecord::last_used_route)
+    /// (`"GET /v1/items/*"`: no query, ids, tokens and keys as `*`).
     /// [`Gate::check_request`](crate::web::Gate::check_request) and the
     /// axum layer set it; call it between [`Gate::extract`](crate::web::Gate::extract)
     /// and [`Gate::admit`](crate::web::Gate::admit) in other frameworks.

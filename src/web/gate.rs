@@ -658,7 +658,9 @@ where
     /// are looked up by name rather than found by comparing every header
     /// ([`Extractor::extract_header_map`]), and the request's method and
     /// path become the key's last-used route
-    /// ([`PresentedKey::on_route`]). What the axum layer runs.
+    /// ([`PresentedKey::on_route`]). What the axum layer runs. The path is
+    /// the request's URI as the layer sees it: inside axum's
+    /// `Router::nest`, without the nest's prefix.
     #[cfg(feature = "http")]
     pub fn check_request<'a, B>(
         &'a self,
