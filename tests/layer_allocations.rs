@@ -23,7 +23,10 @@
 //!
 //! Nothing else: no strings, no header-name copies, no vectors. Usage
 //! recording and `MemoryLimits` allocate only for a key they have not seen
-//! (warmed up here).
+//! (warmed up here), and usage recording once more when a key's route
+//! differs from its last one (the last-used route, kept as one shared
+//! string per key and day; the same route again allocates nothing, which
+//! is what this test's repeated GET checks).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
