@@ -173,7 +173,11 @@ where
     /// app's own gate.
     pub fn router(self) -> Router {
         let shared = self.into_shared();
-        Self::routes(&shared)
+        Self::routes(&shared).merge(
+            Router::new()
+                .route("/v1/api-keys/{id}/derive", post(derive::<S, C, L, R>))
+                .with_state(shared),
+        )
     }
 
     fn into_shared(self) -> Arc<Shared<S, C, L, R>> {
@@ -200,7 +204,6 @@ where
             .route("/v1/api-keys/{id}/disable", post(disable::<S, C, L, R>))
             .route("/v1/api-keys/{id}/enable", post(enable::<S, C, L, R>))
             .route("/v1/api-keys/{id}/rotate", post(rotate::<S, C, L, R>))
-            .route("/v1/api-keys/{id}/derive", post(derive::<S, C, L, R>))
             .with_state(Arc::clone(shared))
             .route("/v1/openapi.json", get(crate::openapi::document));
         if shared.config.page {
@@ -232,9 +235,25 @@ where
                     "/v1/credits/{owner}/{api}",
                     get(credits_get::<S, C, L, R>).put(credits_put::<S, C, L, R>),
                 )
+                .route(
+                    "/v1/api-keys/{id}/derive",
+                    post(derive_credits::<S, C, L, R>),
+                )
                 .with_state(shared),
         )
     }
+}
+
+/// `POST /v1/api-keys/{id}/derive` with an optional `credits` budget.
+async fn derive_credits<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
+where
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
+    C: Clock + Send + Sync + 'static,
+    L: Limits + CreditBalances + 'static,
+    R: ResolveCaller,
+{
+    let id = parse::loggable_id(req.uri());
+    st.call("derive", id, req, Shared::op_derive_credits).await
 }
 
 async fn credits_get<S, C, L, R>(State(st): St<S, C, L, R>, req: Request) -> Response
@@ -342,7 +361,7 @@ where
         Ok(bytes.to_vec())
     }
 
-    fn actor(caller: &Caller) -> Actor {
+    pub(crate) fn actor(caller: &Caller) -> Actor {
         Actor::new(caller.actor())
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{Outcome, Shared, json, parse_body};
 use crate::caller::{Caller, ResolveCaller};
 use crate::error::ApiError;
+use crate::wire::CreatedKey;
 
 /// `PUT /v1/credits/{owner}/{api}`.
 #[derive(Debug, Deserialize)]
@@ -93,6 +94,29 @@ where
                 next_refill_in_seconds: status.and_then(|s| s.next_refill_in).map(|d| d.as_secs()),
             },
         ))
+    }
+
+    /// A derived key with an optional credit budget carved from its
+    /// parent's key balance (`KeyManager::derive_with_credits`): the budget
+    /// moves credits the parent holds, never mints any, and is refused with
+    /// nothing written when the parent holds less.
+    pub(crate) async fn op_derive_credits(
+        self: Arc<Self>,
+        caller: Caller,
+        parts: Parts,
+        body: Vec<u8>,
+    ) -> Outcome {
+        let (parent, derivation, credits) = self.plan_derive(&caller, &parts, &body).await?;
+        let actor = Self::actor(&caller);
+        let (key, child) = match credits {
+            Some(budget) => {
+                self.manager
+                    .derive_with_credits(parent, derivation, budget, &actor)
+                    .await?
+            }
+            None => self.manager.derive(parent, derivation, &actor).await?,
+        };
+        Ok(json(StatusCode::CREATED, &CreatedKey::new(&key, &child)))
     }
 
     pub(crate) async fn op_credits_get(

@@ -64,6 +64,11 @@ pub(crate) struct DeriveRequest {
     pub expires_at: Option<String>,
     #[serde(default)]
     pub ip_allowlist: Option<Vec<String>>,
+    /// A credit budget carved from the parent key's balance
+    /// ([`apikey::KeyManager::derive_with_credits`]); only on
+    /// `ManageApi::router_with_credits`.
+    #[serde(default)]
+    pub credits: Option<u64>,
 }
 
 /// A present field (even `null`) is `Some`.

@@ -488,6 +488,119 @@ async fn derive_gives_a_narrower_child_that_dies_with_its_parent() {
     assert_eq!((t.status, t.code()), (401, "REVOKED_API_KEY".into()));
 }
 
+/// Issue 20 over REST: a derived key's credit budget is carved from its
+/// parent's key balance (moved, never minted); a budget above the parent's
+/// balance is 409 `INVALID_STATE` with nothing written.
+#[tokio::test]
+async fn derive_carves_a_credit_budget_from_the_parent() {
+    use apikey::limits::{CreditAccount, CreditBalances};
+    let s = start().await;
+    let k = create(s.addr, As::User("alice"), r#"{"name":"app"}"#).await;
+    let parent: apikey::KeyId = k["id"].as_str().unwrap().parse().unwrap();
+    let limits = s.manager.authenticator().limits();
+    limits
+        .set_credits(CreditAccount::Key(parent.as_u64()), 10, None)
+        .await
+        .unwrap();
+    let left = |id: apikey::KeyId| async move {
+        limits
+            .credits(CreditAccount::Key(id.as_u64()))
+            .await
+            .unwrap()
+            .map(|c| c.remaining)
+    };
+    let path = format!("/v1/api-keys/{parent}/derive");
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &path,
+        Some(r#"{"name":"agent","credits":3}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let child: apikey::KeyId = r.json()["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!((left(parent).await, left(child).await), (Some(7), Some(3)));
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &path,
+        Some(r#"{"name":"greedy","credits":8}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "INVALID_STATE".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(left(parent).await, Some(7));
+    // Someone else's key: 404, and nothing moves.
+    let r = call(
+        s.addr,
+        As::User("bob"),
+        "POST",
+        &path,
+        Some(r#"{"name":"theft","credits":1}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(left(parent).await, Some(7));
+}
+
+/// Without the credits router there is no budget to carve: a derive that
+/// asks for one is 400 naming `credits`, and nothing is created.
+#[tokio::test]
+async fn derive_with_credits_needs_the_credits_router() {
+    struct Alice;
+    impl apikey_axum::ResolveCaller for Alice {
+        async fn resolve(
+            &self,
+            _parts: &http::request::Parts,
+        ) -> Result<apikey_axum::Caller, apikey_axum::ApiError> {
+            Ok(apikey_axum::Caller::user("alice"))
+        }
+    }
+    let s = start().await;
+    let k = create(s.addr, As::User("alice"), r#"{"name":"app"}"#).await;
+    let app =
+        apikey_axum::ManageApi::new(std::sync::Arc::clone(&s.manager), Alice, config()).router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let path = format!("/v1/api-keys/{}/derive", k["id"].as_str().unwrap());
+    let r = call(
+        addr,
+        As::User("alice"),
+        "POST",
+        &path,
+        Some(r#"{"name":"agent","credits":3}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "INVALID_REQUEST".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.json()["error"]["details"]["field"],
+        "credits",
+        "{}",
+        r.body
+    );
+    let r = call(
+        addr,
+        As::User("alice"),
+        "POST",
+        &path,
+        Some(r#"{"name":"agent"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 fn approval_policy(m: Manager) -> Manager {
     use apikey::{KeyPolicies, KeyPolicy, PolicyRule, PolicyTarget};
     m.with_key_policies(KeyPolicies::new().rule(PolicyRule::new(

@@ -339,11 +339,33 @@ where
 
     /// A child of the key that only narrows it (for agents): the rules are
     /// `KeyManager::derive`'s; the caller's own bounds apply as on create.
+    /// A credit budget is refused here: this router meters no credits
+    /// (`router_with_credits` takes it, see `op_derive_credits`).
     async fn op_derive(self: Arc<Self>, caller: Caller, parts: Parts, body: Vec<u8>) -> Outcome {
+        let (parent, derivation, credits) = self.plan_derive(&caller, &parts, &body).await?;
+        if credits.is_some() {
+            return Err(ApiError::field(
+                "credits",
+                "this API meters no credits: a budget needs the credits router",
+            ));
+        }
+        let actor = Self::actor(&caller);
+        let (key, child) = self.manager.derive(parent, derivation, &actor).await?;
+        Ok(json(StatusCode::CREATED, &CreatedKey::new(&key, &child)))
+    }
+
+    /// The parent (which the caller may manage), the child's derivation
+    /// and the credit budget asked for, from a derive request.
+    pub(crate) async fn plan_derive(
+        &self,
+        caller: &Caller,
+        parts: &Parts,
+        body: &[u8],
+    ) -> Result<(KeyId, Derivation, Option<u64>), ApiError> {
         let st = self;
-        let req: DeriveRequest = parse_body(&body)?;
+        let req: DeriveRequest = parse_body(body)?;
         check_text("name", &req.name, MAX_NAME_CHARS, false)?;
-        let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
+        let s = st.load_within(caller, &path_id(&parts.uri)).await?;
         let bounds = caller.bounds();
         let now = st.now();
         let mut derivation = Derivation::new(req.name);
@@ -368,9 +390,7 @@ where
         if let Some(list) = &req.ip_allowlist {
             derivation = derivation.ip_allowlist(parse_allowlist(list, bounds)?);
         }
-        let actor = Self::actor(&caller);
-        let (key, child) = st.manager.derive(s.id, derivation, &actor).await?;
-        Ok(json(StatusCode::CREATED, &CreatedKey::new(&key, &child)))
+        Ok((s.id, derivation, req.credits))
     }
 
     async fn op_remove(self: Arc<Self>, caller: Caller, parts: Parts, _body: Vec<u8>) -> Outcome {
