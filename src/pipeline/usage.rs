@@ -120,10 +120,7 @@ impl<'a> RouteOf<'a> {
     }
 
     fn to_arc(self) -> Arc<str> {
-        let mut s =
-            String::with_capacity(self.method.len() + 1 + self.path.len().min(MAX_ROUTE_LEN));
-        s.extend(self.cut_pieces());
-        s.into()
+        self.cut_pieces().collect::<String>().into()
     }
 }
 

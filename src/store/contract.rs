@@ -658,6 +658,12 @@ impl UsageDelta {
         self
     }
 
+    /// Whether this delta's use is the latest against a stored
+    /// `last_used_at` (not older: a tie goes to the delta).
+    pub(crate) fn supersedes(&self, stored: Option<Timestamp>) -> bool {
+        stored.is_none_or(|t| t <= self.last_used_at)
+    }
+
     /// Applies this delta's latest use to `record`, the rule of
     /// [`UsageStore::record_usage`] for a store that keeps whole records:
     /// `last_used_at = max(..)`, and the address and route follow when the
@@ -674,7 +680,7 @@ impl UsageDelta {
     /// # }
     /// ```
     pub fn apply_to(&self, record: &mut KeyRecord) {
-        if record.last_used_at.is_none_or(|t| t <= self.last_used_at) {
+        if self.supersedes(record.last_used_at) {
             record.last_used_at = Some(self.last_used_at);
             record.last_used_ip = self.last_used_ip;
             record.last_used_route = self.last_used_route.as_deref().map(str::to_owned);

@@ -418,7 +418,7 @@ impl MemoryStore {
             if let Some(slot) = sync::write(self.shard(d.id)).get_mut(d.id.as_u64()) {
                 // In place unless a verification holds the view right now.
                 let state = Arc::make_mut(slot).extra.get_or_insert_with(Box::default);
-                if state.last_used_at.is_none_or(|t| t <= d.last_used_at) {
+                if d.supersedes(state.last_used_at) {
                     state.last_used_at = Some(d.last_used_at);
                     state.last_use = LastUse::of(d.last_used_ip, d.last_used_route.as_deref());
                 }
