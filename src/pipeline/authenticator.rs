@@ -450,128 +450,179 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     ///
     /// `route`: the request's method and path at the web edge, kept with
     /// usage as the key's last-used route (unless the path holds the key).
+    /// The pipeline's steps (see [`authenticate`](Self::authenticate)), with
+    /// their duration and reason recorded, inside the span.
+    ///
+    /// The hot path (a tagged key, no parent) has one `await`: the store's
+    /// fetch. What only some keys take (a legacy key, a derived key's
+    /// ancestors, a key-status failure's throttle) is boxed where it is
+    /// awaited, so its state does not grow every request's future.
     // Not an `async fn`, on purpose: an `async` block captures the
-    // arguments in place, not copied again into the future, which the web
-    // layer boxes on every request.
+    // arguments in place (an `async fn` copies them again into locals), and
+    // the web layer boxes this future on every request.
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn authenticate_kept(
+    pub(crate) fn authenticate_kept<'a>(
+        &'a self,
+        presented: &'a str,
+        requirement: &'a Requirement,
+        ip: Option<IpAddr>,
+        origin: Option<&'a RequestOrigin<'a>>,
+        route: Option<RouteOf<'a>>,
+    ) -> impl Future<Output = std::result::Result<VerifiedKey, Failure>> + 'a {
+        trace::authenticate(async move {
+            let started = metrics::Started::now();
+            // Every `await` below follows the `let` that made what it needs:
+            // a value matched (or partly moved) where an `await` happens
+            // would stay in the future's state.
+            let result = 'run: {
+                let claimed = 'tagged: {
+                    let parsed = match self.verifier.parse(presented) {
+                        Ok(parsed) => parsed,
+                        Err(e) => match self.legacy.applies(&self.verifier, presented, &e) {
+                            Some(l) => break 'tagged l,
+                            None => {
+                                let failure = Failure::at(Stage::Parse, e);
+                                self.count(failure.reason);
+                                self.network_failed(ip);
+                                break 'run Err(failure);
+                            }
+                        },
+                    };
+                    let id = parsed.id();
+                    trace::key(parsed.prefix(), id);
+                    if let Err(retry_after) = self.limits.check_key(id.as_u64()) {
+                        break 'run Err(Failure::at(
+                            Stage::Throttle,
+                            Error::TooManyFailures { retry_after },
+                        )
+                        .of_key(id));
+                    }
+                    let view = match measured_fetch(&self.store, id).await {
+                        Ok(view) => view,
+                        Err(e) => {
+                            break 'run Err(
+                                Failure::at(Stage::Lookup, Error::from_lookup(e)).of_key(id)
+                            );
+                        }
+                    };
+                    // A path holding the key (a client that put it there) is
+                    // not kept.
+                    let route = route
+                        .filter(|r| r.path.len() < presented.len() || !r.path.contains(presented));
+                    let derived = 'derived: {
+                        let failure =
+                            match self.conclude(&parsed, view, requirement, ip, origin, route) {
+                                Concluded::Done(Ok(v)) => break 'run Ok(v),
+                                Concluded::Done(Err(f)) => f,
+                                Concluded::Derived(d) => break 'derived d,
+                            };
+                        break 'run Err(Box::pin(self.key_status(failure, id)).await);
+                    };
+                    drop(parsed);
+                    break 'run Box::pin(self.run_derived(derived, id, origin, route)).await;
+                };
+                Box::pin(self.run_legacy(presented, claimed, requirement, ip, origin, route)).await
+            };
+            if let Err(r) = &result {
+                trace::reason(&r.error);
+            }
+            metrics::authenticated(started, result.as_ref().err().map(|r| &r.error));
+            result
+        })
+    }
+
+    /// A tagged key's record checks, after the fetch: the verifier, the
+    /// origin, usage, monitoring and audit; a key with a parent stops
+    /// before its origin for its ancestors' check ([`Self::run_derived`]).
+    #[allow(clippy::too_many_arguments)]
+    fn conclude<'r>(
         &self,
-        presented: &str,
+        parsed: &crate::ParsedKey<'_>,
+        view: Option<Arc<KeyView>>,
         requirement: &Requirement,
         ip: Option<IpAddr>,
         origin: Option<&RequestOrigin<'_>>,
-        route: Option<RouteOf<'_>>,
-    ) -> impl Future<Output = std::result::Result<VerifiedKey, Failure>> {
-        async move {
-            let started = metrics::Started::now();
-            let result = trace::authenticate(async {
-                let result = self.run(presented, requirement, ip, origin, route).await;
-                if let Err(r) = &result {
-                    trace::reason(&r.error);
+        route: Option<RouteOf<'r>>,
+    ) -> Concluded {
+        let id = parsed.id();
+        if self.usage.is_none() && self.audit.is_none() && self.monitor.is_none() {
+            // Nothing records the time: the verifier reads the clock only
+            // for keys with a validity window.
+            return match self
+                .verifier
+                .verify_kept(parsed, view, &self.clock, requirement, ip)
+            {
+                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => {
+                    Concluded::Derived(Box::new(Derived {
+                        verified: v,
+                        now: None,
+                        owner: None,
+                        ip,
+                    }))
                 }
-                result
-            })
-            .await;
-            metrics::authenticated(started, result.as_ref().err().map(|r| &r.error));
-            result
+                other => Concluded::Done(other.and_then(|v| Self::from_origin(v, origin))),
+            };
+        }
+        // Only for the audit event of a failure; skipped without a sink.
+        let owner = view.as_ref().and_then(|v| v.owner.clone());
+        // Usage or audit records the time: read it once.
+        let now = self.clock.now();
+        match self
+            .verifier
+            .verify_kept(parsed, view, &now, requirement, ip)
+        {
+            Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => {
+                Concluded::Derived(Box::new(Derived {
+                    verified: v,
+                    now: Some(now),
+                    owner,
+                    ip,
+                }))
+            }
+            other => {
+                let verified = other.and_then(|v| Self::from_origin(v, origin));
+                Concluded::Done(self.finish(verified, id, owner.as_deref(), now, ip, route))
+            }
         }
     }
 
-    /// The pipeline's steps (see [`authenticate`](Self::authenticate)).
-    async fn run(
+    /// A key-status failure (see [`FailureClass`]) is recorded against the
+    /// key's id by the failure throttle (boxed where awaited: only failures
+    /// wait for it).
+    async fn key_status(&self, f: Failure, id: KeyId) -> Failure {
+        let f = f.of_key(id);
+        if f.reason.class() == FailureClass::KeyStatus {
+            self.limits.key_failed(id.as_u64()).await;
+        }
+        f
+    }
+
+    /// A derived key after its own checks: its ancestors, then its origin,
+    /// usage, monitoring and audit, as [`Self::conclude`] does for others.
+    async fn run_derived(
         &self,
-        presented: &str,
-        requirement: &Requirement,
-        ip: Option<IpAddr>,
+        d: Box<Derived>,
+        id: KeyId,
         origin: Option<&RequestOrigin<'_>>,
         route: Option<RouteOf<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        let limits = &self.limits;
-        // A path holding the key (a client that put it there) is not kept.
-        let route = route.filter(|r| r.path.len() < presented.len() || !r.path.contains(presented));
-        let throttled =
-            |retry_after| Failure::at(Stage::Throttle, Error::TooManyFailures { retry_after });
-        let parsed = match self.verifier.parse(presented) {
-            Ok(p) => p,
-            Err(e) => {
-                if let Some(l) = self.legacy.applies(&self.verifier, presented, &e) {
-                    let attempt = limits.begin_untagged(ip).map_err(throttled)?;
-                    // Boxed: the legacy lookup's future is most of this
-                    // one's size, and every tagged key (the hot path) would
-                    // otherwise carry it through the web layer's future.
-                    let result = Box::pin(self.authenticate_legacy(
-                        presented,
-                        l,
-                        requirement,
-                        ip,
-                        origin,
-                        route,
-                    ))
-                    .await;
-                    if let Err(f) = &result
-                        && f.reason.class() == FailureClass::KeyStatus
-                    {
-                        limits.untagged_failed(attempt).await;
-                    }
-                    return result;
-                }
-                let failure = Failure::at(Stage::Parse, e);
-                self.count(failure.reason);
-                self.network_failed(ip);
-                return Err(failure);
-            }
-        };
-        let id = parsed.id();
-        trace::key(parsed.prefix(), id);
-        limits
-            .check_key(id.as_u64())
-            .map_err(|retry_after| throttled(retry_after).of_key(id))?;
-        let view = measured_fetch(&self.store, id).await;
-        let view =
-            view.map_err(|e| Failure::at(Stage::Lookup, Error::from_lookup(e)).of_key(id))?;
-        // Only for the audit event of a failure; skipped without a sink.
-        let owner = if self.audit.is_some() || self.monitor.is_some() {
-            view.as_ref().and_then(|v| v.owner.clone())
-        } else {
-            None
-        };
-        let result = if self.usage.is_none() && self.audit.is_none() && self.monitor.is_none() {
-            // Nothing records the time: the verifier reads the clock only
-            // for keys with a validity window.
-            let verified = self
-                .verifier
-                .verify_kept(&parsed, view, &self.clock, requirement, ip);
-            let verified = match verified {
-                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => {
-                    Box::pin(self.lineage(v)).await
-                }
-                other => other,
-            };
-            verified.and_then(|v| Self::from_origin(v, origin))
-        } else {
-            // Usage or audit records the time: read it once.
-            let now = self.clock.now();
-            let verified = self
-                .verifier
-                .verify_kept(&parsed, view, &now, requirement, ip);
-            let verified = match verified {
-                Ok(v) if crate::verify::parent_of_view(v.view()).is_some() => {
-                    Box::pin(self.lineage(v)).await
-                }
-                other => other,
-            };
-            let verified = verified.and_then(|v| Self::from_origin(v, origin));
-            self.finish(verified, id, owner.as_deref(), now, ip, route)
+        let Derived {
+            verified,
+            now,
+            owner,
+            ip,
+        } = *d;
+        let verified = self
+            .lineage(verified)
+            .await
+            .and_then(|v| Self::from_origin(v, origin));
+        let result = match now {
+            None => verified,
+            Some(now) => self.finish(verified, id, owner.as_deref(), now, ip, route),
         };
         match result {
             Ok(v) => Ok(v),
-            Err(f) => {
-                let f = f.of_key(id);
-                if f.reason.class() == FailureClass::KeyStatus {
-                    limits.key_failed(id.as_u64()).await;
-                }
-                Err(f)
-            }
+            Err(f) => Err(self.key_status(f, id).await),
         }
     }
 
@@ -672,7 +723,10 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         }
     }
 
-    async fn authenticate_legacy(
+    /// A key the format does not parse but a legacy prefix claims: the
+    /// untagged lookup, counted against the client's address from the
+    /// moment it starts.
+    async fn run_legacy(
         &self,
         presented: &str,
         prefix: &LegacyPrefix,
@@ -681,59 +735,91 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         origin: Option<&RequestOrigin<'_>>,
         route: Option<RouteOf<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= prefix.legacy.len() {
-            let failure = Failure::at(
-                Stage::Parse,
-                Error::MalformedApiKey(crate::MalformedReason::Length),
-            );
-            self.count(failure.reason);
-            return Err(failure);
-        }
-        let keyring = self.verifier.keyring();
-        let sha = legacy_sha(presented);
-        let mut found = None;
-        for v in keyring.versions_current_first() {
-            let Some(index) = keyring.legacy_index(v, &sha) else {
-                continue;
-            };
-            let started = metrics::Started::now();
-            let rec = trace::store("find_legacy", self.store.find_legacy(&index)).await;
-            metrics::store_call("find_legacy", started, &rec);
-            let rec = rec.map_err(|e| Failure::at(Stage::Lookup, Error::from_lookup(e)))?;
-            if let Some(rec) = rec {
-                found = Some((rec, index));
-                break;
+        let limits = &self.limits;
+        let attempt = limits.begin_untagged(ip).map_err(|retry_after| {
+            Failure::at(Stage::Throttle, Error::TooManyFailures { retry_after })
+        })?;
+        // A path holding the key (a client that put it there) is not kept.
+        let route = route.filter(|r| r.path.len() < presented.len() || !r.path.contains(presented));
+        let result = async {
+            if presented.len() > MAX_LEGACY_KEY_LEN || presented.len() <= prefix.legacy.len() {
+                let failure = Failure::at(
+                    Stage::Parse,
+                    Error::MalformedApiKey(crate::MalformedReason::Length),
+                );
+                self.count(failure.reason);
+                return Err(failure);
             }
+            let keyring = self.verifier.keyring();
+            let sha = legacy_sha(presented);
+            let mut found = None;
+            for v in keyring.versions_current_first() {
+                let Some(index) = keyring.legacy_index(v, &sha) else {
+                    continue;
+                };
+                let started = metrics::Started::now();
+                let rec = trace::store("find_legacy", self.store.find_legacy(&index)).await;
+                metrics::store_call("find_legacy", started, &rec);
+                let rec = rec.map_err(|e| Failure::at(Stage::Lookup, Error::from_lookup(e)))?;
+                if let Some(rec) = rec {
+                    found = Some((rec, index));
+                    break;
+                }
+            }
+            let now = self.clock.now();
+            let Some((rec, index)) = found else {
+                let failure =
+                    Failure::at(Stage::Lookup, Error::InvalidApiKey).because(Reason::UnknownLegacy);
+                self.count(failure.reason);
+                self.network_failed(ip);
+                return Err(failure);
+            };
+            let verified = if legacy_matches(&self.verifier, &rec, prefix, &index, presented) {
+                self.verifier
+                    .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
+                    .and_then(|v| Self::from_origin(v, origin))
+            } else {
+                Err(Failure::at(Stage::Verify, Error::InvalidApiKey).of_key(rec.id))
+            };
+            let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now, ip, route)?;
+            // Best effort: a failure leaves the record as it was, and the next
+            // verification tries again.
+            if let Some(up) = &self.legacy.upgrader
+                && let Some(next) = legacy_upgraded(&self.verifier, &rec, presented, &sha)
+                && up.upgrade(next, rec.revision).await
+                && let Some(a) = &self.audit
+            {
+                a.sink.record(
+                    &AuditEvent::new(now, AuditKind::LegacyUpgraded)
+                        .key(rec.id, rec.owner.as_deref()),
+                );
+            }
+            Ok(verified)
         }
-        let now = self.clock.now();
-        let Some((rec, index)) = found else {
-            let failure =
-                Failure::at(Stage::Lookup, Error::InvalidApiKey).because(Reason::UnknownLegacy);
-            self.count(failure.reason);
-            self.network_failed(ip);
-            return Err(failure);
-        };
-        let verified = if legacy_matches(&self.verifier, &rec, prefix, &index, presented) {
-            self.verifier
-                .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
-                .and_then(|v| Self::from_origin(v, origin))
-        } else {
-            Err(Failure::at(Stage::Verify, Error::InvalidApiKey).of_key(rec.id))
-        };
-        let verified = self.finish(verified, rec.id, rec.owner.as_deref(), now, ip, route)?;
-        // Best effort: a failure leaves the record as it was, and the next
-        // verification tries again.
-        if let Some(up) = &self.legacy.upgrader
-            && let Some(next) = legacy_upgraded(&self.verifier, &rec, presented, &sha)
-            && up.upgrade(next, rec.revision).await
-            && let Some(a) = &self.audit
+        .await;
+        if let Err(f) = &result
+            && f.reason.class() == FailureClass::KeyStatus
         {
-            a.sink.record(
-                &AuditEvent::new(now, AuditKind::LegacyUpgraded).key(rec.id, rec.owner.as_deref()),
-            );
+            limits.untagged_failed(attempt).await;
         }
-        Ok(verified)
+        result
     }
+}
+
+/// What [`Authenticator::conclude`] decided: the result, or a derived
+/// key whose ancestors are still to check.
+enum Concluded {
+    Done(std::result::Result<VerifiedKey, Failure>),
+    Derived(Box<Derived>),
+}
+
+/// A derived key that passed its own checks, and what its conclusion
+/// needs (`now`: read when usage, monitoring or audit records it).
+struct Derived {
+    verified: VerifiedKey,
+    now: Option<Timestamp>,
+    owner: Option<crate::record::Owner>,
+    ip: Option<IpAddr>,
 }
 
 #[cfg(test)]

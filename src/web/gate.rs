@@ -12,179 +12,40 @@ use super::response::{
     ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
     retry_after_secs,
 };
+use super::route::{ForeignCredentials, QuotaTable, Route};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, StoreError};
 use crate::limits::{
-    Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, Quota, RateLimitInfo,
-    SpendReceipt, SyncLimits, Verdict,
+    Admission, CreditCharge, FailureClass, Limits, NoLimits, OwnerApi, RateLimitInfo, SpendReceipt,
+    SyncLimits, Verdict,
 };
 use crate::metrics;
 use crate::pipeline::Authenticator;
-use crate::record::Requirement;
 use crate::store::KeyStore;
 use crate::verify::{Failure, VerifiedKey};
 
-/// What one route needs: a scope requirement and a credit cost.
-///
-/// ```
-/// use apikey::Requirement;
-/// use apikey::web::Route;
-/// let generate = Route::new(Requirement::scope("generate")?).cost(5);
-/// assert_eq!(generate.credit_cost(), 5);
-/// # Ok::<(), apikey::Error>(())
-/// ```
-#[derive(Clone, Debug)]
-pub struct Route {
-    requirement: Requirement,
-    cost: u64,
-    foreign: ForeignCredentials,
-}
-
-impl Route {
-    /// A route needing `requirement`, costing 1 credit, refusing
-    /// credentials that are not ours.
-    pub fn new(requirement: Requirement) -> Self {
-        Self {
-            requirement,
-            cost: 1,
-            foreign: ForeignCredentials::Reject,
-        }
-    }
-
-    /// A route any valid key may call, costing 1 credit.
-    pub fn any_key() -> Self {
-        Self::new(Requirement::none())
-    }
-
-    /// Credits one call costs. Defaults to 1. Zero checks that the balances
-    /// are not exhausted without spending.
-    pub fn cost(mut self, credits: u64) -> Self {
-        self.cost = credits;
-        self
-    }
-
-    /// The scope requirement.
-    pub fn requirement(&self) -> &Requirement {
-        &self.requirement
-    }
-
-    /// The credit cost.
-    pub fn credit_cost(&self) -> u64 {
-        self.cost
-    }
-
-    /// What to do with credentials that are not ours on this route (see
-    /// [`ForeignCredentials`]). Defaults to [`ForeignCredentials::Reject`]:
-    /// fail closed. The one place this is set: the gate and the axum layer
-    /// read it from the route they run.
-    ///
-    /// ```
-    /// use apikey::web::{ForeignCredentials, Route};
-    /// let also_jwt = Route::any_key().with_foreign_credentials(ForeignCredentials::PassThrough);
-    /// assert_eq!(also_jwt.foreign_credentials(), ForeignCredentials::PassThrough);
-    /// assert_eq!(Route::any_key().foreign_credentials(), ForeignCredentials::Reject);
-    /// ```
-    pub fn with_foreign_credentials(mut self, foreign: ForeignCredentials) -> Self {
-        self.foreign = foreign;
-        self
-    }
-
-    /// The [`ForeignCredentials`] setting of this route.
-    pub fn foreign_credentials(&self) -> ForeignCredentials {
-        self.foreign
-    }
-}
-
-/// Which [`Quota`] applies to a key: a default, and per-plan quotas chosen
-/// by a metadata entry of the key's record (`plan` by default).
-///
-/// ```
-/// use apikey::web::QuotaTable;
-/// use apikey::limits::Quota;
-/// const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
-/// const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
-/// let table = QuotaTable::fixed(FREE)
-///     .plan("professional", PROFESSIONAL)
-///     .plan("enterprise", Quota::unlimited());
-/// assert_eq!(table.quota_for_plan(Some("professional")), PROFESSIONAL);
-/// assert_eq!(table.quota_for_plan(Some("unknown")), FREE);
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuotaTable {
-    default: Quota,
-    metadata_key: Cow<'static, str>,
-    plans: Vec<(String, Quota)>,
-}
-
-impl Default for QuotaTable {
-    /// No limits.
-    fn default() -> Self {
-        Self::fixed(Quota::unlimited())
-    }
-}
-
-impl QuotaTable {
-    /// The same quota for every key.
-    pub fn fixed(quota: Quota) -> Self {
-        Self {
-            default: quota,
-            metadata_key: Cow::Borrowed("plan"),
-            plans: Vec::new(),
-        }
-    }
-
-    /// Keys whose plan metadata is `name` get `quota`.
-    pub fn plan(mut self, name: impl Into<String>, quota: Quota) -> Self {
-        self.plans.push((name.into(), quota));
-        self
-    }
-
-    /// The metadata entry naming the plan. Defaults to `plan`.
-    pub fn metadata_key(mut self, key: impl Into<Cow<'static, str>>) -> Self {
-        self.metadata_key = key.into();
-        self
-    }
-
-    /// The quota for a plan name (the default for `None` or an unknown one).
-    pub fn quota_for_plan(&self, plan: Option<&str>) -> Quota {
-        plan.and_then(|p| self.plans.iter().find(|(n, _)| n == p))
-            .map_or(self.default, |(_, q)| *q)
-    }
-
-    /// The quota for a verified key.
-    pub fn quota_for(&self, key: &VerifiedKey) -> Quota {
-        self.quota_for_metadata(key.metadata())
-    }
-
-    /// The quota for a key with `metadata`.
-    fn quota_for_metadata(&self, metadata: &std::collections::BTreeMap<String, String>) -> Quota {
-        self.quota_for_plan(metadata.get(self.metadata_key.as_ref()).map(String::as_str))
-    }
-}
-
-/// What a [`Gate`] (and the axum layer) does, on a [`Route`]
-/// ([`Route::with_foreign_credentials`]), with a request whose
-/// credentials are not API keys of ours: a Bearer token without one of the
-/// registered prefixes (a JWT), `Authorization: Basic`, `Token x`, any other
-/// `Authorization` scheme.
-///
-/// The default fails closed: only a valid key of ours that meets the
-/// route's requirement passes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ForeignCredentials {
-    /// Refuse them: 401 `MISSING_API_KEY` with the JSON body and the
-    /// `WWW-Authenticate` challenge, like a request without credentials.
-    #[default]
-    Reject,
-    /// Pass them on: [`Gate::check`] answers [`Decision::NotOurs`] and the
-    /// axum layer calls the inner service **without** authenticating the
-    /// request. No [`VerifiedKey`] (nor [`Admitted`]) is in its extensions,
-    /// no rate limit or credit was charged, and the route's requirement was
-    /// not checked: the handler (or another layer, for a JWT) must
-    /// authenticate the request itself and refuse it otherwise. Only for
-    /// services that also accept other credentials.
-    PassThrough,
+/// `$f.await` by the admission's `$deadline` (one for all of its steps):
+/// past it, the enclosing future returns 503 `STORE_UNAVAILABLE`. Written
+/// out where it is used, not as a function: a helper's future would hold
+/// `$f` twice (as its argument and as what it awaits).
+macro_rules! within {
+    ($gate:expr, $deadline:expr, $f:expr) => {{
+        let f = $f;
+        #[cfg(feature = "axum")]
+        let out = match $deadline {
+            Some(d) => match tokio::time::timeout_at(d, f).await {
+                Ok(out) => out,
+                Err(elapsed) => return $gate.timed_out(elapsed),
+            },
+            None => f.await,
+        };
+        #[cfg(not(feature = "axum"))]
+        let out = {
+            let () = $deadline;
+            f.await
+        };
+        out
+    }};
 }
 
 /// The outcome of [`Gate::check`].
@@ -687,7 +548,13 @@ where
         self.decide(extracted, client, route)
     }
 
-    /// Steps 2 and 3 for what step 1 gave.
+    /// Steps 2 and 3 for what step 1 gave (see [`admit`](Self::admit)).
+    ///
+    /// One future for the whole decision: each step that waits on a store
+    /// is awaited under the same deadline, and the key is borrowed from
+    /// `extracted` where the future holds it, so neither the key nor the
+    /// pipeline's result is kept twice in what the web layer boxes on every
+    /// request.
     // Not an `async fn`, on purpose: an `async` block captures the
     // arguments in place instead of copying them into its locals.
     #[allow(clippy::result_large_err, clippy::manual_async_fn)]
@@ -698,12 +565,68 @@ where
         route: &'a Route,
     ) -> impl Future<Output = Decision> + 'a {
         async move {
-            match extracted {
-                Ok(Extracted::Key(key)) => self.admit(key, client, route).await,
-                Ok(Extracted::NotOurs) => Decision::NotOurs,
-                Err(rejection) => Decision::Rejected(rejection),
+            let key = match &extracted {
+                Ok(Extracted::Key(key)) => key,
+                Ok(Extracted::NotOurs) => return Decision::NotOurs,
+                Err(_) => {
+                    return match extracted {
+                        Err(rejection) => Decision::Rejected(rejection),
+                        Ok(_) => Decision::NotOurs,
+                    };
+                }
+            };
+            #[cfg(feature = "axum")]
+            let deadline = self.store_timeout.map(|t| tokio::time::Instant::now() + t);
+            #[cfg(not(feature = "axum"))]
+            let deadline = ();
+            // Without a publishable prefix no key can be publishable: the
+            // origin is not looked at.
+            let origin = self.cors.then(|| key.origin());
+            let failure = 'failed: {
+                // In a block of its own: the pipeline's result is not kept
+                // across the admission's `await`.
+                let verified = 'verified: {
+                    let authenticated = self.authenticator.authenticate_kept(
+                        key.expose_secret(),
+                        &route.requirement,
+                        client,
+                        origin,
+                        key.route(),
+                    );
+                    match within!(self, deadline, authenticated) {
+                        Ok(verified) => break 'verified verified,
+                        Err(failure) => break 'failed failure,
+                    }
+                };
+                // Only a publishable key, whose origin just passed.
+                let allow_origin = match origin {
+                    Some(o) if verified.view().is_publishable() => o.to_header(),
+                    _ => None,
+                };
+                let mut decision =
+                    within!(self, deadline, self.charge(verified, key.scheme(), route));
+                if let Decision::Admitted(a) = &mut decision {
+                    a.allow_origin = allow_origin;
+                }
+                return decision;
+            };
+            if failure.reason.class() != FailureClass::Authenticated {
+                return Decision::Rejected(self.reject(failure.error));
             }
+            // A failure of an authenticated key against the request: its
+            // rate limit is charged (boxed: the other failures, which
+            // attackers drive, do not wait on it).
+            Decision::Rejected(within!(self, deadline, Box::pin(self.failed(failure))))
         }
+    }
+
+    /// 503 `STORE_UNAVAILABLE` for an admission past the store timeout.
+    #[cfg(feature = "axum")]
+    fn timed_out(&self, elapsed: tokio::time::error::Elapsed) -> Decision {
+        Decision::Rejected(self.reject(Error::StoreUnavailable(StoreError::with_source(
+            crate::error::StoreErrorKind::Timeout,
+            elapsed,
+        ))))
     }
 
     /// Step 1: extraction. Synchronous and cheap; call
@@ -770,71 +693,13 @@ where
     /// secret matched (native or imported legacy) is charged to that key's
     /// rate limit, under the quota of its own plan (as an admitted request
     /// would be), and answered 429 `RATE_LIMITED` once that is exhausted.
-    // Not an `async fn`, on purpose (see `admit_now`).
-    #[allow(clippy::manual_async_fn)]
     pub fn admit<'a>(
         &'a self,
         key: PresentedKey<'a>,
         client: Option<IpAddr>,
         route: &'a Route,
     ) -> impl Future<Output = Decision> + 'a {
-        async move {
-            #[cfg(feature = "axum")]
-            if let Some(t) = self.store_timeout {
-                // The admission's future is made in each branch (not once
-                // and moved into the timeout), so the two share storage.
-                return match tokio::time::timeout(t, self.admit_now(key, client, route)).await {
-                    Ok(d) => d,
-                    Err(elapsed) => Decision::Rejected(self.reject(Error::StoreUnavailable(
-                        StoreError::with_source(crate::error::StoreErrorKind::Timeout, elapsed),
-                    ))),
-                };
-            }
-            self.admit_now(key, client, route).await
-        }
-    }
-
-    /// [`admit`](Self::admit) without the timeout.
-    // Not an `async fn`, on purpose: an `async` block captures the
-    // arguments in place instead of copying them into its locals, and the
-    // web layer boxes this future on every request.
-    #[allow(clippy::manual_async_fn)]
-    fn admit_now<'a>(
-        &'a self,
-        key: PresentedKey<'a>,
-        client: Option<IpAddr>,
-        route: &'a Route,
-    ) -> impl Future<Output = Decision> + 'a {
-        async move {
-            // Without a publishable prefix no key can be publishable: the
-            // origin is not looked at.
-            let origin = self.cors.then(|| key.origin());
-            match self
-                .authenticator
-                .authenticate_kept(
-                    key.expose_secret(),
-                    &route.requirement,
-                    client,
-                    origin,
-                    key.route(),
-                )
-                .await
-            {
-                Ok(verified) => {
-                    // Only a publishable key, whose origin just passed.
-                    let allow_origin = match origin {
-                        Some(o) if verified.view().is_publishable() => o.to_header(),
-                        _ => None,
-                    };
-                    let mut decision = self.charge(verified, key.scheme(), route).await;
-                    if let Decision::Admitted(a) = &mut decision {
-                        a.allow_origin = allow_origin;
-                    }
-                    decision
-                }
-                Err(failure) => Decision::Rejected(self.failed(failure).await),
-            }
-        }
+        self.decide(Ok(Extracted::Key(key)), client, route)
     }
 
     /// A failed authentication, as the pipeline left it: a failure of an

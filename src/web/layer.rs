@@ -10,8 +10,9 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request};
 
-use super::gate::{Admitted, Decision, Gate, Rejection, Route};
+use super::gate::{Admitted, Decision, Gate, Rejection};
 use super::response::ErrorResponse;
+use super::route::Route;
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::limits::{Limits, NoLimits};

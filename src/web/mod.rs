@@ -8,12 +8,14 @@ mod gate;
 mod layer;
 pub mod publishable;
 mod response;
+mod route;
 
 pub use extract::{DEFAULT_MAX_LEN, Extracted, Extractor, PresentedKey, Scheme, Sources};
-pub use gate::{Admitted, Decision, ForeignCredentials, Gate, QuotaTable, Rejection, Route};
+pub use gate::{Admitted, Decision, Gate, Rejection};
 #[cfg(feature = "axum")]
 pub use layer::{ApiKeyLayer, ApiKeyService, ClientIp, MissingKey};
 pub use response::{
     ErrorBody, ErrorDetails, ErrorObject, ErrorResponse, MissingKeyDetails, REALM,
     rate_limit_headers, retry_after_secs,
 };
+pub use route::{ForeignCredentials, QuotaTable, Route};
