@@ -424,17 +424,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// never "invalid key").
     // Not an `async fn`, on purpose (see `authenticate_kept`).
     #[allow(clippy::manual_async_fn)]
-    pub fn authenticate(
-        &self,
-        presented: &str,
-        requirement: &Requirement,
+    pub fn authenticate<'a>(
+        &'a self,
+        presented: &'a str,
+        requirement: &'a Requirement,
         ip: Option<IpAddr>,
-    ) -> impl Future<Output = Result<VerifiedKey>> {
-        async move {
-            self.authenticate_kept(presented, requirement, ip, None, None)
-                .await
-                .map_err(|f| f.error)
-        }
+    ) -> impl Future<Output = Result<VerifiedKey>> + 'a {
+        self.pipeline(presented, requirement, ip, None, None, |r| {
+            r.map_err(|f| f.error)
+        })
     }
 
     /// [`authenticate`](Self::authenticate), with what the pipeline learned
@@ -469,6 +467,21 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         origin: Option<&'a RequestOrigin<'a>>,
         route: Option<RouteOf<'a>>,
     ) -> impl Future<Output = std::result::Result<VerifiedKey, Failure>> + 'a {
+        self.pipeline(presented, requirement, ip, origin, route, |r| r)
+    }
+
+    /// The pipeline's future, its result passed through `out` inside it
+    /// (no second future around it for [`authenticate`](Self::authenticate)).
+    #[allow(clippy::manual_async_fn)]
+    fn pipeline<'a, T: 'a>(
+        &'a self,
+        presented: &'a str,
+        requirement: &'a Requirement,
+        ip: Option<IpAddr>,
+        origin: Option<&'a RequestOrigin<'a>>,
+        route: Option<RouteOf<'a>>,
+        out: fn(std::result::Result<VerifiedKey, Failure>) -> T,
+    ) -> impl Future<Output = T> + 'a {
         trace::authenticate(async move {
             let started = metrics::Started::now();
             // Every `await` below follows the `let` that made what it needs:
@@ -527,7 +540,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 trace::reason(&r.error);
             }
             metrics::authenticated(started, result.as_ref().err().map(|r| &r.error));
-            result
+            out(result)
         })
     }
 
@@ -560,7 +573,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                         ip,
                     }))
                 }
-                other => Concluded::Done(other.and_then(|v| Self::from_origin(v, origin))),
+                other => Concluded::Done(Self::from_origin(other, origin)),
             };
         }
         // Only for the audit event of a failure; skipped without a sink.
@@ -580,7 +593,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 }))
             }
             other => {
-                let verified = other.and_then(|v| Self::from_origin(v, origin));
+                let verified = Self::from_origin(other, origin);
                 Concluded::Done(self.finish(verified, id, owner.as_deref(), now, ip, route))
             }
         }
@@ -612,10 +625,8 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
             owner,
             ip,
         } = *d;
-        let verified = self
-            .lineage(verified)
-            .await
-            .and_then(|v| Self::from_origin(v, origin));
+        let verified = self.lineage(verified).await;
+        let verified = Self::from_origin(verified, origin);
         let result = match now {
             None => verified,
             Some(now) => self.finish(verified, id, owner.as_deref(), now, ip, route),
@@ -630,12 +641,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     /// an `origin`: not a web request).
     #[inline]
     fn from_origin(
-        v: VerifiedKey,
+        verified: std::result::Result<VerifiedKey, Failure>,
         origin: Option<&RequestOrigin<'_>>,
     ) -> std::result::Result<VerifiedKey, Failure> {
-        match origin.map(|o| check_view(v.view(), o)) {
-            None | Some(Ok(())) => Ok(v),
-            Some(Err(e)) => Err(Failure {
+        let (Ok(v), Some(o)) = (&verified, origin) else {
+            return verified;
+        };
+        match check_view(v.view(), o) {
+            Ok(()) => verified,
+            Err(e) => Err(Failure {
                 id: Some(v.id()),
                 view: Some(Arc::clone(v.view())),
                 ..Failure::at(Stage::Request, e)
@@ -775,9 +789,15 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
                 return Err(failure);
             };
             let verified = if legacy_matches(&self.verifier, &rec, prefix, &index, presented) {
-                self.verifier
-                    .verify_view(Arc::new(KeyView::from_record(&rec)), now, requirement, ip)
-                    .and_then(|v| Self::from_origin(v, origin))
+                Self::from_origin(
+                    self.verifier.verify_view(
+                        Arc::new(KeyView::from_record(&rec)),
+                        now,
+                        requirement,
+                        ip,
+                    ),
+                    origin,
+                )
             } else {
                 Err(Failure::at(Stage::Verify, Error::InvalidApiKey).of_key(rec.id))
             };
