@@ -430,7 +430,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         requirement: &'a Requirement,
         ip: Option<IpAddr>,
     ) -> impl Future<Output = Result<VerifiedKey>> + 'a {
-        self.pipeline(presented, requirement, ip, None, None, |r| {
+        self.authenticate_kept(presented, requirement, ip, None, None, |r| {
             r.map_err(|f| f.error)
         })
     }
@@ -448,8 +448,9 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     ///
     /// `route`: the request's method and path at the web edge, kept with
     /// usage as the key's last-used route (unless the path holds the key).
-    /// The pipeline's steps (see [`authenticate`](Self::authenticate)), with
-    /// their duration and reason recorded, inside the span.
+    ///
+    /// `out` maps the result inside this future ([`authenticate`](Self::authenticate)
+    /// keeps the error only), so no second future is built around it.
     ///
     /// The hot path (a tagged key, no parent) has one `await`: the store's
     /// fetch. What only some keys take (a legacy key, a derived key's
@@ -459,21 +460,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
     // arguments in place (an `async fn` copies them again into locals), and
     // the web layer boxes this future on every request.
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn authenticate_kept<'a>(
-        &'a self,
-        presented: &'a str,
-        requirement: &'a Requirement,
-        ip: Option<IpAddr>,
-        origin: Option<&'a RequestOrigin<'a>>,
-        route: Option<RouteOf<'a>>,
-    ) -> impl Future<Output = std::result::Result<VerifiedKey, Failure>> + 'a {
-        self.pipeline(presented, requirement, ip, origin, route, |r| r)
-    }
-
-    /// The pipeline's future, its result passed through `out` inside it
-    /// (no second future around it for [`authenticate`](Self::authenticate)).
-    #[allow(clippy::manual_async_fn)]
-    fn pipeline<'a, T: 'a>(
+    pub(crate) fn authenticate_kept<'a, T: 'a>(
         &'a self,
         presented: &'a str,
         requirement: &'a Requirement,
@@ -885,7 +872,10 @@ mod tests {
             .with_limits(MemoryLimits::new().with_failure_throttle(throttle));
         let run = |text: String, req: Requirement| {
             let auth = &auth;
-            async move { auth.authenticate_kept(&text, &req, None, None, None).await }
+            async move {
+                auth.authenticate_kept(&text, &req, None, None, None, |r| r)
+                    .await
+            }
         };
         let any = Requirement::none;
 

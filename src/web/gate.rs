@@ -592,6 +592,7 @@ where
                         client,
                         origin,
                         key.route(),
+                        |r| r,
                     );
                     match within!(self, deadline, authenticated) {
                         Ok(verified) => break 'verified verified,
