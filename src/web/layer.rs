@@ -512,7 +512,11 @@ mod tests {
 
     #[test]
     fn numbers_are_written_in_decimal() {
-        for n in (0..2_000).chain([9_999, 10_000, 1_795_564_861, u64::MAX]) {
+        let powers = (0..20).flat_map(|k| {
+            let p = 10u64.pow(k);
+            [p, p - 1, p + 1, p.saturating_mul(7)]
+        });
+        for n in (0..2_000).chain(powers).chain([1_795_564_861, u64::MAX]) {
             assert_eq!(number(n), n.to_string().as_str());
         }
     }
