@@ -413,3 +413,16 @@ async fn gate_check_is_bounded_by_the_gates_store_timeout() {
     assert_eq!(r.error.code(), "STORE_UNAVAILABLE");
     assert_eq!(r.to_response().header("retry-after"), Some("1"));
 }
+
+/// A store timeout too long to add to the clock (`Duration::MAX`: "no
+/// bound") is no deadline, as `tokio::time::timeout` treats it: the
+/// request is decided, nothing panics.
+#[tokio::test]
+async fn a_store_timeout_past_the_clocks_range_is_no_deadline() {
+    let store = Arc::new(MemoryStore::new());
+    let (key, _) = issue(&store, reader());
+    let gate = gate(Arc::clone(&store), &clocks()).with_store_timeout(Duration::MAX);
+    let addr = serve(router(Arc::new(gate))).await;
+    let r = get_with(addr, "/read", &x_api_key(&key)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

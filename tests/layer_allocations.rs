@@ -143,9 +143,11 @@ fn the_layer_adds_only_the_allocations_it_documents() {
 /// admission, and what only some keys take (legacy keys, derived keys'
 /// ancestors, a key-status failure's throttle, an authenticated key's
 /// failure charge) is boxed where it is awaited. Measured on rustc 1.95:
-/// 264 and 576 bytes (872 and 1,168 before the futures were flattened).
+/// 264 and 576 bytes (872 and 1,168 before the futures were flattened);
+/// with `tracing`, the span adds to the authenticator's future.
 #[test]
 fn the_per_request_futures_stay_small() {
+    let span = if cfg!(feature = "tracing") { 64 } else { 0 };
     let now = apikey::Clock::now(&apikey::SystemClock);
     let (verifier, store, keys) = web::keys(now);
     let store = Arc::new(store);
@@ -153,7 +155,10 @@ fn the_per_request_futures_stay_small() {
     let requirement = apikey::Requirement::none();
     let authenticate = auth.authenticate(&keys[0], &requirement, None);
     let size = std::mem::size_of_val(&authenticate);
-    assert!(size <= 320, "the authenticate future is {size} bytes");
+    assert!(
+        size <= 320 + span,
+        "the authenticate future is {size} bytes"
+    );
     assert!(naive::poll_ready(authenticate).is_ok());
 
     let gate = Gate::new(auth).with_limits(MemoryLimits::new());
@@ -161,7 +166,7 @@ fn the_per_request_futures_stay_small() {
     let req = web::request(&keys[0]);
     let check = gate.check_request(&req, None, &route);
     let size = std::mem::size_of_val(&check);
-    assert!(size <= 640, "the gate's future is {size} bytes");
+    assert!(size <= 640 + span, "the gate's future is {size} bytes");
     assert!(matches!(
         naive::poll_ready(check),
         apikey::web::Decision::Admitted(_)

@@ -576,7 +576,11 @@ where
                 }
             };
             #[cfg(feature = "axum")]
-            let deadline = self.store_timeout.map(|t| tokio::time::Instant::now() + t);
+            // A timeout too long to add to the clock is no deadline (as
+            // `tokio::time::timeout` treats it).
+            let deadline = self
+                .store_timeout
+                .and_then(|t| tokio::time::Instant::now().checked_add(t));
             #[cfg(not(feature = "axum"))]
             let deadline = ();
             // Without a publishable prefix no key can be publishable: the
