@@ -77,7 +77,7 @@ impl MonitorConfig {
     /// assert!(bound < 8 * 1024 * 1024);
     /// ```
     pub fn memory_bound(&self) -> usize {
-        let per_key = KEY_SLOT + NETWORKS_PER_KEY * std::mem::size_of::<(u64, i64)>();
+        let per_key = KEY_SLOT;
         let keys = per_shard(self.max_keys) * SHARDS;
         let nets = per_shard(self.max_networks) * SHARDS;
         2 * (keys * per_key + nets * NET_SLOT)
@@ -92,15 +92,13 @@ fn per_shard(total: usize) -> usize {
 const KEY_SLOT: usize = std::mem::size_of::<(u64, KeyState)>() + 1;
 const NET_SLOT: usize = std::mem::size_of::<(u64, NetState)>() + 1;
 
-/// One key's monitoring state.
+/// One key's monitoring state. What every verification reads and writes
+/// comes first (the hour's count, the most recent network), so the common
+/// case (the same network again, within the hour) touches one cache line
+/// of it; the networks are kept inline, not behind a pointer.
 #[derive(Default)]
+#[repr(C)]
 struct KeyState {
-    /// `(network, last seen in unix seconds)`, at most [`NETWORKS_PER_KEY`].
-    nets: Vec<(u64, i64)>,
-    /// Start of the current dedupe window for new-network events, and the
-    /// events raised in it.
-    net_window: i64,
-    net_events: u32,
     /// The hour (unix seconds / 3600) being counted, its count, the
     /// trailing average of earlier hours and how many hours it holds.
     hour: i64,
@@ -108,6 +106,15 @@ struct KeyState {
     average: f64,
     hours: u32,
     traffic_alerted: bool,
+    /// Networks in use in `nets`.
+    nets_len: u8,
+    /// `(network, last seen in unix seconds)`: the first [`Self::nets_len`]
+    /// entries, the most recently used first, at most [`NETWORKS_PER_KEY`].
+    nets: [(u64, i64); NETWORKS_PER_KEY],
+    /// Start of the current dedupe window for new-network events, and the
+    /// events raised in it.
+    net_window: i64,
+    net_events: u32,
     failures: Burst,
     /// The last rate-limit and quota events (unix seconds; `None`: never),
     /// and the refusals since that were not reported.
@@ -314,13 +321,7 @@ impl Monitor {
         let keys: usize = self
             .keys
             .iter()
-            .map(|s| {
-                let t = lock(s);
-                t.capacity() * KEY_SLOT
-                    + t.values()
-                        .map(|k| k.nets.capacity() * std::mem::size_of::<(u64, i64)>())
-                        .sum::<usize>()
-            })
+            .map(|s| lock(s).capacity() * KEY_SLOT)
             .sum();
         let nets: usize = self
             .nets
@@ -492,26 +493,43 @@ impl KeyState {
     /// the first network, not seen within the window) and the key's event
     /// budget allows an event.
     fn network_used(&mut self, net: u64, now: i64, c: &MonitorConfig) -> Option<u64> {
-        let first = self.nets.is_empty();
+        let len = usize::from(self.nets_len).min(NETWORKS_PER_KEY);
+        let first = len == 0;
         let window = i64::try_from(c.new_network_window.as_secs()).unwrap_or(i64::MAX);
-        let new = match self.nets.iter_mut().find(|(n, _)| *n == net) {
-            Some((_, seen)) => {
-                let stale = now.saturating_sub(*seen) >= window;
-                *seen = (*seen).max(now);
+        // The common case: the most recent network again.
+        if let Some((n, seen)) = self.nets.first_mut()
+            && !first
+            && *n == net
+            && now.saturating_sub(*seen) < window
+        {
+            *seen = (*seen).max(now);
+            return None;
+        }
+        let new = match self.nets[..len].iter().position(|(n, _)| *n == net) {
+            Some(i) => {
+                let seen = self.nets[i].1;
+                let stale = now.saturating_sub(seen) >= window;
+                self.nets[i].1 = seen.max(now);
+                // Most recent first.
+                self.nets[..=i].rotate_right(1);
                 stale
             }
             None => {
-                if self.nets.len() >= NETWORKS_PER_KEY
-                    && let Some(oldest) = self
-                        .nets
+                // Full: the least recently seen is forgotten.
+                let keep = if len >= NETWORKS_PER_KEY {
+                    let oldest = self.nets[..len]
                         .iter()
                         .enumerate()
                         .min_by_key(|(_, (_, seen))| *seen)
-                        .map(|(i, _)| i)
-                {
-                    self.nets.swap_remove(oldest);
-                }
-                self.nets.push((net, now));
+                        .map_or(len - 1, |(i, _)| i);
+                    self.nets[oldest..len].rotate_left(1);
+                    len - 1
+                } else {
+                    len
+                };
+                self.nets[..=keep].rotate_right(1);
+                self.nets[0] = (net, now);
+                self.nets_len = u8::try_from(keep + 1).unwrap_or(u8::MAX);
                 true
             }
         };
@@ -587,5 +605,43 @@ mod tests {
         assert_ne!(b, network("2001:db8:2::1".parse().unwrap()));
         assert_eq!(ip_net(a).unwrap().to_string(), "198.51.100.0/24");
         assert_eq!(ip_net(b).unwrap().to_string(), "2001:db8:1::/48");
+    }
+
+    /// The per-key network list: the first network is the baseline, up to
+    /// `NETWORKS_PER_KEY` are remembered, the least recently seen is
+    /// forgotten first, and one not seen within the window is new again.
+    #[test]
+    fn networks_are_remembered_most_recent_first_and_forgotten_oldest_first() {
+        let c = MonitorConfig {
+            max_events_per_window: u32::MAX,
+            new_network_window: Duration::from_secs(1_000),
+            ..MonitorConfig::default()
+        };
+        let mut k = KeyState::default();
+        let t = 1_000_000;
+        assert_eq!(k.network_used(1, t, &c), None, "the baseline");
+        assert_eq!(k.network_used(1, t, &c), None);
+        for n in 2..=8 {
+            assert_eq!(k.network_used(n, t + n as i64, &c), Some(n), "network {n}");
+        }
+        assert_eq!(usize::from(k.nets_len), NETWORKS_PER_KEY);
+        // Network 1 used again: now the most recent; 2 is the least recent.
+        assert_eq!(k.network_used(1, t + 20, &c), None);
+        assert_eq!(k.nets[0].0, 1);
+        // A ninth network forgets 2, the least recently seen.
+        assert_eq!(k.network_used(9, t + 21, &c), Some(9));
+        assert_eq!(usize::from(k.nets_len), NETWORKS_PER_KEY);
+        let kept: Vec<u64> = k.nets.iter().map(|(n, _)| *n).collect();
+        assert!(
+            !kept.contains(&2) && kept.contains(&1) && kept.contains(&3),
+            "{kept:?}"
+        );
+        assert_eq!(k.network_used(3, t + 22, &c), None, "still remembered");
+        assert_eq!(k.network_used(2, t + 23, &c), Some(2), "forgotten, so new");
+        // Not seen within the window: new again, whether first or not.
+        let later = t + 23 + 1_000;
+        assert_eq!(k.network_used(2, later, &c), Some(2));
+        assert_eq!(k.network_used(2, later, &c), None);
+        assert_eq!(k.network_used(9, later + 1, &c), Some(9));
     }
 }

@@ -174,7 +174,7 @@ impl From<Rejection> for Error {
 ///    [the limits docs](crate::limits)); a failing store is 503
 ///    `STORE_UNAVAILABLE`, never 401;
 /// 3. one admission ([`Limits::admit`]) for the key's rate limit (both
-///    windows of the [`Quota`] its [`QuotaTable`] plan gives) and, when
+///    windows of the [`Quota`](crate::limits::Quota) its [`QuotaTable`] plan gives) and, when
 ///    metering, the route's credit cost from the key's and the owner's
 ///    balances: 429 `RATE_LIMITED` with `Retry-After`, or 429
 ///    `USAGE_EXCEEDED`. A refused request is charged nothing. Scope, address,

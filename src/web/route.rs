@@ -7,9 +7,6 @@ use crate::limits::Quota;
 use crate::record::Requirement;
 use crate::verify::VerifiedKey;
 
-#[cfg(doc)]
-use super::{Admitted, Decision, Gate};
-
 /// What one route needs: a scope requirement and a credit cost.
 ///
 /// ```
@@ -151,7 +148,7 @@ impl QuotaTable {
     }
 }
 
-/// What a [`Gate`] (and the axum layer) does, on a [`Route`]
+/// What a [`Gate`](crate::web::Gate) (and the axum layer) does, on a [`Route`]
 /// ([`Route::with_foreign_credentials`]), with a request whose
 /// credentials are not API keys of ours: a Bearer token without one of the
 /// registered prefixes (a JWT), `Authorization: Basic`, `Token x`, any other
@@ -166,9 +163,10 @@ pub enum ForeignCredentials {
     /// `WWW-Authenticate` challenge, like a request without credentials.
     #[default]
     Reject,
-    /// Pass them on: [`Gate::check`] answers [`Decision::NotOurs`] and the
+    /// Pass them on: [`Gate::check`](crate::web::Gate::check) answers
+    /// [`Decision::NotOurs`](crate::web::Decision::NotOurs) and the
     /// axum layer calls the inner service **without** authenticating the
-    /// request. No [`VerifiedKey`] (nor [`Admitted`]) is in its extensions,
+    /// request. No [`VerifiedKey`] (nor [`Admitted`](crate::web::Admitted)) is in its extensions,
     /// no rate limit or credit was charged, and the route's requirement was
     /// not checked: the handler (or another layer, for a JWT) must
     /// authenticate the request itself and refuse it otherwise. Only for
