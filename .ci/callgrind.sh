@@ -57,6 +57,19 @@ PER_OP[naive_noncrypto]=$(( PER_OP[naive] - PER_OP[hmac] ))
 PER_OP[layer_memory_overhead]=$(( PER_OP[layer_memory] - PER_OP[layer_bare] ))
 PER_OP[layer_limits_usage_overhead]=$(( PER_OP[layer_limits_usage] - PER_OP[layer_bare] ))
 
+# Zero cost without a recorder (issue 22): the same async_valid loop with
+# the `metrics` feature compiled in and no recorder installed, gated against
+# this run's async_valid (not the baseline) within ZERO_COST_TOLERANCE.
+ZERO_COST_TOLERANCE=${CALLGRIND_ZERO_COST_TOLERANCE:-1}   # percent
+if [[ -z "${CALLGRIND_FEATURES:-}" ]]; then
+    cargo build -q --release --example callgrind_driver --features axum,metrics
+    valgrind --tool=callgrind --toggle-collect='*measured_loop*' \
+        --callgrind-out-file="$OUT/idle.out" "$DRIVER" async_valid "$N" >/dev/null 2>"$OUT/idle.log" \
+        || { cat "$OUT/idle.log" >&2; exit 1; }
+    total=$(awk '/^summary:/ {print $2}' "$OUT/idle.out")
+    PER_OP[async_valid_metrics_idle]=$(( total / N ))
+fi
+
 KEYS=(valid wrong_secret garbage forged async_valid async_monitor hmac naive valid_noncrypto wrong_secret_noncrypto naive_noncrypto
       layer_bare layer_memory layer_limits_usage layer_memory_overhead layer_limits_usage_overhead)
 if [[ $UPDATE -eq 1 ]]; then
@@ -85,6 +98,15 @@ for k in "${KEYS[@]}"; do
     fi
     printf '%-28s %10s %10s %8s%s\n' "$k" "$base" "$now" "$change" "$flag"
 done
+if [[ -n "${PER_OP[async_valid_metrics_idle]:-}" ]]; then
+    idle=${PER_OP[async_valid_metrics_idle]}; plain=${PER_OP[async_valid]}
+    change=$(awk -v b="$plain" -v n="$idle" 'BEGIN { printf "%+.1f%%", (n - b) * 100 / b }')
+    flag=""
+    if (( idle * 100 > plain * (100 + ZERO_COST_TOLERANCE) )); then
+        flag="  NOT ZERO COST (> ${ZERO_COST_TOLERANCE}% over async_valid)"; status=1
+    fi
+    printf '%-28s %10s %10s %8s%s\n' "async_valid_metrics_idle" "$plain" "$idle" "$change" "$flag"
+fi
 if [[ $status -ne 0 ]]; then
     echo "instruction counts regressed; if intended, run .ci/callgrind.sh --update and commit" >&2
 fi

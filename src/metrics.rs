@@ -3,30 +3,69 @@
 //! read. See `docs/metrics.md` for the table of names, types, units and
 //! labels. Labels never carry a key id, an owner or an address: every label
 //! value is a `&'static str` from a fixed set.
+//!
+//! With the feature and no recorder installed, an authentication reads no
+//! clock either: a duration is a lazy value ([`Elapsed`]) that only a live
+//! handle reads, and once the process-wide recorder has shown that it drops
+//! the valid path's duration (the facade's no-op recorder, or a filter),
+//! the start time is not read on that thread until the recorder changes.
 
 #[cfg(feature = "metrics")]
-use std::time::Instant;
+use std::cell::Cell;
 
 #[cfg(feature = "metrics")]
 use crate::error::StoreErrorKind;
 use crate::error::{Error, StoreError};
 
-/// A start time, read only with the feature.
+/// A start time, read only with the feature, and for an authentication
+/// only while the recorder records durations.
 #[derive(Clone, Copy)]
-pub(crate) struct Started(#[cfg(feature = "metrics")] Instant);
+pub(crate) struct Started(#[cfg(feature = "metrics")] Option<quanta::Instant>);
 
 impl Started {
+    /// The start of a store call (always timed with the feature: a store
+    /// call costs microseconds, a clock read nanoseconds).
     #[inline(always)]
     pub(crate) fn now() -> Self {
         Self(
             #[cfg(feature = "metrics")]
-            Instant::now(),
+            Some(quanta::Instant::now()),
         )
     }
 
+    /// The start of an authentication: no clock read while the
+    /// process-wide recorder drops the valid path's duration.
+    #[inline(always)]
+    pub(crate) fn authentication() -> Self {
+        Self(
+            #[cfg(feature = "metrics")]
+            hot::timing().then(quanta::Instant::now),
+        )
+    }
+
+    /// The time since the start, read when (and only if) a live handle
+    /// records it; `read` is set when it was.
     #[cfg(feature = "metrics")]
-    fn seconds(self) -> f64 {
-        self.0.elapsed().as_secs_f64()
+    fn elapsed(self, read: Option<&Cell<bool>>) -> Option<Elapsed<'_>> {
+        self.0.map(|started| Elapsed { started, read })
+    }
+}
+
+/// A duration for a histogram, read from the clock only by a handle that
+/// records it (the facade's no-op handles never call `into_f64`).
+#[cfg(feature = "metrics")]
+struct Elapsed<'a> {
+    started: quanta::Instant,
+    read: Option<&'a Cell<bool>>,
+}
+
+#[cfg(feature = "metrics")]
+impl metrics::IntoF64 for Elapsed<'_> {
+    fn into_f64(self) -> f64 {
+        if let Some(read) = self.read {
+            read.set(true);
+        }
+        self.started.elapsed().as_secs_f64()
     }
 }
 
@@ -49,6 +88,10 @@ mod hot {
         recorder: usize,
         pub(super) success: metrics::Histogram,
         pub(super) fetch_ok: metrics::Histogram,
+        /// Whether `success` read the last duration given to it (true
+        /// until it was given one): a handle that drops one drops them
+        /// all, so the start of an authentication need not be read.
+        pub(super) live: Cell<bool>,
     }
 
     /// How many calls on one thread take a recorder other than the last
@@ -103,6 +146,21 @@ mod hot {
         })
     }
 
+    /// Whether an authentication starting now should read the clock: not
+    /// when this thread's handles for the current recorder (the
+    /// process-wide one; a local recorder's are never kept) dropped the
+    /// last valid duration.
+    pub(super) fn timing() -> bool {
+        let id = recorder();
+        HANDLES.with(|cell| {
+            cell.try_borrow().map_or(true, |cached| {
+                cached
+                    .as_ref()
+                    .is_none_or(|h| h.recorder != id || h.live.get())
+            })
+        })
+    }
+
     /// Runs `f` with handles for the current recorder.
     pub(super) fn with(f: impl FnOnce(&Handles)) {
         let id = recorder();
@@ -120,6 +178,7 @@ mod hot {
                 recorder: id,
                 success: metrics::histogram!("apikey.authentication.duration", "result" => "success", "reason" => "none"),
                 fetch_ok: metrics::histogram!("apikey.store.duration", "operation" => "fetch", "outcome" => "ok"),
+                live: Cell::new(true),
             };
             f(&handles);
             if process_wide(id)
@@ -137,11 +196,25 @@ mod hot {
 pub(crate) fn authenticated(started: Started, error: Option<&Error>) {
     #[cfg(feature = "metrics")]
     match error {
-        None => hot::with(|h| h.success.record(started.seconds())),
+        // Not timed: the recorder drops durations (nothing to look up).
+        None => {
+            if let Some(started) = started.0 {
+                hot::with(|h| {
+                    let read = Cell::new(false);
+                    h.success.record(Elapsed {
+                        started,
+                        read: Some(&read),
+                    });
+                    h.live.set(read.get());
+                });
+            }
+        }
         Some(e) => {
             let reason = e.code().as_str();
-            metrics::histogram!("apikey.authentication.duration", "result" => "failure", "reason" => reason)
-                .record(started.seconds());
+            if let Some(elapsed) = started.elapsed(None) {
+                metrics::histogram!("apikey.authentication.duration", "result" => "failure", "reason" => reason)
+                    .record(elapsed);
+            }
             metrics::counter!("apikey.authentication.rejections", "reason" => reason).increment(1);
         }
     }
@@ -169,8 +242,11 @@ pub(crate) fn store_call<T>(
 ) {
     #[cfg(feature = "metrics")]
     {
+        let elapsed = started.elapsed(None);
         if operation == "fetch" && result.is_ok() {
-            hot::with(|h| h.fetch_ok.record(started.seconds()));
+            if let Some(elapsed) = elapsed {
+                hot::with(|h| h.fetch_ok.record(elapsed));
+            }
             return;
         }
         let outcome = match result {
@@ -178,8 +254,10 @@ pub(crate) fn store_call<T>(
             Err(e) if e.kind() == StoreErrorKind::Timeout => "timeout",
             Err(_) => "error",
         };
-        metrics::histogram!("apikey.store.duration", "operation" => operation, "outcome" => outcome)
-            .record(started.seconds());
+        if let Some(elapsed) = elapsed {
+            metrics::histogram!("apikey.store.duration", "operation" => operation, "outcome" => outcome)
+                .record(elapsed);
+        }
         if outcome == "timeout" {
             metrics::counter!("apikey.store.timeouts", "operation" => operation).increment(1);
         }
@@ -275,4 +353,67 @@ pub(crate) fn monitoring_event(kind: &'static str) {
     metrics::counter!("apikey.monitoring.events", "kind" => kind).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = kind;
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    fn durations(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<f64> {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == "apikey.authentication.duration")
+            .flat_map(|(.., v)| match v {
+                DebugValue::Histogram(h) => h.into_iter().map(|v| v.into_inner()).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Without a recorder an authentication reads no clock once the no-op
+    /// recorder has dropped one valid duration; a local recorder, and the
+    /// process-wide recorder installed later, are timed again. The only
+    /// test of this binary that installs a recorder for the whole process.
+    #[test]
+    fn no_clock_without_a_recorder_and_timed_again_with_one() {
+        std::thread::spawn(|| {
+            let first = Started::authentication();
+            assert!(first.0.is_some(), "nothing is known of the recorder yet");
+            authenticated(first, None);
+            assert!(
+                Started::authentication().0.is_none(),
+                "the no-op recorder dropped the duration: no clock read"
+            );
+            // A failure without a start time records no duration (and no
+            // made-up one).
+            authenticated(Started::authentication(), Some(&Error::InvalidApiKey));
+            assert!(Started::authentication().0.is_none());
+
+            let local = DebuggingRecorder::new();
+            metrics::with_local_recorder(&local, || {
+                let started = Started::authentication();
+                assert!(started.0.is_some(), "a local recorder is timed");
+                authenticated(started, None);
+            });
+            let seen = durations(&local.snapshotter());
+            assert_eq!(seen.len(), 1);
+            assert!(seen[0].is_finite() && seen[0] >= 0.0);
+            assert!(Started::authentication().0.is_none(), "back to the no-op");
+
+            let global = Box::leak(Box::new(DebuggingRecorder::new()));
+            let snapshot = global.snapshotter();
+            metrics::set_global_recorder(&*global).unwrap();
+            let started = Started::authentication();
+            assert!(started.0.is_some(), "the recorder changed: timed again");
+            authenticated(started, None);
+            let seen = durations(&snapshot);
+            assert_eq!(seen.len(), 1, "the valid path's duration reaches it");
+            assert!(Started::authentication().0.is_some(), "and stays timed");
+        })
+        .join()
+        .unwrap();
+    }
 }

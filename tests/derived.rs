@@ -494,3 +494,143 @@ async fn a_credit_budget_is_carved_from_the_parent() {
         (None, Some(5))
     );
 }
+
+/// The reviewed hole (a second review): a child derived without a budget,
+/// a rotated key's successor and a rotated budgeted child used to start
+/// with no key balance of their own, so they spent unmetered. Now each
+/// spends from the account it came from (`KeyRecord::limits_account`):
+/// nothing is minted by a derivation or a rotation, and the grace period
+/// shares one balance between the old and the new key.
+#[tokio::test]
+async fn derived_and_rotated_keys_spend_from_the_account_they_came_from() {
+    use apikey::limits::{CreditAccount, CreditBalances, MemoryLimits, Quota};
+    use apikey::web::{Decision, Gate, QuotaTable, Route};
+    let clock = ManualClock::new(T0);
+    let limits = Arc::new(MemoryLimits::with_clock(clock.clone()));
+    let m = Arc::new(
+        KeyManager::with_clock(verifier(), MemoryStore::new(), clock.clone())
+            .with_limits(Arc::clone(&limits)),
+    );
+    let gate = Gate::from_manager(&m)
+        .with_quotas(QuotaTable::fixed(Quota::unlimited()))
+        .with_credits("rest");
+    let route = Route::new(Requirement::scope("tasks:read").unwrap()).cost(1);
+    let spend = async |key: &ApiKey, n: usize| {
+        let mut admitted = 0;
+        for _ in 0..n {
+            let headers = [("x-api-key", key.expose_secret())];
+            match gate.check(headers, None, None, &route).await {
+                Decision::Admitted(_) => admitted += 1,
+                Decision::Rejected(r) => assert_eq!(r.to_response().status, 429),
+                Decision::NotOurs => panic!("not ours"),
+            }
+        }
+        admitted
+    };
+    let create = async || {
+        m.create(
+            NewKey::new("sk_live_").owner("o").scopes(["tasks:read"]),
+            &admin(),
+        )
+        .await
+        .unwrap()
+    };
+    let fund = async |id: KeyId, n: u64| {
+        limits
+            .set_credits(CreditAccount::Key(id.as_u64()), n, None)
+            .await
+            .unwrap();
+    };
+
+    // A child without a budget spends its parent's credits.
+    let (parent_key, parent) = create().await;
+    fund(parent.id, 4).await;
+    assert_eq!(spend(&parent_key, 1).await, 1);
+    let (child_key, child) = m
+        .derive(parent.id, Derivation::new("agent"), &admin())
+        .await
+        .unwrap();
+    let record = m.store().get_sync(child.id).unwrap();
+    assert_eq!(record.limits_account(), Some(parent.id));
+    assert_eq!(
+        spend(&child_key, 5).await,
+        3,
+        "the parent's 3 left, no more"
+    );
+    assert_eq!(spend(&parent_key, 1).await, 0, "and the parent's are gone");
+
+    // A rotated key's successor keeps the balance; through the grace
+    // period both keys spend the one balance.
+    let (old_key, old) = create().await;
+    fund(old.id, 3).await;
+    let (new_key, new) = m
+        .rotate(
+            old.id,
+            Rotation::with_grace(Duration::from_secs(3_600)),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        m.store().get_sync(new.id).unwrap().limits_account(),
+        Some(old.id)
+    );
+    assert_eq!(spend(&old_key, 2).await, 2);
+    assert_eq!(spend(&new_key, 5).await, 1, "one balance, not two");
+    // Rotated again: still the first key's account.
+    let (newer_key, _) = m
+        .rotate(new.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    fund(old.id, 2).await;
+    assert_eq!(spend(&newer_key, 5).await, 2);
+
+    // A budgeted child, rotated: the successor spends the child's budget.
+    let (_, funded) = create().await;
+    fund(funded.id, 10).await;
+    let (budget_key, budgeted) = m
+        .derive_with_credits(funded.id, Derivation::new("agent"), 2, &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        m.store().get_sync(budgeted.id).unwrap().limits_account(),
+        Some(budgeted.id),
+        "a budget is an account of its own"
+    );
+    assert_eq!(spend(&budget_key, 1).await, 1);
+    let (successor_key, _) = m
+        .rotate(budgeted.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    assert_eq!(spend(&successor_key, 5).await, 1, "the budget's 1 left");
+
+    // Callers cannot name an account: create, import, derive and update.
+    let other = parent.id.to_string();
+    let err = m
+        .create(
+            NewKey::new("sk_live_").metadata(KeyRecord::LIMITS_OF, other.clone()),
+            &admin(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+    let err = m
+        .derive(
+            funded.id,
+            Derivation::new("x").metadata(KeyRecord::LIMITS_OF, other.clone()),
+            &admin(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_REQUEST");
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert(KeyRecord::LIMITS_OF.to_owned(), other);
+    m.update(funded.id, KeyUpdate::new().metadata(metadata), &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        m.store().get_sync(funded.id).unwrap().limits_account(),
+        Some(funded.id),
+        "an update cannot move a key to another account"
+    );
+}

@@ -77,23 +77,41 @@ impl Target {
 
 /// `url` with the password of its user info (and every query parameter's
 /// value) replaced by `***`.
+///
+/// The user info ends at the **last** `@` of the whole URL, before the
+/// query is split off: an unencoded password may hold `/`, `@`, `?`, `#` or
+/// `&`, and must never be taken for the path or the query. A query value
+/// holding an `@` makes more of the URL look like user info: more is
+/// hidden then, never less.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "***".into();
     };
-    let (before_query, query) = match rest.split_once('?') {
+    let (userinfo, after) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => (Some(userinfo), after),
+        None => (None, rest),
+    };
+    let (host_path, query) = match after.split_once('?') {
         Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
+        None => (after, None),
     };
-    // The last `@` ends the user info, even when an unencoded password
-    // holds a `/` or an `@`.
-    let mut out = match before_query.rsplit_once('@') {
-        Some((userinfo, host_path)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host_path}"),
-            None => format!("{scheme}://{userinfo}@{host_path}"),
-        },
-        None => format!("{scheme}://{before_query}"),
-    };
+    let mut out = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            // A user name that looks like more than a name: hide it too.
+            Some((user, _)) if !user.contains(['/', '?', '#', '&']) => {
+                out.push_str(user);
+                out.push_str(":***@");
+            }
+            Some(_) => out.push_str("***@"),
+            None if !userinfo.contains(['/', '?', '#', '&']) => {
+                out.push_str(userinfo);
+                out.push('@');
+            }
+            None => out.push_str("***@"),
+        }
+    }
+    out.push_str(host_path);
     if let Some(q) = query {
         let redacted: Vec<String> = q
             .split('&')
@@ -305,6 +323,38 @@ mod tests {
             "postgres://app:***@db/keys"
         );
         assert_eq!(redact_url("no scheme:secret"), "***");
+    }
+
+    /// A password holding `?`, `#` or `&` (the second review: the query
+    /// was split off first, and the password's tail was printed).
+    #[test]
+    fn redact_url_hides_a_password_holding_query_characters() {
+        for (url, shown) in [
+            (
+                "postgres://app:Zx9?kLq2@db.internal/keys",
+                "postgres://app:***@db.internal/keys",
+            ),
+            (
+                "postgres://app:12?x@127.0.0.1:1/keys",
+                "postgres://app:***@127.0.0.1:1/keys",
+            ),
+            ("postgres://app:s3cr#et?z@h/db", "postgres://app:***@h/db"),
+            (
+                "postgres://app:a&b=c?d@h/db?sslmode=require",
+                "postgres://app:***@h/db?sslmode=***",
+            ),
+            // An `@` in a query value: more is hidden, never the password.
+            (
+                "postgres://app:pw?x@h/db?application_name=a@b",
+                "postgres://app:***@b",
+            ),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, shown, "{url}");
+            for secret in ["Zx9", "kLq2", "12?x", "s3cr", "et?z", "a&b", "pw?x"] {
+                assert!(!redacted.contains(secret), "{url} -> {redacted}");
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,12 @@
 //!
 //! * A **key balance** counts the uses left on one key; an **owner
 //!   balance** (owner id + API name) is shared by every key of that owner on
-//!   that API. A key or owner with no balance is not metered.
+//!   that API. A key or owner with no balance is not metered. A key's
+//!   balance and rate-limit windows are those of its limits account
+//!   ([`KeyRecord::limits_account`](crate::KeyRecord::limits_account)): its
+//!   own id, except for a rotated key's successor (its predecessor's) and a
+//!   child derived without a budget (its parent's), so neither a rotation
+//!   nor a derivation makes an unmetered key out of a metered one.
 //! * A [`Refill`] tops a balance up to its amount (a balance above it, after
 //!   a manual grant, is kept) once per period: every fixed
 //!   [`Duration`](std::time::Duration) counted from when the balance was set, or at the start of

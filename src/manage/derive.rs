@@ -117,6 +117,11 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// The issuance policies and the owner limit apply as on
     /// [`create`](Self::create).
     ///
+    /// The child has no budget of its own: it spends from its parent's
+    /// limits account ([`KeyRecord::limits_account`]: the parent's key
+    /// credits and rate-limit windows). For a budget of its own, use
+    /// [`derive_with_credits`](Self::derive_with_credits).
+    ///
     /// The live-children limit and the owner limit are counted on the
     /// owner's listing and the child is committed with the owner guard, so
     /// concurrent derivations from one parent never exceed either.
@@ -136,25 +141,24 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         derivation: Derivation,
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
-        let planned = self.plan_child(parent, derivation).await?;
+        let planned = self.plan_child(parent, derivation, true).await?;
         self.commit_child(planned, parent, None, actor).await
     }
 
     /// The child of `parent` that `derivation` describes, checked against
-    /// the parent and the policies: the key, its record and the time.
+    /// the parent and the policies: the key, its record and the time. With
+    /// `shared_limits` (no budget of its own) the child uses its parent's
+    /// limits account: its requests spend the parent's rate-limit windows
+    /// and key credits, so a child never adds to what its parent may spend.
     async fn plan_child(
         &self,
         parent: KeyId,
         derivation: Derivation,
+        shared_limits: bool,
     ) -> Result<(ApiKey, KeyRecord, Timestamp)> {
         let now = self.now();
         let (max_depth, _) = self.derivation;
-        if derivation.metadata.contains_key(KeyRecord::PARENT) {
-            return Err(Error::InvalidInput(format!(
-                "the metadata entry `{}` is reserved for derived keys",
-                KeyRecord::PARENT
-            )));
-        }
+        super::manager::reserved_links(&derivation.metadata)?;
         let p = self.record(parent).await?;
         if !p.is_usable_at(now) {
             return Err(Error::InvalidState(
@@ -194,6 +198,13 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         new.metadata = derivation.metadata;
         new.metadata
             .insert(KeyRecord::PARENT.to_owned(), parent.to_string());
+        if shared_limits {
+            let account = p
+                .limits_account()
+                .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))?;
+            new.metadata
+                .insert(KeyRecord::LIMITS_OF.to_owned(), account.to_string());
+        }
         // A publishable child is used from its parent's pages only.
         if let Some(origins) = p.metadata.get(crate::pipeline::ALLOWED_ORIGINS) {
             new.metadata
@@ -369,7 +380,7 @@ where
         budget: u64,
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
-        let planned = self.plan_child(parent, derivation).await?;
+        let planned = self.plan_child(parent, derivation, false).await?;
         let child = planned.1.id;
         let limits = self.authenticator().limits();
         let from = CreditAccount::Key(parent.as_u64());

@@ -39,14 +39,20 @@ pub(crate) use gates::{MAX_RETRIES, backoff, contended};
 /// [`Derivation::DEFAULT_LIMITS`](crate::Derivation::DEFAULT_LIMITS).
 pub(crate) const DEFAULT_DERIVATION_LIMITS: (u8, u32) = (2, 100);
 
-/// Refuses the reserved parent link in caller-given metadata: only
-/// [`KeyManager::derive`] sets it.
-fn reserved_parent(metadata: &BTreeMap<String, String>) -> Result<()> {
-    if metadata.contains_key(KeyRecord::PARENT) {
-        return Err(Error::InvalidInput(format!(
-            "the metadata entry `{}` is reserved for derived keys",
-            KeyRecord::PARENT
-        )));
+/// Refuses the crate's links in caller-given metadata: the parent link
+/// (only [`KeyManager::derive`] sets it) and the limits account (only
+/// `derive` and [`KeyManager::rotate`] set it: a caller naming another
+/// key's account would spend that key's credits).
+pub(crate) fn reserved_links(metadata: &BTreeMap<String, String>) -> Result<()> {
+    for (entry, what) in [
+        (KeyRecord::PARENT, "derived keys"),
+        (KeyRecord::LIMITS_OF, "rotated and derived keys"),
+    ] {
+        if metadata.contains_key(entry) {
+            return Err(Error::InvalidInput(format!(
+                "the metadata entry `{entry}` is reserved for {what}"
+            )));
+        }
     }
     Ok(())
 }

@@ -470,7 +470,7 @@ impl<S: KeyStore, C: Clock, L: Limits> Authenticator<S, C, L> {
         out: fn(std::result::Result<VerifiedKey, Failure>) -> T,
     ) -> impl Future<Output = T> + 'a {
         trace::authenticate(async move {
-            let started = metrics::Started::now();
+            let started = metrics::Started::authentication();
             // Every `await` below follows the `let` that made what it needs:
             // a value matched (or partly moved) where an `await` happens
             // would stay in the future's state.

@@ -250,6 +250,17 @@ impl KeyRecord {
     /// deleted (chains up to [`Derivation::MAX_DEPTH`](crate::Derivation::MAX_DEPTH)).
     pub const PARENT: &'static str = "apikey.parent";
 
+    /// Reserved metadata entry: the id of the key whose rate-limit windows
+    /// and key credit balance this key uses (its limits account, see
+    /// [`limits_account`](Self::limits_account)). Only the crate sets it:
+    /// [`KeyManager::rotate`](crate::KeyManager::rotate) gives the
+    /// successor its predecessor's account (both keys spend one balance
+    /// through the grace period, and the successor keeps it after), and
+    /// [`KeyManager::derive`](crate::KeyManager::derive) gives a child
+    /// without a budget of its own its parent's. A caller's metadata may
+    /// not carry it.
+    pub const LIMITS_OF: &'static str = "apikey.limits_of";
+
     /// Reserved metadata entry (`"true"`) that marks a key for auto-renewal
     /// by [`KeyManager::sweep_once`](crate::KeyManager::sweep_once).
     pub const AUTO_RENEW: &'static str = "apikey.auto_renew";
@@ -262,6 +273,27 @@ impl KeyRecord {
     /// [`KeyPolicy`](crate::KeyPolicy) requires approval;
     /// [`KeyManager::enable`](crate::KeyManager::enable) removes it.
     pub const PENDING_APPROVAL: &'static str = "apikey.pending_approval";
+
+    /// The key whose rate-limit windows and key credit balance
+    /// ([`CreditAccount::Key`](crate::limits::CreditAccount::Key)) this key
+    /// uses: its own id, or the one its [`LIMITS_OF`](Self::LIMITS_OF)
+    /// entry names (a rotated key's successor, a derived key without a
+    /// budget). `None` when that entry is unreadable: the gate then refuses
+    /// the key's requests (503), never admits them unmetered.
+    ///
+    /// ```
+    /// use apikey::{KeyRecord, Keyring, NewKey, ServerSecret, Timestamp, Verifier};
+    /// let v = Verifier::new(Keyring::new(1, ServerSecret::from_bytes(&[1; 32])?)?);
+    /// let (_, record) = v.issue(NewKey::new("sk_live_"), Timestamp::from_unix_secs(1_767_225_600)?)?;
+    /// assert_eq!(record.limits_account(), Some(record.id));
+    /// # Ok::<(), apikey::Error>(())
+    /// ```
+    pub fn limits_account(&self) -> Option<KeyId> {
+        match self.metadata.get(Self::LIMITS_OF) {
+            None => Some(self.id),
+            Some(text) => text.parse().ok(),
+        }
+    }
 
     /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
     /// keys show their legacy prefix and `...` only (their text has no id).
@@ -440,6 +472,9 @@ pub(crate) const HAS_NOT_BEFORE: u8 = 1;
 pub(crate) const HAS_IP_ALLOWLIST: u8 = 2;
 /// `KeyView::flags`: a derived key (its metadata names a parent).
 pub(crate) const HAS_PARENT: u8 = 4;
+/// `KeyView::flags`: the key uses another key's limits account
+/// ([`KeyRecord::LIMITS_OF`]).
+pub(crate) const HAS_LIMITS_OF: u8 = 8;
 
 /// Fields of a record that change with writes and usage flushes, and the
 /// rarely set ones (boxed again, so a used key costs 56 bytes here).
@@ -573,6 +608,9 @@ impl KeyView {
         }
         if record.metadata.contains_key(KeyRecord::PARENT) {
             flags |= HAS_PARENT;
+        }
+        if record.metadata.contains_key(KeyRecord::LIMITS_OF) {
+            flags |= HAS_LIMITS_OF;
         }
         let extra = Extra {
             revision: record.revision,
@@ -760,6 +798,17 @@ impl KeyView {
     /// The granted scopes.
     pub fn scopes(&self) -> &ScopeSet {
         &self.scopes
+    }
+
+    /// The key whose rate-limit windows and key credit balance this key
+    /// uses, as [`KeyRecord::limits_account`] says (`None`: unreadable).
+    pub fn limits_account(&self) -> Option<KeyId> {
+        if self.flags & HAS_LIMITS_OF == 0 {
+            return Some(self.id);
+        }
+        self.metadata()
+            .get(KeyRecord::LIMITS_OF)
+            .and_then(|a| a.parse().ok())
     }
 
     /// The metadata (empty when none).

@@ -584,6 +584,13 @@ impl VerifiedKey {
     pub fn metadata(&self) -> &std::collections::BTreeMap<String, String> {
         self.view.metadata()
     }
+    /// The key whose rate-limit windows and key credit balance this key
+    /// uses ([`KeyRecord::limits_account`](crate::KeyRecord::limits_account)):
+    /// its own id unless it is a rotated key's successor or a derived key
+    /// without a budget. `None` when the record's entry is unreadable.
+    pub fn limits_account(&self) -> Option<KeyId> {
+        self.view.limits_account()
+    }
     /// The whole view.
     pub fn view(&self) -> &Arc<KeyView> {
         &self.view

@@ -21,6 +21,7 @@ use crate::limits::{
 };
 use crate::metrics;
 use crate::pipeline::Authenticator;
+use crate::record::KeyView;
 use crate::store::KeyStore;
 use crate::verify::{Failure, VerifiedKey};
 
@@ -714,12 +715,13 @@ where
     async fn failed(&self, failure: Failure) -> Rejection {
         if failure.reason.class() == FailureClass::Authenticated
             && let (Some(id), Some(metadata)) = (failure.id, failure.metadata())
+            && let Some(account) = failure.view.as_deref().and_then(KeyView::limits_account)
         {
             let quota = self.quotas.quota_for_metadata(metadata);
             if let Ok(verdict @ Verdict::RateLimited { .. }) = self
                 .authenticator
                 .limits()
-                .admit(&Admission::new(id.as_u64(), quota))
+                .admit(&Admission::new(account.as_u64(), quota))
                 .await
             {
                 metrics::admission("rate_limited", false);
@@ -733,10 +735,22 @@ where
         self.reject(failure.error)
     }
 
-    fn admission<'a>(&'a self, key: &'a VerifiedKey, route: &Route) -> Admission<'a> {
+    /// The admission of `key` on `route`, charged to the key's limits
+    /// account ([`VerifiedKey::limits_account`]: a rotated key's successor
+    /// and a derived key without a budget spend from the first key's
+    /// windows and balance). A store error when the record's account is
+    /// unreadable: such a key is refused (503), never admitted unmetered.
+    fn admission<'a>(
+        &'a self,
+        key: &'a VerifiedKey,
+        route: &Route,
+    ) -> Result<Admission<'a>, StoreError> {
+        let account = key
+            .limits_account()
+            .ok_or_else(|| StoreError::new(crate::StoreErrorKind::Corrupt))?;
         let quota = self.quotas.quota_for(key);
-        let admission = Admission::new(key.id().as_u64(), quota);
-        match &self.credits_api {
+        let admission = Admission::new(account.as_u64(), quota);
+        Ok(match &self.credits_api {
             None => admission,
             Some(api) => admission.credits(CreditCharge::new(route.cost).owner(key.owner().map(
                 |owner| OwnerApi {
@@ -744,18 +758,18 @@ where
                     api: api.as_ref(),
                 },
             ))),
-        }
+        })
     }
 
     /// Step 4 (rate limit and credits, one admission) for a verified key.
     pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let verdict = crate::trace::admit(
-            self.authenticator
-                .limits()
-                .admit(&self.admission(&key, route)),
-        )
-        .await;
+        let verdict = match self.admission(&key, route) {
+            Ok(admission) => {
+                crate::trace::admit(self.authenticator.limits().admit(&admission)).await
+            }
+            Err(e) => Err(e),
+        };
         self.conclude(verdict, key, scheme, now)
     }
 
@@ -852,9 +866,8 @@ where
     pub fn charge_blocking(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
         let verdict = self
-            .authenticator
-            .limits()
-            .admit_now(&self.admission(&key, route));
-        self.conclude(Ok(verdict), key, scheme, now)
+            .admission(&key, route)
+            .map(|admission| self.authenticator.limits().admit_now(&admission));
+        self.conclude(verdict, key, scheme, now)
     }
 }

@@ -86,12 +86,15 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     fields.push("expires_at");
                 }
                 if let Some(m) = &update.metadata {
-                    // A derived key's parent link is the crate's, not the
-                    // caller's: kept as it is.
+                    // A derived key's parent link and a key's limits
+                    // account are the crate's, not the caller's: kept as
+                    // they are.
                     let mut m = m.clone();
-                    m.remove(KeyRecord::PARENT);
-                    if let Some(p) = cur.metadata.get(KeyRecord::PARENT) {
-                        m.insert(KeyRecord::PARENT.to_owned(), p.clone());
+                    for link in [KeyRecord::PARENT, KeyRecord::LIMITS_OF] {
+                        m.remove(link);
+                        if let Some(p) = cur.metadata.get(link) {
+                            m.insert(link.to_owned(), p.clone());
+                        }
                     }
                     if m != cur.metadata {
                         next.metadata = m;

@@ -4,7 +4,7 @@ use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::commit::InsertError;
-use super::{ImportKey, KeyManager, KeySummary, LegacySecret, reserved_parent};
+use super::{ImportKey, KeyManager, KeySummary, LegacySecret, reserved_links};
 use crate::clock::Clock;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::key::ApiKey;
@@ -32,7 +32,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// whose commit outlived its deadline answers success), or when
     /// concurrent writes to the owner kept conflicting.
     pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeySummary)> {
-        reserved_parent(&new.metadata)?;
+        reserved_links(&new.metadata)?;
         let now = self.now();
         let mut attempt = 0;
         loop {
@@ -99,7 +99,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 "the current secret version is missing",
             ))?;
         let mut new = import.new.clone();
-        reserved_parent(&new.metadata)?;
+        reserved_links(&new.metadata)?;
         new.prefix = legacy.native.prefix.as_str().to_owned();
         for _ in 0..3 {
             let (_discarded, mut record) = self.issue_planned(new.clone(), now, true)?;

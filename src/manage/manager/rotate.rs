@@ -8,7 +8,7 @@ use crate::error::{Error, Result, StoreErrorKind};
 use crate::key::{ApiKey, KeyId};
 use crate::limits::Limits;
 use crate::pipeline::{Actor, AuditKind};
-use crate::record::{KeyStatus, NewKey};
+use crate::record::{KeyRecord, KeyStatus, NewKey};
 use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
@@ -16,7 +16,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// scopes, metadata and IP allowlist; the old key keeps working for the
     /// grace period (never past its own expiry; zero: it stops now), then
     /// fails as expired. The records point at each other
-    /// (`rotated_to` / `rotated_from`). A key in its grace period does not
+    /// (`rotated_to` / `rotated_from`). The successor spends from the old
+    /// key's limits account ([`KeyRecord::limits_account`]): one key credit
+    /// balance and one set of rate-limit windows for both through the grace
+    /// period, and the successor's after it. A key in its grace period does not
     /// count toward the owner limit, so rotating at the limit works. The
     /// grace is at most [`with_max_grace`](Self::with_max_grace) (7 days by default).
     /// Rotating a key whose own predecessor is still in its grace period
@@ -78,6 +81,14 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             new.description = cur.description.clone();
             new.scopes = cur.scopes.iter().map(|s| s.as_str().to_owned()).collect();
             new.metadata = cur.metadata.clone();
+            // The successor spends from its predecessor's limits account:
+            // one balance and one set of windows through the grace period
+            // and after it, never a second balance made by a rotation.
+            let account = cur
+                .limits_account()
+                .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))?;
+            new.metadata
+                .insert(KeyRecord::LIMITS_OF.to_owned(), account.to_string());
             new.ip_allowlist = cur.ip_allowlist.clone();
             new.expires_at = rotation.expires_at;
             // A rotation replaces an approved key: no second approval.
