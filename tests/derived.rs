@@ -542,8 +542,16 @@ async fn derived_and_rotated_keys_spend_from_the_account_they_came_from() {
             .unwrap();
     };
 
-    // A child without a budget spends its parent's credits.
+    // A child without a budget spends its parent's credits, under its
+    // parent's plan (inherited metadata; the crate's entries are not).
     let (parent_key, parent) = create().await;
+    m.update(
+        parent.id,
+        KeyUpdate::new().metadata([("plan".to_owned(), "pro".to_owned())].into()),
+        &admin(),
+    )
+    .await
+    .unwrap();
     fund(parent.id, 4).await;
     assert_eq!(spend(&parent_key, 1).await, 1);
     let (child_key, child) = m
@@ -552,6 +560,14 @@ async fn derived_and_rotated_keys_spend_from_the_account_they_came_from() {
         .unwrap();
     let record = m.store().get_sync(child.id).unwrap();
     assert_eq!(record.limits_account(), Some(parent.id));
+    assert_eq!(record.metadata.get("plan").map(String::as_str), Some("pro"));
+    assert!(
+        record.metadata.keys().all(|k| !k.starts_with("apikey.")
+            || k == KeyRecord::PARENT
+            || k == KeyRecord::LIMITS_OF),
+        "{:?}",
+        record.metadata
+    );
     assert_eq!(
         spend(&child_key, 5).await,
         3,

@@ -59,7 +59,11 @@ pub struct Derivation {
     pub expires_at: Option<Timestamp>,
     /// IP allowlist (within the parent's). Defaults to the parent's.
     pub ip_allowlist: Option<Vec<IpNet>>,
-    /// Metadata of the child (the reserved [`KeyRecord::PARENT`](crate::KeyRecord::PARENT) entry is refused).
+    /// Metadata of the child, over the parent's own entries (its plan, its
+    /// labels), which the child inherits; the crate's entries (`apikey.*`)
+    /// are not inherited, and the reserved links
+    /// ([`KeyRecord::PARENT`](crate::KeyRecord::PARENT),
+    /// [`KeyRecord::LIMITS_OF`](crate::KeyRecord::LIMITS_OF)) are refused.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -195,7 +199,18 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         new.ip_allowlist = derivation
             .ip_allowlist
             .unwrap_or_else(|| p.ip_allowlist.clone());
-        new.metadata = derivation.metadata;
+        // What the parent's metadata says of it (its plan, its labels)
+        // holds for the child unless the derivation says otherwise; the
+        // crate's own entries (`apikey.*`) do not carry over. With the
+        // parent's plan the child's requests are limited by the quota of
+        // the windows it shares with its parent.
+        new.metadata = p
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("apikey."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        new.metadata.extend(derivation.metadata);
         new.metadata
             .insert(KeyRecord::PARENT.to_owned(), parent.to_string());
         if shared_limits {
