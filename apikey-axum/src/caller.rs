@@ -32,7 +32,9 @@ pub enum Via {
 /// user; a key caller is bounded by its own key ([`Caller::from_key`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bounds {
-    /// Scopes the caller holds (`None`: every scope the service offers).
+    /// Scopes the caller holds (`None`: every scope the service offers in
+    /// its catalog, [`ManageConfig::scope`](crate::ManageConfig::scope); none
+    /// when it declares none).
     pub scopes: Option<ScopeSet>,
     /// Environments the caller may issue in (`None`: every environment).
     pub environments: Option<Vec<Environment>>,

@@ -50,8 +50,10 @@ pub const CSRF_HEADER: &str = "x-apikey-csrf";
 
 impl ManageConfig {
     /// Keys are issued under `live_prefix` (registered with the verifier as
-    /// a live prefix). Defaults: title "API keys", no scope catalog (any
-    /// valid scope within the caller's bounds), no plans, 16 KiB bodies,
+    /// a live prefix). Defaults: title "API keys", no scope catalog (then
+    /// only a caller with scope bounds, such as a management key, gives
+    /// permissions, within its bounds; a signed-in user without bounds
+    /// gives none: declare them with [`scope`](Self::scope)), no plans, 16 KiB bodies,
     /// a rotation grace of 24 hours when none is given, same-origin
     /// requests only, the page served.
     pub fn new(live_prefix: &str) -> Self {

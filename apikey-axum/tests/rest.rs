@@ -763,3 +763,77 @@ async fn an_account_admin_manages_every_user_of_its_account() {
     .await;
     assert_eq!((r.status, r.field()), (403, "plan".into()));
 }
+
+/// The second review's note: with no scope catalog, a signed-in user
+/// without scope bounds used to give any scope (`admin:*` included). It now
+/// gives none; a management key still gives what its own key holds, and a
+/// derived key still narrows its parent.
+#[tokio::test]
+async fn without_a_catalog_an_unbounded_user_gives_no_permission() {
+    let s = start_with(apikey_axum::ManageConfig::new("sk_live_")).await;
+    for body in [
+        r#"{"name":"x","permissions":["admin:*"]}"#,
+        r#"{"name":"x","permissions":["tasks:read"]}"#,
+    ] {
+        let r = call(
+            s.addr,
+            As::User("alice"),
+            "POST",
+            "/v1/api-keys",
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code(), r.field()),
+            (403, "INSUFFICIENT_SCOPE".into(), "permissions".into()),
+            "{body}: {}",
+            r.body
+        );
+    }
+    assert!(s.manager.list("alice").await.unwrap().is_empty());
+    let plain = create(s.addr, As::User("alice"), r#"{"name":"plain"}"#).await;
+    let path = format!("/v1/api-keys/{}", plain["id"].as_str().unwrap());
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "PATCH",
+        &path,
+        Some(r#"{"permissions":["admin:*"]}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "INSUFFICIENT_SCOPE".into()));
+    // A management key gives what it holds.
+    let k = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_").scopes(["keys:manage", "tasks:read"]),
+    )
+    .await;
+    let child = create(
+        s.addr,
+        As::Key(k.expose_secret()),
+        r#"{"name":"c","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    assert_eq!(child["permissions"], serde_json::json!(["tasks:read"]));
+    // A derived key narrows its parent, catalog or not (room for it under
+    // the test server's limit of 3 keys first).
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "DELETE",
+        &format!("{path}?permanent=true"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("/v1/api-keys/{}/derive", child["id"].as_str().unwrap()),
+        Some(r#"{"name":"agent","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}

@@ -167,7 +167,7 @@ where
                 "a key cannot be issued in an environment its creator may not use",
             ));
         }
-        let scopes = parse_scopes(&req.permissions, &st.config, bounds)?;
+        let scopes = parse_scopes(&req.permissions, &st.config, bounds, false)?;
         let expires = req
             .expires_at
             .as_deref()
@@ -244,7 +244,7 @@ where
             update = update.description(d.filter(|d| !d.is_empty()));
         }
         if let Some(p) = req.permissions {
-            update = update.scopes(parse_scopes(&p, &st.config, bounds)?);
+            update = update.scopes(parse_scopes(&p, &st.config, bounds, false)?);
         }
         if let Some(e) = req.expires_at {
             let e = e
@@ -370,7 +370,7 @@ where
         let now = st.now();
         let mut derivation = Derivation::new(req.name);
         if let Some(list) = &req.permissions {
-            derivation = derivation.scopes(parse_scopes(list, &st.config, bounds)?);
+            derivation = derivation.scopes(parse_scopes(list, &st.config, bounds, true)?);
         }
         let expires = req
             .expires_at

@@ -104,16 +104,29 @@ pub(super) fn parse_time(field: &str, text: &str, now: Timestamp) -> Result<Time
     Ok(t)
 }
 
+/// The permissions of a request, each one the service offers and the
+/// caller holds. A caller without scope bounds holds what the service
+/// offers: with no catalog ([`ManageConfig::scope`]) that is nothing, so it
+/// gives no permission (an unbounded session would otherwise mint any
+/// scope, `admin:*` included). `narrowing` (a derived key, which the
+/// manager keeps within its parent) skips that refusal only.
 pub(super) fn parse_scopes(
     list: &[String],
     config: &ManageConfig,
     bounds: &Bounds,
+    narrowing: bool,
 ) -> Result<Vec<String>, ApiError> {
     if list.len() > ScopeSet::MAX_SCOPES {
         return Err(ApiError::invalid_scope(format!(
             "at most {} permissions",
             ScopeSet::MAX_SCOPES
         )));
+    }
+    if !list.is_empty() && config.scopes.is_empty() && bounds.scopes.is_none() && !narrowing {
+        return Err(ApiError::escalation(
+            "permissions",
+            "this service declares no permissions, so a caller without scope bounds cannot give any",
+        ));
     }
     for text in list {
         let scope = Scope::parse(text)
