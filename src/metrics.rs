@@ -12,6 +12,8 @@
 
 #[cfg(feature = "metrics")]
 use std::cell::Cell;
+#[cfg(feature = "metrics")]
+use std::time::Instant;
 
 #[cfg(feature = "metrics")]
 use crate::error::StoreErrorKind;
@@ -20,7 +22,7 @@ use crate::error::{Error, StoreError};
 /// A start time, read only with the feature, and for an authentication
 /// only while the recorder records durations.
 #[derive(Clone, Copy)]
-pub(crate) struct Started(#[cfg(feature = "metrics")] Option<quanta::Instant>);
+pub(crate) struct Started(#[cfg(feature = "metrics")] Option<Instant>);
 
 impl Started {
     /// The start of a store call (always timed with the feature: a store
@@ -29,7 +31,7 @@ impl Started {
     pub(crate) fn now() -> Self {
         Self(
             #[cfg(feature = "metrics")]
-            Some(quanta::Instant::now()),
+            Some(Instant::now()),
         )
     }
 
@@ -39,7 +41,7 @@ impl Started {
     pub(crate) fn authentication() -> Self {
         Self(
             #[cfg(feature = "metrics")]
-            hot::timing().then(quanta::Instant::now),
+            hot::timing().then(Instant::now),
         )
     }
 
@@ -55,7 +57,7 @@ impl Started {
 /// records it (the facade's no-op handles never call `into_f64`).
 #[cfg(feature = "metrics")]
 struct Elapsed<'a> {
-    started: quanta::Instant,
+    started: Instant,
     read: Option<&'a Cell<bool>>,
 }
 
