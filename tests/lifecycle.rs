@@ -435,6 +435,72 @@ async fn rotation_grace_ends_exactly_and_never_past_own_expiry() {
     );
 }
 
+/// The acceptance pass: a rotation used to give a key that expires a
+/// successor that never does. It now gets the old key's lifetime again,
+/// from now; a named expiry wins, a key without expiry stays without, and
+/// an issuance policy's maximum caps what is inherited.
+#[tokio::test]
+async fn rotation_keeps_the_lifetime_of_the_key() {
+    let f = fixture();
+    let m = &f.manager;
+    let day = Duration::from_secs(86_400);
+    let (_, s) = m
+        .create(
+            NewKey::new("sk_live_").owner("u").expires_at(T0 + 90 * day),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    f.clock.advance(10 * day);
+    let (_, succ) = m
+        .rotate(s.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        succ.expires_at,
+        Some(T0 + 100 * day),
+        "90 days from the rotation"
+    );
+    let (_, named) = m
+        .rotate(
+            succ.id,
+            Rotation::with_grace(Duration::ZERO).expires_at(T0 + 40 * day),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(named.expires_at, Some(T0 + 40 * day));
+    let (_, forever) = m
+        .create(NewKey::new("sk_live_").owner("v"), &admin())
+        .await
+        .unwrap();
+    let (_, still) = m
+        .rotate(forever.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    assert_eq!(still.expires_at, None);
+    // A policy tightened to 30 days caps the inherited 90.
+    let capped = KeyManager::with_clock(verifier(), Arc::clone(m.store()), f.clock.clone())
+        .with_key_policies(KeyPolicies::new().rule(PolicyRule::new(
+            PolicyTarget::Prefix("sk_live_".into()),
+            KeyPolicy::new().max_lifetime(30 * day),
+        )));
+    let (_, long) = m
+        .create(
+            NewKey::new("sk_live_")
+                .owner("w")
+                .expires_at(f.clock.now() + 90 * day),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let (_, short) = capped
+        .rotate(long.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    assert_eq!(short.expires_at, Some(f.clock.now() + 30 * day));
+}
+
 #[tokio::test]
 async fn not_before_is_exact() {
     let f = fixture();
@@ -576,20 +642,22 @@ async fn expiring_soon_lists_keys_in_the_window() {
             .unwrap()),
         vec![d10.id, d29.id, d30.id]
     );
-    // A rotated key (in grace) is replaced, not due for renewal.
-    m.rotate(
-        d10.id,
-        Rotation::with_grace(Duration::from_secs(86_400)),
-        &admin(),
-    )
-    .await
-    .unwrap();
+    // A rotated key (in grace) is replaced, not due for renewal; its
+    // successor has its 10-day lifetime again, so it is listed in its place.
+    let (_, successor) = m
+        .rotate(
+            d10.id,
+            Rotation::with_grace(Duration::from_secs(86_400)),
+            &admin(),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         ids(m
             .expiring_soon(Some("a"), Duration::from_secs(30 * 86_400))
             .await
             .unwrap()),
-        vec![d29.id, d30.id]
+        vec![successor.id, d29.id, d30.id]
     );
 }
 

@@ -812,3 +812,56 @@ async fn rotation_chains_stay_within_the_owner_limit() {
         );
     }
 }
+
+/// The acceptance pass: a rotation over REST used to give a key that
+/// expires a successor without expiry. It now keeps the old key's lifetime,
+/// counted from the rotation, and a bounded caller caps it at its own
+/// expiry (a key without expiry gets that bound).
+#[tokio::test]
+async fn rotation_over_rest_keeps_the_lifetime_within_the_callers_bound() {
+    let s = start().await;
+    let day = std::time::Duration::from_secs(86_400);
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        &format!(r#"{{"name":"ci","expires_at":"{}"}}"#, T0 + 30 * day),
+    )
+    .await;
+    s.clock.advance(5 * day);
+    let path = format!("/v1/api-keys/{}", k["id"].as_str().unwrap());
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        &format!("{path}/rotate"),
+        Some(r#"{"grace_period_seconds":60}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let now = T0 + 5 * day;
+    assert_eq!(r.json()["expires_at"], (now + 30 * day).to_string());
+
+    // 20 days on, a management key expiring at T0 + 40 days rotates the
+    // successor (expiring at T0 + 35, within the caller): its 30 days again
+    // would end at T0 + 55, past the caller, so it gets T0 + 40.
+    s.clock.advance(20 * day);
+    let manage = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .expires_at(T0 + 40 * day),
+    )
+    .await;
+    let successor = r.json()["id"].as_str().unwrap().to_owned();
+    let r = call(
+        s.addr,
+        As::Key(manage.expose_secret()),
+        "POST",
+        &format!("/v1/api-keys/{successor}/rotate"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["expires_at"], (T0 + 40 * day).to_string());
+}

@@ -83,7 +83,8 @@ pub struct Global {
     /// The longest any database call may take, in seconds.
     #[arg(long, global = true, default_value_t = 5, value_name = "SECONDS")]
     pub timeout: u64,
-    /// Who runs the command, for the audit trail (default: cli:$USER).
+    /// Who runs the command, for the audit trail (default: cli:$USER, else
+    /// cli:$LOGNAME, else cli:uid<N>).
     #[arg(long, global = true, env = "APIKEY_ACTOR")]
     pub actor: Option<String>,
     /// Appends the audit events of this run to FILE, one JSON object per line.
@@ -151,10 +152,13 @@ pub enum KeysCommand {
     Rotate {
         /// Key id.
         id: String,
-        /// How long the old key keeps working (30m, 24h, 7d; 0: it stops now).
-        #[arg(long, default_value = "0")]
+        /// How long the old key keeps working (30m, 24h, 7d; 0: it stops
+        /// now). The default, 24h, is the REST API's: clients still holding
+        /// the old key keep working while they move.
+        #[arg(long, default_value = "24h")]
         grace: String,
-        /// Expiry of the new key (RFC 3339).
+        /// Expiry of the new key (RFC 3339); by default the old key's
+        /// lifetime again, counted from now.
         #[arg(long, value_name = "TIME")]
         expires_at: Option<String>,
     },

@@ -28,7 +28,8 @@ pub enum Exit {
 pub struct CliError {
     /// The exit status.
     pub exit: Exit,
-    /// A stable machine code (`NOT_FOUND`, `STORE_UNAVAILABLE`, ...).
+    /// A stable machine code (`KEY_NOT_FOUND`, `STORE_UNAVAILABLE`, ...:
+    /// the README's table).
     pub code: &'static str,
     /// What went wrong, for people. Never holds a secret.
     pub message: String,
@@ -65,7 +66,7 @@ impl CliError {
     /// The library's error, in context (`what`: the operation).
     pub fn from_key_error(what: &str, e: &KeyError) -> Self {
         let (exit, code) = match e {
-            KeyError::KeyNotFound => (Exit::NotFound, "NOT_FOUND"),
+            KeyError::KeyNotFound => (Exit::NotFound, "KEY_NOT_FOUND"),
             KeyError::StoreUnavailable(s) => (
                 Exit::StoreUnavailable,
                 match s.kind() {

@@ -125,7 +125,7 @@ async fn run(cli: Cli) -> Outcome {
         Keyring::new(1, ServerSecret::generate())
             .map_err(|e| CliError::usage(format!("keyring: {e}")))?
     };
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = login_name();
     let ctx = Context {
         json: g.json,
         actor: Actor::new(g.actor.unwrap_or_else(|| format!("cli:{user}"))),
@@ -189,4 +189,25 @@ fn secret_generate(out: Option<&std::path::Path>, json: bool) -> Outcome {
         );
     }
     Ok(None)
+}
+
+/// Who runs the command, for the audit trail: `$USER`, else `$LOGNAME`,
+/// else the process's user id (`uid1000`), else `unknown`. An empty
+/// variable counts as unset.
+fn login_name() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.trim().is_empty()
+        {
+            return name;
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata("/proc/self") {
+            return format!("uid{}", meta.uid());
+        }
+    }
+    "unknown".into()
 }

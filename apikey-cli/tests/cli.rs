@@ -297,7 +297,7 @@ fn every_command(env: &Env) {
         soon_id.as_str()
     );
     let gone = env.run(&["--json", "keys", "show", &soon_id]).fails(2);
-    assert_eq!(gone.json()["error"]["code"], "NOT_FOUND");
+    assert_eq!(gone.json()["error"]["code"], "KEY_NOT_FOUND");
     env.run(&["keys", "delete", &soon_id]).fails(2);
 
     // With the admin key revoked, bootstrap-admin works again.

@@ -303,6 +303,31 @@ fn the_audit_log_records_who_did_what() {
     .ok()
     .json();
     assert_eq!(listed["keys"][0]["id"], id.as_str());
+
+    // No --actor and no login name in the environment (empty counts as
+    // unset): the process's user id, never an empty or made-up name.
+    let mut args: Vec<&str> = env.db.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--audit-log", &log, "keys", "create", "--owner", "u"]);
+    run(
+        &args,
+        &[
+            ("APIKEY_SECRET_V1", &env.secret),
+            ("USER", ""),
+            ("LOGNAME", ""),
+        ],
+        None,
+    )
+    .ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "created");
+    let actor = s(&last["actor"]);
+    assert!(
+        actor
+            .strip_prefix("cli:uid")
+            .is_some_and(|n| n.parse::<u32>().is_ok()),
+        "{actor}"
+    );
 }
 
 /// Runs the binary with stdout a pipe whose reader is already closed (as

@@ -133,6 +133,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir =
         PathBuf::from(std::env::var("APIKEY_DATA_DIR").unwrap_or_else(|_| "apikey-data".into()));
     std::fs::create_dir_all(&dir)?;
+    // The directory holds a server secret: never let `git add .` take it.
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, "*\n")?;
+    }
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
             let secret = server_secret(&dir, true)?;
@@ -311,8 +316,35 @@ where
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
+    .with_graceful_shutdown(shutdown_signal())
     .await?;
+    // The usage counted since the last flush (the gate records into the
+    // manager's recorder) reaches the store before the process exits.
+    manager.shutdown().await?;
+    println!("usage flushed; stopped");
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what a service manager or a container runtime sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }
 
 /// Monitoring events on standard error (a stand-in for a pager).

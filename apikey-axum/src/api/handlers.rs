@@ -314,9 +314,16 @@ where
             .as_deref()
             .map(|t| parse_time("expires_at", t, now))
             .transpose()?;
+        // None asked: the old key's lifetime again (the manager's rule),
+        // never past the caller's own expiry.
         let mut rotation = Rotation::with_grace(grace);
-        if let Some(e) = bounded_expiry(expires, bounds, true)? {
+        if let Some(asked) = expires
+            && let Some(e) = bounded_expiry(Some(asked), bounds, true)?
+        {
             rotation = rotation.expires_at(e);
+        }
+        if let Some(latest) = bounds.expires_at {
+            rotation = rotation.no_later_than(latest);
         }
         let actor = Self::actor(&caller);
         let (key, new) = st

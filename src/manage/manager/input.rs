@@ -86,8 +86,15 @@ pub struct Rotation {
     /// How long the old key keeps working (zero: it stops now). Never
     /// extends past the old key's own expiry.
     pub grace: Duration,
-    /// Expiry of the new key; defaults to none.
+    /// Expiry of the new key. `None` (the default): the old key's
+    /// lifetime (from its `not_before`, or its creation, to its expiry)
+    /// again, counted from the rotation and within the issuance policy's
+    /// maximum; no expiry when the old key has none.
     pub expires_at: Option<Timestamp>,
+    /// The latest expiry the new key may get, whatever the old key's
+    /// lifetime or [`expires_at`](Self::expires_at) says (a bounded caller's
+    /// own expiry); a key without expiry then gets this one.
+    pub no_later_than: Option<Timestamp>,
 }
 
 impl Rotation {
@@ -101,7 +108,14 @@ impl Rotation {
         Self {
             grace,
             expires_at: None,
+            no_later_than: None,
         }
+    }
+
+    /// Caps the new key's expiry at `at` (see [`no_later_than`](Self#structfield.no_later_than)).
+    pub fn no_later_than(mut self, at: Timestamp) -> Self {
+        self.no_later_than = Some(at);
+        self
     }
 
     /// Sets the new key's expiry.

@@ -13,7 +13,9 @@ use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Issues a successor with the same prefix, owner, name, description,
-    /// scopes, metadata and IP allowlist; the old key keeps working for the
+    /// scopes, metadata and IP allowlist, and the same lifetime counted from
+    /// now (unless [`Rotation::expires_at`] names another expiry; a key
+    /// without expiry gives a successor without one); the old key keeps working for the
     /// grace period (never past its own expiry; zero: it stops now), then
     /// fails as expired. The records point at each other
     /// (`rotated_to` / `rotated_from`). The successor spends from the old
@@ -90,7 +92,21 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             new.metadata
                 .insert(KeyRecord::LIMITS_OF.to_owned(), account.to_string());
             new.ip_allowlist = cur.ip_allowlist.clone();
-            new.expires_at = rotation.expires_at;
+            // Unless the rotation names one, the successor gets the old
+            // key's lifetime again, counted from now (within the policy's
+            // maximum): a rotation replaces the secret, it never turns a
+            // key that expires into one that does not.
+            new.expires_at = rotation.expires_at.or_else(|| {
+                let end = cur.expires_at?;
+                let life = end.saturating_duration_since(cur.not_before.unwrap_or(cur.created_at));
+                let max = self
+                    .policies()
+                    .and_then(|p| p.max_lifetime(&new.prefix, new.owner.as_deref()));
+                Some(now.saturating_add(max.map_or(life, |max| life.min(max))))
+            });
+            if let Some(latest) = rotation.no_later_than {
+                new.expires_at = Some(new.expires_at.map_or(latest, |e| e.min(latest)));
+            }
             // A rotation replaces an approved key: no second approval.
             let (key, mut successor) = self.issue_planned(new, now, false)?;
             successor.rotated_from = Some(cur.id);
