@@ -650,3 +650,90 @@ async fn derived_and_rotated_keys_spend_from_the_account_they_came_from() {
         "an update cannot move a key to another account"
     );
 }
+
+/// The second review of the fix above: a budget was carved from the
+/// parent's id, not its account, so a rotated successor or a child without
+/// a budget (whose own id has no balance) funded a budgeted child from
+/// nothing. And a derived key's successor must not outlive its parent.
+#[tokio::test]
+async fn a_budget_is_carved_from_the_parents_account_and_successors_stay_within_the_parent() {
+    use apikey::limits::{CreditAccount, CreditBalances, MemoryLimits};
+    let clock = ManualClock::new(T0);
+    let limits = Arc::new(MemoryLimits::with_clock(clock.clone()));
+    let m = KeyManager::with_clock(verifier(), MemoryStore::new(), clock.clone())
+        .with_limits(Arc::clone(&limits));
+    let balance = async |id: KeyId| {
+        limits
+            .credits(CreditAccount::Key(id.as_u64()))
+            .await
+            .unwrap()
+            .map(|s| s.remaining)
+    };
+    let new = || {
+        NewKey::new("sk_live_")
+            .owner("o")
+            .scopes(["tasks:read"])
+            .expires_at(T0 + Duration::from_secs(10 * 86_400))
+    };
+
+    // A rotated successor carves from the first key's balance.
+    let (_, a) = m.create(new(), &admin()).await.unwrap();
+    limits
+        .set_credits(CreditAccount::Key(a.id.as_u64()), 2, None)
+        .await
+        .unwrap();
+    let (_, s) = m
+        .rotate(a.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    let err = m
+        .derive_with_credits(s.id, Derivation::new("minted"), 1_000, &admin())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_STATE");
+    assert_eq!(balance(a.id).await, Some(2), "nothing moved");
+    let (_, c) = m
+        .derive_with_credits(s.id, Derivation::new("agent"), 1, &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        (balance(a.id).await, balance(c.id).await),
+        (Some(1), Some(1))
+    );
+
+    // A child without a budget: its budgeted child carves from the top.
+    let (_, p) = m.create(new(), &admin()).await.unwrap();
+    limits
+        .set_credits(CreditAccount::Key(p.id.as_u64()), 2, None)
+        .await
+        .unwrap();
+    let (_, shared) = m
+        .derive(p.id, Derivation::new("shared"), &admin())
+        .await
+        .unwrap();
+    assert!(
+        m.derive_with_credits(shared.id, Derivation::new("minted"), 1_000, &admin())
+            .await
+            .is_err()
+    );
+    let (_, g) = m
+        .derive_with_credits(shared.id, Derivation::new("agent"), 2, &admin())
+        .await
+        .unwrap();
+    assert_eq!(
+        (balance(p.id).await, balance(g.id).await),
+        (Some(0), Some(2))
+    );
+
+    // A child rotated halfway through its parent's life: its successor's
+    // inherited lifetime stops at the parent's expiry, and it verifies.
+    clock.advance(Duration::from_secs(5 * 86_400));
+    let (key, succ) = m
+        .rotate(shared.id, Rotation::with_grace(Duration::ZERO), &admin())
+        .await
+        .unwrap();
+    assert_eq!(succ.expires_at, Some(T0 + Duration::from_secs(10 * 86_400)));
+    m.authenticate(key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+}

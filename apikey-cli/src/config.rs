@@ -79,15 +79,21 @@ impl Target {
 /// value) replaced by `***`.
 ///
 /// The user info ends at the **last** `@` of the whole URL, before the
-/// query is split off: an unencoded password may hold `/`, `@`, `?`, `#` or
-/// `&`, and must never be taken for the path or the query. A query value
-/// holding an `@` makes more of the URL look like user info: more is
-/// hidden then, never less.
+/// query is split off: an unencoded password may hold `/`, `@` or `&`, and
+/// must never be taken for the path or the query. When a `?` or `#` comes
+/// before that `@`, the `@` may be a query value's (`password=a@b`) or the
+/// password may hold the `?`: then only the scheme is shown.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "***".into();
     };
     let (userinfo, after) = match rest.rsplit_once('@') {
+        // An `@` after a `?` or `#` may sit in the query (a `password=`
+        // value holding one): nothing past the scheme can be told apart
+        // safely, so nothing is shown.
+        Some((userinfo, _)) if userinfo.contains(['?', '#']) => {
+            return format!("{scheme}://***");
+        }
         Some((userinfo, after)) => (Some(userinfo), after),
         None => (None, rest),
     };
@@ -330,28 +336,38 @@ mod tests {
     #[test]
     fn redact_url_hides_a_password_holding_query_characters() {
         for (url, shown) in [
+            ("postgres://app:Zx9?kLq2@db.internal/keys", "postgres://***"),
+            ("postgres://app:12?x@127.0.0.1:1/keys", "postgres://***"),
+            ("postgres://app:s3cr#et?z@h/db", "postgres://***"),
             (
-                "postgres://app:Zx9?kLq2@db.internal/keys",
-                "postgres://app:***@db.internal/keys",
-            ),
-            (
-                "postgres://app:12?x@127.0.0.1:1/keys",
-                "postgres://app:***@127.0.0.1:1/keys",
-            ),
-            ("postgres://app:s3cr#et?z@h/db", "postgres://app:***@h/db"),
-            (
-                "postgres://app:a&b=c?d@h/db?sslmode=require",
+                "postgres://app:a&b=c@h/db?sslmode=require",
                 "postgres://app:***@h/db?sslmode=***",
             ),
-            // An `@` in a query value: more is hidden, never the password.
             (
                 "postgres://app:pw?x@h/db?application_name=a@b",
-                "postgres://app:***@b",
+                "postgres://***",
+            ),
+            // A password in the query holding an `@` (the second review).
+            (
+                "postgres://keys.internal/keys?password=hunter@2secret",
+                "postgres://***",
+            ),
+            ("postgres://app@db/keys?password=Zx9@kLq2", "postgres://***"),
+            (
+                "postgres://app:pw@db/keys?sslpassword=ab@cdTAIL",
+                "postgres://***",
+            ),
+            (
+                "postgres:///keys?host=/run/pg&password=s3cr@etTail",
+                "postgres://***",
             ),
         ] {
             let redacted = redact_url(url);
             assert_eq!(redacted, shown, "{url}");
-            for secret in ["Zx9", "kLq2", "12?x", "s3cr", "et?z", "a&b", "pw?x"] {
+            for secret in [
+                "Zx9", "kLq2", "12?x", "s3cr", "et?z", "a&b", "pw?x", "hunter", "2secret",
+                "cdTAIL", "etTail",
+            ] {
                 assert!(!redacted.contains(secret), "{url} -> {redacted}");
             }
         }

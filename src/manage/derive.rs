@@ -145,12 +145,13 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         derivation: Derivation,
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
-        let planned = self.plan_child(parent, derivation, true).await?;
+        let (planned, _) = self.plan_child(parent, derivation, true).await?;
         self.commit_child(planned, parent, None, actor).await
     }
 
     /// The child of `parent` that `derivation` describes, checked against
-    /// the parent and the policies: the key, its record and the time. With
+    /// the parent and the policies: the key, its record and the time, and
+    /// the parent's limits account (what a budget is carved from). With
     /// `shared_limits` (no budget of its own) the child uses its parent's
     /// limits account: its requests spend the parent's rate-limit windows
     /// and key credits, so a child never adds to what its parent may spend.
@@ -159,7 +160,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         parent: KeyId,
         derivation: Derivation,
         shared_limits: bool,
-    ) -> Result<(ApiKey, KeyRecord, Timestamp)> {
+    ) -> Result<((ApiKey, KeyRecord, Timestamp), KeyId)> {
         let now = self.now();
         let (max_depth, _) = self.derivation;
         super::manager::reserved_links(&derivation.metadata)?;
@@ -213,10 +214,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         new.metadata.extend(derivation.metadata);
         new.metadata
             .insert(KeyRecord::PARENT.to_owned(), parent.to_string());
+        let account = p
+            .limits_account()
+            .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))?;
         if shared_limits {
-            let account = p
-                .limits_account()
-                .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))?;
             new.metadata
                 .insert(KeyRecord::LIMITS_OF.to_owned(), account.to_string());
         }
@@ -229,7 +230,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         Bounds::of_record(&record)
             .within(&Bounds::of_record(&p))
             .map_err(|rule| Error::PolicyViolation { rule })?;
-        Ok((key, record, now))
+        Ok(((key, record, now), account))
     }
 
     /// Commits a planned child under the live-children and owner limits,
@@ -353,8 +354,10 @@ where
 {
     /// Like [`derive`](Self::derive), with a credit budget of `budget`
     /// carved from the parent's: the child gets a key balance of `budget`
-    /// (no refill) and, when the parent's key is metered, the parent's
-    /// balance is debited by as much first, atomically (refused, with
+    /// (no refill) and, when the parent's key is metered, the balance of
+    /// the parent's limits account ([`KeyRecord::limits_account`]: the
+    /// parent's own, or the one it spends from as a rotated successor or a
+    /// child without a budget) is debited by as much first, atomically (refused, with
     /// nothing written, when it holds less). An unmetered parent gives the
     /// child a budget of its own: the child is metered, the parent is not.
     ///
@@ -395,13 +398,17 @@ where
         budget: u64,
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
-        let planned = self.plan_child(parent, derivation, false).await?;
+        let (planned, account) = self.plan_child(parent, derivation, false).await?;
         let child = planned.1.id;
         let limits = self.authenticator().limits();
-        let from = CreditAccount::Key(parent.as_u64());
+        // The parent's limits account, not its id: a rotated key's
+        // successor or a child without a budget spends another key's
+        // balance, and its own id has none (carving from the id would fund
+        // the child from nothing).
+        let from = CreditAccount::Key(account.as_u64());
         let metered = limits.credits(from).await.map_err(Error::from)?.is_some();
         if metered {
-            let debit = Admission::new(parent.as_u64(), Quota::unlimited())
+            let debit = Admission::new(account.as_u64(), Quota::unlimited())
                 .credits(CreditCharge::new(budget));
             match limits.admit(&debit).await.map_err(Error::from)? {
                 Verdict::Admitted { .. } => {}

@@ -104,7 +104,25 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     .and_then(|p| p.max_lifetime(&new.prefix, new.owner.as_deref()));
                 Some(now.saturating_add(max.map_or(life, |max| life.min(max))))
             });
-            if let Some(latest) = rotation.no_later_than {
+            // A derived key's successor never outlives its parent (it would
+            // be refused at verification); the parent is itself within its
+            // own ancestors.
+            let parent_end = match crate::verify::parent_of_record(&cur) {
+                Some(Ok(parent)) => match self.record(parent).await {
+                    Ok(p) => p.expires_at,
+                    Err(Error::KeyNotFound) => {
+                        return Err(Error::InvalidState(
+                            "a derived key whose parent is gone cannot be rotated",
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                },
+                Some(Err(())) => {
+                    return Err(Error::InvalidRecord("unreadable parent id".into()));
+                }
+                None => None,
+            };
+            for latest in [rotation.no_later_than, parent_end].into_iter().flatten() {
                 new.expires_at = Some(new.expires_at.map_or(latest, |e| e.min(latest)));
             }
             // A rotation replaces an approved key: no second approval.
