@@ -149,7 +149,8 @@ impl<S> FaultyStore<S> {
     }
 
     /// The next write is dropped `after` its start when it has not
-    /// answered by then (answered `Timeout`).
+    /// answered by then (answered `Timeout`); with zero, at its first wait
+    /// (polled once, dropped if not ready), whatever the timer's resolution.
     pub fn cut_next_write(&self, after: std::time::Duration) {
         *self
             .cut
@@ -204,6 +205,22 @@ impl<S> FaultyStore<S> {
             .take();
         let r = match cut {
             None => w.await,
+            // Cut at the first wait, whatever the timer's resolution (a
+            // zero `timeout` only fires at the timer's next tick, which a
+            // fast write may beat): polled once, dropped if not ready.
+            Some(after) if after.is_zero() => {
+                let mut w = std::pin::pin!(w);
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(w.as_mut().poll(cx))).await;
+                match first {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => {
+                        self.cut_short
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Err(timeout())
+                    }
+                }
+            }
             Some(after) => match tokio::time::timeout(after, w).await {
                 Ok(r) => r,
                 Err(_) => {
