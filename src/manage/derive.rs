@@ -214,9 +214,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         new.metadata.extend(derivation.metadata);
         new.metadata
             .insert(KeyRecord::PARENT.to_owned(), parent.to_string());
-        let account = p
-            .limits_account()
-            .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))?;
+        let account = p.readable_limits_account()?;
         if shared_limits {
             new.metadata
                 .insert(KeyRecord::LIMITS_OF.to_owned(), account.to_string());

@@ -289,10 +289,15 @@ impl KeyRecord {
     /// # Ok::<(), apikey::Error>(())
     /// ```
     pub fn limits_account(&self) -> Option<KeyId> {
-        match self.metadata.get(Self::LIMITS_OF) {
-            None => Some(self.id),
-            Some(text) => text.parse().ok(),
-        }
+        limits_account_in(self.id, &self.metadata)
+    }
+
+    /// [`limits_account`](Self::limits_account) for the manager, which
+    /// copies it into a new key: an unreadable entry is
+    /// [`Error::InvalidRecord`].
+    pub(crate) fn readable_limits_account(&self) -> Result<KeyId> {
+        self.limits_account()
+            .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))
     }
 
     /// The display form of the key (`kwi_sk_aBcDe...`). Imported legacy
@@ -472,6 +477,16 @@ pub(crate) const HAS_NOT_BEFORE: u8 = 1;
 pub(crate) const HAS_IP_ALLOWLIST: u8 = 2;
 /// `KeyView::flags`: a derived key (its metadata names a parent).
 pub(crate) const HAS_PARENT: u8 = 4;
+/// The limits account of key `id` with `metadata`: its own id, or the one
+/// [`KeyRecord::LIMITS_OF`] names (`None`: unreadable). The one reading of
+/// the entry, for records and views alike.
+fn limits_account_in(id: KeyId, metadata: &BTreeMap<String, String>) -> Option<KeyId> {
+    match metadata.get(KeyRecord::LIMITS_OF) {
+        None => Some(id),
+        Some(text) => text.parse().ok(),
+    }
+}
+
 /// `KeyView::flags`: the key uses another key's limits account
 /// ([`KeyRecord::LIMITS_OF`]).
 pub(crate) const HAS_LIMITS_OF: u8 = 8;
@@ -806,9 +821,7 @@ impl KeyView {
         if self.flags & HAS_LIMITS_OF == 0 {
             return Some(self.id);
         }
-        self.metadata()
-            .get(KeyRecord::LIMITS_OF)
-            .and_then(|a| a.parse().ok())
+        limits_account_in(self.id, self.metadata())
     }
 
     /// The metadata (empty when none).

@@ -86,9 +86,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             // The successor spends from its predecessor's limits account:
             // one balance and one set of windows through the grace period
             // and after it, never a second balance made by a rotation.
-            let account = cur
-                .limits_account()
-                .ok_or_else(|| Error::InvalidRecord("unreadable limits account".into()))?;
+            let account = cur.readable_limits_account()?;
             new.metadata
                 .insert(KeyRecord::LIMITS_OF.to_owned(), account.to_string());
             new.ip_allowlist = cur.ip_allowlist.clone();
