@@ -142,6 +142,52 @@ async fn auto_renewal_extends_the_same_key_within_the_policy_maximum() {
     assert_eq!(err.code(), "EXPIRED_API_KEY");
 }
 
+/// A derived key never outlives its parent (verification refuses one that
+/// does): renewing an auto-renewing child stops at its parent's expiry, so
+/// the sweep never turns a working child into a refused one.
+#[tokio::test]
+async fn auto_renewal_of_a_derived_key_stops_at_its_parents_expiry() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(T0);
+    let (m, _) = manager(&store, &clock);
+    let day = Duration::from_secs(86_400);
+    let (_, parent) = m
+        .create(
+            NewKey::new("sk_live_")
+                .owner("user_1")
+                .expires_at(T0 + 10 * day),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let (child_key, child) = m
+        .derive(
+            parent.id,
+            Derivation::new("agent")
+                .expires_at(T0 + 3 * day)
+                .metadata(KeyRecord::AUTO_RENEW, "true"),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    m.authenticate(child_key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+    let r = m.sweep_once(&SweepOptions::default()).await.unwrap();
+    assert!(r.failed.is_empty(), "{r:?}");
+    let after = m.get(child.id).await.unwrap().expires_at.unwrap();
+    assert!(after <= T0 + 10 * day, "renewed past its parent: {after}");
+    m.authenticate(child_key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+    // A child already at its parent's expiry is not renewed again.
+    let r = m.sweep_once(&SweepOptions::default()).await.unwrap();
+    assert_eq!(r.renewed, 0);
+    m.authenticate(child_key.expose_secret(), &Requirement::none(), None)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_sweepers_notify_and_renew_each_key_once() {
     let store = Arc::new(MemoryStore::new());

@@ -225,9 +225,18 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             report.examined += page.records.len();
             for r in &page.records {
                 let outcome = if auto_renews(r) && r.expires_at.is_some_and(|e| e < renew_end) {
-                    self.renew(r.id, now, renew_end, options).await.map(|done| {
-                        report.renewed += usize::from(done);
-                    })
+                    match self.parent_expiry(r).await {
+                        Ok(Some(parent_end)) => self
+                            .renew(r.id, now, renew_end, parent_end, options)
+                            .await
+                            .map(|done| {
+                                report.renewed += usize::from(done);
+                            }),
+                        // The parent is gone: the derived key is refused
+                        // anyway, nothing to renew.
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 } else if r.expires_at.is_some_and(|e| e < notice_end) {
                     self.notify_expiring(r.id, now, notice_end, options)
                         .await
@@ -274,11 +283,29 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
 
     /// Renews key `id` if it still needs it (re-checked on the current
     /// record at every retry): whether this call wrote the renewal.
+    /// The latest expiry a renewal may give `r`: a derived key never
+    /// outlives its parent (verification refuses one that does, so renewing
+    /// past it would turn a working key into a refused one). `Some(None)`:
+    /// no bound (not a derived key, or a parent without expiry); `None`:
+    /// the parent is gone.
+    async fn parent_expiry(&self, r: &KeyRecord) -> Result<Option<Option<Timestamp>>> {
+        match crate::verify::parent_of_record(r) {
+            None => Ok(Some(None)),
+            Some(Ok(parent)) => match self.record(parent).await {
+                Ok(p) => Ok(Some(p.expires_at)),
+                Err(Error::KeyNotFound) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Some(Err(())) => Err(Error::InvalidRecord("unreadable parent id".into())),
+        }
+    }
+
     async fn renew(
         &self,
         id: KeyId,
         now: Timestamp,
         renew_end: Timestamp,
+        parent_end: Option<Timestamp>,
         options: &SweepOptions,
     ) -> Result<bool> {
         let (_, after) = self
@@ -300,6 +327,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     .and_then(|p| p.max_lifetime(cur.prefix.as_str(), cur.owner.as_deref()))
                 {
                     to = to.min(now.saturating_add(max));
+                }
+                if let Some(parent_end) = parent_end {
+                    to = to.min(parent_end);
                 }
                 if to <= exp {
                     return Ok(None);

@@ -337,7 +337,19 @@ where
                 }
                 api
             })?;
-        let old = st.manager.get(s.id).await?;
+        // The rotation is committed and this answer is the only one that
+        // ever carries the new key: a failed read of the old key must not
+        // lose it. Without the read, the grace end is the manager's rule
+        // (the rotation's time plus the grace, never past the old expiry).
+        let old = match st.manager.get(s.id).await {
+            Ok(old) => old,
+            Err(_) => {
+                let mut old = s;
+                let end = new.created_at.saturating_add(grace);
+                old.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
+                old
+            }
+        };
         Ok(json(
             StatusCode::CREATED,
             &CreatedKey::new(&key, &new).rotation(&old),
