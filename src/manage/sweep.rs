@@ -281,8 +281,6 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         }
     }
 
-    /// Renews key `id` if it still needs it (re-checked on the current
-    /// record at every retry): whether this call wrote the renewal.
     /// The latest expiry a renewal may give `r`: a derived key never
     /// outlives its parent (verification refuses one that does, so renewing
     /// past it would turn a working key into a refused one). `Some(None)`:
@@ -300,6 +298,8 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         }
     }
 
+    /// Renews key `id` if it still needs it (re-checked on the current
+    /// record at every retry): whether this call wrote the renewal.
     async fn renew(
         &self,
         id: KeyId,
