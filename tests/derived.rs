@@ -96,6 +96,61 @@ async fn derived_key_cannot_be_broader_than_its_parent() {
     assert_eq!(err.code(), "INSUFFICIENT_SCOPE");
 }
 
+/// An update that would take a derived key out of its parent is refused
+/// (verification would refuse the key from then on), and changes nothing;
+/// an update that stays within it passes.
+#[tokio::test]
+async fn an_update_keeps_a_derived_key_within_its_parent() {
+    let (m, _) = manager();
+    let (_, p) = parent(&m).await;
+    let (child, c) = m
+        .derive(
+            p.id,
+            Derivation::new("agent")
+                .scopes(["tasks:read"])
+                .ip_allowlist(vec!["10.1.0.0/16".parse().unwrap()]),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let wider = [
+        KeyUpdate::new().scopes(["admin"]),
+        KeyUpdate::new().expires_at(None),
+        KeyUpdate::new().expires_at(Some(T0 + Duration::from_secs(31 * 86_400))),
+        KeyUpdate::new().ip_allowlist(vec![]),
+        KeyUpdate::new().ip_allowlist(vec!["192.168.0.0/16".parse().unwrap()]),
+    ];
+    for u in wider {
+        let err = m.update(c.id, u.clone(), &admin()).await.unwrap_err();
+        assert_eq!(err.code(), "POLICY_VIOLATION", "{u:?}");
+        assert_eq!(m.get(c.id).await.unwrap(), c, "{u:?} changed the key");
+    }
+    // Within the parent: accepted, and the key still verifies.
+    let narrowed = m
+        .update(
+            c.id,
+            KeyUpdate::new()
+                .scopes(["tasks:write"])
+                .expires_at(Some(T0 + Duration::from_secs(86_400)))
+                .ip_allowlist(vec!["10.1.2.0/24".parse().unwrap()]),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(narrowed.scopes, vec!["tasks:write".to_owned()]);
+    m.authenticate(
+        child.expose_secret(),
+        &Requirement::scope("tasks:write").unwrap(),
+        Some("10.1.2.3".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    // A key that is not derived is not bounded by anything but policy.
+    m.update(p.id, KeyUpdate::new().expires_at(None), &admin())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired_or_deleted() {
     // Disabled: refused, and works again once the parent is enabled.

@@ -409,10 +409,13 @@ fn csrf_check(parts: &Parts, config: &ManageConfig) -> Result<(), ApiError> {
     }
     if let Some(origin) = parts.headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
+        // `Host` in HTTP/1.1; HTTP/2 carries the host in the request's
+        // `:authority`, which is the URI's authority here.
         let host = parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
         let own = ["http://", "https://"]
             .iter()
@@ -425,4 +428,60 @@ fn csrf_check(parts: &Parts, config: &ManageConfig) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method("POST").uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_own_origin_is_read_from_host_or_the_http2_authority() {
+        let config = ManageConfig::new("sk_live_");
+        let csrf = (CSRF_HEADER, "1");
+        let ok = |p: &Parts| csrf_check(p, &config).is_ok();
+        // HTTP/1.1: the `Host` header.
+        assert!(ok(&parts(
+            "/v1/api-keys",
+            &[
+                csrf,
+                ("host", "keys.example"),
+                ("origin", "https://keys.example")
+            ]
+        )));
+        // HTTP/2: no `Host`, the authority in the URI.
+        assert!(ok(&parts(
+            "https://keys.example/v1/api-keys",
+            &[csrf, ("origin", "https://keys.example")]
+        )));
+        // Another origin, either way; and no host at all.
+        assert!(!ok(&parts(
+            "https://keys.example/v1/api-keys",
+            &[csrf, ("origin", "https://evil.example")]
+        )));
+        assert!(!ok(&parts(
+            "/v1/api-keys",
+            &[
+                csrf,
+                ("host", "keys.example"),
+                ("origin", "https://evil.example")
+            ]
+        )));
+        assert!(!ok(&parts(
+            "/v1/api-keys",
+            &[csrf, ("origin", "https://keys.example")]
+        )));
+        // User information in the authority never equals an origin.
+        assert!(!ok(&parts(
+            "https://evil.example@keys.example/v1/api-keys",
+            &[csrf, ("origin", "https://keys.example")]
+        )));
+    }
 }

@@ -310,6 +310,17 @@ async fn hostile_input_is_a_400_naming_the_field_and_stores_nothing() {
             "INVALID_REQUEST",
             "plan",
         ),
+        // A right-to-left override: displays as "prod-ci" reversed.
+        (
+            r#"{"name":"ic-\u202Edorp"}"#.into(),
+            "INVALID_REQUEST",
+            "name",
+        ),
+        (
+            r#"{"name":"ok","description":"a\u2067b"}"#.into(),
+            "INVALID_REQUEST",
+            "description",
+        ),
     ];
     for (body, code, field) in &cases {
         let r = call(
@@ -343,6 +354,11 @@ async fn hostile_input_is_a_400_naming_the_field_and_stores_nothing() {
         (r#"{"expires_at":"yesterday"}"#, "expires_at"),
         (r#"{"ip_allowlist":"10.0.0.1"}"#, "ip_allowlist"),
         ("", "body"),
+        // A key pasted as a field name is not repeated back.
+        (
+            r#"{"sk_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA":1}"#,
+            "(not shown)",
+        ),
     ] {
         let r = call(s.addr, As::User("alice"), "PATCH", &path, Some(body)).await;
         assert_eq!(
@@ -351,7 +367,24 @@ async fn hostile_input_is_a_400_naming_the_field_and_stores_nothing() {
             "{body}: {}",
             r.body
         );
+        assert!(!r.body.contains("sk_live_AAAA"), "{}", r.body);
     }
+    // Nor as a query parameter's name.
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/api-keys?sk_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (400, "(not shown)".to_owned()),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("sk_live_AAAA"), "{}", r.body);
     let r = call(
         s.addr,
         As::User("alice"),

@@ -61,15 +61,10 @@ impl GithubKeySource {
     /// # Errors
     /// [`KeySourceError`] for any other scheme or host.
     pub fn with_url(mut self, url: &str) -> Result<Self, KeySourceError> {
-        let loopback = [
-            "http://127.0.0.1:",
-            "http://127.0.0.1/",
-            "http://[::1]:",
-            "http://localhost:",
-        ];
-        if !(url.starts_with("https://") || loopback.iter().any(|p| url.starts_with(p))) {
+        if !allowed_key_url(url) {
             return Err(KeySourceError::new(
-                "the key list must be fetched over https:// (plain http only to loopback)",
+                "the key list must be fetched over https:// (plain http only to loopback), \
+                 from a URL without user information",
             ));
         }
         url.clone_into(&mut self.url);
@@ -124,4 +119,31 @@ impl KeySource for GithubKeySource {
             .await
             .map_err(|e| KeySourceError::with_source("the key fetch task failed", e))?
     }
+}
+
+/// `https://` to any host, or plain `http://` to a loopback host only, and
+/// no user information in either: the host is what follows the scheme up
+/// to the first `/`, `?` or `#`, so `http://localhost:1@evil.example/` (a
+/// request to `evil.example`) is not taken for loopback.
+fn allowed_key_url(url: &str) -> bool {
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return false,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(['@', '\\']) {
+        return false;
+    }
+    if https {
+        return true;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, port)) if port.is_empty() || port.starts_with(':') => host,
+            _ => return false,
+        },
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "::1" | "localhost")
 }

@@ -96,6 +96,27 @@ fn plain_http_is_refused_except_to_loopback() {
             .is_err()
     );
     assert!(GithubKeySource::new().with_url("ftp://x").is_err());
+    // User information before the host: the request goes to the host after
+    // the `@`, which is not loopback (nor expected over https).
+    for url in [
+        "http://localhost:1@evil.example/",
+        "http://127.0.0.1:80@evil.example/meta",
+        "http://[::1]:1@evil.example/",
+        "https://user:pass@ghe.example.com/meta",
+        "http://localhost\\@evil.example/",
+        "http://",
+        "http://[::1/",
+    ] {
+        assert!(GithubKeySource::new().with_url(url).is_err(), "{url}");
+    }
+    for url in [
+        "http://127.0.0.1/meta",
+        "http://127.0.0.1:8080/meta",
+        "http://localhost:8080/meta?x=@y",
+        "http://[::1]:8080/meta",
+    ] {
+        assert!(GithubKeySource::new().with_url(url).is_ok(), "{url}");
+    }
     assert!(
         GithubKeySource::new()
             .with_url("https://ghe.example.com/api/v3/meta/public_keys/secret_scanning")

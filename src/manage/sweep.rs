@@ -287,15 +287,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// no bound (not a derived key, or a parent without expiry); `None`:
     /// the parent is gone.
     async fn parent_expiry(&self, r: &KeyRecord) -> Result<Option<Option<Timestamp>>> {
-        match crate::verify::parent_of_record(r) {
-            None => Ok(Some(None)),
-            Some(Ok(parent)) => match self.record(parent).await {
-                Ok(p) => Ok(Some(p.expires_at)),
-                Err(Error::KeyNotFound) => Ok(None),
-                Err(e) => Err(e),
-            },
-            Some(Err(())) => Err(Error::InvalidRecord("unreadable parent id".into())),
-        }
+        Ok(match self.parent_of(r).await? {
+            None => Some(None),
+            Some(parent) => parent.map(|p| p.expires_at),
+        })
     }
 
     /// Renews key `id` if it still needs it (re-checked on the current

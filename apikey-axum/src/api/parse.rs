@@ -35,6 +35,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
                 p if p == "." => "body".to_owned(),
                 p => p,
             });
+        let field = shown_name(field);
         let message = if inner.starts_with("unknown field") {
             format!("unknown field `{field}`")
         } else if inner.starts_with("missing field") {
@@ -76,6 +77,14 @@ pub(super) fn check_text(
             format!("`{field}` must not contain control characters"),
         ));
     }
+    // Bidirectional formatting characters reorder what a reader sees (a
+    // name that displays as "prod-ci" while its text differs).
+    if text.chars().any(is_bidi_control) {
+        return Err(ApiError::field(
+            field,
+            format!("`{field}` must not contain bidirectional formatting characters"),
+        ));
+    }
     if text.contains(['<', '>']) {
         return Err(ApiError::field(
             field,
@@ -83,6 +92,15 @@ pub(super) fn check_text(
         ));
     }
     Ok(())
+}
+
+/// The Unicode bidirectional formatting characters (UAX #9: marks,
+/// embeddings, overrides and isolates).
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 pub(super) fn parse_time(field: &str, text: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
@@ -261,6 +279,24 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     r
 }
 
+/// A name the caller sent, as an error repeats it: a short word of
+/// letters, digits and `_-.[]` as is, anything else (a key pasted in
+/// the wrong place, an address, markup) as `(not shown)`, so a secret is
+/// never echoed into a response or the host's logs.
+fn shown_name(name: String) -> String {
+    const MAX: usize = 40;
+    if !name.is_empty()
+        && name.len() <= MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'[' | b']'))
+    {
+        name
+    } else {
+        "(not shown)".to_owned()
+    }
+}
+
 /// `name=value&...`, percent-decoded; unknown names refused.
 pub(super) fn query_pairs(
     parts: &Parts,
@@ -274,6 +310,7 @@ pub(super) fn query_pairs(
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name).ok_or_else(|| ApiError::field("query", "bad encoding"))?;
         if !allowed.contains(&name.as_str()) {
+            let name = shown_name(name);
             return Err(ApiError::field(
                 name.clone(),
                 format!("unknown query parameter `{name}`"),

@@ -15,6 +15,7 @@ use crate::limits::Limits;
 use crate::pipeline::{Actor, AuditEvent, AuditKind};
 use crate::record::{KeyRecord, KeyStatus, Revocation};
 use crate::store::{Changes, Delete, KeyQuery, KeyStoreWrite, Put, UsageStore};
+use crate::verify::Bounds;
 
 impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Changes the fields set in `update`.
@@ -28,7 +29,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// [`Error::KeyLimitReached`] when a new expiry would revive an expired
     /// key while its owner is at the limit; [`Error::InvalidScope`];
     /// [`Error::InvalidInput`] for an expiry not in the future or not after
-    /// not-before; [`Error::StoreUnavailable`].
+    /// not-before; [`Error::PolicyViolation`] when a derived key's new
+    /// scopes, expiry or IP allowlist would no longer be within its parent
+    /// (verification would refuse the key from then on);
+    /// [`Error::StoreUnavailable`].
     pub async fn update(&self, id: KeyId, update: KeyUpdate, actor: &Actor) -> Result<KeySummary> {
         let now = self.now();
         let scopes = update
@@ -36,6 +40,14 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             .as_ref()
             .map(crate::record::ScopeSet::parse)
             .transpose()?;
+        // A derived key stays within its parent (see `derived`): its bounds
+        // are read first when the update touches them.
+        let parent =
+            if scopes.is_some() || update.expires_at.is_some() || update.ip_allowlist.is_some() {
+                self.parent_of(&self.record(id).await?).await?.flatten()
+            } else {
+                None
+            };
         let mut fields = Vec::new();
         let (before, after) = self
             .modify(id, now, |cur| {
@@ -107,6 +119,15 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     next.ip_allowlist = l.clone();
                     fields.push("ip_allowlist");
                 }
+                if let Some(parent) = &parent
+                    && fields
+                        .iter()
+                        .any(|f| matches!(*f, "scopes" | "expires_at" | "ip_allowlist"))
+                {
+                    Bounds::of_record(&next)
+                        .within(&Bounds::of_record(parent))
+                        .map_err(|rule| Error::PolicyViolation { rule })?;
+                }
                 // A change of what policies govern must leave a compliant
                 // key; a rename or a note on a non-compliant key is allowed.
                 if fields.iter().any(|f| matches!(*f, "scopes" | "expires_at")) {
@@ -127,6 +148,20 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             self.emit(self.event(now, AuditKind::Updated { fields }, result, actor));
         }
         Ok(KeySummary::from_record(result, now))
+    }
+
+    /// The parent of `r`: `None` when `r` is not a derived key, `Some(None)`
+    /// when its parent is gone (its children are refused anyway).
+    pub(crate) async fn parent_of(&self, r: &KeyRecord) -> Result<Option<Option<KeyRecord>>> {
+        match crate::verify::parent_of_record(r) {
+            None => Ok(None),
+            Some(Err(())) => Err(Error::InvalidRecord("unreadable parent id".into())),
+            Some(Ok(parent)) => match self.record(parent).await {
+                Ok(p) => Ok(Some(Some(p))),
+                Err(Error::KeyNotFound) => Ok(Some(None)),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     async fn set_status(&self, id: KeyId, to: KeyStatus, actor: &Actor) -> Result<KeySummary> {
