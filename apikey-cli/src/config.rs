@@ -292,7 +292,7 @@ pub fn duration(text: &str, flag: &str) -> CliResult<std::time::Duration> {
 pub fn timestamp(text: &str, flag: &str) -> CliResult<Timestamp> {
     text.trim().parse().map_err(|e: apikey::TimestampError| {
         CliError::usage(format!(
-            "{flag}: `{}`: {e} (an RFC 3339 time from 1970 to 2255: 2027-01-31T00:00:00Z)",
+            "{flag}: `{}`: {e} (e.g. 2027-01-31T00:00:00Z; times from 1970 to 2255)",
             text.escape_debug()
         ))
     })
