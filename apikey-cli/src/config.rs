@@ -55,15 +55,18 @@ impl Target {
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
-        let scheme = url.split_once(':').map_or("(none)", |(s, _)| s);
-        let scheme = if scheme.len() <= 16 && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            scheme
-        } else {
-            "(not a URL)"
-        };
-        Err(CliError::usage(format!(
-            "unsupported database URL scheme `{scheme}`: use sqlite:PATH or postgres://..."
-        )))
+        let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+            !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        Err(CliError::usage(match scheme {
+            Some(scheme) => format!(
+                "unsupported database URL scheme `{scheme}`: use sqlite:PATH or postgres://..."
+            ),
+            // A bare path (`keys.db`): the likeliest mistake.
+            None => "not a database URL: use sqlite:PATH or postgres://USER@HOST/DB \
+                     (or --sqlite PATH for a file)"
+                .to_owned(),
+        }))
     }
 
     /// The target for messages: the path, or the URL without its password.
