@@ -43,6 +43,9 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
+// Listed under their own heading in every subcommand's help, not
+// interleaved with the subcommand's options.
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// The key database: sqlite:PATH or postgres://USER@HOST/DB.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
