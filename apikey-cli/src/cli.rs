@@ -83,8 +83,14 @@ pub struct Global {
     /// PostgreSQL schema of the tables (as StoreOptions::schema).
     #[arg(long, global = true, value_name = "SCHEMA")]
     pub schema: Option<String>,
-    /// The longest any database call may take, in seconds.
-    #[arg(long, global = true, default_value_t = 5, value_name = "SECONDS")]
+    /// The longest any database call may take, in seconds (at most a day).
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 5,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
     pub timeout: u64,
     /// Who runs the command, for the audit trail (default: cli:$USER, else
     /// cli:$LOGNAME, else cli:uid<N>).
