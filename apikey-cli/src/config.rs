@@ -285,7 +285,12 @@ pub fn duration(text: &str, flag: &str) -> CliResult<std::time::Duration> {
     n.checked_mul(seconds)
         .filter(|s| *s <= 100 * 366 * 86_400)
         .map(std::time::Duration::from_secs)
-        .ok_or_else(bad)
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "{flag}: `{}` is too long (at most 100 years)",
+                text.escape_debug()
+            ))
+        })
 }
 
 /// Parses an RFC 3339 time (`2027-01-31T00:00:00Z`).
