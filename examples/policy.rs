@@ -60,8 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     println!(
-        "1. created {} expiring {:?}",
-        summary.display, summary.expires_at
+        "1. created {} expiring {}",
+        summary.display,
+        summary.expires_at.map_or("never".into(), |t| t.to_string())
     );
     let too_long =
         KeyUpdate::new().expires_at(Some(clock.now() + Duration::from_secs(400 * 86_400)));
@@ -97,8 +98,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.notified, report.renewed, again.notified, again.renewed
     );
     println!(
-        "   the auto-renewing key now expires {:?}",
-        keys.get(renewing.id).await?.expires_at
+        "   the auto-renewing key now expires {}",
+        keys.get(renewing.id)
+            .await?
+            .expires_at
+            .map_or("never".into(), |t| t.to_string())
     );
 
     // 3. A derived key for an agent: narrower than its parent, dead with it.

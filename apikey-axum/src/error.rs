@@ -131,7 +131,7 @@ impl From<Error> for ApiError {
             Error::InvalidState(m) => (Cow::Borrowed(*m), None, None),
             Error::KeyLimitReached { limit } => (
                 Cow::Owned(format!(
-                    "the owner already has the maximum of {limit} active keys"
+                    "the owner already has the maximum of {limit} keys (disabled keys count; revoke or delete one)"
                 )),
                 None,
                 None,

@@ -43,6 +43,9 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
+// Listed under their own heading in every subcommand's help, not
+// interleaved with the subcommand's options.
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// The key database: sqlite:PATH or postgres://USER@HOST/DB.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
@@ -80,8 +83,14 @@ pub struct Global {
     /// PostgreSQL schema of the tables (as StoreOptions::schema).
     #[arg(long, global = true, value_name = "SCHEMA")]
     pub schema: Option<String>,
-    /// The longest any database call may take, in seconds.
-    #[arg(long, global = true, default_value_t = 5, value_name = "SECONDS")]
+    /// The longest any database call may take, in seconds (at most a day).
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 5,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
     pub timeout: u64,
     /// Who runs the command, for the audit trail (default: cli:$USER, else
     /// cli:$LOGNAME, else cli:uid<N>).

@@ -268,10 +268,23 @@ where
     let actor = &ctx.actor;
     match command {
         KeysCommand::Create(args) => {
-            let (key, summary) = manager
-                .create(new_key(&args)?, actor)
-                .await
-                .map_err(fail("cannot create the key"))?;
+            let (key, summary) = manager.create(new_key(&args)?, actor).await.map_err(|e| {
+                let mut err = CliError::from_key_error("cannot create the key", &e);
+                let p = args.prefix.as_bytes();
+                let well_formed = (2..=16).contains(&p.len())
+                    && p[0].is_ascii_lowercase()
+                    && p.ends_with(b"_")
+                    && p.iter()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+                if e.code() == apikey::ErrorCode::InvalidPrefix && well_formed {
+                    // The library speaks of its verifier; say what to type.
+                    err.message.push_str(&format!(
+                        " (register it: --register-prefix {}=live or =test, or APIKEY_PREFIXES)",
+                        args.prefix
+                    ));
+                }
+                err
+            })?;
             print_issued(ctx, &key, &KeyOut::from(&summary), None)?;
         }
         KeysCommand::List { owner } => {

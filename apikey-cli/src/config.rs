@@ -55,15 +55,18 @@ impl Target {
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
-        let scheme = url.split_once(':').map_or("(none)", |(s, _)| s);
-        let scheme = if scheme.len() <= 16 && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            scheme
-        } else {
-            "(not a URL)"
-        };
-        Err(CliError::usage(format!(
-            "unsupported database URL scheme `{scheme}`: use sqlite:PATH or postgres://..."
-        )))
+        let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+            !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        Err(CliError::usage(match scheme {
+            Some(scheme) => format!(
+                "unsupported database URL scheme `{scheme}`: use sqlite:PATH or postgres://..."
+            ),
+            // A bare path (`keys.db`): the likeliest mistake.
+            None => "not a database URL: use sqlite:PATH or postgres://USER@HOST/DB \
+                     (or --sqlite PATH for a file)"
+                .to_owned(),
+        }))
     }
 
     /// The target for messages: the path, or the URL without its password.
@@ -282,7 +285,12 @@ pub fn duration(text: &str, flag: &str) -> CliResult<std::time::Duration> {
     n.checked_mul(seconds)
         .filter(|s| *s <= 100 * 366 * 86_400)
         .map(std::time::Duration::from_secs)
-        .ok_or_else(bad)
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "{flag}: `{}` is too long (at most 100 years)",
+                text.escape_debug()
+            ))
+        })
 }
 
 /// Parses an RFC 3339 time (`2027-01-31T00:00:00Z`).
@@ -292,7 +300,7 @@ pub fn duration(text: &str, flag: &str) -> CliResult<std::time::Duration> {
 pub fn timestamp(text: &str, flag: &str) -> CliResult<Timestamp> {
     text.trim().parse().map_err(|e: apikey::TimestampError| {
         CliError::usage(format!(
-            "{flag}: `{}`: {e} (an RFC 3339 time from 1970 to 2255: 2027-01-31T00:00:00Z)",
+            "{flag}: `{}`: {e} (e.g. 2027-01-31T00:00:00Z; times from 1970 to 2255)",
             text.escape_debug()
         ))
     })

@@ -108,7 +108,7 @@ impl Fields {
         if let Some(t) = self.expires_at {
             // Not `config::timestamp`: its message repeats the text.
             let at = t.trim().parse::<apikey::Timestamp>().map_err(
-                |_| "`expires_at` is not an RFC 3339 time from 1970 to 2255 (2027-01-31T00:00:00Z)",
+                |_| "`expires_at` is not an RFC 3339 time from 1970 to 2255 (e.g. 2027-01-31T00:00:00Z)",
             )?;
             import = import.expires_at(at);
         }

@@ -175,8 +175,13 @@ fn secret_generate(out: Option<&std::path::Path>, json: bool) -> Outcome {
         f.sync_all()
     });
     written.map_err(|e| {
+        let note = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            " (an existing file is never overwritten)"
+        } else {
+            ""
+        };
         CliError::usage(format!(
-            "cannot create the secret file {} (an existing file is never overwritten): {e}",
+            "cannot create the secret file {}{note}: {e}",
             path.display()
         ))
     })?;

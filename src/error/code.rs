@@ -215,9 +215,10 @@ impl ErrorCode {
             Self::UsageExceeded => "Usage quota exceeded.",
             Self::TooManyFailedAttempts => "Too many failed authentication attempts. Retry later.",
             Self::StoreUnavailable => "Authentication is temporarily unavailable. Retry later.",
+            // The same for a missing key and another owner's: existence does not leak.
+            Self::KeyNotFound => "No API key with this id.",
             Self::InvalidScope
             | Self::InvalidRequest
-            | Self::KeyNotFound
             | Self::KeyLimitReached
             | Self::InvalidState
             | Self::InvalidPrefix

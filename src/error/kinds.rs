@@ -253,7 +253,9 @@ pub enum Error {
     #[error("no such API key")]
     KeyNotFound,
     /// The owner already has the maximum number of active keys.
-    #[error("the owner already has {limit} active API keys")]
+    #[error(
+        "the owner already has {limit} API keys that are not revoked or expired (disabled keys count)"
+    )]
     KeyLimitReached {
         /// The configured limit.
         limit: u32,

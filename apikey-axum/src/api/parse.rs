@@ -19,6 +19,10 @@ pub(super) fn parse_json<T: DeserializeOwned + Default>(
 pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if e.inner().is_syntax() || e.inner().is_eof() {
+            // Broken JSON has no field to blame (its path reads `?`).
+            return ApiError::field("body", "the body is not valid JSON");
+        }
         let inner = e.inner().to_string();
         // `unknown field `x`, expected ...`: name the unknown field itself.
         let field = inner
@@ -41,7 +45,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
         } else if inner.starts_with("missing field") {
             format!("`{field}` is required")
         } else {
-            format!("`{field}` has the wrong type or the body is not JSON")
+            format!("`{field}` has the wrong type")
         };
         ApiError::field(field, message)
     })?;
