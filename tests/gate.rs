@@ -446,6 +446,24 @@ async fn usage_exceeded_without_refill_has_no_retry_after() {
         (429, "USAGE_EXCEEDED")
     );
     assert_eq!(header(&resp, "retry-after"), None);
+    assert!(resp.body.contains(r#""details":{}"#), "{}", resp.body);
+    // With a refill: the header, and the body's `retry_after` as on every
+    // other 429.
+    s.gate.limits().set_credits_sync(
+        CreditAccount::Key(s.id),
+        0,
+        apikey::limits::Refill::every(10, Duration::from_secs(60)),
+    );
+    let Decision::Rejected(r) = check(&s, &h, &route).await else {
+        panic!("no credits left")
+    };
+    let resp = r.to_response();
+    assert_eq!(header(&resp, "retry-after"), Some("60"));
+    assert!(
+        resp.body.contains(r#""details":{"retry_after":60}"#),
+        "{}",
+        resp.body
+    );
 }
 
 /// Issue 9, item 8: `MISSING_API_KEY` details name what the gate's

@@ -59,7 +59,7 @@ where
         Ok(Self {
             gate,
             manager,
-            route: Route::new(Requirement::scope(scope)?).cost(0),
+            route: Route::new(Requirement::scope(scope)?).unmetered(),
         })
     }
 

@@ -69,6 +69,6 @@ where
 {
     Router::new().route(
         "/v1/rate-limit",
-        get(rate_limit).route_layer(ApiKeyLayer::new(gate, Route::any_key().cost(0))),
+        get(rate_limit).route_layer(ApiKeyLayer::new(gate, Route::any_key().unmetered())),
     )
 }

@@ -1090,3 +1090,69 @@ async fn hostile_bodies_queries_and_headers_are_refused_cleanly() {
     assert!(kept.ip_allowlist.is_empty());
     assert_eq!(kept.rotated_to, None);
 }
+
+/// A caller out of credits still manages its keys over the API (revoking a
+/// leaked key must never wait for a refill) and reads its limits: those
+/// routes are unmetered. A metered route with cost 0 is still refused.
+#[tokio::test]
+async fn an_exhausted_balance_still_manages_keys_and_reads_limits() {
+    use apikey::limits::{CreditAccount, CreditBalances};
+    let s = start().await;
+    let admin = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"ops","permissions":["keys:manage","tasks:read"]}"#,
+    )
+    .await;
+    let other = create(s.addr, As::User("alice"), r#"{"name":"leaked"}"#).await;
+    let key = admin["key"].as_str().unwrap();
+    let id: apikey::KeyId = admin["id"].as_str().unwrap().parse().unwrap();
+    let limits = s.manager.authenticator().limits();
+    limits
+        .set_credits(CreditAccount::Key(id.as_u64()), 0, None)
+        .await
+        .unwrap();
+    limits
+        .set_credits(
+            CreditAccount::Owner {
+                owner: "alice",
+                api: "rest",
+            },
+            0,
+            None,
+        )
+        .await
+        .unwrap();
+    // The metered route (cost 0: checks the balances) is refused.
+    let r = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (429, "USAGE_EXCEEDED".into()),
+        "{}",
+        r.body
+    );
+    // The limits and the management API answer.
+    let r = call(s.addr, As::Key(key), "GET", "/v1/rate-limit", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(s.addr, As::Key(key), "GET", "/v1/api-keys", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let leaked = other["id"].as_str().unwrap();
+    let r = call(
+        s.addr,
+        As::Key(key),
+        "DELETE",
+        &format!("/v1/api-keys/{leaked}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = s.manager.get(leaked.parse().unwrap()).await.unwrap().status;
+    assert_eq!(status, apikey::KeyStatus::Revoked);
+    // Nothing was spent, nothing refilled.
+    let left = limits
+        .credits(CreditAccount::Key(id.as_u64()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.remaining, 0);
+}

@@ -34,11 +34,17 @@ impl Default for StoreOptions {
 
 impl StoreOptions {
     /// The longest any store call may take, pool wait included (default
-    /// 5 s). Verification waits are bounded by it.
+    /// 5 s). Verification waits are bounded by it. At most
+    /// [`MAX_TIMEOUT`](Self::MAX_TIMEOUT) (PostgreSQL's largest
+    /// `statement_timeout`, about 24.8 days): a longer one, `Duration::MAX`
+    /// included, is taken as that.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = timeout.min(Self::MAX_TIMEOUT);
         self
     }
+
+    /// The longest [`timeout`](Self::timeout): 2^31 - 1 milliseconds.
+    pub const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
     /// A prefix for every table and index name (`a-z`, `0-9`, `_`; default
     /// none): `<prefix>apikey_keys`.

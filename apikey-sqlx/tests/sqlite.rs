@@ -239,6 +239,23 @@ async fn migrations_are_versioned_locked_and_refuse_a_newer_schema() {
     }
 }
 
+/// A timeout past what the pool and PostgreSQL take (`Duration::MAX`
+/// panicked inside the pool's connect) is taken as the longest one.
+#[tokio::test]
+async fn a_huge_timeout_opens_and_serves() {
+    let path = temp_db("huge_timeout");
+    let store = SqliteStore::open_with(
+        &path,
+        StoreOptions::default().timeout(std::time::Duration::MAX),
+    )
+    .await
+    .unwrap();
+    let r = conformance::sample_record(None);
+    store.insert(r.clone()).await.unwrap();
+    let view = apikey::KeyStore::fetch(&store, r.id).await.unwrap();
+    assert_eq!(view.map(|v| v.id()), Some(r.id));
+}
+
 #[tokio::test]
 async fn usage_with_a_flush_id_is_exactly_once() {
     let store = SqliteStore::memory().await.unwrap();

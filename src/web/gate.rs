@@ -9,8 +9,8 @@ use crate::Timestamp;
 use super::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use super::publishable::{self, CorsHeaders};
 use super::response::{
-    ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
-    retry_after_secs,
+    ErrorBody, ErrorDetails, ErrorResponse, MissingKeyDetails, REALM, missing_key_details,
+    rate_limit_headers, retry_after_secs,
 };
 use super::route::{ForeignCredentials, QuotaTable, Route};
 use crate::clock::{Clock, SystemClock};
@@ -138,16 +138,22 @@ impl Rejection {
     /// The HTTP answer: status, headers (incl. `WWW-Authenticate`,
     /// `Retry-After`, `X-RateLimit-*` where they apply) and JSON body.
     /// `MISSING_API_KEY` details name what the gate's extractor accepts.
-    /// A `USAGE_EXCEEDED` refusal carries `Retry-After` only when a refill
-    /// is scheduled.
+    /// A `USAGE_EXCEEDED` refusal carries `Retry-After`, and
+    /// `details.retry_after` like every other 429, only when a refill is
+    /// scheduled.
     pub fn to_response(&self) -> ErrorResponse {
         let mut r = ErrorResponse::build(&self.error, &self.realm, Some(&self.missing));
         if let Some(info) = &self.rate_limit {
             r = r.with_rate_limit(info, self.now);
         }
         if let (Some(wait), None) = (self.retry_after, r.header("retry-after")) {
-            r.headers
-                .push(("retry-after", retry_after_secs(wait).to_string()));
+            let secs = retry_after_secs(wait);
+            r.headers.push(("retry-after", secs.to_string()));
+            let mut body = ErrorBody::new(&self.error, Some(&self.missing));
+            if matches!(body.error.details, ErrorDetails::None {}) {
+                body.error.details = ErrorDetails::RetryAfter { retry_after: secs };
+                r.body = body.to_json();
+            }
         }
         r
     }
@@ -404,7 +410,8 @@ where
 
     /// Meters credits: each admitted request costs its route's
     /// [`cost`](Route::cost) from the key's balance and from the owner's
-    /// balance for API `api`, both or neither. Defaults to no metering.
+    /// balance for API `api`, both or neither, except on
+    /// [`unmetered`](Route::unmetered) routes. Defaults to no metering.
     pub fn with_credits(mut self, api: impl Into<Cow<'static, str>>) -> Self {
         self.credits_api = Some(api.into());
         self
@@ -751,13 +758,13 @@ where
         let quota = self.quotas.quota_for(key);
         let admission = Admission::new(account.as_u64(), quota);
         Ok(match &self.credits_api {
-            None => admission,
-            Some(api) => admission.credits(CreditCharge::new(route.cost).owner(key.owner().map(
-                |owner| OwnerApi {
+            Some(api) if route.metered => admission.credits(CreditCharge::new(route.cost).owner(
+                key.owner().map(|owner| OwnerApi {
                     owner,
                     api: api.as_ref(),
-                },
-            ))),
+                }),
+            )),
+            _ => admission,
         })
     }
 

@@ -20,6 +20,8 @@ use crate::verify::VerifiedKey;
 pub struct Route {
     pub(super) requirement: Requirement,
     pub(super) cost: u64,
+    /// `false`: no credit check at all ([`Route::unmetered`]).
+    pub(super) metered: bool,
     pub(super) foreign: ForeignCredentials,
 }
 
@@ -30,6 +32,7 @@ impl Route {
         Self {
             requirement,
             cost: 1,
+            metered: true,
             foreign: ForeignCredentials::Reject,
         }
     }
@@ -40,10 +43,35 @@ impl Route {
     }
 
     /// Credits one call costs. Defaults to 1. Zero checks that the balances
-    /// are not exhausted without spending.
+    /// are not exhausted without spending (a caller out of credits is
+    /// refused); for a route that must work whatever the balance, see
+    /// [`unmetered`](Self::unmetered).
     pub fn cost(mut self, credits: u64) -> Self {
         self.cost = credits;
+        self.metered = true;
         self
+    }
+
+    /// A route that neither spends credits nor checks them: rate limits
+    /// still apply. For what a caller must reach with an exhausted balance:
+    /// managing its own keys (revoking a leaked one), reading its limits.
+    ///
+    /// ```
+    /// use apikey::web::Route;
+    /// let limits = Route::any_key().unmetered();
+    /// assert_eq!(limits.credit_cost(), 0);
+    /// assert!(!limits.is_metered());
+    /// ```
+    pub fn unmetered(mut self) -> Self {
+        self.cost = 0;
+        self.metered = false;
+        self
+    }
+
+    /// Whether calls are checked against credit balances (the default;
+    /// `false` after [`unmetered`](Self::unmetered)).
+    pub fn is_metered(&self) -> bool {
+        self.metered
     }
 
     /// The scope requirement.

@@ -104,10 +104,12 @@ pub async fn start_custom(
             .with_audit_sink(Arc::clone(&audit)),
     ));
     let gate = Arc::new(
-        Gate::from_manager(&manager).with_quotas(
-            QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000))
-                .plan("tiny", Quota::unlimited().per_minute(1)),
-        ),
+        Gate::from_manager(&manager)
+            .with_credits("rest")
+            .with_quotas(
+                QuotaTable::fixed(Quota::unlimited().per_minute(100).per_hour(1_000))
+                    .plan("tiny", Quota::unlimited().per_minute(1)),
+            ),
     );
     let keys = KeyCaller::new(Arc::clone(&gate), Arc::clone(&manager), "keys:manage").unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
