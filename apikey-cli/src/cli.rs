@@ -171,10 +171,15 @@ pub enum KeysCommand {
         #[arg(long, value_name = "TIME")]
         expires_at: Option<String>,
     },
-    /// Revokes a key for good.
+    /// Revokes a key for good, or every key of an owner (--owner: a user removed from an
+    /// account).
     Revoke {
         /// Key id.
-        id: String,
+        #[arg(required_unless_present = "owner", conflicts_with = "owner")]
+        id: Option<String>,
+        /// Revokes every key of this owner instead (resumable: run it again after a failure).
+        #[arg(long)]
+        owner: Option<String>,
         /// Why (kept with the key and in the audit trail).
         #[arg(long)]
         reason: String,
@@ -231,6 +236,22 @@ pub enum KeysCommand {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Runs one expiry sweep: renews auto-renewing keys that expire soon (--auto-renew on
+    /// create) and records one `expiring` audit event per other key before it expires.
+    ///
+    /// Run it from cron or a timer, more often than --renew-before (e.g. daily). Safe on
+    /// several machines at once: every notice and renewal happens once.
+    Sweep {
+        /// Notice keys expiring within this.
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        notice_before: String,
+        /// Renew auto-renewing keys expiring within this.
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        renew_before: String,
+        /// A renewal sets the expiry this far from now (capped by the policy's maximum).
+        #[arg(long, value_name = "DURATION", default_value = "90d")]
+        renew_for: String,
+    },
     /// Shows usage counts and last use, of one key or of an owner's keys.
     Usage {
         /// Key id.
@@ -285,6 +306,10 @@ pub struct CreateArgs {
     /// IP allowlist range in CIDR form (repeatable).
     #[arg(long, value_name = "CIDR")]
     pub allow_ip: Vec<String>,
+    /// Renews the key's expiry before it ends, keeping the same key (needs an expiry;
+    /// renewals happen in `keys sweep`).
+    #[arg(long)]
+    pub auto_renew: bool,
 }
 
 /// `apikey bootstrap-admin`.

@@ -232,6 +232,14 @@ fn new_key(args: &CreateArgs) -> CliResult<NewKey> {
         let (k, v) = config::pair(entry, "--metadata", "KEY=VALUE")?;
         new = new.metadata(k, v);
     }
+    if args.auto_renew {
+        if args.expires_at.is_none() && args.expires_in.is_none() {
+            return Err(CliError::usage(
+                "--auto-renew needs an expiry (--expires-in 90d or --expires-at TIME)",
+            ));
+        }
+        new = new.metadata(apikey::KeyRecord::AUTO_RENEW, "true");
+    }
     for net in &args.allow_ip {
         let net: IpNet = net.trim().parse().map_err(|_| {
             CliError::usage(format!(
@@ -312,12 +320,83 @@ where
                 .map_err(fail(&id))?;
             print_key(ctx, &KeyOut::from(&summary));
         }
-        KeysCommand::Revoke { id, reason } => {
+        KeysCommand::Revoke {
+            id: Some(id),
+            reason,
+            ..
+        } => {
             let summary = manager
                 .revoke(key_id(&id)?, &reason, actor)
                 .await
                 .map_err(fail(&id))?;
             print_key(ctx, &KeyOut::from(&summary));
+        }
+        KeysCommand::Revoke {
+            id: None,
+            owner: Some(owner),
+            reason,
+        } => {
+            let revoked = manager
+                .revoke_owner(&owner, &reason, actor)
+                .await
+                .map_err(fail(
+                    "cannot revoke the owner's keys (run it again: it resumes)",
+                ))?;
+            if ctx.json {
+                let ids: Vec<String> = revoked.iter().map(ToString::to_string).collect();
+                output::json(&serde_json::json!({ "owner": owner, "revoked": ids }));
+            } else {
+                crate::outln!("revoked {} keys of {}", revoked.len(), owner.escape_debug());
+                for id in &revoked {
+                    crate::outln!("  {id}");
+                }
+            }
+        }
+        KeysCommand::Revoke { .. } => {
+            return Err(CliError::usage("pass a key id or --owner"));
+        }
+        KeysCommand::Sweep {
+            notice_before,
+            renew_before,
+            renew_for,
+        } => {
+            let options = apikey::SweepOptions::default()
+                .notice_before(config::duration(&notice_before, "--notice-before")?)
+                .renew_before(config::duration(&renew_before, "--renew-before")?)
+                .renew_for(config::duration(&renew_for, "--renew-for")?);
+            let report = manager
+                .sweep_once(&options)
+                .await
+                .map_err(fail("the sweep failed"))?;
+            if ctx.json {
+                let failed: Vec<_> = report
+                    .failed
+                    .iter()
+                    .map(|(id, code)| serde_json::json!({ "id": id.to_string(), "code": code.as_str() }))
+                    .collect();
+                output::json(&serde_json::json!({
+                    "examined": report.examined,
+                    "renewed": report.renewed,
+                    "notified": report.notified,
+                    "failed": failed,
+                }));
+            } else {
+                crate::outln!(
+                    "examined {}, renewed {}, notified {}, failed {}",
+                    report.examined,
+                    report.renewed,
+                    report.notified,
+                    report.failed.len()
+                );
+                for (id, code) in &report.failed {
+                    crate::outln!("  {id}: {code}");
+                }
+            }
+            // The keys that failed are in the report; the next run retries
+            // them.
+            if !report.failed.is_empty() {
+                return Ok(Some(Exit::StoreUnavailable));
+            }
         }
         KeysCommand::Delete { id } => {
             let kid = key_id(&id)?;
@@ -548,6 +627,7 @@ where
         not_before: None,
         metadata: Vec::new(),
         allow_ip: Vec::new(),
+        auto_renew: false,
     };
     match manager.create(new_key(&create)?, &ctx.actor).await {
         Ok((key, summary)) => {

@@ -249,6 +249,56 @@ fn every_command(env: &Env) {
     assert_eq!(mine["keys"], serde_json::json!([]));
     env.run(&["keys", "expiring"]).ok();
 
+    // sweep: an auto-renewing key expiring in 3 days is renewed (same key,
+    // later expiry), the 5-day key gets its notice; a second run has
+    // nothing left to do.
+    let renewing = env
+        .run(&[
+            "--json",
+            "keys",
+            "create",
+            "--owner",
+            "user_2",
+            "--expires-in",
+            "3d",
+            "--auto-renew",
+        ])
+        .ok()
+        .json();
+    let renewing_id = s(&renewing["summary"]["id"]).to_owned();
+    let before = s(&renewing["summary"]["expires_at"]).to_owned();
+    let report = env.run(&["--json", "keys", "sweep"]).ok().json();
+    assert_eq!(
+        (report["renewed"].clone(), report["failed"].clone()),
+        (Value::from(1), serde_json::json!([])),
+        "{report}"
+    );
+    assert!(report["notified"].as_u64().unwrap() >= 1, "{report}");
+    let after = env
+        .run(&["--json", "keys", "show", &renewing_id])
+        .ok()
+        .json();
+    assert!(s(&after["expires_at"]) > before.as_str(), "{after}");
+    env.run_with(&["keys", "verify"], Some(s(&renewing["key"])))
+        .ok();
+    let again = env.run(&["--json", "keys", "sweep"]).ok().json();
+    assert_eq!(
+        (again["renewed"].clone(), again["notified"].clone()),
+        (0.into(), 0.into())
+    );
+    env.run(&["keys", "sweep", "--renew-before", "1d"]).ok();
+    let r = env
+        .run(&[
+            "--json",
+            "keys",
+            "create",
+            "--owner",
+            "user_2",
+            "--auto-renew",
+        ])
+        .fails(1);
+    assert!(r.stderr.contains("--auto-renew needs an expiry"), "{r:?}");
+
     // usage: of one key and of an owner's keys.
     let usage = env.run(&["--json", "keys", "usage", &new_id]).ok().json();
     assert_eq!(usage["keys"][0]["id"], new_id.as_str());
@@ -290,6 +340,40 @@ fn every_command(env: &Env) {
     );
     let refused = env.run(&["--json", "keys", "enable", &new_id]).fails(5);
     assert_eq!(refused.json()["error"]["code"], "INVALID_STATE");
+
+    // revoke --owner: every key of a user removed from the account.
+    let mut user_3 = Vec::new();
+    for _ in 0..2 {
+        let k = env
+            .run(&["--json", "keys", "create", "--owner", "user_3"])
+            .ok()
+            .json();
+        user_3.push(s(&k["key"]).to_owned());
+    }
+    let r = env
+        .run(&[
+            "--json", "keys", "revoke", "--owner", "user_3", "--reason", "removed",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["revoked"].as_array().map(Vec::len), Some(2), "{r}");
+    for k in &user_3 {
+        let v = env.run_with(&["--json", "keys", "verify"], Some(k));
+        assert_eq!(
+            (v.code, v.json()["code"].clone()),
+            (4, Value::from("REVOKED_API_KEY"))
+        );
+    }
+    let r = env
+        .run(&["keys", "revoke", "--owner", "user_3", "--reason", "again"])
+        .ok();
+    assert!(r.stdout.contains("revoked 0 keys"), "{r:?}");
+    env.run(&["keys", "revoke", "--reason", "no target"])
+        .fails(1);
+    env.run(&[
+        "keys", "revoke", &new_id, "--owner", "user_3", "--reason", "x",
+    ])
+    .fails(1);
 
     // delete, then not found.
     assert_eq!(
