@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use apikey::limits::Limits;
-use apikey::web::{ClientIp, Decision, Gate, Route};
+use apikey::web::{ClientIp, Decision, Extracted, Gate, Route};
 use apikey::{Clock, Error, KeyManager, KeyStoreWrite, Requirement, Result, UsageStore};
 #[cfg(feature = "connect-info")]
 use axum::extract::ConnectInfo;
@@ -85,11 +85,20 @@ where
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()));
-        let key = match self
+        // The route goes with the key, so its last use names this call
+        // (as the layer does on every other route).
+        let decision = match self
             .gate
-            .check(headers, parts.uri.query(), client, &self.route)
-            .await
+            .extract(headers, parts.uri.query(), client, &self.route)
         {
+            Ok(Extracted::Key(key)) => {
+                let key = key.on_route(parts.method.as_str(), parts.uri.path());
+                self.gate.admit(key, client, &self.route).await
+            }
+            Ok(Extracted::NotOurs) => Decision::NotOurs,
+            Err(rejection) => Decision::Rejected(rejection),
+        };
+        let key = match decision {
             Decision::Admitted(ok) => ok.key,
             Decision::NotOurs => return Err(Error::MissingApiKey.into()),
             Decision::Rejected(no) => {

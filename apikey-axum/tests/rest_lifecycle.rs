@@ -1148,6 +1148,14 @@ async fn an_exhausted_balance_still_manages_keys_and_reads_limits() {
     assert_eq!(r.status, 200, "{}", r.body);
     let status = s.manager.get(leaked.parse().unwrap()).await.unwrap().status;
     assert_eq!(status, apikey::KeyStatus::Revoked);
+    // The management call is the key's last use, with its route.
+    s.manager.flush().await.unwrap();
+    let used = s.manager.get(id).await.unwrap();
+    assert_eq!(
+        used.last_used_route,
+        Some(format!("DELETE /v1/api-keys/{leaked}")),
+        "{used:?}"
+    );
     // Nothing was spent, nothing refilled.
     let left = limits
         .credits(CreditAccount::Key(id.as_u64()))

@@ -135,12 +135,29 @@ pub async fn open(settings: &Settings) -> CliResult<Store> {
                 })?
                 .options([("statement_timeout", ms.as_str())])
                 .application_name("apikey-cli");
-            let pool = PgPoolOptions::new()
+            let pool = match PgPoolOptions::new()
                 .max_connections(settings.pool_size)
                 .acquire_timeout(settings.timeout)
-                .connect_with(connect)
+                .connect_with(connect.clone())
                 .await
-                .map_err(unreachable)?;
+            {
+                Ok(pool) => pool,
+                // The pool retries until its timeout and then says only
+                // that: one direct attempt names why (refused, bad password,
+                // no such database).
+                Err(sqlx::Error::PoolTimedOut) => {
+                    let direct = tokio::time::timeout(
+                        settings.timeout,
+                        <sqlx::PgConnection as sqlx::Connection>::connect_with(&connect),
+                    )
+                    .await;
+                    return Err(unreachable(match direct {
+                        Ok(Err(cause)) => cause,
+                        _ => sqlx::Error::PoolTimedOut,
+                    }));
+                }
+                Err(e) => return Err(unreachable(e)),
+            };
             let store = PostgresStore::from_pool_with(pool.clone(), settings.options())
                 .map_err(bad_name)?;
             let found = sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(probe))

@@ -215,6 +215,11 @@ fn an_unusable_database_is_exit_3_without_its_password() {
         .fails(3);
         r.never_shows("Sup3rS3cretPw").never_shows(&env.secret);
         assert!(r.stderr.contains("127.0.0.1"), "names the server: {r:?}");
+        // The cause, not only the pool's "timed out".
+        assert!(
+            r.stderr.to_lowercase().contains("refused"),
+            "names the cause: {r:?}"
+        );
     }
     // --sqlite wins over DATABASE_URL from the environment.
     let r = run(

@@ -250,6 +250,7 @@ where
         session: KeyDigest::from_bytes(session_bytes(session.expose_secret())),
     };
     let config = ManageConfig::new("sk_live_")
+        .prefix(apikey::Environment::Test, "sk_test_")
         .title("Tasks API keys")
         .scope("tasks:read", "View tasks")
         .scope("tasks:write", "Create and update tasks")
@@ -289,6 +290,31 @@ where
             tokio::time::sleep(period).await;
             let _ = flusher.flush().await;
         }
+    });
+
+    // The expiry sweep, hourly: auto-renewal (keys created with the
+    // `apikey.auto_renew` metadata entry, or `apikey keys create
+    // --auto-renew`) and one `expiring` audit event per key 30 days before
+    // it expires. Safe with several instances on one database.
+    let sweeper = Arc::clone(&manager);
+    tokio::spawn(async move {
+        let options = apikey::SweepOptions::default();
+        sweeper
+            .run_sweeper(&options, |result| async move {
+                match result {
+                    Ok(r) if r.renewed + r.notified + r.failed.len() > 0 => println!(
+                        "expiry sweep: renewed {}, notified {}, failed {}",
+                        r.renewed,
+                        r.notified,
+                        r.failed.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("expiry sweep: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(3_600)).await;
+                true
+            })
+            .await;
     });
 
     let port: u16 = std::env::var("PORT")

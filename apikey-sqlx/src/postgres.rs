@@ -143,9 +143,26 @@ impl PostgresStore {
                     Ok(true)
                 })
             })
-            .connect_with(connect)
-            .await
-            .map_err(database)?;
+            .connect_with(connect.clone())
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            // The pool retries until its timeout and then says only that it
+            // timed out: one direct attempt names why (connection refused,
+            // authentication failed, no such database).
+            Err(sqlx::Error::PoolTimedOut) => {
+                let direct = tokio::time::timeout(
+                    options.timeout,
+                    <PgConnection as sqlx::Connection>::connect_with(&connect),
+                )
+                .await;
+                return Err(database(match direct {
+                    Ok(Err(cause)) => cause,
+                    _ => sqlx::Error::PoolTimedOut,
+                }));
+            }
+            Err(e) => return Err(database(e)),
+        };
         let store = Self::from_pool_with(pool, options)?;
         store.migrate().await?;
         Ok(store)
