@@ -554,6 +554,40 @@ async fn gate_rejects_foreign_credentials_by_default() {
     }
 }
 
+/// Seed 001's wrong formats: our key without `Bearer` is named as such
+/// (`MALFORMED_API_KEY`, reason `missing_bearer`), even on a pass-through
+/// route; a Bearer token without our prefix stays a foreign credential; the
+/// same key with the scheme is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_key_without_bearer_is_named_as_such() {
+    let s = setup(Quota::unlimited(), None, None);
+    let key = s.key.expose_secret();
+    let open =
+        Route::any_key().with_foreign_credentials(apikey::web::ForeignCredentials::PassThrough);
+    for route in [Route::any_key(), open] {
+        let d = check(&s, &[("authorization", key)], &route).await;
+        let Decision::Rejected(r) = d else {
+            panic!("{d:?}")
+        };
+        let resp = r.to_response();
+        assert_eq!(
+            (resp.status, r.error.code().as_str()),
+            (401, "MALFORMED_API_KEY")
+        );
+        assert!(
+            resp.body.contains(r#""reason":"missing_bearer""#),
+            "{}",
+            resp.body
+        );
+        assert!(!resp.body.contains(key));
+    }
+    let d = check(&s, &[("authorization", "Bearer abc123")], &Route::any_key()).await;
+    assert_eq!(code(&d), "MISSING_API_KEY");
+    let bearer = format!("Bearer {key}");
+    let d = check(&s, &[("authorization", bearer.as_str())], &Route::any_key()).await;
+    assert_eq!(code(&d), "ADMITTED");
+}
+
 /// Issue 17, item 11: an imported legacy key sent as `Authorization:
 /// Bearer` authenticates through the gate, with the default extractor and
 /// with one the gate was given; foreign credentials are refused as before.

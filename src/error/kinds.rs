@@ -26,6 +26,9 @@ pub enum MalformedReason {
     NonCanonical,
     /// The key's secret version is not in the keyring.
     UnknownVersion,
+    /// A key of ours sent as `Authorization: <key>`, without the `Bearer`
+    /// scheme (seed 001's "missing Bearer").
+    MissingBearer,
 }
 
 impl MalformedReason {
@@ -42,6 +45,7 @@ impl MalformedReason {
             Self::Checksum => "checksum",
             Self::NonCanonical => "non_canonical",
             Self::UnknownVersion => "unknown_version",
+            Self::MissingBearer => "missing_bearer",
         }
     }
 }

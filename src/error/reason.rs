@@ -106,7 +106,7 @@ pub(crate) enum Reason {
 
 impl Reason {
     /// The reasons the audit sampler counts, in the order of its summary.
-    pub(crate) const SAMPLED: [Reason; 13] = [
+    pub(crate) const SAMPLED: [Reason; 14] = [
         Self::Missing,
         Self::Malformed(MalformedReason::Length),
         Self::Malformed(MalformedReason::Charset),
@@ -114,6 +114,7 @@ impl Reason {
         Self::Malformed(MalformedReason::Checksum),
         Self::Malformed(MalformedReason::NonCanonical),
         Self::Malformed(MalformedReason::UnknownVersion),
+        Self::Malformed(MalformedReason::MissingBearer),
         Self::Forged,
         Self::UnknownLegacy,
         Self::WrongEnvironment,
@@ -278,6 +279,7 @@ mod tests {
             MalformedReason::Checksum,
             MalformedReason::NonCanonical,
             MalformedReason::UnknownVersion,
+            MalformedReason::MissingBearer,
         ] {
             all.push(Error::MalformedApiKey(r));
         }
@@ -317,6 +319,7 @@ mod tests {
                 "checksum",
                 "non_canonical",
                 "unknown_version",
+                "missing_bearer",
                 "forged",
                 "unknown_legacy",
                 "wrong_environment",

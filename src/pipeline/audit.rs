@@ -111,7 +111,7 @@ pub enum AuditKind {
     /// Failed verifications counted per reason since the last summary:
     /// rejections before the tag matched (`missing`, `length`, `charset`,
     /// `unknown_prefix`, `checksum`, `non_canonical`, `unknown_version`,
-    /// `forged`, `unknown_legacy`) and failures of an authenticated key
+    /// `missing_bearer`, `forged`, `unknown_legacy`) and failures of an authenticated key
     /// against the request (`wrong_environment`, `insufficient_scope`,
     /// `ip_not_allowed`). At most one per sample interval.
     RejectionsSampled {
@@ -230,7 +230,7 @@ impl AuditKind {
 ///   interval (and by `KeyManager::shutdown`), so a flood never becomes a
 ///   flood of events: rejections **before** the keyed tag matched
 ///   (reasons `missing`, `length`, `charset`, `unknown_prefix`, `checksum`,
-///   `non_canonical`, `unknown_version`, `forged`; `unknown_legacy` for a
+///   `non_canonical`, `unknown_version`, `missing_bearer`, `forged`; `unknown_legacy` for a
 ///   legacy-prefixed key that is not in the store), and failures of an
 ///   authenticated key against the request (`wrong_environment`,
 ///   `insufficient_scope`, `ip_not_allowed`): 10,000 scope failures are one

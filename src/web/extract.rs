@@ -544,25 +544,33 @@ impl Extractor {
     fn bearer_token<'a>(&self, value: &'a [u8]) -> Result<Option<&'a str>> {
         let value = trim_ows(value);
         const BEARER: &[u8] = b"bearer ";
-        if !self.accepts(Scheme::Bearer)
-            || value.len() < BEARER.len()
-            || !value[..BEARER.len()].eq_ignore_ascii_case(BEARER)
-        {
+        if !self.accepts(Scheme::Bearer) {
+            return Ok(None);
+        }
+        if value.len() < BEARER.len() || !value[..BEARER.len()].eq_ignore_ascii_case(BEARER) {
+            // Our key without the scheme: named as such (seed 001's "wrong
+            // format"), not taken for another service's credential.
+            if self.is_ours(value) && !value.contains(&b' ') {
+                return Err(Error::MalformedApiKey(MalformedReason::MissingBearer));
+            }
             return Ok(None);
         }
         let token = trim_ows(&value[BEARER.len()..]);
-        // Only a registered or declared legacy prefix makes the token ours;
-        // these comparisons are bounded by the prefix length, whatever the
-        // token's size.
-        let ours = self
-            .prefixes
-            .iter()
-            .any(|e| token.starts_with(e.prefix.as_str().as_bytes()))
-            || self.legacy.iter().any(|l| token.starts_with(l.as_bytes()));
-        if !ours {
+        if !self.is_ours(token) {
             return Ok(None);
         }
         self.check_value(token).map(Some)
+    }
+
+    /// Whether `token` starts with a registered or declared legacy prefix;
+    /// the comparisons are bounded by the prefix length, whatever the
+    /// token's size.
+    #[inline]
+    fn is_ours(&self, token: &[u8]) -> bool {
+        self.prefixes
+            .iter()
+            .any(|e| token.starts_with(e.prefix.as_str().as_bytes()))
+            || self.legacy.iter().any(|l| token.starts_with(l.as_bytes()))
     }
 
     fn scan_query<'a>(&self, query: &'a str, seen: &mut Seen<'a>) {
