@@ -606,7 +606,8 @@ struct Seen<'a> {
     foreign: bool,
     /// A key was presented in the query string while that is refused.
     query_refused: bool,
-    /// The most serious malformed value: `Length` before `Charset`.
+    /// The most serious malformed value: `Length`, then `Charset`, then
+    /// `MissingBearer`.
     malformed: Option<MalformedReason>,
     /// `Origin` and `Referer`.
     origin: RequestOrigin<'a>,
@@ -637,7 +638,13 @@ impl<'a> Seen<'a> {
 
     fn error(&mut self, e: Error) {
         if let Error::MalformedApiKey(reason) = e {
-            let rank = |r: MalformedReason| u8::from(r != MalformedReason::Length);
+            // A total order, so the outcome never depends on header order:
+            // length, then charset, then anything else.
+            let rank = |r: MalformedReason| match r {
+                MalformedReason::Length => 0u8,
+                MalformedReason::Charset => 1,
+                _ => 2,
+            };
             if self.malformed.is_none_or(|m| rank(reason) < rank(m)) {
                 self.malformed = Some(reason);
             }
