@@ -183,6 +183,7 @@ async fn grace_longer_than_the_maximum_is_invalid_request() {
         .await
         .unwrap_err();
     assert_eq!(err.code().as_str(), "INVALID_REQUEST");
+    assert!(err.to_string().contains("maximum (1 hour)"), "{err}");
 }
 
 /// With a limit of 1, rotating again and again (each with the longest

@@ -35,6 +35,8 @@ struct CreditsView<'a> {
     remaining: Option<u64>,
     limit: Option<u64>,
     refill: Option<&'static str>,
+    /// The period of an `every` refill, in seconds.
+    refill_every_seconds: Option<u64>,
     next_refill_in_seconds: Option<u64>,
 }
 
@@ -89,7 +91,11 @@ where
                 refill: refill.map(|r| match r.interval() {
                     RefillInterval::UtcDay => "day",
                     RefillInterval::UtcMonth => "month",
-                    _ => "other",
+                    _ => "every",
+                }),
+                refill_every_seconds: refill.and_then(|r| match r.interval() {
+                    RefillInterval::Every(period) => Some(period.as_secs()),
+                    _ => None,
                 }),
                 next_refill_in_seconds: status.and_then(|s| s.next_refill_in).map(|d| d.as_secs()),
             },

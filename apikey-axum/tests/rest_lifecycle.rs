@@ -1164,3 +1164,44 @@ async fn an_exhausted_balance_still_manages_keys_and_reads_limits() {
         .unwrap();
     assert_eq!(left.remaining, 0);
 }
+
+/// A balance refilled every hour reads as `every` with its period (it read
+/// `other`).
+#[tokio::test]
+async fn an_every_refill_names_its_period() {
+    use apikey::limits::{CreditAccount, CreditBalances, Refill};
+    let s = start().await;
+    s.manager
+        .authenticator()
+        .limits()
+        .set_credits(
+            CreditAccount::Owner {
+                owner: "alice",
+                api: "rest",
+            },
+            40,
+            Refill::every(100, std::time::Duration::from_secs(3_600)),
+        )
+        .await
+        .unwrap();
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "GET",
+        "/v1/credits/alice/rest",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (
+            v["remaining"].as_u64(),
+            v["limit"].as_u64(),
+            v["refill"].as_str(),
+            v["refill_every_seconds"].as_u64(),
+            v["next_refill_in_seconds"].as_u64()
+        ),
+        (Some(40), Some(100), Some("every"), Some(3_600), Some(3_600))
+    );
+}

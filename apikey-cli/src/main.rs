@@ -128,7 +128,15 @@ async fn run(cli: Cli) -> Outcome {
     let user = login_name();
     let ctx = Context {
         json: g.json,
-        actor: Actor::new(g.actor.unwrap_or_else(|| format!("cli:{user}"))),
+        actor: Actor::new(match g.actor {
+            Some(a) if a.trim().is_empty() => {
+                return Err(CliError::usage(
+                    "--actor (APIKEY_ACTOR) is empty: the audit trail needs a name",
+                ));
+            }
+            Some(a) => a,
+            None => format!("cli:{user}"),
+        }),
         verifier: config::verifier(ring, &g.register_prefix)?,
         legacy_prefixes: g.legacy_prefix,
         audit: g

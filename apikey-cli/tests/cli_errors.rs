@@ -333,6 +333,11 @@ fn the_audit_log_records_who_did_what() {
             .is_some_and(|n| n.parse::<u32>().is_ok()),
         "{actor}"
     );
+    // An empty --actor is refused, not written as "".
+    let mut args: Vec<&str> = env.db.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--actor", " ", "keys", "create", "--owner", "u"]);
+    let r = run(&args, &[("APIKEY_SECRET_V1", &env.secret)], None).fails(1);
+    assert!(r.stderr.contains("--actor"), "{r:?}");
 }
 
 /// Runs the binary with stdout a pipe whose reader is already closed (as

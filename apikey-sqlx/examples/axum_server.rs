@@ -69,14 +69,21 @@ use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-async fn list_tasks(key: VerifiedKey) -> String {
-    format!(
-        "{{\"tasks\":[],\"owner\":\"{}\"}}\n",
-        key.owner().unwrap_or("")
-    )
+/// A JSON answer: `Content-Type: application/json` and the body.
+type Json = ([(axum::http::header::HeaderName, &'static str); 1], String);
+
+fn json(body: String) -> Json {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }
 
-async fn create_task(admitted: Admitted) -> String {
+async fn list_tasks(key: VerifiedKey) -> Json {
+    json(format!(
+        "{{\"tasks\":[],\"owner\":{}}}\n",
+        serde_json::Value::from(key.owner().unwrap_or(""))
+    ))
+}
+
+async fn create_task(admitted: Admitted) -> Json {
     // Warn clients still on a deprecated scheme (as the Keyword Insights docs do).
     if admitted.scheme == apikey::web::Scheme::Bearer {
         eprintln!(
@@ -85,10 +92,10 @@ async fn create_task(admitted: Admitted) -> String {
         );
     }
     let left = admitted.credits.and_then(|c| c.owner_remaining);
-    format!(
+    json(format!(
         "{{\"created\":true,\"owner_credits_left\":{}}}\n",
         left.map_or("null".into(), |n| n.to_string())
-    )
+    ))
 }
 
 /// The server secret: `APIKEY_SECRET_V1`, or (SQLite only) a file made

@@ -110,6 +110,13 @@ fn keys_issued_by_a_first_run_work_after_a_restart() {
     let (mut first, port, keys) = start(&data);
     assert_eq!(keys.len(), 2, "the first run issues two keys");
     assert!(status(port, &keys[0]).contains(" 200 "));
+    let answer = get(port, "/v1/tasks", &format!("X-API-Key: {}\r\n", keys[0]));
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
     first.kill().unwrap();
     first.wait().unwrap();
 

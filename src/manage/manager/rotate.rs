@@ -47,9 +47,16 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         actor: &Actor,
     ) -> Result<(ApiKey, KeySummary)> {
         if rotation.grace > self.max_grace {
-            return Err(Error::InvalidInput(
-                "the grace period is longer than the configured maximum".into(),
-            ));
+            let max = self.max_grace.as_secs();
+            let (n, unit) = match max {
+                m if m % 86_400 == 0 => (m / 86_400, "day"),
+                m if m % 3_600 == 0 => (m / 3_600, "hour"),
+                m => (m, "second"),
+            };
+            let readable = format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+            return Err(Error::InvalidInput(format!(
+                "the grace period is longer than the configured maximum ({readable})"
+            )));
         }
         let now = self.now();
         for attempt in 0..MAX_RETRIES {
