@@ -73,7 +73,10 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 type Json = ([(axum::http::header::HeaderName, &'static str); 1], String);
 
 fn json(body: String) -> Json {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }
 
 async fn list_tasks(key: VerifiedKey) -> Json {
@@ -266,6 +269,18 @@ where
         .credit_api("tasks");
     let management = ManageApi::new(Arc::clone(&manager), callers, config).router_with_credits();
 
+    // Leaked-key response: anyone who finds a key posts it here
+    // (`{"tokens": ["sk_live_..."]}`) and it is revoked; the answer is the
+    // same 202 whatever the tokens are, throttled per client address.
+    // GitHub's secret-scanning endpoint is `apikey_leak::axum::github_router`
+    // (docs/leak-response.md).
+    let responder = Arc::new(apikey_leak::LeakResponder::new(Arc::clone(&manager)));
+    let public = Arc::new(apikey_leak::PublicRevoke::new(
+        responder,
+        MemoryLimits::new(),
+    ));
+    let leaks = apikey_leak::axum::public_revoke_router("/v1/leaks/revoke", public);
+
     let app = Router::new()
         .route(
             "/v1/tasks",
@@ -278,6 +293,7 @@ where
         )
         .merge(management)
         .merge(apikey_axum::rate_limit_router(Arc::clone(&gate)))
+        .merge(leaks)
         .route("/demo-login", get(demo_login))
         .route(
             "/metrics",

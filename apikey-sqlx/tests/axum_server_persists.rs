@@ -194,3 +194,40 @@ fn the_metrics_route_renders_prometheus_text() {
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// The leaked-key response a new user can try: a key posted to the public
+/// revocation endpoint is refused from then on; junk gets the same 202.
+#[test]
+fn a_key_posted_to_the_leak_endpoint_is_revoked() {
+    let data = data_dir("leak");
+    let mut server = start_with(&data, &[]);
+    let post = |body: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /v1/leaks/revoke HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(status(server.port, &server.keys[0]).contains(" 200 "));
+    let junk = post(r#"{"tokens":["sk_live_nope"]}"#);
+    let real = post(&format!(r#"{{"tokens":["{}"]}}"#, server.keys[0]));
+    assert!(real.contains(" 202 "), "{real}");
+    assert_eq!(
+        junk.split("\r\n\r\n").nth(1),
+        real.split("\r\n\r\n").nth(1),
+        "the same answer whatever the tokens"
+    );
+    assert!(!real.contains(&server.keys[0]));
+    assert!(status(server.port, &server.keys[0]).contains(" 401 "));
+    assert!(status(server.port, &server.keys[1]).contains(" 200 "));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
