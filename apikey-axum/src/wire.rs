@@ -24,6 +24,8 @@ pub(crate) struct CreateRequest {
     pub plan: Option<String>,
     #[serde(default)]
     pub owner: Option<String>,
+    #[serde(default)]
+    pub auto_renew: bool,
 }
 
 /// `PATCH /v1/api-keys/{id}`: absent fields are left as they are; `null`
@@ -41,6 +43,8 @@ pub(crate) struct PatchRequest {
     pub expires_at: Option<Option<String>>,
     #[serde(default)]
     pub ip_allowlist: Option<Vec<String>>,
+    #[serde(default)]
+    pub auto_renew: Option<bool>,
 }
 
 /// `POST /v1/api-keys/{id}/rotate`.
@@ -96,6 +100,9 @@ pub(crate) struct KeyItem {
     /// The method and path of the last use, when it came through the web edge.
     pub last_used_route: Option<String>,
     pub expires_at: Option<String>,
+    /// Renewed by the expiry sweep before it expires
+    /// ([`apikey::KeyRecord::AUTO_RENEW`]).
+    pub auto_renew: bool,
 }
 
 impl KeyItem {
@@ -114,6 +121,10 @@ impl KeyItem {
             last_used_ip: s.last_used_ip.as_ref().map(ToString::to_string),
             last_used_route: s.last_used_route.clone(),
             expires_at: s.expires_at.as_ref().map(ToString::to_string),
+            auto_renew: s
+                .metadata
+                .get(apikey::KeyRecord::AUTO_RENEW)
+                .is_some_and(|v| v == "true"),
         }
     }
 }

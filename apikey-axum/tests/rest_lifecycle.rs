@@ -1205,3 +1205,101 @@ async fn an_every_refill_names_its_period() {
         (Some(40), Some(100), Some("every"), Some(3_600), Some(3_600))
     );
 }
+
+/// Auto-renewal over REST: on create (it needs an expiry), shown on the
+/// key, renewed by the sweep, turned off by PATCH; a caller that has an
+/// expiry itself cannot give it (each renewal would carry the key past
+/// the caller's own bound).
+#[tokio::test]
+async fn auto_renewal_over_rest() {
+    let s = start().await;
+    let r = call(
+        s.addr,
+        As::User("alice"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"ci","auto_renew":true}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (400, "auto_renew".into()),
+        "{}",
+        r.body
+    );
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"ci","auto_renew":true,"expires_at":"2026-03-04T12:00:00Z"}"#,
+    )
+    .await;
+    assert_eq!(k["auto_renew"], true, "{k}");
+    let id = k["id"].as_str().unwrap().to_owned();
+    let report = s
+        .manager
+        .sweep_once(&apikey::SweepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.renewed, 1, "{report:?}");
+    let path = format!("/v1/api-keys/{id}");
+    let shown = call(s.addr, As::User("alice"), "GET", &path, None)
+        .await
+        .json();
+    assert_eq!(shown["auto_renew"], true);
+    assert!(
+        shown["expires_at"].as_str().unwrap() > "2026-03-04T12:00:00Z",
+        "{shown}"
+    );
+    let off = call(
+        s.addr,
+        As::User("alice"),
+        "PATCH",
+        &path,
+        Some(r#"{"auto_renew":false}"#),
+    )
+    .await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    assert_eq!(off.json()["auto_renew"], false);
+
+    // A management key with an expiry: no auto-renewal, on create or PATCH.
+    let bounded = management_key(
+        &s,
+        "alice",
+        apikey::NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .expires_at("2026-06-01T00:00:00Z".parse().unwrap()),
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(bounded.expose_secret()),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"x","auto_renew":true,"expires_at":"2026-04-01T00:00:00Z"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "auto_renew".into()),
+        "{}",
+        r.body
+    );
+    let r = call(
+        s.addr,
+        As::Key(bounded.expose_secret()),
+        "PATCH",
+        &path,
+        Some(r#"{"auto_renew":true}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.field()),
+        (403, "auto_renew".into()),
+        "{}",
+        r.body
+    );
+    let kept = call(s.addr, As::User("alice"), "GET", &path, None)
+        .await
+        .json();
+    assert_eq!(kept["auto_renew"], false);
+}

@@ -1,8 +1,8 @@
 //! The route handlers: one per `/v1/api-keys` operation, each a call frame around a [`KeyManager`] call.
 
 use super::parse::{
-    bounded_expiry, check_text, environment_named, loggable_id, parse_allowlist, parse_json,
-    parse_scopes, parse_time, path_id, query_pairs,
+    auto_renew_allowed, bounded_expiry, check_text, environment_named, loggable_id,
+    parse_allowlist, parse_json, parse_scopes, parse_time, path_id, query_pairs,
 };
 use super::*;
 
@@ -216,6 +216,10 @@ where
         if let Some(plan) = req.plan {
             new = new.metadata(crate::PLAN_KEY, plan);
         }
+        if req.auto_renew {
+            auto_renew_allowed(bounds, expires.is_some())?;
+            new = new.metadata(KeyRecord::AUTO_RENEW, "true");
+        }
         let (key, summary) = st.manager.create(new, &Self::actor(&caller)).await?;
         Ok(json(StatusCode::CREATED, &CreatedKey::new(&key, &summary)))
     }
@@ -256,6 +260,17 @@ where
         if let Some(list) = req.ip_allowlist {
             let nets = parse_allowlist(&list, bounds)?;
             update = update.ip_allowlist(nets);
+        }
+        if let Some(on) = req.auto_renew {
+            let mut metadata = s.metadata.clone();
+            if on {
+                let expires = update.expires_at.unwrap_or(s.expires_at);
+                auto_renew_allowed(bounds, expires.is_some())?;
+                metadata.insert(KeyRecord::AUTO_RENEW.to_owned(), "true".to_owned());
+            } else {
+                metadata.remove(KeyRecord::AUTO_RENEW);
+            }
+            update = update.metadata(metadata);
         }
         let after = st
             .manager

@@ -220,6 +220,25 @@ pub(super) fn bounded_expiry(
     }
 }
 
+/// Auto-renewal on a key: it needs an expiry to renew, and a caller that
+/// has an expiry itself may not give it (each renewal would carry the key
+/// past the caller's own bound).
+pub(super) fn auto_renew_allowed(bounds: &Bounds, has_expiry: bool) -> Result<(), ApiError> {
+    if bounds.expires_at.is_some() {
+        return Err(ApiError::escalation(
+            "auto_renew",
+            "a caller with an expiry cannot make a key renew itself past it",
+        ));
+    }
+    if !has_expiry {
+        return Err(ApiError::field(
+            "auto_renew",
+            "`auto_renew` needs an expiry (`expires_at`)",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn environment_named(text: &str) -> Option<Environment> {
     match text {
         "live" => Some(Environment::Live),

@@ -84,7 +84,15 @@
       used.appendChild(where);
     }
     tr.appendChild(used);
-    tr.appendChild(cell(key.expires_at ? localDate(key.expires_at) : "Never"));
+    const expires = cell(key.expires_at ? localDate(key.expires_at) : "Never");
+    if (key.expires_at && key.auto_renew) {
+      const renews = document.createElement("small");
+      renews.className = "renews";
+      renews.textContent = "renews automatically";
+      expires.appendChild(document.createElement("br"));
+      expires.appendChild(renews);
+    }
+    tr.appendChild(expires);
     if (key.pending) {
       tr.appendChild(cell("pending approval", "status status-pending"));
     } else {
