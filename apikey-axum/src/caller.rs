@@ -89,6 +89,8 @@ pub struct Caller {
     account: Option<BTreeSet<String>>,
     bounds: Bounds,
     via: Via,
+    /// Why this caller may not mint keys (its plan), if it may not.
+    upgrade: Option<String>,
 }
 
 impl Caller {
@@ -102,6 +104,7 @@ impl Caller {
             account: None,
             bounds: Bounds::default(),
             via: Via::Session,
+            upgrade: None,
         }
     }
 
@@ -123,6 +126,7 @@ impl Caller {
                 ip_allowlist: key.ip_allowlist.clone(),
             },
             via: Via::ApiKey,
+            upgrade: None,
         })
     }
 
@@ -134,6 +138,30 @@ impl Caller {
         set.insert(self.owner.clone());
         self.account = Some(set);
         self
+    }
+
+    /// The caller may manage its keys but not mint new ones (create,
+    /// derive, rotate): its plan has no API access (seed 000: "API key
+    /// access is available on Professional and Premium plans ... you'll be
+    /// prompted to upgrade when attempting to create an API key"). Those
+    /// calls answer 403 `INSUFFICIENT_SCOPE`, field `plan`, with `message`
+    /// (the page shows it); listing, disabling and revoking keep working,
+    /// so a downgraded user can still switch old keys off.
+    ///
+    /// ```
+    /// use apikey_axum::Caller;
+    /// let free = Caller::user("user_1")
+    ///     .needs_upgrade("API keys come with the Professional and Premium plans: upgrade to create one.");
+    /// assert!(free.upgrade_required().is_some());
+    /// ```
+    pub fn needs_upgrade(mut self, message: impl Into<String>) -> Self {
+        self.upgrade = Some(message.into());
+        self
+    }
+
+    /// The message of [`needs_upgrade`](Self::needs_upgrade), when set.
+    pub fn upgrade_required(&self) -> Option<&str> {
+        self.upgrade.as_deref()
     }
 
     /// Replaces the bounds.

@@ -1303,3 +1303,65 @@ async fn auto_renewal_over_rest() {
         .json();
     assert_eq!(kept["auto_renew"], false);
 }
+
+/// Seed 000: a user whose plan has no API access is told to upgrade when
+/// creating (or deriving, or rotating) a key, and still lists, disables
+/// and revokes the keys it has.
+#[tokio::test]
+async fn a_plan_without_api_access_is_prompted_to_upgrade() {
+    let s = start().await;
+    let (_, old) = s
+        .manager
+        .create(
+            apikey::NewKey::new("sk_live_")
+                .owner("free_carol")
+                .name("from before"),
+            &apikey::Actor::system(),
+        )
+        .await
+        .unwrap();
+    let r = call(
+        s.addr,
+        As::User("free_carol"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"new"}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "plan".into()), "{}", r.body);
+    assert!(r.body.contains("upgrade to create one"), "{}", r.body);
+    let path = format!("/v1/api-keys/{}", old.id);
+    for (method, route) in [
+        ("POST", format!("{path}/rotate")),
+        ("POST", format!("{path}/derive")),
+    ] {
+        let r = call(
+            s.addr,
+            As::User("free_carol"),
+            method,
+            &route,
+            Some(r#"{"name":"x"}"#),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.field()),
+            (403, "plan".into()),
+            "{route}: {}",
+            r.body
+        );
+    }
+    assert_eq!(s.manager.list("free_carol").await.unwrap().len(), 1);
+    let listed = call(s.addr, As::User("free_carol"), "GET", "/v1/api-keys", None).await;
+    assert_eq!(listed.status, 200);
+    let off = call(
+        s.addr,
+        As::User("free_carol"),
+        "POST",
+        &format!("{path}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    let gone = call(s.addr, As::User("free_carol"), "DELETE", &path, None).await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+}

@@ -142,6 +142,7 @@ where
     }
 
     async fn op_create(self: Arc<Self>, caller: Caller, _parts: Parts, body: Vec<u8>) -> Outcome {
+        may_mint(&caller)?;
         let st = self;
         let req: CreateRequest = parse_body(&body)?;
         let now = st.now();
@@ -309,6 +310,7 @@ where
     }
 
     async fn op_rotate(self: Arc<Self>, caller: Caller, parts: Parts, body: Vec<u8>) -> Outcome {
+        may_mint(&caller)?;
         let st = self;
         let req: RotateRequest = parse_json(&body, true)?;
         let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
@@ -396,6 +398,7 @@ where
         parts: &Parts,
         body: &[u8],
     ) -> Result<(KeyId, Derivation, Option<u64>), ApiError> {
+        may_mint(caller)?;
         let st = self;
         let req: DeriveRequest = parse_body(body)?;
         check_text("name", &req.name, MAX_NAME_CHARS, false)?;
@@ -456,5 +459,14 @@ where
             .revoke(s.id, "revoked through the management API", &actor)
             .await?;
         Ok(json(StatusCode::OK, &KeyDetails::new(&after)))
+    }
+}
+
+/// Create, derive and rotate mint keys: refused to a caller whose plan has
+/// no API access ([`Caller::needs_upgrade`]).
+fn may_mint(caller: &Caller) -> Result<(), ApiError> {
+    match caller.upgrade_required() {
+        Some(message) => Err(ApiError::escalation("plan", message.to_owned())),
+        None => Ok(()),
     }
 }

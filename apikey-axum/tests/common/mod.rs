@@ -39,6 +39,12 @@ impl ResolveCaller for TestCallers {
     async fn resolve(&self, parts: &http::request::Parts) -> Result<Caller, ApiError> {
         let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
         if let Some(user) = header("x-test-user") {
+            // A user on a plan without API access (seed 000).
+            if user.starts_with("free_") {
+                return Ok(Caller::user(user).needs_upgrade(
+                    "API keys come with the Professional and Premium plans: upgrade to create one.",
+                ));
+            }
             return Ok(Caller::user(user));
         }
         // The browser's session: `Cookie: session=<user>`.
