@@ -87,10 +87,32 @@ fn needs_secret(command: &Command) -> bool {
     )
 }
 
+/// Whether the command prints a key that is shown once.
+fn shows_a_key_once(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::BootstrapAdmin(_)
+            | Command::Keys(KeysCommand::Create(_) | KeysCommand::Rotate { .. })
+    )
+}
+
 async fn run(cli: Cli) -> Outcome {
     let g = cli.global;
     if let Command::Secret(SecretCommand::Generate { out }) = &cli.command {
         return secret_generate(out.as_deref(), g.json);
+    }
+    // Checked before anything is issued: a key printed to /dev/null (or to
+    // a closed stdout, which the process finds reopened on /dev/null) is
+    // lost for good.
+    if shows_a_key_once(&cli.command) && output::stdout_discards() {
+        return Err(CliError {
+            exit: Exit::Usage,
+            code: "OUTPUT_FAILED",
+            message:
+                "stdout is /dev/null or closed: the key, shown once, would be lost; nothing was \
+                      issued (redirect it to a file or a pipe)"
+                    .into(),
+        });
     }
     let target = config::Target::from_args(g.sqlite.as_deref(), g.database.as_deref())?;
     let import_jobs = match (&cli.command, &target) {

@@ -37,6 +37,30 @@ pub fn err(args: std::fmt::Arguments<'_>) {
         .and_then(|()| stderr.write_all(b"\n"));
 }
 
+/// Whether stdout is `/dev/null` (a closed stdout is reopened there when
+/// the process starts): what is printed there is discarded.
+#[cfg(unix)]
+pub fn stdout_discards() -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match (
+        std::fs::File::from(fd).metadata(),
+        std::fs::metadata("/dev/null"),
+    ) {
+        (Ok(out), Ok(null)) => out.dev() == null.dev() && out.ino() == null.ino(),
+        _ => false,
+    }
+}
+
+/// Elsewhere: never known to discard.
+#[cfg(not(unix))]
+pub fn stdout_discards() -> bool {
+    false
+}
+
 /// Flushes stdout; whether any output was lost.
 pub fn stdout_failed() -> bool {
     if std::io::stdout().flush().is_err() {

@@ -388,3 +388,45 @@ fn a_closed_stdout_is_an_error_not_a_panic_and_names_the_unseen_key() {
     let r = run_with_closed_stdout(&join(&db, &["keys", "list", "--owner", "admin"]), &[]).fails(1);
     assert!(!r.stderr.contains("panicked"), "{r:?}");
 }
+
+/// A key printed to /dev/null is lost: refused before anything is issued
+/// (a closed stdout is reopened on /dev/null when the process starts, so
+/// `>&-` is the same case).
+#[test]
+fn a_discarded_stdout_issues_nothing() {
+    let env = Env::sqlite("null_stdout");
+    env.run(&["migrate"]).ok();
+    let db = [env.db[0].as_str(), env.db[1].as_str()];
+    for args in [
+        join(&db, &["keys", "create", "--owner", "u"]),
+        join(&db, &["bootstrap-admin"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_apikey"))
+            .args(&args)
+            .env("APIKEY_SECRET_V1", &env.secret)
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("nothing was issued"), "{stderr}");
+    }
+    for owner in ["u", "admin"] {
+        let listed = env
+            .run(&["--json", "keys", "list", "--owner", owner])
+            .ok()
+            .json();
+        assert_eq!(listed["keys"], serde_json::json!([]), "{owner}");
+    }
+    // Commands that show no key still run with their output discarded.
+    let out = Command::new(env!("CARGO_BIN_EXE_apikey"))
+        .args(join(&db, &["keys", "list", "--owner", "u"]))
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+}
