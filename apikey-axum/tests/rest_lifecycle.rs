@@ -1365,3 +1365,62 @@ async fn a_plan_without_api_access_is_prompted_to_upgrade() {
     let gone = call(s.addr, As::User("free_carol"), "DELETE", &path, None).await;
     assert_eq!(gone.status, 200, "{}", gone.body);
 }
+
+/// A caller with an expiry may not make a key renew itself past it
+/// (`auto_renew` is refused to it on create and PATCH), nor obtain such a
+/// key another way: rotating an auto-renewing key hands it a fresh secret
+/// of a key that keeps `auto_renew`, and the sweep then carries it past the
+/// caller's bound. An auto-renewing key outlives a bounded caller as a key
+/// without expiry does.
+#[tokio::test]
+async fn a_bounded_caller_cannot_get_a_self_renewing_key_by_rotation() {
+    let s = start().await;
+    let day = std::time::Duration::from_secs(86_400);
+    // Alice (a session, no bound) makes an auto-renewing key ending in 10 days.
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        &format!(
+            r#"{{"name":"ci","auto_renew":true,"expires_at":"{}"}}"#,
+            T0 + 10 * day
+        ),
+    )
+    .await;
+    let id = k["id"].as_str().unwrap().to_owned();
+    // A management key of hers that ends in 30 days.
+    let bound = T0 + 30 * day;
+    let bounded = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .expires_at(bound),
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(bounded.expose_secret()),
+        "POST",
+        &format!("/v1/api-keys/{id}/rotate"),
+        Some("{}"),
+    )
+    .await;
+    if r.status == 201 {
+        // The bounded caller now holds a key that renews itself.
+        let new_id: apikey::KeyId = r.json()["id"].as_str().unwrap().parse().unwrap();
+        s.clock.advance(8 * day);
+        s.manager
+            .sweep_once(&apikey::SweepOptions::default())
+            .await
+            .unwrap();
+        let after = s.manager.get(new_id).await.unwrap();
+        assert!(
+            after.expires_at.is_some_and(|e| e <= bound),
+            "the rotated key ({}) renews past the caller's own expiry {bound}: {:?}",
+            r.body,
+            after.expires_at
+        );
+    } else {
+        assert_eq!((r.status, r.field()), (403, "expires_at".into()), "{}", r.body);
+    }
+}
