@@ -1421,6 +1421,63 @@ async fn a_bounded_caller_cannot_get_a_self_renewing_key_by_rotation() {
             after.expires_at
         );
     } else {
-        assert_eq!((r.status, r.field()), (403, "expires_at".into()), "{}", r.body);
+        assert_eq!(
+            (r.status, r.field()),
+            (403, "expires_at".into()),
+            "{}",
+            r.body
+        );
+    }
+}
+
+/// A key's own credit balance (a budget set on it, or carved for an agent
+/// by `derive` with `credits`) does not bound a key that holds the
+/// management scope: the management API is unmetered, so with its balance
+/// at 0 it still creates a fresh key (its own limits account, no balance)
+/// and did metered work with that. Creating a key over a key checks the
+/// balances (as a cost-0 route does); the rest stays unmetered.
+#[tokio::test]
+async fn an_exhausted_key_balance_cannot_be_escaped_by_creating_a_key() {
+    use apikey::limits::{CreditAccount, CreditBalances};
+    let s = start().await;
+    let agent = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"agent","permissions":["keys:manage","tasks:read"]}"#,
+    )
+    .await;
+    let key = agent["key"].as_str().unwrap();
+    let id: apikey::KeyId = agent["id"].as_str().unwrap().parse().unwrap();
+    s.manager
+        .authenticator()
+        .limits()
+        .set_credits(CreditAccount::Key(id.as_u64()), 0, None)
+        .await
+        .unwrap();
+    let r = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let r = call(
+        s.addr,
+        As::Key(key),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"fresh","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    if r.status == 201 {
+        let fresh = r.json()["key"].as_str().unwrap().to_owned();
+        let r = call(s.addr, As::Key(&fresh), "GET", "/v1/tasks", None).await;
+        assert_eq!(
+            r.status, 429,
+            "the key minted by an exhausted key does metered work: {}",
+            r.body
+        );
+    } else {
+        assert_eq!(
+            (r.status, r.code()),
+            (429, "USAGE_EXCEEDED".into()),
+            "{}",
+            r.body
+        );
     }
 }
