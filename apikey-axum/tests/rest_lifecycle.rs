@@ -1481,3 +1481,71 @@ async fn an_exhausted_key_balance_cannot_be_escaped_by_creating_a_key() {
         );
     }
 }
+
+/// `PATCH {"auto_renew": ...}` changes one metadata entry: a change the
+/// host makes to another entry meanwhile (here the key's plan, downgraded
+/// by an admin between the handler's read and its write) is kept, not
+/// overwritten with the handler's earlier copy of the whole map.
+#[tokio::test]
+async fn patching_auto_renew_keeps_a_concurrent_metadata_change() {
+    use std::sync::atomic::Ordering;
+    let s = start().await;
+    let day = std::time::Duration::from_secs(86_400);
+    let k = create(
+        s.addr,
+        As::Admin,
+        &format!(
+            r#"{{"name":"ci","owner":"alice","plan":"professional","expires_at":"{}"}}"#,
+            T0 + 30 * day
+        ),
+    )
+    .await;
+    let id: apikey::KeyId = k["id"].as_str().unwrap().parse().unwrap();
+    let path = format!("/v1/api-keys/{id}");
+    // Every store call now takes 300 ms: the PATCH reads the key, then
+    // (300 ms later) reads it again to write.
+    s.store.set_latency(std::time::Duration::from_millis(300));
+    let before = s.store.calls.load(Ordering::SeqCst);
+    let addr = s.addr;
+    let patch = tokio::spawn(async move {
+        call(
+            addr,
+            As::User("alice"),
+            "PATCH",
+            &path,
+            Some(r#"{"auto_renew":true}"#),
+        )
+        .await
+    });
+    // The handler has read the key; its next call is on the way.
+    while s.store.calls.load(Ordering::SeqCst) == before {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    s.store.set_latency(std::time::Duration::ZERO);
+    let mut metadata = s.manager.get(id).await.unwrap().metadata;
+    metadata.insert("plan".into(), "free".into());
+    s.manager
+        .update(
+            id,
+            apikey::KeyUpdate::new().metadata(metadata),
+            &apikey::Actor::system(),
+        )
+        .await
+        .unwrap();
+    let r = patch.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let after = s.manager.get(id).await.unwrap();
+    assert_eq!(
+        after
+            .metadata
+            .get(apikey::KeyRecord::AUTO_RENEW)
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        after.metadata.get("plan").map(String::as_str),
+        Some("free"),
+        "the PATCH restored the plan it had read: {:?}",
+        after.metadata
+    );
+}

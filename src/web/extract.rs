@@ -995,7 +995,10 @@ mod tests {
         for h in [
             [("x-api-key", "sk_live_a"), ("authorization", "sk_live_a")],
             [("authorization", "sk_live_a"), ("x-api-key", "sk_live_a")],
-            [("authorization", "Bearer sk_live_a"), ("authorization", "sk_live_a")],
+            [
+                ("authorization", "Bearer sk_live_a"),
+                ("authorization", "sk_live_a"),
+            ],
         ] {
             let got = ex().extract(h);
             assert!(matches!(got, Ok(Extracted::Key(_))), "{h:?}: {got:?}");
