@@ -39,6 +39,10 @@ pub struct KeyCaller<S, C, L> {
     gate: Arc<Gate<Arc<S>, C, L>>,
     manager: Arc<KeyManager<S, C, L>>,
     route: Route,
+    /// `POST /v1/api-keys`: a new key has a limits account of its own, so
+    /// an exhausted key may not create one (it would spend afresh); the
+    /// balances are checked, nothing is spent.
+    create_route: Route,
 }
 
 impl<S, C, L> KeyCaller<S, C, L>
@@ -56,10 +60,12 @@ where
         manager: Arc<KeyManager<S, C, L>>,
         scope: &str,
     ) -> Result<Self> {
+        let requirement = Requirement::scope(scope)?;
         Ok(Self {
             gate,
             manager,
-            route: Route::new(Requirement::scope(scope)?).unmetered(),
+            route: Route::new(requirement.clone()).unmetered(),
+            create_route: Route::new(requirement).cost(0),
         })
     }
 
@@ -85,15 +91,20 @@ where
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()));
+        // Managing keys is unmetered (revoking a leaked key never waits
+        // for a refill), creating one is not: see `create_route`.
+        let route = if parts.method == http::Method::POST && parts.uri.path().ends_with("/api-keys")
+        {
+            &self.create_route
+        } else {
+            &self.route
+        };
         // The route goes with the key, so its last use names this call
         // (as the layer does on every other route).
-        let decision = match self
-            .gate
-            .extract(headers, parts.uri.query(), client, &self.route)
-        {
+        let decision = match self.gate.extract(headers, parts.uri.query(), client, route) {
             Ok(Extracted::Key(key)) => {
                 let key = key.on_route(parts.method.as_str(), parts.uri.path());
-                self.gate.admit(key, client, &self.route).await
+                self.gate.admit(key, client, route).await
             }
             Ok(Extracted::NotOurs) => Decision::NotOurs,
             Err(rejection) => Decision::Rejected(rejection),

@@ -1365,3 +1365,187 @@ async fn a_plan_without_api_access_is_prompted_to_upgrade() {
     let gone = call(s.addr, As::User("free_carol"), "DELETE", &path, None).await;
     assert_eq!(gone.status, 200, "{}", gone.body);
 }
+
+/// A caller with an expiry may not make a key renew itself past it
+/// (`auto_renew` is refused to it on create and PATCH), nor obtain such a
+/// key another way: rotating an auto-renewing key hands it a fresh secret
+/// of a key that keeps `auto_renew`, and the sweep then carries it past the
+/// caller's bound. An auto-renewing key outlives a bounded caller as a key
+/// without expiry does.
+#[tokio::test]
+async fn a_bounded_caller_cannot_get_a_self_renewing_key_by_rotation() {
+    let s = start().await;
+    let day = std::time::Duration::from_secs(86_400);
+    // Alice (a session, no bound) makes an auto-renewing key ending in 10 days.
+    let k = create(
+        s.addr,
+        As::User("alice"),
+        &format!(
+            r#"{{"name":"ci","auto_renew":true,"expires_at":"{}"}}"#,
+            T0 + 10 * day
+        ),
+    )
+    .await;
+    let id = k["id"].as_str().unwrap().to_owned();
+    // A management key of hers that ends in 30 days.
+    let bound = T0 + 30 * day;
+    let bounded = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .expires_at(bound),
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(bounded.expose_secret()),
+        "POST",
+        &format!("/v1/api-keys/{id}/rotate"),
+        Some("{}"),
+    )
+    .await;
+    if r.status == 201 {
+        // The bounded caller now holds a key that renews itself.
+        let new_id: apikey::KeyId = r.json()["id"].as_str().unwrap().parse().unwrap();
+        s.clock.advance(8 * day);
+        s.manager
+            .sweep_once(&apikey::SweepOptions::default())
+            .await
+            .unwrap();
+        let after = s.manager.get(new_id).await.unwrap();
+        assert!(
+            after.expires_at.is_some_and(|e| e <= bound),
+            "the rotated key ({}) renews past the caller's own expiry {bound}: {:?}",
+            r.body,
+            after.expires_at
+        );
+    } else {
+        assert_eq!(
+            (r.status, r.field()),
+            (403, "expires_at".into()),
+            "{}",
+            r.body
+        );
+    }
+}
+
+/// A key's own credit balance (a budget set on it, or carved for an agent
+/// by `derive` with `credits`) does not bound a key that holds the
+/// management scope: the management API is unmetered, so with its balance
+/// at 0 it still creates a fresh key (its own limits account, no balance)
+/// and did metered work with that. Creating a key over a key checks the
+/// balances (as a cost-0 route does); the rest stays unmetered.
+#[tokio::test]
+async fn an_exhausted_key_balance_cannot_be_escaped_by_creating_a_key() {
+    use apikey::limits::{CreditAccount, CreditBalances};
+    let s = start().await;
+    let agent = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"agent","permissions":["keys:manage","tasks:read"]}"#,
+    )
+    .await;
+    let key = agent["key"].as_str().unwrap();
+    let id: apikey::KeyId = agent["id"].as_str().unwrap().parse().unwrap();
+    s.manager
+        .authenticator()
+        .limits()
+        .set_credits(CreditAccount::Key(id.as_u64()), 0, None)
+        .await
+        .unwrap();
+    let r = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let r = call(
+        s.addr,
+        As::Key(key),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"fresh","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    if r.status == 201 {
+        let fresh = r.json()["key"].as_str().unwrap().to_owned();
+        let r = call(s.addr, As::Key(&fresh), "GET", "/v1/tasks", None).await;
+        assert_eq!(
+            r.status, 429,
+            "the key minted by an exhausted key does metered work: {}",
+            r.body
+        );
+    } else {
+        assert_eq!(
+            (r.status, r.code()),
+            (429, "USAGE_EXCEEDED".into()),
+            "{}",
+            r.body
+        );
+    }
+}
+
+/// `PATCH {"auto_renew": ...}` changes one metadata entry: a change the
+/// host makes to another entry meanwhile (here the key's plan, downgraded
+/// by an admin between the handler's read and its write) is kept, not
+/// overwritten with the handler's earlier copy of the whole map.
+#[tokio::test]
+async fn patching_auto_renew_keeps_a_concurrent_metadata_change() {
+    use std::sync::atomic::Ordering;
+    let s = start().await;
+    let day = std::time::Duration::from_secs(86_400);
+    let k = create(
+        s.addr,
+        As::Admin,
+        &format!(
+            r#"{{"name":"ci","owner":"alice","plan":"professional","expires_at":"{}"}}"#,
+            T0 + 30 * day
+        ),
+    )
+    .await;
+    let id: apikey::KeyId = k["id"].as_str().unwrap().parse().unwrap();
+    let path = format!("/v1/api-keys/{id}");
+    // Every store call now takes 300 ms: the PATCH reads the key, then
+    // (300 ms later) reads it again to write.
+    s.store.set_latency(std::time::Duration::from_millis(300));
+    let before = s.store.calls.load(Ordering::SeqCst);
+    let addr = s.addr;
+    let patch = tokio::spawn(async move {
+        call(
+            addr,
+            As::User("alice"),
+            "PATCH",
+            &path,
+            Some(r#"{"auto_renew":true}"#),
+        )
+        .await
+    });
+    // The handler has read the key; its next call is on the way.
+    while s.store.calls.load(Ordering::SeqCst) == before {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    s.store.set_latency(std::time::Duration::ZERO);
+    let mut metadata = s.manager.get(id).await.unwrap().metadata;
+    metadata.insert("plan".into(), "free".into());
+    s.manager
+        .update(
+            id,
+            apikey::KeyUpdate::new().metadata(metadata),
+            &apikey::Actor::system(),
+        )
+        .await
+        .unwrap();
+    let r = patch.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let after = s.manager.get(id).await.unwrap();
+    assert_eq!(
+        after
+            .metadata
+            .get(apikey::KeyRecord::AUTO_RENEW)
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        after.metadata.get("plan").map(String::as_str),
+        Some("free"),
+        "the PATCH restored the plan it had read: {:?}",
+        after.metadata
+    );
+}

@@ -192,8 +192,9 @@ impl std::ops::BitOr for Sources {
 ///   value (`MALFORMED_API_KEY`, reason `length`), then a value with
 ///   non-ASCII or control characters (reason `charset`), then a refused
 ///   query-string key, then two different keys (both `INVALID_REQUEST`),
-///   then the key, then foreign credentials ([`Extracted::NotOurs`]), then
-///   `MISSING_API_KEY`.
+///   then the key, then a key of ours in `Authorization` without `Bearer`
+///   (reason `missing_bearer`), then foreign credentials
+///   ([`Extracted::NotOurs`]), then `MISSING_API_KEY`.
 ///
 /// ```
 /// use apikey::PrefixRegistry;
@@ -606,9 +607,12 @@ struct Seen<'a> {
     foreign: bool,
     /// A key was presented in the query string while that is refused.
     query_refused: bool,
-    /// The most serious malformed value: `Length`, then `Charset`, then
-    /// `MissingBearer`.
+    /// The most serious malformed value: `Length`, then `Charset`.
     malformed: Option<MalformedReason>,
+    /// A key of ours in `Authorization` without `Bearer`: named only when
+    /// no key was presented correctly (clients that send the key in both
+    /// headers keep working).
+    missing_bearer: bool,
     /// `Origin` and `Referer`.
     origin: RequestOrigin<'a>,
 }
@@ -637,7 +641,9 @@ impl<'a> Seen<'a> {
     }
 
     fn error(&mut self, e: Error) {
-        if let Error::MalformedApiKey(reason) = e {
+        if let Error::MalformedApiKey(MalformedReason::MissingBearer) = e {
+            self.missing_bearer = true;
+        } else if let Error::MalformedApiKey(reason) = e {
             // A total order, so the outcome never depends on header order:
             // length, then charset, then anything else.
             let rank = |r: MalformedReason| match r {
@@ -670,6 +676,9 @@ impl<'a> Seen<'a> {
                 origin: self.origin,
                 ..key
             })),
+            None if self.missing_bearer => {
+                Err(Error::MalformedApiKey(MalformedReason::MissingBearer))
+            }
             None if self.foreign => Ok(Extracted::NotOurs),
             None => Err(Error::MissingApiKey),
         }
@@ -975,5 +984,29 @@ mod tests {
         let h = [("x-api-key", "sk_live_secret")];
         let s = format!("{:?}", ex().extract(h));
         assert!(!s.contains("secret"), "{s}");
+    }
+
+    /// `missing_bearer` names a key that was sent wrongly and nothing else:
+    /// a request whose key arrives correctly (`X-API-Key`, or Bearer) with a
+    /// bare copy in `Authorization` as well (clients that send both) is
+    /// admitted as it was before the reason existed.
+    #[test]
+    fn a_bare_authorization_copy_beside_a_good_key_is_not_malformed() {
+        for h in [
+            [("x-api-key", "sk_live_a"), ("authorization", "sk_live_a")],
+            [("authorization", "sk_live_a"), ("x-api-key", "sk_live_a")],
+            [
+                ("authorization", "Bearer sk_live_a"),
+                ("authorization", "sk_live_a"),
+            ],
+        ] {
+            let got = ex().extract(h);
+            assert!(matches!(got, Ok(Extracted::Key(_))), "{h:?}: {got:?}");
+        }
+        // Alone, it is named as such.
+        assert!(matches!(
+            ex().extract([("authorization", "sk_live_a")]),
+            Err(Error::MalformedApiKey(MalformedReason::MissingBearer))
+        ));
     }
 }

@@ -263,15 +263,14 @@ where
             update = update.ip_allowlist(nets);
         }
         if let Some(on) = req.auto_renew {
-            let mut metadata = s.metadata.clone();
+            // One entry, applied to the record as it is when written: the
+            // rest of the metadata (a plan the host changed meanwhile) is
+            // never overwritten with the copy read above.
             if on {
                 let expires = update.expires_at.unwrap_or(s.expires_at);
                 auto_renew_allowed(bounds, expires.is_some())?;
-                metadata.insert(KeyRecord::AUTO_RENEW.to_owned(), "true".to_owned());
-            } else {
-                metadata.remove(KeyRecord::AUTO_RENEW);
             }
-            update = update.metadata(metadata);
+            update = update.metadata_entry(KeyRecord::AUTO_RENEW, on.then(|| "true".to_owned()));
         }
         let after = st
             .manager

@@ -248,7 +248,8 @@ pub(super) fn environment_named(text: &str) -> Option<Environment> {
 }
 
 /// The key as a whole is within the caller's bounds: its scopes,
-/// environment, expiry and IP allowlist (rotation hands the caller a working
+/// environment, expiry (an auto-renewing key counts as one without expiry)
+/// and IP allowlist (rotation hands the caller a working
 /// copy of it; enabling or changing it must not hand out more than the
 /// caller holds).
 pub(super) fn within_bounds(s: &KeySummary, bounds: &Bounds) -> Result<(), ApiError> {
@@ -273,8 +274,15 @@ pub(super) fn within_bounds(s: &KeySummary, bounds: &Bounds) -> Result<(), ApiEr
             "this key is usable from addresses the caller may not use",
         ));
     }
+    // An auto-renewing key outlives a bounded caller as a key without
+    // expiry does: the sweep carries it past the bound (rotating it would
+    // hand the caller a fresh secret of a key that renews itself).
+    let renews = s
+        .metadata
+        .get(KeyRecord::AUTO_RENEW)
+        .is_some_and(|v| v == "true");
     if let Some(bound) = bounds.expires_at
-        && s.expires_at.is_none_or(|e| e > bound)
+        && (renews || s.expires_at.is_none_or(|e| e > bound))
     {
         return Err(ApiError::escalation(
             "expires_at",

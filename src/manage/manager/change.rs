@@ -97,11 +97,20 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     next.expires_at = exp;
                     fields.push("expires_at");
                 }
-                if let Some(m) = &update.metadata {
+                if update.metadata.is_some() || !update.metadata_entries.is_empty() {
                     // A derived key's parent link and a key's limits
                     // account are the crate's, not the caller's: kept as
                     // they are.
-                    let mut m = m.clone();
+                    let mut m = update
+                        .metadata
+                        .clone()
+                        .unwrap_or_else(|| cur.metadata.clone());
+                    for (k, v) in &update.metadata_entries {
+                        match v {
+                            Some(v) => m.insert(k.clone(), v.clone()),
+                            None => m.remove(k),
+                        };
+                    }
                     for link in [KeyRecord::PARENT, KeyRecord::LIMITS_OF] {
                         m.remove(link);
                         if let Some(p) = cur.metadata.get(link) {

@@ -32,6 +32,11 @@ pub struct KeyUpdate {
     pub expires_at: Option<Option<Timestamp>>,
     /// New metadata (replaces the whole map).
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Single metadata entries to set (`Some`) or remove (`None`), applied
+    /// to the record as it is when the update is written (after
+    /// [`metadata`](Self::metadata), if both are given): other entries,
+    /// whoever changed them meanwhile, are kept.
+    pub metadata_entries: BTreeMap<String, Option<String>>,
     /// New IP allowlist (empty: anywhere).
     pub ip_allowlist: Option<Vec<IpNet>>,
 }
@@ -64,6 +69,19 @@ impl KeyUpdate {
     /// Replaces the metadata.
     pub fn metadata(mut self, metadata: BTreeMap<String, String>) -> Self {
         self.metadata = Some(metadata);
+        self
+    }
+    /// Sets (`Some`) or removes (`None`) one metadata entry, leaving the
+    /// others as they are at the time of the write (unlike
+    /// [`metadata`](Self::metadata), which replaces the map read earlier).
+    ///
+    /// ```
+    /// use apikey::{KeyRecord, KeyUpdate};
+    /// let on = KeyUpdate::new().metadata_entry(KeyRecord::AUTO_RENEW, Some("true".into()));
+    /// # let _ = on;
+    /// ```
+    pub fn metadata_entry(mut self, key: impl Into<String>, value: Option<String>) -> Self {
+        self.metadata_entries.insert(key.into(), value);
         self
     }
     /// Replaces the IP allowlist.
