@@ -93,8 +93,8 @@ where
             .map(|(n, v)| (n.as_str(), v.as_bytes()));
         // Managing keys is unmetered (revoking a leaked key never waits
         // for a refill), creating one is not: see `create_route`.
-        let route = if parts.method == http::Method::POST && parts.uri.path().ends_with("/api-keys")
-        {
+        let creates = parts.method == http::Method::POST && parts.uri.path().ends_with("/api-keys");
+        let route = if creates {
             &self.create_route
         } else {
             &self.route
@@ -110,6 +110,19 @@ where
             Err(rejection) => Decision::Rejected(rejection),
         };
         let key = match decision {
+            // A key with a credit budget of its own (a derived agent key)
+            // would escape it through a key it creates, which starts with
+            // no budget: it derives instead (the child shares or carves
+            // from the budget).
+            Decision::Admitted(ok)
+                if creates && ok.credits.is_some_and(|c| c.key_remaining.is_some()) =>
+            {
+                return Err(ApiError::escalation(
+                    "credits",
+                    "a key with a credit budget of its own cannot create keys (they would not \
+                     spend from it): derive one instead",
+                ));
+            }
             Decision::Admitted(ok) => ok.key,
             Decision::NotOurs => return Err(Error::MissingApiKey.into()),
             Decision::Rejected(no) => {

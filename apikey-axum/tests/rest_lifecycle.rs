@@ -1549,3 +1549,74 @@ async fn patching_auto_renew_keeps_a_concurrent_metadata_change() {
         after.metadata
     );
 }
+
+/// A key with a credit budget of its own cannot create keys over the API
+/// (a created key starts with no budget, so it would escape the one it was
+/// given); it derives instead, and the child spends from its budget.
+#[tokio::test]
+async fn a_budgeted_key_derives_but_does_not_create_keys() {
+    use apikey::limits::{CreditAccount, CreditBalances};
+    let s = start().await;
+    let agent = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"agent","permissions":["keys:manage","tasks:read"]}"#,
+    )
+    .await;
+    let key = agent["key"].as_str().unwrap();
+    let id: apikey::KeyId = agent["id"].as_str().unwrap().parse().unwrap();
+    let limits = s.manager.authenticator().limits();
+    limits
+        .set_credits(CreditAccount::Key(id.as_u64()), 10, None)
+        .await
+        .unwrap();
+    let r = call(
+        s.addr,
+        As::Key(key),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"fresh","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.field()), (403, "credits".into()), "{}", r.body);
+    assert_eq!(s.manager.list("alice").await.unwrap().len(), 1);
+    let r = call(
+        s.addr,
+        As::Key(key),
+        "POST",
+        &format!("/v1/api-keys/{id}/derive"),
+        Some(r#"{"name":"child","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let child = r.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(s.addr, As::Key(&child), "GET", "/v1/tasks", None)
+            .await
+            .status,
+        200
+    );
+    // The budget is not spent by management calls; a key without a budget
+    // of its own still creates keys.
+    let left = limits
+        .credits(CreditAccount::Key(id.as_u64()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.remaining, 10);
+    let plain = create(
+        s.addr,
+        As::User("bob"),
+        r#"{"name":"ops","permissions":["keys:manage","tasks:read"]}"#,
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(plain["key"].as_str().unwrap()),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"fresh","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
