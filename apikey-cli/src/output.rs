@@ -298,8 +298,22 @@ pub fn key_details(k: &KeyOut) {
     if !k.ip_allowlist.is_empty() {
         rows.push(("ip allowlist", k.ip_allowlist.join(", ")));
     }
+    // The crate's own entries under their meaning; the caller's as
+    // metadata (`--json` keeps the map as stored).
     for (name, value) in &k.metadata {
-        rows.push(("metadata", format!("{name}={value}")));
+        let label = match name.as_str() {
+            apikey::KeyRecord::PARENT => "derived from",
+            apikey::KeyRecord::LIMITS_OF => "spends from",
+            apikey::KeyRecord::AUTO_RENEW => "auto-renew",
+            apikey::KeyRecord::EXPIRY_NOTIFIED => "expiry notice for",
+            apikey::KeyRecord::PENDING_APPROVAL => "pending approval",
+            "apikey.allowed_origins" => "allowed origins",
+            _ => {
+                rows.push(("metadata", format!("{name}={value}")));
+                continue;
+            }
+        };
+        rows.push((label, value.clone()));
     }
     for (name, value) in rows {
         out(format_args!("{name:<20}{value}"));

@@ -210,6 +210,22 @@ fn every_command(env: &Env) {
         env.run_with(&["keys", "verify", "--ip", "127.0.0.1"], Some(k))
             .ok();
     }
+    // The crate's own metadata reads as what it means; --json keeps it as
+    // stored.
+    let shown = env.run(&["keys", "show", &new_id]).ok();
+    assert!(
+        shown.stdout.contains(&format!("spends from         {id}")),
+        "{shown:?}"
+    );
+    assert!(!shown.stdout.contains("apikey.limits_of"), "{shown:?}");
+    assert!(
+        shown.stdout.contains("metadata            plan=pro"),
+        "{shown:?}"
+    );
+    assert_eq!(
+        rotated["summary"]["metadata"]["apikey.limits_of"],
+        id.as_str()
+    );
 
     // expiring: a key of another owner that expires in 5 days, soonest first.
     let soon = env
