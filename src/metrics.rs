@@ -235,6 +235,22 @@ pub(crate) fn rejected_at_edge(error: &Error) {
     let _ = error;
 }
 
+/// The gate's own deadline ran out (`Gate::with_store_timeout`): the
+/// pipeline's future was dropped before it could count anything, so the
+/// 503 is counted here, as a rejection (`STORE_UNAVAILABLE`) and as a store
+/// timeout of operation `deadline` (a fetch or an admission in flight).
+#[inline(always)]
+pub(crate) fn gate_deadline(error: &Error) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!("apikey.authentication.rejections", "reason" => error.code().as_str())
+            .increment(1);
+        metrics::counter!("apikey.store.timeouts", "operation" => "deadline").increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = error;
+}
+
 /// One store call of `operation`: its duration, and a timeout.
 #[inline(always)]
 pub(crate) fn store_call<T>(

@@ -119,10 +119,39 @@ async fn exercise() {
     let _ = check(other.expose_secret()).await;
     gate.flush().await.unwrap();
     // A store that times out.
-    let slow = Authenticator::read_only_with_clock(v, TimingOut, clock);
+    let slow = Authenticator::read_only_with_clock(v.clone(), TimingOut, clock.clone());
     slow.authenticate(key.expose_secret(), &Requirement::none(), None)
         .await
         .unwrap_err();
+    // The gate's own deadline over a store that never answers: the
+    // pipeline's future is dropped, the 503 is still counted.
+    #[cfg(feature = "axum")]
+    {
+        let hanging = Authenticator::read_only_with_clock(v, Hanging, clock);
+        let gate = Gate::new(hanging).with_store_timeout(Duration::from_millis(5));
+        let d = gate
+            .check(
+                [("x-api-key", key.expose_secret())],
+                None,
+                ip,
+                &Route::any_key(),
+            )
+            .await;
+        let Decision::Rejected(r) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(r.error.code().as_str(), "STORE_UNAVAILABLE");
+    }
+}
+
+/// A store whose reads never finish.
+#[derive(Debug)]
+struct Hanging;
+
+impl KeyStore for Hanging {
+    async fn fetch(&self, _: KeyId) -> Result<Option<Arc<KeyView>>, StoreError> {
+        std::future::pending().await
+    }
 }
 
 /// Issue 22: every metric of the table is emitted, on the paths it names;
@@ -177,6 +206,12 @@ fn every_metric_in_the_table_is_emitted_on_its_path() {
         "kind=failure_burst",
     ] {
         assert!(labels.contains(expected), "{expected} not in {labels:?}");
+    }
+    if cfg!(feature = "axum") {
+        assert!(
+            labels.contains("operation=deadline") && labels.contains("reason=STORE_UNAVAILABLE"),
+            "the gate's deadline is not counted: {labels:?}"
+        );
     }
     for l in &labels {
         assert!(!l.contains("org_secret_owner"), "{l}");

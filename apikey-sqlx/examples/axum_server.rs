@@ -311,7 +311,11 @@ where
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(period).await;
-            let _ = flusher.flush().await;
+            // A failed flush keeps its counts for the next one; say so (an
+            // outage of the database shows here first).
+            if let Err(e) = flusher.flush().await {
+                eprintln!("usage flush: {e}");
+            }
         }
     });
 

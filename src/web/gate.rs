@@ -636,10 +636,12 @@ where
     /// 503 `STORE_UNAVAILABLE` for an admission past the store timeout.
     #[cfg(feature = "axum")]
     fn timed_out(&self, elapsed: tokio::time::error::Elapsed) -> Decision {
-        Decision::Rejected(self.reject(Error::StoreUnavailable(StoreError::with_source(
+        let error = Error::StoreUnavailable(StoreError::with_source(
             crate::error::StoreErrorKind::Timeout,
             elapsed,
-        ))))
+        ));
+        metrics::gate_deadline(&error);
+        Decision::Rejected(self.reject(error))
     }
 
     /// Step 1: extraction. Synchronous and cheap; call
