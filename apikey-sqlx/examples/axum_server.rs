@@ -38,6 +38,13 @@
 //! instances) the secret must come from the environment or your secret
 //! manager: the example refuses to generate one then. Set `PORT` to listen
 //! elsewhere (`0`: any free port).
+//!
+//! Limits: rate limits, credits and the failure throttle live in this
+//! process's memory unless `REDIS_URL` names a Redis (`redis://...`), where
+//! every instance shares them (apikey-redis). With several instances and
+//! no Redis, each instance keeps its own windows and balances: a plan's
+//! limit is per instance, and a derived key's credit budget holds only on
+//! the instance that set it. The example warns about this at start-up.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -46,7 +53,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey::limits::{CreditAccount, FailureThrottleConfig, MemoryLimits, Quota, Refill};
+use apikey::limits::{
+    CreditAccount, CreditBalances, FailureThrottleConfig, Limits, MemoryLimits, Quota, Refill,
+};
 use apikey::web::ApiKeyLayer;
 use apikey::web::{Admitted, Gate, QuotaTable, Route};
 
@@ -159,7 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let cache = Arc::new(CachedStore::new(pg));
             feed.subscribe(cache.clone());
             println!("keys in PostgreSQL, cached (maximum age 1 s, LISTEN/NOTIFY invalidation)");
-            let served = serve(cache, secret).await;
+            let served = limited(cache, secret, true).await;
             drop(feed);
             served
         }
@@ -178,27 +187,71 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 db.display()
             );
             let cache = Arc::new(CachedStore::new(SqliteStore::open(&db).await?));
-            serve(cache, secret).await
+            limited(cache, secret, false).await
         }
     }
 }
 
-async fn serve<S>(store: S, secret: ServerSecret) -> Result<(), Box<dyn std::error::Error>>
+/// Rate limits, credits and the failure throttle: in Redis when `REDIS_URL`
+/// is set, shared by every instance (what a service with several instances
+/// needs: otherwise each instance keeps its own windows and balances, and a
+/// derived key's credit budget holds only on the instance that set it);
+/// else in this process's memory.
+async fn limited<S>(
+    store: S,
+    secret: ServerSecret,
+    shared_db: bool,
+) -> Result<(), Box<dyn std::error::Error>>
 where
     S: KeyStoreWrite + UsageStore + Clone + 'static,
 {
+    match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            let limits = apikey_redis::RedisLimits::builder(url)
+                .prefix("apikey-example:")
+                .failure_throttle(FailureThrottleConfig::default())
+                .build()?;
+            println!(
+                "limits in Redis: rate limits, credits and the failure throttle shared by every instance"
+            );
+            serve(store, secret, limits).await
+        }
+        Err(_) => {
+            if shared_db {
+                eprintln!(
+                    "warning: limits are in this process's memory: with several instances, each keeps \
+                     its own rate limits and credit balances; set REDIS_URL to share them"
+                );
+            }
+            let limits =
+                MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
+            serve(store, secret, limits).await
+        }
+    }
+}
+
+async fn serve<S, L>(
+    store: S,
+    secret: ServerSecret,
+    limits: L,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: KeyStoreWrite + UsageStore + Clone + 'static,
+    L: Limits + CreditBalances + 'static,
+{
     let verifier = Verifier::new(Keyring::new(1, secret)?);
 
-    // Credits: the owner may create 100 tasks an hour on this API.
-    let limits = MemoryLimits::new().with_failure_throttle(FailureThrottleConfig::default());
-    limits.set_credits_sync(
-        CreditAccount::Owner {
-            owner: "org_demo",
-            api: "tasks",
-        },
-        100,
-        Refill::every(100, Duration::from_secs(3600)),
-    );
+    // Credits: the owner may create 100 tasks an hour on this API (set
+    // once: a restart, or another instance, finds the balance in place).
+    let demo = CreditAccount::Owner {
+        owner: "org_demo",
+        api: "tasks",
+    };
+    if limits.credits(demo).await?.is_none() {
+        limits
+            .set_credits(demo, 100, Refill::every(100, Duration::from_secs(3600)))
+            .await?;
+    }
 
     // Metrics: one recorder for the process, rendered on `GET /metrics`.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
@@ -422,13 +475,17 @@ fn session_bytes(secret: &[u8]) -> [u8; 32] {
 /// Who calls the management API: a key holding `keys:manage`
 /// (`Authorization: Bearer`), or the demo user's browser session. A real
 /// app resolves its own signed-in user here instead of the demo cookie.
-struct DemoCallers<S: KeyStoreWrite + UsageStore + 'static> {
-    keys: KeyCaller<S, SystemClock, Arc<MemoryLimits>>,
+struct DemoCallers<S: KeyStoreWrite + UsageStore + 'static, L: Limits + 'static> {
+    keys: KeyCaller<S, SystemClock, Arc<L>>,
     /// The demo session token, compared in constant time.
     session: KeyDigest,
 }
 
-impl<S: KeyStoreWrite + UsageStore + Send + Sync + 'static> ResolveCaller for DemoCallers<S> {
+impl<S, L> ResolveCaller for DemoCallers<S, L>
+where
+    S: KeyStoreWrite + UsageStore + Send + Sync + 'static,
+    L: Limits + 'static,
+{
     async fn resolve(&self, parts: &axum::http::request::Parts) -> Result<Caller, ApiError> {
         if self.keys.presents_key(parts) {
             return self.keys.resolve(parts).await;

@@ -46,6 +46,7 @@ fn start_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
         .env("PORT", "0")
         .env_remove("DATABASE_URL")
         .env_remove("APIKEY_SECRET_V1")
+        .env_remove("REDIS_URL")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -229,5 +230,96 @@ fn a_key_posted_to_the_leak_endpoint_is_revoked() {
     assert!(status(server.port, &server.keys[1]).contains(" 200 "));
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A `redis-server` on a free loopback port, stopped on drop.
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two instances of the example on one data directory and one Redis
+/// (`REDIS_URL`): the owner's credits (100 an hour) are one balance, so
+/// 120 requests spread over both admit exactly 100.
+#[test]
+fn two_instances_share_limits_through_redis() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but redis-server is missing (apt-get install redis-server)"
+        );
+        eprintln!("skipped: redis-server not installed");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _redis = Redis(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Bounded wait for the server to listen.
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("redis://127.0.0.1:{port}/");
+    let data = data_dir("redis");
+    let env = [("REDIS_URL", url.as_str())];
+    let mut a = start_with(&data, &env);
+    let mut b = start_with(&data, &env);
+    let writer = a.keys[1].clone();
+    let post = |port: u16| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /v1/tasks HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {writer}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let (mut admitted, mut refused) = (0, 0);
+    for _ in 0..60 {
+        for port in [a.port, b.port] {
+            let answer = post(port);
+            if answer.contains(" 200 ") {
+                admitted += 1;
+            } else if answer.contains("USAGE_EXCEEDED") || answer.contains("RATE_LIMITED") {
+                refused += 1;
+            } else {
+                panic!("{answer}");
+            }
+        }
+    }
+    assert_eq!(
+        (admitted, refused),
+        (100, 20),
+        "one balance for both instances"
+    );
+    for s in [&mut a, &mut b] {
+        s.child.kill().unwrap();
+        s.child.wait().unwrap();
+    }
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -360,7 +360,12 @@ where
     /// child a budget of its own: the child is metered, the parent is not.
     ///
     /// The child's balance exists before the child does, so a child never
-    /// verifies unmetered. A failed commit (a limit, a conflict, the store)
+    /// verifies unmetered where these limits are read: balances live in
+    /// the manager's [`Limits`], so with several instances they must share
+    /// them ([`MemoryLimits`](crate::limits::MemoryLimits) is one
+    /// process's: on another instance the child has no balance and spends
+    /// unmetered; a shared backend such as `apikey-redis` holds the budget
+    /// on every instance). A failed commit (a limit, a conflict, the store)
     /// gives the credits back to the parent. A process killed between the
     /// debit and the commit loses at most `budget` of the parent's credits
     /// (fail closed: a child is never created without its debit).
