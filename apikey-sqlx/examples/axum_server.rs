@@ -434,7 +434,20 @@ where
     .await?;
     // The usage counted since the last flush (the gate records into the
     // manager's recorder) reaches the store before the process exits.
-    manager.shutdown().await?;
+    // A database that is down at that moment gets a few more tries, a
+    // second apart (the counts stay in memory until one succeeds).
+    let mut tries = 0;
+    loop {
+        match manager.shutdown().await {
+            Ok(_) => break,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("usage flush at shutdown: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     println!("usage flushed; stopped");
     Ok(())
 }
