@@ -2,7 +2,7 @@
 //! limits per plan, credits per key and per owner, brute-force throttling.
 //!
 //! ```text
-//! cargo run -p apikey-sqlx --example axum_server --features sqlite,postgres
+//! cargo run -p apikey-sqlx --example axum_server --features sqlite,postgres,metrics
 //! curl -i -H "X-API-Key: <reader key printed at start-up>" http://127.0.0.1:3000/v1/tasks
 //! ```
 //!
