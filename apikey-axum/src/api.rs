@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use apikey::Timestamp;
-use apikey::limits::{CreditBalances, Limits};
+use apikey::limits::{
+    Admission, CreditBalances, CreditCharge, CreditScope, Limits, Quota, Verdict,
+};
 use apikey::{
     Actor, Clock, Derivation, Environment, ErrorCode, IpNet, KeyId, KeyManager, KeyRecord,
     KeyStoreWrite, KeySummary, KeyUpdate, NewKey, Rotation, Scope, UsageStore,
@@ -390,6 +392,44 @@ where
         let summary = self.load(caller, id).await?;
         within_bounds(&summary, caller.bounds())?;
         Ok(summary)
+    }
+
+    /// A key caller with a credit budget of its own (a key balance on its
+    /// limits account) may derive from or rotate only a key that spends
+    /// from that account too: a sibling's child or successor spends from
+    /// the sibling's account, so the caller would escape its budget through
+    /// it (as through a key it creates, see `KeyCaller`). 403 field
+    /// `credits`.
+    async fn within_budget(&self, caller: &Caller, target: &KeySummary) -> Result<(), ApiError> {
+        let Some(account) = caller.spends_from() else {
+            return Ok(());
+        };
+        if crate::caller::limits_account(target) == account {
+            return Ok(());
+        }
+        // Cost 0: reads the balances, spends nothing, charges no window.
+        let probe =
+            Admission::new(account.as_u64(), Quota::unlimited()).credits(CreditCharge::new(0));
+        let verdict = self
+            .manager
+            .authenticator()
+            .limits()
+            .admit(&probe)
+            .await
+            .map_err(apikey::Error::StoreUnavailable)?;
+        let budgeted = match verdict {
+            Verdict::Admitted { credits, .. } => credits.is_some_and(|c| c.key_remaining.is_some()),
+            Verdict::CreditsExhausted { exhausted, .. } => exhausted.scope == CreditScope::Key,
+            Verdict::RateLimited { .. } => false,
+        };
+        if budgeted {
+            return Err(ApiError::escalation(
+                "credits",
+                "a key with a credit budget of its own may derive from or rotate only keys that \
+                 spend from it: derive from this key instead",
+            ));
+        }
+        Ok(())
     }
 
     fn now(&self) -> Timestamp {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 
 use apikey::Timestamp;
-use apikey::{Environment, IpNet, KeySummary, Scope, ScopeSet};
+use apikey::{Environment, IpNet, KeyId, KeyRecord, KeySummary, Scope, ScopeSet};
 use http::request::Parts;
 
 use crate::error::ApiError;
@@ -91,6 +91,10 @@ pub struct Caller {
     via: Via,
     /// Why this caller may not mint keys (its plan), if it may not.
     upgrade: Option<String>,
+    /// A key caller's limits account (its own id, or the key it spends
+    /// from): a key with a credit budget there may derive from and rotate
+    /// only keys that spend from it too.
+    spends_from: Option<KeyId>,
 }
 
 impl Caller {
@@ -105,6 +109,7 @@ impl Caller {
             bounds: Bounds::default(),
             via: Via::Session,
             upgrade: None,
+            spends_from: None,
         }
     }
 
@@ -127,6 +132,7 @@ impl Caller {
             },
             via: Via::ApiKey,
             upgrade: None,
+            spends_from: Some(limits_account(key)),
         })
     }
 
@@ -157,6 +163,11 @@ impl Caller {
     pub fn needs_upgrade(mut self, message: impl Into<String>) -> Self {
         self.upgrade = Some(message.into());
         self
+    }
+
+    /// A key caller's limits account (see [`limits_account`]).
+    pub(crate) fn spends_from(&self) -> Option<KeyId> {
+        self.spends_from
     }
 
     /// The message of [`needs_upgrade`](Self::needs_upgrade), when set.
@@ -249,6 +260,16 @@ pub trait ResolveCaller: Send + Sync + 'static {
     /// The refusal to answer with (401 for no credentials, 503 when the
     /// session store fails, ...).
     fn resolve(&self, parts: &Parts) -> impl Future<Output = Result<Caller, ApiError>> + Send;
+}
+
+/// The limits account of `key` ([`KeyRecord::LIMITS_OF`], else its own id;
+/// an unreadable entry reads as the key's own id, which holds no budget a
+/// sibling could share).
+pub(crate) fn limits_account(key: &KeySummary) -> KeyId {
+    key.metadata
+        .get(KeyRecord::LIMITS_OF)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(key.id)
 }
 
 #[cfg(test)]

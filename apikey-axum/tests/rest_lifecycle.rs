@@ -1620,3 +1620,93 @@ async fn a_budgeted_key_derives_but_does_not_create_keys() {
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+/// A budgeted key cannot escape its budget through a sibling either:
+/// deriving from, or rotating, a key of its owner that does not spend from
+/// its budget would hand it an unbudgeted key (403 field `credits`). Its
+/// own key it still derives from and rotates (the new key spends from the
+/// same account).
+#[tokio::test]
+async fn a_budgeted_key_cannot_derive_from_or_rotate_an_unbudgeted_sibling() {
+    use apikey::limits::{CreditAccount, CreditBalances};
+    let s = start().await;
+    let agent = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"agent","permissions":["keys:manage","tasks:read"]}"#,
+    )
+    .await;
+    let key = agent["key"].as_str().unwrap();
+    let id: apikey::KeyId = agent["id"].as_str().unwrap().parse().unwrap();
+    let ops = create(
+        s.addr,
+        As::User("alice"),
+        r#"{"name":"ops","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let ops_id = ops["id"].as_str().unwrap();
+    let limits = s.manager.authenticator().limits();
+    limits
+        .set_credits(CreditAccount::Key(id.as_u64()), 10, None)
+        .await
+        .unwrap();
+    for path in [
+        format!("/v1/api-keys/{ops_id}/derive"),
+        format!("/v1/api-keys/{ops_id}/rotate"),
+    ] {
+        let body = if path.ends_with("derive") {
+            r#"{"name":"escape","permissions":["tasks:read"]}"#
+        } else {
+            "{}"
+        };
+        let r = call(s.addr, As::Key(key), "POST", &path, Some(body)).await;
+        assert_eq!(
+            (r.status, r.field()),
+            (403, "credits".into()),
+            "{path}: {}",
+            r.body
+        );
+    }
+    assert_eq!(s.manager.list("alice").await.unwrap().len(), 2);
+    // Its own key: the rotated key spends from the same budget.
+    let r = call(
+        s.addr,
+        As::Key(key),
+        "POST",
+        &format!("/v1/api-keys/{id}/rotate"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new: apikey::KeyId = r.json()["id"].as_str().unwrap().parse().unwrap();
+    let summary = s.manager.get(new).await.unwrap();
+    assert_eq!(
+        summary.metadata.get(apikey::KeyRecord::LIMITS_OF),
+        Some(&id.to_string())
+    );
+    // A key without a budget of its own still derives from a sibling.
+    let r = call(
+        s.addr,
+        As::User("bob"),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"plain","permissions":["keys:manage","tasks:read"]}"#),
+    )
+    .await;
+    let plain = r.json()["key"].as_str().unwrap().to_owned();
+    let sib = create(
+        s.addr,
+        As::User("bob"),
+        r#"{"name":"sib","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    let r = call(
+        s.addr,
+        As::Key(&plain),
+        "POST",
+        &format!("/v1/api-keys/{}/derive", sib["id"].as_str().unwrap()),
+        Some(r#"{"name":"child","permissions":["tasks:read"]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}

@@ -313,6 +313,7 @@ where
         let st = self;
         let req: RotateRequest = parse_json(&body, true)?;
         let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
+        st.within_budget(&caller, &s).await?;
         let bounds = caller.bounds();
         let now = st.now();
         let grace = match req.grace_period_seconds {
@@ -402,6 +403,7 @@ where
         let req: DeriveRequest = parse_body(body)?;
         check_text("name", &req.name, MAX_NAME_CHARS, false)?;
         let s = st.load_within(caller, &path_id(&parts.uri)).await?;
+        st.within_budget(caller, &s).await?;
         let bounds = caller.bounds();
         let now = st.now();
         let mut derivation = Derivation::new(req.name);
