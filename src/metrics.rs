@@ -235,20 +235,24 @@ pub(crate) fn rejected_at_edge(error: &Error) {
     let _ = error;
 }
 
-/// The gate's own deadline ran out (`Gate::with_store_timeout`): the
-/// pipeline's future was dropped before it could count anything, so the
-/// 503 is counted here, as a rejection (`STORE_UNAVAILABLE`) and as a store
-/// timeout of operation `deadline` (a fetch or an admission in flight).
+/// The gate's own deadline ran out (`Gate::with_store_timeout`): a store
+/// timeout of operation `deadline` (a fetch or an admission in flight) and,
+/// when the pipeline's future was dropped before it could count anything
+/// (`rejection`), the 503 as a rejection (`STORE_UNAVAILABLE`). A deadline
+/// in the admission after the pipeline is not counted twice.
+#[cfg(feature = "axum")]
 #[inline(always)]
-pub(crate) fn gate_deadline(error: &Error) {
+pub(crate) fn gate_deadline(error: &Error, rejection: bool) {
     #[cfg(feature = "metrics")]
     {
-        metrics::counter!("apikey.authentication.rejections", "reason" => error.code().as_str())
-            .increment(1);
+        if rejection {
+            metrics::counter!("apikey.authentication.rejections", "reason" => error.code().as_str())
+                .increment(1);
+        }
         metrics::counter!("apikey.store.timeouts", "operation" => "deadline").increment(1);
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = error;
+    let _ = (error, rejection);
 }
 
 /// One store call of `operation`: its duration, and a timeout.

@@ -282,3 +282,86 @@ fn only_fetches_that_leave_the_process_are_store_calls() {
     assert_eq!(histograms(&cached, key.expose_secret()), 2, "a miss");
     assert_eq!(histograms(&cached, key.expose_secret()), 1, "a hit");
 }
+
+/// Limits whose admission never finishes (a Redis that stopped answering).
+#[cfg(feature = "axum")]
+struct HangingLimits;
+
+#[cfg(feature = "axum")]
+impl apikey::limits::Limits for HangingLimits {
+    async fn admit(
+        &self,
+        _: &apikey::limits::Admission<'_>,
+    ) -> Result<apikey::limits::Verdict, StoreError> {
+        std::future::pending().await
+    }
+    fn check_key(&self, _: u64) -> Result<(), Duration> {
+        Ok(())
+    }
+    fn begin_untagged(
+        &self,
+        _: Option<std::net::IpAddr>,
+    ) -> Result<apikey::limits::UntaggedAttempt<'_>, Duration> {
+        Ok(apikey::limits::UntaggedAttempt::unbounded())
+    }
+    async fn key_failed(&self, _: u64) {}
+    async fn untagged_failed(&self, _: apikey::limits::UntaggedAttempt<'_>) {}
+}
+
+/// A deadline that runs out in the admission, after the authentication was
+/// counted (a success), is a store timeout of operation `deadline` and not
+/// a second, contradicting count of the request as a rejection.
+#[cfg(feature = "axum")]
+#[test]
+fn a_deadline_in_the_admission_is_not_counted_twice() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let store = MemoryStore::new();
+                let v = verifier();
+                let (key, record) = v.issue(NewKey::new("sk_live_"), T0).unwrap();
+                store.insert_sync(record).unwrap();
+                let auth = Authenticator::read_only_with_clock(v, store, ManualClock::new(T0));
+                let gate = Gate::new(auth)
+                    .with_limits(HangingLimits)
+                    .with_store_timeout(Duration::from_millis(5));
+                let d = gate
+                    .check(
+                        [("x-api-key", key.expose_secret())],
+                        None,
+                        None,
+                        &Route::any_key(),
+                    )
+                    .await;
+                assert!(
+                    matches!(&d, Decision::Rejected(r) if r.error.code().as_str() == "STORE_UNAVAILABLE"),
+                    "{d:?}"
+                );
+            });
+    });
+    let mut rejections = 0;
+    let mut deadlines = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let DebugValue::Counter(n) = value else {
+            continue;
+        };
+        match key.key().name() {
+            "apikey.authentication.rejections" => rejections += n,
+            "apikey.store.timeouts"
+                if key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "operation" && l.value() == "deadline") =>
+            {
+                deadlines += n;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((rejections, deadlines), (0, 1));
+}

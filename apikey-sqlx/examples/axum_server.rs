@@ -440,7 +440,7 @@ where
     loop {
         match manager.shutdown().await {
             Ok(_) => break,
-            Err(e) if tries < 5 => {
+            Err(e) if tries < 4 => {
                 tries += 1;
                 eprintln!("usage flush at shutdown: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

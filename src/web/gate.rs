@@ -30,19 +30,20 @@ use crate::verify::{Failure, VerifiedKey};
 /// out where it is used, not as a function: a helper's future would hold
 /// `$f` twice (as its argument and as what it awaits).
 macro_rules! within {
-    ($gate:expr, $deadline:expr, $f:expr) => {{
+    ($gate:expr, $deadline:expr, $f:expr, $pipeline_counted:expr) => {{
         let f = $f;
         #[cfg(feature = "axum")]
         let out = match $deadline {
             Some(d) => match tokio::time::timeout_at(d, f).await {
                 Ok(out) => out,
-                Err(elapsed) => return $gate.timed_out(elapsed),
+                Err(elapsed) => return $gate.timed_out(elapsed, $pipeline_counted),
             },
             None => f.await,
         };
         #[cfg(not(feature = "axum"))]
         let out = {
             let () = $deadline;
+            let _ = $pipeline_counted;
             f.await
         };
         out
@@ -606,7 +607,8 @@ where
                         key.route(),
                         |r| r,
                     );
-                    match within!(self, deadline, authenticated) {
+                    // Dropped at the deadline, the pipeline counts nothing.
+                    match within!(self, deadline, authenticated, false) {
                         Ok(verified) => break 'verified verified,
                         Err(failure) => break 'failed failure,
                     }
@@ -616,8 +618,12 @@ where
                     Some(o) if verified.view().is_publishable() => o.to_header(),
                     _ => None,
                 };
-                let mut decision =
-                    within!(self, deadline, self.charge(verified, key.scheme(), route));
+                let mut decision = within!(
+                    self,
+                    deadline,
+                    self.charge(verified, key.scheme(), route),
+                    true
+                );
                 if let Decision::Admitted(a) = &mut decision {
                     a.allow_origin = allow_origin;
                 }
@@ -629,18 +635,25 @@ where
             // A failure of an authenticated key against the request: its
             // rate limit is charged (boxed: the other failures, which
             // attackers drive, do not wait on it).
-            Decision::Rejected(within!(self, deadline, Box::pin(self.failed(failure))))
+            Decision::Rejected(within!(
+                self,
+                deadline,
+                Box::pin(self.failed(failure)),
+                true
+            ))
         }
     }
 
     /// 503 `STORE_UNAVAILABLE` for an admission past the store timeout.
     #[cfg(feature = "axum")]
-    fn timed_out(&self, elapsed: tokio::time::error::Elapsed) -> Decision {
+    /// `pipeline_counted`: the authentication finished (and was counted)
+    /// before the deadline ran out in the admission after it.
+    fn timed_out(&self, elapsed: tokio::time::error::Elapsed, pipeline_counted: bool) -> Decision {
         let error = Error::StoreUnavailable(StoreError::with_source(
             crate::error::StoreErrorKind::Timeout,
             elapsed,
         ));
-        metrics::gate_deadline(&error);
+        metrics::gate_deadline(&error, !pipeline_counted);
         Decision::Rejected(self.reject(error))
     }
 
