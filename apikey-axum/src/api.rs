@@ -394,20 +394,14 @@ where
         Ok(summary)
     }
 
-    /// A key caller with a credit budget of its own (a key balance on its
-    /// limits account) may derive from or rotate only a key that spends
-    /// from that account too: a sibling's child or successor spends from
-    /// the sibling's account, so the caller would escape its budget through
-    /// it (as through a key it creates, see `KeyCaller`). 403 field
-    /// `credits`.
-    async fn within_budget(&self, caller: &Caller, target: &KeySummary) -> Result<(), ApiError> {
+    /// Whether a key caller has a credit budget of its own: a key balance
+    /// on its limits account, exhausted or not (`false` for every other
+    /// caller). Read with a cost-0 admission: spends nothing, charges no
+    /// window.
+    async fn has_budget(&self, caller: &Caller) -> Result<bool, ApiError> {
         let Some(account) = caller.spends_from() else {
-            return Ok(());
+            return Ok(false);
         };
-        if crate::caller::limits_account(target) == account {
-            return Ok(());
-        }
-        // Cost 0: reads the balances, spends nothing, charges no window.
         let probe =
             Admission::new(account.as_u64(), Quota::unlimited()).credits(CreditCharge::new(0));
         let verdict = self
@@ -417,19 +411,43 @@ where
             .admit(&probe)
             .await
             .map_err(apikey::Error::StoreUnavailable)?;
-        let budgeted = match verdict {
+        Ok(match verdict {
             Verdict::Admitted { credits, .. } => credits.is_some_and(|c| c.key_remaining.is_some()),
             Verdict::CreditsExhausted { exhausted, .. } => exhausted.scope == CreditScope::Key,
             Verdict::RateLimited { .. } => false,
-        };
-        if budgeted {
+        })
+    }
+
+    /// A key caller with a credit budget of its own creates no key: a new
+    /// key starts with no budget, so the caller would escape its own
+    /// through it; it derives instead (the child shares or carves from the
+    /// budget). 403 field `credits`.
+    async fn may_create(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.has_budget(caller).await? {
             return Err(ApiError::escalation(
                 "credits",
-                "a key with a credit budget of its own may derive from or rotate only keys that \
-                 spend from it: derive from this key instead",
+                "a key with a credit budget of its own cannot create keys (they would not \
+                 spend from it): derive one instead",
             ));
         }
         Ok(())
+    }
+
+    /// Such a caller may derive from or rotate only a key that spends from
+    /// its account too: a sibling's child or successor spends from the
+    /// sibling's account, so the caller would escape its budget through it
+    /// as through a key it creates. 403 field `credits`.
+    async fn within_budget(&self, caller: &Caller, target: &KeySummary) -> Result<(), ApiError> {
+        if caller.spends_from() == Some(target.limits_account().unwrap_or(target.id))
+            || !self.has_budget(caller).await?
+        {
+            return Ok(());
+        }
+        Err(ApiError::escalation(
+            "credits",
+            "a key with a credit budget of its own may derive from or rotate only keys that \
+             spend from it: derive from this key instead",
+        ))
     }
 
     fn now(&self) -> Timestamp {

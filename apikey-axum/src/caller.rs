@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 
 use apikey::Timestamp;
-use apikey::{Environment, IpNet, KeyId, KeyRecord, KeySummary, Scope, ScopeSet};
+use apikey::{Environment, IpNet, KeyId, KeySummary, Scope, ScopeSet};
 use http::request::Parts;
 
 use crate::error::ApiError;
@@ -132,7 +132,9 @@ impl Caller {
             },
             via: Via::ApiKey,
             upgrade: None,
-            spends_from: Some(limits_account(key)),
+            // An unreadable entry reads as the key's own id, which holds no
+            // budget a sibling could share.
+            spends_from: Some(key.limits_account().unwrap_or(key.id)),
         })
     }
 
@@ -165,7 +167,7 @@ impl Caller {
         self
     }
 
-    /// A key caller's limits account (see [`limits_account`]).
+    /// A key caller's limits account ([`KeySummary::limits_account`]).
     pub(crate) fn spends_from(&self) -> Option<KeyId> {
         self.spends_from
     }
@@ -260,16 +262,6 @@ pub trait ResolveCaller: Send + Sync + 'static {
     /// The refusal to answer with (401 for no credentials, 503 when the
     /// session store fails, ...).
     fn resolve(&self, parts: &Parts) -> impl Future<Output = Result<Caller, ApiError>> + Send;
-}
-
-/// The limits account of `key` ([`KeyRecord::LIMITS_OF`], else its own id;
-/// an unreadable entry reads as the key's own id, which holds no budget a
-/// sibling could share).
-pub(crate) fn limits_account(key: &KeySummary) -> KeyId {
-    key.metadata
-        .get(KeyRecord::LIMITS_OF)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(key.id)
 }
 
 #[cfg(test)]

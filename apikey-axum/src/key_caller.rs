@@ -110,19 +110,6 @@ where
             Err(rejection) => Decision::Rejected(rejection),
         };
         let key = match decision {
-            // A key with a credit budget of its own (a derived agent key)
-            // would escape it through a key it creates, which starts with
-            // no budget: it derives instead (the child shares or carves
-            // from the budget).
-            Decision::Admitted(ok)
-                if creates && ok.credits.is_some_and(|c| c.key_remaining.is_some()) =>
-            {
-                return Err(ApiError::escalation(
-                    "credits",
-                    "a key with a credit budget of its own cannot create keys (they would not \
-                     spend from it): derive one instead",
-                ));
-            }
             Decision::Admitted(ok) => ok.key,
             Decision::NotOurs => return Err(Error::MissingApiKey.into()),
             Decision::Rejected(no) => {

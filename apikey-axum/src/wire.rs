@@ -121,10 +121,7 @@ impl KeyItem {
             last_used_ip: s.last_used_ip.as_ref().map(ToString::to_string),
             last_used_route: s.last_used_route.clone(),
             expires_at: s.expires_at.as_ref().map(ToString::to_string),
-            auto_renew: s
-                .metadata
-                .get(apikey::KeyRecord::AUTO_RENEW)
-                .is_some_and(|v| v == "true"),
+            auto_renew: s.auto_renews(),
         }
     }
 }

@@ -115,6 +115,18 @@ pub struct KeySummary {
 }
 
 impl KeySummary {
+    /// The key's limits account, as [`KeyRecord::limits_account`] reads it
+    /// (`None` when the entry is unreadable).
+    pub fn limits_account(&self) -> Option<KeyId> {
+        crate::record::limits_account_in(self.id, &self.metadata)
+    }
+
+    /// Whether the key is marked for auto-renewal, as
+    /// [`KeyRecord::auto_renews`] reads it.
+    pub fn auto_renews(&self) -> bool {
+        crate::record::auto_renews_in(&self.metadata)
+    }
+
     /// This summary with the usage totals `usage`
     /// ([`KeyManager::usage_of`]).
     pub fn with_usage(mut self, usage: UsageCounters) -> Self {

@@ -188,12 +188,6 @@ fn expiry_mark(t: Timestamp) -> String {
     t.to_string()
 }
 
-fn auto_renews(r: &KeyRecord) -> bool {
-    r.metadata
-        .get(KeyRecord::AUTO_RENEW)
-        .is_some_and(|v| v == "true")
-}
-
 fn notice(r: &KeyRecord, expires_at: Timestamp, renewed: bool) -> ExpiryNotice {
     ExpiryNotice {
         id: r.id,
@@ -224,7 +218,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             let page = self.store().list(&query).await.map_err(Error::from)?;
             report.examined += page.records.len();
             for r in &page.records {
-                let outcome = if auto_renews(r) && r.expires_at.is_some_and(|e| e < renew_end) {
+                let outcome = if r.auto_renews() && r.expires_at.is_some_and(|e| e < renew_end) {
                     match self.parent_expiry(r).await {
                         Ok(Some(parent_end)) => self
                             .renew(r.id, now, renew_end, parent_end, options)
@@ -310,7 +304,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 };
                 if cur.status != KeyStatus::Active
                     || cur.rotated_to.is_some()
-                    || !auto_renews(cur)
+                    || !cur.auto_renews()
                     || exp <= now
                     || exp >= renew_end
                 {
@@ -377,7 +371,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         };
         let kind = AuditKind::Expiring {
             expires_at: r.expires_at.unwrap_or(now),
-            auto_renew: auto_renews(&r),
+            auto_renew: r.auto_renews(),
         };
         self.announce(now, kind, &r, options);
         Ok(true)

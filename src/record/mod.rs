@@ -19,5 +19,5 @@ pub(crate) use ipnet::ip_allowed;
 pub use scope::{Requirement, Scope, ScopeSet};
 #[cfg(test)]
 pub(crate) use stored::Extra;
-pub(crate) use stored::{HAS_PARENT, LastUse, Owner};
+pub(crate) use stored::{HAS_PARENT, LastUse, Owner, auto_renews_in, limits_account_in};
 pub use stored::{KeyRecord, KeyStatus, KeyView, LegacyInfo, NewKey, Revocation, UsageCounters};

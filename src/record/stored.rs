@@ -292,6 +292,12 @@ impl KeyRecord {
         limits_account_in(self.id, &self.metadata)
     }
 
+    /// Whether the key is marked for auto-renewal ([`AUTO_RENEW`](Self::AUTO_RENEW)
+    /// is `"true"`).
+    pub fn auto_renews(&self) -> bool {
+        auto_renews_in(&self.metadata)
+    }
+
     /// [`limits_account`](Self::limits_account) for the manager, which
     /// copies it into a new key: an unreadable entry is
     /// [`Error::InvalidRecord`].
@@ -480,7 +486,17 @@ pub(crate) const HAS_PARENT: u8 = 4;
 /// The limits account of key `id` with `metadata`: its own id, or the one
 /// [`KeyRecord::LIMITS_OF`] names (`None`: unreadable). The one reading of
 /// the entry, for records and views alike.
-fn limits_account_in(id: KeyId, metadata: &BTreeMap<String, String>) -> Option<KeyId> {
+/// [`KeyRecord::auto_renews`], on any metadata map (a record's, a
+/// summary's).
+pub(crate) fn auto_renews_in(metadata: &BTreeMap<String, String>) -> bool {
+    metadata
+        .get(KeyRecord::AUTO_RENEW)
+        .is_some_and(|v| v == "true")
+}
+
+/// [`KeyRecord::limits_account`], on any metadata map (a record's, a
+/// view's, a summary's).
+pub(crate) fn limits_account_in(id: KeyId, metadata: &BTreeMap<String, String>) -> Option<KeyId> {
     match metadata.get(KeyRecord::LIMITS_OF) {
         None => Some(id),
         Some(text) => text.parse().ok(),

@@ -144,6 +144,7 @@ where
     async fn op_create(self: Arc<Self>, caller: Caller, _parts: Parts, body: Vec<u8>) -> Outcome {
         may_mint(&caller)?;
         let st = self;
+        st.may_create(&caller).await?;
         let req: CreateRequest = parse_body(&body)?;
         let now = st.now();
         let bounds = caller.bounds();

@@ -277,12 +277,8 @@ pub(super) fn within_bounds(s: &KeySummary, bounds: &Bounds) -> Result<(), ApiEr
     // An auto-renewing key outlives a bounded caller as a key without
     // expiry does: the sweep carries it past the bound (rotating it would
     // hand the caller a fresh secret of a key that renews itself).
-    let renews = s
-        .metadata
-        .get(KeyRecord::AUTO_RENEW)
-        .is_some_and(|v| v == "true");
     if let Some(bound) = bounds.expires_at
-        && (renews || s.expires_at.is_none_or(|e| e > bound))
+        && (s.auto_renews() || s.expires_at.is_none_or(|e| e > bound))
     {
         return Err(ApiError::escalation(
             "expires_at",
