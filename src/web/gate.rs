@@ -9,8 +9,7 @@ use crate::Timestamp;
 use super::extract::{Extracted, Extractor, PresentedKey, Scheme};
 use super::publishable::{self, CorsHeaders};
 use super::response::{
-    ErrorBody, ErrorDetails, ErrorResponse, MissingKeyDetails, REALM, missing_key_details,
-    rate_limit_headers, retry_after_secs,
+    ErrorResponse, MissingKeyDetails, REALM, missing_key_details, rate_limit_headers,
 };
 use super::route::{ForeignCredentials, QuotaTable, Route};
 use crate::clock::{Clock, SystemClock};
@@ -143,18 +142,14 @@ impl Rejection {
     /// `details.retry_after` like every other 429, only when a refill is
     /// scheduled.
     pub fn to_response(&self) -> ErrorResponse {
-        let mut r = ErrorResponse::build(&self.error, &self.realm, Some(&self.missing));
+        let mut r = ErrorResponse::build(
+            &self.error,
+            &self.realm,
+            Some(&self.missing),
+            self.retry_after,
+        );
         if let Some(info) = &self.rate_limit {
             r = r.with_rate_limit(info, self.now);
-        }
-        if let (Some(wait), None) = (self.retry_after, r.header("retry-after")) {
-            let secs = retry_after_secs(wait);
-            r.headers.push(("retry-after", secs.to_string()));
-            let mut body = ErrorBody::new(&self.error, Some(&self.missing));
-            if matches!(body.error.details, ErrorDetails::None {}) {
-                body.error.details = ErrorDetails::RetryAfter { retry_after: secs };
-                r.body = body.to_json();
-            }
         }
         r
     }

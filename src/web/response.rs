@@ -84,7 +84,7 @@ impl ErrorResponse {
     /// assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="tasks""#));
     /// ```
     pub fn from_error_in_realm(err: &Error, realm: &str) -> Self {
-        Self::build(err, realm, None)
+        Self::build(err, realm, None, None)
     }
 
     /// The answer for `err` from a service that reads keys with
@@ -104,12 +104,21 @@ impl ErrorResponse {
     /// assert!(r.body.contains(r#""details":{"header":"Authorization","accepted":["Authorization: Bearer"]}"#));
     /// ```
     pub fn for_extractor(err: &Error, realm: &str, extractor: &Extractor) -> Self {
-        Self::build(err, realm, Some(&missing_key_details(extractor)))
+        Self::build(err, realm, Some(&missing_key_details(extractor)), None)
     }
 
     /// `missing`: the details of `MISSING_API_KEY` (see
     /// [`missing_key_details`]); `None` for the default extractor's.
-    pub(crate) fn build(err: &Error, realm: &str, missing: Option<&MissingKeyDetails>) -> Self {
+    ///
+    /// `retry_hint`: a wait the error does not carry (a `USAGE_EXCEEDED`'s
+    /// next refill): the `Retry-After` header and, when the error has no
+    /// details of its own, `details.retry_after`, as on every other 429.
+    pub(crate) fn build(
+        err: &Error,
+        realm: &str,
+        missing: Option<&MissingKeyDetails>,
+        retry_hint: Option<Duration>,
+    ) -> Self {
         let code = err.code();
         let mut headers = vec![
             ("content-type", "application/json".to_owned()),
@@ -119,10 +128,17 @@ impl ErrorResponse {
         if let Some(challenge) = challenge(err, &realm) {
             headers.push(("www-authenticate", challenge));
         }
-        if let Some(wait) = err.retry_after() {
+        let hinted = err.retry_after().is_none() && retry_hint.is_some();
+        if let Some(wait) = err.retry_after().or(retry_hint) {
             headers.push(("retry-after", retry_after_secs(wait).to_string()));
         }
-        let body = ErrorBody::new(err, missing);
+        let mut body = ErrorBody::new(err, missing);
+        if let (true, Some(wait), ErrorDetails::None {}) = (hinted, retry_hint, &body.error.details)
+        {
+            body.error.details = ErrorDetails::RetryAfter {
+                retry_after: retry_after_secs(wait),
+            };
+        }
         Self {
             status: code.http_status(),
             headers,
