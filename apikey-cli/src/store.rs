@@ -142,21 +142,10 @@ pub async fn open(settings: &Settings) -> CliResult<Store> {
                 .await
             {
                 Ok(pool) => pool,
-                // The pool retries until its timeout and then says only
-                // that: one direct attempt names why (refused, bad password,
-                // no such database).
-                Err(sqlx::Error::PoolTimedOut) => {
-                    let direct = tokio::time::timeout(
-                        settings.timeout,
-                        <sqlx::PgConnection as sqlx::Connection>::connect_with(&connect),
-                    )
-                    .await;
-                    return Err(unreachable(match direct {
-                        Ok(Err(cause)) => cause,
-                        _ => sqlx::Error::PoolTimedOut,
-                    }));
+                Err(e) => {
+                    let cause = apikey_sqlx::connect_error(e, &connect, settings.timeout).await;
+                    return Err(unreachable(cause));
                 }
-                Err(e) => return Err(unreachable(e)),
             };
             let store = PostgresStore::from_pool_with(pool.clone(), settings.options())
                 .map_err(bad_name)?;

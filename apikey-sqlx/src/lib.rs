@@ -92,6 +92,6 @@ pub use error::MigrateError;
 pub use feed::{FeedOptions, PgChangeFeed};
 pub use options::{FLUSH_RETENTION, StoreOptions};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, connect_error};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, sqlite_options};

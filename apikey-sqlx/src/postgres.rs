@@ -91,6 +91,31 @@ fn fnv(text: &str) -> u64 {
 /// (see [`PostgresStore::connect_with`]).
 const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
 
+/// Why a pool over `connect` could not open its first connection. sqlx's
+/// pool retries until its timeout and then says only that it timed out
+/// (`PoolTimedOut`): one direct attempt, bounded by `timeout`, names the
+/// cause (connection refused, authentication failed, no such database).
+/// Any other error is returned as it is. For pools you build yourself, as
+/// [`connect_with`](PostgresStore::connect_with) does for its own.
+pub async fn connect_error(
+    error: sqlx::Error,
+    connect: &PgConnectOptions,
+    timeout: Duration,
+) -> sqlx::Error {
+    if !matches!(error, sqlx::Error::PoolTimedOut) {
+        return error;
+    }
+    match tokio::time::timeout(
+        timeout,
+        <PgConnection as sqlx::Connection>::connect_with(connect),
+    )
+    .await
+    {
+        Ok(Err(cause)) => cause,
+        _ => error,
+    }
+}
+
 impl PostgresStore {
     /// The schema version [`migrate`](Self::migrate) brings the tables to
     /// (stored in `<schema.prefix>apikey_schema_version`; a database at a
@@ -147,21 +172,7 @@ impl PostgresStore {
             .await;
         let pool = match pool {
             Ok(pool) => pool,
-            // The pool retries until its timeout and then says only that it
-            // timed out: one direct attempt names why (connection refused,
-            // authentication failed, no such database).
-            Err(sqlx::Error::PoolTimedOut) => {
-                let direct = tokio::time::timeout(
-                    options.timeout,
-                    <PgConnection as sqlx::Connection>::connect_with(&connect),
-                )
-                .await;
-                return Err(database(match direct {
-                    Ok(Err(cause)) => cause,
-                    _ => sqlx::Error::PoolTimedOut,
-                }));
-            }
-            Err(e) => return Err(database(e)),
+            Err(e) => return Err(database(connect_error(e, &connect, options.timeout).await)),
         };
         let store = Self::from_pool_with(pool, options)?;
         store.migrate().await?;
