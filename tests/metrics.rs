@@ -154,10 +154,16 @@ impl KeyStore for Hanging {
     }
 }
 
-/// Issue 22: every metric of the table is emitted, on the paths it names;
-/// label values never hold the key id, the owner or the address.
-#[test]
-fn every_metric_in_the_table_is_emitted_on_its_path() {
+/// Runs `work` on a current-thread runtime (with time) under a debugging
+/// recorder of its own; what it recorded.
+fn recorded<F: std::future::Future>(
+    work: F,
+) -> Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)> {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -165,9 +171,16 @@ fn every_metric_in_the_table_is_emitted_on_its_path() {
             .enable_time()
             .build()
             .unwrap()
-            .block_on(exercise());
+            .block_on(work);
     });
-    let snapshot = snapshotter.snapshot().into_vec();
+    snapshotter.snapshot().into_vec()
+}
+
+/// Issue 22: every metric of the table is emitted, on the paths it names;
+/// label values never hold the key id, the owner or the address.
+#[test]
+fn every_metric_in_the_table_is_emitted_on_its_path() {
+    let snapshot = recorded(exercise());
     let mut emitted = BTreeSet::new();
     let mut labels = BTreeSet::new();
     for (key, _, _, value) in &snapshot {
@@ -225,28 +238,21 @@ fn every_metric_in_the_table_is_emitted_on_its_path() {
 /// recorder of its own.
 #[inline(never)]
 fn histograms<S: KeyStore>(auth: &Authenticator<S>, key: &str) -> usize {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(auth.authenticate(key, &Requirement::none(), None))
+    recorded(async {
+        auth.authenticate(key, &Requirement::none(), None)
+            .await
             .unwrap();
-    });
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| {
-            let name = k.key().name();
-            name == "apikey.authentication.duration" || name == "apikey.store.duration"
-        })
-        .map(|(.., v)| match v {
-            DebugValue::Histogram(h) => h.len(),
-            _ => 0,
-        })
-        .sum()
+    })
+    .into_iter()
+    .filter(|(k, ..)| {
+        let name = k.key().name();
+        name == "apikey.authentication.duration" || name == "apikey.store.duration"
+    })
+    .map(|(.., v)| match v {
+        DebugValue::Histogram(h) => h.len(),
+        _ => 0,
+    })
+    .sum()
 }
 
 /// Handles are cached only for the process-wide recorder: local recorders
@@ -314,39 +320,31 @@ impl apikey::limits::Limits for HangingLimits {
 #[cfg(feature = "axum")]
 #[test]
 fn a_deadline_in_the_admission_is_not_counted_twice() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let store = MemoryStore::new();
-                let v = verifier();
-                let (key, record) = v.issue(NewKey::new("sk_live_"), T0).unwrap();
-                store.insert_sync(record).unwrap();
-                let auth = Authenticator::read_only_with_clock(v, store, ManualClock::new(T0));
-                let gate = Gate::new(auth)
-                    .with_limits(HangingLimits)
-                    .with_store_timeout(Duration::from_millis(5));
-                let d = gate
-                    .check(
-                        [("x-api-key", key.expose_secret())],
-                        None,
-                        None,
-                        &Route::any_key(),
-                    )
-                    .await;
-                assert!(
-                    matches!(&d, Decision::Rejected(r) if r.error.code().as_str() == "STORE_UNAVAILABLE"),
-                    "{d:?}"
-                );
-            });
+    let snapshot = recorded(async {
+        let store = MemoryStore::new();
+        let v = verifier();
+        let (key, record) = v.issue(NewKey::new("sk_live_"), T0).unwrap();
+        store.insert_sync(record).unwrap();
+        let auth = Authenticator::read_only_with_clock(v, store, ManualClock::new(T0));
+        let gate = Gate::new(auth)
+            .with_limits(HangingLimits)
+            .with_store_timeout(Duration::from_millis(5));
+        let d = gate
+            .check(
+                [("x-api-key", key.expose_secret())],
+                None,
+                None,
+                &Route::any_key(),
+            )
+            .await;
+        assert!(
+            matches!(&d, Decision::Rejected(r) if r.error.code().as_str() == "STORE_UNAVAILABLE"),
+            "{d:?}"
+        );
     });
     let mut rejections = 0;
     let mut deadlines = 0;
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+    for (key, _, _, value) in snapshot {
         let DebugValue::Counter(n) = value else {
             continue;
         };
