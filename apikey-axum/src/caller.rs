@@ -95,6 +95,10 @@ pub struct Caller {
     /// from): a key with a credit budget there may derive from and rotate
     /// only keys that spend from it too.
     spends_from: Option<KeyId>,
+    /// A key caller's plan (its [`PLAN_KEY`](crate::PLAN_KEY) entry): a
+    /// key it creates is on the same plan, so it never mints itself a
+    /// larger quota than its own.
+    plan: Option<String>,
 }
 
 impl Caller {
@@ -110,6 +114,7 @@ impl Caller {
             via: Via::Session,
             upgrade: None,
             spends_from: None,
+            plan: None,
         }
     }
 
@@ -135,6 +140,7 @@ impl Caller {
             // An unreadable entry reads as the key's own id, which holds no
             // budget a sibling could share.
             spends_from: Some(key.limits_account().unwrap_or(key.id)),
+            plan: key.metadata.get(crate::PLAN_KEY).cloned(),
         })
     }
 
@@ -170,6 +176,11 @@ impl Caller {
     /// A key caller's limits account ([`KeySummary::limits_account`]).
     pub(crate) fn spends_from(&self) -> Option<KeyId> {
         self.spends_from
+    }
+
+    /// A key caller's plan, which the keys it creates inherit.
+    pub(crate) fn plan(&self) -> Option<&str> {
+        self.plan.as_deref()
     }
 
     /// The message of [`needs_upgrade`](Self::needs_upgrade), when set.

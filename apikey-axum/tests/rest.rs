@@ -630,6 +630,39 @@ async fn a_key_cannot_create_a_key_holding_more_than_itself() {
     assert_eq!((r.status, r.code()), (403, "INSUFFICIENT_SCOPE".into()));
 }
 
+/// A management key on a small plan (`tiny`: 1 request a minute) must not
+/// mint itself a key on the default quota (100 a minute): the key it
+/// creates keeps its plan, as a derived or rotated key does.
+#[tokio::test]
+async fn a_key_cannot_escape_its_plan_by_creating_a_key() {
+    let s = start().await;
+    let tiny = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .metadata("plan", "tiny"),
+    )
+    .await;
+    let created = create(
+        s.addr,
+        As::Key(tiny.expose_secret()),
+        r#"{"name":"escape","permissions":["tasks:read"]}"#,
+    )
+    .await;
+    assert_eq!(created["plan"], "tiny", "{created}");
+    let key = created["key"].as_str().unwrap();
+    let first = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = call(s.addr, As::Key(key), "GET", "/v1/tasks", None).await;
+    assert_eq!(
+        (second.status, second.code()),
+        (429, "RATE_LIMITED".into()),
+        "the new key is not on its creator's plan: {}",
+        second.body
+    );
+}
+
 #[tokio::test]
 async fn a_key_cannot_patch_or_rotate_a_key_into_holding_more_than_itself() {
     let s = start().await;

@@ -215,7 +215,9 @@ where
         new.description = req.description.filter(|d| !d.is_empty());
         new.expires_at = expires;
         new.ip_allowlist = allow;
-        if let Some(plan) = req.plan {
+        // None chosen: a key caller's own plan (a key minted by a key
+        // never gets a larger quota than its creator's).
+        if let Some(plan) = req.plan.or_else(|| caller.plan().map(str::to_owned)) {
             new = new.metadata(crate::PLAN_KEY, plan);
         }
         if req.auto_renew {
