@@ -173,8 +173,8 @@ impl KeyDetails {
 }
 
 /// The `201` of a create or a rotation: the only answers that carry the
-/// full key.
-#[derive(Debug, Serialize)]
+/// full key. Its `Debug` never shows the key.
+#[derive(Serialize)]
 pub(crate) struct CreatedKey {
     #[serde(flatten)]
     pub details: KeyDetails,
@@ -203,6 +203,17 @@ impl CreatedKey {
     }
 }
 
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("details", &self.details)
+            .field("key", &"[REDACTED]")
+            .field("replaces", &self.replaces)
+            .field("grace_ends_at", &self.grace_ends_at)
+            .finish()
+    }
+}
+
 /// `GET /v1/api-keys`.
 #[derive(Debug, Serialize)]
 pub(crate) struct KeyList {
@@ -212,4 +223,36 @@ pub(crate) struct KeyList {
     /// Whether the caller may approve (enable) keys pending approval: an
     /// account admin.
     pub may_approve: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apikey::{Keyring, NewKey, ServerSecret, Timestamp, Verifier};
+
+    #[test]
+    fn a_created_key_never_shows_its_secret_in_debug() {
+        let verifier = Verifier::new(
+            Keyring::new(
+                1,
+                ServerSecret::from_bytes(&[9; 32]).unwrap_or_else(|e| panic!("{e}")),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (key, record) = verifier
+            .issue(NewKey::new("sk_live_").owner("alice"), Timestamp::MIN)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let created = CreatedKey::new(&key, &KeySummary::from_record(&record, Timestamp::MIN));
+        let shown = format!("{created:?}");
+        let secret = key.expose_secret();
+        let body = &secret[secret.len() - 32..];
+        assert!(
+            !body
+                .as_bytes()
+                .windows(8)
+                .any(|w| shown.as_bytes().windows(8).any(|s| s == w)),
+            "Debug shows the key: {shown}"
+        );
+        assert!(shown.contains("[REDACTED]"));
+    }
 }
