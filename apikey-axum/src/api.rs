@@ -450,6 +450,23 @@ where
         ))
     }
 
+    /// A management key (not an account admin's) may rotate or derive from
+    /// only a key on its own plan: the successor keeps the target's plan
+    /// and a child shares its parent's windows, so the caller would escape
+    /// its own quota through them as through a key it creates. 403 field
+    /// `plan`.
+    fn within_plan(caller: &Caller, target: &KeySummary) -> Result<(), ApiError> {
+        let is_key = caller.spends_from().is_some();
+        let target_plan = target.metadata.get(crate::PLAN_KEY).map(String::as_str);
+        if !is_key || caller.is_admin() || target_plan == caller.plan() {
+            return Ok(());
+        }
+        Err(ApiError::escalation(
+            "plan",
+            "a key may rotate or derive from only keys on its own plan",
+        ))
+    }
+
     fn now(&self) -> Timestamp {
         self.manager.clock().now()
     }

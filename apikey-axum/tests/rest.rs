@@ -4,8 +4,8 @@
 
 mod common;
 
-use apikey::NewKey;
 use apikey::Timestamp;
+use apikey::{Actor, NewKey};
 use common::*;
 use serde_json::Value;
 
@@ -661,6 +661,63 @@ async fn a_key_cannot_escape_its_plan_by_creating_a_key() {
         "the new key is not on its creator's plan: {}",
         second.body
     );
+}
+
+/// Nor by rotating or deriving from a key on another plan: the successor
+/// or child would be on that plan (for a child, in its parent's windows).
+#[tokio::test]
+async fn a_key_cannot_escape_its_plan_by_rotating_or_deriving_another_plans_key() {
+    let s = start().await;
+    let tiny = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .metadata("plan", "tiny"),
+    )
+    .await;
+    let (_, sibling) = s
+        .manager
+        .create(
+            NewKey::new("sk_live_")
+                .owner("alice")
+                .scopes(["tasks:read"]),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    let minute = std::time::Duration::from_secs(61);
+    for (action, body) in [("rotate", "{}"), ("derive", r#"{"name":"agent"}"#)] {
+        let path = format!("/v1/api-keys/{}/{action}", sibling.id);
+        let r = call(
+            s.addr,
+            As::Key(tiny.expose_secret()),
+            "POST",
+            &path,
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code(), r.field()),
+            (403, "INSUFFICIENT_SCOPE".into(), "plan".into()),
+            "{action}: {}",
+            r.body
+        );
+        s.clock.advance(minute);
+    }
+    assert_eq!(s.manager.list("alice").await.unwrap().len(), 2);
+    // From a key on its own plan (itself) it may.
+    let own = s.manager.list("alice").await.unwrap();
+    let own = own.iter().find(|k| k.id != sibling.id).unwrap();
+    let r = call(
+        s.addr,
+        As::Key(tiny.expose_secret()),
+        "POST",
+        &format!("/v1/api-keys/{}/derive", own.id),
+        Some(r#"{"name":"agent"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
 }
 
 #[tokio::test]

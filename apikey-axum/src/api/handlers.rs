@@ -316,6 +316,7 @@ where
         let st = self;
         let req: RotateRequest = parse_json(&body, true)?;
         let s = st.load_within(&caller, &path_id(&parts.uri)).await?;
+        Self::within_plan(&caller, &s)?;
         st.within_budget(&caller, &s).await?;
         let bounds = caller.bounds();
         let now = st.now();
@@ -406,6 +407,7 @@ where
         let req: DeriveRequest = parse_body(body)?;
         check_text("name", &req.name, MAX_NAME_CHARS, false)?;
         let s = st.load_within(caller, &path_id(&parts.uri)).await?;
+        Self::within_plan(caller, &s)?;
         st.within_budget(caller, &s).await?;
         let bounds = caller.bounds();
         let now = st.now();
