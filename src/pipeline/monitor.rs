@@ -209,9 +209,7 @@ type KeyTable = HashMap<u64, KeyState, std::hash::BuildHasherDefault<FastHasher>
 /// assert_eq!(kinds, ["new_network"]);
 /// ```
 ///
-/// Watches verifications and admissions and raises the seed-001 alerts
-///. Share it (`Arc`) between the
-/// authenticator and the gate; set it with
+/// Share one monitor (`Arc`) between the authenticator and the gate; set it with
 /// [`Authenticator::with_monitor`](crate::Authenticator::with_monitor) or
 /// [`KeyManager::with_monitor`](crate::KeyManager::with_monitor).
 pub struct Monitor {
