@@ -726,6 +726,19 @@ mod tests {
     }
 
     #[test]
+    fn visible_ascii_is_0x21_to_0x7e() {
+        for b in 0u8..=255 {
+            let v = [b'k', b, b'k'];
+            assert_eq!(
+                visible_ascii(&v).is_ok(),
+                (0x21..=0x7e).contains(&b),
+                "byte {b:#x}"
+            );
+        }
+        assert_eq!(visible_ascii(b"!~sk_live_x").ok(), Some("!~sk_live_x"));
+    }
+
+    #[test]
     fn trims_and_matches_case_insensitively() {
         let h = [("X-Api-KEY", " sk_live_a \t")];
         assert_eq!(key(ex().extract(h)), ("sk_live_a", Scheme::ApiKeyHeader));
