@@ -143,8 +143,10 @@ fn the_layer_adds_only_the_allocations_it_documents() {
 /// admission, and what only some keys take (legacy keys, derived keys'
 /// ancestors, a key-status failure's throttle, an authenticated key's
 /// failure charge) is boxed where it is awaited. Measured on rustc 1.95:
-/// 264 and 576 bytes (872 and 1,168 before the futures were flattened);
-/// with `tracing`, the span adds to the authenticator's future.
+/// 264 and 552 bytes (872 and 1,168 before the futures were flattened;
+/// the gate's was 664 before the admission's result stopped being held
+/// beside the admission); with `tracing` (656 bytes), the span adds to
+/// the authenticator's future.
 #[test]
 fn the_per_request_futures_stay_small() {
     let span = if cfg!(feature = "tracing") { 64 } else { 0 };
@@ -166,7 +168,7 @@ fn the_per_request_futures_stay_small() {
     let req = web::request(&keys[0]);
     let check = gate.check_request(&req, None, &route);
     let size = std::mem::size_of_val(&check);
-    assert!(size <= 640 + span, "the gate's future is {size} bytes");
+    assert!(size <= 600 + span, "the gate's future is {size} bytes");
     assert!(matches!(
         naive::poll_ready(check),
         apikey::web::Decision::Admitted(_)

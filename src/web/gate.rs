@@ -608,11 +608,9 @@ where
                         Err(failure) => break 'failed failure,
                     }
                 };
-                // Only a publishable key, whose origin just passed.
-                let allow_origin = match origin {
-                    Some(o) if verified.view().is_publishable() => o.to_header(),
-                    _ => None,
-                };
+                // Only a publishable key, whose origin just passed. (A flag
+                // across the admission's `await`, not the header's string.)
+                let publishable = origin.is_some() && verified.view().is_publishable();
                 let mut decision = within!(
                     self,
                     deadline,
@@ -620,7 +618,7 @@ where
                     true
                 );
                 if let Decision::Admitted(a) = &mut decision {
-                    a.allow_origin = allow_origin;
+                    a.allow_origin = origin.filter(|_| publishable).and_then(|o| o.to_header());
                 }
                 return decision;
             };
@@ -781,12 +779,13 @@ where
     /// Step 4 (rate limit and credits, one admission) for a verified key.
     pub async fn charge(&self, key: VerifiedKey, scheme: Scheme, route: &Route) -> Decision {
         let now = self.authenticator.clock().now();
-        let verdict = match self.admission(&key, route) {
-            Ok(admission) => {
-                crate::trace::admit(self.authenticator.limits().admit(&admission)).await
-            }
-            Err(e) => Err(e),
+        // Bound before the `await`: a `match` on the result would keep its
+        // temporary (the whole `Result`) beside the admission in the state.
+        let admission = match self.admission(&key, route) {
+            Ok(admission) => admission,
+            Err(e) => return self.conclude(Err(e), key, scheme, now),
         };
+        let verdict = crate::trace::admit(self.authenticator.limits().admit(&admission)).await;
         self.conclude(verdict, key, scheme, now)
     }
 
