@@ -213,6 +213,56 @@ async fn legacy_keys_survive_a_server_secret_rotation() {
     );
 }
 
+/// Security review: after a server secret rotation, importing a legacy key
+/// again must still be refused. The duplicate check looked up the legacy
+/// index under the current version only; a key imported (and revoked)
+/// under an older version keeps its old index until it verifies, which a
+/// revoked key never does, so a re-run import made a second, active record
+/// that verification found first: the revoked key worked again.
+#[tokio::test]
+async fn reimport_after_a_secret_rotation_does_not_revive_a_revoked_key() {
+    let store = Arc::new(MemoryStore::new());
+    let f = manager(store.clone());
+    let s = f
+        .manager
+        .import(ImportKey::plaintext(OLD).owner("u1"), &Actor::system())
+        .await
+        .unwrap();
+    f.manager
+        .revoke(s.id, "leaked", &Actor::system())
+        .await
+        .unwrap();
+    let mut ring = Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap();
+    ring.add(2, ServerSecret::from_bytes(&[43; 32]).unwrap())
+        .unwrap();
+    ring.set_current(2).unwrap();
+    let m2 = KeyManager::with_clock(Verifier::new(ring), store, f.clock.clone())
+        .with_legacy_prefix("oldco_", "sk_live_")
+        .unwrap();
+    let digest: [u8; 32] = Sha256::digest(OLD.as_bytes()).into();
+    for again in [
+        ImportKey::plaintext(OLD).owner("u1"),
+        ImportKey::sha256("oldco_", digest).owner("u1"),
+    ] {
+        assert!(
+            matches!(
+                m2.import(again, &Actor::system()).await,
+                Err(Error::InvalidState(_))
+            ),
+            "imported a second record for a key held under an older secret version"
+        );
+    }
+    assert_eq!(m2.list("u1").await.unwrap().len(), 1);
+    assert_eq!(
+        m2.authenticate(OLD, &none(), None)
+            .await
+            .unwrap_err()
+            .code()
+            .as_str(),
+        "REVOKED_API_KEY"
+    );
+}
+
 #[tokio::test]
 async fn malformed_strings_with_a_legacy_prefix_reach_the_store_others_do_not() {
     let store = NetStore::new(std::time::Duration::ZERO);

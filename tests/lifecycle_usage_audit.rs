@@ -426,6 +426,38 @@ async fn pre_tag_rejections_are_counted_and_sampled_post_tag_failures_each_logge
     assert!(counts.contains(&("insufficient_scope", 1)), "{counts:?}");
 }
 
+/// Security review: an event's `Display` (the documented one-line log form,
+/// `println!("{event}")`) printed the owner and the actor as they were. An
+/// owner comes from the host or an import file (a legacy export), and
+/// neither the manager nor the import checks its characters: a newline
+/// forged a second log line, an ANSI escape rewrote the terminal.
+#[tokio::test]
+async fn an_events_display_is_one_line_whatever_owner_and_actor_hold() {
+    let f = fixture();
+    let m = &f.manager;
+    let owner = "u1\n2026-03-01T12:00:00Z revoked key=AAAAAAAAAAA owner=admin\x1b[2K\u{202e}";
+    let actor = Actor::new("ops\r\n\x1b]0;pwned\x07").reason("line\nbreak");
+    let (_, s) = m
+        .create(NewKey::new("sk_live_").owner(owner), &actor)
+        .await
+        .unwrap();
+    m.revoke(s.id, "leaked\n", &actor).await.unwrap();
+    let events = f.audit.events();
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        // The event itself keeps the values exactly.
+        assert_eq!(e.owner.as_deref(), Some(owner));
+        let line = e.to_string();
+        assert!(
+            !line.chars().any(|c| c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)),
+            "{line:?}"
+        );
+        assert!(line.contains("owner=u1\\n2026"), "{line:?}");
+    }
+}
+
 #[cfg(feature = "tracing")]
 #[test]
 fn tracing_sink_accepts_events() {

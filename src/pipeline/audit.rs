@@ -296,17 +296,40 @@ impl AuditEvent {
     }
 }
 
+/// Text written as is, except control characters and bidirectional
+/// formatting characters, written as escapes (`\n`, `\u{1b}`,
+/// `\u{202e}`): one log line stays one line and reads as it is stored.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.at, self.kind.as_str())?;
         if let Some(id) = self.key_id {
             write!(f, " key={id}")?;
         }
+        // Owners and actors come from the host or an import file, unchecked:
+        // a line break or an escape sequence in one must not forge a line.
         if let Some(o) = &self.owner {
-            write!(f, " owner={o}")?;
+            write!(f, " owner={}", OneLine(o))?;
         }
         if let Some(a) = &self.actor {
-            write!(f, " actor={a}")?;
+            write!(f, " actor={}", OneLine(a))?;
         }
         if let Some(r) = &self.reason {
             write!(f, " reason={r:?}")?;

@@ -112,13 +112,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             ));
             // Planned uniqueness of the legacy index; the store's unique index
             // is the backstop (`IdCollision`, handled below).
-            if self
-                .store()
-                .find_legacy(&index)
-                .await
-                .map_err(Error::from)?
-                .is_some()
-            {
+            if self.imported_already(&sha).await? {
                 return Err(Error::InvalidState("this key was imported already"));
             }
             match self.insert_planned(&record, now, None).await {
@@ -127,14 +121,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                     return Ok(KeySummary::from_record(&record, now));
                 }
                 Err(InsertError::Store(e)) if e.kind() == StoreErrorKind::IdCollision => {
-                    if self
-                        .auth
-                        .store()
-                        .find_legacy(&index)
-                        .await
-                        .map_err(Error::from)?
-                        .is_some()
-                    {
+                    if self.imported_already(&sha).await? {
                         return Err(Error::InvalidState("this key was imported already"));
                     }
                 }
@@ -144,5 +131,29 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         Err(Error::StoreUnavailable(StoreError::new(
             StoreErrorKind::IdCollision,
         )))
+    }
+
+    /// Whether a record holds the legacy key of SHA-256 `sha` under the
+    /// index of any secret version held, not only the current one: a record
+    /// keeps the index of the version it was imported under until it
+    /// verifies (a revoked key never does), and verification looks under
+    /// every version.
+    async fn imported_already(&self, sha: &[u8; 32]) -> Result<bool> {
+        let keyring = self.auth.verifier().keyring();
+        for v in keyring.versions_current_first() {
+            let Some(index) = keyring.legacy_index(v, sha) else {
+                continue;
+            };
+            if self
+                .store()
+                .find_legacy(&index)
+                .await
+                .map_err(Error::from)?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
