@@ -75,15 +75,13 @@ fn counter() -> Option<&'static quanta::Clock> {
         return Some(clock);
     }
     if !CALIBRATING.swap(true, Ordering::Relaxed) {
-        let spawned = std::thread::Builder::new()
+        // A platform without threads keeps the OS clock: no retry on every
+        // call.
+        let _ = std::thread::Builder::new()
             .name("apikey-metrics-clock".into())
             .spawn(|| {
                 COUNTER.get_or_init(quanta::Clock::new);
             });
-        if spawned.is_err() {
-            // Try again on a later call.
-            CALIBRATING.store(false, Ordering::Relaxed);
-        }
     }
     None
 }
