@@ -383,10 +383,26 @@ where
     // The expiry sweep, hourly: auto-renewal (keys created with the
     // `apikey.auto_renew` metadata entry, or `apikey keys create
     // --auto-renew`) and one `expiring` audit event per key 30 days before
-    // it expires. Safe with several instances on one database.
+    // it expires. Safe with several instances on one database. A key is
+    // noticed once (its record keeps that it was), so the notifier must
+    // tell someone: printed here, e-mailed to the owner in a real service.
     let sweeper = Arc::clone(&manager);
     tokio::spawn(async move {
-        let options = apikey::SweepOptions::default();
+        let options = apikey::SweepOptions::default().notifier(|n: &apikey::ExpiryNotice| {
+            println!(
+                "expiry notice: key {} {} ({:?}) of {}: {} {}",
+                n.id,
+                n.display,
+                n.name,
+                n.owner.as_deref().unwrap_or("-"),
+                if n.renewed {
+                    "renewed until"
+                } else {
+                    "expires"
+                },
+                n.expires_at
+            );
+        });
         sweeper
             .run_sweeper(&options, |result| async move {
                 match result {
