@@ -64,10 +64,19 @@
 
   // `mayApprove`: the caller is an account admin, whose Enable approves a
   // key pending approval; nobody else is offered Enable for such a key.
+  // An admin lists every user's keys: each row names its owner.
   function row(key, mayApprove) {
     const tr = document.createElement("tr");
     tr.dataset.id = key.id;
-    tr.appendChild(cell(key.name, "name"));
+    const name = cell(key.name, "name");
+    if (mayApprove && key.owner) {
+      const owner = document.createElement("small");
+      owner.className = "owner";
+      owner.textContent = key.owner;
+      name.appendChild(document.createElement("br"));
+      name.appendChild(owner);
+    }
+    tr.appendChild(name);
     const prefix = document.createElement("td");
     const code = document.createElement("code");
     code.textContent = key.prefix;
