@@ -66,8 +66,8 @@ const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::{
-    Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement,
-    ServerSecret, SystemClock, UsageStore, VerifiedKey, Verifier,
+    Actor, KeyDigest, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement, ServerSecret,
+    SystemClock, UsageStore, VerifiedKey, Verifier,
 };
 use apikey::{AuditEvent, AuditSink};
 use apikey::{CachedStore, ChangeFeed};
@@ -542,7 +542,9 @@ where
             {
                 Ok(Caller::user("org_demo"))
             }
-            _ => Err(ApiError::code_only(ErrorCode::MissingApiKey)),
+            // No key and no session: the gate's `MISSING_API_KEY`, which
+            // says where the key goes.
+            _ => self.keys.resolve(parts).await,
         }
     }
 }

@@ -186,6 +186,30 @@ fn one_request_fills_in_last_used_in_the_listing() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// The management API without a key or a session answers as the web edge
+/// does (docs/errors.md): `MISSING_API_KEY` naming where to send the key.
+#[test]
+fn the_management_api_without_credentials_says_where_the_key_goes() {
+    let data = data_dir("missing");
+    let mut server = start_with(&data, &[]);
+    let answers: Vec<String> = ["", "Cookie: demo_session=nope\r\n"]
+        .iter()
+        .map(|headers| get(server.port, "/v1/api-keys", headers))
+        .collect();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    for answer in answers {
+        assert!(answer.contains(" 401 "), "{answer}");
+        assert!(answer.contains("\"code\":\"MISSING_API_KEY\""), "{answer}");
+        assert!(
+            answer.contains(r#""accepted":["X-API-Key","Authorization: Bearer"]"#)
+                && answer.contains(r#""header":"X-API-Key""#),
+            "{answer}"
+        );
+    }
+}
+
 /// Issue 22: `GET /metrics` renders the process's metrics as Prometheus
 /// text, after one request through the gate.
 #[test]
