@@ -335,7 +335,22 @@ where
     // same 202 whatever the tokens are, throttled per client address.
     // GitHub's secret-scanning endpoint is `apikey_leak::axum::github_router`
     // (docs/leak-response.md).
-    let responder = Arc::new(apikey_leak::LeakResponder::new(Arc::clone(&manager)));
+    // The owner is told (printed here, e-mailed in a real service): the
+    // key stops working at once, and its owner must know why.
+    let responder = Arc::new(
+        apikey_leak::LeakResponder::new(Arc::clone(&manager)).with_notifier(
+            |n: &apikey_leak::LeakNotice| {
+                println!(
+                    "leak notice: key {} of {}: {:?} (reported via {}{})",
+                    n.key_id,
+                    n.owner.as_deref().unwrap_or("-"),
+                    n.outcome,
+                    n.source,
+                    n.reporter.map_or(String::new(), |ip| format!(" from {ip}"))
+                );
+            },
+        ),
+    );
     let public = Arc::new(apikey_leak::PublicRevoke::new(
         responder,
         MemoryLimits::new(),

@@ -316,11 +316,27 @@ fn a_key_posted_to_the_leak_endpoint_is_revoked() {
         "the same answer whatever the tokens"
     );
     assert!(!real.contains(&server.keys[0]));
-    assert!(status(server.port, &server.keys[0]).contains(" 401 "));
-    assert!(status(server.port, &server.keys[1]).contains(" 200 "));
+    let revoked = status(server.port, &server.keys[0]);
+    let other = status(server.port, &server.keys[1]);
+    // The owner is told (here: a line on the server's output), once.
+    let id = server.keys[0]["sk_live_".len().."sk_live_".len() + 11].to_owned();
+    let mut notices = Vec::new();
+    while let Ok(line) = server.output.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("leak notice") {
+            notices.push(line);
+        }
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
+    assert!(revoked.contains(" 401 "), "{revoked}");
+    assert!(other.contains(" 200 "), "{other}");
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains(&id) && notices[0].contains("org_demo"),
+        "{notices:?}"
+    );
+    assert!(!notices[0].contains(&server.keys[0]), "the key itself");
 }
 
 /// A `redis-server` on a free loopback port, stopped on drop.
