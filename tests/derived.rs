@@ -792,3 +792,35 @@ async fn a_budget_is_carved_from_the_parents_account_and_successors_stay_within_
         .await
         .unwrap();
 }
+
+/// Deleting a parent revokes its derived keys, as revoking it does: they
+/// never verify again, and a listing (the keys page) must not show them
+/// active nor count them toward the owner's limit.
+#[tokio::test]
+async fn deleting_a_parent_revokes_its_derived_keys() {
+    let (m, _) = manager();
+    let m = m.with_max_keys_per_owner(3);
+    let (_, p) = parent(&m).await;
+    let (child, c) = m
+        .derive(p.id, Derivation::new("c"), &admin())
+        .await
+        .unwrap();
+    let (_, g) = m
+        .derive(c.id, Derivation::new("g"), &admin())
+        .await
+        .unwrap();
+    m.delete(p.id, &admin()).await.unwrap();
+    assert_eq!(check(&m, &child).await.as_deref(), Some("REVOKED_API_KEY"));
+    for id in [c.id, g.id] {
+        let s = m.get(id).await.unwrap();
+        assert_eq!(s.status, KeyStatus::Revoked, "{s:?}");
+        assert_eq!(
+            s.revocation.map(|r| r.reason).as_deref(),
+            Some("parent key deleted")
+        );
+    }
+    // The owner has room for three keys again.
+    for _ in 0..3 {
+        parent(&m).await;
+    }
+}

@@ -30,6 +30,9 @@ pub struct ApiError {
     /// Headers of the refusal beyond the body's (`Retry-After`,
     /// `X-RateLimit-*`), from the gate that refused the caller's key.
     headers: Vec<(&'static str, String)>,
+    /// The `details` of a gate refusal's body (`expired_at`, `reason`,
+    /// `retry_after`, ...), answered as they are.
+    details: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -41,11 +44,14 @@ impl ApiError {
             field: None,
             required: None,
             headers: Vec::new(),
+            details: None,
         }
     }
 
     /// Adds the `Retry-After` and `X-RateLimit-*` headers of `response` (a
-    /// [`Gate`](apikey::web::Gate) refusal) to this error's answer.
+    /// [`Gate`](apikey::web::Gate) refusal) to this error's answer, and the
+    /// `details` of its body (`expired_at`, `reason`, `retry_after`, ...:
+    /// docs/errors.md), so a refusal reads the same here as at the web edge.
     pub fn with_headers_of(mut self, response: &apikey::web::ErrorResponse) -> Self {
         self.headers = response
             .headers
@@ -53,6 +59,12 @@ impl ApiError {
             .filter(|(n, _)| *n == "retry-after" || n.starts_with("x-ratelimit-"))
             .cloned()
             .collect();
+        self.details = serde_json::from_str::<serde_json::Value>(&response.body)
+            .ok()
+            .and_then(|mut body| match body["error"]["details"].take() {
+                serde_json::Value::Object(details) => Some(Box::new(details)),
+                _ => None,
+            });
         self
     }
 
@@ -65,6 +77,7 @@ impl ApiError {
             field: Some(field.into()),
             required: None,
             headers: Vec::new(),
+            details: None,
         }
     }
 
@@ -76,6 +89,7 @@ impl ApiError {
             field: Some("permissions".into()),
             required: None,
             headers: Vec::new(),
+            details: None,
         }
     }
 
@@ -90,6 +104,7 @@ impl ApiError {
             field: Some(field.to_owned()),
             required: None,
             headers: Vec::new(),
+            details: None,
         }
     }
 
@@ -152,6 +167,7 @@ impl From<Error> for ApiError {
             field,
             required,
             headers: Vec::new(),
+            details: None,
         }
     }
 }
@@ -175,6 +191,9 @@ struct Details<'a> {
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     required: Option<&'a str>,
+    /// A gate refusal's own details (they name `required` themselves).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    gate: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl IntoResponse for ApiError {
@@ -184,9 +203,17 @@ impl IntoResponse for ApiError {
             error: Obj {
                 code: self.code,
                 message: &self.message,
-                details: Details {
-                    field: self.field.as_deref(),
-                    required: self.required.as_deref(),
+                details: match &self.details {
+                    Some(gate) => Details {
+                        field: self.field.as_deref(),
+                        required: None,
+                        gate: Some(gate),
+                    },
+                    None => Details {
+                        field: self.field.as_deref(),
+                        required: self.required.as_deref(),
+                        gate: None,
+                    },
                 },
             },
         };

@@ -336,6 +336,59 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
     let r = guarded(key.clone()).await;
     assert_eq!((r.status, r.code()), (401, "INVALID_API_KEY".into()));
 
+    // An account admin (seed 002) sees every user's keys: each row says
+    // whose it is.
+    s.manager
+        .create(
+            NewKey::new("sk_live_").owner("bob").name("CI"),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+    c.execute(
+        "document.cookie = 'session=admin:carol; path=/; SameSite=Strict'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    c.goto(&page).await.unwrap();
+    wait_for(&c, "#key-rows tr td.name small.owner").await;
+    let mut owners = Vec::new();
+    for cell in c
+        .find_all(Locator::Css("#key-rows tr td.name small.owner"))
+        .await
+        .unwrap()
+    {
+        owners.push(cell.text().await.unwrap());
+    }
+    owners.sort();
+    assert_eq!(owners, ["alice", "alice", "bob"], "one owner per row");
+
+    // A whole account's keys outgrow one page of the listing (100): the
+    // table shows every page.
+    for i in 0..100 {
+        let (_, old) = s
+            .manager
+            .create(
+                NewKey::new("sk_live_")
+                    .owner("bob")
+                    .name(format!("old {i}")),
+                &Actor::system(),
+            )
+            .await
+            .unwrap();
+        s.manager
+            .revoke(old.id, "retired", &Actor::system())
+            .await
+            .unwrap();
+    }
+    c.refresh().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("#key-rows tr:nth-child(103):last-child"))
+        .await
+        .unwrap_or_else(|e| panic!("103 rows did not appear: {e}"));
+
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&profile);
 }

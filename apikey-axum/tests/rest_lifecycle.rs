@@ -1710,3 +1710,90 @@ async fn a_budgeted_key_cannot_derive_from_or_rotate_an_unbudgeted_sibling() {
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+/// A management key the gate refuses gets the gate's whole answer, as on
+/// every other route (docs/errors.md, seed 003's error bodies): an expired
+/// key names `expired_at`, a malformed one its `reason`, an exhausted
+/// balance with a refill its `retry_after` (it had the header but `details`
+/// were empty).
+#[tokio::test]
+async fn a_refused_management_key_keeps_the_details_of_its_refusal() {
+    use apikey::limits::{CreditAccount, CreditBalances, Refill};
+    let s = start().await;
+    let expires = apikey::Clock::now(&s.clock) + std::time::Duration::from_secs(60);
+    let key = management_key(
+        &s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage"])
+            .expires_at(expires),
+    )
+    .await;
+
+    let r = call(s.addr, As::Key("sk_live_nope"), "GET", "/v1/api-keys", None).await;
+    assert_eq!(r.code(), "MALFORMED_API_KEY", "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["details"]["reason"],
+        "length",
+        "{}",
+        r.body
+    );
+
+    // Creating is metered (cost 0): an exhausted balance that refills says when.
+    s.manager
+        .authenticator()
+        .limits()
+        .set_credits(
+            CreditAccount::Owner {
+                owner: "alice",
+                api: "rest",
+            },
+            0,
+            Refill::every(10, std::time::Duration::from_secs(3_600)),
+        )
+        .await
+        .unwrap();
+    let r = call(
+        s.addr,
+        As::Key(key.expose_secret()),
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"name":"ci"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (429, "USAGE_EXCEEDED".into()),
+        "{}",
+        r.body
+    );
+    let retry = r.header("retry-after").expect("Retry-After").to_owned();
+    assert_eq!(
+        r.json()["error"]["details"]["retry_after"].to_string(),
+        retry,
+        "{}",
+        r.body
+    );
+
+    s.clock.advance(std::time::Duration::from_secs(61));
+    let r = call(
+        s.addr,
+        As::Key(key.expose_secret()),
+        "GET",
+        "/v1/api-keys",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (401, "EXPIRED_API_KEY".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.json()["error"]["details"]["expired_at"],
+        expires.to_string(),
+        "{}",
+        r.body
+    );
+}

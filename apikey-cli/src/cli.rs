@@ -239,8 +239,10 @@ pub enum KeysCommand {
     /// Runs one expiry sweep: renews auto-renewing keys that expire soon (--auto-renew on
     /// create) and records one `expiring` audit event per other key before it expires.
     ///
-    /// Run it from cron or a timer, more often than --renew-before (e.g. daily). Safe on
-    /// several machines at once: every notice and renewal happens once.
+    /// Prints each notice and renewal (also to --audit-log when given): a key is noticed
+    /// once, so keep the output. Run it from cron or a timer, more often than
+    /// --renew-before (e.g. daily). Safe on several machines at once: every notice and
+    /// renewal happens once.
     Sweep {
         /// Notice keys expiring within this.
         #[arg(long, value_name = "DURATION", default_value = "30d")]

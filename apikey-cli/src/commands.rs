@@ -360,14 +360,31 @@ where
             renew_before,
             renew_for,
         } => {
+            // Every notice is printed: a notice is sent once (the record
+            // keeps that it was), so without `--audit-log` it would
+            // otherwise reach nobody.
+            let sent = Arc::new(std::sync::Mutex::new(Vec::<apikey::ExpiryNotice>::new()));
+            let collect = Arc::clone(&sent);
             let options = apikey::SweepOptions::default()
                 .notice_before(config::duration(&notice_before, "--notice-before")?)
                 .renew_before(config::duration(&renew_before, "--renew-before")?)
-                .renew_for(config::duration(&renew_for, "--renew-for")?);
+                .renew_for(config::duration(&renew_for, "--renew-for")?)
+                .notifier(move |n: &apikey::ExpiryNotice| {
+                    collect
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(n.clone());
+                });
             let report = manager
                 .sweep_once(&options)
                 .await
                 .map_err(fail("the sweep failed"))?;
+            let mut notices = std::mem::take(
+                &mut *sent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            notices.sort_by_key(|n| (n.expires_at, n.id.as_u64()));
             if ctx.json {
                 let failed: Vec<_> = report
                     .failed
@@ -379,6 +396,7 @@ where
                     "renewed": report.renewed,
                     "notified": report.notified,
                     "failed": failed,
+                    "notices": notices,
                 }));
             } else {
                 crate::outln!(
@@ -388,6 +406,21 @@ where
                     report.notified,
                     report.failed.len()
                 );
+                for n in &notices {
+                    crate::outln!(
+                        "  {} {} owner {} name {}: {} {}",
+                        n.id,
+                        n.display,
+                        n.owner.as_deref().unwrap_or("-").escape_debug(),
+                        n.name.escape_debug(),
+                        if n.renewed {
+                            "renewed until"
+                        } else {
+                            "expires"
+                        },
+                        n.expires_at
+                    );
+                }
                 for (id, code) in &report.failed {
                     crate::outln!("  {id}: {code}");
                 }

@@ -615,3 +615,99 @@ fn every_command_against_postgres() {
         every_command(&env);
     }
 }
+
+/// `keys sweep` from cron without `--audit-log`: each notice it sends (and
+/// so never sends again) is printed, so it reaches whoever reads the run's
+/// output instead of nobody.
+#[test]
+fn a_sweep_prints_each_notice_it_sends() {
+    let env = Env::sqlite("sweep_notices");
+    env.run(&["migrate"]).ok();
+    let soon = env
+        .run(&[
+            "--json",
+            "keys",
+            "create",
+            "--owner",
+            "user_9",
+            "--name",
+            "nightly",
+            "--expires-in",
+            "10d",
+        ])
+        .ok()
+        .json();
+    let id = s(&soon["summary"]["id"]).to_owned();
+    let renewing = env
+        .run(&[
+            "--json",
+            "keys",
+            "create",
+            "--owner",
+            "user_9",
+            "--expires-in",
+            "3d",
+            "--auto-renew",
+        ])
+        .ok()
+        .json();
+    let renewing_id = s(&renewing["summary"]["id"]).to_owned();
+
+    let report = env.run(&["--json", "keys", "sweep"]).ok().json();
+    assert_eq!(
+        (report["notified"].clone(), report["renewed"].clone()),
+        (1.into(), 1.into()),
+        "{report}"
+    );
+    let notices = report["notices"].as_array().expect("notices").clone();
+    let notice = notices
+        .iter()
+        .find(|n| n["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no notice for {id}: {report}"));
+    assert_eq!(notice["owner"], "user_9", "{report}");
+    assert_eq!(notice["name"], "nightly", "{report}");
+    assert_eq!(notice["renewed"], false, "{report}");
+    assert_eq!(
+        notice["expires_at"], soon["summary"]["expires_at"],
+        "{report}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n["id"] == renewing_id.as_str() && n["renewed"] == true),
+        "{report}"
+    );
+
+    // The table form names the key and its expiry too.
+    let soon2 = env
+        .run(&[
+            "--json",
+            "keys",
+            "create",
+            "--owner",
+            "user_9",
+            "--name",
+            "weekly",
+            "--expires-in",
+            "20d",
+        ])
+        .ok()
+        .json();
+    let table = env.run(&["keys", "sweep"]).ok();
+    let id2 = s(&soon2["summary"]["id"]);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.contains(id2))
+        .unwrap_or_else(|| panic!("no line for {id2}:\n{}", table.stdout));
+    assert!(line.contains("user_9") && line.contains("weekly"), "{line}");
+    assert!(
+        line.contains(&s(&soon2["summary"]["expires_at"])[..10]),
+        "{line}"
+    );
+    assert!(
+        !table.stdout.contains(&id),
+        "notified once:\n{}",
+        table.stdout
+    );
+}

@@ -66,8 +66,8 @@ const FREE: Quota = Quota::unlimited().per_minute(100).per_hour(1_000);
 const PROFESSIONAL: Quota = Quota::unlimited().per_minute(500).per_hour(10_000);
 use apikey::pipeline::{Monitor, MonitorConfig};
 use apikey::{
-    Actor, ErrorCode, KeyDigest, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement,
-    ServerSecret, SystemClock, UsageStore, VerifiedKey, Verifier,
+    Actor, KeyDigest, KeyManager, KeyStoreWrite, Keyring, NewKey, Requirement, ServerSecret,
+    SystemClock, UsageStore, VerifiedKey, Verifier,
 };
 use apikey::{AuditEvent, AuditSink};
 use apikey::{CachedStore, ChangeFeed};
@@ -335,7 +335,22 @@ where
     // same 202 whatever the tokens are, throttled per client address.
     // GitHub's secret-scanning endpoint is `apikey_leak::axum::github_router`
     // (docs/leak-response.md).
-    let responder = Arc::new(apikey_leak::LeakResponder::new(Arc::clone(&manager)));
+    // The owner is told (printed here, e-mailed in a real service): the
+    // key stops working at once, and its owner must know why.
+    let responder = Arc::new(
+        apikey_leak::LeakResponder::new(Arc::clone(&manager)).with_notifier(
+            |n: &apikey_leak::LeakNotice| {
+                println!(
+                    "leak notice: key {} of {}: {:?} (reported via {}{})",
+                    n.key_id,
+                    n.owner.as_deref().unwrap_or("-"),
+                    n.outcome,
+                    n.source,
+                    n.reporter.map_or(String::new(), |ip| format!(" from {ip}"))
+                );
+            },
+        ),
+    );
     let public = Arc::new(apikey_leak::PublicRevoke::new(
         responder,
         MemoryLimits::new(),
@@ -383,10 +398,26 @@ where
     // The expiry sweep, hourly: auto-renewal (keys created with the
     // `apikey.auto_renew` metadata entry, or `apikey keys create
     // --auto-renew`) and one `expiring` audit event per key 30 days before
-    // it expires. Safe with several instances on one database.
+    // it expires. Safe with several instances on one database. A key is
+    // noticed once (its record keeps that it was), so the notifier must
+    // tell someone: printed here, e-mailed to the owner in a real service.
     let sweeper = Arc::clone(&manager);
     tokio::spawn(async move {
-        let options = apikey::SweepOptions::default();
+        let options = apikey::SweepOptions::default().notifier(|n: &apikey::ExpiryNotice| {
+            println!(
+                "expiry notice: key {} {} ({:?}) of {}: {} {}",
+                n.id,
+                n.display,
+                n.name,
+                n.owner.as_deref().unwrap_or("-"),
+                if n.renewed {
+                    "renewed until"
+                } else {
+                    "expires"
+                },
+                n.expires_at
+            );
+        });
         sweeper
             .run_sweeper(&options, |result| async move {
                 match result {
@@ -526,7 +557,9 @@ where
             {
                 Ok(Caller::user("org_demo"))
             }
-            _ => Err(ApiError::code_only(ErrorCode::MissingApiKey)),
+            // No key and no session: the gate's `MISSING_API_KEY`, which
+            // says where the key goes.
+            _ => self.keys.resolve(parts).await,
         }
     }
 }

@@ -32,6 +32,10 @@ struct Server {
     keys: Vec<String>,
     /// The demo sign-in token it printed.
     token: Option<String>,
+    /// What it printed up to "listening on".
+    printed: Vec<String>,
+    /// What it prints after that, line by line.
+    output: std::sync::mpsc::Receiver<String>,
 }
 
 /// Starts the server; returns it, its port and the keys it printed.
@@ -55,8 +59,10 @@ fn start_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut port, mut keys, mut token) = (None, Vec::new(), None);
+    let mut printed = Vec::new();
     for line in lines.by_ref().take(20) {
         let line = line.unwrap();
+        printed.push(line.clone());
         if let Some(key) = line.split("shown once: ").nth(1) {
             keys.push(key.trim().to_owned());
         }
@@ -68,12 +74,21 @@ fn start_with(data: &std::path::Path, env: &[(&str, &str)]) -> Server {
             break;
         }
     }
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep reading (the server never blocks on a full pipe), and pass the
+    // lines on to whoever still listens.
+    let (tx, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     Server {
         child,
         port: port.expect("the server did not start"),
         keys,
         token,
+        printed,
+        output,
     }
 }
 
@@ -171,6 +186,30 @@ fn one_request_fills_in_last_used_in_the_listing() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// The management API without a key or a session answers as the web edge
+/// does (docs/errors.md): `MISSING_API_KEY` naming where to send the key.
+#[test]
+fn the_management_api_without_credentials_says_where_the_key_goes() {
+    let data = data_dir("missing");
+    let mut server = start_with(&data, &[]);
+    let answers: Vec<String> = ["", "Cookie: demo_session=nope\r\n"]
+        .iter()
+        .map(|headers| get(server.port, "/v1/api-keys", headers))
+        .collect();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    for answer in answers {
+        assert!(answer.contains(" 401 "), "{answer}");
+        assert!(answer.contains("\"code\":\"MISSING_API_KEY\""), "{answer}");
+        assert!(
+            answer.contains(r#""accepted":["X-API-Key","Authorization: Bearer"]"#)
+                && answer.contains(r#""header":"X-API-Key""#),
+            "{answer}"
+        );
+    }
+}
+
 /// Issue 22: `GET /metrics` renders the process's metrics as Prometheus
 /// text, after one request through the gate.
 #[test]
@@ -194,6 +233,57 @@ fn the_metrics_route_renders_prometheus_text() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Seed 001's "notification sent 30 days before" on the example server: a
+/// notice is sent once (the record keeps that it was), so the hourly sweep
+/// must tell someone; the example prints each notice.
+#[test]
+fn the_expiry_sweep_prints_each_notice() {
+    let data = data_dir("expiry-notice");
+    let mut first = start_with(&data, &[]);
+    let token = first.token.clone().expect("the sign-in link");
+    let expires = apikey::Clock::now(&apikey::SystemClock) + Duration::from_secs(10 * 86_400);
+    let body =
+        format!(r#"{{"name":"nightly","permissions":["tasks:read"],"expires_at":"{expires}"}}"#);
+    let mut s = TcpStream::connect(("127.0.0.1", first.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/api-keys HTTP/1.1\r\nHost: localhost\r\nCookie: demo_session={token}\r\n\
+         X-Apikey-Csrf: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut created = String::new();
+    let _ = s.read_to_string(&mut created);
+    assert!(created.contains(" 201 "), "{created}");
+    let id = created
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // The sweep runs at start-up, then hourly.
+    let mut second = start_with(&data, &[]);
+    let is_notice = |l: &str| l.contains("expiry notice") && l.contains(&id);
+    let mut found = second.printed.iter().any(|l| is_notice(l));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !found && std::time::Instant::now() < deadline {
+        match second.output.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => found = is_notice(&line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    assert!(found, "no expiry notice printed for {id}");
 }
 
 /// The leaked-key response a new user can try: a key posted to the public
@@ -226,11 +316,27 @@ fn a_key_posted_to_the_leak_endpoint_is_revoked() {
         "the same answer whatever the tokens"
     );
     assert!(!real.contains(&server.keys[0]));
-    assert!(status(server.port, &server.keys[0]).contains(" 401 "));
-    assert!(status(server.port, &server.keys[1]).contains(" 200 "));
+    let revoked = status(server.port, &server.keys[0]);
+    let other = status(server.port, &server.keys[1]);
+    // The owner is told (here: a line on the server's output), once.
+    let id = server.keys[0]["sk_live_".len().."sk_live_".len() + 11].to_owned();
+    let mut notices = Vec::new();
+    while let Ok(line) = server.output.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("leak notice") {
+            notices.push(line);
+        }
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
+    assert!(revoked.contains(" 401 "), "{revoked}");
+    assert!(other.contains(" 200 "), "{other}");
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains(&id) && notices[0].contains("org_demo"),
+        "{notices:?}"
+    );
+    assert!(!notices[0].contains(&server.keys[0]), "the key itself");
 }
 
 /// A `redis-server` on a free loopback port, stopped on drop.

@@ -271,19 +271,21 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             .collect())
     }
 
-    /// Revokes the descendants of a revoked `parent` (children, theirs,
-    /// ...), planned on the owner's listing and committed in commits of at
-    /// most [`Changes::MAX_ITEMS`] records, each at the revision read (a
-    /// conflicting commit plans again). One `revoked` event per key.
-    pub(super) async fn revoke_children(&self, parent: &KeyRecord, actor: &Actor) -> Result<()> {
-        if parent.status != KeyStatus::Revoked {
-            return Ok(());
-        }
+    /// Revokes the descendants of `parent` (children, theirs, ...), revoked
+    /// or being deleted, with `reason`: planned on the owner's listing and
+    /// committed in commits of at most [`Changes::MAX_ITEMS`] records, each
+    /// at the revision read (a conflicting commit plans again). One
+    /// `revoked` event per key.
+    pub(super) async fn revoke_children(
+        &self,
+        parent: &KeyRecord,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<()> {
         let Some(owner) = &parent.owner else {
             return Ok(());
         };
         let now = self.now();
-        let reason = "parent key revoked";
         for attempt in 0..super::manager::MAX_RETRIES {
             let records = self.records_of(owner).await?;
             let mut pending = vec![parent.id];

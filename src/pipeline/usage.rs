@@ -37,9 +37,10 @@ const MAX_SEGMENT_LEN: usize = 24;
 /// * a method other than 1 to 16 ASCII capital letters is `OTHER`;
 /// * a path segment is kept only when it is 1 to 24 characters of
 ///   `A-Z a-z 0-9 . _ ~ -` with at least one letter (`v1`, `items`,
-///   `search`); any other segment (a number, an id, a token, a key or its
-///   body, anything percent-encoded, an e-mail address) becomes `*`, so
-///   `GET /v1/items/42` is kept as `GET /v1/items/*`;
+///   `search`, and so a short id with a letter, such as an 11-character
+///   key id); any other segment (a number, a longer id or token, a key or
+///   its body, anything percent-encoded, an e-mail address) becomes `*`,
+///   so `GET /v1/items/42` is kept as `GET /v1/items/*`;
 /// * the whole is cut to 200 bytes (always ASCII).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RouteOf<'a> {
@@ -283,7 +284,8 @@ impl UsageRecorder {
     /// Counts one successful verification of `id` at `now` (its UTC day)
     /// from `ip` on `route` (`"GET /v1/search"`, or a path alone; kept in a
     /// normal form without the query, with every segment that is not a
-    /// short word, such as an id, a token or a key, as `*`, ASCII only,
+    /// short word (a number, a key, anything over 24 characters) as `*`
+    /// (a short id with a letter is kept), ASCII only,
     /// at most 200 bytes), which become the record's
     /// `last_used_ip` and `last_used_route` at the next flush when this is
     /// the key's latest use.

@@ -107,9 +107,10 @@ pub struct KeyRecord {
     pub last_used_ip: Option<IpAddr>,
     /// The route of the last successful verification, when it came through
     /// the web edge (flushed with usage, like `last_used_at`): method and
-    /// path in a normal form that holds no secret: no query, and every path
-    /// segment that is not a short word (an id, a token, a key) as `*`
-    /// (`"GET /v1/items/*"`); ASCII, at most 200 bytes.
+    /// path in a normal form that holds no key: no query, and every path
+    /// segment that is not a short word (a number, a key, anything over 24
+    /// characters) as `*` (`"GET /v1/items/*"`; a short id with a letter,
+    /// such as a key id, is kept); ASCII, at most 200 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_route: Option<String>,
     /// Free-form string metadata.

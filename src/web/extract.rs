@@ -85,7 +85,8 @@ impl<'a> PresentedKey<'a> {
     /// The key as presented on `method` `path`: once admitted, the key's
     /// usage keeps them as its last-used route, in the normal form of
     /// [`KeyRecord::last_used_route`](crate::KeyRecord::last_used_route)
-    /// (`"GET /v1/items/*"`: no query, ids, tokens and keys as `*`).
+    /// (`"GET /v1/items/*"`: no query; numbers, keys and segments over 24
+    /// characters as `*`).
     /// [`Gate::check_request`](crate::web::Gate::check_request) and the
     /// axum layer set it; call it between [`Gate::extract`](crate::web::Gate::extract)
     /// and [`Gate::admit`](crate::web::Gate::admit) in other frameworks.

@@ -64,10 +64,19 @@
 
   // `mayApprove`: the caller is an account admin, whose Enable approves a
   // key pending approval; nobody else is offered Enable for such a key.
+  // An admin lists every user's keys: each row names its owner.
   function row(key, mayApprove) {
     const tr = document.createElement("tr");
     tr.dataset.id = key.id;
-    tr.appendChild(cell(key.name, "name"));
+    const name = cell(key.name, "name");
+    if (mayApprove && key.owner) {
+      const owner = document.createElement("small");
+      owner.className = "owner";
+      owner.textContent = key.owner;
+      name.appendChild(document.createElement("br"));
+      name.appendChild(owner);
+    }
+    tr.appendChild(name);
     const prefix = document.createElement("td");
     const code = document.createElement("code");
     code.textContent = key.prefix;
@@ -124,10 +133,17 @@
 
   async function load() {
     try {
-      const list = await call("GET", api + "?limit=100");
+      // Every page of the listing (an admin's holds the whole account's
+      // keys), at most 100 pages.
+      let list = await call("GET", api + "?limit=100");
+      const keys = list.data.slice();
+      for (let n = 1; list.has_more && list.next_cursor && n < 100; n++) {
+        list = await call("GET", api + "?limit=100&cursor=" + encodeURIComponent(list.next_cursor));
+        keys.push(...list.data);
+      }
       const rows = $("key-rows");
-      rows.replaceChildren(...list.data.map((key) => row(key, list.may_approve === true)));
-      $("empty").hidden = list.data.length > 0;
+      rows.replaceChildren(...keys.map((key) => row(key, list.may_approve === true)));
+      $("empty").hidden = keys.length > 0;
     } catch (e) {
       say("Could not load your keys: " + e.message, true);
     }

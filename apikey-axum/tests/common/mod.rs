@@ -47,10 +47,14 @@ impl ResolveCaller for TestCallers {
             }
             return Ok(Caller::user(user));
         }
-        // The browser's session: `Cookie: session=<user>`.
+        // The browser's session: `Cookie: session=<user>`, or
+        // `session=admin:<user>` for an admin of alice's and bob's account.
         if let Some(user) =
             header("cookie").and_then(|c| c.split("; ").find_map(|kv| kv.strip_prefix("session=")))
         {
+            if let Some(admin) = user.strip_prefix("admin:") {
+                return Ok(Caller::user(admin).admin_of(["alice", "bob"]));
+            }
             return Ok(Caller::user(user));
         }
         if let Some(admin) = header("x-test-admin") {

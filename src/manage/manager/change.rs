@@ -234,7 +234,10 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         let record = self.revoke_one(id, reason, actor).await?;
         // Verification refuses derived keys from their parent's revocation
         // on; revoking them too makes it permanent.
-        self.revoke_children(&record, actor).await?;
+        if record.status == KeyStatus::Revoked {
+            self.revoke_children(&record, "parent key revoked", actor)
+                .await?;
+        }
         Ok(KeySummary::from_record(&record, now))
     }
 
@@ -270,7 +273,11 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     }
 
     /// Deletes a key's record. In the same commit, the rotation links of
-    /// its predecessor and successor that point at it are cleared.
+    /// its predecessor and successor that point at it are cleared. Its
+    /// derived keys, which never verify without it, are revoked first
+    /// (reason `parent key deleted`), so no listing shows them active and
+    /// they stop counting toward the owner's limit; a delete that fails
+    /// after that leaves them revoked, and running it again finishes it.
     ///
     /// # Errors
     /// [`Error::KeyNotFound`], [`Error::StoreUnavailable`].
@@ -286,6 +293,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             Some(o) => Some(self.gates.enter(o).await),
             None => None,
         };
+        let doomed = self.record(id).await?;
+        self.revoke_children(&doomed, "parent key deleted", actor)
+            .await?;
         for attempt in 0..MAX_RETRIES {
             let record = self.record(id).await?;
             let mut changes = Changes::new();
