@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use apikey::{Actor, NewKey};
+use apikey::{Actor, Environment, NewKey};
 use common::*;
 use fantoccini::{ClientBuilder, Locator};
 
@@ -40,6 +40,25 @@ async fn wait_for(c: &fantoccini::Client, css: &str) -> fantoccini::elements::El
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+}
+
+/// Clicks the element `at` finds.
+async fn click(c: &fantoccini::Client, at: Locator<'_>) {
+    c.find(at).await.unwrap().click().await.unwrap();
+}
+
+/// The key the open shown-once dialog holds; the dialog is closed after.
+async fn shown_key_closed(c: &fantoccini::Client) -> String {
+    let key = c
+        .find(Locator::Id("new-key"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .expect("the dialog shows the key");
+    click(c, Locator::Id("close-dialog")).await;
+    key
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,12 +170,7 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
     // Create with the keyboard: type the name, tick a scope, press Enter.
     let name = c.find(Locator::Id("key-name")).await.unwrap();
     name.send_keys("Browser test").await.unwrap();
-    c.find(Locator::Css("#scope-list input[value='tasks:read']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Css("#scope-list input[value='tasks:read']")).await;
     name.send_keys("\u{E007}").await.unwrap(); // Enter
     wait_for(&c, "#key-dialog[open]").await;
     let warning = c
@@ -168,21 +182,8 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
         .unwrap();
     assert!(warning.contains("You will not see it again"), "{warning}");
     assert!(c.find(Locator::Id("copy-btn")).await.is_ok());
-    let key = c
-        .find(Locator::Id("new-key"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .expect("the dialog shows the key");
+    let key = shown_key_closed(&c).await;
     assert!(key.starts_with("sk_live_"), "{key}");
-    c.find(Locator::Id("close-dialog"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
 
     // After a reload the full key is nowhere in the page.
     c.refresh().await.unwrap();
@@ -228,18 +229,12 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
     let edit_name = c.find(Locator::Id("edit-name")).await.unwrap();
     edit_name.clear().await.unwrap();
     edit_name.send_keys("Browser test (renamed)").await.unwrap();
-    c.find(Locator::Css("#edit-scope-list input[value='tasks:write']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Id("edit-save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &c,
+        Locator::Css("#edit-scope-list input[value='tasks:write']"),
+    )
+    .await;
+    click(&c, Locator::Id("edit-save")).await;
     c.wait()
         .at_most(Duration::from_secs(15))
         .for_element(Locator::XPath(&format!(
@@ -275,12 +270,7 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
         .await
         .unwrap();
     wait_for(&c, "#confirm-dialog[open]").await;
-    c.find(Locator::Id("confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("confirm-yes")).await;
     wait_for(&c, &format!("{row} td.status-revoked")).await;
     let r = guarded(key.clone()).await;
     assert_eq!((r.status, r.code()), (401, "REVOKED_API_KEY".into()));
@@ -320,12 +310,7 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
         .await
         .unwrap();
     wait_for(&c, "#confirm-dialog[open]").await;
-    c.find(Locator::Id("confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, Locator::Id("confirm-yes")).await;
     c.wait()
         .at_most(Duration::from_secs(15))
         // The two keys made before the page opened are left.
@@ -335,6 +320,35 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
     assert!(c.find_all(Locator::Css(&row)).await.unwrap().is_empty());
     let r = guarded(key.clone()).await;
     assert_eq!((r.status, r.code()), (401, "INVALID_API_KEY".into()));
+
+    // A service with test keys (seed 001's sk_test_) offers the choice in
+    // the form; live stays the default.
+    let env = c.find(Locator::Id("key-env")).await.unwrap();
+    assert_eq!(env.prop("value").await.unwrap().as_deref(), Some("live"));
+    env.select_by_value("test").await.unwrap();
+    let name = c.find(Locator::Id("key-name")).await.unwrap();
+    name.send_keys("Sandbox").await.unwrap();
+    click(&c, Locator::Css("#scope-list input[value='tasks:read']")).await;
+    click(&c, Locator::Id("create-btn")).await;
+    wait_for(&c, "#key-dialog[open]").await;
+    let test_key = shown_key_closed(&c).await;
+    assert!(test_key.starts_with("sk_test_"), "{test_key}");
+    let sandbox = s
+        .manager
+        .list("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.name == "Sandbox")
+        .expect("the test key is listed");
+    assert_eq!(sandbox.environment, Environment::Test);
+    // The form is back to live for the next key.
+    let env = c.find(Locator::Id("key-env")).await.unwrap();
+    assert_eq!(env.prop("value").await.unwrap().as_deref(), Some("live"));
+    s.manager
+        .delete(sandbox.id, &Actor::system())
+        .await
+        .unwrap();
 
     // An account admin (seed 002) sees every user's keys: each row says
     // whose it is.

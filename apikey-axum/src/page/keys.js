@@ -213,6 +213,7 @@
     if (config.scopes.length) body.permissions = scopes;
     const expires = $("key-expires").value;
     if (expires) body.expires_at = endOfDay(expires);
+    if (!$("env-field").hidden) body.environment = $("key-env").value;
     try {
       const created = await call("POST", api, body);
       $("create-form").reset();
@@ -332,7 +333,20 @@
     renderScopes("scope-list", "scopes", "scope-");
     renderScopes("edit-scope-list", "edit-scopes", "edit-scope-");
     const live = config.prefixes.find((p) => p[0] === "live");
-    if (live) $("prefix-note").textContent = "Keys start with " + live[1] + "; only the first characters are shown here.";
+    const starts = config.prefixes.map((p) => p[1]).join(" or ");
+    if (live) $("prefix-note").textContent = "Keys start with " + starts + "; only the first characters are shown here.";
+    // A service with test keys (sk_test_...) offers the choice; live first.
+    if (config.prefixes.length > 1) {
+      const select = $("key-env");
+      config.prefixes.forEach((p) => {
+        const option = document.createElement("option");
+        option.value = p[0];
+        option.textContent = (p[0] === "live" ? "Live" : p[0] === "test" ? "Test" : p[0]) + " (" + p[1] + "…)";
+        option.defaultSelected = p[0] === "live";
+        select.appendChild(option);
+      });
+      $("env-field").hidden = false;
+    }
     $("create-form").addEventListener("submit", create);
     $("close-dialog").addEventListener("click", closeKeyDialog);
     $("key-dialog").addEventListener("cancel", () => { $("new-key").value = ""; });
