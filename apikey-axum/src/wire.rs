@@ -103,6 +103,10 @@ pub(crate) struct KeyItem {
     /// Renewed by the expiry sweep before it expires
     /// ([`apikey::KeyRecord::AUTO_RENEW`]).
     pub auto_renew: bool,
+    /// When a revoked key was revoked, and why (`parent key revoked`, a
+    /// leak report's source, an admin's reason).
+    pub revoked_at: Option<String>,
+    pub revocation_reason: Option<String>,
 }
 
 impl KeyItem {
@@ -122,6 +126,8 @@ impl KeyItem {
             last_used_route: s.last_used_route.clone(),
             expires_at: s.expires_at.as_ref().map(ToString::to_string),
             auto_renew: s.auto_renews(),
+            revoked_at: s.revocation.as_ref().map(|r| r.at.to_string()),
+            revocation_reason: s.revocation.as_ref().map(|r| r.reason.clone()),
         }
     }
 }

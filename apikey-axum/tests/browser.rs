@@ -286,6 +286,16 @@ async fn the_keys_page_creates_shows_once_toggles_and_deletes_in_chromium() {
         .await
         .unwrap();
     assert_eq!(from, "127.0.0.1 \u{b7} GET /v1/tasks");
+    // When and why it was revoked, under its status.
+    let why = wait_for(&c, &format!("{row} td.status-revoked small.revocation"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        why.ends_with(": revoked through the management API"),
+        "{why}"
+    );
     let renews = wait_for(&c, "td small.renews").await.text().await.unwrap();
     assert_eq!(renews, "renews automatically");
     c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();

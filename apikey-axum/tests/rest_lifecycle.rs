@@ -137,6 +137,19 @@ async fn disable_enable_rotate_revoke_and_delete_take_effect_at_once() {
         (200, Some("revoked"))
     );
     assert_eq!(tasks(new_key.clone()).await.code(), "REVOKED_API_KEY");
+    // The key says when and why it was revoked; a live key says neither.
+    let details = call(s.addr, As::User("alice"), "GET", &new_path, None)
+        .await
+        .json();
+    assert_eq!(
+        details["revocation_reason"].as_str(),
+        Some("revoked through the management API")
+    );
+    assert_eq!(
+        details["revoked_at"].as_str(),
+        Some(apikey::Clock::now(&s.clock).to_string().as_str())
+    );
+    assert!(rotated["revoked_at"].is_null() && rotated["revocation_reason"].is_null());
     let r = call(
         s.addr,
         As::User("alice"),

@@ -105,7 +105,17 @@
     if (key.pending) {
       tr.appendChild(cell("pending approval", "status status-pending"));
     } else {
-      tr.appendChild(cell(key.status.replace("_", " "), "status status-" + key.status));
+      const status = cell(key.status.replace("_", " "), "status status-" + key.status);
+      // When and why it was revoked (a leak report, an admin, its parent).
+      if (key.revoked_at) {
+        const why = document.createElement("small");
+        why.className = "revocation";
+        why.textContent = localDate(key.revoked_at) +
+          (key.revocation_reason ? ": " + key.revocation_reason : "");
+        status.appendChild(document.createElement("br"));
+        status.appendChild(why);
+      }
+      tr.appendChild(status);
     }
     const actions = document.createElement("td");
     actions.className = "row-actions";
