@@ -489,8 +489,9 @@ where
         output::json(&summary);
     } else {
         crate::outln!(
-            "{} lines: {} imported, {} skipped (imported before), {} failed",
+            "{} {}: {} imported, {} skipped (imported before), {} failed",
             summary.lines,
+            if summary.lines == 1 { "line" } else { "lines" },
             summary.imported,
             summary.skipped,
             summary.failed

@@ -510,6 +510,13 @@ fn import_jsonl_and_csv(env: &Env) {
         (Value::from(1), Value::from(1))
     );
     assert_eq!(csv_summary["errors"][0]["line"], 3);
+    // The human summary counts in words that agree with the number.
+    let one = "owner,key\nlegacy_2,oldco_CsvLegacyKeyNumber00004\n";
+    let r = env.run_with(
+        &join(&legacy, &["keys", "import", "--format", "csv", "-"]),
+        Some(one),
+    );
+    assert!(r.stdout.contains("1 line: 1 imported, 0 skipped"), "{r:?}");
     env.run_with(&join(&legacy, &["keys", "verify"]), Some(csv_key))
         .ok();
 
