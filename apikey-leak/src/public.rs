@@ -213,17 +213,17 @@ where
                 source: PUBLIC_ACTOR,
             })
             .collect();
-        let reason = match client {
-            Some(ip) => format!("leak reported through public revocation from {ip}"),
-            None => "leak reported through public revocation".to_owned(),
-        };
+        // The reporter's address is in the audit events (`revocation_requested`,
+        // `leak_reported`), not in the revocation's reason, which the key's
+        // owner reads (the REST API and the keys page show it).
+        let reason = "leak reported through public revocation";
         let failure = self
             .responder
             .process(
                 &batch,
                 Reporter {
                     actor: PUBLIC_ACTOR,
-                    reason: &reason,
+                    reason,
                     address: client,
                 },
             )
