@@ -9,7 +9,7 @@
 #
 # Targets (every [[bin]] of fuzz/Cargo.toml, via `cargo fuzz list`):
 # parse_key, scope_grammar, verify, record_json, header_extraction,
-# extreme_times. Each needs its seeds in fuzz/seeds/TARGET/.
+# extreme_times, rest_api. Each needs its seeds in fuzz/seeds/TARGET/.
 #
 # The longer AddressSanitizer run (nightly) is described in SECURITY.md.
 set -euo pipefail

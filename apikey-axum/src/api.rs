@@ -559,4 +559,15 @@ mod tests {
             &[csrf, ("origin", "https://keys.example")]
         )));
     }
+
+    /// `%` must be followed by two hex digits: `u8::from_str_radix` also
+    /// takes a sign, so `%+5` read as byte 5 (a control character) instead
+    /// of being refused.
+    #[test]
+    fn percent_decode_takes_only_two_hex_digits() {
+        assert_eq!(parse::percent_decode("a%41%2f+b").as_deref(), Some("aA/ b"));
+        for bad in ["%+5", "%+f", "%-1", "%4", "%", "%zz", "%ff", "% 5"] {
+            assert_eq!(parse::percent_decode(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -123,7 +123,7 @@ impl Fields {
 fn sha256_hex(hex: &str) -> Result<[u8; 32], String> {
     let hex = hex.trim();
     let bad = || "`sha256` must be 64 hexadecimal digits".to_owned();
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut out = [0u8; 32];
@@ -574,5 +574,12 @@ mod tests {
         assert_eq!(sha256_hex(&hex).ok().map(|d| (d[0], d[1])), Some((0, 255)));
         assert!(sha256_hex(&"0g".repeat(32)).is_err());
         assert!(sha256_hex("00").is_err());
+    }
+
+    /// `from_str_radix` takes a sign: 32 pairs of `+f` read as a digest.
+    #[test]
+    fn sha256_hex_refuses_signs() {
+        assert!(sha256_hex(&"+f".repeat(32)).is_err());
+        assert!(sha256_hex(&format!("{}+0", "ab".repeat(31))).is_err());
     }
 }
