@@ -38,6 +38,20 @@ async fn check(m: &M, key: &ApiKey) -> Option<String> {
     .map(|e| e.code().as_str().to_owned())
 }
 
+/// A child of `of` named `name`, derived by the admin with nothing narrowed.
+async fn derive_child(m: &M, of: KeyId, name: &str) -> (ApiKey, KeySummary) {
+    m.derive(of, Derivation::new(name), &admin()).await.unwrap()
+}
+
+/// Each of `ids` is revoked, with `reason`.
+async fn revoked_with(m: &M, ids: &[KeyId], reason: &str) {
+    for id in ids {
+        let s = m.get(*id).await.unwrap();
+        assert_eq!(s.status, KeyStatus::Revoked, "{s:?}");
+        assert_eq!(s.revocation.map(|r| r.reason).as_deref(), Some(reason));
+    }
+}
+
 async fn parent(m: &M) -> (ApiKey, KeySummary) {
     m.create(
         NewKey::new("sk_live_")
@@ -156,10 +170,7 @@ async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired
     // Disabled: refused, and works again once the parent is enabled.
     let (m, clock) = manager();
     let (_, p) = parent(&m).await;
-    let (child, _) = m
-        .derive(p.id, Derivation::new("c"), &admin())
-        .await
-        .unwrap();
+    let (child, _) = derive_child(&m, p.id, "c").await;
     assert_eq!(check(&m, &child).await, None);
     m.disable(p.id, &admin()).await.unwrap();
     assert_eq!(check(&m, &child).await.as_deref(), Some("DISABLED_API_KEY"));
@@ -167,10 +178,7 @@ async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired
     assert_eq!(check(&m, &child).await, None);
     // Revoked: the children are revoked too.
     let (grandchild, g) = {
-        let (_, c) = m
-            .derive(p.id, Derivation::new("c2"), &admin())
-            .await
-            .unwrap();
+        let (_, c) = derive_child(&m, p.id, "c2").await;
         m.derive(c.id, Derivation::new("g"), &admin())
             .await
             .unwrap()
@@ -185,18 +193,12 @@ async fn derived_key_never_verifies_after_its_parent_is_revoked_disabled_expired
     assert_eq!(m.get(g.id).await.unwrap().status, KeyStatus::Revoked);
     // Deleted.
     let (_, p) = parent(&m).await;
-    let (child, _) = m
-        .derive(p.id, Derivation::new("c"), &admin())
-        .await
-        .unwrap();
+    let (child, _) = derive_child(&m, p.id, "c").await;
     m.delete(p.id, &admin()).await.unwrap();
     assert_eq!(check(&m, &child).await.as_deref(), Some("REVOKED_API_KEY"));
     // Expired by rotation (the parent's grace ends before the child's expiry).
     let (_, p) = parent(&m).await;
-    let (child, _) = m
-        .derive(p.id, Derivation::new("c"), &admin())
-        .await
-        .unwrap();
+    let (child, _) = derive_child(&m, p.id, "c").await;
     m.rotate(
         p.id,
         Rotation::with_grace(Duration::from_secs(3_600)),
@@ -237,14 +239,8 @@ async fn derivation_depth_and_live_children_are_limited() {
     let (m, _) = manager();
     let m = m.with_derivation_limits(2, 2);
     let (_, p) = parent(&m).await;
-    let (_, c) = m
-        .derive(p.id, Derivation::new("1"), &admin())
-        .await
-        .unwrap();
-    let (_, g) = m
-        .derive(c.id, Derivation::new("2"), &admin())
-        .await
-        .unwrap();
+    let (_, c) = derive_child(&m, p.id, "1").await;
+    let (_, g) = derive_child(&m, c.id, "2").await;
     let err = m
         .derive(g.id, Derivation::new("3"), &admin())
         .await
@@ -278,10 +274,7 @@ async fn parent_link_cannot_be_set_or_removed_by_callers() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "INVALID_REQUEST");
-    let (child, c) = m
-        .derive(p.id, Derivation::new("c"), &admin())
-        .await
-        .unwrap();
+    let (child, c) = derive_child(&m, p.id, "c").await;
     // Replacing the metadata keeps the link.
     m.update(
         c.id,
@@ -420,14 +413,8 @@ fn derived_key_verification_cost() {
             )
             .await
             .unwrap();
-        let (child, c) = m
-            .derive(p.id, Derivation::new("c"), &admin())
-            .await
-            .unwrap();
-        let (grandchild, _) = m
-            .derive(c.id, Derivation::new("g"), &admin())
-            .await
-            .unwrap();
+        let (child, c) = derive_child(&m, p.id, "c").await;
+        let (grandchild, _) = derive_child(&m, c.id, "g").await;
         let auth = m.authenticator();
         let req = Requirement::scope("tasks:read").unwrap();
         const N: u32 = 200_000;
@@ -801,26 +788,43 @@ async fn deleting_a_parent_revokes_its_derived_keys() {
     let (m, _) = manager();
     let m = m.with_max_keys_per_owner(3);
     let (_, p) = parent(&m).await;
-    let (child, c) = m
-        .derive(p.id, Derivation::new("c"), &admin())
-        .await
-        .unwrap();
-    let (_, g) = m
-        .derive(c.id, Derivation::new("g"), &admin())
-        .await
-        .unwrap();
+    let (child, c) = derive_child(&m, p.id, "c").await;
+    let (_, g) = derive_child(&m, c.id, "g").await;
     m.delete(p.id, &admin()).await.unwrap();
     assert_eq!(check(&m, &child).await.as_deref(), Some("REVOKED_API_KEY"));
-    for id in [c.id, g.id] {
-        let s = m.get(id).await.unwrap();
-        assert_eq!(s.status, KeyStatus::Revoked, "{s:?}");
-        assert_eq!(
-            s.revocation.map(|r| r.reason).as_deref(),
-            Some("parent key deleted")
-        );
-    }
+    revoked_with(&m, &[c.id, g.id], "parent key deleted").await;
     // The owner has room for three keys again.
     for _ in 0..3 {
         parent(&m).await;
     }
+}
+
+/// Revoking every key created in a window (a leaked database's response)
+/// revokes the derived keys made after it too: they never verified without
+/// their parent, and listings now say so. Planned from every key the window
+/// matches, so running it again after a failure finishes the cascade.
+#[tokio::test]
+async fn revoking_a_creation_window_revokes_derived_keys_made_after_it() {
+    let (m, clock) = manager();
+    let (_, p) = parent(&m).await;
+    clock.advance(Duration::from_secs(3_600));
+    let (child, c) = derive_child(&m, p.id, "c").await;
+    let (_, g) = derive_child(&m, c.id, "g").await;
+    let (_, other) = parent(&m).await;
+    let window = T0..T0 + Duration::from_secs(1);
+    let revoked = m
+        .revoke_created_between("sk_live_", window.clone(), "database leak", &admin())
+        .await
+        .unwrap();
+    assert_eq!(revoked, [p.id]);
+    assert_eq!(check(&m, &child).await.as_deref(), Some("REVOKED_API_KEY"));
+    revoked_with(&m, &[c.id, g.id], "parent key revoked").await;
+    // A key made after the window without a revoked parent is untouched.
+    assert_eq!(m.get(other.id).await.unwrap().status, KeyStatus::Active);
+    // Run again: nothing new in the window, and the cascade is complete.
+    let again = m
+        .revoke_created_between("sk_live_", window, "database leak", &admin())
+        .await
+        .unwrap();
+    assert!(again.is_empty());
 }

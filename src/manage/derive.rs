@@ -12,7 +12,7 @@ use crate::limits::{
 use crate::pipeline::{Actor, AuditKind};
 use crate::record::IpNet;
 use crate::record::{KeyRecord, KeyStatus, NewKey};
-use crate::store::{Changes, KeyStoreWrite, Put, UsageStore};
+use crate::store::{Changes, Cursor, KeyQuery, KeyStoreWrite, Put, UsageStore};
 use crate::verify::{Bounds, parent_of_record};
 
 /// [`KeyManager::derive`]: child keys that only narrow their parent (for
@@ -269,6 +269,52 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             .filter(|r| is_child_of(r, parent))
             .map(|r| KeySummary::from_record(r, now))
             .collect())
+    }
+
+    /// Revokes the descendants of every revoked key `query` matches
+    /// (reason `parent key revoked`): planned from every matching key,
+    /// revoked before or just now, so a call that failed half-way and is
+    /// run again finishes the cascade. One listing of `query` (paged) and
+    /// one of each owner it names; each parent with live descendants is
+    /// then revoked through [`revoke_children`](Self::revoke_children).
+    pub(super) async fn revoke_children_of_matching(
+        &self,
+        query: KeyQuery,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut owners = std::collections::BTreeSet::new();
+        let mut page = query;
+        loop {
+            let listing = self.store().list(&page).await?;
+            let full = listing.records.len() >= page.page_size();
+            owners.extend(listing.records.iter().filter_map(|r| r.owner.clone()));
+            match listing.records.last() {
+                Some(last) if full => {
+                    page = page.after(Some(Cursor {
+                        at: last.created_at,
+                        id: last.id,
+                    }));
+                }
+                _ => break,
+            }
+        }
+        for owner in owners {
+            let records = self.records_of(&owner).await?;
+            let live_child_of = |id: KeyId| {
+                records
+                    .iter()
+                    .any(|r| r.status != KeyStatus::Revoked && is_child_of(r, id))
+            };
+            let parents: Vec<&KeyRecord> = records
+                .iter()
+                .filter(|r| r.status == KeyStatus::Revoked && live_child_of(r.id))
+                .collect();
+            for parent in parents {
+                self.revoke_children(parent, "parent key revoked", actor)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Revokes the descendants of `parent` (children, theirs, ...), revoked

@@ -417,7 +417,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
 
     /// Revokes every key with `prefix` created in `created` (start
     /// inclusive, end exclusive), whoever owns it: the response to a leaked
-    /// database or server secret. Returns the ids revoked. Idempotent and
+    /// database or server secret. Returns the ids revoked. Their derived
+    /// keys, made in the window or after it, are revoked too (reason
+    /// `parent key revoked`, not in the returned ids). Idempotent and
     /// resumable as [`revoke_owner`](Self::revoke_owner).
     ///
     /// # Errors
@@ -436,7 +438,7 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         let ids = self
             .store()
             .revoke_where(
-                &KeyQuery::created(prefix, created),
+                &KeyQuery::created(prefix.clone(), created.clone()),
                 &Revocation {
                     at: now,
                     reason: reason.to_owned(),
@@ -445,6 +447,11 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
             .await
             .map_err(Error::from)?;
         self.revoked_events(&ids, None, reason, actor, now);
+        // Derived keys made outside the window: verification refuses them
+        // from their parent's revocation on; revoking them too makes it
+        // permanent and shows it in listings (as `revoke` does).
+        self.revoke_children_of_matching(KeyQuery::created(prefix, created), actor)
+            .await?;
         Ok(ids)
     }
 }
