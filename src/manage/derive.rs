@@ -274,20 +274,23 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
     /// Revokes the descendants of every revoked key `query` matches
     /// (reason `parent key revoked`): planned from every matching key,
     /// revoked before or just now, so a call that failed half-way and is
-    /// run again finishes the cascade. One listing of `query` (paged) and
-    /// one of each owner it names; each parent with live descendants is
-    /// then revoked through [`revoke_children`](Self::revoke_children).
+    /// run again finishes the cascade. One listing of `query` (paged), then
+    /// [`revoke_descendants`](Self::revoke_descendants) once per owner.
     pub(super) async fn revoke_children_of_matching(
         &self,
         query: KeyQuery,
         actor: &Actor,
     ) -> Result<()> {
-        let mut owners = std::collections::BTreeSet::new();
+        let mut roots: BTreeMap<String, Vec<KeyId>> = BTreeMap::new();
         let mut page = query;
         loop {
             let listing = self.store().list(&page).await?;
             let full = listing.records.len() >= page.page_size();
-            owners.extend(listing.records.iter().filter_map(|r| r.owner.clone()));
+            for r in &listing.records {
+                if let (Some(owner), KeyStatus::Revoked) = (&r.owner, r.status) {
+                    roots.entry(owner.clone()).or_default().push(r.id);
+                }
+            }
             match listing.records.last() {
                 Some(last) if full => {
                     page = page.after(Some(Cursor {
@@ -298,21 +301,9 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
                 _ => break,
             }
         }
-        for owner in owners {
-            let records = self.records_of(&owner).await?;
-            let live_child_of = |id: KeyId| {
-                records
-                    .iter()
-                    .any(|r| r.status != KeyStatus::Revoked && is_child_of(r, id))
-            };
-            let parents: Vec<&KeyRecord> = records
-                .iter()
-                .filter(|r| r.status == KeyStatus::Revoked && live_child_of(r.id))
-                .collect();
-            for parent in parents {
-                self.revoke_children(parent, "parent key revoked", actor)
-                    .await?;
-            }
+        for (owner, ids) in roots {
+            self.revoke_descendants(&owner, &ids, "parent key revoked", actor)
+                .await?;
         }
         Ok(())
     }
@@ -328,14 +319,30 @@ impl<S: KeyStoreWrite + UsageStore, C: Clock, L: Limits> KeyManager<S, C, L> {
         reason: &str,
         actor: &Actor,
     ) -> Result<()> {
-        let Some(owner) = &parent.owner else {
-            return Ok(());
-        };
+        match &parent.owner {
+            Some(owner) => {
+                self.revoke_descendants(owner, &[parent.id], reason, actor)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Revokes the descendants of `roots`, keys of `owner`, as
+    /// [`revoke_children`](Self::revoke_children) does for one parent: one
+    /// listing of the owner per attempt, however many roots.
+    async fn revoke_descendants(
+        &self,
+        owner: &str,
+        roots: &[KeyId],
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<()> {
         let now = self.now();
         for attempt in 0..super::manager::MAX_RETRIES {
             let records = self.records_of(owner).await?;
-            let mut pending = vec![parent.id];
-            let mut seen = std::collections::HashSet::from([parent.id]);
+            let mut pending = roots.to_vec();
+            let mut seen: std::collections::HashSet<KeyId> = roots.iter().copied().collect();
             let mut todo = Vec::new();
             while let Some(id) = pending.pop() {
                 for child in records.iter().filter(|r| is_child_of(r, id)) {
