@@ -183,6 +183,21 @@ async fn sha256_import_is_upgraded_on_first_success() {
     );
 }
 
+/// A manager over `store` after a server secret rotation: versions 1 and
+/// 2, the second current.
+fn after_secret_rotation(
+    store: Arc<MemoryStore>,
+    clock: &ManualClock,
+) -> KeyManager<Arc<MemoryStore>, ManualClock> {
+    let mut ring = Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap();
+    ring.add(2, ServerSecret::from_bytes(&[43; 32]).unwrap())
+        .unwrap();
+    ring.set_current(2).unwrap();
+    KeyManager::with_clock(Verifier::new(ring), store, clock.clone())
+        .with_legacy_prefix("oldco_", "sk_live_")
+        .unwrap()
+}
+
 #[tokio::test]
 async fn legacy_keys_survive_a_server_secret_rotation() {
     let store = Arc::new(MemoryStore::new());
@@ -192,13 +207,7 @@ async fn legacy_keys_survive_a_server_secret_rotation() {
         .import(ImportKey::plaintext(OLD), &Actor::system())
         .await
         .unwrap();
-    let mut ring = Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap();
-    ring.add(2, ServerSecret::from_bytes(&[43; 32]).unwrap())
-        .unwrap();
-    ring.set_current(2).unwrap();
-    let m2 = KeyManager::with_clock(Verifier::new(ring), store, f.clock.clone())
-        .with_legacy_prefix("oldco_", "sk_live_")
-        .unwrap();
+    let m2 = after_secret_rotation(store, &f.clock);
     m2.authenticate(OLD, &none(), None).await.unwrap();
     let r = m2.record(s.id).await.unwrap();
     assert_eq!(
@@ -232,13 +241,7 @@ async fn reimport_after_a_secret_rotation_does_not_revive_a_revoked_key() {
         .revoke(s.id, "leaked", &Actor::system())
         .await
         .unwrap();
-    let mut ring = Keyring::new(1, ServerSecret::from_bytes(&[42; 32]).unwrap()).unwrap();
-    ring.add(2, ServerSecret::from_bytes(&[43; 32]).unwrap())
-        .unwrap();
-    ring.set_current(2).unwrap();
-    let m2 = KeyManager::with_clock(Verifier::new(ring), store, f.clock.clone())
-        .with_legacy_prefix("oldco_", "sk_live_")
-        .unwrap();
+    let m2 = after_secret_rotation(store, &f.clock);
     let digest: [u8; 32] = Sha256::digest(OLD.as_bytes()).into();
     for again in [
         ImportKey::plaintext(OLD).owner("u1"),

@@ -630,20 +630,25 @@ async fn a_key_cannot_create_a_key_holding_more_than_itself() {
     assert_eq!((r.status, r.code()), (403, "INSUFFICIENT_SCOPE".into()));
 }
 
+/// Alice's management key on the `tiny` plan (1 request a minute).
+async fn tiny_management_key(s: &Server) -> apikey::ApiKey {
+    management_key(
+        s,
+        "alice",
+        NewKey::new("sk_live_")
+            .scopes(["keys:manage", "tasks:read"])
+            .metadata("plan", "tiny"),
+    )
+    .await
+}
+
 /// A management key on a small plan (`tiny`: 1 request a minute) must not
 /// mint itself a key on the default quota (100 a minute): the key it
 /// creates keeps its plan, as a derived or rotated key does.
 #[tokio::test]
 async fn a_key_cannot_escape_its_plan_by_creating_a_key() {
     let s = start().await;
-    let tiny = management_key(
-        &s,
-        "alice",
-        NewKey::new("sk_live_")
-            .scopes(["keys:manage", "tasks:read"])
-            .metadata("plan", "tiny"),
-    )
-    .await;
+    let tiny = tiny_management_key(&s).await;
     let created = create(
         s.addr,
         As::Key(tiny.expose_secret()),
@@ -668,14 +673,7 @@ async fn a_key_cannot_escape_its_plan_by_creating_a_key() {
 #[tokio::test]
 async fn a_key_cannot_escape_its_plan_by_rotating_or_deriving_another_plans_key() {
     let s = start().await;
-    let tiny = management_key(
-        &s,
-        "alice",
-        NewKey::new("sk_live_")
-            .scopes(["keys:manage", "tasks:read"])
-            .metadata("plan", "tiny"),
-    )
-    .await;
+    let tiny = tiny_management_key(&s).await;
     let (_, sibling) = s
         .manager
         .create(
